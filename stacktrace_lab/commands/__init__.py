@@ -1,0 +1,12 @@
+"""One module per subcommand; each exports one click command.
+
+A command returns its exit status (an int) instead of calling sys.exit, so
+`cli.main()` can be called in process by tests.
+"""
+
+import click
+
+from .record import record_command
+from .scenarios import scenarios_command
+
+COMMANDS: list[click.Command] = [record_command, scenarios_command]

@@ -1,0 +1,183 @@
+"""`record()`: scenario in, trace file out.
+
+assemble -> lay out the machine -> run it under the hooks -> per chunk of
+steps, build an Arrow batch and append it as a row group -> write the
+metadata and rename the finished file into place.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..errors import BadInput
+from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region_symbols
+from ..scenario import Scenario
+from ..trace.format import (
+    DEFAULT_SNAPSHOT_LIMIT,
+    ScenarioInfo,
+    SnapshotWindow,
+    StopInfo,
+    TraceMetadata,
+    schema,
+    stack_column,
+)
+from ..trace.writer import TraceWriter
+from .assembler import Program, assemble
+from .columns import SnapshotState, build_batch
+from .disassembly import Disassembler, InstructionTable
+from .machine import Chunk, Machine, MachineSpec, RunResult
+
+DEFAULT_ROW_GROUP = 65536
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    max_steps: int | None = None  # None: the scenario's own
+    snapshot_limit: int = DEFAULT_SNAPSHOT_LIMIT
+    row_group_size: int = DEFAULT_ROW_GROUP
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise BadInput(f"--max-steps must be at least 1, got {self.max_steps}")
+        if not 8 <= self.snapshot_limit <= 1 << 20:
+            raise BadInput(f"--snapshot-limit must be between 8 and 1048576, got {self.snapshot_limit}")
+        if self.row_group_size < 1:
+            raise BadInput(f"row group size must be at least 1, got {self.row_group_size}")
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    metadata: TraceMetadata
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"stacktrace_lab": __version__}
+    for dist in ("unicorn", "capstone", "keystone-engine"):
+        try:
+            versions[dist.split("-")[0]] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist.split("-")[0]] = "unknown"
+    return versions
+
+
+def lay_out(scenario: Scenario) -> list[Region]:
+    declared = [(s.name, "stack", s.size) for s in scenario.stacks]
+    declared += [(d.name, "data", d.size) for d in scenario.data]
+    return place_regions(declared)  # type: ignore[arg-type]
+
+
+def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
+    """Assemble the scenario and check the labels it must define."""
+    regions = lay_out(scenario)
+    program = assemble(scenario, region_symbols(regions))
+    if scenario.entry not in program.labels:
+        raise BadInput(f"{scenario.path}: entry label '{scenario.entry}' is not defined in the program")
+    for i, ret in enumerate(scenario.expect.rets):
+        if ret.target not in program.labels:
+            raise BadInput(
+                f"{scenario.path}: field 'expect.ret[{i}].target': "
+                f"label '{ret.target}' is not defined in the program"
+            )
+    return program, regions
+
+
+def machine_spec(program: Program, regions: list[Region], entry: str) -> MachineSpec:
+    first_stack = next(r for r in regions if r.kind == "stack")
+    rsp = first_stack.top - 8
+    return MachineSpec(
+        code=program.code,
+        code_region=code_region(len(program.code)),
+        regions=regions,
+        entry=program.labels[entry],
+        registers={"rsp": rsp},
+        memory={rsp: SENTINEL_RETURN.to_bytes(8, "little")},
+        sentinel=SENTINEL_RETURN,
+    )
+
+
+def snapshot_windows(regions: list[Region], limit: int) -> dict[str, SnapshotWindow]:
+    windows = {}
+    for region in regions:
+        if region.kind == "stack":
+            size = min(region.size, limit)
+            windows[region.name] = SnapshotWindow(stack_column(region.name), region.top - size, size)
+    return windows
+
+
+def record(
+    scenario: Scenario,
+    output: str | Path,
+    options: RecordOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Recording:
+    options = options or RecordOptions()
+    program, regions = build_program(scenario)
+    spec = machine_spec(program, regions, scenario.entry)
+    machine = Machine(spec)
+    windows = snapshot_windows(regions, options.snapshot_limit)
+    snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
+    table = InstructionTable(Disassembler(program.code, program.base, program.symbols))
+    trace_schema = schema(windows)
+    max_steps = options.max_steps or scenario.max_steps
+
+    with TraceWriter(output, trace_schema) as writer:
+
+        def on_chunk(chunk: Chunk) -> None:
+            writer.write(build_batch(chunk, table, snapshots, trace_schema))
+            if progress is not None:
+                progress(chunk.first_step + chunk.rows)
+
+        result = machine.run(max_steps, options.row_group_size, on_chunk)
+        if result.interrupted:
+            raise KeyboardInterrupt
+        if result.steps == 0:
+            # An empty trace explains nothing; it means the entry faulted at once.
+            raise BadInput(f"{scenario.path}: the program stopped before its first step: {result.stop.detail}")
+        metadata = _metadata(scenario, program, spec, windows, result, options, max_steps)
+        path = writer.commit(metadata)
+    return Recording(path=path, metadata=metadata)
+
+
+def _metadata(
+    scenario: Scenario,
+    program: Program,
+    spec: MachineSpec,
+    windows: dict[str, SnapshotWindow],
+    result: RunResult,
+    options: RecordOptions,
+    max_steps: int,
+) -> TraceMetadata:
+    return TraceMetadata(
+        scenario=ScenarioInfo(
+            name=scenario.name,
+            description=scenario.description,
+            syntax=scenario.syntax,
+            entry=scenario.entry,
+            source=scenario.source,
+            expect=scenario.expect,
+            breaks=scenario.breaks,
+        ),
+        regions=(spec.code_region, *spec.regions),
+        symbols=program.symbols,
+        code_base=program.base,
+        code=program.code,
+        snapshots=windows,
+        initial=result.initial,
+        final=result.final,
+        steps=result.steps,
+        stop=StopInfo(result.stop.reason, result.stop.step, result.stop.detail),
+        stdout=result.stdout.decode("utf-8", "backslashreplace"),
+        stderr=result.stderr.decode("utf-8", "backslashreplace"),
+        options={
+            "max_steps": max_steps,
+            "snapshot_limit": options.snapshot_limit,
+            "row_group_size": options.row_group_size,
+            "sentinel_return": SENTINEL_RETURN,
+        },
+        tool=tool_versions(),
+    )

@@ -1,0 +1,72 @@
+"""Writing a trace: row groups streamed to a temporary file, renamed into place at the end.
+
+A record that fails or is interrupted leaves no file that looks whole: the
+temporary file is removed, and the target path is only ever replaced by a
+complete trace.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .format import METADATA_KEY, TraceMetadata
+
+
+class TraceWriter:
+    def __init__(self, path: str | Path, schema: pa.Schema) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self._temp = Path(temp)
+        self.schema = schema
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self._temp,
+            schema,
+            compression="zstd",
+            # The same rows must give the same bytes: no statistics whose
+            # presence depends on the data size, nothing host dependent.
+            write_statistics=["step", "rip", "rsp"],
+        )
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        assert self._writer is not None
+        self._writer.write_batch(batch, row_group_size=batch.num_rows)
+
+    def commit(self, metadata: TraceMetadata) -> Path:
+        assert self._writer is not None
+        self._writer.add_key_value_metadata({METADATA_KEY: metadata.to_json()})
+        self._writer.close()
+        self._writer = None
+        os.chmod(self._temp, 0o644)
+        os.replace(self._temp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # the file is being thrown away anyway
+                pass
+            self._writer = None
+        self._temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._writer is not None:
+            self.abort()
