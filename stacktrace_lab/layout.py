@@ -86,10 +86,8 @@ def place_regions(declared: list[tuple[str, RegionKind, int]]) -> list[Region]:
     cursor = REGIONS_START
     for name, kind, size in declared:
         pages = page_ceil(size)
-        if kind == "stack":
-            base = cursor + pages - size
-        else:
-            base = cursor
+        # A stack grows down from the end of its last page; data starts at its first.
+        base = cursor + pages - size if kind == "stack" else cursor
         regions.append(Region(name=name, kind=kind, base=base, size=size, perms="rw-"))
         cursor += pages + PAGE  # one unmapped guard page between regions
     return regions

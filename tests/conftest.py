@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stacktrace_lab.record.recorder import RecordOptions, Recording, record
+from stacktrace_lab.record.recorder import Recording, RecordOptions, record
 from stacktrace_lab.scenario import Scenario, load_scenario
 
 
@@ -44,9 +44,7 @@ def write_scenario(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def record_source(
-    tmp_path: Path, write_scenario: Callable[..., Path]
-) -> Callable[..., Recording]:
+def record_source(tmp_path: Path, write_scenario: Callable[..., Path]) -> Callable[..., Recording]:
     """Record a small program given as assembly; returns the Recording."""
 
     def run(source: str, options: RecordOptions | None = None, **kwargs: object) -> Recording:

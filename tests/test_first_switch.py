@@ -35,7 +35,10 @@ def test_ret_pops_hello_from_index_32(first_switch_trace: Path) -> None:
     hello = meta["layout"]["symbols"]["hello"]
     df = pd.read_parquet(first_switch_trace)
 
-    ret = df[df["symbol"].astype(str).str.startswith("gt_switch") & df["insn"].astype(str).str.startswith("ret")]
+    ret = df[
+        df["symbol"].astype(str).str.startswith("gt_switch")
+        & df["insn"].astype(str).str.startswith("ret")
+    ]
     assert len(ret) == 1
     reads = list(ret.iloc[0]["reads"])
     assert len(reads) == 1

@@ -18,11 +18,20 @@ def default_trace_path(name: str) -> Path:
 
 @click.command("record")
 @click.argument("scenario", default="first-switch")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Trace file to write [default: traces/<name>.parquet].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Trace file to write [default: traces/<name>.parquet].",
+)
 @click.option("--max-steps", type=int, help="Stop after this many steps [default: the scenario's].")
-@click.option("--snapshot-limit", type=int, default=DEFAULT_SNAPSHOT_LIMIT, show_default=True,
-              help="Bytes of each stack (its top) stored per step.")
+@click.option(
+    "--snapshot-limit",
+    type=int,
+    default=DEFAULT_SNAPSHOT_LIMIT,
+    show_default=True,
+    help="Bytes of each stack (its top) stored per step.",
+)
 def record_command(
     scenario: str, output: Path | None, max_steps: int | None, snapshot_limit: int
 ) -> int:

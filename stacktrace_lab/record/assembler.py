@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks, KsError
 
 from ..errors import BadInput
@@ -19,8 +20,11 @@ from ..layout import CODE_BASE, CODE_LIMIT
 from ..scenario import Scenario
 
 _LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*)\s*:(?!:)")
+_LINE_LABEL = ".Lstacktrace_lab_line_"
 _MOVABS_RAX = b"\x48\xb8"
 _MOVABS_LEN = 10
+_MARKER = 0x6B6C2D6B63617473
+_MARKER_BYTES = _MOVABS_RAX + _MARKER.to_bytes(8, "little")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class Program:
     code: bytes
     #: Every label of the source with its address, in source order.
     labels: dict[str, int]
+    #: Address of the first instruction of each source line -> the line's number
+    #: in the scenario's source file.
+    lines: dict[int, int]
 
     @property
     def symbols(self) -> dict[str, int]:
@@ -51,7 +58,7 @@ def strip_comment(line: str) -> str:
 
 def labels_of_line(line: str) -> list[str]:
     code = strip_comment(line)
-    names = []
+    names: list[str] = []
     while True:
         match = _LABEL.match(code)
         if not match:
@@ -66,12 +73,22 @@ def _header(scenario: Scenario, constants: dict[str, int]) -> list[str]:
     return lines
 
 
-def _try(ks: Ks, text: str) -> tuple[bytes | None, KsError | None]:
+def _try(ks: Ks, lines: list[str]) -> tuple[bytes | None, str | None]:
+    """Assemble `lines`; (code, None) or (None, what went wrong).
+
+    Keystone sometimes gives up silently, returning no bytes and no error
+    (`movq %rax, %%rbx` does). A marker instruction appended at the end shows
+    whether the whole text was assembled.
+    """
+    text = "\n".join([*lines, ".intel_syntax noprefix", f"movabs rax, {_MARKER:#x}"])
     try:
         encoding, _ = ks.asm(text, CODE_BASE)
     except KsError as exc:
-        return None, exc
-    return bytes(encoding or b""), None
+        return None, _describe(exc)
+    code = bytes(encoding or b"")
+    if not code.endswith(_MARKER_BYTES):
+        return None, "cannot assemble"
+    return code[: -len(_MARKER_BYTES)], None
 
 
 def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
@@ -83,21 +100,28 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     labels = [name for names in line_labels for name in names]
     for name in labels:
         if name in constants:
-            _fail_at(scenario, _first_line_defining(line_labels, name),
-                     f"label '{name}' clashes with a region symbol")
+            _fail_at(
+                scenario,
+                _first_line_defining(line_labels, name),
+                f"label '{name}' clashes with a region symbol",
+            )
 
-    # Label addresses: after the program, load each label into rax with a
-    # 10-byte movabs and read the immediates back; code before is unchanged.
-    trailer = [".intel_syntax noprefix"] + [f"movabs rax, {name}" for name in labels]
-    code, error = _try(ks, "\n".join([*header, *user_lines, *trailer]))
-    if error is not None or code is None:
+    # Every line gets a label of its own, and after the program a 10-byte
+    # movabs loads each label into rax: reading the immediates back gives the
+    # address of every label and every line, without changing the code before.
+    line_marks = [f"{_LINE_LABEL}{i}" for i in range(len(user_lines))]
+    marked = [f"{mark}: {line}" for mark, line in zip(line_marks, user_lines, strict=True)]
+    wanted = [*labels, *line_marks]
+    trailer = [".intel_syntax noprefix"] + [f"movabs rax, {name}" for name in wanted]
+    code, error = _try(ks, [*header, *marked, *trailer])
+    if code is None:
         line, message = _locate_error(ks, header, user_lines, line_labels, error)
         _fail_at(scenario, line, message)
         raise AssertionError("unreachable")
 
-    body_len = len(code) - _MOVABS_LEN * len(labels)
+    body_len = len(code) - _MOVABS_LEN * len(wanted)
     addresses = {}
-    for i, name in enumerate(labels):
+    for i, name in enumerate(wanted):
         chunk = code[body_len + i * _MOVABS_LEN : body_len + (i + 1) * _MOVABS_LEN]
         if chunk[:2] != _MOVABS_RAX:
             raise BadInput(f"{scenario.source_file}: cannot work out the address of '{name}'")
@@ -107,7 +131,50 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
         raise BadInput(f"{scenario.source_file}: the program assembles to no code")
     if len(body) > CODE_LIMIT:
         raise BadInput(f"{scenario.source_file}: the program is larger than {CODE_LIMIT} bytes")
-    return Program(base=CODE_BASE, code=body, labels=addresses)
+    line_starts = [addresses[mark] for mark in line_marks] + [CODE_BASE + len(body)]
+    lines = _check_lines(scenario, user_lines, line_starts, body)
+    return Program(
+        base=CODE_BASE,
+        code=body,
+        labels={name: addresses[name] for name in labels},
+        lines=lines,
+    )
+
+
+def _check_lines(
+    scenario: Scenario, user_lines: list[str], line_starts: list[int], code: bytes
+) -> dict[int, int]:
+    """Check that each instruction line became whole instructions; map address -> line.
+
+    Keystone drops some malformed lines without an error (`mov %rax,, %rbx`
+    assembles to nothing): a line with an instruction but no bytes is an
+    error here. Each line's bytes must also disassemble back (capstone) to
+    instructions that cover them exactly.
+    """
+    cs = Cs(CS_ARCH_X86, CS_MODE_64)
+    lines: dict[int, int] = {}
+    for index, line in enumerate(user_lines):
+        statement = _statement(line)
+        start, end = line_starts[index], line_starts[index + 1]
+        if not statement or statement.startswith("."):
+            continue  # empty, a label, or a directive (data may be any bytes)
+        if end <= start:
+            _fail_at(scenario, index, "keystone produced no code for this line")
+        decoded = sum(i.size for i in cs.disasm(code[start - CODE_BASE : end - CODE_BASE], start))
+        if decoded != end - start:
+            _fail_at(scenario, index, "the assembled bytes do not disassemble back")
+        lines[start] = scenario.source_first_line + index
+    return lines
+
+
+def _statement(line: str) -> str:
+    """What is left of a line without its labels and comment."""
+    code = strip_comment(line)
+    while True:
+        match = _LABEL.match(code)
+        if not match:
+            return code.strip()
+        code = code[match.end() :]
 
 
 def _first_line_defining(line_labels: list[list[str]], name: str) -> int:
@@ -119,7 +186,7 @@ def _locate_error(
     header: list[str],
     user_lines: list[str],
     line_labels: list[list[str]],
-    error: KsError | None,
+    error: str | None,
 ) -> tuple[int, str]:
     """Find the first user line whose prefix of the program fails to assemble.
 
@@ -129,23 +196,22 @@ def _locate_error(
     failure is monotonic, so a binary search finds the line.
     """
 
-    def prefix_error(end: int) -> KsError | None:
+    def prefix_error(end: int) -> str | None:
         later = [name for names in line_labels[end:] for name in names]
-        stubs = [".equ {}, 0".format(name) for name in later]
-        _, err = _try(ks, "\n".join([*header, *user_lines[:end], *stubs]))
-        return err
+        stubs = [f".equ {name}, 0" for name in later]
+        return _try(ks, [*header, *user_lines[:end], *stubs])[1]
 
     lo, hi = 1, len(user_lines)
     if prefix_error(hi) is None:
         # Only the whole program fails (say, a directive at the end): name the last line.
-        return len(user_lines) - 1, _describe(error)
+        return len(user_lines) - 1, error or "cannot assemble"
     while lo < hi:
         mid = (lo + hi) // 2
         if prefix_error(mid) is None:
             lo = mid + 1
         else:
             hi = mid
-    return lo - 1, _describe(prefix_error(lo))
+    return lo - 1, prefix_error(lo) or "cannot assemble"
 
 
 _KS_MESSAGES = {
@@ -155,9 +221,7 @@ _KS_MESSAGES = {
 }
 
 
-def _describe(error: KsError | None) -> str:
-    if error is None:
-        return "cannot assemble"
+def _describe(error: KsError) -> str:
     text = str(error)
     for code, message in _KS_MESSAGES.items():
         if code in text:

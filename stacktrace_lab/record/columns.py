@@ -48,7 +48,9 @@ class Events:
         value_bytes = raw[:, 4].astype("<i8").view(np.uint8).reshape(-1, 8)
         data = value_bytes[np.arange(8) < size[:, None]]
         continues = np.zeros(len(raw), dtype=bool)
-        continues[1:] = (rows[1:] == rows[:-1]) & (addr[1:] == addr[:-1] + size[:-1].astype(np.uint64))
+        continues[1:] = (rows[1:] == rows[:-1]) & (
+            addr[1:] == addr[:-1] + size[:-1].astype(np.uint64)
+        )
         starts = np.flatnonzero(~continues)
         merged_size = np.add.reduceat(size, starts)
         return cls(rows[starts], addr[starts], merged_size, data)
@@ -98,7 +100,9 @@ class SnapshotState:
                 changed_after.append(row)
             first = max(addr, lo)
             last = min(addr + end - start, hi)
-            state[first - lo : last - lo] = data[start + first - addr : start + last - addr].tobytes()
+            state[first - lo : last - lo] = data[
+                start + first - addr : start + last - addr
+            ].tobytes()
         if changed_after:
             versions.append(bytes(state))
         table = np.frombuffer(b"".join(versions), dtype=np.uint8).reshape(len(versions), -1)

@@ -45,14 +45,14 @@ from unicorn import (
     UC_PROT_EXEC,
     UC_PROT_READ,
     UC_PROT_WRITE,
-    Uc,
-    UcError,
 )
+from unicorn.unicorn_py3.arch.types import uc_hook_h
 from unicorn.unicorn_py3.unicorn import (
     HOOK_CODE_CFUNC,
     HOOK_MEM_ACCESS_CFUNC,
     HOOK_MEM_INVALID_CFUNC,
-    uc_hook_h,
+    Uc,
+    UcError,
     uclib,
 )
 
@@ -160,7 +160,9 @@ class Machine:
         self._error: BaseException | None = None
 
     def registers(self) -> dict[str, int]:
-        return {name: int(self.uc.reg_read(uid)) for name, uid in zip(REGISTERS, UC_IDS, strict=True)}
+        return {
+            name: int(self.uc.reg_read(uid)) for name, uid in zip(REGISTERS, UC_IDS, strict=True)
+        }
 
     def read(self, addr: int, size: int) -> bytes:
         return bytes(self.uc.mem_read(addr, size))
@@ -235,17 +237,23 @@ class Machine:
                 return
             read_batch(uch, reg_ids, pointers, n_regs)
             if address == previous_rip and is_spin():
-                self._stop = Stop("spin", step - 1, f"the instruction at {address:#x} jumps to itself")
+                self._stop = Stop(
+                    "spin", step - 1, f"the instruction at {address:#x} jumps to itself"
+                )
                 emu_stop(uch)
                 return
             registers.extend(values)
             previous_rip = address
             step += 1
 
-        def on_memory(_handle: Any, access: int, address: int, size: int, value: int, _user: Any) -> None:
+        def on_memory(
+            _handle: Any, access: int, address: int, size: int, value: int, _user: Any
+        ) -> None:
             append_event((step - 1, access, address, size, value))
 
-        def on_invalid(_handle: Any, access: int, address: int, size: int, _value: int, _user: Any) -> bool:
+        def on_invalid(
+            _handle: Any, access: int, address: int, size: int, _value: int, _user: Any
+        ) -> bool:
             self._fault = (access, address, size)
             return False
 
@@ -257,8 +265,13 @@ class Machine:
         for hook_type, callback in callbacks:
             handle = uc_hook_h()
             status = uclib.uc_hook_add(
-                uch, ctypes.byref(handle), hook_type, callback, None,
-                ctypes.c_uint64(1), ctypes.c_uint64(0),
+                uch,
+                ctypes.byref(handle),
+                hook_type,
+                callback,
+                None,
+                ctypes.c_uint64(1),
+                ctypes.c_uint64(0),
             )
             if status != 0:
                 raise UcError(status)
@@ -316,7 +329,9 @@ class Machine:
         if access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT):
             while events and events[-1][0] == last_step and events[-1][1] == MEM_WRITE:
                 events.pop()
-        return Stop("fault", last_step, f"{what} memory: {size} bytes at {address:#x} (rip {rip:#x})")
+        return Stop(
+            "fault", last_step, f"{what} memory: {size} bytes at {address:#x} (rip {rip:#x})"
+        )
 
     def _on_syscall(self, uc: Uc, _user: Any) -> None:
         number = uc.reg_read(x86.UC_X86_REG_RAX)

@@ -44,7 +44,9 @@ class RecordOptions:
         if self.max_steps is not None and self.max_steps < 1:
             raise BadInput(f"--max-steps must be at least 1, got {self.max_steps}")
         if not 8 <= self.snapshot_limit <= 1 << 20:
-            raise BadInput(f"--snapshot-limit must be between 8 and 1048576, got {self.snapshot_limit}")
+            raise BadInput(
+                f"--snapshot-limit must be between 8 and 1048576, got {self.snapshot_limit}"
+            )
         if self.row_group_size < 1:
             raise BadInput(f"row group size must be at least 1, got {self.row_group_size}")
 
@@ -76,7 +78,9 @@ def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
     regions = lay_out(scenario)
     program = assemble(scenario, region_symbols(regions))
     if scenario.entry not in program.labels:
-        raise BadInput(f"{scenario.path}: entry label '{scenario.entry}' is not defined in the program")
+        raise BadInput(
+            f"{scenario.path}: entry label '{scenario.entry}' is not defined in the program"
+        )
     for i, ret in enumerate(scenario.expect.rets):
         if ret.target not in program.labels:
             raise BadInput(
@@ -105,7 +109,9 @@ def snapshot_windows(regions: list[Region], limit: int) -> dict[str, SnapshotWin
     for region in regions:
         if region.kind == "stack":
             size = min(region.size, limit)
-            windows[region.name] = SnapshotWindow(stack_column(region.name), region.top - size, size)
+            windows[region.name] = SnapshotWindow(
+                stack_column(region.name), region.top - size, size
+            )
     return windows
 
 
@@ -137,7 +143,9 @@ def record(
             raise KeyboardInterrupt
         if result.steps == 0:
             # An empty trace explains nothing; it means the entry faulted at once.
-            raise BadInput(f"{scenario.path}: the program stopped before its first step: {result.stop.detail}")
+            raise BadInput(
+                f"{scenario.path}: the program stopped before its first step: {result.stop.detail}"
+            )
         metadata = _metadata(scenario, program, spec, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
@@ -166,6 +174,7 @@ def _metadata(
         symbols=program.symbols,
         code_base=program.base,
         code=program.code,
+        lines=program.lines,
         snapshots=windows,
         initial=result.initial,
         final=result.final,

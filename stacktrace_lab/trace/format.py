@@ -104,6 +104,9 @@ class TraceMetadata:
     options: dict[str, Any]
     tool: dict[str, str]
     steps: int
+    #: Address of each source line's first instruction -> its line number in
+    #: the scenario file (for listings that show the source beside the code).
+    lines: dict[int, int] = field(default_factory=dict)
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -142,7 +145,11 @@ class TraceMetadata:
                 "regions": [r.to_json() for r in self.regions],
                 "symbols": self.symbols,
             },
-            "code": {"base": self.code_base, "bytes": self.code.hex()},
+            "code": {
+                "base": self.code_base,
+                "bytes": self.code.hex(),
+                "lines": [[addr, line] for addr, line in sorted(self.lines.items())],
+            },
             "snapshots": {
                 name: {"column": w.column, "base": w.base, "size": w.size}
                 for name, w in self.snapshots.items()
@@ -150,7 +157,11 @@ class TraceMetadata:
             "initial": self.initial,
             "final": self.final,
             "steps": self.steps,
-            "stop": {"reason": self.stop.reason, "step": self.stop.step, "detail": self.stop.detail},
+            "stop": {
+                "reason": self.stop.reason,
+                "step": self.stop.step,
+                "detail": self.stop.detail,
+            },
             "output": {"stdout": self.stdout, "stderr": self.stderr},
             "options": self.options,
             **self.extra,
@@ -161,8 +172,19 @@ class TraceMetadata:
     def from_json(cls, text: str | bytes) -> TraceMetadata:
         doc = json.loads(text)
         known = {
-            "format", "version", "tool", "scenario", "layout", "code", "snapshots",
-            "initial", "final", "steps", "stop", "output", "options",
+            "format",
+            "version",
+            "tool",
+            "scenario",
+            "layout",
+            "code",
+            "snapshots",
+            "initial",
+            "final",
+            "steps",
+            "stop",
+            "output",
+            "options",
         }
         s = doc["scenario"]
         return cls(
@@ -182,6 +204,7 @@ class TraceMetadata:
             symbols={k: int(v) for k, v in doc["layout"]["symbols"].items()},
             code_base=int(doc["code"]["base"]),
             code=bytes.fromhex(doc["code"]["bytes"]),
+            lines={int(addr): int(line) for addr, line in doc["code"].get("lines", [])},
             snapshots={
                 name: SnapshotWindow(w["column"], int(w["base"]), int(w["size"]))
                 for name, w in doc["snapshots"].items()

@@ -44,11 +44,13 @@ class Trace:
 
     def rows(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows as a DataFrame (all columns unless named: mind long traces)."""
-        return self.table(columns).to_pandas()
+        frame: pd.DataFrame = self.table(columns).to_pandas()
+        return frame
 
     def column(self, name: str) -> npt.NDArray[np.uint64]:
         """A register column (or `step`) as a numpy array."""
-        return self.parquet.read(columns=[name]).column(0).to_numpy()
+        values: npt.NDArray[np.uint64] = self.parquet.read(columns=[name]).column(0).to_numpy()
+        return values
 
     def row_group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
         return self.parquet.read_row_group(index, columns=list(columns) if columns else None)
@@ -87,7 +89,9 @@ def load_trace(path: str | Path) -> Trace:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise BadInput(f"{path}: not a stacktrace-lab trace (unreadable as Parquet: {exc})") from None
+        raise BadInput(
+            f"{path}: not a stacktrace-lab trace (unreadable as Parquet: {exc})"
+        ) from None
     raw = (parquet.metadata.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:
         raise BadInput(f"{path}: not a stacktrace-lab trace (no '{METADATA_KEY}' metadata)")

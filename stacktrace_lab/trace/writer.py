@@ -7,6 +7,7 @@ complete trace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -52,10 +53,8 @@ class TraceWriter:
 
     def abort(self) -> None:
         if self._writer is not None:
-            try:
+            with contextlib.suppress(Exception):  # the file is being thrown away anyway
                 self._writer.close()
-            except Exception:  # the file is being thrown away anyway
-                pass
             self._writer = None
         self._temp.unlink(missing_ok=True)
 

@@ -1,0 +1,188 @@
+"""`stacktrace-lab record` and `scenarios` end to end, and the reader's refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stacktrace_lab.cli import main
+from stacktrace_lab.errors import BadInput
+from stacktrace_lab.trace import load_trace
+
+
+def test_record_default_writes_traces_first_switch(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["record"]) == 0
+    assert (tmp_path / "traces" / "first-switch.parquet").is_file()
+    out = capsys.readouterr().out
+    assert "traces/first-switch.parquet: 19 steps, stopped: spin" in out
+
+
+def test_record_options(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x.parquet"
+    assert (
+        main(
+            ["record", "first-switch", "-o", str(out), "--max-steps", "5", "--snapshot-limit", "64"]
+        )
+        == 0
+    )
+    trace = load_trace(out)
+    assert trace.metadata.stop.reason == "max_steps"
+    assert trace.num_rows == 5
+    assert trace.metadata.snapshots["main"].size == 64
+
+
+def test_python_dash_m_and_a_user_scenario(tmp_path: Path, write_scenario) -> None:
+    path = write_scenario(
+        "main:\n movabs $extra_top, %rsp\n push %rax\n hlt",
+        stacks=(("main", 4096), ("extra", 256), ("third", 64)),
+        data=(("heap", 128),),
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stacktrace_lab",
+            "record",
+            str(path),
+            "-o",
+            str(tmp_path / "u.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    trace = load_trace(tmp_path / "u.parquet")
+    assert [r.name for r in trace.metadata.regions] == ["code", "main", "extra", "third", "heap"]
+    assert {c for c in trace.column_names if c.startswith("stack__")} == {
+        "stack__main",
+        "stack__extra",
+        "stack__third",
+    }
+    assert trace.metadata.stop.reason == "halted"
+
+
+BAD_SOURCES = {
+    "assembly-syntax": ("main:\n nop\n mov %rax,, %rbx\n ret", {}, "mov %rax,, %rbx"),
+    "missing-entry": ("start:\n ret", {}, "entry label 'main' is not defined"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SOURCES))
+def test_bad_programs_exit_2_with_one_line(
+    tmp_path: Path, write_scenario, capsys, case: str
+) -> None:
+    source, kwargs, expected = BAD_SOURCES[case]
+    path = write_scenario(source, **kwargs)
+    out = tmp_path / "never.parquet"
+    assert main(["record", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and expected in err
+    if case == "assembly-syntax":  # the TOML line of the bad source line
+        line = path.read_text().splitlines().index(" mov %rax,, %rbx") + 1
+        assert f"{path}:{line}: " in err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".toml"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('name = "s"\n[[stacks]\n', "malformed TOML"),
+        (
+            'name = "s"\n[[stacks]]\nname = "main"\nsize = 0\n[program]\nsource = "main: ret"\n',
+            "stacks[0].size",
+        ),
+        (
+            'name = "s"\n[[stacks]]\nname = "main"\nsize = -1\n[program]\nsource = "main: ret"\n',
+            "stacks[0].size",
+        ),
+        (
+            'name = "s"\n[[stacks]]\nname = "main"\nsize = 1000000000000\n'
+            '[program]\nsource = "main: ret"\n',
+            "stacks[0].size",
+        ),
+    ],
+)
+def test_bad_scenario_files_exit_2(tmp_path: Path, capsys, text: str, expected: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert main(["record", str(path), "-o", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and expected in err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_missing_file_and_unknown_builtin_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["record", str(tmp_path / "missing.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["record", "no-such-builtin"]) == 2
+    assert "no such built-in scenario" in capsys.readouterr().err
+
+
+def test_no_traceback_end_to_end(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is not toml = = =")
+    result = subprocess.run(
+        [sys.executable, "-m", "stacktrace_lab", "record", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "traces").exists()
+
+
+def test_scenarios_lists_the_builtins(capsys) -> None:
+    assert main(["scenarios"]) == 0
+    out = capsys.readouterr().out
+    assert "first-switch" in out and "48-byte" in out
+
+
+# The reader refuses what is not a trace it can read.
+
+
+def test_reader_refuses_a_parquet_file_that_is_not_a_trace(tmp_path: Path) -> None:
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), path)
+    with pytest.raises(BadInput, match="not a stacktrace-lab trace"):
+        load_trace(path)
+
+
+def test_reader_refuses_a_truncated_trace(tmp_path: Path, first_switch_trace: Path) -> None:
+    data = first_switch_trace.read_bytes()
+    path = tmp_path / "cut.parquet"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadInput, match=r"cut\.parquet: not a stacktrace-lab trace"):
+        load_trace(path)
+
+
+def test_reader_refuses_a_newer_version(tmp_path: Path, first_switch_trace: Path) -> None:
+    table = pq.read_table(first_switch_trace)
+    meta = json.loads(pq.read_metadata(first_switch_trace).metadata[b"stacktrace_lab"])
+    meta["version"] = 2
+    path = tmp_path / "future.parquet"
+    writer = pq.ParquetWriter(path, table.schema)
+    writer.write_table(table)
+    writer.add_key_value_metadata({"stacktrace_lab": json.dumps(meta)})
+    writer.close()
+    with pytest.raises(BadInput, match="version 2 is newer"):
+        load_trace(path)
+
+
+def test_reader_refuses_a_text_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(BadInput) as info:
+        load_trace(path)
+    assert "\n" not in str(info.value)
