@@ -79,37 +79,55 @@ class SnapshotState:
         self.state = bytearray(initial)
 
     def column(self, writes: Events, n_rows: int) -> pa.Array:
-        lo, hi = self.window.base, self.window.top
-        inside = (writes.addr < hi) & (writes.addr + writes.size.astype(np.uint64) > lo)
-        data_offsets = np.zeros(len(writes.size) + 1, dtype=np.int64)
-        np.cumsum(writes.size, out=data_offsets[1:])
-        # Versions of the window: the initial state, then one after each step
-        # that wrote into it. Row r shows the version after the last write of
-        # a step before r.
-        versions = [bytes(self.state)]
-        changed_after: list[int] = []
+        """The window before each row of the chunk, from the chunk's writes.
+
+        A version of the window is its state after a step that wrote into it;
+        row r shows the version left by the last such step before r. Versions
+        are built by replaying only the writes that land in the window (a
+        plain loop over those, with slices of one bytes object, measured
+        faster than a vectorized forward fill over versions x bytes, which
+        does 512 operations per version where a write touches 8 bytes); rows
+        are then gathered from the versions with one numpy take.
+        """
+        lo, size = self.window.base, self.window.size
+        ends = writes.addr + writes.size.astype(np.uint64)
+        inside = np.flatnonzero((writes.addr < lo + size) & (ends > lo))
+        data_end = np.cumsum(writes.size)
+        data_start = data_end - writes.size
+        data = writes.data.tobytes()
         state = self.state
-        data = writes.data
-        for i in np.flatnonzero(inside).tolist():
-            row = int(writes.rows[i])
-            addr = int(writes.addr[i])
-            start, end = int(data_offsets[i]), int(data_offsets[i + 1])
-            if changed_after and changed_after[-1] != row:
-                versions.append(bytes(state))
-            if not changed_after or changed_after[-1] != row:
-                changed_after.append(row)
-            first = max(addr, lo)
-            last = min(addr + end - start, hi)
-            state[first - lo : last - lo] = data[
-                start + first - addr : start + last - addr
-            ].tobytes()
-        if changed_after:
+        versions: list[bytes] = [bytes(state)]
+        changed_rows: list[int] = []
+        current = -1
+        for row, addr, start, end in zip(
+            writes.rows[inside].tolist(),
+            writes.addr[inside].tolist(),
+            data_start[inside].tolist(),
+            data_end[inside].tolist(),
+            strict=True,
+        ):
+            if row != current:
+                if current >= 0:
+                    versions.append(bytes(state))
+                changed_rows.append(row)
+                current = row
+            first = addr - lo
+            last = first + end - start
+            if first < 0:  # clip a write that straddles the window's edges
+                start -= first
+                first = 0
+            if last > size:
+                end -= last - size
+                last = size
+            state[first:last] = data[start:end]
+        if changed_rows:
             versions.append(bytes(state))
-        table = np.frombuffer(b"".join(versions), dtype=np.uint8).reshape(len(versions), -1)
-        version_of_row = np.searchsorted(np.array(changed_after, dtype=np.int64), np.arange(n_rows))
+        table = np.frombuffer(b"".join(versions), dtype=np.uint8).reshape(len(versions), size)
+        # Row r shows the version after the last changed step strictly before r.
+        version_of_row = np.searchsorted(np.asarray(changed_rows), np.arange(n_rows), side="left")
         rows = np.ascontiguousarray(table[version_of_row])
         return pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(self.window.size), n_rows, [None, pa.py_buffer(rows.tobytes())]
+            pa.binary(size), n_rows, [None, pa.py_buffer(rows)]
         )
 
 

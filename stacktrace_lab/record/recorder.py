@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,14 +132,26 @@ def record(
     trace_schema = schema(windows)
     max_steps = options.max_steps or scenario.max_steps
 
-    with TraceWriter(output, trace_schema) as writer:
+    with TraceWriter(output, trace_schema) as writer, ThreadPoolExecutor(1) as pool:
+        # Converting and compressing a chunk runs on a second thread while the
+        # emulation goes on: numpy, Arrow and zstd release the GIL for most of
+        # it. One chunk in flight at a time keeps memory bounded.
+        pending: Future[None] | None = None
 
-        def on_chunk(chunk: Chunk) -> None:
+        def convert_and_write(chunk: Chunk) -> None:
             writer.write(build_batch(chunk, table, snapshots, trace_schema))
             if progress is not None:
                 progress(chunk.first_step + chunk.rows)
 
+        def on_chunk(chunk: Chunk) -> None:
+            nonlocal pending
+            if pending is not None:
+                pending.result()  # re-raises what went wrong there
+            pending = pool.submit(convert_and_write, chunk)
+
         result = machine.run(max_steps, options.row_group_size, on_chunk)
+        if pending is not None:
+            pending.result()
         if result.interrupted:
             raise KeyboardInterrupt
         if result.steps == 0:

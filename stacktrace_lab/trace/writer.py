@@ -33,8 +33,11 @@ class TraceWriter:
             self._temp,
             schema,
             compression="zstd",
-            # The same rows must give the same bytes: no statistics whose
-            # presence depends on the data size, nothing host dependent.
+            # Stack snapshots repeat a lot: with room for a dictionary of a
+            # whole row group's distinct values they stay dictionary encoded,
+            # which makes files smaller and reading several times faster.
+            use_dictionary=True,
+            dictionary_pagesize_limit=64 << 20,
             write_statistics=["step", "rip", "rsp"],
         )
 
