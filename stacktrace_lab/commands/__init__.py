@@ -6,7 +6,8 @@ A command returns its exit status (an int) instead of calling sys.exit, so
 
 import click
 
+from .diff import diff_command
 from .record import record_command
 from .scenarios import scenarios_command
 
-COMMANDS: list[click.Command] = [record_command, scenarios_command]
+COMMANDS: list[click.Command] = [record_command, scenarios_command, diff_command]
