@@ -1,0 +1,490 @@
+"""The shared pass: the stack events of a trace, derived once for every invariant and plot.
+
+One read of the trace, row group by row group, of the columns `rip`, `rsp`,
+`insn` and `writes` (never the stack snapshots) gives:
+
+- `rsp` per step and the stack region it points into;
+- the kind of each instruction (`call`, `ret`, `syscall`, other), from the
+  dictionary of the `insn` column, so each distinct instruction text is
+  parsed once however many times it ran;
+- every memory write as flat numpy arrays (step, address, size, value);
+- every `ret`, with the slot it popped, where it landed, and who wrote that
+  slot last: the `call` that pushed it (a return), an ordinary store (a
+  **planted** return: a stack switch), or nothing (the sentinel the machine
+  put under the entry function, or an uninitialised slot).
+
+The last writer of each slot is found without a Python loop over writes: the
+writes are cut into the 8-byte words they touch, sorted by (word, step), and
+each `ret`'s words are looked up with `searchsorted`. Memory is a few numpy
+arrays of one entry per step or per write; register values other than
+`rip`/`rsp` are read later, only at the steps that need them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cached_property
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..layout import SENTINEL_RETURN, Region
+from ..trace.format import TraceMetadata
+from ..trace.reader import Trace
+from .model import MAX_PLANTED, PlantedReturn
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+I16 = npt.NDArray[np.int16]
+B = npt.NDArray[np.bool_]
+_T = TypeVar("_T", bound=np.generic)
+
+
+class Kind(IntEnum):
+    """What an instruction does to the stack's return-address slots."""
+
+    OTHER = 0
+    CALL = 1
+    RET = 2
+    SYSCALL = 3
+
+
+class Origin(IntEnum):
+    """Who wrote the slot a `ret` popped."""
+
+    CALL = 0  # the `call` that pushed it: an ordinary return
+    PLANTED = 1  # an ordinary store: a planted return, i.e. a stack switch
+    ENTRY = 2  # nobody in the program: the machine's sentinel under the entry function
+    UNWRITTEN = 3  # nobody at all, and not the sentinel: a bug
+
+
+# Prefixes capstone may print before the mnemonic (`rep ret`, `bnd call`, `notrack call`).
+_PREFIXES = frozenset({"rep", "repz", "repe", "bnd", "notrack", "lock", "data16"})
+_KINDS = {
+    "call": Kind.CALL,
+    "callq": Kind.CALL,
+    "ret": Kind.RET,
+    "retq": Kind.RET,
+    "syscall": Kind.SYSCALL,
+}
+
+
+def instruction_kind(text: str) -> Kind:
+    words = text.split()
+    while words and words[0] in _PREFIXES:
+        words = words[1:]
+    return _KINDS.get(words[0], Kind.OTHER) if words else Kind.OTHER
+
+
+@dataclass(frozen=True)
+class Writes:
+    """Every memory write of the trace, one entry per write, in step order."""
+
+    step: I64
+    addr: U64
+    size: I64
+    #: The value of 8-byte writes (little-endian); 0 for other sizes.
+    value: U64
+
+    def __len__(self) -> int:
+        return int(self.step.size)
+
+
+@dataclass(frozen=True)
+class Returns:
+    """Every `ret`, in step order: the slot it popped and who wrote that slot last."""
+
+    step: I64
+    slot: U64  # rsp at the ret: the address of the popped slot
+    value: U64  # the popped address, i.e. rip after the ret
+    entry_rsp: U64  # rsp after the ret
+    origin: U8  # an `Origin`
+    writer: I64  # index into `Writes` of the slot's last write before the ret, or -1
+
+    def __len__(self) -> int:
+        return int(self.step.size)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int
+    rip: int
+    rsp: int
+    symbol: str
+    insn: str
+
+
+class TraceFacts:
+    """The trace, plus the stack events every invariant and plot starts from."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        rsp: U64,
+        kind: U8,
+        writes: Writes,
+        calls: I64,
+        call_targets: U64,
+        returns: Returns,
+    ) -> None:
+        self.trace = trace
+        self.meta: TraceMetadata = trace.metadata
+        self.steps = int(rsp.size)
+        self.rsp = rsp
+        self.kind = kind
+        self.writes = writes
+        self.calls = calls
+        #: Where each call lands: rip after it.
+        self.call_targets = call_targets
+        self.returns = returns
+        self.stacks: tuple[Region, ...] = self.meta.stacks
+        self.rsp_stack = stack_index(self.stacks, rsp)
+        self.final_rsp = int(self.meta.final.get("rsp", int(rsp[-1]) if rsp.size else 0))
+        self.sentinel = int(self.meta.options.get("sentinel_return", SENTINEL_RETURN))
+        labels = sorted((addr, name) for name, addr in self.meta.symbols.items())
+        self._label_addrs = [a for a, _ in labels]
+        self._label_names = [n for _, n in labels]
+        code = [r for r in self.meta.regions if r.kind == "code"]
+        self._code = code[0] if code else None
+        counts = [
+            int(trace.parquet.metadata.row_group(g).num_rows) for g in range(trace.num_row_groups)
+        ]
+        self._group_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+
+    # --- names for addresses -------------------------------------------------
+
+    def symbolize(self, addr: int) -> str:
+        """`label` or `label+offset` for a code address; hex for anything else."""
+        if addr == self.sentinel:
+            return f"{addr:#x} (the entry's caller)"
+        if self._code is None or not self._code.contains(addr):
+            return f"{addr:#x}"
+        i = bisect_right(self._label_addrs, addr) - 1
+        if i < 0:
+            return f"{addr:#x}"
+        offset = addr - self._label_addrs[i]
+        return self._label_names[i] if offset == 0 else f"{self._label_names[i]}+{offset}"
+
+    def is_code(self, addr: int) -> bool:
+        return self._code is not None and self._code.contains(addr)
+
+    def locate(self, addr: int) -> tuple[Region, int] | None:
+        """The declared region holding `addr` and the byte index from its base."""
+        region = self.meta.region_of(addr)
+        return (region, addr - region.base) if region is not None else None
+
+    def where(self, addr: int) -> str:
+        """`region+index` for an address in a region (the top of a stack included), else hex."""
+        located = self.locate(addr)
+        if located is not None:
+            return f"{located[0].name}+{located[1]}"
+        for stack in self.stacks:
+            if addr == stack.top:
+                return f"{stack.name}+{stack.size} (the top)"
+        return f"{addr:#x}"
+
+    def describe_value(self, value: int) -> str:
+        """What a 64-bit value on the stack is: a code label, a stack slot, or a number."""
+        if self.is_code(value) or value == self.sentinel:
+            return self.symbolize(value)
+        where = self.where(value)
+        return f"{value:#x} (&{where})" if not where.startswith("0x") else f"{value:#x}"
+
+    # --- planted returns and switches ------------------------------------------
+
+    @cached_property
+    def planted_steps(self) -> I64:
+        """Indices into `returns` of the rets that popped a planted address."""
+        return np.flatnonzero(self.returns.origin == Origin.PLANTED).astype(np.int64)
+
+    @cached_property
+    def planted_returns(self) -> tuple[PlantedReturn, ...]:
+        """The first `MAX_PLANTED` planted returns, in step order (`planted_steps` has all)."""
+        chosen = self.planted_steps[:MAX_PLANTED]
+        r = self.returns
+        ret_steps = r.step[chosen]
+        planted_steps = self.writes.step[r.writer[chosen]]
+        info = self.describe(np.concatenate([ret_steps, planted_steps]).tolist())
+        planted = []
+        for k, i in enumerate(chosen.tolist()):
+            slot = int(r.slot[i])
+            located = self.locate(slot)
+            store = info[int(planted_steps[k])]
+            planted.append(
+                PlantedReturn(
+                    ret_step=int(r.step[i]),
+                    ret_symbol=info[int(r.step[i])].symbol,
+                    region=located[0].name if located else None,
+                    index=located[1] if located else slot,
+                    slot=slot,
+                    planted_step=store.step,
+                    planted_insn=store.insn,
+                    planted_symbol=store.symbol,
+                    value=int(r.value[i]),
+                    target=self.symbolize(int(r.value[i])),
+                    entry_rsp=int(r.entry_rsp[i]),
+                )
+            )
+        return tuple(planted)
+
+    def switch_steps(self) -> I64:
+        """Steps whose instruction moved rsp from one stack region to another (or out)."""
+        if self.steps == 0:
+            return np.zeros(0, dtype=np.int64)
+        region = np.append(
+            self.rsp_stack, stack_index(self.stacks, np.array([self.final_rsp], dtype=np.uint64))
+        )
+        return np.flatnonzero(region[1:] != region[:-1]).astype(np.int64)
+
+    # --- stacks ---------------------------------------------------------------
+
+    def stacks_used(self) -> tuple[Region, ...]:
+        """The stack regions rsp pointed into or that were written, in declaration order."""
+        used = set(np.unique(self.rsp_stack[self.rsp_stack >= 0]).tolist())
+        write_stack = stack_index(self.stacks, self.writes.addr)
+        used |= set(np.unique(write_stack[write_stack >= 0]).tolist())
+        return tuple(s for i, s in enumerate(self.stacks) if i in used)
+
+    def rsp_after(self, steps: I64) -> U64:
+        """rsp after each of `steps` ran: the next row's, or the final one after the last row."""
+        nxt = steps + 1
+        out = np.full(steps.shape, self.final_rsp, dtype=np.uint64)
+        inside = nxt < self.steps
+        out[inside] = self.rsp[nxt[inside]]
+        return out
+
+    def kind_at(self, steps: I64) -> U8:
+        """Instruction kinds at `steps`; OTHER for a step past the end."""
+        out = np.zeros(steps.shape, dtype=np.uint8)
+        inside = (steps >= 0) & (steps < self.steps)
+        out[inside] = self.kind[steps[inside]]
+        return out
+
+    # --- reading rows at a few steps ------------------------------------------
+
+    def _groups_for(self, wanted: I64) -> Iterable[tuple[int, I64, I64]]:
+        """(row group, positions into `wanted`, local row indices) for each group hit."""
+        group_of = np.searchsorted(self._group_starts, wanted, side="right") - 1
+        for g in np.unique(group_of).tolist():
+            positions = np.flatnonzero(group_of == g)
+            yield g, positions, wanted[positions] - self._group_starts[g]
+
+    def describe(self, steps: Iterable[int]) -> dict[int, StepInfo]:
+        """rip, rsp, symbol and instruction at each step, reading only the row groups needed."""
+        wanted = np.unique(np.fromiter(steps, dtype=np.int64))
+        wanted = wanted[(wanted >= 0) & (wanted < self.steps)]
+        out: dict[int, StepInfo] = {}
+        columns = ["rip", "rsp", "insn", "symbol"]
+        for g, positions, local in self._groups_for(wanted):
+            rows = self.trace.row_group(g, columns).take(pa.array(local)).to_pydict()
+            for k, pos in enumerate(positions.tolist()):
+                step = int(wanted[pos])
+                out[step] = StepInfo(
+                    step=step,
+                    rip=int(rows["rip"][k]),
+                    rsp=int(rows["rsp"][k]),
+                    symbol=str(rows["symbol"][k]),
+                    insn=str(rows["insn"][k]),
+                )
+        return out
+
+    def registers_at(self, names: Sequence[str], steps: I64) -> dict[str, U64]:
+        """Register values before each of `steps`; a step equal to the trace's length
+        means the final state (after the last step)."""
+        unique, inverse = np.unique(steps, return_inverse=True)
+        values = {name: np.zeros(unique.shape, dtype=np.uint64) for name in names}
+        past_end = unique >= self.steps
+        for name in names:
+            values[name][past_end] = self.meta.final.get(name, 0)
+        inside = np.flatnonzero(~past_end)
+        for g, positions, local in self._groups_for(unique[inside]):
+            group = self.trace.row_group(g, list(names))
+            for name in names:
+                column = group.column(name).to_numpy()
+                values[name][inside[positions]] = column[local]
+        return {name: v[inverse] for name, v in values.items()}
+
+
+def stack_index(stacks: Sequence[Region], addrs: U64) -> I16:
+    """For each address, the index in `stacks` of the stack it lies in, with the top
+    included (an empty stack's rsp is its top); -1 when in none."""
+    order = sorted(range(len(stacks)), key=lambda i: stacks[i].base)
+    bases = np.array([stacks[i].base for i in order], dtype=np.uint64)
+    tops = np.array([stacks[i].top for i in order], dtype=np.uint64)
+    out = np.full(addrs.shape, -1, dtype=np.int16)
+    if not order:
+        return out
+    pos = np.searchsorted(bases, addrs, side="right").astype(np.int64) - 1
+    clipped = np.clip(pos, 0, len(order) - 1)
+    inside = (pos >= 0) & (addrs <= tops[clipped])
+    ids = np.array(order, dtype=np.int16)
+    out[inside] = ids[clipped[inside]]
+    return out
+
+
+def derive_facts(trace: Trace) -> TraceFacts:
+    """Read the trace once (no snapshot columns) and derive its stack events."""
+    n = trace.num_rows
+    rsp = np.empty(n, dtype=np.uint64)
+    rip = np.empty(n, dtype=np.uint64)
+    kind = np.empty(n, dtype=np.uint8)
+    write_parts: list[tuple[I64, U64, I64, U64]] = []
+    offset = 0
+    for group in trace.iter_row_groups(["rip", "rsp", "insn", "writes"]):
+        rows = group.num_rows
+        rsp[offset : offset + rows] = group.column("rsp").to_numpy()
+        rip[offset : offset + rows] = group.column("rip").to_numpy()
+        kind[offset : offset + rows] = _kinds(group.column("insn"))
+        part = _writes(group.column("writes"), offset)
+        if part is not None:
+            write_parts.append(part)
+        offset += rows
+
+    writes = Writes(
+        step=_concat([p[0] for p in write_parts], np.int64),
+        addr=_concat([p[1] for p in write_parts], np.uint64),
+        size=_concat([p[2] for p in write_parts], np.int64),
+        value=_concat([p[3] for p in write_parts], np.uint64),
+    )
+    final_rip = int(trace.metadata.final.get("rip", 0))
+    final_rsp = int(trace.metadata.final.get("rsp", 0))
+
+    def after(column: U64, steps: I64, final: int) -> U64:
+        nxt = steps + 1
+        out = np.full(steps.shape, final, dtype=np.uint64)
+        inside = nxt < n
+        out[inside] = column[nxt[inside]]
+        return out
+
+    calls = np.flatnonzero(kind == Kind.CALL).astype(np.int64)
+    call_targets = after(rip, calls, final_rip)
+    ret_steps = np.flatnonzero(kind == Kind.RET).astype(np.int64)
+    slots = rsp[ret_steps]
+    values = after(rip, ret_steps, final_rip)
+    del rip
+    writer = _last_writers(writes, slots, ret_steps, n)
+    sentinel = int(trace.metadata.options.get("sentinel_return", SENTINEL_RETURN))
+    origin = _origins(writes, kind, writer, slots, values, sentinel)
+    returns = Returns(
+        step=ret_steps,
+        slot=slots,
+        value=values,
+        entry_rsp=after(rsp, ret_steps, final_rsp),
+        origin=origin,
+        writer=writer,
+    )
+    return TraceFacts(trace, rsp, kind, writes, calls, call_targets, returns)
+
+
+def _kinds(column: pa.ChunkedArray) -> U8:
+    parts = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        table = np.array(
+            [instruction_kind(text) for text in chunk.dictionary.to_pylist()], dtype=np.uint8
+        )
+        indices = chunk.indices.to_numpy(zero_copy_only=False)
+        parts.append(table[indices] if table.size else np.zeros(len(chunk), dtype=np.uint8))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+
+
+def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, I64, U64] | None:
+    lists = column.combine_chunks()
+    flat = pc.list_flatten(lists)
+    if len(flat) == 0:
+        return None
+    rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64) + first_row
+    addr_array, size_array, data_array = flat.flatten()
+    addr = addr_array.to_numpy().astype(np.uint64)
+    size = size_array.to_numpy().astype(np.int64)
+    # The value of each 8-byte write, straight from the binary column's buffers.
+    buffers = data_array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int32)[
+        data_array.offset : data_array.offset + len(data_array) + 1
+    ]
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0)
+    value = np.zeros(addr.shape, dtype=np.uint64)
+    words = np.flatnonzero(size == 8)
+    if words.size:
+        gather = offsets[words][:, None].astype(np.int64) + np.arange(8)
+        value[words] = data[gather].astype(np.uint8).copy().view("<u8").reshape(-1)
+    return rows, addr, size, value
+
+
+def _concat(parts: list[npt.NDArray[_T]], dtype: type[_T]) -> npt.NDArray[_T]:
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate(parts).astype(dtype, copy=False)
+
+
+def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
+    """For each `ret`, the index of the last write before it that touched its slot, or -1.
+
+    Writes and slots are cut into the 8-byte words they touch (an unaligned slot
+    or a 16-byte store spans two); the last writer of a slot is the latest
+    writer of any of its words.
+    """
+    result = np.full(ret_steps.shape, -1, dtype=np.int64)
+    if not len(writes) or not ret_steps.size:
+        return result
+    first_word = slots >> np.uint64(3)
+    last_word = (slots + np.uint64(7)) >> np.uint64(3)
+    ret_words = np.union1d(first_word, last_word)
+
+    w_first = writes.addr >> np.uint64(3)
+    w_last = (writes.addr + writes.size.astype(np.uint64) - np.uint64(1)) >> np.uint64(3)
+    spans = (w_last - w_first + np.uint64(1)).astype(np.int64)
+    owner = np.repeat(np.arange(len(writes), dtype=np.int64), spans)
+    starts = np.cumsum(spans) - spans
+    word = w_first[owner] + (np.arange(owner.size, dtype=np.int64) - starts[owner]).astype(
+        np.uint64
+    )
+    keep = np.isin(word, ret_words)
+    word, owner = word[keep], owner[keep]
+    if not owner.size:
+        return result
+    # One sortable key per (word, step): the word's rank among the ret words, then the step.
+    stride = np.int64(n + 1)
+    key = np.searchsorted(ret_words, word).astype(np.int64) * stride + writes.step[owner]
+    order = np.argsort(key, kind="stable")
+    key, owner = key[order], owner[order]
+
+    def latest(query_words: U64) -> I64:
+        rank = np.searchsorted(ret_words, query_words).astype(np.int64)
+        pos = np.searchsorted(key, rank * stride + ret_steps, side="left") - 1
+        found = pos >= 0
+        found[found] &= key[pos[found]] // stride == rank[found]
+        return np.where(found, owner[np.clip(pos, 0, None)], -1)
+
+    first = latest(first_word)
+    second = latest(last_word)
+    step_of = np.where(first >= 0, writes.step[np.clip(first, 0, None)], -1)
+    step_of_second = np.where(second >= 0, writes.step[np.clip(second, 0, None)], -1)
+    result[:] = np.where(step_of_second > step_of, second, first)
+    return result
+
+
+def _origins(writes: Writes, kind: U8, writer: I64, slots: U64, values: U64, sentinel: int) -> U8:
+    has = writer >= 0
+    w = np.clip(writer, 0, None)
+    if len(writes):
+        pushed_by_call = (
+            has
+            & (kind[writes.step[w]] == Kind.CALL)
+            & (writes.addr[w] == slots)
+            & (writes.size[w] == 8)
+        )
+    else:
+        pushed_by_call = np.zeros(writer.shape, dtype=np.bool_)
+    origin = np.full(writer.shape, Origin.PLANTED, dtype=np.uint8)
+    origin[pushed_by_call] = Origin.CALL
+    origin[~has] = np.where(values[~has] == np.uint64(sentinel), Origin.ENTRY, Origin.UNWRITTEN)
+    return origin

@@ -1,0 +1,75 @@
+"""`stacktrace-lab check TRACE [--json]`: run the invariants, print a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from ..analysis import CheckResult, check
+from ..trace.reader import load_trace
+from .common import stdout_console
+
+
+@click.command("check")
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def check_command(trace: Path, as_json: bool) -> int:
+    """Check TRACE against the invariants: exit 0 if all hold, 1 if one fails."""
+    result = check(load_trace(trace))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        print_result(result)
+    return result.exit_status
+
+
+def print_result(result: CheckResult) -> None:
+    """The invariants as a table, then each violation on its own lines, then the planted returns.
+
+    Every cell is a `Text`, so brackets in scenario-derived strings are not read as markup.
+    """
+    out = stdout_console
+    table = Table(title=Text(f"{result.scenario}: {result.trace}"), title_justify="left")
+    table.add_column("invariant", style="bold")
+    table.add_column("status")
+    table.add_column("violations", justify="right")
+    table.add_column("rule")
+    for r in result.results:
+        status = Text("holds", style="green") if r.holds else Text("FAILS", style="bold red")
+        table.add_row(Text(r.id), status, Text(str(r.total)), Text(r.summary))
+    out.print(table)
+
+    for r in result.results:
+        for v in r.violations:
+            where = f"  step {v.step}  {v.symbol} ({v.rip:#x})"
+            out.print(Text.assemble((r.id, "bold red"), where))
+            out.print(Padding(Text(v.message), (0, 0, 0, 4)))
+        if r.total > len(r.violations):
+            more = r.total - len(r.violations)
+            out.print(Padding(Text(f"... and {more} more {r.id} violations"), (0, 0, 0, 4)))
+
+    if result.planted_total:
+        planted = Table(title="planted returns", title_justify="left")
+        for column in ("ret step", "slot", "planted at", "by", "lands on"):
+            planted.add_column(column)
+        for p in result.planted:
+            planted.add_row(
+                Text(str(p.ret_step)),
+                Text(p.where),
+                Text(f"step {p.planted_step} ({p.planted_symbol})"),
+                Text(p.planted_insn),
+                Text(p.target),
+            )
+        if result.planted_total > len(result.planted):
+            more = result.planted_total - len(result.planted)
+            planted.add_row("", "", "", "", Text(f"... and {more} more"))
+        out.print(planted)
+    else:
+        out.print("no planted returns: every ret popped what its call pushed")
+    verdict = "all invariants hold" if result.holds else f"fails: {', '.join(result.failed)}"
+    out.print(Text(verdict, style="green" if result.holds else "bold red"))
