@@ -1,0 +1,202 @@
+"""`stacktrace-lab show TRACE`: one step of a trace, as a debugger shows it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from ..explore.select import choose_step
+from ..explore.view import StepView, step_view
+from ..trace.reader import Trace, load_trace
+from .common import stdout_console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Output width when stdout is not a terminal: the telescope's rows stay whole.
+PIPED_WIDTH = 160
+
+
+def step_options(function: F) -> F:
+    """`--step`, `--at` and `--first-planted-ret`: the ways to name a step (who-wrote too)."""
+    function = click.option(
+        "--first-planted-ret",
+        is_flag=True,
+        help="The first ret that pops an address planted by an ordinary store (a stack switch).",
+    )(function)
+    function = click.option(
+        "--at", "at", metavar="SYMBOL", help="The first step at SYMBOL (label or label+offset)."
+    )(function)
+    function = click.option("--step", type=int, help="Step number (negative counts from the end).")(
+        function
+    )
+    return function
+
+
+def _hex(value: int) -> str:
+    return f"{value:#018x}"
+
+
+def _header(trace: Trace, view: StepView) -> Text:
+    row = view.row
+    text = Text()
+    text.append(f"{trace.metadata.scenario.name}", style="bold")
+    text.append(f"  step {row.step} of 0..{view.last_step}  ")
+    text.append(f"{row.rip:#x} {row.symbol}  ", style="cyan")
+    text.append(row.insn, style="bold green")
+    return text
+
+
+def _registers(view: StepView) -> Table:
+    table = Table(
+        title="registers (before the instruction; yellow: changed by the last step)",
+        title_justify="left",
+        box=None,
+        padding=(0, 1),
+    )
+    table.add_column("reg")
+    table.add_column("value", no_wrap=True)
+    table.add_column("after this step", no_wrap=True)
+    table.add_column("points to")
+    for reg in view.registers:
+        style = "bold yellow" if reg.changed else ""
+        after = _hex(reg.after) if reg.after is not None else ""
+        table.add_row(reg.name, Text(_hex(reg.value), style=style), after, reg.points_to)
+    return table
+
+
+def _listing(view: StepView) -> Table:
+    table = Table(
+        title="executed instructions around rip", title_justify="left", box=None, padding=(0, 1)
+    )
+    table.add_column("")
+    table.add_column("address", no_wrap=True)
+    table.add_column("symbol", no_wrap=True)
+    table.add_column("instruction", no_wrap=True)
+    for insn in view.listing:
+        current = insn.addr == view.row.rip
+        style = "bold reverse" if current else ""
+        table.add_row(
+            "=>" if current else "", f"{insn.addr:#x}", insn.symbol, insn.text, style=style
+        )
+    return table
+
+
+def _accesses(trace: Trace, view: StepView) -> Text:
+    from ..explore.telescope import describe_pointer
+
+    meta = trace.metadata
+    text = Text()
+    for verb, accesses in (("reads", view.row.reads), ("writes", view.row.writes)):
+        for a in accesses:
+            where = describe_pointer(meta, a.addr) or f"{a.addr:#x}"
+            what = describe_pointer(meta, a.value) if a.size == 8 else ""
+            text.append(f"{verb} {a.size} bytes at {where} ({a.addr:#x}): {a.value:#x}")
+            text.append(f" -> {what}\n" if what else "\n")
+    return text
+
+
+def _telescope(view: StepView) -> Table | Text:
+    tel = view.telescope
+    if tel is None:
+        return Text(f"rsp = {view.row.rsp:#x} is in no stack region", style="bold red")
+    region = tel.region
+    shown = "" if tel.whole else f", showing {len(tel.slots)} slots around rsp"
+    table = Table(
+        title=(
+            f"stack {region.name}: {region.base:#x}..{region.top:#x}, "
+            f"{region.size} bytes, rsp = {region.name}[{tel.rsp - region.base}]{shown}"
+        ),
+        title_justify="left",
+        box=None,
+        padding=(0, 1),
+    )
+    table.add_column("")
+    table.add_column("index", justify="right")
+    table.add_column("address", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("points to", no_wrap=True)
+    table.add_column("last written")
+    rbp = next(r.value for r in view.registers if r.name == "rbp")
+    for slot in tel.slots:
+        marks = [name for name, addr in (("rsp", tel.rsp), ("rbp", rbp)) if slot.holds(addr)]
+        if slot.written_at is None:
+            written = "-"
+        else:
+            writer = f" {slot.writer.text}" if slot.writer else ""
+            written = f"step {slot.written_at}{writer}"
+        table.add_row(
+            "->".join([",".join(marks), ""]) if marks else "",
+            str(slot.index),
+            f"{slot.addr:#x}",
+            _hex(slot.value),
+            slot.points_to,
+            written,
+            style="bold" if slot.holds(tel.rsp) else "",
+        )
+    return table
+
+
+def output_console() -> Console:
+    """The terminal's console; when piped, one wide enough that rows do not wrap."""
+    if stdout_console.is_terminal:
+        return stdout_console
+    return Console(file=sys.stdout, width=PIPED_WIDTH, highlight=False)
+
+
+def render(trace: Trace, view: StepView) -> Group:
+    parts: list[Any] = [_header(trace, view), Text(""), _registers(view), Text("")]
+    parts += [_listing(view), Text("")]
+    accesses = _accesses(trace, view)
+    if accesses.plain:
+        parts += [accesses]
+    parts += [_telescope(view)]
+    return Group(*parts)
+
+
+@click.command("show")
+@click.argument("trace", type=click.Path(path_type=Path))
+@step_options
+@click.option(
+    "--context",
+    type=click.IntRange(0, 100),
+    default=4,
+    show_default=True,
+    help="Instructions shown either side of rip.",
+)
+@click.option("--region", metavar="NAME", help="Show this stack instead of the one rsp is in.")
+@click.option("--json", "as_json", is_flag=True, help="Print the view as JSON.")
+def show_command(
+    trace: Path,
+    step: int | None,
+    at: str | None,
+    first_planted_ret: bool,
+    context: int,
+    region: str | None,
+    as_json: bool,
+) -> int:
+    """Show one step of TRACE: registers, code around rip and the stack telescope."""
+    loaded = load_trace(trace)
+    chosen = choose_step(loaded, step, at, first_planted_ret)
+    shown_region = None
+    if region is not None:
+        from ..errors import BadInput
+
+        try:
+            shown_region = loaded.metadata.region(region)
+        except KeyError:
+            names = ", ".join(r.name for r in loaded.metadata.stacks)
+            raise BadInput(f"{trace}: no region '{region}' (stacks: {names})") from None
+    view = step_view(loaded, chosen, context, shown_region)
+    if as_json:
+        click.echo(json.dumps(view.to_json(loaded), indent=2, sort_keys=True))
+    else:
+        output_console().print(render(loaded, view))
+    return 0

@@ -1,0 +1,169 @@
+"""Memory as it was before a step, rebuilt from the `writes` log, with who wrote each byte.
+
+The `stack__` columns hold a stack's bytes (or its top bytes) at every step,
+but not who wrote them, and not the part of a large stack below the
+snapshot window. The write log has both: every byte's value before step N is
+the data of the last write to it before N, or the initial memory if none.
+Initial memory is all zero except what the step-0 snapshots show (the
+sentinel return address under the entry frame), so the rebuilt bytes are
+exact.
+
+The log is scanned row group by row group with numpy, never row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..trace.reader import Trace
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    """The entries of a `reads` or `writes` column of some rows, flattened.
+
+    Entry `i` was made by the instruction at `step[i]` (row `row[i]` of the
+    table it came from), `size[i]` bytes at `addr[i]`, and its bytes are
+    `data[offsets[i]:offsets[i + 1]]`. Entries are in execution order.
+    """
+
+    row: I64
+    step: I64
+    addr: U64
+    size: I64
+    offsets: I64
+    data: U8
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def bytes_of(self, i: int) -> bytes:
+        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes()
+
+
+def _binary_parts(array: pa.Array) -> tuple[I64, U8]:
+    """(offsets, bytes) of a binary array, honouring its slice offset."""
+    buffers = array.buffers()
+    n = len(array)
+    offsets = np.frombuffer(buffers[1], dtype=np.int32)[array.offset : array.offset + n + 1]
+    data = (
+        np.frombuffer(buffers[2], dtype=np.uint8)
+        if buffers[2] is not None
+        else np.zeros(0, dtype=np.uint8)
+    )
+    return offsets.astype(np.int64), data
+
+
+def flatten_accesses(group: pa.Table, column: str) -> AccessLog:
+    """The `column` ("reads" or "writes") entries of a table that also has `step`."""
+    lists = group.column(column).combine_chunks()
+    steps = group.column("step").to_numpy()
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    addr_array, _sizes, data_array = lists.flatten().flatten()
+    offsets, data = _binary_parts(data_array)
+    return AccessLog(
+        row=parents.astype(np.int64),
+        step=steps[parents].astype(np.int64),
+        addr=addr_array.to_numpy(zero_copy_only=False).astype(np.uint64),
+        # The bytes carried are what counts; `size` should equal their length.
+        size=np.diff(offsets),
+        offsets=offsets,
+        data=data,
+    )
+
+
+def iter_access_logs(
+    trace: Trace, column: str, before: int | None = None, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[pa.Table, AccessLog]]:
+    """Per row group (up to the one holding `before`): the table and its flattened accesses."""
+    columns = ["step", column, *extra]
+    offset = 0
+    for index in range(trace.num_row_groups):
+        if before is not None and offset >= before:
+            return
+        group = trace.row_group(index, columns)
+        if before is not None and offset + group.num_rows > before:
+            group = group.slice(0, before - offset)
+        offset += trace.parquet.metadata.row_group(index).num_rows
+        yield group, flatten_accesses(group, column)
+
+
+@dataclass
+class ByteHistory:
+    """Bytes `lo ..< hi`: each byte's value and the step that last wrote it (-1: never)."""
+
+    lo: int
+    hi: int
+    values: U8
+    writers: I64
+
+    @classmethod
+    def empty(cls, lo: int, hi: int) -> ByteHistory:
+        return cls(lo, hi, np.zeros(hi - lo, dtype=np.uint8), np.full(hi - lo, -1, dtype=np.int64))
+
+    def apply(self, log: AccessLog) -> None:
+        """Lay the log's writes over the bytes, later writes winning."""
+        lo, hi = self.lo, self.hi
+        ends = log.addr + log.size.astype(np.uint64)
+        hit = np.flatnonzero((log.addr < np.uint64(hi)) & (ends > np.uint64(lo)))
+        if len(hit) == 0:
+            return
+        size = log.size[hit]
+        k = np.arange(int(size.max()), dtype=np.int64)
+        # One candidate per (entry, byte of the entry); entry order is execution order.
+        position = (log.addr[hit].astype(np.int64) - lo)[:, None] + k[None, :]
+        valid = (k[None, :] < size[:, None]) & (position >= 0) & (position < hi - lo)
+        entry = np.broadcast_to(hit[:, None], position.shape)[valid]
+        source = (log.offsets[hit][:, None] + k[None, :])[valid]
+        position = position[valid]
+        order = np.lexsort((entry, position))
+        ordered = position[order]
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = ordered[1:] != ordered[:-1]
+        chosen = order[last]
+        self.values[position[chosen]] = log.data[source[chosen]]
+        self.writers[position[chosen]] = log.step[entry[chosen]]
+
+
+def initial_bytes(trace: Trace, lo: int, hi: int) -> U8:
+    """Memory `lo ..< hi` before step 0: zero, except what the step-0 stack snapshots hold."""
+    values = np.zeros(hi - lo, dtype=np.uint8)
+    if trace.num_rows == 0:
+        return values
+    for window in trace.metadata.snapshots.values():
+        first, last = max(lo, window.base), min(hi, window.top)
+        if first >= last:
+            continue
+        snapshot = trace.slice(0, 1, [window.column]).column(0)[0].as_py()
+        values[first - lo : last - lo] = np.frombuffer(
+            snapshot[first - window.base : last - window.base], dtype=np.uint8
+        )
+    return values
+
+
+def memory_before(trace: Trace, lo: int, hi: int, step: int) -> ByteHistory:
+    """Bytes `lo ..< hi` as they were before the instruction at `step` ran."""
+    history = ByteHistory.empty(lo, hi)
+    history.values[:] = initial_bytes(trace, lo, hi)
+    for _, log in iter_access_logs(trace, "writes", before=step):
+        history.apply(log)
+    return history
+
+
+def snapshot_before(trace: Trace, stack: str, step: int) -> tuple[int, bytes] | None:
+    """(base address, bytes) of `stack`'s snapshot window at `step`, or None if not recorded."""
+    window = trace.metadata.snapshots.get(stack)
+    if window is None or window.column not in trace.column_names:
+        return None
+    value = trace.slice(step, step + 1, [window.column]).column(0)[0].as_py()
+    return window.base, bytes(value)

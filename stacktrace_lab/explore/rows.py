@@ -1,0 +1,231 @@
+"""Single steps of a trace, the executed-instruction listing, and finding steps.
+
+A trace row is the machine *before* its instruction, so "the registers at step
+N" is row N, and the instruction at step N changes them into row N + 1. Rows
+are read through `Trace.slice`, which only touches the row group holding the
+step, and searches go row group by row group, so all of this stays cheap on a
+trace of millions of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..arch import REGISTERS
+from ..errors import BadInput
+from ..trace.reader import Trace
+
+#: Instruction prefixes that capstone prints before the mnemonic.
+_PREFIXES = frozenset({"rep", "repe", "repz", "repne", "repnz", "lock", "bnd", "notrack"})
+
+
+def mnemonic(text: str) -> str:
+    """The mnemonic of an instruction text (`retq` of `retq`, `movq` of `movq %rcx, (%rax)`)."""
+    words = text.split()
+    while len(words) > 1 and words[0] in _PREFIXES:
+        words = words[1:]
+    return words[0] if words else ""
+
+
+def is_call(text: str) -> bool:
+    return mnemonic(text).startswith("call")
+
+
+def is_ret(text: str) -> bool:
+    return mnemonic(text).startswith("ret")
+
+
+@dataclass(frozen=True)
+class Access:
+    """One memory access of an instruction (an entry of `reads` or `writes`)."""
+
+    addr: int
+    size: int
+    data: bytes
+
+    @property
+    def value(self) -> int:
+        return int.from_bytes(self.data, "little")
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One step: the registers before its instruction, the instruction and its accesses."""
+
+    step: int
+    registers: dict[str, int]
+    insn: str
+    symbol: str
+    reads: tuple[Access, ...]
+    writes: tuple[Access, ...]
+
+    @property
+    def rip(self) -> int:
+        return self.registers["rip"]
+
+    @property
+    def rsp(self) -> int:
+        return self.registers["rsp"]
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One distinct executed instruction, for listings."""
+
+    addr: int
+    text: str
+    symbol: str
+
+
+BoolArray = npt.NDArray[np.bool_]
+I64 = npt.NDArray[np.int64]
+
+ROW_COLUMNS = ("step", *REGISTERS, "insn", "symbol", "reads", "writes")
+
+
+def check_step(trace: Trace, step: int) -> int:
+    """`step` if the trace has it, else a `BadInput` naming the file and the valid range."""
+    if not 0 <= step < trace.num_rows:
+        raise BadInput(
+            f"{trace.path}: no step {step}: the trace has steps 0 to {trace.num_rows - 1}"
+        )
+    return step
+
+
+def _accesses(value: object) -> tuple[Access, ...]:
+    entries = value if isinstance(value, list) else []
+    return tuple(Access(int(e["addr"]), int(e["size"]), bytes(e["data"])) for e in entries)
+
+
+def rows(trace: Trace, start: int, stop: int) -> list[StepRow]:
+    """Steps `start ..< stop` (clipped to the trace) as `StepRow`s: for a handful of rows."""
+    start, stop = max(start, 0), min(stop, trace.num_rows)
+    if start >= stop:
+        return []
+    table = trace.slice(start, stop, ROW_COLUMNS)
+    data = table.to_pydict()
+    out = []
+    for i in range(table.num_rows):
+        out.append(
+            StepRow(
+                step=int(data["step"][i]),
+                registers={name: int(data[name][i]) for name in REGISTERS},
+                insn=str(data["insn"][i]),
+                symbol=str(data["symbol"][i]),
+                reads=_accesses(data["reads"][i]),
+                writes=_accesses(data["writes"][i]),
+            )
+        )
+    return out
+
+
+def row_at(trace: Trace, step: int) -> StepRow:
+    return rows(trace, check_step(trace, step), step + 1)[0]
+
+
+def registers_after(trace: Trace, step: int) -> dict[str, int]:
+    """The registers once the instruction at `step` has run (the next row, or the final state)."""
+    if step + 1 < trace.num_rows:
+        return row_at(trace, step + 1).registers
+    return dict(trace.metadata.final)
+
+
+def text_mask(column: pa.ChunkedArray | pa.Array, predicate: Callable[[str], bool]) -> BoolArray:
+    """A boolean per row of an `insn` or `symbol` column, deciding once per distinct text."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(array.type, pa.DictionaryType):
+        texts = array.dictionary.to_pylist()
+        accepted = np.array([predicate(str(t)) for t in texts] + [False], dtype=bool)
+        indices = pc.fill_null(array.indices, len(texts)).to_numpy(zero_copy_only=False)
+        mask: BoolArray = accepted[indices]
+        return mask
+    return np.array([predicate(str(t)) for t in array.to_pylist()], dtype=bool)
+
+
+def find_symbol_address(trace: Trace, name: str) -> int:
+    """The address of `label` or `label+offset` (decimal or 0x hex offset)."""
+    label, plus, offset_text = name.partition("+")
+    symbols = trace.metadata.symbols
+    if label not in symbols:
+        known = ", ".join(sorted(symbols)) or "none"
+        raise BadInput(f"{trace.path}: no symbol '{label}' in the trace (symbols: {known})")
+    offset = 0
+    if plus:
+        try:
+            offset = int(offset_text, 0)
+        except ValueError:
+            raise BadInput(f"{trace.path}: bad offset in '{name}'") from None
+    return symbols[label] + offset
+
+
+def first_step_at(trace: Trace, name: str) -> int:
+    """The first step whose rip is at `name` (`label` or `label+offset`)."""
+    address = find_symbol_address(trace, name)
+    offset = 0
+    for group in trace.iter_row_groups(["rip"]):
+        rip = group.column("rip").to_numpy()
+        hits = np.flatnonzero(rip == np.uint64(address))
+        if len(hits):
+            return offset + int(hits[0])
+        offset += group.num_rows
+    raise BadInput(f"{trace.path}: no step executes {name} ({address:#x})")
+
+
+def instruction_listing(trace: Trace) -> list[Instruction]:
+    """Every distinct executed instruction, in address order.
+
+    Reads `rip`, `insn` and `symbol` one row group at a time and keeps one
+    row per distinct rip, so the cost is one pass over three narrow columns.
+    """
+    seen: dict[int, Instruction] = {}
+    for group in trace.iter_row_groups(["rip", "insn", "symbol"]):
+        rip = group.column("rip").to_numpy()
+        unique, first = np.unique(rip, return_index=True)
+        new = [
+            i for addr, i in zip(unique.tolist(), first.tolist(), strict=True) if addr not in seen
+        ]
+        if not new:
+            continue
+        picked = group.take(pa.array(new, pa.int64())).to_pydict()
+        for addr, text, symbol in zip(picked["rip"], picked["insn"], picked["symbol"], strict=True):
+            seen[int(addr)] = Instruction(int(addr), str(text), str(symbol))
+    return [seen[a] for a in sorted(seen)]
+
+
+def listing_around(listing: Sequence[Instruction], rip: int, context: int) -> list[Instruction]:
+    """`context` instructions either side of `rip` in an address-ordered listing."""
+    addresses = [i.addr for i in listing]
+    at = int(np.searchsorted(np.array(addresses, dtype=np.uint64), np.uint64(rip)))
+    return list(listing[max(at - context, 0) : at + context + 1])
+
+
+def group_starts(trace: Trace) -> I64:
+    """The first row of each row group, plus the row count at the end."""
+    sizes = [trace.parquet.metadata.row_group(i).num_rows for i in range(trace.num_row_groups)]
+    starts = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    return starts
+
+
+def instructions_at(trace: Trace, steps: Sequence[int]) -> dict[int, Instruction]:
+    """The instruction executed at each of `steps`, reading only the row groups that hold them."""
+    wanted = sorted({s for s in steps if 0 <= s < trace.num_rows})
+    starts = group_starts(trace)
+    found: dict[int, Instruction] = {}
+    groups = np.searchsorted(starts, np.array(wanted, dtype=np.int64), side="right") - 1
+    for group in sorted(set(groups.tolist())):
+        in_group = [s for s, g in zip(wanted, groups.tolist(), strict=True) if g == group]
+        table = trace.row_group(group, ["rip", "insn", "symbol"])
+        picked = table.take(pa.array([s - int(starts[group]) for s in in_group], pa.int64()))
+        data = picked.to_pydict()
+        for s, rip, text, symbol in zip(
+            in_group, data["rip"], data["insn"], data["symbol"], strict=True
+        ):
+            found[s] = Instruction(int(rip), str(text), str(symbol))
+    return found
