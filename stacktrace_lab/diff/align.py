@@ -179,11 +179,11 @@ def align_traces(a: Trace, b: Trace, window: int = ALIGN_WINDOW) -> AlignmentPla
         )
         for tag, i1, i2, j1, j2 in matcher.get_opcodes():
             opcodes.append(Opcode(_KIND[tag], prefix + i1, prefix + i2, prefix + j1, prefix + j2))
-        rest_a = (prefix + wa, mid_a[1])
-        rest_b = (prefix + wb, mid_b[1])
-        if rest_a[1] > rest_a[0] or rest_b[1] > rest_b[0]:
-            limited = True
-            opcodes.append(Opcode("unaligned", *rest_a, *rest_b))
+    rest_a = (prefix + wa, mid_a[1])
+    rest_b = (prefix + wb, mid_b[1])
+    if rest_a[1] > rest_a[0] or rest_b[1] > rest_b[0]:
+        limited = True
+        opcodes.append(Opcode("unaligned", *rest_a, *rest_b))
     if suffix:
         opcodes.append(Opcode("equal", mid_a[1], len_a, mid_b[1], len_b))
     return AlignmentPlan(tuple(opcodes), limited)

@@ -1,0 +1,248 @@
+"""`diff_traces`: where two traces part, in steps mode and in align mode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from stacktrace_lab.diff import diff_traces, render
+from stacktrace_lab.diff.align import align_traces
+from stacktrace_lab.diff.compare import Segment, compared_columns, scan
+from stacktrace_lab.errors import BadInput
+from stacktrace_lab.record.recorder import RecordOptions, Recording, record
+from stacktrace_lab.scenario import load_scenario
+from stacktrace_lab.trace import load_trace
+from stacktrace_lab.trace.format import METADATA_KEY
+
+Record = Callable[..., Recording]
+
+ADD = """
+main:
+    mov $1, %rax
+    add ${imm}, %rax
+    mov %rax, %rbx
+    push %rbx
+    pop %rbx
+    ret
+"""
+ADD_STEP = 1  # the row of `add` (row 0 is the first mov)
+
+
+def first_switch_with(insertion: str) -> str:
+    """The seed's source with `insertion` before `movabs $green_base` (before the switch)."""
+    source = load_scenario("first-switch").source
+    anchor = "    movabs $green_base, %rax"
+    assert anchor in source
+    # Written into a TOML basic string by the fixture: keep `\\n` escaped.
+    return source.replace(anchor, insertion + anchor).replace("\\", "\\\\")
+
+
+FIRST_SWITCH_STACKS = (("main", 65536), ("green", 48))
+
+
+def test_recording_a_builtin_twice_is_the_same(tmp_path: Path) -> None:
+    scenario = load_scenario("first-switch")
+    a = record(scenario, tmp_path / "a.parquet").path
+    b = record(scenario, tmp_path / "b.parquet").path
+    diff = diff_traces(a, b)
+    assert diff.same
+    assert diff.first_divergence is None
+    assert diff.columns == ()
+    assert diff.metadata == ()
+    assert "result: SAME" in render(diff, "text")
+
+
+def test_changed_immediate_diverges_at_the_instruction_and_names_rax(
+    record_source: Record,
+) -> None:
+    a = record_source(ADD.format(imm=0)).path
+    b = record_source(ADD.format(imm=5)).path
+    diff = diff_traces(a, b)
+    assert not diff.same
+    d = diff.first_divergence
+    assert d is not None and d.a is not None and d.b is not None
+    # Convention: the first row where any compared column differs is the add itself
+    # (its text); the register it wrote differs from the next row on.
+    assert d.kind == "changed"
+    assert (d.a.step, d.b.step) == (ADD_STEP, ADD_STEP)
+    assert d.columns == ("insn",)
+    assert (d.a.insn, d.b.insn) == ("addq $0, %rax", "addq $5, %rax")
+    after = {r.name: (r.a, r.b) for r in d.after}
+    assert after["rax"] == (1, 6)
+    counts = {c.column: c for c in diff.columns}
+    assert counts["rax"].first_a == ADD_STEP + 1
+    assert counts["insn"].steps == 1
+    assert counts["rbx"].first_a == ADD_STEP + 2  # mov %rax, %rbx carried it on
+    text = render(diff, "text")
+    assert "rax" in text
+    assert "addq $5, %rax" in text
+    assert any(m.field == "source" for m in diff.metadata)
+
+
+def test_ignoring_insn_moves_the_divergence_to_the_register(record_source: Record) -> None:
+    a = record_source(ADD.format(imm=0)).path
+    b = record_source(ADD.format(imm=5)).path
+    diff = diff_traces(a, b, ignore=["insn", "rflags", "source", "code"])
+    d = diff.first_divergence
+    assert d is not None and d.a is not None
+    assert d.a.step == ADD_STEP + 1
+    assert [(r.name, r.a, r.b) for r in d.registers] == [("rax", 1, 6)]
+    assert "insn" not in diff.compared and "rflags" not in diff.compared
+    assert diff.ignored == ("insn", "rflags", "source", "code")
+
+
+def test_written_bytes_and_stack_bytes_are_pinpointed(record_source: Record) -> None:
+    a = load_trace(record_source(ADD.format(imm=0x11)).path)
+    b = load_trace(record_source(ADD.format(imm=0x33)).path)
+    push = 3
+    diff = diff_traces(a, b, ignore=["insn", "rax", "rbx", "rflags"])
+    d = diff.first_divergence
+    assert d is not None and d.a is not None
+    assert d.a.step == push
+    assert d.columns == ("writes",)
+    (writes,) = d.accesses
+    assert writes.entries == (0,)
+    assert writes.a[0].data == (0x12).to_bytes(8, "little")
+    assert writes.b[0].data == (0x34).to_bytes(8, "little")
+
+    # Without the writes, the first difference is the pushed byte on the stack after it.
+    diff = diff_traces(a, b, ignore=["insn", "rax", "rbx", "rflags", "writes"])
+    d = diff.first_divergence
+    assert d is not None and d.a is not None and d.b is not None
+    assert d.a.step == push + 1
+    (stack,) = d.stacks
+    assert stack.column == "stack__main"
+    assert stack.differing_bytes == 1
+    (byte,) = stack.ranges
+    window = a.metadata.snapshots["main"]
+    slot = load_trace(a.path).rows(["rsp"])["rsp"][push + 1]  # rsp after the push
+    assert byte.address == slot == window.base + byte.start
+    assert (byte.stop - byte.start, byte.a, byte.b) == (1, b"\x12", b"\x34")
+    assert "bytes [" in render(diff, "text")
+
+
+def test_nop_before_the_switch_in_align_mode_is_one_inserted_step(
+    record_source: Record,
+) -> None:
+    a = record_source(first_switch_with(""), stacks=FIRST_SWITCH_STACKS).path
+    b = record_source(first_switch_with("    nop\n"), stacks=FIRST_SWITCH_STACKS).path
+
+    aligned = diff_traces(a, b, align=True)
+    assert aligned.alignment is not None
+    assert aligned.alignment.inserted == 1
+    assert aligned.alignment.deleted == 0
+    assert (aligned.alignment.replaced_a, aligned.alignment.replaced_b) == (0, 0)
+    assert aligned.alignment.total_gaps == 1
+    assert aligned.alignment.matched == aligned.a.steps
+    # Otherwise equal: every paired step (return address into moved code, hello's
+    # address planted on the green stack, rip) and the stop and final state.
+    assert aligned.columns == ()
+    assert {m.field for m in aligned.metadata} == {"source", "code"}
+    d = aligned.first_divergence
+    assert d is not None and d.b is not None
+    assert d.kind == "inserted" and d.a is None and d.b.insn == "nop"
+    assert "1 step(s) inserted in B" in render(aligned, "text")
+
+    # Step by step, everything after the nop differs.
+    stepwise = diff_traces(a, b)
+    assert {"rip", "insn", "symbol", "stack__green"} <= {c.column for c in stepwise.columns}
+
+
+def test_align_mode_pairs_a_changed_instruction_as_replaced(record_source: Record) -> None:
+    a = record_source(ADD.format(imm=0)).path
+    b = record_source(ADD.format(imm=5)).path
+    diff = diff_traces(a, b, align=True)
+    assert diff.alignment is not None
+    assert (diff.alignment.replaced_a, diff.alignment.replaced_b) == (1, 1)
+    d = diff.first_divergence
+    assert d is not None and d.kind == "replaced"
+    counts = {c.column: c for c in diff.columns}
+    assert counts["rax"].first_a == ADD_STEP + 1
+
+
+def test_alignment_window_limits_the_divergent_region(record_source: Record) -> None:
+    a = load_trace(record_source(ADD.format(imm=0)).path)
+    b = load_trace(record_source(ADD.format(imm=5)).path)
+    plan = align_traces(a, b, window=0)
+    assert plan.window_limited
+    assert [op.kind for op in plan.opcodes] == ["equal", "unaligned", "equal"]
+
+
+def test_one_trace_stopping_early_is_reported_as_an_end(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    scenario = load_scenario(write_scenario(ADD.format(imm=0)))
+    a = record(scenario, tmp_path / "short.parquet", RecordOptions(max_steps=3)).path
+    b = record(scenario, tmp_path / "long.parquet").path
+    diff = diff_traces(a, b)
+    d = diff.first_divergence
+    assert d is not None and d.kind == "a-ended"
+    assert d.b is not None and d.b.step == 3
+    assert d.b_rows == diff.b.steps - 3
+    assert diff.columns == ()
+    assert {"stop", "options"} <= {m.field for m in diff.metadata}
+
+
+def test_tool_versions_are_a_note_not_a_difference(
+    first_switch_trace: Path, tmp_path: Path
+) -> None:
+    table = pq.read_table(first_switch_trace)
+    meta = json.loads(pq.read_metadata(first_switch_trace).metadata[METADATA_KEY.encode()])
+    meta["tool"]["unicorn"] = "9.9.9"
+    copy = tmp_path / "newer-unicorn.parquet"
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), copy)
+    diff = diff_traces(first_switch_trace, copy)
+    assert diff.same
+    assert any("unicorn" in note and "9.9.9" in note for note in diff.notes)
+
+
+def test_ignore_names_are_checked_and_expanded(first_switch_trace: Path) -> None:
+    diff = diff_traces(first_switch_trace, first_switch_trace, ignore=["green", "r1*", " "])
+    assert "stack__green" in diff.ignored
+    assert {"r10", "r11", "r12", "r13", "r14", "r15"} <= set(diff.ignored)
+    assert "stack__green" not in diff.compared
+    with pytest.raises(BadInput, match="unknown column or field 'rsx'"):
+        diff_traces(first_switch_trace, first_switch_trace, ignore=["rsx"])
+
+
+def test_chunked_scan_across_row_groups_counts_the_same(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_scenario(first_switch_with("    nop\n"), stacks=FIRST_SWITCH_STACKS)
+    scenario = load_scenario(path)
+    other = load_scenario(write_scenario(first_switch_with(""), stacks=FIRST_SWITCH_STACKS))
+    a = load_trace(record(other, tmp_path / "a.parquet", RecordOptions(row_group_size=3)).path)
+    b = load_trace(record(scenario, tmp_path / "b.parquet", RecordOptions(row_group_size=5)).path)
+    columns = compared_columns(a, b, ())
+    segments = [Segment(0, 0, min(a.num_rows, b.num_rows))]
+    whole = scan(a, b, segments, columns)
+    chunked = scan(a, b, segments, columns, chunk_rows=2)
+    assert whole.counts == chunked.counts and whole.first == chunked.first
+    assert whole.counts["rip"] > 0
+    # Different row group sizes are a storage detail, not a difference.
+    assert "options" not in {m.field for m in diff_traces(a, b).metadata}
+
+
+def test_json_has_the_first_divergence_under_its_own_key(record_source: Record) -> None:
+    a = record_source(ADD.format(imm=0)).path
+    b = record_source(ADD.format(imm=5)).path
+    doc = json.loads(render(diff_traces(a, b), "json"))
+    assert doc["same"] is False
+    assert doc["first_divergence"]["a"]["step"] == ADD_STEP
+    assert doc["first_divergence"]["after"][0]["name"] == "rax"
+    assert doc["columns"]["rax"]["first_step_a"] == ADD_STEP + 1
+    assert "first divergent step" in doc["convention"]
+
+
+def test_markdown_is_a_job_summary(record_source: Record) -> None:
+    a = record_source(ADD.format(imm=0)).path
+    b = record_source(ADD.format(imm=5)).path
+    md = render(diff_traces(a, b), "markdown")
+    assert md.startswith("### stacktrace-lab diff: different")
+    assert "| insn | `addq $0, %rax` | `addq $5, %rax` |" in md
+    assert "| `rax` after this step | 0x1 | 0x6 |" in md
+    assert "```diff" in md

@@ -1,0 +1,138 @@
+"""`stacktrace-lab diff A B`: exit 0 same, 1 different, 2 bad input (one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stacktrace_lab.cli import main
+from stacktrace_lab.record.recorder import Recording
+
+from .test_diff import ADD, ADD_STEP, FIRST_SWITCH_STACKS, first_switch_with
+
+Record = Callable[..., Recording]
+
+
+@pytest.fixture
+def add_traces(record_source: Record) -> tuple[Path, Path]:
+    return record_source(ADD.format(imm=0)).path, record_source(ADD.format(imm=5)).path
+
+
+def test_a_builtin_recorded_twice_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    assert main(["record", "first-switch", "-o", str(a)]) == 0
+    assert main(["record", "first-switch", "-o", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["diff", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "result: SAME" in out
+
+
+def test_a_changed_immediate_exits_1_and_names_rax(
+    add_traces: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = add_traces
+    assert main(["diff", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert f"first divergent step: A step {ADD_STEP} / B step {ADD_STEP}" in out
+    assert "after this step: rax: A 0x1  B 0x6" in out
+    assert "convention:" in out
+
+
+def test_formats(add_traces: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = add_traces
+    assert main(["diff", str(a), str(b), "--format", "json", "--ignore", "rflags"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["first_divergence"]["a"]["step"] == ADD_STEP
+    assert doc["ignored"] == ["rflags"]
+    assert "rflags" not in doc["columns"]
+    assert main(["diff", str(a), str(b), "--format", "markdown", "--context", "0"]) == 1
+    md = capsys.readouterr().out
+    assert md.startswith("### stacktrace-lab diff: different")
+    assert md.count("**>**") == 1  # only the divergent row in the context
+
+
+def test_align_reports_the_inserted_nop(
+    record_source: Record, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = record_source(first_switch_with(""), stacks=FIRST_SWITCH_STACKS).path
+    b = record_source(first_switch_with("    nop\n"), stacks=FIRST_SWITCH_STACKS).path
+    assert main(["diff", str(a), str(b), "--align"]) == 1
+    out = capsys.readouterr().out
+    assert "1 step(s) inserted in B, 0 deleted from A" in out
+    assert "paired steps are equal in every compared column" in out
+    # Only the inserted step and the code/source it came from differ.
+    assert main(["diff", str(a), str(b), "--align", "--ignore", "source,code"]) == 1
+
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda d: d / "missing.parquet", "no such file"),
+        (lambda d: d, "is a directory"),
+        (
+            lambda d: _write(d / "notes.parquet", b"not parquet at all"),
+            "not a stacktrace-lab trace",
+        ),
+        (lambda d: _plain_parquet(d / "plain.parquet"), "no 'stacktrace_lab' metadata"),
+    ],
+    ids=["missing", "directory", "not-parquet", "not-a-trace"],
+)
+def test_bad_input_exits_2_with_one_line(
+    first_switch_trace: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_bad: Callable[[Path], Path],
+    message: str,
+) -> None:
+    bad = make_bad(tmp_path)
+    assert main(["diff", str(first_switch_trace), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(bad) in err
+
+
+def test_truncated_trace_and_unknown_ignore_exit_2(
+    first_switch_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = first_switch_trace.read_bytes()
+    cut = _write(tmp_path / "cut.parquet", data[: len(data) // 2])
+    assert main(["diff", str(cut), str(first_switch_trace)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["diff", str(first_switch_trace), str(first_switch_trace), "--ignore", "nope"]) == 2
+    assert "unknown column or field 'nope'" in capsys.readouterr().err
+
+
+def test_end_to_end_exit_codes(first_switch_trace: Path, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stacktrace_lab", "diff", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    same = run(str(first_switch_trace), str(first_switch_trace), "--format", "markdown")
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.startswith("### stacktrace-lab diff: same")
+    missing = run(str(first_switch_trace), str(tmp_path / "nope.parquet"))
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr and missing.stderr.count("\n") == 1
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _plain_parquet(path: Path) -> Path:
+    pq.write_table(pa.table({"x": [1, 2, 3]}), path)
+    return path
