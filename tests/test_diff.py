@@ -13,7 +13,7 @@ from stacktrace_lab.diff import diff_traces, render
 from stacktrace_lab.diff.align import align_traces
 from stacktrace_lab.diff.compare import Segment, compared_columns, scan
 from stacktrace_lab.errors import BadInput
-from stacktrace_lab.record.recorder import RecordOptions, Recording, record
+from stacktrace_lab.record.recorder import Recording, RecordOptions, record
 from stacktrace_lab.scenario import load_scenario
 from stacktrace_lab.trace import load_trace
 from stacktrace_lab.trace.format import METADATA_KEY
