@@ -9,9 +9,10 @@ import click
 from .check import check_command
 from .diff import diff_command
 from .record import record_command
+from .replay import replay_command
 from .scenarios import scenarios_command
 from .show import show_command
 from .who_wrote import who_wrote_command
 
 COMMANDS: list[click.Command] = [record_command, scenarios_command, check_command, diff_command]
-COMMANDS += [show_command, who_wrote_command]
+COMMANDS += [show_command, who_wrote_command, replay_command]

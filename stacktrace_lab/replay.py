@@ -1,0 +1,267 @@
+"""Replay: run a trace's own program again and check every recorded step against the file.
+
+A trace is self-contained: its metadata holds the code bytes, the layout, the
+initial registers and the options, and its step-0 stack snapshots hold the
+initial memory (the sentinel return address under the entry frame; all other
+memory starts zeroed). `replay()` builds the same machine from those alone,
+with no scenario file, runs it under the recorder's own hooks and turns each
+chunk of steps into an Arrow batch by the recorder's own path
+(`record.columns.build_batch`), then compares it column by column with the
+same rows of the file. The first step where any column differs is reported,
+with every column that differs there. A file whose rows were edited by hand
+(a register value changed and the file rewritten) is caught at that step.
+
+This module is on the recorder side: it imports the emulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .arch import REGISTERS
+from .errors import BadInput
+from .layout import SENTINEL_RETURN
+from .record.columns import SnapshotState, build_batch
+from .record.disassembly import Disassembler, InstructionTable
+from .record.machine import Chunk, Machine, MachineSpec, RunResult
+from .trace.format import schema
+from .trace.reader import Trace
+
+#: Values longer than this are shortened in a report.
+_SHOWN = 120
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The first step at which the replay and the file disagree."""
+
+    step: int
+    columns: tuple[str, ...]  # every column that differs at that step, in file order
+    recorded: str  # the first column's value in the file
+    replayed: str  # and in the replay
+    detail: str  # one sentence
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "columns": list(self.columns),
+            "recorded": self.recorded,
+            "replayed": self.replayed,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    steps_compared: int
+    difference: Difference | None
+
+    @property
+    def matches(self) -> bool:
+        return self.difference is None
+
+
+class _Diverged(Exception):
+    def __init__(self, difference: Difference) -> None:
+        super().__init__(difference.detail)
+        self.difference = difference
+
+
+def machine_spec_of(trace: Trace) -> MachineSpec:
+    """The machine a trace was recorded on, from the trace alone."""
+    meta = trace.metadata
+    try:
+        code_region = meta.region("code")
+        entry = meta.initial["rip"]
+    except KeyError as exc:
+        raise BadInput(f"{trace.path}: cannot replay: the metadata has no {exc}") from None
+    if trace.num_rows == 0:
+        raise BadInput(f"{trace.path}: cannot replay: the trace has no steps")
+    memory = {}
+    for window in meta.snapshots.values():
+        if window.column in trace.column_names:
+            memory[window.base] = bytes(trace.slice(0, 1, [window.column]).column(0)[0].as_py())
+    return MachineSpec(
+        code=meta.code,
+        code_region=code_region,
+        regions=[r for r in meta.regions if r.kind != "code"],
+        entry=entry,
+        registers={name: value for name, value in meta.initial.items() if name != "rip"},
+        memory=memory,
+        sentinel=int(meta.options.get("sentinel_return", SENTINEL_RETURN)),
+    )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = f"{value:#x}"
+    elif isinstance(value, bytes):
+        text = value.hex()
+    elif isinstance(value, list) and all(isinstance(v, dict) and "addr" in v for v in value):
+        # A reads/writes entry list: `8 bytes at 0x10011ff0 = 3e00400000000000`.
+        text = (
+            "["
+            + ", ".join(
+                f"{v['size']} bytes at {v['addr']:#x} = {bytes(v['data']).hex()}" for v in value
+            )
+            + "]"
+        )
+    else:
+        text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _plain(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array, dictionary text decoded (dictionaries may differ, texts may not)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if isinstance(array.type, pa.DictionaryType):
+        array = array.dictionary_decode()
+    return array
+
+
+def first_difference(recorded: pa.Array, replayed: pa.Array) -> int | None:
+    """The first row at which two arrays of equal length differ, or None."""
+    if recorded.equals(replayed):
+        return None
+    try:
+        unequal = pc.not_equal(recorded, replayed)
+        hits = pc.indices_nonzero(pc.fill_null(unequal, True))
+        if len(hits):
+            return int(hits[0].as_py())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    # Nested columns (reads, writes): compare row by row, only once a difference is known.
+    for i, (a, b) in enumerate(zip(recorded.to_pylist(), replayed.to_pylist(), strict=True)):
+        if a != b:
+            return i
+    return None
+
+
+class _Comparer:
+    """Compares each replayed batch with the same rows of the file."""
+
+    def __init__(self, trace: Trace, columns: list[str]) -> None:
+        self.trace = trace
+        self.columns = columns
+        self.compared = 0
+
+    def check(self, batch: pa.RecordBatch) -> None:
+        first = int(batch.column(0)[0].as_py()) if batch.num_rows else self.compared
+        n = batch.num_rows
+        total = self.trace.num_rows
+        if first + n > total:
+            replayed_row = {
+                name: batch.column(name)[total - first].as_py()
+                for name in ("rip", "insn")
+                if total - first < n
+            }
+            if first < total:
+                self.check(batch.slice(0, total - first))
+            raise _Diverged(
+                Difference(
+                    step=total,
+                    columns=("(rows)",),
+                    recorded="end of trace",
+                    replayed=f"{replayed_row.get('rip', 0):#x} {replayed_row.get('insn', '')}",
+                    detail=f"the trace ends after {total} steps, but the replay runs on",
+                )
+            )
+        recorded_table = self.trace.slice(first, first + n, self.columns)
+        found: list[tuple[int, str]] = []
+        for name in self.columns:
+            row = first_difference(_plain(recorded_table.column(name)), _plain(batch.column(name)))
+            if row is not None:
+                found.append((row, name))
+        if not found:
+            self.compared = first + n
+            return
+        row = min(r for r, _ in found)
+        self.compared = first + row
+        names = tuple(name for r, name in found if r == row)
+        recorded = _plain(recorded_table.column(names[0]))[row].as_py()
+        replayed = _plain(batch.column(names[0]))[row].as_py()
+        where = f"{batch.column('rip')[row].as_py():#x} {_plain(batch.column('insn'))[row].as_py()}"
+        raise _Diverged(
+            Difference(
+                step=first + row,
+                columns=names,
+                recorded=_show(recorded),
+                replayed=_show(replayed),
+                detail=(
+                    f"{', '.join(names)} {'differs' if len(names) == 1 else 'differ'} at {where}"
+                    f" -- the file has {_show(recorded)}, the replay {_show(replayed)}"
+                ),
+            )
+        )
+
+
+def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
+    """After all rows matched: the step count, stop, final registers and output."""
+    meta = trace.metadata
+    if result.steps < trace.num_rows:
+        return Difference(
+            step=result.steps,
+            columns=("(rows)",),
+            recorded=f"{trace.num_rows} steps",
+            replayed=f"{result.steps} steps",
+            detail=(
+                f"the replay stopped after {result.steps} steps ({result.stop.reason}: "
+                f"{result.stop.detail}), but the trace has {trace.num_rows}"
+            ),
+        )
+    last = trace.num_rows - 1
+    checks: list[tuple[str, object, object]] = [
+        ("stop.reason", meta.stop.reason, result.stop.reason),
+        ("stop.step", meta.stop.step, result.stop.step),
+        ("stdout", meta.stdout, result.stdout.decode("utf-8", "backslashreplace")),
+        ("stderr", meta.stderr, result.stderr.decode("utf-8", "backslashreplace")),
+    ]
+    checks += [(f"final.{r}", meta.final.get(r), result.final.get(r)) for r in REGISTERS]
+    for name, recorded, replayed in checks:
+        if recorded != replayed:
+            return Difference(
+                step=last,
+                columns=(name,),
+                recorded=_show(recorded),
+                replayed=_show(replayed),
+                detail=(
+                    f"after the last step ({last}) the metadata's {name} is {_show(recorded)}, "
+                    f"the replay's {_show(replayed)}"
+                ),
+            )
+    return None
+
+
+def replay(trace: Trace, progress: Callable[[int], None] | None = None) -> ReplayResult:
+    """Re-run `trace`'s program from its own recorded state and compare every step."""
+    meta = trace.metadata
+    spec = machine_spec_of(trace)
+    machine = Machine(spec)
+    windows = dict(meta.snapshots)
+    snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
+    table = InstructionTable(Disassembler(meta.code, meta.code_base, meta.symbols))
+    batch_schema = schema(windows)
+    columns = [name for name in trace.column_names if name in batch_schema.names]
+    comparer = _Comparer(trace, columns)
+    # The file's own step limit: a trace cut at max_steps replays to the same cut.
+    max_steps = int(meta.options.get("max_steps") or trace.num_rows)
+    chunk_rows = int(meta.options.get("row_group_size") or 65536)
+
+    def on_chunk(chunk: Chunk) -> None:
+        comparer.check(build_batch(chunk, table, snapshots, batch_schema))
+        if progress is not None:
+            progress(chunk.first_step + chunk.rows)
+
+    try:
+        result = machine.run(max_steps, chunk_rows, on_chunk)
+    except _Diverged as diverged:
+        return ReplayResult(comparer.compared, diverged.difference)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return ReplayResult(result.steps, _compare_end(trace, result))
