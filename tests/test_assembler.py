@@ -9,7 +9,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
 
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.layout import CODE_BASE
-from stacktrace_lab.record.assembler import assemble, labels_of_line
+from stacktrace_lab.record.assembler import assemble, explicit_radix, labels_of_line
 from stacktrace_lab.record.recorder import build_program
 from stacktrace_lab.scenario import Scenario, load_scenario
 
@@ -120,3 +120,21 @@ def test_missing_entry_label(write_scenario) -> None:
     path = write_scenario("start:\n ret", entry="main")
     with pytest.raises(BadInput, match="entry label 'main' is not defined"):
         build_program(load_scenario(path))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("mov $32, %edx  # 32 bytes", "mov $0x20, %edx  "),
+        ("movq %rcx, SSIZE-16(%rax)", "movq %rcx, SSIZE-0x10(%rax)"),
+        ("lea 16(%rsp,%rax,8), %r8", "lea 0x10(%rsp,%rax,0x8), %r8"),
+        ('.ascii "I LOVE 42\\n"', '.ascii "I LOVE 42\\n"'),
+        ("mov 0x20(%rdi), %xmm0", "mov 0x20(%rdi), %xmm0"),
+        ("mov rax, qword ptr [rbp-8]", "mov rax, qword ptr [rbp-0x8]"),
+        ("label2: dec %r15d", "label2: dec %r15d"),
+        ("mov $010, %rax", "mov $010, %rax"),
+        (".byte 0, 10, 255", ".byte 0x0, 0xa, 0xff"),
+    ],
+)
+def test_explicit_radix(line: str, expected: str) -> None:
+    assert explicit_radix(line) == expected

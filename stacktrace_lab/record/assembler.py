@@ -67,6 +67,34 @@ def labels_of_line(line: str) -> list[str]:
         code = code[match.end() :]
 
 
+_DECIMAL = re.compile(r"(?<![\w.])([1-9][0-9]*|0)(?![\w.])")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def explicit_radix(line: str) -> str:
+    """The line with every bare decimal number written in hex (`32` -> `0x20`).
+
+    Keystone reads bare numbers in hex once any Ks object in the process has
+    had its syntax option set, even after that object is closed (see
+    docs/pitfalls.md). Hex with a `0x` prefix means the same whatever the
+    radix, so the source keystone sees has no bare decimals. String literals,
+    identifiers (`r8`, `xmm0`), `0x`/`0b` literals and octal `010` are kept.
+    """
+    code = strip_comment(line)
+    pieces = []
+    position = 0
+    for string in _STRING.finditer(code):
+        pieces.append(_DECIMAL.sub(_to_hex, code[position : string.start()]))
+        pieces.append(string.group(0))
+        position = string.end()
+    pieces.append(_DECIMAL.sub(_to_hex, code[position:]))
+    return "".join(pieces)
+
+
+def _to_hex(match: re.Match[str]) -> str:
+    return hex(int(match.group(1)))
+
+
 def _header(scenario: Scenario, constants: dict[str, int]) -> list[str]:
     lines = [".att_syntax"] if scenario.syntax == "att" else []
     lines += [f".equ {name}, {value:#x}" for name, value in constants.items()]
@@ -97,6 +125,7 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     header = _header(scenario, constants)
     user_lines = scenario.source.splitlines()
     line_labels = [labels_of_line(line) for line in user_lines]
+    explicit_lines = [explicit_radix(line) for line in user_lines]
     labels = [name for names in line_labels for name in names]
     for name in labels:
         if name in constants:
@@ -110,12 +139,12 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     # movabs loads each label into rax: reading the immediates back gives the
     # address of every label and every line, without changing the code before.
     line_marks = [f"{_LINE_LABEL}{i}" for i in range(len(user_lines))]
-    marked = [f"{mark}: {line}" for mark, line in zip(line_marks, user_lines, strict=True)]
+    marked = [f"{mark}: {line}" for mark, line in zip(line_marks, explicit_lines, strict=True)]
     wanted = [*labels, *line_marks]
     trailer = [".intel_syntax noprefix"] + [f"movabs rax, {name}" for name in wanted]
     code, error = _try(ks, [*header, *marked, *trailer])
     if code is None:
-        line, message = _locate_error(ks, header, user_lines, line_labels, error)
+        line, message = _locate_error(ks, header, explicit_lines, line_labels, error)
         _fail_at(scenario, line, message)
         raise AssertionError("unreachable")
 
