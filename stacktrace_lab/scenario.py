@@ -7,6 +7,7 @@ with one line naming the file and the field.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -117,8 +118,8 @@ def resolve(name_or_path: str) -> Path:
     raise BadInput(f"{name_or_path}: no such built-in scenario (built-ins: {known})")
 
 
-def load_scenario(name_or_path: str | Path) -> Scenario:
-    path = resolve(str(name_or_path))
+def load_scenario(name_or_path: str | os.PathLike[str]) -> Scenario:
+    path = resolve(os.fspath(name_or_path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
