@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pandas as pd
 import pytest
 
+from stacktrace_lab.analysis import check
 from stacktrace_lab.layout import Region
 from stacktrace_lab.record.recorder import record
 from stacktrace_lab.scenario import INVARIANT_IDS, builtin_names, load_scenario
@@ -224,3 +225,49 @@ def test_wrong_slot_pops_zeros(recorded: Callable[[str], Trace]) -> None:
     assert int(read["addr"]) == trace.metadata.region("green").base + 16
     assert bytes(read["data"]) == bytes(8)
     assert "0x0" in trace.metadata.stop.detail
+
+
+# --- check: each built-in breaks exactly what it says --------------------------------------
+
+#: Words the first violation's message must use: the mistake in the scenario's own terms.
+EXPLANATIONS = {
+    "first-switch-misaligned": ("hello", "index 40", "index 32"),
+    "first-switch-overflow": ("green", "48 bytes below"),
+    "first-switch-wrong-slot": ("green+16", "nothing in the program wrote"),
+    "green-threads-no-skip": ("thread1", "index 1000", "index 992"),
+    "green-threads-clobber": ("rbx", "switch"),
+}
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_check_fails_exactly_the_taught_invariant(
+    name: str, recorded: Callable[[str], Trace]
+) -> None:
+    breaks = load_scenario(name).breaks
+    result = check(recorded(name))
+    assert result.failed == ((breaks,) if breaks else ())
+    assert result.exit_status == (1 if breaks else 0)
+    if breaks:
+        first = result.result(breaks).violations[0]
+        for words in EXPLANATIONS[name]:
+            assert words in first.message, (words, first.message)
+
+
+def test_explanations_cover_every_broken_builtin() -> None:
+    assert set(EXPLANATIONS) == set(BROKEN)
+
+
+def test_check_sees_only_spawns_plants_in_green_threads(recorded: Callable[[str], Trace]) -> None:
+    """Nine planted returns, three per worker; every other ret, the switches' included,
+    is matched to the call that pushed its slot (which is how callee-saved is checked)."""
+    trace = recorded("green-threads")
+    result = check(trace)
+    assert result.planted_total == 9
+    planted = {(p.region, p.index, p.target) for p in result.planted}
+    expected = set()
+    for n, worker in enumerate(WORKERS, start=1):
+        size = trace.metadata.region(worker).size
+        for below_top, target in ((32, f"thread{n}"), (24, "skip"), (16, "guard")):
+            expected.add((worker, size - below_top, target))
+    assert planted == expected
+    assert all(p.planted_symbol.startswith("spawn") for p in result.planted)
