@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis import CheckResult, check
+from ..report.invariants_json import render_json
 from ..trace.reader import load_trace
 from .common import stdout_console
 
@@ -22,7 +22,7 @@ def check_command(trace: Path, as_json: bool) -> int:
     """Check TRACE against the invariants: exit 0 if all hold, 1 if one fails."""
     result = check(load_trace(trace))
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        click.echo(render_json(result), nl=False)
     else:
         print_result(result)
     return result.exit_status

@@ -1,0 +1,74 @@
+"""`build_report()`: analyse a trace once and write every output of the report.
+
+Everything is rendered in memory first and each file is then written to a
+temporary name and renamed into place, so a failed report never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..analysis import CheckResult, check, derive_facts
+from ..errors import BadInput
+from ..trace.reader import Trace
+from .content import gather
+from .heatmap import heatmap_png
+from .html import render_html
+from .invariants_json import render_json
+from .markdown import render_markdown
+from .rsp_plot import rsp_png
+
+FILES = ("index.html", "report.md", "rsp.png", "heatmap.png", "invariants.json")
+
+
+@dataclass(frozen=True)
+class Report:
+    directory: Path
+    files: tuple[Path, ...]
+    check: CheckResult
+
+
+def default_report_dir(trace_path: Path) -> Path:
+    return Path("reports") / trace_path.stem
+
+
+def build_report(trace: Trace, directory: str | Path) -> Report:
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise BadInput(f"{directory}: exists and is not a directory")
+    facts = derive_facts(trace)
+    result = check(trace, facts)
+    content = gather(facts, result)
+    images = {"rsp": rsp_png(facts), "heatmap": heatmap_png(facts)}
+    outputs = {
+        "rsp.png": images["rsp"],
+        "heatmap.png": images["heatmap"],
+        "index.html": render_html(content, images).encode("utf-8"),
+        "report.md": render_markdown(content).encode("utf-8"),
+        "invariants.json": render_json(result).encode("utf-8"),
+    }
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = tuple(_write(directory / name, outputs[name]) for name in FILES)
+    except OSError as exc:
+        raise BadInput(f"{directory}: cannot write the report: {exc.strerror or exc}") from None
+    return Report(directory=directory, files=paths, check=result)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return path

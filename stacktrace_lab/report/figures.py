@@ -1,0 +1,129 @@
+"""Deterministic matplotlib figures, and the step-to-column binning both plots share.
+
+The same trace must give byte-identical PNGs on every run, so the plots can be
+golden files: figures are made with the Agg canvas directly (no pyplot, no
+global backend), under matplotlib's default style plus fixed overrides (so a
+user's matplotlibrc changes nothing), at a fixed size and dpi, and saved
+without the "Software" PNG text chunk that carries matplotlib's version.
+
+Long traces are drawn per pixel column, not per step: `Columns` cuts the steps
+into at most `max_columns` contiguous bins and `envelope` gives the min and
+max of a series within each bin, so a million steps draw a few thousand
+vertices, not a million.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+import numpy.typing as npt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+WIDTH_INCHES = 11.0
+#: Overrides of matplotlib's defaults, fixed so that output does not depend on the host.
+STYLE: dict[str, Any] = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "path.simplify": True,
+    "agg.path.chunksize": 0,
+}
+#: One colour per stack region, in the order the regions are declared.
+STACK_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f", "#bcbd22")
+CALL_COLOUR = "#1f77b4"
+RETURN_COLOUR = "#2ca02c"
+PLANTED_COLOUR = "#d62728"
+SWITCH_COLOUR = "#555555"
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+
+@contextmanager
+def plot_style() -> Iterator[None]:
+    """matplotlib's defaults plus `STYLE`, whatever the user's matplotlibrc says."""
+    with matplotlib.style.context("default"), matplotlib.rc_context(cast(Any, STYLE)):
+        yield
+
+
+def new_figure(height_inches: float) -> Figure:
+    figure = Figure(figsize=(WIDTH_INCHES, height_inches), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def stack_colour(index: int) -> str:
+    return STACK_COLOURS[index % len(STACK_COLOURS)]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """How steps map to plot columns: one per step (`exact`), or contiguous bins."""
+
+    steps: int
+    #: The first step of each column; column `i` covers `starts[i] ..< starts[i + 1]`.
+    starts: I64
+
+    @property
+    def count(self) -> int:
+        return int(self.starts.size)
+
+    @property
+    def exact(self) -> bool:
+        return self.count == self.steps
+
+    @property
+    def stops(self) -> I64:
+        return np.append(self.starts[1:], self.steps)
+
+    def column_of(self, steps: I64) -> I64:
+        return np.searchsorted(self.starts, steps, side="right").astype(np.int64) - 1
+
+
+def columns_for(steps: int, max_columns: int) -> Columns:
+    if steps <= max_columns:
+        return Columns(steps, np.arange(steps, dtype=np.int64))
+    starts = (np.arange(max_columns, dtype=np.int64) * steps) // max_columns
+    return Columns(steps, np.unique(starts))
+
+
+def envelope(values: F64, inside: B, columns: Columns) -> tuple[F64, F64]:
+    """Per column, the min and max of `values` over the steps where `inside`; NaN where none."""
+    if columns.exact:
+        shown = np.where(inside, values, np.nan)
+        return shown, shown
+    low = np.minimum.reduceat(np.where(inside, values, np.inf), columns.starts)
+    high = np.maximum.reduceat(np.where(inside, values, -np.inf), columns.starts)
+    low[~np.isfinite(low)] = np.nan
+    high[~np.isfinite(high)] = np.nan
+    return low, high
+
+
+def counts(steps: I64, columns: Columns) -> I64:
+    """How many of `steps` fall in each column."""
+    return np.bincount(columns.column_of(steps), minlength=columns.count).astype(np.int64)

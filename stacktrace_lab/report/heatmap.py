@@ -1,0 +1,390 @@
+"""`heatmap.png`: what every 8-byte slot of each used stack held, step by step.
+
+One panel per stack region the program used. x is the step, y the byte index
+within the region (its base is 0); each cell is one 8-byte slot as the
+trace's `stack__<name>` snapshot holds it *before* that step, coloured by what
+the slot holds: zero, a code address (a return address or a function
+pointer), an address into a stack (a saved rsp or rbp, a context pointer), or
+other data. Over it: an x where a step writes the slot, the rsp line, and for
+each planted return a red frame around its slot from the store that planted
+it to the `ret` that popped it, labelled.
+
+For a region larger than the snapshot limit only its stored top is shown; a
+large stack is cropped to the slots the program touched. Long traces are
+sampled: the snapshot columns are read row group by row group and at most
+`MAX_COLUMNS` steps are kept, so memory stays at one row group of snapshots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+
+from ..analysis.events import TraceFacts
+from ..analysis.model import PlantedReturn
+from ..arch import WORD
+from ..layout import Region
+from ..trace.format import SnapshotWindow
+from .figures import (
+    PLANTED_COLOUR,
+    Columns,
+    columns_for,
+    envelope,
+    new_figure,
+    plot_style,
+    png_bytes,
+)
+
+#: Sampled steps kept per panel at most (the figure is about 1000 pixels wide).
+MAX_COLUMNS = 2000
+#: Write marks drawn as x one by one up to this many per panel, else shaded cells.
+MAX_WRITE_MARKS = 600
+#: Slot contents written as text inside the cells when the grid is at most this wide.
+MAX_LABELLED_COLUMNS = 40
+#: Planted returns framed and labelled per panel at most.
+MAX_PLANTED_FRAMES = 6
+
+ZERO, CODE, STACK, OTHER = 0, 1, 2, 3
+CATEGORY_NAMES = ("zero", "code address", "stack address", "other data")
+CATEGORY_COLOURS = ("#f2f2f2", "#fdae6b", "#9ecae1", "#c7e9c0")
+
+U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The slots of one stack shown in the heatmap, and what they held at each column."""
+
+    stack: Region
+    window: SnapshotWindow
+    #: Byte index (from the region's base) of the lowest slot shown.
+    first_index: int
+    #: Slot values, shape (slots, columns): row 0 is the lowest slot shown.
+    values: U64
+
+    @property
+    def slots(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def top_index(self) -> int:
+        return self.first_index + WORD * self.slots
+
+
+def heatmap_png(facts: TraceFacts) -> bytes:
+    with plot_style():
+        return png_bytes(heatmap_figure(facts))
+
+
+def heatmap_figure(facts: TraceFacts) -> Figure:
+    columns = columns_for(facts.steps, MAX_COLUMNS)
+    stacks = [s for s in (facts.stacks_used() or facts.stacks) if s.name in facts.meta.snapshots]
+    snapshots = read_snapshots(facts, stacks, columns.starts)
+    panels = [_panel(facts, stack, snapshots[stack.name]) for stack in stacks]
+
+    heights = [float(np.clip(p.slots * 0.24, 1.1, 4.2)) for p in panels]
+    figure = new_figure(1.2 + sum(heights) + 0.45 * len(panels))
+    grid = figure.add_gridspec(len(panels), 1, height_ratios=heights, hspace=0.45)
+    axes: list[Axes] = []
+    for row, panel in enumerate(panels):
+        ax = figure.add_subplot(grid[row], sharex=axes[0] if axes else None)
+        axes.append(ax)
+        _draw_panel(ax, facts, panel, columns)
+    if axes:
+        last = axes[-1]
+        last.set_xlabel("step (each column: the stack before that step runs)")
+        for ax in axes[:-1]:
+            ax.tick_params(labelbottom=False)
+        _step_ticks(last, columns)
+
+    scale = "" if columns.exact else f", one column per ~{facts.steps // columns.count:,} steps"
+    figure.suptitle(
+        f"stack contents over time: {facts.meta.scenario.name} ({facts.steps:,} steps{scale})",
+        x=0.01,
+        ha="left",
+    )
+    height = figure.get_figheight()
+    figure.legend(
+        handles=_legend(), loc="upper left", ncol=7, bbox_to_anchor=(0.01, 1 - 0.3 / height)
+    )
+    figure.subplots_adjust(left=0.1, right=0.965, top=1 - 0.95 / height, bottom=0.5 / height)
+    return figure
+
+
+def read_snapshots(facts: TraceFacts, stacks: list[Region], steps: I64) -> dict[str, U8]:
+    """The snapshot bytes of each stack at `steps` (sorted), one row group at a time."""
+    windows = {s.name: facts.meta.snapshots[s.name] for s in stacks}
+    out = {name: np.zeros((steps.size, w.size), dtype=np.uint8) for name, w in windows.items()}
+    if not windows or not steps.size:
+        return out
+    names = [w.column for w in windows.values()]
+    start = 0
+    for group in range(facts.trace.num_row_groups):
+        rows = int(facts.trace.parquet.metadata.row_group(group).num_rows)
+        lo, hi = np.searchsorted(steps, [start, start + rows])
+        if hi > lo:
+            table = facts.trace.row_group(group, names).take(pa.array(steps[lo:hi] - start))
+            for name, window in windows.items():
+                out[name][lo:hi] = _fixed_binary(table.column(window.column), window.size)
+        start += rows
+    return out
+
+
+def _fixed_binary(column: pa.ChunkedArray, size: int) -> U8:
+    array = column.combine_chunks()
+    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+    start = array.offset * size
+    return data[start : start + len(array) * size].reshape(len(array), size)
+
+
+def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
+    window = facts.meta.snapshots[stack.name]
+    # Slots are 8-byte aligned in memory, counted down from the window's top.
+    slots = window.size // WORD
+    first_addr = window.top - WORD * slots
+    skip = first_addr - window.base
+    values = (
+        np.ascontiguousarray(snapshot[:, skip : skip + WORD * slots])
+        .view("<u8")
+        .reshape(snapshot.shape[0], slots)
+        .T.astype(np.uint64)
+    )
+    lowest = _lowest_used_slot(facts, stack, first_addr, values)
+    return Panel(
+        stack=stack,
+        window=window,
+        first_index=first_addr - stack.base + WORD * lowest,
+        values=values[lowest:],
+    )
+
+
+def _lowest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values: U64) -> int:
+    """Crop a big window to the slots the program touched, with two slots of margin."""
+    slots = values.shape[0]
+    if slots <= 16:
+        return 0
+    touched = [slots - 4]
+    nonzero = np.flatnonzero(values.any(axis=1))
+    if nonzero.size:
+        touched.append(int(nonzero[0]))
+    addrs = np.concatenate(
+        [facts.writes.addr, facts.rsp[facts.rsp_stack == facts.stacks.index(stack)]]
+    )
+    mine = addrs[(addrs >= np.uint64(first_addr)) & (addrs < np.uint64(stack.top))]
+    if mine.size:
+        touched.append(int((int(mine.min()) - first_addr) // WORD))
+    return int(max(min(touched) - 2, 0))
+
+
+def categories(facts: TraceFacts, values: U64) -> npt.NDArray[np.int8]:
+    """What each 64-bit value is: ZERO, CODE (or the sentinel return), STACK or OTHER."""
+    out = np.full(values.shape, OTHER, dtype=np.int8)
+    for region in facts.meta.regions:
+        inside = (values >= np.uint64(region.base)) & (values <= np.uint64(region.top))
+        if region.kind == "code":
+            out[inside & (values < np.uint64(region.top))] = CODE
+        elif region.kind == "stack":
+            out[inside] = STACK
+    out[values == np.uint64(facts.sentinel)] = CODE
+    out[values == 0] = ZERO
+    return out
+
+
+def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
+    stack = panel.stack
+    n = facts.steps
+    kinds = categories(facts, panel.values)
+    colours = ListedColormap(list(CATEGORY_COLOURS))
+    norm = BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], colours.N)
+    ax.imshow(
+        kinds,
+        cmap=colours,
+        norm=norm,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        extent=(0, n, panel.first_index, panel.top_index),
+        zorder=1,
+    )
+    if columns.exact and columns.count <= 300:
+        # Thin white gaps between cells read as a grid for short traces.
+        for x in range(n + 1):
+            ax.axvline(x, color="white", linewidth=0.6, zorder=2)
+    for y in range(panel.first_index, panel.top_index + 1, WORD):
+        ax.axhline(y, color="white", linewidth=0.8 if panel.slots <= 64 else 0.3, zorder=2)
+
+    if columns.exact and columns.count <= MAX_LABELLED_COLUMNS:
+        _label_cells(ax, facts, panel)
+    _write_marks(ax, facts, panel, columns)
+    _rsp_line(ax, facts, panel, columns)
+    planted = [p for p in facts.planted_returns if p.region == stack.name]
+    for p in planted[:MAX_PLANTED_FRAMES]:
+        _frame_planted(ax, panel, p)
+
+    ax.set_ylim(panel.first_index, panel.top_index)
+    ax.set_xlim(0, max(n, 1))
+    ticks = list(range(panel.first_index, panel.top_index + 1, WORD))
+    every = max(1, len(ticks) // 8)
+    ax.yaxis.set_major_locator(FixedLocator(ticks[::-1][::every]))
+    shown = "" if panel.window.size >= stack.size else f", top {panel.window.size} B stored"
+    ax.set_title(
+        f"{stack.name}: {stack.size} bytes at {stack.base:#x}{shown}", loc="left", fontsize=9
+    )
+    ax.set_ylabel("byte index")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _label_cells(ax: Axes, facts: TraceFacts, panel: Panel) -> None:
+    """Name each value where it first appears in a slot (a run of equal values)."""
+    values = panel.values
+    for row in range(panel.slots):
+        previous = None
+        for column in range(values.shape[1]):
+            value = int(values[row, column])
+            if value != previous and value != 0:
+                text = _short_value(facts, value)
+                ax.text(
+                    column + 0.08,
+                    panel.first_index + WORD * row + WORD / 2,
+                    text,
+                    va="center",
+                    ha="left",
+                    fontsize=6.5,
+                    color="#333333",
+                    zorder=3,
+                    clip_on=True,
+                )
+            previous = value
+
+
+def _short_value(facts: TraceFacts, value: int) -> str:
+    if facts.is_code(value):
+        return facts.symbolize(value)
+    if value == facts.sentinel:
+        return "sentinel"
+    where = facts.where(value)
+    return f"&{where.split(' ')[0]}" if not where.startswith("0x") else f"{value:#x}"
+
+
+def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
+    lo = panel.stack.base + panel.first_index
+    hi = panel.stack.base + panel.top_index
+    writes = facts.writes
+    ends = writes.addr + writes.size.astype(np.uint64)
+    hit = np.flatnonzero((writes.addr < np.uint64(hi)) & (ends > np.uint64(lo)))
+    if not hit.size:
+        return
+    # A write may cover several slots (a 16-byte store): mark each one.
+    first = (np.maximum(writes.addr[hit], np.uint64(lo)) - np.uint64(lo)) // np.uint64(WORD)
+    last = (np.minimum(ends[hit], np.uint64(hi)) - np.uint64(lo) - np.uint64(1)) // np.uint64(WORD)
+    spans = (last - first + np.uint64(1)).astype(np.int64)
+    owner = np.repeat(np.arange(hit.size), spans)
+    row = first[owner].astype(np.int64) + (
+        np.arange(owner.size) - (np.cumsum(spans) - spans)[owner]
+    )
+    column = columns.column_of(writes.step[hit][owner])
+    cells = np.unique(np.stack([column, row]), axis=1)
+    y = panel.first_index + WORD * cells[1] + WORD / 2
+    if cells.shape[1] <= MAX_WRITE_MARKS:
+        x = columns.starts[cells[0]] + (0.5 if columns.exact else 0.0)
+        ax.scatter(x, y, marker="x", s=22, color="#222222", linewidths=1.0, zorder=4)
+    else:
+        # Too many for markers: a dark stripe through the middle fifth of each written
+        # cell, so the cell's colour (what the slot holds) stays readable around it.
+        mask = np.zeros((5 * panel.slots, columns.count), dtype=np.float64)
+        mask[5 * cells[1] + 2, cells[0]] = 1.0
+        ax.imshow(
+            np.ma.masked_equal(mask, 0.0),
+            cmap=ListedColormap(["#333333"]),
+            origin="lower",
+            aspect="auto",
+            interpolation="nearest",
+            extent=(0, facts.steps, panel.first_index, panel.top_index),
+            zorder=3,
+        )
+
+
+def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
+    k = facts.stacks.index(panel.stack)
+    inside = facts.rsp_stack == k
+    index = facts.rsp.astype(np.float64) - float(panel.stack.base)
+    n = facts.steps
+    final_index = facts.final_rsp - panel.stack.base
+    final = final_index if 0 <= final_index <= panel.stack.size else np.nan
+    if columns.exact:
+        x = np.arange(n + 1, dtype=np.float64)
+        y = np.append(np.where(inside, index, np.nan), final)
+        for colour, width in (("white", 3.6), ("#111111", 1.6)):
+            ax.step(x, y, where="post", color=colour, linewidth=width, zorder=5)
+        return
+    low, high = envelope(index, inside, columns)
+    edges = np.append(columns.starts, n).astype(np.float64)
+    for series in (low, high):
+        y = np.append(series, series[-1])
+        ax.step(edges, y, where="post", color="white", linewidth=2.2, zorder=5)
+        ax.step(edges, y, where="post", color="#111111", linewidth=0.9, zorder=5)
+
+
+def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn) -> None:
+    """Frame the planted slot from the step after the store to the ret that pops it."""
+    y = planted.index - planted.index % WORD
+    if not panel.first_index <= y < panel.top_index:
+        return
+    x0 = planted.planted_step + 1
+    width = max(planted.ret_step + 1 - x0, 1)
+    ax.add_patch(
+        Rectangle(
+            (x0, y),
+            width,
+            WORD,
+            fill=False,
+            edgecolor=PLANTED_COLOUR,
+            linewidth=1.8,
+            zorder=6,
+        )
+    )
+    ax.annotate(
+        f"index {planted.index}: {planted.target}, planted at step {planted.planted_step}, "
+        f"popped at step {planted.ret_step}",
+        xy=(x0, y + WORD),
+        xytext=(0, 3),
+        textcoords="offset points",
+        fontsize=7.5,
+        color=PLANTED_COLOUR,
+        va="bottom",
+        zorder=7,
+        annotation_clip=False,
+    )
+
+
+def _step_ticks(ax: Axes, columns: Columns) -> None:
+    if columns.exact and columns.count <= 60:
+        # Label cells at their centres: column s is the stack before step s.
+        ax.xaxis.set_major_locator(FixedLocator([s + 0.5 for s in range(columns.count)]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{int(x)}"))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+
+
+def _legend() -> list[Patch | Line2D]:
+    handles: list[Patch | Line2D] = [
+        Patch(facecolor=c, edgecolor="#bbbbbb", label=name)
+        for name, c in zip(CATEGORY_NAMES, CATEGORY_COLOURS, strict=True)
+    ]
+    handles.append(Line2D([], [], marker="x", color="#222222", linestyle="", label="written"))
+    handles.append(Line2D([], [], color="#111111", linewidth=1.6, label="rsp"))
+    handles.append(Patch(facecolor="none", edgecolor=PLANTED_COLOUR, label="planted return"))
+    return handles

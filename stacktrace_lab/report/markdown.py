@@ -1,0 +1,151 @@
+"""`report.md`: the same content as the HTML page, as Markdown next to the PNGs.
+
+Scenario-derived text goes into code spans and fenced blocks whose fences are
+longer than any run of backticks in it, and table cells have `|` escaped, so
+a scenario cannot break the document's structure.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .content import ListingWindow, ReportContent
+
+
+def render_markdown(
+    content: ReportContent, rsp_png: str = "rsp.png", heatmap_png: str = "heatmap.png"
+) -> str:
+    r = content
+    out: list[str] = [f"# {_text(r.scenario)}", ""]
+    if r.description:
+        out += [_text(r.description), ""]
+    out += [f"**{r.verdict}**", ""]
+
+    out += ["## Scenario and run", ""]
+    out += [
+        f"- entry: {_code(r.entry)} ({r.syntax} syntax)",
+        f"- steps: {r.steps:,}",
+        f"- stopped: **{r.stop_reason}** at step {r.stop_step}: {_text(r.stop_detail)}",
+        f"- trace: {_code(r.trace)}",
+        "",
+        "| region | kind | base | top | size |",
+        "|---|---|---|---|---|",
+    ]
+    for region in r.regions:
+        out.append(
+            f"| {_cell(region.name)} | {region.kind} | `{region.base:#x}` | `{region.top:#x}` "
+            f"| {region.size:,} bytes |"
+        )
+    out += ["", "### Output", ""]
+    if r.stdout:
+        out += ["stdout:", "", *_fenced(r.stdout, "text"), ""]
+    else:
+        out += ["The program wrote nothing to stdout.", ""]
+    if r.stderr:
+        out += ["stderr:", "", *_fenced(r.stderr, "text"), ""]
+
+    out += ["## Invariants", "", "| invariant | status | violations | rule |", "|---|---|---|---|"]
+    for result in r.check.results:
+        out.append(
+            f"| `{result.id}` | {result.status} | {result.total} | {_cell(result.summary)} |"
+        )
+    out.append("")
+    for result in r.check.results:
+        if result.holds:
+            continue
+        out += [f"### `{result.id}` violations", "", "| step | where | what |", "|---|---|---|"]
+        for v in result.violations:
+            out.append(f"| {v.step} | {_code(v.symbol)} `{v.rip:#x}` | {_cell(v.message)} |")
+        if result.total > len(result.violations):
+            out.append(f"| | | ... and {result.total - len(result.violations)} more |")
+        out.append("")
+
+    out += ["## Planted returns", ""]
+    if r.check.planted:
+        out += [
+            "| ret step | stack | index | planted at | by | lands on | rsp there |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in r.check.planted:
+            out.append(
+                f"| {p.ret_step} {_code(p.ret_symbol)} | {_cell(p.region or '-')} | {p.index} "
+                f"| step {p.planted_step} {_code(p.planted_symbol)} | {_code(p.planted_insn)} "
+                f"| {_code(p.target)} | `{p.entry_rsp:#x}` (rsp % 16 == {p.entry_rsp % 16}) |"
+            )
+        if r.check.planted_total > len(r.check.planted):
+            out.append(
+                f"| ... and {r.check.planted_total - len(r.check.planted)} more | | | | | | |"
+            )
+        out.append("")
+    else:
+        out += ["No planted returns: every `ret` popped what its `call` pushed.", ""]
+
+    out += [
+        "## rsp and the stacks",
+        "",
+        f"![rsp over time, one panel per stack region]({rsp_png})",
+        "",
+        "rsp over time, as the byte index within each stack region. A stack switch is where "
+        "the line leaves one panel for another; ▼ marks a call, ▲ a return, ★ a planted return.",
+        "",
+        f"![stack heatmap: what each 8-byte slot held at each step]({heatmap_png})",
+        "",
+        "What each 8-byte slot held before each step: zero, a code address, an address into a "
+        "stack, or other data. An x marks a write, the black line is rsp, and a red frame follows "
+        "a planted return from its store to the `ret` that popped it.",
+        "",
+    ]
+
+    out += ["## Around each switch", ""]
+    if r.windows:
+        for window in r.windows:
+            out += _listing(window)
+        if r.windows_left_out:
+            out += [f"{r.windows_left_out} more switch windows are left out.", ""]
+    else:
+        out += ["rsp never moved to another stack and no `ret` popped a planted address.", ""]
+
+    out += ["## Source", "", *_fenced(r.source, "asm"), ""]
+    return "\n".join(out)
+
+
+def _listing(window: ListingWindow) -> list[str]:
+    out = [
+        f"### {_text(window.title)}",
+        "",
+        "| step | rip | symbol | instruction | rsp | slot touched |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in window.rows:
+        notes = "".join(f"<br>**{_cell(note)}**" for note in row.notes)
+        touched = "<br>".join(_code(t) for t in row.touched)
+        out.append(
+            f"| {row.step} | `{row.rip:#x}` | {_code(row.symbol)} | {_code(row.insn)}{notes} "
+            f"| `{row.rsp:#x}` {_code(row.rsp_where)} | {touched} |"
+        )
+    out.append("")
+    return out
+
+
+def _code(text: str) -> str:
+    """An inline code span that holds `text` whatever backticks it contains."""
+    text = text.replace("|", "\\|").replace("\n", " ")
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _fenced(text: str, info: str) -> list[str]:
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}{info}", text.rstrip("\n"), fence]
+
+
+def _cell(text: str) -> str:
+    """Text for a table cell: no line breaks, `|` and HTML-looking `<` escaped."""
+    return _text(text).replace("|", "\\|")
+
+
+def _text(text: str) -> str:
+    return " ".join(text.split()).replace("<", "&lt;")

@@ -1,0 +1,315 @@
+"""`rsp.png`: rsp over time, one panel per stack region the program used.
+
+Each panel's y axis is the byte index within that region (0 = its base, the
+region's size = its top, an empty stack), so a 48-byte green stack is as
+legible as the top of a 64 KiB main stack. rsp is drawn in a panel only while
+it points into that region: a stack switch shows as the line leaving one
+panel and starting in another, at a dashed vertical line. Calls (▼), returns
+(▲) and planted returns (★, labelled with where they pop from and where they
+land) are marked. Past `MAX_COLUMNS` steps the line becomes a min-max band
+per column and calls and returns become counts per column in a panel of their
+own; the shape of the figure does not depend on how long the trace is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
+
+from ..analysis.events import Kind, Origin, TraceFacts
+from ..analysis.model import PlantedReturn
+from ..layout import Region
+from .figures import (
+    CALL_COLOUR,
+    PLANTED_COLOUR,
+    RETURN_COLOUR,
+    SWITCH_COLOUR,
+    Columns,
+    columns_for,
+    counts,
+    envelope,
+    new_figure,
+    plot_style,
+    png_bytes,
+    stack_colour,
+)
+
+#: Columns of the plot; about one per pixel column of the plot area.
+MAX_COLUMNS = 1000
+#: Calls and returns are drawn one by one up to this many, else counted per column.
+MAX_MARKERS = 300
+#: Switches drawn as vertical lines up to this many (the band shows the rest).
+MAX_SWITCH_LINES = 40
+#: Planted returns labelled with text up to this many per panel.
+MAX_PLANTED_LABELS = 4
+#: A stack's columns are drawn as visible ticks when it is visited in at most this many.
+MAX_SPARSE_COLUMNS = 50
+#: Stacks larger than this are zoomed to the part the program used.
+ZOOM_ABOVE = 512
+
+
+def rsp_png(facts: TraceFacts) -> bytes:
+    with plot_style():
+        return png_bytes(rsp_figure(facts))
+
+
+def rsp_figure(facts: TraceFacts) -> Figure:
+    stacks = facts.stacks_used() or facts.stacks
+    n = facts.steps
+    columns = columns_for(n, MAX_COLUMNS)
+    returns = facts.returns
+    ordinary = returns.step[returns.origin != Origin.PLANTED]
+    planted_steps = returns.step[facts.planted_steps]
+    per_column = not columns.exact or facts.calls.size + ordinary.size > MAX_MARKERS
+
+    heights = [2.0] * len(stacks) + ([1.1] if per_column else [])
+    figure = new_figure(0.9 + sum(heights) * 1.05)
+    grid = figure.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.3)
+    axes: list[Axes] = []
+    for row in range(len(heights)):
+        axes.append(figure.add_subplot(grid[row], sharex=axes[0] if axes else None))
+
+    planted_by_step = {p.ret_step: p for p in facts.planted_returns}
+    for ax, stack in zip(axes, stacks, strict=False):
+        k = facts.stacks.index(stack)
+        _stack_panel(ax, facts, stack, k, columns, per_column, planted_steps, planted_by_step)
+
+    switches = facts.switch_steps()
+    if switches.size <= MAX_SWITCH_LINES:
+        _switch_lines(axes, facts, switches)
+
+    if per_column:
+        _events_panel(axes[-1], facts, columns, ordinary, planted_steps)
+
+    last = axes[-1]
+    last.set_xlim(0, max(n, 1))
+    last.set_xlabel("step")
+    last.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=20 if n < 60 else 10))
+    last.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+
+    scale = "" if columns.exact else f", one column per ~{n // columns.count:,} steps"
+    figure.suptitle(
+        f"rsp over time: {facts.meta.scenario.name} ({n:,} steps{scale})", x=0.01, ha="left"
+    )
+    height = figure.get_figheight()
+    figure.legend(
+        handles=_legend(per_column, bool(switches.size)),
+        loc="upper left",
+        ncol=5,
+        bbox_to_anchor=(0.01, 1 - 0.3 / height),
+    )
+    figure.subplots_adjust(left=0.1, right=0.965, top=1 - 0.85 / height, bottom=0.5 / height)
+    return figure
+
+
+def _stack_panel(
+    ax: Axes,
+    facts: TraceFacts,
+    stack: Region,
+    k: int,
+    columns: Columns,
+    per_column: bool,
+    planted_steps: np.ndarray,
+    planted_by_step: dict[int, PlantedReturn],
+) -> None:
+    colour = stack_colour(k)
+    n = facts.steps
+    inside = facts.rsp_stack == k
+    index = facts.rsp.astype(np.float64) - float(stack.base)
+    final_index = facts.final_rsp - stack.base
+    final_inside = 0 <= final_index <= stack.size
+
+    if columns.exact:
+        x = np.arange(n + 1, dtype=np.float64)
+        y = np.append(np.where(inside, index, np.nan), final_index if final_inside else np.nan)
+        ax.step(x, y, where="post", color=colour, linewidth=1.8, zorder=3)
+    else:
+        low, high = envelope(index, inside, columns)
+        edges = np.append(columns.starts, n).astype(np.float64)
+        ax.fill_between(
+            edges,
+            np.append(low, low[-1]),
+            np.append(high, high[-1]),
+            step="post",
+            color=colour,
+            alpha=0.45,
+            linewidth=0,
+            zorder=2,
+        )
+        ax.step(edges, np.append(low, low[-1]), where="post", color=colour, linewidth=0.8)
+        visited = np.flatnonzero(~np.isnan(low))
+        if visited.size <= MAX_SPARSE_COLUMNS:
+            # A stack visited for a few columns only would vanish in a one-pixel band.
+            at = columns.starts[visited]
+            ax.vlines(at, low[visited], high[visited], color=colour, linewidth=2.5, zorder=3)
+            ax.scatter(at, low[visited], marker="_", s=60, color=colour, zorder=3)
+
+    if not per_column:
+        for steps, marker, c in (
+            (facts.calls, "v", CALL_COLOUR),
+            (facts.returns.step[facts.returns.origin != Origin.PLANTED], "^", RETURN_COLOUR),
+        ):
+            here = steps[inside[steps]]
+            ax.scatter(here, index[here], marker=marker, s=36, color=c, zorder=4, linewidths=0)
+
+    here = planted_steps[inside[planted_steps]]
+    ax.scatter(here, index[here], marker="*", s=150, color=PLANTED_COLOUR, zorder=5, linewidths=0)
+    for step in here[:MAX_PLANTED_LABELS].tolist():
+        planted = planted_by_step.get(int(step))
+        if planted is None:
+            continue
+        ax.annotate(
+            f"ret pops {planted.target} from {planted.where} (planted at step "
+            f"{planted.planted_step});\n{planted.target} entered with rsp % 16 == "
+            f"{planted.entry_rsp % 16}",
+            xy=(step, index[step]),
+            xytext=(8, -4),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color=PLANTED_COLOUR,
+            zorder=6,
+        )
+
+    low_y = _lowest_shown(facts, stack, index[inside])
+    pad = max((stack.size - low_y) * 0.08, 2.0)
+    ax.set_ylim(low_y - pad, stack.size + pad)
+    ax.axhline(stack.size, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
+    ax.text(
+        0.998,
+        stack.size,
+        "top ",
+        transform=ax.get_yaxis_transform(),
+        va="bottom",
+        ha="right",
+        fontsize=7,
+        color="#777777",
+    )
+    if low_y <= 0:
+        ax.axhline(0, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
+        ax.text(
+            0.998,
+            0,
+            "base ",
+            transform=ax.get_yaxis_transform(),
+            va="bottom",
+            ha="right",
+            fontsize=7,
+            color="#777777",
+        )
+    ax.yaxis.set_major_locator(MultipleLocator(_slot_ticks(stack.size - low_y)))
+    ax.set_ylabel(f"{stack.name} ({_size(stack.size)})\nbyte index", color=colour)
+    ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
+
+
+def _slot_ticks(span: float) -> int:
+    """A tick spacing that is a multiple of the 8-byte slot, with at most 7 ticks."""
+    spacing = 8
+    while span / spacing > 7:
+        spacing *= 2
+    return spacing
+
+
+def _lowest_shown(facts: TraceFacts, stack: Region, used: np.ndarray) -> float:
+    """Whole region for small stacks; for big ones, the used part near the top."""
+    if stack.size <= ZOOM_ABOVE:
+        return 0.0
+    writes = facts.writes.addr[
+        (facts.writes.addr >= np.uint64(stack.base)) & (facts.writes.addr < np.uint64(stack.top))
+    ]
+    lowest = stack.size - 64.0
+    if used.size:
+        lowest = min(lowest, float(used.min()))
+    if writes.size:
+        lowest = min(lowest, float(writes.min()) - stack.base)
+    return max(0.0, lowest - (stack.size - lowest) * 0.1)
+
+
+def _switch_lines(axes: list[Axes], facts: TraceFacts, switches: np.ndarray) -> None:
+    names = {i: s.name for i, s in enumerate(facts.stacks)}
+    after = np.append(facts.rsp_stack, -1)
+    for step in switches.tolist():
+        x = step + 1  # the first step on the new stack
+        for ax in axes:
+            ax.axvline(x, color=SWITCH_COLOUR, linestyle="--", linewidth=0.9, zorder=1)
+        src = names.get(int(facts.rsp_stack[step]), "?")
+        dst = names.get(int(after[step + 1]), "outside") if step + 1 < facts.steps else "?"
+        axes[0].annotate(
+            f"switch {src} → {dst}",
+            xy=(x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -2),
+            textcoords="offset points",
+            va="top",
+            fontsize=7,
+            color=SWITCH_COLOUR,
+        )
+
+
+def _events_panel(
+    ax: Axes, facts: TraceFacts, columns: Columns, ordinary: np.ndarray, planted: np.ndarray
+) -> None:
+    edges = np.append(columns.starts, facts.steps).astype(np.float64)
+    series = [(facts.calls, "calls", CALL_COLOUR), (ordinary, "returns", RETURN_COLOUR)]
+    if planted.size > MAX_SWITCH_LINES:  # fewer are starred one by one in the stack panels
+        series.append((planted, "planted returns", PLANTED_COLOUR))
+    top = 1.0
+    for steps, label, colour in series:
+        if not steps.size:
+            continue
+        per = counts(steps, columns)
+        top = max(top, float(per.max()))
+        ax.step(
+            edges,
+            np.append(per, per[-1]),
+            where="post",
+            color=colour,
+            linewidth=0.9,
+            label=label,
+            alpha=0.85,
+        )
+    width = max(facts.steps // max(columns.count, 1), 1)
+    ax.set_ylabel(f"per {width:,} step{'s' if width > 1 else ''}")
+    ax.set_ylim(0, top * 1.45)  # room for the legend above the lines
+    ax.legend(loc="upper right", ncol=3)
+    ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
+
+
+def _legend(per_column: bool, switched: bool) -> list[Line2D]:
+    handles = [
+        Line2D([], [], color="#444444", linewidth=1.8, label="rsp (byte index in the stack)")
+    ]
+    if not per_column:
+        handles += [
+            Line2D([], [], marker="v", color=CALL_COLOUR, linestyle="", label="call"),
+            Line2D([], [], marker="^", color=RETURN_COLOUR, linestyle="", label="return"),
+        ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="*",
+            markersize=10,
+            color=PLANTED_COLOUR,
+            linestyle="",
+            label="planted return",
+        )
+    )
+    if switched:
+        handles.append(Line2D([], [], color=SWITCH_COLOUR, linestyle="--", label="stack switch"))
+    return handles
+
+
+def _size(size: int) -> str:
+    if size >= 1024 and size % 1024 == 0:
+        return f"{size // 1024} KiB"
+    return f"{size} B"
+
+
+# Kind is re-exported for callers that classify steps the way the plot does.
+__all__ = ["MAX_COLUMNS", "Kind", "rsp_figure", "rsp_png"]

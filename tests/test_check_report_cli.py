@@ -1,0 +1,161 @@
+"""`check`, `report` and `demo` on the command line: output, files and exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stacktrace_lab.cli import main
+from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.report.build import FILES
+
+RecordSource = Callable[..., Recording]
+
+ZERO_R12 = """
+main:
+    push %rbp
+    mov $7, %r12
+    call zero_r12
+    pop %rbp
+    ret
+zero_r12:
+    xor %r12, %r12
+    ret
+"""
+
+
+@pytest.fixture
+def broken_trace(record_source: RecordSource) -> Path:
+    return record_source(ZERO_R12).path
+
+
+def test_check_passes_on_the_seed(
+    first_switch_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(first_switch_trace)]) == 0
+    out = capsys.readouterr().out
+    for invariant in ("alignment", "ret-source", "stack-bounds", "callee-saved", "expect"):
+        assert invariant in out
+    assert "green+32" in out and "movq %rcx, 0x20(%rax)" in out
+    assert "all invariants hold" in out
+    assert "[expect]" in out  # brackets are text, not rich markup
+
+
+def test_check_json(first_switch_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(first_switch_trace), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {i["id"]: i["status"] for i in doc["invariants"]} == {
+        "alignment": "holds",
+        "ret-source": "holds",
+        "stack-bounds": "holds",
+        "callee-saved": "holds",
+        "expect": "holds",
+    }
+    assert all(i["violations"] == [] for i in doc["invariants"])
+    (planted,) = doc["planted_returns"]
+    assert planted["stack"] == "green"
+    assert planted["index"] == 32
+    assert planted["target"] == "hello"
+    assert planted["planted_insn"] == "movq %rcx, 0x20(%rax)"
+
+
+def test_check_fails_with_status_1(broken_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(broken_trace)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILS" in out
+    assert "r12 changed across the call to zero_r12" in out
+    assert "fails: callee-saved" in out
+
+
+def test_check_json_of_a_failure(broken_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--json", str(broken_trace)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["failed"] == ["callee-saved"]
+    failing = next(i for i in doc["invariants"] if i["id"] == "callee-saved")
+    (violation,) = failing["violations"]
+    assert set(violation) == {"invariant", "step", "rip", "symbol", "message"}
+    assert violation["symbol"] == "zero_r12+3"
+
+
+def test_bad_input_is_status_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.parquet"
+    not_a_trace = tmp_path / "notes.parquet"
+    not_a_trace.write_text("hello")
+    for command in ("check", "report"):
+        for path in (missing, not_a_trace):
+            assert main([command, str(path)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1
+            assert str(path) in err
+    assert not (Path("reports") / "missing").exists()
+
+
+def test_report_writes_into_the_default_directory(
+    first_switch_trace: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(first_switch_trace)]) == 0
+    directory = tmp_path / "reports" / "first-switch"
+    assert sorted(p.name for p in directory.iterdir()) == sorted(FILES)
+    out = capsys.readouterr().out
+    assert "reports/first-switch/index.html" in out
+
+
+def test_report_exit_status_follows_the_check(
+    broken_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(broken_trace), "-o", str(tmp_path / "out")]) == 1
+    assert "fails: callee-saved" in capsys.readouterr().out
+    assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_report_into_a_file_is_bad_input(
+    first_switch_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "file"
+    target.write_text("")
+    assert main(["report", str(first_switch_trace), "-o", str(target)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_demo_records_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
+    assert (tmp_path / "traces" / "first-switch.parquet").is_file()
+    for name in FILES:
+        assert (tmp_path / "reports" / "first-switch" / name).is_file()
+    out = capsys.readouterr().out
+    assert "traces/first-switch.parquet" in out
+    assert "reports/first-switch/index.html" in out
+
+
+def test_end_to_end(first_switch_trace: Path, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stacktrace_lab", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    checked = run("check", "--json", str(first_switch_trace))
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["status"] == "holds"
+    reported = run("report", str(first_switch_trace), "-o", str(tmp_path / "r"))
+    assert reported.returncode == 0, reported.stderr
+    assert (tmp_path / "r" / "heatmap.png").is_file()
+    missing = run("check", str(tmp_path / "nope.parquet"))
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
