@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from stacktrace_lab.diff import compare as compare_module
 from stacktrace_lab.diff import diff_traces, render
 from stacktrace_lab.diff.align import align_traces
 from stacktrace_lab.diff.compare import Segment, compared_columns, scan
@@ -225,6 +226,34 @@ def test_chunked_scan_across_row_groups_counts_the_same(
     assert whole.counts["rip"] > 0
     # Different row group sizes are a storage detail, not a difference.
     assert "options" not in {m.field for m in diff_traces(a, b).metadata}
+
+
+def test_unchanged_row_groups_are_skipped_without_hiding_differences(
+    write_scenario: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def traces(rows_per_group: int) -> tuple[Path, Path]:
+        options = RecordOptions(row_group_size=rows_per_group)
+        out = []
+        for imm in (0, 5):
+            scenario = load_scenario(write_scenario(ADD.format(imm=imm)))
+            out.append(record(scenario, tmp_path / f"{imm}-{rows_per_group}.parquet", options).path)
+        return out[0], out[1]
+
+    reference = diff_traces(*traces(65536))  # one row group: always decoded
+    decoded: list[int] = []
+    original = compare_module.RowCursor.read
+
+    def counting_read(self: compare_module.RowCursor, start: int, stop: int) -> object:
+        decoded.append(start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(compare_module.RowCursor, "read", counting_read)
+    a, b = (load_trace(t) for t in traces(1))
+    result = scan(a, b, [Segment(0, 0, a.num_rows)], compared_columns(a, b, ()))
+    assert {c.column: c.steps for c in reference.columns} == result.counts
+    assert {c.column: (c.first_a, c.first_b) for c in reference.columns} == result.first
+    # Row 0 (the first mov) is byte-identical in every column: never decoded.
+    assert 0 not in decoded and ADD_STEP in decoded
 
 
 def test_json_has_the_first_divergence_under_its_own_key(record_source: Record) -> None:

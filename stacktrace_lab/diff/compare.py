@@ -9,6 +9,14 @@ one numpy or pyarrow operation, so the cost is a few passes over the column
 buffers and memory stays bounded by a couple of row groups, whatever the
 trace length.
 
+Shortcut: where both files have the same row group layout and a segment
+pairs rows of equal step numbers (steps mode, or the common prefix of align
+mode), a row group whose column chunks are byte-identical in both files
+(compressed pages, dictionary included) holds identical values and is skipped
+without decoding. Identical bytes prove equality; different bytes prove
+nothing, and those groups are decoded and compared. A trace compared with its
+golden is typically identical up to the change, so this is most of the file.
+
 In align mode a `translate` function maps every 64-bit value of A that points
 into A's code onto the matching address in B before comparing, so code that
 moved because an instruction was inserted compares equal (see `align.py`).
@@ -17,7 +25,7 @@ moved because an instruction was inserted compares equal (see `align.py`).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +37,7 @@ from ..arch import REGISTERS, WORD
 from ..trace.format import STACK_PREFIX
 from ..trace.reader import Trace
 
-CHUNK_ROWS = 65536
+CHUNK_ROWS = 16384  # rows per comparison when chunks cannot follow row groups
 
 U64 = npt.NDArray[np.uint64]
 Mask = npt.NDArray[np.bool_]
@@ -45,6 +53,68 @@ class Segment:
     length: int
 
 
+def group_starts(trace: Trace) -> list[int]:
+    """First row of each row group, and the row count at the end."""
+    meta = trace.parquet.metadata
+    starts = [0]
+    for index in range(trace.num_row_groups):
+        starts.append(starts[-1] + meta.row_group(index).num_rows)
+    return starts
+
+
+class RawChunks:
+    """The compressed bytes of column chunks, to prove a row group unchanged cheaply."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        meta = trace.parquet.metadata
+        # A nested column (reads, writes) is several leaf columns in the file.
+        self._leaves: dict[str, list[int]] = {}
+        for j in range(meta.num_columns):
+            top = meta.schema.column(j).path.split(".")[0]
+            self._leaves.setdefault(top, []).append(j)
+
+    def read(self, group: int, column: str) -> list[bytes]:
+        meta = self.trace.parquet.metadata.row_group(group)
+        out = []
+        with open(self.trace.path, "rb") as handle:
+            for j in self._leaves.get(column, []):
+                chunk = meta.column(j)
+                start = (
+                    chunk.dictionary_page_offset
+                    if chunk.has_dictionary_page
+                    else chunk.data_page_offset
+                )
+                handle.seek(start)
+                out.append(handle.read(chunk.total_compressed_size))
+        return out
+
+
+def _unchanged(raw_a: RawChunks, raw_b: RawChunks, group: int, columns: Sequence[str]) -> bool:
+    return all(raw_a.read(group, c) == raw_b.read(group, c) for c in columns)
+
+
+def _chunks(
+    segment: Segment, starts: list[int] | None, chunk_rows: int
+) -> Iterator[tuple[int, int, int | None]]:
+    """(offset, rows, whole row group index or None) covering the segment.
+
+    With `starts` (same layout on both sides, equal step numbers) chunks follow
+    the row groups so that whole groups can be proved unchanged.
+    """
+    end = segment.a_start + segment.length
+    if starts is None:
+        for offset in range(0, segment.length, chunk_rows):
+            yield offset, min(chunk_rows, segment.length - offset), None
+        return
+    for group in range(len(starts) - 1):
+        lo, hi = max(starts[group], segment.a_start), min(starts[group + 1], end)
+        if lo >= hi:
+            continue
+        whole = (lo, hi) == (starts[group], starts[group + 1])
+        yield lo - segment.a_start, hi - lo, group if whole else None
+
+
 class RowCursor:
     """Reads row ranges of one trace, keeping the last row groups it read.
 
@@ -53,13 +123,11 @@ class RowCursor:
     can span two groups; the cache makes each group decode once per scan.
     """
 
-    def __init__(self, trace: Trace, columns: Sequence[str]) -> None:
+    def __init__(self, trace: Trace, columns: Sequence[str], keep_all: bool = False) -> None:
         self.trace = trace
+        self.keep_all = keep_all  # for a few scattered reads instead of one forward scan
         self.columns = list(columns)
-        meta = trace.parquet.metadata
-        self._starts = [0]
-        for index in range(trace.num_row_groups):
-            self._starts.append(self._starts[-1] + meta.row_group(index).num_rows)
+        self._starts = group_starts(trace)
         self._cache: dict[int, pa.Table] = {}
 
     def _group(self, index: int) -> pa.Table:
@@ -79,7 +147,7 @@ class RowCursor:
             pieces.append(self._group(index).slice(lo, hi - lo))
             index += 1
         # A forward scan never goes back before `first`: drop what it left behind.
-        for stale in [i for i in self._cache if i < first]:
+        for stale in [i for i in self._cache if i < first and not self.keep_all]:
             del self._cache[stale]
         if len(pieces) == 1:
             return pieces[0]
@@ -151,9 +219,16 @@ class Comparator:
         return byte_mask
 
 
+def single(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array for a column; no copy when it is one chunk (the usual case)."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return column
+
+
 def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.uint8]:
     """A fixed_size_binary(N) column as a (rows, N) uint8 array (no copy if one chunk)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = single(column)
     width = array.type.byte_width
     buffer = array.buffers()[1]
     if buffer is None or len(array) == 0:
@@ -165,8 +240,7 @@ def fixed_bytes(column: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.uint8]:
 
 def text_mask(col_a: pa.ChunkedArray, col_b: pa.ChunkedArray) -> Mask:
     """Rows where two string (or dictionary-encoded string) columns differ."""
-    a = col_a.combine_chunks()
-    b = col_b.combine_chunks()
+    a, b = single(col_a), single(col_b)
     if (
         isinstance(a, pa.DictionaryArray)
         and isinstance(b, pa.DictionaryArray)
@@ -187,8 +261,7 @@ def access_mask(
     translate: Translate | None = None,
 ) -> Mask:
     """Rows whose `reads` (or `writes`) lists differ in length, address, size or data."""
-    a = col_a.combine_chunks() if isinstance(col_a, pa.ChunkedArray) else col_a
-    b = col_b.combine_chunks() if isinstance(col_b, pa.ChunkedArray) else col_b
+    a, b = single(col_a), single(col_b)
     len_a = pc.list_value_length(a).to_numpy(zero_copy_only=False)
     len_b = pc.list_value_length(b).to_numpy(zero_copy_only=False)
     differ: Mask = len_a != len_b
@@ -245,31 +318,47 @@ def words_of(array: pa.Array, where: npt.NDArray[np.int64]) -> U64:
     return words
 
 
+def column_families(columns: Sequence[str]) -> list[list[str]]:
+    """Columns read together: registers (small) as one, every other column alone.
+
+    Scanning one family at a time bounds memory by the largest column's chunk
+    (a 512-byte stack window is 32 MB per 65536 rows) instead of all of them.
+    """
+    registers = [c for c in columns if c in REGISTERS]
+    others = [[c] for c in columns if c not in REGISTERS]
+    return ([registers] if registers else []) + others
+
+
 def scan(
     a: Trace,
     b: Trace,
-    segments: Iterable[Segment],
+    segments: Sequence[Segment],
     columns: Sequence[str],
     translate: Translate | None = None,
     chunk_rows: int = CHUNK_ROWS,
 ) -> ScanResult:
     """Compare every paired row of the segments, column by column, chunk by chunk."""
     result = ScanResult(counts=dict.fromkeys(columns, 0))
-    comparator = Comparator(columns, translate)
-    cursor_a, cursor_b = RowCursor(a, columns), RowCursor(b, columns)
-    for segment in segments:
-        for offset in range(0, segment.length, chunk_rows):
-            n = min(chunk_rows, segment.length - offset)
-            start_a, start_b = segment.a_start + offset, segment.b_start + offset
-            masks = comparator.masks(
-                cursor_a.read(start_a, start_a + n), cursor_b.read(start_b, start_b + n)
-            )
-            for name, mask in masks.items():
-                count = int(np.count_nonzero(mask))
-                if count:
-                    result.counts[name] += count
-                    if name not in result.first:
-                        k = int(np.argmax(mask))
-                        result.first[name] = (start_a + k, start_b + k)
+    starts = group_starts(a)
+    same_layout = starts == group_starts(b)
+    raw_a, raw_b = RawChunks(a), RawChunks(b)
+    for family in column_families(columns):
+        comparator = Comparator(family, translate)
+        cursor_a, cursor_b = RowCursor(a, family), RowCursor(b, family)
+        for segment in segments:
+            aligned = same_layout and segment.a_start == segment.b_start
+            for offset, n, group in _chunks(segment, starts if aligned else None, chunk_rows):
+                if group is not None and _unchanged(raw_a, raw_b, group, family):
+                    continue
+                start_a, start_b = segment.a_start + offset, segment.b_start + offset
+                chunk_a = cursor_a.read(start_a, start_a + n)
+                chunk_b = cursor_b.read(start_b, start_b + n)
+                for name, mask in comparator.masks(chunk_a, chunk_b).items():
+                    count = int(np.count_nonzero(mask))
+                    if count:
+                        result.counts[name] += count
+                        if name not in result.first:
+                            k = int(np.argmax(mask))
+                            result.first[name] = (start_a + k, start_b + k)
     result.counts = {name: n for name, n in result.counts.items() if n}
     return result

@@ -15,7 +15,7 @@ import pyarrow as pa
 from ..arch import REGISTERS, WORD
 from ..trace.format import STACK_PREFIX
 from ..trace.reader import Trace
-from .compare import U64, Comparator, Translate, fixed_bytes
+from .compare import U64, Comparator, RowCursor, Translate, fixed_bytes
 from .model import (
     Access,
     AccessDelta,
@@ -42,6 +42,8 @@ class RowReader:
         wanted = ["step", *REGISTERS, "symbol", "insn", *columns]
         self.columns = list(dict.fromkeys(c for c in wanted if c in trace.column_names))
         self._rows: dict[int, pa.Table] = {}
+        # Rows near the divergence share one or two row groups: read each once.
+        self._cursor = RowCursor(trace, self.columns, keep_all=True)
 
     def __len__(self) -> int:
         return self.trace.num_rows
@@ -49,7 +51,7 @@ class RowReader:
     def table(self, index: int) -> pa.Table:
         row = self._rows.get(index)
         if row is None:
-            row = self.trace.slice(index, index + 1, self.columns)
+            row = self._cursor.read(index, index + 1)
             self._rows[index] = row
         return row
 
