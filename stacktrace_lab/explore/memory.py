@@ -13,7 +13,7 @@ The log is scanned row group by row group with numpy, never row by row.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,18 @@ class AccessLog:
 
     def bytes_of(self, i: int) -> bytes:
         return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes()
+
+    def before(self, step: int) -> AccessLog:
+        """The entries of steps before `step` (entries are in step order)."""
+        n = int(np.searchsorted(self.step, step, side="left"))
+        return AccessLog(
+            self.row[:n],
+            self.step[:n],
+            self.addr[:n],
+            self.size[:n],
+            self.offsets[: n + 1],
+            self.data,
+        )
 
 
 def _binary_parts(array: pa.Array) -> tuple[I64, U8]:
@@ -167,3 +179,26 @@ def snapshot_before(trace: Trace, stack: str, step: int) -> tuple[int, bytes] | 
         return None
     value = trace.slice(step, step + 1, [window.column]).column(0)[0].as_py()
     return window.base, bytes(value)
+
+
+def memory_before_many(trace: Trace, requests: Sequence[tuple[int, int, int]]) -> list[ByteHistory]:
+    """`memory_before` for several (lo, hi, step) requests in one pass over the write log."""
+    histories = []
+    for lo, hi, _ in requests:
+        history = ByteHistory.empty(lo, hi)
+        history.values[:] = initial_bytes(trace, lo, hi)
+        histories.append(history)
+    last = max((step for *_, step in requests), default=0)
+    for _, log in iter_access_logs(trace, "writes", before=last):
+        if len(log) == 0:
+            continue
+        for history, (_, _, step) in zip(histories, requests, strict=True):
+            if log.step[0] >= step:
+                continue
+            history.apply(log if log.step[-1] < step else log.before(step))
+    return histories
+
+
+def access_log_between(trace: Trace, column: str, start: int, stop: int) -> AccessLog:
+    """The `column` entries of steps `start ..< stop`, reading only their row groups."""
+    return flatten_accesses(trace.slice(start, stop, ["step", column]), column)

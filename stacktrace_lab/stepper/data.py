@@ -1,0 +1,316 @@
+"""What the HTML stepper embeds: steps, registers, memory and the rsp chart, as plain data.
+
+A trace of up to `EMBED_LIMIT` steps is embedded whole. A longer one is
+embedded as windows: its start, its end, and a window around each of the
+first planted returns (the stack switches), and the page says so.
+
+Sizes stay small because little changes per step: each window carries its
+first step's registers and then only the registers each step changed; for
+memory, each stack that rsp visits in the window gets one byte range with
+its bytes and last writers at the window's start, plus the window's writes,
+and the page replays those writes to show any step. 64-bit values are hex
+strings (JavaScript numbers stop being exact at 2**53).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..arch import REGISTERS, WORD
+from ..explore.memory import access_log_between, memory_before_many
+from ..explore.provenance import PlantedReturn, planted_returns
+from ..explore.rows import instruction_listing, instructions_at
+from ..explore.telescope import SLOTS_BELOW_RSP, SLOTS_FROM_RSP, WHOLE_REGION_SLOTS
+from ..layout import SENTINEL_RETURN, Region
+from ..trace.reader import Trace
+
+#: Traces up to this many steps are embedded whole.
+EMBED_LIMIT = 5000
+#: A longer trace: steps embedded either side of each switch, at its start and at its end.
+WINDOW_RADIUS = 100
+MAX_SWITCH_WINDOWS = 20
+#: Largest byte range of one stack embedded per window (a deep recursion is cut to this).
+MAX_TRACKED_BYTES = 64 * 1024
+#: Points of the rsp chart at most (each a min and max of rsp over its steps).
+CHART_POINTS = 1200
+#: Bytes of an access's data shown per step.
+ACCESS_BYTES_SHOWN = 16
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+
+
+def hex64(value: int) -> str:
+    return f"{value:#x}"
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int
+    stop: int  # exclusive
+
+
+def choose_windows(
+    num_rows: int, switches: list[PlantedReturn], limit: int = EMBED_LIMIT
+) -> list[Window]:
+    """The step ranges to embed: everything, or the start, the end and around each switch."""
+    if num_rows <= limit:
+        return [Window(0, num_rows)]
+    spans = [(0, 2 * WINDOW_RADIUS), (num_rows - 2 * WINDOW_RADIUS, num_rows)]
+    spans += [(s.ret_step - WINDOW_RADIUS, s.ret_step + WINDOW_RADIUS) for s in switches]
+    merged: list[list[int]] = []
+    for start, stop in sorted((max(a, 0), min(b, num_rows)) for a, b in spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return [Window(a, b) for a, b in merged]
+
+
+def _tracked_range(region: Region, rsp: U64) -> tuple[int, int] | None:
+    """The bytes of `region` the telescope can show while rsp takes the values `rsp`."""
+    inside = rsp[(rsp >= np.uint64(region.base)) & (rsp <= np.uint64(region.top))]
+    if len(inside) == 0:
+        return None
+    first = region.base - region.base % WORD
+    last = region.top + (-region.top) % WORD
+    if (last - first) // WORD <= WHOLE_REGION_SLOTS:
+        return region.base, region.top
+    low, high = int(inside.min()), int(inside.max())
+    lo = max(low - low % WORD - SLOTS_BELOW_RSP * WORD, region.base)
+    hi = min(high - high % WORD + SLOTS_FROM_RSP * WORD, region.top)
+    lo = max(lo, hi - MAX_TRACKED_BYTES)  # keep the end near the deepest rsp... and the top
+    return lo, hi
+
+
+def _register_deltas(values: npt.NDArray[np.uint64]) -> list[list[Any]]:
+    """Per step after the first: [register index, hex value, ...] of what changed."""
+    changed = values[1:] != values[:-1]
+    out: list[list[Any]] = []
+    for row, mask in enumerate(changed):
+        delta: list[Any] = []
+        for index in np.flatnonzero(mask).tolist():
+            delta += [index, hex64(int(values[row + 1, index]))]
+        out.append(delta)
+    return out
+
+
+def _accesses(trace: Trace, window: Window) -> list[list[list[Any]]]:
+    """Per step: [["r"|"w", address, size, data hex], ...]."""
+    per_step: list[list[list[Any]]] = [[] for _ in range(window.stop - window.start)]
+    for kind, column in (("r", "reads"), ("w", "writes")):
+        log = access_log_between(trace, column, window.start, window.stop)
+        for i in range(len(log)):
+            data = log.bytes_of(i)[:ACCESS_BYTES_SHOWN]
+            per_step[int(log.step[i]) - window.start].append(
+                [kind, hex64(int(log.addr[i])), int(log.size[i]), data[::-1].hex()]
+            )
+    return per_step
+
+
+def _window_memory(
+    trace: Trace, window: Window, ranges: dict[str, tuple[int, int]]
+) -> dict[str, Any]:
+    """Each tracked stack's bytes and slot writers at the window's start; the window's writes."""
+    names = list(ranges)
+    histories = memory_before_many(
+        trace, [(lo, hi, window.start) for lo, hi in (ranges[n] for n in names)]
+    )
+    stacks = {}
+    for name, history in zip(names, histories, strict=True):
+        lo, hi = ranges[name]
+        # One writer per 8-byte slot, slots aligned like the telescope's.
+        writers = []
+        addr = lo
+        while addr < hi:
+            end = min(addr - addr % WORD + WORD, hi)
+            writers.append(int(history.writers[addr - lo : end - lo].max()))
+            addr = end
+        stacks[name] = {
+            "lo": hex64(lo),
+            "hi": hex64(hi),
+            "bytes": history.values.tobytes().hex(),
+            "writers": writers,
+        }
+    log = access_log_between(trace, "writes", window.start, window.stop)
+    writes = []
+    for i in range(len(log)):
+        addr, size = int(log.addr[i]), int(log.size[i])
+        if any(addr < hi and addr + size > lo for lo, hi in ranges.values()):
+            writes.append([int(log.step[i]), hex64(addr), log.bytes_of(i).hex()])
+    return {"stacks": stacks, "writes": writes}
+
+
+def _lane_of(rsp: U64, lanes: list[tuple[str, int, int]], stacks: tuple[Region, ...]) -> I64:
+    """The lane index of each rsp value: its stack's lane, or the last ("outside") lane."""
+    lane = np.full(len(rsp), len(lanes) - 1, dtype=np.int64)
+    names = [name for name, _, _ in lanes]
+    for region in reversed(stacks):  # the first stack listed wins where regions touch
+        if region.name in names:
+            inside = (rsp >= np.uint64(region.base)) & (rsp <= np.uint64(region.top))
+            lane[inside] = names.index(region.name)
+    return lane
+
+
+def _rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
+    """The rsp chart: one lane per stack rsp visits, min/max of rsp per point, in lane units.
+
+    Two passes over the rsp column, a row group at a time: the range of rsp in
+    each stack, then each point's min and max position in its lane.
+    """
+    stacks = trace.metadata.stacks
+    low: dict[str, int] = {}
+    high: dict[str, int] = {}
+    for group in trace.iter_row_groups(["rsp"]):
+        rsp = group.column("rsp").to_numpy()
+        outside = np.ones(len(rsp), dtype=bool)
+        for region in stacks:
+            inside = (rsp >= np.uint64(region.base)) & (rsp <= np.uint64(region.top)) & outside
+            outside &= ~inside
+            for name, values in ((region.name, rsp[inside]), ("outside", rsp[outside])):
+                if len(values) and (name != "outside" or region is stacks[-1]):
+                    low[name] = min(low.get(name, 1 << 64), int(values.min()))
+                    high[name] = max(high.get(name, -1), int(values.max()))
+    order = [r.name for r in stacks if r.name in low] + (["outside"] if "outside" in low else [])
+    lanes = [(name, low[name], high[name]) for name in order]
+    if not lanes or lanes[-1][0] != "outside":
+        lanes_with_outside = [*lanes, ("outside", 0, 0)]
+    else:
+        lanes_with_outside = lanes
+    n = trace.num_rows
+    buckets = max(min(n, CHART_POINTS), 1)
+    edges = np.linspace(0, n, buckets + 1).astype(np.int64)
+    y_min = np.full(buckets, np.inf)
+    y_max = np.full(buckets, -np.inf)
+    offset = 0
+    for group in trace.iter_row_groups(["rsp"]):
+        rsp = group.column("rsp").to_numpy()
+        lane = _lane_of(rsp, lanes_with_outside, stacks)
+        lo = np.array([lo for _, lo, _ in lanes_with_outside], dtype=np.float64)[lane]
+        span = np.array([max(hi - lo, 1) for _, lo, hi in lanes_with_outside], dtype=np.float64)
+        # y in lane units: lane k spans [k, k + 1); a higher rsp sits higher in its lane.
+        y = lane + 0.1 + 0.8 * (rsp.astype(np.float64) - lo) / span[lane]
+        bucket = np.searchsorted(edges, np.arange(offset, offset + len(rsp)), side="right") - 1
+        np.minimum.at(y_min, bucket, y)
+        np.maximum.at(y_max, bucket, y)
+        offset += len(rsp)
+    points = [
+        [int(edges[b]), round(float(y_min[b]), 4), round(float(y_max[b]), 4)]
+        for b in range(buckets)
+        if np.isfinite(y_min[b])
+    ]
+    return {
+        "steps": n,
+        "lanes": [{"name": name, "lo": hex64(lo), "hi": hex64(hi)} for name, lo, hi in lanes],
+        "points": points,
+        "embedded": [[w.start, w.stop] for w in windows],
+    }
+
+
+def _registers_after(trace: Trace, window: Window) -> list[int]:
+    """The registers once the window's last step has run (its "after" column)."""
+    if window.stop < trace.num_rows:
+        row = trace.slice(window.stop, window.stop + 1, list(REGISTERS)).to_pylist()[0]
+        return [int(row[r]) for r in REGISTERS]
+    return [int(trace.metadata.final.get(r, 0)) for r in REGISTERS]
+
+
+def stepper_data(trace: Trace, limit: int = EMBED_LIMIT) -> dict[str, Any]:
+    """Everything the stepper page needs about `trace`, as JSON-ready data."""
+    meta = trace.metadata
+    n = trace.num_rows
+    switches = planted_returns(trace, limit=MAX_SWITCH_WINDOWS if n > limit else None)
+    windows = choose_windows(n, switches, limit)
+    complete = windows == [Window(0, n)]
+    window_data = []
+    for window in windows:
+        table = trace.slice(window.start, window.stop, list(REGISTERS))
+        values = np.column_stack([table.column(r).to_numpy() for r in REGISTERS])
+        rsp = values[:, REGISTERS.index("rsp")]
+        ranges = {}
+        for region in meta.stacks:
+            tracked = _tracked_range(region, rsp)
+            if tracked is not None:
+                ranges[region.name] = tracked
+        window_data.append(
+            {
+                "start": window.start,
+                "stop": window.stop,
+                "regs0": [hex64(int(v)) for v in values[0]],
+                "deltas": _register_deltas(values),
+                "after_last": [hex64(v) for v in _registers_after(trace, window)],
+                "access": _accesses(trace, window),
+                **_window_memory(trace, window, ranges),
+            }
+        )
+    # Instructions of the steps that wrote tracked memory before a window began
+    # and are not embedded themselves, for the telescope's "last written" column.
+    embedded_steps = [range(w.start, w.stop) for w in windows]
+    outside = {
+        step
+        for window in window_data
+        for stack in window["stacks"].values()
+        for step in stack["writers"]
+        if step >= 0 and not any(step in r for r in embedded_steps)
+    }
+    writers = {str(s): i.text for s, i in sorted(instructions_at(trace, sorted(outside)).items())}
+    first_symbols: dict[int, str] = {}
+    for name, addr in meta.symbols.items():
+        first_symbols.setdefault(addr, name)
+    embedded = sum(w.stop - w.start for w in windows)
+    note = (
+        f"All {n} steps are embedded."
+        if complete
+        else (
+            f"This trace has {n:,} steps, too many to embed whole: {embedded:,} steps are "
+            f"embedded in {len(windows)} windows (its start, its end, and "
+            f"{WINDOW_RADIUS} steps either side of "
+            + (
+                f"each of the first {len(switches)} rets that pop a planted address"
+                if switches
+                else "each ret that pops a planted address; it has none"
+            )
+            + ")."
+        )
+    )
+    return {
+        "format": 1,
+        "scenario": meta.scenario.name,
+        "description": meta.scenario.description,
+        "total_steps": n,
+        "complete": complete,
+        "note": note,
+        "registers": list(REGISTERS),
+        "regions": [
+            {"name": r.name, "kind": r.kind, "base": hex64(r.base), "size": r.size}
+            for r in meta.regions
+        ],
+        "symbols": [[hex64(a), name] for a, name in sorted(first_symbols.items())],
+        "sentinel": hex64(int(meta.options.get("sentinel_return", SENTINEL_RETURN))),
+        "telescope": {
+            "whole_region_slots": WHOLE_REGION_SLOTS,
+            "below_rsp": SLOTS_BELOW_RSP,
+            "from_rsp": SLOTS_FROM_RSP,
+        },
+        "listing": [
+            {"addr": hex64(i.addr), "symbol": i.symbol, "insn": i.text}
+            for i in instruction_listing(trace)
+        ],
+        "switches": [
+            {
+                "ret_step": s.ret_step,
+                "stack": s.stack,
+                "index": s.index,
+                "target": s.target_symbol,
+                "planted_step": s.planted_step,
+            }
+            for s in switches
+        ],
+        "windows": window_data,
+        "writers": writers,
+        "chart": _rsp_chart(trace, windows),
+    }
