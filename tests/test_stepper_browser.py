@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.report.build import build_report
 from stacktrace_lab.stepper import standalone_page
 from stacktrace_lab.trace import load_trace
 
@@ -97,16 +98,21 @@ def _errors(browser: Any) -> list[Any]:
     return [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
 
 
+@pytest.mark.parametrize("page_kind", ["report", "standalone"])
 def test_step_to_the_ret_and_see_hello_at_index_32(
-    browser: Any, first_switch_trace: Path, tmp_path: Path
+    browser: Any, first_switch_trace: Path, tmp_path: Path, page_kind: str
 ) -> None:
+    """In the report's index.html (and in a page of its own): step to the ret, read the slot."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     trace = load_trace(first_switch_trace)
     hello = trace.metadata.symbols["hello"]
-    page = tmp_path / "stepper.html"
-    page.write_text(standalone_page(trace), encoding="utf-8")
+    if page_kind == "report":
+        page = build_report(trace, tmp_path / "report").directory / "index.html"
+    else:
+        page = tmp_path / "stepper.html"
+        page.write_text(standalone_page(trace), encoding="utf-8")
     _open(browser, page)
     assert _text(browser, ".stl-step") == "0"
     cursor = browser.find_element(By.CSS_SELECTOR, ".stl-cursor")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..analysis import CheckResult, check, derive_facts
 from ..errors import BadInput
+from ..stepper import stepper_fragment
 from ..trace.reader import Trace
 from .content import gather
 from .heatmap import heatmap_png
@@ -48,7 +49,9 @@ def build_report(trace: Trace, directory: str | Path) -> Report:
     outputs = {
         "rsp.png": images["rsp"],
         "heatmap.png": images["heatmap"],
-        "index.html": render_html(content, images).encode("utf-8"),
+        "index.html": render_html(
+            content, images, stepper=stepper_fragment(trace, heading=False)
+        ).encode("utf-8"),
         "report.md": render_markdown(content).encode("utf-8"),
         "invariants.json": render_json(result).encode("utf-8"),
     }

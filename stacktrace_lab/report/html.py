@@ -14,6 +14,7 @@ import base64
 from dataclasses import dataclass
 
 import jinja2
+from markupsafe import Markup
 
 from .content import ReportContent
 
@@ -31,6 +32,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("planted", "Planted returns", "section_planted.html.j2"),
     Section("plots", "rsp and the stacks", "section_plots.html.j2"),
     Section("listing", "Around each switch", "section_listing.html.j2"),
+    Section("stepper", "Step through the trace", "section_stepper.html.j2"),
     Section("source", "Source", "section_source.html.j2"),
 )
 
@@ -54,10 +56,12 @@ def render_html(
     content: ReportContent,
     images: dict[str, bytes],
     sections: tuple[Section, ...] = SECTIONS,
+    stepper: str = "",
 ) -> str:
     template = environment().get_template("report.html.j2")
     return template.render(
         r=content,
         sections=sections,
+        stepper=Markup(stepper),  # stepper/render.py escapes what it embeds
         images={name: data_uri(png) for name, png in images.items()},
     )

@@ -134,8 +134,11 @@ def _environment() -> Environment:
     return Environment(autoescape=True, keep_trailing_newline=True)
 
 
-def stepper_fragment(trace: Trace, limit: int = EMBED_LIMIT) -> str:
-    """The stepper section for `trace`, to include in a page as it is."""
+def stepper_fragment(trace: Trace, limit: int = EMBED_LIMIT, heading: bool = True) -> str:
+    """The stepper for `trace`, one `<div id="stl-stepper">` to include in a page as it is.
+
+    `heading=False` leaves out its `<h2>`, for a page whose section has its own.
+    """
     data = stepper_data(trace, limit)
     data["chart_geometry"] = {"x0": CHART_X0, "width": CHART_WIDTH, "viewWidth": VIEW_WIDTH}
     js = _static("stepper.js")
@@ -144,6 +147,7 @@ def stepper_fragment(trace: Trace, limit: int = EMBED_LIMIT) -> str:
     template = _environment().from_string(_static("stepper.html.j2"))
     return template.render(
         scenario=data["scenario"],
+        heading=heading,
         note=data["note"],
         css=Markup(_static("stepper.css")),
         chart_svg=chart_svg(data),
