@@ -170,7 +170,9 @@ def test_pushing_below_a_small_stack_is_an_overflow(record_source: RecordSource)
     (violation,) = result.result("stack-bounds").violations
     assert violation.step == 3
     assert violation.message.startswith("tiny (16 bytes) overflows by 24 bytes")
-    assert "a write at tiny-8" in violation.message
+    assert "here a write at tiny-8" in violation.message
+    assert "3 writes land below the base, the deepest at tiny-24 (step 5)" in violation.message
+    assert "rsp goes down to tiny-24 (step 5)" in violation.message
     assert "tiny needs at least 40 bytes" in violation.message
 
 
@@ -277,6 +279,8 @@ def test_a_trampoline_has_no_alignment_rule_of_its_own(record_source: RecordSour
         (256 - 24, "skip"),
         (256 - 16, "guard"),
     ]
+    # skip is a lone ret: a trampoline, with no alignment rule of its own
+    assert [p.trampoline for p in result.planted] == [False, True, False]
 
 
 def test_without_skip_the_function_is_entered_misaligned(record_source: RecordSource) -> None:

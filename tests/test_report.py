@@ -171,7 +171,7 @@ def test_long_traces_are_drawn_per_column(
         heat_figure = heatmap.heatmap_figure(facts)
     # Per column, not per step: a few hundred vertices for 6000 steps and 1000 calls.
     assert _vertices(rsp_figure) < 1500
-    assert rsp_figure.axes[-1].get_ylabel() == "per 60 steps"  # calls/returns counted
+    assert rsp_figure.axes[-1].get_ylabel() == "per 50 steps"  # calls/returns counted
     assert _vertices(heat_figure) < 1500
     (image, *_) = heat_figure.axes[0].get_images()
     assert image.get_array().shape[1] == 100

@@ -212,6 +212,7 @@ class TraceFacts:
         ret_steps = r.step[chosen]
         planted_steps = self.writes.step[r.writer[chosen]]
         info = self.describe(np.concatenate([ret_steps, planted_steps]).tolist())
+        trampolines = self.kind_at(ret_steps + 1) == Kind.RET
         planted = []
         for k, i in enumerate(chosen.tolist()):
             slot = int(r.slot[i])
@@ -230,6 +231,7 @@ class TraceFacts:
                     value=int(r.value[i]),
                     target=self.symbolize(int(r.value[i])),
                     entry_rsp=int(r.entry_rsp[i]),
+                    trampoline=bool(trampolines[k]),
                 )
             )
         return tuple(planted)

@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from ..arch import CALLEE_SAVED, PAGE, STACK_ALIGNMENT
 from ..layout import Region
-from .events import I64, B, Kind, Origin, TraceFacts, stack_index
+from .events import I64, U64, B, Kind, Origin, TraceFacts, stack_index
 from .model import MAX_VIOLATIONS, Findings, Violation
 
 Check = Callable[[TraceFacts], Findings]
@@ -197,18 +197,21 @@ def stack_bounds(facts: TraceFacts) -> Findings:
     stray_addr = writes.addr[stray]
     stray_step = writes.step[stray]
 
-    # rsp outside every stack: one finding per run of such steps, at the instruction
-    # that moved rsp out (the step before the run), not one per step.
+    # Every step with rsp outside the stacks (the final state counts as step n), each
+    # attributed to the instruction that moved it there, the step before.
     final_out = stack_index(facts.stacks, np.array([facts.final_rsp], dtype=np.uint64))[0] < 0
-    outside = np.concatenate([[False], facts.rsp_stack < 0, [final_out]])
-    run_starts = np.flatnonzero(np.diff(outside.astype(np.int8)) == 1).astype(np.int64)
-    run_rsp = np.append(facts.rsp, np.uint64(facts.final_rsp))[run_starts]
-    run_step = np.maximum(run_starts - 1, 0)
+    outside = np.append(facts.rsp_stack < 0, final_out)
+    out_steps = np.flatnonzero(outside).astype(np.int64)
+    out_rsp = np.append(facts.rsp, np.uint64(facts.final_rsp))[out_steps]
+    # A run of such steps is one finding, at the instruction that started it.
+    run_start = np.ones(out_steps.shape, dtype=np.bool_)
+    run_start[1:] = np.diff(out_steps) > 1
 
     # Below a stack's base (and above the region under it) is an overflow of that stack.
-    addrs = np.concatenate([stray_addr, run_rsp])
-    steps = np.concatenate([stray_step, run_step])
+    addrs = np.concatenate([stray_addr, out_rsp])
+    steps = np.concatenate([stray_step, np.maximum(out_steps - 1, 0)])
     is_write = np.arange(addrs.size) < stray.size
+    first_of_run = np.concatenate([np.ones(stray.size, dtype=np.bool_), run_start])
     above = _stack_above(regions, addrs)
 
     found: list[tuple[int, str]] = []
@@ -216,22 +219,9 @@ def stack_bounds(facts: TraceFacts) -> Findings:
         hit = np.flatnonzero(above == k)
         if not hit.size:
             continue
-        depth = np.int64(stack.base) - addrs[hit].astype(np.int64)
-        first = int(hit[np.argmin(steps[hit])])
-        deepest = int(hit[np.lexsort((steps[hit], -depth))[0]])
-        max_depth = int(depth.max())
-        found.append(
-            (
-                int(steps[first]),
-                f"{stack.name} ({stack.size} bytes) overflows by {max_depth} bytes: here "
-                f"{_access(stack, first, addrs, is_write)}, {int(depth[hit == first][0])} bytes "
-                f"below its base; the deepest, at step {int(steps[deepest])}: "
-                f"{_access(stack, deepest, addrs, is_write)}; {stack.name} needs at least "
-                f"{stack.size + max_depth} bytes",
-            )
-        )
+        found.append(_overflow(stack, hit, addrs, steps, is_write))
     overflows = len(found)
-    others = np.flatnonzero(above < 0)
+    others = np.flatnonzero((above < 0) & first_of_run)
     for i in _first(others).tolist():
         addr = int(addrs[i])
         if is_write[i]:
@@ -241,6 +231,33 @@ def stack_bounds(facts: TraceFacts) -> Findings:
             what = f"moves rsp to {addr:#x}, outside every stack ({_outside(facts, addr)})"
         found.append((int(steps[i]), what))
     return _findings(facts, "stack-bounds", found, overflows + len(others))
+
+
+def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> tuple[int, str]:
+    """One finding per overflowed stack: where it starts, how far writes and rsp go."""
+    depth = np.int64(stack.base) - addrs[hit].astype(np.int64)
+    order = np.lexsort((~is_write[hit], steps[hit]))  # by step; a write before rsp
+    first = int(hit[order[0]])
+    max_depth = int(depth.max())
+    name = stack.name
+    parts = [
+        f"{name} ({stack.size} bytes) overflows by {max_depth} bytes: here "
+        f"{_access(stack, first, addrs, is_write)}, {int(depth[order[0]])} bytes below its base"
+    ]
+    for kind, mask in (("write", is_write[hit]), ("rsp", ~is_write[hit])):
+        if not mask.any():
+            continue
+        deepest = np.lexsort((steps[hit][mask], -depth[mask]))[0]
+        where = f"{name}-{int(depth[mask][deepest])}"
+        at = int(steps[hit][mask][deepest])
+        if kind == "write":
+            count = int(mask.sum())
+            many = "s land" if count > 1 else " lands"
+            parts.append(f"{count} write{many} below the base, the deepest at {where} (step {at})")
+        elif is_write[first] or int(depth[mask][deepest]) > int(depth[order[0]]):
+            parts.append(f"rsp goes down to {where} (step {at})")
+    parts.append(f"{name} needs at least {stack.size + max_depth} bytes")
+    return int(steps[first]), "; ".join(parts)
 
 
 def _access(stack: Region, i: int, addrs: npt.NDArray[np.uint64], is_write: B) -> str:

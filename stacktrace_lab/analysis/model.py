@@ -56,6 +56,8 @@ class PlantedReturn:
     target: str
     #: rsp right after the `ret`, i.e. at the target's first instruction.
     entry_rsp: int
+    #: The target is itself a `ret` (like the runtime's `skip`): no alignment rule of its own.
+    trampoline: bool = False
 
     @property
     def where(self) -> str:
@@ -74,6 +76,7 @@ class PlantedReturn:
             "value": self.value,
             "target": self.target,
             "entry_rsp": self.entry_rsp,
+            "trampoline": self.trampoline,
         }
 
 

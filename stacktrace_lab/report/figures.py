@@ -124,6 +124,12 @@ def envelope(values: F64, inside: B, columns: Columns) -> tuple[F64, F64]:
     return low, high
 
 
+def steps_per_column(steps: int, columns: int) -> str:
+    """ "1.7" or "1,000": how many steps one column stands for, for titles."""
+    per = steps / max(columns, 1)
+    return f"{per:.1f}" if per < 10 else f"{per:,.0f}"
+
+
 def counts(steps: I64, columns: Columns) -> I64:
     """How many of `steps` fall in each column."""
     return np.bincount(columns.column_of(steps), minlength=columns.count).astype(np.int64)

@@ -42,6 +42,7 @@ from .figures import (
     new_figure,
     plot_style,
     png_bytes,
+    steps_per_column,
 )
 
 #: Sampled steps kept per panel at most (the figure is about 1000 pixels wide).
@@ -94,8 +95,14 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
     panels = [_panel(facts, stack, snapshots[stack.name]) for stack in stacks]
 
     heights = [float(np.clip(p.slots * 0.24, 1.1, 4.2)) for p in panels]
-    figure = new_figure(1.2 + sum(heights) + 0.45 * len(panels))
-    grid = figure.add_gridspec(len(panels), 1, height_ratios=heights, hspace=0.45)
+    # Fixed inches around and between the panels, whatever their number and size.
+    top, bottom, gap = 0.95, 0.55, 0.6
+    height = top + bottom + sum(heights) + gap * max(len(panels) - 1, 0)
+    figure = new_figure(height)
+    hspace = gap / (sum(heights) / max(len(heights), 1))
+    grid = figure.add_gridspec(
+        max(len(panels), 1), 1, height_ratios=heights or [1.0], hspace=hspace
+    )
     axes: list[Axes] = []
     for row, panel in enumerate(panels):
         ax = figure.add_subplot(grid[row], sharex=axes[0] if axes else None)
@@ -108,17 +115,22 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
             ax.tick_params(labelbottom=False)
         _step_ticks(last, columns)
 
-    scale = "" if columns.exact else f", one column per ~{facts.steps // columns.count:,} steps"
+    scale = (
+        ""
+        if columns.exact
+        else f", one column per ~{steps_per_column(facts.steps, columns.count)} steps"
+    )
     figure.suptitle(
         f"stack contents over time: {facts.meta.scenario.name} ({facts.steps:,} steps{scale})",
         x=0.01,
+        y=1 - 0.1 / height,
         ha="left",
+        va="top",
     )
-    height = figure.get_figheight()
     figure.legend(
-        handles=_legend(), loc="upper left", ncol=7, bbox_to_anchor=(0.01, 1 - 0.3 / height)
+        handles=_legend(), loc="upper left", ncol=7, bbox_to_anchor=(0.01, 1 - 0.35 / height)
     )
-    figure.subplots_adjust(left=0.1, right=0.965, top=1 - 0.95 / height, bottom=0.5 / height)
+    figure.subplots_adjust(left=0.1, right=0.965, top=1 - top / height, bottom=bottom / height)
     return figure
 
 
@@ -228,9 +240,10 @@ def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> 
         _label_cells(ax, facts, panel)
     _write_marks(ax, facts, panel, columns)
     _rsp_line(ax, facts, panel, columns)
-    planted = [p for p in facts.planted_returns if p.region == stack.name]
-    for p in planted[:MAX_PLANTED_FRAMES]:
-        _frame_planted(ax, panel, p)
+    planted = [p for p in facts.planted_returns if p.region == stack.name][:MAX_PLANTED_FRAMES]
+    framed = {p.index - p.index % WORD for p in planted}
+    for p in planted:
+        _frame_planted(ax, panel, p, framed)
 
     ax.set_ylim(panel.first_index, panel.top_index)
     ax.set_xlim(0, max(n, 1))
@@ -299,7 +312,9 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
     y = panel.first_index + WORD * cells[1] + WORD / 2
     if cells.shape[1] <= MAX_WRITE_MARKS:
         x = columns.starts[cells[0]] + (0.5 if columns.exact else 0.0)
-        ax.scatter(x, y, marker="x", s=22, color="#222222", linewidths=1.0, zorder=4)
+        # Smaller marks when the columns are narrower than a marker.
+        size, width = (22, 1.0) if columns.count <= 200 else (8, 0.6)
+        ax.scatter(x, y, marker="x", s=size, color="#222222", linewidths=width, zorder=4)
     else:
         # Too many for markers: a dark stripe through the middle fifth of each written
         # cell, so the cell's colour (what the slot holds) stays readable around it.
@@ -337,8 +352,9 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
         ax.step(edges, y, where="post", color="#111111", linewidth=0.9, zorder=5)
 
 
-def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn) -> None:
-    """Frame the planted slot from the step after the store to the ret that pops it."""
+def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn, framed: set[int]) -> None:
+    """Frame the planted slot from the step after the store to the ret that pops it, and
+    label it above the frame, or inside it when the slot above is framed too."""
     y = planted.index - planted.index % WORD
     if not panel.first_index <= y < panel.top_index:
         return
@@ -355,18 +371,34 @@ def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn) -> None:
             zorder=6,
         )
     )
-    ax.annotate(
+    text = (
         f"index {planted.index}: {planted.target}, planted at step {planted.planted_step}, "
-        f"popped at step {planted.ret_step}",
-        xy=(x0, y + WORD),
-        xytext=(0, 3),
-        textcoords="offset points",
-        fontsize=7.5,
-        color=PLANTED_COLOUR,
-        va="bottom",
-        zorder=7,
-        annotation_clip=False,
+        f"popped at step {planted.ret_step}"
     )
+    above = y + WORD < panel.top_index and y + WORD not in framed
+    if above:
+        ax.annotate(
+            text,
+            xy=(x0, y + WORD),
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=7.5,
+            color=PLANTED_COLOUR,
+            va="bottom",
+            zorder=7,
+        )
+    else:
+        ax.annotate(
+            text,
+            xy=(x0, y + WORD / 2),
+            xytext=(3, 0),
+            textcoords="offset points",
+            fontsize=7,
+            color=PLANTED_COLOUR,
+            va="center",
+            zorder=7,
+            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8, "linewidth": 0},
+        )
 
 
 def _step_ticks(ax: Axes, columns: Columns) -> None:

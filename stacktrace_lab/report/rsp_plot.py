@@ -35,6 +35,7 @@ from .figures import (
     plot_style,
     png_bytes,
     stack_colour,
+    steps_per_column,
 )
 
 #: Columns of the plot; about one per pixel column of the plot area.
@@ -43,6 +44,10 @@ MAX_COLUMNS = 1000
 MAX_MARKERS = 300
 #: Switches drawn as vertical lines up to this many (the band shows the rest).
 MAX_SWITCH_LINES = 40
+#: Switch lines are labelled (`switch main → green`) up to this many.
+MAX_SWITCH_LABELS = 6
+#: Columns of the calls/returns panel: counts per ~1% of the trace read better than per pixel.
+EVENT_COLUMNS = 120
 #: Planted returns labelled with text up to this many per panel.
 MAX_PLANTED_LABELS = 4
 #: A stack's columns are drawn as visible ticks when it is visited in at most this many.
@@ -79,10 +84,10 @@ def rsp_figure(facts: TraceFacts) -> Figure:
 
     switches = facts.switch_steps()
     if switches.size <= MAX_SWITCH_LINES:
-        _switch_lines(axes, facts, switches)
+        _switch_lines(axes, facts, switches, labelled=switches.size <= MAX_SWITCH_LABELS)
 
     if per_column:
-        _events_panel(axes[-1], facts, columns, ordinary, planted_steps)
+        _events_panel(axes[-1], facts, columns_for(n, EVENT_COLUMNS), ordinary, planted_steps)
 
     last = axes[-1]
     last.set_xlim(0, max(n, 1))
@@ -92,7 +97,8 @@ def rsp_figure(facts: TraceFacts) -> Figure:
     for ax in axes[:-1]:
         ax.tick_params(labelbottom=False)
 
-    scale = "" if columns.exact else f", one column per ~{n // columns.count:,} steps"
+    per = steps_per_column(n, columns.count)
+    scale = "" if columns.exact else f", one column per ~{per} steps"
     figure.suptitle(
         f"rsp over time: {facts.meta.scenario.name} ({n:,} steps{scale})", x=0.01, ha="left"
     )
@@ -159,22 +165,7 @@ def _stack_panel(
 
     here = planted_steps[inside[planted_steps]]
     ax.scatter(here, index[here], marker="*", s=150, color=PLANTED_COLOUR, zorder=5, linewidths=0)
-    for step in here[:MAX_PLANTED_LABELS].tolist():
-        planted = planted_by_step.get(int(step))
-        if planted is None:
-            continue
-        ax.annotate(
-            f"ret pops {planted.target} from {planted.where} (planted at step "
-            f"{planted.planted_step});\n{planted.target} entered with rsp % 16 == "
-            f"{planted.entry_rsp % 16}",
-            xy=(step, index[step]),
-            xytext=(8, -4),
-            textcoords="offset points",
-            va="top",
-            fontsize=8,
-            color=PLANTED_COLOUR,
-            zorder=6,
-        )
+    _label_planted(ax, facts, [planted_by_step[int(x)] for x in here if int(x) in planted_by_step])
 
     low_y = _lowest_shown(facts, stack, index[inside])
     pad = max((stack.size - low_y) * 0.08, 2.0)
@@ -207,6 +198,50 @@ def _stack_panel(
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
 
 
+def _label_planted(ax: Axes, facts: TraceFacts, planted: list[PlantedReturn]) -> None:
+    """Label planted returns; those close together in time share one label."""
+    gap = max(facts.steps, 1) * 0.06
+    groups: list[list[PlantedReturn]] = []
+    for p in planted:
+        if groups and p.ret_step - groups[-1][-1].ret_step <= gap:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    for group in groups[:MAX_PLANTED_LABELS]:
+        lines = []
+        for p in group[:3]:
+            lines.append(f"ret pops {p.target} from {p.where} (planted at step {p.planted_step})")
+        if len(group) > 3:
+            lines.append(f"... and {len(group) - 3} more")
+        entered = [p for p in group if not p.trampoline]
+        if len(group) == 1 and entered:
+            lines.append(
+                f"{entered[0].target} entered with rsp % 16 == {entered[0].entry_rsp % 16}"
+            )
+        first = group[0]
+        # Near the right edge the label goes to the left of the star.
+        left = first.ret_step > 0.6 * facts.steps
+        ax.annotate(
+            "\n".join(lines),
+            xy=(first.ret_step, first.slot - facts.meta.region(first.region).base)
+            if first.region
+            else (first.ret_step, 0),
+            xytext=(-8 if left else 8, -4),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            va="top",
+            fontsize=8,
+            color=PLANTED_COLOUR,
+            zorder=6,
+            bbox={
+                "boxstyle": "square,pad=0.15",
+                "facecolor": "white",
+                "alpha": 0.85,
+                "linewidth": 0,
+            },
+        )
+
+
 def _slot_ticks(span: float) -> int:
     """A tick spacing that is a multiple of the 8-byte slot, with at most 7 ticks."""
     spacing = 8
@@ -230,13 +265,17 @@ def _lowest_shown(facts: TraceFacts, stack: Region, used: np.ndarray) -> float:
     return max(0.0, lowest - (stack.size - lowest) * 0.1)
 
 
-def _switch_lines(axes: list[Axes], facts: TraceFacts, switches: np.ndarray) -> None:
+def _switch_lines(
+    axes: list[Axes], facts: TraceFacts, switches: np.ndarray, labelled: bool
+) -> None:
     names = {i: s.name for i, s in enumerate(facts.stacks)}
     after = np.append(facts.rsp_stack, -1)
     for step in switches.tolist():
         x = step + 1  # the first step on the new stack
         for ax in axes:
             ax.axvline(x, color=SWITCH_COLOUR, linestyle="--", linewidth=0.9, zorder=1)
+        if not labelled:
+            continue
         src = names.get(int(facts.rsp_stack[step]), "?")
         dst = names.get(int(after[step + 1]), "outside") if step + 1 < facts.steps else "?"
         axes[0].annotate(
