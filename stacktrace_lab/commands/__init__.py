@@ -10,8 +10,8 @@ from .check import check_command
 from .demo import demo_command
 from .diff import diff_command
 from .record import record_command
-from .report import report_command
 from .replay import replay_command
+from .report import report_command
 from .scenarios import scenarios_command
 from .show import show_command
 from .who_wrote import who_wrote_command
