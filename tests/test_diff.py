@@ -256,6 +256,27 @@ def test_unchanged_row_groups_are_skipped_without_hiding_differences(
     assert 0 not in decoded and ADD_STEP in decoded
 
 
+def test_groups_before_a_shorter_end_are_skipped(
+    write_scenario: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = load_scenario(write_scenario(ADD.format(imm=0)))
+    short = RecordOptions(max_steps=5, row_group_size=2)
+    a = load_trace(record(scenario, tmp_path / "a.parquet", short).path)
+    b = load_trace(record(scenario, tmp_path / "b.parquet", RecordOptions(row_group_size=2)).path)
+    assert (a.num_rows, b.num_rows) == (5, 6)  # groups [0,2) [2,4) shared; [4,5) vs [4,6) not
+    decoded: list[int] = []
+    original = compare_module.RowCursor.read
+
+    def counting_read(self: compare_module.RowCursor, start: int, stop: int) -> object:
+        decoded.append(start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(compare_module.RowCursor, "read", counting_read)
+    result = scan(a, b, [Segment(0, 0, 5)], compared_columns(a, b, ()))
+    assert result.counts == {}
+    assert set(decoded) == {4}
+
+
 def test_json_has_the_first_divergence_under_its_own_key(record_source: Record) -> None:
     a = record_source(ADD.format(imm=0)).path
     b = record_source(ADD.format(imm=5)).path

@@ -136,3 +136,25 @@ def _write(path: Path, data: bytes) -> Path:
 def _plain_parquet(path: Path) -> Path:
     pq.write_table(pa.table({"x": [1, 2, 3]}), path)
     return path
+
+
+CI_DOC = Path(__file__).parent.parent / "docs" / "ci.md"
+
+
+def test_ci_doc_names_only_real_commands_and_options(pytestconfig: pytest.Config) -> None:
+    import re
+
+    from stacktrace_lab.cli import cli
+
+    text = CI_DOC.read_text()
+    uses = re.findall(r"stacktrace-lab ([a-z-]+)((?: [^\n|`]*)?)", text)
+    assert {"record", "check", "report", "diff"} <= {command for command, _ in uses}
+    for command, rest in uses:
+        if command in ("diff", "record", "check", "report"):
+            options = {opt for param in cli.commands[command].params for opt in param.opts}
+            for option in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", rest):
+                assert option in options, f"stacktrace-lab {command} has no {option}"
+    for option in set(re.findall(r"--stacktrace-lab-[a-z-]+", text)):
+        pytestconfig.getoption(option)  # raises ValueError when there is no such option
+    for name in set(re.findall(r"stacktrace_lab_[a-z_]+", text)):
+        pytestconfig.getini(name)  # raises ValueError when there is no such ini setting

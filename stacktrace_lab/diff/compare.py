@@ -9,12 +9,12 @@ one numpy or pyarrow operation, so the cost is a few passes over the column
 buffers and memory stays bounded by a couple of row groups, whatever the
 trace length.
 
-Shortcut: where both files have the same row group layout and a segment
-pairs rows of equal step numbers (steps mode, or the common prefix of align
-mode), a row group whose column chunks are byte-identical in both files
-(compressed pages, dictionary included) holds identical values and is skipped
-without decoding. Identical bytes prove equality; different bytes prove
-nothing, and those groups are decoded and compared. A trace compared with its
+Shortcut: where a segment pairs rows of equal step numbers (steps mode, or
+the common prefix of align mode), a row group that holds the same rows in
+both files and whose column chunks are byte-identical (compressed pages,
+dictionary included) holds identical values and is skipped without decoding.
+Identical bytes prove equality; different bytes prove nothing, and those
+groups are decoded and compared. A trace compared with its
 golden is typically identical up to the change, so this is most of the file.
 
 In align mode a `translate` function maps every 64-bit value of A that points
@@ -95,12 +95,14 @@ def _unchanged(raw_a: RawChunks, raw_b: RawChunks, group: int, columns: Sequence
 
 
 def _chunks(
-    segment: Segment, starts: list[int] | None, chunk_rows: int
+    segment: Segment, starts: list[int] | None, shared: set[int], chunk_rows: int
 ) -> Iterator[tuple[int, int, int | None]]:
-    """(offset, rows, whole row group index or None) covering the segment.
+    """(offset, rows, row group index or None) covering the segment.
 
-    With `starts` (same layout on both sides, equal step numbers) chunks follow
-    the row groups so that whole groups can be proved unchanged.
+    With `starts` (A's row groups; the segment pairs equal step numbers) chunks
+    follow A's row groups, and a chunk that is a whole group in `shared` (the
+    same rows form one group in B too) comes with its index, so that it can be
+    proved unchanged from the raw bytes.
     """
     end = segment.a_start + segment.length
     if starts is None:
@@ -111,7 +113,7 @@ def _chunks(
         lo, hi = max(starts[group], segment.a_start), min(starts[group + 1], end)
         if lo >= hi:
             continue
-        whole = (lo, hi) == (starts[group], starts[group + 1])
+        whole = (lo, hi) == (starts[group], starts[group + 1]) and group in shared
         yield lo - segment.a_start, hi - lo, group if whole else None
 
 
@@ -339,15 +341,23 @@ def scan(
 ) -> ScanResult:
     """Compare every paired row of the segments, column by column, chunk by chunk."""
     result = ScanResult(counts=dict.fromkeys(columns, 0))
-    starts = group_starts(a)
-    same_layout = starts == group_starts(b)
+    starts, starts_b = group_starts(a), group_starts(b)
+    # Row groups holding the same rows in both files (with the recorder's fixed
+    # group size: all but a last, shorter one when the lengths differ).
+    shared = {
+        g
+        for g in range(min(len(starts), len(starts_b)) - 1)
+        if starts[g : g + 2] == starts_b[g : g + 2]
+    }
     raw_a, raw_b = RawChunks(a), RawChunks(b)
     for family in column_families(columns):
         comparator = Comparator(family, translate)
         cursor_a, cursor_b = RowCursor(a, family), RowCursor(b, family)
         for segment in segments:
-            aligned = same_layout and segment.a_start == segment.b_start
-            for offset, n, group in _chunks(segment, starts if aligned else None, chunk_rows):
+            aligned = segment.a_start == segment.b_start
+            for offset, n, group in _chunks(
+                segment, starts if aligned else None, shared, chunk_rows
+            ):
                 if group is not None and _unchanged(raw_a, raw_b, group, family):
                     continue
                 start_a, start_b = segment.a_start + offset, segment.b_start + offset
