@@ -88,7 +88,7 @@ def test_step_selectors(first_switch_trace: Path, capsys: pytest.CaptureFixture[
         (["--step", "-20"], "no step -20"),
         (["--at", "nowhere"], "no symbol 'nowhere'"),
         (["--step", "1", "--at", "hello"], "give only one of"),
-        (["--region", "heap"], "no region 'heap'"),
+        (["--region", "heap"], "no stack or data region 'heap'"),
     ],
 )
 def test_bad_selections_exit_2(
@@ -187,3 +187,25 @@ def test_show_runs_as_a_program(first_switch_trace: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "hello+0" in result.stdout and "step 6" in result.stdout
+
+
+def test_rsp_outside_every_stack_and_an_explicit_region(
+    record_source: Callable[..., Recording], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = record_source(
+        "main:\n    movabs $0x1234, %rsp\n    nop\n    hlt\n", stacks=(("main", 4096), ("aux", 32))
+    ).path
+    assert main(["show", str(path), "--step", "1"]) == 0
+    assert "is in no stack region" in capsys.readouterr().out
+    view = _show_json(capsys, str(path), "--step", "1", "--region", "aux")
+    assert view["stack"]["region"] == "aux"
+    assert [s["index"] for s in view["stack"]["slots"]] == [0, 8, 16, 24]
+
+
+def test_the_query_layer_does_not_import_the_emulator() -> None:
+    code = (
+        "import sys, stacktrace_lab.explore, stacktrace_lab.stepper, stacktrace_lab.explore.view;"
+        "bad = sorted(m for m in ('unicorn', 'keystone') if m in sys.modules);"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,7 +13,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import BadInput
 from ..explore.select import choose_step
+from ..explore.telescope import describe_pointer
 from ..explore.view import StepView, step_view
 from ..trace.reader import Trace, load_trace
 from .common import stdout_console
@@ -90,8 +92,6 @@ def _listing(view: StepView) -> Table:
 
 
 def _accesses(trace: Trace, view: StepView) -> Text:
-    from ..explore.telescope import describe_pointer
-
     meta = trace.metadata
     text = Text()
     for verb, accesses in (("reads", view.row.reads), ("writes", view.row.writes)):
@@ -187,13 +187,11 @@ def show_command(
     chosen = choose_step(loaded, step, at, first_planted_ret)
     shown_region = None
     if region is not None:
-        from ..errors import BadInput
-
-        try:
-            shown_region = loaded.metadata.region(region)
-        except KeyError:
-            names = ", ".join(r.name for r in loaded.metadata.stacks)
-            raise BadInput(f"{trace}: no region '{region}' (stacks: {names})") from None
+        memory = {r.name: r for r in loaded.metadata.regions if r.kind != "code"}
+        if region not in memory:
+            names = ", ".join(memory)
+            raise BadInput(f"{trace}: no stack or data region '{region}' (regions: {names})")
+        shown_region = memory[region]
     view = step_view(loaded, chosen, context, shown_region)
     if as_json:
         click.echo(json.dumps(view.to_json(loaded), indent=2, sort_keys=True))

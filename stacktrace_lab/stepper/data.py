@@ -219,6 +219,25 @@ def _registers_after(trace: Trace, window: Window) -> list[int]:
     return [int(trace.metadata.final.get(r, 0)) for r in REGISTERS]
 
 
+def _windows_note(n: int, windows: list[Window], switches: list[PlantedReturn]) -> str:
+    """What the page says when it holds only windows of the trace."""
+    embedded = sum(w.stop - w.start for w in windows)
+    if not switches:
+        around = "it has no ret that pops a planted address"
+    elif len(switches) == 1:
+        around = f"{WINDOW_RADIUS} steps either side of its one ret that pops a planted address"
+    else:
+        first = "the first " if len(switches) >= MAX_SWITCH_WINDOWS else "its "
+        around = (
+            f"{WINDOW_RADIUS} steps either side of {first}{len(switches)} rets that pop "
+            "a planted address"
+        )
+    return (
+        f"This trace has {n:,} steps, too many to embed whole: {embedded:,} steps are embedded "
+        f"in {len(windows)} windows: its start, its end and {around}."
+    )
+
+
 def stepper_data(trace: Trace, limit: int = EMBED_LIMIT) -> dict[str, Any]:
     """Everything the stepper page needs about `trace`, as JSON-ready data."""
     meta = trace.metadata
@@ -261,22 +280,7 @@ def stepper_data(trace: Trace, limit: int = EMBED_LIMIT) -> dict[str, Any]:
     first_symbols: dict[int, str] = {}
     for name, addr in meta.symbols.items():
         first_symbols.setdefault(addr, name)
-    embedded = sum(w.stop - w.start for w in windows)
-    note = (
-        f"All {n} steps are embedded."
-        if complete
-        else (
-            f"This trace has {n:,} steps, too many to embed whole: {embedded:,} steps are "
-            f"embedded in {len(windows)} windows (its start, its end, and "
-            f"{WINDOW_RADIUS} steps either side of "
-            + (
-                f"each of the first {len(switches)} rets that pop a planted address"
-                if switches
-                else "each ret that pops a planted address; it has none"
-            )
-            + ")."
-        )
-    )
+    note = f"All {n} steps are embedded." if complete else _windows_note(n, windows, switches)
     return {
         "format": 1,
         "scenario": meta.scenario.name,
