@@ -199,6 +199,7 @@ def test_operand_helpers() -> None:
     assert operands("movq %rcx, 0x20(%rax)") == ["%rcx", "0x20(%rax)"]
     assert operands("movq (%rax,%rbx,8), %rcx") == ["(%rax,%rbx,8)", "%rcx"]
     assert operands("retq") == []
+    assert operands("rep movsq (%rsi), (%rdi)") == ["(%rsi)", "(%rdi)"]
     assert register_of("%ecx") == "rcx" and register_of("%r9d") == "r9"
     assert register_of("$5") is None
 

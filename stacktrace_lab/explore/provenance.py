@@ -120,14 +120,10 @@ _MEMORY_OPERAND = re.compile(r"^(?:[-\w$+]*)\((%\w+)?(?:,\s*%\w+)?(?:,\s*\d+)?\)
 
 def operands(text: str) -> list[str]:
     """The operands of an AT&T instruction text, split at top-level commas."""
-    parts = text.split(None, 1)
-    if len(parts) < 2 or mnemonic(text) != parts[0]:
-        # A prefixed instruction (`rep movsq`): operands follow the mnemonic.
-        words = text.split()
-        at = words.index(mnemonic(text)) if mnemonic(text) in words else 0
-        rest = " ".join(words[at + 1 :])
-    else:
-        rest = parts[1]
+    words = text.split()
+    name = mnemonic(text)
+    # Operands follow the mnemonic, after any prefix (`rep movsq`).
+    rest = " ".join(words[words.index(name) + 1 :]) if name in words else ""
     out, depth, current = [], 0, ""
     for ch in rest:
         if ch == "(":
@@ -395,16 +391,16 @@ class _LastWriters:
         self.by_call: BoolArray = np.zeros(0, dtype=bool)
 
     def lookup(self, keys: U64) -> tuple[I64, BoolArray]:
-        at = np.searchsorted(self.keys, keys)
-        at_clipped = np.minimum(at, max(len(self.keys) - 1, 0))
-        found = (
-            (at < len(self.keys)) & (self.keys[at_clipped] == keys)
-            if len(self.keys)
-            else (np.zeros(len(keys), dtype=bool))
-        )
-        steps = np.where(found, self.steps[at_clipped] if len(self.keys) else -1, -1)
-        calls = np.where(found, self.by_call[at_clipped] if len(self.keys) else False, False)
-        return steps.astype(np.int64), calls.astype(bool)
+        """(last writing step or -1, whether that was a call) per byte address in `keys`."""
+        steps = np.full(len(keys), -1, dtype=np.int64)
+        calls = np.zeros(len(keys), dtype=bool)
+        if len(self.keys) == 0:
+            return steps, calls
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[at] == keys
+        steps[found] = self.steps[at[found]]
+        calls[found] = self.by_call[at[found]]
+        return steps, calls
 
     def merge(self, keys: U64, steps: I64, by_call: BoolArray) -> None:
         all_keys = np.concatenate([self.keys, keys])
