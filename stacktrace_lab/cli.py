@@ -7,6 +7,7 @@ with one line on stderr, so no user sees a traceback for bad input.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -17,14 +18,26 @@ from .commands import COMMANDS
 from .errors import BadInput
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="stacktrace-lab")
 def cli() -> None:
     """Record x86-64 stack switches in an emulator and explain what happened to the stack."""
-
-
-for command in COMMANDS:
-    cli.add_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -144,6 +144,8 @@ CI_DOC = Path(__file__).parent.parent / "docs" / "ci.md"
 def test_ci_doc_names_only_real_commands_and_options(pytestconfig: pytest.Config) -> None:
     import re
 
+    import click
+
     from stacktrace_lab.cli import cli
 
     text = CI_DOC.read_text()
@@ -151,7 +153,9 @@ def test_ci_doc_names_only_real_commands_and_options(pytestconfig: pytest.Config
     assert {"record", "check", "report", "diff"} <= {command for command, _ in uses}
     for command, rest in uses:
         if command in ("diff", "record", "check", "report"):
-            options = {opt for param in cli.commands[command].params for opt in param.opts}
+            found = cli.get_command(click.Context(cli), command)
+            assert found is not None, command
+            options = {opt for param in found.params for opt in param.opts}
             for option in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", rest):
                 assert option in options, f"stacktrace-lab {command} has no {option}"
     for option in set(re.findall(r"--stacktrace-lab-[a-z-]+", text)):

@@ -2,20 +2,21 @@
 
 A command returns its exit status (an int) instead of calling sys.exit, so
 `cli.main()` can be called in process by tests.
+
+Commands are imported when they run, not when the program starts: `record`
+needs unicorn, `report` matplotlib, and importing everything for every
+command cost about a second of start-up.
 """
 
-import click
-
-from .check import check_command
-from .demo import demo_command
-from .diff import diff_command
-from .record import record_command
-from .replay import replay_command
-from .report import report_command
-from .scenarios import scenarios_command
-from .show import show_command
-from .who_wrote import who_wrote_command
-
-COMMANDS: list[click.Command] = [record_command, scenarios_command, check_command, diff_command]
-COMMANDS += [report_command, demo_command]
-COMMANDS += [show_command, who_wrote_command, replay_command]
+#: command name -> "module:attribute" of its click command, in `--help` order.
+COMMANDS: dict[str, str] = {
+    "record": "stacktrace_lab.commands.record:record_command",
+    "scenarios": "stacktrace_lab.commands.scenarios:scenarios_command",
+    "check": "stacktrace_lab.commands.check:check_command",
+    "report": "stacktrace_lab.commands.report:report_command",
+    "demo": "stacktrace_lab.commands.demo:demo_command",
+    "diff": "stacktrace_lab.commands.diff:diff_command",
+    "show": "stacktrace_lab.commands.show:show_command",
+    "who-wrote": "stacktrace_lab.commands.who_wrote:who_wrote_command",
+    "replay": "stacktrace_lab.commands.replay:replay_command",
+}
