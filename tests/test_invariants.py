@@ -9,7 +9,7 @@ import pytest
 
 from stacktrace_lab.analysis import INVARIANTS, CheckResult, check, derive_facts
 from stacktrace_lab.analysis.events import Kind, Origin, instruction_kind
-from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.record.recorder import Recording, RecordOptions
 from stacktrace_lab.scenario import INVARIANT_IDS, load_scenario
 from stacktrace_lab.trace.reader import load_trace
 
@@ -357,3 +357,28 @@ def test_a_switch_that_forgets_r12(record_source: RecordSource) -> None:
     assert violation.message.startswith("r12 changed across the call to switch")
     assert "through a stack switch" in violation.message
     assert "r12 0xc before, 0x62 after" in violation.message
+
+
+@pytest.mark.parametrize("row_group_size", [1, 2, 3])
+def test_row_group_boundaries_change_nothing(
+    record_source: RecordSource, row_group_size: int
+) -> None:
+    """Calls and rets landing in the next row group are matched like any others."""
+    source = CONTEXT_SWITCH.format(restore_r12="nop")
+    kwargs: dict[str, object] = {
+        "stacks": (("main", 4096), ("worker", 256)),
+        "data": (("ctx", 64),),
+    }
+    whole = derive_facts(load_trace(record_source(source, **kwargs).path))
+    options = RecordOptions(row_group_size=row_group_size)
+    split_trace = load_trace(record_source(source, options=options, **kwargs).path)
+    assert split_trace.num_row_groups > 10
+    split = derive_facts(split_trace)
+    assert split.call_targets.tolist() == whole.call_targets.tolist()
+    assert split.returns.value.tolist() == whole.returns.value.tolist()
+    assert split.returns.origin.tolist() == whole.returns.origin.tolist()
+    assert split.returns.writer.tolist() == whole.returns.writer.tolist()
+    assert (
+        check(split_trace, split).to_json()["invariants"]
+        == check(whole.trace, whole).to_json()["invariants"]
+    )

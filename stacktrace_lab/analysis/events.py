@@ -45,6 +45,8 @@ U8 = npt.NDArray[np.uint8]
 I16 = npt.NDArray[np.int16]
 B = npt.NDArray[np.bool_]
 _T = TypeVar("_T", bound=np.generic)
+#: Elements per block where a whole-trace computation would need large temporaries.
+_BLOCK = 1 << 20
 
 
 class Kind(IntEnum):
@@ -298,20 +300,25 @@ class TraceFacts:
         return out
 
     def registers_at(self, names: Sequence[str], steps: I64) -> dict[str, U64]:
-        """Register values before each of `steps`; a step equal to the trace's length
-        means the final state (after the last step)."""
-        unique, inverse = np.unique(steps, return_inverse=True)
-        values = {name: np.zeros(unique.shape, dtype=np.uint64) for name in names}
-        past_end = unique >= self.steps
+        """Register values before each of `steps` (any order, repeats allowed); a step
+        equal to the trace's length means the final state (after the last step).
+        One pass over the row groups that hold any of the steps."""
+        order = np.argsort(steps, kind="stable")
+        ordered = steps[order]
+        values = {name: np.empty(steps.shape, dtype=np.uint64) for name in names}
+        end = int(np.searchsorted(ordered, self.steps))
         for name in names:
-            values[name][past_end] = self.meta.final.get(name, 0)
-        inside = np.flatnonzero(~past_end)
-        for g, positions, local in self._groups_for(unique[inside]):
+            values[name][order[end:]] = self.meta.final.get(name, 0)
+        bounds = np.searchsorted(ordered[:end], self._group_starts)
+        for g in range(self.trace.num_row_groups):
+            lo, hi = int(bounds[g]), int(bounds[g + 1])
+            if lo == hi:
+                continue
             group = self.trace.row_group(g, list(names))
+            local = ordered[lo:hi] - self._group_starts[g]
             for name in names:
-                column = group.column(name).to_numpy()
-                values[name][inside[positions]] = column[local]
-        return {name: v[inverse] for name, v in values.items()}
+                values[name][order[lo:hi]] = group.column(name).to_numpy()[local]
+        return values
 
 
 def stack_index(stacks: Sequence[Region], addrs: U64) -> I16:
@@ -323,11 +330,14 @@ def stack_index(stacks: Sequence[Region], addrs: U64) -> I16:
     out = np.full(addrs.shape, -1, dtype=np.int16)
     if not order:
         return out
-    pos = np.searchsorted(bases, addrs, side="right").astype(np.int64) - 1
-    clipped = np.clip(pos, 0, len(order) - 1)
-    inside = (pos >= 0) & (addrs <= tops[clipped])
     ids = np.array(order, dtype=np.int16)
-    out[inside] = ids[clipped[inside]]
+    # In blocks, so that the int64 temporaries stay small on a ten-million-step trace.
+    for lo in range(0, addrs.size, _BLOCK):
+        block = addrs[lo : lo + _BLOCK]
+        pos = np.searchsorted(bases, block, side="right").astype(np.int64) - 1
+        clipped = np.clip(pos, 0, len(order) - 1)
+        inside = (pos >= 0) & (block <= tops[clipped])
+        out[lo : lo + _BLOCK][inside] = ids[clipped[inside]]
     return out
 
 
@@ -335,15 +345,25 @@ def derive_facts(trace: Trace) -> TraceFacts:
     """Read the trace once (no snapshot columns) and derive its stack events."""
     n = trace.num_rows
     rsp = np.empty(n, dtype=np.uint64)
-    rip = np.empty(n, dtype=np.uint64)
     kind = np.empty(n, dtype=np.uint8)
     write_parts: list[tuple[I64, U64, I64, U64]] = []
+    # rip is kept only where a call or a ret lands (the next row's rip), not per step.
+    landing_parts: list[U64] = []
     offset = 0
     for group in trace.iter_row_groups(["rip", "rsp", "insn", "writes"]):
         rows = group.num_rows
         rsp[offset : offset + rows] = group.column("rsp").to_numpy()
-        rip[offset : offset + rows] = group.column("rip").to_numpy()
-        kind[offset : offset + rows] = _kinds(group.column("insn"))
+        kinds = _kinds(group.column("insn"))
+        kind[offset : offset + rows] = kinds
+        rip = group.column("rip").to_numpy()
+        if landing_parts and _is_transfer(kind[offset - 1]):
+            landing_parts[-1][-1] = rip[0]  # the previous group ended on a call or ret
+        transfer = np.flatnonzero(_is_transfer(kinds))
+        # The last row's landing is the next group's first rip (patched above) or final.
+        landed = rip[np.minimum(transfer + 1, rows - 1)]
+        if transfer.size and transfer[-1] == rows - 1:
+            landed[-1] = trace.metadata.final.get("rip", 0)
+        landing_parts.append(landed.astype(np.uint64))
         part = _writes(group.column("writes"), offset)
         if part is not None:
             write_parts.append(part)
@@ -355,22 +375,21 @@ def derive_facts(trace: Trace) -> TraceFacts:
         size=_concat([p[2] for p in write_parts], np.int64),
         value=_concat([p[3] for p in write_parts], np.uint64),
     )
-    final_rip = int(trace.metadata.final.get("rip", 0))
+    del write_parts
+    landings = _concat(landing_parts, np.uint64)
+    del landing_parts
+    transfers = kind[_is_transfer(kind)]
     final_rsp = int(trace.metadata.final.get("rsp", 0))
 
-    def after(column: U64, steps: I64, final: int) -> U64:
-        nxt = steps + 1
-        out = np.full(steps.shape, final, dtype=np.uint64)
-        inside = nxt < n
-        out[inside] = column[nxt[inside]]
-        return out
-
     calls = np.flatnonzero(kind == Kind.CALL).astype(np.int64)
-    call_targets = after(rip, calls, final_rip)
+    call_targets = landings[transfers == Kind.CALL]
     ret_steps = np.flatnonzero(kind == Kind.RET).astype(np.int64)
+    values = landings[transfers == Kind.RET]
+    del landings, transfers
     slots = rsp[ret_steps]
-    values = after(rip, ret_steps, final_rip)
-    del rip
+    entry_rsp = np.full(ret_steps.shape, final_rsp, dtype=np.uint64)
+    before_end = ret_steps + 1 < n
+    entry_rsp[before_end] = rsp[ret_steps[before_end] + 1]
     writer = _last_writers(writes, slots, ret_steps, n)
     sentinel = int(trace.metadata.options.get("sentinel_return", SENTINEL_RETURN))
     origin = _origins(writes, kind, writer, slots, values, sentinel)
@@ -378,11 +397,16 @@ def derive_facts(trace: Trace) -> TraceFacts:
         step=ret_steps,
         slot=slots,
         value=values,
-        entry_rsp=after(rsp, ret_steps, final_rsp),
+        entry_rsp=entry_rsp,
         origin=origin,
         writer=writer,
     )
     return TraceFacts(trace, rsp, kind, writes, calls, call_targets, returns)
+
+
+def _is_transfer(kinds: U8 | np.uint8) -> B:
+    """Calls and rets: the instructions whose landing (the next rip) the analysis needs."""
+    return np.asarray((kinds == Kind.CALL) | (kinds == Kind.RET))
 
 
 def _kinds(column: pa.ChunkedArray) -> U8:
@@ -443,12 +467,19 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
 
     w_first = writes.addr >> np.uint64(3)
     w_last = (writes.addr + writes.size.astype(np.uint64) - np.uint64(1)) >> np.uint64(3)
+    # Only writes that touch a word some ret reads matter: the first ret word at or
+    # after a write's first word must not lie past its last word.
+    nxt = np.searchsorted(ret_words, w_first)
+    touches = nxt < ret_words.size
+    touches[touches] = ret_words[nxt[touches]] <= w_last[touches]
+    candidates = np.flatnonzero(touches)
+    del nxt, touches
+    w_first, w_last = w_first[candidates], w_last[candidates]
     spans = (w_last - w_first + np.uint64(1)).astype(np.int64)
-    owner = np.repeat(np.arange(len(writes), dtype=np.int64), spans)
-    starts = np.cumsum(spans) - spans
-    word = w_first[owner] + (np.arange(owner.size, dtype=np.int64) - starts[owner]).astype(
-        np.uint64
-    )
+    owner = np.repeat(candidates, spans)
+    starts = np.repeat(np.cumsum(spans) - spans, spans)
+    word = np.repeat(w_first, spans) + (np.arange(owner.size) - starts).astype(np.uint64)
+    del starts
     keep = np.isin(word, ret_words)
     word, owner = word[keep], owner[keep]
     if not owner.size:

@@ -202,7 +202,9 @@ def stack_bounds(facts: TraceFacts) -> Findings:
     final_out = stack_index(facts.stacks, np.array([facts.final_rsp], dtype=np.uint64))[0] < 0
     outside = np.append(facts.rsp_stack < 0, final_out)
     out_steps = np.flatnonzero(outside).astype(np.int64)
-    out_rsp = np.append(facts.rsp, np.uint64(facts.final_rsp))[out_steps]
+    out_rsp = np.full(out_steps.shape, facts.final_rsp, dtype=np.uint64)
+    before_end = out_steps < facts.steps
+    out_rsp[before_end] = facts.rsp[out_steps[before_end]]
     # A run of such steps is one finding, at the instruction that started it.
     run_start = np.ones(out_steps.shape, dtype=np.bool_)
     run_start[1:] = np.diff(out_steps) > 1
@@ -305,11 +307,21 @@ def callee_saved(facts: TraceFacts) -> Findings:
     matched = np.flatnonzero(r.origin == Origin.CALL)
     ret_steps = r.step[matched]
     call_steps = facts.writes.step[r.writer[matched]]
-    before = facts.registers_at(SAVED_REGISTERS, call_steps)
-    after = facts.registers_at(SAVED_REGISTERS, ret_steps + 1)
-    before["rsp"] = facts.rsp[call_steps]
-    after["rsp"] = r.entry_rsp[matched]
-    changed = {name: before[name] != after[name] for name in CALLEE_SAVED}
+    # Read in one pass; keep, per register, only the values where it changed.
+    query = np.concatenate([call_steps, ret_steps + 1])
+    m = call_steps.size
+    read = facts.registers_at(SAVED_REGISTERS, query)
+    changed: dict[str, B] = {}
+    values: dict[str, tuple[U64, U64]] = {}
+    for name in CALLEE_SAVED:
+        if name == "rsp":
+            before, after = facts.rsp[call_steps], r.entry_rsp[matched]
+        else:
+            both = read.pop(name)
+            before, after = both[:m], both[m:]
+        changed[name] = before != after
+        values[name] = (before[changed[name]], after[changed[name]])
+        del before, after
     any_changed = np.zeros(matched.shape, dtype=np.bool_)
     for mask in changed.values():
         any_changed |= mask
@@ -320,10 +332,12 @@ def callee_saved(facts: TraceFacts) -> Findings:
         call_step, ret_step = int(call_steps[k]), int(ret_steps[k])
         callee = facts.symbolize(int(facts.call_targets[call_index[k]]))
         names = [name for name in CALLEE_SAVED if changed[name][k]]
-        values = ", ".join(
-            f"{name} {int(before[name][k]):#x} before, {int(after[name][k]):#x} after"
-            for name in names
-        )
+        shown = []
+        for name in names:
+            rank = int(np.count_nonzero(changed[name][:k]))  # k's place among the changed
+            was, now = values[name][0][rank], values[name][1][rank]
+            shown.append(f"{name} {int(was):#x} before, {int(now):#x} after")
+        values_text = ", ".join(shown)
         regs = " and ".join(names)
         # Did the return come back through a context switch (rsp visiting another stack)?
         stacks_between = facts.rsp_stack[call_step : ret_step + 1]
@@ -341,7 +355,7 @@ def callee_saved(facts: TraceFacts) -> Findings:
             (
                 ret_step,
                 f"{regs} changed across the call to {callee} at step {call_step}, returned "
-                f"here{through} ({values}): {regs} {'are' if len(names) > 1 else 'is'} "
+                f"here{through} ({values_text}): {regs} {'are' if len(names) > 1 else 'is'} "
                 f"callee-saved; {fix}",
             )
         )

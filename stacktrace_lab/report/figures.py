@@ -53,6 +53,9 @@ RETURN_COLOUR = "#2ca02c"
 PLANTED_COLOUR = "#d62728"
 SWITCH_COLOUR = "#555555"
 
+#: Steps per block where a whole-trace series would need large float temporaries.
+BLOCK_STEPS = 1 << 20
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
@@ -112,13 +115,33 @@ def columns_for(steps: int, max_columns: int) -> Columns:
     return Columns(steps, np.unique(starts))
 
 
-def envelope(values: F64, inside: B, columns: Columns) -> tuple[F64, F64]:
-    """Per column, the min and max of `values` over the steps where `inside`; NaN where none."""
+def envelope(
+    values: npt.NDArray[np.uint64],
+    owner: npt.NDArray[np.int16],
+    k: int,
+    offset: int,
+    columns: Columns,
+) -> tuple[F64, F64]:
+    """Per column, the min and max of `values - offset` over the steps where `owner == k`
+    (rsp within stack k, as a byte index); NaN where there are none. One value per step
+    when the columns are exact. Long traces are done in blocks of about `BLOCK_STEPS`
+    steps, so the float temporaries stay small."""
     if columns.exact:
-        shown = np.where(inside, values, np.nan)
+        shown = values.astype(np.float64) - float(offset)
+        shown[owner != k] = np.nan
         return shown, shown
-    low = np.minimum.reduceat(np.where(inside, values, np.inf), columns.starts)
-    high = np.maximum.reduceat(np.where(inside, values, -np.inf), columns.starts)
+    low = np.full(columns.count, np.nan)
+    high = np.full(columns.count, np.nan)
+    stops = columns.stops
+    per_block = max(1, BLOCK_STEPS * columns.count // max(columns.steps, 1))
+    for c0 in range(0, columns.count, per_block):
+        c1 = min(c0 + per_block, columns.count)
+        s0, s1 = int(columns.starts[c0]), int(stops[c1 - 1])
+        block = values[s0:s1].astype(np.float64) - float(offset)
+        inside = owner[s0:s1] == k
+        at = columns.starts[c0:c1] - s0
+        low[c0:c1] = np.minimum.reduceat(np.where(inside, block, np.inf), at)
+        high[c0:c1] = np.maximum.reduceat(np.where(inside, block, -np.inf), at)
     low[~np.isfinite(low)] = np.nan
     high[~np.isfinite(high)] = np.nan
     return low, high

@@ -308,7 +308,11 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
         np.arange(owner.size) - (np.cumsum(spans) - spans)[owner]
     )
     column = columns.column_of(writes.step[hit][owner])
-    cells = np.unique(np.stack([column, row]), axis=1)
+    # The distinct (column, slot) cells written, in column order: a mask, not a sort.
+    written = np.zeros(columns.count * panel.slots, dtype=np.bool_)
+    written[column * panel.slots + row] = True
+    flat = np.flatnonzero(written)
+    cells = np.stack([flat // panel.slots, flat % panel.slots])
     y = panel.first_index + WORD * cells[1] + WORD / 2
     if cells.shape[1] <= MAX_WRITE_MARKS:
         x = columns.starts[cells[0]] + (0.5 if columns.exact else 0.0)
@@ -333,18 +337,16 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
 
 def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
     k = facts.stacks.index(panel.stack)
-    inside = facts.rsp_stack == k
-    index = facts.rsp.astype(np.float64) - float(panel.stack.base)
     n = facts.steps
     final_index = facts.final_rsp - panel.stack.base
     final = final_index if 0 <= final_index <= panel.stack.size else np.nan
+    low, high = envelope(facts.rsp, facts.rsp_stack, k, panel.stack.base, columns)
     if columns.exact:
         x = np.arange(n + 1, dtype=np.float64)
-        y = np.append(np.where(inside, index, np.nan), final)
+        y = np.append(low, final)
         for colour, width in (("white", 3.6), ("#111111", 1.6)):
             ax.step(x, y, where="post", color=colour, linewidth=width, zorder=5)
         return
-    low, high = envelope(index, inside, columns)
     edges = np.append(columns.starts, n).astype(np.float64)
     for series in (low, high):
         y = np.append(series, series[-1])

@@ -19,11 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
 
-from ..analysis.events import Kind, Origin, TraceFacts
+from ..analysis.events import I64, Kind, Origin, TraceFacts
 from ..analysis.model import PlantedReturn
 from ..layout import Region
 from .figures import (
     CALL_COLOUR,
+    F64,
     PLANTED_COLOUR,
     RETURN_COLOUR,
     SWITCH_COLOUR,
@@ -125,17 +126,23 @@ def _stack_panel(
 ) -> None:
     colour = stack_colour(k)
     n = facts.steps
-    inside = facts.rsp_stack == k
-    index = facts.rsp.astype(np.float64) - float(stack.base)
     final_index = facts.final_rsp - stack.base
     final_inside = 0 <= final_index <= stack.size
+    low, high = envelope(facts.rsp, facts.rsp_stack, k, stack.base, columns)
+
+    def index(steps: I64) -> F64:
+        values: F64 = facts.rsp[steps].astype(np.float64) - float(stack.base)
+        return values
+
+    def inside(steps: I64) -> I64:
+        mine: I64 = steps[facts.rsp_stack[steps] == k]
+        return mine
 
     if columns.exact:
         x = np.arange(n + 1, dtype=np.float64)
-        y = np.append(np.where(inside, index, np.nan), final_index if final_inside else np.nan)
+        y = np.append(low, final_index if final_inside else np.nan)
         ax.step(x, y, where="post", color=colour, linewidth=1.8, zorder=3)
     else:
-        low, high = envelope(index, inside, columns)
         edges = np.append(columns.starts, n).astype(np.float64)
         ax.fill_between(
             edges,
@@ -160,14 +167,14 @@ def _stack_panel(
             (facts.calls, "v", CALL_COLOUR),
             (facts.returns.step[facts.returns.origin != Origin.PLANTED], "^", RETURN_COLOUR),
         ):
-            here = steps[inside[steps]]
-            ax.scatter(here, index[here], marker=marker, s=36, color=c, zorder=4, linewidths=0)
+            here = inside(steps)
+            ax.scatter(here, index(here), marker=marker, s=36, color=c, zorder=4, linewidths=0)
 
-    here = planted_steps[inside[planted_steps]]
-    ax.scatter(here, index[here], marker="*", s=150, color=PLANTED_COLOUR, zorder=5, linewidths=0)
+    here = inside(planted_steps)
+    ax.scatter(here, index(here), marker="*", s=150, color=PLANTED_COLOUR, zorder=5, linewidths=0)
     _label_planted(ax, facts, [planted_by_step[int(x)] for x in here if int(x) in planted_by_step])
 
-    low_y = _lowest_shown(facts, stack, index[inside])
+    low_y = _lowest_shown(facts, stack, low)
     pad = max((stack.size - low_y) * 0.08, 2.0)
     ax.set_ylim(low_y - pad, stack.size + pad)
     ax.axhline(stack.size, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
@@ -250,7 +257,7 @@ def _slot_ticks(span: float) -> int:
     return spacing
 
 
-def _lowest_shown(facts: TraceFacts, stack: Region, used: np.ndarray) -> float:
+def _lowest_shown(facts: TraceFacts, stack: Region, low: np.ndarray) -> float:
     """Whole region for small stacks; for big ones, the used part near the top."""
     if stack.size <= ZOOM_ABOVE:
         return 0.0
@@ -258,8 +265,8 @@ def _lowest_shown(facts: TraceFacts, stack: Region, used: np.ndarray) -> float:
         (facts.writes.addr >= np.uint64(stack.base)) & (facts.writes.addr < np.uint64(stack.top))
     ]
     lowest = stack.size - 64.0
-    if used.size:
-        lowest = min(lowest, float(used.min()))
+    if not np.all(np.isnan(low)):
+        lowest = min(lowest, float(np.nanmin(low)))
     if writes.size:
         lowest = min(lowest, float(writes.min()) - stack.base)
     return max(0.0, lowest - (stack.size - lowest) * 0.1)
