@@ -295,3 +295,21 @@ def test_a_failing_trace_reports_its_violation(record_source: RecordSource, tmp_
     assert "r12 changed across the call to zero_r12" in html
     md = (report.directory / "report.md").read_text()
     assert "### `callee-saved` violations" in md
+
+
+def test_the_committed_example_is_current(first_switch_trace: Path, tmp_path: Path) -> None:
+    """reports/first-switch/ (shown by the README) says what a fresh report says.
+
+    The text outputs only: PNG bytes may differ between matplotlib versions.
+    Regenerate with `stacktrace-lab demo` from the repository's root.
+    """
+    example = Path(__file__).resolve().parent.parent / "reports" / "first-switch"
+    fresh = build_report(load_trace(first_switch_trace), tmp_path / "fresh").directory
+    for name in ("report.md", "invariants.json"):
+        committed = (example / name).read_text()
+        now = (
+            (fresh / name)
+            .read_text()
+            .replace(str(first_switch_trace), "traces/first-switch.parquet")
+        )
+        assert committed == now, f"{name}: regenerate with `stacktrace-lab demo`"
