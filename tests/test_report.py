@@ -313,3 +313,32 @@ def test_the_committed_example_is_current(first_switch_trace: Path, tmp_path: Pa
             .replace(str(first_switch_trace), "traces/first-switch.parquet")
         )
         assert committed == now, f"{name}: regenerate with `stacktrace-lab demo`"
+
+
+def test_an_overflow_is_drawn_below_the_base(record_source: RecordSource) -> None:
+    recording = record_source(
+        """
+        main:
+            movabs $tiny_top, %rsp
+            push %rax
+            push %rax
+            push %rax       # 8 bytes below tiny's base
+            push %rax       # 16 bytes below
+            movabs $main_top, %rsp
+            hlt
+        """,
+        stacks=(("main", 4096), ("tiny", 16)),
+    )
+    facts = facts_of(recording.path)
+    with plot_style():
+        rsp_figure = rsp_plot.rsp_figure(facts)
+        heat_figure = heatmap.heatmap_figure(facts)
+    tiny_rsp = rsp_figure.axes[1]
+    assert tiny_rsp.get_ylabel().startswith("tiny")
+    assert tiny_rsp.get_ylim()[0] < -16  # rsp went 16 bytes below the base, and is shown
+    assert any("overflow" in t.get_text() for t in tiny_rsp.texts)
+    tiny_heat = heat_figure.axes[1]
+    assert tiny_heat.get_ylim() == (-16.0, 16.0)
+    assert any("below tiny's base: overflow" in t.get_text() for t in tiny_heat.texts)
+    # going below a stack's base is an overflow of it, not a switch to "outside"
+    assert facts.switch_steps().tolist() == [0, 5]

@@ -34,6 +34,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..arch import PAGE
 from ..layout import SENTINEL_RETURN, Region
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
@@ -239,13 +240,12 @@ class TraceFacts:
         return tuple(planted)
 
     def switch_steps(self) -> I64:
-        """Steps whose instruction moved rsp from one stack region to another (or out)."""
+        """Steps whose instruction moved rsp from one stack to another (or out of every
+        stack). Going below a stack's base is an overflow of it, not a switch."""
         if self.steps == 0:
             return np.zeros(0, dtype=np.int64)
-        region = np.append(
-            self.rsp_stack, stack_index(self.stacks, np.array([self.final_rsp], dtype=np.uint64))
-        )
-        return np.flatnonzero(region[1:] != region[:-1]).astype(np.int64)
+        owner = np.append(self.rsp_owner, np.int16(self.final_owner))
+        return np.flatnonzero(owner[1:] != owner[:-1]).astype(np.int64)
 
     # --- stacks ---------------------------------------------------------------
 
@@ -255,6 +255,42 @@ class TraceFacts:
         write_stack = stack_index(self.stacks, self.writes.addr)
         used |= set(np.unique(write_stack[write_stack >= 0]).tolist())
         return tuple(s for i, s in enumerate(self.stacks) if i in used)
+
+    def overflowed(self, addrs: U64) -> I16:
+        """For each address just below a stack's base, the index in `stacks` of that
+        stack (an overflow of it); -1 for anything else. "Just below" is above the
+        region under the stack and no lower than the guard page under its pages."""
+        regions = sorted(self.meta.regions, key=lambda r: r.base)
+        bases = np.array([r.base for r in regions], dtype=np.uint64)
+        floors = [max(r.map_start - PAGE, 0) for r in regions]
+        for i in range(1, len(regions)):
+            floors[i] = max(floors[i], regions[i - 1].top)
+        floor = np.array([*floors, 0], dtype=np.uint64)
+        stack_of = np.array(
+            [self.stacks.index(r) if r.kind == "stack" else -1 for r in regions] + [-1],
+            dtype=np.int16,
+        )
+        out = np.full(addrs.shape, -1, dtype=np.int16)
+        for lo in range(0, addrs.size, _BLOCK):
+            block = addrs[lo : lo + _BLOCK]
+            pos = np.searchsorted(bases, block, side="right")
+            out[lo : lo + _BLOCK] = np.where(block >= floor[pos], stack_of[pos], -1)
+        return out
+
+    @cached_property
+    def rsp_owner(self) -> I16:
+        """The stack each step's rsp belongs to, counting just below a stack's base
+        (an overflow) as that stack; -1 elsewhere. Index into `stacks`."""
+        owner = self.rsp_stack.copy()
+        out = np.flatnonzero(owner < 0)
+        owner[out] = self.overflowed(self.rsp[out])
+        return owner
+
+    @cached_property
+    def final_owner(self) -> int:
+        final = np.array([self.final_rsp], dtype=np.uint64)
+        inside = int(stack_index(self.stacks, final)[0])
+        return inside if inside >= 0 else int(self.overflowed(final)[0])
 
     def rsp_after(self, steps: I64) -> U64:
         """rsp after each of `steps` ran: the next row's, or the final one after the last row."""

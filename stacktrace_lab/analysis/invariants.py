@@ -26,12 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
 
-from ..arch import CALLEE_SAVED, PAGE, STACK_ALIGNMENT
+from ..arch import CALLEE_SAVED, STACK_ALIGNMENT
 from ..layout import Region
 from .events import I64, U64, B, Kind, Origin, TraceFacts, stack_index
 from .model import MAX_VIOLATIONS, Findings, Violation
@@ -185,11 +184,10 @@ def ret_source(facts: TraceFacts) -> Findings:
 
 
 def stack_bounds(facts: TraceFacts) -> Findings:
-    regions = sorted(facts.meta.regions, key=lambda r: r.base)
     writes = facts.writes
     w_end = writes.addr + writes.size.astype(np.uint64)
     inside = np.zeros(len(writes), dtype=np.bool_)
-    for region in regions:
+    for region in facts.meta.regions:
         if region.kind == "code":
             continue
         inside |= (writes.addr >= np.uint64(region.base)) & (w_end <= np.uint64(region.top))
@@ -214,10 +212,10 @@ def stack_bounds(facts: TraceFacts) -> Findings:
     steps = np.concatenate([stray_step, np.maximum(out_steps - 1, 0)])
     is_write = np.arange(addrs.size) < stray.size
     first_of_run = np.concatenate([np.ones(stray.size, dtype=np.bool_), run_start])
-    above = _stack_above(regions, addrs)
+    above = facts.overflowed(addrs)
 
     found: list[tuple[int, str]] = []
-    for k, stack in enumerate(regions):
+    for k, stack in enumerate(facts.stacks):
         hit = np.flatnonzero(above == k)
         if not hit.size:
             continue
@@ -266,24 +264,6 @@ def _access(stack: Region, i: int, addrs: npt.NDArray[np.uint64], is_write: B) -
     addr = int(addrs[i])
     where = f"{stack.name}-{stack.base - addr} ({addr:#x})"
     return f"a write at {where}" if is_write[i] else f"rsp moves to {where}"
-
-
-def _stack_above(regions: list[Region], addrs: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
-    """For each address just below a stack's base, that stack's index in `regions`
-    (sorted by base); -1 for anything else. "Just below" is above the region
-    under the stack and no lower than the guard page under the stack's pages."""
-    bases = np.array([r.base for r in regions], dtype=np.uint64)
-    floors = np.array(
-        [0] + [max(r.map_start - PAGE, below.top) for below, r in pairwise(regions)],
-        dtype=np.uint64,
-    )
-    if regions:
-        floors[0] = regions[0].map_start - PAGE
-    floors = np.append(floors, np.uint64(0))
-    is_stack = np.array([r.kind == "stack" for r in regions] + [False], dtype=np.bool_)
-    pos = np.searchsorted(bases, addrs, side="right").astype(np.int64)
-    ok = is_stack[pos] & (addrs >= floors[pos])
-    return np.where(ok, pos, -1)
 
 
 def _outside(facts: TraceFacts, addr: int) -> str:

@@ -109,12 +109,10 @@ def listing(facts: TraceFacts) -> tuple[tuple[ListingWindow, ...], int]:
         notes.setdefault(p.ret_step, []).append(f"ret pops planted {p.target} from {p.where}")
     switches = facts.switch_steps()
     names = {i: s.name for i, s in enumerate(facts.stacks)}
-    region_after = np.append(facts.rsp_stack, -1)
+    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
     for step in switches.tolist():
-        src = names.get(int(facts.rsp_stack[step]), "outside the stacks")
-        dst = names.get(int(region_after[step + 1]), "outside the stacks")
-        if step + 1 >= facts.steps:
-            dst = "(end of trace)"
+        src = names.get(int(owner[step]), "outside the stacks")
+        dst = names.get(int(owner[step + 1]), "outside the stacks")
         notes.setdefault(step, []).append(f"switch: rsp moves from {src} to {dst}")
 
     anchors = sorted({p.ret_step for p in facts.planted_returns} | set(switches.tolist()))

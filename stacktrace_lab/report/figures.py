@@ -52,6 +52,7 @@ CALL_COLOUR = "#1f77b4"
 RETURN_COLOUR = "#2ca02c"
 PLANTED_COLOUR = "#d62728"
 SWITCH_COLOUR = "#555555"
+OVERFLOW_COLOUR = "#d62728"
 
 #: Steps per block where a whole-trace series would need large float temporaries.
 BLOCK_STEPS = 1 << 20

@@ -35,6 +35,7 @@ from ..arch import WORD
 from ..layout import Region
 from ..trace.format import SnapshotWindow
 from .figures import (
+    OVERFLOW_COLOUR,
     PLANTED_COLOUR,
     Columns,
     columns_for,
@@ -51,8 +52,13 @@ MAX_COLUMNS = 2000
 MAX_WRITE_MARKS = 600
 #: Slot contents written as text inside the cells when the grid is at most this wide.
 MAX_LABELLED_COLUMNS = 40
+#: White lines between columns up to this many columns (more would stripe the picture).
+MAX_GRID_COLUMNS = 60
 #: Planted returns framed and labelled per panel at most.
 MAX_PLANTED_FRAMES = 6
+
+#: A white box behind text drawn over cells.
+LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.85, "linewidth": 0}
 
 ZERO, CODE, STACK, OTHER = 0, 1, 2, 3
 CATEGORY_NAMES = ("zero", "code address", "stack address", "other data")
@@ -73,10 +79,18 @@ class Panel:
     first_index: int
     #: Slot values, shape (slots, columns): row 0 is the lowest slot shown.
     values: U64
+    #: Byte index of the lowest slot drawn: below 0 when the stack overflowed (those
+    #: slots are outside the region, so no snapshot holds them: they are hatched).
+    floor_index: int
 
     @property
     def slots(self) -> int:
         return int(self.values.shape[0])
+
+    @property
+    def rows(self) -> int:
+        """Slots drawn, the overflow below the base included."""
+        return (self.top_index - self.floor_index) // WORD
 
     @property
     def top_index(self) -> int:
@@ -94,7 +108,7 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
     snapshots = read_snapshots(facts, stacks, columns.starts)
     panels = [_panel(facts, stack, snapshots[stack.name]) for stack in stacks]
 
-    heights = [float(np.clip(p.slots * 0.24, 1.1, 4.2)) for p in panels]
+    heights = [float(np.clip(p.rows * 0.24, 1.1, 4.2)) for p in panels]
     # Fixed inches around and between the panels, whatever their number and size.
     top, bottom, gap = 0.95, 0.55, 0.6
     height = top + bottom + sum(heights) + gap * max(len(panels) - 1, 0)
@@ -173,12 +187,26 @@ def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
         .T.astype(np.uint64)
     )
     lowest = _lowest_used_slot(facts, stack, first_addr, values)
+    first_index = first_addr - stack.base + WORD * lowest
+    # A whole-region panel (starting at index 0) grows downwards over an overflow.
+    floor_index = -_overflow_depth(facts, stack) if first_index == 0 else first_index
     return Panel(
         stack=stack,
         window=window,
-        first_index=first_addr - stack.base + WORD * lowest,
+        first_index=first_index,
         values=values[lowest:],
+        floor_index=floor_index,
     )
+
+
+def _overflow_depth(facts: TraceFacts, stack: Region) -> int:
+    """How far below the base writes and rsp went, rounded up to whole slots."""
+    k = facts.stacks.index(stack)
+    below = facts.writes.addr[facts.overflowed(facts.writes.addr) == k]
+    out_rsp = facts.rsp[(facts.rsp_owner == k) & (facts.rsp_stack < 0)]
+    lowest = min([int(a.min()) for a in (below, out_rsp) if a.size], default=stack.base)
+    depth = stack.base - lowest
+    return -(-depth // WORD) * WORD
 
 
 def _lowest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values: U64) -> int:
@@ -229,12 +257,43 @@ def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> 
         extent=(0, n, panel.first_index, panel.top_index),
         zorder=1,
     )
-    if columns.exact and columns.count <= 300:
+    if columns.exact and columns.count <= MAX_GRID_COLUMNS:
         # Thin white gaps between cells read as a grid for short traces.
         for x in range(n + 1):
             ax.axvline(x, color="white", linewidth=0.6, zorder=2)
-    for y in range(panel.first_index, panel.top_index + 1, WORD):
-        ax.axhline(y, color="white", linewidth=0.8 if panel.slots <= 64 else 0.3, zorder=2)
+    if panel.floor_index < panel.first_index:
+        # Below the base: not the stack's memory, and no snapshot of it.
+        ax.add_patch(
+            Rectangle(
+                (0, panel.floor_index),
+                n,
+                panel.first_index - panel.floor_index,
+                facecolor="#fdf0f0",
+                edgecolor="#e9a3a3",
+                hatch="///",
+                linewidth=0,
+                zorder=1,
+            )
+        )
+        ax.text(
+            0.998,
+            panel.floor_index + WORD / 2,
+            f"below {stack.name}'s base: overflow (not stored) ",
+            transform=ax.get_yaxis_transform(),
+            ha="right",
+            va="center",
+            fontsize=7,
+            color=OVERFLOW_COLOUR,
+            zorder=7,
+            bbox={
+                "boxstyle": "square,pad=0.1",
+                "facecolor": "white",
+                "alpha": 0.85,
+                "linewidth": 0,
+            },
+        )
+    for y in range(panel.floor_index, panel.top_index + 1, WORD):
+        ax.axhline(y, color="white", linewidth=0.8 if panel.rows <= 64 else 0.3, zorder=2)
 
     if columns.exact and columns.count <= MAX_LABELLED_COLUMNS:
         _label_cells(ax, facts, panel)
@@ -245,9 +304,9 @@ def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> 
     for p in planted:
         _frame_planted(ax, panel, p, framed)
 
-    ax.set_ylim(panel.first_index, panel.top_index)
+    ax.set_ylim(panel.floor_index, panel.top_index)
     ax.set_xlim(0, max(n, 1))
-    ticks = list(range(panel.first_index, panel.top_index + 1, WORD))
+    ticks = list(range(panel.floor_index, panel.top_index + 1, WORD))
     every = max(1, len(ticks) // 8)
     ax.yaxis.set_major_locator(FixedLocator(ticks[::-1][::every]))
     shown = "" if panel.window.size >= stack.size else f", top {panel.window.size} B stored"
@@ -292,7 +351,7 @@ def _short_value(facts: TraceFacts, value: int) -> str:
 
 
 def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
-    lo = panel.stack.base + panel.first_index
+    lo = panel.stack.base + panel.floor_index
     hi = panel.stack.base + panel.top_index
     writes = facts.writes
     ends = writes.addr + writes.size.astype(np.uint64)
@@ -309,11 +368,11 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
     )
     column = columns.column_of(writes.step[hit][owner])
     # The distinct (column, slot) cells written, in column order: a mask, not a sort.
-    written = np.zeros(columns.count * panel.slots, dtype=np.bool_)
-    written[column * panel.slots + row] = True
+    written = np.zeros(columns.count * panel.rows, dtype=np.bool_)
+    written[column * panel.rows + row] = True
     flat = np.flatnonzero(written)
-    cells = np.stack([flat // panel.slots, flat % panel.slots])
-    y = panel.first_index + WORD * cells[1] + WORD / 2
+    cells = np.stack([flat // panel.rows, flat % panel.rows])
+    y = panel.floor_index + WORD * cells[1] + WORD / 2
     if cells.shape[1] <= MAX_WRITE_MARKS:
         x = columns.starts[cells[0]] + (0.5 if columns.exact else 0.0)
         # Smaller marks when the columns are narrower than a marker.
@@ -322,7 +381,7 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
     else:
         # Too many for markers: a dark stripe through the middle fifth of each written
         # cell, so the cell's colour (what the slot holds) stays readable around it.
-        mask = np.zeros((5 * panel.slots, columns.count), dtype=np.float64)
+        mask = np.zeros((5 * panel.rows, columns.count), dtype=np.float64)
         mask[5 * cells[1] + 2, cells[0]] = 1.0
         ax.imshow(
             np.ma.masked_equal(mask, 0.0),
@@ -330,7 +389,7 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
             origin="lower",
             aspect="auto",
             interpolation="nearest",
-            extent=(0, facts.steps, panel.first_index, panel.top_index),
+            extent=(0, facts.steps, panel.floor_index, panel.top_index),
             zorder=3,
         )
 
@@ -339,8 +398,8 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
     k = facts.stacks.index(panel.stack)
     n = facts.steps
     final_index = facts.final_rsp - panel.stack.base
-    final = final_index if 0 <= final_index <= panel.stack.size else np.nan
-    low, high = envelope(facts.rsp, facts.rsp_stack, k, panel.stack.base, columns)
+    final = final_index if facts.final_owner == k else np.nan
+    low, high = envelope(facts.rsp, facts.rsp_owner, k, panel.stack.base, columns)
     if columns.exact:
         x = np.arange(n + 1, dtype=np.float64)
         y = np.append(low, final)
@@ -399,7 +458,7 @@ def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn, framed: set[i
             color=PLANTED_COLOUR,
             va="center",
             zorder=7,
-            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8, "linewidth": 0},
+            bbox=LABEL_BOX,
         )
 
 

@@ -25,6 +25,7 @@ from ..layout import Region
 from .figures import (
     CALL_COLOUR,
     F64,
+    OVERFLOW_COLOUR,
     PLANTED_COLOUR,
     RETURN_COLOUR,
     SWITCH_COLOUR,
@@ -126,16 +127,17 @@ def _stack_panel(
 ) -> None:
     colour = stack_colour(k)
     n = facts.steps
+    # Just below the base counts as this stack (an overflow), drawn below its 0 line.
     final_index = facts.final_rsp - stack.base
-    final_inside = 0 <= final_index <= stack.size
-    low, high = envelope(facts.rsp, facts.rsp_stack, k, stack.base, columns)
+    final_inside = facts.final_owner == k
+    low, high = envelope(facts.rsp, facts.rsp_owner, k, stack.base, columns)
 
     def index(steps: I64) -> F64:
         values: F64 = facts.rsp[steps].astype(np.float64) - float(stack.base)
         return values
 
     def inside(steps: I64) -> I64:
-        mine: I64 = steps[facts.rsp_stack[steps] == k]
+        mine: I64 = steps[facts.rsp_owner[steps] == k]
         return mine
 
     if columns.exact:
@@ -174,9 +176,21 @@ def _stack_panel(
     ax.scatter(here, index(here), marker="*", s=150, color=PLANTED_COLOUR, zorder=5, linewidths=0)
     _label_planted(ax, facts, [planted_by_step[int(x)] for x in here if int(x) in planted_by_step])
 
-    low_y = _lowest_shown(facts, stack, low)
+    low_y = _lowest_shown(facts, stack, k, low)
     pad = max((stack.size - low_y) * 0.08, 2.0)
     ax.set_ylim(low_y - pad, stack.size + pad)
+    if low_y < 0:
+        ax.axhspan(low_y - pad, 0, color=OVERFLOW_COLOUR, alpha=0.12, linewidth=0, zorder=0)
+        ax.text(
+            0.998,
+            (low_y - pad) / 2,
+            "below the base: overflow ",
+            transform=ax.get_yaxis_transform(),
+            va="center",
+            ha="right",
+            fontsize=7,
+            color=OVERFLOW_COLOUR,
+        )
     ax.axhline(stack.size, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
     ax.text(
         0.998,
@@ -257,18 +271,22 @@ def _slot_ticks(span: float) -> int:
     return spacing
 
 
-def _lowest_shown(facts: TraceFacts, stack: Region, low: np.ndarray) -> float:
-    """Whole region for small stacks; for big ones, the used part near the top."""
-    if stack.size <= ZOOM_ABOVE:
-        return 0.0
+def _lowest_shown(facts: TraceFacts, stack: Region, k: int, low: F64) -> float:
+    """Whole region for small stacks; for big ones, the used part near the top; and
+    whatever overflowed below the base."""
     writes = facts.writes.addr[
-        (facts.writes.addr >= np.uint64(stack.base)) & (facts.writes.addr < np.uint64(stack.top))
+        ((facts.writes.addr >= np.uint64(stack.base)) & (facts.writes.addr < np.uint64(stack.top)))
+        | (facts.overflowed(facts.writes.addr) == k)
     ]
-    lowest = stack.size - 64.0
+    lowest = 0.0 if stack.size <= ZOOM_ABOVE else stack.size - 64.0
     if not np.all(np.isnan(low)):
         lowest = min(lowest, float(np.nanmin(low)))
     if writes.size:
-        lowest = min(lowest, float(writes.min()) - stack.base)
+        lowest = min(lowest, float(int(writes.min()) - stack.base))
+    if lowest >= 0 and stack.size <= ZOOM_ABOVE:
+        return 0.0
+    if lowest < 0:
+        return lowest
     return max(0.0, lowest - (stack.size - lowest) * 0.1)
 
 
@@ -276,21 +294,23 @@ def _switch_lines(
     axes: list[Axes], facts: TraceFacts, switches: np.ndarray, labelled: bool
 ) -> None:
     names = {i: s.name for i, s in enumerate(facts.stacks)}
-    after = np.append(facts.rsp_stack, -1)
+    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
     for step in switches.tolist():
         x = step + 1  # the first step on the new stack
         for ax in axes:
             ax.axvline(x, color=SWITCH_COLOUR, linestyle="--", linewidth=0.9, zorder=1)
         if not labelled:
             continue
-        src = names.get(int(facts.rsp_stack[step]), "?")
-        dst = names.get(int(after[step + 1]), "outside") if step + 1 < facts.steps else "?"
+        src = names.get(int(owner[step]), "outside")
+        dst = names.get(int(owner[step + 1]), "outside")
+        right = x > 0.8 * facts.steps  # near the right edge, label to the left of the line
         axes[0].annotate(
             f"switch {src} → {dst}",
             xy=(x, 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(3, -2),
+            xytext=(-3 if right else 3, -2),
             textcoords="offset points",
+            ha="right" if right else "left",
             va="top",
             fontsize=7,
             color=SWITCH_COLOUR,
