@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..analysis import CheckResult, check, derive_facts
 from ..errors import BadInput
-from ..stepper import stepper_fragment
+from ..stepper import Switch, stepper_fragment
 from ..trace.reader import Trace
 from .content import gather
 from .heatmap import heatmap_png
@@ -46,11 +46,17 @@ def build_report(trace: Trace, directory: str | Path) -> Report:
     result = check(trace, facts)
     content = gather(facts, result)
     images = {"rsp": rsp_png(facts), "heatmap": heatmap_png(facts)}
+    # The stepper's windows go around the planted returns the analysis found:
+    # scanning the trace for them again cost more than the rest of a report.
+    switches = [
+        Switch(p.ret_step, p.region, p.index, p.target, p.planted_step)
+        for p in facts.planted_returns
+    ]
     outputs = {
         "rsp.png": images["rsp"],
         "heatmap.png": images["heatmap"],
         "index.html": render_html(
-            content, images, stepper=stepper_fragment(trace, heading=False)
+            content, images, stepper=stepper_fragment(trace, heading=False, switches=switches)
         ).encode("utf-8"),
         "report.md": render_markdown(content).encode("utf-8"),
         "invariants.json": render_json(result).encode("utf-8"),

@@ -6,7 +6,14 @@ HTML report includes; `standalone_page(trace)` wraps it in a page of its own.
 Reads only the trace.
 """
 
-from .data import EMBED_LIMIT, stepper_data
+from .data import EMBED_LIMIT, Switch, stepper_data
 from .render import json_for_script, standalone_page, stepper_fragment
 
-__all__ = ["EMBED_LIMIT", "json_for_script", "standalone_page", "stepper_data", "stepper_fragment"]
+__all__ = [
+    "EMBED_LIMIT",
+    "Switch",
+    "json_for_script",
+    "standalone_page",
+    "stepper_data",
+    "stepper_fragment",
+]

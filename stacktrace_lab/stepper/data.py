@@ -14,6 +14,7 @@ strings (JavaScript numbers stop being exact at 2**53).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,29 @@ class Window:
     stop: int  # exclusive
 
 
+@dataclass(frozen=True)
+class Switch:
+    """A planted return as the stepper shows it: where it pops from and what."""
+
+    ret_step: int
+    stack: str | None
+    index: int | None
+    target: str
+    planted_step: int
+
+    @classmethod
+    def of(cls, planted: PlantedReturn) -> Switch:
+        return cls(
+            planted.ret_step,
+            planted.stack,
+            planted.index,
+            planted.target_symbol,
+            planted.planted_step,
+        )
+
+
 def choose_windows(
-    num_rows: int, switches: list[PlantedReturn], limit: int = EMBED_LIMIT
+    num_rows: int, switches: Sequence[Switch], limit: int = EMBED_LIMIT
 ) -> list[Window]:
     """The step ranges to embed: everything, or the start, the end and around each switch."""
     if num_rows <= limit:
@@ -219,7 +241,7 @@ def _registers_after(trace: Trace, window: Window) -> list[int]:
     return [int(trace.metadata.final.get(r, 0)) for r in REGISTERS]
 
 
-def _windows_note(n: int, windows: list[Window], switches: list[PlantedReturn]) -> str:
+def _windows_note(n: int, windows: list[Window], switches: Sequence[Switch]) -> str:
     """What the page says when it holds only windows of the trace."""
     embedded = sum(w.stop - w.start for w in windows)
     if not switches:
@@ -238,11 +260,21 @@ def _windows_note(n: int, windows: list[Window], switches: list[PlantedReturn]) 
     )
 
 
-def stepper_data(trace: Trace, limit: int = EMBED_LIMIT) -> dict[str, Any]:
-    """Everything the stepper page needs about `trace`, as JSON-ready data."""
+def stepper_data(
+    trace: Trace, limit: int = EMBED_LIMIT, switches: Sequence[Switch] | None = None
+) -> dict[str, Any]:
+    """Everything the stepper page needs about `trace`, as JSON-ready data.
+
+    `switches`: the planted returns, when the caller has found them already
+    (the report has); else the trace is scanned for them here.
+    """
     meta = trace.metadata
     n = trace.num_rows
-    switches = planted_returns(trace, limit=MAX_SWITCH_WINDOWS if n > limit else None)
+    if switches is None:
+        found = planted_returns(trace, limit=MAX_SWITCH_WINDOWS if n > limit else None)
+        switches = [Switch.of(p) for p in found]
+    elif n > limit:
+        switches = switches[:MAX_SWITCH_WINDOWS]
     windows = choose_windows(n, switches, limit)
     complete = windows == [Window(0, n)]
     window_data = []
@@ -309,7 +341,7 @@ def stepper_data(trace: Trace, limit: int = EMBED_LIMIT) -> dict[str, Any]:
                 "ret_step": s.ret_step,
                 "stack": s.stack,
                 "index": s.index,
-                "target": s.target_symbol,
+                "target": s.target,
                 "planted_step": s.planted_step,
             }
             for s in switches

@@ -13,6 +13,7 @@ the same value for `JSON.parse`, and nothing the HTML parser can see.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -21,7 +22,7 @@ from jinja2 import Environment
 from markupsafe import Markup, escape
 
 from ..trace.reader import Trace
-from .data import EMBED_LIMIT, stepper_data
+from .data import EMBED_LIMIT, Switch, stepper_data
 
 # Chart geometry in SVG units (the SVG scales to the page's width).
 VIEW_WIDTH = 960
@@ -134,12 +135,18 @@ def _environment() -> Environment:
     return Environment(autoescape=True, keep_trailing_newline=True)
 
 
-def stepper_fragment(trace: Trace, limit: int = EMBED_LIMIT, heading: bool = True) -> str:
+def stepper_fragment(
+    trace: Trace,
+    limit: int = EMBED_LIMIT,
+    heading: bool = True,
+    switches: Sequence[Switch] | None = None,
+) -> str:
     """The stepper for `trace`, one `<div id="stl-stepper">` to include in a page as it is.
 
-    `heading=False` leaves out its `<h2>`, for a page whose section has its own.
+    `heading=False` leaves out its `<h2>`, for a page whose section has its own;
+    `switches` are the planted returns if the caller knows them already.
     """
-    data = stepper_data(trace, limit)
+    data = stepper_data(trace, limit, switches)
     data["chart_geometry"] = {"x0": CHART_X0, "width": CHART_WIDTH, "viewWidth": VIEW_WIDTH}
     js = _static("stepper.js")
     if "</script" in js.lower():  # our own file: a slip here would break every report
