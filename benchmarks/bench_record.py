@@ -7,7 +7,7 @@ ratio of the two rows, measured side by side in this one run):
     python benchmarks/bench_record.py --steps 10000000 --skip-naive
     python benchmarks/bench_record.py --steps 1000000 --commands   # + check/report/diff
 
-Each measurement runs in a child process of its own, so peak RSS (ru_maxrss)
+Each measurement runs in a child process of its own, so peak RSS (VmHWM)
 is that recording's alone. The two traces are compared for equal rows.
 """
 
@@ -30,6 +30,18 @@ HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "call-heavy.toml"
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes.
+
+    VmHWM, not ru_maxrss: on Linux ru_maxrss carries over the parent's peak
+    into a child it forks, and this parent may have read big traces.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(kind: str, steps: int, out: Path) -> None:
     sys.path.insert(0, str(HERE))
     from stacktrace_lab.record.recorder import RecordOptions, record
@@ -44,7 +56,7 @@ def child(kind: str, steps: int, out: Path) -> None:
 
         recorded = record_naive(scenario, out, steps)
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = peak_rss()
     print(
         json.dumps({"steps": recorded, "seconds": seconds, "rss": rss, "bytes": out.stat().st_size})
     )
@@ -53,12 +65,13 @@ def child(kind: str, steps: int, out: Path) -> None:
 def command(args: list[str]) -> dict[str, float]:
     """Run a stacktrace-lab command in a child process; its wall time and peak RSS."""
     code = (
-        "import json, resource, sys, time\n"
+        "import json, sys, time\n"
+        f"sys.path.insert(0, {str(HERE)!r})\n"
+        "from bench_record import peak_rss\n"
         "from stacktrace_lab.cli import main\n"
         "t = time.perf_counter()\n"
         f"rc = main({args!r})\n"
-        "print(json.dumps({'rc': rc, 'seconds': time.perf_counter() - t,"
-        " 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))\n"
+        "print(json.dumps({'rc': rc, 'seconds': time.perf_counter() - t, 'rss': peak_rss()}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
