@@ -14,19 +14,9 @@ from stacktrace_lab.cli import main
 from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.report.build import FILES
 
-RecordSource = Callable[..., Recording]
+from .programs import ZERO_R12
 
-ZERO_R12 = """
-main:
-    push %rbp
-    mov $7, %r12
-    call zero_r12
-    pop %rbp
-    ret
-zero_r12:
-    xor %r12, %r12
-    ret
-"""
+RecordSource = Callable[..., Recording]
 
 
 @pytest.fixture

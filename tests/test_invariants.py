@@ -13,6 +13,8 @@ from stacktrace_lab.record.recorder import Recording, RecordOptions
 from stacktrace_lab.scenario import INVARIANT_IDS, load_scenario
 from stacktrace_lab.trace.reader import load_trace
 
+from .programs import ZERO_R12
+
 RecordSource = Callable[..., Recording]
 
 # The seed's source, re-escaped for the TOML basic string the fixtures write it into.
@@ -131,17 +133,7 @@ def test_misaligned_call(record_source: RecordSource) -> None:
 def test_function_zeroing_r12_breaks_callee_saved(record_source: RecordSource) -> None:
     result = check_source(
         record_source,
-        """
-        main:
-            push %rbp
-            mov $7, %r12
-            call zero_r12
-            pop %rbp
-            ret
-        zero_r12:
-            xor %r12, %r12
-            ret
-        """,
+        ZERO_R12,
     )
     assert_fails_only(result, "callee-saved")
     (violation,) = result.result("callee-saved").violations

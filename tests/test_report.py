@@ -24,6 +24,8 @@ from stacktrace_lab.report.figures import DPI, WIDTH_INCHES, plot_style
 from stacktrace_lab.report.markdown import _code
 from stacktrace_lab.trace.reader import load_trace
 
+from .programs import ZERO_R12
+
 RecordSource = Callable[..., Recording]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -275,19 +277,7 @@ def test_invariants_json(first_switch_report: Path) -> None:
 
 
 def test_a_failing_trace_reports_its_violation(record_source: RecordSource, tmp_path: Path) -> None:
-    recording = record_source(
-        """
-        main:
-            push %rbp
-            mov $7, %r12
-            call zero_r12
-            pop %rbp
-            ret
-        zero_r12:
-            xor %r12, %r12
-            ret
-        """
-    )
+    recording = record_source(ZERO_R12)
     report = build_report(load_trace(recording.path), tmp_path / "out")
     assert report.check.exit_status == 1
     html = (report.directory / "index.html").read_text()

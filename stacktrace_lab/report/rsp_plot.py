@@ -115,6 +115,21 @@ def rsp_figure(facts: TraceFacts) -> Figure:
     return figure
 
 
+def _boundary(ax: Axes, y: float, label: str) -> None:
+    """A dotted line across the panel at a stack's top or base, labelled at the right."""
+    ax.axhline(y, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
+    ax.text(
+        0.998,
+        y,
+        f"{label} ",
+        transform=ax.get_yaxis_transform(),
+        va="bottom",
+        ha="right",
+        fontsize=7,
+        color="#777777",
+    )
+
+
 def _stack_panel(
     ax: Axes,
     facts: TraceFacts,
@@ -191,29 +206,9 @@ def _stack_panel(
             fontsize=7,
             color=OVERFLOW_COLOUR,
         )
-    ax.axhline(stack.size, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
-    ax.text(
-        0.998,
-        stack.size,
-        "top ",
-        transform=ax.get_yaxis_transform(),
-        va="bottom",
-        ha="right",
-        fontsize=7,
-        color="#777777",
-    )
+    _boundary(ax, stack.size, "top")
     if low_y <= 0:
-        ax.axhline(0, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
-        ax.text(
-            0.998,
-            0,
-            "base ",
-            transform=ax.get_yaxis_transform(),
-            va="bottom",
-            ha="right",
-            fontsize=7,
-            color="#777777",
-        )
+        _boundary(ax, 0, "base")
     ax.yaxis.set_major_locator(MultipleLocator(_slot_ticks(stack.size - low_y)))
     ax.set_ylabel(f"{stack.name} ({_size(stack.size)})\nbyte index", color=colour)
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
