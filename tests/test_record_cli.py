@@ -186,3 +186,31 @@ def test_reader_refuses_a_text_file(tmp_path: Path) -> None:
     with pytest.raises(BadInput) as info:
         load_trace(path)
     assert "\n" not in str(info.value)
+
+
+def test_an_unwritable_output_is_bad_input(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["record", "-o", str(blocker / "sub" / "t.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write" in err
+    assert main(["record", "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_recording_from_a_thread(tmp_path: Path) -> None:
+    # The Ctrl-C handler can only be set from the main thread; elsewhere it is skipped.
+    import threading
+
+    from stacktrace_lab.record.recorder import record
+    from stacktrace_lab.scenario import load_scenario
+
+    results: list[int] = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            record(load_scenario("first-switch"), tmp_path / "t.parquet").metadata.steps
+        )
+    )
+    worker.start()
+    worker.join()
+    assert results == [19]

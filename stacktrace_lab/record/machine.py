@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -284,13 +285,17 @@ class Machine:
             interrupted = True
             emu_stop(uch)
 
-        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+        # Ctrl-C raised inside a ctypes callback would be printed and ignored:
+        # stop the emulation instead. Only the main thread may set handlers.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
         try:
             uc.emu_start(self.spec.entry, self.spec.sentinel)
         except UcError as exc:
             self._stop = self._stop or self._fault_stop(exc, step - 1, events)
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous_handler)
         if self._error is not None:
             raise self._error
         if self._stop is None:

@@ -16,16 +16,22 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import BadInput
 from .format import METADATA_KEY, TraceMetadata
 
 
 class TraceWriter:
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
+        if self.path.is_dir():
+            raise BadInput(f"{self.path}: is a directory")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+        except OSError as exc:
+            raise BadInput(f"{self.path}: cannot write: {exc.strerror}") from None
         os.close(fd)
         self._temp = Path(temp)
         self.schema = schema
