@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from stacktrace_lab.analysis.events import derive_facts
 from stacktrace_lab.cli import main
 from stacktrace_lab.explore import parse_slot, planted_returns, provenance
 from stacktrace_lab.explore.provenance import last_register_change, operands, register_of
 from stacktrace_lab.record.recorder import Recording, RecordOptions, record
-from stacktrace_lab.scenario import load_scenario
+from stacktrace_lab.scenario import builtin_names, load_scenario
 from stacktrace_lab.trace import load_trace
 
 RET_STEP = 12
@@ -210,3 +211,72 @@ def test_last_register_change(first_switch_trace: Path) -> None:
     assert last_register_change(trace, "rcx", 5) is None
     assert last_register_change(trace, "rsp", RET_STEP) == 11  # `movq (%rdi), %rsp`
     assert last_register_change(trace, "rsp", trace.num_rows) == RET_STEP
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_explore_and_the_invariants_find_the_same_planted_returns(
+    name: str, tmp_path: Path
+) -> None:
+    # Two scans find planted returns: the streaming one here (it can stop at the
+    # first, for `show --first-planted-ret`) and the invariants' shared pass.
+    # They must never drift apart.
+    trace = load_trace(record(load_scenario(name), tmp_path / f"{name}.parquet").path)
+    explored = [(p.ret_step, p.slot_addr, p.target, p.planted_step) for p in planted_returns(trace)]
+    analysed = [
+        (p.ret_step, p.slot, p.value, p.planted_step) for p in derive_facts(trace).planted_returns
+    ]
+    assert explored == analysed
+
+
+TRICKY_RETURNS = {
+    "overwritten-return-address": """
+        main:
+            call f
+            ret
+        f:
+            movabs $g, %rax
+            movq %rax, (%rsp)      # replace the pushed return address: planted
+            ret
+        g:
+            hlt
+    """,
+    "one-byte-patch": """
+        main:
+            call f
+            hlt
+        f:
+            movb $0x12, (%rsp)     # patch the low byte of the pushed address
+            ret
+    """,
+    "push-then-ret": """
+        main:
+            movabs $g, %rax
+            push %rax              # a push is an ordinary store, not a call
+            ret
+        g:
+            hlt
+    """,
+    "sse-planted": """
+        main:
+            movabs $g, %rax
+            movq %rax, %xmm0
+            sub $24, %rsp
+            movdqu %xmm0, (%rsp)   # one 16-byte store plants g
+            ret
+        g:
+            hlt
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY_RETURNS))
+def test_both_scans_agree_on_tricky_returns(
+    name: str, record_source: Callable[..., Recording]
+) -> None:
+    trace = load_trace(record_source(TRICKY_RETURNS[name]).path)
+    explored = [(p.ret_step, p.slot_addr, p.target, p.planted_step) for p in planted_returns(trace)]
+    analysed = [
+        (p.ret_step, p.slot, p.value, p.planted_step) for p in derive_facts(trace).planted_returns
+    ]
+    assert explored == analysed
+    assert len(explored) == 1, explored
