@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from unicorn.unicorn_py3.unicorn import UcError
 
 from .arch import REGISTERS
 from .errors import BadInput
@@ -242,9 +243,13 @@ def replay(trace: Trace, progress: Callable[[int], None] | None = None) -> Repla
     """Re-run `trace`'s program from its own recorded state and compare every step."""
     meta = trace.metadata
     spec = machine_spec_of(trace)
-    machine = Machine(spec)
     windows = dict(meta.snapshots)
-    snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
+    try:
+        machine = Machine(spec)
+        snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
+    except UcError as exc:
+        # Only an edited file gets here: the recorder's own layouts always map.
+        raise BadInput(f"{trace.path}: the trace's layout cannot be mapped again ({exc})") from None
     table = InstructionTable(Disassembler(meta.code, meta.code_base, meta.symbols))
     batch_schema = schema(windows)
     columns = [name for name in trace.column_names if name in batch_schema.names]

@@ -187,7 +187,9 @@ class TraceMetadata:
             "options",
         }
         s = doc["scenario"]
-        return cls(
+        if not isinstance(s.get("expect") or {}, dict):
+            raise TypeError("scenario.expect must be an object")
+        metadata = cls(
             format=doc["format"],
             version=int(doc["version"]),
             tool=dict(doc.get("tool", {})),
@@ -218,3 +220,41 @@ class TraceMetadata:
             options=dict(doc.get("options", {})),
             extra={k: v for k, v in doc.items() if k not in known},
         )
+        _check_types(metadata)
+        return metadata
+
+
+def _check_types(metadata: TraceMetadata) -> None:
+    """Refuse hand-edited metadata whose values the rest of the code cannot use.
+
+    `from_json` converts numbers with `int()`, but a string field holding a
+    number or null, or a region of negative size, would only fail deep inside
+    a command, with a traceback.
+    """
+    texts = {
+        "scenario.name": metadata.scenario.name,
+        "scenario.description": metadata.scenario.description,
+        "scenario.syntax": metadata.scenario.syntax,
+        "scenario.entry": metadata.scenario.entry,
+        "scenario.source": metadata.scenario.source,
+        "stop.reason": metadata.stop.reason,
+        "stop.detail": metadata.stop.detail,
+        "output.stdout": metadata.stdout,
+        "output.stderr": metadata.stderr,
+        **{f"snapshots.{name}.column": w.column for name, w in metadata.snapshots.items()},
+    }
+    optional_texts = {
+        "scenario.breaks": metadata.scenario.breaks,
+        "scenario.expect.stdout": metadata.scenario.expect.stdout,
+        "scenario.expect.stop": metadata.scenario.expect.stop,
+    }
+    for where, value in [*texts.items(), *optional_texts.items()]:
+        if not isinstance(value, str) and not (value is None and where in optional_texts):
+            raise TypeError(f"{where} must be a string, got {value!r}")
+    for region in metadata.regions:
+        if region.base < 0 or region.size < 1:
+            raise ValueError(f"region {region.name!r} has base {region.base}, size {region.size}")
+    for name, window in metadata.snapshots.items():
+        stack = next((r for r in metadata.regions if r.name == name), None)
+        if stack is None or not (stack.base <= window.base and window.top <= stack.top):
+            raise ValueError(f"snapshot {name!r} is not inside a region of that name")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadInput
-from .format import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, TraceMetadata
+from .format import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, TraceMetadata, schema
 
 
 class Trace:
@@ -97,7 +97,7 @@ def load_trace(path: str | Path) -> Trace:
         raise BadInput(f"{path}: not a stacktrace-lab trace (no '{METADATA_KEY}' metadata)")
     try:
         metadata = TraceMetadata.from_json(raw)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         # A newer version may have changed the layout of the metadata: say so first.
         version = _peek_version(raw)
         if version is not None and version > FORMAT_VERSION:
@@ -107,12 +107,30 @@ def load_trace(path: str | Path) -> Trace:
         raise BadInput(f"{path}: not a stacktrace-lab trace (format {metadata.format!r})")
     if metadata.version > FORMAT_VERSION:
         raise _newer(path, metadata.version)
-    missing = {"step", "rip", "rsp", "insn", "symbol", "reads", "writes"} - set(
-        parquet.schema_arrow.names
-    )
-    if missing:
-        raise BadInput(f"{path}: corrupt trace (missing columns: {', '.join(sorted(missing))})")
+    _check_columns(path, parquet, metadata)
     return Trace(path, parquet, metadata)
+
+
+def _check_columns(path: Path, parquet: pq.ParquetFile, metadata: TraceMetadata) -> None:
+    """The rows must have the columns the metadata describes, and at least one row.
+
+    A row count that differs from the metadata's `steps` is left to the
+    commands: `replay` and `diff` report a cut trace as a difference.
+    """
+    actual = parquet.schema_arrow
+    expected = schema(metadata.snapshots)
+    missing = [name for name in expected.names if name not in actual.names]
+    if missing:
+        raise BadInput(f"{path}: corrupt trace (missing columns: {', '.join(missing)})")
+    for window in metadata.snapshots.values():
+        if actual.field(window.column).type != pa.binary(window.size):
+            raise BadInput(
+                f"{path}: corrupt trace (column {window.column} does not hold "
+                f"the {window.size} bytes its snapshot window says)"
+            )
+    if parquet.metadata.num_rows == 0:
+        # The recorder refuses a program that stops before its first step.
+        raise BadInput(f"{path}: corrupt trace (no rows)")
 
 
 def _peek_version(raw: bytes) -> int | None:
