@@ -268,6 +268,8 @@ def _program(f: _Fields, path: Path, text: str) -> tuple[str, str, int]:
         return asm_path.read_text(encoding="utf-8"), str(asm_path), 1
     except OSError:
         raise p.fail("file", f"cannot read {asm_path}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{asm_path}: not UTF-8 text: {exc}") from None
 
 
 def _inline_source_line(text: str) -> int:

@@ -7,6 +7,8 @@ traceback and never a hang; faults of the emulated program are not tool errors.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import pytest
 
 from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
+from stacktrace_lab.record.assembler import labels_of_line
+from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.trace import load_trace
 
 
@@ -119,3 +123,118 @@ def test_replay_of_a_trace_whose_regions_overlap_is_bad_input(
 ) -> None:
     trace = _tampered(first_switch_trace, tmp_path / "edited.parquet", _overlap_green_with_main)
     _assert_bad_input(["replay", str(trace)], capsys, "edited.parquet")
+
+
+def _record_in_subprocess(path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Record in a child process with a timeout, so that a hang fails the test."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stacktrace_lab",
+            "record",
+            str(path),
+            "-o",
+            str(tmp_path / "o.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    # (in TOML source: r'\\\"' is an escaped quote in the assembly)
+    ['.ascii "abc', r'.asciz "a\\\"b', '.string "abc # no end'],
+)
+def test_an_unterminated_string_is_an_error_not_a_hang(
+    line: str, write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Keystone loops forever on a string literal without its closing quote.
+    path = write_scenario(f"main:\n    hlt\n    {line}\n    nop\n")
+    result = _record_in_subprocess(path, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"stacktrace-lab: error: {path}:12: ")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_a_comment_character_inside_a_string_with_an_escaped_quote(
+    record_source: Callable[..., Recording],
+) -> None:
+    # TOML's own escapes halve the backslashes: the program reads `.ascii "a\\"#;b"`.
+    recording = record_source("main:\n    hlt\n" + r'    .ascii "a\\\"#;b"   # the data')
+    assert recording.metadata.code == b'\xf4a"#;b'
+
+
+def test_a_semicolon_separates_att_instructions(record_source: Callable[..., Recording]) -> None:
+    # GNU as (and keystone) read `;` as a statement separator in AT&T source,
+    # the seed's own `mov 0x00(%rdi), %rsp; ret`; it used to drop the `ret`.
+    recording = record_source(
+        "main:\n    movabs $target, %rax\n    push %rax; ret\ntarget: hlt  # ; is not a comment\n"
+    )
+    trace = load_trace(recording.path)
+    assert list(trace.rows(["insn"])["insn"]) == [
+        "movabsq $0x40000c, %rax",
+        "pushq %rax",
+        "retq",
+        "hlt",
+    ]
+    assert recording.metadata.stop.reason == "halted"
+    assert labels_of_line("nop; later: nop  # not: this") == ["later"]
+
+
+def test_a_semicolon_still_starts_a_comment_in_intel_source(
+    record_source: Callable[..., Recording],
+) -> None:
+    recording = record_source("main:\n    mov eax, 1 ; load one\n    hlt\n", syntax="intel")
+    assert recording.metadata.code == b"\xb8\x01\x00\x00\x00\xf4"
+
+
+@pytest.mark.parametrize(
+    ("syntax", "line"),
+    [("intel", "mov rax, [rbx+"), ("intel", "mov rax, [rbx"), ("att", "movq (%rbx, %rax")],
+)
+def test_an_unclosed_bracket_is_an_error(
+    syntax: str, line: str, write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Keystone assembles `mov rax, [rbx` as a load from address 0, silently.
+    path = write_scenario(f"main:\n    nop\n    {line}\n    hlt\n", syntax=syntax)
+    assert main(["record", str(path), "-o", str(path.with_suffix(".parquet"))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stacktrace-lab: error: {path}:12: ") and err.count("\n") == 1
+    assert not path.with_suffix(".parquet").exists()
+
+
+def test_a_program_file_that_is_not_utf8_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "prog.s").write_bytes(b"main:\n    hlt  # \xff\xfe\n")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "s"\n[[stacks]]\nname = "main"\nsize = 64\n[program]\nfile = "prog.s"\n'
+    )
+    _assert_bad_input(
+        ["record", str(scenario), "-o", str(tmp_path / "s.parquet")], capsys, "prog.s"
+    )
+
+
+def test_a_write_of_a_huge_count_returns_efault(record_source: Callable[..., Recording]) -> None:
+    # write(1, heap, 2**63 - 1): the buffer runs far past the mapped memory.
+    recording = record_source(
+        """
+        main:
+            movq $1, %rax
+            movq $1, %rdi
+            movabs $heap_base, %rsi
+            movabs $0x7fffffffffffffff, %rdx
+            syscall
+            hlt
+        """,
+        data=(("heap", 64),),
+    )
+    assert recording.metadata.stop.reason == "halted"
+    assert recording.metadata.final["rax"] == 2**64 - 14  # -EFAULT
+    assert recording.metadata.stdout == ""

@@ -19,6 +19,8 @@ from ..errors import BadInput
 from ..layout import CODE_BASE, CODE_LIMIT
 from ..scenario import Scenario
 
+_DECIMAL = re.compile(r"(?<![\w.])([1-9][0-9]*|0)(?![\w.])")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*)\s*:(?!:)")
 _LINE_LABEL = ".Lstacktrace_lab_line_"
 _MOVABS_RAX = b"\x48\xb8"
@@ -45,33 +47,69 @@ class Program:
         return {name: addr for name, addr in self.labels.items() if not name.startswith(".")}
 
 
-def strip_comment(line: str) -> str:
-    """The line without a `#` or `;` comment (quotes respected)."""
-    quote = False
-    for i, ch in enumerate(line):
-        if ch == '"':
+def _unquoted(text: str) -> tuple[list[int], bool]:
+    """Indices of the characters outside string literals (`\\"` escapes
+    respected), and whether the text ends inside a string."""
+    outside: list[int] = []
+    quote = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quote and ch == "\\":
+            escaped = True
+        elif ch == '"':
             quote = not quote
-        elif ch in "#;" and not quote:
+        elif not quote:
+            outside.append(i)
+    return outside, quote
+
+
+def strip_comment(line: str, syntax: str = "att") -> str:
+    """The line without its comment.
+
+    `#` starts a comment. In AT&T source `;` separates statements, as in GNU
+    as and keystone (`movq (%rdi), %rsp; ret` is two instructions); in Intel
+    source it starts a comment, as NASM-style programs write it.
+    """
+    comment = "#;" if syntax == "intel" else "#"
+    for i in _unquoted(line)[0]:
+        if line[i] in comment:
             return line[:i]
     return line
 
 
-def labels_of_line(line: str) -> list[str]:
-    code = strip_comment(line)
+def statements(line: str, syntax: str = "att") -> list[str]:
+    """The statements of a line without its comment: AT&T `a; b` is two."""
+    code = strip_comment(line, syntax)
+    ends = [i for i in _unquoted(code)[0] if code[i] == ";"]
+    starts = [0] + [i + 1 for i in ends]
+    return [code[a:b] for a, b in zip(starts, [*ends, len(code)], strict=True)]
+
+
+def labels_of_line(line: str, syntax: str = "att") -> list[str]:
     names: list[str] = []
-    while True:
-        match = _LABEL.match(code)
-        if not match:
-            return names
-        names.append(match.group(1))
-        code = code[match.end() :]
+    for code in statements(line, syntax):
+        while match := _LABEL.match(code):
+            names.append(match.group(1))
+            code = code[match.end() :]
+    return names
 
 
-_DECIMAL = re.compile(r"(?<![\w.])([1-9][0-9]*|0)(?![\w.])")
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+def lexical_error(line: str, syntax: str = "att") -> str | None:
+    """What keystone would mishandle in a line: it loops forever on a string
+    without its closing quote, and reads `mov rax, [rbx` as a load from 0."""
+    code = strip_comment(line, syntax)
+    outside, open_string = _unquoted(code)
+    if open_string:
+        return "unterminated string"
+    text = "".join(code[i] for i in outside)
+    for opening, closing in ("[]", "()"):
+        if text.count(opening) != text.count(closing):
+            return f"unbalanced '{opening}' and '{closing}'"
+    return None
 
 
-def explicit_radix(line: str) -> str:
+def explicit_radix(line: str, syntax: str = "att") -> str:
     """The line with every bare decimal number written in hex (`32` -> `0x20`).
 
     Keystone reads bare numbers in hex once any Ks object in the process has
@@ -80,7 +118,7 @@ def explicit_radix(line: str) -> str:
     radix, so the source keystone sees has no bare decimals. String literals,
     identifiers (`r8`, `xmm0`), `0x`/`0b` literals and octal `010` are kept.
     """
-    code = strip_comment(line)
+    code = strip_comment(line, syntax)
     pieces = []
     position = 0
     for string in _STRING.finditer(code):
@@ -124,8 +162,12 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     ks = Ks(KS_ARCH_X86, KS_MODE_64)
     header = _header(scenario, constants)
     user_lines = scenario.source.splitlines()
-    line_labels = [labels_of_line(line) for line in user_lines]
-    explicit_lines = [explicit_radix(line) for line in user_lines]
+    for number, text in enumerate(user_lines):
+        problem = lexical_error(text, scenario.syntax)
+        if problem is not None:
+            _fail_at(scenario, number, problem)
+    line_labels = [labels_of_line(line, scenario.syntax) for line in user_lines]
+    explicit_lines = [explicit_radix(line, scenario.syntax) for line in user_lines]
     labels = [name for names in line_labels for name in names]
     for name in labels:
         if name in constants:
@@ -183,7 +225,7 @@ def _check_lines(
     cs = Cs(CS_ARCH_X86, CS_MODE_64)
     lines: dict[int, int] = {}
     for index, line in enumerate(user_lines):
-        statement = _statement(line)
+        statement = _statement(line, scenario.syntax)
         start, end = line_starts[index], line_starts[index + 1]
         if not statement or statement.startswith("."):
             continue  # empty, a label, or a directive (data may be any bytes)
@@ -196,14 +238,15 @@ def _check_lines(
     return lines
 
 
-def _statement(line: str) -> str:
+def _statement(line: str, syntax: str) -> str:
     """What is left of a line without its labels and comment."""
-    code = strip_comment(line)
-    while True:
-        match = _LABEL.match(code)
-        if not match:
-            return code.strip()
-        code = code[match.end() :]
+    rest = []
+    for code in statements(line, syntax):
+        while match := _LABEL.match(code):
+            code = code[match.end() :]
+        if code.strip():
+            rest.append(code.strip())
+    return "; ".join(rest)
 
 
 def _first_line_defining(line_labels: list[list[str]], name: str) -> int:

@@ -345,14 +345,13 @@ class Machine:
             buf = uc.reg_read(x86.UC_X86_REG_RSI)
             count = uc.reg_read(x86.UC_X86_REG_RDX)
             result = -EBADF
-            if fd in (1, 2):
-                try:
-                    data = bytes(uc.mem_read(buf, count))
-                except UcError:
-                    result = -EFAULT
-                else:
-                    (self.stdout if fd == 1 else self.stderr).extend(data)
-                    result = count
+            # Check the range before reading: a count of 2**63 would allocate
+            # the buffer before unicorn refuses the read.
+            if fd in (1, 2) and count and not _mapped(uc, buf, count):
+                result = -EFAULT
+            elif fd in (1, 2):
+                (self.stdout if fd == 1 else self.stderr).extend(uc.mem_read(buf, count))
+                result = count
             uc.reg_write(x86.UC_X86_REG_RAX, result & 0xFFFFFFFFFFFFFFFF)
         elif number in (SYS_EXIT, SYS_EXIT_GROUP):
             status = uc.reg_read(x86.UC_X86_REG_RDI) & 0xFF
@@ -361,3 +360,8 @@ class Machine:
             uc.emu_stop()
         else:
             uc.reg_write(x86.UC_X86_REG_RAX, -ENOSYS & 0xFFFFFFFFFFFFFFFF)
+
+
+def _mapped(uc: Uc, addr: int, size: int) -> bool:
+    """Whether `addr ..< addr + size` lies in one mapping (regions have guard pages between)."""
+    return any(begin <= addr and addr + size <= last + 1 for begin, last, _ in uc.mem_regions())
