@@ -238,3 +238,19 @@ def test_a_write_of_a_huge_count_returns_efault(record_source: Callable[..., Rec
     assert recording.metadata.stop.reason == "halted"
     assert recording.metadata.final["rax"] == 2**64 - 14  # -EFAULT
     assert recording.metadata.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("syntax", "line"),
+    [("att", "rdtsc"), ("att", "nop; rdtscp"), ("intel", "rdrand rax"), ("intel", "rdseed eax")],
+)
+def test_host_dependent_instructions_are_refused(
+    syntax: str, line: str, write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unicorn answers these from the host: a golden trace with one would
+    # differ on every recording, breaking the format's determinism.
+    path = write_scenario(f"main:\n    {line}\n    hlt\n", syntax=syntax)
+    assert main(["record", str(path), "-o", str(path.with_suffix(".parquet"))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stacktrace-lab: error: {path}:11: ") and "no two recordings" in err
+    assert not path.with_suffix(".parquet").exists()
