@@ -7,8 +7,10 @@ traceback and never a hang; faults of the emulated program are not tool errors.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -254,3 +256,32 @@ def test_host_dependent_instructions_are_refused(
     err = capsys.readouterr().err
     assert err.startswith(f"stacktrace-lab: error: {path}:11: ") and "no two recordings" in err
     assert not path.with_suffix(".parquet").exists()
+
+
+def test_a_terminated_record_leaves_no_temporary_file(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    # SIGTERM is what `timeout` and a cancelled CI job send: the recording
+    # must clean up its hidden temporary file as it does on Ctrl-C.
+    path = write_scenario("main:\n    inc %rax\n    jmp main\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["record", str(path), "--max-steps", "100000000", "-o", str(out / "t.parquet")]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "stacktrace_lab", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # A temporary file with rows in it: the emulation is running.
+        deadline = time.monotonic() + 30
+        while not any(f.stat().st_size for f in out.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(out.iterdir()), "the recording never started writing"
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode != 0
+    assert "Traceback" not in err
+    assert list(out.iterdir()) == []

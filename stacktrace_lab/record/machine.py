@@ -286,16 +286,21 @@ class Machine:
             emu_stop(uch)
 
         # Ctrl-C raised inside a ctypes callback would be printed and ignored:
-        # stop the emulation instead. Only the main thread may set handlers.
+        # stop the emulation instead. SIGTERM (`timeout`, a cancelled CI job)
+        # too, or it would kill the process and leave the temporary trace file.
+        # Only the main thread may set handlers.
         in_main_thread = threading.current_thread() is threading.main_thread()
-        previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+        stopping_signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        previous_handlers = {
+            number: signal.signal(number, on_sigint) for number in stopping_signals
+        }
         try:
             uc.emu_start(self.spec.entry, self.spec.sentinel)
         except UcError as exc:
             self._stop = self._stop or self._fault_stop(exc, step - 1, events)
         finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, previous_handler)
+            for number, handler in previous_handlers.items():
+                signal.signal(number, handler)
         if self._error is not None:
             raise self._error
         if self._stop is None:
