@@ -20,8 +20,10 @@ import pytest
 
 from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
+from stacktrace_lab.record import recorder
 from stacktrace_lab.record.assembler import labels_of_line
-from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.record.recorder import Recording, RecordOptions
+from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
 
 
@@ -285,3 +287,22 @@ def test_a_terminated_record_leaves_no_temporary_file(
     assert child.returncode != 0
     assert "Traceback" not in err
     assert list(out.iterdir()) == []
+
+
+def test_large_snapshots_make_smaller_row_groups(
+    record_source: Callable[..., Recording], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 65536 rows of a 1 MiB snapshot were buffered as 64 GiB before the first
+    # row group was written. A group holds at most MAX_GROUP_SNAPSHOT_BYTES of
+    # snapshots (made small here so that the test is cheap).
+    assert recorder.MAX_GROUP_SNAPSHOT_BYTES // (8 * 512) >= recorder.DEFAULT_ROW_GROUP
+    monkeypatch.setattr(recorder, "MAX_GROUP_SNAPSHOT_BYTES", 64 * 1024)
+    recording = record_source(
+        "main:\n    inc %rax\n    push %rax\n    pop %rbx\n    jmp main\n",
+        RecordOptions(max_steps=40, snapshot_limit=4096),
+        stacks=(("main", 4096),),
+    )
+    trace = load_trace(recording.path)
+    assert trace.metadata.options["row_group_size"] == 16
+    assert trace.num_row_groups == 3
+    assert replay(trace).difference is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import __version__
@@ -33,6 +33,10 @@ from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult
 
 DEFAULT_ROW_GROUP = 65536
+#: Snapshot bytes one row group may hold: a group's rows are buffered in
+#: memory, and 65536 rows of a 1 MiB snapshot would be 64 GiB. With the
+#: default 512-byte snapshots, groups stay at 65536 rows up to 8 stacks.
+MAX_GROUP_SNAPSHOT_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,9 @@ def record(
     table = InstructionTable(Disassembler(program.code, program.base, program.symbols))
     trace_schema = schema(windows)
     max_steps = options.max_steps or scenario.max_steps
+    snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
+    group_rows = max(min(options.row_group_size, MAX_GROUP_SNAPSHOT_BYTES // snapshot_bytes), 1)
+    options = replace(options, row_group_size=group_rows)
 
     with TraceWriter(output, trace_schema) as writer, ThreadPoolExecutor(1) as pool:
         # Converting and compressing a chunk runs on a second thread while the
