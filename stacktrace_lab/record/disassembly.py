@@ -62,30 +62,48 @@ class Disassembler:
 
 
 class InstructionTable:
-    """Maps executed addresses to indices of a dictionary of unique instructions.
+    """Maps executed addresses to indices into dictionaries of unique strings.
 
-    The dictionary only grows (new addresses of a row group are added in address
-    order), so every row group
-    of a trace can carry the dictionary as it stands and stay deterministic.
+    `texts` holds each distinct instruction text once (`retq` at five
+    addresses is one entry) and `symbols` each distinct `label+offset`. A
+    dictionary with repeated values made Arrow's Parquet writer encode the
+    column differently from one file to the next in the same process, which
+    broke byte-identical traces. The dictionaries only grow (new addresses of
+    a row group are added in address order), so every row group can carry
+    them as they stand and stay deterministic.
     """
 
     def __init__(self, disassembler: Disassembler) -> None:
         self._disassembler = disassembler
-        self._index: dict[int, int] = {}
-        self.addresses: list[int] = []
+        self._by_address: dict[int, tuple[int, int]] = {}
         self.texts: list[str] = []
         self.symbols: list[str] = []
+        self._text_index: dict[str, int] = {}
+        self._symbol_index: dict[str, int] = {}
 
-    def indices(self, rips: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
+    def indices(
+        self, rips: npt.NDArray[np.uint64]
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        """(index into `texts`, index into `symbols`) for each rip."""
         unique, inverse = np.unique(rips, return_inverse=True)
-        lookup = np.empty(len(unique), dtype=np.int32)
+        text_of = np.empty(len(unique), dtype=np.int32)
+        symbol_of = np.empty(len(unique), dtype=np.int32)
         for i, addr in enumerate(unique.tolist()):
-            index = self._index.get(addr)
-            if index is None:
-                index = len(self.addresses)
-                self._index[addr] = index
-                self.addresses.append(addr)
-                self.texts.append(self._disassembler.text(addr))
-                self.symbols.append(self._disassembler.symbol(addr))
-            lookup[i] = index
-        return lookup[inverse.reshape(-1)]
+            known = self._by_address.get(addr)
+            if known is None:
+                known = (
+                    _intern(self._disassembler.text(addr), self.texts, self._text_index),
+                    _intern(self._disassembler.symbol(addr), self.symbols, self._symbol_index),
+                )
+                self._by_address[addr] = known
+            text_of[i], symbol_of[i] = known
+        inverse = inverse.reshape(-1)
+        return text_of[inverse], symbol_of[inverse]
+
+
+def _intern(value: str, values: list[str], index: dict[str, int]) -> int:
+    position = index.get(value)
+    if position is None:
+        position = index[value] = len(values)
+        values.append(value)
+    return position
