@@ -273,10 +273,12 @@ def _program(f: _Fields, path: Path, text: str) -> tuple[str, str, int]:
 
 
 def _inline_source_line(text: str) -> int:
-    """The TOML line on which an inline `source = \"\"\"...` program's first line stands."""
+    """The TOML line on which an inline `source = ...` program's first line stands."""
     for number, line in enumerate(text.splitlines(), start=1):
-        match = re.match(r"\s*source\s*=\s*(\"\"\"|''')(.*)$", line)
+        match = re.match(r"\s*source\s*=\s*(\"\"\"|'''|\"|')(.*)$", line)
         if match:
-            # TOML drops a newline that directly follows the opening quotes.
-            return number + 1 if match.group(2) == "" else number
+            # TOML drops a newline that directly follows opening triple quotes;
+            # a one-line string starts on the line of its key.
+            triple = len(match.group(1)) == 3
+            return number + 1 if triple and match.group(2) == "" else number
     return 1

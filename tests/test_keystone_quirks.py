@@ -38,6 +38,11 @@ PROBE = textwrap.dedent(
             results[name] = asm("mov edx, 32")
         elif name == "vanishing-line":
             results[name] = asm(".att_syntax\\nnop\\nmov %rax,, %rbx\\nret")
+        elif name == "quad-label":
+            ks = Ks(KS_ARCH_X86, KS_MODE_64)
+            source = ".att_syntax\\nmain: nop\\n.quad main\\n.quad later\\nlater: nop"
+            encoding, _ = ks.asm(source, 0x400000)
+            results[name] = [bytes(encoding).hex()]
         elif name == "absolute-load":
             results[name] = asm(".att_syntax\\nmovq 0x20000000, %rax")
         elif name == "stacktrace-lab-after-option":
@@ -81,3 +86,9 @@ def test_a_malformed_line_can_vanish_without_an_error() -> None:
 
 def test_an_absolute_load_becomes_rip_relative() -> None:
     assert _probe("absolute-load")["absolute-load"] == ["movq 0x20000000(%rip), %rax"]
+
+
+def test_quad_label_works_backward_and_forward() -> None:
+    # nop, .quad main (0x400000), .quad later (0x400011), nop
+    (code,) = _probe("quad-label")["quad-label"]
+    assert code == "90" + "0000400000000000" + "1100400000000000" + "90"

@@ -149,10 +149,19 @@ def test_jump_to_unmapped_code_faults(record_source) -> None:
     assert meta.steps == 2
 
 
-def test_invalid_instruction_faults(record_source) -> None:
-    meta = record_source("main:\n nop\n ud2\n ret").metadata
+@pytest.mark.parametrize(
+    ("source", "detail"),
+    [
+        ("main:\n nop\n ud2\n ret", "invalid instruction at 0x400001"),
+        ("main:\n mov $1, %rax\n xor %rcx, %rcx\n div %rcx\n ret", "divide error (#DE)"),
+        ("main:\n nop\n int3\n ret", "breakpoint (#BP, int3) at 0x400001"),
+    ],
+)
+def test_cpu_exceptions_are_named_faults(record_source, source: str, detail: str) -> None:
+    meta = record_source(source).metadata
     assert meta.stop.reason == "fault"
-    assert meta.steps >= 1
+    assert detail in meta.stop.detail
+    assert meta.stop.step == meta.steps - 1  # the faulting instruction is the last row
 
 
 def test_guard_page_below_a_stack_faults(record_source) -> None:

@@ -107,3 +107,8 @@ def test_missing_file_and_unknown_builtin(tmp_path: Path) -> None:
         load_scenario(tmp_path / "nope.toml")
     with pytest.raises(BadInput, match=r"no such built-in scenario .*first-switch"):
         load_scenario("no-such-scenario")
+
+
+def test_a_one_line_source_counts_lines_from_its_own_toml_line(tmp_path: Path) -> None:
+    text = 'name = "s"\n[[stacks]]\nname = "main"\nsize = 64\n[program]\nsource = "main: ret"\n'
+    assert load_scenario(_write(tmp_path, text)).source_first_line == 6

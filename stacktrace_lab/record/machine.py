@@ -30,8 +30,10 @@ from typing import Any
 import unicorn.x86_const as x86
 from unicorn import (
     UC_ARCH_X86,
+    UC_ERR_INSN_INVALID,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
+    UC_HOOK_INTR,
     UC_HOOK_MEM_INVALID,
     UC_HOOK_MEM_READ_AFTER,
     UC_HOOK_MEM_WRITE,
@@ -75,6 +77,18 @@ _FAULT_ACCESS = {
     UC_MEM_READ_PROT: "read of protected",
     UC_MEM_WRITE_PROT: "write to protected",
     UC_MEM_FETCH_PROT: "fetch from protected",
+}
+#: x86 exception vectors a user program can raise, by name.
+_EXCEPTIONS = {
+    0: "divide error (#DE)",
+    1: "debug exception (#DB)",
+    3: "breakpoint (#BP, int3)",
+    4: "overflow (#OF)",
+    5: "bound range exceeded (#BR)",
+    6: "invalid opcode (#UD)",
+    13: "general protection fault (#GP)",
+    14: "page fault (#PF)",
+    17: "alignment check (#AC)",
 }
 _PERMS = {"r": UC_PROT_READ, "w": UC_PROT_WRITE, "x": UC_PROT_EXEC}
 
@@ -278,6 +292,15 @@ class Machine:
                 raise UcError(status)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
 
+        def on_interrupt(uc: Uc, number: int, _user: Any) -> None:
+            # Without this hook unicorn only says "Unhandled CPU exception";
+            # name the exception and the instruction that raised it.
+            name = _EXCEPTIONS.get(number, f"interrupt {number:#x}")
+            self._stop = Stop("fault", -1, f"{name} at {previous_rip:#x}")
+            uc.emu_stop()
+
+        uc.hook_add(UC_HOOK_INTR, on_interrupt)
+
         interrupted = False
 
         def on_sigint(_signum: int, _frame: FrameType | None) -> None:
@@ -332,6 +355,8 @@ class Machine:
     def _fault_stop(self, exc: UcError, last_step: int, events: list[MemEvent]) -> Stop:
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
         if self._fault is None:
+            if exc.errno == UC_ERR_INSN_INVALID:
+                return Stop("fault", last_step, f"invalid instruction at {rip:#x}")
             return Stop("fault", last_step, f"{exc} at rip {rip:#x}")
         access, address, size = self._fault
         what = _FAULT_ACCESS.get(access, "access to")
