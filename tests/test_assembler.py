@@ -138,3 +138,16 @@ def test_missing_entry_label(write_scenario) -> None:
 )
 def test_explicit_radix(line: str, expected: str) -> None:
     assert explicit_radix(line) == expected
+
+
+def test_two_labels_at_one_address_are_named_the_same_everywhere(record_source) -> None:
+    # `start` and `main` mark one address: the alphabetically first names it,
+    # in the trace's symbol column and in the analysis (read back from the
+    # metadata, whose keys are sorted) alike.
+    from stacktrace_lab.analysis.events import derive_facts
+    from stacktrace_lab.trace import load_trace
+
+    recording = record_source("start:\nmain:\n nop\n ret", entry="main")
+    trace = load_trace(recording.path)
+    assert list(trace.rows(["symbol"])["symbol"].astype(str)) == ["main+0", "main+1"]
+    assert derive_facts(trace).symbolize(recording.metadata.symbols["start"]) == "main"

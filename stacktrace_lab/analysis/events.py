@@ -22,7 +22,6 @@ arrays of one entry per step or per write; register values other than
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -36,6 +35,7 @@ import pyarrow.compute as pc
 
 from ..arch import PAGE
 from ..layout import SENTINEL_RETURN, Region
+from ..symbols import LabelTable
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .model import MAX_PLANTED, PlantedReturn
@@ -151,9 +151,7 @@ class TraceFacts:
         self.rsp_stack = stack_index(self.stacks, rsp)
         self.final_rsp = int(self.meta.final.get("rsp", int(rsp[-1]) if rsp.size else 0))
         self.sentinel = int(self.meta.options.get("sentinel_return", SENTINEL_RETURN))
-        labels = sorted((addr, name) for name, addr in self.meta.symbols.items())
-        self._label_addrs = [a for a, _ in labels]
-        self._label_names = [n for _, n in labels]
+        self._labels = LabelTable(self.meta.symbols)
         code = [r for r in self.meta.regions if r.kind == "code"]
         self._code = code[0] if code else None
         counts = [
@@ -169,11 +167,11 @@ class TraceFacts:
             return f"{addr:#x} (the entry's caller)"
         if self._code is None or not self._code.contains(addr):
             return f"{addr:#x}"
-        i = bisect_right(self._label_addrs, addr) - 1
-        if i < 0:
+        nearest = self._labels.nearest(addr)
+        if nearest is None:
             return f"{addr:#x}"
-        offset = addr - self._label_addrs[i]
-        return self._label_names[i] if offset == 0 else f"{self._label_names[i]}+{offset}"
+        name, offset = nearest
+        return name if offset == 0 else f"{name}+{offset}"
 
     def is_code(self, addr: int) -> bool:
         return self._code is not None and self._code.contains(addr)

@@ -8,11 +8,11 @@ that last wrote it.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 from ..arch import WORD
 from ..layout import SENTINEL_RETURN, Region
+from ..symbols import LabelTable
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .memory import memory_before, snapshot_before
@@ -51,13 +51,6 @@ class Telescope:
         return next((s for s in self.slots if s.index == index), None)
 
 
-def _symbol_table(meta: TraceMetadata) -> list[tuple[int, str]]:
-    first: dict[int, str] = {}
-    for name, addr in meta.symbols.items():
-        first.setdefault(addr, name)
-    return sorted(first.items())
-
-
 def describe_pointer(meta: TraceMetadata, value: int) -> str:
     """What `value` points to: a code label, a slot of a stack or data region, or ""."""
     if value == SENTINEL_RETURN:
@@ -70,12 +63,11 @@ def describe_pointer(meta: TraceMetadata, value: int) -> str:
             continue
         if region.kind != "code":
             return f"{region.name}[{value - region.base}]"
-        table = _symbol_table(meta)
-        i = bisect.bisect_right(table, (value, "\uffff")) - 1
-        if i < 0:
+        nearest = LabelTable(meta.symbols).nearest(value)
+        if nearest is None:
             return f"code+{value - region.base}"
-        addr, name = table[i]
-        return f"{name}+{value - addr}"
+        name, offset = nearest
+        return f"{name}+{offset}"
     return ""
 
 

@@ -6,25 +6,11 @@ and the trace stores an index into a growing table of unique instructions.
 
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 import numpy.typing as npt
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
 
-
-def symbolize(addr: int, symbols: dict[str, int]) -> str:
-    """`label+offset` of the nearest label at or below `addr`, or hex if none."""
-    table = sorted((a, n) for n, a in symbols.items())
-    return _symbolize_sorted(addr, table)
-
-
-def _symbolize_sorted(addr: int, table: list[tuple[int, str]]) -> str:
-    i = bisect.bisect_right(table, (addr, "\uffff")) - 1
-    if i < 0:
-        return f"{addr:#x}"
-    base, name = table[i]
-    return f"{name}+{addr - base}"
+from ..symbols import LabelTable
 
 
 class Disassembler:
@@ -33,11 +19,7 @@ class Disassembler:
         self.base = base
         self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
         self._cs.syntax = CS_OPT_SYNTAX_ATT
-        # Several labels at one address: the first in source order names it.
-        first: dict[int, str] = {}
-        for name, addr in symbols.items():
-            first.setdefault(addr, name)
-        self._symbols = sorted((a, n) for a, n in first.items())
+        self._labels = LabelTable(symbols)
         self._cache: dict[int, tuple[str, int]] = {}
 
     def instruction(self, addr: int) -> tuple[str, int]:
@@ -58,7 +40,12 @@ class Disassembler:
         return self.instruction(addr)[0]
 
     def symbol(self, addr: int) -> str:
-        return _symbolize_sorted(addr, self._symbols)
+        """`label+offset` (offset in decimal, also when 0), or hex below every label."""
+        nearest = self._labels.nearest(addr)
+        if nearest is None:
+            return f"{addr:#x}"
+        name, offset = nearest
+        return f"{name}+{offset}"
 
 
 class InstructionTable:

@@ -1,0 +1,32 @@
+"""Naming code addresses `label+offset`: one rule for the recorder and the analysis side.
+
+Pure data, no capstone or unicorn, so both sides can import it.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+
+class LabelTable:
+    """The nearest label at or below an address.
+
+    Of several labels at one address the alphabetically first names it. The
+    rule has to be one that the trace's metadata can reproduce (its JSON keys
+    are sorted, so source order is gone after writing): then the trace's
+    `symbol` column, the report and `show` agree.
+    """
+
+    def __init__(self, symbols: dict[str, int]) -> None:
+        first: dict[int, str] = {}
+        for name, addr in sorted(symbols.items()):
+            first.setdefault(addr, name)
+        self._addrs = sorted(first)
+        self._names = [first[addr] for addr in self._addrs]
+
+    def nearest(self, addr: int) -> tuple[str, int] | None:
+        """(label, offset from it), or None below the first label."""
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0:
+            return None
+        return self._names[i], addr - self._addrs[i]
