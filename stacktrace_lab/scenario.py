@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
+from .record.gnu_as import STUB_CODE, SourceFile
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
@@ -101,6 +102,12 @@ class Scenario:
     source_first_line: int = 1
     #: The scenario file itself, for error messages.
     path: str = "<scenario>"
+    #: `file`/`files`: the assembly files, in order (empty for inline `source`).
+    sources: tuple[SourceFile, ...] = ()
+    #: `defines`: C preprocessor macros for `.S` files (on top of the defaults).
+    defines: dict[str, str] = field(default_factory=dict)
+    #: `stubs`: undefined symbol -> built-in behaviour (gnu_as.STUB_CODE).
+    stubs: dict[str, str] = field(default_factory=dict)
 
 
 def builtin_names() -> list[str]:
@@ -214,21 +221,24 @@ def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
         seen.add(region.name)
 
     expect = _expectations(f, {s.name: s.size for s in stacks})
-    source, source_file, first_line = _program(f, path, text)
+    program = _program(f, path, text)
     return Scenario(
         name=name,
         description=f.string("description", ""),
         syntax=syntax,
         entry=entry,
-        source=source,
+        source=program.source,
         stacks=stacks,
         data=data,
         max_steps=f.integer("max_steps", 1, MAX_STEPS_LIMIT, DEFAULT_MAX_STEPS),
         expect=expect,
         breaks=breaks,
-        source_file=source_file,
-        source_first_line=first_line,
+        source_file=program.source_file,
+        source_first_line=program.first_line,
         path=str(path),
+        sources=program.sources,
+        defines=program.defines,
+        stubs=program.stubs,
     )
 
 
@@ -253,23 +263,74 @@ def _expectations(f: _Fields, stack_sizes: dict[str, int]) -> Expectations:
     return Expectations(stdout=e.optional_string("stdout"), stop=stop, rets=tuple(rets))
 
 
-def _program(f: _Fields, path: Path, text: str) -> tuple[str, str, int]:
+@dataclass(frozen=True)
+class _Program:
+    source: str
+    source_file: str
+    first_line: int
+    sources: tuple[SourceFile, ...] = ()
+    defines: dict[str, str] = field(default_factory=dict)
+    stubs: dict[str, str] = field(default_factory=dict)
+
+
+def _program(f: _Fields, path: Path, text: str) -> _Program:
     table = f.table.get("program")
     if not isinstance(table, dict):
-        raise f.fail("program", "a [program] table with 'source' or 'file' is required")
+        raise f.fail("program", "a [program] table with 'source', 'file' or 'files' is required")
     p = _Fields(path, table, "program.")
-    p.no_unknown({"source", "file"})
-    if ("source" in table) == ("file" in table):
-        raise p.fail("source", "give exactly one of 'source' and 'file'")
+    p.no_unknown({"source", "file", "files", "defines", "stubs"})
+    given = [key for key in ("source", "file", "files") if key in table]
+    if len(given) != 1:
+        raise p.fail("source", "give exactly one of 'source', 'file' and 'files'")
+    defines = _string_table(p, "defines", re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$"))
+    stubs = _string_table(p, "stubs", re.compile(r"^[A-Za-z_.$][\w.$]*$"))
+    for name, behaviour in stubs.items():
+        if behaviour not in STUB_CODE:
+            raise p.fail(f"stubs.{name}", f"must be one of {', '.join(STUB_CODE)}, got {behaviour!r}")
     if "source" in table:
-        return p.string("source"), str(path), _inline_source_line(text)
-    asm_path = path.parent / p.string("file")
+        return _Program(
+            p.string("source"), str(path), _inline_source_line(text), defines=defines, stubs=stubs
+        )
+    if "file" in table:
+        names = [p.string("file")]
+    else:
+        names = table["files"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise p.fail("files", "must be a non-empty array of file names")
+    sources = tuple(_source_file(p, path, name) for name in names)
+    first = sources[0]
+    return _Program(first.text, first.display, 1, sources, defines, stubs)
+
+
+def _string_table(p: _Fields, key: str, names: re.Pattern[str]) -> dict[str, str]:
+    table = p.table.get(key, {})
+    if not isinstance(table, dict):
+        raise p.fail(key, "must be a table of names to strings")
+    out = {}
+    for name, value in table.items():
+        if not names.match(name):
+            raise p.fail(f"{key}.{name}", "is not a valid name")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise p.fail(f"{key}.{name}", f"must be a string, got {value!r}")
+        out[name] = str(value)
+    return out
+
+
+def _source_file(p: _Fields, path: Path, name: str) -> SourceFile:
+    asm_path = path.parent / name
     try:
-        return asm_path.read_text(encoding="utf-8"), str(asm_path), 1
+        text = asm_path.read_text(encoding="utf-8")
     except OSError:
-        raise p.fail("file", f"cannot read {asm_path}") from None
+        raise p.fail("file" if "file" in p.table else "files", f"cannot read {asm_path}") from None
     except UnicodeDecodeError as exc:
         raise BadInput(f"{asm_path}: not UTF-8 text: {exc}") from None
+    return SourceFile(
+        name=name,
+        display=str(asm_path),
+        text=text,
+        preprocess=asm_path.suffix == ".S",
+        directory=str(asm_path.parent),
+    )
 
 
 def _inline_source_line(text: str) -> int:

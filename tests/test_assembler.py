@@ -89,7 +89,7 @@ def test_first_switch_disassembles_back_to_its_source() -> None:
     ("source", "line", "message"),
     [
         ("main:\n nop\n bogus %rax\n nop", 3, "unknown instruction: bogus %rax"),
-        ("main:\n nop\n\n mov $1, %rax\n jmp nowhere\n ret", 5, "undefined symbol: jmp nowhere"),
+        ("main:\n nop\n\n mov $1, %rax\n jmp nowhere\n ret", 5, "undefined symbol 'nowhere'"),
         ("main:\n nop\n mov (%rax, %rbx\n jmp later\nlater: ret", 3, "mov (%rax, %rbx"),
     ],
 )

@@ -10,14 +10,18 @@ label addresses nor reliable error lines, so both are worked out here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks, KsError
-
+from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import CODE_BASE, CODE_LIMIT
 from ..scenario import Scenario
+from .gnu_as import FrontEnd, Origin, Prepared, SourceFile, Statement
+from .guard import Guard
+from .keystone_worker import AssemblerCrash, KeystoneWorker
+from .operands import Expr, ExprError, Unknown
 
 _DECIMAL = re.compile(r"(?<![\w.])([1-9][0-9]*|0)(?![\w.])")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -43,6 +47,13 @@ class Program:
     #: Address of the first instruction of each source line -> the line's number
     #: in the scenario's source file.
     lines: dict[int, int]
+    #: The same addresses -> (file relative to the scenario, line): with
+    #: `files = [...]` a line number alone does not say which file.
+    locations: dict[int, tuple[str, int]] = field(default_factory=dict)
+    #: The data sections (.data, .rodata, .bss), laid out on pages of their
+    #: own after the code; empty when the program has none.
+    data_base: int = 0
+    data: bytes = b""
 
     @property
     def symbols(self) -> dict[str, int]:
@@ -136,13 +147,193 @@ def _to_hex(match: re.Match[str]) -> str:
     return hex(int(match.group(1)))
 
 
-def _header(scenario: Scenario, constants: dict[str, int]) -> list[str]:
-    lines = [".att_syntax"] if scenario.syntax == "att" else []
-    lines += [f".equ {name}, {value:#x}" for name, value in constants.items()]
+@dataclass(frozen=True)
+class _Item:
+    """One line of keystone text: a statement of the source, or layout of our own."""
+
+    statement: Statement | None
+    text: str
+    syntax: str
+
+
+def sources_of(scenario: Scenario) -> list[SourceFile]:
+    """The scenario's assembly sources: its files, or its inline source."""
+    if scenario.sources:
+        return list(scenario.sources)
+    return [
+        SourceFile(
+            name=Path(scenario.path).name,
+            display=scenario.source_file,
+            text=scenario.source,
+            first_line=scenario.source_first_line,
+        )
+    ]
+
+
+def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
+    """Assemble the scenario's sources at CODE_BASE, region `constants` defined.
+
+    front end (gnu_as.py) -> keystone in a worker process -> label addresses
+    read back -> every instruction decoded and checked (guard.py).
+    """
+    stub_origin = Origin(scenario.path, scenario.path, 0, "[program] stubs")
+    front = FrontEnd(
+        sources_of(scenario),
+        scenario.syntax,
+        constants,
+        defines=scenario.defines,
+        stubs=scenario.stubs,
+        stub_origin=stub_origin,
+    )
+    prepared = front.prepare()
+    items = _layout(prepared, scenario.syntax)
+    header = [".att_syntax"] if scenario.syntax == "att" else []
+    header += [f".equ {name}, {value:#x}" for name, value in constants.items()]
+    wanted = [prepared.aliases[name] for name in prepared.labels]
+    marks = [f"{_LINE_LABEL}{i}" for i in range(len(items) + 1)]
+    with KeystoneWorker() as worker:
+        text = _text(header, items, marks, scenario.syntax, prepared.aliases)
+        trailer = [".intel_syntax noprefix"] + [f"movabs rax, {n}" for n in [*wanted, *marks]]
+        try:
+            code, error = _try(worker, [*text, *trailer])
+        except AssemblerCrash as crash:
+            code, error = None, f"the assembler crashed: {crash}"
+        if code is None:
+            index, message = _locate_error(
+                worker, header, items, scenario.syntax, prepared.aliases, error
+            )
+            raise _origin_of(items, index, stub_origin).fail(message)
+
+    names = [*wanted, *marks]
+    body_len = len(code) - _MOVABS_LEN * len(names)
+    addresses = {}
+    for i, name in enumerate(names):
+        chunk = code[body_len + i * _MOVABS_LEN : body_len + (i + 1) * _MOVABS_LEN]
+        if chunk[:2] != _MOVABS_RAX:
+            raise BadInput(f"{scenario.source_file}: cannot work out the address of '{name}'")
+        addresses[name] = int.from_bytes(chunk[2:], "little")
+    body = code[:body_len]
+    starts = [addresses[mark] for mark in marks]
+    code_end = starts[len(prepared.code)]
+    if code_end == CODE_BASE:
+        raise BadInput(f"{scenario.source_file}: the program assembles to no code")
+    if len(body) > CODE_LIMIT:
+        raise BadInput(f"{scenario.source_file}: the program is larger than {CODE_LIMIT} bytes")
+    labels = {name: addresses[prepared.aliases[name]] for name in prepared.labels}
+    symbols = {**labels, **prepared.constants}
+    for name, expr in prepared.deferred.items():
+        symbols[name] = addresses.get(prepared.aliases[name], 0) or _deferred(expr, symbols)
+    lines, locations = _check_statements(items, starts, body, symbols, stub_origin)
+    data_start = starts[len(prepared.code) + 1] if prepared.data else code_end
+    return Program(
+        base=CODE_BASE,
+        code=body[: code_end - CODE_BASE],
+        labels={n: a for n, a in labels.items() if not n.startswith("__stl_local_")},
+        lines=lines,
+        locations=locations,
+        data_base=data_start,
+        data=body[data_start - CODE_BASE :] if prepared.data else b"",
+    )
+
+
+def _deferred(expr: Expr, symbols: dict[str, int]) -> int:
+    try:
+        return expr.value(symbols)
+    except (Unknown, ExprError):
+        return 0
+
+
+def _layout(prepared: Prepared, syntax: str) -> list[_Item]:
+    """Code statements, then (page aligned) the data sections' statements."""
+    items = [_Item(s, s.text, s.syntax) for s in prepared.code]
+    if prepared.data:
+        # Data gets pages of its own after the code, so it can be writable.
+        items.append(_Item(None, f".balign {PAGE:#x}, 0x0", syntax))
+        items += [_Item(s, s.text, s.syntax) for s in prepared.data]
+    return items
+
+
+def _text(
+    header: list[str],
+    items: list[_Item],
+    marks: list[str] | None,
+    syntax: str,
+    aliases: Mapping[str, str],
+) -> list[str]:
+    """Keystone's input: header, then one line per item (marked with a label
+    of its own when `marks` is given), switching syntax where items do."""
+    lines = list(header)
+    current = syntax
+    for i, item in enumerate(items):
+        if item.syntax != current:
+            lines.append(".att_syntax" if item.syntax == "att" else ".intel_syntax noprefix")
+            current = item.syntax
+        labels = [] if item.statement is None else item.statement.labels
+        defined = "".join(f"{aliases.get(name, name)}: " for name in labels)
+        mark = f"{marks[i]}: " if marks is not None else ""
+        lines.append(f"{mark}{defined}{explicit_radix(item.text, 'att')}")
+    if marks is not None:
+        lines.append(f"{marks[len(items)]}:")
     return lines
 
 
-def _try(ks: Ks, lines: list[str]) -> tuple[bytes | None, str | None]:
+def _check_statements(
+    items: list[_Item],
+    starts: list[int],
+    code: bytes,
+    symbols: dict[str, int],
+    stub_origin: Origin,
+) -> tuple[dict[int, int], dict[int, tuple[str, int]]]:
+    """Each instruction became exactly the instruction its line says; map address -> line.
+
+    Keystone drops some malformed lines without an error (`mov %rax,, %rbx`
+    assembles to nothing): an instruction without bytes is an error here.
+    Each instruction's bytes must decode back (capstone) to one instruction
+    covering them, with the operands the line says (guard.py).
+    """
+    guard = Guard(symbols)
+    lines: dict[int, int] = {}
+    locations: dict[int, tuple[str, int]] = {}
+    for index, item in enumerate(items):
+        statement = item.statement
+        if statement is None or statement.kind != "insn":
+            continue
+        origin = statement.origin
+        start, end = starts[index], starts[index + 1]
+        if end <= start:
+            raise origin.fail("keystone produced no code for this line")
+        decoded = guard.decode(code[start - CODE_BASE : end - CODE_BASE], start)
+        if sum(i.size for i in decoded) != end - start or len(decoded) != 1:
+            raise origin.fail("the assembled bytes do not disassemble back to one instruction")
+        instruction = decoded[0]
+        if instruction.mnemonic in _HOST_DEPENDENT:
+            raise origin.fail(
+                f"{instruction.mnemonic} reads the host's clock or random numbers, "
+                "so no two recordings would be the same"
+            )
+        if statement.expect_mnemonic and instruction.mnemonic != statement.expect_mnemonic:
+            raise origin.fail(f"assembled as {instruction.mnemonic}, not {statement.expect_mnemonic}")
+        if statement.instruction is not None:
+            problem = guard.mismatch(statement.instruction, instruction)
+            if problem:
+                shown = f"{instruction.mnemonic} {instruction.op_str}".strip()
+                raise origin.fail(
+                    f"miscompile guard: keystone assembled `{shown}`, {problem}"
+                )
+        if origin is not stub_origin and start not in lines:
+            lines[start] = origin.line
+            locations[start] = (origin.name, origin.line)
+    return lines, locations
+
+
+def _origin_of(items: list[_Item], index: int, fallback: Origin) -> Origin:
+    for item in reversed(items[: index + 1]):
+        if item.statement is not None:
+            return item.statement.origin
+    return fallback
+
+
+def _try(worker: KeystoneWorker, lines: list[str]) -> tuple[bytes | None, str | None]:
     """Assemble `lines`; (code, None) or (None, what went wrong).
 
     Keystone sometimes gives up silently, returning no bytes and no error
@@ -150,144 +341,49 @@ def _try(ks: Ks, lines: list[str]) -> tuple[bytes | None, str | None]:
     whether the whole text was assembled.
     """
     text = "\n".join([*lines, ".intel_syntax noprefix", f"movabs rax, {_MARKER:#x}"])
-    try:
-        encoding, _ = ks.asm(text, CODE_BASE)
-    except KsError as exc:
-        return None, _describe(exc)
-    code = bytes(encoding or b"")
+    code, error = worker.assemble(text, CODE_BASE)
+    if code is None:
+        return None, _describe(error or "")
     if not code.endswith(_MARKER_BYTES):
         return None, "cannot assemble"
     return code[: -len(_MARKER_BYTES)], None
 
 
-def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
-    """Assemble `scenario.source` at CODE_BASE with `constants` defined as `.equ`s."""
-    ks = Ks(KS_ARCH_X86, KS_MODE_64)
-    header = _header(scenario, constants)
-    user_lines = scenario.source.splitlines()
-    for number, text in enumerate(user_lines):
-        problem = lexical_error(text, scenario.syntax)
-        if problem is not None:
-            _fail_at(scenario, number, problem)
-    line_labels = [labels_of_line(line, scenario.syntax) for line in user_lines]
-    explicit_lines = [explicit_radix(line, scenario.syntax) for line in user_lines]
-    labels = [name for names in line_labels for name in names]
-    for name in labels:
-        if name in constants:
-            _fail_at(
-                scenario,
-                _first_line_defining(line_labels, name),
-                f"label '{name}' clashes with a region symbol",
-            )
-
-    # Every line gets a label of its own, and after the program a 10-byte
-    # movabs loads each label into rax: reading the immediates back gives the
-    # address of every label and every line, without changing the code before.
-    line_marks = [f"{_LINE_LABEL}{i}" for i in range(len(user_lines))]
-    marked = [f"{mark}: {line}" for mark, line in zip(line_marks, explicit_lines, strict=True)]
-    wanted = [*labels, *line_marks]
-    trailer = [".intel_syntax noprefix"] + [f"movabs rax, {name}" for name in wanted]
-    code, error = _try(ks, [*header, *marked, *trailer])
-    if code is None:
-        line, message = _locate_error(ks, header, explicit_lines, line_labels, error)
-        _fail_at(scenario, line, message)
-        raise AssertionError("unreachable")
-
-    body_len = len(code) - _MOVABS_LEN * len(wanted)
-    addresses = {}
-    for i, name in enumerate(wanted):
-        chunk = code[body_len + i * _MOVABS_LEN : body_len + (i + 1) * _MOVABS_LEN]
-        if chunk[:2] != _MOVABS_RAX:
-            raise BadInput(f"{scenario.source_file}: cannot work out the address of '{name}'")
-        addresses[name] = int.from_bytes(chunk[2:], "little")
-    body = code[:body_len]
-    if not body:
-        raise BadInput(f"{scenario.source_file}: the program assembles to no code")
-    if len(body) > CODE_LIMIT:
-        raise BadInput(f"{scenario.source_file}: the program is larger than {CODE_LIMIT} bytes")
-    line_starts = [addresses[mark] for mark in line_marks] + [CODE_BASE + len(body)]
-    lines = _check_lines(scenario, user_lines, line_starts, body)
-    return Program(
-        base=CODE_BASE,
-        code=body,
-        labels={name: addresses[name] for name in labels},
-        lines=lines,
-    )
-
-
-def _check_lines(
-    scenario: Scenario, user_lines: list[str], line_starts: list[int], code: bytes
-) -> dict[int, int]:
-    """Check that each instruction line became whole instructions; map address -> line.
-
-    Keystone drops some malformed lines without an error (`mov %rax,, %rbx`
-    assembles to nothing): a line with an instruction but no bytes is an
-    error here. Each line's bytes must also disassemble back (capstone) to
-    instructions that cover them exactly.
-    """
-    cs = Cs(CS_ARCH_X86, CS_MODE_64)
-    lines: dict[int, int] = {}
-    for index, line in enumerate(user_lines):
-        statement = _statement(line, scenario.syntax)
-        start, end = line_starts[index], line_starts[index + 1]
-        if not statement or statement.startswith("."):
-            continue  # empty, a label, or a directive (data may be any bytes)
-        if end <= start:
-            _fail_at(scenario, index, "keystone produced no code for this line")
-        instructions = list(cs.disasm(code[start - CODE_BASE : end - CODE_BASE], start))
-        if sum(i.size for i in instructions) != end - start:
-            _fail_at(scenario, index, "the assembled bytes do not disassemble back")
-        for instruction in instructions:
-            if instruction.mnemonic in _HOST_DEPENDENT:
-                _fail_at(
-                    scenario,
-                    index,
-                    f"{instruction.mnemonic} reads the host's clock or random numbers, "
-                    "so no two recordings would be the same",
-                )
-        lines[start] = scenario.source_first_line + index
-    return lines
-
-
-def _statement(line: str, syntax: str) -> str:
-    """What is left of a line without its labels and comment."""
-    rest = []
-    for code in statements(line, syntax):
-        while match := _LABEL.match(code):
-            code = code[match.end() :]
-        if code.strip():
-            rest.append(code.strip())
-    return "; ".join(rest)
-
-
-def _first_line_defining(line_labels: list[list[str]], name: str) -> int:
-    return next(i for i, names in enumerate(line_labels) if name in names)
-
-
 def _locate_error(
-    ks: Ks,
+    worker: KeystoneWorker,
     header: list[str],
-    user_lines: list[str],
-    line_labels: list[list[str]],
+    items: list[_Item],
+    syntax: str,
+    aliases: Mapping[str, str],
     error: str | None,
 ) -> tuple[int, str]:
-    """Find the first user line whose prefix of the program fails to assemble.
+    """Find the first item whose prefix of the program fails to assemble.
 
     Keystone's own statement count does not map to lines. A prefix fails for
     its own reasons only if labels defined further down are stubbed, so each
     prefix gets `.equ label, 0` for the labels it does not reach. Prefix
-    failure is monotonic, so a binary search finds the line.
+    failure is monotonic, so a binary search finds the line. A prefix that
+    crashes the worker counts as failing (a new worker takes over).
     """
 
     def prefix_error(end: int) -> str | None:
-        later = [name for names in line_labels[end:] for name in names]
+        later = [
+            aliases.get(name, name)
+            for item in items[end:]
+            if item.statement is not None
+            for name in item.statement.labels
+        ]
         stubs = [f".equ {name}, 0" for name in later]
-        return _try(ks, [*header, *user_lines[:end], *stubs])[1]
+        try:
+            text = _text(header, items[:end], None, syntax, aliases)
+            return _try(worker, [*text, *stubs])[1]
+        except AssemblerCrash as crash:
+            return f"the assembler crashed: {crash}"
 
-    lo, hi = 1, len(user_lines)
+    lo, hi = 1, len(items)
     if prefix_error(hi) is None:
         # Only the whole program fails (say, a directive at the end): name the last line.
-        return len(user_lines) - 1, error or "cannot assemble"
+        return len(items) - 1, error or "cannot assemble"
     while lo < hi:
         mid = (lo + hi) // 2
         if prefix_error(mid) is None:
@@ -304,16 +400,10 @@ _KS_MESSAGES = {
 }
 
 
-def _describe(error: KsError) -> str:
-    text = str(error)
+def _describe(text: str) -> str:
     for code, message in _KS_MESSAGES.items():
         if code in text:
             return message
     return text
 
 
-def _fail_at(scenario: Scenario, index: int, message: str) -> None:
-    lines = scenario.source.splitlines()
-    shown = lines[index].strip() if 0 <= index < len(lines) else ""
-    line_number = scenario.source_first_line + index
-    raise BadInput(f"{scenario.source_file}:{line_number}: {message}: {shown}")

@@ -82,6 +82,11 @@ def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
     """Assemble the scenario and check the labels it must define."""
     regions = lay_out(scenario)
     program = assemble(scenario, region_symbols(regions))
+    if program.data:
+        # The program's own .data/.rodata/.bss, on pages after the code.
+        regions.append(
+            Region(".data", "data", program.data_base, len(program.data), "rw-")
+        )
     if scenario.entry not in program.labels:
         raise BadInput(
             f"{scenario.path}: entry label '{scenario.entry}' is not defined in the program"
@@ -104,7 +109,10 @@ def machine_spec(program: Program, regions: list[Region], entry: str) -> Machine
         regions=regions,
         entry=program.labels[entry],
         registers={"rsp": rsp},
-        memory={rsp: SENTINEL_RETURN.to_bytes(8, "little")},
+        memory={
+            rsp: SENTINEL_RETURN.to_bytes(8, "little"),
+            **({program.data_base: program.data} if program.data else {}),
+        },
         sentinel=SENTINEL_RETURN,
     )
 

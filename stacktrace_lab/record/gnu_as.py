@@ -1,0 +1,827 @@
+"""The GNU-as front end: real `.s`/`.S` files in, statements keystone reads right out.
+
+Keystone (the assembler) crashes, refuses or silently miscompiles much of what
+projects ship (docs/pitfalls.md). This module reads the source the way GNU as
+does and hands keystone only what it is known to handle:
+
+    .S -> C preprocessor (pcpp) -> comments out -> statements (`;`, labels)
+       -> directives interpreted here (sections, symbols, .equ, alignment)
+       -> instructions with their operands parsed (operands.py), constants
+          written out as numbers, names keystone cannot read renamed
+
+Every statement keeps where it came from (file, line), so an error names the
+line of the file the user wrote, and the miscompile guard (guard.py) knows
+what each instruction must decode to.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import BadInput
+from ..layout import CODE_LIMIT
+from .operands import (
+    REGISTERS,
+    Expr,
+    ExprError,
+    Instruction,
+    Operand,
+    Unknown,
+    hex_text,
+    parse_instruction,
+    render_operand,
+    split_operands,
+)
+
+#: Defines every `.S` file sees, as GCC does on x86-64 Linux.
+DEFAULT_DEFINES = {"__x86_64__": "1", "__x86_64": "1", "__linux__": "1", "__ELF__": "1"}
+#: Built-in behaviours an undefined external can be mapped to in
+#: `[program] stubs`: the code placed at the symbol's address.
+STUB_CODE = {
+    "halt": ["hlt"],  # stop reason `halted`
+    "exit": ["mov $60, %eax", "syscall"],  # exit(rdi), as _exit does
+    "return": ["ret"],  # return to the caller, rax unchanged
+    "spin": ["jmp ."],  # stop reason `spin`
+    "trap": ["ud2"],  # an invalid instruction: stop reason `fault`
+}
+ENDBR64 = ".byte 0xf3, 0x0f, 0x1e, 0xfa"
+
+Section = Literal["code", "data", "ignored"]
+
+_CPP_DIRECTIVES = frozenset(
+    "if ifdef ifndef elif else endif define undef include error warning line pragma".split()
+)
+_LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*|[0-9]+)\s*:(?!:)")
+_NUMERIC_REF = re.compile(r"(?<![\w.$])([0-9]+)([bf])(?![\w.$])")
+_SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LINE_MARKER = re.compile(r'^\s*#\s*line\s+(\d+)\s+"((?:[^"\\]|\\.)*)"')
+
+#: Directives with no effect on a program that runs in one address space
+#: from a fixed entry: symbol visibility and binding, ELF types and sizes,
+#: unwind tables (.cfi_*), debug line info.
+_IGNORED = frozenset(
+    ".globl .global .hidden .local .weak .weakref .protected .internal .extern .type .size "
+    ".file .ident .loc .loc_mark_labels .code64 .end .func .endfunc .addrsig .addrsig_sym "
+    ".symver .arch .lto_discard".split()
+)
+_DATA = frozenset(
+    ".byte .short .word .hword .value .2byte .long .int .4byte .quad .8byte "
+    ".ascii .asciz .string .zero .skip .space .fill".split()
+)
+_SIZED_FILL = frozenset(".zero .skip .space".split())
+_CODE_SECTIONS = re.compile(r"^\.text(\..*)?$")
+_DATA_SECTIONS = re.compile(r"^\.(data|rodata|bss|tdata|tbss)(\..*|1[0-9]?)?$")
+_IGNORED_SECTIONS = re.compile(r"^\.(note|debug|comment|eh_frame|gnu|stab|zdebug|llvm).*$")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One assembly source: inline `source`, or a file of `file`/`files`."""
+
+    #: Name as the scenario gives it (relative to the .toml), for the trace.
+    name: str
+    #: Path for error messages.
+    display: str
+    text: str
+    #: The line of `display` on which the text's first line stands.
+    first_line: int = 1
+    #: Run the C preprocessor first (`.S` files).
+    preprocess: bool = False
+    #: Directory that `#include "x"` reads from.
+    directory: str = "."
+
+
+@dataclass(frozen=True)
+class Origin:
+    file: str  # display path
+    name: str  # name relative to the scenario
+    line: int
+    text: str  # the source line as written, for messages
+
+    def fail(self, message: str) -> BadInput:
+        shown = f": {self.text.strip()}" if self.text.strip() else ""
+        return BadInput(f"{self.file}:{self.line}: {message}{shown}")
+
+
+@dataclass
+class Statement:
+    """One statement for keystone, in the syntax it is written in."""
+
+    origin: Origin
+    syntax: str
+    section: Section
+    labels: list[str] = field(default_factory=list)
+    #: Keystone text ('' for a label alone); names already renamed.
+    text: str = ""
+    kind: Literal["none", "insn", "data", "align", "equ"] = "none"
+    instruction: Instruction | None = None
+    #: For `endbr64`: the mnemonic capstone must decode.
+    expect_mnemonic: str | None = None
+
+
+@dataclass
+class Prepared:
+    code: list[Statement]
+    data: list[Statement]
+    #: Values known before assembly: `.equ`s and the region symbols.
+    constants: dict[str, int]
+    #: `.equ`s naming labels, evaluated once labels have addresses.
+    deferred: dict[str, Expr]
+    #: Source label -> the name keystone sees.
+    aliases: dict[str, str]
+    #: Source labels in order of definition.
+    labels: list[str]
+
+
+def preprocess(source: SourceFile, defines: Mapping[str, str]) -> list[tuple[Origin, str]]:
+    """Lines after the C preprocessor, each with the line it came from."""
+    from pcpp import Preprocessor  # imported only for .S files
+    from pcpp.preprocessor import OutputDirective
+
+    errors: list[str] = []
+
+    class _Cpp(Preprocessor):  # type: ignore[misc]
+        def on_error(self, file: str, line: int, msg: str) -> None:
+            errors.append(f"{file}:{line}: {msg}")
+
+        def on_include_not_found(
+            self, is_malformed: bool, is_system_include: bool, curdir: str, includepath: str
+        ) -> None:
+            where = self.lastdirective
+            errors.append(f"{where.source}:{where.lineno}: cannot include {includepath}")
+            raise OutputDirective(1)  # remove it from the output
+
+        def on_comment(self, tok: object) -> bool:
+            return False
+
+    cpp = _Cpp()
+    cpp.line_directive = "#line"
+    cpp.compress = False
+    for name, value in {**DEFAULT_DEFINES, **defines}.items():
+        cpp.define(f"{name} {value}")
+    cpp.add_path(source.directory)
+    cpp.parse(_without_asm_comments(source.text, keep_cpp=True), source=source.display)
+    out = io.StringIO()
+    cpp.write(out)
+    if errors:
+        raise BadInput(f"{errors[0]} (C preprocessor)")
+    lines = []
+    file, number = source.display, 1
+    originals: dict[str, list[str]] = {source.display: source.text.splitlines()}
+    for text in out.getvalue().splitlines():
+        marker = _LINE_MARKER.match(text)
+        if marker:
+            number, file = int(marker.group(1)), marker.group(2)
+            continue
+        if file not in originals:
+            try:
+                originals[file] = Path(file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                originals[file] = []
+        raw = originals[file][number - 1] if 0 < number <= len(originals[file]) else text
+        name = source.name if file == source.display else file
+        lines.append((Origin(file, name, number, raw), text))
+        number += 1
+    return lines
+
+
+def _without_asm_comments(text: str, keep_cpp: bool = False, intel: bool = False) -> str:
+    """The text with `/* */`, `//` and `#` comments blanked, newlines kept.
+
+    With `keep_cpp`, lines that are C preprocessor directives keep their `#`.
+    String literals are kept whole; `'c` is a GNU as character, not a quote.
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    block = False
+    line_start = True
+    while i < n:
+        ch = text[i]
+        if block:
+            if text.startswith("*/", i):
+                block = False
+                i += 2
+            else:
+                if ch == "\n":
+                    out.append("\n")
+                    line_start = True
+                i += 1
+            continue
+        if ch == "\n":
+            out.append(ch)
+            line_start = True
+            i += 1
+            continue
+        if line_start and keep_cpp:
+            stripped = text[i : text.find("\n", i) if "\n" in text[i:] else n].lstrip()
+            word = re.match(r"#\s*(\w+)", stripped)
+            if word and word.group(1) in _CPP_DIRECTIVES:
+                end = text.find("\n", i)
+                end = n if end < 0 else end
+                # a directive keeps its text (and its `\` continuations)
+                while end < n and text[end - 1] == "\\":
+                    next_end = text.find("\n", end + 1)
+                    end = n if next_end < 0 else next_end
+                out.append(text[i:end])
+                i = end
+                line_start = False
+                continue
+        line_start = False
+        if ch == '"':
+            end = i + 1
+            while end < n and text[end] not in '"\n':
+                end += 2 if text[end] == "\\" else 1
+            out.append(text[i : end + 1])
+            i = end + 1
+            continue
+        if ch == "'" and i + 1 < n and text[i + 1] != "\n":
+            out.append(text[i : i + 2])
+            i += 2
+            continue
+        if text.startswith("/*", i):
+            block = True
+            out.append(" ")
+            i += 2
+            continue
+        if text.startswith("//", i) or ch == "#" or (intel and ch == ";"):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+@dataclass
+class _State:
+    syntax: str
+    section: Section = "code"
+    stack: list[Section] = field(default_factory=list)
+    previous: Section = "code"
+
+
+class FrontEnd:
+    """Reads the sources of one program into `Prepared` statements."""
+
+    def __init__(
+        self,
+        sources: list[SourceFile],
+        syntax: str,
+        constants: Mapping[str, int],
+        defines: Mapping[str, str] | None = None,
+        stubs: Mapping[str, str] | None = None,
+        stub_origin: Origin | None = None,
+    ) -> None:
+        self.sources = sources
+        self.syntax = syntax
+        self.region_constants = dict(constants)
+        self.defines = dict(defines or {})
+        self.stubs = dict(stubs or {})
+        self.stub_origin = stub_origin or Origin("<stubs>", "<stubs>", 0, "")
+        self.used: set[str] = set()
+        self.commons: list[Statement] = []
+        self.label_order: list[str] = []
+
+    # -- pass 0: lines -----------------------------------------------------
+
+    def lines(self, source: SourceFile) -> list[tuple[Origin, str]]:
+        """(origin, text without comments) of every line."""
+        if source.preprocess:
+            pairs = preprocess(source, self.defines)
+        else:
+            pairs = [
+                (Origin(source.display, source.name, source.first_line + number, text), text)
+                for number, text in enumerate(source.text.splitlines())
+            ]
+        intel = self.syntax == "intel"
+        # Comments may span lines, and `.intel_syntax` changes what `;` means:
+        # strip line by line, carrying an open `/*` over.
+        out = pairs
+        cleaned = []
+        block = False
+        for origin, text in out:
+            stripped = text.strip().lower()
+            if not block and stripped.startswith(".intel_syntax"):
+                intel = True
+            elif not block and stripped.startswith(".att_syntax"):
+                intel = False
+            joined = ("/*" if block else "") + text
+            result = _without_asm_comments(joined, intel=intel)
+            block = _ends_in_comment(joined)
+            cleaned.append((origin, result.lstrip(" ") if joined.startswith("/*") else result))
+        return cleaned
+
+    # -- pass 1: statements ------------------------------------------------
+
+    def prepare(self) -> Prepared:
+        raw: list[tuple[Origin, str, str]] = []  # origin, statement text, syntax
+        numeric_defs: dict[str, list[int]] = {}
+        for source in self.sources:
+            syntax = self.syntax
+            for origin, text in self.lines(source):
+                problem = _lexical_error(text)
+                if problem:
+                    raise origin.fail(problem)
+                for piece in _statements(text, syntax):
+                    directive = piece.strip().split(None, 1)[0].lower() if piece.strip() else ""
+                    rest = piece
+                    while match := _LABEL.match(rest):
+                        if match.group(1).isdigit():
+                            numeric_defs.setdefault(match.group(1), []).append(len(raw))
+                        raw.append((origin, match.group(0), syntax))
+                        rest = rest[match.end() :]
+                        directive = rest.strip().split(None, 1)[0].lower() if rest.strip() else ""
+                    if rest.strip():
+                        raw.append((origin, rest.strip(), syntax))
+                    if directive == ".intel_syntax":
+                        syntax = "intel"
+                    elif directive == ".att_syntax":
+                        syntax = "att"
+        return self._interpret(raw, numeric_defs)
+
+    def _interpret(
+        self, raw: list[tuple[Origin, str, str]], numeric_defs: dict[str, list[int]]
+    ) -> Prepared:
+        # Numeric local labels (`1:`, `jmp 1b`) become unique names.
+        numeric_names: dict[int, str] = {}
+        for number, positions in numeric_defs.items():
+            for k, position in enumerate(positions):
+                numeric_names[position] = f"__stl_local_{number}_{k}"
+
+        def numeric(text: str, position: int, origin: Origin) -> str:
+            def replace(match: re.Match[str]) -> str:
+                defs = numeric_defs.get(match.group(1), [])
+                if match.group(2) == "b":
+                    found = [p for p in defs if p < position]
+                    chosen = found[-1] if found else None
+                else:
+                    chosen = next((p for p in defs if p > position), None)
+                if chosen is None:
+                    raise origin.fail(f"no local label {match.group(0)} to refer to")
+                return numeric_names[chosen]
+
+            return _outside_strings(text, lambda part: _NUMERIC_REF.sub(replace, part))
+
+        # Which names are labels, and which are `.equ`s, anywhere in the program.
+        label_names: list[str] = []
+        for position, (origin, text, _) in enumerate(raw):
+            label = _LABEL.fullmatch(text)
+            if label:
+                name = numeric_names.get(position, label.group(1))
+                if name in label_names:
+                    raise origin.fail(f"label '{name}' is defined twice")
+                if name in self.region_constants:
+                    raise origin.fail(f"label '{name}' clashes with a region symbol")
+                label_names.append(name)
+        self.labels = set(label_names)
+        self.aliases = {name: _alias(name, i) for i, name in enumerate(label_names)}
+        self.constants = dict(self.region_constants)
+        self.deferred: dict[str, Expr] = {}
+        self.equ_names = {parts[0] for _, text, _ in raw if (parts := _equ_parts(text))}
+        self.label_order = label_names
+
+        state = _State(self.syntax)
+        code: list[Statement] = []
+        data: list[Statement] = []
+        pending: list[str] = []
+        for position, (origin, text, syntax) in enumerate(raw):
+            state.syntax = syntax
+            label = _LABEL.fullmatch(text)
+            if label:
+                name = numeric_names.get(position, label.group(1))
+                statement = Statement(origin, syntax, state.section, labels=[name])
+            else:
+                text = numeric(text, position, origin)
+                statement = self._statement(origin, text, state)
+            if statement.section == "ignored":
+                continue
+            statement.labels = pending + statement.labels if statement.labels else pending
+            pending = []
+            if not statement.text and not statement.labels:
+                continue
+            (code if statement.section == "code" else data).append(statement)
+        data += self.commons
+        code += self._stub_statements()
+        return Prepared(
+            code=code,
+            data=data,
+            constants=self.constants,
+            deferred=self.deferred,
+            aliases=self.aliases,
+            labels=self.label_order,
+        )
+
+    # -- one statement -----------------------------------------------------
+
+    def _statement(self, origin: Origin, text: str, state: _State) -> Statement:
+        word = text.split(None, 1)[0]
+        directive = word.lower()
+        args = text[len(word) :].strip()
+        if directive in (".intel_syntax", ".att_syntax"):
+            if directive == ".intel_syntax" and args.lower() not in ("noprefix", ""):
+                raise origin.fail("only `.intel_syntax noprefix` is supported")
+            return Statement(origin, state.syntax, state.section)
+        if directive.startswith(".") and directive not in (".",):
+            return self._directive(origin, directive, args, state)
+        if "=" in text and _equ_parts(text):
+            return self._directive(origin, ".set", text.replace("=", ",", 1), state)
+        return self._instruction(origin, text, state)
+
+    def _directive(self, origin: Origin, directive: str, args: str, state: _State) -> Statement:
+        here = Statement(origin, state.syntax, state.section)
+        if directive in _IGNORED or directive.startswith(".cfi_"):
+            return here
+        if directive in (".text", ".data", ".bss", ".rodata"):
+            return self._switch(origin, directive, state)
+        if directive in (".section", ".pushsection"):
+            name = split_operands(args)[0] if args else ""
+            if directive == ".pushsection":
+                state.stack.append(state.section)
+            return self._switch(origin, name.strip('"'), state)
+        if directive == ".popsection":
+            if not state.stack:
+                raise origin.fail(".popsection without .pushsection")
+            state.previous, state.section = state.section, state.stack.pop()
+            return Statement(origin, state.syntax, state.section)
+        if directive == ".previous":
+            state.previous, state.section = state.section, state.previous
+            return Statement(origin, state.syntax, state.section)
+        if state.section == "ignored":
+            return here
+        if directive in (".equ", ".set", ".equiv"):
+            return self._equ(origin, args, state)
+        if directive in (".p2align", ".balign", ".align"):
+            return self._align(origin, directive, args, state)
+        if directive in (".comm", ".lcomm"):
+            return self._common(origin, args, state)
+        if directive in _DATA:
+            return self._data(origin, directive, args, state)
+        raise origin.fail(f"unsupported directive {directive}")
+
+    def _switch(self, origin: Origin, name: str, state: _State) -> Statement:
+        if _CODE_SECTIONS.match(name):
+            section: Section = "code"
+        elif _DATA_SECTIONS.match(name):
+            section = "data"
+        elif _IGNORED_SECTIONS.match(name):
+            section = "ignored"
+        else:
+            raise origin.fail(f"unsupported section {name!r} (code: .text*; data: .data*, "
+                              ".rodata*, .bss*)")  # fmt: skip
+        state.previous, state.section = state.section, section
+        return Statement(origin, state.syntax, "ignored")
+
+    def _expr(self, origin: Origin, text: str) -> Expr:
+        try:
+            return Expr.parse(text)
+        except ExprError as exc:
+            raise origin.fail(str(exc)) from None
+
+    def _constant(self, origin: Origin, text: str, what: str) -> int:
+        expr = self._expr(origin, text)
+        try:
+            return expr.value(self._final_constants())
+        except Unknown as exc:
+            raise origin.fail(f"{what} must be a constant, '{exc.name}' is not") from None
+        except ExprError as exc:
+            raise origin.fail(str(exc)) from None
+
+    def _final_constants(self) -> dict[str, int]:
+        return self.constants
+
+    def _equ(self, origin: Origin, args: str, state: _State) -> Statement:
+        parts = split_operands(args)
+        if len(parts) != 2 or not re.fullmatch(r"[A-Za-z_.$][\w.$]*", parts[0]):
+            raise origin.fail("expected `.equ NAME, EXPRESSION`")
+        name, expr = parts[0], self._expr(origin, parts[1])
+        if name in self.labels:
+            raise origin.fail(f"'{name}' is both a label and a constant")
+        if name in self.region_constants:
+            raise origin.fail(f"'{name}' clashes with a region symbol")
+        try:
+            self.constants[name] = expr.value(self.constants)
+            return Statement(origin, state.syntax, state.section, kind="equ")
+        except Unknown as exc:
+            if exc.name not in self.labels and exc.name != "." and exc.name not in self.equ_names:
+                raise self._undefined(origin, exc.name) from None
+        except ExprError as exc:
+            raise origin.fail(str(exc)) from None
+        # Names a label: keystone evaluates it, the guard re-evaluates it.
+        self.deferred[name] = expr
+        self.aliases.setdefault(name, _alias(name, len(self.aliases)))
+        text = f".set {self.aliases[name]}, {self._render(origin, expr)}"
+        return Statement(origin, state.syntax, state.section, text=text, kind="equ")
+
+    def _align(self, origin: Origin, directive: str, args: str, state: _State) -> Statement:
+        parts = split_operands(args)
+        if not parts or not parts[0]:
+            raise origin.fail(f"{directive} needs an alignment")
+        amount = self._constant(origin, parts[0], "an alignment")
+        if directive == ".p2align":
+            amount = 1 << amount if 0 <= amount < 64 else -1
+        if amount < 1 or amount & (amount - 1) or amount > 4096:
+            raise origin.fail("alignment must be a power of two up to 4096 bytes")
+        rest = [
+            hex_text(self._constant(origin, p, "an alignment's fill")) if p else ""
+            for p in parts[1:]
+        ]
+        if state.section == "data" and not rest:
+            rest = ["0x0"]  # data is padded with zeros, code with nops
+        text = _join_directive(".balign", [hex_text(amount), *rest])
+        return Statement(origin, state.syntax, state.section, text=text, kind="align")
+
+    def _common(self, origin: Origin, args: str, state: _State) -> Statement:
+        parts = split_operands(args)
+        if len(parts) < 2:
+            raise origin.fail("expected `.comm NAME, SIZE[, ALIGN]`")
+        name = parts[0]
+        size = self._constant(origin, parts[1], "a size")
+        align = self._constant(origin, parts[2], "an alignment") if len(parts) > 2 else 8
+        if not 0 <= size <= CODE_LIMIT or align < 1 or align & (align - 1) or align > 4096:
+            raise origin.fail("size or alignment out of range")
+        if name in self.labels:
+            raise origin.fail(f"label '{name}' is defined twice")
+        # A common symbol is zero-filled data of its own, placed after the rest.
+        self.labels.add(name)
+        self.label_order.append(name)
+        self.aliases[name] = _alias(name, len(self.aliases))
+        self.commons += [
+            Statement(origin, state.syntax, "data", text=f".balign {align:#x}, 0x0", kind="align"),
+            Statement(
+                origin,
+                state.syntax,
+                "data",
+                labels=[name],
+                text=f".zero {max(size, 1):#x}",
+                kind="data",
+            ),
+        ]
+        return Statement(origin, state.syntax, state.section)
+
+    def _data(self, origin: Origin, directive: str, args: str, state: _State) -> Statement:
+        if directive in _SIZED_FILL or directive == ".fill":
+            parts = split_operands(args)
+            values = [self._constant(origin, p, "a size") if p else 0 for p in parts]
+            count = values[0] if values else 0
+            width = values[1] if directive == ".fill" and len(values) > 1 else 1
+            if not 0 <= count * max(width, 1) <= CODE_LIMIT or not 0 <= width <= 8:
+                raise origin.fail(f"{directive} size out of range")
+            return Statement(
+                origin,
+                state.syntax,
+                state.section,
+                text=_join_directive(directive, [hex_text(v) for v in values]),
+                kind="data",
+            )
+        if directive in (".ascii", ".asciz", ".string"):
+            return Statement(
+                origin, state.syntax, state.section, text=f"{directive} {args}", kind="data"
+            )
+        items = split_operands(args)
+        rendered = [self._render(origin, self._expr(origin, item)) for item in items]
+        for item in items:
+            self._check_defined(origin, self._expr(origin, item))
+        return Statement(
+            origin,
+            state.syntax,
+            state.section,
+            text=_join_directive(directive, rendered),
+            kind="data",
+        )
+
+    def _instruction(self, origin: Origin, text: str, state: _State) -> Statement:
+        if state.section == "ignored":
+            return Statement(origin, state.syntax, state.section)
+        word = text.split(None, 1)[0].lower()
+        if word in ("endbr64", "endbr32") and len(text.split()) == 1:
+            return Statement(
+                origin,
+                state.syntax,
+                state.section,
+                text=ENDBR64 if word == "endbr64" else ".byte 0xf3, 0x0f, 0x1e, 0xfb",
+                kind="insn",
+                expect_mnemonic=word,
+            )
+        try:
+            insn = parse_instruction(text, state.syntax)
+        except ExprError as exc:
+            raise origin.fail(f"cannot read the operands ({exc})") from None
+        self._intel_bare_names(insn)
+        self._relocations(origin, insn)
+        for op in insn.operands:
+            if op.expr is not None:
+                self._check_defined(origin, op.expr)
+        rendered = self._render_instruction(origin, insn, state.syntax)
+        return Statement(
+            origin, state.syntax, state.section, text=rendered, kind="insn", instruction=insn
+        )
+
+    def _intel_bare_names(self, insn: Instruction) -> None:
+        """Intel `mov eax, SIZE` is an immediate when SIZE is a constant."""
+        for op in insn.operands:
+            if op.kind == "mem" and op.base is None and op.index is None and op.expr is not None:
+                if insn.syntax == "intel" and op.segment is None and not _brackets(op):
+                    names = op.expr.names
+                    if all(n in self.constants or n in self.equ_names for n in names):
+                        op.kind = "imm"
+
+    def _relocations(self, origin: Origin, insn: Instruction) -> None:
+        for op in insn.operands:
+            if op.relocation is None:
+                continue
+            if op.relocation == "plt" and op.kind == "target":
+                op.relocation = None  # a direct call: the program is one image
+            elif op.relocation in ("gotpcrel", "gotpcrelx", "rex_gotpcrelx") and op.base == "rip":
+                # The linker's relaxation: load the address itself (mov -> lea).
+                if insn.mnemonic not in ("mov", "movq"):
+                    raise origin.fail(f"@{op.relocation} is supported on mov only")
+                insn.mnemonic = "lea" if insn.syntax == "intel" else "leaq"
+                op.relocation = None
+                op.size = None
+            else:
+                raise origin.fail(f"@{op.relocation.upper()} is not supported here")
+
+    def _check_defined(self, origin: Origin, expr: Expr) -> None:
+        for name in expr.names:
+            known = (
+                name in self.labels
+                or name in self.constants
+                or name in self.equ_names
+                or name in self.stubs
+                or name == "."
+            )
+            if not known:
+                raise self._undefined(origin, name)
+        self.used.update(expr.names)
+
+    def _undefined(self, origin: Origin, name: str) -> BadInput:
+        return origin.fail(
+            f"undefined symbol '{name}' (define it, or map it in [program] stubs "
+            f"to one of {', '.join(STUB_CODE)})"
+        )
+
+    def _render(self, origin: Origin, expr: Expr) -> str:
+        try:
+            return expr.render(self.constants, lambda n: self.aliases.get(n, n))
+        except ExprError as exc:
+            raise origin.fail(str(exc)) from None
+
+    def _render_instruction(self, origin: Origin, insn: Instruction, syntax: str) -> str:
+        """Keystone text: operands re-written only where keystone needs it."""
+        source_order = list(reversed(insn.operands)) if syntax == "att" else insn.operands
+        texts = []
+        for op, raw in zip(source_order, insn.raw_operands, strict=True):
+            if self._needs_rewrite(op, raw, syntax):
+                texts.append(render_operand(op, syntax, lambda e: self._render(origin, e)))
+            else:
+                texts.append(raw)
+        head = " ".join([*insn.prefixes, insn.mnemonic])
+        return f"{head} {', '.join(texts)}" if texts else head
+
+    def _needs_rewrite(self, op: Operand, raw: str, syntax: str) -> bool:
+        if "@" in raw or "__stl_local_" in raw:
+            return True
+        if syntax == "intel" and op.kind == "mem" and not _brackets(op):
+            return True  # GNU as reads a bare Intel symbol as memory: say so
+        for name in op.names:
+            if name in self.constants or name in self.equ_names:
+                return True
+            if self.aliases.get(name, name) != name:
+                return True
+        return False
+
+    def _stub_statements(self) -> list[Statement]:
+        used = self.used
+        out = []
+        for name, behaviour in self.stubs.items():
+            if name in self.labels:
+                raise self.stub_origin.fail(
+                    f"stub '{name}': the program defines this label itself"
+                )
+            if name not in used:
+                continue
+            self.aliases[name] = _alias(name, len(self.aliases))
+            origin = self.stub_origin
+            for i, line in enumerate(STUB_CODE[behaviour]):
+                insn = parse_instruction(line, "att")
+                out.append(
+                    Statement(
+                        origin,
+                        "att",
+                        "code",
+                        labels=[name] if i == 0 else [],
+                        text=line,
+                        kind="insn",
+                        instruction=insn,
+                    )
+                )
+            self.labels.add(name)
+            self.label_order.append(name)
+        return out
+
+
+def _brackets(op: Operand) -> bool:
+    """Whether an Intel memory operand was written with [...] (vs a bare symbol)."""
+    return op.bracketed
+
+
+def _join_directive(directive: str, args: list[str]) -> str:
+    return f"{directive} {', '.join(args)}" if args else directive
+
+
+def _alias(name: str, index: int) -> str:
+    """The name keystone sees: itself when keystone reads it in both syntaxes."""
+    if _SAFE_NAME.match(name) and name.lower() not in REGISTERS and not name.startswith("__stl"):
+        return name
+    if name.startswith("__stl_local_"):
+        return name
+    return f"__stl_sym_{index}"
+
+
+def _equ_parts(text: str) -> tuple[str, str] | None:
+    lower = text.lower()
+    for directive in (".equ", ".set", ".equiv"):
+        if lower.startswith(directive + " ") or lower.startswith(directive + "\t"):
+            parts = split_operands(text[len(directive) :])
+            if len(parts) == 2:
+                return parts[0], parts[1]
+    match = re.fullmatch(r"\s*([A-Za-z_.$][\w.$]*)\s*=\s*(.+)", text)
+    if match and not match.group(1).startswith("."):
+        return match.group(1), match.group(2)
+    return None
+
+
+def _statements(line: str, syntax: str) -> list[str]:
+    """Statements of a comment-free line: `;` separates them in AT&T."""
+    if syntax == "intel":
+        return [line]
+    pieces, current, quote, escaped = [], "", False, False
+    for ch in line:
+        if escaped:
+            escaped = False
+        elif quote and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quote = not quote
+        if ch == ";" and not quote:
+            pieces.append(current)
+            current = ""
+        else:
+            current += ch
+    pieces.append(current)
+    return pieces
+
+
+def _outside_strings(text: str, change: object) -> str:
+    assert callable(change)
+    parts = re.split(r'("(?:[^"\\]|\\.)*")', text)
+    return "".join(p if p.startswith('"') else change(p) for p in parts)
+
+
+def _lexical_error(text: str) -> str | None:
+    """What keystone would mishandle: it loops forever on a string without
+    its closing quote, and reads `mov rax, [rbx` as a load from 0."""
+    quote = escaped = False
+    outside = []
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quote and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quote = not quote
+        elif not quote:
+            outside.append(ch)
+    if quote:
+        return "unterminated string"
+    rest = "".join(outside)
+    for opening, closing in ("[]", "()"):
+        if rest.count(opening) != rest.count(closing):
+            return f"unbalanced '{opening}' and '{closing}'"
+    return None
+
+
+def _ends_in_comment(text: str) -> bool:
+    """Whether a `/*` in the line is left open at its end."""
+    i, open_, quote = 0, False, False
+    while i < len(text):
+        if open_:
+            if text.startswith("*/", i):
+                open_ = False
+                i += 2
+                continue
+        elif text[i] == '"':
+            quote = not quote
+        elif not quote and text.startswith("/*", i):
+            open_ = True
+            i += 2
+            continue
+        elif not quote and (text.startswith("//", i) or text[i] == "#"):
+            return False
+        i += 1
+    return open_
