@@ -299,7 +299,12 @@ def _program(f: _Fields, path: Path, text: str) -> _Program:
             raise p.fail("files", "must be a non-empty array of file names")
     sources = tuple(_source_file(p, path, name) for name in names)
     first = sources[0]
-    return _Program(first.text, first.display, 1, sources, defines, stubs)
+    # The trace keeps the program's text for reports: with several files, all
+    # of them, each under a line naming it.
+    text = first.text
+    if len(sources) > 1:
+        text = "\n".join(f"// ---- {s.name} ----\n{s.text.rstrip()}" for s in sources) + "\n"
+    return _Program(text, first.display, 1, sources, defines, stubs)
 
 
 def _string_table(p: _Fields, key: str, names: re.Pattern[str]) -> dict[str, str]:

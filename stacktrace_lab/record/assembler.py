@@ -170,12 +170,22 @@ def sources_of(scenario: Scenario) -> list[SourceFile]:
     ]
 
 
-def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
-    """Assemble the scenario's sources at CODE_BASE, region `constants` defined.
+@dataclass(frozen=True)
+class KeystoneInput:
+    """What keystone is given for one program, before the label trailer."""
 
-    front end (gnu_as.py) -> keystone in a worker process -> label addresses
-    read back -> every instruction decoded and checked (guard.py).
-    """
+    prepared: Prepared
+    header: list[str]
+    items: list[_Item]
+    #: One label per item, and one after the last: the items' addresses.
+    marks: list[str]
+    #: The text: header, then each item on a line of its own behind its mark.
+    lines: list[str]
+    stub_origin: Origin
+
+
+def keystone_input(scenario: Scenario, constants: dict[str, int]) -> KeystoneInput:
+    """Run the front end over the scenario's sources (region `constants` defined)."""
     stub_origin = Origin(scenario.path, scenario.path, 0, "[program] stubs")
     front = FrontEnd(
         sources_of(scenario),
@@ -189,20 +199,31 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     items = _layout(prepared, scenario.syntax)
     header = [".att_syntax"] if scenario.syntax == "att" else []
     header += [f".equ {name}, {value:#x}" for name, value in constants.items()]
-    wanted = [prepared.aliases[name] for name in prepared.labels]
     marks = [f"{_LINE_LABEL}{i}" for i in range(len(items) + 1)]
+    lines = _text(header, items, marks, scenario.syntax, prepared.aliases)
+    return KeystoneInput(prepared, header, items, marks, lines, stub_origin)
+
+
+def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
+    """Assemble the scenario's sources at CODE_BASE, region `constants` defined.
+
+    front end (gnu_as.py) -> keystone in a worker process -> label addresses
+    read back -> every instruction decoded and checked (guard.py).
+    """
+    given = keystone_input(scenario, constants)
+    prepared, items, marks = given.prepared, given.items, given.marks
+    wanted = [prepared.aliases[name] for name in prepared.labels]
     with KeystoneWorker() as worker:
-        text = _text(header, items, marks, scenario.syntax, prepared.aliases)
         trailer = [".intel_syntax noprefix"] + [f"movabs rax, {n}" for n in [*wanted, *marks]]
         try:
-            code, error = _try(worker, [*text, *trailer])
+            code, error = _try(worker, [*given.lines, *trailer])
         except AssemblerCrash as crash:
             code, error = None, f"the assembler crashed: {crash}"
         if code is None:
             index, message = _locate_error(
-                worker, header, items, scenario.syntax, prepared.aliases, error
+                worker, given.header, items, scenario.syntax, prepared.aliases, error
             )
-            raise _origin_of(items, index, stub_origin).fail(message)
+            raise _origin_of(items, index, given.stub_origin).fail(message)
 
     names = [*wanted, *marks]
     body_len = len(code) - _MOVABS_LEN * len(names)
@@ -223,7 +244,7 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     symbols = {**labels, **prepared.constants}
     for name, expr in prepared.deferred.items():
         symbols[name] = addresses.get(prepared.aliases[name], 0) or _deferred(expr, symbols)
-    lines, locations = _check_statements(items, starts, body, symbols, stub_origin)
+    lines, locations = _check_statements(items, starts, body, symbols, given.stub_origin)
     data_start = starts[len(prepared.code) + 1] if prepared.data else code_end
     return Program(
         base=CODE_BASE,

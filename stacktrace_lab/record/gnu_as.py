@@ -378,11 +378,18 @@ class FrontEnd:
                 if name in self.region_constants:
                     raise origin.fail(f"label '{name}' clashes with a region symbol")
                 label_names.append(name)
-        self.labels = set(label_names)
+        # `.comm NAME, SIZE` defines NAME too, and code may use it before.
+        self.common_names = {
+            split_operands(text.split(None, 1)[1])[0]
+            for _, text, _ in raw
+            if text.split(None, 1)[0].lower() in (".comm", ".lcomm") and len(text.split()) > 1
+        }
+        self.labels = set(label_names) | self.common_names
         self.aliases = {name: _alias(name, i) for i, name in enumerate(label_names)}
         self.constants = dict(self.region_constants)
         self.deferred: dict[str, Expr] = {}
         self.equ_names = {parts[0] for _, text, _ in raw if (parts := _equ_parts(text))}
+        self.forward = self._forward_constants(raw)
         self.label_order = label_names
 
         state = _State(self.syntax)
@@ -415,6 +422,22 @@ class FrontEnd:
             aliases=self.aliases,
             labels=self.label_order,
         )
+
+    def _forward_constants(self, raw: list[tuple[Origin, str, str]]) -> dict[str, int]:
+        """Each `.equ`'s last value, so code may use a constant defined below it
+        (GNU as allows that). Repeated until nothing changes, for chains."""
+        definitions = [parts for _, text, _ in raw if (parts := _equ_parts(text))]
+        values: dict[str, int] = {}
+        for _ in range(len(definitions) + 1):
+            before = dict(values)
+            for name, text in definitions:
+                try:
+                    values[name] = Expr.parse(text).value({**self.region_constants, **values})
+                except (Unknown, ExprError):
+                    pass
+            if values == before:
+                break
+        return values
 
     # -- one statement -----------------------------------------------------
 
@@ -492,7 +515,8 @@ class FrontEnd:
             raise origin.fail(str(exc)) from None
 
     def _final_constants(self) -> dict[str, int]:
-        return self.constants
+        """Constants as known at this line; ones defined further down too."""
+        return {**self.forward, **self.constants}
 
     def _equ(self, origin: Origin, args: str, state: _State) -> Statement:
         parts = split_operands(args)
@@ -504,7 +528,7 @@ class FrontEnd:
         if name in self.region_constants:
             raise origin.fail(f"'{name}' clashes with a region symbol")
         try:
-            self.constants[name] = expr.value(self.constants)
+            self.constants[name] = expr.value(self._final_constants())
             return Statement(origin, state.syntax, state.section, kind="equ")
         except Unknown as exc:
             if exc.name not in self.labels and exc.name != "." and exc.name not in self.equ_names:
@@ -544,10 +568,9 @@ class FrontEnd:
         align = self._constant(origin, parts[2], "an alignment") if len(parts) > 2 else 8
         if not 0 <= size <= CODE_LIMIT or align < 1 or align & (align - 1) or align > 4096:
             raise origin.fail("size or alignment out of range")
-        if name in self.labels:
+        if name in self.label_order:
             raise origin.fail(f"label '{name}' is defined twice")
         # A common symbol is zero-filled data of its own, placed after the rest.
-        self.labels.add(name)
         self.label_order.append(name)
         self.aliases[name] = _alias(name, len(self.aliases))
         self.commons += [
@@ -667,7 +690,7 @@ class FrontEnd:
 
     def _render(self, origin: Origin, expr: Expr) -> str:
         try:
-            return expr.render(self.constants, lambda n: self.aliases.get(n, n))
+            return expr.render(self._final_constants(), lambda n: self.aliases.get(n, n))
         except ExprError as exc:
             raise origin.fail(str(exc)) from None
 
