@@ -74,10 +74,10 @@ def with_gnu_as(given: KeystoneInput, workdir: Path) -> Assembled:
         + [str(workdir / "program.o")],
         **run,
     )
-    names = subprocess.run(["nm", str(workdir / "program")], **run).stdout  # type: ignore[call-overload]
+    names = subprocess.run(["nm", "--defined-only", str(workdir / "program")], **run).stdout  # type: ignore[call-overload]
     addresses = {}
     for line in names.splitlines():
-        address, _, name = line.split()
+        address, _, name = line.split(maxsplit=2)
         if name.startswith("stl_line_"):
             addresses[int(name.removeprefix("stl_line_"))] = int(address, 16)
     subprocess.run(  # type: ignore[call-overload]

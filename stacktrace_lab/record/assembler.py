@@ -212,6 +212,8 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     """
     given = keystone_input(scenario, constants)
     prepared, items, marks = given.prepared, given.items, given.marks
+    if not any(s.text for s in prepared.code):
+        raise BadInput(f"{scenario.source_file}: the program assembles to no code")
     wanted = [prepared.aliases[name] for name in prepared.labels]
     with KeystoneWorker() as worker:
         trailer = [".intel_syntax noprefix"] + [f"movabs rax, {n}" for n in [*wanted, *marks]]

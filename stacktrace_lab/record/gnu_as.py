@@ -59,6 +59,7 @@ _CPP_DIRECTIVES = frozenset(
 _LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*|[0-9]+)\s*:(?!:)")
 _NUMERIC_REF = re.compile(r"(?<![\w.$])([0-9]+)([bf])(?![\w.$])")
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CPP_LINE = re.compile(r"^\s*#(if|ifdef|ifndef|elif|else|endif|define|undef|include)\b")
 _LINE_MARKER = re.compile(r'^\s*#\s*line\s+(\d+)\s+"((?:[^"\\]|\\.)*)"')
 
 #: Directives with no effect on a program that runs in one address space
@@ -172,22 +173,36 @@ def preprocess(source: SourceFile, defines: Mapping[str, str]) -> list[tuple[Ori
         raise BadInput(f"{errors[0]} (C preprocessor)")
     lines = []
     file, number = source.display, 1
-    originals: dict[str, list[str]] = {source.display: source.text.splitlines()}
+    originals: dict[str, list[str]] = {}
+    names: dict[str, tuple[str, str]] = {}
     for text in out.getvalue().splitlines():
         marker = _LINE_MARKER.match(text)
         if marker:
             number, file = int(marker.group(1)), marker.group(2)
             continue
-        if file not in originals:
+        if file not in names:
+            names[file] = _included_name(source, file)
             try:
-                originals[file] = Path(file).read_text(encoding="utf-8").splitlines()
+                originals[file] = Path(names[file][0]).read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError):
                 originals[file] = []
+        display, name = names[file]
         raw = originals[file][number - 1] if 0 < number <= len(originals[file]) else text
-        name = source.name if file == source.display else file
-        lines.append((Origin(file, name, number, raw), text))
+        lines.append((Origin(display, name, number, raw), text))
         number += 1
     return lines
+
+
+def _included_name(source: SourceFile, file: str) -> tuple[str, str]:
+    """(display path, name relative to the scenario) of a file the preprocessor read."""
+    path = Path(file).resolve()
+    if path == Path(source.display).resolve():
+        return source.display, source.name
+    try:
+        inside = path.relative_to(Path(source.directory).resolve())
+    except ValueError:
+        return file, file
+    return str(Path(source.directory) / inside), str(Path(source.name).parent / inside)
 
 
 def _without_asm_comments(text: str, keep_cpp: bool = False, intel: bool = False) -> str:
@@ -298,6 +313,13 @@ class FrontEnd:
                 (Origin(source.display, source.name, source.first_line + number, text), text)
                 for number, text in enumerate(source.text.splitlines())
             ]
+            for origin, text in pairs:
+                if _CPP_LINE.match(text):
+                    # GNU as would read it as a comment and assemble every branch.
+                    raise origin.fail(
+                        "a C preprocessor directive, but only .S files are preprocessed "
+                        "(put the program in a .S file)"
+                    )
         intel = self.syntax == "intel"
         # Comments may span lines, and `.intel_syntax` changes what `;` means:
         # strip line by line, carrying an open `/*` over.

@@ -1,0 +1,495 @@
+"""Real assembly in: `.S`/`.s` files as projects ship them, through the GNU-as front end.
+
+Each case from issue 11's "Why" has a test here: what crashed the tool now
+assembles (or is one line and exit 2), `.globl` keeps a label's address,
+`#if 0` code is not assembled, Intel `[rbx + A + B]` uses A + B, and so on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stacktrace_lab.cli import main
+from stacktrace_lab.diff import diff_traces
+from stacktrace_lab.errors import BadInput
+from stacktrace_lab.layout import CODE_BASE
+from stacktrace_lab.record.keystone_worker import AssemblerCrash, KeystoneWorker
+from stacktrace_lab.record.recorder import Recording, build_program, record
+from stacktrace_lab.scenario import load_scenario
+from stacktrace_lab.trace import load_trace
+
+REAL_SHAPED = Path(__file__).parent / "asm" / "real_shaped"
+Record = Callable[..., Recording]
+
+
+def _files_scenario(tmp_path: Path, files: dict[str, str], extra: str = "") -> Path:
+    """A scenario whose program is `files` (name -> text), listed in order."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text).lstrip("\n"))
+    names = ", ".join(f'"{n}"' for n in files if not n.endswith(".h"))
+    toml = (
+        'name = "t"\nentry = "main"\n[[stacks]]\nname = "main"\nsize = 4096\n'
+        f"[program]\nfiles = [{names}]\n{extra}\n"
+    )
+    path = tmp_path / "t.toml"
+    path.write_text(toml)
+    return path
+
+
+def _final(recording: Recording, register: str) -> int:
+    trace = load_trace(recording.path)
+    return int(trace.rows([register])[register].iloc[-1])
+
+
+# -- the must-show: a real-shaped program records like its hand-cleaned copy
+
+
+def test_real_shaped_sources_record_the_same_trace_as_a_hand_cleaned_copy(
+    tmp_path: Path,
+) -> None:
+    shaped = record(load_scenario(REAL_SHAPED / "real_shaped.toml"), tmp_path / "shaped.parquet")
+    clean = record(load_scenario(REAL_SHAPED / "clean.toml"), tmp_path / "clean.parquet")
+    assert shaped.metadata.stop.reason == "returned"
+    diff = diff_traces(clean.path, shaped.path)
+    assert diff.behaviour_same, diff.first_divergence
+    # Only what names the program differs: its name and its source text.
+    assert {m.field for m in diff.metadata} <= {"scenario", "source"}
+    # 36 from the table (FIRST + SECOND = 12), plus 3 increments: main saw 42
+    # and returned instead of calling abort.
+    assert _final(shaped, "rax") == 42
+
+
+def test_the_real_shaped_program_labels_and_lines() -> None:
+    program, regions = build_program(load_scenario(REAL_SHAPED / "real_shaped.toml"))
+    assert program.labels["main"] == CODE_BASE
+    assert program.labels["ctx_switch"] % 16 == 0  # .p2align 4 honoured
+    assert "ctx_switch_old" not in program.labels  # inside #if 0
+    assert "abort" in program.labels  # the stub
+    data = next(r for r in regions if r.name == ".data")
+    assert data.perms == "rw-" and data.base % 4096 == 0
+    assert data.base <= program.labels["counter"] < data.top
+    assert program.data[:16] == b"".join(v.to_bytes(4, "little") for v in (5, 7, 11, 39))
+    # An address maps to the file and line it came from, in either file.
+    assert (("main.s", 12)) in program.locations.values()
+    assert any(name == "switch.S" for name, _ in program.locations.values())
+
+
+# -- "Why": what crashed the tool
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        ".text\nmain:\n nop\n ret",
+        'main:\n nop\n ret\n.section .note.GNU-stack,"",%progbits',
+        '.section .text.startup,"ax",@progbits\nmain:\n nop\n ret',
+        # unbalanced: keystone stops the process with "LLVM ERROR: Unfinished frame!"
+        "main:\n .cfi_startproc\n nop\n ret",
+    ],
+)
+def test_lines_that_crashed_keystone_now_assemble(write_scenario, source: str) -> None:
+    program, _ = build_program(load_scenario(write_scenario(source)))
+    assert program.code == b"\x90\xc3"
+
+
+def test_the_worker_turns_a_segfault_and_an_abort_into_errors() -> None:
+    with KeystoneWorker() as worker:
+        with pytest.raises(AssemblerCrash, match="SIGSEGV"):
+            worker.assemble(".text\nnop", CODE_BASE)
+        with pytest.raises(AssemblerCrash, match=r"status 1 \(LLVM ERROR: Unfinished frame!\)"):
+            worker.assemble(".cfi_startproc\nnop", CODE_BASE)
+        # and a new worker takes over for the next request
+        assert worker.assemble("nop", CODE_BASE) == (b"\x90", None)
+        assert worker.spawned == 3
+
+
+def test_the_worker_turns_a_hang_into_an_error() -> None:
+    with KeystoneWorker(timeout=1.0) as worker, pytest.raises(AssemblerCrash, match="within 1 s"):
+        worker.assemble(".skip 0x7fffffffff", CODE_BASE)
+
+
+def _crash_behind_the_front_end(monkeypatch: pytest.MonkeyPatch, line: int) -> None:
+    """Put a line that crashes keystone past the front end, after source line `line`.
+
+    The front end no longer lets through any input known to crash keystone,
+    so the shield's path from a crash to an error is exercised this way.
+    """
+    from stacktrace_lab.record import assembler
+
+    layout = assembler._layout
+
+    def with_crash(prepared, syntax):  # type: ignore[no-untyped-def]
+        items = layout(prepared, syntax)
+        at = next(i for i, it in enumerate(items) if it.statement.origin.line == line)
+        return [*items[: at + 1], assembler._Item(items[at].statement, ".text", syntax), *items[at + 1 :]]
+
+    monkeypatch.setattr(assembler, "_layout", with_crash)
+
+
+def test_a_keystone_crash_is_one_line_naming_the_line(
+    write_scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_scenario("main:\n nop\n nop\n ret")
+    toml_line = path.read_text().splitlines().index('source = """') + 3
+    _crash_behind_the_front_end(monkeypatch, toml_line)
+    with pytest.raises(BadInput) as info:
+        build_program(load_scenario(path))
+    assert str(info.value).startswith(f"{path}:{toml_line}: the assembler crashed: keystone")
+    assert "SIGSEGV" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_keystone_crash_from_the_command_line_is_exit_2(write_scenario, tmp_path: Path) -> None:
+    path = write_scenario("main:\n nop\n nop\n ret")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from stacktrace_lab.record import assembler
+        from stacktrace_lab.cli import main
+        layout = assembler._layout
+        def crash(prepared, syntax):
+            items = layout(prepared, syntax)
+            return [*items[:2], assembler._Item(items[1].statement, ".text", syntax), *items[2:]]
+        assembler._layout = crash
+        sys.exit(main(["record", {str(path)!r}, "-o", {str(tmp_path / "o.parquet")!r}]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the assembler crashed: keystone died of SIGSEGV" in lines[0]
+    assert not (tmp_path / "o.parquet").exists()
+
+
+# -- "Why": comments
+
+
+def test_a_license_banner_and_comment_only_lines(record_source: Record) -> None:
+    recording = record_source(
+        """
+        /*
+         * Copyright (c) 2026 Someone. It's licensed (see LICENSE
+         * #endif
+         */
+        main:
+            /* a comment alone on a line */
+            // another
+            mov $1, %rax   /* trailing */ // and more
+            ret            # the usual
+        """
+    )
+    assert recording.metadata.stop.reason == "returned"
+    assert _final(recording, "rax") == 1
+
+
+# -- "Why": symbols and directives
+
+
+def test_globl_keeps_the_address(record_source: Record) -> None:
+    recording = record_source(
+        """
+            .globl main, target
+            .hidden target
+            .weak weak_one
+            .local local_one
+            .type target, @function
+        main:
+            nop
+            movabs $target, %rax
+            ret
+        target:
+            ret
+            .size target, .-target
+        """
+    )
+    symbols = recording.metadata.symbols
+    assert symbols["target"] == CODE_BASE + 12
+    assert _final(recording, "rax") == CODE_BASE + 12
+
+
+def test_endbr64_and_plt_calls_run(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            endbr64
+            call helper@PLT
+            ret
+        helper:
+            endbr64
+            mov $7, %rax
+            ret
+        """
+    )
+    trace = load_trace(recording.path)
+    texts = list(trace.rows(["insn"])["insn"].astype(str))
+    assert texts[0] == "endbr64" and texts.count("endbr64") == 2
+    assert _final(recording, "rax") == 7
+
+
+def test_gotpcrel_loads_the_address(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            movq target@GOTPCREL(%rip), %rax
+            ret
+        target:
+            ret
+        """
+    )
+    assert _final(recording, "rax") == recording.metadata.symbols["target"]
+
+
+def test_if_0_code_is_not_assembled(tmp_path: Path) -> None:
+    path = _files_scenario(
+        tmp_path,
+        {
+            "prog.S": """
+                main:
+                    mov $1, %rax
+                #if 0
+                    mov $2, %rax
+                #endif
+                #ifdef EXTRA
+                    add $EXTRA, %rax
+                #endif
+                #if defined(__x86_64__) && defined(__linux__) && defined(__ELF__)
+                    add $10, %rax
+                #else
+                    add $100, %rax
+                #endif
+                    ret
+            """
+        },
+        'defines = { EXTRA = "5" }',
+    )
+    recording = record(load_scenario(path), tmp_path / "t.parquet")
+    assert _final(recording, "rax") == 16
+    assert load_trace(recording.path).num_rows == 4
+
+
+def test_a_cpp_directive_in_a_file_not_preprocessed_is_an_error(tmp_path: Path) -> None:
+    # GNU as reads `#if 0` in a .s file as a comment and assembles what follows:
+    # say so rather than run both branches.
+    path = _files_scenario(tmp_path, {"prog.s": "main:\n#if 0\n nop\n#endif\n ret\n"})
+    with pytest.raises(BadInput, match=r"prog\.s:2: .*only \.S files are preprocessed"):
+        build_program(load_scenario(path))
+
+
+def test_include_reads_the_file_next_to_it(tmp_path: Path) -> None:
+    path = _files_scenario(
+        tmp_path,
+        {
+            "defs.h": "#define ANSWER 42\n#define LOAD(reg) mov $ANSWER, reg\n",
+            "prog.S": '#include "defs.h"\nmain:\n    LOAD(%rax)\n    ret\n',
+        },
+    )
+    recording = record(load_scenario(path), tmp_path / "t.parquet")
+    assert _final(recording, "rax") == 42
+
+
+def test_a_missing_include_names_the_line(tmp_path: Path) -> None:
+    path = _files_scenario(tmp_path, {"prog.S": 'main:\n#include "nope.h"\n ret\n'})
+    with pytest.raises(BadInput, match=r"prog\.S:2: cannot include"):
+        build_program(load_scenario(path))
+
+
+# -- "Why": Intel
+
+
+def test_intel_rbx_plus_two_constants_uses_their_sum(record_source: Record) -> None:
+    recording = record_source(
+        """
+        .equ A, 8
+        .equ B, 16
+        main:
+            lea rbx, [rip + table]
+            mov rax, qword ptr [rbx + A + B]
+            ret
+        table:
+            .quad 1, 2, 3, 4
+        """,
+        syntax="intel",
+    )
+    assert _final(recording, "rax") == 4  # [rbx + 24]; keystone alone reads [rbx + 16] = 3
+
+
+def test_intel_rip_plus_a_local_label(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            lea rdi, [rip + .Lmsg]
+            mov rax, rdi
+            ret
+        .Lmsg:
+            .ascii "hi"
+        """,
+        syntax="intel",
+    )
+    assert _final(recording, "rax") == CODE_BASE + 11  # lea (7) + mov (3) + ret (1)
+
+
+def test_syntax_switches_inside_a_file(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            mov $3, %rax
+            .intel_syntax noprefix
+            add rax, 4  ; a comment in Intel
+            .att_syntax
+            add $5, %rax
+            ret
+        """
+    )
+    assert _final(recording, "rax") == 12
+
+
+def test_numeric_local_labels(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            mov $3, %ecx
+            xor %eax, %eax
+        1:  add $2, %eax
+            dec %ecx
+            jnz 1b
+            jmp 1f
+            mov $99, %eax
+        1:  ret
+        """
+    )
+    assert _final(recording, "rax") == 6
+
+
+# -- "Why": externals and stubs
+
+
+def test_an_undefined_external_names_the_symbol_and_line(write_scenario) -> None:
+    path = write_scenario("main:\n call _exit@PLT\n ret")
+    with pytest.raises(BadInput, match=r":\d+: undefined symbol '_exit' .*stubs.*: call _exit@PLT"):
+        build_program(load_scenario(path))
+
+
+def test_stubs_give_externals_a_tiny_behaviour(write_scenario) -> None:
+    path = write_scenario(
+        "main:\n mov $3, %rdi\n call _exit@PLT\n call abort\n ret",
+        extra="",
+    )
+    text = path.read_text().replace("[program]", '[program]\nstubs = { _exit = "exit", abort = "halt" }')
+    path.write_text(text)
+    recording = record(load_scenario(path), path.with_suffix(".parquet"))
+    assert recording.metadata.stop.reason == "exit"
+    assert "_exit" in recording.metadata.symbols
+
+
+def test_a_stub_with_an_unknown_behaviour_is_refused(write_scenario) -> None:
+    path = write_scenario("main:\n ret")
+    path.write_text(path.read_text().replace("[program]", '[program]\nstubs = { f = "fly" }'))
+    with pytest.raises(BadInput, match=r"field 'program\.stubs\.f': must be one of halt"):
+        load_scenario(path)
+
+
+# -- data sections
+
+
+def test_data_sections_are_writable_and_their_labels_usable(record_source: Record) -> None:
+    recording = record_source(
+        """
+            .text
+        main:
+            movl value(%rip), %eax
+            addl $1, %eax
+            movl %eax, value(%rip)
+            movl value(%rip), %eax
+            leaq message(%rip), %rsi
+            movq buffer(%rip), %rdx
+            ret
+            .section .rodata
+        message: .asciz "hi"
+            .data
+            .p2align 2
+        value: .long 41
+            .bss
+        buffer: .zero 64
+        """
+    )
+    assert _final(recording, "rax") == 42
+    assert _final(recording, "rdx") == 0
+
+
+# -- the miscompile guard
+
+
+def test_the_guard_refuses_an_absolute_operand_keystone_makes_rip_relative(write_scenario) -> None:
+    # GNU as: a load from absolute address 0x20000000. Keystone: from rip + that.
+    path = write_scenario("main:\n movq 0x20000000, %rax\n ret")
+    with pytest.raises(BadInput, match=r":\d+: miscompile guard: .*expected base None, assembled rip"):
+        build_program(load_scenario(path))
+
+
+def test_the_guard_checks_every_instruction_of_the_builtins() -> None:
+    from stacktrace_lab.record import assembler
+    from stacktrace_lab.record.guard import Guard
+    from stacktrace_lab.scenario import builtin_names
+
+    counts = []
+    original = Guard.mismatch
+
+    def counting(self, insn, decoded):  # type: ignore[no-untyped-def]
+        counts.append(1)
+        return original(self, insn, decoded)
+
+    Guard.mismatch = counting  # type: ignore[method-assign]
+    try:
+        for name in builtin_names():
+            before = len(counts)
+            program, _ = build_program(load_scenario(name))
+            instructions = sum(1 for addr in program.lines)
+            assert len(counts) - before == instructions
+    finally:
+        Guard.mismatch = original  # type: ignore[method-assign]
+    assert assembler is not None
+
+
+def test_the_guard_catches_a_wrong_displacement(monkeypatch: pytest.MonkeyPatch, write_scenario) -> None:
+    # Keystone's [rbx + A + B] bug, reproduced by handing it the sum minus 8.
+    from stacktrace_lab.record import operands
+
+    render = operands.Expr.render
+
+    def off_by_8(self, constants, rename):  # type: ignore[no-untyped-def]
+        text = render(self, constants, rename)
+        return hex(int(text, 16) - 8) if text == "0x18" else text
+
+    monkeypatch.setattr(operands.Expr, "render", off_by_8)
+    path = write_scenario(
+        ".equ A, 8\n.equ B, 16\nmain:\n mov rax, qword ptr [rbx + A + B]\n ret", syntax="intel"
+    )
+    with pytest.raises(BadInput, match=r"miscompile guard: .*expected displacement 0x18, assembled 0x10"):
+        build_program(load_scenario(path))
+
+
+# -- errors stay one line
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("main:\n .macro m\n nop\n .endm\n ret", "unsupported directive .macro"),
+        ("main:\n .section .init_array\n ret", "unsupported section '.init_array'"),
+        ("main:\n .intel_syntax prefix\n ret", "only `.intel_syntax noprefix`"),
+        ("main:\n .p2align 20\n ret", "alignment must be a power of two up to 4096"),
+        ("main:\n .skip 0x7fffffffff\n ret", ".skip size out of range"),
+        ("main:\n jmp 1b\n ret", "no local label 1b"),
+        ("main:\n nop\nmain:\n ret", "label 'main' is defined twice"),
+    ],
+)
+def test_front_end_errors_name_the_line(write_scenario, capsys, source: str, message: str) -> None:
+    path = write_scenario(source)
+    assert main(["record", str(path), "-o", str(path.with_suffix(".parquet"))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and f"{path}:" in err[0]
