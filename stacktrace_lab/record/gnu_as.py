@@ -343,8 +343,10 @@ class FrontEnd:
     def prepare(self) -> Prepared:
         raw: list[tuple[Origin, str, str]] = []  # origin, statement text, syntax
         numeric_defs: dict[str, list[int]] = {}
+        self.source_starts: list[int] = []
         for source in self.sources:
             syntax = self.syntax
+            self.source_starts.append(len(raw))
             for origin, text in self.lines(source):
                 problem = _lexical_error(text)
                 if problem:
@@ -377,7 +379,9 @@ class FrontEnd:
 
         def numeric(text: str, position: int, origin: Origin) -> str:
             def replace(match: re.Match[str]) -> str:
-                defs = numeric_defs.get(match.group(1), [])
+                # numeric labels are local to their file
+                first, end = self._source_range(position, len(raw))
+                defs = [p for p in numeric_defs.get(match.group(1), []) if first <= p < end]
                 if match.group(2) == "b":
                     found = [p for p in defs if p < position]
                     chosen = found[-1] if found else None
@@ -415,10 +419,13 @@ class FrontEnd:
         self.label_order = label_names
 
         state = _State(self.syntax)
+        new_file = set(self.source_starts)
         code: list[Statement] = []
         data: list[Statement] = []
         pending: list[str] = []
         for position, (origin, text, syntax) in enumerate(raw):
+            if position in new_file:
+                state = _State(self.syntax)  # each file starts in .text, as with `as`
             state.syntax = syntax
             label = _LABEL.fullmatch(text)
             if label:
@@ -444,6 +451,12 @@ class FrontEnd:
             aliases=self.aliases,
             labels=self.label_order,
         )
+
+    def _source_range(self, position: int, total: int) -> tuple[int, int]:
+        """[first, end) positions of the source file holding `position`."""
+        first = max(start for start in self.source_starts if start <= position)
+        later = [start for start in self.source_starts if start > position]
+        return first, (later[0] if later else total)
 
     def _forward_constants(self, raw: list[tuple[Origin, str, str]]) -> dict[str, int]:
         """Each `.equ`'s last value, so code may use a constant defined below it
