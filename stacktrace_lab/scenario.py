@@ -286,7 +286,9 @@ def _program(f: _Fields, path: Path, text: str) -> _Program:
     stubs = _string_table(p, "stubs", re.compile(r"^[A-Za-z_.$][\w.$]*$"))
     for name, behaviour in stubs.items():
         if behaviour not in STUB_CODE:
-            raise p.fail(f"stubs.{name}", f"must be one of {', '.join(STUB_CODE)}, got {behaviour!r}")
+            raise p.fail(
+                f"stubs.{name}", f"must be one of {', '.join(STUB_CODE)}, got {behaviour!r}"
+            )
     if "source" in table:
         return _Program(
             p.string("source"), str(path), _inline_source_line(text), defines=defines, stubs=stubs

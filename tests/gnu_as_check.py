@@ -67,26 +67,22 @@ def with_gnu_as(given: KeystoneInput, workdir: Path) -> Assembled:
     visible = [line.replace(".Lstacktrace_lab_line_", "stl_line_") for line in given.lines]
     source = workdir / "program.s"
     source.write_text("\n".join([".text", *visible]) + "\n")
-    run = {"check": True, "capture_output": True, "text": True}
-    subprocess.run(["as", "--64", "-o", str(workdir / "program.o"), str(source)], **run)  # type: ignore[call-overload]
-    subprocess.run(  # type: ignore[call-overload]
-        ["ld", f"-Ttext={CODE_BASE:#x}", "-e", "stl_line_0", "-o", str(workdir / "program")]
-        + [str(workdir / "program.o")],
-        **run,
-    )
-    names = subprocess.run(["nm", "--defined-only", str(workdir / "program")], **run).stdout  # type: ignore[call-overload]
+    program = str(workdir / "program")
+    _run("as", "--64", "-o", f"{program}.o", str(source))
+    _run("ld", f"-Ttext={CODE_BASE:#x}", "-e", "stl_line_0", "-o", program, f"{program}.o")
+    names = _run("nm", "--defined-only", program)
     addresses = {}
     for line in names.splitlines():
         address, _, name = line.split(maxsplit=2)
         if name.startswith("stl_line_"):
             addresses[int(name.removeprefix("stl_line_"))] = int(address, 16)
-    subprocess.run(  # type: ignore[call-overload]
-        ["objcopy", "-O", "binary", "--only-section=.text", str(workdir / "program")]
-        + [str(workdir / "program.bin")],
-        **run,
-    )
+    _run("objcopy", "-O", "binary", "--only-section=.text", program, f"{program}.bin")
     starts = [addresses[i] for i in range(len(given.marks))]
     return Assembled((workdir / "program.bin").read_bytes(), starts)
+
+
+def _run(*command: str) -> str:
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
 def differences(given: KeystoneInput, ks: Assembled, gas: Assembled) -> list[str]:

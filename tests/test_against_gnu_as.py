@@ -47,7 +47,7 @@ def _compare(scenario: Scenario, workdir: Path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", builtin_names())
 def test_builtins_match_gnu_as(name: str, tmp_path: Path) -> None:
-    instructions, same = _compare(load_scenario(name), tmp_path)
+    instructions, _ = _compare(load_scenario(name), tmp_path)
     assert instructions > 0
 
 

@@ -127,7 +127,11 @@ def _crash_behind_the_front_end(monkeypatch: pytest.MonkeyPatch, line: int) -> N
     def with_crash(prepared, syntax):  # type: ignore[no-untyped-def]
         items = layout(prepared, syntax)
         at = next(i for i, it in enumerate(items) if it.statement.origin.line == line)
-        return [*items[: at + 1], assembler._Item(items[at].statement, ".text", syntax), *items[at + 1 :]]
+        return [
+            *items[: at + 1],
+            assembler._Item(items[at].statement, ".text", syntax),
+            *items[at + 1 :],
+        ]
 
     monkeypatch.setattr(assembler, "_layout", with_crash)
 
@@ -379,7 +383,9 @@ def test_stubs_give_externals_a_tiny_behaviour(write_scenario) -> None:
         "main:\n mov $3, %rdi\n call _exit@PLT\n call abort\n ret",
         extra="",
     )
-    text = path.read_text().replace("[program]", '[program]\nstubs = { _exit = "exit", abort = "halt" }')
+    text = path.read_text().replace(
+        "[program]", '[program]\nstubs = { _exit = "exit", abort = "halt" }'
+    )
     path.write_text(text)
     recording = record(load_scenario(path), path.with_suffix(".parquet"))
     assert recording.metadata.stop.reason == "exit"
@@ -427,7 +433,9 @@ def test_data_sections_are_writable_and_their_labels_usable(record_source: Recor
 def test_the_guard_refuses_an_absolute_operand_keystone_makes_rip_relative(write_scenario) -> None:
     # GNU as: a load from absolute address 0x20000000. Keystone: from rip + that.
     path = write_scenario("main:\n movq 0x20000000, %rax\n ret")
-    with pytest.raises(BadInput, match=r":\d+: miscompile guard: .*expected base None, assembled rip"):
+    with pytest.raises(
+        BadInput, match=r":\d+: miscompile guard: .*expected base None, assembled rip"
+    ):
         build_program(load_scenario(path))
 
 
@@ -455,7 +463,9 @@ def test_the_guard_checks_every_instruction_of_the_builtins() -> None:
     assert assembler is not None
 
 
-def test_the_guard_catches_a_wrong_displacement(monkeypatch: pytest.MonkeyPatch, write_scenario) -> None:
+def test_the_guard_catches_a_wrong_displacement(
+    monkeypatch: pytest.MonkeyPatch, write_scenario
+) -> None:
     # Keystone's [rbx + A + B] bug, reproduced by handing it the sum minus 8.
     from stacktrace_lab.record import operands
 
@@ -469,7 +479,9 @@ def test_the_guard_catches_a_wrong_displacement(monkeypatch: pytest.MonkeyPatch,
     path = write_scenario(
         ".equ A, 8\n.equ B, 16\nmain:\n mov rax, qword ptr [rbx + A + B]\n ret", syntax="intel"
     )
-    with pytest.raises(BadInput, match=r"miscompile guard: .*expected displacement 0x18, assembled 0x10"):
+    with pytest.raises(
+        BadInput, match=r"miscompile guard: .*expected displacement 0x18, assembled 0x10"
+    ):
         build_program(load_scenario(path))
 
 

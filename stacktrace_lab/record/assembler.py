@@ -335,14 +335,14 @@ def _check_statements(
                 "so no two recordings would be the same"
             )
         if statement.expect_mnemonic and instruction.mnemonic != statement.expect_mnemonic:
-            raise origin.fail(f"assembled as {instruction.mnemonic}, not {statement.expect_mnemonic}")
+            raise origin.fail(
+                f"assembled as {instruction.mnemonic}, not {statement.expect_mnemonic}"
+            )
         if statement.instruction is not None:
             problem = guard.mismatch(statement.instruction, instruction)
             if problem:
                 shown = f"{instruction.mnemonic} {instruction.op_str}".strip()
-                raise origin.fail(
-                    f"miscompile guard: keystone assembled `{shown}`, {problem}"
-                )
+                raise origin.fail(f"miscompile guard: keystone assembled `{shown}`, {problem}")
         if origin is not stub_origin and start not in lines:
             lines[start] = origin.line
             locations[start] = (origin.name, origin.line)
@@ -428,5 +428,3 @@ def _describe(text: str) -> str:
         if code in text:
             return message
     return text
-
-

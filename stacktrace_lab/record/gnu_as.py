@@ -16,9 +16,10 @@ what each instruction must decode to.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,7 +55,21 @@ ENDBR64 = ".byte 0xf3, 0x0f, 0x1e, 0xfa"
 Section = Literal["code", "data", "ignored"]
 
 _CPP_DIRECTIVES = frozenset(
-    "if ifdef ifndef elif else endif define undef include error warning line pragma".split()
+    [
+        "if",
+        "ifdef",
+        "ifndef",
+        "elif",
+        "else",
+        "endif",
+        "define",
+        "undef",
+        "include",
+        "error",
+        "warning",
+        "line",
+        "pragma",
+    ]
 )
 _LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*|[0-9]+)\s*:(?!:)")
 _NUMERIC_REF = re.compile(r"(?<![\w.$])([0-9]+)([bf])(?![\w.$])")
@@ -66,15 +81,56 @@ _LINE_MARKER = re.compile(r'^\s*#\s*line\s+(\d+)\s+"((?:[^"\\]|\\.)*)"')
 #: from a fixed entry: symbol visibility and binding, ELF types and sizes,
 #: unwind tables (.cfi_*), debug line info.
 _IGNORED = frozenset(
-    ".globl .global .hidden .local .weak .weakref .protected .internal .extern .type .size "
-    ".file .ident .loc .loc_mark_labels .code64 .end .func .endfunc .addrsig .addrsig_sym "
-    ".symver .arch .lto_discard".split()
+    [
+        ".globl",
+        ".global",
+        ".hidden",
+        ".local",
+        ".weak",
+        ".weakref",
+        ".protected",
+        ".internal",
+        ".extern",
+        ".type",
+        ".size",
+        ".file",
+        ".ident",
+        ".loc",
+        ".loc_mark_labels",
+        ".code64",
+        ".end",
+        ".func",
+        ".endfunc",
+        ".addrsig",
+        ".addrsig_sym",
+        ".symver",
+        ".arch",
+        ".lto_discard",
+    ]
 )
 _DATA = frozenset(
-    ".byte .short .word .hword .value .2byte .long .int .4byte .quad .8byte "
-    ".ascii .asciz .string .zero .skip .space .fill".split()
+    [
+        ".byte",
+        ".short",
+        ".word",
+        ".hword",
+        ".value",
+        ".2byte",
+        ".long",
+        ".int",
+        ".4byte",
+        ".quad",
+        ".8byte",
+        ".ascii",
+        ".asciz",
+        ".string",
+        ".zero",
+        ".skip",
+        ".space",
+        ".fill",
+    ]
 )
-_SIZED_FILL = frozenset(".zero .skip .space".split())
+_SIZED_FILL = frozenset([".zero", ".skip", ".space"])
 _CODE_SECTIONS = re.compile(r"^\.text(\..*)?$")
 _DATA_SECTIONS = re.compile(r"^\.(data|rodata|bss|tdata|tbss)(\..*|1[0-9]?)?$")
 _IGNORED_SECTIONS = re.compile(r"^\.(note|debug|comment|eh_frame|gnu|stab|zdebug|llvm).*$")
@@ -323,10 +379,9 @@ class FrontEnd:
         intel = self.syntax == "intel"
         # Comments may span lines, and `.intel_syntax` changes what `;` means:
         # strip line by line, carrying an open `/*` over.
-        out = pairs
         cleaned = []
         block = False
-        for origin, text in out:
+        for origin, text in pairs:
             stripped = text.strip().lower()
             if not block and stripped.startswith(".intel_syntax"):
                 intel = True
@@ -416,13 +471,12 @@ class FrontEnd:
         self.deferred: dict[str, Expr] = {}
         self.equ_names = {parts[0] for _, text, _ in raw if (parts := _equ_parts(text))}
         self.forward = self._forward_constants(raw)
-        self.label_order = label_names
+        self.label_order = list(label_names)
 
         state = _State(self.syntax)
         new_file = set(self.source_starts)
         code: list[Statement] = []
         data: list[Statement] = []
-        pending: list[str] = []
         for position, (origin, text, syntax) in enumerate(raw):
             if position in new_file:
                 state = _State(self.syntax)  # each file starts in .text, as with `as`
@@ -435,12 +489,11 @@ class FrontEnd:
                 text = numeric(text, position, origin)
                 statement = self._statement(origin, text, state)
             if statement.section == "ignored":
+                # A label in a debug or note section names nothing the program runs.
+                self.label_order = [n for n in self.label_order if n not in statement.labels]
                 continue
-            statement.labels = pending + statement.labels if statement.labels else pending
-            pending = []
-            if not statement.text and not statement.labels:
-                continue
-            (code if statement.section == "code" else data).append(statement)
+            if statement.text or statement.labels:
+                (code if statement.section == "code" else data).append(statement)
         data += self.commons
         code += self._stub_statements()
         return Prepared(
@@ -466,10 +519,8 @@ class FrontEnd:
         for _ in range(len(definitions) + 1):
             before = dict(values)
             for name, text in definitions:
-                try:
+                with contextlib.suppress(Unknown, ExprError):
                     values[name] = Expr.parse(text).value({**self.region_constants, **values})
-                except (Unknown, ExprError):
-                    pass
             if values == before:
                 break
         return values
@@ -484,7 +535,7 @@ class FrontEnd:
             if directive == ".intel_syntax" and args.lower() not in ("noprefix", ""):
                 raise origin.fail("only `.intel_syntax noprefix` is supported")
             return Statement(origin, state.syntax, state.section)
-        if directive.startswith(".") and directive not in (".",):
+        if directive.startswith("."):
             return self._directive(origin, directive, args, state)
         if "=" in text and _equ_parts(text):
             return self._directive(origin, ".set", text.replace("=", ",", 1), state)
@@ -682,11 +733,11 @@ class FrontEnd:
     def _intel_bare_names(self, insn: Instruction) -> None:
         """Intel `mov eax, SIZE` is an immediate when SIZE is a constant."""
         for op in insn.operands:
-            if op.kind == "mem" and op.base is None and op.index is None and op.expr is not None:
-                if insn.syntax == "intel" and op.segment is None and not _brackets(op):
-                    names = op.expr.names
-                    if all(n in self.constants or n in self.equ_names for n in names):
-                        op.kind = "imm"
+            bare = insn.syntax == "intel" and op.kind == "mem" and not _brackets(op)
+            if bare and op.segment is None and op.expr is not None:
+                names = op.expr.names
+                if all(n in self.constants or n in self.equ_names for n in names):
+                    op.kind = "imm"
 
     def _relocations(self, origin: Origin, insn: Instruction) -> None:
         for op in insn.operands:
@@ -758,9 +809,7 @@ class FrontEnd:
         out = []
         for name, behaviour in self.stubs.items():
             if name in self.labels:
-                raise self.stub_origin.fail(
-                    f"stub '{name}': the program defines this label itself"
-                )
+                raise self.stub_origin.fail(f"stub '{name}': the program defines this label itself")
             if name not in used:
                 continue
             self.aliases[name] = _alias(name, len(self.aliases))
@@ -835,8 +884,7 @@ def _statements(line: str, syntax: str) -> list[str]:
     return pieces
 
 
-def _outside_strings(text: str, change: object) -> str:
-    assert callable(change)
+def _outside_strings(text: str, change: Callable[[str], str]) -> str:
     parts = re.split(r'("(?:[^"\\]|\\.)*")', text)
     return "".join(p if p.startswith('"') else change(p) for p in parts)
 

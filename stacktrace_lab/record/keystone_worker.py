@@ -120,10 +120,7 @@ class KeystoneWorker:
         code = process.wait()
         stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
         self.close()
-        if code < 0:
-            how = f"died of {signal.Signals(-code).name}"
-        else:
-            how = f"exited with status {code}"
+        how = f"died of {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         said = next((line.strip() for line in stderr.splitlines() if line.strip()), "")
         return AssemblerCrash(f"keystone {how}" + (f" ({said})" if said else ""))
 

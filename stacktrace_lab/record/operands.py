@@ -220,10 +220,46 @@ def _apply(op: str, a: int, b: int) -> int:
 
 # ---------------------------------------------------------------- operands
 
-_GPR = (
-    "rax rbx rcx rdx rsi rdi rbp rsp eax ebx ecx edx esi edi ebp esp "
-    "ax bx cx dx si di bp sp al bl cl dl sil dil bpl spl ah bh ch dh rip eip"
-).split()
+_GPR = [
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "eax",
+    "ebx",
+    "ecx",
+    "edx",
+    "esi",
+    "edi",
+    "ebp",
+    "esp",
+    "ax",
+    "bx",
+    "cx",
+    "dx",
+    "si",
+    "di",
+    "bp",
+    "sp",
+    "al",
+    "bl",
+    "cl",
+    "dl",
+    "sil",
+    "dil",
+    "bpl",
+    "spl",
+    "ah",
+    "bh",
+    "ch",
+    "dh",
+    "rip",
+    "eip",
+]
 REGISTERS = frozenset(
     _GPR
     + [f"r{i}{s}" for i in range(8, 16) for s in ("", "d", "w", "b")]
@@ -244,9 +280,48 @@ _SIZES = {
 _PTR = re.compile(r"^(\w+)\s+ptr\s+", re.IGNORECASE)
 _RELOCATION = re.compile(r"@(PLT|GOTPCREL|GOTPCRELX|REX_GOTPCRELX|GOT|PC)\b", re.IGNORECASE)
 BRANCHES = frozenset(
-    "jmp call loop loope loopne loopz loopnz jrcxz jecxz jcxz "
-    "ja jae jb jbe jc je jg jge jl jle jna jnae jnb jnbe jnc jne jng jnge jnl jnle jno jnp "
-    "jns jnz jo jp jpe jpo js jz".split()
+    [
+        "jmp",
+        "call",
+        "loop",
+        "loope",
+        "loopne",
+        "loopz",
+        "loopnz",
+        "jrcxz",
+        "jecxz",
+        "jcxz",
+        "ja",
+        "jae",
+        "jb",
+        "jbe",
+        "jc",
+        "je",
+        "jg",
+        "jge",
+        "jl",
+        "jle",
+        "jna",
+        "jnae",
+        "jnb",
+        "jnbe",
+        "jnc",
+        "jne",
+        "jng",
+        "jnge",
+        "jnl",
+        "jnle",
+        "jno",
+        "jnp",
+        "jns",
+        "jnz",
+        "jo",
+        "jp",
+        "jpe",
+        "jpo",
+        "js",
+        "jz",
+    ]
 )
 
 
@@ -297,7 +372,21 @@ class Instruction:
 
 
 PREFIXES = frozenset(
-    "rep repe repz repne repnz lock notrack bnd data16 data32 addr32 rex rex64".split()
+    [
+        "rep",
+        "repe",
+        "repz",
+        "repne",
+        "repnz",
+        "lock",
+        "notrack",
+        "bnd",
+        "data16",
+        "data32",
+        "addr32",
+        "rex",
+        "rex64",
+    ]
 )
 
 
@@ -439,10 +528,10 @@ def _intel_operand(text: str, branch: bool) -> Operand:
     base, index, scale, disp = _intel_memory(inner)
     if outer:
         disp = f"{outer} + ({disp})" if disp else outer
-    expr = Expr.parse(disp) if disp else None
+    displacement = Expr.parse(disp) if disp else None
     return Operand(
         "mem",
-        expr=expr,
+        expr=displacement,
         base=base,
         index=index,
         scale=scale,

@@ -84,9 +84,7 @@ def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
     program = assemble(scenario, region_symbols(regions))
     if program.data:
         # The program's own .data/.rodata/.bss, on pages after the code.
-        regions.append(
-            Region(".data", "data", program.data_base, len(program.data), "rw-")
-        )
+        regions.append(Region(".data", "data", program.data_base, len(program.data), "rw-"))
     if scenario.entry not in program.labels:
         raise BadInput(
             f"{scenario.path}: entry label '{scenario.entry}' is not defined in the program"
