@@ -20,7 +20,7 @@ from ..layout import CODE_BASE, CODE_LIMIT
 from ..scenario import Scenario
 from .gnu_as import FrontEnd, Origin, Prepared, SourceFile, Statement
 from .guard import Guard
-from .keystone_worker import AssemblerCrash, KeystoneWorker
+from .keystone_worker import AssemblerCrash, KeystoneWorker, shared
 from .operands import Expr, ExprError, Unknown
 
 _DECIMAL = re.compile(r"(?<![\w.])([1-9][0-9]*|0)(?![\w.])")
@@ -215,17 +215,17 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     if not any(s.text for s in prepared.code):
         raise BadInput(f"{scenario.source_file}: the program assembles to no code")
     wanted = [prepared.aliases[name] for name in prepared.labels]
-    with KeystoneWorker() as worker:
-        trailer = [".intel_syntax noprefix"] + [f"movabs rax, {n}" for n in [*wanted, *marks]]
-        try:
-            code, error = _try(worker, [*given.lines, *trailer])
-        except AssemblerCrash as crash:
-            code, error = None, f"the assembler crashed: {crash}"
-        if code is None:
-            index, message = _locate_error(
-                worker, given.header, items, scenario.syntax, prepared.aliases, error
-            )
-            raise _origin_of(items, index, given.stub_origin).fail(message)
+    worker = shared()
+    trailer = [".intel_syntax noprefix"] + [f"movabs rax, {n}" for n in [*wanted, *marks]]
+    try:
+        code, error = _try(worker, [*given.lines, *trailer])
+    except AssemblerCrash as crash:
+        code, error = None, f"the assembler crashed: {crash}"
+    if code is None:
+        index, message = _locate_error(
+            worker, given.header, items, scenario.syntax, prepared.aliases, error
+        )
+        raise _origin_of(items, index, given.stub_origin).fail(message)
 
     names = [*wanted, *marks]
     body_len = len(code) - _MOVABS_LEN * len(names)

@@ -267,6 +267,8 @@ def _without_asm_comments(text: str, keep_cpp: bool = False, intel: bool = False
     With `keep_cpp`, lines that are C preprocessor directives keep their `#`.
     String literals are kept whole; `'c` is a GNU as character, not a quote.
     """
+    if not any(ch in text for ch in "/#;\"'"):
+        return text  # the common line: nothing to strip
     out: list[str] = []
     i, n = 0, len(text)
     block = False
@@ -914,6 +916,8 @@ def _lexical_error(text: str) -> str | None:
 
 def _ends_in_comment(text: str) -> bool:
     """Whether a `/*` in the line is left open at its end."""
+    if "/*" not in text:
+        return False
     i, open_, quote = 0, False, False
     while i < len(text):
         if open_:

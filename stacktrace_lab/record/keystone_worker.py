@@ -1,12 +1,17 @@
 """Keystone in a child process: the crash shield.
 
-Keystone 0.9.2 segfaults on some input (`.text`), aborts the process on
+Keystone 0.9.2 segfaults on some input (`.text`), stops the process on
 others ("LLVM ERROR: Unfinished frame!") and can loop or eat memory without
 end (`.skip 0x7fffffffff`). None of that may take the tool, or a pytest
-session, down with it. So keystone never runs in the tool's process: one
-worker per `assemble()` call answers requests over pipes, one JSON line
-each way; a worker that dies or does not answer in time becomes an
-`AssemblerCrash` the caller turns into one line naming the source line.
+session, down with it. So keystone never runs in the tool's process: a
+worker answers requests over pipes, one JSON line each way; a worker that
+dies or does not answer in time becomes an `AssemblerCrash` the caller turns
+into one line naming the source line, and the next request starts a new one.
+
+Starting a worker costs about 0.1 s (an interpreter and keystone), more than
+assembling a program, so one worker serves every recording of a process
+(`shared()`); requests are serialised by a lock, so recordings on several
+threads share it safely.
 
 A fresh interpreter (not a fork) also means keystone's process-wide state
 (the radix a syntax option leaks, docs/pitfalls.md) starts clean each time.
@@ -17,12 +22,14 @@ imports nothing from the package, so the worker starts fast.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import TracebackType
 
@@ -45,6 +52,8 @@ class KeystoneWorker:
         self.timeout = timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.spawned = 0
+        self.owner = os.getpid()
+        self.lock = threading.Lock()
 
     def __enter__(self) -> KeystoneWorker:
         return self
@@ -58,6 +67,9 @@ class KeystoneWorker:
         self.close()
 
     def _start(self) -> subprocess.Popen[bytes]:
+        if self.owner != os.getpid():
+            # A forked child must not talk over its parent's pipes.
+            self.process, self.owner = None, os.getpid()
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", os.path.abspath(__file__)],
@@ -81,6 +93,10 @@ class KeystoneWorker:
 
     def assemble(self, text: str, address: int) -> tuple[bytes | None, str | None]:
         """(code, None) or (None, keystone's error). Raises AssemblerCrash."""
+        with self.lock:
+            return self._assemble(text, address)
+
+    def _assemble(self, text: str, address: int) -> tuple[bytes | None, str | None]:
         process = self._start()
         assert process.stdin is not None and process.stdout is not None
         request = json.dumps({"text": text, "address": address}) + "\n"
@@ -123,6 +139,20 @@ class KeystoneWorker:
         how = f"died of {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         said = next((line.strip() for line in stderr.splitlines() if line.strip()), "")
         return AssemblerCrash(f"keystone {how}" + (f" ({said})" if said else ""))
+
+
+_SHARED: KeystoneWorker | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared() -> KeystoneWorker:
+    """The process's worker, started on first use and stopped at exit."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = KeystoneWorker()
+            atexit.register(_SHARED.close)
+        return _SHARED
 
 
 def _serve() -> None:
