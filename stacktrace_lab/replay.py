@@ -250,7 +250,9 @@ def replay(trace: Trace, progress: Callable[[int], None] | None = None) -> Repla
     except UcError as exc:
         # Only an edited file gets here: the recorder's own layouts always map.
         raise BadInput(f"{trace.path}: the trace's layout cannot be mapped again ({exc})") from None
-    table = InstructionTable(Disassembler(meta.code, meta.code_base, meta.symbols))
+    table = InstructionTable(
+        Disassembler(meta.code, meta.code_base, meta.symbols), meta.source_line
+    )
     batch_schema = schema(windows)
     columns = [name for name in trace.column_names if name in batch_schema.names]
     comparer = _Comparer(trace, columns)
