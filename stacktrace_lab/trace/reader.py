@@ -122,6 +122,8 @@ class Trace:
 
     def _present(self, table: pa.Table, names: list[str]) -> pa.Table:
         """`table` (as read) with the derived columns added, every column cast to its type."""
+        if not names:
+            return table  # no columns, but the row count
         derived: dict[str, pa.Array] = {}
         if any(name not in self._stored for name in names):
             derived = self._derive(table.column("rip"))
