@@ -280,3 +280,57 @@ def test_a_version_1_trace_and_its_re_recording_agree_on_the_facts(
     old = load_trace(V1_FIXTURE).table(["step", "rip", *FACT_COLUMNS])
     new = load_trace(first_switch_trace).table(["step", "rip", *FACT_COLUMNS])
     assert old.to_pylist() == new.to_pylist()
+
+
+def test_metadata_of_a_real_program_round_trips(first_switch_trace: Path) -> None:
+    """What the ELF recorder will fill in: program kind elf, start, heap and mapped regions."""
+    from dataclasses import replace
+
+    from stacktrace_lab.layout import Region
+    from stacktrace_lab.trace.format import ProgramInfo, StartInfo, TraceMetadata
+
+    meta = load_trace(first_switch_trace).metadata
+    real = replace(
+        meta,
+        program=ProgramInfo("elf", "examples/switch", "ab" * 32),
+        start=StartInfo("main", 7300),
+        regions=(
+            *meta.regions,
+            Region("heap", "heap", 0x20000000, 0x1000, "rw-"),
+            Region("mmap0", "mapped", 0x30000000, 0x2000, "rw-"),
+        ),
+    )
+    again = TraceMetadata.from_json(real.to_json())
+    assert again == real
+    assert json.loads(real.to_json())["start"] == {"symbol": "main", "step": 7300}
+    assert "start" not in json.loads(meta.to_json())  # only when recording began late
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["layout"]["regions"].append({**d["layout"]["regions"][0], "kind": "rom"}),
+            "unknown region kind 'rom'",
+        ),
+        (lambda d: d["program"].update(kind="wasm"), "program.kind must be scenario or elf"),
+        (lambda d: d["program"].update(path=3), "program.path must be a string"),
+        (lambda d: d["syscalls"][0].update(args="rdi"), "invalid literal"),
+        (lambda d: d["code"]["lines"][0].pop(), "not enough values to unpack"),
+        (lambda d: d.pop("program"), "KeyError('program')"),
+    ],
+)
+def test_hand_edited_version_2_metadata_is_refused_in_one_line(
+    tmp_path: Path,
+    first_switch_trace: Path,
+    edit: Callable[[dict[str, object]], None],
+    message: str,
+) -> None:
+    doc = json.loads(pq.read_metadata(first_switch_trace).metadata[METADATA_KEY.encode()])
+    edit(doc)
+    table = pq.read_table(first_switch_trace)
+    edited = tmp_path / "edited.parquet"
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(doc)}), edited)
+    with pytest.raises(BadInput, match=r"edited\.parquet: corrupt trace metadata") as caught:
+        load_trace(edited)
+    assert message in str(caught.value)

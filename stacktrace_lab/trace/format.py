@@ -10,7 +10,7 @@ with sorted keys so that files are byte-identical run to run.
 
 Version 1 traces (no per-instruction fact columns, `code.lines` without file
 names, no `program`/`syscalls`) still load: `from_json` fills in what they
-lack and the reader derives the missing columns (trace/derive.py).
+lack and the reader derives the missing columns (trace/reader.py).
 """
 
 from __future__ import annotations
