@@ -52,6 +52,7 @@ def _run(block: str, where: Path, capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_every_python_example_runs(in_a_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("polars", reason="polars is in the test extra")
+    pytest.importorskip("duckdb", reason="DuckDB is in the test extra")
     reading, pandas_offsets, polars_offsets, round_trip = _blocks("python")
     out = _run(reading, in_a_project, capsys)
     assert "step 12: retq reads green[32]" in out
@@ -63,6 +64,7 @@ def test_every_python_example_runs(in_a_project: Path, capsys: pytest.CaptureFix
     assert out == [
         "copy-pyarrow.parquet 2 19 fixed_size_binary[48]",
         "copy-polars.parquet 2 19 fixed_size_binary[48]",
+        "copy-duckdb.parquet 2 19 fixed_size_binary[48]",
     ]
 
 

@@ -225,6 +225,24 @@ def test_a_polars_round_trip_that_keeps_the_metadata_is_still_a_trace(
     _same_rows(first_switch_trace, copy)
 
 
+def test_a_duckdb_round_trip_that_keeps_the_metadata_is_still_a_trace(
+    tmp_path: Path, first_switch_trace: Path
+) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    copy = tmp_path / "copy.parquet"
+    key = pq.read_metadata(first_switch_trace).metadata[METADATA_KEY.encode()].decode()
+    duckdb.connect().execute(
+        f"COPY (SELECT * FROM read_parquet(?) ORDER BY step) TO '{copy}' "
+        "(FORMAT parquet, KV_METADATA {stacktrace_lab: ?})",
+        [str(first_switch_trace), key],
+    )
+    # DuckDB wrote plain strings, nullable registers and variable-width snapshots ...
+    stored = pq.read_schema(copy)
+    assert stored.field("insn").type == pa.string()
+    # ... which the reader casts back.
+    _same_rows(first_switch_trace, copy)
+
+
 def test_a_polars_round_trip_without_the_metadata_is_refused(
     tmp_path: Path, first_switch_trace: Path
 ) -> None:
