@@ -82,7 +82,9 @@ def with_gnu_as(given: KeystoneInput, workdir: Path) -> Assembled:
 
 
 def _run(*command: str) -> str:
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, f"{command[0]} failed: {done.stderr.strip()}"
+    return done.stdout
 
 
 def differences(given: KeystoneInput, ks: Assembled, gas: Assembled) -> list[str]:

@@ -63,6 +63,12 @@ def test_real_shaped_sources_record_the_same_trace_as_a_hand_cleaned_copy(
     # 36 from the table (FIRST + SECOND = 12), plus 3 increments: main saw 42
     # and returned instead of calling abort.
     assert _final(shaped, "rax") == 42
+    # Each step's source line names its own file: the switch is in switch.S.
+    meta = shaped.metadata
+    assert meta.source_line(meta.symbols["main"]) == ("main.s", 11)
+    switch_lines = (REAL_SHAPED / "switch.S").read_text().splitlines()
+    file, line = meta.source_line(meta.symbols["ctx_switch"]) or ("", 0)
+    assert file == "switch.S" and switch_lines[line - 1].strip() == "endbr64"
 
 
 def test_the_real_shaped_program_labels_and_lines() -> None:
@@ -430,13 +436,39 @@ def test_data_sections_are_writable_and_their_labels_usable(record_source: Recor
 # -- the miscompile guard
 
 
-def test_the_guard_refuses_an_absolute_operand_keystone_makes_rip_relative(write_scenario) -> None:
-    # GNU as: a load from absolute address 0x20000000. Keystone: from rip + that.
-    path = write_scenario("main:\n movq 0x20000000, %rax\n ret")
-    with pytest.raises(
-        BadInput, match=r":\d+: miscompile guard: .*expected base None, assembled rip"
-    ):
+@pytest.mark.parametrize(
+    "line",
+    [
+        "movq 0x20000000, %rax",  # keystone: rip + 0x20000000
+        "mov 0x20000000, %rbx",
+        "movq %fs:0x28, %rax",  # the stack protector's canary: keystone reads fs:[rip + 0x28]
+    ],
+)
+def test_the_guard_refuses_absolute_operands_keystone_gets_wrong(write_scenario, line: str) -> None:
+    path = write_scenario(f"main:\n {line}\n ret")
+    with pytest.raises(BadInput) as info:
         build_program(load_scenario(path))
+    message = str(info.value)
+    assert "miscompile guard" in message and "expected absolute address" in message
+    assert message.endswith(f": {line}")
+
+
+def test_the_guard_accepts_absolute_operands_keystone_reaches_rip_relative(
+    record_source: Record,
+) -> None:
+    # Keystone writes these RIP-relative, but reaching the right address.
+    recording = record_source(
+        """
+        main:
+            movabs $heap_base, %rbx
+            movq $5, (%rbx)
+            mov heap_base, %rax
+            addq heap_base, %rax
+            ret
+        """,
+        data=(("heap", 4096),),
+    )
+    assert _final(recording, "rax") == 10
 
 
 def test_the_guard_checks_every_instruction_of_the_builtins() -> None:

@@ -23,7 +23,9 @@ from .guard import Guard
 from .keystone_worker import AssemblerCrash, KeystoneWorker, shared
 from .operands import Expr, ExprError, Unknown
 
-_DECIMAL = re.compile(r"(?<![\w.])([1-9][0-9]*|0)(?![\w.])")
+#: A bare decimal number; not the digit of an x87 register `st(1)`, which
+#: GNU as (and so the GNU as comparison of the tests) reads only in decimal.
+_DECIMAL = re.compile(r"(?<![\w.])(?<!st\()([1-9][0-9]*|0)(?![\w.])")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*)\s*:(?!:)")
 _LINE_LABEL = ".Lstacktrace_lab_line_"

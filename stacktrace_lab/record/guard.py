@@ -97,13 +97,24 @@ class Guard:
         index = decoded.reg_name(mem.index) if mem.index else None
         if (want.segment or None) != segment:
             return f"expected segment {want.segment}, assembled {segment}"
+        expected = 0 if want.expr is None else self._safe_value(want.expr, here)
+        if want.base is None and want.index is None and base == "rip" and expected is not None:
+            # Keystone writes some absolute operands RIP-relative: the same
+            # address while the code stays where it was assembled (it does),
+            # unless it forgot to subtract rip (`movq 0x20000000, %rax`).
+            reached = (decoded.address + decoded.size + mem.disp) & MASK64
+            if reached != expected & MASK64:
+                return (
+                    f"expected absolute address {expected & MASK64:#x}, assembled "
+                    f"rip-relative to {reached:#x}"
+                )
+            return None
         if want.base != base:
             return f"expected base {want.base}, assembled {base}"
         if want.index != index:
             return f"expected index {want.index}, assembled {index}"
         if want.index and want.scale != mem.scale:
             return f"expected scale {want.scale}, assembled {mem.scale}"
-        expected = 0 if want.expr is None else self._safe_value(want.expr, here)
         if expected is None:
             return None
         disp = mem.disp
