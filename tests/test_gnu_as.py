@@ -537,3 +537,38 @@ def test_front_end_errors_name_the_line(write_scenario, capsys, source: str, mes
     assert main(["record", str(path), "-o", str(path.with_suffix(".parquet"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and f"{path}:" in err[0]
+
+
+def test_data_directives_hold_the_values_their_lines_compute(record_source: Record) -> None:
+    recording = record_source(
+        """
+            .equ N, 3
+        main:
+            movq table+8(%rip), %rax
+            addq table+16(%rip), %rax
+            ret
+            .data
+        table:
+            .quad main, N * 4 + 1, end - table
+            .byte 1, 2
+            .word 0x1234
+        end:
+        """
+    )
+    assert _final(recording, "rax") == 13 + 28  # N * 4 + 1, then 3 quads + 2 bytes + a word
+
+
+def test_the_guard_checks_data_bytes(monkeypatch: pytest.MonkeyPatch, write_scenario) -> None:
+    # A data item keystone got wrong, reproduced by handing it a different number.
+    from stacktrace_lab.record import operands
+
+    render = operands.Expr.render
+
+    def off_by_one(self, constants, rename):  # type: ignore[no-untyped-def]
+        text = render(self, constants, rename)
+        return "0x2b" if text == "0x2a" else text
+
+    monkeypatch.setattr(operands.Expr, "render", off_by_one)
+    path = write_scenario("main:\n ret\n .data\nanswer: .long 6 * 7")
+    with pytest.raises(BadInput, match=r"miscompile guard: item 1 is 0x2b, the line says 0x2a"):
+        build_program(load_scenario(path))

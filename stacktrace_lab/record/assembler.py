@@ -321,6 +321,8 @@ def _check_statements(
     locations: dict[int, tuple[str, int]] = {}
     for index, item in enumerate(items):
         statement = item.statement
+        if statement is not None and statement.values:
+            _check_data(guard, statement, starts[index], starts[index + 1], code)
         if statement is None or statement.kind != "insn":
             continue
         origin = statement.origin
@@ -349,6 +351,28 @@ def _check_statements(
             lines[start] = origin.line
             locations[start] = (origin.name, origin.line)
     return lines, locations
+
+
+def _check_data(guard: Guard, statement: Statement, start: int, end: int, code: bytes) -> None:
+    """`.byte` ... `.quad`: the bytes must be the values the line computes."""
+    width = statement.width
+    written = code[start - CODE_BASE : end - CODE_BASE]
+    if len(written) != width * len(statement.values):
+        raise statement.origin.fail(
+            f"miscompile guard: keystone wrote {len(written)} bytes, "
+            f"the line says {width * len(statement.values)}"
+        )
+    for i, expr in enumerate(statement.values):
+        here = start + i * width
+        expected = guard.value(expr, here)
+        if expected is None:
+            continue
+        got = int.from_bytes(written[i * width : (i + 1) * width], "little")
+        if got != expected & ((1 << (8 * width)) - 1):
+            raise statement.origin.fail(
+                f"miscompile guard: item {i + 1} is {got:#x}, the line says "
+                f"{expected & ((1 << (8 * width)) - 1):#x}"
+            )
 
 
 def _origin_of(items: list[_Item], index: int, fallback: Origin) -> Origin:

@@ -130,6 +130,11 @@ _DATA = frozenset(
         ".fill",
     ]
 )
+#: Bytes per item of the integer data directives (`.word` is 2 on x86).
+DATA_WIDTHS = {
+    ".byte": 1, ".short": 2, ".word": 2, ".hword": 2, ".value": 2, ".2byte": 2,
+    ".long": 4, ".int": 4, ".4byte": 4, ".quad": 8, ".8byte": 8,
+}  # fmt: skip
 _SIZED_FILL = frozenset([".zero", ".skip", ".space"])
 _CODE_SECTIONS = re.compile(r"^\.text(\..*)?$")
 _DATA_SECTIONS = re.compile(r"^\.(data|rodata|bss|tdata|tbss)(\..*|1[0-9]?)?$")
@@ -179,6 +184,10 @@ class Statement:
     instruction: Instruction | None = None
     #: For `endbr64`: the mnemonic capstone must decode.
     expect_mnemonic: str | None = None
+    #: For `.byte` ... `.quad`: the width of each item and its expressions,
+    #: so the guard can check the bytes keystone wrote.
+    width: int = 0
+    values: list[Expr] = field(default_factory=list)
 
 
 @dataclass
@@ -693,16 +702,17 @@ class FrontEnd:
             return Statement(
                 origin, state.syntax, state.section, text=f"{directive} {args}", kind="data"
             )
-        items = split_operands(args)
-        rendered = [self._render(origin, self._expr(origin, item)) for item in items]
+        items = [self._expr(origin, item) for item in split_operands(args)]
         for item in items:
-            self._check_defined(origin, self._expr(origin, item))
+            self._check_defined(origin, item)
         return Statement(
             origin,
             state.syntax,
             state.section,
-            text=_join_directive(directive, rendered),
+            text=_join_directive(directive, [self._render(origin, v) for v in items]),
             kind="data",
+            width=DATA_WIDTHS[directive],
+            values=items,
         )
 
     def _instruction(self, origin: Origin, text: str, state: _State) -> Statement:

@@ -64,6 +64,10 @@ class Guard:
     def _value(self, expr: Expr, here: int) -> int:
         return expr.value({**self.symbols, ".": here})
 
+    def value(self, expr: Expr, here: int) -> int | None:
+        """The expression's value at address `here` (`.`), or None if it names an unknown."""
+        return self._safe_value(expr, here)
+
     def _operand(self, want: Operand, got: object, decoded: CsInsn) -> str | None:
         kind = got.type  # type: ignore[attr-defined]
         here = decoded.address
