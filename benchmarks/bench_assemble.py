@@ -8,14 +8,13 @@ Run by hand (the machines are shared, so run it twice and read the medians):
 For each program (the largest built-in, green-threads, and the real-shaped
 two-file test program) it times, side by side in one run:
 
-- `assemble()`: the whole path a record takes, front end + one keystone
-  worker process + label read-back + guard;
+- `assemble()`: the whole path a record takes once the process's keystone
+  worker runs (every record after the first): front end, one request to the
+  worker, label read-back, the miscompile guard;
 - the same keystone text assembled in this process (what the tool did before
-  the crash shield), which is the floor;
-- the worker alone: starting one and assembling an empty program.
-
-The difference between the first two is the price of the shield and the
-front end, paid once per record (not per line).
+  the crash shield): keystone's own share;
+- starting a worker and assembling one instruction: what the first record
+  of a process pays on top.
 """
 
 from __future__ import annotations

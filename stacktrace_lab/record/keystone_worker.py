@@ -71,12 +71,15 @@ class KeystoneWorker:
             # A forked child must not talk over its parent's pipes.
             self.process, self.owner = None, os.getpid()
         if self.process is None or self.process.poll() is not None:
+            # The same interpreter and environment as the tool, so keystone is
+            # found wherever the tool found it (a venv, --user, PYTHONPATH);
+            # -P: this file's directory is not put on sys.path, so the
+            # package's modules cannot shadow the standard library's.
             self.process = subprocess.Popen(
-                [sys.executable, "-I", os.path.abspath(__file__)],
+                [sys.executable, "-P", os.path.abspath(__file__)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": ""},
             )
             self.spawned += 1
         return self.process
