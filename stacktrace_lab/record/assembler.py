@@ -1,10 +1,18 @@
-"""Assembling a scenario's source with keystone, and naming its labels.
+"""Assembling a scenario's sources with keystone, and naming its labels.
 
-Keystone has two traps this module exists to avoid (see docs/pitfalls.md):
-setting a syntax option, or a symbol resolver, makes every bare number
-hexadecimal (`$32` would become 0x32 = 50), so AT&T source is assembled in the
-default mode behind a `.att_syntax` directive; and keystone reports neither
-label addresses nor reliable error lines, so both are worked out here.
+    sources -> GNU-as front end (gnu_as.py) -> keystone text, one line per
+    statement behind a label of its own -> keystone in a worker process
+    (keystone_worker.py) -> label and line addresses read back -> every
+    instruction and data item checked against its line (guard.py)
+
+Keystone has traps this module and its helpers exist to avoid (see
+docs/pitfalls.md): setting a syntax option, or a symbol resolver, makes every
+bare number hexadecimal (`$32` would become 0x32 = 50), so AT&T source is
+assembled in the default mode behind a `.att_syntax` directive and every
+decimal is written in hex; keystone reports neither label addresses nor
+reliable error lines, so both are worked out here; and it crashes or
+miscompiles on much real-world source, hence the front end, the worker and
+the guard.
 """
 
 from __future__ import annotations
@@ -109,20 +117,6 @@ def labels_of_line(line: str, syntax: str = "att") -> list[str]:
             names.append(match.group(1))
             code = code[match.end() :]
     return names
-
-
-def lexical_error(line: str, syntax: str = "att") -> str | None:
-    """What keystone would mishandle in a line: it loops forever on a string
-    without its closing quote, and reads `mov rax, [rbx` as a load from 0."""
-    code = strip_comment(line, syntax)
-    outside, open_string = _unquoted(code)
-    if open_string:
-        return "unterminated string"
-    text = "".join(code[i] for i in outside)
-    for opening, closing in ("[]", "()"):
-        if text.count(opening) != text.count(closing):
-            return f"unbalanced '{opening}' and '{closing}'"
-    return None
 
 
 def explicit_radix(line: str, syntax: str = "att") -> str:
