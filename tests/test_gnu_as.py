@@ -572,3 +572,36 @@ def test_the_guard_checks_data_bytes(monkeypatch: pytest.MonkeyPatch, write_scen
     path = write_scenario("main:\n ret\n .data\nanswer: .long 6 * 7")
     with pytest.raises(BadInput, match=r"miscompile guard: item 1 is 0x2b, the line says 0x2a"):
         build_program(load_scenario(path))
+
+
+def test_set_naming_a_label_or_the_location(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            movabs $after_main, %rax
+            movabs $here, %rbx
+            ret
+            .set after_main, main + 3
+            .set here, .
+        """
+    )
+    assert _final(recording, "rax") == CODE_BASE + 3
+    assert _final(recording, "rbx") == CODE_BASE + 21
+
+
+def test_intel_offset_is_the_address_and_a_bare_symbol_is_memory(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            mov rax, offset value
+            mov rbx, value
+            ret
+        value:
+            .quad 0x1122334455667788
+        """,
+        syntax="intel",
+    )
+    trace = load_trace(recording.path)
+    assert _final(recording, "rax") == CODE_BASE + 16  # 7 + 8 + 1 bytes of code
+    assert _final(recording, "rbx") == 0x1122334455667788
+    assert trace.num_rows == 3

@@ -210,7 +210,8 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     prepared, items, marks = given.prepared, given.items, given.marks
     if not any(s.text for s in prepared.code):
         raise BadInput(f"{scenario.source_file}: the program assembles to no code")
-    wanted = [prepared.aliases[name] for name in prepared.labels]
+    # Addresses to read back: every label, and every `.set` that names one.
+    wanted = [prepared.aliases[name] for name in [*prepared.labels, *prepared.deferred]]
     worker = shared()
     trailer = [".intel_syntax noprefix"] + [f"movabs rax, {n}" for n in [*wanted, *marks]]
     try:
@@ -241,7 +242,8 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     labels = {name: addresses[prepared.aliases[name]] for name in prepared.labels}
     symbols = {**labels, **prepared.constants}
     for name, expr in prepared.deferred.items():
-        symbols[name] = addresses.get(prepared.aliases[name], 0) or _deferred(expr, symbols)
+        # Our own value where the labels give it; keystone's for `.` (a location).
+        symbols[name] = _deferred(expr, symbols, addresses[prepared.aliases[name]])
     lines, locations = _check_statements(items, starts, body, symbols, given.stub_origin)
     data_start = starts[len(prepared.code) + 1] if prepared.data else code_end
     return Program(
@@ -255,11 +257,11 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     )
 
 
-def _deferred(expr: Expr, symbols: dict[str, int]) -> int:
+def _deferred(expr: Expr, symbols: dict[str, int], keystone_value: int) -> int:
     try:
         return expr.value(symbols)
     except (Unknown, ExprError):
-        return 0
+        return keystone_value
 
 
 def _layout(prepared: Prepared, syntax: str) -> list[_Item]:

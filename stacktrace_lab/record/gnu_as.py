@@ -807,6 +807,8 @@ class FrontEnd:
     def _needs_rewrite(self, op: Operand, raw: str, syntax: str) -> bool:
         if "@" in raw or "__stl_local_" in raw:
             return True
+        if syntax == "intel" and raw.lower().startswith("offset"):
+            return True  # keystone refuses `offset sym`; a bare name is its immediate
         if syntax == "intel" and op.kind == "mem" and not _brackets(op):
             return True  # GNU as reads a bare Intel symbol as memory: say so
         for name in op.names:
