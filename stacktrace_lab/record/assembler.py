@@ -18,7 +18,7 @@ the guard.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -425,10 +425,24 @@ def _locate_error(
         except AssemblerCrash as crash:
             return f"the assembler crashed: {crash}"
 
-    lo, hi = 1, len(items)
+    timeout = worker.timeout
+    if error and "did not finish" in error:
+        # Keystone hung on the whole text: a prefix without the culprit takes
+        # milliseconds, so each prefix that hangs again need not cost 30 s.
+        worker.timeout = min(timeout, 5.0)
+    try:
+        return _bisect(prefix_error, len(items), error)
+    finally:
+        worker.timeout = timeout
+
+
+def _bisect(
+    prefix_error: Callable[[int], str | None], count: int, error: str | None
+) -> tuple[int, str]:
+    lo, hi = 1, count
     if prefix_error(hi) is None:
         # Only the whole program fails (say, a directive at the end): name the last line.
-        return len(items) - 1, error or "cannot assemble"
+        return count - 1, error or "cannot assemble"
     while lo < hi:
         mid = (lo + hi) // 2
         if prefix_error(mid) is None:

@@ -73,6 +73,8 @@ _CPP_DIRECTIVES = frozenset(
 )
 _LABEL = re.compile(r"\s*([A-Za-z_.$][\w.$@]*|[0-9]+)\s*:(?!:)")
 _NUMERIC_REF = re.compile(r"(?<![\w.$])([0-9]+)([bf])(?![\w.$])")
+_MNEMONIC = re.compile(r"[a-z][a-z0-9]*")
+_STRINGS = re.compile(r'\s*"(?:[^"\\]|\\.)*"(\s*,\s*"(?:[^"\\]|\\.)*")*\s*')
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CPP_LINE = re.compile(r"^\s*#(if|ifdef|ifndef|elif|else|endif|define|undef|include)\b")
 _LINE_MARKER = re.compile(r'^\s*#\s*line\s+(\d+)\s+"((?:[^"\\]|\\.)*)"')
@@ -699,9 +701,13 @@ class FrontEnd:
                 kind="data",
             )
         if directive in (".ascii", ".asciz", ".string"):
+            if not _STRINGS.fullmatch(args):
+                raise origin.fail(f"{directive} takes strings in double quotes")
             return Statement(
                 origin, state.syntax, state.section, text=f"{directive} {args}", kind="data"
             )
+        if not args:
+            return Statement(origin, state.syntax, state.section)  # no items: no bytes
         items = [self._expr(origin, item) for item in split_operands(args)]
         for item in items:
             self._check_defined(origin, item)
@@ -732,6 +738,9 @@ class FrontEnd:
             insn = parse_instruction(text, state.syntax)
         except ExprError as exc:
             raise origin.fail(f"cannot read the operands ({exc})") from None
+        if not _MNEMONIC.fullmatch(insn.mnemonic):
+            # keystone hangs on some of these (`%fs:` alone)
+            raise origin.fail("unknown instruction")
         self._intel_bare_names(insn)
         self._relocations(origin, insn)
         for op in insn.operands:
