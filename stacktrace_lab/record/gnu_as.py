@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import BadInput
 from ..layout import CODE_LIMIT
@@ -213,19 +213,30 @@ def preprocess(source: SourceFile, defines: Mapping[str, str]) -> list[tuple[Ori
 
     errors: list[str] = []
 
+    def where(file: str, line: int) -> str:
+        return f"{_included_name(source, file)[0]}:{line}"
+
     class _Cpp(Preprocessor):  # type: ignore[misc]
         def on_error(self, file: str, line: int, msg: str) -> None:
-            errors.append(f"{file}:{line}: {msg}")
+            errors.append(f"{where(file, line)}: {msg}")
 
         def on_include_not_found(
             self, is_malformed: bool, is_system_include: bool, curdir: str, includepath: str
         ) -> None:
-            where = self.lastdirective
-            errors.append(f"{where.source}:{where.lineno}: cannot include {includepath}")
+            at = self.lastdirective
+            errors.append(f"{where(at.source, at.lineno)}: cannot include {includepath}")
             raise OutputDirective(1)  # remove it from the output
 
         def on_comment(self, tok: object) -> bool:
             return False
+
+        def on_directive_unknown(
+            self, directive: Any, toks: list[Any], ifpassthru: bool, precedingtoks: list[Any]
+        ) -> bool:
+            if directive.value == "error":
+                text = "".join(tok.value for tok in toks).strip()
+                errors.append(f"{where(directive.source, directive.lineno)}: #error {text}")
+            return True  # #error, #warning, #pragma...: nothing for the assembler
 
     cpp = _Cpp()
     cpp.line_directive = "#line"
