@@ -532,6 +532,7 @@ def test_the_guard_catches_a_wrong_displacement(
         ("main:\n jmp 1b\n ret", "no local label 1b"),
         ("main:\n nop\nmain:\n ret", "label 'main' is defined twice"),
         ("main:\n %fs:\n ret", "unknown instruction"),  # keystone hangs on it
+        ("main:\n ret\n/* never closed\n nop", "a /* comment that never ends: /* never closed"),
         ("main:\n .ascii hello\n ret", ".ascii takes strings in double quotes"),
     ],
 )
@@ -636,3 +637,18 @@ def test_error_directive_and_section_stack(tmp_path: Path) -> None:
     with pytest.raises(BadInput) as info:
         build_program(load_scenario(path))
     assert str(info.value).startswith(f'{tmp_path / "prog.S"}:1: #error "not today"')
+
+
+def test_character_constants(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            movb $'a', %al      # GNU as: 'a and 'a' are 97
+            movb $'#', %bl      # a '#' inside a character is not a comment
+            movb $'\\\\n, %cl     # an escape: the TOML string holds '\\n
+            ret
+        """
+    )
+    assert _final(recording, "rax") & 0xFF == 97
+    assert _final(recording, "rbx") & 0xFF == ord("#")
+    assert _final(recording, "rcx") & 0xFF == 10

@@ -214,6 +214,8 @@ def preprocess(source: SourceFile, defines: Mapping[str, str]) -> list[tuple[Ori
     errors: list[str] = []
 
     def where(file: str, line: int) -> str:
+        if file == "unknown":  # pcpp's name for the end of the input
+            return f"{source.display}:{max(line, len(source.text.splitlines()))}"
         return f"{_included_name(source, file)[0]}:{line}"
 
     class _Cpp(Preprocessor):  # type: ignore[misc]
@@ -387,6 +389,7 @@ class FrontEnd:
     def lines(self, source: SourceFile) -> list[tuple[Origin, str]]:
         """(origin, text without comments) of every line."""
         if source.preprocess:
+            _check_comments_end(source)
             pairs = preprocess(source, self.defines)
         else:
             pairs = [
@@ -405,7 +408,10 @@ class FrontEnd:
         # strip line by line, carrying an open `/*` over.
         cleaned = []
         block = False
+        opened = pairs[0][0] if pairs else None
         for origin, text in pairs:
+            if not block:
+                opened = origin
             stripped = text.strip().lower()
             if not block and stripped.startswith(".intel_syntax"):
                 intel = True
@@ -415,6 +421,8 @@ class FrontEnd:
             result = _without_asm_comments(joined, intel=intel)
             block = _ends_in_comment(joined)
             cleaned.append((origin, result.lstrip(" ") if joined.startswith("/*") else result))
+        if block and opened is not None:
+            raise opened.fail("a /* comment that never ends")
         return cleaned
 
     # -- pass 1: statements ------------------------------------------------
@@ -827,6 +835,8 @@ class FrontEnd:
     def _needs_rewrite(self, op: Operand, raw: str, syntax: str) -> bool:
         if "@" in raw or "__stl_local_" in raw:
             return True
+        if "'" in raw:
+            return True  # a character constant: keystone gets its number
         if syntax == "intel" and raw.lower().startswith("offset"):
             return True  # keystone refuses `offset sym`; a bare name is its immediate
         if syntax == "intel" and op.kind == "mem" and not _brackets(op):
@@ -944,6 +954,19 @@ def _lexical_error(text: str) -> str | None:
         if rest.count(opening) != rest.count(closing):
             return f"unbalanced '{opening}' and '{closing}'"
     return None
+
+
+def _check_comments_end(source: SourceFile) -> None:
+    """A `/*` left open swallows the rest of the file: an error at its line."""
+    block, opened = False, 0
+    lines = source.text.splitlines()
+    for number, text in enumerate(lines):
+        if not block:
+            opened = number
+        block = _ends_in_comment(("/*" if block else "") + text)
+    if block:
+        origin = Origin(source.display, source.name, source.first_line + opened, lines[opened])
+        raise origin.fail("a /* comment that never ends")
 
 
 def _ends_in_comment(text: str) -> bool:

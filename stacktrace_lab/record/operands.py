@@ -16,7 +16,7 @@ from typing import Literal
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>0[xX][0-9a-fA-F]+|0[bB][01]+|[0-9]+)"
-    r"|(?P<char>'(?:\\.|[^\\]))"
+    r"|(?P<char>'(?:\\.|[^\\])'?)"
     r"|(?P<name>[A-Za-z_.$][\w.$]*)"
     r"|(?P<op><<|>>|==|!=|<>|<=|>=|&&|\|\||[-+*/%&|^~!()<>]))"
 )
@@ -30,6 +30,8 @@ _PRECEDENCE = {
 }  # fmt: skip
 
 MASK64 = (1 << 64) - 1
+#: GNU as's character escapes in `'c` constants.
+_ESCAPES = {"n": 10, "t": 9, "r": 13, "0": 0, "b": 8, "f": 12, "\\": 92, "'": 39, '"': 34}
 
 
 class ExprError(ValueError):
@@ -63,8 +65,9 @@ def tokenize(text: str) -> list[Token]:
         if match.group("num"):
             tokens.append(Token("num", match.group("num"), _number(match.group("num"))))
         elif match.group("char"):
-            body = match.group("char")[1:]
-            tokens.append(Token("num", match.group("char"), ord(body[-1])))
+            body = match.group("char")[1:].removesuffix("'") or "'"
+            value = _ESCAPES.get(body[1], ord(body[1])) if body.startswith("\\") else ord(body)
+            tokens.append(Token("num", match.group("char"), value))
         elif match.group("name"):
             tokens.append(Token("name", match.group("name")))
         else:
