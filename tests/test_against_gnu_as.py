@@ -6,6 +6,7 @@ installs it. See tests/gnu_as_check.py for how instructions are compared.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,14 +73,7 @@ def test_a_different_instruction_is_named_by_its_line(tmp_path: Path) -> None:
     scenario = load_scenario(path)
     given = keystone_input(scenario, {})
     ks = with_keystone(given)
-    changed = type(given)(
-        given.prepared,
-        given.header,
-        given.items,
-        given.marks,
-        [line.replace("add $0x1", "add $0x2") for line in given.lines],
-        given.stub_origin,
-    )
+    changed = replace(given, lines=[line.replace("add $0x1", "add $0x2") for line in given.lines])
     gas = with_gnu_as(changed, tmp_path)
     found = differences(given, ks, gas)
     assert len(found) == 1, found

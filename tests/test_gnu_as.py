@@ -438,20 +438,41 @@ def test_data_sections_are_writable_and_their_labels_usable(record_source: Recor
 
 
 @pytest.mark.parametrize(
-    "line",
+    ("line", "gnu_as"),
     [
-        "movq 0x20000000, %rax",  # keystone: rip + 0x20000000
-        "mov 0x20000000, %rbx",
-        "movq %fs:0x28, %rax",  # the stack protector's canary: keystone reads fs:[rip + 0x28]
+        # keystone alone: rip + 0x20000000
+        ("movq 0x20000000, %rax", "488b042500000020"),
+        ("mov 0x20000000, %rbx", "488b1c2500000020"),
+        # the stack protector's canary; keystone alone: fs:[rip + 0x28]
+        ("movq %fs:0x28, %rax", "64488b042528000000"),
     ],
 )
-def test_the_guard_refuses_absolute_operands_keystone_gets_wrong(write_scenario, line: str) -> None:
-    path = write_scenario(f"main:\n {line}\n ret")
-    with pytest.raises(BadInput) as info:
-        build_program(load_scenario(path))
-    message = str(info.value)
-    assert "miscompile guard" in message and "expected absolute address" in message
-    assert message.endswith(f": {line}")
+def test_absolute_operands_keystone_gets_wrong_are_repaired(
+    write_scenario, line: str, gnu_as: str
+) -> None:
+    # The guard finds the wrong address; the line is assembled again with the
+    # zero index register (`0x28(,%riz,1)`), which keystone encodes as GNU as does.
+    program, _ = build_program(load_scenario(write_scenario(f"main:\n {line}\n ret")))
+    assert program.code.hex() == gnu_as + "c3"
+
+
+def test_a_repair_changes_only_the_lines_keystone_got_wrong(record_source: Record) -> None:
+    recording = record_source(
+        """
+        main:
+            movabs $heap_base, %rbx
+            movq $5, (%rbx)
+            movq heap_base, %rax      # keystone alone: rip + heap_base
+            addq heap_base, %rax      # keystone: RIP-relative, reaching heap_base
+            ret
+        """,
+        data=(("heap", 4096),),
+    )
+    assert _final(recording, "rax") == 10
+    code = recording.metadata.code
+    heap = recording.metadata.region("heap").base
+    assert bytes.fromhex("488b0425") + heap.to_bytes(4, "little") in code  # the repaired load
+    assert bytes.fromhex("480305") in code  # the add keeps keystone's RIP-relative form
 
 
 def test_the_guard_accepts_absolute_operands_keystone_reaches_rip_relative(

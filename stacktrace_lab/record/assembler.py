@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..arch import PAGE
@@ -178,6 +178,8 @@ class KeystoneInput:
     #: The text: header, then each item on a line of its own behind its mark.
     lines: list[str]
     stub_origin: Origin
+    #: The front end that read the sources (it re-writes lines on request).
+    front: FrontEnd
 
 
 def keystone_input(scenario: Scenario, constants: dict[str, int]) -> KeystoneInput:
@@ -197,19 +199,44 @@ def keystone_input(scenario: Scenario, constants: dict[str, int]) -> KeystoneInp
     header += [f".equ {name}, {value:#x}" for name, value in constants.items()]
     marks = [f"{_LINE_LABEL}{i}" for i in range(len(items) + 1)]
     lines = _text(header, items, marks, scenario.syntax, prepared.aliases)
-    return KeystoneInput(prepared, header, items, marks, lines, stub_origin)
+    return KeystoneInput(prepared, header, items, marks, lines, stub_origin, front)
 
 
 def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     """Assemble the scenario's sources at CODE_BASE, region `constants` defined.
 
     front end (gnu_as.py) -> keystone in a worker process -> label addresses
-    read back -> every instruction decoded and checked (guard.py).
+    read back -> every instruction decoded and checked (guard.py). Lines whose
+    absolute operands keystone got wrong are re-written once and assembled
+    again (see FrontEnd.absolute_repaired).
     """
     given = keystone_input(scenario, constants)
-    prepared, items, marks = given.prepared, given.items, given.marks
-    if not any(s.text for s in prepared.code):
+    if not any(s.text for s in given.prepared.code):
         raise BadInput(f"{scenario.source_file}: the program assembles to no code")
+    try:
+        return _assemble(scenario, given)
+    except _AbsoluteMisses as misses:
+        if not all(given.front.absolute_repaired(s) for s in misses.statements):
+            raise misses.error from None
+        items = [
+            replace(item, text=item.statement.text) if item.statement else item
+            for item in given.items
+        ]
+        lines = _text(given.header, items, given.marks, scenario.syntax, given.prepared.aliases)
+        return _assemble(scenario, replace(given, items=items, lines=lines), repairing=False)
+
+
+class _AbsoluteMisses(Exception):
+    """Instructions whose absolute operands keystone encoded wrong."""
+
+    def __init__(self, statements: list[Statement], error: BadInput) -> None:
+        super().__init__(str(error))
+        self.statements = statements
+        self.error = error
+
+
+def _assemble(scenario: Scenario, given: KeystoneInput, repairing: bool = True) -> Program:
+    prepared, items, marks = given.prepared, given.items, given.marks
     # Addresses to read back: every label, and every `.set` that names one.
     wanted = [prepared.aliases[name] for name in [*prepared.labels, *prepared.deferred]]
     worker = shared()
@@ -244,7 +271,7 @@ def assemble(scenario: Scenario, constants: dict[str, int]) -> Program:
     for name, expr in prepared.deferred.items():
         # Our own value where the labels give it; keystone's for `.` (a location).
         symbols[name] = _deferred(expr, symbols, addresses[prepared.aliases[name]])
-    lines, locations = _check_statements(items, starts, body, symbols, given.stub_origin)
+    lines, locations = _check_statements(items, starts, body, symbols, given.stub_origin, repairing)
     data_start = starts[len(prepared.code) + 1] if prepared.data else code_end
     return Program(
         base=CODE_BASE,
@@ -304,6 +331,7 @@ def _check_statements(
     code: bytes,
     symbols: dict[str, int],
     stub_origin: Origin,
+    repairing: bool = False,
 ) -> tuple[dict[int, int], dict[int, tuple[str, int]]]:
     """Each instruction became exactly the instruction its line says; map address -> line.
 
@@ -315,6 +343,7 @@ def _check_statements(
     guard = Guard(symbols)
     lines: dict[int, int] = {}
     locations: dict[int, tuple[str, int]] = {}
+    misses: list[tuple[Statement, BadInput]] = []
     for index, item in enumerate(items):
         statement = item.statement
         if statement is not None and statement.values:
@@ -342,10 +371,15 @@ def _check_statements(
             problem = guard.mismatch(statement.instruction, instruction)
             if problem:
                 shown = f"{instruction.mnemonic} {instruction.op_str}".strip()
-                raise origin.fail(f"miscompile guard: keystone assembled `{shown}`, {problem}")
+                error = origin.fail(f"miscompile guard: keystone assembled `{shown}`, {problem}")
+                if not (repairing and "expected absolute address" in problem):
+                    raise error
+                misses.append((statement, error))
         if origin is not stub_origin and start not in lines:
             lines[start] = origin.line
             locations[start] = (origin.name, origin.line)
+    if misses:
+        raise _AbsoluteMisses([s for s, _ in misses], misses[0][1])
     return lines, locations
 
 

@@ -20,7 +20,7 @@ import contextlib
 import io
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -820,17 +820,44 @@ class FrontEnd:
         except ExprError as exc:
             raise origin.fail(str(exc)) from None
 
-    def _render_instruction(self, origin: Origin, insn: Instruction, syntax: str) -> str:
-        """Keystone text: operands re-written only where keystone needs it."""
+    def _render_instruction(
+        self, origin: Origin, insn: Instruction, syntax: str, absolute_via_riz: bool = False
+    ) -> str:
+        """Keystone text: operands re-written only where keystone needs it.
+
+        `absolute_via_riz`: write absolute memory operands with the zero index
+        register (`0x28(,%riz,1)`), the one form keystone encodes as GNU as
+        does; see `absolute_repaired`.
+        """
         source_order = list(reversed(insn.operands)) if syntax == "att" else insn.operands
         texts = []
         for op, raw in zip(source_order, insn.raw_operands, strict=True):
-            if self._needs_rewrite(op, raw, syntax):
+            if absolute_via_riz and _absolute(op):
+                riz = replace(op, index="riz", scale=1)
+                texts.append(render_operand(riz, syntax, lambda e: self._render(origin, e)))
+            elif self._needs_rewrite(op, raw, syntax):
                 texts.append(render_operand(op, syntax, lambda e: self._render(origin, e)))
             else:
                 texts.append(raw)
         head = " ".join([*insn.prefixes, insn.mnemonic])
         return f"{head} {', '.join(texts)}" if texts else head
+
+    def absolute_repaired(self, statement: Statement) -> bool:
+        """Re-write `statement` so keystone encodes its absolute operands right.
+
+        Keystone writes an absolute operand RIP-relative, and for some forms
+        forgets to subtract rip (`movq %fs:0x28, %rcx` reads fs:[rip + 0x28]).
+        The guard finds those; the assembler then asks for this form and
+        assembles once more. Only such lines change, so every other line keeps
+        keystone's own encoding. False if the statement has no such operand.
+        """
+        insn = statement.instruction
+        if insn is None or not any(_absolute(op) for op in insn.operands):
+            return False
+        statement.text = self._render_instruction(
+            statement.origin, insn, statement.syntax, absolute_via_riz=True
+        )
+        return True
 
     def _needs_rewrite(self, op: Operand, raw: str, syntax: str) -> bool:
         if "@" in raw or "__stl_local_" in raw:
@@ -874,6 +901,11 @@ class FrontEnd:
             self.labels.add(name)
             self.label_order.append(name)
         return out
+
+
+def _absolute(op: Operand) -> bool:
+    """A memory operand with neither base nor index: an absolute address."""
+    return op.kind == "mem" and op.base is None and op.index is None
 
 
 def _brackets(op: Operand) -> bool:
