@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
-from ..trace.format import ScenarioInfo
+from ..trace.format import ProgramInfo, ScenarioInfo
 from .discovery import name_stacks, run_discovery
 from .elf import ElfImage, load_elf
 from .machine import Machine
@@ -79,27 +79,17 @@ def describe_elf(
         source="",
         expect=expect or Expectations(),
     )
-    extra: dict[str, object] = {
-        "program": {
-            "kind": "elf",
-            "path": str(image.path),
-            "sha256": image.sha256,
-            "args": list(args),
-        },
-    }
-    if start is not None:
-        extra["start"] = {"symbol": start[0], "address": start[1]}
     return Description(
         spec=replace(spec, regions=regions),
         info=info,
+        program=ProgramInfo("elf", str(image.path), image.sha256),
         symbols=image.symbols,
         code_segments=executable,
         max_steps=limit,
         path=str(image.path),
         code_base=code[0].base,
         start=start,
-        extra=extra,
-        options={"from": from_symbol, "to": to_symbol},
+        options={"args": list(args), "from": from_symbol, "to": to_symbol},
     )
 
 

@@ -22,8 +22,12 @@ from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region
 from ..scenario import Scenario
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
+    ProgramInfo,
     ScenarioInfo,
     SnapshotWindow,
+    SourceLine,
+    SourceLines,
+    StartInfo,
     StopInfo,
     TraceMetadata,
     schema,
@@ -65,6 +69,7 @@ class Description:
 
     spec: MachineSpec
     info: ScenarioInfo
+    program: ProgramInfo
     symbols: dict[str, int]
     #: (address, bytes) of the code, for disassembly.
     code_segments: list[tuple[int, bytes]]
@@ -74,11 +79,10 @@ class Description:
     #: Code embedded in the trace (a scenario's; an ELF's stays in its file).
     code_base: int = 0
     code: bytes = b""
-    lines: dict[int, int] = field(default_factory=dict)
+    lines: tuple[SourceLine, ...] = ()
     #: Where recording starts when not at the entry: (symbol, address) (`--from`).
     start: tuple[str, int] | None = None
-    #: Metadata beyond the scenario's (program, start).
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The recording options that a replay needs again.
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,19 +151,42 @@ def scenario_info(scenario: Scenario) -> ScenarioInfo:
     )
 
 
+def source_lines(scenario: Scenario, program: Program) -> tuple[SourceLine, ...]:
+    """`code.lines`: each line's first address, with the file the line is in.
+
+    The file is named relative to the scenario file (`switch.s` for
+    `file = "switch.s"`), or is the scenario file's own name when the program
+    is inline, so the trace does not depend on where it was recorded.
+    """
+    source, toml = Path(scenario.source_file), Path(scenario.path)
+    if source == toml:
+        file = toml.name
+    else:
+        try:
+            file = source.relative_to(toml.parent).as_posix()
+        except ValueError:
+            file = source.as_posix()
+    return tuple(SourceLine(addr, file, line) for addr, line in sorted(program.lines.items()))
+
+
+def program_info(scenario: Scenario) -> ProgramInfo:
+    return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
+
+
 def describe_scenario(scenario: Scenario) -> Description:
     """The scenario front end: assemble, lay out, one machine description."""
     program, regions = build_program(scenario)
     return Description(
         spec=machine_spec(program, regions, scenario.entry),
         info=scenario_info(scenario),
+        program=program_info(scenario),
         symbols=program.symbols,
         code_segments=[(program.base, program.code)],
         max_steps=scenario.max_steps,
         path=scenario.path,
         code_base=program.base,
         code=program.code,
-        lines=program.lines,
+        lines=source_lines(scenario, program),
         options={"sentinel_return": SENTINEL_RETURN},
     )
 
@@ -184,18 +211,20 @@ def record(
     return record_description(describe_scenario(scenario), output, options, progress)
 
 
-def prepare_machine(description: Description) -> Machine:
-    """A machine at the point where recording starts (after `--from`'s fast-forward)."""
+def prepare_machine(description: Description) -> tuple[Machine, StartInfo | None]:
+    """A machine at the point where recording starts, after `--from`'s fast-forward
+    (and how many steps that ran)."""
     machine = Machine(description.spec)
-    if description.start is not None:
-        symbol, addr = description.start
-        early = machine.fast_forward(addr)
-        if early is not None:
-            raise BadInput(
-                f"{description.path}: the program never reached {symbol} ({addr:#x}): "
-                f"{early.reason}: {early.detail}"
-            )
-    return machine
+    if description.start is None:
+        return machine, None
+    symbol, addr = description.start
+    early = machine.fast_forward(addr)
+    if early is not None:
+        raise BadInput(
+            f"{description.path}: the program never reached {symbol} ({addr:#x}): "
+            f"{early.reason}: {early.detail}"
+        )
+    return machine, StartInfo(symbol, machine.fast_forwarded)
 
 
 def record_description(
@@ -206,11 +235,13 @@ def record_description(
 ) -> Recording:
     options = options or RecordOptions()
     spec = description.spec
-    machine = prepare_machine(description)
+    machine, start = prepare_machine(description)
     windows = snapshot_windows(spec.regions, options.snapshot_limit)
     snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
+    code_regions = tuple(r for r in spec.regions if r.kind == "code")
     table = InstructionTable(
-        Disassembler.of_segments(description.code_segments, description.symbols)
+        Disassembler.of_segments(description.code_segments, description.symbols),
+        SourceLines(description.lines, code_regions),
     )
     trace_schema = schema(windows)
     max_steps = options.max_steps or description.max_steps
@@ -246,21 +277,19 @@ def record_description(
                 f"{description.path}: the program stopped before its first step: "
                 f"{result.stop.detail}"
             )
-        metadata = _metadata(description, windows, result, options, max_steps)
+        metadata = _metadata(description, start, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
 
 
 def _metadata(
     description: Description,
+    start: StartInfo | None,
     windows: dict[str, SnapshotWindow],
     result: RunResult,
     options: RecordOptions,
     max_steps: int,
 ) -> TraceMetadata:
-    extra = dict(description.extra)
-    if "program" in extra:  # a real program's calls (a scenario's join them with format v2)
-        extra["syscalls"] = [call.to_json() for call in result.syscalls]
     return TraceMetadata(
         scenario=description.info,
         regions=tuple(description.spec.regions),
@@ -268,6 +297,9 @@ def _metadata(
         code_base=description.code_base,
         code=description.code,
         lines=description.lines,
+        program=description.program,
+        syscalls=tuple(result.syscalls),
+        start=start,
         snapshots=windows,
         initial=result.initial,
         final=result.final,
@@ -282,5 +314,4 @@ def _metadata(
             **description.options,
         },
         tool=tool_versions(),
-        extra=extra,
     )
