@@ -8,6 +8,7 @@ that the trace came from an ELF, except for its `program` metadata.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .discovery import name_stacks, run_discovery
 from .elf import ElfImage, load_elf
 from .machine import Machine
 from .process import linux_process
-from .recorder import Description
+from .recorder import Description, Recording, RecordOptions, record_description
 from .syscalls import LinuxKernel
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -104,9 +105,24 @@ def _later_regions(kernel: LinuxKernel, taken: set[str]) -> list[Region]:
     regions: list[Region] = []
     if process.brk > process.brk_start:
         size = page_ceil(process.brk) - process.brk_start
-        regions.append(Region("heap", "data", process.brk_start, size, "rw-"))
+        regions.append(Region("heap", "heap", process.brk_start, size, "rw-"))
     for i, (addr, length) in enumerate(process.mmaps, start=1):
         name = f"mmap_{i}"
         if name not in taken:
-            regions.append(Region(name, "data", addr, page_ceil(length), "rw-"))
+            regions.append(Region(name, "mapped", addr, page_ceil(length), "rw-"))
     return regions
+
+
+def record_elf(
+    path: str | Path,
+    output: str | Path,
+    options: RecordOptions | None = None,
+    args: list[str] | tuple[str, ...] = (),
+    from_symbol: str | None = None,
+    to_symbol: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Recording:
+    """Record a static x86-64 program: `record()`'s counterpart for an ELF file."""
+    options = options or RecordOptions()
+    description = describe_elf(path, args, from_symbol, to_symbol, options.max_steps)
+    return record_description(description, output, options, progress)
