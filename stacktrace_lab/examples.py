@@ -50,12 +50,14 @@ def build_example(build: str, out_dir: Path) -> Path:
     source = RUST_SOURCE if command[0] == "rustc" else C_SOURCE
     out_dir.mkdir(parents=True, exist_ok=True)
     program = out_dir / f"first_switch-{build}"
+    # From the source's directory with its bare name: the debug information
+    # then names `first_switch.rs`, not where this checkout happens to be.
     result = subprocess.run(
-        [*command, "-o", str(program), str(source)],
+        [*command, "-o", str(program.resolve()), source.name],
         capture_output=True,
         text=True,
         check=False,
-        cwd=out_dir,
+        cwd=source.parent,
     )
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]

@@ -8,6 +8,7 @@ that the trace came from an ELF, except for its `program` metadata.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,9 +16,9 @@ from pathlib import Path
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
-from ..trace.format import ProgramInfo, ScenarioInfo
+from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
 from .discovery import name_stacks, run_discovery
-from .elf import ElfImage, load_elf
+from .elf import ElfImage, line_table, load_elf
 from .machine import Machine
 from .process import linux_process
 from .recorder import Description, Recording, RecordOptions, record_description
@@ -89,9 +90,17 @@ def describe_elf(
         max_steps=limit,
         path=str(image.path),
         code_base=code[0].base,
+        lines=_line_table(image.path, image.sha256, image.load_base),
+        trim_lines=True,
         start=start,
         options={"args": list(args), "from": from_symbol, "to": to_symbol},
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _line_table(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...]:
+    """Reading DWARF takes seconds for Rust's std: once per binary in a process."""
+    return line_table(path, load_base)
 
 
 def _entry_name(image: ElfImage) -> str:

@@ -9,6 +9,7 @@ metadata and rename the finished file into place.
 
 from __future__ import annotations
 
+import bisect
 import importlib.metadata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,6 +81,9 @@ class Description:
     code_base: int = 0
     code: bytes = b""
     lines: tuple[SourceLine, ...] = ()
+    #: Store only the line rows that name an executed instruction (a program's
+    #: DWARF table has tens of thousands); a scenario keeps all its lines.
+    trim_lines: bool = False
     #: Where recording starts when not at the entry: (symbol, address) (`--from`).
     start: tuple[str, int] | None = None
     #: The recording options that a replay needs again.
@@ -191,6 +195,30 @@ def describe_scenario(scenario: Scenario) -> Description:
     )
 
 
+class LineUse:
+    """The `source` column's lookup (format v2's rule), remembering which rows answered.
+
+    Storing only those rows gives readers the same answers for every executed
+    address: a row between the one that answered and the address would have
+    answered instead.
+    """
+
+    def __init__(self, lines: tuple[SourceLine, ...], code: tuple[Region, ...]) -> None:
+        self._rule = SourceLines(lines, code)
+        self._lines = sorted(lines, key=lambda e: e.addr)
+        self._addrs = [e.addr for e in self._lines]
+        self._used: set[int] = set()
+
+    def __call__(self, addr: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i >= 0:
+            self._used.add(i)
+        return self._rule(addr)
+
+    def used(self) -> tuple[SourceLine, ...]:
+        return tuple(self._lines[i] for i in sorted(self._used))
+
+
 def snapshot_windows(regions: list[Region], limit: int) -> dict[str, SnapshotWindow]:
     windows = {}
     for region in regions:
@@ -239,9 +267,9 @@ def record_description(
     windows = snapshot_windows(spec.regions, options.snapshot_limit)
     snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
     code_regions = tuple(r for r in spec.regions if r.kind == "code")
+    lines = LineUse(description.lines, code_regions)
     table = InstructionTable(
-        Disassembler.of_segments(description.code_segments, description.symbols),
-        SourceLines(description.lines, code_regions),
+        Disassembler.of_segments(description.code_segments, description.symbols), lines
     )
     trace_schema = schema(windows)
     max_steps = options.max_steps or description.max_steps
@@ -277,6 +305,8 @@ def record_description(
                 f"{description.path}: the program stopped before its first step: "
                 f"{result.stop.detail}"
             )
+        if description.trim_lines:
+            description = replace(description, lines=lines.used())
         metadata = _metadata(description, start, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
