@@ -131,3 +131,77 @@ def test_source_lines_from_dwarf(recordings: dict[str, Recording]) -> None:
     trace = load_trace(rec.path)
     sources = set(trace.table(["source"])["source"].drop_null().to_pylist())
     assert any(s.startswith("first_switch.c:") or "/first_switch.c:" in s for s in sources)
+
+
+# --- bad input: one line naming the file, exit 2, no trace written ---------------------
+
+
+def _elf_header(elf_class: int, machine: int, e_type: int = 2) -> bytes:
+    """A bare ELF header (no segments): enough for the checks that come first."""
+    ident = b"\x7fELF" + bytes([elf_class, 1, 1, 0]) + bytes(8)
+    if elf_class == 1:
+        return ident + e_type.to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(36)
+    return ident + e_type.to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(48)
+
+
+def _refused(args: list[str], capsys, output: Path) -> str:
+    assert main(["record", *args, "-o", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not output.exists()
+    return err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"#!/bin/sh\necho hi\n", "not an ELF executable"),
+        (_elf_header(1, 3), "32-bit ELF (32-bit x86)"),
+        (_elf_header(2, 183), "an ELF for ARM64"),
+        (_elf_header(1, 40), "32-bit ELF (ARM)"),
+        (_elf_header(2, 62, e_type=1), "not an executable (ET_REL)"),
+    ],
+)
+def test_a_file_that_is_not_a_static_x86_64_program_is_refused(
+    tmp_path: Path, capsys, content: bytes, expected: str
+) -> None:
+    program = tmp_path / "prog"
+    program.write_bytes(content)
+    err = _refused([str(program)], capsys, tmp_path / "t.parquet")
+    assert str(program) in err and expected in err
+
+
+def test_a_dynamically_linked_program_is_refused(tmp_path: Path, capsys) -> None:
+    if compiler_missing("c-static") is not None:
+        pytest.skip(f"cannot build a C program: {compiler_missing('c-static')}")
+    import subprocess
+
+    from stacktrace_lab.examples import C_SOURCE
+
+    program = tmp_path / "dynamic"
+    subprocess.run(["gcc", "-o", str(program), str(C_SOURCE)], check=True)
+    err = _refused([str(program)], capsys, tmp_path / "t.parquet")
+    assert "dynamically linked" in err and "-static" in err
+
+
+def test_a_missing_from_symbol_is_refused(programs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    if "c-static" not in programs:
+        pytest.skip(f"cannot build the C example: {compiler_missing('c-static')}")
+    err = _refused(
+        [str(programs["c-static"]), "--from", "no_such_function"], capsys, tmp_path / "t.parquet"
+    )
+    assert "--from no_such_function: no such symbol" in err
+
+
+def test_cli_records_a_program_with_arguments(programs: dict[str, Path], tmp_path: Path) -> None:
+    if "c-static" not in programs:
+        pytest.skip(f"cannot build the C example: {compiler_missing('c-static')}")
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(programs["c-static"]), "-o", str(out), "--", "one", "two"]) == 0
+    trace = load_trace(out)
+    meta = trace.metadata
+    assert meta.options["args"] == ["one", "two"]
+    assert meta.stop.reason == "spin"
+    # argv's strings sit at the top of the process stack, as Linux puts them.
+    top = bytes(trace.slice(0, 1, ["stack__main"]).column(0)[0].as_py())
+    assert b"/stacktrace-lab/first_switch-c-static\0one\0two\0" in top
