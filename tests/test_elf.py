@@ -184,7 +184,9 @@ def test_a_dynamically_linked_program_is_refused(tmp_path: Path, capsys) -> None
     assert "dynamically linked" in err and "-static" in err
 
 
-def test_a_missing_from_symbol_is_refused(programs: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_a_missing_from_symbol_is_refused(
+    programs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     if "c-static" not in programs:
         pytest.skip(f"cannot build the C example: {compiler_missing('c-static')}")
     err = _refused(
