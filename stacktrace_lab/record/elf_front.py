@@ -130,8 +130,9 @@ def record_elf(
     from_symbol: str | None = None,
     to_symbol: str | None = None,
     progress: Callable[[int], None] | None = None,
+    name: str | None = None,
 ) -> Recording:
     """Record a static x86-64 program: `record()`'s counterpart for an ELF file."""
     options = options or RecordOptions()
-    description = describe_elf(path, args, from_symbol, to_symbol, options.max_steps)
+    description = describe_elf(path, args, from_symbol, to_symbol, options.max_steps, name=name)
     return record_description(description, output, options, progress)
