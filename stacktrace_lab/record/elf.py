@@ -13,6 +13,7 @@ suffix; C++ with cxxfilt), so labels read `first_switch::hello`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import re
@@ -88,12 +89,15 @@ def load_elf(path: str | Path) -> ElfImage:
     if raw[:4] != b"\x7fELF":
         raise BadInput(f"{path}: not an ELF executable (no ELF header)")
     try:
-        return _parse(path, raw)
+        return _parse(path, raw, hashlib.sha256(raw).hexdigest())
     except (ELFError, ValueError, KeyError, IndexError) as exc:
         raise BadInput(f"{path}: malformed ELF file: {exc}") from None
 
 
-def _parse(path: Path, raw: bytes) -> ElfImage:
+# Reading and demangling a Rust program's symbols takes seconds (pure Python):
+# once per binary in a process (the discovery pass, the recording, a replay).
+@functools.lru_cache(maxsize=8)
+def _parse(path: Path, raw: bytes, sha256: str) -> ElfImage:
     elf = ELFFile(io.BytesIO(raw))
     machine = elf["e_machine"]
     if elf.elfclass != 64:
@@ -131,7 +135,7 @@ def _parse(path: Path, raw: bytes) -> ElfImage:
     symbols, raw_symbols, data_symbols = _symbols(elf, base)
     return ElfImage(
         path=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=sha256,
         pie=pie,
         load_base=base,
         entry=base + elf["e_entry"],
