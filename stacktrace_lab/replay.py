@@ -237,7 +237,7 @@ class _Comparer:
 
 
 def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
-    """After all rows matched: the step count, stop, final registers and output."""
+    """After all rows matched: the step count, stop, final registers, output and syscalls."""
     meta = trace.metadata
     if result.steps < trace.num_rows:
         return Difference(
@@ -258,6 +258,14 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
         ("stderr", meta.stderr, result.stderr.decode("utf-8", "backslashreplace")),
     ]
     checks += [(f"final.{r}", meta.final.get(r), result.final.get(r)) for r in REGISTERS]
+    if meta.version >= 2:  # version 1 did not log system calls
+        checks.append(
+            (
+                "syscalls",
+                [(c.step, c.nr, c.name, c.args, c.result) for c in meta.syscalls],
+                [(c.step, c.nr, c.name, c.args, c.result) for c in result.syscalls],
+            )
+        )
     for name, recorded, replayed in checks:
         if recorded != replayed:
             return Difference(

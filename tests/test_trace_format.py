@@ -225,6 +225,24 @@ def test_a_polars_round_trip_that_keeps_the_metadata_is_still_a_trace(
     _same_rows(first_switch_trace, copy)
 
 
+def test_a_duckdb_round_trip_that_keeps_the_metadata_is_still_a_trace(
+    tmp_path: Path, first_switch_trace: Path
+) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    copy = tmp_path / "copy.parquet"
+    key = pq.read_metadata(first_switch_trace).metadata[METADATA_KEY.encode()].decode()
+    duckdb.connect().execute(
+        f"COPY (SELECT * FROM read_parquet(?) ORDER BY step) TO '{copy}' "
+        "(FORMAT parquet, KV_METADATA {stacktrace_lab: ?})",
+        [str(first_switch_trace), key],
+    )
+    # DuckDB wrote plain strings, nullable registers and variable-width snapshots ...
+    stored = pq.read_schema(copy)
+    assert stored.field("insn").type == pa.string()
+    # ... which the reader casts back.
+    _same_rows(first_switch_trace, copy)
+
+
 def test_a_polars_round_trip_without_the_metadata_is_refused(
     tmp_path: Path, first_switch_trace: Path
 ) -> None:
@@ -280,3 +298,79 @@ def test_a_version_1_trace_and_its_re_recording_agree_on_the_facts(
     old = load_trace(V1_FIXTURE).table(["step", "rip", *FACT_COLUMNS])
     new = load_trace(first_switch_trace).table(["step", "rip", *FACT_COLUMNS])
     assert old.to_pylist() == new.to_pylist()
+
+
+def test_metadata_of_a_real_program_round_trips(first_switch_trace: Path) -> None:
+    """What the ELF recorder will fill in: program kind elf, start, heap and mapped regions."""
+    from dataclasses import replace
+
+    from stacktrace_lab.layout import Region
+    from stacktrace_lab.trace.format import ProgramInfo, StartInfo, TraceMetadata
+
+    meta = load_trace(first_switch_trace).metadata
+    real = replace(
+        meta,
+        program=ProgramInfo("elf", "examples/switch", "ab" * 32),
+        start=StartInfo("main", 7300),
+        regions=(
+            *meta.regions,
+            Region("heap", "heap", 0x20000000, 0x1000, "rw-"),
+            Region("mmap0", "mapped", 0x30000000, 0x2000, "rw-"),
+        ),
+    )
+    again = TraceMetadata.from_json(real.to_json())
+    assert again == real
+    assert json.loads(real.to_json())["start"] == {"symbol": "main", "step": 7300}
+    assert "start" not in json.loads(meta.to_json())  # only when recording began late
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["layout"]["regions"].append({**d["layout"]["regions"][0], "kind": "rom"}),
+            "unknown region kind 'rom'",
+        ),
+        (lambda d: d["program"].update(kind="wasm"), "program.kind must be scenario or elf"),
+        (lambda d: d["program"].update(path=3), "program.path must be a string"),
+        (lambda d: d["syscalls"][0].update(args="rdi"), "invalid literal"),
+        (lambda d: d["code"]["lines"][0].pop(), "not enough values to unpack"),
+        (lambda d: d.pop("program"), "KeyError('program')"),
+    ],
+)
+def test_hand_edited_version_2_metadata_is_refused_in_one_line(
+    tmp_path: Path,
+    first_switch_trace: Path,
+    edit: Callable[[dict[str, object]], None],
+    message: str,
+) -> None:
+    doc = json.loads(pq.read_metadata(first_switch_trace).metadata[METADATA_KEY.encode()])
+    edit(doc)
+    table = pq.read_table(first_switch_trace)
+    edited = tmp_path / "edited.parquet"
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(doc)}), edited)
+    with pytest.raises(BadInput, match=r"edited\.parquet: corrupt trace metadata") as caught:
+        load_trace(edited)
+    assert message in str(caught.value)
+
+
+def test_code_below_every_label_has_null_label_and_offset(
+    record_source: Callable[..., Recording],
+) -> None:
+    rec = record_source(
+        """
+            nop
+            ret
+        main:
+            mov $0x400000, %rax
+            call *%rax
+            ret
+        """
+    )
+    rows = load_trace(rec.path).table(["symbol", "label", "offset", "kind", "source"]).to_pylist()
+    below = [r for r in rows if r["symbol"].startswith("0x")]
+    assert [r["symbol"] for r in below] == ["0x400000", "0x400001"]
+    assert all(r["label"] is None and r["offset"] is None for r in below)
+    assert [r["kind"] for r in below] == ["other", "ret"]
+    assert all(r["source"] is not None for r in below)  # lines need no label
+    assert [r["label"] for r in rows if r not in below] == ["main"] * 3

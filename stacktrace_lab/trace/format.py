@@ -10,7 +10,7 @@ with sorted keys so that files are byte-identical run to run.
 
 Version 1 traces (no per-instruction fact columns, `code.lines` without file
 names, no `program`/`syscalls`) still load: `from_json` fills in what they
-lack and the reader derives the missing columns (trace/derive.py).
+lack and the reader derives the missing columns (trace/reader.py).
 """
 
 from __future__ import annotations
@@ -66,6 +66,41 @@ FACT_FIELDS = (
     # "file:line" of the source line the instruction came from, null when unknown.
     pa.field("source", TEXT_TYPE, nullable=True),
 )
+
+
+_TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+_BYTES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
+
+
+def stored_as(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a column stored as `actual` holds the format's `expected` type.
+
+    Exactly the type, or the same values as another Parquet tool writes them
+    back: plain, large or view strings (or a dictionary with other index
+    types) for a dictionary string column, large or view binaries for binary
+    and fixed-width binary columns (the width is checked on reading), large
+    lists, structs with the same fields. The reader casts such columns back.
+    """
+    if actual.equals(expected):
+        return True
+    if pa.types.is_dictionary(expected):
+        values = actual.value_type if pa.types.is_dictionary(actual) else actual
+        return any(test(values) for test in _TEXT)
+    if pa.types.is_fixed_size_binary(expected) or pa.types.is_binary(expected):
+        return any(test(actual) for test in _BYTES) or pa.types.is_fixed_size_binary(actual)
+    if pa.types.is_list(expected):
+        is_list = pa.types.is_list(actual) or pa.types.is_large_list(actual)
+        return is_list and stored_as(actual.value_type, expected.value_type)
+    if pa.types.is_struct(expected):
+        if not pa.types.is_struct(actual):
+            return False
+        names = [actual.field(i).name for i in range(actual.num_fields)]
+        return all(
+            expected.field(i).name in names
+            and stored_as(actual.field(expected.field(i).name).type, expected.field(i).type)
+            for i in range(expected.num_fields)
+        )
+    return False
 
 
 def stack_column(name: str) -> str:

@@ -35,6 +35,7 @@ from .format import (
     READABLE_VERSIONS,
     TraceMetadata,
     schema,
+    stored_as,
 )
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class Trace:
 
     def _present(self, table: pa.Table, names: list[str]) -> pa.Table:
         """`table` (as read) with the derived columns added, every column cast to its type."""
+        if not names:
+            return table  # no columns, but the row count
         derived: dict[str, pa.Array] = {}
         if any(name not in self._stored for name in names):
             derived = self._derive(table.column("rip"))
@@ -202,7 +205,7 @@ def _check_columns(path: Path, parquet: pq.ParquetFile, metadata: TraceMetadata)
                 f"the {window.size} bytes its snapshot window says)"
             )
     for field in expected:
-        if not _readable_as(actual.field(field.name).type, field.type):
+        if not stored_as(actual.field(field.name).type, field.type):
             raise BadInput(
                 f"{path}: corrupt trace (column {field.name} has type "
                 f"{actual.field(field.name).type}, not {field.type})"
@@ -224,34 +227,6 @@ def _presented_schema(stored: pa.Schema, metadata: TraceMetadata) -> pa.Schema:
     known = {*canonical.names, *snapshots}
     extra = [stored.field(name) for name in stored.names if name not in known]
     return pa.schema([*canonical, *stacks, *extra])
-
-
-_TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-_BYTES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
-
-
-def _readable_as(actual: pa.DataType, expected: pa.DataType) -> bool:
-    """Whether a column stored as `actual` is the format's `expected`, as another tool wrote it."""
-    if actual.equals(expected):
-        return True
-    if pa.types.is_dictionary(expected):
-        values = actual.value_type if pa.types.is_dictionary(actual) else actual
-        return any(test(values) for test in _TEXT)
-    if pa.types.is_fixed_size_binary(expected) or pa.types.is_binary(expected):
-        return any(test(actual) for test in _BYTES) or pa.types.is_fixed_size_binary(actual)
-    if pa.types.is_list(expected):
-        is_list = pa.types.is_list(actual) or pa.types.is_large_list(actual)
-        return is_list and _readable_as(actual.value_type, expected.value_type)
-    if pa.types.is_struct(expected):
-        if not pa.types.is_struct(actual):
-            return False
-        names = [actual.field(i).name for i in range(actual.num_fields)]
-        return all(
-            expected.field(i).name in names
-            and _readable_as(actual.field(expected.field(i).name).type, expected.field(i).type)
-            for i in range(expected.num_fields)
-        )
-    return False
 
 
 def _cast(
