@@ -149,10 +149,18 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
     names: set[str] = {"main"}
     for step, rsp in evidence.outside:
-        if any(s.base - OVERFLOW_REACH <= rsp <= s.top for s in stacks):
-            for k, values in visits.items():
-                if stacks[k].base <= rsp <= stacks[k].top + OVERFLOW_REACH:
-                    values.append(rsp)
+        # Known bounds: in or just under. Only the range visited: near it either way.
+        owner = next(
+            (
+                k
+                for k, s in enumerate(stacks)
+                if s.base - OVERFLOW_REACH <= rsp <= s.top + (OVERFLOW_REACH if k in visits else 0)
+            ),
+            None,
+        )
+        if owner is not None:
+            if owner in visits:
+                visits[owner].append(rsp)
             continue
         found = _evidence_for(rsp, step, evidence, data_symbols)
         if found is None:

@@ -50,7 +50,7 @@ def describe_elf(
     start = (from_symbol, _symbol(image, from_symbol, "--from")) if from_symbol else None
     sentinel = _symbol(image, to_symbol, "--to") if to_symbol else None
     limit = max_steps or DEFAULT_ELF_MAX_STEPS
-    spec = replace(process.spec, sentinel=sentinel)
+    spec = replace(process.spec, sentinel=sentinel, stop_at=to_symbol)
 
     # Discovery pass: the same process, run with a light hook.
     machine = Machine(spec)
