@@ -327,3 +327,38 @@ def test_to_stops_at_a_symbol(programs: dict[str, Path], tmp_path: Path) -> None
         "_IO_puts"
     )
     assert meta.stdout == ""
+
+
+def test_a_scenario_file_can_name_a_program(programs: dict[str, Path], tmp_path: Path) -> None:
+    if "rust-static-pie" not in programs:
+        pytest.skip(f"cannot build the Rust example: {compiler_missing('rust-static-pie')}")
+    import shutil
+
+    shutil.copy(programs["rust-static-pie"], tmp_path / "first_switch")
+    toml = tmp_path / "rust.toml"
+    toml.write_text(
+        """name = "first-switch-rust"
+description = "The tutorial's program, compiled."
+[[stacks]]
+name = "green"
+size = 48
+[expect]
+stdout = "I LOVE WAKING UP ON A NEW STACK!\\n"
+stop = "spin"
+[[expect.ret]]
+stack = "green"
+index = 32
+target = "first_switch::hello"
+[program]
+elf = "first_switch"
+from = "main"
+"""
+    )
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(toml), "-o", str(out)]) == 0
+    trace = load_trace(out)
+    assert trace.metadata.region("green").size == 48
+    result = check(trace)
+    assert result.result("expect").holds, result.result("expect").violations
+    assert result.failed == ("stack-bounds",)
+    assert replay(trace).matches
