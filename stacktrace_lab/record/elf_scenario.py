@@ -47,8 +47,12 @@ _PROGRAM_KEYS = {"elf", "args", "from", "to"}
 
 
 def is_elf_scenario(path: str | Path) -> bool:
-    """Whether a scenario file's `[program]` names a compiled program."""
-    doc = _read(Path(path))
+    """Whether a scenario file's `[program]` names a compiled program (a file that
+    cannot be read is not: the scenario loader says what is wrong with it)."""
+    try:
+        doc = _read(Path(path))
+    except BadInput:
+        return False
     program = doc.get("program")
     return isinstance(program, dict) and "elf" in program
 
