@@ -57,6 +57,8 @@ class Evidence:
     mmaps: list[tuple[int, int]] = field(default_factory=list)  # (addr, length)
     sigaltstack: tuple[int, int] | None = None
     steps: int = 0
+    #: The lowest rsp inside the process stack (-1: rsp never was there).
+    lowest_main: int = -1
 
 
 def run_discovery(
@@ -78,7 +80,7 @@ def run_discovery(
     }
     pending: list[tuple[str, int, int, int]] = []  # (kind, return address, rsp at entry, size)
     live: dict[int, int] = {}  # address -> index in allocations
-    state = {"step": 0, "previous": -1, "want": -1}
+    state = {"step": 0, "previous": -1, "want": -1, "lowest": hi}
 
     def on_code(_uc: Any, address: int, _size: int, _user: Any) -> None:
         step = state["step"]
@@ -90,6 +92,8 @@ def run_discovery(
         if not lo <= rsp <= hi:
             outside_steps.append(step)
             outside_rsp.append(rsp)
+        elif rsp < state["lowest"]:
+            state["lowest"] = rsp
         if address == state["want"]:
             _returned(rsp)
         elif address in allocator_at:
@@ -136,6 +140,7 @@ def run_discovery(
         uc.emu_start(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
     evidence.outside = list(zip(outside_steps.tolist(), outside_rsp.tolist(), strict=True))
     evidence.steps = state["step"]
+    evidence.lowest_main = state["lowest"]
     kernel = machine.kernel
     if isinstance(kernel, LinuxKernel):
         evidence.mmaps = list(kernel.process.mmaps)
