@@ -362,3 +362,13 @@ from = "main"
     assert result.result("expect").holds, result.result("expect").violations
     assert result.failed == ("stack-bounds",)
     assert replay(trace).matches
+
+
+def test_show_and_who_wrote_print_source_lines(recordings: dict[str, Recording], capsys) -> None:
+    rec = _recording(recordings, "c-static")
+    assert main(["show", str(rec.path), "--first-planted-ret"]) == 0
+    out = capsys.readouterr().out
+    assert "first_switch.c:" in out  # gt_switch's lines beside its instructions
+    assert main(["who-wrote", str(rec.path), "calloc_48:32", "--first-planted-ret"]) == 0
+    out = capsys.readouterr().out
+    assert "first_switch.c:" in out  # the memcpy in main that planted hello
