@@ -6,6 +6,7 @@ where gcc or rustc is missing the tests that need it skip, saying so.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,19 @@ def test_show_and_who_wrote_print_source_lines(recordings: dict[str, Recording],
     assert main(["who-wrote", str(rec.path), "calloc_48:32", "--first-planted-ret"]) == 0
     out = capsys.readouterr().out
     assert "first_switch.c:" in out  # the memcpy in main that planted hello
+
+
+def test_a_stripped_programs_stack_is_named_after_its_heap_chunk(
+    programs: dict[str, Path], tmp_path: Path
+) -> None:
+    if "c-static" not in programs or shutil.which("strip") is None:
+        pytest.skip("needs the C example and strip")
+    import subprocess
+
+    stripped = tmp_path / "stripped"
+    subprocess.run(["strip", "-s", "-o", str(stripped), str(programs["c-static"])], check=True)
+    rec = record_elf(stripped, tmp_path / "t.parquet")
+    assert rec.metadata.stdout == LINE and rec.metadata.stop.reason == "spin"
+    (planted,) = derive_facts(load_trace(rec.path)).planted_returns
+    # calloc(48, 1) is a 64-byte chunk: 56 bytes the program may use.
+    assert (planted.region, planted.index) == ("chunk_56", 32)
