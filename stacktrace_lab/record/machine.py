@@ -340,11 +340,7 @@ class Machine:
     ) -> RunResult:
         uc = self.uc
         uch = uc._uch
-        n_regs = len(UC_IDS)
-        reg_ids = (ctypes.c_int * n_regs)(*UC_IDS)
-        values = (ctypes.c_uint64 * n_regs)()
-        base = ctypes.addressof(values)
-        pointers = (ctypes.c_void_p * n_regs)(*[base + WORD * i for i in range(n_regs)])
+        n_regs, reg_ids, values, pointers = _register_buffers()
         read_batch = _reg_read_batch
         emu_stop = _emu_stop
 
@@ -441,13 +437,7 @@ class Machine:
                 stop = stop or self._interrupt or self._fault_stop(exc, step - 1, events)
         if error is not None:
             raise error
-        stop = stop or self._interrupt
-        if stop is None and self.kernel.stop is not None:
-            stop = Stop(self.kernel.stop.reason, -1, self.kernel.stop.detail)
-        if stop is None:
-            stop = self._natural_stop(step - 1, previous_rip)
-        elif stop.step < 0:  # set by a hook that does not count steps
-            stop.step = step - 1
+        stop = self._why_stopped(stop, step - 1, previous_rip)
         final = self.registers()
         step_count = step
         flush()
@@ -461,6 +451,18 @@ class Machine:
             interrupted=interrupted[0],
             syscalls=list(self.kernel.log),
         )
+
+    def _why_stopped(self, stop: Stop | None, last_step: int, last_rip: int) -> Stop:
+        """The run's stop: the recording hooks', an exception's, the kernel's, or what
+        the machine was left at (a return to the sentinel, hlt)."""
+        stop = stop or self._interrupt
+        if stop is None and self.kernel.stop is not None:
+            stop = Stop(self.kernel.stop.reason, -1, self.kernel.stop.detail)
+        if stop is None:
+            return self._natural_stop(last_step, last_rip)
+        if stop.step < 0:  # set by a hook that does not count steps
+            stop.step = last_step
+        return stop
 
     def _natural_stop(self, last_step: int, last_rip: int) -> Stop:
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
@@ -491,6 +493,17 @@ class Machine:
         return Stop(
             "fault", last_step, f"{what} memory: {size} bytes at {address:#x} (rip {rip:#x})"
         )
+
+
+def _register_buffers() -> tuple[int, Any, Any, Any]:
+    """(count, register ids, values, pointers to each value): what one
+    `uc_reg_read_batch` call reads every register into, prepared once."""
+    n_regs = len(UC_IDS)
+    reg_ids = (ctypes.c_int * n_regs)(*UC_IDS)
+    values = (ctypes.c_uint64 * n_regs)()
+    base = ctypes.addressof(values)
+    pointers = (ctypes.c_void_p * n_regs)(*[base + WORD * i for i in range(n_regs)])
+    return n_regs, reg_ids, values, pointers
 
 
 @contextmanager
