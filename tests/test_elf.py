@@ -389,3 +389,15 @@ def test_a_stripped_programs_stack_is_named_after_its_heap_chunk(
     (planted,) = derive_facts(load_trace(rec.path)).planted_returns
     # calloc(48, 1) is a 64-byte chunk: 56 bytes the program may use.
     assert (planted.region, planted.index) == ("chunk_56", 32)
+
+
+def test_demo_rust_builds_records_and_reports(tmp_path: Path, monkeypatch, capsys) -> None:
+    if compiler_missing("rust-static-pie") is not None:
+        pytest.skip(f"cannot build the Rust example: {compiler_missing('rust-static-pie')}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--rust"]) == 1  # stack-bounds fails: println! overflows the stack
+    out = capsys.readouterr().out
+    assert "reports/first-switch-rust/index.html" in out
+    report = (tmp_path / "reports" / "first-switch-rust" / "report.md").read_text()
+    assert "calloc_48 (48 bytes) overflows by" in report
+    assert "first_switch.rs:" in report
