@@ -333,7 +333,12 @@ def stepper_data(
             "from_rsp": SLOTS_FROM_RSP,
         },
         "listing": [
-            {"addr": hex64(i.addr), "symbol": i.symbol, "insn": i.text}
+            {
+                "addr": hex64(i.addr),
+                "symbol": i.symbol,
+                "insn": i.text,
+                "source": _source_text(meta.source_line(i.addr)),
+            }
             for i in instruction_listing(trace)
         ],
         "switches": [
@@ -350,3 +355,8 @@ def stepper_data(
         "writers": writers,
         "chart": _rsp_chart(trace, windows),
     }
+
+
+def _source_text(line: tuple[str, int] | None) -> str:
+    """`file:line` for the listing, empty where the trace knows no line."""
+    return f"{line[0]}:{line[1]}" if line else ""

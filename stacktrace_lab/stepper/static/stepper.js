@@ -147,7 +147,7 @@
   data.listing.forEach(function (insn) {
     var tr = document.createElement("tr");
     tr.dataset.addr = insn.addr;
-    [insn.addr, insn.symbol, insn.insn].forEach(function (text) {
+    [insn.addr, insn.symbol, insn.insn, insn.source].forEach(function (text) {
       var td = document.createElement("td");
       td.textContent = text;
       tr.appendChild(td);
