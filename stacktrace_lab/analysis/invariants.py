@@ -491,8 +491,11 @@ def ret_source(facts: TraceFacts) -> Findings:
     messages: list[Callable[[], str]] = []
     ret_rips = facts.rips_at(r.step[unwritten])
     for k, i in enumerate(unwritten.tolist()):
-        items.add(int(r.step[i]), "unwritten-slot", int(ret_rips[k]))
-        messages.append(_unwritten_message(facts, i))
+        # The mistake is where the stack pointer the switch loaded was saved, if found.
+        made = _saved_rsp_write(facts, int(r.step[i])) if k < MAX_CAUSES else -1
+        site = facts.writes_rip(made) if made >= 0 else int(ret_rips[k])
+        items.add(int(r.step[i]), "unwritten-slot", site)
+        messages.append(_unwritten_message(facts, i, made))
     planted = facts.planted_steps
     code = [reg for reg in facts.meta.regions if reg.kind == "code"]
     values = r.value[planted]
@@ -508,13 +511,21 @@ def ret_source(facts: TraceFacts) -> Findings:
     return _grouped(facts, "ret-source", items, lambda i: messages[i]())
 
 
-def _unwritten_message(facts: TraceFacts, i: int) -> Callable[[], str]:
+def _unwritten_message(facts: TraceFacts, i: int, made: int) -> Callable[[], str]:
     def text() -> str:
         r = facts.returns
         value, slot = int(r.value[i]), int(r.slot[i])
+        saved = ""
+        if made >= 0:
+            made_step = int(facts.writes.step[made])
+            info = facts.describe([made_step])[made_step]
+            saved = (
+                f"; rsp was loaded from the stack pointer saved at step {made_step} by "
+                f"`{info.insn}`{_at(facts, info.rip)}"
+            )
         return (
             f"ret pops {value:#x} from {facts.where(slot)}, a slot nothing in the program "
-            "wrote: no call pushed a return address there and no store planted one"
+            f"wrote: no call pushed a return address there and no store planted one{saved}"
         )
 
     return text

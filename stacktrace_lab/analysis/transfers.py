@@ -175,7 +175,9 @@ def classify(facts: TraceFacts) -> Transfers:
     for i in range(m):
         step, target, k = int(steps[i]), int(targets[i]), int(owner[i])
         first = step in pending_first or (k >= 0 and k not in ran and int(first_call_on[k]) > step)
-        if resumed[i] >= 0:
+        if not facts.is_code(target):
+            kind = Landing.OTHER  # not code at all: ret-source says so; no rule here
+        elif resumed[i] >= 0:
             kind = Landing.RESUME
         elif is_ret[i] and (by_call[i] >= 0 or int(slot[i]) in entries):
             kind = Landing.RETURN

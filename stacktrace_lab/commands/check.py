@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich import box
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
@@ -43,7 +44,8 @@ def print_result(result: CheckResult) -> None:
     Every cell is a `Text`, so brackets in scenario-derived strings are not read as markup.
     """
     out = stdout_console
-    table = Table(title=Text(f"{result.scenario}: {result.trace}"), title_justify="left")
+    out.print(Text(f"{result.scenario}: {result.trace}", style="bold"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("invariant", style="bold")
     table.add_column("status")
     table.add_column("causes", justify="right")
@@ -114,19 +116,18 @@ def _print_violation(v: Violation, indent: int) -> None:
 
 
 def _print_planted(result: CheckResult) -> None:
-    planted = Table(title="planted returns", title_justify="left")
-    for column in ("ret step", "slot", "planted at", "by", "lands on", "as"):
-        planted.add_column(column)
+    out = stdout_console
+    out.print(Text(f"planted returns ({result.planted_total}):", style="bold"))
     for p in result.planted[:MAX_PLANTED_SHOWN]:
-        planted.add_row(
-            Text(str(p.ret_step)),
-            Text(p.where),
-            Text(f"step {p.planted_step} ({p.planted_symbol})"),
-            Text(p.planted_insn),
-            Text(p.target),
-            Text(p.landing),
+        out.print(
+            Padding(
+                Text(f"step {p.ret_step}: ret pops {p.target} from {p.where}: {p.landing}"),
+                (0, 0, 0, 2),
+            )
         )
+        where = p.planted_source or p.planted_symbol
+        line = f"planted at step {p.planted_step} by `{p.planted_insn}` ({where})"
+        out.print(Padding(Text(line), (0, 0, 0, 4)))
     shown = min(len(result.planted), MAX_PLANTED_SHOWN)
     if result.planted_total > shown:
-        planted.add_row("", "", "", "", Text(f"... and {result.planted_total - shown} more"), "")
-    stdout_console.print(planted)
+        out.print(Padding(Text(f"... and {result.planted_total - shown} more"), (0, 0, 0, 2)))
