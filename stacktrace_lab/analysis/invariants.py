@@ -398,7 +398,8 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
         info = facts.describe([made_step])[made_step]
         return (
             f"; the stack pointer it starts on was saved at step {made_step} by "
-            f"`{info.insn}`{_at(facts, info.rip)}"
+            f"`{info.insn}`{_at(facts, info.rip)}: save one 8 bytes lower or higher, so "
+            "that the function starts with rsp % 16 == 8"
         )
 
     def text() -> str:
@@ -435,7 +436,9 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
         else:
             region, index = located
             where = f"at index {index} of {region.name}"
-            advice = _advice(facts, region, index, step)
+            # When the switch re-pushed the address itself (libco), the fix is the
+            # stack pointer it was given, not the slot: that is said by `saved()`.
+            advice = "" if made >= 0 else _advice(facts, region, index, step)
         return head + (
             f": the ret{_at(facts, transfer_rip)} pops the address planted {where} at step "
             f"{store_step} by `{info.insn}`{_at(facts, info.rip)}, {off} bytes off the "
