@@ -228,3 +228,53 @@ def test_first_switch_misaligned_fails_at_hello_the_first_code_on_green(tmp_path
     assert cause.site_source == f"first-switch-misaligned.toml:{line}"
     (planted,) = result.planted
     assert planted.landing == "entry"
+
+
+# --- a new coroutine on a reused stack ---------------------------------------------
+
+RESTARTS = """
+main:
+    push %rbp
+again:
+    movabs $co_top, %rax
+    movabs $coro_fn, %rcx
+    mov %rcx, {slot}(%rax)
+    lea {slot}(%rax), %rdx
+    movabs $ctx_base, %rdi
+    mov %rdx, 8(%rdi)
+    call switch
+    jmp again
+switch:
+    mov %rsp, 0(%rdi)
+    mov 8(%rdi), %rsp
+    ret
+coro_fn:
+    push %rbp
+    call work
+    movabs $ctx_base, %rdi
+    mov 0(%rdi), %rsp
+    ret
+work:
+    ret
+"""
+
+
+@pytest.mark.parametrize(("slot", "holds"), [(-16, True), (-24, False)])
+def test_every_start_on_a_reused_stack_is_an_entry(
+    record_source: RecordSource, slot: int, holds: bool
+) -> None:
+    """main starts coro_fn afresh on the same stack again and again: each start is an
+    entry with the alignment rule, not only the first one on the stack."""
+    path = record_source(
+        RESTARTS.format(slot=slot),
+        stacks=(("main", 4096), ("co", 256)),
+        data=(("ctx", 64),),
+        extra='max_steps = 170\n[expect]\nstop = "max_steps"',
+    ).path
+    facts = derive_facts(load_trace(path))
+    result = check(facts.trace, facts)
+    assert [p.landing for p in result.planted] == ["entry"] * 10
+    assert result.holds == holds
+    if not holds:
+        (cause,) = result.causes
+        assert cause.count == 10 and cause.consequences[0].count == 10

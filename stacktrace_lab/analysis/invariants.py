@@ -235,18 +235,34 @@ def alignment(facts: TraceFacts) -> Findings:
     entry_item: dict[int, int] = {}  # transfer index -> item
     transfer_rips = facts.rips_at(t.step)
     stores = _planting_stores(facts, t.step[entries])
+    store_rips = np.full(stores.shape, -1, dtype=np.int64)
+    planted_by = stores >= 0
+    store_rips[planted_by] = facts.rips_at(facts.writes.step[stores[planted_by]]).astype(np.int64)
+    # The same code entered the same way decides the same: look each up once.
+    realigned: dict[int, bool] = {}
+    sites: dict[tuple[int, int], tuple[int, bool]] = {}
+    notes_left = MAX_VIOLATIONS
     for k, i in enumerate(entries.tolist()):
-        landing_step = min(int(t.step[i]) + 1, max(facts.steps - 1, 0))
-        if realigns(facts, int(t.step[i]) + 1):
-            notes.append(
-                f"{facts.symbolize(int(t.target[i]))} is entered with rsp % 16 == "
-                f"{int(t.rsp[i]) % 16} at step {int(t.step[i]) + 1}, but realigns rsp "
-                "(and $-16, %rsp) before its first call: allowed"
-            )
+        step, target = int(t.step[i]), int(t.target[i])
+        if target not in realigned:
+            realigned[target] = realigns(facts, step + 1)
+        if realigned[target]:
+            if notes_left:
+                notes_left -= 1
+                notes.append(
+                    f"{facts.symbolize(target)} is entered with rsp % 16 == "
+                    f"{int(t.rsp[i]) % 16} at step {step + 1}, but realigns rsp "
+                    "(and $-16, %rsp) before its first call: allowed"
+                )
             continue
         store = int(stores[k])
-        site, made = _entry_site(facts, i, store, int(transfer_rips[i]))
-        item = items.add(landing_step, "misaligned-entry", site)
+        key = (int(transfer_rips[i]), int(store_rips[k]))
+        made = -1
+        if key not in sites or (sites[key][1] and len(items) < MAX_CAUSES):
+            site, made = _entry_site(facts, i, store, int(transfer_rips[i]))
+            sites.setdefault(key, (site, made >= 0))
+        site = sites[key][0]
+        item = items.add(min(step + 1, max(facts.steps - 1, 0)), "misaligned-entry", site)
         entry_item[i] = item
         messages[item] = _entry_message(facts, i, store, made)
 
@@ -572,11 +588,14 @@ def ret_source(facts: TraceFacts) -> Findings:
     items = Items()
     messages: list[Callable[[], str]] = []
     ret_rips = facts.rips_at(r.step[unwritten])
+    sites: dict[int, int] = {}  # ret rip -> site, decided by its first occurrence
     for k, i in enumerate(unwritten.tolist()):
         # The mistake is where the stack pointer the switch loaded was saved, if found.
-        made = _saved_rsp_write(facts, int(r.step[i])) if k < MAX_CAUSES else -1
-        site = facts.writes_rip(made) if made >= 0 else int(ret_rips[k])
-        items.add(int(r.step[i]), "unwritten-slot", site)
+        rip = int(ret_rips[k])
+        made = _saved_rsp_write(facts, int(r.step[i])) if k < MAX_VIOLATIONS else -1
+        if rip not in sites:
+            sites[rip] = facts.writes_rip(made) if made >= 0 else rip
+        items.add(int(r.step[i]), "unwritten-slot", sites[rip])
         messages.append(_unwritten_message(facts, i, made))
     planted = facts.planted_steps
     code = [reg for reg in facts.meta.regions if reg.kind == "code"]
