@@ -278,3 +278,37 @@ def test_every_start_on_a_reused_stack_is_an_entry(
     if not holds:
         (cause,) = result.causes
         assert cause.count == 10 and cause.consequences[0].count == 10
+
+
+def test_a_long_loop_of_one_mistake_is_one_cause(
+    record_source: RecordSource, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main calls f with a misaligned frame forever: one cause at main, f's own calls
+    its consequences, however many times the loop runs."""
+    path = record_source(
+        """
+        main:
+            call f
+            jmp main
+        f:
+            push %rbp
+            call g
+            pop %rbp
+            ret
+        g:
+            ret
+        """,
+        extra='max_steps = 20000\n[expect]\nstop = "max_steps"',
+    ).path
+    result = check(load_trace(path))
+    (cause,) = result.causes
+    assert (cause.invariant, cause.kind, cause.site_symbol) == (
+        "alignment",
+        "misaligned-call",
+        "main",
+    )
+    (consequence,) = cause.consequences
+    assert cause.count + consequence.count == result.total > 5000
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 30 and out.count("call to f") == 1
