@@ -367,7 +367,8 @@ def _planting_stores(facts: TraceFacts, steps: I64) -> I64:
 
 
 #: `mov 0x8(%rsi), %rsp`: a stack pointer loaded from memory (a saved context).
-_LOAD_RSP = re.compile(r"^mov[q]?\s+[^,]*\([^)]*\)\s*,\s*%rsp$")
+#: `mov SOURCE, %reg`: what a stack pointer is loaded from (memory, or another register).
+_MOV_TO = re.compile(r"^movq?\s+(?P<src>[^,]+(?:\([^)]*\))?)\s*,\s*%(?P<dst>\w+)$")
 #: How far before a switch's transfer to look for the load of its stack pointer.
 _RSP_LOOKBACK = 64
 
@@ -391,13 +392,22 @@ def _entry_site(facts: TraceFacts, i: int, store: int, transfer_rip: int) -> tup
 
 def _saved_rsp_write(facts: TraceFacts, step: int) -> int:
     """The write (index into `facts.writes`) that stored the stack pointer which the
-    switch ending at `step` loaded into rsp (`mov X(%reg), %rsp`), or -1."""
+    switch ending at `step` loaded into rsp, or -1: the last `mov X(%reg), %rsp`
+    before it, or `mov %rcx, %rsp` after `mov X(%reg), %rcx` (libaco)."""
     k = int(np.searchsorted(facts.calls, step)) - 1
     low = max(int(facts.calls[k]) if k >= 0 else 0, step - _RSP_LOOKBACK)
     rows = facts.trace.slice(low, step + 1, ["step", "insn", "reads"]).to_pydict()
+    wanted = "rsp"  # the register whose value we follow back to memory
     for row in range(len(rows["step"]) - 1, -1, -1):
-        if not _LOAD_RSP.match(str(rows["insn"][row]).strip()) or not rows["reads"][row]:
+        match = _MOV_TO.match(str(rows["insn"][row]).strip())
+        if match is None or match.group("dst") != wanted:
             continue
+        source = match.group("src").strip()
+        if source.startswith("%"):  # from another register: follow that one
+            wanted = source[1:]
+            continue
+        if "(" not in source or not rows["reads"][row]:
+            return -1
         addr = int(rows["reads"][row][0]["addr"])
         load_step = int(rows["step"][row])
         w = facts.writes
@@ -434,13 +444,13 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
             f"{target} entered with rsp % 16 == {rsp % 16} (rsp={rsp:#x}){first}, where a call "
             f"would have left 8"
         )
-        if not bool(t.is_ret[i]) or store < 0:
-            return head + (
-                f": the jmp{_at(facts, transfer_rip)} lands on it with rsp % 16 == {rsp % 16}; "
-                "push a return address (or realign) before jumping to it"
-                if not bool(t.is_ret[i])
-                else f": the ret{_at(facts, transfer_rip)} pops its address"
-            )
+        if not bool(t.is_ret[i]):
+            jumped = f": the jmp{_at(facts, transfer_rip)} lands on it with rsp % 16 == {rsp % 16}"
+            # Without a saved stack pointer to blame, the code that jumps must fix rsp.
+            fix = "" if made >= 0 else "; push a return address (or realign) before jumping to it"
+            return head + jumped + fix
+        if store < 0:
+            return head + f": the ret{_at(facts, transfer_rip)} pops its address"
         slot = rsp - 8
         store_step = int(facts.writes.step[store])
         info = facts.describe([store_step])[store_step]
