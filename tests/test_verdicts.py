@@ -312,3 +312,16 @@ def test_a_long_loop_of_one_mistake_is_one_cause(
     assert main(["check", str(path)]) == 1
     out = capsys.readouterr().out
     assert len(out.splitlines()) < 30 and out.count("call to f") == 1
+
+
+def test_a_lost_register_seen_again_by_the_caller_is_one_cause(tmp_path: Path) -> None:
+    """green-threads-clobber: switch loses rbx; yield, which called switch, returns
+    with the same wrong rbx. That is the same mistake: yield's are consequences."""
+    out = tmp_path / "clobber.parquet"
+    record(load_scenario("green-threads-clobber"), out)
+    result = check(load_trace(out))
+    (cause,) = result.causes
+    assert cause.kind == "clobbered rbx" and cause.site_symbol.startswith("switch")
+    (consequence,) = cause.consequences
+    assert consequence.example.symbol.startswith("yield")
+    assert cause.count == consequence.count == 9

@@ -793,9 +793,11 @@ def callee_saved(facts: TraceFacts) -> Findings:
     items = Items()
     rips = facts.rips_at(transfer_steps[bad])
     messages: list[Callable[[], str]] = []
+    roots = _nested_roots(bad, call_steps, transfer_steps, changed, after)
     for k, b in enumerate(bad.tolist()):
         names = tuple(name for j, name in enumerate(SAVED_REGISTERS) if changed[j, b])
-        items.add(int(transfer_steps[b]), "clobbered " + " ".join(names), int(rips[k]))
+        kind = "clobbered " + " ".join(names)
+        items.add(int(transfer_steps[b]), kind, int(rips[k]), int(roots[k]))
         messages.append(
             _clobbered_message(
                 facts,
@@ -816,6 +818,40 @@ def callee_saved(facts: TraceFacts) -> Findings:
     if never:
         notes.append(f"{never} call{'s' if never != 1 else ''} never returned: not checked")
     return _grouped(facts, "callee-saved", items, lambda i: messages[i](), notes)
+
+
+#: How many earlier bad resumes to look through for the one a resume follows from.
+_NESTED_LOOKBACK = 16
+
+
+def _nested_roots(
+    bad: I64,
+    call_steps: I64,
+    back_steps: I64,
+    changed: npt.NDArray[np.bool_],
+    after: npt.NDArray[np.uint64],
+) -> list[int]:
+    """For each bad resume (in step order), the item it follows from, or -1.
+
+    A call that resumes with a register changed only because a call nested in it
+    resumed with that same register changed to the same value (yield returning
+    after its switch lost rbx) is a consequence of that inner one's cause.
+    """
+    roots: list[int] = []
+    for k, b in enumerate(bad.tolist()):
+        root = -1
+        for j in range(k - 1, max(k - 1 - _NESTED_LOOKBACK, -1), -1):
+            a = int(bad[j])
+            nested = call_steps[a] > call_steps[b] and back_steps[a] < back_steps[b]
+            if (
+                nested
+                and np.array_equal(changed[:, a], changed[:, b])
+                and np.array_equal(after[changed[:, b], a], after[changed[:, b], b])
+            ):
+                root = roots[j] if roots[j] >= 0 else j
+                break
+        roots.append(root)
+    return roots
 
 
 def _clobbered_message(
