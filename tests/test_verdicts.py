@@ -325,3 +325,26 @@ def test_a_lost_register_seen_again_by_the_caller_is_one_cause(tmp_path: Path) -
     (consequence,) = cause.consequences
     assert consequence.example.symbol.startswith("yield")
     assert cause.count == consequence.count == 9
+
+
+def test_a_jump_within_a_function_is_not_blamed_for_its_calls(
+    record_source: RecordSource,
+) -> None:
+    """A jump table (`jmp *%rax` to a place in the same function) sets up no frame: a
+    misaligned call after it is the function's own mistake."""
+    path = record_source(
+        """
+        main:
+            movabs $.Lcase, %rax
+            jmp *%rax
+        .Lcase:
+            call f
+            hlt
+        f:
+            ret
+        """
+    ).path
+    facts = derive_facts(load_trace(path))
+    assert [facts.transfers.kind(i).label for i in range(len(facts.transfers))] == ["other"]
+    (cause,) = check(facts.trace, facts).causes
+    assert (cause.kind, cause.site_symbol) == ("misaligned-call", "main")

@@ -294,7 +294,11 @@ def _misaligned_calls(
     function (`misaligned-call`)."""
     calls = facts.calls
     call_rips = facts.rips_at(calls[misaligned])
-    root, blame = _attribute_calls(facts, misaligned, entry_item)
+    # A jmp within one function (a jump table) sets up no frame: only a ret, or a jmp
+    # to other code, is a landing a misaligned call can be blamed on.
+    t = facts.transfers
+    within = ~t.is_ret & (facts.function_starts(t.target) == facts.function_starts(rips))
+    root, blame = _attribute_calls(facts, misaligned, entry_item, ~within)
     first = len(items)
     # A root that is itself a misaligned call (-2 - call index) is that call's item.
     via_call = root < -1
@@ -501,7 +505,7 @@ def _advice(facts: TraceFacts, region: Region, index: int, ret_step: int) -> str
 
 
 def _attribute_calls(
-    facts: TraceFacts, misaligned: I64, entry_item: dict[int, int]
+    facts: TraceFacts, misaligned: I64, entry_item: dict[int, int], blameable: B
 ) -> tuple[I64, I64]:
     """For each misaligned call (an index into `facts.calls`): its root and its blame.
 
@@ -510,8 +514,9 @@ def _attribute_calls(
     is [entry rsp, root, blamed transfer]; a frame whose entry rsp is below the
     current rsp is over. A misaligned call inside a frame with a root follows
     from it (root: an ENTRY item >= 0, or -2 - call index for a misaligned call
-    that is a cause itself); inside a frame set up by an OTHER landing it is
-    blamed on that transfer; else it is a mistake of its own (-1, -1).
+    that is a cause itself); inside a frame set up by an OTHER landing (one that
+    is `blameable`) it is blamed on that transfer; else it is a mistake of its
+    own (-1, -1).
     """
     calls, rsp = facts.calls, facts.rsp
     t = facts.transfers
@@ -573,7 +578,7 @@ def _attribute_calls(
             landing = landing_kind[index]
             if landing == entry:
                 stack.append((limit, entry_item.get(index, -1), -1))
-            elif landing == other:
+            elif landing == other and blameable[index]:
                 stack.append((limit, -1, index))
             continue
         root = -1
