@@ -18,7 +18,7 @@ landing; else it is its function's own mistake.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -301,13 +301,7 @@ def _attribute_calls(
     if n:
         frames[int(owner_all[0])] = [(int(rsp[0]), -1, -1)]
     entry, other = int(Landing.ENTRY), int(Landing.OTHER)
-    for kind, index, limit, owner in zip(
-        ev_kind[order].tolist(),
-        ev_index[order].tolist(),
-        ev_limit[order].tolist(),
-        ev_owner[order].tolist(),
-        strict=True,
-    ):
+    for kind, index, limit, owner in _in_blocks(order, ev_kind, ev_index, ev_limit, ev_owner):
         stack = frames.get(owner)
         if stack is None:
             stack = frames[owner] = []
@@ -333,6 +327,25 @@ def _attribute_calls(
                 root = -2 - index
         stack.append((limit - 8, root, -1))
     return root_out, blame_out
+
+
+#: Events turned into Python values at a time (a million at once would take ~150 MiB).
+_EVENT_BLOCK = 1 << 16
+
+
+def _in_blocks(
+    order: I64, kind: I64, index: I64, limit: I64, owner: I64
+) -> Iterator[tuple[int, int, int, int]]:
+    """The events in `order`, as Python ints, a block at a time."""
+    for lo in range(0, order.size, _EVENT_BLOCK):
+        chosen = order[lo : lo + _EVENT_BLOCK]
+        yield from zip(
+            kind[chosen].tolist(),
+            index[chosen].tolist(),
+            limit[chosen].tolist(),
+            owner[chosen].tolist(),
+            strict=True,
+        )
 
 
 def _entry_site(facts: TraceFacts, i: int, store: int, transfer_rip: int) -> tuple[int, int]:
