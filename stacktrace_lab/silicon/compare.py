@@ -1,4 +1,4 @@
-"""Compare the native and the emulated rows, whole columns at once, and explain the first difference.
+"""Compare native and emulated rows, whole columns at once; explain the first difference.
 
 After `normalise()`, one `!=` over the two (rows, registers) arrays finds
 every differing cell; the first differing row is the first divergence. Its
@@ -32,8 +32,7 @@ CAUSES = {
     "the outside world was not replayed",
     "syscall-registers": "syscall's own rcx (next instruction) and r11 (rflags): "
     "the emulator's syscall hook does not set them",
-    "rep-step": "a rep string instruction counted differently (unicorn's extra step "
-    "with rcx == 0)",
+    "rep-step": "a rep string instruction counted differently (unicorn's extra step with rcx == 0)",
     "unwritten-register": "a register the instruction does not write changed: the emulated "
     "state was altered outside the instruction (a hook, or an edited trace)",
     "flags": "the emulator computes rflags differently from the CPU for this instruction "

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import unicorn.x86_const as x86
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UcError
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN
+from unicorn.unicorn_py3.unicorn import UcError
 
 from ..arch import REGISTERS
 from ..record.machine import Chunk, Machine, MachineSpec
@@ -126,4 +127,3 @@ def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> Emul
         stderr=result.stderr,
         replay_mismatches=machine.mismatches,
     )
-

@@ -25,6 +25,7 @@ _DEFINED = {
     for how in ("MODIFY", "SET", "RESET")
 }
 
+
 def _bits(*flags: str) -> int:
     return sum(1 << _FLAG_BITS[f] for f in flags)
 
@@ -113,7 +114,8 @@ class InstructionTable:
         if defined or undefined:
             writes.add("rflags")
         rep = any(p in _REP_PREFIXES for p in insn.prefix) and any(
-            insn.mnemonic.startswith(f"{p}{s}") for p in ("rep ", "repe ", "repne ", "repz ", "repnz ")
+            insn.mnemonic.startswith(f"{p}{s}")
+            for p in ("rep ", "repe ", "repne ", "repz ", "repnz ")
             for s in _STRING_GROUPS
         )
         return Instruction(

@@ -196,37 +196,40 @@ def run_native(
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
-    out = tempfile.TemporaryFile()
-    err = tempfile.TemporaryFile()
-    pid = os.fork()
-    if pid == 0:  # the child: as little as possible between fork and exec
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: as little as possible between fork and exec
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                trace_me_without_aslr()
+                os.execve(program, args, FIXED_ENV)
+            finally:
+                os._exit(127)
         try:
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
-            trace_me_without_aslr()
-            os.execve(program, args, FIXED_ENV)
+            _, status = os.waitpid(pid, 0)
+            if not os.WIFSTOPPED(status):
+                code = os.waitstatus_to_exitcode(status)
+                raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
+            ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)
+            stepper = _Stepper(pid, start, end, sentinel, max_steps)
+            try:
+                stepper.fix_auxv()
+                stepper.run()
+            finally:
+                os.close(stepper.mem)
         finally:
-            os._exit(127)
-    try:
-        _, status = os.waitpid(pid, 0)
-        if not os.WIFSTOPPED(status):
-            code = os.waitstatus_to_exitcode(status)
-            raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
-        ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)
-        stepper = _Stepper(pid, start, end, sentinel, max_steps)
-        stepper.fix_auxv()
-        stepper.run()
-    finally:
-        _kill(pid)
-    out.seek(0)
-    err.seek(0)
+            _kill(pid)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     raw = np.frombuffer(bytes(stepper.rows), dtype=np.uint64).reshape(-1, len(USER_REGS))
     return NativeRun(
         registers=np.ascontiguousarray(raw[:, _ROW_INDEX]),
         fs_base=raw[:, _FS_BASE].copy(),
         stop=stepper.stop,
-        stdout=out.read(),
-        stderr=err.read(),
+        stdout=stdout,
+        stderr=stderr,
         skipped=stepper.skipped,
         syscalls=stepper.syscalls,
         cpuid=stepper.cpuid,
@@ -317,7 +320,6 @@ class _Stepper:
         regs = UserRegs()
         regs_ref = ctypes.byref(regs)
         rows = self.rows
-        row_bytes = 8 * len(USER_REGS)
         recording = self.start is None
         steps = 0  # rows recorded
         skipped = 0
@@ -325,10 +327,9 @@ class _Stepper:
         while True:
             libc_ptrace(PTRACE_GETREGS, pid, None, regs_ref)
             rip = regs[_RIP]
-            if not recording:
-                if rip == self.start:
-                    recording = True
-                    self.skipped = skipped
+            if not recording and rip == self.start:
+                recording = True
+                self.skipped = skipped
             if recording:
                 if rip == self.sentinel:
                     self.stop = NativeStop("returned", steps - 1, "the entry function returned")

@@ -106,7 +106,8 @@ def rflags_in_r11(native: np.ndarray, table: InstructionTable) -> np.ndarray:
     starts = np.ones(rows, dtype=bool)
     starts[1:] = (r11[1:] != r11[:-1]) | after_syscall[1:]
     run = np.cumsum(starts) - 1
-    return after_syscall[np.flatnonzero(starts)][run]
+    saved: np.ndarray = after_syscall[np.flatnonzero(starts)][run]
+    return saved
 
 
 def normalise(native: np.ndarray, emulated: np.ndarray, table: InstructionTable) -> Normalised:

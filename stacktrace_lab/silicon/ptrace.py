@@ -64,7 +64,7 @@ UserRegs = ctypes.c_uint64 * len(USER_REGS)
 class SigInfo(ctypes.Structure):
     """The head of siginfo_t: enough for si_signo, si_code and si_addr."""
 
-    _fields_ = [  # noqa: RUF012 (ctypes wants a plain list)
+    _fields_ = [
         ("si_signo", ctypes.c_int),
         ("si_errno", ctypes.c_int),
         ("si_code", ctypes.c_int),

@@ -48,8 +48,7 @@ _PHDR = struct.Struct("<IIQQQQQQ")
 _REG_NUMBER = {
     name: n
     for n, name in enumerate(
-        ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")
-        + tuple(f"r{i}" for i in range(8, 16))
+        ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", *(f"r{i}" for i in range(8, 16)))
     )
 }
 

@@ -1,0 +1,275 @@
+"""The silicon check: the same program single-stepped on this CPU and in the emulator.
+
+Tests marked `silicon` run natively under ptrace; conftest skips them, saying
+why, where that is not possible. The rest test the comparison on hand-made rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stacktrace_lab.arch import REGISTERS
+from stacktrace_lab.cli import main
+from stacktrace_lab.scenario import builtin_names
+from stacktrace_lab.silicon import ptrace
+from stacktrace_lab.silicon.check import silicon_check
+from stacktrace_lab.silicon.compare import compare
+from stacktrace_lab.silicon.instructions import InstructionTable
+from stacktrace_lab.silicon.normalise import drop_rep_extra_steps, undefined_flag_masks
+
+silicon = pytest.mark.silicon
+RBX = REGISTERS.index("rbx")
+RCX = REGISTERS.index("rcx")
+
+
+def _check(target: str | Path, **kwargs: object):  # type: ignore[no-untyped-def]
+    return silicon_check(str(target), **kwargs).comparison  # type: ignore[arg-type]
+
+
+@silicon
+@pytest.mark.parametrize("name", builtin_names())
+def test_every_builtin_scenario_runs_the_same_on_this_cpu(name: str) -> None:
+    comparison = _check(name)
+    assert comparison.divergence is None, comparison.divergence
+    assert comparison.native_steps == comparison.emulated_steps == comparison.compared_steps
+    assert comparison.native_steps > 10
+    assert comparison.stdout_same
+    assert comparison.native_stop.split(":")[0] == comparison.emulated_stop.split(":")[0]
+
+
+@silicon
+def test_native_stops_are_the_recorders(write_scenario: Callable[..., Path]) -> None:
+    """Each stop reason has its native equivalent, at the same step."""
+    programs = {
+        "returned": "main:\n mov $7, %rax\n ret",
+        "halted": "main:\n mov $1, %rax\n hlt",
+        "exit": "main:\n mov $60, %eax\n mov $3, %edi\n syscall",
+        "spin": "main:\n mov $1, %rax\nmain_loop:\n jmp main_loop",
+        "fault": "main:\n movabs $0x12345000, %rax\n movq $1, (%rax)",
+    }
+    for reason, source in programs.items():
+        comparison = _check(write_scenario(source))
+        assert comparison.same, (reason, comparison.divergence)
+        assert comparison.native_stop.startswith(reason), comparison.native_stop
+        assert comparison.emulated_stop.startswith(reason), comparison.emulated_stop
+
+
+@silicon
+def test_rep_string_steps_are_counted_as_the_cpu_does(write_scenario: Callable[..., Path]) -> None:
+    path = write_scenario(
+        """
+        main:
+            mov $3, %ecx
+            lea -64(%rsp), %rdi
+            rep stosb
+            mov $5, %ecx
+            lea -64(%rsp), %rsi
+            lea -128(%rsp), %rdi
+            rep movsb
+            ret
+        """
+    )
+    comparison = _check(path)
+    assert comparison.same, comparison.divergence
+    # 2 + 3 iterations + 3 + 5 iterations + ret: no extra step per rep.
+    assert comparison.native_steps == comparison.emulated_steps == 14
+    assert comparison.normalisations["rep-extra-step"] == 0
+
+
+@silicon
+def test_undefined_flags_are_masked_until_defined(write_scenario: Callable[..., Path]) -> None:
+    path = write_scenario(
+        """
+        main:
+            mov $0x7f, %rax
+            mov $3, %rcx
+            imul $0x40, %rcx, %rdx
+            shr $1, %rax
+            and %rcx, %rax
+            mul %rcx
+            bsf %rax, %rbx
+            add $1, %rbx
+            ret
+        """
+    )
+    comparison = _check(path)
+    assert comparison.same, comparison.divergence
+    assert comparison.normalisations["undefined-flags"] >= 0
+
+
+CPUID_PROGRAM = """
+main:
+    mov $0, %eax
+    mov $0, %ecx
+    cpuid
+    mov %ebx, %r12d
+    ret
+"""
+
+
+@silicon
+def test_cpuid_is_replayed_from_the_native_run(write_scenario: Callable[..., Path]) -> None:
+    assert _check(write_scenario(CPUID_PROGRAM)).same
+
+
+@silicon
+def test_a_cpuid_mismatch_without_replay_is_caught_at_the_step_after_it(
+    write_scenario: Callable[..., Path],
+) -> None:
+    path = write_scenario(CPUID_PROGRAM)
+    comparison = _check(path, replay=False)
+    divergence = comparison.divergence
+    assert divergence is not None
+    assert divergence.step == 3  # the row after cpuid (step 2) shows its result
+    assert divergence.previous_instruction == "cpuid"
+    assert divergence.cause == "cpuid"
+    assert divergence.symbol == "main+12"
+    assert divergence.instruction == "movl %ebx, %r12d"
+    file, line = str(divergence.source).split(":")
+    assert file == path.name
+    assert path.read_text().splitlines()[int(line) - 1].strip() == "mov %ebx, %r12d"
+
+
+XGETBV_PROGRAM = """
+main:
+    xor %ecx, %ecx
+    xgetbv
+    mov %eax, %r12d
+    ret
+"""
+
+
+@silicon
+def test_xgetbv_is_replayed_and_caught_without_replay(
+    write_scenario: Callable[..., Path],
+) -> None:
+    path = write_scenario(XGETBV_PROGRAM)
+    assert _check(path).same
+    native_xcr0 = silicon_check(str(path)).native.xgetbv[0].eax
+    if native_xcr0 == 3:
+        pytest.skip("this CPU's XCR0 is 3, as the emulator's: nothing to tell apart")
+    divergence = _check(path, replay=False).divergence
+    assert divergence is not None
+    assert (divergence.step, divergence.cause) == (2, "xgetbv")
+    assert divergence.registers["rax"][0] == native_xcr0
+
+
+@silicon
+def test_one_flipped_register_is_caught_at_its_step_with_its_cause() -> None:
+    """A deliberately wrong emulation: rbx flipped at one row of green-threads."""
+    result = silicon_check("green-threads")
+    emulated = result.emulated
+    rows = emulated.registers.copy()
+    table = InstructionTable(result.native.code)
+    # A row whose previous instruction does not write rbx: the change has no writer.
+    step = next(
+        i for i in range(1000, len(rows)) if "rbx" not in table.at(int(rows[i - 1, 0])).writes
+    )
+    rows[step, RBX] ^= 1 << 40
+    emulated.registers = rows
+    comparison = compare(
+        result.native,
+        emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    )
+    divergence = comparison.divergence
+    assert divergence is not None
+    assert divergence.step == step
+    assert list(divergence.registers) == ["rbx"]
+    native, wrong = divergence.registers["rbx"]
+    assert native ^ wrong == 1 << 40
+    assert divergence.cause == "unwritten-register"
+    assert comparison.compared_steps == step
+
+
+@silicon
+def test_a_wrong_result_of_an_instruction_is_named_as_that_instruction() -> None:
+    result = silicon_check("first-switch")
+    emulated = result.emulated
+    rows = emulated.registers.copy()
+    rows[6:, REGISTERS.index("rcx")] += 8  # `movabs $hello, %rcx` (step 5) gave another value
+    emulated.registers = rows
+    comparison = compare(
+        result.native,
+        emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    )
+    divergence = comparison.divergence
+    assert divergence is not None
+    assert (divergence.step, divergence.cause) == (6, "instruction")
+    assert str(divergence.previous_instruction).startswith("movabsq $0x4000")
+    assert list(divergence.registers) == ["rcx"]
+
+
+@silicon
+def test_cli_exit_status_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["silicon-check", "first-switch"]) == 0
+    assert "agree on all 19 steps" in capsys.readouterr().out
+    assert main(["silicon-check", "green-threads", "--from", "worker", "--to", "yield"]) == 0
+    assert "agree on all" in capsys.readouterr().out
+
+
+@silicon
+def test_cli_reports_the_divergence_and_exits_1(
+    write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_scenario(CPUID_PROGRAM)
+    assert main(["silicon-check", str(path), "--no-replay"]) == 1
+    out = capsys.readouterr().out
+    assert "differs at step 3" in out
+    assert "most likely: cpuid" in out
+
+
+def test_ptrace_refused_is_exit_2_saying_how_to_allow_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refused = "ptrace(PTRACE_TRACEME) refused by the kernel; " + ptrace.how_to_allow()
+    monkeypatch.setattr("stacktrace_lab.silicon.check.unavailable_reason", lambda: refused)
+    assert main(["silicon-check", "first-switch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--cap-add=SYS_PTRACE" in err and "ptrace_scope" in err
+
+
+def test_bad_targets_are_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    if ptrace.unavailable_reason() is not None:
+        pytest.skip("the target is only looked at once ptrace is known to work")
+    assert main(["silicon-check", "no-such-scenario"]) == 2
+    assert main(["silicon-check", "first-switch", "--from", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-scenario" in err and "nowhere" in err
+
+
+def _code(*instructions: bytes) -> tuple[dict[int, bytes], np.ndarray]:
+    code, rips, addr = {}, [], 0x400000
+    for insn in instructions:
+        code[addr] = insn
+        rips.append(addr)
+        addr += len(insn)
+    return code, np.array(rips, dtype=np.uint64)
+
+
+def test_undefined_flags_stay_masked_until_an_instruction_defines_them() -> None:
+    shr, nop, add, imul = b"\x48\xd1\xe8", b"\x90", b"\x48\x01\xd8", b"\x48\x0f\xaf\xc1"
+    code, rips = _code(shr, nop, add, nop, imul, nop)
+    masks = undefined_flag_masks(rips, InstructionTable(code))
+    af, sf, zf, pf = 1 << 4, 1 << 7, 1 << 6, 1 << 2
+    assert masks[0] == 0  # nothing ran before the first row
+    assert masks[1] & af and masks[2] & af  # shr left AF undefined, nop keeps it so
+    assert masks[3] == 0  # add defines every status flag again
+    assert masks[5] & (sf | zf | af | pf) == sf | zf | af | pf  # imul: SDM says undefined
+
+
+def test_rep_extra_step_rows_are_dropped() -> None:
+    code, rips = _code(b"\xf3\xaa", b"\xc3")  # rep stosb; ret
+    rows = np.zeros((5, len(REGISTERS)), dtype=np.uint64)
+    rows[:, 0] = [rips[0]] * 4 + [rips[1]]
+    rows[:, RCX] = [3, 2, 1, 0, 0]  # unicorn's extra step: the rep again with rcx == 0
+    keep = drop_rep_extra_steps(rows, InstructionTable(code))
+    assert keep.tolist() == [0, 1, 2, 4]
