@@ -258,7 +258,7 @@ def _code(*instructions: bytes) -> tuple[dict[int, bytes], np.ndarray]:
 def test_undefined_flags_stay_masked_until_an_instruction_defines_them() -> None:
     shr, nop, add, imul = b"\x48\xd1\xe8", b"\x90", b"\x48\x01\xd8", b"\x48\x0f\xaf\xc1"
     code, rips = _code(shr, nop, add, nop, imul, nop)
-    masks = undefined_flag_masks(rips, InstructionTable(code))
+    masks = undefined_flag_masks(InstructionTable(code).row_facts(rips))
     af, sf, zf, pf = 1 << 4, 1 << 7, 1 << 6, 1 << 2
     assert masks[0] == 0  # nothing ran before the first row
     assert masks[1] & af and masks[2] & af  # shr left AF undefined, nop keeps it so

@@ -79,6 +79,15 @@ class Instruction:
     rep_string: bool
 
 
+@dataclass(frozen=True)
+class RowFacts:
+    """For every row: what its instruction does to flags, and whether it is a `syscall`."""
+
+    undefined_flags: np.ndarray  # uint64 rflags bits
+    defined_flags: np.ndarray  # uint64 rflags bits
+    is_syscall: np.ndarray  # bool
+
+
 UNKNOWN = Instruction("(unknown)", 0, 0, frozenset(), None, False)
 
 
@@ -125,6 +134,15 @@ class InstructionTable:
             writes=frozenset(writes | {"rip"}),
             outside=_OUTSIDE.get(insn.id),
             rep_string=rep,
+        )
+
+    def row_facts(self, rips: np.ndarray) -> RowFacts:
+        """The per-row facts the normalisations need, with one decode per distinct address."""
+        inverse, instructions = self.per_row(rips)
+        return RowFacts(
+            undefined_flags=np.array([i.undefined_flags for i in instructions], np.uint64)[inverse],
+            defined_flags=np.array([i.defined_flags for i in instructions], np.uint64)[inverse],
+            is_syscall=np.array([i.outside == "syscall" for i in instructions], bool)[inverse],
         )
 
     def per_row(self, rips: np.ndarray) -> tuple[np.ndarray, list[Instruction]]:

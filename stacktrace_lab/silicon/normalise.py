@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arch import REGISTERS
-from .instructions import InstructionTable
+from .instructions import InstructionTable, RowFacts
 
 RIP = REGISTERS.index("rip")
 RCX = REGISTERS.index("rcx")
@@ -67,15 +67,13 @@ def drop_rep_extra_steps(emulated: np.ndarray, table: InstructionTable) -> np.nd
     return np.flatnonzero(~repeated)
 
 
-def undefined_flag_masks(rips: np.ndarray, table: InstructionTable) -> np.ndarray:
+def undefined_flag_masks(facts: RowFacts) -> np.ndarray:
     """Per row, the rflags bits that hold an undefined value (left by an earlier instruction)."""
-    rows = len(rips)
+    undefined, defined = facts.undefined_flags, facts.defined_flags
+    rows = len(undefined)
     masks = np.zeros(rows, dtype=np.uint64)
     if rows < 2:
         return masks
-    inverse, instructions = table.per_row(rips)
-    undefined = np.array([i.undefined_flags for i in instructions], dtype=np.uint64)[inverse]
-    defined = np.array([i.defined_flags for i in instructions], dtype=np.uint64)[inverse]
     positions = np.arange(rows)
     for bit in STATUS_FLAGS:
         flag = np.uint64(1 << bit)
@@ -91,17 +89,14 @@ def undefined_flag_masks(rips: np.ndarray, table: InstructionTable) -> np.ndarra
     return masks
 
 
-def rflags_in_r11(native: np.ndarray, table: InstructionTable) -> np.ndarray:
+def rflags_in_r11(r11: np.ndarray, facts: RowFacts) -> np.ndarray:
     """Rows where r11 still holds the rflags a `syscall` saved."""
-    rows = len(native)
-    leaked = np.zeros(rows, dtype=bool)
+    rows = len(r11)
     if rows < 2:
-        return leaked
-    inverse, instructions = table.per_row(native[:, RIP])
-    is_syscall = np.array([i.outside == "syscall" for i in instructions], dtype=bool)[inverse]
+        return np.zeros(rows, dtype=bool)
+    is_syscall = facts.is_syscall
     after_syscall = np.zeros(rows, dtype=bool)
     after_syscall[1:] = is_syscall[:-1]
-    r11 = native[:, R11]
     # A run of rows with the same r11 starts at a change of r11 or right after a syscall.
     starts = np.ones(rows, dtype=bool)
     starts[1:] = (r11[1:] != r11[:-1]) | after_syscall[1:]
@@ -118,8 +113,9 @@ def normalise(native: np.ndarray, emulated: np.ndarray, table: InstructionTable)
     n = native[:rows].copy()
     e = emulated[:rows].copy()
     keep = keep[:rows]
+    facts = table.row_facts(n[:, RIP])
 
-    saved = rflags_in_r11(n, table)
+    saved = rflags_in_r11(n[:, R11], facts)
     for name, bit in (("interrupt-flag", IF), ("trap-flag", TF)):
         in_rflags = ((n[:, RFLAGS] ^ e[:, RFLAGS]) & bit) != 0
         in_r11 = saved & (((n[:, R11] ^ e[:, R11]) & bit) != 0)
@@ -129,7 +125,7 @@ def normalise(native: np.ndarray, emulated: np.ndarray, table: InstructionTable)
         n[saved, R11] &= ~bit
         e[saved, R11] &= ~bit
 
-    masks = undefined_flag_masks(n[:, RIP], table)
+    masks = undefined_flag_masks(facts)
     counts["undefined-flags"] = int((((n[:, RFLAGS] ^ e[:, RFLAGS]) & masks) != 0).sum())
     n[:, RFLAGS] &= ~masks
     e[:, RFLAGS] &= ~masks
