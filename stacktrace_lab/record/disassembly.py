@@ -6,6 +6,8 @@ and the trace stores an index into a growing table of unique instructions.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import numpy.typing as npt
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
@@ -15,24 +17,38 @@ from ..symbols import LabelTable
 
 class Disassembler:
     def __init__(self, code: bytes, base: int, symbols: dict[str, int]) -> None:
-        self.code = code
-        self.base = base
+        self._segments = [(base, code)]
         self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
         self._cs.syntax = CS_OPT_SYNTAX_ATT
         self._labels = LabelTable(symbols)
         self._cache: dict[int, tuple[str, int]] = {}
+
+    @classmethod
+    def of_segments(
+        cls, segments: list[tuple[int, bytes]], symbols: dict[str, int]
+    ) -> Disassembler:
+        """Code in several pieces (a program's executable segments)."""
+        disassembler = cls(b"", 0, symbols)
+        disassembler._segments = sorted(segments)
+        return disassembler
+
+    def _bytes_at(self, addr: int) -> bytes:
+        i = bisect.bisect_right([base for base, _ in self._segments], addr) - 1
+        if i < 0:
+            return b""
+        base, code = self._segments[i]
+        offset = addr - base
+        return code[offset : offset + 16] if 0 <= offset < len(code) else b""
 
     def instruction(self, addr: int) -> tuple[str, int]:
         """(AT&T text, length) of the instruction at `addr`."""
         cached = self._cache.get(addr)
         if cached is not None:
             return cached
-        offset = addr - self.base
         text, size = "(bad)", 1
-        if 0 <= offset < len(self.code):
-            for insn in self._cs.disasm(self.code[offset : offset + 16], addr, 1):
-                text = f"{insn.mnemonic} {insn.op_str}".strip()
-                size = insn.size
+        for insn in self._cs.disasm(self._bytes_at(addr), addr, 1):
+            text = f"{insn.mnemonic} {insn.op_str}".strip()
+            size = insn.size
         self._cache[addr] = (text, size)
         return text, size
 

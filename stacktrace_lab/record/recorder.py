@@ -1,6 +1,8 @@
-"""`record()`: scenario in, trace file out.
+"""`record()` and `record_elf()`: a program in, a trace file out.
 
-assemble -> lay out the machine -> run it under the hooks -> per chunk of
+A front end (a scenario: assemble and lay out; an ELF program: load it as a
+Linux process and discover its stacks) writes one `Description`; from there
+on one path serves both: run the machine under the hooks -> per chunk of
 steps, build an Arrow batch and append it as a row group -> write the
 metadata and rename the finished file into place.
 """
@@ -10,8 +12,9 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..errors import BadInput
@@ -30,7 +33,7 @@ from ..trace.writer import TraceWriter
 from .assembler import Program, assemble
 from .columns import SnapshotState, build_batch
 from .disassembly import Disassembler, InstructionTable
-from .machine import Chunk, Machine, MachineSpec, RunResult
+from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -54,6 +57,29 @@ class RecordOptions:
             )
         if self.row_group_size < 1:
             raise BadInput(f"row group size must be at least 1, got {self.row_group_size}")
+
+
+@dataclass
+class Description:
+    """What a front end hands the recorder: the machine, and what the trace says of it."""
+
+    spec: MachineSpec
+    info: ScenarioInfo
+    symbols: dict[str, int]
+    #: (address, bytes) of the code, for disassembly.
+    code_segments: list[tuple[int, bytes]]
+    max_steps: int
+    #: For error messages: the scenario file or the program.
+    path: str
+    #: Code embedded in the trace (a scenario's; an ELF's stays in its file).
+    code_base: int = 0
+    code: bytes = b""
+    lines: dict[int, int] = field(default_factory=dict)
+    #: Where recording starts when not at the entry: (symbol, address) (`--from`).
+    start: tuple[str, int] | None = None
+    #: Metadata beyond the scenario's (program, start).
+    extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,7 +124,7 @@ def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
 def machine_spec(program: Program, regions: list[Region], entry: str) -> MachineSpec:
     first_stack = next(r for r in regions if r.kind == "stack")
     rsp = first_stack.top - 8
-    return MachineSpec(
+    return scenario_spec(
         code=program.code,
         code_region=code_region(len(program.code)),
         regions=regions,
@@ -106,6 +132,35 @@ def machine_spec(program: Program, regions: list[Region], entry: str) -> Machine
         registers={"rsp": rsp},
         memory={rsp: SENTINEL_RETURN.to_bytes(8, "little")},
         sentinel=SENTINEL_RETURN,
+    )
+
+
+def scenario_info(scenario: Scenario) -> ScenarioInfo:
+    return ScenarioInfo(
+        name=scenario.name,
+        description=scenario.description,
+        syntax=scenario.syntax,
+        entry=scenario.entry,
+        source=scenario.source,
+        expect=scenario.expect,
+        breaks=scenario.breaks,
+    )
+
+
+def describe_scenario(scenario: Scenario) -> Description:
+    """The scenario front end: assemble, lay out, one machine description."""
+    program, regions = build_program(scenario)
+    return Description(
+        spec=machine_spec(program, regions, scenario.entry),
+        info=scenario_info(scenario),
+        symbols=program.symbols,
+        code_segments=[(program.base, program.code)],
+        max_steps=scenario.max_steps,
+        path=scenario.path,
+        code_base=program.base,
+        code=program.code,
+        lines=program.lines,
+        options={"sentinel_return": SENTINEL_RETURN},
     )
 
 
@@ -126,15 +181,39 @@ def record(
     options: RecordOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Recording:
+    return record_description(describe_scenario(scenario), output, options, progress)
+
+
+def prepare_machine(description: Description) -> Machine:
+    """A machine at the point where recording starts (after `--from`'s fast-forward)."""
+    machine = Machine(description.spec)
+    if description.start is not None:
+        symbol, addr = description.start
+        early = machine.fast_forward(addr)
+        if early is not None:
+            raise BadInput(
+                f"{description.path}: the program never reached {symbol} ({addr:#x}): "
+                f"{early.reason}: {early.detail}"
+            )
+    return machine
+
+
+def record_description(
+    description: Description,
+    output: str | Path,
+    options: RecordOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Recording:
     options = options or RecordOptions()
-    program, regions = build_program(scenario)
-    spec = machine_spec(program, regions, scenario.entry)
-    machine = Machine(spec)
-    windows = snapshot_windows(regions, options.snapshot_limit)
-    snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
-    table = InstructionTable(Disassembler(program.code, program.base, program.symbols))
+    spec = description.spec
+    machine = prepare_machine(description)
+    windows = snapshot_windows(spec.regions, options.snapshot_limit)
+    snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
+    table = InstructionTable(
+        Disassembler.of_segments(description.code_segments, description.symbols)
+    )
     trace_schema = schema(windows)
-    max_steps = options.max_steps or scenario.max_steps
+    max_steps = options.max_steps or description.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
     group_rows = max(min(options.row_group_size, MAX_GROUP_SNAPSHOT_BYTES // snapshot_bytes), 1)
     options = replace(options, row_group_size=group_rows)
@@ -164,37 +243,31 @@ def record(
         if result.steps == 0:
             # An empty trace explains nothing; it means the entry faulted at once.
             raise BadInput(
-                f"{scenario.path}: the program stopped before its first step: {result.stop.detail}"
+                f"{description.path}: the program stopped before its first step: "
+                f"{result.stop.detail}"
             )
-        metadata = _metadata(scenario, program, spec, windows, result, options, max_steps)
+        metadata = _metadata(description, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
 
 
 def _metadata(
-    scenario: Scenario,
-    program: Program,
-    spec: MachineSpec,
+    description: Description,
     windows: dict[str, SnapshotWindow],
     result: RunResult,
     options: RecordOptions,
     max_steps: int,
 ) -> TraceMetadata:
+    extra = dict(description.extra)
+    if "program" in extra:  # a real program's calls (a scenario's join them with format v2)
+        extra["syscalls"] = [call.to_json() for call in result.syscalls]
     return TraceMetadata(
-        scenario=ScenarioInfo(
-            name=scenario.name,
-            description=scenario.description,
-            syntax=scenario.syntax,
-            entry=scenario.entry,
-            source=scenario.source,
-            expect=scenario.expect,
-            breaks=scenario.breaks,
-        ),
-        regions=(spec.code_region, *spec.regions),
-        symbols=program.symbols,
-        code_base=program.base,
-        code=program.code,
-        lines=program.lines,
+        scenario=description.info,
+        regions=tuple(description.spec.regions),
+        symbols=description.symbols,
+        code_base=description.code_base,
+        code=description.code,
+        lines=description.lines,
         snapshots=windows,
         initial=result.initial,
         final=result.final,
@@ -206,7 +279,8 @@ def _metadata(
             "max_steps": max_steps,
             "snapshot_limit": options.snapshot_limit,
             "row_group_size": options.row_group_size,
-            "sentinel_return": SENTINEL_RETURN,
+            **description.options,
         },
         tool=tool_versions(),
+        extra=extra,
     )

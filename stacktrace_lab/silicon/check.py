@@ -1,21 +1,25 @@
 """`silicon_check()`: run a target natively and emulated, and compare every step.
 
-target -> (a scenario: write its static ELF) -> single-step it natively,
-logging the outside world -> emulate it with that log replayed -> normalise
--> compare -> the first divergence, explained.
+target -> (a scenario: write its machine as a static ELF) -> single-step it
+natively, logging the outside world -> emulate it with that log replayed ->
+normalise -> compare -> the first divergence, explained.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInput
+from ..record.elf import PIE_BASE, load_elf
+from ..record.machine import MachineSpec, Mapping
+from ..record.process import STACK_TOP, linux_process
 from ..record.recorder import build_program, machine_spec
 from ..scenario import load_scenario
 from ..symbols import LabelTable
@@ -24,9 +28,10 @@ from .emulated import EmulatedRun, emulate
 from .native import NativeError, NativeRun, run_native
 from .normalise import RIP
 from .ptrace import unavailable_reason
-from .scenario_elf import write_scenario_elf
+from .scenario_elf import write_machine_elf
 
 ELF_MAGIC = b"\x7fELF"
+DEFAULT_ELF_MAX_STEPS = 1_000_000
 
 
 @dataclass
@@ -41,11 +46,26 @@ class Target:
     symbols: dict[str, int]
     #: address -> "file:line" of the source line that starts there
     lines: dict[int, str]
+    #: (native run, max steps) -> the emulated run, replaying the native one when given
     emulate: Callable[[NativeRun | None, int], EmulatedRun]
+    #: An ELF's linked entry: the native side moves --from/--to with a static-pie.
+    linked_entry: int | None = None
+    _labels: LabelTable = field(init=False, repr=False)
+    _line_addrs: list[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._labels = LabelTable(self.symbols)
         self._line_addrs = sorted(self.lines)
+
+    def relocated(self, bias: int) -> Target:
+        if not bias:
+            return self
+        return dataclasses.replace(
+            self,
+            entry=self.entry + bias,
+            symbols={name: addr + bias for name, addr in self.symbols.items()},
+            lines={addr + bias: line for addr, line in self.lines.items()},
+        )
 
     def name_address(self, addr: int) -> str:
         found = self._labels.nearest(addr)
@@ -68,19 +88,10 @@ def scenario_target(name_or_path: str, workdir: Path) -> Target:
     scenario = load_scenario(name_or_path)
     program, regions = build_program(scenario)
     spec = machine_spec(program, regions, scenario.entry)
-    executable = write_scenario_elf(
-        workdir / f"{scenario.name}.elf",
-        spec.code,
-        spec.code_region,
-        spec.regions,
-        spec.entry,
-        spec.registers,
-        spec.memory,
-    )
     source = Path(scenario.path).name
     return Target(
         name=scenario.name,
-        executable=executable,
+        executable=write_machine_elf(workdir / f"{scenario.name}.elf", spec),
         entry=spec.entry,
         sentinel=spec.sentinel,
         max_steps=scenario.max_steps,
@@ -90,13 +101,66 @@ def scenario_target(name_or_path: str, workdir: Path) -> Target:
     )
 
 
+def elf_target(path: Path) -> Target:
+    """A static ELF: natively as it is; emulated as the recorder's Linux process,
+    started from the native run's own initial stack and load address."""
+    image = load_elf(path)
+
+    def emulate_elf(native: NativeRun | None, max_steps: int) -> EmulatedRun:
+        if native is None:  # the recorder's process exactly, nothing replayed
+            return emulate(linux_process(image, [], []).spec, None, max_steps)
+        return emulate(native_process(path, native), native, max_steps)
+
+    return Target(
+        name=path.name,
+        executable=path,
+        entry=image.entry,
+        sentinel=None,
+        max_steps=DEFAULT_ELF_MAX_STEPS,
+        symbols={**image.raw_symbols, **image.symbols},
+        lines={},
+        emulate=emulate_elf,
+        linked_entry=image.entry,
+    )
+
+
+def native_process(path: Path, native: NativeRun) -> MachineSpec:
+    """The recorder's process of `path`, moved to where the kernel put the native one:
+    the static-pie's load address, the initial stack (argv, envp, auxv as the
+    kernel wrote them), the initial registers, the heap's start."""
+    image = load_elf(path, pie_base=PIE_BASE + native.load_bias)
+    process = linux_process(image, [], [])
+    spec = process.spec
+    rsp = native.initial_registers["rsp"]
+    stack = next(m for m in spec.mappings if m.data and m.start <= STACK_TOP - 1 < m.start + m.size)
+    mappings = [
+        Mapping(m.start, m.size, m.perms, native.initial_stack, rsp) if m is stack else m
+        for m in spec.mappings
+    ]
+    # The kernel's heap starts where it says on the first brk, not always
+    # after the segments (a static-pie's is at 0x555555555000 on Linux 6).
+    first_brk = next((s.result for s in native.syscalls if s.name == "brk"), None)
+    state = process.state
+    if first_brk is not None and first_brk != state.brk_start:
+        state = dataclasses.replace(state, brk_start=first_brk, brk=first_brk)
+    registers = {
+        name: native.initial_registers[name] for name in native.initial_registers if name != "rip"
+    }
+    registers.pop("fs_base", None)
+    make_kernel = spec.kernel
+    kernel_class = type(make_kernel())
+    return dataclasses.replace(
+        spec,
+        mappings=mappings,
+        registers=registers,
+        kernel=lambda: kernel_class(dataclasses.replace(state)),  # type: ignore[call-arg]
+    )
+
+
 def resolve_target(target: str, workdir: Path) -> Target:
     path = Path(target)
     if path.is_file() and path.read_bytes()[:4] == ELF_MAGIC:
-        raise BadInput(
-            f"{target}: an ELF target needs the ELF recorder (real binaries, branch issue-12), "
-            "which this build does not have yet; scenarios work"
-        )
+        return elf_target(path)
     return scenario_target(target, workdir)
 
 
@@ -139,15 +203,24 @@ def silicon_check(
         steps = max_steps or target.max_steps
         try:
             native = run_native(
-                target.executable, start=start, end=end, sentinel=target.sentinel, max_steps=steps
+                target.executable,
+                start=start,
+                end=end,
+                sentinel=target.sentinel,
+                max_steps=steps,
+                linked_entry=target.linked_entry,
             )
         except NativeError as exc:
             raise BadInput(str(exc)) from exc
+    target = target.relocated(native.load_bias)
+    start += native.load_bias
+    end = None if end is None else end + native.load_bias
     emulated = target.emulate(native if replay else None, steps + native.skipped)
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
+        reached_end = last < emulated.steps
         emulated.registers = emulated.registers[first:last]
-        if end is not None and last < emulated.steps + first:
+        if end is not None and reached_end:
             emulated.stop_reason, emulated.stop_detail = "to", f"reached {end:#x}"
     comparison = compare(
         native,

@@ -1,29 +1,40 @@
 """The emulated side: the recorder's machine, given the native run's outside world.
 
-`ReplayingMachine` is the recorder's `Machine` with three answers taken from
-the native log instead of from unicorn or the recorder's own system calls:
-system call results (and the buffers the kernel filled), `cpuid` and
-`xgetbv`. Each is replayed in the order the native run met them, so the
-comparison tests the CPU model, not the machine it ran on. Without a native
-log (`replay=False`) it is exactly the recorder's machine.
+The machine is built from parts (record/machine.py): a kernel for system
+calls and a CPU model for cpuid, xgetbv and friends. For the comparison
+both are wrapped so that they answer what the native run was answered, in
+the order it asked:
+
+- `SyscallReplay`: runs the recorder's own kernel (so memory gets mapped,
+  output captured, exit stops the run), then gives the program the native
+  result and the bytes the native kernel wrote. An mmap goes where the native
+  one went (MAP_FIXED).
+- `ReplayingCpu`: cpuid and xgetbv give the native values; the rest is the
+  recorder's fixed CPU model.
+
+So the comparison tests the CPU model, not the machine it ran on. Without a
+native log (`replay=False`) the machine is exactly the recorder's.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import unicorn.x86_const as x86
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN
-from unicorn.unicorn_py3.unicorn import UcError
+from unicorn.unicorn_py3.unicorn import Uc
 
 from ..arch import REGISTERS
+from ..record.cpu import CpuModel
 from ..record.machine import Chunk, Machine, MachineSpec
-from .native import CpuidRecord, NativeRun, SyscallRecord, XgetbvRecord
+from ..record.syscalls import BareKernel
+from .native import CpuidRecord, NativeRun, XgetbvRecord
+from .native import SyscallRecord as NativeSyscall
 
 _MASK64 = (1 << 64) - 1
+_SYS_MMAP, _MAP_FIXED = 9, 0x10
 
 
 @dataclass
@@ -42,75 +53,98 @@ class EmulatedRun:
         return int(self.registers.shape[0])
 
 
-class ReplayingMachine(Machine):
-    def __init__(self, spec: MachineSpec, native: NativeRun | None) -> None:
-        super().__init__(spec)
-        self.mismatches: list[str] = []
-        self.syscalls: deque[SyscallRecord] = deque(native.syscalls if native else ())
-        self.cpuid: deque[CpuidRecord] = deque(native.cpuid if native else ())
-        self.xgetbv: deque[XgetbvRecord] = deque(native.xgetbv if native else ())
-        if native is None:
-            return
-        # Registered before `run()` adds the recording hooks: unicorn calls
-        # hooks in the order they were added, so a replayed value is in place
-        # before the next row is read.
-        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
-        xgetbv_sites = {int(native.registers[r.step, 0]) for r in native.xgetbv if r.step >= 0}
-        for site in xgetbv_sites:
-            self.uc.hook_add(UC_HOOK_CODE, self._on_xgetbv_site, site, site, site + 3)
-        self._xgetbv_pending = False
+class SyscallReplay:
+    """Wraps one kernel's `handle`: the recorder's kernel runs, the native results win."""
 
-    def _on_syscall(self, uc: Any, user: Any) -> None:
-        number = int(uc.reg_read(x86.UC_X86_REG_RAX))
-        record = self.syscalls.popleft() if self.syscalls else None
-        super()._on_syscall(uc, user)  # the CPU's part, output capture, exit
-        if record is None or self._stop is not None:
+    def __init__(
+        self, inner: BareKernel, syscalls: list[NativeSyscall], mismatches: list[str]
+    ) -> None:
+        self.inner = inner
+        self.inner_handle = inner.handle
+        self.native = deque(syscalls)
+        self.mismatches = mismatches
+
+    def handle(self, uc: Uc, step: int) -> None:
+        nr = int(uc.reg_read(x86.UC_X86_REG_RAX))
+        record = self.native.popleft() if self.native else None
+        matches = record is not None and record.nr == nr
+        succeeded = record is not None and record.result < 1 << 63
+        moved: list[tuple[int, int]] = []
+        if matches and nr == _SYS_MMAP and succeeded:
+            # Map it where the native kernel did; the registers come back after.
+            assert record is not None
+            for reg, value in ((x86.UC_X86_REG_RDI, record.result), (x86.UC_X86_REG_R10, None)):
+                old = int(uc.reg_read(reg))
+                moved.append((reg, old))
+                uc.reg_write(reg, value if value is not None else old | _MAP_FIXED)
+        self.inner_handle(uc, step)
+        for reg, old in moved:
+            uc.reg_write(reg, old)
+        if self.inner.stop is not None:
             return
-        if record.nr != number:
+        if record is None or not matches:
+            native = f"{record.nr} ({record.name})" if record else "none"
             self.mismatches.append(
-                f"the emulation made system call {number} where the native run made "
-                f"{record.nr} ({record.name})"
+                f"step {step}: the emulation made system call {nr} where the native run made "
+                f"{native}; the recorder's answer was kept"
             )
             return
         uc.reg_write(x86.UC_X86_REG_RAX, record.result & _MASK64)
         for addr, data in record.buffers:
-            try:
-                uc.mem_write(addr, data)
-            except UcError:
-                self.mismatches.append(f"{record.name} filled {addr:#x}, unmapped here")
+            if self.inner.mapped(uc, addr, len(data)):
+                self.inner.write_memory(addr, data)
+            else:
+                self.mismatches.append(f"step {step}: {record.name} filled {addr:#x}, unmapped")
 
-    def _on_cpuid(self, uc: Any, _user: Any) -> int:
-        leaf = int(uc.reg_read(x86.UC_X86_REG_RAX)) & 0xFFFFFFFF
-        subleaf = int(uc.reg_read(x86.UC_X86_REG_RCX)) & 0xFFFFFFFF
-        record = self.cpuid.popleft() if self.cpuid else None
+
+class ReplayingCpu(CpuModel):
+    """The recorder's CPU model, with the native run's cpuid and xgetbv answers."""
+
+    def __init__(
+        self, cpuid: list[CpuidRecord], xgetbv: list[XgetbvRecord], mismatches: list[str]
+    ) -> None:
+        super().__init__()
+        self.native_cpuid = deque(cpuid)
+        self.native_xgetbv = deque(xgetbv)
+        self.mismatches = mismatches
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:  # type: ignore[override]
+        record = self.native_cpuid.popleft() if self.native_cpuid else None
         if record is None or (record.leaf, record.subleaf) != (leaf, subleaf):
-            self.mismatches.append(f"cpuid leaf {leaf:#x}.{subleaf} not in the native log")
-            return 0  # unicorn answers
-        for reg, value in (
-            (x86.UC_X86_REG_RAX, record.eax),
-            (x86.UC_X86_REG_RBX, record.ebx),
-            (x86.UC_X86_REG_RCX, record.ecx),
-            (x86.UC_X86_REG_RDX, record.edx),
-        ):
-            uc.reg_write(reg, value)
-        return 1  # skip unicorn's own cpuid
+            self.mismatches.append(f"cpuid {leaf:#x}.{subleaf} is not the native run's next one")
+            return CpuModel.cpuid(leaf, subleaf)
+        return record.eax, record.ebx, record.ecx, record.edx
 
-    def _on_xgetbv_site(self, uc: Any, address: int, _size: int, site: int) -> None:
-        # A code hook runs before its instruction: note the xgetbv, and give
-        # eax:edx the native values before the instruction after it.
-        if address == site:
-            self._xgetbv_pending = True
-        elif address == site + 3 and self._xgetbv_pending:
-            self._xgetbv_pending = False
-            record = self.xgetbv.popleft() if self.xgetbv else None
-            if record is not None:
-                uc.reg_write(x86.UC_X86_REG_RAX, record.eax)
-                uc.reg_write(x86.UC_X86_REG_RDX, record.edx)
+    def answer(self, uc: Uc, insn: Any) -> None:
+        if insn.mnemonic != "xgetbv" or not self.native_xgetbv:
+            super().answer(uc, insn)
+            return
+        record = self.native_xgetbv.popleft()
+        uc.reg_write(x86.UC_X86_REG_RAX, record.eax)
+        uc.reg_write(x86.UC_X86_REG_RDX, record.edx)
+
+
+def replaying(spec: MachineSpec, native: NativeRun, mismatches: list[str]) -> MachineSpec:
+    """`spec` with a kernel and a CPU that answer as the native run was answered."""
+    make_kernel = spec.kernel
+
+    def replaying_kernel() -> BareKernel:
+        kernel = make_kernel()
+        # The machine calls `kernel.handle`; everything else it reads stays the kernel's own.
+        kernel.handle = SyscallReplay(kernel, native.syscalls, mismatches).handle  # type: ignore[method-assign]
+        return kernel
+
+    return replace(
+        spec,
+        kernel=replaying_kernel,
+        cpu=lambda: ReplayingCpu(native.cpuid, native.xgetbv, mismatches),
+    )
 
 
 def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> EmulatedRun:
     """Run the machine to its stop; rows as a (steps, registers) array."""
-    machine = ReplayingMachine(spec, native)
+    mismatches: list[str] = []
+    machine = Machine(replaying(spec, native, mismatches) if native is not None else spec)
     chunks: list[bytes] = []
 
     def on_chunk(chunk: Chunk) -> None:
@@ -125,5 +159,5 @@ def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> Emul
         stop_detail=result.stop.detail,
         stdout=result.stdout,
         stderr=result.stderr,
-        replay_mismatches=machine.mismatches,
+        replay_mismatches=mismatches,
     )

@@ -30,6 +30,7 @@ import capstone
 import numpy as np
 
 from ..arch import REGISTERS
+from ..record.syscalls import NAMES, fixed_random
 from .ptrace import (
     PTRACE_GETREGS,
     PTRACE_GETSIGINFO,
@@ -46,11 +47,20 @@ from .ptrace import (
     trace_me_without_aslr,
 )
 
+#: glibc picks its string functions by cpuid: without this, natively it takes
+#: AVX2/EVEX versions, and the replayed cpuid would send the emulation (which
+#: cannot run AVX) down the same path. rseq off: the kernel would write the
+#: rseq area behind the program's back, which no replay can reproduce.
+GLIBC_TUNABLES = (
+    "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX_VNNI,-AVX512F,-AVX512BW,-AVX512CD,-AVX512DQ,-AVX512VL,"
+    "-AVX_Fast_Unaligned_Load,-FMA,-FMA4,-BMI1,-BMI2,-LZCNT,-MOVBE,-ERMS,-FSRM,-RTM,-XSAVEC:"
+    "glibc.pthread.rseq=0"
+)
 #: The environment of every native run: nothing from the caller's.
-FIXED_ENV = {"LANG": "C", "LC_ALL": "C", "PATH": "/usr/bin:/bin"}
+FIXED_ENV = {"LANG": "C", "LC_ALL": "C", "GLIBC_TUNABLES": GLIBC_TUNABLES}
 #: What AT_RANDOM points to (glibc's stack guard and pointer guard come from
-#: it). The same 16 bytes on every run; the ELF recorder is given them too.
-FIXED_AT_RANDOM = bytes(range(0x10, 0x20))
+#: it): the ELF recorder's fixed bytes, the same on every run.
+FIXED_AT_RANDOM = fixed_random(16)
 AT_NULL, AT_IGNORE, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 25, 33
 
 #: REGISTERS (the trace's column order) as indexes into user_regs_struct.
@@ -86,12 +96,6 @@ OUTPUT_BUFFERS: dict[int, tuple[int, int | str | tuple[str, int]]] = {
     318: (0, "result"),  # getrandom
     332: (4, 256),  # statx
 }
-SYSCALL_NAMES = {
-    0: "read", 1: "write", 3: "close", 9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk",
-    13: "rt_sigaction", 14: "rt_sigprocmask", 16: "ioctl", 20: "writev", 39: "getpid",
-    60: "exit", 158: "arch_prctl", 186: "gettid", 218: "set_tid_address", 231: "exit_group",
-    257: "openat", 273: "set_robust_list", 302: "prlimit64", 318: "getrandom", 334: "rseq",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class SyscallRecord:
 
     @property
     def name(self) -> str:
-        return SYSCALL_NAMES.get(self.nr, f"syscall_{self.nr}")
+        return NAMES.get(self.nr, f"syscall_{self.nr}")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -159,6 +163,13 @@ class NativeRun:
     xgetbv: list[XgetbvRecord] = field(default_factory=list)
     #: The bytes at every address an instruction ran from (up to 16 of them).
     code: dict[int, bytes] = field(default_factory=dict)
+    #: At the exec stop: the registers (trace names, and fs_base) and the
+    #: stack from rsp to its top (argc, argv, envp, auxv, strings), as the
+    #: kernel built them, AT_RANDOM and the vDSO entry already fixed.
+    initial_registers: dict[str, int] = field(default_factory=dict)
+    initial_stack: bytes = b""
+    #: How far from its linked addresses the kernel loaded the program (a static-pie).
+    load_bias: int = 0
 
     @property
     def steps(self) -> int:
@@ -186,6 +197,7 @@ def run_native(
     end: int | None = None,
     sentinel: int | None = None,
     max_steps: int = 1_000_000,
+    linked_entry: int | None = None,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -193,6 +205,10 @@ def run_native(
     first instruction after exec) until `end` is reached (stop `to`), rip
     reaches `sentinel` (stop `returned`), an instruction jumps to itself with
     no change (`spin`), the program exits or faults, or `max_steps` rows.
+
+    `linked_entry`: the entry address `start` and `end` were computed for; a
+    static-pie runs wherever the kernel put it, and they move with it
+    (`NativeRun.load_bias`).
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
@@ -215,6 +231,8 @@ def run_native(
             stepper = _Stepper(pid, start, end, sentinel, max_steps)
             try:
                 stepper.fix_auxv()
+                if linked_entry is not None:
+                    stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
                 stepper.run()
             finally:
                 os.close(stepper.mem)
@@ -235,6 +253,9 @@ def run_native(
         cpuid=stepper.cpuid,
         xgetbv=stepper.xgetbv,
         code=stepper.code,
+        initial_registers=stepper.initial_registers,
+        initial_stack=stepper.initial_stack,
+        load_bias=stepper.load_bias,
     )
 
 
@@ -266,6 +287,9 @@ class _Stepper:
         self.stop = NativeStop("max_steps", -1, "")
         self.kinds: dict[int, int] = {}
         self.code: dict[int, bytes] = {}
+        self.initial_registers: dict[str, int] = {}
+        self.initial_stack = b""
+        self.load_bias = 0
         self.disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.disassembler.detail = False
 
@@ -284,6 +308,27 @@ class _Stepper:
         regs = UserRegs()
         ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
         sp = int(regs[USER_REGS.index("rsp")])
+        self.patch_auxv(sp)
+        self.initial_registers = {
+            name: int(regs[USER_REGS.index("eflags" if name == "rflags" else name)])
+            for name in (*REGISTERS, "fs_base")
+        }
+        self.initial_stack = self.read(sp, self.stack_end(sp) - sp)
+
+    def relocate(self, bias: int) -> None:
+        self.load_bias = bias
+        self.start = None if self.start is None else self.start + bias
+        self.end = None if self.end is None else self.end + bias
+
+    def stack_end(self, sp: int) -> int:
+        """The end of the mapping that holds `sp` (the kernel's [stack])."""
+        for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
+            begin, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if begin <= sp < end:
+                return end
+        return sp
+
+    def patch_auxv(self, sp: int) -> None:
         argc = int.from_bytes(self.read(sp, 8), "little")
         cursor = sp + 8 * (argc + 2)  # past argc, argv[], NULL
         while int.from_bytes(self.read(cursor, 8), "little"):

@@ -1,4 +1,4 @@
-"""A scenario as a static ELF: the same bytes at the same addresses as in the emulator.
+"""A scenario's machine as a static ELF: the same bytes at the same addresses as in the emulator.
 
 The recorder's machine (docs/machine.md) becomes an executable the kernel can
 load: one PT_LOAD per region, at its page-aligned address and size with the
@@ -33,7 +33,7 @@ import struct
 from pathlib import Path
 
 from ..arch import PAGE, REGISTERS
-from ..layout import Region
+from ..record.machine import MachineSpec
 
 #: Where the start stub is loaded: below the code, with unmapped pages between.
 STUB_BASE = 0x200000
@@ -89,23 +89,24 @@ def _flags(perms: str) -> int:
     )
 
 
-def write_scenario_elf(
-    path: Path,
-    code: bytes,
-    code_region: Region,
-    regions: list[Region],
-    entry: int,
-    registers: dict[str, int],
-    memory: dict[int, bytes],
-) -> Path:
-    """Write the executable for one machine (the recorder's MachineSpec fields)."""
-    stub = start_stub(registers, memory, entry)
+def write_machine_elf(path: Path, spec: MachineSpec) -> Path:
+    """Write the executable for one machine: its mappings as segments, the stub as entry."""
+    stub = start_stub(spec.registers, spec.memory, spec.entry)
     # (vaddr, file bytes, memory size, flags); file data is page-aligned in the file.
-    segments: list[tuple[int, bytes, int, int]] = [
-        (STUB_BASE, stub, len(stub), _PF_R | _PF_X),
-        (code_region.map_start, code, code_region.map_size, _flags(code_region.perms)),
-    ]
-    segments += [(r.map_start, b"", r.map_size, _flags(r.perms)) for r in regions]
+    segments: list[tuple[int, bytes, int, int]] = [(STUB_BASE, stub, len(stub), _PF_R | _PF_X)]
+    for mapping in spec.mappings:
+        if not mapping.size:
+            continue  # only bytes for pages mapped by another entry
+        pages = bytearray(mapping.size)
+        for piece in spec.mappings:  # every piece of data that falls in these pages
+            lo = max(piece.data_at, mapping.start)
+            hi = min(piece.data_at + len(piece.data), mapping.start + mapping.size)
+            if piece.data and lo < hi:
+                pages[lo - mapping.start : hi - mapping.start] = piece.data[
+                    lo - piece.data_at : hi - piece.data_at
+                ]
+        data = bytes(pages).rstrip(b"\0")
+        segments.append((mapping.start, data, mapping.size, _flags(mapping.perms)))
     headers_size = _EHDR.size + _PHDR.size * (len(segments) + 1)
     offset = (headers_size + PAGE - 1) // PAGE * PAGE
     phdrs = bytearray()
@@ -121,7 +122,6 @@ def write_scenario_elf(
         ident, 2, 62, 1, STUB_BASE, _EHDR.size, 0, 0, _EHDR.size, _PHDR.size,
         len(segments) + 1, 64, 0, 0,
     )  # fmt: skip
-    image = (ehdr + phdrs).ljust(offset, b"\0") + body
-    path.write_bytes(image)
+    path.write_bytes((ehdr + phdrs).ljust(offset, b"\0") + body)
     path.chmod(0o755)
     return path
