@@ -273,3 +273,100 @@ def test_rep_extra_step_rows_are_dropped() -> None:
     rows[:, RCX] = [3, 2, 1, 0, 0]  # unicorn's extra step: the rep again with rcx == 0
     keep = drop_rep_extra_steps(rows, InstructionTable(code))
     assert keep.tolist() == [0, 1, 2, 4]
+
+
+@silicon
+def test_a_run_cut_at_max_steps_compares_up_to_there() -> None:
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "call-heavy.toml"
+    comparison = _check(bench, max_steps=3000)
+    assert comparison.same, comparison.divergence
+    assert comparison.native_steps == comparison.compared_steps == 3000
+
+
+@silicon
+def test_the_native_process_starts_with_fixed_random_bytes_and_no_vdso(tmp_path: Path) -> None:
+    from stacktrace_lab.silicon.check import scenario_target
+    from stacktrace_lab.silicon.native import FIXED_AT_RANDOM, run_native
+
+    target = scenario_target("first-switch", tmp_path)
+    native = run_native(target.executable, start=target.entry)
+    stack = native.initial_stack
+    rsp = native.initial_registers["rsp"]
+    words = [int.from_bytes(stack[i : i + 8], "little") for i in range(0, len(stack) - 7, 8)]
+    argc = words[0]
+    cursor = argc + 2
+    while words[cursor]:  # envp
+        cursor += 1
+    auxv = {}
+    cursor += 1
+    while words[cursor]:
+        auxv.setdefault(words[cursor], words[cursor + 1])
+        cursor += 2
+    random_at = auxv[25] - rsp  # AT_RANDOM
+    assert stack[random_at : random_at + 16] == FIXED_AT_RANDOM
+    assert 33 not in auxv  # AT_SYSINFO_EHDR: no vDSO for the program to find
+    again = run_native(target.executable, start=target.entry)
+    assert again.initial_stack == stack  # ASLR off: the same bytes at the same place
+
+
+# Real programs: the examples of the real-binaries issue, built at test time.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _build(command: list[str], tool: str) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"{tool} could not build the example: {done.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("examples")
+
+
+@silicon
+@pytest.mark.parametrize(
+    ("name", "command", "tool"),
+    [
+        ("c", ["gcc", "-static", "-O0", "-g", "-o", "{out}", "first_switch.c"], "gcc"),
+        (
+            "rust-static-pie",
+            ["rustc", "-O", "-C", "target-feature=+crt-static", "-o", "{out}", "first_switch.rs"],
+            "rustc",
+        ),
+        (
+            "rust-static",
+            [
+                "rustc", "-O", "-C", "target-feature=+crt-static",
+                "-C", "relocation-model=static", "-o", "{out}", "first_switch.rs",
+            ],
+            "rustc",
+        ),
+    ],
+)  # fmt: skip
+def test_the_examples_run_the_same_on_this_cpu(
+    examples: Path, name: str, command: list[str], tool: str
+) -> None:
+    out = examples / name
+    _build(
+        [str(out) if a == "{out}" else str(EXAMPLES / a) if a.startswith("first") else a
+         for a in command],
+        tool,
+    )  # fmt: skip
+    result = silicon_check(str(out))
+    comparison = result.comparison
+    assert comparison.same, comparison.divergence
+    assert comparison.stdout_same
+    assert result.native.stdout == b"I LOVE WAKING UP ON A NEW STACK!\n"
+    assert comparison.native_stop.startswith("spin")
+    assert comparison.compared_steps == comparison.native_steps > 10_000
+    assert result.native.cpuid and result.native.xgetbv  # the outside world was replayed
+    if name == "rust-static-pie":  # --from a symbol moves with the program
+        main_only = silicon_check(str(out), from_symbol="main").comparison
+        assert main_only.same, main_only.divergence
+        assert 0 < main_only.compared_steps < comparison.compared_steps

@@ -15,13 +15,19 @@ from ..silicon.compare import CAUSES, Comparison
 @click.option("--from", "from_symbol", metavar="SYMBOL", help="Compare from this symbol on.")
 @click.option("--to", "to_symbol", metavar="SYMBOL", help="Stop comparing where this is reached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Compare at most this many steps.")
 @click.option(
     "--no-replay",
     is_flag=True,
     help="Let the emulator answer syscalls, cpuid and xgetbv itself (the environment's part).",
 )
 def silicon_check_command(
-    target: str, from_symbol: str | None, to_symbol: str | None, as_json: bool, no_replay: bool
+    target: str,
+    from_symbol: str | None,
+    to_symbol: str | None,
+    as_json: bool,
+    max_steps: int | None,
+    no_replay: bool,
 ) -> int:
     """Single-step TARGET on this CPU and compare every step with the emulated run.
 
@@ -30,7 +36,11 @@ def silicon_check_command(
     input or when ptrace is not available here.
     """
     result = silicon_check(
-        target, from_symbol=from_symbol, to_symbol=to_symbol, replay=not no_replay
+        target,
+        from_symbol=from_symbol,
+        to_symbol=to_symbol,
+        replay=not no_replay,
+        max_steps=max_steps,
     )
     comparison = result.comparison
     if as_json:

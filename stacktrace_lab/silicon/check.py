@@ -215,7 +215,9 @@ def silicon_check(
     target = target.relocated(native.load_bias)
     start += native.load_bias
     end = None if end is None else end + native.load_bias
-    emulated = target.emulate(native if replay else None, steps + native.skipped)
+    # As far as the native run went, and one step more to see whether the
+    # emulation would have gone on where the CPU stopped.
+    emulated = target.emulate(native if replay else None, native.skipped + native.steps + 1)
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps

@@ -111,16 +111,19 @@ def compare(
     replayed: bool = True,
 ) -> Comparison:
     table = InstructionTable(native.code)
-    normalised = normalise(native.registers, emulated.registers, table)
+    normalised = normalise(native.registers, emulated.registers, table, native.r11_saved_at_start)
     n, e = normalised.native, normalised.emulated
     rows = len(n)
     emulated_rows = len(emulated.registers) - normalised.rows_touched["rep-extra-step"]
     differs = (n != e).any(axis=1)
     first: int | None = int(np.argmax(differs)) if differs.any() else None
-    if first is None and native.steps != emulated_rows:
-        first = rows  # one run went on where the other stopped
     native_stop = native.stop.reason
-    stop_same = native_stop == emulated.stop_reason or native_stop == "to"
+    # The native run was cut short (--to, --max-steps): the emulation may go on.
+    cut_short = native_stop in ("to", "max_steps")
+    went_on = cut_short and emulated_rows > native.steps
+    if first is None and native.steps != emulated_rows and not went_on:
+        first = rows  # one run went on where the other stopped
+    stop_same = native_stop == emulated.stop_reason or cut_short
     if first is None and not stop_same:
         first = max(rows - 1, 0)
     divergence = None
@@ -139,10 +142,10 @@ def compare(
     return Comparison(
         native_steps=native.steps,
         emulated_steps=emulated_rows,
-        compared_steps=rows if first is None else first,
+        compared_steps=min(rows, native.steps) if first is None else first,
         native_stop=f"{native.stop.reason}: {native.stop.detail}",
         emulated_stop=f"{emulated.stop_reason}: {emulated.stop_detail}",
-        stdout_same=native.stdout == emulated.stdout or native_stop == "to",
+        stdout_same=native.stdout == emulated.stdout or cut_short,
         normalisations=normalised.rows_touched,
         divergence=divergence,
         replay_mismatches=emulated.replay_mismatches,

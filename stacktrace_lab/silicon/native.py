@@ -105,6 +105,7 @@ class SyscallRecord:
     args: tuple[int, ...]
     result: int  # as the kernel returned it, two's complement in 64 bits
     buffers: tuple[tuple[int, bytes], ...] = ()  # (address, bytes) the call filled
+    r11_after: int = 0  # the rflags `syscall` saved in r11 (with the tracer's TF)
 
     @property
     def name(self) -> str:
@@ -174,6 +175,13 @@ class NativeRun:
     @property
     def steps(self) -> int:
         return int(self.registers.shape[0])
+
+    @property
+    def r11_saved_at_start(self) -> bool:
+        """Whether r11 in the first row is still the rflags a syscall before the window saved."""
+        before = [s for s in self.syscalls if s.step < 0]
+        r11 = REGISTERS.index("r11")
+        return bool(before and self.steps and self.registers[0, r11] == before[-1].r11_after)
 
 
 class NativeError(Exception):
@@ -429,7 +437,14 @@ class _Stepper:
             args = tuple(int(pre[i]) for i in _ARG_REGS)
             result = int(post[_RAX]) if not exited else 0
             self.syscalls.append(
-                SyscallRecord(step, nr, args, result, self.filled_buffers(nr, args, result))
+                SyscallRecord(
+                    step,
+                    nr,
+                    args,
+                    result,
+                    self.filled_buffers(nr, args, result),
+                    int(post[USER_REGS.index("r11")]),
+                )
             )
         elif exited:
             return

@@ -89,14 +89,17 @@ def undefined_flag_masks(facts: RowFacts) -> np.ndarray:
     return masks
 
 
-def rflags_in_r11(r11: np.ndarray, facts: RowFacts) -> np.ndarray:
-    """Rows where r11 still holds the rflags a `syscall` saved."""
+def rflags_in_r11(r11: np.ndarray, facts: RowFacts, saved_at_start: bool = False) -> np.ndarray:
+    """Rows where r11 still holds the rflags a `syscall` saved.
+
+    `saved_at_start`: the first row's r11 comes from a syscall before the
+    rows (the comparison starts at `--from`)."""
     rows = len(r11)
-    if rows < 2:
+    if rows == 0:
         return np.zeros(rows, dtype=bool)
-    is_syscall = facts.is_syscall
     after_syscall = np.zeros(rows, dtype=bool)
-    after_syscall[1:] = is_syscall[:-1]
+    after_syscall[0] = saved_at_start
+    after_syscall[1:] = facts.is_syscall[:-1]
     # A run of rows with the same r11 starts at a change of r11 or right after a syscall.
     starts = np.ones(rows, dtype=bool)
     starts[1:] = (r11[1:] != r11[:-1]) | after_syscall[1:]
@@ -105,7 +108,12 @@ def rflags_in_r11(r11: np.ndarray, facts: RowFacts) -> np.ndarray:
     return saved
 
 
-def normalise(native: np.ndarray, emulated: np.ndarray, table: InstructionTable) -> Normalised:
+def normalise(
+    native: np.ndarray,
+    emulated: np.ndarray,
+    table: InstructionTable,
+    r11_saved_at_start: bool = False,
+) -> Normalised:
     keep = drop_rep_extra_steps(emulated, table)
     counts = {"rep-extra-step": len(emulated) - len(keep)}
     emulated = emulated[keep]
@@ -115,7 +123,7 @@ def normalise(native: np.ndarray, emulated: np.ndarray, table: InstructionTable)
     keep = keep[:rows]
     facts = table.row_facts(n[:, RIP])
 
-    saved = rflags_in_r11(n[:, R11], facts)
+    saved = rflags_in_r11(n[:, R11], facts, r11_saved_at_start)
     for name, bit in (("interrupt-flag", IF), ("trap-flag", TF)):
         in_rflags = ((n[:, RFLAGS] ^ e[:, RFLAGS]) & bit) != 0
         in_r11 = saved & (((n[:, R11] ^ e[:, R11]) & bit) != 0)
