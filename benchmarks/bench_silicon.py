@@ -5,6 +5,7 @@ in this one run, not across runs):
 
     python benchmarks/bench_silicon.py                  # 200,000 steps of call-heavy
     python benchmarks/bench_silicon.py --steps 1000000
+    python benchmarks/bench_silicon.py --elf ./first_switch_c   # a static ELF, to its stop
 
 The native stepper pays two kernel round trips per instruction (PTRACE_SINGLESTEP
 with its wait, PTRACE_GETREGS); the comparison is whole-column numpy work.
@@ -25,9 +26,10 @@ SCENARIO = HERE / "call-heavy.toml"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200_000)
+    parser.add_argument("--elf", type=Path, help="a static x86-64 ELF instead of call-heavy")
     args = parser.parse_args()
 
-    from stacktrace_lab.silicon.check import scenario_target
+    from stacktrace_lab.silicon.check import elf_target, scenario_target
     from stacktrace_lab.silicon.compare import compare
     from stacktrace_lab.silicon.native import run_native
     from stacktrace_lab.silicon.ptrace import unavailable_reason
@@ -36,14 +38,22 @@ def main() -> None:
     if reason is not None:
         raise SystemExit(f"cannot run natively: {reason}")
     with tempfile.TemporaryDirectory() as workdir:
-        target = scenario_target(str(SCENARIO), Path(workdir))
+        if args.elf is not None:
+            target = elf_target(args.elf)
+        else:
+            target = scenario_target(str(SCENARIO), Path(workdir))
         start = time.perf_counter()
         native = run_native(
-            target.executable, start=target.entry, sentinel=target.sentinel, max_steps=args.steps
+            target.executable,
+            start=target.entry,
+            sentinel=target.sentinel,
+            max_steps=args.steps,
+            linked_entry=target.linked_entry,
         )
         native_s = time.perf_counter() - start
+    target = target.relocated(native.load_bias)
     start = time.perf_counter()
-    emulated = target.emulate(native, args.steps)
+    emulated = target.emulate(native, native.skipped + native.steps + 1)
     emulated_s = time.perf_counter() - start
     start = time.perf_counter()
     comparison = compare(
@@ -52,7 +62,8 @@ def main() -> None:
     compare_s = time.perf_counter() - start
     assert comparison.same, comparison.divergence
     steps = native.steps
-    print(f"{platform.processor() or platform.machine()}, {steps:,} steps of {SCENARIO.name}")
+    name = args.elf.name if args.elf is not None else SCENARIO.name
+    print(f"{platform.processor() or platform.machine()}, {steps:,} steps of {name}")
     print(f"{'part':<32}{'seconds':>10}{'steps/s':>14}")
     for part, seconds in (
         ("native single-step (ptrace)", native_s),

@@ -166,9 +166,7 @@ def test_one_flipped_register_is_caught_at_its_step_with_its_cause() -> None:
     rows = emulated.registers.copy()
     table = InstructionTable(result.native.code)
     # A row whose previous instruction does not write rbx: the change has no writer.
-    step = next(
-        i for i in range(1000, len(rows)) if "rbx" not in table.at(int(rows[i - 1, 0])).writes
-    )
+    step = next(i for i in range(1000, len(rows)) if "rbx" not in table.writes(int(rows[i - 1, 0])))
     rows[step, RBX] ^= 1 << 40
     emulated.registers = rows
     comparison = compare(

@@ -168,7 +168,8 @@ def _explain(
         for i in np.flatnonzero(n[row] != e[row]):
             registers[REGISTERS[i]] = (int(n[row, i]), int(e[row, i]))
     previous = table.at(int(n[row - 1, RIP])) if 0 < row <= len(n) else None
-    cause = _cause(row, registers, previous, native, emulated, in_both, replayed)
+    writes = table.writes(int(n[row - 1, RIP])) if previous is not None else frozenset()
+    cause = _cause(row, registers, previous, writes, emulated, in_both, replayed)
     here = table.at(rip)
     return Divergence(
         step=row,
@@ -186,7 +187,7 @@ def _cause(
     row: int,
     registers: dict[str, tuple[int, int]],
     previous: Instruction | None,
-    native: NativeRun,
+    previous_writes: frozenset[str],
     emulated: EmulatedRun,
     in_both: bool,
     replayed: bool,
@@ -215,7 +216,7 @@ def _cause(
         return "timestamp-or-random"
     if previous.rep_string and "rip" in changed:
         return "rep-step"
-    if not changed <= previous.writes:
+    if not changed <= previous_writes:
         return "unwritten-register"
     if changed == {"rflags"}:
         return "flags"

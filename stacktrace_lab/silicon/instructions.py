@@ -8,6 +8,7 @@ world (syscall, cpuid, xgetbv, rdtsc...) or is a `rep` string instruction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import capstone
@@ -53,7 +54,7 @@ _OUTSIDE = {
     cx.X86_INS_RDSEED: "rdseed",
 }
 _REP_PREFIXES = (cx.X86_PREFIX_REP, cx.X86_PREFIX_REPE, cx.X86_PREFIX_REPNE)
-_STRING_GROUPS = {"movs", "stos", "lods", "cmps", "scas", "ins", "outs"}
+_STRING_GROUPS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")
 #: capstone register names (64-bit and sub-registers) -> the trace's column.
 _FULL = {
     **{r: r for r in REGISTERS},
@@ -74,7 +75,6 @@ class Instruction:
     text: str
     undefined_flags: int  # rflags bits left undefined
     defined_flags: int  # rflags bits given a defined value
-    writes: frozenset[str]  # trace columns it writes (rip always)
     outside: str | None  # syscall, cpuid, xgetbv, rdtsc, ... or None
     rep_string: bool
 
@@ -88,7 +88,15 @@ class RowFacts:
     is_syscall: np.ndarray  # bool
 
 
-UNKNOWN = Instruction("(unknown)", 0, 0, frozenset(), None, False)
+UNKNOWN = Instruction("(unknown)", 0, 0, None, False)
+
+
+@functools.cache
+def _flag_bits(eflags: int) -> tuple[int, int]:
+    """capstone's eflags word -> (rflags bits left undefined, rflags bits defined)."""
+    undefined = sum(bit for flag, bit in _UNDEFINED.items() if eflags & flag)
+    defined = sum({bit for flag, bit in _DEFINED.items() if eflags & flag})
+    return undefined, defined
 
 
 class InstructionTable:
@@ -111,30 +119,33 @@ class InstructionTable:
         insn = next(self.md.disasm(self.code.get(addr, b""), addr, 1), None)
         if insn is None:
             return UNKNOWN
-        undefined = sum(bit for flag, bit in _UNDEFINED.items() if insn.eflags & flag)
-        defined = sum({bit for flag, bit in _DEFINED.items() if insn.eflags & flag})
+        undefined, defined = _flag_bits(insn.eflags)
         undefined |= _SDM_UNDEFINED.get(insn.id, 0)
-        defined &= ~undefined
+        mnemonic = insn.mnemonic
+        rep = mnemonic.startswith("rep") and any(p in _REP_PREFIXES for p in insn.prefix)
+        return Instruction(
+            text=f"{mnemonic} {insn.op_str}".strip(),
+            undefined_flags=undefined,
+            defined_flags=defined & ~undefined,
+            outside=_OUTSIDE.get(insn.id),
+            rep_string=rep and mnemonic.split()[-1].startswith(_STRING_GROUPS),
+        )
+
+    def writes(self, addr: int) -> frozenset[str]:
+        """The trace columns the instruction at `addr` writes (rip always); decoded when asked:
+        only the explanation of a divergence needs it."""
+        insn = next(self.md.disasm(self.code.get(addr, b""), addr, 1), None)
+        if insn is None:
+            return frozenset()
         try:
             _, written = insn.regs_access()
             writes = {_FULL.get(insn.reg_name(r), "") for r in written} - {""}
         except capstone.CsError:
             writes = set()
-        if defined or undefined:
+        at = self.at(addr)
+        if at.defined_flags or at.undefined_flags:
             writes.add("rflags")
-        rep = any(p in _REP_PREFIXES for p in insn.prefix) and any(
-            insn.mnemonic.startswith(f"{p}{s}")
-            for p in ("rep ", "repe ", "repne ", "repz ", "repnz ")
-            for s in _STRING_GROUPS
-        )
-        return Instruction(
-            text=f"{insn.mnemonic} {insn.op_str}".strip(),
-            undefined_flags=undefined,
-            defined_flags=defined,
-            writes=frozenset(writes | {"rip"}),
-            outside=_OUTSIDE.get(insn.id),
-            rep_string=rep,
-        )
+        return frozenset(writes | {"rip"})
 
     def row_facts(self, rips: np.ndarray) -> RowFacts:
         """The per-row facts the normalisations need, with one decode per distinct address."""
