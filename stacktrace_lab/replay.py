@@ -106,23 +106,23 @@ def elf_description(trace: Trace, binary: str | None = None) -> Description:
     from .record.elf_front import describe_elf
 
     meta = trace.metadata
-    program = meta.extra.get("program") or {}
-    path = Path(binary or str(program.get("path", "")))
+    assert meta.program is not None
+    path = Path(binary or meta.program.path)
     if not path.is_file():
         raise BadInput(
             f"{trace.path}: cannot replay: the program {path} is not there "
             "(give its path with --program)"
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != program.get("sha256"):
+    if digest != meta.program.sha256:
         raise BadInput(
             f"{trace.path}: cannot replay: {path} is not the program recorded "
-            f"(sha256 {digest[:16]}..., the trace's {str(program.get('sha256'))[:16]}...)"
+            f"(sha256 {digest[:16]}..., the trace's {str(meta.program.sha256)[:16]}...)"
         )
     options = meta.options
     description = describe_elf(
         path,
-        [str(a) for a in program.get("args", [])],
+        [str(a) for a in options.get("args", [])],
         options.get("from"),
         options.get("to"),
         int(options.get("max_steps") or trace.num_rows),
@@ -237,7 +237,7 @@ class _Comparer:
 
 
 def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
-    """After all rows matched: the step count, stop, final registers and output."""
+    """After all rows matched: the step count, stop, final registers, output and syscalls."""
     meta = trace.metadata
     if result.steps < trace.num_rows:
         return Difference(
@@ -258,6 +258,14 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
         ("stderr", meta.stderr, result.stderr.decode("utf-8", "backslashreplace")),
     ]
     checks += [(f"final.{r}", meta.final.get(r), result.final.get(r)) for r in REGISTERS]
+    if meta.version >= 2:  # version 1 did not log system calls
+        checks.append(
+            (
+                "syscalls",
+                [(c.step, c.nr, c.name, c.args, c.result) for c in meta.syscalls],
+                [(c.step, c.nr, c.name, c.args, c.result) for c in result.syscalls],
+            )
+        )
     for name, recorded, replayed in checks:
         if recorded != replayed:
             return Difference(
@@ -282,11 +290,12 @@ def replay(
     must be there (`binary` if it moved) with the same sha256."""
     meta = trace.metadata
     windows = dict(meta.snapshots)
-    if (meta.extra.get("program") or {}).get("kind") == "elf":
+    if meta.program is not None and meta.program.kind == "elf":
         description = elf_description(trace, binary)
-        machine = prepare_machine(description)
+        machine, _start = prepare_machine(description)
         table = InstructionTable(
-            Disassembler.of_segments(description.code_segments, description.symbols)
+            Disassembler.of_segments(description.code_segments, description.symbols),
+            meta.source_line,
         )
     else:
         spec = machine_spec_of(trace)
@@ -297,7 +306,9 @@ def replay(
             raise BadInput(
                 f"{trace.path}: the trace's layout cannot be mapped again ({exc})"
             ) from None
-        table = InstructionTable(Disassembler(meta.code, meta.code_base, meta.symbols))
+        table = InstructionTable(
+            Disassembler(meta.code, meta.code_base, meta.symbols), meta.source_line
+        )
     try:
         snapshots = [
             SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()

@@ -318,19 +318,8 @@ def test_the_native_process_starts_with_fixed_random_bytes_and_no_vdso(tmp_path:
     assert again.initial_stack == stack  # ASLR off: the same bytes at the same place
 
 
-# Real programs: the examples of the real-binaries issue, built at test time.
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _build(command: list[str], tool: str) -> None:
-    import shutil
-    import subprocess
-
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed")
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"{tool} could not build the example: {done.stderr.strip()[-300:]}")
+# Real programs: the examples of the real-binaries issue, built at test time
+# with the builds that issue defines (stacktrace_lab/examples.py).
 
 
 @pytest.fixture(scope="module")
@@ -339,35 +328,15 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @silicon
-@pytest.mark.parametrize(
-    ("name", "command", "tool"),
-    [
-        ("c", ["gcc", "-static", "-O0", "-g", "-o", "{out}", "first_switch.c"], "gcc"),
-        (
-            "rust-static-pie",
-            ["rustc", "-O", "-C", "target-feature=+crt-static", "-o", "{out}", "first_switch.rs"],
-            "rustc",
-        ),
-        (
-            "rust-static",
-            [
-                "rustc", "-O", "-C", "target-feature=+crt-static",
-                "-C", "relocation-model=static", "-o", "{out}", "first_switch.rs",
-            ],
-            "rustc",
-        ),
-    ],
-)  # fmt: skip
-def test_the_examples_run_the_same_on_this_cpu(
-    examples: Path, name: str, command: list[str], tool: str
-) -> None:
-    out = examples / name
-    _build(
-        [str(out) if a == "{out}" else str(EXAMPLES / a) if a.startswith("first") else a
-         for a in command],
-        tool,
-    )  # fmt: skip
-    result = silicon_check(str(out))
+@pytest.mark.parametrize("build", ["c-static", "rust-static-pie", "rust-static"])
+def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> None:
+    from stacktrace_lab.examples import build_example, compiler_missing
+
+    why = compiler_missing(build)
+    if why is not None:
+        pytest.skip(why)
+    program = build_example(build, examples)
+    result = silicon_check(str(program))
     comparison = result.comparison
     assert comparison.same, comparison.divergence
     assert comparison.stdout_same
@@ -375,7 +344,7 @@ def test_the_examples_run_the_same_on_this_cpu(
     assert comparison.native_stop.startswith("spin")
     assert comparison.compared_steps == comparison.native_steps > 10_000
     assert result.native.cpuid and result.native.xgetbv  # the outside world was replayed
-    if name == "rust-static-pie":  # --from a symbol moves with the program
-        main_only = silicon_check(str(out), from_symbol="main").comparison
+    if build == "rust-static-pie":  # --from a symbol moves with the program
+        main_only = silicon_check(str(program), from_symbol="main").comparison
         assert main_only.same, main_only.divergence
         assert 0 < main_only.compared_steps < comparison.compared_steps

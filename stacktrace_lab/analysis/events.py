@@ -262,7 +262,12 @@ class TraceFacts:
         bases = np.array([r.base for r in regions], dtype=np.uint64)
         floors = [max(r.map_start - PAGE, 0) for r in regions]
         for i in range(1, len(regions)):
-            floors[i] = max(floors[i], regions[i - 1].top)
+            # A region below bounds the overflow; one the stack lies inside (the
+            # heap around a stack from malloc) does not: running below such a
+            # stack's base runs over its neighbours in that heap.
+            below = [r.top for r in regions[:i] if r.top <= regions[i].base]
+            if below:
+                floors[i] = max(floors[i], max(below))
         floor = np.array([*floors, 0], dtype=np.uint64)
         stack_of = np.array(
             [self.stacks.index(r) if r.kind == "stack" else -1 for r in regions] + [-1],

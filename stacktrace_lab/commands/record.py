@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import BadInput
-from ..record.recorder import RecordOptions, record, record_description
+from ..record.recorder import RecordOptions, record
 from ..scenario import load_scenario
 from ..trace.format import DEFAULT_SNAPSHOT_LIMIT
 from .common import step_progress
@@ -85,13 +85,13 @@ def _record_program(
     from_symbol: str | None,
     to_symbol: str | None,
 ) -> int:
-    from ..record.elf_front import describe_elf
+    from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
 
     options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
-    description = describe_elf(program, args, from_symbol, to_symbol, max_steps)
     target = output or default_trace_path(program.name)
-    with step_progress(description.max_steps, f"recording {program.name}") as bar:
-        recording = record_description(description, target, options, progress=bar)
+    total = max_steps or DEFAULT_ELF_MAX_STEPS
+    with step_progress(total, f"recording {program.name}") as bar:
+        recording = record_elf(program, target, options, args, from_symbol, to_symbol, bar)
     meta = recording.metadata
     click.echo(
         f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"

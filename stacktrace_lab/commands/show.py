@@ -17,6 +17,7 @@ from ..errors import BadInput
 from ..explore.select import choose_step
 from ..explore.telescope import describe_pointer
 from ..explore.view import StepView, step_view
+from ..trace.format import TraceMetadata
 from ..trace.reader import Trace, load_trace
 from .common import stdout_console
 
@@ -74,7 +75,18 @@ def _registers(view: StepView) -> Table:
     return table
 
 
-def _listing(view: StepView) -> Table:
+def _short_source(source: tuple[str, int] | None) -> str:
+    """`file:line`; a long path cut to its last two parts (Rust std: /rustc/<hash>/...)."""
+    if source is None:
+        return ""
+    file, line = source
+    parts = file.split("/")
+    if len(file) > 32 and len(parts) > 2:
+        file = ".../" + "/".join(parts[-2:])
+    return f"{file}:{line}"
+
+
+def _listing(view: StepView, meta: TraceMetadata) -> Table:
     table = Table(
         title="executed instructions around rip", title_justify="left", box=None, padding=(0, 1)
     )
@@ -82,12 +94,16 @@ def _listing(view: StepView) -> Table:
     table.add_column("address", no_wrap=True)
     table.add_column("symbol", no_wrap=True)
     table.add_column("instruction", no_wrap=True)
-    for insn in view.listing:
+    sources = [meta.source_line(insn.addr) for insn in view.listing]
+    if any(sources):
+        table.add_column("source", no_wrap=True)
+    for insn, source in zip(view.listing, sources, strict=True):
         current = insn.addr == view.row.rip
         style = "bold reverse" if current else ""
-        table.add_row(
-            "=>" if current else "", f"{insn.addr:#x}", insn.symbol, insn.text, style=style
-        )
+        cells = ["=>" if current else "", f"{insn.addr:#x}", insn.symbol, insn.text]
+        if any(sources):
+            cells.append(_short_source(source))
+        table.add_row(*cells, style=style)
     return table
 
 
@@ -153,7 +169,7 @@ def output_console() -> Console:
 
 def render(trace: Trace, view: StepView) -> Group:
     parts: list[Any] = [_header(trace, view), Text(""), _registers(view), Text("")]
-    parts += [_listing(view), Text("")]
+    parts += [_listing(view, trace.metadata), Text("")]
     accesses = _accesses(trace, view)
     if accesses.plain:
         parts += [accesses]

@@ -13,18 +13,21 @@ suffix; C++ with cxxfilt), so labels read `first_switch::hello`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from ..errors import BadInput
+from ..trace.format import SourceLine
 
 #: Where a static-pie is loaded (Linux's ELF_ET_DYN_BASE with ASLR off).
 PIE_BASE = 0x555555554000
@@ -87,12 +90,15 @@ def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
     if raw[:4] != b"\x7fELF":
         raise BadInput(f"{path}: not an ELF executable (no ELF header)")
     try:
-        return _parse(path, raw, pie_base)
+        return _parse(path, raw, hashlib.sha256(raw).hexdigest(), pie_base)
     except (ELFError, ValueError, KeyError, IndexError) as exc:
         raise BadInput(f"{path}: malformed ELF file: {exc}") from None
 
 
-def _parse(path: Path, raw: bytes, pie_base: int) -> ElfImage:
+# Reading and demangling a Rust program's symbols takes seconds (pure Python):
+# once per binary in a process (the discovery pass, the recording, a replay).
+@functools.lru_cache(maxsize=8)
+def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
     elf = ELFFile(io.BytesIO(raw))
     machine = elf["e_machine"]
     if elf.elfclass != 64:
@@ -130,7 +136,7 @@ def _parse(path: Path, raw: bytes, pie_base: int) -> ElfImage:
     symbols, raw_symbols, data_symbols = _symbols(elf, base)
     return ElfImage(
         path=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=sha256,
         pie=pie,
         load_base=base,
         entry=base + elf["e_entry"],
@@ -198,3 +204,60 @@ def demangle(name: str) -> str:
     except Exception:  # a name the demangler does not understand stays mangled
         return name
     return name
+
+
+def line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
+    """DWARF's line table: (address, file, line) rows in address order, relocated.
+
+    The end of each sequence becomes a row of line 0 ("no line from here"), so
+    code without debug information after a compiled unit (the C library) is
+    not attributed to that unit's last line. Files keep DWARF's names: relative
+    to the compilation directory when the compiler was given a relative path,
+    else absolute (Rust's std: /rustc/<commit>/library/...).
+    """
+    rows: dict[int, SourceLine] = {}
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        if not elf.has_dwarf_info():
+            return ()
+        dwarf = elf.get_dwarf_info()
+        for cu in dwarf.iter_CUs():
+            program = dwarf.line_program_for_CU(cu)
+            if program is None:
+                continue
+            files = _file_names(program)
+            for entry in program.get_entries():
+                state = entry.state
+                if state is None:
+                    continue
+                addr = load_base + state.address
+                if state.end_sequence:
+                    rows.setdefault(addr, SourceLine(addr, "", 0))
+                elif state.line > 0:
+                    rows[addr] = SourceLine(addr, files.get(state.file, "?"), state.line)
+    return tuple(rows[addr] for addr in sorted(rows))
+
+
+def _file_names(program: Any) -> dict[int, str]:
+    """File number -> name, for DWARF 4 (numbered from 1) and 5 (from 0)."""
+    header = program.header
+    version = header["version"]
+    dirs = [_text(d) for d in header["include_directory"]]
+    names: dict[int, str] = {}
+    for i, entry in enumerate(header["file_entry"]):
+        number = i if version >= 5 else i + 1
+        name = _text(entry.name)
+        dir_index = entry.dir_index
+        if version < 5:
+            directory = dirs[dir_index - 1] if dir_index > 0 else ""
+        else:
+            directory = dirs[dir_index] if 0 < dir_index < len(dirs) else ""
+        if name.startswith("/") or not directory:
+            names[number] = name
+        else:
+            names[number] = f"{directory.rstrip('/')}/{name}"
+    return names
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

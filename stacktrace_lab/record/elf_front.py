@@ -8,18 +8,20 @@ that the trace came from an ELF, except for its `program` metadata.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
-from ..trace.format import ScenarioInfo
+from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
 from .discovery import name_stacks, run_discovery
-from .elf import ElfImage, load_elf
+from .elf import ElfImage, line_table, load_elf
 from .machine import Machine
 from .process import linux_process
-from .recorder import Description
+from .recorder import Description, Recording, RecordOptions, record_description
 from .syscalls import LinuxKernel
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -79,28 +81,26 @@ def describe_elf(
         source="",
         expect=expect or Expectations(),
     )
-    extra: dict[str, object] = {
-        "program": {
-            "kind": "elf",
-            "path": str(image.path),
-            "sha256": image.sha256,
-            "args": list(args),
-        },
-    }
-    if start is not None:
-        extra["start"] = {"symbol": start[0], "address": start[1]}
     return Description(
         spec=replace(spec, regions=regions),
         info=info,
+        program=ProgramInfo("elf", str(image.path), image.sha256),
         symbols=image.symbols,
         code_segments=executable,
         max_steps=limit,
         path=str(image.path),
         code_base=code[0].base,
+        lines=_line_table(image.path, image.sha256, image.load_base),
+        trim_lines=True,
         start=start,
-        extra=extra,
-        options={"from": from_symbol, "to": to_symbol},
+        options={"args": list(args), "from": from_symbol, "to": to_symbol},
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _line_table(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...]:
+    """Reading DWARF takes seconds for Rust's std: once per binary in a process."""
+    return line_table(path, load_base)
 
 
 def _entry_name(image: ElfImage) -> str:
@@ -114,9 +114,25 @@ def _later_regions(kernel: LinuxKernel, taken: set[str]) -> list[Region]:
     regions: list[Region] = []
     if process.brk > process.brk_start:
         size = page_ceil(process.brk) - process.brk_start
-        regions.append(Region("heap", "data", process.brk_start, size, "rw-"))
+        regions.append(Region("heap", "heap", process.brk_start, size, "rw-"))
     for i, (addr, length) in enumerate(process.mmaps, start=1):
         name = f"mmap_{i}"
         if name not in taken:
-            regions.append(Region(name, "data", addr, page_ceil(length), "rw-"))
+            regions.append(Region(name, "mapped", addr, page_ceil(length), "rw-"))
     return regions
+
+
+def record_elf(
+    path: str | Path,
+    output: str | Path,
+    options: RecordOptions | None = None,
+    args: list[str] | tuple[str, ...] = (),
+    from_symbol: str | None = None,
+    to_symbol: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    name: str | None = None,
+) -> Recording:
+    """Record a static x86-64 program: `record()`'s counterpart for an ELF file."""
+    options = options or RecordOptions()
+    description = describe_elf(path, args, from_symbol, to_symbol, options.max_steps, name=name)
+    return record_description(description, output, options, progress)

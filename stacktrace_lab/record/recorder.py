@@ -9,6 +9,7 @@ metadata and rename the finished file into place.
 
 from __future__ import annotations
 
+import bisect
 import importlib.metadata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,8 +23,12 @@ from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region
 from ..scenario import Scenario
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
+    ProgramInfo,
     ScenarioInfo,
     SnapshotWindow,
+    SourceLine,
+    SourceLines,
+    StartInfo,
     StopInfo,
     TraceMetadata,
     schema,
@@ -65,6 +70,7 @@ class Description:
 
     spec: MachineSpec
     info: ScenarioInfo
+    program: ProgramInfo
     symbols: dict[str, int]
     #: (address, bytes) of the code, for disassembly.
     code_segments: list[tuple[int, bytes]]
@@ -74,11 +80,13 @@ class Description:
     #: Code embedded in the trace (a scenario's; an ELF's stays in its file).
     code_base: int = 0
     code: bytes = b""
-    lines: dict[int, int] = field(default_factory=dict)
+    lines: tuple[SourceLine, ...] = ()
+    #: Store only the line rows that name an executed instruction (a program's
+    #: DWARF table has tens of thousands); a scenario keeps all its lines.
+    trim_lines: bool = False
     #: Where recording starts when not at the entry: (symbol, address) (`--from`).
     start: tuple[str, int] | None = None
-    #: Metadata beyond the scenario's (program, start).
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The recording options that a replay needs again.
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,21 +155,68 @@ def scenario_info(scenario: Scenario) -> ScenarioInfo:
     )
 
 
+def source_lines(scenario: Scenario, program: Program) -> tuple[SourceLine, ...]:
+    """`code.lines`: each line's first address, with the file the line is in.
+
+    The file is named relative to the scenario file (`switch.s` for
+    `file = "switch.s"`), or is the scenario file's own name when the program
+    is inline, so the trace does not depend on where it was recorded.
+    """
+    source, toml = Path(scenario.source_file), Path(scenario.path)
+    if source == toml:
+        file = toml.name
+    else:
+        try:
+            file = source.relative_to(toml.parent).as_posix()
+        except ValueError:
+            file = source.as_posix()
+    return tuple(SourceLine(addr, file, line) for addr, line in sorted(program.lines.items()))
+
+
+def program_info(scenario: Scenario) -> ProgramInfo:
+    return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
+
+
 def describe_scenario(scenario: Scenario) -> Description:
     """The scenario front end: assemble, lay out, one machine description."""
     program, regions = build_program(scenario)
     return Description(
         spec=machine_spec(program, regions, scenario.entry),
         info=scenario_info(scenario),
+        program=program_info(scenario),
         symbols=program.symbols,
         code_segments=[(program.base, program.code)],
         max_steps=scenario.max_steps,
         path=scenario.path,
         code_base=program.base,
         code=program.code,
-        lines=program.lines,
+        lines=source_lines(scenario, program),
         options={"sentinel_return": SENTINEL_RETURN},
     )
+
+
+class LineUse:
+    """The `source` column's lookup (format v2's rule), remembering which rows answered.
+
+    Storing only those rows gives readers the same answers for every executed
+    address: a row between the one that answered and the address would have
+    answered instead.
+    """
+
+    def __init__(self, lines: tuple[SourceLine, ...], code: tuple[Region, ...]) -> None:
+        self._rule = SourceLines(lines, code)
+        self._lines = sorted(lines, key=lambda e: e.addr)
+        self._addrs = [e.addr for e in self._lines]
+        self._used: set[int] = set()
+
+    def __call__(self, addr: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i >= 0:
+            self._used.add(i)
+        return self._rule(addr)
+
+    def used(self) -> tuple[SourceLine, ...]:
+        return tuple(self._lines[i] for i in sorted(self._used))
 
 
 def snapshot_windows(regions: list[Region], limit: int) -> dict[str, SnapshotWindow]:
@@ -184,18 +239,20 @@ def record(
     return record_description(describe_scenario(scenario), output, options, progress)
 
 
-def prepare_machine(description: Description) -> Machine:
-    """A machine at the point where recording starts (after `--from`'s fast-forward)."""
+def prepare_machine(description: Description) -> tuple[Machine, StartInfo | None]:
+    """A machine at the point where recording starts, after `--from`'s fast-forward
+    (and how many steps that ran)."""
     machine = Machine(description.spec)
-    if description.start is not None:
-        symbol, addr = description.start
-        early = machine.fast_forward(addr)
-        if early is not None:
-            raise BadInput(
-                f"{description.path}: the program never reached {symbol} ({addr:#x}): "
-                f"{early.reason}: {early.detail}"
-            )
-    return machine
+    if description.start is None:
+        return machine, None
+    symbol, addr = description.start
+    early = machine.fast_forward(addr)
+    if early is not None:
+        raise BadInput(
+            f"{description.path}: the program never reached {symbol} ({addr:#x}): "
+            f"{early.reason}: {early.detail}"
+        )
+    return machine, StartInfo(symbol, machine.fast_forwarded)
 
 
 def record_description(
@@ -206,11 +263,13 @@ def record_description(
 ) -> Recording:
     options = options or RecordOptions()
     spec = description.spec
-    machine = prepare_machine(description)
+    machine, start = prepare_machine(description)
     windows = snapshot_windows(spec.regions, options.snapshot_limit)
     snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
+    code_regions = tuple(r for r in spec.regions if r.kind == "code")
+    lines = LineUse(description.lines, code_regions)
     table = InstructionTable(
-        Disassembler.of_segments(description.code_segments, description.symbols)
+        Disassembler.of_segments(description.code_segments, description.symbols), lines
     )
     trace_schema = schema(windows)
     max_steps = options.max_steps or description.max_steps
@@ -246,21 +305,21 @@ def record_description(
                 f"{description.path}: the program stopped before its first step: "
                 f"{result.stop.detail}"
             )
-        metadata = _metadata(description, windows, result, options, max_steps)
+        if description.trim_lines:
+            description = replace(description, lines=lines.used())
+        metadata = _metadata(description, start, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
 
 
 def _metadata(
     description: Description,
+    start: StartInfo | None,
     windows: dict[str, SnapshotWindow],
     result: RunResult,
     options: RecordOptions,
     max_steps: int,
 ) -> TraceMetadata:
-    extra = dict(description.extra)
-    if "program" in extra:  # a real program's calls (a scenario's join them with format v2)
-        extra["syscalls"] = [call.to_json() for call in result.syscalls]
     return TraceMetadata(
         scenario=description.info,
         regions=tuple(description.spec.regions),
@@ -268,6 +327,9 @@ def _metadata(
         code_base=description.code_base,
         code=description.code,
         lines=description.lines,
+        program=description.program,
+        syscalls=tuple(result.syscalls),
+        start=start,
         snapshots=windows,
         initial=result.initial,
         final=result.final,
@@ -282,5 +344,4 @@ def _metadata(
             **description.options,
         },
         tool=tool_versions(),
-        extra=extra,
     )

@@ -28,6 +28,7 @@ from unicorn import UC_PROT_EXEC, UC_PROT_NONE, UC_PROT_READ, UC_PROT_WRITE
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ..arch import PAGE
+from ..trace.format import SyscallRecord
 
 MASK64 = (1 << 64) - 1
 ENOENT, EBADF, EAGAIN, ENOMEM, EFAULT, EINVAL, ENOTTY, ENODEV, ENOSYS = (
@@ -80,24 +81,6 @@ def fixed_random(size: int) -> bytes:
     return hashlib.shake_128(RANDOM_SEED).digest(size)
 
 
-@dataclass(frozen=True)
-class SyscallRecord:
-    step: int  # -1: before recording began (--from)
-    nr: int
-    name: str
-    args: tuple[int, ...]
-    result: int
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "step": self.step,
-            "nr": self.nr,
-            "name": self.name,
-            "args": list(self.args),
-            "result": self.result,
-        }
-
-
 @dataclass
 class KernelStop:
     reason: str
@@ -118,6 +101,8 @@ class BareKernel:
         #: Set by the machine: writes program memory and logs the write.
         self.write_memory: Callable[[int, bytes], None] = self._plain_write
         self._uc: Uc | None = None
+        #: Names the log gives calls: the bare machine knows only its own three.
+        self.names = {nr: NAMES[nr] for nr in (1, 60, 231)}
         self.handlers: dict[int, Handler] = {
             1: self.sys_write,
             60: self.sys_exit,
@@ -138,10 +123,12 @@ class BareKernel:
             result = handler(uc, *args) if handler is not None else -ENOSYS
         except UcError:
             result = -EFAULT
-        name = NAMES.get(nr, f"syscall_{nr}")
-        self.log.append(SyscallRecord(step, nr, name, args, 0 if result is None else result))
+        name = self.names.get(nr, "unknown")
         if result is not None:
             uc.reg_write(x86.UC_X86_REG_RAX, result & MASK64)
+        # Calls made before recording began (`--from`) are not in the trace's log.
+        if step >= 0:
+            self.log.append(SyscallRecord(step, nr, name, args, result))
 
     # --- helpers for handlers ---------------------------------------------------
 
@@ -244,6 +231,7 @@ class LinuxKernel(BareKernel):
     def __init__(self, process: ProcessState) -> None:
         super().__init__()
         self.process = process
+        self.names = NAMES
         self.handlers.update(
             {
                 0: self.sys_read,
@@ -537,20 +525,23 @@ class LinuxKernel(BareKernel):
         self.write_memory(buf, fixed_random(count))
         return count
 
-    def _killed(self, uc: Uc, signal: int) -> int:
+    def _killed(self, uc: Uc, signal: int) -> int | None:
+        """A signal to itself: no handlers run, the process dies (abort, a panic)."""
+        if not signal:
+            return 0
         name = _SIGNALS.get(signal, f"signal {signal}")
         self.stop = KernelStop("exit", f"killed by {name}")
         uc.emu_stop()
-        return 0
+        return None
 
-    def sys_kill(self, uc: Uc, _pid: int, signal: int, *_: int) -> int:
-        return self._killed(uc, signal) if signal else 0
+    def sys_kill(self, uc: Uc, _pid: int, signal: int, *_: int) -> int | None:
+        return self._killed(uc, signal)
 
-    def sys_tkill(self, uc: Uc, _tid: int, signal: int, *_: int) -> int:
-        return self._killed(uc, signal) if signal else 0
+    def sys_tkill(self, uc: Uc, _tid: int, signal: int, *_: int) -> int | None:
+        return self._killed(uc, signal)
 
-    def sys_tgkill(self, uc: Uc, _pid: int, _tid: int, signal: int, *_: int) -> int:
-        return self._killed(uc, signal) if signal else 0
+    def sys_tgkill(self, uc: Uc, _pid: int, _tid: int, signal: int, *_: int) -> int | None:
+        return self._killed(uc, signal)
 
     @staticmethod
     def _string(uc: Uc, addr: int, limit: int = 4096) -> str | None:
