@@ -344,6 +344,21 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
     assert comparison.native_stop.startswith("spin")
     assert comparison.compared_steps == comparison.native_steps > 10_000
     assert result.native.cpuid and result.native.xgetbv  # the outside world was replayed
+    if build == "c-static":  # a wrong emulation inside main is named down to its C line
+        from_main = silicon_check(str(program), from_symbol="main")
+        rows = from_main.emulated.registers.copy()
+        rows[3:, RBX] ^= 4
+        from_main.emulated.registers = rows
+        divergence = compare(
+            from_main.native,
+            from_main.emulated,
+            name_address=from_main.target.name_address,
+            source_line=from_main.target.source_line,
+        ).divergence
+        assert divergence is not None
+        assert (divergence.step, divergence.cause) == (3, "unwritten-register")
+        assert divergence.symbol.startswith("main+")
+        assert str(divergence.source).startswith("first_switch.c:")
     if build == "rust-static-pie":  # --from a symbol moves with the program
         main_only = silicon_check(str(program), from_symbol="main").comparison
         assert main_only.same, main_only.divergence

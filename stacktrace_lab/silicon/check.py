@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from ..record.elf import PIE_BASE, load_elf
+from ..record.elf import PIE_BASE, line_table, load_elf
 from ..record.machine import MachineSpec, Mapping
 from ..record.process import STACK_TOP, linux_process
 from ..record.recorder import build_program, machine_spec
@@ -50,6 +50,10 @@ class Target:
     emulate: Callable[[NativeRun | None, int], EmulatedRun]
     #: An ELF's linked entry: the native side moves --from/--to with a static-pie.
     linked_entry: int | None = None
+    #: Reads the source lines when first asked (DWARF: seconds for Rust's std),
+    #: given how far the program was moved; an empty "file:line" is "no line".
+    load_lines: Callable[[int], dict[int, str]] | None = None
+    bias: int = 0
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
 
@@ -62,6 +66,7 @@ class Target:
             return self
         return dataclasses.replace(
             self,
+            bias=self.bias + bias,
             entry=self.entry + bias,
             symbols={name: addr + bias for name, addr in self.symbols.items()},
             lines={addr + bias: line for addr, line in self.lines.items()},
@@ -75,8 +80,11 @@ class Target:
         return f"{label}+{offset}" if offset else label
 
     def source_line(self, addr: int) -> str | None:
+        if self.load_lines is not None:
+            self.lines, self.load_lines = self.load_lines(self.bias), None
+            self._line_addrs = sorted(self.lines)
         i = bisect.bisect_right(self._line_addrs, addr) - 1
-        return self.lines[self._line_addrs[i]] if i >= 0 else None
+        return (self.lines[self._line_addrs[i]] or None) if i >= 0 else None
 
     def address_of(self, symbol: str) -> int:
         if symbol not in self.symbols:
@@ -121,6 +129,10 @@ def elf_target(path: Path) -> Target:
         lines={},
         emulate=emulate_elf,
         linked_entry=image.entry,
+        load_lines=lambda bias: {
+            row.addr: f"{row.file}:{row.line}" if row.line else ""
+            for row in line_table(path, image.load_base + bias)
+        },
     )
 
 
