@@ -224,6 +224,9 @@ def run_native(
         pid = os.fork()
         if pid == 0:  # the child: as little as possible between fork and exec
             try:
+                # A process group of its own: a program that signals its group
+                # (kill(0, ...)) reaches itself only, not the tool and its shell.
+                os.setpgid(0, 0)
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
                 trace_me_without_aslr()
