@@ -7,8 +7,10 @@ fs_base) before every instruction.
 
 What the program learns from outside the CPU is logged so that the emulated
 side can be given the same answers: every system call (number, arguments,
-result, the buffers it filled), every `cpuid` and every `xgetbv` (their
-results read from the registers after the single step over them).
+result, the buffers it filled), every `cpuid` and every `xgetbv`. Each is
+found by decoding the instruction at rip before stepping it (capstone, once
+per address); its result is read from the registers after the single step
+over it (a single-stepped `syscall` traps once, after the kernel returns).
 
 Rows count instructions as the CPU retires them under single-step: each
 iteration of a `rep` string instruction is one step (the CPU traps after
@@ -35,7 +37,6 @@ from .ptrace import (
     PTRACE_GETREGS,
     PTRACE_GETSIGINFO,
     PTRACE_O_EXITKILL,
-    PTRACE_O_TRACESYSGOOD,
     PTRACE_SETOPTIONS,
     PTRACE_SINGLESTEP,
     USER_REGS,
@@ -238,7 +239,8 @@ def run_native(
             if not os.WIFSTOPPED(status):
                 code = os.waitstatus_to_exitcode(status)
                 raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
-            ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)
+            # EXITKILL: if the tool dies, the kernel kills the program too.
+            ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL)
             stepper = _Stepper(pid, start, end, sentinel, max_steps)
             try:
                 stepper.fix_auxv()

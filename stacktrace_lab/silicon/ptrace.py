@@ -15,14 +15,11 @@ import platform
 import sys
 
 PTRACE_TRACEME = 0
-PTRACE_CONT = 7
-PTRACE_KILL = 8
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETSIGINFO = 0x4202
 
-PTRACE_O_TRACESYSGOOD = 0x01
 PTRACE_O_EXITKILL = 0x100000
 
 #: personality(2) flag: the same addresses on every run, as with ASLR off.
