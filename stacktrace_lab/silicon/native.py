@@ -43,7 +43,7 @@ from .ptrace import (
     PtraceError,
     SigInfo,
     UserRegs,
-    _libc,
+    _raw_ptrace,
     ptrace,
     trace_me_without_aslr,
 )
@@ -69,6 +69,8 @@ _ROW_INDEX = np.array([USER_REGS.index("eflags" if r == "rflags" else r) for r i
 _FS_BASE = USER_REGS.index("fs_base")
 _RIP = USER_REGS.index("rip")
 _ORIG_RAX_AT = 8 * USER_REGS.index("orig_rax")
+#: waitpid's status for "stopped by SIGTRAP" (a single step done): (SIGTRAP << 8) | 0x7f.
+_STOPPED_BY_SIGTRAP = (signal.SIGTRAP << 8) | 0x7F
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
 
@@ -372,18 +374,24 @@ class _Stepper:
         return kind
 
     def run(self) -> None:
-        pid = self.pid
-        libc_ptrace = _libc().ptrace
+        # The per-step path: two ptrace calls, one wait, one row copy. libc's
+        # ptrace without prototypes, given prepared ctypes arguments: the
+        # argument conversion would cost about a tenth of the step.
+        raw_ptrace = _raw_ptrace()
+        getregs, singlestep = ctypes.c_long(PTRACE_GETREGS), ctypes.c_long(PTRACE_SINGLESTEP)
+        pid = ctypes.c_int(self.pid)
         waitpid = os.waitpid
         regs = UserRegs()
         regs_ref = ctypes.byref(regs)
         rows = self.rows
+        kinds = self.kinds
         recording = self.start is None
         steps = 0  # rows recorded
         skipped = 0
         previous = b""
+        previous_rip = -1
         while True:
-            libc_ptrace(PTRACE_GETREGS, pid, None, regs_ref)
+            raw_ptrace(getregs, pid, None, regs_ref)
             rip = regs[_RIP]
             if not recording and rip == self.start:
                 recording = True
@@ -396,10 +404,13 @@ class _Stepper:
                     self.stop = NativeStop("to", steps - 1, f"reached {rip:#x}")
                     return
                 row = bytes(regs)
-                # orig_rax is the kernel's, not the CPU's: it still holds the
-                # last system call's number in the stop right after it.
-                if row[:_ORIG_RAX_AT] == previous[:_ORIG_RAX_AT] and (
-                    row[_ORIG_RAX_AT + 8 :] == previous[_ORIG_RAX_AT + 8 :]
+                # A jump to itself: the same registers again. orig_rax is the
+                # kernel's, not the CPU's: it still holds the last system
+                # call's number in the stop right after it.
+                if (
+                    rip == previous_rip
+                    and row[:_ORIG_RAX_AT] == previous[:_ORIG_RAX_AT]
+                    and row[_ORIG_RAX_AT + 8 :] == previous[_ORIG_RAX_AT + 8 :]
                 ):
                     self.stop = NativeStop(
                         "spin", steps - 1, f"the instruction at {rip:#x} jumps to itself"
@@ -412,21 +423,22 @@ class _Stepper:
                     return
                 rows += row
                 previous = row
+                previous_rip = rip
                 step = steps
                 steps += 1
             else:
                 step = skipped - 1_000_000_000_000  # before the window: negative
                 skipped += 1
-            kind = self.kinds.get(rip)
+            kind = kinds.get(rip)
             if kind is None:
                 kind = self.kind(rip)
             before = bytes(regs) if kind != _KIND_OTHER else b""
-            if libc_ptrace(PTRACE_SINGLESTEP, pid, None, None) == -1:
-                raise PtraceError(0, "ptrace(PTRACE_SINGLESTEP) failed")
-            _, status = waitpid(pid, 0)
+            if raw_ptrace(singlestep, pid, None, None) == -1:
+                raise PtraceError(ctypes.get_errno(), "ptrace(PTRACE_SINGLESTEP) failed")
+            _, status = waitpid(self.pid, 0)
             if kind != _KIND_OTHER and (os.WIFSTOPPED(status) or kind == _KIND_SYSCALL):
                 self.log_outside_world(kind, step, before, status)
-            if os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP:
+            if status == _STOPPED_BY_SIGTRAP:
                 continue
             self.finish(status, steps, rip, kind, recording)
             return

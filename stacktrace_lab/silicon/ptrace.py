@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 import sys
+from collections.abc import Callable
 
 PTRACE_TRACEME = 0
 PTRACE_SINGLESTEP = 9
@@ -83,6 +84,15 @@ def _libc() -> ctypes.CDLL:
     libc.personality.argtypes = [ctypes.c_ulong]
     libc.personality.restype = ctypes.c_int
     return libc
+
+
+@functools.cache
+def _raw_ptrace() -> Callable[..., int]:
+    """libc's ptrace loaded again without prototypes: it takes prepared ctypes
+    arguments as they are, for the native stepper's per-step calls."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    function: Callable[..., int] = libc.ptrace
+    return function
 
 
 def ptrace(request: int, pid: int, addr: int | None = None, data: object = None) -> int:
