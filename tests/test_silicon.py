@@ -249,6 +249,11 @@ def test_bad_targets_are_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert main(["silicon-check", "first-switch", "--from", "nowhere"]) == 2
     err = capsys.readouterr().err
     assert "no-such-scenario" in err and "nowhere" in err
+    # A --from label the run never reaches: it spins first, and says so.
+    assert main(["silicon-check", "first-switch", "--from", "main", "--to", "hello"]) == 0
+    capsys.readouterr()
+    assert main(["silicon-check", "first-switch-wrong-slot", "--from", "hello"]) == 2
+    assert "never reached --from hello" in capsys.readouterr().err
     dynamic = Path("/bin/true").resolve()
     if dynamic.read_bytes()[:4] == b"\x7fELF":
         assert main(["silicon-check", str(dynamic)]) == 2

@@ -224,6 +224,11 @@ def silicon_check(
             )
         except NativeError as exc:
             raise BadInput(str(exc)) from exc
+    if from_symbol and native.steps == 0:
+        raise BadInput(
+            f"{target.name}: the program never reached --from {from_symbol}: "
+            f"{native.stop.reason}: {native.stop.detail}"
+        )
     target = target.relocated(native.load_bias)
     start += native.load_bias
     end = None if end is None else end + native.load_bias

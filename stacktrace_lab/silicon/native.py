@@ -146,7 +146,7 @@ class XgetbvRecord:
 
 @dataclass(frozen=True)
 class NativeStop:
-    reason: str  # returned | halted | exit | spin | max_steps | fault | to
+    reason: str  # returned | halted | exit | spin | max_steps | fault | to | not_started
     step: int  # the last row
     detail: str
 
@@ -396,6 +396,16 @@ class _Stepper:
             if not recording and rip == self.start:
                 recording = True
                 self.skipped = skipped
+            row = bytes(regs)
+            # A jump to itself: the same registers again. orig_rax is the
+            # kernel's, not the CPU's: it still holds the last system call's
+            # number in the stop right after it.
+            spins = (
+                rip == previous_rip
+                and row[:_ORIG_RAX_AT] == previous[:_ORIG_RAX_AT]
+                and row[_ORIG_RAX_AT + 8 :] == previous[_ORIG_RAX_AT + 8 :]
+            )
+            previous, previous_rip = row, rip
             if recording:
                 if rip == self.sentinel:
                     self.stop = NativeStop("returned", steps - 1, "the entry function returned")
@@ -403,15 +413,7 @@ class _Stepper:
                 if rip == self.end and steps:
                     self.stop = NativeStop("to", steps - 1, f"reached {rip:#x}")
                     return
-                row = bytes(regs)
-                # A jump to itself: the same registers again. orig_rax is the
-                # kernel's, not the CPU's: it still holds the last system
-                # call's number in the stop right after it.
-                if (
-                    rip == previous_rip
-                    and row[:_ORIG_RAX_AT] == previous[:_ORIG_RAX_AT]
-                    and row[_ORIG_RAX_AT + 8 :] == previous[_ORIG_RAX_AT + 8 :]
-                ):
+                if spins:
                     self.stop = NativeStop(
                         "spin", steps - 1, f"the instruction at {rip:#x} jumps to itself"
                     )
@@ -422,11 +424,15 @@ class _Stepper:
                     )
                     return
                 rows += row
-                previous = row
-                previous_rip = rip
                 step = steps
                 steps += 1
             else:
+                # Before the window (--from): the same limits, so a program that
+                # never gets there ends too; no rows, so the check can say so.
+                if spins or skipped >= self.max_steps:
+                    why = "spins" if spins else f"ran {skipped} instructions"
+                    self.stop = NativeStop("not_started", -1, f"{why} at {rip:#x}")
+                    return
                 step = skipped - 1_000_000_000_000  # before the window: negative
                 skipped += 1
             kind = kinds.get(rip)
