@@ -6,6 +6,7 @@ where gcc or rustc is missing the tests that need it skip, saying so.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,184 @@ def test_cli_records_a_program_with_arguments(programs: dict[str, Path], tmp_pat
     # argv's strings sit at the top of the process stack, as Linux puts them.
     top = bytes(trace.slice(0, 1, ["stack__main"]).column(0)[0].as_py())
     assert b"/stacktrace-lab/first_switch-c-static\0one\0two\0" in top
+
+
+# --- the parts, alone ---------------------------------------------------------------
+
+
+STATIC_ARRAY_C = r"""
+#include <stdint.h>
+#include <unistd.h>
+
+static uint8_t green_stack[256];
+
+static void hello(void)
+{
+    write(1, "hi\n", 3);
+    for (;;) {
+    }
+}
+
+__attribute__((noinline)) static void switch_to(uint64_t rsp)
+{
+    __asm__ volatile("mov %0, %%rsp\n\tret" : : "r"(rsp) : "memory");
+}
+
+int main(void)
+{
+    uint64_t entry = (uint64_t)(uintptr_t)hello;
+    __builtin_memcpy(green_stack + 256 - 16, &entry, 8);
+    switch_to((uint64_t)(uintptr_t)(green_stack + 256 - 16));
+    return 0;
+}
+"""
+
+
+def test_a_stack_in_a_static_array_is_named_after_its_symbol(tmp_path: Path) -> None:
+    if compiler_missing("c-static") is not None:
+        pytest.skip(f"cannot build a C program: {compiler_missing('c-static')}")
+    import subprocess
+
+    source = tmp_path / "array.c"
+    source.write_text(STATIC_ARRAY_C)
+    program = tmp_path / "array"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(program), str(source)], check=True)
+    rec = record_elf(program, tmp_path / "array.parquet", to_symbol="_exit")
+    meta = rec.metadata
+    assert meta.stdout == "hi\n" and meta.stop.reason == "spin"
+    stack = meta.region("green_stack")
+    assert (stack.kind, stack.size) == ("stack", 256)
+    (planted,) = derive_facts(load_trace(rec.path)).planted_returns
+    assert (planted.region, planted.index) == ("green_stack", 240)
+
+
+def test_name_stacks_prefers_symbol_then_allocation_then_mapping() -> None:
+    from stacktrace_lab.record.discovery import Allocation, Evidence, name_stacks
+    from stacktrace_lab.record.elf import DataSymbol
+
+    evidence = Evidence(
+        outside=[
+            (10, 0x1020),  # in the data symbol
+            (20, 0x5010),  # in a live calloc block
+            (21, 0x4F00),  # just under it: an overflow, not a new stack
+            (30, 0x9000),  # in an mmap
+            (40, 0x20000),  # in a freed block: only the range rsp visited
+            (41, 0x20010),
+        ],
+        allocations=[
+            Allocation(5, "calloc", 0x5000, 48),
+            Allocation(6, "malloc", 0x20000, 64, freed=7),
+        ],
+        mmaps=[(0x8000, 0x2000)],
+    )
+    stacks = name_stacks(evidence, (DataSymbol("demo::STACK", 0x1000, 64),))
+    assert [(s.name, s.base, s.size) for s in stacks] == [
+        ("demo.STACK", 0x1000, 64),
+        ("calloc_48", 0x5000, 48),
+        ("mmap_8192", 0x8000, 0x2000),
+        ("stack_20000", 0x20000, 0x20),
+    ]
+
+
+def test_the_process_starts_as_linux_leaves_it(programs: dict[str, Path]) -> None:
+    if "c-static" not in programs:
+        pytest.skip(f"cannot build the C example: {compiler_missing('c-static')}")
+    from stacktrace_lab.record.elf import load_elf
+    from stacktrace_lab.record.machine import Machine
+    from stacktrace_lab.record.process import AT_ENTRY, AT_PAGESZ, AT_RANDOM, linux_process
+    from stacktrace_lab.record.syscalls import fixed_random
+
+    image = load_elf(programs["c-static"])
+    machine = Machine(linux_process(image, ["x"], []).spec)
+    regs = machine.registers()
+    rsp = regs["rsp"]
+    assert rsp % 16 == 0 and regs["rflags"] == 0x202 and regs["rip"] == image.entry
+
+    def word(addr: int) -> int:
+        return int.from_bytes(machine.read(addr, 8), "little")
+
+    assert word(rsp) == 2  # argc: the program's path and "x"
+    assert machine.read(word(rsp + 16), 2) == b"x\0"
+    assert word(rsp + 24) == 0 and word(rsp + 32) == 0  # argv's end, an empty envp
+    auxv = {}
+    at = rsp + 40
+    while word(at) != 0:
+        auxv[word(at)] = word(at + 8)
+        at += 16
+    assert auxv[AT_PAGESZ] == 4096 and auxv[AT_ENTRY] == image.entry
+    assert machine.read(auxv[AT_RANDOM], 16) == fixed_random(16)
+
+
+def test_to_stops_at_a_symbol(programs: dict[str, Path], tmp_path: Path) -> None:
+    if "c-static" not in programs:
+        pytest.skip(f"cannot build the C example: {compiler_missing('c-static')}")
+    rec = record_elf(
+        programs["c-static"], tmp_path / "t.parquet", from_symbol="main", to_symbol="puts"
+    )
+    meta = rec.metadata
+    assert (meta.stop.reason, meta.stop.detail) == ("halted", "reached puts (--to)")
+    assert meta.final["rip"] == meta.symbols["puts"] or meta.final["rip"] == meta.symbols.get(
+        "_IO_puts"
+    )
+    assert meta.stdout == ""
+
+
+def test_a_scenario_file_can_name_a_program(programs: dict[str, Path], tmp_path: Path) -> None:
+    if "rust-static-pie" not in programs:
+        pytest.skip(f"cannot build the Rust example: {compiler_missing('rust-static-pie')}")
+    import shutil
+
+    shutil.copy(programs["rust-static-pie"], tmp_path / "first_switch")
+    toml = tmp_path / "rust.toml"
+    toml.write_text(
+        """name = "first-switch-rust"
+description = "The tutorial's program, compiled."
+[[stacks]]
+name = "green"
+size = 48
+[expect]
+stdout = "I LOVE WAKING UP ON A NEW STACK!\\n"
+stop = "spin"
+[[expect.ret]]
+stack = "green"
+index = 32
+target = "first_switch::hello"
+[program]
+elf = "first_switch"
+from = "main"
+"""
+    )
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(toml), "-o", str(out)]) == 0
+    trace = load_trace(out)
+    assert trace.metadata.region("green").size == 48
+    result = check(trace)
+    assert result.result("expect").holds, result.result("expect").violations
+    assert result.failed == ("stack-bounds",)
+    assert replay(trace).matches
+
+
+def test_show_and_who_wrote_print_source_lines(recordings: dict[str, Recording], capsys) -> None:
+    rec = _recording(recordings, "c-static")
+    assert main(["show", str(rec.path), "--first-planted-ret"]) == 0
+    out = capsys.readouterr().out
+    assert "first_switch.c:" in out  # gt_switch's lines beside its instructions
+    assert main(["who-wrote", str(rec.path), "calloc_48:32", "--first-planted-ret"]) == 0
+    out = capsys.readouterr().out
+    assert "first_switch.c:" in out  # the memcpy in main that planted hello
+
+
+def test_a_stripped_programs_stack_is_named_after_its_heap_chunk(
+    programs: dict[str, Path], tmp_path: Path
+) -> None:
+    if "c-static" not in programs or shutil.which("strip") is None:
+        pytest.skip("needs the C example and strip")
+    import subprocess
+
+    stripped = tmp_path / "stripped"
+    subprocess.run(["strip", "-s", "-o", str(stripped), str(programs["c-static"])], check=True)
+    rec = record_elf(stripped, tmp_path / "t.parquet")
+    assert rec.metadata.stdout == LINE and rec.metadata.stop.reason == "spin"
+    (planted,) = derive_facts(load_trace(rec.path)).planted_returns
+    # calloc(48, 1) is a 64-byte chunk: 56 bytes the program may use.
+    assert (planted.region, planted.index) == ("chunk_56", 32)

@@ -47,6 +47,8 @@ I16 = npt.NDArray[np.int16]
 B = npt.NDArray[np.bool_]
 _T = TypeVar("_T", bound=np.generic)
 #: Elements per block where a whole-trace computation would need large temporaries.
+#: Bytes under rsp a leaf function may use without moving rsp (System V x86-64).
+RED_ZONE = 128
 _BLOCK = 1 << 20
 
 
@@ -258,6 +260,17 @@ class TraceFacts:
         """For each address just below a stack's base, the index in `stacks` of that
         stack (an overflow of it); -1 for anything else. "Just below" is above the
         region under the stack and no lower than the guard page under its pages."""
+        bases, floor, stack_of = self._overflow_zones
+        out = np.full(addrs.shape, -1, dtype=np.int16)
+        for lo in range(0, addrs.size, _BLOCK):
+            block = addrs[lo : lo + _BLOCK]
+            pos = np.searchsorted(bases, block, side="right")
+            out[lo : lo + _BLOCK] = np.where(block >= floor[pos], stack_of[pos], -1)
+        return out
+
+    @cached_property
+    def _overflow_zones(self) -> tuple[U64, U64, I16]:
+        """Regions' bases in order, the floor of the zone under each, its stack index."""
         regions = sorted(self.meta.regions, key=lambda r: r.base)
         bases = np.array([r.base for r in regions], dtype=np.uint64)
         floors = [max(r.map_start - PAGE, 0) for r in regions]
@@ -268,17 +281,34 @@ class TraceFacts:
             below = [r.top for r in regions[:i] if r.top <= regions[i].base]
             if below:
                 floors[i] = max(floors[i], max(below))
+            if regions[i].kind == "stack" and self._nested(regions[i]):
+                floors[i] = max(floors[i], self._nested_floor(regions[i], floors[i]))
         floor = np.array([*floors, 0], dtype=np.uint64)
         stack_of = np.array(
             [self.stacks.index(r) if r.kind == "stack" else -1 for r in regions] + [-1],
             dtype=np.int16,
         )
-        out = np.full(addrs.shape, -1, dtype=np.int16)
-        for lo in range(0, addrs.size, _BLOCK):
-            block = addrs[lo : lo + _BLOCK]
-            pos = np.searchsorted(bases, block, side="right")
-            out[lo : lo + _BLOCK] = np.where(block >= floor[pos], stack_of[pos], -1)
-        return out
+        return bases, floor, stack_of
+
+    def _nested(self, stack: Region) -> bool:
+        """Whether `stack` lies inside another region (a heap block used as a stack)."""
+        return any(
+            r is not stack and r.base <= stack.base and stack.top <= r.top
+            for r in self.meta.regions
+        )
+
+    def _nested_floor(self, stack: Region, floor: int) -> int:
+        """How far below a nested stack's base its overflow reaches: as deep as rsp
+        went (less the 128-byte red zone a leaf function may write under rsp).
+        The memory under such a stack belongs to its neighbours, and their own
+        writes there are not an overflow of this stack."""
+        lowest = stack.base
+        for lo in range(0, self.rsp.size, _BLOCK):
+            block = self.rsp[lo : lo + _BLOCK]
+            under = block[(block >= np.uint64(floor)) & (block < np.uint64(stack.base))]
+            if under.size:
+                lowest = min(lowest, int(under.min()))
+        return lowest - RED_ZONE if lowest < stack.base else stack.base
 
     @cached_property
     def rsp_owner(self) -> I16:

@@ -64,6 +64,11 @@ def record_command(
         )
     if args or from_symbol or to_symbol:
         raise BadInput(f"{scenario}: program arguments, --from and --to are for programs")
+    if scenario.endswith(".toml") and Path(scenario).is_file():
+        from ..record.elf_scenario import is_elf_scenario
+
+        if is_elf_scenario(scenario):
+            return _record_elf_scenario(Path(scenario), output, max_steps, snapshot_limit)
     loaded = load_scenario(scenario)
     options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
     target = output or default_trace_path(loaded.name)
@@ -92,6 +97,25 @@ def _record_program(
     total = max_steps or DEFAULT_ELF_MAX_STEPS
     with step_progress(total, f"recording {program.name}") as bar:
         recording = record_elf(program, target, options, args, from_symbol, to_symbol, bar)
+    meta = recording.metadata
+    click.echo(
+        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
+    )
+    return 0
+
+
+def _record_elf_scenario(
+    path: Path, output: Path | None, max_steps: int | None, snapshot_limit: int
+) -> int:
+    """A scenario file whose `[program]` is `elf = "prog"`."""
+    from ..record.elf_scenario import describe_elf_scenario
+    from ..record.recorder import record_description
+
+    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
+    description = describe_elf_scenario(path, max_steps)
+    target = output or default_trace_path(description.info.name)
+    with step_progress(description.max_steps, f"recording {description.info.name}") as bar:
+        recording = record_description(description, target, options, progress=bar)
     meta = recording.metadata
     click.echo(
         f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"

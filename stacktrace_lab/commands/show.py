@@ -75,7 +75,7 @@ def _registers(view: StepView) -> Table:
     return table
 
 
-def _short_source(source: tuple[str, int] | None) -> str:
+def short_source(source: tuple[str, int] | None) -> str:
     """`file:line`; a long path cut to its last two parts (Rust std: /rustc/<hash>/...)."""
     if source is None:
         return ""
@@ -102,7 +102,7 @@ def _listing(view: StepView, meta: TraceMetadata) -> Table:
         style = "bold reverse" if current else ""
         cells = ["=>" if current else "", f"{insn.addr:#x}", insn.symbol, insn.text]
         if any(sources):
-            cells.append(_short_source(source))
+            cells.append(short_source(source))
         table.add_row(*cells, style=style)
     return table
 

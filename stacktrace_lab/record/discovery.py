@@ -11,7 +11,8 @@ and bounded from the best evidence, in this order:
 1. an ELF data symbol covering it (a `static` array: the symbol's name);
 2. the allocation it lies in (`calloc_48`: the allocator and the size asked);
 3. an anonymous mmap (`mmap_<size>`), or the sigaltstack (`sigaltstack`);
-4. else the range rsp visited there (`stack_<address>`).
+4. the malloc chunk it lies in, from the heap's chunk headers (`chunk_56`);
+5. else the range rsp visited there (`stack_<address>`).
 
 Emulation is deterministic, so the recording pass sees the same addresses.
 """
@@ -35,6 +36,7 @@ from .syscalls import LinuxKernel
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
 OVERFLOW_REACH = 64 << 10
+HEAP_SNAPSHOTS = 64
 _ALLOCATORS = ("malloc", "calloc", "realloc", "free")
 _JMP_SELF = (b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff")
 
@@ -57,6 +59,13 @@ class Evidence:
     mmaps: list[tuple[int, int]] = field(default_factory=list)  # (addr, length)
     sigaltstack: tuple[int, int] | None = None
     steps: int = 0
+    #: The lowest rsp inside the process stack (-1: rsp never was there).
+    lowest_main: int = -1
+    #: The heap's bytes when rsp left the process stack, by step (the first
+    #: `HEAP_SNAPSHOTS` times): its chunk headers, before an overflow clobbers them.
+    heaps: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    #: Where the heap grew from, each time: where an allocator's blocks may start.
+    heap_starts: list[int] = field(default_factory=list)
 
 
 def run_discovery(
@@ -78,7 +87,7 @@ def run_discovery(
     }
     pending: list[tuple[str, int, int, int]] = []  # (kind, return address, rsp at entry, size)
     live: dict[int, int] = {}  # address -> index in allocations
-    state = {"step": 0, "previous": -1, "want": -1}
+    state = {"step": 0, "previous": -1, "want": -1, "lowest": hi}
 
     def on_code(_uc: Any, address: int, _size: int, _user: Any) -> None:
         step = state["step"]
@@ -88,8 +97,14 @@ def run_discovery(
         reg_read(uch, rsp_id, rsp_ref)
         rsp = rsp_value.value
         if not lo <= rsp <= hi:
+            if (not outside_steps or outside_steps[-1] != step - 1) and len(
+                evidence.heaps
+            ) < HEAP_SNAPSHOTS:
+                evidence.heaps[step] = _heap_now()
             outside_steps.append(step)
             outside_rsp.append(rsp)
+        elif rsp < state["lowest"]:
+            state["lowest"] = rsp
         if address == state["want"]:
             _returned(rsp)
         elif address in allocator_at:
@@ -99,6 +114,13 @@ def run_discovery(
             return
         state["previous"] = address
         state["step"] = step + 1
+
+    def _heap_now() -> tuple[int, bytes]:
+        kernel = machine.kernel
+        if not isinstance(kernel, LinuxKernel) or kernel.process.brk <= kernel.process.brk_start:
+            return (0, b"")
+        start = kernel.process.brk_start
+        return start, machine.read_or_zero(start, kernel.process.brk - start)
 
     def _entered(kind: str, rsp: int) -> None:
         rdi = uc.reg_read(x86.UC_X86_REG_RDI)
@@ -136,10 +158,12 @@ def run_discovery(
         uc.emu_start(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
     evidence.outside = list(zip(outside_steps.tolist(), outside_rsp.tolist(), strict=True))
     evidence.steps = state["step"]
+    evidence.lowest_main = state["lowest"]
     kernel = machine.kernel
     if isinstance(kernel, LinuxKernel):
         evidence.mmaps = list(kernel.process.mmaps)
         evidence.sigaltstack = kernel.process.sigaltstack
+        evidence.heap_starts = list(kernel.process.brk_starts)
     return evidence
 
 
@@ -149,10 +173,18 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
     names: set[str] = {"main"}
     for step, rsp in evidence.outside:
-        if any(s.base - OVERFLOW_REACH <= rsp <= s.top for s in stacks):
-            for k, values in visits.items():
-                if stacks[k].base <= rsp <= stacks[k].top + OVERFLOW_REACH:
-                    values.append(rsp)
+        # Known bounds: in or just under. Only the range visited: near it either way.
+        owner = next(
+            (
+                k
+                for k, s in enumerate(stacks)
+                if s.base - OVERFLOW_REACH <= rsp <= s.top + (OVERFLOW_REACH if k in visits else 0)
+            ),
+            None,
+        )
+        if owner is not None:
+            if owner in visits:
+                visits[owner].append(rsp)
             continue
         found = _evidence_for(rsp, step, evidence, data_symbols)
         if found is None:
@@ -190,6 +222,35 @@ def _evidence_for(
         sp, size = evidence.sigaltstack
         if sp <= rsp <= sp + size:
             return "sigaltstack", sp, size
+    taken = [s for s in evidence.heaps if s <= step]
+    heap = evidence.heaps[max(taken)] if taken else (0, b"")
+    chunk = heap_chunk(heap, evidence.heap_starts, rsp)
+    if chunk is not None:
+        return f"chunk_{chunk[1]}", chunk[0], chunk[1]
+    return None
+
+
+def heap_chunk(heap: tuple[int, bytes], starts: list[int], addr: int) -> tuple[int, int] | None:
+    """(start, usable size) of the glibc malloc chunk whose memory holds `addr`.
+
+    Without allocator symbols (a stripped program) the heap's own headers
+    still tell the blocks apart: from where the allocator's part of the heap
+    begins (one of the breaks the heap grew from: glibc's start-up takes the
+    first piece for thread-local storage), each chunk is a previous-size word,
+    a size word (flags in its low 3 bits) and the user's memory, which runs 8
+    bytes into the next chunk's previous-size word.
+    """
+    base, data = heap
+    for start in starts:
+        offset = (start - base + 15) // 16 * 16
+        while offset >= 0 and offset + 16 <= len(data):
+            size = int.from_bytes(data[offset + 8 : offset + 16], "little") & ~0x7
+            if size < 32 or size % 16 or offset + size > len(data):
+                break  # not a chunk header: not the allocator's heap from here
+            user = base + offset + 16
+            if user <= addr <= user + size - 8:
+                return user, size - 8
+            offset += size
     return None
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
@@ -50,7 +51,7 @@ def describe_elf(
     start = (from_symbol, _symbol(image, from_symbol, "--from")) if from_symbol else None
     sentinel = _symbol(image, to_symbol, "--to") if to_symbol else None
     limit = max_steps or DEFAULT_ELF_MAX_STEPS
-    spec = replace(process.spec, sentinel=sentinel)
+    spec = replace(process.spec, sentinel=sentinel, stop_at=to_symbol)
 
     # Discovery pass: the same process, run with a light hook.
     machine = Machine(spec)
@@ -68,8 +69,9 @@ def describe_elf(
     assert isinstance(kernel, LinuxKernel)
     later = _later_regions(kernel, {r.name for r in [*spec.regions, *found]})
 
+    main_stack = _used_part(main_stack, evidence.lowest_main)
     code = [r for r in spec.regions if r.kind == "code"]
-    others = [r for r in spec.regions if r.kind != "code" and r is not main_stack]
+    others = [r for r in spec.regions if r.kind not in ("code", "stack")]
     # Stacks before the heap and mappings they lie in: a region lookup finds them first.
     regions = [*code, *found, main_stack, *others, *later]
     executable = [(s.vaddr, s.data) for s in image.segments if "x" in s.perms]
@@ -95,6 +97,20 @@ def describe_elf(
         start=start,
         options={"args": list(args), "from": from_symbol, "to": to_symbol},
     )
+
+
+#: Below the lowest rsp, what the `main` region keeps: the red zone (128 bytes)
+#: a leaf function may write under rsp, and a page more.
+MAIN_MARGIN = 128 + PAGE
+
+
+def _used_part(stack: Region, lowest: int) -> Region:
+    """The process stack as far down as rsp went, not all 8 MiB: indices into
+    `main` then read as a few thousand bytes, and the plots show what was used."""
+    if not stack.base <= lowest <= stack.top:
+        return stack
+    base = max(stack.base, (lowest - MAIN_MARGIN) // PAGE * PAGE)
+    return Region(stack.name, stack.kind, base, stack.top - base, stack.perms)
 
 
 @functools.lru_cache(maxsize=8)

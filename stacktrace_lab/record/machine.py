@@ -173,6 +173,8 @@ class MachineSpec:
     memory: dict[int, bytes] = field(default_factory=dict)
     #: Where a return to the sentinel lands; reaching it ends the run. None: no sentinel.
     sentinel: int | None = None
+    #: When the sentinel is a symbol to stop at (`--to`) rather than a return address.
+    stop_at: str | None = None
     #: Makes the system calls' kernel, fresh for each machine.
     kernel: Callable[[], BareKernel] = BareKernel
     #: Makes the CPU model (the silicon check gives one that replays a native run).
@@ -485,6 +487,8 @@ class Machine:
     def _natural_stop(self, last_step: int, last_rip: int) -> Stop:
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
         if self.spec.sentinel is not None and rip == self.spec.sentinel:
+            if self.spec.stop_at is not None:
+                return Stop("halted", last_step, f"reached {self.spec.stop_at} (--to)")
             return Stop("returned", last_step, "the entry function returned")
         try:
             at_last = self.read(last_rip, 1) if last_rip >= 0 else b""

@@ -193,6 +193,8 @@ class ProcessState:
     #: Every anonymous mmap: (address, length), in call order.
     mmaps: list[tuple[int, int]] = field(default_factory=list)
     sigaltstack: tuple[int, int] | None = None  # (sp, size)
+    #: Each break the heap grew from: where a memory allocator's blocks may start.
+    brk_starts: list[int] = field(default_factory=list)
     files: dict[int, bytes] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
 
@@ -400,6 +402,8 @@ class LinuxKernel(BareKernel):
         if addr <= p.brk_start or addr > p.mmap_cursor - (1 << 30):
             return p.brk
         mapped_end = _page_ceil(p.brk)
+        if addr > p.brk:
+            p.brk_starts.append(p.brk)
         if addr > mapped_end:
             uc.mem_map(mapped_end, _page_ceil(addr) - mapped_end, UC_PROT_READ | UC_PROT_WRITE)
         p.brk = max(p.brk, addr) if addr > p.brk else addr

@@ -119,8 +119,10 @@ def _listing(window: ListingWindow) -> list[str]:
     for row in window.rows:
         notes = "".join(f"<br>**{_cell(note)}**" for note in row.notes)
         touched = "<br>".join(_code(t) for t in row.touched)
+        source = f"<br>{_cell(row.source)}" if row.source else ""
         out.append(
-            f"| {row.step} | `{row.rip:#x}` | {_code(row.symbol)} | {_code(row.insn)}{notes} "
+            f"| {row.step} | `{row.rip:#x}` | {_code(row.symbol)}{source} "
+            f"| {_code(row.insn)}{notes} "
             f"| `{row.rsp:#x}` {_code(row.rsp_where)} | {touched} |"
         )
     out.append("")
