@@ -364,6 +364,16 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
         assert (divergence.step, divergence.cause) == (3, "unwritten-register")
         assert divergence.symbol.startswith("main+")
         assert str(divergence.source).startswith("first_switch.c:")
+    if build == "rust-static":  # a scenario file naming the program: its from/to, its args
+        scenario = examples / "rust-static.toml"
+        scenario.write_text(
+            f'name = "rs"\n[program]\nelf = "{program.name}"\nargs = ["a", "b"]\n'
+            'from = "main"\nto = "first_switch::hello"\n'
+        )
+        from_scenario = silicon_check(str(scenario))
+        assert from_scenario.comparison.same, from_scenario.comparison.divergence
+        assert from_scenario.comparison.native_stop.startswith("to")
+        assert from_scenario.native.initial_stack[:8] == (3).to_bytes(8, "little")  # argc
     if build == "rust-static-pie":  # --from a symbol moves with the program
         main_only = silicon_check(str(program), from_symbol="main").comparison
         assert main_only.same, main_only.divergence

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import tempfile
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..errors import BadInput
 from ..record.elf import PIE_BASE, line_table, load_elf
+from ..record.elf_scenario import is_elf_scenario
 from ..record.machine import MachineSpec, Mapping
 from ..record.process import STACK_TOP, linux_process
 from ..record.recorder import build_program, machine_spec
@@ -54,6 +56,11 @@ class Target:
     #: given how far the program was moved; an empty "file:line" is "no line".
     load_lines: Callable[[int], dict[int, str]] | None = None
     bias: int = 0
+    #: The program's arguments after argv[0] (an ELF scenario's `args`).
+    args: tuple[str, ...] = ()
+    #: An ELF scenario's own `from` and `to`, used when the command line gives none.
+    default_from: str | None = None
+    default_to: str | None = None
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
 
@@ -109,7 +116,7 @@ def scenario_target(name_or_path: str, workdir: Path) -> Target:
     )
 
 
-def elf_target(path: Path) -> Target:
+def elf_target(path: Path, args: tuple[str, ...] = ()) -> Target:
     """A static ELF: natively as it is; emulated as the recorder's Linux process,
     started from the native run's own initial stack and load address."""
     image = load_elf(path)
@@ -133,6 +140,19 @@ def elf_target(path: Path) -> Target:
             row.addr: f"{row.file}:{row.line}" if row.line else ""
             for row in line_table(path, image.load_base + bias)
         },
+        args=args,
+    )
+
+
+def elf_scenario_target(path: Path) -> Target:
+    """A scenario file whose `[program]` is `elf = "prog"` (with `args`, `from`, `to`)."""
+    program = tomllib.loads(path.read_text(encoding="utf-8"))["program"]
+    args = program.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise BadInput(f"{path}: field 'program.args': must be a list of strings")
+    target = elf_target(path.parent / str(program["elf"]), tuple(args))
+    return dataclasses.replace(
+        target, default_from=program.get("from"), default_to=program.get("to")
     )
 
 
@@ -173,6 +193,8 @@ def resolve_target(target: str, workdir: Path) -> Target:
     path = Path(target)
     if path.is_file() and path.read_bytes()[:4] == ELF_MAGIC:
         return elf_target(path)
+    if path.suffix == ".toml" and is_elf_scenario(path):
+        return elf_scenario_target(path)
     return scenario_target(target, workdir)
 
 
@@ -210,12 +232,15 @@ def silicon_check(
         raise BadInput(f"cannot run natively: {reason}")
     with tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-") as workdir:
         target = resolve_target(target_name, Path(workdir))
+        from_symbol = from_symbol or target.default_from
+        to_symbol = to_symbol or target.default_to
         start = target.address_of(from_symbol) if from_symbol else target.entry
         end = target.address_of(to_symbol) if to_symbol else None
         steps = max_steps or target.max_steps
         try:
             native = run_native(
                 target.executable,
+                [str(Path(target.executable).resolve()), *target.args],
                 start=start,
                 end=end,
                 sentinel=target.sentinel,
