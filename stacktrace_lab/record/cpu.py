@@ -17,10 +17,13 @@ value (docs/machine.md, "The CPU"):
 
 `cpuid` has an instruction hook in unicorn. The others do not
 (`UC_HOOK_INSN` covers only cpuid, syscall and in/out), so the executable
-bytes are scanned once for their opcodes, and each place where one could
-start gets a code hook of its own, which checks with capstone that the
-instruction really is one of them, sets the result and moves rip past it.
-Hooks bound to one address cost nothing on the other instructions.
+bytes are scanned once for their opcodes; each place where one could start
+(checked with capstone) gets a code hook, and so does the instruction after
+it. Unicorn runs the instruction itself; the hook after it replaces what it
+answered with the fixed value, before the next row is read. (Changing the
+registers in the hook on the instruction itself would show its result in its
+own row, whose registers are read after that hook: the silicon check caught
+that.) Hooks bound to one address cost nothing on the other instructions.
 """
 
 from __future__ import annotations
@@ -111,9 +114,24 @@ class CpuModel:
 
     def install(self, uc: Uc, executable: Iterable[tuple[int, bytes]]) -> None:
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
+        self._pending: tuple[int, Any] | None = None  # (next address, instruction)
         for base, code in executable:
             for addr in candidate_addresses(base, code):
-                uc.hook_add(UC_HOOK_CODE, self._on_candidate, None, addr, addr)
+                offset = addr - base
+                insn = next(self._cs.disasm(code[offset : offset + 15], addr, 1), None)
+                if insn is None or insn.mnemonic not in HANDLED:
+                    continue  # the bytes are part of another instruction
+                uc.hook_add(UC_HOOK_CODE, self._on_candidate, insn, addr, addr)
+                after = addr + insn.size
+                uc.hook_add(UC_HOOK_CODE, self._on_after, None, after, after)
+
+    def _on_candidate(self, uc: Uc, address: int, _size: int, insn: Any) -> None:
+        self._pending = (address + insn.size, insn)
+
+    def _on_after(self, uc: Uc, address: int, _size: int, _user: Any) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == address:
+            self.answer(uc, pending[1])
 
     @staticmethod
     def cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
@@ -130,11 +148,8 @@ class CpuModel:
             uc.reg_write(reg, value)
         return True  # skip unicorn's own cpuid
 
-    def _on_candidate(self, uc: Uc, address: int, _size: int, _user: Any) -> None:
-        raw = bytes(uc.mem_read(address, _readable(uc, address, 15)))
-        insn = next(self._cs.disasm(raw, address, 1), None)
-        if insn is None or insn.mnemonic not in HANDLED:
-            return  # the bytes were part of another instruction
+    def answer(self, uc: Uc, insn: Any) -> None:
+        """Give the instruction that just ran (`insn`) its fixed result."""
         if insn.mnemonic in ("rdtsc", "rdtscp"):
             value = self.tsc
             self.tsc += TSC_STEP
@@ -155,7 +170,6 @@ class CpuModel:
             uc.reg_write(full, value)
             flags = uc.reg_read(x86.UC_X86_REG_RFLAGS)
             uc.reg_write(x86.UC_X86_REG_RFLAGS, (flags & ~_ARITH_FLAGS) | _CF)
-        uc.reg_write(x86.UC_X86_REG_RIP, address + insn.size)
 
 
 _LEGACY = {"ax": "rax", "bx": "rbx", "cx": "rcx", "dx": "rdx"}
@@ -169,11 +183,3 @@ def _full_register(name: str) -> str:
     if name.startswith(("e", "r")) and len(name) == 3:
         return "r" + name[1:]
     return _LEGACY.get(name, name)
-
-
-def _readable(uc: Uc, addr: int, size: int) -> int:
-    """How many of the `size` bytes from `addr` are mapped (the code hook ran: at least 1)."""
-    for begin, end, _ in uc.mem_regions():
-        if begin <= addr <= end:
-            return int(min(size, end + 1 - addr))
-    return 1

@@ -81,7 +81,8 @@ class ElfImage:
         return self.raw_symbols.get(name)
 
 
-def load_elf(path: str | Path) -> ElfImage:
+def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
+    """`pie_base`: where a static-pie goes (the silicon check loads it where the kernel did)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -90,7 +91,7 @@ def load_elf(path: str | Path) -> ElfImage:
     if raw[:4] != b"\x7fELF":
         raise BadInput(f"{path}: not an ELF executable (no ELF header)")
     try:
-        return _parse(path, raw, hashlib.sha256(raw).hexdigest())
+        return _parse(path, raw, hashlib.sha256(raw).hexdigest(), pie_base)
     except (ELFError, ValueError, KeyError, IndexError) as exc:
         raise BadInput(f"{path}: malformed ELF file: {exc}") from None
 
@@ -98,7 +99,7 @@ def load_elf(path: str | Path) -> ElfImage:
 # Reading and demangling a Rust program's symbols takes seconds (pure Python):
 # once per binary in a process (the discovery pass, the recording, a replay).
 @functools.lru_cache(maxsize=8)
-def _parse(path: Path, raw: bytes, sha256: str) -> ElfImage:
+def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
     elf = ELFFile(io.BytesIO(raw))
     machine = elf["e_machine"]
     if elf.elfclass != 64:
@@ -117,7 +118,7 @@ def _parse(path: Path, raw: bytes, sha256: str) -> ElfImage:
             "(gcc -static, or rustc -C target-feature=+crt-static)"
         )
     pie = kind == "ET_DYN"
-    base = PIE_BASE if pie else 0
+    base = pie_base if pie else 0
     loads = []
     for seg in segments:
         if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
