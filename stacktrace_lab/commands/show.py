@@ -13,7 +13,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..analysis.events import derive_facts
 from ..errors import BadInput
+from ..explore.backtrace import StackBacktrace, backtraces
 from ..explore.select import choose_step
 from ..explore.telescope import describe_pointer
 from ..explore.view import StepView, step_view
@@ -144,6 +146,39 @@ def _telescope(view: StepView) -> Table | Text:
     return table
 
 
+def _backtraces(found: list[StackBacktrace]) -> Table:
+    table = Table(
+        title="backtraces (innermost frame first; suspended stacks where they left)",
+        title_justify="left",
+        box=None,
+        padding=(0, 1),
+    )
+    table.add_column("stack", no_wrap=True)
+    table.add_column("#", justify="right")
+    table.add_column("function", no_wrap=True)
+    table.add_column("at", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("entered")
+    for bt in found:
+        state = "running" if bt.running else f"suspended at step {bt.at_step}"
+        for depth, frame in enumerate(bt.frames):
+            entered = (
+                "at the start"
+                if frame.entered_step < 0
+                else (f"step {frame.entered_step} by {frame.how}")
+            )
+            table.add_row(
+                f"{bt.stack} ({state})" if depth == 0 else "",
+                str(depth),
+                frame.function,
+                f"{frame.addr:#x} {frame.location}" if frame.addr else frame.location,
+                frame.source or "",
+                entered,
+                style="bold" if bt.running and depth == 0 else "",
+            )
+    return table
+
+
 def output_console() -> Console:
     """The terminal's console; when piped, one wide enough that rows do not wrap."""
     if stdout_console.is_terminal:
@@ -151,8 +186,11 @@ def output_console() -> Console:
     return Console(file=sys.stdout, width=PIPED_WIDTH, highlight=False)
 
 
-def render(trace: Trace, view: StepView) -> Group:
-    parts: list[Any] = [_header(trace, view), Text(""), _registers(view), Text("")]
+def render(trace: Trace, view: StepView, found: list[StackBacktrace]) -> Group:
+    parts: list[Any] = [_header(trace, view), Text("")]
+    if found:
+        parts += [_backtraces(found), Text("")]
+    parts += [_registers(view), Text("")]
     parts += [_listing(view), Text("")]
     accesses = _accesses(trace, view)
     if accesses.plain:
@@ -193,8 +231,11 @@ def show_command(
             raise BadInput(f"{trace}: no stack or data region '{region}' (regions: {names})")
         shown_region = memory[region]
     view = step_view(loaded, chosen, context, shown_region)
+    found = backtraces(derive_facts(loaded), chosen)
     if as_json:
-        click.echo(json.dumps(view.to_json(loaded), indent=2, sort_keys=True))
+        doc = view.to_json(loaded)
+        doc["backtraces"] = [bt.to_json() for bt in found]
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
-        output_console().print(render(loaded, view))
+        output_console().print(render(loaded, view, found))
     return 0
