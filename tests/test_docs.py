@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import runpy
+import shlex
 from pathlib import Path
 
 import pytest
 
+from stacktrace_lab.cli import main
 from stacktrace_lab.record.recorder import record
 from stacktrace_lab.scenario import load_scenario
 
@@ -40,3 +42,23 @@ def test_duckdb_example(in_a_project: Path) -> None:
     (query,) = _blocks("sql")
     rows = duckdb.connect().sql(query).fetchall()
     assert rows == [(12, "gt_switch+3", "retq", 32, 8, "3E00400000000000")]
+
+
+SQL_DOC = Path(__file__).parent.parent / "docs" / "sql.md"
+
+
+def test_sql_page_examples_print_what_the_page_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("duckdb", reason="DuckDB is an optional extra")
+    monkeypatch.chdir(tmp_path)
+    for name in ("first-switch", "green-threads", "green-threads-no-skip"):
+        record(load_scenario(name), tmp_path / "traces" / f"{name}.parquet")
+    blocks = re.findall(r"```console\n(.*?)```", SQL_DOC.read_text(), flags=re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        command, _, expected = block.partition("\n")
+        args = shlex.split(command.removeprefix("$ "))
+        assert args[0] == "stacktrace-lab"
+        assert main(args[1:]) == 0, command
+        assert capsys.readouterr().out == expected, command

@@ -19,4 +19,5 @@ COMMANDS: dict[str, str] = {
     "show": "stacktrace_lab.commands.show:show_command",
     "who-wrote": "stacktrace_lab.commands.who_wrote:who_wrote_command",
     "replay": "stacktrace_lab.commands.replay:replay_command",
+    "query": "stacktrace_lab.commands.query:query_command",
 }
