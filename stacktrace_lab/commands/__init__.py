@@ -20,4 +20,5 @@ COMMANDS: dict[str, str] = {
     "who-wrote": "stacktrace_lab.commands.who_wrote:who_wrote_command",
     "replay": "stacktrace_lab.commands.replay:replay_command",
     "query": "stacktrace_lab.commands.query:query_command",
+    "export": "stacktrace_lab.commands.export:export_command",
 }

@@ -125,6 +125,9 @@ class FrameHistory:
     top: I64
     #: The innermost frame of each stack before step 0.
     initial: tuple[int, ...]
+    #: Per node, the step whose instruction ended the frame (its ret, or the call or ret
+    #: that found it abandoned); -1 while it never ended.
+    ends: tuple[int, ...] = ()
 
     def tops_before(self, step: int) -> list[int]:
         """Each stack's innermost frame node before the instruction at `step` runs."""
@@ -167,9 +170,11 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     order = np.argsort(events, kind="stable")
     n_calls = facts.calls.size
     out_step, out_stack, out_top = [], [], []
+    ends: list[int] = [-1] * len(nodes)
 
-    def drop_to(s: int, slot: int) -> None:
+    def drop_to(s: int, slot: int, step: int) -> None:
         while tops[s] >= 0 and nodes[tops[s]].slot <= slot:
+            ends[tops[s]] = step
             tops[s] = nodes[tops[s]].parent
 
     for e in order.tolist():
@@ -179,7 +184,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
             if s < 0:
                 continue
             slot = int(facts.rsp[step]) - 8
-            drop_to(s, slot)
+            drop_to(s, slot, step)
             back = int(pushed[e]) if pushed is not None and w.step[call_push[e]] == step else None
             node = FrameNode(tops[s], s, int(facts.call_targets[e]), step, CALL, slot, back)
         else:
@@ -189,7 +194,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
             if s < 0:
                 continue
             slot = int(r.slot[i])
-            drop_to(s, slot)
+            drop_to(s, slot, step)
             target = int(r.value[i])
             near = labels.nearest(target)
             enters = r.origin[i] == Origin.PLANTED and near is not None and near[1] == 0
@@ -200,6 +205,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
                 continue
             node = FrameNode(tops[s], s, target, step, PLANTED, slot, None)
         nodes.append(node)
+        ends.append(-1)
         tops[s] = len(nodes) - 1
         out_step.append(step)
         out_stack.append(s)
@@ -210,6 +216,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         stack=np.array(out_stack, dtype=np.int64),
         top=np.array(out_top, dtype=np.int64),
         initial=initial,
+        ends=tuple(ends),
     )
 
 
