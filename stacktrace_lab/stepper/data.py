@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..analysis.events import TraceFacts, derive_facts
 from ..arch import REGISTERS, WORD
+from ..explore.backtrace import FrameHistory, SourceLines, frame_history
 from ..explore.memory import access_log_between, memory_before_many
 from ..explore.provenance import PlantedReturn, planted_returns
 from ..explore.rows import instruction_listing, instructions_at
@@ -260,6 +262,107 @@ def _windows_note(n: int, windows: list[Window], switches: Sequence[Switch]) -> 
     )
 
 
+@dataclass(frozen=True)
+class FrameContext:
+    """The call/ret facts and frame history a window's backtraces come from."""
+
+    facts: TraceFacts
+    history: FrameHistory
+
+    @classmethod
+    def of(cls, trace: Trace) -> FrameContext:
+        facts = derive_facts(trace)
+        return cls(facts, frame_history(facts))
+
+
+def _backtrace_data(frames: FrameContext, window: Window) -> dict[str, Any]:
+    """What the page needs to show every stack's backtrace at any step of the window.
+
+    `tops0`: each stack's innermost frame before the window's first step;
+    `events`: [step, stack, innermost frame from step + 1 on] inside the window;
+    `left0`: for each stack, [step, rip] of the last step before the window that
+    ran on it (where a suspended stack left), or null; `frames`: the frames
+    those name, with their callers: id -> [caller id, stack, function, how,
+    entered step, return address or null].
+    """
+    facts, history = frames.facts, frames.history
+    tops0 = history.tops_before(window.start)
+    lo = int(np.searchsorted(history.step, window.start, side="left"))
+    hi = int(np.searchsorted(history.step, window.stop, side="left"))
+    events = [
+        [int(history.step[e]), int(history.stack[e]), int(history.top[e])] for e in range(lo, hi)
+    ]
+    wanted = {t for t in tops0 if t >= 0} | {e[2] for e in events if e[2] >= 0}
+    nodes: dict[str, list[Any]] = {}
+    todo = sorted(wanted)
+    while todo:
+        node_id = todo.pop()
+        if str(node_id) in nodes:
+            continue
+        node = history.nodes[node_id]
+        nodes[str(node_id)] = [
+            node.parent,
+            node.stack,
+            facts.symbolize(node.function),
+            node.how,
+            node.entered_step,
+            hex64(node.return_to) if node.return_to is not None else None,
+        ]
+        if node.parent >= 0:
+            todo.append(node.parent)
+    owner = facts.rsp_owner[: window.start]
+    left0: list[list[Any] | None] = []
+    left_steps = []
+    for s in range(len(facts.stacks)):
+        hits = np.flatnonzero(owner == s)
+        left_steps.append(int(hits[-1]) if hits.size else -1)
+    rips = facts.describe([step for step in left_steps if step >= 0])
+    for step in left_steps:
+        left0.append([step, hex64(rips[step].rip)] if step >= 0 else None)
+    return {"tops0": tops0, "events": events, "left0": left0, "frames": nodes}
+
+
+def embedded_window(trace: Trace, window: Window, frames: FrameContext) -> dict[str, Any]:
+    """One window of steps as the page replays it (see the module's docstring)."""
+    meta = trace.metadata
+    table = trace.slice(window.start, window.stop, list(REGISTERS))
+    values = np.column_stack([table.column(r).to_numpy() for r in REGISTERS])
+    rsp = values[:, REGISTERS.index("rsp")]
+    ranges = {}
+    for region in meta.stacks:
+        tracked = _tracked_range(region, rsp)
+        if tracked is not None:
+            ranges[region.name] = tracked
+    memory = _window_memory(trace, window, ranges)
+    inside = range(window.start, window.stop)
+    outside = sorted(
+        {
+            step
+            for stack in memory["stacks"].values()
+            for step in stack["writers"]
+            if step >= 0 and step not in inside
+        }
+    )
+    writers = {str(s): i.text for s, i in sorted(instructions_at(trace, outside).items())}
+    return {
+        "start": window.start,
+        "stop": window.stop,
+        "regs0": [hex64(int(v)) for v in values[0]],
+        "deltas": _register_deltas(values),
+        "after_last": [hex64(v) for v in _registers_after(trace, window)],
+        "access": _accesses(trace, window),
+        **memory,
+        "writers": writers,
+        "bt": _backtrace_data(frames, window),
+    }
+
+
+def source_lines(trace: Trace) -> list[list[str]]:
+    """[address, "file:line"] of every source line's first instruction, in address order."""
+    lines = SourceLines(trace.metadata)
+    return [[hex64(a), lines(a) or ""] for a in sorted(trace.metadata.lines)]
+
+
 def stepper_data(
     trace: Trace, limit: int = EMBED_LIMIT, switches: Sequence[Switch] | None = None
 ) -> dict[str, Any]:
@@ -277,38 +380,13 @@ def stepper_data(
         switches = switches[:MAX_SWITCH_WINDOWS]
     windows = choose_windows(n, switches, limit)
     complete = windows == [Window(0, n)]
-    window_data = []
-    for window in windows:
-        table = trace.slice(window.start, window.stop, list(REGISTERS))
-        values = np.column_stack([table.column(r).to_numpy() for r in REGISTERS])
-        rsp = values[:, REGISTERS.index("rsp")]
-        ranges = {}
-        for region in meta.stacks:
-            tracked = _tracked_range(region, rsp)
-            if tracked is not None:
-                ranges[region.name] = tracked
-        window_data.append(
-            {
-                "start": window.start,
-                "stop": window.stop,
-                "regs0": [hex64(int(v)) for v in values[0]],
-                "deltas": _register_deltas(values),
-                "after_last": [hex64(v) for v in _registers_after(trace, window)],
-                "access": _accesses(trace, window),
-                **_window_memory(trace, window, ranges),
-            }
-        )
+    frames = FrameContext.of(trace)
+    window_data = [embedded_window(trace, window, frames) for window in windows]
     # Instructions of the steps that wrote tracked memory before a window began
     # and are not embedded themselves, for the telescope's "last written" column.
-    embedded_steps = [range(w.start, w.stop) for w in windows]
-    outside = {
-        step
-        for window in window_data
-        for stack in window["stacks"].values()
-        for step in stack["writers"]
-        if step >= 0 and not any(step in r for r in embedded_steps)
-    }
-    writers = {str(s): i.text for s, i in sorted(instructions_at(trace, sorted(outside)).items())}
+    writers: dict[str, str] = {}
+    for window in window_data:
+        writers.update(window["writers"])
     first_symbols: dict[int, str] = {}
     for name, addr in meta.symbols.items():
         first_symbols.setdefault(addr, name)
@@ -348,5 +426,6 @@ def stepper_data(
         ],
         "windows": window_data,
         "writers": writers,
+        "lines": source_lines(trace),
         "chart": _rsp_chart(trace, windows),
     }
