@@ -21,4 +21,5 @@ COMMANDS: dict[str, str] = {
     "replay": "stacktrace_lab.commands.replay:replay_command",
     "query": "stacktrace_lab.commands.query:query_command",
     "export": "stacktrace_lab.commands.export:export_command",
+    "serve": "stacktrace_lab.commands.serve:serve_command",
 }

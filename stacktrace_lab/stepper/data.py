@@ -364,12 +364,17 @@ def source_lines(trace: Trace) -> list[list[str]]:
 
 
 def stepper_data(
-    trace: Trace, limit: int = EMBED_LIMIT, switches: Sequence[Switch] | None = None
+    trace: Trace,
+    limit: int = EMBED_LIMIT,
+    switches: Sequence[Switch] | None = None,
+    serve: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything the stepper page needs about `trace`, as JSON-ready data.
 
     `switches`: the planted returns, when the caller has found them already
-    (the report has); else the trace is scanned for them here.
+    (the report has); else the trace is scanned for them here. `serve`: the
+    URLs of a server that hands out windows (`stacktrace-lab serve`); then no
+    window is embedded and the page fetches each as it needs it.
     """
     meta = trace.metadata
     n = trace.num_rows
@@ -378,10 +383,10 @@ def stepper_data(
         switches = [Switch.of(p) for p in found]
     elif n > limit:
         switches = switches[:MAX_SWITCH_WINDOWS]
-    windows = choose_windows(n, switches, limit)
-    complete = windows == [Window(0, n)]
-    frames = FrameContext.of(trace)
-    window_data = [embedded_window(trace, window, frames) for window in windows]
+    windows = [] if serve else choose_windows(n, switches, limit)
+    complete = serve is not None or windows == [Window(0, n)]
+    frames = FrameContext.of(trace) if windows else None
+    window_data = [embedded_window(trace, window, frames) for window in windows if frames]
     # Instructions of the steps that wrote tracked memory before a window began
     # and are not embedded themselves, for the telescope's "last written" column.
     writers: dict[str, str] = {}
@@ -390,7 +395,15 @@ def stepper_data(
     first_symbols: dict[int, str] = {}
     for name, addr in meta.symbols.items():
         first_symbols.setdefault(addr, name)
-    note = f"All {n} steps are embedded." if complete else _windows_note(n, windows, switches)
+    if serve:
+        note = (
+            f"Served from {trace.path.name}: any of its {n:,} steps can be reached; "
+            "steps are read from the trace file as you move."
+        )
+    elif complete:
+        note = f"All {n} steps are embedded."
+    else:
+        note = _windows_note(n, windows, switches)
     return {
         "format": 1,
         "scenario": meta.scenario.name,
@@ -428,4 +441,5 @@ def stepper_data(
         "writers": writers,
         "lines": source_lines(trace),
         "chart": _rsp_chart(trace, windows),
+        **({"serve": serve} if serve else {}),
     }

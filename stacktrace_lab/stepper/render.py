@@ -140,13 +140,14 @@ def stepper_fragment(
     limit: int = EMBED_LIMIT,
     heading: bool = True,
     switches: Sequence[Switch] | None = None,
+    serve: dict[str, str] | None = None,
 ) -> str:
     """The stepper for `trace`, one `<div id="stl-stepper">` to include in a page as it is.
 
     `heading=False` leaves out its `<h2>`, for a page whose section has its own;
     `switches` are the planted returns if the caller knows them already.
     """
-    data = stepper_data(trace, limit, switches)
+    data = stepper_data(trace, limit, switches, serve)
     data["chart_geometry"] = {"x0": CHART_X0, "width": CHART_WIDTH, "viewWidth": VIEW_WIDTH}
     js = _static("stepper.js")
     if "</script" in js.lower():  # our own file: a slip here would break every report
@@ -163,13 +164,19 @@ def stepper_fragment(
     )
 
 
-def standalone_page(trace: Trace, limit: int = EMBED_LIMIT) -> str:
-    """A whole HTML page holding only the stepper (for viewing or testing without a report)."""
+def standalone_page(
+    trace: Trace,
+    limit: int = EMBED_LIMIT,
+    serve: dict[str, str] | None = None,
+    switches: Sequence[Switch] | None = None,
+) -> str:
+    """A whole HTML page holding only the stepper (for viewing or testing without a report);
+    with `serve`, the page of `stacktrace-lab serve`, which fetches its steps."""
     title = escape(f"{trace.metadata.scenario.name}: step through the trace")
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{title}</title>\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '</head>\n<body style="margin: 1em 2em">\n'
-        f"{stepper_fragment(trace, limit)}</body>\n</html>\n"
+        f"{stepper_fragment(trace, limit, switches=switches, serve=serve)}</body>\n</html>\n"
     )
