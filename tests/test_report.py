@@ -270,10 +270,15 @@ def test_invariants_json(first_switch_report: Path) -> None:
         "ret-source",
         "stack-bounds",
         "callee-saved",
+        "stop",
         "expect",
     ]
     (planted,) = doc["planted_returns"]
     assert (planted["stack"], planted["index"], planted["target"]) == ("green", 32, "hello")
+    # hello is the first code on green: a function entry; both lines are named
+    assert planted["landing"] == "entry"
+    assert planted["source"].startswith("first-switch.toml:")
+    assert planted["planted_source"].startswith("first-switch.toml:")
 
 
 def test_a_failing_trace_reports_its_violation(record_source: RecordSource, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def build_report(trace: Trace, directory: str | Path) -> Report:
     facts = derive_facts(trace)
     result = check(trace, facts)
     content = gather(facts, result)
-    images = {"rsp": rsp_png(facts), "heatmap": heatmap_png(facts)}
+    images = {"rsp": rsp_png(facts, result.causes), "heatmap": heatmap_png(facts)}
     # The stepper's windows go around the planted returns the analysis found:
     # scanning the trace for them again cost more than the rest of a report.
     switches = [

@@ -74,7 +74,7 @@ class ReportContent:
     def verdict(self) -> str:
         if self.check.holds:
             return "every invariant holds"
-        return "fails: " + ", ".join(self.check.failed)
+        return f"fails: {', '.join(self.check.failed)} ({self.check.headline})"
 
 
 def gather(facts: TraceFacts, check: CheckResult) -> ReportContent:
