@@ -17,10 +17,15 @@ is what the stepper embeds, so the page and `show` give the same frames.
 Rules, per stack (keyed by the return-address slot, an address on it):
 - a `call` pushes a frame whose slot is the one the call wrote; frames at or
   below that slot are dropped first (abandoned without a ret, as by a longjmp);
-- a `ret` pops every frame whose slot is at or below the popped slot;
-- a `ret` that pops a planted address (a stack switch) and lands on a label
-  enters that function: a frame with no call. Landing inside a function
-  instead resumes the stack's suspended frames.
+- a `ret` of a matched call pops every frame whose slot is at or below the
+  popped slot;
+- every other transfer (a `ret` of a planted address, an indirect `jmp`) goes
+  by how the analysis classified its landing (`analysis/transfers.py`): a
+  `resume` comes back from the call it resumes and a `return` leaves the
+  function it returns from (both drop the frames at or below the landing's
+  return slot, on the stack it lands on, so a green thread's frames come back
+  when it is resumed); an `entry` enters a function: a frame with no call; a
+  `trampoline` (the runtime's `skip`) and `other` add no frame.
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ..analysis.events import Origin, TraceFacts
-from ..symbols import LabelTable
+from ..analysis.events import TraceFacts, stack_index
+from ..analysis.transfers import Landing
 from ..trace.format import TraceMetadata
 
 I64 = npt.NDArray[np.int64]
 
-#: How a frame was entered.
-START, CALL, PLANTED = "start", "call", "planted return"
+#: How a frame was entered: the machine's start, a call, a ret or a jump that
+#: the analysis classified as entering a function.
+START, CALL, PLANTED, JUMP = "start", "call", "planted return", "jump"
 
 
 class FrameNode(NamedTuple):
@@ -153,7 +159,6 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     moves Python ints (a few hundred thousand events a second).
     """
     meta = facts.meta
-    labels = LabelTable(meta.symbols)
     w, r = facts.writes, facts.returns
     # Calls: the stack and slot they push to, the target, the return address pushed
     # (the call's only write; None if the trace has no such write).
@@ -171,14 +176,16 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
             np.broadcast_to(pushed, calls.shape).tolist(), has_push.tolist(), strict=True
         )
     ]
-    # Rets: a planted one that lands on a label enters that function.
+    # Rets and indirect jmps the analysis classified by where they land.
+    transfers = facts.transfers
+    landing_of = dict(zip(transfers.step.tolist(), range(len(transfers)), strict=True))
+    landing = transfers.landing.tolist()
+    landing_stack = stack_index(facts.stacks, transfers.rsp).tolist()
+    landing_slot = (transfers.rsp - np.uint64(8)).tolist()
+    landing_target = transfers.target.tolist()
+    jumps = transfers.step[~transfers.is_ret]
     ret_stack = facts.rsp_stack[r.step].tolist()
     ret_slot = r.slot.tolist()
-    ret_value = r.value.tolist()
-    enters = [False] * len(r)
-    for i in np.flatnonzero(r.origin == Origin.PLANTED).tolist():
-        near = labels.nearest(ret_value[i])
-        enters[i] = near is not None and near[1] == 0
 
     parent: list[int] = []
     stack_of: list[int] = []
@@ -211,28 +218,33 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     out_step: list[int] = []
     out_stack: list[int] = []
     out_top: list[int] = []
-    steps = np.concatenate([calls, r.step])
-    n_calls = calls.size
-    for e, step in zip(
-        np.argsort(steps, kind="stable").tolist(),
-        np.sort(steps, kind="stable").tolist(),
-        strict=True,
-    ):
-        is_call = e < n_calls
-        i = e if is_call else e - n_calls
-        s = call_stack[i] if is_call else ret_stack[i]
+    steps = np.concatenate([calls, r.step, jumps])
+    n_calls, n_calls_rets = calls.size, calls.size + r.step.size
+    order = np.argsort(steps, kind="stable")
+    for e, step in zip(order.tolist(), steps[order].tolist(), strict=True):
+        t = landing_of.get(step) if e >= n_calls else None
+        if e < n_calls:
+            s, slot = call_stack[e], call_slot[e]
+        elif t is None:
+            # The ret of a matched call (or one the analysis leaves alone).
+            s, slot = ret_stack[e - n_calls], ret_slot[e - n_calls]
+        else:
+            s, slot = landing_stack[t], landing_slot[t]
         if s < 0:
             continue
-        slot = call_slot[i] if is_call else ret_slot[i]
-        # Frames at or below the slot are left: returned from, or abandoned.
         top = tops[s]
-        while top >= 0 and slot_of[top] <= slot:
-            ends[top] = step
-            top = parent[top]
-        if is_call:
-            top = push_node(top, s, call_target[i], step, CALL, slot, call_back[i])
-        elif enters[i]:
-            top = push_node(top, s, ret_value[i], step, PLANTED, slot, None)
+        kind = Landing(landing[t]) if t is not None else None
+        if kind not in (Landing.TRAMPOLINE, Landing.OTHER) or e < n_calls_rets:
+            # Frames at or below the slot are left: returned from, resumed past, or
+            # abandoned. (A jump that is a trampoline or unclassified leaves them.)
+            while top >= 0 and slot_of[top] <= slot:
+                ends[top] = step
+                top = parent[top]
+        if e < n_calls:
+            top = push_node(top, s, call_target[e], step, CALL, slot, call_back[e])
+        elif kind == Landing.ENTRY and t is not None:
+            entered_by = PLANTED if e < n_calls_rets else JUMP
+            top = push_node(top, s, landing_target[t], step, entered_by, slot, None)
         tops[s] = top
         out_step.append(step)
         out_stack.append(s)
@@ -321,6 +333,7 @@ def backtraces(
 
 __all__ = [
     "CALL",
+    "JUMP",
     "PLANTED",
     "START",
     "FrameHistory",
