@@ -59,13 +59,16 @@ class Window:
 
 @dataclass(frozen=True)
 class Switch:
-    """A planted return as the stepper shows it: where it pops from and what."""
+    """A stack switch as the stepper shows it: a planted return (where it pops from and
+    what), or, with `note` set, another step that moved rsp to another stack."""
 
     ret_step: int
     stack: str | None
     index: int | None
     target: str
     planted_step: int
+    #: What the step does, for a switch that is not a planted return ("" for one that is).
+    note: str = ""
 
     @classmethod
     def of(cls, planted: PlantedReturn) -> Switch:
@@ -434,6 +437,7 @@ def stepper_data(
                 "index": s.index,
                 "target": s.target,
                 "planted_step": s.planted_step,
+                "note": s.note,
             }
             for s in switches
         ],

@@ -100,8 +100,8 @@ def chart_svg(data: dict[str, Any]) -> Markup:
         parts.append(
             f'<line x1="{sx:.2f}" x2="{sx:.2f}" y1="{CHART_TOP}" '
             f'y2="{CHART_TOP + LANE_HEIGHT * len(lanes)}" stroke="#b35c00" '
-            f'stroke-dasharray="3 3" stroke-width="1.5"><title>planted return: ret at step '
-            f"{switch['ret_step']} pops {escape(switch['target'])}</title></line>"
+            f'stroke-dasharray="3 3" stroke-width="1.5">'
+            f"<title>{_switch_title(switch)}</title></line>"
         )
     path = []
     for step, low, high in chart["points"]:
@@ -133,6 +133,12 @@ def chart_svg(data: dict[str, Any]) -> Markup:
 
 def _environment() -> Environment:
     return Environment(autoescape=True, keep_trailing_newline=True)
+
+
+def _switch_title(switch: dict[str, Any]) -> str:
+    if switch.get("note"):
+        return f"step {switch['ret_step']}: {escape(str(switch['note']))}"
+    return f"planted return: ret at step {switch['ret_step']} pops {escape(switch['target'])}"
 
 
 def stepper_fragment(

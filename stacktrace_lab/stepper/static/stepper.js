@@ -427,9 +427,14 @@
     var planted = data.switches.filter(function (sw) {
       return sw.ret_step === step;
     });
-    $(".stl-switch").textContent = planted.length ?
-      "stack switch: pops " + planted[0].target + " from " + planted[0].stack + "[" +
-      planted[0].index + "], planted at step " + planted[0].planted_step : "";
+    var text = "";
+    if (planted.length && planted[0].note) {
+      text = planted[0].note;
+    } else if (planted.length) {
+      text = "stack switch: pops " + planted[0].target + " from " + planted[0].stack + "[" +
+        planted[0].index + "], planted at step " + planted[0].planted_step;
+    }
+    $(".stl-switch").textContent = text;
   }
 
   function telescopeSpan(region, rsp, tracked) {
