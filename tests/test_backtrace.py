@@ -45,7 +45,7 @@ def test_first_switch_hello_runs_on_green_while_main_waits_in_gt_switch(
     # The caller's line is where gt_switch returns to in main, with its source line.
     assert main_stack.frames[1].location.startswith("main+")
     assert main_stack.frames[1].source is not None
-    assert main_stack.frames[1].source.startswith("first-switch:")
+    assert main_stack.frames[1].source.startswith("first-switch.toml:")
 
 
 def test_green_threads_one_backtrace_per_stack(green_threads: Path) -> None:

@@ -143,13 +143,39 @@ def test_syscalls_and_csv(builtins_dir: Path, capsys: pytest.CaptureFixture[str]
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     stdout = load_trace(trace).metadata.stdout
     assert rows == [{"nr": "1", "result": str(len(stdout)), "len": str(len(stdout))}]
+    names = _query(capsys, str(trace), "SELECT name FROM syscalls")
+    assert names == [{"name": "write"}]
+
+
+def test_format_1_and_2_traces_in_one_query(
+    builtins_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version 1 trace gets its kinds from the instruction text; version 2 has them."""
+    v1 = Path(__file__).parent / "fixtures" / "first-switch-v1.parquet"
+    rows = _query(
+        capsys,
+        str(v1),
+        str(builtins_dir / "first-switch.parquet"),
+        "SELECT trace, step, kind, label, source FROM steps WHERE kind IN ('call', 'ret') "
+        "ORDER BY trace, step",
+    )
+    assert [(r["trace"], r["step"], r["kind"]) for r in rows] == [
+        ("first-switch", 10, "call"),
+        ("first-switch", 12, "ret"),
+        ("first-switch-v1", 10, "call"),
+        ("first-switch-v1", 12, "ret"),
+    ]
+    assert rows[0]["label"] == "main" and rows[0]["source"].startswith("first-switch.toml:")
+    assert rows[2]["label"] is None  # format 1 has no label column
 
 
 def test_table_output_counts_rows(builtins_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = builtins_dir / "first-switch.parquet"
     assert main(["query", str(trace), "SELECT step, kind FROM steps WHERE kind <> 'other'"]) == 0
     out = capsys.readouterr().out
-    assert "(3 rows)" in out and "call" in out and "ret" in out
+    # Format 2 records each instruction's kind: the call, the ret, the write
+    # syscall and the final `jmp .` (the spin).
+    assert "(4 rows)" in out and all(k in out for k in ("call", "ret", "syscall", "jmp"))
 
 
 def test_bad_sql_and_missing_files_are_bad_input(

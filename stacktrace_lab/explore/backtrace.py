@@ -30,7 +30,6 @@ Rules, per stack (keyed by the return-address slot, an address on it):
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,8 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..analysis.events import TraceFacts, stack_index
+from ..analysis.source import SourceLines
 from ..analysis.transfers import Landing
-from ..trace.format import TraceMetadata
 
 I64 = npt.NDArray[np.int64]
 
@@ -97,23 +96,6 @@ class StackBacktrace:
             "at_step": self.at_step,
             "frames": [f.to_json() for f in self.frames],
         }
-
-
-class SourceLines:
-    """`file:line` of a code address: its line, or the nearest line at or below it."""
-
-    def __init__(self, meta: TraceMetadata) -> None:
-        self._addrs = sorted(meta.lines)
-        self._lines = [meta.lines[a] for a in self._addrs]
-        self._file = meta.scenario.name
-        code = [r for r in meta.regions if r.kind == "code"]
-        self._code = code[0] if code else None
-
-    def __call__(self, addr: int) -> str | None:
-        if self._code is None or not self._code.contains(addr):
-            return None
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        return f"{self._file}:{self._lines[i]}" if i >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -281,7 +263,7 @@ def frame_lines(
             location, where = "?", None
             addr_value = 0
         else:
-            location, where, addr_value = facts.symbolize(addr), source(addr), addr
+            location, where, addr_value = facts.symbolize(addr), source.text(addr), addr
         out.append(
             FrameLine(
                 function=facts.symbolize(node.function),
@@ -339,7 +321,6 @@ __all__ = [
     "FrameHistory",
     "FrameLine",
     "FrameNode",
-    "SourceLines",
     "StackBacktrace",
     "backtraces",
     "frame_history",

@@ -133,6 +133,11 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
     con.execute(
         "CREATE TABLE labels (trace VARCHAR, name VARCHAR, addr UBIGINT, code_region VARCHAR)"
     )
+    # The system calls a format 2 trace logged (names, and no result for exit).
+    con.execute(
+        "CREATE TABLE syscall_log (trace VARCHAR, step BIGINT, nr BIGINT, name VARCHAR, "
+        "result BIGINT)"
+    )
     for f in files:
         meta = f.trace.metadata
         con.execute(
@@ -152,6 +157,11 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
             con.execute(
                 "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?)",
                 [f.name, r.name, r.kind, r.base, r.size, r.top],
+            )
+        for call in meta.syscalls:
+            con.execute(
+                "INSERT INTO syscall_log VALUES (?, ?, ?, ?, ?)",
+                [f.name, call.step, call.nr, call.name, call.result],
             )
         # One name per address, the same rule as the trace's `symbol` column.
         table = LabelTable(meta.symbols)
@@ -177,24 +187,33 @@ _KIND_FROM_TEXT = (
 _ORDER = "WINDOW w AS (PARTITION BY trace ORDER BY step)"
 
 
-def _views(has_kind: bool) -> list[str]:
+def _views(columns: set[str]) -> list[str]:
+    """The views; `columns` are the columns some trace file has (format 2 adds facts)."""
     registers = ", ".join(REGISTERS)
-    kind = f"coalesce(kind::VARCHAR, {_KIND_FROM_TEXT})" if has_kind else _KIND_FROM_TEXT
+    # Format 2 records each instruction's kind; a format 1 file's rows get it from the text.
+    kind = f"coalesce(kind::VARCHAR, {_KIND_FROM_TEXT})" if "kind" in columns else _KIND_FROM_TEXT
+    facts = "".join(
+        f", {name}::VARCHAR AS {name}" if name != "offset" else ', "offset"'
+        for name in ("label", "offset", "source")
+        if name in columns
+    )
     args = ", ".join(SYSCALL_ARGS)
     return [
         f"CREATE VIEW steps AS SELECT trace, step, {registers}, insn, symbol, "
-        f"{kind} AS kind, stack_of(trace, rsp) AS stack FROM raw",
+        f"{kind} AS kind{facts}, stack_of(trace, rsp) AS stack FROM raw",
         # One row per entry of `reads` and `writes`; `seq` is its position in the list.
         "CREATE VIEW accesses AS "
         "WITH a AS ("
-        "  SELECT trace, step, rip, symbol, insn, 'read' AS access, "
+        f"  SELECT trace, step, rip, symbol, insn, {'kind, ' if 'kind' in columns else ''}"
+        "'read' AS access, "
         "         generate_subscripts(reads, 1) AS seq, unnest(reads) AS e "
         "  FROM raw WHERE len(reads) > 0 "
         "  UNION ALL "
-        "  SELECT trace, step, rip, symbol, insn, 'write' AS access, "
+        f"  SELECT trace, step, rip, symbol, insn, {'kind, ' if 'kind' in columns else ''}"
+        "'write' AS access, "
         "         generate_subscripts(writes, 1) AS seq, unnest(writes) AS e "
         "  FROM raw WHERE len(writes) > 0) "
-        f"SELECT trace, step, rip, symbol, insn, {_KIND_FROM_TEXT} AS kind, access, seq, "
+        f"SELECT trace, step, rip, symbol, insn, {kind} AS kind, access, seq, "
         "e.addr AS addr, e.size AS size, e.data AS data, le_u64(e.data) AS value, "
         "region_of(trace, e.addr) AS region, region_index(trace, e.addr) AS region_index "
         "FROM a",
@@ -235,12 +254,17 @@ def _views(has_kind: bool) -> list[str]:
         "r.value, symbol_of(r.trace, r.value) AS target, r.entry_rsp "
         "FROM r ASOF JOIN w ON r.trace = w.trace AND r.slot = w.addr AND r.step > w.step "
         "WHERE w.kind <> 'call'",
+        # Each `syscall` step; its name and result from the trace's log where it has one
+        # (format 2: no result for a call that did not return), else rax after it.
         "CREATE VIEW syscalls AS "
         "WITH s AS (SELECT trace, step, rip, symbol, kind, rax, "
         f"  {args}, lead(rax) OVER w AS next_rax FROM steps {_ORDER}) "
-        "SELECT s.trace, s.step, s.rip, s.symbol, s.rax AS nr, "
-        f"[{args}] AS args, coalesce(s.next_rax, t.final_rax) AS result "
-        "FROM s JOIN traces t USING (trace) WHERE kind = 'syscall'",
+        "SELECT s.trace, s.step, s.rip, s.symbol, s.rax AS nr, l.name, "
+        f"[{args}] AS args, CASE WHEN l.step IS NULL THEN "
+        "coalesce(s.next_rax, t.final_rax)::BIGINT ELSE l.result END AS result "
+        "FROM s JOIN traces t USING (trace) "
+        "LEFT JOIN syscall_log l ON l.trace = s.trace AND l.step = s.step "
+        "WHERE kind = 'syscall'",
     ]
 
 
@@ -258,7 +282,7 @@ def connect(files: Sequence[TraceFile]) -> duckdb.DuckDBPyConnection:
     _tables(con, files)
     for macro in _macros(files):
         con.execute(macro)
-    has_kind = any("kind" in f.trace.column_names for f in files)
-    for view in _views(has_kind):
+    columns = {name for f in files for name in f.trace.column_names}
+    for view in _views(columns):
         con.execute(view)
     return con

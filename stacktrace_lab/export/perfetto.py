@@ -24,7 +24,8 @@ from typing import Any
 
 from ..analysis.check import check
 from ..analysis.events import TraceFacts, derive_facts
-from ..explore.backtrace import START, SourceLines, frame_history
+from ..analysis.source import SourceLines
+from ..explore.backtrace import START, frame_history
 from ..trace.reader import Trace
 
 PID = 1
@@ -77,7 +78,7 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
             "stack": facts.stacks[node.stack].name,
             "returned": "never" if end < 0 else f"step {end}",
         }
-        where = source(node.function)
+        where = source.text(node.function)
         if where:
             args["source"] = where
         events.append(

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from ..analysis.events import TraceFacts, derive_facts
 from ..arch import REGISTERS, WORD
-from ..explore.backtrace import FrameHistory, SourceLines, frame_history
+from ..explore.backtrace import FrameHistory, frame_history
 from ..explore.memory import access_log_between, memory_before_many
 from ..explore.provenance import PlantedReturn, planted_returns
 from ..explore.rows import instruction_listing, instructions_at
@@ -362,8 +362,10 @@ def embedded_window(trace: Trace, window: Window, frames: FrameContext) -> dict[
 
 def source_lines(trace: Trace) -> list[list[str]]:
     """[address, "file:line"] of every source line's first instruction, in address order."""
-    lines = SourceLines(trace.metadata)
-    return [[hex64(a), lines(a) or ""] for a in sorted(trace.metadata.lines)]
+    return [
+        [hex64(e.addr), f"{e.file}:{e.line}"]
+        for e in sorted(trace.metadata.lines, key=lambda e: e.addr)
+    ]
 
 
 def stepper_data(
