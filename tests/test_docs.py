@@ -97,3 +97,17 @@ def test_sql_page_examples_print_what_the_page_shows(
         assert args[0] == "stacktrace-lab"
         assert main(args[1:]) == 0, command
         assert capsys.readouterr().out == expected, command
+
+
+EXPLORE_DOC = Path(__file__).parent.parent / "docs" / "explore.md"
+
+
+def test_explore_page_backtrace_is_what_show_prints(
+    in_a_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (block,) = re.findall(r"```console\n(.*?)```", EXPLORE_DOC.read_text(), flags=re.S)
+    command, _, expected = block.partition("\n")
+    args = shlex.split(command.removeprefix("$ "))
+    assert main(args[1:]) == 0
+    shown = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    assert shown[: len(expected.splitlines())] == expected.splitlines()
