@@ -189,6 +189,15 @@ def test_step_a_two_million_step_trace_to_1_500_000_and_back(
             )
         )
         wait_step(next_call)
+        # Click-through: a slot's last writer, fetched from the server, with its chain.
+        link = browser.find_elements(By.CSS_SELECTOR, ".stl-telescope .stl-written a")[0]
+        writer = int(link.get_attribute("data-step"))
+        assert TARGET - 100 < writer < next_call
+        link.click()
+        wait_step(writer)
+        assert browser.find_element(By.CSS_SELECTOR, ".stl-provenance-box").is_displayed()
+        first = browser.find_element(By.CSS_SELECTOR, ".stl-provenance li[data-step]")
+        assert int(first.get_attribute("data-step")) == writer
         # ... and back to the start.
         browser.find_element(By.CSS_SELECTOR, "body").send_keys(Keys.HOME)
         wait_step(0)

@@ -855,6 +855,11 @@
   /* Click on a slot's "last written": go to the writer and show where the value came from. */
   function followWriter(addr, writer) {
     select({ addr: addr, name: describe(addr) || hexShort(addr) });
+    if (!served && !windowOf(writer)) {
+      $(".stl-status").textContent = "step " + writer + " is not embedded in this page " +
+        "(stacktrace-lab serve reaches every step)";
+      return Promise.resolve(null);
+    }
     return show(writer).then(function () {
       chainShown = provenance(addr, writer + 1);
       render(position);
