@@ -168,3 +168,15 @@ def test_export_of_a_missing_trace_is_bad_input(
     assert main(["export", str(tmp_path / "no.parquet"), "--to", "perfetto"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_an_unwritable_output_is_bad_input_and_leaves_nothing(
+    traces: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-dir" / "out.json"
+    assert main(["export", str(traces["first-switch"]), "--to", "tenet", "-o", str(missing)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not missing.parent.exists()
+    out = tmp_path / "out.json"
+    assert main(["export", str(traces["first-switch"]), "--to", "perfetto", "-o", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left

@@ -203,3 +203,15 @@ def test_step_a_two_million_step_trace_to_1_500_000_and_back(
         wait_step(0)
         assert register("r12") == 0 and register("rip") == long_trace.metadata.symbols["main"]
         assert _errors(browser) == []
+
+
+def test_a_port_in_use_is_one_line_and_status_2(
+    green_threads_served: tuple[Trace, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stacktrace_lab.cli import main
+
+    trace, url = green_threads_served
+    port = url.rsplit(":", 1)[1].strip("/")
+    assert main(["serve", str(trace.path), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err

@@ -162,8 +162,11 @@ def write_chrome_trace(trace: Trace, out: Path) -> int:
     """Write the JSON (atomically: a temporary file renamed into place); returns the events."""
     doc = chrome_trace_events(trace)
     tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(doc, f, separators=(",", ":"), sort_keys=True)
-        f.write("\n")
-    tmp.replace(out)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(doc, f, separators=(",", ":"), sort_keys=True)
+            f.write("\n")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # never a half-written file, whatever failed
     return len(doc["traceEvents"])

@@ -66,7 +66,10 @@ def _lines(trace: Trace, f: TextIO) -> int:
 def write_tenet(trace: Trace, out: Path) -> int:
     """Write the Tenet trace (atomically); returns the number of lines."""
     tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w", encoding="ascii") as f:
-        lines = _lines(trace, f)
-    tmp.replace(out)
+    try:
+        with tmp.open("w", encoding="ascii") as f:
+            lines = _lines(trace, f)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # never a half-written file, whatever failed
     return lines
