@@ -273,8 +273,9 @@ class FrameContext:
     history: FrameHistory
 
     @classmethod
-    def of(cls, trace: Trace) -> FrameContext:
-        facts = derive_facts(trace)
+    def of(cls, trace: Trace, facts: TraceFacts | None = None) -> FrameContext:
+        """From the analysis pass `facts` of `trace` if given, else from a new one."""
+        facts = facts if facts is not None else derive_facts(trace)
         return cls(facts, frame_history(facts))
 
 
@@ -373,13 +374,15 @@ def stepper_data(
     limit: int = EMBED_LIMIT,
     switches: Sequence[Switch] | None = None,
     serve: dict[str, str] | None = None,
+    facts: TraceFacts | None = None,
 ) -> dict[str, Any]:
     """Everything the stepper page needs about `trace`, as JSON-ready data.
 
     `switches`: the planted returns, when the caller has found them already
     (the report has); else the trace is scanned for them here. `serve`: the
     URLs of a server that hands out windows (`stacktrace-lab serve`); then no
-    window is embedded and the page fetches each as it needs it.
+    window is embedded and the page fetches each as it needs it. `facts`: the
+    analysis pass the backtraces come from, when the caller has made it.
     """
     meta = trace.metadata
     n = trace.num_rows
@@ -390,7 +393,7 @@ def stepper_data(
         switches = switches[:MAX_SWITCH_WINDOWS]
     windows = [] if serve else choose_windows(n, switches, limit)
     complete = serve is not None or windows == [Window(0, n)]
-    frames = FrameContext.of(trace) if windows else None
+    frames = FrameContext.of(trace, facts) if windows else None
     window_data = [embedded_window(trace, window, frames) for window in windows if frames]
     # Instructions of the steps that wrote tracked memory before a window began
     # and are not embedded themselves, for the telescope's "last written" column.

@@ -21,6 +21,7 @@ from typing import Any
 from jinja2 import Environment
 from markupsafe import Markup, escape
 
+from ..analysis.events import TraceFacts
 from ..trace.reader import Trace
 from .data import EMBED_LIMIT, Switch, stepper_data
 
@@ -147,13 +148,15 @@ def stepper_fragment(
     heading: bool = True,
     switches: Sequence[Switch] | None = None,
     serve: dict[str, str] | None = None,
+    facts: TraceFacts | None = None,
 ) -> str:
     """The stepper for `trace`, one `<div id="stl-stepper">` to include in a page as it is.
 
     `heading=False` leaves out its `<h2>`, for a page whose section has its own;
-    `switches` are the planted returns if the caller knows them already.
+    `switches` are the planted returns and `facts` the analysis pass, if the
+    caller has them already (the report has).
     """
-    data = stepper_data(trace, limit, switches, serve)
+    data = stepper_data(trace, limit, switches, serve, facts)
     data["chart_geometry"] = {"x0": CHART_X0, "width": CHART_WIDTH, "viewWidth": VIEW_WIDTH}
     js = _static("stepper.js")
     if "</script" in js.lower():  # our own file: a slip here would break every report
