@@ -50,9 +50,12 @@ def test_a_run_that_ends_badly_fails_check(
     assert result.failed == ("stop",)
     (cause,) = result.causes
     assert cause.kind == reason
-    # Format 2 names the scenario file the source line is in.
-    scenario_file = path.with_suffix(".toml").name
-    assert cause.first.source == f"{scenario_file}:" + str(cause.first.source).split(":")[1]
+    # the line of the instruction that stopped the run, in the scenario's own file
+    toml = path.with_suffix(".toml")
+    file, line = str(cause.first.source).split(":")
+    assert file == toml.name
+    stopped_at = toml.read_text().splitlines()[int(line) - 1].strip()
+    assert stopped_at == ("movq (%rax), %rbx" if reason == "fault" else "jmp main")
     if reason == "fault":
         assert "the run faulted" in cause.first.message and "0x1234" in cause.first.message
     else:
@@ -208,3 +211,20 @@ def test_an_entry_that_realigns_is_a_note_not_a_failure(record_source: RecordSou
     assert result.holds
     (note,) = result.result("alignment").notes
     assert "entry is entered with rsp % 16 == 0" in note and "realigns rsp" in note
+
+
+def test_first_switch_misaligned_fails_at_hello_the_first_code_on_green(tmp_path: Path) -> None:
+    out = tmp_path / "misaligned.parquet"
+    record(load_scenario("first-switch-misaligned"), out)
+    result = check(load_trace(out))
+    assert result.failed == ("alignment",)
+    (cause,) = result.causes
+    assert cause.first.symbol == "hello+0"
+    assert "the first code to run on green" in cause.first.message
+    # the mistake is main's store of hello at SSIZE - 8
+    assert cause.site_symbol.startswith("main")
+    text = Path(load_scenario("first-switch-misaligned").path).read_text()
+    line = text[: text.index("movq %rcx, SSIZE-8(%rax)")].count("\n") + 1
+    assert cause.site_source == f"first-switch-misaligned.toml:{line}"
+    (planted,) = result.planted
+    assert planted.landing == "entry"

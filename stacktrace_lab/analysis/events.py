@@ -225,6 +225,13 @@ class TraceFacts:
         nearest = self._labels.nearest(addr) if self.is_code(addr) else None
         return addr - nearest[1] if nearest is not None else addr
 
+    def function_starts(self, addrs: U64) -> U64:
+        """`function_start` for many addresses (each distinct one looked up once)."""
+        unique, inverse = np.unique(addrs, return_inverse=True)
+        starts = np.array([self.function_start(int(a)) for a in unique], dtype=np.uint64)
+        out: U64 = starts[inverse.reshape(-1)] if unique.size else addrs.copy()
+        return out
+
     def rips_at(self, steps: I64) -> U64:
         """rip at each of `steps` (the final rip for a step equal to the trace's length)."""
         if not steps.size:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -56,24 +56,67 @@ class Invariant:
     check: Check
 
 
-@dataclass
 class Items:
-    """The violations an invariant found, before they are grouped and described."""
+    """The violations an invariant found, before they are grouped and described.
 
-    step: list[int] = field(default_factory=list)
-    #: The kind of mistake, one of the invariant's kind names.
-    kind: list[str] = field(default_factory=list)
-    #: The code address the mistake is at (grouping key with the kind).
-    site: list[int] = field(default_factory=list)
-    #: The index of the item this one follows from (a consequence), or -1.
-    root: list[int] = field(default_factory=list)
+    Per item: its step, its kind of mistake (a name), its code site (the grouping
+    key with the kind) and the item it follows from (its root, -1 for none).
+    Items are added one at a time or as arrays (a million misaligned calls).
+    """
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self._parts: list[tuple[I64, npt.NDArray[np.int16], U64, I64]] = []
+        self._count = 0
+        self._relabel: list[tuple[I64, int]] = []
+        #: Per misaligned call, the transfer its frame is blamed on (alignment only).
+        self.blame: I64 | None = None
+
+    def relabel(self, indices: I64, kind: str) -> None:
+        """Give the items at `indices` another kind."""
+        if indices.size:
+            self._relabel.append((indices, self.kind_code(kind)))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def kind_code(self, kind: str) -> int:
+        if kind not in self.kinds:
+            self.kinds.append(kind)
+        return self.kinds.index(kind)
 
     def add(self, step: int, kind: str, site: int, root: int = -1) -> int:
-        self.step.append(step)
-        self.kind.append(kind)
-        self.site.append(site)
-        self.root.append(root)
-        return len(self.step) - 1
+        return self.add_many(
+            np.array([step], dtype=np.int64),
+            kind,
+            np.array([site], dtype=np.uint64),
+            np.array([root], dtype=np.int64),
+        )
+
+    def add_many(self, steps: I64, kind: str, sites: U64, roots: I64 | None = None) -> int:
+        """Add one item per step; returns the index of the first."""
+        first = self._count
+        code = np.full(steps.shape, self.kind_code(kind), dtype=np.int16)
+        root = roots if roots is not None else np.full(steps.shape, -1, dtype=np.int64)
+        self._parts.append(
+            (steps.astype(np.int64), code, sites.astype(np.uint64), root.astype(np.int64))
+        )
+        self._count += int(steps.size)
+        return first
+
+    def arrays(self) -> tuple[I64, npt.NDArray[np.int16], U64, I64]:
+        if not self._parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.uint64), empty
+        kind = np.concatenate([p[1] for p in self._parts])
+        for indices, code in self._relabel:
+            kind[indices] = code
+        return (
+            np.concatenate([p[0] for p in self._parts]),
+            kind,
+            np.concatenate([p[2] for p in self._parts]),
+            np.concatenate([p[3] for p in self._parts]),
+        )
 
 
 def _grouped(
@@ -85,60 +128,76 @@ def _grouped(
 ) -> Findings:
     """Causes, consequences and the first violations from `items`; `message(i)` says
     what is wrong at item `i` (asked only for the items shown)."""
-    count = len(items.step)
+    count = len(items)
     if not count:
         return Findings(notes=tuple(notes))
-    order = sorted(range(count), key=lambda i: (items.step[i], i))
-    groups: dict[tuple[str, int], list[int]] = {}
-    following: dict[tuple[tuple[str, int], str], list[int]] = {}
-    for i in order:
-        root = items.root[i]
-        if root < 0:
-            groups.setdefault((items.kind[i], items.site[i]), []).append(i)
-        else:
-            key = (items.kind[root], items.site[root])
-            following.setdefault((key, items.kind[i]), []).append(i)
-    shown = order[:MAX_VIOLATIONS]
-    causes_shown = list(groups.items())[:MAX_CAUSES]
-    described = set(shown) | {members[0] for _, members in causes_shown}
-    described |= {members[0] for members in following.values()}
-    info = facts.describe(items.step[i] for i in described)
+    step, kind, site, root = items.arrays()
+    order = np.argsort(step, kind="stable")  # items in step order
+    # One key per (site, kind); a consequence is keyed by its root's key, then its kind.
+    key = site * np.uint64(1024) + kind.astype(np.uint64)
+    is_root = root < 0
+    roots_o = order[is_root[order]]
+    cause_keys, cause_first = np.unique(key[roots_o], return_index=True)
+    cause_inverse = np.searchsorted(cause_keys, key[roots_o])
+    cause_count = np.bincount(cause_inverse, minlength=cause_keys.size)
+    cause_last = np.zeros(cause_keys.size, dtype=np.int64)
+    np.maximum.at(cause_last, cause_inverse, np.arange(roots_o.size))
+    # Causes by the step they first show.
+    by_step = np.argsort(cause_first, kind="stable")[:MAX_CAUSES]
+
+    follows_o = order[~is_root[order]]
+    cons_cause = np.searchsorted(cause_keys, key[root[follows_o]])
+    cons_key = cons_cause.astype(np.int64) * 1024 + kind[follows_o].astype(np.int64)
+    cons_keys, cons_first = np.unique(cons_key, return_index=True)
+    cons_inverse = np.searchsorted(cons_keys, cons_key)
+    cons_count = np.bincount(cons_inverse, minlength=cons_keys.size)
+    cons_last = np.zeros(cons_keys.size, dtype=np.int64)
+    np.maximum.at(cons_last, cons_inverse, np.arange(follows_o.size))
+
+    shown = order[:MAX_VIOLATIONS].tolist()
+    described = set(shown)
+    described |= {int(roots_o[cause_first[g]]) for g in by_step.tolist()}
+    described |= {int(follows_o[i]) for i in cons_first.tolist()}
+    info = facts.describe(int(step[i]) for i in described)
     violations: dict[int, Violation] = {}
     for i in sorted(described):
-        where = info.get(items.step[i])
+        where = info.get(int(step[i]))
         violations[i] = Violation(
             invariant=invariant,
-            step=items.step[i],
+            step=int(step[i]),
             rip=where.rip if where else 0,
             symbol=where.symbol if where else "",
             message=message(i),
             source=facts.source(where.rip) if where else None,
         )
     causes = []
-    for (kind, site), members in causes_shown:
+    for g in by_step.tolist():
+        first = int(roots_o[cause_first[g]])
+        last = int(roots_o[cause_last[g]])
+        mine = np.flatnonzero(cons_keys // 1024 == g).tolist()
         consequences = tuple(
             Consequence(
                 invariant=invariant,
-                kind=sub_kind,
-                count=len(subs),
-                first_step=items.step[subs[0]],
-                last_step=items.step[subs[-1]],
-                example=violations[subs[0]],
+                kind=items.kinds[int(cons_keys[c] % 1024)],
+                count=int(cons_count[c]),
+                first_step=int(step[follows_o[cons_first[c]]]),
+                last_step=int(step[follows_o[cons_last[c]]]),
+                example=violations[int(follows_o[cons_first[c]])],
             )
-            for (key, sub_kind), subs in following.items()
-            if key == (kind, site)
+            for c in mine
         )
+        site_addr = int(site[first])
         causes.append(
             Cause(
                 invariant=invariant,
-                kind=kind,
-                site=site,
-                site_symbol=facts.symbolize(site),
-                site_source=facts.source(site),
-                count=len(members),
-                first_step=items.step[members[0]],
-                last_step=items.step[members[-1]],
-                first=violations[members[0]],
+                kind=items.kinds[int(kind[first])],
+                site=site_addr,
+                site_symbol=facts.symbolize(site_addr),
+                site_source=facts.source(site_addr),
+                count=int(cause_count[g]),
+                first_step=int(step[first]),
+                last_step=int(step[last]),
+                first=violations[first],
                 consequences=consequences,
             )
         )
@@ -191,64 +250,85 @@ def alignment(facts: TraceFacts) -> Findings:
         entry_item[i] = item
         messages[item] = _entry_message(facts, i, store, made)
 
-    calls = facts.calls
-    call_rsp = facts.rsp[calls]
-    misaligned = np.flatnonzero(call_rsp % STACK_ALIGNMENT != 0)
+    misaligned = np.flatnonzero(facts.rsp[facts.calls] % STACK_ALIGNMENT != 0)
+    first_call = len(items)
     if misaligned.size:
-        call_rips = facts.rips_at(calls[misaligned])
-        roots = _attribute_calls(facts, misaligned, entry_item)
-        call_item: dict[int, int] = {}  # call index -> its item, for calls that are roots
-        for k, c in enumerate(misaligned.tolist()):
-            root, blame = roots[k]
-            if root < -1:  # inside the callee of a misaligned call that is a root itself
-                root = call_item[-2 - root]
-            step = int(calls[c])
-            if root >= 0:
-                item = items.add(step, "misaligned-call", int(call_rips[k]), root)
-            elif blame >= 0:
-                item = items.add(step, "landing-misaligns-calls", int(transfer_rips[blame]))
-                messages[item] = _blamed_call_message(facts, c, blame)
-                call_item[c] = item
-            else:
-                site = facts.function_start(int(call_rips[k]))
-                item = items.add(step, "misaligned-call", site)
-                call_item[c] = item
-            if item not in messages:
-                messages[item] = _call_message(facts, c)
-    return _grouped(facts, "alignment", items, lambda i: messages[i](), notes)
+        _misaligned_calls(facts, items, misaligned, entry_item, transfer_rips)
+
+    def message(i: int) -> str:
+        if i in messages:
+            return messages[i]()
+        call = int(misaligned[i - first_call])
+        blamed = blame_of(call)
+        if blamed >= 0:
+            return _blamed_call_message(facts, call, blamed)
+        return _call_message(facts, call)
+
+    blame_of = _blame_lookup(items, first_call, misaligned)
+    return _grouped(facts, "alignment", items, message, notes)
 
 
-def _call_message(facts: TraceFacts, c: int) -> Callable[[], str]:
-    def text() -> str:
-        rsp = int(facts.rsp[facts.calls[c]])
-        callee = facts.symbolize(int(facts.call_targets[c]))
-        off = rsp % STACK_ALIGNMENT
-        return (
-            f"call to {callee} with rsp % 16 == {off} (rsp={rsp:#x}): {callee} will be "
-            f"entered with rsp % 16 == {(rsp - 8) % 16} instead of 8; the caller's frame "
-            f"is {off} bytes off the 16-byte grid, so adjust it before the call"
-        )
+def _misaligned_calls(
+    facts: TraceFacts, items: Items, misaligned: I64, entry_item: dict[int, int], rips: U64
+) -> None:
+    """One item per misaligned call (an index into `facts.calls`), in call order, so
+    that item = first + position: a consequence of the entry or call its frame
+    follows from; a cause blamed on the landing that set its frame up
+    (`landing-misaligns-calls`, at that transfer); or a cause of its own, at its
+    function (`misaligned-call`)."""
+    calls = facts.calls
+    call_rips = facts.rips_at(calls[misaligned])
+    root, blame = _attribute_calls(facts, misaligned, entry_item)
+    first = len(items)
+    # A root that is itself a misaligned call (-2 - call index) is that call's item.
+    via_call = root < -1
+    root[via_call] = first + np.searchsorted(misaligned, -2 - root[via_call])
+    blamed = (root < 0) & (blame >= 0)
+    site = facts.function_starts(call_rips)
+    site[blamed] = rips[blame[blamed]]
+    site[root >= 0] = call_rips[root >= 0]
+    items.add_many(calls[misaligned], "misaligned-call", site, root)
+    items.relabel(first + np.flatnonzero(blamed), "landing-misaligns-calls")
+    items.blame = blame
 
-    return text
+
+def _blame_lookup(items: Items, first: int, misaligned: I64) -> Callable[[int], int]:
+    blame = items.blame
+
+    def lookup(call: int) -> int:
+        if blame is None:
+            return -1
+        k = int(np.searchsorted(misaligned, call))
+        return int(blame[k])
+
+    return lookup
 
 
-def _blamed_call_message(facts: TraceFacts, c: int, blame: int) -> Callable[[], str]:
-    def text() -> str:
-        t = facts.transfers
-        rsp = int(facts.rsp[facts.calls[c]])
-        callee = facts.symbolize(int(facts.call_targets[c]))
-        step = int(t.step[blame])
-        what = "ret" if bool(t.is_ret[blame]) else "jmp"
-        target = facts.symbolize(int(t.target[blame]))
-        src = _at(facts, int(facts.rips_at(np.array([step]))[0]))
-        return (
-            f"call to {callee} with rsp % 16 == {rsp % 16} (rsp={rsp:#x}): rsp was set up by "
-            f"the {what} at step {step}{src}, which landed on {target} with rsp % 16 == "
-            f"{int(t.rsp[blame]) % 16}; that landing is not a function entry, a resume or a "
-            "return, so its rsp must already be what the calls from there need"
-        )
+def _call_message(facts: TraceFacts, c: int) -> str:
+    rsp = int(facts.rsp[facts.calls[c]])
+    callee = facts.symbolize(int(facts.call_targets[c]))
+    off = rsp % STACK_ALIGNMENT
+    return (
+        f"call to {callee} with rsp % 16 == {off} (rsp={rsp:#x}): {callee} will be "
+        f"entered with rsp % 16 == {(rsp - 8) % 16} instead of 8; the caller's frame "
+        f"is {off} bytes off the 16-byte grid, so adjust it before the call"
+    )
 
-    return text
+
+def _blamed_call_message(facts: TraceFacts, c: int, blame: int) -> str:
+    t = facts.transfers
+    rsp = int(facts.rsp[facts.calls[c]])
+    callee = facts.symbolize(int(facts.call_targets[c]))
+    step = int(t.step[blame])
+    what = "ret" if bool(t.is_ret[blame]) else "jmp"
+    target = facts.symbolize(int(t.target[blame]))
+    src = _at(facts, int(facts.rips_at(np.array([step]))[0]))
+    return (
+        f"call to {callee} with rsp % 16 == {rsp % 16} (rsp={rsp:#x}): rsp was set up by "
+        f"the {what} at step {step}{src}, which landed on {target} with rsp % 16 == "
+        f"{int(t.rsp[blame]) % 16}; that landing is not a function entry, a resume or a "
+        "return, so its rsp must already be what the calls from there need"
+    )
 
 
 def _at(facts: TraceFacts, rip: int) -> str:
@@ -318,7 +398,8 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
         info = facts.describe([made_step])[made_step]
         return (
             f"; the stack pointer it starts on was saved at step {made_step} by "
-            f"`{info.insn}`{_at(facts, info.rip)}"
+            f"`{info.insn}`{_at(facts, info.rip)}: save one 8 bytes lower or higher, so "
+            "that the function starts with rsp % 16 == 8"
         )
 
     def text() -> str:
@@ -355,7 +436,9 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
         else:
             region, index = located
             where = f"at index {index} of {region.name}"
-            advice = _advice(facts, region, index, step)
+            # When the switch re-pushed the address itself (libco), the fix is the
+            # stack pointer it was given, not the slot: that is said by `saved()`.
+            advice = "" if made >= 0 else _advice(facts, region, index, step)
         return head + (
             f": the ret{_at(facts, transfer_rip)} pops the address planted {where} at step "
             f"{store_step} by `{info.insn}`{_at(facts, info.rip)}, {off} bytes off the "
@@ -393,92 +476,91 @@ def _advice(facts: TraceFacts, region: Region, index: int, ret_step: int) -> str
 
 def _attribute_calls(
     facts: TraceFacts, misaligned: I64, entry_item: dict[int, int]
-) -> list[tuple[int, int]]:
-    """For each misaligned call (an index into `facts.calls`): (root item, blamed transfer).
+) -> tuple[I64, I64]:
+    """For each misaligned call (an index into `facts.calls`): its root and its blame.
 
     A shadow stack of frames per stack region, walked in step order up to the
-    last misaligned call: a misaligned call inside a frame entered misaligned
-    follows from that frame's root (an ENTRY landing, or the misaligned call
-    that entered it); inside a frame set up by an OTHER landing it is blamed on
-    that landing; else it is a mistake of its own (root -1, blame -1). A call
-    that is its own root gets its item later: its callees point at it by
-    `-2 - call index`, resolved at the end.
+    last misaligned call over every ret, classified landing and call. A frame
+    is [entry rsp, root, blamed transfer]; a frame whose entry rsp is below the
+    current rsp is over. A misaligned call inside a frame with a root follows
+    from it (root: an ENTRY item >= 0, or -2 - call index for a misaligned call
+    that is a cause itself); inside a frame set up by an OTHER landing it is
+    blamed on that transfer; else it is a mistake of its own (-1, -1).
     """
     calls, rsp = facts.calls, facts.rsp
     t = facts.transfers
-    last = int(calls[misaligned[-1]])
-    owner_of = facts.rsp_owner
-    n = facts.steps
-
-    # Events: 0 = ret (pops), 1 = landing of a classified transfer, 2 = call.
     r = facts.returns
-    ret_steps = r.step[r.step <= last]
-    landings = np.flatnonzero(t.step < last)
-    call_upto = np.flatnonzero(calls <= last)
-    ev_step = np.concatenate([ret_steps, t.step[landings] + 1, calls[call_upto]])
+    n = facts.steps
+    last = int(calls[misaligned[-1]])
+    owner_all = np.append(facts.rsp_owner, np.int16(facts.final_owner)).astype(np.int64)
+
+    # Events in step order: 0 = a ret pops its slot, 1 = a classified landing, 2 = a call.
+    # At one step a ret pops before its landing; a landing comes before a call after it.
+    ret_idx = np.flatnonzero(r.step <= last)
+    land_idx = np.flatnonzero(t.step < last)
+    call_idx = np.flatnonzero(calls <= last)
+    ev_step = np.concatenate([r.step[ret_idx], t.step[land_idx] + 1, calls[call_idx]])
     ev_kind = np.concatenate(
         [
-            np.zeros(ret_steps.size, dtype=np.int8),
-            np.ones(landings.size, dtype=np.int8),
-            np.full(call_upto.size, 2, dtype=np.int8),
+            np.zeros(ret_idx.size, dtype=np.int64),
+            np.ones(land_idx.size, dtype=np.int64),
+            np.full(call_idx.size, 2, dtype=np.int64),
         ]
     )
-    ev_index = np.concatenate([np.arange(ret_steps.size), landings, call_upto])
-    # A ret pops before its own landing; a landing happens before a call at the same step.
+    ev_index = np.concatenate([ret_idx, land_idx, call_idx])
+    # What moves frames: a ret pops frames at or below its slot (entry rsp <= slot, i.e.
+    # below slot + 1); a landing or a call, frames below its rsp.
+    ev_limit = np.concatenate(
+        [r.slot[ret_idx] + np.uint64(1), t.rsp[land_idx], rsp[calls[call_idx]]]
+    ).astype(np.int64)
+    ev_owner = owner_all[np.minimum(ev_step, n)]
     order = np.lexsort((ev_kind, ev_step))
-    is_misaligned = np.zeros(calls.size, dtype=np.bool_)
-    is_misaligned[misaligned] = True
-    position = {int(c): k for k, c in enumerate(misaligned.tolist())}
 
-    # frame: [entry rsp, root (item >= 0, or -2 - call index), blamed transfer or -1]
-    frames: dict[int, list[list[int]]] = {}
+    # What a landing pushes: ENTRY -> a frame with its item as root; OTHER -> blame.
+    landing_kind = t.landing.astype(np.int64)
+    misaligned_set = np.zeros(calls.size, dtype=np.bool_)
+    misaligned_set[misaligned] = True
+    position = np.full(calls.size, -1, dtype=np.int64)
+    position[misaligned] = np.arange(misaligned.size)
+    root_out = np.full(misaligned.size, -1, dtype=np.int64)
+    blame_out = np.full(misaligned.size, -1, dtype=np.int64)
+
+    frames: dict[int, list[tuple[int, int, int]]] = {}
     if n:
-        frames[int(owner_of[0])] = [[int(rsp[0]), -1, -1]]
-    result: list[tuple[int, int]] = [(-1, -1)] * misaligned.size
-    own_root: dict[int, int] = {}  # call index -> k in `misaligned` for calls that are roots
-
-    def stack_at(step: int) -> list[list[int]]:
-        k = int(owner_of[step]) if step < n else int(facts.final_owner)
-        return frames.setdefault(k, [])
-
-    for e in order.tolist():
-        kind, step, idx = int(ev_kind[e]), int(ev_step[e]), int(ev_index[e])
+        frames[int(owner_all[0])] = [(int(rsp[0]), -1, -1)]
+    entry, other = int(Landing.ENTRY), int(Landing.OTHER)
+    for kind, index, limit, owner in zip(
+        ev_kind[order].tolist(),
+        ev_index[order].tolist(),
+        ev_limit[order].tolist(),
+        ev_owner[order].tolist(),
+        strict=True,
+    ):
+        stack = frames.get(owner)
+        if stack is None:
+            stack = frames[owner] = []
+        while stack and stack[-1][0] < limit:
+            stack.pop()
         if kind == 0:
-            slot = int(rsp[step])
-            frame_list = stack_at(step)
-            while frame_list and frame_list[-1][0] <= slot:
-                frame_list.pop()
-        elif kind == 1:
-            entry_rsp = int(t.rsp[idx])
-            frame_list = stack_at(min(step, n))
-            while frame_list and frame_list[-1][0] < entry_rsp:
-                frame_list.pop()
-            landing = int(t.landing[idx])
-            if landing == Landing.ENTRY:
-                frame_list.append([entry_rsp, entry_item.get(idx, -1), -1])
-            elif landing == Landing.OTHER:
-                frame_list.append([entry_rsp, -1, idx])
-        else:
-            call_rsp = int(rsp[step])
-            frame_list = stack_at(step)
-            while frame_list and frame_list[-1][0] < call_rsp:
-                frame_list.pop()
-            top = frame_list[-1] if frame_list else [0, -1, -1]
-            root = -1
-            if is_misaligned[idx]:
-                k = position[idx]
-                if top[1] != -1:
-                    result[k] = (top[1], -1)
-                    root = top[1]
-                elif top[2] >= 0:
-                    result[k] = (-1, top[2])
-                    own_root[idx] = k
-                    root = -2 - idx
-                else:
-                    own_root[idx] = k
-                    root = -2 - idx
-            frame_list.append([call_rsp - 8, root, -1])
-    return result
+            continue
+        if kind == 1:
+            landing = landing_kind[index]
+            if landing == entry:
+                stack.append((limit, entry_item.get(index, -1), -1))
+            elif landing == other:
+                stack.append((limit, -1, index))
+            continue
+        root = -1
+        if misaligned_set[index]:
+            k = position[index]
+            top = stack[-1] if stack else (0, -1, -1)
+            if top[1] != -1:
+                root_out[k] = root = top[1]
+            else:
+                blame_out[k] = top[2]
+                root = -2 - index
+        stack.append((limit - 8, root, -1))
+    return root_out, blame_out
 
 
 # --- ret-source --------------------------------------------------------------
@@ -698,8 +780,9 @@ def callee_saved(facts: TraceFacts) -> Findings:
                 ],
             )
         )
-    resumed = np.unique(call_index).size
-    never = int(facts.calls.size) - int(resumed)
+    resumed = np.zeros(facts.calls.size, dtype=np.bool_)
+    resumed[call_index] = True
+    never = int(facts.calls.size) - int(np.count_nonzero(resumed))
     notes = []
     if never:
         notes.append(f"{never} call{'s' if never != 1 else ''} never returned: not checked")

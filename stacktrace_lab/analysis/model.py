@@ -93,8 +93,8 @@ class Cause:
 
     @property
     def title(self) -> str:
-        """A short label (for a plot): `alignment: hello entered misaligned`."""
-        return f"{self.invariant}: {KIND_TITLES.get(self.kind, self.kind)} at {self.first.symbol}"
+        """A short label (for a plot): `alignment: entered misaligned at hello+0`."""
+        return f"{self.invariant}: {kind_title(self.kind)} at {self.first.symbol}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +110,13 @@ class Cause:
             "first": self.first.to_json(),
             "consequences": [c.to_json() for c in self.consequences],
         }
+
+
+def kind_title(kind: str) -> str:
+    """A kind of mistake in words: `clobbered rbx r12` is `rbx, r12 not restored`."""
+    if kind.startswith("clobbered "):
+        return f"{', '.join(kind.split()[1:])} not restored"
+    return KIND_TITLES.get(kind, kind)
 
 
 #: Short names for the kinds of mistake, for labels.

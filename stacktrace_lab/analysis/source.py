@@ -1,8 +1,8 @@
 """Source lines of code addresses: the one place the analysis asks "which file:line is this?".
 
-Trace format 2 names the file and line of every code address
-(`TraceMetadata.source_line`, which also serves format 1 traces, upgraded on
-read); this wraps it for the analysis and the reports.
+The trace's metadata answers (`TraceMetadata.source_line`, format 2: the
+file of the assembly, relative to the scenario, or the scenario's `.toml` for
+an inline `[program] source`; version 1 traces are upgraded on read).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ class SourceLines:
         self._meta = meta
 
     def line(self, addr: int) -> tuple[str, int] | None:
-        """(file, line) of the instruction at `addr`: its own line, else the nearest line
-        starting at or below it inside the code; None outside the code or without lines."""
+        """(file, line) of the instruction at `addr` (its own line, else the nearest
+        line starting below it in the code); None outside the code or without lines."""
         return self._meta.source_line(addr)
 
     def text(self, addr: int) -> str | None:

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis import CheckResult, check
-from ..analysis.model import KIND_TITLES, Cause, Violation
+from ..analysis.model import Cause, Violation, kind_title
 from ..report.invariants_json import render_json
 from ..trace.reader import load_trace
 from .common import stdout_console
@@ -89,7 +89,7 @@ def _print_cause(n: int, of: int, cause: Cause) -> None:
         Text.assemble(
             (f"cause {n} of {of}: ", "bold"),
             (cause.invariant, "bold red"),
-            f", {KIND_TITLES.get(cause.kind, cause.kind)} ",
+            f", {kind_title(cause.kind)} ",
             f"({times if cause.count > 1 else once}), at {site}",
         )
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import jinja2
 from markupsafe import Markup
 
-from ..analysis.model import KIND_TITLES
+from ..analysis.model import kind_title
 from .content import ReportContent
 
 
@@ -65,5 +65,5 @@ def render_html(
         sections=sections,
         stepper=Markup(stepper),  # stepper/render.py escapes what it embeds
         images={name: data_uri(png) for name, png in images.items()},
-        kind_titles=KIND_TITLES,
+        kind_title=kind_title,
     )

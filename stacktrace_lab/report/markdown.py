@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..analysis.model import KIND_TITLES, Violation
+from ..analysis.model import Violation, kind_title
 from .content import ListingWindow, ReportContent
 
 
@@ -56,8 +56,7 @@ def render_markdown(
             )
             site = _code(c.site_symbol) + (f" ({_code(c.site_source)})" if c.site_source else "")
             out += [
-                f"{n}. **`{c.invariant}`: {_text(KIND_TITLES.get(c.kind, c.kind))}**, {times}, "
-                f"at {site}",
+                f"{n}. **`{c.invariant}`: {_text(kind_title(c.kind))}**, {times}, at {site}",
                 f"   - {_violation(c.first)}",
             ]
             for q in c.consequences:

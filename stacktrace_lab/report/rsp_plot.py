@@ -256,7 +256,7 @@ def _label_planted(ax: Axes, facts: TraceFacts, planted: list[PlantedReturn]) ->
             lines.append(f"ret pops {p.target} from {p.where} (planted at step {p.planted_step})")
         if len(group) > 3:
             lines.append(f"... and {len(group) - 3} more")
-        entered = [p for p in group if not p.trampoline]
+        entered = [p for p in group if p.landing == "entry"]
         if len(group) == 1 and entered:
             lines.append(
                 f"{entered[0].target} entered with rsp % 16 == {entered[0].entry_rsp % 16}"
