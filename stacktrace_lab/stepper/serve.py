@@ -136,6 +136,14 @@ def _handler(served: ServedTrace) -> type[BaseHTTPRequestHandler]:
 
 
 def make_server(trace: Trace, port: int = 0) -> ThreadingHTTPServer:
-    """A server for `trace` on 127.0.0.1 (port 0: any free port); call `serve_forever()`."""
-    served = ServedTrace(trace)
-    return ThreadingHTTPServer((HOST, port), _handler(served))
+    """A server for `trace` on 127.0.0.1 (port 0: any free port); call `serve_forever()`.
+
+    The port is taken before the trace is analysed, so a port in use is said at once.
+    """
+    server = ThreadingHTTPServer((HOST, port), BaseHTTPRequestHandler)
+    try:
+        server.RequestHandlerClass = _handler(ServedTrace(trace))
+    except BaseException:
+        server.server_close()
+        raise
+    return server
