@@ -12,6 +12,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -221,3 +222,25 @@ def test_a_port_in_use_is_one_line_and_status_2(
     assert main(["serve", str(trace.path), "--port", port]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err
+
+
+def test_served_windows_from_checkpoints_are_the_embedded_ones(
+    tmp_path: Path,
+) -> None:
+    """Deep in a trace of many row groups, a served window starts from the stack memory
+    checkpointed at a row group's start; it must be the window replayed from step 0."""
+    from stacktrace_lab.stepper.data import FrameContext, Window, embedded_window
+    from stacktrace_lab.stepper.serve import RADIUS, ServedTrace
+
+    path = tmp_path / "green-threads.parquet"
+    record(load_scenario("green-threads"), path, RecordOptions(row_group_size=128))
+    trace = load_trace(path)
+    assert trace.num_row_groups > 20
+    served = ServedTrace(trace)
+    frames = FrameContext.of(trace)
+    for step in (300, 1500, 2222, trace.num_rows - 1):
+        window = Window(max(0, step - RADIUS), min(trace.num_rows, step + RADIUS))
+        assert json.loads(served.window(step)) == json.loads(
+            json.dumps(embedded_window(trace, window, frames))
+        )
+    assert served._checkpoints is not None and served._checkpoints.ranges

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from ..analysis.events import TraceFacts, derive_facts
 from ..arch import REGISTERS, WORD
 from ..explore.backtrace import FrameHistory, frame_history
-from ..explore.memory import access_log_between, memory_before_many
+from ..explore.memory import MemoryCheckpoints, access_log_between, memory_before_many
 from ..explore.provenance import PlantedReturn, planted_returns
 from ..explore.rows import instruction_listing, instructions_at
 from ..explore.telescope import SLOTS_BELOW_RSP, SLOTS_FROM_RSP, WHOLE_REGION_SLOTS
@@ -140,13 +140,28 @@ def _accesses(trace: Trace, window: Window) -> list[list[list[Any]]]:
 
 
 def _window_memory(
-    trace: Trace, window: Window, ranges: dict[str, tuple[int, int]]
+    trace: Trace,
+    window: Window,
+    ranges: dict[str, tuple[int, int]],
+    checkpoints: MemoryCheckpoints | None = None,
 ) -> dict[str, Any]:
-    """Each tracked stack's bytes and slot writers at the window's start; the window's writes."""
+    """Each tracked stack's bytes and slot writers at the window's start; the window's writes.
+
+    With `checkpoints` (a served trace), from the nearest checkpoint before the
+    window instead of a replay of every write since step 0.
+    """
     names = list(ranges)
-    histories = memory_before_many(
-        trace, [(lo, hi, window.start) for lo, hi in (ranges[n] for n in names)]
-    )
+    found = [
+        checkpoints.before(lo, hi, window.start) if checkpoints is not None else None
+        for lo, hi in (ranges[n] for n in names)
+    ]
+    if any(h is None for h in found):
+        found = list(
+            memory_before_many(
+                trace, [(lo, hi, window.start) for lo, hi in (ranges[n] for n in names)]
+            )
+        )
+    histories = [h for h in found if h is not None]
     stacks = {}
     for name, history in zip(names, histories, strict=True):
         lo, hi = ranges[name]
@@ -326,7 +341,12 @@ def _backtrace_data(frames: FrameContext, window: Window) -> dict[str, Any]:
     return {"tops0": tops0, "events": events, "left0": left0, "frames": nodes}
 
 
-def embedded_window(trace: Trace, window: Window, frames: FrameContext) -> dict[str, Any]:
+def embedded_window(
+    trace: Trace,
+    window: Window,
+    frames: FrameContext,
+    checkpoints: MemoryCheckpoints | None = None,
+) -> dict[str, Any]:
     """One window of steps as the page replays it (see the module's docstring)."""
     meta = trace.metadata
     table = trace.slice(window.start, window.stop, list(REGISTERS))
@@ -337,7 +357,7 @@ def embedded_window(trace: Trace, window: Window, frames: FrameContext) -> dict[
         tracked = _tracked_range(region, rsp)
         if tracked is not None:
             ranges[region.name] = tracked
-    memory = _window_memory(trace, window, ranges)
+    memory = _window_memory(trace, window, ranges, checkpoints)
     inside = range(window.start, window.stop)
     outside = sorted(
         {

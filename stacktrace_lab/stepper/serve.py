@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..analysis.events import derive_facts
 from ..errors import BadInput
 from ..explore.backtrace import frame_history
+from ..explore.memory import MemoryCheckpoints
 from ..explore.search import StepSearch
 from ..trace.reader import Trace
 from .data import MAX_SWITCH_WINDOWS, FrameContext, Switch, Window, embedded_window
@@ -61,6 +62,8 @@ class ServedTrace:
         ]
         self.page = standalone_page(trace, serve=ROUTES, switches=switches).encode("utf-8")
         self._windows: OrderedDict[int, bytes] = OrderedDict()
+        # Stack memory at row-group starts, made on the first window past the first group.
+        self._checkpoints: MemoryCheckpoints | None = None
         self.lock = threading.Lock()
 
     def window(self, step: int) -> bytes:
@@ -71,7 +74,13 @@ class ServedTrace:
         stop = min(n, step + RADIUS)
         cached = self._windows.get(start)
         if cached is None:
-            data = embedded_window(self.trace, Window(start, stop), self.frames)
+            if (
+                self._checkpoints is None
+                and start >= self.trace.parquet.metadata.row_group(0).num_rows
+            ):
+                stacks = self.trace.metadata.stacks
+                self._checkpoints = MemoryCheckpoints(self.trace, [(r.base, r.top) for r in stacks])
+            data = embedded_window(self.trace, Window(start, stop), self.frames, self._checkpoints)
             cached = json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
             self._windows[start] = cached
             while len(self._windows) > CACHED_WINDOWS:
