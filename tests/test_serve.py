@@ -112,9 +112,16 @@ def test_windows_and_searches_agree_with_the_trace(
         )
     ]
     assert found["step"] == touching[-1]
+    # A register's accesses: the steps whose instruction names it, or that change it.
     r12 = trace.column("r12")
-    changed = [s for s in range(len(r12) - 1) if r12[s] != r12[s + 1]]
-    assert _get(url + "api/find?what=access&dir=1&from=0&reg=r12")["step"] == changed[0]
+    insns = trace.table(["insn"]).column("insn").to_pylist()
+    uses = [s for s in range(len(r12) - 1) if "%r12" in insns[s] or r12[s] != r12[s + 1]]
+    assert _get(url + "api/find?what=access&dir=1&from=0&reg=r12")["step"] == uses[0]
+    middle = uses[len(uses) // 2]
+    assert (
+        _get(url + f"api/find?what=access&dir=-1&from={middle}&reg=r12")["step"]
+        == (uses[len(uses) // 2 - 1])
+    )
 
 
 def test_bad_requests_get_an_error_status(green_threads_served: tuple[Trace, str]) -> None:

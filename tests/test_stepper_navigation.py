@@ -140,13 +140,28 @@ def test_previous_and_next_access_of_a_slot_and_a_register(
     _wait_step(browser, accesses[1])
     _click(browser, '[data-find="access"][data-dir="1"]')
     _wait_step(browser, accesses[2])
-    # A register: its changes.
+    # A register: the steps whose instruction names it, or that change it.
     _click(browser, '.stl-registers tr[data-reg="r12"]')
     r12 = trace.column("r12")
-    changes = [s for s in range(len(r12) - 1) if r12[s] != r12[s + 1]]
+    insns = trace.table(["insn"]).column("insn").to_pylist()
+    uses = [s for s in range(len(r12) - 1) if "%r12" in insns[s] or r12[s] != r12[s + 1]]
     here = accesses[2]
     _click(browser, '[data-find="access"][data-dir="1"]')
-    _wait_step(browser, next(s for s in changes if s > here))
+    _wait_step(browser, next(s for s in uses if s > here))
+    _click(browser, '[data-find="access"][data-dir="-1"]')
+    _wait_step(browser, max(s for s in uses if s < next(s for s in uses if s > here)))
+    assert _errors(browser) == []
+
+
+def test_a_register_read_is_an_access(browser: Any, pages: dict[str, Path]) -> None:
+    """first-switch: rcx is written at step 5 (`movabsq $0x40003e, %rcx`) and only read at
+    step 6 (`movq %rcx, 0x20(%rax)`), which leaves it unchanged."""
+    _open_at(browser, pages["first-switch"], 0)
+    _click(browser, '.stl-registers tr[data-reg="rcx"]')
+    assert _text(browser, ".stl-selection") == "selected: rcx"
+    for direction, step in ((1, 5), (1, 6), (-1, 5)):
+        _click(browser, f'[data-find="access"][data-dir="{direction}"]')
+        _wait_step(browser, step)
     assert _errors(browser) == []
 
 

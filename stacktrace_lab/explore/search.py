@@ -5,7 +5,8 @@ changes come from the shared analysis pass (`TraceFacts`), already in memory
 as one small array per step. Accesses to a slot are searched in the `reads`
 and `writes` columns row group by row group, starting next to the step and
 moving away from it, so a nearby hit costs one row group however long the
-trace. A register's changes come from its column.
+trace. A register's accesses are the steps whose instruction reads or writes
+it (capstone's register use, once per distinct instruction) or that change it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..analysis.events import Kind, TraceFacts
 from ..arch import REGISTERS
 from ..errors import BadInput
 from .memory import flatten_accesses
+from .registers import RegisterUse, register_use
 from .rows import group_starts
 
 I64 = npt.NDArray[np.int64]
@@ -45,6 +47,7 @@ class StepSearch:
         self.trace = facts.trace
         self._starts = group_starts(self.trace)
         self._registers: dict[str, U64] = {}
+        self._use: dict[int, RegisterUse] | None = None
 
     @cached_property
     def _calls(self) -> I64:
@@ -65,16 +68,25 @@ class StepSearch:
             raise BadInput(f"unknown search '{what}' (one of {', '.join(KINDS)})")
         return _nearest(steps, start, direction)
 
-    def register_change(self, register: str, start: int, direction: int) -> int | None:
-        """The nearest step whose instruction changed `register`."""
+    def _column(self, name: str) -> U64:
+        if name not in self._registers:
+            self._registers[name] = self.trace.column(name)
+        return self._registers[name]
+
+    def register_access(self, register: str, start: int, direction: int) -> int | None:
+        """The nearest step whose instruction reads or writes `register` (capstone's
+        register use of the instruction, and any step that changed its value)."""
         if register not in REGISTERS:
             raise BadInput(f"unknown register '{register}'")
-        if register not in self._registers:
-            self._registers[register] = self.trace.column(register)
-        values = self._registers[register]
+        values = self._column(register)
         final = np.uint64(self.facts.meta.final.get(register, values[-1] if values.size else 0))
-        after = np.append(values[1:], final)
-        return _nearest(np.flatnonzero(values != after).astype(np.int64), start, direction)
+        hit = values != np.append(values[1:], final)
+        rip = self._column("rip")
+        if self._use is None:
+            self._use = register_use(self.facts.meta, np.unique(rip).tolist())
+        users = [addr for addr, use in self._use.items() if use.touches(register)]
+        hit |= np.isin(rip, np.array(users, dtype=np.uint64))
+        return _nearest(np.flatnonzero(hit).astype(np.int64), start, direction)
 
     def _groups_from(self, start: int, direction: int) -> Iterator[int]:
         g = int(np.searchsorted(self._starts, start, side="right")) - 1

@@ -26,6 +26,7 @@ from ..arch import REGISTERS, WORD
 from ..explore.backtrace import FrameHistory, frame_history
 from ..explore.memory import MemoryCheckpoints, access_log_between, memory_before_many
 from ..explore.provenance import PlantedReturn, planted_returns
+from ..explore.registers import register_use
 from ..explore.rows import instruction_listing, instructions_at
 from ..explore.telescope import SLOTS_BELOW_RSP, SLOTS_FROM_RSP, WHOLE_REGION_SLOTS
 from ..layout import SENTINEL_RETURN, Region
@@ -420,6 +421,8 @@ def stepper_data(
     writers: dict[str, str] = {}
     for window in window_data:
         writers.update(window["writers"])
+    listing = instruction_listing(trace)
+    use = register_use(meta, [i.addr for i in listing])
     first_symbols: dict[int, str] = {}
     for name, addr in meta.symbols.items():
         first_symbols.setdefault(addr, name)
@@ -452,8 +455,18 @@ def stepper_data(
             "from_rsp": SLOTS_FROM_RSP,
         },
         "listing": [
-            {"addr": hex64(i.addr), "symbol": i.symbol, "insn": i.text}
-            for i in instruction_listing(trace)
+            {
+                "addr": hex64(i.addr),
+                "symbol": i.symbol,
+                "insn": i.text,
+                # The registers it reads and writes, for the find buttons' "access".
+                **(
+                    {"regs": [sorted(use[i.addr].reads), sorted(use[i.addr].writes)]}
+                    if i.addr in use
+                    else {}
+                ),
+            }
+            for i in listing
         ],
         "switches": [
             {

@@ -94,7 +94,7 @@ class ServedTrace:
         start = int(query.get("from", "0"))
         found: int | None
         if what == "access" and "reg" in query:
-            found = self.search.register_change(query["reg"], start, direction)
+            found = self.search.register_access(query["reg"], start, direction)
         elif what == "access":
             found = self.search.access(
                 int(query["addr"], 0), int(query.get("size", "8")), start, direction

@@ -278,7 +278,11 @@
   // ---- rendering ----------------------------------------------------------------
   var listingBody = $(".stl-listing tbody");
   var listingRows = {};
+  var registerUse = {}; // rip -> [registers read, registers written], where known
   data.listing.forEach(function (insn) {
+    if (insn.regs) {
+      registerUse[big(insn.addr).toString()] = insn.regs;
+    }
     var tr = document.createElement("tr");
     tr.dataset.addr = insn.addr;
     [insn.addr, insn.symbol, insn.insn].forEach(function (text) {
@@ -789,8 +793,11 @@
       return stackIndex(regs[RSP]) !== stackIndex(after[RSP]);
     }
     if (what === "access" && selected && selected.reg) {
+      // An instruction that reads or writes the register, or any step that changes it.
       var r = names.indexOf(selected.reg);
-      return registersAfter(step)[r] !== regs[r];
+      var use = registerUse[regs[RIP].toString()];
+      var touches = use && (use[0].indexOf(selected.reg) >= 0 || use[1].indexOf(selected.reg) >= 0);
+      return touches || registersAfter(step)[r] !== regs[r];
     }
     if (what === "access" && selected) {
       var w2 = windowOf(step);
