@@ -2,11 +2,11 @@
 
 Frames come from the call/ret matching of the analysis (`TraceFacts`), not
 from unwinding memory: the trace knows every call and every ret, so a frame
-is a call (or a planted return that entered a function, or the machine's
-start of the entry function) whose return-address slot has not been popped
-yet. Each stack region keeps its own chain of frames, so when a green thread
-switches away, its frames stay on its stack, suspended, and come back when a
-ret on that stack resumes it.
+is a function entered (by a call, by a transfer the analysis classifies as an
+entry, or at the machine's start) whose frame has not been left yet. Each
+stack region keeps its own chain of frames, so when a green thread switches
+away, its frames stay on its stack, suspended, and come back when it is
+resumed.
 
 The frames are kept as a persistent linked list: a node per frame, pointing
 at its caller's node. One pass over the trace's calls and rets records, per
@@ -54,8 +54,8 @@ class FrameNode(NamedTuple):
     stack: int  # index into `facts.stacks`
     function: int  # the address it was entered at
     entered_step: int  # the call or ret that entered it; -1 for the machine's start
-    how: str  # START, CALL or PLANTED
-    slot: int  # its return-address slot (a call's push; the popped slot of a planted ret)
+    how: str  # START, CALL, PLANTED or JUMP
+    slot: int  # its return-address slot (a call's push; for an entry, just below its rsp)
     return_to: int | None  # where its ret goes back to, when a call pushed it
 
 
@@ -284,7 +284,7 @@ def backtraces(
     facts: TraceFacts, step: int, history: FrameHistory | None = None
 ) -> list[StackBacktrace]:
     """The backtrace of the stack running at `step`, then of every suspended stack with frames."""
-    history = history or frame_history(facts)
+    history = history if history is not None else frame_history(facts)
     tops = history.tops_before(step)
     running = int(facts.rsp_owner[step]) if 0 <= step < facts.steps else -1
     source = SourceLines(facts.meta)
