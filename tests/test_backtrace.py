@@ -90,3 +90,28 @@ def test_show_prints_and_exports_the_backtraces(
     stacks = {b["stack"]: b for b in doc["backtraces"]}
     assert stacks["worker3"]["running"] is True
     assert [f["function"] for f in stacks["worker1"]["frames"]][:2] == ["switch", "yield"]
+
+
+SWITCHES = Path(__file__).parent / "switches"
+
+
+@pytest.mark.parametrize("technique", ["boost-style", "libco-style"])
+def test_a_resumed_context_gets_its_frames_back(technique: str, tmp_path: Path) -> None:
+    """Boost's `pop; jmp *%r8` and libco's re-pushed `ret` resume a call: after the
+    first resume, main runs again in main, and the coroutine waits inside the switch
+    it called from coro_fn."""
+    from stacktrace_lab.analysis.transfers import Landing
+
+    path = tmp_path / f"{technique}.parquet"
+    record(load_scenario(SWITCHES / f"{technique}.toml"), path)
+    facts = derive_facts(load_trace(path))
+    transfers = facts.transfers
+    resumes = [
+        int(transfers.step[i]) for i in range(len(transfers)) if transfers.kind(i) == Landing.RESUME
+    ]
+    found = {b.stack: b for b in backtraces(facts, resumes[0] + 2)}
+    assert found["main"].running and [f.function for f in found["main"].frames] == ["main"]
+    co = next(b for name, b in found.items() if name != "main")
+    assert not co.running
+    assert [f.function for f in co.frames][-1] == "coro_fn"
+    assert len(co.frames) == 2  # the switch function, called from coro_fn
