@@ -180,3 +180,29 @@ def test_an_unwritable_output_is_bad_input_and_leaves_nothing(
     out = tmp_path / "out.json"
     assert main(["export", str(traces["first-switch"]), "--to", "perfetto", "-o", str(out)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+
+def test_tenet_lines_replay_to_every_rows_registers_and_writes(
+    traces: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Applying the lines in order gives back each row's registers; each line's `mw`
+    entries are the previous row's writes."""
+    from stacktrace_lab.export.tenet import TENET_REGISTERS
+
+    path = traces["green-threads"]
+    lines = _export(path, "tenet", capsys).read_text().splitlines()
+    trace = load_trace(path)
+    rows = trace.table([*TENET_REGISTERS, "rip", "writes"]).to_pylist()
+    state: dict[str, int] = {}
+    for i, line in enumerate(lines[:-1]):
+        writes = []
+        for part in line.split(","):
+            key, _, value = part.partition("=")
+            if key == "mw":
+                addr, _, data = value.partition(":")
+                writes.append((int(addr, 16), bytes.fromhex(data)))
+            elif key != "mr":
+                state[key] = int(value, 16)
+        assert state == {name: rows[i][name] for name in (*TENET_REGISTERS, "rip")}, i
+        previous = rows[i - 1]["writes"] if i else []
+        assert writes == [(w["addr"], w["data"]) for w in previous], i
