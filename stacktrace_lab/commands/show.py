@@ -220,7 +220,8 @@ def show_command(
     region: str | None,
     as_json: bool,
 ) -> int:
-    """Show one step of TRACE: registers, code around rip and the stack telescope."""
+    """Show one step of TRACE: every stack's backtrace, registers, code around rip and the
+    stack telescope."""
     loaded = load_trace(trace)
     chosen = choose_step(loaded, step, at, first_planted_ret)
     shown_region = None
