@@ -108,6 +108,26 @@ def test_click_last_written_goes_to_the_writer_with_the_chain(
     assert _errors(browser) == []
 
 
+@pytest.mark.parametrize(("slot", "step"), [("worker1:992", 128), ("worker1:928", 300)])
+def test_the_chain_is_who_wrotes(
+    browser: Any, pages: dict[str, Path], slot: str, step: int
+) -> None:
+    """Through a register set from an immediate, and through rbp <- rsp <- a push."""
+    from selenium.webdriver.common.by import By
+
+    trace = load_trace(pages["green-threads.trace"])
+    ref = parse_slot(trace, slot)
+    expected = [link.step for link in provenance(trace, ref, step).chain if link.step is not None]
+    _open_at(browser, pages["green-threads"], step)
+    index = slot.split(":")[1]
+    _click(browser, f'.stl-telescope tr[data-index="{index}"] .stl-written a')
+    _wait_step(browser, expected[0])
+    items = browser.find_elements(By.CSS_SELECTOR, ".stl-provenance li[data-step]")
+    assert [int(li.get_attribute("data-step")) for li in items] == expected
+    assert len(expected) >= 2
+    assert _errors(browser) == []
+
+
 def test_previous_and_next_access_of_a_slot_and_a_register(
     browser: Any, pages: dict[str, Path]
 ) -> None:
