@@ -480,6 +480,7 @@ def stepper_data(
             for s in switches
         ],
         "windows": window_data,
+        "max_switches": MAX_SWITCH_WINDOWS,
         "writers": writers,
         "lines": source_lines(trace),
         "chart": _rsp_chart(trace, windows),

@@ -937,6 +937,10 @@
       return direction > 0 ? s > position : s < position;
     });
     if (!candidates.length) {
+      if (served && data.switches.length >= data.max_switches) {
+        // The page lists only the first switches of a long trace: search the rest.
+        find("stack", direction);
+      }
       return;
     }
     var target = direction > 0 ? candidates[0] : candidates[candidates.length - 1];
