@@ -228,3 +228,123 @@ def test_first_switch_misaligned_fails_at_hello_the_first_code_on_green(tmp_path
     assert cause.site_source == f"first-switch-misaligned.toml:{line}"
     (planted,) = result.planted
     assert planted.landing == "entry"
+
+
+# --- a new coroutine on a reused stack ---------------------------------------------
+
+RESTARTS = """
+main:
+    push %rbp
+again:
+    movabs $co_top, %rax
+    movabs $coro_fn, %rcx
+    mov %rcx, {slot}(%rax)
+    lea {slot}(%rax), %rdx
+    movabs $ctx_base, %rdi
+    mov %rdx, 8(%rdi)
+    call switch
+    jmp again
+switch:
+    mov %rsp, 0(%rdi)
+    mov 8(%rdi), %rsp
+    ret
+coro_fn:
+    push %rbp
+    call work
+    movabs $ctx_base, %rdi
+    mov 0(%rdi), %rsp
+    ret
+work:
+    ret
+"""
+
+
+@pytest.mark.parametrize(("slot", "holds"), [(-16, True), (-24, False)])
+def test_every_start_on_a_reused_stack_is_an_entry(
+    record_source: RecordSource, slot: int, holds: bool
+) -> None:
+    """main starts coro_fn afresh on the same stack again and again: each start is an
+    entry with the alignment rule, not only the first one on the stack."""
+    path = record_source(
+        RESTARTS.format(slot=slot),
+        stacks=(("main", 4096), ("co", 256)),
+        data=(("ctx", 64),),
+        extra='max_steps = 170\n[expect]\nstop = "max_steps"',
+    ).path
+    facts = derive_facts(load_trace(path))
+    result = check(facts.trace, facts)
+    assert [p.landing for p in result.planted] == ["entry"] * 10
+    assert result.holds == holds
+    if not holds:
+        (cause,) = result.causes
+        assert cause.count == 10 and cause.consequences[0].count == 10
+
+
+def test_a_long_loop_of_one_mistake_is_one_cause(
+    record_source: RecordSource, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main calls f with a misaligned frame forever: one cause at main, f's own calls
+    its consequences, however many times the loop runs."""
+    path = record_source(
+        """
+        main:
+            call f
+            jmp main
+        f:
+            push %rbp
+            call g
+            pop %rbp
+            ret
+        g:
+            ret
+        """,
+        extra='max_steps = 20000\n[expect]\nstop = "max_steps"',
+    ).path
+    result = check(load_trace(path))
+    (cause,) = result.causes
+    assert (cause.invariant, cause.kind, cause.site_symbol) == (
+        "alignment",
+        "misaligned-call",
+        "main",
+    )
+    (consequence,) = cause.consequences
+    assert cause.count + consequence.count == result.total > 5000
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 30 and out.count("call to f") == 1
+
+
+def test_a_lost_register_seen_again_by_the_caller_is_one_cause(tmp_path: Path) -> None:
+    """green-threads-clobber: switch loses rbx; yield, which called switch, returns
+    with the same wrong rbx. That is the same mistake: yield's are consequences."""
+    out = tmp_path / "clobber.parquet"
+    record(load_scenario("green-threads-clobber"), out)
+    result = check(load_trace(out))
+    (cause,) = result.causes
+    assert cause.kind == "clobbered rbx" and cause.site_symbol.startswith("switch")
+    (consequence,) = cause.consequences
+    assert consequence.example.symbol.startswith("yield")
+    assert cause.count == consequence.count == 9
+
+
+def test_a_jump_within_a_function_is_not_blamed_for_its_calls(
+    record_source: RecordSource,
+) -> None:
+    """A jump table (`jmp *%rax` to a place in the same function) sets up no frame: a
+    misaligned call after it is the function's own mistake."""
+    path = record_source(
+        """
+        main:
+            movabs $.Lcase, %rax
+            jmp *%rax
+        .Lcase:
+            call f
+            hlt
+        f:
+            ret
+        """
+    ).path
+    facts = derive_facts(load_trace(path))
+    assert [facts.transfers.kind(i).label for i in range(len(facts.transfers))] == ["other"]
+    (cause,) = check(facts.trace, facts).causes
+    assert (cause.kind, cause.site_symbol) == ("misaligned-call", "main")

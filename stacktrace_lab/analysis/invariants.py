@@ -235,18 +235,34 @@ def alignment(facts: TraceFacts) -> Findings:
     entry_item: dict[int, int] = {}  # transfer index -> item
     transfer_rips = facts.rips_at(t.step)
     stores = _planting_stores(facts, t.step[entries])
+    store_rips = np.full(stores.shape, -1, dtype=np.int64)
+    planted_by = stores >= 0
+    store_rips[planted_by] = facts.rips_at(facts.writes.step[stores[planted_by]]).astype(np.int64)
+    # The same code entered the same way decides the same: look each up once.
+    realigned: dict[int, bool] = {}
+    sites: dict[tuple[int, int], tuple[int, bool]] = {}
+    notes_left = MAX_VIOLATIONS
     for k, i in enumerate(entries.tolist()):
-        landing_step = min(int(t.step[i]) + 1, max(facts.steps - 1, 0))
-        if realigns(facts, int(t.step[i]) + 1):
-            notes.append(
-                f"{facts.symbolize(int(t.target[i]))} is entered with rsp % 16 == "
-                f"{int(t.rsp[i]) % 16} at step {int(t.step[i]) + 1}, but realigns rsp "
-                "(and $-16, %rsp) before its first call: allowed"
-            )
+        step, target = int(t.step[i]), int(t.target[i])
+        if target not in realigned:
+            realigned[target] = realigns(facts, step + 1)
+        if realigned[target]:
+            if notes_left:
+                notes_left -= 1
+                notes.append(
+                    f"{facts.symbolize(target)} is entered with rsp % 16 == "
+                    f"{int(t.rsp[i]) % 16} at step {step + 1}, but realigns rsp "
+                    "(and $-16, %rsp) before its first call: allowed"
+                )
             continue
         store = int(stores[k])
-        site, made = _entry_site(facts, i, store, int(transfer_rips[i]))
-        item = items.add(landing_step, "misaligned-entry", site)
+        key = (int(transfer_rips[i]), int(store_rips[k]))
+        made = -1
+        if key not in sites or (sites[key][1] and len(items) < MAX_CAUSES):
+            site, made = _entry_site(facts, i, store, int(transfer_rips[i]))
+            sites.setdefault(key, (site, made >= 0))
+        site = sites[key][0]
+        item = items.add(min(step + 1, max(facts.steps - 1, 0)), "misaligned-entry", site)
         entry_item[i] = item
         messages[item] = _entry_message(facts, i, store, made)
 
@@ -278,7 +294,11 @@ def _misaligned_calls(
     function (`misaligned-call`)."""
     calls = facts.calls
     call_rips = facts.rips_at(calls[misaligned])
-    root, blame = _attribute_calls(facts, misaligned, entry_item)
+    # A jmp within one function (a jump table) sets up no frame: only a ret, or a jmp
+    # to other code, is a landing a misaligned call can be blamed on.
+    t = facts.transfers
+    within = ~t.is_ret & (facts.function_starts(t.target) == facts.function_starts(rips))
+    root, blame = _attribute_calls(facts, misaligned, entry_item, ~within)
     first = len(items)
     # A root that is itself a misaligned call (-2 - call index) is that call's item.
     via_call = root < -1
@@ -351,7 +371,8 @@ def _planting_stores(facts: TraceFacts, steps: I64) -> I64:
 
 
 #: `mov 0x8(%rsi), %rsp`: a stack pointer loaded from memory (a saved context).
-_LOAD_RSP = re.compile(r"^mov[q]?\s+[^,]*\([^)]*\)\s*,\s*%rsp$")
+#: `mov SOURCE, %reg`: what a stack pointer is loaded from (memory, or another register).
+_MOV_TO = re.compile(r"^movq?\s+(?P<src>[^,]+(?:\([^)]*\))?)\s*,\s*%(?P<dst>\w+)$")
 #: How far before a switch's transfer to look for the load of its stack pointer.
 _RSP_LOOKBACK = 64
 
@@ -375,13 +396,22 @@ def _entry_site(facts: TraceFacts, i: int, store: int, transfer_rip: int) -> tup
 
 def _saved_rsp_write(facts: TraceFacts, step: int) -> int:
     """The write (index into `facts.writes`) that stored the stack pointer which the
-    switch ending at `step` loaded into rsp (`mov X(%reg), %rsp`), or -1."""
+    switch ending at `step` loaded into rsp, or -1: the last `mov X(%reg), %rsp`
+    before it, or `mov %rcx, %rsp` after `mov X(%reg), %rcx` (libaco)."""
     k = int(np.searchsorted(facts.calls, step)) - 1
     low = max(int(facts.calls[k]) if k >= 0 else 0, step - _RSP_LOOKBACK)
     rows = facts.trace.slice(low, step + 1, ["step", "insn", "reads"]).to_pydict()
+    wanted = "rsp"  # the register whose value we follow back to memory
     for row in range(len(rows["step"]) - 1, -1, -1):
-        if not _LOAD_RSP.match(str(rows["insn"][row]).strip()) or not rows["reads"][row]:
+        match = _MOV_TO.match(str(rows["insn"][row]).strip())
+        if match is None or match.group("dst") != wanted:
             continue
+        source = match.group("src").strip()
+        if source.startswith("%"):  # from another register: follow that one
+            wanted = source[1:]
+            continue
+        if "(" not in source or not rows["reads"][row]:
+            return -1
         addr = int(rows["reads"][row][0]["addr"])
         load_step = int(rows["step"][row])
         w = facts.writes
@@ -418,13 +448,13 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
             f"{target} entered with rsp % 16 == {rsp % 16} (rsp={rsp:#x}){first}, where a call "
             f"would have left 8"
         )
-        if not bool(t.is_ret[i]) or store < 0:
-            return head + (
-                f": the jmp{_at(facts, transfer_rip)} lands on it with rsp % 16 == {rsp % 16}; "
-                "push a return address (or realign) before jumping to it"
-                if not bool(t.is_ret[i])
-                else f": the ret{_at(facts, transfer_rip)} pops its address"
-            )
+        if not bool(t.is_ret[i]):
+            jumped = f": the jmp{_at(facts, transfer_rip)} lands on it with rsp % 16 == {rsp % 16}"
+            # Without a saved stack pointer to blame, the code that jumps must fix rsp.
+            fix = "" if made >= 0 else "; push a return address (or realign) before jumping to it"
+            return head + jumped + fix
+        if store < 0:
+            return head + f": the ret{_at(facts, transfer_rip)} pops its address"
         slot = rsp - 8
         store_step = int(facts.writes.step[store])
         info = facts.describe([store_step])[store_step]
@@ -475,7 +505,7 @@ def _advice(facts: TraceFacts, region: Region, index: int, ret_step: int) -> str
 
 
 def _attribute_calls(
-    facts: TraceFacts, misaligned: I64, entry_item: dict[int, int]
+    facts: TraceFacts, misaligned: I64, entry_item: dict[int, int], blameable: B
 ) -> tuple[I64, I64]:
     """For each misaligned call (an index into `facts.calls`): its root and its blame.
 
@@ -484,8 +514,9 @@ def _attribute_calls(
     is [entry rsp, root, blamed transfer]; a frame whose entry rsp is below the
     current rsp is over. A misaligned call inside a frame with a root follows
     from it (root: an ENTRY item >= 0, or -2 - call index for a misaligned call
-    that is a cause itself); inside a frame set up by an OTHER landing it is
-    blamed on that transfer; else it is a mistake of its own (-1, -1).
+    that is a cause itself); inside a frame set up by an OTHER landing (one that
+    is `blameable`) it is blamed on that transfer; else it is a mistake of its
+    own (-1, -1).
     """
     calls, rsp = facts.calls, facts.rsp
     t = facts.transfers
@@ -547,7 +578,7 @@ def _attribute_calls(
             landing = landing_kind[index]
             if landing == entry:
                 stack.append((limit, entry_item.get(index, -1), -1))
-            elif landing == other:
+            elif landing == other and blameable[index]:
                 stack.append((limit, -1, index))
             continue
         root = -1
@@ -572,11 +603,14 @@ def ret_source(facts: TraceFacts) -> Findings:
     items = Items()
     messages: list[Callable[[], str]] = []
     ret_rips = facts.rips_at(r.step[unwritten])
+    sites: dict[int, int] = {}  # ret rip -> site, decided by its first occurrence
     for k, i in enumerate(unwritten.tolist()):
         # The mistake is where the stack pointer the switch loaded was saved, if found.
-        made = _saved_rsp_write(facts, int(r.step[i])) if k < MAX_CAUSES else -1
-        site = facts.writes_rip(made) if made >= 0 else int(ret_rips[k])
-        items.add(int(r.step[i]), "unwritten-slot", site)
+        rip = int(ret_rips[k])
+        made = _saved_rsp_write(facts, int(r.step[i])) if k < MAX_VIOLATIONS else -1
+        if rip not in sites:
+            sites[rip] = facts.writes_rip(made) if made >= 0 else rip
+        items.add(int(r.step[i]), "unwritten-slot", sites[rip])
         messages.append(_unwritten_message(facts, i, made))
     planted = facts.planted_steps
     code = [reg for reg in facts.meta.regions if reg.kind == "code"]
@@ -764,9 +798,11 @@ def callee_saved(facts: TraceFacts) -> Findings:
     items = Items()
     rips = facts.rips_at(transfer_steps[bad])
     messages: list[Callable[[], str]] = []
+    roots = _nested_roots(bad, call_steps, transfer_steps, changed, after)
     for k, b in enumerate(bad.tolist()):
         names = tuple(name for j, name in enumerate(SAVED_REGISTERS) if changed[j, b])
-        items.add(int(transfer_steps[b]), "clobbered " + " ".join(names), int(rips[k]))
+        kind = "clobbered " + " ".join(names)
+        items.add(int(transfer_steps[b]), kind, int(rips[k]), int(roots[k]))
         messages.append(
             _clobbered_message(
                 facts,
@@ -787,6 +823,40 @@ def callee_saved(facts: TraceFacts) -> Findings:
     if never:
         notes.append(f"{never} call{'s' if never != 1 else ''} never returned: not checked")
     return _grouped(facts, "callee-saved", items, lambda i: messages[i](), notes)
+
+
+#: How many earlier bad resumes to look through for the one a resume follows from.
+_NESTED_LOOKBACK = 16
+
+
+def _nested_roots(
+    bad: I64,
+    call_steps: I64,
+    back_steps: I64,
+    changed: npt.NDArray[np.bool_],
+    after: npt.NDArray[np.uint64],
+) -> list[int]:
+    """For each bad resume (in step order), the item it follows from, or -1.
+
+    A call that resumes with a register changed only because a call nested in it
+    resumed with that same register changed to the same value (yield returning
+    after its switch lost rbx) is a consequence of that inner one's cause.
+    """
+    roots: list[int] = []
+    for k, b in enumerate(bad.tolist()):
+        root = -1
+        for j in range(k - 1, max(k - 1 - _NESTED_LOOKBACK, -1), -1):
+            a = int(bad[j])
+            nested = call_steps[a] > call_steps[b] and back_steps[a] < back_steps[b]
+            if (
+                nested
+                and np.array_equal(changed[:, a], changed[:, b])
+                and np.array_equal(after[changed[:, b], a], after[changed[:, b], b])
+            ):
+                root = roots[j] if roots[j] >= 0 else j
+                break
+        roots.append(root)
+    return roots
 
 
 def _clobbered_message(

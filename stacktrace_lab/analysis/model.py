@@ -56,6 +56,16 @@ class Consequence:
     #: The first of them, as an example.
     example: Violation
 
+    @property
+    def summary(self) -> str:
+        """`80 misaligned-call violations follow from it (steps 126-3188)`."""
+        if self.count == 1:
+            return f"1 {self.kind} violation follows from it (step {self.first_step})"
+        return (
+            f"{self.count} {self.kind} violations follow from it "
+            f"(steps {self.first_step}-{self.last_step})"
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "invariant": self.invariant,

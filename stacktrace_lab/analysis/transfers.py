@@ -14,7 +14,9 @@ through a register or memory — is judged by where it lands, in this order
    function when it was entered (a call's landing, or an `ENTRY` below),
    whatever was planted there (Boost's `finish`, the tutorial's `skip`).
 3. `ENTRY` of a function: the target is a function (a `call` lands there in
-   this trace, or the source declares it with `.type name, @function`).
+   this trace, the source declares it with `.type name, @function`, or an
+   earlier transfer entered it as the first code on a stack: a new coroutine
+   started again on a reused stack).
 4. `TRAMPOLINE`: the landing code transfers on (`ret`, indirect `jmp`) before
    any `call`; no rule of its own. If it was the first code on its stack, the
    next transfer out of it inherits that. A leaf function that returns through
@@ -197,6 +199,8 @@ def classify(facts: TraceFacts) -> Transfers:
             first_code[i] = first
             entered[i] = step + 1
             entries[int(rsp[i])] = step + 1
+            # Code once started as a function is one: a new coroutine on a reused stack.
+            functions.add(target)
         if kind != Landing.TRAMPOLINE and k >= 0:
             ran.add(k)
         landing[i] = kind

@@ -97,10 +97,7 @@ def _print_cause(n: int, of: int, cause: Cause) -> None:
     for c in cause.consequences:
         out.print(
             Padding(
-                Text(
-                    f"then {c.count} {c.kind} violation{'s' if c.count != 1 else ''} follow "
-                    f"from it (steps {c.first_step}-{c.last_step}), the first:"
-                ),
+                Text(f"then {c.summary}, the first:"),
                 (0, 0, 0, 2),
             )
         )

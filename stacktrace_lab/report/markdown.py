@@ -60,11 +60,7 @@ def render_markdown(
                 f"   - {_violation(c.first)}",
             ]
             for q in c.consequences:
-                plural = "s" if q.count != 1 else ""
-                out.append(
-                    f"   - then {q.count} {_text(q.kind)} violation{plural} follow from it "
-                    f"(steps {q.first_step}-{q.last_step}), the first: {_violation(q.example)}"
-                )
+                out.append(f"   - then {_text(q.summary)}, the first: {_violation(q.example)}")
         out.append("")
     out += ["| invariant | status | causes | violations | rule |", "|---|---|---|---|---|"]
     for result in r.check.results:
