@@ -153,25 +153,25 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
                 int(meta.final.get("rax", 0)),
             ],
         )
-        for r in meta.regions:
-            con.execute(
-                "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?)",
-                [f.name, r.name, r.kind, r.base, r.size, r.top],
-            )
-        for call in meta.syscalls:
-            con.execute(
+        con.executemany(
+            "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?)",
+            [[f.name, r.name, r.kind, r.base, r.size, r.top] for r in meta.regions],
+        )
+        if meta.syscalls:
+            con.executemany(
                 "INSERT INTO syscall_log VALUES (?, ?, ?, ?, ?)",
-                [f.name, call.step, call.nr, call.name, call.result],
+                [[f.name, c.step, c.nr, c.name, c.result] for c in meta.syscalls],
             )
         # One name per address, the same rule as the trace's `symbol` column.
         table = LabelTable(meta.symbols)
+        labels = []
         for addr in sorted(set(meta.symbols.values())):
             near = table.nearest(addr)
             code = meta.region_of(addr)
             if near is not None and code is not None and code.kind == "code":
-                con.execute(
-                    "INSERT INTO labels VALUES (?, ?, ?, ?)", [f.name, near[0], addr, code.name]
-                )
+                labels.append([f.name, near[0], addr, code.name])
+        if labels:
+            con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?)", labels)
 
 
 #: The kind of an instruction from its text, for traces without a `kind` column
