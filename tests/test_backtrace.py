@@ -62,6 +62,18 @@ def test_green_threads_one_backtrace_per_stack(green_threads: Path) -> None:
     assert thread3.how == "planted return"
 
 
+def test_a_function_reached_by_a_ret_is_the_outermost_frame(green_threads: Path) -> None:
+    """A finished thread waits in guard, which a ret (skip's) reached: no call or entry
+    made its frame, but yield returns into it, so it is the outermost frame."""
+    facts = derive_facts(load_trace(green_threads))
+    found = backtraces(facts, facts.steps - 3)
+    worker1 = next(b for b in found if b.stack == "worker1")
+    assert [f.function for f in worker1.frames] == ["switch", "yield", "guard"]
+    guard = worker1.frames[-1]
+    assert guard.how == "return" and guard.location.startswith("guard+")
+    assert guard.source is not None
+
+
 def test_after_every_call_the_innermost_frame_is_the_callee(green_threads: Path) -> None:
     """At the step after each call, the running stack's frame 0 is the callee, entered by it;
     at the step after its matching ret, that frame is gone again."""

@@ -206,7 +206,9 @@ def test_previous_and_next_call_ret_and_stack_change(browser: Any, pages: dict[s
     assert _errors(browser) == []
 
 
-@pytest.mark.parametrize(("name", "step"), [("green-threads", 900), ("first-switch", 14)])
+@pytest.mark.parametrize(
+    ("name", "step"), [("green-threads", 900), ("green-threads", 3440), ("first-switch", 14)]
+)
 def test_the_stepper_shows_the_backtraces_show_prints(
     browser: Any, pages: dict[str, Path], name: str, step: int
 ) -> None:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..analysis.events import derive_facts
 from ..errors import BadInput
-from ..explore.backtrace import StackBacktrace, backtraces
+from ..explore.backtrace import RETURNED_TO, FrameLine, StackBacktrace, backtraces
 from ..explore.select import choose_step
 from ..explore.telescope import describe_pointer
 from ..explore.view import StepView, step_view
@@ -146,6 +146,14 @@ def _telescope(view: StepView) -> Table | Text:
     return table
 
 
+def _entered(frame: FrameLine) -> str:
+    if frame.how == RETURNED_TO:
+        return "not seen: a ret returned to it"
+    if frame.entered_step < 0:
+        return "at the start"
+    return f"step {frame.entered_step} by {frame.how}"
+
+
 def _backtraces(found: list[StackBacktrace]) -> Table:
     table = Table(
         title="backtraces (innermost frame first; suspended stacks where they left)",
@@ -162,11 +170,7 @@ def _backtraces(found: list[StackBacktrace]) -> Table:
     for bt in found:
         state = "running" if bt.running else f"suspended at step {bt.at_step}"
         for depth, frame in enumerate(bt.frames):
-            entered = (
-                "at the start"
-                if frame.entered_step < 0
-                else (f"step {frame.entered_step} by {frame.how}")
-            )
+            entered = _entered(frame)
             table.add_row(
                 f"{bt.stack} ({state})" if depth == 0 else "",
                 str(depth),

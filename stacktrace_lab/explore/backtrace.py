@@ -39,12 +39,16 @@ import numpy.typing as npt
 from ..analysis.events import TraceFacts, stack_index
 from ..analysis.source import SourceLines
 from ..analysis.transfers import Landing
+from ..symbols import LabelTable
 
 I64 = npt.NDArray[np.int64]
 
 #: How a frame was entered: the machine's start, a call, a ret or a jump that
 #: the analysis classified as entering a function.
 START, CALL, PLANTED, JUMP = "start", "call", "planted return", "jump"
+#: An outermost frame known only from the return address its callee will return to
+#: (a function reached by a ret, like the runtime's `guard`): its entry is not in the chain.
+RETURNED_TO = "return"
 
 
 class FrameNode(NamedTuple):
@@ -276,7 +280,20 @@ def frame_lines(
         )
         addr = node.return_to
         if addr == facts.sentinel:
-            break
+            return tuple(out)
+    if addr is not None and facts.is_code(addr):
+        # The outermost callee returns into code that no frame accounts for.
+        near = LabelTable(facts.meta.symbols).nearest(addr)
+        out.append(
+            FrameLine(
+                function=near[0] if near else f"{addr:#x}",
+                addr=addr,
+                location=facts.symbolize(addr),
+                source=source.text(addr),
+                entered_step=-1,
+                how=RETURNED_TO,
+            )
+        )
     return tuple(out)
 
 
@@ -317,6 +334,7 @@ __all__ = [
     "CALL",
     "JUMP",
     "PLANTED",
+    "RETURNED_TO",
     "START",
     "FrameHistory",
     "FrameLine",

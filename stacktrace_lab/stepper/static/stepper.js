@@ -606,6 +606,19 @@
         id = f[0];
         depth++;
       }
+      if (id < 0 && addr !== null && addr !== sentinel && inCode(addr)) {
+        // The outermost callee returns into code no frame accounts for (the
+        // runtime's guard, reached by a ret): named by its label, entry not seen.
+        var outer = document.createElement("tr");
+        outer.className = "stl-frame";
+        outer.dataset.function = describe(addr).split("+")[0];
+        cell(outer, "#" + depth);
+        cell(outer, outer.dataset.function, "stl-function");
+        cell(outer, hexShort(addr) + " " + describe(addr).replace(/\+0$/, ""));
+        cell(outer, sourceOf(addr), "stl-points-to");
+        cell(outer, "not seen: a ret returned to it", "stl-points-to");
+        table.appendChild(outer);
+      }
       box.appendChild(table);
     });
   }
