@@ -348,3 +348,24 @@ def test_a_jump_within_a_function_is_not_blamed_for_its_calls(
     assert [facts.transfers.kind(i).label for i in range(len(facts.transfers))] == ["other"]
     (cause,) = check(facts.trace, facts).causes
     assert (cause.kind, cause.site_symbol) == ("misaligned-call", "main")
+
+
+def test_a_misaligned_call_after_an_other_landing_is_blamed_on_it(tmp_path: Path) -> None:
+    """own-ret-style's guard without its `push %rbp`: skip's ret lands on guard (no
+    rule of its own: neither an entry, a resume nor a return), and guard's call is
+    misaligned. The cause is the landing, at skip's ret."""
+    text = (Path(__file__).parent / "switches" / "own-ret-style.toml").read_text()
+    broken = text.replace(
+        "    push %rbp                     # entered with rsp % 16 == 8, as if called\n",
+        "    nop\n",
+    )
+    assert broken != text
+    path = tmp_path / "own-ret-style.toml"
+    path.write_text(broken)
+    out = tmp_path / "trace.parquet"
+    record(load_scenario(path), out)
+    result = check(load_trace(out))
+    (cause,) = result.causes
+    assert (cause.kind, cause.site_symbol) == ("landing-misaligns-calls", "skip")
+    assert cause.first.symbol.startswith("guard")
+    assert "which landed on guard" in cause.first.message

@@ -216,6 +216,38 @@ def classify(facts: TraceFacts) -> Transfers:
     )
 
 
+#: `mov SOURCE, %reg`: what a stack pointer is loaded from (memory, or another register).
+_MOV_TO = re.compile(r"^movq?\s+(?P<src>[^,]+(?:\([^)]*\))?)\s*,\s*%(?P<dst>\w+)$")
+#: How far before a switch's transfer to look for the load of its stack pointer.
+_RSP_LOOKBACK = 64
+
+
+def saved_stack_pointer(facts: TraceFacts, step: int) -> int:
+    """The write (index into `facts.writes`) that stored the stack pointer which the
+    switch ending at `step` loaded into rsp, or -1: the last `mov X(%reg), %rsp`
+    before it, or `mov %rcx, %rsp` after `mov X(%reg), %rcx` (libaco)."""
+    k = int(np.searchsorted(facts.calls, step)) - 1
+    low = max(int(facts.calls[k]) if k >= 0 else 0, step - _RSP_LOOKBACK)
+    rows = facts.trace.slice(low, step + 1, ["step", "insn", "reads"]).to_pydict()
+    wanted = "rsp"  # the register whose value we follow back to memory
+    for row in range(len(rows["step"]) - 1, -1, -1):
+        match = _MOV_TO.match(str(rows["insn"][row]).strip())
+        if match is None or match.group("dst") != wanted:
+            continue
+        source = match.group("src").strip()
+        if source.startswith("%"):  # from another register: follow that one
+            wanted = source[1:]
+            continue
+        if "(" not in source or not rows["reads"][row]:
+            return -1
+        addr = int(rows["reads"][row][0]["addr"])
+        load_step = int(rows["step"][row])
+        w = facts.writes
+        hits = np.flatnonzero((w.addr == np.uint64(addr)) & (w.step < load_step))
+        return int(hits[-1]) if hits.size else -1
+    return -1
+
+
 def _returns_from_own_slot(facts: TraceFacts, onward: I64, landing_rsp: U64) -> B:
     """Is each onward transfer a `ret` that pops the slot right at the landing's rsp, and
     not what a call pushed? Then the landing code is a leaf function returning (its
