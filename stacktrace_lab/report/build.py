@@ -57,7 +57,9 @@ def build_report(trace: Trace, directory: str | Path) -> Report:
         "rsp.png": images["rsp"],
         "heatmap.png": images["heatmap"],
         "index.html": render_html(
-            content, images, stepper=stepper_fragment(trace, heading=False, switches=switches)
+            content,
+            images,
+            stepper=stepper_fragment(trace, heading=False, switches=switches, facts=facts),
         ).encode("utf-8"),
         "report.md": render_markdown(content).encode("utf-8"),
         "invariants.json": render_json(result).encode("utf-8"),

@@ -21,6 +21,7 @@ from typing import Any
 from jinja2 import Environment
 from markupsafe import Markup, escape
 
+from ..analysis.events import TraceFacts
 from ..trace.reader import Trace
 from .data import EMBED_LIMIT, Switch, stepper_data
 
@@ -146,13 +147,16 @@ def stepper_fragment(
     limit: int = EMBED_LIMIT,
     heading: bool = True,
     switches: Sequence[Switch] | None = None,
+    serve: dict[str, str] | None = None,
+    facts: TraceFacts | None = None,
 ) -> str:
     """The stepper for `trace`, one `<div id="stl-stepper">` to include in a page as it is.
 
     `heading=False` leaves out its `<h2>`, for a page whose section has its own;
-    `switches` are the planted returns if the caller knows them already.
+    `switches` are the planted returns and `facts` the analysis pass, if the
+    caller has them already (the report has).
     """
-    data = stepper_data(trace, limit, switches)
+    data = stepper_data(trace, limit, switches, serve, facts)
     data["chart_geometry"] = {"x0": CHART_X0, "width": CHART_WIDTH, "viewWidth": VIEW_WIDTH}
     js = _static("stepper.js")
     if "</script" in js.lower():  # our own file: a slip here would break every report
@@ -169,13 +173,19 @@ def stepper_fragment(
     )
 
 
-def standalone_page(trace: Trace, limit: int = EMBED_LIMIT) -> str:
-    """A whole HTML page holding only the stepper (for viewing or testing without a report)."""
+def standalone_page(
+    trace: Trace,
+    limit: int = EMBED_LIMIT,
+    serve: dict[str, str] | None = None,
+    switches: Sequence[Switch] | None = None,
+) -> str:
+    """A whole HTML page holding only the stepper (for viewing or testing without a report);
+    with `serve`, the page of `stacktrace-lab serve`, which fetches its steps."""
     title = escape(f"{trace.metadata.scenario.name}: step through the trace")
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{title}</title>\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '</head>\n<body style="margin: 1em 2em">\n'
-        f"{stepper_fragment(trace, limit)}</body>\n</html>\n"
+        f"{stepper_fragment(trace, limit, switches=switches, serve=serve)}</body>\n</html>\n"
     )
