@@ -352,3 +352,25 @@ def test_hand_edited_version_2_metadata_is_refused_in_one_line(
     with pytest.raises(BadInput, match=r"edited\.parquet: corrupt trace metadata") as caught:
         load_trace(edited)
     assert message in str(caught.value)
+
+
+def test_code_below_every_label_has_null_label_and_offset(
+    record_source: Callable[..., Recording],
+) -> None:
+    rec = record_source(
+        """
+            nop
+            ret
+        main:
+            mov $0x400000, %rax
+            call *%rax
+            ret
+        """
+    )
+    rows = load_trace(rec.path).table(["symbol", "label", "offset", "kind", "source"]).to_pylist()
+    below = [r for r in rows if r["symbol"].startswith("0x")]
+    assert [r["symbol"] for r in below] == ["0x400000", "0x400001"]
+    assert all(r["label"] is None and r["offset"] is None for r in below)
+    assert [r["kind"] for r in below] == ["other", "ret"]
+    assert all(r["source"] is not None for r in below)  # lines need no label
+    assert [r["label"] for r in rows if r not in below] == ["main"] * 3

@@ -1,4 +1,4 @@
-"""`stacktrace-lab record [SCENARIO] [-o FILE]`."""
+"""`stacktrace-lab record [SCENARIO | PROGRAM] [-o FILE] [--from SYM] [--to SYM] [-- ARGS]`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import BadInput
 from ..record.recorder import RecordOptions, record
 from ..scenario import load_scenario
 from ..trace.format import DEFAULT_SNAPSHOT_LIMIT
@@ -16,8 +17,15 @@ def default_trace_path(name: str) -> Path:
     return Path("traces") / f"{name}.parquet"
 
 
+def is_program(argument: str) -> bool:
+    """A path to an existing file that is not a scenario: a program to record."""
+    path = Path(argument)
+    return not argument.endswith(".toml") and path.is_file()
+
+
 @click.command("record")
 @click.argument("scenario", default="first-switch")
+@click.argument("args", nargs=-1)
 @click.option(
     "-o",
     "--output",
@@ -32,15 +40,82 @@ def default_trace_path(name: str) -> Path:
     show_default=True,
     help="Bytes of each stack (its top) stored per step.",
 )
+@click.option(
+    "--from",
+    "from_symbol",
+    metavar="SYMBOL",
+    help="For a program: run the start-up unrecorded, record from SYMBOL (e.g. main).",
+)
+@click.option("--to", "to_symbol", metavar="SYMBOL", help="For a program: stop at SYMBOL.")
 def record_command(
-    scenario: str, output: Path | None, max_steps: int | None, snapshot_limit: int
+    scenario: str,
+    args: tuple[str, ...],
+    output: Path | None,
+    max_steps: int | None,
+    snapshot_limit: int,
+    from_symbol: str | None,
+    to_symbol: str | None,
 ) -> int:
-    """Record SCENARIO (a built-in name or a .toml file) into a trace."""
+    """Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM
+    (give its arguments after --), into a trace."""
+    if is_program(scenario):
+        return _record_program(
+            Path(scenario), list(args), output, max_steps, snapshot_limit, from_symbol, to_symbol
+        )
+    if args or from_symbol or to_symbol:
+        raise BadInput(f"{scenario}: program arguments, --from and --to are for programs")
+    if scenario.endswith(".toml") and Path(scenario).is_file():
+        from ..record.elf_scenario import is_elf_scenario
+
+        if is_elf_scenario(scenario):
+            return _record_elf_scenario(Path(scenario), output, max_steps, snapshot_limit)
     loaded = load_scenario(scenario)
     options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
     target = output or default_trace_path(loaded.name)
     with step_progress(options.max_steps or loaded.max_steps, f"recording {loaded.name}") as bar:
         recording = record(loaded, target, options, progress=bar)
+    meta = recording.metadata
+    click.echo(
+        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
+    )
+    return 0
+
+
+def _record_program(
+    program: Path,
+    args: list[str],
+    output: Path | None,
+    max_steps: int | None,
+    snapshot_limit: int,
+    from_symbol: str | None,
+    to_symbol: str | None,
+) -> int:
+    from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
+
+    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
+    target = output or default_trace_path(program.name)
+    total = max_steps or DEFAULT_ELF_MAX_STEPS
+    with step_progress(total, f"recording {program.name}") as bar:
+        recording = record_elf(program, target, options, args, from_symbol, to_symbol, bar)
+    meta = recording.metadata
+    click.echo(
+        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
+    )
+    return 0
+
+
+def _record_elf_scenario(
+    path: Path, output: Path | None, max_steps: int | None, snapshot_limit: int
+) -> int:
+    """A scenario file whose `[program]` is `elf = "prog"`."""
+    from ..record.elf_scenario import describe_elf_scenario
+    from ..record.recorder import record_description
+
+    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
+    description = describe_elf_scenario(path, max_steps)
+    target = output or default_trace_path(description.info.name)
+    with step_progress(description.max_steps, f"recording {description.info.name}") as bar:
+        recording = record_description(description, target, options, progress=bar)
     meta = recording.metadata
     click.echo(
         f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
