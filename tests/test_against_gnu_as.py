@@ -22,8 +22,9 @@ from .gnu_as_check import MISSING, differences, with_gnu_as, with_keystone
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"GNU binutils missing: {MISSING}")
 
-ASM = Path(__file__).parent / "asm"
-TEST_SCENARIOS = sorted(ASM.glob("**/*.toml"))
+HERE = Path(__file__).parent
+#: Every scenario file of the test suite and the benchmarks.
+TEST_SCENARIOS = sorted([*HERE.glob("**/*.toml"), *(HERE.parent / "benchmarks").glob("*.toml")])
 TEST_PROGRAMS = {
     name: value
     for name, value in vars(programs).items()
@@ -52,7 +53,7 @@ def test_builtins_match_gnu_as(name: str, tmp_path: Path) -> None:
     assert instructions > 0
 
 
-@pytest.mark.parametrize("path", TEST_SCENARIOS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", TEST_SCENARIOS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_test_scenarios_match_gnu_as(path: Path, tmp_path: Path) -> None:
     instructions, _ = _compare(load_scenario(path), tmp_path)
     assert instructions > 0
