@@ -493,28 +493,35 @@ def test_the_guard_accepts_absolute_operands_keystone_reaches_rip_relative(
     assert _final(recording, "rax") == 10
 
 
-def test_the_guard_checks_every_instruction_of_the_builtins() -> None:
+def test_the_guard_compares_every_instruction_of_the_builtins_and_test_scenarios(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from stacktrace_lab.record import assembler
     from stacktrace_lab.record.guard import Guard
     from stacktrace_lab.scenario import builtin_names
 
-    counts = []
-    original = Guard.mismatch
+    guards: list[Guard] = []
+    init = Guard.__init__
 
-    def counting(self, insn, decoded):  # type: ignore[no-untyped-def]
-        counts.append(1)
-        return original(self, insn, decoded)
+    def keep(self: Guard, symbols: dict[str, int]) -> None:
+        init(self, symbols)
+        guards.append(self)
 
-    Guard.mismatch = counting  # type: ignore[method-assign]
-    try:
-        for name in builtin_names():
-            before = len(counts)
-            program, _ = build_program(load_scenario(name))
-            instructions = sum(1 for addr in program.lines)
-            assert len(counts) - before == instructions
-    finally:
-        Guard.mismatch = original  # type: ignore[method-assign]
-    assert assembler is not None
+    parsed = []
+    check = assembler._check_statements
+
+    def count(items, *args):  # type: ignore[no-untyped-def]
+        parsed.append(sum(1 for i in items if i.statement and i.statement.instruction))
+        return check(items, *args)
+
+    monkeypatch.setattr(Guard, "__init__", keep)
+    monkeypatch.setattr(assembler, "_check_statements", count)
+    for name in [*builtin_names(), *sorted(Path(__file__).parent.glob("**/*.toml"))]:
+        build_program(load_scenario(name))
+    # Every instruction's operands compared (endbr64 is checked by name),
+    # none skipped for implicit operands.
+    assert sum(g.stats.checked for g in guards) == sum(parsed) > 1000
+    assert sum(g.stats.unchecked for g in guards) == 0
 
 
 def test_the_guard_catches_a_wrong_displacement(
