@@ -680,3 +680,23 @@ def test_character_constants(record_source: Record) -> None:
     assert _final(recording, "rax") & 0xFF == 97
     assert _final(recording, "rbx") & 0xFF == ord("#")
     assert _final(recording, "rcx") & 0xFF == 10
+
+
+def test_a_define_of_two_intel_statements_in_a_file_is_two_statements(tmp_path: Path) -> None:
+    # GNU as: `;` separates statements in Intel syntax too. Read as a comment
+    # (the inline-source rule), the second `add` would silently vanish.
+    path = _files_scenario(
+        tmp_path,
+        {
+            "prog.S": """
+                .intel_syntax noprefix
+                #define ADD_BOTH add rax, 1; add rax, 2
+                main:
+                    xor eax, eax
+                    ADD_BOTH
+                    ret
+            """
+        },
+    )
+    recording = record(load_scenario(path), tmp_path / "t.parquet")
+    assert _final(recording, "rax") == 3

@@ -159,6 +159,7 @@ def sources_of(scenario: Scenario) -> list[SourceFile]:
             display=scenario.source_file,
             text=scenario.source,
             first_line=scenario.source_first_line,
+            inline=True,
         )
     ]
 

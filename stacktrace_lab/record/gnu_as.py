@@ -158,6 +158,11 @@ class SourceFile:
     preprocess: bool = False
     #: Directory that `#include "x"` reads from.
     directory: str = "."
+    #: Inline `source` of a scenario: there Intel `;` starts a comment (the
+    #: project's rule from before files, NASM's). In files GNU as's rule
+    #: holds: `;` separates statements in both syntaxes, so a `#define` that
+    #: expands to `a; b` is two statements.
+    inline: bool = False
 
 
 @dataclass(frozen=True)
@@ -403,7 +408,7 @@ class FrontEnd:
                         "a C preprocessor directive, but only .S files are preprocessed "
                         "(put the program in a .S file)"
                     )
-        intel = self.syntax == "intel"
+        intel = self.syntax == "intel" and source.inline
         # Comments may span lines, and `.intel_syntax` changes what `;` means:
         # strip line by line, carrying an open `/*` over.
         cleaned = []
@@ -414,7 +419,7 @@ class FrontEnd:
                 opened = origin
             stripped = text.strip().lower()
             if not block and stripped.startswith(".intel_syntax"):
-                intel = True
+                intel = source.inline
             elif not block and stripped.startswith(".att_syntax"):
                 intel = False
             joined = ("/*" if block else "") + text
@@ -438,7 +443,7 @@ class FrontEnd:
                 problem = _lexical_error(text)
                 if problem:
                     raise origin.fail(problem)
-                for piece in _statements(text, syntax):
+                for piece in _statements(text, syntax if source.inline else "att"):
                     directive = piece.strip().split(None, 1)[0].lower() if piece.strip() else ""
                     rest = piece
                     while match := _LABEL.match(rest):
@@ -940,7 +945,8 @@ def _equ_parts(text: str) -> tuple[str, str] | None:
 
 
 def _statements(line: str, syntax: str) -> list[str]:
-    """Statements of a comment-free line: `;` separates them in AT&T."""
+    """Statements of a comment-free line: `;` separates them (in inline Intel
+    source it started a comment, already removed)."""
     if syntax == "intel":
         return [line]
     pieces, current, quote, escaped = [], "", False, False
