@@ -700,3 +700,22 @@ def test_a_define_of_two_intel_statements_in_a_file_is_two_statements(tmp_path: 
     )
     recording = record(load_scenario(path), tmp_path / "t.parquet")
     assert _final(recording, "rax") == 3
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [
+        ("files = []", "field 'program.files': must be a non-empty array of file names"),
+        ('files = ["nope.s"]', "field 'program.files': cannot read"),
+        ('file = "a.s"\nfiles = ["a.s"]', "give exactly one of 'source', 'file' and 'files'"),
+        ('file = "a.s"\ndefines = { 1x = "2" }', "field 'program.defines.1x': is not a valid name"),
+        ('file = "a.s"\nstubs = { abort = 1 }', "field 'program.stubs.abort': must be one of"),
+    ],
+)
+def test_program_fields_are_checked(tmp_path: Path, program: str, message: str) -> None:
+    (tmp_path / "a.s").write_text("main:\n ret\n")
+    path = tmp_path / "t.toml"
+    path.write_text(f'name = "t"\n[[stacks]]\nname = "main"\nsize = 4096\n[program]\n{program}\n')
+    with pytest.raises(BadInput) as info:
+        load_scenario(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
