@@ -719,3 +719,22 @@ def test_program_fields_are_checked(tmp_path: Path, program: str, message: str) 
     with pytest.raises(BadInput) as info:
         load_scenario(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "stop"),
+    [
+        ("halt", "halted"),
+        ("exit", "exit"),
+        ("spin", "spin"),
+        ("trap", "fault"),
+        ("return", "returned"),
+    ],
+)
+def test_each_stub_behaviour_stops_as_documented(write_scenario, behaviour: str, stop: str) -> None:
+    path = write_scenario("main:\n call ext@PLT\n ret")
+    path.write_text(
+        path.read_text().replace("[program]", f'[program]\nstubs = {{ ext = "{behaviour}" }}')
+    )
+    recording = record(load_scenario(path), path.with_suffix(".parquet"))
+    assert recording.metadata.stop.reason == stop
