@@ -738,3 +738,13 @@ def test_each_stub_behaviour_stops_as_documented(write_scenario, behaviour: str,
     )
     recording = record(load_scenario(path), path.with_suffix(".parquet"))
     assert recording.metadata.stop.reason == stop
+
+
+def test_strings_are_the_bytes_gnu_as_emits(tmp_path: Path) -> None:
+    # UTF-8 text (keystone's binding refuses non-ASCII) and GNU as's escapes.
+    path = _files_scenario(
+        tmp_path,
+        {"prog.s": 'main:\n ret\n .data\ntext:\n .ascii "café\\n"\n .asciz "\\x41\\101\\t\\""\n'},
+    )
+    program, _ = build_program(load_scenario(path))
+    assert program.data.startswith("café\n".encode() + b'AA\t"\0')

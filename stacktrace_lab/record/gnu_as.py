@@ -727,8 +727,20 @@ class FrontEnd:
         if directive in (".ascii", ".asciz", ".string"):
             if not _STRINGS.fullmatch(args):
                 raise origin.fail(f"{directive} takes strings in double quotes")
+            # Written out as bytes: keystone's binding refuses non-ASCII text,
+            # and the guard then checks every byte.
+            data = b""
+            for literal in re.findall(r'"((?:[^"\\]|\\.)*)"', args):
+                data += _string_bytes(literal) + (b"\0" if directive != ".ascii" else b"")
+            items = [Expr.parse(str(byte)) for byte in data]
             return Statement(
-                origin, state.syntax, state.section, text=f"{directive} {args}", kind="data"
+                origin,
+                state.syntax,
+                state.section,
+                text=_join_directive(".byte", [hex_text(byte) for byte in data]),
+                kind="data",
+                width=1,
+                values=items,
             )
         if not args:
             return Statement(origin, state.syntax, state.section)  # no items: no bytes
@@ -992,6 +1004,36 @@ def _lexical_error(text: str) -> str | None:
         if rest.count(opening) != rest.count(closing):
             return f"unbalanced '{opening}' and '{closing}'"
     return None
+
+
+_STRING_ESCAPES = {"b": 8, "f": 12, "n": 10, "r": 13, "t": 9, '"': 34, "\\": 92}
+
+
+def _string_bytes(literal: str) -> bytes:
+    """The bytes GNU as emits for a string literal's body (UTF-8 text, escapes)."""
+    out = bytearray()
+    i = 0
+    while i < len(literal):
+        ch = literal[i]
+        if ch != "\\" or i + 1 == len(literal):
+            out += ch.encode("utf-8")
+            i += 1
+            continue
+        nxt = literal[i + 1]
+        if nxt in "01234567":
+            digits = re.match(r"[0-7]{1,3}", literal[i + 1 :])
+            assert digits is not None
+            out.append(int(digits.group(0), 8) & 0xFF)
+            i += 1 + len(digits.group(0))
+        elif nxt in "xX" and re.match(r"[0-9a-fA-F]", literal[i + 2 : i + 3]):
+            digits = re.match(r"[0-9a-fA-F]+", literal[i + 2 :])
+            assert digits is not None
+            out.append(int(digits.group(0), 16) & 0xFF)
+            i += 2 + len(digits.group(0))
+        else:
+            out += bytes([_STRING_ESCAPES[nxt]]) if nxt in _STRING_ESCAPES else nxt.encode()
+            i += 2
+    return bytes(out)
 
 
 def _check_comments_end(source: SourceFile) -> None:

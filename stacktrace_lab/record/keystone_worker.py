@@ -175,6 +175,8 @@ def _serve() -> None:
             answer = {"error": str(exc)}
         except MemoryError:
             answer = {"error": "out of memory"}
+        except Exception as exc:  # the binding's own refusals (non-ASCII text...)
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 
