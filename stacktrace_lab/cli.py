@@ -12,9 +12,10 @@ import sys
 from collections.abc import Sequence
 
 import click
+from click.utils import make_default_short_help
 
 from . import __version__
-from .commands import COMMANDS
+from .commands import COMMANDS, SHORT_HELP
 from .errors import BadInput
 
 
@@ -32,6 +33,15 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attribute)
         assert isinstance(command, click.Command)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own version loads every command for its one-line help; the
+        # registry has that line, so `--help` imports no command module.
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, make_default_short_help(SHORT_HELP[name], limit)) for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadInput
 from .format import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, TraceMetadata, schema
+
+if TYPE_CHECKING:  # pandas costs ~0.3 s to import: only `rows()` needs it, at run time
+    import pandas as pd
 
 
 class Trace:
