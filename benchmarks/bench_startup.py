@@ -97,7 +97,8 @@ def main() -> None:
         before = unpack(args.before, Path(tmp))
         trees = {"before": before, "after": CHECKOUT}
         print(f"python {sys.version.split()[0]}, before = {args.before}, after = this checkout")
-        print(f"{'command':<10} {'before s':>9} {'after s':>9} {'ratio':>7}   heaviest imports after")
+        header = f"{'command':<10} {'before s':>9} {'after s':>9} {'ratio':>7}"
+        print(f"{header}   heaviest imports after")
         for name, cmd in COMMANDS.items():
             times: dict[str, list[float]] = {"before": [], "after": []}
             for _ in range(args.repeat):

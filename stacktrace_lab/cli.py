@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 import click
-from click.utils import make_default_short_help
 
 from . import __version__
 from .commands import COMMANDS, SHORT_HELP
@@ -38,10 +37,13 @@ class LazyGroup(click.Group):
         # click's own version loads every command for its one-line help; the
         # registry has that line, so `--help` imports no command module.
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
-        rows = [(name, make_default_short_help(SHORT_HELP[name], limit)) for name in COMMANDS]
+        # A bare Command shortens the text exactly as click shortens a real one's.
+        rows = [
+            (name, click.Command(name, help=SHORT_HELP[name]).get_short_help_str(limit))
+            for name in COMMANDS
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
