@@ -174,6 +174,17 @@ class ScanResult:
         return min(self.first.values(), default=None)
 
 
+def for_rip(translate: Translate | None) -> Translate | None:
+    """The translation for `rip` itself: where A's instruction runs in B.
+
+    It differs from the one for values only at a label whose first instruction
+    moved (see `AddressMap`): a value there points to the label, rip there is
+    the instruction.
+    """
+    executed: Translate | None = getattr(translate, "executed", None)
+    return executed if executed is not None else translate
+
+
 class Comparator:
     """Compares the same columns of two equally long tables, one mask per column."""
 
@@ -185,8 +196,10 @@ class Comparator:
         out: dict[str, Mask] = {}
         for name in self.columns:
             col_a, col_b = a.column(name), b.column(name)
-            if name in REGISTERS:
-                out[name] = self._registers(col_a, col_b)
+            if name == "rip":
+                out[name] = self._registers(col_a, col_b, for_rip(self.translate))
+            elif name in REGISTERS:
+                out[name] = self._registers(col_a, col_b, self.translate)
             elif name in ("reads", "writes"):
                 out[name] = access_mask(col_a, col_b, self.translate)
             elif name.startswith(STACK_PREFIX):
@@ -195,11 +208,14 @@ class Comparator:
                 out[name] = text_mask(col_a, col_b)
         return out
 
-    def _registers(self, col_a: pa.ChunkedArray, col_b: pa.ChunkedArray) -> Mask:
+    @staticmethod
+    def _registers(
+        col_a: pa.ChunkedArray, col_b: pa.ChunkedArray, translate: Translate | None
+    ) -> Mask:
         values_a: U64 = col_a.to_numpy()
         values_b: U64 = col_b.to_numpy()
-        if self.translate is not None:
-            values_a = self.translate(values_a)
+        if translate is not None:
+            values_a = translate(values_a)
         result: Mask = values_a != values_b
         return result
 
