@@ -232,6 +232,16 @@ class _Resync:
         Skipping to the end of both regions (where the common suffix starts)
         counts as a resync too. None if there is none within the window.
         """
+        # One row inserted or deleted (the usual edit, once per loop iteration):
+        # nothing can be nearer, and it costs two scalar comparisons.
+        for x, y in ((0, 1), (1, 0)):
+            if (
+                i + x < end_a
+                and j + y < end_b
+                and self.hash_a[i + x] == self.hash_b[j + y]
+                and self._agree(i + x, j + y, end_a, end_b)
+            ):
+                return x, y
         width = min(_FIRST_WINDOW, self.window)
         while width:
             wa, wb = min(width, end_a - i), min(width, end_b - j)
@@ -333,12 +343,14 @@ class AddressMap:
 
     @classmethod
     def build(cls, a: Trace, b: Trace, plan: AlignmentPlan) -> AddressMap:
+        # The rip of every paired row, read once per side (8 bytes a row, as the keys).
+        segments = plan.segments()
         anchors: dict[int, int] = {}
-        for segment in plan.segments():
-            rip_a = a.slice(segment.a_start, segment.a_start + segment.length, ["rip"])
-            rip_b = b.slice(segment.b_start, segment.b_start + segment.length, ["rip"])
-            values_a: U64 = rip_a.column(0).to_numpy()
-            values_b: U64 = rip_b.column(0).to_numpy()
+        if segments:
+            rows_a = np.concatenate([np.arange(s.a_start, s.a_start + s.length) for s in segments])
+            rows_b = np.concatenate([np.arange(s.b_start, s.b_start + s.length) for s in segments])
+            values_a: U64 = a.column("rip")[rows_a]
+            values_b: U64 = b.column("rip")[rows_b]
             unique, first = np.unique(values_a, return_index=True)
             anchors.update(zip(unique.tolist(), values_b[first].tolist(), strict=True))
         executed = dict(anchors)

@@ -369,7 +369,11 @@ def scan(
     for family in column_families(columns):
         comparator = Comparator(family, translate)
         cursor_a, cursor_b = RowCursor(a, family), RowCursor(b, family)
-        for segment in segments:
+        for batch in _batches(segments, chunk_rows):
+            if len(batch) > 1:
+                _scan_gathered(batch, cursor_a, cursor_b, comparator, result)
+                continue
+            segment = batch[0]
             aligned = segment.a_start == segment.b_start
             for offset, n, group in _chunks(
                 segment, starts if aligned else None, shared, chunk_rows
@@ -388,3 +392,55 @@ def scan(
                             result.first[name] = (start_a + k, start_b + k)
     result.counts = {name: n for name, n in result.counts.items() if n}
     return result
+
+
+def _batches(segments: Sequence[Segment], chunk_rows: int) -> Iterator[list[Segment]]:
+    """Consecutive short segments grouped so that each group spans at most `chunk_rows`.
+
+    Align mode on two loops that differ in every iteration gives thousands of
+    segments of a few dozen rows: compared one by one, each would cost a read
+    and a comparison of its own. A group is read as one range per side and its
+    paired rows gathered with `take`. A long segment stays alone (and keeps
+    the row group shortcut).
+    """
+    batch: list[Segment] = []
+    for segment in segments:
+        if batch:
+            first = batch[0]
+            span_a = segment.a_start + segment.length - first.a_start
+            span_b = segment.b_start + segment.length - first.b_start
+            if max(span_a, span_b) > chunk_rows:
+                yield batch
+                batch = []
+        if segment.length >= chunk_rows:
+            if batch:
+                yield batch
+                batch = []
+            yield [segment]
+            continue
+        batch.append(segment)
+    if batch:
+        yield batch
+
+
+def _scan_gathered(
+    batch: Sequence[Segment],
+    cursor_a: RowCursor,
+    cursor_b: RowCursor,
+    comparator: Comparator,
+    result: ScanResult,
+) -> None:
+    lo_a, lo_b = batch[0].a_start, batch[0].b_start
+    hi_a = batch[-1].a_start + batch[-1].length
+    hi_b = batch[-1].b_start + batch[-1].length
+    rows_a = np.concatenate([np.arange(s.a_start, s.a_start + s.length) for s in batch])
+    rows_b = np.concatenate([np.arange(s.b_start, s.b_start + s.length) for s in batch])
+    chunk_a = cursor_a.read(lo_a, hi_a).take(pa.array(rows_a - lo_a))
+    chunk_b = cursor_b.read(lo_b, hi_b).take(pa.array(rows_b - lo_b))
+    for name, mask in comparator.masks(chunk_a, chunk_b).items():
+        count = int(np.count_nonzero(mask))
+        if count:
+            result.counts[name] += count
+            if name not in result.first:
+                k = int(np.argmax(mask))
+                result.first[name] = (int(rows_a[k]), int(rows_b[k]))
