@@ -1,19 +1,42 @@
-"""`stacktrace-lab record [SCENARIO] [-o FILE]`."""
+"""`stacktrace-lab record [SCENARIO] [-o FILE|-] [--report] [--json]`.
+
+Defaults come from `[tool.stacktrace-lab]` (stacktrace_lab.config): the
+output directory (traces-dir), --max-steps and --snapshot-limit.
+
+Files that matter are safe:
+- `-o -` writes the trace to stdout (for a pipe or a redirection; refused in
+  one line when stdout is a terminal); the summary then goes to stderr;
+- a trace inside the goldens directory (traces-dir) is never silently
+  replaced by a different one: the new recording goes to a temporary file
+  first, and if it differs from the file there, the command refuses in one
+  line (exit 2) unless --force. A byte-identical re-record is fine (the file
+  is left untouched). `pytest --stacktrace-lab-update` is the deliberate way.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ..config import load_config
+from ..errors import BadInput
 from ..record.recorder import RecordOptions, record
 from ..scenario import load_scenario
-from ..trace.format import DEFAULT_SNAPSHOT_LIMIT
 from .common import step_progress
+
+STDOUT = Path("-")
 
 
 def default_trace_path(name: str) -> Path:
-    return Path("traces") / f"{name}.parquet"
+    return load_config().traces_dir / f"{name}.parquet"
 
 
 @click.command("record")
@@ -21,28 +44,152 @@ def default_trace_path(name: str) -> Path:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trace file to write [default: traces/<name>.parquet].",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    help="Trace file to write, or - for stdout [default: <traces-dir>/<name>.parquet, "
+    "traces-dir from [tool.stacktrace-lab], else traces].",
 )
 @click.option("--max-steps", type=int, help="Stop after this many steps [default: the scenario's].")
 @click.option(
     "--snapshot-limit",
     type=int,
-    default=DEFAULT_SNAPSHOT_LIMIT,
-    show_default=True,
-    help="Bytes of each stack (its top) stored per step.",
+    help="Bytes of each stack (its top) stored per step [default: 512].",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a golden trace (in traces-dir) even if the new trace differs from it.",
+)
+@click.option(
+    "--report",
+    "with_report",
+    is_flag=True,
+    help="Also write the report (as `report`); exit 1 if an invariant fails.",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where --report writes [default: <reports-dir>/<name>/].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def record_command(
-    scenario: str, output: Path | None, max_steps: int | None, snapshot_limit: int
+    scenario: str,
+    output: Path | None,
+    max_steps: int | None,
+    snapshot_limit: int | None,
+    force: bool,
+    with_report: bool,
+    report_dir: Path | None,
+    as_json: bool,
 ) -> int:
     """Record SCENARIO (a built-in name or a .toml file) into a trace."""
+    config = load_config()
     loaded = load_scenario(scenario)
-    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
-    target = output or default_trace_path(loaded.name)
-    with step_progress(options.max_steps or loaded.max_steps, f"recording {loaded.name}") as bar:
-        recording = record(loaded, target, options, progress=bar)
-    meta = recording.metadata
-    click.echo(
-        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
-    )
-    return 0
+    limits: dict[str, Any] = {"max_steps": max_steps or config.max_steps}
+    if snapshot_limit or config.snapshot_limit:
+        limits["snapshot_limit"] = snapshot_limit or config.snapshot_limit
+    options = RecordOptions(**limits)
+    to_stdout = output == STDOUT
+    if to_stdout and sys.stdout.isatty():
+        raise BadInput("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    if to_stdout and with_report:
+        raise BadInput("-o - cannot be combined with --report (the report needs the file)")
+    target = default_trace_path(loaded.name) if output is None else output
+    if not to_stdout:
+        _check_writable(target)  # before a recording that may take minutes
+
+    with tempfile.TemporaryDirectory(prefix="stacktrace-lab-") as scratch:
+        # Record next to nothing that matters; move into place only once decided.
+        fresh = Path(scratch) / f"{loaded.name}.parquet"
+        total = options.max_steps or loaded.max_steps
+        with step_progress(total, f"recording {loaded.name}") as bar:
+            recording = record(loaded, fresh, options, progress=bar)
+        if to_stdout:
+            with fresh.open("rb") as trace:
+                shutil.copyfileobj(trace, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            written = "-"
+        else:
+            written = str(_place(fresh, target, config.golden_path(target), force))
+
+    summary: dict[str, Any] = {
+        "trace": written,
+        "scenario": loaded.name,
+        "steps": recording.metadata.steps,
+        "stop": {
+            "reason": recording.metadata.stop.reason,
+            "step": recording.metadata.stop.step,
+            "detail": recording.metadata.stop.detail,
+        },
+    }
+    status = 0
+    if with_report:
+        from ..report.build import build_report
+        from ..trace.reader import load_trace
+        from .report import report_summary
+
+        directory = report_dir or config.reports_dir / loaded.name
+        report = build_report(load_trace(Path(written)), directory)
+        summary["report"] = report_summary(report)
+        status = report.check.exit_status
+
+    echo = _stderr_echo if to_stdout else click.echo
+    if as_json:
+        echo(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        stop = recording.metadata.stop
+        echo(f"{written}: {recording.metadata.steps} steps, stopped: {stop.reason} ({stop.detail})")
+        if with_report:
+            from .report import print_written
+
+            print_written(report)
+    return status
+
+
+def _stderr_echo(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _place(fresh: Path, target: Path, golden: bool, force: bool) -> Path:
+    """Move the new trace to `target`, unless that would silently replace a different golden."""
+    if golden and target.exists() and not force:
+        if _same_bytes(fresh, target):
+            return target  # byte-identical: nothing to write
+        raise BadInput(
+            f"{target}: a different golden trace is already there; not replaced "
+            "(use --force, or `pytest --stacktrace-lab-update` to update goldens on purpose)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Copy next to the target, then rename: never a half-written file at `target`.
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, fresh.open("rb") as source:
+            shutil.copyfileobj(source, out)
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return target
+
+
+def _check_writable(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"{target}: cannot write: {exc.strerror or exc}") from None
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            block_a, block_b = fa.read(1 << 20), fb.read(1 << 20)
+            if block_a != block_b:
+                return False
+            if not block_a:
+                return True
