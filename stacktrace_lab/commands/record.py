@@ -97,9 +97,15 @@ def record_command(
     if not to_stdout:
         _check_writable(target)  # before a recording that may take minutes
 
-    with tempfile.TemporaryDirectory(prefix="stacktrace-lab-") as scratch:
-        # Record next to nothing that matters; move into place only once decided.
-        fresh = Path(scratch) / f"{loaded.name}.parquet"
+    with contextlib.ExitStack() as cleanup:
+        # The new trace goes to a hidden file next to the target (same file
+        # system: the final move is a rename) and into place only once decided.
+        if to_stdout:
+            scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+            fresh = scratch / f"{loaded.name}.parquet"
+        else:
+            fresh = target.with_name(f".{target.name}.{os.getpid()}.new")
+            cleanup.callback(fresh.unlink, missing_ok=True)
         total = options.max_steps or loaded.max_steps
         with step_progress(total, f"recording {loaded.name}") as bar:
             recording = record(loaded, fresh, options, progress=bar)
@@ -158,18 +164,7 @@ def _place(fresh: Path, target: Path, golden: bool, force: bool) -> Path:
             f"{target}: a different golden trace is already there; not replaced "
             "(use --force, or `pytest --stacktrace-lab-update` to update goldens on purpose)"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Copy next to the target, then rename: never a half-written file at `target`.
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, fresh.open("rb") as source:
-            shutil.copyfileobj(source, out)
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    os.replace(fresh, target)  # a rename: never a half-written file at `target`
     return target
 
 
