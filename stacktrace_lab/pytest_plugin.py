@@ -254,8 +254,12 @@ def _whole_suite(config: pytest.Config) -> bool:
     source = config.args_source
     if source == pytest.Config.ArgsSource.TESTPATHS:
         return True
-    args = [a for a in config.args if not a.startswith("-")]
-    return all("::" not in a and Path(a).resolve() == config.rootpath for a in args)
+    args = {Path(a).resolve() for a in config.args if not a.startswith("-")}
+    if any("::" in str(a) for a in args):
+        return False
+    # The rootdir itself, or exactly the configured testpaths named by hand.
+    testpaths = {(config.rootpath / p).resolve() for p in config.getini("testpaths")}
+    return args <= {config.rootpath} or (bool(testpaths) and args == testpaths)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -218,3 +218,14 @@ def test_plain_output_in_a_log_has_no_box_and_no_wrapping(
     assert not set(out) & set("┃│━─┏┓┗┛┡┩╇╋")
     assert "rsp % 16 == 0 before every call, rsp % 16 == 8 where a planted ret lands" in out
     assert all(line == line.rstrip() for line in out.splitlines())
+
+
+def test_diff_junit_is_one_failing_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, new, line = _changed_add(tmp_path)
+    assert main(["diff", str(a), str(b), "--format", "junit", "--source", str(new)]) == 1
+    root = ET.fromstring(capsys.readouterr().out.encode())
+    (case,) = root.iter("testcase")
+    assert case.get("name") == "trace-differs" and case.get("line") == str(line)
+    failure = case.find("failure")
+    assert failure is not None and failure.text is not None
+    assert failure.text.startswith(f"{new}:{line}: prog: first divergent step")

@@ -175,3 +175,32 @@ def test_the_plugin_reads_the_same_config(pytester: pytest.Pytester) -> None:
     pytester.runpytest().assert_outcomes(failed=1)  # missing: written
     assert (pytester.path / "goldens" / "fs.parquet").is_file()
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_report_names_each_stage_to_its_progress(first_switch_trace: Path, tmp_path: Path) -> None:
+    from stacktrace_lab.report.build import build_report
+
+    stages: list[str] = []
+    build_report(load_trace(first_switch_trace), tmp_path / "r", progress=stages.append)
+    assert stages == [
+        "reading the trace",
+        "checking the invariants",
+        "drawing rsp.png",
+        "drawing heatmap.png",
+        "writing the HTML stepper",
+    ]
+
+
+def test_naming_the_testpaths_is_a_whole_run(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ntestpaths = t\n")
+    tests = pytester.mkdir("t")
+    (tests / "test_it.py").write_text(
+        "def test_it(golden_trace):\n    golden_trace.check('first-switch', name='fs')\n"
+    )
+    pytester.runpytest()  # writes traces/fs.parquet
+    (pytester.path / "traces" / "old.parquet").write_bytes(b"")
+    for args in ((), ("t",)):
+        result = pytester.runpytest(*args)
+        result.stdout.fnmatch_lines(["goldens: 1 passed, * 1 unused"])
+    result = pytester.runpytest("t/test_it.py")
+    result.stdout.fnmatch_lines(["goldens: 1 passed, * 0 unused"])
