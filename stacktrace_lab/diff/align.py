@@ -44,7 +44,7 @@ import numpy.typing as npt
 
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
-from .compare import U64, Segment
+from .compare import U64, Segment, paired_rows
 from .model import Gap
 
 #: How far (in rows, on each side) a resync point is looked for.
@@ -185,8 +185,20 @@ def pair_keys(
         opcodes.append(Opcode("equal", 0, prefix, 0, prefix))
     limited = False
     if end_a > prefix or end_b > prefix:
-        middle, limited = _Resync(keys_a, keys_b, window).pair(prefix, end_a, prefix, end_b)
-        opcodes += middle
+        # Only the rows past the common prefix are hashed (a golden compared with a
+        # trace changed near its end has almost nothing to align).
+        resync = _Resync(keys_a[prefix:], keys_b[prefix:], window)
+        middle, limited = resync.pair(0, end_a - prefix, 0, end_b - prefix)
+        opcodes += [
+            Opcode(
+                op.kind,
+                op.a_start + prefix,
+                op.a_stop + prefix,
+                op.b_start + prefix,
+                op.b_stop + prefix,
+            )
+            for op in middle
+        ]
     if suffix:
         opcodes.append(Opcode("equal", end_a, len_a, end_b, len_b))
     return AlignmentPlan(tuple(opcodes), limited)
@@ -347,8 +359,7 @@ class AddressMap:
         segments = plan.segments()
         anchors: dict[int, int] = {}
         if segments:
-            rows_a = np.concatenate([np.arange(s.a_start, s.a_start + s.length) for s in segments])
-            rows_b = np.concatenate([np.arange(s.b_start, s.b_start + s.length) for s in segments])
+            rows_a, rows_b = paired_rows(segments)
             values_a: U64 = a.column("rip")[rows_a]
             values_b: U64 = b.column("rip")[rows_b]
             unique, first = np.unique(values_a, return_index=True)
