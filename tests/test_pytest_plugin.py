@@ -306,3 +306,25 @@ def test_the_summary_adds_up_the_workers_under_xdist(pytester: pytest.Pytester) 
         ["goldens: 5 passed, 0 written, 0 updated, 0 failed, 1 unused (removed)"]
     )
     assert not stale.exists()
+
+
+def test_a_golden_claimed_on_two_workers_fails_the_session(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        test_clash="""
+        import pytest
+
+        @pytest.mark.parametrize("steps", [5, 6])
+        def test_same_name(golden_trace, steps):
+            golden_trace.check(
+                "first-switch", name="shared", max_steps=steps, expect_failures=["expect"]
+            )
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "--stacktrace-lab-update")
+    assert result.ret != 0
+    out = result.stdout.str()
+    # On one worker the second claim fails its test; on two, the controller finds it.
+    assert "is already used by test_clash.py::test_same_name[" in out or (
+        "is claimed by 2 tests" in out and "claimed twice" in out
+    )
