@@ -7,10 +7,11 @@ with one line naming the file and the field.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,11 @@ class Scenario:
     source_first_line: int = 1
     #: The scenario file itself, for error messages.
     path: str = "<scenario>"
+    #: What a trace's `program.path` says: the path as given, or the
+    #: built-in's name (not where the package is installed).
+    given_as: str = "<scenario>"
+    #: sha256 (hex) of the scenario file's bytes, for a trace's `program`.
+    sha256: str | None = None
 
 
 def builtin_names() -> list[str]:
@@ -119,9 +125,12 @@ def resolve(name_or_path: str) -> Path:
 
 
 def load_scenario(name_or_path: str | os.PathLike[str]) -> Scenario:
-    path = resolve(os.fspath(name_or_path))
+    given = os.fspath(name_or_path)
+    path = resolve(given)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        # As read_text() would: universal newlines.
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -130,7 +139,10 @@ def load_scenario(name_or_path: str | os.PathLike[str]) -> Scenario:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: malformed TOML: {exc}") from None
-    return _parse(doc, path, text)
+    given_as = path.stem if path.parent == BUILTIN_DIR and given == path.stem else given
+    return replace(
+        _parse(doc, path, text), given_as=given_as, sha256=hashlib.sha256(data).hexdigest()
+    )
 
 
 class _Fields:

@@ -3,10 +3,18 @@
 A record that fails or is interrupted leaves no file that looks whole: the
 temporary file is removed, and the target path is only ever replaced by a
 complete trace.
+
+The metadata is only complete at the end (final registers, stop reason), but
+Arrow fixes the schema it stores in the file (the `ARROW:schema` key, which
+table-level readers take their schema metadata from) when the writer opens.
+So the writer opens without storing a schema and, at commit, adds both keys
+itself: the metadata JSON and the serialized Arrow schema carrying that JSON.
+It costs one small footer entry, no second pass over the rows.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import tempfile
@@ -18,6 +26,10 @@ import pyarrow.parquet as pq
 
 from ..errors import BadInput
 from .format import METADATA_KEY, TraceMetadata
+
+#: Where Parquet files written by Arrow keep their Arrow schema (base64 of
+#: the IPC-serialized schema): dictionary types, and the schema's metadata.
+ARROW_SCHEMA_KEY = "ARROW:schema"
 
 
 class TraceWriter:
@@ -45,6 +57,7 @@ class TraceWriter:
             use_dictionary=True,
             dictionary_pagesize_limit=64 << 20,
             write_statistics=["step", "rip", "rsp"],
+            store_schema=False,  # stored at commit, with the metadata (see above)
         )
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -53,7 +66,14 @@ class TraceWriter:
 
     def commit(self, metadata: TraceMetadata) -> Path:
         assert self._writer is not None
-        self._writer.add_key_value_metadata({METADATA_KEY: metadata.to_json()})
+        text = metadata.to_json()
+        arrow_schema = self.schema.with_metadata({METADATA_KEY: text})
+        self._writer.add_key_value_metadata(
+            {
+                METADATA_KEY: text,
+                ARROW_SCHEMA_KEY: base64.b64encode(arrow_schema.serialize().to_pybytes()).decode(),
+            }
+        )
         self._writer.close()
         self._writer = None
         os.chmod(self._temp, 0o644)
