@@ -229,3 +229,27 @@ def test_diff_junit_is_one_failing_case(tmp_path: Path, capsys: pytest.CaptureFi
     failure = case.find("failure")
     assert failure is not None and failure.text is not None
     assert failure.text.startswith(f"{new}:{line}: prog: first divergent step")
+
+
+def test_annotations_name_the_recorded_scenario_and_its_assembly_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b, new, line = _changed_add(tmp_path)
+    assert main(["diff", str(a), str(b), "--format", "github"]) == 1
+    _, props, _ = parse_annotation(capsys.readouterr().out.strip())
+    assert (props["file"], props["line"]) == (str(new), str(line))  # the path given to record
+
+    # A program in an assembly file beside the scenario: the annotation is on the .s line.
+    project = tmp_path / "proj"
+    (project / "asm").mkdir(parents=True)
+    (project / "asm" / "prog.s").write_text(ADD.format(imm=5).lstrip("\n"))
+    toml = project / "prog.toml"
+    text = scenario_toml("nop", name="prog")
+    toml.write_text(text[: text.index("[program]")] + '[program]\nfile = "asm/prog.s"\n')
+    c = record(load_scenario(toml), tmp_path / "c.parquet").path
+    assert main(["diff", str(a), str(c), "--format", "github"]) == 1
+    _, props, _ = parse_annotation(capsys.readouterr().out.strip())
+    assert props["file"] == str(project / "asm" / "prog.s") and props["line"] == "3"
+    assert main(["diff", str(a), str(c), "--format", "github", "--source", "s/prog.toml"]) == 1
+    _, props, _ = parse_annotation(capsys.readouterr().out.strip())
+    assert props["file"] == "s/asm/prog.s"
