@@ -81,7 +81,7 @@ class GoldenLedger:
     claims: dict[str, list[str]] = field(default_factory=dict)
     #: goldens written or rewritten, with why
     written: list[tuple[str, str]] = field(default_factory=list)
-    #: default goldens of tests that did not pass: never "unused" (their test may use them)
+    #: node ids of tests that did not pass: their default goldens are never "unused"
     protected: set[str] = field(default_factory=set)
     collected: int = 0
     ran: int = 0
@@ -159,18 +159,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_ledger_key] = GoldenLedger()
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistController(), "stacktrace-lab-xdist")
+
+
+def _settings(config: pytest.Config) -> GoldenSettings:
+    """The settings, read when first needed: a suite that checks no golden never reads them."""
+    settings = config.stash.get(_settings_key, None)
+    if settings is not None:
+        return settings
     from .config import load_config
+    from .errors import BadInput
 
     def option(name: str) -> Any:
         value = config.getoption(f"--stacktrace-lab-{name.replace('_', '-')}")
         return value if value is not None else config.getini("stacktrace_lab_" + name)
 
     root = config.rootpath
-    project = load_config(root)
+    try:
+        project = load_config(root)
+    except BadInput as exc:
+        raise pytest.UsageError(f"stacktrace-lab: {exc}") from None
     golden_dir = str(option("golden_dir"))
     ignore = str(option("ignore"))
     results = str(option("results_dir"))
-    config.stash[_settings_key] = GoldenSettings(
+    settings = GoldenSettings(
         root=root,
         golden_dir=root / golden_dir if golden_dir else project.traces_dir,
         update=bool(option("update")),
@@ -179,9 +193,8 @@ def pytest_configure(config: pytest.Config) -> None:
         snapshot_limit=project.snapshot_limit,
         max_steps=project.max_steps,
     )
-    config.stash[_ledger_key] = GoldenLedger()
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistController(), "stacktrace-lab-xdist")
+    config.stash[_settings_key] = settings
+    return settings
 
 
 class _XdistController:
@@ -211,8 +224,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         ledger.ran += 1
     if report.failed or report.skipped:
         # A test that did not get through keeps its golden: it is not unused.
-        settings = item.config.stash[_settings_key]
-        ledger.protected.add(str(_default_golden(settings, item.nodeid).resolve()))
+        ledger.protected.add(item.nodeid)
     return report
 
 
@@ -223,9 +235,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:  # an xdist worker: the controller sums up
         workeroutput[WORKER_KEY] = ledger.to_json()
         return
-    settings = config.stash[_settings_key]
     if ledger.collisions():
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not ledger.claims:  # no golden checked: nothing to say about the directory
+        return
+    settings = _settings(config)
     unused = _unused_goldens(config, settings, ledger)
     if settings.update:
         for path in unused:
@@ -243,9 +257,10 @@ def _unused_goldens(
     """
     if not _whole_suite(config) or ledger.deselected or ledger.ran < ledger.collected:
         return []
-    if not ledger.claims or not settings.golden_dir.is_dir():
-        return []  # a session that checked no golden has no say over the directory
-    used = set(ledger.claims) | ledger.protected
+    if not settings.golden_dir.is_dir():
+        return []
+    kept = {str(_default_golden(settings, nodeid).resolve()) for nodeid in ledger.protected}
+    used = set(ledger.claims) | kept
     found = settings.golden_dir.rglob("*.parquet")
     return sorted(p for p in found if str(p.resolve()) not in used)
 
@@ -277,7 +292,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         write(f"{why}: {path}")
     for claimed, nodes in sorted(collisions.items()):
         write(f"error: {claimed} is claimed by {len(set(nodes))} tests: {', '.join(sorted(nodes))}")
-    settings = config.stash[_settings_key]
+    settings = _settings(config)
     for stale in unused:
         write(f"unused{' (removed)' if settings.update else ''}: {stale}")
     line = ", ".join(f"{ledger.counts[name]} {name}" for name in COUNTS)
@@ -508,6 +523,8 @@ def _invariant_problem(result: CheckResult, expected: set[str]) -> str | None:
 def golden_trace(request: pytest.FixtureRequest, tmp_path: Path) -> GoldenTrace:
     """Record a scenario, check it and compare it with its golden: `golden_trace.check(name)`."""
     config = request.config
-    return GoldenTrace(
-        config.stash[_settings_key], tmp_path, config.stash[_ledger_key], request.node.nodeid
-    )
+    try:
+        settings = _settings(config)
+    except pytest.UsageError as exc:  # a bad [tool.stacktrace-lab]: one line, no traceback
+        pytest.fail(str(exc), pytrace=False)
+    return GoldenTrace(settings, tmp_path, config.stash[_ledger_key], request.node.nodeid)

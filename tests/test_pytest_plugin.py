@@ -328,3 +328,26 @@ def test_a_golden_claimed_on_two_workers_fails_the_session(pytester: pytest.Pyte
     assert "is already used by test_clash.py::test_same_name[" in out or (
         "is claimed by 2 tests" in out and "claimed twice" in out
     )
+
+
+def test_a_bad_config_fails_checks_in_one_line_and_spares_other_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyprojecttoml("[tool.stacktrace-lab]\nmax-steps = -1\n")
+    pytester.makepyfile(
+        test_it="""
+        def test_golden(golden_trace):
+            golden_trace.check("first-switch")
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*stacktrace-lab: *pyproject.toml: [[]tool.stacktrace-lab[]] max-steps: must be a positive*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
