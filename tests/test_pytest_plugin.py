@@ -346,8 +346,6 @@ def test_a_bad_config_fails_checks_in_one_line_and_spares_other_tests(
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
-        [
-            "*stacktrace-lab: *pyproject.toml: [[]tool.stacktrace-lab[]] max-steps: must be a positive*"
-        ]
+        ["*stacktrace-lab: *pyproject.toml: [[]tool.stacktrace-lab[]] max-steps: must be a pos*"]
     )
     assert "Traceback" not in result.stdout.str()
