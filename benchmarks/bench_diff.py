@@ -56,6 +56,10 @@ def _peak_mb() -> float:
 
 
 def child(case: str, a: str, b: str) -> None:
+    # pyarrow imports pandas at its first to_numpy(); older trees imported it at
+    # module level. Import it here, outside the timing, so every tree pays it alike.
+    import pandas  # noqa: F401
+
     from stacktrace_lab.diff import compare, diff_traces, render
 
     imported_mb = _peak_mb()
