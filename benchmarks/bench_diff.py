@@ -3,6 +3,7 @@
     python benchmarks/bench_diff.py                 # ~1,000,000 steps per trace
     python benchmarks/bench_diff.py --steps 5000000 # scale the loop count
     python benchmarks/bench_diff.py --steps 300000 --before main   # before/after, side by side
+    python benchmarks/bench_diff.py --steps 300000 --before main --whole   # + difflib unwindowed
 
 Records diff-call-loop.toml (A) and diff-call-loop-changed.toml (B: one
 immediate changed, about 6 steps before the end), plus a variant of A with a
@@ -26,7 +27,9 @@ Cases:
 With `--before REF`, the align cases also run on the tree of git ref REF
 (unpacked with `git archive`, run with PYTHONPATH pointing at it) in the same
 run, so the rows compare like with like. The "before" of this change is
-difflib.SequenceMatcher over the divergent region.
+difflib.SequenceMatcher over the divergent region, limited to 4000 rows per
+side (past that, "window-limited": the rest is left unaligned); `--whole`
+adds the loop case with that window lifted, i.e. difflib over all the rows.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ def child(case: str, a: str, b: str) -> None:
     imported_mb = _peak_mb()
     if case == "steps-decoded":
         compare._unchanged = lambda *args: False  # type: ignore[assignment]
+    if case == "align-loop-whole":
+        # The before tree (difflib) with its window lifted: aligns all rows, as asked.
+        from stacktrace_lab.diff import align
+
+        align.align_traces.__defaults__ = (10**9,)
     start = time.perf_counter()
     diff = diff_traces(a, b, align=case.startswith("align"))
     text = render(diff, "text")
@@ -130,6 +138,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_ROUNDS * STEPS_PER_ROUND)
     parser.add_argument("--before", metavar="REF", help="also run the align cases on this ref")
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="with --before: also align the loop case on REF with its window lifted (slow)",
+    )
     parser.add_argument("--child", nargs=3, metavar=("CASE", "A", "B"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -176,6 +189,8 @@ def main() -> None:
                 for case, a, b, _ in cases
                 if case.startswith("align")
             ]
+            if args.whole:
+                cases.append((f"align-loop-whole ({args.before})", "a", "loop", before))
         for case, a, b, tree in cases:
             env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
             mode = case.split()[0]
