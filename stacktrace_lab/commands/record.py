@@ -15,7 +15,6 @@ Files that matter are safe:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -28,8 +27,8 @@ import click
 
 from ..config import load_config
 from ..errors import BadInput
-from ..record.recorder import RecordOptions, record
-from ..scenario import load_scenario
+from ..record.recorder import Recording, RecordOptions, record
+from ..scenario import Scenario, load_scenario
 from .common import step_progress
 
 STDOUT = Path("-")
@@ -94,28 +93,18 @@ def record_command(
     if to_stdout and with_report:
         raise BadInput("-o - cannot be combined with --report (the report needs the file)")
     target = default_trace_path(loaded.name) if output is None else output
-    if not to_stdout:
-        _check_writable(target)  # before a recording that may take minutes
 
-    with contextlib.ExitStack() as cleanup:
-        # The new trace goes to a hidden file next to the target (same file
-        # system: the final move is a rename) and into place only once decided.
-        if to_stdout:
-            scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
-            fresh = scratch / f"{loaded.name}.parquet"
-        else:
-            fresh = target.with_name(f".{target.name}.{os.getpid()}.new")
-            cleanup.callback(fresh.unlink, missing_ok=True)
-        total = options.max_steps or loaded.max_steps
-        with step_progress(total, f"recording {loaded.name}") as bar:
-            recording = record(loaded, fresh, options, progress=bar)
-        if to_stdout:
+    if to_stdout:
+        with tempfile.TemporaryDirectory() as scratch:
+            fresh = Path(scratch) / f"{loaded.name}.parquet"
+            recording = _record(loaded, fresh, options)
             with fresh.open("rb") as trace:
                 shutil.copyfileobj(trace, sys.stdout.buffer)
             sys.stdout.buffer.flush()
-            written = "-"
-        else:
-            written = str(_place(fresh, target, config.golden_path(target), force))
+        written = "-"
+    else:
+        recording = record_safely(loaded, target, options, force)
+        written = str(target)
 
     summary: dict[str, Any] = {
         "trace": written,
@@ -149,6 +138,30 @@ def record_command(
 
             print_written(report)
     return status
+
+
+def record_safely(
+    loaded: Scenario, target: Path, options: RecordOptions, force: bool = False
+) -> Recording:
+    """Record into `target`, unless that would silently replace a different golden.
+
+    The new trace goes to a hidden file next to the target (same file system:
+    the final move is a rename) and into place only once decided.
+    """
+    _check_writable(target)  # before a recording that may take minutes
+    fresh = target.with_name(f".{target.name}.{os.getpid()}.new")
+    try:
+        recording = _record(loaded, fresh, options)
+        _place(fresh, target, load_config().golden_path(target), force)
+    finally:
+        fresh.unlink(missing_ok=True)
+    return recording
+
+
+def _record(loaded: Scenario, path: Path, options: RecordOptions) -> Recording:
+    total = options.max_steps or loaded.max_steps
+    with step_progress(total, f"recording {loaded.name}") as bar:
+        return record(loaded, path, options, progress=bar)
 
 
 def _stderr_echo(text: str) -> None:
