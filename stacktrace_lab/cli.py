@@ -37,11 +37,17 @@ class LazyGroup(click.Group):
         # click's own version loads every command for its one-line help; the
         # registry has that line, so `--help` imports no command module.
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
-        # A bare Command shortens the text exactly as click shortens a real one's.
-        rows = [
-            (name, click.Command(name, help=SHORT_HELP[name]).get_short_help_str(limit))
-            for name in COMMANDS
-        ]
+        # A bare Command shortens the text exactly as click shortens a real one's;
+        # a command missing from the registry is imported for its help.
+        rows = []
+        for name in COMMANDS:
+            command = (
+                click.Command(name, help=SHORT_HELP[name])
+                if name in SHORT_HELP
+                else self.get_command(ctx, name)
+            )
+            if command is not None:
+                rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

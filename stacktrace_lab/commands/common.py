@@ -46,9 +46,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 CI_FORMATS = ("github", "junit", "sarif")
 
 
-def table_box() -> box.Box | None:
-    """Box-drawing borders on a terminal; none in a log or a pipe (plain aligned columns)."""
-    return box.HEAVY_HEAD if stdout_console.is_terminal else None
+def table_box(on_terminal: box.Box = box.HEAVY_HEAD) -> box.Box | None:
+    """`on_terminal` borders on a terminal; none in a log or a pipe (plain aligned columns)."""
+    return on_terminal if stdout_console.is_terminal else None
 
 
 def ci_options(own: tuple[str, ...]) -> Callable[[F], F]:

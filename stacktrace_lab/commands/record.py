@@ -1,4 +1,4 @@
-"""`stacktrace-lab record [SCENARIO] [-o FILE|-] [--report] [--json]`.
+"""`stacktrace-lab record [SCENARIO | PROGRAM] [-o FILE|-] [--from SYM] [--to SYM] [-- ARGS]`.
 
 Defaults come from `[tool.stacktrace-lab]` (stacktrace_lab.config): the
 output directory (traces-dir), --max-steps and --snapshot-limit.
@@ -7,10 +7,11 @@ Files that matter are safe:
 - `-o -` writes the trace to stdout (for a pipe or a redirection; refused in
   one line when stdout is a terminal); the summary then goes to stderr;
 - a trace inside the goldens directory (traces-dir) is never silently
-  replaced by a different one: the new recording goes to a temporary file
-  first, and if it differs from the file there, the command refuses in one
-  line (exit 2) unless --force. A byte-identical re-record is fine (the file
-  is left untouched). `pytest --stacktrace-lab-update` is the deliberate way.
+  replaced by a different one: the new recording goes to a hidden file next
+  to the target first, and if it differs from the file there, the command
+  refuses in one line (exit 2) unless --force. A byte-identical re-record is
+  fine (the file is left untouched). `pytest --stacktrace-lab-update` is the
+  deliberate way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,23 @@ from .common import step_progress
 
 STDOUT = Path("-")
 
+#: Records into the path it is given (a scenario, a program, an ELF scenario).
+Recorder = Callable[[Path], Recording]
+
 
 def default_trace_path(name: str) -> Path:
     return load_config().traces_dir / f"{name}.parquet"
 
 
+def is_program(argument: str) -> bool:
+    """A path to an existing file that is not a scenario: a program to record."""
+    path = Path(argument)
+    return not argument.endswith(".toml") and path.is_file()
+
+
 @click.command("record")
 @click.argument("scenario", default="first-switch")
+@click.argument("args", nargs=-1)
 @click.option(
     "-o",
     "--output",
@@ -53,6 +65,13 @@ def default_trace_path(name: str) -> Path:
     type=int,
     help="Bytes of each stack (its top) stored per step [default: 512].",
 )
+@click.option(
+    "--from",
+    "from_symbol",
+    metavar="SYMBOL",
+    help="For a program: run the start-up unrecorded, record from SYMBOL (e.g. main).",
+)
+@click.option("--to", "to_symbol", metavar="SYMBOL", help="For a program: stop at SYMBOL.")
 @click.option(
     "--force",
     is_flag=True,
@@ -72,17 +91,20 @@ def default_trace_path(name: str) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def record_command(
     scenario: str,
+    args: tuple[str, ...],
     output: Path | None,
     max_steps: int | None,
     snapshot_limit: int | None,
+    from_symbol: str | None,
+    to_symbol: str | None,
     force: bool,
     with_report: bool,
     report_dir: Path | None,
     as_json: bool,
 ) -> int:
-    """Record SCENARIO (a built-in name or a .toml file) into a trace."""
+    """Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM
+    (give its arguments after --), into a trace."""
     config = load_config()
-    loaded = load_scenario(scenario)
     limits: dict[str, Any] = {"max_steps": max_steps or config.max_steps}
     if snapshot_limit or config.snapshot_limit:
         limits["snapshot_limit"] = snapshot_limit or config.snapshot_limit
@@ -92,29 +114,27 @@ def record_command(
         raise BadInput("-o -: stdout is a terminal; redirect it to a file or a pipe")
     if to_stdout and with_report:
         raise BadInput("-o - cannot be combined with --report (the report needs the file)")
-    target = default_trace_path(loaded.name) if output is None else output
 
+    name, recorder = _recorder(scenario, list(args), options, from_symbol, to_symbol)
     if to_stdout:
         with tempfile.TemporaryDirectory() as scratch:
-            fresh = Path(scratch) / f"{loaded.name}.parquet"
-            recording = _record(loaded, fresh, options)
+            fresh = Path(scratch) / f"{name}.parquet"
+            recording = recorder(fresh)
             with fresh.open("rb") as trace:
                 shutil.copyfileobj(trace, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         written = "-"
     else:
-        recording = record_safely(loaded, target, options, force)
+        target = default_trace_path(name) if output is None else output
+        recording = record_safely(recorder, target, force)
         written = str(target)
 
+    meta = recording.metadata
     summary: dict[str, Any] = {
         "trace": written,
-        "scenario": loaded.name,
-        "steps": recording.metadata.steps,
-        "stop": {
-            "reason": recording.metadata.stop.reason,
-            "step": recording.metadata.stop.step,
-            "detail": recording.metadata.stop.detail,
-        },
+        "scenario": meta.scenario.name,
+        "steps": meta.steps,
+        "stop": {"reason": meta.stop.reason, "step": meta.stop.step, "detail": meta.stop.detail},
     }
     status = 0
     if with_report:
@@ -122,8 +142,7 @@ def record_command(
         from ..trace.reader import load_trace
         from .report import report_summary
 
-        directory = report_dir or config.reports_dir / loaded.name
-        report = build_report(load_trace(Path(written)), directory)
+        report = build_report(load_trace(Path(written)), report_dir or config.reports_dir / name)
         summary["report"] = report_summary(report)
         status = report.check.exit_status
 
@@ -131,8 +150,7 @@ def record_command(
     if as_json:
         echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        stop = recording.metadata.stop
-        echo(f"{written}: {recording.metadata.steps} steps, stopped: {stop.reason} ({stop.detail})")
+        echo(f"{written}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})")
         if with_report:
             from .report import print_written
 
@@ -140,9 +158,47 @@ def record_command(
     return status
 
 
-def record_safely(
-    loaded: Scenario, target: Path, options: RecordOptions, force: bool = False
-) -> Recording:
+def _recorder(
+    scenario: str,
+    args: list[str],
+    options: RecordOptions,
+    from_symbol: str | None,
+    to_symbol: str | None,
+) -> tuple[str, Recorder]:
+    """The trace's name and how to record it: a program, an ELF scenario or a scenario."""
+    if is_program(scenario):
+        from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
+
+        program = Path(scenario)
+        total = options.max_steps or DEFAULT_ELF_MAX_STEPS
+
+        def record_program(path: Path) -> Recording:
+            with step_progress(total, f"recording {program.name}") as bar:
+                return record_elf(program, path, options, args, from_symbol, to_symbol, bar)
+
+        return program.name, record_program
+    if args or from_symbol or to_symbol:
+        raise BadInput(f"{scenario}: program arguments, --from and --to are for programs")
+    if scenario.endswith(".toml") and Path(scenario).is_file():
+        from ..record.elf_scenario import is_elf_scenario
+
+        if is_elf_scenario(scenario):
+            from ..record.elf_scenario import describe_elf_scenario
+            from ..record.recorder import record_description
+
+            description = describe_elf_scenario(Path(scenario), options.max_steps)
+
+            def record_elf_scenario(path: Path) -> Recording:
+                label = f"recording {description.info.name}"
+                with step_progress(description.max_steps, label) as bar:
+                    return record_description(description, path, options, progress=bar)
+
+            return description.info.name, record_elf_scenario
+    loaded = load_scenario(scenario)
+    return loaded.name, lambda path: _record(loaded, path, options)
+
+
+def record_safely(recorder: Recorder, target: Path, force: bool = False) -> Recording:
     """Record into `target`, unless that would silently replace a different golden.
 
     The new trace goes to a hidden file next to the target (same file system:
@@ -151,7 +207,7 @@ def record_safely(
     _check_writable(target)  # before a recording that may take minutes
     fresh = target.with_name(f".{target.name}.{os.getpid()}.new")
     try:
-        recording = _record(loaded, fresh, options)
+        recording = recorder(fresh)
         _place(fresh, target, load_config().golden_path(target), force)
     finally:
         fresh.unlink(missing_ok=True)

@@ -1,17 +1,21 @@
-"""`record()`: scenario in, trace file out.
+"""`record()` and `record_elf()`: a program in, a trace file out.
 
-assemble -> lay out the machine -> run it under the hooks -> per chunk of
+A front end (a scenario: assemble and lay out; an ELF program: load it as a
+Linux process and discover its stacks) writes one `Description`; from there
+on one path serves both: run the machine under the hooks -> per chunk of
 steps, build an Arrow batch and append it as a row group -> write the
 metadata and rename the finished file into place.
 """
 
 from __future__ import annotations
 
+import bisect
 import importlib.metadata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..errors import BadInput
@@ -24,8 +28,8 @@ from ..trace.format import (
     SnapshotWindow,
     SourceLine,
     SourceLines,
+    StartInfo,
     StopInfo,
-    SyscallRecord,
     TraceMetadata,
     schema,
     stack_column,
@@ -34,7 +38,7 @@ from ..trace.writer import TraceWriter
 from .assembler import Program, assemble
 from .columns import SnapshotState, build_batch
 from .disassembly import Disassembler, InstructionTable
-from .machine import Chunk, Machine, MachineSpec, RunResult
+from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -58,6 +62,32 @@ class RecordOptions:
             )
         if self.row_group_size < 1:
             raise BadInput(f"row group size must be at least 1, got {self.row_group_size}")
+
+
+@dataclass
+class Description:
+    """What a front end hands the recorder: the machine, and what the trace says of it."""
+
+    spec: MachineSpec
+    info: ScenarioInfo
+    program: ProgramInfo
+    symbols: dict[str, int]
+    #: (address, bytes) of the code, for disassembly.
+    code_segments: list[tuple[int, bytes]]
+    max_steps: int
+    #: For error messages: the scenario file or the program.
+    path: str
+    #: Code embedded in the trace (a scenario's; an ELF's stays in its file).
+    code_base: int = 0
+    code: bytes = b""
+    lines: tuple[SourceLine, ...] = ()
+    #: Store only the line rows that name an executed instruction (a program's
+    #: DWARF table has tens of thousands); a scenario keeps all its lines.
+    trim_lines: bool = False
+    #: Where recording starts when not at the entry: (symbol, address) (`--from`).
+    start: tuple[str, int] | None = None
+    #: The recording options that a replay needs again.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,7 +132,7 @@ def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
 def machine_spec(program: Program, regions: list[Region], entry: str) -> MachineSpec:
     first_stack = next(r for r in regions if r.kind == "stack")
     rsp = first_stack.top - 8
-    return MachineSpec(
+    return scenario_spec(
         code=program.code,
         code_region=code_region(len(program.code)),
         regions=regions,
@@ -111,6 +141,82 @@ def machine_spec(program: Program, regions: list[Region], entry: str) -> Machine
         memory={rsp: SENTINEL_RETURN.to_bytes(8, "little")},
         sentinel=SENTINEL_RETURN,
     )
+
+
+def scenario_info(scenario: Scenario) -> ScenarioInfo:
+    return ScenarioInfo(
+        name=scenario.name,
+        description=scenario.description,
+        syntax=scenario.syntax,
+        entry=scenario.entry,
+        source=scenario.source,
+        expect=scenario.expect,
+        breaks=scenario.breaks,
+    )
+
+
+def source_lines(scenario: Scenario, program: Program) -> tuple[SourceLine, ...]:
+    """`code.lines`: each line's first address, with the file the line is in.
+
+    The file is named relative to the scenario file (`switch.s` for
+    `file = "switch.s"`), or is the scenario file's own name when the program
+    is inline, so the trace does not depend on where it was recorded.
+    """
+    source, toml = Path(scenario.source_file), Path(scenario.path)
+    if source == toml:
+        file = toml.name
+    else:
+        try:
+            file = source.relative_to(toml.parent).as_posix()
+        except ValueError:
+            file = source.as_posix()
+    return tuple(SourceLine(addr, file, line) for addr, line in sorted(program.lines.items()))
+
+
+def program_info(scenario: Scenario) -> ProgramInfo:
+    return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
+
+
+def describe_scenario(scenario: Scenario) -> Description:
+    """The scenario front end: assemble, lay out, one machine description."""
+    program, regions = build_program(scenario)
+    return Description(
+        spec=machine_spec(program, regions, scenario.entry),
+        info=scenario_info(scenario),
+        program=program_info(scenario),
+        symbols=program.symbols,
+        code_segments=[(program.base, program.code)],
+        max_steps=scenario.max_steps,
+        path=scenario.path,
+        code_base=program.base,
+        code=program.code,
+        lines=source_lines(scenario, program),
+        options={"sentinel_return": SENTINEL_RETURN},
+    )
+
+
+class LineUse:
+    """The `source` column's lookup (format v2's rule), remembering which rows answered.
+
+    Storing only those rows gives readers the same answers for every executed
+    address: a row between the one that answered and the address would have
+    answered instead.
+    """
+
+    def __init__(self, lines: tuple[SourceLine, ...], code: tuple[Region, ...]) -> None:
+        self._rule = SourceLines(lines, code)
+        self._lines = sorted(lines, key=lambda e: e.addr)
+        self._addrs = [e.addr for e in self._lines]
+        self._used: set[int] = set()
+
+    def __call__(self, addr: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i >= 0:
+            self._used.add(i)
+        return self._rule(addr)
+
+    def used(self) -> tuple[SourceLine, ...]:
+        return tuple(self._lines[i] for i in sorted(self._used))
 
 
 def snapshot_windows(regions: list[Region], limit: int) -> dict[str, SnapshotWindow]:
@@ -130,19 +236,43 @@ def record(
     options: RecordOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Recording:
+    return record_description(describe_scenario(scenario), output, options, progress)
+
+
+def prepare_machine(description: Description) -> tuple[Machine, StartInfo | None]:
+    """A machine at the point where recording starts, after `--from`'s fast-forward
+    (and how many steps that ran)."""
+    machine = Machine(description.spec)
+    if description.start is None:
+        return machine, None
+    symbol, addr = description.start
+    early = machine.fast_forward(addr)
+    if early is not None:
+        raise BadInput(
+            f"{description.path}: the program never reached {symbol} ({addr:#x}): "
+            f"{early.reason}: {early.detail}"
+        )
+    return machine, StartInfo(symbol, machine.fast_forwarded)
+
+
+def record_description(
+    description: Description,
+    output: str | Path,
+    options: RecordOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Recording:
     options = options or RecordOptions()
-    program, regions = build_program(scenario)
-    spec = machine_spec(program, regions, scenario.entry)
-    machine = Machine(spec)
-    windows = snapshot_windows(regions, options.snapshot_limit)
-    snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
-    lines = source_lines(scenario, program)
+    spec = description.spec
+    machine, start = prepare_machine(description)
+    windows = snapshot_windows(spec.regions, options.snapshot_limit)
+    snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
+    code_regions = tuple(r for r in spec.regions if r.kind == "code")
+    lines = LineUse(description.lines, code_regions)
     table = InstructionTable(
-        Disassembler(program.code, program.base, program.symbols),
-        SourceLines(lines, (spec.code_region,)),
+        Disassembler.of_segments(description.code_segments, description.symbols), lines
     )
     trace_schema = schema(windows)
-    max_steps = options.max_steps or scenario.max_steps
+    max_steps = options.max_steps or description.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
     group_rows = max(min(options.row_group_size, MAX_GROUP_SNAPSHOT_BYTES // snapshot_bytes), 1)
     options = replace(options, row_group_size=group_rows)
@@ -172,64 +302,34 @@ def record(
         if result.steps == 0:
             # An empty trace explains nothing; it means the entry faulted at once.
             raise BadInput(
-                f"{scenario.path}: the program stopped before its first step: {result.stop.detail}"
+                f"{description.path}: the program stopped before its first step: "
+                f"{result.stop.detail}"
             )
-        metadata = _metadata(scenario, program, lines, spec, windows, result, options, max_steps)
+        if description.trim_lines:
+            description = replace(description, lines=lines.used())
+        metadata = _metadata(description, start, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
 
 
-def source_lines(scenario: Scenario, program: Program) -> tuple[SourceLine, ...]:
-    """`code.lines`: each line's first address, with the file the line is in.
-
-    The file is named relative to the scenario file (`switch.s` for
-    `file = "switch.s"`), or is the scenario file's own name when the program
-    is inline, so the trace does not depend on where it was recorded.
-    """
-    source, toml = Path(scenario.source_file), Path(scenario.path)
-    if source == toml:
-        file = toml.name
-    else:
-        try:
-            file = source.relative_to(toml.parent).as_posix()
-        except ValueError:
-            file = source.as_posix()
-    return tuple(SourceLine(addr, file, line) for addr, line in sorted(program.lines.items()))
-
-
-def program_info(scenario: Scenario) -> ProgramInfo:
-    return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
-
-
 def _metadata(
-    scenario: Scenario,
-    program: Program,
-    lines: tuple[SourceLine, ...],
-    spec: MachineSpec,
+    description: Description,
+    start: StartInfo | None,
     windows: dict[str, SnapshotWindow],
     result: RunResult,
     options: RecordOptions,
     max_steps: int,
 ) -> TraceMetadata:
     return TraceMetadata(
-        scenario=ScenarioInfo(
-            name=scenario.name,
-            description=scenario.description,
-            syntax=scenario.syntax,
-            entry=scenario.entry,
-            source=scenario.source,
-            expect=scenario.expect,
-            breaks=scenario.breaks,
-        ),
-        regions=(spec.code_region, *spec.regions),
-        symbols=program.symbols,
-        code_base=program.base,
-        code=program.code,
-        lines=lines,
-        program=program_info(scenario),
-        syscalls=tuple(
-            SyscallRecord(c.step, c.nr, c.name, c.args, c.result) for c in result.syscalls
-        ),
+        scenario=description.info,
+        regions=tuple(description.spec.regions),
+        symbols=description.symbols,
+        code_base=description.code_base,
+        code=description.code,
+        lines=description.lines,
+        program=description.program,
+        syscalls=tuple(result.syscalls),
+        start=start,
         snapshots=windows,
         initial=result.initial,
         final=result.final,
@@ -241,7 +341,7 @@ def _metadata(
             "max_steps": max_steps,
             "snapshot_limit": options.snapshot_limit,
             "row_group_size": options.row_group_size,
-            "sentinel_return": SENTINEL_RETURN,
+            **description.options,
         },
         tool=tool_versions(),
     )

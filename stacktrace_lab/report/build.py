@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..analysis import CheckResult, check, derive_facts
+import numpy as np
+
+from ..analysis import CheckResult, TraceFacts, check, derive_facts
 from ..errors import BadInput
 from ..stepper import Switch, stepper_fragment
 from ..trace.reader import Trace
@@ -53,21 +55,22 @@ def build_report(
     result = check(trace, facts)
     content = gather(facts, result)
     stage("drawing rsp.png")
-    rsp = rsp_png(facts)
+    rsp = rsp_png(facts, result.causes)
     stage("drawing heatmap.png")
     images = {"rsp": rsp, "heatmap": heatmap_png(facts)}
     stage("writing the HTML stepper")
-    # The stepper's windows go around the planted returns the analysis found:
-    # scanning the trace for them again cost more than the rest of a report.
-    switches = [
-        Switch(p.ret_step, p.region, p.index, p.target, p.planted_step)
-        for p in facts.planted_returns
-    ]
+    # The stepper's switch buttons visit every stack switch rsp.png draws: the
+    # planted returns the analysis found (scanning the trace for them again cost
+    # more than the rest of a report) and every other step that moved rsp to
+    # another stack.
+    switches = stepper_switches(facts)
     outputs = {
         "rsp.png": images["rsp"],
         "heatmap.png": images["heatmap"],
         "index.html": render_html(
-            content, images, stepper=stepper_fragment(trace, heading=False, switches=switches)
+            content,
+            images,
+            stepper=stepper_fragment(trace, heading=False, switches=switches, facts=facts),
         ).encode("utf-8"),
         "report.md": render_markdown(content).encode("utf-8"),
         "invariants.json": render_json(result).encode("utf-8"),
@@ -78,6 +81,25 @@ def build_report(
     except OSError as exc:
         raise BadInput(f"{directory}: cannot write the report: {exc.strerror or exc}") from None
     return Report(directory=directory, files=paths, check=result)
+
+
+def stepper_switches(facts: TraceFacts) -> list[Switch]:
+    """The planted returns and the other stack switches, in step order."""
+    switches = [
+        Switch(p.ret_step, p.region, p.index, p.target, p.planted_step)
+        for p in facts.planted_returns
+    ]
+    planted = {s.ret_step for s in switches}
+    names = {i: s.name for i, s in enumerate(facts.stacks)}
+    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    for step in facts.switch_steps().tolist():
+        if step in planted:
+            continue
+        src = names.get(int(owner[step]), "outside the stacks")
+        dst = names.get(int(owner[step + 1]), "outside the stacks")
+        note = f"stack switch: rsp moves from {src} to {dst}"
+        switches.append(Switch(step, None, None, "", -1, note=note))
+    return sorted(switches, key=lambda s: s.ret_step)
 
 
 def _write(path: Path, data: bytes) -> Path:
