@@ -67,10 +67,11 @@ def misaligned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _hello_line(name: str) -> int:
-    """The line of hello's first instruction in a built-in's .toml."""
+def _plant_line(name: str) -> int:
+    """The line of the store that plants hello's address, in a built-in's .toml: the
+    site of the misaligned landing's cause, where an annotation helps."""
     lines = Path(load_scenario(name).path).read_text().splitlines()
-    return lines.index("hello:") + 2
+    return next(n for n, line in enumerate(lines, 1) if line.startswith("    movq %rcx, SSIZE"))
 
 
 def test_check_github_annotations_point_at_the_source_line(
@@ -83,11 +84,11 @@ def test_check_github_annotations_point_at_the_source_line(
     assert level == "error"
     assert props == {
         "file": "first-switch-misaligned.toml",
-        "line": str(_hello_line("first-switch-misaligned")),
-        "title": "alignment at step 13 (hello+0)",
+        "line": str(_plant_line("first-switch-misaligned")),
+        "title": "alignment: entered misaligned at main+36 (step 13)",
     }
     # The message holds `rsp % 16`: escaped on the wire, itself once unescaped.
-    assert "%25 16" in line and message.startswith("hello entered with rsp % 16 == 0")
+    assert "%25 16" in line and message.startswith("step 13 hello+0: hello entered with rsp % 16")
 
     assert main(["check", str(misaligned), "--format", "github", "--source", "s/x.toml"]) == 1
     _, props, _ = parse_annotation(capsys.readouterr().out.strip())
@@ -166,8 +167,8 @@ def test_check_sarif_is_valid_sarif_2_1_0(
     assert result["ruleId"] == "alignment" and result["ruleIndex"] == 0
     location = result["locations"][0]["physicalLocation"]
     assert location["artifactLocation"]["uri"] == "first-switch-misaligned.toml"
-    assert location["region"]["startLine"] == _hello_line("first-switch-misaligned")
-    assert result["properties"] == {"step": 13, "rip": "0x40003e"}
+    assert location["region"]["startLine"] == _plant_line("first-switch-misaligned")
+    assert result["properties"] == {"step": 13, "rip": "0x400024"}  # the planting store
     # The validator is not a rubber stamp: a result without its message is refused.
     del result["message"]
     with pytest.raises(AssertionError):
@@ -202,7 +203,10 @@ def test_junit_has_a_case_per_invariant(
     failure = cases["alignment"].find("failure")
     assert failure is not None and failure.get("type") == "alignment"
     assert failure.text is not None and "rsp % 16 == 0" in failure.text
-    assert cases["alignment"].get("line") == str(_hello_line("first-switch-misaligned"))
+    assert failure.text.startswith(
+        f"first-switch-misaligned.toml:{_plant_line('first-switch-misaligned')}: "
+    )
+    assert cases["alignment"].get("line") == str(_plant_line("first-switch-misaligned"))
     assert all(cases[n].find("failure") is None for n in list(cases)[1:])
 
 

@@ -56,12 +56,35 @@ class CiReport:
 
 
 def from_check(result: CheckResult, meta: TraceMetadata, scenario_file: str | None) -> CiReport:
-    """Each invariant is a case; each violation a finding at the line of its step's rip."""
+    """Each invariant is a case. Its findings are its causes, each at the line of the
+    code site the mistake is at (a hundred misaligned landings from one bad store are
+    one finding, on the store), else its violations, each at its step's rip."""
     from .. import __version__
+    from ..analysis.model import kind_title
 
     cases = []
     for invariant in result.results:
         findings = []
+        for cause in invariant.causes:
+            where = source_location(meta, cause.site, scenario_file)
+            times = f"{cause.count} times, steps {cause.first_step}-{cause.last_step}"
+            first = cause.first
+            findings.append(
+                Finding(
+                    rule=invariant.id,
+                    title=f"{invariant.id}: {kind_title(cause.kind)} at {cause.site_symbol} "
+                    f"({times if cause.count > 1 else f'step {cause.first_step}'})",
+                    message=f"step {first.step} {first.symbol}: {first.message}",
+                    file=where[0] if where else None,
+                    line=where[1] if where else None,
+                    step=first.step,
+                    rip=cause.site,
+                )
+            )
+        if findings:
+            more = invariant.total - sum(c.count for c in invariant.causes)
+            cases.append(Case(invariant.id, invariant.summary, tuple(findings), max(more, 0)))
+            continue
         for v in invariant.violations:
             where = source_location(meta, v.rip, scenario_file)
             findings.append(
