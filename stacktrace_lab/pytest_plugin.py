@@ -244,6 +244,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if settings.update:
         for path in unused:
             path.unlink(missing_ok=True)
+            _remove_empty_parents(path.parent, settings.golden_dir)
     config.stash[_unused_key] = unused
 
 
@@ -263,6 +264,18 @@ def _unused_goldens(
     used = set(ledger.claims) | kept
     found = settings.golden_dir.rglob("*.parquet")
     return sorted(p for p in found if str(p.resolve()) not in used)
+
+
+def _remove_empty_parents(directory: Path, golden_dir: Path) -> None:
+    """Directories of node-id goldens left empty, up to (not including) the golden dir."""
+    top = golden_dir.resolve()
+    directory = directory.resolve()
+    while directory != top and top in directory.parents:
+        try:
+            directory.rmdir()  # only if empty
+        except OSError:
+            return
+        directory = directory.parent
 
 
 def _whole_suite(config: pytest.Config) -> bool:

@@ -260,6 +260,8 @@ def test_unused_goldens_are_reported_and_removed_on_update(pytester: pytest.Pyte
         ]
     )
     assert not stale.exists() and golden.exists()
+    assert not stale.parent.exists()  # its directory, left empty, went too
+    assert golden.parent.is_dir()
 
 
 def test_a_skipped_test_keeps_its_golden(pytester: pytest.Pytester) -> None:
