@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from . import __version__
-from .commands import COMMANDS
+from .commands import COMMANDS, SHORT_HELP
 from .errors import BadInput
 
 
@@ -32,6 +32,24 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attribute)
         assert isinstance(command, click.Command)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own version loads every command for its one-line help; the
+        # registry has that line, so `--help` imports no command module.
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        # A bare Command shortens the text exactly as click shortens a real one's;
+        # a command missing from the registry is imported for its help.
+        rows = []
+        for name in COMMANDS:
+            command = (
+                click.Command(name, help=SHORT_HELP[name])
+                if name in SHORT_HELP
+                else self.get_command(ctx, name)
+            )
+            if command is not None:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

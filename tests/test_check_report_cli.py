@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
 
 from stacktrace_lab.cli import main
@@ -151,3 +153,26 @@ def test_end_to_end(first_switch_trace: Path, tmp_path: Path) -> None:
     missing = run("check", str(tmp_path / "nope.parquet"))
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
+
+
+def test_help_lists_every_command_without_importing_any() -> None:
+    """`--help` reads the registry: each line matches the command's own help, and no
+    command module (nor pandas, matplotlib, unicorn, pyarrow) is imported."""
+    from stacktrace_lab.cli import cli
+    from stacktrace_lab.commands import COMMANDS, SHORT_HELP
+
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.help is not None
+        assert " ".join(command.help.split("\n\n")[0].split()) == SHORT_HELP[name]
+    probe = (
+        "import sys\nfrom stacktrace_lab.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pandas', 'matplotlib', 'unicorn', 'pyarrow', 'numpy') "
+        "or m.startswith('stacktrace_lab.commands.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert re.search(r"\n  record +Record SCENARIO", out.stdout)

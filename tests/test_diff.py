@@ -6,12 +6,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from stacktrace_lab.diff import compare as compare_module
 from stacktrace_lab.diff import diff_traces, render
-from stacktrace_lab.diff.align import align_traces
+from stacktrace_lab.diff.align import AlignmentPlan, align_traces, pair_keys
 from stacktrace_lab.diff.compare import Segment, compared_columns, scan
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.record.recorder import Recording, RecordOptions, record
@@ -122,7 +123,9 @@ def test_written_bytes_and_stack_bytes_are_pinpointed(record_source: Record) -> 
     window = a.metadata.snapshots["main"]
     slot = load_trace(a.path).rows(["rsp"])["rsp"][push + 1]  # rsp after the push
     assert byte.address == slot == window.base + byte.start
-    assert (byte.stop - byte.start, byte.a, byte.b) == (1, b"\x12", b"\x34")
+    # The range is the whole stack word holding the byte, so it shows as a value.
+    word = (0x12).to_bytes(8, "little"), (0x34).to_bytes(8, "little")
+    assert (byte.stop - byte.start, byte.a, byte.b) == (8, *word)
     assert "bytes [" in render(diff, "text")
 
 
@@ -296,3 +299,41 @@ def test_markdown_is_a_job_summary(record_source: Record) -> None:
     assert "| insn | `addq $0, %rax` | `addq $5, %rax` |" in md
     assert "| `rax` after this step | 0x1 | 0x6 |" in md
     assert "```diff" in md
+
+
+def _check_plan(plan: AlignmentPlan, a: np.ndarray, b: np.ndarray) -> None:
+    """The blocks cover both sequences in order, and every `equal` block is equal."""
+    i = j = 0
+    for op in plan.opcodes:
+        assert (op.a_start, op.b_start) == (i, j)
+        if op.kind == "equal":
+            assert np.array_equal(a[op.a_start : op.a_stop], b[op.b_start : op.b_stop])
+        i, j = op.a_stop, op.b_stop
+    assert (i, j) == (len(a), len(b))
+
+
+def test_pair_keys_aligns_a_loop_changed_in_every_iteration() -> None:
+    body = np.arange(1, 33, dtype=np.int64)
+    a = np.tile(body, 3000)
+    b = np.tile(np.insert(body, 10, 99), 3000)  # one instruction more per iteration
+    plan = pair_keys(a, b)
+    _check_plan(plan, a, b)
+    gaps = plan.gaps()
+    assert not plan.window_limited
+    assert len(gaps) == 3000 and {g.kind for g in gaps} == {"inserted"}
+    assert sum(s.length for s in plan.segments()) == len(a)  # every row of A paired
+
+
+def test_pair_keys_on_random_edits_is_a_valid_alignment() -> None:
+    rng = np.random.default_rng(14)
+    for _ in range(50):
+        a = rng.integers(0, 6, size=int(rng.integers(0, 400)))
+        b = a.copy()
+        for _ in range(int(rng.integers(0, 6))):
+            at = int(rng.integers(0, len(b) + 1))
+            if rng.random() < 0.5 and len(b):
+                b = np.delete(b, min(at, len(b) - 1))
+            else:
+                b = np.insert(b, at, rng.integers(0, 9, size=int(rng.integers(1, 4))))
+        _check_plan(pair_keys(a, b), a, b)
+        _check_plan(pair_keys(a, b, window=3), a, b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from stacktrace_lab.cli import main
+from stacktrace_lab.diff import diff_traces
 from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.scenario import load_scenario
 
 from .test_diff import ADD, ADD_STEP, FIRST_SWITCH_STACKS, first_switch_with
 
@@ -162,3 +165,61 @@ def test_ci_doc_names_only_real_commands_and_options(pytestconfig: pytest.Config
         pytestconfig.getoption(option)  # raises ValueError when there is no such option
     for name in set(re.findall(r"stacktrace_lab_[a-z_]+", text)):
         pytestconfig.getini(name)  # raises ValueError when there is no such ini setting
+
+
+def _first_switch_with_sub_after(label: str, tmp_path: Path) -> tuple[Path, Path]:
+    """first-switch, and the same with `sub $8, %rsp` right after `label:`, both recorded."""
+    source = Path(load_scenario("first-switch").path).read_text()
+    changed = source.replace(f"\n{label}:\n", f"\n{label}:\n    sub $8, %rsp\n", 1)
+    assert changed != source
+    paths = []
+    for name, text in (("a", source), ("b", changed)):
+        toml = tmp_path / f"{name}.toml"
+        toml.write_text(text)
+        paths.append(tmp_path / f"{name}.parquet")
+        assert main(["record", str(toml), "-o", str(paths[-1])]) == 0
+    return paths[0], paths[1]
+
+
+#: A line that reports a value difference: `name: A <value>  B <value>`.
+_VALUE_LINE = re.compile(r"^\s*(\S+): A (.*?)  B (.*)$")
+
+
+@pytest.mark.parametrize("label", ["main", "gt_switch", "hello"])
+def test_align_never_reports_equal_values_as_different(
+    label: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = _first_switch_with_sub_after(label, tmp_path)
+    capsys.readouterr()
+    assert main(["diff", "--align", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    # The first divergence is the inserted instruction itself, nothing before it.
+    assert "first divergence: 1 step(s) inserted in B" in out
+    assert "B: " in out and "subq $8, %rsp" in out.split("first divergence")[1].split("\n")[2]
+    for line in out.splitlines():
+        match = _VALUE_LINE.match(line)
+        if match and not line.lstrip().startswith(("A:", "B:")):
+            assert match.group(2) != match.group(3), line
+    # The issue's case: the address of hello in rcx and in the planted write is the same.
+    assert "rcx: A 0x40003e  B 0x40003e" not in out
+
+
+def test_align_after_hello_differs_only_where_the_sub_acts(tmp_path: Path) -> None:
+    a, b = _first_switch_with_sub_after("hello", tmp_path)
+    diff = diff_traces(a, b, align=True)
+    d = diff.first_divergence
+    assert d is not None and d.kind == "inserted" and d.b is not None and d.b.step == 13
+    # hello's address (rcx, the planted slot, the write) compares equal; the sub moves rsp
+    # and sets the flags, which the write syscall then copies into r11.
+    assert {c.column for c in diff.columns} == {"rsp", "rflags", "r11"}
+
+
+def test_values_are_shown_as_values(
+    add_traces: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = add_traces
+    main(["diff", str(a), str(b), "--ignore", "insn,rax,rbx,rflags"])
+    out = capsys.readouterr().out
+    # push %rbx writes rax's value: 1 against 6, as numbers, not little-endian bytes.
+    assert "writes[0]: A 8 bytes at " in out and "= 0x1  B 8 bytes at" in out and "= 0x6" in out
+    assert "0100000000000000" not in out

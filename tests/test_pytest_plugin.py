@@ -1,4 +1,8 @@
-"""The pytest plugin, run on small projects with pytester: goldens pass, fail, appear, update."""
+"""The pytest plugin, run on small projects with pytester: goldens pass, fail, appear, update.
+
+Each test builds a project outside the package (pytester's directory) and runs
+pytest on it in process, so the plugin is exercised as a user's suite sees it.
+"""
 
 from __future__ import annotations
 
@@ -22,15 +26,21 @@ def test_prog(golden_trace):
 """
 
 
+#: The golden of test_prog.py::test_prog: its node id under the golden directory.
+PROG_GOLDEN = Path("traces") / "test_prog" / "test_prog.parquet"
+
+
 def _project(pytester: pytest.Pytester, imm: int, golden_imm: int | None) -> Path:
     """A project with prog.toml (`add $imm`) and, if asked, a golden of `add $golden_imm`."""
     pytester.makepyfile(test_prog=CHECK_PROG)
     scenario = pytester.path / "prog.toml"
+    golden = pytester.path / PROG_GOLDEN
     if golden_imm is not None:
         scenario.write_text(scenario_toml(ADD.format(imm=golden_imm), name="prog"))
-        record(load_scenario(scenario), pytester.path / "traces" / "prog.parquet")
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        record(load_scenario(scenario), golden)
     scenario.write_text(scenario_toml(ADD.format(imm=imm), name="prog"))
-    return pytester.path / "traces" / "prog.parquet"
+    return golden
 
 
 def test_a_matching_golden_passes(pytester: pytest.Pytester) -> None:
@@ -48,23 +58,26 @@ def test_a_differing_golden_fails_with_the_diff(pytester: pytest.Pytester) -> No
         [
             "*first divergent step: A step 1 / B step 1, differs in: insn*",
             "*after this step: rax: A 0x1  B 0x6*",
-            "*pytest --stacktrace-lab-update*",
+            "*To accept the new trace as this test's golden: "
+            "pytest test_prog.py::test_prog --stacktrace-lab-update",
         ]
     )
     assert "Traceback" not in result.stdout.str()
     assert golden.read_bytes() == before  # a failing check never touches the golden
     results = pytester.path / "results"
-    assert (results / "prog.diff.md").read_text().startswith("### stacktrace-lab diff: different")
-    assert "rax" in (results / "prog.diff.txt").read_text()
-    assert not diff_traces(golden, results / "prog.parquet").same
+    markdown = (results / "test_prog.diff.md").read_text()
+    assert markdown.startswith("### stacktrace-lab diff: different")
+    assert "rax" in (results / "test_prog.diff.txt").read_text()
+    assert not diff_traces(golden, results / "test_prog.parquet").same
+    result.stdout.fnmatch_lines(["goldens: 0 passed, 0 written, 0 updated, 1 failed, 0 unused"])
 
 
 def test_a_missing_golden_fails_and_is_written(pytester: pytest.Pytester) -> None:
     golden = _project(pytester, imm=0, golden_imm=None)
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*golden trace *prog.parquet did not exist: wrote it*"])
-    result.stdout.fnmatch_lines(["*written (was missing): *prog.parquet"])
+    result.stdout.fnmatch_lines(["*golden trace *test_prog.parquet did not exist: wrote it*"])
+    result.stdout.fnmatch_lines(["*written (was missing): *traces/test_prog/test_prog.parquet"])
     assert golden.exists()
     pytester.runpytest().assert_outcomes(passed=1)
 
@@ -73,7 +86,8 @@ def test_update_rewrites_the_golden(pytester: pytest.Pytester) -> None:
     golden = _project(pytester, imm=5, golden_imm=0)
     result = pytester.runpytest("--stacktrace-lab-update")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*rewritten (differed): *prog.parquet"])
+    result.stdout.fnmatch_lines(["*rewritten (differed): *test_prog.parquet"])
+    result.stdout.fnmatch_lines(["goldens: 0 passed, 0 written, 1 updated, 0 failed, 0 unused"])
     rewritten = load_scenario(pytester.path / "prog.toml")
     fresh = record(rewritten, pytester.path / "fresh.parquet").path
     assert diff_traces(golden, fresh).same
@@ -81,8 +95,8 @@ def test_update_rewrites_the_golden(pytester: pytest.Pytester) -> None:
 
 
 def test_ini_settings_choose_the_golden_dir_and_ignored_names(pytester: pytest.Pytester) -> None:
-    golden = _project(pytester, imm=0, golden_imm=0)
-    shutil.move(golden.parent, pytester.path / "goldens")
+    _project(pytester, imm=0, golden_imm=0)
+    shutil.move(pytester.path / "traces", pytester.path / "goldens")
     # Same program, one comment more: only the metadata field `source` differs.
     prog = pytester.path / "prog.toml"
     prog.write_text(prog.read_text().replace("ret", "ret  # back to the sentinel"))
@@ -110,3 +124,230 @@ def test_unknown_scenario_fails_with_one_line(pytester: pytest.Pytester) -> None
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*stacktrace-lab: *no-such-scenario*"])
+
+
+TWO_OPTIONS = """
+def test_whole_run(golden_trace):
+    golden_trace.check("first-switch")
+
+def test_first_five_steps(golden_trace):
+    # Cut short, the run never prints: `stop` and the scenario's [expect] fail, as they should.
+    golden_trace.check("first-switch", max_steps=5, expect_failures=["stop", "expect"])
+"""
+
+
+def test_one_scenario_under_two_options_has_two_goldens(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_two=TWO_OPTIONS)
+    first = pytester.runpytest()
+    first.assert_outcomes(failed=2)  # both goldens missing: written, to be reviewed
+    first.stdout.fnmatch_lines(["goldens: 0 passed, 2 written, 0 updated, 0 failed, 0 unused"])
+    whole = pytester.path / "traces" / "test_two" / "test_whole_run.parquet"
+    short = pytester.path / "traces" / "test_two" / "test_first_five_steps.parquet"
+    assert not diff_traces(whole, short).same  # two goldens, each of its own run
+    again = pytester.runpytest()
+    again.assert_outcomes(passed=2)
+    again.stdout.fnmatch_lines(["goldens: 2 passed, 0 written, 0 updated, 0 failed, 0 unused"])
+    # ... and an update leaves goldens that pass the next run.
+    pytester.runpytest("--stacktrace-lab-update").assert_outcomes(passed=2)
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_two_checks_claiming_one_golden_is_an_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_clash="""
+        def test_a(golden_trace):
+            golden_trace.check("first-switch", name="shared")
+
+        def test_b(golden_trace):
+            golden_trace.check("first-switch", name="shared", max_steps=5)
+
+        def test_twice_in_one_test(golden_trace):
+            golden_trace.check("first-switch", name="mine")
+            golden_trace.check("first-switch", name="mine", max_steps=5)
+        """
+    )
+    result = pytester.runpytest("--stacktrace-lab-update")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_b _*",
+            "golden trace *shared.parquet is already used by test_clash.py::test_a: "
+            "give this check its own golden with check(..., name=...)",
+            "*_ test_twice_in_one_test _*",
+            "golden trace *mine.parquet is already used by test_clash.py::test_twice_in_one_test:*",
+        ]
+    )
+
+
+def test_a_golden_of_a_broken_scenario_fails_on_its_invariant(pytester: pytest.Pytester) -> None:
+    # The golden is exactly this run's trace: only the invariant can fail the test.
+    golden = pytester.path / "traces" / "misaligned.parquet"
+    golden.parent.mkdir()
+    record(load_scenario("first-switch-misaligned"), golden)
+    pytester.makepyfile(
+        test_broken="""
+        def test_default(golden_trace):
+            golden_trace.check("first-switch-misaligned", name="misaligned")
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*first-switch-misaligned: invariant alignment fails at step 13 (hello*",
+            "*pass expect_failures=*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["goldens: 0 passed, 0 written, 0 updated, 1 failed, 0 unused"])
+
+    pytester.makepyfile(
+        test_broken="""
+        def test_expected(golden_trace):
+            golden_trace.check(
+                "first-switch-misaligned", name="misaligned", expect_failures=["alignment"]
+            )
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+    pytester.makepyfile(
+        test_broken="""
+        def test_wrong_expectation(golden_trace):
+            golden_trace.check(
+                "first-switch-misaligned", name="misaligned", expect_failures=["stack-bounds"]
+            )
+
+        def test_opted_out(golden_trace):
+            golden_trace.check("first-switch-misaligned", name="again", invariants=False)
+        """
+    )
+    shutil.copyfile(golden, golden.with_name("again.parquet"))
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*invariant alignment fails*; invariant stack-bounds was expected to fail but holds*"]
+    )
+
+
+def test_unused_goldens_are_reported_and_removed_on_update(pytester: pytest.Pytester) -> None:
+    golden = _project(pytester, imm=0, golden_imm=0)
+    stale = pytester.path / "traces" / "old" / "gone.parquet"
+    stale.parent.mkdir()
+    shutil.copyfile(golden, stale)
+    pytester.makepyfile(test_other="def test_no_golden():\n    pass\n")
+
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "unused: *traces/old/gone.parquet",
+            "goldens: 1 passed, 0 written, 0 updated, 0 failed, 1 unused",
+            "remove unused goldens with: pytest --stacktrace-lab-update",
+        ]
+    )
+    assert stale.exists()  # reported, never removed without the update option
+
+    # A run of some tests only cannot tell what the others use: it reports nothing.
+    for partial in (["-k", "prog"], ["test_prog.py"], ["test_prog.py::test_prog"]):
+        part = pytester.runpytest("--stacktrace-lab-update", *partial)
+        part.stdout.fnmatch_lines(["goldens: 1 passed, 0 written, 0 updated, 0 failed, 0 unused"])
+        assert stale.exists()
+
+    removed = pytester.runpytest("--stacktrace-lab-update")
+    removed.stdout.fnmatch_lines(
+        [
+            "unused (removed): *traces/old/gone.parquet",
+            "goldens: 1 passed, 0 written, 0 updated, 0 failed, 1 unused (removed)",
+        ]
+    )
+    assert not stale.exists() and golden.exists()
+    assert not stale.parent.exists()  # its directory, left empty, went too
+    assert golden.parent.is_dir()
+
+
+def test_a_skipped_test_keeps_its_golden(pytester: pytest.Pytester) -> None:
+    golden = _project(pytester, imm=0, golden_imm=0)
+    pytester.makepyfile(
+        test_prog="import pytest\n\n@pytest.mark.skip\n" + CHECK_PROG.lstrip(),
+        test_used="def test_used(golden_trace):\n"
+        "    golden_trace.check('prog.toml', name='used')\n",
+    )
+    shutil.copyfile(golden, golden.parent.parent / "used.parquet")
+    result = pytester.runpytest("--stacktrace-lab-update")
+    result.stdout.fnmatch_lines(["goldens: 1 passed, 0 written, 0 updated, 0 failed, 0 unused"])
+    assert golden.exists()
+
+
+def test_the_summary_adds_up_the_workers_under_xdist(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    golden = _project(pytester, imm=0, golden_imm=0)
+    pytester.makepyfile(
+        test_many="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_named(golden_trace, n):
+            golden_trace.check("prog.toml", name=f"prog{n}")
+        """
+    )
+    for n in range(3):  # prog3 has no golden yet: written
+        shutil.copyfile(golden, golden.parent.parent / f"prog{n}.parquet")
+    stale = golden.parent.parent / "stale.parquet"
+    shutil.copyfile(golden, stale)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "written (was missing): *traces/prog3.parquet",
+            "unused: *traces/stale.parquet",
+            "goldens: 4 passed, 1 written, 0 updated, 0 failed, 1 unused",
+        ]
+    )
+    updated = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "--stacktrace-lab-update")
+    updated.assert_outcomes(passed=5)
+    updated.stdout.fnmatch_lines(
+        ["goldens: 5 passed, 0 written, 0 updated, 0 failed, 1 unused (removed)"]
+    )
+    assert not stale.exists()
+
+
+def test_a_golden_claimed_on_two_workers_fails_the_session(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        test_clash="""
+        import pytest
+
+        @pytest.mark.parametrize("steps", [5, 6])
+        def test_same_name(golden_trace, steps):
+            golden_trace.check(
+                "first-switch", name="shared", max_steps=steps, invariants=False
+            )
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "--stacktrace-lab-update")
+    assert result.ret != 0
+    out = result.stdout.str()
+    # On one worker the second claim fails its test; on two, the controller finds it.
+    assert "is already used by test_clash.py::test_same_name[" in out or (
+        "is claimed by 2 tests" in out and "claimed twice" in out
+    )
+
+
+def test_a_bad_config_fails_checks_in_one_line_and_spares_other_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyprojecttoml("[tool.stacktrace-lab]\nmax-steps = -1\n")
+    pytester.makepyfile(
+        test_it="""
+        def test_golden(golden_trace):
+            golden_trace.check("first-switch")
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*stacktrace-lab: *pyproject.toml: [[]tool.stacktrace-lab[]] max-steps: must be a pos*"]
+    )
+    assert "Traceback" not in result.stdout.str()

@@ -179,6 +179,28 @@ def test_long_traces_are_drawn_per_column(
     assert image.get_array().shape[1] == 100
 
 
+def test_a_loop_without_calls_draws_without_warnings(
+    record_source: RecordSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single-stack loop with no call or ret: the events panel says so, no empty legend."""
+    import warnings
+
+    from stacktrace_lab.record.recorder import RecordOptions
+
+    spin = "main:\n    mov $5000, %ecx\nagain:\n    dec %ecx\n    jnz again\n    hlt\n"
+    recording = record_source(spin, options=RecordOptions(row_group_size=1000))
+    facts = facts_of(recording.path)
+    assert facts.calls.size == 0
+    monkeypatch.setattr(rsp_plot, "MAX_COLUMNS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels" would raise
+        with plot_style():
+            figure = rsp_plot.rsp_figure(facts)
+    events = figure.axes[-1]
+    assert events.get_legend() is None
+    assert [t.get_text() for t in events.texts] == ["no calls or returns"]
+
+
 # --- content, HTML, Markdown, JSON ------------------------------------------------
 
 

@@ -24,3 +24,31 @@ COMMANDS: dict[str, str] = {
     "export": "stacktrace_lab.commands.export:export_command",
     "serve": "stacktrace_lab.commands.serve:serve_command",
 }
+
+#: The first paragraph of each command's help, which `stacktrace-lab --help`
+#: lists: listing the commands then imports none of them (a test keeps these
+#: equal to the commands' own docstrings).
+SHORT_HELP: dict[str, str] = {
+    "record": "Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM "
+    "(give its arguments after --), into a trace.",
+    "scenarios": "List the built-in scenarios with what each shows.",
+    "check": "Check TRACE against the invariants: exit 0 if all hold, 1 if one fails.",
+    "report": "Write the report of TRACE: exit 0 if every invariant holds, 1 if one fails.",
+    "demo": "Record first-switch into traces/ and write its report into reports/first-switch/ "
+    "(with --rust: the tutorial's Rust program, into first-switch-rust).",
+    "diff": "Compare trace A (the reference, e.g. a golden) with trace B.",
+    "show": "Show one step of TRACE: every stack's backtrace, registers, code around rip and "
+    "the stack telescope.",
+    "who-wrote": "Which step last wrote SLOT (REGION:INDEX such as green:32, or an address) "
+    "before a step.",
+    "replay": "Re-run TRACE from its own code, layout and initial state; compare every step.",
+    "silicon-check": "Single-step TARGET on this CPU and compare every step with the emulated run.",
+    "query": "Run SQL over one or more traces (paths or quoted globs): views steps, accesses, "
+    "calls, switches, planted, syscalls (and tables traces, regions, labels), each with a "
+    "`trace` column. See docs/sql.md.",
+    "export": "Export TRACE for Perfetto UI (one track per stack, a slice per call, instants "
+    "at switches and violations) or for the Tenet trace explorer.",
+    "serve": "Serve TRACE's stepper on http://127.0.0.1:PORT/, reading steps from the file on "
+    "demand, so any step of a multi-million-step trace can be reached. Only this machine can "
+    "connect.",
+}

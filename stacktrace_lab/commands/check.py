@@ -1,4 +1,8 @@
-"""`stacktrace-lab check TRACE [--json]`: run the invariants, print a table or JSON."""
+"""`stacktrace-lab check TRACE [--json] [--format ...]`: run the invariants, print the result.
+
+`--format github|junit|sarif` prints the violations for CI, each at the
+source line of its step (`stacktrace_lab/ci/`).
+"""
 
 from __future__ import annotations
 
@@ -14,19 +18,25 @@ from ..analysis import CheckResult, check
 from ..analysis.model import Cause, Violation, kind_title
 from ..report.invariants_json import render_json
 from ..trace.reader import load_trace
-from .common import stdout_console
+from .common import ci_options, render_ci, stdout_console, table_box
 
 
 @click.command("check")
 @click.argument("trace", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def check_command(trace: Path, as_json: bool) -> int:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (--format json).")
+@ci_options(("text", "json"))
+def check_command(trace: Path, as_json: bool, fmt: str, source: str | None) -> int:
     """Check TRACE against the invariants: exit 0 if all hold, 1 if one fails."""
-    result = check(load_trace(trace))
-    if as_json:
+    loaded = load_trace(trace)
+    result = check(loaded)
+    if as_json or fmt == "json":
         click.echo(render_json(result), nl=False)
-    else:
+    elif fmt == "text":
         print_result(result)
+    else:
+        from ..ci.model import from_check
+
+        render_ci(from_check(result, loaded.metadata, source), fmt)
     return result.exit_status
 
 
@@ -45,7 +55,7 @@ def print_result(result: CheckResult) -> None:
     """
     out = stdout_console
     out.print(Text(f"{result.scenario}: {result.trace}", style="bold"))
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table = Table(box=table_box(box.SIMPLE_HEAD), show_edge=False)
     table.add_column("invariant", style="bold")
     table.add_column("status")
     table.add_column("causes", justify="right")

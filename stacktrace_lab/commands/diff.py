@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from ..config import load_config
 from ..diff import RENDERERS, diff_traces, render
 from ..diff.core import DEFAULT_CONTEXT
+from .common import ci_options, render_ci
 
 
 @click.command("diff")
@@ -16,20 +18,13 @@ from ..diff.core import DEFAULT_CONTEXT
 @click.option(
     "--ignore",
     "ignore",
-    default="",
+    default=None,
     metavar="COLUMN,...",
     help="Columns (rflags, reads, a stack name, globs) or metadata fields (source, "
-    "symbols, ...) to leave out of the comparison.",
+    "symbols, ...) to leave out of the comparison [default: diff-ignore of "
+    "[tool.stacktrace-lab] in pyproject.toml, else nothing].",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(sorted(RENDERERS)),
-    default="text",
-    show_default=True,
-    help="markdown suits a CI job summary; json has the first divergent step "
-    "under 'first_divergence'.",
-)
+@ci_options(("text", "json", "markdown"))
 @click.option(
     "--align",
     is_flag=True,
@@ -43,8 +38,21 @@ from ..diff.core import DEFAULT_CONTEXT
     show_default=True,
     help="Steps of context shown around the first divergence.",
 )
-def diff_command(a: Path, b: Path, ignore: str, fmt: str, align: bool, context: int) -> int:
-    """Compare trace A (the reference, e.g. a golden) with trace B."""
-    result = diff_traces(a, b, ignore=ignore.split(","), align=align, context=context)
-    click.echo(render(result, fmt), nl=False)
+def diff_command(
+    a: Path, b: Path, ignore: str | None, fmt: str, source: str | None, align: bool, context: int
+) -> int:
+    """Compare trace A (the reference, e.g. a golden) with trace B.
+
+    markdown suits a CI job summary; json has the first divergent step under
+    'first_divergence'; github, junit and sarif point at B's source line there.
+    """
+    names = ignore.split(",") if ignore is not None else load_config().diff_ignore
+    result = diff_traces(a, b, ignore=names, align=align, context=context)
+    if fmt in RENDERERS:
+        click.echo(render(result, fmt), nl=False)
+    else:
+        from ..ci.model import from_diff
+        from ..trace import load_trace
+
+        render_ci(from_diff(result, load_trace(b).metadata, source), fmt)
     return 0 if result.same else 1

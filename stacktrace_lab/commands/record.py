@@ -1,20 +1,46 @@
-"""`stacktrace-lab record [SCENARIO | PROGRAM] [-o FILE] [--from SYM] [--to SYM] [-- ARGS]`."""
+"""`stacktrace-lab record [SCENARIO | PROGRAM] [-o FILE|-] [--from SYM] [--to SYM] [-- ARGS]`.
+
+Defaults come from `[tool.stacktrace-lab]` (stacktrace_lab.config): the
+output directory (traces-dir), --max-steps and --snapshot-limit.
+
+Files that matter are safe:
+- `-o -` writes the trace to stdout (for a pipe or a redirection; refused in
+  one line when stdout is a terminal); the summary then goes to stderr;
+- a trace inside the goldens directory (traces-dir) is never silently
+  replaced by a different one: the new recording goes to a hidden file next
+  to the target first, and if it differs from the file there, the command
+  refuses in one line (exit 2) unless --force. A byte-identical re-record is
+  fine (the file is left untouched). `pytest --stacktrace-lab-update` is the
+  deliberate way.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ..config import load_config
 from ..errors import BadInput
-from ..record.recorder import RecordOptions, record
-from ..scenario import load_scenario
-from ..trace.format import DEFAULT_SNAPSHOT_LIMIT
+from ..record.recorder import Recording, RecordOptions, record
+from ..scenario import Scenario, load_scenario
 from .common import step_progress
+
+STDOUT = Path("-")
+
+#: Records into the path it is given (a scenario, a program, an ELF scenario).
+Recorder = Callable[[Path], Recording]
 
 
 def default_trace_path(name: str) -> Path:
-    return Path("traces") / f"{name}.parquet"
+    return load_config().traces_dir / f"{name}.parquet"
 
 
 def is_program(argument: str) -> bool:
@@ -29,16 +55,15 @@ def is_program(argument: str) -> bool:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trace file to write [default: traces/<name>.parquet].",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    help="Trace file to write, or - for stdout [default: <traces-dir>/<name>.parquet, "
+    "traces-dir from [tool.stacktrace-lab], else traces].",
 )
 @click.option("--max-steps", type=int, help="Stop after this many steps [default: the scenario's].")
 @click.option(
     "--snapshot-limit",
     type=int,
-    default=DEFAULT_SNAPSHOT_LIMIT,
-    show_default=True,
-    help="Bytes of each stack (its top) stored per step.",
+    help="Bytes of each stack (its top) stored per step [default: 512].",
 )
 @click.option(
     "--from",
@@ -47,77 +72,188 @@ def is_program(argument: str) -> bool:
     help="For a program: run the start-up unrecorded, record from SYMBOL (e.g. main).",
 )
 @click.option("--to", "to_symbol", metavar="SYMBOL", help="For a program: stop at SYMBOL.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a golden trace (in traces-dir) even if the new trace differs from it.",
+)
+@click.option(
+    "--report",
+    "with_report",
+    is_flag=True,
+    help="Also write the report (as `report`); exit 1 if an invariant fails.",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where --report writes [default: <reports-dir>/<name>/].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def record_command(
     scenario: str,
     args: tuple[str, ...],
     output: Path | None,
     max_steps: int | None,
-    snapshot_limit: int,
+    snapshot_limit: int | None,
     from_symbol: str | None,
     to_symbol: str | None,
+    force: bool,
+    with_report: bool,
+    report_dir: Path | None,
+    as_json: bool,
 ) -> int:
     """Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM
     (give its arguments after --), into a trace."""
+    config = load_config()
+    limits: dict[str, Any] = {"max_steps": max_steps or config.max_steps}
+    if snapshot_limit or config.snapshot_limit:
+        limits["snapshot_limit"] = snapshot_limit or config.snapshot_limit
+    options = RecordOptions(**limits)
+    to_stdout = output == STDOUT
+    if to_stdout and sys.stdout.isatty():
+        raise BadInput("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    if to_stdout and with_report:
+        raise BadInput("-o - cannot be combined with --report (the report needs the file)")
+
+    name, recorder = _recorder(scenario, list(args), options, from_symbol, to_symbol)
+    if to_stdout:
+        with tempfile.TemporaryDirectory() as scratch:
+            fresh = Path(scratch) / f"{name}.parquet"
+            recording = recorder(fresh)
+            with fresh.open("rb") as trace:
+                shutil.copyfileobj(trace, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        written = "-"
+    else:
+        target = default_trace_path(name) if output is None else output
+        recording = record_safely(recorder, target, force)
+        written = str(target)
+
+    meta = recording.metadata
+    summary: dict[str, Any] = {
+        "trace": written,
+        "scenario": meta.scenario.name,
+        "steps": meta.steps,
+        "stop": {"reason": meta.stop.reason, "step": meta.stop.step, "detail": meta.stop.detail},
+    }
+    status = 0
+    if with_report:
+        from ..report.build import build_report
+        from ..trace.reader import load_trace
+        from .report import report_summary
+
+        report = build_report(load_trace(Path(written)), report_dir or config.reports_dir / name)
+        summary["report"] = report_summary(report)
+        status = report.check.exit_status
+
+    echo = _stderr_echo if to_stdout else click.echo
+    if as_json:
+        echo(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        echo(f"{written}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})")
+        if with_report:
+            from .report import print_written
+
+            print_written(report)
+    return status
+
+
+def _recorder(
+    scenario: str,
+    args: list[str],
+    options: RecordOptions,
+    from_symbol: str | None,
+    to_symbol: str | None,
+) -> tuple[str, Recorder]:
+    """The trace's name and how to record it: a program, an ELF scenario or a scenario."""
     if is_program(scenario):
-        return _record_program(
-            Path(scenario), list(args), output, max_steps, snapshot_limit, from_symbol, to_symbol
-        )
+        from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
+
+        program = Path(scenario)
+        total = options.max_steps or DEFAULT_ELF_MAX_STEPS
+
+        def record_program(path: Path) -> Recording:
+            with step_progress(total, f"recording {program.name}") as bar:
+                return record_elf(program, path, options, args, from_symbol, to_symbol, bar)
+
+        return program.name, record_program
     if args or from_symbol or to_symbol:
         raise BadInput(f"{scenario}: program arguments, --from and --to are for programs")
     if scenario.endswith(".toml") and Path(scenario).is_file():
         from ..record.elf_scenario import is_elf_scenario
 
         if is_elf_scenario(scenario):
-            return _record_elf_scenario(Path(scenario), output, max_steps, snapshot_limit)
+            from ..record.elf_scenario import describe_elf_scenario
+            from ..record.recorder import record_description
+
+            description = describe_elf_scenario(Path(scenario), options.max_steps)
+
+            def record_elf_scenario(path: Path) -> Recording:
+                label = f"recording {description.info.name}"
+                with step_progress(description.max_steps, label) as bar:
+                    return record_description(description, path, options, progress=bar)
+
+            return description.info.name, record_elf_scenario
     loaded = load_scenario(scenario)
-    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
-    target = output or default_trace_path(loaded.name)
-    with step_progress(options.max_steps or loaded.max_steps, f"recording {loaded.name}") as bar:
-        recording = record(loaded, target, options, progress=bar)
-    meta = recording.metadata
-    click.echo(
-        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
-    )
-    return 0
+    return loaded.name, lambda path: _record(loaded, path, options)
 
 
-def _record_program(
-    program: Path,
-    args: list[str],
-    output: Path | None,
-    max_steps: int | None,
-    snapshot_limit: int,
-    from_symbol: str | None,
-    to_symbol: str | None,
-) -> int:
-    from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
+def record_safely(recorder: Recorder, target: Path, force: bool = False) -> Recording:
+    """Record into `target`, unless that would silently replace a different golden.
 
-    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
-    target = output or default_trace_path(program.name)
-    total = max_steps or DEFAULT_ELF_MAX_STEPS
-    with step_progress(total, f"recording {program.name}") as bar:
-        recording = record_elf(program, target, options, args, from_symbol, to_symbol, bar)
-    meta = recording.metadata
-    click.echo(
-        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
-    )
-    return 0
+    The new trace goes to a hidden file next to the target (same file system:
+    the final move is a rename) and into place only once decided.
+    """
+    _check_writable(target)  # before a recording that may take minutes
+    fresh = target.with_name(f".{target.name}.{os.getpid()}.new")
+    try:
+        recording = recorder(fresh)
+        _place(fresh, target, load_config().golden_path(target), force)
+    finally:
+        fresh.unlink(missing_ok=True)
+    return recording
 
 
-def _record_elf_scenario(
-    path: Path, output: Path | None, max_steps: int | None, snapshot_limit: int
-) -> int:
-    """A scenario file whose `[program]` is `elf = "prog"`."""
-    from ..record.elf_scenario import describe_elf_scenario
-    from ..record.recorder import record_description
+def _record(loaded: Scenario, path: Path, options: RecordOptions) -> Recording:
+    total = options.max_steps or loaded.max_steps
+    with step_progress(total, f"recording {loaded.name}") as bar:
+        return record(loaded, path, options, progress=bar)
 
-    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
-    description = describe_elf_scenario(path, max_steps)
-    target = output or default_trace_path(description.info.name)
-    with step_progress(description.max_steps, f"recording {description.info.name}") as bar:
-        recording = record_description(description, target, options, progress=bar)
-    meta = recording.metadata
-    click.echo(
-        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
-    )
-    return 0
+
+def _stderr_echo(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _place(fresh: Path, target: Path, golden: bool, force: bool) -> Path:
+    """Move the new trace to `target`, unless that would silently replace a different golden."""
+    if golden and target.exists() and not force:
+        if _same_bytes(fresh, target):
+            return target  # byte-identical: nothing to write
+        raise BadInput(
+            f"{target}: a different golden trace is already there; not replaced "
+            "(use --force, or `pytest --stacktrace-lab-update` to update goldens on purpose)"
+        )
+    os.replace(fresh, target)  # a rename: never a half-written file at `target`
+    return target
+
+
+def _check_writable(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"{target}: cannot write: {exc.strerror or exc}") from None
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            block_a, block_b = fa.read(1 << 20), fb.read(1 << 20)
+            if block_a != block_b:
+                return False
+            if not block_a:
+                return True

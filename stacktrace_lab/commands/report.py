@@ -1,13 +1,20 @@
-"""`stacktrace-lab report TRACE [-o DIR]`: plots, HTML, Markdown and JSON of one trace."""
+"""`stacktrace-lab report TRACE [-o DIR] [--json]`: plots, HTML, Markdown and JSON of one trace."""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ..report.build import Report, build_report, default_report_dir
+from ..config import load_config
+from ..report.build import Report, build_report
 from ..trace.reader import load_trace
+from .common import stderr_console
 
 
 @click.command("report")
@@ -16,14 +23,44 @@ from ..trace.reader import load_trace
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="Directory to write [default: reports/<trace name>/].",
+    help="Directory to write [default: <reports-dir>/<trace name>/, reports-dir from "
+    "[tool.stacktrace-lab], else reports].",
 )
-def report_command(trace: Path, output: Path | None) -> int:
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def report_command(trace: Path, output: Path | None, as_json: bool) -> int:
     """Write the report of TRACE: exit 0 if every invariant holds, 1 if one fails."""
     loaded = load_trace(trace)
-    report = build_report(loaded, output or default_report_dir(trace))
-    print_written(report)
+    directory = output or load_config().reports_dir / trace.stem
+    with stage_progress(f"report of {trace.name}") as progress:
+        report = build_report(loaded, directory, progress=progress)
+    if as_json:
+        click.echo(json.dumps(report_summary(report), indent=2, sort_keys=True))
+    else:
+        print_written(report)
     return report.check.exit_status
+
+
+@contextmanager
+def stage_progress(label: str) -> Iterator[Callable[[str], None] | None]:
+    """A spinner naming the current stage, on a terminal (stderr) only."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with stderr_console.status(label) as status:
+
+        def update(stage: str) -> None:
+            status.update(f"{label}: {stage}")
+
+        yield update
+
+
+def report_summary(report: Report) -> dict[str, Any]:
+    return {
+        "directory": str(report.directory),
+        "files": [str(p) for p in report.files],
+        "holds": report.check.holds,
+        "failed": list(report.check.failed),
+    }
 
 
 def print_written(report: Report) -> None:

@@ -7,20 +7,30 @@ every later code address by its length. Align mode therefore:
    its `symbol` (`main` of `main+8`: the offset shifts inside the function that
    grew) and its instruction text with code addresses replaced by their label
    and rip-relative displacements dropped (`callq 0x40003a` -> `callq <gt_switch>`);
-2. pairs rows by those keys: the common prefix and suffix are found with two
-   vectorized comparisons, and only the region between them goes through
-   `difflib.SequenceMatcher` (at most `ALIGN_WINDOW` rows of each side: beyond
-   that the rest of the region is reported as unaligned);
-3. builds an `AddressMap` from the paired rows' `rip`s (and the labels both
-   traces define): any 64-bit value of A that points into A's code is moved to
+2. pairs rows by those keys (`pair_keys`): the common prefix and suffix are
+   found with two vectorized comparisons; in the region between them, runs of
+   equal keys are followed with vectorized comparisons, and where the keys
+   stop matching the two sides are resynchronised at the nearest pair of
+   positions (fewest rows skipped on both sides together) where the next
+   `RESYNC_RUN` keys agree. Those n-grams are compared as 64-bit rolling
+   hashes, a whole window of candidates at once, and confirmed exactly. This
+   is a greedy diff, not a minimal one (Myers): it costs time in proportion
+   to the number of rows plus, per divergence, the square of the rows
+   skipped, so two loops that differ in every iteration align in seconds;
+   difflib took minutes on 300k rows. If no resync point lies within
+   `ALIGN_WINDOW` rows of each side, the rest of the region is reported
+   unaligned;
+3. builds an `AddressMap` from the labels both traces define and the paired
+   rows' `rip`s: any 64-bit value of A that points into A's code is moved to
    the matching address in B before registers, memory accesses and stack words
    are compared, so a return address or function pointer into moved code
-   compares equal.
+   compares equal. A label's address maps to the same label in B even when
+   the label's first instruction moved (an instruction inserted right after
+   the label): a value equal to a label's address is a pointer to the label.
 
 Limits: a change of a branch target inside the same label keeps the key
 (the difference shows as a `rip` difference at the next row); a value of A that
-merely looks like a code address is translated too; a region of divergence
-longer than the window is only aligned at its start.
+merely looks like a code address is translated too.
 """
 
 from __future__ import annotations
@@ -28,17 +38,21 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 
 import numpy as np
 import numpy.typing as npt
 
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
-from .compare import U64, Segment
+from .compare import U64, Segment, paired_rows
 from .model import Gap
 
-ALIGN_WINDOW = 4000
+#: How far (in rows, on each side) a resync point is looked for.
+ALIGN_WINDOW = 4096
+#: Rows that must agree for a resync: fewer would pair rows of unrelated code by chance.
+RESYNC_RUN = 8
+#: First window of a resync search; it doubles up to ALIGN_WINDOW.
+_FIRST_WINDOW = 64
 
 _HEX = re.compile(r"0x[0-9a-f]+")
 _RIP_RELATIVE = re.compile(r"-?(?:0x[0-9a-f]+|\d+)\(%rip\)")
@@ -151,48 +165,166 @@ class AlignmentPlan:
         ]
 
 
-_KIND = {"insert": "inserted", "delete": "deleted", "replace": "replaced", "equal": "equal"}
-
-
 def align_traces(a: Trace, b: Trace, window: int = ALIGN_WINDOW) -> AlignmentPlan:
     table = KeyTable()
-    keys_a, keys_b = table.keys(a), table.keys(b)
+    return pair_keys(table.keys(a), table.keys(b), window)
+
+
+def pair_keys(
+    keys_a: npt.NDArray[np.int64], keys_b: npt.NDArray[np.int64], window: int = ALIGN_WINDOW
+) -> AlignmentPlan:
+    """The alignment of two key sequences: equal blocks and the gaps between them."""
     len_a, len_b = len(keys_a), len(keys_b)
     n = min(len_a, len_b)
     prefix = _common_run(keys_a[:n], keys_b[:n])
     suffix = _common_run(keys_a[len_a - n + prefix :][::-1], keys_b[len_b - n + prefix :][::-1])
-    mid_a = (prefix, len_a - suffix)
-    mid_b = (prefix, len_b - suffix)
+    end_a, end_b = len_a - suffix, len_b - suffix
 
     opcodes: list[Opcode] = []
     if prefix:
         opcodes.append(Opcode("equal", 0, prefix, 0, prefix))
     limited = False
-    wa = min(mid_a[1] - mid_a[0], window)
-    wb = min(mid_b[1] - mid_b[0], window)
-    if wa or wb:
-        matcher = SequenceMatcher(
-            None,
-            keys_a[prefix : prefix + wa].tolist(),
-            keys_b[prefix : prefix + wb].tolist(),
-            autojunk=False,  # in a loop every key is "popular": junk would match nothing
-        )
-        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-            opcodes.append(Opcode(_KIND[tag], prefix + i1, prefix + i2, prefix + j1, prefix + j2))
-    rest_a = (prefix + wa, mid_a[1])
-    rest_b = (prefix + wb, mid_b[1])
-    if rest_a[1] > rest_a[0] or rest_b[1] > rest_b[0]:
-        limited = True
-        opcodes.append(Opcode("unaligned", *rest_a, *rest_b))
+    if end_a > prefix or end_b > prefix:
+        # Only the rows past the common prefix are hashed (a golden compared with a
+        # trace changed near its end has almost nothing to align).
+        resync = _Resync(keys_a[prefix:], keys_b[prefix:], window)
+        middle, limited = resync.pair(0, end_a - prefix, 0, end_b - prefix)
+        opcodes += [
+            Opcode(
+                op.kind,
+                op.a_start + prefix,
+                op.a_stop + prefix,
+                op.b_start + prefix,
+                op.b_stop + prefix,
+            )
+            for op in middle
+        ]
     if suffix:
-        opcodes.append(Opcode("equal", mid_a[1], len_a, mid_b[1], len_b))
+        opcodes.append(Opcode("equal", end_a, len_a, end_b, len_b))
     return AlignmentPlan(tuple(opcodes), limited)
+
+
+class _Resync:
+    """Greedy pairing of the divergent middle of two key sequences (see the module doc)."""
+
+    def __init__(
+        self, keys_a: npt.NDArray[np.int64], keys_b: npt.NDArray[np.int64], window: int
+    ) -> None:
+        self.a, self.b = keys_a, keys_b
+        self.window = max(window, 0)
+        # Rolling hashes of the RESYNC_RUN keys starting at each row, in one id space;
+        # an n-gram that runs past the end gets a side-specific marker, so it never matches.
+        inverse = np.unique(np.concatenate([keys_a, keys_b]), return_inverse=True)[1]
+        ids: npt.NDArray[np.uint64] = inverse.astype(np.uint64) + np.uint64(1)
+        self.hash_a = _ngram_hashes(ids[: len(keys_a)], marker=1)
+        self.hash_b = _ngram_hashes(ids[len(keys_a) :], marker=2)
+
+    def pair(self, i: int, end_a: int, j: int, end_b: int) -> tuple[list[Opcode], bool]:
+        opcodes: list[Opcode] = []
+        while i < end_a and j < end_b:
+            run = _common_run_from(self.a, self.b, i, j, min(end_a - i, end_b - j))
+            if run:
+                opcodes.append(Opcode("equal", i, i + run, j, j + run))
+                i, j = i + run, j + run
+                continue
+            found = self._resync(i, end_a, j, end_b)
+            if found is None:
+                opcodes.append(Opcode("unaligned", i, end_a, j, end_b))
+                return opcodes, True
+            skip_a, skip_b = found
+            opcodes.append(_gap(i, i + skip_a, j, j + skip_b))
+            i, j = i + skip_a, j + skip_b
+        if i < end_a or j < end_b:
+            opcodes.append(_gap(i, end_a, j, end_b))
+        return opcodes, False
+
+    def _resync(self, i: int, end_a: int, j: int, end_b: int) -> tuple[int, int] | None:
+        """Rows to skip on each side to the nearest point where RESYNC_RUN keys agree.
+
+        Skipping to the end of both regions (where the common suffix starts)
+        counts as a resync too. None if there is none within the window.
+        """
+        # One row inserted or deleted (the usual edit, once per loop iteration):
+        # nothing can be nearer, and it costs two scalar comparisons.
+        for x, y in ((0, 1), (1, 0)):
+            if (
+                i + x < end_a
+                and j + y < end_b
+                and self.hash_a[i + x] == self.hash_b[j + y]
+                and self._agree(i + x, j + y, end_a, end_b)
+            ):
+                return x, y
+        width = min(_FIRST_WINDOW, self.window)
+        while width:
+            wa, wb = min(width, end_a - i), min(width, end_b - j)
+            # Candidates (x, y): A row i+x and B row j+y start equal n-grams.
+            grams_a = self.hash_a[i : i + wa]
+            grams_b = self.hash_b[j : j + wb]
+            xs, ys = np.nonzero(grams_a[:, None] == grams_b[None, :])
+            best: tuple[int, int] | None = None
+            if len(xs):
+                order = np.argsort(xs + ys, kind="stable")
+                for k in order[:64]:  # hash collisions are rare: few need checking
+                    x, y = int(xs[k]), int(ys[k])
+                    if self._agree(i + x, j + y, end_a, end_b):
+                        best = (x, y)
+                        break
+            if wa == end_a - i and wb == end_b - j:
+                everything = (end_a - i, end_b - j)
+                if best is None or sum(everything) < sum(best):
+                    best = everything
+            if best is not None:
+                return best
+            if width >= self.window:
+                return None
+            width = min(width * 2, self.window)
+        return None
+
+    def _agree(self, i: int, j: int, end_a: int, end_b: int) -> bool:
+        n = min(RESYNC_RUN, end_a - i, end_b - j)
+        return bool(np.array_equal(self.a[i : i + n], self.b[j : j + n]))
+
+
+def _ngram_hashes(ids: npt.NDArray[np.uint64], marker: int) -> npt.NDArray[np.uint64]:
+    """For each row, a 64-bit hash of the RESYNC_RUN ids starting there (wrapping arithmetic)."""
+    prime = np.uint64(0x100000001B3)
+    padded = np.concatenate([ids, np.full(RESYNC_RUN - 1, marker << 40, dtype=np.uint64)])
+    out = np.zeros(len(ids), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for t in range(RESYNC_RUN):
+            out = out * prime + padded[t : t + len(ids)]
+    return out
+
+
+def _gap(a_start: int, a_stop: int, b_start: int, b_stop: int) -> Opcode:
+    if a_stop == a_start:
+        kind = "inserted"
+    elif b_stop == b_start:
+        kind = "deleted"
+    else:
+        kind = "replaced"
+    return Opcode(kind, a_start, a_stop, b_start, b_stop)
 
 
 def _common_run(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> int:
     """Length of the common leading run of two equally long key arrays."""
     differ = a != b
     return int(np.argmax(differ)) if differ.any() else len(a)
+
+
+def _common_run_from(
+    a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], i: int, j: int, limit: int
+) -> int:
+    """Length of the run of equal keys from A row i and B row j, in growing blocks."""
+    run, block = 0, 256
+    while run < limit:
+        n = min(block, limit - run)
+        step = _common_run(a[i + run : i + run + n], b[j + run : j + run + n])
+        run += step
+        if step < n:
+            break
+        block *= 4
+    return run
 
 
 class AddressMap:
@@ -205,28 +337,44 @@ class AddressMap:
     as good as "the code up to here moved by this much".
     """
 
-    def __init__(self, labels_a: CodeLabels, anchors: dict[int, int]) -> None:
+    def __init__(
+        self,
+        labels_a: CodeLabels,
+        anchors: dict[int, int],
+        executed: dict[int, int] | None = None,
+    ) -> None:
         self.lo, self.hi = labels_a.lo, labels_a.hi
         ordered = sorted(anchors.items())
         self._from = np.array([a for a, _ in ordered], dtype=np.uint64)
         # Signed distances, applied only to code addresses (far below 2**63).
         self._delta = np.array([b - a for a, b in ordered], dtype=np.int64)
+        #: The map for `rip` itself, where executed instructions win over labels.
+        self.executed: AddressMap | None = (
+            AddressMap(labels_a, executed) if executed is not None else None
+        )
 
     @classmethod
     def build(cls, a: Trace, b: Trace, plan: AlignmentPlan) -> AddressMap:
+        # The rip of every paired row, read once per side (8 bytes a row, as the keys).
+        segments = plan.segments()
         anchors: dict[int, int] = {}
+        if segments:
+            rows_a, rows_b = paired_rows(segments)
+            values_a: U64 = a.column("rip")[rows_a]
+            values_b: U64 = b.column("rip")[rows_b]
+            unique, first = np.unique(values_a, return_index=True)
+            anchors.update(zip(unique.tolist(), values_b[first].tolist(), strict=True))
+        executed = dict(anchors)
+        # Labels last, so they win: with `sub $8, %rsp` inserted right after `hello:`,
+        # A's first instruction of hello pairs with B's second, yet a pointer to
+        # `hello` (A's label address) is a pointer to B's `hello`, not to B's second
+        # instruction. The address after a call that ends just before a label is
+        # that label's address in both traces too.
         for label, addr in b.metadata.symbols.items():
             if label in a.metadata.symbols:
                 anchors[a.metadata.symbols[label]] = addr
-        for segment in plan.segments():
-            rip_a = a.slice(segment.a_start, segment.a_start + segment.length, ["rip"])
-            rip_b = b.slice(segment.b_start, segment.b_start + segment.length, ["rip"])
-            values_a: U64 = rip_a.column(0).to_numpy()
-            values_b: U64 = rip_b.column(0).to_numpy()
-            unique, first = np.unique(values_a, return_index=True)
-            # Executed addresses beat label addresses (same thing unless code was reordered).
-            anchors.update(zip(unique.tolist(), values_b[first].tolist(), strict=True))
-        return cls(CodeLabels(a.metadata), anchors)
+                executed.setdefault(a.metadata.symbols[label], addr)
+        return cls(CodeLabels(a.metadata), anchors, executed)
 
     def __call__(self, values: U64) -> U64:
         if len(self._from) == 0:

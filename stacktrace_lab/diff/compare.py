@@ -53,6 +53,23 @@ class Segment:
     length: int
 
 
+def paired_rows(
+    segments: Sequence[Segment],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Every paired row of the segments: (A rows, B rows), in order, without a Python loop."""
+    if not segments:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    lengths = np.array([s.length for s in segments], dtype=np.int64)
+    starts_a = np.array([s.a_start for s in segments], dtype=np.int64)
+    starts_b = np.array([s.b_start for s in segments], dtype=np.int64)
+    # Position of each row within its segment: 0, 1, ... restarting at each segment.
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(lengths) - lengths, lengths
+    )
+    return np.repeat(starts_a, lengths) + within, np.repeat(starts_b, lengths) + within
+
+
 def group_starts(trace: Trace) -> list[int]:
     """First row of each row group, and the row count at the end."""
     meta = trace.parquet.metadata
@@ -181,6 +198,17 @@ class ScanResult:
         return min(self.first.values(), default=None)
 
 
+def for_rip(translate: Translate | None) -> Translate | None:
+    """The translation for `rip` itself: where A's instruction runs in B.
+
+    It differs from the one for values only at a label whose first instruction
+    moved (see `AddressMap`): a value there points to the label, rip there is
+    the instruction.
+    """
+    executed: Translate | None = getattr(translate, "executed", None)
+    return executed if executed is not None else translate
+
+
 class Comparator:
     """Compares the same columns of two equally long tables, one mask per column."""
 
@@ -192,8 +220,10 @@ class Comparator:
         out: dict[str, Mask] = {}
         for name in self.columns:
             col_a, col_b = a.column(name), b.column(name)
-            if name in REGISTERS:
-                out[name] = self._registers(col_a, col_b)
+            if name == "rip":
+                out[name] = self._registers(col_a, col_b, for_rip(self.translate))
+            elif name in REGISTERS:
+                out[name] = self._registers(col_a, col_b, self.translate)
             elif name in ("reads", "writes"):
                 out[name] = access_mask(col_a, col_b, self.translate)
             elif name.startswith(STACK_PREFIX):
@@ -202,11 +232,14 @@ class Comparator:
                 out[name] = text_mask(col_a, col_b)
         return out
 
-    def _registers(self, col_a: pa.ChunkedArray, col_b: pa.ChunkedArray) -> Mask:
+    @staticmethod
+    def _registers(
+        col_a: pa.ChunkedArray, col_b: pa.ChunkedArray, translate: Translate | None
+    ) -> Mask:
         values_a: U64 = col_a.to_numpy()
         values_b: U64 = col_b.to_numpy()
-        if self.translate is not None:
-            values_a = self.translate(values_a)
+        if translate is not None:
+            values_a = translate(values_a)
         result: Mask = values_a != values_b
         return result
 
@@ -360,7 +393,11 @@ def scan(
     for family in column_families(columns):
         comparator = Comparator(family, translate)
         cursor_a, cursor_b = RowCursor(a, family), RowCursor(b, family)
-        for segment in segments:
+        for batch in _batches(segments, chunk_rows):
+            if len(batch) > 1:
+                _scan_gathered(batch, cursor_a, cursor_b, comparator, result)
+                continue
+            segment = batch[0]
             aligned = segment.a_start == segment.b_start
             for offset, n, group in _chunks(
                 segment, starts if aligned else None, shared, chunk_rows
@@ -379,3 +416,54 @@ def scan(
                             result.first[name] = (start_a + k, start_b + k)
     result.counts = {name: n for name, n in result.counts.items() if n}
     return result
+
+
+def _batches(segments: Sequence[Segment], chunk_rows: int) -> Iterator[list[Segment]]:
+    """Consecutive short segments grouped so that each group spans at most `chunk_rows`.
+
+    Align mode on two loops that differ in every iteration gives thousands of
+    segments of a few dozen rows: compared one by one, each would cost a read
+    and a comparison of its own. A group is read as one range per side and its
+    paired rows gathered with `take`. A long segment stays alone (and keeps
+    the row group shortcut).
+    """
+    batch: list[Segment] = []
+    for segment in segments:
+        if batch:
+            first = batch[0]
+            span_a = segment.a_start + segment.length - first.a_start
+            span_b = segment.b_start + segment.length - first.b_start
+            if max(span_a, span_b) > chunk_rows:
+                yield batch
+                batch = []
+        if segment.length >= chunk_rows:
+            if batch:
+                yield batch
+                batch = []
+            yield [segment]
+            continue
+        batch.append(segment)
+    if batch:
+        yield batch
+
+
+def _scan_gathered(
+    batch: Sequence[Segment],
+    cursor_a: RowCursor,
+    cursor_b: RowCursor,
+    comparator: Comparator,
+    result: ScanResult,
+) -> None:
+    lo_a, lo_b = batch[0].a_start, batch[0].b_start
+    hi_a = batch[-1].a_start + batch[-1].length
+    hi_b = batch[-1].b_start + batch[-1].length
+    rows_a, rows_b = paired_rows(batch)
+    chunk_a = cursor_a.read(lo_a, hi_a).take(pa.array(rows_a - lo_a))
+    chunk_b = cursor_b.read(lo_b, hi_b).take(pa.array(rows_b - lo_b))
+    for name, mask in comparator.masks(chunk_a, chunk_b).items():
+        count = int(np.count_nonzero(mask))
+        if count:
+            result.counts[name] += count
+            if name not in result.first:
+                k = int(np.argmax(mask))
+                result.first[name] = (int(rows_a[k]), int(rows_b[k]))

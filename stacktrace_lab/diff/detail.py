@@ -15,7 +15,7 @@ import pyarrow as pa
 from ..arch import REGISTERS, WORD
 from ..trace.format import STACK_PREFIX
 from ..trace.reader import Trace
-from .compare import U64, Comparator, RowCursor, Translate, fixed_bytes
+from .compare import U64, Comparator, RowCursor, Translate, fixed_bytes, for_rip
 from .model import (
     Access,
     AccessDelta,
@@ -84,7 +84,7 @@ def changed_row(
     masks = Comparator(columns, translate).masks(row_a, row_b)
     differing = tuple(name for name in columns if masks[name][0])
     registers = tuple(
-        ValueDelta(name, a.value(i, name), b.value(j, name))
+        _delta(name, a.value(i, name), b.value(j, name), translate)
         for name in differing
         if name in REGISTERS
     )
@@ -126,14 +126,18 @@ def _after(
         return dict(reader.trace.metadata.final)
 
     after_a, after_b = state(a, i), state(b, j)
-    return tuple(
-        ValueDelta(name, after_a[name], after_b[name])
+    deltas = (
+        _delta(name, after_a[name], after_b[name], translate)
         for name in REGISTERS
-        if name in columns
-        and name in after_a
-        and name in after_b
-        and _move(translate, after_a[name]) != after_b[name]
+        if name in columns and name in after_a and name in after_b
     )
+    return tuple(d for d in deltas if (d.a if d.a_in_b is None else d.a_in_b) != d.b)
+
+
+def _delta(name: str, a: int, b: int, translate: Translate | None) -> ValueDelta:
+    """A register of both sides, with A's value as compared (moved onto B's code) if moved."""
+    moved = _move(for_rip(translate) if name == "rip" else translate, a)
+    return ValueDelta(name, a, b, moved if moved != a else None)
 
 
 def _window_base(trace: Trace, column: str) -> int:
@@ -152,13 +156,20 @@ def _accesses(
     def access(entry: dict[str, Any]) -> Access:
         return Access(int(entry["addr"]), int(entry["size"]), bytes(entry["data"]))
 
-    list_a, list_b = tuple(access(x) for x in a), tuple(access(x) for x in b)
+    def moved(x: Access) -> Access:
+        """`x` with `in_b` set when moving its address or (word) value onto B's code changes it."""
+        addr, value = _move(translate, x.addr), x.value
+        if len(x.data) == WORD:
+            value = _move(translate, value)
+        if (addr, value) == (x.addr, x.value):
+            return x
+        return Access(x.addr, x.size, x.data, (addr, value))
+
+    list_a, list_b = tuple(moved(access(x)) for x in a), tuple(access(x) for x in b)
 
     def same(x: Access, y: Access) -> bool:
-        data_a = x.data
-        if translate is not None and len(data_a) == WORD:
-            data_a = _move(translate, int.from_bytes(data_a, "little")).to_bytes(WORD, "little")
-        return (_move(translate, x.addr), x.size, data_a) == (y.addr, y.size, y.data)
+        addr, value = x.in_b if x.in_b is not None else (x.addr, x.value)
+        return (addr, x.size, value) == (y.addr, y.size, y.value)
 
     entries = tuple(
         k
@@ -185,18 +196,23 @@ def _stack(
     differ = compared_a != raw_b
     indices = np.flatnonzero(differ)
     ranges: list[ByteRange] = []
+    # Whole words where the window is made of words, so each shows as a value.
+    unit = WORD if len(raw_a) % WORD == 0 else 1
     if len(indices):
-        # Contiguous runs of differing bytes: split where the index jumps.
-        breaks = np.flatnonzero(np.diff(indices) > 1) + 1
-        for run in np.split(indices, breaks)[:MAX_BYTE_RANGES]:
-            start, stop = int(run[0]), int(run[-1]) + 1
+        # Contiguous runs of differing units: split where the index jumps.
+        units = np.unique(indices // unit)
+        breaks = np.flatnonzero(np.diff(units) > 1) + 1
+        for run in np.split(units, breaks)[:MAX_BYTE_RANGES]:
+            start, stop = int(run[0]) * unit, (int(run[-1]) + 1) * unit
+            a_bytes, moved = raw_a[start:stop].tobytes(), compared_a[start:stop].tobytes()
             ranges.append(
                 ByteRange(
                     start,
                     stop,
                     base + start,
-                    raw_a[start:stop].tobytes(),
+                    a_bytes,
                     raw_b[start:stop].tobytes(),
+                    moved if moved != a_bytes else None,
                 )
             )
     return StackDelta(column, len(indices), tuple(ranges))

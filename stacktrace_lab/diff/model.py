@@ -43,9 +43,14 @@ class ValueDelta:
     name: str
     a: int
     b: int
+    #: In align mode, A's value moved onto B's code when that changes it: what is compared.
+    a_in_b: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "a": self.a, "b": self.b}
+        out: dict[str, Any] = {"name": self.name, "a": self.a, "b": self.b}
+        if self.a_in_b is not None:
+            out["a_in_b"] = self.a_in_b
+        return out
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,20 @@ class ByteRange:
     address: int
     a: bytes
     b: bytes
+    #: In align mode, A's bytes with code addresses moved onto B's code, when that changes them.
+    a_in_b: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "start": self.start,
             "stop": self.stop,
             "address": self.address,
             "a": self.a.hex(),
             "b": self.b.hex(),
         }
+        if self.a_in_b is not None:
+            out["a_in_b"] = self.a_in_b.hex()
+        return out
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,24 @@ class Access:
     addr: int
     size: int
     data: bytes
+    #: In align mode, the address and the value moved onto B's code, when that changes them.
+    in_b: tuple[int, int] | None = None
+
+    @property
+    def value(self) -> int:
+        """The data as the little-endian number the instruction read or wrote."""
+        return int.from_bytes(self.data, "little")
 
     def to_json(self) -> dict[str, Any]:
-        return {"addr": self.addr, "size": self.size, "data": self.data.hex()}
+        out: dict[str, Any] = {
+            "addr": self.addr,
+            "size": self.size,
+            "data": self.data.hex(),
+            "value": self.value,
+        }
+        if self.in_b is not None:
+            out["in_b"] = {"addr": self.in_b[0], "value": self.in_b[1]}
+        return out
 
 
 @dataclass(frozen=True)

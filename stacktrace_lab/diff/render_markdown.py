@@ -16,6 +16,7 @@ from .render_text import (
     headline,
     hexv,
     mode_line,
+    moved,
     stack_lines,
     summary,
     verdict,
@@ -58,8 +59,8 @@ def render_markdown(diff: TraceDiff) -> str:
             ["symbol", _code(d.a.symbol) if d.a else "", _code(d.b.symbol) if d.b else ""],
             ["insn", _code(d.a.insn) if d.a else "", _code(d.b.insn) if d.b else ""],
         ]
-        rows += [[f"`{r.name}`", hexv(r.a), hexv(r.b)] for r in d.registers]
-        rows += [[f"`{r.name}` after this step", hexv(r.a), hexv(r.b)] for r in d.after]
+        rows += [[f"`{r.name}`", moved(r.a, r.a_in_b), hexv(r.b)] for r in d.registers]
+        rows += [[f"`{r.name}` after this step", moved(r.a, r.a_in_b), hexv(r.b)] for r in d.after]
         out += _table(["", "A", "B"], rows)
         details = [line for a in d.accesses for line in access_lines(a)]
         details += [line for s in d.stacks for line in stack_lines(s)]

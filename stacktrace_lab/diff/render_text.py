@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..arch import WORD
 from .model import (
     CONVENTION,
     Access,
@@ -101,8 +102,13 @@ def hexv(value: int) -> str:
     return f"{value:#x}"
 
 
+def moved(a: int, a_in_b: int | None) -> str:
+    """A's value, and what it is once moved onto B's code when that differs (align mode)."""
+    return hexv(a) if a_in_b is None else f"{hexv(a)} (= {hexv(a_in_b)} in B's code)"
+
+
 def register_line(delta: ValueDelta) -> str:
-    return f"{delta.name}: A {hexv(delta.a)}  B {hexv(delta.b)}"
+    return f"{delta.name}: A {moved(delta.a, delta.a_in_b)}  B {hexv(delta.b)}"
 
 
 def access_lines(delta: AccessDelta) -> list[str]:
@@ -117,14 +123,28 @@ def access_lines(delta: AccessDelta) -> list[str]:
 def _access(access: Access | None) -> str:
     if access is None:
         return "(none)"
-    return f"{access.size} bytes at {access.addr:#x} = {access.data.hex()}"
+    text = f"{access.size} bytes at {access.addr:#x} = {hexv(access.value)}"
+    if access.in_b is not None:
+        text += f" (= {access.in_b[1]:#x} at {access.in_b[0]:#x} in B's code)"
+    return text
+
+
+def _words(data: bytes) -> str:
+    """Stack bytes as little-endian 8-byte values when they are whole words, else as hex."""
+    if len(data) % WORD:
+        return data.hex()
+    return " ".join(
+        hexv(int.from_bytes(data[k : k + WORD], "little")) for k in range(0, len(data), WORD)
+    )
 
 
 def stack_lines(delta: StackDelta) -> list[str]:
     lines = [f"{delta.column}: {delta.differing_bytes} bytes differ"]
     for r in delta.ranges:
-        shown_a, shown_b = r.a[:MAX_BYTES_SHOWN].hex(), r.b[:MAX_BYTES_SHOWN].hex()
-        more = "..." if r.stop - r.start > MAX_BYTES_SHOWN else ""
+        more = " ..." if r.stop - r.start > MAX_BYTES_SHOWN else ""
+        shown_a, shown_b = _words(r.a[:MAX_BYTES_SHOWN]), _words(r.b[:MAX_BYTES_SHOWN])
+        if r.a_in_b is not None:
+            shown_a += f" (= {_words(r.a_in_b[:MAX_BYTES_SHOWN])} in B's code)"
         lines.append(
             f"  bytes [{r.start}..{r.stop}) at {r.address:#x}: A {shown_a}{more}  B {shown_b}{more}"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +41,24 @@ def default_report_dir(trace_path: Path) -> Path:
     return Path("reports") / trace_path.stem
 
 
-def build_report(trace: Trace, directory: str | Path) -> Report:
+def build_report(
+    trace: Trace, directory: str | Path, progress: Callable[[str], None] | None = None
+) -> Report:
+    """Write every file of the report; `progress` is told each stage as it starts."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise BadInput(f"{directory}: exists and is not a directory")
+    stage = progress or (lambda _: None)
+    stage("reading the trace")
     facts = derive_facts(trace)
+    stage("checking the invariants")
     result = check(trace, facts)
     content = gather(facts, result)
-    images = {"rsp": rsp_png(facts, result.causes), "heatmap": heatmap_png(facts)}
+    stage("drawing rsp.png")
+    rsp = rsp_png(facts, result.causes)
+    stage("drawing heatmap.png")
+    images = {"rsp": rsp, "heatmap": heatmap_png(facts)}
+    stage("writing the HTML stepper")
     # The stepper's switch buttons visit every stack switch rsp.png draws: the
     # planted returns the analysis found (scanning the trace for them again cost
     # more than the rest of a report) and every other step that moved rsp to

@@ -347,9 +347,11 @@ def _events_panel(
     if planted.size > MAX_SWITCH_LINES:  # fewer are starred one by one in the stack panels
         series.append((planted, "planted returns", PLANTED_COLOUR))
     top = 1.0
+    drawn = 0
     for steps, label, colour in series:
         if not steps.size:
             continue
+        drawn += 1
         per = counts(steps, columns)
         top = max(top, float(per.max()))
         ax.step(
@@ -364,7 +366,10 @@ def _events_panel(
     width = max(facts.steps // max(columns.count, 1), 1)
     ax.set_ylabel(f"per {width:,} step{'s' if width > 1 else ''}")
     ax.set_ylim(0, top * 1.45)  # room for the legend above the lines
-    ax.legend(loc="upper right", ncol=3)
+    if drawn:
+        ax.legend(loc="upper right", ncol=3)
+    else:  # a loop without calls: say so, instead of an empty legend (and matplotlib's warning)
+        ax.text(0.5, 0.5, "no calls or returns", transform=ax.transAxes, ha="center", va="center")
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
 
 

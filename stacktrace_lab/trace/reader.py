@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -40,6 +39,9 @@ from .format import (
 
 if TYPE_CHECKING:
     from ..record.disassembly import InstructionTable
+
+if TYPE_CHECKING:  # pandas costs ~0.3 s to import: only `rows()` needs it, at run time
+    import pandas as pd
 
 
 class Trace:
