@@ -8,6 +8,7 @@ without holding the whole file in memory.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadInput
+from . import validate
 from .format import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, TraceMetadata, schema
 
 
@@ -96,50 +98,23 @@ def load_trace(path: str | Path) -> Trace:
     if raw is None:
         raise BadInput(f"{path}: not a stacktrace-lab trace (no '{METADATA_KEY}' metadata)")
     try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadInput(f"{path}: corrupt trace metadata (not JSON: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise BadInput(f"{path}: not a stacktrace-lab trace (format {found!r})")
+    version = doc.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        # A newer version may have changed the layout of the metadata: say so first.
+        raise _newer(path, version)
+    validate.check_doc(path, doc)
+    try:
         metadata = TraceMetadata.from_json(raw)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        # A newer version may have changed the layout of the metadata: say so first.
-        version = _peek_version(raw)
-        if version is not None and version > FORMAT_VERSION:
-            raise _newer(path, version) from None
         raise BadInput(f"{path}: corrupt trace metadata ({exc!r})") from None
-    if metadata.format != FORMAT_NAME:
-        raise BadInput(f"{path}: not a stacktrace-lab trace (format {metadata.format!r})")
-    if metadata.version > FORMAT_VERSION:
-        raise _newer(path, metadata.version)
-    _check_columns(path, parquet, metadata)
+    validate.check_rows(path, parquet, schema(metadata.snapshots), metadata.steps)
     return Trace(path, parquet, metadata)
-
-
-def _check_columns(path: Path, parquet: pq.ParquetFile, metadata: TraceMetadata) -> None:
-    """The rows must have the columns the metadata describes, and at least one row.
-
-    A row count that differs from the metadata's `steps` is left to the
-    commands: `replay` and `diff` report a cut trace as a difference.
-    """
-    actual = parquet.schema_arrow
-    expected = schema(metadata.snapshots)
-    missing = [name for name in expected.names if name not in actual.names]
-    if missing:
-        raise BadInput(f"{path}: corrupt trace (missing columns: {', '.join(missing)})")
-    for window in metadata.snapshots.values():
-        if actual.field(window.column).type != pa.binary(window.size):
-            raise BadInput(
-                f"{path}: corrupt trace (column {window.column} does not hold "
-                f"the {window.size} bytes its snapshot window says)"
-            )
-    if parquet.metadata.num_rows == 0:
-        # The recorder refuses a program that stops before its first step.
-        raise BadInput(f"{path}: corrupt trace (no rows)")
-
-
-def _peek_version(raw: bytes) -> int | None:
-    import json
-
-    try:
-        return int(json.loads(raw)["version"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _newer(path: Path, version: int) -> BadInput:
