@@ -254,12 +254,13 @@ def replay(trace: Trace, progress: Callable[[int], None] | None = None) -> Repla
     batch_schema = schema(windows)
     columns = [name for name in trace.column_names if name in batch_schema.names]
     comparer = _Comparer(trace, columns)
-    # Bounded by the file's own length, never by its options alone (a forged
-    # `max_steps` must not make the replay run forever): a trace cut at
-    # max_steps replays to the same cut, and a longer replay is a difference
-    # found at the end (the stop reason). Chunks as the recorder's, at most 64Ki rows.
-    max_steps = trace.num_rows
-    chunk_rows = min(int(meta.options.get("row_group_size") or 65536), 65536)
+    # The file's own step limit, so a trace cut at max_steps replays to the
+    # same cut; but never more than one step past the file's rows, whatever
+    # its options say: that step is enough to see that the replay runs on
+    # (or how it stops: a spin is seen one step late), and a forged huge
+    # `max_steps` cannot make the replay run forever.
+    max_steps = min(int(meta.options.get("max_steps") or trace.num_rows), trace.num_rows + 1)
+    chunk_rows = min(int(meta.options.get("row_group_size") or 65536), 65536)  # bounded memory
 
     def on_chunk(chunk: Chunk) -> None:
         comparer.check(build_batch(chunk, table, snapshots, batch_schema))
