@@ -143,9 +143,9 @@ CASES: dict[
     "duplicate region names": (_duplicate_green, None, "layout.regions names 'green' twice"),
     "max_steps = -1": (_set("options.max_steps", -1), None, "options.max_steps must be in [1,"),
     "steps differ from the rows": (
-        _set("steps", 18),
+        _set("steps", 20),
         None,
-        "19 rows, but the metadata says steps = 18",
+        "19 rows, but the metadata says steps = 20",
     ),
     "a symbol outside the code": (
         _set("layout.symbols.hello", 0x10000000),
