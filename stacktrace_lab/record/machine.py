@@ -61,6 +61,7 @@ from unicorn.unicorn_py3.unicorn import (
 
 from ..arch import REGISTERS, WORD
 from ..layout import Region
+from .user_mode import hook_privileged
 
 UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
 ROW_BYTES = WORD * len(REGISTERS)
@@ -300,6 +301,13 @@ class Machine:
             uc.emu_stop()
 
         uc.hook_add(UC_HOOK_INTR, on_interrupt)
+
+        def on_privileged(detail: str) -> None:
+            self._stop = Stop("fault", -1, detail)
+            uc.emu_stop()
+
+        # User mode: after the code hook above, so the faulting instruction is a row.
+        hook_privileged(uc, self.spec.code, self.spec.code_region.base, on_privileged)
 
         interrupted = False
 
