@@ -7,12 +7,10 @@ half-written file behind.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import safe_output
 from ..analysis import CheckResult, check, derive_facts
 from ..errors import BadInput
 from ..stepper import Switch, stepper_fragment
@@ -35,13 +33,24 @@ class Report:
 
 
 def default_report_dir(trace_path: Path) -> Path:
-    return Path("reports") / trace_path.stem
+    """`reports/<stem>/`; a stem that would leave `reports/` (`..` from
+    `...parquet`, `.`, empty) is refused: the user names the directory with -o."""
+    stem = trace_path.stem
+    if stem in ("", ".", "..") or "/" in stem or "\\" in stem:
+        raise BadInput(
+            f"{trace_path}: the name {stem!r} cannot name a directory under reports/; "
+            "give one with -o DIR"
+        )
+    return Path("reports") / stem
 
 
 def build_report(trace: Trace, directory: str | Path) -> Report:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise BadInput(f"{directory}: exists and is not a directory")
+    safe_output.check_parent(directory, directory)
+    for name in FILES:  # before the work: a FIFO or device among the outputs is refused
+        safe_output.check_target(directory / name)
     facts = derive_facts(trace)
     result = check(trace, facts)
     content = gather(facts, result)
@@ -63,21 +72,12 @@ def build_report(trace: Trace, directory: str | Path) -> Report:
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        paths = tuple(_write(directory / name, outputs[name]) for name in FILES)
     except OSError as exc:
         raise BadInput(f"{directory}: cannot write the report: {exc.strerror or exc}") from None
-    return Report(directory=directory, files=paths, check=result)
-
-
-def _write(path: Path, data: bytes) -> Path:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return path
+    paths = []
+    for name in FILES:
+        try:
+            paths.append(safe_output.write_file(directory / name, outputs[name]))
+        except OSError as exc:
+            raise safe_output.write_error(directory / name, exc) from None
+    return Report(directory=directory, files=tuple(paths), check=result)

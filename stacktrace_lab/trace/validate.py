@@ -22,6 +22,7 @@ writer is validated without reading its rows.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -219,7 +220,7 @@ def check_layout(doc: Mapping[str, Any]) -> None:
             raise _Invalid(f"layout.regions names {region['name']!r} twice")
         names.add(region["name"])
     ordered = sorted(regions, key=lambda r: r["base"])
-    for lower, upper in zip(ordered, ordered[1:], strict=False):
+    for lower, upper in itertools.pairwise(ordered):
         if lower["base"] + lower["size"] > upper["base"]:
             raise _Invalid(f"regions {lower['name']!r} and {upper['name']!r} overlap")
     codes = [r for r in regions if r["kind"] == "code"]
