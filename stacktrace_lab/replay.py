@@ -27,6 +27,7 @@ from unicorn.unicorn_py3.unicorn import UcError
 from .arch import REGISTERS
 from .errors import BadInput
 from .layout import SENTINEL_RETURN
+from .limits import DEFAULT_LIMITS
 from .record.columns import SnapshotState, build_batch
 from .record.disassembly import Disassembler, InstructionTable
 from .record.machine import Chunk, Machine, MachineSpec, RunResult
@@ -95,6 +96,7 @@ def machine_spec_of(trace: Trace) -> MachineSpec:
         registers={name: value for name, value in meta.initial.items() if name != "rip"},
         memory=memory,
         sentinel=int(meta.options.get("sentinel_return", SENTINEL_RETURN)),
+        max_output=int(meta.options.get("max_output", DEFAULT_LIMITS.max_output_bytes)),
     )
 
 
@@ -217,8 +219,11 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
             ),
         )
     last = trace.num_rows - 1
+    replayed_reason = result.stop.reason
+    if meta.stop.reason == "limit" and replayed_reason == "max_steps":
+        replayed_reason = "limit"  # the replay stops where the recording hit its limit
     checks: list[tuple[str, object, object]] = [
-        ("stop.reason", meta.stop.reason, result.stop.reason),
+        ("stop.reason", meta.stop.reason, replayed_reason),
         ("stop.step", meta.stop.step, result.stop.step),
         ("stdout", meta.stdout, result.stdout.decode("utf-8", "backslashreplace")),
         ("stderr", meta.stderr, result.stderr.decode("utf-8", "backslashreplace")),
@@ -260,6 +265,9 @@ def replay(trace: Trace, progress: Callable[[int], None] | None = None) -> Repla
     # (or how it stops: a spin is seen one step late), and a forged huge
     # `max_steps` cannot make the replay run forever.
     max_steps = min(int(meta.options.get("max_steps") or trace.num_rows), trace.num_rows + 1)
+    if meta.stop.reason == "limit":
+        # A recording stopped by a size limit: replay the same rows, no more.
+        max_steps = trace.num_rows
     chunk_rows = min(int(meta.options.get("row_group_size") or 65536), 65536)  # bounded memory
 
     def on_chunk(chunk: Chunk) -> None:

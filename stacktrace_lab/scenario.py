@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
+from .limits import DEFAULT_LIMITS, Limits, check_toml_depth, read_input, resolve_input
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
-STOP_REASONS = ("returned", "halted", "exit", "spin", "max_steps", "fault")
+STOP_REASONS = ("returned", "halted", "exit", "spin", "max_steps", "fault", "limit")
 INVARIANT_IDS = ("alignment", "ret-source", "stack-bounds", "callee-saved", "expect")
 DEFAULT_MAX_STEPS = 100_000
 #: Larger regions than this are refused: the tool explains small programs,
@@ -101,6 +102,8 @@ class Scenario:
     source_first_line: int = 1
     #: The scenario file itself, for error messages.
     path: str = "<scenario>"
+    #: Whether files it names (`[program] file`, `.incbin`) may lie outside its directory.
+    allow_outside: bool = False
 
 
 def builtin_names() -> list[str]:
@@ -118,19 +121,28 @@ def resolve(name_or_path: str) -> Path:
     raise BadInput(f"{name_or_path}: no such built-in scenario (built-ins: {known})")
 
 
-def load_scenario(name_or_path: str | os.PathLike[str]) -> Scenario:
+def load_scenario(
+    name_or_path: str | os.PathLike[str],
+    limits: Limits = DEFAULT_LIMITS,
+    allow_outside: bool = False,
+) -> Scenario:
+    """Read and check a scenario; its files are bounded by `limits` (limits.py)."""
     path = resolve(os.fspath(name_or_path))
+    data = read_input(path, limits.max_source_bytes, "scenario file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: cannot read: {exc}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: malformed TOML: {exc}") from None
-    return _parse(doc, path, text)
+    except RecursionError:
+        raise BadInput(
+            f"{path}: TOML nested more than {limits.max_toml_depth} levels deep"
+        ) from None
+    check_toml_depth(doc, path, limits.max_toml_depth)
+    return _parse(doc, path, text, limits, allow_outside)
 
 
 class _Fields:
@@ -189,7 +201,9 @@ def _regions(f: _Fields, key: str) -> tuple[RegionSpec, ...]:
     return tuple(specs)
 
 
-def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
+def _parse(
+    doc: dict[str, Any], path: Path, text: str, limits: Limits, allow_outside: bool
+) -> Scenario:
     f = _Fields(path, doc)
     f.no_unknown(_TOP_KEYS)
     name = f.string("name")
@@ -203,6 +217,9 @@ def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
     if breaks is not None and breaks not in INVARIANT_IDS:
         raise f.fail("breaks", f"must be one of {', '.join(INVARIANT_IDS)}, got {breaks!r}")
 
+    declared = len(f.tables("stacks")) + len(f.tables("data"))
+    if declared > limits.max_regions:
+        raise f.fail("stacks", f"{declared} regions declared, more than {limits.max_regions}")
     stacks = _regions(f, "stacks")
     if not stacks:
         raise f.fail("stacks", "at least one [[stacks]] region is required")
@@ -214,7 +231,7 @@ def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
         seen.add(region.name)
 
     expect = _expectations(f, {s.name: s.size for s in stacks})
-    source, source_file, first_line = _program(f, path, text)
+    source, source_file, first_line = _program(f, path, text, limits, allow_outside)
     return Scenario(
         name=name,
         description=f.string("description", ""),
@@ -229,6 +246,7 @@ def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
         source_file=source_file,
         source_first_line=first_line,
         path=str(path),
+        allow_outside=allow_outside,
     )
 
 
@@ -253,7 +271,9 @@ def _expectations(f: _Fields, stack_sizes: dict[str, int]) -> Expectations:
     return Expectations(stdout=e.optional_string("stdout"), stop=stop, rets=tuple(rets))
 
 
-def _program(f: _Fields, path: Path, text: str) -> tuple[str, str, int]:
+def _program(
+    f: _Fields, path: Path, text: str, limits: Limits, allow_outside: bool
+) -> tuple[str, str, int]:
     table = f.table.get("program")
     if not isinstance(table, dict):
         raise f.fail("program", "a [program] table with 'source' or 'file' is required")
@@ -263,11 +283,11 @@ def _program(f: _Fields, path: Path, text: str) -> tuple[str, str, int]:
         raise p.fail("source", "give exactly one of 'source' and 'file'")
     if "source" in table:
         return p.string("source"), str(path), _inline_source_line(text)
-    asm_path = path.parent / p.string("file")
+    where = f"{path}: field 'program.file'"
+    asm_path = resolve_input(p.string("file"), path.parent, where, allow_outside)
+    data = read_input(asm_path, limits.max_source_bytes, "program file")
     try:
-        return asm_path.read_text(encoding="utf-8"), str(asm_path), 1
-    except OSError:
-        raise p.fail("file", f"cannot read {asm_path}") from None
+        return data.decode("utf-8"), str(asm_path), 1
     except UnicodeDecodeError as exc:
         raise BadInput(f"{asm_path}: not UTF-8 text: {exc}") from None
 

@@ -136,6 +136,9 @@ class RunResult:
     stdout: bytes
     stderr: bytes
     interrupted: bool = False
+    #: Output bytes written past `MachineSpec.max_output` and not kept.
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
 
 @dataclass
@@ -150,6 +153,8 @@ class MachineSpec:
     memory: dict[int, bytes] = field(default_factory=dict)
     #: Where a return to the sentinel lands; reaching it ends the run.
     sentinel: int = 0
+    #: Bytes of stdout and of stderr kept; the rest is counted (limits.py).
+    max_output: int = 1 << 20
 
 
 class Machine:
@@ -171,9 +176,16 @@ class Machine:
         self.uc.reg_write(x86.UC_X86_REG_RIP, spec.entry)
         self.stdout = bytearray()
         self.stderr = bytearray()
+        self.dropped = {1: 0, 2: 0}  # output bytes past max_output, by fd
         self._stop: Stop | None = None
         self._fault: tuple[int, int, int] | None = None  # access, address, size
         self._error: BaseException | None = None
+
+    def request_stop(self, reason: str, detail: str) -> None:
+        """Stop the run from a callback (a limit reached); the steps so far are kept."""
+        if self._stop is None:
+            self._stop = Stop(reason, -1, detail)
+        self.uc.emu_stop()
 
     def registers(self) -> dict[str, int]:
         return {
@@ -228,6 +240,9 @@ class Machine:
                     emu_stop(uch)
                     return False
                 flush()
+                if self._stop is not None:  # on_chunk asked to stop (a limit reached)
+                    emu_stop(uch)
+                    return False
                 next_check = min(step + chunk_rows, max_steps)
             except BaseException as exc:  # a ctypes callback must not raise
                 self._error = exc
@@ -349,6 +364,8 @@ class Machine:
             stdout=bytes(self.stdout),
             stderr=bytes(self.stderr),
             interrupted=interrupted,
+            stdout_dropped=self.dropped[1],
+            stderr_dropped=self.dropped[2],
         )
 
     def _natural_stop(self, last_step: int, last_rip: int) -> Stop:
@@ -388,7 +405,13 @@ class Machine:
             if fd in (1, 2) and count and not _mapped(uc, buf, count):
                 result = -EFAULT
             elif fd in (1, 2):
-                (self.stdout if fd == 1 else self.stderr).extend(uc.mem_read(buf, count))
+                # Keep at most max_output bytes of each stream and count the rest:
+                # a program writing in a loop must not grow the tool's memory.
+                kept = self.stdout if fd == 1 else self.stderr
+                room = min(max(self.spec.max_output - len(kept), 0), count)
+                if room:
+                    kept.extend(uc.mem_read(buf, room))
+                self.dropped[fd] += count - room
                 result = count
             uc.reg_write(x86.UC_X86_REG_RAX, result & 0xFFFFFFFFFFFFFFFF)
         elif number in (SYS_EXIT, SYS_EXIT_GROUP):

@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region_symbols
+from ..limits import DEFAULT_LIMITS, Limits
 from ..scenario import Scenario
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
@@ -31,6 +32,7 @@ from .assembler import Program, assemble
 from .columns import SnapshotState, build_batch
 from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult
+from .precheck import precheck_program
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -44,6 +46,8 @@ class RecordOptions:
     max_steps: int | None = None  # None: the scenario's own
     snapshot_limit: int = DEFAULT_SNAPSHOT_LIMIT
     row_group_size: int = DEFAULT_ROW_GROUP
+    #: Program size, output and trace size bounds (limits.py).
+    limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
@@ -78,10 +82,18 @@ def lay_out(scenario: Scenario) -> list[Region]:
     return place_regions(declared)  # type: ignore[arg-type]
 
 
-def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
+def build_program(
+    scenario: Scenario, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Program, list[Region]]:
     """Assemble the scenario and check the labels it must define."""
     regions = lay_out(scenario)
-    program = assemble(scenario, region_symbols(regions))
+    constants = region_symbols(regions)
+    program = assemble(precheck_program(scenario, constants, limits), constants)
+    if len(program.code) > limits.max_program_bytes:
+        raise BadInput(
+            f"{scenario.source_file}: the program is {len(program.code)} bytes, larger than "
+            f"the limit of {limits.max_program_bytes} bytes (--max-program-size)"
+        )
     if scenario.entry not in program.labels:
         raise BadInput(
             f"{scenario.path}: entry label '{scenario.entry}' is not defined in the program"
@@ -95,7 +107,12 @@ def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
     return program, regions
 
 
-def machine_spec(program: Program, regions: list[Region], entry: str) -> MachineSpec:
+def machine_spec(
+    program: Program,
+    regions: list[Region],
+    entry: str,
+    max_output: int = DEFAULT_LIMITS.max_output_bytes,
+) -> MachineSpec:
     first_stack = next(r for r in regions if r.kind == "stack")
     rsp = first_stack.top - 8
     return MachineSpec(
@@ -106,6 +123,7 @@ def machine_spec(program: Program, regions: list[Region], entry: str) -> Machine
         registers={"rsp": rsp},
         memory={rsp: SENTINEL_RETURN.to_bytes(8, "little")},
         sentinel=SENTINEL_RETURN,
+        max_output=max_output,
     )
 
 
@@ -127,8 +145,9 @@ def record(
     progress: Callable[[int], None] | None = None,
 ) -> Recording:
     options = options or RecordOptions()
-    program, regions = build_program(scenario)
-    spec = machine_spec(program, regions, scenario.entry)
+    limits = options.limits
+    program, regions = build_program(scenario, limits)
+    spec = machine_spec(program, regions, scenario.entry, limits.max_output_bytes)
     machine = Machine(spec)
     windows = snapshot_windows(regions, options.snapshot_limit)
     snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
@@ -136,7 +155,10 @@ def record(
     trace_schema = schema(windows)
     max_steps = options.max_steps or scenario.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
-    group_rows = max(min(options.row_group_size, MAX_GROUP_SNAPSHOT_BYTES // snapshot_bytes), 1)
+    # A group is also at most an eighth of the trace size limit, so the run
+    # stops close to that limit (it is checked after each group is written).
+    group_bytes = min(MAX_GROUP_SNAPSHOT_BYTES, limits.max_trace_bytes // 8)
+    group_rows = max(min(options.row_group_size, group_bytes // snapshot_bytes), 1)
     options = replace(options, row_group_size=group_rows)
 
     with TraceWriter(output, trace_schema) as writer, ThreadPoolExecutor(1) as pool:
@@ -155,6 +177,14 @@ def record(
             if pending is not None:
                 pending.result()  # re-raises what went wrong there
             pending = pool.submit(convert_and_write, chunk)
+            # The trace so far (this chunk is still being written) has reached the
+            # size limit: stop, and keep every step up to here.
+            if writer.bytes_written >= limits.max_trace_bytes:
+                machine.request_stop(
+                    "limit",
+                    f"the trace reached the size limit of {limits.max_trace_bytes} bytes "
+                    "(--max-trace-size)",
+                )
 
         result = machine.run(max_steps, options.row_group_size, on_chunk)
         if pending is not None:
@@ -207,6 +237,26 @@ def _metadata(
             "snapshot_limit": options.snapshot_limit,
             "row_group_size": options.row_group_size,
             "sentinel_return": SENTINEL_RETURN,
+            **_non_default_limits(options.limits),
         },
         tool=tool_versions(),
+        extra=_cut_output(result),
     )
+
+
+def _non_default_limits(limits: Limits) -> dict[str, int]:
+    """Recording limits that differ from the defaults (replay needs the output cap);
+    defaults are left out so that traces stay as they were before limits existed."""
+    found = {}
+    if limits.max_output_bytes != DEFAULT_LIMITS.max_output_bytes:
+        found["max_output"] = limits.max_output_bytes
+    if limits.max_trace_bytes != DEFAULT_LIMITS.max_trace_bytes:
+        found["max_trace_size"] = limits.max_trace_bytes
+    return found
+
+
+def _cut_output(result: RunResult) -> dict[str, object]:
+    """When output went over its cap: `output_cut: {stdout, stderr}`, the bytes not kept."""
+    if not (result.stdout_dropped or result.stderr_dropped):
+        return {}
+    return {"output_cut": {"stdout": result.stdout_dropped, "stderr": result.stderr_dropped}}

@@ -187,9 +187,10 @@ def check_metadata_doc(doc: Any) -> None:
     output = _object(_field(doc, "output", ""), "output")
     _text(_field(output, "stdout", "output."), "output.stdout")
     _text(_field(output, "stderr", "output."), "output.stderr")
-    for key, value in output.items():
-        if key.endswith("_bytes"):  # the count of output bytes beyond the cap, when cut
-            _int(value, f"output.{key}", 0, U64_LIMIT)
+    if "output_cut" in doc:  # bytes of output past the cap, not kept
+        cut = _object(doc["output_cut"], "output_cut")
+        for stream in ("stdout", "stderr"):
+            _int(_field(cut, stream, "output_cut."), f"output_cut.{stream}", 0, U64_LIMIT)
 
     options = _object(doc.get("options", {}), "options")
     if "max_steps" in options:

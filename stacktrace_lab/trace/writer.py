@@ -19,6 +19,9 @@ from ..errors import BadInput
 from .format import METADATA_KEY, TraceMetadata
 
 
+_FOOTER_BYTES_PER_CHUNK = 100
+
+
 class TraceWriter:
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
         self.path = Path(path)
@@ -30,6 +33,7 @@ class TraceWriter:
             raise BadInput(f"{self.path}: cannot write: {exc.strerror}") from None
         self.schema = schema
         self._committed = False
+        self._row_groups = 0
         self._writer: pq.ParquetWriter | None = None
         try:
             self._writer = self._open(schema)
@@ -50,8 +54,19 @@ class TraceWriter:
             write_statistics=["step", "rip", "rsp"],
         )
 
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the trace so far: the row groups on disk, and their entries in
+        the footer, written at the end (measured: under 100 bytes per column chunk)."""
+        try:
+            on_disk = self._temp.stat().st_size
+        except OSError:
+            on_disk = 0
+        return on_disk + self._row_groups * len(self.schema) * _FOOTER_BYTES_PER_CHUNK
+
     def write(self, batch: pa.RecordBatch) -> None:
         assert self._writer is not None
+        self._row_groups += 1
         try:
             self._writer.write_batch(batch, row_group_size=batch.num_rows)
         except OSError as exc:

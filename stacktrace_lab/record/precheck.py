@@ -1,0 +1,63 @@
+"""Checks on a scenario's program before the assembler sees it (issue 16).
+
+The assembler allocates what the source asks for (`.skip 0x10000000000` is a
+terabyte) and reads what it names (`.incbin "/etc/passwd"` copies a host
+file into the trace's code, `.incbin "/dev/zero"` never ends). So before
+assembling: the program's size is bounded from its directives
+(`limits.check_program_size`), and every `.incbin` must name a regular file
+inside the scenario's directory (or `--allow-outside`), which is then handed
+to the assembler by its absolute path, so it reads the file that was checked
+whatever the working directory. The trace keeps the source as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..errors import BadInput
+from ..limits import Limits, check_program_size, iter_incbin_names, resolve_input
+from ..scenario import Scenario
+from .assembler import statements
+
+
+def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limits) -> Scenario:
+    """The scenario to assemble: sizes bounded, `.incbin` files checked and made absolute."""
+    lines = scenario.source.splitlines()
+    base_dir = Path(scenario.path).parent
+    resolved: dict[int, list[tuple[str, Path]]] = {}
+
+    def fail(index: int, message: str) -> BadInput:
+        shown = lines[index].strip() if 0 <= index < len(lines) else ""
+        line = scenario.source_first_line + index
+        return BadInput(f"{scenario.source_file}:{line}: {message}: {shown}")
+
+    def incbin(index: int, statement: str) -> int:
+        size = 0
+        for name in iter_incbin_names(statement):
+            where = f"{scenario.source_file}:{scenario.source_first_line + index}: .incbin"
+            path = resolve_input(name, base_dir, where, scenario.allow_outside)
+            try:
+                status = path.stat()
+            except OSError as exc:
+                raise fail(index, f"cannot read {name!r}: {exc.strerror}") from None
+            if not path.is_file():
+                raise fail(index, f"{name!r} is not a regular file")
+            size += status.st_size
+            resolved.setdefault(index, []).append((name, path.resolve()))
+        return size
+
+    check_program_size(
+        lines,
+        constants,
+        limits.max_program_bytes,
+        fail,
+        lambda line: statements(line, scenario.syntax),
+        incbin,
+    )
+    if not resolved:
+        return scenario
+    for index, names in resolved.items():
+        for name, path in names:
+            lines[index] = lines[index].replace(f'"{name}"', f'"{path}"', 1)
+    return dataclasses.replace(scenario, source="\n".join(lines))
