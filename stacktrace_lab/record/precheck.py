@@ -18,7 +18,26 @@ from pathlib import Path
 from ..errors import BadInput
 from ..limits import Limits, check_program_size, iter_incbin_names, resolve_input
 from ..scenario import Scenario
-from .assembler import statements
+from .assembler import labels_of_line, statements
+
+
+def _register_names() -> frozenset[str]:
+    """Every x86-64 register name an operand may use (Intel syntax spells them bare)."""
+    names = {"rip", "eip", "ip", "rflags", "eflags", "flags", "st"}
+    for r in ("ax", "bx", "cx", "dx"):
+        names |= {f"r{r}", f"e{r}", r, f"{r[0]}l", f"{r[0]}h"}
+    for r in ("si", "di", "bp", "sp"):
+        names |= {f"r{r}", f"e{r}", r, f"{r}l"}
+    for n in range(8, 16):
+        names |= {f"r{n}", f"r{n}d", f"r{n}w", f"r{n}b", f"r{n}l"}
+    names |= {"cs", "ds", "es", "fs", "gs", "ss"}
+    names |= {f"{kind}{n}" for kind in ("cr", "dr") for n in range(16)}
+    names |= {f"{kind}{n}" for kind in ("xmm", "ymm", "zmm") for n in range(32)}
+    names |= {f"{kind}{n}" for kind in ("mm", "st", "k") for n in range(8)}
+    return frozenset(names)
+
+
+REGISTER_NAMES = _register_names()
 
 
 def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limits) -> Scenario:
@@ -47,6 +66,13 @@ def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limi
             resolved.setdefault(index, []).append((name, path.resolve()))
         return size
 
+    for index, line in enumerate(lines):
+        for label in labels_of_line(line, scenario.syntax):
+            if label.lower() in REGISTER_NAMES:
+                # Keystone reads the name as the register wherever the label is
+                # used (the tool itself takes every label's address), and fails
+                # on some later line with "invalid operand".
+                raise fail(index, f"label '{label}' is named like a register; rename it")
     check_program_size(
         lines,
         constants,
