@@ -18,7 +18,6 @@ from .. import safe_output
 from ..errors import BadInput
 from .format import METADATA_KEY, TraceMetadata
 
-
 _FOOTER_BYTES_PER_CHUNK = 100
 
 
