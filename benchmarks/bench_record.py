@@ -9,6 +9,8 @@ ratio of the two rows, measured side by side in this one run):
 
 Each measurement runs in a child process of its own, so peak RSS (VmHWM)
 is that recording's alone. The two traces are compared for equal rows.
+`CPU s` is the child's processor time (all its threads): on a busy shared
+machine it varies much less than the wall-clock `seconds`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +52,7 @@ def child(kind: str, steps: int, out: Path) -> None:
 
     scenario = load_scenario(SCENARIO)
     start = time.perf_counter()
+    cpu = time.process_time()
     if kind == "project":
         recorded = record(scenario, out, RecordOptions(max_steps=steps)).metadata.steps
     else:
@@ -56,10 +60,11 @@ def child(kind: str, steps: int, out: Path) -> None:
 
         recorded = record_naive(scenario, out, steps)
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     rss = peak_rss()
-    print(
-        json.dumps({"steps": recorded, "seconds": seconds, "rss": rss, "bytes": out.stat().st_size})
-    )
+    size = out.stat().st_size
+    result = {"steps": recorded, "seconds": seconds, "cpu": cpu, "rss": rss, "bytes": size}
+    print(json.dumps(result))
 
 
 def command(args: list[str]) -> dict[str, float]:
@@ -97,7 +102,7 @@ def same_rows(a: Path, b: Path) -> bool:
         ta, tb = fa.read_row_group(i), fb.read_row_group(i)
         for name in ta.column_names:
             col_a, col_b = ta.column(name), tb.column(name)
-            if name in ("insn", "symbol"):  # dictionaries may differ, the strings not
+            if pa.types.is_dictionary(col_a.type):  # dictionaries may differ, the strings not
                 col_a, col_b = col_a.cast("string"), col_b.cast("string")
             if not col_a.equals(col_b):
                 print(f"  differs: row group {i}, column {name}")
@@ -137,14 +142,14 @@ def main() -> None:
         if not args.skip_naive:
             naive_steps = args.naive_steps or args.steps
             results["naive"] = measure("naive", naive_steps, tmpdir / "naive.parquet")
-        header = ("recorder", "steps", "seconds", "steps/s", "peak RSS", "bytes/step")
-        print("{:<10} {:>12} {:>9} {:>11} {:>10} {:>11}".format(*header))
+        header = ("recorder", "steps", "seconds", "steps/s", "CPU s", "peak RSS", "bytes/step")
+        print("{:<10} {:>12} {:>9} {:>11} {:>7} {:>10} {:>11}".format(*header))
         for kind, r in results.items():
             rate = r["steps"] / r["seconds"]
             per_step = r["bytes"] / r["steps"]
             print(
                 f"{kind:<10} {r['steps']:>12,} {r['seconds']:>9.2f} {rate:>11,.0f} "
-                f"{mib(r['rss']):>10} {per_step:>11.2f}"
+                f"{r['cpu']:>7.2f} {mib(r['rss']):>10} {per_step:>11.2f}"
             )
         if "naive" in results:
             p, n = results["project"], results["naive"]

@@ -1,7 +1,8 @@
 """The obvious recorder, kept as the reference the real one is measured against.
 
 It records the same content as `stacktrace_lab.record` (every register, the
-instruction text and symbol, reads, writes and stack snapshots) the way one
+instruction's text, symbol, kind, label, offset, bytes and source line, reads,
+writes and stack snapshots) the way one
 would first write it with unicorn's Python binding: `Uc.reg_read` for each
 register in the code hook, a `mem_read` of every stack window at every step,
 and binding-level hooks for memory reads and writes. Rows are Python lists
@@ -27,9 +28,10 @@ from stacktrace_lab.record.recorder import (
     build_program,
     machine_spec,
     snapshot_windows,
+    source_lines,
 )
 from stacktrace_lab.scenario import Scenario
-from stacktrace_lab.trace.format import ACCESS_TYPE, schema
+from stacktrace_lab.trace.format import ACCESS_TYPE, SourceLines, schema
 from stacktrace_lab.trace.writer import TraceWriter
 
 
@@ -42,7 +44,9 @@ def record_naive(scenario: Scenario, output: Path, max_steps: int) -> int:
     windows = snapshot_windows(regions, 512)
     trace_schema = schema(windows)
     disassembler = Disassembler(program.code, program.base, program.symbols)
+    source_line = SourceLines(source_lines(scenario, program), (spec.code_region,))
     rows: list[list[Any]] = []
+    reads_at = 1 + len(REGISTERS) + 7  # after step, registers and the 7 instruction columns
     steps = 0
 
     def flush(writer: TraceWriter) -> None:
@@ -52,12 +56,15 @@ def record_naive(scenario: Scenario, output: Path, max_steps: int) -> int:
         arrays = [pa.array(columns[0], pa.int64())]
         arrays += [pa.array(columns[1 + i], pa.uint64()) for i in range(len(REGISTERS))]
         k = 1 + len(REGISTERS)
-        arrays.append(pa.array(columns[k], pa.string()).dictionary_encode())
-        arrays.append(pa.array(columns[k + 1], pa.string()).dictionary_encode())
-        arrays.append(pa.array(columns[k + 2], ACCESS_TYPE))
-        arrays.append(pa.array(columns[k + 3], ACCESS_TYPE))
+        for i in range(k, k + 4):  # insn, symbol, kind, label
+            arrays.append(pa.array(columns[i], pa.string()).dictionary_encode())
+        arrays.append(pa.array(columns[k + 4], pa.int64()))
+        arrays.append(pa.array(columns[k + 5], pa.binary()))
+        arrays.append(pa.array(columns[k + 6], pa.string()).dictionary_encode())
+        arrays.append(pa.array(columns[reads_at], ACCESS_TYPE))
+        arrays.append(pa.array(columns[reads_at + 1], ACCESS_TYPE))
         for j, window in enumerate(windows.values()):
-            arrays.append(pa.array(columns[k + 4 + j], pa.binary(window.size)))
+            arrays.append(pa.array(columns[reads_at + 2 + j], pa.binary(window.size)))
         writer.write(pa.RecordBatch.from_arrays(arrays, schema=trace_schema))
         rows.clear()
 
@@ -72,12 +79,20 @@ def record_naive(scenario: Scenario, output: Path, max_steps: int) -> int:
                 flush(writer)
             registers = [uc.reg_read(uid) for uid in UC_IDS]
             snapshots = [bytes(uc.mem_read(w.base, w.size)) for w in windows.values()]
+            insn = disassembler.decode(address)
+            label = disassembler.label(address)
+            source = source_line(address)
             rows.append(
                 [
                     steps,
                     *registers,
-                    disassembler.text(address),
+                    insn.text,
                     disassembler.symbol(address),
+                    insn.kind,
+                    None if label is None else label[0],
+                    None if label is None else label[1],
+                    insn.data,
+                    None if source is None else f"{source[0]}:{source[1]}",
                     [],
                     [],
                     *snapshots,
@@ -89,10 +104,10 @@ def record_naive(scenario: Scenario, output: Path, max_steps: int) -> int:
             row = rows[-1]
             if access == UC_MEM_WRITE:
                 data = (value & (2**64 - 1)).to_bytes(8, "little")[:size]
-                accesses = row[len(REGISTERS) + 4]
+                accesses = row[reads_at + 1]
             else:
                 data = bytes(uc.mem_read(address, size))
-                accesses = row[len(REGISTERS) + 3]
+                accesses = row[reads_at]
             # Merge the two halves of a 16-byte SSE access, as the format asks.
             last = accesses[-1] if accesses else None
             if last is not None and last["addr"] + last["size"] == address:

@@ -26,7 +26,10 @@ REGIONS_START = 0x10000000
 #: there: the run stops when rip reaches it, with stop reason `returned`.
 SENTINEL_RETURN = 0xDEAD0000
 
-RegionKind = Literal["code", "stack", "data"]
+#: What a region holds. Scenarios declare stacks and data; `heap` and
+#: `mapped` (an anonymous or file mapping) come from real programs' layouts.
+RegionKind = Literal["code", "stack", "heap", "data", "mapped"]
+REGION_KINDS: tuple[RegionKind, ...] = ("code", "stack", "heap", "data", "mapped")
 
 
 def page_ceil(n: int) -> int:
@@ -69,11 +72,11 @@ class Region:
     @classmethod
     def from_json(cls, d: dict[str, object]) -> Region:
         kind = str(d["kind"])
-        if kind not in ("code", "stack", "data"):
+        if kind not in REGION_KINDS:
             raise ValueError(f"unknown region kind {kind!r}")
         return cls(
             name=str(d["name"]),
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             base=int(str(d["base"])),
             size=int(str(d["size"])),
             perms=str(d["perms"]),

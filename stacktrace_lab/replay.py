@@ -205,7 +205,7 @@ class _Comparer:
 
 
 def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
-    """After all rows matched: the step count, stop, final registers and output."""
+    """After all rows matched: the step count, stop, final registers, output and syscalls."""
     meta = trace.metadata
     if result.steps < trace.num_rows:
         return Difference(
@@ -229,6 +229,14 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
         ("stderr", meta.stderr, result.stderr.decode("utf-8", "backslashreplace")),
     ]
     checks += [(f"final.{r}", meta.final.get(r), result.final.get(r)) for r in REGISTERS]
+    if meta.version >= 2:  # version 1 did not log system calls
+        checks.append(
+            (
+                "syscalls",
+                [(c.step, c.nr, c.name, c.args, c.result) for c in meta.syscalls],
+                [(c.step, c.nr, c.name, c.args, c.result) for c in result.syscalls],
+            )
+        )
     for name, recorded, replayed in checks:
         if recorded != replayed:
             return Difference(
@@ -255,7 +263,9 @@ def replay(trace: Trace, progress: Callable[[int], None] | None = None) -> Repla
     except UcError as exc:
         # Only an edited file gets here: the recorder's own layouts always map.
         raise BadInput(f"{trace.path}: the trace's layout cannot be mapped again ({exc})") from None
-    table = InstructionTable(Disassembler(meta.code, meta.code_base, meta.symbols))
+    table = InstructionTable(
+        Disassembler(meta.code, meta.code_base, meta.symbols), meta.source_line
+    )
     batch_schema = schema(windows)
     columns = [name for name in trace.column_names if name in batch_schema.names]
     comparer = _Comparer(trace, columns)

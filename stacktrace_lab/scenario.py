@@ -7,10 +7,11 @@ with one line naming the file and the field.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,11 @@ class Scenario:
     path: str = "<scenario>"
     #: Whether files it names (`[program] file`, `.incbin`) may lie outside its directory.
     allow_outside: bool = False
+    #: What a trace's `program.path` says: the path as given, or the
+    #: built-in's name (not where the package is installed).
+    given_as: str = "<scenario>"
+    #: sha256 (hex) of the scenario file's bytes, for a trace's `program`.
+    sha256: str | None = None
 
 
 def builtin_names() -> list[str]:
@@ -127,10 +133,12 @@ def load_scenario(
     allow_outside: bool = False,
 ) -> Scenario:
     """Read and check a scenario; its files are bounded by `limits` (limits.py)."""
-    path = resolve(os.fspath(name_or_path))
+    given = os.fspath(name_or_path)
+    path = resolve(given)
     data = read_input(path, limits.max_source_bytes, "scenario file")
     try:
-        text = data.decode("utf-8")
+        # As read_text() would: universal newlines.
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: cannot read: {exc}") from None
     try:
@@ -142,7 +150,12 @@ def load_scenario(
             f"{path}: TOML nested more than {limits.max_toml_depth} levels deep"
         ) from None
     check_toml_depth(doc, path, limits.max_toml_depth)
-    return _parse(doc, path, text, limits, allow_outside)
+    given_as = path.stem if path.parent == BUILTIN_DIR and given == path.stem else given
+    return replace(
+        _parse(doc, path, text, limits, allow_outside),
+        given_as=given_as,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 class _Fields:

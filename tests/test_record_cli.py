@@ -13,7 +13,7 @@ import pytest
 
 from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
-from stacktrace_lab.trace import load_trace
+from stacktrace_lab.trace import FORMAT_VERSION, load_trace
 
 
 def test_record_default_writes_traces_first_switch(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -170,13 +170,13 @@ def test_reader_refuses_a_truncated_trace(tmp_path: Path, first_switch_trace: Pa
 def test_reader_refuses_a_newer_version(tmp_path: Path, first_switch_trace: Path) -> None:
     table = pq.read_table(first_switch_trace)
     meta = json.loads(pq.read_metadata(first_switch_trace).metadata[b"stacktrace_lab"])
-    meta["version"] = 2
+    meta["version"] = FORMAT_VERSION + 1
     path = tmp_path / "future.parquet"
     writer = pq.ParquetWriter(path, table.schema)
     writer.write_table(table)
     writer.add_key_value_metadata({"stacktrace_lab": json.dumps(meta)})
     writer.close()
-    with pytest.raises(BadInput, match="version 2 is newer"):
+    with pytest.raises(BadInput, match=f"version {FORMAT_VERSION + 1} is newer"):
         load_trace(path)
 
 

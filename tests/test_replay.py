@@ -111,10 +111,18 @@ def _edit_insn(table: pa.Table) -> pa.Table:
     return table.set_column(index, "insn", pa.array(texts).dictionary_encode())
 
 
+def _edit_kind(table: pa.Table) -> pa.Table:
+    index = table.schema.get_field_index("kind")
+    kinds = table.column(index).to_pylist()
+    kinds[12] = "other"  # gt_switch's ret
+    return table.set_column(index, table.schema.field(index), pa.array(kinds).dictionary_encode())
+
+
 @pytest.mark.parametrize(
     ("edit", "step", "column"),
     [
         (_edit_writes, 6, "writes"),
+        (_edit_kind, 12, "kind"),
         (_edit_snapshot, 15, "stack__green"),
         (_edit_insn, 12, "insn"),
         (lambda t: _set_register(t, "rsp", 13, 0), 13, "rsp"),
@@ -178,6 +186,15 @@ def test_a_cut_trace_and_edited_metadata(
     lie = _rewrite(first_switch_trace, tmp_path / "lie.parquet", lambda t: t, louder)
     status, verdict = _replay_cli(capsys, lie)
     assert status == 1 and verdict["difference"]["columns"] == ["stdout"]
+
+    def shorter_write(doc: dict[str, Any]) -> None:
+        (write,) = doc["syscalls"]
+        assert (write["name"], write["result"]) == ("write", 33)
+        write["result"] = 32
+
+    lie = _rewrite(first_switch_trace, tmp_path / "lie2.parquet", lambda t: t, shorter_write)
+    status, verdict = _replay_cli(capsys, lie)
+    assert status == 1 and verdict["difference"]["columns"] == ["syscalls"]
 
 
 def test_max_steps_and_fault_traces_replay(

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arch import REGISTERS, WORD
-from ..trace.format import STACK_PREFIX
+from ..trace.format import FACT_COLUMNS, STACK_PREFIX
 from ..trace.reader import Trace
 
 CHUNK_ROWS = 16384  # rows per comparison when chunks cannot follow row groups
@@ -157,8 +157,15 @@ class RowCursor:
 
 
 def compared_columns(a: Trace, b: Trace, ignore: Iterable[str]) -> list[str]:
-    """Columns present in both traces that are compared row by row, in file order."""
-    ignored = set(ignore)
+    """Columns present in both traces that are compared row by row, in file order.
+
+    The per-instruction fact columns (kind, label, offset, insn_bytes,
+    source) are not: they follow from rip and the metadata, whose code,
+    symbols and source are compared on their own, and `insn` and `symbol`
+    already show a changed instruction row by row. Compared, `source` would
+    make an edited comment above the code a divergence at step 0.
+    """
+    ignored = {*ignore, *FACT_COLUMNS}
     names_b = set(b.column_names)
     return [n for n in a.column_names if n in names_b and n != "step" and n not in ignored]
 

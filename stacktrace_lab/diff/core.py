@@ -139,7 +139,7 @@ def _row_columns(
         if name not in ignored:
             side = "A" if name in a.column_names else "B"
             notes.append(f"column {name} is only in {side}: not compared row by row")
-    schema_a, schema_b = a.parquet.schema_arrow, b.parquet.schema_arrow
+    schema_a, schema_b = a.schema, b.schema
     for name in list(columns):
         if not schema_a.field(name).type.equals(schema_b.field(name).type):
             columns.remove(name)

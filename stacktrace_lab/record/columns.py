@@ -142,11 +142,10 @@ def build_batch(
     columns: list[pa.Array] = [pa.array(np.arange(chunk.first_step, chunk.first_step + n))]
     columns += [pa.array(registers[:, i]) for i in range(len(REGISTERS))]
 
-    text_indices, symbol_indices = table.indices(registers[:, 0])
-    texts = pa.array(table.texts, pa.string())
-    symbols = pa.array(table.symbols, pa.string())
-    columns.append(pa.DictionaryArray.from_arrays(pa.array(text_indices), texts))
-    columns.append(pa.DictionaryArray.from_arrays(pa.array(symbol_indices), symbols))
+    # Per-instruction facts (insn, symbol, kind, label, ...): looked up once
+    # per distinct address, gathered per row.
+    facts = table.columns(registers[:, 0])
+    columns += [facts[name] for name in schema.names if name in facts]
 
     raw = np.array(chunk.events, dtype=np.int64).reshape(-1, 5)
     is_write = raw[:, 1] == MEM_WRITE

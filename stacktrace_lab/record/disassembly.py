@@ -1,16 +1,67 @@
-"""Instruction text and `label+offset` names for code addresses (capstone).
+"""Facts about each code address: text, kind, bytes, `label+offset`, source line (capstone).
 
 Executed addresses repeat millions of times, so each address is decoded once
-and the trace stores an index into a growing table of unique instructions.
+and the trace stores, per row, indices into growing tables of unique values
+(Arrow dictionary columns). The trace reader borrows this module to derive
+the same facts for version 1 traces, which did not store them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
-from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
+import pyarrow as pa
+from capstone import (
+    CS_ARCH_X86,
+    CS_GRP_BRANCH_RELATIVE,
+    CS_GRP_CALL,
+    CS_GRP_JUMP,
+    CS_GRP_RET,
+    CS_MODE_64,
+    CS_OPT_SYNTAX_ATT,
+    Cs,
+    CsInsn,
+)
+from capstone import x86 as cs_x86
 
 from ..symbols import LabelTable
+from ..trace.format import INSTRUCTION_KINDS
+
+#: What `source_line` looks like: (file, line) of an address, or None.
+SourceLookup = Callable[[int], "tuple[str, int] | None"]
+
+
+@dataclass(frozen=True)
+class Instruction:
+    text: str  # AT&T, as capstone prints it
+    size: int
+    kind: str  # one of INSTRUCTION_KINDS
+    data: bytes  # the instruction's bytes (one byte for "(bad)", none outside the code)
+
+
+def instruction_kind(insn: CsInsn) -> str:
+    """call, ret, jmp, indirect-jmp, syscall or other, from capstone's groups and operands.
+
+    Conditional jumps are `jmp`; `loop`/`loopne` are only in the relative-branch
+    group, not the jump group, and count as jumps too. A jump whose target is
+    a register or memory operand is `indirect-jmp`; an indirect call is still
+    a `call`. `int 0x80` and `iretq` are `other`: only `syscall` (and
+    `sysenter`) enter the kernel the recorder emulates.
+    """
+    if insn.id in (cs_x86.X86_INS_SYSCALL, cs_x86.X86_INS_SYSENTER):
+        return "syscall"
+    groups = set(insn.groups)
+    if CS_GRP_CALL in groups:
+        return "call"
+    if CS_GRP_RET in groups:
+        return "ret"
+    if CS_GRP_JUMP in groups or CS_GRP_BRANCH_RELATIVE in groups:
+        indirect = any(op.type in (cs_x86.X86_OP_REG, cs_x86.X86_OP_MEM) for op in insn.operands)
+        return "indirect-jmp" if indirect else "jmp"
+    return "other"
 
 
 class Disassembler:
@@ -19,78 +70,143 @@ class Disassembler:
         self.base = base
         self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
         self._cs.syntax = CS_OPT_SYNTAX_ATT
+        self._cs.detail = True  # groups and operands, for `kind`
         self._labels = LabelTable(symbols)
-        self._cache: dict[int, tuple[str, int]] = {}
+        self._cache: dict[int, Instruction] = {}
 
-    def instruction(self, addr: int) -> tuple[str, int]:
-        """(AT&T text, length) of the instruction at `addr`."""
+    def decode(self, addr: int) -> Instruction:
         cached = self._cache.get(addr)
         if cached is not None:
             return cached
         offset = addr - self.base
-        text, size = "(bad)", 1
+        found = Instruction("(bad)", 1, "other", b"")
         if 0 <= offset < len(self.code):
+            found = Instruction("(bad)", 1, "other", self.code[offset : offset + 1])
             for insn in self._cs.disasm(self.code[offset : offset + 16], addr, 1):
                 text = f"{insn.mnemonic} {insn.op_str}".strip()
-                size = insn.size
-        self._cache[addr] = (text, size)
-        return text, size
+                found = Instruction(text, insn.size, instruction_kind(insn), bytes(insn.bytes))
+        self._cache[addr] = found
+        return found
+
+    def instruction(self, addr: int) -> tuple[str, int]:
+        """(AT&T text, length) of the instruction at `addr`."""
+        insn = self.decode(addr)
+        return insn.text, insn.size
 
     def text(self, addr: int) -> str:
-        return self.instruction(addr)[0]
+        return self.decode(addr).text
+
+    def label(self, addr: int) -> tuple[str, int] | None:
+        """(nearest label at or below, offset from it), or None below every label."""
+        return self._labels.nearest(addr)
 
     def symbol(self, addr: int) -> str:
         """`label+offset` (offset in decimal, also when 0), or hex below every label."""
-        nearest = self._labels.nearest(addr)
+        nearest = self.label(addr)
         if nearest is None:
             return f"{addr:#x}"
         name, offset = nearest
         return f"{name}+{offset}"
 
 
-class InstructionTable:
-    """Maps executed addresses to indices into dictionaries of unique strings.
+class _Interned:
+    """Distinct strings in first-seen order, each with its index."""
 
-    `texts` holds each distinct instruction text once (`retq` at five
-    addresses is one entry) and `symbols` each distinct `label+offset`. A
-    dictionary with repeated values made Arrow's Parquet writer encode the
-    column differently from one file to the next in the same process, which
-    broke byte-identical traces. The dictionaries only grow (new addresses of
-    a row group are added in address order), so every row group can carry
-    them as they stand and stay deterministic.
+    def __init__(self, initial: tuple[str, ...] = ()) -> None:
+        self.values: list[str] = []
+        self._index: dict[str, int] = {}
+        self._array: pa.Array | None = None  # `values` as Arrow, rebuilt when they grow
+        for value in initial:
+            self.add(value)
+
+    def add(self, value: str) -> int:
+        position = self._index.get(value)
+        if position is None:
+            position = self._index[value] = len(self.values)
+            self.values.append(value)
+            self._array = None
+        return position
+
+    def dictionary(self, indices: npt.NDArray[np.int32]) -> pa.DictionaryArray:
+        """A dictionary column over all values so far; a negative index is a null."""
+        if self._array is None:
+            self._array = pa.array(self.values, pa.string())
+        nulls = indices < 0
+        if nulls.any():
+            keys = pa.array(np.where(nulls, 0, indices), pa.int32(), mask=nulls)
+        else:
+            keys = pa.array(indices, pa.int32())
+        return pa.DictionaryArray.from_arrays(keys, self._array)
+
+
+#: Columns of InstructionTable's per-address facts: indices into the interned
+#: tables (-1: null), the index of the instruction's bytes, the label offset.
+_TEXT, _SYMBOL, _KIND, _LABEL, _SOURCE, _BYTES, _OFFSET = range(7)
+
+
+class InstructionTable:
+    """Maps executed addresses to the per-instruction columns of a trace.
+
+    Each distinct value is stored once (`retq` at five addresses is one
+    dictionary entry). A dictionary with repeated values made Arrow's Parquet
+    writer encode the column differently from one file to the next in the
+    same process, which broke byte-identical traces. The dictionaries only
+    grow (new addresses of a row group are added in address order), so every
+    row group can carry them as they stand and stay deterministic. `kind`'s
+    dictionary is fixed: all six kinds, in the documented order.
     """
 
-    def __init__(self, disassembler: Disassembler) -> None:
+    def __init__(self, disassembler: Disassembler, source_line: SourceLookup) -> None:
         self._disassembler = disassembler
-        self._by_address: dict[int, tuple[int, int]] = {}
-        self.texts: list[str] = []
-        self.symbols: list[str] = []
-        self._text_index: dict[str, int] = {}
-        self._symbol_index: dict[str, int] = {}
+        self._source_line = source_line
+        self._row_of: dict[int, int] = {}  # address -> row of _facts
+        self._facts = np.zeros((0, 7), dtype=np.int64)
+        self.texts = _Interned()
+        self.symbols = _Interned()
+        self.kinds = _Interned(INSTRUCTION_KINDS)
+        self.labels = _Interned()
+        self.sources = _Interned()
+        self._bytes: list[bytes] = []
+        self._bytes_array: pa.Array | None = None
 
-    def indices(
-        self, rips: npt.NDArray[np.uint64]
-    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-        """(index into `texts`, index into `symbols`) for each rip."""
+    def _learn(self, addr: int) -> tuple[int, int, int, int, int, int, int]:
+        insn = self._disassembler.decode(addr)
+        label = self._disassembler.label(addr)
+        source = self._source_line(addr)
+        self._row_of[addr] = len(self._row_of)
+        self._bytes.append(insn.data)
+        self._bytes_array = None
+        return (
+            self.texts.add(insn.text),
+            self.symbols.add(self._disassembler.symbol(addr)),
+            self.kinds.add(insn.kind),
+            -1 if label is None else self.labels.add(label[0]),
+            -1 if source is None else self.sources.add(f"{source[0]}:{source[1]}"),
+            len(self._bytes) - 1,
+            0 if label is None else label[1],
+        )
+
+    def columns(self, rips: npt.NDArray[np.uint64]) -> dict[str, pa.Array]:
+        """`insn`, `symbol`, `kind`, `label`, `offset`, `insn_bytes`, `source` for each rip."""
         unique, inverse = np.unique(rips, return_inverse=True)
-        text_of = np.empty(len(unique), dtype=np.int32)
-        symbol_of = np.empty(len(unique), dtype=np.int32)
-        for i, addr in enumerate(unique.tolist()):
-            known = self._by_address.get(addr)
-            if known is None:
-                known = (
-                    _intern(self._disassembler.text(addr), self.texts, self._text_index),
-                    _intern(self._disassembler.symbol(addr), self.symbols, self._symbol_index),
-                )
-                self._by_address[addr] = known
-            text_of[i], symbol_of[i] = known
-        inverse = inverse.reshape(-1)
-        return text_of[inverse], symbol_of[inverse]
-
-
-def _intern(value: str, values: list[str], index: dict[str, int]) -> int:
-    position = index.get(value)
-    if position is None:
-        position = index[value] = len(values)
-        values.append(value)
-    return position
+        addrs = unique.tolist()
+        learned = [self._learn(addr) for addr in addrs if addr not in self._row_of]
+        if learned:
+            self._facts = np.concatenate([self._facts, np.array(learned, dtype=np.int64)])
+        rows = np.array([self._row_of[addr] for addr in addrs], dtype=np.int64)
+        per_row = self._facts[rows[inverse.reshape(-1)]]
+        index = per_row[:, :_OFFSET].astype(np.int32)
+        no_label = index[:, _LABEL] < 0
+        if self._bytes_array is None:
+            self._bytes_array = pa.array(self._bytes, pa.binary())
+        return {
+            "insn": self.texts.dictionary(index[:, _TEXT]),
+            "symbol": self.symbols.dictionary(index[:, _SYMBOL]),
+            "kind": self.kinds.dictionary(index[:, _KIND]),
+            "label": self.labels.dictionary(index[:, _LABEL]),
+            "offset": pa.array(
+                per_row[:, _OFFSET], pa.int64(), mask=no_label if no_label.any() else None
+            ),
+            "insn_bytes": self._bytes_array.take(pa.array(index[:, _BYTES])),
+            "source": self.sources.dictionary(index[:, _SOURCE]),
+        }

@@ -68,6 +68,17 @@ ROW_BYTES = WORD * len(REGISTERS)
 MEM_WRITE = UC_MEM_WRITE
 
 SYS_WRITE, SYS_EXIT, SYS_EXIT_GROUP = 1, 60, 231
+#: Names for the trace's syscall log; a number not here is logged as "unknown".
+SYSCALL_NAMES = {SYS_WRITE: "write", SYS_EXIT: "exit", SYS_EXIT_GROUP: "exit_group"}
+#: Argument registers of a Linux x86-64 system call, in order.
+_SYSCALL_ARGS = (
+    x86.UC_X86_REG_RDI,
+    x86.UC_X86_REG_RSI,
+    x86.UC_X86_REG_RDX,
+    x86.UC_X86_REG_R10,
+    x86.UC_X86_REG_R8,
+    x86.UC_X86_REG_R9,
+)
 ENOSYS, EBADF, EFAULT = 38, 9, 14
 _HLT = 0xF4
 
@@ -127,6 +138,17 @@ class Chunk:
         return len(self.registers) // ROW_BYTES
 
 
+@dataclass(frozen=True)
+class SyscallEvent:
+    """A system call as the trace's `syscalls` log holds it."""
+
+    step: int  # the row of the `syscall` instruction
+    nr: int
+    name: str
+    args: tuple[int, ...]
+    result: int | None  # rax after the call, signed; None: it did not return
+
+
 @dataclass
 class RunResult:
     stop: Stop
@@ -139,6 +161,7 @@ class RunResult:
     #: Output bytes written past `MachineSpec.max_output` and not kept.
     stdout_dropped: int = 0
     stderr_dropped: int = 0
+    syscalls: list[SyscallEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -177,6 +200,7 @@ class Machine:
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.dropped = {1: 0, 2: 0}  # output bytes past max_output, by fd
+        self.syscalls: list[SyscallEvent] = []
         self._stop: Stop | None = None
         self._fault: tuple[int, int, int] | None = None  # access, address, size
         self._error: BaseException | None = None
@@ -306,7 +330,16 @@ class Machine:
             )
             if status != 0:
                 raise UcError(status)
-        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
+        # The syscall hook runs after the code hook counted the `syscall`
+        # instruction: its row is `step - 1`, read when the call happens.
+        uc.hook_add(
+            UC_HOOK_INSN,
+            lambda uc, _user: self._on_syscall(uc, step - 1),
+            None,
+            1,
+            0,
+            x86.UC_X86_INS_SYSCALL,
+        )
 
         def on_interrupt(uc: Uc, number: int, _user: Any) -> None:
             # Without this hook unicorn only says "Unhandled CPU exception";
@@ -366,6 +399,7 @@ class Machine:
             interrupted=interrupted,
             stdout_dropped=self.dropped[1],
             stderr_dropped=self.dropped[2],
+            syscalls=self.syscalls,
         )
 
     def _natural_stop(self, last_step: int, last_rip: int) -> Stop:
@@ -393,8 +427,18 @@ class Machine:
             "fault", last_step, f"{what} memory: {size} bytes at {address:#x} (rip {rip:#x})"
         )
 
-    def _on_syscall(self, uc: Uc, _user: Any) -> None:
-        number = uc.reg_read(x86.UC_X86_REG_RAX)
+    def _on_syscall(self, uc: Uc, step: int) -> None:
+        number = int(uc.reg_read(x86.UC_X86_REG_RAX))
+        args = tuple(int(uc.reg_read(reg)) for reg in _SYSCALL_ARGS)
+        self._emulate_syscall(uc, number)
+        returned = self._stop is None or self._stop.reason != "exit"
+        result = int(uc.reg_read(x86.UC_X86_REG_RAX)) if returned else None
+        if result is not None and result >= 1 << 63:
+            result -= 1 << 64  # -errno
+        name = SYSCALL_NAMES.get(number, "unknown")
+        self.syscalls.append(SyscallEvent(step, number, name, args, result))
+
+    def _emulate_syscall(self, uc: Uc, number: int) -> None:
         if number == SYS_WRITE:
             fd = uc.reg_read(x86.UC_X86_REG_RDI)
             buf = uc.reg_read(x86.UC_X86_REG_RSI)

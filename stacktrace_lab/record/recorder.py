@@ -20,9 +20,13 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..scenario import Scenario
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
+    ProgramInfo,
     ScenarioInfo,
     SnapshotWindow,
+    SourceLine,
+    SourceLines,
     StopInfo,
+    SyscallRecord,
     TraceMetadata,
     schema,
     stack_column,
@@ -151,7 +155,11 @@ def record(
     machine = Machine(spec)
     windows = snapshot_windows(regions, options.snapshot_limit)
     snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
-    table = InstructionTable(Disassembler(program.code, program.base, program.symbols))
+    lines = source_lines(scenario, program)
+    table = InstructionTable(
+        Disassembler(program.code, program.base, program.symbols),
+        SourceLines(lines, (spec.code_region,)),
+    )
     trace_schema = schema(windows)
     max_steps = options.max_steps or scenario.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
@@ -196,14 +204,37 @@ def record(
             raise BadInput(
                 f"{scenario.path}: the program stopped before its first step: {result.stop.detail}"
             )
-        metadata = _metadata(scenario, program, spec, windows, result, options, max_steps)
+        metadata = _metadata(scenario, program, lines, spec, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
+
+
+def source_lines(scenario: Scenario, program: Program) -> tuple[SourceLine, ...]:
+    """`code.lines`: each line's first address, with the file the line is in.
+
+    The file is named relative to the scenario file (`switch.s` for
+    `file = "switch.s"`), or is the scenario file's own name when the program
+    is inline, so the trace does not depend on where it was recorded.
+    """
+    source, toml = Path(scenario.source_file), Path(scenario.path)
+    if source == toml:
+        file = toml.name
+    else:
+        try:
+            file = source.relative_to(toml.parent).as_posix()
+        except ValueError:
+            file = source.as_posix()
+    return tuple(SourceLine(addr, file, line) for addr, line in sorted(program.lines.items()))
+
+
+def program_info(scenario: Scenario) -> ProgramInfo:
+    return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
 
 
 def _metadata(
     scenario: Scenario,
     program: Program,
+    lines: tuple[SourceLine, ...],
     spec: MachineSpec,
     windows: dict[str, SnapshotWindow],
     result: RunResult,
@@ -224,7 +255,11 @@ def _metadata(
         symbols=program.symbols,
         code_base=program.base,
         code=program.code,
-        lines=program.lines,
+        lines=lines,
+        program=program_info(scenario),
+        syscalls=tuple(
+            SyscallRecord(c.step, c.nr, c.name, c.args, c.result) for c in result.syscalls
+        ),
         snapshots=windows,
         initial=result.initial,
         final=result.final,

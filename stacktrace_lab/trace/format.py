@@ -1,17 +1,25 @@
 """The trace format's one home: schema, version and metadata (docs/trace-format.md).
 
 One row per executed instruction. Register columns hold the state before the
-instruction; `reads` and `writes` what the instruction itself accessed;
-`stack__<name>` the bytes of each stack region (or its top bytes) before it.
-Trace-level facts are one JSON object in the Parquet key-value metadata under
-`METADATA_KEY`, with sorted keys so that files are byte-identical run to run.
+instruction; `kind`, `label`, `offset`, `insn_bytes` and `source` facts about
+the instruction at rip (version 2); `reads` and `writes` what the instruction
+itself accessed; `stack__<name>` the bytes of each stack region (or its top
+bytes) before it. Trace-level facts are one JSON object under `METADATA_KEY`,
+both in the Parquet key-value metadata and in the Arrow schema's metadata,
+with sorted keys so that files are byte-identical run to run.
+
+Version 1 traces (no per-instruction fact columns, `code.lines` without file
+names, no `program`/`syscalls`) still load: `from_json` fills in what they
+lack and the reader derives the missing columns (trace/reader.py).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -20,33 +28,96 @@ from ..layout import Region
 from ..scenario import Expectations
 
 FORMAT_NAME = "stacktrace-lab-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads; older ones are upgraded on read.
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "stacktrace_lab"
 STACK_PREFIX = "stack__"
 DEFAULT_SNAPSHOT_LIMIT = 512
 
 ACCESS_TYPE = pa.list_(
-    pa.struct(
-        [
-            pa.field("addr", pa.uint64(), nullable=False),
-            pa.field("size", pa.uint16(), nullable=False),
-            pa.field("data", pa.binary(), nullable=False),
-        ]
+    # Named as Parquet's nested-list convention names it, so that the type a
+    # reader gets back from the file is this very type.
+    pa.field(
+        "element",
+        pa.struct(
+            [
+                pa.field("addr", pa.uint64(), nullable=False),
+                pa.field("size", pa.uint16(), nullable=False),
+                pa.field("data", pa.binary(), nullable=False),
+            ]
+        ),
     )
 )
 TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+#: Values of the `kind` column, decided once per instruction address from
+#: capstone's detail mode (groups and operand types, not the text).
+INSTRUCTION_KINDS = ("call", "ret", "jmp", "indirect-jmp", "syscall", "other")
+#: Per-instruction fact columns version 2 added. All are facts about the
+#: instruction at `rip`, so the reader derives them for version 1 traces.
+FACT_COLUMNS = ("kind", "label", "offset", "insn_bytes", "source")
+FACT_FIELDS = (
+    pa.field("kind", TEXT_TYPE, nullable=False),
+    # Null below the first label (the `symbol` column then shows the hex address).
+    pa.field("label", TEXT_TYPE, nullable=True),
+    pa.field("offset", pa.int64(), nullable=True),
+    pa.field("insn_bytes", pa.binary(), nullable=False),
+    # "file:line" of the source line the instruction came from, null when unknown.
+    pa.field("source", TEXT_TYPE, nullable=True),
+)
+
+
+_TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+_BYTES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
+
+
+def stored_as(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a column stored as `actual` holds the format's `expected` type.
+
+    Exactly the type, or the same values as another Parquet tool writes them
+    back: plain, large or view strings (or a dictionary with other index
+    types) for a dictionary string column, large or view binaries for binary
+    and fixed-width binary columns (the width is checked on reading), large
+    lists, structs with the same fields. The reader casts such columns back.
+    """
+    if actual.equals(expected):
+        return True
+    if pa.types.is_dictionary(expected):
+        values = actual.value_type if pa.types.is_dictionary(actual) else actual
+        return any(test(values) for test in _TEXT)
+    if pa.types.is_fixed_size_binary(expected) or pa.types.is_binary(expected):
+        return any(test(actual) for test in _BYTES) or pa.types.is_fixed_size_binary(actual)
+    if pa.types.is_list(expected):
+        is_list = pa.types.is_list(actual) or pa.types.is_large_list(actual)
+        return is_list and stored_as(actual.value_type, expected.value_type)
+    if pa.types.is_struct(expected):
+        if not pa.types.is_struct(actual):
+            return False
+        names = [actual.field(i).name for i in range(actual.num_fields)]
+        return all(
+            expected.field(i).name in names
+            and stored_as(actual.field(expected.field(i).name).type, expected.field(i).type)
+            for i in range(expected.num_fields)
+        )
+    return False
 
 
 def stack_column(name: str) -> str:
     return f"{STACK_PREFIX}{name}"
 
 
-def schema(snapshots: dict[str, SnapshotWindow]) -> pa.Schema:
+def schema(snapshots: dict[str, SnapshotWindow], version: int = FORMAT_VERSION) -> pa.Schema:
+    """The Arrow schema of a trace of `version` (the reader presents v1 as v2)."""
     fields = [pa.field("step", pa.int64(), nullable=False)]
     fields += [pa.field(name, pa.uint64(), nullable=False) for name in REGISTERS]
     fields += [
         pa.field("insn", TEXT_TYPE, nullable=False),
         pa.field("symbol", TEXT_TYPE, nullable=False),
+    ]
+    if version >= 2:
+        fields += FACT_FIELDS
+    fields += [
         pa.field("reads", ACCESS_TYPE, nullable=False),
         pa.field("writes", ACCESS_TYPE, nullable=False),
     ]
@@ -89,6 +160,70 @@ class ScenarioInfo:
 
 
 @dataclass(frozen=True)
+class SourceLine:
+    """The first instruction of a source line: `code.lines` entries."""
+
+    addr: int
+    #: The assembly file relative to the scenario file, or the scenario
+    #: file's name for a program written inline in it (an ELF: as DWARF says).
+    file: str
+    line: int
+
+
+class SourceLines:
+    """`source_line(addr)`: the rule shared by the recorder's `source` column and the readers."""
+
+    def __init__(self, lines: tuple[SourceLine, ...], code: tuple[Region, ...]) -> None:
+        self._lines = sorted(lines, key=lambda e: e.addr)
+        self._addrs = [e.addr for e in self._lines]
+        self._code = code
+
+    def __call__(self, addr: int) -> tuple[str, int] | None:
+        region = next((r for r in self._code if r.contains(addr)), None)
+        if region is None:
+            return None
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or self._addrs[i] < region.base:
+            return None
+        return self._lines[i].file, self._lines[i].line
+
+
+@dataclass(frozen=True)
+class ProgramInfo:
+    """What was recorded: a scenario file or an ELF binary, and its hash."""
+
+    kind: Literal["scenario", "elf"]
+    #: A scenario: the path as given on the command line, or the built-in's name.
+    path: str
+    #: sha256 (hex) of the scenario file's bytes or of the binary; None only
+    #: for traces of format version 1, which did not record it.
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class SyscallRecord:
+    """One system call the program made: at `step` (the row of its `syscall`)."""
+
+    step: int
+    nr: int
+    name: str
+    #: rdi, rsi, rdx, r10, r8, r9 as the call saw them.
+    args: tuple[int, ...]
+    #: What rax held after the call (negative: -errno); None when the call
+    #: did not return (exit, exit_group).
+    result: int | None
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    """Recording began past the entry (`--from SYMBOL`): where, and after how many steps."""
+
+    symbol: str
+    #: Instructions that ran, unrecorded, before the trace's step 0.
+    step: int
+
+
+@dataclass(frozen=True)
 class TraceMetadata:
     scenario: ScenarioInfo
     regions: tuple[Region, ...]
@@ -104,12 +239,28 @@ class TraceMetadata:
     options: dict[str, Any]
     tool: dict[str, str]
     steps: int
-    #: Address of each source line's first instruction -> its line number in
-    #: the scenario file (for listings that show the source beside the code).
-    lines: dict[int, int] = field(default_factory=dict)
+    #: The first instruction of each source line, in address order (for
+    #: listings that show the source beside the code): see `source_line`.
+    lines: tuple[SourceLine, ...] = ()
+    program: ProgramInfo | None = None
+    syscalls: tuple[SyscallRecord, ...] = ()
+    start: StartInfo | None = None
     format: str = FORMAT_NAME
+    #: The version of the file read (a version 1 trace keeps 1 after its upgrade).
     version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def _source_lines(self) -> SourceLines:
+        return SourceLines(self.lines, tuple(r for r in self.regions if r.kind == "code"))
+
+    def source_line(self, addr: int) -> tuple[str, int] | None:
+        """(file, line) of the code at `addr`: its line's entry, else the nearest below.
+
+        Only inside a code region, and only from a line that starts in the
+        same region: an address in a stack or past the code has no line.
+        """
+        return self._source_lines(addr)
 
     def region(self, name: str) -> Region:
         for region in self.regions:
@@ -148,8 +299,25 @@ class TraceMetadata:
             "code": {
                 "base": self.code_base,
                 "bytes": self.code.hex(),
-                "lines": [[addr, line] for addr, line in sorted(self.lines.items())],
+                "lines": [[e.addr, e.file, e.line] for e in self.lines],
             },
+            "program": None
+            if self.program is None
+            else {
+                "kind": self.program.kind,
+                "path": self.program.path,
+                "sha256": self.program.sha256,
+            },
+            "syscalls": [
+                {
+                    "step": c.step,
+                    "nr": c.nr,
+                    "name": c.name,
+                    "args": list(c.args),
+                    "result": c.result,
+                }
+                for c in self.syscalls
+            ],
             "snapshots": {
                 name: {"column": w.column, "base": w.base, "size": w.size}
                 for name, w in self.snapshots.items()
@@ -166,6 +334,8 @@ class TraceMetadata:
             "options": self.options,
             **self.extra,
         }
+        if self.start is not None:
+            doc["start"] = {"symbol": self.start.symbol, "step": self.start.step}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -185,13 +355,17 @@ class TraceMetadata:
             "stop",
             "output",
             "options",
+            "program",
+            "syscalls",
+            "start",
         }
+        version = int(doc["version"])
         s = doc["scenario"]
         if not isinstance(s.get("expect") or {}, dict):
             raise TypeError("scenario.expect must be an object")
         metadata = cls(
             format=doc["format"],
-            version=int(doc["version"]),
+            version=version,
             tool=dict(doc.get("tool", {})),
             scenario=ScenarioInfo(
                 name=s["name"],
@@ -206,7 +380,10 @@ class TraceMetadata:
             symbols={k: int(v) for k, v in doc["layout"]["symbols"].items()},
             code_base=int(doc["code"]["base"]),
             code=bytes.fromhex(doc["code"]["bytes"]),
-            lines={int(addr): int(line) for addr, line in doc["code"].get("lines", [])},
+            lines=_lines(doc, version),
+            program=_program(doc, version),
+            syscalls=tuple(_syscall(c) for c in doc.get("syscalls") or []),
+            start=_start(doc.get("start")),
             snapshots={
                 name: SnapshotWindow(w["column"], int(w["base"]), int(w["size"]))
                 for name, w in doc["snapshots"].items()
@@ -222,6 +399,42 @@ class TraceMetadata:
         )
         _check_types(metadata)
         return metadata
+
+
+def _lines(doc: dict[str, Any], version: int) -> tuple[SourceLine, ...]:
+    entries = doc["code"].get("lines") or []
+    if version == 1:
+        # Version 1 kept [addr, line] and no file: its lines counted in the
+        # scenario file for inline programs (all the built-ins), so name that.
+        file = f"{doc['scenario']['name']}.toml"
+        lines = [SourceLine(int(addr), file, int(line)) for addr, line in entries]
+    else:
+        lines = [SourceLine(int(addr), str(file), int(line)) for addr, file, line in entries]
+    return tuple(sorted(lines, key=lambda e: e.addr))
+
+
+def _program(doc: dict[str, Any], version: int) -> ProgramInfo:
+    if version == 1:
+        return ProgramInfo("scenario", str(doc["scenario"]["name"]), None)
+    p = doc["program"]
+    if p["kind"] not in ("scenario", "elf"):
+        raise ValueError(f"program.kind must be scenario or elf, got {p['kind']!r}")
+    return ProgramInfo(p["kind"], p["path"], p["sha256"])
+
+
+def _syscall(c: dict[str, Any]) -> SyscallRecord:
+    result = c.get("result")
+    return SyscallRecord(
+        step=int(c["step"]),
+        nr=int(c["nr"]),
+        name=c["name"],
+        args=tuple(int(a) for a in c["args"]),
+        result=None if result is None else int(result),
+    )
+
+
+def _start(d: dict[str, Any] | None) -> StartInfo | None:
+    return None if d is None else StartInfo(d["symbol"], int(d["step"]))
 
 
 def _check_types(metadata: TraceMetadata) -> None:
@@ -242,11 +455,18 @@ def _check_types(metadata: TraceMetadata) -> None:
         "output.stdout": metadata.stdout,
         "output.stderr": metadata.stderr,
         **{f"snapshots.{name}.column": w.column for name, w in metadata.snapshots.items()},
+        **{f"syscalls[{i}].name": c.name for i, c in enumerate(metadata.syscalls)},
+        **{f"code.lines[{i}].file": e.file for i, e in enumerate(metadata.lines)},
     }
+    if metadata.program is not None:
+        texts["program.path"] = metadata.program.path
+    if metadata.start is not None:
+        texts["start.symbol"] = metadata.start.symbol
     optional_texts = {
         "scenario.breaks": metadata.scenario.breaks,
         "scenario.expect.stdout": metadata.scenario.expect.stdout,
         "scenario.expect.stop": metadata.scenario.expect.stop,
+        "program.sha256": metadata.program.sha256 if metadata.program else None,
     }
     for where, value in [*texts.items(), *optional_texts.items()]:
         if not isinstance(value, str) and not (value is None and where in optional_texts):

@@ -4,6 +4,15 @@
 refuses anything else with a one-line `BadInput`. Row data is read lazily, so
 analysing a long trace can go column by column or row group by row group
 without holding the whole file in memory.
+
+Every table a `Trace` hands out has the current format's columns and types,
+whatever wrote the file:
+- a version 1 trace gets the per-instruction fact columns (`kind`, `label`,
+  `offset`, `insn_bytes`, `source`) derived from its code and symbols, on read;
+- a file rewritten by another Parquet tool (pyarrow, polars) may come back
+  with plain strings for dictionary columns, large lists and binaries, and
+  variable-width binaries for the stack snapshots: they are cast back (a
+  snapshot of the wrong width is a corrupt trace).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +30,17 @@ import pyarrow.parquet as pq
 
 from ..errors import BadInput
 from . import validate
-from .format import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, TraceMetadata, schema
+from .format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    READABLE_VERSIONS,
+    TraceMetadata,
+    schema,
+)
+
+if TYPE_CHECKING:
+    from ..record.disassembly import InstructionTable
 
 
 class Trace:
@@ -28,6 +48,10 @@ class Trace:
         self.path = path
         self.parquet = parquet
         self.metadata = metadata
+        #: The columns and types every table of this trace is handed out with.
+        self.schema = _presented_schema(parquet.schema_arrow, metadata)
+        self._stored = set(parquet.schema_arrow.names)
+        self._facts: InstructionTable | None = None  # version 1: derives FACT_COLUMNS
 
     @property
     def num_rows(self) -> int:
@@ -35,14 +59,15 @@ class Trace:
 
     @property
     def column_names(self) -> list[str]:
-        return list(self.parquet.schema_arrow.names)
+        return list(self.schema.names)
 
     @property
     def num_row_groups(self) -> int:
         return int(self.parquet.num_row_groups)
 
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
-        return self.parquet.read(columns=list(columns) if columns is not None else None)
+        names = self._names(columns)
+        return self._present(self.parquet.read(columns=self._to_read(names)), names)
 
     def rows(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows as a DataFrame (all columns unless named: mind long traces)."""
@@ -51,11 +76,14 @@ class Trace:
 
     def column(self, name: str) -> npt.NDArray[np.uint64]:
         """A register column (or `step`) as a numpy array."""
-        values: npt.NDArray[np.uint64] = self.parquet.read(columns=[name]).column(0).to_numpy()
+        values: npt.NDArray[np.uint64] = self.table([name]).column(0).to_numpy()
         return values
 
     def row_group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
-        return self.parquet.read_row_group(index, columns=list(columns) if columns else None)
+        names = self._names(columns or None)
+        return self._present(
+            self.parquet.read_row_group(index, columns=self._to_read(names)), names
+        )
 
     def iter_row_groups(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         for index in range(self.num_row_groups):
@@ -76,10 +104,50 @@ class Trace:
             if offset >= stop:
                 break
         if not pieces:
-            return self.parquet.schema_arrow.empty_table().select(
-                list(columns) if columns else self.column_names
-            )
+            return self.schema.empty_table().select(self._names(columns or None))
         return pa.concat_tables(pieces)
+
+    def _names(self, columns: Sequence[str] | None) -> list[str]:
+        if columns is None:
+            return self.column_names
+        unknown = [name for name in columns if name not in self.schema.names]
+        if unknown:
+            raise KeyError(f"{self.path}: no column {unknown[0]!r} in this trace")
+        return list(columns)
+
+    def _to_read(self, names: list[str]) -> list[str]:
+        """The stored columns needed for `names` (derived facts need rip)."""
+        stored = [name for name in names if name in self._stored]
+        if any(name not in self._stored for name in names) and "rip" not in stored:
+            stored.append("rip")
+        return stored
+
+    def _present(self, table: pa.Table, names: list[str]) -> pa.Table:
+        """`table` (as read) with the derived columns added, every column cast to its type."""
+        if not names:
+            return table  # no columns, but the row count
+        derived: dict[str, pa.Array] = {}
+        if any(name not in self._stored for name in names):
+            derived = self._derive(table.column("rip"))
+        arrays = []
+        for name in names:
+            field = self.schema.field(name)
+            column = derived[name] if name in derived else table.column(name)
+            arrays.append(_cast(self.path, column, field.type, name))
+        return pa.Table.from_arrays(arrays, schema=pa.schema([self.schema.field(n) for n in names]))
+
+    def _derive(self, rips: pa.ChunkedArray) -> dict[str, pa.Array]:
+        """The fact columns of a version 1 trace, from its code, symbols and lines."""
+        if self._facts is None:
+            # Capstone lives on the recorder side; only version 1 traces need it here.
+            from ..record.disassembly import Disassembler, InstructionTable
+
+            meta = self.metadata
+            self._facts = InstructionTable(
+                Disassembler(meta.code, meta.code_base, meta.symbols), meta.source_line
+            )
+        rip = rips.combine_chunks() if isinstance(rips, pa.ChunkedArray) else rips
+        return self._facts.columns(rip.to_numpy(zero_copy_only=False))
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -94,7 +162,11 @@ def load_trace(path: str | Path) -> Trace:
         raise BadInput(
             f"{path}: not a stacktrace-lab trace (unreadable as Parquet: {exc})"
         ) from None
+    # The Parquet key-value metadata; else the Arrow schema's (a file written
+    # again by a tool that only kept the latter).
     raw = (parquet.metadata.metadata or {}).get(METADATA_KEY.encode())
+    if raw is None:
+        raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:
         raise BadInput(f"{path}: not a stacktrace-lab trace (no '{METADATA_KEY}' metadata)")
     try:
@@ -113,8 +185,41 @@ def load_trace(path: str | Path) -> Trace:
         metadata = TraceMetadata.from_json(raw)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise BadInput(f"{path}: corrupt trace metadata ({exc!r})") from None
-    validate.check_rows(path, parquet, schema(metadata.snapshots), metadata.steps)
+    if metadata.format != FORMAT_NAME:
+        raise BadInput(f"{path}: not a stacktrace-lab trace (format {metadata.format!r})")
+    if metadata.version > FORMAT_VERSION:
+        raise _newer(path, metadata.version)
+    if metadata.version not in READABLE_VERSIONS:
+        raise BadInput(f"{path}: corrupt trace metadata (version {metadata.version})")
+    validate.check_rows(path, parquet, schema(metadata.snapshots, metadata.version), metadata.steps)
     return Trace(path, parquet, metadata)
+
+
+def _presented_schema(stored: pa.Schema, metadata: TraceMetadata) -> pa.Schema:
+    """The current format's schema, plus any extra columns the file has, without metadata."""
+    canonical = schema({})
+    snapshots = {
+        w.column: pa.field(w.column, pa.binary(w.size), nullable=False)
+        for w in metadata.snapshots.values()
+    }
+    # Stack columns in the file's order (the metadata's JSON keys are sorted).
+    stacks = [snapshots[name] for name in stored.names if name in snapshots]
+    known = {*canonical.names, *snapshots}
+    extra = [stored.field(name) for name in stored.names if name not in known]
+    return pa.schema([*canonical, *stacks, *extra])
+
+
+def _cast(
+    path: Path, column: pa.Array | pa.ChunkedArray, to: pa.DataType, name: str
+) -> pa.Array | pa.ChunkedArray:
+    if column.type.equals(to):
+        return column
+    try:
+        if pa.types.is_dictionary(to) and not pa.types.is_dictionary(column.type):
+            column = column.cast(pa.string())  # string views have no direct cast
+        return column.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise BadInput(f"{path}: corrupt trace (column {name}: {exc})") from None
 
 
 def _newer(path: Path, version: int) -> BadInput:

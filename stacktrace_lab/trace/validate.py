@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ..arch import REGISTERS
 from ..errors import BadInput
+from .format import stored_as
 
 U64_LIMIT = 1 << 64
 #: Bounds the recorder enforces on its own options (record/recorder.py,
@@ -156,16 +157,25 @@ def check_metadata_doc(doc: Any) -> None:
     for name, addr in _object(_field(layout, "symbols", "layout."), "layout.symbols").items():
         _u64(addr, f"layout.symbols.{name}")
 
+    steps = _int(_field(doc, "steps", ""), "steps", 1, MAX_STEPS_LIMIT + 1)
     code = _object(_field(doc, "code", ""), "code")
     _u64(_field(code, "base", "code."), "code.base")
     if not _HEX.match(_text(_field(code, "bytes", "code."), "code.bytes")):
         raise _fail("code.bytes", "must be lower-case hex digits in pairs")
-    for i, line in enumerate(_list(code.get("lines", []), "code.lines")):
-        pair = _list(line, f"code.lines[{i}]")
-        if len(pair) != 2:
-            raise _fail(f"code.lines[{i}]", f"must be [address, line], got {_show(pair)}")
-        _u64(pair[0], f"code.lines[{i}][0]")
-        _int(pair[1], f"code.lines[{i}][1]", 1, 1 << 31)
+    version = doc["version"]
+    for i, line in enumerate(_list(code.get("lines") or [], "code.lines")):
+        at = f"code.lines[{i}]"
+        entry = _list(line, at)
+        # Version 1: [address, line]; version 2: [address, file, line].
+        if len(entry) != (2 if version == 1 else 3):
+            shape = "[address, line]" if version == 1 else "[address, file, line]"
+            raise _fail(at, f"must be {shape}, got {_show(entry)}")
+        _u64(entry[0], f"{at}[0]")
+        if version != 1:
+            _text(entry[1], f"{at}[1]")
+        _int(entry[-1], f"{at}[{len(entry) - 1}]", 1, 1 << 31)
+    if version != 1:
+        _check_v2_facts(doc)
 
     snapshots = _object(_field(doc, "snapshots", ""), "snapshots")
     for name, window in snapshots.items():
@@ -177,7 +187,6 @@ def check_metadata_doc(doc: Any) -> None:
 
     _registers(_field(doc, "initial", ""), "initial")
     _registers(_field(doc, "final", ""), "final")
-    steps = _int(_field(doc, "steps", ""), "steps", 1, MAX_STEPS_LIMIT + 1)
     stop = _object(_field(doc, "stop", ""), "stop")
     reason = _text(_field(stop, "reason", "stop."), "stop.reason")
     if reason not in STOP_REASONS:
@@ -209,6 +218,31 @@ def check_metadata_doc(doc: Any) -> None:
             _int(options[key], f"options.{key}", 0, U64_LIMIT)
 
 
+def _check_v2_facts(doc: dict[str, Any]) -> None:
+    """`program`, `syscalls` and `start`, which version 2 added."""
+    program = _object(_field(doc, "program", ""), "program")
+    kind = _text(_field(program, "kind", "program."), "program.kind")
+    if kind not in ("scenario", "elf"):
+        raise _fail("program.kind", f"must be scenario or elf, got {kind!r}")
+    _text(_field(program, "path", "program."), "program.path")
+    _optional_text(program.get("sha256"), "program.sha256")
+    steps = doc["steps"]
+    for i, call in enumerate(_list(doc.get("syscalls") or [], "syscalls")):
+        at = f"syscalls[{i}]"
+        call = _object(call, at)
+        _int(_field(call, "step", f"{at}."), f"{at}.step", 0, steps)
+        _u64(_field(call, "nr", f"{at}."), f"{at}.nr")
+        _text(_field(call, "name", f"{at}."), f"{at}.name")
+        for j, arg in enumerate(_list(_field(call, "args", f"{at}."), f"{at}.args")):
+            _u64(arg, f"{at}.args[{j}]")
+        if call.get("result") is not None:
+            _int(call["result"], f"{at}.result", -(1 << 63), U64_LIMIT)
+    if doc.get("start") is not None:
+        start = _object(doc["start"], "start")
+        _text(_field(start, "symbol", "start."), "start.symbol")
+        _int(_field(start, "step", "start."), "start.step", 0, U64_LIMIT)
+
+
 # --- Consistency of the parsed metadata --------------------------------------
 
 
@@ -224,26 +258,30 @@ def check_layout(doc: Mapping[str, Any]) -> None:
     for lower, upper in itertools.pairwise(ordered):
         if lower["base"] + lower["size"] > upper["base"]:
             raise _Invalid(f"regions {lower['name']!r} and {upper['name']!r} overlap")
-    codes = [r for r in regions if r["kind"] == "code"]
-    if len(codes) != 1:
-        raise _Invalid(f"layout.regions must hold exactly one code region, found {len(codes)}")
+    codes = [(r["base"], r["base"] + r["size"]) for r in regions if r["kind"] == "code"]
+    if not codes:
+        raise _Invalid("layout.regions has no code region")
+
+    def in_code(addr: int, end: int | None = None) -> bool:
+        return any(lo <= addr and (end if end is not None else addr) <= hi for lo, hi in codes)
+
     code_base = doc["code"]["base"]
-    code_size = len(doc["code"]["bytes"]) // 2
-    if code_size == 0:
+    code_end = code_base + len(doc["code"]["bytes"]) // 2
+    elf = isinstance(doc.get("program"), dict) and doc["program"].get("kind") == "elf"
+    if code_end == code_base and not elf:
         raise _Invalid("code.bytes is empty")
-    if (codes[0]["base"], codes[0]["size"]) != (code_base, code_size):
+    if code_end > code_base and not in_code(code_base, code_end):
         raise _Invalid(
-            f"the code region ({codes[0]['base']:#x}, {codes[0]['size']} bytes) is not "
-            f"where code.base and code.bytes put the code ({code_base:#x}, {code_size} bytes)"
+            f"code.base and code.bytes ({code_base:#x}..{code_end:#x}) are not inside a code region"
         )
-    code_end = code_base + code_size
-    for name, addr in doc["layout"]["symbols"].items():
-        # A label may stand just past the last instruction (an end marker).
-        if not code_base <= addr <= code_end:
-            raise _Invalid(f"symbol {name!r} at {addr:#x} is outside the code")
-    for i, (addr, _line) in enumerate(doc["code"].get("lines", [])):
-        if not code_base <= addr < code_end:
-            raise _Invalid(f"code.lines[{i}] address {addr:#x} is outside the code")
+    if not elf:  # an ELF's symbol table also names data and absolute values
+        for name, addr in doc["layout"]["symbols"].items():
+            # A label may stand just past the last instruction (an end marker).
+            if not in_code(addr):
+                raise _Invalid(f"symbol {name!r} at {addr:#x} is outside the code")
+    for i, entry in enumerate(doc["code"].get("lines") or []):
+        if not in_code(entry[0]):
+            raise _Invalid(f"code.lines[{i}] address {entry[0]:#x} is outside the code")
     by_name = {r["name"]: r for r in regions}
     columns: set[str] = set()
     for name, window in doc["snapshots"].items():
@@ -272,32 +310,22 @@ def check_doc(path: Path, doc: Any) -> None:
 # --- The rows ----------------------------------------------------------------
 
 
-def _same_type(actual: pa.DataType, expected: pa.DataType) -> bool:
-    """Type equality ignoring nullability (nulls themselves are checked on the data)."""
-    if pa.types.is_list(expected) and pa.types.is_list(actual):
-        return _same_type(actual.value_type, expected.value_type)
-    if pa.types.is_struct(expected) and pa.types.is_struct(actual):
-        return [f.name for f in actual] == [f.name for f in expected] and all(
-            _same_type(a.type, e.type) for a, e in zip(actual, expected, strict=True)
-        )
-    return bool(actual == expected)
-
-
 def _has_nullable(field: pa.Field) -> bool:
+    """Whether the file's schema lets `field`, or anything it holds, be null."""
     if field.nullable:
         return True
     kind = field.type
-    if pa.types.is_list(kind):
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return _has_nullable(kind.value_field)
     if pa.types.is_struct(kind):
-        return any(_has_nullable(child) for child in kind)
+        return any(_has_nullable(kind.field(i)) for i in range(kind.num_fields))
     return False
 
 
 def _null_count(array: pa.Array) -> int:
     """Nulls in `array` and, for lists and structs, in every value they hold."""
     count = int(array.null_count)
-    if pa.types.is_list(array.type):
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         count += _null_count(pc.list_flatten(array))
     elif pa.types.is_struct(array.type):
         count += sum(_null_count(array.field(i)) for i in range(array.type.num_fields))
@@ -315,10 +343,13 @@ def check_rows(
     for field in expected:
         if field.name not in actual.names:
             raise BadInput(f"{path}: corrupt trace: column {field.name} is missing")
-        found = actual.field(field.name)
-        if not _same_type(found.type, field.type):
+        found = actual.field(field.name).type
+        fixed_width = pa.types.is_fixed_size_binary(found) and pa.types.is_fixed_size_binary(
+            field.type
+        )
+        if not stored_as(found, field.type) or (fixed_width and found != field.type):
             raise BadInput(
-                f"{path}: corrupt trace: column {field.name} is {found.type}, "
+                f"{path}: corrupt trace: column {field.name} is {found}, "
                 f"the format says {field.type}"
             )
     rows = int(parquet.metadata.num_rows)
@@ -327,7 +358,9 @@ def check_rows(
         raise BadInput(f"{path}: corrupt trace: no rows")
     if rows != steps:
         raise BadInput(f"{path}: corrupt trace: {rows} rows, but the metadata says steps = {steps}")
-    nullable = [f.name for f in expected if _has_nullable(actual.field(f.name))]
+    # Nulls: only where the format has none and the file's schema allows them
+    # (the tool's own writer declares such columns non-nullable: nothing to read).
+    nullable = [f.name for f in expected if not f.nullable and _has_nullable(actual.field(f.name))]
     for group in range(parquet.num_row_groups):
         for name in nullable:
             column = parquet.read_row_group(group, [name]).column(0)

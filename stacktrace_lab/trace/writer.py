@@ -3,10 +3,18 @@
 A record that fails or is interrupted leaves no file that looks whole: the
 temporary file is removed, and the target path is only ever replaced by a
 complete trace.
+
+The metadata is only complete at the end (final registers, stop reason), but
+Arrow fixes the schema it stores in the file (the `ARROW:schema` key, which
+table-level readers take their schema metadata from) when the writer opens.
+So the writer opens without storing a schema and, at commit, adds both keys
+itself: the metadata JSON and the serialized Arrow schema carrying that JSON.
+It costs one small footer entry, no second pass over the rows.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +27,10 @@ from ..errors import BadInput
 from .format import METADATA_KEY, TraceMetadata
 
 _FOOTER_BYTES_PER_CHUNK = 100
+
+#: Where Parquet files written by Arrow keep their Arrow schema (base64 of
+#: the IPC-serialized schema): dictionary types, and the schema's metadata.
+ARROW_SCHEMA_KEY = "ARROW:schema"
 
 
 class TraceWriter:
@@ -51,6 +63,7 @@ class TraceWriter:
             use_dictionary=True,
             dictionary_pagesize_limit=64 << 20,
             write_statistics=["step", "rip", "rsp"],
+            store_schema=False,  # stored at commit, with the metadata (see above)
         )
 
     @property
@@ -73,8 +86,17 @@ class TraceWriter:
 
     def commit(self, metadata: TraceMetadata) -> Path:
         assert self._writer is not None
+        text = metadata.to_json()
+        arrow_schema = self.schema.with_metadata({METADATA_KEY: text})
         try:
-            self._writer.add_key_value_metadata({METADATA_KEY: metadata.to_json()})
+            self._writer.add_key_value_metadata(
+                {
+                    METADATA_KEY: text,
+                    ARROW_SCHEMA_KEY: base64.b64encode(
+                        arrow_schema.serialize().to_pybytes()
+                    ).decode(),
+                }
+            )
             self._writer.close()
         except OSError as exc:
             raise safe_output.write_error(self.path, exc) from None
