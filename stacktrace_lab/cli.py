@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file the user named could not be read or written (permissions, a
         # full disk): their input, not a bug, so one line and status 2.
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"stacktrace-lab: error: {where}{exc.strerror or exc}", err=True)
+        cause = " ".join(str(exc.strerror or exc).split())
+        click.echo(f"stacktrace-lab: error: {where}{cause}", err=True)
         return 2
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)

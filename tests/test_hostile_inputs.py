@@ -357,3 +357,20 @@ def test_program_output_cannot_leave_its_fence_in_report_md(
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered
     html = (tmp_path / "r" / "index.html").read_text()
     assert "<script>alert(1)" not in html and "<img src=x" not in html
+
+
+@pytest.mark.parametrize("line", ["\x7f", "\x01", "é", "    nop \x1b[31m"])
+def test_characters_keystone_never_returns_from_are_refused_on_their_line(
+    line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the property suite: keystone loops forever on these lines."""
+    path = tmp_path / "s.toml"
+    source = json.dumps(f"main:\n    nop\n{line}\n    hlt\n")
+    path.write_text(
+        f'name = "s"\n[[stacks]]\nname = "main"\nsize = 64\n[program]\nsource = {source}\n'
+    )
+    started = time.monotonic()
+    status, err = _record([str(path)], capsys)
+    assert time.monotonic() - started < 10
+    assert status == 2 and err.startswith(f"{path}:8: ")
+    assert ("control character U+" in err) or ("outside a string or comment" in err)

@@ -8,17 +8,20 @@ assembling: the program's size is bounded from its directives
 inside the scenario's directory (or `--allow-outside`), which is then handed
 to the assembler by its absolute path, so it reads the file that was checked
 whatever the working directory. The trace keeps the source as written.
+Characters on which keystone never returns (control characters, a non-ASCII
+character outside strings and comments) are refused on their line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from ..errors import BadInput
 from ..limits import Limits, check_program_size, iter_incbin_names, resolve_input
 from ..scenario import Scenario
-from .assembler import labels_of_line, statements
+from .assembler import labels_of_line, statements, strip_comment
 
 
 def _register_names() -> frozenset[str]:
@@ -40,6 +43,23 @@ def _register_names() -> frozenset[str]:
 REGISTER_NAMES = _register_names()
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _character_problem(line: str, syntax: str) -> str | None:
+    """Characters keystone never returns from (checked: it loops forever on a
+    line holding a control character, or starting with a non-ASCII one)."""
+    code = strip_comment(line, syntax)
+    for ch in code:
+        if (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F:
+            return f"control character U+{ord(ch):04X} in the program"
+    outside_strings = _STRING.sub('""', code)
+    for ch in outside_strings:
+        if ord(ch) > 0x7F:
+            return f"character {ch!r} (U+{ord(ch):04X}) outside a string or comment"
+    return None
+
+
 def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limits) -> Scenario:
     """The scenario to assemble: sizes bounded, `.incbin` files checked and made absolute."""
     lines = scenario.source.splitlines()
@@ -48,6 +68,8 @@ def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limi
 
     def fail(index: int, message: str) -> BadInput:
         shown = lines[index].strip() if 0 <= index < len(lines) else ""
+        if not shown.isprintable():
+            shown = ascii(shown)  # a control character would garble the terminal
         line = scenario.source_first_line + index
         return BadInput(f"{scenario.source_file}:{line}: {message}: {shown}")
 
@@ -67,6 +89,9 @@ def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limi
         return size
 
     for index, line in enumerate(lines):
+        problem = _character_problem(line, scenario.syntax)
+        if problem is not None:
+            raise fail(index, problem)
         for label in labels_of_line(line, scenario.syntax):
             if label.lower() in REGISTER_NAMES:
                 # Keystone reads the name as the register wherever the label is

@@ -17,6 +17,7 @@ whatever wrote the file:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -67,7 +68,9 @@ class Trace:
 
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
         names = self._names(columns)
-        return self._present(self.parquet.read(columns=self._to_read(names)), names)
+        with self._reading():
+            table = self.parquet.read(columns=self._to_read(names))
+        return self._present(table, names)
 
     def rows(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows as a DataFrame (all columns unless named: mind long traces)."""
@@ -81,9 +84,9 @@ class Trace:
 
     def row_group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
         names = self._names(columns or None)
-        return self._present(
-            self.parquet.read_row_group(index, columns=self._to_read(names)), names
-        )
+        with self._reading():
+            table = self.parquet.read_row_group(index, columns=self._to_read(names))
+        return self._present(table, names)
 
     def iter_row_groups(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         for index in range(self.num_row_groups):
@@ -106,6 +109,16 @@ class Trace:
         if not pieces:
             return self.schema.empty_table().select(self._names(columns or None))
         return pa.concat_tables(pieces)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Damaged pages are found only when read (validation reads the footer):
+        one line naming the file, as for any other bad trace."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            first = (str(exc).splitlines() or ["unreadable"])[0]
+            raise BadInput(f"{self.path}: corrupt trace (cannot read its rows: {first})") from None
 
     def _names(self, columns: Sequence[str] | None) -> list[str]:
         if columns is None:

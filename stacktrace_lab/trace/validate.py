@@ -310,26 +310,40 @@ def check_doc(path: Path, doc: Any) -> None:
 # --- The rows ----------------------------------------------------------------
 
 
-def _has_nullable(field: pa.Field) -> bool:
-    """Whether the file's schema lets `field`, or anything it holds, be null."""
-    if field.nullable:
+def _may_hold_forbidden_nulls(actual: pa.Field, expected: pa.Field) -> bool:
+    """Whether the file's schema lets a value be null where the format says none is."""
+    if actual.nullable and not expected.nullable:
         return True
-    kind = field.type
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _has_nullable(kind.value_field)
-    if pa.types.is_struct(kind):
-        return any(_has_nullable(kind.field(i)) for i in range(kind.num_fields))
+    a, e = actual.type, expected.type
+    if _is_list(a) and _is_list(e):
+        return _may_hold_forbidden_nulls(a.value_field, e.value_field)
+    if pa.types.is_struct(a) and pa.types.is_struct(e):
+        return any(
+            _may_hold_forbidden_nulls(a.field(e.field(i).name), e.field(i))
+            for i in range(e.num_fields)
+            if a.get_field_index(e.field(i).name) >= 0
+        )
     return False
 
 
-def _null_count(array: pa.Array) -> int:
-    """Nulls in `array` and, for lists and structs, in every value they hold."""
-    count = int(array.null_count)
-    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-        count += _null_count(pc.list_flatten(array))
-    elif pa.types.is_struct(array.type):
-        count += sum(_null_count(array.field(i)) for i in range(array.type.num_fields))
-    return count
+def _has_forbidden_nulls(array: pa.Array, expected: pa.Field) -> bool:
+    """Whether `array` holds a null where `expected` (the format's field) has none."""
+    if not expected.nullable and array.null_count:
+        return True
+    if _is_list(array.type) and _is_list(expected.type):
+        return _has_forbidden_nulls(pc.list_flatten(array), expected.type.value_field)
+    if pa.types.is_struct(array.type) and pa.types.is_struct(expected.type):
+        e = expected.type
+        return any(
+            _has_forbidden_nulls(array.field(e.field(i).name), e.field(i))
+            for i in range(e.num_fields)
+            if array.type.get_field_index(e.field(i).name) >= 0
+        )
+    return False
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind))
 
 
 def check_rows(
@@ -360,13 +374,17 @@ def check_rows(
         raise BadInput(f"{path}: corrupt trace: {rows} rows, but the metadata says steps = {steps}")
     # Nulls: only where the format has none and the file's schema allows them
     # (the tool's own writer declares such columns non-nullable: nothing to read).
-    nullable = [f.name for f in expected if not f.nullable and _has_nullable(actual.field(f.name))]
-    for group in range(parquet.num_row_groups):
-        for name in nullable:
-            column = parquet.read_row_group(group, [name]).column(0)
-            if any(_null_count(chunk) for chunk in column.chunks):
-                raise BadInput(f"{path}: corrupt trace: column {name} holds nulls")
-    _check_step_numbers(path, parquet, rows)
+    suspect = [f for f in expected if _may_hold_forbidden_nulls(actual.field(f.name), f)]
+    try:
+        for group in range(parquet.num_row_groups):
+            for field in suspect:
+                column = parquet.read_row_group(group, [field.name]).column(0)
+                if any(_has_forbidden_nulls(chunk, field) for chunk in column.chunks):
+                    raise BadInput(f"{path}: corrupt trace: column {field.name} holds nulls")
+        _check_step_numbers(path, parquet, rows)
+    except (OSError, pa.ArrowException) as exc:
+        first = (str(exc).splitlines() or ["unreadable"])[0]
+        raise BadInput(f"{path}: corrupt trace (cannot read its rows: {first})") from None
 
 
 def _check_step_numbers(path: Path, parquet: pq.ParquetFile, rows: int) -> None:
