@@ -55,13 +55,16 @@ class Limits:
 
 
 #: The range each limit may be set to. Ceilings keep a trace readable: its
-#: metadata (source, code, output) must stay below what Parquet readers accept.
+#: metadata (source, its line table, code in hex, output) is one JSON text
+#: stored twice in the Parquet footer, which readers refuse past 100 MB
+#: (pyarrow's thrift limit). Measured: 2 x 4 MiB of NUL output (each NUL is
+#: `\u0000` in JSON) gives a 117 MB file that reads; 2 x 16 MiB does not.
 CEILINGS: dict[str, tuple[int, int]] = {
-    "max_source_bytes": (1, 8 * MiB),
-    "max_program_bytes": (1, 15 * MiB),
+    "max_source_bytes": (1, 2 * MiB),
+    "max_program_bytes": (1, 4 * MiB),
     "max_regions": (1, 64),
     "max_toml_depth": (1, 16),
-    "max_output_bytes": (0, 16 * MiB),
+    "max_output_bytes": (0, 4 * MiB),
     "max_trace_bytes": (64 * KiB, 1 << 50),
 }
 OPTION_NAMES = {

@@ -66,13 +66,17 @@ def budget(n: int) -> Any:
 
 @pytest.fixture(autouse=True)
 def hang_guard() -> Iterator[None]:
-    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=sys.stderr)
     yield
     faulthandler.cancel_dump_traceback_later()
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> int:
-    """A command in process: exit 0/1/2 and, for 2, one line on stderr."""
+    """A command in process: exit 0/1/2 and, for 2, one line on stderr.
+
+    Each command gets HANG_SECONDS (a loaded CI machine included) before
+    faulthandler prints every thread's stack and ends the run.
+    """
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=sys.__stderr__)
     status = main(argv)
     err = capsys.readouterr().err
     assert status in (0, 1, 2), (argv, status, err)
