@@ -35,6 +35,12 @@ main:
 """
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in tmp_path: a record without -o writes traces/<name>.parquet here."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _record(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     status = main(["record", *argv])
     err = capsys.readouterr().err
