@@ -307,6 +307,8 @@ def _column_edit(name: str) -> Callable[[Callable[[pa.Table, random.Random], pa.
 
 @_column_edit("cast")
 def _cast_column(table: pa.Table, rng: random.Random) -> pa.Table:
+    if table.num_columns == 0:
+        return table
     index = rng.randrange(table.num_columns)
     to = rng.choice(
         [pa.string(), pa.int32(), pa.float64(), pa.int64(), pa.binary(), pa.large_string()]
@@ -320,8 +322,12 @@ def _cast_column(table: pa.Table, rng: random.Random) -> pa.Table:
 
 @_column_edit("null")
 def _null_value(table: pa.Table, rng: random.Random) -> pa.Table:
+    if table.num_columns == 0:
+        return table
     index = rng.randrange(table.num_columns)
     values = table.column(index).to_pylist()
+    if not values:
+        return table
     values[rng.randrange(len(values))] = None
     field = table.schema.field(index).with_nullable(True)
     return table.set_column(index, field, pa.array(values, field.type))
@@ -329,20 +335,25 @@ def _null_value(table: pa.Table, rng: random.Random) -> pa.Table:
 
 @_column_edit("slice")
 def _slice_rows(table: pa.Table, rng: random.Random) -> pa.Table:
+    if table.num_rows == 0:
+        return table
     start = rng.randrange(table.num_rows)
     return table.slice(start, rng.randrange(table.num_rows - start + 1))
 
 
 @_column_edit("drop")
 def _drop_column(table: pa.Table, rng: random.Random) -> pa.Table:
-    return table.drop([rng.choice(table.column_names)])
+    return table.drop([rng.choice(table.column_names)]) if table.num_columns > 1 else table
 
 
 @_column_edit("change")
 def _change_register(table: pa.Table, rng: random.Random) -> pa.Table:
     name = rng.choice(["rip", "rsp", "rax", "step"])
+    if name not in table.column_names or table.num_rows == 0:
+        return table
     values = table.column(name).to_pylist()
-    values[rng.randrange(len(values))] = rng.choice([0, 2**63, 1, 0x400000])
+    big = 2**62 if name == "step" else 2**63  # what the column's type holds
+    values[rng.randrange(len(values))] = rng.choice([0, big, 1, 0x400000])
     index = table.schema.get_field_index(name)
     return table.set_column(
         index, table.schema.field(index), pa.array(values, table.schema.field(index).type)
