@@ -16,8 +16,10 @@ This module is on the recorder side: it imports the emulator.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -30,7 +32,8 @@ from .layout import SENTINEL_RETURN
 from .limits import DEFAULT_LIMITS
 from .record.columns import SnapshotState, build_batch
 from .record.disassembly import Disassembler, InstructionTable
-from .record.machine import Chunk, Machine, MachineSpec, RunResult
+from .record.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
+from .record.recorder import Description, prepare_machine
 from .trace.format import schema
 from .trace.reader import Trace
 
@@ -88,7 +91,7 @@ def machine_spec_of(trace: Trace) -> MachineSpec:
     for window in meta.snapshots.values():
         if window.column in trace.column_names:
             memory[window.base] = bytes(trace.slice(0, 1, [window.column]).column(0)[0].as_py())
-    return MachineSpec(
+    spec = scenario_spec(
         code=meta.code,
         code_region=code_region,
         regions=[r for r in meta.regions if r.kind != "code"],
@@ -96,8 +99,40 @@ def machine_spec_of(trace: Trace) -> MachineSpec:
         registers={name: value for name, value in meta.initial.items() if name != "rip"},
         memory=memory,
         sentinel=int(meta.options.get("sentinel_return", SENTINEL_RETURN)),
-        max_output=int(meta.options.get("max_output", DEFAULT_LIMITS.max_output_bytes)),
     )
+    spec.max_output = int(meta.options.get("max_output", DEFAULT_LIMITS.max_output_bytes))
+    return spec
+
+
+def elf_description(trace: Trace, binary: str | None = None) -> Description:
+    """The machine an ELF trace was recorded on: its program again, checked by sha256."""
+    from .record.elf_front import describe_elf
+
+    meta = trace.metadata
+    assert meta.program is not None
+    path = Path(binary or meta.program.path)
+    if not path.is_file():
+        raise BadInput(
+            f"{trace.path}: cannot replay: the program {path} is not there "
+            "(give its path with --program)"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != meta.program.sha256:
+        raise BadInput(
+            f"{trace.path}: cannot replay: {path} is not the program recorded "
+            f"(sha256 {digest[:16]}..., the trace's {str(meta.program.sha256)[:16]}...)"
+        )
+    options = meta.options
+    description = describe_elf(
+        path,
+        [str(a) for a in options.get("args", [])],
+        options.get("from"),
+        options.get("to"),
+        int(options.get("max_steps") or trace.num_rows),
+    )
+    # The recorded regions, not the new discovery's: the snapshots are theirs.
+    description.spec = replace(description.spec, regions=list(meta.regions))
+    return description
 
 
 def _show(value: object) -> str:
@@ -252,20 +287,40 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
     return None
 
 
-def replay(trace: Trace, progress: Callable[[int], None] | None = None) -> ReplayResult:
-    """Re-run `trace`'s program from its own recorded state and compare every step."""
+def replay(
+    trace: Trace, progress: Callable[[int], None] | None = None, binary: str | None = None
+) -> ReplayResult:
+    """Re-run `trace`'s program from its own recorded state and compare every step.
+
+    A scenario's trace holds its code; an ELF trace names its program, which
+    must be there (`binary` if it moved) with the same sha256."""
     meta = trace.metadata
-    spec = machine_spec_of(trace)
     windows = dict(meta.snapshots)
+    if meta.program is not None and meta.program.kind == "elf":
+        description = elf_description(trace, binary)
+        machine, _start = prepare_machine(description)
+        table = InstructionTable(
+            Disassembler.of_segments(description.code_segments, description.symbols),
+            meta.source_line,
+        )
+    else:
+        spec = machine_spec_of(trace)
+        try:
+            machine = Machine(spec)
+        except UcError as exc:
+            # Only an edited file gets here: the recorder's own layouts always map.
+            raise BadInput(
+                f"{trace.path}: the trace's layout cannot be mapped again ({exc})"
+            ) from None
+        table = InstructionTable(
+            Disassembler(meta.code, meta.code_base, meta.symbols), meta.source_line
+        )
     try:
-        machine = Machine(spec)
-        snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
+        snapshots = [
+            SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()
+        ]
     except UcError as exc:
-        # Only an edited file gets here: the recorder's own layouts always map.
         raise BadInput(f"{trace.path}: the trace's layout cannot be mapped again ({exc})") from None
-    table = InstructionTable(
-        Disassembler(meta.code, meta.code_base, meta.symbols), meta.source_line
-    )
     batch_schema = schema(windows)
     columns = [name for name in trace.column_names if name in batch_schema.names]
     comparer = _Comparer(trace, columns)

@@ -21,7 +21,14 @@ from .limits import DEFAULT_LIMITS, Limits, check_toml_depth, read_input, resolv
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
 STOP_REASONS = ("returned", "halted", "exit", "spin", "max_steps", "fault", "limit")
-INVARIANT_IDS = ("alignment", "ret-source", "stack-bounds", "callee-saved", "expect")
+INVARIANT_IDS = (
+    "alignment",
+    "ret-source",
+    "stack-bounds",
+    "callee-saved",
+    "stop",
+    "expect",
+)
 DEFAULT_MAX_STEPS = 100_000
 #: Larger regions than this are refused: the tool explains small programs,
 #: and a typo such as an extra zero should not map gigabytes.

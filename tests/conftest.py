@@ -60,3 +60,16 @@ def first_switch_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("first-switch") / "first-switch.parquet"
     record(load_scenario("first-switch"), out)
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `silicon` tests, saying why, where programs cannot be single-stepped natively."""
+    silicon = [item for item in items if item.get_closest_marker("silicon")]
+    if not silicon:
+        return
+    from stacktrace_lab.silicon.ptrace import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        for item in silicon:
+            item.add_marker(pytest.mark.skip(reason=f"silicon: {reason}"))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 import runpy
+import shlex
 from pathlib import Path
 
 import pytest
 
+from stacktrace_lab.cli import main
 from stacktrace_lab.record.recorder import record
 from stacktrace_lab.scenario import load_scenario
 
@@ -75,3 +77,37 @@ def test_every_sql_example_gives_the_table_shown(in_a_project: Path) -> None:
     for query, expected in examples:
         rows = duckdb.connect().sql(query).fetchall()
         assert [[str(value) for value in row] for row in rows] == expected, query
+
+
+SQL_DOC = Path(__file__).parent.parent / "docs" / "sql.md"
+
+
+def test_sql_page_examples_print_what_the_page_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("duckdb", reason="DuckDB is an optional extra")
+    monkeypatch.chdir(tmp_path)
+    for name in ("first-switch", "green-threads", "green-threads-no-skip"):
+        record(load_scenario(name), tmp_path / "traces" / f"{name}.parquet")
+    blocks = re.findall(r"```console\n(.*?)```", SQL_DOC.read_text(), flags=re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        command, _, expected = block.partition("\n")
+        args = shlex.split(command.removeprefix("$ "))
+        assert args[0] == "stacktrace-lab"
+        assert main(args[1:]) == 0, command
+        assert capsys.readouterr().out == expected, command
+
+
+EXPLORE_DOC = Path(__file__).parent.parent / "docs" / "explore.md"
+
+
+def test_explore_page_backtrace_is_what_show_prints(
+    in_a_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (block,) = re.findall(r"```console\n(.*?)```", EXPLORE_DOC.read_text(), flags=re.S)
+    command, _, expected = block.partition("\n")
+    args = shlex.split(command.removeprefix("$ "))
+    assert main(args[1:]) == 0
+    shown = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    assert shown[: len(expected.splitlines())] == expected.splitlines()

@@ -85,6 +85,30 @@ CASES = [
         "returned",
         {"rax": (-38) & (2**64 - 1)},
     ),
+    # The CPU retires each iteration of a rep string instruction as one step
+    # (single-stepped, it traps after each): 3 iterations are 3 rows, not
+    # unicorn's 4 (it re-enters once more to find rcx == 0).
+    Case(
+        "rep-stosb-steps-as-the-cpu",
+        "main:\n mov $3, %ecx\n lea -64(%rsp), %rdi\n rep stosb\n ret",
+        "returned",
+        {"rcx": 0, "rdi": STACK_TOP - 8 - 64 + 3},
+        steps=6,
+    ),
+    Case(
+        "rep-stosb-with-rcx-zero-is-one-step",
+        "main:\n mov $0, %ecx\n lea -64(%rsp), %rdi\n rep stosb\n ret",
+        "returned",
+        {"rcx": 0, "rdi": STACK_TOP - 8 - 64},
+        steps=4,
+    ),
+    # `syscall` itself sets rcx to the next instruction and r11 to rflags.
+    Case(
+        "syscall-sets-rcx-and-r11",
+        "main:\n mov $999, %eax\n syscall\n ret",
+        "returned",
+        {"rcx": 0x400000 + 5 + 2, "r11": 0x2},
+    ),
     Case(
         "write-to-bad-fd",
         "main:\n mov $1, %eax\n mov $7, %edi\n syscall\n ret",

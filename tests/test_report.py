@@ -252,8 +252,11 @@ def test_markdown_has_the_same_content(first_switch_report: Path) -> None:
         assert f"\n{heading}\n" in f"\n{md}"
     assert "![rsp over time, one panel per stack region](rsp.png)" in md
     assert "(heatmap.png)" in md
-    assert "| `alignment` | holds | 0 |" in md
-    assert "| 12 `gt_switch+3` | green | 32 | step 6 `main+36` | `movq %rcx, 0x20(%rax)` |" in md
+    assert "| `alignment` | holds | 0 | 0 |" in md
+    assert (
+        "| 12 `gt_switch+3` `first-switch.toml:49` | green | 32 "
+        "| step 6 `main+36` `first-switch.toml:38` | `movq %rcx, 0x20(%rax)` | `hello` | entry |"
+    ) in md
     assert "```asm\n    .equ SSIZE, 48" in md
 
 
@@ -270,10 +273,15 @@ def test_invariants_json(first_switch_report: Path) -> None:
         "ret-source",
         "stack-bounds",
         "callee-saved",
+        "stop",
         "expect",
     ]
     (planted,) = doc["planted_returns"]
     assert (planted["stack"], planted["index"], planted["target"]) == ("green", 32, "hello")
+    # hello is the first code on green: a function entry; both lines are named
+    assert planted["landing"] == "entry"
+    assert planted["source"].startswith("first-switch.toml:")
+    assert planted["planted_source"].startswith("first-switch.toml:")
 
 
 def test_a_failing_trace_reports_its_violation(record_source: RecordSource, tmp_path: Path) -> None:

@@ -87,7 +87,14 @@ def test_first_switch_is_embedded_whole_and_matches_the_trace(first_switch_trace
     assert int.from_bytes(slot, "little") == trace.metadata.symbols["hello"]
     assert writers[32 // 8] == 6
     assert data["switches"] == [
-        {"ret_step": 12, "stack": "green", "index": 32, "target": "hello+0", "planted_step": 6}
+        {
+            "ret_step": 12,
+            "stack": "green",
+            "index": 32,
+            "target": "hello+0",
+            "planted_step": 6,
+            "note": "",
+        }
     ]
     ret_access = window["access"][RET_STEP]
     assert ret_access == [["r", hex(green.base + 32), 8, f"{trace.metadata.symbols['hello']:016x}"]]

@@ -126,7 +126,11 @@ def test_step_to_the_ret_and_see_hello_at_index_32(
     _press(browser, Keys.ARROW_LEFT, 2)
     assert _text(browser, ".stl-step") == str(RET_STEP)
     assert _text(browser, ".stl-insn") == "retq"
-    assert _text(browser, ".stl-listing tr.stl-current").endswith("retq")
+    # address, symbol, instruction, source line
+    assert _text(browser, ".stl-listing tr.stl-current").split()[2:] == [
+        "retq",
+        "first-switch.toml:49",
+    ]
 
     slot = browser.find_element(By.CSS_SELECTOR, '.stl-telescope tr[data-index="32"]')
     assert slot.find_element(By.CSS_SELECTOR, ".stl-value").text == f"{hello:#018x}"

@@ -20,6 +20,8 @@ def check(trace: Trace, facts: TraceFacts | None = None) -> CheckResult:
                 summary=invariant.summary,
                 violations=findings.violations,
                 total=findings.total,
+                causes=findings.causes,
+                notes=findings.notes,
             )
         )
     return CheckResult(

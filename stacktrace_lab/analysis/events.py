@@ -4,9 +4,10 @@ One read of the trace, row group by row group, of the columns `rip`, `rsp`,
 `insn` and `writes` (never the stack snapshots) gives:
 
 - `rsp` per step and the stack region it points into;
-- the kind of each instruction (`call`, `ret`, `syscall`, other), from the
-  dictionary of the `insn` column, so each distinct instruction text is
-  parsed once however many times it ran;
+- the kind of each instruction (`call`, `ret`, indirect `jmp`, `syscall`,
+  other), from the dictionary of the `insn` column (or of the `kind` column
+  of a format-2 trace), so each distinct value is read once however many
+  times it ran;
 - every memory write as flat numpy arrays (step, address, size, value);
 - every `ret`, with the slot it popped, where it landed, and who wrote that
   slot last: the `call` that pushed it (a return), an ordinary store (a
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,10 @@ from ..symbols import LabelTable
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .model import MAX_PLANTED, PlantedReturn
+from .source import SourceLines
+
+if TYPE_CHECKING:
+    from .transfers import Transfers
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -47,6 +52,8 @@ I16 = npt.NDArray[np.int16]
 B = npt.NDArray[np.bool_]
 _T = TypeVar("_T", bound=np.generic)
 #: Elements per block where a whole-trace computation would need large temporaries.
+#: Bytes under rsp a leaf function may use without moving rsp (System V x86-64).
+RED_ZONE = 128
 _BLOCK = 1 << 20
 
 
@@ -57,6 +64,9 @@ class Kind(IntEnum):
     CALL = 1
     RET = 2
     SYSCALL = 3
+    #: `jmp *%r8`, `jmp *56(%rdi)`: a jump whose target is read at run time, the way
+    #: Boost, libaco, marl and longjmp resume a context.
+    JMP_INDIRECT = 4
 
 
 class Origin(IntEnum):
@@ -79,11 +89,35 @@ _KINDS = {
 }
 
 
+_JUMPS = frozenset({"jmp", "jmpq"})
+#: The names of format 2's `kind` column (docs/trace-format.md), for traces that have it.
+_KIND_NAMES = {
+    "call": Kind.CALL,
+    "ret": Kind.RET,
+    "indirect-jmp": Kind.JMP_INDIRECT,
+    "syscall": Kind.SYSCALL,
+}
+
+
 def instruction_kind(text: str) -> Kind:
+    """The kind of one disassembled instruction (capstone's AT&T text)."""
     words = text.split()
     while words and words[0] in _PREFIXES:
         words = words[1:]
-    return _KINDS.get(words[0], Kind.OTHER) if words else Kind.OTHER
+    if not words:
+        return Kind.OTHER
+    if words[0] in _JUMPS:
+        # AT&T marks an operand read at run time with `*`: `jmp *%r8`, `jmpq *0x38(%rsp)`.
+        operand = "".join(words[1:])
+        return Kind.JMP_INDIRECT if operand.startswith("*") else Kind.OTHER
+    return _KINDS.get(words[0], Kind.OTHER)
+
+
+def kind_of_value(value: str, column: str) -> Kind:
+    """The kind for one dictionary value of the `insn` column or of format 2's `kind` column."""
+    if column == "kind":
+        return _KIND_NAMES.get(value, Kind.OTHER)
+    return instruction_kind(value)
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,14 @@ class Returns:
 
 
 @dataclass(frozen=True)
+class Jumps:
+    """Every indirect `jmp`, in step order, and where it landed (rsp does not change)."""
+
+    step: I64
+    target: U64
+
+
+@dataclass(frozen=True)
 class StepInfo:
     step: int
     rip: int
@@ -136,6 +178,7 @@ class TraceFacts:
         calls: I64,
         call_targets: U64,
         returns: Returns,
+        jumps: Jumps,
     ) -> None:
         self.trace = trace
         self.meta: TraceMetadata = trace.metadata
@@ -147,11 +190,13 @@ class TraceFacts:
         #: Where each call lands: rip after it.
         self.call_targets = call_targets
         self.returns = returns
+        self.jumps = jumps
         self.stacks: tuple[Region, ...] = self.meta.stacks
         self.rsp_stack = stack_index(self.stacks, rsp)
         self.final_rsp = int(self.meta.final.get("rsp", int(rsp[-1]) if rsp.size else 0))
         self.sentinel = int(self.meta.options.get("sentinel_return", SENTINEL_RETURN))
         self._labels = LabelTable(self.meta.symbols)
+        self._source_lines = SourceLines(self.meta)
         code = [r for r in self.meta.regions if r.kind == "code"]
         self._code = code[0] if code else None
         counts = [
@@ -172,6 +217,38 @@ class TraceFacts:
             return f"{addr:#x}"
         name, offset = nearest
         return name if offset == 0 else f"{name}+{offset}"
+
+    def source(self, addr: int) -> str | None:
+        """`file:line` of the instruction at `addr`, when the trace knows it."""
+        return self._source_lines.text(addr)
+
+    def function_start(self, addr: int) -> int:
+        """The address of the label `addr` lies under (itself when it has none)."""
+        nearest = self._labels.nearest(addr) if self.is_code(addr) else None
+        return addr - nearest[1] if nearest is not None else addr
+
+    def function_starts(self, addrs: U64) -> U64:
+        """`function_start` for many addresses (each distinct one looked up once)."""
+        unique, inverse = np.unique(addrs, return_inverse=True)
+        starts = np.array([self.function_start(int(a)) for a in unique], dtype=np.uint64)
+        out: U64 = starts[inverse.reshape(-1)] if unique.size else addrs.copy()
+        return out
+
+    def rips_at(self, steps: I64) -> U64:
+        """rip at each of `steps` (the final rip for a step equal to the trace's length)."""
+        if not steps.size:
+            return np.zeros(0, dtype=np.uint64)
+        return self.registers_at(["rip"], steps.astype(np.int64))["rip"]
+
+    def writes_rip(self, write: int) -> int:
+        """rip of the instruction that made write number `write`."""
+        step = int(self.writes.step[write])
+        return int(self.rips_at(np.array([step], dtype=np.int64))[0])
+
+    def stack_name_at(self, step: int) -> str | None:
+        """The stack rsp points into before `step` (after the last step: the final rsp)."""
+        k = int(self.rsp_owner[step]) if step < self.steps else int(self.final_owner)
+        return self.stacks[k].name if k >= 0 else None
 
     def is_code(self, addr: int) -> bool:
         return self._code is not None and self._code.contains(addr)
@@ -201,6 +278,13 @@ class TraceFacts:
     # --- planted returns and switches ------------------------------------------
 
     @cached_property
+    def transfers(self) -> Transfers:
+        """Every transfer that is not the ret of a matched call, classified by its landing."""
+        from .transfers import classify
+
+        return classify(self)
+
+    @cached_property
     def planted_steps(self) -> I64:
         """Indices into `returns` of the rets that popped a planted address."""
         return np.flatnonzero(self.returns.origin == Origin.PLANTED).astype(np.int64)
@@ -213,12 +297,15 @@ class TraceFacts:
         ret_steps = r.step[chosen]
         planted_steps = self.writes.step[r.writer[chosen]]
         info = self.describe(np.concatenate([ret_steps, planted_steps]).tolist())
-        trampolines = self.kind_at(ret_steps + 1) == Kind.RET
+        transfers = self.transfers
         planted = []
         for k, i in enumerate(chosen.tolist()):
             slot = int(r.slot[i])
             located = self.locate(slot)
             store = info[int(planted_steps[k])]
+            ret = info[int(r.step[i])]
+            t = transfers.at_step(int(r.step[i]))
+            landing = transfers.kind(t).label if t is not None else "other"
             planted.append(
                 PlantedReturn(
                     ret_step=int(r.step[i]),
@@ -232,7 +319,10 @@ class TraceFacts:
                     value=int(r.value[i]),
                     target=self.symbolize(int(r.value[i])),
                     entry_rsp=int(r.entry_rsp[i]),
-                    trampoline=bool(trampolines[k]),
+                    trampoline=landing == "trampoline",
+                    landing=landing,
+                    source=self.source(ret.rip),
+                    planted_source=self.source(store.rip),
                 )
             )
         return tuple(planted)
@@ -258,22 +348,55 @@ class TraceFacts:
         """For each address just below a stack's base, the index in `stacks` of that
         stack (an overflow of it); -1 for anything else. "Just below" is above the
         region under the stack and no lower than the guard page under its pages."""
-        regions = sorted(self.meta.regions, key=lambda r: r.base)
-        bases = np.array([r.base for r in regions], dtype=np.uint64)
-        floors = [max(r.map_start - PAGE, 0) for r in regions]
-        for i in range(1, len(regions)):
-            floors[i] = max(floors[i], regions[i - 1].top)
-        floor = np.array([*floors, 0], dtype=np.uint64)
-        stack_of = np.array(
-            [self.stacks.index(r) if r.kind == "stack" else -1 for r in regions] + [-1],
-            dtype=np.int16,
-        )
+        bases, floor, stack_of = self._overflow_zones
         out = np.full(addrs.shape, -1, dtype=np.int16)
         for lo in range(0, addrs.size, _BLOCK):
             block = addrs[lo : lo + _BLOCK]
             pos = np.searchsorted(bases, block, side="right")
             out[lo : lo + _BLOCK] = np.where(block >= floor[pos], stack_of[pos], -1)
         return out
+
+    @cached_property
+    def _overflow_zones(self) -> tuple[U64, U64, I16]:
+        """Regions' bases in order, the floor of the zone under each, its stack index."""
+        regions = sorted(self.meta.regions, key=lambda r: r.base)
+        bases = np.array([r.base for r in regions], dtype=np.uint64)
+        floors = [max(r.map_start - PAGE, 0) for r in regions]
+        for i in range(1, len(regions)):
+            # A region below bounds the overflow; one the stack lies inside (the
+            # heap around a stack from malloc) does not: running below such a
+            # stack's base runs over its neighbours in that heap.
+            below = [r.top for r in regions[:i] if r.top <= regions[i].base]
+            if below:
+                floors[i] = max(floors[i], max(below))
+            if regions[i].kind == "stack" and self._nested(regions[i]):
+                floors[i] = max(floors[i], self._nested_floor(regions[i], floors[i]))
+        floor = np.array([*floors, 0], dtype=np.uint64)
+        stack_of = np.array(
+            [self.stacks.index(r) if r.kind == "stack" else -1 for r in regions] + [-1],
+            dtype=np.int16,
+        )
+        return bases, floor, stack_of
+
+    def _nested(self, stack: Region) -> bool:
+        """Whether `stack` lies inside another region (a heap block used as a stack)."""
+        return any(
+            r is not stack and r.base <= stack.base and stack.top <= r.top
+            for r in self.meta.regions
+        )
+
+    def _nested_floor(self, stack: Region, floor: int) -> int:
+        """How far below a nested stack's base its overflow reaches: as deep as rsp
+        went (less the 128-byte red zone a leaf function may write under rsp).
+        The memory under such a stack belongs to its neighbours, and their own
+        writes there are not an overflow of this stack."""
+        lowest = stack.base
+        for lo in range(0, self.rsp.size, _BLOCK):
+            block = self.rsp[lo : lo + _BLOCK]
+            under = block[(block >= np.uint64(floor)) & (block < np.uint64(stack.base))]
+            if under.size:
+                lowest = min(lowest, int(under.min()))
+        return lowest - RED_ZONE if lowest < stack.base else stack.base
 
     @cached_property
     def rsp_owner(self) -> I16:
@@ -384,10 +507,11 @@ def derive_facts(trace: Trace) -> TraceFacts:
     # rip is kept only where a call or a ret lands (the next row's rip), not per step.
     landing_parts: list[U64] = []
     offset = 0
-    for group in trace.iter_row_groups(["rip", "rsp", "insn", "writes"]):
+    kind_column = "kind" if "kind" in trace.parquet.schema_arrow.names else "insn"
+    for group in trace.iter_row_groups(["rip", "rsp", kind_column, "writes"]):
         rows = group.num_rows
         rsp[offset : offset + rows] = group.column("rsp").to_numpy()
-        kinds = _kinds(group.column("insn"))
+        kinds = _kinds(group.column(kind_column), kind_column)
         kind[offset : offset + rows] = kinds
         rip = group.column("rip").to_numpy()
         if landing_parts and _is_transfer(kind[offset - 1]):
@@ -417,6 +541,8 @@ def derive_facts(trace: Trace) -> TraceFacts:
 
     calls = np.flatnonzero(kind == Kind.CALL).astype(np.int64)
     call_targets = landings[transfers == Kind.CALL]
+    jumps = np.flatnonzero(kind == Kind.JMP_INDIRECT).astype(np.int64)
+    jump_targets = landings[transfers == Kind.JMP_INDIRECT]
     ret_steps = np.flatnonzero(kind == Kind.RET).astype(np.int64)
     values = landings[transfers == Kind.RET]
     del landings, transfers
@@ -435,21 +561,25 @@ def derive_facts(trace: Trace) -> TraceFacts:
         origin=origin,
         writer=writer,
     )
-    return TraceFacts(trace, rsp, kind, writes, calls, call_targets, returns)
+    return TraceFacts(
+        trace, rsp, kind, writes, calls, call_targets, returns, Jumps(jumps, jump_targets)
+    )
 
 
 def _is_transfer(kinds: U8 | np.uint8) -> B:
-    """Calls and rets: the instructions whose landing (the next rip) the analysis needs."""
-    return np.asarray((kinds == Kind.CALL) | (kinds == Kind.RET))
+    """Calls, rets and indirect jumps: the instructions whose landing (the next rip)
+    the analysis needs."""
+    return np.asarray((kinds == Kind.CALL) | (kinds == Kind.RET) | (kinds == Kind.JMP_INDIRECT))
 
 
-def _kinds(column: pa.ChunkedArray) -> U8:
+def _kinds(column: pa.ChunkedArray, name: str) -> U8:
+    """Kinds per row from a dictionary column, each distinct value classified once."""
     parts = []
     for chunk in column.chunks:
         if not pa.types.is_dictionary(chunk.type):
             chunk = pc.dictionary_encode(chunk)
         table = np.array(
-            [instruction_kind(text) for text in chunk.dictionary.to_pylist()], dtype=np.uint8
+            [kind_of_value(str(v), name) for v in chunk.dictionary.to_pylist()], dtype=np.uint8
         )
         indices = chunk.indices.to_numpy(zero_copy_only=False)
         parts.append(table[indices] if table.size else np.zeros(len(chunk), dtype=np.uint8))

@@ -1,39 +1,49 @@
-"""The invariants: each a pure function from a trace's facts to its violations.
+"""The invariants: each a pure function from a trace's facts to its findings.
 
 Every function here has the same shape, `(TraceFacts) -> Findings`: it reads
-the events of the shared pass (`events.derive_facts`), finds the steps where
-its rule breaks with numpy, and only then builds at most `MAX_VIOLATIONS`
-`Violation`s, each naming the step, rip, symbol and the mistake in the
-program's terms. `INVARIANTS` is the one registry; `check.check` runs it.
-The definitions are those of docs/DESIGN ("The invariants").
+the events of the shared pass (`events.derive_facts`, and the classified
+landings of `transfers.classify`), finds the steps where its rule breaks with
+numpy, and hands them to `causes.grouped` as `Items`: per violation its step, its
+kind of mistake, its code site and, when it follows from another violation,
+that one (its root). `grouped` turns them into causes (one per invariant,
+site and kind, with a count and the first and last step), consequences listed
+under their cause, and at most `MAX_VIOLATIONS` violations, each with its
+message and source line. `INVARIANTS` is the one registry; `check.check` runs
+it. The rules are stated in docs/invariants.md.
 
-- `alignment`: rsp % 16 == 0 before every call; rsp % 16 == 8 where a planted
-  ret lands (a call's landing follows from its own rule, so it is reported
-  once, at the call); a landing site that is itself a `ret` (a trampoline)
-  has no rule of its own: its `ret` is classified in turn.
+- `alignment` (in `alignment.py`): rsp % 16 == 0 before every call; rsp % 16 == 8 where a
+  function is entered by a switch (`transfers.Landing.ENTRY`) unless it
+  realigns rsp before its first call. Resumes, returns, trampolines and other
+  landings have no rule of their own; a misaligned call inside a function
+  entered misaligned is a consequence of that entry.
 - `ret-source`: every ret pops what its call pushed, a planted address that
   points into the code, or the sentinel under the entry function.
 - `stack-bounds`: base <= rsp <= top of some stack; every write inside a
   declared stack or data region; below a stack's base is an overflow.
-- `callee-saved`: rbx, rbp, r12-r15 and rsp equal after a return to what they
-  were before its call, the call matched by the return-address slot, so a
-  return through a context switch is matched too.
+- `callee-saved`: at every resume of a call (its own ret, a re-pushed copy,
+  an indirect jmp, longjmp), rbx, rbp and r12-r15 equal their values before
+  the call; calls never resumed are counted, not checked.
+- `stop`: the run did not end in a fault or at max_steps, unless the
+  scenario's [expect] stop names that reason.
 - `expect`: the scenario's [expect]: stdout, stop reason, and each
   [[expect.ret]] one of the planted returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from ..arch import CALLEE_SAVED, STACK_ALIGNMENT
+from ..arch import CALLEE_SAVED
 from ..layout import Region
-from .events import I64, U64, B, Kind, Origin, TraceFacts, stack_index
-from .model import MAX_VIOLATIONS, Findings, Violation
+from .alignment import alignment
+from .causes import Items, code_at, grouped, simple
+from .events import I64, U64, B, Origin, TraceFacts, stack_index
+from .model import MAX_VIOLATIONS, Findings
+from .transfers import Landing, saved_stack_pointer
 
 Check = Callable[[TraceFacts], Findings]
 
@@ -45,118 +55,24 @@ class Invariant:
     check: Check
 
 
-def _findings(
-    facts: TraceFacts, invariant: str, found: Iterable[tuple[int, str]], total: int | None = None
-) -> Findings:
-    """Violations from (step, message) pairs, sorted by step, capped, with rip and symbol."""
-    items = sorted(found, key=lambda item: item[0])
-    count = len(items) if total is None else total
-    items = items[:MAX_VIOLATIONS]
-    info = facts.describe(step for step, _ in items)
-    violations = []
-    for step, message in items:
-        where = info.get(step)
-        violations.append(
-            Violation(
-                invariant=invariant,
-                step=step,
-                rip=where.rip if where else 0,
-                symbol=where.symbol if where else "",
-                message=message,
-            )
-        )
-    return Findings(tuple(violations), count)
-
-
-def _first(indices: I64) -> I64:
-    return indices[:MAX_VIOLATIONS]
-
-
-# --- alignment ---------------------------------------------------------------
-
-
-def alignment(facts: TraceFacts) -> Findings:
-    found: list[tuple[int, str]] = []
-
-    calls = facts.calls
-    misaligned_calls = np.flatnonzero(facts.rsp[calls] % STACK_ALIGNMENT != 0)
-    for i in _first(misaligned_calls).tolist():
-        step, rsp = int(calls[i]), int(facts.rsp[calls[i]])
-        callee = facts.symbolize(int(facts.call_targets[i]))
-        off = rsp % STACK_ALIGNMENT
-        found.append(
-            (
-                step,
-                f"call to {callee} with rsp % 16 == {off} (rsp={rsp:#x}): {callee} will be "
-                f"entered with rsp % 16 == {(rsp - 8) % 16} instead of 8; the caller's frame "
-                f"is {off} bytes off the 16-byte grid, so adjust it before the call",
-            )
-        )
-
-    returns = facts.returns
-    planted = facts.planted_steps
-    landing = returns.step[planted] + 1
-    # A trampoline (a landing site that is itself a `ret`) has no requirement of
-    # its own: its own ret is a planted return too, checked where it lands.
-    trampoline = facts.kind_at(landing) == Kind.RET
-    misaligned = np.flatnonzero(
-        ~trampoline & (returns.entry_rsp[planted] % STACK_ALIGNMENT != STACK_ALIGNMENT // 2)
-    )
-    for k in _first(misaligned).tolist():
-        i = int(planted[k])
-        found.append(_misaligned_entry(facts, i))
-    total = len(misaligned_calls) + len(misaligned)
-    return _findings(facts, "alignment", found, total)
-
-
-def _misaligned_entry(facts: TraceFacts, i: int) -> tuple[int, str]:
-    r = facts.returns
-    ret_step, slot, rsp = int(r.step[i]), int(r.slot[i]), int(r.entry_rsp[i])
-    target = facts.symbolize(int(r.value[i]))
-    step = ret_step + 1 if ret_step + 1 < facts.steps else ret_step
-    off = slot % STACK_ALIGNMENT
-    head = f"{target} entered with rsp % 16 == {rsp % 16} (rsp={rsp:#x}): "
-    located = facts.locate(slot)
-    if located is None:
-        return step, head + (
-            f"the planted return address sits at {slot:#x}, {off} bytes off the 16-byte grid"
-        )
-    region, index = located
-    advice = ""
-    suggestion = _aligned_index(region, index)
-    if suggestion is not None:
-        advice = f"; plant it at index {suggestion} (= size - {region.size - suggestion})"
-    return step, head + (
-        f"the planted return address sits at index {index} of {region.name}, "
-        f"{off} bytes off the 16-byte grid{advice}"
-    )
-
-
-def _aligned_index(region: Region, index: int) -> int | None:
-    """The nearest index of `region` whose slot is 16-byte aligned (below first)."""
-    off = (region.base + index) % STACK_ALIGNMENT
-    for candidate in (index - off, index + STACK_ALIGNMENT - off):
-        if 0 <= candidate <= region.size - 8:
-            return candidate
-    return None
-
-
 # --- ret-source --------------------------------------------------------------
 
 
 def ret_source(facts: TraceFacts) -> Findings:
     r = facts.returns
     unwritten = np.flatnonzero(r.origin == Origin.UNWRITTEN)
-    found: list[tuple[int, str]] = []
-    for i in _first(unwritten).tolist():
-        value, slot = int(r.value[i]), int(r.slot[i])
-        found.append(
-            (
-                int(r.step[i]),
-                f"ret pops {value:#x} from {facts.where(slot)}, a slot nothing in the program "
-                "wrote: no call pushed a return address there and no store planted one",
-            )
-        )
+    items = Items()
+    messages: list[Callable[[], str]] = []
+    ret_rips = facts.rips_at(r.step[unwritten])
+    sites: dict[int, int] = {}  # ret rip -> site, decided by its first occurrence
+    for k, i in enumerate(unwritten.tolist()):
+        # The mistake is where the stack pointer the switch loaded was saved, if found.
+        rip = int(ret_rips[k])
+        made = saved_stack_pointer(facts, int(r.step[i])) if k < MAX_VIOLATIONS else -1
+        if rip not in sites:
+            sites[rip] = facts.writes_rip(made) if made >= 0 else rip
+        items.add(int(r.step[i]), "unwritten-slot", sites[rip])
+        messages.append(_unwritten_message(facts, i, made))
     planted = facts.planted_steps
     code = [reg for reg in facts.meta.regions if reg.kind == "code"]
     values = r.value[planted]
@@ -165,19 +81,46 @@ def ret_source(facts: TraceFacts) -> Findings:
     else:
         in_code = np.zeros(values.shape, dtype=np.bool_)
     not_code = planted[~in_code & (values != np.uint64(facts.sentinel))]
-    stores = facts.describe(facts.writes.step[r.writer[_first(not_code)]].tolist())
-    for i in _first(not_code).tolist():
+    store_rips = facts.rips_at(facts.writes.step[r.writer[not_code]])
+    for k, i in enumerate(not_code.tolist()):
+        items.add(int(r.step[i]), "planted-data", int(store_rips[k]))
+        messages.append(_planted_data_message(facts, i))
+    return grouped(facts, "ret-source", items, lambda i: messages[i]())
+
+
+def _unwritten_message(facts: TraceFacts, i: int, made: int) -> Callable[[], str]:
+    def text() -> str:
+        r = facts.returns
         value, slot = int(r.value[i]), int(r.slot[i])
-        store = stores[int(facts.writes.step[r.writer[i]])]
-        found.append(
-            (
-                int(r.step[i]),
-                f"ret pops {facts.describe_value(value)} from {facts.where(slot)}, planted at "
-                f"step {store.step} by `{store.insn}`, but that is not an address in the code: "
-                "the store planted data where a return address belongs",
+        saved = ""
+        if made >= 0:
+            made_step = int(facts.writes.step[made])
+            info = facts.describe([made_step])[made_step]
+            saved = (
+                f"; rsp was loaded from the stack pointer saved at step {made_step} by "
+                f"`{info.insn}`{code_at(facts, info.rip)}"
             )
+        return (
+            f"ret pops {value:#x} from {facts.where(slot)}, a slot nothing in the program "
+            f"wrote: no call pushed a return address there and no store planted one{saved}"
         )
-    return _findings(facts, "ret-source", found, len(unwritten) + len(not_code))
+
+    return text
+
+
+def _planted_data_message(facts: TraceFacts, i: int) -> Callable[[], str]:
+    def text() -> str:
+        r = facts.returns
+        value, slot = int(r.value[i]), int(r.slot[i])
+        store_step = int(facts.writes.step[r.writer[i]])
+        store = facts.describe([store_step])[store_step]
+        return (
+            f"ret pops {facts.describe_value(value)} from {facts.where(slot)}, planted at "
+            f"step {store.step} by `{store.insn}`{code_at(facts, store.rip)}, but that is not an "
+            "address in the code: the store planted data where a return address belongs"
+        )
+
+    return text
 
 
 # --- stack-bounds ------------------------------------------------------------
@@ -214,23 +157,23 @@ def stack_bounds(facts: TraceFacts) -> Findings:
     first_of_run = np.concatenate([np.ones(stray.size, dtype=np.bool_), run_start])
     above = facts.overflowed(addrs)
 
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, str, str]] = []
     for k, stack in enumerate(facts.stacks):
         hit = np.flatnonzero(above == k)
         if not hit.size:
             continue
-        found.append(_overflow(stack, hit, addrs, steps, is_write))
-    overflows = len(found)
+        step, what = _overflow(stack, hit, addrs, steps, is_write)
+        found.append((step, "overflow", what))
     others = np.flatnonzero((above < 0) & first_of_run)
-    for i in _first(others).tolist():
+    for i in others.tolist():
         addr = int(addrs[i])
         if is_write[i]:
             size = int(writes.size[stray[i]])
             what = f"writes {size} bytes at {addr:#x}, {_outside(facts, addr)}"
         else:
             what = f"moves rsp to {addr:#x}, outside every stack ({_outside(facts, addr)})"
-        found.append((int(steps[i]), what))
-    return _findings(facts, "stack-bounds", found, overflows + len(others))
+        found.append((int(steps[i]), "outside", what))
+    return simple(facts, "stack-bounds", found)
 
 
 def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> tuple[int, str]:
@@ -283,44 +226,114 @@ SAVED_REGISTERS = tuple(name for name in CALLEE_SAVED if name != "rsp")
 
 
 def callee_saved(facts: TraceFacts) -> Findings:
+    """Registers at every resume of a call against their values before it.
+
+    A resume is the ret that pops the call's own slot, or any transfer that
+    lands on the call's return address with the call's rsp (`transfers.RESUME`):
+    a re-pushed copy, `jmp *%r8`, longjmp. A call resumed twice (setjmp) is
+    checked twice; a call never resumed is counted in a note.
+    """
     r = facts.returns
+    t = facts.transfers
     matched = np.flatnonzero(r.origin == Origin.CALL)
-    ret_steps = r.step[matched]
-    call_steps = facts.writes.step[r.writer[matched]]
-    # Read in one pass; keep, per register, only the values where it changed.
-    query = np.concatenate([call_steps, ret_steps + 1])
-    m = call_steps.size
-    read = facts.registers_at(SAVED_REGISTERS, query)
-    changed: dict[str, B] = {}
-    values: dict[str, tuple[U64, U64]] = {}
-    for name in CALLEE_SAVED:
-        if name == "rsp":
-            before, after = facts.rsp[call_steps], r.entry_rsp[matched]
-        else:
-            both = read.pop(name)
-            before, after = both[:m], both[m:]
-        changed[name] = before != after
-        values[name] = (before[changed[name]], after[changed[name]])
-        del before, after
-    any_changed = np.zeros(matched.shape, dtype=np.bool_)
-    for mask in changed.values():
-        any_changed |= mask
-    bad = np.flatnonzero(any_changed)
-    found: list[tuple[int, str]] = []
+    resumes = np.flatnonzero(t.landing == Landing.RESUME)
+    transfer_steps = np.concatenate([r.step[matched], t.step[resumes]])
+    call_steps = np.concatenate(
+        [facts.writes.step[r.writer[matched]], facts.calls[t.call[resumes]]]
+    )
+    order = np.argsort(transfer_steps, kind="stable")
+    transfer_steps, call_steps = transfer_steps[order], call_steps[order]
     call_index = np.searchsorted(facts.calls, call_steps)
-    for k in _first(bad).tolist():
-        call_step, ret_step = int(call_steps[k]), int(ret_steps[k])
-        callee = facts.symbolize(int(facts.call_targets[call_index[k]]))
-        names = [name for name in CALLEE_SAVED if changed[name][k]]
-        shown = []
-        for name in names:
-            rank = int(np.count_nonzero(changed[name][:k]))  # k's place among the changed
-            was, now = values[name][0][rank], values[name][1][rank]
-            shown.append(f"{name} {int(was):#x} before, {int(now):#x} after")
-        values_text = ", ".join(shown)
+
+    m = call_steps.size
+    read = facts.registers_at(SAVED_REGISTERS, np.concatenate([call_steps, transfer_steps + 1]))
+    changed = np.zeros((len(SAVED_REGISTERS), m), dtype=np.bool_)
+    before = np.zeros((len(SAVED_REGISTERS), m), dtype=np.uint64)
+    after = np.zeros((len(SAVED_REGISTERS), m), dtype=np.uint64)
+    for j, name in enumerate(SAVED_REGISTERS):
+        both = read.pop(name)
+        before[j], after[j] = both[:m], both[m:]
+        changed[j] = before[j] != after[j]
+    bad = np.flatnonzero(changed.any(axis=0))
+
+    items = Items()
+    rips = facts.rips_at(transfer_steps[bad])
+    messages: list[Callable[[], str]] = []
+    roots = _nested_roots(bad, call_steps, transfer_steps, changed, after)
+    for k, b in enumerate(bad.tolist()):
+        names = tuple(name for j, name in enumerate(SAVED_REGISTERS) if changed[j, b])
+        kind = "clobbered " + " ".join(names)
+        items.add(int(transfer_steps[b]), kind, int(rips[k]), int(roots[k]))
+        messages.append(
+            _clobbered_message(
+                facts,
+                int(call_steps[b]),
+                int(transfer_steps[b]),
+                int(call_index[b]),
+                [
+                    (n, int(before[j, b]), int(after[j, b]))
+                    for j, n in enumerate(SAVED_REGISTERS)
+                    if changed[j, b]
+                ],
+            )
+        )
+    resumed = np.zeros(facts.calls.size, dtype=np.bool_)
+    resumed[call_index] = True
+    never = int(facts.calls.size) - int(np.count_nonzero(resumed))
+    notes = []
+    if never:
+        notes.append(f"{never} call{'s' if never != 1 else ''} never returned: not checked")
+    return grouped(facts, "callee-saved", items, lambda i: messages[i](), notes)
+
+
+#: How many earlier bad resumes to look through for the one a resume follows from.
+_NESTED_LOOKBACK = 16
+
+
+def _nested_roots(
+    bad: I64,
+    call_steps: I64,
+    back_steps: I64,
+    changed: npt.NDArray[np.bool_],
+    after: npt.NDArray[np.uint64],
+) -> list[int]:
+    """For each bad resume (in step order), the item it follows from, or -1.
+
+    A call that resumes with a register changed only because a call nested in it
+    resumed with that same register changed to the same value (yield returning
+    after its switch lost rbx) is a consequence of that inner one's cause.
+    """
+    roots: list[int] = []
+    for k, b in enumerate(bad.tolist()):
+        root = -1
+        for j in range(k - 1, max(k - 1 - _NESTED_LOOKBACK, -1), -1):
+            a = int(bad[j])
+            nested = call_steps[a] > call_steps[b] and back_steps[a] < back_steps[b]
+            if (
+                nested
+                and np.array_equal(changed[:, a], changed[:, b])
+                and np.array_equal(after[changed[:, b], a], after[changed[:, b], b])
+            ):
+                root = roots[j] if roots[j] >= 0 else j
+                break
+        roots.append(root)
+    return roots
+
+
+def _clobbered_message(
+    facts: TraceFacts,
+    call_step: int,
+    back_step: int,
+    call: int,
+    changes: list[tuple[str, int, int]],
+) -> Callable[[], str]:
+    def text() -> str:
+        callee = facts.symbolize(int(facts.call_targets[call]))
+        names = [name for name, _, _ in changes]
+        values_text = ", ".join(f"{n} {was:#x} before, {now:#x} after" for n, was, now in changes)
         regs = " and ".join(names)
-        # Did the return come back through a context switch (rsp visiting another stack)?
-        stacks_between = facts.rsp_stack[call_step : ret_step + 1]
+        # Did the call come back through a context switch (rsp visiting another stack)?
+        stacks_between = facts.rsp_owner[call_step : back_step + 1]
         switched = bool(np.any(stacks_between != stacks_between[0]))
         through = " through a stack switch" if switched else ""
         it = "them" if len(names) > 1 else "it"
@@ -331,15 +344,40 @@ def callee_saved(facts: TraceFacts) -> Findings:
             )
         else:
             fix = f"{callee} must save {regs} (push on entry) and restore {it} (pop before ret)"
-        found.append(
-            (
-                ret_step,
-                f"{regs} changed across the call to {callee} at step {call_step}, returned "
-                f"here{through} ({values_text}): {regs} {'are' if len(names) > 1 else 'is'} "
-                f"callee-saved; {fix}",
-            )
+        return (
+            f"{regs} changed across the call to {callee} at step {call_step}, returned "
+            f"here{through} ({values_text}): {regs} {'are' if len(names) > 1 else 'is'} "
+            f"callee-saved; {fix}"
         )
-    return _findings(facts, "callee-saved", found, len(bad))
+
+    return text
+
+
+# --- stop ---------------------------------------------------------------------
+
+#: Stop reasons that end a run badly: they fail `stop` unless [expect] stop names them.
+BAD_STOPS = ("fault", "max_steps")
+
+
+def stop(facts: TraceFacts) -> Findings:
+    meta = facts.meta
+    reason = meta.stop.reason
+    if reason not in BAD_STOPS or meta.scenario.expect.stop == reason:
+        return Findings()
+    step = min(meta.stop.step, max(facts.steps - 1, 0))
+    info = facts.describe([step]).get(step)
+    where = f" in {info.symbol}" if info else ""
+    src = facts.source(info.rip) if info else None
+    where += f" ({src})" if src else ""
+    if reason == "fault":
+        what = f"the run faulted at step {meta.stop.step}{where}: {meta.stop.detail}"
+    else:
+        what = (
+            f"the run hit max_steps at step {meta.stop.step}{where} ({meta.stop.detail}) "
+            "instead of ending"
+        )
+    what += f'; if that is what the scenario shows, say so with [expect] stop = "{reason}"'
+    return simple(facts, "stop", [(step, reason, what)])
 
 
 # --- expect --------------------------------------------------------------------
@@ -349,11 +387,12 @@ def expect(facts: TraceFacts) -> Findings:
     meta = facts.meta
     wanted = meta.scenario.expect
     last = max(facts.steps - 1, 0)
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, str, str]] = []
     if wanted.stdout is not None and meta.stdout != wanted.stdout:
         found.append(
             (
                 last,
+                "stdout",
                 f"the program wrote {_short(meta.stdout)} to stdout; the scenario expects "
                 f"{_short(wanted.stdout)}",
             )
@@ -362,6 +401,7 @@ def expect(facts: TraceFacts) -> Findings:
         found.append(
             (
                 min(meta.stop.step, last),
+                "stop",
                 f"the run stopped: {meta.stop.reason} ({meta.stop.detail}); the scenario "
                 f"expects stop reason {wanted.stop}",
             )
@@ -381,6 +421,7 @@ def expect(facts: TraceFacts) -> Findings:
             found.append(
                 (
                     same_stack[0].ret_step,
+                    "ret",
                     f"expected a ret to pop {ret.target} planted at index {ret.index} of "
                     f"{ret.stack}; the planted returns from {ret.stack} are: {seen}",
                 )
@@ -389,11 +430,12 @@ def expect(facts: TraceFacts) -> Findings:
             found.append(
                 (
                     last,
+                    "ret",
                     f"expected a ret to pop {ret.target} planted at index {ret.index} of "
                     f"{ret.stack}; no ret popped a planted address from {ret.stack}",
                 )
             )
-    return _findings(facts, "expect", found)
+    return simple(facts, "expect", found)
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -404,7 +446,7 @@ def _short(text: str, limit: int = 80) -> str:
 INVARIANTS: tuple[Invariant, ...] = (
     Invariant(
         "alignment",
-        "rsp % 16 == 0 before every call, rsp % 16 == 8 where a planted ret lands",
+        "rsp % 16 == 0 before every call, rsp % 16 == 8 where a switch enters a function",
         alignment,
     ),
     Invariant(
@@ -419,8 +461,13 @@ INVARIANTS: tuple[Invariant, ...] = (
     ),
     Invariant(
         "callee-saved",
-        "rbx, rbp, r12-r15 and rsp are the same after a return as before its call",
+        "rbx, rbp, r12-r15 are the same where a call resumes as before the call",
         callee_saved,
+    ),
+    Invariant(
+        "stop",
+        "the run does not fault or hit max_steps, unless [expect] stop says it does",
+        stop,
     ),
     Invariant(
         "expect",

@@ -1,7 +1,12 @@
-"""What a check finds: violations, planted returns and the result of each invariant.
+"""What a check finds: causes, violations, planted returns and the result of each invariant.
 
 Small frozen dataclasses with a `to_json()` each, so `check --json`,
 `invariants.json` and the reports all say the same thing in the same words.
+
+Violations that share a cause are one `Cause`: the same invariant, the same
+code site and the same kind of mistake, with a count and the first and last
+step. Violations that follow from another cause (misaligned calls inside a
+function that was entered misaligned) are `Consequence`s listed under it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class Violation:
     rip: int
     symbol: str
     message: str
+    #: `file:line` of the instruction at `rip`, when the trace knows it.
+    source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -33,7 +40,111 @@ class Violation:
             "rip": self.rip,
             "symbol": self.symbol,
             "message": self.message,
+            "source": self.source,
         }
+
+
+@dataclass(frozen=True)
+class Consequence:
+    """Violations that follow from a cause: `count` of one kind, first to last step."""
+
+    invariant: str
+    kind: str
+    count: int
+    first_step: int
+    last_step: int
+    #: The first of them, as an example.
+    example: Violation
+
+    @property
+    def summary(self) -> str:
+        """`80 misaligned-call violations follow from it (steps 126-3188)`."""
+        if self.count == 1:
+            return f"1 {self.kind} violation follows from it (step {self.first_step})"
+        return (
+            f"{self.count} {self.kind} violations follow from it "
+            f"(steps {self.first_step}-{self.last_step})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "invariant": self.invariant,
+            "kind": self.kind,
+            "count": self.count,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "example": self.example.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One mistake: every violation of one invariant at one code site of one kind.
+
+    `site` is the code address the mistake is at (the instruction whose landing,
+    store or frame is wrong), `first` the first violation it caused.
+    """
+
+    invariant: str
+    kind: str
+    site: int
+    site_symbol: str
+    site_source: str | None
+    count: int
+    first_step: int
+    last_step: int
+    first: Violation
+    consequences: tuple[Consequence, ...] = ()
+
+    @property
+    def total(self) -> int:
+        """Its own violations and every consequence."""
+        return self.count + sum(c.count for c in self.consequences)
+
+    @property
+    def title(self) -> str:
+        """A short label (for a plot): `alignment: entered misaligned at hello+0`."""
+        return f"{self.invariant}: {kind_title(self.kind)} at {self.first.symbol}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "invariant": self.invariant,
+            "kind": self.kind,
+            "site": self.site,
+            "site_symbol": self.site_symbol,
+            "site_source": self.site_source,
+            "count": self.count,
+            "total": self.total,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "first": self.first.to_json(),
+            "consequences": [c.to_json() for c in self.consequences],
+        }
+
+
+def kind_title(kind: str) -> str:
+    """A kind of mistake in words: `clobbered rbx r12` is `rbx, r12 not restored`."""
+    if kind.startswith("clobbered "):
+        return f"{', '.join(kind.split()[1:])} not restored"
+    return KIND_TITLES.get(kind, kind)
+
+
+#: Short names for the kinds of mistake, for labels.
+KIND_TITLES = {
+    "misaligned-entry": "entered misaligned",
+    "misaligned-call": "misaligned call",
+    "landing-misaligns-calls": "landing misaligns calls",
+    "unwritten-slot": "ret pops an unwritten slot",
+    "planted-data": "ret pops planted data",
+    "overflow": "stack overflow",
+    "outside": "outside the stacks",
+    "clobbered": "callee-saved register lost",
+    "stdout": "stdout differs",
+    "stop": "stop reason differs",
+    "ret": "expected return missing",
+    "fault": "the run faulted",
+    "max_steps": "the run hit max_steps",
+}
 
 
 @dataclass(frozen=True)
@@ -56,8 +167,13 @@ class PlantedReturn:
     target: str
     #: rsp right after the `ret`, i.e. at the target's first instruction.
     entry_rsp: int
-    #: The target is itself a `ret` (like the runtime's `skip`): no alignment rule of its own.
+    #: The target is a trampoline (like the runtime's `skip`): no alignment rule of its own.
     trampoline: bool = False
+    #: Where it landed: resume, return, entry, trampoline or other (analysis.transfers).
+    landing: str = "other"
+    #: `file:line` of the `ret`, and of the store that planted the address.
+    source: str | None = None
+    planted_source: str | None = None
 
     @property
     def where(self) -> str:
@@ -77,15 +193,21 @@ class PlantedReturn:
             "target": self.target,
             "entry_rsp": self.entry_rsp,
             "trampoline": self.trampoline,
+            "landing": self.landing,
+            "source": self.source,
+            "planted_source": self.planted_source,
         }
 
 
 @dataclass(frozen=True)
 class Findings:
-    """The violations an invariant found: the first `MAX_VIOLATIONS`, and how many in all."""
+    """The violations an invariant found: the first `MAX_VIOLATIONS`, how many in all,
+    their causes, and notes (what was not checked, what passed on purpose)."""
 
     violations: tuple[Violation, ...] = ()
     total: int = 0
+    causes: tuple[Cause, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +216,8 @@ class InvariantResult:
     summary: str
     violations: tuple[Violation, ...]
     total: int
+    causes: tuple[Cause, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def holds(self) -> bool:
@@ -109,6 +233,8 @@ class InvariantResult:
             "summary": self.summary,
             "status": self.status,
             "total": self.total,
+            "causes": [c.to_json() for c in self.causes],
+            "notes": list(self.notes),
             "violations": [v.to_json() for v in self.violations],
         }
 
@@ -131,6 +257,27 @@ class CheckResult:
         return 0 if self.holds else 1
 
     @property
+    def causes(self) -> tuple[Cause, ...]:
+        """Every cause of every invariant, by the step it first shows."""
+        found = [c for r in self.results for c in r.causes]
+        return tuple(sorted(found, key=lambda c: (c.first_step, c.invariant)))
+
+    @property
+    def total(self) -> int:
+        return sum(r.total for r in self.results)
+
+    @property
+    def headline(self) -> str:
+        """`1 cause, 83 violations` (or `every invariant holds`)."""
+        if self.holds:
+            return "every invariant holds"
+        causes = len(self.causes)
+        return (
+            f"{causes} cause{'' if causes == 1 else 's'}, "
+            f"{self.total} violation{'' if self.total == 1 else 's'}"
+        )
+
+    @property
     def failed(self) -> tuple[str, ...]:
         return tuple(r.id for r in self.results if not r.holds)
 
@@ -146,6 +293,8 @@ class CheckResult:
             "scenario": self.scenario,
             "status": "holds" if self.holds else "fails",
             "failed": list(self.failed),
+            "headline": self.headline,
+            "causes": [c.to_json() for c in self.causes],
             "invariants": [r.to_json() for r in self.results],
             "planted_returns": [p.to_json() for p in self.planted],
             "planted_total": self.planted_total,

@@ -19,4 +19,8 @@ COMMANDS: dict[str, str] = {
     "show": "stacktrace_lab.commands.show:show_command",
     "who-wrote": "stacktrace_lab.commands.who_wrote:who_wrote_command",
     "replay": "stacktrace_lab.commands.replay:replay_command",
+    "silicon-check": "stacktrace_lab.commands.silicon_check:silicon_check_command",
+    "query": "stacktrace_lab.commands.query:query_command",
+    "export": "stacktrace_lab.commands.export:export_command",
+    "serve": "stacktrace_lab.commands.serve:serve_command",
 }

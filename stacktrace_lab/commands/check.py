@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich import box
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from ..analysis import CheckResult, check
+from ..analysis.model import Cause, Violation, kind_title
 from ..report.invariants_json import render_json
 from ..trace.reader import load_trace
 from .common import stdout_console
@@ -28,48 +30,101 @@ def check_command(trace: Path, as_json: bool) -> int:
     return result.exit_status
 
 
+#: Causes shown in full in the terminal (all are in --json and the report).
+MAX_CAUSES_SHOWN = 5
+#: Planted returns listed in the terminal.
+MAX_PLANTED_SHOWN = 8
+
+
 def print_result(result: CheckResult) -> None:
-    """The invariants as a table, then each violation on its own lines, then the planted returns.
+    """Causes first: the invariants as a table, then each cause with its first violation,
+    source line and consequences, then notes, the planted returns and the verdict.
+    Sized to fit on one screen; `--json` and the report have everything.
 
     Every cell is a `Text`, so brackets in scenario-derived strings are not read as markup.
     """
     out = stdout_console
-    table = Table(title=Text(f"{result.scenario}: {result.trace}"), title_justify="left")
+    out.print(Text(f"{result.scenario}: {result.trace}", style="bold"))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("invariant", style="bold")
     table.add_column("status")
+    table.add_column("causes", justify="right")
     table.add_column("violations", justify="right")
-    table.add_column("rule")
     for r in result.results:
         status = Text("holds", style="green") if r.holds else Text("FAILS", style="bold red")
-        table.add_row(Text(r.id), status, Text(str(r.total)), Text(r.summary))
+        count = str(len(r.causes)) if r.causes else ("-" if r.holds else "0")
+        table.add_row(Text(r.id), status, Text(count), Text(str(r.total)))
     out.print(table)
 
+    causes = result.causes
+    if causes:
+        out.print(Text(result.headline, style="bold red"))
+    for n, cause in enumerate(causes[:MAX_CAUSES_SHOWN], start=1):
+        _print_cause(n, len(causes), cause)
+    if len(causes) > MAX_CAUSES_SHOWN:
+        more = len(causes) - MAX_CAUSES_SHOWN
+        out.print(Text(f"... and {more} more causes (--json lists them all)"))
+
     for r in result.results:
-        for v in r.violations:
-            where = f"  step {v.step}  {v.symbol} ({v.rip:#x})"
-            out.print(Text.assemble((r.id, "bold red"), where))
-            out.print(Padding(Text(v.message), (0, 0, 0, 4)))
-        if r.total > len(r.violations):
-            more = r.total - len(r.violations)
-            out.print(Padding(Text(f"... and {more} more {r.id} violations"), (0, 0, 0, 4)))
+        for note in r.notes:
+            out.print(Text.assemble((f"{r.id}: ", "bold"), note))
 
     if result.planted_total:
-        planted = Table(title="planted returns", title_justify="left")
-        for column in ("ret step", "slot", "planted at", "by", "lands on"):
-            planted.add_column(column)
-        for p in result.planted:
-            planted.add_row(
-                Text(str(p.ret_step)),
-                Text(p.where),
-                Text(f"step {p.planted_step} ({p.planted_symbol})"),
-                Text(p.planted_insn),
-                Text(p.target),
-            )
-        if result.planted_total > len(result.planted):
-            more = result.planted_total - len(result.planted)
-            planted.add_row("", "", "", "", Text(f"... and {more} more"))
-        out.print(planted)
+        _print_planted(result)
     else:
         out.print("no planted returns: every ret popped what its call pushed")
-    verdict = "all invariants hold" if result.holds else f"fails: {', '.join(result.failed)}"
-    out.print(Text(verdict, style="green" if result.holds else "bold red"))
+    if result.holds:
+        verdict = Text("all invariants hold", style="green")
+    else:
+        verdict = Text(f"fails: {', '.join(result.failed)} ({result.headline})", style="bold red")
+    out.print(verdict)
+
+
+def _print_cause(n: int, of: int, cause: Cause) -> None:
+    out = stdout_console
+    times = f"{cause.count} times, steps {cause.first_step}-{cause.last_step}"
+    once = f"step {cause.first_step}"
+    site = cause.site_symbol + (f" ({cause.site_source})" if cause.site_source else "")
+    out.print(
+        Text.assemble(
+            (f"cause {n} of {of}: ", "bold"),
+            (cause.invariant, "bold red"),
+            f", {kind_title(cause.kind)} ",
+            f"({times if cause.count > 1 else once}), at {site}",
+        )
+    )
+    _print_violation(cause.first, 2)
+    for c in cause.consequences:
+        out.print(
+            Padding(
+                Text(f"then {c.summary}, the first:"),
+                (0, 0, 0, 2),
+            )
+        )
+        _print_violation(c.example, 4)
+
+
+def _print_violation(v: Violation, indent: int) -> None:
+    where = f"step {v.step}  {v.symbol} ({v.rip:#x})"
+    if v.source:
+        where += f"  {v.source}"
+    stdout_console.print(Padding(Text(where, style="dim"), (0, 0, 0, indent)))
+    stdout_console.print(Padding(Text(v.message), (0, 0, 0, indent + 2)))
+
+
+def _print_planted(result: CheckResult) -> None:
+    out = stdout_console
+    out.print(Text(f"planted returns ({result.planted_total}):", style="bold"))
+    for p in result.planted[:MAX_PLANTED_SHOWN]:
+        out.print(
+            Padding(
+                Text(f"step {p.ret_step}: ret pops {p.target} from {p.where}: {p.landing}"),
+                (0, 0, 0, 2),
+            )
+        )
+        where = p.planted_source or p.planted_symbol
+        line = f"planted at step {p.planted_step} by `{p.planted_insn}` ({where})"
+        out.print(Padding(Text(line), (0, 0, 0, 4)))
+    shown = min(len(result.planted), MAX_PLANTED_SHOWN)
+    if result.planted_total > shown:
+        out.print(Padding(Text(f"... and {result.planted_total - shown} more"), (0, 0, 0, 2)))

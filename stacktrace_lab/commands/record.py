@@ -1,4 +1,4 @@
-"""`stacktrace-lab record [SCENARIO] [-o FILE]`."""
+"""`stacktrace-lab record [SCENARIO | PROGRAM] [-o FILE] [--from SYM] [--to SYM] [-- ARGS]`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import BadInput
 from ..limits import DEFAULT_LIMITS, Limits
 from ..record.recorder import RecordOptions, record
 from ..scenario import load_scenario
@@ -40,8 +41,15 @@ def default_trace_path(name: str) -> Path:
     return Path("traces") / f"{name}.parquet"
 
 
+def is_program(argument: str) -> bool:
+    """A path to an existing file that is not a scenario: a program to record."""
+    path = Path(argument)
+    return not argument.endswith(".toml") and path.is_file()
+
+
 @click.command("record")
 @click.argument("scenario", default="first-switch")
+@click.argument("args", nargs=-1)
 @click.option(
     "-o",
     "--output",
@@ -89,18 +97,40 @@ def default_trace_path(name: str) -> Path:
     is_flag=True,
     help="Let [program] file and .incbin name files outside the scenario's directory.",
 )
+@click.option(
+    "--from",
+    "from_symbol",
+    metavar="SYMBOL",
+    help="For a program: run the start-up unrecorded, record from SYMBOL (e.g. main).",
+)
+@click.option("--to", "to_symbol", metavar="SYMBOL", help="For a program: stop at SYMBOL.")
 def record_command(
     scenario: str,
+    args: tuple[str, ...],
     output: Path | None,
     max_steps: int | None,
     snapshot_limit: int,
+    from_symbol: str | None,
+    to_symbol: str | None,
     max_output: int,
     max_trace_size: int,
     max_program_size: int,
     max_source_size: int,
     allow_outside: bool,
 ) -> int:
-    """Record SCENARIO (a built-in name or a .toml file) into a trace."""
+    """Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM
+    (give its arguments after --), into a trace."""
+    if is_program(scenario):
+        return _record_program(
+            Path(scenario), list(args), output, max_steps, snapshot_limit, from_symbol, to_symbol
+        )
+    if args or from_symbol or to_symbol:
+        raise BadInput(f"{scenario}: program arguments, --from and --to are for programs")
+    if scenario.endswith(".toml") and Path(scenario).is_file():
+        from ..record.elf_scenario import is_elf_scenario
+
+        if is_elf_scenario(scenario):
+            return _record_elf_scenario(Path(scenario), output, max_steps, snapshot_limit)
     limits = Limits(
         max_source_bytes=max_source_size,
         max_program_bytes=max_program_size,
@@ -112,6 +142,48 @@ def record_command(
     target = output or default_trace_path(loaded.name)
     with step_progress(options.max_steps or loaded.max_steps, f"recording {loaded.name}") as bar:
         recording = record(loaded, target, options, progress=bar)
+    meta = recording.metadata
+    click.echo(
+        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
+    )
+    return 0
+
+
+def _record_program(
+    program: Path,
+    args: list[str],
+    output: Path | None,
+    max_steps: int | None,
+    snapshot_limit: int,
+    from_symbol: str | None,
+    to_symbol: str | None,
+) -> int:
+    from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
+
+    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
+    target = output or default_trace_path(program.name)
+    total = max_steps or DEFAULT_ELF_MAX_STEPS
+    with step_progress(total, f"recording {program.name}") as bar:
+        recording = record_elf(program, target, options, args, from_symbol, to_symbol, bar)
+    meta = recording.metadata
+    click.echo(
+        f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"
+    )
+    return 0
+
+
+def _record_elf_scenario(
+    path: Path, output: Path | None, max_steps: int | None, snapshot_limit: int
+) -> int:
+    """A scenario file whose `[program]` is `elf = "prog"`."""
+    from ..record.elf_scenario import describe_elf_scenario
+    from ..record.recorder import record_description
+
+    options = RecordOptions(max_steps=max_steps, snapshot_limit=snapshot_limit)
+    description = describe_elf_scenario(path, max_steps)
+    target = output or default_trace_path(description.info.name)
+    with step_progress(description.max_steps, f"recording {description.info.name}") as bar:
+        recording = record_description(description, target, options, progress=bar)
     meta = recording.metadata
     click.echo(
         f"{recording.path}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})"

@@ -15,14 +15,19 @@ from .common import step_progress
 @click.command("replay")
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
-def replay_command(trace: Path, as_json: bool) -> int:
+@click.option(
+    "--program",
+    type=click.Path(path_type=Path),
+    help="For a trace of a program: where the program is now (its sha256 must match).",
+)
+def replay_command(trace: Path, as_json: bool, program: Path | None) -> int:
     """Re-run TRACE from its own code, layout and initial state; compare every step.
 
     Exit 0 when every step matches, 1 naming the first step and column that differ.
     """
     loaded = load_trace(trace)
     with step_progress(loaded.num_rows, f"replaying {trace.name}") as bar:
-        result = replay(loaded, progress=bar)
+        result = replay(loaded, progress=bar, binary=str(program) if program else None)
     difference = result.difference
     if as_json:
         doc = {

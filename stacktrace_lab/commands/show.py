@@ -13,10 +13,13 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..analysis.events import derive_facts
 from ..errors import BadInput
+from ..explore.backtrace import RETURNED_TO, FrameLine, StackBacktrace, backtraces
 from ..explore.select import choose_step
 from ..explore.telescope import describe_pointer
 from ..explore.view import StepView, step_view
+from ..trace.format import TraceMetadata
 from ..trace.reader import Trace, load_trace
 from .common import stdout_console
 
@@ -74,7 +77,18 @@ def _registers(view: StepView) -> Table:
     return table
 
 
-def _listing(view: StepView) -> Table:
+def short_source(source: tuple[str, int] | None) -> str:
+    """`file:line`; a long path cut to its last two parts (Rust std: /rustc/<hash>/...)."""
+    if source is None:
+        return ""
+    file, line = source
+    parts = file.split("/")
+    if len(file) > 32 and len(parts) > 2:
+        file = ".../" + "/".join(parts[-2:])
+    return f"{file}:{line}"
+
+
+def _listing(view: StepView, meta: TraceMetadata) -> Table:
     table = Table(
         title="executed instructions around rip", title_justify="left", box=None, padding=(0, 1)
     )
@@ -82,12 +96,16 @@ def _listing(view: StepView) -> Table:
     table.add_column("address", no_wrap=True)
     table.add_column("symbol", no_wrap=True)
     table.add_column("instruction", no_wrap=True)
-    for insn in view.listing:
+    sources = [meta.source_line(insn.addr) for insn in view.listing]
+    if any(sources):
+        table.add_column("source", no_wrap=True)
+    for insn, source in zip(view.listing, sources, strict=True):
         current = insn.addr == view.row.rip
         style = "bold reverse" if current else ""
-        table.add_row(
-            "=>" if current else "", f"{insn.addr:#x}", insn.symbol, insn.text, style=style
-        )
+        cells = ["=>" if current else "", f"{insn.addr:#x}", insn.symbol, insn.text]
+        if any(sources):
+            cells.append(short_source(source))
+        table.add_row(*cells, style=style)
     return table
 
 
@@ -144,6 +162,43 @@ def _telescope(view: StepView) -> Table | Text:
     return table
 
 
+def _entered(frame: FrameLine) -> str:
+    if frame.how == RETURNED_TO:
+        return "not seen: a ret returned to it"
+    if frame.entered_step < 0:
+        return "at the start"
+    return f"step {frame.entered_step} by {frame.how}"
+
+
+def _backtraces(found: list[StackBacktrace]) -> Table:
+    table = Table(
+        title="backtraces (innermost frame first; suspended stacks where they left)",
+        title_justify="left",
+        box=None,
+        padding=(0, 1),
+    )
+    table.add_column("stack", no_wrap=True)
+    table.add_column("#", justify="right")
+    table.add_column("function", no_wrap=True)
+    table.add_column("at", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("entered")
+    for bt in found:
+        state = "running" if bt.running else f"suspended at step {bt.at_step}"
+        for depth, frame in enumerate(bt.frames):
+            entered = _entered(frame)
+            table.add_row(
+                f"{bt.stack} ({state})" if depth == 0 else "",
+                str(depth),
+                frame.function,
+                f"{frame.addr:#x} {frame.location}" if frame.addr else frame.location,
+                frame.source or "",
+                entered,
+                style="bold" if bt.running and depth == 0 else "",
+            )
+    return table
+
+
 def output_console() -> Console:
     """The terminal's console; when piped, one wide enough that rows do not wrap."""
     if stdout_console.is_terminal:
@@ -151,9 +206,12 @@ def output_console() -> Console:
     return Console(file=sys.stdout, width=PIPED_WIDTH, highlight=False)
 
 
-def render(trace: Trace, view: StepView) -> Group:
-    parts: list[Any] = [_header(trace, view), Text(""), _registers(view), Text("")]
-    parts += [_listing(view), Text("")]
+def render(trace: Trace, view: StepView, found: list[StackBacktrace]) -> Group:
+    parts: list[Any] = [_header(trace, view), Text("")]
+    if found:
+        parts += [_backtraces(found), Text("")]
+    parts += [_registers(view), Text("")]
+    parts += [_listing(view, trace.metadata), Text("")]
     accesses = _accesses(trace, view)
     if accesses.plain:
         parts += [accesses]
@@ -182,7 +240,8 @@ def show_command(
     region: str | None,
     as_json: bool,
 ) -> int:
-    """Show one step of TRACE: registers, code around rip and the stack telescope."""
+    """Show one step of TRACE: every stack's backtrace, registers, code around rip and the
+    stack telescope."""
     loaded = load_trace(trace)
     chosen = choose_step(loaded, step, at, first_planted_ret)
     shown_region = None
@@ -193,8 +252,11 @@ def show_command(
             raise BadInput(f"{trace}: no stack or data region '{region}' (regions: {names})")
         shown_region = memory[region]
     view = step_view(loaded, chosen, context, shown_region)
+    found = backtraces(derive_facts(loaded), chosen)
     if as_json:
-        click.echo(json.dumps(view.to_json(loaded), indent=2, sort_keys=True))
+        doc = view.to_json(loaded)
+        doc["backtraces"] = [bt.to_json() for bt in found]
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
-        output_console().print(render(loaded, view))
+        output_console().print(render(loaded, view, found))
     return 0

@@ -12,11 +12,22 @@ from rich.text import Text
 
 from ..explore.provenance import DEFAULT_DEPTH, Provenance, parse_slot, provenance
 from ..explore.select import choose_step
+from ..trace.format import TraceMetadata
 from ..trace.reader import load_trace
-from .show import output_console, step_options
+from .show import output_console, short_source, step_options
 
 
-def _to_json(result: Provenance, trace: str) -> dict[str, Any]:
+def _line(meta: TraceMetadata, link: Any) -> tuple[str, int] | None:
+    """(file, line) of a link's instruction, when the trace knows it."""
+    return meta.source_line(link.instruction.addr) if link.instruction else None
+
+
+def _source(meta: TraceMetadata, link: Any) -> str | None:
+    line = _line(meta, link)
+    return f"{line[0]}:{line[1]}" if line else None
+
+
+def _to_json(result: Provenance, trace: str, meta: TraceMetadata) -> dict[str, Any]:
     return {
         "trace": trace,
         "slot": result.slot.name,
@@ -35,6 +46,7 @@ def _to_json(result: Provenance, trace: str) -> dict[str, Any]:
                 "rip": link.instruction.addr if link.instruction else None,
                 "symbol": link.instruction.symbol if link.instruction else None,
                 "insn": link.instruction.text if link.instruction else None,
+                "source": _source(meta, link),
                 "note": link.note,
             }
             for link in result.chain
@@ -42,7 +54,7 @@ def _to_json(result: Provenance, trace: str) -> dict[str, Any]:
     }
 
 
-def _render(result: Provenance) -> list[Any]:
+def _render(result: Provenance, meta: TraceMetadata) -> list[Any]:
     slot = result.slot
     pointer = f" -> {result.pointer}" if result.pointer else ""
     title = Text()
@@ -54,14 +66,20 @@ def _render(result: Provenance) -> list[Any]:
     table.add_column("symbol", no_wrap=True)
     table.add_column("instruction", no_wrap=True)
     table.add_column("what happened")
-    for depth, link in enumerate(result.chain):
+    sources = [_line(meta, link) for link in result.chain]
+    if any(sources):
+        table.add_column("source", no_wrap=True)
+    for depth, (link, source) in enumerate(zip(result.chain, sources, strict=True)):
         arrow = "  " * depth + ("<- " if depth else "")
-        table.add_row(
+        cells = [
             "-" if link.step is None else str(link.step),
             link.instruction.symbol if link.instruction else "",
             link.instruction.text if link.instruction else "",
             arrow + link.note,
-        )
+        ]
+        if any(sources):
+            cells.append(short_source(source))
+        table.add_row(*cells)
     parts: list[Any] = [title, table]
     if result.partial_writers:
         others = ", ".join(str(s) for s in result.partial_writers)
@@ -99,9 +117,11 @@ def who_wrote_command(
     before = choose_step(loaded, step, at, first_planted_ret, default=loaded.num_rows)
     result = provenance(loaded, parse_slot(loaded, slot), before, depth)
     if as_json:
-        click.echo(json.dumps(_to_json(result, str(trace)), indent=2, sort_keys=True))
+        click.echo(
+            json.dumps(_to_json(result, str(trace), loaded.metadata), indent=2, sort_keys=True)
+        )
     else:
         console = output_console()
-        for part in _render(result):
+        for part in _render(result, loaded.metadata):
             console.print(part)
     return 0

@@ -202,3 +202,65 @@ def memory_before_many(trace: Trace, requests: Sequence[tuple[int, int, int]]) -
 def access_log_between(trace: Trace, column: str, start: int, stop: int) -> AccessLog:
     """The `column` entries of steps `start ..< stop`, reading only their row groups."""
     return flatten_accesses(trace.slice(start, stop, ["step", column]), column)
+
+
+#: At most this many bytes of checkpoints (values and writers) are kept.
+CHECKPOINT_BUDGET = 64 << 20
+
+
+class MemoryCheckpoints:
+    """Some address ranges (the stacks) as they were at the start of every row group,
+    or of every k-th one, so that memory before any step costs one row group's
+    writes instead of a replay from step 0: what `serve` needs deep in a long trace.
+
+    Built with one pass over the `writes` column. Each checkpoint holds a copy
+    of the ranges' bytes and last writers (9 bytes per byte); row groups are
+    skipped evenly to stay within `CHECKPOINT_BUDGET`.
+    """
+
+    def __init__(self, trace: Trace, ranges: Sequence[tuple[int, int]]) -> None:
+        self.trace = trace
+        # Ranges too large for the budget (a program's 8 MiB main stack) are left out:
+        # `before` answers None for them, and the caller replays from step 0.
+        self.ranges = []
+        total = 0
+        for lo, hi in ranges:
+            if total + 9 * (hi - lo) <= CHECKPOINT_BUDGET:
+                self.ranges.append((lo, hi))
+                total += 9 * (hi - lo)
+        sizes = [trace.parquet.metadata.row_group(g).num_rows for g in range(trace.num_row_groups)]
+        self.group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        per_checkpoint = 9 * sum(hi - lo for lo, hi in self.ranges)
+        count = max(trace.num_row_groups, 1)
+        self.stride = max(1, -(-count * per_checkpoint // CHECKPOINT_BUDGET))
+        histories = []
+        for lo, hi in self.ranges:
+            history = ByteHistory.empty(lo, hi)
+            history.values[:] = initial_bytes(trace, lo, hi)
+            histories.append(history)
+        #: group index -> per range (values, writers) before that group's first step.
+        self._states: dict[int, list[tuple[npt.NDArray[np.uint8], I64]]] = {}
+        for g, (_, log) in enumerate(iter_access_logs(trace, "writes")):
+            if g % self.stride == 0:
+                self._states[g] = [(h.values.copy(), h.writers.copy()) for h in histories]
+            for history in histories:
+                history.apply(log)
+
+    def before(self, lo: int, hi: int, step: int) -> ByteHistory | None:
+        """Bytes `lo ..< hi` before `step`, if they lie inside one checkpointed range."""
+        inside = [i for i, (rlo, rhi) in enumerate(self.ranges) if rlo <= lo and hi <= rhi]
+        if not inside:
+            return None
+        r = inside[0]
+        rlo = self.ranges[r][0]
+        group = int(np.searchsorted(self.group_starts, step, side="right")) - 1
+        group = max(0, min(group, len(self.group_starts) - 2))
+        group -= group % self.stride
+        values, writers = self._states[group][r]
+        history = ByteHistory(
+            lo, hi, values[lo - rlo : hi - rlo].copy(), writers[lo - rlo : hi - rlo].copy()
+        )
+        start = int(self.group_starts[group])
+        if start < step:
+            history.apply(access_log_between(self.trace, "writes", start, step))
+        return history

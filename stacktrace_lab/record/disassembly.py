@@ -66,23 +66,38 @@ def instruction_kind(insn: CsInsn) -> str:
 
 class Disassembler:
     def __init__(self, code: bytes, base: int, symbols: dict[str, int]) -> None:
-        self.code = code
-        self.base = base
+        self._segments = [(base, code)]
         self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
         self._cs.syntax = CS_OPT_SYNTAX_ATT
         self._cs.detail = True  # groups and operands, for `kind`
         self._labels = LabelTable(symbols)
         self._cache: dict[int, Instruction] = {}
 
+    @classmethod
+    def of_segments(
+        cls, segments: list[tuple[int, bytes]], symbols: dict[str, int]
+    ) -> Disassembler:
+        """Code in several pieces (a program's executable segments)."""
+        disassembler = cls(b"", 0, symbols)
+        disassembler._segments = sorted(segments)
+        return disassembler
+
+    def _bytes_at(self, addr: int) -> bytes:
+        """Up to 16 bytes of code from `addr`; empty outside the code."""
+        for base, code in self._segments:
+            if base <= addr < base + len(code):
+                return code[addr - base : addr - base + 16]
+        return b""
+
     def decode(self, addr: int) -> Instruction:
         cached = self._cache.get(addr)
         if cached is not None:
             return cached
-        offset = addr - self.base
         found = Instruction("(bad)", 1, "other", b"")
-        if 0 <= offset < len(self.code):
-            found = Instruction("(bad)", 1, "other", self.code[offset : offset + 1])
-            for insn in self._cs.disasm(self.code[offset : offset + 16], addr, 1):
+        code = self._bytes_at(addr)
+        if code:
+            found = Instruction("(bad)", 1, "other", code[:1])
+            for insn in self._cs.disasm(code, addr, 1):
                 text = f"{insn.mnemonic} {insn.op_str}".strip()
                 found = Instruction(text, insn.size, instruction_kind(insn), bytes(insn.bytes))
         self._cache[addr] = found

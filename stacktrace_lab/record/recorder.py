@@ -1,17 +1,21 @@
-"""`record()`: scenario in, trace file out.
+"""`record()` and `record_elf()`: a program in, a trace file out.
 
-assemble -> lay out the machine -> run it under the hooks -> per chunk of
+A front end (a scenario: assemble and lay out; an ELF program: load it as a
+Linux process and discover its stacks) writes one `Description`; from there
+on one path serves both: run the machine under the hooks -> per chunk of
 steps, build an Arrow batch and append it as a row group -> write the
 metadata and rename the finished file into place.
 """
 
 from __future__ import annotations
 
+import bisect
 import importlib.metadata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..errors import BadInput
@@ -25,8 +29,8 @@ from ..trace.format import (
     SnapshotWindow,
     SourceLine,
     SourceLines,
+    StartInfo,
     StopInfo,
-    SyscallRecord,
     TraceMetadata,
     schema,
     stack_column,
@@ -35,7 +39,7 @@ from ..trace.writer import TraceWriter
 from .assembler import Program, assemble
 from .columns import SnapshotState, build_batch
 from .disassembly import Disassembler, InstructionTable
-from .machine import Chunk, Machine, MachineSpec, RunResult
+from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .precheck import precheck_program
 
 DEFAULT_ROW_GROUP = 65536
@@ -62,6 +66,32 @@ class RecordOptions:
             )
         if self.row_group_size < 1:
             raise BadInput(f"row group size must be at least 1, got {self.row_group_size}")
+
+
+@dataclass
+class Description:
+    """What a front end hands the recorder: the machine, and what the trace says of it."""
+
+    spec: MachineSpec
+    info: ScenarioInfo
+    program: ProgramInfo
+    symbols: dict[str, int]
+    #: (address, bytes) of the code, for disassembly.
+    code_segments: list[tuple[int, bytes]]
+    max_steps: int
+    #: For error messages: the scenario file or the program.
+    path: str
+    #: Code embedded in the trace (a scenario's; an ELF's stays in its file).
+    code_base: int = 0
+    code: bytes = b""
+    lines: tuple[SourceLine, ...] = ()
+    #: Store only the line rows that name an executed instruction (a program's
+    #: DWARF table has tens of thousands); a scenario keeps all its lines.
+    trim_lines: bool = False
+    #: Where recording starts when not at the entry: (symbol, address) (`--from`).
+    start: tuple[str, int] | None = None
+    #: The recording options that a replay needs again.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,7 +149,7 @@ def machine_spec(
 ) -> MachineSpec:
     first_stack = next(r for r in regions if r.kind == "stack")
     rsp = first_stack.top - 8
-    return MachineSpec(
+    spec = scenario_spec(
         code=program.code,
         code_region=code_region(len(program.code)),
         regions=regions,
@@ -127,8 +157,85 @@ def machine_spec(
         registers={"rsp": rsp},
         memory={rsp: SENTINEL_RETURN.to_bytes(8, "little")},
         sentinel=SENTINEL_RETURN,
-        max_output=max_output,
     )
+    spec.max_output = max_output
+    return spec
+
+
+def scenario_info(scenario: Scenario) -> ScenarioInfo:
+    return ScenarioInfo(
+        name=scenario.name,
+        description=scenario.description,
+        syntax=scenario.syntax,
+        entry=scenario.entry,
+        source=scenario.source,
+        expect=scenario.expect,
+        breaks=scenario.breaks,
+    )
+
+
+def source_lines(scenario: Scenario, program: Program) -> tuple[SourceLine, ...]:
+    """`code.lines`: each line's first address, with the file the line is in.
+
+    The file is named relative to the scenario file (`switch.s` for
+    `file = "switch.s"`), or is the scenario file's own name when the program
+    is inline, so the trace does not depend on where it was recorded.
+    """
+    source, toml = Path(scenario.source_file), Path(scenario.path)
+    if source == toml:
+        file = toml.name
+    else:
+        try:
+            file = source.relative_to(toml.parent).as_posix()
+        except ValueError:
+            file = source.as_posix()
+    return tuple(SourceLine(addr, file, line) for addr, line in sorted(program.lines.items()))
+
+
+def program_info(scenario: Scenario) -> ProgramInfo:
+    return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
+
+
+def describe_scenario(scenario: Scenario, limits: Limits = DEFAULT_LIMITS) -> Description:
+    """The scenario front end: assemble, lay out, one machine description."""
+    program, regions = build_program(scenario, limits)
+    return Description(
+        spec=machine_spec(program, regions, scenario.entry, limits.max_output_bytes),
+        info=scenario_info(scenario),
+        program=program_info(scenario),
+        symbols=program.symbols,
+        code_segments=[(program.base, program.code)],
+        max_steps=scenario.max_steps,
+        path=scenario.path,
+        code_base=program.base,
+        code=program.code,
+        lines=source_lines(scenario, program),
+        options={"sentinel_return": SENTINEL_RETURN},
+    )
+
+
+class LineUse:
+    """The `source` column's lookup (format v2's rule), remembering which rows answered.
+
+    Storing only those rows gives readers the same answers for every executed
+    address: a row between the one that answered and the address would have
+    answered instead.
+    """
+
+    def __init__(self, lines: tuple[SourceLine, ...], code: tuple[Region, ...]) -> None:
+        self._rule = SourceLines(lines, code)
+        self._lines = sorted(lines, key=lambda e: e.addr)
+        self._addrs = [e.addr for e in self._lines]
+        self._used: set[int] = set()
+
+    def __call__(self, addr: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i >= 0:
+            self._used.add(i)
+        return self._rule(addr)
+
+    def used(self) -> tuple[SourceLine, ...]:
+        return tuple(self._lines[i] for i in sorted(self._used))
 
 
 def snapshot_windows(regions: list[Region], limit: int) -> dict[str, SnapshotWindow]:
@@ -148,20 +255,47 @@ def record(
     options: RecordOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Recording:
+    limits = (options or RecordOptions()).limits
+    return record_description(describe_scenario(scenario, limits), output, options, progress)
+
+
+def prepare_machine(description: Description) -> tuple[Machine, StartInfo | None]:
+    """A machine at the point where recording starts, after `--from`'s fast-forward
+    (and how many steps that ran)."""
+    machine = Machine(description.spec)
+    if description.start is None:
+        return machine, None
+    symbol, addr = description.start
+    early = machine.fast_forward(addr)
+    if early is not None:
+        raise BadInput(
+            f"{description.path}: the program never reached {symbol} ({addr:#x}): "
+            f"{early.reason}: {early.detail}"
+        )
+    return machine, StartInfo(symbol, machine.fast_forwarded)
+
+
+def record_description(
+    description: Description,
+    output: str | Path,
+    options: RecordOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Recording:
     options = options or RecordOptions()
     limits = options.limits
-    program, regions = build_program(scenario, limits)
-    spec = machine_spec(program, regions, scenario.entry, limits.max_output_bytes)
-    machine = Machine(spec)
-    windows = snapshot_windows(regions, options.snapshot_limit)
-    snapshots = [SnapshotState(w, machine.read(w.base, w.size)) for w in windows.values()]
-    lines = source_lines(scenario, program)
+    # The output cap applies to every front end's machine (scenario or ELF).
+    description.spec.max_output = limits.max_output_bytes
+    spec = description.spec
+    machine, start = prepare_machine(description)
+    windows = snapshot_windows(spec.regions, options.snapshot_limit)
+    snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
+    code_regions = tuple(r for r in spec.regions if r.kind == "code")
+    lines = LineUse(description.lines, code_regions)
     table = InstructionTable(
-        Disassembler(program.code, program.base, program.symbols),
-        SourceLines(lines, (spec.code_region,)),
+        Disassembler.of_segments(description.code_segments, description.symbols), lines
     )
     trace_schema = schema(windows)
-    max_steps = options.max_steps or scenario.max_steps
+    max_steps = options.max_steps or description.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
     # A group is also at most an eighth of the trace size limit, so the run
     # stops close to that limit (it is checked after each group is written).
@@ -202,64 +336,34 @@ def record(
         if result.steps == 0:
             # An empty trace explains nothing; it means the entry faulted at once.
             raise BadInput(
-                f"{scenario.path}: the program stopped before its first step: {result.stop.detail}"
+                f"{description.path}: the program stopped before its first step: "
+                f"{result.stop.detail}"
             )
-        metadata = _metadata(scenario, program, lines, spec, windows, result, options, max_steps)
+        if description.trim_lines:
+            description = replace(description, lines=lines.used())
+        metadata = _metadata(description, start, windows, result, options, max_steps)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
 
 
-def source_lines(scenario: Scenario, program: Program) -> tuple[SourceLine, ...]:
-    """`code.lines`: each line's first address, with the file the line is in.
-
-    The file is named relative to the scenario file (`switch.s` for
-    `file = "switch.s"`), or is the scenario file's own name when the program
-    is inline, so the trace does not depend on where it was recorded.
-    """
-    source, toml = Path(scenario.source_file), Path(scenario.path)
-    if source == toml:
-        file = toml.name
-    else:
-        try:
-            file = source.relative_to(toml.parent).as_posix()
-        except ValueError:
-            file = source.as_posix()
-    return tuple(SourceLine(addr, file, line) for addr, line in sorted(program.lines.items()))
-
-
-def program_info(scenario: Scenario) -> ProgramInfo:
-    return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
-
-
 def _metadata(
-    scenario: Scenario,
-    program: Program,
-    lines: tuple[SourceLine, ...],
-    spec: MachineSpec,
+    description: Description,
+    start: StartInfo | None,
     windows: dict[str, SnapshotWindow],
     result: RunResult,
     options: RecordOptions,
     max_steps: int,
 ) -> TraceMetadata:
     return TraceMetadata(
-        scenario=ScenarioInfo(
-            name=scenario.name,
-            description=scenario.description,
-            syntax=scenario.syntax,
-            entry=scenario.entry,
-            source=scenario.source,
-            expect=scenario.expect,
-            breaks=scenario.breaks,
-        ),
-        regions=(spec.code_region, *spec.regions),
-        symbols=program.symbols,
-        code_base=program.base,
-        code=program.code,
-        lines=lines,
-        program=program_info(scenario),
-        syscalls=tuple(
-            SyscallRecord(c.step, c.nr, c.name, c.args, c.result) for c in result.syscalls
-        ),
+        scenario=description.info,
+        regions=tuple(description.spec.regions),
+        symbols=description.symbols,
+        code_base=description.code_base,
+        code=description.code,
+        lines=description.lines,
+        program=description.program,
+        syscalls=tuple(result.syscalls),
+        start=start,
         snapshots=windows,
         initial=result.initial,
         final=result.final,
@@ -271,7 +375,7 @@ def _metadata(
             "max_steps": max_steps,
             "snapshot_limit": options.snapshot_limit,
             "row_group_size": options.row_group_size,
-            "sentinel_return": SENTINEL_RETURN,
+            **description.options,
             **_non_default_limits(options.limits),
         },
         tool=tool_versions(),

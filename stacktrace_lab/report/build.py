@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .. import safe_output
-from ..analysis import CheckResult, check, derive_facts
+from ..analysis import CheckResult, TraceFacts, check, derive_facts
 from ..errors import BadInput
 from ..stepper import Switch, stepper_fragment
 from ..trace.reader import Trace
@@ -54,18 +56,19 @@ def build_report(trace: Trace, directory: str | Path) -> Report:
     facts = derive_facts(trace)
     result = check(trace, facts)
     content = gather(facts, result)
-    images = {"rsp": rsp_png(facts), "heatmap": heatmap_png(facts)}
-    # The stepper's windows go around the planted returns the analysis found:
-    # scanning the trace for them again cost more than the rest of a report.
-    switches = [
-        Switch(p.ret_step, p.region, p.index, p.target, p.planted_step)
-        for p in facts.planted_returns
-    ]
+    images = {"rsp": rsp_png(facts, result.causes), "heatmap": heatmap_png(facts)}
+    # The stepper's switch buttons visit every stack switch rsp.png draws: the
+    # planted returns the analysis found (scanning the trace for them again cost
+    # more than the rest of a report) and every other step that moved rsp to
+    # another stack.
+    switches = stepper_switches(facts)
     outputs = {
         "rsp.png": images["rsp"],
         "heatmap.png": images["heatmap"],
         "index.html": render_html(
-            content, images, stepper=stepper_fragment(trace, heading=False, switches=switches)
+            content,
+            images,
+            stepper=stepper_fragment(trace, heading=False, switches=switches, facts=facts),
         ).encode("utf-8"),
         "report.md": render_markdown(content).encode("utf-8"),
         "invariants.json": render_json(result).encode("utf-8"),
@@ -81,3 +84,22 @@ def build_report(trace: Trace, directory: str | Path) -> Report:
         except OSError as exc:
             raise safe_output.write_error(directory / name, exc) from None
     return Report(directory=directory, files=tuple(paths), check=result)
+
+
+def stepper_switches(facts: TraceFacts) -> list[Switch]:
+    """The planted returns and the other stack switches, in step order."""
+    switches = [
+        Switch(p.ret_step, p.region, p.index, p.target, p.planted_step)
+        for p in facts.planted_returns
+    ]
+    planted = {s.ret_step for s in switches}
+    names = {i: s.name for i, s in enumerate(facts.stacks)}
+    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    for step in facts.switch_steps().tolist():
+        if step in planted:
+            continue
+        src = names.get(int(owner[step]), "outside the stacks")
+        dst = names.get(int(owner[step + 1]), "outside the stacks")
+        note = f"stack switch: rsp moves from {src} to {dst}"
+        switches.append(Switch(step, None, None, "", -1, note=note))
+    return sorted(switches, key=lambda s: s.ret_step)

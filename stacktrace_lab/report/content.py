@@ -34,6 +34,8 @@ class ListingRow:
     insn: str
     rsp: int
     rsp_where: str
+    #: `file:line` of the instruction, when the trace knows it.
+    source: str | None
     #: The memory the instruction read and wrote, as `read green+32 = hello`.
     touched: tuple[str, ...]
     #: What makes the row notable: "planted return ...", "switch main -> green".
@@ -74,7 +76,7 @@ class ReportContent:
     def verdict(self) -> str:
         if self.check.holds:
             return "every invariant holds"
-        return "fails: " + ", ".join(self.check.failed)
+        return f"fails: {', '.join(self.check.failed)} ({self.check.headline})"
 
 
 def gather(facts: TraceFacts, check: CheckResult) -> ReportContent:
@@ -130,7 +132,7 @@ def listing(facts: TraceFacts) -> tuple[tuple[ListingWindow, ...], int]:
 
 def _window(facts: TraceFacts, start: int, stop: int, notes: dict[int, list[str]]) -> ListingWindow:
     table = facts.trace.slice(
-        start, stop, ["step", "rip", "rsp", "insn", "symbol", "reads", "writes"]
+        start, stop, ["step", "rip", "rsp", "insn", "symbol", "source", "reads", "writes"]
     ).to_pydict()
     rows = []
     for k in range(len(table["step"])):
@@ -146,6 +148,7 @@ def _window(facts: TraceFacts, start: int, stop: int, notes: dict[int, list[str]
                 insn=str(table["insn"][k]),
                 rsp=rsp,
                 rsp_where=_rsp_where(facts, rsp),
+                source=table["source"][k],
                 touched=tuple(touched),
                 notes=tuple(notes.get(step, ())),
             )

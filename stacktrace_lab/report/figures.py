@@ -53,6 +53,8 @@ RETURN_COLOUR = "#2ca02c"
 PLANTED_COLOUR = "#d62728"
 SWITCH_COLOUR = "#555555"
 OVERFLOW_COLOUR = "#d62728"
+#: What failed: the step of each cause, and a ret that pops an unwritten or wrong slot.
+FAIL_COLOUR = "#b00000"
 
 #: Steps per block where a whole-trace series would need large float temporaries.
 BLOCK_STEPS = 1 << 20

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import jinja2
 from markupsafe import Markup
 
+from ..analysis.model import kind_title
 from .content import ReportContent
 
 
@@ -64,4 +65,5 @@ def render_html(
         sections=sections,
         stepper=Markup(stepper),  # stepper/render.py escapes what it embeds
         images={name: data_uri(png) for name, png in images.items()},
+        kind_title=kind_title,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from ..analysis.model import Violation, kind_title
 from .content import ListingWindow, ReportContent
 
 
@@ -44,10 +45,29 @@ def render_markdown(
     if r.stderr:
         out += ["stderr:", "", *_fenced(r.stderr, "text"), ""]
 
-    out += ["## Invariants", "", "| invariant | status | violations | rule |", "|---|---|---|---|"]
+    out += ["## Invariants", ""]
+    if r.check.causes:
+        out += [f"**{r.check.headline}**", ""]
+        for n, c in enumerate(r.check.causes, start=1):
+            times = (
+                f"{c.count} times, steps {c.first_step}-{c.last_step}"
+                if c.count > 1
+                else f"step {c.first_step}"
+            )
+            site = _code(c.site_symbol) + (f" ({_code(c.site_source)})" if c.site_source else "")
+            out += [
+                f"{n}. **`{c.invariant}`: {_text(kind_title(c.kind))}**, {times}, at {site}",
+                f"   - {_violation(c.first)}",
+            ]
+            for q in c.consequences:
+                out.append(f"   - then {_text(q.summary)}, the first: {_violation(q.example)}")
+        out.append("")
+    out += ["| invariant | status | causes | violations | rule |", "|---|---|---|---|---|"]
     for result in r.check.results:
+        notes = "".join(f"<br>*{_cell(note)}*" for note in result.notes)
         out.append(
-            f"| `{result.id}` | {result.status} | {result.total} | {_cell(result.summary)} |"
+            f"| `{result.id}` | {result.status} | {len(result.causes)} | {result.total} "
+            f"| {_cell(result.summary)}{notes} |"
         )
     out.append("")
     for result in r.check.results:
@@ -55,7 +75,8 @@ def render_markdown(
             continue
         out += [f"### `{result.id}` violations", "", "| step | where | what |", "|---|---|---|"]
         for v in result.violations:
-            out.append(f"| {v.step} | {_code(v.symbol)} `{v.rip:#x}` | {_cell(v.message)} |")
+            src = f"<br>{_code(v.source)}" if v.source else ""
+            out.append(f"| {v.step} | {_code(v.symbol)} `{v.rip:#x}`{src} | {_cell(v.message)} |")
         if result.total > len(result.violations):
             out.append(f"| | | ... and {result.total - len(result.violations)} more |")
         out.append("")
@@ -63,18 +84,21 @@ def render_markdown(
     out += ["## Planted returns", ""]
     if r.check.planted:
         out += [
-            "| ret step | stack | index | planted at | by | lands on | rsp there |",
-            "|---|---|---|---|---|---|---|",
+            "| ret step | stack | index | planted at | by | lands on | as | rsp there |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for p in r.check.planted:
+            ret_src = f" {_code(p.source)}" if p.source else ""
+            store_src = f" {_code(p.planted_source)}" if p.planted_source else ""
             out.append(
-                f"| {p.ret_step} {_code(p.ret_symbol)} | {_cell(p.region or '-')} | {p.index} "
-                f"| step {p.planted_step} {_code(p.planted_symbol)} | {_code(p.planted_insn)} "
-                f"| {_code(p.target)} | `{p.entry_rsp:#x}` (rsp % 16 == {p.entry_rsp % 16}) |"
+                f"| {p.ret_step} {_code(p.ret_symbol)}{ret_src} | {_cell(p.region or '-')} "
+                f"| {p.index} | step {p.planted_step} {_code(p.planted_symbol)}{store_src} "
+                f"| {_code(p.planted_insn)} | {_code(p.target)} | {p.landing} "
+                f"| `{p.entry_rsp:#x}` (rsp % 16 == {p.entry_rsp % 16}) |"
             )
         if r.check.planted_total > len(r.check.planted):
             out.append(
-                f"| ... and {r.check.planted_total - len(r.check.planted)} more | | | | | | |"
+                f"| ... and {r.check.planted_total - len(r.check.planted)} more | | | | | | | |"
             )
         out.append("")
     else:
@@ -109,6 +133,11 @@ def render_markdown(
     return "\n".join(out)
 
 
+def _violation(v: Violation) -> str:
+    src = f" {_code(v.source)}" if v.source else ""
+    return f"step {v.step} {_code(v.symbol)}{src}: {_text(v.message)}"
+
+
 def _listing(window: ListingWindow) -> list[str]:
     out = [
         f"### {_text(window.title)}",
@@ -119,8 +148,10 @@ def _listing(window: ListingWindow) -> list[str]:
     for row in window.rows:
         notes = "".join(f"<br>**{_cell(note)}**" for note in row.notes)
         touched = "<br>".join(_code(t) for t in row.touched)
+        source = f"<br>{_cell(row.source)}" if row.source else ""
         out.append(
-            f"| {row.step} | `{row.rip:#x}` | {_code(row.symbol)} | {_code(row.insn)}{notes} "
+            f"| {row.step} | `{row.rip:#x}` | {_code(row.symbol)}{source} "
+            f"| {_code(row.insn)}{notes} "
             f"| `{row.rsp:#x}` {_code(row.rsp_where)} | {touched} |"
         )
     out.append("")

@@ -6,12 +6,17 @@ legible as the top of a 64 KiB main stack. rsp is drawn in a panel only while
 it points into that region: a stack switch shows as the line leaving one
 panel and starting in another, at a dashed vertical line. Calls (▼), returns
 (▲) and planted returns (★, labelled with where they pop from and where they
-land) are marked. Past `MAX_COLUMNS` steps the line becomes a min-max band
-per column and calls and returns become counts per column in a panel of their
-own; the shape of the figure does not depend on how long the trace is.
+land) are marked; a `ret` that pops a slot nothing wrote, or data where a
+return address belongs, is drawn as a failure (✖), and the first step of
+each cause the check found is marked in red with a short label. Past
+`MAX_COLUMNS` steps the line becomes a min-max band per column and calls
+and returns become counts per column in a panel of their own; the shape of
+the figure does not depend on how long the trace is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -20,11 +25,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
 
 from ..analysis.events import I64, Kind, Origin, TraceFacts
-from ..analysis.model import PlantedReturn
+from ..analysis.model import Cause, PlantedReturn
 from ..layout import Region
 from .figures import (
     CALL_COLOUR,
     F64,
+    FAIL_COLOUR,
     OVERFLOW_COLOUR,
     PLANTED_COLOUR,
     RETURN_COLOUR,
@@ -56,20 +62,39 @@ MAX_PLANTED_LABELS = 4
 MAX_SPARSE_COLUMNS = 50
 #: Stacks larger than this are zoomed to the part the program used.
 ZOOM_ABOVE = 512
+#: Causes marked (with a label) in the plot, the first ones by step.
+MAX_CAUSE_MARKS = 6
 
 
-def rsp_png(facts: TraceFacts) -> bytes:
+def rsp_png(facts: TraceFacts, causes: Sequence[Cause] = ()) -> bytes:
     with plot_style():
-        return png_bytes(rsp_figure(facts))
+        return png_bytes(rsp_figure(facts, causes))
 
 
-def rsp_figure(facts: TraceFacts) -> Figure:
+def failed_returns(facts: TraceFacts) -> I64:
+    """Steps of the rets that pop a slot nothing wrote, or planted data (not code)."""
+    r = facts.returns
+    values = r.value
+    code = [reg for reg in facts.meta.regions if reg.kind == "code"]
+    if code:
+        in_code = (values >= np.uint64(code[0].base)) & (values < np.uint64(code[0].top))
+    else:
+        in_code = np.zeros(values.shape, dtype=np.bool_)
+    planted_data = (r.origin == Origin.PLANTED) & ~in_code & (values != np.uint64(facts.sentinel))
+    failed: I64 = r.step[(r.origin == Origin.UNWRITTEN) | planted_data]
+    return failed
+
+
+def rsp_figure(facts: TraceFacts, causes: Sequence[Cause] = ()) -> Figure:
     stacks = facts.stacks_used() or facts.stacks
     n = facts.steps
     columns = columns_for(n, MAX_COLUMNS)
     returns = facts.returns
+    failed = failed_returns(facts)
     ordinary = returns.step[returns.origin != Origin.PLANTED]
+    ordinary = ordinary[~np.isin(ordinary, failed)]
     planted_steps = returns.step[facts.planted_steps]
+    planted_steps = planted_steps[~np.isin(planted_steps, failed)]
     per_column = not columns.exact or facts.calls.size + ordinary.size > MAX_MARKERS
 
     heights = [2.0] * len(stacks) + ([1.1] if per_column else [])
@@ -83,7 +108,9 @@ def rsp_figure(facts: TraceFacts) -> Figure:
     for ax, stack in zip(axes, stacks, strict=False):
         k = facts.stacks.index(stack)
         _stack_panel(ax, facts, stack, k, columns, per_column, planted_steps, planted_by_step)
+        _failed_rets(ax, facts, stack, k, failed)
 
+    _cause_marks(axes, stacks, facts, causes[:MAX_CAUSE_MARKS])
     switches = facts.switch_steps()
     if switches.size <= MAX_SWITCH_LINES:
         _switch_lines(axes, facts, switches, labelled=switches.size <= MAX_SWITCH_LABELS)
@@ -106,7 +133,7 @@ def rsp_figure(facts: TraceFacts) -> Figure:
     )
     height = figure.get_figheight()
     figure.legend(
-        handles=_legend(per_column, bool(switches.size)),
+        handles=_legend(per_column, bool(switches.size), bool(failed.size), bool(causes)),
         loc="upper left",
         ncol=5,
         bbox_to_anchor=(0.01, 1 - 0.3 / height),
@@ -229,7 +256,7 @@ def _label_planted(ax: Axes, facts: TraceFacts, planted: list[PlantedReturn]) ->
             lines.append(f"ret pops {p.target} from {p.where} (planted at step {p.planted_step})")
         if len(group) > 3:
             lines.append(f"... and {len(group) - 3} more")
-        entered = [p for p in group if not p.trampoline]
+        entered = [p for p in group if p.landing == "entry"]
         if len(group) == 1 and entered:
             lines.append(
                 f"{entered[0].target} entered with rsp % 16 == {entered[0].entry_rsp % 16}"
@@ -341,7 +368,77 @@ def _events_panel(
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
 
 
-def _legend(per_column: bool, switched: bool) -> list[Line2D]:
+def _failed_rets(ax: Axes, facts: TraceFacts, stack: Region, k: int, failed: I64) -> None:
+    """A ret that pops an unwritten slot or data: a failure, not an ordinary return."""
+    here = failed[facts.rsp_owner[failed] == k]
+    if not here.size:
+        return
+    y = facts.rsp[here].astype(np.float64) - float(stack.base)
+    ax.scatter(here, y, marker="X", s=110, color=FAIL_COLOUR, zorder=7, linewidths=0)
+    for x, yy in list(zip(here.tolist(), y.tolist(), strict=True))[:MAX_PLANTED_LABELS]:
+        left = x > 0.6 * facts.steps  # near the right edge, the label goes to the left
+        ax.annotate(
+            "ret pops a slot no call or store\nwrote a return address to",
+            xy=(x, yy),
+            xytext=(-10 if left else 10, 6),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            fontsize=7,
+            color=FAIL_COLOUR,
+            zorder=7,
+        )
+
+
+def _cause_marks(
+    axes: list[Axes], stacks: Sequence[Region], facts: TraceFacts, causes: Sequence[Cause]
+) -> None:
+    """A red line at each cause's first step across every panel, a red ring where rsp
+    was, and a short label (`1: alignment: entered misaligned at thread1+0`)."""
+    for number, cause in enumerate(causes, start=1):
+        step = cause.first_step
+        for ax in axes:
+            ax.axvline(step, color=FAIL_COLOUR, linewidth=1.2, alpha=0.7, zorder=6)
+        owner = int(facts.rsp_owner[step]) if step < facts.steps else facts.final_owner
+        panel = 0
+        y: float | None = None
+        for i, stack in enumerate(stacks):
+            if owner >= 0 and facts.stacks[owner] == stack:
+                panel = i
+                y = float(int(facts.rsp[min(step, facts.steps - 1)]) - stack.base)
+        ax = axes[panel]
+        if y is not None:
+            ax.scatter(
+                [step],
+                [y],
+                s=160,
+                facecolors="none",
+                edgecolors=FAIL_COLOUR,
+                linewidths=1.8,
+                zorder=7,
+            )
+        right = step > 0.6 * facts.steps
+        ax.annotate(
+            f"{number}: {cause.title}",
+            xy=(step, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4 if right else 4, -12 - 11 * (number - 1)),
+            textcoords="offset points",
+            ha="right" if right else "left",
+            va="top",
+            fontsize=8,
+            fontweight="bold",
+            color=FAIL_COLOUR,
+            zorder=8,
+            bbox={
+                "boxstyle": "square,pad=0.1",
+                "facecolor": "white",
+                "alpha": 0.85,
+                "linewidth": 0,
+            },
+        )
+
+
+def _legend(per_column: bool, switched: bool, failed: bool, causes: bool) -> list[Line2D]:
     handles = [
         Line2D([], [], color="#444444", linewidth=1.8, label="rsp (byte index in the stack)")
     ]
@@ -363,6 +460,12 @@ def _legend(per_column: bool, switched: bool) -> list[Line2D]:
     )
     if switched:
         handles.append(Line2D([], [], color=SWITCH_COLOUR, linestyle="--", label="stack switch"))
+    if failed:
+        handles.append(
+            Line2D([], [], marker="X", color=FAIL_COLOUR, linestyle="", label="ret of a bad slot")
+        )
+    if causes:
+        handles.append(Line2D([], [], color=FAIL_COLOUR, label="cause (first step)"))
     return handles
 
 

@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..analysis.events import TraceFacts, derive_facts
 from ..arch import REGISTERS, WORD
-from ..explore.memory import access_log_between, memory_before_many
+from ..explore.backtrace import FrameHistory, frame_history
+from ..explore.memory import MemoryCheckpoints, access_log_between, memory_before_many
 from ..explore.provenance import PlantedReturn, planted_returns
+from ..explore.registers import register_use
 from ..explore.rows import instruction_listing, instructions_at
 from ..explore.telescope import SLOTS_BELOW_RSP, SLOTS_FROM_RSP, WHOLE_REGION_SLOTS
 from ..layout import SENTINEL_RETURN, Region
@@ -57,13 +60,16 @@ class Window:
 
 @dataclass(frozen=True)
 class Switch:
-    """A planted return as the stepper shows it: where it pops from and what."""
+    """A stack switch as the stepper shows it: a planted return (where it pops from and
+    what), or, with `note` set, another step that moved rsp to another stack."""
 
     ret_step: int
     stack: str | None
     index: int | None
     target: str
     planted_step: int
+    #: What the step does, for a switch that is not a planted return ("" for one that is).
+    note: str = ""
 
     @classmethod
     def of(cls, planted: PlantedReturn) -> Switch:
@@ -135,13 +141,28 @@ def _accesses(trace: Trace, window: Window) -> list[list[list[Any]]]:
 
 
 def _window_memory(
-    trace: Trace, window: Window, ranges: dict[str, tuple[int, int]]
+    trace: Trace,
+    window: Window,
+    ranges: dict[str, tuple[int, int]],
+    checkpoints: MemoryCheckpoints | None = None,
 ) -> dict[str, Any]:
-    """Each tracked stack's bytes and slot writers at the window's start; the window's writes."""
+    """Each tracked stack's bytes and slot writers at the window's start; the window's writes.
+
+    With `checkpoints` (a served trace), from the nearest checkpoint before the
+    window instead of a replay of every write since step 0.
+    """
     names = list(ranges)
-    histories = memory_before_many(
-        trace, [(lo, hi, window.start) for lo, hi in (ranges[n] for n in names)]
-    )
+    found = [
+        checkpoints.before(lo, hi, window.start) if checkpoints is not None else None
+        for lo, hi in (ranges[n] for n in names)
+    ]
+    if any(h is None for h in found):
+        found = list(
+            memory_before_many(
+                trace, [(lo, hi, window.start) for lo, hi in (ranges[n] for n in names)]
+            )
+        )
+    histories = [h for h in found if h is not None]
     stacks = {}
     for name, history in zip(names, histories, strict=True):
         lo, hi = ranges[name]
@@ -260,13 +281,129 @@ def _windows_note(n: int, windows: list[Window], switches: Sequence[Switch]) -> 
     )
 
 
+@dataclass(frozen=True)
+class FrameContext:
+    """The call/ret facts and frame history a window's backtraces come from."""
+
+    facts: TraceFacts
+    history: FrameHistory
+
+    @classmethod
+    def of(cls, trace: Trace, facts: TraceFacts | None = None) -> FrameContext:
+        """From the analysis pass `facts` of `trace` if given, else from a new one."""
+        facts = facts if facts is not None else derive_facts(trace)
+        return cls(facts, frame_history(facts))
+
+
+def _backtrace_data(frames: FrameContext, window: Window) -> dict[str, Any]:
+    """What the page needs to show every stack's backtrace at any step of the window.
+
+    `tops0`: each stack's innermost frame before the window's first step;
+    `events`: [step, stack, innermost frame from step + 1 on] inside the window;
+    `left0`: for each stack, [step, rip] of the last step before the window that
+    ran on it (where a suspended stack left), or null; `frames`: the frames
+    those name, with their callers: id -> [caller id, stack, function, how,
+    entered step, return address or null].
+    """
+    facts, history = frames.facts, frames.history
+    tops0 = history.tops_before(window.start)
+    lo = int(np.searchsorted(history.step, window.start, side="left"))
+    hi = int(np.searchsorted(history.step, window.stop, side="left"))
+    events = [
+        [int(history.step[e]), int(history.stack[e]), int(history.top[e])] for e in range(lo, hi)
+    ]
+    wanted = {t for t in tops0 if t >= 0} | {e[2] for e in events if e[2] >= 0}
+    nodes: dict[str, list[Any]] = {}
+    todo = sorted(wanted)
+    while todo:
+        node_id = todo.pop()
+        if str(node_id) in nodes:
+            continue
+        node = history.nodes[node_id]
+        nodes[str(node_id)] = [
+            node.parent,
+            node.stack,
+            facts.symbolize(node.function),
+            node.how,
+            node.entered_step,
+            hex64(node.return_to) if node.return_to is not None else None,
+        ]
+        if node.parent >= 0:
+            todo.append(node.parent)
+    owner = facts.rsp_owner[: window.start]
+    left0: list[list[Any] | None] = []
+    left_steps = []
+    for s in range(len(facts.stacks)):
+        hits = np.flatnonzero(owner == s)
+        left_steps.append(int(hits[-1]) if hits.size else -1)
+    rips = facts.describe([step for step in left_steps if step >= 0])
+    for step in left_steps:
+        left0.append([step, hex64(rips[step].rip)] if step >= 0 else None)
+    return {"tops0": tops0, "events": events, "left0": left0, "frames": nodes}
+
+
+def embedded_window(
+    trace: Trace,
+    window: Window,
+    frames: FrameContext,
+    checkpoints: MemoryCheckpoints | None = None,
+) -> dict[str, Any]:
+    """One window of steps as the page replays it (see the module's docstring)."""
+    meta = trace.metadata
+    table = trace.slice(window.start, window.stop, list(REGISTERS))
+    values = np.column_stack([table.column(r).to_numpy() for r in REGISTERS])
+    rsp = values[:, REGISTERS.index("rsp")]
+    ranges = {}
+    for region in meta.stacks:
+        tracked = _tracked_range(region, rsp)
+        if tracked is not None:
+            ranges[region.name] = tracked
+    memory = _window_memory(trace, window, ranges, checkpoints)
+    inside = range(window.start, window.stop)
+    outside = sorted(
+        {
+            step
+            for stack in memory["stacks"].values()
+            for step in stack["writers"]
+            if step >= 0 and step not in inside
+        }
+    )
+    writers = {str(s): i.text for s, i in sorted(instructions_at(trace, outside).items())}
+    return {
+        "start": window.start,
+        "stop": window.stop,
+        "regs0": [hex64(int(v)) for v in values[0]],
+        "deltas": _register_deltas(values),
+        "after_last": [hex64(v) for v in _registers_after(trace, window)],
+        "access": _accesses(trace, window),
+        **memory,
+        "writers": writers,
+        "bt": _backtrace_data(frames, window),
+    }
+
+
+def source_lines(trace: Trace) -> list[list[str]]:
+    """[address, "file:line"] of every source line's first instruction, in address order."""
+    return [
+        [hex64(e.addr), f"{e.file}:{e.line}"]
+        for e in sorted(trace.metadata.lines, key=lambda e: e.addr)
+    ]
+
+
 def stepper_data(
-    trace: Trace, limit: int = EMBED_LIMIT, switches: Sequence[Switch] | None = None
+    trace: Trace,
+    limit: int = EMBED_LIMIT,
+    switches: Sequence[Switch] | None = None,
+    serve: dict[str, str] | None = None,
+    facts: TraceFacts | None = None,
 ) -> dict[str, Any]:
     """Everything the stepper page needs about `trace`, as JSON-ready data.
 
     `switches`: the planted returns, when the caller has found them already
-    (the report has); else the trace is scanned for them here.
+    (the report has); else the trace is scanned for them here. `serve`: the
+    URLs of a server that hands out windows (`stacktrace-lab serve`); then no
+    window is embedded and the page fetches each as it needs it. `facts`: the
+    analysis pass the backtraces come from, when the caller has made it.
     """
     meta = trace.metadata
     n = trace.num_rows
@@ -275,44 +412,29 @@ def stepper_data(
         switches = [Switch.of(p) for p in found]
     elif n > limit:
         switches = switches[:MAX_SWITCH_WINDOWS]
-    windows = choose_windows(n, switches, limit)
-    complete = windows == [Window(0, n)]
-    window_data = []
-    for window in windows:
-        table = trace.slice(window.start, window.stop, list(REGISTERS))
-        values = np.column_stack([table.column(r).to_numpy() for r in REGISTERS])
-        rsp = values[:, REGISTERS.index("rsp")]
-        ranges = {}
-        for region in meta.stacks:
-            tracked = _tracked_range(region, rsp)
-            if tracked is not None:
-                ranges[region.name] = tracked
-        window_data.append(
-            {
-                "start": window.start,
-                "stop": window.stop,
-                "regs0": [hex64(int(v)) for v in values[0]],
-                "deltas": _register_deltas(values),
-                "after_last": [hex64(v) for v in _registers_after(trace, window)],
-                "access": _accesses(trace, window),
-                **_window_memory(trace, window, ranges),
-            }
-        )
+    windows = [] if serve else choose_windows(n, switches, limit)
+    complete = serve is not None or windows == [Window(0, n)]
+    frames = FrameContext.of(trace, facts) if windows else None
+    window_data = [embedded_window(trace, window, frames) for window in windows if frames]
     # Instructions of the steps that wrote tracked memory before a window began
     # and are not embedded themselves, for the telescope's "last written" column.
-    embedded_steps = [range(w.start, w.stop) for w in windows]
-    outside = {
-        step
-        for window in window_data
-        for stack in window["stacks"].values()
-        for step in stack["writers"]
-        if step >= 0 and not any(step in r for r in embedded_steps)
-    }
-    writers = {str(s): i.text for s, i in sorted(instructions_at(trace, sorted(outside)).items())}
+    writers: dict[str, str] = {}
+    for window in window_data:
+        writers.update(window["writers"])
+    listing = instruction_listing(trace)
+    use = register_use(meta, [i.addr for i in listing])
     first_symbols: dict[int, str] = {}
     for name, addr in meta.symbols.items():
         first_symbols.setdefault(addr, name)
-    note = f"All {n} steps are embedded." if complete else _windows_note(n, windows, switches)
+    if serve:
+        note = (
+            f"Served from {trace.path.name}: any of its {n:,} steps can be reached; "
+            "steps are read from the trace file as you move."
+        )
+    elif complete:
+        note = f"All {n} steps are embedded."
+    else:
+        note = _windows_note(n, windows, switches)
     return {
         "format": 1,
         "scenario": meta.scenario.name,
@@ -333,8 +455,19 @@ def stepper_data(
             "from_rsp": SLOTS_FROM_RSP,
         },
         "listing": [
-            {"addr": hex64(i.addr), "symbol": i.symbol, "insn": i.text}
-            for i in instruction_listing(trace)
+            {
+                "addr": hex64(i.addr),
+                "symbol": i.symbol,
+                "insn": i.text,
+                "source": _source_text(meta.source_line(i.addr)),
+                # The registers it reads and writes, for the find buttons' "access".
+                **(
+                    {"regs": [sorted(use[i.addr].reads), sorted(use[i.addr].writes)]}
+                    if i.addr in use
+                    else {}
+                ),
+            }
+            for i in listing
         ],
         "switches": [
             {
@@ -343,10 +476,19 @@ def stepper_data(
                 "index": s.index,
                 "target": s.target,
                 "planted_step": s.planted_step,
+                "note": s.note,
             }
             for s in switches
         ],
         "windows": window_data,
+        "max_switches": MAX_SWITCH_WINDOWS,
         "writers": writers,
+        "lines": source_lines(trace),
         "chart": _rsp_chart(trace, windows),
+        **({"serve": serve} if serve else {}),
     }
+
+
+def _source_text(line: tuple[str, int] | None) -> str:
+    """`file:line` for the listing, empty where the trace knows no line."""
+    return f"{line[0]}:{line[1]}" if line else ""

@@ -21,6 +21,7 @@ from typing import Any
 from jinja2 import Environment
 from markupsafe import Markup, escape
 
+from ..analysis.events import TraceFacts
 from ..trace.reader import Trace
 from .data import EMBED_LIMIT, Switch, stepper_data
 
@@ -100,8 +101,8 @@ def chart_svg(data: dict[str, Any]) -> Markup:
         parts.append(
             f'<line x1="{sx:.2f}" x2="{sx:.2f}" y1="{CHART_TOP}" '
             f'y2="{CHART_TOP + LANE_HEIGHT * len(lanes)}" stroke="#b35c00" '
-            f'stroke-dasharray="3 3" stroke-width="1.5"><title>planted return: ret at step '
-            f"{switch['ret_step']} pops {escape(switch['target'])}</title></line>"
+            f'stroke-dasharray="3 3" stroke-width="1.5">'
+            f"<title>{_switch_title(switch)}</title></line>"
         )
     path = []
     for step, low, high in chart["points"]:
@@ -135,18 +136,27 @@ def _environment() -> Environment:
     return Environment(autoescape=True, keep_trailing_newline=True)
 
 
+def _switch_title(switch: dict[str, Any]) -> str:
+    if switch.get("note"):
+        return f"step {switch['ret_step']}: {escape(str(switch['note']))}"
+    return f"planted return: ret at step {switch['ret_step']} pops {escape(switch['target'])}"
+
+
 def stepper_fragment(
     trace: Trace,
     limit: int = EMBED_LIMIT,
     heading: bool = True,
     switches: Sequence[Switch] | None = None,
+    serve: dict[str, str] | None = None,
+    facts: TraceFacts | None = None,
 ) -> str:
     """The stepper for `trace`, one `<div id="stl-stepper">` to include in a page as it is.
 
     `heading=False` leaves out its `<h2>`, for a page whose section has its own;
-    `switches` are the planted returns if the caller knows them already.
+    `switches` are the planted returns and `facts` the analysis pass, if the
+    caller has them already (the report has).
     """
-    data = stepper_data(trace, limit, switches)
+    data = stepper_data(trace, limit, switches, serve, facts)
     data["chart_geometry"] = {"x0": CHART_X0, "width": CHART_WIDTH, "viewWidth": VIEW_WIDTH}
     js = _static("stepper.js")
     if "</script" in js.lower():  # our own file: a slip here would break every report
@@ -163,13 +173,19 @@ def stepper_fragment(
     )
 
 
-def standalone_page(trace: Trace, limit: int = EMBED_LIMIT) -> str:
-    """A whole HTML page holding only the stepper (for viewing or testing without a report)."""
+def standalone_page(
+    trace: Trace,
+    limit: int = EMBED_LIMIT,
+    serve: dict[str, str] | None = None,
+    switches: Sequence[Switch] | None = None,
+) -> str:
+    """A whole HTML page holding only the stepper (for viewing or testing without a report);
+    with `serve`, the page of `stacktrace-lab serve`, which fetches its steps."""
     title = escape(f"{trace.metadata.scenario.name}: step through the trace")
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{title}</title>\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '</head>\n<body style="margin: 1em 2em">\n'
-        f"{stepper_fragment(trace, limit)}</body>\n</html>\n"
+        f"{stepper_fragment(trace, limit, switches=switches, serve=serve)}</body>\n</html>\n"
     )

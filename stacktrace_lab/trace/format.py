@@ -183,7 +183,9 @@ class SourceLines:
         if region is None:
             return None
         i = bisect.bisect_right(self._addrs, addr) - 1
-        if i < 0 or self._addrs[i] < region.base:
+        # Line 0 is DWARF's "no source line from here" (the end of a sequence,
+        # code compiled without debug information after it).
+        if i < 0 or self._addrs[i] < region.base or self._lines[i].line == 0:
             return None
         return self._lines[i].file, self._lines[i].line
 

@@ -22,7 +22,6 @@ writer is validated without reading its rows.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -173,7 +172,7 @@ def check_metadata_doc(doc: Any) -> None:
         _u64(entry[0], f"{at}[0]")
         if version != 1:
             _text(entry[1], f"{at}[1]")
-        _int(entry[-1], f"{at}[{len(entry) - 1}]", 1, 1 << 31)
+        _int(entry[-1], f"{at}[{len(entry) - 1}]", 0, 1 << 31)  # DWARF: 0 = no line
     if version != 1:
         _check_v2_facts(doc)
 
@@ -254,10 +253,26 @@ def check_layout(doc: Mapping[str, Any]) -> None:
         if region["name"] in names:
             raise _Invalid(f"layout.regions names {region['name']!r} twice")
         names.add(region["name"])
-    ordered = sorted(regions, key=lambda r: r["base"])
-    for lower, upper in itertools.pairwise(ordered):
-        if lower["base"] + lower["size"] > upper["base"]:
-            raise _Invalid(f"regions {lower['name']!r} and {upper['name']!r} overlap")
+    # No two regions overlap, except that a stack may lie inside a heap, data
+    # or mapped region (a program's stack found in its heap); such nested
+    # stacks do not overlap each other. One pass in address order.
+    ordered = sorted(regions, key=lambda r: (r["base"], -r["size"]))
+    outer: dict[str, Any] | None = None
+    inner_end = 0
+    for region in ordered:
+        end = region["base"] + region["size"]
+        if outer is None or region["base"] >= outer["base"] + outer["size"]:
+            outer, inner_end = region, region["base"]
+            continue
+        nested = (
+            region["kind"] == "stack"
+            and outer["kind"] in ("heap", "data", "mapped")
+            and end <= outer["base"] + outer["size"]
+            and region["base"] >= inner_end
+        )
+        if not nested:
+            raise _Invalid(f"regions {outer['name']!r} and {region['name']!r} overlap")
+        inner_end = end
     codes = [(r["base"], r["base"] + r["size"]) for r in regions if r["kind"] == "code"]
     if not codes:
         raise _Invalid("layout.regions has no code region")
@@ -279,8 +294,8 @@ def check_layout(doc: Mapping[str, Any]) -> None:
             # A label may stand just past the last instruction (an end marker).
             if not in_code(addr):
                 raise _Invalid(f"symbol {name!r} at {addr:#x} is outside the code")
-    for i, entry in enumerate(doc["code"].get("lines") or []):
-        if not in_code(entry[0]):
+    for i, entry in enumerate([] if elf else doc["code"].get("lines") or []):
+        if not in_code(entry[0]):  # (an ELF's DWARF lines cover code not mapped)
             raise _Invalid(f"code.lines[{i}] address {entry[0]:#x} is outside the code")
     by_name = {r["name"]: r for r in regions}
     columns: set[str] = set()

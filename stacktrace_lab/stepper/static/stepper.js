@@ -1,10 +1,16 @@
 /* stacktrace-lab stepper: move through a trace's steps in the page.
  *
  * Reads the JSON embedded next to it (see stepper/data.py for its shape),
- * rebuilds registers and stack memory at any embedded step, and shows the
+ * rebuilds registers and stack memory at any loaded step, and shows the
  * registers, the instruction listing with the current line highlighted, the
- * stack telescope and a cursor on the rsp chart. No network, no libraries.
- * 64-bit values are BigInt, parsed from the hex strings of the data.
+ * stack telescope, every stack's backtrace and a cursor on the rsp chart.
+ * No libraries. 64-bit values are BigInt, parsed from the hex strings.
+ *
+ * Steps come in windows (runs of consecutive steps). An embedded page holds
+ * all its windows; a served page (`stacktrace-lab serve`, `data.serve`) asks
+ * the server for the window around a step when it needs one, and asks it to
+ * search the whole trace for the previous/next call, ret, stack change or
+ * access. The current position is a step number, kept in the URL (#step=N).
  */
 (function () {
   "use strict";
@@ -17,6 +23,7 @@
   var $ = function (selector) {
     return root.querySelector(selector);
   };
+  var served = !!data.serve;
 
   // ---- values ---------------------------------------------------------------
   function big(hex) {
@@ -39,7 +46,16 @@
   var symbols = data.symbols.map(function (s) {
     return { addr: big(s[0]), name: s[1] };
   });
+  var lines = (data.lines || []).map(function (l) {
+    return { addr: big(l[0]), where: l[1] };
+  });
   var sentinel = big(data.sentinel);
+
+  function inCode(value) {
+    return regions.some(function (r) {
+      return r.kind === "code" && value >= r.base && value < r.top;
+    });
+  }
 
   /* What a value points to: `label+off` in code, `stack[index]` in a region. */
   function describe(value) {
@@ -64,52 +80,155 @@
     return "";
   }
 
-  function activeStack(rsp) {
-    for (var i = 0; i < stacks.length; i++) {
-      if (stacks[i].base <= rsp && rsp <= stacks[i].top) {
-        return stacks[i];
-      }
+  /* `file:line` of a code address: its line or the nearest one below it. */
+  function sourceOf(addr) {
+    if (!inCode(addr)) {
+      return "";
     }
-    return null;
+    var best = "";
+    for (var i = 0; i < lines.length && lines[i].addr <= addr; i++) {
+      best = lines[i].where;
+    }
+    return best;
   }
 
-  // ---- the steps ----------------------------------------------------------------
+  function stackIndex(rsp) {
+    for (var i = 0; i < stacks.length; i++) {
+      if (stacks[i].base <= rsp && rsp <= stacks[i].top) {
+        return i;
+      }
+    }
+    return -1;
+  }
+  function activeStack(rsp) {
+    var i = stackIndex(rsp);
+    return i >= 0 ? stacks[i] : null;
+  }
+
+  // ---- the loaded windows of steps ------------------------------------------
   var names = data.registers;
   var RIP = names.indexOf("rip");
   var RSP = names.indexOf("rsp");
   var RBP = names.indexOf("rbp");
-  var steps = []; // {step, win, k, regs: BigInt[]}
-  data.windows.forEach(function (w, wi) {
+  var windows = []; // sorted by start; each with .regs[k] (BigInt[]) and .afterLast
+  var frames = {}; // frame id -> [caller, stack, function, how, entered step, return address]
+  var writers = data.writers || {}; // step -> instruction text, for steps not loaded
+  var MAX_WINDOWS = 40;
+
+  function addWindow(w) {
     var regs = w.regs0.map(big);
-    for (var k = 0; k < w.stop - w.start; k++) {
-      if (k > 0) {
-        regs = regs.slice();
-        var delta = w.deltas[k - 1];
-        for (var d = 0; d < delta.length; d += 2) {
-          regs[delta[d]] = big(delta[d + 1]);
-        }
+    w.regs = [regs];
+    for (var k = 1; k < w.stop - w.start; k++) {
+      regs = regs.slice();
+      var delta = w.deltas[k - 1];
+      for (var d = 0; d < delta.length; d += 2) {
+        regs[delta[d]] = big(delta[d + 1]);
       }
-      steps.push({ step: w.start + k, win: wi, k: k, regs: regs });
+      w.regs.push(regs);
     }
     w.afterLast = w.after_last.map(big);
-  });
-  var switchSteps = data.switches.map(function (s) {
-    return s.ret_step;
-  });
+    Object.keys(w.bt.frames).forEach(function (id) {
+      frames[id] = w.bt.frames[id];
+    });
+    Object.keys(w.writers || {}).forEach(function (step) {
+      writers[step] = w.writers[step];
+    });
+    windows = windows.filter(function (o) {
+      return o.stop <= w.start || o.start >= w.stop;
+    });
+    windows.push(w);
+    windows.sort(function (a, b) {
+      return a.start - b.start;
+    });
+  }
+  data.windows.forEach(addWindow);
 
-  function registersAfter(i) {
-    var s = steps[i];
-    var next = steps[i + 1];
-    if (next && next.win === s.win) {
-      return next.regs;
+  function windowOf(step) {
+    var lo = 0;
+    var hi = windows.length - 1;
+    while (lo <= hi) {
+      var mid = (lo + hi) >> 1;
+      var w = windows[mid];
+      if (step < w.start) {
+        hi = mid - 1;
+      } else if (step >= w.stop) {
+        lo = mid + 1;
+      } else {
+        return w;
+      }
     }
-    return data.windows[s.win].afterLast;
+    return null;
+  }
+  function regsAt(step) {
+    var w = windowOf(step);
+    return w ? w.regs[step - w.start] : null;
+  }
+  function registersAfter(step) {
+    var w = windowOf(step);
+    return step + 1 < w.stop ? w.regs[step + 1 - w.start] : w.afterLast;
+  }
+
+  /* The loaded step nearest to `step`, looking in `direction` (+1, -1) first. */
+  function nearestLoaded(step, direction) {
+    if (windowOf(step)) {
+      return step;
+    }
+    var after = null;
+    var before = null;
+    windows.forEach(function (w) {
+      if (w.start > step && after === null) {
+        after = w.start;
+      }
+      if (w.stop - 1 < step) {
+        before = w.stop - 1;
+      }
+    });
+    if (direction > 0) {
+      return after !== null ? after : before;
+    }
+    if (direction < 0) {
+      return before !== null ? before : after;
+    }
+    if (after === null) {
+      return before;
+    }
+    if (before === null) {
+      return after;
+    }
+    return after - step < step - before ? after : before;
+  }
+
+  var pending = null;
+  /* Fetch the window around `step` from the server (served pages only). */
+  function fetchWindow(step) {
+    var url = data.serve.window + "?step=" + step;
+    $(".stl-status").textContent = "loading step " + step + "\u2026";
+    return fetch(url)
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("the server answered " + response.status);
+        }
+        return response.json();
+      })
+      .then(function (w) {
+        addWindow(w);
+        while (windows.length > MAX_WINDOWS) {
+          // Forget the window farthest from where the user is.
+          var far = 0;
+          windows.forEach(function (o, i) {
+            if (Math.abs(o.start - step) > Math.abs(windows[far].start - step)) {
+              far = i;
+            }
+          });
+          windows.splice(far, 1);
+        }
+        $(".stl-status").textContent = "";
+      });
   }
 
   // ---- memory at a step: the window's start state plus its writes before the step ----------
-  function memoryAt(i) {
-    var s = steps[i];
-    var w = data.windows[s.win];
+  function memoryAt(step) {
+    var w = windowOf(step);
     var out = {};
     Object.keys(w.stacks).forEach(function (name) {
       var m = w.stacks[name];
@@ -120,9 +239,9 @@
         bytes[b] = parseInt(m.bytes.substr(2 * b, 2), 16);
       }
       var slotStart = lo - (lo % 8n);
-      var writers = Int32Array.from(m.writers);
+      var slotWriters = Int32Array.from(m.writers);
       w.writes.forEach(function (entry) {
-        if (entry[0] >= s.step) {
+        if (entry[0] >= step) {
           return;
         }
         var addr = big(entry[1]);
@@ -133,21 +252,40 @@
             continue;
           }
           bytes[Number(at - lo)] = parseInt(entry[2].substr(2 * k, 2), 16);
-          writers[Number((at - slotStart) / 8n)] = entry[0];
+          slotWriters[Number((at - slotStart) / 8n)] = entry[0];
         }
       });
-      out[name] = { lo: lo, hi: hi, bytes: bytes, writers: writers, slotStart: slotStart };
+      out[name] = { lo: lo, hi: hi, bytes: bytes, writers: slotWriters, slotStart: slotStart };
     });
     return out;
+  }
+
+  /* The step that last wrote the 8-byte slot at `addr` before `step`, if tracked. */
+  function writerOf(addr, step) {
+    var region = activeStack(addr) || stacks.find(function (r) {
+      return addr >= r.base && addr < r.top;
+    });
+    if (!region || !windowOf(step)) {
+      return null;
+    }
+    var m = memoryAt(step)[region.name];
+    if (!m || addr < m.lo || addr >= m.hi) {
+      return null;
+    }
+    return m.writers[Number((addr - m.slotStart) / 8n)];
   }
 
   // ---- rendering ----------------------------------------------------------------
   var listingBody = $(".stl-listing tbody");
   var listingRows = {};
+  var registerUse = {}; // rip -> [registers read, registers written], where known
   data.listing.forEach(function (insn) {
+    if (insn.regs) {
+      registerUse[big(insn.addr).toString()] = insn.regs;
+    }
     var tr = document.createElement("tr");
     tr.dataset.addr = insn.addr;
-    [insn.addr, insn.symbol, insn.insn].forEach(function (text) {
+    [insn.addr, insn.symbol, insn.insn, insn.source].forEach(function (text) {
       var td = document.createElement("td");
       td.textContent = text;
       tr.appendChild(td);
@@ -166,30 +304,100 @@
     return td;
   }
 
-  function renderRegisters(i) {
-    var s = steps[i];
-    var prev = i > 0 && steps[i - 1].win === s.win ? steps[i - 1].regs : null;
-    var after = registersAfter(i);
+  function insnAt(addr) {
+    var row = listingRows[addr.toString()];
+    return row ? row.children[2].textContent : "";
+  }
+  function insnOfStep(step) {
+    var regs = regsAt(step);
+    if (regs) {
+      return insnAt(regs[RIP]);
+    }
+    return writers[String(step)] || "";
+  }
+
+  // Instruction text: mnemonic and operands (AT&T: the source comes first).
+  var PREFIXES = ["rep", "repe", "repz", "repne", "repnz", "lock", "bnd", "notrack"];
+  function mnemonic(text) {
+    var words = text.split(/\s+/).filter(Boolean);
+    while (words.length > 1 && PREFIXES.indexOf(words[0]) >= 0) {
+      words.shift();
+    }
+    return words.length ? words[0] : "";
+  }
+  function operands(text) {
+    var name = mnemonic(text);
+    var rest = text.slice(text.indexOf(name) + name.length);
+    var out = [];
+    var depth = 0;
+    var current = "";
+    for (var i = 0; i < rest.length; i++) {
+      var ch = rest[i];
+      if (ch === "(") {
+        depth++;
+      } else if (ch === ")") {
+        depth--;
+      }
+      if (ch === "," && depth === 0) {
+        out.push(current.trim());
+        current = "";
+      } else {
+        current += ch;
+      }
+    }
+    if (current.trim()) {
+      out.push(current.trim());
+    }
+    return out;
+  }
+  var ALIASES = {};
+  [["rax", "eax ax al ah"], ["rbx", "ebx bx bl bh"], ["rcx", "ecx cx cl ch"],
+    ["rdx", "edx dx dl dh"], ["rsi", "esi si sil"], ["rdi", "edi di dil"],
+    ["rbp", "ebp bp bpl"], ["rsp", "esp sp spl"]].forEach(function (pair) {
+    ALIASES[pair[0]] = pair[0];
+    pair[1].split(" ").forEach(function (alias) {
+      ALIASES[alias] = pair[0];
+    });
+  });
+  for (var rn = 8; rn < 16; rn++) {
+    ["", "d", "w", "b"].forEach(function (suffix) {
+      ALIASES["r" + rn + suffix] = "r" + rn;
+    });
+  }
+  function registerOf(operand) {
+    return operand && operand[0] === "%" ? ALIASES[operand.slice(1).toLowerCase()] || null : null;
+  }
+  function isKind(text, kind) {
+    return mnemonic(text).indexOf(kind) === 0;
+  }
+
+  function renderRegisters(step) {
+    var regs = regsAt(step);
+    var prev = step > 0 && windowOf(step - 1) === windowOf(step) ? regsAt(step - 1) : null;
+    var after = registersAfter(step);
     var body = $(".stl-registers tbody");
     body.textContent = "";
     names.forEach(function (name, r) {
       var tr = document.createElement("tr");
       tr.dataset.reg = name;
-      var changed = prev !== null && prev[r] !== s.regs[r];
+      var changed = prev !== null && prev[r] !== regs[r];
       if (changed) {
         tr.className = "stl-changed";
       }
+      if (selected && selected.reg === name) {
+        tr.classList.add("stl-selected");
+      }
       cell(tr, name, "stl-name");
-      cell(tr, hex16(s.regs[r]), "stl-value");
-      cell(tr, after[r] !== s.regs[r] ? "\u2192 " + hexShort(after[r]) : "", "stl-after");
-      cell(tr, name === "rflags" ? "" : describe(s.regs[r]), "stl-points-to");
+      cell(tr, hex16(regs[r]), "stl-value");
+      cell(tr, after[r] !== regs[r] ? "\u2192 " + hexShort(after[r]) : "", "stl-after");
+      cell(tr, name === "rflags" ? "" : describe(regs[r]), "stl-points-to");
       body.appendChild(tr);
     });
   }
 
   var currentRow = null;
-  function renderListing(i) {
-    var rip = steps[i].regs[RIP];
+  function renderListing(step) {
+    var rip = regsAt(step)[RIP];
     if (currentRow) {
       currentRow.classList.remove("stl-current");
     }
@@ -205,18 +413,13 @@
     }
   }
 
-  function insnAt(addr) {
-    var row = listingRows[addr.toString()];
-    return row ? row.children[2].textContent : "";
-  }
-
-  function renderCurrent(i) {
-    var s = steps[i];
-    var w = data.windows[s.win];
-    var row = listingRows[s.regs[RIP].toString()];
-    $(".stl-symbol").textContent = row ? row.children[1].textContent : hexShort(s.regs[RIP]);
+  function renderCurrent(step) {
+    var w = windowOf(step);
+    var regs = regsAt(step);
+    var row = listingRows[regs[RIP].toString()];
+    $(".stl-symbol").textContent = row ? row.children[1].textContent : hexShort(regs[RIP]);
     $(".stl-insn").textContent = row ? row.children[2].textContent : "?";
-    var parts = w.access[s.k].map(function (a) {
+    var parts = w.access[step - w.start].map(function (a) {
       var addr = big(a[1]);
       var value = big("0x" + (a[3] || "0"));
       var where = describe(addr) || hexShort(addr);
@@ -226,11 +429,16 @@
     });
     $(".stl-access").textContent = parts.join("; ");
     var planted = data.switches.filter(function (sw) {
-      return sw.ret_step === s.step;
+      return sw.ret_step === step;
     });
-    $(".stl-switch").textContent = planted.length ?
-      "stack switch: pops " + planted[0].target + " from " + planted[0].stack + "[" +
-      planted[0].index + "], planted at step " + planted[0].planted_step : "";
+    var text = "";
+    if (planted.length && planted[0].note) {
+      text = planted[0].note;
+    } else if (planted.length) {
+      text = "stack switch: pops " + planted[0].target + " from " + planted[0].stack + "[" +
+        planted[0].index + "], planted at step " + planted[0].planted_step;
+    }
+    $(".stl-switch").textContent = text;
   }
 
   function telescopeSpan(region, rsp, tracked) {
@@ -257,10 +465,10 @@
     return [lo, hi];
   }
 
-  function renderTelescope(i) {
-    var s = steps[i];
-    var rsp = s.regs[RSP];
-    var rbp = s.regs[RBP];
+  function renderTelescope(step) {
+    var regs = regsAt(step);
+    var rsp = regs[RSP];
+    var rbp = regs[RBP];
     var body = $(".stl-telescope tbody");
     var title = $(".stl-telescope-title");
     body.textContent = "";
@@ -269,7 +477,7 @@
       title.textContent = "rsp = " + hexShort(rsp) + " is in no stack region";
       return;
     }
-    var memory = memoryAt(i)[region.name];
+    var memory = memoryAt(step)[region.name];
     if (!memory) {
       title.textContent = region.name + ": not embedded for this step";
       return;
@@ -293,10 +501,14 @@
       var tr = document.createElement("tr");
       var index = (addr - region.base).toString();
       tr.dataset.index = index;
+      tr.dataset.addr = hexShort(addr);
       var marks = [];
       if (rsp >= addr && rsp < end) {
         marks.push("rsp");
         tr.className = "stl-rsp";
+      }
+      if (selected && selected.addr === addr) {
+        tr.classList.add("stl-selected");
       }
       if (rbp >= addr && rbp < end) {
         marks.push("rbp");
@@ -306,106 +518,449 @@
       cell(tr, hexShort(addr), "stl-addr");
       cell(tr, hex16(value), "stl-value");
       cell(tr, describe(value), "stl-points-to");
-      var written = writer >= 0 ? "step " + writer : "-";
-      var writtenCell = cell(tr, written, "stl-written");
+      var writtenCell = cell(tr, "", "stl-written");
       writtenCell.dataset.step = String(writer);
+      if (writer >= 0) {
+        // A link to the step that wrote the slot (who-wrote, one click).
+        var link = document.createElement("a");
+        var text = insnOfStep(writer);
+        link.textContent = "step " + writer + (text ? " " + text : "");
+        link.title = "go to step " + writer + " and follow the value back";
+        link.dataset.step = String(writer);
+        writtenCell.appendChild(link);
+      } else {
+        writtenCell.textContent = "-";
+      }
       body.appendChild(tr);
       addr = end;
     }
-    // Writers' instruction text, when the writer is an embedded step.
-    body.querySelectorAll(".stl-written").forEach(function (td) {
-      var w = Number(td.dataset.step);
-      var at = indexOfStep(w);
-      if (w >= 0 && at >= 0) {
-        td.textContent = "step " + w + " " + insnAt(steps[at].regs[RIP]);
-      } else if (w >= 0 && data.writers[String(w)]) {
-        td.textContent = "step " + w + " " + data.writers[String(w)];
+  }
+
+  // ---- backtraces -------------------------------------------------------------------
+  /* Every stack's innermost frame and where a suspended stack left, before `step`. */
+  function frameState(step) {
+    var w = windowOf(step);
+    var tops = w.bt.tops0.slice();
+    w.bt.events.forEach(function (e) {
+      if (e[0] < step) {
+        tops[e[1]] = e[2];
       }
+    });
+    var left = w.bt.left0.map(function (x) {
+      return x ? { step: x[0], rip: big(x[1]) } : null;
+    });
+    for (var s = w.start; s < step; s++) {
+      var regs = w.regs[s - w.start];
+      var k = stackIndex(regs[RSP]);
+      if (k >= 0) {
+        left[k] = { step: s, rip: regs[RIP] };
+      }
+    }
+    return { tops: tops, left: left };
+  }
+
+  function renderBacktrace(step) {
+    var box = $(".stl-backtrace");
+    box.textContent = "";
+    var state = frameState(step);
+    var regs = regsAt(step);
+    var running = stackIndex(regs[RSP]);
+    var order = [running];
+    for (var s = 0; s < stacks.length; s++) {
+      if (s !== running) {
+        order.push(s);
+      }
+    }
+    order.forEach(function (s) {
+      if (s < 0 || (s !== running && (state.tops[s] < 0 || !state.left[s]))) {
+        return;
+      }
+      var head = document.createElement("div");
+      head.className = "stl-bt-stack" + (s === running ? " stl-running" : "");
+      head.dataset.stack = stacks[s].name;
+      head.textContent = stacks[s].name + (s === running ? " (running)" :
+        " (suspended at step " + state.left[s].step + ")");
+      box.appendChild(head);
+      var table = document.createElement("table");
+      table.className = "stl-frames";
+      table.dataset.stack = stacks[s].name;
+      var addr = s === running ? regs[RIP] : state.left[s].rip;
+      var id = state.tops[s];
+      var depth = 0;
+      while (id >= 0 && frames[String(id)]) {
+        var f = frames[String(id)];
+        var tr = document.createElement("tr");
+        tr.className = "stl-frame";
+        tr.dataset.function = f[2];
+        cell(tr, "#" + depth);
+        cell(tr, f[2], "stl-function");
+        // Named as the analysis names code: `label` at its first byte, else `label+offset`.
+        cell(tr, addr === null ? "?" : hexShort(addr) + " " + describe(addr).replace(/\+0$/, ""));
+        cell(tr, addr === null ? "" : sourceOf(addr), "stl-points-to");
+        cell(tr, f[4] < 0 ? "at the start" : "step " + f[4] + " by " + f[3], "stl-points-to");
+        table.appendChild(tr);
+        addr = f[5] === null ? null : big(f[5]);
+        if (addr === sentinel) {
+          break;
+        }
+        id = f[0];
+        depth++;
+      }
+      if (id < 0 && addr !== null && addr !== sentinel && inCode(addr)) {
+        // The outermost callee returns into code no frame accounts for (the
+        // runtime's guard, reached by a ret): named by its label, entry not seen.
+        var outer = document.createElement("tr");
+        outer.className = "stl-frame";
+        outer.dataset.function = describe(addr).split("+")[0];
+        cell(outer, "#" + depth);
+        cell(outer, outer.dataset.function, "stl-function");
+        cell(outer, hexShort(addr) + " " + describe(addr).replace(/\+0$/, ""));
+        cell(outer, sourceOf(addr), "stl-points-to");
+        cell(outer, "not seen: a ret returned to it", "stl-points-to");
+        table.appendChild(outer);
+      }
+      box.appendChild(table);
     });
   }
 
-  function indexOfStep(step) {
-    var lo = 0;
-    var hi = steps.length - 1;
-    while (lo <= hi) {
-      var mid = (lo + hi) >> 1;
-      if (steps[mid].step === step) {
-        return mid;
-      }
-      if (steps[mid].step < step) {
-        lo = mid + 1;
-      } else {
-        hi = mid - 1;
+  // ---- where a value came from (the stepper's who-wrote) --------------------------------
+  /* The last step before `step` whose instruction changed register `reg`, within the
+     loaded window of `step`; -1 if it kept its value since step 0; null if unknown. */
+  function lastChange(reg, step) {
+    var r = names.indexOf(reg);
+    var w = windowOf(step);
+    if (r < 0 || !w) {
+      return null;
+    }
+    for (var s = step - 1; s >= w.start; s--) {
+      var after = s + 1 < w.stop ? w.regs[s + 1 - w.start] : w.afterLast;
+      if (w.regs[s - w.start][r] !== after[r]) {
+        return s;
       }
     }
-    return -1;
+    return w.start === 0 ? -1 : null;
+  }
+
+  function provenance(addr, before) {
+    var chain = [];
+    var what = describe(addr) || hexShort(addr);
+    var writer = writerOf(addr, before);
+    if (writer === null) {
+      return [{ step: null, text: "", note: what + ": not tracked here" }];
+    }
+    if (writer < 0) {
+      return [{ step: null, text: "", note: what + " was never written: its initial value" }];
+    }
+    var text = insnOfStep(writer);
+    var name = mnemonic(text);
+    if (name.indexOf("call") === 0) {
+      chain.push({ step: writer, text: text, note: what + ": the return address this call pushed" });
+      return chain;
+    }
+    chain.push({ step: writer, text: text, note: "wrote " + what });
+    var source = operands(text)[0] || "";
+    var at = writer;
+    for (var depth = 0; depth < 6; depth++) {
+      if (source[0] === "$") {
+        chain[chain.length - 1].note += ", from an immediate";
+        return chain;
+      }
+      var reg = registerOf(source);
+      if (!reg) {
+        chain[chain.length - 1].note += ", from memory " + source;
+        return chain;
+      }
+      var changed = lastChange(reg, at);
+      if (changed === null) {
+        chain.push({ step: null, text: "", note: reg + " was set before the loaded steps" });
+        return chain;
+      }
+      if (changed < 0) {
+        chain.push({ step: null, text: "", note: reg + " holds its value from the start" });
+        return chain;
+      }
+      text = insnOfStep(changed);
+      chain.push({ step: changed, text: text, note: reg + " was set here" });
+      var ops = operands(text);
+      name = mnemonic(text);
+      if (name.indexOf("mov") !== 0 || ops.length !== 2 || registerOf(ops[1]) !== reg) {
+        chain[chain.length - 1].note += " (computed)";
+        return chain;
+      }
+      source = ops[0];
+      at = changed;
+    }
+    return chain;
+  }
+
+  var chainShown = null;
+  function renderProvenance(step) {
+    var box = $(".stl-provenance-box");
+    var list = $(".stl-provenance");
+    if (!chainShown) {
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    list.textContent = "";
+    chainShown.forEach(function (link) {
+      var li = document.createElement("li");
+      if (link.step !== null) {
+        li.dataset.step = String(link.step);
+        var a = document.createElement("a");
+        a.textContent = "step " + link.step;
+        a.dataset.step = String(link.step);
+        li.appendChild(a);
+        li.appendChild(document.createTextNode(" " + link.text + " \u2014 " + link.note));
+        if (link.step === step) {
+          li.className = "stl-here";
+        }
+      } else {
+        li.textContent = link.note;
+      }
+      list.appendChild(li);
+    });
   }
 
   var chart = data.chart_geometry;
   var cursor = $(".stl-cursor");
-  function renderCursor(i) {
-    var x = chart.x0 + ((steps[i].step + 0.5) / Math.max(data.total_steps, 1)) * chart.width;
+  function renderCursor(step) {
+    var x = chart.x0 + ((step + 0.5) / Math.max(data.total_steps, 1)) * chart.width;
     cursor.setAttribute("x1", x.toFixed(2));
     cursor.setAttribute("x2", x.toFixed(2));
   }
 
   // ---- moving -----------------------------------------------------------------
   var slider = $(".stl-slider");
-  slider.max = String(steps.length - 1);
+  slider.max = String(Math.max(data.total_steps - 1, 0));
   var position = 0;
+  var selected = null; // {addr: BigInt, name} or {reg: name}
 
-  function show(i) {
-    position = Math.max(0, Math.min(steps.length - 1, i));
-    var s = steps[position];
-    slider.value = String(position);
-    $(".stl-step").textContent = String(s.step);
+  function render(step) {
+    position = step;
+    var w = windowOf(step);
+    slider.value = String(step);
+    $(".stl-step").textContent = String(step);
     $(".stl-last").textContent = String(data.total_steps - 1);
-    var w = data.windows[s.win];
-    $(".stl-gap").textContent = data.complete ? "" :
-      "window " + (s.win + 1) + " of " + data.windows.length + ": steps " + w.start + "\u2013" +
-      (w.stop - 1) + " (the steps between windows are not embedded)";
-    root.dataset.step = String(s.step);
-    renderCurrent(position);
-    renderRegisters(position);
-    renderListing(position);
-    renderTelescope(position);
-    renderCursor(position);
+    $(".stl-gap").textContent = data.complete || served ? "" :
+      "window " + (windows.indexOf(w) + 1) + " of " + windows.length + ": steps " + w.start +
+      "\u2013" + (w.stop - 1) + " (the steps between windows are not embedded)";
+    root.dataset.step = String(step);
+    renderCurrent(step);
+    renderRegisters(step);
+    renderListing(step);
+    renderTelescope(step);
+    renderBacktrace(step);
+    renderProvenance(step);
+    renderCursor(step);
+    var hash = "#step=" + step;
+    if (window.location.hash !== hash) {
+      try {
+        history.replaceState(null, "", hash);
+      } catch (e) {
+        window.location.hash = hash;
+      }
+    }
   }
 
-  function jumpSwitch(direction) {
-    var here = steps[position].step;
-    var candidates = switchSteps.filter(function (s) {
-      return direction > 0 ? s > here : s < here;
+  /* Go to `step` (clamped): load it first on a served page; on an embedded one, the
+     nearest embedded step (looking in `direction` first). Returns a promise. */
+  function show(step, direction) {
+    var last = Math.max(data.total_steps - 1, 0);
+    step = Math.max(0, Math.min(last, Math.round(step)));
+    if (windowOf(step)) {
+      render(step);
+      return Promise.resolve(step);
+    }
+    if (served) {
+      pending = step;
+      return fetchWindow(step).then(function () {
+        if (pending === step && windowOf(step)) {
+          render(step);
+        }
+        return step;
+      }, function (error) {
+        $(".stl-status").textContent = "could not load step " + step + ": " + error.message;
+      });
+    }
+    var near = nearestLoaded(step, direction || 0);
+    if (near !== null) {
+      render(near);
+    }
+    return Promise.resolve(near);
+  }
+
+  function move(delta) {
+    return show(position + delta, delta);
+  }
+
+  /* Does the step match what the find buttons look for? (embedded pages) */
+  function matches(what, step) {
+    var regs = regsAt(step);
+    if (what === "call" || what === "ret") {
+      return isKind(insnAt(regs[RIP]), what);
+    }
+    if (what === "stack") {
+      var w = windowOf(step);
+      var after = step + 1 < w.stop ? w.regs[step + 1 - w.start] : w.afterLast;
+      return stackIndex(regs[RSP]) !== stackIndex(after[RSP]);
+    }
+    if (what === "access" && selected && selected.reg) {
+      // An instruction that reads or writes the register, or any step that changes it.
+      var r = names.indexOf(selected.reg);
+      var use = registerUse[regs[RIP].toString()];
+      var touches = use && (use[0].indexOf(selected.reg) >= 0 || use[1].indexOf(selected.reg) >= 0);
+      return touches || registersAfter(step)[r] !== regs[r];
+    }
+    if (what === "access" && selected) {
+      var w2 = windowOf(step);
+      var lo = selected.addr;
+      var hi = selected.addr + 8n;
+      return w2.access[step - w2.start].some(function (a) {
+        var addr = big(a[1]);
+        return addr < hi && addr + BigInt(a[2]) > lo;
+      });
+    }
+    return false;
+  }
+
+  function find(what, direction) {
+    if (what === "access" && !selected) {
+      $(".stl-status").textContent = "select a stack slot or a register first";
+      return Promise.resolve(null);
+    }
+    $(".stl-status").textContent = "";
+    if (served) {
+      var query = data.serve.find + "?what=" + what + "&dir=" + direction + "&from=" + position;
+      if (what === "access") {
+        query += selected.reg ? "&reg=" + selected.reg : "&addr=" + hexShort(selected.addr) + "&size=8";
+      }
+      $(".stl-status").textContent = "searching\u2026";
+      return fetch(query).then(function (response) {
+        return response.json();
+      }).then(function (answer) {
+        $(".stl-status").textContent = answer.step === null ? "none " +
+          (direction > 0 ? "after" : "before") + " step " + position : "";
+        return answer.step === null ? null : show(answer.step);
+      });
+    }
+    // Embedded: walk the loaded steps.
+    var step = position + direction;
+    while (step >= 0 && step < data.total_steps) {
+      if (!windowOf(step)) {
+        var next = nearestLoaded(step, direction);
+        if (next === null || (direction > 0 ? next < step : next > step)) {
+          break;
+        }
+        step = next;
+        continue;
+      }
+      if (matches(what, step)) {
+        return show(step);
+      }
+      step += direction;
+    }
+    $(".stl-status").textContent = "none " + (direction > 0 ? "after" : "before") +
+      " step " + position + (data.complete ? "" : " in the embedded steps");
+    return Promise.resolve(null);
+  }
+
+  function select(choice) {
+    selected = choice;
+    $(".stl-selection").textContent = choice ? "selected: " + (choice.reg || choice.name) :
+      "click a stack slot or a register to select it";
+    render(position);
+  }
+
+  /* Click on a slot's "last written": go to the writer and show where the value came from. */
+  function followWriter(addr, writer) {
+    select({ addr: addr, name: describe(addr) || hexShort(addr) });
+    if (!served && !windowOf(writer)) {
+      $(".stl-status").textContent = "step " + writer + " is not embedded in this page " +
+        "(stacktrace-lab serve reaches every step)";
+      return Promise.resolve(null);
+    }
+    return show(writer).then(function () {
+      chainShown = provenance(addr, writer + 1);
+      render(position);
     });
-    if (!candidates.length) {
-      return;
-    }
-    var target = direction > 0 ? candidates[0] : candidates[candidates.length - 1];
-    var at = indexOfStep(target);
-    if (at >= 0) {
-      show(at);
-    }
   }
 
   slider.addEventListener("input", function () {
-    show(Number(slider.value));
+    show(Number(slider.value), Number(slider.value) - position);
   });
   root.querySelectorAll("[data-move]").forEach(function (button) {
     button.addEventListener("click", function () {
-      var move = button.dataset.move;
-      if (move === "first") {
-        show(0);
-      } else if (move === "last") {
-        show(steps.length - 1);
-      } else if (move === "next-switch") {
+      var moveTo = button.dataset.move;
+      if (moveTo === "first") {
+        show(0, 1);
+      } else if (moveTo === "last") {
+        show(data.total_steps - 1, -1);
+      } else if (moveTo === "next-switch") {
         jumpSwitch(1);
-      } else if (move === "prev-switch") {
+      } else if (moveTo === "prev-switch") {
         jumpSwitch(-1);
       } else {
-        show(position + Number(move));
+        move(Number(moveTo));
       }
     });
   });
+  root.querySelectorAll("[data-find]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      find(button.dataset.find, Number(button.dataset.dir));
+    });
+  });
+  $(".stl-goto").addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && event.target.value !== "") {
+      show(Number(event.target.value));
+    }
+  });
+  $(".stl-telescope tbody").addEventListener("click", function (event) {
+    var link = event.target.closest("a[data-step]");
+    var tr = event.target.closest("tr");
+    if (!tr) {
+      return;
+    }
+    var addr = big(tr.dataset.addr);
+    if (link) {
+      followWriter(addr, Number(link.dataset.step));
+    } else {
+      chainShown = null;
+      select({ addr: addr, name: describe(addr) || hexShort(addr) });
+    }
+  });
+  $(".stl-registers tbody").addEventListener("click", function (event) {
+    var tr = event.target.closest("tr");
+    if (tr) {
+      chainShown = null;
+      select({ reg: tr.dataset.reg });
+    }
+  });
+  $(".stl-provenance").addEventListener("click", function (event) {
+    var link = event.target.closest("a[data-step]");
+    if (link) {
+      show(Number(link.dataset.step));
+    }
+  });
+
+  function jumpSwitch(direction) {
+    var candidates = data.switches.map(function (s) {
+      return s.ret_step;
+    }).filter(function (s) {
+      return direction > 0 ? s > position : s < position;
+    });
+    if (!candidates.length) {
+      if (served && data.switches.length >= data.max_switches) {
+        // The page lists only the first switches of a long trace: search the rest.
+        find("stack", direction);
+      }
+      return;
+    }
+    var target = direction > 0 ? candidates[0] : candidates[candidates.length - 1];
+    if (windowOf(target) || served) {
+      show(target);
+    }
+  }
 
   var KEYS = { ArrowLeft: -1, ArrowRight: 1, PageUp: -10, PageDown: 10 };
   document.addEventListener("keydown", function (event) {
@@ -416,11 +971,11 @@
       return;
     }
     if (event.key in KEYS) {
-      show(position + KEYS[event.key]);
+      move(KEYS[event.key]);
     } else if (event.key === "Home") {
-      show(0);
+      show(0, 1);
     } else if (event.key === "End") {
-      show(steps.length - 1);
+      show(data.total_steps - 1, -1);
     } else {
       return;
     }
@@ -431,17 +986,22 @@
     var box = event.currentTarget.getBoundingClientRect();
     var scale = chart.viewWidth / box.width;
     var x = (event.clientX - box.left) * scale;
-    var step = Math.floor(((x - chart.x0) / chart.width) * data.total_steps);
-    var best = 0;
-    for (var i = 0; i < steps.length; i++) {
-      if (Math.abs(steps[i].step - step) < Math.abs(steps[best].step - step)) {
-        best = i;
-      }
-    }
-    show(best);
+    show(Math.floor(((x - chart.x0) / chart.width) * data.total_steps));
   });
 
-  var hash = /#step=(\d+)/.exec(window.location.hash);
-  show(hash ? Math.max(indexOfStep(Number(hash[1])), 0) : 0);
-  root.classList.add("stl-ready");
+  function hashStep() {
+    var hash = /#step=(\d+)/.exec(window.location.hash);
+    return hash ? Number(hash[1]) : null;
+  }
+  window.addEventListener("hashchange", function () {
+    var step = hashStep();
+    if (step !== null && step !== position) {
+      show(step);
+    }
+  });
+
+  var first = hashStep();
+  show(first !== null ? first : 0, 1).then(function () {
+    root.classList.add("stl-ready");
+  });
 })();

@@ -1,0 +1,63 @@
+"""Time to record the tutorial's program end to end, as a real program.
+
+    python benchmarks/bench_elf.py [--repeat 3]
+
+Builds examples/first_switch.{c,rs} (gcc -static -O0 -g; rustc -g with
++crt-static at -O0 and -O, a static-pie; -O with relocation-model=static),
+then times `record_elf` (ELF loading, DWARF line table, the discovery pass,
+the recording pass, writing the trace) for each, from the entry and with
+`--from main`. Best of --repeat runs, each in this process: symbols and the
+DWARF table are read once per binary in a process, so the first run's time
+(reading them included, as for one `stacktrace-lab record`) is shown apart.
+Needs gcc and rustc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from stacktrace_lab.examples import build_example, compiler_missing
+from stacktrace_lab.record import elf, elf_front
+from stacktrace_lab.record.elf_front import record_elf
+
+BUILDS = ["c-static", "rust-static-pie-O0", "rust-static-pie", "rust-static"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, Python {platform.python_version()}")
+    header = f"{'build':<20} {'from':<7} {'steps':>7} {'first s':>8} {'best s':>7} {'steps/s':>8}"
+    print(header)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for build in BUILDS:
+            why = compiler_missing(build)
+            if why is not None:
+                print(f"{build:<20} skipped: {why}")
+                continue
+            program = build_example(build, out)
+            for start in (None, "main"):
+                elf._parse.cache_clear()  # the first run reads symbols and DWARF
+                elf_front._line_table.cache_clear()
+                times = []
+                steps = 0
+                for i in range(args.repeat):
+                    began = time.perf_counter()
+                    rec = record_elf(program, out / f"{build}-{i}.parquet", from_symbol=start)
+                    times.append(time.perf_counter() - began)
+                    steps = rec.metadata.steps
+                best = min(times[1:] or times)
+                print(
+                    f"{build:<20} {start or 'entry':<7} {steps:>7,} {times[0]:>8.2f} "
+                    f"{best:>7.2f} {steps / best:>8,.0f}"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Silicon check speed: the native single-stepper, the emulated side and the comparison.
+
+Run by hand (the machines are shared: compare figures measured side by side
+in this one run, not across runs):
+
+    python benchmarks/bench_silicon.py                  # 200,000 steps of call-heavy
+    python benchmarks/bench_silicon.py --steps 1000000
+    python benchmarks/bench_silicon.py --elf ./first_switch_c   # a static ELF, to its stop
+
+The native stepper pays two kernel round trips per instruction (PTRACE_SINGLESTEP
+with its wait, PTRACE_GETREGS); the comparison is whole-column numpy work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCENARIO = HERE / "call-heavy.toml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200_000)
+    parser.add_argument("--elf", type=Path, help="a static x86-64 ELF instead of call-heavy")
+    args = parser.parse_args()
+
+    from stacktrace_lab.silicon.check import elf_target, scenario_target
+    from stacktrace_lab.silicon.compare import compare
+    from stacktrace_lab.silicon.native import run_native
+    from stacktrace_lab.silicon.ptrace import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"cannot run natively: {reason}")
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.elf is not None:
+            target = elf_target(args.elf)
+        else:
+            target = scenario_target(str(SCENARIO), Path(workdir))
+        start = time.perf_counter()
+        native = run_native(
+            target.executable,
+            start=target.entry,
+            sentinel=target.sentinel,
+            max_steps=args.steps,
+            linked_entry=target.linked_entry,
+        )
+        native_s = time.perf_counter() - start
+    target = target.relocated(native.load_bias)
+    start = time.perf_counter()
+    emulated = target.emulate(native, native.skipped + native.steps + 1)
+    emulated_s = time.perf_counter() - start
+    start = time.perf_counter()
+    comparison = compare(
+        native, emulated, name_address=target.name_address, source_line=target.source_line
+    )
+    compare_s = time.perf_counter() - start
+    assert comparison.same, comparison.divergence
+    steps = native.steps
+    name = args.elf.name if args.elf is not None else SCENARIO.name
+    print(f"{platform.processor() or platform.machine()}, {steps:,} steps of {name}")
+    print(f"{'part':<32}{'seconds':>10}{'steps/s':>14}")
+    for part, seconds in (
+        ("native single-step (ptrace)", native_s),
+        ("emulated (recorder's machine)", emulated_s),
+        ("normalise + compare", compare_s),
+    ):
+        print(f"{part:<32}{seconds:>10.3f}{steps / seconds:>14,.0f}")
+    print(f"identical: {comparison.compared_steps:,} steps; normalised rows: "
+          f"{comparison.normalisations}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Where control lands: every transfer that is not the `ret` of a matched call, classified.
+
+A `ret` that pops the slot its own `call` pushed is an ordinary return and
+needs nothing more. Every other transfer of control — a `ret` of a planted
+address, a `ret` of a re-pushed copy of a return address, an indirect `jmp`
+through a register or memory — is judged by where it lands, in this order
+(docs/invariants.md, "Where a switch lands"):
+
+1. `RESUME`: the target is the return address of an earlier `call` and rsp
+   equals that call's rsp before it pushed: the call comes back (libco's
+   re-pushed `ret`, Boost's `pop %r8; jmp *%r8`, libaco, marl, `longjmp`).
+   The latest such call is the one resumed.
+2. `RETURN`: a `ret` that pops the slot holding the return address of a
+   function when it was entered (a call's landing, or an `ENTRY` below),
+   whatever was planted there (Boost's `finish`, the tutorial's `skip`).
+3. `ENTRY` of a function: the target is a function (a `call` lands there in
+   this trace, the source declares it with `.type name, @function`, or an
+   earlier transfer entered it as the first code on a stack: a new coroutine
+   started again on a reused stack).
+4. `TRAMPOLINE`: the landing code transfers on (`ret`, indirect `jmp`) before
+   any `call`; no rule of its own. If it was the first code on its stack, the
+   next transfer out of it inherits that. A leaf function that returns through
+   the planted slot right above its entry rsp is a function, not a trampoline.
+5. `ENTRY` as the first code to run on a stack that has not run before (the
+   seed's `hello` on `green`, a new coroutine), directly or through trampolines.
+6. `OTHER`: anything else; no rule of its own.
+
+Only `ENTRY` has an alignment rule (rsp % 16 == 8, unless the code realigns
+rsp with `and $-16, %rsp` before its first call); a `RESUME` is where
+`callee-saved` compares registers with their values before the call.
+
+This module is the API other features build on (backtraces, the stepper):
+`classify(facts)` gives a `Transfers` table; `TraceFacts.transfers` caches it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .events import I64, U8, U64, B, Kind, Origin
+
+if TYPE_CHECKING:
+    from .events import TraceFacts
+
+
+class Landing(IntEnum):
+    """What a transfer of control landed on (see the module docstring for the order)."""
+
+    RESUME = 1
+    RETURN = 2
+    ENTRY = 3
+    TRAMPOLINE = 4
+    OTHER = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+#: Instructions that realign rsp on purpose (`and $-16, %rsp`, as capstone prints it).
+_REALIGN = re.compile(r"^andq?\s+\$(-?0x[0-9a-f]+|-?\d+),\s*%rsp$")
+#: How far past an entry to look for a realignment before its first call.
+_REALIGN_WINDOW = 64
+#: `.type name, @function` (or `%function`, `STT_FUNC`) in the scenario's source.
+_TYPE_FUNCTION = re.compile(
+    r"^\s*\.type\s+([A-Za-z_.$][\w.$]*)\s*,\s*[@%]?(function|STT_FUNC)\b", re.M
+)
+
+
+@dataclass(frozen=True)
+class Transfers:
+    """Every transfer that is not the `ret` of a matched call, in step order.
+
+    Index `i` describes the `ret` or indirect `jmp` at `step[i]`; its landing is
+    step `step[i] + 1` (or the end of the run), at `target` with rsp `rsp`.
+    """
+
+    step: I64
+    #: The transfer is a `ret` (else an indirect `jmp`).
+    is_ret: B
+    target: U64
+    #: rsp at the landing, after the transfer.
+    rsp: U64
+    #: A `Landing` per transfer.
+    landing: U8
+    #: RESUME: the index into `facts.calls` of the call that comes back; else -1.
+    call: I64
+    #: RETURN and ENTRY: the step at which the function was entered; else -1.
+    entered: I64
+    #: ENTRY: the landing is the first code on its stack (directly or through trampolines).
+    first_code: B
+
+    def __len__(self) -> int:
+        return int(self.step.size)
+
+    def at_step(self, step: int) -> int | None:
+        """The index of the transfer at `step`, if there is one."""
+        i = int(np.searchsorted(self.step, step))
+        return i if i < len(self) and int(self.step[i]) == step else None
+
+    def kind(self, i: int) -> Landing:
+        return Landing(int(self.landing[i]))
+
+
+def call_return_addresses(facts: TraceFacts) -> U64:
+    """The return address each call pushed (the 8-byte write of its step)."""
+    writes = facts.writes
+    pos = np.searchsorted(writes.step, facts.calls)
+    pos = np.clip(pos, 0, max(len(writes) - 1, 0))
+    out = np.zeros(facts.calls.shape, dtype=np.uint64)
+    if len(writes):
+        found = writes.step[pos] == facts.calls
+        out[found] = writes.value[pos[found]]
+    return out
+
+
+def function_addresses(facts: TraceFacts) -> set[int]:
+    """Where functions start: every call's landing, and labels declared `@function`."""
+    functions = set(np.unique(facts.call_targets).tolist())
+    for match in _TYPE_FUNCTION.finditer(facts.meta.scenario.source):
+        addr = facts.meta.symbols.get(match.group(1))
+        if addr is not None:
+            functions.add(int(addr))
+    return functions
+
+
+def classify(facts: TraceFacts) -> Transfers:
+    r = facts.returns
+    # The sentinel under the entry function is the machine's, not a switch: not classified.
+    unmatched = np.flatnonzero((r.origin != Origin.CALL) & (r.origin != Origin.ENTRY))
+    steps = np.concatenate([r.step[unmatched], facts.jumps.step])
+    targets = np.concatenate([r.value[unmatched], facts.jumps.target])
+    is_ret = np.concatenate(
+        [np.ones(unmatched.size, dtype=np.bool_), np.zeros(facts.jumps.step.size, dtype=np.bool_)]
+    )
+    order = np.argsort(steps, kind="stable")
+    steps, targets, is_ret = steps[order], targets[order], is_ret[order]
+    rsp = facts.rsp_after(steps)
+    slot = facts.rsp[steps]  # a ret's popped slot
+    m = int(steps.size)
+
+    resumed = _latest_calls(facts, targets, rsp, steps)
+    # Entries by call: the function's return-address slot is the call's rsp - 8.
+    call_entry_slot = facts.rsp[facts.calls] - np.uint64(8)
+    by_call = _latest_match(call_entry_slot, facts.calls + 1, slot, steps)
+
+    functions = function_addresses(facts)
+    n = facts.steps
+    landing_step = steps + 1
+    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))[np.minimum(landing_step, n)]
+    # The first transfer on (ret or indirect jmp) and the first call at or after each landing.
+    onward = np.flatnonzero((facts.kind == Kind.RET) | (facts.kind == Kind.JMP_INDIRECT))
+    next_out = _next_at_or_after(onward, landing_step, n)
+    next_call = _next_at_or_after(facts.calls, landing_step, n)
+    passes_on = (next_out < next_call) & ~_returns_from_own_slot(facts, next_out, rsp)
+    # A stack has run once a call was made on it, or code landed there (not a trampoline).
+    first_call_on = np.full(len(facts.stacks), n + 1, dtype=np.int64)
+    call_owner = facts.rsp_owner[facts.calls]
+    for k in range(len(facts.stacks)):
+        on_k = facts.calls[call_owner == k]
+        if on_k.size:
+            first_call_on[k] = int(on_k[0])
+    ran: set[int] = set()
+    if n:
+        ran.add(int(facts.rsp_owner[0]))
+
+    landing = np.full(m, Landing.OTHER, dtype=np.uint8)
+    entered = np.full(m, -1, dtype=np.int64)
+    first_code = np.zeros(m, dtype=np.bool_)
+    entries: dict[int, int] = {}  # return-address slot -> step of the latest ENTRY there
+    pending_first: set[int] = set()  # steps of transfers out of a first-code trampoline
+    for i in range(m):
+        step, target, k = int(steps[i]), int(targets[i]), int(owner[i])
+        first = step in pending_first or (k >= 0 and k not in ran and int(first_call_on[k]) > step)
+        if not facts.is_code(target):
+            kind = Landing.OTHER  # not code at all: ret-source says so; no rule here
+        elif resumed[i] >= 0:
+            kind = Landing.RESUME
+        elif is_ret[i] and (by_call[i] >= 0 or int(slot[i]) in entries):
+            kind = Landing.RETURN
+            from_call = int(facts.calls[by_call[i]]) + 1 if by_call[i] >= 0 else -1
+            entered[i] = max(from_call, entries.get(int(slot[i]), -1))
+        elif target in functions:
+            kind = Landing.ENTRY
+        elif passes_on[i]:
+            kind = Landing.TRAMPOLINE
+            if first:
+                pending_first.add(int(next_out[i]))
+        elif first:
+            kind = Landing.ENTRY
+        else:
+            kind = Landing.OTHER
+        if kind == Landing.ENTRY:
+            first_code[i] = first
+            entered[i] = step + 1
+            entries[int(rsp[i])] = step + 1
+            # Code once started as a function is one: a new coroutine on a reused stack.
+            functions.add(target)
+        if kind != Landing.TRAMPOLINE and k >= 0:
+            ran.add(k)
+        landing[i] = kind
+    return Transfers(
+        step=steps.astype(np.int64),
+        is_ret=is_ret,
+        target=targets.astype(np.uint64),
+        rsp=rsp,
+        landing=landing,
+        call=resumed,
+        entered=entered,
+        first_code=first_code,
+    )
+
+
+#: `mov SOURCE, %reg`: what a stack pointer is loaded from (memory, or another register).
+_MOV_TO = re.compile(r"^movq?\s+(?P<src>[^,]+(?:\([^)]*\))?)\s*,\s*%(?P<dst>\w+)$")
+#: How far before a switch's transfer to look for the load of its stack pointer.
+_RSP_LOOKBACK = 64
+
+
+def saved_stack_pointer(facts: TraceFacts, step: int) -> int:
+    """The write (index into `facts.writes`) that stored the stack pointer which the
+    switch ending at `step` loaded into rsp, or -1: the last `mov X(%reg), %rsp`
+    before it, or `mov %rcx, %rsp` after `mov X(%reg), %rcx` (libaco)."""
+    k = int(np.searchsorted(facts.calls, step)) - 1
+    low = max(int(facts.calls[k]) if k >= 0 else 0, step - _RSP_LOOKBACK)
+    rows = facts.trace.slice(low, step + 1, ["step", "insn", "reads"]).to_pydict()
+    wanted = "rsp"  # the register whose value we follow back to memory
+    for row in range(len(rows["step"]) - 1, -1, -1):
+        match = _MOV_TO.match(str(rows["insn"][row]).strip())
+        if match is None or match.group("dst") != wanted:
+            continue
+        source = match.group("src").strip()
+        if source.startswith("%"):  # from another register: follow that one
+            wanted = source[1:]
+            continue
+        if "(" not in source or not rows["reads"][row]:
+            return -1
+        addr = int(rows["reads"][row][0]["addr"])
+        load_step = int(rows["step"][row])
+        w = facts.writes
+        hits = np.flatnonzero((w.addr == np.uint64(addr)) & (w.step < load_step))
+        return int(hits[-1]) if hits.size else -1
+    return -1
+
+
+def _returns_from_own_slot(facts: TraceFacts, onward: I64, landing_rsp: U64) -> B:
+    """Is each onward transfer a `ret` that pops the slot right at the landing's rsp, and
+    not what a call pushed? Then the landing code is a leaf function returning (its
+    return address planted under it), not a trampoline passing control on."""
+    r = facts.returns
+    out = np.zeros(onward.shape, dtype=np.bool_)
+    if not len(r):
+        return out
+    pos = np.clip(np.searchsorted(r.step, onward), 0, len(r) - 1)
+    is_ret = r.step[pos] == onward
+    out[is_ret] = (r.slot[pos[is_ret]] == landing_rsp[is_ret]) & (
+        r.origin[pos[is_ret]] != Origin.CALL
+    )
+    return out
+
+
+def realigns(facts: TraceFacts, landing_step: int) -> bool:
+    """Does the code at `landing_step` realign rsp (`and $-16, %rsp`) before its first call?"""
+    calls = facts.calls
+    k = int(np.searchsorted(calls, landing_step))
+    stop = int(calls[k]) if k < calls.size else facts.steps
+    stop = min(stop, landing_step + _REALIGN_WINDOW, facts.steps)
+    if stop <= landing_step:
+        return False
+    texts = facts.trace.slice(landing_step, stop, ["insn"]).column("insn").to_pylist()
+    return any(_is_realign(str(text)) for text in texts)
+
+
+def _is_realign(text: str) -> bool:
+    match = _REALIGN.match(text.strip())
+    if not match:
+        return False
+    value = int(match.group(1), 0)
+    if value >= 1 << 63:
+        value -= 1 << 64
+    if value >= 0:
+        return False
+    mask = -value
+    return mask >= 16 and mask & (mask - 1) == 0
+
+
+def _latest_calls(facts: TraceFacts, targets: U64, rsp: U64, steps: I64) -> I64:
+    """For each transfer, the latest earlier call whose return address is its target
+    and whose rsp before the push is its landing rsp; -1 when there is none."""
+    calls = facts.calls
+    if not calls.size or not steps.size:
+        return np.full(steps.shape, -1, dtype=np.int64)
+    ret_addr = call_return_addresses(facts)
+    call_rsp = facts.rsp[calls]
+    found = _latest_match(_pair_key(ret_addr, call_rsp), calls, _pair_key(targets, rsp), steps)
+    ok = found >= 0
+    safe = np.clip(found, 0, None)
+    # The key is a hash of the pair: confirm both halves.
+    ok &= (ret_addr[safe] == targets) & (call_rsp[safe] == rsp)
+    return np.where(ok, found, -1).astype(np.int64)
+
+
+def _pair_key(a: U64, b: U64) -> U64:
+    with np.errstate(over="ignore"):
+        key: U64 = a ^ (b * np.uint64(0x9E3779B97F4A7C15))
+    return key
+
+
+def _latest_match(keys: U64, key_steps: I64, queries: U64, query_steps: I64) -> I64:
+    """For each query, the index (into `keys`) of the latest entry with the same key
+    and a step before the query's step; -1 if none."""
+    out = np.full(queries.shape, -1, dtype=np.int64)
+    if not keys.size or not queries.size:
+        return out
+    order = np.lexsort((key_steps, keys))
+    sorted_keys, sorted_steps = keys[order], key_steps[order]
+    lo = np.searchsorted(sorted_keys, queries, side="left")
+    hi = np.searchsorted(sorted_keys, queries, side="right")
+    for i in np.flatnonzero(hi > lo).tolist():
+        a, b = int(lo[i]), int(hi[i])
+        j = int(np.searchsorted(sorted_steps[a:b], query_steps[i], side="left")) - 1
+        if j >= 0:
+            out[i] = int(order[a + j])
+    return out
+
+
+def _next_at_or_after(events: I64, steps: I64, n: int) -> I64:
+    pos = np.searchsorted(events, steps, side="left")
+    out = np.full(steps.shape, n + 1, dtype=np.int64)
+    inside = pos < events.size
+    out[inside] = events[pos[inside]]
+    return out

@@ -1,0 +1,80 @@
+"""`stacktrace-lab silicon-check TARGET [--from SYMBOL] [--to SYMBOL] [--json]`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..silicon.check import silicon_check
+from ..silicon.compare import CAUSES, Comparison
+
+
+@click.command("silicon-check")
+@click.argument("target")
+@click.option("--from", "from_symbol", metavar="SYMBOL", help="Compare from this symbol on.")
+@click.option("--to", "to_symbol", metavar="SYMBOL", help="Stop comparing where this is reached.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Compare at most this many steps.")
+@click.option(
+    "--no-replay",
+    is_flag=True,
+    help="Let the emulator answer syscalls, cpuid and xgetbv itself (the environment's part).",
+)
+def silicon_check_command(
+    target: str,
+    from_symbol: str | None,
+    to_symbol: str | None,
+    as_json: bool,
+    max_steps: int | None,
+    no_replay: bool,
+) -> int:
+    """Single-step TARGET on this CPU and compare every step with the emulated run.
+
+    TARGET is a built-in scenario, a scenario .toml, or a static x86-64 ELF.
+    Exit 0 when every step is the same, 1 at the first divergence, 2 on bad
+    input or when ptrace is not available here.
+    """
+    result = silicon_check(
+        target,
+        from_symbol=from_symbol,
+        to_symbol=to_symbol,
+        replay=not no_replay,
+        max_steps=max_steps,
+    )
+    comparison = result.comparison
+    if as_json:
+        doc = {"target": result.target.name, **comparison.to_json()}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        click.echo(_summary(result.target.name, comparison))
+    return 0 if comparison.same else 1
+
+
+def _summary(name: str, c: Comparison) -> str:
+    touched = ", ".join(f"{k} {v}" for k, v in c.normalisations.items())
+    lines = []
+    if c.divergence is None:
+        lines.append(
+            f"{name}: the CPU and the emulator agree on all {c.compared_steps} steps "
+            f"(stop: {c.native_stop})"
+        )
+    else:
+        d = c.divergence
+        where = f"{d.symbol} ({d.rip:#x})" + (f", {d.source}" if d.source else "")
+        lines.append(f"{name}: differs at step {d.step}, {where}")
+        if d.previous_instruction is not None:
+            lines.append(f"  after:  {d.previous_instruction}")
+        lines.append(f"  at:     {d.instruction}")
+        for reg, (native, emulated) in d.registers.items():
+            lines.append(f"  {reg:<6}  CPU {native:#x}  emulator {emulated:#x}")
+        if not d.registers:
+            lines.append(f"  CPU: {c.native_steps} steps, {c.native_stop}")
+            lines.append(f"  emulator: {c.emulated_steps} steps, {c.emulated_stop}")
+        lines.append(f"  most likely: {d.cause}: {CAUSES[d.cause]}")
+    if not c.stdout_same:
+        lines.append("  stdout differs between the two runs")
+    for mismatch in c.replay_mismatches:
+        lines.append(f"  replay: {mismatch}")
+    lines.append(f"  normalised (rows): {touched}")
+    return "\n".join(lines)

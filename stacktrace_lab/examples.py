@@ -1,0 +1,65 @@
+"""Building the tutorial's program (examples/ in a checkout) with gcc and rustc.
+
+Used by `stacktrace-lab demo --rust`, the tests and benchmarks/bench_elf.py.
+The build commands are the ones examples/README.md gives; nothing here is
+needed to record a program you built yourself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import BadInput
+
+#: examples/ of the checkout this package runs from.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RUST_SOURCE = EXAMPLES / "first_switch.rs"
+C_SOURCE = EXAMPLES / "first_switch.c"
+
+#: The builds, by name: the compiler and its flags (the output path follows -o).
+BUILDS: dict[str, tuple[str, ...]] = {
+    # rustc's default on the gnu target with crt-static is a static-pie.
+    "rust-static-pie": ("rustc", "-O", "-g", "-C", "target-feature=+crt-static"),
+    "rust-static-pie-O0": ("rustc", "-g", "-C", "target-feature=+crt-static"),
+    "rust-static": (
+        "rustc", "-O", "-g", "-C", "target-feature=+crt-static", "-C", "relocation-model=static",
+    ),
+    "c-static": ("gcc", "-static", "-O0", "-g"),
+}  # fmt: skip
+
+
+def compiler_missing(build: str) -> str | None:
+    """Why `build` cannot be made here (its compiler or source is missing), or None."""
+    tool = BUILDS[build][0]
+    if shutil.which(tool) is None:
+        return f"{tool} is not installed"
+    source = RUST_SOURCE if tool == "rustc" else C_SOURCE
+    if not source.is_file():
+        return f"{source} is not there (the examples come with a checkout of the repository)"
+    return None
+
+
+def build_example(build: str, out_dir: Path) -> Path:
+    """Compile the example for `build` into `out_dir`; returns the program's path."""
+    why = compiler_missing(build)
+    if why is not None:
+        raise BadInput(f"cannot build the {build} example: {why}")
+    command = BUILDS[build]
+    source = RUST_SOURCE if command[0] == "rustc" else C_SOURCE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    program = out_dir / f"first_switch-{build}"
+    # From the source's directory with its bare name: the debug information
+    # then names `first_switch.rs`, not where this checkout happens to be.
+    result = subprocess.run(
+        [*command, "-o", str(program.resolve()), source.name],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=source.parent,
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BadInput(f"{source}: {command[0]} failed: {last}")
+    return program

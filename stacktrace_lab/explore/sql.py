@@ -1,0 +1,288 @@
+"""SQL over traces: DuckDB views over the Parquet files themselves.
+
+Nothing is loaded into Python: each view is a query over `read_parquet` of
+the trace files, so DuckDB streams (and spills) a trace larger than memory,
+and reads only the columns a query names. Several traces can be queried at
+once; every view has a `trace` column, the file's name without `.parquet`.
+
+From the metadata (small) the connection gets three tables: `traces` (one
+row per file: scenario, steps, stop reason, final rip/rsp), `regions` and
+`labels`; and macros `region_of(trace, addr)`, `region_index(trace, addr)`,
+`stack_of(trace, addr)` and `symbol_of(trace, addr)` that name addresses the
+way the rest of the tool does.
+
+The views (documented in docs/sql.md):
+- `steps`: one row per executed instruction (registers before it, `insn`,
+  `symbol`, `kind`: call, ret, syscall or other, `stack`: the stack rsp is in);
+- `accesses`: one row per memory read or write, with its region and index;
+- `calls`: one row per call, with its target, rsp alignment and matching ret;
+- `switches`: the steps after which rsp is in another stack;
+- `planted`: rets that pop an address last written by an ordinary store;
+- `syscalls`: one row per `syscall`, with its number, arguments and result.
+
+DuckDB is an optional extra; `require_duckdb()` says how to install it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..arch import REGISTERS
+from ..errors import BadInput
+from ..symbols import LabelTable
+from ..trace.reader import Trace, load_trace
+
+if TYPE_CHECKING:
+    import duckdb
+
+INSTALL_HINT = "DuckDB is not installed: pip install 'stacktrace-lab[duckdb]'"
+
+#: The views, in the order `query --help` and the docs list them.
+VIEWS = ("steps", "accesses", "calls", "switches", "planted", "syscalls")
+
+#: System V x86-64 argument registers of a system call, in order.
+SYSCALL_ARGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+
+
+class DuckDBMissing(Exception):
+    """DuckDB (the optional extra) is not installed."""
+
+
+def require_duckdb() -> Any:
+    try:
+        import duckdb
+    except ImportError:
+        raise DuckDBMissing(INSTALL_HINT) from None
+    return duckdb
+
+
+@dataclass(frozen=True)
+class TraceFile:
+    name: str
+    trace: Trace
+
+
+def trace_name(path: Path) -> str:
+    return path.name.removesuffix(".parquet")
+
+
+def open_traces(paths: Sequence[Path]) -> list[TraceFile]:
+    """Load each trace's metadata (checking it is a trace); names must be distinct."""
+    files = [TraceFile(trace_name(p), load_trace(p)) for p in paths]
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.name in seen:
+            raise BadInput(
+                f"{f.trace.path}: two traces named '{f.name}' ({seen[f.name]} too): "
+                "the trace column would not tell them apart"
+            )
+        seen[f.name] = f.trace.path
+    return files
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _case(pairs: list[tuple[str, str]], default: str = "NULL") -> str:
+    if not pairs:
+        return default
+    return "CASE " + " ".join(f"WHEN {c} THEN {v}" for c, v in pairs) + f" ELSE {default} END"
+
+
+def _macros(files: Sequence[TraceFile]) -> list[str]:
+    """Address-naming macros as CASE expressions: regions are few, so no join is needed."""
+    region, base, stack = [], [], []
+    for f in files:
+        for r in f.trace.metadata.regions:
+            t = f"t = {_quote(f.name)}"
+            inside = f"{t} AND a >= {r.base} AND a < {r.top}"
+            region.append((inside, _quote(r.name)))
+            base.append((inside, str(r.base)))
+            if r.kind == "stack":
+                # A stack's top belongs to it: an empty stack's rsp is its top.
+                stack.append((f"{t} AND a >= {r.base} AND a <= {r.top}", _quote(r.name)))
+    return [
+        f"CREATE MACRO region_of(t, a) AS {_case(region)}",
+        f"CREATE MACRO region_index(t, a) AS (a::HUGEINT - {_case(base)})::BIGINT",
+        f"CREATE MACRO stack_of(t, a) AS {_case(stack)}",
+        # The nearest label at or below a code address, `label` or `label+offset`.
+        "CREATE MACRO symbol_of(t, a) AS ("
+        "SELECT CASE WHEN a = l.addr THEN l.name ELSE l.name || '+' || (a - l.addr) END "
+        "FROM labels l WHERE l.trace = t AND l.addr <= a AND region_of(t, a) = l.code_region "
+        "ORDER BY l.addr DESC LIMIT 1)",
+        # Little-endian bytes (up to 8) as an unsigned integer.
+        "CREATE MACRO le_u64(d) AS CASE WHEN octet_length(d) BETWEEN 1 AND 8 THEN "
+        "('0x' || array_to_string(list_reverse("
+        "[substr(hex(d), 2 * i + 1, 2) for i in range(octet_length(d))]), ''))::UBIGINT END",
+    ]
+
+
+def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
+    con.execute(
+        "CREATE TABLE traces (trace VARCHAR, path VARCHAR, scenario VARCHAR, steps BIGINT, "
+        "stop VARCHAR, final_rip UBIGINT, final_rsp UBIGINT, final_rax UBIGINT)"
+    )
+    con.execute(
+        "CREATE TABLE regions (trace VARCHAR, name VARCHAR, kind VARCHAR, base UBIGINT, "
+        "size UBIGINT, top UBIGINT)"
+    )
+    con.execute(
+        "CREATE TABLE labels (trace VARCHAR, name VARCHAR, addr UBIGINT, code_region VARCHAR)"
+    )
+    # The system calls a format 2 trace logged (names, and no result for exit).
+    con.execute(
+        "CREATE TABLE syscall_log (trace VARCHAR, step BIGINT, nr BIGINT, name VARCHAR, "
+        "result BIGINT)"
+    )
+    for f in files:
+        meta = f.trace.metadata
+        con.execute(
+            "INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                f.name,
+                str(f.trace.path),
+                meta.scenario.name,
+                f.trace.num_rows,
+                meta.stop.reason,
+                int(meta.final.get("rip", 0)),
+                int(meta.final.get("rsp", 0)),
+                int(meta.final.get("rax", 0)),
+            ],
+        )
+        con.executemany(
+            "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?)",
+            [[f.name, r.name, r.kind, r.base, r.size, r.top] for r in meta.regions],
+        )
+        if meta.syscalls:
+            con.executemany(
+                "INSERT INTO syscall_log VALUES (?, ?, ?, ?, ?)",
+                [[f.name, c.step, c.nr, c.name, c.result] for c in meta.syscalls],
+            )
+        # One name per address, the same rule as the trace's `symbol` column.
+        table = LabelTable(meta.symbols)
+        labels = []
+        for addr in sorted(set(meta.symbols.values())):
+            near = table.nearest(addr)
+            code = meta.region_of(addr)
+            if near is not None and code is not None and code.kind == "code":
+                labels.append([f.name, near[0], addr, code.name])
+        if labels:
+            con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?)", labels)
+
+
+#: The kind of an instruction from its text, for traces without a `kind` column
+#: (format version 1): the mnemonic after any prefix.
+_KIND_FROM_TEXT = (
+    "CASE regexp_extract(insn, "
+    "'^(?:(?:rep|repz|repe|repne|repnz|bnd|notrack|lock|data16) )*(\\w+)', 1) "
+    "WHEN 'call' THEN 'call' WHEN 'callq' THEN 'call' "
+    "WHEN 'ret' THEN 'ret' WHEN 'retq' THEN 'ret' "
+    "WHEN 'syscall' THEN 'syscall' ELSE 'other' END"
+)
+
+_ORDER = "WINDOW w AS (PARTITION BY trace ORDER BY step)"
+
+
+def _views(columns: set[str]) -> list[str]:
+    """The views; `columns` are the columns some trace file has (format 2 adds facts)."""
+    registers = ", ".join(REGISTERS)
+    # Format 2 records each instruction's kind; a format 1 file's rows get it from the text.
+    kind = f"coalesce(kind::VARCHAR, {_KIND_FROM_TEXT})" if "kind" in columns else _KIND_FROM_TEXT
+    facts = "".join(
+        f", {name}::VARCHAR AS {name}" if name != "offset" else ', "offset"'
+        for name in ("label", "offset", "source")
+        if name in columns
+    )
+    args = ", ".join(SYSCALL_ARGS)
+    return [
+        f"CREATE VIEW steps AS SELECT trace, step, {registers}, insn, symbol, "
+        f"{kind} AS kind{facts}, stack_of(trace, rsp) AS stack FROM raw",
+        # One row per entry of `reads` and `writes`; `seq` is its position in the list.
+        "CREATE VIEW accesses AS "
+        "WITH a AS ("
+        f"  SELECT trace, step, rip, symbol, insn, {'kind, ' if 'kind' in columns else ''}"
+        "'read' AS access, "
+        "         generate_subscripts(reads, 1) AS seq, unnest(reads) AS e "
+        "  FROM raw WHERE len(reads) > 0 "
+        "  UNION ALL "
+        f"  SELECT trace, step, rip, symbol, insn, {'kind, ' if 'kind' in columns else ''}"
+        "'write' AS access, "
+        "         generate_subscripts(writes, 1) AS seq, unnest(writes) AS e "
+        "  FROM raw WHERE len(writes) > 0) "
+        f"SELECT trace, step, rip, symbol, insn, {kind} AS kind, access, seq, "
+        "e.addr AS addr, e.size AS size, e.data AS data, le_u64(e.data) AS value, "
+        "region_of(trace, e.addr) AS region, region_index(trace, e.addr) AS region_index "
+        "FROM a",
+        # The matching ret: the first later ret that pops the slot this call pushed.
+        "CREATE VIEW calls AS "
+        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, "
+        f"  lead(rip) OVER w AS next_rip FROM steps {_ORDER}), "
+        "c AS (SELECT s.*, coalesce(s.next_rip, t.final_rip) AS target FROM s "
+        "  JOIN traces t USING (trace) WHERE kind = 'call'), "
+        "r AS (SELECT s.trace, s.step, s.rsp AS slot, coalesce(s.next_rip, t.final_rip) AS value "
+        "  FROM s JOIN traces t USING (trace) WHERE kind = 'ret') "
+        "SELECT c.trace, c.step, c.rip, c.symbol, c.insn, c.target, "
+        "symbol_of(c.trace, c.target) AS target_symbol, c.rsp, "
+        "(c.rsp % 16)::INTEGER AS rsp_mod_16, c.rsp % 16 = 0 AS aligned, "
+        "stack_of(c.trace, c.rsp) AS stack, r.step AS ret_step, r.value AS returned_to "
+        "FROM c ASOF LEFT JOIN r ON c.trace = r.trace AND c.rsp - 8 = r.slot AND r.step > c.step",
+        "CREATE VIEW switches AS "
+        "WITH s AS (SELECT trace, step, rip, symbol, insn, rsp, stack, "
+        f"  lead(rsp) OVER w AS next_rsp FROM steps {_ORDER}), "
+        "n AS (SELECT s.*, coalesce(s.next_rsp, t.final_rsp) AS to_rsp FROM s "
+        "  JOIN traces t USING (trace)) "
+        "SELECT trace, step, rip, symbol, insn, stack AS from_stack, "
+        "stack_of(trace, to_rsp) AS to_stack, rsp AS from_rsp, to_rsp "
+        "FROM n WHERE stack IS DISTINCT FROM stack_of(trace, to_rsp)",
+        # The last write to the popped slot's address before the ret: planted when
+        # it is not the push of a call.
+        "CREATE VIEW planted AS "
+        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, "
+        f"  lead(rip) OVER w AS next_rip, lead(rsp) OVER w AS next_rsp FROM steps {_ORDER}), "
+        "r AS (SELECT s.trace, s.step, s.symbol, s.rsp AS slot, "
+        "  coalesce(s.next_rip, t.final_rip) AS value, "
+        "  coalesce(s.next_rsp, t.final_rsp) AS entry_rsp "
+        "  FROM s JOIN traces t USING (trace) WHERE kind = 'ret'), "
+        "w AS (SELECT trace, step, addr, insn, symbol, kind FROM accesses WHERE access = 'write') "
+        "SELECT r.trace, r.step AS ret_step, r.symbol AS ret_symbol, "
+        "region_of(r.trace, r.slot) AS stack, region_index(r.trace, r.slot) AS region_index, "
+        "r.slot, w.step AS planted_step, w.insn AS planted_insn, w.symbol AS planted_symbol, "
+        "r.value, symbol_of(r.trace, r.value) AS target, r.entry_rsp "
+        "FROM r ASOF JOIN w ON r.trace = w.trace AND r.slot = w.addr AND r.step > w.step "
+        "WHERE w.kind <> 'call'",
+        # Each `syscall` step; its name and result from the trace's log where it has one
+        # (format 2: no result for a call that did not return), else rax after it.
+        "CREATE VIEW syscalls AS "
+        "WITH s AS (SELECT trace, step, rip, symbol, kind, rax, "
+        f"  {args}, lead(rax) OVER w AS next_rax FROM steps {_ORDER}) "
+        "SELECT s.trace, s.step, s.rip, s.symbol, s.rax AS nr, l.name, "
+        f"[{args}] AS args, CASE WHEN l.step IS NULL THEN "
+        "coalesce(s.next_rax, t.final_rax)::BIGINT ELSE l.result END AS result "
+        "FROM s JOIN traces t USING (trace) "
+        "LEFT JOIN syscall_log l ON l.trace = s.trace AND l.step = s.step "
+        "WHERE kind = 'syscall'",
+    ]
+
+
+def connect(files: Sequence[TraceFile]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views over `files`."""
+    con: duckdb.DuckDBPyConnection = require_duckdb().connect()
+    paths = "[" + ", ".join(_quote(str(f.trace.path)) for f in files) + "]"
+    names = _case(
+        [(f"filename = {_quote(str(f.trace.path))}", _quote(f.name)) for f in files], "filename"
+    )
+    con.execute(
+        f"CREATE VIEW raw AS SELECT *, {names} AS trace "
+        f"FROM read_parquet({paths}, filename = true, union_by_name = true)"
+    )
+    _tables(con, files)
+    for macro in _macros(files):
+        con.execute(macro)
+    columns = {name for f in files for name in f.trace.column_names}
+    for view in _views(columns):
+        con.execute(view)
+    return con

@@ -1,0 +1,154 @@
+"""The ELF front end: a static x86-64 Linux program -> one machine description.
+
+load the ELF -> build the Linux process -> (fast-forward to `--from`) ->
+discovery pass: find the stacks -> the description the recorder runs again,
+from the start, with those stacks as regions. Nothing after recording knows
+that the trace came from an ELF, except for its `program` metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from ..arch import PAGE
+from ..errors import BadInput
+from ..layout import Region, page_ceil
+from ..scenario import Expectations
+from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
+from .discovery import name_stacks, run_discovery
+from .elf import ElfImage, line_table, load_elf
+from .machine import Machine
+from .process import linux_process
+from .recorder import Description, Recording, RecordOptions, record_description
+from .syscalls import LinuxKernel
+
+DEFAULT_ELF_MAX_STEPS = 1_000_000
+
+
+def _symbol(image: ElfImage, name: str, option: str) -> int:
+    addr = image.find_symbol(name)
+    if addr is None:
+        raise BadInput(f"{image.path}: {option} {name}: no such symbol in the program")
+    return addr
+
+
+def describe_elf(
+    path: str | Path,
+    args: list[str] | tuple[str, ...] = (),
+    from_symbol: str | None = None,
+    to_symbol: str | None = None,
+    max_steps: int | None = None,
+    stacks: list[Region] | None = None,
+    expect: Expectations | None = None,
+    name: str | None = None,
+) -> Description:
+    """`stacks`: named stacks that replace discovery (a scenario's `[[stacks]]`)."""
+    image = load_elf(path)
+    process = linux_process(image, list(args), [])
+    start = (from_symbol, _symbol(image, from_symbol, "--from")) if from_symbol else None
+    sentinel = _symbol(image, to_symbol, "--to") if to_symbol else None
+    limit = max_steps or DEFAULT_ELF_MAX_STEPS
+    spec = replace(process.spec, sentinel=sentinel, stop_at=to_symbol)
+
+    # Discovery pass: the same process, run with a light hook.
+    machine = Machine(spec)
+    if start is not None:
+        early = machine.fast_forward(start[1])
+        if early is not None:
+            raise BadInput(
+                f"{image.path}: the program never reached --from {start[0]}: "
+                f"{early.reason}: {early.detail}"
+            )
+    main_stack = next(r for r in spec.regions if r.kind == "stack")
+    evidence = run_discovery(machine, image, main_stack, limit)
+    found = stacks if stacks is not None else name_stacks(evidence, image.data_symbols)
+    kernel = machine.kernel
+    assert isinstance(kernel, LinuxKernel)
+    later = _later_regions(kernel, {r.name for r in [*spec.regions, *found]})
+
+    main_stack = _used_part(main_stack, evidence.lowest_main)
+    code = [r for r in spec.regions if r.kind == "code"]
+    others = [r for r in spec.regions if r.kind not in ("code", "stack")]
+    # Stacks before the heap and mappings they lie in: a region lookup finds them first.
+    regions = [*code, *found, main_stack, *others, *later]
+    executable = [(s.vaddr, s.data) for s in image.segments if "x" in s.perms]
+    info = ScenarioInfo(
+        name=name or image.path.name,
+        description=f"{image.path.name}: a static x86-64 Linux program",
+        syntax="att",
+        entry=from_symbol or _entry_name(image),
+        source="",
+        expect=expect or Expectations(),
+    )
+    return Description(
+        spec=replace(spec, regions=regions),
+        info=info,
+        program=ProgramInfo("elf", str(image.path), image.sha256),
+        symbols=image.symbols,
+        code_segments=executable,
+        max_steps=limit,
+        path=str(image.path),
+        code_base=code[0].base,
+        lines=_line_table(image.path, image.sha256, image.load_base),
+        trim_lines=True,
+        start=start,
+        options={"args": list(args), "from": from_symbol, "to": to_symbol},
+    )
+
+
+#: Below the lowest rsp, what the `main` region keeps: the red zone (128 bytes)
+#: a leaf function may write under rsp, and a page more.
+MAIN_MARGIN = 128 + PAGE
+
+
+def _used_part(stack: Region, lowest: int) -> Region:
+    """The process stack as far down as rsp went, not all 8 MiB: indices into
+    `main` then read as a few thousand bytes, and the plots show what was used."""
+    if not stack.base <= lowest <= stack.top:
+        return stack
+    base = max(stack.base, (lowest - MAIN_MARGIN) // PAGE * PAGE)
+    return Region(stack.name, stack.kind, base, stack.top - base, stack.perms)
+
+
+@functools.lru_cache(maxsize=8)
+def _line_table(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...]:
+    """Reading DWARF takes seconds for Rust's std: once per binary in a process."""
+    return line_table(path, load_base)
+
+
+def _entry_name(image: ElfImage) -> str:
+    names = sorted(n for n, a in image.symbols.items() if a == image.entry)
+    return names[0] if names else f"{image.entry:#x}"
+
+
+def _later_regions(kernel: LinuxKernel, taken: set[str]) -> list[Region]:
+    """The heap and the anonymous mappings the discovery pass saw the program make."""
+    process = kernel.process
+    regions: list[Region] = []
+    if process.brk > process.brk_start:
+        size = page_ceil(process.brk) - process.brk_start
+        regions.append(Region("heap", "heap", process.brk_start, size, "rw-"))
+    for i, (addr, length) in enumerate(process.mmaps, start=1):
+        name = f"mmap_{i}"
+        if name not in taken:
+            regions.append(Region(name, "mapped", addr, page_ceil(length), "rw-"))
+    return regions
+
+
+def record_elf(
+    path: str | Path,
+    output: str | Path,
+    options: RecordOptions | None = None,
+    args: list[str] | tuple[str, ...] = (),
+    from_symbol: str | None = None,
+    to_symbol: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    name: str | None = None,
+) -> Recording:
+    """Record a static x86-64 program: `record()`'s counterpart for an ELF file."""
+    options = options or RecordOptions()
+    description = describe_elf(path, args, from_symbol, to_symbol, options.max_steps, name=name)
+    return record_description(description, output, options, progress)

@@ -1,0 +1,185 @@
+"""A Linux process as the kernel builds it from a static ELF (the ELF front end's machine).
+
+Fixed addresses, as with ASLR off (docs/machine.md, "Real programs"):
+
+| what | where |
+|---|---|
+| a static executable | at its own addresses (0x400000 for gcc) |
+| a static-pie | at `PIE_BASE` = 0x555555554000 |
+| the heap (brk) | from the page after the highest segment |
+| anonymous mmap | downwards from `MMAP_TOP` = 0x7ffff7fff000 |
+| the stack | 8 MiB under `STACK_TOP` = 0x7ffffffff000 |
+
+The stack starts as the kernel leaves it: argc, argv, envp, the auxiliary
+vector (AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_ENTRY, AT_RANDOM with
+fixed bytes, AT_EXECFN, AT_PLATFORM...; no vDSO), then the strings. rsp
+points at argc, rflags = 0x202, every other register is zero.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from ..arch import PAGE
+from ..layout import Region, RegionKind, page_ceil
+from .elf import ElfImage
+from .machine import MachineSpec, Mapping
+from .syscalls import Area, LinuxKernel, ProcessState, fixed_random
+
+#: Where the process believes its program is (argv[0], /proc/self/exe,
+#: AT_EXECFN): a fixed directory, so the trace does not depend on the host's.
+PROGRAM_DIR = "/stacktrace-lab"
+STACK_TOP = 0x7FFFFFFFF000
+STACK_SIZE = 8 << 20
+MMAP_TOP = 0x7FFFF7FFF000
+INITIAL_RFLAGS = 0x202
+
+AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = (
+    0,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+)
+AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
+AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
+HWCAP = 0x178BFBFF  # what leaf 1's edx announces, as Linux passes it
+MINSIGSTKSZ = 2048
+
+
+@dataclass(frozen=True)
+class Process:
+    spec: MachineSpec
+    state: ProcessState
+
+
+def _segment_mappings(image: ElfImage) -> list[Mapping]:
+    """Segments on pages; a page two segments share gets both's permissions."""
+    pages: dict[int, set[str]] = {}
+    for seg in image.segments:
+        first = seg.vaddr // PAGE * PAGE
+        for page in range(first, page_ceil(seg.vaddr + seg.memsz), PAGE):
+            pages.setdefault(page, set()).update(ch for ch in seg.perms if ch != "-")
+    mappings: list[Mapping] = []
+    for page in sorted(pages):
+        perms = "".join(ch if ch in pages[page] else "-" for ch in "rwx")
+        last = mappings[-1] if mappings else None
+        if last is not None and last.start + last.size == page and last.perms == perms:
+            mappings[-1] = Mapping(last.start, last.size + PAGE, perms)
+        else:
+            mappings.append(Mapping(page, PAGE, perms))
+    # The bytes: each segment's file part, written once every page is mapped.
+    for seg in image.segments:
+        if seg.data:
+            mappings.append(Mapping(0, 0, seg.perms, seg.data[: seg.memsz], seg.vaddr))
+    return mappings
+
+
+def _segment_regions(image: ElfImage) -> list[Region]:
+    names = {"r-x": "text", "r--": "rodata", "rw-": "data", "rwx": "text"}
+    regions: list[Region] = []
+    used: dict[str, int] = {}
+    for seg in sorted(image.segments, key=lambda s: ("x" not in s.perms, s.vaddr)):
+        name = names.get(seg.perms, "segment")
+        used[name] = used.get(name, 0) + 1
+        if used[name] > 1:
+            name = f"{name}_{used[name]}"
+        kind: RegionKind = "code" if "x" in seg.perms else "data"
+        regions.append(Region(name, kind, seg.vaddr, seg.memsz, seg.perms))
+    return regions
+
+
+def _initial_stack(image: ElfImage, argv: list[str], env: list[str]) -> tuple[int, bytes]:
+    """(rsp, the bytes from rsp up to STACK_TOP) as Linux lays them out."""
+    strings = bytearray()
+    top = STACK_TOP - 8  # the last 8 bytes stay zero
+
+    def put(data: bytes) -> int:
+        """Place data below what was placed before; returns its address."""
+        nonlocal strings
+        strings = bytearray(data) + strings
+        return top - len(strings)
+
+    execfn = put(program_path(image).encode() + b"\0")
+    env_ptrs = [put(e.encode() + b"\0") for e in reversed(env)][::-1]
+    arg_ptrs = [put(a.encode() + b"\0") for a in reversed(argv)][::-1]
+    platform = put(b"x86_64\0")
+    random = put(fixed_random(16))
+    auxv = [
+        (AT_PHDR, image.phdr),
+        (AT_PHENT, image.phent),
+        (AT_PHNUM, image.phnum),
+        (AT_PAGESZ, PAGE),
+        (AT_BASE, 0),
+        (AT_FLAGS, 0),
+        (AT_ENTRY, image.entry),
+        (AT_UID, 1000),
+        (AT_EUID, 1000),
+        (AT_GID, 1000),
+        (AT_EGID, 1000),
+        (AT_SECURE, 0),
+        (AT_RANDOM, random),
+        (AT_HWCAP, HWCAP),
+        (AT_HWCAP2, 0),
+        (AT_CLKTCK, 100),
+        (AT_PLATFORM, platform),
+        (AT_EXECFN, execfn),
+        (AT_MINSIGSTKSZ, MINSIGSTKSZ),
+        (AT_NULL, 0),
+    ]
+    words = [len(argv), *arg_ptrs, 0, *env_ptrs, 0]
+    for key, value in auxv:
+        words += [key, value]
+    strings_start = top - len(strings)
+    rsp = (strings_start - 8 * len(words)) // 16 * 16
+    vector = b"".join(w.to_bytes(8, "little") for w in words)
+    gap = strings_start - (rsp + len(vector))
+    return rsp, vector + bytes(gap) + bytes(strings) + bytes(8)
+
+
+def program_path(image: ElfImage) -> str:
+    return f"{PROGRAM_DIR}/{image.path.name}"
+
+
+def linux_process(image: ElfImage, args: list[str], env: list[str]) -> Process:
+    """The process of `image` run with arguments `args` (argv[0] is its fixed path)."""
+    argv = [program_path(image), *args]
+    rsp, stack_bytes = _initial_stack(image, argv, env)
+    stack_base = STACK_TOP - STACK_SIZE
+    brk_start = page_ceil(image.end)
+    state = ProcessState(
+        path=program_path(image),
+        areas=[
+            *(
+                Area(
+                    s.vaddr // PAGE * PAGE,
+                    page_ceil(s.vaddr + s.memsz),
+                    s.perms + "p",
+                    program_path(image),
+                    "code" if "x" in s.perms else "data",
+                )
+                for s in image.segments
+            ),
+            Area(stack_base, STACK_TOP, "rw-p", "[stack]", "stack"),
+        ],
+        brk_start=brk_start,
+        mmap_top=MMAP_TOP,
+    )
+    mappings = [
+        *_segment_mappings(image),
+        Mapping(stack_base, STACK_SIZE, "rw-", stack_bytes, rsp),
+    ]
+    stack = Region("main", "stack", stack_base, STACK_SIZE, "rw-")
+    spec = MachineSpec(
+        mappings=mappings,
+        regions=[*_segment_regions(image), stack],
+        entry=image.entry,
+        registers={"rsp": rsp, "rflags": INITIAL_RFLAGS},
+        sentinel=None,
+        kernel=lambda: LinuxKernel(copy.deepcopy(state)),
+    )
+    return Process(spec, state)

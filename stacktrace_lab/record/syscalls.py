@@ -1,0 +1,584 @@
+"""System calls: deterministic answers, every call logged.
+
+Two kernels share one calling convention (`handle(uc, step)` from the
+`syscall` instruction hook; number in rax, arguments in rdi, rsi, rdx, r10,
+r8, r9; the result back in rax):
+
+- `BareKernel`, the scenario machine's: write, exit, exit_group.
+- `LinuxKernel`, a Linux process's: about thirty calls that glibc and Rust's
+  std make at start-up and for output (docs/machine.md lists each with its
+  fixed answer). Nothing depends on the host: the clock, the random bytes, the
+  process ids and the files are fixed.
+
+Any other number returns -ENOSYS and the run goes on. What the kernel writes
+into the program's memory (a `struct stat`, a `poll` result) goes through
+`write_memory`, which the machine logs as writes of the `syscall` step, so the
+trace's stack snapshots stay true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import unicorn.x86_const as x86
+from unicorn import UC_PROT_EXEC, UC_PROT_NONE, UC_PROT_READ, UC_PROT_WRITE
+from unicorn.unicorn_py3.unicorn import Uc, UcError
+
+from ..arch import PAGE
+from ..trace.format import SyscallRecord
+
+MASK64 = (1 << 64) - 1
+ENOENT, EBADF, EAGAIN, ENOMEM, EFAULT, EINVAL, ENOTTY, ENODEV, ENOSYS = (
+    2,
+    9,
+    11,
+    12,
+    14,
+    22,
+    25,
+    19,
+    38,
+)
+_ARG_REGS = (
+    x86.UC_X86_REG_RDI,
+    x86.UC_X86_REG_RSI,
+    x86.UC_X86_REG_RDX,
+    x86.UC_X86_REG_R10,
+    x86.UC_X86_REG_R8,
+    x86.UC_X86_REG_R9,
+)
+
+#: Names for the log, also of calls that get -ENOSYS.
+NAMES = {
+    0: "read", 1: "write", 2: "open", 3: "close", 4: "stat", 5: "fstat", 7: "poll",
+    8: "lseek", 9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 13: "rt_sigaction",
+    14: "rt_sigprocmask", 16: "ioctl", 20: "writev", 24: "sched_yield", 25: "mremap",
+    28: "madvise", 39: "getpid", 56: "clone", 57: "fork", 60: "exit", 62: "kill",
+    63: "uname", 72: "fcntl", 89: "readlink", 102: "getuid", 104: "getgid",
+    107: "geteuid", 108: "getegid", 110: "getppid", 131: "sigaltstack", 158: "arch_prctl",
+    186: "gettid", 200: "tkill", 202: "futex", 204: "sched_getaffinity",
+    218: "set_tid_address", 228: "clock_gettime", 231: "exit_group", 234: "tgkill",
+    257: "openat", 262: "newfstatat", 273: "set_robust_list", 302: "prlimit64",
+    318: "getrandom", 332: "statx", 334: "rseq", 435: "clone3",
+}  # fmt: skip
+
+PID = 1000
+UID = 1000
+#: clock_gettime's answer for every clock: 2023-11-14 22:13:20 UTC, 0 ns.
+FIXED_TIME = 1_700_000_000
+STACK_RLIMIT = 8 << 20
+RLIM_INFINITY = MASK64
+#: The bytes getrandom gives (and AT_RANDOM holds): SHAKE-128 of this seed.
+RANDOM_SEED = b"stacktrace-lab fixed random bytes"
+
+_SIGNALS = {6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
+
+
+def fixed_random(size: int) -> bytes:
+    return hashlib.shake_128(RANDOM_SEED).digest(size)
+
+
+@dataclass
+class KernelStop:
+    reason: str
+    detail: str
+
+
+Handler = Callable[[Uc, int, int, int, int, int, int], int | None]
+
+
+class BareKernel:
+    """write to fd 1 and 2, exit, exit_group; every other call -ENOSYS."""
+
+    def __init__(self) -> None:
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        #: Bytes of stdout and of stderr kept (set by the machine, limits.py);
+        #: the rest is counted in `dropped`, by fd.
+        self.max_output = 1 << 20
+        self.dropped = {1: 0, 2: 0}
+        self.log: list[SyscallRecord] = []
+        self.stop: KernelStop | None = None
+        #: Set by the machine: writes program memory and logs the write.
+        self.write_memory: Callable[[int, bytes], None] = self._plain_write
+        self._uc: Uc | None = None
+        #: Names the log gives calls: the bare machine knows only its own three.
+        self.names = {nr: NAMES[nr] for nr in (1, 60, 231)}
+        self.handlers: dict[int, Handler] = {
+            1: self.sys_write,
+            60: self.sys_exit,
+            231: self.sys_exit,
+        }
+
+    def _plain_write(self, addr: int, data: bytes) -> None:
+        assert self._uc is not None
+        self._uc.mem_write(addr, data)
+
+    def handle(self, uc: Uc, step: int) -> None:
+        self._uc = uc
+        nr = uc.reg_read(x86.UC_X86_REG_RAX)
+        args = tuple(uc.reg_read(reg) for reg in _ARG_REGS)
+        handler = self.handlers.get(nr)
+        self._nr = nr
+        try:
+            result = handler(uc, *args) if handler is not None else -ENOSYS
+        except UcError:
+            result = -EFAULT
+        name = self.names.get(nr, "unknown")
+        if result is not None:
+            uc.reg_write(x86.UC_X86_REG_RAX, result & MASK64)
+        # Calls made before recording began (`--from`) are not in the trace's log.
+        if step >= 0:
+            self.log.append(SyscallRecord(step, nr, name, args, result))
+
+    # --- helpers for handlers ---------------------------------------------------
+
+    @staticmethod
+    def mapped(uc: Uc, addr: int, size: int) -> bool:
+        """Whether `addr ..< addr + size` is mapped (checked before reading: a
+        count of 2**63 would allocate the buffer before unicorn refuses it)."""
+        if size == 0:
+            return True
+        regions = sorted((b, e) for b, e, _ in uc.mem_regions())
+        cursor = addr
+        for begin, end in regions:
+            if begin <= cursor <= end:
+                cursor = end + 1
+                if cursor >= addr + size:
+                    return True
+        return False
+
+    def output(self, uc: Uc, fd: int, data: bytes) -> None:
+        kept = self.stdout if fd == 1 else self.stderr
+        room = self.room(fd)
+        kept.extend(data[:room])
+        self.dropped[fd] += max(len(data) - room, 0)
+
+    def room(self, fd: int) -> int:
+        """Output bytes fd 1 or 2 may still keep: a program writing in a loop
+        must not grow the tool's memory."""
+        return max(self.max_output - len(self.stdout if fd == 1 else self.stderr), 0)
+
+    # --- the calls ------------------------------------------------------------------
+
+    def sys_write(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
+        if fd not in (1, 2):
+            return -EBADF
+        if count and not self.mapped(uc, buf, count):
+            return -EFAULT
+        kept = min(count, self.room(fd))  # read only what is kept
+        self.output(uc, fd, bytes(uc.mem_read(buf, kept)) if kept else b"")
+        self.dropped[fd] += count - kept
+        return count
+
+    def sys_exit(self, uc: Uc, status: int, *_: int) -> None:
+        name = "exit" if self._nr == 60 else "exit_group"
+        self.stop = KernelStop("exit", f"{name}({status & 0xFF})")
+        uc.emu_stop()
+
+
+@dataclass
+class Area:
+    """One mapping of the process, as /proc/self/maps shows it."""
+
+    start: int
+    end: int
+    perms: str  # "r-xp"
+    name: str  # "[stack]", "[heap]", the program's path, or ""
+    kind: str  # code, data, stack, heap, mapped
+
+    def line(self) -> str:
+        return f"{self.start:08x}-{self.end:08x} {self.perms} 00000000 00:00 0 {self.name}".rstrip()
+
+
+@dataclass
+class ProcessState:
+    """What the Linux kernel keeps about the process between calls."""
+
+    path: str
+    areas: list[Area]
+    brk_start: int
+    mmap_top: int
+    brk: int = 0
+    mmap_cursor: int = 0
+    #: Every anonymous mmap: (address, length), in call order.
+    mmaps: list[tuple[int, int]] = field(default_factory=list)
+    sigaltstack: tuple[int, int] | None = None  # (sp, size)
+    #: Each break the heap grew from: where a memory allocator's blocks may start.
+    brk_starts: list[int] = field(default_factory=list)
+    files: dict[int, bytes] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.brk = self.brk or self.brk_start
+        self.mmap_cursor = self.mmap_cursor or self.mmap_top
+
+    def maps(self) -> bytes:
+        return "".join(a.line() + "\n" for a in sorted(self.areas, key=lambda a: a.start)).encode()
+
+
+def _uc_perms(prot: int) -> int:
+    perms = UC_PROT_NONE
+    if prot & 1:
+        perms |= UC_PROT_READ
+    if prot & 2:
+        perms |= UC_PROT_WRITE
+    if prot & 4:
+        perms |= UC_PROT_EXEC
+    return perms
+
+
+def _perm_text(prot: int) -> str:
+    return (
+        ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + "p"
+    )
+
+
+def _page_ceil(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+class LinuxKernel(BareKernel):
+    """The system calls of one single-threaded Linux process (docs/machine.md)."""
+
+    def __init__(self, process: ProcessState) -> None:
+        super().__init__()
+        self.process = process
+        self.names = NAMES
+        self.handlers.update(
+            {
+                0: self.sys_read,
+                3: self.sys_close,
+                5: self.sys_fstat,
+                7: self.sys_poll,
+                9: self.sys_mmap,
+                10: self.sys_mprotect,
+                11: self.sys_munmap,
+                12: self.sys_brk,
+                13: self.sys_rt_sigaction,
+                14: self.sys_rt_sigprocmask,
+                16: self.sys_ioctl,
+                20: self.sys_writev,
+                24: _returns(0),
+                28: _returns(0),
+                39: _returns(PID),
+                62: self.sys_kill,
+                63: self.sys_uname,
+                72: self.sys_fcntl,
+                89: self.sys_readlink,
+                102: _returns(UID),
+                104: _returns(UID),
+                107: _returns(UID),
+                108: _returns(UID),
+                110: _returns(PID - 1),
+                131: self.sys_sigaltstack,
+                158: self.sys_arch_prctl,
+                186: _returns(PID),
+                200: self.sys_tkill,
+                202: self.sys_futex,
+                204: self.sys_sched_getaffinity,
+                218: _returns(PID),
+                228: self.sys_clock_gettime,
+                234: self.sys_tgkill,
+                257: self.sys_openat,
+                262: self.sys_newfstatat,
+                273: _returns(0),
+                302: self.sys_prlimit64,
+                318: self.sys_getrandom,
+            }
+        )
+
+    # --- files ------------------------------------------------------------------
+
+    def sys_read(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
+        if fd == 0:
+            return 0  # standard input is empty
+        content = self.process.files.get(fd)
+        if content is None:
+            return -EBADF
+        offset = self.process.offsets[fd]
+        chunk = content[offset : offset + count]
+        if chunk and not self.mapped(uc, buf, len(chunk)):
+            return -EFAULT
+        if chunk:
+            self.write_memory(buf, chunk)
+        self.process.offsets[fd] = offset + len(chunk)
+        return len(chunk)
+
+    def sys_writev(self, uc: Uc, fd: int, iov: int, count: int, *_: int) -> int:
+        if fd not in (1, 2):
+            return -EBADF
+        if count > 1024 or not self.mapped(uc, iov, 16 * count):
+            return -EINVAL if count > 1024 else -EFAULT
+        total = 0
+        raw = bytes(uc.mem_read(iov, 16 * count)) if count else b""
+        for i in range(count):
+            base = int.from_bytes(raw[16 * i : 16 * i + 8], "little")
+            length = int.from_bytes(raw[16 * i + 8 : 16 * i + 16], "little")
+            if length and not self.mapped(uc, base, length):
+                return -EFAULT
+            self.output(uc, fd, bytes(uc.mem_read(base, length)))
+            total += length
+        return total
+
+    def sys_openat(self, uc: Uc, _dirfd: int, path_addr: int, *_: int) -> int:
+        path = self._string(uc, path_addr)
+        if path is None:
+            return -EFAULT
+        if path not in ("/proc/self/maps",):
+            return -ENOENT
+        fd = 3
+        while fd in self.process.files:
+            fd += 1
+        self.process.files[fd] = self.process.maps()
+        self.process.offsets[fd] = 0
+        return fd
+
+    def sys_close(self, uc: Uc, fd: int, *_: int) -> int:
+        if fd in self.process.files:
+            del self.process.files[fd]
+            del self.process.offsets[fd]
+            return 0
+        return 0 if fd in (0, 1, 2) else -EBADF
+
+    def _stat(self, fd: int, statbuf: int) -> int:
+        if fd in (0, 1, 2):
+            mode, size = 0o010600, 0  # a pipe, as when the output is captured
+        elif fd in self.process.files:
+            mode, size = 0o100444, 0  # /proc files say size 0
+        else:
+            return -EBADF
+        stat = bytearray(144)
+        stat[24:28] = mode.to_bytes(4, "little")  # st_mode
+        stat[16:24] = (1).to_bytes(8, "little")  # st_nlink
+        stat[28:32] = UID.to_bytes(4, "little")
+        stat[32:36] = UID.to_bytes(4, "little")
+        stat[48:56] = size.to_bytes(8, "little")
+        stat[56:64] = PAGE.to_bytes(8, "little")  # st_blksize
+        self.write_memory(statbuf, bytes(stat))
+        return 0
+
+    def sys_fstat(self, uc: Uc, fd: int, statbuf: int, *_: int) -> int:
+        return self._stat(fd, statbuf)
+
+    def sys_newfstatat(self, uc: Uc, fd: int, path_addr: int, statbuf: int, *_: int) -> int:
+        path = self._string(uc, path_addr)
+        if path is None:
+            return -EFAULT
+        if path:
+            return -ENOENT  # only fstat of an open file (AT_EMPTY_PATH) is known
+        return self._stat(fd, statbuf)
+
+    def sys_ioctl(self, uc: Uc, fd: int, *_: int) -> int:
+        # No terminal: standard output is a pipe, as when a test captures it.
+        return -ENOTTY if fd in (0, 1, 2) or fd in self.process.files else -EBADF
+
+    def sys_fcntl(self, uc: Uc, fd: int, cmd: int, *_: int) -> int:
+        if fd not in (0, 1, 2) and fd not in self.process.files:
+            return -EBADF
+        return 2 if cmd == 3 and fd in (0, 1, 2) else 0  # F_GETFL: O_RDWR
+
+    def sys_poll(self, uc: Uc, fds: int, count: int, *_: int) -> int:
+        if count > 1024 or not self.mapped(uc, fds, 8 * count):
+            return -EINVAL if count > 1024 else -EFAULT
+        raw = bytearray(uc.mem_read(fds, 8 * count)) if count else bytearray()
+        for i in range(count):
+            raw[8 * i + 6 : 8 * i + 8] = b"\0\0"  # revents: nothing happened
+        if count:
+            self.write_memory(fds, bytes(raw))
+        return 0
+
+    def sys_readlink(self, uc: Uc, path_addr: int, buf: int, size: int, *_: int) -> int:
+        path = self._string(uc, path_addr)
+        if path != "/proc/self/exe":
+            return -ENOENT if path is not None else -EFAULT
+        target = self.process.path.encode()[:size]
+        if target and not self.mapped(uc, buf, len(target)):
+            return -EFAULT
+        self.write_memory(buf, target)
+        return len(target)
+
+    def sys_uname(self, uc: Uc, buf: int, *_: int) -> int:
+        fields = [b"Linux", b"stacktrace-lab", b"6.1.0", b"#1", b"x86_64", b""]
+        data = b"".join(f.ljust(65, b"\0") for f in fields)
+        if not self.mapped(uc, buf, len(data)):
+            return -EFAULT
+        self.write_memory(buf, data)
+        return 0
+
+    # --- memory ----------------------------------------------------------------------
+
+    def sys_brk(self, uc: Uc, addr: int, *_: int) -> int:
+        p = self.process
+        if addr <= p.brk_start or addr > p.mmap_cursor - (1 << 30):
+            return p.brk
+        mapped_end = _page_ceil(p.brk)
+        if addr > p.brk:
+            p.brk_starts.append(p.brk)
+        if addr > mapped_end:
+            uc.mem_map(mapped_end, _page_ceil(addr) - mapped_end, UC_PROT_READ | UC_PROT_WRITE)
+        p.brk = max(p.brk, addr) if addr > p.brk else addr
+        heap = next((a for a in p.areas if a.kind == "heap"), None)
+        if heap is None:
+            p.areas.append(Area(p.brk_start, _page_ceil(p.brk), "rw-p", "[heap]", "heap"))
+        else:
+            heap.end = max(heap.end, _page_ceil(p.brk))
+        return p.brk
+
+    def sys_mmap(
+        self, uc: Uc, addr: int, length: int, prot: int, flags: int, fd: int, _off: int
+    ) -> int:
+        map_fixed, map_anonymous = 0x10, 0x20
+        if not flags & map_anonymous:
+            return -ENODEV  # no files to map
+        if length == 0 or length > 1 << 40:
+            return -EINVAL
+        size = _page_ceil(length)
+        p = self.process
+        if flags & map_fixed:
+            if addr % PAGE:
+                return -EINVAL
+            self._unmap(uc, addr, size)
+            start = addr
+        else:
+            p.mmap_cursor -= size
+            start = p.mmap_cursor
+        uc.mem_map(start, size, _uc_perms(prot))
+        p.mmaps.append((start, length))
+        p.areas.append(Area(start, start + size, _perm_text(prot), "", "mapped"))
+        return start
+
+    def _unmap(self, uc: Uc, addr: int, size: int) -> None:
+        end = addr + size
+        for begin, last, _ in list(uc.mem_regions()):
+            lo, hi = max(begin, addr), min(last + 1, end)
+            if lo < hi:
+                uc.mem_unmap(lo, hi - lo)
+
+    def sys_munmap(self, uc: Uc, addr: int, length: int, *_: int) -> int:
+        if addr % PAGE or length == 0:
+            return -EINVAL
+        self._unmap(uc, addr, _page_ceil(length))
+        return 0
+
+    def sys_mprotect(self, uc: Uc, addr: int, length: int, prot: int, *_: int) -> int:
+        if addr % PAGE:
+            return -EINVAL
+        size = _page_ceil(length)
+        if size == 0:
+            return 0
+        if not self.mapped(uc, addr, size):
+            return -ENOMEM
+        uc.mem_protect(addr, size, _uc_perms(prot))
+        return 0
+
+    # --- signals, threads, process ----------------------------------------------------
+
+    def sys_rt_sigaction(self, uc: Uc, signum: int, _act: int, oldact: int, *_: int) -> int:
+        if not 1 <= signum <= 64 or signum in (9, 19):
+            return -EINVAL
+        if oldact:
+            self.write_memory(oldact, bytes(32))  # no handler was installed
+        return 0
+
+    def sys_rt_sigprocmask(self, uc: Uc, _how: int, _set: int, oldset: int, *_: int) -> int:
+        if oldset:
+            self.write_memory(oldset, bytes(8))
+        return 0
+
+    def sys_sigaltstack(self, uc: Uc, new: int, old: int, *_: int) -> int:
+        p = self.process
+        if old:
+            sp, size = p.sigaltstack or (0, 0)
+            flags = 0 if p.sigaltstack else 2  # SS_DISABLE
+            self.write_memory(
+                old,
+                sp.to_bytes(8, "little") + flags.to_bytes(8, "little") + size.to_bytes(8, "little"),
+            )
+        if new:
+            raw = bytes(uc.mem_read(new, 24))
+            sp = int.from_bytes(raw[0:8], "little")
+            flags = int.from_bytes(raw[8:12], "little")
+            size = int.from_bytes(raw[16:24], "little")
+            p.sigaltstack = None if flags & 2 else (sp, size)
+        return 0
+
+    def sys_arch_prctl(self, uc: Uc, code: int, addr: int, *_: int) -> int:
+        if code == 0x1002:  # ARCH_SET_FS
+            uc.reg_write(x86.UC_X86_REG_FS_BASE, addr)
+            return 0
+        if code == 0x1003:  # ARCH_GET_FS
+            self.write_memory(addr, uc.reg_read(x86.UC_X86_REG_FS_BASE).to_bytes(8, "little"))
+            return 0
+        return -EINVAL
+
+    def sys_futex(self, uc: Uc, _uaddr: int, op: int, *_: int) -> int:
+        # One thread: nobody waits to be woken, and a wait would wait forever.
+        return 0 if op & 0x7F == 1 else -EAGAIN
+
+    def sys_sched_getaffinity(self, uc: Uc, _pid: int, size: int, mask: int, *_: int) -> int:
+        if size < 8:
+            return -EINVAL
+        self.write_memory(mask, (1).to_bytes(8, "little"))  # one CPU
+        return 8
+
+    def sys_clock_gettime(self, uc: Uc, _clock: int, tp: int, *_: int) -> int:
+        self.write_memory(tp, FIXED_TIME.to_bytes(8, "little") + bytes(8))
+        return 0
+
+    def sys_prlimit64(self, uc: Uc, _pid: int, resource: int, _new: int, old: int, *_: int) -> int:
+        limits = {3: (STACK_RLIMIT, RLIM_INFINITY), 7: (1024, 4096)}
+        if old:
+            cur, top = limits.get(resource, (RLIM_INFINITY, RLIM_INFINITY))
+            self.write_memory(old, cur.to_bytes(8, "little") + top.to_bytes(8, "little"))
+        return 0
+
+    def sys_getrandom(self, uc: Uc, buf: int, count: int, *_: int) -> int:
+        count = min(count, 1 << 20)
+        if count and not self.mapped(uc, buf, count):
+            return -EFAULT
+        self.write_memory(buf, fixed_random(count))
+        return count
+
+    def _killed(self, uc: Uc, signal: int) -> int | None:
+        """A signal to itself: no handlers run, the process dies (abort, a panic)."""
+        if not signal:
+            return 0
+        name = _SIGNALS.get(signal, f"signal {signal}")
+        self.stop = KernelStop("exit", f"killed by {name}")
+        uc.emu_stop()
+        return None
+
+    def sys_kill(self, uc: Uc, _pid: int, signal: int, *_: int) -> int | None:
+        return self._killed(uc, signal)
+
+    def sys_tkill(self, uc: Uc, _tid: int, signal: int, *_: int) -> int | None:
+        return self._killed(uc, signal)
+
+    def sys_tgkill(self, uc: Uc, _pid: int, _tid: int, signal: int, *_: int) -> int | None:
+        return self._killed(uc, signal)
+
+    @staticmethod
+    def _string(uc: Uc, addr: int, limit: int = 4096) -> str | None:
+        out = bytearray()
+        try:
+            while len(out) < limit:
+                chunk = bytes(uc.mem_read(addr + len(out), 64 - (addr + len(out)) % 64))
+                end = chunk.find(b"\0")
+                if end >= 0:
+                    out += chunk[:end]
+                    return out.decode("utf-8", "replace")
+                out += chunk
+        except UcError:
+            return None
+        return None
+
+
+def _returns(value: int) -> Handler:
+    def handler(uc: Uc, *_: Any) -> int:
+        return value
+
+    return handler

@@ -1,0 +1,276 @@
+"""`silicon_check()`: run a target natively and emulated, and compare every step.
+
+target -> (a scenario: write its machine as a static ELF) -> single-step it
+natively, logging the outside world -> emulate it with that log replayed ->
+normalise -> compare -> the first divergence, explained.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import tempfile
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInput
+from ..record.elf import PIE_BASE, line_table, load_elf
+from ..record.elf_scenario import is_elf_scenario
+from ..record.machine import MachineSpec, Mapping
+from ..record.process import STACK_TOP, linux_process
+from ..record.recorder import build_program, machine_spec
+from ..scenario import load_scenario
+from ..symbols import LabelTable
+from .compare import Comparison, compare
+from .emulated import EmulatedRun, emulate
+from .native import NativeError, NativeRun, run_native
+from .normalise import RIP
+from .ptrace import unavailable_reason
+from .scenario_elf import write_machine_elf
+
+ELF_MAGIC = b"\x7fELF"
+DEFAULT_ELF_MAX_STEPS = 1_000_000
+
+
+@dataclass
+class Target:
+    """What to run natively and how to emulate it; built from a scenario or an ELF."""
+
+    name: str
+    executable: Path
+    entry: int  # where rows begin (the scenario's entry label, the ELF's entry)
+    sentinel: int | None  # the return address that means `returned`
+    max_steps: int
+    symbols: dict[str, int]
+    #: address -> "file:line" of the source line that starts there
+    lines: dict[int, str]
+    #: (native run, max steps) -> the emulated run, replaying the native one when given
+    emulate: Callable[[NativeRun | None, int], EmulatedRun]
+    #: An ELF's linked entry: the native side moves --from/--to with a static-pie.
+    linked_entry: int | None = None
+    #: Reads the source lines when first asked (DWARF: seconds for Rust's std),
+    #: given how far the program was moved; an empty "file:line" is "no line".
+    load_lines: Callable[[int], dict[int, str]] | None = None
+    bias: int = 0
+    #: The program's arguments after argv[0] (an ELF scenario's `args`).
+    args: tuple[str, ...] = ()
+    #: An ELF scenario's own `from` and `to`, used when the command line gives none.
+    default_from: str | None = None
+    default_to: str | None = None
+    _labels: LabelTable = field(init=False, repr=False)
+    _line_addrs: list[int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._labels = LabelTable(self.symbols)
+        self._line_addrs = sorted(self.lines)
+
+    def relocated(self, bias: int) -> Target:
+        if not bias:
+            return self
+        return dataclasses.replace(
+            self,
+            bias=self.bias + bias,
+            entry=self.entry + bias,
+            symbols={name: addr + bias for name, addr in self.symbols.items()},
+            lines={addr + bias: line for addr, line in self.lines.items()},
+        )
+
+    def name_address(self, addr: int) -> str:
+        found = self._labels.nearest(addr)
+        if found is None:
+            return f"{addr:#x}"
+        label, offset = found
+        return f"{label}+{offset}" if offset else label
+
+    def source_line(self, addr: int) -> str | None:
+        if self.load_lines is not None:
+            self.lines, self.load_lines = self.load_lines(self.bias), None
+            self._line_addrs = sorted(self.lines)
+        i = bisect.bisect_right(self._line_addrs, addr) - 1
+        return (self.lines[self._line_addrs[i]] or None) if i >= 0 else None
+
+    def address_of(self, symbol: str) -> int:
+        if symbol not in self.symbols:
+            raise BadInput(f"{self.name}: no symbol named '{symbol}'")
+        return self.symbols[symbol]
+
+
+def scenario_target(name_or_path: str, workdir: Path) -> Target:
+    scenario = load_scenario(name_or_path)
+    program, regions = build_program(scenario)
+    spec = machine_spec(program, regions, scenario.entry)
+    source = Path(scenario.path).name
+    return Target(
+        name=scenario.name,
+        executable=write_machine_elf(workdir / f"{scenario.name}.elf", spec),
+        entry=spec.entry,
+        sentinel=spec.sentinel,
+        max_steps=scenario.max_steps,
+        symbols=program.symbols,
+        lines={addr: f"{source}:{line}" for addr, line in program.lines.items()},
+        emulate=lambda native, max_steps: emulate(spec, native, max_steps),
+    )
+
+
+def elf_target(path: Path, args: tuple[str, ...] = ()) -> Target:
+    """A static ELF: natively as it is; emulated as the recorder's Linux process,
+    started from the native run's own initial stack and load address."""
+    image = load_elf(path)
+
+    def emulate_elf(native: NativeRun | None, max_steps: int) -> EmulatedRun:
+        if native is None:  # the recorder's process exactly, nothing replayed
+            return emulate(linux_process(image, [], []).spec, None, max_steps)
+        return emulate(native_process(path, native), native, max_steps)
+
+    return Target(
+        name=path.name,
+        executable=path,
+        entry=image.entry,
+        sentinel=None,
+        max_steps=DEFAULT_ELF_MAX_STEPS,
+        symbols={**image.raw_symbols, **image.symbols},
+        lines={},
+        emulate=emulate_elf,
+        linked_entry=image.entry,
+        load_lines=lambda bias: {
+            row.addr: f"{row.file}:{row.line}" if row.line else ""
+            for row in line_table(path, image.load_base + bias)
+        },
+        args=args,
+    )
+
+
+def elf_scenario_target(path: Path) -> Target:
+    """A scenario file whose `[program]` is `elf = "prog"` (with `args`, `from`, `to`)."""
+    program = tomllib.loads(path.read_text(encoding="utf-8"))["program"]
+    args = program.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise BadInput(f"{path}: field 'program.args': must be a list of strings")
+    target = elf_target(path.parent / str(program["elf"]), tuple(args))
+    return dataclasses.replace(
+        target, default_from=program.get("from"), default_to=program.get("to")
+    )
+
+
+def native_process(path: Path, native: NativeRun) -> MachineSpec:
+    """The recorder's process of `path`, moved to where the kernel put the native one:
+    the static-pie's load address, the initial stack (argv, envp, auxv as the
+    kernel wrote them), the initial registers, the heap's start."""
+    image = load_elf(path, pie_base=PIE_BASE + native.load_bias)
+    process = linux_process(image, [], [])
+    spec = process.spec
+    rsp = native.initial_registers["rsp"]
+    stack = next(m for m in spec.mappings if m.data and m.start <= STACK_TOP - 1 < m.start + m.size)
+    mappings = [
+        Mapping(m.start, m.size, m.perms, native.initial_stack, rsp) if m is stack else m
+        for m in spec.mappings
+    ]
+    # The kernel's heap starts where it says on the first brk, not always
+    # after the segments (a static-pie's is at 0x555555555000 on Linux 6).
+    first_brk = next((s.result for s in native.syscalls if s.name == "brk"), None)
+    state = process.state
+    if first_brk is not None and first_brk != state.brk_start:
+        state = dataclasses.replace(state, brk_start=first_brk, brk=first_brk)
+    registers = {
+        name: native.initial_registers[name] for name in native.initial_registers if name != "rip"
+    }
+    registers.pop("fs_base", None)
+    make_kernel = spec.kernel
+    kernel_class = type(make_kernel())
+    return dataclasses.replace(
+        spec,
+        mappings=mappings,
+        registers=registers,
+        kernel=lambda: kernel_class(dataclasses.replace(state)),  # type: ignore[call-arg]
+    )
+
+
+def resolve_target(target: str, workdir: Path) -> Target:
+    path = Path(target)
+    if path.is_file() and path.read_bytes()[:4] == ELF_MAGIC:
+        return elf_target(path)
+    if path.suffix == ".toml" and is_elf_scenario(path):
+        return elf_scenario_target(path)
+    return scenario_target(target, workdir)
+
+
+@dataclass
+class SiliconResult:
+    target: Target
+    native: NativeRun
+    emulated: EmulatedRun
+    comparison: Comparison
+
+
+def _window(rows: np.ndarray, start: int, end: int | None) -> tuple[int, int]:
+    """Row range [first, last) from the first row at `start` to the first later one at `end`."""
+    at_start = np.flatnonzero(rows[:, RIP] == start)
+    first = int(at_start[0]) if len(at_start) else len(rows)
+    last = len(rows)
+    if end is not None:
+        at_end = np.flatnonzero(rows[first + 1 :, RIP] == end)
+        if len(at_end):
+            last = first + 1 + int(at_end[0])
+    return first, last
+
+
+def silicon_check(
+    target_name: str,
+    *,
+    from_symbol: str | None = None,
+    to_symbol: str | None = None,
+    replay: bool = True,
+    max_steps: int | None = None,
+) -> SiliconResult:
+    """Check `target_name` (a scenario name or .toml, or a static ELF) against this CPU."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise BadInput(f"cannot run natively: {reason}")
+    with tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-") as workdir:
+        target = resolve_target(target_name, Path(workdir))
+        from_symbol = from_symbol or target.default_from
+        to_symbol = to_symbol or target.default_to
+        start = target.address_of(from_symbol) if from_symbol else target.entry
+        end = target.address_of(to_symbol) if to_symbol else None
+        steps = max_steps or target.max_steps
+        try:
+            native = run_native(
+                target.executable,
+                [str(Path(target.executable).resolve()), *target.args],
+                start=start,
+                end=end,
+                sentinel=target.sentinel,
+                max_steps=steps,
+                linked_entry=target.linked_entry,
+            )
+        except NativeError as exc:
+            raise BadInput(str(exc)) from exc
+    if from_symbol and native.steps == 0:
+        raise BadInput(
+            f"{target.name}: the program never reached --from {from_symbol}: "
+            f"{native.stop.reason}: {native.stop.detail}"
+        )
+    target = target.relocated(native.load_bias)
+    start += native.load_bias
+    end = None if end is None else end + native.load_bias
+    # As far as the native run went, and one step more to see whether the
+    # emulation would have gone on where the CPU stopped.
+    emulated = target.emulate(native if replay else None, native.skipped + native.steps + 1)
+    first, last = _window(emulated.registers, start, end)
+    if (first, last) != (0, emulated.steps):
+        reached_end = last < emulated.steps
+        emulated.registers = emulated.registers[first:last]
+        if end is not None and reached_end:
+            emulated.stop_reason, emulated.stop_detail = "to", f"reached {end:#x}"
+    comparison = compare(
+        native,
+        emulated,
+        name_address=target.name_address,
+        source_line=target.source_line,
+        replayed=replay,
+    )
+    return SiliconResult(target, native, emulated, comparison)

@@ -1,0 +1,223 @@
+"""Compare native and emulated rows, whole columns at once; explain the first difference.
+
+After `normalise()`, one `!=` over the two (rows, registers) arrays finds
+every differing cell; the first differing row is the first divergence. Its
+most likely cause comes from a small table, decided by the instruction that
+produced the row (the one before it) and by which registers differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..arch import REGISTERS
+from .emulated import EmulatedRun
+from .instructions import Instruction, InstructionTable
+from .native import NativeRun
+from .normalise import RIP, normalise
+
+#: The known causes of a first divergence: id -> what it most likely means.
+CAUSES = {
+    "initial-state": "the runs start from different registers (the start stub or the loader)",
+    "cpuid": "cpuid answered differently: the emulator's CPU model is not this CPU "
+    "(vendor, features, APIC id); its values were not replayed from the native run",
+    "xgetbv": "xgetbv answered differently: XCR0 is 3 (x87, SSE) in the emulator, "
+    "this CPU also enables AVX state; not replayed from the native run",
+    "timestamp-or-random": "rdtsc, rdtscp, rdrand or rdseed: fixed values in the emulator, "
+    "the CPU's own natively",
+    "syscall-result": "the system call's result or the memory it filled differs: "
+    "the outside world was not replayed",
+    "syscall-registers": "syscall's own rcx (next instruction) and r11 (rflags): "
+    "the emulator's syscall hook does not set them",
+    "rep-step": "a rep string instruction counted differently (unicorn's extra step with rcx == 0)",
+    "unwritten-register": "a register the instruction does not write changed: the emulated "
+    "state was altered outside the instruction (a hook, or an edited trace)",
+    "flags": "the emulator computes rflags differently from the CPU for this instruction "
+    "(an emulator bug, or an undefined flag capstone does not list)",
+    "unsupported-instruction": "the emulator cannot run this instruction (AVX, AVX2, "
+    "AVX-512: an x86-64-v3 build); build for x86-64-v2 or below",
+    "stop": "the runs stop differently",
+    "instruction": "the emulator computes this instruction differently from the CPU "
+    "(an emulator bug, or memory that differs between the runs)",
+}
+
+
+@dataclass(frozen=True)
+class Divergence:
+    step: int
+    rip: int
+    symbol: str
+    source: str | None
+    #: the instruction at this row, and the one before it whose result differs
+    instruction: str
+    previous_instruction: str | None
+    registers: dict[str, tuple[int, int]]  # name -> (native, emulated)
+    cause: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "step": self.step,
+            "rip": self.rip,
+            "symbol": self.symbol,
+            "source": self.source,
+            "instruction": self.instruction,
+            "previous_instruction": self.previous_instruction,
+            "registers": {k: {"native": n, "emulated": e} for k, (n, e) in self.registers.items()},
+            "cause": self.cause,
+            "cause_text": CAUSES[self.cause],
+        }
+
+
+@dataclass
+class Comparison:
+    native_steps: int
+    emulated_steps: int
+    compared_steps: int
+    native_stop: str
+    emulated_stop: str
+    stdout_same: bool
+    normalisations: dict[str, int]
+    divergence: Divergence | None
+    replay_mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def same(self) -> bool:
+        return self.divergence is None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "same": self.same,
+            "native_steps": self.native_steps,
+            "emulated_steps": self.emulated_steps,
+            "compared_steps": self.compared_steps,
+            "native_stop": self.native_stop,
+            "emulated_stop": self.emulated_stop,
+            "stdout_same": self.stdout_same,
+            "normalisations": self.normalisations,
+            "divergence": self.divergence.to_json() if self.divergence else None,
+            "replay_mismatches": self.replay_mismatches,
+        }
+
+
+def compare(
+    native: NativeRun,
+    emulated: EmulatedRun,
+    *,
+    name_address: Callable[[int], str],
+    source_line: Callable[[int], str | None],
+    replayed: bool = True,
+) -> Comparison:
+    table = InstructionTable(native.code)
+    normalised = normalise(native.registers, emulated.registers, table, native.r11_saved_at_start)
+    n, e = normalised.native, normalised.emulated
+    rows = len(n)
+    emulated_rows = len(emulated.registers) - normalised.rows_touched["rep-extra-step"]
+    differs = (n != e).any(axis=1)
+    first: int | None = int(np.argmax(differs)) if differs.any() else None
+    native_stop = native.stop.reason
+    # The native run was cut short (--to, --max-steps): the emulation may go on.
+    cut_short = native_stop in ("to", "max_steps")
+    went_on = cut_short and emulated_rows > native.steps
+    if first is None and native.steps != emulated_rows and not went_on:
+        first = rows  # one run went on where the other stopped
+    stop_same = native_stop == emulated.stop_reason or cut_short
+    if first is None and not stop_same:
+        first = max(rows - 1, 0)
+    divergence = None
+    if first is not None:
+        divergence = _explain(first, native, emulated, n, e, table, replayed)
+        divergence = Divergence(
+            step=divergence.step,
+            rip=divergence.rip,
+            symbol=name_address(divergence.rip),
+            source=source_line(divergence.rip),
+            instruction=divergence.instruction,
+            previous_instruction=divergence.previous_instruction,
+            registers=divergence.registers,
+            cause=divergence.cause,
+        )
+    return Comparison(
+        native_steps=native.steps,
+        emulated_steps=emulated_rows,
+        compared_steps=min(rows, native.steps) if first is None else first,
+        native_stop=f"{native.stop.reason}: {native.stop.detail}",
+        emulated_stop=f"{emulated.stop_reason}: {emulated.stop_detail}",
+        stdout_same=native.stdout == emulated.stdout or cut_short,
+        normalisations=normalised.rows_touched,
+        divergence=divergence,
+        replay_mismatches=emulated.replay_mismatches,
+    )
+
+
+def _explain(
+    row: int,
+    native: NativeRun,
+    emulated: EmulatedRun,
+    n: np.ndarray,
+    e: np.ndarray,
+    table: InstructionTable,
+    replayed: bool,
+) -> Divergence:
+    in_both = row < len(n)
+    rip = int(n[row, RIP] if in_both else (native.registers[row, RIP] if row < native.steps else 0))
+    registers: dict[str, tuple[int, int]] = {}
+    if in_both:
+        for i in np.flatnonzero(n[row] != e[row]):
+            registers[REGISTERS[i]] = (int(n[row, i]), int(e[row, i]))
+    previous = table.at(int(n[row - 1, RIP])) if 0 < row <= len(n) else None
+    writes = table.writes(int(n[row - 1, RIP])) if previous is not None else frozenset()
+    cause = _cause(row, registers, previous, writes, emulated, in_both, replayed)
+    here = table.at(rip)
+    return Divergence(
+        step=row,
+        rip=rip,
+        symbol="",
+        source=None,
+        instruction=here.text,
+        previous_instruction=previous.text if previous else None,
+        registers=registers,
+        cause=cause,
+    )
+
+
+def _cause(
+    row: int,
+    registers: dict[str, tuple[int, int]],
+    previous: Instruction | None,
+    previous_writes: frozenset[str],
+    emulated: EmulatedRun,
+    in_both: bool,
+    replayed: bool,
+) -> str:
+    if not in_both:
+        if emulated.stop_reason == "fault" and "invalid instruction" in emulated.stop_detail:
+            return "unsupported-instruction"
+        if previous is not None and previous.rep_string:
+            return "rep-step"
+        return "stop"
+    if row == 0:
+        return "initial-state"
+    if not registers:
+        return "stop"
+    assert previous is not None
+    changed = set(registers)
+    if previous.outside == "syscall":
+        if changed <= {"rcx", "r11", "rip"} and "rax" not in changed:
+            return "syscall-registers"
+        return "syscall-result" if not replayed or "rax" in changed else "instruction"
+    if previous.outside == "cpuid":
+        return "cpuid"
+    if previous.outside == "xgetbv":
+        return "xgetbv"
+    if previous.outside in ("rdtsc", "rdtscp", "rdrand", "rdseed"):
+        return "timestamp-or-random"
+    if previous.rep_string and "rip" in changed:
+        return "rep-step"
+    if not changed <= previous_writes:
+        return "unwritten-register"
+    if changed == {"rflags"}:
+        return "flags"
+    return "instruction"

@@ -1,0 +1,163 @@
+"""The emulated side: the recorder's machine, given the native run's outside world.
+
+The machine is built from parts (record/machine.py): a kernel for system
+calls and a CPU model for cpuid, xgetbv and friends. For the comparison
+both are wrapped so that they answer what the native run was answered, in
+the order it asked:
+
+- `SyscallReplay`: runs the recorder's own kernel (so memory gets mapped,
+  output captured, exit stops the run), then gives the program the native
+  result and the bytes the native kernel wrote. An mmap goes where the native
+  one went (MAP_FIXED).
+- `ReplayingCpu`: cpuid and xgetbv give the native values; the rest is the
+  recorder's fixed CPU model.
+
+So the comparison tests the CPU model, not the machine it ran on. Without a
+native log (`replay=False`) the machine is exactly the recorder's.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import unicorn.x86_const as x86
+from unicorn.unicorn_py3.unicorn import Uc
+
+from ..arch import REGISTERS
+from ..record.cpu import CpuModel
+from ..record.machine import Chunk, Machine, MachineSpec
+from ..record.syscalls import BareKernel
+from .native import CpuidRecord, NativeRun, XgetbvRecord
+from .native import SyscallRecord as NativeSyscall
+
+_MASK64 = (1 << 64) - 1
+_SYS_MMAP, _MAP_FIXED = 9, 0x10
+
+
+@dataclass
+class EmulatedRun:
+    registers: np.ndarray  # (steps, len(REGISTERS)) uint64
+    stop_reason: str
+    stop_step: int
+    stop_detail: str
+    stdout: bytes
+    stderr: bytes
+    #: Where the emulation asked the outside world something the native run did not.
+    replay_mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return int(self.registers.shape[0])
+
+
+class SyscallReplay:
+    """Wraps one kernel's `handle`: the recorder's kernel runs, the native results win."""
+
+    def __init__(
+        self, inner: BareKernel, syscalls: list[NativeSyscall], mismatches: list[str]
+    ) -> None:
+        self.inner = inner
+        self.inner_handle = inner.handle
+        self.native = deque(syscalls)
+        self.mismatches = mismatches
+
+    def handle(self, uc: Uc, step: int) -> None:
+        nr = int(uc.reg_read(x86.UC_X86_REG_RAX))
+        record = self.native.popleft() if self.native else None
+        matches = record is not None and record.nr == nr
+        succeeded = record is not None and record.result < 1 << 63
+        moved: list[tuple[int, int]] = []
+        if matches and nr == _SYS_MMAP and succeeded:
+            # Map it where the native kernel did; the registers come back after.
+            assert record is not None
+            for reg, value in ((x86.UC_X86_REG_RDI, record.result), (x86.UC_X86_REG_R10, None)):
+                old = int(uc.reg_read(reg))
+                moved.append((reg, old))
+                uc.reg_write(reg, value if value is not None else old | _MAP_FIXED)
+        self.inner_handle(uc, step)
+        for reg, old in moved:
+            uc.reg_write(reg, old)
+        if self.inner.stop is not None:
+            return
+        if record is None or not matches:
+            native = f"{record.nr} ({record.name})" if record else "none"
+            self.mismatches.append(
+                f"step {step}: the emulation made system call {nr} where the native run made "
+                f"{native}; the recorder's answer was kept"
+            )
+            return
+        uc.reg_write(x86.UC_X86_REG_RAX, record.result & _MASK64)
+        for addr, data in record.buffers:
+            if self.inner.mapped(uc, addr, len(data)):
+                self.inner.write_memory(addr, data)
+            else:
+                self.mismatches.append(f"step {step}: {record.name} filled {addr:#x}, unmapped")
+
+
+class ReplayingCpu(CpuModel):
+    """The recorder's CPU model, with the native run's cpuid and xgetbv answers."""
+
+    def __init__(
+        self, cpuid: list[CpuidRecord], xgetbv: list[XgetbvRecord], mismatches: list[str]
+    ) -> None:
+        super().__init__()
+        self.native_cpuid = deque(cpuid)
+        self.native_xgetbv = deque(xgetbv)
+        self.mismatches = mismatches
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:  # type: ignore[override]
+        record = self.native_cpuid.popleft() if self.native_cpuid else None
+        if record is None or (record.leaf, record.subleaf) != (leaf, subleaf):
+            self.mismatches.append(f"cpuid {leaf:#x}.{subleaf} is not the native run's next one")
+            return CpuModel.cpuid(leaf, subleaf)
+        return record.eax, record.ebx, record.ecx, record.edx
+
+    def answer(self, uc: Uc, insn: Any) -> None:
+        if insn.mnemonic != "xgetbv" or not self.native_xgetbv:
+            super().answer(uc, insn)
+            return
+        record = self.native_xgetbv.popleft()
+        uc.reg_write(x86.UC_X86_REG_RAX, record.eax)
+        uc.reg_write(x86.UC_X86_REG_RDX, record.edx)
+
+
+def replaying(spec: MachineSpec, native: NativeRun, mismatches: list[str]) -> MachineSpec:
+    """`spec` with a kernel and a CPU that answer as the native run was answered."""
+    make_kernel = spec.kernel
+
+    def replaying_kernel() -> BareKernel:
+        kernel = make_kernel()
+        # The machine calls `kernel.handle`; everything else it reads stays the kernel's own.
+        kernel.handle = SyscallReplay(kernel, native.syscalls, mismatches).handle  # type: ignore[method-assign]
+        return kernel
+
+    return replace(
+        spec,
+        kernel=replaying_kernel,
+        cpu=lambda: ReplayingCpu(native.cpuid, native.xgetbv, mismatches),
+    )
+
+
+def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> EmulatedRun:
+    """Run the machine to its stop; rows as a (steps, registers) array."""
+    mismatches: list[str] = []
+    machine = Machine(replaying(spec, native, mismatches) if native is not None else spec)
+    chunks: list[bytes] = []
+
+    def on_chunk(chunk: Chunk) -> None:
+        chunks.append(chunk.registers)
+
+    result = machine.run(max_steps, 1 << 16, on_chunk)
+    rows = np.frombuffer(b"".join(chunks), dtype=np.uint64).reshape(-1, len(REGISTERS))
+    return EmulatedRun(
+        registers=rows,
+        stop_reason=result.stop.reason,
+        stop_step=result.stop.step,
+        stop_detail=result.stop.detail,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        replay_mismatches=mismatches,
+    )

@@ -1,0 +1,162 @@
+"""What the comparison needs to know about each instruction, decided once per address by capstone.
+
+Per distinct address: the disassembly, the rflags bits it leaves
+architecturally undefined and the ones it defines (capstone's detail mode,
+`eflags`), the registers it writes, and whether it talks to the outside
+world (syscall, cpuid, xgetbv, rdtsc...) or is a `rep` string instruction.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import capstone
+import capstone.x86 as cx
+import numpy as np
+
+from ..arch import REGISTERS
+
+#: capstone's per-flag bits -> the flag's bit in rflags.
+_FLAG_BITS = {"CF": 0, "PF": 2, "AF": 4, "ZF": 6, "SF": 7, "OF": 11}
+_UNDEFINED = {getattr(cx, f"X86_EFLAGS_UNDEFINED_{f}"): 1 << b for f, b in _FLAG_BITS.items()}
+_DEFINED = {
+    getattr(cx, f"X86_EFLAGS_{how}_{f}"): 1 << b
+    for f, b in _FLAG_BITS.items()
+    for how in ("MODIFY", "SET", "RESET")
+}
+
+
+def _bits(*flags: str) -> int:
+    return sum(1 << _FLAG_BITS[f] for f in flags)
+
+
+#: Where capstone 5's table says less than the Intel SDM, checked against this
+#: project's CPUs: a shift by 1 (`shr %rax`, D1 /5) leaves AF undefined, which
+#: capstone omits; IMUL and MUL leave SF undefined too ("SF, ZF, AF and PF are
+#: undefined"), where capstone lists SF as defined.
+_SDM_UNDEFINED = {
+    **dict.fromkeys(
+        (cx.X86_INS_SHL, cx.X86_INS_SAL, cx.X86_INS_SHR, cx.X86_INS_SAR, cx.X86_INS_SHLD,
+         cx.X86_INS_SHRD),
+        _bits("AF"),
+    ),
+    cx.X86_INS_IMUL: _bits("SF", "ZF", "AF", "PF"),
+    cx.X86_INS_MUL: _bits("SF", "ZF", "AF", "PF"),
+}  # fmt: skip
+_OUTSIDE = {
+    cx.X86_INS_SYSCALL: "syscall",
+    cx.X86_INS_CPUID: "cpuid",
+    cx.X86_INS_XGETBV: "xgetbv",
+    cx.X86_INS_RDTSC: "rdtsc",
+    cx.X86_INS_RDTSCP: "rdtscp",
+    cx.X86_INS_RDRAND: "rdrand",
+    cx.X86_INS_RDSEED: "rdseed",
+}
+_REP_PREFIXES = (cx.X86_PREFIX_REP, cx.X86_PREFIX_REPE, cx.X86_PREFIX_REPNE)
+_STRING_GROUPS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")
+#: capstone register names (64-bit and sub-registers) -> the trace's column.
+_FULL = {
+    **{r: r for r in REGISTERS},
+    **{f"e{r[1:]}": r for r in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")},
+    **{f"{r[1]}x": r for r in ("rax", "rbx", "rcx", "rdx")},
+    **{f"{r[1]}l": r for r in ("rax", "rbx", "rcx", "rdx")},
+    **{f"{r[1]}h": r for r in ("rax", "rbx", "rcx", "rdx")},
+    **{f"{r[1:]}": r for r in ("rsi", "rdi", "rbp", "rsp")},
+    **{f"{r[1:]}l": r for r in ("rsi", "rdi", "rbp", "rsp")},
+    **{f"r{i}{s}": f"r{i}" for i in range(8, 16) for s in ("d", "w", "b")},
+    "eflags": "rflags",
+    "rflags": "rflags",
+}
+
+
+@dataclass(frozen=True)
+class Instruction:
+    text: str
+    undefined_flags: int  # rflags bits left undefined
+    defined_flags: int  # rflags bits given a defined value
+    outside: str | None  # syscall, cpuid, xgetbv, rdtsc, ... or None
+    rep_string: bool
+
+
+@dataclass(frozen=True)
+class RowFacts:
+    """For every row: what its instruction does to flags, and whether it is a `syscall`."""
+
+    undefined_flags: np.ndarray  # uint64 rflags bits
+    defined_flags: np.ndarray  # uint64 rflags bits
+    is_syscall: np.ndarray  # bool
+
+
+UNKNOWN = Instruction("(unknown)", 0, 0, None, False)
+
+
+@functools.cache
+def _flag_bits(eflags: int) -> tuple[int, int]:
+    """capstone's eflags word -> (rflags bits left undefined, rflags bits defined)."""
+    undefined = sum(bit for flag, bit in _UNDEFINED.items() if eflags & flag)
+    defined = sum({bit for flag, bit in _DEFINED.items() if eflags & flag})
+    return undefined, defined
+
+
+class InstructionTable:
+    """Decoded instructions by address, from the bytes the native run saw."""
+
+    def __init__(self, code: dict[int, bytes]) -> None:
+        self.code = code
+        self.md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.md.syntax = capstone.CS_OPT_SYNTAX_ATT
+        self.md.detail = True
+        self.cache: dict[int, Instruction] = {}
+
+    def at(self, addr: int) -> Instruction:
+        found = self.cache.get(addr)
+        if found is None:
+            found = self.cache[addr] = self._decode(addr)
+        return found
+
+    def _decode(self, addr: int) -> Instruction:
+        insn = next(self.md.disasm(self.code.get(addr, b""), addr, 1), None)
+        if insn is None:
+            return UNKNOWN
+        undefined, defined = _flag_bits(insn.eflags)
+        undefined |= _SDM_UNDEFINED.get(insn.id, 0)
+        mnemonic = insn.mnemonic
+        rep = mnemonic.startswith("rep") and any(p in _REP_PREFIXES for p in insn.prefix)
+        return Instruction(
+            text=f"{mnemonic} {insn.op_str}".strip(),
+            undefined_flags=undefined,
+            defined_flags=defined & ~undefined,
+            outside=_OUTSIDE.get(insn.id),
+            rep_string=rep and mnemonic.split()[-1].startswith(_STRING_GROUPS),
+        )
+
+    def writes(self, addr: int) -> frozenset[str]:
+        """The trace columns the instruction at `addr` writes (rip always); decoded when asked:
+        only the explanation of a divergence needs it."""
+        insn = next(self.md.disasm(self.code.get(addr, b""), addr, 1), None)
+        if insn is None:
+            return frozenset()
+        try:
+            _, written = insn.regs_access()
+            writes = {_FULL.get(insn.reg_name(r), "") for r in written} - {""}
+        except capstone.CsError:
+            writes = set()
+        at = self.at(addr)
+        if at.defined_flags or at.undefined_flags:
+            writes.add("rflags")
+        return frozenset(writes | {"rip"})
+
+    def row_facts(self, rips: np.ndarray) -> RowFacts:
+        """The per-row facts the normalisations need, with one decode per distinct address."""
+        inverse, instructions = self.per_row(rips)
+        return RowFacts(
+            undefined_flags=np.array([i.undefined_flags for i in instructions], np.uint64)[inverse],
+            defined_flags=np.array([i.defined_flags for i in instructions], np.uint64)[inverse],
+            is_syscall=np.array([i.outside == "syscall" for i in instructions], bool)[inverse],
+        )
+
+    def per_row(self, rips: np.ndarray) -> tuple[np.ndarray, list[Instruction]]:
+        """(index into the returned list for every row, the distinct instructions)."""
+        unique, inverse = np.unique(rips, return_inverse=True)
+        return inverse, [self.at(int(a)) for a in unique]

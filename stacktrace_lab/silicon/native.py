@@ -1,0 +1,535 @@
+"""The native side: run a static x86-64 ELF on the real CPU, one instruction at a time.
+
+fork -> personality(ADDR_NO_RANDOMIZE) -> PTRACE_TRACEME -> execve with a fixed
+environment -> at the exec stop: fix the AT_RANDOM bytes, hide the vDSO ->
+PTRACE_SINGLESTEP until the program stops, reading the registers (and
+fs_base) before every instruction.
+
+What the program learns from outside the CPU is logged so that the emulated
+side can be given the same answers: every system call (number, arguments,
+result, the buffers it filled), every `cpuid` and every `xgetbv`. Each is
+found by decoding the instruction at rip before stepping it (capstone, once
+per address); its result is read from the registers after the single step
+over it (a single-stepped `syscall` traps once, after the kernel returns).
+
+Rows count instructions as the CPU retires them under single-step: each
+iteration of a `rep` string instruction is one step (the CPU traps after
+each), and the instruction that `rip` points to when a fetch faults is not a
+step (it never ran).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import capstone
+import numpy as np
+
+from ..arch import REGISTERS
+from ..record.syscalls import NAMES, fixed_random
+from .ptrace import (
+    PTRACE_GETREGS,
+    PTRACE_GETSIGINFO,
+    PTRACE_O_EXITKILL,
+    PTRACE_SETOPTIONS,
+    PTRACE_SINGLESTEP,
+    USER_REGS,
+    PtraceError,
+    SigInfo,
+    UserRegs,
+    _raw_ptrace,
+    ptrace,
+    trace_me_without_aslr,
+)
+
+#: glibc picks its string functions by cpuid: without this, natively it takes
+#: AVX2/EVEX versions, and the replayed cpuid would send the emulation (which
+#: cannot run AVX) down the same path. rseq off: the kernel would write the
+#: rseq area behind the program's back, which no replay can reproduce.
+GLIBC_TUNABLES = (
+    "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX_VNNI,-AVX512F,-AVX512BW,-AVX512CD,-AVX512DQ,-AVX512VL,"
+    "-AVX_Fast_Unaligned_Load,-FMA,-FMA4,-BMI1,-BMI2,-LZCNT,-MOVBE,-ERMS,-FSRM,-RTM,-XSAVEC:"
+    "glibc.pthread.rseq=0"
+)
+#: The environment of every native run: nothing from the caller's.
+FIXED_ENV = {"LANG": "C", "LC_ALL": "C", "GLIBC_TUNABLES": GLIBC_TUNABLES}
+#: What AT_RANDOM points to (glibc's stack guard and pointer guard come from
+#: it): the ELF recorder's fixed bytes, the same on every run.
+FIXED_AT_RANDOM = fixed_random(16)
+AT_NULL, AT_IGNORE, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 25, 33
+
+#: REGISTERS (the trace's column order) as indexes into user_regs_struct.
+_ROW_INDEX = np.array([USER_REGS.index("eflags" if r == "rflags" else r) for r in REGISTERS])
+_FS_BASE = USER_REGS.index("fs_base")
+_RIP = USER_REGS.index("rip")
+_ORIG_RAX_AT = 8 * USER_REGS.index("orig_rax")
+#: waitpid's status for "stopped by SIGTRAP" (a single step done): (SIGTRAP << 8) | 0x7f.
+_STOPPED_BY_SIGTRAP = (signal.SIGTRAP << 8) | 0x7F
+_RAX = USER_REGS.index("rax")
+_ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
+
+#: System calls that fill memory: number -> (argument holding the buffer, its
+#: size: an int, "result" for the byte count returned, or ("arg", i)).
+OUTPUT_BUFFERS: dict[int, tuple[int, int | str | tuple[str, int]]] = {
+    0: (1, "result"),  # read
+    4: (1, 144),  # stat
+    5: (1, 144),  # fstat
+    6: (1, 144),  # lstat
+    7: (0, ("arg", 1)),  # poll: the pollfd array (8 bytes each, scaled below)
+    13: (2, 32),  # rt_sigaction: old action
+    14: (2, ("arg", 3)),  # rt_sigprocmask: old mask
+    16: (2, 64),  # ioctl (TCGETS is 60 bytes, TIOCGWINSZ 8)
+    17: (1, "result"),  # pread64
+    63: (0, 390),  # uname
+    89: (1, "result"),  # readlink
+    96: (0, 16),  # gettimeofday
+    97: (1, 16),  # getrlimit
+    131: (1, 24),  # sigaltstack: old stack
+    204: (2, "result"),  # sched_getaffinity
+    228: (1, 16),  # clock_gettime
+    262: (2, 144),  # newfstatat
+    267: (2, "result"),  # readlinkat
+    302: (3, 16),  # prlimit64: old limit
+    318: (0, "result"),  # getrandom
+    332: (4, 256),  # statx
+}
+
+
+@dataclass(frozen=True)
+class SyscallRecord:
+    step: int  # the row of the `syscall` instruction (negative: before the window)
+    nr: int
+    args: tuple[int, ...]
+    result: int  # as the kernel returned it, two's complement in 64 bits
+    buffers: tuple[tuple[int, bytes], ...] = ()  # (address, bytes) the call filled
+    r11_after: int = 0  # the rflags `syscall` saved in r11 (with the tracer's TF)
+
+    @property
+    def name(self) -> str:
+        return NAMES.get(self.nr, f"syscall_{self.nr}")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "step": self.step,
+            "nr": self.nr,
+            "name": self.name,
+            "args": list(self.args),
+            "result": self.result,
+            "buffers": [[addr, data.hex()] for addr, data in self.buffers],
+        }
+
+
+@dataclass(frozen=True)
+class CpuidRecord:
+    step: int
+    leaf: int
+    subleaf: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+
+
+@dataclass(frozen=True)
+class XgetbvRecord:
+    step: int
+    ecx: int
+    eax: int
+    edx: int
+
+
+@dataclass(frozen=True)
+class NativeStop:
+    reason: str  # returned | halted | exit | spin | max_steps | fault | to | not_started
+    step: int  # the last row
+    detail: str
+
+
+@dataclass
+class NativeRun:
+    """What the CPU did, one row per retired instruction inside the window."""
+
+    registers: np.ndarray  # (steps, len(REGISTERS)) uint64, the trace's column order
+    fs_base: np.ndarray  # (steps,) uint64
+    stop: NativeStop
+    stdout: bytes
+    stderr: bytes
+    #: Instructions run before the first row (a start stub, or start-up before --from).
+    skipped: int
+    syscalls: list[SyscallRecord] = field(default_factory=list)
+    cpuid: list[CpuidRecord] = field(default_factory=list)
+    xgetbv: list[XgetbvRecord] = field(default_factory=list)
+    #: The bytes at every address an instruction ran from (up to 16 of them).
+    code: dict[int, bytes] = field(default_factory=dict)
+    #: At the exec stop: the registers (trace names, and fs_base) and the
+    #: stack from rsp to its top (argc, argv, envp, auxv, strings), as the
+    #: kernel built them, AT_RANDOM and the vDSO entry already fixed.
+    initial_registers: dict[str, int] = field(default_factory=dict)
+    initial_stack: bytes = b""
+    #: How far from its linked addresses the kernel loaded the program (a static-pie).
+    load_bias: int = 0
+
+    @property
+    def steps(self) -> int:
+        return int(self.registers.shape[0])
+
+    @property
+    def r11_saved_at_start(self) -> bool:
+        """Whether r11 in the first row is still the rflags a syscall before the window saved."""
+        before = [s for s in self.syscalls if s.step < 0]
+        r11 = REGISTERS.index("r11")
+        return bool(before and self.steps and self.registers[0, r11] == before[-1].r11_after)
+
+
+class NativeError(Exception):
+    """The binary could not be started under ptrace."""
+
+
+_KIND_SYSCALL, _KIND_CPUID, _KIND_XGETBV, _KIND_HLT, _KIND_OTHER = range(5)
+_KINDS = {
+    capstone.x86.X86_INS_SYSCALL: _KIND_SYSCALL,
+    capstone.x86.X86_INS_CPUID: _KIND_CPUID,
+    capstone.x86.X86_INS_XGETBV: _KIND_XGETBV,
+    capstone.x86.X86_INS_HLT: _KIND_HLT,
+}
+
+
+def run_native(
+    path: str | Path,
+    argv: Sequence[str] | None = None,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    sentinel: int | None = None,
+    max_steps: int = 1_000_000,
+    linked_entry: int | None = None,
+) -> NativeRun:
+    """Single-step `path` natively.
+
+    Rows are recorded from the first time rip reaches `start` (default: the
+    first instruction after exec) until `end` is reached (stop `to`), rip
+    reaches `sentinel` (stop `returned`), an instruction jumps to itself with
+    no change (`spin`), the program exits or faults, or `max_steps` rows.
+
+    `linked_entry`: the entry address `start` and `end` were computed for; a
+    static-pie runs wherever the kernel put it, and they move with it
+    (`NativeRun.load_bias`).
+    """
+    program = str(Path(path).resolve())
+    args = list(argv) if argv is not None else [program]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: as little as possible between fork and exec
+            try:
+                # A process group of its own: a program that signals its group
+                # (kill(0, ...)) reaches itself only, not the tool and its shell.
+                os.setpgid(0, 0)
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                trace_me_without_aslr()
+                os.execve(program, args, FIXED_ENV)
+            finally:
+                os._exit(127)
+        try:
+            _, status = os.waitpid(pid, 0)
+            if not os.WIFSTOPPED(status):
+                code = os.waitstatus_to_exitcode(status)
+                raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
+            # EXITKILL: if the tool dies, the kernel kills the program too.
+            ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL)
+            stepper = _Stepper(pid, start, end, sentinel, max_steps)
+            try:
+                stepper.fix_auxv()
+                if linked_entry is not None:
+                    stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
+                stepper.run()
+            finally:
+                os.close(stepper.mem)
+        finally:
+            _kill(pid)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    raw = np.frombuffer(bytes(stepper.rows), dtype=np.uint64).reshape(-1, len(USER_REGS))
+    return NativeRun(
+        registers=np.ascontiguousarray(raw[:, _ROW_INDEX]),
+        fs_base=raw[:, _FS_BASE].copy(),
+        stop=stepper.stop,
+        stdout=stdout,
+        stderr=stderr,
+        skipped=stepper.skipped,
+        syscalls=stepper.syscalls,
+        cpuid=stepper.cpuid,
+        xgetbv=stepper.xgetbv,
+        code=stepper.code,
+        initial_registers=stepper.initial_registers,
+        initial_stack=stepper.initial_stack,
+        load_bias=stepper.load_bias,
+    )
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+class _Stepper:
+    """The single-step loop and what it logs (one instance per run)."""
+
+    def __init__(
+        self, pid: int, start: int | None, end: int | None, sentinel: int | None, max_steps: int
+    ) -> None:
+        self.pid = pid
+        self.start = start
+        self.end = end
+        self.sentinel = sentinel
+        self.max_steps = max_steps
+        self.mem = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+        self.rows = bytearray()
+        self.skipped = 0
+        self.syscalls: list[SyscallRecord] = []
+        self.cpuid: list[CpuidRecord] = []
+        self.xgetbv: list[XgetbvRecord] = []
+        self.stop = NativeStop("max_steps", -1, "")
+        self.kinds: dict[int, int] = {}
+        self.code: dict[int, bytes] = {}
+        self.initial_registers: dict[str, int] = {}
+        self.initial_stack = b""
+        self.load_bias = 0
+        self.disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.disassembler.detail = False
+
+    def read(self, addr: int, size: int) -> bytes:
+        try:
+            return os.pread(self.mem, size, addr)
+        except OSError:
+            return b""
+
+    def fix_auxv(self) -> None:
+        """At the exec stop: fixed AT_RANDOM bytes, and no vDSO (AT_SYSINFO_EHDR hidden).
+
+        With the vDSO's address hidden, glibc makes real system calls for
+        clock_gettime and friends, which the log sees and the emulation replays.
+        """
+        regs = UserRegs()
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+        sp = int(regs[USER_REGS.index("rsp")])
+        self.patch_auxv(sp)
+        self.initial_registers = {
+            name: int(regs[USER_REGS.index("eflags" if name == "rflags" else name)])
+            for name in (*REGISTERS, "fs_base")
+        }
+        self.initial_stack = self.read(sp, self.stack_end(sp) - sp)
+
+    def relocate(self, bias: int) -> None:
+        self.load_bias = bias
+        self.start = None if self.start is None else self.start + bias
+        self.end = None if self.end is None else self.end + bias
+
+    def stack_end(self, sp: int) -> int:
+        """The end of the mapping that holds `sp` (the kernel's [stack])."""
+        for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
+            begin, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if begin <= sp < end:
+                return end
+        return sp
+
+    def patch_auxv(self, sp: int) -> None:
+        argc = int.from_bytes(self.read(sp, 8), "little")
+        cursor = sp + 8 * (argc + 2)  # past argc, argv[], NULL
+        while int.from_bytes(self.read(cursor, 8), "little"):
+            cursor += 8  # envp[]
+        cursor += 8
+        while True:
+            entry = self.read(cursor, 16)
+            if len(entry) < 16:
+                return
+            key = int.from_bytes(entry[:8], "little")
+            value = int.from_bytes(entry[8:], "little")
+            if key == AT_NULL:
+                return
+            if key == AT_RANDOM:
+                os.pwrite(self.mem, FIXED_AT_RANDOM, value)
+            elif key == AT_SYSINFO_EHDR:
+                os.pwrite(self.mem, AT_IGNORE.to_bytes(8, "little"), cursor)
+            cursor += 16
+
+    def kind(self, rip: int) -> int:
+        kind = self.kinds.get(rip)
+        if kind is None:
+            code = self.read(rip, 16) or self.read(rip, 1)
+            self.code[rip] = code
+            insn = next(self.disassembler.disasm(code, rip, 1), None)
+            kind = _KINDS.get(insn.id, _KIND_OTHER) if insn is not None else _KIND_OTHER
+            self.kinds[rip] = kind
+        return kind
+
+    def run(self) -> None:
+        # The per-step path: two ptrace calls, one wait, one row copy. libc's
+        # ptrace without prototypes, given prepared ctypes arguments: the
+        # argument conversion would cost about a tenth of the step.
+        raw_ptrace = _raw_ptrace()
+        getregs, singlestep = ctypes.c_long(PTRACE_GETREGS), ctypes.c_long(PTRACE_SINGLESTEP)
+        pid = ctypes.c_int(self.pid)
+        waitpid = os.waitpid
+        regs = UserRegs()
+        regs_ref = ctypes.byref(regs)
+        rows = self.rows
+        kinds = self.kinds
+        recording = self.start is None
+        steps = 0  # rows recorded
+        skipped = 0
+        previous = b""
+        previous_rip = -1
+        while True:
+            raw_ptrace(getregs, pid, None, regs_ref)
+            rip = regs[_RIP]
+            if not recording and rip == self.start:
+                recording = True
+                self.skipped = skipped
+            row = bytes(regs)
+            # A jump to itself: the same registers again. orig_rax is the
+            # kernel's, not the CPU's: it still holds the last system call's
+            # number in the stop right after it.
+            spins = (
+                rip == previous_rip
+                and row[:_ORIG_RAX_AT] == previous[:_ORIG_RAX_AT]
+                and row[_ORIG_RAX_AT + 8 :] == previous[_ORIG_RAX_AT + 8 :]
+            )
+            previous, previous_rip = row, rip
+            if recording:
+                if rip == self.sentinel:
+                    self.stop = NativeStop("returned", steps - 1, "the entry function returned")
+                    return
+                if rip == self.end and steps:
+                    self.stop = NativeStop("to", steps - 1, f"reached {rip:#x}")
+                    return
+                if spins:
+                    self.stop = NativeStop(
+                        "spin", steps - 1, f"the instruction at {rip:#x} jumps to itself"
+                    )
+                    return
+                if steps >= self.max_steps:
+                    self.stop = NativeStop(
+                        "max_steps", steps - 1, f"stopped after {self.max_steps} steps"
+                    )
+                    return
+                rows += row
+                step = steps
+                steps += 1
+            else:
+                # Before the window (--from): the same limits, so a program that
+                # never gets there ends too; no rows, so the check can say so.
+                if spins or skipped >= self.max_steps:
+                    why = "spins" if spins else f"ran {skipped} instructions"
+                    self.stop = NativeStop("not_started", -1, f"{why} at {rip:#x}")
+                    return
+                step = skipped - 1_000_000_000_000  # before the window: negative
+                skipped += 1
+            kind = kinds.get(rip)
+            if kind is None:
+                kind = self.kind(rip)
+            before = bytes(regs) if kind != _KIND_OTHER else b""
+            if raw_ptrace(singlestep, pid, None, None) == -1:
+                raise PtraceError(ctypes.get_errno(), "ptrace(PTRACE_SINGLESTEP) failed")
+            _, status = waitpid(self.pid, 0)
+            if kind != _KIND_OTHER and (os.WIFSTOPPED(status) or kind == _KIND_SYSCALL):
+                self.log_outside_world(kind, step, before, status)
+            if status == _STOPPED_BY_SIGTRAP:
+                continue
+            self.finish(status, steps, rip, kind, recording)
+            return
+
+    def log_outside_world(self, kind: int, step: int, before: bytes, status: int) -> None:
+        pre = np.frombuffer(before, dtype=np.uint64)
+        post = UserRegs()
+        exited = not os.WIFSTOPPED(status)
+        if not exited:
+            ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(post))
+        if kind == _KIND_SYSCALL:
+            nr = int(pre[_RAX])
+            args = tuple(int(pre[i]) for i in _ARG_REGS)
+            result = int(post[_RAX]) if not exited else 0
+            self.syscalls.append(
+                SyscallRecord(
+                    step,
+                    nr,
+                    args,
+                    result,
+                    self.filled_buffers(nr, args, result),
+                    int(post[USER_REGS.index("r11")]),
+                )
+            )
+        elif exited:
+            return
+        elif kind == _KIND_CPUID:
+            reg = USER_REGS.index
+            self.cpuid.append(
+                CpuidRecord(
+                    step,
+                    int(pre[_RAX]) & 0xFFFFFFFF,
+                    int(pre[reg("rcx")]) & 0xFFFFFFFF,
+                    *(int(post[reg(r)]) & 0xFFFFFFFF for r in ("rax", "rbx", "rcx", "rdx")),
+                )
+            )
+        elif kind == _KIND_XGETBV:
+            reg = USER_REGS.index
+            self.xgetbv.append(
+                XgetbvRecord(
+                    step,
+                    int(pre[reg("rcx")]) & 0xFFFFFFFF,
+                    int(post[reg("rax")]) & 0xFFFFFFFF,
+                    int(post[reg("rdx")]) & 0xFFFFFFFF,
+                )
+            )
+
+    def filled_buffers(
+        self, nr: int, args: tuple[int, ...], result: int
+    ) -> tuple[tuple[int, bytes], ...]:
+        where = OUTPUT_BUFFERS.get(nr)
+        if where is None or result >= 1 << 63:  # an error (-errno): nothing was filled
+            return ()
+        arg, size_spec = where
+        if size_spec == "result":
+            size = result
+        elif isinstance(size_spec, tuple):
+            size = args[size_spec[1]] * (8 if nr == 7 else 1)
+        else:
+            size = int(size_spec)
+        addr = args[arg]
+        if not addr or not 0 < size <= 1 << 20:
+            return ()
+        data = self.read(addr, size)
+        return ((addr, data),) if data else ()
+
+    def finish(self, status: int, steps: int, rip: int, kind: int, recording: bool) -> None:
+        last = steps - 1
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            code = os.waitstatus_to_exitcode(status)
+            exit_call = self.syscalls[-1].name if self.syscalls else "exit"
+            self.stop = NativeStop("exit", last, f"{exit_call}({code & 0xFF})")
+            return
+        signo = os.WSTOPSIG(status)
+        if kind == _KIND_HLT:  # privileged in user mode: #GP, delivered as SIGSEGV
+            self.stop = NativeStop("halted", last, f"hlt at {rip:#x}")
+            return
+        info = SigInfo()
+        ptrace(PTRACE_GETSIGINFO, self.pid, None, ctypes.byref(info))
+        name = signal.Signals(signo).name
+        if signo in (signal.SIGSEGV, signal.SIGBUS) and info.si_addr == rip and recording:
+            # The fetch itself faulted: that instruction never ran, it is no step.
+            del self.rows[-8 * len(USER_REGS) :]
+            last -= 1
+            detail = f"{name}: fetch from {rip:#x}"
+        else:
+            detail = f"{name} at {rip:#x} (address {info.si_addr:#x})"
+        self.stop = NativeStop("fault", last, detail)

@@ -1,0 +1,158 @@
+"""`stacktrace-lab serve`: the stepper for a trace of any length, its steps read on demand.
+
+An embedded stepper holds at most a few thousand steps. The served one holds
+none: the page (the same stepper) asks this server for the window of steps
+around the one it wants to show, and asks it to search the whole trace for
+the previous or next call, ret, stack change or access. The server reads
+those from the Parquet file (only the row groups a window or a search needs)
+and keeps the shared analysis pass (rsp, instruction kinds, writes and the
+frames of every stack) in memory.
+
+It binds 127.0.0.1 only: the trace is the user's, and nothing here is meant
+to be reachable from another machine. The standard library's HTTP server is
+enough: one user, one page. Requests are answered one at a time (a lock), as
+pyarrow file reads are not shared between threads here.
+
+Routes:
+- `/` the page;
+- `/api/window?step=N` the window of steps around N, as the page embeds one;
+- `/api/find?what=call|ret|stack|access&dir=1|-1&from=N[&addr=A&size=S|&reg=R]`
+  answers `{"step": M}` or `{"step": null}`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..analysis.events import derive_facts
+from ..errors import BadInput
+from ..explore.backtrace import frame_history
+from ..explore.memory import MemoryCheckpoints
+from ..explore.search import StepSearch
+from ..trace.reader import Trace
+from .data import MAX_SWITCH_WINDOWS, FrameContext, Switch, Window, embedded_window
+from .render import standalone_page
+
+HOST = "127.0.0.1"
+#: Steps either side of the asked step in a served window.
+RADIUS = 250
+#: Windows kept ready, most recently used last.
+CACHED_WINDOWS = 16
+ROUTES = {"window": "api/window", "find": "api/find"}
+
+
+class ServedTrace:
+    """What the server answers from: the trace, its analysis pass and the page."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        facts = derive_facts(trace)
+        self.frames = FrameContext(facts, frame_history(facts))
+        self.search = StepSearch(facts)
+        # The switch buttons' targets, from the analysis pass already made.
+        switches = [
+            Switch(p.ret_step, p.region, p.index, p.target, p.planted_step)
+            for p in facts.planted_returns[:MAX_SWITCH_WINDOWS]
+        ]
+        self.page = standalone_page(trace, serve=ROUTES, switches=switches).encode("utf-8")
+        self._windows: OrderedDict[int, bytes] = OrderedDict()
+        # Stack memory at row-group starts, made on the first window past the first group.
+        self._checkpoints: MemoryCheckpoints | None = None
+        self.lock = threading.Lock()
+
+    def window(self, step: int) -> bytes:
+        n = self.trace.num_rows
+        if not 0 <= step < n:
+            raise BadInput(f"no step {step}: the trace has steps 0 to {n - 1}")
+        start = max(0, step - RADIUS)
+        stop = min(n, step + RADIUS)
+        cached = self._windows.get(start)
+        if cached is None:
+            if (
+                self._checkpoints is None
+                and start >= self.trace.parquet.metadata.row_group(0).num_rows
+            ):
+                stacks = self.trace.metadata.stacks
+                self._checkpoints = MemoryCheckpoints(self.trace, [(r.base, r.top) for r in stacks])
+            data = embedded_window(self.trace, Window(start, stop), self.frames, self._checkpoints)
+            cached = json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
+            self._windows[start] = cached
+            while len(self._windows) > CACHED_WINDOWS:
+                self._windows.popitem(last=False)
+        self._windows.move_to_end(start)
+        return cached
+
+    def find(self, query: dict[str, str]) -> bytes:
+        what = query.get("what", "")
+        direction = 1 if int(query.get("dir", "1")) >= 0 else -1
+        start = int(query.get("from", "0"))
+        found: int | None
+        if what == "access" and "reg" in query:
+            found = self.search.register_access(query["reg"], start, direction)
+        elif what == "access":
+            found = self.search.access(
+                int(query["addr"], 0), int(query.get("size", "8")), start, direction
+            )
+        else:
+            found = self.search.kind(what, start, direction)
+        return json.dumps({"step": found}).encode("utf-8")
+
+
+def _handler(served: ServedTrace) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "stacktrace-lab"
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            try:
+                with served.lock:
+                    if url.path in ("/", "/index.html"):
+                        self._send(served.page, "text/html; charset=utf-8")
+                    elif url.path == "/" + ROUTES["window"]:
+                        self._send(served.window(int(query["step"])), "application/json")
+                    elif url.path == "/" + ROUTES["find"]:
+                        self._send(served.find(query), "application/json")
+                    elif url.path == "/favicon.ico":
+                        self._send(b"", "image/x-icon", HTTPStatus.NO_CONTENT)
+                    else:
+                        self._error(HTTPStatus.NOT_FOUND, f"no page {url.path}")
+            except (KeyError, ValueError, BadInput) as exc:
+                self._error(HTTPStatus.BAD_REQUEST, f"bad request: {exc}")
+
+        def _send(self, body: bytes, kind: str, status: HTTPStatus = HTTPStatus.OK) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, status: HTTPStatus, message: str) -> None:
+            body = json.dumps({"error": message}).encode("utf-8")
+            self._send(body, "application/json", status)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet: the command prints where it serves
+
+    return Handler
+
+
+def make_server(trace: Trace, port: int = 0) -> ThreadingHTTPServer:
+    """A server for `trace` on 127.0.0.1 (port 0: any free port); call `serve_forever()`.
+
+    The port is taken before the trace is analysed, so a port in use is said at once.
+    """
+    server = ThreadingHTTPServer((HOST, port), BaseHTTPRequestHandler)
+    try:
+        server.RequestHandlerClass = _handler(ServedTrace(trace))
+    except BaseException:
+        server.server_close()
+        raise
+    return server

@@ -1,0 +1,380 @@
+"""The silicon check: the same program single-stepped on this CPU and in the emulator.
+
+Tests marked `silicon` run natively under ptrace; conftest skips them, saying
+why, where that is not possible. The rest test the comparison on hand-made rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stacktrace_lab.arch import REGISTERS
+from stacktrace_lab.cli import main
+from stacktrace_lab.scenario import builtin_names
+from stacktrace_lab.silicon import ptrace
+from stacktrace_lab.silicon.check import silicon_check
+from stacktrace_lab.silicon.compare import compare
+from stacktrace_lab.silicon.instructions import InstructionTable
+from stacktrace_lab.silicon.normalise import drop_rep_extra_steps, undefined_flag_masks
+
+silicon = pytest.mark.silicon
+RBX = REGISTERS.index("rbx")
+RCX = REGISTERS.index("rcx")
+
+
+def _check(target: str | Path, **kwargs: object):  # type: ignore[no-untyped-def]
+    return silicon_check(str(target), **kwargs).comparison  # type: ignore[arg-type]
+
+
+@silicon
+@pytest.mark.parametrize("name", builtin_names())
+def test_every_builtin_scenario_runs_the_same_on_this_cpu(name: str) -> None:
+    comparison = _check(name)
+    assert comparison.divergence is None, comparison.divergence
+    assert comparison.native_steps == comparison.emulated_steps == comparison.compared_steps
+    assert comparison.native_steps > 10
+    assert comparison.stdout_same
+    assert comparison.native_stop.split(":")[0] == comparison.emulated_stop.split(":")[0]
+
+
+@silicon
+def test_native_stops_are_the_recorders(write_scenario: Callable[..., Path]) -> None:
+    """Each stop reason has its native equivalent, at the same step."""
+    programs = {
+        "returned": "main:\n mov $7, %rax\n ret",
+        "halted": "main:\n mov $1, %rax\n hlt",
+        "exit": "main:\n mov $60, %eax\n mov $3, %edi\n syscall",
+        "spin": "main:\n mov $1, %rax\nmain_loop:\n jmp main_loop",
+        "fault": "main:\n movabs $0x12345000, %rax\n movq $1, (%rax)",
+    }
+    for reason, source in programs.items():
+        comparison = _check(write_scenario(source))
+        assert comparison.same, (reason, comparison.divergence)
+        assert comparison.native_stop.startswith(reason), comparison.native_stop
+        assert comparison.emulated_stop.startswith(reason), comparison.emulated_stop
+
+
+@silicon
+def test_rep_string_steps_are_counted_as_the_cpu_does(write_scenario: Callable[..., Path]) -> None:
+    path = write_scenario(
+        """
+        main:
+            mov $3, %ecx
+            lea -64(%rsp), %rdi
+            rep stosb
+            mov $5, %ecx
+            lea -64(%rsp), %rsi
+            lea -128(%rsp), %rdi
+            rep movsb
+            ret
+        """
+    )
+    comparison = _check(path)
+    assert comparison.same, comparison.divergence
+    # 2 + 3 iterations + 3 + 5 iterations + ret: no extra step per rep.
+    assert comparison.native_steps == comparison.emulated_steps == 14
+    assert comparison.normalisations["rep-extra-step"] == 0
+
+
+@silicon
+def test_undefined_flags_are_masked_until_defined(write_scenario: Callable[..., Path]) -> None:
+    path = write_scenario(
+        """
+        main:
+            mov $0x7f, %rax
+            mov $3, %rcx
+            imul $0x40, %rcx, %rdx
+            shr $1, %rax
+            and %rcx, %rax
+            mul %rcx
+            bsf %rax, %rbx
+            add $1, %rbx
+            ret
+        """
+    )
+    comparison = _check(path)
+    assert comparison.same, comparison.divergence
+
+
+CPUID_PROGRAM = """
+main:
+    mov $0, %eax
+    mov $0, %ecx
+    cpuid
+    mov %ebx, %r12d
+    ret
+"""
+
+
+@silicon
+def test_cpuid_is_replayed_from_the_native_run(write_scenario: Callable[..., Path]) -> None:
+    assert _check(write_scenario(CPUID_PROGRAM)).same
+
+
+@silicon
+def test_a_cpuid_mismatch_without_replay_is_caught_at_the_step_after_it(
+    write_scenario: Callable[..., Path],
+) -> None:
+    path = write_scenario(CPUID_PROGRAM)
+    comparison = _check(path, replay=False)
+    divergence = comparison.divergence
+    assert divergence is not None
+    assert divergence.step == 3  # the row after cpuid (step 2) shows its result
+    assert divergence.previous_instruction == "cpuid"
+    assert divergence.cause == "cpuid"
+    assert divergence.symbol == "main+12"
+    assert divergence.instruction == "movl %ebx, %r12d"
+    file, line = str(divergence.source).split(":")
+    assert file == path.name
+    assert path.read_text().splitlines()[int(line) - 1].strip() == "mov %ebx, %r12d"
+
+
+XGETBV_PROGRAM = """
+main:
+    xor %ecx, %ecx
+    xgetbv
+    mov %eax, %r12d
+    ret
+"""
+
+
+@silicon
+def test_xgetbv_is_replayed_and_caught_without_replay(
+    write_scenario: Callable[..., Path],
+) -> None:
+    path = write_scenario(XGETBV_PROGRAM)
+    assert _check(path).same
+    native_xcr0 = silicon_check(str(path)).native.xgetbv[0].eax
+    if native_xcr0 == 3:
+        pytest.skip("this CPU's XCR0 is 3, as the emulator's: nothing to tell apart")
+    divergence = _check(path, replay=False).divergence
+    assert divergence is not None
+    assert (divergence.step, divergence.cause) == (2, "xgetbv")
+    assert divergence.registers["rax"][0] == native_xcr0
+
+
+@silicon
+def test_one_flipped_register_is_caught_at_its_step_with_its_cause() -> None:
+    """A deliberately wrong emulation: rbx flipped at one row of green-threads."""
+    result = silicon_check("green-threads")
+    emulated = result.emulated
+    rows = emulated.registers.copy()
+    table = InstructionTable(result.native.code)
+    # A row whose previous instruction does not write rbx: the change has no writer.
+    step = next(i for i in range(1000, len(rows)) if "rbx" not in table.writes(int(rows[i - 1, 0])))
+    rows[step, RBX] ^= 1 << 40
+    emulated.registers = rows
+    comparison = compare(
+        result.native,
+        emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    )
+    divergence = comparison.divergence
+    assert divergence is not None
+    assert divergence.step == step
+    assert list(divergence.registers) == ["rbx"]
+    native, wrong = divergence.registers["rbx"]
+    assert native ^ wrong == 1 << 40
+    assert divergence.cause == "unwritten-register"
+    assert comparison.compared_steps == step
+
+
+@silicon
+def test_a_wrong_result_of_an_instruction_is_named_as_that_instruction() -> None:
+    result = silicon_check("first-switch")
+    emulated = result.emulated
+    rows = emulated.registers.copy()
+    rows[6:, REGISTERS.index("rcx")] += 8  # `movabs $hello, %rcx` (step 5) gave another value
+    emulated.registers = rows
+    comparison = compare(
+        result.native,
+        emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    )
+    divergence = comparison.divergence
+    assert divergence is not None
+    assert (divergence.step, divergence.cause) == (6, "instruction")
+    assert str(divergence.previous_instruction).startswith("movabsq $0x4000")
+    assert list(divergence.registers) == ["rcx"]
+
+
+@silicon
+def test_cli_exit_status_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["silicon-check", "first-switch"]) == 0
+    assert "agree on all 19 steps" in capsys.readouterr().out
+    assert main(["silicon-check", "green-threads", "--from", "worker", "--to", "yield"]) == 0
+    assert "agree on all" in capsys.readouterr().out
+
+
+@silicon
+def test_cli_reports_the_divergence_and_exits_1(
+    write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_scenario(CPUID_PROGRAM)
+    assert main(["silicon-check", str(path), "--no-replay"]) == 1
+    out = capsys.readouterr().out
+    assert "differs at step 3" in out
+    assert "most likely: cpuid" in out
+    assert main(["silicon-check", str(path), "--no-replay", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["same"] is False
+    assert doc["divergence"]["step"] == 3
+    assert doc["divergence"]["cause"] == "cpuid"
+    assert doc["divergence"]["previous_instruction"] == "cpuid"
+    assert set(doc["divergence"]["registers"]) >= {"rax"}
+
+
+def test_ptrace_refused_is_exit_2_saying_how_to_allow_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refused = "ptrace(PTRACE_TRACEME) refused by the kernel; " + ptrace.how_to_allow()
+    monkeypatch.setattr("stacktrace_lab.silicon.check.unavailable_reason", lambda: refused)
+    assert main(["silicon-check", "first-switch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--cap-add=SYS_PTRACE" in err and "ptrace_scope" in err
+
+
+def test_bad_targets_are_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    if ptrace.unavailable_reason() is not None:
+        pytest.skip("the target is only looked at once ptrace is known to work")
+    assert main(["silicon-check", "no-such-scenario"]) == 2
+    assert main(["silicon-check", "first-switch", "--from", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-scenario" in err and "nowhere" in err
+    # A --from label the run never reaches: it spins first, and says so.
+    assert main(["silicon-check", "first-switch", "--from", "main", "--to", "hello"]) == 0
+    capsys.readouterr()
+    assert main(["silicon-check", "first-switch-wrong-slot", "--from", "hello"]) == 2
+    assert "never reached --from hello" in capsys.readouterr().err
+    dynamic = Path("/bin/true").resolve()
+    if dynamic.read_bytes()[:4] == b"\x7fELF":
+        assert main(["silicon-check", str(dynamic)]) == 2
+        assert "link it statically" in capsys.readouterr().err
+
+
+def _code(*instructions: bytes) -> tuple[dict[int, bytes], np.ndarray]:
+    code, rips, addr = {}, [], 0x400000
+    for insn in instructions:
+        code[addr] = insn
+        rips.append(addr)
+        addr += len(insn)
+    return code, np.array(rips, dtype=np.uint64)
+
+
+def test_undefined_flags_stay_masked_until_an_instruction_defines_them() -> None:
+    shr, nop, add, imul = b"\x48\xd1\xe8", b"\x90", b"\x48\x01\xd8", b"\x48\x0f\xaf\xc1"
+    code, rips = _code(shr, nop, add, nop, imul, nop)
+    masks = undefined_flag_masks(InstructionTable(code).row_facts(rips))
+    af, sf, zf, pf = 1 << 4, 1 << 7, 1 << 6, 1 << 2
+    assert masks[0] == 0  # nothing ran before the first row
+    assert masks[1] & af and masks[2] & af  # shr left AF undefined, nop keeps it so
+    assert masks[3] == 0  # add defines every status flag again
+    assert masks[5] & (sf | zf | af | pf) == sf | zf | af | pf  # imul: SDM says undefined
+
+
+def test_rep_extra_step_rows_are_dropped() -> None:
+    code, rips = _code(b"\xf3\xaa", b"\xc3")  # rep stosb; ret
+    rows = np.zeros((5, len(REGISTERS)), dtype=np.uint64)
+    rows[:, 0] = [rips[0]] * 4 + [rips[1]]
+    rows[:, RCX] = [3, 2, 1, 0, 0]  # unicorn's extra step: the rep again with rcx == 0
+    keep = drop_rep_extra_steps(rows, InstructionTable(code))
+    assert keep.tolist() == [0, 1, 2, 4]
+
+
+@silicon
+def test_a_run_cut_at_max_steps_compares_up_to_there() -> None:
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "call-heavy.toml"
+    comparison = _check(bench, max_steps=3000)
+    assert comparison.same, comparison.divergence
+    assert comparison.native_steps == comparison.compared_steps == 3000
+
+
+@silicon
+def test_the_native_process_starts_with_fixed_random_bytes_and_no_vdso(tmp_path: Path) -> None:
+    from stacktrace_lab.silicon.check import scenario_target
+    from stacktrace_lab.silicon.native import FIXED_AT_RANDOM, run_native
+
+    target = scenario_target("first-switch", tmp_path)
+    native = run_native(target.executable, start=target.entry)
+    stack = native.initial_stack
+    rsp = native.initial_registers["rsp"]
+    words = [int.from_bytes(stack[i : i + 8], "little") for i in range(0, len(stack) - 7, 8)]
+    argc = words[0]
+    cursor = argc + 2
+    while words[cursor]:  # envp
+        cursor += 1
+    auxv = {}
+    cursor += 1
+    while words[cursor]:
+        auxv.setdefault(words[cursor], words[cursor + 1])
+        cursor += 2
+    random_at = auxv[25] - rsp  # AT_RANDOM
+    assert stack[random_at : random_at + 16] == FIXED_AT_RANDOM
+    assert 33 not in auxv  # AT_SYSINFO_EHDR: no vDSO for the program to find
+    again = run_native(target.executable, start=target.entry)
+    assert again.initial_stack == stack  # ASLR off: the same bytes at the same place
+
+
+# Real programs: the examples of the real-binaries issue, built at test time
+# with the builds that issue defines (stacktrace_lab/examples.py).
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("examples")
+
+
+@silicon
+@pytest.mark.parametrize("build", ["c-static", "rust-static-pie", "rust-static"])
+def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> None:
+    from stacktrace_lab.examples import build_example, compiler_missing
+
+    why = compiler_missing(build)
+    if why is not None:
+        pytest.skip(why)
+    program = build_example(build, examples)
+    result = silicon_check(str(program))
+    comparison = result.comparison
+    assert comparison.same, comparison.divergence
+    assert comparison.stdout_same
+    assert result.native.stdout == b"I LOVE WAKING UP ON A NEW STACK!\n"
+    assert comparison.native_stop.startswith("spin")
+    assert comparison.compared_steps == comparison.native_steps > 10_000
+    assert result.native.cpuid and result.native.xgetbv  # the outside world was replayed
+    if build == "c-static":  # a wrong emulation inside main is named down to its C line
+        from_main = silicon_check(str(program), from_symbol="main")
+        rows = from_main.emulated.registers.copy()
+        rows[3:, RBX] ^= 4
+        from_main.emulated.registers = rows
+        divergence = compare(
+            from_main.native,
+            from_main.emulated,
+            name_address=from_main.target.name_address,
+            source_line=from_main.target.source_line,
+        ).divergence
+        assert divergence is not None
+        assert (divergence.step, divergence.cause) == (3, "unwritten-register")
+        assert divergence.symbol.startswith("main+")
+        assert str(divergence.source).startswith("first_switch.c:")
+    if build == "rust-static":  # a scenario file naming the program: its from/to, its args
+        scenario = examples / "rust-static.toml"
+        scenario.write_text(
+            f'name = "rs"\n[program]\nelf = "{program.name}"\nargs = ["a", "b"]\n'
+            'from = "main"\nto = "first_switch::hello"\n'
+        )
+        from_scenario = silicon_check(str(scenario))
+        assert from_scenario.comparison.same, from_scenario.comparison.divergence
+        assert from_scenario.comparison.native_stop.startswith("to")
+        assert from_scenario.native.initial_stack[:8] == (3).to_bytes(8, "little")  # argc
+    if build == "rust-static-pie":  # --from a symbol moves with the program
+        main_only = silicon_check(str(program), from_symbol="main").comparison
+        assert main_only.same, main_only.divergence
+        assert 0 < main_only.compared_steps < comparison.compared_steps
