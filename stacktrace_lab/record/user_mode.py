@@ -10,8 +10,9 @@ executes. No per-step cost: instructions elsewhere are not looked at again.
 Which instructions: capstone's `X86_GRP_PRIVILEGE` group, plus those it
 leaves out (`rdmsr`, `in`, `out`, `ins*`, `outs*`, `clts`), less those a
 user program may run: `hlt` stays the documented `halted` stop reason (a
-scenario's way to end), `iretq` to the same privilege level is allowed, and
-`str` reads a selector without privilege. The code is read-only, so the
+scenario's way to end), `iretq` to the same privilege level is allowed,
+`str` reads a selector without privilege, and `rdtsc`/`rdtscp` run in user
+mode on Linux (record/cpu.py gives them fixed values). The code is read-only, so the
 instructions found before the run are the ones that can execute; every start
 offset is decoded, so a jump into the middle of an instruction is covered too.
 """
@@ -41,6 +42,8 @@ _MISSED_BY_CAPSTONE = {
 }
 _ALLOWED_IN_USER_MODE = {
     x86.X86_INS_HLT,
+    x86.X86_INS_RDTSC,  # user mode unless CR4.TSD; cpu.py gives fixed values
+    x86.X86_INS_RDTSCP,
     x86.X86_INS_IRET,
     x86.X86_INS_IRETD,
     x86.X86_INS_IRETQ,
