@@ -16,6 +16,7 @@ import click
 from . import __version__
 from .commands import COMMANDS, SHORT_HELP
 from .errors import BadInput
+from .safe_output import Interrupted, remove_pending, stop_on_signals
 
 
 class LazyGroup(click.Group):
@@ -58,9 +59,25 @@ def cli() -> None:
     """Record x86-64 stack switches in an emulator and explain what happened to the stack."""
 
 
+def usage_error_line(error: click.UsageError) -> str:
+    """Click's three-line usage error as one line: the command, the cause, where help is."""
+    command = error.ctx.command_path if error.ctx is not None else "stacktrace-lab"
+    cause = " ".join(error.format_message().split())
+    return f"{command}: {cause} (see '{command} --help')"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        with stop_on_signals():
+            result = cli.main(
+                args=list(argv) if argv is not None else None,
+                prog_name="stacktrace-lab",
+                standalone_mode=False,
+            )
+    except Interrupted as exc:
+        remove_pending()
+        click.echo(f"stacktrace-lab: interrupted ({exc})", err=True)
+        return 128 + exc.signum
     except BadInput as exc:
         click.echo(f"stacktrace-lab: error: {exc}", err=True)
         return 2
@@ -68,17 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file the user named could not be read or written (permissions, a
         # full disk): their input, not a bug, so one line and status 2.
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"stacktrace-lab: error: {where}{exc.strerror or exc}", err=True)
+        cause = " ".join(str(exc.strerror or exc).split())
+        click.echo(f"stacktrace-lab: error: {where}{cause}", err=True)
         return 2
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(f"stacktrace-lab: error: {usage_error_line(exc)}", err=True)
+        return 2
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("stacktrace-lab: interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        remove_pending()
         click.echo("stacktrace-lab: interrupted", err=True)
         return 130
     return int(result) if isinstance(result, int) else 0

@@ -385,6 +385,7 @@ class GoldenTrace:
         from .record.recorder import RecordOptions, record
         from .scenario import load_scenario
         from .trace import load_trace
+        from .trace.format import DEFAULT_SNAPSHOT_LIMIT
 
         __tracebackhide__ = True
         target = (
@@ -393,16 +394,13 @@ class GoldenTrace:
         self._claim(target)
         try:
             loaded = load_scenario(scenario)
+            chosen_limit = (
+                snapshot_limit if snapshot_limit is not None else self.settings.snapshot_limit
+            )
             options = RecordOptions(
                 max_steps=max_steps if max_steps is not None else self.settings.max_steps,
-                **(
-                    {"snapshot_limit": self.settings.snapshot_limit}
-                    if self.settings.snapshot_limit is not None
-                    else {}
-                ),
+                snapshot_limit=DEFAULT_SNAPSHOT_LIMIT if chosen_limit is None else chosen_limit,
             )
-            if snapshot_limit is not None:
-                options = RecordOptions(max_steps=options.max_steps, snapshot_limit=snapshot_limit)
             new = record(loaded, self.workdir / f"{loaded.name}.parquet", options).path
             new_trace = load_trace(new)
         except BadInput as exc:

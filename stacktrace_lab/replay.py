@@ -29,6 +29,7 @@ from unicorn.unicorn_py3.unicorn import UcError
 from .arch import REGISTERS
 from .errors import BadInput
 from .layout import SENTINEL_RETURN
+from .limits import DEFAULT_LIMITS
 from .record.columns import SnapshotState, build_batch
 from .record.disassembly import Disassembler, InstructionTable
 from .record.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
@@ -90,7 +91,7 @@ def machine_spec_of(trace: Trace) -> MachineSpec:
     for window in meta.snapshots.values():
         if window.column in trace.column_names:
             memory[window.base] = bytes(trace.slice(0, 1, [window.column]).column(0)[0].as_py())
-    return scenario_spec(
+    spec = scenario_spec(
         code=meta.code,
         code_region=code_region,
         regions=[r for r in meta.regions if r.kind != "code"],
@@ -99,6 +100,8 @@ def machine_spec_of(trace: Trace) -> MachineSpec:
         memory=memory,
         sentinel=int(meta.options.get("sentinel_return", SENTINEL_RETURN)),
     )
+    spec.max_output = int(meta.options.get("max_output", DEFAULT_LIMITS.max_output_bytes))
+    return spec
 
 
 def elf_description(trace: Trace, binary: str | None = None) -> Description:
@@ -251,8 +254,11 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
             ),
         )
     last = trace.num_rows - 1
+    replayed_reason = result.stop.reason
+    if meta.stop.reason == "limit" and replayed_reason == "max_steps":
+        replayed_reason = "limit"  # the replay stops where the recording hit its limit
     checks: list[tuple[str, object, object]] = [
-        ("stop.reason", meta.stop.reason, result.stop.reason),
+        ("stop.reason", meta.stop.reason, replayed_reason),
         ("stop.step", meta.stop.step, result.stop.step),
         ("stdout", meta.stdout, result.stdout.decode("utf-8", "backslashreplace")),
         ("stderr", meta.stderr, result.stderr.decode("utf-8", "backslashreplace")),
@@ -318,9 +324,16 @@ def replay(
     batch_schema = schema(windows)
     columns = [name for name in trace.column_names if name in batch_schema.names]
     comparer = _Comparer(trace, columns)
-    # The file's own step limit: a trace cut at max_steps replays to the same cut.
-    max_steps = int(meta.options.get("max_steps") or trace.num_rows)
-    chunk_rows = int(meta.options.get("row_group_size") or 65536)
+    # The file's own step limit, so a trace cut at max_steps replays to the
+    # same cut; but never more than one step past the file's rows, whatever
+    # its options say: that step is enough to see that the replay runs on
+    # (or how it stops: a spin is seen one step late), and a forged huge
+    # `max_steps` cannot make the replay run forever.
+    max_steps = min(int(meta.options.get("max_steps") or trace.num_rows), trace.num_rows + 1)
+    if meta.stop.reason == "limit":
+        # A recording stopped by a size limit: replay the same rows, no more.
+        max_steps = trace.num_rows
+    chunk_rows = min(int(meta.options.get("row_group_size") or 65536), 65536)  # bounded memory
 
     def on_chunk(chunk: Chunk) -> None:
         comparer.check(build_batch(chunk, table, snapshots, batch_schema))

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
+from .limits import DEFAULT_LIMITS, Limits, check_toml_depth, read_input, resolve_input
 from .record.gnu_as import STUB_CODE, SourceFile
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
-STOP_REASONS = ("returned", "halted", "exit", "spin", "max_steps", "fault")
+STOP_REASONS = ("returned", "halted", "exit", "spin", "max_steps", "fault", "limit")
 INVARIANT_IDS = (
     "alignment",
     "ret-source",
@@ -116,6 +117,8 @@ class Scenario:
     defines: dict[str, str] = field(default_factory=dict)
     #: `stubs`: undefined symbol -> built-in behaviour (gnu_as.STUB_CODE).
     stubs: dict[str, str] = field(default_factory=dict)
+    #: Whether files it names (`[program] file`, `.incbin`) may lie outside its directory.
+    allow_outside: bool = False
     #: What a trace's `program.path` says: the path as given, or the
     #: built-in's name (not where the package is installed).
     given_as: str = "<scenario>"
@@ -138,24 +141,34 @@ def resolve(name_or_path: str) -> Path:
     raise BadInput(f"{name_or_path}: no such built-in scenario (built-ins: {known})")
 
 
-def load_scenario(name_or_path: str | os.PathLike[str]) -> Scenario:
+def load_scenario(
+    name_or_path: str | os.PathLike[str],
+    limits: Limits = DEFAULT_LIMITS,
+    allow_outside: bool = False,
+) -> Scenario:
+    """Read and check a scenario; its files are bounded by `limits` (limits.py)."""
     given = os.fspath(name_or_path)
     path = resolve(given)
+    data = read_input(path, limits.max_source_bytes, "scenario file")
     try:
-        data = path.read_bytes()
         # As read_text() would: universal newlines.
         text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: cannot read: {exc}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: malformed TOML: {exc}") from None
+    except RecursionError:
+        raise BadInput(
+            f"{path}: TOML nested more than {limits.max_toml_depth} levels deep"
+        ) from None
+    check_toml_depth(doc, path, limits.max_toml_depth)
     given_as = path.stem if path.parent == BUILTIN_DIR and given == path.stem else given
     return replace(
-        _parse(doc, path, text), given_as=given_as, sha256=hashlib.sha256(data).hexdigest()
+        _parse(doc, path, text, limits, allow_outside),
+        given_as=given_as,
+        sha256=hashlib.sha256(data).hexdigest(),
     )
 
 
@@ -215,7 +228,9 @@ def _regions(f: _Fields, key: str) -> tuple[RegionSpec, ...]:
     return tuple(specs)
 
 
-def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
+def _parse(
+    doc: dict[str, Any], path: Path, text: str, limits: Limits, allow_outside: bool
+) -> Scenario:
     f = _Fields(path, doc)
     f.no_unknown(_TOP_KEYS)
     name = f.string("name")
@@ -229,6 +244,9 @@ def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
     if breaks is not None and breaks not in INVARIANT_IDS:
         raise f.fail("breaks", f"must be one of {', '.join(INVARIANT_IDS)}, got {breaks!r}")
 
+    declared = len(f.tables("stacks")) + len(f.tables("data"))
+    if declared > limits.max_regions:
+        raise f.fail("stacks", f"{declared} regions declared, more than {limits.max_regions}")
     stacks = _regions(f, "stacks")
     if not stacks:
         raise f.fail("stacks", "at least one [[stacks]] region is required")
@@ -240,7 +258,7 @@ def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
         seen.add(region.name)
 
     expect = _expectations(f, {s.name: s.size for s in stacks})
-    program = _program(f, path, text)
+    program = _program(f, path, text, limits, allow_outside)
     return Scenario(
         name=name,
         description=f.string("description", ""),
@@ -258,6 +276,7 @@ def _parse(doc: dict[str, Any], path: Path, text: str) -> Scenario:
         sources=program.sources,
         defines=program.defines,
         stubs=program.stubs,
+        allow_outside=allow_outside,
     )
 
 
@@ -292,7 +311,7 @@ class _Program:
     stubs: dict[str, str] = field(default_factory=dict)
 
 
-def _program(f: _Fields, path: Path, text: str) -> _Program:
+def _program(f: _Fields, path: Path, text: str, limits: Limits, allow_outside: bool) -> _Program:
     table = f.table.get("program")
     if not isinstance(table, dict):
         raise f.fail("program", "a [program] table with 'source', 'file' or 'files' is required")
@@ -318,7 +337,7 @@ def _program(f: _Fields, path: Path, text: str) -> _Program:
         names = table["files"]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise p.fail("files", "must be a non-empty array of file names")
-    sources = tuple(_source_file(p, path, name) for name in names)
+    sources = tuple(_source_file(p, path, name, limits, allow_outside) for name in names)
     first = sources[0]
     # The trace keeps the program's text for reports: with several files, all
     # of them, each under a line naming it.
@@ -342,12 +361,17 @@ def _string_table(p: _Fields, key: str, names: re.Pattern[str]) -> dict[str, str
     return out
 
 
-def _source_file(p: _Fields, path: Path, name: str) -> SourceFile:
-    asm_path = path.parent / name
+def _source_file(
+    p: _Fields, path: Path, name: str, limits: Limits, allow_outside: bool
+) -> SourceFile:
+    key = "file" if "file" in p.table else "files"
+    where = f"{path}: field 'program.{key}'"
+    asm_path = resolve_input(name, path.parent, where, allow_outside)
+    if not asm_path.exists():
+        raise p.fail(key, f"cannot read {asm_path}: no such file")
+    data = read_input(asm_path, limits.max_source_bytes, "program file")
     try:
-        text = asm_path.read_text(encoding="utf-8")
-    except OSError:
-        raise p.fail("file" if "file" in p.table else "files", f"cannot read {asm_path}") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{asm_path}: not UTF-8 text: {exc}") from None
     return SourceFile(
@@ -356,6 +380,7 @@ def _source_file(p: _Fields, path: Path, name: str) -> SourceFile:
         text=text,
         preprocess=asm_path.suffix == ".S",
         directory=str(asm_path.parent),
+        allow_outside=allow_outside,
     )
 
 

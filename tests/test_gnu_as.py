@@ -116,8 +116,11 @@ def test_the_worker_turns_a_segfault_and_an_abort_into_errors() -> None:
 
 
 def test_the_worker_turns_a_hang_into_an_error() -> None:
+    # `%fs:` alone loops forever inside keystone (the front end refuses it; here
+    # it goes to the worker directly). `.skip 0x7fffffffff` was used before, but
+    # under memory pressure keystone segfaults on it instead of running on.
     with KeystoneWorker(timeout=1.0) as worker, pytest.raises(AssemblerCrash, match="within 1 s"):
-        worker.assemble(".skip 0x7fffffffff", CODE_BASE)
+        worker.assemble("%fs:", CODE_BASE)
 
 
 def _crash_behind_the_front_end(monkeypatch: pytest.MonkeyPatch, line: int) -> None:
@@ -555,8 +558,9 @@ def test_the_guard_catches_a_wrong_displacement(
         ("main:\n .macro m\n nop\n .endm\n ret", "unsupported directive .macro"),
         ("main:\n .section .init_array\n ret", "unsupported section '.init_array'"),
         ("main:\n .intel_syntax prefix\n ret", "only `.intel_syntax noprefix`"),
-        ("main:\n .p2align 20\n ret", "alignment must be a power of two up to 4096"),
-        ("main:\n .skip 0x7fffffffff\n ret", ".skip size out of range"),
+        # The size pre-check (limits.py) names these lines before the front end does.
+        ("main:\n .p2align 20\n ret", "larger than the limit of 1048576 bytes"),
+        ("main:\n .skip 0x7fffffffff\n ret", "larger than the limit of 1048576 bytes"),
         ("main:\n jmp 1b\n ret", "no local label 1b"),
         ("main:\n nop\nmain:\n ret", "label 'main' is defined twice"),
         ("main:\n %fs:\n ret", "unknown instruction"),  # keystone hangs on it

@@ -329,13 +329,16 @@ def test_metadata_of_a_real_program_round_trips(first_switch_trace: Path) -> Non
     [
         (
             lambda d: d["layout"]["regions"].append({**d["layout"]["regions"][0], "kind": "rom"}),
-            "unknown region kind 'rom'",
+            "layout.regions[3].kind must be one of code, stack, data, heap, mapped, got 'rom'",
         ),
         (lambda d: d["program"].update(kind="wasm"), "program.kind must be scenario or elf"),
         (lambda d: d["program"].update(path=3), "program.path must be a string"),
-        (lambda d: d["syscalls"][0].update(args="rdi"), "invalid literal"),
-        (lambda d: d["code"]["lines"][0].pop(), "not enough values to unpack"),
-        (lambda d: d.pop("program"), "KeyError('program')"),
+        (lambda d: d["syscalls"][0].update(args="rdi"), "syscalls[0].args must be a list"),
+        (
+            lambda d: d["code"]["lines"][0].pop(),
+            "code.lines[0] must be [address, file, line], got [4194304, 'first-switch.toml']",
+        ),
+        (lambda d: d.pop("program"), "program is missing"),
     ],
 )
 def test_hand_edited_version_2_metadata_is_refused_in_one_line(

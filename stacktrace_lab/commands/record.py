@@ -17,7 +17,6 @@ Files that matter are safe:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -27,8 +26,10 @@ from typing import Any
 
 import click
 
+from .. import safe_output
 from ..config import load_config
 from ..errors import BadInput
+from ..limits import DEFAULT_LIMITS, Limits
 from ..record.recorder import Recording, RecordOptions, record
 from ..scenario import Scenario, load_scenario
 from .common import step_progress
@@ -37,6 +38,29 @@ STDOUT = Path("-")
 
 #: Records into the path it is given (a scenario, a program, an ELF scenario).
 Recorder = Callable[[Path], Recording]
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2
+    """A number of bytes: `4096`, `64K`, `16M`, `2G` (powers of 1024)."""
+
+    name = "size"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        try:
+            return int(text[: len(text) - len(unit)]) * _UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a size (bytes, or with K, M, G)", param, ctx)
+
+
+BYTE_SIZE = ByteSize()
 
 
 def default_trace_path(name: str) -> Path:
@@ -64,6 +88,39 @@ def is_program(argument: str) -> bool:
     "--snapshot-limit",
     type=int,
     help="Bytes of each stack (its top) stored per step [default: 512].",
+)
+@click.option(
+    "--max-output",
+    type=BYTE_SIZE,
+    default=DEFAULT_LIMITS.max_output_bytes,
+    show_default=True,
+    help="Bytes of stdout and of stderr kept in the trace (the rest is counted).",
+)
+@click.option(
+    "--max-trace-size",
+    type=BYTE_SIZE,
+    default=DEFAULT_LIMITS.max_trace_bytes,
+    show_default=True,
+    help="Stop the run (reason: limit) once the trace file is this large.",
+)
+@click.option(
+    "--max-program-size",
+    type=BYTE_SIZE,
+    default=DEFAULT_LIMITS.max_program_bytes,
+    show_default=True,
+    help="Largest assembled program, checked before assembling.",
+)
+@click.option(
+    "--max-source-size",
+    type=BYTE_SIZE,
+    default=DEFAULT_LIMITS.max_source_bytes,
+    show_default=True,
+    help="Largest scenario file and program file.",
+)
+@click.option(
+    "--allow-outside",
+    is_flag=True,
+    help="Let [program] file(s) and .incbin name files outside the scenario's directory.",
 )
 @click.option(
     "--from",
@@ -101,21 +158,32 @@ def record_command(
     with_report: bool,
     report_dir: Path | None,
     as_json: bool,
+    max_output: int,
+    max_trace_size: int,
+    max_program_size: int,
+    max_source_size: int,
+    allow_outside: bool,
 ) -> int:
     """Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM
     (give its arguments after --), into a trace."""
     config = load_config()
-    limits: dict[str, Any] = {"max_steps": max_steps or config.max_steps}
+    limits = Limits(
+        max_source_bytes=max_source_size,
+        max_program_bytes=max_program_size,
+        max_output_bytes=max_output,
+        max_trace_bytes=max_trace_size,
+    )
+    settings: dict[str, Any] = {"max_steps": max_steps or config.max_steps, "limits": limits}
     if snapshot_limit or config.snapshot_limit:
-        limits["snapshot_limit"] = snapshot_limit or config.snapshot_limit
-    options = RecordOptions(**limits)
+        settings["snapshot_limit"] = snapshot_limit or config.snapshot_limit
+    options = RecordOptions(**settings)
     to_stdout = output == STDOUT
     if to_stdout and sys.stdout.isatty():
         raise BadInput("-o -: stdout is a terminal; redirect it to a file or a pipe")
     if to_stdout and with_report:
         raise BadInput("-o - cannot be combined with --report (the report needs the file)")
 
-    name, recorder = _recorder(scenario, list(args), options, from_symbol, to_symbol)
+    name, recorder = _recorder(scenario, list(args), options, from_symbol, to_symbol, allow_outside)
     if to_stdout:
         with tempfile.TemporaryDirectory() as scratch:
             fresh = Path(scratch) / f"{name}.parquet"
@@ -164,6 +232,7 @@ def _recorder(
     options: RecordOptions,
     from_symbol: str | None,
     to_symbol: str | None,
+    allow_outside: bool = False,
 ) -> tuple[str, Recorder]:
     """The trace's name and how to record it: a program, an ELF scenario or a scenario."""
     if is_program(scenario):
@@ -194,7 +263,7 @@ def _recorder(
                     return record_description(description, path, options, progress=bar)
 
             return description.info.name, record_elf_scenario
-    loaded = load_scenario(scenario)
+    loaded = load_scenario(scenario, options.limits, allow_outside)
     return loaded.name, lambda path: _record(loaded, path, options)
 
 
@@ -204,13 +273,23 @@ def record_safely(recorder: Recorder, target: Path, force: bool = False) -> Reco
     The new trace goes to a hidden file next to the target (same file system:
     the final move is a rename) and into place only once decided.
     """
-    _check_writable(target)  # before a recording that may take minutes
-    fresh = target.with_name(f".{target.name}.{os.getpid()}.new")
+    # Before a recording that may take minutes: a device, FIFO or directory at
+    # `target` is refused, and the hidden file proves the directory writable.
+    safe_output.check_target(target)
     try:
-        recording = recorder(fresh)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = safe_output.create_temp(target)  # a name that fits NAME_MAX
+    except OSError as exc:
+        raise BadInput(f"{target}: cannot write: {exc.strerror or exc}") from None
+    try:
+        try:
+            recording = recorder(fresh)
+        except BadInput as exc:
+            # The writer names the file it writes (the hidden one); the user named `target`.
+            raise BadInput(str(exc).replace(str(fresh), str(target))) from None
         _place(fresh, target, load_config().golden_path(target), force)
     finally:
-        fresh.unlink(missing_ok=True)
+        safe_output.discard_temp(fresh)  # nothing left when it was moved into place
     return recording
 
 
@@ -233,18 +312,8 @@ def _place(fresh: Path, target: Path, golden: bool, force: bool) -> Path:
             f"{target}: a different golden trace is already there; not replaced "
             "(use --force, or `pytest --stacktrace-lab-update` to update goldens on purpose)"
         )
-    os.replace(fresh, target)  # a rename: never a half-written file at `target`
+    safe_output.commit_temp(fresh, target)  # a rename: never a half-written file at `target`
     return target
-
-
-def _check_writable(target: Path) -> None:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise BadInput(f"{target}: cannot write: {exc.strerror or exc}") from None
 
 
 def _same_bytes(a: Path, b: Path) -> bool:

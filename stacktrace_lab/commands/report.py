@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..config import load_config
-from ..report.build import Report, build_report
+from ..report.build import Report, build_report, default_report_dir
 from ..trace.reader import load_trace
 from .common import stderr_console
 
@@ -30,7 +30,7 @@ from .common import stderr_console
 def report_command(trace: Path, output: Path | None, as_json: bool) -> int:
     """Write the report of TRACE: exit 0 if every invariant holds, 1 if one fails."""
     loaded = load_trace(trace)
-    directory = output or load_config().reports_dir / trace.stem
+    directory = output or default_report_dir(trace, load_config().reports_dir)
     with stage_progress(f"report of {trace.name}") as progress:
         report = build_report(loaded, directory, progress=progress)
     if as_json:

@@ -37,6 +37,7 @@ from typing import Any
 
 from ..errors import BadInput
 from ..layout import Region
+from ..limits import DEFAULT_LIMITS, check_toml_depth, read_input
 from ..scenario import _expectations, _Fields  # one parser for [expect]
 from ..trace.format import ProgramInfo
 from .elf_front import describe_elf
@@ -58,14 +59,19 @@ def is_elf_scenario(path: str | Path) -> bool:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    # Bounded as every scenario file is (limits.py): regular, at most so large, so deep.
+    data = read_input(path, DEFAULT_LIMITS.max_source_bytes, "scenario file")
+    depth = DEFAULT_LIMITS.max_toml_depth
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise BadInput(f"{path}: TOML nested more than {depth} levels deep") from None
+    check_toml_depth(doc, path, depth)
+    return doc
 
 
 def describe_elf_scenario(path: str | Path, max_steps: int | None = None) -> Description:

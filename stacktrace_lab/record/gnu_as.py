@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from ..errors import BadInput
 from ..layout import CODE_LIMIT
+from ..limits import read_input, resolve_input
 from .operands import (
     REGISTERS,
     Expr,
@@ -163,6 +164,8 @@ class SourceFile:
     #: holds: `;` separates statements in both syntaxes, so a `#define` that
     #: expands to `a; b` is two statements.
     inline: bool = False
+    #: Whether `#include` may read files outside `directory` (`--allow-outside`).
+    allow_outside: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,23 @@ def preprocess(source: SourceFile, defines: Mapping[str, str]) -> list[tuple[Ori
             at = self.lastdirective
             errors.append(f"{where(at.source, at.lineno)}: cannot include {includepath}")
             raise OutputDirective(1)  # remove it from the output
+
+        def on_file_open(self, is_system_include: bool, includepath: str) -> Any:
+            # An included file lands in the trace's source: like `[program] file`,
+            # it must be a regular file inside the scenario's directory unless
+            # --allow-outside (a shared scenario must not copy a host file).
+            path = Path(includepath).resolve()
+            if path.exists() and not path.is_file():
+                raise OSError(f"{includepath} is not a regular file")
+            inside = path.is_relative_to(Path(source.directory).resolve())
+            if path.exists() and not inside and not source.allow_outside:
+                at = self.lastdirective
+                errors.append(
+                    f"{where(at.source, at.lineno)}: #include {includepath} lies outside the "
+                    "scenario's directory (--allow-outside to read it)"
+                )
+                raise OSError(f"{includepath} is outside the scenario's directory")
+            return super().on_file_open(is_system_include, includepath)
 
         def on_comment(self, tok: object) -> bool:
             return False
@@ -388,6 +408,8 @@ class FrontEnd:
         self.used: set[str] = set()
         self.commons: list[Statement] = []
         self.label_order: list[str] = []
+        #: `--allow-outside`: `.incbin` may read files outside the scenario's directory.
+        self.allow_outside = any(source.allow_outside for source in sources)
 
     # -- pass 0: lines -----------------------------------------------------
 
@@ -607,7 +629,39 @@ class FrontEnd:
             return self._common(origin, args, state)
         if directive in _DATA:
             return self._data(origin, directive, args, state)
+        if directive == ".incbin":
+            return self._incbin(origin, args, state)
         raise origin.fail(f"unsupported directive {directive}")
+
+    def _incbin(self, origin: Origin, args: str, state: _State) -> Statement:
+        """`.incbin "file"[, skip[, count]]`: the file's bytes, written out as `.byte`.
+
+        The file is read here, never by keystone: it must be a regular file
+        inside the scenario's directory (or `--allow-outside`), of bounded size.
+        """
+        parts = split_operands(args)
+        if not parts or not _STRINGS.fullmatch(parts[0]):
+            raise origin.fail(".incbin takes a file name in double quotes")
+        name = parts[0].strip()[1:-1]
+        skip = self._constant(origin, parts[1], "an offset") if len(parts) > 1 else 0
+        count = self._constant(origin, parts[2], "a size") if len(parts) > 2 else None
+        where = f"{origin.file}:{origin.line}: .incbin"
+        path = resolve_input(name, Path(origin.file).parent, where, self.allow_outside)
+        if not path.is_file():
+            raise origin.fail(f"{name!r} is not a regular file")
+        data = read_input(path, CODE_LIMIT, ".incbin file")
+        data = data[skip : None if count is None else skip + count]
+        if not data:
+            return Statement(origin, state.syntax, state.section)
+        return Statement(
+            origin,
+            state.syntax,
+            state.section,
+            text=_join_directive(".byte", [hex_text(byte) for byte in data]),
+            kind="data",
+            width=1,
+            values=[Expr.parse(str(byte)) for byte in data],
+        )
 
     def _switch(self, origin: Origin, name: str, state: _State) -> Statement:
         if _CODE_SECTIONS.match(name):

@@ -72,6 +72,7 @@ from ..layout import Region
 from ..trace.format import SyscallRecord
 from .cpu import CpuModel
 from .syscalls import BareKernel
+from .user_mode import hook_privileged
 
 UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
 ROW_BYTES = WORD * len(REGISTERS)
@@ -146,6 +147,9 @@ class RunResult:
     stderr: bytes
     interrupted: bool = False
     syscalls: list[SyscallRecord] = field(default_factory=list)
+    #: Output bytes written past `MachineSpec.max_output` and not kept.
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,8 @@ class MachineSpec:
     kernel: Callable[[], BareKernel] = BareKernel
     #: Makes the CPU model (the silicon check gives one that replays a native run).
     cpu: Callable[[], CpuModel] = CpuModel
+    #: Bytes of stdout and of stderr kept; the rest is counted (limits.py).
+    max_output: int = 1 << 20
 
     @property
     def code_region(self) -> Region:
@@ -246,9 +252,11 @@ class Machine:
             self.uc.reg_write(UC_IDS[REGISTERS.index(name)], value)
         self.uc.reg_write(x86.UC_X86_REG_RIP, spec.entry)
         self.kernel = spec.kernel()
+        self.kernel.max_output = spec.max_output
         self.cpu = spec.cpu()
         executable = [(m.data_at, m.data) for m in spec.mappings if "x" in m.perms and m.data]
         self.cpu.install(self.uc, executable)
+        self._executable = executable
         self._fault: tuple[int, int, int] | None = None  # access, address, size
         #: Instructions `fast_forward` ran before recording began.
         self.fast_forwarded = 0
@@ -301,6 +309,15 @@ class Machine:
         rip = rip if rip >= 0 else int(uc.reg_read(x86.UC_X86_REG_RIP))
         self._interrupt = Stop("fault", -1, f"{name} at {rip:#x}")
         uc.emu_stop()
+
+    def request_stop(self, reason: str, detail: str) -> None:
+        """Stop the run from a callback (a limit reached); the steps so far are kept."""
+        if self._interrupt is None:
+            self._interrupt = Stop(reason, -1, detail)
+        self.uc.emu_stop()
+
+    def _on_privileged(self, detail: str) -> None:
+        self.request_stop("fault", detail)
 
     def _on_invalid(
         self, _handle: Any, access: int, address: int, size: int, _value: int, _user: Any
@@ -390,6 +407,9 @@ class Machine:
                     emu_stop(uch)
                     return False
                 flush()
+                if self._interrupt is not None:  # on_chunk asked to stop (a limit)
+                    emu_stop(uch)
+                    return False
                 next_check = min(step + chunk_rows, max_steps)
             except BaseException as exc:  # a ctypes callback must not raise
                 error = exc
@@ -450,6 +470,11 @@ class Machine:
         self._code_hook = HOOK_CODE_CFUNC(on_code)
         self._memory_hook = HOOK_MEM_ACCESS_CFUNC(on_memory)
         _add_raw_hook(uch, UC_HOOK_CODE, self._code_hook)
+        # User mode: privileged instructions stop the run with #GP before they
+        # execute (user_mode.py). Added after the code hook above, which unicorn
+        # calls first, so the faulting instruction's row is recorded.
+        for base, code in self._executable:
+            hook_privileged(uc, code, base, self._on_privileged)
         _add_raw_hook(uch, UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ_AFTER, self._memory_hook)
 
         with _signals_stop(uch) as interrupted:
@@ -472,6 +497,8 @@ class Machine:
             stderr=bytes(self.kernel.stderr),
             interrupted=interrupted[0],
             syscalls=list(self.kernel.log),
+            stdout_dropped=self.kernel.dropped[1],
+            stderr_dropped=self.kernel.dropped[2],
         )
 
     def _why_stopped(self, stop: Stop | None, last_step: int, last_rip: int) -> Stop:

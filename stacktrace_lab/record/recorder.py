@@ -20,6 +20,7 @@ from typing import Any
 from .. import __version__
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region_symbols
+from ..limits import DEFAULT_LIMITS, Limits
 from ..scenario import Scenario
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
@@ -39,6 +40,7 @@ from .assembler import Program, assemble
 from .columns import SnapshotState, build_batch
 from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
+from .precheck import precheck_program
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -52,6 +54,8 @@ class RecordOptions:
     max_steps: int | None = None  # None: the scenario's own
     snapshot_limit: int = DEFAULT_SNAPSHOT_LIMIT
     row_group_size: int = DEFAULT_ROW_GROUP
+    #: Program size, output and trace size bounds (limits.py).
+    limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
@@ -112,10 +116,19 @@ def lay_out(scenario: Scenario) -> list[Region]:
     return place_regions(declared)  # type: ignore[arg-type]
 
 
-def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
+def build_program(
+    scenario: Scenario, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Program, list[Region]]:
     """Assemble the scenario and check the labels it must define."""
     regions = lay_out(scenario)
-    program = assemble(scenario, region_symbols(regions))
+    constants = region_symbols(regions)
+    program = assemble(precheck_program(scenario, constants, limits), constants)
+    size = len(program.code) + len(program.data)
+    if size > limits.max_program_bytes:
+        raise BadInput(
+            f"{scenario.source_file}: the program is {size} bytes, larger than "
+            f"the limit of {limits.max_program_bytes} bytes (--max-program-size)"
+        )
     if program.data:
         # The program's own .data/.rodata/.bss, on pages after the code.
         regions.append(Region(".data", "data", program.data_base, len(program.data), "rw-"))
@@ -132,10 +145,15 @@ def build_program(scenario: Scenario) -> tuple[Program, list[Region]]:
     return program, regions
 
 
-def machine_spec(program: Program, regions: list[Region], entry: str) -> MachineSpec:
+def machine_spec(
+    program: Program,
+    regions: list[Region],
+    entry: str,
+    max_output: int = DEFAULT_LIMITS.max_output_bytes,
+) -> MachineSpec:
     first_stack = next(r for r in regions if r.kind == "stack")
     rsp = first_stack.top - 8
-    return scenario_spec(
+    spec = scenario_spec(
         code=program.code,
         code_region=code_region(len(program.code)),
         regions=regions,
@@ -147,6 +165,8 @@ def machine_spec(program: Program, regions: list[Region], entry: str) -> Machine
         },
         sentinel=SENTINEL_RETURN,
     )
+    spec.max_output = max_output
+    return spec
 
 
 def scenario_info(scenario: Scenario) -> ScenarioInfo:
@@ -181,11 +201,11 @@ def program_info(scenario: Scenario) -> ProgramInfo:
     return ProgramInfo("scenario", scenario.given_as, scenario.sha256)
 
 
-def describe_scenario(scenario: Scenario) -> Description:
+def describe_scenario(scenario: Scenario, limits: Limits = DEFAULT_LIMITS) -> Description:
     """The scenario front end: assemble, lay out, one machine description."""
-    program, regions = build_program(scenario)
+    program, regions = build_program(scenario, limits)
     return Description(
-        spec=machine_spec(program, regions, scenario.entry),
+        spec=machine_spec(program, regions, scenario.entry, limits.max_output_bytes),
         info=scenario_info(scenario),
         program=program_info(scenario),
         symbols=program.symbols,
@@ -240,7 +260,8 @@ def record(
     options: RecordOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Recording:
-    return record_description(describe_scenario(scenario), output, options, progress)
+    limits = (options or RecordOptions()).limits
+    return record_description(describe_scenario(scenario, limits), output, options, progress)
 
 
 def prepare_machine(description: Description) -> tuple[Machine, StartInfo | None]:
@@ -266,6 +287,9 @@ def record_description(
     progress: Callable[[int], None] | None = None,
 ) -> Recording:
     options = options or RecordOptions()
+    limits = options.limits
+    # The output cap applies to every front end's machine (scenario or ELF).
+    description.spec.max_output = limits.max_output_bytes
     spec = description.spec
     machine, start = prepare_machine(description)
     windows = snapshot_windows(spec.regions, options.snapshot_limit)
@@ -278,7 +302,10 @@ def record_description(
     trace_schema = schema(windows)
     max_steps = options.max_steps or description.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
-    group_rows = max(min(options.row_group_size, MAX_GROUP_SNAPSHOT_BYTES // snapshot_bytes), 1)
+    # A group is also at most an eighth of the trace size limit, so the run
+    # stops close to that limit (it is checked after each group is written).
+    group_bytes = min(MAX_GROUP_SNAPSHOT_BYTES, limits.max_trace_bytes // 8)
+    group_rows = max(min(options.row_group_size, group_bytes // snapshot_bytes), 1)
     options = replace(options, row_group_size=group_rows)
 
     with TraceWriter(output, trace_schema) as writer, ThreadPoolExecutor(1) as pool:
@@ -297,6 +324,14 @@ def record_description(
             if pending is not None:
                 pending.result()  # re-raises what went wrong there
             pending = pool.submit(convert_and_write, chunk)
+            # The trace so far (this chunk is still being written) has reached the
+            # size limit: stop, and keep every step up to here.
+            if writer.bytes_written >= limits.max_trace_bytes:
+                machine.request_stop(
+                    "limit",
+                    f"the trace reached the size limit of {limits.max_trace_bytes} bytes "
+                    "(--max-trace-size)",
+                )
 
         result = machine.run(max_steps, options.row_group_size, on_chunk)
         if pending is not None:
@@ -346,6 +381,26 @@ def _metadata(
             "snapshot_limit": options.snapshot_limit,
             "row_group_size": options.row_group_size,
             **description.options,
+            **_non_default_limits(options.limits),
         },
         tool=tool_versions(),
+        extra=_cut_output(result),
     )
+
+
+def _non_default_limits(limits: Limits) -> dict[str, int]:
+    """Recording limits that differ from the defaults (replay needs the output cap);
+    defaults are left out so that traces stay as they were before limits existed."""
+    found = {}
+    if limits.max_output_bytes != DEFAULT_LIMITS.max_output_bytes:
+        found["max_output"] = limits.max_output_bytes
+    if limits.max_trace_bytes != DEFAULT_LIMITS.max_trace_bytes:
+        found["max_trace_size"] = limits.max_trace_bytes
+    return found
+
+
+def _cut_output(result: RunResult) -> dict[str, object]:
+    """When output went over its cap: `output_cut: {stdout, stderr}`, the bytes not kept."""
+    if not (result.stdout_dropped or result.stderr_dropped):
+        return {}
+    return {"output_cut": {"stdout": result.stdout_dropped, "stderr": result.stderr_dropped}}

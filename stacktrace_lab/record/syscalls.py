@@ -96,6 +96,10 @@ class BareKernel:
     def __init__(self) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
+        #: Bytes of stdout and of stderr kept (set by the machine, limits.py);
+        #: the rest is counted in `dropped`, by fd.
+        self.max_output = 1 << 20
+        self.dropped = {1: 0, 2: 0}
         self.log: list[SyscallRecord] = []
         self.stop: KernelStop | None = None
         #: Set by the machine: writes program memory and logs the write.
@@ -148,7 +152,15 @@ class BareKernel:
         return False
 
     def output(self, uc: Uc, fd: int, data: bytes) -> None:
-        (self.stdout if fd == 1 else self.stderr).extend(data)
+        kept = self.stdout if fd == 1 else self.stderr
+        room = self.room(fd)
+        kept.extend(data[:room])
+        self.dropped[fd] += max(len(data) - room, 0)
+
+    def room(self, fd: int) -> int:
+        """Output bytes fd 1 or 2 may still keep: a program writing in a loop
+        must not grow the tool's memory."""
+        return max(self.max_output - len(self.stdout if fd == 1 else self.stderr), 0)
 
     # --- the calls ------------------------------------------------------------------
 
@@ -157,7 +169,9 @@ class BareKernel:
             return -EBADF
         if count and not self.mapped(uc, buf, count):
             return -EFAULT
-        self.output(uc, fd, bytes(uc.mem_read(buf, count)))
+        kept = min(count, self.room(fd))  # read only what is kept
+        self.output(uc, fd, bytes(uc.mem_read(buf, kept)) if kept else b"")
+        self.dropped[fd] += count - kept
         return count
 
     def sys_exit(self, uc: Uc, status: int, *_: int) -> None:

@@ -7,15 +7,13 @@ half-written file behind.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import safe_output
 from ..analysis import CheckResult, TraceFacts, check, derive_facts
 from ..errors import BadInput
 from ..stepper import Switch, stepper_fragment
@@ -37,8 +35,17 @@ class Report:
     check: CheckResult
 
 
-def default_report_dir(trace_path: Path) -> Path:
-    return Path("reports") / trace_path.stem
+def default_report_dir(trace_path: Path, reports_dir: Path = Path("reports")) -> Path:
+    """`<reports_dir>/<stem>/`; a stem that would leave the reports directory
+    (`..` from `...parquet`, `.`, empty) is refused: the user names the
+    directory with -o."""
+    stem = trace_path.stem
+    if stem in ("", ".", "..") or "/" in stem or "\\" in stem:
+        raise BadInput(
+            f"{trace_path}: the name {stem!r} cannot name a directory under {reports_dir}/; "
+            "give one with -o DIR"
+        )
+    return reports_dir / stem
 
 
 def build_report(
@@ -48,6 +55,9 @@ def build_report(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise BadInput(f"{directory}: exists and is not a directory")
+    safe_output.check_parent(directory, directory)
+    for name in FILES:  # before the work: a FIFO or device among the outputs is refused
+        safe_output.check_target(directory / name)
     stage = progress or (lambda _: None)
     stage("reading the trace")
     facts = derive_facts(trace)
@@ -77,10 +87,15 @@ def build_report(
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        paths = tuple(_write(directory / name, outputs[name]) for name in FILES)
     except OSError as exc:
         raise BadInput(f"{directory}: cannot write the report: {exc.strerror or exc}") from None
-    return Report(directory=directory, files=paths, check=result)
+    paths = []
+    for name in FILES:
+        try:
+            paths.append(safe_output.write_file(directory / name, outputs[name]))
+        except OSError as exc:
+            raise safe_output.write_error(directory / name, exc) from None
+    return Report(directory=directory, files=tuple(paths), check=result)
 
 
 def stepper_switches(facts: TraceFacts) -> list[Switch]:
@@ -100,17 +115,3 @@ def stepper_switches(facts: TraceFacts) -> list[Switch]:
         note = f"stack switch: rsp moves from {src} to {dst}"
         switches.append(Switch(step, None, None, "", -1, note=note))
     return sorted(switches, key=lambda s: s.ret_step)
-
-
-def _write(path: Path, data: bytes) -> Path:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return path

@@ -17,6 +17,8 @@ whatever wrote the file:
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadInput
+from . import validate
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -34,7 +37,6 @@ from .format import (
     READABLE_VERSIONS,
     TraceMetadata,
     schema,
-    stored_as,
 )
 
 if TYPE_CHECKING:
@@ -68,7 +70,9 @@ class Trace:
 
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
         names = self._names(columns)
-        return self._present(self.parquet.read(columns=self._to_read(names)), names)
+        with self._reading():
+            table = self.parquet.read(columns=self._to_read(names))
+        return self._present(table, names)
 
     def rows(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows as a DataFrame (all columns unless named: mind long traces)."""
@@ -82,9 +86,9 @@ class Trace:
 
     def row_group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
         names = self._names(columns or None)
-        return self._present(
-            self.parquet.read_row_group(index, columns=self._to_read(names)), names
-        )
+        with self._reading():
+            table = self.parquet.read_row_group(index, columns=self._to_read(names))
+        return self._present(table, names)
 
     def iter_row_groups(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         for index in range(self.num_row_groups):
@@ -107,6 +111,16 @@ class Trace:
         if not pieces:
             return self.schema.empty_table().select(self._names(columns or None))
         return pa.concat_tables(pieces)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Damaged pages are found only when read (validation reads the footer):
+        one line naming the file, as for any other bad trace."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            first = (str(exc).splitlines() or ["unreadable"])[0]
+            raise BadInput(f"{self.path}: corrupt trace (cannot read its rows: {first})") from None
 
     def _names(self, columns: Sequence[str] | None) -> list[str]:
         if columns is None:
@@ -171,12 +185,20 @@ def load_trace(path: str | Path) -> Trace:
     if raw is None:
         raise BadInput(f"{path}: not a stacktrace-lab trace (no '{METADATA_KEY}' metadata)")
     try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadInput(f"{path}: corrupt trace metadata (not JSON: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise BadInput(f"{path}: not a stacktrace-lab trace (format {found!r})")
+    version = doc.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        # A newer version may have changed the layout of the metadata: say so first.
+        raise _newer(path, version)
+    validate.check_doc(path, doc)
+    try:
         metadata = TraceMetadata.from_json(raw)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        # A newer version may have changed the layout of the metadata: say so first.
-        version = _peek_version(raw)
-        if version is not None and version > FORMAT_VERSION:
-            raise _newer(path, version) from None
         raise BadInput(f"{path}: corrupt trace metadata ({exc!r})") from None
     if metadata.format != FORMAT_NAME:
         raise BadInput(f"{path}: not a stacktrace-lab trace (format {metadata.format!r})")
@@ -184,37 +206,8 @@ def load_trace(path: str | Path) -> Trace:
         raise _newer(path, metadata.version)
     if metadata.version not in READABLE_VERSIONS:
         raise BadInput(f"{path}: corrupt trace metadata (version {metadata.version})")
-    _check_columns(path, parquet, metadata)
+    validate.check_rows(path, parquet, schema(metadata.snapshots, metadata.version), metadata.steps)
     return Trace(path, parquet, metadata)
-
-
-def _check_columns(path: Path, parquet: pq.ParquetFile, metadata: TraceMetadata) -> None:
-    """The rows must have the columns the metadata describes, and at least one row.
-
-    A row count that differs from the metadata's `steps` is left to the
-    commands: `replay` and `diff` report a cut trace as a difference.
-    """
-    actual = parquet.schema_arrow
-    expected = schema(metadata.snapshots, metadata.version)
-    missing = [name for name in expected.names if name not in actual.names]
-    if missing:
-        raise BadInput(f"{path}: corrupt trace (missing columns: {', '.join(missing)})")
-    for window in metadata.snapshots.values():
-        stored = actual.field(window.column).type
-        if pa.types.is_fixed_size_binary(stored) and stored != pa.binary(window.size):
-            raise BadInput(
-                f"{path}: corrupt trace (column {window.column} does not hold "
-                f"the {window.size} bytes its snapshot window says)"
-            )
-    for field in expected:
-        if not stored_as(actual.field(field.name).type, field.type):
-            raise BadInput(
-                f"{path}: corrupt trace (column {field.name} has type "
-                f"{actual.field(field.name).type}, not {field.type})"
-            )
-    if parquet.metadata.num_rows == 0:
-        # The recorder refuses a program that stops before its first step.
-        raise BadInput(f"{path}: corrupt trace (no rows)")
 
 
 def _presented_schema(stored: pa.Schema, metadata: TraceMetadata) -> pa.Schema:
@@ -242,15 +235,6 @@ def _cast(
         return column.cast(to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadInput(f"{path}: corrupt trace (column {name}: {exc})") from None
-
-
-def _peek_version(raw: bytes) -> int | None:
-    import json
-
-    try:
-        return int(json.loads(raw)["version"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _newer(path: Path, version: int) -> BadInput:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import safe_output
 from ..errors import BadInput
 from .format import METADATA_KEY, TraceMetadata
+
+_FOOTER_BYTES_PER_CHUNK = 100
 
 #: Where Parquet files written by Arrow keep their Arrow schema (base64 of
 #: the IPC-serialized schema): dictionary types, and the schema's metadata.
@@ -35,19 +36,24 @@ ARROW_SCHEMA_KEY = "ARROW:schema"
 class TraceWriter:
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
         self.path = Path(path)
-        if self.path.is_dir():
-            raise BadInput(f"{self.path}: is a directory")
+        safe_output.check_target(self.path)  # regular files only: never a device or FIFO
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-            )
+            self._temp = safe_output.create_temp(self.path)
         except OSError as exc:
             raise BadInput(f"{self.path}: cannot write: {exc.strerror}") from None
-        os.close(fd)
-        self._temp = Path(temp)
         self.schema = schema
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+        self._committed = False
+        self._row_groups = 0
+        self._writer: pq.ParquetWriter | None = None
+        try:
+            self._writer = self._open(schema)
+        except BaseException:
+            safe_output.discard_temp(self._temp)
+            raise
+
+    def _open(self, schema: pa.Schema) -> pq.ParquetWriter:
+        return pq.ParquetWriter(
             self._temp,
             schema,
             compression="zstd",
@@ -60,24 +66,43 @@ class TraceWriter:
             store_schema=False,  # stored at commit, with the metadata (see above)
         )
 
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the trace so far: the row groups on disk, and their entries in
+        the footer, written at the end (measured: under 100 bytes per column chunk)."""
+        try:
+            on_disk = self._temp.stat().st_size
+        except OSError:
+            on_disk = 0
+        return on_disk + self._row_groups * len(self.schema) * _FOOTER_BYTES_PER_CHUNK
+
     def write(self, batch: pa.RecordBatch) -> None:
         assert self._writer is not None
-        self._writer.write_batch(batch, row_group_size=batch.num_rows)
+        self._row_groups += 1
+        try:
+            self._writer.write_batch(batch, row_group_size=batch.num_rows)
+        except OSError as exc:
+            raise safe_output.write_error(self.path, exc) from None
 
     def commit(self, metadata: TraceMetadata) -> Path:
         assert self._writer is not None
         text = metadata.to_json()
         arrow_schema = self.schema.with_metadata({METADATA_KEY: text})
-        self._writer.add_key_value_metadata(
-            {
-                METADATA_KEY: text,
-                ARROW_SCHEMA_KEY: base64.b64encode(arrow_schema.serialize().to_pybytes()).decode(),
-            }
-        )
-        self._writer.close()
+        try:
+            self._writer.add_key_value_metadata(
+                {
+                    METADATA_KEY: text,
+                    ARROW_SCHEMA_KEY: base64.b64encode(
+                        arrow_schema.serialize().to_pybytes()
+                    ).decode(),
+                }
+            )
+            self._writer.close()
+        except OSError as exc:
+            raise safe_output.write_error(self.path, exc) from None
         self._writer = None
-        os.chmod(self._temp, 0o644)
-        os.replace(self._temp, self.path)
+        safe_output.commit_temp(self._temp, self.path)
+        self._committed = True
         return self.path
 
     def abort(self) -> None:
@@ -85,7 +110,7 @@ class TraceWriter:
             with contextlib.suppress(Exception):  # the file is being thrown away anyway
                 self._writer.close()
             self._writer = None
-        self._temp.unlink(missing_ok=True)
+        safe_output.discard_temp(self._temp)
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -96,5 +121,5 @@ class TraceWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._writer is not None:
+        if not self._committed:
             self.abort()

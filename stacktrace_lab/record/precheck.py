@@ -1,0 +1,114 @@
+"""Checks on a scenario's program before the assembler sees it (issue 16).
+
+The assembler allocates what the source asks for (`.skip 0x10000000000` is a
+terabyte) and reads what it names (`.incbin "/etc/passwd"` copies a host
+file into the trace's code, `.incbin "/dev/zero"` never ends). So before
+assembling: the program's size is bounded from its directives
+(`limits.check_program_size`), and every `.incbin` must name a regular file
+inside the scenario's directory (or `--allow-outside`), which is then handed
+to the assembler by its absolute path, so it reads the file that was checked
+whatever the working directory. The trace keeps the source as written.
+Characters on which keystone never returns (control characters, a non-ASCII
+character outside strings and comments) are refused on their line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from ..errors import BadInput
+from ..limits import Limits, check_program_size, iter_incbin_names, resolve_input
+from ..scenario import Scenario
+from .assembler import labels_of_line, statements, strip_comment
+
+
+def _register_names() -> frozenset[str]:
+    """Every x86-64 register name an operand may use (Intel syntax spells them bare)."""
+    names = {"rip", "eip", "ip", "rflags", "eflags", "flags", "st"}
+    for r in ("ax", "bx", "cx", "dx"):
+        names |= {f"r{r}", f"e{r}", r, f"{r[0]}l", f"{r[0]}h"}
+    for r in ("si", "di", "bp", "sp"):
+        names |= {f"r{r}", f"e{r}", r, f"{r}l"}
+    for n in range(8, 16):
+        names |= {f"r{n}", f"r{n}d", f"r{n}w", f"r{n}b", f"r{n}l"}
+    names |= {"cs", "ds", "es", "fs", "gs", "ss"}
+    names |= {f"{kind}{n}" for kind in ("cr", "dr") for n in range(16)}
+    names |= {f"{kind}{n}" for kind in ("xmm", "ymm", "zmm") for n in range(32)}
+    names |= {f"{kind}{n}" for kind in ("mm", "st", "k") for n in range(8)}
+    return frozenset(names)
+
+
+REGISTER_NAMES = _register_names()
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _character_problem(line: str, syntax: str) -> str | None:
+    """Characters keystone never returns from (checked: it loops forever on a
+    line holding a control character, or starting with a non-ASCII one)."""
+    code = strip_comment(line, syntax)
+    for ch in code:
+        if (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F:
+            return f"control character U+{ord(ch):04X} in the program"
+    outside_strings = _STRING.sub('""', code)
+    for ch in outside_strings:
+        if ord(ch) > 0x7F:
+            return f"character {ch!r} (U+{ord(ch):04X}) outside a string or comment"
+    return None
+
+
+def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limits) -> Scenario:
+    """The scenario to assemble: sizes bounded, `.incbin` files checked and made absolute."""
+    lines = scenario.source.splitlines()
+    base_dir = Path(scenario.path).parent
+    resolved: dict[int, list[tuple[str, Path]]] = {}
+
+    def fail(index: int, message: str) -> BadInput:
+        shown = lines[index].strip() if 0 <= index < len(lines) else ""
+        if not shown.isprintable():
+            shown = ascii(shown)  # a control character would garble the terminal
+        line = scenario.source_first_line + index
+        return BadInput(f"{scenario.source_file}:{line}: {message}: {shown}")
+
+    def incbin(index: int, statement: str) -> int:
+        size = 0
+        for name in iter_incbin_names(statement):
+            where = f"{scenario.source_file}:{scenario.source_first_line + index}: .incbin"
+            path = resolve_input(name, base_dir, where, scenario.allow_outside)
+            try:
+                status = path.stat()
+            except OSError as exc:
+                raise fail(index, f"cannot read {name!r}: {exc.strerror}") from None
+            if not path.is_file():
+                raise fail(index, f"{name!r} is not a regular file")
+            size += status.st_size
+            resolved.setdefault(index, []).append((name, path.resolve()))
+        return size
+
+    for index, line in enumerate(lines):
+        problem = _character_problem(line, scenario.syntax)
+        if problem is not None:
+            raise fail(index, problem)
+        for label in labels_of_line(line, scenario.syntax):
+            if label.lower() in REGISTER_NAMES:
+                # Keystone reads the name as the register wherever the label is
+                # used (the tool itself takes every label's address), and fails
+                # on some later line with "invalid operand".
+                raise fail(index, f"label '{label}' is named like a register; rename it")
+    check_program_size(
+        lines,
+        constants,
+        limits.max_program_bytes,
+        fail,
+        lambda line: statements(line, scenario.syntax),
+        incbin,
+    )
+    if not resolved:
+        return scenario
+    for index, names in resolved.items():
+        for name, path in names:
+            lines[index] = lines[index].replace(f'"{name}"', f'"{path}"', 1)
+    return dataclasses.replace(scenario, source="\n".join(lines))

@@ -1,0 +1,192 @@
+"""Writing output files safely: regular files only, whole or not at all.
+
+Every file the tool writes (a trace, each file of a report) goes through here:
+
+- `check_target` refuses a path that names anything but a regular file (a
+  character device such as `/dev/null`, a FIFO, a socket, a directory) with
+  one line, instead of replacing the node by a regular file; and names a
+  parent that is a file where a directory should be.
+- `create_temp` makes the temporary file beside the target under a name that
+  fits the file system's name limit (NAME_MAX), so a legal long target name
+  is not refused because the temporary name is longer.
+- `commit_temp` renames the complete temporary file into place. Between
+  `create_temp` and `commit_temp` or `discard_temp` the temporary file is
+  registered; `stop_on_signals` turns SIGTERM and SIGHUP into an exception
+  like Ctrl-C's, so the code that is writing unwinds and removes it, and
+  `remove_pending` removes whatever is left. Signals are blocked for the few
+  instructions that create or rename a temporary file, so no signal can land
+  between the file appearing and its registration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from .errors import BadInput
+
+_TEMP_SUFFIX = ".tmp"
+_RANDOM = 8  # characters mkstemp adds
+_pending: set[Path] = set()
+_STOPPING = (signal.SIGTERM, signal.SIGHUP)
+_BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+_KINDS = {
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISFIFO: "a FIFO",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISDIR: "a directory",
+}
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stopping signal (SIGTERM, SIGHUP) arrived while writing: unwind like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def write_error(target: Path, exc: OSError) -> BadInput:
+    """One line naming the file for a failed write; Arrow's messages name neither
+    the file nor, in words, the cause (`Error writing bytes to file ... [errno 28]`)."""
+    number = exc.errno
+    if number is None:
+        found = re.search(r"errno (\d+)", str(exc))
+        number = int(found.group(1)) if found else None
+    cause = os.strerror(number) if number else (exc.strerror or str(exc))
+    return BadInput(f"{target}: cannot write: {cause}" + (f" (errno {number})" if number else ""))
+
+
+def kind_of(path: Path) -> str | None:
+    """What `path` is if it exists and is not a regular file ('a FIFO' ...), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for test, kind in _KINDS.items():
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def check_target(path: Path) -> None:
+    """Refuse, in one line, an output path that is not (or cannot become) a regular file."""
+    kind = kind_of(path)
+    if kind is not None:
+        raise BadInput(f"{path}: is {kind}, not a regular file; refusing to replace it")
+    check_parent(path.parent, path)
+
+
+def check_parent(directory: Path, target: Path) -> None:
+    """The nearest existing ancestor of `directory` must be a directory."""
+    for ancestor in [directory, *directory.parents]:
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                raise BadInput(f"{target}: cannot write: {ancestor} is not a directory")
+            return
+
+
+def _name_limit(directory: Path) -> int:
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def temp_prefix(name: str, limit: int) -> str:
+    """`.NAME.`, cut at a UTF-8 character boundary so that it, the random part
+    and the suffix fit in `limit` bytes."""
+    room = max(limit - 2 - _RANDOM - len(_TEMP_SUFFIX), 1)
+    kept = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return f".{kept}."
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def create_temp(target: Path) -> Path:
+    """A new, empty, registered temporary file in `target`'s directory."""
+    directory = target.parent
+    with _signals_blocked():
+        fd, name = tempfile.mkstemp(
+            prefix=temp_prefix(target.name, _name_limit(directory)),
+            suffix=_TEMP_SUFFIX,
+            dir=directory,
+        )
+        os.close(fd)
+        temp = Path(name)
+        _pending.add(temp)
+    return temp
+
+
+def commit_temp(temp: Path, target: Path) -> None:
+    """Rename the complete `temp` onto `target` (a regular file or nothing)."""
+    check_target(target)  # it may have become a FIFO while we wrote
+    os.chmod(temp, 0o644)
+    with _signals_blocked():
+        os.replace(temp, target)
+        _pending.discard(temp)
+
+
+def discard_temp(temp: Path) -> None:
+    with _signals_blocked():
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        _pending.discard(temp)
+
+
+def remove_pending() -> None:
+    """Remove every temporary file still registered (after an interruption)."""
+    for temp in list(_pending):
+        discard_temp(temp)
+
+
+def write_file(target: Path, data: bytes) -> Path:
+    """Write `data` to `target` through a temporary file: the old file or the new, whole."""
+    check_target(target)
+    temp = create_temp(target)
+    try:
+        with open(temp, "wb") as out:
+            out.write(data)
+        commit_temp(temp, target)
+    except BaseException:
+        discard_temp(temp)
+        raise
+    return target
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While writing: SIGTERM and SIGHUP raise `Interrupted` (Ctrl-C already raises)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous = {number: signal.signal(number, on_signal) for number in _STOPPING}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -1,0 +1,213 @@
+"""Safe outputs (issue 16): regular files only, names inside their directory, whole or nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stacktrace_lab.cli import main
+from stacktrace_lab.safe_output import temp_prefix
+from stacktrace_lab.trace import load_trace
+
+from .conftest import scenario_toml
+
+LOOP = scenario_toml("main:\n    incq %rax\n    pushq %rax\n    popq %rbx\n    jmp main\n")
+
+
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.removeprefix("stacktrace-lab: error: ").rstrip("\n")
+
+
+def _char_device(path: Path) -> Path:
+    """A character device like /dev/null (1, 3), made in tmp_path, never the system's."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a character device needs root (CAP_MKNOD)")
+    return path
+
+
+def test_record_refuses_to_replace_a_character_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device = _char_device(tmp_path / "null")
+    assert main(["record", "first-switch", "-o", str(device)]) == 2
+    assert _one_line(capsys) == (
+        f"{device}: is a character device, not a regular file; refusing to replace it"
+    )
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+    assert os.listdir(tmp_path) == ["null"]
+
+
+def test_record_refuses_a_fifo_a_socket_and_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "fifo.parquet"
+    os.mkfifo(fifo)
+    assert main(["record", "first-switch", "-o", str(fifo)]) == 2
+    assert _one_line(capsys) == f"{fifo}: is a FIFO, not a regular file; refusing to replace it"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+    import socket
+
+    sock_path = tmp_path / "s.parquet"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        assert main(["record", "first-switch", "-o", str(sock_path)]) == 2
+        assert "is a socket, not a regular file" in _one_line(capsys)
+
+    directory = tmp_path / "dir.parquet"
+    directory.mkdir()
+    assert main(["record", "first-switch", "-o", str(directory)]) == 2
+    assert _one_line(capsys) == (
+        f"stacktrace-lab record: Invalid value for '-o' / '--output': File '{directory}' "
+        "is a directory. (see 'stacktrace-lab record --help')"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dir.parquet",
+        "fifo.parquet",
+        "s.parquet",
+    ]
+
+
+def test_report_refuses_a_fifo_or_device_among_its_files(
+    first_switch_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    out.mkdir()
+    os.mkfifo(out / "report.md")
+    assert main(["report", str(first_switch_trace), "-o", str(out)]) == 2
+    assert _one_line(capsys) == (
+        f"{out / 'report.md'}: is a FIFO, not a regular file; refusing to replace it"
+    )
+    assert os.listdir(out) == ["report.md"]  # nothing written before the refusal
+
+
+def test_a_file_where_a_directory_should_be_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    target = afile / "t.parquet"
+    assert main(["record", "first-switch", "-o", str(target)]) == 2
+    assert _one_line(capsys) == f"{target}: cannot write: {afile} is not a directory"
+    deeper = afile / "sub" / "t.parquet"
+    assert main(["record", "first-switch", "-o", str(deeper)]) == 2
+    assert _one_line(capsys) == f"{deeper}: cannot write: {afile} is not a directory"
+
+
+@pytest.mark.parametrize("name", ["...parquet", "..parquet"])
+def test_a_trace_stem_never_leaves_the_reports_directory(
+    name: str,
+    first_switch_trace: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(first_switch_trace, name)
+    stem = Path(name).stem
+    assert main(["report", name]) == 2
+    assert _one_line(capsys) == (
+        f"{name}: the name {stem!r} cannot name a directory under reports/; give one with -o DIR"
+    )
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
+def test_a_legal_250_byte_output_name_works(tmp_path: Path) -> None:
+    name = "t" * 242 + ".parquet"
+    assert len(name) == 250
+    assert main(["record", "first-switch", "-o", str(tmp_path / name)]) == 0
+    assert os.listdir(tmp_path) == [name]
+    # A multi-byte name is cut at a character boundary: 255 bytes at most.
+    prefix = temp_prefix("é" * 127, 255)
+    assert len(prefix.encode()) + 8 + len(".tmp") <= 255 and prefix.endswith("é.")
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real ENOSPC (errno 28) for a trace of a few hundred KiB."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_names_the_file(
+    full_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "loop.toml"
+    scenario.write_text(LOOP)
+    target = full_disk / "t.parquet"
+    assert main(["record", str(scenario), "-o", str(target), "--max-steps", "200000"]) == 2
+    assert _one_line(capsys) == f"{target}: cannot write: No space left on device (errno 28)"
+    assert os.listdir(full_disk) == []
+
+
+def _run_and_signal(argv: list[str], cwd: Path, delay: float) -> int:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stacktrace_lab", *argv],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=120)
+
+
+def _timed(argv: list[str], cwd: Path) -> float:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "stacktrace_lab", *argv], cwd=cwd, capture_output=True
+    )
+    assert done.returncode in (0, 1), done.stderr  # report: 1 when an invariant fails
+    return time.monotonic() - started
+
+
+def test_sigterm_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_path: Path) -> None:
+    """SIGTERM spread over a whole record and a whole report: never a temporary file,
+    never a damaged target. `old` is a complete trace of another length."""
+    (tmp_path / "loop.toml").write_text(LOOP)
+    record = ["record", "loop.toml", "-o", "t.parquet", "--max-steps", "50000"]
+    # A whole run, timed, then an old complete file of another length in its place.
+    duration = _timed(record, tmp_path)
+    _timed([*record[:-1], "1000"], tmp_path)
+    old_size = (tmp_path / "t.parquet").stat().st_size
+    # Python's own start-up (the first ~third) is covered once; the rest more densely.
+    for fraction in (0.2, 0.5, 0.7, 0.85, 1.0, 1.3):
+        status = _run_and_signal(record, tmp_path, duration * fraction)
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert not [n for n in names if n.endswith(".tmp")], (fraction, status, names)
+        steps = load_trace(tmp_path / "t.parquet").metadata.steps
+        assert steps in (1000, 50000), (fraction, status)
+        if steps == 50000:
+            assert status in (0, 130, 143, -signal.SIGTERM)
+            break
+        assert status in (130, 143, -signal.SIGTERM)  # 130: stopped inside the emulation
+        assert (tmp_path / "t.parquet").stat().st_size == old_size
+    report = ["report", "t.parquet", "-o", "out"]
+    report_time = _timed(report, tmp_path)
+    for fraction in (0.5, 0.8, 0.95):
+        _run_and_signal(report, tmp_path, report_time * fraction)
+        leftovers = [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+        assert not leftovers, (fraction, leftovers)
