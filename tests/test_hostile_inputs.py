@@ -380,3 +380,27 @@ def test_characters_keystone_never_returns_from_are_refused_on_their_line(
     assert time.monotonic() - started < 10
     assert status == 2 and err.startswith(f"{path}:8: ")
     assert ("control character U+" in err) or ("outside a string or comment" in err)
+
+
+def test_include_in_a_dot_S_file_stays_inside_the_scenario_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`#include` puts a file's text into the trace: the same rule as `[program] file`."""
+    (tmp_path / "outside.h").write_text("#define SECRET 7\n")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "ok.h").write_text("#define VALUE 5\n")
+    (inner / "prog.S").write_text(
+        '#include "ok.h"\n#include "../outside.h"\nmain:\n    mov $VALUE + SECRET, %eax\n    hlt\n'
+    )
+    path = inner / "s.toml"
+    path.write_text(
+        'name = "inc"\n[[stacks]]\nname = "main"\nsize = 4096\n[program]\nfile = "prog.S"\n'
+    )
+    trace = tmp_path / "t.parquet"
+    status, err = _record([str(path), "-o", str(trace)], capsys)
+    assert status == 2
+    assert err.startswith(f"{inner / 'prog.S'}:2: #include ") and "--allow-outside" in err
+    assert not trace.exists()
+    assert _record([str(path), "-o", str(trace), "--allow-outside"], capsys)[0] == 0
+    assert load_trace(trace).metadata.final["rax"] == 12
