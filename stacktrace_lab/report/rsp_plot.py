@@ -422,14 +422,15 @@ def _cause_marks(
                 zorder=7,
             )
         right = step > 0.6 * facts.steps
+        # At the panel's foot: its top carries the planted-return and switch labels.
         ax.annotate(
             f"{number}: {cause.title}",
-            xy=(step, 1.0),
+            xy=(step, 0.0),
             xycoords=("data", "axes fraction"),
-            xytext=(-4 if right else 4, -12 - 11 * (number - 1)),
+            xytext=(-4 if right else 4, 6 + 11 * (number - 1)),
             textcoords="offset points",
             ha="right" if right else "left",
-            va="top",
+            va="bottom",
             fontsize=8,
             fontweight="bold",
             color=FAIL_COLOUR,
