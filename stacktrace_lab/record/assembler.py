@@ -26,7 +26,7 @@ from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import CODE_BASE, CODE_LIMIT
 from ..scenario import Scenario
-from .gnu_as import FrontEnd, Origin, Prepared, SourceFile, Statement
+from .gnu_as import FrontEnd, Origin, Prepared, SourceFile, Statement, unquoted
 from .guard import Guard
 from .keystone_worker import AssemblerCrash, KeystoneWorker, shared
 from .operands import Expr, ExprError, Unknown
@@ -68,23 +68,6 @@ class Program:
         return {name: addr for name, addr in self.labels.items() if not name.startswith(".")}
 
 
-def _unquoted(text: str) -> tuple[list[int], bool]:
-    """Indices of the characters outside string literals (`\\"` escapes
-    respected), and whether the text ends inside a string."""
-    outside: list[int] = []
-    quote = escaped = False
-    for i, ch in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quote and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quote = not quote
-        elif not quote:
-            outside.append(i)
-    return outside, quote
-
-
 def strip_comment(line: str, syntax: str = "att") -> str:
     """The line without its comment.
 
@@ -93,7 +76,7 @@ def strip_comment(line: str, syntax: str = "att") -> str:
     source it starts a comment, as NASM-style programs write it.
     """
     comment = "#;" if syntax == "intel" else "#"
-    for i in _unquoted(line)[0]:
+    for i in unquoted(line)[0]:
         if line[i] in comment:
             return line[:i]
     return line
@@ -102,7 +85,7 @@ def strip_comment(line: str, syntax: str = "att") -> str:
 def statements(line: str, syntax: str = "att") -> list[str]:
     """The statements of a line without its comment: AT&T `a; b` is two."""
     code = strip_comment(line, syntax)
-    ends = [i for i in _unquoted(code)[0] if code[i] == ";"]
+    ends = [i for i in unquoted(code)[0] if code[i] == ";"]
     starts = [0] + [i + 1 for i in ends]
     return [code[a:b] for a, b in zip(starts, [*ends, len(code)], strict=True)]
 

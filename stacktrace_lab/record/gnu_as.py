@@ -1037,12 +1037,12 @@ def _outside_strings(text: str, change: Callable[[str], str]) -> str:
     return "".join(p if p.startswith('"') else change(p) for p in parts)
 
 
-def _lexical_error(text: str) -> str | None:
-    """What keystone would mishandle: it loops forever on a string without
-    its closing quote, and reads `mov rax, [rbx` as a load from 0."""
+def unquoted(text: str) -> tuple[list[int], bool]:
+    """Indices of the characters outside string literals (`\\"` escapes
+    respected), and whether the text ends inside a string."""
+    outside: list[int] = []
     quote = escaped = False
-    outside = []
-    for ch in text:
+    for i, ch in enumerate(text):
         if escaped:
             escaped = False
         elif quote and ch == "\\":
@@ -1050,10 +1050,17 @@ def _lexical_error(text: str) -> str | None:
         elif ch == '"':
             quote = not quote
         elif not quote:
-            outside.append(ch)
+            outside.append(i)
+    return outside, quote
+
+
+def _lexical_error(text: str) -> str | None:
+    """What keystone would mishandle: it loops forever on a string without
+    its closing quote, and reads `mov rax, [rbx` as a load from 0."""
+    outside, quote = unquoted(text)
     if quote:
         return "unterminated string"
-    rest = "".join(outside)
+    rest = "".join(text[i] for i in outside)
     for opening, closing in ("[]", "()"):
         if rest.count(opening) != rest.count(closing):
             return f"unbalanced '{opening}' and '{closing}'"
