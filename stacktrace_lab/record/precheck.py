@@ -22,25 +22,18 @@ from ..errors import BadInput
 from ..limits import Limits, check_program_size, iter_incbin_names, resolve_input
 from ..scenario import Scenario
 from .assembler import labels_of_line, statements, strip_comment
+from .operands import REGISTERS as OPERAND_REGISTERS
 
-
-def _register_names() -> frozenset[str]:
-    """Every x86-64 register name an operand may use (Intel syntax spells them bare)."""
-    names = {"rip", "eip", "ip", "rflags", "eflags", "flags", "st"}
-    for r in ("ax", "bx", "cx", "dx"):
-        names |= {f"r{r}", f"e{r}", r, f"{r[0]}l", f"{r[0]}h"}
-    for r in ("si", "di", "bp", "sp"):
-        names |= {f"r{r}", f"e{r}", r, f"{r}l"}
-    for n in range(8, 16):
-        names |= {f"r{n}", f"r{n}d", f"r{n}w", f"r{n}b", f"r{n}l"}
-    names |= {"cs", "ds", "es", "fs", "gs", "ss"}
-    names |= {f"{kind}{n}" for kind in ("cr", "dr") for n in range(16)}
-    names |= {f"{kind}{n}" for kind in ("xmm", "ymm", "zmm") for n in range(32)}
-    names |= {f"{kind}{n}" for kind in ("mm", "st", "k") for n in range(8)}
-    return frozenset(names)
-
-
-REGISTER_NAMES = _register_names()
+#: Names a label must not take: every register an operand may name (the front
+#: end's table, `st(i)` aside), plus the spellings keystone also reads as
+#: registers in Intel syntax (bare `st0`, `r8l`, flags and the upper debug registers).
+REGISTER_NAMES = frozenset(
+    {name for name in OPERAND_REGISTERS if "(" not in name}
+    | {"rflags", "eflags", "flags", "ip"}
+    | {f"r{n}l" for n in range(8, 16)}
+    | {f"st{n}" for n in range(8)}
+    | {f"dr{n}" for n in range(8, 16)}
+)
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
