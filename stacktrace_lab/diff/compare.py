@@ -407,13 +407,7 @@ def scan(
                 start_a, start_b = segment.a_start + offset, segment.b_start + offset
                 chunk_a = cursor_a.read(start_a, start_a + n)
                 chunk_b = cursor_b.read(start_b, start_b + n)
-                for name, mask in comparator.masks(chunk_a, chunk_b).items():
-                    count = int(np.count_nonzero(mask))
-                    if count:
-                        result.counts[name] += count
-                        if name not in result.first:
-                            k = int(np.argmax(mask))
-                            result.first[name] = (start_a + k, start_b + k)
+                _tally(comparator.masks(chunk_a, chunk_b), _offset_rows(start_a, start_b), result)
     result.counts = {name: n for name, n in result.counts.items() if n}
     return result
 
@@ -460,10 +454,26 @@ def _scan_gathered(
     rows_a, rows_b = paired_rows(batch)
     chunk_a = cursor_a.read(lo_a, hi_a).take(pa.array(rows_a - lo_a))
     chunk_b = cursor_b.read(lo_b, hi_b).take(pa.array(rows_b - lo_b))
-    for name, mask in comparator.masks(chunk_a, chunk_b).items():
+    _tally(
+        comparator.masks(chunk_a, chunk_b),
+        lambda k: (int(rows_a[k]), int(rows_b[k])),
+        result,
+    )
+
+
+def _offset_rows(start_a: int, start_b: int) -> Callable[[int], tuple[int, int]]:
+    """Rows of a chunk read from `start_a` in A and `start_b` in B, row for row."""
+    return lambda k: (start_a + k, start_b + k)
+
+
+def _tally(
+    masks: dict[str, Mask], rows_at: Callable[[int], tuple[int, int]], result: ScanResult
+) -> None:
+    """Add each column's differing rows to `result`, keeping the first pair of
+    rows (A's, B's) where it differs: `rows_at(k)` for the masks' position k."""
+    for name, mask in masks.items():
         count = int(np.count_nonzero(mask))
         if count:
             result.counts[name] += count
             if name not in result.first:
-                k = int(np.argmax(mask))
-                result.first[name] = (int(rows_a[k]), int(rows_b[k]))
+                result.first[name] = rows_at(int(np.argmax(mask)))
