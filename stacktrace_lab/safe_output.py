@@ -11,11 +11,18 @@ Every file the tool writes (a trace, each file of a report) goes through here:
   is not refused because the temporary name is longer.
 - `commit_temp` renames the complete temporary file into place. Between
   `create_temp` and `commit_temp` or `discard_temp` the temporary file is
-  registered; `stop_on_signals` turns SIGTERM and SIGHUP into an exception
-  like Ctrl-C's, so the code that is writing unwinds and removes it, and
-  `remove_pending` removes whatever is left. Signals are blocked for the few
-  instructions that create or rename a temporary file, so no signal can land
-  between the file appearing and its registration.
+  registered; `stop_on_signals` turns SIGINT, SIGTERM and SIGHUP into an
+  exception like Ctrl-C's, so the code that is writing unwinds and removes it, and
+  `remove_pending` removes whatever is left. The few statements that create,
+  rename or remove a temporary file and (un)register it form a critical
+  section: a stopping signal arriving inside one is held until it ends, so no
+  interruption can land between the file appearing and its registration.
+
+  Why not block the signals with `pthread_sigmask`: that blocks them for the
+  main thread only. Other threads (pyarrow's pools, rich's refresh thread) take
+  the signal instead, and CPython then runs the Python handler on the main
+  thread at the next bytecode, mask or no mask: a report interrupted there left
+  `.index.html.XXXX.tmp` behind (seen in CI).
 """
 
 from __future__ import annotations
@@ -36,8 +43,12 @@ from .errors import BadInput
 _TEMP_SUFFIX = ".tmp"
 _RANDOM = 8  # characters mkstemp adds
 _pending: set[Path] = set()
-_STOPPING = (signal.SIGTERM, signal.SIGHUP)
-_BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+# Ctrl-C too: Python's own SIGINT handler would raise KeyboardInterrupt inside a
+# critical section. `Interrupted` is a KeyboardInterrupt, so callers see the same.
+_STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Critical-section depth, and the stopping signal that arrived inside one.
+_critical_depth = 0
+_held_signal: list[int] = []
 
 _KINDS = {
     stat.S_ISCHR: "a character device",
@@ -112,21 +123,25 @@ def temp_prefix(name: str, limit: int) -> str:
 
 
 @contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+def _critical_section() -> Iterator[None]:
+    """Hold a stopping signal that arrives inside until the section ends, then
+    raise it. Python runs signal handlers on the main thread only, between
+    bytecodes, so the handler sees this depth and the section's statements
+    complete in between."""
+    global _critical_depth
+    _critical_depth += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _critical_depth -= 1
+        if _critical_depth == 0 and _held_signal:
+            raise Interrupted(_held_signal.pop())
 
 
 def create_temp(target: Path) -> Path:
     """A new, empty, registered temporary file in `target`'s directory."""
     directory = target.parent
-    with _signals_blocked():
+    with _critical_section():
         fd, name = tempfile.mkstemp(
             prefix=temp_prefix(target.name, _name_limit(directory)),
             suffix=_TEMP_SUFFIX,
@@ -142,13 +157,13 @@ def commit_temp(temp: Path, target: Path) -> None:
     """Rename the complete `temp` onto `target` (a regular file or nothing)."""
     check_target(target)  # it may have become a FIFO while we wrote
     os.chmod(temp, 0o644)
-    with _signals_blocked():
+    with _critical_section():
         os.replace(temp, target)
         _pending.discard(temp)
 
 
 def discard_temp(temp: Path) -> None:
-    with _signals_blocked():
+    with _critical_section():
         with contextlib.suppress(OSError):
             temp.unlink()
         _pending.discard(temp)
@@ -176,12 +191,16 @@ def write_file(target: Path, data: bytes) -> Path:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While writing: SIGTERM and SIGHUP raise `Interrupted` (Ctrl-C already raises)."""
+    """While writing: SIGINT, SIGTERM and SIGHUP raise `Interrupted`, held
+    until the end of a critical section when one is running."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if _critical_depth:
+            _held_signal[:] = [signum]  # raised when the critical section ends
+            return
         raise Interrupted(signum)
 
     previous = {number: signal.signal(number, on_signal) for number in _STOPPING}

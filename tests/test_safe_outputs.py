@@ -8,12 +8,15 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from stacktrace_lab import safe_output
 from stacktrace_lab.cli import main
 from stacktrace_lab.safe_output import temp_prefix
 from stacktrace_lab.trace import load_trace
@@ -211,3 +214,50 @@ def test_sigterm_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_path: Path
         _run_and_signal(report, tmp_path, report_time * fraction)
         leftovers = [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
         assert not leftovers, (fraction, leftovers)
+
+
+@pytest.mark.parametrize("moment", ["created", "renamed"])
+def test_a_signal_right_as_a_temporary_file_appears_or_goes_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """The race CI hit (`.index.html.XXXX.tmp` left by a report stopped with SIGTERM):
+    with another thread alive, as pyarrow's pools and rich's refresh thread are, the
+    kernel hands a process signal to that thread and Python runs the handler on the
+    main thread at its next bytecode, whatever the main thread's signal mask. Here
+    the signal lands exactly between the file appearing (or being renamed) and the
+    bookkeeping: the write must still end with the old file or the new one, whole,
+    and no temporary file."""
+    bystander_stop = threading.Event()
+    bystander = threading.Thread(target=bystander_stop.wait)
+    bystander.start()
+    target = tmp_path / "index.html"
+    target.write_bytes(b"old")
+
+    def signal_now() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the other thread takes it; the main thread's handler is due
+
+    real_mkstemp, real_replace = safe_output.tempfile.mkstemp, safe_output.os.replace
+
+    def mkstemp_then_signal(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        made = real_mkstemp(*args, **kwargs)
+        signal_now()
+        return made
+
+    def replace_then_signal(source: Path, destination: Path) -> None:
+        real_replace(source, destination)
+        signal_now()
+
+    if moment == "created":
+        monkeypatch.setattr(safe_output.tempfile, "mkstemp", mkstemp_then_signal)
+    else:
+        monkeypatch.setattr(safe_output.os, "replace", replace_then_signal)
+    try:
+        with pytest.raises(safe_output.Interrupted), safe_output.stop_on_signals():
+            safe_output.write_file(target, b"new")
+        safe_output.remove_pending()  # what the command line does on Interrupted
+    finally:
+        bystander_stop.set()
+        bystander.join()
+    assert [p.name for p in tmp_path.iterdir()] == ["index.html"]
+    assert target.read_bytes() == (b"old" if moment == "created" else b"new")
