@@ -401,3 +401,29 @@ def test_demo_rust_builds_records_and_reports(tmp_path: Path, monkeypatch, capsy
     report = (tmp_path / "reports" / "first-switch-rust" / "report.md").read_text()
     assert "calloc_48 (48 bytes) overflows by" in report
     assert "first_switch.rs:" in report
+
+
+def test_a_scenario_naming_a_program_outside_its_directory_needs_allow_outside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`[program] elf` is held to the scenario's directory like `[program] file`:
+    a shared scenario must not record a host program into a trace unasked."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "prog").write_bytes(b"#!/bin/sh\n")  # not an ELF: read only when allowed
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    for name, elf in (("abs.toml", str(outside / "prog")), ("up.toml", "../elsewhere/prog")):
+        toml = scenarios / name
+        toml.write_text(f'name = "x"\n[program]\nelf = "{elf}"\n')
+        assert main(["record", str(toml), "-o", str(tmp_path / "t.parquet")]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"stacktrace-lab: error: {toml}: field 'program.elf': {elf!r} is outside the "
+            f"scenario's directory {scenarios}; give --allow-outside to read it\n"
+        )
+        assert (
+            main(["record", str(toml), "--allow-outside", "-o", str(tmp_path / "t.parquet")]) == 2
+        )
+        assert "not an ELF" in capsys.readouterr().err
+        assert not (tmp_path / "t.parquet").exists()

@@ -255,7 +255,7 @@ def _recorder(
             from ..record.elf_scenario import describe_elf_scenario
             from ..record.recorder import record_description
 
-            description = describe_elf_scenario(Path(scenario), options.max_steps)
+            description = describe_elf_scenario(Path(scenario), options.max_steps, allow_outside)
 
             def record_elf_scenario(path: Path) -> Recording:
                 label = f"recording {description.info.name}"

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import BadInput
 from ..layout import Region
-from ..limits import DEFAULT_LIMITS, check_toml_depth, read_input
+from ..limits import DEFAULT_LIMITS, check_toml_depth, read_input, resolve_input
 from ..scenario import _expectations, _Fields  # one parser for [expect]
 from ..trace.format import ProgramInfo
 from .elf_front import describe_elf
@@ -74,7 +74,9 @@ def _read(path: Path) -> dict[str, Any]:
     return doc
 
 
-def describe_elf_scenario(path: str | Path, max_steps: int | None = None) -> Description:
+def describe_elf_scenario(
+    path: str | Path, max_steps: int | None = None, allow_outside: bool = False
+) -> Description:
     path = Path(path)
     raw = path.read_bytes() if path.is_file() else b""
     doc = _read(path)
@@ -83,7 +85,10 @@ def describe_elf_scenario(path: str | Path, max_steps: int | None = None) -> Des
     program = f.table["program"]
     p = _Fields(path, program, "program.")
     p.no_unknown(_PROGRAM_KEYS)
-    elf = path.parent / p.string("elf")
+    # Inside the scenario's directory, as `[program] file` is: a shared scenario
+    # must not record (and put the code bytes of) a host program it names.
+    where = f"{path}: field 'program.elf'"
+    elf = resolve_input(p.string("elf"), path.parent, where, allow_outside)
     args = program.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise p.fail("args", "must be a list of strings")
