@@ -8,6 +8,7 @@ with one line on stderr, so no user sees a traceback for bad input.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -19,8 +20,26 @@ from .errors import BadInput
 from .safe_output import Interrupted, remove_pending, stop_on_signals
 
 
+class StoppedBySignal(Exception):
+    """SIGTERM or SIGHUP stopped a command. Not a KeyboardInterrupt, so click
+    passes it on as it is instead of turning it into a bare Abort (which would
+    lose the signal and print a blank line meant to close a terminal's `^C`)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class LazyGroup(click.Group):
     """A group that imports a command's module only when that command is used."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Interrupted as exc:
+            if exc.signum == signal.SIGINT:
+                raise  # click closes the terminal's ^C echo, then main() says so
+            raise StoppedBySignal(exc.signum) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -74,10 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prog_name="stacktrace-lab",
                 standalone_mode=False,
             )
-    except Interrupted as exc:
-        remove_pending()
-        click.echo(f"stacktrace-lab: interrupted ({exc})", err=True)
-        return 128 + exc.signum
+    except (Interrupted, StoppedBySignal) as exc:
+        return _interrupted(exc.signum)
     except BadInput as exc:
         click.echo(f"stacktrace-lab: error: {exc}", err=True)
         return 2
@@ -97,10 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        remove_pending()
-        click.echo("stacktrace-lab: interrupted", err=True)
-        return 130
+        return _interrupted(signal.SIGINT)  # Ctrl-C, or end of input at a prompt
     return int(result) if isinstance(result, int) else 0
+
+
+def _interrupted(signum: int) -> int:
+    """Remove the temporary files in progress, say which signal, and exit as a
+    shell reports a process killed by it (128 + its number)."""
+    remove_pending()
+    click.echo(f"stacktrace-lab: interrupted ({signal.Signals(signum).name})", err=True)
+    return 128 + signum
 
 
 if __name__ == "__main__":

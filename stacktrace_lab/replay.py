@@ -34,6 +34,7 @@ from .record.columns import SnapshotState, build_batch
 from .record.disassembly import Disassembler, InstructionTable
 from .record.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .record.recorder import Description, prepare_machine
+from .safe_output import Interrupted
 from .trace.format import schema
 from .trace.reader import Trace
 
@@ -345,5 +346,5 @@ def replay(
     except _Diverged as diverged:
         return ReplayResult(comparer.compared, diverged.difference)
     if result.interrupted:
-        raise KeyboardInterrupt
+        raise Interrupted(result.interrupted)
     return ReplayResult(result.steps, _compare_end(trace, result))

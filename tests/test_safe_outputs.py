@@ -204,9 +204,11 @@ def test_sigterm_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_path: Path
         steps = load_trace(tmp_path / "t.parquet").metadata.steps
         assert steps in (1000, 50000), (fraction, status)
         if steps == 50000:
-            assert status in (0, 130, 143, -signal.SIGTERM)
+            assert status in (0, 143, -signal.SIGTERM)
             break
-        assert status in (130, 143, -signal.SIGTERM)  # 130: stopped inside the emulation
+        # 143 (128 + SIGTERM) once the tool's handlers are in place, wherever it
+        # was (emulating or writing); -SIGTERM during Python's own start-up.
+        assert status in (143, -signal.SIGTERM)
         assert (tmp_path / "t.parquet").stat().st_size == old_size
     report = ["report", "t.parquet", "-o", "out"]
     report_time = _timed(report, tmp_path)

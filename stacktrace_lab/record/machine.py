@@ -145,7 +145,8 @@ class RunResult:
     final: dict[str, int]
     stdout: bytes
     stderr: bytes
-    interrupted: bool = False
+    #: The number of the signal (SIGINT, SIGTERM, SIGHUP) that stopped the run, 0 if none.
+    interrupted: int = 0
     syscalls: list[SyscallRecord] = field(default_factory=list)
     #: Output bytes written past `MachineSpec.max_output` and not kept.
     stdout_dropped: int = 0
@@ -556,19 +557,20 @@ def _register_buffers() -> tuple[int, Any, Any, Any]:
 
 
 @contextmanager
-def _signals_stop(uch: Any) -> Iterator[list[bool]]:
+def _signals_stop(uch: Any) -> Iterator[list[int]]:
     """Ctrl-C raised inside a ctypes callback would be printed and ignored:
-    stop the emulation instead. SIGTERM (`timeout`, a cancelled CI job) too, or
-    it would kill the process and leave the temporary trace file. Only the main
-    thread may set handlers. Yields [interrupted]."""
-    interrupted = [False]
+    stop the emulation instead. SIGTERM (`timeout`, a cancelled CI job) and
+    SIGHUP too, or they would kill the process and leave the temporary trace
+    file. Only the main thread may set handlers. Yields [the signal's number],
+    0 while none arrived, so the caller can exit with 128 + that number."""
+    interrupted = [0]
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        interrupted[0] = True
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        interrupted[0] = signum
         _emu_stop(uch)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    stopping_signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+    stopping_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if in_main_thread else ()
     previous = {number: signal.signal(number, on_signal) for number in stopping_signals}
     try:
         yield interrupted

@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region_symbols
 from ..limits import DEFAULT_LIMITS, Limits
+from ..safe_output import Interrupted
 from ..scenario import Scenario
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
@@ -337,7 +338,7 @@ def record_description(
         if pending is not None:
             pending.result()
         if result.interrupted:
-            raise KeyboardInterrupt
+            raise Interrupted(result.interrupted)
         if result.steps == 0:
             # An empty trace explains nothing; it means the entry faulted at once.
             raise BadInput(
