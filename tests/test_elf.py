@@ -427,3 +427,38 @@ def test_a_scenario_naming_a_program_outside_its_directory_needs_allow_outside(
         )
         assert "not an ELF" in capsys.readouterr().err
         assert not (tmp_path / "t.parquet").exists()
+
+
+PRIVILEGED_BEFORE_MAIN_C = """
+#include <stdio.h>
+__attribute__((constructor)) static void before_main(void) { __asm__ volatile("cli"); }
+int main(void) { puts("never"); return 0; }
+"""
+
+
+def test_a_privileged_instruction_before_from_is_a_fault_not_silently_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CPU is in user mode during `--from`'s fast-forward too: a `cli` in a
+    constructor stops the run with the #GP, as it would on a real CPU, instead of
+    running at ring 0 unseen."""
+    if compiler_missing("c-static") is not None:
+        pytest.skip(f"cannot build a C program: {compiler_missing('c-static')}")
+    import subprocess
+
+    source = tmp_path / "cli.c"
+    source.write_text(PRIVILEGED_BEFORE_MAIN_C)
+    program = tmp_path / "cli"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(program), str(source)], check=True)
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(program), "--from", "main", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"stacktrace-lab: error: {program}: the program never reached --from main"
+    ), err
+    assert "fault: general protection fault (#GP) at 0x" in err and ": cli is a privileged" in err
+    assert err.count("\n") == 1 and not out.exists()
+    # Recorded from the entry, the same instruction is the fault stop, its row kept.
+    assert main(["record", str(program), "-o", str(out)]) == 0
+    meta = load_trace(out).metadata
+    assert meta.stop.reason == "fault" and "cli is a privileged instruction" in meta.stop.detail

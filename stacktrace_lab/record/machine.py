@@ -72,7 +72,7 @@ from ..layout import Region
 from ..trace.format import SyscallRecord
 from .cpu import CpuModel
 from .syscalls import BareKernel
-from .user_mode import hook_privileged
+from .user_mode import hook_privileged, privileged_instructions
 
 UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
 ROW_BYTES = WORD * len(REGISTERS)
@@ -258,6 +258,7 @@ class Machine:
         executable = [(m.data_at, m.data) for m in spec.mappings if "x" in m.perms and m.data]
         self.cpu.install(self.uc, executable)
         self._executable = executable
+        self._privileged_found: dict[int, str] | None = None
         self._fault: tuple[int, int, int] | None = None  # access, address, size
         #: Instructions `fast_forward` ran before recording began.
         self.fast_forwarded = 0
@@ -320,6 +321,15 @@ class Machine:
     def _on_privileged(self, detail: str) -> None:
         self.request_stop("fault", detail)
 
+    def _privileged(self) -> dict[int, str]:
+        """Every privileged instruction of the executable code (user_mode.py),
+        found once for the fast-forward and the recorded run alike."""
+        if self._privileged_found is None:
+            self._privileged_found = {}
+            for base, code in self._executable:
+                self._privileged_found.update(privileged_instructions(code, base))
+        return self._privileged_found
+
     def _on_invalid(
         self, _handle: Any, access: int, address: int, size: int, _value: int, _user: Any
     ) -> bool:
@@ -346,12 +356,17 @@ class Machine:
 
         callback = HOOK_CODE_CFUNC(count)
         handle = _add_raw_hook(self.uc._uch, UC_HOOK_CODE, callback)
+        # The CPU is in user mode before the first recorded step too; these
+        # hooks go again afterwards, as `run` adds its own behind its code hook.
+        privileged = hook_privileged(uc, self._privileged(), self._on_privileged)
         try:
             self.uc.emu_start(self.spec.entry, until, 0, limit)
         except UcError as exc:
             return self._fault_stop(exc, -1, [])
         finally:
             uclib.uc_hook_del(self.uc._uch, handle)
+            for hook in privileged:
+                self.uc.hook_del(hook)
             self.fast_forwarded = counter.value
         if self.kernel.stop is not None:
             return Stop(self.kernel.stop.reason, -1, self.kernel.stop.detail)
@@ -474,8 +489,7 @@ class Machine:
         # User mode: privileged instructions stop the run with #GP before they
         # execute (user_mode.py). Added after the code hook above, which unicorn
         # calls first, so the faulting instruction's row is recorded.
-        for base, code in self._executable:
-            hook_privileged(uc, code, base, self._on_privileged)
+        hook_privileged(uc, self._privileged(), self._on_privileged)
         _add_raw_hook(uch, UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ_AFTER, self._memory_hook)
 
         with _signals_stop(uch) as interrupted:

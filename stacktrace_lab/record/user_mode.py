@@ -89,18 +89,23 @@ def privileged_instructions(code: bytes, base: int) -> dict[int, str]:
     return found
 
 
-def hook_privileged(uc: Uc, code: bytes, base: int, fault: Callable[[str], None]) -> None:
-    """Hook every privileged instruction of `code`: `fault(detail)` runs before it would execute.
+def hook_privileged(uc: Uc, found: dict[int, str], fault: Callable[[str], None]) -> list[int]:
+    """Hook every privileged instruction `found` (`privileged_instructions`):
+    `fault(detail)` runs before it would execute. Returns the hooks' handles.
 
-    `fault` must stop the emulation (`uc.emu_stop()`); the hooks are added after
-    the recorder's own code hook, so the instruction's row is already counted.
+    `fault` must stop the emulation (`uc.emu_stop()`); when recording, the hooks
+    are added after the recorder's own code hook, so the instruction's row is
+    already counted.
     """
-    for address, text in privileged_instructions(code, base).items():
+    handles = []
+    for address, text in found.items():
         detail = (
             f"{GP_FAULT} at {address:#x}: {text} is a privileged instruction "
             "and the program runs in user mode"
         )
-        uc.hook_add(UC_HOOK_CODE, _on_privileged(detail, fault), None, address, address)
+        handle = uc.hook_add(UC_HOOK_CODE, _on_privileged(detail, fault), None, address, address)
+        handles.append(int(handle))
+    return handles
 
 
 def _on_privileged(detail: str, fault: Callable[[str], None]) -> Callable[..., None]:
