@@ -241,15 +241,22 @@ int main(void)
 """
 
 
-def test_a_stack_in_a_static_array_is_named_after_its_symbol(tmp_path: Path) -> None:
+def _build_static_c(directory: Path, name: str, source: str) -> Path:
+    """`source` built with gcc -static -O1 as `directory/name` (skips without gcc)."""
     if compiler_missing("c-static") is not None:
         pytest.skip(f"cannot build a C program: {compiler_missing('c-static')}")
     import subprocess
 
-    source = tmp_path / "array.c"
-    source.write_text(STATIC_ARRAY_C)
-    program = tmp_path / "array"
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(program), str(source)], check=True)
+    (directory / f"{name}.c").write_text(source)
+    program = directory / name
+    subprocess.run(
+        ["gcc", "-static", "-O1", "-o", str(program), str(directory / f"{name}.c")], check=True
+    )
+    return program
+
+
+def test_a_stack_in_a_static_array_is_named_after_its_symbol(tmp_path: Path) -> None:
+    program = _build_static_c(tmp_path, "array", STATIC_ARRAY_C)
     rec = record_elf(program, tmp_path / "array.parquet", to_symbol="_exit")
     meta = rec.metadata
     assert meta.stdout == "hi\n" and meta.stop.reason == "spin"
@@ -442,14 +449,7 @@ def test_a_privileged_instruction_before_from_is_a_fault_not_silently_run(
     """The CPU is in user mode during `--from`'s fast-forward too: a `cli` in a
     constructor stops the run with the #GP, as it would on a real CPU, instead of
     running at ring 0 unseen."""
-    if compiler_missing("c-static") is not None:
-        pytest.skip(f"cannot build a C program: {compiler_missing('c-static')}")
-    import subprocess
-
-    source = tmp_path / "cli.c"
-    source.write_text(PRIVILEGED_BEFORE_MAIN_C)
-    program = tmp_path / "cli"
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(program), str(source)], check=True)
+    program = _build_static_c(tmp_path, "cli", PRIVILEGED_BEFORE_MAIN_C)
     out = tmp_path / "t.parquet"
     assert main(["record", str(program), "--from", "main", "-o", str(out)]) == 2
     err = capsys.readouterr().err
