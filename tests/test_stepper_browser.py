@@ -75,7 +75,7 @@ def _open(browser: Any, page: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(page.as_uri())
-    WebDriverWait(browser, 10).until(
+    WebDriverWait(browser, 30).until(
         lambda d: "stl-ready" in d.find_element(By.ID, "stl-stepper").get_attribute("class")
     )
 

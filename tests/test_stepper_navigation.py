@@ -46,7 +46,7 @@ def _open_at(browser: Any, page: Path, step: int) -> None:
 
     browser.get("about:blank")
     browser.get(page.as_uri() + f"#step={step}")
-    WebDriverWait(browser, 10).until(
+    WebDriverWait(browser, 30).until(
         lambda d: "stl-ready" in d.find_element(By.ID, "stl-stepper").get_attribute("class")
     )
 
@@ -60,7 +60,7 @@ def _click(browser: Any, selector: str) -> None:
 def _wait_step(browser: Any, step: int) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, 10).until(lambda d: _text(d, ".stl-step") == str(step))
+    WebDriverWait(browser, 30).until(lambda d: _text(d, ".stl-step") == str(step))
 
 
 def test_a_link_opens_at_its_step_and_the_url_follows(browser: Any, pages: dict[str, Path]) -> None:
