@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stacktrace_lab.analysis import INVARIANTS, CheckResult, check, derive_facts
-from stacktrace_lab.analysis.events import Kind, Origin, instruction_kind
+from stacktrace_lab.analysis.events import Kind, Origin
 from stacktrace_lab.record.recorder import Recording, RecordOptions
 from stacktrace_lab.scenario import INVARIANT_IDS, load_scenario
 from stacktrace_lab.trace.reader import load_trace
@@ -37,23 +37,6 @@ def assert_fails_only(result: CheckResult, invariant: str) -> None:
 
 def test_the_registry_has_the_documented_ids() -> None:
     assert tuple(i.id for i in INVARIANTS) == INVARIANT_IDS
-
-
-@pytest.mark.parametrize(
-    ("text", "kind"),
-    [
-        ("callq 0x40003a", Kind.CALL),
-        ("callq *%rax", Kind.CALL),
-        ("retq", Kind.RET),
-        ("retq $8", Kind.RET),
-        ("rep ret", Kind.RET),
-        ("syscall", Kind.SYSCALL),
-        ("movq (%rdi), %rsp", Kind.OTHER),
-        ("", Kind.OTHER),
-    ],
-)
-def test_instruction_kind(text: str, kind: Kind) -> None:
-    assert instruction_kind(text) == kind
 
 
 # --- the seed -------------------------------------------------------------------

@@ -26,13 +26,17 @@ from stacktrace_lab.trace.format import FACT_COLUMNS, METADATA_KEY
 V1_FIXTURE = Path(__file__).parent / "fixtures" / "first-switch-v1.parquet"
 
 #: Every kind, and the tricky cases: `loop` is only a relative branch to
-#: capstone, a conditional jump is a jmp, an indirect call is a call.
+#: capstone, a conditional jump is a jmp, an indirect call is a call, a
+#: prefixed ret and a ret that pops more are rets.
 KINDS = """
 main:
     mov $3, %rcx
 again:
     loop again
     call f
+    call g
+    push $0
+    call h
     mov $f, %rax
     call *%rax
     mov $there, %rax
@@ -59,6 +63,10 @@ out:
     syscall
 f:
     ret
+g:
+    .byte 0xf3, 0xc3  # rep ret, as older gcc emitted for AMD's branch predictor
+h:
+    ret $8
 """
 
 
@@ -78,13 +86,15 @@ def _by_text(path: Path) -> dict[str, set[str]]:
 def test_kind_comes_from_capstone_groups_and_operands(kinds: Recording) -> None:
     by_text = _by_text(kinds.path)
     assert by_text["loop 0x40000a"] == {"jmp"}
-    assert by_text["callq 0x40006b"] == {"call"}
+    assert by_text["callq 0x400077"] == {"call"}
     assert by_text["callq *%rax"] == {"call"}
     assert by_text["jmpq *%rax"] == {"indirect-jmp"}
     assert by_text["jmpq *(%rsp)"] == {"indirect-jmp"}
-    assert by_text["je 0x400037"] == {"jmp"}
-    assert by_text["jmp 0x400040"] == {"jmp"}
+    assert by_text["je 0x400043"] == {"jmp"}
+    assert by_text["jmp 0x40004c"] == {"jmp"}
     assert by_text["retq"] == {"ret"}
+    assert by_text["repz retq"] == {"ret"}
+    assert by_text["retq $8"] == {"ret"}
     assert by_text["syscall"] == {"syscall"}
     assert by_text["pushq %rax"] == {"other"}
     # The dictionary is all six kinds, in the documented order, in every file.

@@ -78,46 +78,14 @@ class Origin(IntEnum):
     UNWRITTEN = 3  # nobody at all, and not the sentinel: a bug
 
 
-# Prefixes capstone may print before the mnemonic (`rep ret`, `bnd call`, `notrack call`).
-_PREFIXES = frozenset({"rep", "repz", "repe", "bnd", "notrack", "lock", "data16"})
-_KINDS = {
-    "call": Kind.CALL,
-    "callq": Kind.CALL,
-    "ret": Kind.RET,
-    "retq": Kind.RET,
-    "syscall": Kind.SYSCALL,
-}
-
-
-_JUMPS = frozenset({"jmp", "jmpq"})
-#: The names of format 2's `kind` column (docs/trace-format.md), for traces that have it.
+#: The values of the trace's `kind` column (from capstone's detail mode when
+#: recording; derived the same way on read for version 1 traces) that matter here.
 _KIND_NAMES = {
     "call": Kind.CALL,
     "ret": Kind.RET,
     "indirect-jmp": Kind.JMP_INDIRECT,
     "syscall": Kind.SYSCALL,
 }
-
-
-def instruction_kind(text: str) -> Kind:
-    """The kind of one disassembled instruction (capstone's AT&T text)."""
-    words = text.split()
-    while words and words[0] in _PREFIXES:
-        words = words[1:]
-    if not words:
-        return Kind.OTHER
-    if words[0] in _JUMPS:
-        # AT&T marks an operand read at run time with `*`: `jmp *%r8`, `jmpq *0x38(%rsp)`.
-        operand = "".join(words[1:])
-        return Kind.JMP_INDIRECT if operand.startswith("*") else Kind.OTHER
-    return _KINDS.get(words[0], Kind.OTHER)
-
-
-def kind_of_value(value: str, column: str) -> Kind:
-    """The kind for one dictionary value of the `insn` column or of format 2's `kind` column."""
-    if column == "kind":
-        return _KIND_NAMES.get(value, Kind.OTHER)
-    return instruction_kind(value)
 
 
 @dataclass(frozen=True)
@@ -507,11 +475,10 @@ def derive_facts(trace: Trace) -> TraceFacts:
     # rip is kept only where a call or a ret lands (the next row's rip), not per step.
     landing_parts: list[U64] = []
     offset = 0
-    kind_column = "kind" if "kind" in trace.parquet.schema_arrow.names else "insn"
-    for group in trace.iter_row_groups(["rip", "rsp", kind_column, "writes"]):
+    for group in trace.iter_row_groups(["rip", "rsp", "kind", "writes"]):
         rows = group.num_rows
         rsp[offset : offset + rows] = group.column("rsp").to_numpy()
-        kinds = _kinds(group.column(kind_column), kind_column)
+        kinds = _kinds(group.column("kind"))
         kind[offset : offset + rows] = kinds
         rip = group.column("rip").to_numpy()
         if landing_parts and _is_transfer(kind[offset - 1]):
@@ -572,14 +539,15 @@ def _is_transfer(kinds: U8 | np.uint8) -> B:
     return np.asarray((kinds == Kind.CALL) | (kinds == Kind.RET) | (kinds == Kind.JMP_INDIRECT))
 
 
-def _kinds(column: pa.ChunkedArray, name: str) -> U8:
-    """Kinds per row from a dictionary column, each distinct value classified once."""
+def _kinds(column: pa.ChunkedArray) -> U8:
+    """Kinds per row from the `kind` column, each distinct value looked up once."""
     parts = []
     for chunk in column.chunks:
         if not pa.types.is_dictionary(chunk.type):
             chunk = pc.dictionary_encode(chunk)
         table = np.array(
-            [kind_of_value(str(v), name) for v in chunk.dictionary.to_pylist()], dtype=np.uint8
+            [_KIND_NAMES.get(str(v), Kind.OTHER) for v in chunk.dictionary.to_pylist()],
+            dtype=np.uint8,
         )
         indices = chunk.indices.to_numpy(zero_copy_only=False)
         parts.append(table[indices] if table.size else np.zeros(len(chunk), dtype=np.uint8))

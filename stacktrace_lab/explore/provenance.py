@@ -32,8 +32,6 @@ from .rows import (
     StepRow,
     group_starts,
     instructions_at,
-    is_call,
-    is_ret,
     mnemonic,
     row_at,
     text_mask,
@@ -236,7 +234,7 @@ def _memory_links(
     step = writers[0]
     row = row_at(trace, step)
     instruction = Instruction(row.rip, row.insn, row.symbol)
-    if is_call(row.insn):
+    if row.kind == "call":
         note = f"pushed by the call at step {step}: a return address, not planted"
         return (
             [Link("push-return", step, instruction, what, value, note)],
@@ -428,12 +426,12 @@ def _byte_events(log: AccessLog, entries: I64, width: I64) -> tuple[U64, I64]:
 def _scan_planted(trace: Trace) -> Iterator[tuple[int, int, int, int]]:
     """(ret step, slot address, popped value, planting step) per planted `ret`, in step order."""
     writers = _LastWriters()
-    columns = ["step", "insn", "reads", "writes"]
+    columns = ["step", "kind", "reads", "writes"]
     for index in range(trace.num_row_groups):
         group = trace.row_group(index, columns)
-        insn = group.column("insn")
-        calls = text_mask(insn, is_call)
-        rets = text_mask(insn, is_ret)
+        kind = group.column("kind")
+        calls = text_mask(kind, lambda k: k == "call")
+        rets = text_mask(kind, lambda k: k == "ret")
         writes = flatten_accesses(group, "writes")
         reads = flatten_accesses(group, "reads")
 

@@ -33,14 +33,6 @@ def mnemonic(text: str) -> str:
     return words[0] if words else ""
 
 
-def is_call(text: str) -> bool:
-    return mnemonic(text).startswith("call")
-
-
-def is_ret(text: str) -> bool:
-    return mnemonic(text).startswith("ret")
-
-
 @dataclass(frozen=True)
 class Access:
     """One memory access of an instruction (an entry of `reads` or `writes`)."""
@@ -61,6 +53,8 @@ class StepRow:
     step: int
     registers: dict[str, int]
     insn: str
+    #: call, ret, jmp, indirect-jmp, syscall or other (the trace's `kind` column).
+    kind: str
     symbol: str
     reads: tuple[Access, ...]
     writes: tuple[Access, ...]
@@ -86,7 +80,7 @@ class Instruction:
 BoolArray = npt.NDArray[np.bool_]
 I64 = npt.NDArray[np.int64]
 
-ROW_COLUMNS = ("step", *REGISTERS, "insn", "symbol", "reads", "writes")
+ROW_COLUMNS = ("step", *REGISTERS, "insn", "kind", "symbol", "reads", "writes")
 
 
 def check_step(trace: Trace, step: int) -> int:
@@ -117,6 +111,7 @@ def rows(trace: Trace, start: int, stop: int) -> list[StepRow]:
                 step=int(data["step"][i]),
                 registers={name: int(data[name][i]) for name in REGISTERS},
                 insn=str(data["insn"][i]),
+                kind=str(data["kind"][i]),
                 symbol=str(data["symbol"][i]),
                 reads=_accesses(data["reads"][i]),
                 writes=_accesses(data["writes"][i]),
@@ -137,7 +132,8 @@ def registers_after(trace: Trace, step: int) -> dict[str, int]:
 
 
 def text_mask(column: pa.ChunkedArray | pa.Array, predicate: Callable[[str], bool]) -> BoolArray:
-    """A boolean per row of an `insn` or `symbol` column, deciding once per distinct text."""
+    """A boolean per row of a text column (`insn`, `kind`, `symbol`), deciding once
+    per distinct text."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if isinstance(array.type, pa.DictionaryType):
         texts = array.dictionary.to_pylist()
