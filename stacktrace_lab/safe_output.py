@@ -127,8 +127,12 @@ def _critical_section() -> Iterator[None]:
     """Hold a stopping signal that arrives inside until the section ends, then
     raise it. Python runs signal handlers on the main thread only, between
     bytecodes, so the handler sees this depth and the section's statements
-    complete in between."""
+    complete in between. Off the main thread there is nothing to hold: no
+    handler runs there, and a held signal must be raised where it was caught."""
     global _critical_depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _critical_depth += 1
     try:
         yield
