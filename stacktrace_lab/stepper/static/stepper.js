@@ -641,6 +641,18 @@
     return w.start === 0 ? -1 : null;
   }
 
+  /* The address of the first memory read of `step`'s instruction, or null. */
+  function firstRead(step) {
+    var w = windowOf(step);
+    if (!w) {
+      return null;
+    }
+    var reads = w.access[step - w.start].filter(function (a) {
+      return a[0] === "r";
+    });
+    return reads.length ? big(reads[0][1]) : null;
+  }
+
   function provenance(addr, before) {
     var chain = [];
     var what = describe(addr) || hexShort(addr);
@@ -667,8 +679,28 @@
       }
       var reg = registerOf(source);
       if (!reg) {
-        chain[chain.length - 1].note += ", from memory " + source;
-        return chain;
+        // A load: follow the memory it read (the step's first read), as who-wrote does.
+        var loaded = firstRead(at);
+        var loadWriter = loaded === null ? null : writerOf(loaded, at);
+        if (loadWriter === null || loadWriter === undefined) {
+          chain[chain.length - 1].note += ", from memory " + source;
+          return chain;
+        }
+        var place = describe(loaded) || hexShort(loaded);
+        chain[chain.length - 1].note += ", from memory " + place;
+        if (loadWriter < 0) {
+          chain.push({ step: null, text: "", note: place + " was never written: its initial value" });
+          return chain;
+        }
+        text = insnOfStep(loadWriter);
+        if (isKind(text, "call")) {
+          chain.push({ step: loadWriter, text: text, note: place + ": the return address this call pushed" });
+          return chain;
+        }
+        chain.push({ step: loadWriter, text: text, note: "wrote " + place });
+        source = operands(text)[0] || "";
+        at = loadWriter;
+        continue;
       }
       var changed = lastChange(reg, at);
       if (changed === null) {
@@ -683,6 +715,11 @@
       chain.push({ step: changed, text: text, note: reg + " was set here" });
       var ops = operands(text);
       name = mnemonic(text);
+      if (name.indexOf("pop") === 0 && ops.length === 1 && registerOf(ops[0]) === reg) {
+        source = "(%rsp)"; // a pop loads from the stack: followed through the step's read
+        at = changed;
+        continue;
+      }
       if (name.indexOf("mov") !== 0 || ops.length !== 2 || registerOf(ops[1]) !== reg) {
         chain[chain.length - 1].note += " (computed)";
         return chain;
