@@ -280,3 +280,63 @@ def test_both_scans_agree_on_tricky_returns(
     ]
     assert explored == analysed
     assert len(explored) == 1, explored
+
+
+# --- what each instruction does is decoded from its bytes --------------------------------
+
+INTEL_CHAIN = """
+main:
+    lea rax, [rip + target]
+    mov ecx, eax
+    movabs rdi, offset d_base
+    mov qword ptr [rdi + 8], rcx
+    mov qword ptr [rdi + 16], 0x2a
+    hlt
+target:
+    nop
+"""
+
+
+def test_chain_in_an_intel_source_follows_sub_registers_and_lea(
+    record_source: Callable[..., Recording],
+) -> None:
+    trace = load_trace(record_source(INTEL_CHAIN, syntax="intel", data=(("d", 64),)).path)
+    answer = provenance(trace, parse_slot(trace, "d:8"), trace.num_rows)
+    assert [(link.kind, link.step, link.what) for link in answer.chain] == [
+        ("store", 3, "d:8"),
+        ("register", 1, "rcx"),  # `mov ecx, eax`: a move from rax into rcx
+        ("computed", 0, "rax"),  # rip-relative: nothing further to follow
+    ]
+    lea = answer.chain[-1]
+    assert lea.note.endswith("as the address 0x19(%rip)")  # target, 0x19 past the lea
+    assert lea.value == answer.value == trace.metadata.symbols["target"]
+    # the text shown is the trace's AT&T, whatever the source was written in
+    immediate = provenance(trace, parse_slot(trace, "d:16"), trace.num_rows)
+    assert [(link.kind, link.what) for link in immediate.chain] == [
+        ("store", "d:16"),
+        ("immediate", "$0x2a"),
+    ]
+
+
+POP_MOVES_RSP = """
+main:
+    push %rax
+    pop %rbx
+    movabs $d_base, %rdi
+    mov %rsp, (%rdi)
+    hlt
+"""
+
+
+def test_a_pop_into_another_register_did_not_load_rsp(
+    record_source: Callable[..., Recording],
+) -> None:
+    # `pop %rbx` is the last change of rsp, but rsp was not popped: rbx was. Reading
+    # the mnemonic alone said "rsp was popped" and followed the popped slot.
+    trace = load_trace(record_source(POP_MOVES_RSP, data=(("d", 64),)).path)
+    answer = provenance(trace, parse_slot(trace, "d:0"), trace.num_rows)
+    assert [(link.kind, link.step, link.what) for link in answer.chain] == [
+        ("store", 3, "d:0"),
+        ("computed", 1, "rsp"),
+    ]
+    assert answer.chain[-1].note == "rsp was last changed at step 1"

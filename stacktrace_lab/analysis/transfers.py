@@ -41,7 +41,10 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
+from capstone import x86 as cs_x86
 
+from ..arch import WORD
+from .decoded import GENERAL_REGISTERS, Decoded, OperandType, decode_rows
 from .events import I64, U8, U64, B, Kind, Origin
 
 if TYPE_CHECKING:
@@ -62,8 +65,6 @@ class Landing(IntEnum):
         return self.name.lower()
 
 
-#: Instructions that realign rsp on purpose (`and $-16, %rsp`, as capstone prints it).
-_REALIGN = re.compile(r"^andq?\s+\$(-?0x[0-9a-f]+|-?\d+),\s*%rsp$")
 #: How far past an entry to look for a realignment before its first call.
 _REALIGN_WINDOW = 64
 #: `.type name, @function` (or `%function`, `STT_FUNC`) in the scenario's source.
@@ -216,10 +217,10 @@ def classify(facts: TraceFacts) -> Transfers:
     )
 
 
-#: `mov SOURCE, %reg`: what a stack pointer is loaded from (memory, or another register).
-_MOV_TO = re.compile(r"^movq?\s+(?P<src>[^,]+(?:\([^)]*\))?)\s*,\s*%(?P<dst>\w+)$")
 #: How far before a switch's transfer to look for the load of its stack pointer.
 _RSP_LOOKBACK = 64
+#: The moves that can load a 64-bit register whole, from memory or another register.
+_STACK_POINTER_MOVES = frozenset({cs_x86.X86_INS_MOV, cs_x86.X86_INS_MOVQ})
 
 
 def saved_stack_pointer(facts: TraceFacts, step: int) -> int:
@@ -228,18 +229,23 @@ def saved_stack_pointer(facts: TraceFacts, step: int) -> int:
     before it, or `mov %rcx, %rsp` after `mov X(%reg), %rcx` (libaco)."""
     k = int(np.searchsorted(facts.calls, step)) - 1
     low = max(int(facts.calls[k]) if k >= 0 else 0, step - _RSP_LOOKBACK)
-    rows = facts.trace.slice(low, step + 1, ["step", "insn", "reads"]).to_pydict()
+    rows = facts.trace.slice(low, step + 1, ["step", "rip", "insn_bytes", "reads"]).to_pydict()
+    decoded = decode_rows(rows["rip"], rows["insn_bytes"])
     wanted = "rsp"  # the register whose value we follow back to memory
     for row in range(len(rows["step"]) - 1, -1, -1):
-        match = _MOV_TO.match(str(rows["insn"][row]).strip())
-        if match is None or match.group("dst") != wanted:
+        insn = decoded[row]
+        # Only a 64-bit move sets the whole stack pointer; what else changed rsp since
+        # (the pops and the `ret` of the switch) adjusts the loaded value, so look past it.
+        if insn.id not in _STACK_POINTER_MOVES or not insn.writes_register(wanted):
             continue
-        source = match.group("src").strip()
-        if source.startswith("%"):  # from another register: follow that one
-            wanted = source[1:]
+        destination, source = insn.operands
+        if destination.size != WORD:
             continue
-        if "(" not in source or not rows["reads"][row]:
-            return -1
+        if source.type is OperandType.REG and source.register in GENERAL_REGISTERS:
+            wanted = source.register  # from another register: follow that one
+            continue
+        if source.type is not OperandType.MEM or not rows["reads"][row]:
+            return -1  # an immediate, or a register outside the trace (`movq %xmm0, %rsp`)
         addr = int(rows["reads"][row][0]["addr"])
         load_step = int(rows["step"][row])
         w = facts.writes
@@ -272,21 +278,21 @@ def realigns(facts: TraceFacts, landing_step: int) -> bool:
     stop = min(stop, landing_step + _REALIGN_WINDOW, facts.steps)
     if stop <= landing_step:
         return False
-    texts = facts.trace.slice(landing_step, stop, ["insn"]).column("insn").to_pylist()
-    return any(_is_realign(str(text)) for text in texts)
+    rows = facts.trace.slice(landing_step, stop, ["rip", "insn_bytes"])
+    decoded = decode_rows(rows.column("rip").to_pylist(), rows.column("insn_bytes").to_pylist())
+    return any(is_realign(insn) for insn in decoded)
 
 
-def _is_realign(text: str) -> bool:
-    match = _REALIGN.match(text.strip())
-    if not match:
+def is_realign(insn: Decoded) -> bool:
+    """Is `insn` `and $-N, %rsp` with N a power of two of at least 16: rsp rounded down
+    to a 16-byte (or coarser) boundary? `and $-8` would not give a call's alignment."""
+    if insn.id != cs_x86.X86_INS_AND or not insn.writes_register("rsp"):
         return False
-    value = int(match.group(1), 0)
-    if value >= 1 << 63:
-        value -= 1 << 64
-    if value >= 0:
+    destination, mask = insn.operands
+    if destination.size != WORD or mask.type is not OperandType.IMM or mask.imm >= 0:
         return False
-    mask = -value
-    return mask >= 16 and mask & (mask - 1) == 0
+    boundary = -mask.imm
+    return boundary >= 16 and boundary & (boundary - 1) == 0
 
 
 def _latest_calls(facts: TraceFacts, targets: U64, rsp: U64, steps: I64) -> I64:

@@ -5,7 +5,9 @@ follows the value back: a store `movq %rcx, 0x20(%rax)` wrote what rcx held,
 so the next link is the last step before the store that changed rcx
 (`movabsq $0x40003e, %rcx`), and so on through register moves, loads (whose
 memory has a writer of its own) and pushes, until an immediate, a `call`, a
-computation or the initial state ends the chain.
+computation or the initial state ends the chain. What each instruction does
+(a move, a pop, an `lea`, an immediate source) is decoded from its bytes
+(`analysis.decoded`); its text is only shown.
 
 `planted_returns()` finds every `ret` whose popped value was last written by
 an ordinary store rather than pushed by a `call`: the stack switches. It goes
@@ -15,16 +17,25 @@ one group to the next.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from capstone import x86 as cs_x86
 
+from ..analysis.decoded import (
+    GENERAL_REGISTERS,
+    Decoded,
+    Operand,
+    OperandType,
+    decode,
+    register_column,
+)
 from ..arch import REGISTERS, WORD
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region
+from ..record.operands import split_operands
 from ..trace.reader import Trace
 from .memory import AccessLog, flatten_accesses, memory_before
 from .rows import (
@@ -95,69 +106,46 @@ def parse_slot(trace: Trace, text: str, size: int = WORD) -> SlotRef:
 
 # --- operands ---------------------------------------------------------------------------
 
-_REGISTER_ALIASES: dict[str, str] = {}
-for _full, _names in {
-    "rax": ("eax", "ax", "al", "ah"),
-    "rbx": ("ebx", "bx", "bl", "bh"),
-    "rcx": ("ecx", "cx", "cl", "ch"),
-    "rdx": ("edx", "dx", "dl", "dh"),
-    "rsi": ("esi", "si", "sil"),
-    "rdi": ("edi", "di", "dil"),
-    "rbp": ("ebp", "bp", "bpl"),
-    "rsp": ("esp", "sp", "spl"),
-}.items():
-    _REGISTER_ALIASES[_full] = _full
-    for _alias in _names:
-        _REGISTER_ALIASES[_alias] = _full
-for _n in range(8, 16):
-    for _suffix in ("", "d", "w", "b"):
-        _REGISTER_ALIASES[f"r{_n}{_suffix}"] = f"r{_n}"
-
-_MEMORY_OPERAND = re.compile(r"^(?:[-\w$+]*)\((%\w+)?(?:,\s*%\w+)?(?:,\s*\d+)?\)$")
+#: Instructions that copy their source into the destination register as it is, or widened.
+#: Not `movbe` (bytes swapped) nor `movmskps` (a computation), whose names also start `mov`.
+_MOVES = frozenset(
+    {
+        cs_x86.X86_INS_MOV,
+        cs_x86.X86_INS_MOVABS,
+        cs_x86.X86_INS_MOVZX,
+        cs_x86.X86_INS_MOVSX,
+        cs_x86.X86_INS_MOVSXD,
+        cs_x86.X86_INS_MOVD,
+        cs_x86.X86_INS_MOVQ,
+    }
+)
+#: Moves that can take an immediate.
+_MOVES_IMMEDIATE = frozenset({cs_x86.X86_INS_MOV, cs_x86.X86_INS_MOVABS})
 
 
 def operands(text: str) -> list[str]:
-    """The operands of an AT&T instruction text, split at top-level commas."""
+    """The operands of an AT&T instruction text, split at top-level commas.
+
+    For showing an instruction's parts; what an instruction does is read from
+    its bytes (`decode`), never from this text.
+    """
     words = text.split()
     name = mnemonic(text)
     # Operands follow the mnemonic, after any prefix (`rep movsq`).
     rest = " ".join(words[words.index(name) + 1 :]) if name in words else ""
-    out, depth, current = [], 0, ""
-    for ch in rest:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    if current.strip():
-        out.append(current.strip())
-    return out
+    return split_operands(rest) if rest else []
 
 
 def register_of(operand: str) -> str | None:
-    """The 64-bit register an operand names (`%ecx` -> `rcx`), or None."""
+    """The general 64-bit register an AT&T register operand names (`%ecx` -> `rcx`), or None."""
     if not operand.startswith("%"):
         return None
-    return _REGISTER_ALIASES.get(operand[1:].lower())
+    column = register_column(operand[1:])
+    return column if column in GENERAL_REGISTERS else None
 
 
-def base_register(operand: str) -> str | None:
-    """The base register of a memory operand (`0x20(%rax)` -> `rax`), or None."""
-    match = _MEMORY_OPERAND.match(operand.replace(" ", ""))
-    if match is None or match.group(1) is None:
-        return None
-    return register_of(match.group(1))
-
-
-def _source_operand(text: str) -> str | None:
-    ops = operands(text)
-    if not ops:
-        return None
-    return ops[0]  # AT&T: the source comes first; `push %rbp` has only the source
+def _decoded(row: StepRow) -> Decoded:
+    return decode(row.rip, row.insn_bytes)
 
 
 # --- the chain --------------------------------------------------------------------------
@@ -251,33 +239,32 @@ def _memory_links(
     )
     links = [link]
     if depth > 1:
-        links += _operand_links(trace, row, _source_operand(row.insn), depth - 1)
+        links += _operand_links(trace, row, _decoded(row).source, depth - 1)
     return links, value, tuple(writers[1:])
 
 
-def _operand_links(trace: Trace, row: StepRow, source: str | None, depth: int) -> list[Link]:
+def _operand_links(trace: Trace, row: StepRow, source: Operand | None, depth: int) -> list[Link]:
     """Links explaining where the value an instruction used as `source` came from."""
     if source is None:
         return [Link("stop", None, None, "", 0, f"cannot follow the source of `{row.insn}`")]
-    if source.startswith("$"):
+    if source.type is OperandType.IMM:
         return [
             Link(
                 "immediate",
                 row.step,
                 Instruction(row.rip, row.insn, row.symbol),
-                source,
+                source.text or f"${source.imm:#x}",
                 0,
                 "an immediate in the instruction itself",
             )
         ]
-    register = register_of(source)
-    if register is not None:
-        return _register_links(trace, register, row.step, depth)
+    if source.type is OperandType.REG and source.register in GENERAL_REGISTERS:
+        return _register_links(trace, source.register, row.step, depth)
     if row.reads:
         read = row.reads[0]
         links, _, _ = _memory_links(trace, read.addr, read.size, row.step, depth)
         return links
-    return [Link("stop", None, None, source, 0, f"cannot follow the source of `{row.insn}`")]
+    return [Link("stop", None, None, source.text, 0, f"cannot follow the source of `{row.insn}`")]
 
 
 def _register_links(trace: Trace, register: str, before: int, depth: int) -> list[Link]:
@@ -288,10 +275,15 @@ def _register_links(trace: Trace, register: str, before: int, depth: int) -> lis
         return [Link("initial", None, None, register, value, note)]
     row = row_at(trace, step)
     instruction = Instruction(row.rip, row.insn, row.symbol)
-    source = _source_operand(row.insn)
-    ops = operands(row.insn)
-    name = mnemonic(row.insn)
-    if source is not None and source.startswith("$") and name.startswith("mov"):
+    decoded = _decoded(row)
+    source = decoded.source
+    into_register = decoded.writes_register(register)
+    if (
+        decoded.id in _MOVES_IMMEDIATE
+        and into_register
+        and source is not None
+        and source.type is OperandType.IMM
+    ):
         return [
             Link(
                 "immediate",
@@ -302,7 +294,7 @@ def _register_links(trace: Trace, register: str, before: int, depth: int) -> lis
                 f"{register} was set at step {step} from an immediate",
             )
         ]
-    if name.startswith("mov") and len(ops) == 2 and register_of(ops[1]) == register:
+    if decoded.id in _MOVES and into_register and len(decoded.operands) == 2:
         # A plain move into the register: follow its source (a register or memory).
         kind = "load" if row.reads else "register"
         link = Link(
@@ -310,7 +302,13 @@ def _register_links(trace: Trace, register: str, before: int, depth: int) -> lis
         )
         tail = _operand_links(trace, row, source, depth - 1) if depth > 1 else []
         return [link, *tail]
-    if name.startswith("pop") and row.reads:
+    popped_into = (
+        decoded.id == cs_x86.X86_INS_POP
+        and source is not None
+        and source.type is OperandType.REG
+        and source.register == register
+    )
+    if popped_into and row.reads:
         link = Link(
             "load", step, instruction, register, value, f"{register} was popped at step {step}"
         )
@@ -319,15 +317,16 @@ def _register_links(trace: Trace, register: str, before: int, depth: int) -> lis
             read = row.reads[0]
             popped, _, _ = _memory_links(trace, read.addr, read.size, step, depth - 1)
         return [link, *popped]
-    if name.startswith("lea") and ops and depth > 1:
-        base = base_register(ops[0])
+    if decoded.id == cs_x86.X86_INS_LEA and into_register and source is not None and depth > 1:
+        # A rip-relative address is a constant of the code: no register to follow.
+        base = source.base if source.base in GENERAL_REGISTERS else None
         link = Link(
             "computed",
             step,
             instruction,
             register,
             value,
-            f"{register} was computed at step {step} as the address {ops[0]}",
+            f"{register} was computed at step {step} as the address {source.text}",
         )
         return [link, *(_register_links(trace, base, step, depth - 1) if base else [])]
     return [

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import capstone
 
+from ..analysis.decoded import register_column
 from ..arch import REGISTERS
 from ..trace.format import TraceMetadata
-from .provenance import register_of
 
 #: The longest x86 instruction.
 MAX_INSN = 15
@@ -36,7 +36,7 @@ def _full_name(name: str) -> str | None:
         return "rflags"
     if name in ("rip", "eip"):
         return "rip"
-    full = register_of("%" + name)
+    full = register_column(name)
     return full if full in REGISTERS else None
 
 

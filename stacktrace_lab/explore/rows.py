@@ -58,6 +58,8 @@ class StepRow:
     symbol: str
     reads: tuple[Access, ...]
     writes: tuple[Access, ...]
+    #: The instruction's bytes (the `insn_bytes` column): what decoding it reads, not `insn`.
+    insn_bytes: bytes
 
     @property
     def rip(self) -> int:
@@ -80,7 +82,7 @@ class Instruction:
 BoolArray = npt.NDArray[np.bool_]
 I64 = npt.NDArray[np.int64]
 
-ROW_COLUMNS = ("step", *REGISTERS, "insn", "kind", "symbol", "reads", "writes")
+ROW_COLUMNS = ("step", *REGISTERS, "insn", "kind", "symbol", "reads", "writes", "insn_bytes")
 
 
 def check_step(trace: Trace, step: int) -> int:
@@ -115,6 +117,7 @@ def rows(trace: Trace, start: int, stop: int) -> list[StepRow]:
                 symbol=str(data["symbol"][i]),
                 reads=_accesses(data["reads"][i]),
                 writes=_accesses(data["writes"][i]),
+                insn_bytes=bytes(data["insn_bytes"][i]),
             )
         )
     return out
