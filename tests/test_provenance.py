@@ -12,7 +12,7 @@ import pytest
 from stacktrace_lab.analysis.events import derive_facts
 from stacktrace_lab.cli import main
 from stacktrace_lab.explore import parse_slot, planted_returns, provenance
-from stacktrace_lab.explore.provenance import last_register_change, operands, register_of
+from stacktrace_lab.explore.provenance import last_register_change
 from stacktrace_lab.record.recorder import Recording, RecordOptions, record
 from stacktrace_lab.scenario import builtin_names, load_scenario
 from stacktrace_lab.trace import load_trace
@@ -194,15 +194,6 @@ def test_green_threads_switches_are_planted_returns(tmp_path: Path) -> None:
             and p.target == symbols[expected.target]
             for p in found
         ), expected
-
-
-def test_operand_helpers() -> None:
-    assert operands("movq %rcx, 0x20(%rax)") == ["%rcx", "0x20(%rax)"]
-    assert operands("movq (%rax,%rbx,8), %rcx") == ["(%rax,%rbx,8)", "%rcx"]
-    assert operands("retq") == []
-    assert operands("rep movsq (%rsi), (%rdi)") == ["(%rsi)", "(%rdi)"]
-    assert register_of("%ecx") == "rcx" and register_of("%r9d") == "r9"
-    assert register_of("$5") is None
 
 
 def test_last_register_change(first_switch_trace: Path) -> None:

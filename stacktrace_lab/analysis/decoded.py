@@ -23,7 +23,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from capstone import CS_AC_READ, CS_AC_WRITE, CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs, CsInsn
+from capstone import (
+    CS_AC_READ,
+    CS_AC_WRITE,
+    CS_ARCH_X86,
+    CS_MODE_64,
+    CS_OPT_SYNTAX_ATT,
+    Cs,
+    CsError,
+    CsInsn,
+)
 from capstone import x86 as cs_x86
 from capstone.x86 import X86Op
 
@@ -68,6 +77,11 @@ class Decoded:
     id: int  # capstone's X86_INS_*; X86_INS_INVALID for bytes that do not decode
     name: str  # capstone's instruction name (`mov`, `movabs`, `and`): no size suffix
     operands: tuple[Operand, ...]  # destination first
+    #: Every register (as a trace column) the instruction reads or writes, implicit
+    #: ones included: `push %rbp` reads rbp and rsp and writes rsp; `syscall`
+    #: writes rcx and r11; flags count as rflags.
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
 
     @property
     def destination(self) -> Operand | None:
@@ -91,6 +105,18 @@ class Decoded:
 
 INVALID = Decoded(cs_x86.X86_INS_INVALID, "(bad)", ())
 
+#: Where capstone 5 lists no implicit registers: `syscall` (the Intel SDM: rcx
+#: gets the return rip, r11 the rflags, rflags is masked) and the Linux kernel
+#: behind it (it reads the number in rax and up to six arguments in rdi, rsi,
+#: rdx, r10, r8 and r9, and returns in rax). Which arguments a call reads
+#: depends on the call: all six count, so no access is missed.
+_IMPLICIT_REGISTERS = {
+    cs_x86.X86_INS_SYSCALL: (
+        frozenset({"rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rip", "rflags"}),
+        frozenset({"rax", "rcx", "r11", "rip", "rflags"}),
+    ),
+}
+
 
 def _engine(syntax: int | None) -> Cs:
     cs = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -102,7 +128,7 @@ def _engine(syntax: int | None) -> Cs:
 
 def _register_columns(cs: Cs) -> dict[int, str]:
     """capstone register id -> the trace column it is part of, for the 16 general registers
-    at every width, and rip.
+    at every width, rip and the flags.
 
     Read off the encoding rather than a table of names: `mov` to ModRM register
     number n names the same register at 64, 32, 16 and 8 bits (REX.W, none,
@@ -114,7 +140,11 @@ def _register_columns(cs: Cs) -> dict[int, str]:
         insn = next(cs.disasm(code, 0, 1))
         return int(insn.operands[0].reg)
 
-    columns: dict[int, str] = {cs_x86.X86_REG_RIP: "rip"}
+    columns: dict[int, str] = {
+        cs_x86.X86_REG_RIP: "rip",
+        cs_x86.X86_REG_EIP: "rip",
+        cs_x86.X86_REG_EFLAGS: "rflags",
+    }
     for n in range(16):
         rex_b = 1 if n >= 8 else 0
         modrm = bytes([0xC0 | (n & 7)])
@@ -169,7 +199,17 @@ def decode(rip: int, data: bytes) -> Decoded:
             _operand(insn, op, text, decoder.columns)
             for op, text in zip(insn.operands, texts, strict=True)
         )
-        return Decoded(int(insn.id), str(insn.insn_name()), operands)
+        try:
+            read_ids, written_ids = insn.regs_access()
+        except CsError:  # capstone has no access table for a few instructions
+            read_ids, written_ids = [], []
+        reads, writes = (
+            frozenset(c for c in (decoder.columns.get(int(r)) for r in ids) if c is not None)
+            for ids in (read_ids, written_ids)
+        )
+        more_reads, more_writes = _IMPLICIT_REGISTERS.get(insn.id, (frozenset(), frozenset()))
+        name = str(insn.insn_name())
+        return Decoded(int(insn.id), name, operands, reads | more_reads, writes | more_writes)
 
 
 def _operand(insn: CsInsn, op: X86Op, text: str, columns: dict[int, str]) -> Operand:

@@ -30,12 +30,10 @@ from ..analysis.decoded import (
     Operand,
     OperandType,
     decode,
-    register_column,
 )
 from ..arch import REGISTERS, WORD
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region
-from ..record.operands import split_operands
 from ..trace.reader import Trace
 from .memory import AccessLog, flatten_accesses, memory_before
 from .rows import (
@@ -121,27 +119,6 @@ _MOVES = frozenset(
 )
 #: Moves that can take an immediate.
 _MOVES_IMMEDIATE = frozenset({cs_x86.X86_INS_MOV, cs_x86.X86_INS_MOVABS})
-
-
-def operands(text: str) -> list[str]:
-    """The operands of an AT&T instruction text, split at top-level commas.
-
-    For showing an instruction's parts; what an instruction does is read from
-    its bytes (`decode`), never from this text.
-    """
-    words = text.split()
-    name = mnemonic(text)
-    # Operands follow the mnemonic, after any prefix (`rep movsq`).
-    rest = " ".join(words[words.index(name) + 1 :]) if name in words else ""
-    return split_operands(rest) if rest else []
-
-
-def register_of(operand: str) -> str | None:
-    """The general 64-bit register an AT&T register operand names (`%ecx` -> `rcx`), or None."""
-    if not operand.startswith("%"):
-        return None
-    column = register_column(operand[1:])
-    return column if column in GENERAL_REGISTERS else None
 
 
 def _decoded(row: StepRow) -> Decoded:

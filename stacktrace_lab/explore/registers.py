@@ -1,10 +1,11 @@
 """Which registers an instruction reads and writes, explicitly or not (capstone's detail mode).
 
 `push %rbp` reads rbp and rsp and writes rsp; `syscall` writes rcx and r11.
-Asked once per distinct instruction address of a trace, from the code bytes
-its metadata holds, so the stepper and `serve` can find the previous or next
-step that reads or writes a register, not only the steps that change it.
-Sub-registers count as their 64-bit register (`%ecx` is rcx).
+Asked once per distinct executed instruction, from its bytes (the trace's
+`insn_bytes` column, so compiled programs, whose traces do not hold their code,
+get it too), so the stepper and `serve` can find the previous or next step that
+reads or writes a register, not only the steps that change it. Sub-registers
+count as their 64-bit register (`%ecx` is rcx), flags as rflags.
 """
 
 from __future__ import annotations
@@ -12,14 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import capstone
+from capstone import x86 as cs_x86
 
-from ..analysis.decoded import register_column
-from ..arch import REGISTERS
-from ..trace.format import TraceMetadata
-
-#: The longest x86 instruction.
-MAX_INSN = 15
+from ..analysis.decoded import decode
 
 
 @dataclass(frozen=True)
@@ -31,36 +27,12 @@ class RegisterUse:
         return register in self.reads or register in self.writes
 
 
-def _full_name(name: str) -> str | None:
-    if name in ("rflags", "eflags", "flags"):
-        return "rflags"
-    if name in ("rip", "eip"):
-        return "rip"
-    full = register_column(name)
-    return full if full in REGISTERS else None
-
-
-def register_use(meta: TraceMetadata, addrs: Iterable[int]) -> dict[int, RegisterUse]:
-    """The registers each instruction at `addrs` reads and writes (addresses whose bytes the
-    trace's code does not hold, or that capstone cannot decode, are left out)."""
-    disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    disassembler.detail = True
-    code, base = meta.code, meta.code_base
+def register_use(instructions: Iterable[tuple[int, bytes]]) -> dict[int, RegisterUse]:
+    """The registers each instruction, given as (address, bytes), reads and writes
+    (instructions capstone cannot decode are left out)."""
     out: dict[int, RegisterUse] = {}
-    for addr in addrs:
-        if not base <= addr < base + len(code):
-            continue
-        chunk = code[addr - base : addr - base + MAX_INSN]
-        insn = next(disassembler.disasm(chunk, addr, 1), None)
-        if insn is None:
-            continue
-        try:
-            reads, writes = insn.regs_access()
-        except capstone.CsError:
-            continue
-        names = [
-            {n for n in (_full_name(insn.reg_name(r)) for r in regs) if n is not None}
-            for regs in (reads, writes)
-        ]
-        out[addr] = RegisterUse(frozenset(names[0]), frozenset(names[1]))
+    for addr, data in instructions:
+        decoded = decode(addr, data)
+        if decoded.id != cs_x86.X86_INS_INVALID:
+            out[addr] = RegisterUse(decoded.reads, decoded.writes)
     return out

@@ -77,6 +77,7 @@ class Instruction:
     addr: int
     text: str
     symbol: str
+    data: bytes = b""  # its bytes (the trace's `insn_bytes`)
 
 
 BoolArray = npt.NDArray[np.bool_]
@@ -179,11 +180,12 @@ def first_step_at(trace: Trace, name: str) -> int:
 def instruction_listing(trace: Trace) -> list[Instruction]:
     """Every distinct executed instruction, in address order.
 
-    Reads `rip`, `insn` and `symbol` one row group at a time and keeps one
-    row per distinct rip, so the cost is one pass over three narrow columns.
+    Reads `rip`, `insn`, `symbol` and `insn_bytes` one row group at a time and
+    keeps one row per distinct rip, so the cost is one pass over four narrow
+    (dictionary-encoded but for rip) columns.
     """
     seen: dict[int, Instruction] = {}
-    for group in trace.iter_row_groups(["rip", "insn", "symbol"]):
+    for group in trace.iter_row_groups(["rip", "insn", "symbol", "insn_bytes"]):
         rip = group.column("rip").to_numpy()
         unique, first = np.unique(rip, return_index=True)
         new = [
@@ -192,8 +194,9 @@ def instruction_listing(trace: Trace) -> list[Instruction]:
         if not new:
             continue
         picked = group.take(pa.array(new, pa.int64())).to_pydict()
-        for addr, text, symbol in zip(picked["rip"], picked["insn"], picked["symbol"], strict=True):
-            seen[int(addr)] = Instruction(int(addr), str(text), str(symbol))
+        columns = (picked[name] for name in ("rip", "insn", "symbol", "insn_bytes"))
+        for addr, text, symbol, data in zip(*columns, strict=True):
+            seen[int(addr)] = Instruction(int(addr), str(text), str(symbol), bytes(data or b""))
     return [seen[a] for a in sorted(seen)]
 
 

@@ -22,7 +22,7 @@ from ..arch import REGISTERS
 from ..errors import BadInput
 from .memory import flatten_accesses
 from .registers import RegisterUse, register_use
-from .rows import group_starts
+from .rows import group_starts, instruction_listing
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -83,7 +83,7 @@ class StepSearch:
         hit = values != np.append(values[1:], final)
         rip = self._column("rip")
         if self._use is None:
-            self._use = register_use(self.facts.meta, np.unique(rip).tolist())
+            self._use = register_use((i.addr, i.data) for i in instruction_listing(self.trace))
         users = [addr for addr, use in self._use.items() if use.touches(register)]
         hit |= np.isin(rip, np.array(users, dtype=np.uint64))
         return _nearest(np.flatnonzero(hit).astype(np.int64), start, direction)

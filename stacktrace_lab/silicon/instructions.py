@@ -15,7 +15,7 @@ import capstone
 import capstone.x86 as cx
 import numpy as np
 
-from ..arch import REGISTERS
+from ..analysis.decoded import register_column
 
 #: capstone's per-flag bits -> the flag's bit in rflags.
 _FLAG_BITS = {"CF": 0, "PF": 2, "AF": 4, "ZF": 6, "SF": 7, "OF": 11}
@@ -55,19 +55,6 @@ _OUTSIDE = {
 }
 _REP_PREFIXES = (cx.X86_PREFIX_REP, cx.X86_PREFIX_REPE, cx.X86_PREFIX_REPNE)
 _STRING_GROUPS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")
-#: capstone register names (64-bit and sub-registers) -> the trace's column.
-_FULL = {
-    **{r: r for r in REGISTERS},
-    **{f"e{r[1:]}": r for r in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")},
-    **{f"{r[1]}x": r for r in ("rax", "rbx", "rcx", "rdx")},
-    **{f"{r[1]}l": r for r in ("rax", "rbx", "rcx", "rdx")},
-    **{f"{r[1]}h": r for r in ("rax", "rbx", "rcx", "rdx")},
-    **{f"{r[1:]}": r for r in ("rsi", "rdi", "rbp", "rsp")},
-    **{f"{r[1:]}l": r for r in ("rsi", "rdi", "rbp", "rsp")},
-    **{f"r{i}{s}": f"r{i}" for i in range(8, 16) for s in ("d", "w", "b")},
-    "eflags": "rflags",
-    "rflags": "rflags",
-}
 
 
 @dataclass(frozen=True)
@@ -139,7 +126,7 @@ class InstructionTable:
             return frozenset()
         try:
             _, written = insn.regs_access()
-            writes = {_FULL.get(insn.reg_name(r), "") for r in written} - {""}
+            writes = {c for c in (register_column(insn.reg_name(r)) for r in written) if c}
         except capstone.CsError:
             writes = set()
         at = self.at(addr)

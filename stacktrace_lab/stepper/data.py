@@ -422,7 +422,7 @@ def stepper_data(
     for window in window_data:
         writers.update(window["writers"])
     listing = instruction_listing(trace)
-    use = register_use(meta, [i.addr for i in listing])
+    use = register_use((i.addr, i.data) for i in listing)
     first_symbols: dict[int, str] = {}
     for name, addr in meta.symbols.items():
         first_symbols.setdefault(addr, name)
