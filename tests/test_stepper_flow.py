@@ -163,3 +163,56 @@ def test_the_chain_is_who_wrotes_from_the_decoded_bytes(
     items = browser.find_elements(By.CSS_SELECTOR, ".stl-provenance li[data-step]")
     assert [int(li.get_attribute("data-step")) for li in items] == expected
     assert _errors(browser) == []
+
+
+def test_a_windowed_pages_chain_is_who_wrotes_as_far_as_it_has_steps(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Past the embedded steps the chain stops, at a writer the page knows only by its
+    instruction's address: its text (and flow) come from the listing."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    trace_path = tmp_path / "green-threads.parquet"
+    record(load_scenario("green-threads"), trace_path)
+    trace = load_trace(trace_path)
+    data = stepper_data(trace, limit=500)
+    windows = [(w["start"], w["stop"]) for w in data["windows"]]
+    assert len(windows) > 1
+
+    def embedded(step: int) -> bool:
+        return any(start <= step < stop for start, stop in windows)
+
+    # A store in a window whose value was loaded from a slot written before the window.
+    writer, slot, index = next(
+        (step, slot, int(addr, 16) - slot.region.base)
+        for window in data["windows"]
+        for step, addr, _ in window["writes"]
+        if int(addr, 16) % 8 == 0
+        and (slot := parse_slot(trace, hex(int(addr, 16))))
+        and slot.region is not None
+        and any(
+            link.step is not None and not embedded(link.step)
+            for link in provenance(trace, slot, step + 1).chain
+        )
+    )
+    chain = provenance(trace, slot, writer + 1).chain
+    steps = [link.step for link in chain if link.step is not None]
+    first_outside = next(i for i, s in enumerate(steps) if not embedded(s))
+    outside = chain[[link.step for link in chain].index(steps[first_outside])]
+    assert outside.instruction is not None
+    page = tmp_path / "green-threads.html"
+    page.write_text(standalone_page(trace, limit=500), encoding="utf-8")
+    browser.get("about:blank")
+    browser.get(page.as_uri() + f"#step={writer + 1}")
+    WebDriverWait(browser, 30).until(
+        lambda d: "stl-ready" in d.find_element(By.ID, "stl-stepper").get_attribute("class")
+    )
+    browser.find_element(
+        By.CSS_SELECTOR, f'.stl-telescope tr[data-index="{index}"] .stl-written a'
+    ).click()
+    WebDriverWait(browser, 30).until(lambda d: _text(d, ".stl-step") == str(writer))
+    items = browser.find_elements(By.CSS_SELECTOR, ".stl-provenance li[data-step]")
+    assert [int(li.get_attribute("data-step")) for li in items] == steps[: first_outside + 1]
+    assert outside.instruction.text in items[-1].text
+    assert _errors(browser) == []
