@@ -117,12 +117,68 @@ _MOVES = frozenset(
         cs_x86.X86_INS_MOVQ,
     }
 )
-#: Moves that can take an immediate.
-_MOVES_IMMEDIATE = frozenset({cs_x86.X86_INS_MOV, cs_x86.X86_INS_MOVABS})
 
 
 def _decoded(row: StepRow) -> Decoded:
     return decode(row.rip, row.insn_bytes)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What the chain needs to know of one instruction, decided from its bytes.
+
+    The one place these rules live: `provenance()` follows them, and the
+    stepper's chain follows the same facts, computed here for each
+    instruction of its listing.
+    """
+
+    #: Where the value it stores or moves comes from: "imm" (the instruction
+    #: itself), a general register (as a trace column), "mem" (the memory the
+    #: step read first: a load, a pop) or None (nothing to follow).
+    source: str | None
+    #: The general register a move, a pop or an `lea` sets; None for any other instruction.
+    dest: str | None = None
+    #: "move": `dest` gets `source` as it is, or widened (a `pop` is a load from
+    #: memory); "address": `lea`, `dest` computed from the base register in
+    #: `source` (None for a rip-relative address); None when `dest` is None.
+    how: str | None = None
+
+
+def _source_of(operand: Operand | None) -> str | None:
+    if operand is None:
+        return None
+    if operand.type is OperandType.IMM:
+        return "imm"
+    if operand.type is OperandType.REG and operand.register in GENERAL_REGISTERS:
+        return operand.register
+    return "mem"  # a memory operand, or a register the trace does not have
+
+
+def flow(decoded: Decoded) -> Flow:
+    """The `Flow` facts of an instruction."""
+    source = _source_of(decoded.source)
+    destination = decoded.destination
+    register = (
+        destination.register
+        if destination is not None
+        and destination.type is OperandType.REG
+        and destination.register in GENERAL_REGISTERS
+        else None
+    )
+    if register is not None and decoded.id in _MOVES and len(decoded.operands) == 2:
+        return Flow(source, register, "move")
+    if register is not None and decoded.id == cs_x86.X86_INS_LEA and decoded.source is not None:
+        base = decoded.source.base
+        return Flow(base if base in GENERAL_REGISTERS else None, register, "address")
+    popped = decoded.source
+    if (
+        decoded.id == cs_x86.X86_INS_POP
+        and popped is not None
+        and popped.type is OperandType.REG
+        and popped.register in GENERAL_REGISTERS
+    ):
+        return Flow("mem", popped.register, "move")
+    return Flow(source)
 
 
 # --- the chain --------------------------------------------------------------------------
@@ -216,32 +272,38 @@ def _memory_links(
     )
     links = [link]
     if depth > 1:
-        links += _operand_links(trace, row, _decoded(row).source, depth - 1)
+        decoded = _decoded(row)
+        links += _operand_links(trace, row, decoded, flow(decoded).source, depth - 1)
     return links, value, tuple(writers[1:])
 
 
-def _operand_links(trace: Trace, row: StepRow, source: Operand | None, depth: int) -> list[Link]:
-    """Links explaining where the value an instruction used as `source` came from."""
+def _operand_links(
+    trace: Trace, row: StepRow, decoded: Decoded, source: str | None, depth: int
+) -> list[Link]:
+    """Links explaining where the value an instruction took from `source` (a `Flow.source`)
+    came from."""
+    text = decoded.source.text if decoded.source is not None else ""
     if source is None:
         return [Link("stop", None, None, "", 0, f"cannot follow the source of `{row.insn}`")]
-    if source.type is OperandType.IMM:
+    if source == "imm":
+        imm = decoded.source.imm if decoded.source is not None else 0
         return [
             Link(
                 "immediate",
                 row.step,
                 Instruction(row.rip, row.insn, row.symbol),
-                source.text or f"${source.imm:#x}",
+                text or f"${imm:#x}",
                 0,
                 "an immediate in the instruction itself",
             )
         ]
-    if source.type is OperandType.REG and source.register in GENERAL_REGISTERS:
-        return _register_links(trace, source.register, row.step, depth)
+    if source in GENERAL_REGISTERS:
+        return _register_links(trace, source, row.step, depth)
     if row.reads:
         read = row.reads[0]
         links, _, _ = _memory_links(trace, read.addr, read.size, row.step, depth)
         return links
-    return [Link("stop", None, None, source.text, 0, f"cannot follow the source of `{row.insn}`")]
+    return [Link("stop", None, None, text, 0, f"cannot follow the source of `{row.insn}`")]
 
 
 def _register_links(trace: Trace, register: str, before: int, depth: int) -> list[Link]:
@@ -253,14 +315,9 @@ def _register_links(trace: Trace, register: str, before: int, depth: int) -> lis
     row = row_at(trace, step)
     instruction = Instruction(row.rip, row.insn, row.symbol)
     decoded = _decoded(row)
-    source = decoded.source
-    into_register = decoded.writes_register(register)
-    if (
-        decoded.id in _MOVES_IMMEDIATE
-        and into_register
-        and source is not None
-        and source.type is OperandType.IMM
-    ):
+    facts = flow(decoded)
+    into_register = facts.dest == register
+    if into_register and facts.how == "move" and facts.source == "imm":
         return [
             Link(
                 "immediate",
@@ -271,40 +328,28 @@ def _register_links(trace: Trace, register: str, before: int, depth: int) -> lis
                 f"{register} was set at step {step} from an immediate",
             )
         ]
-    if decoded.id in _MOVES and into_register and len(decoded.operands) == 2:
-        # A plain move into the register: follow its source (a register or memory).
+    if into_register and facts.how == "move":
+        # A plain move into the register, or a pop: follow its source (a register or memory).
+        popped = decoded.id == cs_x86.X86_INS_POP
         kind = "load" if row.reads else "register"
+        note = f"{register} was {'popped' if popped else 'set'} at step {step}"
         link = Link(
-            kind, step, instruction, register, value, f"{register} was set at step {step} by a move"
+            kind, step, instruction, register, value, note + ("" if popped else " by a move")
         )
-        tail = _operand_links(trace, row, source, depth - 1) if depth > 1 else []
+        tail = _operand_links(trace, row, decoded, facts.source, depth - 1) if depth > 1 else []
         return [link, *tail]
-    popped_into = (
-        decoded.id == cs_x86.X86_INS_POP
-        and source is not None
-        and source.type is OperandType.REG
-        and source.register == register
-    )
-    if popped_into and row.reads:
-        link = Link(
-            "load", step, instruction, register, value, f"{register} was popped at step {step}"
-        )
-        popped: list[Link] = []
-        if depth > 1:
-            read = row.reads[0]
-            popped, _, _ = _memory_links(trace, read.addr, read.size, step, depth - 1)
-        return [link, *popped]
-    if decoded.id == cs_x86.X86_INS_LEA and into_register and source is not None and depth > 1:
+    if into_register and facts.how == "address" and depth > 1:
         # A rip-relative address is a constant of the code: no register to follow.
-        base = source.base if source.base in GENERAL_REGISTERS else None
+        where = decoded.source.text if decoded.source is not None else ""
         link = Link(
             "computed",
             step,
             instruction,
             register,
             value,
-            f"{register} was computed at step {step} as the address {source.text}",
+            f"{register} was computed at step {step} as the address {where}",
         )
+        base = facts.source
         return [link, *(_register_links(trace, base, step, depth - 1) if base else [])]
     return [
         Link(

@@ -78,6 +78,7 @@ class Instruction:
     text: str
     symbol: str
     data: bytes = b""  # its bytes (the trace's `insn_bytes`)
+    kind: str = ""  # the trace's `kind`: call, ret, jmp, ... (in `instruction_listing`)
 
 
 BoolArray = npt.NDArray[np.bool_]
@@ -180,12 +181,13 @@ def first_step_at(trace: Trace, name: str) -> int:
 def instruction_listing(trace: Trace) -> list[Instruction]:
     """Every distinct executed instruction, in address order.
 
-    Reads `rip`, `insn`, `symbol` and `insn_bytes` one row group at a time and
-    keeps one row per distinct rip, so the cost is one pass over four narrow
-    (dictionary-encoded but for rip) columns.
+    Reads `rip`, `insn`, `symbol`, `kind` and `insn_bytes` one row group at a
+    time and keeps one row per distinct rip, so the cost is one pass over five
+    narrow (dictionary-encoded but for rip) columns.
     """
     seen: dict[int, Instruction] = {}
-    for group in trace.iter_row_groups(["rip", "insn", "symbol", "insn_bytes"]):
+    names = ("rip", "insn", "symbol", "insn_bytes", "kind")
+    for group in trace.iter_row_groups(list(names)):
         rip = group.column("rip").to_numpy()
         unique, first = np.unique(rip, return_index=True)
         new = [
@@ -194,9 +196,11 @@ def instruction_listing(trace: Trace) -> list[Instruction]:
         if not new:
             continue
         picked = group.take(pa.array(new, pa.int64())).to_pydict()
-        columns = (picked[name] for name in ("rip", "insn", "symbol", "insn_bytes"))
-        for addr, text, symbol, data in zip(*columns, strict=True):
-            seen[int(addr)] = Instruction(int(addr), str(text), str(symbol), bytes(data or b""))
+        columns = (picked[name] for name in names)
+        for addr, text, symbol, data, kind in zip(*columns, strict=True):
+            seen[int(addr)] = Instruction(
+                int(addr), str(text), str(symbol), bytes(data or b""), str(kind)
+            )
     return [seen[a] for a in sorted(seen)]
 
 

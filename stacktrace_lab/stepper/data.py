@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..analysis.decoded import decode
 from ..analysis.events import TraceFacts, derive_facts
 from ..arch import REGISTERS, WORD
 from ..explore.backtrace import FrameHistory, frame_history
 from ..explore.memory import MemoryCheckpoints, access_log_between, memory_before_many
-from ..explore.provenance import PlantedReturn, planted_returns
+from ..explore.provenance import PlantedReturn, flow, planted_returns
 from ..explore.registers import register_use
-from ..explore.rows import instruction_listing, instructions_at
+from ..explore.rows import Instruction, instruction_listing, instructions_at
 from ..explore.telescope import SLOTS_BELOW_RSP, SLOTS_FROM_RSP, WHOLE_REGION_SLOTS
 from ..layout import SENTINEL_RETURN, Region
 from ..trace.reader import Trace
@@ -368,7 +369,8 @@ def embedded_window(
             if step >= 0 and step not in inside
         }
     )
-    writers = {str(s): i.text for s, i in sorted(instructions_at(trace, outside).items())}
+    # The page finds their text and flow in the listing by address.
+    writers = {str(s): hex64(i.addr) for s, i in sorted(instructions_at(trace, outside).items())}
     return {
         "start": window.start,
         "stop": window.stop,
@@ -418,7 +420,7 @@ def stepper_data(
     window_data = [embedded_window(trace, window, frames) for window in windows if frames]
     # Instructions of the steps that wrote tracked memory before a window began
     # and are not embedded themselves, for the telescope's "last written" column.
-    writers: dict[str, str] = {}
+    writers: dict[str, str] = {}  # step -> the address of its instruction
     for window in window_data:
         writers.update(window["writers"])
     listing = instruction_listing(trace)
@@ -466,6 +468,7 @@ def stepper_data(
                     if i.addr in use
                     else {}
                 ),
+                "flow": flow_data(i),
             }
             for i in listing
         ],
@@ -487,6 +490,18 @@ def stepper_data(
         "chart": _rsp_chart(trace, windows),
         **({"serve": serve} if serve else {}),
     }
+
+
+def flow_data(instruction: Instruction) -> dict[str, str]:
+    """What the page's provenance chain needs of an instruction, decided from its bytes by
+    `explore.provenance.flow` as who-wrote decides it: its `kind` (unless "other"),
+    `source`, `dest` and `how` (see `Flow`), each left out when empty."""
+    facts = flow(decode(instruction.addr, instruction.data))
+    out = {"kind": instruction.kind} if instruction.kind not in ("", "other") else {}
+    for key, value in (("source", facts.source), ("dest", facts.dest), ("how", facts.how)):
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def _source_text(line: tuple[str, int] | None) -> str:

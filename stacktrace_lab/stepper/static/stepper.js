@@ -112,7 +112,7 @@
   var RBP = names.indexOf("rbp");
   var windows = []; // sorted by start; each with .regs[k] (BigInt[]) and .afterLast
   var frames = {}; // frame id -> [caller, stack, function, how, entered step, return address]
-  var writers = data.writers || {}; // step -> instruction text, for steps not loaded
+  var writers = data.writers || {}; // step -> its instruction's address, for steps not loaded
   var MAX_WINDOWS = 40;
 
   function addWindow(w) {
@@ -279,10 +279,15 @@
   var listingBody = $(".stl-listing tbody");
   var listingRows = {};
   var registerUse = {}; // rip -> [registers read, registers written], where known
+  // rip -> what the instruction does, decoded from its bytes in Python (who-wrote's rules):
+  // kind (call, ret, ...), source ("imm", "mem" or a register), dest and how ("move",
+  // "address"), each absent when empty.
+  var flows = {};
   data.listing.forEach(function (insn) {
     if (insn.regs) {
       registerUse[big(insn.addr).toString()] = insn.regs;
     }
+    flows[big(insn.addr).toString()] = insn.flow || {};
     var tr = document.createElement("tr");
     tr.dataset.addr = insn.addr;
     [insn.addr, insn.symbol, insn.insn, insn.source].forEach(function (text) {
@@ -308,67 +313,25 @@
     var row = listingRows[addr.toString()];
     return row ? row.children[2].textContent : "";
   }
-  function insnOfStep(step) {
+  /* The address of the instruction at `step`, or null if neither loaded nor a known writer. */
+  function ripOfStep(step) {
     var regs = regsAt(step);
     if (regs) {
-      return insnAt(regs[RIP]);
+      return regs[RIP];
     }
-    return writers[String(step)] || "";
+    var addr = writers[String(step)];
+    return addr ? big(addr) : null;
   }
-
-  // Instruction text: mnemonic and operands (AT&T: the source comes first).
-  var PREFIXES = ["rep", "repe", "repz", "repne", "repnz", "lock", "bnd", "notrack"];
-  function mnemonic(text) {
-    var words = text.split(/\s+/).filter(Boolean);
-    while (words.length > 1 && PREFIXES.indexOf(words[0]) >= 0) {
-      words.shift();
-    }
-    return words.length ? words[0] : "";
+  function insnOfStep(step) {
+    var rip = ripOfStep(step);
+    return rip === null ? "" : insnAt(rip);
   }
-  function operands(text) {
-    var name = mnemonic(text);
-    var rest = text.slice(text.indexOf(name) + name.length);
-    var out = [];
-    var depth = 0;
-    var current = "";
-    for (var i = 0; i < rest.length; i++) {
-      var ch = rest[i];
-      if (ch === "(") {
-        depth++;
-      } else if (ch === ")") {
-        depth--;
-      }
-      if (ch === "," && depth === 0) {
-        out.push(current.trim());
-        current = "";
-      } else {
-        current += ch;
-      }
-    }
-    if (current.trim()) {
-      out.push(current.trim());
-    }
-    return out;
+  function flowOfStep(step) {
+    var rip = ripOfStep(step);
+    return (rip !== null && flows[rip.toString()]) || {};
   }
-  var ALIASES = {};
-  [["rax", "eax ax al ah"], ["rbx", "ebx bx bl bh"], ["rcx", "ecx cx cl ch"],
-    ["rdx", "edx dx dl dh"], ["rsi", "esi si sil"], ["rdi", "edi di dil"],
-    ["rbp", "ebp bp bpl"], ["rsp", "esp sp spl"]].forEach(function (pair) {
-    ALIASES[pair[0]] = pair[0];
-    pair[1].split(" ").forEach(function (alias) {
-      ALIASES[alias] = pair[0];
-    });
-  });
-  for (var rn = 8; rn < 16; rn++) {
-    ["", "d", "w", "b"].forEach(function (suffix) {
-      ALIASES["r" + rn + suffix] = "r" + rn;
-    });
-  }
-  function registerOf(operand) {
-    return operand && operand[0] === "%" ? ALIASES[operand.slice(1).toLowerCase()] || null : null;
-  }
-  function isKind(text, kind) {
-    return mnemonic(text).indexOf(kind) === 0;
+  function flowAt(addr) {
+    return flows[addr.toString()] || {};
   }
 
   function renderRegisters(step) {
@@ -653,80 +616,87 @@
     return reads.length ? big(reads[0][1]) : null;
   }
 
+  // who-wrote's default depth (DEFAULT_DEPTH in explore/provenance.py).
+  var CHAIN_DEPTH = 6;
+
+  /* The chain of who-wrote (explore/provenance.py), link by link, as far as the loaded
+     steps go: what each instruction does comes from the listing's `flow`, decided in
+     Python from the instruction's bytes by the rules who-wrote follows. */
   function provenance(addr, before) {
     var chain = [];
-    var what = describe(addr) || hexShort(addr);
-    var writer = writerOf(addr, before);
-    if (writer === null) {
-      return [{ step: null, text: "", note: what + ": not tracked here" }];
+    function stop(note) {
+      chain.push({ step: null, text: "", note: note });
     }
-    if (writer < 0) {
-      return [{ step: null, text: "", note: what + " was never written: its initial value" }];
-    }
-    var text = insnOfStep(writer);
-    var name = mnemonic(text);
-    if (name.indexOf("call") === 0) {
-      chain.push({ step: writer, text: text, note: what + ": the return address this call pushed" });
-      return chain;
-    }
-    chain.push({ step: writer, text: text, note: "wrote " + what });
-    var source = operands(text)[0] || "";
-    var at = writer;
-    for (var depth = 0; depth < 6; depth++) {
-      if (source[0] === "$") {
-        chain[chain.length - 1].note += ", from an immediate";
-        return chain;
+    function memoryLinks(at, step, depth) {
+      var what = describe(at) || hexShort(at);
+      var writer = writerOf(at, step);
+      if (writer === null || writer === undefined) {
+        stop(what + ": not tracked here");
+        return;
       }
-      var reg = registerOf(source);
-      if (!reg) {
-        // A load: follow the memory it read (the step's first read), as who-wrote does.
-        var loaded = firstRead(at);
-        var loadWriter = loaded === null ? null : writerOf(loaded, at);
-        if (loadWriter === null || loadWriter === undefined) {
-          chain[chain.length - 1].note += ", from memory " + source;
-          return chain;
-        }
-        var place = describe(loaded) || hexShort(loaded);
-        chain[chain.length - 1].note += ", from memory " + place;
-        if (loadWriter < 0) {
-          chain.push({ step: null, text: "", note: place + " was never written: its initial value" });
-          return chain;
-        }
-        text = insnOfStep(loadWriter);
-        if (isKind(text, "call")) {
-          chain.push({ step: loadWriter, text: text, note: place + ": the return address this call pushed" });
-          return chain;
-        }
-        chain.push({ step: loadWriter, text: text, note: "wrote " + place });
-        source = operands(text)[0] || "";
-        at = loadWriter;
-        continue;
+      if (writer < 0) {
+        stop(what + " was never written: its initial value");
+        return;
       }
-      var changed = lastChange(reg, at);
+      var text = insnOfStep(writer);
+      var flow = flowOfStep(writer);
+      if (flow.kind === "call") {
+        chain.push({ step: writer, text: text, note: what + ": the return address this call pushed" });
+        return;
+      }
+      chain.push({ step: writer, text: text, note: "wrote " + what });
+      if (depth > 1) {
+        operandLinks(writer, flow.source, depth - 1);
+      }
+    }
+    function operandLinks(step, source, depth) {
+      if (!source) {
+        stop("cannot follow the source of " + insnOfStep(step));
+      } else if (source === "imm") {
+        chain.push({ step: step, text: insnOfStep(step), note: "an immediate in the instruction itself" });
+      } else if (source === "mem") {
+        // A load: follow the memory it read (the step's first read).
+        var loaded = firstRead(step);
+        if (loaded === null) {
+          stop("the memory step " + step + " read is not loaded here");
+        } else {
+          memoryLinks(loaded, step, depth);
+        }
+      } else {
+        registerLinks(source, step, depth);
+      }
+    }
+    function registerLinks(reg, before, depth) {
+      var changed = lastChange(reg, before);
       if (changed === null) {
-        chain.push({ step: null, text: "", note: reg + " was set before the loaded steps" });
-        return chain;
+        stop(reg + " was set before the loaded steps");
+        return;
       }
       if (changed < 0) {
-        chain.push({ step: null, text: "", note: reg + " holds its value from the start" });
-        return chain;
+        stop(reg + " holds its value from the start");
+        return;
       }
-      text = insnOfStep(changed);
-      chain.push({ step: changed, text: text, note: reg + " was set here" });
-      var ops = operands(text);
-      name = mnemonic(text);
-      if (name.indexOf("pop") === 0 && ops.length === 1 && registerOf(ops[0]) === reg) {
-        source = "(%rsp)"; // a pop loads from the stack: followed through the step's read
-        at = changed;
-        continue;
+      var text = insnOfStep(changed);
+      var flow = flowOfStep(changed);
+      var into = flow.dest === reg;
+      if (into && flow.how === "move" && flow.source === "imm") {
+        chain.push({ step: changed, text: text, note: reg + " was set here from an immediate" });
+      } else if (into && flow.how === "move") {
+        var how = flow.source === "mem" ? "loaded from memory" : "by a move";
+        chain.push({ step: changed, text: text, note: reg + " was set here, " + how });
+        if (depth > 1) {
+          operandLinks(changed, flow.source, depth - 1);
+        }
+      } else if (into && flow.how === "address" && depth > 1) {
+        chain.push({ step: changed, text: text, note: reg + " was computed here as an address" });
+        if (flow.source) {
+          registerLinks(flow.source, changed, depth - 1);
+        }
+      } else {
+        chain.push({ step: changed, text: text, note: reg + " was set here (computed)" });
       }
-      if (name.indexOf("mov") !== 0 || ops.length !== 2 || registerOf(ops[1]) !== reg) {
-        chain[chain.length - 1].note += " (computed)";
-        return chain;
-      }
-      source = ops[0];
-      at = changed;
     }
+    memoryLinks(addr, before, CHAIN_DEPTH);
     return chain;
   }
 
@@ -835,7 +805,7 @@
   function matches(what, step) {
     var regs = regsAt(step);
     if (what === "call" || what === "ret") {
-      return isKind(insnAt(regs[RIP]), what);
+      return flowAt(regs[RIP]).kind === what;
     }
     if (what === "stack") {
       var w = windowOf(step);
