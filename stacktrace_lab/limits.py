@@ -98,7 +98,15 @@ def resolve_input(name: str, base_dir: Path, where: str, allow_outside: bool) ->
     return path
 
 
-def read_input(path: Path, limit: int, what: str = "file") -> bytes:
+#: A compiled program is read whole (its sha256, pyelftools). Far above any
+#: static program here (the Rust example with std's debug info is ~10 MB), low
+#: enough that a hostile path cannot exhaust memory.
+MAX_PROGRAM_FILE_BYTES = 256 * MiB
+
+
+def read_input(
+    path: Path, limit: int, what: str = "file", option: str | None = "--max-source-size"
+) -> bytes:
     """The bytes of a regular file of at most `limit` bytes, without blocking.
 
     A FIFO, device or directory is refused before it is opened (`/dev/zero`
@@ -118,7 +126,8 @@ def read_input(path: Path, limit: int, what: str = "file") -> bytes:
             raise BadInput(f"{path}: is {kind}; a {what} must be a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise BadInput(f"{path}: larger than the {what} limit of {limit} bytes (--max-source-size)")
+        named = f" ({option})" if option else ""
+        raise BadInput(f"{path}: larger than the {what} limit of {limit} bytes{named}")
     return data
 
 

@@ -6,6 +6,7 @@ where gcc or rustc is missing the tests that need it skip, saying so.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -462,3 +463,27 @@ def test_a_privileged_instruction_before_from_is_a_fault_not_silently_run(
     assert main(["record", str(program), "-o", str(out)]) == 0
     meta = load_trace(out).metadata
     assert meta.stop.reason == "fault" and "cli is a privileged instruction" in meta.stop.detail
+
+
+def test_a_fifo_or_a_device_named_as_the_program_is_one_line_not_a_hang(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The program file is read whole: a FIFO would block and /dev/zero never end.
+    Both are refused before reading, like every other input (limits.read_input)."""
+    fifo = tmp_path / "prog"
+    os.mkfifo(fifo)
+    toml = tmp_path / "fifo.toml"
+    toml.write_text('name = "x"\n[program]\nelf = "prog"\n')
+    zero = tmp_path / "zero.toml"
+    zero.write_text('name = "x"\n[program]\nelf = "/dev/zero"\n')
+    cases = [
+        (["record", str(toml)], f"{fifo}: is not a regular file; a program must be a regular file"),
+        (
+            ["record", str(zero), "--allow-outside"],
+            "/dev/zero: is not a regular file; a program must be a regular file",
+        ),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "-o", str(tmp_path / "t.parquet")]) == 2
+        assert capsys.readouterr().err == f"stacktrace-lab: error: {message}\n"
+    assert not (tmp_path / "t.parquet").exists()

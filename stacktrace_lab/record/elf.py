@@ -28,6 +28,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from ..errors import BadInput
+from ..limits import MAX_PROGRAM_FILE_BYTES, read_input
 from ..trace.format import SourceLine
 
 #: Where a static-pie is loaded (Linux's ELF_ET_DYN_BASE with ASLR off).
@@ -84,10 +85,9 @@ class ElfImage:
 def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
     """`pie_base`: where a static-pie goes (the silicon check loads it where the kernel did)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read: {exc.strerror or exc}") from None
+    # A regular file of bounded size, opened without blocking: a FIFO or
+    # /dev/zero named as the program is one line, not a hang.
+    raw = read_input(path, MAX_PROGRAM_FILE_BYTES, "program", option=None)
     if raw[:4] != b"\x7fELF":
         raise BadInput(f"{path}: not an ELF executable (no ELF header)")
     try:
