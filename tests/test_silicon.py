@@ -158,6 +158,38 @@ def test_xgetbv_is_replayed_and_caught_without_replay(
     assert divergence.registers["rax"][0] == native_xcr0
 
 
+VALUES_PROGRAM = """
+main:
+    rdtsc
+    mov %eax, %r12d
+    rdtscp
+    mov %ecx, %r13d
+    rdrand %rbx
+    rdseed %r14d
+    setc %al
+    ret
+"""
+
+
+@silicon
+def test_timestamps_and_random_numbers_are_replayed_and_caught_without_replay(
+    write_scenario: Callable[..., Path],
+) -> None:
+    """rdtsc, rdtscp, rdrand and rdseed give the CPU's own values natively and the
+    CPU model's fixed ones in the emulator: replayed in order, the runs are the same;
+    without replay the first difference is named at the row after rdtsc."""
+    if not {"rdrand", "rdseed"} <= set(Path("/proc/cpuinfo").read_text().split()):
+        pytest.skip("this CPU has no rdrand/rdseed")
+    path = write_scenario(VALUES_PROGRAM)
+    result = silicon_check(str(path))
+    assert result.comparison.same, result.comparison.divergence
+    assert [v.mnemonic for v in result.native.values] == ["rdtsc", "rdtscp", "rdrand", "rdseed"]
+    divergence = _check(path, replay=False).divergence
+    assert divergence is not None
+    assert (divergence.step, divergence.cause) == (1, "timestamp-or-random")
+    assert divergence.previous_instruction == "rdtsc"
+
+
 @silicon
 def test_one_flipped_register_is_caught_at_its_step_with_its_cause() -> None:
     """A deliberately wrong emulation: rbx flipped at one row of green-threads."""

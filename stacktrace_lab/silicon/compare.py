@@ -27,7 +27,7 @@ CAUSES = {
     "xgetbv": "xgetbv answered differently: XCR0 is 3 (x87, SSE) in the emulator, "
     "this CPU also enables AVX state; not replayed from the native run",
     "timestamp-or-random": "rdtsc, rdtscp, rdrand or rdseed: fixed values in the emulator, "
-    "the CPU's own natively",
+    "the CPU's own natively; not replayed from the native run",
     "syscall-result": "the system call's result or the memory it filled differs: "
     "the outside world was not replayed",
     "syscall-registers": "syscall's own rcx (next instruction) and r11 (rflags): "

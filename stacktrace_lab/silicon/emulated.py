@@ -9,7 +9,8 @@ the order it asked:
   output captured, exit stops the run), then gives the program the native
   result and the bytes the native kernel wrote. An mmap goes where the native
   one went (MAP_FIXED).
-- `ReplayingCpu`: cpuid and xgetbv give the native values; the rest is the
+- `ReplayingCpu`: cpuid, xgetbv, rdtsc, rdtscp, rdrand and rdseed give the
+  native values (in the order the native run met them); the rest is the
   recorder's fixed CPU model.
 
 So the comparison tests the CPU model, not the machine it ran on. Without a
@@ -26,11 +27,12 @@ import numpy as np
 import unicorn.x86_const as x86
 from unicorn.unicorn_py3.unicorn import Uc
 
+from ..analysis.decoded import register_column
 from ..arch import REGISTERS
 from ..record.cpu import CpuModel
-from ..record.machine import Chunk, Machine, MachineSpec
+from ..record.machine import UC_IDS, Chunk, Machine, MachineSpec
 from ..record.syscalls import BareKernel
-from .native import CpuidRecord, NativeRun, XgetbvRecord
+from .native import CpuidRecord, NativeRun, ValueRecord, XgetbvRecord
 from .native import SyscallRecord as NativeSyscall
 
 _MASK64 = (1 << 64) - 1
@@ -98,14 +100,20 @@ class SyscallReplay:
 
 
 class ReplayingCpu(CpuModel):
-    """The recorder's CPU model, with the native run's cpuid and xgetbv answers."""
+    """The recorder's CPU model, with the native run's answers to cpuid, xgetbv,
+    rdtsc, rdtscp, rdrand and rdseed."""
 
     def __init__(
-        self, cpuid: list[CpuidRecord], xgetbv: list[XgetbvRecord], mismatches: list[str]
+        self,
+        cpuid: list[CpuidRecord],
+        xgetbv: list[XgetbvRecord],
+        values: list[ValueRecord],
+        mismatches: list[str],
     ) -> None:
         super().__init__()
         self.native_cpuid = deque(cpuid)
         self.native_xgetbv = deque(xgetbv)
+        self.native_values = deque(values)
         self.mismatches = mismatches
 
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:  # type: ignore[override]
@@ -116,12 +124,42 @@ class ReplayingCpu(CpuModel):
         return record.eax, record.ebx, record.ecx, record.edx
 
     def answer(self, uc: Uc, insn: Any) -> None:
-        if insn.mnemonic != "xgetbv" or not self.native_xgetbv:
+        if insn.mnemonic == "xgetbv" and self.native_xgetbv:
+            record = self.native_xgetbv.popleft()
+            uc.reg_write(x86.UC_X86_REG_RAX, record.eax)
+            uc.reg_write(x86.UC_X86_REG_RDX, record.edx)
+        elif insn.mnemonic in VALUE_MNEMONICS and self.native_values:
+            value = self.native_values.popleft()
+            if value.mnemonic != insn.mnemonic:
+                native = value.mnemonic
+                self.mismatches.append(f"{insn.mnemonic} is not the native run's next {native}")
+                super().answer(uc, insn)
+                return
+            for name in _written_by(insn):
+                after = value.after[name]
+                if name == "rflags":  # the arithmetic flags only: TF and IF are the stepper's
+                    after = (uc.reg_read(x86.UC_X86_REG_RFLAGS) & ~_ARITH_FLAGS) | (
+                        after & _ARITH_FLAGS
+                    )
+                uc.reg_write(UC_IDS[REGISTERS.index(name)], after)
+        else:
             super().answer(uc, insn)
-            return
-        record = self.native_xgetbv.popleft()
-        uc.reg_write(x86.UC_X86_REG_RAX, record.eax)
-        uc.reg_write(x86.UC_X86_REG_RDX, record.edx)
+
+
+#: The instructions whose answers come from the CPU's counter or random source.
+VALUE_MNEMONICS = ("rdtsc", "rdtscp", "rdrand", "rdseed")
+#: CF, PF, AF, ZF, SF, OF.
+_ARITH_FLAGS = 0x8D5
+
+
+def _written_by(insn: Any) -> tuple[str, ...]:
+    """The registers (trace columns) a value instruction sets: what is replayed."""
+    if insn.mnemonic == "rdtsc":
+        return ("rax", "rdx")
+    if insn.mnemonic == "rdtscp":
+        return ("rax", "rdx", "rcx")
+    destination = register_column(insn.reg_name(insn.operands[0].reg))  # rdrand/rdseed
+    return (destination, "rflags") if destination else ("rflags",)
 
 
 def replaying(spec: MachineSpec, native: NativeRun, mismatches: list[str]) -> MachineSpec:
@@ -137,7 +175,7 @@ def replaying(spec: MachineSpec, native: NativeRun, mismatches: list[str]) -> Ma
     return replace(
         spec,
         kernel=replaying_kernel,
-        cpu=lambda: ReplayingCpu(native.cpuid, native.xgetbv, mismatches),
+        cpu=lambda: ReplayingCpu(native.cpuid, native.xgetbv, native.values, mismatches),
     )
 
 

@@ -145,6 +145,16 @@ class XgetbvRecord:
 
 
 @dataclass(frozen=True)
+class ValueRecord:
+    """rdtsc, rdtscp, rdrand or rdseed: what the CPU answered (its registers after)."""
+
+    step: int
+    mnemonic: str
+    #: The general registers and rflags once the instruction ran (trace names).
+    after: dict[str, int]
+
+
+@dataclass(frozen=True)
 class NativeStop:
     reason: str  # returned | halted | exit | spin | max_steps | fault | to | not_started
     step: int  # the last row
@@ -165,6 +175,8 @@ class NativeRun:
     syscalls: list[SyscallRecord] = field(default_factory=list)
     cpuid: list[CpuidRecord] = field(default_factory=list)
     xgetbv: list[XgetbvRecord] = field(default_factory=list)
+    #: Every rdtsc, rdtscp, rdrand and rdseed, in order (replayed by the emulated side).
+    values: list[ValueRecord] = field(default_factory=list)
     #: The bytes at every address an instruction ran from (up to 16 of them).
     code: dict[int, bytes] = field(default_factory=dict)
     #: At the exec stop: the registers (trace names, and fs_base) and the
@@ -191,11 +203,19 @@ class NativeError(Exception):
     """The binary could not be started under ptrace."""
 
 
-_KIND_SYSCALL, _KIND_CPUID, _KIND_XGETBV, _KIND_HLT, _KIND_OTHER = range(5)
+_KIND_SYSCALL, _KIND_CPUID, _KIND_XGETBV, _KIND_VALUE, _KIND_HLT, _KIND_OTHER = range(6)
+#: Instructions whose answer comes from the CPU's counter or random source.
+_VALUE_INSTRUCTIONS = {
+    capstone.x86.X86_INS_RDTSC: "rdtsc",
+    capstone.x86.X86_INS_RDTSCP: "rdtscp",
+    capstone.x86.X86_INS_RDRAND: "rdrand",
+    capstone.x86.X86_INS_RDSEED: "rdseed",
+}
 _KINDS = {
     capstone.x86.X86_INS_SYSCALL: _KIND_SYSCALL,
     capstone.x86.X86_INS_CPUID: _KIND_CPUID,
     capstone.x86.X86_INS_XGETBV: _KIND_XGETBV,
+    **dict.fromkeys(_VALUE_INSTRUCTIONS, _KIND_VALUE),
     capstone.x86.X86_INS_HLT: _KIND_HLT,
 }
 
@@ -267,6 +287,7 @@ def run_native(
         syscalls=stepper.syscalls,
         cpuid=stepper.cpuid,
         xgetbv=stepper.xgetbv,
+        values=stepper.values,
         code=stepper.code,
         initial_registers=stepper.initial_registers,
         initial_stack=stepper.initial_stack,
@@ -299,6 +320,7 @@ class _Stepper:
         self.syscalls: list[SyscallRecord] = []
         self.cpuid: list[CpuidRecord] = []
         self.xgetbv: list[XgetbvRecord] = []
+        self.values: list[ValueRecord] = []
         self.stop = NativeStop("max_steps", -1, "")
         self.kinds: dict[int, int] = {}
         self.code: dict[int, bytes] = {}
@@ -481,6 +503,11 @@ class _Stepper:
                     *(int(post[reg(r)]) & 0xFFFFFFFF for r in ("rax", "rbx", "rcx", "rdx")),
                 )
             )
+        elif kind == _KIND_VALUE:
+            insn = next(self.disassembler.disasm(self.code[int(pre[_RIP])], 0, 1))
+            row = np.frombuffer(bytes(post), dtype=np.uint64)[_ROW_INDEX]
+            after = {name: int(value) for name, value in zip(REGISTERS, row, strict=True)}
+            self.values.append(ValueRecord(step, _VALUE_INSTRUCTIONS[insn.id], after))
         elif kind == _KIND_XGETBV:
             reg = USER_REGS.index
             self.xgetbv.append(
