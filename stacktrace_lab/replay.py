@@ -35,7 +35,7 @@ from .record.disassembly import Disassembler, InstructionTable
 from .record.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .record.recorder import Description, prepare_machine
 from .safe_output import Interrupted
-from .trace.format import schema
+from .trace.format import SyscallRecord, hook_schema, signed64
 from .trace.reader import Trace
 
 #: Values longer than this are shortened in a report.
@@ -240,6 +240,11 @@ class _Comparer:
         )
 
 
+def _call(c: SyscallRecord) -> tuple[object, ...]:
+    """A call as both sides log it (the result as the signed number the trace keeps)."""
+    return (c.step, c.nr, c.name, c.args, None if c.result is None else signed64(c.result))
+
+
 def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
     """After all rows matched: the step count, stop, final registers, output and syscalls."""
     meta = trace.metadata
@@ -269,8 +274,8 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
         checks.append(
             (
                 "syscalls",
-                [(c.step, c.nr, c.name, c.args, c.result) for c in meta.syscalls],
-                [(c.step, c.nr, c.name, c.args, c.result) for c in result.syscalls],
+                [_call(c) for c in trace.syscalls()],
+                [_call(c) for c in result.syscalls],
             )
         )
     for name, recorded, replayed in checks:
@@ -322,7 +327,7 @@ def replay(
         ]
     except UcError as exc:
         raise BadInput(f"{trace.path}: the trace's layout cannot be mapped again ({exc})") from None
-    batch_schema = schema(windows)
+    batch_schema = hook_schema(windows)  # system calls are compared at the end
     columns = [name for name in trace.column_names if name in batch_schema.names]
     comparer = _Comparer(trace, columns)
     # The file's own step limit, so a trace cut at max_steps replays to the

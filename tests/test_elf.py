@@ -73,7 +73,7 @@ def test_the_tutorials_program_switches_to_its_48_byte_stack(
     entry_rsp = int(trace.slice(planted.ret_step + 1, planted.ret_step + 2, ["rsp"])["rsp"][0])
     assert entry_rsp == stack.base + 40 and entry_rsp % 16 == 8
     assert "main" in {s.name for s in meta.stacks}
-    assert any(call.name == "write" and call.result == len(LINE) for call in meta.syscalls)
+    assert any(call.name == "write" and call.result == len(LINE) for call in trace.syscalls())
 
 
 @pytest.mark.parametrize("build", BUILDS)

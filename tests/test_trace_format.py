@@ -132,7 +132,7 @@ def test_source_line_exact_nearest_below_and_outside_the_code(kinds: Recording) 
 
 def test_syscalls_are_logged_with_step_args_and_result(kinds: Recording) -> None:
     trace = load_trace(kinds.path)
-    write, exit_ = trace.metadata.syscalls
+    write, exit_ = trace.syscalls()
     kind = trace.table(["kind"]).column("kind").to_pylist()
     assert [write.step, exit_.step] == [i for i, k in enumerate(kind) if k == "syscall"]
     assert (write.nr, write.name, write.args[0], write.args[2], write.result) == (
@@ -144,21 +144,61 @@ def test_syscalls_are_logged_with_step_args_and_result(kinds: Recording) -> None
     )
     assert write.args[1] == trace.table(["rsi"]).column("rsi")[write.step].as_py()
     assert (exit_.nr, exit_.name, exit_.args[0], exit_.result) == (60, "exit", 7, None)
-    doc = json.loads(pq.read_metadata(kinds.path).metadata[METADATA_KEY.encode()])
-    assert doc["syscalls"][1] == {
-        "step": exit_.step,
+    # Version 3: on the `syscall` instruction's row, in a column; the metadata
+    # only counts them, so it does not grow with the run.
+    column = pq.read_table(kinds.path, columns=["syscall"]).column("syscall").to_pylist()
+    assert column[exit_.step] == {
         "nr": 60,
         "name": "exit",
         "args": list(exit_.args),
         "result": None,
     }
+    assert sum(call is not None for call in column) == 2
+    doc = json.loads(pq.read_metadata(kinds.path).metadata[METADATA_KEY.encode()])
+    assert "syscalls" not in doc
+    assert doc["syscall_counts"] == {"exit": [1, 0], "write": [1, 0]}
+
+
+def test_a_version_2_trace_keeps_its_syscall_list_and_presents_it_as_the_column(
+    kinds: Recording, tmp_path: Path
+) -> None:
+    """A version 2 file (system calls in the metadata) reads as a version 3 one."""
+    table = pq.read_table(kinds.path)
+    doc = json.loads(table.schema.metadata[METADATA_KEY.encode()])
+    calls = load_trace(kinds.path).syscalls()
+    doc["version"] = 2
+    del doc["syscall_counts"]
+    doc["syscalls"] = [
+        {"step": c.step, "nr": c.nr, "name": c.name, "args": list(c.args), "result": c.result}
+        for c in calls
+    ]
+    old = table.drop_columns(["syscall"]).replace_schema_metadata({METADATA_KEY: json.dumps(doc)})
+    pq.write_table(old, tmp_path / "v2.parquet")
+    v2 = load_trace(tmp_path / "v2.parquet")
+    assert v2.metadata.version == 2 and v2.syscalls() == calls
+    assert v2.table(["syscall"]).equals(load_trace(kinds.path).table(["syscall"]))
+
+
+def test_a_long_run_of_system_calls_keeps_the_metadata_small(
+    record_source: Callable[..., Recording],
+) -> None:
+    """Thousands of calls: the metadata holds a count, the rows hold the calls."""
+    rec = record_source(
+        "main:\n    mov $2000, %ebx\nagain:\n    mov $39, %eax\n    syscall\n"
+        "    dec %ebx\n    jnz again\n    ret\n",
+        extra="max_steps = 10000",
+    )
+    trace = load_trace(rec.path)
+    assert len(trace.syscalls()) == 2000
+    assert trace.metadata.syscall_counts == {"unknown": (2000, 2000)}
+    assert len(pq.read_metadata(rec.path).metadata[METADATA_KEY.encode()]) < 8000
 
 
 def test_an_unknown_syscall_is_logged_with_its_error(
     record_source: Callable[..., Recording],
 ) -> None:
     rec = record_source("main:\n    mov $39, %eax\n    syscall\n    ret\n")
-    (call,) = load_trace(rec.path).metadata.syscalls
+    (call,) = load_trace(rec.path).syscalls()
     assert (call.step, call.nr, call.name, call.result) == (1, 39, "unknown", -38)
 
 
@@ -279,11 +319,11 @@ def test_a_snapshot_of_the_wrong_width_is_a_corrupt_trace(
 def test_a_version_1_trace_loads_with_its_fact_columns_derived() -> None:
     trace = load_trace(V1_FIXTURE)
     meta = trace.metadata
-    assert meta.version == 1 and FORMAT_VERSION == 2
+    assert meta.version == 1 and FORMAT_VERSION == 3
     assert not set(FACT_COLUMNS) & set(pq.read_schema(V1_FIXTURE).names)
     assert set(FACT_COLUMNS) <= set(trace.column_names)
     assert meta.program is not None and meta.program.path == "first-switch"
-    assert meta.program.sha256 is None and meta.syscalls == ()
+    assert meta.program.sha256 is None and trace.syscalls() == []
     assert meta.lines[0].file == "first-switch.toml"
     rows = trace.table(["step", "rip", "insn", "symbol", *FACT_COLUMNS]).to_pylist()
     ret = rows[12]
@@ -343,7 +383,12 @@ def test_metadata_of_a_real_program_round_trips(first_switch_trace: Path) -> Non
         ),
         (lambda d: d["program"].update(kind="wasm"), "program.kind must be scenario or elf"),
         (lambda d: d["program"].update(path=3), "program.path must be a string"),
-        (lambda d: d["syscalls"][0].update(args="rdi"), "syscalls[0].args must be a list"),
+        (
+            lambda d: d.update(syscalls=[{"step": 0, "nr": 1, "name": "write", "args": "rdi"}]),
+            "syscalls[0].args must be a list",
+        ),
+        (lambda d: d["syscall_counts"].update(write=[1, 2]), "syscall_counts.write[1] must be"),
+        (lambda d: d["syscall_counts"].update(write=3), "syscall_counts.write must be a list"),
         (
             lambda d: d["code"]["lines"][0].pop(),
             "code.lines[0] must be [address, file, line], got [4194304, 'first-switch.toml']",
@@ -351,7 +396,7 @@ def test_metadata_of_a_real_program_round_trips(first_switch_trace: Path) -> Non
         (lambda d: d.pop("program"), "program is missing"),
     ],
 )
-def test_hand_edited_version_2_metadata_is_refused_in_one_line(
+def test_hand_edited_metadata_is_refused_in_one_line(
     tmp_path: Path,
     first_switch_trace: Path,
     edit: Callable[[dict[str, object]], None],

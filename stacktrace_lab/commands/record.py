@@ -204,6 +204,10 @@ def record_command(
         "steps": meta.steps,
         "stop": {"reason": meta.stop.reason, "step": meta.stop.step, "detail": meta.stop.detail},
     }
+    # Calls the machine does not emulate change what the program does: never silently.
+    not_emulated = {name: n[1] for name, n in meta.syscall_counts.items() if n[1]}
+    if not_emulated:
+        summary["enosys"] = not_emulated
     status = 0
     if with_report:
         from ..report.build import build_report
@@ -219,6 +223,11 @@ def record_command(
         echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
         echo(f"{written}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})")
+        if not_emulated:
+            calls = ", ".join(f"{name} x{n}" for name, n in not_emulated.items())
+            _stderr_echo(
+                f"warning: system calls the machine does not emulate were answered -ENOSYS: {calls}"
+            )
         if with_report:
             from .report import print_written
 

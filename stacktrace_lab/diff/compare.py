@@ -228,6 +228,8 @@ class Comparator:
                 out[name] = access_mask(col_a, col_b, self.translate)
             elif name.startswith(STACK_PREFIX):
                 out[name] = self._stack(col_a, col_b)
+            elif name == "syscall":
+                out[name] = syscall_mask(col_a, col_b, self.translate)
             else:
                 out[name] = text_mask(col_a, col_b)
         return out
@@ -295,6 +297,31 @@ def text_mask(col_a: pa.ChunkedArray, col_b: pa.ChunkedArray) -> Mask:
     b = b.cast(pa.string()) if isinstance(b, pa.DictionaryArray) else b
     decoded: Mask = pc.not_equal(a, b).to_numpy(zero_copy_only=False)
     return decoded
+
+
+def syscall_mask(
+    col_a: pa.ChunkedArray, col_b: pa.ChunkedArray, translate: Translate | None = None
+) -> Mask:
+    """Rows where one side made a system call and the other did not, or the calls differ.
+
+    Calls are rare (a row in thousands), so the rows where both made one are
+    compared as Python values; A's arguments translated into B's addresses,
+    as registers are (a `write` of a string in code that moved)."""
+    a, b = single(col_a), single(col_b)
+    made_a = pc.is_valid(a).to_numpy(zero_copy_only=False)
+    made_b = pc.is_valid(b).to_numpy(zero_copy_only=False)
+    differ: Mask = made_a != made_b
+    both = np.flatnonzero(made_a & made_b)
+    if len(both):
+        rows = pa.array(both)
+        calls_a = a.take(rows).to_pylist()
+        if translate is not None:
+            for call in calls_a:
+                args = np.array(call["args"], dtype=np.uint64)
+                call["args"] = translate(args).tolist()
+        pairs = zip(calls_a, b.take(rows).to_pylist(), strict=True)
+        differ[both] = [call_a != call_b for call_a, call_b in pairs]
+    return differ
 
 
 def access_mask(

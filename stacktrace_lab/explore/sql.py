@@ -133,7 +133,7 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
     con.execute(
         "CREATE TABLE labels (trace VARCHAR, name VARCHAR, addr UBIGINT, code_region VARCHAR)"
     )
-    # The system calls a format 2 trace logged (names, and no result for exit).
+    # The system calls the trace logged (names, and no result for exit).
     con.execute(
         "CREATE TABLE syscall_log (trace VARCHAR, step BIGINT, nr BIGINT, name VARCHAR, "
         "result BIGINT)"
@@ -157,10 +157,11 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
             "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?)",
             [[f.name, r.name, r.kind, r.base, r.size, r.top] for r in meta.regions],
         )
-        if meta.syscalls:
+        calls = f.trace.syscalls()
+        if calls:
             con.executemany(
                 "INSERT INTO syscall_log VALUES (?, ?, ?, ?, ?)",
-                [[f.name, c.step, c.nr, c.name, c.result] for c in meta.syscalls],
+                [[f.name, c.step, c.nr, c.name, c.result] for c in calls],
             )
         # One name per address, the same rule as the trace's `symbol` column.
         table = LabelTable(meta.symbols)

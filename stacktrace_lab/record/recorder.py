@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import bisect
 import importlib.metadata
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from .. import __version__
 from ..errors import BadInput
@@ -32,9 +35,12 @@ from ..trace.format import (
     SourceLines,
     StartInfo,
     StopInfo,
+    SyscallRecord,
     TraceMetadata,
+    hook_schema,
     schema,
     stack_column,
+    syscall_column,
 )
 from ..trace.writer import TraceWriter
 from .assembler import Program, assemble
@@ -42,6 +48,7 @@ from .columns import SnapshotState, build_batch
 from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .precheck import precheck_program
+from .syscalls import ENOSYS, BareKernel
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -301,6 +308,7 @@ def record_description(
         Disassembler.of_segments(description.code_segments, description.symbols), lines
     )
     trace_schema = schema(windows)
+    row_schema = hook_schema(windows)  # `syscall` is built here, from the kernel's log
     max_steps = options.max_steps or description.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
     # A group is also at most an eighth of the trace size limit, so the run
@@ -314,9 +322,12 @@ def record_description(
         # emulation goes on: numpy, Arrow and zstd release the GIL for most of
         # it. One chunk in flight at a time keeps memory bounded.
         pending: Future[None] | None = None
+        counts = SyscallCounts()
 
-        def convert_and_write(chunk: Chunk) -> None:
-            writer.write(build_batch(chunk, table, snapshots, trace_schema))
+        def convert_and_write(chunk: Chunk, calls: list[SyscallRecord]) -> None:
+            batch = build_batch(chunk, table, snapshots, row_schema)
+            made = syscall_column(calls, chunk.first_step, chunk.rows)
+            writer.write(pa.RecordBatch.from_arrays([*batch.columns, made], schema=trace_schema))
             if progress is not None:
                 progress(chunk.first_step + chunk.rows)
 
@@ -324,7 +335,10 @@ def record_description(
             nonlocal pending
             if pending is not None:
                 pending.result()  # re-raises what went wrong there
-            pending = pool.submit(convert_and_write, chunk)
+            # The chunk's system calls leave the kernel's log with it: the log
+            # holds at most one chunk's calls, however long the run.
+            calls = counts.take(machine.kernel, chunk.first_step + chunk.rows)
+            pending = pool.submit(convert_and_write, chunk, calls)
             # The trace so far (this chunk is still being written) has reached the
             # size limit: stop, and keep every step up to here.
             if writer.bytes_written >= limits.max_trace_bytes:
@@ -347,7 +361,7 @@ def record_description(
             )
         if description.trim_lines:
             description = replace(description, lines=lines.used())
-        metadata = _metadata(description, start, windows, result, options, max_steps)
+        metadata = _metadata(description, start, windows, result, options, max_steps, counts)
         path = writer.commit(metadata)
     return Recording(path=path, metadata=metadata)
 
@@ -359,6 +373,7 @@ def _metadata(
     result: RunResult,
     options: RecordOptions,
     max_steps: int,
+    counts: SyscallCounts,
 ) -> TraceMetadata:
     return TraceMetadata(
         scenario=description.info,
@@ -368,7 +383,7 @@ def _metadata(
         code=description.code,
         lines=description.lines,
         program=description.program,
-        syscalls=tuple(result.syscalls),
+        syscall_counts=counts.by_name(),
         start=start,
         snapshots=windows,
         initial=result.initial,
@@ -387,6 +402,27 @@ def _metadata(
         tool=tool_versions(),
         extra=_cut_output(result),
     )
+
+
+class SyscallCounts:
+    """Takes each chunk's calls out of the kernel's log, counting them by name."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.enosys: Counter[str] = Counter()
+
+    def take(self, kernel: BareKernel, end: int) -> list[SyscallRecord]:
+        """The logged calls made before step `end`, removed from the log."""
+        taken = [c for c in kernel.log if c.step < end]
+        kernel.log = [c for c in kernel.log if c.step >= end]
+        for call in taken:
+            self.calls[call.name] += 1
+            if call.result == -ENOSYS:
+                self.enosys[call.name] += 1
+        return taken
+
+    def by_name(self) -> dict[str, tuple[int, int]]:
+        return {name: (self.calls[name], self.enosys[name]) for name in sorted(self.calls)}
 
 
 def _non_default_limits(limits: Limits) -> dict[str, int]:

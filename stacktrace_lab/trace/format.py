@@ -8,9 +8,14 @@ bytes) before it. Trace-level facts are one JSON object under `METADATA_KEY`,
 both in the Parquet key-value metadata and in the Arrow schema's metadata,
 with sorted keys so that files are byte-identical run to run.
 
-Version 1 traces (no per-instruction fact columns, `code.lines` without file
-names, no `program`/`syscalls`) still load: `from_json` fills in what they
-lack and the reader derives the missing columns (trace/reader.py).
+Version 3 keeps the system calls in a column of their own (`syscall`, set on
+the row of each `syscall` instruction) instead of a list in the metadata, so
+that the metadata stays small however long the run: a program that calls
+`write` half a million times wrote a JSON list of half a million objects,
+stored twice. Version 1 traces (no per-instruction fact columns,
+`code.lines` without file names, no `program`/`syscalls`) and version 2
+traces (the syscall list in the metadata) still load: `from_json` fills in
+what they lack and the reader derives the missing columns (trace/reader.py).
 """
 
 from __future__ import annotations
@@ -22,15 +27,16 @@ from functools import cached_property
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..arch import REGISTERS
 from ..layout import Region
 from ..scenario import Expectations
 
 FORMAT_NAME = "stacktrace-lab-trace"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions this code reads; older ones are upgraded on read.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 METADATA_KEY = "stacktrace_lab"
 STACK_PREFIX = "stack__"
 DEFAULT_SNAPSHOT_LIMIT = 512
@@ -50,6 +56,22 @@ ACCESS_TYPE = pa.list_(
     )
 )
 TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+#: The `syscall` column (version 3): on the row of a `syscall` instruction,
+#: the call it made; null on every other row.
+#: Its fields are declared nullable, as other Parquet tools write them back
+#: (a null row's fields are null there); on a call's row only `result` may be.
+SYSCALL_TYPE = pa.struct(
+    [
+        pa.field("nr", pa.uint64()),
+        pa.field("name", pa.string()),
+        # rdi, rsi, rdx, r10, r8, r9 as the call saw them.
+        pa.field("args", pa.list_(pa.field("element", pa.uint64()))),
+        # rax after the call (negative: -errno); null when it did not return.
+        pa.field("result", pa.int64(), nullable=True),
+    ]
+)
+SYSCALL_FIELD = pa.field("syscall", SYSCALL_TYPE, nullable=True)
 
 #: Values of the `kind` column, decided once per instruction address from
 #: capstone's detail mode (groups and operand types, not the text).
@@ -86,6 +108,8 @@ def stored_as(actual: pa.DataType, expected: pa.DataType) -> bool:
     if pa.types.is_dictionary(expected):
         values = actual.value_type if pa.types.is_dictionary(actual) else actual
         return any(test(values) for test in _TEXT)
+    if pa.types.is_string(expected):
+        return any(test(actual) for test in _TEXT)
     if pa.types.is_fixed_size_binary(expected) or pa.types.is_binary(expected):
         return any(test(actual) for test in _BYTES) or pa.types.is_fixed_size_binary(actual)
     if pa.types.is_list(expected):
@@ -125,7 +149,16 @@ def schema(snapshots: dict[str, SnapshotWindow], version: int = FORMAT_VERSION) 
         pa.field(window.column, pa.binary(window.size), nullable=False)
         for window in snapshots.values()
     ]
+    if version >= 3:
+        fields.append(SYSCALL_FIELD)
     return pa.schema(fields)
+
+
+def hook_schema(snapshots: dict[str, SnapshotWindow]) -> pa.Schema:
+    """The columns the recording hooks fill: every column but `syscall`, which
+    comes from the kernel's log (record/recorder.py)."""
+    full = schema(snapshots)
+    return full.remove(full.get_field_index(SYSCALL_FIELD.name))
 
 
 @dataclass(frozen=True)
@@ -245,7 +278,12 @@ class TraceMetadata:
     #: listings that show the source beside the code): see `source_line`.
     lines: tuple[SourceLine, ...] = ()
     program: ProgramInfo | None = None
+    #: Version 2 only: the system calls (version 3 keeps them in the `syscall`
+    #: column; `Trace.syscalls()` reads either).
     syscalls: tuple[SyscallRecord, ...] = ()
+    #: Version 3: how often each system call was made, by name, and how many
+    #: of those the machine answered -ENOSYS (not emulated): {name: [calls, enosys]}.
+    syscall_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     start: StartInfo | None = None
     format: str = FORMAT_NAME
     #: The version of the file read (a version 1 trace keeps 1 after its upgrade).
@@ -310,16 +348,6 @@ class TraceMetadata:
                 "path": self.program.path,
                 "sha256": self.program.sha256,
             },
-            "syscalls": [
-                {
-                    "step": c.step,
-                    "nr": c.nr,
-                    "name": c.name,
-                    "args": list(c.args),
-                    "result": c.result,
-                }
-                for c in self.syscalls
-            ],
             "snapshots": {
                 name: {"column": w.column, "base": w.base, "size": w.size}
                 for name, w in self.snapshots.items()
@@ -338,6 +366,21 @@ class TraceMetadata:
         }
         if self.start is not None:
             doc["start"] = {"symbol": self.start.symbol, "step": self.start.step}
+        if self.version < 3:
+            doc["syscalls"] = [
+                {
+                    "step": c.step,
+                    "nr": c.nr,
+                    "name": c.name,
+                    "args": list(c.args),
+                    "result": c.result,
+                }
+                for c in self.syscalls
+            ]
+        else:
+            doc["syscall_counts"] = {
+                name: list(counts) for name, counts in self.syscall_counts.items()
+            }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -359,6 +402,7 @@ class TraceMetadata:
             "options",
             "program",
             "syscalls",
+            "syscall_counts",
             "start",
         }
         version = int(doc["version"])
@@ -385,6 +429,10 @@ class TraceMetadata:
             lines=_lines(doc, version),
             program=_program(doc, version),
             syscalls=tuple(_syscall(c) for c in doc.get("syscalls") or []),
+            syscall_counts={
+                str(name): (int(counts[0]), int(counts[1]))
+                for name, counts in (doc.get("syscall_counts") or {}).items()
+            },
             start=_start(doc.get("start")),
             snapshots={
                 name: SnapshotWindow(w["column"], int(w["base"]), int(w["size"]))
@@ -433,6 +481,38 @@ def _syscall(c: dict[str, Any]) -> SyscallRecord:
         args=tuple(int(a) for a in c["args"]),
         result=None if result is None else int(result),
     )
+
+
+def signed64(value: int) -> int:
+    """A 64-bit register value as the signed number a result column holds."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >> 63 else value
+
+
+def syscall_column(calls: list[SyscallRecord], first_step: int, n_rows: int) -> pa.Array:
+    """The `syscall` column of rows `first_step ..< first_step + n_rows`."""
+    slots: list[dict[str, Any] | None] = [None] * n_rows
+    for call in calls:
+        slots[call.step - first_step] = {
+            "nr": call.nr,
+            "name": call.name,
+            "args": list(call.args),
+            "result": None if call.result is None else signed64(call.result),
+        }
+    return pa.array(slots, type=SYSCALL_TYPE)
+
+
+def syscalls_in(
+    steps: pa.Array | pa.ChunkedArray, column: pa.Array | pa.ChunkedArray
+) -> list[SyscallRecord]:
+    """The calls a `syscall` column holds, with the `step` column beside it."""
+    made = pc.is_valid(column)
+    return [
+        SyscallRecord(step, call["nr"], call["name"], tuple(call["args"]), call["result"])
+        for step, call in zip(
+            pc.filter(steps, made).to_pylist(), pc.filter(column, made).to_pylist(), strict=True
+        )
+    ]
 
 
 def _start(d: dict[str, Any] | None) -> StartInfo | None:

@@ -35,8 +35,12 @@ from .format import (
     FORMAT_VERSION,
     METADATA_KEY,
     READABLE_VERSIONS,
+    SYSCALL_FIELD,
+    SyscallRecord,
     TraceMetadata,
     schema,
+    syscall_column,
+    syscalls_in,
 )
 
 if TYPE_CHECKING:
@@ -94,6 +98,16 @@ class Trace:
         for index in range(self.num_row_groups):
             yield self.row_group(index, columns)
 
+    def syscalls(self) -> list[SyscallRecord]:
+        """Every system call the program made, in order (from the `syscall` column,
+        read group by group; a version 2 trace's from its metadata)."""
+        if "syscall" not in self._stored:
+            return list(self.metadata.syscalls)
+        found: list[SyscallRecord] = []
+        for group in self.iter_row_groups(["step", "syscall"]):
+            found += syscalls_in(group.column("step"), group.column("syscall"))
+        return found
+
     def slice(self, start: int, stop: int, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows `start ..< stop`, reading only the row groups that hold them."""
         pieces = []
@@ -133,8 +147,11 @@ class Trace:
     def _to_read(self, names: list[str]) -> list[str]:
         """The stored columns needed for `names` (derived facts need rip)."""
         stored = [name for name in names if name in self._stored]
-        if any(name not in self._stored for name in names) and "rip" not in stored:
+        derived = [name for name in names if name not in self._stored]
+        if any(name != "syscall" for name in derived) and "rip" not in stored:
             stored.append("rip")
+        if "syscall" in derived and "step" not in stored:
+            stored.append("step")
         return stored
 
     def _present(self, table: pa.Table, names: list[str]) -> pa.Table:
@@ -142,8 +159,10 @@ class Trace:
         if not names:
             return table  # no columns, but the row count
         derived: dict[str, pa.Array] = {}
-        if any(name not in self._stored for name in names):
+        if any(name not in self._stored and name != "syscall" for name in names):
             derived = self._derive(table.column("rip"))
+        if "syscall" in names and "syscall" not in self._stored:
+            derived["syscall"] = self._derive_syscalls(table.column("step"))
         arrays = []
         for name in names:
             field = self.schema.field(name)
@@ -163,6 +182,12 @@ class Trace:
             )
         rip = rips.combine_chunks() if isinstance(rips, pa.ChunkedArray) else rips
         return self._facts.columns(rip.to_numpy(zero_copy_only=False))
+
+    def _derive_syscalls(self, steps: pa.ChunkedArray) -> pa.Array:
+        """The `syscall` column of a version 1 or 2 trace, from its metadata's list."""
+        first = steps[0].as_py() if len(steps) else 0
+        calls = [c for c in self.metadata.syscalls if first <= c.step < first + len(steps)]
+        return syscall_column(calls, first, len(steps))
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -212,16 +237,16 @@ def load_trace(path: str | Path) -> Trace:
 
 def _presented_schema(stored: pa.Schema, metadata: TraceMetadata) -> pa.Schema:
     """The current format's schema, plus any extra columns the file has, without metadata."""
-    canonical = schema({})
+    canonical = schema({}, version=2)
     snapshots = {
         w.column: pa.field(w.column, pa.binary(w.size), nullable=False)
         for w in metadata.snapshots.values()
     }
     # Stack columns in the file's order (the metadata's JSON keys are sorted).
     stacks = [snapshots[name] for name in stored.names if name in snapshots]
-    known = {*canonical.names, *snapshots}
+    known = {*canonical.names, *snapshots, SYSCALL_FIELD.name}
     extra = [stored.field(name) for name in stored.names if name not in known]
-    return pa.schema([*canonical, *stacks, *extra])
+    return pa.schema([*canonical, *stacks, SYSCALL_FIELD, *extra])
 
 
 def _cast(
