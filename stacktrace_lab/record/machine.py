@@ -71,6 +71,7 @@ from ..arch import REGISTERS, WORD
 from ..layout import Region
 from ..trace.format import SyscallRecord
 from .cpu import CpuModel
+from .initial_state import start_as_linux
 from .syscalls import BareKernel
 from .user_mode import hook_privileged, privileged_instructions
 
@@ -248,6 +249,7 @@ class Machine:
     def __init__(self, spec: MachineSpec) -> None:
         self.spec = spec
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        start_as_linux(self.uc)
         map_memory(self.uc, spec.mappings, spec.memory)
         for name, value in spec.registers.items():
             self.uc.reg_write(UC_IDS[REGISTERS.index(name)], value)

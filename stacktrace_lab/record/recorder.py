@@ -43,6 +43,7 @@ from ..trace.format import (
     syscall_column,
 )
 from ..trace.writer import TraceWriter
+from . import initial_state
 from .assembler import Program, assemble
 from .columns import SnapshotState, build_batch
 from .disassembly import Disassembler, InstructionTable
@@ -166,7 +167,7 @@ def machine_spec(
         code_region=code_region(len(program.code)),
         regions=regions,
         entry=program.labels[entry],
-        registers={"rsp": rsp},
+        registers={"rsp": rsp, "rflags": initial_state.RFLAGS},
         memory={
             rsp: SENTINEL_RETURN.to_bytes(8, "little"),
             **({program.data_base: program.data} if program.data else {}),
