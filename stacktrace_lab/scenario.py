@@ -21,7 +21,18 @@ from .record.gnu_as import STUB_CODE, SourceFile
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
-STOP_REASONS = ("returned", "halted", "exit", "spin", "max_steps", "fault", "limit")
+STOP_REASONS = (
+    "returned",
+    "halted",
+    "exit",
+    "spin",
+    "max_steps",
+    "fault",
+    "limit",
+    # An instruction the emulator would run wrongly, or a system call one
+    # emulated process cannot honour (threads, fork, execve): docs/machine.md.
+    "unsupported",
+)
 INVARIANT_IDS = (
     "alignment",
     "ret-source",

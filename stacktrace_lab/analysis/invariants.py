@@ -356,7 +356,7 @@ def _clobbered_message(
 # --- stop ---------------------------------------------------------------------
 
 #: Stop reasons that end a run badly: they fail `stop` unless [expect] stop names them.
-BAD_STOPS = ("fault", "max_steps")
+BAD_STOPS = ("fault", "max_steps", "unsupported")
 
 
 def stop(facts: TraceFacts) -> Findings:
@@ -371,6 +371,11 @@ def stop(facts: TraceFacts) -> Findings:
     where += f" ({src})" if src else ""
     if reason == "fault":
         what = f"the run faulted at step {meta.stop.step}{where}: {meta.stop.detail}"
+    elif reason == "unsupported":
+        what = (
+            f"the run stopped at step {meta.stop.step}{where} on what the machine cannot "
+            f"run faithfully: {meta.stop.detail}"
+        )
     else:
         what = (
             f"the run hit max_steps at step {meta.stop.step}{where} ({meta.stop.detail}) "

@@ -241,6 +241,10 @@ def _page_ceil(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
+#: clone's flag for a thread of the same process (linux/sched.h).
+CLONE_THREAD = 0x10000
+
+
 class LinuxKernel(BareKernel):
     """The system calls of one single-threaded Linux process (docs/machine.md)."""
 
@@ -288,6 +292,13 @@ class LinuxKernel(BareKernel):
                 273: _returns(0),
                 302: self.sys_prlimit64,
                 318: self.sys_getrandom,
+                # What one emulated process cannot do ends the run, never silently.
+                56: self.sys_clone,
+                57: self._unsupported("fork: a second process"),
+                58: self._unsupported("vfork: a second process"),
+                59: self._unsupported("execve: another program"),
+                322: self._unsupported("execveat: another program"),
+                435: self.sys_clone3,
             }
         )
 
@@ -560,6 +571,38 @@ class LinuxKernel(BareKernel):
 
     def sys_tgkill(self, uc: Uc, _pid: int, _tid: int, signal: int, *_: int) -> int | None:
         return self._killed(uc, signal)
+
+    # --- what one emulated process cannot do -----------------------------------------
+
+    def _unsupported(self, what: str) -> Handler:
+        """A call that stops the run with reason `unsupported`, naming what it asked for.
+
+        Answering -ENOSYS instead lets the C library carry on another way (glibc's
+        pthread_create gives up and the program exits 0 with half its output):
+        the trace would say the program ran normally when it did not.
+        """
+
+        def stop(uc: Uc, *_: int) -> None:
+            self.stop = KernelStop("unsupported", f"{what} (the machine runs one thread)")
+            uc.emu_stop()
+
+        return stop
+
+    def sys_clone(self, uc: Uc, flags: int, *args: int) -> None:
+        what = (
+            "threads: clone with CLONE_THREAD" if flags & CLONE_THREAD else "clone: a new process"
+        )
+        self._unsupported(what)(uc, flags, *args)
+
+    def sys_clone3(self, uc: Uc, args_addr: int, size: int, *rest: int) -> None:
+        try:
+            flags = int.from_bytes(uc.mem_read(args_addr, 8), "little") if size >= 8 else 0
+        except UcError:
+            flags = 0
+        what = (
+            "threads: clone3 with CLONE_THREAD" if flags & CLONE_THREAD else "clone3: a new process"
+        )
+        self._unsupported(what)(uc, args_addr, size, *rest)
 
     @staticmethod
     def _string(uc: Uc, addr: int, limit: int = 4096) -> str | None:

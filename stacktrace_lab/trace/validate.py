@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ..arch import REGISTERS
 from ..errors import BadInput
+from ..scenario import STOP_REASONS
 from .format import stored_as
 
 U64_LIMIT = 1 << 64
@@ -42,7 +43,6 @@ MAX_STEPS_LIMIT = 1_000_000_000
 SNAPSHOT_LIMIT_RANGE = (8, 1 << 20)
 MAX_ROW_GROUP = 1 << 20
 REGION_KINDS = ("code", "stack", "data", "heap", "mapped")
-STOP_REASONS = ("returned", "halted", "exit", "spin", "max_steps", "fault", "limit")
 _PERMS = re.compile(r"^[r-][w-][x-]$")
 _HEX = re.compile(r"^(?:[0-9a-f]{2})*$")
 
