@@ -34,7 +34,7 @@ from .memory import AccessIndex, Image, TraceMemory, trace_image
 from .server import ExecFile, GdbServer
 from .target import TraceTarget
 
-__all__ = ["ServedTrace", "open_target", "GdbServer"]
+__all__ = ["GdbServer", "ServedTrace", "open_target", "serve"]
 
 #: Where gdb is told a scenario's generated executable is: it reads it from
 #: the server (`vFile`), so the path exists nowhere else.
@@ -131,7 +131,8 @@ def _auxv(program: bytes) -> bytes | None:
             (
                 int(s["p_vaddr"]) + phoff - int(s["p_offset"])
                 for s in elf.iter_segments()
-                if s["p_type"] == "PT_LOAD" and int(s["p_offset"]) <= phoff < int(s["p_offset"]) + int(s["p_filesz"])
+                if s["p_type"] == "PT_LOAD"
+                and int(s["p_offset"]) <= phoff < int(s["p_offset"]) + int(s["p_filesz"])
             ),
             None,
         )

@@ -101,7 +101,6 @@ def _functions(meta: TraceMetadata) -> list[tuple[str, int, int]]:
     )
     out = []
     for i, (addr, name) in enumerate(labels):
-        end = labels[i + 1][0] if i + 1 < len(labels) else code_end
         # Several labels at one address: each gets the extent of the next distinct one.
         later = [a for a, _ in labels[i + 1 :] if a > addr]
         end = later[0] if later else code_end
@@ -109,9 +108,7 @@ def _functions(meta: TraceMetadata) -> list[tuple[str, int, int]]:
     return out
 
 
-def _debug_sections(
-    meta: TraceMetadata, source_dir: Path | None
-) -> tuple[bytes, bytes, bytes]:
+def _debug_sections(meta: TraceMetadata, source_dir: Path | None) -> tuple[bytes, bytes, bytes]:
     """(.debug_abbrev, .debug_info, .debug_line)."""
     low, high = meta.code_base, meta.code_base + len(meta.code)
     directory = str(source_dir) if source_dir is not None else "."
@@ -157,7 +154,9 @@ def _debug_sections(
         if index != file:
             program += bytes((_DW_LNS_set_file,)) + _uleb(index)
             file = index
-        program += b"\x00" + _uleb(9) + bytes((_DW_LNE_set_address,)) + struct.pack("<Q", entry.addr)
+        program += (
+            b"\x00" + _uleb(9) + bytes((_DW_LNE_set_address,)) + struct.pack("<Q", entry.addr)
+        )
         if entry.line != line:
             program += bytes((_DW_LNS_advance_line,)) + _sleb(entry.line - line)
             line = entry.line

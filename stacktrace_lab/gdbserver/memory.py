@@ -69,6 +69,7 @@ class AccessIndex:
         size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
         start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         self.data: U8 = np.concatenate(datas) if datas else np.zeros(0, np.uint8)
+        del steps, addrs, sizes, starts, datas  # halve the peak while sorting
         self.entries = len(step)
         order = np.lexsort((step, size, addr))
         addr, size, step, start = addr[order], size[order], step[order], start[order]

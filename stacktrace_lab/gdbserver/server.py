@@ -7,20 +7,23 @@ that would change the target (`G`, `P`, `M`, `X`, `vFile:pwrite`) is refused.
 
 Packets answered (everything else gets the empty reply, "not supported"):
 
-| packet | answer |
-|---|---|
-| `qSupported` | features: PacketSize, no-ack mode, `qXfer` features/exec-file/auxv, reverse step and continue, `swbreak` |
-| `?` | why the target is stopped (at connect: state 0) |
-| `g`, `p n` | registers of the current state; `xx` for the ones the trace does not know |
-| `m addr,len` | memory before the current step; at most `MAX_READ` bytes; `E14` unmapped |
-| `s`, `c`, `bs`, `bc` | step/continue forwards or backwards; stop replies with `swbreak`, `watch`/`rwatch`/`awatch`, `replaylog:begin`/`end` |
-| `Z0`..`Z4`, `z0`..`z4` | breakpoints (software and hardware alike) and watchpoints |
-| `qXfer:features:read:target.xml` | the target description |
-| `qXfer:exec-file:read` | the path of the executable gdb should load (a virtual one for a scenario) |
-| `qXfer:auxv:read` | for a compiled program: AT_ENTRY and AT_PHDR, so gdb relocates a static-pie |
-| `vFile:setfs/open/pread/fstat/close` | that one executable, read-only |
-| `qRcmd` | `monitor step`: the current step, symbol and source line |
-| `k`, `D`, `vKill` | end the server, exit status 0 |
+- `qSupported`: PacketSize, no-ack mode, `qXfer` features/exec-file/auxv,
+  reverse step and continue, `swbreak`;
+- `?`: why the target is stopped (at connect: state 0);
+- `g`, `p n`: registers of the current state, `xx` for those not recorded;
+- `m addr,len`: memory before the current step, at most `MAX_READ` bytes,
+  `E14` where nothing is mapped;
+- `s`, `c`, `bs`, `bc`: step or continue, forwards or backwards; stop replies
+  say `swbreak`, `watch`/`rwatch`/`awatch` or `replaylog:begin`/`end`;
+- `Z0`..`Z4`, `z0`..`z4`: breakpoints (software and hardware alike), watchpoints;
+- `qXfer:features:read:target.xml`: the target description;
+- `qXfer:exec-file:read`: the executable gdb should load (for a scenario, a
+  virtual path that only this server serves);
+- `qXfer:auxv:read`: for a compiled program, AT_ENTRY and AT_PHDR, from
+  which gdb places a static-pie;
+- `vFile:setfs/open/pread/fstat/close`: that one executable, read-only;
+- `qRcmd` (`monitor step`): the current step, symbol and source line;
+- `k`, `D`, `vKill`: end the server, exit status 0.
 """
 
 from __future__ import annotations
@@ -317,6 +320,11 @@ class GdbServer:
                         assert isinstance(sock, socket.socket)
                         if sock is self.listener:
                             incoming, address = self.listener.accept()
+                            if client is not None and _hung_up(client):
+                                # It left just as this one came: the newcomer is next.
+                                selector.unregister(client)
+                                client.close()
+                                client = None
                             if client is not None:
                                 self.log.write(
                                     f"refused {address[0]}:{address[1]}: "
@@ -389,3 +397,13 @@ class GdbServer:
         if detach:
             raise Finished
         return packet
+
+
+def _hung_up(client: socket.socket) -> bool:
+    """Whether the peer has closed its end (without reading what is pending)."""
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

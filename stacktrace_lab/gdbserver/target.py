@@ -38,6 +38,8 @@ ARCH_SET_GS, ARCH_SET_FS = 0x1001, 0x1002
 CACHED_GROUPS = 4
 
 WatchKind = Literal["write", "read", "access"]
+#: Z2, Z3, Z4: write, read and access watchpoints.
+_WATCH_KINDS: dict[int, WatchKind] = {2: "write", 3: "read", 4: "access"}
 StopWhy = Literal["step", "breakpoint", "watch", "rwatch", "awatch", "begin", "end"]
 
 
@@ -71,7 +73,7 @@ class TraceTarget:
         self._reads: AccessIndex | None = None
         sizes = [trace.parquet.metadata.row_group(g).num_rows for g in range(trace.num_row_groups)]
         self._group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        self._groups: OrderedDict[int, U64] = OrderedDict()
+        self._groups: OrderedDict[int, dict[str, U64]] = OrderedDict()
         self._bases = _segment_bases(trace)
 
     # --- state ---------------------------------------------------------------
@@ -83,8 +85,9 @@ class TraceTarget:
             known = {name: self.trace.metadata.final[name] for name in REGISTERS}
         else:
             group = self._group_of(s)
-            row = self._registers_of_group(group)[s - int(self._group_starts[group])]
-            known = {name: int(v) for name, v in zip(REGISTERS, row.tolist(), strict=True)}
+            columns = self._registers_of_group(group)
+            row = s - int(self._group_starts[group])
+            known = {name: int(columns[name][row]) for name in REGISTERS}
         fs_base, gs_base = self._segment_bases_at(s)
         values: dict[str, int | None] = {r.name: None for r in REGISTER_TABLE}
         for name, column in TRACE_COLUMN.items():
@@ -182,7 +185,7 @@ class TraceTarget:
         wanted = np.array(sorted(self.points.breakpoints), dtype=np.uint64)
         for group in range(self._group_of(start), self.trace.num_row_groups):
             first = int(self._group_starts[group])
-            rips = self._registers_of_group(group)[:, 0]
+            rips = self._registers_of_group(group)["rip"]
             offset = max(start - first, 0)
             hits = np.flatnonzero(np.isin(rips[offset:], wanted))
             if len(hits):
@@ -197,7 +200,7 @@ class TraceTarget:
         start = min(start, self.steps - 1)
         for group in range(self._group_of(start), -1, -1):
             first = int(self._group_starts[group])
-            rips = self._registers_of_group(group)[:, 0]
+            rips = self._registers_of_group(group)["rip"]
             hits = np.flatnonzero(np.isin(rips[: start - first + 1], wanted))
             if len(hits):
                 return first + int(hits[-1])
@@ -208,14 +211,15 @@ class TraceTarget:
     def _group_of(self, row: int) -> int:
         return int(np.searchsorted(self._group_starts, row, side="right")) - 1
 
-    def _registers_of_group(self, group: int) -> U64:
-        """The register columns of a row group as one (rows, registers) array."""
+    def _registers_of_group(self, group: int) -> dict[str, U64]:
+        """The register columns of a row group, by name."""
         cached = self._groups.get(group)
         if cached is None:
             table = self.trace.row_group(group, list(REGISTERS))
-            cached = np.column_stack(
-                [table.column(name).to_numpy() for name in REGISTERS]
-            ).astype(np.uint64)
+            cached = {
+                name: table.column(name).to_numpy().astype(np.uint64, copy=False)
+                for name in REGISTERS
+            }
             self._groups[group] = cached
             while len(self._groups) > CACHED_GROUPS:
                 self._groups.popitem(last=False)
@@ -239,7 +243,7 @@ class TraceTarget:
         if kind in (0, 1):
             self.points.breakpoints.add(addr)
             return True
-        watch_kind: WatchKind = {2: "write", 3: "read", 4: "access"}[kind]
+        watch_kind = _WATCH_KINDS[kind]
         if not any(
             w.kind == watch_kind and w.addr == addr and w.length == length
             for w in self.points.watches
@@ -251,7 +255,7 @@ class TraceTarget:
         if kind in (0, 1):
             self.points.breakpoints.discard(addr)
             return True
-        watch_kind: WatchKind = {2: "write", 3: "read", 4: "access"}[kind]
+        watch_kind = _WATCH_KINDS[kind]
         self.points.watches = [
             w
             for w in self.points.watches
