@@ -166,6 +166,35 @@ def test_registers_come_from_the_rows_and_unknown_ones_are_unavailable() -> None
     assert target.registers()["rip"] == trace.metadata.final["rip"]
 
 
+def test_moves_stop_at_breakpoints_watchpoints_and_the_ends_both_ways() -> None:
+    """The target's searches, without gdb: first-switch's 19 steps, 20 positions."""
+    trace = load_trace(FIRST_SWITCH)
+    target = open_target(trace).target
+    hello = trace.metadata.symbols["hello"]
+    slot = trace.metadata.region("green").base + 32
+    assert target.step(False).why == "begin" and target.state == 0
+    assert target.resume(False).why == "begin" and target.state == 0
+    target.insert(0, hello, 1)
+    assert target.resume(True).why == "breakpoint" and target.state == 13
+    assert target.resume(True).why == "end" and target.state == 19
+    assert target.step(True).why == "end" and target.state == 19
+    assert target.step(False).why == "step" and target.state == 18
+    assert target.resume(False).why == "breakpoint" and target.state == 13
+    target.insert(2, slot, 8)
+    stop = target.resume(False)  # back to the store, before it ran
+    assert (stop.why, stop.addr, target.state) == ("watch", slot, 6)
+    target.state = 0
+    stop = target.resume(True)  # forwards: after the store
+    assert (stop.why, target.state) == ("watch", 7)
+    assert target.step(False).why == "watch" and target.state == 6  # un-executing the store
+    target.remove(2, slot, 8)
+    target.remove(0, hello, 1)
+    assert target.resume(True).why == "end"
+    target.insert(3, slot, 8)  # read: the ret at step 12 pops it
+    target.state = 0
+    assert target.resume(True).why == "rwatch" and target.state == 13
+
+
 @needs_gdb
 def test_gdb_attaches_at_step_0_with_registers_memory_and_symbols(tmp_path: Path) -> None:
     with served(FIRST_SWITCH) as port:
@@ -192,6 +221,7 @@ def test_gdb_attaches_at_step_0_with_registers_memory_and_symbols(tmp_path: Path
 
 @needs_gdb
 def test_break_hello_continue_reverse_stepi_lands_on_gt_switchs_ret(tmp_path: Path) -> None:
+    before = files_under(tmp_path, TRACES)
     with served(FIRST_SWITCH) as port:
         out = run_gdb(
             port,
@@ -204,6 +234,7 @@ def test_break_hello_continue_reverse_stepi_lands_on_gt_switchs_ret(tmp_path: Pa
     assert "=> 0x40003d <gt_switch+3>:\tret" in out
     assert "step 12 of 19: gt_switch+3: retq" in out
     assert out.index("step 12 of 19") < out.rindex("step 13 of 19")  # stepi goes forward again
+    assert files_under(tmp_path, TRACES) == before  # nothing written, by gdb or the server
 
 
 @needs_gdb
@@ -410,6 +441,22 @@ def test_a_trace_that_does_not_load_is_one_line_and_status_2(tmp_path: Path) -> 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_one_line_and_status_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "stacktrace_lab", "gdbserver", str(FIRST_SWITCH),
+             "--port", str(port)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"stacktrace-lab: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def test_it_listens_on_127_0_0_1_only() -> None:

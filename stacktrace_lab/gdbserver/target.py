@@ -185,7 +185,7 @@ class TraceTarget:
         wanted = np.array(sorted(self.points.breakpoints), dtype=np.uint64)
         for group in range(self._group_of(start), self.trace.num_row_groups):
             first = int(self._group_starts[group])
-            rips = self._registers_of_group(group)["rip"]
+            rips = self._rips_of_group(group)
             offset = max(start - first, 0)
             hits = np.flatnonzero(np.isin(rips[offset:], wanted))
             if len(hits):
@@ -200,7 +200,7 @@ class TraceTarget:
         start = min(start, self.steps - 1)
         for group in range(self._group_of(start), -1, -1):
             first = int(self._group_starts[group])
-            rips = self._registers_of_group(group)["rip"]
+            rips = self._rips_of_group(group)
             hits = np.flatnonzero(np.isin(rips[: start - first + 1], wanted))
             if len(hits):
                 return first + int(hits[-1])
@@ -210,6 +210,15 @@ class TraceTarget:
 
     def _group_of(self, row: int) -> int:
         return int(np.searchsorted(self._group_starts, row, side="right")) - 1
+
+    def _rips_of_group(self, group: int) -> U64:
+        """A row group's rip column: from the register cache, else read alone (a
+        search through many groups needs no other column)."""
+        cached = self._groups.get(group)
+        if cached is not None:
+            return cached["rip"]
+        rips: U64 = self.trace.row_group(group, ["rip"]).column(0).to_numpy()
+        return rips
 
     def _registers_of_group(self, group: int) -> dict[str, U64]:
         """The register columns of a row group, by name."""
