@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -388,7 +389,13 @@ def test_a_second_client_is_refused_and_a_disconnect_frees_the_server() -> None:
         third = Client(port)
         reply = third.ask(b"?")
         assert b"10:0000400000000000" in reply  # a new client starts again at step 0
+        # Gone (reset) before its reply is sent: the server serves the next one.
+        third.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        third.send_raw(frame(b"m10000000,1000") * 50)
         third.close()
+        fourth = Client(port)
+        assert fourth.ask(b"qC") == b"QC1"
+        fourth.close()
 
 
 def _command(*args: str, cwd: Path) -> subprocess.Popen[str]:

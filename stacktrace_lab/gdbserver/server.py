@@ -346,18 +346,18 @@ class GdbServer:
                         assert client is not None and session is not None
                         try:
                             data = client.recv(65536)
-                        except ConnectionError:
+                            for event in reader.feed(data):
+                                sent = self._handle(client, session, event, last_sent)
+                                if sent is not None:
+                                    last_sent = sent
+                        except OSError:  # reset, or gone while a reply was being sent
                             data = b""
                         if not data:
                             self.log.write("gdb disconnected; waiting for the next one\n")
                             selector.unregister(client)
                             client.close()
                             client = None
-                            continue
-                        for event in reader.feed(data):
-                            sent = self._handle(client, session, event, last_sent)
-                            if sent is not None:
-                                last_sent = sent
+                            last_sent = b""
             except Finished:
                 pass
             finally:
@@ -387,13 +387,10 @@ class GdbServer:
         if reply is None:
             raise Finished
         packet = frame(reply)
-        try:
-            for output in session.pending:
-                client.sendall(frame(output))
-            session.pending.clear()
-            client.sendall(packet)
-        except OSError:
-            return None
+        for output in session.pending:
+            client.sendall(frame(output))
+        session.pending.clear()
+        client.sendall(packet)
         if detach:
             raise Finished
         return packet
