@@ -239,6 +239,22 @@ def test_break_hello_continue_reverse_stepi_lands_on_gt_switchs_ret(tmp_path: Pa
 
 
 @needs_gdb
+def test_monitor_goto_moves_to_a_step_and_gdb_rereads_its_registers(tmp_path: Path) -> None:
+    with served(FIRST_SWITCH) as port:
+        out = run_gdb(
+            port,
+            ["monitor goto 12", "maint flush register-cache", "x/i $pc", "reverse-stepi",
+             "monitor step", "monitor goto 99", "monitor goto x"],
+            tmp_path,
+        )  # fmt: skip
+    assert "step 12 of 19: gt_switch+3: retq" in out
+    assert "=> 0x40003d <gt_switch+3>:\tret" in out
+    assert "step 11 of 19: gt_switch+0: movq (%rdi), %rsp" in out
+    assert "no step 99: the trace has positions 0 to 19" in out
+    assert "monitor commands: step" in out
+
+
+@needs_gdb
 def test_a_watchpoint_on_the_planted_slot_reverse_continues_to_the_store(tmp_path: Path) -> None:
     with served(FIRST_SWITCH) as port:
         out = run_gdb(
@@ -344,6 +360,30 @@ def test_rust_bt_at_the_overflow_shows_printlns_frames(rust_trace: tuple[Path, P
     assert "in std::io::stdio::_print () at " in frames[0], out
     assert "in first_switch::hello () at " in frames[1] and "first_switch.rs:22" in frames[1]
     assert ": std::io::stdio::_print+" in out
+
+
+@needs_gdb
+def test_rust_bt_at_the_deepest_point_of_the_overflow(rust_trace: tuple[Path, Path]) -> None:
+    """Where rsp goes lowest below the green stack (as `check` reports it), `monitor
+    goto` there: gdb unwinds println!'s whole chain back to hello."""
+    program, trace_path = rust_trace
+    trace = load_trace(trace_path)
+    green = next(r for r in trace.metadata.stacks if r.size == 48)
+    rsp = trace.column("rsp").astype(np.int64)
+    below = np.flatnonzero(rsp < green.base)
+    deepest = int(below[np.argmin(rsp[below])])
+    with served(trace_path, cwd=program.parent) as port:
+        out = run_gdb(
+            port,
+            [f"monitor goto {deepest}", "maint flush register-cache", "bt"],
+            program.parent,
+            before=[f"file {program}"],
+        )
+    frames = [line for line in out.splitlines() if line.startswith("#")]
+    assert len(frames) > 10, out
+    names = "\n".join(frames)
+    assert "std::io::stdio::_print ()" in names and "std::io::stdio::stdout ()" in names
+    assert "first_switch::hello () at " in frames[-2]
 
 
 # --- item 4: robust ------------------------------------------------------------------

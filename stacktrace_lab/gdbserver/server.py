@@ -22,7 +22,8 @@ Packets answered (everything else gets the empty reply, "not supported"):
 - `qXfer:auxv:read`: for a compiled program, AT_ENTRY and AT_PHDR, from
   which gdb places a static-pie;
 - `vFile:setfs/open/pread/fstat/close`: that one executable, read-only;
-- `qRcmd` (`monitor step`): the current step, symbol and source line;
+- `qRcmd`: `monitor step` (the current step, symbol and source line),
+  `monitor goto N` (move to step N);
 - `k`, `D`, `vKill`: end the server, exit status 0.
 """
 
@@ -258,12 +259,27 @@ class Session:
 
     def _monitor(self, command: str) -> bytes:
         words = command.split()
-        if words[:1] != ["step"] or len(words) != 1:
-            text = "monitor commands: step (the current step of the trace)\n"
+        if words == ["step"]:
+            text = self.describe_position()
+        elif len(words) == 2 and words[0] == "goto" and _is_integer(words[1]):
+            wanted = int(words[1], 0)
+            if not 0 <= wanted <= self.target.steps:
+                text = f"no step {wanted}: the trace has positions 0 to {self.target.steps}"
+            else:
+                self.target.state = wanted
+                self.last_stop = Stop("step")
+                # gdb keeps the registers it read: it must be told to read them again.
+                text = (
+                    self.describe_position() + "\n(now `maint flush register-cache`: gdb "
+                    "still shows the registers of where it stopped)"
+                )
         else:
-            text = self.describe_position() + "\n"
+            text = (
+                "monitor commands: step (where the trace is), "
+                "goto N (move to step N, then `maint flush register-cache`)"
+            )
         # The output goes in an `O` packet before the command's result.
-        self.pending.append(b"O" + text.encode().hex().encode())
+        self.pending.append(b"O" + (text + "\n").encode().hex().encode())
         return b"OK"
 
     def describe_position(self) -> str:
@@ -404,3 +420,11 @@ def _hung_up(client: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text, 0)
+    except ValueError:
+        return False
+    return True
