@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from .protocol import MAX_PACKET, Event, PacketReader, escape, frame, unescape
-from .registers import REGISTER_TABLE, encode, target_xml
+from .registers import REGISTER_NUMBER, REGISTER_TABLE, encode, target_xml
 from .target import Stop, TraceTarget
 
 HOST = "127.0.0.1"
@@ -173,8 +173,8 @@ class Session:
         expedited = b"".join(
             b"%02x:%s;"
             % (
-                next(i for i, r in enumerate(REGISTER_TABLE) if r.name == name),
-                encode(REGISTER_TABLE[0], values[name]).encode(),
+                REGISTER_NUMBER[name],
+                encode(REGISTER_TABLE[REGISTER_NUMBER[name]], values[name]).encode(),
             )
             for name in _EXPEDITED
         )
