@@ -211,7 +211,7 @@ def test_gdb_attaches_at_step_0_with_registers_memory_and_symbols(tmp_path: Path
     assert "cs             <unavailable>" in out
     assert "uint128 = <unavailable>" in out
     assert "<main>:\tpush   %rbp" in out and "<main+1>:\tmov    %rsp,%rbp" in out
-    assert "0x1000fff8:\t0x00000000dead0000" in out  # the sentinel return address
+    assert "0x1000fff8 <main_base+65528>:\t0x00000000dead0000" in out  # the sentinel return
     assert "step 0 of 19: main+0: pushq %rbp (first-switch.toml:32)" in out
     assert "Cannot access memory at address 0x0" in out
     assert 'Line 32 of "first-switch.toml"' in out
@@ -259,10 +259,12 @@ def test_a_watchpoint_on_the_planted_slot_reverse_continues_to_the_store(tmp_pat
     with served(FIRST_SWITCH) as port:
         out = run_gdb(
             port,
-            ["break hello", "continue", "reverse-stepi", "watch -l *(long*)$rsp",
+            ["break hello", "continue", "reverse-stepi", "x/gx $rsp", "watch -l *(long*)$rsp",
              "reverse-continue", "x/i $pc", "monitor step", "reverse-continue", "monitor step"],
             tmp_path,
         )  # fmt: skip
+    # The region symbols of the generated ELF name the slot as its index in green.
+    assert "<green_base+32>:\t0x000000000040003e" in out
     assert "Old value = 4194366\nNew value = 0" in out  # hello's address, and before: 0
     assert "=> 0x400024 <main+36>:\tmov    %rcx,0x20(%rax)" in out
     assert "step 6 of 19: main+36: movq %rcx, 0x20(%rax) (first-switch.toml:38)" in out

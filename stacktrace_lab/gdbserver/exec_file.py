@@ -7,7 +7,8 @@ line-by-line reverse commands need:
 
 - `.text` at the code's address with the code bytes (one `PT_LOAD`);
 - `.symtab`: each label as a global function symbol, sized up to the next
-  label (or the end of the code);
+  label (or the end of the code), and each stack or data region as an
+  object `<region>_base` in an empty section of its own;
 - DWARF 4: `.debug_info` with one compile unit (one subprogram per label)
   and `.debug_line` with the trace's line table. The file names are the
   scenario's (`first-switch.toml`), in the directory of the scenario file
@@ -29,7 +30,10 @@ from ..trace.format import TraceMetadata
 _EM_X86_64 = 62
 _SHT_PROGBITS, _SHT_SYMTAB, _SHT_STRTAB = 1, 2, 3
 _SHF_ALLOC, _SHF_EXECINSTR = 0x2, 0x4
-_STB_GLOBAL, _STT_FUNC = 1, 2
+_SHT_NOBITS, _SHF_WRITE = 8, 0x1
+_STB_GLOBAL, _STT_OBJECT, _STT_FUNC = 1, 1, 2
+#: Sections before the regions' (null, .text ... .shstrtab).
+_FIRST_REGION_SECTION = 8
 
 # DWARF constants (DWARF 4 standard, section 7).
 _DW_TAG_compile_unit, _DW_TAG_subprogram = 0x11, 0x2E
@@ -179,10 +183,21 @@ def scenario_elf(meta: TraceMetadata, source_dir: Path | None = None) -> bytes:
         strtab += _cstr(name)
         info = (_STB_GLOBAL << 4) | _STT_FUNC
         symtab += struct.pack("<IBBHQQ", offset, info, 0, 1, start, end - start)
+    # Each stack and data region as an empty (NOBITS) section with a `<name>_base`
+    # object, the assembler's own name for it: gdb then shows a stack slot as
+    # `<green_base+32>`. The section holds no bytes: memory comes from the server.
+    regions = [r for r in meta.regions if r.kind != "code"]
+    for i, region in enumerate(regions):
+        offset = len(strtab)
+        strtab += _cstr(f"{region.name}_base")
+        info = (_STB_GLOBAL << 4) | _STT_OBJECT
+        section = _FIRST_REGION_SECTION + i
+        symtab += struct.pack("<IBBHQQ", offset, info, 0, section, region.base, region.size)
     abbrev, info_section, line_section = _debug_sections(meta, source_dir)
 
     names = [".text", ".symtab", ".strtab", ".debug_abbrev", ".debug_info", ".debug_line"]
     names.append(".shstrtab")
+    names += [f".{region.kind}.{region.name}" for region in regions]
     shstrtab = bytearray(b"\0")
     name_offsets = []
     for name in names:
@@ -213,7 +228,7 @@ def scenario_elf(meta: TraceMetadata, source_dir: Path | None = None) -> bytes:
         b"\x7fELF" + bytes((2, 1, 1, 0)) + bytes(8)
         + struct.pack("<HHIQQQIHHHHHH", 2, _EM_X86_64, 1, entry, header_size,
                       section_headers_at, 0, header_size, phdr_size, 1, shdr_size,
-                      shnum, shnum - 1)
+                      shnum, _FIRST_REGION_SECTION - 1)
     )  # fmt: skip
     program_header = struct.pack(
         "<IIQQQQQQ", 1, 5, offsets[0], meta.code_base, meta.code_base, len(code), len(code), 0x1000
@@ -225,7 +240,7 @@ def scenario_elf(meta: TraceMetadata, source_dir: Path | None = None) -> bytes:
     kinds = [_SHT_PROGBITS, _SHT_SYMTAB, _SHT_STRTAB, _SHT_PROGBITS, _SHT_PROGBITS]
     kinds += [_SHT_PROGBITS, _SHT_STRTAB]
     for i, (name_at, kind, offset, body) in enumerate(
-        zip(name_offsets, kinds, offsets, bodies, strict=True)
+        zip(name_offsets[: len(bodies)], kinds, offsets, bodies, strict=True)
     ):
         flags = _SHF_ALLOC | _SHF_EXECINSTR if i == 0 else 0
         address = meta.code_base if i == 0 else 0
@@ -236,5 +251,10 @@ def scenario_elf(meta: TraceMetadata, source_dir: Path | None = None) -> bytes:
         section_headers += struct.pack(
             "<IIQQQQIIQQ", name_at, kind, flags, address, offset, len(body),
             link, symbol_info, align, entsize,
+        )  # fmt: skip
+    for name_at, region in zip(name_offsets[len(bodies) :], regions, strict=True):
+        section_headers += struct.pack(
+            "<IIQQQQIIQQ", name_at, _SHT_NOBITS, _SHF_ALLOC | _SHF_WRITE, region.base,
+            section_headers_at, region.size, 0, 0, 8, 0,
         )  # fmt: skip
     return bytes(layout + section_headers)
