@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "query": "stacktrace_lab.commands.query:query_command",
     "export": "stacktrace_lab.commands.export:export_command",
     "serve": "stacktrace_lab.commands.serve:serve_command",
+    "gdbserver": "stacktrace_lab.commands.gdbserver:gdbserver_command",
 }
 
 #: The first paragraph of each command's help, which `stacktrace-lab --help`
@@ -51,4 +52,6 @@ SHORT_HELP: dict[str, str] = {
     "serve": "Serve TRACE's stepper on http://127.0.0.1:PORT/, reading steps from the file on "
     "demand, so any step of a multi-million-step trace can be reached. Only this machine can "
     "connect.",
+    "gdbserver": "Serve TRACE to gdb on 127.0.0.1:PORT (`target remote :PORT`), with reverse "
+    "execution. Only this machine can connect; nothing is written. See docs/gdb.md.",
 }
