@@ -17,7 +17,8 @@ import pyarrow as pa
 from ..arch import REGISTERS
 from ..trace.format import ACCESS_TYPE, SnapshotWindow
 from .disassembly import InstructionTable
-from .machine import MEM_WRITE, Chunk
+from .hooks import MEM_WRITE, events_array
+from .machine import Chunk
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -147,7 +148,7 @@ def build_batch(
     facts = table.columns(registers[:, 0])
     columns += [facts[name] for name in schema.names if name in facts]
 
-    raw = np.array(chunk.events, dtype=np.int64).reshape(-1, 5)
+    raw = events_array(chunk.events)
     is_write = raw[:, 1] == MEM_WRITE
     reads = Events.from_raw(raw[~is_write], chunk.first_step)
     writes = Events.from_raw(raw[is_write], chunk.first_step)
