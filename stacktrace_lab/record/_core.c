@@ -765,8 +765,70 @@ static PyTypeObject CoreType = {
     .tp_doc = "unicorn hooks in C for one machine (record/hooks.py)",
 };
 
+/* ---- stack snapshots (record/columns.py, SnapshotState.column) ------------------- */
+
+/* snapshot_rows(state, base, n_rows, rows, addrs, starts, ends, data) -> bytes
+ *
+ * The window before each of `n_rows` rows: row r shows `state` after every
+ * write of a row before r. The writes (int64 rows, uint64 addresses, int64
+ * start and end offsets into `data`) are those that touch the window, in
+ * order; they are applied to `state` (a bytearray the size of the window,
+ * left as after the last one, for the next chunk). Runs without the GIL. */
+static PyObject *snapshot_rows(PyObject *module, PyObject *args) {
+    Py_buffer state, rows, addrs, starts, ends, data;
+    unsigned long long base;
+    Py_ssize_t n_rows;
+    if (!PyArg_ParseTuple(args, "w*Kny*y*y*y*y*", &state, &base, &n_rows, &rows, &addrs, &starts,
+                          &ends, &data))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t size = state.len, n = rows.len / 8;
+    if (addrs.len / 8 != n || starts.len / 8 != n || ends.len / 8 != n || n_rows < 0) {
+        PyErr_SetString(PyExc_ValueError, "snapshot_rows: arrays of different lengths");
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, n_rows * size);
+    if (out == NULL) goto done;
+    uint8_t *window = state.buf, *target = (uint8_t *)PyBytes_AS_STRING(out);
+    const int64_t *row = rows.buf, *start = starts.buf, *end = ends.buf;
+    const uint64_t *addr = addrs.buf;
+    const uint8_t *bytes = data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t j = 0;
+    for (Py_ssize_t r = 0; r <= n_rows; r++) {
+        for (; j < n && (r == n_rows || row[j] < r); j++) {
+            int64_t first = (int64_t)(addr[j] - base), from = start[j], to = end[j];
+            int64_t last = first + (to - from);
+            if (first < 0) {
+                from -= first;
+                first = 0;
+            }
+            if (last > size) {
+                to -= last - size;
+                last = size;
+            }
+            if (last > first && to <= data.len) memcpy(window + first, bytes + from, to - from);
+        }
+        if (r < n_rows) memcpy(target + r * size, window, size);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&state);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&addrs);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&ends);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"snapshot_rows", snapshot_rows, METH_VARARGS, NULL},
+    {NULL},
+};
+
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "_core", "The recording core in C (record/hooks.py).", -1, NULL, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_core", "The recording core in C (record/hooks.py).", -1, module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__core(void) {

@@ -69,15 +69,21 @@ MemEvent = tuple[int, int, int, int, int]
 ChunkHandler = Callable[[int, bytes, "list[MemEvent] | bytes"], bool]
 
 
-def native_core() -> Any:
-    """The C core's type, or None where it was not built or is turned off."""
+def native_module() -> Any:
+    """The C extension (`_core`), or None where it was not built or is turned off."""
     if os.environ.get(PURE_PYTHON_ENV) == "1":
         return None
     try:
         from . import _core  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _core.Core
+    return _core
+
+
+def native_core() -> Any:
+    """The C core's type, or None where it was not built or is turned off."""
+    module = native_module()
+    return None if module is None else module.Core
 
 
 def add_raw_hook(uch: Any, hook_type: int, callback: Any) -> Any:
