@@ -37,6 +37,7 @@ enum { STOP_NONE = 0, STOP_MAX_STEPS = 1, STOP_SPIN = 2, STOP_CALLBACK = 3 };
 #define PAGE_SIZE 4096
 #define NO_ADDRESS UINT64_MAX
 #define SIGNAL_CHECK_MASK 0xffff
+#define TICK_MASK 0xfffff /* owner.tick(steps) every 2**20 steps, when asked */
 #define MAX_WATCH 8
 
 /* The decisions of one page: a kind per byte offset (0: not decided yet). */
@@ -88,6 +89,7 @@ typedef struct {
     int64_t *outside; /* (step, rsp) */
     size_t n_outside, outside_cap;
     int64_t outside_calls; /* how many times `outside` may still be called */
+    int tick;              /* COUNT and DISCOVER: call owner.tick(steps) for a progress bar */
 
     /* decisions, by page */
     PageEntry *pages;
@@ -122,6 +124,13 @@ static void check_signals(Core *c) {
     PyGILState_STATE gil = PyGILState_Ensure();
     if (PyErr_CheckSignals() < 0) keep_error(c);
     PyGILState_Release(gil);
+}
+
+/* Every 65536 steps of a run that calls Python for nothing else. */
+static void periodic(Core *c) {
+    check_signals(c);
+    if (c->tick && (c->step & TICK_MASK) == 0 && c->stop == STOP_NONE)
+        call_void(c, "tick", "(L)", (long long)c->step);
 }
 
 /* ---- decisions ------------------------------------------------------------------ */
@@ -431,7 +440,7 @@ static void on_code_count(void *uc, uint64_t address, uint32_t size, void *user)
         return;
     c->previous_rip = address;
     c->step++;
-    if ((c->step & SIGNAL_CHECK_MASK) == 0) check_signals(c);
+    if ((c->step & SIGNAL_CHECK_MASK) == 0) periodic(c);
     apply_decision(c, address, size);
 }
 
@@ -484,7 +493,7 @@ static void on_code_discover(void *uc, uint64_t address, uint32_t size, void *us
     }
     c->previous_rip = address;
     c->step++;
-    if ((c->step & SIGNAL_CHECK_MASK) == 0) check_signals(c);
+    if ((c->step & SIGNAL_CHECK_MASK) == 0) periodic(c);
     apply_decision(c, address, size);
 }
 
@@ -717,6 +726,13 @@ static PyObject *get_previous_rip(Core *c, void *closure) {
                                          : PyLong_FromUnsignedLongLong(c->previous_rip);
 }
 static PyObject *get_stop(Core *c, void *closure) { return PyLong_FromLong(c->stop); }
+static PyObject *get_tick(Core *c, void *closure) { return PyBool_FromLong(c->tick); }
+static int set_tick(Core *c, PyObject *value, void *closure) {
+    int tick = PyObject_IsTrue(value);
+    if (tick < 0) return -1;
+    c->tick = tick;
+    return 0;
+}
 static PyObject *get_lowest(Core *c, void *closure) {
     return PyLong_FromUnsignedLongLong(c->lowest);
 }
@@ -734,6 +750,7 @@ static PyGetSetDef core_getset[] = {
     {"step", (getter)get_step, NULL, "steps counted so far", NULL},
     {"previous_rip", (getter)get_previous_rip, NULL, "the last counted address, -1: none", NULL},
     {"stop", (getter)get_stop, NULL, "0 running, 1 max steps, 2 spin, 3 stopped by Python", NULL},
+    {"tick", (getter)get_tick, (setter)set_tick, "call owner.tick(steps) every 2**20 steps", NULL},
     {"lowest", (getter)get_lowest, NULL, "lowest rsp inside the main stack (discovery)", NULL},
     {"want", (getter)get_want, (setter)set_want, "return address awaited (discovery)", NULL},
     {NULL},

@@ -31,9 +31,10 @@ import unicorn.x86_const as x86
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE
 from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_MEM_ACCESS_CFUNC, UcError, uclib
 
+from ..arch import PAGE
 from ..layout import Region
 from .elf import DataSymbol, ElfImage
-from .hooks import _raw, add_raw_hook
+from .hooks import TICK_MASK, _raw, add_raw_hook
 from .machine import Machine
 from .syscalls import LinuxKernel
 from .user_mode import NORMAL
@@ -73,7 +74,11 @@ class Evidence:
 
 
 def run_discovery(
-    machine: Machine, image: ElfImage, main_stack: Region, max_steps: int
+    machine: Machine,
+    image: ElfImage,
+    main_stack: Region,
+    max_steps: int,
+    progress: Callable[[int], None] | None = None,
 ) -> Evidence:
     """Run `machine` (already fast-forwarded to the start, if any) and collect the evidence.
 
@@ -138,7 +143,11 @@ def run_discovery(
             evidence.allocations.append(Allocation(walk.step(), kind, addr, size))
         walk.set_want(pending[-1][1] if pending else -1)
 
-    walk.run(outside, entered, returned)
+    machine.rules.tick = progress
+    try:
+        walk.run(outside, entered, returned)
+    finally:
+        machine.rules.tick = None
     evidence.outside = walk.outside()
     evidence.steps = walk.step()
     evidence.lowest_main = walk.lowest()
@@ -182,6 +191,7 @@ class _NativeWalk:
     ) -> None:
         rules = self.machine.rules
         rules.outside, rules.entered, rules.returned = outside, entered, returned
+        self.core.tick = rules.tick is not None
         self.core.attach_discover(*self.args)
         uc = self.machine.uc
         try:
@@ -267,6 +277,8 @@ class _PythonWalk:
                 return
             state["previous"] = address
             state["step"] = step + 1
+            if not (step + 1) & TICK_MASK and rules.tick is not None:
+                rules.tick(step + 1)
             kind = kinds.get(address) or decide(address) & 0xFF
             if kind != NORMAL:
                 rules.decided(address, kind, size)
@@ -274,7 +286,7 @@ class _PythonWalk:
         def on_write(
             _handle: Any, _access: int, address: int, size: int, _value: int, _user: Any
         ) -> None:
-            if watched:
+            if address // PAGE in watched or (address + size - 1) // PAGE in watched:
                 rules.written(address, size)
 
         code_hook, write_hook = HOOK_CODE_CFUNC(on_code), HOOK_MEM_ACCESS_CFUNC(on_write)

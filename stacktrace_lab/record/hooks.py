@@ -51,10 +51,13 @@ UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
 ROW_BYTES = WORD * len(REGISTERS)
 MEM_WRITE = UC_MEM_WRITE
 PURE_PYTHON_ENV = "STACKTRACE_LAB_PURE_PYTHON"
+_PAGE_BITS = PAGE.bit_length() - 1
 _RCX = REGISTERS.index("rcx")
 _RSP = REGISTERS.index("rsp")
 #: How the C core says why it stopped the run.
 NATIVE_MAX_STEPS, NATIVE_SPIN = 1, 2
+#: `StepRules.tick` every 2**20 steps (as `_core.c` calls it).
+TICK_MASK = (1 << 20) - 1
 
 # The binding declares argtypes on uclib's functions, and converting arguments
 # through them costs more than the call. The same library loaded again without
@@ -120,6 +123,8 @@ class StepRules:
         self.outside: Callable[[int], None] | None = None
         self.entered: Callable[[int, int], None] | None = None
         self.returned: Callable[[int], None] | None = None
+        #: Steps so far, every 2**20 steps of a fast-forward or discovery (a progress bar).
+        self.tick: Callable[[int], None] | None = None
 
     # --- shared by both implementations -------------------------------------------
 
@@ -278,7 +283,9 @@ class PythonRecording:
             _handle: Any, access: int, address: int, size: int, value: int, _user: Any
         ) -> None:
             append_event((step - 1, access, address, size, value))
-            if watched and access == MEM_WRITE:
+            if access == MEM_WRITE and (
+                address >> _PAGE_BITS in watched or (address + size - 1) >> _PAGE_BITS in watched
+            ):
                 rules.written(address, size)
 
         def drop_writes(last_step: int) -> None:
@@ -377,6 +384,8 @@ def python_counter(uc: Uc, rules: StepRules) -> tuple[Callable[[], int], list[An
             return
         previous[0] = address
         counter[0] += 1
+        if not counter[0] & TICK_MASK and rules.tick is not None:
+            rules.tick(counter[0])
         kind = kinds.get(address) or decide(address) & 0xFF
         if kind != NORMAL:
             rules.decided(address, kind, size)
@@ -384,7 +393,7 @@ def python_counter(uc: Uc, rules: StepRules) -> tuple[Callable[[], int], list[An
     def on_write(
         _handle: Any, _access: int, address: int, size: int, _value: int, _user: Any
     ) -> None:
-        if watched:
+        if address >> _PAGE_BITS in watched or (address + size - 1) >> _PAGE_BITS in watched:
             rules.written(address, size)
 
     return (lambda: counter[0]), [HOOK_CODE_CFUNC(count), HOOK_MEM_ACCESS_CFUNC(on_write)]

@@ -332,7 +332,12 @@ class Machine:
 
     # --- running ------------------------------------------------------------------------
 
-    def fast_forward(self, until: int, limit: int = FAST_FORWARD_LIMIT) -> Stop | None:
+    def fast_forward(
+        self,
+        until: int,
+        limit: int = FAST_FORWARD_LIMIT,
+        progress: Callable[[int], None] | None = None,
+    ) -> Stop | None:
         """Run without recording until rip == `until` (for `--from`). None when it got
         there (`fast_forwarded` says after how many instructions); else why it stopped.
 
@@ -340,8 +345,10 @@ class Machine:
         CPU is in user mode before the first recorded step too."""
         uch = self.uc._uch
         handles: list[Any] = []
+        self.rules.tick = progress
         if self.native is not None:
             core = self.native.core
+            core.tick = progress is not None
             core.attach_count()
             counted: Callable[[], int] = lambda: int(core.step)  # noqa: E731
         else:
@@ -359,6 +366,7 @@ class Machine:
                 self.native.core.detach()
             for handle in handles:
                 uclib.uc_hook_del(uch, handle)
+            self.rules.tick = None
             self.fast_forwarded = counted()
         if self.native is not None:
             self.native.core.raise_error()

@@ -25,7 +25,6 @@ from typing import Any
 
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs, CsError
 from capstone import x86_const as x86
-from unicorn import UC_PROT_WRITE
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ..arch import PAGE
@@ -34,8 +33,18 @@ from .cpu import HANDLED
 GP_FAULT = "general protection fault (#GP)"
 #: What an executed address holds, as the code hooks (Python or C) cache it.
 NORMAL, PRIVILEGED, FIXED_VALUE = 1, 2, 3
-#: Set in a decision when the page is writable: writes to it must be watched.
+#: Set in a decision: writes to its page must be watched (every decided page is).
 WATCH = 0x100
+#: Bytes a privileged or fixed-value instruction's opcode starts with (one-byte
+#: opcodes, and 0x0f for two- and three-byte ones, rdtsc and the others among
+#: them): an instruction whose opcode byte is none of these is NORMAL without
+#: decoding it.
+_OPCODE_STARTS = frozenset(
+    (0xFA, 0xFB, 0x0F, *range(0xE4, 0xE8), *range(0xEC, 0xF0), *range(0x6C, 0x70))
+)
+_PREFIXES = frozenset(
+    (0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, *range(0x40, 0x50))
+)
 _MISSED_BY_CAPSTONE = {
     x86.X86_INS_RDMSR,
     x86.X86_INS_IN,
@@ -109,30 +118,31 @@ class Decisions:
         #: Fault details of the privileged instructions, fixed-value instructions (capstone).
         self.privileged: dict[int, str] = {}
         self.fixed: dict[int, Any] = {}
-        #: Page -> decided addresses in it; `watched`: those pages that were writable.
+        #: Page -> decided addresses in it; `watched`: those pages (a write there forgets them).
         self._pages: dict[int, list[int]] = {}
         self.watched: set[int] = set()
 
     def decide(self, address: int) -> int:
-        """The kind of the instruction at `address` (with `WATCH` if its page is writable)."""
-        instruction = _decode(self._bytes_at(address), address)
+        """The kind of the instruction at `address`, with `WATCH`: code may be
+        written over (a JIT), so a write into its page decides it again."""
+        code = self._bytes_at(address)
         kind = NORMAL
-        if instruction is None:
-            pass  # unicorn raises its own invalid-instruction fault
-        elif _is_privileged(instruction.id, instruction.groups):
-            text = f"{instruction.mnemonic} {instruction.op_str}".strip()
-            self.privileged[address] = fault_detail(address, text)
-            kind = PRIVILEGED
-        elif instruction.mnemonic in HANDLED:
-            self.fixed[address] = instruction
-            kind = FIXED_VALUE
+        if _may_matter(code):
+            instruction = _decode(code, address)
+            if instruction is None:
+                pass  # unicorn raises its own invalid-instruction fault
+            elif _is_privileged(instruction.id, instruction.groups):
+                text = f"{instruction.mnemonic} {instruction.op_str}".strip()
+                self.privileged[address] = fault_detail(address, text)
+                kind = PRIVILEGED
+            elif instruction.mnemonic in HANDLED:
+                self.fixed[address] = instruction
+                kind = FIXED_VALUE
         self.kinds[address] = kind
         page = address // PAGE
         self._pages.setdefault(page, []).append(address)
-        if self._writable(page):
-            self.watched.add(page)
-            return kind | WATCH
-        return kind
+        self.watched.add(page)
+        return kind | WATCH
 
     def forget(self, address: int, size: int) -> None:
         """Code in `address ..< address + size` may have changed: decide it again."""
@@ -147,9 +157,11 @@ class Decisions:
         except UcError:  # the instruction ends close to unmapped memory
             return bytes(self.uc.mem_read(address, -address % PAGE or PAGE))
 
-    def _writable(self, page: int) -> bool:
-        address = page * PAGE
-        return any(
-            begin <= address <= end and perms & UC_PROT_WRITE
-            for begin, end, perms in self.uc.mem_regions()
-        )
+
+def _may_matter(code: bytes) -> bool:
+    """Whether the opcode after the prefixes could start a privileged or
+    fixed-value instruction (most instructions are ruled out without capstone)."""
+    for byte in code:
+        if byte not in _PREFIXES:
+            return byte in _OPCODE_STARTS
+    return True
