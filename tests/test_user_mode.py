@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stacktrace_lab.examples import compiler_missing
-from stacktrace_lab.record.cpu import TSC_START, TSC_STEP
+from stacktrace_lab.record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP
 from stacktrace_lab.record.elf_front import record_elf
 from stacktrace_lab.record.hooks import PURE_PYTHON_ENV, native_core
 from stacktrace_lab.record.recorder import Recording
@@ -148,3 +148,17 @@ def test_jit_code_gets_fixed_values_and_a_jit_cli_faults(tmp_path: Path, hooks: 
     assert "never" not in meta.stdout
     two = record_elf(program, tmp_path / "two.parquet")
     assert one.path.read_bytes() == two.path.read_bytes()
+
+
+def test_back_to_back_fixed_value_instructions_get_the_cpu_models_answers(
+    record_source: Callable[..., Recording], hooks: str
+) -> None:
+    """rdrand right after rdtscp, rdseed right after rdrand: each answer lands at the next row."""
+    recording = record_source(
+        "main:\n    rdtsc\n    rdtscp\n    rdrand %rbx\n    rdseed %r14d\n    nop\n    ret\n"
+    )
+    rows = load_trace(recording.path).rows()
+    assert list(rows["rax"][1:3]) == [TSC_START, TSC_START + TSC_STEP]
+    assert rows["rbx"][3] == RANDOM_VALUE
+    assert rows["r14"][4] == RANDOM_VALUE & 0xFFFFFFFF
+    assert rows["rflags"][4] & 1 == 1  # CF: a value was delivered

@@ -80,10 +80,6 @@ CPUID: dict[tuple[int, int | None], tuple[int, int, int, int]] = {
     (0x80000008, None): (0x3030, 0, 0, 0),
 }
 
-#: The instructions `answer` gives fixed results (cpuid has its own hook).
-HANDLED = ("rdtsc", "rdtscp", "xgetbv", "rdrand", "rdseed")
-
-
 class CpuModel:
     """Installs the fixed answers on one unicorn instance."""
 

@@ -28,7 +28,6 @@ from capstone import x86_const as x86
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ..arch import PAGE
-from .cpu import HANDLED
 
 GP_FAULT = "general protection fault (#GP)"
 #: What an executed address holds, as the code hooks (Python or C) cache it.
@@ -70,6 +69,18 @@ _ALLOWED_IN_USER_MODE = {
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 _cs.detail = True
 _cs.syntax = CS_OPT_SYNTAX_ATT  # as the trace's `insn` column spells instructions
+_cs_intel = Cs(CS_ARCH_X86, CS_MODE_64)
+_cs_intel.detail = True
+#: The instructions the CPU model's `answer` fixes (record/cpu.py; cpuid has its own hook).
+_FIXED_VALUE_IDS = frozenset(
+    (
+        x86.X86_INS_RDTSC,
+        x86.X86_INS_RDTSCP,
+        x86.X86_INS_XGETBV,
+        x86.X86_INS_RDRAND,
+        x86.X86_INS_RDSEED,
+    )
+)
 
 
 def _is_privileged(instruction_id: int, groups: list[int]) -> bool:
@@ -135,8 +146,9 @@ class Decisions:
                 text = f"{instruction.mnemonic} {instruction.op_str}".strip()
                 self.privileged[address] = fault_detail(address, text)
                 kind = PRIVILEGED
-            elif instruction.mnemonic in HANDLED:
-                self.fixed[address] = instruction
+            elif instruction.id in _FIXED_VALUE_IDS:
+                # The CPU model reads the Intel spelling (`rdrand`, not AT&T's `rdrandq`).
+                self.fixed[address] = next(_cs_intel.disasm(code, address, 1))
                 kind = FIXED_VALUE
         self.kinds[address] = kind
         page = address // PAGE
