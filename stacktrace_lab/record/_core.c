@@ -784,29 +784,30 @@ static PyTypeObject CoreType = {
 
 /* ---- stack snapshots (record/columns.py, SnapshotState.column) ------------------- */
 
-/* snapshot_rows(state, base, n_rows, rows, addrs, starts, ends, data) -> bytes
+/* snapshot_rows(state, base, n_rows, rows, addrs, starts, ends, data, out)
  *
- * The window before each of `n_rows` rows: row r shows `state` after every
+ * Fills `out` (n_rows * the window's size, writable: an Arrow buffer, whose
+ * pool reuses memory where fresh bytes objects would fault in new pages)
+ * with the window before each of `n_rows` rows: row r shows `state` after every
  * write of a row before r. The writes (int64 rows, uint64 addresses, int64
  * start and end offsets into `data`) are those that touch the window, in
  * order; they are applied to `state` (a bytearray the size of the window,
  * left as after the last one, for the next chunk). Runs without the GIL. */
 static PyObject *snapshot_rows(PyObject *module, PyObject *args) {
-    Py_buffer state, rows, addrs, starts, ends, data;
+    Py_buffer state, rows, addrs, starts, ends, data, out;
     unsigned long long base;
     Py_ssize_t n_rows;
-    if (!PyArg_ParseTuple(args, "w*Kny*y*y*y*y*", &state, &base, &n_rows, &rows, &addrs, &starts,
-                          &ends, &data))
+    if (!PyArg_ParseTuple(args, "w*Kny*y*y*y*y*w*", &state, &base, &n_rows, &rows, &addrs,
+                          &starts, &ends, &data, &out))
         return NULL;
-    PyObject *out = NULL;
+    PyObject *result = NULL;
     Py_ssize_t size = state.len, n = rows.len / 8;
-    if (addrs.len / 8 != n || starts.len / 8 != n || ends.len / 8 != n || n_rows < 0) {
+    if (addrs.len / 8 != n || starts.len / 8 != n || ends.len / 8 != n || n_rows < 0 ||
+        out.len < n_rows * size) {
         PyErr_SetString(PyExc_ValueError, "snapshot_rows: arrays of different lengths");
         goto done;
     }
-    out = PyBytes_FromStringAndSize(NULL, n_rows * size);
-    if (out == NULL) goto done;
-    uint8_t *window = state.buf, *target = (uint8_t *)PyBytes_AS_STRING(out);
+    uint8_t *window = state.buf, *target = out.buf;
     const int64_t *row = rows.buf, *start = starts.buf, *end = ends.buf;
     const uint64_t *addr = addrs.buf;
     const uint8_t *bytes = data.buf;
@@ -829,6 +830,7 @@ static PyObject *snapshot_rows(PyObject *module, PyObject *args) {
         if (r < n_rows) memcpy(target + r * size, window, size);
     }
     Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&state);
     PyBuffer_Release(&rows);
@@ -836,7 +838,8 @@ done:
     PyBuffer_Release(&starts);
     PyBuffer_Release(&ends);
     PyBuffer_Release(&data);
-    return out;
+    PyBuffer_Release(&out);
+    return result;
 }
 
 static PyMethodDef module_methods[] = {

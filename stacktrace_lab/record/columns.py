@@ -98,7 +98,8 @@ class SnapshotState:
         data = writes.data.tobytes()
         native = native_module()
         if native is not None:  # the same loop in C, without the GIL (_core.c)
-            rows = native.snapshot_rows(
+            rows = pa.allocate_buffer(n_rows * size)
+            native.snapshot_rows(
                 self.state,
                 lo,
                 n_rows,
@@ -107,10 +108,9 @@ class SnapshotState:
                 np.ascontiguousarray(data_start[inside], dtype=np.int64),
                 np.ascontiguousarray(data_end[inside], dtype=np.int64),
                 data,
+                rows,
             )
-            return pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(size), n_rows, [None, pa.py_buffer(rows)]
-            )
+            return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n_rows, [None, rows])
         state = self.state
         versions: list[bytes] = [bytes(state)]
         changed_rows: list[int] = []

@@ -80,6 +80,7 @@ CPUID: dict[tuple[int, int | None], tuple[int, int, int, int]] = {
     (0x80000008, None): (0x3030, 0, 0, 0),
 }
 
+
 class CpuModel:
     """Installs the fixed answers on one unicorn instance."""
 
