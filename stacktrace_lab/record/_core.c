@@ -215,6 +215,32 @@ static int call_void(Core *c, const char *name, const char *format, ...) {
     return ok;
 }
 
+static int is_prefix(uint8_t byte) {
+    return byte == 0x66 || byte == 0x67 || byte == 0xF0 || byte == 0xF2 || byte == 0xF3 ||
+           byte == 0x2E || byte == 0x36 || byte == 0x3E || byte == 0x26 || byte == 0x64 ||
+           byte == 0x65 || (byte >= 0x40 && byte <= 0x4F);
+}
+
+/* user_mode.py's `_may_matter`: whether the opcode after the prefixes could start a
+ * privileged or fixed-value instruction. Most instructions are NORMAL without a
+ * call into Python (capstone). */
+static int may_matter(Core *c, uint64_t address) {
+    uint8_t code[15];
+    uint64_t size = 15;
+    if (c->mem_read(c->uc, address, code, size) != 0) {
+        size = (-address) % PAGE_SIZE;
+        if (size == 0 || size > 15) size = 15;
+        if (c->mem_read(c->uc, address, code, size) != 0) return 1; /* let Python see it */
+    }
+    for (uint64_t i = 0; i < size; i++) {
+        uint8_t byte = code[i];
+        if (is_prefix(byte)) continue;
+        return byte == 0xFA || byte == 0xFB || byte == 0x0F || (byte >= 0xE4 && byte <= 0xE7) ||
+               (byte >= 0xEC && byte <= 0xEF) || (byte >= 0x6C && byte <= 0x6F);
+    }
+    return 1;
+}
+
 static int decide(Core *c, uint64_t address) {
     uint64_t page = address >> PAGE_SHIFT;
     if (page != c->last_page) {
@@ -228,18 +254,21 @@ static int decide(Core *c, uint64_t address) {
     }
     int kind = c->last_kinds[address & (PAGE_SIZE - 1)];
     if (kind) return kind;
-    long value = NORMAL;
-    PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *answer = PyObject_CallMethod(c->owner, "decide", "(K)", (unsigned long long)address);
-    if (answer != NULL) {
-        value = PyLong_AsLong(answer);
-        Py_DECREF(answer);
+    long value = NORMAL | WATCH;
+    if (may_matter(c, address)) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        PyObject *answer =
+            PyObject_CallMethod(c->owner, "decide", "(K)", (unsigned long long)address);
+        if (answer != NULL) {
+            value = PyLong_AsLong(answer);
+            Py_DECREF(answer);
+        }
+        if (PyErr_Occurred()) {
+            keep_error(c);
+            value = NORMAL;
+        }
+        PyGILState_Release(gil);
     }
-    if (PyErr_Occurred()) {
-        keep_error(c);
-        value = NORMAL;
-    }
-    PyGILState_Release(gil);
     kind = (int)(value & KIND_MASK);
     c->last_kinds[address & (PAGE_SIZE - 1)] = (uint8_t)kind;
     if (value & WATCH) {

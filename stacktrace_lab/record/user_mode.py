@@ -172,7 +172,8 @@ class Decisions:
 
 def _may_matter(code: bytes) -> bool:
     """Whether the opcode after the prefixes could start a privileged or
-    fixed-value instruction (most instructions are ruled out without capstone)."""
+    fixed-value instruction (most instructions are ruled out without capstone).
+    `_core.c` makes the same test before it calls `Decisions.decide`."""
     for byte in code:
         if byte not in _PREFIXES:
             return byte in _OPCODE_STARTS
