@@ -74,7 +74,6 @@ from .hooks import (
     PythonRecording,
     StepRules,
     _emu_stop,
-    _raw,
     add_raw_hook,
     native_core,
     python_counter,
@@ -82,7 +81,8 @@ from .hooks import (
 from .syscalls import BareKernel
 from .user_mode import Decisions
 
-__all__ = ["MEM_WRITE", "ROW_BYTES", "UC_IDS", "MemEvent", "_raw"]
+# Re-exported: the register order and row layout every reader of a Chunk uses.
+__all__ = ["MEM_WRITE", "ROW_BYTES", "UC_IDS", "MemEvent"]
 _HLT = 0xF4
 
 _FAULT_ACCESS = {
