@@ -196,7 +196,7 @@ class _NativeWalk:
         uc = self.machine.uc
         try:
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-                uc.emu_start(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
         finally:
             self.core.detach()
             rules.outside = rules.entered = rules.returned = None
@@ -296,7 +296,7 @@ class _PythonWalk:
         ]
         try:
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-                uc.emu_start(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
         finally:
             for handle in handles:
                 uclib.uc_hook_del(uch, handle)

@@ -60,6 +60,7 @@ from unicorn.unicorn_py3.unicorn import HOOK_MEM_INVALID_CFUNC, Uc, UcError, ucl
 
 from ..arch import REGISTERS, WORD
 from ..layout import Region
+from ..safe_output import Interrupted
 from ..trace.format import SyscallRecord
 from .cpu import CpuModel
 from .hooks import (
@@ -358,7 +359,7 @@ class Machine:
                 add_raw_hook(uch, UC_HOOK_MEM_WRITE, callbacks[1]),
             ]
         try:
-            self.uc.emu_start(self.spec.entry, until, 0, limit)
+            self.emulate(self.spec.entry, until, limit)
         except UcError as exc:
             return self._fault_stop(exc, -1, lambda _step: None)
         finally:
@@ -380,6 +381,15 @@ class Machine:
         # Blocks translated so far have no recording hooks: translate them again.
         self.uc.ctl_remove_cache(0, (1 << 48) - 1)
         return None
+
+    def emulate(self, begin: int, until: int, count: int = 0) -> None:
+        """`emu_start` for the unrecorded passes (fast-forward, discovery): a stopping
+        signal (Ctrl-C, SIGTERM, SIGHUP) stops the emulation and raises `Interrupted`,
+        so the command unwinds and removes its temporary file."""
+        with _signals_stop(self.uc._uch) as interrupted:
+            self.uc.emu_start(begin, until, 0, count)
+        if interrupted[0]:
+            raise Interrupted(interrupted[0])
 
     def run(
         self,
