@@ -487,3 +487,25 @@ def test_a_fifo_or_a_device_named_as_the_program_is_one_line_not_a_hang(
         assert main([*argv, "-o", str(tmp_path / "t.parquet")]) == 2
         assert capsys.readouterr().err == f"stacktrace-lab: error: {message}\n"
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_progress_names_each_phase_of_a_program_recording(
+    programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--from main`: the unrecorded start-up, the discovery pass and the recording
+    each report their steps (the progress bar shows the phase with its rate)."""
+    if "c-static" not in programs:
+        pytest.skip(f"cannot build the C example: {compiler_missing('c-static')}")
+    seen: list[tuple[int, str]] = []
+
+    def progress(steps: int, phase: str = "recording") -> None:
+        seen.append((steps, phase))
+
+    rec = record_elf(
+        programs["c-static"], tmp_path / "t.parquet", from_symbol="main", progress=progress
+    )
+    phases = list(dict.fromkeys(phase for _steps, phase in seen))
+    assert phases[:2] == ["start-up", "discovery"] and phases[-1] == "recording", phases
+    start_up = max(steps for steps, phase in seen if phase == "start-up")
+    assert rec.metadata.start is not None and start_up == rec.metadata.start.step
+    assert max(steps for steps, phase in seen if phase == "recording") == rec.metadata.steps

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from stacktrace_lab.examples import compiler_missing
+from stacktrace_lab.record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP
+from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.hooks import PURE_PYTHON_ENV, native_core
 from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.record.user_mode import privileged_instructions
 from stacktrace_lab.replay import replay
@@ -77,3 +83,82 @@ def test_a_privileged_instruction_hidden_as_bytes_or_inside_another_is_found() -
         0: "outw %ax, %dx",
         1: "outl %eax, %dx",
     }
+
+
+# Code written at run time: an RWX mapping that holds rdtsc, then nop, then cli.
+JIT_C = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+static const unsigned char RDTSC_RET[] = {  /* rdtsc; shl $32, %rdx; or %rdx, %rax; ret */
+    0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0xc3};
+static const unsigned char NOP_RET[] = {0x90, 0xc3};
+static const unsigned char CLI_RET[] = {0xfa, 0xc3};
+int main(void) {
+    unsigned char *code = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memcpy(code, RDTSC_RET, sizeof RDTSC_RET);
+    uint64_t a = ((uint64_t (*)(void))code)();
+    uint64_t b = ((uint64_t (*)(void))code)();
+    printf("%llu %llu\n", (unsigned long long)a, (unsigned long long)b);
+    fflush(stdout);
+    memcpy(code, NOP_RET, sizeof NOP_RET);
+    ((void (*)(void))code)();
+    memcpy(code, CLI_RET, sizeof CLI_RET);  /* the same address, now privileged */
+    ((void (*)(void))code)();
+    puts("never");
+    return 0;
+}
+"""
+
+
+@pytest.fixture(params=["c-core", "pure-python"])
+def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both implementations of the per-step hooks (record/hooks.py)."""
+    if request.param == "pure-python":
+        monkeypatch.setenv(PURE_PYTHON_ENV, "1")
+    elif native_core() is None:
+        pytest.skip("the C recording core is not built here")
+    return str(request.param)
+
+
+def _build_static_c(directory: Path, name: str, source: str) -> Path:
+    why = compiler_missing("c-static")
+    if why is not None:
+        pytest.skip(f"cannot build a C program: {why}")
+    (directory / f"{name}.c").write_text(source)
+    program = directory / name
+    subprocess.run(
+        ["gcc", "-static", "-O1", "-o", str(program), str(directory / f"{name}.c")], check=True
+    )
+    return program
+
+
+def test_jit_code_gets_fixed_values_and_a_jit_cli_faults(tmp_path: Path, hooks: str) -> None:
+    program = _build_static_c(tmp_path, "jit", JIT_C)
+    one = record_elf(program, tmp_path / "one.parquet")
+    meta = one.metadata
+    # rdtsc written at run time is answered by the CPU model, not the host's clock.
+    first, second = (int(word) for word in meta.stdout.split())
+    assert first >= TSC_START and second - first == TSC_STEP
+    # The page was rewritten twice: nop ran, then cli at the same address faulted.
+    assert meta.stop.reason == "fault", meta.stop
+    assert "cli is a privileged instruction and the program runs in user mode" in (meta.stop.detail)
+    assert "never" not in meta.stdout
+    two = record_elf(program, tmp_path / "two.parquet")
+    assert one.path.read_bytes() == two.path.read_bytes()
+
+
+def test_back_to_back_fixed_value_instructions_get_the_cpu_models_answers(
+    record_source: Callable[..., Recording], hooks: str
+) -> None:
+    """rdrand right after rdtscp, rdseed right after rdrand: each answer lands at the next row."""
+    recording = record_source(
+        "main:\n    rdtsc\n    rdtscp\n    rdrand %rbx\n    rdseed %r14d\n    nop\n    ret\n"
+    )
+    rows = load_trace(recording.path).rows()
+    assert list(rows["rax"][1:3]) == [TSC_START, TSC_START + TSC_STEP]
+    assert rows["rbx"][3] == RANDOM_VALUE
+    assert rows["r14"][4] == RANDOM_VALUE & 0xFFFFFFFF
+    assert rows["rflags"][4] & 1 == 1  # CF: a value was delivered

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
     from ..ci.model import CiReport
+    from ..record.recorder import Progress as PhasedProgress
 
 
 #: Outside a terminal (a CI log, a pipe) nothing is wrapped at 80 columns:
@@ -81,8 +83,13 @@ def render_ci(report: CiReport, fmt: str) -> None:
 
 
 @contextmanager
-def step_progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on stderr for long runs; nothing when stderr is not a terminal."""
+def step_progress(total: int, label: str) -> Iterator[PhasedProgress | None]:
+    """A progress bar on stderr for long runs; nothing when stderr is not a terminal.
+
+    `update(steps, phase)`: a program's recording goes through phases (the
+    unrecorded start-up before `--from`, the discovery pass, the recording),
+    each shown with its own step count and rate; only the recording has a
+    known total."""
     if not sys.stderr.isatty():
         yield None
         return
@@ -90,13 +97,22 @@ def step_progress(total: int, label: str) -> Iterator[Callable[[int], None] | No
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed:,} steps"),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=stderr_console,
         transient=True,
     ) as progress:
-        task = progress.add_task(label, total=total)
+        task = progress.add_task(label, total=total, rate="")
+        shown = ["recording"]
+        since = [time.perf_counter()]
 
-        def update(steps: int) -> None:
-            progress.update(task, completed=steps)
+        def update(steps: int, phase: str = "recording") -> None:
+            now = time.perf_counter()
+            if phase != shown[0]:
+                shown[0], since[0] = phase, now
+                progress.reset(task, total=total if phase == "recording" else None)
+            elapsed = now - since[0]
+            rate = f"{steps / elapsed:,.0f} steps/s" if elapsed > 0 else ""
+            progress.update(task, completed=steps, description=f"{label}: {phase}", rate=rate)
 
         yield update

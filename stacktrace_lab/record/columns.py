@@ -17,7 +17,8 @@ import pyarrow as pa
 from ..arch import REGISTERS
 from ..trace.format import ACCESS_TYPE, SnapshotWindow
 from .disassembly import InstructionTable
-from .machine import MEM_WRITE, Chunk
+from .hooks import MEM_WRITE, events_array, native_module
+from .machine import Chunk
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -95,6 +96,21 @@ class SnapshotState:
         data_end = np.cumsum(writes.size)
         data_start = data_end - writes.size
         data = writes.data.tobytes()
+        native = native_module()
+        if native is not None:  # the same loop in C, without the GIL (_core.c)
+            rows = pa.allocate_buffer(n_rows * size)
+            native.snapshot_rows(
+                self.state,
+                lo,
+                n_rows,
+                np.ascontiguousarray(writes.rows[inside], dtype=np.int64),
+                np.ascontiguousarray(writes.addr[inside], dtype=np.uint64),
+                np.ascontiguousarray(data_start[inside], dtype=np.int64),
+                np.ascontiguousarray(data_end[inside], dtype=np.int64),
+                data,
+                rows,
+            )
+            return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n_rows, [None, rows])
         state = self.state
         versions: list[bytes] = [bytes(state)]
         changed_rows: list[int] = []
@@ -140,14 +156,17 @@ def build_batch(
     n = chunk.rows
     registers = np.frombuffer(chunk.registers, dtype="<u8").reshape(n, len(REGISTERS))
     columns: list[pa.Array] = [pa.array(np.arange(chunk.first_step, chunk.first_step + n))]
-    columns += [pa.array(registers[:, i]) for i in range(len(REGISTERS))]
+    # One transposed copy: each register's column is then contiguous, and Arrow
+    # takes it without the strided copy per column (5x slower measured).
+    by_register = np.ascontiguousarray(registers.T)
+    columns += [pa.array(by_register[i]) for i in range(len(REGISTERS))]
 
     # Per-instruction facts (insn, symbol, kind, label, ...): looked up once
     # per distinct address, gathered per row.
     facts = table.columns(registers[:, 0])
     columns += [facts[name] for name in schema.names if name in facts]
 
-    raw = np.array(chunk.events, dtype=np.int64).reshape(-1, 5)
+    raw = events_array(chunk.events)
     is_write = raw[:, 1] == MEM_WRITE
     reads = Events.from_raw(raw[~is_write], chunk.first_step)
     writes = Events.from_raw(raw[is_write], chunk.first_step)

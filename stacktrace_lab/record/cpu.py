@@ -16,25 +16,22 @@ value (docs/machine.md, "The CPU"):
 - `rdrand`/`rdseed`: `RANDOM_VALUE` cut to the operand size, CF = 1.
 
 `cpuid` has an instruction hook in unicorn. The others do not
-(`UC_HOOK_INSN` covers only cpuid, syscall and in/out), so the executable
-bytes are scanned once for their opcodes; each place where one could start
-(checked with capstone) gets a code hook, and so does the instruction after
-it. Unicorn runs the instruction itself; the hook after it replaces what it
-answered with the fixed value, before the next row is read. (Changing the
-registers in the hook on the instruction itself would show its result in its
-own row, whose registers are read after that hook: the silicon check caught
-that.) Hooks bound to one address cost nothing on the other instructions.
+(`UC_HOOK_INSN` covers only cpuid, syscall and in/out): the machine's code
+hook decides each executed address once (record/user_mode.py, `Decisions`),
+code written at run time included, and when one of these has just run, it
+calls `answer` at the next instruction, before that row is read. Unicorn
+runs the instruction itself; `answer` replaces what it gave with the fixed
+value. (Changing the registers on the instruction itself would show its
+result in its own row, whose registers are read before it runs: the silicon
+check caught that.)
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from typing import Any
 
 import unicorn.x86_const as x86
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN
+from unicorn import UC_HOOK_INSN
 from unicorn.unicorn_py3.unicorn import Uc
 
 MASK64 = (1 << 64) - 1
@@ -83,55 +80,15 @@ CPUID: dict[tuple[int, int | None], tuple[int, int, int, int]] = {
     (0x80000008, None): (0x3030, 0, 0, 0),
 }
 
-# Where rdtsc (0f 31), rdtscp (0f 01 f9), xgetbv (0f 01 d0), rdrand/rdseed
-# (0f c7 with mod = 11, reg = 6 or 7) could start, prefixes included.
-_OPCODES = re.compile(rb"\x0f\x31|\x0f\x01[\xf9\xd0]|\x0f\xc7[\xf0-\xff]", re.DOTALL)
-_PREFIXES = frozenset([0x66, 0xF2, 0xF3, *range(0x40, 0x50)])
-HANDLED = ("rdtsc", "rdtscp", "xgetbv", "rdrand", "rdseed")
-
-
-def candidate_addresses(base: int, code: bytes) -> list[int]:
-    """Every address where one of the fixed-value instructions could begin."""
-    found: set[int] = set()
-    for match in _OPCODES.finditer(code):
-        start = match.start()
-        found.add(base + start)
-        back = start
-        while back > 0 and start - back < 4 and code[back - 1] in _PREFIXES:
-            back -= 1
-            found.add(base + back)
-    return sorted(found)
-
 
 class CpuModel:
     """Installs the fixed answers on one unicorn instance."""
 
     def __init__(self) -> None:
         self.tsc = TSC_START
-        self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
-        self._cs.detail = True
-        self._hooks: list[Any] = []
 
-    def install(self, uc: Uc, executable: Iterable[tuple[int, bytes]]) -> None:
+    def install(self, uc: Uc) -> None:
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
-        self._pending: tuple[int, Any] | None = None  # (next address, instruction)
-        for base, code in executable:
-            for addr in candidate_addresses(base, code):
-                offset = addr - base
-                insn = next(self._cs.disasm(code[offset : offset + 15], addr, 1), None)
-                if insn is None or insn.mnemonic not in HANDLED:
-                    continue  # the bytes are part of another instruction
-                uc.hook_add(UC_HOOK_CODE, self._on_candidate, insn, addr, addr)
-                after = addr + insn.size
-                uc.hook_add(UC_HOOK_CODE, self._on_after, None, after, after)
-
-    def _on_candidate(self, uc: Uc, address: int, _size: int, insn: Any) -> None:
-        self._pending = (address + insn.size, insn)
-
-    def _on_after(self, uc: Uc, address: int, _size: int, _user: Any) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == address:
-            self.answer(uc, pending[1])
 
     @staticmethod
     def cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:

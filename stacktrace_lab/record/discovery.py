@@ -1,7 +1,8 @@
 """Stacks found, not declared: a cheap pass over a real program before recording it.
 
 A stack switch is rsp moving into another region. The discovery pass runs the
-program once with a light hook (rsp only, one register read per step) and
+program once with a light hook (rsp only, one register read per step; in C
+when the recording core was built) and
 hooks on the allocator (malloc, calloc, realloc, free, when the binary has
 them), collecting every rsp outside the process stack. Each such rsp starts
 a stack unless it lies in, or just under, one found before (going below a
@@ -22,17 +23,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import unicorn.x86_const as x86
-from unicorn import UC_HOOK_CODE
-from unicorn.unicorn_py3.unicorn import UcError
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE
+from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_MEM_ACCESS_CFUNC, UcError, uclib
 
+from ..arch import PAGE
 from ..layout import Region
 from .elf import DataSymbol, ElfImage
-from .machine import Machine, _raw
+from .hooks import TICK_MASK, _raw, add_raw_hook
+from .machine import Machine
 from .syscalls import LinuxKernel
+from .user_mode import NORMAL
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
 OVERFLOW_REACH = 64 << 10
@@ -69,51 +74,35 @@ class Evidence:
 
 
 def run_discovery(
-    machine: Machine, image: ElfImage, main_stack: Region, max_steps: int
+    machine: Machine,
+    image: ElfImage,
+    main_stack: Region,
+    max_steps: int,
+    progress: Callable[[int], None] | None = None,
 ) -> Evidence:
-    """Run `machine` (already fast-forwarded to the start, if any) and collect the evidence."""
+    """Run `machine` (already fast-forwarded to the start, if any) and collect the evidence.
+
+    The per-step part (rsp against the main stack, the self-jump test, the
+    step rules) runs in C when the core was built (hooks.py), else in a
+    Python hook; the allocator's entries and returns call back into Python.
+    """
     uc = machine.uc
-    uch = uc._uch
     evidence = Evidence()
-    outside_steps = array("q")
-    outside_rsp = array("Q")
     lo, hi = main_stack.base, main_stack.top
-    rsp_value = ctypes.c_uint64()
-    rsp_ref = ctypes.byref(rsp_value)
-    reg_read = _raw.uc_reg_read
-    rsp_id = ctypes.c_int(x86.UC_X86_REG_RSP)
     allocator_at = {
         addr: name for name in _ALLOCATORS if (addr := image.raw_symbols.get(name)) is not None
     }
     pending: list[tuple[str, int, int, int]] = []  # (kind, return address, rsp at entry, size)
     live: dict[int, int] = {}  # address -> index in allocations
-    state = {"step": 0, "previous": -1, "want": -1, "lowest": hi}
+    if machine.native is not None:
+        walk: _Walk = _NativeWalk(machine, max_steps, lo, hi, list(allocator_at))
+    else:
+        walk = _PythonWalk(machine, max_steps, lo, hi, allocator_at)
 
-    def on_code(_uc: Any, address: int, _size: int, _user: Any) -> None:
-        step = state["step"]
-        if step >= max_steps:
-            uc.emu_stop()
-            return
-        reg_read(uch, rsp_id, rsp_ref)
-        rsp = rsp_value.value
-        if not lo <= rsp <= hi:
-            if (not outside_steps or outside_steps[-1] != step - 1) and len(
-                evidence.heaps
-            ) < HEAP_SNAPSHOTS:
-                evidence.heaps[step] = _heap_now()
-            outside_steps.append(step)
-            outside_rsp.append(rsp)
-        elif rsp < state["lowest"]:
-            state["lowest"] = rsp
-        if address == state["want"]:
-            _returned(rsp)
-        elif address in allocator_at:
-            _entered(allocator_at[address], rsp)
-        if address == state["previous"] and bytes(uc.mem_read(address, 2)) == _JMP_SELF[0]:
-            uc.emu_stop()
-            return
-        state["previous"] = address
-        state["step"] = step + 1
+    def outside(step: int) -> None:
+        """rsp just left the process stack: keep the heap's headers as they are now."""
+        if len(evidence.heaps) < HEAP_SNAPSHOTS:
+            evidence.heaps[step] = _heap_now()
 
     def _heap_now() -> tuple[int, bytes]:
         kernel = machine.kernel
@@ -122,7 +111,8 @@ def run_discovery(
         start = kernel.process.brk_start
         return start, machine.read_or_zero(start, kernel.process.brk - start)
 
-    def _entered(kind: str, rsp: int) -> None:
+    def entered(address: int, rsp: int) -> None:
+        kind = allocator_at[address]
         rdi = uc.reg_read(x86.UC_X86_REG_RDI)
         rsi = uc.reg_read(x86.UC_X86_REG_RSI)
         if kind == "free":
@@ -130,15 +120,15 @@ def run_discovery(
             if index is not None:
                 old = evidence.allocations[index]
                 evidence.allocations[index] = Allocation(
-                    old.step, old.kind, old.addr, old.size, state["step"]
+                    old.step, old.kind, old.addr, old.size, walk.step()
                 )
             return
         size = {"malloc": rdi, "calloc": rdi * rsi, "realloc": rsi}[kind]
         ret = int.from_bytes(uc.mem_read(rsp, 8), "little")
         pending.append((kind, ret, rsp, size))
-        state["want"] = ret
+        walk.set_want(ret)
 
-    def _returned(rsp: int) -> None:
+    def returned(rsp: int) -> None:
         while pending and pending[-1][2] + 8 != rsp:
             if pending[-1][2] + 8 < rsp:
                 pending.pop()  # left by a longjmp: forget it
@@ -150,21 +140,178 @@ def run_discovery(
         addr = uc.reg_read(x86.UC_X86_REG_RAX)
         if addr:
             live[addr] = len(evidence.allocations)
-            evidence.allocations.append(Allocation(state["step"], kind, addr, size))
-        state["want"] = pending[-1][1] if pending else -1
+            evidence.allocations.append(Allocation(walk.step(), kind, addr, size))
+        walk.set_want(pending[-1][1] if pending else -1)
 
-    uc.hook_add(UC_HOOK_CODE, on_code)
-    with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-        uc.emu_start(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
-    evidence.outside = list(zip(outside_steps.tolist(), outside_rsp.tolist(), strict=True))
-    evidence.steps = state["step"]
-    evidence.lowest_main = state["lowest"]
+    machine.rules.tick = progress
+    try:
+        walk.run(outside, entered, returned)
+    finally:
+        machine.rules.tick = None
+    evidence.outside = walk.outside()
+    evidence.steps = walk.step()
+    evidence.lowest_main = walk.lowest()
     kernel = machine.kernel
     if isinstance(kernel, LinuxKernel):
         evidence.mmaps = list(kernel.process.mmaps)
         evidence.sigaltstack = kernel.process.sigaltstack
         evidence.heap_starts = list(kernel.process.brk_starts)
     return evidence
+
+
+class _Walk(Protocol):
+    def run(
+        self,
+        outside: Callable[[int], None],
+        entered: Callable[[int, int], None],
+        returned: Callable[[int], None],
+    ) -> None: ...
+    def step(self) -> int: ...
+    def lowest(self) -> int: ...
+    def outside(self) -> list[tuple[int, int]]: ...
+    def set_want(self, address: int) -> None: ...
+
+
+class _NativeWalk:
+    """The discovery pass's per-step part in C (`_core.c`, DISCOVER)."""
+
+    def __init__(
+        self, machine: Machine, max_steps: int, lo: int, hi: int, watch: list[int]
+    ) -> None:
+        assert machine.native is not None
+        self.machine = machine
+        self.core = machine.native.core
+        self.args = (max_steps, lo, hi, watch, HEAP_SNAPSHOTS)
+
+    def run(
+        self,
+        outside: Callable[[int], None],
+        entered: Callable[[int, int], None],
+        returned: Callable[[int], None],
+    ) -> None:
+        rules = self.machine.rules
+        rules.outside, rules.entered, rules.returned = outside, entered, returned
+        self.core.tick = rules.tick is not None
+        self.core.attach_discover(*self.args)
+        uc = self.machine.uc
+        try:
+            with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
+                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+        finally:
+            self.core.detach()
+            rules.outside = rules.entered = rules.returned = None
+        self.core.raise_error()
+
+    def step(self) -> int:
+        return int(self.core.step)
+
+    def lowest(self) -> int:
+        return int(self.core.lowest)
+
+    def outside(self) -> list[tuple[int, int]]:
+        pairs = array("q", self.core.take_outside())
+        steps, rsps = pairs[0::2], array("Q", pairs[1::2].tobytes())
+        return list(zip(steps.tolist(), rsps.tolist(), strict=True))
+
+    def set_want(self, address: int) -> None:
+        self.core.want = address
+
+
+class _PythonWalk:
+    """The same per-step part as a Python hook: one register read per step."""
+
+    def __init__(
+        self, machine: Machine, max_steps: int, lo: int, hi: int, watch: dict[int, str]
+    ) -> None:
+        self.machine = machine
+        self.max_steps, self.lo, self.hi, self.watch = max_steps, lo, hi, watch
+        self.state = {"step": 0, "previous": -1, "want": -1, "lowest": hi}
+        self.outside_steps = array("q")
+        self.outside_rsp = array("Q")
+
+    def run(
+        self,
+        outside: Callable[[int], None],
+        entered: Callable[[int, int], None],
+        returned: Callable[[int], None],
+    ) -> None:
+        machine, state = self.machine, self.state
+        uc = machine.uc
+        uch = uc._uch
+        rules = machine.rules
+        kinds = rules.decisions.kinds
+        decide = rules.decisions.decide
+        watched = rules.decisions.watched
+        lo, hi, max_steps, watch = self.lo, self.hi, self.max_steps, self.watch
+        outside_steps, outside_rsp = self.outside_steps, self.outside_rsp
+        rsp_value = ctypes.c_uint64()
+        rsp_ref = ctypes.byref(rsp_value)
+        reg_read = _raw.uc_reg_read
+        rsp_id = ctypes.c_int(x86.UC_X86_REG_RSP)
+        calls_left = [HEAP_SNAPSHOTS]
+
+        def on_code(_handle: Any, address: int, size: int, _user: Any) -> None:
+            if rules.pending_at >= 0:
+                rules.answer_pending(address)
+            step = state["step"]
+            if step >= max_steps:
+                uc.emu_stop()
+                return
+            reg_read(uch, rsp_id, rsp_ref)
+            rsp = rsp_value.value
+            if not lo <= rsp <= hi:
+                continues = outside_steps and outside_steps[-1] == step - 1
+                if not continues and calls_left[0] > 0:
+                    calls_left[0] -= 1
+                    outside(step)
+                outside_steps.append(step)
+                outside_rsp.append(rsp)
+            elif rsp < state["lowest"]:
+                state["lowest"] = rsp
+            if address == state["want"]:
+                returned(rsp)
+            elif address in watch:
+                entered(address, rsp)
+            if address == state["previous"] and bytes(uc.mem_read(address, 2)) == _JMP_SELF[0]:
+                uc.emu_stop()
+                return
+            state["previous"] = address
+            state["step"] = step + 1
+            if not (step + 1) & TICK_MASK and rules.tick is not None:
+                rules.tick(step + 1)
+            kind = kinds.get(address) or decide(address) & 0xFF
+            if kind != NORMAL:
+                rules.decided(address, kind, size)
+
+        def on_write(
+            _handle: Any, _access: int, address: int, size: int, _value: int, _user: Any
+        ) -> None:
+            if address // PAGE in watched or (address + size - 1) // PAGE in watched:
+                rules.written(address, size)
+
+        code_hook, write_hook = HOOK_CODE_CFUNC(on_code), HOOK_MEM_ACCESS_CFUNC(on_write)
+        handles = [
+            add_raw_hook(uch, UC_HOOK_CODE, code_hook),
+            add_raw_hook(uch, UC_HOOK_MEM_WRITE, write_hook),
+        ]
+        try:
+            with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
+                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+        finally:
+            for handle in handles:
+                uclib.uc_hook_del(uch, handle)
+
+    def step(self) -> int:
+        return self.state["step"]
+
+    def lowest(self) -> int:
+        return self.state["lowest"]
+
+    def outside(self) -> list[tuple[int, int]]:
+        return list(zip(self.outside_steps.tolist(), self.outside_rsp.tolist(), strict=True))
+
+    def set_want(self, address: int) -> None:
+        self.state["want"] = address
 
 
 def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> list[Region]:

@@ -9,7 +9,6 @@ that the trace came from an ELF, except for its `program` metadata.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,14 @@ from .discovery import name_stacks, run_discovery
 from .elf import ElfImage, line_table, load_elf
 from .machine import Machine
 from .process import linux_process
-from .recorder import Description, Recording, RecordOptions, record_description
+from .recorder import (
+    Description,
+    Progress,
+    Recording,
+    RecordOptions,
+    phase,
+    record_description,
+)
 from .syscalls import LinuxKernel
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -44,6 +50,7 @@ def describe_elf(
     stacks: list[Region] | None = None,
     expect: Expectations | None = None,
     name: str | None = None,
+    progress: Progress | None = None,
 ) -> Description:
     """`stacks`: named stacks that replace discovery (a scenario's `[[stacks]]`)."""
     image = load_elf(path)
@@ -56,14 +63,21 @@ def describe_elf(
     # Discovery pass: the same process, run with a light hook.
     machine = Machine(spec)
     if start is not None:
-        early = machine.fast_forward(start[1])
+        if progress is not None:
+            progress(0, "start-up")
+        early = machine.fast_forward(start[1], progress=phase(progress, "start-up"))
         if early is not None:
             raise BadInput(
                 f"{image.path}: the program never reached --from {start[0]}: "
                 f"{early.reason}: {early.detail}"
             )
     main_stack = next(r for r in spec.regions if r.kind == "stack")
-    evidence = run_discovery(machine, image, main_stack, limit)
+    if progress is not None:
+        progress(0, "discovery")
+    evidence = run_discovery(machine, image, main_stack, limit, phase(progress, "discovery"))
+    if progress is not None:
+        progress(evidence.steps, "discovery")
+        progress(0, "reading the line table")  # seconds for Rust's std, the first time
     found = stacks if stacks is not None else name_stacks(evidence, image.data_symbols)
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
@@ -145,10 +159,13 @@ def record_elf(
     args: list[str] | tuple[str, ...] = (),
     from_symbol: str | None = None,
     to_symbol: str | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
     name: str | None = None,
 ) -> Recording:
-    """Record a static x86-64 program: `record()`'s counterpart for an ELF file."""
+    """Record a static x86-64 program: `record()`'s counterpart for an ELF file.
+    `progress` is called with each phase's steps (recorder.Progress)."""
     options = options or RecordOptions()
-    description = describe_elf(path, args, from_symbol, to_symbol, options.max_steps, name=name)
+    description = describe_elf(
+        path, args, from_symbol, to_symbol, options.max_steps, name=name, progress=progress
+    )
     return record_description(description, output, options, progress)

@@ -5,14 +5,16 @@
   ELF program) writes the spec, the machine does not know which;
 - the CPU model (`cpu.py`): fixed cpuid, rdtsc, rdrand... answers;
 - the kernel (`syscalls.py`): the system calls, logged;
-- the recording hooks (`run`): the per-step path, kept tight.
+- user mode (`user_mode.py`): each executed address decided once;
+- the per-step hooks (`hooks.py`): in C when the extension was built, else
+  in Python, with the same rows.
 
-Per executed instruction the hooks append raw bytes and tuples to columnar
-buffers; turning them into Arrow arrays happens once per chunk of steps, in
-`record/columns.py`. The hooks are ctypes callbacks registered directly with
-unicorn's C library: the binding's own `hook_add` and `reg_read` wrap every
-call in several Python frames, which costs more than the recording itself
-(measured in benchmarks/, see docs/performance.md).
+Per executed instruction the hooks append raw bytes to columnar buffers;
+turning them into Arrow arrays happens once per chunk of steps, in
+`record/columns.py`. The Python hooks are ctypes callbacks registered
+directly with unicorn's C library: the binding's own `hook_add` and
+`reg_read` wrap every call in several Python frames, which costs more than
+the recording itself (measured in benchmarks/, see docs/performance.md).
 
 What a hook sees (checked in tests/test_machine.py):
 - the code hook runs before the instruction, so registers read there are the
@@ -26,7 +28,6 @@ What a hook sees (checked in tests/test_machine.py):
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -43,13 +44,11 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_INVALID,
-    UC_HOOK_MEM_READ_AFTER,
     UC_HOOK_MEM_WRITE,
     UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_READ_PROT,
     UC_MEM_READ_UNMAPPED,
-    UC_MEM_WRITE,
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
@@ -57,27 +56,35 @@ from unicorn import (
     UC_PROT_READ,
     UC_PROT_WRITE,
 )
-from unicorn.unicorn_py3.arch.types import uc_hook_h
-from unicorn.unicorn_py3.unicorn import (
-    HOOK_CODE_CFUNC,
-    HOOK_MEM_ACCESS_CFUNC,
-    HOOK_MEM_INVALID_CFUNC,
-    Uc,
-    UcError,
-    uclib,
-)
+from unicorn.unicorn_py3.unicorn import HOOK_MEM_INVALID_CFUNC, Uc, UcError, uclib
 
 from ..arch import REGISTERS, WORD
 from ..layout import Region
+from ..safe_output import Interrupted
 from ..trace.format import SyscallRecord
 from .cpu import CpuModel
+from .hooks import (
+    MEM_WRITE,
+    NATIVE_MAX_STEPS,
+    NATIVE_SPIN,
+    ROW_BYTES,
+    UC_IDS,
+    MemEvent,
+    NativeHooks,
+    NativeRecording,
+    PythonRecording,
+    StepRules,
+    _emu_stop,
+    add_raw_hook,
+    native_core,
+    python_counter,
+)
 from .initial_state import start_as_linux
 from .syscalls import BareKernel
-from .user_mode import hook_privileged, privileged_instructions
+from .user_mode import Decisions
 
-UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
-ROW_BYTES = WORD * len(REGISTERS)
-MEM_WRITE = UC_MEM_WRITE
+# Re-exported: the register order and row layout every reader of a Chunk uses.
+__all__ = ["MEM_WRITE", "ROW_BYTES", "UC_IDS", "MemEvent"]
 _HLT = 0xF4
 
 _FAULT_ACCESS = {
@@ -104,16 +111,6 @@ _PERMS = {"r": UC_PROT_READ, "w": UC_PROT_WRITE, "x": UC_PROT_EXEC}
 #: Instructions run before recording starts (`--from`) at most.
 FAST_FORWARD_LIMIT = 200_000_000
 
-# The binding declares argtypes on uclib's functions, and converting arguments
-# through them costs more than the call. The same library loaded again without
-# prototypes takes the prepared ctypes objects as they are.
-_raw = ctypes.CDLL(uclib._name)
-_reg_read_batch = _raw.uc_reg_read_batch
-_emu_stop = _raw.uc_emu_stop
-
-#: (step, access, address, size, value) as the memory hook saw it.
-MemEvent = tuple[int, int, int, int, int]
-
 
 @dataclass
 class Stop:
@@ -131,7 +128,8 @@ class Chunk:
 
     first_step: int
     registers: bytes  # ROW_BYTES per row: REGISTERS as little-endian uint64
-    events: list[MemEvent]
+    #: MemEvents: a list of tuples (Python hooks), or packed int64 quintuples (C core).
+    events: list[MemEvent] | bytes
 
     @property
     def rows(self) -> int:
@@ -232,17 +230,6 @@ def map_memory(uc: Uc, mappings: list[Mapping], memory: dict[int, bytes]) -> Non
         uc.mem_write(addr, data)
 
 
-def _add_raw_hook(uch: Any, hook_type: int, callback: Any) -> Any:
-    """Register a ctypes callback straight with unicorn's C library (see the module doc)."""
-    handle = uc_hook_h()
-    status = uclib.uc_hook_add(
-        uch, ctypes.byref(handle), hook_type, callback, None, ctypes.c_uint64(1), ctypes.c_uint64(0)
-    )
-    if status != 0:
-        raise UcError(status)
-    return handle
-
-
 class Machine:
     """One emulated run. `run()` calls `on_chunk` every `chunk_rows` steps and at the end."""
 
@@ -256,11 +243,15 @@ class Machine:
         self.uc.reg_write(x86.UC_X86_REG_RIP, spec.entry)
         self.kernel = spec.kernel()
         self.kernel.max_output = spec.max_output
+        self.kernel.write_memory = self._kernel_write
+        self.kernel.code_changed = self.forget_code
         self.cpu = spec.cpu()
-        executable = [(m.data_at, m.data) for m in spec.mappings if "x" in m.perms and m.data]
-        self.cpu.install(self.uc, executable)
-        self._executable = executable
-        self._privileged_found: dict[int, str] | None = None
+        self.cpu.install(self.uc)
+        self.decisions = Decisions(self.uc)
+        self.rules = StepRules(self.uc, self.decisions, self.cpu, self._on_privileged)
+        core_type = native_core()
+        #: The C core (hooks.py), None where it was not built: the Python hooks run.
+        self.native = NativeHooks(core_type, self.uc, self.rules) if core_type else None
         self._fault: tuple[int, int, int] | None = None  # access, address, size
         #: Instructions `fast_forward` ran before recording began.
         self.fast_forwarded = 0
@@ -272,7 +263,7 @@ class Machine:
         self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self._invalid = HOOK_MEM_INVALID_CFUNC(self._on_invalid)
-        _add_raw_hook(self.uc._uch, UC_HOOK_MEM_INVALID, self._invalid)
+        add_raw_hook(self.uc._uch, UC_HOOK_MEM_INVALID, self._invalid)
 
     def registers(self) -> dict[str, int]:
         return {
@@ -291,6 +282,19 @@ class Machine:
             if lo < hi:
                 out[lo - addr : hi - addr] = self.uc.mem_read(lo, hi - lo)
         return bytes(out)
+
+    def forget_code(self, addr: int, size: int) -> None:
+        """Memory there was remapped, reprotected or written by the kernel: any
+        instruction decided there is decided again when it runs (user_mode.py)."""
+        self.decisions.forget(addr, size)
+        if self.native is not None:
+            self.native.core.forget(addr, size)
+
+    def _kernel_write(self, addr: int, data: bytes) -> None:
+        """A write by a system call outside a recording (`run` also logs it)."""
+        self.uc.mem_write(addr, data)
+        if self.decisions.watched:
+            self.forget_code(addr, len(data))
 
     # --- hooks every run has --------------------------------------------------------
 
@@ -323,15 +327,6 @@ class Machine:
     def _on_privileged(self, detail: str) -> None:
         self.request_stop("fault", detail)
 
-    def _privileged(self) -> dict[int, str]:
-        """Every privileged instruction of the executable code (user_mode.py),
-        found once for the fast-forward and the recorded run alike."""
-        if self._privileged_found is None:
-            self._privileged_found = {}
-            for base, code in self._executable:
-                self._privileged_found.update(privileged_instructions(code, base))
-        return self._privileged_found
-
     def _on_invalid(
         self, _handle: Any, access: int, address: int, size: int, _value: int, _user: Any
     ) -> bool:
@@ -340,36 +335,44 @@ class Machine:
 
     # --- running ------------------------------------------------------------------------
 
-    def fast_forward(self, until: int, limit: int = FAST_FORWARD_LIMIT) -> Stop | None:
+    def fast_forward(
+        self,
+        until: int,
+        limit: int = FAST_FORWARD_LIMIT,
+        progress: Callable[[int], None] | None = None,
+    ) -> Stop | None:
         """Run without recording until rip == `until` (for `--from`). None when it got
-        there (`fast_forwarded` says after how many instructions); else why it stopped."""
-        counter = ctypes.c_uint64()
-        previous = [-1]
-        uc = self.uc
+        there (`fast_forwarded` says after how many instructions); else why it stopped.
 
-        # Only a counter: a few hundred nanoseconds an instruction, against the
-        # recording hooks' microseconds. It counts as `run` counts steps: not
-        # unicorn's extra entry into a finished `rep` (see `run`).
-        def count(_handle: Any, address: int, _size: int, _user: Any) -> None:
-            if address == previous[0] and _is_rep_reentry(uc, address):
-                return
-            previous[0] = address
-            counter.value += 1
-
-        callback = HOOK_CODE_CFUNC(count)
-        handle = _add_raw_hook(self.uc._uch, UC_HOOK_CODE, callback)
-        # The CPU is in user mode before the first recorded step too; these
-        # hooks go again afterwards, as `run` adds its own behind its code hook.
-        privileged = hook_privileged(uc, self._privileged(), self._on_privileged)
+        Only a counter per step (in C, or a Python one) and the step rules: the
+        CPU is in user mode before the first recorded step too."""
+        uch = self.uc._uch
+        handles: list[Any] = []
+        self.rules.tick = progress
+        if self.native is not None:
+            core = self.native.core
+            core.tick = progress is not None
+            core.attach_count()
+            counted: Callable[[], int] = lambda: int(core.step)  # noqa: E731
+        else:
+            counted, callbacks = python_counter(self.uc, self.rules)
+            handles = [
+                add_raw_hook(uch, UC_HOOK_CODE, callbacks[0]),
+                add_raw_hook(uch, UC_HOOK_MEM_WRITE, callbacks[1]),
+            ]
         try:
-            self.uc.emu_start(self.spec.entry, until, 0, limit)
+            self.emulate(self.spec.entry, until, limit)
         except UcError as exc:
-            return self._fault_stop(exc, -1, [])
+            return self._fault_stop(exc, -1, lambda _step: None)
         finally:
-            uclib.uc_hook_del(self.uc._uch, handle)
-            for hook in privileged:
-                self.uc.hook_del(hook)
-            self.fast_forwarded = counter.value
+            if self.native is not None:
+                self.native.core.detach()
+            for handle in handles:
+                uclib.uc_hook_del(uch, handle)
+            self.rules.tick = None
+            self.fast_forwarded = counted()
+        if self.native is not None:
+            self.native.core.raise_error()
         if self.kernel.stop is not None:
             return Stop(self.kernel.stop.reason, -1, self.kernel.stop.detail)
         if self._interrupt is not None:
@@ -381,6 +384,15 @@ class Machine:
         self.uc.ctl_remove_cache(0, (1 << 48) - 1)
         return None
 
+    def emulate(self, begin: int, until: int, count: int = 0) -> None:
+        """`emu_start` for the unrecorded passes (fast-forward, discovery): a stopping
+        signal (Ctrl-C, SIGTERM, SIGHUP) stops the emulation and raises `Interrupted`,
+        so the command unwinds and removes its temporary file."""
+        with _signals_stop(self.uc._uch) as interrupted:
+            self.uc.emu_start(begin, until, 0, count)
+        if interrupted[0]:
+            raise Interrupted(interrupted[0])
+
     def run(
         self,
         max_steps: int,
@@ -388,123 +400,51 @@ class Machine:
         on_chunk: Callable[[Chunk], None],
     ) -> RunResult:
         uc = self.uc
-        uch = uc._uch
-        n_regs, reg_ids, values, pointers = _register_buffers()
-        read_batch = _reg_read_batch
-        emu_stop = _emu_stop
-
-        registers = bytearray()
-        events: list[MemEvent] = []
-        append_event = events.append
         initial = self.registers()
-        start_rip = initial["rip"]
-        step = 0
-        chunk_start = 0
-        previous_rip = -1
-        previous_row = b""
-        next_check = min(chunk_rows, max_steps)
-        stop: Stop | None = None
-        error: BaseException | None = None
 
-        def flush() -> None:
-            nonlocal registers, events, append_event, chunk_start, previous_row
-            if registers:
-                previous_row = bytes(registers[-ROW_BYTES:])
-                on_chunk(Chunk(chunk_start, bytes(registers), events))
-            chunk_start = step
-            registers = bytearray()
-            events = []
-            append_event = events.append
+        def hand_over(first_step: int, registers: bytes, events: list[MemEvent] | bytes) -> bool:
+            """A chunk of rows to the caller; False when the run must stop (a limit)."""
+            on_chunk(Chunk(first_step, registers, events))
+            return self._interrupt is None
 
-        def at_check() -> bool:
-            """Every `chunk_rows` steps: hand the chunk over; at `max_steps`: stop."""
-            nonlocal next_check, stop, error
-            try:
-                if step >= max_steps:
-                    stop = Stop("max_steps", step - 1, f"stopped after {max_steps} steps")
-                    emu_stop(uch)
-                    return False
-                flush()
-                if self._interrupt is not None:  # on_chunk asked to stop (a limit)
-                    emu_stop(uch)
-                    return False
-                next_check = min(step + chunk_rows, max_steps)
-            except BaseException as exc:  # a ctypes callback must not raise
-                error = exc
-                emu_stop(uch)
-                return False
-            return True
-
-        def is_spin() -> bool:
-            """Same rip, same registers and nothing written: a jump to itself."""
-            last = bytes(registers[-ROW_BYTES:]) if registers else previous_row
-            if bytes(values) != last:
-                return False
-            for event in reversed(events):
-                if event[0] != step - 1:
-                    break
-                if event[1] == MEM_WRITE:
-                    return False
-            return True
-
-        # The per-step path: one batch register read, one append, one compare.
-        def on_code(_handle: Any, address: int, _size: int, _user: Any) -> None:
-            nonlocal step, previous_rip, stop
-            if step == next_check and not at_check():
-                return
-            read_batch(uch, reg_ids, pointers, n_regs)
-            if address == previous_rip and is_spin():
-                stop = Stop("spin", step - 1, f"the instruction at {address:#x} jumps to itself")
-                emu_stop(uch)
-                return
-            if address == previous_rip and values[_RCX] == 0 and _is_rep_string(uc, address):
-                # unicorn enters a `rep` string instruction once more after its
-                # last iteration, to find rcx == 0 and do nothing. The CPU
-                # retires the last iteration without that step (single-stepped,
-                # it traps once per iteration): `rep stosb` with rcx = 3 is 3
-                # steps, not 4. Not a row. (A rep reached with rcx == 0 from
-                # elsewhere does run once on the CPU, and is one.)
-                return
-            registers.extend(values)
-            previous_rip = address
-            step += 1
-
-        def on_memory(
-            _handle: Any, access: int, address: int, size: int, value: int, _user: Any
-        ) -> None:
-            append_event((step - 1, access, address, size, value))
+        hooks: PythonRecording | NativeRecording
+        if self.native is not None:
+            hooks = NativeRecording(self.native, self.rules, max_steps, chunk_rows, hand_over)
+        else:
+            hooks = PythonRecording(uc, self.rules, max_steps, chunk_rows, hand_over)
 
         def kernel_write(addr: int, data: bytes) -> None:
             """A write by a system call: into memory, and into the log as the call's writes."""
-            uc.mem_write(addr, data)
+            self._kernel_write(addr, data)
+            step = hooks.step()
             for offset in range(0, len(data), WORD):
                 piece = data[offset : offset + WORD]
                 value = int.from_bytes(piece, "little", signed=True)
-                append_event((step - 1, MEM_WRITE, addr + offset, len(piece), value))
+                hooks.add_event((step - 1, MEM_WRITE, addr + offset, len(piece), value))
 
         self.kernel.write_memory = kernel_write
-        self._step_now = lambda: step - 1
-        self._rip_now = lambda: previous_rip
-        self._code_hook = HOOK_CODE_CFUNC(on_code)
-        self._memory_hook = HOOK_MEM_ACCESS_CFUNC(on_memory)
-        _add_raw_hook(uch, UC_HOOK_CODE, self._code_hook)
-        # User mode: privileged instructions stop the run with #GP before they
-        # execute (user_mode.py). Added after the code hook above, which unicorn
-        # calls first, so the faulting instruction's row is recorded.
-        hook_privileged(uc, self._privileged(), self._on_privileged)
-        _add_raw_hook(uch, UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ_AFTER, self._memory_hook)
-
-        with _signals_stop(uch) as interrupted:
+        self._step_now = lambda: hooks.step() - 1
+        self._rip_now = hooks.previous_rip
+        stop: Stop | None = None
+        hooks.attach()
+        with _signals_stop(uc._uch) as interrupted:
             try:
-                uc.emu_start(start_rip, self.spec.sentinel or 0)
+                uc.emu_start(initial["rip"], self.spec.sentinel or 0)
             except UcError as exc:
-                stop = stop or self._interrupt or self._fault_stop(exc, step - 1, events)
-        if error is not None:
-            raise error
-        stop = self._why_stopped(stop, step - 1, previous_rip)
+                stop = self._interrupt or self._fault_stop(exc, hooks.step() - 1, hooks.drop_writes)
+            finally:
+                hooks.detach()
+                self.kernel.write_memory = self._kernel_write
+        hooks.raise_error()
+        last_step, last_rip = hooks.step() - 1, hooks.previous_rip()
+        if hooks.stop_kind == NATIVE_MAX_STEPS:
+            stop = Stop("max_steps", last_step, f"stopped after {max_steps} steps")
+        elif hooks.stop_kind == NATIVE_SPIN:
+            stop = Stop("spin", last_step, f"the instruction at {last_rip:#x} jumps to itself")
+        stop = self._why_stopped(stop, last_step, last_rip)
         final = self.registers()
-        step_count = step
-        flush()
+        step_count = hooks.step()
+        hooks.flush()
         return RunResult(
             stop=stop,
             steps=step_count,
@@ -544,7 +484,7 @@ class Machine:
             return Stop("halted", last_step, f"hlt at {last_rip:#x}")
         return Stop("halted", last_step, f"emulation ended at {rip:#x}")
 
-    def _fault_stop(self, exc: UcError, last_step: int, events: list[MemEvent]) -> Stop:
+    def _fault_stop(self, exc: UcError, last_step: int, drop_writes: Callable[[int], None]) -> Stop:
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
         if self._fault is None:
             if exc.errno == UC_ERR_INSN_INVALID:
@@ -554,22 +494,10 @@ class Machine:
         what = _FAULT_ACCESS.get(access, "access to")
         # The write hook saw the write before unicorn refused it: it never happened.
         if access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT):
-            while events and events[-1][0] == last_step and events[-1][1] == MEM_WRITE:
-                events.pop()
+            drop_writes(last_step)
         return Stop(
             "fault", last_step, f"{what} memory: {size} bytes at {address:#x} (rip {rip:#x})"
         )
-
-
-def _register_buffers() -> tuple[int, Any, Any, Any]:
-    """(count, register ids, values, pointers to each value): what one
-    `uc_reg_read_batch` call reads every register into, prepared once."""
-    n_regs = len(UC_IDS)
-    reg_ids = (ctypes.c_int * n_regs)(*UC_IDS)
-    values = (ctypes.c_uint64 * n_regs)()
-    base = ctypes.addressof(values)
-    pointers = (ctypes.c_void_p * n_regs)(*[base + WORD * i for i in range(n_regs)])
-    return n_regs, reg_ids, values, pointers
 
 
 @contextmanager
@@ -593,36 +521,3 @@ def _signals_stop(uch: Any) -> Iterator[list[int]]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-
-
-_RCX = REGISTERS.index("rcx")
-#: String instructions a rep/repe/repne prefix repeats (ins, movs, outs, cmps, stos, lods, scas).
-_STRING_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F, *range(0xA4, 0xA8), *range(0xAA, 0xB0)))
-_LEGACY_PREFIXES = frozenset((0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
-
-
-def _is_rep_reentry(uc: Uc, address: int) -> bool:
-    """At an instruction that follows itself: unicorn's extra entry into a finished rep."""
-    return int(uc.reg_read(x86.UC_X86_REG_RCX)) == 0 and _is_rep_string(uc, address)
-
-
-def _is_rep_string(uc: Uc, address: int) -> bool:
-    """Whether the instruction at `address` is a rep-prefixed string instruction.
-
-    Runs only when an instruction follows itself, so decoding prefixes by hand
-    here costs nothing on the per-step path. (An 0x67 prefix would count in
-    ecx; the rcx == 0 test above is then conservative: no row is dropped.)
-    """
-    rep = False
-    try:
-        code = bytes(uc.mem_read(address, 15))
-    except UcError:  # the instruction ends close to unmapped memory
-        code = bytes(uc.mem_read(address, -address % 0x1000 or 0x1000))
-    for byte in code:
-        if byte in (0xF2, 0xF3):
-            rep = True
-        elif byte in _LEGACY_PREFIXES or 0x40 <= byte <= 0x4F:  # REX last, but harmless
-            continue
-        else:
-            return rep and byte in _STRING_OPCODES
-    return False

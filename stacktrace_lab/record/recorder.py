@@ -58,6 +58,12 @@ DEFAULT_ROW_GROUP = 65536
 MAX_GROUP_SNAPSHOT_BYTES = 256 << 20
 
 
+#: `progress(steps)` while recording; a program's recording also calls
+#: `progress(steps, phase)` before, for "start-up" (the unrecorded run to
+#: `--from`) and "discovery" (its stack discovery pass).
+Progress = Callable[..., None]
+
+
 @dataclass(frozen=True)
 class RecordOptions:
     max_steps: int | None = None  # None: the scenario's own
@@ -267,40 +273,53 @@ def record(
     scenario: Scenario,
     output: str | Path,
     options: RecordOptions | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Recording:
     limits = (options or RecordOptions()).limits
     return record_description(describe_scenario(scenario, limits), output, options, progress)
 
 
-def prepare_machine(description: Description) -> tuple[Machine, StartInfo | None]:
+def prepare_machine(
+    description: Description, progress: Progress | None = None
+) -> tuple[Machine, StartInfo | None]:
     """A machine at the point where recording starts, after `--from`'s fast-forward
     (and how many steps that ran)."""
     machine = Machine(description.spec)
     if description.start is None:
         return machine, None
     symbol, addr = description.start
-    early = machine.fast_forward(addr)
+    if progress is not None:
+        progress(0, "start-up")
+    early = machine.fast_forward(addr, progress=phase(progress, "start-up"))
     if early is not None:
         raise BadInput(
             f"{description.path}: the program never reached {symbol} ({addr:#x}): "
             f"{early.reason}: {early.detail}"
         )
+    if progress is not None:
+        progress(machine.fast_forwarded, "start-up")
     return machine, StartInfo(symbol, machine.fast_forwarded)
+
+
+def phase(progress: Progress | None, name: str) -> Callable[[int], None] | None:
+    """`progress` for one phase: a callable of the steps only."""
+    if progress is None:
+        return None
+    return lambda steps: progress(steps, name)
 
 
 def record_description(
     description: Description,
     output: str | Path,
     options: RecordOptions | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Recording:
     options = options or RecordOptions()
     limits = options.limits
     # The output cap applies to every front end's machine (scenario or ELF).
     description.spec.max_output = limits.max_output_bytes
     spec = description.spec
-    machine, start = prepare_machine(description)
+    machine, start = prepare_machine(description, progress)
     windows = snapshot_windows(spec.regions, options.snapshot_limit)
     snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
     code_regions = tuple(r for r in spec.regions if r.kind == "code")

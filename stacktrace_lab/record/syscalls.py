@@ -104,6 +104,9 @@ class BareKernel:
         self.stop: KernelStop | None = None
         #: Set by the machine: writes program memory and logs the write.
         self.write_memory: Callable[[int, bytes], None] = self._plain_write
+        #: Set by the machine: memory there was remapped or reprotected, so code
+        #: decided there (user_mode.py) must be decided again.
+        self.code_changed: Callable[[int, int], None] = lambda _addr, _size: None
         self._uc: Uc | None = None
         #: Names the log gives calls: the bare machine knows only its own three.
         self.names = {nr: NAMES[nr] for nr in (1, 60, 231)}
@@ -468,6 +471,7 @@ class LinuxKernel(BareKernel):
             lo, hi = max(begin, addr), min(last + 1, end)
             if lo < hi:
                 uc.mem_unmap(lo, hi - lo)
+                self.code_changed(lo, hi - lo)
 
     def sys_munmap(self, uc: Uc, addr: int, length: int, *_: int) -> int:
         if addr % PAGE or length == 0:
@@ -484,6 +488,7 @@ class LinuxKernel(BareKernel):
         if not self.mapped(uc, addr, size):
             return -ENOMEM
         uc.mem_protect(addr, size, _uc_perms(prot))
+        self.code_changed(addr, size)
         return 0
 
     # --- signals, threads, process ----------------------------------------------------

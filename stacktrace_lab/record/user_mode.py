@@ -2,32 +2,48 @@
 
 Unicorn runs `cli`, `wrmsr`, `in`/`out`, `mov %rax, %cr0` ... silently, as
 if the program were the kernel (docs/pitfalls.md), though the machine is
-documented as user mode. Here every address at which a privileged
-instruction starts is found once, before the run, and gets a code hook of its
-own that stops the run with a `fault` naming the instruction, before it
-executes. No per-step cost: instructions elsewhere are not looked at again.
+documented as user mode. Here each instruction is decided once, at its first
+execution, from the bytes in emulated memory (so code written at run time is
+covered too): `Decisions.decide` tells the machine's one code hook whether
+the instruction at an address is normal, privileged (the run stops with a
+`fault` naming it, before it executes) or one of the CPU model's fixed-value
+instructions (record/cpu.py). The answer is cached per address; a write into
+a page that holds decided addresses forgets them (the code may have
+changed), so they are decided again when they run next.
 
 Which instructions: capstone's `X86_GRP_PRIVILEGE` group, plus those it
 leaves out (`rdmsr`, `in`, `out`, `ins*`, `outs*`, `clts`), less those a
 user program may run: `hlt` stays the documented `halted` stop reason (a
 scenario's way to end), `iretq` to the same privilege level is allowed,
 `str` reads a selector without privilege, and `rdtsc`/`rdtscp` run in user
-mode on Linux (record/cpu.py gives them fixed values). The code is read-only, so the
-instructions found before the run are the ones that can execute; every start
-offset is decoded, so a jump into the middle of an instruction is covered too.
+mode on Linux (record/cpu.py gives them fixed values).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs, CsError
 from capstone import x86_const as x86
-from unicorn import UC_HOOK_CODE
-from unicorn.unicorn_py3.unicorn import Uc
+from unicorn.unicorn_py3.unicorn import Uc, UcError
+
+from ..arch import PAGE
 
 GP_FAULT = "general protection fault (#GP)"
+#: What an executed address holds, as the code hooks (Python or C) cache it.
+NORMAL, PRIVILEGED, FIXED_VALUE = 1, 2, 3
+#: Set in a decision: writes to its page must be watched (every decided page is).
+WATCH = 0x100
+#: Bytes a privileged or fixed-value instruction's opcode starts with (one-byte
+#: opcodes, and 0x0f for two- and three-byte ones, rdtsc and the others among
+#: them): an instruction whose opcode byte is none of these is NORMAL without
+#: decoding it.
+_OPCODE_STARTS = frozenset(
+    (0xFA, 0xFB, 0x0F, *range(0xE4, 0xE8), *range(0xEC, 0xF0), *range(0x6C, 0x70))
+)
+_PREFIXES = frozenset(
+    (0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, *range(0x40, 0x50))
+)
 _MISSED_BY_CAPSTONE = {
     x86.X86_INS_RDMSR,
     x86.X86_INS_IN,
@@ -49,15 +65,22 @@ _ALLOWED_IN_USER_MODE = {
     x86.X86_INS_IRETQ,
     x86.X86_INS_STR,
 }
-#: Bytes a privileged instruction's opcode starts with (one-byte opcodes, and 0x0f
-#: for two-byte ones): only offsets reaching one of them through prefixes are decoded.
-_OPCODE_STARTS = {0xFA, 0xFB, 0x0F, *range(0xE4, 0xE8), *range(0xEC, 0xF0), *range(0x6C, 0x70)}
-_PREFIXES = {0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, *range(0x40, 0x50)}
-_MAX_PREFIXES = 5
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 _cs.detail = True
 _cs.syntax = CS_OPT_SYNTAX_ATT  # as the trace's `insn` column spells instructions
+_cs_intel = Cs(CS_ARCH_X86, CS_MODE_64)
+_cs_intel.detail = True
+#: The instructions the CPU model's `answer` fixes (record/cpu.py; cpuid has its own hook).
+_FIXED_VALUE_IDS = frozenset(
+    (
+        x86.X86_INS_RDTSC,
+        x86.X86_INS_RDTSCP,
+        x86.X86_INS_XGETBV,
+        x86.X86_INS_RDRAND,
+        x86.X86_INS_RDSEED,
+    )
+)
 
 
 def _is_privileged(instruction_id: int, groups: list[int]) -> bool:
@@ -66,50 +89,92 @@ def _is_privileged(instruction_id: int, groups: list[int]) -> bool:
     return instruction_id in _MISSED_BY_CAPSTONE or x86.X86_GRP_PRIVILEGE in groups
 
 
+def _decode(code: bytes, address: int) -> Any:
+    try:
+        return next(_cs.disasm(code, address, 1), None)
+    except CsError:
+        return None
+
+
 def privileged_instructions(code: bytes, base: int) -> dict[int, str]:
-    """Address -> `mnemonic operands` of every privileged instruction that may run in `code`."""
+    """Address -> `mnemonic operands` of every privileged instruction that could
+    start in `code`, at any offset (a jump into the middle of an instruction
+    included): what `Decisions` would find if each offset ran."""
     found: dict[int, str] = {}
-    starts: set[int] = set()
-    for offset, byte in enumerate(code):
-        if byte not in _OPCODE_STARTS:
-            continue
-        # The instruction may start at this byte or at any prefix run before it.
-        start = offset
-        starts.add(start)
-        while start > 0 and offset - start < _MAX_PREFIXES and code[start - 1] in _PREFIXES:
-            start -= 1
-            starts.add(start)
-    for start in sorted(starts):
-        try:
-            instruction = next(_cs.disasm(code[start : start + 15], base + start, 1), None)
-        except CsError:
-            instruction = None
+    for start in range(len(code)):
+        instruction = _decode(code[start : start + 15], base + start)
         if instruction is not None and _is_privileged(instruction.id, instruction.groups):
             found[base + start] = f"{instruction.mnemonic} {instruction.op_str}".strip()
     return found
 
 
-def hook_privileged(uc: Uc, found: dict[int, str], fault: Callable[[str], None]) -> list[int]:
-    """Hook every privileged instruction `found` (`privileged_instructions`):
-    `fault(detail)` runs before it would execute. Returns the hooks' handles.
+def fault_detail(address: int, text: str) -> str:
+    return (
+        f"{GP_FAULT} at {address:#x}: {text} is a privileged instruction "
+        "and the program runs in user mode"
+    )
 
-    `fault` must stop the emulation (`uc.emu_stop()`); when recording, the hooks
-    are added after the recorder's own code hook, so the instruction's row is
-    already counted.
+
+class Decisions:
+    """Address -> NORMAL, PRIVILEGED or FIXED_VALUE, decided at first execution.
+
+    `kinds` is the cache the pure-Python hooks read; the C core keeps its own
+    copy of the same answers (it asks `decide` on a miss). `forget` drops the
+    decisions in a range of memory that was written, remapped or reprotected.
     """
-    handles = []
-    for address, text in found.items():
-        detail = (
-            f"{GP_FAULT} at {address:#x}: {text} is a privileged instruction "
-            "and the program runs in user mode"
-        )
-        handle = uc.hook_add(UC_HOOK_CODE, _on_privileged(detail, fault), None, address, address)
-        handles.append(int(handle))
-    return handles
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self.kinds: dict[int, int] = {}
+        #: Fault details of the privileged instructions, fixed-value instructions (capstone).
+        self.privileged: dict[int, str] = {}
+        self.fixed: dict[int, Any] = {}
+        #: Page -> decided addresses in it; `watched`: those pages (a write there forgets them).
+        self._pages: dict[int, list[int]] = {}
+        self.watched: set[int] = set()
+
+    def decide(self, address: int) -> int:
+        """The kind of the instruction at `address`, with `WATCH`: code may be
+        written over (a JIT), so a write into its page decides it again."""
+        code = self._bytes_at(address)
+        kind = NORMAL
+        if _may_matter(code):
+            instruction = _decode(code, address)
+            if instruction is None:
+                pass  # unicorn raises its own invalid-instruction fault
+            elif _is_privileged(instruction.id, instruction.groups):
+                text = f"{instruction.mnemonic} {instruction.op_str}".strip()
+                self.privileged[address] = fault_detail(address, text)
+                kind = PRIVILEGED
+            elif instruction.id in _FIXED_VALUE_IDS:
+                # The CPU model reads the Intel spelling (`rdrand`, not AT&T's `rdrandq`).
+                self.fixed[address] = next(_cs_intel.disasm(code, address, 1))
+                kind = FIXED_VALUE
+        self.kinds[address] = kind
+        page = address // PAGE
+        self._pages.setdefault(page, []).append(address)
+        self.watched.add(page)
+        return kind | WATCH
+
+    def forget(self, address: int, size: int) -> None:
+        """Code in `address ..< address + size` may have changed: decide it again."""
+        for page in range(address // PAGE, (address + max(size, 1) - 1) // PAGE + 1):
+            for decided in self._pages.pop(page, ()):
+                self.kinds.pop(decided, None)
+            self.watched.discard(page)
+
+    def _bytes_at(self, address: int) -> bytes:
+        try:
+            return bytes(self.uc.mem_read(address, 15))
+        except UcError:  # the instruction ends close to unmapped memory
+            return bytes(self.uc.mem_read(address, -address % PAGE or PAGE))
 
 
-def _on_privileged(detail: str, fault: Callable[[str], None]) -> Callable[..., None]:
-    def hook(_uc: Uc, _address: int, _size: int, _user: Any) -> None:
-        fault(detail)
-
-    return hook
+def _may_matter(code: bytes) -> bool:
+    """Whether the opcode after the prefixes could start a privileged or
+    fixed-value instruction (most instructions are ruled out without capstone).
+    `_core.c` makes the same test before it calls `Decisions.decide`."""
+    for byte in code:
+        if byte not in _PREFIXES:
+            return byte in _OPCODE_STARTS
+    return True

@@ -1,0 +1,894 @@
+/* The recording core in C: unicorn's per-instruction and per-access hooks.
+ *
+ * machine.py's pure-Python hooks are the reference; this file does the same
+ * per-step work without a Python call per step (tests/test_native_core.py
+ * checks that both write byte-identical traces). Python is called only per
+ * chunk of rows, for an address executed for the first time (the user-mode
+ * decision, record/user_mode.py), after a fixed-value instruction (the CPU
+ * model's answer), at a privileged instruction, and in the discovery pass at
+ * the allocator's entries and returns.
+ *
+ * No unicorn header is needed: the few entry points used are declared below
+ * and their addresses come from the library the `unicorn` package loaded.
+ *
+ * Modes:
+ *   COUNT     run to `--from`'s symbol: count steps, nothing else;
+ *   DISCOVER  the discovery pass (record/discovery.py): rsp at every step;
+ *   RECORD    every register at every step, every memory access.
+ * Every mode keeps the user-mode decisions and the CPU model's answers.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef int (*reg_read_batch_fn)(void *uc, int *ids, void **values, int count);
+typedef int (*emu_stop_fn)(void *uc);
+typedef int (*mem_read_fn)(void *uc, uint64_t address, void *bytes, uint64_t size);
+typedef int (*hook_add_fn)(void *uc, size_t *handle, int type, void *callback, void *user,
+                           uint64_t begin, uint64_t end, ...);
+typedef int (*hook_del_fn)(void *uc, size_t handle);
+
+enum { COUNT = 0, DISCOVER = 1, RECORD = 2 };
+enum { NORMAL = 1, PRIVILEGED = 2, FIXED_VALUE = 3, KIND_MASK = 0xff, WATCH = 0x100 };
+enum { STOP_NONE = 0, STOP_MAX_STEPS = 1, STOP_SPIN = 2, STOP_CALLBACK = 3 };
+#define MAX_REGS 32
+#define PAGE_SHIFT 12
+#define PAGE_SIZE 4096
+#define NO_ADDRESS UINT64_MAX
+#define SIGNAL_CHECK_MASK 0xffff
+#define TICK_MASK 0xfffff /* owner.tick(steps) every 2**20 steps, when asked */
+#define MAX_WATCH 8
+
+/* The decisions of one page: a kind per byte offset (0: not decided yet). */
+typedef struct {
+    uint64_t page;
+    uint8_t *kinds;
+    int watched;
+} PageEntry;
+
+typedef struct {
+    PyObject_HEAD
+    void *uc;
+    reg_read_batch_fn reg_read_batch;
+    emu_stop_fn emu_stop;
+    mem_read_fn mem_read;
+    hook_add_fn hook_add;
+    hook_del_fn hook_del;
+    int hook_code, hook_mem_write, hook_mem_read_after, mem_write;
+
+    int n_regs, rcx_index, rsp_index;
+    int reg_ids[MAX_REGS];
+    uint64_t values[MAX_REGS];
+    void *pointers[MAX_REGS];
+    size_t row_bytes;
+
+    PyObject *owner; /* the Python side: decide, answer, privileged, forgot, chunk, ... */
+    PyObject *error; /* (type, value, traceback) of an exception raised in a callback */
+
+    int mode;
+    int64_t step;
+    uint64_t previous_rip;
+    int stop;
+    size_t handles[2];
+    int n_handles;
+
+    /* RECORD */
+    int64_t max_steps, next_check, chunk_rows, chunk_start;
+    uint8_t *rows;
+    size_t rows_len, rows_cap;
+    int64_t *events; /* (step, access, address, size, value) */
+    size_t n_events, events_cap;
+    uint8_t last_row[MAX_REGS * 8];
+    int have_last_row;
+
+    /* DISCOVER */
+    uint64_t stack_lo, stack_hi, lowest, want;
+    uint64_t watch[MAX_WATCH];
+    int n_watch;
+    int64_t *outside; /* (step, rsp) */
+    size_t n_outside, outside_cap;
+    int64_t outside_calls; /* how many times `outside` may still be called */
+    int tick;              /* COUNT and DISCOVER: call owner.tick(steps) for a progress bar */
+
+    /* decisions, by page */
+    PageEntry *pages;
+    size_t pages_cap, n_pages, n_watched;
+    uint64_t last_page;
+    uint8_t *last_kinds;
+    uint64_t pending_at, pending_insn; /* a fixed-value instruction ran: answer at pending_at */
+} Core;
+
+/* ---- calling Python from a hook ------------------------------------------------ */
+
+static void keep_error(Core *c) {
+    if (c->error == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL && value != NULL) PyException_SetTraceback(value, tb);
+        c->error = Py_BuildValue("(NNN)", type ? type : Py_NewRef(Py_None),
+                                 value ? value : Py_NewRef(Py_None),
+                                 tb ? tb : Py_NewRef(Py_None));
+    }
+    PyErr_Clear();
+    c->stop = STOP_CALLBACK;
+    c->emu_stop(c->uc);
+}
+
+static int call_void(Core *c, const char *name, const char *format, ...);
+
+/* Ctrl-C and SIGTERM run their Python handlers only when Python code runs:
+ * give them a chance every 65536 steps. */
+static void check_signals(Core *c) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    if (PyErr_CheckSignals() < 0) keep_error(c);
+    PyGILState_Release(gil);
+}
+
+/* Every 65536 steps of a run that calls Python for nothing else. */
+static void periodic(Core *c) {
+    check_signals(c);
+    if (c->tick && (c->step & TICK_MASK) == 0 && c->stop == STOP_NONE)
+        call_void(c, "tick", "(L)", (long long)c->step);
+}
+
+/* ---- decisions ------------------------------------------------------------------ */
+
+static size_t page_slot(Core *c, uint64_t page) {
+    size_t mask = c->pages_cap - 1;
+    size_t i = (size_t)(page * 0x9E3779B97F4A7C15ULL >> 20) & mask;
+    while (c->pages[i].kinds != NULL && c->pages[i].page != page) i = (i + 1) & mask;
+    return i;
+}
+
+static PageEntry *find_page(Core *c, uint64_t page) {
+    if (c->pages_cap == 0) return NULL;
+    PageEntry *entry = &c->pages[page_slot(c, page)];
+    return entry->kinds != NULL ? entry : NULL;
+}
+
+static PageEntry *add_page(Core *c, uint64_t page) {
+    if ((c->n_pages + 1) * 2 > c->pages_cap) {
+        size_t old_cap = c->pages_cap;
+        PageEntry *old = c->pages;
+        c->pages_cap = old_cap ? old_cap * 2 : 64;
+        c->pages = calloc(c->pages_cap, sizeof(PageEntry));
+        if (c->pages == NULL) return NULL;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i].kinds != NULL) c->pages[page_slot(c, old[i].page)] = old[i];
+        free(old);
+    }
+    PageEntry *entry = &c->pages[page_slot(c, page)];
+    entry->page = page;
+    entry->kinds = calloc(PAGE_SIZE, 1);
+    entry->watched = 0;
+    if (entry->kinds == NULL) return NULL;
+    c->n_pages++;
+    c->last_page = NO_ADDRESS; /* entries moved */
+    return entry;
+}
+
+static void forget_range(Core *c, uint64_t address, uint64_t size) {
+    uint64_t last = (address + (size ? size : 1) - 1) >> PAGE_SHIFT;
+    for (uint64_t page = address >> PAGE_SHIFT; page <= last; page++) {
+        PageEntry *entry = find_page(c, page);
+        if (entry == NULL) continue;
+        memset(entry->kinds, 0, PAGE_SIZE);
+        if (entry->watched) c->n_watched--;
+        entry->watched = 0;
+    }
+}
+
+/* A write the program makes: code it overwrites is decided again. */
+static void written(Core *c, uint64_t address, int size) {
+    uint64_t first = address >> PAGE_SHIFT, last = (address + (uint64_t)size - 1) >> PAGE_SHIFT;
+    for (uint64_t page = first; page <= last; page++) {
+        PageEntry *entry = find_page(c, page);
+        if (entry != NULL && entry->watched) {
+            forget_range(c, page << PAGE_SHIFT, PAGE_SIZE);
+            call_void(c, "forgot", "(KK)", (unsigned long long)(page << PAGE_SHIFT),
+                      (unsigned long long)PAGE_SIZE);
+        }
+    }
+}
+
+static int call_void(Core *c, const char *name, const char *format, ...) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    va_list va;
+    va_start(va, format);
+    PyObject *args = Py_VaBuildValue(format, va);
+    va_end(va);
+    PyObject *result = NULL;
+    if (args != NULL) {
+        PyObject *method = PyObject_GetAttrString(c->owner, name);
+        if (method != NULL) {
+            result = PyObject_Call(method, args, NULL);
+            Py_DECREF(method);
+        }
+        Py_DECREF(args);
+    }
+    int ok = result != NULL;
+    if (!ok) keep_error(c);
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+    return ok;
+}
+
+static int is_prefix(uint8_t byte) {
+    return byte == 0x66 || byte == 0x67 || byte == 0xF0 || byte == 0xF2 || byte == 0xF3 ||
+           byte == 0x2E || byte == 0x36 || byte == 0x3E || byte == 0x26 || byte == 0x64 ||
+           byte == 0x65 || (byte >= 0x40 && byte <= 0x4F);
+}
+
+/* user_mode.py's `_may_matter`: whether the opcode after the prefixes could start a
+ * privileged or fixed-value instruction. Most instructions are NORMAL without a
+ * call into Python (capstone). */
+static int may_matter(Core *c, uint64_t address) {
+    uint8_t code[15];
+    uint64_t size = 15;
+    if (c->mem_read(c->uc, address, code, size) != 0) {
+        size = (-address) % PAGE_SIZE;
+        if (size == 0 || size > 15) size = 15;
+        if (c->mem_read(c->uc, address, code, size) != 0) return 1; /* let Python see it */
+    }
+    for (uint64_t i = 0; i < size; i++) {
+        uint8_t byte = code[i];
+        if (is_prefix(byte)) continue;
+        return byte == 0xFA || byte == 0xFB || byte == 0x0F || (byte >= 0xE4 && byte <= 0xE7) ||
+               (byte >= 0xEC && byte <= 0xEF) || (byte >= 0x6C && byte <= 0x6F);
+    }
+    return 1;
+}
+
+static int decide(Core *c, uint64_t address) {
+    uint64_t page = address >> PAGE_SHIFT;
+    if (page != c->last_page) {
+        PageEntry *entry = find_page(c, page);
+        if (entry == NULL) {
+            entry = add_page(c, page);
+            if (entry == NULL) return NORMAL;
+        }
+        c->last_page = page;
+        c->last_kinds = entry->kinds;
+    }
+    int kind = c->last_kinds[address & (PAGE_SIZE - 1)];
+    if (kind) return kind;
+    long value = NORMAL | WATCH;
+    if (may_matter(c, address)) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        PyObject *answer =
+            PyObject_CallMethod(c->owner, "decide", "(K)", (unsigned long long)address);
+        if (answer != NULL) {
+            value = PyLong_AsLong(answer);
+            Py_DECREF(answer);
+        }
+        if (PyErr_Occurred()) {
+            keep_error(c);
+            value = NORMAL;
+        }
+        PyGILState_Release(gil);
+    }
+    kind = (int)(value & KIND_MASK);
+    c->last_kinds[address & (PAGE_SIZE - 1)] = (uint8_t)kind;
+    if (value & WATCH) {
+        PageEntry *entry = find_page(c, page);
+        if (!entry->watched) c->n_watched++;
+        entry->watched = 1;
+    }
+    return kind;
+}
+
+/* After the step's own work: what the instruction about to run is. */
+static void apply_decision(Core *c, uint64_t address, uint32_t size) {
+    int kind = decide(c, address);
+    if (kind == NORMAL || c->stop != STOP_NONE) return;
+    if (kind == PRIVILEGED) {
+        call_void(c, "privileged", "(K)", (unsigned long long)address);
+    } else if (kind == FIXED_VALUE) {
+        c->pending_at = address + size;
+        c->pending_insn = address;
+    }
+}
+
+/* A fixed-value instruction ran just before: the CPU model's answer, before this row. */
+static inline void answer_pending(Core *c, uint64_t address) {
+    if (c->pending_at == NO_ADDRESS) return;
+    uint64_t at = c->pending_at;
+    c->pending_at = NO_ADDRESS;
+    if (at == address) call_void(c, "answer", "(K)", (unsigned long long)c->pending_insn);
+}
+
+/* ---- the rep rule ------------------------------------------------------------- */
+
+static int is_rep_string(Core *c, uint64_t address) {
+    uint8_t code[15];
+    uint64_t size = 15;
+    if (c->mem_read(c->uc, address, code, 15) != 0) {
+        size = (-address) % PAGE_SIZE;
+        if (size == 0) size = PAGE_SIZE;
+        if (size > 15) size = 15;
+        if (c->mem_read(c->uc, address, code, size) != 0) return 0;
+    }
+    int rep = 0;
+    for (uint64_t i = 0; i < size; i++) {
+        uint8_t byte = code[i];
+        if (byte == 0xF2 || byte == 0xF3) {
+            rep = 1;
+        } else if (byte == 0xF0 || byte == 0x2E || byte == 0x36 || byte == 0x3E || byte == 0x26 ||
+                   byte == 0x64 || byte == 0x65 || byte == 0x66 || byte == 0x67 ||
+                   (byte >= 0x40 && byte <= 0x4F)) {
+            continue;
+        } else {
+            int string = (byte >= 0x6C && byte <= 0x6F) || (byte >= 0xA4 && byte <= 0xA7) ||
+                         (byte >= 0xAA && byte <= 0xAF);
+            return rep && string;
+        }
+    }
+    return 0;
+}
+
+static uint64_t read_one(Core *c, int index) {
+    uint64_t value = 0;
+    void *pointer = &value;
+    c->reg_read_batch(c->uc, &c->reg_ids[index], &pointer, 1);
+    return value;
+}
+
+/* ---- buffers ------------------------------------------------------------------ */
+
+static int grow(void **buffer, size_t *cap, size_t need, size_t item) {
+    if (need <= *cap) return 1;
+    size_t cap2 = *cap ? *cap : 1024;
+    while (cap2 < need) cap2 *= 2;
+    void *more = realloc(*buffer, cap2 * item);
+    if (more == NULL) return 0;
+    *buffer = more;
+    *cap = cap2;
+    return 1;
+}
+
+static void add_event(Core *c, int64_t step, int64_t access, int64_t address, int64_t size,
+                      int64_t value) {
+    if (!grow((void **)&c->events, &c->events_cap, c->n_events + 1, 5 * sizeof(int64_t))) {
+        c->stop = STOP_CALLBACK;
+        c->emu_stop(c->uc);
+        return;
+    }
+    int64_t *e = c->events + 5 * c->n_events++;
+    e[0] = step;
+    e[1] = access;
+    e[2] = address;
+    e[3] = size;
+    e[4] = value;
+}
+
+/* Hand the rows so far to Python (owner.chunk); 0 when the run must stop. */
+static int flush(Core *c) {
+    if (c->rows_len > 0) {
+        memcpy(c->last_row, c->rows + c->rows_len - c->row_bytes, c->row_bytes);
+        c->have_last_row = 1;
+        PyGILState_STATE gil = PyGILState_Ensure();
+        PyObject *rows = PyBytes_FromStringAndSize((char *)c->rows, (Py_ssize_t)c->rows_len);
+        PyObject *events = PyBytes_FromStringAndSize((char *)c->events,
+                                                     (Py_ssize_t)(c->n_events * 5 * 8));
+        PyObject *result = NULL;
+        if (rows != NULL && events != NULL)
+            result = PyObject_CallMethod(c->owner, "chunk", "(LOO)", (long long)c->chunk_start,
+                                         rows, events);
+        Py_XDECREF(rows);
+        Py_XDECREF(events);
+        int go_on = 0;
+        if (result == NULL) {
+            keep_error(c);
+        } else {
+            go_on = PyObject_IsTrue(result);
+            Py_DECREF(result);
+        }
+        PyGILState_Release(gil);
+        c->rows_len = 0;
+        c->n_events = 0;
+        c->chunk_start = c->step;
+        return go_on;
+    }
+    c->chunk_start = c->step;
+    return 1;
+}
+
+/* ---- the hooks -------------------------------------------------------------- */
+
+static int is_spin(Core *c) {
+    const uint8_t *last = c->rows_len ? c->rows + c->rows_len - c->row_bytes
+                                      : (c->have_last_row ? c->last_row : NULL);
+    if (last == NULL || memcmp(last, c->values, c->row_bytes) != 0) return 0;
+    for (size_t i = c->n_events; i-- > 0;) {
+        int64_t *e = c->events + 5 * i;
+        if (e[0] != c->step - 1) break;
+        if (e[1] == c->mem_write) return 0;
+    }
+    return 1;
+}
+
+static void on_code_record(void *uc, uint64_t address, uint32_t size, void *user) {
+    Core *c = user;
+    answer_pending(c, address);
+    if (c->stop != STOP_NONE) return;
+    if (c->step == c->next_check) {
+        if (c->step >= c->max_steps) {
+            c->stop = STOP_MAX_STEPS;
+            c->emu_stop(uc);
+            return;
+        }
+        if (!flush(c)) {
+            if (c->stop == STOP_NONE) c->stop = STOP_CALLBACK;
+            c->emu_stop(uc);
+            return;
+        }
+        int64_t next = c->step + c->chunk_rows;
+        c->next_check = next < c->max_steps ? next : c->max_steps;
+    }
+    if ((c->step & SIGNAL_CHECK_MASK) == SIGNAL_CHECK_MASK) {
+        check_signals(c);
+        if (c->stop != STOP_NONE) return;
+    }
+    c->reg_read_batch(uc, c->reg_ids, c->pointers, c->n_regs);
+    if (address == c->previous_rip) {
+        if (is_spin(c)) {
+            c->stop = STOP_SPIN;
+            c->emu_stop(uc);
+            return;
+        }
+        /* unicorn enters a finished `rep` once more (machine.py, `run`): not a step. */
+        if (c->values[c->rcx_index] == 0 && is_rep_string(c, address)) return;
+    }
+    if (!grow((void **)&c->rows, &c->rows_cap, c->rows_len + c->row_bytes, 1)) {
+        c->stop = STOP_CALLBACK;
+        c->emu_stop(uc);
+        return;
+    }
+    memcpy(c->rows + c->rows_len, c->values, c->row_bytes);
+    c->rows_len += c->row_bytes;
+    c->previous_rip = address;
+    c->step++;
+    apply_decision(c, address, size);
+}
+
+static void on_memory_record(void *uc, int access, uint64_t address, int size, int64_t value,
+                             void *user) {
+    Core *c = user;
+    add_event(c, c->step - 1, access, (int64_t)address, size, value);
+    if (c->n_watched && access == c->mem_write) written(c, address, size);
+}
+
+static void on_code_count(void *uc, uint64_t address, uint32_t size, void *user) {
+    Core *c = user;
+    answer_pending(c, address);
+    if (c->stop != STOP_NONE) return;
+    if (address == c->previous_rip && read_one(c, c->rcx_index) == 0 &&
+        is_rep_string(c, address))
+        return;
+    c->previous_rip = address;
+    c->step++;
+    if ((c->step & SIGNAL_CHECK_MASK) == 0) periodic(c);
+    apply_decision(c, address, size);
+}
+
+static void on_code_discover(void *uc, uint64_t address, uint32_t size, void *user) {
+    Core *c = user;
+    answer_pending(c, address);
+    if (c->stop != STOP_NONE) return;
+    if (c->step >= c->max_steps) {
+        c->stop = STOP_MAX_STEPS;
+        c->emu_stop(uc);
+        return;
+    }
+    uint64_t rsp = read_one(c, c->rsp_index);
+    if (rsp < c->stack_lo || rsp > c->stack_hi) {
+        int continues = c->n_outside && c->outside[2 * (c->n_outside - 1)] == c->step - 1;
+        if (!continues && c->outside_calls > 0) {
+            c->outside_calls--;
+            if (!call_void(c, "outside", "(L)", (long long)c->step)) return;
+        }
+        if (!grow((void **)&c->outside, &c->outside_cap, c->n_outside + 1, 2 * sizeof(int64_t))) {
+            c->stop = STOP_CALLBACK;
+            c->emu_stop(uc);
+            return;
+        }
+        c->outside[2 * c->n_outside] = c->step;
+        c->outside[2 * c->n_outside + 1] = (int64_t)rsp;
+        c->n_outside++;
+    } else if (rsp < c->lowest) {
+        c->lowest = rsp;
+    }
+    if (address == c->want) {
+        if (!call_void(c, "returned", "(K)", (unsigned long long)rsp)) return;
+    } else {
+        for (int i = 0; i < c->n_watch; i++) {
+            if (c->watch[i] == address) {
+                if (!call_void(c, "entered", "(KK)", (unsigned long long)address,
+                               (unsigned long long)rsp))
+                    return;
+                break;
+            }
+        }
+    }
+    if (address == c->previous_rip) {
+        uint8_t code[2];
+        if (c->mem_read(uc, address, code, 2) == 0 && code[0] == 0xEB && code[1] == 0xFE) {
+            c->stop = STOP_SPIN;
+            c->emu_stop(uc);
+            return;
+        }
+    }
+    c->previous_rip = address;
+    c->step++;
+    if ((c->step & SIGNAL_CHECK_MASK) == 0) periodic(c);
+    apply_decision(c, address, size);
+}
+
+/* COUNT and DISCOVER: only writes into watched code pages matter. */
+static void on_write_watch(void *uc, int access, uint64_t address, int size, int64_t value,
+                           void *user) {
+    Core *c = user;
+    if (c->n_watched) written(c, address, size);
+}
+
+/* ---- the Python type ---------------------------------------------------------- */
+
+static void core_detach(Core *c) {
+    for (int i = 0; i < c->n_handles; i++) c->hook_del(c->uc, c->handles[i]);
+    c->n_handles = 0;
+}
+
+static void core_dealloc(Core *c) {
+    core_detach(c);
+    for (size_t i = 0; i < c->pages_cap; i++) free(c->pages[i].kinds);
+    free(c->pages);
+    free(c->rows);
+    free(c->events);
+    free(c->outside);
+    Py_XDECREF(c->owner);
+    Py_XDECREF(c->error);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* Core(owner, uc, (reg_read_batch, emu_stop, mem_read, hook_add, hook_del),
+ *      register ids, rcx index, rsp index, (HOOK_CODE, HOOK_MEM_WRITE, HOOK_MEM_READ_AFTER, MEM_WRITE)) */
+static int core_init(Core *c, PyObject *args, PyObject *kwargs) {
+    PyObject *owner, *ids;
+    unsigned long long uc, f_batch, f_stop, f_read, f_add, f_del;
+    if (!PyArg_ParseTuple(args, "OK(KKKKK)Oii(iiii)", &owner, &uc, &f_batch, &f_stop, &f_read,
+                          &f_add, &f_del, &ids, &c->rcx_index, &c->rsp_index, &c->hook_code,
+                          &c->hook_mem_write, &c->hook_mem_read_after, &c->mem_write))
+        return -1;
+    PyObject *seq = PySequence_Fast(ids, "register ids must be a sequence");
+    if (seq == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > MAX_REGS || c->rcx_index >= n || c->rsp_index >= n) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "bad register list");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        c->reg_ids[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        c->pointers[i] = &c->values[i];
+    }
+    Py_DECREF(seq);
+    if (PyErr_Occurred()) return -1;
+    c->n_regs = (int)n;
+    c->row_bytes = 8 * (size_t)n;
+    c->uc = (void *)(uintptr_t)uc;
+    c->reg_read_batch = (reg_read_batch_fn)(uintptr_t)f_batch;
+    c->emu_stop = (emu_stop_fn)(uintptr_t)f_stop;
+    c->mem_read = (mem_read_fn)(uintptr_t)f_read;
+    c->hook_add = (hook_add_fn)(uintptr_t)f_add;
+    c->hook_del = (hook_del_fn)(uintptr_t)f_del;
+    Py_INCREF(owner);
+    Py_XSETREF(c->owner, owner);
+    c->previous_rip = NO_ADDRESS;
+    c->pending_at = NO_ADDRESS;
+    c->last_page = NO_ADDRESS;
+    c->want = NO_ADDRESS;
+    return 0;
+}
+
+static int add_hook(Core *c, int type, void *callback) {
+    size_t handle = 0;
+    int status = c->hook_add(c->uc, &handle, type, callback, c, (uint64_t)1, (uint64_t)0);
+    if (status != 0) {
+        PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed: %d", status);
+        return 0;
+    }
+    c->handles[c->n_handles++] = handle;
+    return 1;
+}
+
+static void reset_run(Core *c, int mode) {
+    core_detach(c);
+    c->mode = mode;
+    c->step = 0;
+    c->previous_rip = NO_ADDRESS;
+    c->stop = STOP_NONE;
+    c->rows_len = 0;
+    c->n_events = 0;
+    c->n_outside = 0;
+    c->have_last_row = 0;
+    c->chunk_start = 0;
+}
+
+/* attach_count(): hooks for a fast-forward. */
+static PyObject *core_attach_count(Core *c, PyObject *noargs) {
+    reset_run(c, COUNT);
+    if (!add_hook(c, c->hook_code, (void *)on_code_count)) return NULL;
+    if (!add_hook(c, c->hook_mem_write, (void *)on_write_watch)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* attach_record(max_steps, chunk_rows) */
+static PyObject *core_attach_record(Core *c, PyObject *args) {
+    long long max_steps, chunk_rows;
+    if (!PyArg_ParseTuple(args, "LL", &max_steps, &chunk_rows)) return NULL;
+    reset_run(c, RECORD);
+    c->max_steps = max_steps;
+    c->chunk_rows = chunk_rows;
+    c->next_check = chunk_rows < max_steps ? chunk_rows : max_steps;
+    if (!add_hook(c, c->hook_code, (void *)on_code_record)) return NULL;
+    if (!add_hook(c, c->hook_mem_write | c->hook_mem_read_after, (void *)on_memory_record))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* attach_discover(max_steps, stack_lo, stack_hi, watch addresses, outside calls) */
+static PyObject *core_attach_discover(Core *c, PyObject *args) {
+    long long max_steps, outside_calls;
+    unsigned long long lo, hi;
+    PyObject *watch;
+    if (!PyArg_ParseTuple(args, "LKKOL", &max_steps, &lo, &hi, &watch, &outside_calls))
+        return NULL;
+    PyObject *seq = PySequence_Fast(watch, "watch addresses must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_WATCH) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many watch addresses");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        c->watch[i] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    Py_DECREF(seq);
+    if (PyErr_Occurred()) return NULL;
+    reset_run(c, DISCOVER);
+    c->n_watch = (int)n;
+    c->max_steps = max_steps;
+    c->stack_lo = lo;
+    c->stack_hi = hi;
+    c->lowest = hi;
+    c->want = NO_ADDRESS;
+    c->outside_calls = outside_calls;
+    if (!add_hook(c, c->hook_code, (void *)on_code_discover)) return NULL;
+    if (!add_hook(c, c->hook_mem_write, (void *)on_write_watch)) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_detach_method(Core *c, PyObject *noargs) {
+    core_detach(c);
+    Py_RETURN_NONE;
+}
+
+/* After emu_start: raise what a callback raised, if anything. */
+static PyObject *core_raise_error(Core *c, PyObject *noargs) {
+    if (c->error == NULL) Py_RETURN_NONE;
+    PyObject *error = c->error;
+    c->error = NULL;
+    PyObject *type = PyTuple_GET_ITEM(error, 0), *value = PyTuple_GET_ITEM(error, 1),
+             *tb = PyTuple_GET_ITEM(error, 2);
+    Py_INCREF(type);
+    Py_INCREF(value);
+    Py_INCREF(tb);
+    Py_DECREF(error);
+    PyErr_Restore(type, value == Py_None ? NULL : value, tb == Py_None ? NULL : tb);
+    if (value == Py_None) Py_DECREF(value);
+    if (tb == Py_None) Py_DECREF(tb);
+    return NULL;
+}
+
+/* take_chunk() -> (first step, register rows, events): what is left after the run. */
+static PyObject *core_take_chunk(Core *c, PyObject *noargs) {
+    /* PyBytes_FromStringAndSize(NULL, 0) is b"" (a buffer never grown is NULL). */
+    PyObject *rows = PyBytes_FromStringAndSize((char *)c->rows, (Py_ssize_t)c->rows_len);
+    PyObject *events =
+        PyBytes_FromStringAndSize((char *)c->events, (Py_ssize_t)(c->n_events * 5 * 8));
+    PyObject *result = NULL;
+    if (rows != NULL && events != NULL)
+        result = Py_BuildValue("(LOO)", (long long)c->chunk_start, rows, events);
+    Py_XDECREF(rows);
+    Py_XDECREF(events);
+    if (c->rows_len) {
+        memcpy(c->last_row, c->rows + c->rows_len - c->row_bytes, c->row_bytes);
+        c->have_last_row = 1;
+    }
+    c->rows_len = 0;
+    c->n_events = 0;
+    c->chunk_start = c->step;
+    return result;
+}
+
+/* take_outside() -> bytes of (step int64, rsp uint64) pairs. */
+static PyObject *core_take_outside(Core *c, PyObject *noargs) {
+    PyObject *result = PyBytes_FromStringAndSize((char *)c->outside,
+                                                 (Py_ssize_t)(c->n_outside * 16));
+    c->n_outside = 0;
+    return result;
+}
+
+/* add_event(step, access, address, size, value): a write the kernel made. */
+static PyObject *core_add_event(Core *c, PyObject *args) {
+    long long step, access, address, size, value;
+    if (!PyArg_ParseTuple(args, "LLLLL", &step, &access, &address, &size, &value)) return NULL;
+    add_event(c, step, access, address, size, value);
+    Py_RETURN_NONE;
+}
+
+/* drop_writes(step): a refused write reached the hook before the fault: it never happened. */
+static PyObject *core_drop_writes(Core *c, PyObject *args) {
+    long long step;
+    if (!PyArg_ParseTuple(args, "L", &step)) return NULL;
+    while (c->n_events > 0) {
+        int64_t *e = c->events + 5 * (c->n_events - 1);
+        if (e[0] != step || e[1] != c->mem_write) break;
+        c->n_events--;
+    }
+    Py_RETURN_NONE;
+}
+
+/* forget(address, size): code there may have changed (a kernel write, mprotect, munmap). */
+static PyObject *core_forget(Core *c, PyObject *args) {
+    unsigned long long address, size;
+    if (!PyArg_ParseTuple(args, "KK", &address, &size)) return NULL;
+    forget_range(c, address, size);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_step(Core *c, void *closure) { return PyLong_FromLongLong(c->step); }
+static PyObject *get_previous_rip(Core *c, void *closure) {
+    return c->previous_rip == NO_ADDRESS ? PyLong_FromLong(-1)
+                                         : PyLong_FromUnsignedLongLong(c->previous_rip);
+}
+static PyObject *get_stop(Core *c, void *closure) { return PyLong_FromLong(c->stop); }
+static PyObject *get_tick(Core *c, void *closure) { return PyBool_FromLong(c->tick); }
+static int set_tick(Core *c, PyObject *value, void *closure) {
+    int tick = PyObject_IsTrue(value);
+    if (tick < 0) return -1;
+    c->tick = tick;
+    return 0;
+}
+static PyObject *get_lowest(Core *c, void *closure) {
+    return PyLong_FromUnsignedLongLong(c->lowest);
+}
+static PyObject *get_want(Core *c, void *closure) {
+    return c->want == NO_ADDRESS ? PyLong_FromLong(-1) : PyLong_FromUnsignedLongLong(c->want);
+}
+static int set_want(Core *c, PyObject *value, void *closure) {
+    long long want = PyLong_AsLongLong(value);
+    if (want == -1 && PyErr_Occurred()) return -1;
+    c->want = want < 0 ? NO_ADDRESS : (uint64_t)want;
+    return 0;
+}
+
+static PyGetSetDef core_getset[] = {
+    {"step", (getter)get_step, NULL, "steps counted so far", NULL},
+    {"previous_rip", (getter)get_previous_rip, NULL, "the last counted address, -1: none", NULL},
+    {"stop", (getter)get_stop, NULL, "0 running, 1 max steps, 2 spin, 3 stopped by Python", NULL},
+    {"tick", (getter)get_tick, (setter)set_tick, "call owner.tick(steps) every 2**20 steps", NULL},
+    {"lowest", (getter)get_lowest, NULL, "lowest rsp inside the main stack (discovery)", NULL},
+    {"want", (getter)get_want, (setter)set_want, "return address awaited (discovery)", NULL},
+    {NULL},
+};
+
+static PyMethodDef core_methods[] = {
+    {"attach_count", (PyCFunction)core_attach_count, METH_NOARGS, NULL},
+    {"attach_record", (PyCFunction)core_attach_record, METH_VARARGS, NULL},
+    {"attach_discover", (PyCFunction)core_attach_discover, METH_VARARGS, NULL},
+    {"detach", (PyCFunction)core_detach_method, METH_NOARGS, NULL},
+    {"raise_error", (PyCFunction)core_raise_error, METH_NOARGS, NULL},
+    {"take_chunk", (PyCFunction)core_take_chunk, METH_NOARGS, NULL},
+    {"take_outside", (PyCFunction)core_take_outside, METH_NOARGS, NULL},
+    {"add_event", (PyCFunction)core_add_event, METH_VARARGS, NULL},
+    {"drop_writes", (PyCFunction)core_drop_writes, METH_VARARGS, NULL},
+    {"forget", (PyCFunction)core_forget, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stacktrace_lab.record._core.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)core_init,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_methods = core_methods,
+    .tp_getset = core_getset,
+    .tp_doc = "unicorn hooks in C for one machine (record/hooks.py)",
+};
+
+/* ---- stack snapshots (record/columns.py, SnapshotState.column) ------------------- */
+
+/* snapshot_rows(state, base, n_rows, rows, addrs, starts, ends, data, out)
+ *
+ * Fills `out` (n_rows * the window's size, writable: an Arrow buffer, whose
+ * pool reuses memory where fresh bytes objects would fault in new pages)
+ * with the window before each of `n_rows` rows: row r shows `state` after every
+ * write of a row before r. The writes (int64 rows, uint64 addresses, int64
+ * start and end offsets into `data`) are those that touch the window, in
+ * order; they are applied to `state` (a bytearray the size of the window,
+ * left as after the last one, for the next chunk). Runs without the GIL. */
+static PyObject *snapshot_rows(PyObject *module, PyObject *args) {
+    Py_buffer state, rows, addrs, starts, ends, data, out;
+    unsigned long long base;
+    Py_ssize_t n_rows;
+    if (!PyArg_ParseTuple(args, "w*Kny*y*y*y*y*w*", &state, &base, &n_rows, &rows, &addrs,
+                          &starts, &ends, &data, &out))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t size = state.len, n = rows.len / 8;
+    if (addrs.len / 8 != n || starts.len / 8 != n || ends.len / 8 != n || n_rows < 0 ||
+        out.len < n_rows * size) {
+        PyErr_SetString(PyExc_ValueError, "snapshot_rows: arrays of different lengths");
+        goto done;
+    }
+    uint8_t *window = state.buf, *target = out.buf;
+    const int64_t *row = rows.buf, *start = starts.buf, *end = ends.buf;
+    const uint64_t *addr = addrs.buf;
+    const uint8_t *bytes = data.buf;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t j = 0;
+    for (Py_ssize_t r = 0; r <= n_rows; r++) {
+        for (; j < n && (r == n_rows || row[j] < r); j++) {
+            int64_t first = (int64_t)(addr[j] - base), from = start[j], to = end[j];
+            int64_t last = first + (to - from);
+            if (first < 0) {
+                from -= first;
+                first = 0;
+            }
+            if (last > size) {
+                to -= last - size;
+                last = size;
+            }
+            if (last > first && to <= data.len) memcpy(window + first, bytes + from, to - from);
+        }
+        if (r < n_rows) memcpy(target + r * size, window, size);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&state);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&addrs);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&ends);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"snapshot_rows", snapshot_rows, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "_core", "The recording core in C (record/hooks.py).", -1, module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    if (PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&core_module);
+    if (module == NULL) return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(module, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
