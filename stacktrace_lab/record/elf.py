@@ -1,10 +1,13 @@
 """Reading a static x86-64 Linux executable (pyelftools): segments, symbols, line table.
 
-Static (`gcc -static`, `rustc -C relocation-model=static`) and static-pie
-(`rustc -C target-feature=+crt-static`) executables are accepted. Everything
-else is bad input with one line saying why: a dynamically linked program (it
-needs the dynamic loader, which is not emulated), a 32-bit or non-x86-64 ELF,
-a file that is not an ELF executable.
+Static (`gcc -static`, `rustc -C relocation-model=static`), static-pie
+(`rustc -C target-feature=+crt-static`) and dynamically linked executables
+(`interp` names their loader, PT_INTERP; record/dynamic.py loads it) and
+shared libraries are read. Everything else is bad input with one line saying
+why: a 32-bit or non-x86-64 ELF, a file that is not an ELF executable.
+
+A shared library's exported functions come from `.dynsym` when it has no
+`.symtab` (the host's libc is stripped), so `malloc` and `puts` are named.
 
 Symbol names are demangled (Rust with rust-demangler, without the `::h<hash>`
 suffix; C++ with cxxfilt), so labels read `first_switch::hello`.
@@ -69,6 +72,8 @@ class ElfImage:
     data_symbols: tuple[DataSymbol, ...]
     #: Mangled or plain name -> address, for finding malloc, calloc, main...
     raw_symbols: dict[str, int] = field(default_factory=dict)
+    #: The program interpreter a dynamically linked program asks for (PT_INTERP).
+    interp: str | None = None
 
     @property
     def end(self) -> int:
@@ -112,11 +117,7 @@ def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
     if kind not in ("ET_EXEC", "ET_DYN"):
         raise BadInput(f"{path}: not an executable ({kind}); link it into a program first")
     segments = list(elf.iter_segments())
-    if any(s["p_type"] == "PT_INTERP" for s in segments):
-        raise BadInput(
-            f"{path}: dynamically linked; link it statically "
-            "(gcc -static, or rustc -C target-feature=+crt-static)"
-        )
+    interp = next((s.get_interp_name() for s in segments if s["p_type"] == "PT_INTERP"), None)
     pie = kind == "ET_DYN"
     base = pie_base if pie else 0
     loads = []
@@ -148,6 +149,7 @@ def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
         symbols=symbols,
         data_symbols=tuple(data_symbols),
         raw_symbols=raw_symbols,
+        interp=interp,
     )
 
 
@@ -170,9 +172,25 @@ def _symbols(elf: ELFFile, base: int) -> tuple[dict[str, int], dict[str, int], l
     symbols: dict[str, int] = {}
     raw: dict[str, int] = {}
     data: list[DataSymbol] = []
-    table = elf.get_section_by_name(".symtab")
+    # .symtab has every label; a stripped shared library keeps its exports in .dynsym.
+    for section in (".symtab", ".dynsym"):
+        _read_table(elf, section, base, symbols, raw, data)
+    data.sort(key=lambda d: (d.addr, d.size, d.name))
+    return symbols, raw, data
+
+
+def _read_table(
+    elf: ELFFile,
+    section: str,
+    base: int,
+    symbols: dict[str, int],
+    raw: dict[str, int],
+    data: list[DataSymbol],
+) -> None:
+    table = elf.get_section_by_name(section)
     if not isinstance(table, SymbolTableSection) or table["sh_entsize"] != _ELF64_SYM.itemsize:
-        return symbols, raw, data
+        return
+    seen = set(raw)
     # pyelftools finds the tables; the entries are read as one numpy array
     # (its per-symbol parsing took a second for a Rust program's 3,000 symbols).
     entries = np.frombuffer(table.data(), dtype=_ELF64_SYM)
@@ -187,8 +205,8 @@ def _symbols(elf: ELFFile, base: int) -> tuple[dict[str, int], dict[str, int], l
     for entry in entries[keep]:
         start = int(entry["name"])
         name_bytes = strings[start : strings.index(b"\0", start)]
-        mangled = name_bytes.decode("utf-8", "replace")
-        if not mangled or mangled.startswith((".L", "$")):
+        mangled = name_bytes.decode("utf-8", "replace").split("@", 1)[0]
+        if not mangled or mangled.startswith((".L", "$")) or mangled in seen:
             continue
         addr = base + int(entry["value"])
         name = demangle(mangled)
@@ -196,8 +214,6 @@ def _symbols(elf: ELFFile, base: int) -> tuple[dict[str, int], dict[str, int], l
         symbols.setdefault(name, addr)
         if entry["info"] & 0xF == _STT_OBJECT and entry["size"] > 0:
             data.append(DataSymbol(name, addr, int(entry["size"])))
-    data.sort(key=lambda d: (d.addr, d.size, d.name))
-    return symbols, raw, data
 
 
 @cache

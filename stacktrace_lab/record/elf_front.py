@@ -1,4 +1,8 @@
-"""The ELF front end: a static x86-64 Linux program -> one machine description.
+"""The ELF front end: an x86-64 Linux program -> one machine description.
+
+A dynamically linked program runs its interpreter first (record/dynamic.py);
+every program sees the host's files only through the read-only view
+(record/files.py).
 
 load the ELF -> build the Linux process -> (fast-forward to `--from`) ->
 discovery pass: find the stacks -> the description the recorder runs again,
@@ -18,8 +22,17 @@ from ..layout import Region, page_ceil
 from ..scenario import Expectations
 from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
 from .discovery import name_stacks, run_discovery
+from .dynamic import (
+    LoadedObject,
+    code_segments,
+    load_interp,
+    loaded_objects,
+    merged_lines,
+    merged_symbols,
+)
 from .elf import ElfImage, line_table, load_elf
-from .machine import Machine
+from .files import FileKernel, FileView, ProcessState
+from .machine import Machine, MachineSpec
 from .process import linux_process
 from .recorder import (
     Description,
@@ -51,10 +64,18 @@ def describe_elf(
     expect: Expectations | None = None,
     name: str | None = None,
     progress: Progress | None = None,
+    allow_read: list[str] | tuple[str, ...] = (),
 ) -> Description:
-    """`stacks`: named stacks that replace discovery (a scenario's `[[stacks]]`)."""
+    """`stacks`: named stacks that replace discovery (a scenario's `[[stacks]]`).
+    `allow_read`: host paths the program may read besides its libraries and directory."""
     image = load_elf(path)
-    process = linux_process(image, list(args), [])
+    view = FileView(Path(image.path).resolve().parent, tuple(Path(p).resolve() for p in allow_read))
+    interp = load_interp(image, view) if image.interp is not None else None
+
+    def make_kernel(state: ProcessState) -> FileKernel:
+        return FileKernel(state, view)
+
+    process = linux_process(image, list(args), [], interp, make_kernel)
     start = (from_symbol, _symbol(image, from_symbol, "--from")) if from_symbol else None
     sentinel = _symbol(image, to_symbol, "--to") if to_symbol else None
     limit = max_steps or DEFAULT_ELF_MAX_STEPS
@@ -62,6 +83,10 @@ def describe_elf(
 
     # Discovery pass: the same process, run with a light hook.
     machine = Machine(spec)
+    if interp is not None and start is None:
+        # The libraries' addresses (malloc's, for discovery) are known once the
+        # loader has mapped them: a first run to the program's entry finds them.
+        image = _with_libraries(image, _loaded_by(spec, image, progress))
     if start is not None:
         if progress is not None:
             progress(0, "start-up")
@@ -69,8 +94,10 @@ def describe_elf(
         if early is not None:
             raise BadInput(
                 f"{image.path}: the program never reached --from {start[0]}: "
-                f"{early.reason}: {early.detail}"
+                f"{early.reason}: {early.detail}{_loader_said(machine)}"
             )
+        if interp is not None:
+            image = _with_libraries(image, _objects(machine))
     main_stack = next(r for r in spec.regions if r.kind == "stack")
     if progress is not None:
         progress(0, "discovery")
@@ -84,14 +111,28 @@ def describe_elf(
     later = _later_regions(kernel, {r.name for r in [*spec.regions, *found]})
 
     main_stack = _used_part(main_stack, evidence.lowest_main)
-    code = [r for r in spec.regions if r.kind == "code"]
-    others = [r for r in spec.regions if r.kind not in ("code", "stack")]
+    executable = [(s.vaddr, s.data) for s in image.segments if "x" in s.perms]
+    lines = _line_table(image.path, image.sha256, image.load_base)
+    symbols = image.symbols
+    linkage = "static"
+    loaded: list[Region] = []
+    if interp is not None:
+        # Everything the run loaded (dlopen too): names, code and lines of each.
+        objects = _objects(machine)
+        libraries = [interp, *(o.image for o in objects)]
+        loaded = [r for o in objects for r in o.regions()]
+        symbols, _raw = merged_symbols([image, *libraries])
+        executable += code_segments(libraries)
+        lines = merged_lines(lines, libraries)
+        linkage = "dynamically linked"
+    every = [*spec.regions, *loaded]
+    code = [r for r in every if r.kind == "code"]
+    others = [r for r in every if r.kind not in ("code", "stack")]
     # Stacks before the heap and mappings they lie in: a region lookup finds them first.
     regions = [*code, *found, main_stack, *others, *later]
-    executable = [(s.vaddr, s.data) for s in image.segments if "x" in s.perms]
     info = ScenarioInfo(
         name=name or image.path.name,
-        description=f"{image.path.name}: a static x86-64 Linux program",
+        description=f"{image.path.name}: a {linkage} x86-64 Linux program",
         syntax="att",
         entry=from_symbol or _entry_name(image),
         source="",
@@ -101,16 +142,55 @@ def describe_elf(
         spec=replace(spec, regions=regions),
         info=info,
         program=ProgramInfo("elf", str(image.path), image.sha256),
-        symbols=image.symbols,
+        symbols=symbols,
         code_segments=executable,
         max_steps=limit,
         path=str(image.path),
         code_base=code[0].base,
-        lines=_line_table(image.path, image.sha256, image.load_base),
+        lines=lines,
         trim_lines=True,
         start=start,
-        options={"args": list(args), "from": from_symbol, "to": to_symbol},
+        options={
+            "args": list(args),
+            "from": from_symbol,
+            "to": to_symbol,
+            **({"allow_read": [str(p) for p in view.allowed]} if view.allowed else {}),
+            # Every file the program read (its libraries): replay checks them.
+            **({"files": view.metadata()} if view.files else {}),
+        },
     )
+
+
+def _objects(machine: Machine) -> list[LoadedObject]:
+    kernel = machine.kernel
+    assert isinstance(kernel, FileKernel)
+    return loaded_objects(kernel)
+
+
+def _loaded_by(spec: MachineSpec, image: ElfImage, progress: Progress | None) -> list[LoadedObject]:
+    """Run the loader up to the program's entry: the libraries it mapped."""
+    machine = Machine(spec)
+    if progress is not None:
+        progress(0, "loading libraries")
+    early = machine.fast_forward(image.entry, progress=phase(progress, "loading libraries"))
+    if early is not None:
+        raise BadInput(
+            f"{image.path}: the dynamic loader did not start the program: "
+            f"{early.reason}: {early.detail}{_loader_said(machine)}"
+        )
+    return _objects(machine)
+
+
+def _loader_said(machine: Machine) -> str:
+    """The loader's complaint (a missing library), from its standard error."""
+    said = bytes(machine.kernel.stderr).decode("utf-8", "replace").strip().splitlines()
+    return f" ({said[0]})" if said else ""
+
+
+def _with_libraries(image: ElfImage, objects: list[LoadedObject]) -> ElfImage:
+    """The program with its libraries' raw names too (malloc for discovery's hooks)."""
+    _symbols, raw = merged_symbols([image, *(o.image for o in objects)])
+    return replace(image, raw_symbols=raw)
 
 
 #: Below the lowest rsp, what the `main` region keeps: the red zone (128 bytes)
@@ -161,11 +241,19 @@ def record_elf(
     to_symbol: str | None = None,
     progress: Progress | None = None,
     name: str | None = None,
+    allow_read: list[str] | tuple[str, ...] = (),
 ) -> Recording:
-    """Record a static x86-64 program: `record()`'s counterpart for an ELF file.
+    """Record an x86-64 Linux program: `record()`'s counterpart for an ELF file.
     `progress` is called with each phase's steps (recorder.Progress)."""
     options = options or RecordOptions()
     description = describe_elf(
-        path, args, from_symbol, to_symbol, options.max_steps, name=name, progress=progress
+        path,
+        args,
+        from_symbol,
+        to_symbol,
+        options.max_steps,
+        name=name,
+        progress=progress,
+        allow_read=allow_read,
     )
     return record_description(description, output, options, progress)

@@ -19,6 +19,7 @@ points at argc, rflags = 0x202, every other register is zero.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..arch import PAGE
@@ -79,7 +80,8 @@ def _segment_mappings(image: ElfImage) -> list[Mapping]:
     return mappings
 
 
-def _segment_regions(image: ElfImage) -> list[Region]:
+def _segment_regions(image: ElfImage, prefix: str = "") -> list[Region]:
+    """`prefix`: a loaded library's name before each of its regions' names."""
     names = {"r-x": "text", "r--": "rodata", "rw-": "data", "rwx": "text"}
     regions: list[Region] = []
     used: dict[str, int] = {}
@@ -89,11 +91,13 @@ def _segment_regions(image: ElfImage) -> list[Region]:
         if used[name] > 1:
             name = f"{name}_{used[name]}"
         kind: RegionKind = "code" if "x" in seg.perms else "data"
-        regions.append(Region(name, kind, seg.vaddr, seg.memsz, seg.perms))
+        regions.append(Region(prefix + name, kind, seg.vaddr, seg.memsz, seg.perms))
     return regions
 
 
-def _initial_stack(image: ElfImage, argv: list[str], env: list[str]) -> tuple[int, bytes]:
+def _initial_stack(
+    image: ElfImage, argv: list[str], env: list[str], interp_base: int = 0
+) -> tuple[int, bytes]:
     """(rsp, the bytes from rsp up to STACK_TOP) as Linux lays them out."""
     strings = bytearray()
     top = STACK_TOP - 8  # the last 8 bytes stay zero
@@ -114,7 +118,7 @@ def _initial_stack(image: ElfImage, argv: list[str], env: list[str]) -> tuple[in
         (AT_PHENT, image.phent),
         (AT_PHNUM, image.phnum),
         (AT_PAGESZ, PAGE),
-        (AT_BASE, 0),
+        (AT_BASE, interp_base),  # where the program interpreter is, 0 without one
         (AT_FLAGS, 0),
         (AT_ENTRY, image.entry),
         (AT_UID, 1000),
@@ -145,10 +149,21 @@ def program_path(image: ElfImage) -> str:
     return f"{PROGRAM_DIR}/{image.path.name}"
 
 
-def linux_process(image: ElfImage, args: list[str], env: list[str]) -> Process:
-    """The process of `image` run with arguments `args` (argv[0] is its fixed path)."""
+def linux_process(
+    image: ElfImage,
+    args: list[str],
+    env: list[str],
+    interp: ElfImage | None = None,
+    make_kernel: Callable[[ProcessState], LinuxKernel] = LinuxKernel,
+) -> Process:
+    """The process of `image` run with arguments `args` (argv[0] is its fixed path).
+
+    `interp`: a dynamically linked program's interpreter, already placed at its
+    base (record/dynamic.py): mapped too, and run first, as the kernel does.
+    `make_kernel`: the system calls' kernel for a copy of the process state."""
     argv = [program_path(image), *args]
-    rsp, stack_bytes = _initial_stack(image, argv, env)
+    interp_base = interp.load_base if interp is not None else 0
+    rsp, stack_bytes = _initial_stack(image, argv, env, interp_base)
     stack_base = STACK_TOP - STACK_SIZE
     brk_start = page_ceil(image.end)
     state = ProcessState(
@@ -167,19 +182,33 @@ def linux_process(image: ElfImage, args: list[str], env: list[str]) -> Process:
             Area(stack_base, STACK_TOP, "rw-p", "[stack]", "stack"),
         ],
         brk_start=brk_start,
-        mmap_top=MMAP_TOP,
+        mmap_top=MMAP_TOP if interp is None else interp_base,
     )
     mappings = [
         *_segment_mappings(image),
         Mapping(stack_base, STACK_SIZE, "rw-", stack_bytes, rsp),
     ]
+    regions = [*_segment_regions(image)]
+    if interp is not None:
+        state.areas += [
+            Area(
+                s.vaddr // PAGE * PAGE,
+                page_ceil(s.vaddr + s.memsz),
+                s.perms + "p",
+                interp.interp or str(interp.path),
+                "code" if "x" in s.perms else "data",
+            )
+            for s in interp.segments
+        ]
+        mappings = [*mappings, *_segment_mappings(interp)]
+        regions += _segment_regions(interp, prefix=f"{interp.path.name} ")
     stack = Region("main", "stack", stack_base, STACK_SIZE, "rw-")
     spec = MachineSpec(
         mappings=mappings,
-        regions=[*_segment_regions(image), stack],
-        entry=image.entry,
+        regions=[*regions, stack],
+        entry=image.entry if interp is None else interp.entry,
         registers={"rsp": rsp, "rflags": INITIAL_RFLAGS},
         sentinel=None,
-        kernel=lambda: LinuxKernel(copy.deepcopy(state)),
+        kernel=lambda: make_kernel(copy.deepcopy(state)),
     )
     return Process(spec, state)

@@ -1,0 +1,114 @@
+"""Dynamically linked programs: the interpreter placed, the libraries found.
+
+As the kernel does (fs/binfmt_elf.c), the program is mapped at its own
+addresses (a PIE at `PIE_BASE`) and its interpreter (PT_INTERP, the host's
+ld-linux-x86-64.so.2) at the top of the mmap area: `INTERP_TOP` minus the
+interpreter's size (0x7ffff7fc3000 for Debian 12's), which is where Linux
+puts it with ASLR off. The run starts at the interpreter's entry, with
+AT_BASE saying where it is; the interpreter then opens and maps the
+libraries itself through the file view's system calls (files.py), at fixed
+addresses downwards from there.
+
+After a run, `loaded_objects` reads the kernel's file mappings back: every
+library's load address, so its symbols (`.dynsym`: libc's `puts`,
+`malloc`...), its code (for the disassembly) and its DWARF lines (when it
+has them) name what ran there.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..arch import PAGE
+from ..errors import BadInput
+from ..layout import Region, page_ceil
+from ..trace.format import SourceLine
+from .elf import ElfImage, line_table, load_elf
+from .files import FileKernel, FileView
+from .process import MMAP_TOP, _segment_regions
+
+#: The interpreter ends here (Linux's mmap_base with ASLR off and an 8 MiB stack).
+INTERP_TOP = MMAP_TOP
+
+
+def load_interp(image: ElfImage, view: FileView) -> ElfImage:
+    """The program's interpreter, read through the view and placed under `INTERP_TOP`."""
+    assert image.interp is not None
+    found = view.lookup(image.interp)
+    if isinstance(found, int):
+        raise BadInput(
+            f"{image.path}: its interpreter {image.interp} is not on this machine "
+            "(or outside the loader's directories)"
+        )
+    probe = load_elf(found.host_path, pie_base=0)
+    if not probe.pie or probe.interp is not None:
+        raise BadInput(f"{image.path}: its interpreter {image.interp} is not a loader")
+    span = page_ceil(max(s.vaddr + s.memsz for s in probe.segments))
+    return load_elf(found.host_path, pie_base=INTERP_TOP - span)
+
+
+@dataclass(frozen=True)
+class LoadedObject:
+    """A shared library the loader mapped, at its load address."""
+
+    name: str  # the file name: libc.so.6
+    image: ElfImage
+
+    def regions(self) -> list[Region]:
+        return _segment_regions(self.image, prefix=f"{self.name} ")
+
+
+def loaded_objects(kernel: FileKernel) -> list[LoadedObject]:
+    """The ELF files the run mapped (not the ld.so cache), in load order, placed
+    where the loader put them: the address it mapped offset 0 at."""
+    objects: list[LoadedObject] = []
+    seen: set[str] = set()
+    for mapping in kernel.file_maps:
+        if mapping.offset != 0 or mapping.path in seen:
+            continue
+        seen.add(mapping.path)
+        entry = kernel.view.files.get(mapping.path)
+        if entry is None or entry.data[:4] != b"\x7fELF":
+            continue
+        try:
+            probe = load_elf(mapping.path, pie_base=0)
+        except BadInput:
+            continue  # a file mapped that is not a library the program runs
+        if not probe.pie:
+            continue
+        first = min(s.vaddr for s in probe.segments) // PAGE * PAGE
+        image = load_elf(mapping.path, pie_base=mapping.start - first)
+        objects.append(LoadedObject(Path(mapping.path).name, image))
+    return objects
+
+
+def merged_symbols(images: list[ElfImage]) -> tuple[dict[str, int], dict[str, int]]:
+    """(demangled, raw) names of all the images: the first image naming one wins."""
+    symbols: dict[str, int] = {}
+    raw: dict[str, int] = {}
+    for image in images:
+        for name, addr in image.symbols.items():
+            symbols.setdefault(name, addr)
+        for name, addr in image.raw_symbols.items():
+            raw.setdefault(name, addr)
+    return symbols, raw
+
+
+def code_segments(images: list[ElfImage]) -> list[tuple[int, bytes]]:
+    return [(s.vaddr, s.data) for image in images for s in image.segments if "x" in s.perms]
+
+
+@functools.lru_cache(maxsize=16)
+def _lines_of(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...]:
+    return line_table(path, load_base)
+
+
+def merged_lines(program: tuple[SourceLine, ...], images: list[ElfImage]) -> tuple[SourceLine, ...]:
+    """The program's line table with every library's that has DWARF, in address order."""
+    rows = list(program)
+    for image in images:
+        rows += _lines_of(image.path, image.sha256, image.load_base)
+    rows.sort(key=lambda r: r.addr)
+    return tuple(rows)

@@ -1,0 +1,402 @@
+"""The files an emulated program sees: a read-only, bounded view of the host.
+
+A dynamically linked program's loader opens, reads and maps its libraries
+through system calls. They are answered from the host's files, but only
+through this view (docs/machine.md, "The file view"):
+
+- readable: the loader's library directories (`LIBRARY_DIRS`),
+  /etc/ld.so.cache, the program's own directory (seen as `PROGRAM_DIR`), and
+  what `--allow-read PATH` adds; /proc/self/maps comes from the process
+  itself (syscalls.py). Anything else: ENOENT, as if it were not there.
+- nothing is ever written: opening for writing or creating, rename, unlink,
+  mkdir and the like get EACCES, whatever the path.
+- bounded: a file of at most `MAX_FILE_BYTES`, at most `MAX_FILES` distinct
+  files, read whole once and kept (the same bytes for every pass).
+- recorded: each distinct file read, with its size and sha256, goes into the
+  trace's metadata (`options.files`), so replay can refuse a machine whose
+  libraries differ.
+
+Symbolic links are followed on the host and the target must lie in the view
+too: a link in the program's directory to /etc/passwd reads as ENOENT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unicorn import UC_PROT_NONE
+from unicorn.unicorn_py3.unicorn import Uc
+
+from ..arch import PAGE
+from .syscalls import (
+    EBADF,
+    EFAULT,
+    EINVAL,
+    ENOENT,
+    NAMES,
+    UID,
+    Area,
+    Handler,
+    LinuxKernel,
+    ProcessState,
+    _page_ceil,
+    _perm_text,
+    _uc_perms,
+)
+
+#: Where the emulated process believes its program lies (process.PROGRAM_DIR).
+PROGRAM_DIR = "/stacktrace-lab"
+#: Where glibc's loader looks for libraries on x86-64 Debian/Ubuntu/Fedora.
+LIBRARY_DIRS = (
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/usr/local/lib",
+)
+LD_SO_CACHE = "/etc/ld.so.cache"
+MAX_FILE_BYTES = 64 << 20
+MAX_FILES = 64
+EACCES, ENOTDIR, EISDIR = 13, 20, 21
+AT_FDCWD = -100 & ((1 << 64) - 1)
+AT_EMPTY_PATH = 0x1000
+O_ACCMODE, O_CREAT, O_TRUNC = 3, 0x40, 0x200
+W_OK = 2
+MAP_FIXED, MAP_ANONYMOUS = 0x10, 0x20
+#: A fixed device number for every file of the view (inodes count from 1).
+DEVICE = 0x801
+
+#: System calls that would change the file system: always EACCES.
+MODIFYING = {
+    76: "truncate", 82: "rename", 83: "mkdir", 84: "rmdir", 85: "creat", 86: "link",
+    87: "unlink", 88: "symlink", 90: "chmod", 92: "chown", 94: "lchown", 133: "mknod",
+    258: "mkdirat", 259: "mknodat", 260: "fchownat", 263: "unlinkat", 264: "renameat",
+    265: "linkat", 266: "symlinkat", 268: "fchmodat", 316: "renameat2",
+}  # fmt: skip
+FILE_NAMES = {
+    **MODIFYING,
+    6: "lstat", 17: "pread64", 18: "pwrite64", 21: "access", 77: "ftruncate",
+    79: "getcwd", 91: "fchmod", 93: "fchown", 269: "faccessat", 439: "faccessat2",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HostFile:
+    """One file the program read: where it is on the host, and what it held."""
+
+    host_path: str
+    data: bytes
+    sha256: str
+    inode: int
+
+    def metadata(self) -> dict[str, object]:
+        return {"path": self.host_path, "size": len(self.data), "sha256": self.sha256}
+
+
+class FileLimit(Exception):
+    """The view's bounds were reached (too many files, a file too large)."""
+
+
+@dataclass
+class FileView:
+    """The host's files as the program may read them; shared by every pass of a run."""
+
+    program_dir: Path
+    allowed: tuple[Path, ...] = ()
+    #: Files read so far, by their real host path (one entry each).
+    files: dict[str, HostFile] = field(default_factory=dict)
+
+    def roots(self) -> list[Path]:
+        found = [Path(os.path.realpath(d)) for d in (*LIBRARY_DIRS, LD_SO_CACHE)]
+        return [*found, Path(os.path.realpath(self.program_dir)), *self.allowed]
+
+    def host_path(self, path: str) -> str | None:
+        """The real host path `path` names in the view, or None (not in the view)."""
+        if not path.startswith("/"):
+            path = f"{PROGRAM_DIR}/{path}"
+        path = os.path.normpath(path)
+        if path == PROGRAM_DIR or path.startswith(PROGRAM_DIR + "/"):
+            path = str(self.program_dir) + path[len(PROGRAM_DIR) :]
+        real = Path(os.path.realpath(path))
+        if any(real == root or root in real.parents for root in self.roots()):
+            return str(real)
+        return None
+
+    def lookup(self, path: str) -> HostFile | int:
+        """The file at `path` (read once, bounded), or a negative errno."""
+        real = self.host_path(path)
+        if real is None:
+            return -ENOENT
+        known = self.files.get(real)
+        if known is not None:
+            return known
+        try:
+            info = os.stat(real)
+        except OSError:
+            return -ENOENT
+        if stat.S_ISDIR(info.st_mode):
+            return -EISDIR
+        if not stat.S_ISREG(info.st_mode):
+            return -ENOENT  # no devices, FIFOs or sockets: they could block or never end
+        if info.st_size > MAX_FILE_BYTES:
+            raise FileLimit(f"{real} is larger than {MAX_FILE_BYTES} bytes")
+        if len(self.files) >= MAX_FILES:
+            raise FileLimit(f"the program read more than {MAX_FILES} files")
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                data = os.read(fd, MAX_FILE_BYTES + 1)
+            finally:
+                os.close(fd)
+        except OSError:
+            return -ENOENT
+        if len(data) > MAX_FILE_BYTES:
+            raise FileLimit(f"{real} is larger than {MAX_FILE_BYTES} bytes")
+        entry = HostFile(real, data, hashlib.sha256(data).hexdigest(), len(self.files) + 1)
+        self.files[real] = entry
+        return entry
+
+    def is_dir(self, path: str) -> bool:
+        real = self.host_path(path)
+        return real is not None and os.path.isdir(real)
+
+    def metadata(self) -> list[dict[str, object]]:
+        return [f.metadata() for f in sorted(self.files.values(), key=lambda f: f.host_path)]
+
+
+def changed_files(recorded: list[dict[str, object]]) -> str | None:
+    """The first recorded file that is missing or differs on this machine, as one
+    phrase, or None when every one is as recorded."""
+    for entry in recorded:
+        path = str(entry.get("path"))
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return f"{path} is not on this machine"
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            return f"{path} differs from the one recorded (sha256 {entry.get('sha256')})"
+    return None
+
+
+@dataclass
+class FileMap:
+    """A file mapped into memory (a library's segment)."""
+
+    start: int
+    size: int
+    path: str  # the host path
+    offset: int
+    prot: int
+
+
+class FileKernel(LinuxKernel):
+    """LinuxKernel with the read-only file view: open, read, stat and map files."""
+
+    def __init__(self, process: ProcessState, view: FileView) -> None:
+        super().__init__(process)
+        self.view = view
+        self.names = {**NAMES, **FILE_NAMES}
+        #: The open files of the view, by descriptor (process.files holds their bytes).
+        self.open_files: dict[int, HostFile] = {}
+        #: Every file mapping, in call order (where the libraries were loaded).
+        self.file_maps: list[FileMap] = []
+        self.handlers.update(
+            {
+                2: self.sys_open,
+                4: self.sys_stat,
+                6: self.sys_stat,
+                8: self.sys_lseek,
+                9: self.sys_mmap,
+                17: self.sys_pread64,
+                18: _error(EBADF),
+                21: self.sys_access,
+                77: _error(EINVAL),
+                79: self.sys_getcwd,
+                91: _error(EBADF),
+                93: _error(EBADF),
+                257: self.sys_openat,
+                262: self.sys_newfstatat,
+                269: self.sys_faccessat,
+                439: self.sys_faccessat,
+                **{nr: _error(EACCES) for nr in MODIFYING},
+            }
+        )
+
+    def _lookup(self, uc: Uc, path: str) -> HostFile | int:
+        try:
+            return self.view.lookup(path)
+        except FileLimit as exc:
+            self._unsupported(f"files: {exc}")(uc)
+            return -EACCES
+
+    # --- opening --------------------------------------------------------------------
+
+    def sys_open(self, uc: Uc, path_addr: int, flags: int, mode: int, *_: int) -> int:
+        return self.sys_openat(uc, AT_FDCWD, path_addr, flags, mode)
+
+    def sys_openat(self, uc: Uc, dirfd: int, path_addr: int, *rest: int) -> int:
+        flags = rest[0] if rest else 0
+        path = self._string(uc, path_addr)
+        if path is None:
+            return -EFAULT
+        if flags & (O_ACCMODE | O_CREAT | O_TRUNC):
+            return -EACCES  # the host is never written
+        if path == "/proc/self/maps":
+            return super().sys_openat(uc, dirfd, path_addr, *rest)
+        found = self._lookup(uc, path)
+        if isinstance(found, int):
+            return found
+        fd = 3
+        while fd in self.process.files:
+            fd += 1
+        self.process.files[fd] = found.data
+        self.process.offsets[fd] = 0
+        self.open_files[fd] = found
+        return fd
+
+    def sys_close(self, uc: Uc, fd: int, *_: int) -> int:
+        self.open_files.pop(fd, None)
+        return super().sys_close(uc, fd)
+
+    def sys_lseek(self, uc: Uc, fd: int, offset: int, whence: int, *_: int) -> int:
+        content = self.process.files.get(fd)
+        if content is None:
+            return -EBADF
+        offset -= (1 << 64) if offset >> 63 else 0
+        base = {0: 0, 1: self.process.offsets[fd], 2: len(content)}.get(whence)
+        if base is None or base + offset < 0:
+            return -EINVAL
+        self.process.offsets[fd] = base + offset
+        return base + offset
+
+    def sys_pread64(self, uc: Uc, fd: int, buf: int, count: int, offset: int, *_: int) -> int:
+        content = self.process.files.get(fd)
+        if content is None:
+            return -EBADF
+        chunk = content[offset : offset + count]
+        if chunk and not self.mapped(uc, buf, len(chunk)):
+            return -EFAULT
+        if chunk:
+            self.write_memory(buf, chunk)
+        return len(chunk)
+
+    # --- asking about files ----------------------------------------------------------
+
+    def _write_stat(self, statbuf: int, mode: int, size: int, inode: int) -> int:
+        buf = bytearray(144)
+        buf[0:8] = DEVICE.to_bytes(8, "little")
+        buf[8:16] = inode.to_bytes(8, "little")
+        buf[16:24] = (1).to_bytes(8, "little")  # st_nlink
+        buf[24:28] = mode.to_bytes(4, "little")
+        buf[28:32] = UID.to_bytes(4, "little")
+        buf[32:36] = UID.to_bytes(4, "little")
+        buf[48:56] = size.to_bytes(8, "little")
+        buf[56:64] = PAGE.to_bytes(8, "little")  # st_blksize
+        buf[64:72] = ((size + 511) // 512).to_bytes(8, "little")  # st_blocks
+        self.write_memory(statbuf, bytes(buf))
+        return 0
+
+    def _stat(self, fd: int, statbuf: int) -> int:
+        entry = self.open_files.get(fd)
+        if entry is None:
+            return super()._stat(fd, statbuf)
+        return self._write_stat(statbuf, 0o100644, len(entry.data), entry.inode)
+
+    def _stat_path(self, uc: Uc, path: str, statbuf: int) -> int:
+        if self.view.is_dir(path):
+            return self._write_stat(statbuf, 0o040755, PAGE, 0)
+        found = self._lookup(uc, path)
+        if isinstance(found, int):
+            return found
+        return self._write_stat(statbuf, 0o100644, len(found.data), found.inode)
+
+    def sys_stat(self, uc: Uc, path_addr: int, statbuf: int, *_: int) -> int:
+        path = self._string(uc, path_addr)
+        return -EFAULT if path is None else self._stat_path(uc, path, statbuf)
+
+    def sys_newfstatat(
+        self, uc: Uc, fd: int, path_addr: int, statbuf: int, flags: int, *_: int
+    ) -> int:
+        path = self._string(uc, path_addr)
+        if path is None:
+            return -EFAULT
+        if not path and flags & AT_EMPTY_PATH:
+            return self._stat(fd, statbuf)
+        return self._stat_path(uc, path, statbuf) if path else -ENOENT
+
+    def sys_access(self, uc: Uc, path_addr: int, mode: int, *_: int) -> int:
+        return self.sys_faccessat(uc, AT_FDCWD, path_addr, mode)
+
+    def sys_faccessat(self, uc: Uc, _dirfd: int, path_addr: int, mode: int, *_: int) -> int:
+        path = self._string(uc, path_addr)
+        if path is None:
+            return -EFAULT
+        if self.view.is_dir(path):
+            return -EACCES if mode & W_OK else 0
+        found = self._lookup(uc, path)
+        if isinstance(found, int):
+            return found
+        return -EACCES if mode & W_OK else 0
+
+    def sys_getcwd(self, uc: Uc, buf: int, size: int, *_: int) -> int:
+        cwd = PROGRAM_DIR.encode() + b"\0"
+        if size < len(cwd):
+            return -34  # ERANGE
+        if not self.mapped(uc, buf, len(cwd)):
+            return -EFAULT
+        self.write_memory(buf, cwd)
+        return len(cwd)
+
+    # --- mapping files ---------------------------------------------------------------
+
+    def sys_mmap(
+        self, uc: Uc, addr: int, length: int, prot: int, flags: int, fd: int, offset: int
+    ) -> int:
+        if flags & MAP_ANONYMOUS:
+            before = len(self.process.mmaps)
+            result = super().sys_mmap(uc, addr, length, prot, flags, fd, offset)
+            # A library's .bss laid over its own mapping is part of the library,
+            # not an anonymous mapping a stack could be found in.
+            if flags & MAP_FIXED and len(self.process.mmaps) > before and self._in_file(addr):
+                self.process.mmaps.pop()
+                self.process.areas[-1].kind = "data"
+            return result
+        entry = self.open_files.get(fd)
+        if entry is None:
+            return -EBADF
+        if length == 0 or length > 1 << 40 or offset % PAGE:
+            return -EINVAL
+        size = _page_ceil(length)
+        p = self.process
+        if flags & MAP_FIXED:
+            if addr % PAGE:
+                return -EINVAL
+            self._unmap(uc, addr, size)
+            start = addr
+        else:
+            p.mmap_cursor -= size
+            start = p.mmap_cursor
+        # Copied from the file's bytes: a private mapping the program may change
+        # (relocations) without the file changing; past the end of the file, zeros.
+        uc.mem_map(start, size, _uc_perms(prot) if prot else UC_PROT_NONE)
+        data = entry.data[offset : offset + length]
+        if data:
+            uc.mem_write(start, data)
+        self.code_changed(start, size)
+        self.file_maps.append(FileMap(start, size, entry.host_path, offset, prot))
+        p.areas.append(Area(start, start + size, _perm_text(prot), entry.host_path, "code"))
+        return start
+
+    def _in_file(self, addr: int) -> bool:
+        return any(m.start <= addr < m.start + m.size for m in self.file_maps)
+
+
+def _error(errno: int) -> Handler:
+    def handler(uc: Uc, *_: int) -> int:
+        return -errno
+
+    return handler
