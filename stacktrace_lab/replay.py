@@ -124,12 +124,20 @@ def elf_description(trace: Trace, binary: str | None = None) -> Description:
             f"(sha256 {digest[:16]}..., the trace's {str(meta.program.sha256)[:16]}...)"
         )
     options = meta.options
+    # A dynamically linked program's libraries (every file it read) as recorded.
+    from .record.files import changed_files
+
+    recorded_files = options.get("files", [])
+    changed = changed_files(recorded_files if isinstance(recorded_files, list) else [])
+    if changed is not None:
+        raise BadInput(f"{trace.path}: cannot replay on this machine: {changed}")
     description = describe_elf(
         path,
         [str(a) for a in options.get("args", [])],
         options.get("from"),
         options.get("to"),
         int(options.get("max_steps") or trace.num_rows),
+        allow_read=[str(p) for p in options.get("allow_read", [])],
     )
     # The recorded regions, not the new discovery's: the snapshots are theirs.
     description.spec = replace(description.spec, regions=list(meta.regions))

@@ -130,6 +130,13 @@ def is_program(argument: str) -> bool:
 )
 @click.option("--to", "to_symbol", metavar="SYMBOL", help="For a program: stop at SYMBOL.")
 @click.option(
+    "--allow-read",
+    "allow_read",
+    multiple=True,
+    metavar="PATH",
+    help="For a program: let it read PATH (a file or directory) too; it never writes.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Replace a golden trace (in traces-dir) even if the new trace differs from it.",
@@ -163,9 +170,10 @@ def record_command(
     max_program_size: int,
     max_source_size: int,
     allow_outside: bool,
+    allow_read: tuple[str, ...],
 ) -> int:
-    """Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM
-    (give its arguments after --), into a trace."""
+    """Record SCENARIO (a built-in name or a .toml file), or an x86-64 Linux PROGRAM,
+    static or dynamically linked (give its arguments after --), into a trace."""
     config = load_config()
     limits = Limits(
         max_source_bytes=max_source_size,
@@ -183,7 +191,9 @@ def record_command(
     if to_stdout and with_report:
         raise BadInput("-o - cannot be combined with --report (the report needs the file)")
 
-    name, recorder = _recorder(scenario, list(args), options, from_symbol, to_symbol, allow_outside)
+    name, recorder = _recorder(
+        scenario, list(args), options, from_symbol, to_symbol, allow_outside, allow_read
+    )
     if to_stdout:
         with tempfile.TemporaryDirectory() as scratch:
             fresh = Path(scratch) / f"{name}.parquet"
@@ -242,6 +252,7 @@ def _recorder(
     from_symbol: str | None,
     to_symbol: str | None,
     allow_outside: bool = False,
+    allow_read: tuple[str, ...] = (),
 ) -> tuple[str, Recorder]:
     """The trace's name and how to record it: a program, an ELF scenario or a scenario."""
     if is_program(scenario):
@@ -252,11 +263,22 @@ def _recorder(
 
         def record_program(path: Path) -> Recording:
             with step_progress(total, f"recording {program.name}") as bar:
-                return record_elf(program, path, options, args, from_symbol, to_symbol, bar)
+                return record_elf(
+                    program,
+                    path,
+                    options,
+                    args,
+                    from_symbol,
+                    to_symbol,
+                    bar,
+                    allow_read=allow_read,
+                )
 
         return program.name, record_program
-    if args or from_symbol or to_symbol:
-        raise BadInput(f"{scenario}: program arguments, --from and --to are for programs")
+    if args or from_symbol or to_symbol or allow_read:
+        raise BadInput(
+            f"{scenario}: program arguments, --from, --to and --allow-read are for programs"
+        )
     if scenario.endswith(".toml") and Path(scenario).is_file():
         from ..record.elf_scenario import is_elf_scenario
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from ..errors import BadInput
 from ..silicon.check import silicon_check
 from ..silicon.compare import CAUSES, Comparison
 
@@ -35,6 +37,7 @@ def silicon_check_command(
     Exit 0 when every step is the same, 1 at the first divergence, 2 on bad
     input or when ptrace is not available here.
     """
+    _refuse_dynamic(target)
     result = silicon_check(
         target,
         from_symbol=from_symbol,
@@ -49,6 +52,28 @@ def silicon_check_command(
     else:
         click.echo(_summary(result.target.name, comparison))
     return 0 if comparison.same else 1
+
+
+def _refuse_dynamic(target: str) -> None:
+    """A dynamically linked program: not compared yet (the native side would have to
+    place the loader and the libraries where the emulator does)."""
+    path = Path(target)
+    if target.endswith(".toml") or not path.is_file():
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # the check itself says what is wrong with the file
+    if head != b"\x7fELF":
+        return
+    from ..record.elf import load_elf
+
+    if load_elf(path).interp is not None:
+        raise BadInput(
+            f"{path}: dynamically linked; silicon-check compares static programs only "
+            "for now (gcc -static, or rustc -C target-feature=+crt-static)"
+        )
 
 
 def _summary(name: str, c: Comparison) -> str:

@@ -57,7 +57,7 @@ class LoadedObject:
     image: ElfImage
 
     def regions(self) -> list[Region]:
-        return _segment_regions(self.image, prefix=f"{self.name} ")
+        return _segment_regions(self.image, f"{self.name} ", whole_pages=True)
 
 
 def loaded_objects(kernel: FileKernel) -> list[LoadedObject]:

@@ -117,7 +117,10 @@ def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
     if kind not in ("ET_EXEC", "ET_DYN"):
         raise BadInput(f"{path}: not an executable ({kind}); link it into a program first")
     segments = list(elf.iter_segments())
-    interp = next((s.get_interp_name() for s in segments if s["p_type"] == "PT_INTERP"), None)
+    interp = next(
+        (_interp_name(s) for s in segments if s["p_type"] == "PT_INTERP"),
+        None,
+    )
     pie = kind == "ET_DYN"
     base = pie_base if pie else 0
     loads = []
@@ -151,6 +154,11 @@ def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
         raw_symbols=raw_symbols,
         interp=interp,
     )
+
+
+def _interp_name(segment: Any) -> str:
+    """PT_INTERP's path: its bytes up to the first NUL."""
+    return bytes(segment.data()).split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 #: Elf64_Sym, as the ELF specification lays it out (24 bytes, little-endian).

@@ -31,7 +31,7 @@ from .dynamic import (
     merged_symbols,
 )
 from .elf import ElfImage, line_table, load_elf
-from .files import FileKernel, FileView, ProcessState
+from .files import FileKernel, FileView
 from .machine import Machine, MachineSpec
 from .process import linux_process
 from .recorder import (
@@ -42,7 +42,7 @@ from .recorder import (
     phase,
     record_description,
 )
-from .syscalls import LinuxKernel
+from .syscalls import LinuxKernel, ProcessState
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
 

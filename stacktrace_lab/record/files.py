@@ -41,6 +41,7 @@ from .syscalls import (
     UID,
     Area,
     Handler,
+    KernelStop,
     LinuxKernel,
     ProcessState,
     _page_ceil,
@@ -230,7 +231,9 @@ class FileKernel(LinuxKernel):
         try:
             return self.view.lookup(path)
         except FileLimit as exc:
-            self._unsupported(f"files: {exc}")(uc)
+            # A bound of the view ends the run, as the trace size limit does.
+            self.stop = KernelStop("limit", f"the file view's limit: {exc}")
+            uc.emu_stop()
             return -EACCES
 
     # --- opening --------------------------------------------------------------------
@@ -318,9 +321,8 @@ class FileKernel(LinuxKernel):
         path = self._string(uc, path_addr)
         return -EFAULT if path is None else self._stat_path(uc, path, statbuf)
 
-    def sys_newfstatat(
-        self, uc: Uc, fd: int, path_addr: int, statbuf: int, flags: int, *_: int
-    ) -> int:
+    def sys_newfstatat(self, uc: Uc, fd: int, path_addr: int, statbuf: int, *rest: int) -> int:
+        flags = rest[0] if rest else 0
         path = self._string(uc, path_addr)
         if path is None:
             return -EFAULT

@@ -80,8 +80,10 @@ def _segment_mappings(image: ElfImage) -> list[Mapping]:
     return mappings
 
 
-def _segment_regions(image: ElfImage, prefix: str = "") -> list[Region]:
-    """`prefix`: a loaded library's name before each of its regions' names."""
+def _segment_regions(image: ElfImage, prefix: str = "", whole_pages: bool = False) -> list[Region]:
+    """`prefix`: a loaded library's name before each of its regions' names.
+    `whole_pages`: a writable segment's region runs to the end of its last page
+    (the loader's own early allocator hands out the rest of that page)."""
     names = {"r-x": "text", "r--": "rodata", "rw-": "data", "rwx": "text"}
     regions: list[Region] = []
     used: dict[str, int] = {}
@@ -91,7 +93,10 @@ def _segment_regions(image: ElfImage, prefix: str = "") -> list[Region]:
         if used[name] > 1:
             name = f"{name}_{used[name]}"
         kind: RegionKind = "code" if "x" in seg.perms else "data"
-        regions.append(Region(prefix + name, kind, seg.vaddr, seg.memsz, seg.perms))
+        size = seg.memsz
+        if whole_pages and "w" in seg.perms:
+            size = page_ceil(seg.vaddr + seg.memsz) - seg.vaddr
+        regions.append(Region(prefix + name, kind, seg.vaddr, size, seg.perms))
     return regions
 
 
@@ -201,7 +206,7 @@ def linux_process(
             for s in interp.segments
         ]
         mappings = [*mappings, *_segment_mappings(interp)]
-        regions += _segment_regions(interp, prefix=f"{interp.path.name} ")
+        regions += _segment_regions(interp, f"{interp.path.name} ", whole_pages=True)
     stack = Region("main", "stack", stack_base, STACK_SIZE, "rw-")
     spec = MachineSpec(
         mappings=mappings,
