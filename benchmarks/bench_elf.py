@@ -4,11 +4,14 @@
 
 Builds examples/first_switch.{c,rs} (gcc -static -O0 -g; rustc -g with
 +crt-static at -O0 and -O, a static-pie; -O with relocation-model=static),
-then times `record_elf` (ELF loading, DWARF line table, the discovery pass,
-the recording pass, writing the trace) for each, from the entry and with
-`--from main`. Best of --repeat runs, each in this process: symbols and the
-DWARF table are read once per binary in a process, so the first run's time
-(reading them included, as for one `stacktrace-lab record`) is shown apart.
+and the dynamically linked builds (plain gcc -O0 -g, plain rustc -g), then
+times `record_elf` (ELF loading, DWARF line table, the discovery pass, the
+recording pass, writing the trace) for each, from the entry and with
+`--from main`; and, apart, what `--from main` skips: the fast-forward from
+the entry (the loader and libc's start-up for a dynamic program) to main.
+Best of --repeat runs, each in this process: symbols and the DWARF table
+are read once per binary in a process, so the first run's time (reading
+them included, as for one `stacktrace-lab record`) is shown apart.
 Needs gcc and rustc.
 """
 
@@ -21,10 +24,32 @@ import time
 from pathlib import Path
 
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record import elf, elf_front
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record import dynamic, elf, elf_front
+from stacktrace_lab.record.elf_front import describe_elf, record_elf
+from stacktrace_lab.record.machine import Machine
 
-BUILDS = ["c-static", "rust-static-pie-O0", "rust-static-pie", "rust-static"]
+BUILDS = [
+    "c-static",
+    "rust-static-pie-O0",
+    "rust-static-pie",
+    "rust-static",
+    "c-dynamic",
+    "rust-dynamic",
+]
+
+
+def fast_forward_to_main(program: Path, repeat: int) -> tuple[int, float]:
+    """(instructions, best seconds) of the unrecorded run from the entry to main."""
+    description = describe_elf(program, max_steps=1)
+    main_at = description.symbols["main"]
+    best, steps = float("inf"), 0
+    for _ in range(repeat):
+        machine = Machine(description.spec)
+        began = time.perf_counter()
+        assert machine.fast_forward(main_at) is None
+        best = min(best, time.perf_counter() - began)
+        steps = machine.fast_forwarded
+    return steps, best
 
 
 def main() -> None:
@@ -45,6 +70,7 @@ def main() -> None:
             for start in (None, "main"):
                 elf._parse.cache_clear()  # the first run reads symbols and DWARF
                 elf_front._line_table.cache_clear()
+                dynamic._lines_of.cache_clear()
                 times = []
                 steps = 0
                 for i in range(args.repeat):
@@ -57,6 +83,10 @@ def main() -> None:
                     f"{build:<20} {start or 'entry':<7} {steps:>7,} {times[0]:>8.2f} "
                     f"{best:>7.2f} {steps / best:>8,.0f}"
                 )
+            skipped, seconds = fast_forward_to_main(program, args.repeat)
+            print(
+                f"{build:<20} entry -> main unrecorded: {skipped:,} instructions in {seconds:.3f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ BUILDS: dict[str, tuple[str, ...]] = {
         "rustc", "-O", "-g", "-C", "target-feature=+crt-static", "-C", "relocation-model=static",
     ),
     "c-static": ("gcc", "-static", "-O0", "-g"),
+    # As a new user builds them: dynamically linked against the host's libc.
+    "c-dynamic": ("gcc", "-O0", "-g"),
+    "rust-dynamic": ("rustc", "-g"),
 }  # fmt: skip
 
 

@@ -173,19 +173,6 @@ def test_a_file_that_is_not_a_static_x86_64_program_is_refused(
     assert str(program) in err and expected in err
 
 
-def test_a_dynamically_linked_program_is_refused(tmp_path: Path, capsys) -> None:
-    if compiler_missing("c-static") is not None:
-        pytest.skip(f"cannot build a C program: {compiler_missing('c-static')}")
-    import subprocess
-
-    from stacktrace_lab.examples import C_SOURCE
-
-    program = tmp_path / "dynamic"
-    subprocess.run(["gcc", "-o", str(program), str(C_SOURCE)], check=True)
-    err = _refused([str(program)], capsys, tmp_path / "t.parquet")
-    assert "dynamically linked" in err and "-static" in err
-
-
 def test_a_missing_from_symbol_is_refused(
     programs: dict[str, Path], tmp_path: Path, capsys
 ) -> None:

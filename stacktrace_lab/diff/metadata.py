@@ -217,9 +217,26 @@ def _registers(
 STORAGE_OPTIONS = frozenset({"row_group_size"})
 
 
+def _files(a: list[Any], b: list[Any]) -> list[str]:
+    """The files a program read (its libraries) that differ: one line each."""
+
+    def by_path(entries: list[Any]) -> dict[str, str]:
+        return {str(e.get("path")): str(e.get("sha256")) for e in entries if isinstance(e, dict)}
+
+    old, new = by_path(a), by_path(b)
+    lines = []
+    for path in sorted(set(old) | set(new)):
+        if old.get(path) != new.get(path):
+            before = old.get(path, "not read")[:16]
+            after = new.get(path, "not read")[:16]
+            lines.append(f"files: {path} sha256 {before} -> {after}")
+    return lines
+
+
 def _options(a: dict[str, Any], b: dict[str, Any]) -> MetaDelta | None:
-    keys = sorted((set(a) | set(b)) - STORAGE_OPTIONS)
+    keys = sorted((set(a) | set(b)) - STORAGE_OPTIONS - {"files"})
     lines = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    lines += _files(a.get("files") or [], b.get("files") or [])
     if not lines:
         return None
     return MetaDelta("options", ", ".join(line.split(":")[0] for line in lines), tuple(lines))

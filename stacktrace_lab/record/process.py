@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..arch import PAGE
 from ..layout import Region, RegionKind, page_ceil
+from .cpu import CPUID
 from .elf import ElfImage
 from .machine import MachineSpec, Mapping
 from .syscalls import Area, LinuxKernel, ProcessState, fixed_random
@@ -48,7 +49,9 @@ AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = (
 )
 AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13, 14, 15, 16, 17
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN, AT_MINSIGSTKSZ = 23, 25, 26, 31, 51
-HWCAP = 0x178BFBFF  # what leaf 1's edx announces, as Linux passes it
+#: What the CPU model's cpuid leaf 1 edx announces, as Linux passes it (no HTT:
+#: one logical CPU). AT_HWCAP2 is 0: leaf 7 announces no FSGSBASE.
+HWCAP = CPUID[(1, None)][3]
 MINSIGSTKSZ = 2048
 
 

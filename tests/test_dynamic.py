@@ -1,0 +1,368 @@
+"""Dynamically linked programs, as `gcc -g` and `rustc -g` build them.
+
+The loader (the host's ld-linux-x86-64.so.2) runs emulated and maps the
+libraries through the read-only file view (record/files.py); the tutorial's
+program gives the same verdicts as its static builds (tests/test_elf.py).
+The programs are compiled at test time; without gcc or rustc the tests skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stacktrace_lab.analysis.check import check
+from stacktrace_lab.analysis.events import derive_facts
+from stacktrace_lab.cli import main
+from stacktrace_lab.examples import build_example, compiler_missing
+from stacktrace_lab.record.dynamic import INTERP_TOP
+from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.replay import replay
+from stacktrace_lab.trace import load_trace
+
+LINE = "I LOVE WAKING UP ON A NEW STACK!\n"
+BUILDS = ["c-dynamic", "rust-dynamic"]
+AT_BASE = 7
+
+
+def _need(build: str) -> None:
+    why = compiler_missing(build)
+    if why is not None:
+        pytest.skip(f"cannot build the {build} example: {why}")
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("dynamic-examples")
+    return {b: build_example(b, out) for b in BUILDS if compiler_missing(b) is None}
+
+
+@pytest.fixture(scope="module")
+def recordings(
+    programs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Recording]:
+    out = tmp_path_factory.mktemp("dynamic-traces")
+    return {build: record_elf(p, out / f"{build}.parquet") for build, p in programs.items()}
+
+
+def _build_c(directory: Path, name: str, source: str, *flags: str) -> Path:
+    """`source` built with plain gcc (dynamically linked) as directory/name."""
+    _need("c-dynamic")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.c").write_text(source)
+    program = directory / name
+    subprocess.run(
+        ["gcc", "-g", "-O1", *flags, "-o", str(program), str(directory / f"{name}.c")], check=True
+    )
+    return program
+
+
+# --- the tutorial's program: the same verdicts as the static builds ---------------------
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_dynamic_build_finds_the_48_byte_stack_and_its_overflow(
+    recordings: dict[str, Recording], build: str
+) -> None:
+    _need(build)
+    trace = load_trace(recordings[build].path)
+    meta = trace.metadata
+    assert meta.stop.reason == "spin" and meta.stdout == LINE
+    # Found through libc's calloc, hooked at its load address.
+    (planted,) = derive_facts(trace).planted_returns
+    stack = meta.region(str(planted.region))
+    assert (stack.name, stack.kind, stack.size) == ("calloc_48", "stack", 48)
+    assert planted.index == 32 and planted.target.split("+")[0].endswith("hello")
+    # Printing overflows it, down to the heap's start (C: further, into the
+    # program's last data page, reported apart as writes outside the stacks).
+    heap = meta.region("heap")
+    rsp = trace.table(["rsp"])["rsp"].to_numpy().astype(np.int64)
+    below = rsp[(rsp < stack.base) & (rsp >= heap.base)]
+    depth = int(stack.base - below.min())
+    assert depth > 64
+    result = check(trace).result("stack-bounds")
+    assert not result.holds
+    messages = [v.message for v in result.violations]
+    assert any(f"calloc_48 (48 bytes) overflows by {depth} bytes" in m for m in messages)
+
+
+def test_the_loader_and_the_libraries_are_named(recordings: dict[str, Recording]) -> None:
+    _need("c-dynamic")
+    trace = load_trace(recordings["c-dynamic"].path)
+    meta = trace.metadata
+    libc_text = meta.region("libc.so.6 text")
+    loader_text = meta.region("ld-linux-x86-64.so.2 text")
+    assert libc_text.kind == loader_text.kind == "code"
+    # The interpreter sits under INTERP_TOP; the libraries below it, where it mapped them.
+    assert loader_text.top <= INTERP_TOP and libc_text.top <= loader_text.base
+    for name in ("puts", "malloc", "calloc", "free"):
+        assert libc_text.base <= meta.symbols[name] < libc_text.top, name
+    # The run starts in the loader, and libc's puts runs (named in the rows).
+    first_rip = int(trace.slice(0, 1, ["rip"])["rip"][0])
+    assert loader_text.base <= first_rip < loader_text.top
+    rips = trace.table(["rip"])["rip"].to_numpy()
+    assert ((rips >= meta.symbols["puts"]) & (rips < meta.symbols["puts"] + 16)).any()
+    # AT_BASE in the initial auxiliary vector says where the loader is.
+    top = bytes(trace.slice(0, 1, ["stack__main"]).column(0)[0].as_py())
+    words = np.frombuffer(top[: len(top) // 8 * 8], dtype="<u8")
+    at_base = [int(words[i + 1]) for i in range(len(words) - 1) if words[i] == AT_BASE]
+    assert loader_text.base - 0x1000 in at_base
+
+
+def test_every_file_read_is_in_the_metadata_once(recordings: dict[str, Recording]) -> None:
+    _need("c-dynamic")
+    files = load_trace(recordings["c-dynamic"].path).metadata.options["files"]
+    paths = [f["path"] for f in files]
+    assert len(paths) == len(set(paths))
+    assert "/etc/ld.so.cache" in paths
+    libc = next(f for f in files if Path(f["path"]).name == "libc.so.6")
+    data = Path(libc["path"]).read_bytes()
+    assert libc["size"] == len(data) and libc["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_re_recording_is_byte_identical_and_replay_confirms(
+    programs: dict[str, Path], recordings: dict[str, Recording], tmp_path: Path
+) -> None:
+    _need("c-dynamic")
+    rec = recordings["c-dynamic"]
+    again = record_elf(programs["c-dynamic"], tmp_path / "again.parquet")
+    assert again.path.read_bytes() == rec.path.read_bytes()
+    result = replay(load_trace(rec.path))
+    assert result.matches and result.steps_compared == rec.metadata.steps
+
+
+def test_from_main_skips_the_loader(
+    programs: dict[str, Path], recordings: dict[str, Recording], tmp_path: Path
+) -> None:
+    _need("rust-dynamic")
+    full = recordings["rust-dynamic"]
+    rec = record_elf(programs["rust-dynamic"], tmp_path / "from.parquet", from_symbol="main")
+    meta = rec.metadata
+    assert meta.start is not None and meta.start.symbol == "main"
+    assert meta.start.step + meta.steps == full.metadata.steps
+    assert meta.stop.reason == "spin" and meta.stdout == LINE
+    trace = load_trace(rec.path)
+    assert int(trace.slice(0, 1, ["rip"])["rip"][0]) == meta.symbols["main"]
+    assert meta.region("calloc_48").size == 48
+    assert replay(trace).matches
+
+
+def test_replay_refuses_when_a_file_read_has_changed(tmp_path: Path, capsys) -> None:
+    program = _build_c(tmp_path / "bin", "cat_config", CAT_CONFIG_C)
+    config = tmp_path / "bin" / "config.txt"  # in the program's directory: readable
+    config.write_text("colour = green\n")
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(program), "-o", str(out), "--", "config.txt"]) == 0
+    meta = load_trace(out).metadata
+    assert meta.stdout == "colour = green\n"
+    assert str(config.resolve()) in [f["path"] for f in meta.options["files"]]
+    capsys.readouterr()
+    config.write_text("colour = red\n")
+    assert main(["replay", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(config.resolve()) in err and "differs" in err
+
+
+CAT_CONFIG_C = r"""
+#include <stdio.h>
+
+int main(int argc, char **argv)
+{
+    char line[256];
+    FILE *f = fopen(argv[1], "r");
+    if (!f) {
+        perror(argv[1]);
+        return 1;
+    }
+    while (fgets(line, sizeof line, f))
+        fputs(line, stdout);
+    fclose(f);
+    return 0;
+}
+"""
+
+
+# --- the host is never touched --------------------------------------------------------
+
+HOSTILE_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void report(const char *what, long rc)
+{
+    printf("%s %s\n", what, rc >= 0 ? "ok" : errno == EACCES ? "EACCES"
+                                         : errno == ENOENT ? "ENOENT" : "other");
+}
+
+int main(int argc, char **argv)
+{
+    char victim[512], other[512];
+    snprintf(victim, sizeof victim, "%s/victim.txt", argv[1]);
+    snprintf(other, sizeof other, "%s/new.txt", argv[1]);
+    report("create", open(other, O_WRONLY | O_CREAT | O_TRUNC, 0644));
+    report("open-rw", open(victim, O_RDWR));
+    report("open-append", open(victim, O_WRONLY | O_APPEND));
+    report("read", open(victim, O_RDONLY));
+    report("unlink", unlink(victim));
+    report("rename", rename(victim, other));
+    snprintf(other, sizeof other, "%s/sub", argv[1]);
+    report("mkdir", mkdir(other, 0755));
+    report("rmdir", rmdir(argv[1]));
+    report("truncate", truncate(victim, 0));
+    report("chmod", chmod(victim, 0777));
+    report("symlink", symlink(victim, other));
+    report("passwd", open("/etc/passwd", O_RDONLY));
+    return 0;
+}
+"""
+REFUSED = {
+    "create": "EACCES",
+    "open-rw": "EACCES",
+    "open-append": "EACCES",
+    "unlink": "EACCES",
+    "rename": "EACCES",
+    "mkdir": "EACCES",
+    "rmdir": "EACCES",
+    "truncate": "EACCES",
+    "chmod": "EACCES",
+    "symlink": "EACCES",
+    "passwd": "ENOENT",
+}
+
+
+def _tree(directory: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {
+        str(p.relative_to(directory)): (
+            p.read_bytes() if p.is_file() else b"",
+            p.stat().st_mode,
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_hostile_program_changes_nothing_on_the_host(tmp_path: Path, allow: bool, capsys) -> None:
+    program = _build_c(tmp_path / "bin", "hostile", HOSTILE_C)
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    (victim_dir / "victim.txt").write_text("precious\n")
+    before = _tree(victim_dir)
+    out = tmp_path / "t.parquet"
+    allow_read = ["--allow-read", str(victim_dir)] if allow else []
+    assert main(["record", str(program), "-o", str(out), *allow_read, "--", str(victim_dir)]) == 0
+    assert _tree(victim_dir) == before
+    trace = load_trace(out)
+    said = dict(line.split() for line in trace.metadata.stdout.splitlines())
+    # Reading outside the view is ENOENT; --allow-read widens it, and only for reading.
+    assert said == {**REFUSED, "read": "ok" if allow else "ENOENT"}
+    calls = {c.name for c in trace.syscalls() if c.result == -13}
+    assert {"openat", "unlink", "rename", "mkdir", "rmdir", "chmod", "symlink"} <= calls
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ("fork();", "clone: a new process"),
+        ('execl("/bin/true", "true", (char *)0);', "execve: another program"),
+    ],
+)
+def test_fork_and_execve_stop_the_run(tmp_path: Path, body: str, detail: str) -> None:
+    source = f"#include <unistd.h>\nint main(void) {{ {body} return 0; }}\n"
+    program = _build_c(tmp_path, "spawn", source)
+    meta = record_elf(program, tmp_path / "t.parquet").metadata
+    assert meta.stop.reason == "unsupported" and detail in meta.stop.detail
+
+
+# --- a coroutine program on glibc's contexts ------------------------------------------
+
+COROUTINE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <ucontext.h>
+
+static ucontext_t main_ctx, co_ctx;
+
+static void coroutine(void)
+{
+    for (int i = 0; i < 3; i++) {
+        printf("co %d\n", i);
+        swapcontext(&co_ctx, &main_ctx);
+    }
+}
+
+int main(void)
+{
+    size_t size = 64 * 1024;
+    char *stack = malloc(size);
+    getcontext(&co_ctx);
+    co_ctx.uc_stack.ss_sp = stack;
+    co_ctx.uc_stack.ss_size = size;
+    co_ctx.uc_link = &main_ctx;
+    makecontext(&co_ctx, coroutine, 0);
+    for (int i = 0; i < 3; i++) {
+        swapcontext(&main_ctx, &co_ctx);
+        printf("main %d\n", i);
+    }
+    free(stack);
+    return 0;
+}
+"""
+
+
+def test_a_swapcontext_coroutine_program_records_and_checks_clean(tmp_path: Path) -> None:
+    program = _build_c(tmp_path, "coroutine", COROUTINE_C)
+    native = subprocess.run([str(program)], capture_output=True, text=True, check=True)
+    trace = load_trace(record_elf(program, tmp_path / "t.parquet").path)
+    meta = trace.metadata
+    assert meta.stop.reason == "exit" and meta.stdout == native.stdout
+    assert meta.region("malloc_65536").kind == "stack"
+    facts = derive_facts(trace)
+    assert len(facts.planted_returns) == 6  # one entry, five resumes
+    assert check(trace, facts).holds
+
+
+def test_silicon_check_refuses_a_dynamic_program_in_one_line(tmp_path: Path, capsys) -> None:
+    program = _build_c(tmp_path, "spawn", "int main(void) { return 0; }\n")
+    assert main(["silicon-check", str(program)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(program) in err and "dynamically linked" in err
+
+
+def test_a_missing_interpreter_is_one_line(tmp_path: Path, capsys) -> None:
+    source = "int main(void) { return 0; }\n"
+    program = _build_c(tmp_path, "elsewhere", source, "-Wl,-dynamic-linker,/nowhere/ld.so")
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(program), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "/nowhere/ld.so" in err and not out.exists()
+    assert os.path.exists(program)
+
+
+def test_diff_names_a_library_that_changed(recordings: dict[str, Recording]) -> None:
+    from dataclasses import replace
+
+    from stacktrace_lab.diff.metadata import compare_metadata
+
+    _need("c-dynamic")
+    meta = load_trace(recordings["c-dynamic"].path).metadata
+    files = [dict(f) for f in meta.options["files"]]
+    libc = next(f for f in files if Path(f["path"]).name == "libc.so.6")
+    libc["sha256"] = "0" * 64
+    other = replace(meta, options={**meta.options, "files": files})
+    deltas, _notes = compare_metadata(meta, other, ())
+    (delta,) = [d for d in deltas if d.field == "options"]
+    assert delta.lines == (f"files: {libc['path']} sha256 {libc_sha(meta)} -> {'0' * 16}",)
+
+
+def libc_sha(meta) -> str:  # type: ignore[no-untyped-def]
+    return next(f["sha256"] for f in meta.options["files"] if f["path"].endswith("libc.so.6"))[:16]
