@@ -1,6 +1,6 @@
 """Time to record the tutorial's program end to end, as a real program.
 
-    python benchmarks/bench_elf.py [--repeat 3]
+    python benchmarks/bench_elf.py [--repeat 3] [--builds c-dynamic rust-dynamic]
 
 Builds examples/first_switch.{c,rs} (gcc -static -O0 -g; rustc -g with
 +crt-static at -O0 and -O, a static-pie; -O with relocation-model=static),
@@ -55,13 +55,14 @@ def fast_forward_to_main(program: Path, repeat: int) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--builds", nargs="*", default=BUILDS, choices=BUILDS)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, Python {platform.python_version()}")
     header = f"{'build':<20} {'from':<7} {'steps':>7} {'first s':>8} {'best s':>7} {'steps/s':>8}"
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for build in BUILDS:
+        for build in args.builds:
             why = compiler_missing(build)
             if why is not None:
                 print(f"{build:<20} skipped: {why}")

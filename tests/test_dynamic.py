@@ -366,3 +366,46 @@ def test_diff_names_a_library_that_changed(recordings: dict[str, Recording]) -> 
 
 def libc_sha(meta) -> str:  # type: ignore[no-untyped-def]
     return next(f["sha256"] for f in meta.options["files"] if f["path"].endswith("libc.so.6"))[:16]
+
+
+# --- the file view alone -------------------------------------------------------------
+
+
+def test_the_view_follows_links_only_into_itself(tmp_path: Path) -> None:
+    from stacktrace_lab.record.files import FileView
+
+    program_dir = tmp_path / "bin"
+    program_dir.mkdir()
+    (program_dir / "data.txt").write_text("mine\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours\n")
+    (program_dir / "escape").symlink_to(secret)
+    view = FileView(program_dir)
+    found = view.lookup("/stacktrace-lab/data.txt")
+    assert not isinstance(found, int) and found.data == b"mine\n"
+    assert view.lookup("data.txt") == found  # relative to the working directory
+    assert view.lookup("/stacktrace-lab/escape") == -2  # ENOENT: the target is outside
+    assert view.lookup("/stacktrace-lab/../secret.txt") == -2
+    assert view.lookup(str(secret)) == -2
+    assert view.lookup("/stacktrace-lab") == -21  # EISDIR
+    wider = FileView(program_dir, (secret,))
+    assert not isinstance(wider.lookup(str(secret)), int)
+    assert [f["path"] for f in view.metadata()] == [str((program_dir / "data.txt").resolve())]
+
+
+def test_the_view_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stacktrace_lab.record import files
+
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(bytes(100 + i))
+    monkeypatch.setattr(files, "MAX_FILES", 2)
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 101)
+    view = files.FileView(tmp_path)
+    view.lookup("f0")
+    with pytest.raises(files.FileLimit, match="larger than 101 bytes"):
+        view.lookup("f2")
+    view.lookup("f1")
+    assert view.lookup("f0") is view.files[str((tmp_path / "f0").resolve())]  # read once
+    (tmp_path / "f3").write_bytes(b"x")
+    with pytest.raises(files.FileLimit, match="more than 2 files"):
+        view.lookup("f3")
