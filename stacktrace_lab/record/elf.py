@@ -103,7 +103,8 @@ def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
 
 # Reading and demangling a Rust program's symbols takes seconds (pure Python):
 # once per binary in a process (the discovery pass, the recording, a replay).
-@functools.lru_cache(maxsize=8)
+# A dynamic program brings its loader and libraries, each read at two bases.
+@functools.lru_cache(maxsize=32)
 def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
     elf = ELFFile(io.BytesIO(raw))
     machine = elf["e_machine"]
