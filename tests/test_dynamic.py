@@ -409,3 +409,65 @@ def test_the_view_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (tmp_path / "f3").write_bytes(b"x")
     with pytest.raises(files.FileLimit, match="more than 2 files"):
         view.lookup("f3")
+
+
+# --- a library of the program's own, stripped, with a separate debug file ---------------
+
+GREET_C = r"""
+#include <stdio.h>
+
+static int shout(const char *who)
+{
+    return printf("HELLO %s\n", who);
+}
+
+int greet(const char *who)
+{
+    return shout(who) > 0;
+}
+"""
+GREET_MAIN_C = r"""
+int greet(const char *who);
+int main(void) { return !greet("WORLD"); }
+"""
+
+
+def test_a_stripped_library_is_named_from_its_debug_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from stacktrace_lab.record import dynamic
+
+    _need("c-dynamic")
+    if shutil.which("objcopy") is None or shutil.which("strip") is None:
+        pytest.skip("needs binutils (objcopy, strip)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "greet.c").write_text(GREET_C)
+    (bin_dir / "main.c").write_text(GREET_MAIN_C)
+    library = bin_dir / "libgreet.so"
+
+    def run(*command: str) -> None:
+        subprocess.run(command, check=True, cwd=bin_dir)
+
+    run("gcc", "-g", "-O0", "-shared", "-fPIC", "greet.c", "-o", "libgreet.so")
+    # Found by the loader in the program's own directory: $ORIGIN is /stacktrace-lab.
+    run("gcc", "-g", "main.c", "-L.", "-lgreet", "-Wl,-rpath,$ORIGIN", "-o", "greet")
+    build_id = dynamic.build_id(library)
+    assert build_id is not None
+    debug = tmp_path / "debug" / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    debug.parent.mkdir(parents=True)
+    run("objcopy", "--only-keep-debug", "libgreet.so", str(debug))
+    run("strip", "--strip-all", "libgreet.so")
+    dynamic.build_id.cache_clear()
+    monkeypatch.setattr(dynamic, "DEBUG_ROOT", tmp_path / "debug")
+
+    trace = load_trace(record_elf(bin_dir / "greet", tmp_path / "t.parquet").path)
+    meta = trace.metadata
+    assert meta.stdout == "HELLO WORLD\n" and meta.stop.detail == "exit_group(0)"
+    assert str(library.resolve()) in [f["path"] for f in meta.options["files"]]
+    text = meta.region("libgreet.so text")
+    assert text.base <= meta.symbols["shout"] < text.top  # a static function: .symtab only
+    sources = set(trace.table(["source"])["source"].drop_null().to_pylist())
+    assert any(s.startswith("greet.c:") for s in sources), sorted(sources)[:5]

@@ -12,14 +12,20 @@ addresses downwards from there.
 After a run, `loaded_objects` reads the kernel's file mappings back: every
 library's load address, so its symbols (`.dynsym`: libc's `puts`,
 `malloc`...), its code (for the disassembly) and its DWARF lines (when it
-has them) name what ran there.
+has them) name what ran there. A stripped library's separate debug file
+(`DEBUG_ROOT/.build-id/ab/cdef....debug`, as Debian's `libc6-dbg` installs
+it) adds its full symbol table and its lines; it is read by the tool, not by
+the program, so it is not part of the program's file view.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
 
 from ..arch import PAGE
 from ..errors import BadInput
@@ -31,6 +37,8 @@ from .process import MMAP_TOP, _segment_regions
 
 #: The interpreter ends here (Linux's mmap_base with ASLR off and an 8 MiB stack).
 INTERP_TOP = MMAP_TOP
+#: Where separate debug files are found by build ID (gdb's default too).
+DEBUG_ROOT = Path("/usr/lib/debug")
 
 
 def load_interp(image: ElfImage, view: FileView) -> ElfImage:
@@ -46,7 +54,7 @@ def load_interp(image: ElfImage, view: FileView) -> ElfImage:
     if not probe.pie or probe.interp is not None:
         raise BadInput(f"{image.path}: its interpreter {image.interp} is not a loader")
     span = page_ceil(max(s.vaddr + s.memsz for s in probe.segments))
-    return load_elf(found.host_path, pie_base=INTERP_TOP - span)
+    return with_debug_symbols(load_elf(found.host_path, pie_base=INTERP_TOP - span))
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ def loaded_objects(kernel: FileKernel) -> list[LoadedObject]:
             continue
         first = min(s.vaddr for s in probe.segments) // PAGE * PAGE
         image = load_elf(mapping.path, pie_base=mapping.start - first)
-        objects.append(LoadedObject(Path(mapping.path).name, image))
+        objects.append(LoadedObject(Path(mapping.path).name, with_debug_symbols(image)))
     return objects
 
 
@@ -106,9 +114,56 @@ def _lines_of(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...
 
 
 def merged_lines(program: tuple[SourceLine, ...], images: list[ElfImage]) -> tuple[SourceLine, ...]:
-    """The program's line table with every library's that has DWARF, in address order."""
+    """The program's line table with every library's that has DWARF (its own or its
+    separate debug file's), in address order."""
     rows = list(program)
     for image in images:
-        rows += _lines_of(image.path, image.sha256, image.load_base)
+        debug = debug_file(image.path)
+        source = debug if debug is not None else image.path
+        try:
+            rows += _lines_of(source, image.sha256, image.load_base)
+        except Exception:  # a damaged debug file names nothing; the run is unaffected
+            continue
     rows.sort(key=lambda r: r.addr)
     return tuple(rows)
+
+
+@functools.lru_cache(maxsize=32)
+def build_id(path: Path) -> str | None:
+    """The GNU build ID note of an ELF file, as hex, or None."""
+    try:
+        with path.open("rb") as f:
+            for section in ELFFile(f).iter_sections():
+                if not isinstance(section, NoteSection):
+                    continue
+                for note in section.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return str(note["n_desc"])
+    except Exception:  # not an ELF file we can read: no build ID
+        return None
+    return None
+
+
+def debug_file(path: Path) -> Path | None:
+    """The separate debug file of `path` under `DEBUG_ROOT`, when it is installed."""
+    found = build_id(path)
+    if found is None or len(found) < 3:
+        return None
+    candidate = DEBUG_ROOT / ".build-id" / found[:2] / f"{found[2:]}.debug"
+    return candidate if candidate.is_file() else None
+
+
+def with_debug_symbols(image: ElfImage) -> ElfImage:
+    """`image` with the symbols of its separate debug file too (its own names win)."""
+    debug = debug_file(image.path)
+    if debug is None:
+        return image
+    try:
+        extra = load_elf(debug, pie_base=image.load_base)
+    except BadInput:
+        return image
+    return replace(
+        image,
+        symbols={**extra.symbols, **image.symbols},
+        raw_symbols={**extra.raw_symbols, **image.raw_symbols},
+    )
