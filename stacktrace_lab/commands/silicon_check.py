@@ -72,7 +72,7 @@ def _refuse_dynamic(target: str) -> None:
     if load_elf(path).interp is not None:
         raise BadInput(
             f"{path}: dynamically linked; silicon-check compares static programs only "
-            "for now (gcc -static, or rustc -C target-feature=+crt-static)"
+            "for now: link it statically (gcc -static, or rustc -C target-feature=+crt-static)"
         )
 
 
