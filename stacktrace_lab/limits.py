@@ -103,6 +103,22 @@ def resolve_input(name: str, base_dir: Path, where: str, allow_outside: bool) ->
 #: enough that a hostile path cannot exhaust memory.
 MAX_PROGRAM_FILE_BYTES = 256 * MiB
 
+#: A Linux process's memory (record/process.py, record/syscalls.py): its
+#: segments, stack, heap and anonymous mappings together. Unicorn backs each
+#: mapped page the program touches with host memory, so this bounds what a
+#: program that maps and touches memory in a loop can cost. A segment over it
+#: is refused at load; `brk` past it leaves the break unchanged and `mmap`
+#: returns -ENOMEM, as Linux does when a process reaches RLIMIT_AS.
+MAX_PROCESS_MEMORY = 1 * GiB
+#: Mappings of a process: `mmap` past it returns -ENOMEM, as past Linux's
+#: vm.max_map_count (65530). Far fewer here: unicorn's mem_map costs grow
+#: faster than linearly with the regions already mapped (1,000 one-page maps:
+#: 0.8 s; 2,000: 4.5 s; 4,000: 35 s), and each mapping is a region of the trace.
+MAX_MAPPINGS = 1024
+#: Open file descriptors, as `prlimit64` reports RLIMIT_NOFILE: `openat`
+#: past it returns -EMFILE.
+MAX_OPEN_FILES = 1024
+
 
 def read_input(
     path: Path, limit: int, what: str = "file", option: str | None = "--max-source-size"
