@@ -16,6 +16,7 @@ program's size from its directives before the assembler allocates it
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import math
 import operator
@@ -86,16 +87,27 @@ def resolve_input(name: str, base_dir: Path, where: str, allow_outside: bool) ->
     `--allow-outside`: a scenario shared with a colleague must not copy their
     `/etc/passwd` or SSH keys into a trace.
     """
+    if "\0" in name:
+        raise BadInput(f"{where}: {name!r}: a file name cannot hold a NUL byte")
     path = base_dir / name
     if not allow_outside:
-        inside = base_dir.resolve()
-        resolved = path.resolve()
+        try:
+            inside = base_dir.resolve()
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (3.11, 3.12)
+            raise BadInput(f"{where}: {name!r} cannot be resolved: {_why(exc)}") from None
         if not resolved.is_relative_to(inside):
             raise BadInput(
                 f"{where}: {name!r} is outside the scenario's directory {base_dir}; "
                 "give --allow-outside to read it"
             )
     return path
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+        return "a loop of symbolic links"
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 #: A compiled program is read whole (its sha256, pyelftools). Far above any
@@ -135,6 +147,8 @@ def read_input(
         raise BadInput(f"{path}: no such file") from None
     except OSError as exc:
         raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError:  # a NUL byte in the name
+        raise BadInput(f"{str(path)!r}: a file name cannot hold a NUL byte") from None
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
