@@ -40,6 +40,14 @@ _MISSED_BY_CAPSTONE = {
     x86.X86_INS_OUTSD,
     x86.X86_INS_CLTS,
 }
+#: Not privileged, but no way into a 64-bit Linux process's kernel: AMD CPUs
+#: raise #UD for sysenter in 64-bit mode, and on Intel Linux's 32-bit entry
+#: cannot return to 64-bit code and the process dies. Stopped like a
+#: privileged instruction, with its own reason (issue 26; unicorn ran it as a no-op).
+_SYSENTER_FAULT = (
+    "invalid opcode (#UD) at {address:#x}: sysenter is no system call in a "
+    "64-bit Linux process (use syscall)"
+)
 _ALLOWED_IN_USER_MODE = {
     x86.X86_INS_HLT,
     x86.X86_INS_RDTSC,  # user mode unless CR4.TSD; cpu.py gives fixed values
@@ -63,7 +71,11 @@ _cs.syntax = CS_OPT_SYNTAX_ATT  # as the trace's `insn` column spells instructio
 def _is_privileged(instruction_id: int, groups: list[int]) -> bool:
     if instruction_id in _ALLOWED_IN_USER_MODE:
         return False
-    return instruction_id in _MISSED_BY_CAPSTONE or x86.X86_GRP_PRIVILEGE in groups
+    return (
+        instruction_id in _MISSED_BY_CAPSTONE
+        or instruction_id == x86.X86_INS_SYSENTER
+        or x86.X86_GRP_PRIVILEGE in groups
+    )
 
 
 def privileged_instructions(code: bytes, base: int) -> dict[int, str]:
@@ -100,7 +112,9 @@ def hook_privileged(uc: Uc, found: dict[int, str], fault: Callable[[str], None])
     handles = []
     for address, text in found.items():
         detail = (
-            f"{GP_FAULT} at {address:#x}: {text} is a privileged instruction "
+            _SYSENTER_FAULT.format(address=address)
+            if text == "sysenter"
+            else f"{GP_FAULT} at {address:#x}: {text} is a privileged instruction "
             "and the program runs in user mode"
         )
         handle = uc.hook_add(UC_HOOK_CODE, _on_privileged(detail, fault), None, address, address)
