@@ -95,7 +95,9 @@ def elf_file(
 
 
 def program(asm: str, *extra: Phdr) -> bytes:
-    """`asm` (immediates in hex: keystone reads `$60` as 0x60) as the code segment at BASE (entry at its first byte), plus `extra` segments."""
+    """`asm` as the code segment at BASE (entry at its first byte), plus `extra` segments.
+
+    Immediates in hex: keystone's AT&T mode reads `$60` as 0x60."""
     code = assemble(asm, BASE)
     return elf_file([Phdr(BASE, code), *extra], BASE)
 

@@ -46,6 +46,7 @@ MAX_PHDR_BYTES = 65536
 #: The stack every process gets (process.py), counted against its memory.
 _STACK_BYTES = 8 << 20
 _PT_LOAD, _PT_INTERP = 1, 3
+_SHT_NOBITS = 8
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,25 @@ def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
         # struct and construct errors, IndexError, UnicodeDecodeError...): any
         # of them is a malformed file, said in one line.
         raise BadInput(f"{path}: malformed ELF file: {_reason(exc)}") from None
+
+
+def _check_sections(path: Path, raw: bytes) -> None:
+    """Section headers inside the file, each section's bytes too (but .bss's).
+
+    Linux never reads them; pyelftools does (symbols, DWARF), and a hostile
+    `sh_size` of 2^31 made it allocate until MemoryError.
+    """
+    shoff = struct.unpack_from("<Q", raw, 40)[0]
+    shentsize, shnum = struct.unpack_from("<HH", raw, 58)
+    if shnum == 0:
+        return
+    if shentsize != 64 or shoff + shnum * 64 > len(raw):
+        raise BadInput(f"{path}: malformed ELF file: the section headers lie past its end")
+    for i in range(shnum):
+        sh_type = struct.unpack_from("<I", raw, shoff + i * 64 + 4)[0]
+        offset, size = struct.unpack_from("<QQ", raw, shoff + i * 64 + 24)
+        if sh_type != _SHT_NOBITS and offset + size > len(raw):
+            raise BadInput(f"{path}: malformed ELF file: section {i} lies past the file's end")
 
 
 def _reason(exc: BaseException) -> str:
@@ -189,6 +209,7 @@ def _check_as_linux_does(path: Path, raw: bytes, pie_base: int) -> None:
                 "page size; Linux cannot map it (EINVAL)"
             )
         memory += (start + memsz + PAGE - 1) // PAGE * PAGE - start // PAGE * PAGE
+    _check_sections(path, raw)
     if memory > MAX_PROCESS_MEMORY:
         raise BadInput(
             f"{path}: its segments and stack need {memory} bytes of memory, more than a "

@@ -100,7 +100,8 @@ class ServedTrace:
             # addr=2**70), and the connection closed without an answer.
             addr = _number(query, "addr", None, 0, (1 << 64) - 1)
             size = _number(query, "size", "8", 1, 1 << 20)
-            found = self.search.access(addr, min(size, (1 << 64) - addr), start, direction)
+            # addr + size stays below 2**64 (uint64 arithmetic in the search).
+            found = self.search.access(addr, min(size, (1 << 64) - 1 - addr), start, direction)
         else:
             found = self.search.kind(what, start, direction)
         return json.dumps({"step": found}).encode("utf-8")
