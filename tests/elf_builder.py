@@ -10,7 +10,7 @@ test says exactly which field is hostile.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from keystone import KS_ARCH_X86, KS_MODE_64, KS_OPT_SYNTAX_ATT, Ks
 
@@ -100,10 +100,6 @@ def program(asm: str, *extra: Phdr) -> bytes:
     Immediates in hex: keystone's AT&T mode reads `$60` as 0x60."""
     code = assemble(asm, BASE)
     return elf_file([Phdr(BASE, code), *extra], BASE)
-
-
-def with_code(phdr: Phdr, data: bytes) -> Phdr:
-    return replace(phdr, data=data)
 
 
 EXIT_0 = """

@@ -130,6 +130,3 @@ class AddressSpace:
         self.bytes += new_end - area.end
         self.version += 1
         return grown
-
-    def find(self, kind: str) -> Area | None:
-        return next((a for a in self._areas if a.kind == kind), None)

@@ -443,7 +443,8 @@ class LinuxKernel(BareKernel):
             return p.brk
         mapped_end = _page_ceil(p.brk)
         new_end = _page_ceil(addr)
-        heap = p.space.find("heap")
+        heap = next((a for a in p.space.between(p.brk_start, p.brk_start + 1)), None)
+        heap = heap if heap is not None and heap.kind == "heap" else None
         if new_end > mapped_end:
             grow = new_end - mapped_end
             if p.space.overlaps(mapped_end, new_end) or not self._room_for(grow):
