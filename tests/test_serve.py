@@ -130,11 +130,18 @@ def test_bad_requests_get_an_error_status(green_threads_served: tuple[Trace, str
         ("api/window?step=99999999", 400),
         ("api/window", 400),
         ("api/find?what=nothing", 400),
+        # Past 64 bits: an OverflowError closed the connection without an answer (issue 26).
+        ("api/find?what=access&addr=-1", 400),
+        (f"api/find?what=access&addr={2**70}", 400),
+        ("api/find?what=access&addr=0x10&size=99999999999999999999", 400),
+        (f"api/find?what=call&from={2**70}", 400),
         ("elsewhere", 404),
     ):
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(url + path, timeout=30)
         assert raised.value.code == status, path
+    # The highest address is a valid question, with the size clipped to the address space.
+    assert _get(url + "api/find?what=access&addr=0xfffffffffffffff8&size=64") == {"step": None}
 
 
 @pytest.fixture(scope="module")

@@ -75,10 +75,14 @@ def query_command(traces: tuple[str, ...], sql: str, fmt: str) -> int:
     except DuckDBMissing as exc:
         click.echo(f"stacktrace-lab: error: {exc}", err=True)
         return 2
+    if not sql.strip():
+        raise BadInput("query: the SQL is empty (give a statement, e.g. 'SELECT * FROM steps')")
     files = open_traces(expand(traces))
     con = connect(files)
     try:
         result = con.execute(sql)
+        if result is None:  # DuckDB returns no result for a comment or `;` alone
+            raise BadInput("query: the SQL holds no statement")
         columns = [d[0] for d in result.description or []]
         rows = result.fetchall()
     except duckdb.Error as exc:

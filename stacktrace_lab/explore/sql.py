@@ -269,6 +269,13 @@ def _views(columns: set[str]) -> list[str]:
     ]
 
 
+def _stored_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    names: list[str] = pq.read_schema(path).names
+    return names
+
+
 def connect(files: Sequence[TraceFile]) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views over `files`."""
     con: duckdb.DuckDBPyConnection = require_duckdb().connect()
@@ -283,7 +290,9 @@ def connect(files: Sequence[TraceFile]) -> duckdb.DuckDBPyConnection:
     _tables(con, files)
     for macro in _macros(files):
         con.execute(macro)
-    columns = {name for f in files for name in f.trace.column_names}
+    # The columns in the files themselves: a version-1 trace's reader supplies
+    # `kind` and the other facts, but the views read the Parquet files directly.
+    columns = {name for f in files for name in _stored_columns(f.trace.path)}
     for view in _views(columns):
         con.execute(view)
     return con

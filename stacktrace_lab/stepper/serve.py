@@ -91,17 +91,29 @@ class ServedTrace:
     def find(self, query: dict[str, str]) -> bytes:
         what = query.get("what", "")
         direction = 1 if int(query.get("dir", "1")) >= 0 else -1
-        start = int(query.get("from", "0"))
+        start = _number(query, "from", "0", -(1 << 62), 1 << 62)
         found: int | None
         if what == "access" and "reg" in query:
             found = self.search.register_access(query["reg"], start, direction)
         elif what == "access":
-            found = self.search.access(
-                int(query["addr"], 0), int(query.get("size", "8")), start, direction
-            )
+            # Bounded here: numpy would raise OverflowError past 64 bits (addr=-1,
+            # addr=2**70), and the connection closed without an answer.
+            addr = _number(query, "addr", None, 0, (1 << 64) - 1)
+            size = _number(query, "size", "8", 1, 1 << 20)
+            # addr + size stays below 2**64 (uint64 arithmetic in the search).
+            found = self.search.access(addr, min(size, (1 << 64) - 1 - addr), start, direction)
         else:
             found = self.search.kind(what, start, direction)
         return json.dumps({"step": found}).encode("utf-8")
+
+
+def _number(query: dict[str, str], key: str, default: str | None, lo: int, hi: int) -> int:
+    """`query[key]` as an integer (0x... allowed) from lo to hi, else BadInput (a 400)."""
+    text = query[key] if default is None else query.get(key, default)
+    value = int(text, 0)
+    if not lo <= value <= hi:
+        raise BadInput(f"{key}={text} is not between {lo} and {hi:#x}")
+    return value
 
 
 def _handler(served: ServedTrace) -> type[BaseHTTPRequestHandler]:
