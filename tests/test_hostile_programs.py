@@ -17,6 +17,7 @@ seconds because the limits stop them early.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,6 +26,7 @@ import pytest
 from stacktrace_lab.limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY, MiB
 from stacktrace_lab.record.elf_front import record_elf
 from stacktrace_lab.record.recorder import RecordOptions
+from stacktrace_lab.trace import load_trace
 from stacktrace_lab.trace.format import TraceMetadata
 
 from .elf_builder import PF_R, PF_W, Phdr, program
@@ -61,7 +63,9 @@ def _run(tmp_path: Path, asm: str, max_steps: int = 100_000) -> TraceMetadata:
     data = Phdr(DATA, b"/proc/self/maps\0" + bytes(0x100), PF_R | PF_W)
     path.write_bytes(program(asm, data))
     options = RecordOptions(max_steps=max_steps)
-    return record_elf(path, tmp_path / "t.parquet", options).metadata
+    meta = record_elf(path, tmp_path / "t.parquet", options).metadata
+    # The calls, read from the trace's `syscall` column, beside the metadata.
+    return replace(meta, syscalls=tuple(load_trace(tmp_path / "t.parquet").syscalls()))
 
 
 def _exit_status(meta: TraceMetadata) -> int:
