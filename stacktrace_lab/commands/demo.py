@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..record.recorder import Recording, record
-from ..report.build import build_report
-from ..scenario import load_scenario
-from ..trace.reader import load_trace
 from .report import print_written
+
+if TYPE_CHECKING:  # the recorder and the report: imported when the command runs
+    from ..record.recorder import Recording
 
 DEMO_SCENARIO = "first-switch"
 #: The Rust demo: examples/first_switch.rs, rustc -O -g with +crt-static (a static-pie).
@@ -29,6 +29,11 @@ RUST_NAME = "first-switch-rust"
 def demo_command(rust: bool) -> int:
     """Record first-switch into traces/ and write its report into reports/first-switch/
     (with --rust: the tutorial's Rust program, into first-switch-rust)."""
+    from ..record.recorder import record
+    from ..report.build import build_report
+    from ..scenario import load_scenario
+    from ..trace.reader import load_trace
+
     if rust:
         recording = _record_rust()
         name = RUST_NAME

@@ -7,9 +7,11 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from ..diff import RENDERERS, diff_traces, render
-from ..diff.core import DEFAULT_CONTEXT
 from .common import ci_options, render_ci
+
+#: Steps of context around the first divergence (diff.core's default; kept here so
+#: `--help` does not load the diff and pyarrow).
+DEFAULT_CONTEXT = 3
 
 
 @click.command("diff")
@@ -46,6 +48,8 @@ def diff_command(
     markdown suits a CI job summary; json has the first divergent step under
     'first_divergence'; github, junit and sarif point at B's source line there.
     """
+    from ..diff import RENDERERS, diff_traces, render
+
     names = ignore.split(",") if ignore is not None else load_config().diff_ignore
     result = diff_traces(a, b, ignore=names, align=align, context=context)
     if fmt in RENDERERS:

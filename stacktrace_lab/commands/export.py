@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..trace.reader import load_trace
-
 SUFFIXES = {"perfetto": ".perfetto.json", "tenet": ".tenet.log"}
 
 
@@ -30,6 +28,8 @@ SUFFIXES = {"perfetto": ".perfetto.json", "tenet": ".tenet.log"}
 def export_command(trace: Path, target: str, output: Path | None) -> int:
     """Export TRACE for Perfetto UI (one track per stack, a slice per call, instants at
     switches and violations) or for the Tenet trace explorer."""
+    from ..trace.reader import load_trace
+
     loaded = load_trace(trace)
     out = output or trace.with_name(trace.name.removesuffix(".parquet") + SUFFIXES[target])
     if target == "perfetto":

@@ -14,7 +14,6 @@ import click
 from rich.table import Table
 
 from ..errors import BadInput
-from ..explore.sql import VIEWS, DuckDBMissing, connect, open_traces, require_duckdb
 from .show import output_console
 
 
@@ -70,6 +69,8 @@ def query_command(traces: tuple[str, ...], sql: str, fmt: str) -> int:
 
     Needs DuckDB: pip install 'stacktrace-lab[duckdb]'.
     """
+    from ..explore.sql import VIEWS, DuckDBMissing, connect, open_traces, require_duckdb
+
     try:
         duckdb = require_duckdb()
     except DuckDBMissing as exc:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,14 +30,16 @@ from .. import safe_output
 from ..config import load_config
 from ..errors import BadInput
 from ..limits import DEFAULT_LIMITS, Limits
-from ..record.recorder import Recording, RecordOptions, record
-from ..scenario import Scenario, load_scenario
 from .common import step_progress
+
+if TYPE_CHECKING:  # the recorder loads unicorn and pyarrow: imported when the command runs
+    from ..record.recorder import Recording, RecordOptions
+    from ..scenario import Scenario
 
 STDOUT = Path("-")
 
 #: Records into the path it is given (a scenario, a program, an ELF scenario).
-Recorder = Callable[[Path], Recording]
+Recorder = Callable[[Path], "Recording"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -166,6 +168,8 @@ def record_command(
 ) -> int:
     """Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM
     (give its arguments after --), into a trace."""
+    from ..record.recorder import RecordOptions
+
     config = load_config()
     limits = Limits(
         max_source_bytes=max_source_size,
@@ -263,6 +267,8 @@ def _recorder(
                     return record_description(description, path, options, progress=bar)
 
             return description.info.name, record_elf_scenario
+    from ..scenario import load_scenario
+
     loaded = load_scenario(scenario, options.limits, allow_outside)
     return loaded.name, lambda path: _record(loaded, path, options)
 
@@ -294,6 +300,8 @@ def record_safely(recorder: Recorder, target: Path, force: bool = False) -> Reco
 
 
 def _record(loaded: Scenario, path: Path, options: RecordOptions) -> Recording:
+    from ..record.recorder import record
+
     total = options.max_steps or loaded.max_steps
     with step_progress(total, f"recording {loaded.name}") as bar:
         return record(loaded, path, options, progress=bar)

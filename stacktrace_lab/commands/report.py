@@ -7,14 +7,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..config import load_config
-from ..report.build import Report, build_report, default_report_dir
-from ..trace.reader import load_trace
 from .common import stderr_console
+
+if TYPE_CHECKING:  # matplotlib and pyarrow: imported when the command runs, not for --help
+    from ..report.build import Report
 
 
 @click.command("report")
@@ -29,6 +30,9 @@ from .common import stderr_console
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def report_command(trace: Path, output: Path | None, as_json: bool) -> int:
     """Write the report of TRACE: exit 0 if every invariant holds, 1 if one fails."""
+    from ..report.build import build_report, default_report_dir
+    from ..trace.reader import load_trace
+
     loaded = load_trace(trace)
     directory = output or default_report_dir(trace, load_config().reports_dir)
     with stage_progress(f"report of {trace.name}") as progress:
