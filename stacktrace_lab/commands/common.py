@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 #: Outside a terminal (a CI log, a pipe) nothing is wrapped at 80 columns:
 #: a log line is as long as its content.
-class _LogLines(io.TextIOBase):
+class LogLines(io.TextIOBase):
     """sys.stdout (looked up at each write, as tests swap it) without trailing blanks."""
 
     def write(self, text: str) -> int:
@@ -31,14 +31,16 @@ class _LogLines(io.TextIOBase):
 
 
 _LOG_WIDTH = 1000  # wide enough that no table cell is wrapped
+#: Text from programs and traces (symbols, instructions, SQL values, file names) is
+#: printed as it is: no console reads `[bold]` as markup or `:x:` as an emoji. Styles
+#: come only from `Text` objects the commands build.
+PLAIN: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False}
 stdout_console = (
-    Console(highlight=False)
+    Console(**PLAIN)
     if sys.stdout.isatty()
-    else Console(
-        file=cast("IO[str]", _LogLines()), highlight=False, width=_LOG_WIDTH, soft_wrap=True
-    )
+    else Console(file=cast("IO[str]", LogLines()), width=_LOG_WIDTH, soft_wrap=True, **PLAIN)
 )
-stderr_console = Console(stderr=True, highlight=False)
+stderr_console = Console(stderr=True, **PLAIN)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,7 +89,7 @@ def step_progress(total: int, label: str) -> Iterator[Callable[[int], None] | No
         yield None
         return
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a program's name, as it is
         BarColumn(),
         TextColumn("{task.completed:,} steps"),
         TimeElapsedColumn(),

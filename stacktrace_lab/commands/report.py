@@ -50,10 +50,13 @@ def stage_progress(label: str) -> Iterator[Callable[[str], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
-    with stderr_console.status(label) as status:
+    from rich.text import Text
+
+    # Text, not str: a spinner reads a str as markup, and a trace's name is the user's.
+    with stderr_console.status(Text(label)) as status:
 
         def update(stage: str) -> None:
-            status.update(f"{label}: {stage}")
+            status.update(Text(f"{label}: {stage}"))
 
         yield update
 

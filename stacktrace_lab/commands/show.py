@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from rich.console import Console, Group
@@ -14,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import BadInput
-from .common import stdout_console
+from .common import PLAIN, LogLines, stdout_console
 
 if TYPE_CHECKING:  # the explorer loads pyarrow and capstone: imported when the command runs
     from ..explore.backtrace import FrameLine, StackBacktrace
@@ -206,7 +205,7 @@ def output_console() -> Console:
     """The terminal's console; when piped, one wide enough that rows do not wrap."""
     if stdout_console.is_terminal:
         return stdout_console
-    return Console(file=sys.stdout, width=PIPED_WIDTH, highlight=False, markup=False, emoji=False)
+    return Console(file=cast("IO[str]", LogLines()), width=PIPED_WIDTH, **PLAIN)
 
 
 def render(trace: Trace, view: StepView, found: list[StackBacktrace]) -> Group:
