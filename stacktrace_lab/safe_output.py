@@ -34,6 +34,7 @@ import signal
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -142,9 +143,40 @@ def _critical_section() -> Iterator[None]:
             raise Interrupted(_held_signal.pop())
 
 
-def create_temp(target: Path) -> Path:
-    """A new, empty, registered temporary file in `target`'s directory."""
+#: A temporary file of ours untouched this long was left by a killed run (SIGKILL, a
+#: power cut): the next write beside it removes it. A live writer touches its file far
+#: more often (a trace grows by row groups; a report file is written in one go).
+STALE_AFTER_SECONDS = 15 * 60
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove the temporary files of our own naming for `target` (`.NAME.XXXXXXXX.tmp`,
+    regular files) that no run has touched for STALE_AFTER_SECONDS; returns them."""
     directory = target.parent
+    prefix = temp_prefix(target.name, _name_limit(directory))
+    ours = re.compile(re.escape(prefix) + f"[a-z0-9_]{{{_RANDOM}}}" + re.escape(_TEMP_SUFFIX))
+    now = time.time()
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        if not ours.fullmatch(entry.name) or Path(entry.path) in _pending:
+            continue
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_AFTER_SECONDS:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def create_temp(target: Path) -> Path:
+    """A new, empty, registered temporary file in `target`'s directory (and the
+    stale ones a killed run left for the same target, gone)."""
+    directory = target.parent
+    remove_stale_temps(target)
     with _critical_section():
         fd, name = tempfile.mkstemp(
             prefix=temp_prefix(target.name, _name_limit(directory)),
