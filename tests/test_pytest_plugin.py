@@ -442,3 +442,68 @@ def test_a_bad_config_fails_checks_in_one_line_and_spares_other_tests(
         ["*stacktrace-lab: *pyproject.toml: [[]tool.stacktrace-lab[]] max-steps: must be a pos*"]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+C_PROGRAM = r"""
+long __attribute__((noinline)) add(long a, long b) { return a + b; }
+void __attribute__((noinline)) done(void) { __asm__ volatile(""); }
+long __attribute__((noinline)) run(long n) { long r = add(n, 41); done(); return r; }
+int main(int argc, char **argv) { (void)argv; return (int)run(argc); }
+"""
+
+#: A C project's test, as docs/ci.md shows it: build the program, golden-test it twice
+#: (the program directly, and a scenario that names it).
+C_PROJECT_TEST = """
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def prog():
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    out = ROOT / "build" / "prog"
+    out.parent.mkdir(exist_ok=True)
+    subprocess.run(["gcc", "-static", "-O0", "-g", "-fno-ipa-stack-alignment", "prog.c", "-o", str(out)], cwd=ROOT, check=True)
+    return out
+
+
+def test_prog(golden_trace, prog):
+    golden_trace.check_program("build/prog", from_="run", to="done", args=["one"])
+
+
+def test_prog_scenario(golden_trace, prog):
+    golden_trace.check("prog.toml")
+"""
+
+
+def test_compiled_programs_are_golden_tested(pytester: pytest.Pytester) -> None:
+    """Issue 24 item 2: `check_program` and a scenario with `[program] elf`, with the
+    same invariants, diff and update flow as an assembly scenario."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    pytester.makepyfile(test_c=C_PROJECT_TEST)
+    (pytester.path / "prog.c").write_text(C_PROGRAM)
+    (pytester.path / "prog.toml").write_text(
+        'name = "prog"\n\n[program]\nelf = "build/prog"\nfrom = "run"\nto = "done"\n'
+    )
+    first = pytester.runpytest()
+    first.assert_outcomes(failed=2)
+    first.stdout.fnmatch_lines(
+        ["*golden trace *traces/test_c/test_prog.parquet did not exist: wrote it*"]
+    )
+    again = pytester.runpytest()
+    again.assert_outcomes(passed=2)
+    again.stdout.fnmatch_lines(["goldens: 2 passed, 0 written, 0 updated, 0 failed, 0 unused"])
+
+    # A change in the program is a difference in its golden, with the diff.
+    (pytester.path / "prog.c").write_text(C_PROGRAM.replace("a + b", "a + b + 1"))
+    changed = pytester.runpytest()
+    changed.assert_outcomes(failed=2)
+    changed.stdout.fnmatch_lines(["*differs from its golden trace *test_prog.parquet*"])
+    assert "Traceback" not in changed.stdout.str()
