@@ -127,11 +127,12 @@ def test_demo_records_and_reports(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0
-    assert (tmp_path / "traces" / "first-switch.parquet").is_file()
+    assert (tmp_path / "stacktrace-lab-traces" / "first-switch.parquet").is_file()
+    assert not (tmp_path / "traces").exists()  # the goldens' folder is the plugin's
     for name in FILES:
         assert (tmp_path / "reports" / "first-switch" / name).is_file()
     out = capsys.readouterr().out
-    assert "traces/first-switch.parquet" in out
+    assert "stacktrace-lab-traces/first-switch.parquet" in out
     assert "reports/first-switch/index.html" in out
 
 

@@ -16,12 +16,17 @@ from stacktrace_lab.errors import BadInput
 from stacktrace_lab.trace import FORMAT_VERSION, load_trace
 
 
-def test_record_default_writes_traces_first_switch(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_record_default_writes_outside_the_golden_folder(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The CLI's default output is not the plugin's golden folder (traces/): a trace
+    recorded by hand is never taken for a golden (issue 24)."""
     monkeypatch.chdir(tmp_path)
     assert main(["record"]) == 0
-    assert (tmp_path / "traces" / "first-switch.parquet").is_file()
+    assert (tmp_path / "stacktrace-lab-traces" / "first-switch.parquet").is_file()
+    assert not (tmp_path / "traces").exists()
     out = capsys.readouterr().out
-    assert "traces/first-switch.parquet: 19 steps, stopped: spin" in out
+    assert "stacktrace-lab-traces/first-switch.parquet: 19 steps, stopped: spin" in out
 
 
 def test_record_options(tmp_path: Path, capsys) -> None:

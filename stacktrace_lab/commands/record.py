@@ -1,12 +1,13 @@
 """`stacktrace-lab record [SCENARIO | PROGRAM] [-o FILE|-] [--from SYM] [--to SYM] [-- ARGS]`.
 
 Defaults come from `[tool.stacktrace-lab]` (stacktrace_lab.config): the
-output directory (traces-dir), --max-steps and --snapshot-limit.
+output directory (record-dir, `stacktrace-lab-traces/`: never the goldens'
+traces-dir, which the pytest plugin owns), --max-steps and --snapshot-limit.
 
 Files that matter are safe:
 - `-o -` writes the trace to stdout (for a pipe or a redirection; refused in
   one line when stdout is a terminal); the summary then goes to stderr;
-- a trace inside the goldens directory (traces-dir) is never silently
+- a trace written with `-o` inside the goldens directory (traces-dir) is never silently
   replaced by a different one: the new recording goes to a hidden file next
   to the target first, and if it differs from the file there, the command
   refuses in one line (exit 2) unless --force. A byte-identical re-record is
@@ -66,7 +67,7 @@ BYTE_SIZE = ByteSize()
 
 
 def default_trace_path(name: str) -> Path:
-    return load_config().traces_dir / f"{name}.parquet"
+    return load_config().record_dir / f"{name}.parquet"
 
 
 def is_program(argument: str) -> bool:
@@ -82,8 +83,8 @@ def is_program(argument: str) -> bool:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
-    help="Trace file to write, or - for stdout [default: <traces-dir>/<name>.parquet, "
-    "traces-dir from [tool.stacktrace-lab], else traces].",
+    help="Trace file to write, or - for stdout [default: <record-dir>/<name>.parquet, "
+    "record-dir from [tool.stacktrace-lab], else stacktrace-lab-traces].",
 )
 @click.option("--max-steps", type=int, help="Stop after this many steps [default: the scenario's].")
 @click.option(
