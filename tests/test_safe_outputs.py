@@ -263,3 +263,83 @@ def test_a_signal_right_as_a_temporary_file_appears_or_goes_leaves_nothing(
         bystander.join()
     assert [p.name for p in tmp_path.iterdir()] == ["index.html"]
     assert target.read_bytes() == (b"old" if moment == "created" else b"new")
+
+
+# --- issue 24 item 3: `-o -` is standard output for one file, refused for a folder;
+# --- issue 26 item 7: export goes through the same check as record.
+
+
+EXPORT = [sys.executable, "-m", "stacktrace_lab", "export"]
+
+
+@pytest.mark.parametrize("to", ["tenet", "perfetto"])
+def test_export_to_dash_writes_stdout_and_no_file_named_dash(
+    first_switch_trace: Path, tmp_path: Path, to: str
+) -> None:
+    run = subprocess.run(
+        [*EXPORT, str(first_switch_trace), "--to", to, "-o", "-"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert os.listdir(tmp_path) == []  # no file named "-"
+    assert main(["export", str(first_switch_trace), "--to", to, "-o", str(tmp_path / "f")]) == 0
+    assert run.stdout == (tmp_path / "f").read_text()
+    assert run.stderr.startswith("-: ")  # the summary, out of the data's way
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_export_never_replaces_a_device_a_fifo_or_a_directory(
+    first_switch_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    target = tmp_path / "out"
+    if kind == "device":
+        _char_device(target)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    before = os.lstat(target)
+    assert main(["export", str(first_switch_trace), "--to", "tenet", "-o", str(target)]) == 2
+    assert "refusing to replace it" in _one_line(capsys)
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "args", [["report", "TRACE", "-o", "-"], ["record", "--report", "--report-dir", "-"]]
+)
+def test_a_folder_output_refuses_dash_in_one_line(
+    first_switch_trace: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([str(first_switch_trace) if a == "TRACE" else a for a in args]) == 2
+    assert "a report is a folder of files" in _one_line(capsys)
+    assert os.listdir(tmp_path) == []  # no folder named "-"
+
+
+def test_a_stale_temporary_file_of_ours_is_removed_on_the_next_write(tmp_path: Path) -> None:
+    """After a SIGKILL, `.NAME.XXXXXXXX.tmp` stayed forever (issue 26): the next write
+    of NAME removes those of our own naming that no run touched for a while."""
+    target = tmp_path / "trace.parquet"
+    prefix = temp_prefix(target.name, 255)
+    stale = tmp_path / f"{prefix}abcd_123.tmp"
+    fresh = tmp_path / f"{prefix}zzzz_999.tmp"  # a run writing right now
+    other = tmp_path / ".other.parquet.abcd_123.tmp"  # another target's
+    mine_too_long = tmp_path / f"{prefix}abcd_1234.tmp"  # not our naming
+    for path in (stale, fresh, other, mine_too_long):
+        path.write_bytes(b"half")
+    old = time.time() - safe_output.STALE_AFTER_SECONDS - 60
+    for path in (stale, other, mine_too_long):
+        os.utime(path, (old, old))
+    safe_output.write_file(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not stale.exists()
+    assert fresh.exists() and other.exists() and mine_too_long.exists()

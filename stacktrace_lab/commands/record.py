@@ -185,6 +185,9 @@ def record_command(
     to_stdout = output == STDOUT
     if to_stdout and sys.stdout.isatty():
         raise BadInput("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    from .report import refuse_dash_folder
+
+    refuse_dash_folder("--report-dir", report_dir)
     if to_stdout and with_report:
         raise BadInput("-o - cannot be combined with --report (the report needs the file)")
 

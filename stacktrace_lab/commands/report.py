@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import load_config
+from ..errors import BadInput
 from .common import stderr_console
 
 if TYPE_CHECKING:  # matplotlib and pyarrow: imported when the command runs, not for --help
@@ -33,6 +34,7 @@ def report_command(trace: Path, output: Path | None, as_json: bool) -> int:
     from ..report.build import build_report, default_report_dir
     from ..trace.reader import load_trace
 
+    refuse_dash_folder("-o", output)
     loaded = load_trace(trace)
     directory = output or default_report_dir(trace, load_config().reports_dir)
     with stage_progress(f"report of {trace.name}") as progress:
@@ -42,6 +44,15 @@ def report_command(trace: Path, output: Path | None, as_json: bool) -> int:
     else:
         print_written(report)
     return report.check.exit_status
+
+
+def refuse_dash_folder(option: str, folder: Path | None) -> None:
+    """`-` is standard output for a single file; a report is a folder of files."""
+    if folder is not None and str(folder) == "-":
+        raise BadInput(
+            f"{option} -: a report is a folder of files (index.html, plots, ...), "
+            "not one stream; give a directory"
+        )
 
 
 @contextmanager
