@@ -15,7 +15,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from .common import ci_options, render_ci, stdout_console, table_box
+from .common import ci_options, render_ci, stdout_console, table_box, trace_callers
 
 if TYPE_CHECKING:  # the analysis loads pyarrow: imported when the command runs, not for --help
     from ..analysis import CheckResult
@@ -41,7 +41,8 @@ def check_command(trace: Path, as_json: bool, fmt: str, source: str | None) -> i
     else:
         from ..ci.model import from_check
 
-        render_ci(from_check(result, loaded.metadata, source), fmt)
+        report = from_check(result, loaded.metadata, source, trace_callers(loaded))
+        render_ci(report, fmt)
     return result.exit_status
 
 

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
-    from ..ci.model import CiReport
+    from ..ci.model import Callers, CiReport
+    from ..trace.reader import Trace
 
 
 #: Outside a terminal (a CI log, a pipe) nothing is wrapped at 80 columns:
@@ -74,6 +75,27 @@ def ci_options(own: tuple[str, ...]) -> Callable[[F], F]:
         )(command)
 
     return decorate
+
+
+def trace_callers(trace: Trace) -> Callers:
+    """For CI output: the return addresses of the frames running at a step, innermost
+    first (the backtrace is built once, on the first finding that asks)."""
+    from ..analysis.events import derive_facts
+    from ..explore.backtrace import FrameHistory, backtraces, frame_history
+
+    built: list[tuple[Any, FrameHistory]] = []
+
+    def callers(step: int) -> list[int]:
+        if not built:
+            facts = derive_facts(trace)
+            built.append((facts, frame_history(facts)))
+        facts, history = built[0]
+        for stack in backtraces(facts, step, history):
+            if stack.running:
+                return [frame.addr for frame in stack.frames[1:] if frame.addr]
+        return []
+
+    return callers
 
 
 def render_ci(report: CiReport, fmt: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from .common import ci_options, render_ci
+from .common import ci_options, render_ci, trace_callers
 
 #: Steps of context around the first divergence (diff.core's default; kept here so
 #: `--help` does not load the diff and pyarrow).
@@ -58,5 +58,6 @@ def diff_command(
         from ..ci.model import from_diff
         from ..trace import load_trace
 
-        render_ci(from_diff(result, load_trace(b).metadata, source), fmt)
+        new = load_trace(b)
+        render_ci(from_diff(result, new.metadata, source, trace_callers(new)), fmt)
     return 0 if result.same else 1
