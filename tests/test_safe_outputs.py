@@ -343,3 +343,62 @@ def test_a_stale_temporary_file_of_ours_is_removed_on_the_next_write(tmp_path: P
     assert target.read_bytes() == b"whole"
     assert not stale.exists()
     assert fresh.exists() and other.exists() and mine_too_long.exists()
+
+
+# --- issue 24 item 6: interruptible emulation
+
+#: Builds the loop scenario's machine; `fast_forward` then runs it without recording
+#: (as `record ./prog --from SYMBOL` runs a program's start-up) towards an address
+#: it never reaches.
+FAST_FORWARD = """
+from stacktrace_lab.record.recorder import describe_scenario, prepare_machine
+from stacktrace_lab.scenario import load_scenario
+
+def fast_forward_forever():
+    machine, _ = prepare_machine(describe_scenario(load_scenario("loop.toml")))
+    machine.fast_forward(0xDEAD000, limit=10**12)
+"""
+
+
+def test_pytest_timeout_stops_an_emulation_that_does_not_end(pytester: pytest.Pytester) -> None:
+    """pytest-timeout's SIGALRM fired inside unicorn's callbacks, where its exception
+    was printed and ignored: a hung run went on. Now the engine stops and the test
+    fails with pytest-timeout's own message."""
+    pytest.importorskip("pytest_timeout")
+    pytester.makefile(".toml", loop=LOOP)
+    pytester.makepyfile(
+        test_hang=FAST_FORWARD
+        + """
+import pytest
+
+@pytest.mark.timeout(3, method="signal")
+def test_hang():
+    fast_forward_forever()
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "timeout", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Failed: Timeout (>3.0s) from pytest-timeout*"])
+    assert "Exception ignored" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_an_unrecorded_run_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    """A signal during a run that records nothing (the start-up before --from) was
+    raised inside the engine's callback and lost."""
+    (tmp_path / "loop.toml").write_text(LOOP)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(FAST_FORWARD, namespace)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signum))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(safe_output.Interrupted) as stopped:
+            namespace["fast_forward_forever"]()
+    finally:
+        timer.cancel()
+    assert stopped.value.signum == signum
+    assert time.monotonic() - started < 1.0 + 1.0  # the signal, then within a second

@@ -31,7 +31,7 @@ from unicorn.unicorn_py3.unicorn import UcError
 
 from ..layout import Region
 from .elf import DataSymbol, ElfImage
-from .machine import Machine, _raw
+from .machine import Machine, _raw, interruptible
 from .syscalls import LinuxKernel
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
@@ -154,7 +154,7 @@ def run_discovery(
         state["want"] = pending[-1][1] if pending else -1
 
     uc.hook_add(UC_HOOK_CODE, on_code)
-    with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
+    with interruptible(uch), contextlib.suppress(UcError):  # a fault ends the pass
         uc.emu_start(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
     evidence.outside = list(zip(outside_steps.tolist(), outside_rsp.tolist(), strict=True))
     evidence.steps = state["step"]
