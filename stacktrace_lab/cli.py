@@ -87,7 +87,9 @@ def usage_error_line(error: click.UsageError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        with stop_on_signals():
+        # The program itself (argv from sys.argv): a signal ends the process at once,
+        # with one line. Called in process (tests, scripts): it raises Interrupted.
+        with stop_on_signals(exit_process=argv is None):
             result = cli.main(
                 args=list(argv) if argv is not None else None,
                 prog_name="stacktrace-lab",

@@ -23,6 +23,8 @@ from stacktrace_lab.trace import load_trace
 
 from .conftest import scenario_toml
 
+pytest_plugins = ["pytester"]
+
 LOOP = scenario_toml("main:\n    incq %rax\n    pushq %rax\n    popq %rbx\n    jmp main\n")
 
 
@@ -402,3 +404,73 @@ def test_a_signal_stops_an_unrecorded_run_within_a_second(
         timer.cancel()
     assert stopped.value.signum == signum
     assert time.monotonic() - started < 1.0 + 1.0  # the signal, then within a second
+
+
+# --- issue 26 item 5: signals are never lost in a reading command
+
+
+@pytest.fixture(scope="module")
+def long_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trace long enough (200,000 steps) that every command is still at work when
+    the signal comes."""
+    where = tmp_path_factory.mktemp("long")
+    (where / "loop.toml").write_text(LOOP)
+    out = where / "long.parquet"
+    assert main(["record", str(where / "loop.toml"), "-o", str(out), "--max-steps", "200000"]) == 0
+    return out
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (Linux: SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+READING_COMMANDS = {
+    "check": ["check", "TRACE"],
+    "diff --align": ["diff", "--align", "TRACE", "TRACE"],
+    "show": ["show", "TRACE", "--step", "150000"],
+    "report": ["report", "TRACE", "-o", "OUT"],
+    "query": ["query", "TRACE", "SELECT count(*) FROM accesses a JOIN steps s USING (step)"],
+    "export": ["export", "TRACE", "--to", "tenet", "-o", "OUT"],
+    "who-wrote": ["who-wrote", "TRACE", "main:4088"],
+    "serve": ["serve", "TRACE", "--port", "0"],
+}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("name", list(READING_COMMANDS))
+def test_a_signal_ends_a_reading_command_at_once_with_one_line(
+    long_trace: Path, tmp_path: Path, name: str
+) -> None:
+    """SIGINT or SIGTERM as soon as the command is under way: exit 128 + n with one
+    line, within a second, no output, no traceback, no file left."""
+    if name == "query":
+        pytest.importorskip("duckdb")
+    signum = signal.SIGINT if len(name) % 2 else signal.SIGTERM
+    out = tmp_path / "out"
+    argv = [str(long_trace) if a == "TRACE" else str(out) if a == "OUT" else a
+            for a in READING_COMMANDS[name]]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stacktrace_lab", *argv],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _catches(process.pid, signal.SIGTERM) and process.poll() is None:
+        assert time.monotonic() < deadline, "the command never set its handlers"
+        time.sleep(0.005)
+    time.sleep(0.2)  # into its work
+    sent = time.monotonic()
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert process.returncode == 128 + signum, stderr
+    assert stderr == f"stacktrace-lab: interrupted ({signal.Signals(signum).name})\n"
+    assert stdout == ""
+    assert took < 1.0 + 0.5, took  # a second, and the process's own exit
+    assert sorted(p.name for p in tmp_path.rglob("*")) in ([], ["out"])
