@@ -27,6 +27,7 @@ DEFAULT_CONTEXT = 3
     "[tool.stacktrace-lab] in pyproject.toml, else nothing].",
 )
 @ci_options(("text", "json", "markdown"))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (--format json).")
 @click.option(
     "--align",
     is_flag=True,
@@ -41,7 +42,14 @@ DEFAULT_CONTEXT = 3
     help="Steps of context shown around the first divergence.",
 )
 def diff_command(
-    a: Path, b: Path, ignore: str | None, fmt: str, source: str | None, align: bool, context: int
+    a: Path,
+    b: Path,
+    ignore: str | None,
+    fmt: str,
+    source: str | None,
+    align: bool,
+    context: int,
+    as_json: bool,
 ) -> int:
     """Compare trace A (the reference, e.g. a golden) with trace B.
 
@@ -50,6 +58,7 @@ def diff_command(
     """
     from ..diff import RENDERERS, diff_traces, render
 
+    fmt = "json" if as_json else fmt
     names = ignore.split(",") if ignore is not None else load_config().diff_ignore
     result = diff_traces(a, b, ignore=names, align=align, context=context)
     if fmt in RENDERERS:

@@ -62,7 +62,8 @@ def _cell(value: Any) -> str:
     show_default=True,
     help="How to print the rows.",
 )
-def query_command(traces: tuple[str, ...], sql: str, fmt: str) -> int:
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (--format json).")
+def query_command(traces: tuple[str, ...], sql: str, fmt: str, as_json: bool) -> int:
     """Run SQL over one or more traces (paths or quoted globs): views
     steps, accesses, calls, switches, planted, syscalls (and tables traces,
     regions, labels), each with a `trace` column. See docs/sql.md.
@@ -70,6 +71,8 @@ def query_command(traces: tuple[str, ...], sql: str, fmt: str) -> int:
     Needs DuckDB: pip install 'stacktrace-lab[duckdb]'.
     """
     from ..explore.sql import VIEWS, DuckDBMissing, connect, open_traces, require_duckdb
+
+    fmt = "json" if as_json else fmt
 
     try:
         duckdb = require_duckdb()

@@ -86,7 +86,11 @@ def is_program(argument: str) -> bool:
     help="Trace file to write, or - for stdout [default: <record-dir>/<name>.parquet, "
     "record-dir from [tool.stacktrace-lab], else stacktrace-lab-traces].",
 )
-@click.option("--max-steps", type=int, help="Stop after this many steps [default: the scenario's].")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    help="Stop after this many steps [default: the scenario's].",
+)
 @click.option(
     "--snapshot-limit",
     type=int,
@@ -243,9 +247,12 @@ def _recorder(
     allow_outside: bool = False,
 ) -> tuple[str, Recorder]:
     """The trace's name and how to record it: a program, an ELF scenario or a scenario."""
+    if (args or from_symbol or to_symbol) and not Path(scenario).exists():
+        raise BadInput(f"{scenario}: no such file")
     if is_program(scenario):
         from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
 
+        _refuse_what_is_no_program(Path(scenario))
         program = Path(scenario)
         total = options.max_steps or DEFAULT_ELF_MAX_STEPS
 
@@ -275,6 +282,31 @@ def _recorder(
 
     loaded = load_scenario(scenario, options.limits, allow_outside)
     return loaded.name, lambda path: _record(loaded, path, options)
+
+
+#: What to do instead with a file that is no program, by its suffix.
+_INSTEAD = {
+    (".s", ".S", ".asm"): "an assembly file: name it in a scenario, "
+    '[program] file = "NAME", and record the .toml (docs/scenarios.md)',
+    (".c", ".cc", ".cpp", ".cxx", ".rs", ".zig", ".go"): "source code: compile it into a "
+    "static x86-64 program first (e.g. gcc -static -g NAME -o prog) and record that",
+    (".parquet",): "a trace, already recorded: look at it with `stacktrace-lab report NAME` "
+    "(or show, check, serve)",
+}
+
+
+def _refuse_what_is_no_program(path: Path) -> None:
+    """A source file, an assembly file or a trace named where a program goes: say what
+    to do with it instead of only 'not an ELF executable'."""
+    try:
+        with path.open("rb") as file:
+            if file.read(4) == b"\x7fELF":
+                return
+    except OSError:
+        return  # the ELF reader says why, in its own words
+    for suffixes, instead in _INSTEAD.items():
+        if path.suffix in suffixes:
+            raise BadInput(f"{path}: not a program but {instead.replace('NAME', path.name)}")
 
 
 def record_safely(recorder: Recorder, target: Path, force: bool = False) -> Recording:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ def report_command(trace: Path, output: Path | None, as_json: bool) -> int:
     from ..trace.reader import load_trace
 
     refuse_dash_folder("-o", output)
+    if not os.path.lexists(trace):
+        raise BadInput(f"{trace}: no such file{_suggestion(trace)}")
     loaded = load_trace(trace)
     directory = output or default_report_dir(trace, load_config().reports_dir)
     with stage_progress(f"report of {trace.name}") as progress:
@@ -44,6 +47,21 @@ def report_command(trace: Path, output: Path | None, as_json: bool) -> int:
     else:
         print_written(report)
     return report.check.exit_status
+
+
+def _suggestion(trace: Path) -> str:
+    """`report first-switch`: the trace of that name, where `record` puts it."""
+    config = load_config()
+    named = trace.name if trace.suffix == ".parquet" else f"{trace.name}.parquet"
+    for folder in (config.record_dir, config.traces_dir):
+        if (folder / named).is_file():
+            return f" (did you mean {folder / named}?)"
+    from ..scenario import builtin_names
+
+    if trace.name in builtin_names():
+        recorded = config.record_dir / named
+        return f" (record it first: stacktrace-lab record {trace.name}, then report {recorded})"
+    return ""
 
 
 def refuse_dash_folder(option: str, folder: Path | None) -> None:
