@@ -44,6 +44,8 @@ from .errors import BadInput
 _TEMP_SUFFIX = ".tmp"
 _RANDOM = 8  # characters mkstemp adds
 _pending: set[Path] = set()
+#: temporary file -> the output it becomes, so a message names the output
+_target_of: dict[Path, Path] = {}
 # Ctrl-C too: Python's own SIGINT handler would raise KeyboardInterrupt inside a
 # critical section. `Interrupted` is a KeyboardInterrupt, so callers see the same.
 _STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -196,7 +198,15 @@ def create_temp(target: Path) -> Path:
         os.close(fd)
         temp = Path(name)
         _pending.add(temp)
+        _target_of[temp] = target
     return temp
+
+
+def output_named(filename: object) -> object:
+    """The output a temporary file of ours stands for (for messages), else `filename`."""
+    if isinstance(filename, str | os.PathLike):
+        return _target_of.get(Path(filename), filename)
+    return filename
 
 
 def commit_temp(temp: Path, target: Path) -> None:
