@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,8 +62,11 @@ def unpack(ref: str, into: Path) -> Path:
     return into
 
 
-def run_once(tree: Path, args: list[str]) -> float:
+def run_once(tree: Path, args: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run: on a shared machine the CPU time is
+    the figure to hold against the 0.3 s goal, the wall time waits for the others."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "stacktrace_lab", *args],
@@ -72,7 +76,10 @@ def run_once(tree: Path, args: list[str]) -> float:
         stderr=subprocess.DEVNULL,
         check=False,
     )
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def heaviest_imports(tree: Path, args: list[str], top: int = 3) -> str:
@@ -109,17 +116,25 @@ def main() -> None:
         before = unpack(args.before, Path(tmp))
         trees = {"before": before, "after": CHECKOUT}
         print(f"python {sys.version.split()[0]}, before = {args.before}, after = this checkout")
-        header = f"{'command':<22} {'before s':>9} {'after s':>9} {'ratio':>7}"
+        header = (
+            f"{'command':<22} {'before s':>9} {'after s':>9} {'ratio':>7}"
+            f" {'cpu before':>10} {'cpu after':>9}"
+        )
         print(f"{header}   heaviest imports after")
         for name, cmd in COMMANDS.items():
             times: dict[str, list[float]] = {"before": [], "after": []}
+            cpus: dict[str, list[float]] = {"before": [], "after": []}
             for _ in range(args.repeat):
                 for side, tree in trees.items():
-                    times[side].append(run_once(tree, cmd))
+                    wall, cpu = run_once(tree, cmd)
+                    times[side].append(wall)
+                    cpus[side].append(cpu)
             b = statistics.median(times["before"])
             a = statistics.median(times["after"])
+            cb = statistics.median(cpus["before"])
+            ca = statistics.median(cpus["after"])
             heavy = heaviest_imports(CHECKOUT, cmd)
-            print(f"{name:<22} {b:>9.3f} {a:>9.3f} {b / a:>6.1f}x   {heavy}")
+            print(f"{name:<22} {b:>9.3f} {a:>9.3f} {b / a:>6.1f}x {cb:>10.3f} {ca:>9.3f}   {heavy}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ def test_unknown_scenario_fails_with_one_line(pytester: pytest.Pytester) -> None
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*stacktrace-lab: *no-such-scenario*"])
+    # Once: not again as "During handling of the above exception" (issue 24).
+    out = result.stdout.str()
+    assert out.count("no such built-in scenario") == 2  # the failure, and the summary line
+    assert "During handling" not in out and "Traceback" not in out
 
 
 TWO_OPTIONS = """
