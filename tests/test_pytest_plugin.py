@@ -445,7 +445,9 @@ def test_a_bad_config_fails_checks_in_one_line_and_spares_other_tests(
     result.stdout.fnmatch_lines(
         ["*stacktrace-lab: *pyproject.toml: [[]tool.stacktrace-lab[]] max-steps: must be a pos*"]
     )
-    assert "Traceback" not in result.stdout.str()
+    out = result.stdout.str()
+    assert "Traceback" not in out and "During handling" not in out
+    assert out.count("max-steps: must be a positive integer") == 1
 
 
 C_PROGRAM = r"""
