@@ -149,11 +149,12 @@ def read_input(
         raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
     except ValueError:  # a NUL byte in the name
         raise BadInput(f"{str(path)!r}: a file name cannot hold a NUL byte") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)  # fdopen of a directory would fail naming the fd number, not the file
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise BadInput(f"{path}: is {kind}; a {what} must be a regular file")
     with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            raise BadInput(f"{path}: is {kind}; a {what} must be a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
         named = f" ({option})" if option else ""

@@ -14,7 +14,6 @@ import click
 from rich.table import Table
 
 from ..errors import BadInput
-from ..explore.sql import VIEWS, DuckDBMissing, connect, open_traces, require_duckdb
 from .show import output_console
 
 
@@ -63,13 +62,18 @@ def _cell(value: Any) -> str:
     show_default=True,
     help="How to print the rows.",
 )
-def query_command(traces: tuple[str, ...], sql: str, fmt: str) -> int:
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (--format json).")
+def query_command(traces: tuple[str, ...], sql: str, fmt: str, as_json: bool) -> int:
     """Run SQL over one or more traces (paths or quoted globs): views
     steps, accesses, calls, switches, planted, syscalls (and tables traces,
     regions, labels), each with a `trace` column. See docs/sql.md.
 
     Needs DuckDB: pip install 'stacktrace-lab[duckdb]'.
     """
+    from ..explore.sql import VIEWS, DuckDBMissing, connect, open_traces, require_duckdb
+
+    fmt = "json" if as_json else fmt
+
     try:
         duckdb = require_duckdb()
     except DuckDBMissing as exc:

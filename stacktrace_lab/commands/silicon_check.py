@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from ..silicon.check import silicon_check
-from ..silicon.compare import CAUSES, Comparison
+if TYPE_CHECKING:  # the silicon check loads the recorder: imported when the command runs
+    from ..silicon.compare import Comparison
 
 
 @click.command("silicon-check")
@@ -35,6 +36,8 @@ def silicon_check_command(
     Exit 0 when every step is the same, 1 at the first divergence, 2 on bad
     input or when ptrace is not available here.
     """
+    from ..silicon.check import silicon_check
+
     result = silicon_check(
         target,
         from_symbol=from_symbol,
@@ -52,6 +55,8 @@ def silicon_check_command(
 
 
 def _summary(name: str, c: Comparison) -> str:
+    from ..silicon.compare import CAUSES
+
     touched = ", ".join(f"{k} {v}" for k, v in c.normalisations.items())
     lines = []
     if c.divergence is None:

@@ -114,6 +114,18 @@ def _number(query: dict[str, str], key: str, default: str | None, lo: int, hi: i
     if not lo <= value <= hi:
         raise BadInput(f"{key}={text} is not between {lo} and {hi:#x}")
     return value
+#: The names this machine's browser uses for the server; any other Host is refused.
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _local_host(header: str | None) -> bool:
+    """Whether a Host header names this machine: `127.0.0.1` or `localhost`, with
+    any port (or none: HTTP/1.0 clients send no Host)."""
+    if header is None:
+        return True
+    name = header.strip().lower()
+    name = name.rsplit(":", 1)[0] if ":" in name else name
+    return name in LOCAL_HOSTS
 
 
 def _handler(served: ServedTrace) -> type[BaseHTTPRequestHandler]:
@@ -121,6 +133,11 @@ def _handler(served: ServedTrace) -> type[BaseHTTPRequestHandler]:
         server_version = "stacktrace-lab"
 
         def do_GET(self) -> None:
+            if not _local_host(self.headers.get("Host")):
+                # DNS rebinding: a web page whose name now resolves to 127.0.0.1 must
+                # not read the trace; a browser sends that page's name as Host.
+                self._error(HTTPStatus.FORBIDDEN, "forbidden: Host must be 127.0.0.1 or localhost")
+                return
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:
