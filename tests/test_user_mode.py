@@ -124,8 +124,10 @@ def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     """Both implementations of the per-step hooks (record/hooks.py)."""
     if request.param == "pure-python":
         monkeypatch.setenv(PURE_PYTHON_ENV, "1")
-    elif native_core() is None:
-        pytest.skip("the C recording core is not built here")
+    else:
+        monkeypatch.delenv(PURE_PYTHON_ENV, raising=False)
+        if native_core() is None:
+            pytest.skip("the C recording core is not built here")
     return str(request.param)
 
 
