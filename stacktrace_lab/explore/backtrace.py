@@ -30,8 +30,9 @@ Rules, per stack (keyed by the return-address slot, an address on it):
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +43,9 @@ from ..analysis.transfers import Landing
 from ..symbols import LabelTable
 
 I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
+B = npt.NDArray[np.bool_]
 
 #: How a frame was entered: the machine's start, a call, a ret or a jump that
 #: the analysis classified as entering a function.
@@ -102,6 +106,51 @@ class StackBacktrace:
         }
 
 
+#: How each frame was entered, by code in `FrameNodes.how_code`.
+HOW = (START, CALL, PLANTED, JUMP)
+
+
+@dataclass(frozen=True)
+class FrameNodes(Sequence[FrameNode]):
+    """Every frame of a trace as columns (one entry per frame): a `FrameNode` is made
+    only for the frames asked for, so a trace with millions of calls costs a few
+    numpy arrays, not millions of Python objects."""
+
+    parent: I64
+    stack: I64
+    function: U64
+    entered_step: I64
+    how_code: U8  # index into HOW
+    slot: U64
+    return_to: U64
+    has_return_to: B
+
+    def __len__(self) -> int:
+        return int(self.parent.size)
+
+    @overload
+    def __getitem__(self, index: int) -> FrameNode: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[FrameNode]: ...
+    def __getitem__(self, index: int | slice) -> FrameNode | Sequence[FrameNode]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return FrameNode(
+            parent=int(self.parent[index]),
+            stack=int(self.stack[index]),
+            function=int(self.function[index]),
+            entered_step=int(self.entered_step[index]),
+            how=HOW[int(self.how_code[index])],
+            slot=int(self.slot[index]),
+            return_to=int(self.return_to[index]) if self.has_return_to[index] else None,
+        )
+
+    def __iter__(self) -> Iterator[FrameNode]:
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass(frozen=True)
 class FrameHistory:
     """Every frame of the trace and, per event, the new innermost frame of one stack.
@@ -110,7 +159,7 @@ class FrameHistory:
     `step[e] + 1` on, stack `stack[e]`'s innermost frame is node `top[e]` (-1: none).
     """
 
-    nodes: tuple[FrameNode, ...]
+    nodes: FrameNodes
     step: I64
     stack: I64
     top: I64
@@ -118,17 +167,16 @@ class FrameHistory:
     initial: tuple[int, ...]
     #: Per node, the step whose instruction ended the frame (its ret, or the call or ret
     #: that found it abandoned); -1 while it never ended.
-    ends: tuple[int, ...] = ()
+    ends: I64
 
     def tops_before(self, step: int) -> list[int]:
         """Each stack's innermost frame node before the instruction at `step` runs."""
-        tops = list(self.initial)
+        tops = np.array(self.initial, dtype=np.int64)
         end = int(np.searchsorted(self.step, step, side="left"))
-        for s in range(len(tops)):
-            mine = np.flatnonzero(self.stack[:end] == s)
-            if mine.size:
-                tops[s] = int(self.top[mine[-1]])
-        return tops
+        last = last_index_per_value(self.stack[:end], len(tops))
+        seen = last >= 0
+        tops[seen] = self.top[last[seen]]
+        return [int(t) for t in tops]
 
     def chain(self, node: int) -> list[FrameNode]:
         out = []
@@ -138,121 +186,235 @@ class FrameHistory:
         return out
 
 
-def frame_history(facts: TraceFacts) -> FrameHistory:
-    """One pass over the calls and rets of the trace, innermost first per stack.
+def last_index_per_value(values: npt.NDArray[np.integer[Any]], count: int) -> I64:
+    """For each value 0 ..< count, the last index where `values` holds it (-1: nowhere);
+    negative values are skipped. One pass, whatever `count` is."""
+    last = np.full(count, -1, dtype=np.int64)
+    if values.size:
+        # Only the last index of each run of equal values can be the last of its value.
+        run_ends = np.append(np.flatnonzero(values[1:] != values[:-1]), values.size - 1)
+        ends_values = values[run_ends].astype(np.int64)
+        keep = ends_values >= 0
+        np.maximum.at(last, ends_values[keep], run_ends[keep].astype(np.int64))
+    return last
 
-    The per-event facts are gathered with numpy first, so the loop itself only
-    moves Python ints (a few hundred thousand events a second).
+
+def frame_history(facts: TraceFacts) -> FrameHistory:
+    """The frames of every stack, from the calls and rets of the trace, without a loop
+    over them.
+
+    Per stack, an event (a call, a ret, or an indirect jmp) first drops the frames
+    whose slot is at or below its slot, then may push a frame at that slot. So a
+    stack's frames always have increasing slots from the innermost out, and a frame
+    lives until the first later event on its stack that drops at a slot at or above
+    its own: a next-greater-or-equal search, done by pointer jumping over numpy
+    arrays. The innermost frame after an event is then the latest frame pushed at the
+    stack's depth after that event.
     """
     meta = facts.meta
     w, r = facts.writes, facts.returns
-    # Calls: the stack and slot they push to, the target, the return address pushed
-    # (the call's only write; None if the trace has no such write).
+    transfers = facts.transfers
+    n_stacks = len(facts.stacks)
     calls = facts.calls
-    call_stack = facts.rsp_stack[calls].tolist()
-    call_slot = (facts.rsp[calls] - np.uint64(8)).tolist()
-    call_target = facts.call_targets.tolist()
+    # Calls: the stack and slot they push to, the target, the return address pushed
+    # (the call's only write; none if the trace has no such write).
     push = np.searchsorted(w.step, calls)
     has_push = push < len(w)
     has_push[has_push] = w.step[push[has_push]] == calls[has_push]
-    pushed = np.where(has_push, w.value[np.clip(push, 0, max(len(w) - 1, 0))], 0) if len(w) else 0
-    call_back = [
-        int(v) if ok else None
-        for v, ok in zip(
-            np.broadcast_to(pushed, calls.shape).tolist(), has_push.tolist(), strict=True
-        )
-    ]
-    # Rets and indirect jmps the analysis classified by where they land.
-    transfers = facts.transfers
-    landing_of = dict(zip(transfers.step.tolist(), range(len(transfers)), strict=True))
-    landing = transfers.landing.tolist()
-    landing_stack = stack_index(facts.stacks, transfers.rsp).tolist()
-    landing_slot = (transfers.rsp - np.uint64(8)).tolist()
-    landing_target = transfers.target.tolist()
+    pushed = w.value[np.clip(push, 0, len(w) - 1)] if len(w) else np.zeros(calls.shape, np.uint64)
+    # Rets and indirect jmps, with the transfer the analysis classified (if it did).
     jumps = transfers.step[~transfers.is_ret]
-    ret_stack = facts.rsp_stack[r.step].tolist()
-    ret_slot = r.slot.tolist()
+    moved = np.concatenate([r.step, jumps])
+    t = np.searchsorted(transfers.step, moved, side="right").astype(np.int64) - 1
+    classified = t >= 0
+    classified[classified] = transfers.step[t[classified]] == moved[classified]
+    t_safe = np.clip(t, 0, None)
+    landing = (
+        np.where(classified, transfers.landing[t_safe], 0)
+        if len(transfers)
+        else np.zeros(moved.shape, np.uint8)
+    )
+    landing_stack = stack_index(facts.stacks, transfers.rsp).astype(np.int64)
+    landing_slot = transfers.rsp - np.uint64(8)
+    n_rets = r.step.size
+    ret_stack = facts.rsp_stack[r.step].astype(np.int64)
+    moved_stack = np.concatenate([ret_stack, np.full(jumps.shape, -1, dtype=np.int64)])
+    moved_slot = np.concatenate([r.slot, np.zeros(jumps.shape, dtype=np.uint64)])
+    if len(transfers):
+        moved_stack = np.where(classified, landing_stack[t_safe], moved_stack)
+        moved_slot = np.where(classified, landing_slot[t_safe], moved_slot)
+    is_ret = np.arange(moved.size) < n_rets
+    # A jump the analysis calls a trampoline, or leaves unclassified, drops no frame.
+    drops = is_ret | ~np.isin(landing, [Landing.TRAMPOLINE, Landing.OTHER])
+    enters = classified & (landing == Landing.ENTRY)
+    # Every event, in step order (a call, a ret and a jmp never share a step).
+    step = np.concatenate([calls, moved])
+    stack = np.concatenate([facts.rsp_stack[calls].astype(np.int64), moved_stack])
+    slot = np.concatenate([facts.rsp[calls] - np.uint64(8), moved_slot])
+    drop = np.concatenate([np.ones(calls.shape, np.bool_), drops])
+    pushes = np.concatenate([np.ones(calls.shape, np.bool_), enters])
+    function = np.concatenate(
+        [facts.call_targets, np.where(enters, transfers.target[t_safe], 0).astype(np.uint64)]
+        if len(transfers)
+        else [facts.call_targets, np.zeros(moved.shape, np.uint64)]
+    )
+    how = np.concatenate(
+        [np.full(calls.shape, 1, np.uint8), np.where(is_ret, 2, 3).astype(np.uint8)]
+    )
+    back = np.concatenate([pushed, np.zeros(moved.shape, np.uint64)])
+    has_back = np.concatenate([has_push, np.zeros(moved.shape, np.bool_)])
+    order = np.argsort(step, kind="stable")
+    on_stack = stack[order] >= 0  # an event on no stack changes no frame
+    order = order[on_stack]
 
-    parent: list[int] = []
-    stack_of: list[int] = []
-    function: list[int] = []
-    entered: list[int] = []
-    how: list[str] = []
-    slot_of: list[int] = []
-    back_to: list[int | None] = []
-    ends: list[int] = []
-
-    def push_node(p: int, s: int, f: int, step: int, h: str, slot: int, b: int | None) -> int:
-        parent.append(p)
-        stack_of.append(s)
-        function.append(f)
-        entered.append(step)
-        how.append(h)
-        slot_of.append(slot)
-        back_to.append(b)
-        ends.append(-1)
-        return len(parent) - 1
-
-    tops = [-1] * len(facts.stacks)
+    # The machine's start: a frame for the entry function on the first stack.
     first_stack = int(facts.rsp_stack[0]) if facts.steps else -1
     entry = meta.symbols.get(meta.scenario.entry)
-    if first_stack >= 0 and entry is not None:
-        start_slot = int(facts.rsp[0])
-        tops[first_stack] = push_node(-1, first_stack, entry, -1, START, start_slot, facts.sentinel)
-    initial = tuple(tops)
+    start = first_stack >= 0 and entry is not None
 
-    out_step: list[int] = []
-    out_stack: list[int] = []
-    out_top: list[int] = []
-    steps = np.concatenate([calls, r.step, jumps])
-    n_calls, n_calls_rets = calls.size, calls.size + r.step.size
-    order = np.argsort(steps, kind="stable")
-    for e, step in zip(order.tolist(), steps[order].tolist(), strict=True):
-        t = landing_of.get(step) if e >= n_calls else None
-        if e < n_calls:
-            s, slot = call_stack[e], call_slot[e]
-        elif t is None:
-            # The ret of a matched call (or one the analysis leaves alone).
-            s, slot = ret_stack[e - n_calls], ret_slot[e - n_calls]
-        else:
-            s, slot = landing_stack[t], landing_slot[t]
-        if s < 0:
-            continue
-        top = tops[s]
-        kind = Landing(landing[t]) if t is not None else None
-        if kind not in (Landing.TRAMPOLINE, Landing.OTHER) or e < n_calls_rets:
-            # Frames at or below the slot are left: returned from, resumed past, or
-            # abandoned. (A jump that is a trampoline or unclassified leaves them.)
-            while top >= 0 and slot_of[top] <= slot:
-                ends[top] = step
-                top = parent[top]
-        if e < n_calls:
-            top = push_node(top, s, call_target[e], step, CALL, slot, call_back[e])
-        elif kind == Landing.ENTRY and t is not None:
-            entered_by = PLANTED if e < n_calls_rets else JUMP
-            top = push_node(top, s, landing_target[t], step, entered_by, slot, None)
-        tops[s] = top
-        out_step.append(step)
-        out_stack.append(s)
-        out_top.append(top)
-    nodes = tuple(
-        FrameNode(*fields)
-        for fields in zip(parent, stack_of, function, entered, how, slot_of, back_to, strict=True)
+    def with_start(values: npt.NDArray[Any], value: int | bool) -> npt.NDArray[Any]:
+        ordered = values[order]
+        if not start:
+            return ordered
+        return np.concatenate([np.array([value], dtype=values.dtype), ordered])
+
+    ev_step = with_start(step, -1)
+    ev_stack = with_start(stack, first_stack)
+    ev_slot = with_start(slot, int(facts.rsp[0]) if facts.steps else 0)
+    ev_drop = with_start(drop, False)
+    ev_push = with_start(pushes, True)
+    ev_function = with_start(function, entry or 0)
+    ev_how = with_start(how, 0)
+    ev_back = with_start(back, facts.sentinel)
+    ev_has_back = with_start(has_back, True)
+    m = ev_step.size
+    # Node ids in step order (the start's frame first); -1 for an event that pushes none.
+    node_of = np.where(ev_push, np.cumsum(ev_push) - 1, -1)
+
+    # Group the events by stack, in step order within each.
+    by_stack = np.argsort(ev_stack, kind="stable")
+    g_stack = ev_stack[by_stack]
+    g_slot = ev_slot[by_stack]
+    g_drop = ev_drop[by_stack]
+    g_push = ev_push[by_stack]
+    end_op = _next_drop_at_or_above(g_stack, g_slot, g_drop)
+    # Depth after each event: frames pushed so far on its stack less those dropped.
+    dropped_at = np.bincount(end_op[g_push & (end_op < m)], minlength=m + 1)[:m]
+    depth = np.cumsum(g_push.astype(np.int64) - dropped_at)
+    stack_first = np.flatnonzero(np.diff(g_stack, prepend=np.int64(-2)) != 0)
+    before = np.where(stack_first > 0, depth[np.maximum(stack_first - 1, 0)], 0)
+    depth -= np.repeat(before, np.diff(np.append(stack_first, m)))
+    # The innermost frame after each event: the latest push on its stack at its depth.
+    pos = np.arange(m, dtype=np.int64)
+    stride = np.int64(m + 1)
+    stack_rank = np.repeat(
+        np.arange(stack_first.size, dtype=np.int64), np.diff(np.append(stack_first, m))
     )
+    level = stack_rank * stride + depth  # (stack, depth) as one number
+    push_pos = np.flatnonzero(g_push)
+    push_key = level[push_pos] * stride + push_pos
+    key_order = np.argsort(push_key, kind="stable")
+    push_key, push_pos = push_key[key_order], push_pos[key_order]
+
+    def latest_push(at_level: I64, at_or_before: I64) -> I64:
+        """The position of the latest push at `at_level` no later than `at_or_before`, or -1."""
+        i = np.searchsorted(push_key, at_level * stride + at_or_before, side="right") - 1
+        found = i >= 0
+        found[found] &= push_key[i[found]] // stride == at_level[found]
+        return np.where(found, push_pos[np.clip(i, 0, None)], -1)
+
+    g_node = node_of[by_stack]
+    top_pos = np.where(depth > 0, latest_push(level, pos), -1)
+    g_top = np.where(top_pos >= 0, g_node[np.clip(top_pos, 0, None)], -1)
+    # A pushed frame's caller: the innermost frame once the event dropped what it drops.
+    pushing = np.flatnonzero(g_push)
+    parent_pos = np.where(depth[pushing] > 1, latest_push(level[pushing] - 1, pushing - 1), -1)
+    n_nodes = pushing.size
+    parent = np.empty(n_nodes, dtype=np.int64)
+    parent[g_node[pushing]] = np.where(parent_pos >= 0, g_node[np.clip(parent_pos, 0, None)], -1)
+    ends = np.empty(n_nodes, dtype=np.int64)
+    ends_pos = end_op[pushing]
+    ends[g_node[pushing]] = np.where(
+        ends_pos < m, ev_step[by_stack][np.minimum(ends_pos, m - 1)], -1
+    )
+    is_node = ev_push
+    nodes = FrameNodes(
+        parent=parent,
+        stack=ev_stack[is_node],
+        function=ev_function[is_node].astype(np.uint64),
+        entered_step=ev_step[is_node],
+        how_code=ev_how[is_node],
+        slot=ev_slot[is_node],
+        return_to=ev_back[is_node].astype(np.uint64),
+        has_return_to=ev_has_back[is_node],
+    )
+    top = np.empty(m, dtype=np.int64)
+    top[by_stack] = g_top
+    out = slice(1, None) if start else slice(None)
+    initial = [-1] * n_stacks
+    if start:
+        initial[first_stack] = 0
     return FrameHistory(
         nodes=nodes,
-        step=np.array(out_step, dtype=np.int64),
-        stack=np.array(out_stack, dtype=np.int64),
-        top=np.array(out_top, dtype=np.int64),
-        initial=initial,
-        ends=tuple(ends),
+        step=ev_step[out],
+        stack=ev_stack[out],
+        top=top[out],
+        initial=tuple(initial),
+        ends=ends,
     )
+
+
+def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> I64:
+    """For each event (grouped by stack, in step order within a stack), the position of
+    the first later event on the same stack that drops frames at a slot at or above its
+    own; `stack.size` when there is none.
+
+    Two pointer-jumping passes over numpy arrays, each round working only on the
+    events still unresolved. First, for every dropping event, the next dropping event
+    at a strictly higher slot (a run of drops at the same slot, as a loop's calls
+    make, is crossed by doubling: its events move together). Then each event starts
+    at the next dropping event and climbs that chain, whose slots only go up, until
+    it reaches its own slot. The rounds grow with the log of the longest run and
+    with the number of frame levels climbed, never with the number of events.
+    """
+    m = stack.size
+    end = np.int64(m)
+    pos = np.arange(m, dtype=np.int64)
+    # The next dropping event after each position, on the same stack (else `end`).
+    dropping = np.where(drop, pos, end)
+    next_drop = np.minimum.accumulate(np.append(dropping, end)[::-1])[::-1][1:]
+    last_of_stack = np.append(np.flatnonzero(stack[1:] != stack[:-1]), m - 1)
+    stack_end = np.repeat(last_of_stack + 1, np.diff(np.append(-1, last_of_stack)))
+    first = np.where(next_drop < stack_end, next_drop, end)
+    # Index `end` is a sentinel: it points at itself and is above every slot.
+    slot_at = np.append(slot, np.uint64(0))
+    above = np.append(first, end)
+    todo = np.flatnonzero(drop & (first < end))
+    todo = todo[slot_at[above[todo]] <= slot[todo]]
+    while todo.size:
+        above[todo] = above[above[todo]]
+        todo = todo[above[todo] < end]
+        todo = todo[slot_at[above[todo]] <= slot[todo]]
+    # Climb from the first dropping event after each event to one at or above its slot.
+    found = np.append(first, end)
+    todo = np.flatnonzero(first < end)
+    todo = todo[slot_at[found[todo]] < slot[todo]]
+    while todo.size:
+        found[todo] = above[found[todo]]
+        todo = todo[found[todo] < end]
+        todo = todo[slot_at[found[todo]] < slot[todo]]
+    return found[:m]
 
 
 def last_step_on(facts: TraceFacts, stack: int, before: int) -> int | None:
     """The last step before `before` whose rsp was on `stack` (where a suspended stack left)."""
-    hits = np.flatnonzero(facts.rsp_owner[:before] == stack)
-    return int(hits[-1]) if hits.size else None
+    last = int(last_steps_on(facts, before)[stack])
+    return last if last >= 0 else None
+
+
+def last_steps_on(facts: TraceFacts, before: int) -> I64:
+    """Per stack, the last step before `before` whose rsp was on it (-1: none)."""
+    return last_index_per_value(facts.rsp_owner[:before], len(facts.stacks))
 
 
 def frame_lines(
@@ -308,6 +470,7 @@ def backtraces(
     rip = int(facts.describe([step])[step].rip) if 0 <= step < facts.steps else 0
     out = []
     order = [running] + [s for s in range(len(tops)) if s != running]
+    left_on = last_steps_on(facts, step)
     for s in order:
         if s < 0 or (s != running and tops[s] < 0):
             continue
@@ -315,8 +478,8 @@ def backtraces(
         if s == running:
             at, where = step, rip
         else:
-            left = last_step_on(facts, s, step)
-            if left is None:
+            left = int(left_on[s])
+            if left < 0:
                 continue
             at, where = left, int(facts.describe([left])[left].rip)
         out.append(
@@ -342,4 +505,5 @@ __all__ = [
     "StackBacktrace",
     "backtraces",
     "frame_history",
+    "last_steps_on",
 ]
