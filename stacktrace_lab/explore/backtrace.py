@@ -247,74 +247,81 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     # A jump the analysis calls a trampoline, or leaves unclassified, drops no frame.
     drops = is_ret | ~np.isin(landing, [Landing.TRAMPOLINE, Landing.OTHER])
     enters = classified & (landing == Landing.ENTRY)
-    # Every event, in step order (a call, a ret and a jmp never share a step).
-    step = np.concatenate([calls, moved])
-    stack = np.concatenate([facts.rsp_stack[calls].astype(np.int64), moved_stack])
-    slot = np.concatenate([facts.rsp[calls] - np.uint64(8), moved_slot])
-    drop = np.concatenate([np.ones(calls.shape, np.bool_), drops])
-    pushes = np.concatenate([np.ones(calls.shape, np.bool_), enters])
-    function = np.concatenate(
-        [facts.call_targets, np.where(enters, transfers.target[t_safe], 0).astype(np.uint64)]
-        if len(transfers)
-        else [facts.call_targets, np.zeros(moved.shape, np.uint64)]
-    )
-    how = np.concatenate(
-        [np.full(calls.shape, 1, np.uint8), np.where(is_ret, 2, 3).astype(np.uint8)]
-    )
-    back = np.concatenate([pushed, np.zeros(moved.shape, np.uint64)])
-    has_back = np.concatenate([has_push, np.zeros(moved.shape, np.bool_)])
-    order = np.argsort(step, kind="stable")
-    on_stack = stack[order] >= 0  # an event on no stack changes no frame
-    order = order[on_stack]
-
-    # The machine's start: a frame for the entry function on the first stack.
+    # The machine's start: a frame for the entry function on the first stack, as
+    # an event before every other (the last entry of each array below).
     first_stack = int(facts.rsp_stack[0]) if facts.steps else -1
     entry = meta.symbols.get(meta.scenario.entry)
     start = first_stack >= 0 and entry is not None
 
-    def with_start(values: npt.NDArray[Any], value: int | bool) -> npt.NDArray[Any]:
-        ordered = values[order]
-        if not start:
-            return ordered
-        return np.concatenate([np.array([value], dtype=values.dtype), ordered])
+    def events(calls_part: Any, moved_part: Any, at_start: Any, dtype: Any) -> npt.NDArray[Any]:
+        return np.concatenate(
+            [
+                np.asarray(calls_part, dtype=dtype),
+                np.asarray(moved_part, dtype=dtype),
+                np.array([at_start], dtype=dtype),
+            ]
+        )
 
-    ev_step = with_start(step, -1)
-    ev_stack = with_start(stack, first_stack)
-    ev_slot = with_start(slot, int(facts.rsp[0]) if facts.steps else 0)
-    ev_drop = with_start(drop, False)
-    ev_push = with_start(pushes, True)
-    ev_function = with_start(function, entry or 0)
-    ev_how = with_start(how, 0)
-    ev_back = with_start(back, facts.sentinel)
-    ev_has_back = with_start(has_back, True)
-    m = ev_step.size
-    # Node ids in step order (the start's frame first); -1 for an event that pushes none.
-    node_of = np.where(ev_push, np.cumsum(ev_push) - 1, -1)
+    zeros = np.zeros(moved.shape, np.uint64)
+    targets = np.where(enters, transfers.target[t_safe], 0) if len(transfers) else zeros
+    step = events(calls, moved, -1, np.int64)
+    stack = events(facts.rsp_stack[calls], moved_stack, first_stack, np.int64)
+    slot = events(
+        facts.rsp[calls] - np.uint64(8), moved_slot, int(facts.rsp[0]) if facts.steps else 0,
+        np.uint64,
+    )  # fmt: skip
+    drop = events(np.ones(calls.shape, np.bool_), drops, False, np.bool_)
+    pushes = events(np.ones(calls.shape, np.bool_), enters, True, np.bool_)
+    del moved_stack, moved_slot, drops
+    # Every event on a stack in step order (a call, a ret and a jmp never share a step),
+    # the start first: `ev` indexes the arrays above.
+    order = np.argsort(step[:-1], kind="stable")
+    order = order[stack[order] >= 0]  # an event on no stack changes no frame
+    ev = np.concatenate([[step.size - 1], order]) if start else order
+    del order
+    m = ev.size
+
+    # The frames, numbered in step order (the start's first): one per pushing event.
+    push_ev = ev[pushes[ev]]
+    n_nodes = push_ev.size
+    how = events(np.full(calls.shape, 1), np.where(is_ret, 2, 3), 0, np.uint8)
+    function = events(facts.call_targets, targets, entry or 0, np.uint64)
+    back = events(pushed, zeros, facts.sentinel, np.uint64)
+    has_back = events(has_push, np.zeros(moved.shape, np.bool_), True, np.bool_)
+    node_fields = (
+        stack[push_ev], function[push_ev], step[push_ev], how[push_ev], slot[push_ev],
+        back[push_ev], has_back[push_ev],
+    )  # fmt: skip
+    del how, function, back, has_back, targets, zeros
+    node_of = np.full(step.size, -1, dtype=np.int64)
+    node_of[push_ev] = np.arange(n_nodes, dtype=np.int64)
+    del push_ev
 
     # Group the events by stack, in step order within each.
-    by_stack = np.argsort(ev_stack, kind="stable")
-    g_stack = ev_stack[by_stack]
-    g_slot = ev_slot[by_stack]
-    g_drop = ev_drop[by_stack]
-    g_push = ev_push[by_stack]
-    end_op = _next_drop_at_or_above(g_stack, g_slot, g_drop)
+    by_stack = np.argsort(stack[ev], kind="stable")
+    grouped = ev[by_stack]
+    g_stack = stack[grouped]
+    g_push = pushes[grouped]
+    end_op = _next_drop_at_or_above(g_stack, slot[grouped], drop[grouped])
     # Depth after each event: frames pushed so far on its stack less those dropped.
-    dropped_at = np.bincount(end_op[g_push & (end_op < m)], minlength=m + 1)[:m]
-    depth = np.cumsum(g_push.astype(np.int64) - dropped_at)
-    stack_first = np.flatnonzero(np.diff(g_stack, prepend=np.int64(-2)) != 0)
-    before = np.where(stack_first > 0, depth[np.maximum(stack_first - 1, 0)], 0)
-    depth -= np.repeat(before, np.diff(np.append(stack_first, m)))
-    # The innermost frame after each event: the latest push on its stack at its depth.
-    pos = np.arange(m, dtype=np.int64)
-    stride = np.int64(m + 1)
-    stack_rank = np.repeat(
-        np.arange(stack_first.size, dtype=np.int64), np.diff(np.append(stack_first, m))
+    depth = np.cumsum(
+        g_push.astype(np.int64) - np.bincount(end_op[g_push & (end_op < m)], minlength=m + 1)[:m]
     )
-    level = stack_rank * stride + depth  # (stack, depth) as one number
-    push_pos = np.flatnonzero(g_push)
-    push_key = level[push_pos] * stride + push_pos
+    stack_first = np.flatnonzero(np.diff(g_stack, prepend=np.int64(-2)) != 0)
+    del g_stack
+    run = np.diff(np.append(stack_first, m))
+    depth -= np.repeat(np.where(stack_first > 0, depth[np.maximum(stack_first - 1, 0)], 0), run)
+    # The innermost frame after each event: the latest push on its stack at its depth.
+    stride = np.int64(m + 1)
+    level = np.repeat(np.arange(stack_first.size, dtype=np.int64) * stride, run)
+    level += depth  # (stack, depth) as one number
+    del run, stack_first
+    pushing = np.flatnonzero(g_push)
+    del g_push
+    push_key = level[pushing] * stride + pushing
     key_order = np.argsort(push_key, kind="stable")
-    push_key, push_pos = push_key[key_order], push_pos[key_order]
+    push_key, push_pos = push_key[key_order], pushing[key_order]
+    del key_order
 
     def latest_push(at_level: I64, at_or_before: I64) -> I64:
         """The position of the latest push at `at_level` no later than `at_or_before`, or -1."""
@@ -323,42 +330,42 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         found[found] &= push_key[i[found]] // stride == at_level[found]
         return np.where(found, push_pos[np.clip(i, 0, None)], -1)
 
-    g_node = node_of[by_stack]
-    top_pos = np.where(depth > 0, latest_push(level, pos), -1)
-    g_top = np.where(top_pos >= 0, g_node[np.clip(top_pos, 0, None)], -1)
+    g_node = node_of[grouped]
     # A pushed frame's caller: the innermost frame once the event dropped what it drops.
-    pushing = np.flatnonzero(g_push)
     parent_pos = np.where(depth[pushing] > 1, latest_push(level[pushing] - 1, pushing - 1), -1)
-    n_nodes = pushing.size
     parent = np.empty(n_nodes, dtype=np.int64)
     parent[g_node[pushing]] = np.where(parent_pos >= 0, g_node[np.clip(parent_pos, 0, None)], -1)
+    del parent_pos
     ends = np.empty(n_nodes, dtype=np.int64)
     ends_pos = end_op[pushing]
-    ends[g_node[pushing]] = np.where(
-        ends_pos < m, ev_step[by_stack][np.minimum(ends_pos, m - 1)], -1
-    )
-    is_node = ev_push
+    ends[g_node[pushing]] = np.where(ends_pos < m, step[grouped[np.minimum(ends_pos, m - 1)]], -1)
+    del ends_pos, end_op, pushing, grouped
+    top_pos = latest_push(level, np.arange(m, dtype=np.int64))
+    top_pos[depth <= 0] = -1
+    del level, depth
+    top = np.empty(m, dtype=np.int64)
+    top[by_stack] = np.where(top_pos >= 0, g_node[np.clip(top_pos, 0, None)], -1)
+    del top_pos, g_node, by_stack
+    stack_of, function_of, entered, how_of, slot_of, back_of, has_back_of = node_fields
     nodes = FrameNodes(
         parent=parent,
-        stack=ev_stack[is_node],
-        function=ev_function[is_node].astype(np.uint64),
-        entered_step=ev_step[is_node],
-        how_code=ev_how[is_node],
-        slot=ev_slot[is_node],
-        return_to=ev_back[is_node].astype(np.uint64),
-        has_return_to=ev_has_back[is_node],
+        stack=stack_of,
+        function=function_of,
+        entered_step=entered,
+        how_code=how_of,
+        slot=slot_of,
+        return_to=back_of,
+        has_return_to=has_back_of,
     )
-    top = np.empty(m, dtype=np.int64)
-    top[by_stack] = g_top
-    out = slice(1, None) if start else slice(None)
+    out = ev[1:] if start else ev
     initial = [-1] * n_stacks
     if start:
         initial[first_stack] = 0
     return FrameHistory(
         nodes=nodes,
-        step=ev_step[out],
-        stack=ev_stack[out],
-        top=top[out],
+        step=step[out],
+        stack=stack[out],
+        top=top[1:] if start else top,
         initial=tuple(initial),
         ends=ends,
     )
