@@ -371,7 +371,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     )
 
 
-def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> I64:
+def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> npt.NDArray[np.signedinteger[Any]]:
     """For each event (grouped by stack, in step order within a stack), the position of
     the first later event on the same stack that drops frames at a slot at or above its
     own; `stack.size` when there is none.
@@ -385,15 +385,19 @@ def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> I64:
     with the number of frame levels climbed, never with the number of events.
     """
     m = stack.size
-    end = np.int64(m)
-    pos = np.arange(m, dtype=np.int64)
+    # Positions as 32-bit integers where they fit: half the memory on a long trace.
+    index = np.int32 if m < np.iinfo(np.int32).max else np.int64
+    end = index(m)
     # The next dropping event after each position, on the same stack (else `end`).
-    dropping = np.where(drop, pos, end)
-    next_drop = np.minimum.accumulate(np.append(dropping, end)[::-1])[::-1][1:]
+    first = np.where(drop, np.arange(m, dtype=index), end)
+    first = np.minimum.accumulate(first[::-1])[::-1]
+    first[:-1] = first[1:].copy()
+    first[-1:] = end
     last_of_stack = np.append(np.flatnonzero(stack[1:] != stack[:-1]), m - 1)
     stack_end = np.repeat(last_of_stack + 1, np.diff(np.append(-1, last_of_stack)))
-    first = np.where(next_drop < stack_end, next_drop, end)
-    # Index `end` is a sentinel: it points at itself and is above every slot.
+    first[first >= stack_end] = end
+    del stack_end
+    # Index `end` is a sentinel: it points at itself (its slot is never looked at).
     slot_at = np.append(slot, np.uint64(0))
     above = np.append(first, end)
     todo = np.flatnonzero(drop & (first < end))
@@ -404,7 +408,8 @@ def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> I64:
         todo = todo[slot_at[above[todo]] <= slot[todo]]
     # Climb from the first dropping event after each event to one at or above its slot.
     found = np.append(first, end)
-    todo = np.flatnonzero(first < end)
+    del first
+    todo = np.flatnonzero(found[:m] < end)
     todo = todo[slot_at[found[todo]] < slot[todo]]
     while todo.size:
         found[todo] = above[found[todo]]
