@@ -16,8 +16,9 @@ import ctypes
 
 #: glibc's `mallopt` parameter for the mmap threshold.
 _M_MMAP_THRESHOLD = -3
-#: Blocks at least this large are mmapped (glibc's initial threshold, kept fixed).
-MMAP_THRESHOLD = 128 << 10
+#: Blocks at least this large are mmapped: whole-trace arrays, not a row group's column
+#: (65,536 rows of 8 bytes), which is allocated and freed over and over.
+MMAP_THRESHOLD = 1 << 20
 
 _done = False
 
