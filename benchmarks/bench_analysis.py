@@ -133,10 +133,10 @@ def reading_commands(trace: Path, out: Path, steps: int) -> dict[str, list[str]]
     }
 
 
-def measure(command: list[str]) -> dict[str, float]:
+def measure(command: list[str], cwd: Path) -> dict[str, float]:
     """Run `command` to its end; its peak RSS (MiB), CPU seconds and wall seconds."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     assert child.stderr is not None
@@ -150,11 +150,11 @@ def measure(command: list[str]) -> dict[str, float]:
     }
 
 
-def measure_serve(command: list[str]) -> dict[str, float]:
+def measure_serve(command: list[str], cwd: Path) -> dict[str, float]:
     """Start `serve`, fetch its page and the page's first window, then stop it: the
     time to that first page, and the process's peak RSS and CPU seconds."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
     assert child.stderr is not None
     line = child.stderr.readline().decode()
     found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -190,11 +190,13 @@ def compare_commands(trace: Path, baseline: list[str], steps: int | None) -> Non
         f" {'base wall s':>12} {'this wall s':>12}"
     )
     with tempfile.TemporaryDirectory(prefix="bench-commands-") as tmp:
+        trace = trace.resolve()
         for name, arguments in reading_commands(trace, Path(tmp), rows).items():
             results = []
             for prefix in (baseline, here):
                 run = measure_serve if name == "serve" else measure
-                results.append(run([*prefix, *arguments]))
+                # Not from the checkout: `python -m` would import the package from there.
+                results.append(run([*prefix, *arguments], Path(tmp)))
             base, this = results
             print(
                 f"{name:<15} {base['rss']:>9.0f} {this['rss']:>9.0f} {base['cpu']:>11.2f} "
