@@ -17,7 +17,6 @@ import click
 from . import __version__
 from .commands import COMMANDS, SHORT_HELP
 from .errors import BadInput
-from .memory import return_freed_memory
 from .safe_output import Interrupted, remove_pending, stop_on_signals
 
 
@@ -87,7 +86,6 @@ def usage_error_line(error: click.UsageError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return_freed_memory()
     try:
         with stop_on_signals():
             result = cli.main(
