@@ -177,7 +177,9 @@ def measure_serve(command: list[str], cwd: Path) -> dict[str, float]:
     }
 
 
-def compare_commands(trace: Path, baseline: list[str], steps: int | None) -> None:
+def compare_commands(
+    trace: Path, baseline: list[str], steps: int | None, only: list[str] | None = None
+) -> None:
     """Every reading command, with `baseline` and with this checkout, one after the other."""
     import pyarrow.parquet as pq
 
@@ -192,6 +194,8 @@ def compare_commands(trace: Path, baseline: list[str], steps: int | None) -> Non
     with tempfile.TemporaryDirectory(prefix="bench-commands-") as tmp:
         trace = trace.resolve()
         for name, arguments in reading_commands(trace, Path(tmp), rows).items():
+            if only and name.split()[0] not in only:
+                continue
             results = []
             for prefix in (baseline, here):
                 run = measure_serve if name == "serve" else measure
@@ -218,13 +222,16 @@ def main() -> None:
         default="stacktrace-lab",
         help="how to run the install to compare with, as a shell command line",
     )
+    parser.add_argument(
+        "--only", action="append", help="with --commands: only this command (repeatable)"
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.commands:
         if args.trace is None:
             parser.error("--commands needs --trace")
-        compare_commands(args.trace, shlex.split(args.baseline), None)
+        compare_commands(args.trace, shlex.split(args.baseline), None, args.only)
         return
     if args.phase:
         child(args.phase, args.paths[0], args.paths[1], args.steps)
