@@ -2,14 +2,16 @@
 
     python benchmarks/many_stacks.py --stacks 1024 -o /tmp/many.c
     gcc -static -O1 /tmp/many.c -o /tmp/many
-    stacktrace-lab record /tmp/many --from main --snapshot-limit 8 --max-steps 300000 -o /tmp/many.parquet
+    stacktrace-lab record /tmp/many --from main --snapshot-limit 8 \
+        --max-steps 300000 -o /tmp/many.parquet
 
 Each stack is an allocation of its own (`malloc` of 256 bytes), so the
 recorder's stack discovery finds one stack per allocation (`malloc_256`,
 …); they are visited in the order they were allocated, at rising addresses,
-so that none is taken for an overflow of the one before. `main` visits every stack in turn, forever: it moves rsp near the stack's top,
-calls a function there that calls another one, and moves back to its own
-stack; after the last stack it starts over. The run stops at `--max-steps`.
+so that none is taken for an overflow of the one before. `main` visits every
+stack in turn, forever: it moves rsp near the stack's top, calls a function
+there that calls another one, and moves back to its own stack; after the
+last stack it starts over. The run stops at `--max-steps`.
 With `--snapshot-limit 8` a step stores 8 bytes per stack.
 """
 
