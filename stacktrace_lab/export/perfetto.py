@@ -66,7 +66,7 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
         )
 
     history = frame_history(facts)
-    for node, end in zip(history.nodes, history.ends, strict=True):
+    for node, end in zip(history.nodes, history.ends.tolist(), strict=True):
         # From the callee's first instruction through the one that ends the frame, so
         # a ret that leaves one frame and enters another (a planted return) does not
         # make the two overlap.
