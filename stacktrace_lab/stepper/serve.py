@@ -114,6 +114,8 @@ def _number(query: dict[str, str], key: str, default: str | None, lo: int, hi: i
     if not lo <= value <= hi:
         raise BadInput(f"{key}={text} is not between {lo} and {hi:#x}")
     return value
+
+
 #: The names this machine's browser uses for the server; any other Host is refused.
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
