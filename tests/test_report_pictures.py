@@ -8,8 +8,10 @@ printed over each other.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,11 @@ from stacktrace_lab.analysis import check, derive_facts
 from stacktrace_lab.analysis.events import TraceFacts
 from stacktrace_lab.analysis.model import Cause
 from stacktrace_lab.record.elf_front import record_elf
-from stacktrace_lab.report import rsp_plot
+from stacktrace_lab.report import rsp_plot, switch_picture
+from stacktrace_lab.report.build import build_report
+from stacktrace_lab.report.content import FOLD_ROWS
 from stacktrace_lab.report.figures import plot_style
+from stacktrace_lab.report.program import program_header
 from stacktrace_lab.trace.reader import load_trace
 
 PROGRAMS = Path(__file__).parent / "report_programs"
@@ -164,3 +169,91 @@ def test_no_label_of_the_first_switch_plot_overlaps_another(first_switch_trace: 
         rsp_plot.choose_zooms(facts, facts.switch_steps(), causes, rsp_plot.failed_returns(facts))
         == []
     )
+
+
+@pytest.fixture(scope="module")
+def coroutines_report(coroutines_trace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("coroutines-report") / "report"
+    build_report(load_trace(coroutines_trace), out)
+    return out
+
+
+def test_the_coroutine_report_leads_with_the_switch_picture(coroutines_report: Path) -> None:
+    png = (coroutines_report / "switches.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    page = (coroutines_report / "index.html").read_text()
+    sections = re.findall(r'<section id="([a-z]+)">', page)
+    assert sections[0] == "switches"
+    markdown = (coroutines_report / "report.md").read_text()
+    headings = re.findall(r"^## (.+)$", markdown, flags=re.M)
+    assert headings[0] == "Which stack ran when"
+    # Three coroutines resumed three times each from main: 9 switches each way.
+    assert "18 switches between 6 pairs of stacks." in markdown
+    for stack in ("stack_a", "stack_b", "stack_c"):
+        assert re.search(rf"^\| main \| {stack} \| 3 \| \d+ \| \d+ \|$", markdown, flags=re.M)
+        assert re.search(rf"^\| {stack} \| main \| 3 \| \d+ \| \d+ \|$", markdown, flags=re.M)
+
+
+def test_the_switch_table_counts_each_direction(coroutines_trace: Path) -> None:
+    facts, causes = analysed(coroutines_trace)
+    pairs = switch_picture.switch_pairs(facts)
+    assert sum(p.count for p in pairs) == facts.switch_steps().size == 18
+    assert all(p.first_step <= p.last_step for p in pairs)
+    assert switch_picture.wanted(facts)
+    with plot_style():
+        figure = switch_picture.switches_figure(facts, causes)
+        assert overlaps(figure) == []
+    lanes = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert sorted(lanes) == ["main", "stack_a", "stack_b", "stack_c"]
+
+
+def test_the_header_names_the_binary_its_build_and_the_recorded_range(
+    coroutines_report: Path,
+) -> None:
+    markdown = (coroutines_report / "report.md").read_text()
+    assert "- program: `three_coroutines`" in markdown
+    built = next(line for line in markdown.splitlines() if line.startswith("- built: "))
+    assert "GNU C" in built and "-O1" in built and built.endswith(", static")
+    assert re.search(r"- recorded: from main \([\d,]+ start-up steps ran unrecorded\)", markdown)
+    assert "- entry:" not in markdown  # "entry main (att syntax)" is for scenarios
+    page = (coroutines_report / "index.html").read_text()
+    assert "<dt>built</dt>" in page and "att syntax" not in page
+
+
+def test_long_tables_fold_in_html_and_are_cut_in_markdown(
+    coroutines_report: Path, coroutines_trace: Path
+) -> None:
+    markdown = (coroutines_report / "report.md").read_text()
+    planted = markdown.split("## Planted returns", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in planted.splitlines() if re.match(r"^\| \d+ ", line)]
+    assert len(rows) == FOLD_ROWS
+    assert re.search(r"\| \.\.\. and \d+ more \(index\.html lists them\) \|", planted)
+    page = (coroutines_report / "index.html").read_text()
+    section = page.split('<section id="planted">', 1)[1].split("</section>", 1)[0]
+    assert re.search(r"<details><summary>\d+ more planted returns</summary>", section)
+    # Every planted return is in the page: the shown rows plus the folded ones.
+    facts, _ = analysed(coroutines_trace)
+    assert len(facts.planted_returns) > FOLD_ROWS
+    assert section.count("<tr><td>") == len(facts.planted_returns)
+
+
+def test_a_scenario_report_has_no_switch_picture(first_switch_trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    (out).mkdir()
+    (out / "switches.png").write_bytes(b"stale")  # from an earlier report in this folder
+    build_report(load_trace(first_switch_trace), out)
+    assert not (out / "switches.png").exists()
+    markdown = (out / "report.md").read_text()
+    assert "- entry: `main` (att syntax)" in markdown
+    assert "Which stack ran when" not in markdown
+
+
+def test_program_header_of_a_binary_that_is_gone(coroutines_trace: Path) -> None:
+    meta = load_trace(coroutines_trace).metadata
+    assert meta.program is not None
+    gone = replace(meta, program=replace(meta.program, path="/nonexistent/three_coroutines"))
+    header = program_header(gone)
+    assert header is not None
+    assert header.unread == "the binary is no longer at this path"
+    assert header.producer is None and header.linkage is None
+    assert header.recorded.startswith("from main (")
