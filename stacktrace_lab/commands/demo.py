@@ -3,7 +3,6 @@ program, built on the spot) and report it, in one command."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import click
@@ -18,6 +17,9 @@ DEMO_SCENARIO = "first-switch"
 #: The Rust demo: examples/first_switch.rs, rustc -O -g with +crt-static (a static-pie).
 RUST_BUILD = "rust-static-pie"
 RUST_NAME = "first-switch-rust"
+#: Where the demo writes its traces (and, with --rust, the program it built, next to
+#: its trace so that `replay` finds it).
+TRACE_DIR = Path("traces")
 
 
 @click.command("demo")
@@ -34,7 +36,7 @@ def demo_command(rust: bool) -> int:
         name = RUST_NAME
     else:
         scenario = load_scenario(DEMO_SCENARIO)
-        recording = record(scenario, Path("traces") / f"{scenario.name}.parquet")
+        recording = record(scenario, TRACE_DIR / f"{scenario.name}.parquet")
         name = scenario.name
     meta = recording.metadata
     click.echo(f"recorded {recording.path}: {meta.steps} steps, stopped: {meta.stop.reason}")
@@ -48,12 +50,11 @@ def _record_rust() -> Recording:
     from ..examples import build_example
     from ..record.elf_front import record_elf
 
-    with tempfile.TemporaryDirectory() as build_dir:
-        program = build_example(RUST_BUILD, Path(build_dir))
-        click.echo(f"built {program.name} with rustc")
-        # Recording from main: the start-up of Rust's std (36,000 steps) is
-        # not what the example is about. The trace names the program's path
-        # in the temporary directory: replay it with --program.
-        return record_elf(
-            program, Path("traces") / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
-        )
+    # Built next to its trace, which names it: `replay` reads the program again.
+    program = build_example(RUST_BUILD, TRACE_DIR)
+    click.echo(f"built {program} with rustc")
+    # Recording from main: the start-up of Rust's std (36,000 steps) is
+    # not what the example is about.
+    return record_elf(
+        program, TRACE_DIR / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
+    )
