@@ -23,7 +23,7 @@ from stacktrace_lab.analysis import check, derive_facts
 from stacktrace_lab.analysis.events import TraceFacts
 from stacktrace_lab.analysis.model import Cause
 from stacktrace_lab.record.elf_front import record_elf
-from stacktrace_lab.report import rsp_plot, switch_picture
+from stacktrace_lab.report import heatmap, rsp_plot, switch_picture
 from stacktrace_lab.report.build import build_report
 from stacktrace_lab.report.content import FOLD_ROWS
 from stacktrace_lab.report.figures import plot_style
@@ -257,3 +257,23 @@ def test_program_header_of_a_binary_that_is_gone(coroutines_trace: Path) -> None
     assert header.unread == "the binary is no longer at this path"
     assert header.producer is None and header.linkage is None
     assert header.recorded.startswith("from main (")
+
+
+def test_the_heatmap_labels_each_planted_slot_once_and_says_where_rsp_went(
+    coroutines_trace: Path,
+) -> None:
+    facts, _ = analysed(coroutines_trace)
+    with plot_style():
+        figure = heatmap.heatmap_figure(facts)
+        assert overlaps(figure) == []
+    texts = [t.get_text() for ax in figure.axes for t in ax.texts if t.get_visible()]
+    # Each coroutine resumes twice from one slot: one label names both rets.
+    assert sum("popped at steps" in t for t in texts) == 3
+    # main's stored window is its top 512 bytes (argv, environment); its frames are
+    # lower: the panel says so instead of showing flat bands as if they were the stack.
+    main = facts.meta.region("main")
+    low, high = heatmap.rsp_outside_window(facts, main) or (0, 0)
+    assert high < main.size - facts.meta.snapshots["main"].size
+    titles = [ax.get_title(loc="left") for ax in figure.axes]
+    title = next(t for t in titles if t.startswith("main"))
+    assert f"rsp went to {low:,}-{high:,}, outside them" in title

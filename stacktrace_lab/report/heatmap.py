@@ -27,6 +27,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from ..analysis.events import TraceFacts
@@ -39,6 +40,7 @@ from .figures import (
     PLANTED_COLOUR,
     Columns,
     columns_for,
+    declutter,
     envelope,
     new_figure,
     plot_style,
@@ -56,6 +58,8 @@ MAX_LABELLED_COLUMNS = 40
 MAX_GRID_COLUMNS = 60
 #: Planted returns framed and labelled per panel at most.
 MAX_PLANTED_FRAMES = 6
+#: Bytes shown above the highest rsp of a big stack's window: the caller's frame.
+ABOVE_RSP = 64
 
 #: A white box behind text drawn over cells.
 LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.85, "linewidth": 0}
@@ -118,10 +122,11 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
         max(len(panels), 1), 1, height_ratios=heights or [1.0], hspace=hspace
     )
     axes: list[Axes] = []
+    labels: list[Text] = []
     for row, panel in enumerate(panels):
         ax = figure.add_subplot(grid[row], sharex=axes[0] if axes else None)
         axes.append(ax)
-        _draw_panel(ax, facts, panel, columns)
+        _draw_panel(ax, facts, panel, columns, labels)
     if axes:
         last = axes[-1]
         last.set_xlabel("step (each column: the stack before that step runs)")
@@ -145,6 +150,7 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
         handles=_legend(), loc="upper left", ncol=7, bbox_to_anchor=(0.01, 1 - 0.35 / height)
     )
     figure.subplots_adjust(left=0.1, right=0.965, top=1 - top / height, bottom=bottom / height)
+    declutter(figure, labels)
     return figure
 
 
@@ -187,6 +193,9 @@ def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
         .T.astype(np.uint64)
     )
     lowest = _lowest_used_slot(facts, stack, first_addr, values)
+    highest = _highest_used_slot(facts, stack, first_addr, values)
+    if highest <= lowest:  # rsp never in the stored bytes: show them all
+        highest = values.shape[0]
     first_index = first_addr - stack.base + WORD * lowest
     # A whole-region panel (starting at index 0) grows downwards over an overflow.
     floor_index = -_overflow_depth(facts, stack) if first_index == 0 else first_index
@@ -194,9 +203,46 @@ def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
         stack=stack,
         window=window,
         first_index=first_index,
-        values=values[lowest:],
+        values=values[lowest:highest],
         floor_index=floor_index,
     )
+
+
+def _highest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values: U64) -> int:
+    """One past the highest slot worth showing: `ABOVE_RSP` bytes above the highest rsp
+    in the window (the caller's frame, the return address), or the highest slot written.
+    The rest of a big window (argv and the environment above a process stack's
+    frames) stays the same all run and is cut; a small one is shown whole."""
+    slots = int(values.shape[0])
+    if slots <= 16:
+        return slots
+    k = facts.stacks.index(stack)
+    top = first_addr + WORD * slots
+    rsp = facts.rsp[facts.rsp_stack == k]
+    rsp = rsp[(rsp >= np.uint64(first_addr)) & (rsp < np.uint64(top))]
+    if not rsp.size:
+        return slots
+    reach = int(rsp.max()) + ABOVE_RSP
+    writes = facts.writes.addr
+    written = writes[(writes >= np.uint64(first_addr)) & (writes < np.uint64(top))]
+    if written.size:
+        reach = max(reach, int(written.max()) + WORD)
+    highest = -(-(reach - first_addr) // WORD)
+    # Cutting a few slots only makes the panel harder to compare with the region.
+    return slots if slots - highest < 8 else int(min(highest, slots))
+
+
+def rsp_outside_window(facts: TraceFacts, stack: Region) -> tuple[int, int] | None:
+    """(lowest, highest) rsp as byte indexes in `stack` when rsp was in the stack but
+    never in its stored window (a trace whose window is a big stack's top), else None."""
+    window = facts.meta.snapshots[stack.name]
+    rsp = facts.rsp[facts.rsp_stack == facts.stacks.index(stack)]
+    if not rsp.size:
+        return None
+    inside = (rsp >= np.uint64(window.base)) & (rsp < np.uint64(window.top))
+    if inside.any():
+        return None
+    return int(rsp.min()) - stack.base, int(rsp.max()) - stack.base
 
 
 def _overflow_depth(facts: TraceFacts, stack: Region) -> int:
@@ -241,7 +287,9 @@ def categories(facts: TraceFacts, values: U64) -> npt.NDArray[np.int8]:
     return out
 
 
-def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
+def _draw_panel(
+    ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns, labels: list[Text]
+) -> None:
     stack = panel.stack
     n = facts.steps
     kinds = categories(facts, panel.values)
@@ -299,20 +347,33 @@ def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> 
         _label_cells(ax, facts, panel)
     _write_marks(ax, facts, panel, columns)
     _rsp_line(ax, facts, panel, columns)
-    planted = [p for p in facts.planted_returns if p.region == stack.name][:MAX_PLANTED_FRAMES]
-    framed = {p.index - p.index % WORD for p in planted}
-    for p in planted:
-        _frame_planted(ax, panel, p, framed)
+    by_slot: dict[int, list[PlantedReturn]] = {}
+    for p in facts.planted_returns:
+        if p.region == stack.name:
+            by_slot.setdefault(p.index - p.index % WORD, []).append(p)
+    framed = set(by_slot)
+    for group in list(by_slot.values())[:MAX_PLANTED_FRAMES]:
+        label = _frame_planted(ax, panel, group, framed)
+        if label is not None:
+            labels.append(label)
 
     ax.set_ylim(panel.floor_index, panel.top_index)
     ax.set_xlim(0, max(n, 1))
     ticks = list(range(panel.floor_index, panel.top_index + 1, WORD))
     every = max(1, len(ticks) // 8)
     ax.yaxis.set_major_locator(FixedLocator(ticks[::-1][::every]))
-    shown = "" if panel.window.size >= stack.size else f", top {panel.window.size} B stored"
-    ax.set_title(
-        f"{stack.name}: {stack.size} bytes at {stack.base:#x}{shown}", loc="left", fontsize=9
-    )
+    window = panel.window
+    if window.size >= stack.size:
+        shown = ""
+    elif window.top == stack.top:
+        shown = f", top {window.size} B stored"
+    else:
+        shown = f", {window.size} B stored where rsp went (top-{stack.top - window.base})"
+    missed = rsp_outside_window(facts, stack)
+    title = f"{stack.name}: {stack.size} bytes at {stack.base:#x}{shown}"
+    if missed is not None:
+        title += f"; rsp went to {missed[0]:,}-{missed[1]:,}, outside them"
+    ax.set_title(title, loc="left", fontsize=9, color=OVERFLOW_COLOUR if missed else "black")
     ax.set_ylabel("byte index")
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -413,32 +474,42 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
         ax.step(edges, y, where="post", color="#111111", linewidth=0.9, zorder=5)
 
 
-def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn, framed: set[int]) -> None:
-    """Frame the planted slot from the step after the store to the ret that pops it, and
-    label it above the frame, or inside it when the slot above is framed too."""
-    y = planted.index - planted.index % WORD
+def _frame_planted(
+    ax: Axes, panel: Panel, group: list[PlantedReturn], framed: set[int]
+) -> Annotation | None:
+    """Frame a planted slot from the step after each store to the ret that pops it, and
+    label the slot once (every ret that popped it from there), above the frame, or inside
+    it when the slot above is framed too."""
+    first = group[0]
+    y = first.index - first.index % WORD
     if not panel.first_index <= y < panel.top_index:
-        return
-    x0 = planted.planted_step + 1
-    width = max(planted.ret_step + 1 - x0, 1)
-    ax.add_patch(
-        Rectangle(
-            (x0, y),
-            width,
-            WORD,
-            fill=False,
-            edgecolor=PLANTED_COLOUR,
-            linewidth=1.8,
-            zorder=6,
+        return None
+    for planted in group:
+        x0 = planted.planted_step + 1
+        ax.add_patch(
+            Rectangle(
+                (x0, y),
+                max(planted.ret_step + 1 - x0, 1),
+                WORD,
+                fill=False,
+                edgecolor=PLANTED_COLOUR,
+                linewidth=1.8,
+                zorder=6,
+            )
         )
-    )
-    text = (
-        f"index {planted.index}: {planted.target}, planted at step {planted.planted_step}, "
-        f"popped at step {planted.ret_step}"
-    )
-    above = y + WORD < panel.top_index and y + WORD not in framed
-    if above:
-        ax.annotate(
+    if len(group) == 1:
+        text = (
+            f"index {first.index}: {first.target}, planted at step {first.planted_step}, "
+            f"popped at step {first.ret_step}"
+        )
+    else:
+        steps = ", ".join(str(p.ret_step) for p in group[:4])
+        more = f" and {len(group) - 4} more" if len(group) > 4 else ""
+        targets = ", ".join(sorted({p.target for p in group}))
+        text = f"index {first.index}: {targets}, popped at steps {steps}{more}"
+    x0 = first.planted_step + 1
+    if y + WORD < panel.top_index and y + WORD not in framed:
+        return ax.annotate(
             text,
             xy=(x0, y + WORD),
             xytext=(0, 3),
@@ -448,18 +519,17 @@ def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn, framed: set[i
             va="bottom",
             zorder=7,
         )
-    else:
-        ax.annotate(
-            text,
-            xy=(x0, y + WORD / 2),
-            xytext=(3, 0),
-            textcoords="offset points",
-            fontsize=7,
-            color=PLANTED_COLOUR,
-            va="center",
-            zorder=7,
-            bbox=LABEL_BOX,
-        )
+    return ax.annotate(
+        text,
+        xy=(x0, y + WORD / 2),
+        xytext=(3, 0),
+        textcoords="offset points",
+        fontsize=7,
+        color=PLANTED_COLOUR,
+        va="center",
+        zorder=7,
+        bbox=LABEL_BOX,
+    )
 
 
 def _step_ticks(ax: Axes, columns: Columns) -> None:

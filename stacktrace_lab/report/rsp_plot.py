@@ -19,15 +19,13 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.text import Annotation, Text
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
-from matplotlib.transforms import Bbox
 
 from ..analysis.events import I64, Kind, Origin, TraceFacts
 from ..analysis.model import Cause, PlantedReturn
@@ -43,12 +41,14 @@ from .figures import (
     Columns,
     columns_for,
     counts,
+    declutter,
     envelope,
     new_figure,
     plot_style,
     png_bytes,
     stack_colour,
     steps_per_column,
+    text_box,
 )
 
 #: Columns of the plot; about one per pixel column of the plot area.
@@ -93,8 +93,6 @@ MAX_NOTE_LINES = 20
 LEGEND_FONT = 7.5
 LEGEND_WRAP = 150
 LEGEND_LINE_INCHES = 0.145
-#: Tries to move a label clear of the others before it is hidden.
-MAX_NUDGES = 6
 
 
 def rsp_png(facts: TraceFacts, causes: Sequence[Cause] = ()) -> bytes:
@@ -580,41 +578,6 @@ def _zoom_stack(
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
 
 
-def text_box(text: Text, renderer: Any) -> Bbox:
-    """The pixels a text covers, its box (the coloured patch behind it) included."""
-    box = text.get_window_extent(renderer)
-    patch = text.get_bbox_patch()
-    if patch is None:
-        return box
-    text.update_bbox_position_size(renderer)
-    return Bbox.union([box, patch.get_window_extent(renderer)])
-
-
-def declutter(figure: Figure, labels: Sequence[Text]) -> None:
-    """Move each annotation in `labels` up until its box overlaps no other text of the
-    figure; one that cannot be placed within `MAX_NUDGES` moves is hidden (the numbered
-    legend still lists it). Other texts in `labels` (titles) stay where they are."""
-    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
-    movable = [t for t in labels if isinstance(t, Annotation)]
-    moving = {id(t) for t in movable}
-    placed = [
-        text_box(t, renderer)
-        for t in figure.findobj(Text)
-        if isinstance(t, Text) and t.get_visible() and t.get_text() and id(t) not in moving
-    ]
-    for label in movable:
-        box = text_box(label, renderer)
-        for _ in range(MAX_NUDGES):
-            if not any(box.overlaps(other) for other in placed):
-                placed.append(box)
-                break
-            dx, dy = label.xyann
-            label.xyann = (dx, dy + box.height * 72 / figure.dpi + 1)
-            box = text_box(label, renderer)
-        else:
-            label.set_visible(False)
-
-
 def _boundary(ax: Axes, y: float, label: str) -> None:
     """A dotted line across the panel at a stack's top or base, labelled at the right."""
     ax.axhline(y, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
@@ -843,4 +806,4 @@ def _size(size: int) -> str:
 
 
 # Kind is re-exported for callers that classify steps the way the plot does.
-__all__ = ["MAX_COLUMNS", "Kind", "rsp_figure", "rsp_png"]
+__all__ = ["MAX_COLUMNS", "Kind", "rsp_figure", "rsp_png", "text_box"]
