@@ -353,7 +353,7 @@ def _draw_panel(
             by_slot.setdefault(p.index - p.index % WORD, []).append(p)
     framed = set(by_slot)
     for group in list(by_slot.values())[:MAX_PLANTED_FRAMES]:
-        label = _frame_planted(ax, panel, group, framed)
+        label = _frame_planted(ax, panel, group, framed, n)
         if label is not None:
             labels.append(label)
 
@@ -475,7 +475,7 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
 
 
 def _frame_planted(
-    ax: Axes, panel: Panel, group: list[PlantedReturn], framed: set[int]
+    ax: Axes, panel: Panel, group: list[PlantedReturn], framed: set[int], steps: int
 ) -> Annotation | None:
     """Frame a planted slot from the step after each store to the ret that pops it, and
     label the slot once (every ret that popped it from there), above the frame, or inside
@@ -508,11 +508,15 @@ def _frame_planted(
         targets = ", ".join(sorted({p.target for p in group}))
         text = f"index {first.index}: {targets}, popped at steps {steps}{more}"
     x0 = first.planted_step + 1
+    # Past the middle the label ends at the frame instead of starting there: it stays
+    # inside the figure.
+    right = x0 > steps / 2
     if y + WORD < panel.top_index and y + WORD not in framed:
         return ax.annotate(
             text,
             xy=(x0, y + WORD),
             xytext=(0, 3),
+            ha="right" if right else "left",
             textcoords="offset points",
             fontsize=7.5,
             color=PLANTED_COLOUR,
@@ -522,7 +526,8 @@ def _frame_planted(
     return ax.annotate(
         text,
         xy=(x0, y + WORD / 2),
-        xytext=(3, 0),
+        xytext=(-3 if right else 3, 0),
+        ha="right" if right else "left",
         textcoords="offset points",
         fontsize=7,
         color=PLANTED_COLOUR,

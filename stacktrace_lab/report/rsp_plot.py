@@ -325,6 +325,7 @@ def choose_zooms(
         {int(s) for s in switches.tolist()}
         | {c.first_step for c in causes}
         | {int(s) for s in failed.tolist()}
+        | set(_deepest_overflows(facts))
     )
     if n < MIN_ZOOM_STEPS or not anchors:
         return []
@@ -350,6 +351,17 @@ def choose_zooms(
     return zooms
 
 
+def _deepest_overflows(facts: TraceFacts) -> list[int]:
+    """For each stack rsp left through its base, the step where it was deepest below it:
+    an overflow's extent is what a zoom on it should reach."""
+    out = []
+    below = np.flatnonzero((facts.rsp_owner >= 0) & (facts.rsp_stack < 0))
+    for k in np.unique(facts.rsp_owner[below]).tolist():
+        mine = below[facts.rsp_owner[below] == k]
+        out.append(int(mine[np.argmin(facts.rsp[mine])]))
+    return out
+
+
 def _zoom_what(
     facts: TraceFacts, switches: I64, causes: Sequence[Cause], failed: I64, start: int, stop: int
 ) -> str:
@@ -372,6 +384,11 @@ def _zoom_what(
     for number, cause in enumerate(causes, start=1):
         if start <= cause.first_step < stop:
             parts.append(f"cause {number}: {cause.title}")
+    for step in _deepest_overflows(facts):
+        if start <= step < stop:
+            stack = facts.stacks[int(facts.rsp_owner[step])]
+            depth = stack.base - int(facts.rsp[step])
+            parts.append(f"rsp {depth:,} bytes below {stack.name}'s base at step {step:,}")
     bad = [s for s in failed.tolist() if start <= s < stop]
     if bad and not any(start <= c.first_step < stop for c in causes):
         parts.append(f"{len(bad)} ret(s) of a bad slot")
