@@ -503,10 +503,10 @@ def _frame_planted(
             f"popped at step {first.ret_step}"
         )
     else:
-        steps = ", ".join(str(p.ret_step) for p in group[:4])
+        popped = ", ".join(str(p.ret_step) for p in group[:4])
         more = f" and {len(group) - 4} more" if len(group) > 4 else ""
         targets = ", ".join(sorted({p.target for p in group}))
-        text = f"index {first.index}: {targets}, popped at steps {steps}{more}"
+        text = f"index {first.index}: {targets}, popped at steps {popped}{more}"
     x0 = first.planted_step + 1
     # Past the middle the label ends at the frame instead of starting there: it stays
     # inside the figure.
