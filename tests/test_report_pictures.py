@@ -277,3 +277,13 @@ def test_the_heatmap_labels_each_planted_slot_once_and_says_where_rsp_went(
     titles = [ax.get_title(loc="left") for ax in figure.axes]
     title = next(t for t in titles if t.startswith("main"))
     assert f"rsp went to {low:,}-{high:,}, outside them" in title
+
+
+def test_program_header_finds_the_program_next_to_its_trace(coroutines_trace: Path) -> None:
+    """`demo` keeps the program it built next to the trace, which names it relatively."""
+    meta = load_trace(coroutines_trace).metadata
+    assert meta.program is not None
+    relative = replace(meta, program=replace(meta.program, path="elsewhere/three_coroutines"))
+    header = program_header(relative, coroutines_trace)
+    assert header is not None and header.unread is None
+    assert header.linkage == "static" and header.producer is not None

@@ -113,7 +113,7 @@ def gather(facts: TraceFacts, check: CheckResult) -> ReportContent:
         windows=windows,
         windows_left_out=left_out,
         tool=dict(meta.tool),
-        program=program_header(meta),
+        program=program_header(meta, facts.trace.path),
         switch_pairs=tuple(switch_picture.switch_pairs(facts)),
         switches=int(facts.switch_steps().size),
         leads_with_switches=switch_picture.wanted(facts),

@@ -38,12 +38,18 @@ class ProgramHeader:
     unread: str | None
 
 
-def program_header(meta: TraceMetadata) -> ProgramHeader | None:
-    """The header of a compiled program's report; None for a scenario."""
+def program_header(meta: TraceMetadata, trace_path: Path | None = None) -> ProgramHeader | None:
+    """The header of a compiled program's report; None for a scenario. A relative
+    program path is relative to where `record` ran; failing that, the program is
+    looked for next to the trace (where `demo` keeps it)."""
     program = meta.program
     if program is None or program.kind != "elf":
         return None
     path = Path(program.path)
+    if not path.is_file() and trace_path is not None:
+        beside = trace_path.parent / path.name
+        if beside.is_file():
+            path = beside
     producer = linkage = unread = None
     if not path.is_file():
         unread = "the binary is no longer at this path"
@@ -59,7 +65,7 @@ def program_header(meta: TraceMetadata) -> ProgramHeader | None:
             unread = f"the binary could not be read: {exc}"
     return ProgramHeader(
         path=program.path,
-        name=path.name,
+        name=Path(program.path).name,
         producer=producer,
         linkage=linkage,
         recorded=recorded_range(meta),
