@@ -34,6 +34,7 @@ from ..analysis.events import TraceFacts
 from ..analysis.model import PlantedReturn
 from ..arch import WORD
 from ..layout import Region
+from ..record.windows import overflow_key
 from ..trace.format import SnapshotWindow
 from .figures import (
     OVERFLOW_COLOUR,
@@ -67,6 +68,8 @@ LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.85, 
 ZERO, CODE, STACK, OTHER = 0, 1, 2, 3
 CATEGORY_NAMES = ("zero", "code address", "stack address", "other data")
 CATEGORY_COLOURS = ("#f2f2f2", "#fdae6b", "#9ecae1", "#c7e9c0")
+#: Slots under a base that an overflow changed (their first value was something else).
+OVERWRITTEN_COLOUR = "#d62728"
 
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
@@ -84,8 +87,16 @@ class Panel:
     #: Slot values, shape (slots, columns): row 0 is the lowest slot shown.
     values: U64
     #: Byte index of the lowest slot drawn: below 0 when the stack overflowed (those
-    #: slots are outside the region, so no snapshot holds them: they are hatched).
+    #: slots are outside the region: hatched, unless an overflow window stores them).
     floor_index: int
+    #: The overflow window's slots (`<stack>__below`, record/windows.py), shape
+    #: (slots, columns), row 0 its lowest; None when the trace has none.
+    below: U64 | None = None
+
+    @property
+    def below_index(self) -> int:
+        """Byte index (negative) of the lowest slot the overflow window stores."""
+        return 0 if self.below is None else -WORD * int(self.below.shape[0])
 
     @property
     def slots(self) -> int:
@@ -109,8 +120,10 @@ def heatmap_png(facts: TraceFacts) -> bytes:
 def heatmap_figure(facts: TraceFacts) -> Figure:
     columns = columns_for(facts.steps, MAX_COLUMNS)
     stacks = [s for s in (facts.stacks_used() or facts.stacks) if s.name in facts.meta.snapshots]
-    snapshots = read_snapshots(facts, stacks, columns.starts)
-    panels = [_panel(facts, stack, snapshots[stack.name]) for stack in stacks]
+    keys = [s.name for s in stacks]
+    keys += [overflow_key(s.name) for s in stacks if overflow_key(s.name) in facts.meta.snapshots]
+    snapshots = read_snapshots(facts, keys, columns.starts)
+    panels = [_panel(facts, stack, snapshots) for stack in stacks]
 
     heights = [float(np.clip(p.rows * 0.24, 1.1, 4.2)) for p in panels]
     # Fixed inches around and between the panels, whatever their number and size.
@@ -147,16 +160,20 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
         va="top",
     )
     figure.legend(
-        handles=_legend(), loc="upper left", ncol=7, bbox_to_anchor=(0.01, 1 - 0.35 / height)
+        handles=_legend(any(p.below is not None for p in panels)),
+        loc="upper left",
+        ncol=8,
+        bbox_to_anchor=(0.01, 1 - 0.35 / height),
     )
     figure.subplots_adjust(left=0.1, right=0.965, top=1 - top / height, bottom=bottom / height)
     declutter(figure, labels)
     return figure
 
 
-def read_snapshots(facts: TraceFacts, stacks: list[Region], steps: I64) -> dict[str, U8]:
-    """The snapshot bytes of each stack at `steps` (sorted), one row group at a time."""
-    windows = {s.name: facts.meta.snapshots[s.name] for s in stacks}
+def read_snapshots(facts: TraceFacts, keys: list[str], steps: I64) -> dict[str, U8]:
+    """The bytes of each snapshot window (by key) at `steps` (sorted), one row group at
+    a time."""
+    windows = {key: facts.meta.snapshots[key] for key in keys}
     out = {name: np.zeros((steps.size, w.size), dtype=np.uint8) for name, w in windows.items()}
     if not windows or not steps.size:
         return out
@@ -180,9 +197,9 @@ def _fixed_binary(column: pa.ChunkedArray, size: int) -> U8:
     return data[start : start + len(array) * size].reshape(len(array), size)
 
 
-def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
-    window = facts.meta.snapshots[stack.name]
-    # Slots are 8-byte aligned in memory, counted down from the window's top.
+def _slots(window: SnapshotWindow, snapshot: U8) -> tuple[int, U64]:
+    """(address of the lowest whole slot, the slots' values (slots, columns)): slots are
+    8-byte aligned in memory, counted down from the window's top."""
     slots = window.size // WORD
     first_addr = window.top - WORD * slots
     skip = first_addr - window.base
@@ -192,6 +209,12 @@ def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
         .reshape(snapshot.shape[0], slots)
         .T.astype(np.uint64)
     )
+    return first_addr, values
+
+
+def _panel(facts: TraceFacts, stack: Region, snapshots: dict[str, U8]) -> Panel:
+    window = facts.meta.snapshots[stack.name]
+    first_addr, values = _slots(window, snapshots[stack.name])
     lowest = _lowest_used_slot(facts, stack, first_addr, values)
     highest = _highest_used_slot(facts, stack, first_addr, values)
     if highest <= lowest:  # rsp never in the stored bytes: show them all
@@ -199,12 +222,69 @@ def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
     first_index = first_addr - stack.base + WORD * lowest
     # A whole-region panel (starting at index 0) grows downwards over an overflow.
     floor_index = -_overflow_depth(facts, stack) if first_index == 0 else first_index
+    below = None
+    key = overflow_key(stack.name)
+    if first_index == 0 and key in snapshots:
+        below_window = facts.meta.snapshots[key]
+        if below_window.top == stack.base and below_window.size >= WORD:
+            _, below = _slots(below_window, snapshots[key])
+            floor_index = min(floor_index, -WORD * int(below.shape[0]))
     return Panel(
         stack=stack,
         window=window,
         first_index=first_index,
         values=values[lowest:highest],
         floor_index=floor_index,
+        below=below,
+    )
+
+
+def _draw_below(
+    ax: Axes, facts: TraceFacts, panel: Panel, colours: ListedColormap, norm: BoundaryNorm
+) -> None:
+    """The bytes an overflow reached under the base, coloured by what they held, and
+    each slot whose value differs from its first column's (what it held before the
+    overflow) shaded red: what the overflow overwrote."""
+    below = panel.below
+    assert below is not None
+    n = facts.steps
+    extent = (0.0, float(max(n, 1)), float(panel.below_index), 0.0)
+    ax.imshow(
+        categories(facts, below),
+        cmap=colours,
+        norm=norm,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        extent=extent,
+        zorder=1,
+    )
+    overwritten = below != below[:, :1]
+    if overwritten.any():
+        ax.imshow(
+            np.ma.masked_equal(overwritten.astype(np.float64), 0.0),
+            cmap=ListedColormap([OVERWRITTEN_COLOUR]),
+            origin="lower",
+            aspect="auto",
+            interpolation="nearest",
+            extent=extent,
+            alpha=0.55,
+            zorder=2,
+        )
+    slots = int(overwritten.any(axis=1).sum())
+    ax.axhline(0, color=OVERFLOW_COLOUR, linewidth=1.2, zorder=5)
+    ax.text(
+        0.998,
+        panel.below_index + WORD / 2,
+        f"below {panel.stack.name}'s base: {-panel.below_index} bytes stored, "
+        f"{slots} slot{'s' if slots != 1 else ''} overwritten ",
+        transform=ax.get_yaxis_transform(),
+        ha="right",
+        va="center",
+        fontsize=7,
+        color=OVERFLOW_COLOUR,
+        zorder=7,
+        bbox=LABEL_BOX,
     )
 
 
@@ -309,13 +389,15 @@ def _draw_panel(
         # Thin white gaps between cells read as a grid for short traces.
         for x in range(n + 1):
             ax.axvline(x, color="white", linewidth=0.6, zorder=2)
-    if panel.floor_index < panel.first_index:
+    if panel.below is not None:
+        _draw_below(ax, facts, panel, colours, norm)
+    if panel.floor_index < panel.below_index:
         # Below the base: not the stack's memory, and no snapshot of it.
         ax.add_patch(
             Rectangle(
                 (0, panel.floor_index),
                 n,
-                panel.first_index - panel.floor_index,
+                panel.below_index - panel.floor_index,
                 facecolor="#fdf0f0",
                 edgecolor="#e9a3a3",
                 hatch="///",
@@ -547,7 +629,7 @@ def _step_ticks(ax: Axes, columns: Columns) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
 
 
-def _legend() -> list[Patch | Line2D]:
+def _legend(overwritten: bool = False) -> list[Patch | Line2D]:
     handles: list[Patch | Line2D] = [
         Patch(facecolor=c, edgecolor="#bbbbbb", label=name)
         for name, c in zip(CATEGORY_NAMES, CATEGORY_COLOURS, strict=True)
@@ -555,4 +637,8 @@ def _legend() -> list[Patch | Line2D]:
     handles.append(Line2D([], [], marker="x", color="#222222", linestyle="", label="written"))
     handles.append(Line2D([], [], color="#111111", linewidth=1.6, label="rsp"))
     handles.append(Patch(facecolor="none", edgecolor=PLANTED_COLOUR, label="planted return"))
+    if overwritten:
+        handles.append(
+            Patch(facecolor=OVERWRITTEN_COLOUR, alpha=0.55, label="overwritten under a base")
+        )
     return handles
