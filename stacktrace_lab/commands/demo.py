@@ -3,7 +3,6 @@ program, built on the spot) and report it, in one command."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,15 +52,15 @@ def demo_command(rust: bool) -> int:
 
 
 def _record_rust(record_dir: Path) -> Recording:
+    """The Rust example built into `record_dir` (the `record` command's folder, not the
+    goldens'), next to its trace, which names it: `replay` reads the program again."""
     from ..examples import build_example
     from ..record.elf_front import record_elf
 
-    with tempfile.TemporaryDirectory() as build_dir:
-        program = build_example(RUST_BUILD, Path(build_dir))
-        click.echo(f"built {program.name} with rustc")
-        # Recording from main: the start-up of Rust's std (36,000 steps) is
-        # not what the example is about. The trace names the program's path
-        # in the temporary directory: replay it with --program.
-        return record_elf(
-            program, record_dir / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
-        )
+    program = build_example(RUST_BUILD, record_dir)
+    click.echo(f"built {program} with rustc")
+    # Recording from main: the start-up of Rust's std (36,000 steps) is
+    # not what the example is about.
+    return record_elf(
+        program, record_dir / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
+    )
