@@ -12,12 +12,14 @@ import functools
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
 from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
-from .discovery import name_stacks, run_discovery
+from .discovery import Evidence, name_stacks, run_discovery
 from .elf import ElfImage, line_table, load_elf
 from .machine import Machine
 from .process import linux_process
@@ -30,6 +32,7 @@ from .recorder import (
     record_description,
 )
 from .syscalls import LinuxKernel
+from .windows import Extent
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
 
@@ -110,7 +113,27 @@ def describe_elf(
         trim_lines=True,
         start=start,
         options={"args": list(args), "from": from_symbol, "to": to_symbol},
+        extents=stack_extents(evidence, [*found, main_stack]),
     )
+
+
+def stack_extents(evidence: Evidence, stacks: list[Region]) -> dict[str, Extent]:
+    """Where rsp went in each stack during the discovery pass (the recording runs
+    the same steps): the lowest and highest rsp inside each stack. The process
+    stack is the last of `stacks`: rsp was there whenever it was not `outside`.
+    (An overflow's rsp under a base is left out: its window is not stored yet.)"""
+    extents: dict[str, Extent] = {}
+    *found, process = stacks
+    if evidence.lowest_main >= 0:
+        extents[process.name] = Extent(evidence.lowest_main, process.top)
+    if not evidence.outside:
+        return extents
+    rsp = np.fromiter((r for _step, r in evidence.outside), dtype=np.uint64)
+    for stack in found:
+        mine = rsp[(rsp >= stack.base) & (rsp <= stack.top)]
+        if len(mine):
+            extents[stack.name] = Extent(int(mine.min()), int(mine.max()))
+    return extents
 
 
 #: Below the lowest rsp, what the `main` region keeps: the red zone (128 bytes)
