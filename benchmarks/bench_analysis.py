@@ -13,17 +13,31 @@ report` make, each in a child process of its own so that its peak RSS
 ru_maxrss starts from its parent's RSS at fork, so the parent stays small.
 The baseline row is a child that only imports what the commands import: the
 difference is what the analysis itself holds.
+
+`--commands` instead runs every reading command of the command line on a trace
+(`check`, `report`, `diff`, `diff --align`, `show --step`, `query` with two
+SQL views, and `serve` up to its first page and first window), each in a
+process of its own, with this checkout and with another install side by side,
+and prints peak RSS and CPU seconds (user + system, from `wait4`) of each:
+
+    python benchmarks/bench_analysis.py --commands --trace T.parquet \
+        --baseline "env PYTHONPATH=/work/baseline python -m stacktrace_lab"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import resource
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -101,13 +115,124 @@ def run_child(phase: str, trace_path: Path, out_dir: Path, steps: int) -> dict[s
     return result
 
 
+def reading_commands(trace: Path, out: Path, steps: int) -> dict[str, list[str]]:
+    """Each reading command's arguments, on `trace`."""
+    return {
+        "check": ["check", str(trace)],
+        "report": ["report", str(trace), "-o", str(out / "report")],
+        "diff": ["diff", str(trace), str(trace)],
+        "diff --align": ["diff", "--align", str(trace), str(trace)],
+        "show --step": ["show", "--step", str(steps * 3 // 4), str(trace)],
+        "query calls": ["query", str(trace), "SELECT count(*) FROM calls WHERE NOT aligned"],
+        "query accesses": [
+            "query",
+            str(trace),
+            "SELECT count(*) FROM accesses WHERE access = 'write'",
+        ],
+        "serve": ["serve", "--port", "0", str(trace)],
+    }
+
+
+def measure(command: list[str], cwd: Path) -> dict[str, float]:
+    """Run `command` to its end; its peak RSS (MiB), CPU seconds and wall seconds."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    assert child.stderr is not None
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise SystemExit(f"{shlex.join(command)} failed: {child.stderr.read().decode()}")
+    child.stderr.close()
+    return {
+        "rss": usage.ru_maxrss / 1024,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "wall": wall,
+    }
+
+
+def measure_serve(command: list[str], cwd: Path) -> dict[str, float]:
+    """Start `serve`, fetch its page and the page's first window, then stop it: the
+    time to that first page, and the process's peak RSS and CPU seconds."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+    assert child.stderr is not None
+    line = child.stderr.readline().decode()
+    found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    if found is None:
+        child.kill()
+        raise SystemExit(f"{shlex.join(command)}: no address in {line!r}")
+    url = f"http://127.0.0.1:{found.group(1)}/"
+    with urllib.request.urlopen(url) as page:
+        page.read()
+    with urllib.request.urlopen(url + "api/window?step=0") as window:
+        window.read()
+    first_page = time.perf_counter() - start
+    child.send_signal(signal.SIGINT)
+    _, _, usage = os.wait4(child.pid, 0)
+    child.stderr.close()
+    return {
+        "rss": usage.ru_maxrss / 1024,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "wall": first_page,
+    }
+
+
+def compare_commands(
+    trace: Path, baseline: list[str], steps: int | None, only: list[str] | None = None
+) -> None:
+    """Every reading command, with `baseline` and with this checkout, one after the other."""
+    import pyarrow.parquet as pq
+
+    rows = steps or pq.ParquetFile(trace).metadata.num_rows
+    here = [sys.executable, "-m", "stacktrace_lab"]
+    env_note = f"baseline: {shlex.join(baseline)}\nthis checkout: {shlex.join(here)}"
+    print(f"{trace}: {rows:,} steps\n{env_note}")
+    print(
+        f"{'command':<15} {'base MiB':>9} {'this MiB':>9} {'base CPU s':>11} {'this CPU s':>11}"
+        f" {'base wall s':>12} {'this wall s':>12}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-commands-") as tmp:
+        trace = trace.resolve()
+        for name, arguments in reading_commands(trace, Path(tmp), rows).items():
+            if only and name.split()[0] not in only:
+                continue
+            results = []
+            for prefix in (baseline, here):
+                run = measure_serve if name == "serve" else measure
+                # Not from the checkout: `python -m` would import the package from there.
+                results.append(run([*prefix, *arguments], Path(tmp)))
+            base, this = results
+            print(
+                f"{name:<15} {base['rss']:>9.0f} {this['rss']:>9.0f} {base['cpu']:>11.2f} "
+                f"{this['cpu']:>11.2f} {base['wall']:>12.2f} {this['wall']:>12.2f}",
+                flush=True,
+            )
+    print("serve's wall seconds: from start to its first page and first window")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--trace", type=Path, help="use this trace instead of recording one")
+    parser.add_argument(
+        "--commands", action="store_true", help="time every reading command (needs --trace)"
+    )
+    parser.add_argument(
+        "--baseline",
+        default="stacktrace-lab",
+        help="how to run the install to compare with, as a shell command line",
+    )
+    parser.add_argument(
+        "--only", action="append", help="with --commands: only this command (repeatable)"
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.commands:
+        if args.trace is None:
+            parser.error("--commands needs --trace")
+        compare_commands(args.trace, shlex.split(args.baseline), None, args.only)
+        return
     if args.phase:
         child(args.phase, args.paths[0], args.paths[1], args.steps)
         return

@@ -61,6 +61,32 @@ def run(python: str, argv: list[str], env: dict[str, str]) -> dict[str, float]:
     return {"cpu": usage.ru_utime + usage.ru_stime, "wall": wall, "steps": summary["steps"]}
 
 
+IN_PROCESS = """
+import json, sys, time
+from stacktrace_lab.record.elf_front import record_elf
+program, out = sys.argv[1], sys.argv[2]
+record_elf(program, out)  # reads the symbols and the DWARF line table once (cached)
+for start in (None, "main"):
+    cpu = time.process_time()
+    steps = record_elf(program, out, from_symbol=start).metadata.steps
+    print(json.dumps([start or "entry", steps, time.process_time() - cpu]))
+"""
+
+
+def in_process(python: str, program: Path, out: Path, env: dict[str, str]) -> list[list[object]]:
+    """A second `record_elf` in one process (symbols and DWARF cached): the recording's
+    own CPU, without imports and ELF reading. [[from, steps, CPU s], ...]"""
+    result = subprocess.run(
+        [python, "-c", IN_PROCESS, str(program), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+    )
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
 def build(tmp: Path) -> dict[str, Path]:
     from stacktrace_lab.examples import build_example, compiler_missing
 
@@ -127,6 +153,11 @@ def main() -> None:
                 )
                 cost = (b["cpu"] - a["cpu"]) / (b["steps"] - a["steps"])
                 per_step.append((f"{name} example", side, cost))
+        warm: list[tuple[str, str, list[object]]] = []
+        for name, program in programs.items():
+            for side, (python, side_env) in sides.items():
+                for row in in_process(python, program, tmp / "w.parquet", side_env):
+                    warm.append((name, side, row))
         for side, (python, side_env) in sides.items():
             out = str(tmp / "s.parquet")
             argv = ["record", str(SCENARIO), "--max-steps", str(args.steps), "-o", out]
@@ -144,6 +175,9 @@ def main() -> None:
     print(f"\n{'per-step CPU (two runs)':<40} {'hooks':<12} {'us/step':>8} {'steps/s':>12}")
     for what, side, cost in per_step:
         print(f"{what:<40} {side:<12} {cost * 1e6:>8.2f} {1 / cost if cost > 0 else 0:>12,.0f}")
+    print(f"\n{'in one process, caches warm':<40} {'hooks':<12} {'steps':>8} {'CPU s':>7}")
+    for name, side, (start, steps, cpu) in warm:
+        print(f"{name + ' example from ' + str(start):<40} {side:<12} {steps:>8,} {cpu:>7.3f}")
     by = {(what, side): r for what, side, r in rows}
     costs = {(what, side): c for what, side, c in per_step}
     if "89b56b2" in sides:

@@ -17,7 +17,7 @@ import click
 from . import __version__
 from .commands import COMMANDS, SHORT_HELP
 from .errors import BadInput
-from .safe_output import Interrupted, remove_pending, stop_on_signals
+from .safe_output import Interrupted, output_named, remove_pending, stop_on_signals
 
 
 class StoppedBySignal(Exception):
@@ -87,7 +87,9 @@ def usage_error_line(error: click.UsageError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        with stop_on_signals():
+        # The program itself (argv from sys.argv): a signal ends the process at once,
+        # with one line. Called in process (tests, scripts): it raises Interrupted.
+        with stop_on_signals(exit_process=argv is None):
             result = cli.main(
                 args=list(argv) if argv is not None else None,
                 prog_name="stacktrace-lab",
@@ -101,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # A file the user named could not be read or written (permissions, a
         # full disk): their input, not a bug, so one line and status 2.
-        where = f"{exc.filename}: " if exc.filename else ""
+        # A temporary file of ours is named as the output it was to become.
+        where = f"{output_named(exc.filename)}: " if exc.filename else ""
         cause = " ".join(str(exc.strerror or exc).split())
         click.echo(f"stacktrace-lab: error: {where}{cause}", err=True)
         return 2

@@ -1,7 +1,8 @@
 """`[tool.stacktrace-lab]` in pyproject.toml: one place for a project's settings.
 
     [tool.stacktrace-lab]
-    traces-dir = "traces"          # goldens: `record`'s default output, the plugin's golden dir
+    traces-dir = "traces"          # goldens: the pytest plugin's golden dir
+    record-dir = "stacktrace-lab-traces"  # `record`'s and `demo`'s default output
     reports-dir = "reports"        # `report`'s default output: <reports-dir>/<trace name>/
     diff-ignore = ["rflags"]       # names `diff` and the plugin leave out (as --ignore)
     snapshot-limit = 512           # bytes of each stack stored per step (record)
@@ -28,7 +29,10 @@ from typing import Any
 from .errors import BadInput
 
 TABLE = "stacktrace-lab"
-KEYS = ("traces-dir", "reports-dir", "diff-ignore", "snapshot-limit", "max-steps")
+KEYS = ("traces-dir", "record-dir", "reports-dir", "diff-ignore", "snapshot-limit", "max-steps")
+#: `record`'s default output folder. Not the goldens' (traces-dir): the plugin owns
+#: those, and a trace recorded by hand must never be taken for one (issue 24).
+DEFAULT_RECORD_DIR = "stacktrace-lab-traces"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Config:
     root: Path
     traces_dir: Path
     reports_dir: Path
+    record_dir: Path = Path(DEFAULT_RECORD_DIR)
     diff_ignore: tuple[str, ...] = ()
     snapshot_limit: int | None = None  # None: the recorder's default
     max_steps: int | None = None  # None: the scenario's own
@@ -116,6 +121,7 @@ def _parse(table: dict[str, Any], root: Path, source: Path | None) -> Config:
         root=root,
         traces_dir=directory("traces-dir", "traces"),
         reports_dir=directory("reports-dir", "reports"),
+        record_dir=directory("record-dir", DEFAULT_RECORD_DIR),
         diff_ignore=tuple(n.strip() for n in ignore if n.strip()),
         snapshot_limit=count("snapshot-limit"),
         max_steps=count("max-steps"),

@@ -3,6 +3,10 @@
 Used by `stacktrace-lab demo --rust`, the tests and benchmarks/bench_elf.py.
 The build commands are the ones examples/README.md gives; nothing here is
 needed to record a program you built yourself.
+
+The sources ship with the package: stacktrace_lab/examples_data/ holds
+symlinks to examples/ in the checkout, and a wheel (a plain `pip install .`)
+stores the files they point to, so the demo works from any install.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from pathlib import Path
 
 from .errors import BadInput
 
-#: examples/ of the checkout this package runs from.
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: The tutorial's sources, installed with the package (in a checkout: links to examples/).
+EXAMPLES = Path(__file__).resolve().parent / "examples_data"
 RUST_SOURCE = EXAMPLES / "first_switch.rs"
 C_SOURCE = EXAMPLES / "first_switch.c"
 
@@ -40,7 +44,7 @@ def compiler_missing(build: str) -> str | None:
         return f"{tool} is not installed"
     source = RUST_SOURCE if tool == "rustc" else C_SOURCE
     if not source.is_file():
-        return f"{source} is not there (the examples come with a checkout of the repository)"
+        return f"{source} is not there (the package was installed without its examples)"
     return None
 
 

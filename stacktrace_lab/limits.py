@@ -16,6 +16,7 @@ program's size from its directives before the assembler allocates it
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import math
 import operator
@@ -86,10 +87,15 @@ def resolve_input(name: str, base_dir: Path, where: str, allow_outside: bool) ->
     `--allow-outside`: a scenario shared with a colleague must not copy their
     `/etc/passwd` or SSH keys into a trace.
     """
+    if "\0" in name:
+        raise BadInput(f"{where}: {name!r}: a file name cannot hold a NUL byte")
     path = base_dir / name
     if not allow_outside:
-        inside = base_dir.resolve()
-        resolved = path.resolve()
+        try:
+            inside = base_dir.resolve()
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (3.11, 3.12)
+            raise BadInput(f"{where}: {name!r} cannot be resolved: {_why(exc)}") from None
         if not resolved.is_relative_to(inside):
             raise BadInput(
                 f"{where}: {name!r} is outside the scenario's directory {base_dir}; "
@@ -98,10 +104,32 @@ def resolve_input(name: str, base_dir: Path, where: str, allow_outside: bool) ->
     return path
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+        return "a loop of symbolic links"
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 #: A compiled program is read whole (its sha256, pyelftools). Far above any
 #: static program here (the Rust example with std's debug info is ~10 MB), low
 #: enough that a hostile path cannot exhaust memory.
 MAX_PROGRAM_FILE_BYTES = 256 * MiB
+
+#: A Linux process's memory (record/process.py, record/syscalls.py): its
+#: segments, stack, heap and anonymous mappings together. Unicorn backs each
+#: mapped page the program touches with host memory, so this bounds what a
+#: program that maps and touches memory in a loop can cost. A segment over it
+#: is refused at load; `brk` past it leaves the break unchanged and `mmap`
+#: returns -ENOMEM, as Linux does when a process reaches RLIMIT_AS.
+MAX_PROCESS_MEMORY = 1 * GiB
+#: Mappings of a process: `mmap` past it returns -ENOMEM, as past Linux's
+#: vm.max_map_count (65530). Far fewer here: unicorn's mem_map costs grow
+#: faster than linearly with the regions already mapped (1,000 one-page maps:
+#: 0.8 s; 2,000: 4.5 s; 4,000: 35 s), and each mapping is a region of the trace.
+MAX_MAPPINGS = 1024
+#: Open file descriptors, as `prlimit64` reports RLIMIT_NOFILE: `openat`
+#: past it returns -EMFILE.
+MAX_OPEN_FILES = 1024
 
 
 def read_input(
@@ -119,11 +147,14 @@ def read_input(
         raise BadInput(f"{path}: no such file") from None
     except OSError as exc:
         raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError:  # a NUL byte in the name
+        raise BadInput(f"{str(path)!r}: a file name cannot hold a NUL byte") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)  # fdopen of a directory would fail naming the fd number, not the file
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise BadInput(f"{path}: is {kind}; a {what} must be a regular file")
     with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            raise BadInput(f"{path}: is {kind}; a {what} must be a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
         named = f" ({option})" if option else ""

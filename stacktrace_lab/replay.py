@@ -301,6 +301,54 @@ def _compare_end(trace: Trace, result: RunResult) -> Difference | None:
     return None
 
 
+def _source_difference(trace: Trace) -> Difference | None:
+    """Whether the trace's source, assembled again, gives its recorded code.
+
+    The replay runs the recorded code bytes; the source is what the reports
+    show beside them. Editing `scenario.source` alone (issue 26) would pass
+    every step. Checked for inline sources (every line-table entry names the
+    .toml): file programs may include files, defines and stubs the trace does
+    not hold, and a source that does not assemble alone (a stub's symbol) is
+    not a finding either.
+    """
+    from .record.recorder import build_program
+    from .scenario import RegionSpec, Scenario
+
+    meta = trace.metadata
+    if not meta.lines or not all(line.file.endswith(".toml") for line in meta.lines):
+        return None
+    declared = [r for r in meta.regions if r.kind in ("stack", "data") and r.name != ".data"]
+    scenario = Scenario(
+        name=meta.scenario.name,
+        description=meta.scenario.description,
+        syntax=meta.scenario.syntax,
+        entry=meta.scenario.entry,
+        source=meta.scenario.source,
+        stacks=tuple(RegionSpec(r.name, r.size) for r in declared if r.kind == "stack"),
+        data=tuple(RegionSpec(r.name, r.size) for r in declared if r.kind == "data"),
+    )
+    try:
+        program, _ = build_program(scenario)
+    except BadInput:
+        return None
+    if program.code == meta.code:
+        return None
+    at = next(
+        (i for i, (a, b) in enumerate(zip(program.code, meta.code, strict=False)) if a != b),
+        min(len(program.code), len(meta.code)),
+    )
+    return Difference(
+        step=0,
+        columns=("scenario.source",),
+        recorded=_show(meta.code[at : at + 16]),
+        replayed=_show(program.code[at : at + 16]),
+        detail=(
+            f"the metadata's scenario.source does not assemble to the recorded code: "
+            f"they differ from code+{at:#x} (was the source edited?)"
+        ),
+    )
+
+
 def replay(
     trace: Trace, progress: Callable[[int], None] | None = None, binary: str | None = None
 ) -> ReplayResult:
@@ -318,6 +366,9 @@ def replay(
             meta.source_line,
         )
     else:
+        edited = _source_difference(trace)
+        if edited is not None:
+            return ReplayResult(0, edited)
         spec = machine_spec_of(trace)
         try:
             machine = Machine(spec)

@@ -34,6 +34,7 @@ import signal
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -43,12 +44,21 @@ from .errors import BadInput
 _TEMP_SUFFIX = ".tmp"
 _RANDOM = 8  # characters mkstemp adds
 _pending: set[Path] = set()
+#: temporary file -> the output it becomes, so a message names the output
+_target_of: dict[Path, Path] = {}
 # Ctrl-C too: Python's own SIGINT handler would raise KeyboardInterrupt inside a
 # critical section. `Interrupted` is a KeyboardInterrupt, so callers see the same.
 _STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Critical-section depth, and the stopping signal that arrived inside one.
 _critical_depth = 0
 _held_signal: list[int] = []
+#: The command-line process (not a caller in process, such as a test): a stopping
+#: signal ends the process at once (`exit_now`) instead of raising `Interrupted`.
+_exit_process = False
+#: A signal's handler waits for the main thread's next bytecode; a main thread
+#: stuck in a long C call (pyarrow, DuckDB) would delay it: the watchdog ends the
+#: process this long after the signal if it is still running.
+WATCHDOG_SECONDS = 0.8
 
 _KINDS = {
     stat.S_ISCHR: "a character device",
@@ -139,12 +149,46 @@ def _critical_section() -> Iterator[None]:
     finally:
         _critical_depth -= 1
         if _critical_depth == 0 and _held_signal:
-            raise Interrupted(_held_signal.pop())
+            signum = _held_signal.pop()
+            if _exit_process:
+                exit_now(signum)
+            raise Interrupted(signum)
+
+
+#: A temporary file of ours untouched this long was left by a killed run (SIGKILL, a
+#: power cut): the next write beside it removes it. A live writer touches its file far
+#: more often (a trace grows by row groups; a report file is written in one go).
+STALE_AFTER_SECONDS = 15 * 60
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove the temporary files of our own naming for `target` (`.NAME.XXXXXXXX.tmp`,
+    regular files) that no run has touched for STALE_AFTER_SECONDS; returns them."""
+    directory = target.parent
+    prefix = temp_prefix(target.name, _name_limit(directory))
+    ours = re.compile(re.escape(prefix) + f"[a-z0-9_]{{{_RANDOM}}}" + re.escape(_TEMP_SUFFIX))
+    now = time.time()
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        if not ours.fullmatch(entry.name) or Path(entry.path) in _pending:
+            continue
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_AFTER_SECONDS:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def create_temp(target: Path) -> Path:
-    """A new, empty, registered temporary file in `target`'s directory."""
+    """A new, empty, registered temporary file in `target`'s directory (and the
+    stale ones a killed run left for the same target, gone)."""
     directory = target.parent
+    remove_stale_temps(target)
     with _critical_section():
         fd, name = tempfile.mkstemp(
             prefix=temp_prefix(target.name, _name_limit(directory)),
@@ -154,7 +198,15 @@ def create_temp(target: Path) -> Path:
         os.close(fd)
         temp = Path(name)
         _pending.add(temp)
+        _target_of[temp] = target
     return temp
+
+
+def output_named(filename: object) -> object:
+    """The output a temporary file of ours stands for (for messages), else `filename`."""
+    if isinstance(filename, str | os.PathLike):
+        return _target_of.get(Path(filename), filename)
+    return filename
 
 
 def commit_temp(temp: Path, target: Path) -> None:
@@ -193,10 +245,30 @@ def write_file(target: Path, data: bytes) -> Path:
     return target
 
 
+def exit_now(signum: int) -> None:
+    """End the process as a shell reports one killed by `signum` (128 + its number),
+    with one line and no partial output: the temporary files in progress go, and
+    what stdout has not flushed yet is dropped, not printed half."""
+    remove_pending()
+    with contextlib.suppress(OSError):
+        os.write(2, f"stacktrace-lab: interrupted ({signal.Signals(signum).name})\n".encode())
+    os._exit(128 + signum)
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """While writing: SIGINT, SIGTERM and SIGHUP raise `Interrupted`, held
-    until the end of a critical section when one is running."""
+def stop_on_signals(exit_process: bool = False) -> Iterator[None]:
+    """While a command runs: SIGINT, SIGTERM and SIGHUP raise `Interrupted`, held
+    until the end of a critical section when one is running.
+
+    `exit_process` (the command line's own process): the signal ends the process
+    at once instead, through `exit_now`. An exception raised at an arbitrary
+    bytecode is not safe in a reading command: one raised inside an import (pandas,
+    loaded lazily by pyarrow) left a half-imported module and a traceback of an
+    unrelated AttributeError, and C code that catches it (DuckDB: "Query
+    interrupted") turns it into its own error. A watchdog thread, woken by the
+    signal itself, ends the process if the main thread is stuck in C code.
+    """
+    global _exit_process
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -205,11 +277,51 @@ def stop_on_signals() -> Iterator[None]:
         if _critical_depth:
             _held_signal[:] = [signum]  # raised when the critical section ends
             return
+        if _exit_process:
+            exit_now(signum)
         raise Interrupted(signum)
 
     previous = {number: signal.signal(number, on_signal) for number in _STOPPING}
+    watchdog = _Watchdog() if exit_process else None
+    _exit_process = exit_process
     try:
         yield
     finally:
+        _exit_process = False
+        if watchdog is not None:
+            watchdog.close()
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+class _Watchdog:
+    """Ends the process WATCHDOG_SECONDS after a stopping signal if the main thread
+    has not: Python runs a signal's handler only between the main thread's
+    bytecodes. The signal reaches this thread through `signal.set_wakeup_fd`."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        try:
+            data = os.read(self._read, 64)
+        except OSError:
+            return
+        stopping = [n for n in data if n in _STOPPING]
+        if not stopping or self._closed.wait(WATCHDOG_SECONDS):
+            return
+        while _critical_depth:  # a few statements: let them finish (and exit) first
+            time.sleep(0.01)
+        exit_now(stopping[0])
+
+    def close(self) -> None:
+        self._closed.set()
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._write)  # wakes the thread: read returns b""
+        self._thread.join(timeout=1)
+        os.close(self._read)

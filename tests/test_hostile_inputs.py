@@ -36,7 +36,7 @@ main:
 
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run in tmp_path: a record without -o writes traces/<name>.parquet here."""
+    """Run in tmp_path: a record without -o writes stacktrace-lab-traces/<name>.parquet here."""
     monkeypatch.chdir(tmp_path)
 
 

@@ -23,7 +23,10 @@ from stacktrace_lab.scenario import builtin_names, load_scenario
 
 CALL_HEAVY = Path(__file__).resolve().parent.parent / "benchmarks" / "call-heavy.toml"
 
-pytestmark = pytest.mark.skipif(native_core() is None, reason="the C recording core is not built")
+pytestmark = pytest.mark.skipif(
+    native_core() is None,
+    reason=f"the C recording core is not built here (or {PURE_PYTHON_ENV}=1 turns it off)",
+)
 
 
 def first_difference(a: Path, b: Path) -> str | None:

@@ -418,3 +418,37 @@ def test_fuzz_the_trace_reader_with_damaged_bytes(
         assert str(exc).startswith(str(trace)) and "\n" not in str(exc)
     run(["check", str(trace)], capsys)
     run(["replay", str(trace)], capsys)
+
+
+V1_FIXTURE = Path(__file__).parent / "fixtures" / "first-switch-v1.parquet"
+
+
+@budget(40)
+@given(data=st.data())
+def test_fuzz_query_with_damaged_traces_of_both_versions(
+    data: st.DataObject, small_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`query` reads the Parquet files itself (DuckDB), after the reader: a
+    damaged trace of either format version, alone, is answered or one line
+    (issue 26: a version-1 trace alone was a BinderException traceback)."""
+    source = data.draw(st.sampled_from([small_trace, V1_FIXTURE]), label="trace")
+    raw = bytearray(source.read_bytes())
+    for _ in range(data.draw(st.integers(0, 4), label="damages")):
+        at = data.draw(st.integers(0, len(raw) - 1), label="offset")
+        raw[at] = data.draw(st.integers(0, 255), label="value")
+    trace = tmp_path / "damaged.parquet"
+    trace.write_bytes(bytes(raw))
+    sql = data.draw(
+        st.sampled_from(
+            [
+                "SELECT count(*) AS n FROM steps",
+                "SELECT kind, count(*) FROM steps GROUP BY kind",
+                "SELECT * FROM calls",
+                "SELECT * FROM syscalls",
+                "",
+                ";",
+            ]
+        ),
+        label="sql",
+    )
+    run(["query", str(trace), sql], capsys)

@@ -6,6 +6,8 @@ pytest on it in process, so the plugin is exercised as a user's suite sees it.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -124,6 +126,10 @@ def test_unknown_scenario_fails_with_one_line(pytester: pytest.Pytester) -> None
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*stacktrace-lab: *no-such-scenario*"])
+    # Once: not again as "During handling of the above exception" (issue 24).
+    out = result.stdout.str()
+    assert out.count("no such built-in scenario") == 1  # the summary line is cut short
+    assert "During handling" not in out and "Traceback" not in out
 
 
 TWO_OPTIONS = """
@@ -228,11 +234,28 @@ def test_a_golden_of_a_broken_scenario_fails_on_its_invariant(pytester: pytest.P
     )
 
 
+def _own(pytester: pytest.Pytester, *names: str) -> None:
+    """List goldens in the manifest, as the plugin does for those it writes or checks."""
+    manifest = pytester.path / "traces" / ".stacktrace-lab-goldens.json"
+    doc = {"format": "stacktrace-lab-goldens", "version": 1, "goldens": sorted(names)}
+    manifest.write_text(json.dumps(doc))
+
+
+def _owned(pytester: pytest.Pytester) -> list[str]:
+    manifest = pytester.path / "traces" / ".stacktrace-lab-goldens.json"
+    goldens: list[str] = json.loads(manifest.read_text())["goldens"]
+    return goldens
+
+
 def test_unused_goldens_are_reported_and_removed_on_update(pytester: pytest.Pytester) -> None:
     golden = _project(pytester, imm=0, golden_imm=0)
     stale = pytester.path / "traces" / "old" / "gone.parquet"
     stale.parent.mkdir()
     shutil.copyfile(golden, stale)
+    _own(pytester, "old/gone.parquet")
+    # What `stacktrace-lab record -o traces/mine.parquet` left there: never the plugin's.
+    recorded = pytester.path / "traces" / "mine.parquet"
+    shutil.copyfile(golden, recorded)
     pytester.makepyfile(test_other="def test_no_golden():\n    pass\n")
 
     result = pytester.runpytest()
@@ -240,28 +263,99 @@ def test_unused_goldens_are_reported_and_removed_on_update(pytester: pytest.Pyte
     result.stdout.fnmatch_lines(
         [
             "unused: *traces/old/gone.parquet",
-            "goldens: 1 passed, 0 written, 0 updated, 0 failed, 1 unused",
+            "unused (not written by stacktrace-lab: left alone): *traces/mine.parquet",
+            "goldens: 1 passed, 0 written, 0 updated, 0 failed, 2 unused",
             "remove unused goldens with: pytest --stacktrace-lab-update",
         ]
     )
     assert stale.exists()  # reported, never removed without the update option
+    # The golden the test checked is the plugin's now: listed in the manifest.
+    assert _owned(pytester) == ["old/gone.parquet", "test_prog/test_prog.parquet"]
 
-    # A run of some tests only cannot tell what the others use: it reports nothing.
-    for partial in (["-k", "prog"], ["test_prog.py"], ["test_prog.py::test_prog"]):
+    # A run of some tests only cannot tell what the others use: it says so.
+    for partial in (["-k", "prog"], ["test_prog.py::test_prog"]):
         part = pytester.runpytest("--stacktrace-lab-update", *partial)
-        part.stdout.fnmatch_lines(["goldens: 1 passed, 0 written, 0 updated, 0 failed, 0 unused"])
+        part.stdout.fnmatch_lines(
+            ["goldens: 1 passed, 0 written, 0 updated, 0 failed; unused: not checked (partial run)"]
+        )
         assert stale.exists()
 
     removed = pytester.runpytest("--stacktrace-lab-update")
     removed.stdout.fnmatch_lines(
         [
             "unused (removed): *traces/old/gone.parquet",
-            "goldens: 1 passed, 0 written, 0 updated, 0 failed, 1 unused (removed)",
+            "unused (not written by stacktrace-lab: left alone): *traces/mine.parquet",
+            "goldens: 1 passed, 0 written, 0 updated, 0 failed, 2 unused (removed)",
         ]
     )
-    assert not stale.exists() and golden.exists()
+    assert not stale.exists() and golden.exists() and recorded.exists()
     assert not stale.parent.exists()  # its directory, left empty, went too
     assert golden.parent.is_dir()
+    assert _owned(pytester) == ["test_prog/test_prog.parquet"]
+
+
+def test_a_run_with_failures_removes_no_golden(pytester: pytest.Pytester) -> None:
+    """Issue 24: `record first-switch-overflow` wrote into the golden folder, then
+    `pytest --stacktrace-lab-update` with two failing tests deleted it."""
+    golden = _project(pytester, imm=0, golden_imm=0)
+    stale = golden.parent.parent / "first-switch-overflow.parquet"
+    shutil.copyfile(golden, stale)
+    _own(pytester, "first-switch-overflow.parquet")
+    pytester.makepyfile(test_broken="def test_broken():\n    assert False\n")
+    result = pytester.runpytest("--stacktrace-lab-update")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "unused: *traces/first-switch-overflow.parquet",
+            "goldens: 1 passed, 0 written, 0 updated, 0 failed, 1 unused",
+            "unused goldens not removed: 1 test failed",
+        ]
+    )
+    assert stale.exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "fifo", "linked folder"])
+def test_a_golden_that_is_not_a_regular_file_is_refused_and_never_written_through(
+    pytester: pytest.Pytester, tmp_path: Path, kind: str
+) -> None:
+    """A pull request can commit `traces/x.parquet -> ../../outside/victim.txt`: the
+    plugin refuses it in one line, neither reading, following nor replacing it."""
+    golden = _project(pytester, imm=0, golden_imm=0)
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious\n")
+    if kind == "symlink":
+        golden.unlink()
+        golden.symlink_to(victim)
+    elif kind == "dangling":
+        golden.unlink()
+        golden.symlink_to(tmp_path / "outside" / "created-by-pytest")
+    elif kind == "fifo":
+        golden.unlink()
+        os.mkfifo(golden)
+    else:
+        shutil.rmtree(golden.parent)
+        golden.parent.symlink_to(victim.parent, target_is_directory=True)
+    result = pytester.runpytest("--stacktrace-lab-update", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*golden trace refused: *traces/test_prog*"])
+    out = result.stdout.str()
+    assert "Traceback" not in out and "During handling" not in out
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"]
+
+
+def test_a_golden_folder_that_cannot_be_written_fails_in_one_line(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_prog=CHECK_PROG)
+    (pytester.path / "prog.toml").write_text(scenario_toml(ADD.format(imm=0), name="prog"))
+    (pytester.path / "traces").write_text("a file where the golden folder should be\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*golden trace refused: *traces is not a directory"])
+    assert "FileExistsError" not in result.stdout.str()
+    assert "Traceback" not in result.stdout.str()
 
 
 def test_a_skipped_test_keeps_its_golden(pytester: pytest.Pytester) -> None:
@@ -293,6 +387,7 @@ def test_the_summary_adds_up_the_workers_under_xdist(pytester: pytest.Pytester) 
         shutil.copyfile(golden, golden.parent.parent / f"prog{n}.parquet")
     stale = golden.parent.parent / "stale.parquet"
     shutil.copyfile(golden, stale)
+    _own(pytester, "stale.parquet")
     result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist")
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(
@@ -350,4 +445,74 @@ def test_a_bad_config_fails_checks_in_one_line_and_spares_other_tests(
     result.stdout.fnmatch_lines(
         ["*stacktrace-lab: *pyproject.toml: [[]tool.stacktrace-lab[]] max-steps: must be a pos*"]
     )
-    assert "Traceback" not in result.stdout.str()
+    out = result.stdout.str()
+    assert "Traceback" not in out and "During handling" not in out
+    assert out.count("max-steps: must be a positive integer") == 1
+
+
+C_PROGRAM = r"""
+long __attribute__((noinline)) add(long a, long b) { return a + b; }
+void __attribute__((noinline)) done(void) { __asm__ volatile(""); }
+long __attribute__((noinline)) run(long n) { long r = add(n, 41); done(); return r; }
+int main(int argc, char **argv) { (void)argv; return (int)run(argc); }
+"""
+
+#: A C project's test, as docs/ci.md shows it: build the program, golden-test it twice
+#: (the program directly, and a scenario that names it).
+C_PROJECT_TEST = """
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def prog():
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    out = ROOT / "build" / "prog"
+    out.parent.mkdir(exist_ok=True)
+    # -fno-ipa-stack-alignment: else gcc skips the 16-byte alignment before calling a
+    # function it knows needs none, which the alignment invariant reports.
+    flags = ["-static", "-O0", "-g", "-fno-ipa-stack-alignment"]
+    subprocess.run(["gcc", *flags, "prog.c", "-o", str(out)], cwd=ROOT, check=True)
+    return out
+
+
+def test_prog(golden_trace, prog):
+    golden_trace.check_program("build/prog", from_="run", to="done", args=["one"])
+
+
+def test_prog_scenario(golden_trace, prog):
+    golden_trace.check("prog.toml")
+"""
+
+
+def test_compiled_programs_are_golden_tested(pytester: pytest.Pytester) -> None:
+    """Issue 24 item 2: `check_program` and a scenario with `[program] elf`, with the
+    same invariants, diff and update flow as an assembly scenario."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    pytester.makepyfile(test_c=C_PROJECT_TEST)
+    (pytester.path / "prog.c").write_text(C_PROGRAM)
+    (pytester.path / "prog.toml").write_text(
+        'name = "prog"\n\n[program]\nelf = "build/prog"\nfrom = "run"\nto = "done"\n'
+    )
+    first = pytester.runpytest()
+    first.assert_outcomes(failed=2)
+    first.stdout.fnmatch_lines(
+        ["*golden trace *traces/test_c/test_prog.parquet did not exist: wrote it*"]
+    )
+    again = pytester.runpytest()
+    again.assert_outcomes(passed=2)
+    again.stdout.fnmatch_lines(["goldens: 2 passed, 0 written, 0 updated, 0 failed, 0 unused"])
+
+    # A change in the program is a difference in its golden, with the diff.
+    (pytester.path / "prog.c").write_text(C_PROGRAM.replace("a + b", "a + b + 1"))
+    changed = pytester.runpytest()
+    changed.assert_outcomes(failed=2)
+    changed.stdout.fnmatch_lines(["*differs from its golden trace *test_prog.parquet*"])
+    assert "Traceback" not in changed.stdout.str()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,17 @@ from stacktrace_lab.errors import BadInput
 from stacktrace_lab.trace import FORMAT_VERSION, load_trace
 
 
-def test_record_default_writes_traces_first_switch(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_record_default_writes_outside_the_golden_folder(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The CLI's default output is not the plugin's golden folder (traces/): a trace
+    recorded by hand is never taken for a golden (issue 24)."""
     monkeypatch.chdir(tmp_path)
     assert main(["record"]) == 0
-    assert (tmp_path / "traces" / "first-switch.parquet").is_file()
+    assert (tmp_path / "stacktrace-lab-traces" / "first-switch.parquet").is_file()
+    assert not (tmp_path / "traces").exists()
     out = capsys.readouterr().out
-    assert "traces/first-switch.parquet: 19 steps, stopped: spin" in out
+    assert "stacktrace-lab-traces/first-switch.parquet: 19 steps, stopped: spin" in out
 
 
 def test_record_options(tmp_path: Path, capsys) -> None:
@@ -214,3 +220,115 @@ def test_recording_from_a_thread(tmp_path: Path) -> None:
     worker.start()
     worker.join()
     assert results == [19]
+
+
+# --- issue 24 item 7 and issue 26's weak ones: each message names the file and what to do
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.removeprefix("stacktrace-lab: error: ").rstrip("\n")
+
+
+def test_max_steps_zero_is_refused_like_a_negative_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for steps in ("0", "-5"):
+        assert main(["record", "--max-steps", steps, "-o", str(tmp_path / "t.parquet")]) == 2
+        message = _error(capsys)
+        assert "'--max-steps'" in message and "x>=1" in message
+    assert not (tmp_path / "t.parquet").exists()
+
+
+def test_a_missing_program_says_no_such_file_first(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["record", "./nosuch", "--from", "main"]) == 2
+    assert _error(capsys) == "./nosuch: no such file"
+    assert main(["record", "./nosuch", "--", "arg"]) == 2
+    assert _error(capsys) == "./nosuch: no such file"
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("switch.s", 'name it in a scenario, [program] file = "switch.s"'),
+        ("switch.S", 'name it in a scenario, [program] file = "switch.S"'),
+        ("switch.c", "compile it into a static x86-64 program first (e.g. gcc -static -g switch.c"),
+        ("switch.rs", "compile it into a static x86-64 program first"),
+        ("old.parquet", "a trace, already recorded: look at it with `stacktrace-lab report"),
+    ],
+)
+def test_a_file_that_is_no_program_says_what_to_do_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, says: str
+) -> None:
+    path = tmp_path / name
+    path.write_text("main:\n    ret\n")
+    assert main(["record", str(path), "-o", str(tmp_path / "t.parquet")]) == 2
+    message = _error(capsys)
+    assert message.startswith(f"{path}: not a program but ") and says in message
+
+
+def test_record_of_a_directory_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said `error: 4: Is a directory`: a file descriptor's number, not the name."""
+    folder = tmp_path / "adir.toml"
+    folder.mkdir()
+    for argument in (str(tmp_path), str(folder)):
+        assert main(["record", argument, "-o", str(tmp_path / "t.parquet")]) == 2
+        assert (
+            _error(capsys) == f"{argument}: is a directory; a scenario file must be a regular file"
+        )
+
+
+def test_report_of_a_name_suggests_the_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "first-switch"]) == 2
+    assert _error(capsys) == (
+        "first-switch: no such file (record it first: stacktrace-lab record first-switch, "
+        "then report stacktrace-lab-traces/first-switch.parquet)"
+    )
+    assert main(["record", "first-switch"]) == 0
+    capsys.readouterr()
+    assert main(["report", "first-switch"]) == 2
+    assert _error(capsys) == (
+        "first-switch: no such file (did you mean stacktrace-lab-traces/first-switch.parquet?)"
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [["check", "T"], ["query", "T", "SELECT 1"], ["show", "T"], ["serve", "T"]]
+)
+def test_a_fifo_given_as_a_trace_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """docs/machine.md: FIFOs are refused at once; reading one blocked forever."""
+    if command[0] == "query":
+        pytest.importorskip("duckdb")
+    fifo = tmp_path / "t.parquet"
+    os.mkfifo(fifo)
+    assert main([str(fifo) if a == "T" else a for a in command]) == 2
+    assert (
+        _error(capsys) == f"{fifo}: not a regular file (a FIFO, socket or device); not a trace file"
+    )
+
+
+def test_diff_and_query_take_json(
+    first_switch_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["diff", str(first_switch_trace), str(first_switch_trace), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["same"] is True
+    pytest.importorskip("duckdb")
+    assert (
+        main(["query", str(first_switch_trace), "SELECT count(*) AS n FROM steps", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out) == [{"n": 19}]
+
+
+def test_rows_without_pandas_says_how_to_get_it(
+    first_switch_trace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'stacktrace-lab\[pandas\]'"):
+        load_trace(first_switch_trace).rows(["rip"])
+    assert load_trace(first_switch_trace).table(["rip"]).num_rows == 19  # Arrow needs no pandas

@@ -201,6 +201,30 @@ def test_a_cut_trace_and_edited_metadata(
     assert status == 1 and verdict["difference"]["columns"] == ["syscalls"]
 
 
+def test_an_edited_source_is_caught(
+    first_switch_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The replay runs the recorded code; the reports show the source beside it.
+    Editing `scenario.source` alone passed replay (issue 26): the source is
+    assembled again and must give the recorded code."""
+
+    def other_source(doc: dict[str, Any]) -> None:
+        source = doc["scenario"]["source"]
+        assert ".equ SSIZE, 48" in source
+        doc["scenario"]["source"] = source.replace(".equ SSIZE, 48", ".equ SSIZE, 64", 1)
+
+    lie = _rewrite(first_switch_trace, tmp_path / "src.parquet", lambda t: t, other_source)
+    status, verdict = _replay_cli(capsys, lie)
+    assert status == 1 and verdict["difference"]["columns"] == ["scenario.source"]
+    assert "does not assemble to the recorded code" in verdict["difference"]["detail"]
+
+    def comment_only(doc: dict[str, Any]) -> None:
+        doc["scenario"]["source"] += "\n# a comment changes no byte\n"
+
+    same = _rewrite(first_switch_trace, tmp_path / "same.parquet", lambda t: t, comment_only)
+    assert _replay_cli(capsys, same)[0] == 0
+
+
 def test_max_steps_and_fault_traces_replay(
     record_source: Callable[..., Recording],
 ) -> None:

@@ -73,9 +73,12 @@ def test_rsp_plot_has_one_panel_per_stack(first_switch_trace: Path) -> None:
     # green is shown whole, in its own bytes; main is zoomed to the top it used
     assert green_axes.get_ylim()[0] < 0 and green_axes.get_ylim()[1] > 48
     assert main_axes.get_ylim()[0] > 65000
-    texts = [t.get_text() for t in green_axes.texts]
-    assert any("ret pops hello from green+32" in t for t in texts)
-    assert any("switch main → green" in t.get_text() for t in main_axes.texts)
+    # Numbered marks in the panels, their text in the legend under the figure.
+    legend = "\n".join(t.get_text() for t in figure.texts)
+    assert re.search(r"ret pops hello from green\+32", legend)
+    assert "switch main → green" in legend
+    numbers = {t.get_text() for t in green_axes.texts + main_axes.texts}
+    assert "1" in numbers
 
 
 def test_heatmap_panels_and_planted_slot(first_switch_trace: Path) -> None:

@@ -23,6 +23,8 @@ from stacktrace_lab.trace import load_trace
 
 from .conftest import scenario_toml
 
+pytest_plugins = ["pytester"]
+
 LOOP = scenario_toml("main:\n    incq %rax\n    pushq %rax\n    popq %rbx\n    jmp main\n")
 
 
@@ -263,3 +265,212 @@ def test_a_signal_right_as_a_temporary_file_appears_or_goes_leaves_nothing(
         bystander.join()
     assert [p.name for p in tmp_path.iterdir()] == ["index.html"]
     assert target.read_bytes() == (b"old" if moment == "created" else b"new")
+
+
+# --- issue 24 item 3: `-o -` is standard output for one file, refused for a folder;
+# --- issue 26 item 7: export goes through the same check as record.
+
+
+EXPORT = [sys.executable, "-m", "stacktrace_lab", "export"]
+
+
+@pytest.mark.parametrize("to", ["tenet", "perfetto"])
+def test_export_to_dash_writes_stdout_and_no_file_named_dash(
+    first_switch_trace: Path, tmp_path: Path, to: str
+) -> None:
+    run = subprocess.run(
+        [*EXPORT, str(first_switch_trace), "--to", to, "-o", "-"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert os.listdir(tmp_path) == []  # no file named "-"
+    assert main(["export", str(first_switch_trace), "--to", to, "-o", str(tmp_path / "f")]) == 0
+    assert run.stdout == (tmp_path / "f").read_text()
+    assert run.stderr.startswith("-: ")  # the summary, out of the data's way
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_export_never_replaces_a_device_a_fifo_or_a_directory(
+    first_switch_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    target = tmp_path / "out"
+    if kind == "device":
+        _char_device(target)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    before = os.lstat(target)
+    assert main(["export", str(first_switch_trace), "--to", "tenet", "-o", str(target)]) == 2
+    assert "refusing to replace it" in _one_line(capsys)
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    "args", [["report", "TRACE", "-o", "-"], ["record", "--report", "--report-dir", "-"]]
+)
+def test_a_folder_output_refuses_dash_in_one_line(
+    first_switch_trace: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([str(first_switch_trace) if a == "TRACE" else a for a in args]) == 2
+    assert "a report is a folder of files" in _one_line(capsys)
+    assert os.listdir(tmp_path) == []  # no folder named "-"
+
+
+def test_a_stale_temporary_file_of_ours_is_removed_on_the_next_write(tmp_path: Path) -> None:
+    """After a SIGKILL, `.NAME.XXXXXXXX.tmp` stayed forever (issue 26): the next write
+    of NAME removes those of our own naming that no run touched for a while."""
+    target = tmp_path / "trace.parquet"
+    prefix = temp_prefix(target.name, 255)
+    stale = tmp_path / f"{prefix}abcd_123.tmp"
+    fresh = tmp_path / f"{prefix}zzzz_999.tmp"  # a run writing right now
+    other = tmp_path / ".other.parquet.abcd_123.tmp"  # another target's
+    mine_too_long = tmp_path / f"{prefix}abcd_1234.tmp"  # not our naming
+    for path in (stale, fresh, other, mine_too_long):
+        path.write_bytes(b"half")
+    old = time.time() - safe_output.STALE_AFTER_SECONDS - 60
+    for path in (stale, other, mine_too_long):
+        os.utime(path, (old, old))
+    safe_output.write_file(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not stale.exists()
+    assert fresh.exists() and other.exists() and mine_too_long.exists()
+
+
+# --- issue 24 item 6: interruptible emulation
+
+#: Builds the loop scenario's machine; `fast_forward` then runs it without recording
+#: (as `record ./prog --from SYMBOL` runs a program's start-up) towards an address
+#: it never reaches.
+FAST_FORWARD = """
+from stacktrace_lab.record.recorder import describe_scenario, prepare_machine
+from stacktrace_lab.scenario import load_scenario
+
+def fast_forward_forever():
+    machine, _ = prepare_machine(describe_scenario(load_scenario("loop.toml")))
+    machine.fast_forward(0xDEAD000, limit=10**12)
+"""
+
+
+def test_pytest_timeout_stops_an_emulation_that_does_not_end(pytester: pytest.Pytester) -> None:
+    """pytest-timeout's SIGALRM fired inside unicorn's callbacks, where its exception
+    was printed and ignored: a hung run went on. Now the engine stops and the test
+    fails with pytest-timeout's own message."""
+    pytest.importorskip("pytest_timeout")
+    pytester.makefile(".toml", loop=LOOP)
+    pytester.makepyfile(
+        test_hang=FAST_FORWARD
+        + """
+import pytest
+
+@pytest.mark.timeout(3, method="signal")
+def test_hang():
+    fast_forward_forever()
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "timeout", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Failed: Timeout (>3.0s) from pytest-timeout*"])
+    assert "Exception ignored" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_an_unrecorded_run_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    """A signal during a run that records nothing (the start-up before --from) was
+    raised inside the engine's callback and lost."""
+    (tmp_path / "loop.toml").write_text(LOOP)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(FAST_FORWARD, namespace)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signum))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(safe_output.Interrupted) as stopped:
+            namespace["fast_forward_forever"]()
+    finally:
+        timer.cancel()
+    assert stopped.value.signum == signum
+    assert time.monotonic() - started < 1.0 + 1.0  # the signal, then within a second
+
+
+# --- issue 26 item 5: signals are never lost in a reading command
+
+
+@pytest.fixture(scope="module")
+def long_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trace long enough (200,000 steps) that every command is still at work when
+    the signal comes."""
+    where = tmp_path_factory.mktemp("long")
+    (where / "loop.toml").write_text(LOOP)
+    out = where / "long.parquet"
+    assert main(["record", str(where / "loop.toml"), "-o", str(out), "--max-steps", "200000"]) == 0
+    return out
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (Linux: SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+READING_COMMANDS = {
+    "check": ["check", "TRACE"],
+    "diff --align": ["diff", "--align", "TRACE", "TRACE"],
+    "show": ["show", "TRACE", "--step", "150000"],
+    "report": ["report", "TRACE", "-o", "OUT"],
+    "query": ["query", "TRACE", "SELECT count(*) FROM accesses a JOIN steps s USING (step)"],
+    "export": ["export", "TRACE", "--to", "tenet", "-o", "OUT"],
+    "who-wrote": ["who-wrote", "TRACE", "main:4088"],
+    "serve": ["serve", "TRACE", "--port", "0"],
+}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("name", list(READING_COMMANDS))
+def test_a_signal_ends_a_reading_command_at_once_with_one_line(
+    long_trace: Path, tmp_path: Path, name: str
+) -> None:
+    """SIGINT or SIGTERM as soon as the command is under way: exit 128 + n with one
+    line, within a second, no output, no traceback, no file left."""
+    if name == "query":
+        pytest.importorskip("duckdb")
+    signum = signal.SIGINT if len(name) % 2 else signal.SIGTERM
+    out = tmp_path / "out"
+    argv = [str(long_trace) if a == "TRACE" else str(out) if a == "OUT" else a
+            for a in READING_COMMANDS[name]]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stacktrace_lab", *argv],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _catches(process.pid, signal.SIGTERM) and process.poll() is None:
+        assert time.monotonic() < deadline, "the command never set its handlers"
+        time.sleep(0.005)
+    time.sleep(0.2)  # into its work
+    sent = time.monotonic()
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert process.returncode == 128 + signum, stderr
+    assert stderr == f"stacktrace-lab: interrupted ({signal.Signals(signum).name})\n"
+    assert stdout == ""
+    assert took < 1.0 + 0.5, took  # a second, and the process's own exit
+    assert sorted(p.name for p in tmp_path.rglob("*")) in ([], ["out"])

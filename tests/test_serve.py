@@ -130,11 +130,18 @@ def test_bad_requests_get_an_error_status(green_threads_served: tuple[Trace, str
         ("api/window?step=99999999", 400),
         ("api/window", 400),
         ("api/find?what=nothing", 400),
+        # Past 64 bits: an OverflowError closed the connection without an answer (issue 26).
+        ("api/find?what=access&addr=-1", 400),
+        (f"api/find?what=access&addr={2**70}", 400),
+        ("api/find?what=access&addr=0x10&size=99999999999999999999", 400),
+        (f"api/find?what=call&from={2**70}", 400),
         ("elsewhere", 404),
     ):
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(url + path, timeout=30)
         assert raised.value.code == status, path
+    # The highest address is a valid question, with the size clipped to the address space.
+    assert _get(url + "api/find?what=access&addr=0xfffffffffffffff8&size=64") == {"step": None}
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +258,35 @@ def test_served_windows_from_checkpoints_are_the_embedded_ones(
             json.dumps(embedded_window(trace, window, frames))
         )
     assert served._checkpoints is not None and served._checkpoints.ranges
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1", 200),
+        ("localhost:8765", 200),
+        ("LOCALHOST", 200),
+        ("evil.example", 403),
+        ("127.0.0.1.evil.example:8765", 403),
+        ("localhost.evil.example", 403),
+    ],
+)
+def test_a_host_other_than_this_machine_is_refused(
+    first_switch_trace: Path, host: str, status: int
+) -> None:
+    """DNS rebinding: a page from evil.example whose name now resolves to 127.0.0.1
+    reaches the server with `Host: evil.example`; only this machine's names pass."""
+    import http.client
+
+    for base in _serve(load_trace(first_switch_trace)):
+        port = int(base.rsplit(":", 1)[1].strip("/"))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest("GET", "/", skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert response.status == status
+        if status == 403:
+            assert b"Host must be 127.0.0.1 or localhost" in body

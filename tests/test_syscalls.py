@@ -81,7 +81,7 @@ def test_memory_calls_follow_the_layout() -> None:
     ]
     assert machine.read(DATA, 16) == fixed_random(16)
     assert int.from_bytes(machine.read(DATA + 64, 8), "little") == FIXED_TIME
-    assert [a.kind for a in kernel.process.areas] == ["stack", "heap", "mapped"]
+    assert [a.kind for a in kernel.process.space] == ["heap", "stack", "mapped"]
     # Every call is logged at the step of its `syscall` instruction.
     assert [c.step for c in kernel.log] == [2, 5, 14, 19, 23, 25]
 

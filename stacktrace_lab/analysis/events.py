@@ -471,7 +471,11 @@ def derive_facts(trace: Trace) -> TraceFacts:
     n = trace.num_rows
     rsp = np.empty(n, dtype=np.uint64)
     kind = np.empty(n, dtype=np.uint8)
-    write_parts: list[tuple[I64, U64, I64, U64]] = []
+    # Per field of `Writes`, its pieces (one per row group), joined one field at a time.
+    step_parts: list[I64] = []
+    addr_parts: list[U64] = []
+    size_parts: list[I64] = []
+    value_parts: list[U64] = []
     # rip is kept only where a call or a ret lands (the next row's rip), not per step.
     landing_parts: list[U64] = []
     offset = 0
@@ -491,16 +495,23 @@ def derive_facts(trace: Trace) -> TraceFacts:
         landing_parts.append(landed.astype(np.uint64))
         part = _writes(group.column("writes"), offset)
         if part is not None:
-            write_parts.append(part)
+            step_parts.append(part[0])
+            addr_parts.append(part[1])
+            size_parts.append(part[2])
+            value_parts.append(part[3])
         offset += rows
 
-    writes = Writes(
-        step=_concat([p[0] for p in write_parts], np.int64),
-        addr=_concat([p[1] for p in write_parts], np.uint64),
-        size=_concat([p[2] for p in write_parts], np.int64),
-        value=_concat([p[3] for p in write_parts], np.uint64),
-    )
-    del write_parts
+    # Each field's pieces go as soon as it is joined: never two copies of every write.
+    write_step = _concat(step_parts, np.int64)
+    step_parts.clear()
+    write_addr = _concat(addr_parts, np.uint64)
+    addr_parts.clear()
+    write_size = _concat(size_parts, np.int64)
+    size_parts.clear()
+    write_value = _concat(value_parts, np.uint64)
+    value_parts.clear()
+    writes = Writes(step=write_step, addr=write_addr, size=write_size, value=write_value)
+    del write_step, write_addr, write_size, write_value
     landings = _concat(landing_parts, np.uint64)
     del landing_parts
     transfers = kind[_is_transfer(kind)]

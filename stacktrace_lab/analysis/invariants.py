@@ -246,22 +246,34 @@ def callee_saved(facts: TraceFacts) -> Findings:
     call_index = np.searchsorted(facts.calls, call_steps)
 
     m = call_steps.size
-    read = facts.registers_at(SAVED_REGISTERS, np.concatenate([call_steps, transfer_steps + 1]))
+    # One register at a time, so that a long trace holds one column of values at the
+    # resumes, not six; the values are kept only where one changed.
+    steps = np.concatenate([call_steps, transfer_steps + 1])
+    by_step = np.argsort(steps, kind="stable")
+    ordered = steps[by_step]
     changed = np.zeros((len(SAVED_REGISTERS), m), dtype=np.bool_)
-    before = np.zeros((len(SAVED_REGISTERS), m), dtype=np.uint64)
-    after = np.zeros((len(SAVED_REGISTERS), m), dtype=np.uint64)
     for j, name in enumerate(SAVED_REGISTERS):
-        both = read.pop(name)
-        before[j], after[j] = both[:m], both[m:]
-        changed[j] = before[j] != after[j]
+        values = np.empty(steps.shape, dtype=np.uint64)
+        values[by_step] = facts.registers_at([name], ordered)[name]
+        changed[j] = values[:m] != values[m:]
+        del values
+    del steps, by_step, ordered
     bad = np.flatnonzero(changed.any(axis=0))
+    changed = changed[:, bad]
+    read = facts.registers_at(
+        SAVED_REGISTERS, np.concatenate([call_steps[bad], transfer_steps[bad] + 1])
+    )
+    before = np.stack([read[name][: bad.size] for name in SAVED_REGISTERS])
+    after = np.stack([read[name][bad.size :] for name in SAVED_REGISTERS])
+    before = before.reshape(len(SAVED_REGISTERS), bad.size)
+    after = after.reshape(len(SAVED_REGISTERS), bad.size)
 
     items = Items()
     rips = facts.rips_at(transfer_steps[bad])
     messages: list[Callable[[], str]] = []
     roots = _nested_roots(bad, call_steps, transfer_steps, changed, after)
     for k, b in enumerate(bad.tolist()):
-        names = tuple(name for j, name in enumerate(SAVED_REGISTERS) if changed[j, b])
+        names = tuple(name for j, name in enumerate(SAVED_REGISTERS) if changed[j, k])
         kind = "clobbered " + " ".join(names)
         items.add(int(transfer_steps[b]), kind, int(rips[k]), int(roots[k]))
         messages.append(
@@ -271,9 +283,9 @@ def callee_saved(facts: TraceFacts) -> Findings:
                 int(transfer_steps[b]),
                 int(call_index[b]),
                 [
-                    (n, int(before[j, b]), int(after[j, b]))
+                    (n, int(before[j, k]), int(after[j, k]))
                     for j, n in enumerate(SAVED_REGISTERS)
-                    if changed[j, b]
+                    if changed[j, k]
                 ],
             )
         )
@@ -298,6 +310,7 @@ def _nested_roots(
     after: npt.NDArray[np.uint64],
 ) -> list[int]:
     """For each bad resume (in step order), the item it follows from, or -1.
+    `changed` and `after` have a column per bad resume (`bad[k]`'s is column k).
 
     A call that resumes with a register changed only because a call nested in it
     resumed with that same register changed to the same value (yield returning
@@ -311,8 +324,8 @@ def _nested_roots(
             nested = call_steps[a] > call_steps[b] and back_steps[a] < back_steps[b]
             if (
                 nested
-                and np.array_equal(changed[:, a], changed[:, b])
-                and np.array_equal(after[changed[:, b], a], after[changed[:, b], b])
+                and np.array_equal(changed[:, j], changed[:, k])
+                and np.array_equal(after[changed[:, k], j], after[changed[:, k], k])
             ):
                 root = roots[j] if roots[j] >= 0 else j
                 break

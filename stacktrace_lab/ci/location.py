@@ -15,6 +15,8 @@ from their rip.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 from ..trace.format import TraceMetadata
 
@@ -38,3 +40,42 @@ def source_location(
     if program is not None and program.kind == "scenario":
         file = os.path.normpath(os.path.join(os.path.dirname(program.path), file))
     return file, line
+
+
+def frame_locations(
+    meta: TraceMetadata, rip: int, callers: Sequence[int], scenario_file: str | None = None
+) -> tuple[tuple[str, int], ...]:
+    """(file, line) of `rip`, then of each caller's call site, innermost first, where known.
+
+    `callers` are return addresses: the call is the instruction before one, so
+    its line is looked up at the address before (the return address itself may
+    already be on the next line).
+    """
+    places = []
+    for n, addr in enumerate([rip, *callers]):
+        found = source_location(meta, addr if n == 0 else addr - 1, scenario_file)
+        if found is not None:
+            places.append(found)
+    return tuple(places)
+
+
+def repository_root(start: Path | None = None) -> Path:
+    """The repository the command runs in (the nearest directory above with `.git`),
+    else the current directory: what SARIF calls `%SRCROOT%`."""
+    start = (start or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        if (directory / ".git").exists():
+            return directory
+    return start
+
+
+def in_repository(file: str, root: Path) -> str | None:
+    """`file` relative to `root` (with `/`) if it is a file of the repository, else None:
+    `library/std/src/io/stdio.rs` of a Rust program is in no user's repository."""
+    path = Path(file)
+    try:
+        full = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        relative = full.relative_to(root)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return relative.as_posix() if full.is_file() else None

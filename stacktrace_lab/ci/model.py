@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .location import source_location
+from .location import frame_locations, source_location
 
 if TYPE_CHECKING:
     from ..analysis import CheckResult
@@ -26,6 +27,20 @@ class Finding:
     line: int | None = None
     step: int | None = None
     rip: int | None = None
+    #: (file, line) of the finding's instruction, then of each caller's call site,
+    #: innermost first: SARIF points at the first one inside the repository.
+    places: tuple[tuple[str, int], ...] = ()
+
+
+#: The return addresses of the frames active at a step, innermost first (from the
+#: trace's backtrace; the commands build it, as this package reads no trace).
+Callers = Callable[[int], Sequence[int]]
+
+
+def _places(
+    meta: TraceMetadata, rip: int, step: int, callers: Callers | None, scenario_file: str | None
+) -> tuple[tuple[str, int], ...]:
+    return frame_locations(meta, rip, callers(step) if callers else (), scenario_file)
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,10 @@ class Case:
 class CiReport:
     suite: str  # e.g. "stacktrace-lab check first-switch"
     subject: str  # the trace (or traces) the report is about
+    #: the trace file a finding with no source line points at (B for a diff)
+    subject_file: str = ""
+    #: what the run analysed, for SARIF's automationDetails.id: `check/<scenario>`
+    category: str = ""
     cases: tuple[Case, ...] = field(default_factory=tuple)
     version: str = ""
 
@@ -55,7 +74,12 @@ class CiReport:
         return sum(case.failed for case in self.cases)
 
 
-def from_check(result: CheckResult, meta: TraceMetadata, scenario_file: str | None) -> CiReport:
+def from_check(
+    result: CheckResult,
+    meta: TraceMetadata,
+    scenario_file: str | None,
+    callers: Callers | None = None,
+) -> CiReport:
     """Each invariant is a case. Its findings are its causes, each at the line of the
     code site the mistake is at (a hundred misaligned landings from one bad store are
     one finding, on the store), else its violations, each at its step's rip."""
@@ -79,6 +103,7 @@ def from_check(result: CheckResult, meta: TraceMetadata, scenario_file: str | No
                     line=where[1] if where else None,
                     step=first.step,
                     rip=cause.site,
+                    places=_places(meta, cause.site, first.step, callers, scenario_file),
                 )
             )
         if findings:
@@ -96,6 +121,7 @@ def from_check(result: CheckResult, meta: TraceMetadata, scenario_file: str | No
                     line=where[1] if where else None,
                     step=v.step,
                     rip=v.rip,
+                    places=_places(meta, v.rip, v.step, callers, scenario_file),
                 )
             )
         more = invariant.total - len(invariant.violations)
@@ -105,10 +131,17 @@ def from_check(result: CheckResult, meta: TraceMetadata, scenario_file: str | No
         subject=result.trace,
         cases=tuple(cases),
         version=__version__,
+        subject_file=result.trace,
+        category=f"check/{result.scenario}",
     )
 
 
-def from_diff(diff: TraceDiff, meta_b: TraceMetadata, scenario_file: str | None) -> CiReport:
+def from_diff(
+    diff: TraceDiff,
+    meta_b: TraceMetadata,
+    scenario_file: str | None,
+    callers: Callers | None = None,
+) -> CiReport:
     """One case, `trace-differs`: failing at the first divergent step of B (the new trace)."""
     from .. import __version__
     from ..diff.render_text import headline, summary
@@ -118,8 +151,10 @@ def from_diff(diff: TraceDiff, meta_b: TraceMetadata, scenario_file: str | None)
         d = diff.first_divergence
         view = (d.b or d.a) if d is not None else None
         where = None
+        places: tuple[tuple[str, int], ...] = ()
         if d is not None and d.b is not None:
             where = source_location(meta_b, d.b.rip, scenario_file)
+            places = _places(meta_b, d.b.rip, d.b.step, callers, scenario_file)
         title = headline(d) if d is not None else "metadata differs"
         findings = (
             Finding(
@@ -130,6 +165,7 @@ def from_diff(diff: TraceDiff, meta_b: TraceMetadata, scenario_file: str | None)
                 line=where[1] if where else None,
                 step=view.step if view else None,
                 rip=view.rip if view else None,
+                places=places,
             ),
         )
     case = Case(
@@ -142,4 +178,6 @@ def from_diff(diff: TraceDiff, meta_b: TraceMetadata, scenario_file: str | None)
         subject=f"{diff.a.path} {diff.b.path}",
         cases=(case,),
         version=__version__,
+        subject_file=str(diff.b.path),
+        category=f"diff/{diff.b.scenario}",
     )

@@ -7,6 +7,7 @@ source line of its step (`stacktrace_lab/ci/`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich import box
@@ -14,11 +15,11 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ..analysis import CheckResult, check
-from ..analysis.model import Cause, Violation, kind_title
-from ..report.invariants_json import render_json
-from ..trace.reader import load_trace
-from .common import ci_options, render_ci, stdout_console, table_box
+from .common import ci_options, render_ci, stdout_console, table_box, trace_callers
+
+if TYPE_CHECKING:  # the analysis loads pyarrow: imported when the command runs, not for --help
+    from ..analysis import CheckResult
+    from ..analysis.model import Cause, Violation
 
 
 @click.command("check")
@@ -27,6 +28,10 @@ from .common import ci_options, render_ci, stdout_console, table_box
 @ci_options(("text", "json"))
 def check_command(trace: Path, as_json: bool, fmt: str, source: str | None) -> int:
     """Check TRACE against the invariants: exit 0 if all hold, 1 if one fails."""
+    from ..analysis import check
+    from ..report.invariants_json import render_json
+    from ..trace.reader import load_trace
+
     loaded = load_trace(trace)
     result = check(loaded)
     if as_json or fmt == "json":
@@ -36,7 +41,8 @@ def check_command(trace: Path, as_json: bool, fmt: str, source: str | None) -> i
     else:
         from ..ci.model import from_check
 
-        render_ci(from_check(result, loaded.metadata, source), fmt)
+        report = from_check(result, loaded.metadata, source, trace_callers(loaded))
+        render_ci(report, fmt)
     return result.exit_status
 
 
@@ -91,6 +97,8 @@ def print_result(result: CheckResult) -> None:
 
 
 def _print_cause(n: int, of: int, cause: Cause) -> None:
+    from ..analysis.model import kind_title
+
     out = stdout_console
     times = f"{cause.count} times, steps {cause.first_step}-{cause.last_step}"
     once = f"step {cause.first_step}"

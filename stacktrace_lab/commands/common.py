@@ -16,13 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
-    from ..ci.model import CiReport
+    from ..ci.model import Callers, CiReport
     from ..record.recorder import Progress as PhasedProgress
+    from ..trace.reader import Trace
 
 
 #: Outside a terminal (a CI log, a pipe) nothing is wrapped at 80 columns:
 #: a log line is as long as its content.
-class _LogLines(io.TextIOBase):
+class LogLines(io.TextIOBase):
     """sys.stdout (looked up at each write, as tests swap it) without trailing blanks."""
 
     def write(self, text: str) -> int:
@@ -33,14 +34,16 @@ class _LogLines(io.TextIOBase):
 
 
 _LOG_WIDTH = 1000  # wide enough that no table cell is wrapped
+#: Text from programs and traces (symbols, instructions, SQL values, file names) is
+#: printed as it is: no console reads `[bold]` as markup or `:x:` as an emoji. Styles
+#: come only from `Text` objects the commands build.
+PLAIN: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False}
 stdout_console = (
-    Console(highlight=False)
+    Console(**PLAIN)
     if sys.stdout.isatty()
-    else Console(
-        file=cast("IO[str]", _LogLines()), highlight=False, width=_LOG_WIDTH, soft_wrap=True
-    )
+    else Console(file=cast("IO[str]", LogLines()), width=_LOG_WIDTH, soft_wrap=True, **PLAIN)
 )
-stderr_console = Console(stderr=True, highlight=False)
+stderr_console = Console(stderr=True, **PLAIN)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +79,27 @@ def ci_options(own: tuple[str, ...]) -> Callable[[F], F]:
     return decorate
 
 
+def trace_callers(trace: Trace) -> Callers:
+    """For CI output: the return addresses of the frames running at a step, innermost
+    first (the backtrace is built once, on the first finding that asks)."""
+    from ..analysis.events import derive_facts
+    from ..explore.backtrace import FrameHistory, backtraces, frame_history
+
+    built: list[tuple[Any, FrameHistory]] = []
+
+    def callers(step: int) -> list[int]:
+        if not built:
+            facts = derive_facts(trace)
+            built.append((facts, frame_history(facts)))
+        facts, history = built[0]
+        for stack in backtraces(facts, step, history):
+            if stack.running:
+                return [frame.addr for frame in stack.frames[1:] if frame.addr]
+        return []
+
+    return callers
+
+
 def render_ci(report: CiReport, fmt: str) -> None:
     from ..ci import render
 
@@ -94,7 +118,7 @@ def step_progress(total: int, label: str) -> Iterator[PhasedProgress | None]:
         yield None
         return
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a program's name, as it is
         BarColumn(),
         TextColumn("{task.completed:,} steps"),
         TextColumn("{task.fields[rate]}"),

@@ -3,16 +3,16 @@ program, built on the spot) and report it, in one command."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..record.recorder import Recording, record
-from ..report.build import build_report
-from ..scenario import load_scenario
-from ..trace.reader import load_trace
+from ..config import load_config
 from .report import print_written
+
+if TYPE_CHECKING:  # the recorder and the report: imported when the command runs
+    from ..record.recorder import Recording
 
 DEMO_SCENARIO = "first-switch"
 #: The Rust demo: examples/first_switch.rs, rustc -O -g with +crt-static (a static-pie).
@@ -27,33 +27,40 @@ RUST_NAME = "first-switch-rust"
     help="Build examples/first_switch.rs with rustc and record the real program instead.",
 )
 def demo_command(rust: bool) -> int:
-    """Record first-switch into traces/ and write its report into reports/first-switch/
-    (with --rust: the tutorial's Rust program, into first-switch-rust)."""
+    """Record first-switch into stacktrace-lab-traces/ and write its report into
+    reports/first-switch/ (with --rust: the tutorial's Rust program, into first-switch-rust)."""
+    from ..record.recorder import record
+    from ..report.build import build_report
+    from ..scenario import load_scenario
+    from ..trace.reader import load_trace
+
+    config = load_config()
+
     if rust:
-        recording = _record_rust()
+        recording = _record_rust(config.record_dir)
         name = RUST_NAME
     else:
         scenario = load_scenario(DEMO_SCENARIO)
-        recording = record(scenario, Path("traces") / f"{scenario.name}.parquet")
+        recording = record(scenario, config.record_dir / f"{scenario.name}.parquet")
         name = scenario.name
     meta = recording.metadata
     click.echo(f"recorded {recording.path}: {meta.steps} steps, stopped: {meta.stop.reason}")
-    report = build_report(load_trace(recording.path), Path("reports") / name)
+    report = build_report(load_trace(recording.path), config.reports_dir / name)
     print_written(report)
     click.echo(f"open {report.directory / 'index.html'} in a browser")
     return report.check.exit_status
 
 
-def _record_rust() -> Recording:
+def _record_rust(record_dir: Path) -> Recording:
+    """The Rust example built into `record_dir` (the `record` command's folder, not the
+    goldens'), next to its trace, which names it: `replay` reads the program again."""
     from ..examples import build_example
     from ..record.elf_front import record_elf
 
-    with tempfile.TemporaryDirectory() as build_dir:
-        program = build_example(RUST_BUILD, Path(build_dir))
-        click.echo(f"built {program.name} with rustc")
-        # Recording from main: the start-up of Rust's std (36,000 steps) is
-        # not what the example is about. The trace names the program's path
-        # in the temporary directory: replay it with --program.
-        return record_elf(
-            program, Path("traces") / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
-        )
+    program = build_example(RUST_BUILD, record_dir)
+    click.echo(f"built {program} with rustc")
+    # Recording from main: the start-up of Rust's std (36,000 steps) is
+    # not what the example is about.
+    return record_elf(
+        program, record_dir / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
+    )

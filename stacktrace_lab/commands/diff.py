@@ -7,9 +7,11 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from ..diff import RENDERERS, diff_traces, render
-from ..diff.core import DEFAULT_CONTEXT
-from .common import ci_options, render_ci
+from .common import ci_options, render_ci, trace_callers
+
+#: Steps of context around the first divergence (diff.core's default; kept here so
+#: `--help` does not load the diff and pyarrow).
+DEFAULT_CONTEXT = 3
 
 
 @click.command("diff")
@@ -25,6 +27,7 @@ from .common import ci_options, render_ci
     "[tool.stacktrace-lab] in pyproject.toml, else nothing].",
 )
 @ci_options(("text", "json", "markdown"))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (--format json).")
 @click.option(
     "--align",
     is_flag=True,
@@ -39,13 +42,23 @@ from .common import ci_options, render_ci
     help="Steps of context shown around the first divergence.",
 )
 def diff_command(
-    a: Path, b: Path, ignore: str | None, fmt: str, source: str | None, align: bool, context: int
+    a: Path,
+    b: Path,
+    ignore: str | None,
+    fmt: str,
+    source: str | None,
+    align: bool,
+    context: int,
+    as_json: bool,
 ) -> int:
     """Compare trace A (the reference, e.g. a golden) with trace B.
 
     markdown suits a CI job summary; json has the first divergent step under
     'first_divergence'; github, junit and sarif point at B's source line there.
     """
+    from ..diff import RENDERERS, diff_traces, render
+
+    fmt = "json" if as_json else fmt
     names = ignore.split(",") if ignore is not None else load_config().diff_ignore
     result = diff_traces(a, b, ignore=names, align=align, context=context)
     if fmt in RENDERERS:
@@ -54,5 +67,6 @@ def diff_command(
         from ..ci.model import from_diff
         from ..trace import load_trace
 
-        render_ci(from_diff(result, load_trace(b).metadata, source), fmt)
+        new = load_trace(b)
+        render_ci(from_diff(result, new.metadata, source, trace_callers(new)), fmt)
     return 0 if result.same else 1

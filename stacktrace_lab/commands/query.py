@@ -14,7 +14,6 @@ import click
 from rich.table import Table
 
 from ..errors import BadInput
-from ..explore.sql import VIEWS, DuckDBMissing, connect, open_traces, require_duckdb
 from .show import output_console
 
 
@@ -63,22 +62,31 @@ def _cell(value: Any) -> str:
     show_default=True,
     help="How to print the rows.",
 )
-def query_command(traces: tuple[str, ...], sql: str, fmt: str) -> int:
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (--format json).")
+def query_command(traces: tuple[str, ...], sql: str, fmt: str, as_json: bool) -> int:
     """Run SQL over one or more traces (paths or quoted globs): views
     steps, accesses, calls, switches, planted, syscalls (and tables traces,
     regions, labels), each with a `trace` column. See docs/sql.md.
 
     Needs DuckDB: pip install 'stacktrace-lab[duckdb]'.
     """
+    from ..explore.sql import VIEWS, DuckDBMissing, connect, open_traces, require_duckdb
+
+    fmt = "json" if as_json else fmt
+
     try:
         duckdb = require_duckdb()
     except DuckDBMissing as exc:
         click.echo(f"stacktrace-lab: error: {exc}", err=True)
         return 2
+    if not sql.strip():
+        raise BadInput("query: the SQL is empty (give a statement, e.g. 'SELECT * FROM steps')")
     files = open_traces(expand(traces))
     con = connect(files)
     try:
         result = con.execute(sql)
+        if result is None:  # DuckDB returns no result for a comment or `;` alone
+            raise BadInput("query: the SQL holds no statement")
         columns = [d[0] for d in result.description or []]
         rows = result.fetchall()
     except duckdb.Error as exc:

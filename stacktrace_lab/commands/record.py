@@ -1,12 +1,13 @@
 """`stacktrace-lab record [SCENARIO | PROGRAM] [-o FILE|-] [--from SYM] [--to SYM] [-- ARGS]`.
 
 Defaults come from `[tool.stacktrace-lab]` (stacktrace_lab.config): the
-output directory (traces-dir), --max-steps and --snapshot-limit.
+output directory (record-dir, `stacktrace-lab-traces/`: never the goldens'
+traces-dir, which the pytest plugin owns), --max-steps and --snapshot-limit.
 
 Files that matter are safe:
 - `-o -` writes the trace to stdout (for a pipe or a redirection; refused in
   one line when stdout is a terminal); the summary then goes to stderr;
-- a trace inside the goldens directory (traces-dir) is never silently
+- a trace written with `-o` inside the goldens directory (traces-dir) is never silently
   replaced by a different one: the new recording goes to a hidden file next
   to the target first, and if it differs from the file there, the command
   refuses in one line (exit 2) unless --force. A byte-identical re-record is
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,14 +31,16 @@ from .. import safe_output
 from ..config import load_config
 from ..errors import BadInput
 from ..limits import DEFAULT_LIMITS, Limits
-from ..record.recorder import Recording, RecordOptions, record
-from ..scenario import Scenario, load_scenario
 from .common import step_progress
+
+if TYPE_CHECKING:  # the recorder loads unicorn and pyarrow: imported when the command runs
+    from ..record.recorder import Recording, RecordOptions
+    from ..scenario import Scenario
 
 STDOUT = Path("-")
 
 #: Records into the path it is given (a scenario, a program, an ELF scenario).
-Recorder = Callable[[Path], Recording]
+Recorder = Callable[[Path], "Recording"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -64,7 +67,7 @@ BYTE_SIZE = ByteSize()
 
 
 def default_trace_path(name: str) -> Path:
-    return load_config().traces_dir / f"{name}.parquet"
+    return load_config().record_dir / f"{name}.parquet"
 
 
 def is_program(argument: str) -> bool:
@@ -80,10 +83,14 @@ def is_program(argument: str) -> bool:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
-    help="Trace file to write, or - for stdout [default: <traces-dir>/<name>.parquet, "
-    "traces-dir from [tool.stacktrace-lab], else traces].",
+    help="Trace file to write, or - for stdout [default: <record-dir>/<name>.parquet, "
+    "record-dir from [tool.stacktrace-lab], else stacktrace-lab-traces].",
 )
-@click.option("--max-steps", type=int, help="Stop after this many steps [default: the scenario's].")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    help="Stop after this many steps [default: the scenario's].",
+)
 @click.option(
     "--snapshot-limit",
     type=int,
@@ -174,6 +181,8 @@ def record_command(
 ) -> int:
     """Record SCENARIO (a built-in name or a .toml file), or an x86-64 Linux PROGRAM,
     static or dynamically linked (give its arguments after --), into a trace."""
+    from ..record.recorder import RecordOptions
+
     config = load_config()
     limits = Limits(
         max_source_bytes=max_source_size,
@@ -188,6 +197,9 @@ def record_command(
     to_stdout = output == STDOUT
     if to_stdout and sys.stdout.isatty():
         raise BadInput("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    from .report import refuse_dash_folder
+
+    refuse_dash_folder("--report-dir", report_dir)
     if to_stdout and with_report:
         raise BadInput("-o - cannot be combined with --report (the report needs the file)")
 
@@ -255,9 +267,12 @@ def _recorder(
     allow_read: tuple[str, ...] = (),
 ) -> tuple[str, Recorder]:
     """The trace's name and how to record it: a program, an ELF scenario or a scenario."""
+    if (args or from_symbol or to_symbol or allow_read) and not Path(scenario).exists():
+        raise BadInput(f"{scenario}: no such file")
     if is_program(scenario):
         from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
 
+        _refuse_what_is_no_program(Path(scenario))
         program = Path(scenario)
         total = options.max_steps or DEFAULT_ELF_MAX_STEPS
 
@@ -294,8 +309,35 @@ def _recorder(
                     return record_description(description, path, options, progress=bar)
 
             return description.info.name, record_elf_scenario
+    from ..scenario import load_scenario
+
     loaded = load_scenario(scenario, options.limits, allow_outside)
     return loaded.name, lambda path: _record(loaded, path, options)
+
+
+#: What to do instead with a file that is no program, by its suffix.
+_INSTEAD = {
+    (".s", ".S", ".asm"): "an assembly file: name it in a scenario, "
+    '[program] file = "NAME", and record the .toml (docs/scenarios.md)',
+    (".c", ".cc", ".cpp", ".cxx", ".rs", ".zig", ".go"): "source code: compile it into a "
+    "static x86-64 program first (e.g. gcc -static -g NAME -o prog) and record that",
+    (".parquet",): "a trace, already recorded: look at it with `stacktrace-lab report NAME` "
+    "(or show, check, serve)",
+}
+
+
+def _refuse_what_is_no_program(path: Path) -> None:
+    """A source file, an assembly file or a trace named where a program goes: say what
+    to do with it instead of only 'not an ELF executable'."""
+    try:
+        with path.open("rb") as file:
+            if file.read(4) == b"\x7fELF":
+                return
+    except OSError:
+        return  # the ELF reader says why, in its own words
+    for suffixes, instead in _INSTEAD.items():
+        if path.suffix in suffixes:
+            raise BadInput(f"{path}: not a program but {instead.replace('NAME', path.name)}")
 
 
 def record_safely(recorder: Recorder, target: Path, force: bool = False) -> Recording:
@@ -325,6 +367,8 @@ def record_safely(recorder: Recorder, target: Path, force: bool = False) -> Reco
 
 
 def _record(loaded: Scenario, path: Path, options: RecordOptions) -> Recording:
+    from ..record.recorder import record
+
     total = options.max_steps or loaded.max_steps
     with step_progress(total, f"recording {loaded.name}") as bar:
         return record(loaded, path, options, progress=bar)

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from ..replay import replay
-from ..trace.reader import load_trace
 from .common import step_progress
 
 
@@ -25,6 +23,9 @@ def replay_command(trace: Path, as_json: bool, program: Path | None) -> int:
 
     Exit 0 when every step matches, 1 naming the first step and column that differ.
     """
+    from ..replay import replay
+    from ..trace.reader import load_trace
+
     loaded = load_trace(trace)
     with step_progress(loaded.num_rows, f"replaying {trace.name}") as bar:
         result = replay(loaded, progress=bar, binary=str(program) if program else None)

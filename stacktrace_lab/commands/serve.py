@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..trace.reader import load_trace
-
 
 @click.command("serve")
 @click.argument("trace", type=click.Path(path_type=Path))
@@ -19,6 +17,7 @@ def serve_command(trace: Path, port: int) -> int:
     """Serve TRACE's stepper on http://127.0.0.1:PORT/, reading steps from the file on demand,
     so any step of a multi-million-step trace can be reached. Only this machine can connect."""
     from ..stepper.serve import make_server
+    from ..trace.reader import load_trace
 
     loaded = load_trace(trace)
     try:

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..analysis.events import derive_facts
 from ..errors import BadInput
-from ..explore.backtrace import RETURNED_TO, FrameLine, StackBacktrace, backtraces
-from ..explore.select import choose_step
-from ..explore.telescope import describe_pointer
-from ..explore.view import StepView, step_view
-from ..trace.format import TraceMetadata
-from ..trace.reader import Trace, load_trace
-from .common import stdout_console
+from .common import PLAIN, LogLines, stdout_console
+
+if TYPE_CHECKING:  # the explorer loads pyarrow and capstone: imported when the command runs
+    from ..explore.backtrace import FrameLine, StackBacktrace
+    from ..explore.view import StepView
+    from ..trace.format import TraceMetadata
+    from ..trace.reader import Trace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,6 +108,8 @@ def _listing(view: StepView, meta: TraceMetadata) -> Table:
 
 
 def _accesses(trace: Trace, view: StepView) -> Text:
+    from ..explore.telescope import describe_pointer
+
     meta = trace.metadata
     text = Text()
     for verb, accesses in (("reads", view.row.reads), ("writes", view.row.writes)):
@@ -163,6 +163,8 @@ def _telescope(view: StepView) -> Table | Text:
 
 
 def _entered(frame: FrameLine) -> str:
+    from ..explore.backtrace import RETURNED_TO
+
     if frame.how == RETURNED_TO:
         return "not seen: a ret returned to it"
     if frame.entered_step < 0:
@@ -203,7 +205,7 @@ def output_console() -> Console:
     """The terminal's console; when piped, one wide enough that rows do not wrap."""
     if stdout_console.is_terminal:
         return stdout_console
-    return Console(file=sys.stdout, width=PIPED_WIDTH, highlight=False)
+    return Console(file=cast("IO[str]", LogLines()), width=PIPED_WIDTH, **PLAIN)
 
 
 def render(trace: Trace, view: StepView, found: list[StackBacktrace]) -> Group:
@@ -242,6 +244,12 @@ def show_command(
 ) -> int:
     """Show one step of TRACE: every stack's backtrace, registers, code around rip and the
     stack telescope."""
+    from ..analysis.events import derive_facts
+    from ..explore.backtrace import backtraces
+    from ..explore.select import choose_step
+    from ..explore.view import step_view
+    from ..trace.reader import load_trace
+
     loaded = load_trace(trace)
     chosen = choose_step(loaded, step, at, first_planted_ret)
     shown_region = None

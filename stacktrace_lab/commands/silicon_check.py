@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import BadInput
-from ..silicon.check import silicon_check
-from ..silicon.compare import CAUSES, Comparison
+
+if TYPE_CHECKING:  # the silicon check loads the recorder: imported when the command runs
+    from ..silicon.compare import Comparison
 
 
 @click.command("silicon-check")
@@ -38,6 +40,8 @@ def silicon_check_command(
     input or when ptrace is not available here.
     """
     _refuse_dynamic(target)
+    from ..silicon.check import silicon_check
+
     result = silicon_check(
         target,
         from_symbol=from_symbol,
@@ -77,6 +81,8 @@ def _refuse_dynamic(target: str) -> None:
 
 
 def _summary(name: str, c: Comparison) -> str:
+    from ..silicon.compare import CAUSES
+
     touched = ", ".join(f"{k} {v}" for k, v in c.normalisations.items())
     lines = []
     if c.divergence is None:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from ..explore.provenance import DEFAULT_DEPTH, Provenance, parse_slot, provenance
-from ..explore.select import choose_step
-from ..trace.format import TraceMetadata
-from ..trace.reader import load_trace
 from .show import output_console, short_source, step_options
+
+if TYPE_CHECKING:  # the explorer loads pyarrow and capstone: imported when the command runs
+    from ..explore.provenance import Provenance
+    from ..trace.format import TraceMetadata
+
+#: Links followed back by default (explore.provenance's own default, kept here so
+#: `--help` does not load the explorer).
+DEFAULT_DEPTH = 6
 
 
 def _line(meta: TraceMetadata, link: Any) -> tuple[str, int] | None:
@@ -113,6 +117,10 @@ def who_wrote_command(
     The step defaults to the end of the trace. The value is then followed back:
     the store that wrote it, where the stored register got its value, and so on.
     """
+    from ..explore.provenance import parse_slot, provenance
+    from ..explore.select import choose_step
+    from ..trace.reader import load_trace
+
     loaded = load_trace(trace)
     before = choose_step(loaded, step, at, first_planted_ret, default=loaded.num_rows)
     result = provenance(loaded, parse_slot(loaded, slot), before, depth)

@@ -30,8 +30,9 @@ Rules, per stack (keyed by the return-address slot, an address on it):
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +43,9 @@ from ..analysis.transfers import Landing
 from ..symbols import LabelTable
 
 I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
+B = npt.NDArray[np.bool_]
 
 #: How a frame was entered: the machine's start, a call, a ret or a jump that
 #: the analysis classified as entering a function.
@@ -102,6 +106,51 @@ class StackBacktrace:
         }
 
 
+#: How each frame was entered, by code in `FrameNodes.how_code`.
+HOW = (START, CALL, PLANTED, JUMP)
+
+
+@dataclass(frozen=True)
+class FrameNodes(Sequence[FrameNode]):
+    """Every frame of a trace as columns (one entry per frame): a `FrameNode` is made
+    only for the frames asked for, so a trace with millions of calls costs a few
+    numpy arrays, not millions of Python objects."""
+
+    parent: I64
+    stack: I64
+    function: U64
+    entered_step: I64
+    how_code: U8  # index into HOW
+    slot: U64
+    return_to: U64
+    has_return_to: B
+
+    def __len__(self) -> int:
+        return int(self.parent.size)
+
+    @overload
+    def __getitem__(self, index: int) -> FrameNode: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[FrameNode]: ...
+    def __getitem__(self, index: int | slice) -> FrameNode | Sequence[FrameNode]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return FrameNode(
+            parent=int(self.parent[index]),
+            stack=int(self.stack[index]),
+            function=int(self.function[index]),
+            entered_step=int(self.entered_step[index]),
+            how=HOW[int(self.how_code[index])],
+            slot=int(self.slot[index]),
+            return_to=int(self.return_to[index]) if self.has_return_to[index] else None,
+        )
+
+    def __iter__(self) -> Iterator[FrameNode]:
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass(frozen=True)
 class FrameHistory:
     """Every frame of the trace and, per event, the new innermost frame of one stack.
@@ -110,7 +159,7 @@ class FrameHistory:
     `step[e] + 1` on, stack `stack[e]`'s innermost frame is node `top[e]` (-1: none).
     """
 
-    nodes: tuple[FrameNode, ...]
+    nodes: FrameNodes
     step: I64
     stack: I64
     top: I64
@@ -118,17 +167,16 @@ class FrameHistory:
     initial: tuple[int, ...]
     #: Per node, the step whose instruction ended the frame (its ret, or the call or ret
     #: that found it abandoned); -1 while it never ended.
-    ends: tuple[int, ...] = ()
+    ends: I64
 
     def tops_before(self, step: int) -> list[int]:
         """Each stack's innermost frame node before the instruction at `step` runs."""
-        tops = list(self.initial)
+        tops = np.array(self.initial, dtype=np.int64)
         end = int(np.searchsorted(self.step, step, side="left"))
-        for s in range(len(tops)):
-            mine = np.flatnonzero(self.stack[:end] == s)
-            if mine.size:
-                tops[s] = int(self.top[mine[-1]])
-        return tops
+        last = last_index_per_value(self.stack[:end], len(tops))
+        seen = last >= 0
+        tops[seen] = self.top[last[seen]]
+        return [int(t) for t in tops]
 
     def chain(self, node: int) -> list[FrameNode]:
         out = []
@@ -138,121 +186,247 @@ class FrameHistory:
         return out
 
 
-def frame_history(facts: TraceFacts) -> FrameHistory:
-    """One pass over the calls and rets of the trace, innermost first per stack.
+def last_index_per_value(values: npt.NDArray[np.integer[Any]], count: int) -> I64:
+    """For each value 0 ..< count, the last index where `values` holds it (-1: nowhere);
+    negative values are skipped. One pass, whatever `count` is."""
+    last = np.full(count, -1, dtype=np.int64)
+    if values.size:
+        # Only the last index of each run of equal values can be the last of its value.
+        run_ends = np.append(np.flatnonzero(values[1:] != values[:-1]), values.size - 1)
+        ends_values = values[run_ends].astype(np.int64)
+        keep = ends_values >= 0
+        np.maximum.at(last, ends_values[keep], run_ends[keep].astype(np.int64))
+    return last
 
-    The per-event facts are gathered with numpy first, so the loop itself only
-    moves Python ints (a few hundred thousand events a second).
+
+def frame_history(facts: TraceFacts) -> FrameHistory:
+    """The frames of every stack, from the calls and rets of the trace, without a loop
+    over them.
+
+    Per stack, an event (a call, a ret, or an indirect jmp) first drops the frames
+    whose slot is at or below its slot, then may push a frame at that slot. So a
+    stack's frames always have increasing slots from the innermost out, and a frame
+    lives until the first later event on its stack that drops at a slot at or above
+    its own: a next-greater-or-equal search, done by pointer jumping over numpy
+    arrays. The innermost frame after an event is then the latest frame pushed at the
+    stack's depth after that event.
     """
     meta = facts.meta
     w, r = facts.writes, facts.returns
-    # Calls: the stack and slot they push to, the target, the return address pushed
-    # (the call's only write; None if the trace has no such write).
+    transfers = facts.transfers
+    n_stacks = len(facts.stacks)
     calls = facts.calls
-    call_stack = facts.rsp_stack[calls].tolist()
-    call_slot = (facts.rsp[calls] - np.uint64(8)).tolist()
-    call_target = facts.call_targets.tolist()
+    # Calls: the stack and slot they push to, the target, the return address pushed
+    # (the call's only write; none if the trace has no such write).
     push = np.searchsorted(w.step, calls)
     has_push = push < len(w)
     has_push[has_push] = w.step[push[has_push]] == calls[has_push]
-    pushed = np.where(has_push, w.value[np.clip(push, 0, max(len(w) - 1, 0))], 0) if len(w) else 0
-    call_back = [
-        int(v) if ok else None
-        for v, ok in zip(
-            np.broadcast_to(pushed, calls.shape).tolist(), has_push.tolist(), strict=True
-        )
-    ]
-    # Rets and indirect jmps the analysis classified by where they land.
-    transfers = facts.transfers
-    landing_of = dict(zip(transfers.step.tolist(), range(len(transfers)), strict=True))
-    landing = transfers.landing.tolist()
-    landing_stack = stack_index(facts.stacks, transfers.rsp).tolist()
-    landing_slot = (transfers.rsp - np.uint64(8)).tolist()
-    landing_target = transfers.target.tolist()
+    pushed = w.value[np.clip(push, 0, len(w) - 1)] if len(w) else np.zeros(calls.shape, np.uint64)
+    # Rets and indirect jmps, with the transfer the analysis classified (if it did).
     jumps = transfers.step[~transfers.is_ret]
-    ret_stack = facts.rsp_stack[r.step].tolist()
-    ret_slot = r.slot.tolist()
-
-    parent: list[int] = []
-    stack_of: list[int] = []
-    function: list[int] = []
-    entered: list[int] = []
-    how: list[str] = []
-    slot_of: list[int] = []
-    back_to: list[int | None] = []
-    ends: list[int] = []
-
-    def push_node(p: int, s: int, f: int, step: int, h: str, slot: int, b: int | None) -> int:
-        parent.append(p)
-        stack_of.append(s)
-        function.append(f)
-        entered.append(step)
-        how.append(h)
-        slot_of.append(slot)
-        back_to.append(b)
-        ends.append(-1)
-        return len(parent) - 1
-
-    tops = [-1] * len(facts.stacks)
+    moved = np.concatenate([r.step, jumps])
+    t = np.searchsorted(transfers.step, moved, side="right").astype(np.int64) - 1
+    classified = t >= 0
+    classified[classified] = transfers.step[t[classified]] == moved[classified]
+    t_safe = np.clip(t, 0, None)
+    landing = (
+        np.where(classified, transfers.landing[t_safe], 0)
+        if len(transfers)
+        else np.zeros(moved.shape, np.uint8)
+    )
+    landing_stack = stack_index(facts.stacks, transfers.rsp).astype(np.int64)
+    landing_slot = transfers.rsp - np.uint64(8)
+    n_rets = r.step.size
+    ret_stack = facts.rsp_stack[r.step].astype(np.int64)
+    moved_stack = np.concatenate([ret_stack, np.full(jumps.shape, -1, dtype=np.int64)])
+    moved_slot = np.concatenate([r.slot, np.zeros(jumps.shape, dtype=np.uint64)])
+    if len(transfers):
+        moved_stack = np.where(classified, landing_stack[t_safe], moved_stack)
+        moved_slot = np.where(classified, landing_slot[t_safe], moved_slot)
+    is_ret = np.arange(moved.size) < n_rets
+    # A jump the analysis calls a trampoline, or leaves unclassified, drops no frame.
+    drops = is_ret | ~np.isin(landing, [Landing.TRAMPOLINE, Landing.OTHER])
+    enters = classified & (landing == Landing.ENTRY)
+    # The machine's start: a frame for the entry function on the first stack, as
+    # an event before every other (the last entry of each array below).
     first_stack = int(facts.rsp_stack[0]) if facts.steps else -1
     entry = meta.symbols.get(meta.scenario.entry)
-    if first_stack >= 0 and entry is not None:
-        start_slot = int(facts.rsp[0])
-        tops[first_stack] = push_node(-1, first_stack, entry, -1, START, start_slot, facts.sentinel)
-    initial = tuple(tops)
+    start = first_stack >= 0 and entry is not None
 
-    out_step: list[int] = []
-    out_stack: list[int] = []
-    out_top: list[int] = []
-    steps = np.concatenate([calls, r.step, jumps])
-    n_calls, n_calls_rets = calls.size, calls.size + r.step.size
-    order = np.argsort(steps, kind="stable")
-    for e, step in zip(order.tolist(), steps[order].tolist(), strict=True):
-        t = landing_of.get(step) if e >= n_calls else None
-        if e < n_calls:
-            s, slot = call_stack[e], call_slot[e]
-        elif t is None:
-            # The ret of a matched call (or one the analysis leaves alone).
-            s, slot = ret_stack[e - n_calls], ret_slot[e - n_calls]
-        else:
-            s, slot = landing_stack[t], landing_slot[t]
-        if s < 0:
-            continue
-        top = tops[s]
-        kind = Landing(landing[t]) if t is not None else None
-        if kind not in (Landing.TRAMPOLINE, Landing.OTHER) or e < n_calls_rets:
-            # Frames at or below the slot are left: returned from, resumed past, or
-            # abandoned. (A jump that is a trampoline or unclassified leaves them.)
-            while top >= 0 and slot_of[top] <= slot:
-                ends[top] = step
-                top = parent[top]
-        if e < n_calls:
-            top = push_node(top, s, call_target[e], step, CALL, slot, call_back[e])
-        elif kind == Landing.ENTRY and t is not None:
-            entered_by = PLANTED if e < n_calls_rets else JUMP
-            top = push_node(top, s, landing_target[t], step, entered_by, slot, None)
-        tops[s] = top
-        out_step.append(step)
-        out_stack.append(s)
-        out_top.append(top)
-    nodes = tuple(
-        FrameNode(*fields)
-        for fields in zip(parent, stack_of, function, entered, how, slot_of, back_to, strict=True)
+    def events(calls_part: Any, moved_part: Any, at_start: Any, dtype: Any) -> npt.NDArray[Any]:
+        return np.concatenate(
+            [
+                np.asarray(calls_part, dtype=dtype),
+                np.asarray(moved_part, dtype=dtype),
+                np.array([at_start], dtype=dtype),
+            ]
+        )
+
+    zeros = np.zeros(moved.shape, np.uint64)
+    targets = np.where(enters, transfers.target[t_safe], 0) if len(transfers) else zeros
+    step = events(calls, moved, -1, np.int64)
+    stack = events(facts.rsp_stack[calls], moved_stack, first_stack, np.int64)
+    slot = events(
+        facts.rsp[calls] - np.uint64(8), moved_slot, int(facts.rsp[0]) if facts.steps else 0,
+        np.uint64,
+    )  # fmt: skip
+    drop = events(np.ones(calls.shape, np.bool_), drops, False, np.bool_)
+    pushes = events(np.ones(calls.shape, np.bool_), enters, True, np.bool_)
+    del moved_stack, moved_slot, drops
+    # Every event on a stack in step order (a call, a ret and a jmp never share a step),
+    # the start first: `ev` indexes the arrays above.
+    order = np.argsort(step[:-1], kind="stable")
+    order = order[stack[order] >= 0]  # an event on no stack changes no frame
+    ev = np.concatenate([[step.size - 1], order]) if start else order
+    del order
+    m = ev.size
+
+    # The frames, numbered in step order (the start's first): one per pushing event.
+    push_ev = ev[pushes[ev]]
+    n_nodes = push_ev.size
+    how = events(np.full(calls.shape, 1), np.where(is_ret, 2, 3), 0, np.uint8)
+    function = events(facts.call_targets, targets, entry or 0, np.uint64)
+    back = events(pushed, zeros, facts.sentinel, np.uint64)
+    has_back = events(has_push, np.zeros(moved.shape, np.bool_), True, np.bool_)
+    node_fields = (
+        stack[push_ev], function[push_ev], step[push_ev], how[push_ev], slot[push_ev],
+        back[push_ev], has_back[push_ev],
+    )  # fmt: skip
+    del how, function, back, has_back, targets, zeros
+    node_of = np.full(step.size, -1, dtype=np.int64)
+    node_of[push_ev] = np.arange(n_nodes, dtype=np.int64)
+    del push_ev
+
+    # Group the events by stack, in step order within each.
+    by_stack = np.argsort(stack[ev], kind="stable")
+    grouped = ev[by_stack]
+    g_stack = stack[grouped]
+    g_push = pushes[grouped]
+    end_op = _next_drop_at_or_above(g_stack, slot[grouped], drop[grouped])
+    # Depth after each event: frames pushed so far on its stack less those dropped.
+    depth = np.cumsum(
+        g_push.astype(np.int64) - np.bincount(end_op[g_push & (end_op < m)], minlength=m + 1)[:m]
     )
+    stack_first = np.flatnonzero(np.diff(g_stack, prepend=np.int64(-2)) != 0)
+    del g_stack
+    run = np.diff(np.append(stack_first, m))
+    depth -= np.repeat(np.where(stack_first > 0, depth[np.maximum(stack_first - 1, 0)], 0), run)
+    # The innermost frame after each event: the latest push on its stack at its depth.
+    stride = np.int64(m + 1)
+    level = np.repeat(np.arange(stack_first.size, dtype=np.int64) * stride, run)
+    level += depth  # (stack, depth) as one number
+    del run, stack_first
+    pushing = np.flatnonzero(g_push)
+    del g_push
+    push_key = level[pushing] * stride + pushing
+    key_order = np.argsort(push_key, kind="stable")
+    push_key, push_pos = push_key[key_order], pushing[key_order]
+    del key_order
+
+    def latest_push(at_level: I64, at_or_before: I64) -> I64:
+        """The position of the latest push at `at_level` no later than `at_or_before`, or -1."""
+        i = np.searchsorted(push_key, at_level * stride + at_or_before, side="right") - 1
+        found = i >= 0
+        found[found] &= push_key[i[found]] // stride == at_level[found]
+        return np.where(found, push_pos[np.clip(i, 0, None)], -1)
+
+    g_node = node_of[grouped]
+    # A pushed frame's caller: the innermost frame once the event dropped what it drops.
+    parent_pos = np.where(depth[pushing] > 1, latest_push(level[pushing] - 1, pushing - 1), -1)
+    parent = np.empty(n_nodes, dtype=np.int64)
+    parent[g_node[pushing]] = np.where(parent_pos >= 0, g_node[np.clip(parent_pos, 0, None)], -1)
+    del parent_pos
+    ends = np.empty(n_nodes, dtype=np.int64)
+    ends_pos = end_op[pushing]
+    ends[g_node[pushing]] = np.where(ends_pos < m, step[grouped[np.minimum(ends_pos, m - 1)]], -1)
+    del ends_pos, end_op, pushing, grouped
+    top_pos = latest_push(level, np.arange(m, dtype=np.int64))
+    top_pos[depth <= 0] = -1
+    del level, depth
+    top = np.empty(m, dtype=np.int64)
+    top[by_stack] = np.where(top_pos >= 0, g_node[np.clip(top_pos, 0, None)], -1)
+    del top_pos, g_node, by_stack
+    stack_of, function_of, entered, how_of, slot_of, back_of, has_back_of = node_fields
+    nodes = FrameNodes(
+        parent=parent,
+        stack=stack_of,
+        function=function_of,
+        entered_step=entered,
+        how_code=how_of,
+        slot=slot_of,
+        return_to=back_of,
+        has_return_to=has_back_of,
+    )
+    out = ev[1:] if start else ev
+    initial = [-1] * n_stacks
+    if start:
+        initial[first_stack] = 0
     return FrameHistory(
         nodes=nodes,
-        step=np.array(out_step, dtype=np.int64),
-        stack=np.array(out_stack, dtype=np.int64),
-        top=np.array(out_top, dtype=np.int64),
-        initial=initial,
-        ends=tuple(ends),
+        step=step[out],
+        stack=stack[out],
+        top=top[1:] if start else top,
+        initial=tuple(initial),
+        ends=ends,
     )
+
+
+def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> npt.NDArray[np.signedinteger[Any]]:
+    """For each event (grouped by stack, in step order within a stack), the position of
+    the first later event on the same stack that drops frames at a slot at or above its
+    own; `stack.size` when there is none.
+
+    Two pointer-jumping passes over numpy arrays, each round working only on the
+    events still unresolved. First, for every dropping event, the next dropping event
+    at a strictly higher slot (a run of drops at the same slot, as a loop's calls
+    make, is crossed by doubling: its events move together). Then each event starts
+    at the next dropping event and climbs that chain, whose slots only go up, until
+    it reaches its own slot. The rounds grow with the log of the longest run and
+    with the number of frame levels climbed, never with the number of events.
+    """
+    m = stack.size
+    # Positions as 32-bit integers where they fit: half the memory on a long trace.
+    index = np.int32 if m < np.iinfo(np.int32).max else np.int64
+    end = index(m)
+    # The next dropping event after each position, on the same stack (else `end`).
+    first = np.where(drop, np.arange(m, dtype=index), end)
+    first = np.minimum.accumulate(first[::-1])[::-1]
+    first[:-1] = first[1:].copy()
+    first[-1:] = end
+    last_of_stack = np.append(np.flatnonzero(stack[1:] != stack[:-1]), m - 1)
+    stack_end = np.repeat(last_of_stack + 1, np.diff(np.append(-1, last_of_stack)))
+    first[first >= stack_end] = end
+    del stack_end
+    # Index `end` is a sentinel: it points at itself (its slot is never looked at).
+    slot_at = np.append(slot, np.uint64(0))
+    above = np.append(first, end)
+    todo = np.flatnonzero(drop & (first < end))
+    todo = todo[slot_at[above[todo]] <= slot[todo]]
+    while todo.size:
+        above[todo] = above[above[todo]]
+        todo = todo[above[todo] < end]
+        todo = todo[slot_at[above[todo]] <= slot[todo]]
+    # Climb from the first dropping event after each event to one at or above its slot.
+    found = np.append(first, end)
+    del first
+    todo = np.flatnonzero(found[:m] < end)
+    todo = todo[slot_at[found[todo]] < slot[todo]]
+    while todo.size:
+        found[todo] = above[found[todo]]
+        todo = todo[found[todo] < end]
+        todo = todo[slot_at[found[todo]] < slot[todo]]
+    return found[:m]
 
 
 def last_step_on(facts: TraceFacts, stack: int, before: int) -> int | None:
     """The last step before `before` whose rsp was on `stack` (where a suspended stack left)."""
-    hits = np.flatnonzero(facts.rsp_owner[:before] == stack)
-    return int(hits[-1]) if hits.size else None
+    last = int(last_steps_on(facts, before)[stack])
+    return last if last >= 0 else None
+
+
+def last_steps_on(facts: TraceFacts, before: int) -> I64:
+    """Per stack, the last step before `before` whose rsp was on it (-1: none)."""
+    return last_index_per_value(facts.rsp_owner[:before], len(facts.stacks))
 
 
 def frame_lines(
@@ -308,6 +482,7 @@ def backtraces(
     rip = int(facts.describe([step])[step].rip) if 0 <= step < facts.steps else 0
     out = []
     order = [running] + [s for s in range(len(tops)) if s != running]
+    left_on = last_steps_on(facts, step)
     for s in order:
         if s < 0 or (s != running and tops[s] < 0):
             continue
@@ -315,8 +490,8 @@ def backtraces(
         if s == running:
             at, where = step, rip
         else:
-            left = last_step_on(facts, s, step)
-            if left is None:
+            left = int(left_on[s])
+            if left < 0:
                 continue
             at, where = left, int(facts.describe([left])[left].rip)
         out.append(
@@ -342,4 +517,5 @@ __all__ = [
     "StackBacktrace",
     "backtraces",
     "frame_history",
+    "last_steps_on",
 ]

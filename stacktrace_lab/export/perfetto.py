@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..analysis.check import check
 from ..analysis.events import TraceFacts, derive_facts
 from ..analysis.source import SourceLines
 from ..explore.backtrace import START, frame_history
+from ..safe_output import write_file
 from ..trace.reader import Trace
 
 PID = 1
@@ -65,7 +66,7 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
         )
 
     history = frame_history(facts)
-    for node, end in zip(history.nodes, history.ends, strict=True):
+    for node, end in zip(history.nodes, history.ends.tolist(), strict=True):
         # From the callee's first instruction through the one that ends the frame, so
         # a ret that leaves one frame and enters another (a planted return) does not
         # make the two overlap.
@@ -158,15 +159,13 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
     }
 
 
-def write_chrome_trace(trace: Trace, out: Path) -> int:
-    """Write the JSON (atomically: a temporary file renamed into place); returns the events."""
+def write_chrome_trace(trace: Trace, out: Path | TextIO) -> int:
+    """Write the JSON to a file (through safe_output: a regular file, whole or not at all;
+    never a device or FIFO replaced) or to an open text stream; returns the events."""
     doc = chrome_trace_events(trace)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"), sort_keys=True)
-            f.write("\n")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)  # never a half-written file, whatever failed
+    text = json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n"
+    if isinstance(out, Path):
+        write_file(out, text.encode("utf-8"))
+    else:
+        out.write(text)
     return len(doc["traceEvents"])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..arch import REGISTERS
+from ..safe_output import check_target, commit_temp, create_temp, discard_temp
 from ..trace.reader import Trace
 
 #: What Tenet's amd64 architecture parses (rip goes last on each line).
@@ -63,13 +64,18 @@ def _lines(trace: Trace, f: TextIO) -> int:
     return lines
 
 
-def write_tenet(trace: Trace, out: Path) -> int:
-    """Write the Tenet trace (atomically); returns the number of lines."""
-    tmp = out.with_name(f".{out.name}.tmp")
+def write_tenet(trace: Trace, out: Path | TextIO) -> int:
+    """Write the Tenet trace to a file (through safe_output: a regular file, whole or
+    not at all; never a device or FIFO replaced) or to an open text stream; returns
+    the number of lines."""
+    if not isinstance(out, Path):
+        return _lines(trace, out)
+    check_target(out)
+    temp = create_temp(out)
     try:
-        with tmp.open("w", encoding="ascii") as f:
+        with temp.open("w", encoding="ascii") as f:
             lines = _lines(trace, f)
-        tmp.replace(out)
+        commit_temp(temp, out)
     finally:
-        tmp.unlink(missing_ok=True)  # never a half-written file, whatever failed
+        discard_temp(temp)  # never a half-written file, whatever failed
     return lines

@@ -20,24 +20,36 @@ import functools
 import hashlib
 import io
 import re
+import struct
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from ..arch import PAGE
 from ..errors import BadInput
-from ..limits import MAX_PROGRAM_FILE_BYTES, read_input
+from ..limits import MAX_PROCESS_MEMORY, MAX_PROGRAM_FILE_BYTES, read_input
 from ..trace.format import SourceLine
 
 #: Where a static-pie is loaded (Linux's ELF_ET_DYN_BASE with ASLR off).
 PIE_BASE = 0x555555554000
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
 _MACHINES = {"EM_386": "32-bit x86", "EM_AARCH64": "ARM64", "EM_ARM": "ARM"}
+#: Linux's TASK_SIZE on x86-64 (47-bit addresses, less the guard page): no
+#: segment may end above it; vm.mmap_min_addr: none may start below it.
+TASK_SIZE = 0x7FFFFFFFF000
+MMAP_MIN_ADDR = 0x10000
+#: What Linux's load_elf_phdrs accepts: sizeof(Elf64_Phdr), at most 64 KiB of them.
+PHDR_SIZE = 56
+MAX_PHDR_BYTES = 65536
+#: The stack every process gets (process.py), counted against its memory.
+_STACK_BYTES = 8 << 20
+_PT_LOAD, _PT_INTERP = 1, 3
+_SHT_NOBITS = 8
 
 
 @dataclass(frozen=True)
@@ -95,10 +107,119 @@ def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
     raw = read_input(path, MAX_PROGRAM_FILE_BYTES, "program", option=None)
     if raw[:4] != b"\x7fELF":
         raise BadInput(f"{path}: not an ELF executable (no ELF header)")
+    _check_as_linux_does(path, raw, pie_base)
     try:
         return _parse(path, raw, hashlib.sha256(raw).hexdigest(), pie_base)
-    except (ELFError, ValueError, KeyError, IndexError) as exc:
-        raise BadInput(f"{path}: malformed ELF file: {exc}") from None
+    except (BadInput, MemoryError):
+        raise
+    except Exception as exc:
+        # pyelftools parses hostile bytes with many exception types (ELFError,
+        # struct and construct errors, IndexError, UnicodeDecodeError...): any
+        # of them is a malformed file, said in one line.
+        raise BadInput(f"{path}: malformed ELF file: {_reason(exc)}") from None
+
+
+def _check_sections(path: Path, raw: bytes) -> None:
+    """Section headers inside the file, each section's bytes too (but .bss's).
+
+    Linux never reads them; pyelftools does (symbols, DWARF), and a hostile
+    `sh_size` of 2^31 made it allocate until MemoryError.
+    """
+    shoff = struct.unpack_from("<Q", raw, 40)[0]
+    shentsize, shnum = struct.unpack_from("<HH", raw, 58)
+    if shnum == 0:
+        return
+    if shentsize != 64 or shoff + shnum * 64 > len(raw):
+        raise BadInput(f"{path}: malformed ELF file: the section headers lie past its end")
+    for i in range(shnum):
+        sh_type = struct.unpack_from("<I", raw, shoff + i * 64 + 4)[0]
+        offset, size = struct.unpack_from("<QQ", raw, shoff + i * 64 + 24)
+        if sh_type != _SHT_NOBITS and offset + size > len(raw):
+            raise BadInput(f"{path}: malformed ELF file: section {i} lies past the file's end")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_as_linux_does(path: Path, raw: bytes, pie_base: int) -> None:
+    """Refuse, in one line, what Linux's ELF loader (fs/binfmt_elf.c) refuses.
+
+    Checked from the raw header before pyelftools reads it: a `p_offset` of
+    2^63 would overflow its seek, a `p_memsz` of 1 TiB would be mapped page by
+    page. Linux refuses: another byte order or class (exec format error), a
+    program header size other than 56 or more than 64 KiB of them (ENOEXEC),
+    a segment whose file size exceeds its memory size or that ends above
+    TASK_SIZE (EINVAL), a file offset not congruent to the address modulo the
+    page (mmap's EINVAL), a segment below vm.mmap_min_addr (EPERM). Data past
+    the end of the file would be SIGBUS on Linux; here it is refused too.
+    """
+    if len(raw) < 64 or raw[4] != 2:
+        return  # a 32-bit or cut ELF: _parse names what it is
+    if raw[5] != 1:
+        raise BadInput(f"{path}: a big-endian ELF; Linux on x86-64 refuses it (exec format error)")
+    e_type, machine = struct.unpack_from("<HH", raw, 16)
+    if machine != 62 or e_type not in (2, 3):
+        return  # another machine or not an executable: _parse names which
+    phoff = struct.unpack_from("<Q", raw, 32)[0]
+    phentsize, phnum = struct.unpack_from("<HH", raw, 54)
+    if phentsize != PHDR_SIZE:
+        raise BadInput(
+            f"{path}: program headers of {phentsize} bytes (e_phentsize), not {PHDR_SIZE}; "
+            "Linux refuses it (ENOEXEC)"
+        )
+    if phnum == 0 or phnum * PHDR_SIZE > MAX_PHDR_BYTES:
+        raise BadInput(
+            f"{path}: {phnum} program headers; Linux takes 1 to {MAX_PHDR_BYTES // PHDR_SIZE} "
+            "(ENOEXEC)"
+        )
+    if phoff + phnum * PHDR_SIZE > len(raw):
+        raise BadInput(f"{path}: malformed ELF file: the program headers lie past its end")
+    base = pie_base if e_type == 3 else 0  # ET_DYN
+    memory = _STACK_BYTES
+    for i in range(phnum):
+        p_type, _flags, offset, vaddr, _paddr, filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", raw, phoff + i * PHDR_SIZE
+        )
+        where = f"{path}: segment {i}"
+        if p_type == _PT_INTERP:
+            return  # dynamically linked: _parse says so
+        if p_type != _PT_LOAD:
+            continue
+        if offset + filesz > len(raw):
+            raise BadInput(
+                f"{where}: its {filesz} bytes at offset {offset:#x} lie past the file's end"
+            )
+        if filesz > memsz:
+            raise BadInput(
+                f"{where}: p_filesz {filesz:#x} > p_memsz {memsz:#x}; Linux refuses it (EINVAL)"
+            )
+        if memsz == 0:
+            continue
+        start = base + vaddr
+        if memsz > TASK_SIZE or start + memsz > TASK_SIZE:
+            raise BadInput(
+                f"{where}: {start:#x} + {memsz:#x} bytes ends above the user address space "
+                f"({TASK_SIZE:#x}); Linux refuses it (EINVAL)"
+            )
+        if start < MMAP_MIN_ADDR:
+            raise BadInput(
+                f"{where}: at {start:#x}, below vm.mmap_min_addr ({MMAP_MIN_ADDR:#x}); "
+                "Linux refuses to map it (EPERM)"
+            )
+        if (offset - vaddr) % PAGE:
+            raise BadInput(
+                f"{where}: file offset {offset:#x} and address {vaddr:#x} differ modulo the "
+                "page size; Linux cannot map it (EINVAL)"
+            )
+        memory += (start + memsz + PAGE - 1) // PAGE * PAGE - start // PAGE * PAGE
+    _check_sections(path, raw)
+    if memory > MAX_PROCESS_MEMORY:
+        raise BadInput(
+            f"{path}: its segments and stack need {memory} bytes of memory, more than a "
+            f"process may use here ({MAX_PROCESS_MEMORY} bytes, docs/machine.md#limits)"
+        )
 
 
 # Reading and demangling a Rust program's symbols takes seconds (pure Python):
@@ -135,6 +256,13 @@ def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
         loads.append(Segment(base + seg["p_vaddr"], seg["p_memsz"], perms, seg.data()))
     if not loads:
         raise BadInput(f"{path}: the ELF has no loadable segment")
+    if not any("x" in seg.perms for seg in loads):
+        # Linux maps it and the first instruction fetch kills it (SIGSEGV):
+        # there is no instruction to record.
+        raise BadInput(
+            f"{path}: no executable segment; Linux would kill it with SIGSEGV at its "
+            "first instruction"
+        )
     phdr = next((s["p_vaddr"] for s in segments if s["p_type"] == "PT_PHDR"), None)
     if phdr is None:  # the headers lie in the first segment that maps file offset 0
         first = next(s for s in segments if s["p_type"] == "PT_LOAD")
@@ -265,6 +393,17 @@ def line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
     to the compilation directory when the compiler was given a relative path,
     else absolute (Rust's std: /rustc/<commit>/library/...).
     """
+    try:
+        return _line_table(path, load_base)
+    except (BadInput, MemoryError):
+        raise
+    except Exception as exc:
+        # As for the headers (load_elf): pyelftools raises many types on a
+        # corrupt .debug_line; the program runs, but its lines cannot be read.
+        raise BadInput(f"{path}: malformed DWARF line table: {_reason(exc)}") from None
+
+
+def _line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
     rows: dict[int, SourceLine] = {}
     with path.open("rb") as f:
         elf = ELFFile(f)

@@ -16,12 +16,14 @@ import functools
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
 from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
-from .discovery import name_stacks, run_discovery
+from .discovery import Evidence, name_stacks, run_discovery
 from .dynamic import (
     LoadedObject,
     code_segments,
@@ -43,6 +45,7 @@ from .recorder import (
     record_description,
 )
 from .syscalls import LinuxKernel, ProcessState
+from .windows import Extent
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
 
@@ -158,6 +161,7 @@ def describe_elf(
             # Every file the program read (its libraries): replay checks them.
             **({"files": view.metadata()} if view.files else {}),
         },
+        extents=stack_extents(evidence, [*found, main_stack]),
     )
 
 
@@ -191,6 +195,25 @@ def _with_libraries(image: ElfImage, objects: list[LoadedObject]) -> ElfImage:
     """The program with its libraries' raw names too (malloc for discovery's hooks)."""
     _symbols, raw = merged_symbols([image, *(o.image for o in objects)])
     return replace(image, raw_symbols=raw)
+
+
+def stack_extents(evidence: Evidence, stacks: list[Region]) -> dict[str, Extent]:
+    """Where rsp went in each stack during the discovery pass (the recording runs
+    the same steps): the lowest and highest rsp inside each stack. The process
+    stack is the last of `stacks`: rsp was there whenever it was not `outside`.
+    (An overflow's rsp under a base is left out: its window is not stored yet.)"""
+    extents: dict[str, Extent] = {}
+    *found, process = stacks
+    if evidence.lowest_main >= 0:
+        extents[process.name] = Extent(evidence.lowest_main, process.top)
+    if not evidence.outside:
+        return extents
+    rsp = np.fromiter((r for _step, r in evidence.outside), dtype=np.uint64)
+    for stack in found:
+        mine = rsp[(rsp >= stack.base) & (rsp <= stack.top)]
+        if len(mine):
+            extents[stack.name] = Extent(int(mine.min()), int(mine.max()))
+    return extents
 
 
 #: Below the lowest rsp, what the `main` region keeps: the red zone (128 bytes)

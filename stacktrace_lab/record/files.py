@@ -29,15 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unicorn import UC_PROT_NONE
-from unicorn.unicorn_py3.unicorn import Uc
+from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ..arch import PAGE
+from ..limits import MAX_OPEN_FILES
 from .syscalls import (
     EBADF,
     EFAULT,
     EINVAL,
+    EMFILE,
     ENOENT,
+    ENOMEM,
+    EPERM,
+    MMAP_MIN_ADDR,
     NAMES,
+    TASK_SIZE,
     UID,
     Area,
     Handler,
@@ -201,12 +207,13 @@ class FileKernel(LinuxKernel):
         super().__init__(process)
         self.view = view
         self.names = {**NAMES, **FILE_NAMES}
-        #: The open files of the view, by descriptor (process.files holds their bytes).
+        #: The open files of the view, by descriptor (process.files: their host paths).
         self.open_files: dict[int, HostFile] = {}
         #: Every file mapping, in call order (where the libraries were loaded).
         self.file_maps: list[FileMap] = []
         self.handlers.update(
             {
+                0: self.sys_read,
                 2: self.sys_open,
                 4: self.sys_stat,
                 6: self.sys_stat,
@@ -256,31 +263,46 @@ class FileKernel(LinuxKernel):
         fd = 3
         while fd in self.process.files:
             fd += 1
-        self.process.files[fd] = found.data
+        if fd >= MAX_OPEN_FILES:  # RLIMIT_NOFILE, as for /proc/self/maps
+            return -EMFILE
+        self.process.files[fd] = found.host_path
         self.process.offsets[fd] = 0
         self.open_files[fd] = found
         return fd
+
+    def sys_read(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
+        entry = self.open_files.get(fd)
+        if entry is None:
+            return super().sys_read(uc, fd, buf, count)
+        offset = self.process.offsets[fd]
+        chunk = entry.data[offset : offset + count]
+        if chunk and not self.mapped(uc, buf, len(chunk)):
+            return -EFAULT
+        if chunk:
+            self.write_memory(buf, chunk)
+        self.process.offsets[fd] = offset + len(chunk)
+        return len(chunk)
 
     def sys_close(self, uc: Uc, fd: int, *_: int) -> int:
         self.open_files.pop(fd, None)
         return super().sys_close(uc, fd)
 
     def sys_lseek(self, uc: Uc, fd: int, offset: int, whence: int, *_: int) -> int:
-        content = self.process.files.get(fd)
-        if content is None:
+        entry = self.open_files.get(fd)
+        if entry is None:
             return -EBADF
         offset -= (1 << 64) if offset >> 63 else 0
-        base = {0: 0, 1: self.process.offsets[fd], 2: len(content)}.get(whence)
+        base = {0: 0, 1: self.process.offsets[fd], 2: len(entry.data)}.get(whence)
         if base is None or base + offset < 0:
             return -EINVAL
         self.process.offsets[fd] = base + offset
         return base + offset
 
     def sys_pread64(self, uc: Uc, fd: int, buf: int, count: int, offset: int, *_: int) -> int:
-        content = self.process.files.get(fd)
-        if content is None:
+        entry = self.open_files.get(fd)
+        if entry is None:
             return -EBADF
-        chunk = content[offset : offset + count]
+        chunk = entry.data[offset : offset + count]
         if chunk and not self.mapped(uc, buf, len(chunk)):
             return -EFAULT
         if chunk:
@@ -365,32 +387,44 @@ class FileKernel(LinuxKernel):
             # not an anonymous mapping a stack could be found in.
             if flags & MAP_FIXED and len(self.process.mmaps) > before and self._in_file(addr):
                 self.process.mmaps.pop()
-                self.process.areas[-1].kind = "data"
             return result
         entry = self.open_files.get(fd)
         if entry is None:
             return -EBADF
-        if length == 0 or length > 1 << 40 or offset % PAGE:
+        if length == 0 or offset % PAGE:
             return -EINVAL
+        if length > TASK_SIZE:
+            return -ENOMEM
         size = _page_ceil(length)
         p = self.process
+        # Placed and bounded as an anonymous mapping is (syscalls.py).
         if flags & MAP_FIXED:
             if addr % PAGE:
                 return -EINVAL
+            if addr < MMAP_MIN_ADDR:
+                return -EPERM
+            if addr + size > TASK_SIZE or not self._room_for(size):
+                return -ENOMEM
             self._unmap(uc, addr, size)
             start = addr
         else:
-            p.mmap_cursor -= size
-            start = p.mmap_cursor
+            found = p.space.highest_below(p.mmap_cursor, size, MMAP_MIN_ADDR)
+            if found is None or not self._room_for(size):
+                return -ENOMEM
+            start = found
+            p.mmap_cursor = start
         # Copied from the file's bytes: a private mapping the program may change
         # (relocations) without the file changing; past the end of the file, zeros.
-        uc.mem_map(start, size, _uc_perms(prot) if prot else UC_PROT_NONE)
+        try:
+            uc.mem_map(start, size, _uc_perms(prot) if prot else UC_PROT_NONE)
+        except UcError:
+            return -ENOMEM  # a page unicorn holds that the process map does not
         data = entry.data[offset : offset + length]
         if data:
             uc.mem_write(start, data)
         self.code_changed(start, size)
         self.file_maps.append(FileMap(start, size, entry.host_path, offset, prot))
-        p.areas.append(Area(start, start + size, _perm_text(prot), entry.host_path, "code"))
+        p.space.add(Area(start, start + size, _perm_text(prot), entry.host_path, "code"))
         return start
 
     def _in_file(self, addr: int) -> bool:

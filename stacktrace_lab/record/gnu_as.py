@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from ..errors import BadInput
 from ..layout import CODE_LIMIT
-from ..limits import read_input, resolve_input
+from ..limits import DEFAULT_LIMITS, read_input, resolve_input
 from .operands import (
     REGISTERS,
     Expr,
@@ -41,6 +41,11 @@ from .operands import (
 )
 
 #: Defines every `.S` file sees, as GCC does on x86-64 Linux.
+MAX_SOURCE_BYTES = DEFAULT_LIMITS.max_source_bytes
+#: `#include`s nested at most this deep (GCC allows 200; a program here needs
+#: a few), and all included files together at most this many times the limit.
+MAX_INCLUDE_DEPTH = 32
+MAX_INCLUDED_FILES = 8
 DEFAULT_DEFINES = {"__x86_64__": "1", "__x86_64": "1", "__linux__": "1", "__ELF__": "1"}
 #: Built-in behaviours an undefined external can be mapped to in
 #: `[program] stubs`: the code placed at the symbol's address.
@@ -166,6 +171,8 @@ class SourceFile:
     inline: bool = False
     #: Whether `#include` may read files outside `directory` (`--allow-outside`).
     allow_outside: bool = False
+    #: Bytes each `#include`d file may have (--max-source-size, as the file itself).
+    max_bytes: int = MAX_SOURCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,7 @@ def preprocess(source: SourceFile, defines: Mapping[str, str]) -> list[tuple[Ori
     from pcpp.preprocessor import OutputDirective
 
     errors: list[str] = []
+    included = [0]  # bytes read by #include, all files together
 
     def where(file: str, line: int) -> str:
         if file == "unknown":  # pcpp's name for the end of the input
@@ -240,19 +248,47 @@ def preprocess(source: SourceFile, defines: Mapping[str, str]) -> list[tuple[Ori
         def on_file_open(self, is_system_include: bool, includepath: str) -> Any:
             # An included file lands in the trace's source: like `[program] file`,
             # it must be a regular file inside the scenario's directory unless
-            # --allow-outside (a shared scenario must not copy a host file).
-            path = Path(includepath).resolve()
-            if path.exists() and not path.is_file():
+            # --allow-outside (a shared scenario must not copy a host file), and
+            # of at most the source limit (a 300 MiB header was read whole).
+            at = self.lastdirective
+            here = where(at.source, at.lineno)
+            if len(self.temp_path) >= MAX_INCLUDE_DEPTH:
+                # A file including itself recursed until Python's RecursionError.
+                errors.append(
+                    f"{here}: #include nested more than {MAX_INCLUDE_DEPTH} deep "
+                    "(does a file include itself?)"
+                )
+                raise OSError("#include nested too deep")
+            try:
+                path = Path(includepath).resolve()
+                exists = path.exists()
+            except (OSError, RuntimeError, ValueError):  # a symbolic link loop, a NUL
+                raise OSError(f"{includepath} cannot be resolved") from None
+            if exists and not path.is_file():
                 raise OSError(f"{includepath} is not a regular file")
             inside = path.is_relative_to(Path(source.directory).resolve())
-            if path.exists() and not inside and not source.allow_outside:
-                at = self.lastdirective
+            if exists and not inside and not source.allow_outside:
                 errors.append(
-                    f"{where(at.source, at.lineno)}: #include {includepath} lies outside the "
+                    f"{here}: #include {includepath} lies outside the "
                     "scenario's directory (--allow-outside to read it)"
                 )
                 raise OSError(f"{includepath} is outside the scenario's directory")
-            return super().on_file_open(is_system_include, includepath)
+            if not exists:
+                raise OSError(f"{includepath}: no such file")
+            try:
+                data = read_input(path, source.max_bytes, "#include file")
+                text = data.decode("utf-8")
+            except (BadInput, UnicodeDecodeError) as exc:
+                errors.append(f"{here}: #include {includepath}: {exc}")
+                raise OSError(str(exc)) from None
+            included[0] += len(data)
+            if included[0] > MAX_INCLUDED_FILES * source.max_bytes:
+                errors.append(
+                    f"{here}: #include: more than {MAX_INCLUDED_FILES * source.max_bytes} bytes "
+                    f"included in all ({MAX_INCLUDED_FILES} times the source limit)"
+                )
+                raise OSError("too much included")
+            return io.StringIO(text)
 
         def on_comment(self, tok: object) -> bool:
             return False

@@ -506,7 +506,12 @@ def _signals_stop(uch: Any) -> Iterator[list[int]]:
     stop the emulation instead. SIGTERM (`timeout`, a cancelled CI job) and
     SIGHUP too, or they would kill the process and leave the temporary trace
     file. Only the main thread may set handlers. Yields [the signal's number],
-    0 while none arrived, so the caller can exit with 128 + that number."""
+    0 while none arrived, so the caller can exit with 128 + that number.
+
+    SIGALRM too when a Python handler waits for it (pytest-timeout's: its
+    exception, raised inside a callback, was printed and ignored, and a hung
+    recording ran on): the emulation stops, and that handler then runs here,
+    outside the callback, where what it raises propagates."""
     interrupted = [0]
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -514,10 +519,15 @@ def _signals_stop(uch: Any) -> Iterator[list[int]]:
         _emu_stop(uch)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    stopping_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if in_main_thread else ()
+    stopping_signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP] if in_main_thread else []
+    if in_main_thread and callable(signal.getsignal(signal.SIGALRM)):
+        stopping_signals.append(signal.SIGALRM)
     previous = {number: signal.signal(number, on_signal) for number in stopping_signals}
     try:
         yield interrupted
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        alarm = previous.get(signal.SIGALRM)
+        if interrupted[0] == signal.SIGALRM and callable(alarm):
+            alarm(signal.SIGALRM, None)  # pytest-timeout: raises its Failed from here

@@ -53,10 +53,26 @@ def _character_problem(line: str, syntax: str) -> str | None:
     return None
 
 
+def _directories(scenario: Scenario, count: int) -> list[Path]:
+    """The directory each line's `.incbin` names are read from, as the assembler
+    reads them (gnu_as.py): beside the program file the line is in (which with
+    `file = "../m.s"` and --allow-outside is not the scenario's directory), or
+    beside the scenario for an inline `source`."""
+    if not scenario.sources:
+        return [Path(scenario.path).parent] * count
+    if len(scenario.sources) == 1:
+        return [Path(scenario.sources[0].directory)] * count
+    directories: list[Path] = []
+    for source in scenario.sources:  # each file under a line naming it (scenario.py)
+        lines = source.text.rstrip().splitlines()
+        directories += [Path(source.directory)] * (1 + len(lines))
+    return directories + [Path(scenario.path).parent] * max(count - len(directories), 0)
+
+
 def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limits) -> Scenario:
     """The scenario to assemble: sizes bounded, `.incbin` files checked and made absolute."""
     lines = scenario.source.splitlines()
-    base_dir = Path(scenario.path).parent
+    directories = _directories(scenario, len(lines))
     resolved: dict[int, list[tuple[str, Path]]] = {}
 
     def fail(index: int, message: str) -> BadInput:
@@ -70,7 +86,7 @@ def precheck_program(scenario: Scenario, constants: dict[str, int], limits: Limi
         size = 0
         for name in iter_incbin_names(statement):
             where = f"{scenario.source_file}:{scenario.source_first_line + index}: .incbin"
-            path = resolve_input(name, base_dir, where, scenario.allow_outside)
+            path = resolve_input(name, directories[index], where, scenario.allow_outside)
             try:
                 status = path.stat()
             except OSError as exc:

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..arch import PAGE
+from ..errors import BadInput
 from ..layout import Region, RegionKind, page_ceil
 from .cpu import CPUID
 from .elf import ElfImage
 from .machine import MachineSpec, Mapping
-from .syscalls import Area, LinuxKernel, ProcessState, fixed_random
+from .syscalls import MMAP_MIN_ADDR, Area, LinuxKernel, ProcessState, fixed_random
 
 #: Where the process believes its program is (argv[0], /proc/self/exe,
 #: AT_EXECFN): a fixed directory, so the trace does not depend on the host's.
@@ -62,20 +63,31 @@ class Process:
 
 
 def _segment_mappings(image: ElfImage) -> list[Mapping]:
-    """Segments on pages; a page two segments share gets both's permissions."""
-    pages: dict[int, set[str]] = {}
+    """Segments on pages; a page two segments share gets both's permissions.
+
+    A sweep over the segments' page-aligned ends, not a dict entry per page:
+    a `p_memsz` of gigabytes or a thousand segments cost what their count does.
+    """
+    events: list[tuple[int, int, str]] = []  # (address, +1 or -1, permissions)
     for seg in image.segments:
-        first = seg.vaddr // PAGE * PAGE
-        for page in range(first, page_ceil(seg.vaddr + seg.memsz), PAGE):
-            pages.setdefault(page, set()).update(ch for ch in seg.perms if ch != "-")
+        perms = seg.perms.replace("-", "") + "m"  # m: mapped, whatever the permissions
+        events.append((seg.vaddr // PAGE * PAGE, 1, perms))
+        events.append((page_ceil(seg.vaddr + seg.memsz), -1, perms))
+    events.sort()
+    active = {"r": 0, "w": 0, "x": 0, "m": 0}
     mappings: list[Mapping] = []
-    for page in sorted(pages):
-        perms = "".join(ch if ch in pages[page] else "-" for ch in "rwx")
+    for i, (addr, delta, perms) in enumerate(events):
+        for ch in perms:
+            active[ch] += delta
+        end = events[i + 1][0] if i + 1 < len(events) else addr
+        if end <= addr or not active["m"]:
+            continue
+        text = "".join(ch if active[ch] else "-" for ch in "rwx")
         last = mappings[-1] if mappings else None
-        if last is not None and last.start + last.size == page and last.perms == perms:
-            mappings[-1] = Mapping(last.start, last.size + PAGE, perms)
+        if last is not None and last.start + last.size == addr and last.perms == text:
+            mappings[-1] = Mapping(last.start, last.size + end - addr, text)
         else:
-            mappings.append(Mapping(page, PAGE, perms))
+            mappings.append(Mapping(addr, end - addr, text))
     # The bytes: each segment's file part, written once every page is mapped.
     for seg in image.segments:
         if seg.data:
@@ -104,11 +116,15 @@ def _segment_regions(image: ElfImage, prefix: str = "", whole_pages: bool = Fals
 
 
 def _initial_stack(
-    image: ElfImage, argv: list[str], env: list[str], interp_base: int = 0
+    image: ElfImage,
+    argv: list[str],
+    env: list[str],
+    stack_top: int = STACK_TOP,
+    interp_base: int = 0,
 ) -> tuple[int, bytes]:
-    """(rsp, the bytes from rsp up to STACK_TOP) as Linux lays them out."""
+    """(rsp, the bytes from rsp up to `stack_top`) as Linux lays them out."""
     strings = bytearray()
-    top = STACK_TOP - 8  # the last 8 bytes stay zero
+    top = stack_top - 8  # the last 8 bytes stay zero
 
     def put(data: bytes) -> int:
         """Place data below what was placed before; returns its address."""
@@ -153,6 +169,41 @@ def _initial_stack(
     return rsp, vector + bytes(gap) + bytes(strings) + bytes(8)
 
 
+def _stack_top(image: ElfImage) -> int:
+    """Where the stack ends: STACK_TOP, or below the segments that lie in its 8 MiB.
+
+    A program may put a segment where the stack would be (Linux, with its stack
+    at the top and growing down on demand, still runs such a file); here the
+    whole stack is mapped at once, so it moves down below them.
+    """
+    top = STACK_TOP
+    while True:
+        clash = [
+            s.vaddr // PAGE * PAGE
+            for s in image.segments
+            if s.vaddr < top and s.vaddr + s.memsz > top - STACK_SIZE
+        ]
+        if not clash:
+            return top
+        top = min(clash)
+        if top - STACK_SIZE < MMAP_MIN_ADDR:
+            raise BadInput(f"{image.path}: its segments leave no room for the process stack")
+
+
+def _interp_areas(interp: ElfImage) -> list[Area]:
+    """The interpreter's mappings, named by its path as /proc/self/maps shows them."""
+    return [
+        Area(
+            s.vaddr // PAGE * PAGE,
+            page_ceil(s.vaddr + s.memsz),
+            s.perms + "p",
+            str(interp.path),
+            "code" if "x" in s.perms else "data",
+        )
+        for s in interp.segments
+    ]
+
+
 def program_path(image: ElfImage) -> str:
     return f"{PROGRAM_DIR}/{image.path.name}"
 
@@ -171,8 +222,9 @@ def linux_process(
     `make_kernel`: the system calls' kernel for a copy of the process state."""
     argv = [program_path(image), *args]
     interp_base = interp.load_base if interp is not None else 0
-    rsp, stack_bytes = _initial_stack(image, argv, env, interp_base)
-    stack_base = STACK_TOP - STACK_SIZE
+    stack_top = _stack_top(image)
+    rsp, stack_bytes = _initial_stack(image, argv, env, stack_top, interp_base)
+    stack_base = stack_top - STACK_SIZE
     brk_start = page_ceil(image.end)
     state = ProcessState(
         path=program_path(image),
@@ -187,10 +239,12 @@ def linux_process(
                 )
                 for s in image.segments
             ),
-            Area(stack_base, STACK_TOP, "rw-p", "[stack]", "stack"),
+            *(_interp_areas(interp) if interp is not None else []),
+            Area(stack_base, stack_top, "rw-p", "[stack]", "stack"),
         ],
         brk_start=brk_start,
-        mmap_top=MMAP_TOP if interp is None else interp_base,
+        # Under the interpreter when there is one (record/dynamic.py).
+        mmap_top=min(MMAP_TOP if interp is None else interp_base, stack_base),
     )
     mappings = [
         *_segment_mappings(image),
@@ -198,16 +252,6 @@ def linux_process(
     ]
     regions = [*_segment_regions(image)]
     if interp is not None:
-        state.areas += [
-            Area(
-                s.vaddr // PAGE * PAGE,
-                page_ceil(s.vaddr + s.memsz),
-                s.perms + "p",
-                interp.interp or str(interp.path),
-                "code" if "x" in s.perms else "data",
-            )
-            for s in interp.segments
-        ]
         mappings = [*mappings, *_segment_mappings(interp)]
         regions += _segment_regions(interp, f"{interp.path.name} ", whole_pages=True)
     stack = Region("main", "stack", stack_base, STACK_SIZE, "rw-")

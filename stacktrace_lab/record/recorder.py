@@ -39,7 +39,6 @@ from ..trace.format import (
     TraceMetadata,
     hook_schema,
     schema,
-    stack_column,
     syscall_column,
 )
 from ..trace.writer import TraceWriter
@@ -50,6 +49,7 @@ from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .precheck import precheck_program
 from .syscalls import ENOSYS, BareKernel
+from .windows import Extent, choose_windows, overflow_stack
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -107,6 +107,9 @@ class Description:
     start: tuple[str, int] | None = None
     #: The recording options that a replay needs again.
     options: dict[str, Any] = field(default_factory=dict)
+    #: Where rsp went in each stack, by name, when a pass before the recording
+    #: saw it (a program's discovery pass): each snapshot window is placed there.
+    extents: dict[str, Extent] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -258,15 +261,15 @@ class LineUse:
         return tuple(self._lines[i] for i in sorted(self._used))
 
 
-def snapshot_windows(regions: list[Region], limit: int) -> dict[str, SnapshotWindow]:
-    windows = {}
-    for region in regions:
-        if region.kind == "stack":
-            size = min(region.size, limit)
-            windows[region.name] = SnapshotWindow(
-                stack_column(region.name), region.top - size, size
-            )
-    return windows
+def snapshot_windows(
+    regions: list[Region], limit: int, extents: dict[str, Extent] | None = None
+) -> dict[str, SnapshotWindow]:
+    """Each stack's window: the whole stack, or `limit` bytes where rsp went
+    (record/windows.py), else its top. The windows of the bytes an overflow
+    reached under a base (`<stack>__below`) are not stored yet: every reader
+    takes a snapshot's name for a region's."""
+    windows = choose_windows(regions, limit, extents or {})
+    return {name: w for name, w in windows.items() if overflow_stack(name) is None}
 
 
 def record(
@@ -320,7 +323,7 @@ def record_description(
     description.spec.max_output = limits.max_output_bytes
     spec = description.spec
     machine, start = prepare_machine(description, progress)
-    windows = snapshot_windows(spec.regions, options.snapshot_limit)
+    windows = snapshot_windows(spec.regions, options.snapshot_limit, description.extents)
     snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
     code_regions = tuple(r for r in spec.regions if r.kind == "code")
     lines = LineUse(description.lines, code_regions)

@@ -28,20 +28,21 @@ from unicorn import UC_PROT_EXEC, UC_PROT_NONE, UC_PROT_READ, UC_PROT_WRITE
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ..arch import PAGE
+from ..limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
 from ..trace.format import SyscallRecord
+from .address_space import AddressSpace, Area
+
+__all__ = ["Area", "BareKernel", "KernelStop", "LinuxKernel", "ProcessState", "fixed_random"]
 
 MASK64 = (1 << 64) - 1
-ENOENT, EBADF, EAGAIN, ENOMEM, EFAULT, EINVAL, ENOTTY, ENODEV, ENOSYS = (
-    2,
-    9,
-    11,
-    12,
-    14,
-    22,
-    25,
-    19,
-    38,
-)
+EPERM, ENOENT, ESRCH, EBADF, EAGAIN, ENOMEM, EFAULT, EEXIST, ENODEV, EINVAL, EMFILE, ENOTTY = (
+    1, 2, 3, 9, 11, 12, 14, 17, 19, 22, 24, 25,
+)  # fmt: skip
+ENOSYS = 38
+#: Linux's TASK_SIZE on x86-64 and vm.mmap_min_addr (elf.py checks segments with them).
+TASK_SIZE = 0x7FFFFFFFF000
+MMAP_MIN_ADDR = 0x10000
+SSIZE_MAX = (1 << 63) - 1
 _ARG_REGS = (
     x86.UC_X86_REG_RDI,
     x86.UC_X86_REG_RSI,
@@ -139,8 +140,7 @@ class BareKernel:
 
     # --- helpers for handlers ---------------------------------------------------
 
-    @staticmethod
-    def mapped(uc: Uc, addr: int, size: int) -> bool:
+    def mapped(self, uc: Uc, addr: int, size: int) -> bool:
         """Whether `addr ..< addr + size` is mapped (checked before reading: a
         count of 2**63 would allocate the buffer before unicorn refuses it)."""
         if size == 0:
@@ -184,43 +184,40 @@ class BareKernel:
 
 
 @dataclass
-class Area:
-    """One mapping of the process, as /proc/self/maps shows it."""
-
-    start: int
-    end: int
-    perms: str  # "r-xp"
-    name: str  # "[stack]", "[heap]", the program's path, or ""
-    kind: str  # code, data, stack, heap, mapped
-
-    def line(self) -> str:
-        return f"{self.start:08x}-{self.end:08x} {self.perms} 00000000 00:00 0 {self.name}".rstrip()
-
-
-@dataclass
 class ProcessState:
     """What the Linux kernel keeps about the process between calls."""
 
     path: str
+    #: The mappings at exec (segments, stack); `space` holds them from then on.
     areas: list[Area]
     brk_start: int
     mmap_top: int
     brk: int = 0
     mmap_cursor: int = 0
-    #: Every anonymous mmap: (address, length), in call order.
+    #: Anonymous mmaps, (address, length) in call order: the first MAX_MAPPINGS
+    #: of them become regions of the trace (elf_front.py).
     mmaps: list[tuple[int, int]] = field(default_factory=list)
     sigaltstack: tuple[int, int] | None = None  # (sp, size)
     #: Each break the heap grew from: where a memory allocator's blocks may start.
     brk_starts: list[int] = field(default_factory=list)
-    files: dict[int, bytes] = field(default_factory=dict)
+    #: Open files: fd -> what it reads (only "/proc/self/maps" exists), and its offset.
+    files: dict[int, str] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
+    space: AddressSpace = field(init=False)
 
     def __post_init__(self) -> None:
         self.brk = self.brk or self.brk_start
         self.mmap_cursor = self.mmap_cursor or self.mmap_top
+        self.space = AddressSpace(self.areas)
+        self._maps: tuple[tuple[int, int], bytes] | None = None
 
     def maps(self) -> bytes:
-        return "".join(a.line() + "\n" for a in sorted(self.areas, key=lambda a: a.start)).encode()
+        """/proc/self/maps now. Generated when read, as Linux does, not copied per
+        open descriptor: 1,024 descriptors then cost nothing (issue 26)."""
+        key = (self.space.version, len(self.space))
+        if self._maps is None or self._maps[0] != key:
+            self._maps = (key, "".join(a.line() + "\n" for a in self.space).encode())
+        return self._maps[1]
 
 
 def _uc_perms(prot: int) -> int:
@@ -310,9 +307,9 @@ class LinuxKernel(BareKernel):
     def sys_read(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
         if fd == 0:
             return 0  # standard input is empty
-        content = self.process.files.get(fd)
-        if content is None:
+        if fd not in self.process.files:
             return -EBADF
+        content = self.process.maps()
         offset = self.process.offsets[fd]
         chunk = content[offset : offset + count]
         if chunk and not self.mapped(uc, buf, len(chunk)):
@@ -327,14 +324,27 @@ class LinuxKernel(BareKernel):
             return -EBADF
         if count > 1024 or not self.mapped(uc, iov, 16 * count):
             return -EINVAL if count > 1024 else -EFAULT
-        total = 0
         raw = bytes(uc.mem_read(iov, 16 * count)) if count else b""
-        for i in range(count):
-            base = int.from_bytes(raw[16 * i : 16 * i + 8], "little")
-            length = int.from_bytes(raw[16 * i + 8 : 16 * i + 16], "little")
-            if length and not self.mapped(uc, base, length):
-                return -EFAULT
-            self.output(uc, fd, bytes(uc.mem_read(base, length)))
+        vectors = [
+            (
+                int.from_bytes(raw[16 * i : 16 * i + 8], "little"),
+                int.from_bytes(raw[16 * i + 8 : 16 * i + 16], "little"),
+            )
+            for i in range(count)
+        ]
+        # Linux checks every vector before writing any: lengths summing past
+        # SSIZE_MAX are EINVAL, an unmapped buffer EFAULT.
+        if sum(length for _, length in vectors) > SSIZE_MAX:
+            return -EINVAL
+        if any(length and not self.mapped(uc, base, length) for base, length in vectors):
+            return -EFAULT
+        total = 0
+        for base, length in vectors:
+            # Read only what is kept (64 vectors of 64 MiB each were read whole
+            # before the output cap was applied: minutes and gigabytes).
+            kept = min(length, self.room(fd))
+            self.output(uc, fd, bytes(uc.mem_read(base, kept)) if kept else b"")
+            self.dropped[fd] += length - kept
             total += length
         return total
 
@@ -347,7 +357,9 @@ class LinuxKernel(BareKernel):
         fd = 3
         while fd in self.process.files:
             fd += 1
-        self.process.files[fd] = self.process.maps()
+        if fd >= MAX_OPEN_FILES:  # RLIMIT_NOFILE, as prlimit64 reports it
+            return -EMFILE
+        self.process.files[fd] = path
         self.process.offsets[fd] = 0
         return fd
 
@@ -425,48 +437,100 @@ class LinuxKernel(BareKernel):
 
     # --- memory ----------------------------------------------------------------------
 
+    def mapped(self, uc: Uc, addr: int, size: int) -> bool:
+        # The process's own map answers in a bisection; unicorn's region list
+        # (a Python list built per call) only for what it does not hold.
+        end = addr + size
+        return self.process.space.covers(addr, end) or super().mapped(uc, addr, size)
+
+    def _room_for(self, size: int) -> bool:
+        """Whether `size` more bytes and one more mapping stay within the limits."""
+        space = self.process.space
+        return space.bytes + size <= MAX_PROCESS_MEMORY and len(space) < MAX_MAPPINGS
+
     def sys_brk(self, uc: Uc, addr: int, *_: int) -> int:
+        # Any break Linux would not grant leaves the break where it was: glibc's
+        # sbrk compares the answer with what it asked for (an error code would
+        # read as a new break).
         p = self.process
         if addr <= p.brk_start or addr > p.mmap_cursor - (1 << 30):
             return p.brk
         mapped_end = _page_ceil(p.brk)
+        new_end = _page_ceil(addr)
+        heap = next((a for a in p.space.between(p.brk_start, p.brk_start + 1)), None)
+        heap = heap if heap is not None and heap.kind == "heap" else None
+        if new_end > mapped_end:
+            grow = new_end - mapped_end
+            if p.space.overlaps(mapped_end, new_end) or not self._room_for(grow):
+                return p.brk
+            try:
+                uc.mem_map(mapped_end, grow, UC_PROT_READ | UC_PROT_WRITE)
+            except UcError:
+                return p.brk
+            if heap is None:
+                p.space.add(Area(p.brk_start, new_end, "rw-p", "[heap]", "heap"))
+            else:
+                p.space.grow(heap, new_end)
+        elif heap is None:
+            p.space.add(Area(p.brk_start, max(new_end, p.brk_start), "rw-p", "[heap]", "heap"))
         if addr > p.brk:
             p.brk_starts.append(p.brk)
-        if addr > mapped_end:
-            uc.mem_map(mapped_end, _page_ceil(addr) - mapped_end, UC_PROT_READ | UC_PROT_WRITE)
-        p.brk = max(p.brk, addr) if addr > p.brk else addr
-        heap = next((a for a in p.areas if a.kind == "heap"), None)
-        if heap is None:
-            p.areas.append(Area(p.brk_start, _page_ceil(p.brk), "rw-p", "[heap]", "heap"))
-        else:
-            heap.end = max(heap.end, _page_ceil(p.brk))
+        p.brk = addr
         return p.brk
 
     def sys_mmap(
         self, uc: Uc, addr: int, length: int, prot: int, flags: int, fd: int, _off: int
     ) -> int:
-        map_fixed, map_anonymous = 0x10, 0x20
+        map_fixed, map_anonymous, map_fixed_noreplace = 0x10, 0x20, 0x100000
         if not flags & map_anonymous:
             return -ENODEV  # no files to map
-        if length == 0 or length > 1 << 40:
+        if length == 0:
             return -EINVAL
+        if length > TASK_SIZE:
+            return -ENOMEM
         size = _page_ceil(length)
         p = self.process
-        if flags & map_fixed:
+        if flags & (map_fixed | map_fixed_noreplace):
             if addr % PAGE:
                 return -EINVAL
+            if addr < MMAP_MIN_ADDR:
+                return -EPERM  # vm.mmap_min_addr: page 0 stays unmapped
+            if addr + size > TASK_SIZE:
+                return -ENOMEM
+            if flags & map_fixed_noreplace and p.space.overlaps(addr, addr + size):
+                return -EEXIST
+            replaced = sum(hi - lo for lo, hi in _pieces(p.space, addr, addr + size))
+            if p.space.bytes - replaced + size > MAX_PROCESS_MEMORY or len(p.space) >= MAX_MAPPINGS:
+                return -ENOMEM
             self._unmap(uc, addr, size)
             start = addr
         else:
-            p.mmap_cursor -= size
-            start = p.mmap_cursor
-        uc.mem_map(start, size, _uc_perms(prot))
-        p.mmaps.append((start, length))
-        p.areas.append(Area(start, start + size, _perm_text(prot), "", "mapped"))
+            if not self._room_for(size):
+                return -ENOMEM
+            found = p.space.highest_below(p.mmap_cursor, size, MMAP_MIN_ADDR)
+            if found is None:
+                return -ENOMEM
+            start = found
+        try:
+            uc.mem_map(start, size, _uc_perms(prot))
+        except UcError:
+            return -ENOMEM  # a page unicorn holds that the process map does not
+        if not flags & (map_fixed | map_fixed_noreplace):
+            p.mmap_cursor = start
+        if len(p.mmaps) < MAX_MAPPINGS:
+            p.mmaps.append((start, length))
+        p.space.add(Area(start, start + size, _perm_text(prot), "", "mapped"))
         return start
 
     def _unmap(self, uc: Uc, addr: int, size: int) -> None:
+        """Unmap `addr ..< addr + size` from the process map and from unicorn. Unicorn's
+        regions are only listed when the process map does not hold the whole range."""
         end = addr + size
+        removed = self.process.space.remove(addr, end)
+        if sum(hi - lo for lo, hi in removed) == size:
+            for lo, hi in removed:
+                uc.mem_unmap(lo, hi - lo)
+            return
         for begin, last, _ in list(uc.mem_regions()):
             lo, hi = max(begin, addr), min(last + 1, end)
             if lo < hi:
@@ -474,7 +538,7 @@ class LinuxKernel(BareKernel):
                 self.code_changed(lo, hi - lo)
 
     def sys_munmap(self, uc: Uc, addr: int, length: int, *_: int) -> int:
-        if addr % PAGE or length == 0:
+        if addr % PAGE or length == 0 or length > TASK_SIZE or addr + length > TASK_SIZE:
             return -EINVAL
         self._unmap(uc, addr, _page_ceil(length))
         return 0
@@ -568,14 +632,29 @@ class LinuxKernel(BareKernel):
         uc.emu_stop()
         return None
 
-    def sys_kill(self, uc: Uc, _pid: int, signal: int, *_: int) -> int | None:
-        return self._killed(uc, signal)
+    def sys_kill(self, uc: Uc, pid: int, signal: int, *_: int) -> int | None:
+        """Only the process itself can be signalled: its pid, 0 (its process group)
+        or -pid. Init and the parent exist but belong to nobody the program may
+        signal (-EPERM, as for an unprivileged user and init); -1 (every other
+        process) and any other pid find none to signal (-ESRCH)."""
+        pid = _pid_t(pid)
+        if signal > 64:
+            return -EINVAL
+        if pid in (PID, 0, -PID):
+            return self._killed(uc, signal)
+        return -EPERM if pid in (1, PID - 1) else -ESRCH
 
-    def sys_tkill(self, uc: Uc, _tid: int, signal: int, *_: int) -> int | None:
-        return self._killed(uc, signal)
+    def sys_tkill(self, uc: Uc, tid: int, signal: int, *_: int) -> int | None:
+        tid = _pid_t(tid)
+        if tid <= 0 or signal > 64:
+            return -EINVAL
+        return self._killed(uc, signal) if tid == PID else -ESRCH
 
-    def sys_tgkill(self, uc: Uc, _pid: int, _tid: int, signal: int, *_: int) -> int | None:
-        return self._killed(uc, signal)
+    def sys_tgkill(self, uc: Uc, pid: int, tid: int, signal: int, *_: int) -> int | None:
+        pid, tid = _pid_t(pid), _pid_t(tid)
+        if pid <= 0 or tid <= 0 or signal > 64:
+            return -EINVAL
+        return self._killed(uc, signal) if (pid, tid) == (PID, PID) else -ESRCH
 
     # --- what one emulated process cannot do -----------------------------------------
 
@@ -623,6 +702,20 @@ class LinuxKernel(BareKernel):
         except UcError:
             return None
         return None
+
+
+def _pid_t(value: int) -> int:
+    """A register's low 32 bits as C's signed pid_t."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _pieces(space: AddressSpace, start: int, end: int) -> list[tuple[int, int]]:
+    """The mapped parts of `start ..< end` (without changing `space`)."""
+    pieces = []
+    for area in space.between(start, end):
+        pieces.append((max(area.start, start), min(area.end, end)))
+    return pieces
 
 
 def _returns(value: int) -> Handler:

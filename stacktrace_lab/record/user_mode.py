@@ -56,6 +56,14 @@ _MISSED_BY_CAPSTONE = {
     x86.X86_INS_OUTSD,
     x86.X86_INS_CLTS,
 }
+#: Not privileged, but no way into a 64-bit Linux process's kernel: AMD CPUs
+#: raise #UD for sysenter in 64-bit mode, and on Intel Linux's 32-bit entry
+#: cannot return to 64-bit code and the process dies. Stopped like a
+#: privileged instruction, with its own reason (issue 26; unicorn ran it as a no-op).
+_SYSENTER_FAULT = (
+    "invalid opcode (#UD) at {address:#x}: sysenter is no system call in a "
+    "64-bit Linux process (use syscall)"
+)
 _ALLOWED_IN_USER_MODE = {
     x86.X86_INS_HLT,
     x86.X86_INS_RDTSC,  # user mode unless CR4.TSD; cpu.py gives fixed values
@@ -86,7 +94,11 @@ _FIXED_VALUE_IDS = frozenset(
 def _is_privileged(instruction_id: int, groups: list[int]) -> bool:
     if instruction_id in _ALLOWED_IN_USER_MODE:
         return False
-    return instruction_id in _MISSED_BY_CAPSTONE or x86.X86_GRP_PRIVILEGE in groups
+    return (
+        instruction_id in _MISSED_BY_CAPSTONE
+        or instruction_id == x86.X86_INS_SYSENTER
+        or x86.X86_GRP_PRIVILEGE in groups
+    )
 
 
 def _decode(code: bytes, address: int) -> Any:
@@ -109,6 +121,8 @@ def privileged_instructions(code: bytes, base: int) -> dict[int, str]:
 
 
 def fault_detail(address: int, text: str) -> str:
+    if text == "sysenter":
+        return _SYSENTER_FAULT.format(address=address)
     return (
         f"{GP_FAULT} at {address:#x}: {text} is a privileged instruction "
         "and the program runs in user mode"

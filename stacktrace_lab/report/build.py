@@ -24,8 +24,11 @@ from .html import render_html
 from .invariants_json import render_json
 from .markdown import render_markdown
 from .rsp_plot import rsp_png
+from .switch_picture import switches_png
 
 FILES = ("index.html", "report.md", "rsp.png", "heatmap.png", "invariants.json")
+#: Written only for programs with many stacks or switches (report/switch_picture.py).
+SWITCHES_PNG = "switches.png"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ def build_report(
     if directory.exists() and not directory.is_dir():
         raise BadInput(f"{directory}: exists and is not a directory")
     safe_output.check_parent(directory, directory)
-    for name in FILES:  # before the work: a FIFO or device among the outputs is refused
+    # Before the work: a FIFO or device among the outputs is refused.
+    for name in (*FILES, SWITCHES_PNG):
         safe_output.check_target(directory / name)
     stage = progress or (lambda _: None)
     stage("reading the trace")
@@ -68,6 +72,9 @@ def build_report(
     rsp = rsp_png(facts, result.causes)
     stage("drawing heatmap.png")
     images = {"rsp": rsp, "heatmap": heatmap_png(facts)}
+    if content.leads_with_switches:
+        stage("drawing switches.png")
+        images["switches"] = switches_png(facts, result.causes)
     stage("writing the HTML stepper")
     # The stepper's switch buttons visit every stack switch rsp.png draws: the
     # planted returns the analysis found (scanning the trace for them again cost
@@ -75,6 +82,7 @@ def build_report(
     # another stack.
     switches = stepper_switches(facts)
     outputs = {
+        **({SWITCHES_PNG: images["switches"]} if "switches" in images else {}),
         "rsp.png": images["rsp"],
         "heatmap.png": images["heatmap"],
         "index.html": render_html(
@@ -90,7 +98,10 @@ def build_report(
     except OSError as exc:
         raise BadInput(f"{directory}: cannot write the report: {exc.strerror or exc}") from None
     paths = []
-    for name in FILES:
+    stale = directory / SWITCHES_PNG
+    if SWITCHES_PNG not in outputs and stale.is_file() and not stale.is_symlink():
+        stale.unlink()  # from an earlier report of this directory: it would describe another run
+    for name in (*FILES, *([SWITCHES_PNG] if SWITCHES_PNG in outputs else [])):
         try:
             paths.append(safe_output.write_file(directory / name, outputs[name]))
         except OSError as exc:

@@ -17,6 +17,9 @@ import numpy as np
 from ..analysis.events import TraceFacts
 from ..analysis.model import CheckResult
 from ..layout import Region
+from . import switch_picture
+from .program import ProgramHeader, program_header
+from .switch_picture import SwitchPair
 
 #: Steps shown before and after each anchor (a planted ret, a switch).
 BEFORE = 6
@@ -24,6 +27,9 @@ AFTER = 3
 #: At most this many listing windows (a runtime that switches a million times
 #: gets its first ones; the page says how many were left out).
 MAX_WINDOWS = 8
+#: Rows of a long table shown before the rest: folded in the HTML (<details>),
+#: cut with a count in the Markdown.
+FOLD_ROWS = 12
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,13 @@ class ReportContent:
     windows: tuple[ListingWindow, ...]
     windows_left_out: int
     tool: dict[str, str]
+    #: A compiled program: its binary, build and recorded range (None for a scenario).
+    program: ProgramHeader | None = None
+    #: The from→to table of the stack switches, most frequent first, and how many in all.
+    switch_pairs: tuple[SwitchPair, ...] = ()
+    switches: int = 0
+    #: The report leads with the switch picture (many stacks or switches).
+    leads_with_switches: bool = False
 
     @property
     def verdict(self) -> str:
@@ -100,6 +113,10 @@ def gather(facts: TraceFacts, check: CheckResult) -> ReportContent:
         windows=windows,
         windows_left_out=left_out,
         tool=dict(meta.tool),
+        program=program_header(meta, facts.trace.path),
+        switch_pairs=tuple(switch_picture.switch_pairs(facts)),
+        switches=int(facts.switch_steps().size),
+        leads_with_switches=switch_picture.wanted(facts),
     )
 
 

@@ -15,7 +15,7 @@ vertices, not a million.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Annotation, Text
+from matplotlib.transforms import Bbox
 
 DPI = 100
 WIDTH_INCHES = 11.0
@@ -55,6 +57,9 @@ SWITCH_COLOUR = "#555555"
 OVERFLOW_COLOUR = "#d62728"
 #: What failed: the step of each cause, and a ret that pops an unwritten or wrong slot.
 FAIL_COLOUR = "#b00000"
+
+#: Tries to move a label clear of the others before it is hidden.
+MAX_NUDGES = 6
 
 #: Steps per block where a whole-trace series would need large float temporaries.
 BLOCK_STEPS = 1 << 20
@@ -159,3 +164,38 @@ def steps_per_column(steps: int, columns: int) -> str:
 def counts(steps: I64, columns: Columns) -> I64:
     """How many of `steps` fall in each column."""
     return np.bincount(columns.column_of(steps), minlength=columns.count).astype(np.int64)
+
+
+def text_box(text: Text, renderer: Any) -> Bbox:
+    """The pixels a text covers, its box (the coloured patch behind it) included."""
+    box = text.get_window_extent(renderer)
+    patch = text.get_bbox_patch()
+    if patch is None:
+        return box
+    text.update_bbox_position_size(renderer)
+    return Bbox.union([box, patch.get_window_extent(renderer)])
+
+
+def declutter(figure: Figure, labels: Sequence[Text]) -> None:
+    """Move each annotation in `labels` up until its box overlaps no other text of the
+    figure; one that cannot be placed within `MAX_NUDGES` moves is hidden (the numbered
+    legend still lists it). Other texts in `labels` (titles) stay where they are."""
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    movable = [t for t in labels if isinstance(t, Annotation)]
+    moving = {id(t) for t in movable}
+    placed = [
+        text_box(t, renderer)
+        for t in figure.findobj(Text)
+        if isinstance(t, Text) and t.get_visible() and t.get_text() and id(t) not in moving
+    ]
+    for label in movable:
+        box = text_box(label, renderer)
+        for _ in range(MAX_NUDGES):
+            if not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            dx, dy = label.xyann
+            label.xyann = (dx, dy + box.height * 72 / figure.dpi + 1)
+            box = text_box(label, renderer)
+        else:
+            label.set_visible(False)

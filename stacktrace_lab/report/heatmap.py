@@ -27,18 +27,21 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from ..analysis.events import TraceFacts
 from ..analysis.model import PlantedReturn
 from ..arch import WORD
 from ..layout import Region
+from ..record.windows import overflow_key
 from ..trace.format import SnapshotWindow
 from .figures import (
     OVERFLOW_COLOUR,
     PLANTED_COLOUR,
     Columns,
     columns_for,
+    declutter,
     envelope,
     new_figure,
     plot_style,
@@ -56,6 +59,8 @@ MAX_LABELLED_COLUMNS = 40
 MAX_GRID_COLUMNS = 60
 #: Planted returns framed and labelled per panel at most.
 MAX_PLANTED_FRAMES = 6
+#: Bytes shown above the highest rsp of a big stack's window: the caller's frame.
+ABOVE_RSP = 64
 
 #: A white box behind text drawn over cells.
 LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.85, "linewidth": 0}
@@ -63,6 +68,8 @@ LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.85, 
 ZERO, CODE, STACK, OTHER = 0, 1, 2, 3
 CATEGORY_NAMES = ("zero", "code address", "stack address", "other data")
 CATEGORY_COLOURS = ("#f2f2f2", "#fdae6b", "#9ecae1", "#c7e9c0")
+#: Slots under a base that an overflow changed (their first value was something else).
+OVERWRITTEN_COLOUR = "#d62728"
 
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
@@ -80,8 +87,16 @@ class Panel:
     #: Slot values, shape (slots, columns): row 0 is the lowest slot shown.
     values: U64
     #: Byte index of the lowest slot drawn: below 0 when the stack overflowed (those
-    #: slots are outside the region, so no snapshot holds them: they are hatched).
+    #: slots are outside the region: hatched, unless an overflow window stores them).
     floor_index: int
+    #: The overflow window's slots (`<stack>__below`, record/windows.py), shape
+    #: (slots, columns), row 0 its lowest; None when the trace has none.
+    below: U64 | None = None
+
+    @property
+    def below_index(self) -> int:
+        """Byte index (negative) of the lowest slot the overflow window stores."""
+        return 0 if self.below is None else -WORD * int(self.below.shape[0])
 
     @property
     def slots(self) -> int:
@@ -105,8 +120,10 @@ def heatmap_png(facts: TraceFacts) -> bytes:
 def heatmap_figure(facts: TraceFacts) -> Figure:
     columns = columns_for(facts.steps, MAX_COLUMNS)
     stacks = [s for s in (facts.stacks_used() or facts.stacks) if s.name in facts.meta.snapshots]
-    snapshots = read_snapshots(facts, stacks, columns.starts)
-    panels = [_panel(facts, stack, snapshots[stack.name]) for stack in stacks]
+    keys = [s.name for s in stacks]
+    keys += [overflow_key(s.name) for s in stacks if overflow_key(s.name) in facts.meta.snapshots]
+    snapshots = read_snapshots(facts, keys, columns.starts)
+    panels = [_panel(facts, stack, snapshots) for stack in stacks]
 
     heights = [float(np.clip(p.rows * 0.24, 1.1, 4.2)) for p in panels]
     # Fixed inches around and between the panels, whatever their number and size.
@@ -118,10 +135,11 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
         max(len(panels), 1), 1, height_ratios=heights or [1.0], hspace=hspace
     )
     axes: list[Axes] = []
+    labels: list[Text] = []
     for row, panel in enumerate(panels):
         ax = figure.add_subplot(grid[row], sharex=axes[0] if axes else None)
         axes.append(ax)
-        _draw_panel(ax, facts, panel, columns)
+        _draw_panel(ax, facts, panel, columns, labels)
     if axes:
         last = axes[-1]
         last.set_xlabel("step (each column: the stack before that step runs)")
@@ -142,15 +160,20 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
         va="top",
     )
     figure.legend(
-        handles=_legend(), loc="upper left", ncol=7, bbox_to_anchor=(0.01, 1 - 0.35 / height)
+        handles=_legend(any(p.below is not None for p in panels)),
+        loc="upper left",
+        ncol=8,
+        bbox_to_anchor=(0.01, 1 - 0.35 / height),
     )
     figure.subplots_adjust(left=0.1, right=0.965, top=1 - top / height, bottom=bottom / height)
+    declutter(figure, labels)
     return figure
 
 
-def read_snapshots(facts: TraceFacts, stacks: list[Region], steps: I64) -> dict[str, U8]:
-    """The snapshot bytes of each stack at `steps` (sorted), one row group at a time."""
-    windows = {s.name: facts.meta.snapshots[s.name] for s in stacks}
+def read_snapshots(facts: TraceFacts, keys: list[str], steps: I64) -> dict[str, U8]:
+    """The bytes of each snapshot window (by key) at `steps` (sorted), one row group at
+    a time."""
+    windows = {key: facts.meta.snapshots[key] for key in keys}
     out = {name: np.zeros((steps.size, w.size), dtype=np.uint8) for name, w in windows.items()}
     if not windows or not steps.size:
         return out
@@ -174,9 +197,9 @@ def _fixed_binary(column: pa.ChunkedArray, size: int) -> U8:
     return data[start : start + len(array) * size].reshape(len(array), size)
 
 
-def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
-    window = facts.meta.snapshots[stack.name]
-    # Slots are 8-byte aligned in memory, counted down from the window's top.
+def _slots(window: SnapshotWindow, snapshot: U8) -> tuple[int, U64]:
+    """(address of the lowest whole slot, the slots' values (slots, columns)): slots are
+    8-byte aligned in memory, counted down from the window's top."""
     slots = window.size // WORD
     first_addr = window.top - WORD * slots
     skip = first_addr - window.base
@@ -186,17 +209,120 @@ def _panel(facts: TraceFacts, stack: Region, snapshot: U8) -> Panel:
         .reshape(snapshot.shape[0], slots)
         .T.astype(np.uint64)
     )
+    return first_addr, values
+
+
+def _panel(facts: TraceFacts, stack: Region, snapshots: dict[str, U8]) -> Panel:
+    window = facts.meta.snapshots[stack.name]
+    first_addr, values = _slots(window, snapshots[stack.name])
     lowest = _lowest_used_slot(facts, stack, first_addr, values)
+    highest = _highest_used_slot(facts, stack, first_addr, values)
+    if highest <= lowest:  # rsp never in the stored bytes: show them all
+        highest = values.shape[0]
     first_index = first_addr - stack.base + WORD * lowest
     # A whole-region panel (starting at index 0) grows downwards over an overflow.
     floor_index = -_overflow_depth(facts, stack) if first_index == 0 else first_index
+    below = None
+    key = overflow_key(stack.name)
+    if first_index == 0 and key in snapshots:
+        below_window = facts.meta.snapshots[key]
+        if below_window.top == stack.base and below_window.size >= WORD:
+            _, below = _slots(below_window, snapshots[key])
+            floor_index = min(floor_index, -WORD * int(below.shape[0]))
     return Panel(
         stack=stack,
         window=window,
         first_index=first_index,
-        values=values[lowest:],
+        values=values[lowest:highest],
         floor_index=floor_index,
+        below=below,
     )
+
+
+def _draw_below(
+    ax: Axes, facts: TraceFacts, panel: Panel, colours: ListedColormap, norm: BoundaryNorm
+) -> None:
+    """The bytes an overflow reached under the base, coloured by what they held, and
+    each slot whose value differs from its first column's (what it held before the
+    overflow) shaded red: what the overflow overwrote."""
+    below = panel.below
+    assert below is not None
+    n = facts.steps
+    extent = (0.0, float(max(n, 1)), float(panel.below_index), 0.0)
+    ax.imshow(
+        categories(facts, below),
+        cmap=colours,
+        norm=norm,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        extent=extent,
+        zorder=1,
+    )
+    overwritten = below != below[:, :1]
+    if overwritten.any():
+        ax.imshow(
+            np.ma.masked_equal(overwritten.astype(np.float64), 0.0),
+            cmap=ListedColormap([OVERWRITTEN_COLOUR]),
+            origin="lower",
+            aspect="auto",
+            interpolation="nearest",
+            extent=extent,
+            alpha=0.55,
+            zorder=2,
+        )
+    slots = int(overwritten.any(axis=1).sum())
+    ax.axhline(0, color=OVERFLOW_COLOUR, linewidth=1.2, zorder=5)
+    ax.text(
+        0.998,
+        panel.below_index + WORD / 2,
+        f"below {panel.stack.name}'s base: {-panel.below_index} bytes stored, "
+        f"{slots} slot{'s' if slots != 1 else ''} overwritten ",
+        transform=ax.get_yaxis_transform(),
+        ha="right",
+        va="center",
+        fontsize=7,
+        color=OVERFLOW_COLOUR,
+        zorder=7,
+        bbox=LABEL_BOX,
+    )
+
+
+def _highest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values: U64) -> int:
+    """One past the highest slot worth showing: `ABOVE_RSP` bytes above the highest rsp
+    in the window (the caller's frame, the return address), or the highest slot written.
+    The rest of a big window (argv and the environment above a process stack's
+    frames) stays the same all run and is cut; a small one is shown whole."""
+    slots = int(values.shape[0])
+    if slots <= 16:
+        return slots
+    k = facts.stacks.index(stack)
+    top = first_addr + WORD * slots
+    rsp = facts.rsp[facts.rsp_stack == k]
+    rsp = rsp[(rsp >= np.uint64(first_addr)) & (rsp < np.uint64(top))]
+    if not rsp.size:
+        return slots
+    reach = int(rsp.max()) + ABOVE_RSP
+    writes = facts.writes.addr
+    written = writes[(writes >= np.uint64(first_addr)) & (writes < np.uint64(top))]
+    if written.size:
+        reach = max(reach, int(written.max()) + WORD)
+    highest = -(-(reach - first_addr) // WORD)
+    # Cutting a few slots only makes the panel harder to compare with the region.
+    return slots if slots - highest < 8 else int(min(highest, slots))
+
+
+def rsp_outside_window(facts: TraceFacts, stack: Region) -> tuple[int, int] | None:
+    """(lowest, highest) rsp as byte indexes in `stack` when rsp was in the stack but
+    never in its stored window (a trace whose window is a big stack's top), else None."""
+    window = facts.meta.snapshots[stack.name]
+    rsp = facts.rsp[facts.rsp_stack == facts.stacks.index(stack)]
+    if not rsp.size:
+        return None
+    inside = (rsp >= np.uint64(window.base)) & (rsp < np.uint64(window.top))
+    if inside.any():
+        return None
+    return int(rsp.min()) - stack.base, int(rsp.max()) - stack.base
 
 
 def _overflow_depth(facts: TraceFacts, stack: Region) -> int:
@@ -241,7 +367,9 @@ def categories(facts: TraceFacts, values: U64) -> npt.NDArray[np.int8]:
     return out
 
 
-def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
+def _draw_panel(
+    ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns, labels: list[Text]
+) -> None:
     stack = panel.stack
     n = facts.steps
     kinds = categories(facts, panel.values)
@@ -261,13 +389,15 @@ def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> 
         # Thin white gaps between cells read as a grid for short traces.
         for x in range(n + 1):
             ax.axvline(x, color="white", linewidth=0.6, zorder=2)
-    if panel.floor_index < panel.first_index:
+    if panel.below is not None:
+        _draw_below(ax, facts, panel, colours, norm)
+    if panel.floor_index < panel.below_index:
         # Below the base: not the stack's memory, and no snapshot of it.
         ax.add_patch(
             Rectangle(
                 (0, panel.floor_index),
                 n,
-                panel.first_index - panel.floor_index,
+                panel.below_index - panel.floor_index,
                 facecolor="#fdf0f0",
                 edgecolor="#e9a3a3",
                 hatch="///",
@@ -299,20 +429,33 @@ def _draw_panel(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> 
         _label_cells(ax, facts, panel)
     _write_marks(ax, facts, panel, columns)
     _rsp_line(ax, facts, panel, columns)
-    planted = [p for p in facts.planted_returns if p.region == stack.name][:MAX_PLANTED_FRAMES]
-    framed = {p.index - p.index % WORD for p in planted}
-    for p in planted:
-        _frame_planted(ax, panel, p, framed)
+    by_slot: dict[int, list[PlantedReturn]] = {}
+    for p in facts.planted_returns:
+        if p.region == stack.name:
+            by_slot.setdefault(p.index - p.index % WORD, []).append(p)
+    framed = set(by_slot)
+    for group in list(by_slot.values())[:MAX_PLANTED_FRAMES]:
+        label = _frame_planted(ax, panel, group, framed, n)
+        if label is not None:
+            labels.append(label)
 
     ax.set_ylim(panel.floor_index, panel.top_index)
     ax.set_xlim(0, max(n, 1))
     ticks = list(range(panel.floor_index, panel.top_index + 1, WORD))
     every = max(1, len(ticks) // 8)
     ax.yaxis.set_major_locator(FixedLocator(ticks[::-1][::every]))
-    shown = "" if panel.window.size >= stack.size else f", top {panel.window.size} B stored"
-    ax.set_title(
-        f"{stack.name}: {stack.size} bytes at {stack.base:#x}{shown}", loc="left", fontsize=9
-    )
+    window = panel.window
+    if window.size >= stack.size:
+        shown = ""
+    elif window.top == stack.top:
+        shown = f", top {window.size} B stored"
+    else:
+        shown = f", {window.size} B stored where rsp went (top-{stack.top - window.base})"
+    missed = rsp_outside_window(facts, stack)
+    title = f"{stack.name}: {stack.size} bytes at {stack.base:#x}{shown}"
+    if missed is not None:
+        title += f"; rsp went to {missed[0]:,}-{missed[1]:,}, outside them"
+    ax.set_title(title, loc="left", fontsize=9, color=OVERFLOW_COLOUR if missed else "black")
     ax.set_ylabel("byte index")
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -413,53 +556,67 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
         ax.step(edges, y, where="post", color="#111111", linewidth=0.9, zorder=5)
 
 
-def _frame_planted(ax: Axes, panel: Panel, planted: PlantedReturn, framed: set[int]) -> None:
-    """Frame the planted slot from the step after the store to the ret that pops it, and
-    label it above the frame, or inside it when the slot above is framed too."""
-    y = planted.index - planted.index % WORD
+def _frame_planted(
+    ax: Axes, panel: Panel, group: list[PlantedReturn], framed: set[int], steps: int
+) -> Annotation | None:
+    """Frame a planted slot from the step after each store to the ret that pops it, and
+    label the slot once (every ret that popped it from there), above the frame, or inside
+    it when the slot above is framed too."""
+    first = group[0]
+    y = first.index - first.index % WORD
     if not panel.first_index <= y < panel.top_index:
-        return
-    x0 = planted.planted_step + 1
-    width = max(planted.ret_step + 1 - x0, 1)
-    ax.add_patch(
-        Rectangle(
-            (x0, y),
-            width,
-            WORD,
-            fill=False,
-            edgecolor=PLANTED_COLOUR,
-            linewidth=1.8,
-            zorder=6,
+        return None
+    for planted in group:
+        x0 = planted.planted_step + 1
+        ax.add_patch(
+            Rectangle(
+                (x0, y),
+                max(planted.ret_step + 1 - x0, 1),
+                WORD,
+                fill=False,
+                edgecolor=PLANTED_COLOUR,
+                linewidth=1.8,
+                zorder=6,
+            )
         )
-    )
-    text = (
-        f"index {planted.index}: {planted.target}, planted at step {planted.planted_step}, "
-        f"popped at step {planted.ret_step}"
-    )
-    above = y + WORD < panel.top_index and y + WORD not in framed
-    if above:
-        ax.annotate(
+    if len(group) == 1:
+        text = (
+            f"index {first.index}: {first.target}, planted at step {first.planted_step}, "
+            f"popped at step {first.ret_step}"
+        )
+    else:
+        popped = ", ".join(str(p.ret_step) for p in group[:4])
+        more = f" and {len(group) - 4} more" if len(group) > 4 else ""
+        targets = ", ".join(sorted({p.target for p in group}))
+        text = f"index {first.index}: {targets}, popped at steps {popped}{more}"
+    x0 = first.planted_step + 1
+    # Past the middle the label ends at the frame instead of starting there: it stays
+    # inside the figure.
+    right = x0 > steps / 2
+    if y + WORD < panel.top_index and y + WORD not in framed:
+        return ax.annotate(
             text,
             xy=(x0, y + WORD),
             xytext=(0, 3),
+            ha="right" if right else "left",
             textcoords="offset points",
             fontsize=7.5,
             color=PLANTED_COLOUR,
             va="bottom",
             zorder=7,
         )
-    else:
-        ax.annotate(
-            text,
-            xy=(x0, y + WORD / 2),
-            xytext=(3, 0),
-            textcoords="offset points",
-            fontsize=7,
-            color=PLANTED_COLOUR,
-            va="center",
-            zorder=7,
-            bbox=LABEL_BOX,
-        )
+    return ax.annotate(
+        text,
+        xy=(x0, y + WORD / 2),
+        xytext=(-3 if right else 3, 0),
+        ha="right" if right else "left",
+        textcoords="offset points",
+        fontsize=7,
+        color=PLANTED_COLOUR,
+        va="center",
+        zorder=7,
+        bbox=LABEL_BOX,
+    )
 
 
 def _step_ticks(ax: Axes, columns: Columns) -> None:
@@ -472,7 +629,7 @@ def _step_ticks(ax: Axes, columns: Columns) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
 
 
-def _legend() -> list[Patch | Line2D]:
+def _legend(overwritten: bool = False) -> list[Patch | Line2D]:
     handles: list[Patch | Line2D] = [
         Patch(facecolor=c, edgecolor="#bbbbbb", label=name)
         for name, c in zip(CATEGORY_NAMES, CATEGORY_COLOURS, strict=True)
@@ -480,4 +637,8 @@ def _legend() -> list[Patch | Line2D]:
     handles.append(Line2D([], [], marker="x", color="#222222", linestyle="", label="written"))
     handles.append(Line2D([], [], color="#111111", linewidth=1.6, label="rsp"))
     handles.append(Patch(facecolor="none", edgecolor=PLANTED_COLOUR, label="planted return"))
+    if overwritten:
+        handles.append(
+            Patch(facecolor=OVERWRITTEN_COLOUR, alpha=0.55, label="overwritten under a base")
+        )
     return handles

@@ -17,7 +17,7 @@ import jinja2
 from markupsafe import Markup
 
 from ..analysis.model import kind_title
-from .content import ReportContent
+from .content import FOLD_ROWS, ReportContent
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Section:
 
 
 SECTIONS: tuple[Section, ...] = (
+    # Only for programs with many stacks or switches (`ReportContent.leads_with_switches`).
+    Section("switches", "Which stack ran when", "section_switches.html.j2"),
     Section("run", "Scenario and run", "section_run.html.j2"),
     Section("invariants", "Invariants", "section_invariants.html.j2"),
     Section("planted", "Planted returns", "section_planted.html.j2"),
@@ -60,8 +62,11 @@ def render_html(
     stepper: str = "",
 ) -> str:
     template = environment().get_template("report.html.j2")
+    if not (content.leads_with_switches and "switches" in images):
+        sections = tuple(s for s in sections if s.id != "switches")
     return template.render(
         r=content,
+        fold=FOLD_ROWS,
         sections=sections,
         stepper=Markup(stepper),  # stepper/render.py escapes what it embeds
         images={name: data_uri(png) for name, png in images.items()},

@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 
 from ..analysis.model import Violation, kind_title
-from .content import ListingWindow, ReportContent
+from .content import FOLD_ROWS, ListingWindow, ReportContent
 
 
 def render_markdown(
-    content: ReportContent, rsp_png: str = "rsp.png", heatmap_png: str = "heatmap.png"
+    content: ReportContent,
+    rsp_png: str = "rsp.png",
+    heatmap_png: str = "heatmap.png",
+    switches_png: str = "switches.png",
 ) -> str:
     r = content
     out: list[str] = [f"# {_text(r.scenario)}", ""]
@@ -22,9 +25,25 @@ def render_markdown(
         out += [_text(r.description), ""]
     out += [f"**{r.verdict}**", ""]
 
+    if r.leads_with_switches:
+        out += _switches(r, switches_png)
+
     out += ["## Scenario and run", ""]
+    if r.program is not None:
+        prog = r.program
+        built = _code(prog.producer) if prog.producer else "no compiler named (no DWARF producer)"
+        if prog.linkage:
+            built += f", {prog.linkage}"
+        if prog.unread:
+            built += f" ({_text(prog.unread)})"
+        out += [
+            f"- program: {_code(prog.name)} ({_code(prog.path)})",
+            f"- built: {built}",
+            f"- recorded: {_text(prog.recorded)}",
+        ]
+    else:
+        out.append(f"- entry: {_code(r.entry)} ({r.syntax} syntax)")
     out += [
-        f"- entry: {_code(r.entry)} ({r.syntax} syntax)",
         f"- steps: {r.steps:,}",
         f"- stopped: **{r.stop_reason}** at step {r.stop_step}: {_text(r.stop_detail)}",
         f"- trace: {_code(r.trace)}",
@@ -74,11 +93,12 @@ def render_markdown(
         if result.holds:
             continue
         out += [f"### `{result.id}` violations", "", "| step | where | what |", "|---|---|---|"]
-        for v in result.violations:
+        for v in result.violations[:FOLD_ROWS]:
             src = f"<br>{_code(v.source)}" if v.source else ""
             out.append(f"| {v.step} | {_code(v.symbol)} `{v.rip:#x}`{src} | {_cell(v.message)} |")
-        if result.total > len(result.violations):
-            out.append(f"| | | ... and {result.total - len(result.violations)} more |")
+        if result.total > FOLD_ROWS:
+            more = result.total - min(len(result.violations), FOLD_ROWS)
+            out.append(f"| | | ... and {more} more (index.html lists them) |")
         out.append("")
 
     out += ["## Planted returns", ""]
@@ -87,7 +107,7 @@ def render_markdown(
             "| ret step | stack | index | planted at | by | lands on | as | rsp there |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for p in r.check.planted:
+        for p in r.check.planted[:FOLD_ROWS]:
             ret_src = f" {_code(p.source)}" if p.source else ""
             store_src = f" {_code(p.planted_source)}" if p.planted_source else ""
             out.append(
@@ -96,10 +116,9 @@ def render_markdown(
                 f"| {_code(p.planted_insn)} | {_code(p.target)} | {p.landing} "
                 f"| `{p.entry_rsp:#x}` (rsp % 16 == {p.entry_rsp % 16}) |"
             )
-        if r.check.planted_total > len(r.check.planted):
-            out.append(
-                f"| ... and {r.check.planted_total - len(r.check.planted)} more | | | | | | | |"
-            )
+        if r.check.planted_total > FOLD_ROWS:
+            more = r.check.planted_total - min(len(r.check.planted), FOLD_ROWS)
+            out.append(f"| ... and {more} more (index.html lists them) | | | | | | | |")
         out.append("")
     else:
         out += ["No planted returns: every `ret` popped what its `call` pushed.", ""]
@@ -131,6 +150,31 @@ def render_markdown(
 
     out += ["## Source", "", *_fenced(r.source, "asm"), ""]
     return "\n".join(out)
+
+
+def _switches(r: ReportContent, png: str) -> list[str]:
+    out = [
+        "## Which stack ran when",
+        "",
+        f"![which stack ran when: one lane per stack, the switches as arrows]({png})",
+        "",
+        "One lane per stack: a bar wherever rsp was in that stack, an arrow at each switch, "
+        "each cause a red line with its number.",
+        "",
+        f"{r.switches:,} switches between {len(r.switch_pairs)} pairs of stacks.",
+        "",
+        "| from | to | switches | first at step | last at step |",
+        "|---|---|---|---|---|",
+    ]
+    for p in r.switch_pairs[:FOLD_ROWS]:
+        out.append(
+            f"| {_cell(p.source)} | {_cell(p.target)} | {p.count:,} | {p.first_step} "
+            f"| {p.last_step} |"
+        )
+    if len(r.switch_pairs) > FOLD_ROWS:
+        more = len(r.switch_pairs) - FOLD_ROWS
+        out.append(f"| ... and {more} more pairs (index.html lists them) | | | | |")
+    return [*out, ""]
 
 
 def _violation(v: Violation) -> str:

@@ -23,8 +23,9 @@ import numpy.typing as npt
 
 from ..analysis.decoded import decode
 from ..analysis.events import TraceFacts, derive_facts
+from ..analysis.lookup import RegionLookup
 from ..arch import REGISTERS, WORD
-from ..explore.backtrace import FrameHistory, frame_history
+from ..explore.backtrace import FrameHistory, frame_history, last_steps_on
 from ..explore.memory import MemoryCheckpoints, access_log_between, memory_before_many
 from ..explore.provenance import PlantedReturn, flow, planted_returns
 from ..explore.registers import register_use
@@ -191,12 +192,12 @@ def _window_memory(
 
 def _lane_of(rsp: U64, lanes: list[tuple[str, int, int]], stacks: tuple[Region, ...]) -> I64:
     """The lane index of each rsp value: its stack's lane, or the last ("outside") lane."""
-    lane = np.full(len(rsp), len(lanes) - 1, dtype=np.int64)
     names = [name for name, _, _ in lanes]
-    for region in reversed(stacks):  # the first stack listed wins where regions touch
-        if region.name in names:
-            inside = (rsp >= np.uint64(region.base)) & (rsp <= np.uint64(region.top))
-            lane[inside] = names.index(region.name)
+    # The first stack listed wins where regions touch.
+    laned = [region for region in stacks if region.name in names]
+    lane_of_region = np.array([names.index(r.name) for r in laned] + [len(lanes) - 1])
+    found = RegionLookup(laned, with_top=True).index(rsp)
+    lane: I64 = lane_of_region[found].astype(np.int64)  # -1 picks the last: outside
     return lane
 
 
@@ -209,16 +210,21 @@ def _rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
     stacks = trace.metadata.stacks
     low: dict[str, int] = {}
     high: dict[str, int] = {}
+    lookup = RegionLookup(stacks, with_top=True)
+    # Per stack (the last entry: outside every stack), the range of rsp in it.
+    lows = np.full(len(stacks) + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
+    highs = np.zeros(len(stacks) + 1, dtype=np.uint64)
+    seen = np.zeros(len(stacks) + 1, dtype=np.bool_)
     for group in trace.iter_row_groups(["rsp"]):
         rsp = group.column("rsp").to_numpy()
-        outside = np.ones(len(rsp), dtype=bool)
-        for region in stacks:
-            inside = (rsp >= np.uint64(region.base)) & (rsp <= np.uint64(region.top)) & outside
-            outside &= ~inside
-            for name, values in ((region.name, rsp[inside]), ("outside", rsp[outside])):
-                if len(values) and (name != "outside" or region is stacks[-1]):
-                    low[name] = min(low.get(name, 1 << 64), int(values.min()))
-                    high[name] = max(high.get(name, -1), int(values.max()))
+        owner = lookup.index(rsp)  # -1 (outside) is the last entry
+        np.minimum.at(lows, owner, rsp)
+        np.maximum.at(highs, owner, rsp)
+        seen[owner] = True
+    names = [r.name for r in stacks] + (["outside"] if stacks else [])
+    for k, name in enumerate(names):
+        if seen[k]:
+            low[name], high[name] = int(lows[k]), int(highs[k])
     order = [r.name for r in stacks if r.name in low] + (["outside"] if "outside" in low else [])
     lanes = [(name, low[name], high[name]) for name in order]
     if not lanes or lanes[-1][0] != "outside":
@@ -331,12 +337,8 @@ def _backtrace_data(frames: FrameContext, window: Window) -> dict[str, Any]:
         ]
         if node.parent >= 0:
             todo.append(node.parent)
-    owner = facts.rsp_owner[: window.start]
     left0: list[list[Any] | None] = []
-    left_steps = []
-    for s in range(len(facts.stacks)):
-        hits = np.flatnonzero(owner == s)
-        left_steps.append(int(hits[-1]) if hits.size else -1)
+    left_steps = last_steps_on(facts, window.start).tolist()
     rips = facts.describe([step for step in left_steps if step >= 0])
     for step in left_steps:
         left0.append([step, hex64(rips[step].rip)] if step >= 0 else None)

@@ -91,17 +91,43 @@ class ServedTrace:
     def find(self, query: dict[str, str]) -> bytes:
         what = query.get("what", "")
         direction = 1 if int(query.get("dir", "1")) >= 0 else -1
-        start = int(query.get("from", "0"))
+        start = _number(query, "from", "0", -(1 << 62), 1 << 62)
         found: int | None
         if what == "access" and "reg" in query:
             found = self.search.register_access(query["reg"], start, direction)
         elif what == "access":
-            found = self.search.access(
-                int(query["addr"], 0), int(query.get("size", "8")), start, direction
-            )
+            # Bounded here: numpy would raise OverflowError past 64 bits (addr=-1,
+            # addr=2**70), and the connection closed without an answer.
+            addr = _number(query, "addr", None, 0, (1 << 64) - 1)
+            size = _number(query, "size", "8", 1, 1 << 20)
+            # addr + size stays below 2**64 (uint64 arithmetic in the search).
+            found = self.search.access(addr, min(size, (1 << 64) - 1 - addr), start, direction)
         else:
             found = self.search.kind(what, start, direction)
         return json.dumps({"step": found}).encode("utf-8")
+
+
+def _number(query: dict[str, str], key: str, default: str | None, lo: int, hi: int) -> int:
+    """`query[key]` as an integer (0x... allowed) from lo to hi, else BadInput (a 400)."""
+    text = query[key] if default is None else query.get(key, default)
+    value = int(text, 0)
+    if not lo <= value <= hi:
+        raise BadInput(f"{key}={text} is not between {lo} and {hi:#x}")
+    return value
+
+
+#: The names this machine's browser uses for the server; any other Host is refused.
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _local_host(header: str | None) -> bool:
+    """Whether a Host header names this machine: `127.0.0.1` or `localhost`, with
+    any port (or none: HTTP/1.0 clients send no Host)."""
+    if header is None:
+        return True
+    name = header.strip().lower()
+    name = name.rsplit(":", 1)[0] if ":" in name else name
+    return name in LOCAL_HOSTS
 
 
 def _handler(served: ServedTrace) -> type[BaseHTTPRequestHandler]:
@@ -109,6 +135,11 @@ def _handler(served: ServedTrace) -> type[BaseHTTPRequestHandler]:
         server_version = "stacktrace-lab"
 
         def do_GET(self) -> None:
+            if not _local_host(self.headers.get("Host")):
+                # DNS rebinding: a web page whose name now resolves to 127.0.0.1 must
+                # not read the trace; a browser sends that page's name as Host.
+                self._error(HTTPStatus.FORBIDDEN, "forbidden: Host must be 127.0.0.1 or localhost")
+                return
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:

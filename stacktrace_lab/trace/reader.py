@@ -79,7 +79,19 @@ class Trace:
         return self._present(table, names)
 
     def rows(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The rows as a DataFrame (all columns unless named: mind long traces)."""
+        """The rows as a DataFrame (all columns unless named: mind long traces).
+
+        Needs pandas, an extra (84 MB for this one method): `pip install
+        'stacktrace-lab[pandas]'`. `table()` gives the same rows as Arrow.
+        """
+        try:
+            import pandas  # noqa: F401  (pyarrow's to_pandas imports it itself)
+        except ImportError:
+            raise ModuleNotFoundError(
+                "Trace.rows() needs pandas: pip install 'stacktrace-lab[pandas]' "
+                "(or use Trace.table(), the same rows as an Arrow table)",
+                name="pandas",
+            ) from None
         frame: pd.DataFrame = self.table(columns).to_pandas()
         return frame
 
@@ -196,6 +208,9 @@ def load_trace(path: str | Path) -> Trace:
         raise BadInput(f"{path}: no such file")
     if path.is_dir():
         raise BadInput(f"{path}: is a directory, not a trace file")
+    if not path.is_file():
+        # A FIFO would block the reader forever, a device never end: refused at once.
+        raise BadInput(f"{path}: not a regular file (a FIFO, socket or device); not a trace file")
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:

@@ -33,6 +33,24 @@ _FOOTER_BYTES_PER_CHUNK = 100
 ARROW_SCHEMA_KEY = "ARROW:schema"
 
 
+#: Columns written with delta encoding instead of a dictionary.
+_DELTA = frozenset({"step"})
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths of `schema`'s leaves (`writes.list.element.addr`),
+    the names Parquet's per-column options go by."""
+
+    def leaves(prefix: str, kind: pa.DataType) -> list[str]:
+        if pa.types.is_struct(kind):
+            return [p for f in kind for p in leaves(f"{prefix}.{f.name}", f.type)]
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            return leaves(f"{prefix}.list.element", kind.value_type)
+        return [prefix]
+
+    return [path for field in schema for path in leaves(field.name, field.type)]
+
+
 class TraceWriter:
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
         self.path = Path(path)
@@ -60,7 +78,11 @@ class TraceWriter:
             # Stack snapshots repeat a lot: with room for a dictionary of a
             # whole row group's distinct values they stay dictionary encoded,
             # which makes files smaller and reading several times faster.
-            use_dictionary=True,
+            # `step` counts 0, 1, 2, …: delta encoding stores it in a few bits per
+            # row group, where a dictionary of distinct values cost more than half
+            # the file (2.9 of 5.2 bytes per step). Readers see the same column.
+            use_dictionary=[path for path in _leaf_paths(schema) if path not in _DELTA],
+            column_encoding=dict.fromkeys(_DELTA & set(schema.names), "DELTA_BINARY_PACKED"),
             dictionary_pagesize_limit=64 << 20,
             write_statistics=["step", "rip", "rsp"],
             store_schema=False,  # stored at commit, with the metadata (see above)

@@ -46,8 +46,10 @@
   var symbols = data.symbols.map(function (s) {
     return { addr: big(s[0]), name: s[1] };
   });
+  // Line 0 is DWARF's "no source line from here": it ends the line before it and
+  // shows nothing (never `file:0` or `:0`).
   var lines = (data.lines || []).map(function (l) {
-    return { addr: big(l[0]), where: l[1] };
+    return { addr: big(l[0]), where: /:0$/.test(l[1]) ? "" : l[1] };
   });
   var sentinel = big(data.sentinel);
 
