@@ -31,7 +31,7 @@ from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..trace.format import SourceLine
-from .elf import ElfImage, line_table, load_elf
+from .elf import PIE_BASE, ElfImage, line_table, load_elf
 from .files import FileKernel, FileView
 from .process import MMAP_TOP, _segment_regions
 
@@ -50,10 +50,11 @@ def load_interp(image: ElfImage, view: FileView) -> ElfImage:
             f"{image.path}: its interpreter {image.interp} is not on this machine "
             "(or outside the loader's directories)"
         )
-    probe = load_elf(found.host_path, pie_base=0)
+    # Read once where any shared object may go, to learn its size.
+    probe = load_elf(found.host_path, pie_base=PIE_BASE)
     if not probe.pie or probe.interp is not None:
         raise BadInput(f"{image.path}: its interpreter {image.interp} is not a loader")
-    span = page_ceil(max(s.vaddr + s.memsz for s in probe.segments))
+    span = page_ceil(max(s.vaddr + s.memsz for s in probe.segments) - PIE_BASE)
     return with_debug_symbols(load_elf(found.host_path, pie_base=INTERP_TOP - span))
 
 
@@ -81,12 +82,12 @@ def loaded_objects(kernel: FileKernel) -> list[LoadedObject]:
         if entry is None or entry.data[:4] != b"\x7fELF":
             continue
         try:
-            probe = load_elf(mapping.path, pie_base=0)
+            probe = load_elf(mapping.path, pie_base=PIE_BASE)
         except BadInput:
             continue  # a file mapped that is not a library the program runs
         if not probe.pie:
             continue
-        first = min(s.vaddr for s in probe.segments) // PAGE * PAGE
+        first = (min(s.vaddr for s in probe.segments) - PIE_BASE) // PAGE * PAGE
         image = load_elf(mapping.path, pie_base=mapping.start - first)
         objects.append(LoadedObject(Path(mapping.path).name, with_debug_symbols(image)))
     return objects
