@@ -21,14 +21,15 @@ from stacktrace_lab.analysis.events import derive_facts
 from stacktrace_lab.cli import main
 from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.record.dynamic import INTERP_TOP
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.elf_front import describe_elf, record_elf
+from stacktrace_lab.record.machine import Machine
 from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
 
 LINE = "I LOVE WAKING UP ON A NEW STACK!\n"
 BUILDS = ["c-dynamic", "rust-dynamic"]
-AT_BASE = 7
+AT_BASE, AT_ENTRY = 7, 9
 
 
 def _need(build: str) -> None:
@@ -92,7 +93,9 @@ def test_the_dynamic_build_finds_the_48_byte_stack_and_its_overflow(
     assert any(f"calloc_48 (48 bytes) overflows by {depth} bytes" in m for m in messages)
 
 
-def test_the_loader_and_the_libraries_are_named(recordings: dict[str, Recording]) -> None:
+def test_the_loader_and_the_libraries_are_named(
+    programs: dict[str, Path], recordings: dict[str, Recording]
+) -> None:
     _need("c-dynamic")
     trace = load_trace(recordings["c-dynamic"].path)
     meta = trace.metadata
@@ -109,10 +112,16 @@ def test_the_loader_and_the_libraries_are_named(recordings: dict[str, Recording]
     rips = trace.table(["rip"])["rip"].to_numpy()
     assert ((rips >= meta.symbols["puts"]) & (rips < meta.symbols["puts"] + 16)).any()
     # AT_BASE in the initial auxiliary vector says where the loader is.
-    top = bytes(trace.slice(0, 1, ["stack__main"]).column(0)[0].as_py())
-    words = np.frombuffer(top[: len(top) // 8 * 8], dtype="<u8")
-    at_base = [int(words[i + 1]) for i in range(len(words) - 1) if words[i] == AT_BASE]
-    assert loader_text.base - 0x1000 in at_base
+    spec = describe_elf(programs["c-dynamic"], max_steps=1).spec
+    rsp = spec.registers["rsp"]
+    words = np.frombuffer(Machine(spec).read_or_zero(rsp, 1024), dtype="<u8")
+    argc = int(words[0])
+    auxv = words[argc + 2 :]  # past argv and its NULL
+    auxv = auxv[int(np.flatnonzero(auxv == 0)[0]) + 1 :]  # past envp and its NULL
+    pairs = dict(zip(auxv[0::2].tolist(), auxv[1::2].tolist(), strict=False))
+    assert pairs[AT_BASE] == loader_text.base - 0x1000
+    assert pairs[AT_ENTRY] == meta.symbols["_start"]
+    assert spec.entry != pairs[AT_ENTRY]  # the run starts in the loader
 
 
 def test_every_file_read_is_in_the_metadata_once(recordings: dict[str, Recording]) -> None:

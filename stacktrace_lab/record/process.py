@@ -1,4 +1,4 @@
-"""A Linux process as the kernel builds it from a static ELF (the ELF front end's machine).
+"""A Linux process as the kernel builds it from an ELF (the ELF front end's machine).
 
 Fixed addresses, as with ASLR off (docs/machine.md, "Real programs"):
 
@@ -7,7 +7,8 @@ Fixed addresses, as with ASLR off (docs/machine.md, "Real programs"):
 | a static executable | at its own addresses (0x400000 for gcc) |
 | a static-pie | at `PIE_BASE` = 0x555555554000 |
 | the heap (brk) | from the page after the highest segment |
-| anonymous mmap | downwards from `MMAP_TOP` = 0x7ffff7fff000 |
+| a dynamic program's interpreter | ending at `MMAP_TOP` (record/dynamic.py) |
+| anonymous and file mmap | downwards from `MMAP_TOP` = 0x7ffff7fff000, or the interpreter |
 | the stack | 8 MiB under `STACK_TOP` = 0x7ffffffff000 |
 
 The stack starts as the kernel leaves it: argc, argv, envp, the auxiliary
