@@ -478,5 +478,21 @@ def test_a_stripped_library_is_named_from_its_debug_file(
     assert str(library.resolve()) in [f["path"] for f in meta.options["files"]]
     text = meta.region("libgreet.so text")
     assert text.base <= meta.symbols["shout"] < text.top  # a static function: .symtab only
+    rips = trace.table(["rip"])["rip"].to_numpy()
+    assert (rips == meta.symbols["shout"]).any()
+
+
+def test_a_library_with_its_own_dwarf_gives_source_lines(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _need("c-dynamic")
+    (bin_dir / "greet.c").write_text(GREET_C)
+    (bin_dir / "main.c").write_text(GREET_MAIN_C)
+    for command in (
+        ["gcc", "-g", "-O0", "-shared", "-fPIC", "greet.c", "-o", "libgreet.so"],
+        ["gcc", "-g", "main.c", "-L.", "-lgreet", "-Wl,-rpath,$ORIGIN", "-o", "greet"],
+    ):
+        subprocess.run(command, check=True, cwd=bin_dir)
+    trace = load_trace(record_elf(bin_dir / "greet", tmp_path / "t.parquet").path)
     sources = set(trace.table(["source"])["source"].drop_null().to_pylist())
-    assert any(s.startswith("greet.c:") for s in sources), sorted(sources)[:5]
+    assert {"greet.c:6", "greet.c:11"} <= sources, sorted(sources)

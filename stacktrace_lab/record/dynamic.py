@@ -14,8 +14,8 @@ library's load address, so its symbols (`.dynsym`: libc's `puts`,
 `malloc`...), its code (for the disassembly) and its DWARF lines (when it
 has them) name what ran there. A stripped library's separate debug file
 (`DEBUG_ROOT/.build-id/ab/cdef....debug`, as Debian's `libc6-dbg` installs
-it) adds its full symbol table and its lines; it is read by the tool, not by
-the program, so it is not part of the program's file view.
+it) adds its full symbol table (not its lines: see `merged_lines`); it is
+read by the tool, not by the program, so it is not part of the file view.
 """
 
 from __future__ import annotations
@@ -115,15 +115,14 @@ def _lines_of(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...
 
 
 def merged_lines(program: tuple[SourceLine, ...], images: list[ElfImage]) -> tuple[SourceLine, ...]:
-    """The program's line table with every library's that has DWARF (its own or its
-    separate debug file's), in address order."""
+    """The program's line table with every library's that carries its own DWARF, in
+    address order. A separate debug file's lines are not read: libc's has 2,175
+    units, 14 s of pyelftools the first time, and `--from main` must stay quick."""
     rows = list(program)
     for image in images:
-        debug = debug_file(image.path)
-        source = debug if debug is not None else image.path
         try:
-            rows += _lines_of(source, image.sha256, image.load_base)
-        except Exception:  # a damaged debug file names nothing; the run is unaffected
+            rows += _lines_of(image.path, image.sha256, image.load_base)
+        except BadInput:  # a damaged line table names nothing; the run is unaffected
             continue
     rows.sort(key=lambda r: r.addr)
     return tuple(rows)
