@@ -496,3 +496,18 @@ def test_a_library_with_its_own_dwarf_gives_source_lines(tmp_path: Path) -> None
     trace = load_trace(record_elf(bin_dir / "greet", tmp_path / "t.parquet").path)
     sources = set(trace.table(["source"])["source"].drop_null().to_pylist())
     assert {"greet.c:6", "greet.c:11"} <= sources, sorted(sources)
+
+
+def test_replay_reads_only_bounded_regular_files_a_trace_names(tmp_path: Path) -> None:
+    from stacktrace_lab.record.files import changed_files
+
+    data = tmp_path / "lib.so"
+    data.write_bytes(b"abc")
+    good = {"path": str(data), "size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}
+    assert changed_files([good]) is None
+    assert "differs" in str(changed_files([{**good, "sha256": "0" * 64}]))
+    assert "differs" in str(changed_files([{**good, "size": 4}]))
+    # A device named in a (hostile) trace is not read: /dev/zero would never end.
+    assert "differs" in str(changed_files([{**good, "path": "/dev/zero"}]))
+    assert "not on this machine" in str(changed_files([{**good, "path": str(tmp_path / "no")}]))
+    assert "malformed" in str(changed_files(["/etc/passwd"]))

@@ -178,12 +178,24 @@ class FileView:
 def changed_files(recorded: list[dict[str, object]]) -> str | None:
     """The first recorded file that is missing or differs on this machine, as one
     phrase, or None when every one is as recorded."""
-    for entry in recorded:
+    for entry in recorded[:MAX_FILES]:
+        if not isinstance(entry, dict):
+            return "the trace's list of files read is malformed"
         path = str(entry.get("path"))
+        # The list comes from a trace file: only a bounded regular file is read
+        # (a FIFO or /dev/zero named there must not hang or fill memory).
+        try:
+            info = os.stat(path)
+        except OSError:
+            return f"{path} is not on this machine"
+        if not stat.S_ISREG(info.st_mode) or info.st_size != entry.get("size"):
+            return f"{path} differs from the one recorded (size {entry.get('size')})"
+        if info.st_size > MAX_FILE_BYTES:
+            return f"{path} is larger than {MAX_FILE_BYTES} bytes"
         try:
             data = Path(path).read_bytes()
         except OSError:
-            return f"{path} is not on this machine"
+            return f"{path} cannot be read"
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             return f"{path} differs from the one recorded (sha256 {entry.get('sha256')})"
     return None
