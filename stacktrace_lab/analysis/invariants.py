@@ -85,7 +85,14 @@ def ret_source(facts: TraceFacts) -> Findings:
     for k, i in enumerate(not_code.tolist()):
         items.add(int(r.step[i]), "planted-data", int(store_rips[k]))
         messages.append(_planted_data_message(facts, i))
-    return grouped(facts, "ret-source", items, lambda i: messages[i]())
+    notes = []
+    before = int(np.count_nonzero(r.origin == Origin.PLANTED_BEFORE))
+    if before:
+        notes.append(
+            f"{before} ret{'s pop code addresses' if before != 1 else ' pops a code address'} "
+            "planted before the trace began (not listed: the store is not in the trace)"
+        )
+    return grouped(facts, "ret-source", items, lambda i: messages[i](), notes)
 
 
 def _unwritten_message(facts: TraceFacts, i: int, made: int) -> Callable[[], str]:
@@ -100,9 +107,17 @@ def _unwritten_message(facts: TraceFacts, i: int, made: int) -> Callable[[], str
                 f"; rsp was loaded from the stack pointer saved at step {made_step} by "
                 f"`{info.insn}`{code_at(facts, info.rip)}"
             )
+        if facts.meta.start is not None and facts.steps and slot >= int(facts.rsp[0]):
+            # Live stack when a `--from` trace began: what it held then is all we know.
+            return (
+                f"ret pops {value:#x} from {facts.where(slot)}, which held it when the trace "
+                f"began (before row 0) and nothing in the trace wrote since: not an address "
+                f"in the code, so not a return address{saved}"
+            )
+        begun = " since the trace began" if facts.meta.start is not None else ""
         return (
             f"ret pops {value:#x} from {facts.where(slot)}, a slot nothing in the program "
-            f"wrote: no call pushed a return address there and no store planted one{saved}"
+            f"wrote{begun}: no call pushed a return address there and no store planted one{saved}"
         )
 
     return text
@@ -283,6 +298,12 @@ def callee_saved(facts: TraceFacts) -> Findings:
     notes = []
     if never:
         notes.append(f"{never} call{'s' if never != 1 else ''} never returned: not checked")
+    before = int(np.count_nonzero(r.origin == Origin.BEFORE))
+    if before:
+        notes.append(
+            f"{before} ret{'s to frames' if before != 1 else ' to a frame'} entered before "
+            "the trace began: not checked"
+        )
     return grouped(facts, "callee-saved", items, lambda i: messages[i](), notes)
 
 

@@ -1,0 +1,108 @@
+"""Verdicts on compiled programs: a part of a recording (`--from`, `--to`) judges as the
+whole one does, frames are kept through an overflow, advice names the instructions,
+slots have one spelling, and what `record` writes every command opens.
+
+The programs are built at test time; where gcc or rustc is missing the tests skip.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stacktrace_lab.analysis.check import check
+from stacktrace_lab.analysis.events import Origin, derive_facts
+from stacktrace_lab.examples import build_example, compiler_missing
+from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.trace import load_trace
+
+HELLO_C = '#include <stdio.h>\nint main(){puts("hello");return 0;}\n'
+EXAMPLES = ["c-static", "rust-static-pie"]
+
+
+def _gcc(directory: Path, name: str, source: str, *flags: str) -> Path:
+    why = compiler_missing("c-static")
+    if why is not None:
+        pytest.skip(f"cannot build a C program: {why}")
+    (directory / f"{name}.c").write_text(source)
+    program = directory / name
+    subprocess.run(
+        ["gcc", "-static", "-g", *flags, "-o", str(program), str(directory / f"{name}.c")],
+        check=True,
+    )
+    return program
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("real-verdicts")
+    built = {"hello": _gcc(out, "hello", HELLO_C)}
+    for build in EXAMPLES:
+        if compiler_missing(build) is None:
+            built[build] = build_example(build, out)
+    return built
+
+
+def _program(programs: dict[str, Path], name: str) -> Path:
+    if name not in programs:
+        pytest.skip(f"cannot build {name}: {compiler_missing(name)}")
+    return programs[name]
+
+
+def _verdicts(path: Path) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    """Per invariant: whether it holds and the kinds of its causes."""
+    result = check(load_trace(path))
+    return {r.id: (r.holds, tuple(sorted(c.kind for c in r.causes))) for r in result.results}
+
+
+# --- 1. a part of a recording judges as the whole one ------------------------------
+
+
+@pytest.mark.parametrize("name", ["hello", *EXAMPLES])
+def test_from_main_gives_the_verdicts_of_the_whole_recording(
+    programs: dict[str, Path], name: str, tmp_path: Path
+) -> None:
+    program = _program(programs, name)
+    whole = record_elf(program, tmp_path / "whole.parquet")
+    part = record_elf(program, tmp_path / "part.parquet", from_symbol="main")
+    assert _verdicts(part.path) == _verdicts(whole.path)
+
+
+def test_main_returns_through_the_address_libc_pushed_before_the_trace(
+    programs: dict[str, Path], tmp_path: Path
+) -> None:
+    rec = record_elf(_program(programs, "hello"), tmp_path / "t.parquet", from_symbol="main")
+    result = check(load_trace(rec.path))
+    assert result.holds, [v.message for r in result.results for v in r.violations]
+    facts = derive_facts(load_trace(rec.path))
+    # main's own ret pops what __libc_start_call_main's call pushed before row 0.
+    before = facts.returns.origin == Origin.BEFORE
+    assert int(before.sum()) == 1
+    (i,) = before.nonzero()[0].tolist()
+    assert int(facts.returns.slot[i]) == int(facts.rsp[0])
+    notes = result.result("callee-saved").notes
+    assert any("1 ret to a frame entered before the trace began" in n for n in notes)
+
+
+@pytest.mark.parametrize("symbols", [{"to_symbol": "puts"}, {"from_symbol": "puts"}])
+def test_a_cut_at_either_end_still_holds(
+    programs: dict[str, Path], symbols: dict[str, str], tmp_path: Path
+) -> None:
+    rec = record_elf(_program(programs, "hello"), tmp_path / "t.parquet", **symbols)
+    assert check(load_trace(rec.path)).holds
+
+
+def test_a_return_planted_before_the_trace_began_is_a_switch_not_a_failure(
+    programs: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--from gt_switch`: main planted hello on the new stack before row 0."""
+    program = _program(programs, "c-static")
+    rec = record_elf(program, tmp_path / "t.parquet", from_symbol="gt_switch")
+    result = check(load_trace(rec.path))
+    assert result.result("ret-source").holds
+    notes = result.result("ret-source").notes
+    assert any("planted before the trace began" in n for n in notes), notes
+    # The overflow of the 48-byte stack is still found, as in the whole recording.
+    assert not result.result("stack-bounds").holds
