@@ -298,12 +298,10 @@ def callee_saved(facts: TraceFacts) -> Findings:
     notes = []
     if never:
         notes.append(f"{never} call{'s' if never != 1 else ''} never returned: not checked")
-    before = int(np.count_nonzero(r.origin == Origin.BEFORE))
-    if before:
-        notes.append(
-            f"{before} ret{'s to frames' if before != 1 else ' to a frame'} entered before "
-            "the trace began: not checked"
-        )
+    older = int(np.count_nonzero(r.origin == Origin.BEFORE))
+    if older:
+        frames = "s to frames" if older != 1 else " to a frame"
+        notes.append(f"{older} ret{frames} entered before the trace began: not checked")
     return grouped(facts, "callee-saved", items, lambda i: messages[i](), notes)
 
 
