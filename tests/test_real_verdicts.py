@@ -10,11 +10,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.analysis.events import Origin, derive_facts
 from stacktrace_lab.examples import build_example, compiler_missing
+from stacktrace_lab.explore.backtrace import backtraces, frame_history
+from stacktrace_lab.export.perfetto import chrome_trace_events
 from stacktrace_lab.record.elf_front import record_elf
 from stacktrace_lab.trace import load_trace
 
@@ -106,3 +109,40 @@ def test_a_return_planted_before_the_trace_began_is_a_switch_not_a_failure(
     assert any("planted before the trace began" in n for n in notes), notes
     # The overflow of the 48-byte stack is still found, as in the whole recording.
     assert not result.result("stack-bounds").holds
+
+
+# --- 2. frames are never lost ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rust_from_main(programs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    program = _program(programs, "rust-static-pie")
+    out = tmp_path_factory.mktemp("rust-from-main") / "t.parquet"
+    return record_elf(program, out, from_symbol="main").path
+
+
+def test_every_call_of_the_rust_overflow_is_a_slice_in_the_perfetto_export(
+    rust_from_main: Path,
+) -> None:
+    trace = load_trace(rust_from_main)
+    facts = derive_facts(trace)
+    overflowed = facts.calls[facts.rsp_stack[facts.calls] < 0]
+    assert overflowed.size > 10  # println! on the 48-byte stack runs below its base
+    doc = chrome_trace_events(trace, facts)
+    sliced = sorted(e["args"]["entered"] for e in doc["traceEvents"] if e.get("cat") == "call")
+    assert len(sliced) == facts.calls.size  # 225 of 225 with rustc 1.8x
+    assert {f"step {c} by call" for c in overflowed.tolist()} <= set(sliced)
+
+
+def test_backtraces_during_the_overflow_name_the_function_running(rust_from_main: Path) -> None:
+    facts = derive_facts(load_trace(rust_from_main))
+    history = frame_history(facts)
+    overflowed = facts.calls[facts.rsp_stack[facts.calls] < 0]
+    for k, call in zip(
+        np.searchsorted(facts.calls, overflowed).tolist(), overflowed.tolist(), strict=True
+    ):
+        # The instruction after the call runs in the callee, on the overflowed stack.
+        running, *_ = backtraces(facts, call + 1, history)
+        assert running.running and running.stack == "calloc_48"
+        assert running.frames[0].function == facts.symbolize(int(facts.call_targets[k]))
+        assert running.frames[-1].function.endswith("hello")  # first code on the stack

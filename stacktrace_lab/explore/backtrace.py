@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ..analysis.events import TraceFacts, stack_index
+from ..analysis.events import TraceFacts
 from ..analysis.source import SourceLines
 from ..analysis.transfers import Landing
 from ..symbols import LabelTable
@@ -119,6 +119,8 @@ class FrameHistory:
     #: Per node, the step whose instruction ended the frame (its ret, or the call or ret
     #: that found it abandoned); -1 while it never ended.
     ends: tuple[int, ...] = ()
+    #: Per step (and the final state), the stack the frames belong to: `frame_owners`.
+    owners: npt.NDArray[np.int16] | None = None
 
     def tops_before(self, step: int) -> list[int]:
         """Each stack's innermost frame node before the instruction at `step` runs."""
@@ -146,10 +148,11 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     """
     meta = facts.meta
     w, r = facts.writes, facts.returns
+    owner = frame_owners(facts)
     # Calls: the stack and slot they push to, the target, the return address pushed
     # (the call's only write; None if the trace has no such write).
     calls = facts.calls
-    call_stack = facts.rsp_stack[calls].tolist()
+    call_stack = owner[calls].tolist()
     call_slot = (facts.rsp[calls] - np.uint64(8)).tolist()
     call_target = facts.call_targets.tolist()
     push = np.searchsorted(w.step, calls)
@@ -166,11 +169,11 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     transfers = facts.transfers
     landing_of = dict(zip(transfers.step.tolist(), range(len(transfers)), strict=True))
     landing = transfers.landing.tolist()
-    landing_stack = stack_index(facts.stacks, transfers.rsp).tolist()
+    landing_stack = owner[np.minimum(transfers.step + 1, facts.steps)].tolist()
     landing_slot = (transfers.rsp - np.uint64(8)).tolist()
     landing_target = transfers.target.tolist()
     jumps = transfers.step[~transfers.is_ret]
-    ret_stack = facts.rsp_stack[r.step].tolist()
+    ret_stack = owner[r.step].tolist()
     ret_slot = r.slot.tolist()
 
     parent: list[int] = []
@@ -194,7 +197,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         return len(parent) - 1
 
     tops = [-1] * len(facts.stacks)
-    first_stack = int(facts.rsp_stack[0]) if facts.steps else -1
+    first_stack = int(owner[0]) if facts.steps else -1
     entry = meta.symbols.get(meta.scenario.entry)
     if first_stack >= 0 and entry is not None:
         start_slot = int(facts.rsp[0])
@@ -246,12 +249,33 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         top=np.array(out_top, dtype=np.int64),
         initial=initial,
         ends=tuple(ends),
+        owners=owner,
     )
 
 
-def last_step_on(facts: TraceFacts, stack: int, before: int) -> int | None:
-    """The last step before `before` whose rsp was on `stack` (where a suspended stack left)."""
-    hits = np.flatnonzero(facts.rsp_owner[:before] == stack)
+def frame_owners(facts: TraceFacts) -> npt.NDArray[np.int16]:
+    """Per step (and one past the last: the final state), the stack whose frames the
+    step's calls and rets belong to: the stack rsp is on, counting an overflow below its
+    base as that stack; while rsp is outside every stack, the stack it last left, so a
+    call made there keeps its frame (and its ret pops it) instead of being lost."""
+    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    known = owner >= 0
+    if known.all() or not known.any():
+        return owner
+    # Forward fill: the index of the latest known step at or before each step.
+    latest = np.where(known, np.arange(owner.size), 0)
+    np.maximum.accumulate(latest, out=latest)
+    filled = owner[latest]
+    filled[: int(np.argmax(known))] = -1  # before rsp was ever on a stack: none
+    return filled.astype(np.int16)
+
+
+def last_step_on(
+    facts: TraceFacts, stack: int, before: int, owners: npt.NDArray[np.int16] | None = None
+) -> int | None:
+    """The last step before `before` that ran on `stack` (where a suspended stack left)."""
+    owners = owners if owners is not None else frame_owners(facts)
+    hits = np.flatnonzero(owners[:before] == stack)
     return int(hits[-1]) if hits.size else None
 
 
@@ -303,7 +327,8 @@ def backtraces(
     """The backtrace of the stack running at `step`, then of every suspended stack with frames."""
     history = history if history is not None else frame_history(facts)
     tops = history.tops_before(step)
-    running = int(facts.rsp_owner[step]) if 0 <= step < facts.steps else -1
+    owners = history.owners if history.owners is not None else frame_owners(facts)
+    running = int(owners[step]) if 0 <= step < facts.steps else -1
     source = SourceLines(facts.meta)
     rip = int(facts.describe([step])[step].rip) if 0 <= step < facts.steps else 0
     out = []
@@ -315,7 +340,7 @@ def backtraces(
         if s == running:
             at, where = step, rip
         else:
-            left = last_step_on(facts, s, step)
+            left = last_step_on(facts, s, step, owners)
             if left is None:
                 continue
             at, where = left, int(facts.describe([left])[left].rip)
