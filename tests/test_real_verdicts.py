@@ -146,3 +146,62 @@ def test_backtraces_during_the_overflow_name_the_function_running(rust_from_main
         assert running.running and running.stack == "calloc_48"
         assert running.frames[0].function == facts.symbolize(int(facts.call_targets[k]))
         assert running.frames[-1].function.endswith("hello")  # first code on the stack
+
+
+# --- 6. advice at the mistake ------------------------------------------------------
+
+CROSSED_C = r"""#include <stdio.h>
+long crossed(long x);
+long dropped(long x);
+__asm__(
+".text\n.globl crossed\ncrossed:\n"
+"  push %rbx\n  push %rbp\n  mov %rdi, %rbx\n  mov %rdi, %rbp\n  lea 1(%rdi), %rax\n"
+"  pop %rbx\n  pop %rbp\n  ret\n"
+".globl dropped\ndropped:\n"
+"  push %r12\n  mov %rdi, %r12\n  lea 2(%rdi), %rax\n  add $8, %rsp\n  ret\n");
+int main(void) {
+    register long keep __asm__("rbx") = 5;
+    __asm__ volatile("" : "+r"(keep));
+    long a = crossed(40);
+    long b = dropped(1);
+    __asm__ volatile("" : "+r"(keep));
+    printf("%ld %ld %ld\n", a, b, keep);
+    return 0;
+}
+"""
+MISALIGNED_C = r"""#include <stdio.h>
+long leaf(long x);
+long caller(long x);
+__asm__(
+".text\n.globl leaf\nleaf:\n  lea 1(%rdi), %rax\n  ret\n"
+".globl caller\ncaller:\n  sub $16, %rsp\n  call leaf\n  add $16, %rsp\n  ret\n");
+int main(void) { printf("%ld\n", caller(1)); return 0; }
+"""
+
+
+def test_crossed_pops_are_restored_in_the_wrong_order_and_a_dropped_pop_is_named(
+    tmp_path: Path,
+) -> None:
+    program = _gcc(tmp_path, "crossed", CROSSED_C, "-O1")
+    rec = record_elf(program, tmp_path / "t.parquet", from_symbol="main")
+    result = check(load_trace(rec.path))
+    messages = [v.message for v in result.result("callee-saved").violations]
+    assert len(messages) == 2, messages
+    crossed, dropped = messages
+    assert "rbx and rbp were saved by `pushq %rbx`" in crossed
+    assert "and `pushq %rbp`" in crossed
+    assert "restored by `popq %rbx`" in crossed and "`popq %rbp`" in crossed
+    assert "restored in the wrong order" in crossed
+    assert "must save" not in crossed  # both were saved: the rule is not the advice
+    assert "r12 was saved by `pushq %r12`" in dropped
+    assert "but never restored before the ret" in dropped
+
+
+def test_a_misaligned_call_names_the_instruction_that_moved_rsp(tmp_path: Path) -> None:
+    program = _gcc(tmp_path, "misalign", MISALIGNED_C, "-O1")
+    rec = record_elf(program, tmp_path / "t.parquet", from_symbol="main")
+    (violation,) = check(load_trace(rec.path)).result("alignment").violations
+    assert "call to leaf with rsp % 16 == 8" in violation.message
+    assert "the last instruction to move rsp before the call is `subq $0x10, %rsp`" in (
+        violation.message
+    )

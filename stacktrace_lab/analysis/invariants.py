@@ -43,6 +43,7 @@ from .alignment import alignment
 from .causes import Items, code_at, grouped, simple
 from .events import I64, U64, B, Origin, TraceFacts, stack_index
 from .model import MAX_VIOLATIONS, Findings
+from .saves import advices, saves_and_restores
 from .transfers import Landing, saved_stack_pointer
 
 Check = Callable[[TraceFacts], Findings]
@@ -355,14 +356,22 @@ def _clobbered_message(
         stacks_between = facts.rsp_owner[call_step : back_step + 1]
         switched = bool(np.any(stacks_between != stacks_between[0]))
         through = " through a stack switch" if switched else ""
-        it = "them" if len(names) > 1 else "it"
-        if switched:
-            fix = (
-                f"the switch must save {regs} in the context it leaves "
-                f"and restore {it} from the one it resumes"
-            )
-        else:
-            fix = f"{callee} must save {regs} (push on entry) and restore {it} (pop before ret)"
+        found = saves_and_restores(facts, call_step, back_step, switched)
+        leaving = "before the switch resumed it" if switched else "before the ret"
+        told, untold = advices(facts, names, found, leaving)
+        if untold:
+            them = " and ".join(untold)
+            it = "them" if len(untold) > 1 else "it"
+            if switched:
+                told.append(
+                    f"the switch must save {them} in the context it leaves "
+                    f"and restore {it} from the one it resumes"
+                )
+            else:
+                told.append(
+                    f"{callee} must save {them} (push on entry) and restore {it} (pop before ret)"
+                )
+        fix = "; ".join(told)
         return (
             f"{regs} changed across the call to {callee} at step {call_step}, returned "
             f"here{through} ({values_text}): {regs} {'are' if len(names) > 1 else 'is'} "
