@@ -72,7 +72,7 @@ def test_the_tutorials_program_switches_to_its_48_byte_stack(
     # hello is entered as if called: rsp % 16 == 8.
     entry_rsp = int(trace.slice(planted.ret_step + 1, planted.ret_step + 2, ["rsp"])["rsp"][0])
     assert entry_rsp == stack.base + 40 and entry_rsp % 16 == 8
-    assert "main" in {s.name for s in meta.stacks}
+    assert "stack" in {s.name for s in meta.stacks}
     assert any(call.name == "write" and call.result == len(LINE) for call in meta.syscalls)
 
 
@@ -207,7 +207,7 @@ def test_cli_records_a_program_with_arguments(programs: dict[str, Path], tmp_pat
     assert meta.options["args"] == ["one", "two"]
     assert meta.stop.reason == "spin"
     # argv's strings sit at the top of the process stack, as Linux puts them.
-    top = bytes(trace.slice(0, 1, ["stack__main"]).column(0)[0].as_py())
+    top = bytes(trace.slice(0, 1, ["stack__stack"]).column(0)[0].as_py())
     assert b"/stacktrace-lab/first_switch-c-static\0one\0two\0" in top
 
 

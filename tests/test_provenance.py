@@ -43,7 +43,7 @@ def test_text_answer_names_both_steps(
 ) -> None:
     assert main(["who-wrote", str(first_switch_trace), "green:32", "--first-planted-ret"]) == 0
     out = capsys.readouterr().out
-    assert "green:32" in out and "before step 12" in out and "hello+0" in out
+    assert "green[32]" in out and "before step 12" in out and "hello+0" in out
     lines = out.splitlines()
     assert any(line.split()[:1] == ["6"] and "movq %rcx, 0x20(%rax)" in line for line in lines)
     assert any(line.split()[:1] == ["5"] and "movabsq $0x40003e, %rcx" in line for line in lines)
@@ -54,7 +54,7 @@ def test_address_and_region_index_name_the_same_slot(first_switch_trace: Path) -
     green = trace.metadata.region("green")
     by_name = parse_slot(trace, "green:32")
     by_address = parse_slot(trace, hex(green.base + 32))
-    assert by_name == by_address and by_address.name == "green:32"
+    assert by_name == by_address and by_address.name == "green[32]"
     assert provenance(trace, by_name, RET_STEP) == provenance(trace, by_address, RET_STEP)
 
 
@@ -110,7 +110,7 @@ def test_chain_through_move_pop_and_push(
     assert answer.pointer == "target+0"
     steps = [(link.kind, link.step, link.what) for link in answer.chain]
     assert steps == [
-        ("store", 6, "green:8"),
+        ("store", 6, "green[8]"),
         ("register", 4, "rdx"),
         ("load", 3, "rcx"),
         ("store", 1, "main:4080"),
@@ -331,3 +331,11 @@ def test_a_pop_into_another_register_did_not_load_rsp(
         ("computed", 1, "rsp"),
     ]
     assert answer.chain[-1].note == "rsp was last changed at step 1"
+
+
+def test_a_slot_is_named_region_bracket_index_and_the_old_colon_form_still_parses(
+    first_switch_trace: Path,
+) -> None:
+    trace = load_trace(first_switch_trace)
+    assert parse_slot(trace, "green[32]") == parse_slot(trace, "green:32")
+    assert parse_slot(trace, "green[0x20]").name == "green[32]"

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arch import PAGE
-from ..layout import SENTINEL_RETURN, Region
+from ..layout import SENTINEL_RETURN, Region, slot_name
 from ..symbols import LabelTable
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
@@ -238,13 +238,13 @@ class TraceFacts:
         return (region, addr - region.base) if region is not None else None
 
     def where(self, addr: int) -> str:
-        """`region+index` for an address in a region (the top of a stack included), else hex."""
+        """`region[index]` for an address in a region (the top of a stack included), else hex."""
         located = self.locate(addr)
         if located is not None:
-            return f"{located[0].name}+{located[1]}"
+            return slot_name(located[0].name, located[1])
         for stack in self.stacks:
             if addr == stack.top:
-                return f"{stack.name}+{stack.size} (the top)"
+                return f"{slot_name(stack.name, stack.size)} (the top)"
         return f"{addr:#x}"
 
     def describe_value(self, value: int) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..arch import CALLEE_SAVED
-from ..layout import Region
+from ..layout import Region, slot_name
 from .alignment import alignment
 from .causes import Items, code_at, grouped, simple
 from .events import I64, U64, B, Origin, TraceFacts, stack_index
@@ -207,7 +207,7 @@ def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> t
         if not mask.any():
             continue
         deepest = np.lexsort((steps[hit][mask], -depth[mask]))[0]
-        where = f"{name}-{int(depth[mask][deepest])}"
+        where = slot_name(name, -int(depth[mask][deepest]))
         at = int(steps[hit][mask][deepest])
         if kind == "write":
             count = int(mask.sum())
@@ -221,7 +221,7 @@ def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> t
 
 def _access(stack: Region, i: int, addrs: npt.NDArray[np.uint64], is_write: B) -> str:
     addr = int(addrs[i])
-    where = f"{stack.name}-{stack.base - addr} ({addr:#x})"
+    where = f"{slot_name(stack.name, addr - stack.base)} ({addr:#x})"
     return f"a write at {where}" if is_write[i] else f"rsp moves to {where}"
 
 

@@ -32,6 +32,7 @@ from unicorn.unicorn_py3.unicorn import UcError
 from ..layout import Region
 from .elf import DataSymbol, ElfImage
 from .machine import Machine, _raw
+from .naming import PROCESS_STACK, identifier, unique
 from .syscalls import LinuxKernel
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
@@ -171,7 +172,7 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
     """The stacks the evidence shows, in the order rsp first reached them."""
     stacks: list[Region] = []
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
-    names: set[str] = {"main"}
+    names: set[str] = {PROCESS_STACK}
     for step, rsp in evidence.outside:
         # Known bounds: in or just under. Only the range visited: near it either way.
         owner = next(
@@ -191,13 +192,7 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
             visits[len(stacks)] = [rsp]
             found = (f"stack_{rsp:x}", rsp, 0)
         name, base, size = found
-        unique = name
-        n = 2
-        while unique in names:
-            unique = f"{name}_{n}"
-            n += 1
-        names.add(unique)
-        stacks.append(Region(unique, "stack", base, max(size, 1), "rw-"))
+        stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-"))
     for k, values in visits.items():  # a range rsp visited: from its lowest to its highest
         low = min(values) // 16 * 16
         high = (max(values) + 8 + 15) // 16 * 16
@@ -210,7 +205,7 @@ def _evidence_for(
 ) -> tuple[str, int, int] | None:
     for sym in data_symbols:
         if sym.addr <= rsp <= sym.addr + sym.size:
-            return _label(sym.name), sym.addr, sym.size
+            return identifier(sym.name), sym.addr, sym.size
     for alloc in reversed(evidence.allocations):
         alive = alloc.step <= step and (alloc.freed is None or step < alloc.freed)
         if alive and alloc.addr <= rsp <= alloc.addr + alloc.size:
@@ -252,9 +247,3 @@ def heap_chunk(heap: tuple[int, bytes], starts: list[int], addr: int) -> tuple[i
                 return user, size - 8
             offset += size
     return None
-
-
-def _label(name: str) -> str:
-    """A region name usable in `REGION:INDEX` and a column name: `a::b` -> `a.b`."""
-    cleaned = name.replace("::", ".")
-    return "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in cleaned)
