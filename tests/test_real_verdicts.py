@@ -8,13 +8,16 @@ The programs are built at test time; where gcc or rustc is missing the tests ski
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.analysis.events import Origin, derive_facts
+from stacktrace_lab.cli import main
 from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.explore.backtrace import backtraces, frame_history
 from stacktrace_lab.export.perfetto import chrome_trace_events
@@ -205,3 +208,81 @@ def test_a_misaligned_call_names_the_instruction_that_moved_rsp(tmp_path: Path) 
     assert "the last instruction to move rsp before the call is `subq $0x10, %rsp`" in (
         violation.message
     )
+
+
+# --- 7. names a person reads ---------------------------------------------------------
+
+
+def test_the_process_stack_is_called_stack_and_slots_are_spelled_with_brackets(
+    programs: dict[str, Path], tmp_path: Path
+) -> None:
+    program = _program(programs, "c-static")
+    rec = record_elf(program, tmp_path / "t.parquet", from_symbol="main")
+    names = {s.name for s in rec.metadata.stacks}
+    assert names == {"stack", "calloc_48"}
+    result = check(load_trace(rec.path))
+    (planted,) = result.planted
+    assert planted.where == "calloc_48[32]"
+    (overflow,) = result.result("stack-bounds").violations
+    assert "rsp moves to calloc_48[-8]" in overflow.message
+
+
+# --- 8. what record writes, every command opens -------------------------------------
+
+GUARDED_STACK_C = r"""#include <stdio.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+static ucontext_t main_ctx, co_ctx;
+static void co(void) { puts("on the coroutine"); swapcontext(&co_ctx, &main_ctx); }
+int main(void) {
+    size_t size = 64 * 1024, page = 4096;
+    char *mem = mmap(0, size + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    mprotect(mem, page, PROT_NONE);  /* guard page under the stack */
+    getcontext(&co_ctx);
+    co_ctx.uc_stack.ss_sp = mem + page;
+    co_ctx.uc_stack.ss_size = size;
+    co_ctx.uc_link = &main_ctx;
+    makecontext(&co_ctx, co, 0);
+    swapcontext(&main_ctx, &co_ctx);
+    puts("back");
+    return 0;
+}
+"""
+
+
+def test_a_stack_mapped_with_a_guard_page_is_nested_in_its_mapping_without_the_guard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = _gcc(tmp_path, "guard", GUARDED_STACK_C, "-O1")
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(program), "--from", "main", "-o", str(out)]) == 0
+    meta = load_trace(out).metadata
+    (stack,) = [s for s in meta.stacks if s.name != "stack"]
+    mapping = next(r for r in meta.regions if r.kind == "mapped" and r.base <= stack.base)
+    # The mapping is 64 KiB and a guard page; the stack is the 64 KiB above the guard.
+    assert (stack.name, stack.size) == ("mmap_65536", 65536)
+    assert mapping.base + 4096 == stack.base and stack.top == mapping.top
+    assert main(["check", str(out)]) == 0
+    assert "all invariants hold" in capsys.readouterr().out
+
+
+def test_record_refuses_to_write_a_trace_the_reader_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stacktrace_lab.record import recorder
+
+    made = recorder._metadata
+
+    def overlapping(*args: Any, **kwargs: Any) -> Any:
+        meta = made(*args, **kwargs)
+        first = meta.regions[0]
+        twin = replace(first, name="twin", kind="data")
+        return replace(meta, regions=(*meta.regions, twin))
+
+    monkeypatch.setattr(recorder, "_metadata", overlapping)
+    out = tmp_path / "t.parquet"
+    assert main(["record", "first-switch", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "not written: the trace would not open" in err and "overlap" in err
+    assert not out.exists() and not list(tmp_path.iterdir())

@@ -74,7 +74,7 @@ def test_rsp_plot_has_one_panel_per_stack(first_switch_trace: Path) -> None:
     assert green_axes.get_ylim()[0] < 0 and green_axes.get_ylim()[1] > 48
     assert main_axes.get_ylim()[0] > 65000
     texts = [t.get_text() for t in green_axes.texts]
-    assert any("ret pops hello from green+32" in t for t in texts)
+    assert any("ret pops hello from green[32]" in t for t in texts)
     assert any("switch main → green" in t.get_text() for t in main_axes.texts)
 
 
@@ -213,11 +213,11 @@ def test_listing_around_the_switch(first_switch_trace: Path) -> None:
     content = gather(facts, check(facts.trace, facts))
     (window,) = content.windows
     rows = {row.step: row for row in window.rows}
-    assert rows[6].notes == ("plants hello at green+32",)
-    assert rows[6].touched == ("write green+32 = hello",)
+    assert rows[6].notes == ("plants hello at green[32]",)
+    assert rows[6].touched == ("write green[32] = hello",)
     assert rows[11].notes == ("switch: rsp moves from main to green",)
-    assert rows[12].notes == ("ret pops planted hello from green+32",)
-    assert rows[12].touched == ("read green+32 = hello",)
+    assert rows[12].notes == ("ret pops planted hello from green[32]",)
+    assert rows[12].touched == ("read green[32] = hello",)
     assert rows[12].rsp_where == "green[32]"
     assert rows[13].rsp_where == "green[40]"
     assert rows[10].rsp_where == "main+65504 (top-32)"

@@ -32,7 +32,7 @@ from unicorn.unicorn_py3.unicorn import UcError
 from ..layout import Region
 from .elf import DataSymbol, ElfImage
 from .machine import Machine, _raw
-from .naming import PROCESS_STACK, identifier, unique
+from .naming import PROCESS_STACK, identifier, unique, usable_part
 from .syscalls import LinuxKernel
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
@@ -67,6 +67,8 @@ class Evidence:
     heaps: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     #: Where the heap grew from, each time: where an allocator's blocks may start.
     heap_starts: list[int] = field(default_factory=list)
+    #: Memory mapped with no access at the end (guard pages): [start, end).
+    no_access: list[tuple[int, int]] = field(default_factory=list)
 
 
 def run_discovery(
@@ -165,6 +167,7 @@ def run_discovery(
         evidence.mmaps = list(kernel.process.mmaps)
         evidence.sigaltstack = kernel.process.sigaltstack
         evidence.heap_starts = list(kernel.process.brk_starts)
+    evidence.no_access = [(begin, last + 1) for begin, last, perms in uc.mem_regions() if not perms]
     return evidence
 
 
@@ -212,7 +215,8 @@ def _evidence_for(
             return f"{alloc.kind}_{alloc.size}", alloc.addr, alloc.size
     for addr, length in evidence.mmaps:
         if addr <= rsp <= addr + length:
-            return f"mmap_{length}", addr, length
+            base, top = usable_part(addr, addr + length, evidence.no_access)
+            return f"mmap_{top - base}", base, top - base
     if evidence.sigaltstack is not None:
         sp, size = evidence.sigaltstack
         if sp <= rsp <= sp + size:

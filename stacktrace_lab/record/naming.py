@@ -1,8 +1,14 @@
-"""Names of the regions a real program's recording finds: what a person reads in every view.
+"""Names and bounds of the regions a real program's recording finds.
 
 A region's name is also the name of its snapshot column (`stack__<name>`), so
 it stays a plain identifier; this module decides it in one place for the
 process front end (`process.py`) and the discovery pass (`discovery.py`).
+
+A stack found in an anonymous mapping is nested in that mapping's region
+(kind `mapped`, which keeps the whole mapping) and bounded by its accessible
+part: guard pages (mapped with no access, as libaco and most coroutine
+libraries put under a stack) are not the stack, so running into one is an
+overflow of it.
 """
 
 from __future__ import annotations
@@ -26,3 +32,18 @@ def unique(name: str, taken: set[str]) -> str:
         n += 1
     taken.add(chosen)
     return chosen
+
+
+def usable_part(start: int, end: int, no_access: list[tuple[int, int]]) -> tuple[int, int]:
+    """[start, end) without the no-access pages at either end (a guard page under a stack,
+    or over it); the whole range when nothing in it is accessible."""
+    lo, hi = start, end
+    moved = True
+    while moved and lo < hi:
+        moved = False
+        for a, b in no_access:
+            if a <= lo < b:
+                lo, moved = b, True
+            if a < hi <= b:
+                hi, moved = a, True
+    return (lo, hi) if lo < hi else (start, end)
