@@ -220,7 +220,7 @@ def test_listing_around_the_switch(first_switch_trace: Path) -> None:
     assert rows[12].touched == ("read green[32] = hello",)
     assert rows[12].rsp_where == "green[32]"
     assert rows[13].rsp_where == "green[40]"
-    assert rows[10].rsp_where == "main+65504 (top-32)"
+    assert rows[10].rsp_where == "main[65504] (top-32)"
 
 
 def test_html_is_self_contained(first_switch_report: Path) -> None:

@@ -37,6 +37,8 @@ from .syscalls import LinuxKernel
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
 OVERFLOW_REACH = 64 << 10
+#: A move of rsp by more than this (or from another stack) is a switch, not a push.
+SWITCH_JUMP = 4096
 HEAP_SNAPSHOTS = 64
 _ALLOCATORS = ("malloc", "calloc", "realloc", "free")
 _JMP_SELF = (b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff")
@@ -176,21 +178,32 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
     stacks: list[Region] = []
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
     names: set[str] = {PROCESS_STACK}
+    previous = (-2, 0)
     for step, rsp in evidence.outside:
-        # Known bounds: in or just under. Only the range visited: near it either way.
-        owner = next(
-            (
-                k
-                for k, s in enumerate(stacks)
-                if s.base - OVERFLOW_REACH <= rsp <= s.top + (OVERFLOW_REACH if k in visits else 0)
-            ),
-            None,
-        )
+        # rsp got here by a switch (from another stack, or a jump of more than a page),
+        # not by pushing down from where it was: an overflow descends, a switch jumps.
+        jumped = step != previous[0] + 1 or abs(rsp - previous[1]) > SWITCH_JUMP
+        previous = (step, rsp)
+        # Known bounds: in or just under (a stack rsp is in first, then one it is under).
+        # Only the range visited: near it either way.
+        near = [
+            k
+            for k, s in enumerate(stacks)
+            if s.base - OVERFLOW_REACH <= rsp <= s.top + (OVERFLOW_REACH if k in visits else 0)
+        ]
+        owner = next((k for k in near if stacks[k].base <= rsp), near[0] if near else None)
+        found = None
+        if owner is not None and jumped and rsp < stacks[owner].base:
+            # Just under a stack, but a switch into a block of its own (the next
+            # thread's stack, mapped right below): a new stack, not an overflow.
+            found = _evidence_for(rsp, step, evidence, data_symbols, strong_only=True)
+            if found is not None and found[1] != stacks[owner].base:
+                owner = None
         if owner is not None:
             if owner in visits:
                 visits[owner].append(rsp)
             continue
-        found = _evidence_for(rsp, step, evidence, data_symbols)
+        found = found or _evidence_for(rsp, step, evidence, data_symbols)
         if found is None:
             visits[len(stacks)] = [rsp]
             found = (f"stack_{rsp:x}", rsp, 0)
@@ -204,8 +217,15 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
 
 
 def _evidence_for(
-    rsp: int, step: int, evidence: Evidence, data_symbols: tuple[DataSymbol, ...]
+    rsp: int,
+    step: int,
+    evidence: Evidence,
+    data_symbols: tuple[DataSymbol, ...],
+    strong_only: bool = False,
 ) -> tuple[str, int, int] | None:
+    """(name, base, size) of the block `rsp` lies in, by the best evidence; with
+    `strong_only`, only a symbol, a live allocation or a mapping (not a heap chunk read
+    from headers, which an overflow runs over as often as a stack lives in one)."""
     for sym in data_symbols:
         if sym.addr <= rsp <= sym.addr + sym.size:
             return identifier(sym.name), sym.addr, sym.size
@@ -221,6 +241,8 @@ def _evidence_for(
         sp, size = evidence.sigaltstack
         if sp <= rsp <= sp + size:
             return "sigaltstack", sp, size
+    if strong_only:
+        return None
     taken = [s for s in evidence.heaps if s <= step]
     heap = evidence.heaps[max(taken)] if taken else (0, b"")
     chunk = heap_chunk(heap, evidence.heap_starts, rsp)
