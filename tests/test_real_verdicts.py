@@ -286,3 +286,26 @@ def test_record_refuses_to_write_a_trace_the_reader_would_refuse(
     assert len(err.splitlines()) == 1
     assert "not written: the trace would not open" in err and "overlap" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_switch_to_just_under_a_stack_into_a_block_of_its_own_is_a_new_stack() -> None:
+    """The tutorial runtime's 2 MiB stacks are mmap'd one right under the other: the
+    second thread's first rsp lies just under the first's base. A jump there is a switch
+    to a new stack; descending there push by push is an overflow of the first."""
+    from stacktrace_lab.record.discovery import Allocation, Evidence, name_stacks
+
+    upper, lower, size = 0x200000, 0x100000 - 0x1000, 0x100000
+    switched = Evidence(
+        outside=[(10, upper + size - 32), (20, upper + size - 64), (30, lower + size - 32)],
+        mmaps=[(upper, size), (lower, size)],
+    )
+    assert [(s.base, s.size) for s in name_stacks(switched, ())] == [
+        (upper, size),
+        (lower, size),
+    ]
+    # A 48-byte stack whose overflow runs down into the live block under it.
+    overflowing = Evidence(
+        outside=[(10, 0x5020), (11, 0x5000), (12, 0x4FF8), (13, 0x4FC0)],
+        allocations=[Allocation(1, "calloc", 0x5000, 48), Allocation(2, "malloc", 0x4F00, 200)],
+    )
+    assert [s.name for s in name_stacks(overflowing, ())] == ["calloc_48"]
