@@ -26,6 +26,7 @@ from ..errors import BadInput
 from ..layout import Region, RegionKind, page_ceil
 from .elf import ElfImage
 from .machine import MachineSpec, Mapping
+from .naming import PROCESS_STACK
 from .syscalls import MMAP_MIN_ADDR, Area, LinuxKernel, ProcessState, fixed_random
 
 #: Where the process believes its program is (argv[0], /proc/self/exe,
@@ -209,7 +210,7 @@ def linux_process(image: ElfImage, args: list[str], env: list[str]) -> Process:
         *_segment_mappings(image),
         Mapping(stack_base, STACK_SIZE, "rw-", stack_bytes, rsp),
     ]
-    stack = Region("main", "stack", stack_base, STACK_SIZE, "rw-")
+    stack = Region(PROCESS_STACK, "stack", stack_base, STACK_SIZE, "rw-")
     spec = MachineSpec(
         mappings=mappings,
         regions=[*_segment_regions(image), stack],
