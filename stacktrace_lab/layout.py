@@ -108,3 +108,9 @@ def region_symbols(regions: list[Region]) -> dict[str, int]:
         symbols[f"{region.name}_size"] = region.size
         symbols[f"{region.name}_top"] = region.top
     return symbols
+
+
+def slot_name(region: str, index: int) -> str:
+    """The one spelling of a place in a region everywhere a person reads it: `green[32]`
+    (the byte index from the region's base; negative below it, as an overflow)."""
+    return f"{region}[{index}]"

@@ -233,7 +233,7 @@ def test_wrong_slot_pops_zeros(recorded: Callable[[str], Trace]) -> None:
 EXPLANATIONS = {
     "first-switch-misaligned": ("hello", "index 40", "index 32"),
     "first-switch-overflow": ("green", "48 bytes below"),
-    "first-switch-wrong-slot": ("green+16", "nothing in the program wrote"),
+    "first-switch-wrong-slot": ("green[16]", "nothing in the program wrote"),
     "green-threads-no-skip": ("thread1", "index 1000", "index 992"),
     "green-threads-clobber": ("rbx", "switch"),
 }

@@ -33,7 +33,7 @@ def test_check_passes_on_the_seed(
     out = capsys.readouterr().out
     for invariant in ("alignment", "ret-source", "stack-bounds", "callee-saved", "expect"):
         assert invariant in out
-    assert "green+32" in out and "movq %rcx, 0x20(%rax)" in out
+    assert "green[32]" in out and "movq %rcx, 0x20(%rax)" in out
     assert "all invariants hold" in out
     # gt_switch's call never comes back: counted, not called "holds" silently
     assert "callee-saved: 1 call never returned: not checked" in out

@@ -72,7 +72,7 @@ def test_the_tutorials_program_switches_to_its_48_byte_stack(
     # hello is entered as if called: rsp % 16 == 8.
     entry_rsp = int(trace.slice(planted.ret_step + 1, planted.ret_step + 2, ["rsp"])["rsp"][0])
     assert entry_rsp == stack.base + 40 and entry_rsp % 16 == 8
-    assert "main" in {s.name for s in meta.stacks}
+    assert "stack" in {s.name for s in meta.stacks}
     assert any(call.name == "write" and call.result == len(LINE) for call in trace.syscalls())
 
 
@@ -196,8 +196,8 @@ def test_cli_records_a_program_with_arguments(programs: dict[str, Path], tmp_pat
     # The process stack's snapshot is where its frames were (record/windows.py),
     # not its top (argv and the environment, which never change): the deepest
     # rsp in it, with the red zone under it.
-    window = meta.snapshots["main"]
-    stack = meta.region("main")
+    window = meta.snapshots["stack"]
+    stack = meta.region("stack")
     rsp = trace.column("rsp")
     deepest = int(rsp[(rsp >= stack.base) & (rsp <= stack.top)].min())
     assert window.base <= deepest - 128 and deepest < window.top < stack.top

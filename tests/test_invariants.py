@@ -146,9 +146,9 @@ def test_pushing_below_a_small_stack_is_an_overflow(record_source: RecordSource)
     (violation,) = result.result("stack-bounds").violations
     assert violation.step == 3
     assert violation.message.startswith("tiny (16 bytes) overflows by 24 bytes")
-    assert "here a write at tiny-8" in violation.message
-    assert "3 writes land below the base, the deepest at tiny-24 (step 5)" in violation.message
-    assert "rsp goes down to tiny-24 (step 5)" in violation.message
+    assert "here a write at tiny[-8]" in violation.message
+    assert "3 writes land below the base, the deepest at tiny[-24] (step 5)" in violation.message
+    assert "rsp goes down to tiny[-24] (step 5)" in violation.message
     assert "tiny needs at least 40 bytes" in violation.message
 
 
@@ -183,7 +183,7 @@ def test_ret_popping_a_slot_nobody_wrote(record_source: RecordSource) -> None:
     assert_fails_only(result, "ret-source")
     (violation,) = result.result("ret-source").violations
     assert violation.step == 2
-    assert "ret pops 0x0 from tiny+48, a slot nothing in the program wrote" in violation.message
+    assert "ret pops 0x0 from tiny[48], a slot nothing in the program wrote" in violation.message
 
 
 def test_planting_data_instead_of_code(record_source: RecordSource) -> None:
@@ -202,7 +202,7 @@ def test_planting_data_instead_of_code(record_source: RecordSource) -> None:
     assert "ret-source" in result.failed
     (violation,) = result.result("ret-source").violations
     assert "planted at step 2 by `movq %rcx, -0x10(%rax)`" in violation.message
-    assert "(&tiny+32)" in violation.message
+    assert "(&tiny[32])" in violation.message
     assert "not an address in the code" in violation.message
 
 

@@ -107,7 +107,7 @@ CASES = [
         "syscall-sets-rcx-and-r11",
         "main:\n mov $999, %eax\n syscall\n ret",
         "returned",
-        {"rcx": 0x400000 + 5 + 2, "r11": 0x2},
+        {"rcx": 0x400000 + 5 + 2, "r11": 0x202},
     ),
     Case(
         "write-to-bad-fd",

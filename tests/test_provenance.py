@@ -43,7 +43,7 @@ def test_text_answer_names_both_steps(
 ) -> None:
     assert main(["who-wrote", str(first_switch_trace), "green:32", "--first-planted-ret"]) == 0
     out = capsys.readouterr().out
-    assert "green:32" in out and "before step 12" in out and "hello+0" in out
+    assert "green[32]" in out and "before step 12" in out and "hello+0" in out
     lines = out.splitlines()
     assert any(line.split()[:1] == ["6"] and "movq %rcx, 0x20(%rax)" in line for line in lines)
     assert any(line.split()[:1] == ["5"] and "movabsq $0x40003e, %rcx" in line for line in lines)
@@ -54,7 +54,7 @@ def test_address_and_region_index_name_the_same_slot(first_switch_trace: Path) -
     green = trace.metadata.region("green")
     by_name = parse_slot(trace, "green:32")
     by_address = parse_slot(trace, hex(green.base + 32))
-    assert by_name == by_address and by_address.name == "green:32"
+    assert by_name == by_address and by_address.name == "green[32]"
     assert provenance(trace, by_name, RET_STEP) == provenance(trace, by_address, RET_STEP)
 
 
@@ -82,7 +82,7 @@ def test_follows_lea_back_to_the_stack_base(first_switch_trace: Path) -> None:
     answer = provenance(trace, parse_slot(trace, f"main:{main_stack.size - 32}"), RET_STEP)
     assert answer.pointer == "green[32]"
     kinds = [(link.kind, link.step, link.what) for link in answer.chain]
-    assert kinds == [("store", 8, "main:65504"), ("computed", 7, "rdx"), ("immediate", 4, "rax")]
+    assert kinds == [("store", 8, "main[65504]"), ("computed", 7, "rdx"), ("immediate", 4, "rax")]
 
 
 CHAIN = """
@@ -110,10 +110,10 @@ def test_chain_through_move_pop_and_push(
     assert answer.pointer == "target+0"
     steps = [(link.kind, link.step, link.what) for link in answer.chain]
     assert steps == [
-        ("store", 6, "green:8"),
+        ("store", 6, "green[8]"),
         ("register", 4, "rdx"),
         ("load", 3, "rcx"),
-        ("store", 1, "main:4080"),
+        ("store", 1, "main[4080]"),
         ("immediate", 0, "rbx"),
     ]
     shallow = provenance(trace, parse_slot(trace, "green:8"), trace.num_rows, depth=2)
@@ -294,7 +294,7 @@ def test_chain_in_an_intel_source_follows_sub_registers_and_lea(
     trace = load_trace(record_source(INTEL_CHAIN, syntax="intel", data=(("d", 64),)).path)
     answer = provenance(trace, parse_slot(trace, "d:8"), trace.num_rows)
     assert [(link.kind, link.step, link.what) for link in answer.chain] == [
-        ("store", 3, "d:8"),
+        ("store", 3, "d[8]"),
         ("register", 1, "rcx"),  # `mov ecx, eax`: a move from rax into rcx
         ("computed", 0, "rax"),  # rip-relative: nothing further to follow
     ]
@@ -304,7 +304,7 @@ def test_chain_in_an_intel_source_follows_sub_registers_and_lea(
     # the text shown is the trace's AT&T, whatever the source was written in
     immediate = provenance(trace, parse_slot(trace, "d:16"), trace.num_rows)
     assert [(link.kind, link.what) for link in immediate.chain] == [
-        ("store", "d:16"),
+        ("store", "d[16]"),
         ("immediate", "$0x2a"),
     ]
 
@@ -327,7 +327,15 @@ def test_a_pop_into_another_register_did_not_load_rsp(
     trace = load_trace(record_source(POP_MOVES_RSP, data=(("d", 64),)).path)
     answer = provenance(trace, parse_slot(trace, "d:0"), trace.num_rows)
     assert [(link.kind, link.step, link.what) for link in answer.chain] == [
-        ("store", 3, "d:0"),
+        ("store", 3, "d[0]"),
         ("computed", 1, "rsp"),
     ]
     assert answer.chain[-1].note == "rsp was last changed at step 1"
+
+
+def test_a_slot_is_named_region_bracket_index_and_the_old_colon_form_still_parses(
+    first_switch_trace: Path,
+) -> None:
+    trace = load_trace(first_switch_trace)
+    assert parse_slot(trace, "green[32]") == parse_slot(trace, "green:32")
+    assert parse_slot(trace, "green[0x20]").name == "green[32]"

@@ -75,7 +75,7 @@ def test_rsp_plot_has_one_panel_per_stack(first_switch_trace: Path) -> None:
     assert main_axes.get_ylim()[0] > 65000
     # Numbered marks in the panels, their text in the legend under the figure.
     legend = "\n".join(t.get_text() for t in figure.texts)
-    assert re.search(r"ret pops hello from green\+32", legend)
+    assert "ret pops hello from green[32]" in legend
     assert "switch main → green" in legend
     numbers = {t.get_text() for t in green_axes.texts + main_axes.texts}
     assert "1" in numbers
@@ -216,14 +216,14 @@ def test_listing_around_the_switch(first_switch_trace: Path) -> None:
     content = gather(facts, check(facts.trace, facts))
     (window,) = content.windows
     rows = {row.step: row for row in window.rows}
-    assert rows[6].notes == ("plants hello at green+32",)
-    assert rows[6].touched == ("write green+32 = hello",)
+    assert rows[6].notes == ("plants hello at green[32]",)
+    assert rows[6].touched == ("write green[32] = hello",)
     assert rows[11].notes == ("switch: rsp moves from main to green",)
-    assert rows[12].notes == ("ret pops planted hello from green+32",)
-    assert rows[12].touched == ("read green+32 = hello",)
-    assert rows[12].rsp_where == "green+32"
-    assert rows[13].rsp_where == "green+40"
-    assert rows[10].rsp_where == "main+65504 (top-32)"
+    assert rows[12].notes == ("ret pops planted hello from green[32]",)
+    assert rows[12].touched == ("read green[32] = hello",)
+    assert rows[12].rsp_where == "green[32]"
+    assert rows[13].rsp_where == "green[40]"
+    assert rows[10].rsp_where == "main[65504] (top-32)"
 
 
 def test_html_is_self_contained(first_switch_report: Path) -> None:

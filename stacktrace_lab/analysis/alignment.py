@@ -25,7 +25,7 @@ import numpy as np
 from ..arch import STACK_ALIGNMENT
 from ..layout import Region
 from .causes import MAX_CAUSES, Items, code_at, grouped
-from .events import I64, U64, B, Origin, TraceFacts
+from .events import I64, U64, B, Kind, Origin, TraceFacts
 from .model import MAX_VIOLATIONS, Findings
 from .transfers import Landing, realigns, saved_stack_pointer
 
@@ -123,11 +123,49 @@ def _call_message(facts: TraceFacts, c: int) -> str:
     rsp = int(facts.rsp[facts.calls[c]])
     callee = facts.symbolize(int(facts.call_targets[c]))
     off = rsp % STACK_ALIGNMENT
+    made = _misaligned_by(facts, int(facts.calls[c]))
+    by = ""
+    if made is not None:
+        step, crossed = made
+        info = facts.describe([step])[step]
+        insn = f"`{info.insn}`{code_at(facts, info.rip)}"
+        if crossed:
+            by = f"; rsp went off the 16-byte grid at step {step} by {insn}"
+        else:
+            by = f"; the last instruction to move rsp before the call is {insn} (step {step})"
     return (
         f"call to {callee} with rsp % 16 == {off} (rsp={rsp:#x}): {callee} will be "
         f"entered with rsp % 16 == {(rsp - 8) % 16} instead of 8; the caller's frame "
-        f"is {off} bytes off the 16-byte grid, so adjust it before the call"
+        f"is {off} bytes off the 16-byte grid, so adjust it before the call{by}"
     )
+
+
+#: How far back from a misaligned call to look for the instruction that misaligned rsp.
+_MISALIGN_LOOKBACK = 4096
+
+
+def _misaligned_by(facts: TraceFacts, call: int) -> tuple[int, bool] | None:
+    """The caller's own instruction (calls it made are skipped) to blame for rsp at `call`:
+    (its step, True) if it moved rsp from the grid onto the misaligned value, else (the
+    step of the caller's last instruction that moved rsp, False); None if it moved none."""
+    off = int(facts.rsp[call]) % STACK_ALIGNMENT
+    depth = 0
+    last_move: int | None = None
+    for j in range(call - 1, max(call - 1 - _MISALIGN_LOOKBACK, -1), -1):
+        kind = int(facts.kind[j])
+        if kind == Kind.RET:
+            depth += 1
+        elif kind == Kind.CALL:
+            if depth == 0:
+                break  # the call that entered the caller
+            depth -= 1
+        elif depth == 0:
+            before, after = int(facts.rsp[j]), int(facts.rsp[j + 1])
+            if before % STACK_ALIGNMENT != off and after % STACK_ALIGNMENT == off:
+                return j, True
+            if before != after and last_move is None:
+                last_move = j
+    return (last_move, False) if last_move is not None else None
 
 
 def _blamed_call_message(facts: TraceFacts, c: int, blame: int) -> str:

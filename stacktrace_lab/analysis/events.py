@@ -12,7 +12,9 @@ One read of the trace, row group by row group, of the columns `rip`, `rsp`,
 - every `ret`, with the slot it popped, where it landed, and who wrote that
   slot last: the `call` that pushed it (a return), an ordinary store (a
   **planted** return: a stack switch), or nothing (the sentinel the machine
-  put under the entry function, or an uninitialised slot).
+  put under the entry function, or an uninitialised slot) — or, in a
+  recording that began past the entry (`--from`), whatever the stack held
+  when the trace began: a return address pushed before row 0.
 
 The last writer of each slot is found without a Python loop over writes: the
 writes are cut into the 8-byte words they touch, sorted by (word, step), and
@@ -35,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arch import PAGE
-from ..layout import SENTINEL_RETURN, Region
+from ..layout import SENTINEL_RETURN, Region, slot_name
 from ..symbols import LabelTable
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
@@ -76,6 +78,15 @@ class Origin(IntEnum):
     PLANTED = 1  # an ordinary store: a planted return, i.e. a stack switch
     ENTRY = 2  # nobody in the program: the machine's sentinel under the entry function
     UNWRITTEN = 3  # nobody at all, and not the sentinel: a bug
+    #: Nobody in the trace, but the slot was on the stack (at or above rsp) when a
+    #: recording that began past the entry (`--from`) started, and it holds a code
+    #: address: a return address pushed before row 0, returning to a frame entered
+    #: before the trace began.
+    BEFORE = 4
+    #: Nobody in the trace, the slot was not live stack when a `--from` trace began,
+    #: and it holds a code address: a store before row 0 planted it (a switch set up
+    #: before the trace). A switch like `PLANTED`, but its store is not in the trace.
+    PLANTED_BEFORE = 5
 
 
 #: The values of the trace's `kind` column (from capstone's detail mode when
@@ -227,13 +238,13 @@ class TraceFacts:
         return (region, addr - region.base) if region is not None else None
 
     def where(self, addr: int) -> str:
-        """`region+index` for an address in a region (the top of a stack included), else hex."""
+        """`region[index]` for an address in a region (the top of a stack included), else hex."""
         located = self.locate(addr)
         if located is not None:
-            return f"{located[0].name}+{located[1]}"
+            return slot_name(located[0].name, located[1])
         for stack in self.stacks:
             if addr == stack.top:
-                return f"{stack.name}+{stack.size} (the top)"
+                return f"{slot_name(stack.name, stack.size)} (the top)"
         return f"{addr:#x}"
 
     def describe_value(self, value: int) -> str:
@@ -531,6 +542,8 @@ def derive_facts(trace: Trace) -> TraceFacts:
     writer = _last_writers(writes, slots, ret_steps, n)
     sentinel = int(trace.metadata.options.get("sentinel_return", SENTINEL_RETURN))
     origin = _origins(writes, kind, writer, slots, values, sentinel)
+    if trace.metadata.start is not None and n:
+        _held_before(origin, slots, values, int(rsp[0]), trace.metadata)
     returns = Returns(
         step=ret_steps,
         slot=slots,
@@ -664,3 +677,20 @@ def _origins(writes: Writes, kind: U8, writer: I64, slots: U64, values: U64, sen
     origin[pushed_by_call] = Origin.CALL
     origin[~has] = np.where(values[~has] == np.uint64(sentinel), Origin.ENTRY, Origin.UNWRITTEN)
     return origin
+
+
+def _held_before(origin: U8, slots: U64, values: U64, first_rsp: int, meta: TraceMetadata) -> None:
+    """Mark, in a trace that began past the entry, the unwritten slots that were live
+    stack at row 0 (at or above its rsp) and hold a code address: what a `call` before
+    the trace pushed, as the whole recording would show. Changes `origin` in place."""
+    unwritten = origin == Origin.UNWRITTEN
+    stack = meta.region_of(first_rsp)
+    live = slots >= np.uint64(first_rsp)
+    if stack is not None:
+        live &= slots < np.uint64(stack.top)
+    in_code = np.zeros(values.shape, dtype=np.bool_)
+    for region in meta.regions:
+        if region.kind == "code":
+            in_code |= (values >= np.uint64(region.base)) & (values < np.uint64(region.top))
+    origin[unwritten & live & in_code] = Origin.BEFORE
+    origin[unwritten & ~live & in_code] = Origin.PLANTED_BEFORE

@@ -38,11 +38,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ..arch import CALLEE_SAVED
-from ..layout import Region
+from ..layout import Region, slot_name
 from .alignment import alignment
 from .causes import Items, code_at, grouped, simple
 from .events import I64, U64, B, Origin, TraceFacts, stack_index
 from .model import MAX_VIOLATIONS, Findings
+from .saves import advices, saves_and_restores
 from .transfers import Landing, saved_stack_pointer
 
 Check = Callable[[TraceFacts], Findings]
@@ -85,7 +86,14 @@ def ret_source(facts: TraceFacts) -> Findings:
     for k, i in enumerate(not_code.tolist()):
         items.add(int(r.step[i]), "planted-data", int(store_rips[k]))
         messages.append(_planted_data_message(facts, i))
-    return grouped(facts, "ret-source", items, lambda i: messages[i]())
+    notes = []
+    before = int(np.count_nonzero(r.origin == Origin.PLANTED_BEFORE))
+    if before:
+        notes.append(
+            f"{before} ret{'s pop code addresses' if before != 1 else ' pops a code address'} "
+            "planted before the trace began (not listed: the store is not in the trace)"
+        )
+    return grouped(facts, "ret-source", items, lambda i: messages[i](), notes)
 
 
 def _unwritten_message(facts: TraceFacts, i: int, made: int) -> Callable[[], str]:
@@ -100,9 +108,17 @@ def _unwritten_message(facts: TraceFacts, i: int, made: int) -> Callable[[], str
                 f"; rsp was loaded from the stack pointer saved at step {made_step} by "
                 f"`{info.insn}`{code_at(facts, info.rip)}"
             )
+        if facts.meta.start is not None and facts.steps and slot >= int(facts.rsp[0]):
+            # Live stack when a `--from` trace began: what it held then is all we know.
+            return (
+                f"ret pops {value:#x} from {facts.where(slot)}, which held it when the trace "
+                f"began (before row 0) and nothing in the trace wrote since: not an address "
+                f"in the code, so not a return address{saved}"
+            )
+        begun = " since the trace began" if facts.meta.start is not None else ""
         return (
             f"ret pops {value:#x} from {facts.where(slot)}, a slot nothing in the program "
-            f"wrote: no call pushed a return address there and no store planted one{saved}"
+            f"wrote{begun}: no call pushed a return address there and no store planted one{saved}"
         )
 
     return text
@@ -191,7 +207,7 @@ def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> t
         if not mask.any():
             continue
         deepest = np.lexsort((steps[hit][mask], -depth[mask]))[0]
-        where = f"{name}-{int(depth[mask][deepest])}"
+        where = slot_name(name, -int(depth[mask][deepest]))
         at = int(steps[hit][mask][deepest])
         if kind == "write":
             count = int(mask.sum())
@@ -205,7 +221,7 @@ def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> t
 
 def _access(stack: Region, i: int, addrs: npt.NDArray[np.uint64], is_write: B) -> str:
     addr = int(addrs[i])
-    where = f"{stack.name}-{stack.base - addr} ({addr:#x})"
+    where = f"{slot_name(stack.name, addr - stack.base)} ({addr:#x})"
     return f"a write at {where}" if is_write[i] else f"rsp moves to {where}"
 
 
@@ -295,6 +311,10 @@ def callee_saved(facts: TraceFacts) -> Findings:
     notes = []
     if never:
         notes.append(f"{never} call{'s' if never != 1 else ''} never returned: not checked")
+    older = int(np.count_nonzero(r.origin == Origin.BEFORE))
+    if older:
+        frames = "s to frames" if older != 1 else " to a frame"
+        notes.append(f"{older} ret{frames} entered before the trace began: not checked")
     return grouped(facts, "callee-saved", items, lambda i: messages[i](), notes)
 
 
@@ -349,14 +369,22 @@ def _clobbered_message(
         stacks_between = facts.rsp_owner[call_step : back_step + 1]
         switched = bool(np.any(stacks_between != stacks_between[0]))
         through = " through a stack switch" if switched else ""
-        it = "them" if len(names) > 1 else "it"
-        if switched:
-            fix = (
-                f"the switch must save {regs} in the context it leaves "
-                f"and restore {it} from the one it resumes"
-            )
-        else:
-            fix = f"{callee} must save {regs} (push on entry) and restore {it} (pop before ret)"
+        found = saves_and_restores(facts, call_step, back_step, switched)
+        leaving = "before the switch resumed it" if switched else "before the ret"
+        told, untold = advices(facts, names, found, leaving)
+        if untold:
+            them = " and ".join(untold)
+            it = "them" if len(untold) > 1 else "it"
+            if switched:
+                told.append(
+                    f"the switch must save {them} in the context it leaves "
+                    f"and restore {it} from the one it resumes"
+                )
+            else:
+                told.append(
+                    f"{callee} must save {them} (push on entry) and restore {it} (pop before ret)"
+                )
+        fix = "; ".join(told)
         return (
             f"{regs} changed across the call to {callee} at step {call_step}, returned "
             f"here{through} ({values_text}): {regs} {'are' if len(names) > 1 else 'is'} "

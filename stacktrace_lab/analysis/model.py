@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..layout import slot_name
+
 #: At most this many violations are kept per invariant, and this many planted
 #: returns listed: a broken loop in a ten-million-step trace would otherwise
 #: repeat one mistake a million times. The totals are still counted.
@@ -177,7 +179,7 @@ class PlantedReturn:
 
     @property
     def where(self) -> str:
-        return f"{self.region}+{self.index}" if self.region else f"{self.slot:#x}"
+        return slot_name(self.region, self.index) if self.region else f"{self.slot:#x}"
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -132,8 +132,11 @@ def function_addresses(facts: TraceFacts) -> set[int]:
 
 def classify(facts: TraceFacts) -> Transfers:
     r = facts.returns
-    # The sentinel under the entry function is the machine's, not a switch: not classified.
-    unmatched = np.flatnonzero((r.origin != Origin.CALL) & (r.origin != Origin.ENTRY))
+    # The sentinel under the entry function is the machine's, not a switch, and a return
+    # to a frame entered before a `--from` trace began is a call's: neither is classified.
+    unmatched = np.flatnonzero(
+        (r.origin != Origin.CALL) & (r.origin != Origin.ENTRY) & (r.origin != Origin.BEFORE)
+    )
     steps = np.concatenate([r.step[unmatched], facts.jumps.step])
     targets = np.concatenate([r.value[unmatched], facts.jumps.target])
     is_ret = np.concatenate(
@@ -264,8 +267,9 @@ def _returns_from_own_slot(facts: TraceFacts, onward: I64, landing_rsp: U64) -> 
         return out
     pos = np.clip(np.searchsorted(r.step, onward), 0, len(r) - 1)
     is_ret = r.step[pos] == onward
+    origin = r.origin[pos[is_ret]]
     out[is_ret] = (r.slot[pos[is_ret]] == landing_rsp[is_ret]) & (
-        r.origin[pos[is_ret]] != Origin.CALL
+        (origin != Origin.CALL) & (origin != Origin.BEFORE)
     )
     return out
 

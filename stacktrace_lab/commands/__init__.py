@@ -40,7 +40,7 @@ SHORT_HELP: dict[str, str] = {
     "diff": "Compare trace A (the reference, e.g. a golden) with trace B.",
     "show": "Show one step of TRACE: every stack's backtrace, registers, code around rip and "
     "the stack telescope.",
-    "who-wrote": "Which step last wrote SLOT (REGION:INDEX such as green:32, or an address) "
+    "who-wrote": "Which step last wrote SLOT (REGION[INDEX] such as green[32], or an address) "
     "before a step.",
     "replay": "Re-run TRACE from its own code, layout and initial state; compare every step.",
     "silicon-check": "Single-step TARGET on this CPU and compare every step with the emulated run.",

@@ -87,8 +87,10 @@ def print_result(result: CheckResult) -> None:
 
     if result.planted_total:
         _print_planted(result)
-    else:
+    elif not any(note for r in result.results if r.id == "ret-source" for note in r.notes):
         out.print("no planted returns: every ret popped what its call pushed")
+    else:
+        out.print("no planted returns in the trace")
     if result.holds:
         verdict = Text("all invariants hold", style="green")
     else:

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..trace.reader import load_trace
-
 
 @click.command("gdbserver")
 @click.argument("trace", type=click.Path(path_type=Path))
@@ -22,7 +20,9 @@ from ..trace.reader import load_trace
 def gdbserver_command(trace: Path, port: int, program: Path | None) -> int:
     """Serve TRACE to gdb on 127.0.0.1:PORT (`target remote :PORT`), with reverse execution.
     Only this machine can connect; nothing is written. See docs/gdb.md."""
+    # Imported when the command runs: `--help` loads no pyarrow (commands/__init__.py).
     from ..gdbserver import open_target, serve
+    from ..trace.reader import load_trace
 
     loaded = load_trace(trace)
     served = open_target(loaded, program)

@@ -112,7 +112,7 @@ def who_wrote_command(
     depth: int,
     as_json: bool,
 ) -> int:
-    """Which step last wrote SLOT (REGION:INDEX such as green:32, or an address) before a step.
+    """Which step last wrote SLOT (REGION[INDEX] such as green[32], or an address) before a step.
 
     The step defaults to the end of the trace. The value is then followed back:
     the store that wrote it, where the stored register got its value, and so on.

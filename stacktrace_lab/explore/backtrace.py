@@ -37,7 +37,7 @@ from typing import Any, NamedTuple, overload
 import numpy as np
 import numpy.typing as npt
 
-from ..analysis.events import TraceFacts, stack_index
+from ..analysis.events import TraceFacts
 from ..analysis.source import SourceLines
 from ..analysis.transfers import Landing
 from ..symbols import LabelTable
@@ -168,6 +168,8 @@ class FrameHistory:
     #: Per node, the step whose instruction ended the frame (its ret, or the call or ret
     #: that found it abandoned); -1 while it never ended.
     ends: I64
+    #: Per step (and the final state), the stack the frames belong to: `frame_owners`.
+    owners: npt.NDArray[np.int16] | None = None
 
     def tops_before(self, step: int) -> list[int]:
         """Each stack's innermost frame node before the instruction at `step` runs."""
@@ -213,6 +215,9 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     """
     meta = facts.meta
     w, r = facts.writes, facts.returns
+    # Calls and rets belong to the stack `frame_owners` says: an overflow below a
+    # base stays on its stack, and rsp outside every stack stays on the one it left.
+    owner = frame_owners(facts)
     transfers = facts.transfers
     n_stacks = len(facts.stacks)
     calls = facts.calls
@@ -234,10 +239,10 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         if len(transfers)
         else np.zeros(moved.shape, np.uint8)
     )
-    landing_stack = stack_index(facts.stacks, transfers.rsp).astype(np.int64)
+    landing_stack = owner[np.minimum(transfers.step + 1, facts.steps)].astype(np.int64)
     landing_slot = transfers.rsp - np.uint64(8)
     n_rets = r.step.size
-    ret_stack = facts.rsp_stack[r.step].astype(np.int64)
+    ret_stack = owner[r.step].astype(np.int64)
     moved_stack = np.concatenate([ret_stack, np.full(jumps.shape, -1, dtype=np.int64)])
     moved_slot = np.concatenate([r.slot, np.zeros(jumps.shape, dtype=np.uint64)])
     if len(transfers):
@@ -249,7 +254,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     enters = classified & (landing == Landing.ENTRY)
     # The machine's start: a frame for the entry function on the first stack, as
     # an event before every other (the last entry of each array below).
-    first_stack = int(facts.rsp_stack[0]) if facts.steps else -1
+    first_stack = int(owner[0]) if facts.steps else -1
     entry = meta.symbols.get(meta.scenario.entry)
     start = first_stack >= 0 and entry is not None
 
@@ -265,7 +270,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     zeros = np.zeros(moved.shape, np.uint64)
     targets = np.where(enters, transfers.target[t_safe], 0) if len(transfers) else zeros
     step = events(calls, moved, -1, np.int64)
-    stack = events(facts.rsp_stack[calls], moved_stack, first_stack, np.int64)
+    stack = events(owner[calls], moved_stack, first_stack, np.int64)
     slot = events(
         facts.rsp[calls] - np.uint64(8), moved_slot, int(facts.rsp[0]) if facts.steps else 0,
         np.uint64,
@@ -368,6 +373,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         top=top[1:] if start else top,
         initial=tuple(initial),
         ends=ends,
+        owners=owner,
     )
 
 
@@ -418,15 +424,38 @@ def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> npt.NDArray[np.sig
     return found[:m]
 
 
-def last_step_on(facts: TraceFacts, stack: int, before: int) -> int | None:
-    """The last step before `before` whose rsp was on `stack` (where a suspended stack left)."""
-    last = int(last_steps_on(facts, before)[stack])
+def frame_owners(facts: TraceFacts) -> npt.NDArray[np.int16]:
+    """Per step (and one past the last: the final state), the stack whose frames the
+    step's calls and rets belong to: the stack rsp is on, counting an overflow below its
+    base as that stack; while rsp is outside every stack, the stack it last left, so a
+    call made there keeps its frame (and its ret pops it) instead of being lost."""
+    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    known = owner >= 0
+    if known.all() or not known.any():
+        return owner
+    # Forward fill: the index of the latest known step at or before each step.
+    latest = np.where(known, np.arange(owner.size), 0)
+    np.maximum.accumulate(latest, out=latest)
+    filled = owner[latest]
+    filled[: int(np.argmax(known))] = -1  # before rsp was ever on a stack: none
+    return filled.astype(np.int16)
+
+
+def last_step_on(
+    facts: TraceFacts, stack: int, before: int, owners: npt.NDArray[np.int16] | None = None
+) -> int | None:
+    """The last step before `before` that ran on `stack` (where a suspended stack left)."""
+    last = int(last_steps_on(facts, before, owners)[stack])
     return last if last >= 0 else None
 
 
-def last_steps_on(facts: TraceFacts, before: int) -> I64:
-    """Per stack, the last step before `before` whose rsp was on it (-1: none)."""
-    return last_index_per_value(facts.rsp_owner[:before], len(facts.stacks))
+def last_steps_on(
+    facts: TraceFacts, before: int, owners: npt.NDArray[np.int16] | None = None
+) -> I64:
+    """Per stack, the last step before `before` that ran on it (-1: none): by
+    `frame_owners`, so a step outside every stack counts for the stack it left."""
+    owners = owners if owners is not None else frame_owners(facts)
+    return last_index_per_value(owners[:before], len(facts.stacks))
 
 
 def frame_lines(
@@ -477,12 +506,13 @@ def backtraces(
     """The backtrace of the stack running at `step`, then of every suspended stack with frames."""
     history = history if history is not None else frame_history(facts)
     tops = history.tops_before(step)
-    running = int(facts.rsp_owner[step]) if 0 <= step < facts.steps else -1
+    owners = history.owners if history.owners is not None else frame_owners(facts)
+    running = int(owners[step]) if 0 <= step < facts.steps else -1
     source = SourceLines(facts.meta)
     rip = int(facts.describe([step])[step].rip) if 0 <= step < facts.steps else 0
     out = []
     order = [running] + [s for s in range(len(tops)) if s != running]
-    left_on = last_steps_on(facts, step)
+    left_on = last_steps_on(facts, step, owners)
     for s in order:
         if s < 0 or (s != running and tops[s] < 0):
             continue

@@ -17,6 +17,7 @@ one group to the next.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from ..analysis.decoded import (
 )
 from ..arch import REGISTERS, WORD
 from ..errors import BadInput
-from ..layout import SENTINEL_RETURN, Region
+from ..layout import SENTINEL_RETURN, Region, slot_name
 from ..trace.reader import Trace
 from .memory import AccessLog, flatten_accesses, memory_before
 from .rows import (
@@ -60,7 +61,7 @@ DEFAULT_DEPTH = 6
 
 @dataclass(frozen=True)
 class SlotRef:
-    """A place in memory named by the user: `green:32` or an address."""
+    """A place in memory named by the user: `green[32]` (or the older `green:32`) or an address."""
 
     addr: int
     size: int
@@ -70,13 +71,22 @@ class SlotRef:
     def name(self) -> str:
         if self.region is None:
             return f"{self.addr:#x}"
-        return f"{self.region.name}:{self.addr - self.region.base}"
+        return slot_name(self.region.name, self.addr - self.region.base)
+
+
+#: `green[32]`: a region's name and a byte index in brackets.
+_BRACKETED = re.compile(r"(.+)\[\s*([^\]]+?)\s*\]")
 
 
 def parse_slot(trace: Trace, text: str, size: int = WORD) -> SlotRef:
-    """`REGION:INDEX` (byte index from the region's base) or an address (0x hex or decimal)."""
+    """`REGION[INDEX]` (byte index from the region's base; `REGION:INDEX` as earlier
+    versions spelled it is accepted too) or an address (0x hex or decimal)."""
     meta = trace.metadata
-    name, colon, index_text = text.partition(":")
+    bracketed = _BRACKETED.fullmatch(text.strip())
+    if bracketed:
+        name, colon, index_text = bracketed.group(1), ":", bracketed.group(2)
+    else:
+        name, colon, index_text = text.partition(":")
     if colon:
         try:
             region = meta.region(name)
@@ -97,7 +107,7 @@ def parse_slot(trace: Trace, text: str, size: int = WORD) -> SlotRef:
         addr = int(text, 0)
     except ValueError:
         raise BadInput(
-            f"{trace.path}: bad slot '{text}': give REGION:INDEX (e.g. green:32) or an address"
+            f"{trace.path}: bad slot '{text}': give REGION[INDEX] (e.g. green[32]) or an address"
         ) from None
     return SlotRef(addr, size, meta.region_of(addr))
 
@@ -191,7 +201,7 @@ class Link:
     kind: str  # store | push-return | register | load | immediate | computed | initial | stop
     step: int | None
     instruction: Instruction | None
-    what: str  # the slot or register this link is about: `green:32`, `rcx`
+    what: str  # the slot or register this link is about: `green[32]`, `rcx`
     value: int
     note: str  # one sentence saying what happened
 
@@ -235,7 +245,7 @@ def last_register_change(trace: Trace, register: str, before: int) -> int | None
 
 def _describe_slot(trace: Trace, addr: int) -> str:
     pointed = describe_pointer(trace.metadata, addr)
-    return pointed.replace("[", ":").rstrip("]") if "[" in pointed else f"{addr:#x}"
+    return pointed if "[" in pointed else f"{addr:#x}"
 
 
 def _memory_links(

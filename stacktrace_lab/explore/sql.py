@@ -143,6 +143,8 @@ def _macros(files: Sequence[TraceFile]) -> list[str]:
     return [
         f"CREATE MACRO region_of(t, a) AS {_case(region)}",
         f"CREATE MACRO region_index(t, a) AS (a::HUGEINT - {_case(base)})::BIGINT",
+        # The one spelling of a slot people read elsewhere (`green[32]`), NULL outside regions.
+        "CREATE MACRO slot_name(t, a) AS region_of(t, a) || '[' || region_index(t, a) || ']'",
         f"CREATE MACRO stack_of(t, a) AS {_case(stack)}",
         # The nearest label at or below a code address, `label` or `label+offset`.
         "CREATE MACRO symbol_of(t, a) AS ("
@@ -251,7 +253,8 @@ def _views(columns: set[str]) -> list[str]:
         "  FROM raw WHERE len(writes) > 0) "
         f"SELECT trace, step, rip, symbol, insn, {kind} AS kind, access, seq, "
         "e.addr AS addr, e.size AS size, e.data AS data, le_u64(e.data) AS value, "
-        "region_of(trace, e.addr) AS region, region_index(trace, e.addr) AS region_index "
+        "region_of(trace, e.addr) AS region, region_index(trace, e.addr) AS region_index, "
+        "slot_name(trace, e.addr) AS slot_name "
         "FROM a",
         # The matching ret: the first later ret that pops the slot this call pushed.
         "CREATE VIEW calls AS "
@@ -286,7 +289,8 @@ def _views(columns: set[str]) -> list[str]:
         "w AS (SELECT trace, step, addr, insn, symbol, kind FROM accesses WHERE access = 'write') "
         "SELECT r.trace, r.step AS ret_step, r.symbol AS ret_symbol, "
         "region_of(r.trace, r.slot) AS stack, region_index(r.trace, r.slot) AS region_index, "
-        "r.slot, w.step AS planted_step, w.insn AS planted_insn, w.symbol AS planted_symbol, "
+        "slot_name(r.trace, r.slot) AS slot_name, r.slot, w.step AS planted_step, "
+        "w.insn AS planted_insn, w.symbol AS planted_symbol, "
         "r.value, symbol_of(r.trace, r.value) AS target, r.entry_rsp "
         "FROM r ASOF JOIN w ON r.trace = w.trace AND r.slot = w.addr AND r.step > w.step "
         "WHERE w.kind <> 'call'",

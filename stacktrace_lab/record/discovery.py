@@ -36,11 +36,14 @@ from ..layout import Region
 from .elf import DataSymbol, ElfImage
 from .hooks import TICK_MASK, _raw, add_raw_hook
 from .machine import Machine
+from .naming import PROCESS_STACK, identifier, unique, usable_part
 from .syscalls import LinuxKernel
 from .user_mode import NORMAL
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
 OVERFLOW_REACH = 64 << 10
+#: A move of rsp by more than this (or from another stack) is a switch, not a push.
+SWITCH_JUMP = 4096
 HEAP_SNAPSHOTS = 64
 _ALLOCATORS = ("malloc", "calloc", "realloc", "free")
 _JMP_SELF = (b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff")
@@ -71,6 +74,8 @@ class Evidence:
     heaps: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     #: Where the heap grew from, each time: where an allocator's blocks may start.
     heap_starts: list[int] = field(default_factory=list)
+    #: Memory mapped with no access at the end (guard pages): [start, end).
+    no_access: list[tuple[int, int]] = field(default_factory=list)
 
 
 def run_discovery(
@@ -156,6 +161,7 @@ def run_discovery(
         evidence.mmaps = list(kernel.process.mmaps)
         evidence.sigaltstack = kernel.process.sigaltstack
         evidence.heap_starts = list(kernel.process.brk_starts)
+    evidence.no_access = [(begin, last + 1) for begin, last, perms in uc.mem_regions() if not perms]
     return evidence
 
 
@@ -318,33 +324,38 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
     """The stacks the evidence shows, in the order rsp first reached them."""
     stacks: list[Region] = []
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
-    names: set[str] = {"main"}
+    names: set[str] = {PROCESS_STACK}
+    previous = (-2, 0)
     for step, rsp in evidence.outside:
-        # Known bounds: in or just under. Only the range visited: near it either way.
-        owner = next(
-            (
-                k
-                for k, s in enumerate(stacks)
-                if s.base - OVERFLOW_REACH <= rsp <= s.top + (OVERFLOW_REACH if k in visits else 0)
-            ),
-            None,
-        )
+        # rsp got here by a switch (from another stack, or a jump of more than a page),
+        # not by pushing down from where it was: an overflow descends, a switch jumps.
+        jumped = step != previous[0] + 1 or abs(rsp - previous[1]) > SWITCH_JUMP
+        previous = (step, rsp)
+        # Known bounds: in or just under (a stack rsp is in first, then one it is under).
+        # Only the range visited: near it either way.
+        near = [
+            k
+            for k, s in enumerate(stacks)
+            if s.base - OVERFLOW_REACH <= rsp <= s.top + (OVERFLOW_REACH if k in visits else 0)
+        ]
+        owner = next((k for k in near if stacks[k].base <= rsp), near[0] if near else None)
+        found = None
+        if owner is not None and jumped and rsp < stacks[owner].base:
+            # Just under a stack, but a switch into a block of its own (the next
+            # thread's stack, mapped right below): a new stack, not an overflow.
+            found = _evidence_for(rsp, step, evidence, data_symbols, strong_only=True)
+            if found is not None and found[1] != stacks[owner].base:
+                owner = None
         if owner is not None:
             if owner in visits:
                 visits[owner].append(rsp)
             continue
-        found = _evidence_for(rsp, step, evidence, data_symbols)
+        found = found or _evidence_for(rsp, step, evidence, data_symbols)
         if found is None:
             visits[len(stacks)] = [rsp]
             found = (f"stack_{rsp:x}", rsp, 0)
         name, base, size = found
-        unique = name
-        n = 2
-        while unique in names:
-            unique = f"{name}_{n}"
-            n += 1
-        names.add(unique)
-        stacks.append(Region(unique, "stack", base, max(size, 1), "rw-"))
+        stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-"))
     for k, values in visits.items():  # a range rsp visited: from its lowest to its highest
         low = min(values) // 16 * 16
         high = (max(values) + 8 + 15) // 16 * 16
@@ -353,22 +364,32 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
 
 
 def _evidence_for(
-    rsp: int, step: int, evidence: Evidence, data_symbols: tuple[DataSymbol, ...]
+    rsp: int,
+    step: int,
+    evidence: Evidence,
+    data_symbols: tuple[DataSymbol, ...],
+    strong_only: bool = False,
 ) -> tuple[str, int, int] | None:
+    """(name, base, size) of the block `rsp` lies in, by the best evidence; with
+    `strong_only`, only a symbol, a live allocation or a mapping (not a heap chunk read
+    from headers, which an overflow runs over as often as a stack lives in one)."""
     for sym in data_symbols:
         if sym.addr <= rsp <= sym.addr + sym.size:
-            return _label(sym.name), sym.addr, sym.size
+            return identifier(sym.name), sym.addr, sym.size
     for alloc in reversed(evidence.allocations):
         alive = alloc.step <= step and (alloc.freed is None or step < alloc.freed)
         if alive and alloc.addr <= rsp <= alloc.addr + alloc.size:
             return f"{alloc.kind}_{alloc.size}", alloc.addr, alloc.size
     for addr, length in evidence.mmaps:
         if addr <= rsp <= addr + length:
-            return f"mmap_{length}", addr, length
+            base, top = usable_part(addr, addr + length, evidence.no_access)
+            return f"mmap_{top - base}", base, top - base
     if evidence.sigaltstack is not None:
         sp, size = evidence.sigaltstack
         if sp <= rsp <= sp + size:
             return "sigaltstack", sp, size
+    if strong_only:
+        return None
     taken = [s for s in evidence.heaps if s <= step]
     heap = evidence.heaps[max(taken)] if taken else (0, b"")
     chunk = heap_chunk(heap, evidence.heap_starts, rsp)
@@ -399,9 +420,3 @@ def heap_chunk(heap: tuple[int, bytes], starts: list[int], addr: int) -> tuple[i
                 return user, size - 8
             offset += size
     return None
-
-
-def _label(name: str) -> str:
-    """A region name usable in `REGION:INDEX` and a column name: `a::b` -> `a.b`."""
-    cleaned = name.replace("::", ".")
-    return "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in cleaned)

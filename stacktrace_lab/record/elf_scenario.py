@@ -41,6 +41,7 @@ from ..limits import DEFAULT_LIMITS, check_toml_depth, read_input, resolve_input
 from ..scenario import _expectations, _Fields  # one parser for [expect]
 from ..trace.format import ProgramInfo
 from .elf_front import describe_elf
+from .naming import PROCESS_STACK
 from .recorder import Description
 
 _TOP_KEYS = {"name", "description", "max_steps", "stacks", "expect", "program"}
@@ -145,7 +146,10 @@ def _named(
             (
                 i
                 for i, r in enumerate(out)
-                if r.kind == "stack" and r.name != "main" and r.size == size and i not in taken
+                if r.kind == "stack"
+                and r.name != PROCESS_STACK
+                and r.size == size
+                and i not in taken
             ),
             None,
         )

@@ -29,6 +29,7 @@ from ..layout import Region, RegionKind, page_ceil
 from .cpu import CPUID
 from .elf import ElfImage
 from .machine import MachineSpec, Mapping
+from .naming import PROCESS_STACK
 from .syscalls import MMAP_MIN_ADDR, Area, LinuxKernel, ProcessState, fixed_random
 
 #: Where the process believes its program is (argv[0], /proc/self/exe,
@@ -255,7 +256,7 @@ def linux_process(
     if interp is not None:
         mappings = [*mappings, *_segment_mappings(interp)]
         regions += _segment_regions(interp, f"{interp.path.name} ", whole_pages=True)
-    stack = Region("main", "stack", stack_base, STACK_SIZE, "rw-")
+    stack = Region(PROCESS_STACK, "stack", stack_base, STACK_SIZE, "rw-")
     spec = MachineSpec(
         mappings=mappings,
         regions=[*regions, stack],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import importlib.metadata
+import json
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,7 @@ from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region
 from ..limits import DEFAULT_LIMITS, Limits
 from ..safe_output import Interrupted
 from ..scenario import Scenario
+from ..trace import validate
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
     ProgramInfo,
@@ -41,6 +43,7 @@ from ..trace.format import (
     schema,
     syscall_column,
 )
+from ..trace.reader import load_trace
 from ..trace.writer import TraceWriter
 from . import initial_state
 from .assembler import Program, assemble
@@ -385,8 +388,36 @@ def record_description(
         if description.trim_lines:
             description = replace(description, lines=lines.used())
         metadata = _metadata(description, start, windows, result, options, max_steps, counts)
+        _check_readable(Path(output), metadata)
         path = writer.commit(metadata)
+    _check_opens(path)
     return Recording(path=path, metadata=metadata)
+
+
+def _unreadable(path: Path, exc: BadInput) -> BadInput:
+    reason = str(exc).removeprefix(f"{path}: ")
+    return BadInput(
+        f"{path}: not written: the trace would not open ({reason}); this is a bug in "
+        "stacktrace-lab, please report it with the program"
+    )
+
+
+def _check_readable(path: Path, metadata: TraceMetadata) -> None:
+    """The metadata passes the reader's own checks, before the file is put in place: a
+    trace `record` exits 0 for is one every command opens."""
+    try:
+        validate.check_doc(path, json.loads(metadata.to_json()))
+    except BadInput as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _check_opens(path: Path) -> None:
+    """The written file opens with the same reader every command uses; else it goes."""
+    try:
+        load_trace(path)
+    except BadInput as exc:
+        path.unlink(missing_ok=True)
+        raise _unreadable(path, exc) from None
 
 
 def _metadata(

@@ -176,7 +176,7 @@ def _window(facts: TraceFacts, start: int, stop: int, notes: dict[int, list[str]
 
 
 def _rsp_where(facts: TraceFacts, rsp: int) -> str:
-    """`green+32`; in a big stack, also the distance from its top, which reads better."""
+    """`green[32]`; in a big stack, also the distance from its top, which reads better."""
     where = facts.where(rsp)
     located = facts.locate(rsp)
     if located is not None and located[0].kind == "stack" and located[0].size > 512:

@@ -25,7 +25,7 @@ from ..analysis.decoded import decode
 from ..analysis.events import TraceFacts, derive_facts
 from ..analysis.lookup import RegionLookup
 from ..arch import REGISTERS, WORD
-from ..explore.backtrace import FrameHistory, frame_history, last_steps_on
+from ..explore.backtrace import FrameHistory, frame_history, frame_owners, last_steps_on
 from ..explore.memory import MemoryCheckpoints, access_log_between, memory_before_many
 from ..explore.provenance import PlantedReturn, flow, planted_returns
 from ..explore.registers import register_use
@@ -337,12 +337,38 @@ def _backtrace_data(frames: FrameContext, window: Window) -> dict[str, Any]:
         ]
         if node.parent >= 0:
             todo.append(node.parent)
+    owners = history.owners if history.owners is not None else frame_owners(facts)
     left0: list[list[Any] | None] = []
-    left_steps = last_steps_on(facts, window.start).tolist()
+    left_steps = last_steps_on(facts, window.start, owners).tolist()
     rips = facts.describe([step for step in left_steps if step >= 0])
     for step in left_steps:
         left0.append([step, hex64(rips[step].rip)] if step >= 0 else None)
-    return {"tops0": tops0, "events": events, "left0": left0, "frames": nodes}
+    return {
+        "tops0": tops0,
+        "events": events,
+        "left0": left0,
+        "frames": nodes,
+        "owner": _owner_runs(facts, owners, window),
+    }
+
+
+def _owner_runs(
+    facts: TraceFacts, owners: npt.NDArray[np.int16], window: Window
+) -> list[list[int]]:
+    """[start, stop, stack]: the runs of steps in the window whose frames belong to another
+    stack than the one rsp is in (an overflow below a stack's base, rsp outside every
+    stack), so the page keeps showing them on the stack they were made on."""
+    inside = facts.rsp_stack[window.start : window.stop]
+    kept = owners[window.start : window.stop]
+    differs = np.flatnonzero(inside != kept)
+    runs: list[list[int]] = []
+    for k in differs.tolist():
+        step, stack = window.start + k, int(kept[k])
+        if runs and runs[-1][1] == step and runs[-1][2] == stack:
+            runs[-1][1] = step + 1
+        else:
+            runs.append([step, step + 1, stack])
+    return runs
 
 
 def embedded_window(

@@ -179,7 +179,10 @@ class Trace:
         for name in names:
             field = self.schema.field(name)
             column = derived[name] if name in derived else table.column(name)
-            arrays.append(_cast(self.path, column, field.type, name))
+            column = _cast(self.path, column, field.type, name)
+            if pa.types.is_dictionary(field.type) and name not in derived:
+                _check_text(self.path, column, name)
+            arrays.append(column)
         return pa.Table.from_arrays(arrays, schema=pa.schema([self.schema.field(n) for n in names]))
 
     def _derive(self, rips: pa.ChunkedArray) -> dict[str, pa.Array]:
@@ -275,6 +278,19 @@ def _cast(
         return column.cast(to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadInput(f"{path}: corrupt trace (column {name}: {exc})") from None
+
+
+def _check_text(path: Path, column: pa.ChunkedArray, name: str) -> None:
+    """A text column's dictionary is valid UTF-8 and its indices point into it:
+    Parquet's reader leaves both unchecked, and a damaged page would otherwise
+    fail deep inside the analysis (`UnicodeDecodeError`). The dictionaries are
+    small (one entry per distinct instruction), so this is cheap."""
+    try:
+        for chunk in column.chunks:
+            chunk.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        first = (str(exc).splitlines() or ["invalid"])[0]
+        raise BadInput(f"{path}: corrupt trace (column {name}: {first})") from None
 
 
 def _newer(path: Path, version: int) -> BadInput:

@@ -264,7 +264,8 @@ def check_layout(doc: Mapping[str, Any]) -> None:
     # No two regions overlap, except that a stack may lie inside a heap, data
     # or mapped region (a program's stack found in its heap); such nested
     # stacks do not overlap each other. One pass in address order.
-    ordered = sorted(regions, key=lambda r: (r["base"], -r["size"]))
+    # A stack as large as the region it is found in (a whole mapping) sorts after it.
+    ordered = sorted(regions, key=lambda r: (r["base"], -r["size"], r["kind"] == "stack"))
     outer: dict[str, Any] | None = None
     inner_end = 0
     for region in ordered:

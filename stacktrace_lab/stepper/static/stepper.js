@@ -503,6 +503,19 @@
 
   // ---- backtraces -------------------------------------------------------------------
   /* Every stack's innermost frame and where a suspended stack left, before `step`. */
+  /* The stack whose frames run at `step`: the one rsp is on, but while rsp is below a
+     stack's base (an overflow) or outside every stack, the one the analysis keeps the
+     frames on (`bt.owner`: [first step, stack] wherever that differs). */
+  function frameOwner(w, step) {
+    var owner = stackIndex(w.regs[step - w.start][RSP]);
+    (w.bt.owner || []).forEach(function (run) {
+      if (run[0] <= step && step < run[1]) {
+        owner = run[2];
+      }
+    });
+    return owner;
+  }
+
   function frameState(step) {
     var w = windowOf(step);
     var tops = w.bt.tops0.slice();
@@ -516,7 +529,7 @@
     });
     for (var s = w.start; s < step; s++) {
       var regs = w.regs[s - w.start];
-      var k = stackIndex(regs[RSP]);
+      var k = frameOwner(w, s);
       if (k >= 0) {
         left[k] = { step: s, rip: regs[RIP] };
       }
@@ -529,7 +542,7 @@
     box.textContent = "";
     var state = frameState(step);
     var regs = regsAt(step);
-    var running = stackIndex(regs[RSP]);
+    var running = frameOwner(windowOf(step), step);
     var order = [running];
     for (var s = 0; s < stacks.length; s++) {
       if (s !== running) {
