@@ -32,8 +32,16 @@ def silicon_check_command(
     """Single-step TARGET on this CPU and compare every step with the emulated run.
 
     TARGET is a built-in scenario, a scenario .toml, or a static x86-64 ELF.
-    Exit 0 when every step is the same, 1 at the first divergence, 2 on bad
-    input or when ptrace is not available here.
+    Exit 0 only when the runs are the same: every step's registers (with the
+    documented masks), stdout and stderr byte for byte, and the end; 1 at the
+    first difference (the text and JSON name it); 2 on bad input or when
+    ptrace is not available here.
+
+    Natively only instructions run: every system call is stopped before the
+    kernel runs it; only those acting on the process itself (its memory map,
+    signal state, clock, random bytes) run, output is captured from memory,
+    stdin is empty, everything else is answered -ENOSYS without running, and
+    the process group is killed at the end (docs/silicon.md).
     """
     result = silicon_check(
         target,
@@ -72,8 +80,13 @@ def _summary(name: str, c: Comparison) -> str:
             lines.append(f"  CPU: {c.native_steps} steps, {c.native_stop}")
             lines.append(f"  emulator: {c.emulated_steps} steps, {c.emulated_stop}")
         lines.append(f"  most likely: {d.cause}: {CAUSES[d.cause]}")
-    if not c.stdout_same:
-        lines.append("  stdout differs between the two runs")
+    if c.output_difference is not None:
+        stream, at, cpu_bytes, emulator_bytes = c.output_difference
+        if c.divergence is None:
+            lines[0] = f"{name}: {stream} differs (every step's registers agree)"
+        lines.append(
+            f"  {stream} differs first at byte {at}: CPU {cpu_bytes!r}, emulator {emulator_bytes!r}"
+        )
     for mismatch in c.replay_mismatches:
         lines.append(f"  replay: {mismatch}")
     lines.append(f"  normalised (rows): {touched}")

@@ -61,6 +61,8 @@ class Target:
     #: An ELF scenario's own `from` and `to`, used when the command line gives none.
     default_from: str | None = None
     default_to: str | None = None
+    #: The recorder's machine is a Linux process (an ELF), not a scenario's bare one.
+    linux: bool = True
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
 
@@ -113,6 +115,7 @@ def scenario_target(name_or_path: str, workdir: Path) -> Target:
         symbols=program.symbols,
         lines={addr: f"{source}:{line}" for addr, line in program.lines.items()},
         emulate=lambda native, max_steps: emulate(spec, native, max_steps),
+        linux=False,
     )
 
 
@@ -246,6 +249,7 @@ def silicon_check(
                 sentinel=target.sentinel,
                 max_steps=steps,
                 linked_entry=target.linked_entry,
+                linux=target.linux,
             )
         except NativeError as exc:
             raise BadInput(str(exc)) from exc

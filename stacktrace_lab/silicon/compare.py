@@ -37,8 +37,9 @@ CAUSES = {
     "state was altered outside the instruction (a hook, or an edited trace)",
     "flags": "the emulator computes rflags differently from the CPU for this instruction "
     "(an emulator bug, or an undefined flag capstone does not list)",
-    "unsupported-instruction": "the emulator cannot run this instruction (AVX, AVX2, "
-    "AVX-512: an x86-64-v3 build); build for x86-64-v2 or below",
+    "unsupported-instruction": "the machine does not run this instruction (VEX/EVEX/XOP: "
+    "AVX and later, or an x87 transcendental function: unicorn computes them wrongly, "
+    "docs/pitfalls.md); build for x86-64-v2 or below",
     "stop": "the runs stop differently",
     "instruction": "the emulator computes this instruction differently from the CPU "
     "(an emulator bug, or memory that differs between the runs)",
@@ -82,10 +83,23 @@ class Comparison:
     normalisations: dict[str, int]
     divergence: Divergence | None
     replay_mismatches: list[str] = field(default_factory=list)
+    stderr_same: bool = True
+    #: Where the output first differs: (stream, byte offset, CPU bytes, emulator bytes).
+    output_difference: tuple[str, int, bytes, bytes] | None = None
 
     @property
     def same(self) -> bool:
-        return self.divergence is None
+        """Every step's registers, the end, stdout and stderr byte for byte."""
+        return self.divergence is None and self.stdout_same and self.stderr_same
+
+    @property
+    def first_difference(self) -> str | None:
+        """Which part differs first: `registers`, `end`, `stdout` or `stderr` (None: same)."""
+        if self.divergence is not None:
+            return "end" if not self.divergence.registers else "registers"
+        if self.output_difference is not None:
+            return self.output_difference[0]
+        return None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -96,6 +110,16 @@ class Comparison:
             "native_stop": self.native_stop,
             "emulated_stop": self.emulated_stop,
             "stdout_same": self.stdout_same,
+            "stderr_same": self.stderr_same,
+            "first_difference": self.first_difference,
+            "output_difference": None
+            if self.output_difference is None
+            else {
+                "stream": self.output_difference[0],
+                "offset": self.output_difference[1],
+                "native": self.output_difference[2].hex(),
+                "emulated": self.output_difference[3].hex(),
+            },
             "normalisations": self.normalisations,
             "divergence": self.divergence.to_json() if self.divergence else None,
             "replay_mismatches": self.replay_mismatches,
@@ -139,16 +163,34 @@ def compare(
             registers=divergence.registers,
             cause=divergence.cause,
         )
+    # Output is compared whole: a run cut short (--to, --max-steps) has
+    # written part of it, and the emulation went one step further.
+    stdout_same = native.stdout == emulated.stdout or cut_short
+    stderr_same = native.stderr == emulated.stderr or cut_short
+    output_difference = None
+    for stream, same, mine, theirs in (
+        ("stdout", stdout_same, native.stdout, emulated.stdout),
+        ("stderr", stderr_same, native.stderr, emulated.stderr),
+    ):
+        if not same:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b),
+                min(len(mine), len(theirs)),
+            )
+            output_difference = (stream, at, mine[at : at + 16], theirs[at : at + 16])
+            break
     return Comparison(
         native_steps=native.steps,
         emulated_steps=emulated_rows,
         compared_steps=min(rows, native.steps) if first is None else first,
         native_stop=f"{native.stop.reason}: {native.stop.detail}",
         emulated_stop=f"{emulated.stop_reason}: {emulated.stop_detail}",
-        stdout_same=native.stdout == emulated.stdout or cut_short,
+        stdout_same=stdout_same,
         normalisations=normalised.rows_touched,
         divergence=divergence,
         replay_mismatches=emulated.replay_mismatches,
+        stderr_same=stderr_same,
+        output_difference=output_difference,
     )
 
 
@@ -193,6 +235,8 @@ def _cause(
     replayed: bool,
 ) -> str:
     if not in_both:
+        if emulated.stop_reason == "unsupported" and "syscall" not in emulated.stop_detail:
+            return "unsupported-instruction"
         if emulated.stop_reason == "fault" and "invalid instruction" in emulated.stop_detail:
             return "unsupported-instruction"
         if previous is not None and previous.rep_string:

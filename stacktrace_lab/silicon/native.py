@@ -5,6 +5,12 @@ environment -> at the exec stop: fix the AT_RANDOM bytes, hide the vDSO ->
 PTRACE_SINGLESTEP until the program stops, reading the registers (and
 fs_base) before every instruction.
 
+Nothing the program does reaches the host (sandbox.py): every system call is
+stopped before the kernel runs it, and only those that act on the process
+itself run; output is captured from the process's memory, stdin is empty,
+the rest is answered as the recorder's machine answers it (-ENOSYS), and a
+new thread, process or program ends the run (`unsupported`).
+
 What the program learns from outside the CPU is logged so that the emulated
 side can be given the same answers: every system call (number, arguments,
 result, the buffers it filled), every `cpuid` and every `xgetbv`. Each is
@@ -20,25 +26,30 @@ step (it never ran).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import capstone
 import numpy as np
 
 from ..arch import REGISTERS
 from ..record.syscalls import NAMES, fixed_random
+from . import sandbox
 from .ptrace import (
     PTRACE_GETREGS,
     PTRACE_GETSIGINFO,
     PTRACE_O_EXITKILL,
+    PTRACE_O_TRACESYSGOOD,
     PTRACE_SETOPTIONS,
+    PTRACE_SETREGS,
     PTRACE_SINGLESTEP,
+    PTRACE_SYSEMU_SINGLESTEP,
     USER_REGS,
     PtraceError,
     SigInfo,
@@ -71,6 +82,11 @@ _RIP = USER_REGS.index("rip")
 _ORIG_RAX_AT = 8 * USER_REGS.index("orig_rax")
 #: waitpid's status for "stopped by SIGTRAP" (a single step done): (SIGTRAP << 8) | 0x7f.
 _STOPPED_BY_SIGTRAP = (signal.SIGTRAP << 8) | 0x7F
+#: ... and "stopped at a system call's entry" (PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80).
+_STOPPED_AT_SYSCALL = ((signal.SIGTRAP | 0x80) << 8) | 0x7F
+_TF = 0x100
+_MASK64 = (1 << 64) - 1
+_RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
 
@@ -156,7 +172,9 @@ class ValueRecord:
 
 @dataclass(frozen=True)
 class NativeStop:
-    reason: str  # returned | halted | exit | spin | max_steps | fault | to | not_started
+    reason: (
+        str  # returned | halted | exit | spin | max_steps | fault | to | not_started | unsupported
+    )
     step: int  # the last row
     detail: str
 
@@ -186,6 +204,8 @@ class NativeRun:
     initial_stack: bytes = b""
     #: How far from its linked addresses the kernel loaded the program (a static-pie).
     load_bias: int = 0
+    #: The process (and process group) that ran; killed and reaped when the run ended.
+    pid: int = 0
 
     @property
     def steps(self) -> int:
@@ -229,6 +249,7 @@ def run_native(
     sentinel: int | None = None,
     max_steps: int = 1_000_000,
     linked_entry: int | None = None,
+    linux: bool = True,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -240,42 +261,49 @@ def run_native(
     `linked_entry`: the entry address `start` and `end` were computed for; a
     static-pie runs wherever the kernel put it, and they move with it
     (`NativeRun.load_bias`).
+
+    `linux`: system calls are answered as the recorder's Linux process answers
+    them (a new process stops the run); False: as a scenario's bare machine.
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
         pid = os.fork()
         if pid == 0:  # the child: as little as possible between fork and exec
             try:
                 # A process group of its own: a program that signals its group
                 # (kill(0, ...)) reaches itself only, not the tool and its shell.
                 os.setpgid(0, 0)
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
+                # Empty stdin; stdout and stderr are captured by the tracer from
+                # the process's memory at each write (sandbox.py), never written.
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
                 trace_me_without_aslr()
                 os.execve(program, args, FIXED_ENV)
             finally:
                 os._exit(127)
+    finally:
+        os.close(null)
+    try:
+        _, status = os.waitpid(pid, 0)
+        if not os.WIFSTOPPED(status):
+            code = os.waitstatus_to_exitcode(status)
+            raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
+        # EXITKILL: if the tool dies, the kernel kills the program too.
+        # TRACESYSGOOD: a system call's entry stop is told apart from a step.
+        ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)
+        stepper = _Stepper(pid, start, end, sentinel, max_steps, linux)
         try:
-            _, status = os.waitpid(pid, 0)
-            if not os.WIFSTOPPED(status):
-                code = os.waitstatus_to_exitcode(status)
-                raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
-            # EXITKILL: if the tool dies, the kernel kills the program too.
-            ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL)
-            stepper = _Stepper(pid, start, end, sentinel, max_steps)
-            try:
-                stepper.fix_auxv()
-                if linked_entry is not None:
-                    stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
-                stepper.run()
-            finally:
-                os.close(stepper.mem)
+            stepper.fix_auxv()
+            if linked_entry is not None:
+                stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
+            stepper.run()
         finally:
-            _kill(pid)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+            os.close(stepper.mem)
+    finally:
+        _kill(pid)
+    stdout, stderr = bytes(stepper.stdout), bytes(stepper.stderr)
     raw = np.frombuffer(bytes(stepper.rows), dtype=np.uint64).reshape(-1, len(USER_REGS))
     return NativeRun(
         registers=np.ascontiguousarray(raw[:, _ROW_INDEX]),
@@ -292,24 +320,33 @@ def run_native(
         initial_registers=stepper.initial_registers,
         initial_stack=stepper.initial_stack,
         load_bias=stepper.load_bias,
+        pid=pid,
     )
 
 
 def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
+    """The program and its whole process group (it can start no other: sandbox.py)."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
 
 
 class _Stepper:
     """The single-step loop and what it logs (one instance per run)."""
 
     def __init__(
-        self, pid: int, start: int | None, end: int | None, sentinel: int | None, max_steps: int
+        self,
+        pid: int,
+        start: int | None,
+        end: int | None,
+        sentinel: int | None,
+        max_steps: int,
+        linux: bool = True,
     ) -> None:
         self.pid = pid
+        self.linux = linux
         self.start = start
         self.end = end
         self.sentinel = sentinel
@@ -329,6 +366,9 @@ class _Stepper:
         self.load_bias = 0
         self.disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.disassembler.detail = False
+        #: What the program wrote to fd 1 and 2 (captured, never written: sandbox.py).
+        self.stdout = bytearray()
+        self.stderr = bytearray()
 
     def read(self, addr: int, size: int) -> bytes:
         try:
@@ -400,7 +440,11 @@ class _Stepper:
         # ptrace without prototypes, given prepared ctypes arguments: the
         # argument conversion would cost about a tenth of the step.
         raw_ptrace = _raw_ptrace()
-        getregs, singlestep = ctypes.c_long(PTRACE_GETREGS), ctypes.c_long(PTRACE_SINGLESTEP)
+        getregs = ctypes.c_long(PTRACE_GETREGS)
+        # Every step stops at a system call's entry without running it: one the
+        # decoder did not see coming (int 0x80, rewritten code) cannot run either.
+        sysemu_step = ctypes.c_long(PTRACE_SYSEMU_SINGLESTEP)
+        real_step = ctypes.c_long(PTRACE_SINGLESTEP)
         pid = ctypes.c_int(self.pid)
         waitpid = os.waitpid
         regs = UserRegs()
@@ -461,15 +505,95 @@ class _Stepper:
             if kind is None:
                 kind = self.kind(rip)
             before = bytes(regs) if kind != _KIND_OTHER else b""
+            singlestep = sysemu_step
+            if kind == _KIND_SYSCALL:
+                verdict = self.system_call(regs, step)
+                if verdict == sandbox.STOP:
+                    return
+                if verdict == sandbox.ANSWER:
+                    continue  # answered without running it: the registers are set
+                singlestep = real_step  # it acts on the process only: the kernel runs it
             if raw_ptrace(singlestep, pid, None, None) == -1:
                 raise PtraceError(ctypes.get_errno(), "ptrace(PTRACE_SINGLESTEP) failed")
             _, status = waitpid(self.pid, 0)
+            if status == _STOPPED_AT_SYSCALL:
+                # Not run (SYSEMU). Not decoded as a `syscall` before the step.
+                self.stop = NativeStop(
+                    "fault",
+                    steps - 1,
+                    f"a system call at {rip:#x} the check did not decode (int 0x80, sysenter "
+                    "or rewritten code): not run",
+                )
+                return
             if kind != _KIND_OTHER and (os.WIFSTOPPED(status) or kind == _KIND_SYSCALL):
                 self.log_outside_world(kind, step, before, status)
             if status == _STOPPED_BY_SIGTRAP:
                 continue
             self.finish(status, steps, rip, kind, recording)
             return
+
+    def system_call(self, regs: Any, step: int) -> str:
+        """At a `syscall` about to run: what the sandbox lets it do (sandbox.py).
+        ANSWER: the call is done here, registers set as after it; RUN: step it."""
+        rip = int(regs[_RIP])
+        if self.read(rip, 2) != b"\x0f\x05":  # rewritten since decoded: SYSEMU catches it
+            self.kinds.pop(rip, None)
+            return sandbox.RUN
+        nr = int(regs[_RAX])
+        args = tuple(int(regs[i]) for i in _ARG_REGS)
+        verdict = sandbox.policy(nr, args, self.pid, self.linux)
+        if verdict == sandbox.STOP:
+            self.stop = NativeStop(
+                "unsupported", step, f"{sandbox.stop_name(nr)}: not run natively (sandbox)"
+            )
+        elif verdict == sandbox.ANSWER:
+            result = self.answer(nr, args)
+            # What the CPU and the kernel leave: rax the result, rcx the next
+            # instruction, r11 rflags as `syscall` saved them (TF included, as
+            # under a real single step), rip past the 2-byte `syscall`.
+            regs[_RAX] = result & _MASK64
+            regs[_RCX] = rip + 2
+            regs[_R11] = int(regs[_EFLAGS]) | _TF
+            regs[_RIP] = rip + 2
+            ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+            self.syscalls.append(
+                SyscallRecord(step, nr, args, result & _MASK64, (), int(regs[_R11]))
+            )
+        return verdict
+
+    def answer(self, nr: int, args: tuple[int, ...]) -> int:
+        """A call that is not run: the recorder's machine's answer (record/syscalls.py)."""
+        if nr == sandbox.READ:
+            return 0 if args[0] == 0 else -sandbox.EBADF  # stdin is empty
+        if nr not in (sandbox.WRITE, sandbox.WRITEV):
+            return -sandbox.ENOSYS
+        fd = args[0]
+        if fd not in (1, 2):
+            return -sandbox.EBADF
+        pieces = [(args[1], args[2])]
+        if nr == sandbox.WRITEV:
+            if args[2] > 1024:
+                return -22  # EINVAL
+            raw = self.read(args[1], 16 * args[2]) if args[2] else b""
+            if len(raw) < 16 * args[2]:
+                return -14  # EFAULT
+            pieces = [
+                (
+                    int.from_bytes(raw[i : i + 8], "little"),
+                    int.from_bytes(raw[i + 8 : i + 16], "little"),
+                )
+                for i in range(0, len(raw), 16)
+            ]
+        kept = self.stdout if fd == 1 else self.stderr
+        total = 0
+        for base, length in pieces:
+            room = max(sandbox.MAX_OUTPUT - len(kept), 0)
+            data = self.read(base, min(length, room)) if min(length, room) else b""
+            if len(data) < min(length, room):
+                return -14  # EFAULT
+            kept += data
+            total += length
+        return total
 
     def log_outside_world(self, kind: int, step: int, before: bytes, status: int) -> None:
         pre = np.frombuffer(before, dtype=np.uint64)
