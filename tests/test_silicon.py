@@ -15,6 +15,7 @@ import pytest
 
 from stacktrace_lab.arch import REGISTERS
 from stacktrace_lab.cli import main
+from stacktrace_lab.record.cpu import XCR0, CpuModel
 from stacktrace_lab.scenario import builtin_names
 from stacktrace_lab.silicon import ptrace
 from stacktrace_lab.silicon.check import silicon_check
@@ -112,17 +113,31 @@ main:
 
 
 @silicon
-def test_cpuid_is_replayed_from_the_native_run(write_scenario: Callable[..., Path]) -> None:
-    assert _check(write_scenario(CPUID_PROGRAM)).same
+def test_cpuid_natively_is_the_recorders_cpu_model(write_scenario: Callable[..., Path]) -> None:
+    """cpuid is not run natively: the stepper answers it from record/cpu.py, so the
+    runs agree even without replay, and the program takes the recorder's path."""
+    path = write_scenario(CPUID_PROGRAM)
+    result = silicon_check(str(path))
+    assert result.comparison.same
+    assert [(c.leaf, c.ebx) for c in result.native.cpuid] == [(0, CpuModel.cpuid(0, 0)[1])]
+    assert _check(path, replay=False).same
 
 
 @silicon
-def test_a_cpuid_mismatch_without_replay_is_caught_at_the_step_after_it(
+def test_a_wrong_cpuid_answer_is_caught_at_the_step_after_it(
     write_scenario: Callable[..., Path],
 ) -> None:
     path = write_scenario(CPUID_PROGRAM)
-    comparison = _check(path, replay=False)
-    divergence = comparison.divergence
+    result = silicon_check(str(path))
+    rows = result.emulated.registers.copy()
+    rows[3:, RBX] ^= 1  # the emulator's cpuid gave another vendor word
+    result.emulated.registers = rows
+    divergence = compare(
+        result.native,
+        result.emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    ).divergence
     assert divergence is not None
     assert divergence.step == 3  # the row after cpuid (step 2) shows its result
     assert divergence.previous_instruction == "cpuid"
@@ -144,18 +159,15 @@ main:
 
 
 @silicon
-def test_xgetbv_is_replayed_and_caught_without_replay(
+def test_xgetbv_natively_is_the_recorders_cpu_model(
     write_scenario: Callable[..., Path],
 ) -> None:
     path = write_scenario(XGETBV_PROGRAM)
-    assert _check(path).same
-    native_xcr0 = silicon_check(str(path)).native.xgetbv[0].eax
-    if native_xcr0 == 3:
-        pytest.skip("this CPU's XCR0 is 3, as the emulator's: nothing to tell apart")
-    divergence = _check(path, replay=False).divergence
-    assert divergence is not None
-    assert (divergence.step, divergence.cause) == (2, "xgetbv")
-    assert divergence.registers["rax"][0] == native_xcr0
+    result = silicon_check(str(path))
+    assert result.comparison.same
+    assert [x.eax for x in result.native.xgetbv] == [XCR0]
+    assert int(result.native.registers[2, REGISTERS.index("rax")]) == XCR0
+    assert _check(path, replay=False).same
 
 
 VALUES_PROGRAM = """
@@ -249,17 +261,18 @@ def test_cli_exit_status_and_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_reports_the_divergence_and_exits_1(
     write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_scenario(CPUID_PROGRAM)
+    path = write_scenario("main:\n    rdtsc\n    mov %eax, %r12d\n    ret\n")
     assert main(["silicon-check", str(path), "--no-replay"]) == 1
     out = capsys.readouterr().out
-    assert "differs at step 3" in out
-    assert "most likely: cpuid" in out
+    assert "differs at step 1" in out
+    assert "most likely: timestamp-or-random" in out
     assert main(["silicon-check", str(path), "--no-replay", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["same"] is False
-    assert doc["divergence"]["step"] == 3
-    assert doc["divergence"]["cause"] == "cpuid"
-    assert doc["divergence"]["previous_instruction"] == "cpuid"
+    assert doc["first_difference"] == "registers"
+    assert doc["divergence"]["step"] == 1
+    assert doc["divergence"]["cause"] == "timestamp-or-random"
+    assert doc["divergence"]["previous_instruction"] == "rdtsc"
     assert set(doc["divergence"]["registers"]) >= {"rax"}
 
 
@@ -380,7 +393,8 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
     assert result.native.stdout == b"I LOVE WAKING UP ON A NEW STACK!\n"
     assert comparison.native_stop.startswith("spin")
     assert comparison.compared_steps == comparison.native_steps > 10_000
-    assert result.native.cpuid and result.native.xgetbv  # the outside world was replayed
+    # cpuid answered from the recorder's model natively: no OSXSAVE, so no xgetbv.
+    assert result.native.cpuid and not result.native.xgetbv
     if build == "c-static":  # a wrong emulation inside main is named down to its C line
         from_main = silicon_check(str(program), from_symbol="main")
         rows = from_main.emulated.registers.copy()
@@ -410,3 +424,47 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
         main_only = silicon_check(str(program), from_symbol="main").comparison
         assert main_only.same, main_only.divergence
         assert 0 < main_only.compared_steps < comparison.compared_steps
+
+
+_GAP_SETUP = "main:\n    movabs $buf_base, %rbx\n    movl $5, 16(%rbx)\n"
+
+
+@silicon
+@pytest.mark.parametrize(
+    "instruction",
+    ["movaps 16(%rbx), %xmm0", "addps 16(%rbx), %xmm0", "pcmpeqb 16(%rbx), %xmm0", "fxsave (%rbx)"],
+)
+def test_aligned_16_byte_operands_run_the_same_on_this_cpu(
+    instruction: str, write_scenario: Callable[..., Path]
+) -> None:
+    source = _GAP_SETUP + f"    {instruction}\n    movq %xmm0, %rax\n    ret\n"
+    comparison = _check(write_scenario(source, data=(("buf", 4096),)))
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("returned")
+
+
+@silicon
+@pytest.mark.parametrize("instruction", ["movaps 8(%rbx), %xmm0", "pcmpeqb 8(%rbx), %xmm0"])
+def test_a_misaligned_operand_faults_at_the_same_step_on_this_cpu(
+    instruction: str, write_scenario: Callable[..., Path]
+) -> None:
+    source = _GAP_SETUP + f"    {instruction}\n    ret\n"
+    comparison = _check(write_scenario(source, data=(("buf", 4096),)))
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("fault: SIGSEGV")
+    assert comparison.emulated_stop.startswith("fault: general protection fault (#GP)")
+    assert comparison.native_steps == comparison.emulated_steps == 3
+
+
+@silicon
+@pytest.mark.parametrize("instruction", ["vpaddd %xmm1, %xmm0, %xmm2", "fldz\n    fsin"])
+def test_instructions_the_emulator_gets_wrong_are_reported(
+    instruction: str, write_scenario: Callable[..., Path]
+) -> None:
+    comparison = _check(
+        write_scenario(_GAP_SETUP + f"    {instruction}\n    ret\n", data=(("buf", 4096),))
+    )
+    assert not comparison.same
+    assert comparison.divergence is not None
+    assert comparison.divergence.cause == "unsupported-instruction"
+    assert comparison.emulated_stop.startswith("unsupported")

@@ -11,6 +11,11 @@ itself run; output is captured from the process's memory, stdin is empty,
 the rest is answered as the recorder's machine answers it (-ENOSYS), and a
 new thread, process or program ends the run (`unsupported`).
 
+`cpuid` and `xgetbv` are not run either: the stepper decodes every
+instruction before it steps it, and answers these from the recorder's CPU
+model (record/cpu.py), so the native run takes the code paths the recorder
+records (glibc picks its string functions by cpuid), on any host.
+
 What the program learns from outside the CPU is logged so that the emulated
 side can be given the same answers: every system call (number, arguments,
 result, the buffers it filled), every `cpuid` and every `xgetbv`. Each is
@@ -39,6 +44,7 @@ import capstone
 import numpy as np
 
 from ..arch import REGISTERS
+from ..record.cpu import XCR0, CpuModel
 from ..record.syscalls import NAMES, fixed_random
 from . import sandbox
 from .ptrace import (
@@ -279,6 +285,8 @@ def run_native(
                 # the process's memory at each write (sandbox.py), never written.
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
+                # No descriptor of the tool's: fcntl or ioctl on one would reach it.
+                os.closerange(3, 1 << 16)
                 trace_me_without_aslr()
                 os.execve(program, args, FIXED_ENV)
             finally:
@@ -506,6 +514,8 @@ class _Stepper:
                 kind = self.kind(rip)
             before = bytes(regs) if kind != _KIND_OTHER else b""
             singlestep = sysemu_step
+            if kind in (_KIND_CPUID, _KIND_XGETBV) and self.answer_from_model(kind, regs, step):
+                continue  # answered without running it: the registers are set
             if kind == _KIND_SYSCALL:
                 verdict = self.system_call(regs, step)
                 if verdict == sandbox.STOP:
@@ -531,6 +541,30 @@ class _Stepper:
                 continue
             self.finish(status, steps, rip, kind, recording)
             return
+
+    def answer_from_model(self, kind: int, regs: Any, step: int) -> bool:
+        """cpuid or xgetbv about to run: the recorder's CPU model's answer instead,
+        and rip past it (True), as if the CPU were that model."""
+        rip = int(regs[_RIP])
+        code = self.read(rip, 3)
+        reg = USER_REGS.index
+        if kind == _KIND_CPUID and code[:2] == b"\x0f\xa2":
+            leaf, subleaf = int(regs[_RAX]) & 0xFFFFFFFF, int(regs[reg("rcx")]) & 0xFFFFFFFF
+            values = CpuModel.cpuid(leaf, subleaf)
+            for name, value in zip(("rax", "rbx", "rcx", "rdx"), values, strict=True):
+                regs[reg(name)] = value  # a 32-bit write: the upper half is zeroed
+            regs[_RIP] = rip + 2
+            self.cpuid.append(CpuidRecord(step, leaf, subleaf, *values))
+        elif kind == _KIND_XGETBV and code == b"\x0f\x01\xd0":
+            if int(regs[reg("rcx")]) & 0xFFFFFFFF != 0:
+                return False  # XCR index other than 0: let the CPU raise its #GP
+            regs[_RAX], regs[reg("rdx")] = XCR0, 0
+            regs[_RIP] = rip + 3
+            self.xgetbv.append(XgetbvRecord(step, 0, XCR0, 0))
+        else:
+            return False  # not what was decoded there (rewritten): run it
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        return True
 
     def system_call(self, regs: Any, step: int) -> str:
         """At a `syscall` about to run: what the sandbox lets it do (sandbox.py).

@@ -15,15 +15,16 @@ either). Then, by `policy(nr, args, pid)`:
   are captured from the process's memory into the check's stdout/stderr
   (bounded, as the recorder bounds them) and return the count; `read` from
   fd 0 is end of file; every other call (open, unlink, kill of another
-  process, socket, ...) is -ENOSYS;
+  process, socket, rseq — whose area the kernel would write behind the
+  program's back — ...) is -ENOSYS;
 - STOP: `clone`, `clone3`, `fork`, `vfork`, `execve`, `execveat` end the
   native run of a program as they end its recording: reason `unsupported`
   (a scenario's bare machine answers them -ENOSYS, and so does the check).
 
 So nothing the native run does reaches the file system, other processes or
 the network; its stdin is /dev/null, its stdout and stderr /dev/null too (the
-tracer captures what it writes), and the process group is killed when the
-check ends (and by PTRACE_O_EXITKILL if the tool dies).
+tracer captures what it writes), it inherits no other descriptor, and the
+process group is killed when the check ends (and by PTRACE_O_EXITKILL if the tool dies).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ _SELF_ONLY = frozenset(
         231,  # exit_group
         273,  # set_robust_list
         318,  # getrandom
-        334,  # rseq
     )
 )
 #: What a recording stops at (record/syscalls.py): a thread, a process, another program.
@@ -87,6 +87,10 @@ def policy(nr: int, args: tuple[int, ...], pid: int, linux: bool = True) -> str:
         return RUN if args[3] & _MAP_ANONYMOUS else ANSWER
     if nr == 16:  # ioctl: terminal queries on the standard streams only
         return RUN if args[0] <= 2 and args[1] in (_TCGETS, _TIOCGWINSZ) else ANSWER
+    if nr == 7:  # poll without waiting (Rust's std checks fds 0-2 so at start)
+        return RUN if args[2] == 0 else ANSWER
+    if nr in (89, 267):  # readlink, readlinkat: reads a name, changes nothing
+        return RUN
     if nr == 5:  # fstat of the standard streams
         return RUN if args[0] <= 2 else ANSWER
     if nr == 302:  # prlimit64 of itself, reading only
