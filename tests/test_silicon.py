@@ -6,6 +6,7 @@ why, where that is not possible. The rest test the comparison on hand-made rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -468,3 +469,69 @@ def test_instructions_the_emulator_gets_wrong_are_reported(
     assert comparison.divergence is not None
     assert comparison.divergence.cause == "unsupported-instruction"
     assert comparison.emulated_stop.startswith("unsupported")
+
+
+# --- every mask: a wrong *defined* flag is still caught -----------------------------
+
+_CF, _OF_BIT, _AF = 1 << 0, 1 << 11, 1 << 4
+_BSF = b"\x48\x0f\xbc\xc3"  # bsf %rbx, %rax: leaves CF OF SF AF PF undefined
+
+
+@pytest.mark.parametrize(
+    ("code", "defined"),
+    [
+        (bytes.fromhex("660f3a63c100"), _CF | _OF_BIT),  # pcmpistri: CF, OF defined
+        (bytes.fromhex("48d1d0"), _CF | _OF_BIT),  # rcl $1: OF defined for a count of 1
+        (bytes.fromhex("48d1c8"), _CF | _OF_BIT),  # ror $1
+        (bytes.fromhex("48d1e0"), _CF | _OF_BIT),  # shl $1: OF defined
+    ],
+)
+def test_a_flag_the_instruction_defines_is_never_masked(code: bytes, defined: int) -> None:
+    # After bsf every one of those flags is undefined; the instruction defines them
+    # again, so on the row after it a flipped flag must show (mask clear).
+    table_code, rips = _code(_BSF, code, b"\x90")
+    masks = undefined_flag_masks(InstructionTable(table_code).row_facts(rips))
+    assert masks[1] & defined == defined  # before it: bsf's undefined flags masked
+    assert masks[2] & defined == 0  # after it: defined, compared
+
+
+@pytest.mark.parametrize(
+    "code",
+    [bytes.fromhex("48c1e003"), bytes.fromhex("48d3e0"), bytes.fromhex("48c1d003")],
+    ids=["shl $3", "shl %cl", "rcl $3"],
+)
+def test_of_after_a_shift_or_rotate_by_more_than_one_is_undefined(code: bytes) -> None:
+    table_code, rips = _code(code, b"\x90")
+    masks = undefined_flag_masks(InstructionTable(table_code).row_facts(rips))
+    assert masks[1] & _OF_BIT
+
+
+@silicon
+def test_a_wrong_flag_after_pcmpistri_is_caught(write_scenario: Callable[..., Path]) -> None:
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movl $0x41424344, (%rbx)
+    movdqu (%rbx), %xmm0
+    movdqu 16(%rbx), %xmm1
+    bsf %rbx, %rax
+    pcmpistri $0, %xmm1, %xmm0
+    nop
+    ret
+"""
+    result = silicon_check(str(write_scenario(source, data=(("buf", 4096),))))
+    assert result.comparison.same, result.comparison.divergence
+    for flag in (_CF, _OF_BIT):
+        emulated = result.emulated
+        rows = result.emulated.registers.copy()
+        rows[6:, REGISTERS.index("rflags")] ^= flag  # pcmpistri is step 5
+        wrong = dataclasses.replace(emulated, registers=rows)
+        divergence = compare(
+            result.native,
+            wrong,
+            name_address=result.target.name_address,
+            source_line=result.target.source_line,
+        ).divergence
+        assert divergence is not None
+        assert (divergence.step, divergence.cause) == (6, "flags")
+        assert divergence.previous_instruction == "pcmpistri $0, %xmm1, %xmm0"
