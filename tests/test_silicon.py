@@ -22,7 +22,11 @@ from stacktrace_lab.silicon import ptrace
 from stacktrace_lab.silicon.check import silicon_check
 from stacktrace_lab.silicon.compare import compare
 from stacktrace_lab.silicon.instructions import InstructionTable
-from stacktrace_lab.silicon.normalise import drop_rep_extra_steps, undefined_flag_masks
+from stacktrace_lab.silicon.normalise import (
+    drop_rep_extra_steps,
+    normalise,
+    undefined_flag_masks,
+)
 
 silicon = pytest.mark.silicon
 RBX = REGISTERS.index("rbx")
@@ -535,3 +539,45 @@ main:
         assert divergence is not None
         assert (divergence.step, divergence.cause) == (6, "flags")
         assert divergence.previous_instruction == "pcmpistri $0, %xmm1, %xmm0"
+
+
+def test_undefined_flags_saved_in_r11_by_a_syscall_are_masked_the_defined_ones_not() -> None:
+    code, rips = _code(_BSF, b"\x0f\x05", b"\x90", b"\x90")  # bsf; syscall; nop; nop
+    native = np.zeros((4, len(REGISTERS)), dtype=np.uint64)
+    native[:, 0] = rips
+    native[2:, REGISTERS.index("r11")] = 0x246
+    table = InstructionTable(code)
+    for flipped, caught in ((_CF, False), (_OF_BIT, False), (1 << 6, True)):  # ZF: defined
+        emulated = native.copy()
+        emulated[2:, REGISTERS.index("r11")] ^= flipped
+        result = normalise(native, emulated, table)
+        assert (result.native != result.emulated).any() == caught, hex(flipped)
+
+
+@silicon
+def test_pushf_pushes_no_trap_flag_and_a_wrong_pushed_flag_is_caught(
+    write_scenario: Callable[..., Path],
+) -> None:
+    source = """
+main:
+    movq $-1, %rax
+    addq $1, %rax
+    pushfq
+    popq %rcx
+    ret
+"""
+    result = silicon_check(str(write_scenario(source)))
+    assert result.comparison.same, result.comparison.divergence
+    rcx = REGISTERS.index("rcx")
+    assert int(result.native.registers[4, rcx]) & 0x100 == 0  # the popped word
+    rows = result.emulated.registers.copy()
+    rows[4:, rcx] |= 0x100  # the emulator pushing TF (or any wrong flag) is caught
+    wrong = dataclasses.replace(result.emulated, registers=rows)
+    divergence = compare(
+        result.native,
+        wrong,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    ).divergence
+    assert divergence is not None and divergence.step == 4
+    assert list(divergence.registers) == ["rcx"]

@@ -229,7 +229,9 @@ class NativeError(Exception):
     """The binary could not be started under ptrace."""
 
 
-_KIND_SYSCALL, _KIND_CPUID, _KIND_XGETBV, _KIND_VALUE, _KIND_HLT, _KIND_OTHER = range(6)
+_KIND_SYSCALL, _KIND_CPUID, _KIND_XGETBV, _KIND_VALUE, _KIND_HLT, _KIND_PUSHF, _KIND_OTHER = range(
+    7
+)
 #: Instructions whose answer comes from the CPU's counter or random source.
 _VALUE_INSTRUCTIONS = {
     capstone.x86.X86_INS_RDTSC: "rdtsc",
@@ -243,6 +245,8 @@ _KINDS = {
     capstone.x86.X86_INS_XGETBV: _KIND_XGETBV,
     **dict.fromkeys(_VALUE_INSTRUCTIONS, _KIND_VALUE),
     capstone.x86.X86_INS_HLT: _KIND_HLT,
+    capstone.x86.X86_INS_PUSHF: _KIND_PUSHF,
+    capstone.x86.X86_INS_PUSHFQ: _KIND_PUSHF,
 }
 
 
@@ -583,11 +587,11 @@ class _Stepper:
         elif verdict == sandbox.ANSWER:
             result = self.answer(nr, args)
             # What the CPU and the kernel leave: rax the result, rcx the next
-            # instruction, r11 rflags as `syscall` saved them (TF included, as
-            # under a real single step), rip past the 2-byte `syscall`.
+            # instruction, r11 rflags as `syscall` saves them on an untraced
+            # CPU (without the tracer's TF), rip past the 2-byte `syscall`.
             regs[_RAX] = result & _MASK64
             regs[_RCX] = rip + 2
-            regs[_R11] = int(regs[_EFLAGS]) | _TF
+            regs[_R11] = int(regs[_EFLAGS]) & ~_TF
             regs[_RIP] = rip + 2
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
             self.syscalls.append(
@@ -639,6 +643,11 @@ class _Stepper:
             nr = int(pre[_RAX])
             args = tuple(int(pre[i]) for i in _ARG_REGS)
             result = int(post[_RAX]) if not exited else 0
+            if not exited and post[_R11] & _TF:
+                # `syscall` saved rflags into r11 with the tracer's TF: what an
+                # untraced CPU saves has TF clear (no normalisation needed after).
+                post[_R11] &= ~_TF
+                ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(post))
             self.syscalls.append(
                 SyscallRecord(
                     step,
@@ -651,6 +660,13 @@ class _Stepper:
             )
         elif exited:
             return
+        elif kind == _KIND_PUSHF:
+            # pushf pushed the tracer's TF (bit 8, in the second byte): an
+            # untraced CPU pushes it clear, and a program may pop it anywhere.
+            rsp = int(post[USER_REGS.index("rsp")])
+            second = self.read(rsp + 1, 1)
+            if second and second[0] & 1:
+                os.pwrite(self.mem, bytes([second[0] & ~1]), rsp + 1)
         elif kind == _KIND_CPUID:
             reg = USER_REGS.index
             self.cpuid.append(
