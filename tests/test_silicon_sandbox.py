@@ -183,3 +183,35 @@ text:
     assert comparison.output_difference == ("stderr", 4, b"o", b"O")
     assert main(["silicon-check", str(path)]) == 0
     assert "agree on all 6 steps" in capsys.readouterr().out
+
+
+@silicon
+def test_a_trace_is_checked_against_its_own_rows(
+    write_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.record.recorder import record
+    from stacktrace_lab.scenario import load_scenario
+
+    scenario = write_scenario(
+        "main:\n    mov $5, %rbx\n    add %rbx, %rbx\n    mov %rbx, %rax\n    ret\n"
+    )
+    good = record(load_scenario(scenario), tmp_path / "good.parquet").path
+    assert main(["silicon-check", str(good)]) == 0
+    assert "agree on all 4 steps" in capsys.readouterr().out
+    # One register of one row changed in the file: the check names that row.
+    table = pq.read_table(good)
+    rbx = table.column("rbx").to_pylist()
+    rbx[2] ^= 1
+    column = pa.array(rbx, type=table.schema.field("rbx").type)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("rbx"), "rbx", column), bad)
+    assert main(["silicon-check", str(bad), "--json"]) == 1
+    out = capsys.readouterr().out
+    assert '"step": 2' in out and '"rbx"' in out
+    # The scenario changed since: the trace no longer says what ran.
+    scenario.write_text(scenario.read_text().replace("$5", "$6"))
+    assert main(["silicon-check", str(good)]) == 2
+    assert "has changed since" in capsys.readouterr().err

@@ -3,12 +3,18 @@
 target -> (a scenario: write its machine as a static ELF) -> single-step it
 natively, logging the outside world -> emulate it with that log replayed ->
 normalise -> compare -> the first divergence, explained.
+
+A trace file as the target: its program (the scenario file or ELF it names,
+unchanged since: sha256) is run natively, and compared with the rows, stop
+and output *in the file*, not with a second emulated run: an edited or
+corrupted trace, or a recorder bug, fails the check.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
 import tempfile
 import tomllib
 from collections.abc import Callable
@@ -17,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arch import REGISTERS
 from ..errors import BadInput
 from ..record.elf import PIE_BASE, line_table, load_elf
 from ..record.elf_scenario import is_elf_scenario
 from ..record.machine import MachineSpec, Mapping
 from ..record.process import STACK_TOP, linux_process
 from ..record.recorder import build_program, machine_spec
-from ..scenario import load_scenario
+from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
+from ..trace import load_trace
 from .compare import Comparison, compare
 from .emulated import EmulatedRun, emulate
 from .native import NativeError, NativeRun, run_native
@@ -221,6 +229,44 @@ def _window(rows: np.ndarray, start: int, end: int | None) -> tuple[int, int]:
     return first, last
 
 
+PARQUET_MAGIC = b"PAR1"
+
+
+def is_trace_file(target: str) -> bool:
+    path = Path(target)
+    return path.is_file() and path.read_bytes()[:4] == PARQUET_MAGIC
+
+
+def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
+    """(the program to run natively, the trace's --from symbol, the trace as a run)."""
+    trace = load_trace(path)
+    meta = trace.metadata
+    program = meta.program
+    if program is None:
+        raise BadInput(f"{path}: the trace does not say which program it recorded")
+    source = Path(program.path)
+    if source.is_file():
+        if program.sha256 and hashlib.sha256(source.read_bytes()).hexdigest() != program.sha256:
+            raise BadInput(
+                f"{path}: recorded from {program.path}, which has changed since "
+                "(its sha256 differs): record it again"
+            )
+    elif not (program.kind == "scenario" and program.path in builtin_names()):
+        raise BadInput(f"{path}: the program it recorded, {program.path}, is not there")
+    registers = np.stack(
+        [np.asarray(trace.column(name), dtype=np.uint64) for name in REGISTERS], axis=1
+    )
+    run = EmulatedRun(
+        registers=np.ascontiguousarray(registers),
+        stop_reason=meta.stop.reason,
+        stop_step=meta.stop.step,
+        stop_detail=meta.stop.detail,
+        stdout=meta.stdout.encode(),
+        stderr=meta.stderr.encode(),
+    )
+    return program.path, meta.start.symbol if meta.start else None, run
+
+
 def silicon_check(
     target_name: str,
     *,
@@ -233,6 +279,11 @@ def silicon_check(
     reason = unavailable_reason()
     if reason is not None:
         raise BadInput(f"cannot run natively: {reason}")
+    recorded: EmulatedRun | None = None
+    if is_trace_file(target_name):
+        target_name, from_symbol, recorded = trace_rows(target_name)
+        if recorded.stop_reason == "max_steps":  # cut there natively too
+            max_steps = max_steps or recorded.steps
     with tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-") as workdir:
         target = resolve_target(target_name, Path(workdir))
         from_symbol = from_symbol or target.default_from
@@ -263,7 +314,13 @@ def silicon_check(
     end = None if end is None else end + native.load_bias
     # As far as the native run went, and one step more to see whether the
     # emulation would have gone on where the CPU stopped.
-    emulated = target.emulate(native if replay else None, native.skipped + native.steps + 1)
+    if recorded is not None:
+        # The file's own rows, stop and output (decoded as the recorder keeps them).
+        emulated = recorded
+        native.stdout = native.stdout.decode("utf-8", "backslashreplace").encode()
+        native.stderr = native.stderr.decode("utf-8", "backslashreplace").encode()
+    else:
+        emulated = target.emulate(native if replay else None, native.skipped + native.steps + 1)
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps
