@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from stacktrace_lab.arch import REGISTERS
 from stacktrace_lab.cli import main
 from stacktrace_lab.silicon import sandbox
 from stacktrace_lab.silicon.check import silicon_check
@@ -215,3 +216,41 @@ def test_a_trace_is_checked_against_its_own_rows(
     scenario.write_text(scenario.read_text().replace("$5", "$6"))
     assert main(["silicon-check", str(good)]) == 2
     assert "has changed since" in capsys.readouterr().err
+
+
+@silicon
+def test_a_wrong_memory_write_is_caught_at_its_step(
+    write_scenario: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registers alone would agree: the value written is never read back."""
+    import stacktrace_lab.silicon.check as check
+
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movq $0x1122, 8(%rbx)
+    pushq %rbx
+    popq %rcx
+    ret
+"""
+    path = write_scenario(source, data=(("buf", 4096),))
+    result = silicon_check(str(path))
+    assert result.comparison.same
+    assert result.comparison.memory_difference is None
+    real = check.emulate
+
+    def wrong(*args: object) -> object:
+        run = real(*args)  # type: ignore[arg-type]
+        run.writes = run.writes.copy()
+        first = int((run.writes[:, 0] >= 0).argmax())
+        run.writes[first, 3] ^= 0x100  # the movq stored 0x1022
+        return run
+
+    monkeypatch.setattr(check, "emulate", wrong)
+    comparison = silicon_check(str(path)).comparison
+    assert not comparison.same and comparison.divergence is None
+    assert comparison.first_difference == "memory"
+    row, address, cpu, emulator = comparison.memory_difference  # type: ignore[misc]
+    assert row == 1 and cpu[:2] == b"\x22\x11" and emulator[:2] == b"\x22\x10"
+    rbx = REGISTERS.index("rbx")
+    assert address == int(result.native.registers[1, rbx]) + 8

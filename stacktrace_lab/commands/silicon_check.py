@@ -65,7 +65,7 @@ def _summary(name: str, c: Comparison) -> str:
     if c.divergence is None:
         lines.append(
             f"{name}: the CPU and the emulator agree on all {c.compared_steps} steps "
-            f"(stop: {c.native_stop})"
+            f"(registers, memory writes, stdout, stderr; stop: {c.native_stop})"
         )
     else:
         d = c.divergence
@@ -87,6 +87,17 @@ def _summary(name: str, c: Comparison) -> str:
         lines.append(
             f"  {stream} differs first at byte {at}: CPU {cpu_bytes!r}, emulator {emulator_bytes!r}"
         )
+    if c.memory_difference is not None:
+        row, address, cpu_bytes, emulator_bytes = c.memory_difference
+        if c.first_difference == "memory":
+            lines[0] = f"{name}: memory written at step {row} differs"
+        if address < 0:
+            lines.append(f"  memory: the second native pass did not repeat the first at step {row}")
+        else:
+            lines.append(
+                f"  memory at {address:#x} after step {row}: CPU {cpu_bytes.hex()}, "
+                f"emulator {emulator_bytes.hex()}"
+            )
     for mismatch in c.replay_mismatches:
         lines.append(f"  replay: {mismatch}")
     lines.append(f"  normalised (rows): {touched}")

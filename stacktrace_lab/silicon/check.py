@@ -13,6 +13,7 @@ corrupted trace, or a recorder bug, fails the check.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import tempfile
@@ -275,7 +276,20 @@ def silicon_check(
     replay: bool = True,
     max_steps: int | None = None,
 ) -> SiliconResult:
-    """Check `target_name` (a scenario name or .toml, or a static ELF) against this CPU."""
+    """Check `target_name` (a scenario name or .toml, a static ELF, or a trace
+    file) against this CPU."""
+    with contextlib.ExitStack() as stack:
+        return _silicon_check(stack, target_name, from_symbol, to_symbol, replay, max_steps)
+
+
+def _silicon_check(
+    stack: contextlib.ExitStack[bool | None],
+    target_name: str,
+    from_symbol: str | None,
+    to_symbol: str | None,
+    replay: bool,
+    max_steps: int | None,
+) -> SiliconResult:
     reason = unavailable_reason()
     if reason is not None:
         raise BadInput(f"cannot run natively: {reason}")
@@ -284,26 +298,27 @@ def silicon_check(
         target_name, from_symbol, recorded = trace_rows(target_name)
         if recorded.stop_reason == "max_steps":  # cut there natively too
             max_steps = max_steps or recorded.steps
-    with tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-") as workdir:
-        target = resolve_target(target_name, Path(workdir))
-        from_symbol = from_symbol or target.default_from
-        to_symbol = to_symbol or target.default_to
-        start = target.address_of(from_symbol) if from_symbol else target.entry
-        end = target.address_of(to_symbol) if to_symbol else None
-        steps = max_steps or target.max_steps
-        try:
-            native = run_native(
-                target.executable,
-                [str(Path(target.executable).resolve()), *target.args],
-                start=start,
-                end=end,
-                sentinel=target.sentinel,
-                max_steps=steps,
-                linked_entry=target.linked_entry,
-                linux=target.linux,
-            )
-        except NativeError as exc:
-            raise BadInput(str(exc)) from exc
+    # The scenario ELF lives there until the second (memory) pass is done.
+    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-"))
+    target = resolve_target(target_name, Path(workdir))
+    from_symbol = from_symbol or target.default_from
+    to_symbol = to_symbol or target.default_to
+    start = target.address_of(from_symbol) if from_symbol else target.entry
+    end = target.address_of(to_symbol) if to_symbol else None
+    steps = max_steps or target.max_steps
+    try:
+        native = run_native(
+            target.executable,
+            [str(Path(target.executable).resolve()), *target.args],
+            start=start,
+            end=end,
+            sentinel=target.sentinel,
+            max_steps=steps,
+            linked_entry=target.linked_entry,
+            linux=target.linux,
+        )
+    except NativeError as exc:
+        raise BadInput(str(exc)) from exc
     if from_symbol and native.steps == 0:
         raise BadInput(
             f"{target.name}: the program never reached --from {from_symbol}: "
@@ -334,4 +349,77 @@ def silicon_check(
         source_line=target.source_line,
         replayed=replay,
     )
+    if recorded is None:
+        comparison.memory_difference = _compare_memory(
+            target, native, emulated, first, start, end, comparison
+        )
     return SiliconResult(target, native, emulated, comparison)
+
+
+def _compare_memory(
+    target: Target,
+    native: NativeRun,
+    emulated: EmulatedRun,
+    first: int,
+    start: int,
+    end: int | None,
+    comparison: Comparison,
+) -> tuple[int, int, bytes, bytes] | None:
+    """Every step's memory writes: a second native pass (the first pass's answers
+    replayed, so the same steps) reads, after each row, the bytes where the
+    emulator wrote at that row. The first row whose bytes differ:
+    (row, address, CPU bytes, emulator bytes); a second pass that did not
+    repeat the first is a difference too (row, -1, ...), not a pass."""
+    rows = native.steps if comparison.divergence is None else comparison.divergence.step
+    writes = emulated.writes
+    writes = writes[(writes[:, 0] >= first) & (writes[:, 0] < first + rows)]
+    kernel_rows = {s.step for s in native.syscalls}  # inputs the check itself wrote
+    expected: dict[int, dict[int, int]] = {}
+    for step, address, size, value in writes.tolist():
+        row = step - first
+        if row in kernel_rows:
+            continue
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        cells = expected.setdefault(row, {})
+        for offset, byte in enumerate(data):
+            cells[(address + offset) & ((1 << 64) - 1)] = byte
+    if not expected:
+        return None
+    read_after = {row: _ranges(cells) for row, cells in expected.items()}
+    second = run_native(
+        target.executable,
+        [str(Path(target.executable).resolve()), *target.args],
+        start=start - native.load_bias,
+        end=None if end is None else end - native.load_bias,
+        sentinel=target.sentinel,
+        max_steps=native.steps + native.skipped + 1,  # the start-up too, before the rows
+        linked_entry=target.linked_entry,
+        linux=target.linux,
+        replay=native,
+        read_after=read_after,
+    )
+    same_rows = min(second.steps, rows)
+    differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)
+    if differs.any() or second.steps < rows:
+        row = int(differs.argmax()) if differs.any() else second.steps
+        return (row, -1, b"", b"")
+    for row in sorted(expected):
+        cells = expected[row]
+        for (address, size), (_, got) in zip(
+            read_after[row], second.memory.get(row, []), strict=False
+        ):
+            want = bytes(cells[address + i] for i in range(size))
+            if got != want:
+                return (row, address, got, want)
+    return None
+
+
+def _ranges(cells: dict[int, int]) -> list[tuple[int, int]]:
+    """Contiguous (address, size) runs of the written addresses."""
+    ranges: list[tuple[int, int]] = []
+    for address in sorted(cells):
+        if ranges and ranges[-1][0] + ranges[-1][1] == address:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + 1)
+        else:
+            ranges.append((address, 1))
+    return ranges

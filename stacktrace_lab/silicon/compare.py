@@ -86,15 +86,26 @@ class Comparison:
     stderr_same: bool = True
     #: Where the output first differs: (stream, byte offset, CPU bytes, emulator bytes).
     output_difference: tuple[str, int, bytes, bytes] | None = None
+    #: The first row whose memory writes differ: (row, address, CPU bytes, emulator
+    #: bytes); address -1: the second native pass did not repeat the first from that row.
+    memory_difference: tuple[int, int, bytes, bytes] | None = None
 
     @property
     def same(self) -> bool:
-        """Every step's registers, the end, stdout and stderr byte for byte."""
-        return self.divergence is None and self.stdout_same and self.stderr_same
+        """Every step's registers and memory writes, the end, stdout and stderr byte for byte."""
+        return (
+            self.divergence is None
+            and self.memory_difference is None
+            and self.stdout_same
+            and self.stderr_same
+        )
 
     @property
     def first_difference(self) -> str | None:
-        """Which part differs first: `registers`, `end`, `stdout` or `stderr` (None: same)."""
+        """Which part differs first: `registers`, `memory`, `end`, `stdout` or `stderr`."""
+        memory = self.memory_difference
+        if memory is not None and (self.divergence is None or memory[0] < self.divergence.step):
+            return "memory"
         if self.divergence is not None:
             return "end" if not self.divergence.registers else "registers"
         if self.output_difference is not None:
@@ -119,6 +130,14 @@ class Comparison:
                 "offset": self.output_difference[1],
                 "native": self.output_difference[2].hex(),
                 "emulated": self.output_difference[3].hex(),
+            },
+            "memory_difference": None
+            if self.memory_difference is None
+            else {
+                "step": self.memory_difference[0],
+                "address": self.memory_difference[1],
+                "native": self.memory_difference[2].hex(),
+                "emulated": self.memory_difference[3].hex(),
             },
             "normalisations": self.normalisations,
             "divergence": self.divergence.to_json() if self.divergence else None,

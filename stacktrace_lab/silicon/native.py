@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import os
 import signal
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,8 @@ class NativeRun:
     load_bias: int = 0
     #: The process (and process group) that ran; killed and reaped when the run ended.
     pid: int = 0
+    #: A second pass's reads: row -> [(address, bytes after that row's instruction)].
+    memory: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -260,6 +263,8 @@ def run_native(
     max_steps: int = 1_000_000,
     linked_entry: int | None = None,
     linux: bool = True,
+    replay: NativeRun | None = None,
+    read_after: dict[int, list[tuple[int, int]]] | None = None,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -274,6 +279,12 @@ def run_native(
 
     `linux`: system calls are answered as the recorder's Linux process answers
     them (a new process stops the run); False: as a scenario's bare machine.
+
+    A second pass (`replay`: the first pass's run) gets the first pass's
+    answers to the system calls that do not shape the process (getrandom,
+    clock_gettime, ...) and to rdtsc/rdrand, so it runs the same steps; after
+    each row in `read_after` it reads those (address, size) ranges of the
+    process's memory (`NativeRun.memory`): what the emulator wrote there.
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
@@ -306,6 +317,8 @@ def run_native(
         # TRACESYSGOOD: a system call's entry stop is told apart from a step.
         ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)
         stepper = _Stepper(pid, start, end, sentinel, max_steps, linux)
+        if replay is not None:
+            stepper.replay_from(replay, read_after or {})
         try:
             stepper.fix_auxv()
             if linked_entry is not None:
@@ -333,6 +346,7 @@ def run_native(
         initial_stack=stepper.initial_stack,
         load_bias=stepper.load_bias,
         pid=pid,
+        memory=stepper.memory,
     )
 
 
@@ -381,6 +395,16 @@ class _Stepper:
         #: What the program wrote to fd 1 and 2 (captured, never written: sandbox.py).
         self.stdout = bytearray()
         self.stderr = bytearray()
+        #: A second pass: the first pass's answers, and what memory to read after which row.
+        self.replayed_syscalls: deque[SyscallRecord] | None = None
+        self.replayed_values: deque[ValueRecord] = deque()
+        self.read_after: dict[int, list[tuple[int, int]]] = {}
+        self.memory: dict[int, list[tuple[int, bytes]]] = {}
+
+    def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
+        self.replayed_syscalls = deque(first.syscalls)
+        self.replayed_values = deque(first.values)
+        self.read_after = read_after
 
     def read(self, addr: int, size: int) -> bytes:
         try:
@@ -520,6 +544,8 @@ class _Stepper:
             singlestep = sysemu_step
             if kind in (_KIND_CPUID, _KIND_XGETBV) and self.answer_from_model(kind, regs, step):
                 continue  # answered without running it: the registers are set
+            if kind == _KIND_VALUE and self.replayed_values and self.replay_value(regs, step):
+                continue
             if kind == _KIND_SYSCALL:
                 verdict = self.system_call(regs, step)
                 if verdict == sandbox.STOP:
@@ -542,9 +568,26 @@ class _Stepper:
             if kind != _KIND_OTHER and (os.WIFSTOPPED(status) or kind == _KIND_SYSCALL):
                 self.log_outside_world(kind, step, before, status)
             if status == _STOPPED_BY_SIGTRAP:
+                if recording and step in self.read_after:
+                    self.memory[step] = [
+                        (addr, self.read(addr, size)) for addr, size in self.read_after[step]
+                    ]
                 continue
             self.finish(status, steps, rip, kind, recording)
             return
+
+    def replay_value(self, regs: Any, step: int) -> bool:
+        """A second pass at rdtsc/rdrand/...: the first pass's registers after it."""
+        value = self.replayed_values.popleft()
+        if value.step != step:
+            return False
+        flags = int(regs[_EFLAGS])
+        for name, after in value.after.items():
+            regs[USER_REGS.index("eflags" if name == "rflags" else name)] = after
+        regs[_EFLAGS] = (int(regs[_EFLAGS]) & ~_TF) | (flags & _TF)
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        self.values.append(value)
+        return True
 
     def answer_from_model(self, kind: int, regs: Any, step: int) -> bool:
         """cpuid or xgetbv about to run: the recorder's CPU model's answer instead,
@@ -580,24 +623,37 @@ class _Stepper:
         nr = int(regs[_RAX])
         args = tuple(int(regs[i]) for i in _ARG_REGS)
         verdict = sandbox.policy(nr, args, self.pid, self.linux)
+        if self.replayed_syscalls is not None:
+            first = self.replayed_syscalls.popleft() if self.replayed_syscalls else None
+            replayable = verdict == sandbox.RUN and nr not in sandbox.SHAPES_THE_PROCESS
+            if replayable and first is not None and first.nr == nr:
+                # The first pass's answer again (getrandom, clock_gettime ...).
+                for addr, data in first.buffers:
+                    os.pwrite(self.mem, data, addr)
+                self.set_result(regs, rip, first.result)
+                self.syscalls.append(first)
+                return sandbox.ANSWER
         if verdict == sandbox.STOP:
             self.stop = NativeStop(
                 "unsupported", step, f"{sandbox.stop_name(nr)}: not run natively (sandbox)"
             )
         elif verdict == sandbox.ANSWER:
             result = self.answer(nr, args)
-            # What the CPU and the kernel leave: rax the result, rcx the next
-            # instruction, r11 rflags as `syscall` saves them on an untraced
-            # CPU (without the tracer's TF), rip past the 2-byte `syscall`.
-            regs[_RAX] = result & _MASK64
-            regs[_RCX] = rip + 2
-            regs[_R11] = int(regs[_EFLAGS]) & ~_TF
-            regs[_RIP] = rip + 2
-            ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+            self.set_result(regs, rip, result)
             self.syscalls.append(
                 SyscallRecord(step, nr, args, result & _MASK64, (), int(regs[_R11]))
             )
         return verdict
+
+    def set_result(self, regs: Any, rip: int, result: int) -> None:
+        """What the CPU and the kernel leave after a `syscall` at `rip`: rax the
+        result, rcx the next instruction, r11 rflags as `syscall` saves them on
+        an untraced CPU (without the tracer's TF), rip past the 2-byte `syscall`."""
+        regs[_RAX] = result & _MASK64
+        regs[_RCX] = rip + 2
+        regs[_R11] = int(regs[_EFLAGS]) & ~_TF
+        regs[_RIP] = rip + 2
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
 
     def answer(self, nr: int, args: tuple[int, ...]) -> int:
         """A call that is not run: the recorder's machine's answer (record/syscalls.py)."""

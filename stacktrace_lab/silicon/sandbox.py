@@ -76,6 +76,13 @@ WRITE, READ, WRITEV = 1, 0, 20
 _KILLS = {62: 0, 200: 0, 234: 0}  # kill(pid), tkill(tid), tgkill(tgid): the target argument
 
 
+#: Calls whose effect is the process itself (its map, signal state, exit): a
+#: second pass runs them again; the others' answers are replayed from the first.
+SHAPES_THE_PROCESS = frozenset(
+    (3, 9, 10, 11, 12, 13, 14, 25, 28, 60, 62, 72, 131, 158, 200, 231, 234, 273)
+)  # not set_tid_address (218): it answers the tid, another in each pass
+
+
 def policy(nr: int, args: tuple[int, ...], pid: int, linux: bool = True) -> str:
     """RUN, ANSWER or STOP for system call `nr` with `args` made by process `pid`;
     `linux`: the recorder's machine is a Linux process (else a scenario's bare one)."""
