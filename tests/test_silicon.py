@@ -600,3 +600,32 @@ def test_fxsave_runs_and_its_mxcsr_mask_is_compared(write_scenario: Callable[...
         assert buf <= address < buf + 512
         assert emulator[28 - (address - buf) :][:4] == b"\xff\xff\x00\x00"  # MXCSR_MASK
         assert cpu != emulator
+
+
+@pytest.mark.parametrize(
+    ("reason", "native", "emulated", "same"),
+    [
+        ("exit", "exit_group(3)", "exit_group(3)", True),
+        ("exit", "exit_group(3)", "exit_group(4)", False),
+        ("fault", "SIGFPE at 0x400003 (address 0x400003)", "divide error (#DE) at 0x400003", True),
+        ("fault", "SIGSEGV at 0x400003 (address 0x0)", "divide error (#DE) at 0x400003", False),
+        ("fault", "SIGILL at 0x400003 (address 0x400003)", "invalid instruction at 0x400003", True),
+        ("fault", "SIGSEGV: fetch from 0x12345000", "fetch from unmapped memory: 1 bytes", True),
+    ],
+)
+def test_the_end_is_the_same_exit_status_or_fault_kind(
+    reason: str, native: str, emulated: str, same: bool
+) -> None:
+    from stacktrace_lab.silicon.compare import same_end_detail
+
+    assert same_end_detail(reason, native, emulated) is same
+
+
+@silicon
+def test_a_division_by_zero_faults_the_same_way(write_scenario: Callable[..., Path]) -> None:
+    comparison = _check(
+        write_scenario("main:\n    xor %ecx, %ecx\n    mov $1, %eax\n    div %ecx\n")
+    )
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("fault: SIGFPE")
+    assert comparison.emulated_stop.startswith("fault: divide error")

@@ -166,7 +166,10 @@ def compare(
     went_on = cut_short and emulated_rows > native.steps
     if first is None and native.steps != emulated_rows and not went_on:
         first = rows  # one run went on where the other stopped
-    stop_same = native_stop == emulated.stop_reason or cut_short
+    stop_same = cut_short or (
+        native_stop == emulated.stop_reason
+        and same_end_detail(native_stop, native.stop.detail, emulated.stop_detail)
+    )
     if first is None and not stop_same:
         first = max(rows - 1, 0)
     divergence = None
@@ -211,6 +214,36 @@ def compare(
         stderr_same=stderr_same,
         output_difference=output_difference,
     )
+
+
+#: A native fault's signal and the recorder's exception names, as one kind each.
+_SIGNAL_KINDS = {"SIGSEGV": "memory", "SIGBUS": "memory", "SIGILL": "invalid", "SIGFPE": "divide"}
+_EXCEPTION_KINDS = (
+    ("divide error", "divide"),
+    ("invalid opcode", "invalid"),
+    ("invalid instruction", "invalid"),
+    ("general protection", "memory"),
+    ("page fault", "memory"),
+    ("alignment check", "memory"),
+    (" memory", "memory"),  # "write to unmapped memory: ..."
+)
+
+
+def fault_kind(detail: str, native: bool) -> str | None:
+    """The kind of a fault (memory, invalid, divide) from a stop's detail; None: unknown."""
+    if native:
+        return _SIGNAL_KINDS.get(detail.split(":")[0].split()[0])
+    return next((kind for text, kind in _EXCEPTION_KINDS if text in detail), None)
+
+
+def same_end_detail(reason: str, native: str, emulated: str) -> bool:
+    """Same reason; also the same exit status, or the same kind of fault."""
+    if reason == "exit":
+        return native.rsplit("(", 1)[-1] == emulated.rsplit("(", 1)[-1]  # "exit_group(3)"
+    if reason == "fault":
+        kinds = fault_kind(native, True), fault_kind(emulated, False)
+        return None in kinds or kinds[0] == kinds[1]
+    return True
 
 
 def _explain(
