@@ -629,3 +629,58 @@ def test_a_division_by_zero_faults_the_same_way(write_scenario: Callable[..., Pa
     assert comparison.same, comparison.divergence
     assert comparison.native_stop.startswith("fault: SIGFPE")
     assert comparison.emulated_stop.startswith("fault: divide error")
+
+
+@silicon
+def test_a_rep_stos_that_runs_off_its_page_faults_at_the_same_iteration(
+    write_scenario: Callable[..., Path],
+) -> None:
+    # buf is one page with nothing mapped after it (guard pages stay unmapped):
+    # the 5th byte stored lands past its end.
+    source = """
+main:
+    movabs $buf_base, %rdi
+    add $4092, %rdi
+    mov $16, %ecx
+    mov $0xab, %al
+    rep stosb
+    ret
+"""
+    comparison = _check(write_scenario(source, data=(("buf", 4096),)))
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("fault: SIGSEGV")
+    assert comparison.native_steps == comparison.emulated_steps == 4 + 5  # 4 stored, 5th faults
+
+
+@silicon
+def test_a_syscall_after_undefined_flags_agrees(write_scenario: Callable[..., Path]) -> None:
+    source = """
+main:
+    mov $0x10, %rbx
+    bsf %rbx, %rax
+    mov $39, %eax
+    syscall
+    mov %r11, %rdx
+    pushfq
+    popq %rcx
+    ret
+"""
+    comparison = _check(write_scenario(source))
+    assert comparison.same, comparison.divergence
+
+
+def test_the_resume_flag_is_masked_and_nothing_else() -> None:
+    code, rips = _code(b"\xf3\xaa", b"\xc3")  # rep stosb; ret
+    native = np.zeros((3, len(REGISTERS)), dtype=np.uint64)
+    native[:, 0] = [rips[0], rips[0], rips[1]]
+    native[:, REGISTERS.index("rcx")] = [2, 1, 0]
+    native[1, REGISTERS.index("rflags")] = 0x10202  # RF, mid-rep
+    emulated = native.copy()
+    emulated[1, REGISTERS.index("rflags")] = 0x202
+    table = InstructionTable(code)
+    result = normalise(native, emulated, table)
+    assert (result.native == result.emulated).all()
+    assert result.rows_touched["resume-flag"] == 1
+    emulated[1, REGISTERS.index("rflags")] = 0x203  # and a wrong CF beside it
+    result = normalise(native, emulated, table)
+    assert not (result.native == result.emulated).all()

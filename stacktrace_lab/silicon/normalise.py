@@ -16,6 +16,9 @@ compute with, except where the architecture itself leaves it undefined.
   native stepper clears it at the source, as an untraced CPU has it.
 IF also in r11 after a `syscall` (r11 = rflags at the syscall), in the rows
 until r11 is written again.
+- `resume-flag`: rflags RF (bit 16), which the CPU sets in the flags a
+  single-step trap saves in the middle of a `rep` string instruction; no
+  program can read it (pushf pushes it clear).
 - `undefined-flags`: the flags an instruction leaves architecturally
   undefined (capstone's detail mode; AF for shifts added), from the row after
   it until an instruction defines that flag again, and in r11 where it holds
@@ -38,10 +41,11 @@ R11 = REGISTERS.index("r11")
 RFLAGS = REGISTERS.index("rflags")
 TF = np.uint64(1 << 8)
 IF = np.uint64(1 << 9)
+RF = np.uint64(1 << 16)
 #: The six status flags capstone describes, as rflags bits.
 STATUS_FLAGS = (0, 2, 4, 6, 7, 11)
 
-NORMALISATIONS = ("rep-extra-step", "interrupt-flag", "trap-flag", "undefined-flags")
+NORMALISATIONS = ("rep-extra-step", "interrupt-flag", "trap-flag", "resume-flag", "undefined-flags")
 
 
 @dataclass
@@ -148,6 +152,13 @@ def normalise(
             n[saved, R11] &= ~bit
             e[saved, R11] &= ~bit
 
+    # RF: the CPU sets it in the rflags a debug trap saves in the middle of a
+    # `rep` string instruction (the single step after one iteration). No
+    # program can see it (pushf pushes it clear, popf cannot set it from
+    # user mode's point of view before the next instruction completes).
+    counts["resume-flag"] = int((((n[:, RFLAGS] ^ e[:, RFLAGS]) & RF) != 0).sum())
+    n[:, RFLAGS] &= ~RF
+    e[:, RFLAGS] &= ~RF
     masks = undefined_flag_masks(facts)
     # r11 after a syscall holds rflags as they were at it, undefined flags included.
     r11_masks = np.where(saved, masks[_syscall_before(facts)], np.uint64(0))
