@@ -19,7 +19,7 @@ from ..silicon.compare import CAUSES, Comparison
 @click.option(
     "--no-replay",
     is_flag=True,
-    help="Let the emulator answer syscalls, cpuid and xgetbv itself (the environment's part).",
+    help="Let the emulator answer syscalls, rdtsc and rdrand itself (the environment's part).",
 )
 def silicon_check_command(
     target: str,
@@ -31,11 +31,14 @@ def silicon_check_command(
 ) -> int:
     """Single-step TARGET on this CPU and compare every step with the emulated run.
 
-    TARGET is a built-in scenario, a scenario .toml, or a static x86-64 ELF.
-    Exit 0 only when the runs are the same: every step's registers (with the
-    documented masks), stdout and stderr byte for byte, and the end; 1 at the
-    first difference (the text and JSON name it); 2 on bad input or when
-    ptrace is not available here.
+    TARGET is a built-in scenario, a scenario .toml, a static x86-64 ELF, or a
+    trace file (its program runs natively and is compared with the file's
+    rows). Exit 0 only when the runs are the same: every step's registers
+    (with the documented masks) and memory writes, stdout and stderr byte for
+    byte, and the end (exit status or fault kind); 1 at the first difference
+    (the text and JSON name it); 2 on bad input or when ptrace is not
+    available here. cpuid and xgetbv are answered natively from the
+    recorder's CPU model.
 
     Natively only instructions run: every system call is stopped before the
     kernel runs it; only those acting on the process itself (its memory map,
