@@ -254,3 +254,36 @@ main:
     assert row == 1 and cpu[:2] == b"\x22\x11" and emulator[:2] == b"\x22\x10"
     rbx = REGISTERS.index("rbx")
     assert address == int(result.native.registers[1, rbx]) + 8
+
+
+@silicon
+def test_the_run_to_from_goes_at_full_speed_and_stays_sandboxed(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    source = f"""
+main:
+    mov $87, %eax
+    lea victim(%rip), %rdi
+    syscall
+    xor %eax, %eax
+    xor %ecx, %ecx
+    cpuid
+    mov %ebx, %r12d
+    call later
+    ret
+later:
+    mov %r12, %rax
+    ret
+victim:
+    .asciz "{victim}"
+"""
+    result = silicon_check(str(write_scenario(source)), from_symbol="later")
+    assert victim.read_text() == "still here"  # the unlink before --from did not run
+    assert result.comparison.same, result.comparison.divergence
+    assert result.native.syscalls[0].nr == 87 and result.native.syscalls[0].result == ENOSYS
+    # GenuineIntel's "Genu": the CPU model's cpuid, also before --from.
+    assert int(result.native.registers[0, REGISTERS.index("r12")]) == 0x756E6547
+    if result.native.skipped == -1:  # CPUID faulting here: a breakpoint, not single steps
+        assert result.native.cpuid[0].step == -1

@@ -316,6 +316,7 @@ def _silicon_check(
             max_steps=steps,
             linked_entry=target.linked_entry,
             linux=target.linux,
+            fast_forward=from_symbol is not None,
         )
     except NativeError as exc:
         raise BadInput(str(exc)) from exc
@@ -335,7 +336,11 @@ def _silicon_check(
         native.stdout = native.stdout.decode("utf-8", "backslashreplace").encode()
         native.stderr = native.stderr.decode("utf-8", "backslashreplace").encode()
     else:
-        emulated = target.emulate(native if replay else None, native.skipped + native.steps + 1)
+        # Rows up to the window, or all of them when the native side ran there
+        # uncounted (a breakpoint); then as far as the native run went, and one
+        # step more to see whether the emulation would have gone on.
+        before = native.skipped if native.skipped >= 0 else target.max_steps
+        emulated = target.emulate(native if replay else None, before + native.steps + 1)
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps
@@ -392,7 +397,8 @@ def _compare_memory(
         start=start - native.load_bias,
         end=None if end is None else end - native.load_bias,
         sentinel=target.sentinel,
-        max_steps=native.steps + native.skipped + 1,  # the start-up too, before the rows
+        max_steps=native.steps + max(native.skipped, 0) + 1,  # the start-up too
+        fast_forward=native.skipped < 0,
         linked_entry=target.linked_entry,
         linux=target.linux,
         replay=native,

@@ -56,6 +56,7 @@ from .ptrace import (
     PTRACE_SETOPTIONS,
     PTRACE_SETREGS,
     PTRACE_SINGLESTEP,
+    PTRACE_SYSEMU,
     PTRACE_SYSEMU_SINGLESTEP,
     USER_REGS,
     PtraceError,
@@ -92,6 +93,8 @@ _STOPPED_BY_SIGTRAP = (signal.SIGTRAP << 8) | 0x7F
 #: ... and "stopped at a system call's entry" (PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80).
 _STOPPED_AT_SYSCALL = ((signal.SIGTRAP | 0x80) << 8) | 0x7F
 _TF = 0x100
+#: arch_prctl's code for "cpuid faults (SIGSEGV)" when its argument is 0.
+_ARCH_SET_CPUID = 0x1012
 _MASK64 = (1 << 64) - 1
 _RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
@@ -195,7 +198,8 @@ class NativeRun:
     stop: NativeStop
     stdout: bytes
     stderr: bytes
-    #: Instructions run before the first row (a start stub, or start-up before --from).
+    #: Instructions run before the first row (a start stub, or start-up before
+    #: --from); -1: run at full speed to --from, not counted.
     skipped: int
     syscalls: list[SyscallRecord] = field(default_factory=list)
     cpuid: list[CpuidRecord] = field(default_factory=list)
@@ -265,6 +269,7 @@ def run_native(
     linux: bool = True,
     replay: NativeRun | None = None,
     read_after: dict[int, list[tuple[int, int]]] | None = None,
+    fast_forward: bool = False,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -285,6 +290,10 @@ def run_native(
     clock_gettime, ...) and to rdtsc/rdrand, so it runs the same steps; after
     each row in `read_after` it reads those (address, size) ranges of the
     process's memory (`NativeRun.memory`): what the emulator wrote there.
+
+    `fast_forward`: run to `start` at full speed (a breakpoint; system calls
+    still go through the sandbox; cpuid faults and is answered from the CPU
+    model) where the host has CPUID faulting; `NativeRun.skipped` is then -1.
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
@@ -317,6 +326,7 @@ def run_native(
         # TRACESYSGOOD: a system call's entry stop is told apart from a step.
         ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)
         stepper = _Stepper(pid, start, end, sentinel, max_steps, linux)
+        stepper.fast_forward = fast_forward
         if replay is not None:
             stepper.replay_from(replay, read_after or {})
         try:
@@ -373,6 +383,8 @@ class _Stepper:
     ) -> None:
         self.pid = pid
         self.linux = linux
+        #: To `start` at full speed (a breakpoint) rather than single-stepping.
+        self.fast_forward = False
         self.start = start
         self.end = end
         self.sentinel = sentinel
@@ -488,6 +500,13 @@ class _Stepper:
         rows = self.rows
         kinds = self.kinds
         recording = self.start is None
+        if not recording and self.fast_forward:
+            reached = self.run_to_start()
+            if reached is None:  # the program ended, or stopped, before --from
+                return
+            if reached:
+                self.skipped = -1  # at full speed: not counted
+                recording = True
         steps = 0  # rows recorded
         skipped = 0
         previous = b""
@@ -575,6 +594,108 @@ class _Stepper:
                 continue
             self.finish(status, steps, rip, kind, recording)
             return
+
+    def run_to_start(self) -> bool | None:
+        """To `start` at full speed: a breakpoint there, PTRACE_SYSEMU (every system
+        call still stops at its entry, unrun, for the sandbox) and CPUID faulting
+        (cpuid raises SIGSEGV and is answered from the CPU model). True: at
+        `start`; False: CPUID faulting unavailable, nothing ran (single-step
+        instead); None: the run ended before `start` (`self.stop` says how)."""
+        if not self.cpuid_faults():
+            return False
+        start = int(self.start or 0)
+        saved = self.read(start, 1)
+        if not saved:
+            return False
+        os.pwrite(self.mem, b"\xcc", start)
+        regs = UserRegs()
+        reg = USER_REGS.index
+        try:
+            while True:
+                ptrace(PTRACE_SYSEMU, self.pid, None, None)
+                _, status = os.waitpid(self.pid, 0)
+                if not os.WIFSTOPPED(status):
+                    self.finish(status, 0, 0, _KIND_OTHER, False)
+                    self.stop = NativeStop("not_started", -1, self.stop.detail)
+                    return None
+                ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+                rip = int(regs[_RIP])
+                if status == _STOPPED_AT_SYSCALL:
+                    at = rip - 2
+                    if self.read(at, 2) != b"\x0f\x05":  # int 0x80, sysenter: not run
+                        self.stop = NativeStop("not_started", -1, f"a system call at {at:#x}")
+                        return None
+                    regs[_RAX], regs[_RIP] = regs[reg("orig_rax")], at
+                    ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+                    if not self.fast_forward_syscall(regs):
+                        return None
+                    continue
+                signo = os.WSTOPSIG(status)
+                if signo == signal.SIGTRAP and rip - 1 == start:
+                    regs[_RIP] = start
+                    ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+                    return True
+                if signo == signal.SIGSEGV and self.read(rip, 2) == b"\x0f\xa2":
+                    self.answer_from_model(_KIND_CPUID, regs, -1)
+                    continue
+                self.finish(status, 0, rip, _KIND_OTHER, False)
+                self.stop = NativeStop("not_started", -1, self.stop.detail)
+                return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.pwrite(self.mem, saved, start)
+
+    def fast_forward_syscall(self, regs: Any) -> bool:
+        """A system call during the fast-forward: as when single-stepping. False: the run ended."""
+        before = bytes(regs)
+        verdict = self.system_call(regs, -1)
+        if verdict == sandbox.STOP:
+            self.stop = NativeStop("not_started", -1, self.stop.detail)
+            return False
+        if verdict == sandbox.RUN:
+            # Resumed from the entry stop with rip back at the `syscall`: the
+            # first single-step trap may come before it runs (the kernel reports
+            # the step on its way out of the skipped call); step until it ran.
+            at = int(regs[_RIP])
+            after = UserRegs()
+            for _ in range(3):
+                ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
+                _, status = os.waitpid(self.pid, 0)
+                if not os.WIFSTOPPED(status):
+                    break
+                ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(after))
+                if int(after[_RIP]) != at:
+                    break
+            self.log_outside_world(_KIND_SYSCALL, -1, before, status)
+            if not os.WIFSTOPPED(status):
+                self.finish(status, 0, 0, _KIND_SYSCALL, False)
+                self.stop = NativeStop("not_started", -1, self.stop.detail)
+                return False
+        return True
+
+    def cpuid_faults(self) -> bool:
+        """arch_prctl(ARCH_SET_CPUID, 0) in the program, injected at its first
+        instruction (a `syscall` written over it, then put back): whether the
+        kernel and CPU support CPUID faulting."""
+        regs, saved = UserRegs(), UserRegs()
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(saved))
+        ctypes.memmove(regs, saved, ctypes.sizeof(regs))
+        rip = int(saved[_RIP])
+        code = self.read(rip, 2)
+        reg = USER_REGS.index
+        try:
+            os.pwrite(self.mem, b"\x0f\x05", rip)
+            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = 158, _ARCH_SET_CPUID, 0
+            ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+            ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
+            _, status = os.waitpid(self.pid, 0)
+            if not os.WIFSTOPPED(status):
+                raise NativeError("the program died setting up CPUID faulting")
+            ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+            return int(regs[_RAX]) == 0
+        finally:
+            os.pwrite(self.mem, code, rip)
+            ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(saved))
 
     def replay_value(self, regs: Any, step: int) -> bool:
         """A second pass at rdtsc/rdrand/...: the first pass's registers after it."""

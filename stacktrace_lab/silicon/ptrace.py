@@ -19,7 +19,8 @@ PTRACE_TRACEME = 0
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
-#: Single-step, and stop at a system call's entry without running it.
+#: Run (or single-step), and stop at a system call's entry without running it.
+PTRACE_SYSEMU = 31
 PTRACE_SYSEMU_SINGLESTEP = 32
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETSIGINFO = 0x4202
