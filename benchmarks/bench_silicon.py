@@ -7,8 +7,9 @@ in this one run, not across runs):
     python benchmarks/bench_silicon.py --steps 1000000
     python benchmarks/bench_silicon.py --elf ./first_switch_c   # a static ELF, to its stop
 
-The native stepper pays two kernel round trips per instruction (PTRACE_SINGLESTEP
-with its wait, PTRACE_GETREGS); the comparison is whole-column numpy work.
+The native stepper pays two kernel round trips per instruction
+(PTRACE_SYSEMU_SINGLESTEP with its wait, PTRACE_GETREGS), more at each system
+call the sandbox answers; the comparison is whole-column numpy work.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
             sentinel=target.sentinel,
             max_steps=args.steps,
             linked_entry=target.linked_entry,
+            linux=target.linux,
         )
         native_s = time.perf_counter() - start
     target = target.relocated(native.load_bias)

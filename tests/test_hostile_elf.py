@@ -112,7 +112,7 @@ def test_a_segment_over_the_stack_moves_the_stack_as_linux_makes_room(tmp_path: 
     path.write_bytes(program(EXIT_0, Phdr(segment, b"x", PF_R | PF_W)))
     recording = record_elf(path, tmp_path / "t.parquet")
     assert recording.metadata.stop.detail == "exit(0)"
-    main_stack = next(r for r in recording.metadata.regions if r.name == "main")
+    main_stack = next(r for r in recording.metadata.regions if r.name == "stack")
     assert main_stack.top <= segment
     assert load_trace(tmp_path / "t.parquet").metadata.initial["rsp"] < segment
 

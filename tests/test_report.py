@@ -324,7 +324,8 @@ def test_the_committed_example_is_current(first_switch_trace: Path, tmp_path: Pa
     """reports/first-switch/ (shown by the README) says what a fresh report says.
 
     The text outputs only: PNG bytes may differ between matplotlib versions.
-    Regenerate with `stacktrace-lab demo` from the repository's root.
+    Regenerate with `stacktrace-lab demo` from the repository's root, which
+    records into `stacktrace-lab-traces/` (the command line's folder).
     """
     example = Path(__file__).resolve().parent.parent / "reports" / "first-switch"
     fresh = build_report(load_trace(first_switch_trace), tmp_path / "fresh").directory
@@ -333,7 +334,7 @@ def test_the_committed_example_is_current(first_switch_trace: Path, tmp_path: Pa
         now = (
             (fresh / name)
             .read_text()
-            .replace(str(first_switch_trace), "traces/first-switch.parquet")
+            .replace(str(first_switch_trace), "stacktrace-lab-traces/first-switch.parquet")
         )
         assert committed == now, f"{name}: regenerate with `stacktrace-lab demo`"
 

@@ -192,11 +192,11 @@ def test_the_coroutine_report_leads_with_the_switch_picture(coroutines_report: P
     markdown = (coroutines_report / "report.md").read_text()
     headings = re.findall(r"^## (.+)$", markdown, flags=re.M)
     assert headings[0] == "Which stack ran when"
-    # Three coroutines resumed three times each from main: 9 switches each way.
+    # Three coroutines resumed three times each from the process stack: 9 switches each way.
     assert "18 switches between 6 pairs of stacks." in markdown
     for stack in ("stack_a", "stack_b", "stack_c"):
-        assert re.search(rf"^\| main \| {stack} \| 3 \| \d+ \| \d+ \|$", markdown, flags=re.M)
-        assert re.search(rf"^\| {stack} \| main \| 3 \| \d+ \| \d+ \|$", markdown, flags=re.M)
+        assert re.search(rf"^\| stack \| {stack} \| 3 \| \d+ \| \d+ \|$", markdown, flags=re.M)
+        assert re.search(rf"^\| {stack} \| stack \| 3 \| \d+ \| \d+ \|$", markdown, flags=re.M)
 
 
 def test_the_switch_table_counts_each_direction(coroutines_trace: Path) -> None:
@@ -209,7 +209,7 @@ def test_the_switch_table_counts_each_direction(coroutines_trace: Path) -> None:
         figure = switch_picture.switches_figure(facts, causes)
         assert overlaps(figure) == []
     lanes = [t.get_text() for t in figure.axes[0].get_yticklabels()]
-    assert sorted(lanes) == ["main", "stack_a", "stack_b", "stack_c"]
+    assert sorted(lanes) == ["stack", "stack_a", "stack_b", "stack_c"]
 
 
 def test_the_header_names_the_binary_its_build_and_the_recorded_range(

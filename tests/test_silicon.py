@@ -6,6 +6,7 @@ why, where that is not possible. The rest test the comparison on hand-made rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +16,17 @@ import pytest
 
 from stacktrace_lab.arch import REGISTERS
 from stacktrace_lab.cli import main
+from stacktrace_lab.record.cpu import XCR0, CpuModel
 from stacktrace_lab.scenario import builtin_names
 from stacktrace_lab.silicon import ptrace
 from stacktrace_lab.silicon.check import silicon_check
 from stacktrace_lab.silicon.compare import compare
 from stacktrace_lab.silicon.instructions import InstructionTable
-from stacktrace_lab.silicon.normalise import drop_rep_extra_steps, undefined_flag_masks
+from stacktrace_lab.silicon.normalise import (
+    drop_rep_extra_steps,
+    normalise,
+    undefined_flag_masks,
+)
 
 silicon = pytest.mark.silicon
 RBX = REGISTERS.index("rbx")
@@ -112,17 +118,31 @@ main:
 
 
 @silicon
-def test_cpuid_is_replayed_from_the_native_run(write_scenario: Callable[..., Path]) -> None:
-    assert _check(write_scenario(CPUID_PROGRAM)).same
+def test_cpuid_natively_is_the_recorders_cpu_model(write_scenario: Callable[..., Path]) -> None:
+    """cpuid is not run natively: the stepper answers it from record/cpu.py, so the
+    runs agree even without replay, and the program takes the recorder's path."""
+    path = write_scenario(CPUID_PROGRAM)
+    result = silicon_check(str(path))
+    assert result.comparison.same
+    assert [(c.leaf, c.ebx) for c in result.native.cpuid] == [(0, CpuModel.cpuid(0, 0)[1])]
+    assert _check(path, replay=False).same
 
 
 @silicon
-def test_a_cpuid_mismatch_without_replay_is_caught_at_the_step_after_it(
+def test_a_wrong_cpuid_answer_is_caught_at_the_step_after_it(
     write_scenario: Callable[..., Path],
 ) -> None:
     path = write_scenario(CPUID_PROGRAM)
-    comparison = _check(path, replay=False)
-    divergence = comparison.divergence
+    result = silicon_check(str(path))
+    rows = result.emulated.registers.copy()
+    rows[3:, RBX] ^= 1  # the emulator's cpuid gave another vendor word
+    result.emulated.registers = rows
+    divergence = compare(
+        result.native,
+        result.emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    ).divergence
     assert divergence is not None
     assert divergence.step == 3  # the row after cpuid (step 2) shows its result
     assert divergence.previous_instruction == "cpuid"
@@ -144,18 +164,15 @@ main:
 
 
 @silicon
-def test_xgetbv_is_replayed_and_caught_without_replay(
+def test_xgetbv_natively_is_the_recorders_cpu_model(
     write_scenario: Callable[..., Path],
 ) -> None:
     path = write_scenario(XGETBV_PROGRAM)
-    assert _check(path).same
-    native_xcr0 = silicon_check(str(path)).native.xgetbv[0].eax
-    if native_xcr0 == 3:
-        pytest.skip("this CPU's XCR0 is 3, as the emulator's: nothing to tell apart")
-    divergence = _check(path, replay=False).divergence
-    assert divergence is not None
-    assert (divergence.step, divergence.cause) == (2, "xgetbv")
-    assert divergence.registers["rax"][0] == native_xcr0
+    result = silicon_check(str(path))
+    assert result.comparison.same
+    assert [x.eax for x in result.native.xgetbv] == [XCR0]
+    assert int(result.native.registers[2, REGISTERS.index("rax")]) == XCR0
+    assert _check(path, replay=False).same
 
 
 VALUES_PROGRAM = """
@@ -249,17 +266,18 @@ def test_cli_exit_status_and_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_reports_the_divergence_and_exits_1(
     write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_scenario(CPUID_PROGRAM)
+    path = write_scenario("main:\n    rdtsc\n    mov %eax, %r12d\n    ret\n")
     assert main(["silicon-check", str(path), "--no-replay"]) == 1
     out = capsys.readouterr().out
-    assert "differs at step 3" in out
-    assert "most likely: cpuid" in out
+    assert "differs at step 1" in out
+    assert "most likely: timestamp-or-random" in out
     assert main(["silicon-check", str(path), "--no-replay", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["same"] is False
-    assert doc["divergence"]["step"] == 3
-    assert doc["divergence"]["cause"] == "cpuid"
-    assert doc["divergence"]["previous_instruction"] == "cpuid"
+    assert doc["first_difference"] == "registers"
+    assert doc["divergence"]["step"] == 1
+    assert doc["divergence"]["cause"] == "timestamp-or-random"
+    assert doc["divergence"]["previous_instruction"] == "rdtsc"
     assert set(doc["divergence"]["registers"]) >= {"rax"}
 
 
@@ -380,7 +398,8 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
     assert result.native.stdout == b"I LOVE WAKING UP ON A NEW STACK!\n"
     assert comparison.native_stop.startswith("spin")
     assert comparison.compared_steps == comparison.native_steps > 10_000
-    assert result.native.cpuid and result.native.xgetbv  # the outside world was replayed
+    # cpuid answered from the recorder's model natively: no OSXSAVE, so no xgetbv.
+    assert result.native.cpuid and not result.native.xgetbv
     if build == "c-static":  # a wrong emulation inside main is named down to its C line
         from_main = silicon_check(str(program), from_symbol="main")
         rows = from_main.emulated.registers.copy()
@@ -410,3 +429,258 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
         main_only = silicon_check(str(program), from_symbol="main").comparison
         assert main_only.same, main_only.divergence
         assert 0 < main_only.compared_steps < comparison.compared_steps
+
+
+_GAP_SETUP = "main:\n    movabs $buf_base, %rbx\n    movl $5, 16(%rbx)\n"
+
+
+@silicon
+@pytest.mark.parametrize(
+    "instruction",
+    ["movaps 16(%rbx), %xmm0", "addps 16(%rbx), %xmm0", "pcmpeqb 16(%rbx), %xmm0"],
+)
+def test_aligned_16_byte_operands_run_the_same_on_this_cpu(
+    instruction: str, write_scenario: Callable[..., Path]
+) -> None:
+    source = _GAP_SETUP + f"    {instruction}\n    movq %xmm0, %rax\n    ret\n"
+    comparison = _check(write_scenario(source, data=(("buf", 4096),)))
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("returned")
+
+
+@silicon
+@pytest.mark.parametrize("instruction", ["movaps 8(%rbx), %xmm0", "pcmpeqb 8(%rbx), %xmm0"])
+def test_a_misaligned_operand_faults_at_the_same_step_on_this_cpu(
+    instruction: str, write_scenario: Callable[..., Path]
+) -> None:
+    source = _GAP_SETUP + f"    {instruction}\n    ret\n"
+    comparison = _check(write_scenario(source, data=(("buf", 4096),)))
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("fault: SIGSEGV")
+    assert comparison.emulated_stop.startswith("fault: general protection fault (#GP)")
+    assert comparison.native_steps == comparison.emulated_steps == 3
+
+
+@silicon
+@pytest.mark.parametrize("instruction", ["vpaddd %xmm1, %xmm0, %xmm2", "fldz\n    fsin"])
+def test_instructions_the_emulator_gets_wrong_are_reported(
+    instruction: str, write_scenario: Callable[..., Path]
+) -> None:
+    comparison = _check(
+        write_scenario(_GAP_SETUP + f"    {instruction}\n    ret\n", data=(("buf", 4096),))
+    )
+    assert not comparison.same
+    assert comparison.divergence is not None
+    assert comparison.divergence.cause == "unsupported-instruction"
+    assert comparison.emulated_stop.startswith("unsupported")
+
+
+# --- every mask: a wrong *defined* flag is still caught -----------------------------
+
+_CF, _OF_BIT, _AF = 1 << 0, 1 << 11, 1 << 4
+_BSF = b"\x48\x0f\xbc\xc3"  # bsf %rbx, %rax: leaves CF OF SF AF PF undefined
+
+
+@pytest.mark.parametrize(
+    ("code", "defined"),
+    [
+        (bytes.fromhex("660f3a63c100"), _CF | _OF_BIT),  # pcmpistri: CF, OF defined
+        (bytes.fromhex("48d1d0"), _CF | _OF_BIT),  # rcl $1: OF defined for a count of 1
+        (bytes.fromhex("48d1c8"), _CF | _OF_BIT),  # ror $1
+        (bytes.fromhex("48d1e0"), _CF | _OF_BIT),  # shl $1: OF defined
+    ],
+)
+def test_a_flag_the_instruction_defines_is_never_masked(code: bytes, defined: int) -> None:
+    # After bsf every one of those flags is undefined; the instruction defines them
+    # again, so on the row after it a flipped flag must show (mask clear).
+    table_code, rips = _code(_BSF, code, b"\x90")
+    masks = undefined_flag_masks(InstructionTable(table_code).row_facts(rips))
+    assert masks[1] & defined == defined  # before it: bsf's undefined flags masked
+    assert masks[2] & defined == 0  # after it: defined, compared
+
+
+@pytest.mark.parametrize(
+    "code",
+    [bytes.fromhex("48c1e003"), bytes.fromhex("48d3e0"), bytes.fromhex("48c1d003")],
+    ids=["shl $3", "shl %cl", "rcl $3"],
+)
+def test_of_after_a_shift_or_rotate_by_more_than_one_is_undefined(code: bytes) -> None:
+    table_code, rips = _code(code, b"\x90")
+    masks = undefined_flag_masks(InstructionTable(table_code).row_facts(rips))
+    assert masks[1] & _OF_BIT
+
+
+@silicon
+def test_a_wrong_flag_after_pcmpistri_is_caught(write_scenario: Callable[..., Path]) -> None:
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movl $0x41424344, (%rbx)
+    movdqu (%rbx), %xmm0
+    movdqu 16(%rbx), %xmm1
+    bsf %rbx, %rax
+    pcmpistri $0, %xmm1, %xmm0
+    nop
+    ret
+"""
+    result = silicon_check(str(write_scenario(source, data=(("buf", 4096),))))
+    assert result.comparison.same, result.comparison.divergence
+    for flag in (_CF, _OF_BIT):
+        emulated = result.emulated
+        rows = result.emulated.registers.copy()
+        rows[6:, REGISTERS.index("rflags")] ^= flag  # pcmpistri is step 5
+        wrong = dataclasses.replace(emulated, registers=rows)
+        divergence = compare(
+            result.native,
+            wrong,
+            name_address=result.target.name_address,
+            source_line=result.target.source_line,
+        ).divergence
+        assert divergence is not None
+        assert (divergence.step, divergence.cause) == (6, "flags")
+        assert divergence.previous_instruction == "pcmpistri $0, %xmm1, %xmm0"
+
+
+def test_undefined_flags_saved_in_r11_by_a_syscall_are_masked_the_defined_ones_not() -> None:
+    code, rips = _code(_BSF, b"\x0f\x05", b"\x90", b"\x90")  # bsf; syscall; nop; nop
+    native = np.zeros((4, len(REGISTERS)), dtype=np.uint64)
+    native[:, 0] = rips
+    native[2:, REGISTERS.index("r11")] = 0x246
+    table = InstructionTable(code)
+    for flipped, caught in ((_CF, False), (_OF_BIT, False), (1 << 6, True)):  # ZF: defined
+        emulated = native.copy()
+        emulated[2:, REGISTERS.index("r11")] ^= flipped
+        result = normalise(native, emulated, table)
+        assert (result.native != result.emulated).any() == caught, hex(flipped)
+
+
+@silicon
+def test_pushf_pushes_no_trap_flag_and_a_wrong_pushed_flag_is_caught(
+    write_scenario: Callable[..., Path],
+) -> None:
+    source = """
+main:
+    movq $-1, %rax
+    addq $1, %rax
+    pushfq
+    popq %rcx
+    ret
+"""
+    result = silicon_check(str(write_scenario(source)))
+    assert result.comparison.same, result.comparison.divergence
+    rcx = REGISTERS.index("rcx")
+    assert int(result.native.registers[4, rcx]) & 0x100 == 0  # the popped word
+    rows = result.emulated.registers.copy()
+    rows[4:, rcx] |= 0x100  # the emulator pushing TF (or any wrong flag) is caught
+    wrong = dataclasses.replace(result.emulated, registers=rows)
+    divergence = compare(
+        result.native,
+        wrong,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    ).divergence
+    assert divergence is not None and divergence.step == 4
+    assert list(divergence.registers) == ["rcx"]
+
+
+@silicon
+def test_fxsave_runs_and_its_mxcsr_mask_is_compared(write_scenario: Callable[..., Path]) -> None:
+    """An aligned fxsave runs in both; its 512-byte image is compared byte for
+    byte. unicorn stores MXCSR_MASK 0xffff; a CPU stores its own (0x2ffff on
+    CPUs with bit 17): a CPU-model value the check reports, at offset 28."""
+    source = _GAP_SETUP + "    fxsave (%rbx)\n    ret\n"
+    result = silicon_check(str(write_scenario(source, data=(("buf", 4096),))))
+    comparison = result.comparison
+    assert comparison.divergence is None
+    assert comparison.native_stop.startswith("returned")
+    if comparison.memory_difference is not None:
+        row, address, cpu, emulator = comparison.memory_difference
+        buf = int(result.native.registers[2, RBX])
+        assert (row, comparison.first_difference) == (2, "memory")
+        assert buf <= address < buf + 512
+        assert emulator[28 - (address - buf) :][:4] == b"\xff\xff\x00\x00"  # MXCSR_MASK
+        assert cpu != emulator
+
+
+@pytest.mark.parametrize(
+    ("reason", "native", "emulated", "same"),
+    [
+        ("exit", "exit_group(3)", "exit_group(3)", True),
+        ("exit", "exit_group(3)", "exit_group(4)", False),
+        ("fault", "SIGFPE at 0x400003 (address 0x400003)", "divide error (#DE) at 0x400003", True),
+        ("fault", "SIGSEGV at 0x400003 (address 0x0)", "divide error (#DE) at 0x400003", False),
+        ("fault", "SIGILL at 0x400003 (address 0x400003)", "invalid instruction at 0x400003", True),
+        ("fault", "SIGSEGV: fetch from 0x12345000", "fetch from unmapped memory: 1 bytes", True),
+    ],
+)
+def test_the_end_is_the_same_exit_status_or_fault_kind(
+    reason: str, native: str, emulated: str, same: bool
+) -> None:
+    from stacktrace_lab.silicon.compare import same_end_detail
+
+    assert same_end_detail(reason, native, emulated) is same
+
+
+@silicon
+def test_a_division_by_zero_faults_the_same_way(write_scenario: Callable[..., Path]) -> None:
+    comparison = _check(
+        write_scenario("main:\n    xor %ecx, %ecx\n    mov $1, %eax\n    div %ecx\n")
+    )
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("fault: SIGFPE")
+    assert comparison.emulated_stop.startswith("fault: divide error")
+
+
+@silicon
+def test_a_rep_stos_that_runs_off_its_page_faults_at_the_same_iteration(
+    write_scenario: Callable[..., Path],
+) -> None:
+    # buf is one page with nothing mapped after it (guard pages stay unmapped):
+    # the 5th byte stored lands past its end.
+    source = """
+main:
+    movabs $buf_base, %rdi
+    add $4092, %rdi
+    mov $16, %ecx
+    mov $0xab, %al
+    rep stosb
+    ret
+"""
+    comparison = _check(write_scenario(source, data=(("buf", 4096),)))
+    assert comparison.same, comparison.divergence
+    assert comparison.native_stop.startswith("fault: SIGSEGV")
+    assert comparison.native_steps == comparison.emulated_steps == 4 + 5  # 4 stored, 5th faults
+
+
+@silicon
+def test_a_syscall_after_undefined_flags_agrees(write_scenario: Callable[..., Path]) -> None:
+    source = """
+main:
+    mov $0x10, %rbx
+    bsf %rbx, %rax
+    mov $39, %eax
+    syscall
+    mov %r11, %rdx
+    pushfq
+    popq %rcx
+    ret
+"""
+    comparison = _check(write_scenario(source))
+    assert comparison.same, comparison.divergence
+
+
+def test_the_resume_flag_is_masked_and_nothing_else() -> None:
+    code, rips = _code(b"\xf3\xaa", b"\xc3")  # rep stosb; ret
+    native = np.zeros((3, len(REGISTERS)), dtype=np.uint64)
+    native[:, 0] = [rips[0], rips[0], rips[1]]
+    native[:, REGISTERS.index("rcx")] = [2, 1, 0]
+    native[1, REGISTERS.index("rflags")] = 0x10202  # RF, mid-rep
+    emulated = native.copy()
+    emulated[1, REGISTERS.index("rflags")] = 0x202
+    table = InstructionTable(code)
+    result = normalise(native, emulated, table)
+    assert (result.native == result.emulated).all()
+    assert result.rows_touched["resume-flag"] == 1
+    emulated[1, REGISTERS.index("rflags")] = 0x203  # and a wrong CF beside it
+    result = normalise(native, emulated, table)
+    assert not (result.native == result.emulated).all()

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the silicon check loads the recorder: imported when the com
 @click.option(
     "--no-replay",
     is_flag=True,
-    help="Let the emulator answer syscalls, cpuid and xgetbv itself (the environment's part).",
+    help="Let the emulator answer syscalls, rdtsc and rdrand itself (the environment's part).",
 )
 def silicon_check_command(
     target: str,
@@ -35,9 +35,20 @@ def silicon_check_command(
 ) -> int:
     """Single-step TARGET on this CPU and compare every step with the emulated run.
 
-    TARGET is a built-in scenario, a scenario .toml, or a static x86-64 ELF.
-    Exit 0 when every step is the same, 1 at the first divergence, 2 on bad
-    input or when ptrace is not available here.
+    TARGET is a built-in scenario, a scenario .toml, a static x86-64 ELF, or a
+    trace file (its program runs natively and is compared with the file's
+    rows). Exit 0 only when the runs are the same: every step's registers
+    (with the documented masks) and memory writes, stdout and stderr byte for
+    byte, and the end (exit status or fault kind); 1 at the first difference
+    (the text and JSON name it); 2 on bad input or when ptrace is not
+    available here. cpuid and xgetbv are answered natively from the
+    recorder's CPU model.
+
+    Natively only instructions run: every system call is stopped before the
+    kernel runs it; only those acting on the process itself (its memory map,
+    signal state, clock, random bytes) run, output is captured from memory,
+    stdin is empty, everything else is answered -ENOSYS without running, and
+    the process group is killed at the end (docs/silicon.md).
     """
     _refuse_dynamic(target)
     from ..silicon.check import silicon_check
@@ -88,7 +99,7 @@ def _summary(name: str, c: Comparison) -> str:
     if c.divergence is None:
         lines.append(
             f"{name}: the CPU and the emulator agree on all {c.compared_steps} steps "
-            f"(stop: {c.native_stop})"
+            f"(registers, memory writes, stdout, stderr; stop: {c.native_stop})"
         )
     else:
         d = c.divergence
@@ -103,8 +114,24 @@ def _summary(name: str, c: Comparison) -> str:
             lines.append(f"  CPU: {c.native_steps} steps, {c.native_stop}")
             lines.append(f"  emulator: {c.emulated_steps} steps, {c.emulated_stop}")
         lines.append(f"  most likely: {d.cause}: {CAUSES[d.cause]}")
-    if not c.stdout_same:
-        lines.append("  stdout differs between the two runs")
+    if c.output_difference is not None:
+        stream, at, cpu_bytes, emulator_bytes = c.output_difference
+        if c.divergence is None:
+            lines[0] = f"{name}: {stream} differs (every step's registers agree)"
+        lines.append(
+            f"  {stream} differs first at byte {at}: CPU {cpu_bytes!r}, emulator {emulator_bytes!r}"
+        )
+    if c.memory_difference is not None:
+        row, address, cpu_bytes, emulator_bytes = c.memory_difference
+        if c.first_difference == "memory":
+            lines[0] = f"{name}: memory written at step {row} differs"
+        if address < 0:
+            lines.append(f"  memory: the second native pass did not repeat the first at step {row}")
+        else:
+            lines.append(
+                f"  memory at {address:#x} after step {row}: CPU {cpu_bytes.hex()}, "
+                f"emulator {emulator_bytes.hex()}"
+            )
     for mismatch in c.replay_mismatches:
         lines.append(f"  replay: {mismatch}")
     lines.append(f"  normalised (rows): {touched}")

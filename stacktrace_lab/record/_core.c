@@ -5,7 +5,10 @@
  * checks that both write byte-identical traces). Python is called only per
  * chunk of rows, for an address executed for the first time (the user-mode
  * decision, record/user_mode.py), after a fixed-value instruction (the CPU
- * model's answer), at a privileged instruction, and in the discovery pass at
+ * model's answer), at a privileged or unsupported instruction, at every
+ * execution of one whose memory operand must be aligned (record/emulator_gaps.py:
+ * Python computes the address and stops the run when it is misaligned), and in
+ * the discovery pass at
  * the allocator's entries and returns.
  *
  * No unicorn header is needed: the few entry points used are declared below
@@ -30,7 +33,15 @@ typedef int (*hook_add_fn)(void *uc, size_t *handle, int type, void *callback, v
 typedef int (*hook_del_fn)(void *uc, size_t handle);
 
 enum { COUNT = 0, DISCOVER = 1, RECORD = 2 };
-enum { NORMAL = 1, PRIVILEGED = 2, FIXED_VALUE = 3, KIND_MASK = 0xff, WATCH = 0x100 };
+enum {
+    NORMAL = 1,
+    PRIVILEGED = 2,
+    FIXED_VALUE = 3,
+    UNSUPPORTED = 4,
+    ALIGN_CHECK = 5,
+    KIND_MASK = 0xff,
+    WATCH = 0x100
+};
 enum { STOP_NONE = 0, STOP_MAX_STEPS = 1, STOP_SPIN = 2, STOP_CALLBACK = 3 };
 #define MAX_REGS 32
 #define PAGE_SHIFT 12
@@ -222,8 +233,9 @@ static int is_prefix(uint8_t byte) {
 }
 
 /* user_mode.py's `_may_matter`: whether the opcode after the prefixes could start a
- * privileged or fixed-value instruction. Most instructions are NORMAL without a
- * call into Python (capstone). */
+ * privileged, fixed-value or emulator-gap instruction (VEX/EVEX/XOP c4 c5 62 8f,
+ * x87 d9, legacy SSE behind 0f). Most instructions are NORMAL without a call
+ * into Python (capstone). */
 static int may_matter(Core *c, uint64_t address) {
     uint8_t code[15];
     uint64_t size = 15;
@@ -236,7 +248,8 @@ static int may_matter(Core *c, uint64_t address) {
         uint8_t byte = code[i];
         if (is_prefix(byte)) continue;
         return byte == 0xFA || byte == 0xFB || byte == 0x0F || (byte >= 0xE4 && byte <= 0xE7) ||
-               (byte >= 0xEC && byte <= 0xEF) || (byte >= 0x6C && byte <= 0x6F);
+               (byte >= 0xEC && byte <= 0xEF) || (byte >= 0x6C && byte <= 0x6F) ||
+               byte == 0xC4 || byte == 0xC5 || byte == 0x62 || byte == 0x8F || byte == 0xD9;
     }
     return 1;
 }
@@ -285,6 +298,10 @@ static void apply_decision(Core *c, uint64_t address, uint32_t size) {
     if (kind == NORMAL || c->stop != STOP_NONE) return;
     if (kind == PRIVILEGED) {
         call_void(c, "privileged", "(K)", (unsigned long long)address);
+    } else if (kind == ALIGN_CHECK) {
+        call_void(c, "align_check", "(K)", (unsigned long long)address);
+    } else if (kind == UNSUPPORTED) {
+        call_void(c, "unsupported", "(K)", (unsigned long long)address);
     } else if (kind == FIXED_VALUE) {
         c->pending_at = address + size;
         c->pending_insn = address;

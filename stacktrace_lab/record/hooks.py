@@ -15,7 +15,10 @@ recording), does the same two things beside its own work:
   answers now, before this row's registers are read (record/cpu.py);
 - the instruction about to run is looked up in the per-address decisions
   (record/user_mode.py): a privileged one stops the run with #GP before it
-  executes, a fixed-value one is answered at the next step.
+  executes, an unsupported one (record/emulator_gaps.py) stops it with
+  reason `unsupported`, an alignment-checked one stops it with #GP when its
+  memory operand is misaligned this time, a fixed-value one is answered at
+  the next step.
 A write into a page holding decided code forgets that page's decisions.
 """
 
@@ -45,7 +48,7 @@ from unicorn.unicorn_py3.unicorn import (
 
 from ..arch import PAGE, REGISTERS, WORD
 from .cpu import CpuModel
-from .user_mode import FIXED_VALUE, NORMAL, PRIVILEGED, Decisions
+from .user_mode import ALIGN_CHECK, FIXED_VALUE, NORMAL, PRIVILEGED, UNSUPPORTED, Decisions
 
 UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
 ROW_BYTES = WORD * len(REGISTERS)
@@ -104,17 +107,19 @@ class StepRules:
     """The CPU model's pending answer and the user-mode decisions, for one machine.
 
     The C core calls these methods by name (`decide`, `answer`, `privileged`,
-    `forgot`, and the run's own `chunk`, `outside`, `entered`, `returned`);
-    the Python hooks call `decided` and `answer_pending`.
+    `unsupported`, `align_check`, `forgot`, and the run's own `chunk`,
+    `outside`, `entered`, `returned`); the Python hooks call `decided` and
+    `answer_pending`. `stop(reason, detail)` ends the run before the
+    instruction executes.
     """
 
     def __init__(
-        self, uc: Uc, decisions: Decisions, cpu: CpuModel, fault: Callable[[str], None]
+        self, uc: Uc, decisions: Decisions, cpu: CpuModel, stop: Callable[[str, str], None]
     ) -> None:
         self.uc = uc
         self.decisions = decisions
         self.cpu = cpu
-        self.fault = fault
+        self.stop = stop
         #: After a fixed-value instruction: where the next one starts, and the instruction.
         self.pending_at = -1
         self.pending_insn = 0
@@ -135,7 +140,21 @@ class StepRules:
         self.cpu.answer(self.uc, self.decisions.fixed[address])
 
     def privileged(self, address: int) -> None:
-        self.fault(self.decisions.privileged[address])
+        self.stop("fault", self.decisions.privileged[address])
+
+    def unsupported(self, address: int) -> None:
+        self.stop("unsupported", self.decisions.unsupported[address])
+
+    def align_check(self, address: int) -> None:
+        """Before each execution of an instruction whose memory operand must be
+        16-byte aligned: the CPU's #GP when it is not, this time."""
+        gap = self.decisions.aligned[address]
+        detail = gap.fault(gap.address(self._register))
+        if detail is not None:
+            self.stop("fault", f"{detail} (rip {address:#x})")
+
+    def _register(self, name: str) -> int:
+        return int(self.uc.reg_read(getattr(x86, f"UC_X86_REG_{name.upper()}")))
 
     def forgot(self, address: int, size: int) -> None:
         self.decisions.forget(address, size)
@@ -146,6 +165,10 @@ class StepRules:
         """After the step's own work, at an instruction that is not NORMAL."""
         if kind == PRIVILEGED:
             self.privileged(address)
+        elif kind == ALIGN_CHECK:
+            self.align_check(address)
+        elif kind == UNSUPPORTED:
+            self.unsupported(address)
         elif kind == FIXED_VALUE:
             self.pending_at = address + size
             self.pending_insn = address

@@ -248,7 +248,7 @@ class Machine:
         self.cpu = spec.cpu()
         self.cpu.install(self.uc)
         self.decisions = Decisions(self.uc)
-        self.rules = StepRules(self.uc, self.decisions, self.cpu, self._on_privileged)
+        self.rules = StepRules(self.uc, self.decisions, self.cpu, self.request_stop)
         core_type = native_core()
         #: The C core (hooks.py), None where it was not built: the Python hooks run.
         self.native = NativeHooks(core_type, self.uc, self.rules) if core_type else None
@@ -323,9 +323,6 @@ class Machine:
         if self._interrupt is None:
             self._interrupt = Stop(reason, -1, detail)
         self.uc.emu_stop()
-
-    def _on_privileged(self, detail: str) -> None:
-        self.request_stop("fault", detail)
 
     def _on_invalid(
         self, _handle: Any, access: int, address: int, size: int, _value: int, _user: Any

@@ -6,8 +6,12 @@ documented as user mode. Here each instruction is decided once, at its first
 execution, from the bytes in emulated memory (so code written at run time is
 covered too): `Decisions.decide` tells the machine's one code hook whether
 the instruction at an address is normal, privileged (the run stops with a
-`fault` naming it, before it executes) or one of the CPU model's fixed-value
-instructions (record/cpu.py). The answer is cached per address; a write into
+`fault` naming it, before it executes), one of the CPU model's fixed-value
+instructions (record/cpu.py), or one unicorn runs wrongly
+(record/emulator_gaps.py): unsupported (the run stops with reason
+`unsupported` before it executes) or alignment-checked (before every
+execution its memory operand's address is computed; misaligned, the run
+stops with a `fault`, the CPU's #GP). The answer is cached per address; a write into
 a page that holds decided addresses forgets them (the code may have
 changed), so they are decided again when they run next.
 
@@ -28,18 +32,32 @@ from capstone import x86_const as x86
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ..arch import PAGE
+from .emulator_gaps import MustBeAligned, Unsupported, gap_of
 
 GP_FAULT = "general protection fault (#GP)"
 #: What an executed address holds, as the code hooks (Python or C) cache it.
-NORMAL, PRIVILEGED, FIXED_VALUE = 1, 2, 3
+NORMAL, PRIVILEGED, FIXED_VALUE, UNSUPPORTED, ALIGN_CHECK = 1, 2, 3, 4, 5
 #: Set in a decision: writes to its page must be watched (every decided page is).
 WATCH = 0x100
-#: Bytes a privileged or fixed-value instruction's opcode starts with (one-byte
-#: opcodes, and 0x0f for two- and three-byte ones, rdtsc and the others among
-#: them): an instruction whose opcode byte is none of these is NORMAL without
-#: decoding it.
+#: Bytes a privileged, fixed-value or emulator-gap instruction's opcode starts
+#: with (one-byte opcodes, and 0x0f for two- and three-byte ones: rdtsc, legacy
+#: SSE, fxsave, cmpxchg16b among them; the VEX/EVEX/XOP escapes c4, c5, 62 and
+#: 8f; d9 for the x87 transcendental functions): an instruction whose opcode
+#: byte is none of these is NORMAL without decoding it. `_core.c` has the same list.
 _OPCODE_STARTS = frozenset(
-    (0xFA, 0xFB, 0x0F, *range(0xE4, 0xE8), *range(0xEC, 0xF0), *range(0x6C, 0x70))
+    (
+        0xFA,
+        0xFB,
+        0x0F,
+        *range(0xE4, 0xE8),
+        *range(0xEC, 0xF0),
+        *range(0x6C, 0x70),
+        0xC4,
+        0xC5,
+        0x62,
+        0x8F,
+        0xD9,
+    )
 )
 _PREFIXES = frozenset(
     (0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, *range(0x40, 0x50))
@@ -130,7 +148,8 @@ def fault_detail(address: int, text: str) -> str:
 
 
 class Decisions:
-    """Address -> NORMAL, PRIVILEGED or FIXED_VALUE, decided at first execution.
+    """Address -> NORMAL, PRIVILEGED, FIXED_VALUE, UNSUPPORTED or ALIGN_CHECK,
+    decided at first execution.
 
     `kinds` is the cache the pure-Python hooks read; the C core keeps its own
     copy of the same answers (it asks `decide` on a miss). `forget` drops the
@@ -143,6 +162,9 @@ class Decisions:
         #: Fault details of the privileged instructions, fixed-value instructions (capstone).
         self.privileged: dict[int, str] = {}
         self.fixed: dict[int, Any] = {}
+        #: Why an unsupported instruction stops the run; how to find an operand's address.
+        self.unsupported: dict[int, str] = {}
+        self.aligned: dict[int, MustBeAligned] = {}
         #: Page -> decided addresses in it; `watched`: those pages (a write there forgets them).
         self._pages: dict[int, list[int]] = {}
         self.watched: set[int] = set()
@@ -164,11 +186,23 @@ class Decisions:
                 # The CPU model reads the Intel spelling (`rdrand`, not AT&T's `rdrandq`).
                 self.fixed[address] = next(_cs_intel.disasm(code, address, 1))
                 kind = FIXED_VALUE
+            else:
+                kind = self._gap(address, instruction)
         self.kinds[address] = kind
         page = address // PAGE
         self._pages.setdefault(page, []).append(address)
         self.watched.add(page)
         return kind | WATCH
+
+    def _gap(self, address: int, instruction: Any) -> int:
+        gap = gap_of(instruction)
+        if isinstance(gap, Unsupported):
+            self.unsupported[address] = f"at {address:#x}: {gap.detail}"
+            return UNSUPPORTED
+        if isinstance(gap, MustBeAligned):
+            self.aligned[address] = gap
+            return ALIGN_CHECK
+        return NORMAL
 
     def forget(self, address: int, size: int) -> None:
         """Code in `address ..< address + size` may have changed: decide it again."""
@@ -185,8 +219,8 @@ class Decisions:
 
 
 def _may_matter(code: bytes) -> bool:
-    """Whether the opcode after the prefixes could start a privileged or
-    fixed-value instruction (most instructions are ruled out without capstone).
+    """Whether the opcode after the prefixes could start a privileged,
+    fixed-value or emulator-gap instruction (most instructions are ruled out without capstone).
     `_core.c` makes the same test before it calls `Decisions.decide`."""
     for byte in code:
         if byte not in _PREFIXES:

@@ -3,12 +3,19 @@
 target -> (a scenario: write its machine as a static ELF) -> single-step it
 natively, logging the outside world -> emulate it with that log replayed ->
 normalise -> compare -> the first divergence, explained.
+
+A trace file as the target: its program (the scenario file or ELF it names,
+unchanged since: sha256) is run natively, and compared with the rows, stop
+and output *in the file*, not with a second emulated run: an edited or
+corrupted trace, or a recorder bug, fails the check.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
+import hashlib
 import tempfile
 import tomllib
 from collections.abc import Callable
@@ -17,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arch import REGISTERS
 from ..errors import BadInput
 from ..record.elf import PIE_BASE, line_table, load_elf
 from ..record.elf_scenario import is_elf_scenario
 from ..record.machine import MachineSpec, Mapping
 from ..record.process import STACK_TOP, linux_process
 from ..record.recorder import build_program, machine_spec
-from ..scenario import load_scenario
+from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
+from ..trace import load_trace
 from .compare import Comparison, compare
 from .emulated import EmulatedRun, emulate
 from .native import NativeError, NativeRun, run_native
@@ -61,6 +70,8 @@ class Target:
     #: An ELF scenario's own `from` and `to`, used when the command line gives none.
     default_from: str | None = None
     default_to: str | None = None
+    #: The recorder's machine is a Linux process (an ELF), not a scenario's bare one.
+    linux: bool = True
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
 
@@ -113,6 +124,7 @@ def scenario_target(name_or_path: str, workdir: Path) -> Target:
         symbols=program.symbols,
         lines={addr: f"{source}:{line}" for addr, line in program.lines.items()},
         emulate=lambda native, max_steps: emulate(spec, native, max_steps),
+        linux=False,
     )
 
 
@@ -218,6 +230,44 @@ def _window(rows: np.ndarray, start: int, end: int | None) -> tuple[int, int]:
     return first, last
 
 
+PARQUET_MAGIC = b"PAR1"
+
+
+def is_trace_file(target: str) -> bool:
+    path = Path(target)
+    return path.is_file() and path.read_bytes()[:4] == PARQUET_MAGIC
+
+
+def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
+    """(the program to run natively, the trace's --from symbol, the trace as a run)."""
+    trace = load_trace(path)
+    meta = trace.metadata
+    program = meta.program
+    if program is None:
+        raise BadInput(f"{path}: the trace does not say which program it recorded")
+    source = Path(program.path)
+    if source.is_file():
+        if program.sha256 and hashlib.sha256(source.read_bytes()).hexdigest() != program.sha256:
+            raise BadInput(
+                f"{path}: recorded from {program.path}, which has changed since "
+                "(its sha256 differs): record it again"
+            )
+    elif not (program.kind == "scenario" and program.path in builtin_names()):
+        raise BadInput(f"{path}: the program it recorded, {program.path}, is not there")
+    registers = np.stack(
+        [np.asarray(trace.column(name), dtype=np.uint64) for name in REGISTERS], axis=1
+    )
+    run = EmulatedRun(
+        registers=np.ascontiguousarray(registers),
+        stop_reason=meta.stop.reason,
+        stop_step=meta.stop.step,
+        stop_detail=meta.stop.detail,
+        stdout=meta.stdout.encode(),
+        stderr=meta.stderr.encode(),
+    )
+    return program.path, meta.start.symbol if meta.start else None, run
+
+
 def silicon_check(
     target_name: str,
     *,
@@ -226,29 +276,50 @@ def silicon_check(
     replay: bool = True,
     max_steps: int | None = None,
 ) -> SiliconResult:
-    """Check `target_name` (a scenario name or .toml, or a static ELF) against this CPU."""
+    """Check `target_name` (a scenario name or .toml, a static ELF, or a trace
+    file) against this CPU."""
+    with contextlib.ExitStack() as stack:
+        return _silicon_check(stack, target_name, from_symbol, to_symbol, replay, max_steps)
+
+
+def _silicon_check(
+    stack: contextlib.ExitStack[bool | None],
+    target_name: str,
+    from_symbol: str | None,
+    to_symbol: str | None,
+    replay: bool,
+    max_steps: int | None,
+) -> SiliconResult:
     reason = unavailable_reason()
     if reason is not None:
         raise BadInput(f"cannot run natively: {reason}")
-    with tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-") as workdir:
-        target = resolve_target(target_name, Path(workdir))
-        from_symbol = from_symbol or target.default_from
-        to_symbol = to_symbol or target.default_to
-        start = target.address_of(from_symbol) if from_symbol else target.entry
-        end = target.address_of(to_symbol) if to_symbol else None
-        steps = max_steps or target.max_steps
-        try:
-            native = run_native(
-                target.executable,
-                [str(Path(target.executable).resolve()), *target.args],
-                start=start,
-                end=end,
-                sentinel=target.sentinel,
-                max_steps=steps,
-                linked_entry=target.linked_entry,
-            )
-        except NativeError as exc:
-            raise BadInput(str(exc)) from exc
+    recorded: EmulatedRun | None = None
+    if is_trace_file(target_name):
+        target_name, from_symbol, recorded = trace_rows(target_name)
+        if recorded.stop_reason == "max_steps":  # cut there natively too
+            max_steps = max_steps or recorded.steps
+    # The scenario ELF lives there until the second (memory) pass is done.
+    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-"))
+    target = resolve_target(target_name, Path(workdir))
+    from_symbol = from_symbol or target.default_from
+    to_symbol = to_symbol or target.default_to
+    start = target.address_of(from_symbol) if from_symbol else target.entry
+    end = target.address_of(to_symbol) if to_symbol else None
+    steps = max_steps or target.max_steps
+    try:
+        native = run_native(
+            target.executable,
+            [str(Path(target.executable).resolve()), *target.args],
+            start=start,
+            end=end,
+            sentinel=target.sentinel,
+            max_steps=steps,
+            linked_entry=target.linked_entry,
+            linux=target.linux,
+            fast_forward=from_symbol is not None,
+        )
+    except NativeError as exc:
+        raise BadInput(str(exc)) from exc
     if from_symbol and native.steps == 0:
         raise BadInput(
             f"{target.name}: the program never reached --from {from_symbol}: "
@@ -259,7 +330,17 @@ def silicon_check(
     end = None if end is None else end + native.load_bias
     # As far as the native run went, and one step more to see whether the
     # emulation would have gone on where the CPU stopped.
-    emulated = target.emulate(native if replay else None, native.skipped + native.steps + 1)
+    if recorded is not None:
+        # The file's own rows, stop and output (decoded as the recorder keeps them).
+        emulated = recorded
+        native.stdout = native.stdout.decode("utf-8", "backslashreplace").encode()
+        native.stderr = native.stderr.decode("utf-8", "backslashreplace").encode()
+    else:
+        # Rows up to the window, or all of them when the native side ran there
+        # uncounted (a breakpoint); then as far as the native run went, and one
+        # step more to see whether the emulation would have gone on.
+        before = native.skipped if native.skipped >= 0 else target.max_steps
+        emulated = target.emulate(native if replay else None, before + native.steps + 1)
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps
@@ -273,4 +354,78 @@ def silicon_check(
         source_line=target.source_line,
         replayed=replay,
     )
+    if recorded is None:
+        comparison.memory_difference = _compare_memory(
+            target, native, emulated, first, start, end, comparison
+        )
     return SiliconResult(target, native, emulated, comparison)
+
+
+def _compare_memory(
+    target: Target,
+    native: NativeRun,
+    emulated: EmulatedRun,
+    first: int,
+    start: int,
+    end: int | None,
+    comparison: Comparison,
+) -> tuple[int, int, bytes, bytes] | None:
+    """Every step's memory writes: a second native pass (the first pass's answers
+    replayed, so the same steps) reads, after each row, the bytes where the
+    emulator wrote at that row. The first row whose bytes differ:
+    (row, address, CPU bytes, emulator bytes); a second pass that did not
+    repeat the first is a difference too (row, -1, ...), not a pass."""
+    rows = native.steps if comparison.divergence is None else comparison.divergence.step
+    writes = emulated.writes
+    writes = writes[(writes[:, 0] >= first) & (writes[:, 0] < first + rows)]
+    kernel_rows = {s.step for s in native.syscalls}  # inputs the check itself wrote
+    expected: dict[int, dict[int, int]] = {}
+    for step, address, size, value in writes.tolist():
+        row = step - first
+        if row in kernel_rows:
+            continue
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        cells = expected.setdefault(row, {})
+        for offset, byte in enumerate(data):
+            cells[(address + offset) & ((1 << 64) - 1)] = byte
+    if not expected:
+        return None
+    read_after = {row: _ranges(cells) for row, cells in expected.items()}
+    second = run_native(
+        target.executable,
+        [str(Path(target.executable).resolve()), *target.args],
+        start=start - native.load_bias,
+        end=None if end is None else end - native.load_bias,
+        sentinel=target.sentinel,
+        max_steps=native.steps + max(native.skipped, 0) + 1,  # the start-up too
+        fast_forward=native.skipped < 0,
+        linked_entry=target.linked_entry,
+        linux=target.linux,
+        replay=native,
+        read_after=read_after,
+    )
+    same_rows = min(second.steps, rows)
+    differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)
+    if differs.any() or second.steps < rows:
+        row = int(differs.argmax()) if differs.any() else second.steps
+        return (row, -1, b"", b"")
+    for row in sorted(expected):
+        cells = expected[row]
+        for (address, size), (_, got) in zip(
+            read_after[row], second.memory.get(row, []), strict=False
+        ):
+            want = bytes(cells[address + i] for i in range(size))
+            if got != want:
+                return (row, address, got, want)
+    return None
+
+
+def _ranges(cells: dict[int, int]) -> list[tuple[int, int]]:
+    """Contiguous (address, size) runs of the written addresses."""
+    ranges: list[tuple[int, int]] = []
+    for address in sorted(cells):
+        if ranges and ranges[-1][0] + ranges[-1][1] == address:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + 1)
+        else:
+            ranges.append((address, 1))
+    return ranges

@@ -37,8 +37,9 @@ CAUSES = {
     "state was altered outside the instruction (a hook, or an edited trace)",
     "flags": "the emulator computes rflags differently from the CPU for this instruction "
     "(an emulator bug, or an undefined flag capstone does not list)",
-    "unsupported-instruction": "the emulator cannot run this instruction (AVX, AVX2, "
-    "AVX-512: an x86-64-v3 build); build for x86-64-v2 or below",
+    "unsupported-instruction": "the machine does not run this instruction (VEX/EVEX/XOP: "
+    "AVX and later, or an x87 transcendental function: unicorn computes them wrongly, "
+    "docs/pitfalls.md); build for x86-64-v2 or below",
     "stop": "the runs stop differently",
     "instruction": "the emulator computes this instruction differently from the CPU "
     "(an emulator bug, or memory that differs between the runs)",
@@ -82,10 +83,34 @@ class Comparison:
     normalisations: dict[str, int]
     divergence: Divergence | None
     replay_mismatches: list[str] = field(default_factory=list)
+    stderr_same: bool = True
+    #: Where the output first differs: (stream, byte offset, CPU bytes, emulator bytes).
+    output_difference: tuple[str, int, bytes, bytes] | None = None
+    #: The first row whose memory writes differ: (row, address, CPU bytes, emulator
+    #: bytes); address -1: the second native pass did not repeat the first from that row.
+    memory_difference: tuple[int, int, bytes, bytes] | None = None
 
     @property
     def same(self) -> bool:
-        return self.divergence is None
+        """Every step's registers and memory writes, the end, stdout and stderr byte for byte."""
+        return (
+            self.divergence is None
+            and self.memory_difference is None
+            and self.stdout_same
+            and self.stderr_same
+        )
+
+    @property
+    def first_difference(self) -> str | None:
+        """Which part differs first: `registers`, `memory`, `end`, `stdout` or `stderr`."""
+        memory = self.memory_difference
+        if memory is not None and (self.divergence is None or memory[0] < self.divergence.step):
+            return "memory"
+        if self.divergence is not None:
+            return "end" if not self.divergence.registers else "registers"
+        if self.output_difference is not None:
+            return self.output_difference[0]
+        return None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -96,6 +121,24 @@ class Comparison:
             "native_stop": self.native_stop,
             "emulated_stop": self.emulated_stop,
             "stdout_same": self.stdout_same,
+            "stderr_same": self.stderr_same,
+            "first_difference": self.first_difference,
+            "output_difference": None
+            if self.output_difference is None
+            else {
+                "stream": self.output_difference[0],
+                "offset": self.output_difference[1],
+                "native": self.output_difference[2].hex(),
+                "emulated": self.output_difference[3].hex(),
+            },
+            "memory_difference": None
+            if self.memory_difference is None
+            else {
+                "step": self.memory_difference[0],
+                "address": self.memory_difference[1],
+                "native": self.memory_difference[2].hex(),
+                "emulated": self.memory_difference[3].hex(),
+            },
             "normalisations": self.normalisations,
             "divergence": self.divergence.to_json() if self.divergence else None,
             "replay_mismatches": self.replay_mismatches,
@@ -123,7 +166,10 @@ def compare(
     went_on = cut_short and emulated_rows > native.steps
     if first is None and native.steps != emulated_rows and not went_on:
         first = rows  # one run went on where the other stopped
-    stop_same = native_stop == emulated.stop_reason or cut_short
+    stop_same = cut_short or (
+        native_stop == emulated.stop_reason
+        and same_end_detail(native_stop, native.stop.detail, emulated.stop_detail)
+    )
     if first is None and not stop_same:
         first = max(rows - 1, 0)
     divergence = None
@@ -139,17 +185,65 @@ def compare(
             registers=divergence.registers,
             cause=divergence.cause,
         )
+    # Output is compared whole: a run cut short (--to, --max-steps) has
+    # written part of it, and the emulation went one step further.
+    stdout_same = native.stdout == emulated.stdout or cut_short
+    stderr_same = native.stderr == emulated.stderr or cut_short
+    output_difference = None
+    for stream, same, mine, theirs in (
+        ("stdout", stdout_same, native.stdout, emulated.stdout),
+        ("stderr", stderr_same, native.stderr, emulated.stderr),
+    ):
+        if not same:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b),
+                min(len(mine), len(theirs)),
+            )
+            output_difference = (stream, at, mine[at : at + 16], theirs[at : at + 16])
+            break
     return Comparison(
         native_steps=native.steps,
         emulated_steps=emulated_rows,
         compared_steps=min(rows, native.steps) if first is None else first,
         native_stop=f"{native.stop.reason}: {native.stop.detail}",
         emulated_stop=f"{emulated.stop_reason}: {emulated.stop_detail}",
-        stdout_same=native.stdout == emulated.stdout or cut_short,
+        stdout_same=stdout_same,
         normalisations=normalised.rows_touched,
         divergence=divergence,
         replay_mismatches=emulated.replay_mismatches,
+        stderr_same=stderr_same,
+        output_difference=output_difference,
     )
+
+
+#: A native fault's signal and the recorder's exception names, as one kind each.
+_SIGNAL_KINDS = {"SIGSEGV": "memory", "SIGBUS": "memory", "SIGILL": "invalid", "SIGFPE": "divide"}
+_EXCEPTION_KINDS = (
+    ("divide error", "divide"),
+    ("invalid opcode", "invalid"),
+    ("invalid instruction", "invalid"),
+    ("general protection", "memory"),
+    ("page fault", "memory"),
+    ("alignment check", "memory"),
+    (" memory", "memory"),  # "write to unmapped memory: ..."
+)
+
+
+def fault_kind(detail: str, native: bool) -> str | None:
+    """The kind of a fault (memory, invalid, divide) from a stop's detail; None: unknown."""
+    if native:
+        return _SIGNAL_KINDS.get(detail.split(":")[0].split()[0])
+    return next((kind for text, kind in _EXCEPTION_KINDS if text in detail), None)
+
+
+def same_end_detail(reason: str, native: str, emulated: str) -> bool:
+    """Same reason; also the same exit status, or the same kind of fault."""
+    if reason == "exit":
+        return native.rsplit("(", 1)[-1] == emulated.rsplit("(", 1)[-1]  # "exit_group(3)"
+    if reason == "fault":
+        kinds = fault_kind(native, True), fault_kind(emulated, False)
+        return None in kinds or kinds[0] == kinds[1]
+    return True
 
 
 def _explain(
@@ -193,6 +287,8 @@ def _cause(
     replayed: bool,
 ) -> str:
     if not in_both:
+        if emulated.stop_reason == "unsupported" and "syscall" not in emulated.stop_detail:
+            return "unsupported-instruction"
         if emulated.stop_reason == "fault" and "invalid instruction" in emulated.stop_detail:
             return "unsupported-instruction"
         if previous is not None and previous.rep_string:

@@ -30,7 +30,8 @@ from unicorn.unicorn_py3.unicorn import Uc
 from ..analysis.decoded import register_column
 from ..arch import REGISTERS
 from ..record.cpu import CpuModel
-from ..record.machine import UC_IDS, Chunk, Machine, MachineSpec
+from ..record.hooks import events_array
+from ..record.machine import MEM_WRITE, UC_IDS, Chunk, Machine, MachineSpec
 from ..record.syscalls import BareKernel
 from .native import CpuidRecord, NativeRun, ValueRecord, XgetbvRecord
 from .native import SyscallRecord as NativeSyscall
@@ -49,6 +50,9 @@ class EmulatedRun:
     stderr: bytes
     #: Where the emulation asked the outside world something the native run did not.
     replay_mismatches: list[str] = field(default_factory=list)
+    #: Every memory write, in order: (step, address, size, value) int64 rows
+    #: (program and kernel alike; the kernel's are at its `syscall` row).
+    writes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
 
     @property
     def steps(self) -> int:
@@ -184,9 +188,12 @@ def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> Emul
     mismatches: list[str] = []
     machine = Machine(replaying(spec, native, mismatches) if native is not None else spec)
     chunks: list[bytes] = []
+    writes: list[np.ndarray] = []
 
     def on_chunk(chunk: Chunk) -> None:
         chunks.append(chunk.registers)
+        events = events_array(chunk.events)
+        writes.append(events[events[:, 1] == MEM_WRITE][:, [0, 2, 3, 4]])
 
     result = machine.run(max_steps, 1 << 16, on_chunk)
     rows = np.frombuffer(b"".join(chunks), dtype=np.uint64).reshape(-1, len(REGISTERS))
@@ -198,4 +205,5 @@ def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> Emul
         stdout=result.stdout,
         stderr=result.stderr,
         replay_mismatches=mismatches,
+        writes=np.concatenate(writes) if writes else np.zeros((0, 4), dtype=np.int64),
     )

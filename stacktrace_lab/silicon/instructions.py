@@ -44,6 +44,27 @@ _SDM_UNDEFINED = {
     cx.X86_INS_IMUL: _bits("SF", "ZF", "AF", "PF"),
     cx.X86_INS_MUL: _bits("SF", "ZF", "AF", "PF"),
 }  # fmt: skip
+_SIX = _bits("CF", "PF", "AF", "ZF", "SF", "OF")
+_OF = _bits("OF")
+#: Instructions capstone 5 says nothing about whose flags the SDM defines: the
+#: string compares set CF ZF SF OF and clear AF PF. Left out, a wrong flag after
+#: them would hide under an earlier instruction's undefined mask.
+_DEFINES_ALL = frozenset(
+    (cx.X86_INS_PCMPISTRI, cx.X86_INS_PCMPESTRI, cx.X86_INS_PCMPISTRM, cx.X86_INS_PCMPESTRM)
+)
+#: OF is defined after a rotate by 1 (capstone: always undefined) and undefined
+#: after a shift by any other count (capstone: always defined). A count in cl is
+#: not known from the bytes: counted as "not 1" (undefined), as the SDM allows.
+_ROTATES = frozenset((cx.X86_INS_RCL, cx.X86_INS_RCR, cx.X86_INS_ROL, cx.X86_INS_ROR))
+_SHIFTS = frozenset((cx.X86_INS_SHL, cx.X86_INS_SAL, cx.X86_INS_SHR, cx.X86_INS_SAR))
+
+
+def _by_one(insn: capstone.CsInsn) -> bool:
+    """Whether a shift or rotate's count is the constant 1."""
+    # capstone gives the d1 forms (no count byte) an immediate 1 too.
+    return [op.imm for op in insn.operands if op.type == cx.X86_OP_IMM] == [1]
+
+
 _OUTSIDE = {
     cx.X86_INS_SYSCALL: "syscall",
     cx.X86_INS_CPUID: "cpuid",
@@ -108,6 +129,12 @@ class InstructionTable:
             return UNKNOWN
         undefined, defined = _flag_bits(insn.eflags)
         undefined |= _SDM_UNDEFINED.get(insn.id, 0)
+        if insn.id in _DEFINES_ALL:
+            undefined, defined = 0, _SIX
+        elif insn.id in _ROTATES and _by_one(insn):
+            undefined, defined = undefined & ~_OF, defined | _OF
+        elif insn.id in _SHIFTS and not _by_one(insn):
+            undefined, defined = undefined | _OF, defined & ~_OF
         mnemonic = insn.mnemonic
         rep = mnemonic.startswith("rep") and any(p in _REP_PREFIXES for p in insn.prefix)
         return Instruction(

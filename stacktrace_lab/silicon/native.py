@@ -5,6 +5,17 @@ environment -> at the exec stop: fix the AT_RANDOM bytes, hide the vDSO ->
 PTRACE_SINGLESTEP until the program stops, reading the registers (and
 fs_base) before every instruction.
 
+Nothing the program does reaches the host (sandbox.py): every system call is
+stopped before the kernel runs it, and only those that act on the process
+itself run; output is captured from the process's memory, stdin is empty,
+the rest is answered as the recorder's machine answers it (-ENOSYS), and a
+new thread, process or program ends the run (`unsupported`).
+
+`cpuid` and `xgetbv` are not run either: the stepper decodes every
+instruction before it steps it, and answers these from the recorder's CPU
+model (record/cpu.py), so the native run takes the code paths the recorder
+records (glibc picks its string functions by cpuid), on any host.
+
 What the program learns from outside the CPU is logged so that the emulated
 side can be given the same answers: every system call (number, arguments,
 result, the buffers it filled), every `cpuid` and every `xgetbv`. Each is
@@ -20,25 +31,33 @@ step (it never ran).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
-import tempfile
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import capstone
 import numpy as np
 
 from ..arch import REGISTERS
+from ..record.cpu import XCR0, CpuModel
 from ..record.syscalls import NAMES, fixed_random
+from . import sandbox
 from .ptrace import (
     PTRACE_GETREGS,
     PTRACE_GETSIGINFO,
     PTRACE_O_EXITKILL,
+    PTRACE_O_TRACESYSGOOD,
     PTRACE_SETOPTIONS,
+    PTRACE_SETREGS,
     PTRACE_SINGLESTEP,
+    PTRACE_SYSEMU,
+    PTRACE_SYSEMU_SINGLESTEP,
     USER_REGS,
     PtraceError,
     SigInfo,
@@ -71,6 +90,13 @@ _RIP = USER_REGS.index("rip")
 _ORIG_RAX_AT = 8 * USER_REGS.index("orig_rax")
 #: waitpid's status for "stopped by SIGTRAP" (a single step done): (SIGTRAP << 8) | 0x7f.
 _STOPPED_BY_SIGTRAP = (signal.SIGTRAP << 8) | 0x7F
+#: ... and "stopped at a system call's entry" (PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80).
+_STOPPED_AT_SYSCALL = ((signal.SIGTRAP | 0x80) << 8) | 0x7F
+_TF = 0x100
+#: arch_prctl's code for "cpuid faults (SIGSEGV)" when its argument is 0.
+_ARCH_SET_CPUID = 0x1012
+_MASK64 = (1 << 64) - 1
+_RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
 
@@ -156,7 +182,9 @@ class ValueRecord:
 
 @dataclass(frozen=True)
 class NativeStop:
-    reason: str  # returned | halted | exit | spin | max_steps | fault | to | not_started
+    reason: (
+        str  # returned | halted | exit | spin | max_steps | fault | to | not_started | unsupported
+    )
     step: int  # the last row
     detail: str
 
@@ -170,7 +198,8 @@ class NativeRun:
     stop: NativeStop
     stdout: bytes
     stderr: bytes
-    #: Instructions run before the first row (a start stub, or start-up before --from).
+    #: Instructions run before the first row (a start stub, or start-up before
+    #: --from); -1: run at full speed to --from, not counted.
     skipped: int
     syscalls: list[SyscallRecord] = field(default_factory=list)
     cpuid: list[CpuidRecord] = field(default_factory=list)
@@ -186,6 +215,10 @@ class NativeRun:
     initial_stack: bytes = b""
     #: How far from its linked addresses the kernel loaded the program (a static-pie).
     load_bias: int = 0
+    #: The process (and process group) that ran; killed and reaped when the run ended.
+    pid: int = 0
+    #: A second pass's reads: row -> [(address, bytes after that row's instruction)].
+    memory: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -203,7 +236,9 @@ class NativeError(Exception):
     """The binary could not be started under ptrace."""
 
 
-_KIND_SYSCALL, _KIND_CPUID, _KIND_XGETBV, _KIND_VALUE, _KIND_HLT, _KIND_OTHER = range(6)
+_KIND_SYSCALL, _KIND_CPUID, _KIND_XGETBV, _KIND_VALUE, _KIND_HLT, _KIND_PUSHF, _KIND_OTHER = range(
+    7
+)
 #: Instructions whose answer comes from the CPU's counter or random source.
 _VALUE_INSTRUCTIONS = {
     capstone.x86.X86_INS_RDTSC: "rdtsc",
@@ -217,6 +252,8 @@ _KINDS = {
     capstone.x86.X86_INS_XGETBV: _KIND_XGETBV,
     **dict.fromkeys(_VALUE_INSTRUCTIONS, _KIND_VALUE),
     capstone.x86.X86_INS_HLT: _KIND_HLT,
+    capstone.x86.X86_INS_PUSHF: _KIND_PUSHF,
+    capstone.x86.X86_INS_PUSHFQ: _KIND_PUSHF,
 }
 
 
@@ -229,6 +266,10 @@ def run_native(
     sentinel: int | None = None,
     max_steps: int = 1_000_000,
     linked_entry: int | None = None,
+    linux: bool = True,
+    replay: NativeRun | None = None,
+    read_after: dict[int, list[tuple[int, int]]] | None = None,
+    fast_forward: bool = False,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -240,42 +281,64 @@ def run_native(
     `linked_entry`: the entry address `start` and `end` were computed for; a
     static-pie runs wherever the kernel put it, and they move with it
     (`NativeRun.load_bias`).
+
+    `linux`: system calls are answered as the recorder's Linux process answers
+    them (a new process stops the run); False: as a scenario's bare machine.
+
+    A second pass (`replay`: the first pass's run) gets the first pass's
+    answers to the system calls that do not shape the process (getrandom,
+    clock_gettime, ...) and to rdtsc/rdrand, so it runs the same steps; after
+    each row in `read_after` it reads those (address, size) ranges of the
+    process's memory (`NativeRun.memory`): what the emulator wrote there.
+
+    `fast_forward`: run to `start` at full speed (a breakpoint; system calls
+    still go through the sandbox; cpuid faults and is answered from the CPU
+    model) where the host has CPUID faulting; `NativeRun.skipped` is then -1.
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
         pid = os.fork()
         if pid == 0:  # the child: as little as possible between fork and exec
             try:
                 # A process group of its own: a program that signals its group
                 # (kill(0, ...)) reaches itself only, not the tool and its shell.
                 os.setpgid(0, 0)
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
+                # Empty stdin; stdout and stderr are captured by the tracer from
+                # the process's memory at each write (sandbox.py), never written.
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                # No descriptor of the tool's: fcntl or ioctl on one would reach it.
+                os.closerange(3, 1 << 16)
                 trace_me_without_aslr()
                 os.execve(program, args, FIXED_ENV)
             finally:
                 os._exit(127)
+    finally:
+        os.close(null)
+    try:
+        _, status = os.waitpid(pid, 0)
+        if not os.WIFSTOPPED(status):
+            code = os.waitstatus_to_exitcode(status)
+            raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
+        # EXITKILL: if the tool dies, the kernel kills the program too.
+        # TRACESYSGOOD: a system call's entry stop is told apart from a step.
+        ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL | PTRACE_O_TRACESYSGOOD)
+        stepper = _Stepper(pid, start, end, sentinel, max_steps, linux)
+        stepper.fast_forward = fast_forward
+        if replay is not None:
+            stepper.replay_from(replay, read_after or {})
         try:
-            _, status = os.waitpid(pid, 0)
-            if not os.WIFSTOPPED(status):
-                code = os.waitstatus_to_exitcode(status)
-                raise NativeError(f"{path}: could not start it under ptrace (exit status {code})")
-            # EXITKILL: if the tool dies, the kernel kills the program too.
-            ptrace(PTRACE_SETOPTIONS, pid, None, PTRACE_O_EXITKILL)
-            stepper = _Stepper(pid, start, end, sentinel, max_steps)
-            try:
-                stepper.fix_auxv()
-                if linked_entry is not None:
-                    stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
-                stepper.run()
-            finally:
-                os.close(stepper.mem)
+            stepper.fix_auxv()
+            if linked_entry is not None:
+                stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
+            stepper.run()
         finally:
-            _kill(pid)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+            os.close(stepper.mem)
+    finally:
+        _kill(pid)
+    stdout, stderr = bytes(stepper.stdout), bytes(stepper.stderr)
     raw = np.frombuffer(bytes(stepper.rows), dtype=np.uint64).reshape(-1, len(USER_REGS))
     return NativeRun(
         registers=np.ascontiguousarray(raw[:, _ROW_INDEX]),
@@ -292,24 +355,36 @@ def run_native(
         initial_registers=stepper.initial_registers,
         initial_stack=stepper.initial_stack,
         load_bias=stepper.load_bias,
+        pid=pid,
+        memory=stepper.memory,
     )
 
 
 def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
+    """The program and its whole process group (it can start no other: sandbox.py)."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
 
 
 class _Stepper:
     """The single-step loop and what it logs (one instance per run)."""
 
     def __init__(
-        self, pid: int, start: int | None, end: int | None, sentinel: int | None, max_steps: int
+        self,
+        pid: int,
+        start: int | None,
+        end: int | None,
+        sentinel: int | None,
+        max_steps: int,
+        linux: bool = True,
     ) -> None:
         self.pid = pid
+        self.linux = linux
+        #: To `start` at full speed (a breakpoint) rather than single-stepping.
+        self.fast_forward = False
         self.start = start
         self.end = end
         self.sentinel = sentinel
@@ -329,6 +404,19 @@ class _Stepper:
         self.load_bias = 0
         self.disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.disassembler.detail = False
+        #: What the program wrote to fd 1 and 2 (captured, never written: sandbox.py).
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        #: A second pass: the first pass's answers, and what memory to read after which row.
+        self.replayed_syscalls: deque[SyscallRecord] | None = None
+        self.replayed_values: deque[ValueRecord] = deque()
+        self.read_after: dict[int, list[tuple[int, int]]] = {}
+        self.memory: dict[int, list[tuple[int, bytes]]] = {}
+
+    def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
+        self.replayed_syscalls = deque(first.syscalls)
+        self.replayed_values = deque(first.values)
+        self.read_after = read_after
 
     def read(self, addr: int, size: int) -> bytes:
         try:
@@ -400,7 +488,11 @@ class _Stepper:
         # ptrace without prototypes, given prepared ctypes arguments: the
         # argument conversion would cost about a tenth of the step.
         raw_ptrace = _raw_ptrace()
-        getregs, singlestep = ctypes.c_long(PTRACE_GETREGS), ctypes.c_long(PTRACE_SINGLESTEP)
+        getregs = ctypes.c_long(PTRACE_GETREGS)
+        # Every step stops at a system call's entry without running it: one the
+        # decoder did not see coming (int 0x80, rewritten code) cannot run either.
+        sysemu_step = ctypes.c_long(PTRACE_SYSEMU_SINGLESTEP)
+        real_step = ctypes.c_long(PTRACE_SINGLESTEP)
         pid = ctypes.c_int(self.pid)
         waitpid = os.waitpid
         regs = UserRegs()
@@ -408,6 +500,13 @@ class _Stepper:
         rows = self.rows
         kinds = self.kinds
         recording = self.start is None
+        if not recording and self.fast_forward:
+            reached = self.run_to_start()
+            if reached is None:  # the program ended, or stopped, before --from
+                return
+            if reached:
+                self.skipped = -1  # at full speed: not counted
+                recording = True
         steps = 0  # rows recorded
         skipped = 0
         previous = b""
@@ -461,15 +560,255 @@ class _Stepper:
             if kind is None:
                 kind = self.kind(rip)
             before = bytes(regs) if kind != _KIND_OTHER else b""
+            singlestep = sysemu_step
+            if kind in (_KIND_CPUID, _KIND_XGETBV) and self.answer_from_model(kind, regs, step):
+                continue  # answered without running it: the registers are set
+            if kind == _KIND_VALUE and self.replayed_values and self.replay_value(regs, step):
+                continue
+            if kind == _KIND_SYSCALL:
+                verdict = self.system_call(regs, step)
+                if verdict == sandbox.STOP:
+                    return
+                if verdict == sandbox.ANSWER:
+                    continue  # answered without running it: the registers are set
+                singlestep = real_step  # it acts on the process only: the kernel runs it
             if raw_ptrace(singlestep, pid, None, None) == -1:
                 raise PtraceError(ctypes.get_errno(), "ptrace(PTRACE_SINGLESTEP) failed")
             _, status = waitpid(self.pid, 0)
+            if status == _STOPPED_AT_SYSCALL:
+                # Not run (SYSEMU). Not decoded as a `syscall` before the step.
+                self.stop = NativeStop(
+                    "fault",
+                    steps - 1,
+                    f"a system call at {rip:#x} the check did not decode (int 0x80, sysenter "
+                    "or rewritten code): not run",
+                )
+                return
             if kind != _KIND_OTHER and (os.WIFSTOPPED(status) or kind == _KIND_SYSCALL):
                 self.log_outside_world(kind, step, before, status)
             if status == _STOPPED_BY_SIGTRAP:
+                if recording and step in self.read_after:
+                    self.memory[step] = [
+                        (addr, self.read(addr, size)) for addr, size in self.read_after[step]
+                    ]
                 continue
             self.finish(status, steps, rip, kind, recording)
             return
+
+    def run_to_start(self) -> bool | None:
+        """To `start` at full speed: a breakpoint there, PTRACE_SYSEMU (every system
+        call still stops at its entry, unrun, for the sandbox) and CPUID faulting
+        (cpuid raises SIGSEGV and is answered from the CPU model). True: at
+        `start`; False: CPUID faulting unavailable, nothing ran (single-step
+        instead); None: the run ended before `start` (`self.stop` says how)."""
+        if not self.cpuid_faults():
+            return False
+        start = int(self.start or 0)
+        saved = self.read(start, 1)
+        if not saved:
+            return False
+        os.pwrite(self.mem, b"\xcc", start)
+        regs = UserRegs()
+        reg = USER_REGS.index
+        try:
+            while True:
+                ptrace(PTRACE_SYSEMU, self.pid, None, None)
+                _, status = os.waitpid(self.pid, 0)
+                if not os.WIFSTOPPED(status):
+                    self.finish(status, 0, 0, _KIND_OTHER, False)
+                    self.stop = NativeStop("not_started", -1, self.stop.detail)
+                    return None
+                ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+                rip = int(regs[_RIP])
+                if status == _STOPPED_AT_SYSCALL:
+                    at = rip - 2
+                    if self.read(at, 2) != b"\x0f\x05":  # int 0x80, sysenter: not run
+                        self.stop = NativeStop("not_started", -1, f"a system call at {at:#x}")
+                        return None
+                    regs[_RAX], regs[_RIP] = regs[reg("orig_rax")], at
+                    ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+                    if not self.fast_forward_syscall(regs):
+                        return None
+                    continue
+                signo = os.WSTOPSIG(status)
+                if signo == signal.SIGTRAP and rip - 1 == start:
+                    regs[_RIP] = start
+                    ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+                    return True
+                if signo == signal.SIGSEGV and self.read(rip, 2) == b"\x0f\xa2":
+                    self.answer_from_model(_KIND_CPUID, regs, -1)
+                    continue
+                self.finish(status, 0, rip, _KIND_OTHER, False)
+                self.stop = NativeStop("not_started", -1, self.stop.detail)
+                return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.pwrite(self.mem, saved, start)
+
+    def fast_forward_syscall(self, regs: Any) -> bool:
+        """A system call during the fast-forward: as when single-stepping. False: the run ended."""
+        before = bytes(regs)
+        verdict = self.system_call(regs, -1)
+        if verdict == sandbox.STOP:
+            self.stop = NativeStop("not_started", -1, self.stop.detail)
+            return False
+        if verdict == sandbox.RUN:
+            # Resumed from the entry stop with rip back at the `syscall`: the
+            # first single-step trap may come before it runs (the kernel reports
+            # the step on its way out of the skipped call); step until it ran.
+            at = int(regs[_RIP])
+            after = UserRegs()
+            for _ in range(3):
+                ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
+                _, status = os.waitpid(self.pid, 0)
+                if not os.WIFSTOPPED(status):
+                    break
+                ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(after))
+                if int(after[_RIP]) != at:
+                    break
+            self.log_outside_world(_KIND_SYSCALL, -1, before, status)
+            if not os.WIFSTOPPED(status):
+                self.finish(status, 0, 0, _KIND_SYSCALL, False)
+                self.stop = NativeStop("not_started", -1, self.stop.detail)
+                return False
+        return True
+
+    def cpuid_faults(self) -> bool:
+        """arch_prctl(ARCH_SET_CPUID, 0) in the program, injected at its first
+        instruction (a `syscall` written over it, then put back): whether the
+        kernel and CPU support CPUID faulting."""
+        regs, saved = UserRegs(), UserRegs()
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(saved))
+        ctypes.memmove(regs, saved, ctypes.sizeof(regs))
+        rip = int(saved[_RIP])
+        code = self.read(rip, 2)
+        reg = USER_REGS.index
+        try:
+            os.pwrite(self.mem, b"\x0f\x05", rip)
+            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = 158, _ARCH_SET_CPUID, 0
+            ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+            ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
+            _, status = os.waitpid(self.pid, 0)
+            if not os.WIFSTOPPED(status):
+                raise NativeError("the program died setting up CPUID faulting")
+            ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+            return int(regs[_RAX]) == 0
+        finally:
+            os.pwrite(self.mem, code, rip)
+            ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(saved))
+
+    def replay_value(self, regs: Any, step: int) -> bool:
+        """A second pass at rdtsc/rdrand/...: the first pass's registers after it."""
+        value = self.replayed_values.popleft()
+        if value.step != step:
+            return False
+        flags = int(regs[_EFLAGS])
+        for name, after in value.after.items():
+            regs[USER_REGS.index("eflags" if name == "rflags" else name)] = after
+        regs[_EFLAGS] = (int(regs[_EFLAGS]) & ~_TF) | (flags & _TF)
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        self.values.append(value)
+        return True
+
+    def answer_from_model(self, kind: int, regs: Any, step: int) -> bool:
+        """cpuid or xgetbv about to run: the recorder's CPU model's answer instead,
+        and rip past it (True), as if the CPU were that model."""
+        rip = int(regs[_RIP])
+        code = self.read(rip, 3)
+        reg = USER_REGS.index
+        if kind == _KIND_CPUID and code[:2] == b"\x0f\xa2":
+            leaf, subleaf = int(regs[_RAX]) & 0xFFFFFFFF, int(regs[reg("rcx")]) & 0xFFFFFFFF
+            values = CpuModel.cpuid(leaf, subleaf)
+            for name, value in zip(("rax", "rbx", "rcx", "rdx"), values, strict=True):
+                regs[reg(name)] = value  # a 32-bit write: the upper half is zeroed
+            regs[_RIP] = rip + 2
+            self.cpuid.append(CpuidRecord(step, leaf, subleaf, *values))
+        elif kind == _KIND_XGETBV and code == b"\x0f\x01\xd0":
+            if int(regs[reg("rcx")]) & 0xFFFFFFFF != 0:
+                return False  # XCR index other than 0: let the CPU raise its #GP
+            regs[_RAX], regs[reg("rdx")] = XCR0, 0
+            regs[_RIP] = rip + 3
+            self.xgetbv.append(XgetbvRecord(step, 0, XCR0, 0))
+        else:
+            return False  # not what was decoded there (rewritten): run it
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        return True
+
+    def system_call(self, regs: Any, step: int) -> str:
+        """At a `syscall` about to run: what the sandbox lets it do (sandbox.py).
+        ANSWER: the call is done here, registers set as after it; RUN: step it."""
+        rip = int(regs[_RIP])
+        if self.read(rip, 2) != b"\x0f\x05":  # rewritten since decoded: SYSEMU catches it
+            self.kinds.pop(rip, None)
+            return sandbox.RUN
+        nr = int(regs[_RAX])
+        args = tuple(int(regs[i]) for i in _ARG_REGS)
+        verdict = sandbox.policy(nr, args, self.pid, self.linux)
+        if self.replayed_syscalls is not None:
+            first = self.replayed_syscalls.popleft() if self.replayed_syscalls else None
+            replayable = verdict == sandbox.RUN and nr not in sandbox.SHAPES_THE_PROCESS
+            if replayable and first is not None and first.nr == nr:
+                # The first pass's answer again (getrandom, clock_gettime ...).
+                for addr, data in first.buffers:
+                    os.pwrite(self.mem, data, addr)
+                self.set_result(regs, rip, first.result)
+                self.syscalls.append(first)
+                return sandbox.ANSWER
+        if verdict == sandbox.STOP:
+            self.stop = NativeStop(
+                "unsupported", step, f"{sandbox.stop_name(nr)}: not run natively (sandbox)"
+            )
+        elif verdict == sandbox.ANSWER:
+            result = self.answer(nr, args)
+            self.set_result(regs, rip, result)
+            self.syscalls.append(
+                SyscallRecord(step, nr, args, result & _MASK64, (), int(regs[_R11]))
+            )
+        return verdict
+
+    def set_result(self, regs: Any, rip: int, result: int) -> None:
+        """What the CPU and the kernel leave after a `syscall` at `rip`: rax the
+        result, rcx the next instruction, r11 rflags as `syscall` saves them on
+        an untraced CPU (without the tracer's TF), rip past the 2-byte `syscall`."""
+        regs[_RAX] = result & _MASK64
+        regs[_RCX] = rip + 2
+        regs[_R11] = int(regs[_EFLAGS]) & ~_TF
+        regs[_RIP] = rip + 2
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+
+    def answer(self, nr: int, args: tuple[int, ...]) -> int:
+        """A call that is not run: the recorder's machine's answer (record/syscalls.py)."""
+        if nr == sandbox.READ:
+            return 0 if args[0] == 0 else -sandbox.EBADF  # stdin is empty
+        if nr not in (sandbox.WRITE, sandbox.WRITEV):
+            return -sandbox.ENOSYS
+        fd = args[0]
+        if fd not in (1, 2):
+            return -sandbox.EBADF
+        pieces = [(args[1], args[2])]
+        if nr == sandbox.WRITEV:
+            if args[2] > 1024:
+                return -22  # EINVAL
+            raw = self.read(args[1], 16 * args[2]) if args[2] else b""
+            if len(raw) < 16 * args[2]:
+                return -14  # EFAULT
+            pieces = [
+                (
+                    int.from_bytes(raw[i : i + 8], "little"),
+                    int.from_bytes(raw[i + 8 : i + 16], "little"),
+                )
+                for i in range(0, len(raw), 16)
+            ]
+        kept = self.stdout if fd == 1 else self.stderr
+        total = 0
+        for base, length in pieces:
+            room = max(sandbox.MAX_OUTPUT - len(kept), 0)
+            data = self.read(base, min(length, room)) if min(length, room) else b""
+            if len(data) < min(length, room):
+                return -14  # EFAULT
+            kept += data
+            total += length
+        return total
 
     def log_outside_world(self, kind: int, step: int, before: bytes, status: int) -> None:
         pre = np.frombuffer(before, dtype=np.uint64)
@@ -481,6 +820,11 @@ class _Stepper:
             nr = int(pre[_RAX])
             args = tuple(int(pre[i]) for i in _ARG_REGS)
             result = int(post[_RAX]) if not exited else 0
+            if not exited and post[_R11] & _TF:
+                # `syscall` saved rflags into r11 with the tracer's TF: what an
+                # untraced CPU saves has TF clear (no normalisation needed after).
+                post[_R11] &= ~_TF
+                ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(post))
             self.syscalls.append(
                 SyscallRecord(
                     step,
@@ -493,6 +837,13 @@ class _Stepper:
             )
         elif exited:
             return
+        elif kind == _KIND_PUSHF:
+            # pushf pushed the tracer's TF (bit 8, in the second byte): an
+            # untraced CPU pushes it clear, and a program may pop it anywhere.
+            rsp = int(post[USER_REGS.index("rsp")])
+            second = self.read(rsp + 1, 1)
+            if second and second[0] & 1:
+                os.pwrite(self.mem, bytes([second[0] & ~1]), rsp + 1)
         elif kind == _KIND_CPUID:
             reg = USER_REGS.index
             self.cpuid.append(

@@ -11,13 +11,19 @@ compute with, except where the architecture itself leaves it undefined.
 - `interrupt-flag`: rflags IF (bit 9). Linux runs user code with IF set and
   user mode cannot clear it; unicorn starts with rflags 0x2.
 - `trap-flag`: rflags TF (bit 8), which the tracer sets to single-step and
-  which ptrace shows in rflags.
-Both also in r11 after a `syscall` (r11 = rflags at the syscall, IF and TF
-included), in the rows until r11 is written again.
+  which ptrace shows in rflags. Only in the rflags column: where TF would
+  leak into a value (r11 after a `syscall`, the word `pushf` pushes) the
+  native stepper clears it at the source, as an untraced CPU has it.
+IF also in r11 after a `syscall` (r11 = rflags at the syscall), in the rows
+until r11 is written again.
+- `resume-flag`: rflags RF (bit 16), which the CPU sets in the flags a
+  single-step trap saves in the middle of a `rep` string instruction; no
+  program can read it (pushf pushes it clear).
 - `undefined-flags`: the flags an instruction leaves architecturally
   undefined (capstone's detail mode; AF for shifts added), from the row after
-  it until an instruction defines that flag again. Each CPU generation may
-  leave different values there; programs must not read them.
+  it until an instruction defines that flag again, and in r11 where it holds
+  the rflags a `syscall` saved while they were undefined. Each CPU generation
+  may leave different values there; programs must not read them.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ R11 = REGISTERS.index("r11")
 RFLAGS = REGISTERS.index("rflags")
 TF = np.uint64(1 << 8)
 IF = np.uint64(1 << 9)
+RF = np.uint64(1 << 16)
 #: The six status flags capstone describes, as rflags bits.
 STATUS_FLAGS = (0, 2, 4, 6, 7, 11)
 
-NORMALISATIONS = ("rep-extra-step", "interrupt-flag", "trap-flag", "undefined-flags")
+NORMALISATIONS = ("rep-extra-step", "interrupt-flag", "trap-flag", "resume-flag", "undefined-flags")
 
 
 @dataclass
@@ -108,6 +115,15 @@ def rflags_in_r11(r11: np.ndarray, facts: RowFacts, saved_at_start: bool = False
     return saved
 
 
+def _syscall_before(facts: RowFacts) -> np.ndarray:
+    """Per row, the row of the last `syscall` before it (0 where there is none)."""
+    rows = len(facts.is_syscall)
+    last = np.maximum.accumulate(np.where(facts.is_syscall, np.arange(rows), -1))
+    before = np.zeros(rows, dtype=np.int64)
+    before[1:] = np.maximum(last[:-1], 0)
+    return before
+
+
 def normalise(
     native: np.ndarray,
     emulated: np.ndarray,
@@ -124,17 +140,36 @@ def normalise(
     facts = table.row_facts(n[:, RIP])
 
     saved = rflags_in_r11(n[:, R11], facts, r11_saved_at_start)
-    for name, bit in (("interrupt-flag", IF), ("trap-flag", TF)):
+    # TF only in rflags: the native stepper clears the tracer's TF where it
+    # would leak into a value (r11 after a syscall, the word pushf pushes).
+    for name, bit, in_r11_too in (("interrupt-flag", IF, True), ("trap-flag", TF, False)):
         in_rflags = ((n[:, RFLAGS] ^ e[:, RFLAGS]) & bit) != 0
-        in_r11 = saved & (((n[:, R11] ^ e[:, R11]) & bit) != 0)
+        in_r11 = saved & (((n[:, R11] ^ e[:, R11]) & bit) != 0) & in_r11_too
         counts[name] = int((in_rflags | in_r11).sum())
         n[:, RFLAGS] &= ~bit
         e[:, RFLAGS] &= ~bit
-        n[saved, R11] &= ~bit
-        e[saved, R11] &= ~bit
+        if in_r11_too:
+            n[saved, R11] &= ~bit
+            e[saved, R11] &= ~bit
 
+    # RF: the CPU sets it in the rflags a debug trap saves in the middle of a
+    # `rep` string instruction (the single step after one iteration). No
+    # program can see it (pushf pushes it clear, popf cannot set it from
+    # user mode's point of view before the next instruction completes).
+    counts["resume-flag"] = int((((n[:, RFLAGS] ^ e[:, RFLAGS]) & RF) != 0).sum())
+    n[:, RFLAGS] &= ~RF
+    e[:, RFLAGS] &= ~RF
     masks = undefined_flag_masks(facts)
-    counts["undefined-flags"] = int((((n[:, RFLAGS] ^ e[:, RFLAGS]) & masks) != 0).sum())
+    # r11 after a syscall holds rflags as they were at it, undefined flags included.
+    r11_masks = np.where(saved, masks[_syscall_before(facts)], np.uint64(0))
+    counts["undefined-flags"] = int(
+        (
+            (((n[:, RFLAGS] ^ e[:, RFLAGS]) & masks) != 0)
+            | (((n[:, R11] ^ e[:, R11]) & r11_masks) != 0)
+        ).sum()
+    )
     n[:, RFLAGS] &= ~masks
     e[:, RFLAGS] &= ~masks
+    n[:, R11] &= ~r11_masks
+    e[:, R11] &= ~r11_masks
     return Normalised(n, e, counts, keep)

@@ -18,9 +18,14 @@ from collections.abc import Callable
 PTRACE_TRACEME = 0
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+#: Run (or single-step), and stop at a system call's entry without running it.
+PTRACE_SYSEMU = 31
+PTRACE_SYSEMU_SINGLESTEP = 32
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETSIGINFO = 0x4202
 
+PTRACE_O_TRACESYSGOOD = 0x1
 PTRACE_O_EXITKILL = 0x100000
 
 #: personality(2) flag: the same addresses on every run, as with ASLR off.

@@ -1,0 +1,289 @@
+"""The silicon check's native run never touches the host (silicon/sandbox.py),
+and exit 0 needs stdout and stderr the same byte for byte.
+
+Hostile programs: each does something a program someone sent you could do;
+the check must not let it happen, and must still compare the runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stacktrace_lab.arch import REGISTERS
+from stacktrace_lab.cli import main
+from stacktrace_lab.silicon import sandbox
+from stacktrace_lab.silicon.check import silicon_check
+
+silicon = pytest.mark.silicon
+ENOSYS = (1 << 64) - 38
+
+
+def _native_calls(result: object) -> dict[int, int]:
+    """System call number -> what the native run was answered."""
+    return {s.nr: s.result for s in result.native.syscalls}  # type: ignore[attr-defined]
+
+
+@silicon
+def test_a_program_that_unlinks_a_file_leaves_it(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    source = f"""
+main:
+    mov $87, %eax
+    lea victim(%rip), %rdi
+    syscall
+    ret
+victim:
+    .asciz "{victim}"
+"""
+    result = silicon_check(str(write_scenario(source)))
+    assert victim.read_text() == "still here"
+    assert _native_calls(result) == {87: ENOSYS}  # answered as the recorder answers
+    assert result.comparison.same, result.comparison.divergence
+
+
+@silicon
+@pytest.mark.parametrize("nr", [57, 58, 56], ids=["fork", "vfork", "clone"])
+def test_a_program_that_forks_leaves_no_child(nr: int, write_scenario: Callable[..., Path]) -> None:
+    # clone(SIGCHLD, 0): a fork. Natively nothing is started; the scenario's bare
+    # machine answers -ENOSYS, and so does the check.
+    source = f"main:\n    mov ${nr}, %eax\n    mov $17, %edi\n    xor %esi, %esi\n    syscall\n"
+    source += "    ret\n"
+    result = silicon_check(str(write_scenario(source)))
+    assert _native_calls(result) == {nr: ENOSYS}
+    assert result.comparison.same, result.comparison.divergence
+    pgid = result.native.pid
+    left = [
+        p
+        for p in os.listdir("/proc")
+        if p.isdigit() and _pgid(p) == pgid  # the traced program's process group
+    ]
+    assert left == []
+
+
+def _pgid(pid: str) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[3])
+
+
+@silicon
+def test_a_program_that_reads_stdin_reads_nothing(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = """
+main:
+    sub $64, %rsp
+    xor %eax, %eax
+    xor %edi, %edi
+    mov %rsp, %rsi
+    mov $64, %edx
+    syscall
+    mov %rax, %rdx
+    mov $1, %eax
+    mov $1, %edi
+    mov %rsp, %rsi
+    syscall
+    add $64, %rsp
+    ret
+"""
+    path = write_scenario(source)
+    secret = tmp_path / "stdin.txt"
+    secret.write_bytes(b"secret from the caller's stdin\n")
+    # The caller's own stdin holds data: the native program must not get it.
+    saved = os.dup(0)
+    try:
+        with secret.open("rb") as stdin:
+            os.dup2(stdin.fileno(), 0)
+            result = silicon_check(str(path))
+            assert os.lseek(0, 0, os.SEEK_CUR) == 0  # nothing consumed
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    assert _native_calls(result)[0] == 0  # read: end of file
+    assert result.native.stdout == b""
+    assert result.comparison.same, result.comparison.divergence
+
+
+@silicon
+def test_a_huge_write_loop_is_bounded(write_scenario: Callable[..., Path]) -> None:
+    # 4,000 writes of 64 KiB: 256 MiB if nothing bounded it.
+    source = """
+main:
+    mov $4000, %r12
+again:
+    mov $1, %eax
+    mov $1, %edi
+    mov %rsp, %rsi
+    sub $65536, %rsi
+    mov $65536, %edx
+    syscall
+    dec %r12
+    jnz again
+    ret
+"""
+    path = write_scenario(source, stacks=(("main", 1 << 17),))
+    result = silicon_check(str(path))
+    assert len(result.native.stdout) == sandbox.MAX_OUTPUT
+    assert result.comparison.same, result.comparison.divergence
+
+
+@silicon
+def test_the_policy_runs_only_what_stays_in_the_process() -> None:
+    pid = 4242
+    assert sandbox.policy(12, (0,) * 6, pid) == sandbox.RUN  # brk
+    assert sandbox.policy(9, (0, 4096, 3, 0x22, -1, 0), pid) == sandbox.RUN  # anonymous mmap
+    assert sandbox.policy(9, (0, 4096, 1, 0x02, 3, 0), pid) == sandbox.ANSWER  # a file
+    assert sandbox.policy(62, (1, 9, 0, 0, 0, 0), pid) == sandbox.ANSWER  # kill(1, SIGKILL)
+    assert sandbox.policy(234, (pid, pid, 6, 0, 0, 0), pid) == sandbox.RUN  # abort()
+    assert sandbox.policy(257, (0,) * 6, pid) == sandbox.ANSWER  # openat
+    assert sandbox.policy(1, (1, 0, 0, 0, 0, 0), pid) == sandbox.ANSWER  # write: captured
+    assert sandbox.policy(57, (0,) * 6, pid) == sandbox.STOP  # a program's fork
+    assert sandbox.policy(57, (0,) * 6, pid, linux=False) == sandbox.ANSWER  # a scenario's
+
+
+@silicon
+def test_stdout_and_stderr_must_be_the_same_byte_for_byte(
+    write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = """
+main:
+    mov $1, %eax
+    mov $2, %edi
+    lea text(%rip), %rsi
+    mov $5, %edx
+    syscall
+    ret
+text:
+    .ascii "hello"
+"""
+    path = write_scenario(source)
+    result = silicon_check(str(path))
+    assert result.comparison.same
+    assert result.native.stderr == result.emulated.stderr == b"hello"
+    # The emulator's stderr altered by one byte: every register agrees, and yet.
+    result.emulated.stderr = b"hellO"
+    from stacktrace_lab.silicon.compare import compare
+
+    comparison = compare(
+        result.native,
+        result.emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    )
+    assert comparison.divergence is None and not comparison.same
+    assert comparison.first_difference == "stderr"
+    assert comparison.output_difference == ("stderr", 4, b"o", b"O")
+    assert main(["silicon-check", str(path)]) == 0
+    assert "agree on all 6 steps" in capsys.readouterr().out
+
+
+@silicon
+def test_a_trace_is_checked_against_its_own_rows(
+    write_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.record.recorder import record
+    from stacktrace_lab.scenario import load_scenario
+
+    scenario = write_scenario(
+        "main:\n    mov $5, %rbx\n    add %rbx, %rbx\n    mov %rbx, %rax\n    ret\n"
+    )
+    good = record(load_scenario(scenario), tmp_path / "good.parquet").path
+    assert main(["silicon-check", str(good)]) == 0
+    assert "agree on all 4 steps" in capsys.readouterr().out
+    # One register of one row changed in the file: the check names that row.
+    table = pq.read_table(good)
+    rbx = table.column("rbx").to_pylist()
+    rbx[2] ^= 1
+    column = pa.array(rbx, type=table.schema.field("rbx").type)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("rbx"), "rbx", column), bad)
+    assert main(["silicon-check", str(bad), "--json"]) == 1
+    out = capsys.readouterr().out
+    assert '"step": 2' in out and '"rbx"' in out
+    # The scenario changed since: the trace no longer says what ran.
+    scenario.write_text(scenario.read_text().replace("$5", "$6"))
+    assert main(["silicon-check", str(good)]) == 2
+    assert "has changed since" in capsys.readouterr().err
+
+
+@silicon
+def test_a_wrong_memory_write_is_caught_at_its_step(
+    write_scenario: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registers alone would agree: the value written is never read back."""
+    import stacktrace_lab.silicon.check as check
+
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movq $0x1122, 8(%rbx)
+    pushq %rbx
+    popq %rcx
+    ret
+"""
+    path = write_scenario(source, data=(("buf", 4096),))
+    result = silicon_check(str(path))
+    assert result.comparison.same
+    assert result.comparison.memory_difference is None
+    real = check.emulate
+
+    def wrong(*args: object) -> object:
+        run = real(*args)  # type: ignore[arg-type]
+        run.writes = run.writes.copy()
+        first = int((run.writes[:, 0] >= 0).argmax())
+        run.writes[first, 3] ^= 0x100  # the movq stored 0x1022
+        return run
+
+    monkeypatch.setattr(check, "emulate", wrong)
+    comparison = silicon_check(str(path)).comparison
+    assert not comparison.same and comparison.divergence is None
+    assert comparison.first_difference == "memory"
+    row, address, cpu, emulator = comparison.memory_difference  # type: ignore[misc]
+    assert row == 1 and cpu[:2] == b"\x22\x11" and emulator[:2] == b"\x22\x10"
+    rbx = REGISTERS.index("rbx")
+    assert address == int(result.native.registers[1, rbx]) + 8
+
+
+@silicon
+def test_the_run_to_from_goes_at_full_speed_and_stays_sandboxed(
+    write_scenario: Callable[..., Path], tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    source = f"""
+main:
+    mov $87, %eax
+    lea victim(%rip), %rdi
+    syscall
+    xor %eax, %eax
+    xor %ecx, %ecx
+    cpuid
+    mov %ebx, %r12d
+    call later
+    ret
+later:
+    mov %r12, %rax
+    ret
+victim:
+    .asciz "{victim}"
+"""
+    result = silicon_check(str(write_scenario(source)), from_symbol="later")
+    assert victim.read_text() == "still here"  # the unlink before --from did not run
+    assert result.comparison.same, result.comparison.divergence
+    assert result.native.syscalls[0].nr == 87 and result.native.syscalls[0].result == ENOSYS
+    # GenuineIntel's "Genu": the CPU model's cpuid, also before --from.
+    assert int(result.native.registers[0, REGISTERS.index("r12")]) == 0x756E6547
+    if result.native.skipped == -1:  # CPUID faulting here: a breakpoint, not single steps
+        assert result.native.cpuid[0].step == -1
