@@ -30,8 +30,8 @@ COMMANDS: dict[str, str] = {
 #: lists: listing the commands then imports none of them (a test keeps these
 #: equal to the commands' own docstrings).
 SHORT_HELP: dict[str, str] = {
-    "record": "Record SCENARIO (a built-in name or a .toml file), or a static x86-64 PROGRAM "
-    "(give its arguments after --), into a trace.",
+    "record": "Record SCENARIO (a built-in name or a .toml file), or an x86-64 Linux PROGRAM, "
+    "static or dynamically linked (give its arguments after --), into a trace.",
     "scenarios": "List the built-in scenarios with what each shows.",
     "check": "Check TRACE against the invariants: exit 0 if all hold, 1 if one fails.",
     "report": "Write the report of TRACE: exit 0 if every invariant holds, 1 if one fails.",
