@@ -168,3 +168,37 @@ def test_back_to_back_fixed_value_instructions_get_the_cpu_models_answers(
     assert rows["rbx"][3] == RANDOM_VALUE
     assert rows["r14"][4] == RANDOM_VALUE & 0xFFFFFFFF
     assert rows["rflags"][4] & 1 == 1  # CF: a value was delivered
+
+
+SELF_MODIFYING_C = r"""
+#include <stdint.h>
+#include <sys/mman.h>
+
+__attribute__((noipa, aligned(4096))) int value(void) { return 1; }
+
+int main(void) {
+    uintptr_t page = (uintptr_t)value & ~(uintptr_t)4095;
+    mprotect((void *)page, 4096, PROT_READ | PROT_WRITE | PROT_EXEC);
+    unsigned char *code = (unsigned char *)value;  /* b8 01 00 00 00: mov $1, %eax */
+    code[1] = 42;
+    return value();
+}
+"""
+
+
+def test_rows_show_the_bytes_that_ran_after_the_program_rewrote_its_code(
+    hooks: str, tmp_path: Path
+) -> None:
+    """The program rewrites `mov $1, %eax` into `mov $42, %eax` and exits 42: the row
+    says `movl $0x2a, %eax` with the new bytes, not the file's (issue 26 item 3), and
+    replay, which re-runs the same machine, agrees."""
+    program = _build_static_c(tmp_path, "smc", SELF_MODIFYING_C)
+    out = tmp_path / f"{hooks}.parquet"
+    meta = record_elf(program, out).metadata
+    assert meta.stop.detail == "exit_group(42)"
+    trace = load_trace(out)
+    rows = trace.table(["insn", "insn_bytes", "symbol"]).to_pylist()
+    (first,) = [r for r in rows if r["symbol"] == "value+0"]
+    assert first["insn"] == "movl $0x2a, %eax"
+    assert first["insn_bytes"] == bytes.fromhex("b82a000000")
+    assert replay(trace).difference is None

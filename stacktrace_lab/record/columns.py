@@ -163,7 +163,7 @@ def build_batch(
 
     # Per-instruction facts (insn, symbol, kind, label, ...): looked up once
     # per distinct address, gathered per row.
-    facts = table.columns(registers[:, 0])
+    facts = table.columns(registers[:, 0], chunk.code)
     columns += [facts[name] for name in schema.names if name in facts]
 
     raw = events_array(chunk.events)

@@ -71,7 +71,7 @@ class Disassembler:
         self._cs.syntax = CS_OPT_SYNTAX_ATT
         self._cs.detail = True  # groups and operands, for `kind`
         self._labels = LabelTable(symbols)
-        self._cache: dict[int, Instruction] = {}
+        self._cache: dict[int | tuple[int, bytes], Instruction] = {}
 
     @classmethod
     def of_segments(
@@ -89,18 +89,22 @@ class Disassembler:
                 return code[addr - base : addr - base + 16]
         return b""
 
-    def decode(self, addr: int) -> Instruction:
-        cached = self._cache.get(addr)
+    def decode(self, addr: int, code: bytes | None = None) -> Instruction:
+        """The instruction at `addr`: from the program's code, or from `code`, the
+        bytes that ran there when they were not the program's (record/machine.py)."""
+        key = addr if code is None else (addr, code)
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
         found = Instruction("(bad)", 1, "other", b"")
-        code = self._bytes_at(addr)
+        if code is None:
+            code = self._bytes_at(addr)
         if code:
             found = Instruction("(bad)", 1, "other", code[:1])
             for insn in self._cs.disasm(code, addr, 1):
                 text = f"{insn.mnemonic} {insn.op_str}".strip()
                 found = Instruction(text, insn.size, instruction_kind(insn), bytes(insn.bytes))
-        self._cache[addr] = found
+        self._cache[key] = found
         return found
 
     def instruction(self, addr: int) -> tuple[str, int]:
@@ -174,7 +178,8 @@ class InstructionTable:
     def __init__(self, disassembler: Disassembler, source_line: SourceLookup) -> None:
         self._disassembler = disassembler
         self._source_line = source_line
-        self._row_of: dict[int, int] = {}  # address -> row of _facts
+        #: address (or address and the bytes that ran there) -> row of _facts
+        self._row_of: dict[int | tuple[int, bytes], int] = {}
         self._facts = np.zeros((0, 7), dtype=np.int64)
         self.texts = _Interned()
         self.symbols = _Interned()
@@ -184,11 +189,12 @@ class InstructionTable:
         self._bytes: list[bytes] = []
         self._bytes_array: pa.Array | None = None
 
-    def _learn(self, addr: int) -> tuple[int, int, int, int, int, int, int]:
-        insn = self._disassembler.decode(addr)
+    def _learn(self, key: int | tuple[int, bytes]) -> tuple[int, int, int, int, int, int, int]:
+        addr, code = key if isinstance(key, tuple) else (key, None)
+        insn = self._disassembler.decode(addr, code)
         label = self._disassembler.label(addr)
         source = self._source_line(addr)
-        self._row_of[addr] = len(self._row_of)
+        self._row_of[key] = len(self._row_of)
         self._bytes.append(insn.data)
         self._bytes_array = None
         return (
@@ -201,14 +207,19 @@ class InstructionTable:
             0 if label is None else label[1],
         )
 
-    def columns(self, rips: npt.NDArray[np.uint64]) -> dict[str, pa.Array]:
-        """`insn`, `symbol`, `kind`, `label`, `offset`, `insn_bytes`, `source` for each rip."""
+    def columns(
+        self, rips: npt.NDArray[np.uint64], code: dict[int, bytes] | None = None
+    ) -> dict[str, pa.Array]:
+        """`insn`, `symbol`, `kind`, `label`, `offset`, `insn_bytes`, `source` for each
+        rip; `code`: the bytes that ran at addresses whose code is not the program's
+        as loaded (written or mapped at run time), decoded instead."""
         unique, inverse = np.unique(rips, return_inverse=True)
-        addrs = unique.tolist()
-        learned = [self._learn(addr) for addr in addrs if addr not in self._row_of]
+        code = code or {}
+        keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
+        learned = [self._learn(key) for key in keys if key not in self._row_of]
         if learned:
             self._facts = np.concatenate([self._facts, np.array(learned, dtype=np.int64)])
-        rows = np.array([self._row_of[addr] for addr in addrs], dtype=np.int64)
+        rows = np.array([self._row_of[key] for key in keys], dtype=np.int64)
         per_row = self._facts[rows[inverse.reshape(-1)]]
         index = per_row[:, :_OFFSET].astype(np.int32)
         no_label = index[:, _LABEL] < 0

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import unicorn.x86_const as x86
 from unicorn import (
     UC_ARCH_X86,
@@ -58,7 +59,7 @@ from unicorn import (
 )
 from unicorn.unicorn_py3.unicorn import HOOK_MEM_INVALID_CFUNC, Uc, UcError, uclib
 
-from ..arch import REGISTERS, WORD
+from ..arch import PAGE, REGISTERS, WORD
 from ..layout import Region
 from ..safe_output import Interrupted
 from ..trace.format import SyscallRecord
@@ -86,6 +87,7 @@ from .user_mode import Decisions
 # Re-exported: the register order and row layout every reader of a Chunk uses.
 __all__ = ["MEM_WRITE", "ROW_BYTES", "UC_IDS", "MemEvent"]
 _HLT = 0xF4
+_RIP = REGISTERS.index("rip")
 
 _FAULT_ACCESS = {
     UC_MEM_READ_UNMAPPED: "read of unmapped",
@@ -130,6 +132,10 @@ class Chunk:
     registers: bytes  # ROW_BYTES per row: REGISTERS as little-endian uint64
     #: MemEvents: a list of tuples (Python hooks), or packed int64 quintuples (C core).
     events: list[MemEvent] | bytes
+    #: The bytes of the instructions that ran outside the program's code as
+    #: loaded (code written or mapped at run time), by address, read from
+    #: memory when the chunk was handed over (`Machine.run_code`).
+    code: dict[int, bytes] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -248,6 +254,10 @@ class Machine:
         self.cpu = spec.cpu()
         self.cpu.install(self.uc)
         self.decisions = Decisions(self.uc)
+        #: The program's code as loaded: [start, end) of each executable mapping with bytes.
+        self._loaded_code = sorted(
+            (m.data_at, m.data_at + len(m.data)) for m in spec.mappings if "x" in m.perms and m.data
+        )
         self.rules = StepRules(self.uc, self.decisions, self.cpu, self.request_stop)
         core_type = native_core()
         #: The C core (hooks.py), None where it was not built: the Python hooks run.
@@ -381,6 +391,23 @@ class Machine:
         self.uc.ctl_remove_cache(0, (1 << 48) - 1)
         return None
 
+    def run_code(self, registers: bytes) -> dict[int, bytes]:
+        """The bytes of each instruction of a chunk (`registers`: its rows) that did
+        not run from the program's code as loaded: code outside its executable
+        mappings (a JIT's, a library's) or on a page written since (self-modifying
+        code). Read now, at the end of the chunk: an instruction rewritten twice
+        within one chunk shows its last bytes on every row of that chunk."""
+        rips = np.frombuffer(registers, dtype="<u8")[_RIP :: len(REGISTERS)]
+        elsewhere = np.ones(len(rips), dtype=np.bool_)
+        for start, end in self._loaded_code:
+            elsewhere &= (rips < start) | (rips >= end)
+        if self.decisions.rewritten:
+            rewritten = np.fromiter(self.decisions.rewritten, dtype=np.uint64)
+            elsewhere |= np.isin(rips // np.uint64(PAGE), rewritten)
+        if not elsewhere.any():
+            return {}
+        return {addr: self.decisions.code_at(addr) for addr in np.unique(rips[elsewhere]).tolist()}
+
     def emulate(self, begin: int, until: int, count: int = 0) -> None:
         """`emu_start` for the unrecorded passes (fast-forward, discovery): a stopping
         signal (Ctrl-C, SIGTERM, SIGHUP) stops the emulation and raises `Interrupted`,
@@ -401,7 +428,7 @@ class Machine:
 
         def hand_over(first_step: int, registers: bytes, events: list[MemEvent] | bytes) -> bool:
             """A chunk of rows to the caller; False when the run must stop (a limit)."""
-            on_chunk(Chunk(first_step, registers, events))
+            on_chunk(Chunk(first_step, registers, events, self.run_code(registers)))
             return self._interrupt is None
 
         hooks: PythonRecording | NativeRecording

@@ -168,6 +168,8 @@ class Decisions:
         #: Page -> decided addresses in it; `watched`: those pages (a write there forgets them).
         self._pages: dict[int, list[int]] = {}
         self.watched: set[int] = set()
+        #: Pages written, remapped or reprotected since loading (`forget`).
+        self.rewritten: set[int] = set()
 
     def decide(self, address: int) -> int:
         """The kind of the instruction at `address`, with `WATCH`: code may be
@@ -205,11 +207,19 @@ class Decisions:
         return NORMAL
 
     def forget(self, address: int, size: int) -> None:
-        """Code in `address ..< address + size` may have changed: decide it again."""
+        """Code in `address ..< address + size` may have changed: decide it again.
+
+        Its pages are also remembered in `rewritten`: the instructions run there
+        from now on may not be the program's bytes as loaded (Machine.run_code)."""
         for page in range(address // PAGE, (address + max(size, 1) - 1) // PAGE + 1):
             for decided in self._pages.pop(page, ()):
                 self.kinds.pop(decided, None)
             self.watched.discard(page)
+            self.rewritten.add(page)
+
+    def code_at(self, address: int) -> bytes:
+        """Up to 15 bytes of code at `address`, as memory holds them now."""
+        return self._bytes_at(address)
 
     def _bytes_at(self, address: int) -> bytes:
         try:
