@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, RegionKind, page_ceil
+from . import initial_state
 from .cpu import CPUID
 from .elf import ElfImage
 from .machine import MachineSpec, Mapping
@@ -38,7 +39,6 @@ PROGRAM_DIR = "/stacktrace-lab"
 STACK_TOP = 0x7FFFFFFFF000
 STACK_SIZE = 8 << 20
 MMAP_TOP = 0x7FFFF7FFF000
-INITIAL_RFLAGS = 0x202
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS, AT_ENTRY = (
     0,
@@ -261,7 +261,7 @@ def linux_process(
         mappings=mappings,
         regions=[*regions, stack],
         entry=image.entry if interp is None else interp.entry,
-        registers={"rsp": rsp, "rflags": INITIAL_RFLAGS},
+        registers={"rsp": rsp, "rflags": initial_state.RFLAGS},
         sentinel=None,
         kernel=lambda: make_kernel(copy.deepcopy(state)),
     )
