@@ -12,11 +12,10 @@ that the trace came from an ELF, except for its `program` metadata.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from ..arch import PAGE
 from ..errors import BadInput
@@ -199,20 +198,41 @@ def _with_libraries(image: ElfImage, objects: list[LoadedObject]) -> ElfImage:
 
 def stack_extents(evidence: Evidence, stacks: list[Region]) -> dict[str, Extent]:
     """Where rsp went in each stack during the discovery pass (the recording runs
-    the same steps): the lowest and highest rsp inside each stack. The process
+    the same steps): the lowest and highest rsp of each stack. The process
     stack is the last of `stacks`: rsp was there whenever it was not `outside`.
-    (An overflow's rsp under a base is left out: its window is not stored yet.)"""
+
+    rsp below a found stack's base, reached from inside that stack without
+    leaving for another (consecutive steps outside the process stack), is that
+    stack's overflow: its lowest rsp is then under the base, and the recorder
+    stores the bytes there too (`<stack>__below`, record/windows.py)."""
     extents: dict[str, Extent] = {}
     *found, process = stacks
     if evidence.lowest_main >= 0:
         extents[process.name] = Extent(evidence.lowest_main, process.top)
-    if not evidence.outside:
+    if not evidence.outside or not found:
         return extents
-    rsp = np.fromiter((r for _step, r in evidence.outside), dtype=np.uint64)
+    ordered = sorted(found, key=lambda s: s.base)
+    bases = [s.base for s in ordered]
+    lowest: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    current: Region | None = None  # the stack rsp was last inside, while it stays outside main
+    previous_step = -2
+    for step, rsp in evidence.outside:
+        if step != previous_step + 1:
+            current = None  # rsp was back on the process stack in between
+        previous_step = step
+        i = bisect.bisect_right(bases, rsp) - 1
+        inside = ordered[i] if i >= 0 and rsp <= ordered[i].top else None
+        if inside is not None:
+            current = inside
+        elif current is None or rsp >= current.base:
+            continue
+        owner = current
+        lowest[owner.name] = min(lowest.get(owner.name, rsp), rsp)
+        highest[owner.name] = max(highest.get(owner.name, rsp), rsp)
     for stack in found:
-        mine = rsp[(rsp >= stack.base) & (rsp <= stack.top)]
-        if len(mine):
-            extents[stack.name] = Extent(int(mine.min()), int(mine.max()))
+        if stack.name in lowest:
+            extents[stack.name] = Extent(lowest[stack.name], highest[stack.name])
     return extents
 
 

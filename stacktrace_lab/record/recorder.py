@@ -52,7 +52,7 @@ from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .precheck import precheck_program
 from .syscalls import ENOSYS, BareKernel
-from .windows import Extent, choose_windows, overflow_stack
+from .windows import Extent, choose_windows
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -267,12 +267,10 @@ class LineUse:
 def snapshot_windows(
     regions: list[Region], limit: int, extents: dict[str, Extent] | None = None
 ) -> dict[str, SnapshotWindow]:
-    """Each stack's window: the whole stack, or `limit` bytes where rsp went
-    (record/windows.py), else its top. The windows of the bytes an overflow
-    reached under a base (`<stack>__below`) are not stored yet: every reader
-    takes a snapshot's name for a region's."""
-    windows = choose_windows(regions, limit, extents or {})
-    return {name: w for name, w in windows.items() if overflow_stack(name) is None}
+    """Each stack's window: the whole stack, or `limit` bytes where rsp went, else
+    its top; and for a stack whose rsp went below its base, the bytes it reached
+    there (`<stack>__below`). See record/windows.py."""
+    return choose_windows(regions, limit, extents or {})
 
 
 def record(

@@ -33,13 +33,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..layout import Region
-from ..trace.format import SnapshotWindow, stack_column
+from ..trace.format import (
+    BELOW,
+    SnapshotWindow,
+    overflow_key,
+    overflow_stack,
+    snapshot_misfit,
+    stack_column,
+)
 
 #: Bytes below rsp a leaf function may use without moving rsp (the System V red zone).
 RED_ZONE = 128
-#: Suffix of the key of a stack's overflow window: `green__below`.
-BELOW = "__below"
 WORD = 8
+__all__ = ["BELOW", "RED_ZONE", "Extent", "choose_windows", "overflow_key", "overflow_stack"]
 
 
 @dataclass(frozen=True)
@@ -51,26 +57,12 @@ class Extent:
     highest: int
 
 
-def overflow_key(stack: str) -> str:
-    """The snapshot key of the bytes under `stack`'s base that an overflow reached."""
-    return stack + BELOW
-
-
-def overflow_stack(key: str) -> str | None:
-    """The stack an overflow window's key names, or None for an ordinary key."""
-    return key[: -len(BELOW)] if key.endswith(BELOW) and len(key) > len(BELOW) else None
-
-
 def window_fits(key: str, window: SnapshotWindow, regions: Iterable[Region]) -> bool:
-    """The format's rule for a snapshot window: inside the stack region of its
-    name, or, for `<stack>__below`, ending at that stack's base."""
-    by_name = {r.name: r for r in regions}
-    stack = by_name.get(key)
-    if stack is not None:
-        return stack.base <= window.base and window.top <= stack.top and window.size > 0
-    owner = overflow_stack(key)
-    below = by_name.get(owner) if owner is not None else None
-    return below is not None and window.top == below.base and window.size > 0
+    """The format's rule for a snapshot window (trace/format.py, `snapshot_misfit`):
+    inside the stack region of its name, or, for `<stack>__below`, ending at that
+    stack's base."""
+    stacks = {r.name: (r.base, r.top) for r in regions if r.kind == "stack"}
+    return window.size > 0 and snapshot_misfit(key, window.base, window.size, stacks) is None
 
 
 def choose_windows(
@@ -82,6 +74,8 @@ def choose_windows(
     keeps its top `limit` bytes."""
     if limit < WORD:
         raise ValueError(f"the snapshot limit must be at least {WORD} bytes, got {limit}")
+    regions = list(regions)
+    names = {r.name for r in regions}
     windows: dict[str, SnapshotWindow] = {}
     for region in regions:
         if region.kind != "stack":
@@ -91,8 +85,9 @@ def choose_windows(
         if extent is not None and extent.lowest < region.base:
             low = _align_down(max(extent.lowest - RED_ZONE, 0))
             base = max(low, region.base - _align_down(limit))
-            if base < region.base:
-                key = overflow_key(region.name)
+            key = overflow_key(region.name)
+            # (A region named like the key would own it: no overflow window then.)
+            if base < region.base and key not in names:
                 windows[key] = SnapshotWindow(stack_column(key), base, region.base - base)
     return windows
 

@@ -68,7 +68,7 @@ LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.85, 
 ZERO, CODE, STACK, OTHER = 0, 1, 2, 3
 CATEGORY_NAMES = ("zero", "code address", "stack address", "other data")
 CATEGORY_COLOURS = ("#f2f2f2", "#fdae6b", "#9ecae1", "#c7e9c0")
-#: Slots under a base that an overflow changed (their first value was something else).
+#: Slots under a base that an overflow overwrote while they held data.
 OVERWRITTEN_COLOUR = "#d62728"
 
 U64 = npt.NDArray[np.uint64]
@@ -239,12 +239,58 @@ def _panel(facts: TraceFacts, stack: Region, snapshots: dict[str, U8]) -> Panel:
     )
 
 
+@dataclass(frozen=True)
+class Clobbered:
+    """A slot under a stack's base that the stack's overflow wrote while it held data."""
+
+    #: Byte index from the stack's base (negative).
+    index: int
+    #: The first step of the overflow that wrote the slot.
+    step: int
+    #: What the slot held just before that step: a heap chunk's header, a neighbour's data.
+    before: int
+
+
+def clobbered_slots(facts: TraceFacts, stack: Region, window: SnapshotWindow) -> list[Clobbered]:
+    """The slots of `stack`'s overflow window (`<stack>__below`) that the overflow
+    overwrote: written at a step when rsp was on the stack or under its base, and
+    not zero just before. Writes there while rsp was elsewhere (the allocator
+    setting up the heap, the neighbours' own stores) are not the overflow's."""
+    k = facts.stacks.index(stack)
+    writes = facts.writes
+    ends = writes.addr + writes.size.astype(np.uint64)
+    hit = np.flatnonzero((writes.addr < np.uint64(window.top)) & (ends > np.uint64(window.base)))
+    hit = hit[facts.rsp_owner[writes.step[hit]] == k]
+    first_step: dict[int, int] = {}  # slot address -> the first overflow write to it
+    for i in hit.tolist():
+        lo = max(int(writes.addr[i]), window.base)
+        hi = min(int(ends[i]), window.top)
+        for slot in range(lo - (lo - window.top) % WORD, hi, WORD):
+            if slot >= window.top - WORD * (window.size // WORD):
+                first_step.setdefault(slot, int(writes.step[i]))
+    found = []
+    rows: dict[int, bytes] = {}
+    for slot, step in sorted(first_step.items()):
+        if step not in rows:  # the window's bytes before that step
+            rows[step] = bytes(facts.trace.slice(step, step + 1, [window.column]).column(0)[0].as_py())
+        offset = slot - window.base
+        before = int.from_bytes(rows[step][offset : offset + WORD], "little")
+        if before:
+            found.append(Clobbered(slot - stack.base, step, before))
+    return found
+
+
 def _draw_below(
-    ax: Axes, facts: TraceFacts, panel: Panel, colours: ListedColormap, norm: BoundaryNorm
+    ax: Axes,
+    facts: TraceFacts,
+    panel: Panel,
+    columns: Columns,
+    colours: ListedColormap,
+    norm: BoundaryNorm,
 ) -> None:
     """The bytes an overflow reached under the base, coloured by what they held, and
-    each slot whose value differs from its first column's (what it held before the
-    overflow) shaded red: what the overflow overwrote."""
+    each slot the overflow overwrote while it held data (`clobbered_slots`) shaded
+    red from that step on, with what it held before in the label."""
     below = panel.below
     assert below is not None
     n = facts.steps
@@ -259,10 +305,15 @@ def _draw_below(
         extent=extent,
         zorder=1,
     )
-    overwritten = below != below[:, :1]
-    if overwritten.any():
+    window = facts.meta.snapshots[overflow_key(panel.stack.name)]
+    clobbered = clobbered_slots(facts, panel.stack, window)
+    if clobbered:
+        overwritten = np.zeros(below.shape, dtype=np.float64)
+        for slot in clobbered:
+            row = (slot.index - panel.below_index) // WORD
+            overwritten[row, int(columns.column_of(np.array([slot.step]))[0]) :] = 1.0
         ax.imshow(
-            np.ma.masked_equal(overwritten.astype(np.float64), 0.0),
+            np.ma.masked_equal(overwritten, 0.0),
             cmap=ListedColormap([OVERWRITTEN_COLOUR]),
             origin="lower",
             aspect="auto",
@@ -271,13 +322,17 @@ def _draw_below(
             alpha=0.55,
             zorder=2,
         )
-    slots = int(overwritten.any(axis=1).sum())
     ax.axhline(0, color=OVERFLOW_COLOUR, linewidth=1.2, zorder=5)
+    count = len(clobbered)
+    said = f"below {panel.stack.name}'s base: {-panel.below_index} bytes stored; "
+    said += f"the overflow overwrote {count} slot{'s' if count != 1 else ''} that held data"
+    if clobbered:
+        shown = ", ".join(f"[{c.index}] {c.before:#x}" for c in clobbered[-3:][::-1])
+        said += f" ({shown}{', ...' if count > 3 else ''})"
     ax.text(
         0.998,
         panel.below_index + WORD / 2,
-        f"below {panel.stack.name}'s base: {-panel.below_index} bytes stored, "
-        f"{slots} slot{'s' if slots != 1 else ''} overwritten ",
+        said + " ",
         transform=ax.get_yaxis_transform(),
         ha="right",
         va="center",
@@ -390,7 +445,7 @@ def _draw_panel(
         for x in range(n + 1):
             ax.axvline(x, color="white", linewidth=0.6, zorder=2)
     if panel.below is not None:
-        _draw_below(ax, facts, panel, colours, norm)
+        _draw_below(ax, facts, panel, columns, colours, norm)
     if panel.floor_index < panel.below_index:
         # Below the base: not the stack's memory, and no snapshot of it.
         ax.add_patch(

@@ -131,6 +131,42 @@ def stack_column(name: str) -> str:
     return f"{STACK_PREFIX}{name}"
 
 
+#: Suffix of the key of a stack's overflow window: `green__below`.
+BELOW = "__below"
+
+
+def overflow_key(stack: str) -> str:
+    """The snapshot key of the bytes under `stack`'s base that an overflow reached."""
+    return stack + BELOW
+
+
+def overflow_stack(key: str) -> str | None:
+    """The stack an overflow window's key names, or None for an ordinary key."""
+    return key[: -len(BELOW)] if key.endswith(BELOW) and len(key) > len(BELOW) else None
+
+
+def snapshot_misfit(
+    key: str, base: int, size: int, stacks: dict[str, tuple[int, int]]
+) -> str | None:
+    """Why a snapshot window breaks the format's rule, or None when it keeps it.
+
+    `stacks` maps each stack region's name to its (base, top). A window keyed
+    by a stack's name lies inside that stack. A window keyed `<stack>__below`
+    (an overflow window, docs/trace-format.md) is not inside any region: it
+    ends exactly at that stack's base. A region's own name wins over the
+    suffix, so a stack called `x__below` keeps the ordinary rule.
+    """
+    if key in stacks:
+        lo, hi = stacks[key]
+        return None if lo <= base and base + size <= hi else "is not inside its region"
+    owner = overflow_stack(key)
+    if owner is None or owner not in stacks:
+        return "is not of a stack region"
+    if base + size != stacks[owner][0]:
+        return f"does not end at {owner!r}'s base"
+    return None
+
+
 def schema(snapshots: dict[str, SnapshotWindow], version: int = FORMAT_VERSION) -> pa.Schema:
     """The Arrow schema of a trace of `version` (the reader presents v1 as v2)."""
     fields = [pa.field("step", pa.int64(), nullable=False)]
@@ -556,7 +592,8 @@ def _check_types(metadata: TraceMetadata) -> None:
     for region in metadata.regions:
         if region.base < 0 or region.size < 1:
             raise ValueError(f"region {region.name!r} has base {region.base}, size {region.size}")
+    by_name = {r.name: (r.base, r.top) for r in metadata.regions}
     for name, window in metadata.snapshots.items():
-        stack = next((r for r in metadata.regions if r.name == name), None)
-        if stack is None or not (stack.base <= window.base and window.top <= stack.top):
-            raise ValueError(f"snapshot {name!r} is not inside a region of that name")
+        misfit = snapshot_misfit(name, window.base, window.size, by_name)
+        if misfit is not None:
+            raise ValueError(f"snapshot {name!r} {misfit}")

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from ..arch import REGISTERS
 from ..errors import BadInput
 from ..scenario import STOP_REASONS
-from .format import stored_as
+from .format import snapshot_misfit, stored_as
 
 U64_LIMIT = 1 << 64
 #: Bounds the recorder enforces on its own options (record/recorder.py,
@@ -312,17 +312,15 @@ def check_layout(doc: Mapping[str, Any]) -> None:
     for i, entry in enumerate([] if elf else doc["code"].get("lines") or []):
         if not in_program(entry[0]):  # (an ELF's DWARF lines cover code not mapped)
             raise _Invalid(f"code.lines[{i}] address {entry[0]:#x} is outside the program")
-    by_name = {r["name"]: r for r in regions}
+    stacks = {
+        r["name"]: (r["base"], r["base"] + r["size"]) for r in regions if r["kind"] == "stack"
+    }
     columns: set[str] = set()
     for name, window in doc["snapshots"].items():
-        region = by_name.get(name)
-        if region is None or region["kind"] != "stack":
-            raise _Invalid(f"snapshot {name!r} is not of a stack region")
-        if not (
-            region["base"] <= window["base"]
-            and window["base"] + window["size"] <= region["base"] + region["size"]
-        ):
-            raise _Invalid(f"snapshot {name!r} is not inside its region")
+        # Inside the stack of that name, or `<stack>__below`: ending at its base.
+        misfit = snapshot_misfit(name, window["base"], window["size"], stacks)
+        if misfit is not None:
+            raise _Invalid(f"snapshot {name!r} {misfit}")
         if window["column"] in columns:
             raise _Invalid(f"snapshots name column {window['column']!r} twice")
         columns.add(window["column"])
