@@ -73,6 +73,10 @@ def test_the_example_programs(build: str, monkeypatch: pytest.MonkeyPatch, tmp_p
     program = build_example(build, tmp_path / "bin")
     recording = both_ways(monkeypatch, tmp_path, lambda out: record_elf(program, out))
     assert recording.metadata.steps > 10_000
+    # printf/println! run off the 48-byte stack: the bytes under its base are a
+    # column of their own (`calloc_48__below`), written the same by both cores.
+    below = recording.metadata.snapshots["calloc_48__below"]
+    assert below.top == recording.metadata.region("calloc_48").base
 
 
 @pytest.mark.parametrize("from_symbol", ["main"])

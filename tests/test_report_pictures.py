@@ -14,9 +14,6 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -26,13 +23,11 @@ from stacktrace_lab.analysis import check, derive_facts
 from stacktrace_lab.analysis.events import TraceFacts
 from stacktrace_lab.analysis.model import Cause
 from stacktrace_lab.record.elf_front import record_elf
-from stacktrace_lab.record.windows import overflow_key
 from stacktrace_lab.report import heatmap, rsp_plot, switch_picture
 from stacktrace_lab.report.build import build_report
 from stacktrace_lab.report.content import FOLD_ROWS
 from stacktrace_lab.report.figures import plot_style
 from stacktrace_lab.report.program import program_header
-from stacktrace_lab.trace.format import SnapshotWindow
 from stacktrace_lab.trace.reader import load_trace
 
 PROGRAMS = Path(__file__).parent / "report_programs"
@@ -292,56 +287,3 @@ def test_program_header_finds_the_program_next_to_its_trace(coroutines_trace: Pa
     header = program_header(relative, coroutines_trace)
     assert header is not None and header.unread is None
     assert header.linkage == "static" and header.producer is not None
-
-
-def with_overflow_window(trace_path: Path, tmp_path: Path, before: int, after: int) -> TraceFacts:
-    """first-switch's facts with a 32-byte `green__below` window added, as the recorder
-    will store it (record/windows.py): the top slot holds `before` until step 8 and
-    `after` from then on; the three slots under it never change. The format's check
-    does not take such a key yet, so the window goes into the loaded metadata."""
-    table = pq.read_table(trace_path)
-    rows = table.num_rows
-    column = []
-    for step in range(rows):
-        top = before if step < 8 else after
-        column.append((7).to_bytes(8, "little") * 3 + top.to_bytes(8, "little"))
-    key = overflow_key("green")
-    table = table.append_column(
-        pa.field(f"stack__{key}", pa.binary(32)), pa.array(column, pa.binary(32))
-    )
-    copy = tmp_path / "first-switch-below.parquet"
-    pq.write_table(table, copy)
-    facts = derive_facts(load_trace(copy))
-    green = facts.meta.region("green")
-    window = SnapshotWindow(f"stack__{key}", green.base - 32, 32)
-    facts.meta = replace(facts.meta, snapshots={**facts.meta.snapshots, key: window})
-    return facts
-
-
-def test_the_heatmap_draws_what_an_overflow_overwrote_under_a_base(
-    first_switch_trace: Path, tmp_path: Path
-) -> None:
-    facts = with_overflow_window(first_switch_trace, tmp_path, before=0x21, after=0x4242)
-    with plot_style():
-        figure = heatmap.heatmap_figure(facts)
-        assert overlaps(figure) == []
-    green = next(ax for ax in figure.axes if ax.get_title(loc="left").startswith("green"))
-    assert green.get_ylim()[0] <= -32  # the rows under the base are drawn
-    texts = [t.get_text() for t in green.texts]
-    assert any("below green's base: 32 bytes stored, 1 slot overwritten" in t for t in texts)
-    assert not any("not stored" in t for t in texts)
-    # The overwritten slot is shaded: an image masked everywhere but that slot from step 8.
-    shaded = [im for im in green.get_images() if np.ma.is_masked(im.get_array())]
-    assert len(shaded) == 1
-    mask = np.ma.getmaskarray(shaded[0].get_array())
-    assert not mask[3, 8:].any() and mask[3, :8].all() and mask[:3].all()
-
-
-def test_an_unchanged_overflow_window_marks_nothing_overwritten(
-    first_switch_trace: Path, tmp_path: Path
-) -> None:
-    facts = with_overflow_window(first_switch_trace, tmp_path, before=0x21, after=0x21)
-    with plot_style():
-        figure = heatmap.heatmap_figure(facts)
-    texts = [t.get_text() for ax in figure.axes for t in ax.texts]
-    assert any("32 bytes stored, 0 slots overwritten" in t for t in texts)

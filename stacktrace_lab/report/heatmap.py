@@ -272,7 +272,9 @@ def clobbered_slots(facts: TraceFacts, stack: Region, window: SnapshotWindow) ->
     rows: dict[int, bytes] = {}
     for slot, step in sorted(first_step.items()):
         if step not in rows:  # the window's bytes before that step
-            rows[step] = bytes(facts.trace.slice(step, step + 1, [window.column]).column(0)[0].as_py())
+            rows[step] = bytes(
+                facts.trace.slice(step, step + 1, [window.column]).column(0)[0].as_py()
+            )
         offset = slot - window.base
         before = int.from_bytes(rows[step][offset : offset + WORD], "little")
         if before:

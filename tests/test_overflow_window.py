@@ -1,0 +1,122 @@
+"""The bytes an overflow reached under a stack's base, stored as `<stack>__below`.
+
+The tutorial's C program (examples/first_switch.c, gcc -static) switches to a
+48-byte stack from calloc and printf runs about 500 bytes under its base,
+over the heap in front of it. The recorder stores those bytes in a window of
+their own; every reader takes it; the heatmap draws what the overflow wrote
+over (the chunk header at index -8 first).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from matplotlib.text import Text
+
+from stacktrace_lab.analysis import derive_facts
+from stacktrace_lab.cli import main
+from stacktrace_lab.errors import BadInput
+from stacktrace_lab.examples import build_example, compiler_missing
+from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.report import heatmap
+from stacktrace_lab.report.figures import plot_style
+from stacktrace_lab.trace.format import METADATA_KEY, snapshot_misfit
+from stacktrace_lab.trace.reader import load_trace
+
+STACK = "calloc_48"
+BELOW = "calloc_48__below"
+
+
+@pytest.fixture(scope="module")
+def c_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    why = compiler_missing("c-static")
+    if why is not None:
+        pytest.skip(f"cannot build the C example: {why}")
+    out = tmp_path_factory.mktemp("overflow")
+    program = build_example("c-static", out)
+    return record_elf(program, out / "c.parquet", from_symbol="main").path
+
+
+def test_the_recorder_stores_the_bytes_under_the_overflowed_base(c_trace: Path) -> None:
+    trace = load_trace(c_trace)
+    meta = trace.metadata
+    stack = meta.region(STACK)
+    below = meta.snapshots[BELOW]
+    assert below.column == f"stack__{BELOW}"
+    assert below.top == stack.base and below.size == 512  # the limit, next to the base
+    assert meta.region_of(below.base) is not None and meta.region_of(below.base).kind == "heap"
+    # The column is the memory there before each step: at step 0, before calloc
+    # ran, the size field of malloc's top chunk (PREV_INUSE set) right under it.
+    first = bytes(trace.slice(0, 1, [below.column]).column(0)[0].as_py())
+    top_chunk = int.from_bytes(first[-8:], "little")
+    assert top_chunk & 1 and top_chunk > 0x1000
+    facts = derive_facts(trace)
+    lowest = int(facts.rsp[facts.rsp_owner == facts.stacks.index(stack)].min())
+    assert below.base <= lowest < stack.base  # it covers where rsp went
+
+
+def test_every_command_reads_a_trace_with_an_overflow_window(
+    c_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # replay compares every stored column, the overflow window's included, with memory.
+    assert main(["replay", str(c_trace)]) == 0
+    assert "replay matches all" in capsys.readouterr().out
+    assert main(["diff", str(c_trace), str(c_trace)]) == 0
+    assert "SAME" in capsys.readouterr().out
+    assert main(["show", str(c_trace), "--step", "400"]) == 0
+    assert main(["export", str(c_trace), "--to", "perfetto", "-o", str(tmp_path / "p.json")]) == 0
+    assert main(["report", str(c_trace), "-o", str(tmp_path / "report")]) == 1  # it overflows
+    capsys.readouterr()
+    pytest.importorskip("duckdb")
+    column = f"stack__{BELOW}"
+    assert (
+        main(["query", str(c_trace), f"SELECT octet_length({column}) AS n FROM raw LIMIT 1"]) == 0
+    )
+    assert "512" in capsys.readouterr().out
+
+
+def test_the_heatmap_shows_what_the_overflow_overwrote(c_trace: Path) -> None:
+    facts = derive_facts(load_trace(c_trace))
+    stack = facts.meta.region(STACK)
+    clobbered = heatmap.clobbered_slots(facts, stack, facts.meta.snapshots[BELOW])
+    by_index = {c.index: c for c in clobbered}
+    assert by_index[-8].before == 0x41  # the chunk header
+    for slot in clobbered:
+        assert slot.before != 0 and slot.index < 0
+        assert facts.rsp_owner[slot.step] == facts.stacks.index(stack)
+    with plot_style():
+        figure = heatmap.heatmap_figure(facts)
+    panel = next(ax for ax in figure.axes if ax.get_title(loc="left").startswith(STACK))
+    assert panel.get_ylim()[0] <= -512  # drawn under the base
+    texts = [t.get_text() for t in panel.findobj(Text)]
+    assert not any("not stored" in t for t in texts)
+    said = next(t for t in texts if "bytes stored" in t)
+    assert f"overwrote {len(clobbered)} slots that held data ([-8] 0x41" in said
+
+
+def test_the_format_rule_for_an_overflow_window() -> None:
+    stacks = {"green": (0x1000, 0x1030)}
+    assert snapshot_misfit("green", 0x1000, 0x30, stacks) is None
+    assert snapshot_misfit("green__below", 0xF00, 0x100, stacks) is None
+    assert snapshot_misfit("green__below", 0xF00, 0x80, stacks) == "does not end at 'green''s base"
+    assert snapshot_misfit("blue__below", 0xF00, 0x100, stacks) == "is not of a stack region"
+    assert snapshot_misfit("green", 0xF00, 0x100, stacks) == "is not inside its region"
+    # A stack really called `x__below` keeps the ordinary rule.
+    named = {"x__below": (0x2000, 0x2100), "x": (0x3000, 0x3100)}
+    assert snapshot_misfit("x__below", 0x2000, 0x100, named) is None
+
+
+def test_a_trace_whose_overflow_window_leaves_its_base_is_refused(
+    c_trace: Path, tmp_path: Path
+) -> None:
+    table = pq.read_table(c_trace)
+    doc = json.loads(table.schema.metadata[METADATA_KEY.encode()])
+    doc["snapshots"][BELOW]["base"] -= 8  # now it ends 8 bytes under the base
+    text = json.dumps(doc, sort_keys=True).encode()
+    forged = tmp_path / "forged.parquet"
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: text}), forged)
+    with pytest.raises(BadInput, match=f"snapshot '{BELOW}' does not end at '{STACK}''s base"):
+        load_trace(forged)
