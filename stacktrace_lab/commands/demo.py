@@ -1,5 +1,6 @@
-"""`stacktrace-lab demo [--rust]`: record the seed scenario (or the tutorial's own Rust
-program, built on the spot) and report it, in one command."""
+"""`stacktrace-lab demo [--rust | --example NAME]`: record the seed scenario (or the
+tutorial's own Rust program, or another committed example, built on the spot) and
+report it, in one command. `demo --example NAME` regenerates reports/NAME/."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from typing import TYPE_CHECKING
 import click
 
 from ..config import load_config
+from ..errors import BadInput
 from .report import print_written
 
 if TYPE_CHECKING:  # the recorder and the report: imported when the command runs
     from ..record.recorder import Recording
 
 DEMO_SCENARIO = "first-switch"
-#: The Rust demo: examples/first_switch.rs, rustc -O -g with +crt-static (a static-pie).
-RUST_BUILD = "rust-static-pie"
+#: The Rust demo (examples.EXAMPLE_REPORTS): examples/first_switch.rs, rustc -O -g with
+#: +crt-static (a static-pie).
 RUST_NAME = "first-switch-rust"
 
 
@@ -26,9 +28,18 @@ RUST_NAME = "first-switch-rust"
     is_flag=True,
     help="Build examples/first_switch.rs with rustc and record the real program instead.",
 )
-def demo_command(rust: bool) -> int:
+@click.option(
+    "--example",
+    "example",
+    metavar="NAME",
+    default=None,
+    help="Build, record and report a committed example program into reports/NAME/: "
+    "first-switch-rust (= --rust), first-switch-c-dynamic, three-coroutines.",
+)
+def demo_command(rust: bool, example: str | None) -> int:
     """Record first-switch into stacktrace-lab-traces/ and write its report into
-    reports/first-switch/ (with --rust: the tutorial's Rust program, into first-switch-rust)."""
+    reports/first-switch/ (with --rust: the tutorial's Rust program, into first-switch-rust;
+    with --example NAME: that example program, into reports/NAME/)."""
     from ..record.recorder import record
     from ..report.build import build_report
     from ..scenario import load_scenario
@@ -36,9 +47,11 @@ def demo_command(rust: bool) -> int:
 
     config = load_config()
 
-    if rust:
-        recording = _record_rust(config.record_dir)
-        name = RUST_NAME
+    if rust and example not in (None, RUST_NAME):
+        raise BadInput(f"demo: --rust is --example {RUST_NAME}; give one of them")
+    if rust or example is not None:
+        name = example or RUST_NAME
+        recording = _record_example(name, config.record_dir)
     else:
         scenario = load_scenario(DEMO_SCENARIO)
         recording = record(scenario, config.record_dir / f"{scenario.name}.parquet")
@@ -51,16 +64,18 @@ def demo_command(rust: bool) -> int:
     return report.check.exit_status
 
 
-def _record_rust(record_dir: Path) -> Recording:
-    """The Rust example built into `record_dir` (the `record` command's folder, not the
-    goldens'), next to its trace, which names it: `replay` reads the program again."""
-    from ..examples import build_example
+def _record_example(name: str, record_dir: Path) -> Recording:
+    """The example program `name` built into `record_dir` (the `record` command's folder,
+    not the goldens'), next to its trace, which names it: `replay` reads the program
+    again. Recorded from `main`: the start-up of the C library or Rust's std (36,000
+    steps for Rust) is not what the examples are about."""
+    from ..examples import BUILDS, EXAMPLE_REPORTS, build_example
     from ..record.elf_front import record_elf
 
-    program = build_example(RUST_BUILD, record_dir)
-    click.echo(f"built {program} with rustc")
-    # Recording from main: the start-up of Rust's std (36,000 steps) is
-    # not what the example is about.
-    return record_elf(
-        program, record_dir / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
-    )
+    example = EXAMPLE_REPORTS.get(name)
+    if example is None:
+        known = ", ".join(EXAMPLE_REPORTS)
+        raise BadInput(f"demo: no example {name!r} (the examples are {known})")
+    program = build_example(example.build, record_dir)
+    click.echo(f"built {program} with {BUILDS[example.build][0]}: {example.what}")
+    return record_elf(program, record_dir / f"{name}.parquet", from_symbol="main", name=name)
