@@ -120,3 +120,34 @@ def test_a_trace_whose_overflow_window_leaves_its_base_is_refused(
     pq.write_table(table.replace_schema_metadata({METADATA_KEY: text}), forged)
     with pytest.raises(BadInput, match=f"snapshot '{BELOW}' does not end at '{STACK}''s base"):
         load_trace(forged)
+
+
+@pytest.fixture(scope="module")
+def rust_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    why = compiler_missing("rust-static-pie")
+    if why is not None:
+        pytest.skip(f"cannot build the Rust example: {why}")
+    out = tmp_path_factory.mktemp("overflow-rust")
+    program = build_example("rust-static-pie", out)
+    return record_elf(program, out / "rust.parquet", from_symbol="main").path
+
+
+def test_the_rust_example_shows_the_392_bytes_in_a_zoom(rust_trace: Path) -> None:
+    """The goal of issue 23: the 48-byte stack shows the 392 bytes the overflow ran
+    over, which the whole run's axis squeezes into its last 3 %."""
+    facts = derive_facts(load_trace(rust_trace))
+    stack = facts.meta.region(STACK)
+    k = facts.stacks.index(stack)
+    lowest = int(facts.rsp[facts.rsp_owner == k].min())
+    assert stack.base - lowest == 392
+    below = facts.meta.snapshots[BELOW]
+    assert below.base <= lowest and below.top == stack.base  # every byte rsp reached
+    ((zoomed, first, stop),) = heatmap.zoom_spans(facts, list(facts.meta.stacks))
+    on = (facts.rsp_owner == k).nonzero()[0]
+    assert zoomed == stack and first <= int(on[0]) and int(on[-1]) < stop
+    assert stop - first < facts.steps / 10
+    with plot_style():
+        figure = heatmap.heatmap_figure(facts)
+    (zoom,) = [ax for ax in figure.axes if ax.get_title(loc="left").startswith("zoom on steps")]
+    assert zoom.get_xlim() == (first, stop)
+    assert zoom.get_ylim()[0] <= -392

@@ -109,11 +109,27 @@ class Columns:
         return self.count == self.steps
 
     @property
+    def first(self) -> int:
+        """The first step shown: 0, or where a zoom starts (`columns_between`)."""
+        return int(self.starts[0]) if self.count else 0
+
+    @property
     def stops(self) -> I64:
         return np.append(self.starts[1:], self.steps)
 
     def column_of(self, steps: I64) -> I64:
         return np.searchsorted(self.starts, steps, side="right").astype(np.int64) - 1
+
+
+def columns_between(first: int, stop: int, max_columns: int) -> Columns:
+    """Columns over steps `first ..< stop` only (a zoom): one per step when they fit.
+    `steps` is `stop`, so `stops` ends there; such columns are never `exact`
+    unless `first` is 0."""
+    span = stop - first
+    if span <= max_columns:
+        return Columns(stop, np.arange(first, stop, dtype=np.int64))
+    starts = first + (np.arange(max_columns, dtype=np.int64) * span) // max_columns
+    return Columns(stop, np.unique(starts))
 
 
 def columns_for(steps: int, max_columns: int) -> Columns:

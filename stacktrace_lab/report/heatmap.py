@@ -40,6 +40,7 @@ from .figures import (
     OVERFLOW_COLOUR,
     PLANTED_COLOUR,
     Columns,
+    columns_between,
     columns_for,
     declutter,
     envelope,
@@ -61,6 +62,12 @@ MAX_GRID_COLUMNS = 60
 MAX_PLANTED_FRAMES = 6
 #: Bytes shown above the highest rsp of a big stack's window: the caller's frame.
 ABOVE_RSP = 64
+#: A stack in use for at most this share of the run gets a zoomed panel of that stretch.
+ZOOM_SHARE = 0.1
+#: Zoomed panels per figure at most.
+MAX_ZOOMS = 2
+#: Steps shown before and after a zoomed stretch at least.
+ZOOM_MARGIN_STEPS = 20
 
 #: A white box behind text drawn over cells.
 LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.85, "linewidth": 0}
@@ -120,19 +127,26 @@ def heatmap_png(facts: TraceFacts) -> bytes:
 def heatmap_figure(facts: TraceFacts) -> Figure:
     columns = columns_for(facts.steps, MAX_COLUMNS)
     stacks = [s for s in (facts.stacks_used() or facts.stacks) if s.name in facts.meta.snapshots]
-    keys = [s.name for s in stacks]
-    keys += [overflow_key(s.name) for s in stacks if overflow_key(s.name) in facts.meta.snapshots]
-    snapshots = read_snapshots(facts, keys, columns.starts)
+    snapshots = read_snapshots(facts, _keys(facts, stacks), columns.starts)
     panels = [_panel(facts, stack, snapshots) for stack in stacks]
+    # A stack used for a short stretch of a long run (the 48-byte stack of the Rust
+    # example: its last 3 %) again, under the others, over that stretch alone.
+    zooms: list[tuple[Panel, Columns]] = []
+    for stack, first, stop in zoom_spans(facts, stacks):
+        between = columns_between(first, stop, MAX_COLUMNS)
+        shown = read_snapshots(facts, _keys(facts, [stack]), between.starts)
+        zooms.append((_panel(facts, stack, shown), between))
 
-    heights = [float(np.clip(p.rows * 0.24, 1.1, 4.2)) for p in panels]
-    # Fixed inches around and between the panels, whatever their number and size.
-    top, bottom, gap = 0.95, 0.55, 0.6
-    height = top + bottom + sum(heights) + gap * max(len(panels) - 1, 0)
+    everything = [*[(p, columns) for p in panels], *zooms]
+    heights = [float(np.clip(p.rows * 0.24, 1.1, 4.2)) for p, _ in everything]
+    # Fixed inches around and between the panels, whatever their number and size; more
+    # between them when a zoom's own step axis and title sit between two panels.
+    top, bottom, gap = 0.95, 0.55, 0.95 if zooms else 0.6
+    height = top + bottom + sum(heights) + gap * max(len(heights) - 1, 0)
     figure = new_figure(height)
     hspace = gap / (sum(heights) / max(len(heights), 1))
     grid = figure.add_gridspec(
-        max(len(panels), 1), 1, height_ratios=heights or [1.0], hspace=hspace
+        max(len(heights), 1), 1, height_ratios=heights or [1.0], hspace=hspace
     )
     axes: list[Axes] = []
     labels: list[Text] = []
@@ -146,6 +160,16 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
         for ax in axes[:-1]:
             ax.tick_params(labelbottom=False)
         _step_ticks(last, columns)
+    for row, (panel, between) in enumerate(zooms, start=len(panels)):
+        ax = figure.add_subplot(grid[row])
+        _draw_panel(ax, facts, panel, between, labels)
+        ax.set_title(
+            f"zoom on steps {between.first:,}-{between.steps - 1:,}: " + ax.get_title(loc="left"),
+            loc="left",
+            fontsize=9,
+        )
+        ax.set_xlabel("step")
+        _step_ticks(ax, between)
 
     scale = (
         ""
@@ -168,6 +192,35 @@ def heatmap_figure(facts: TraceFacts) -> Figure:
     figure.subplots_adjust(left=0.1, right=0.965, top=1 - top / height, bottom=bottom / height)
     declutter(figure, labels)
     return figure
+
+
+def _keys(facts: TraceFacts, stacks: list[Region]) -> list[str]:
+    """The snapshot keys of `stacks`: each one's window, and its overflow window if stored."""
+    keys = [s.name for s in stacks]
+    keys += [overflow_key(s.name) for s in stacks if overflow_key(s.name) in facts.meta.snapshots]
+    return keys
+
+
+def zoom_spans(facts: TraceFacts, stacks: list[Region]) -> list[tuple[Region, int, int]]:
+    """(stack, first step, stop) for each stack rsp was on (or under, an overflow) only
+    for a stretch shorter than `ZOOM_SHARE` of the run, from the store that planted its
+    first return, with a margin; at most `MAX_ZOOMS`, the shortest stretches first."""
+    n = facts.steps
+    found = []
+    for stack in stacks:
+        k = facts.stacks.index(stack)
+        on = np.flatnonzero(facts.rsp_owner == k)
+        if not on.size:
+            continue
+        first, stop = int(on[0]), int(on[-1]) + 1
+        planted = [p.planted_step for p in facts.planted_returns if p.region == stack.name]
+        first = min([first, *planted])
+        margin = max(ZOOM_MARGIN_STEPS, (stop - first) // 10)
+        first, stop = max(first - margin, 0), min(stop + margin, n)
+        if stop - first <= ZOOM_SHARE * n:
+            found.append((stop - first, stack, first, stop))
+    found.sort(key=lambda f: f[0])
+    return [(stack, first, stop) for _, stack, first, stop in found[:MAX_ZOOMS]]
 
 
 def read_snapshots(facts: TraceFacts, keys: list[str], steps: I64) -> dict[str, U8]:
@@ -295,8 +348,7 @@ def _draw_below(
     red from that step on, with what it held before in the label."""
     below = panel.below
     assert below is not None
-    n = facts.steps
-    extent = (0.0, float(max(n, 1)), float(panel.below_index), 0.0)
+    extent = (float(columns.first), float(columns.steps), float(panel.below_index), 0.0)
     ax.imshow(
         categories(facts, below),
         cmap=colours,
@@ -313,7 +365,8 @@ def _draw_below(
         overwritten = np.zeros(below.shape, dtype=np.float64)
         for slot in clobbered:
             row = (slot.index - panel.below_index) // WORD
-            overwritten[row, int(columns.column_of(np.array([slot.step]))[0]) :] = 1.0
+            column = max(int(columns.column_of(np.array([slot.step]))[0]), 0)
+            overwritten[row, column:] = 1.0
         ax.imshow(
             np.ma.masked_equal(overwritten, 0.0),
             cmap=ListedColormap([OVERWRITTEN_COLOUR]),
@@ -428,7 +481,8 @@ def _draw_panel(
     ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns, labels: list[Text]
 ) -> None:
     stack = panel.stack
-    n = facts.steps
+    # The steps shown: the whole run, or a zoom's (`columns_between`).
+    lo, n = columns.first, columns.steps
     kinds = categories(facts, panel.values)
     colours = ListedColormap(list(CATEGORY_COLOURS))
     norm = BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], colours.N)
@@ -439,7 +493,7 @@ def _draw_panel(
         origin="lower",
         aspect="auto",
         interpolation="nearest",
-        extent=(0, n, panel.first_index, panel.top_index),
+        extent=(lo, n, panel.first_index, panel.top_index),
         zorder=1,
     )
     if columns.exact and columns.count <= MAX_GRID_COLUMNS:
@@ -452,8 +506,8 @@ def _draw_panel(
         # Below the base: not the stack's memory, and no snapshot of it.
         ax.add_patch(
             Rectangle(
-                (0, panel.floor_index),
-                n,
+                (lo, panel.floor_index),
+                n - lo,
                 panel.below_index - panel.floor_index,
                 facecolor="#fdf0f0",
                 edgecolor="#e9a3a3",
@@ -492,12 +546,12 @@ def _draw_panel(
             by_slot.setdefault(p.index - p.index % WORD, []).append(p)
     framed = set(by_slot)
     for group in list(by_slot.values())[:MAX_PLANTED_FRAMES]:
-        label = _frame_planted(ax, panel, group, framed, n)
+        label = _frame_planted(ax, panel, group, framed, lo, n)
         if label is not None:
             labels.append(label)
 
     ax.set_ylim(panel.floor_index, panel.top_index)
-    ax.set_xlim(0, max(n, 1))
+    ax.set_xlim(lo, max(n, lo + 1))
     ticks = list(range(panel.floor_index, panel.top_index + 1, WORD))
     every = max(1, len(ticks) // 8)
     ax.yaxis.set_major_locator(FixedLocator(ticks[::-1][::every]))
@@ -555,7 +609,12 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
     hi = panel.stack.base + panel.top_index
     writes = facts.writes
     ends = writes.addr + writes.size.astype(np.uint64)
-    hit = np.flatnonzero((writes.addr < np.uint64(hi)) & (ends > np.uint64(lo)))
+    hit = np.flatnonzero(
+        (writes.addr < np.uint64(hi))
+        & (ends > np.uint64(lo))
+        & (writes.step >= columns.first)
+        & (writes.step < columns.steps)
+    )
     if not hit.size:
         return
     # A write may cover several slots (a 16-byte store): mark each one.
@@ -589,14 +648,14 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
             origin="lower",
             aspect="auto",
             interpolation="nearest",
-            extent=(0, facts.steps, panel.floor_index, panel.top_index),
+            extent=(columns.first, columns.steps, panel.floor_index, panel.top_index),
             zorder=3,
         )
 
 
 def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
     k = facts.stacks.index(panel.stack)
-    n = facts.steps
+    n = columns.steps
     final_index = facts.final_rsp - panel.stack.base
     final = final_index if facts.final_owner == k else np.nan
     low, high = envelope(facts.rsp, facts.rsp_owner, k, panel.stack.base, columns)
@@ -614,7 +673,12 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
 
 
 def _frame_planted(
-    ax: Axes, panel: Panel, group: list[PlantedReturn], framed: set[int], steps: int
+    ax: Axes,
+    panel: Panel,
+    group: list[PlantedReturn],
+    framed: set[int],
+    shown_from: int,
+    shown_to: int,
 ) -> Annotation | None:
     """Frame a planted slot from the step after each store to the ret that pops it, and
     label the slot once (every ret that popped it from there), above the frame, or inside
@@ -649,7 +713,9 @@ def _frame_planted(
     x0 = first.planted_step + 1
     # Past the middle the label ends at the frame instead of starting there: it stays
     # inside the figure.
-    right = x0 > steps / 2
+    if not shown_from <= x0 < shown_to:
+        return None  # framed, but the store is outside the steps shown: no label
+    right = x0 > (shown_from + shown_to) / 2
     if y + WORD < panel.top_index and y + WORD not in framed:
         return ax.annotate(
             text,
