@@ -36,7 +36,8 @@ SHORT_HELP: dict[str, str] = {
     "check": "Check TRACE against the invariants: exit 0 if all hold, 1 if one fails.",
     "report": "Write the report of TRACE: exit 0 if every invariant holds, 1 if one fails.",
     "demo": "Record first-switch into stacktrace-lab-traces/ and write its report into "
-    "reports/first-switch/ (with --rust: the tutorial's Rust program, into first-switch-rust).",
+    "reports/first-switch/ (with --rust: the tutorial's Rust program, into first-switch-rust; "
+    "with --example NAME: that example program, into reports/NAME/).",
     "diff": "Compare trace A (the reference, e.g. a golden) with trace B.",
     "show": "Show one step of TRACE: every stack's backtrace, registers, code around rip and "
     "the stack telescope.",
