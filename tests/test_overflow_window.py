@@ -151,3 +151,26 @@ def test_the_rust_example_shows_the_392_bytes_in_a_zoom(rust_trace: Path) -> Non
     (zoom,) = [ax for ax in figure.axes if ax.get_title(loc="left").startswith("zoom on steps")]
     assert zoom.get_xlim() == (first, stop)
     assert zoom.get_ylim()[0] <= -392
+
+
+def test_who_wrote_names_a_slot_under_the_base(
+    c_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`calloc_48[-8]`, the heap chunk's header: malloc wrote 0x41 there, then printf's
+    first push on the tiny stack wrote over it (the clobbered slot the heatmap marks)."""
+    facts = derive_facts(load_trace(c_trace))
+    clobber = {
+        c.index: c
+        for c in heatmap.clobbered_slots(
+            facts, facts.meta.region(STACK), facts.meta.snapshots[BELOW]
+        )
+    }[-8]
+    assert main(["who-wrote", str(c_trace), f"{STACK}[-8]", "--step", str(clobber.step)]) == 0
+    before = capsys.readouterr().out
+    assert "holds 0x41" in before and "_int_malloc" in before
+    assert main(["who-wrote", str(c_trace), f"{STACK}[-8]", "--step", str(clobber.step + 1)]) == 0
+    after = capsys.readouterr().out
+    assert f"written at step {clobber.step} by `push" in after
+    # Below the stored window: refused in one line that says how far down it goes.
+    assert main(["who-wrote", str(c_trace), f"{STACK}[-520]"]) == 2
+    assert "indices -512 to 40" in capsys.readouterr().err

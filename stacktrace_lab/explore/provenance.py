@@ -35,6 +35,7 @@ from ..analysis.decoded import (
 from ..arch import REGISTERS, WORD
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region, slot_name
+from ..trace.format import overflow_key
 from ..trace.reader import Trace
 from .memory import AccessLog, flatten_accesses, memory_before
 from .rows import (
@@ -97,10 +98,14 @@ def parse_slot(trace: Trace, text: str, size: int = WORD) -> SlotRef:
             index = int(index_text, 0)
         except ValueError:
             raise BadInput(f"{trace.path}: bad slot '{text}': the index must be a number") from None
-        if not 0 <= index <= region.size - size:
+        # Under the base too, as far as the trace stores what an overflow reached there
+        # (`<stack>__below`, docs/trace-format.md): `calloc_48[-8]`, a heap chunk's header.
+        below = meta.snapshots.get(overflow_key(region.name))
+        lowest = below.base - region.base if below is not None else 0
+        if not lowest <= index <= region.size - size:
             raise BadInput(
                 f"{trace.path}: slot '{text}' is outside {region.name} "
-                f"(indices 0 to {region.size - size} for {size} bytes)"
+                f"(indices {lowest} to {region.size - size} for {size} bytes)"
             )
         return SlotRef(region.base + index, size, region)
     try:
