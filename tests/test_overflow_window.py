@@ -174,3 +174,21 @@ def test_who_wrote_names_a_slot_under_the_base(
     # Below the stored window: refused in one line that says how far down it goes.
     assert main(["who-wrote", str(c_trace), f"{STACK}[-520]"]) == 2
     assert "indices -512 to 40" in capsys.readouterr().err
+
+
+def test_show_telescopes_the_slots_under_the_base(
+    c_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While printf runs on the heap under the 48-byte stack, `show` lists the slots
+    around rsp there (negative indexes) instead of "rsp is in no stack region"."""
+    facts = derive_facts(load_trace(c_trace))
+    stack = facts.meta.region(STACK)
+    k = facts.stacks.index(stack)
+    under = (facts.rsp_owner == k) & (facts.rsp < stack.base)
+    step = int(under.nonzero()[0][0])
+    index = int(facts.rsp[step]) - stack.base
+    assert main(["show", str(c_trace), "--step", str(step)]) == 0
+    out = capsys.readouterr().out
+    assert "is in no stack region" not in out
+    assert f"stack {STACK}: " in out and f"rsp = {STACK}[{index}]" in out
+    assert f" {index - index % 8} " in out  # rsp's own slot is listed

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..arch import WORD
 from ..layout import SENTINEL_RETURN, Region
 from ..symbols import LabelTable
-from ..trace.format import TraceMetadata
+from ..trace.format import TraceMetadata, overflow_key
 from ..trace.reader import Trace
 from .memory import memory_before, snapshot_before
 from .rows import Instruction, check_step, instructions_at, row_at
@@ -79,6 +79,16 @@ def active_stack(meta: TraceMetadata, rsp: int) -> Region | None:
     return None
 
 
+def overflowed_stack(meta: TraceMetadata, rsp: int) -> tuple[Region, int] | None:
+    """(stack, lowest address stored) when rsp is under a stack's base, inside the bytes
+    the trace stores of that stack's overflow (`<stack>__below`, docs/trace-format.md)."""
+    for region in meta.stacks:
+        below = meta.snapshots.get(overflow_key(region.name))
+        if below is not None and below.base <= rsp < region.base:
+            return region, below.base
+    return None
+
+
 def slot_span(region: Region, rsp: int, around_rsp: bool) -> tuple[int, int]:
     """The byte range (lo, hi) of the slots to show, 8-byte aligned within the region."""
     first = region.base - region.base % WORD
@@ -96,19 +106,31 @@ def telescope(
 ) -> Telescope | None:
     """The slots of `region` (default: the stack rsp is in) before the instruction at `step`.
 
-    None when no region is given and rsp is in no stack region.
+    None when no region is given and rsp is in no stack region, nor under a stack's
+    base where the trace stores that stack's overflow.
     """
     meta = trace.metadata
     check_step(trace, step)
     rsp = row_at(trace, step).rsp
     region = region or active_stack(meta, rsp)
-    if region is None:
+    overflow = overflowed_stack(meta, rsp) if region is None else None
+    if overflow is not None:
+        # rsp ran off a stack through its base: the slots around it, under the base
+        # (negative indexes) up into the stack, as far down as the trace stores them.
+        region, floor = overflow
+        at = rsp - rsp % WORD
+        lo = max(at - SLOTS_BELOW_RSP * WORD, floor)
+        hi = min(at + SLOTS_FROM_RSP * WORD, region.top)
+    elif region is None:
         return None
-    lo, hi = slot_span(region, rsp, around_rsp)
+    else:
+        lo, hi = slot_span(region, rsp, around_rsp)
     history = memory_before(trace, lo, hi, step)
     values = bytearray(history.values.tobytes())
-    snapshot = snapshot_before(trace, region.name, step)
-    if snapshot is not None:
+    for key in (region.name, overflow_key(region.name)):
+        snapshot = snapshot_before(trace, key, step)
+        if snapshot is None:
+            continue
         base, data = snapshot
         first, last = max(lo, base), min(hi, base + len(data))
         if first < last:
