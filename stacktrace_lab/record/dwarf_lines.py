@@ -48,6 +48,11 @@ class _Unit:
     files: dict[int, str]
 
 
+#: One unit's rows: sorted addresses, and (file number, line) at each (line 0: a
+#: sequence's end), with the unit's file names.
+_Rows = tuple[list[int], list[tuple[int, int]], dict[int, str]]
+
+
 class LineIndex:
     """One ELF file's line table, relocated to `load_base`, decoded lazily by unit.
 
@@ -57,39 +62,75 @@ class LineIndex:
     def __init__(self, path: Path, load_base: int) -> None:
         self.path = path
         self.load_base = load_base
-        with path.open("rb") as f:
-            elf = ELFFile(f)
-            self._dwarf = elf.get_dwarf_info() if elf.has_dwarf_info() else None
-            self._addr_size = 8 if elf.elfclass == 64 else 4
         #: (low, high, unit) from .debug_aranges, by low address; None: no aranges.
         self._ranges: list[tuple[int, int, int]] | None = None
         #: The highest `high` of the ranges up to each index (covering lookups stop early).
         self._reach: list[int] = []
         self._lows: list[int] = []
-        self._decoded: dict[int, tuple[list[int], list[SourceLine]]] = {}
+        self._decoded: dict[int, _Rows] = {}
+        self._rows: dict[tuple[int, int], SourceLine] = {}
         self._whole: tuple[list[int], list[SourceLine]] | None = None
+        self._dwarf_info: Any = None
         self._section = b""
-        if self._dwarf is not None:
-            line_section = self._dwarf.debug_line_sec
-            if line_section is not None:
-                stream = line_section.stream
-                stream.seek(0)
-                self._section = stream.read()
-            self._read_aranges()
+        with path.open("rb") as f:
+            elf = ELFFile(f)
+            self.has_lines = bool(elf.get_section_by_name(".debug_line"))
+            self._addr_size = 8 if elf.elfclass == 64 else 4
+            aranges = elf.get_section_by_name(".debug_aranges")
+            if self.has_lines and aranges is not None:
+                self._read_aranges(aranges.data())
+
+    @property
+    def _dwarf(self) -> Any:
+        """pyelftools' DWARF reader, opened the first time a unit is decoded: it reads
+        every debug section (libc's .debug_info is 6 MiB), which --from main often
+        never needs for the loader."""
+        if self._dwarf_info is None:
+            with self.path.open("rb") as f:
+                # Relocations apply to object files only; a program's or a debug
+                # file's DWARF is final (and looking for them costs 30 ms on libc's).
+                self._dwarf_info = ELFFile(f).get_dwarf_info(relocate_dwarf_sections=False)
+                line_section = self._dwarf_info.debug_line_sec
+                if line_section is not None:
+                    line_section.stream.seek(0)
+                    self._section = line_section.stream.read()
+        return self._dwarf_info
 
     # --- which unit covers an address -----------------------------------------------
 
-    def _read_aranges(self) -> None:
-        assert self._dwarf is not None
-        aranges = self._dwarf.get_aranges()
-        if aranges is None:
-            return  # no index (clang's default): the whole table on the first question
+    def _read_aranges(self, data: bytes) -> None:
+        """.debug_aranges (DWARF 5, 6.1.2): sets of (address, length) per unit."""
         base = self.load_base
-        ranges = sorted(
-            (base + e.begin_addr, base + e.begin_addr + e.length, e.info_offset)
-            for e in aranges.entries
-            if e.length > 0
-        )
+        ranges: list[tuple[int, int, int]] = []
+        pos = 0
+        while pos + 4 <= len(data):
+            length = int.from_bytes(data[pos : pos + 4], "little")
+            offset_size = 4
+            if length == 0xFFFFFFFF:  # 64-bit DWARF
+                length = int.from_bytes(data[pos + 4 : pos + 12], "little")
+                offset_size, pos = 8, pos + 8
+            header = pos + 4
+            end = header + length
+            if length < 2 + offset_size + 2 or end > len(data):
+                raise BadInput(f"{self.path}: malformed .debug_aranges")
+            unit = int.from_bytes(data[header + 2 : header + 2 + offset_size], "little")
+            addr_size = data[header + 2 + offset_size]
+            if addr_size not in (4, 8):
+                raise BadInput(f"{self.path}: malformed .debug_aranges")
+            # The pairs start at a multiple of twice the address size from the set.
+            first = header + 2 + offset_size + 2
+            pair = 2 * addr_size
+            at = pos + -(-(first - pos) // pair) * pair
+            while at + pair <= end:
+                low = int.from_bytes(data[at : at + addr_size], "little")
+                size = int.from_bytes(data[at + addr_size : at + pair], "little")
+                at += pair
+                if low == 0 and size == 0:
+                    break
+                if size > 0:
+                    ranges.append((base + low, base + low + size, unit))
+            pos = end
+        ranges.sort()
         reach, highest = [], 0
         for _low, high, _unit in ranges:
             highest = max(highest, high)
@@ -115,7 +156,7 @@ class LineIndex:
     def nearest(self, addr: int) -> SourceLine | None:
         """The whole table's row at or below `addr` (line 0 there: "no line from
         here"), or None when it has none."""
-        if self._dwarf is None:
+        if not self.has_lines:
             return None
         if self._ranges is None:
             return _nearest_in(self._all(), addr)
@@ -124,64 +165,71 @@ class LineIndex:
             # Outside every unit's ranges: the whole table's row below is the
             # end of the sequence before (line 0), where the last range ends.
             return SourceLine(gap, "", 0) if gap is not None else None
-        best: tuple[int, int, int, SourceLine] | None = None
+        best: tuple[int, bool, int, int] | None = None
         for unit in units:
-            addrs, rows = self._unit_rows(unit)
+            addrs, values, _files = self._unit_rows(unit)
             k = bisect.bisect_right(addrs, addr) - 1
             if k >= 0:
-                row = rows[k]
                 # Where units share an address, the whole table keeps the later
                 # unit's real row, and a sequence's end only where no row is.
-                rank = (row.addr, row.line > 0, unit, row)
+                rank = (addrs[k], values[k][1] > 0, unit, k)
                 if best is None or rank[:3] > best[:3]:
                     best = rank
         if best is None:
             # A range with no row at its start: the index does not match the
             # line programs, so ask the whole table.
             return _nearest_in(self._all(), addr)
-        return best[3]
+        return self._row(best[2], best[3])
+
+    def _row(self, unit: int, k: int) -> SourceLine:
+        row = self._rows.get((unit, k))
+        if row is None:
+            addrs, values, files = self._decoded[unit]
+            file, line = values[k]
+            row = SourceLine(addrs[k], files.get(file, "?") if line > 0 else "", line)
+            self._rows[unit, k] = row
+        return row
 
     def all_rows(self) -> tuple[SourceLine, ...]:
         """Every row, merged as the whole table is (each address once)."""
-        if self._dwarf is None:
-            return ()
-        return tuple(self._all()[1])
+        return tuple(self._all()[1]) if self.has_lines else ()
 
     def _all(self) -> tuple[list[int], list[SourceLine]]:
         if self._whole is None:
-            assert self._dwarf is not None
             merged: dict[int, SourceLine] = {}
             for cu in self._dwarf.iter_CUs():
-                for row in self._unit_rows(cu.cu_offset)[1]:
-                    if row.line > 0 or row.addr not in merged:
-                        merged[row.addr] = row
+                unit = cu.cu_offset
+                addrs, values, _files = self._unit_rows(unit)
+                for k, (addr, (_file, line)) in enumerate(zip(addrs, values, strict=True)):
+                    if line > 0 or addr not in merged:
+                        merged[addr] = self._row(unit, k)
             rows = [merged[a] for a in sorted(merged)]
             self._whole = ([r.addr for r in rows], rows)
         return self._whole
 
     # --- decoding ----------------------------------------------------------------------
 
-    def _unit_rows(self, unit: int) -> tuple[list[int], list[SourceLine]]:
+    def _unit_rows(self, unit: int) -> _Rows:
         found = self._decoded.get(unit)
         if found is None:
             found = self._decoded[unit] = self._decode_unit(unit)
         return found
 
-    def _decode_unit(self, unit: int) -> tuple[list[int], list[SourceLine]]:
-        assert self._dwarf is not None
+    def _decode_unit(self, unit: int) -> _Rows:
         try:
-            cu = self._dwarf.get_CU_at(unit)
-            program = self._dwarf.line_program_for_CU(cu)
+            dwarf = self._dwarf
+            program = dwarf.line_program_for_CU(dwarf.get_CU_at(unit))
             if program is None:
-                return [], []
-            rows = decode(self._section, _unit_of(program), self.load_base, self._addr_size)
+                return [], [], {}
+            header = _unit_of(program)
+            rows = decode(self._section, header, self.load_base, self._addr_size)
         except (BadInput, MemoryError):
             raise
         except Exception as exc:
             # pyelftools raises many types on a corrupt header; as for the whole table.
             raise BadInput(f"{self.path}: malformed DWARF line table: {exc}") from None
-        ordered = sorted(rows.values(), key=lambda r: r.addr)
-        return [r.addr for r in ordered], ordered
+        addrs = sorted(rows)
+        return addrs, [rows[a] for a in addrs], header.files
 
 
 def _nearest_in(table: tuple[list[int], list[SourceLine]], addr: int) -> SourceLine | None:
@@ -204,12 +252,16 @@ def _unit_of(program: Any) -> _Unit:
     )
 
 
-def decode(data: bytes, unit: _Unit, load_base: int, addr_size: int) -> dict[int, SourceLine]:
-    """One line program's rows by address: within it, a later real row replaces an
-    earlier one at the same address, and a sequence's end (line 0) fills only an
-    address no row has, as in the whole table (elf.line_table)."""
-    rows: dict[int, SourceLine] = {}
-    files = unit.files
+#: A sequence's end in `decode`'s rows: no file, line 0.
+_END = (0, 0)
+
+
+def decode(data: bytes, unit: _Unit, load_base: int, addr_size: int) -> dict[int, tuple[int, int]]:
+    """One line program's rows: address -> (file number, line). Within it a later
+    real row replaces an earlier one at the same address, and a sequence's end
+    (line 0) fills only an address no row has, as in the whole table. A file
+    the program defines (DW_LNE_define_file) is added to `unit.files`."""
+    rows: dict[int, tuple[int, int]] = {}
     opcode_base, line_range, line_base = unit.opcode_base, unit.line_range, unit.line_base
     min_length = unit.min_length
     if line_range == 0:
@@ -234,8 +286,7 @@ def decode(data: bytes, unit: _Unit, load_base: int, addr_size: int) -> dict[int
             address += advance[op]
             line += step[op]
             if line > 0:
-                at = load_base + address
-                rows[at] = SourceLine(at, files.get(file, "?"), line)
+                rows[load_base + address] = (file, line)
         elif op == 0:
             length, pos = _uleb(data, pos)
             next_pos = pos + length
@@ -243,23 +294,19 @@ def decode(data: bytes, unit: _Unit, load_base: int, addr_size: int) -> dict[int
                 raise BadInput("an extended opcode runs past its line program")
             ex = data[pos]
             if ex == LNE_END_SEQUENCE:
-                at = load_base + address
-                rows.setdefault(at, SourceLine(at, "", 0))
+                rows.setdefault(load_base + address, _END)
                 address, file, line = 0, 1, 1
             elif ex == LNE_SET_ADDRESS:
                 address = int.from_bytes(data[pos + 1 : pos + 1 + addr_size], "little")
             elif ex == LNE_DEFINE_FILE:
                 # DWARF 2-4: a file added to the table (a name, then three ULEBs).
                 name_end = data.index(b"\0", pos + 1)
-                files = {
-                    **files,
-                    len(files) + 1: data[pos + 1 : name_end].decode("utf-8", "replace"),
-                }
+                name = data[pos + 1 : name_end].decode("utf-8", "replace")
+                unit.files[len(unit.files) + 1] = name
             pos = next_pos
         elif op == LNS_COPY:
             if line > 0:
-                at = load_base + address
-                rows[at] = SourceLine(at, files.get(file, "?"), line)
+                rows[load_base + address] = (file, line)
         elif op == LNS_ADVANCE_PC:
             value, pos = _uleb(data, pos)
             address += value * min_length
