@@ -160,7 +160,7 @@ def describe_elf(
             "to": to_symbol,
             **({"allow_read": [str(p) for p in view.allowed]} if view.allowed else {}),
             # Every file the program read (its libraries): replay checks them.
-            **({"files": view.metadata()} if view.files else {}),
+            **({"files": view.metadata()} if view.files or view.dirs else {}),
         },
         extents=stack_extents(evidence, [*found, main_stack]),
     )
