@@ -221,7 +221,7 @@ class LineIndex:
             program = dwarf.line_program_for_CU(dwarf.get_CU_at(unit))
             if program is None:
                 return [], [], {}
-            header = _unit_of(program)
+            header = unit_of(program)
             rows = decode(self._section, header, self.load_base, self._addr_size)
         except (BadInput, MemoryError):
             raise
@@ -238,7 +238,7 @@ def _nearest_in(table: tuple[list[int], list[SourceLine]], addr: int) -> SourceL
     return rows[k] if k >= 0 else None
 
 
-def _unit_of(program: Any) -> _Unit:
+def unit_of(program: Any) -> _Unit:
     header = program.header
     return _Unit(
         start=program.program_start_offset,
