@@ -15,8 +15,9 @@ if TYPE_CHECKING:  # the recorder and the report: imported when the command runs
     from ..record.recorder import Recording
 
 DEMO_SCENARIO = "first-switch"
-#: The Rust demo: examples/first_switch.rs, rustc -O -g with +crt-static (a static-pie).
-RUST_BUILD = "rust-static-pie"
+#: The Rust demo: examples/first_switch.rs as a new user builds it, plain `rustc -g`:
+#: dynamically linked against the host's libc (issue 21).
+RUST_BUILD = "rust-dynamic"
 RUST_NAME = "first-switch-rust"
 
 
@@ -45,10 +46,21 @@ def demo_command(rust: bool) -> int:
         name = scenario.name
     meta = recording.metadata
     click.echo(f"recorded {recording.path}: {meta.steps} steps, stopped: {meta.stop.reason}")
+    if rust:
+        click.echo(_pinned_libraries(meta.options.get("files") or []))
     report = build_report(load_trace(recording.path), config.reports_dir / name)
     print_written(report)
     click.echo(f"open {report.directory / 'index.html'} in a browser")
     return report.check.exit_status
+
+
+def _pinned_libraries(files: list[dict[str, object]]) -> str:
+    """What a dynamically linked program's trace depends on, said once."""
+    names = ", ".join(Path(str(f.get("path"))).name for f in files if f.get("kind") is None)
+    return (
+        f"the trace pins this machine's libraries by sha256 ({names}): `replay` works "
+        "here, and on a machine whose libraries differ it refuses, naming the file"
+    )
 
 
 def _record_rust(record_dir: Path) -> Recording:
@@ -58,9 +70,9 @@ def _record_rust(record_dir: Path) -> Recording:
     from ..record.elf_front import record_elf
 
     program = build_example(RUST_BUILD, record_dir)
-    click.echo(f"built {program} with rustc")
-    # Recording from main: the start-up of Rust's std (36,000 steps) is
-    # not what the example is about.
+    click.echo(f"built {program} with rustc -g (dynamically linked)")
+    # Recording from main: the loader, libc's and Rust's std start-up
+    # (156,000 steps) are not what the example is about.
     return record_elf(
         program, record_dir / f"{RUST_NAME}.parquet", from_symbol="main", name=RUST_NAME
     )
