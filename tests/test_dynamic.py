@@ -585,16 +585,18 @@ def test_lines_read_by_unit_are_the_whole_tables(programs: dict[str, Path], buil
 
 
 def test_libc_debug_file_units_decode_as_pyelftools_does() -> None:
-    """Every 40th unit of glibc's debug file (DWARF 5, compressed sections)."""
+    """Every 40th unit of glibc's debug file (DWARF 5, compressed sections): its
+    header and its rows."""
     from elftools.elf.elffile import ELFFile
 
     from stacktrace_lab.record import dynamic
-    from stacktrace_lab.record.dwarf_lines import decode, file_names, unit_of
+    from stacktrace_lab.record.dwarf_lines import LineIndex, decode, file_names, unit_of
 
     libc = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
     debug = dynamic.debug_file(libc) if libc.is_file() else None
     if debug is None:
         pytest.skip("libc's separate debug file is not installed (Debian: libc6-dbg)")
+    index = LineIndex(debug, 0)
     with debug.open("rb") as f:
         dwarf = ELFFile(f).get_dwarf_info()
         section = dwarf.debug_line_sec.stream.getvalue()
@@ -603,6 +605,8 @@ def test_libc_debug_file_units_decode_as_pyelftools_does() -> None:
             if program is None:
                 continue
             files = file_names(program)
+            # The header read directly is pyelftools' (file names included).
+            assert index._header(cu.cu_offset) == unit_of(program)
             expected: dict[int, tuple[int, int]] = {}
             for entry in program.get_entries():
                 state = entry.state

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ class LineIndex:
         self._whole: tuple[list[int], list[SourceLine]] | None = None
         self._dwarf_info: Any = None
         self._section = b""
+        #: Debug sections by name, read (and decompressed) the first time one is needed.
+        self._sections: dict[str, bytes] = {}
         with path.open("rb") as f:
             elf = ELFFile(f)
             self.has_lines = bool(elf.get_section_by_name(".debug_line"))
@@ -217,19 +220,64 @@ class LineIndex:
 
     def _decode_unit(self, unit: int) -> _Rows:
         try:
+            header = self._header(unit)
+        except (BadInput, MemoryError):
+            raise
+        except Exception:
+            # A form this reader does not know (or damage): pyelftools decides.
+            header = self._header_by_pyelftools(unit)
+        if header is None:
+            return [], [], {}
+        try:
+            rows = decode(
+                self._section_named(".debug_line"), header, self.load_base, self._addr_size
+            )
+        except (BadInput, MemoryError):
+            raise
+        except Exception as exc:
+            raise BadInput(f"{self.path}: malformed DWARF line table: {exc}") from None
+        addrs = sorted(rows)
+        return addrs, [rows[a] for a in addrs], header.files
+
+    def _section_named(self, name: str) -> bytes:
+        found = self._sections.get(name)
+        if found is None:
+            with self.path.open("rb") as f:
+                section = ELFFile(f).get_section_by_name(name)
+                found = bytes(section.data()) if section is not None else b""
+            self._sections[name] = found
+        return found
+
+    def _header(self, unit: int) -> _Unit | None:
+        """The unit's line program header, read directly: its DW_AT_stmt_list from
+        the unit's first entry, then the header (pyelftools takes 3 ms a unit)."""
+        offset = stmt_list(
+            self._section_named(".debug_info"), self._section_named(".debug_abbrev"), unit
+        )
+        if offset is None:
+            return None
+        return line_header(
+            self._section_named(".debug_line"),
+            offset,
+            lambda at: _cstring(self._section_named(".debug_line_str"), at),
+            lambda at: _cstring(self._section_named(".debug_str"), at),
+        )
+
+    def _header_by_pyelftools(self, unit: int) -> _Unit | None:
+        try:
             dwarf = self._dwarf
             program = dwarf.line_program_for_CU(dwarf.get_CU_at(unit))
             if program is None:
-                return [], [], {}
+                return None
             header = unit_of(program)
-            rows = decode(self._section, header, self.load_base, self._addr_size)
         except (BadInput, MemoryError):
             raise
         except Exception as exc:
             # pyelftools raises many types on a corrupt header; as for the whole table.
             raise BadInput(f"{self.path}: malformed DWARF line table: {exc}") from None
-        addrs = sorted(rows)
-        return addrs, [rows[a] for a in addrs], header.files
+        if self._section_named(".debug_line") != self._section:
+            raise BadInput(f"{self.path}: .debug_line read twice differently")
+        return header
 
 
 def _nearest_in(table: tuple[list[int], list[SourceLine]], addr: int) -> SourceLine | None:
@@ -326,6 +374,214 @@ def decode(data: bytes, unit: _Unit, load_base: int, addr_size: int) -> dict[int
             for _ in range(lengths[op - 1] if op - 1 < len(lengths) else 0):
                 _value, pos = _uleb(data, pos)
     return rows
+
+
+# --- reading a unit's headers directly (DWARF 2-5) --------------------------------------
+
+DW_AT_STMT_LIST = 0x10
+#: Forms of a fixed size: 0 = the offset size (4 or 8), -1 = the address size.
+_FIXED_FORMS = {
+    0x01: -1, 0x05: 2, 0x06: 4, 0x07: 8, 0x0B: 1, 0x0C: 1, 0x0E: 0, 0x11: 1, 0x12: 2,
+    0x13: 4, 0x14: 8, 0x17: 0, 0x19: 0, 0x1C: 4, 0x1D: 0, 0x1E: 16, 0x1F: 0, 0x20: 8,
+    0x21: 0, 0x24: 8, 0x25: 1, 0x26: 2, 0x27: 3, 0x28: 4, 0x29: 1, 0x2A: 2, 0x2B: 3,
+    0x2C: 4, 0x1F20: 0, 0x1F21: 0,
+}  # fmt: skip
+#: Forms whose value is one ULEB128.
+_ULEB_FORMS = {0x0F, 0x15, 0x1A, 0x1B, 0x22, 0x23, 0x1F01, 0x1F02}
+_BLOCK_FORMS = {0x03: 2, 0x04: 4, 0x0A: 1}  # block2, block4, block1: the length's size
+
+
+class _Unknown(Exception):
+    """A form or layout this reader does not handle (pyelftools is asked instead)."""
+
+
+def _int(data: bytes, pos: int, size: int) -> int:
+    if pos + size > len(data):
+        raise _Unknown("past the section's end")
+    return int.from_bytes(data[pos : pos + size], "little")
+
+
+def _skip_form(data: bytes, pos: int, form: int, addr_size: int, offset_size: int) -> int:
+    size = _FIXED_FORMS.get(form)
+    if size is not None:
+        return pos + (offset_size if size == 0 else addr_size if size < 0 else size)
+    if form in _ULEB_FORMS or form == 0x0D:  # sdata skips as a ULEB does
+        return _uleb(data, pos)[1]
+    if form in _BLOCK_FORMS:
+        length = _int(data, pos, _BLOCK_FORMS[form])
+        return pos + _BLOCK_FORMS[form] + length
+    if form in (0x09, 0x18):  # block, exprloc: a ULEB length
+        length, pos = _uleb(data, pos)
+        return pos + length
+    if form == 0x08:  # string
+        return data.index(b"\0", pos) + 1
+    if form == 0x10:  # ref_addr: the address size in DWARF 2, else the offset size
+        return pos + offset_size
+    if form == 0x16:  # indirect: the form comes first
+        form, pos = _uleb(data, pos)
+        return _skip_form(data, pos, form, addr_size, offset_size)
+    raise _Unknown(f"form {form:#x}")
+
+
+def stmt_list(info: bytes, abbrev: bytes, unit: int) -> int | None:
+    """DW_AT_stmt_list of the unit at `unit` in .debug_info (where its line program
+    is in .debug_line), or None when the unit has none."""
+    length = _int(info, unit, 4)
+    offset_size, pos = 4, unit + 4
+    if length == 0xFFFFFFFF:
+        length, offset_size, pos = _int(info, unit + 4, 8), 8, unit + 12
+    version = _int(info, pos, 2)
+    pos += 2
+    if version >= 5:
+        unit_type, addr_size = info[pos], info[pos + 1]
+        abbrev_at = _int(info, pos + 2, offset_size)
+        pos += 2 + offset_size
+        pos += {4: 8, 5: 8, 2: 8 + offset_size, 6: 8 + offset_size}.get(unit_type, 0)
+    elif version >= 2:
+        abbrev_at = _int(info, pos, offset_size)
+        addr_size = info[pos + offset_size]
+        pos += offset_size + 1
+    else:
+        raise _Unknown(f"DWARF version {version}")
+    code, pos = _uleb(info, pos)
+    if code == 0:
+        return None
+    specs = _abbreviation(abbrev, abbrev_at, code)
+    for attribute, form in specs:
+        if attribute == DW_AT_STMT_LIST:
+            if form in (0x17, 0x06):  # sec_offset; data4 (DWARF 2-3)
+                return _int(info, pos, offset_size if form == 0x17 else 4)
+            if form == 0x07:
+                return _int(info, pos, 8)
+            raise _Unknown(f"stmt_list as form {form:#x}")
+        pos = _skip_form(info, pos, form, addr_size, offset_size)
+    return None
+
+
+def _abbreviation(abbrev: bytes, pos: int, code: int) -> list[tuple[int, int]]:
+    """The (attribute, form) pairs of abbreviation `code` in the table at `pos`."""
+    while True:
+        found, pos = _uleb(abbrev, pos)
+        if found == 0:
+            raise _Unknown(f"no abbreviation {code}")
+        _tag, pos = _uleb(abbrev, pos)
+        pos += 1  # has children
+        specs: list[tuple[int, int]] = []
+        while True:
+            attribute, pos = _uleb(abbrev, pos)
+            form, pos = _uleb(abbrev, pos)
+            if attribute == 0 and form == 0:
+                break
+            if form == 0x21:  # implicit_const: its value is here, not in the entry
+                _value, pos = _sleb(abbrev, pos)
+            specs.append((attribute, form))
+        if found == code:
+            return specs
+
+
+def line_header(
+    line: bytes,
+    offset: int,
+    line_str: Callable[[int], str],
+    debug_str: Callable[[int], str],
+) -> _Unit:
+    """The line program header at `offset` in .debug_line (DWARF 2-5, 6.2.4), with
+    its file names as `file_names` gives them."""
+    length = _int(line, offset, 4)
+    offset_size, pos = 4, offset + 4
+    if length == 0xFFFFFFFF:
+        length, offset_size, pos = _int(line, offset + 4, 8), 8, offset + 12
+    end = pos + length
+    version = _int(line, pos, 2)
+    pos += 2
+    if version >= 5:
+        pos += 2  # address_size, segment_selector_size
+    header_length = _int(line, pos, offset_size)
+    pos += offset_size
+    start = pos + header_length
+    min_length = line[pos]
+    pos += 2 if version >= 4 else 1  # maximum_operations_per_instruction from DWARF 4
+    pos += 1  # default_is_stmt
+    line_base = line[pos] - 256 if line[pos] >= 128 else line[pos]
+    line_range, opcode_base = line[pos + 1], line[pos + 2]
+    pos += 3
+    lengths = tuple(line[pos : pos + opcode_base - 1])
+    pos += opcode_base - 1
+    names: dict[int, str] = {}
+    if version < 5:
+        dirs: list[str] = []
+        while line[pos] != 0:
+            text_end = line.index(b"\0", pos)
+            dirs.append(line[pos:text_end].decode("utf-8", "replace"))
+            pos = text_end + 1
+        pos += 1
+        number = 1
+        while line[pos] != 0:
+            text_end = line.index(b"\0", pos)
+            name = line[pos:text_end].decode("utf-8", "replace")
+            dir_index, pos = _uleb(line, text_end + 1)
+            _mtime, pos = _uleb(line, pos)
+            _size, pos = _uleb(line, pos)
+            directory = dirs[dir_index - 1] if 0 < dir_index <= len(dirs) else ""
+            names[number] = _joined(directory, name)
+            number += 1
+    else:
+        strings = {0x08: None, 0x1F: line_str, 0x0E: debug_str}
+
+        def entries(pos: int) -> tuple[list[dict[int, object]], int]:
+            count = line[pos]
+            pos += 1
+            formats = []
+            for _ in range(count):
+                kind, pos = _uleb(line, pos)
+                form, pos = _uleb(line, pos)
+                formats.append((kind, form))
+            total, pos = _uleb(line, pos)
+            found = []
+            for _ in range(total):
+                values: dict[int, object] = {}
+                for kind, form in formats:
+                    if form in strings:
+                        reader = strings[form]
+                        if reader is None:
+                            text_end = line.index(b"\0", pos)
+                            values[kind] = line[pos:text_end].decode("utf-8", "replace")
+                            pos = text_end + 1
+                        else:
+                            values[kind] = reader(_int(line, pos, offset_size))
+                            pos += offset_size
+                    elif form in (0x0F, 0x0B, 0x05, 0x06, 0x07):
+                        if form == 0x0F:
+                            values[kind], pos = _uleb(line, pos)
+                        else:
+                            size = {0x0B: 1, 0x05: 2, 0x06: 4, 0x07: 8}[form]
+                            values[kind], pos = _int(line, pos, size), pos + size
+                    else:
+                        pos = _skip_form(line, pos, form, 8, offset_size)
+                        if kind in (1, 2):  # a path or directory index in a form not read
+                            raise _Unknown(f"a file entry's form {form:#x}")
+                found.append(values)
+            return found, pos
+
+        dir_entries, pos = entries(pos)
+        dirs = [str(d.get(1, "")) for d in dir_entries]
+        file_entries, pos = entries(pos)
+        for number, entry in enumerate(file_entries):
+            dir_index = int(entry.get(2, 0))  # type: ignore[call-overload]
+            directory = dirs[dir_index] if 0 < dir_index < len(dirs) else ""
+            names[number] = _joined(directory, str(entry.get(1, "")))
+    if line_range == 0 or start > end or end > len(line):
+        raise _Unknown("an implausible header")
+    return _Unit(start, end, min_length, line_base, line_range, opcode_base, lengths, names)
+
+
+def _joined(directory: str, name: str) -> str:
+    return name if name.startswith("/") or not directory else f"{directory.rstrip('/')}/{name}"
+
+
+def _cstring(data: bytes, at: int) -> str:
+    end = data.index(b"\0", at)
+    return data[at:end].decode("utf-8", "replace")
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
