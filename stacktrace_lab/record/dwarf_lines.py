@@ -22,12 +22,14 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from elftools.elf.elffile import ELFFile
 
 from ..errors import BadInput
 from ..trace.format import SourceLine
+
+_T = TypeVar("_T")
 
 # Standard opcodes (DWARF 5, 6.2.5.2) and extended ones (6.2.5.3).
 LNS_COPY, LNS_ADVANCE_PC, LNS_ADVANCE_LINE, LNS_SET_FILE = 1, 2, 3, 4
@@ -69,7 +71,12 @@ class LineIndex:
         self._reach: list[int] = []
         self._lows: list[int] = []
         self._decoded: dict[int, _Rows] = {}
-        self._rows: dict[tuple[int, int], SourceLine] = {}
+        self._rows: dict[tuple[int, int, int], SourceLine] = {}
+        #: Large units: their sequences (first address, start, end in .debug_line),
+        #: and the rows of those decoded, by (unit, sequence).
+        self._sequences: dict[int, list[tuple[int, int, int]]] = {}
+        self._pieces: dict[tuple[int, int], _Rows] = {}
+        self._headers: dict[int, _Unit | None] = {}
         self._whole: tuple[list[int], list[SourceLine]] | None = None
         self._dwarf_info: Any = None
         self._section = b""
@@ -168,29 +175,61 @@ class LineIndex:
             # Outside every unit's ranges: the whole table's row below is the
             # end of the sequence before (line 0), where the last range ends.
             return SourceLine(gap, "", 0) if gap is not None else None
-        best: tuple[int, bool, int, int] | None = None
+        best: tuple[int, bool, int, tuple[int, int], int] | None = None
         for unit in units:
-            addrs, values, _files = self._unit_rows(unit)
+            piece = self._piece(unit, addr)
+            addrs, values, _files = self._rows_of(piece)
             k = bisect.bisect_right(addrs, addr) - 1
             if k >= 0:
                 # Where units share an address, the whole table keeps the later
                 # unit's real row, and a sequence's end only where no row is.
-                rank = (addrs[k], values[k][1] > 0, unit, k)
+                rank = (addrs[k], values[k][1] > 0, unit, piece, k)
                 if best is None or rank[:3] > best[:3]:
                     best = rank
         if best is None:
             # A range with no row at its start: the index does not match the
             # line programs, so ask the whole table.
             return _nearest_in(self._all(), addr)
-        return self._row(best[2], best[3])
+        return self._row(best[3], best[4])
 
-    def _row(self, unit: int, k: int) -> SourceLine:
-        row = self._rows.get((unit, k))
+    def _rows_of(self, piece: tuple[int, int]) -> _Rows:
+        unit, sequence = piece
+        return self._unit_rows(unit) if sequence < 0 else self._pieces[piece]
+
+    def _piece(self, unit: int, addr: int) -> tuple[int, int]:
+        """Where `addr`'s rows are: (unit, -1) for a unit decoded whole, or (unit,
+        sequence) for one sequence of a large unit (Rust's std is 290 KB of line
+        program; a run needs a few of its 1,200 sequences)."""
+        sequences = self._sequences.get(unit)
+        if sequences is None:
+            header = self._header_of(unit)
+            sequences = []
+            if header is not None and header.end - header.start >= SPLIT_BYTES:
+                program, line = header, self._section_named(".debug_line")
+                sequences = self._decoding(lambda: skim(line, program))
+            self._sequences[unit] = sequences
+        # The sequence starting last at or below `addr` (sequences do not overlap).
+        i = bisect.bisect_right(sequences, (addr - self.load_base, 1 << 64)) - 1
+        if i < 0:
+            return unit, -1
+        if (unit, i) not in self._pieces:
+            _first, start, end = sequences[i]
+            header = self._header_of(unit)
+            assert header is not None
+            part = _Unit(start, end, *header_rest(header))
+            line = self._section_named(".debug_line")
+            rows = self._decoding(lambda: decode(line, part, self.load_base, self._addr_size))
+            addrs = sorted(rows)
+            self._pieces[unit, i] = (addrs, [rows[a] for a in addrs], part.files)
+        return unit, i
+
+    def _row(self, piece: tuple[int, int], k: int) -> SourceLine:
+        row = self._rows.get((*piece, k))
         if row is None:
-            addrs, values, files = self._decoded[unit]
+            addrs, values, files = self._rows_of(piece)
             file, line = values[k]
             row = SourceLine(addrs[k], files.get(file, "?") if line > 0 else "", line)
-            self._rows[unit, k] = row
+            self._rows[(*piece, k)] = row
         return row
 
     def all_rows(self) -> tuple[SourceLine, ...]:
@@ -205,7 +244,7 @@ class LineIndex:
                 addrs, values, _files = self._unit_rows(unit)
                 for k, (addr, (_file, line)) in enumerate(zip(addrs, values, strict=True)):
                     if line > 0 or addr not in merged:
-                        merged[addr] = self._row(unit, k)
+                        merged[addr] = self._row((unit, -1), k)
             rows = [merged[a] for a in sorted(merged)]
             self._whole = ([r.addr for r in rows], rows)
         return self._whole
@@ -218,24 +257,31 @@ class LineIndex:
             found = self._decoded[unit] = self._decode_unit(unit)
         return found
 
-    def _decode_unit(self, unit: int) -> _Rows:
+    def _header_of(self, unit: int) -> _Unit | None:
+        if unit not in self._headers:
+            try:
+                self._headers[unit] = self._header(unit)
+            except (BadInput, MemoryError):
+                raise
+            except Exception:
+                # A form this reader does not know (or damage): pyelftools decides.
+                self._headers[unit] = self._header_by_pyelftools(unit)
+        return self._headers[unit]
+
+    def _decoding(self, work: Callable[[], _T]) -> _T:
         try:
-            header = self._header(unit)
-        except (BadInput, MemoryError):
-            raise
-        except Exception:
-            # A form this reader does not know (or damage): pyelftools decides.
-            header = self._header_by_pyelftools(unit)
-        if header is None:
-            return [], [], {}
-        try:
-            rows = decode(
-                self._section_named(".debug_line"), header, self.load_base, self._addr_size
-            )
+            return work()
         except (BadInput, MemoryError):
             raise
         except Exception as exc:
             raise BadInput(f"{self.path}: malformed DWARF line table: {exc}") from None
+
+    def _decode_unit(self, unit: int) -> _Rows:
+        header = self._header_of(unit)
+        if header is None:
+            return [], [], {}
+        line = self._section_named(".debug_line")
+        rows = self._decoding(lambda: decode(line, header, self.load_base, self._addr_size))
         addrs = sorted(rows)
         return addrs, [rows[a] for a in addrs], header.files
 
@@ -582,6 +628,63 @@ def _joined(directory: str, name: str) -> str:
 def _cstring(data: bytes, at: int) -> str:
     end = data.index(b"\0", at)
     return data[at:end].decode("utf-8", "replace")
+
+
+#: A unit whose line program is larger than this is decoded a sequence at a time.
+SPLIT_BYTES = 32 << 10
+
+
+def header_rest(unit: _Unit) -> tuple[int, int, int, int, tuple[int, ...], dict[int, str]]:
+    """A unit's header fields after its start and end."""
+    return (
+        unit.min_length, unit.line_base, unit.line_range, unit.opcode_base,
+        unit.opcode_lengths, unit.files,
+    )  # fmt: skip
+
+
+def skim(data: bytes, unit: _Unit) -> list[tuple[int, int, int]]:
+    """A line program's sequences, by first address: (the address its first
+    DW_LNE_set_address gives, where it starts, where it ends), found by stepping
+    over the opcodes without making rows (a third of `decode`'s time). A
+    sequence with a row before its DW_LNE_set_address, or a program that does
+    not end a sequence, gives []: the unit is then decoded whole."""
+    sequences: list[tuple[int, int, int]] = []
+    opcode_base, lengths = unit.opcode_base, unit.opcode_lengths
+    pos, end = unit.start, unit.end
+    start, first = pos, -1
+    while pos < end:
+        op = data[pos]
+        pos += 1
+        if op >= opcode_base:
+            if first < 0:
+                return []
+            continue
+        if op == 0:
+            length, pos = _uleb(data, pos)
+            if length == 0 or pos + length > end:
+                raise BadInput("an extended opcode runs past its line program")
+            ex = data[pos]
+            if ex == LNE_END_SEQUENCE:
+                if first < 0:
+                    return []
+                sequences.append((first, start, pos + length))
+                start, first = pos + length, -1
+            elif ex == LNE_SET_ADDRESS and first < 0:
+                first = int.from_bytes(data[pos + 1 : pos + 9], "little")
+            pos += length
+        elif op == LNS_FIXED_ADVANCE_PC:
+            pos += 2
+        elif first < 0 and op in (LNS_COPY, LNS_ADVANCE_PC, LNS_CONST_ADD_PC):
+            return []
+        else:
+            for _ in range(lengths[op - 1] if op - 1 < len(lengths) else 0):
+                while data[pos] & 0x80:
+                    pos += 1
+                pos += 1
+    if start < end:
+        return []
+    sequences.sort()
+    return sequences
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
