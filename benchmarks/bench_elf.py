@@ -9,9 +9,11 @@ times `record_elf` (ELF loading, DWARF line table, the discovery pass, the
 recording pass, writing the trace) for each, from the entry and with
 `--from main`; and, apart, what `--from main` skips: the fast-forward from
 the entry (the loader and libc's start-up for a dynamic program) to main.
-Best of --repeat runs, each in this process: symbols and the DWARF table
-are read once per binary in a process, so the first run's time (reading
-them included, as for one `stacktrace-lab record`) is shown apart.
+Best of --repeat runs, each in this process: symbols and the DWARF line
+tables (the program's, and the libraries' separate debug files') are read
+once per binary in a process, so the first run's time (reading them
+included, as for one `stacktrace-lab record`) is shown apart. Wall seconds,
+then CPU seconds (the recorder's two threads together).
 Needs gcc and rustc.
 """
 
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record import dynamic, elf, elf_front
+from stacktrace_lab.record import dwarf_lines, dynamic, elf
 from stacktrace_lab.record.elf_front import describe_elf, record_elf
 from stacktrace_lab.record.machine import Machine
 
@@ -58,7 +60,10 @@ def main() -> None:
     parser.add_argument("--builds", nargs="*", default=BUILDS, choices=BUILDS)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, Python {platform.python_version()}")
-    header = f"{'build':<20} {'from':<7} {'steps':>7} {'first s':>8} {'best s':>7} {'steps/s':>8}"
+    header = (
+        f"{'build':<20} {'from':<7} {'steps':>7} {'first s':>8} {'best s':>7} {'steps/s':>8} "
+        f"{'cpu 1st':>8} {'cpu best':>7}"
+    )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -69,20 +74,23 @@ def main() -> None:
                 continue
             program = build_example(build, out)
             for start in (None, "main"):
-                elf._parse.cache_clear()  # the first run reads symbols and DWARF
-                elf_front._line_table.cache_clear()
-                dynamic._lines_of.cache_clear()
-                times = []
+                # The first run reads symbols and DWARF (the libraries' debug files too).
+                elf._parse.cache_clear()
+                dwarf_lines.line_index.cache_clear()
+                dynamic.build_id.cache_clear()
+                dynamic.debug_link.cache_clear()
+                times, cpu = [], []
                 steps = 0
                 for i in range(args.repeat):
-                    began = time.perf_counter()
+                    began, began_cpu = time.perf_counter(), time.process_time()
                     rec = record_elf(program, out / f"{build}-{i}.parquet", from_symbol=start)
                     times.append(time.perf_counter() - began)
+                    cpu.append(time.process_time() - began_cpu)  # both threads
                     steps = rec.metadata.steps
                 best = min(times[1:] or times)
                 print(
                     f"{build:<20} {start or 'entry':<7} {steps:>7,} {times[0]:>8.2f} "
-                    f"{best:>7.2f} {steps / best:>8,.0f}"
+                    f"{best:>7.2f} {steps / best:>8,.0f} {cpu[0]:>8.2f} {min(cpu[1:] or cpu):>7.2f}"
                 )
             skipped, seconds = fast_forward_to_main(program, args.repeat)
             print(

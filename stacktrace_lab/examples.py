@@ -57,7 +57,7 @@ class Example:
 #: The example reports in reports/, by name (the first-switch scenario is the default demo).
 EXAMPLE_REPORTS: dict[str, Example] = {
     "first-switch-rust": Example(
-        "rust-static-pie", "the tutorial's Rust program, rustc -O, a static-pie"
+        "rust-dynamic", "the tutorial's Rust program as a new user builds it: rustc -g, dynamic"
     ),
     "first-switch-c-dynamic": Example(
         "c-dynamic", "the tutorial's C program as a new user builds it: gcc -O0, dynamic"

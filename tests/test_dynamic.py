@@ -8,6 +8,7 @@ The programs are compiled at test time; without gcc or rustc the tests skip.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.analysis.events import derive_facts
 from stacktrace_lab.cli import main
+from stacktrace_lab.errors import BadInput
 from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.record.dynamic import INTERP_TOP
 from stacktrace_lab.record.elf_front import describe_elf, record_elf
@@ -26,6 +28,7 @@ from stacktrace_lab.record.machine import Machine
 from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
+from stacktrace_lab.trace.format import SourceLine
 
 LINE = "I LOVE WAKING UP ON A NEW STACK!\n"
 BUILDS = ["c-dynamic", "rust-dynamic"]
@@ -441,8 +444,9 @@ int main(void) { return !greet("WORLD"); }
 """
 
 
+@pytest.mark.parametrize("found_by", ["build-id", "debuglink"])
 def test_a_stripped_library_is_named_from_its_debug_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, found_by: str
 ) -> None:
     import shutil
 
@@ -465,21 +469,153 @@ def test_a_stripped_library_is_named_from_its_debug_file(
     run("gcc", "-g", "main.c", "-L.", "-lgreet", "-Wl,-rpath,$ORIGIN", "-o", "greet")
     build_id = dynamic.build_id(library)
     assert build_id is not None
-    debug = tmp_path / "debug" / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    if found_by == "build-id":
+        # As Debian's -dbg packages install them: /usr/lib/debug/.build-id/ab/cdef....debug
+        debug = tmp_path / "debug" / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    else:
+        # As `objcopy --add-gnu-debuglink` names it: in .debug/ next to the library.
+        debug = bin_dir / ".debug" / "libgreet.so.debug"
     debug.parent.mkdir(parents=True)
     run("objcopy", "--only-keep-debug", "libgreet.so", str(debug))
     run("strip", "--strip-all", "libgreet.so")
+    if found_by == "debuglink":
+        run("objcopy", f"--add-gnu-debuglink={debug}", "libgreet.so")
     dynamic.build_id.cache_clear()
+    dynamic.debug_link.cache_clear()
     monkeypatch.setattr(dynamic, "DEBUG_ROOT", tmp_path / "debug")
 
     trace = load_trace(record_elf(bin_dir / "greet", tmp_path / "t.parquet").path)
     meta = trace.metadata
     assert meta.stdout == "HELLO WORLD\n" and meta.stop.detail == "exit_group(0)"
     assert str(library.resolve()) in [f["path"] for f in meta.options["files"]]
+    assert str(debug) not in [
+        f["path"] for f in meta.options["files"]
+    ]  # the tool's, not the program's
     text = meta.region("libgreet.so text")
     assert text.base <= meta.symbols["shout"] < text.top  # a static function: .symtab only
     rips = trace.table(["rip"])["rip"].to_numpy()
     assert (rips == meta.symbols["shout"]).any()
+    # The stripped library's source lines, from the debug file.
+    sources = set(trace.table(["source"])["source"].drop_null().to_pylist())
+    assert {"greet.c:6", "greet.c:11"} <= sources, sorted(sources)
+    # Without it, the library has names from .dynsym and no lines.
+    debug.unlink()
+    dynamic.build_id.cache_clear()
+    bare = load_trace(record_elf(bin_dir / "greet", tmp_path / "bare.parquet").path)
+    assert not {
+        s for s in bare.table(["source"])["source"].drop_null().to_pylist() if "greet.c" in s
+    }
+
+
+def test_libc_frames_have_source_lines_from_its_debug_file(
+    programs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stacktrace_lab.record import dynamic
+
+    _need("c-dynamic")
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
+    if not libc.is_file() or dynamic.debug_file(libc) is None:
+        pytest.skip("libc's separate debug file is not installed (Debian: libc6-dbg)")
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(programs["c-dynamic"]), "--from", "main", "-o", str(out)]) == 0
+    trace = load_trace(out)
+    meta = trace.metadata
+    table = trace.table(["rip", "source"])
+    rips = table["rip"].to_numpy()
+    sources = table["source"].to_pylist()
+    libc_text = meta.region("libc.so.6 text")
+    in_libc = [s for r, s in zip(rips, sources, strict=True) if libc_text.contains(int(r))]
+    named = [s for s in in_libc if s is not None]
+    # glibc's own files: puts is ioputs.c, calloc and malloc are malloc.c.
+    assert any(s.startswith("ioputs.c:") for s in named)
+    assert any(s.startswith("malloc.c:") for s in named)
+    assert len(named) > len(in_libc) // 2
+    # A backtrace in libc shows them, down to main.
+    capsys.readouterr()
+    assert main(["show", str(out), "--at", "_int_malloc", "--context", "0"]) == 0
+    shown = capsys.readouterr().out
+    assert "_int_malloc" in shown and "malloc.c:" in shown and "first_switch.c:" in shown
+
+
+def _reference_line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
+    """The whole line table as pyelftools decodes it (what elf.line_table returned
+    before record/dwarf_lines.py): the oracle for the small decoder."""
+    from elftools.elf.elffile import ELFFile
+
+    from stacktrace_lab.record.dwarf_lines import file_names
+
+    rows: dict[int, SourceLine] = {}
+    with path.open("rb") as f:
+        dwarf = ELFFile(f).get_dwarf_info()
+        for cu in dwarf.iter_CUs():
+            program = dwarf.line_program_for_CU(cu)
+            if program is None:
+                continue
+            files = file_names(program)
+            for entry in program.get_entries():
+                state = entry.state
+                if state is None:
+                    continue
+                addr = load_base + state.address
+                if state.end_sequence:
+                    rows.setdefault(addr, SourceLine(addr, "", 0))
+                elif state.line > 0:
+                    rows[addr] = SourceLine(addr, files.get(state.file, "?"), state.line)
+    return tuple(rows[addr] for addr in sorted(rows))
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_lines_read_by_unit_are_the_whole_tables(programs: dict[str, Path], build: str) -> None:
+    """The decoder gives pyelftools' table, and asking one address at a time (only
+    the units that cover it) gives the whole table's answer at every instruction."""
+    from stacktrace_lab.record.dwarf_lines import LineIndex
+    from stacktrace_lab.record.elf import load_elf
+
+    _need(build)
+    path = programs[build]
+    image = load_elf(path)
+    whole = LineIndex(path, image.load_base).all_rows()
+    assert whole == _reference_line_table(path, image.load_base)
+    addrs = [row.addr for row in whole]
+    lazy = LineIndex(path, image.load_base)
+    for segment in (s for s in image.segments if "x" in s.perms):
+        for addr in range(segment.vaddr, segment.vaddr + segment.memsz):
+            k = bisect.bisect_right(addrs, addr) - 1
+            assert lazy.nearest(addr) == (whole[k] if k >= 0 else None), hex(addr)
+
+
+def test_libc_debug_file_units_decode_as_pyelftools_does() -> None:
+    """Every 40th unit of glibc's debug file (DWARF 5, compressed sections): its
+    header and its rows."""
+    from elftools.elf.elffile import ELFFile
+
+    from stacktrace_lab.record import dynamic
+    from stacktrace_lab.record.dwarf_lines import LineIndex, decode, file_names, unit_of
+
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
+    debug = dynamic.debug_file(libc) if libc.is_file() else None
+    if debug is None:
+        pytest.skip("libc's separate debug file is not installed (Debian: libc6-dbg)")
+    index = LineIndex(debug, 0)
+    with debug.open("rb") as f:
+        dwarf = ELFFile(f).get_dwarf_info()
+        section = dwarf.debug_line_sec.stream.getvalue()
+        for i, cu in enumerate(dwarf.iter_CUs()):
+            program = dwarf.line_program_for_CU(cu) if i % 40 == 0 else None
+            if program is None:
+                continue
+            files = file_names(program)
+            # The header read directly is pyelftools' (file names included).
+            assert index._header(cu.cu_offset) == unit_of(program)
+            expected: dict[int, tuple[int, int]] = {}
+            for entry in program.get_entries():
+                state = entry.state
+                if state is not None and state.end_sequence:
+                    expected.setdefault(state.address, (0, 0))
+                elif state is not None and state.line > 0:
+                    expected[state.address] = (state.file, state.line)
+            header = unit_of(program)
+            assert decode(section, header, 0, 8) == expected, files
 
 
 def test_a_library_with_its_own_dwarf_gives_source_lines(tmp_path: Path) -> None:
@@ -511,3 +647,149 @@ def test_replay_reads_only_bounded_regular_files_a_trace_names(tmp_path: Path) -
     assert "differs" in str(changed_files([{**good, "path": "/dev/zero"}]))
     assert "not on this machine" in str(changed_files([{**good, "path": str(tmp_path / "no")}]))
     assert "malformed" in str(changed_files(["/etc/passwd"]))
+
+
+# --- directories: opendir/readdir, and openat from a directory descriptor ------------
+
+DIRS_C = r"""
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void show(const char *what, int fd)
+{
+    char buf[64] = {0};
+    if (fd < 0) {
+        printf("%s %s\n", what, errno == ENOENT ? "ENOENT" : errno == EACCES ? "EACCES"
+                                : errno == ENOTDIR ? "ENOTDIR" : "other");
+        return;
+    }
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    printf("%s %s", what, n > 0 ? buf : "(empty)\n");
+    close(fd);
+}
+
+int main(void)
+{
+    DIR *dir = opendir(".");
+    if (dir == NULL)
+        return 1;
+    int count = 0;
+    for (struct dirent *e; (e = readdir(dir)) != NULL; count++)
+        if (e->d_name[0] != '.')
+            printf("entry %s %s\n", e->d_name,
+                   e->d_type == DT_DIR ? "dir" : e->d_type == DT_REG ? "file" : "other");
+    rewinddir(dir);
+    int again = 0;
+    while (readdir(dir) != NULL)
+        again++;
+    printf("entries %d again %d\n", count, again);
+    closedir(dir);
+
+    int sub = open("sub", O_RDONLY | O_DIRECTORY);
+    struct stat st;
+    printf("fstat %s\n", fstat(sub, &st) == 0 && S_ISDIR(st.st_mode) ? "dir" : "not a dir");
+    show("sub/c.txt", openat(sub, "c.txt", O_RDONLY));
+    show("sub/a.txt", openat(sub, "a.txt", O_RDONLY));
+    show("sub/../a.txt", openat(sub, "../a.txt", O_RDONLY));
+    show("a.txt-as-dir", open("a.txt", O_RDONLY | O_DIRECTORY));
+    printf("fstatat %s\n", fstatat(sub, "c.txt", &st, 0) == 0 && st.st_size == 6 ? "ok" : "wrong");
+    return 0;
+}
+"""
+
+
+def _dirs_tree(directory: Path) -> Path:
+    program = _build_c(directory, "dirs", DIRS_C)
+    (directory / "a.txt").write_text("alpha\n")
+    (directory / "b.txt").write_text("beta\n")
+    (directory / "sub").mkdir()
+    (directory / "sub" / "c.txt").write_text("gamma\n")
+    return program
+
+
+def test_opendir_readdir_and_openat_from_a_directory(tmp_path: Path) -> None:
+    program = _dirs_tree(tmp_path / "bin")
+    native = subprocess.run(
+        [str(program)], cwd=program.parent, capture_output=True, text=True, check=True
+    ).stdout
+    trace = load_trace(record_elf(program, tmp_path / "t.parquet").path)
+    meta = trace.metadata
+    assert meta.stop.detail == "exit_group(0)"
+    emulated = meta.stdout.splitlines()
+    # The same lines as the real run; the entries in name order (the real
+    # run's order is the file system's).
+    entries = [line for line in emulated if line.startswith("entry ")]
+    assert entries == sorted(line for line in native.splitlines() if line.startswith("entry "))
+    assert entries == sorted(entries) and "entry sub dir" in entries
+    assert emulated[len(entries) :] == native.splitlines()[len(entries) :]
+    assert "sub/c.txt gamma" in emulated  # relative to the descriptor, not the program's directory
+    assert "sub/a.txt ENOENT" in emulated and "sub/../a.txt alpha" in emulated
+    # The listing is recorded (a hash of the names and types), the unlisted sub/ is not.
+    listed = {f["path"]: f for f in meta.options["files"] if f.get("kind") == "directory"}
+    assert list(listed) == [str(program.parent.resolve())]
+    # Replay confirms every step; a file added to the directory is refused by name.
+    assert replay(trace).matches
+    (program.parent / "new.txt").write_text("late\n")
+    with pytest.raises(BadInput, match=f"{program.parent.resolve()} lists other files"):
+        replay(trace)
+
+
+HOSTILE_DIRS_C = r"""
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void report(const char *what, long rc)
+{
+    printf("%s %s\n", what, rc >= 0 ? "ok" : errno == EACCES ? "EACCES"
+                                         : errno == ENOENT ? "ENOENT" : "other");
+}
+
+int main(void)
+{
+    int here = open(".", O_RDONLY | O_DIRECTORY);
+    report("shadow", openat(here, "../../../../../../etc/shadow", O_RDONLY));
+    report("passwd", openat(here, "../../../../../../etc/passwd", O_RDONLY));
+    report("link-to-file", openat(here, "passwd-link", O_RDONLY));
+    report("link-to-dir", openat(here, "etc-link/passwd", O_RDONLY));
+    report("opendir-link", opendir("etc-link") ? 0 : -1);
+    report("opendir-root", opendir("/") ? 0 : -1);
+    report("opendir-etc", opendir("/etc") ? 0 : -1);
+    report("stat-shadow", fstatat(here, "../../../../../../etc/shadow", &(struct stat){0}, 0));
+    report("create", openat(here, "new.txt", O_WRONLY | O_CREAT, 0644));
+    report("unlinkat", unlinkat(here, "victim.txt", 0));
+    report("mkdirat", mkdirat(here, "newdir", 0755));
+    report("renameat", renameat(here, "victim.txt", here, "moved.txt"));
+    return 0;
+}
+"""
+
+
+def test_directory_descriptors_do_not_lead_out_of_the_view(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    program = _build_c(bin_dir, "hostile_dirs", HOSTILE_DIRS_C)
+    (bin_dir / "victim.txt").write_text("precious\n")
+    (bin_dir / "passwd-link").symlink_to("/etc/passwd")
+    (bin_dir / "etc-link").symlink_to("/etc")
+    before = _tree(bin_dir)
+    meta = record_elf(program, tmp_path / "t.parquet").metadata
+    assert _tree(bin_dir) == before
+    said = dict(line.split() for line in meta.stdout.splitlines())
+    assert said == {
+        **dict.fromkeys(
+            ["shadow", "passwd", "link-to-file", "link-to-dir", "opendir-link"], "ENOENT"
+        ),
+        **dict.fromkeys(["opendir-root", "opendir-etc", "stat-shadow"], "ENOENT"),
+        **dict.fromkeys(["create", "unlinkat", "mkdirat", "renameat"], "EACCES"),
+    }
+    assert not any(
+        f["path"].startswith("/etc/") and f["path"] != "/etc/ld.so.cache"
+        for f in meta.options["files"]
+    )

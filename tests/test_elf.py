@@ -392,15 +392,25 @@ def test_a_stripped_programs_stack_is_named_after_its_heap_chunk(
 
 
 def test_demo_rust_builds_records_and_reports(tmp_path: Path, monkeypatch, capsys) -> None:
-    if compiler_missing("rust-static-pie") is not None:
-        pytest.skip(f"cannot build the Rust example: {compiler_missing('rust-static-pie')}")
+    from stacktrace_lab.commands.demo import RUST_BUILD
+
+    # Plain `rustc -g`, as a new user builds it: dynamically linked (issue 21).
+    assert RUST_BUILD == "rust-dynamic"
+    if compiler_missing(RUST_BUILD) is not None:
+        pytest.skip(f"cannot build the Rust example: {compiler_missing(RUST_BUILD)}")
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--rust"]) == 1  # stack-bounds fails: println! overflows the stack
     out = capsys.readouterr().out
     assert "reports/first-switch-rust/index.html" in out
+    # The trace depends on this machine's libraries, and the demo says so.
+    assert "pins this machine's libraries by sha256 (" in out and "libc.so.6" in out
     report = (tmp_path / "reports" / "first-switch-rust" / "report.md").read_text()
+    assert "a dynamically linked x86-64 Linux program" in report
     assert "calloc_48 (48 bytes) overflows by" in report
+    assert "| calloc_48 | 32 |" in report and "`first_switch::hello` | entry" in report
     assert "first_switch.rs:" in report
+    # replay works on the machine that recorded it.
+    assert main(["replay", "stacktrace-lab-traces/first-switch-rust.parquet"]) == 0
 
 
 def test_a_scenario_naming_a_program_outside_its_directory_needs_allow_outside(

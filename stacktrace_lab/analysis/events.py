@@ -176,8 +176,8 @@ class TraceFacts:
         self.sentinel = int(self.meta.options.get("sentinel_return", SENTINEL_RETURN))
         self._labels = LabelTable(self.meta.symbols)
         self._source_lines = SourceLines(self.meta)
-        code = [r for r in self.meta.regions if r.kind == "code"]
-        self._code = code[0] if code else None
+        # The program's code, and a dynamic program's libraries' (libc.so.6 r-x...).
+        self._code = tuple(r for r in self.meta.regions if r.kind == "code")
         counts = [
             int(trace.parquet.metadata.row_group(g).num_rows) for g in range(trace.num_row_groups)
         ]
@@ -189,7 +189,7 @@ class TraceFacts:
         """`label` or `label+offset` for a code address; hex for anything else."""
         if addr == self.sentinel:
             return f"{addr:#x} (the entry's caller)"
-        if self._code is None or not self._code.contains(addr):
+        if not self.is_code(addr):
             return f"{addr:#x}"
         nearest = self._labels.nearest(addr)
         if nearest is None:
@@ -230,7 +230,7 @@ class TraceFacts:
         return self.stacks[k].name if k >= 0 else None
 
     def is_code(self, addr: int) -> bool:
-        return self._code is not None and self._code.contains(addr)
+        return any(r.contains(addr) for r in self._code)
 
     def locate(self, addr: int) -> tuple[Region, int] | None:
         """The declared region holding `addr` and the byte index from its base."""

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # the recorder and the report: imported when the command runs
     from ..record.recorder import Recording
 
 DEMO_SCENARIO = "first-switch"
-#: The Rust demo (examples.EXAMPLE_REPORTS): examples/first_switch.rs, rustc -O -g with
-#: +crt-static (a static-pie).
+#: The Rust demo (examples.EXAMPLE_REPORTS): examples/first_switch.rs as a new user
+#: builds it, plain `rustc -g`: dynamically linked against the host's libc (issue 21).
 RUST_NAME = "first-switch-rust"
 
 
@@ -58,17 +58,28 @@ def demo_command(rust: bool, example: str | None) -> int:
         name = scenario.name
     meta = recording.metadata
     click.echo(f"recorded {recording.path}: {meta.steps} steps, stopped: {meta.stop.reason}")
+    if any(f.get("kind") is None for f in meta.options.get("files") or []):
+        click.echo(_pinned_libraries(meta.options["files"]))
     report = build_report(load_trace(recording.path), config.reports_dir / name)
     print_written(report)
     click.echo(f"open {report.directory / 'index.html'} in a browser")
     return report.check.exit_status
 
 
+def _pinned_libraries(files: list[dict[str, object]]) -> str:
+    """What a dynamically linked program's trace depends on, said once."""
+    names = ", ".join(Path(str(f.get("path"))).name for f in files if f.get("kind") is None)
+    return (
+        f"the trace pins this machine's libraries by sha256 ({names}): `replay` works "
+        "here, and on a machine whose libraries differ it refuses, naming the file"
+    )
+
+
 def _record_example(name: str, record_dir: Path) -> Recording:
     """The example program `name` built into `record_dir` (the `record` command's folder,
     not the goldens'), next to its trace, which names it: `replay` reads the program
     again. Recorded from `main`: the start-up of the C library or Rust's std (36,000
-    steps for Rust) is not what the examples are about."""
+    steps for Rust, 156,000 with the loader) is not what the examples are about."""
     from ..examples import BUILDS, EXAMPLE_REPORTS, build_example
     from ..record.elf_front import record_elf
 

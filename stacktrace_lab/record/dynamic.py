@@ -14,13 +14,16 @@ library's load address, so its symbols (`.dynsym`: libc's `puts`,
 `malloc`...), its code (for the disassembly) and its DWARF lines (when it
 has them) name what ran there. A stripped library's separate debug file
 (`DEBUG_ROOT/.build-id/ab/cdef....debug`, as Debian's `libc6-dbg` installs
-it) adds its full symbol table (not its lines: see `merged_lines`); it is
-read by the tool, not by the program, so it is not part of the file view.
+it, or the file its `.gnu_debuglink` names) adds its full symbol table and
+its source lines, read only for the compile units that ran
+(record/dwarf_lines.py); it is read by the tool, not by the program, so it is
+not part of the file view.
 """
 
 from __future__ import annotations
 
 import functools
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,8 +33,8 @@ from elftools.elf.sections import NoteSection
 from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
-from ..trace.format import SourceLine
-from .elf import PIE_BASE, ElfImage, line_table, load_elf
+from .dwarf_lines import LineIndex, line_index
+from .elf import PIE_BASE, ElfImage, load_elf
 from .files import FileKernel, FileView
 from .process import MMAP_TOP, _segment_regions
 
@@ -109,23 +112,38 @@ def code_segments(images: list[ElfImage]) -> list[tuple[int, bytes]]:
     return [(s.vaddr, s.data) for image in images for s in image.segments if "x" in s.perms]
 
 
-@functools.lru_cache(maxsize=16)
-def _lines_of(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...]:
-    return line_table(path, load_base)
-
-
-def merged_lines(program: tuple[SourceLine, ...], images: list[ElfImage]) -> tuple[SourceLine, ...]:
-    """The program's line table with every library's that carries its own DWARF, in
-    address order. A separate debug file's lines are not read: libc's has 2,175
-    units, 14 s of pyelftools the first time, and `--from main` must stay quick."""
-    rows = list(program)
+def line_indexes(images: list[ElfImage]) -> list[LineIndex]:
+    """The line tables of the libraries that have one: their own DWARF, else their
+    separate debug file's (which has the library's addresses). A table that
+    cannot be read names nothing; the run is unaffected."""
+    found: list[LineIndex] = []
     for image in images:
-        try:
-            rows += _lines_of(image.path, image.sha256, image.load_base)
-        except BadInput:  # a damaged line table names nothing; the run is unaffected
+        source = image.path if _has_lines(image.path) else debug_file(image.path)
+        if source is None:
             continue
-    rows.sort(key=lambda r: r.addr)
-    return tuple(rows)
+        try:
+            found.append(line_index(source, _file_key(source), image.load_base))
+        except (BadInput, OSError):
+            continue
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _has_lines(path: Path) -> bool:
+    """Whether `path` carries its own DWARF line table (not stripped)."""
+    try:
+        with path.open("rb") as f:
+            section = ELFFile(f).get_section_by_name(".debug_line")
+            return section is not None and section["sh_size"] > 0
+    except Exception:  # not an ELF file we can read: no lines
+        return False
+
+
+def _file_key(path: Path) -> str:
+    """What tells one version of a file from another for the caches: its size and
+    modification time (a debug file is installed by the package manager)."""
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 @functools.lru_cache(maxsize=32)
@@ -145,12 +163,59 @@ def build_id(path: Path) -> str | None:
 
 
 def debug_file(path: Path) -> Path | None:
-    """The separate debug file of `path` under `DEBUG_ROOT`, when it is installed."""
+    """The separate debug file of `path`, when it is installed, found as gdb finds
+    it: by build ID under `DEBUG_ROOT` (`.build-id/ab/cdef....debug`, Debian's
+    `libc6-dbg`), else by its `.gnu_debuglink` name (checked by its CRC) next to
+    it, in `.debug/` there, or under `DEBUG_ROOT` + its directory."""
     found = build_id(path)
-    if found is None or len(found) < 3:
+    if found is not None and len(found) >= 3:
+        candidate = DEBUG_ROOT / ".build-id" / found[:2] / f"{found[2:]}.debug"
+        if candidate.is_file():
+            return candidate
+    link = debug_link(path)
+    if link is None:
         return None
-    candidate = DEBUG_ROOT / ".build-id" / found[:2] / f"{found[2:]}.debug"
-    return candidate if candidate.is_file() else None
+    name, crc = link
+    directory = path.resolve().parent
+    for candidate in (
+        directory / name,
+        directory / ".debug" / name,
+        DEBUG_ROOT / directory.relative_to("/") / name,
+    ):
+        if candidate.is_file() and candidate.resolve() != path.resolve() and _crc(candidate) == crc:
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def debug_link(path: Path) -> tuple[str, int] | None:
+    """The `.gnu_debuglink` section of an ELF file: (file name, CRC-32), or None."""
+    try:
+        with path.open("rb") as f:
+            section = ELFFile(f).get_section_by_name(".gnu_debuglink")
+            if section is None:
+                return None
+            data = section.data()
+    except Exception:  # not an ELF file we can read: no link
+        return None
+    end = data.find(b"\0")
+    if end <= 0 or "/" in data[:end].decode("utf-8", "replace"):
+        return None  # a name only, never a path (it must not lead out of the directory)
+    crc_at = (end + 4) // 4 * 4  # the name, its NUL, padding to 4 bytes, the CRC
+    if len(data) < crc_at + 4:
+        return None
+    return data[:end].decode("utf-8", "replace"), int.from_bytes(
+        data[crc_at : crc_at + 4], "little"
+    )
+
+
+def _crc(path: Path) -> int:
+    # A debug file is tens of MiB at most (libc's is 4); read in pieces all the same.
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def with_debug_symbols(image: ElfImage) -> ElfImage:

@@ -404,49 +404,7 @@ def line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
 
 
 def _line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
-    rows: dict[int, SourceLine] = {}
-    with path.open("rb") as f:
-        elf = ELFFile(f)
-        if not elf.has_dwarf_info():
-            return ()
-        dwarf = elf.get_dwarf_info()
-        for cu in dwarf.iter_CUs():
-            program = dwarf.line_program_for_CU(cu)
-            if program is None:
-                continue
-            files = _file_names(program)
-            for entry in program.get_entries():
-                state = entry.state
-                if state is None:
-                    continue
-                addr = load_base + state.address
-                if state.end_sequence:
-                    rows.setdefault(addr, SourceLine(addr, "", 0))
-                elif state.line > 0:
-                    rows[addr] = SourceLine(addr, files.get(state.file, "?"), state.line)
-    return tuple(rows[addr] for addr in sorted(rows))
+    # Decoded by record/dwarf_lines.py (pyelftools reads the headers).
+    from .dwarf_lines import LineIndex
 
-
-def _file_names(program: Any) -> dict[int, str]:
-    """File number -> name, for DWARF 4 (numbered from 1) and 5 (from 0)."""
-    header = program.header
-    version = header["version"]
-    dirs = [_text(d) for d in header["include_directory"]]
-    names: dict[int, str] = {}
-    for i, entry in enumerate(header["file_entry"]):
-        number = i if version >= 5 else i + 1
-        name = _text(entry.name)
-        dir_index = entry.dir_index
-        if version < 5:
-            directory = dirs[dir_index - 1] if dir_index > 0 else ""
-        else:
-            directory = dirs[dir_index] if 0 < dir_index < len(dirs) else ""
-        if name.startswith("/") or not directory:
-            names[number] = name
-        else:
-            names[number] = f"{directory.rstrip('/')}/{name}"
-    return names
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return LineIndex(path, load_base).all_rows()

@@ -13,7 +13,6 @@ that the trace came from an ELF, except for its `program` metadata.
 from __future__ import annotations
 
 import bisect
-import functools
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,17 +20,18 @@ from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
-from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
+from ..trace.format import ProgramInfo, ScenarioInfo
 from .discovery import Evidence, name_stacks, run_discovery
+from .dwarf_lines import ObjectLines, line_index
 from .dynamic import (
     LoadedObject,
     code_segments,
+    line_indexes,
     load_interp,
     loaded_objects,
-    merged_lines,
     merged_symbols,
 )
-from .elf import ElfImage, line_table, load_elf
+from .elf import ElfImage, load_elf
 from .files import FileKernel, FileView
 from .machine import Machine, MachineSpec
 from .process import linux_process
@@ -106,7 +106,6 @@ def describe_elf(
     evidence = run_discovery(machine, image, main_stack, limit, phase(progress, "discovery"))
     if progress is not None:
         progress(evidence.steps, "discovery")
-        progress(0, "reading the line table")  # seconds for Rust's std, the first time
     found = stacks if stacks is not None else name_stacks(evidence, image.data_symbols)
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
@@ -114,7 +113,9 @@ def describe_elf(
 
     main_stack = _used_part(main_stack, evidence.lowest_main)
     executable = [(s.vaddr, s.data) for s in image.segments if "x" in s.perms]
-    lines = _line_table(image.path, image.sha256, image.load_base)
+    # The program's line table, read for the compile units that run (as they run).
+    own_lines = line_index(image.path, image.sha256, image.load_base)
+    lines = ObjectLines(own_lines, [])
     symbols = image.symbols
     linkage = "static"
     loaded: list[Region] = []
@@ -125,7 +126,7 @@ def describe_elf(
         loaded = [r for o in objects for r in o.regions()]
         symbols, _raw = merged_symbols([image, *libraries])
         executable += code_segments(libraries)
-        lines = merged_lines(lines, libraries)
+        lines = ObjectLines(own_lines, line_indexes(libraries))
         linkage = "dynamically linked"
     every = [*spec.regions, *loaded]
     code = [r for r in every if r.kind == "code"]
@@ -158,7 +159,7 @@ def describe_elf(
             "to": to_symbol,
             **({"allow_read": [str(p) for p in view.allowed]} if view.allowed else {}),
             # Every file the program read (its libraries): replay checks them.
-            **({"files": view.metadata()} if view.files else {}),
+            **({"files": view.metadata()} if view.files or view.dirs else {}),
         },
         extents=stack_extents(evidence, [*found, main_stack]),
     )
@@ -248,12 +249,6 @@ def _used_part(stack: Region, lowest: int) -> Region:
         return stack
     base = max(stack.base, (lowest - MAIN_MARGIN) // PAGE * PAGE)
     return Region(stack.name, stack.kind, base, stack.top - base, stack.perms)
-
-
-@functools.lru_cache(maxsize=8)
-def _line_table(path: Path, _sha256: str, load_base: int) -> tuple[SourceLine, ...]:
-    """Reading DWARF takes seconds for Rust's std: once per binary in a process."""
-    return line_table(path, load_base)
 
 
 def _entry_name(image: ElfImage) -> str:

@@ -68,10 +68,14 @@ LIBRARY_DIRS = (
 LD_SO_CACHE = "/etc/ld.so.cache"
 MAX_FILE_BYTES = 64 << 20
 MAX_FILES = 64
-EACCES, ENOTDIR, EISDIR = 13, 20, 21
+EACCES, ENODEV, ENOTDIR, EISDIR = 13, 19, 20, 21
 AT_FDCWD = -100 & ((1 << 64) - 1)
 AT_EMPTY_PATH = 0x1000
-O_ACCMODE, O_CREAT, O_TRUNC = 3, 0x40, 0x200
+O_ACCMODE, O_CREAT, O_TRUNC, O_DIRECTORY = 3, 0x40, 0x200, 0x10000
+#: At most this many names in one directory the program lists (more: the run stops).
+MAX_DIR_ENTRIES = 4096
+#: getdents64's d_type values (dirent.h).
+DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
 W_OK = 2
 MAP_FIXED, MAP_ANONYMOUS = 0x10, 0x20
 #: A fixed device number for every file of the view (inodes count from 1).
@@ -87,7 +91,8 @@ MODIFYING = {
 FILE_NAMES = {
     **MODIFYING,
     6: "lstat", 17: "pread64", 18: "pwrite64", 21: "access", 77: "ftruncate",
-    79: "getcwd", 91: "fchmod", 93: "fchown", 269: "faccessat", 439: "faccessat2",
+    79: "getcwd", 91: "fchmod", 93: "fchown", 217: "getdents64", 269: "faccessat",
+    439: "faccessat2",
 }  # fmt: skip
 
 
@@ -104,6 +109,59 @@ class HostFile:
         return {"path": self.host_path, "size": len(self.data), "sha256": self.sha256}
 
 
+@dataclass(frozen=True)
+class HostDir:
+    """One directory the program listed: its entries as getdents64 gives them."""
+
+    host_path: str
+    #: (name, d_type, inode), "." and ".." first, then by name (bytes order).
+    entries: tuple[tuple[bytes, int, int], ...]
+    #: sha256 of `listing(...)`: the names and types, what replay compares.
+    sha256: str
+    size: int
+    inode: int
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "path": self.host_path,
+            "kind": "directory",
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+
+def listing(host_path: str) -> list[tuple[bytes, int]]:
+    """A directory's names and types, sorted (the order getdents64 gives them in
+    the view, whatever the file system's): what the program sees and the trace
+    hashes. Raises FileLimit past `MAX_DIR_ENTRIES`, OSError if unreadable."""
+    found: list[tuple[bytes, int]] = []
+    with os.scandir(host_path) as entries:
+        for entry in entries:
+            if len(found) >= MAX_DIR_ENTRIES:
+                raise FileLimit(f"{host_path} has more than {MAX_DIR_ENTRIES} entries")
+            found.append((os.fsencode(entry.name), _d_type(entry)))
+    return [(b".", DT_DIR), (b"..", DT_DIR), *sorted(found)]
+
+
+def _d_type(entry: os.DirEntry[str]) -> int:
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return DT_UNKNOWN
+    kinds = (
+        (stat.S_ISLNK, DT_LNK), (stat.S_ISDIR, DT_DIR), (stat.S_ISREG, DT_REG),
+        (stat.S_ISFIFO, DT_FIFO), (stat.S_ISCHR, DT_CHR), (stat.S_ISBLK, DT_BLK),
+        (stat.S_ISSOCK, DT_SOCK),
+    )  # fmt: skip
+    return next((kind for test, kind in kinds if test(mode)), DT_UNKNOWN)
+
+
+def listing_digest(names: list[tuple[bytes, int]]) -> tuple[int, str]:
+    """(size, sha256) of a listing: each name, a NUL, its type as one byte."""
+    data = b"".join(name + b"\0" + bytes([kind]) for name, kind in names)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
 class FileLimit(Exception):
     """The view's bounds were reached (too many files, a file too large)."""
 
@@ -116,6 +174,13 @@ class FileView:
     allowed: tuple[Path, ...] = ()
     #: Files read so far, by their real host path (one entry each).
     files: dict[str, HostFile] = field(default_factory=dict)
+    #: Directories listed so far, by their real host path.
+    dirs: dict[str, HostDir] = field(default_factory=dict)
+    #: The inode number each host path shows, in the order first seen (from 1).
+    inodes: dict[str, int] = field(default_factory=dict)
+
+    def inode_of(self, host_path: str) -> int:
+        return self.inodes.setdefault(host_path, len(self.inodes) + 1)
 
     def roots(self) -> list[Path]:
         found = [Path(os.path.realpath(d)) for d in (*LIBRARY_DIRS, LD_SO_CACHE)]
@@ -151,7 +216,7 @@ class FileView:
             return -ENOENT  # no devices, FIFOs or sockets: they could block or never end
         if info.st_size > MAX_FILE_BYTES:
             raise FileLimit(f"{real} is larger than {MAX_FILE_BYTES} bytes")
-        if len(self.files) >= MAX_FILES:
+        if len(self.files) + len(self.dirs) >= MAX_FILES:
             raise FileLimit(f"the program read more than {MAX_FILES} files")
         try:
             fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
@@ -163,16 +228,47 @@ class FileView:
             return -ENOENT
         if len(data) > MAX_FILE_BYTES:
             raise FileLimit(f"{real} is larger than {MAX_FILE_BYTES} bytes")
-        entry = HostFile(real, data, hashlib.sha256(data).hexdigest(), len(self.files) + 1)
+        entry = HostFile(real, data, hashlib.sha256(data).hexdigest(), self.inode_of(real))
         self.files[real] = entry
         return entry
+
+    def lookup_dir(self, path: str) -> HostDir | int:
+        """The directory at `path`, listed once and bounded, or a negative errno."""
+        real = self.host_path(path)
+        if real is None:
+            return -ENOENT
+        known = self.dirs.get(real)
+        if known is not None:
+            return known
+        if not os.path.isdir(real):
+            return -ENOTDIR if os.path.exists(real) else -ENOENT
+        if len(self.files) + len(self.dirs) >= MAX_FILES:
+            raise FileLimit(f"the program read more than {MAX_FILES} files")
+        try:
+            names = listing(real)
+        except OSError:
+            return -EACCES
+
+        def inode(name: bytes) -> int:
+            if name == b".":
+                return self.inode_of(real)
+            if name == b"..":
+                return self.inode_of(os.path.dirname(real))
+            return self.inode_of(os.path.join(real, os.fsdecode(name)))
+
+        entries = tuple((name, kind, inode(name)) for name, kind in names)
+        size, digest = listing_digest(names)
+        found = HostDir(real, entries, digest, size, self.inode_of(real))
+        self.dirs[real] = found
+        return found
 
     def is_dir(self, path: str) -> bool:
         real = self.host_path(path)
         return real is not None and os.path.isdir(real)
 
     def metadata(self) -> list[dict[str, object]]:
-        return [f.metadata() for f in sorted(self.files.values(), key=lambda f: f.host_path)]
+        read: list[HostFile | HostDir] = [*self.files.values(), *self.dirs.values()]
+        return [f.metadata() for f in sorted(read, key=lambda f: f.host_path)]
 
 
 def changed_files(recorded: list[dict[str, object]]) -> str | None:
@@ -182,6 +278,16 @@ def changed_files(recorded: list[dict[str, object]]) -> str | None:
         if not isinstance(entry, dict):
             return "the trace's list of files read is malformed"
         path = str(entry.get("path"))
+        if entry.get("kind") == "directory":
+            try:
+                size, digest = listing_digest(listing(path))
+            except (OSError, FileLimit):
+                return f"{path} is not a directory on this machine"
+            if (size, digest) != (entry.get("size"), entry.get("sha256")):
+                return (
+                    f"{path} lists other files than the one recorded (sha256 {entry.get('sha256')})"
+                )
+            continue
         # The list comes from a trace file: only a bounded regular file is read
         # (a FIFO or /dev/zero named there must not hang or fill memory).
         try:
@@ -221,6 +327,10 @@ class FileKernel(LinuxKernel):
         self.names = {**NAMES, **FILE_NAMES}
         #: The open files of the view, by descriptor (process.files: their host paths).
         self.open_files: dict[int, HostFile] = {}
+        #: The open directories, by descriptor: the path the program named (what a
+        #: relative path with that descriptor is resolved from) and the host's.
+        #: process.offsets holds the index of the next entry getdents64 gives.
+        self.open_dirs: dict[int, tuple[str, str]] = {}
         #: Every file mapping, in call order (where the libraries were loaded).
         self.file_maps: list[FileMap] = []
         self.handlers.update(
@@ -234,6 +344,7 @@ class FileKernel(LinuxKernel):
                 17: self.sys_pread64,
                 18: _error(EBADF),
                 21: self.sys_access,
+                217: self.sys_getdents64,
                 77: _error(EINVAL),
                 79: self.sys_getcwd,
                 91: _error(EBADF),
@@ -260,6 +371,34 @@ class FileKernel(LinuxKernel):
     def sys_open(self, uc: Uc, path_addr: int, flags: int, mode: int, *_: int) -> int:
         return self.sys_openat(uc, AT_FDCWD, path_addr, flags, mode)
 
+    def _resolve(self, dirfd: int, path: str) -> str | int:
+        """The path `path` names, given relative to `dirfd` (openat's rule): itself
+        when absolute, else from the working directory (AT_FDCWD: the program's)
+        or from the directory `dirfd` is open on. Or a negative errno."""
+        if not path:
+            return -ENOENT
+        if path.startswith("/"):
+            return path
+        # A descriptor is an int: the register's upper half is not part of it.
+        dirfd &= 0xFFFFFFFF
+        if dirfd == AT_FDCWD & 0xFFFFFFFF:
+            return f"{PROGRAM_DIR}/{path}"
+        opened = self.open_dirs.get(dirfd)
+        if opened is not None:
+            return f"{opened[0].rstrip('/')}/{path}"
+        known = dirfd in self.process.files or dirfd in (0, 1, 2)
+        return -ENOTDIR if known else -EBADF
+
+    def _new_fd(self, host_path: str) -> int:
+        fd = 3
+        while fd in self.process.files:
+            fd += 1
+        if fd >= MAX_OPEN_FILES:  # RLIMIT_NOFILE, as for /proc/self/maps
+            return -EMFILE
+        self.process.files[fd] = host_path
+        self.process.offsets[fd] = 0
+        return fd
+
     def sys_openat(self, uc: Uc, dirfd: int, path_addr: int, *rest: int) -> int:
         flags = rest[0] if rest else 0
         path = self._string(uc, path_addr)
@@ -269,20 +408,74 @@ class FileKernel(LinuxKernel):
             return -EACCES  # the host is never written
         if path == "/proc/self/maps":
             return super().sys_openat(uc, dirfd, path_addr, *rest)
-        found = self._lookup(uc, path)
+        named = self._resolve(dirfd, path)
+        if isinstance(named, int):
+            return named
+        if self.view.is_dir(named):
+            return self._open_dir(named)
+        if flags & O_DIRECTORY:
+            found = self._lookup(uc, named)
+            return found if isinstance(found, int) else -ENOTDIR
+        found = self._lookup(uc, named)
         if isinstance(found, int):
             return found
-        fd = 3
-        while fd in self.process.files:
-            fd += 1
-        if fd >= MAX_OPEN_FILES:  # RLIMIT_NOFILE, as for /proc/self/maps
-            return -EMFILE
-        self.process.files[fd] = found.host_path
-        self.process.offsets[fd] = 0
-        self.open_files[fd] = found
+        fd = self._new_fd(found.host_path)
+        if fd >= 0:
+            self.open_files[fd] = found
         return fd
 
+    def _open_dir(self, named: str) -> int:
+        """A directory opened to be listed (opendir) or to open files from (openat).
+        It is listed (and the listing recorded) only when the program lists it."""
+        real = self.view.host_path(named)
+        if real is None:
+            return -ENOENT
+        fd = self._new_fd(real)
+        if fd >= 0:
+            self.open_dirs[fd] = (named, real)
+        return fd
+
+    def sys_getdents64(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
+        """The directory's entries (linux_dirent64), as many whole ones as fit."""
+        opened = self.open_dirs.get(fd)
+        if opened is None:
+            return -ENOTDIR if fd in self.open_files else -EBADF
+        try:
+            listed = self.view.lookup_dir(opened[0])
+        except FileLimit as exc:
+            self.stop = KernelStop("limit", f"the file view's limit: {exc}")
+            uc.emu_stop()
+            return -EACCES
+        if isinstance(listed, int):
+            return listed
+        entries = listed.entries
+        index = self.process.offsets[fd]
+        out = bytearray()
+        while index < len(entries):
+            name, kind, inode = entries[index]
+            size = (19 + len(name) + 1 + 7) // 8 * 8  # the header, the name, its NUL, aligned
+            if len(out) + size > count:
+                break
+            record = bytearray(size)
+            record[0:8] = inode.to_bytes(8, "little")
+            record[8:16] = (index + 1).to_bytes(8, "little")  # d_off: where the next one is
+            record[16:18] = size.to_bytes(2, "little")
+            record[18] = kind
+            record[19 : 19 + len(name)] = name
+            out += record
+            index += 1
+        if not out and index < len(entries):
+            return -EINVAL  # the buffer is too small for the next entry
+        if out and not self.mapped(uc, buf, len(out)):
+            return -EFAULT
+        if out:
+            self.write_memory(buf, bytes(out))
+        self.process.offsets[fd] = index
+        return len(out)
+
     def sys_read(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
+        if fd in self.open_dirs:
+            return -EISDIR
         entry = self.open_files.get(fd)
         if entry is None:
             return super().sys_read(uc, fd, buf, count)
@@ -297,13 +490,21 @@ class FileKernel(LinuxKernel):
 
     def sys_close(self, uc: Uc, fd: int, *_: int) -> int:
         self.open_files.pop(fd, None)
+        self.open_dirs.pop(fd, None)
         return super().sys_close(uc, fd)
 
     def sys_lseek(self, uc: Uc, fd: int, offset: int, whence: int, *_: int) -> int:
         entry = self.open_files.get(fd)
+        offset -= (1 << 64) if offset >> 63 else 0
+        if fd in self.open_dirs:
+            # rewinddir and seekdir: a position is an entry's index (getdents64's d_off).
+            place = {0: 0, 1: self.process.offsets[fd]}.get(whence)
+            if place is None or place + offset < 0:
+                return -EINVAL
+            self.process.offsets[fd] = place + offset
+            return place + offset
         if entry is None:
             return -EBADF
-        offset -= (1 << 64) if offset >> 63 else 0
         base = {0: 0, 1: self.process.offsets[fd], 2: len(entry.data)}.get(whence)
         if base is None or base + offset < 0:
             return -EINVAL
@@ -313,7 +514,7 @@ class FileKernel(LinuxKernel):
     def sys_pread64(self, uc: Uc, fd: int, buf: int, count: int, offset: int, *_: int) -> int:
         entry = self.open_files.get(fd)
         if entry is None:
-            return -EBADF
+            return -EISDIR if fd in self.open_dirs else -EBADF
         chunk = entry.data[offset : offset + count]
         if chunk and not self.mapped(uc, buf, len(chunk)):
             return -EFAULT
@@ -338,6 +539,9 @@ class FileKernel(LinuxKernel):
         return 0
 
     def _stat(self, fd: int, statbuf: int) -> int:
+        opened = self.open_dirs.get(fd)
+        if opened is not None:
+            return self._write_stat(statbuf, 0o040755, PAGE, self.view.inode_of(opened[1]))
         entry = self.open_files.get(fd)
         if entry is None:
             return super()._stat(fd, statbuf)
@@ -345,7 +549,9 @@ class FileKernel(LinuxKernel):
 
     def _stat_path(self, uc: Uc, path: str, statbuf: int) -> int:
         if self.view.is_dir(path):
-            return self._write_stat(statbuf, 0o040755, PAGE, 0)
+            real = self.view.host_path(path)
+            assert real is not None
+            return self._write_stat(statbuf, 0o040755, PAGE, self.view.inode_of(real))
         found = self._lookup(uc, path)
         if isinstance(found, int):
             return found
@@ -362,15 +568,19 @@ class FileKernel(LinuxKernel):
             return -EFAULT
         if not path and flags & AT_EMPTY_PATH:
             return self._stat(fd, statbuf)
-        return self._stat_path(uc, path, statbuf) if path else -ENOENT
+        named = self._resolve(fd, path)
+        return named if isinstance(named, int) else self._stat_path(uc, named, statbuf)
 
     def sys_access(self, uc: Uc, path_addr: int, mode: int, *_: int) -> int:
         return self.sys_faccessat(uc, AT_FDCWD, path_addr, mode)
 
-    def sys_faccessat(self, uc: Uc, _dirfd: int, path_addr: int, mode: int, *_: int) -> int:
-        path = self._string(uc, path_addr)
-        if path is None:
+    def sys_faccessat(self, uc: Uc, dirfd: int, path_addr: int, mode: int, *_: int) -> int:
+        given = self._string(uc, path_addr)
+        if given is None:
             return -EFAULT
+        path = self._resolve(dirfd, given)
+        if isinstance(path, int):
+            return path
         if self.view.is_dir(path):
             return -EACCES if mode & W_OK else 0
         found = self._lookup(uc, path)
@@ -402,7 +612,7 @@ class FileKernel(LinuxKernel):
             return result
         entry = self.open_files.get(fd)
         if entry is None:
-            return -EBADF
+            return -ENODEV if fd in self.open_dirs else -EBADF
         if length == 0 or offset % PAGE:
             return -EINVAL
         if length > TASK_SIZE:

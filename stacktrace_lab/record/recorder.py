@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -34,7 +34,6 @@ from ..trace.format import (
     ScenarioInfo,
     SnapshotWindow,
     SourceLine,
-    SourceLines,
     StartInfo,
     StopInfo,
     SyscallRecord,
@@ -102,7 +101,8 @@ class Description:
     #: Code embedded in the trace (a scenario's; an ELF's stays in its file).
     code_base: int = 0
     code: bytes = b""
-    lines: tuple[SourceLine, ...] = ()
+    #: The source lines, in full or asked for as code runs (a program's DWARF).
+    lines: tuple[SourceLine, ...] | LineSource = ()
     #: Store only the line rows that name an executed instruction (a program's
     #: DWARF table has tens of thousands); a scenario keeps all its lines.
     trim_lines: bool = False
@@ -240,6 +240,27 @@ def describe_scenario(scenario: Scenario, limits: Limits = DEFAULT_LIMITS) -> De
     )
 
 
+class LineSource(Protocol):
+    """A line table asked one address at a time (record/dwarf_lines.py reads a
+    program's DWARF this way, only the compile units that ran)."""
+
+    def nearest(self, addr: int) -> SourceLine | None:
+        """The table's row at or below `addr`, or None."""
+        ...
+
+
+class LineTable:
+    """A `LineSource` over rows held in full (a scenario's lines)."""
+
+    def __init__(self, lines: tuple[SourceLine, ...]) -> None:
+        self._lines = sorted(lines, key=lambda e: e.addr)
+        self._addrs = [e.addr for e in self._lines]
+
+    def nearest(self, addr: int) -> SourceLine | None:
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        return self._lines[i] if i >= 0 else None
+
+
 class LineUse:
     """The `source` column's lookup (format v2's rule), remembering which rows answered.
 
@@ -248,20 +269,28 @@ class LineUse:
     answered instead.
     """
 
-    def __init__(self, lines: tuple[SourceLine, ...], code: tuple[Region, ...]) -> None:
-        self._rule = SourceLines(lines, code)
-        self._lines = sorted(lines, key=lambda e: e.addr)
-        self._addrs = [e.addr for e in self._lines]
-        self._used: set[int] = set()
+    def __init__(
+        self, lines: tuple[SourceLine, ...] | LineSource, code: tuple[Region, ...]
+    ) -> None:
+        self._source = LineTable(lines) if isinstance(lines, tuple) else lines
+        self._code = code
+        self._used: dict[int, SourceLine] = {}
 
     def __call__(self, addr: int) -> tuple[str, int] | None:
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        if i >= 0:
-            self._used.add(i)
-        return self._rule(addr)
+        row = self._source.nearest(addr)
+        if row is None:
+            return None
+        self._used[row.addr] = row
+        # SourceLines' rule (trace/format.py), on the row that answered.
+        region = next((r for r in self._code if r.contains(addr)), None)
+        # Line 0 is DWARF's "no source line from here" (the end of a sequence,
+        # code compiled without debug information after it).
+        if region is None or row.addr < region.base or row.line == 0:
+            return None
+        return row.file, row.line
 
     def used(self) -> tuple[SourceLine, ...]:
-        return tuple(self._lines[i] for i in sorted(self._used))
+        return tuple(self._used[addr] for addr in sorted(self._used))
 
 
 def snapshot_windows(
@@ -383,7 +412,7 @@ def record_description(
                 f"{description.path}: the program stopped before its first step: "
                 f"{result.stop.detail}"
             )
-        if description.trim_lines:
+        if description.trim_lines or not isinstance(description.lines, tuple):
             description = replace(description, lines=lines.used())
         metadata = _metadata(description, start, windows, result, options, max_steps, counts)
         _check_readable(Path(output), metadata)
@@ -433,7 +462,7 @@ def _metadata(
         symbols=description.symbols,
         code_base=description.code_base,
         code=description.code,
-        lines=description.lines,
+        lines=description.lines if isinstance(description.lines, tuple) else (),
         program=description.program,
         syscall_counts=counts.by_name(),
         start=start,
