@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from .. import __version__
@@ -353,7 +354,13 @@ def record_description(
         def convert_and_write(chunk: Chunk, calls: list[SyscallRecord]) -> None:
             batch = build_batch(chunk, table, snapshots, row_schema)
             made = syscall_column(calls, chunk.first_step, chunk.rows)
-            writer.write(pa.RecordBatch.from_arrays([*batch.columns, made], schema=trace_schema))
+            thread = (
+                pa.array(np.frombuffer(chunk.threads, dtype="<u2"), pa.uint16())
+                if chunk.threads
+                else pa.array(np.ones(chunk.rows, dtype=np.uint16))
+            )
+            columns = [*batch.columns, made, thread]
+            writer.write(pa.RecordBatch.from_arrays(columns, schema=trace_schema))
             if progress is not None:
                 progress(chunk.first_step + chunk.rows)
 
@@ -454,8 +461,16 @@ def _metadata(
             **_non_default_limits(options.limits),
         },
         tool=tool_versions(),
-        extra=_cut_output(result),
+        extra={**_cut_output(result), **_threads(result, description)},
     )
+
+
+def _threads(result: RunResult, description: Description) -> dict[str, object]:
+    """`threads`, when the program made any: the slice of the schedule (instructions a
+    thread runs before the next one) and each thread's number, tid and exit status."""
+    if not result.threads:
+        return {}
+    return {"threads": {"slice": description.spec.thread_slice, "list": result.threads}}
 
 
 class SyscallCounts:
