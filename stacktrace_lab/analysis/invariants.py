@@ -397,7 +397,7 @@ def _clobbered_message(
 # --- stop ---------------------------------------------------------------------
 
 #: Stop reasons that end a run badly: they fail `stop` unless [expect] stop names them.
-BAD_STOPS = ("fault", "max_steps", "unsupported")
+BAD_STOPS = ("fault", "max_steps", "unsupported", "deadlock")
 
 
 def stop(facts: TraceFacts) -> Findings:
@@ -412,6 +412,8 @@ def stop(facts: TraceFacts) -> Findings:
     where += f" ({src})" if src else ""
     if reason == "fault":
         what = f"the run faulted at step {meta.stop.step}{where}: {meta.stop.detail}"
+    elif reason == "deadlock":
+        what = f"the run deadlocked at step {meta.stop.step}{where}: {meta.stop.detail}"
     elif reason == "unsupported":
         what = (
             f"the run stopped at step {meta.stop.step}{where} on what the machine cannot "

@@ -92,6 +92,12 @@ def is_program(argument: str) -> bool:
     help="Stop after this many steps [default: the scenario's].",
 )
 @click.option(
+    "--thread-slice",
+    type=click.IntRange(min=1),
+    help="Instructions a thread runs before the next runnable one gets the CPU "
+    "(a threaded program's fixed schedule) [default: 10000].",
+)
+@click.option(
     "--snapshot-limit",
     type=int,
     help="Bytes of each stack (its top) stored per step [default: 512].",
@@ -165,6 +171,7 @@ def record_command(
     args: tuple[str, ...],
     output: Path | None,
     max_steps: int | None,
+    thread_slice: int | None,
     snapshot_limit: int | None,
     from_symbol: str | None,
     to_symbol: str | None,
@@ -193,6 +200,8 @@ def record_command(
     settings: dict[str, Any] = {"max_steps": max_steps or config.max_steps, "limits": limits}
     if snapshot_limit or config.snapshot_limit:
         settings["snapshot_limit"] = snapshot_limit or config.snapshot_limit
+    if thread_slice:
+        settings["thread_slice"] = thread_slice
     options = RecordOptions(**settings)
     to_stdout = output == STDOUT
     if to_stdout and sys.stdout.isatty():

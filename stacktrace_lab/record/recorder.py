@@ -53,6 +53,7 @@ from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .precheck import precheck_program
 from .syscalls import ENOSYS, BareKernel
+from .threads import DEFAULT_SLICE
 from .windows import Extent, choose_windows, overflow_stack
 
 DEFAULT_ROW_GROUP = 65536
@@ -75,6 +76,8 @@ class RecordOptions:
     row_group_size: int = DEFAULT_ROW_GROUP
     #: Program size, output and trace size bounds (limits.py).
     limits: Limits = DEFAULT_LIMITS
+    #: Instructions a thread runs before the next runnable one (record/threads.py).
+    thread_slice: int = DEFAULT_SLICE
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
@@ -83,6 +86,8 @@ class RecordOptions:
             raise BadInput(
                 f"--snapshot-limit must be between 8 and 1048576, got {self.snapshot_limit}"
             )
+        if self.thread_slice < 1:
+            raise BadInput(f"--thread-slice must be at least 1, got {self.thread_slice}")
         if self.row_group_size < 1:
             raise BadInput(f"row group size must be at least 1, got {self.row_group_size}")
 

@@ -1,0 +1,258 @@
+"""Threads, deterministically: pthread programs record as they run natively.
+
+Each program is built here with gcc (skipped, saying why, without it), run
+natively for the output it must print, and recorded. The recording runs one
+thread at a time under a fixed schedule (record/threads.py): the same program
+gives the same bytes every time, in the C core and in the pure-Python hooks.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stacktrace_lab.analysis.check import check
+from stacktrace_lab.examples import compiler_missing
+from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.hooks import PURE_PYTHON_ENV, native_core
+from stacktrace_lab.record.recorder import RecordOptions
+from stacktrace_lab.trace import load_trace
+
+#: The issue's program: the thread prints `t`, main prints `m` after joining it.
+JOIN_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+static void *body(void *arg) { fputs("t", stdout); fflush(stdout); return arg; }
+int main(void) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, body, NULL) != 0) return 1;
+    pthread_join(t, NULL);
+    puts("m");
+    return 0;
+}
+"""
+
+#: A mutex and a condition variable handing a turn back and forth 300 times:
+#: every round blocks one thread in futex and wakes it from the other.
+PING_PONG_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int turn;
+static long sum;
+enum { ROUNDS = 300 };
+static void *worker(void *arg) {
+    for (int i = 0; i < ROUNDS; i++) {
+        pthread_mutex_lock(&lock);
+        while (turn != 1) pthread_cond_wait(&cond, &lock);
+        sum += i;
+        turn = 0;
+        pthread_cond_signal(&cond);
+        pthread_mutex_unlock(&lock);
+    }
+    return arg;
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, worker, NULL);
+    for (int i = 0; i < ROUNDS; i++) {
+        pthread_mutex_lock(&lock);
+        while (turn != 0) pthread_cond_wait(&cond, &lock);
+        sum += 1000;
+        turn = 1;
+        pthread_cond_signal(&cond);
+        pthread_mutex_unlock(&lock);
+    }
+    pthread_join(t, NULL);
+    printf("rounds %d sum %ld\n", ROUNDS, sum);
+    return 0;
+}
+"""
+
+#: Two threads that never block while they count: only the slices switch them.
+BUSY_C = r"""
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+static atomic_long total;
+static void *work(void *arg) {
+    long n = (long)arg, s = 0;
+    for (long i = 0; i < 3000; i++) { s += i * n; atomic_fetch_add(&total, 1); }
+    return (void *)s;
+}
+int main(void) {
+    pthread_t a, b;
+    void *ra, *rb;
+    pthread_create(&a, NULL, work, (void *)1);
+    pthread_create(&b, NULL, work, (void *)2);
+    pthread_join(a, &ra);
+    pthread_join(b, &rb);
+    printf("%ld %ld %ld\n", (long)ra, (long)rb, (long)total);
+    return 0;
+}
+"""
+
+#: Main holds the mutex and waits for a thread that waits for the mutex.
+DEADLOCK_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static void *body(void *arg) { pthread_mutex_lock(&lock); return arg; }
+int main(void) {
+    pthread_t t;
+    pthread_mutex_lock(&lock);
+    pthread_create(&t, NULL, body, NULL);
+    pthread_join(t, NULL);
+    puts("never");
+    return 0;
+}
+"""
+
+#: A wait with a timeout that nobody ends: it expires when nothing else can run.
+TIMED_C = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <time.h>
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+int main(void) {
+    struct timespec when;
+    clock_gettime(CLOCK_REALTIME, &when);
+    when.tv_sec += 5;
+    pthread_mutex_lock(&lock);
+    int r = pthread_cond_timedwait(&cond, &lock, &when);
+    printf("%s\n", r == ETIMEDOUT ? "timed out" : "woken");
+    return 0;
+}
+"""
+
+
+def _build(directory: Path, name: str, source: str, static: bool = True) -> Path:
+    why = compiler_missing("c-static" if static else "c-dynamic")
+    if why is not None:
+        pytest.skip(f"cannot build a C program: {why}")
+    (directory / f"{name}.c").write_text(source)
+    program = directory / name
+    flags = ["-static"] if static else []
+    subprocess.run(
+        ["gcc", *flags, "-g", "-O1", "-pthread", "-o", program, directory / f"{name}.c"],
+        check=True,
+    )
+    return program
+
+
+def _native(program: Path) -> str:
+    return subprocess.run([program], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _threads(path: Path) -> np.ndarray:
+    return load_trace(path).table(["thread"]).column(0).to_numpy()
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_a_pthread_program_prints_what_the_real_run_prints(tmp_path: Path, static: bool) -> None:
+    program = _build(tmp_path, "join", JOIN_C, static)
+    meta = record_elf(program, tmp_path / "join.parquet").metadata
+    assert meta.stdout == _native(program) == "tm\n"
+    assert (meta.stop.reason, meta.stop.detail) == ("exit", "exit_group(0)")
+    threads = _threads(tmp_path / "join.parquet")
+    assert sorted(set(threads.tolist())) == [1, 2]
+    assert threads[0] == 1 and threads[-1] == 1  # main starts and ends the run
+    listed = meta.extra["threads"]
+    assert listed["slice"] == 10_000
+    assert [(t["number"], t["tid"], t["exit_status"]) for t in listed["list"]] == [
+        (1, 1000, None),
+        (2, 1001, 0),
+    ]
+    stacks = {r.name for r in meta.stacks}
+    assert {"stack", "thread_2_stack"} <= stacks
+    # The thread's rows run on its own stack, main's on the process stack.
+    trace = load_trace(tmp_path / "join.parquet")
+    rsp = trace.column("rsp")
+    own = meta.region("thread_2_stack")
+    on_it = (rsp >= own.base) & (rsp <= own.top)
+    assert on_it[threads == 2].all()
+    assert not on_it[threads == 1].any()
+
+
+def test_check_passes_on_a_correct_threaded_program(tmp_path: Path) -> None:
+    """No thread switch is taken for a stack switch or a planted return."""
+    program = _build(tmp_path, "join", JOIN_C)
+    trace = load_trace(record_elf(program, tmp_path / "join.parquet").path)
+    result = check(trace)
+    failed = [r.id for r in result.results if not r.holds]
+    assert failed == []
+
+
+def test_a_mutex_and_condvar_ping_pong_prints_what_the_real_run_prints(tmp_path: Path) -> None:
+    program = _build(tmp_path, "ping", PING_PONG_C)
+    path = tmp_path / "ping.parquet"
+    meta = record_elf(program, path, RecordOptions(max_steps=3_000_000)).metadata
+    assert meta.stdout == _native(program) == "rounds 300 sum 344850\n"
+    assert meta.stop.reason == "exit"
+    threads = _threads(path)
+    # Every round hands the turn over: at least one switch each way per round.
+    assert int((threads[1:] != threads[:-1]).sum()) >= 2 * 300
+    waits = [c for c in load_trace(path).syscalls() if c.name == "futex"]
+    assert len(waits) >= 600
+
+
+def test_recording_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    program = _build(tmp_path, "busy", BUSY_C)
+    options = RecordOptions(thread_slice=500)
+    first = record_elf(program, tmp_path / "a.parquet", options)
+    second = record_elf(program, tmp_path / "b.parquet", options)
+    assert first.path.read_bytes() == second.path.read_bytes()
+    assert first.metadata.stdout == _native(program)
+    threads = _threads(first.path)
+    assert sorted(set(threads.tolist())) == [1, 2, 3]
+    # Both workers were preempted by the slice, not only at blocking calls.
+    runs = np.flatnonzero(threads[1:] != threads[:-1])
+    assert len(runs) > 20
+    assert first.metadata.extra["threads"]["slice"] == 500
+
+
+def test_the_slice_changes_the_schedule_not_the_output(tmp_path: Path) -> None:
+    program = _build(tmp_path, "busy", BUSY_C)
+    short = record_elf(program, tmp_path / "short.parquet", RecordOptions(thread_slice=300))
+    long = record_elf(program, tmp_path / "long.parquet", RecordOptions(thread_slice=20_000))
+    assert short.metadata.stdout == long.metadata.stdout == _native(program)
+    switches = [int((t[1:] != t[:-1]).sum()) for t in map(_threads, (short.path, long.path))]
+    assert switches[0] > switches[1]
+
+
+@pytest.mark.skipif(native_core() is None, reason="the C recording core is not built here")
+def test_the_c_core_and_the_python_hooks_write_the_same_threaded_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = _build(tmp_path, "busy", BUSY_C)
+    options = RecordOptions(thread_slice=700)
+    monkeypatch.delenv(PURE_PYTHON_ENV, raising=False)
+    native = record_elf(program, tmp_path / "c.parquet", options)
+    monkeypatch.setenv(PURE_PYTHON_ENV, "1")
+    python = record_elf(program, tmp_path / "py.parquet", options)
+    assert native.path.read_bytes() == python.path.read_bytes()
+    assert len(set(_threads(native.path).tolist())) == 3
+
+
+def test_a_deadlock_ends_the_run_saying_who_waits(tmp_path: Path) -> None:
+    program = _build(tmp_path, "deadlock", DEADLOCK_C)
+    meta = record_elf(program, tmp_path / "dead.parquet").metadata
+    assert meta.stop.reason == "deadlock"
+    assert "thread 1 (tid 1000) waits on futex" in meta.stop.detail
+    assert "thread 2 (tid 1001) waits on futex" in meta.stop.detail
+    assert meta.stdout == ""
+    stop = next(r for r in check(load_trace(tmp_path / "dead.parquet")).results if r.id == "stop")
+    assert not stop.holds
+
+
+def test_a_timed_wait_expires_when_nothing_else_can_run(tmp_path: Path) -> None:
+    program = _build(tmp_path, "timed", TIMED_C)
+    meta = record_elf(program, tmp_path / "timed.parquet").metadata
+    assert meta.stdout == "timed out\n"
+    assert meta.stop.reason == "exit"
