@@ -264,7 +264,9 @@ def callee_saved(facts: TraceFacts) -> Findings:
     m = call_steps.size
     # One register at a time, so that a long trace holds one column of values at the
     # resumes, not six; the values are kept only where one changed.
-    steps = np.concatenate([call_steps, transfer_steps + 1])
+    # Registers after the resume: the next row of the resumed thread (events.ThreadRuns).
+    after_steps = facts.threads.next_rows(transfer_steps)
+    steps = np.concatenate([call_steps, after_steps])
     by_step = np.argsort(steps, kind="stable")
     ordered = steps[by_step]
     changed = np.zeros((len(SAVED_REGISTERS), m), dtype=np.bool_)
@@ -277,7 +279,7 @@ def callee_saved(facts: TraceFacts) -> Findings:
     bad = np.flatnonzero(changed.any(axis=0))
     changed = changed[:, bad]
     read = facts.registers_at(
-        SAVED_REGISTERS, np.concatenate([call_steps[bad], transfer_steps[bad] + 1])
+        SAVED_REGISTERS, np.concatenate([call_steps[bad], after_steps[bad]])
     )
     before = np.stack([read[name][: bad.size] for name in SAVED_REGISTERS])
     after = np.stack([read[name][bad.size :] for name in SAVED_REGISTERS])
