@@ -3,7 +3,8 @@
 Each program is built here with gcc (skipped, saying why, without it), run
 natively for the output it must print, and recorded. The recording runs one
 thread at a time under a fixed schedule (record/threads.py): the same program
-gives the same bytes every time, in the C core and in the pure-Python hooks.
+gives the same bytes every time (tests/test_native_core.py: in the C core and in
+the pure-Python hooks alike).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.examples import compiler_missing
 from stacktrace_lab.record.elf_front import record_elf
-from stacktrace_lab.record.hooks import PURE_PYTHON_ENV, native_core
 from stacktrace_lab.record.recorder import RecordOptions
 from stacktrace_lab.trace import load_trace
 
@@ -226,20 +226,6 @@ def test_the_slice_changes_the_schedule_not_the_output(tmp_path: Path) -> None:
     assert short.metadata.stdout == long.metadata.stdout == _native(program)
     switches = [int((t[1:] != t[:-1]).sum()) for t in map(_threads, (short.path, long.path))]
     assert switches[0] > switches[1]
-
-
-@pytest.mark.skipif(native_core() is None, reason="the C recording core is not built here")
-def test_the_c_core_and_the_python_hooks_write_the_same_threaded_trace(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    program = _build(tmp_path, "busy", BUSY_C)
-    options = RecordOptions(thread_slice=700)
-    monkeypatch.delenv(PURE_PYTHON_ENV, raising=False)
-    native = record_elf(program, tmp_path / "c.parquet", options)
-    monkeypatch.setenv(PURE_PYTHON_ENV, "1")
-    python = record_elf(program, tmp_path / "py.parquet", options)
-    assert native.path.read_bytes() == python.path.read_bytes()
-    assert len(set(_threads(native.path).tolist())) == 3
 
 
 def test_a_deadlock_ends_the_run_saying_who_waits(tmp_path: Path) -> None:

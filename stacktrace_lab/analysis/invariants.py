@@ -278,9 +278,7 @@ def callee_saved(facts: TraceFacts) -> Findings:
     del steps, by_step, ordered
     bad = np.flatnonzero(changed.any(axis=0))
     changed = changed[:, bad]
-    read = facts.registers_at(
-        SAVED_REGISTERS, np.concatenate([call_steps[bad], after_steps[bad]])
-    )
+    read = facts.registers_at(SAVED_REGISTERS, np.concatenate([call_steps[bad], after_steps[bad]]))
     before = np.stack([read[name][: bad.size] for name in SAVED_REGISTERS])
     after = np.stack([read[name][bad.size :] for name in SAVED_REGISTERS])
     before = before.reshape(len(SAVED_REGISTERS), bad.size)

@@ -35,6 +35,7 @@ from .dynamic import (
 from .elf import ElfImage, line_table, load_elf
 from .files import FileKernel, FileView
 from .machine import Machine, MachineSpec
+from .naming import thread_stack_name
 from .process import linux_process
 from .recorder import (
     Description,
@@ -44,7 +45,6 @@ from .recorder import (
     phase,
     record_description,
 )
-from .naming import thread_stack_name
 from .syscalls import LinuxKernel, ProcessState
 from .threads import DEFAULT_SLICE, Threads
 from .windows import Extent
@@ -87,9 +87,7 @@ def describe_elf(
     start = (from_symbol, _symbol(image, from_symbol, "--from")) if from_symbol else None
     sentinel = _symbol(image, to_symbol, "--to") if to_symbol else None
     limit = max_steps or DEFAULT_ELF_MAX_STEPS
-    spec = replace(
-        process.spec, sentinel=sentinel, stop_at=to_symbol, thread_slice=thread_slice
-    )
+    spec = replace(process.spec, sentinel=sentinel, stop_at=to_symbol, thread_slice=thread_slice)
 
     # Discovery pass: the same process, run with a light hook.
     machine = Machine(spec)
@@ -180,9 +178,7 @@ def thread_stacks(found: list[Region], threads: Threads) -> list[Region]:
     names = {t.number: t.stack_top for t in threads.all[1:] if t.stack_top}
     renamed = []
     for region in found:
-        number = next(
-            (n for n, top in names.items() if region.base < top <= region.top), None
-        )
+        number = next((n for n, top in names.items() if region.base < top <= region.top), None)
         if number is not None:
             region = replace(region, name=thread_stack_name(number))
             del names[number]

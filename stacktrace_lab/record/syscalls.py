@@ -771,7 +771,8 @@ class LinuxKernel(BareKernel):
         self, uc: Uc, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int, *_: int
     ) -> int | None:
         if not flags & CLONE_THREAD:
-            self._unsupported("clone: a new process")(uc)
+            stop = self._unsupported("clone: a new process")
+            stop(uc, flags, stack, parent_tid, child_tid, tls, 0)
             return None
         return self._new_thread(uc, flags, stack, parent_tid, child_tid, tls)
 
@@ -783,7 +784,7 @@ class LinuxKernel(BareKernel):
             int.from_bytes(raw[i : i + 8], "little") for i in range(0, 64, 8)
         )
         if not flags & CLONE_THREAD:
-            self._unsupported("clone3: a new process")(uc)
+            self._unsupported("clone3: a new process")(uc, args_addr, size, *rest)
             return None
         top = stack + stack_size if stack else 0
         return self._new_thread(uc, flags, top, parent_tid, child_tid, tls)
