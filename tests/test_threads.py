@@ -264,3 +264,19 @@ def test_a_thread_switch_is_no_stack_switch_even_after_a_call_or_ret(tmp_path: P
     assert len(facts.planted_returns) == 0
     failed = [r.id for r in check(trace).results if not r.holds]
     assert failed == []
+
+
+@pytest.mark.silicon
+def test_the_silicon_check_refuses_threads_in_one_line(tmp_path: Path) -> None:
+    """The native side stops at clone (silicon/sandbox.py): a threaded program or
+    trace is refused, naming it, until the comparison knows threads."""
+    from stacktrace_lab.errors import BadInput
+    from stacktrace_lab.silicon.check import silicon_check
+
+    program = _build(tmp_path, "join", JOIN_C)
+    path = record_elf(program, tmp_path / "join.parquet").path
+    with pytest.raises(BadInput, match=r"join: threads are not compared yet") as caught:
+        silicon_check(str(program))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(BadInput, match=r"join\.parquet: threads are not compared yet"):
+        silicon_check(str(path))

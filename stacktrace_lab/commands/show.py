@@ -52,6 +52,8 @@ def _header(trace: Trace, view: StepView) -> Text:
     text = Text()
     text.append(f"{trace.metadata.scenario.name}", style="bold")
     text.append(f"  step {row.step} of 0..{view.last_step}  ")
+    if "threads" in trace.metadata.extra:  # a threaded program: which thread ran it
+        text.append(f"thread {row.thread}  ", style="bold magenta")
     text.append(f"{row.rip:#x} {row.symbol}  ", style="cyan")
     text.append(row.insn, style="bold green")
     return text

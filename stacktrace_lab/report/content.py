@@ -17,6 +17,7 @@ import numpy as np
 from ..analysis.events import TraceFacts
 from ..analysis.model import CheckResult
 from ..layout import Region
+from ..record.naming import PROCESS_STACK, thread_stack_name
 from . import switch_picture
 from .program import ProgramHeader, program_header
 from .switch_picture import SwitchPair
@@ -84,6 +85,9 @@ class ReportContent:
     switches: int = 0
     #: The report leads with the switch picture (many stacks or switches).
     leads_with_switches: bool = False
+    #: A threaded program: how many threads, the stack each started on, how often
+    #: the scheduler switched between them ("" for one thread).
+    threads: str = ""
 
     @property
     def verdict(self) -> str:
@@ -117,6 +121,28 @@ def gather(facts: TraceFacts, check: CheckResult) -> ReportContent:
         switch_pairs=tuple(switch_picture.switch_pairs(facts)),
         switches=int(facts.switch_steps().size),
         leads_with_switches=switch_picture.wanted(facts),
+        threads=threads_line(facts),
+    )
+
+
+def threads_line(facts: TraceFacts) -> str:
+    """`2 threads: 1 on stack, 2 (tid 1001) on thread_2_stack; 3 thread switches (a
+    slice of 10,000 instructions)`, or "" for a program that made no thread."""
+    listed = facts.meta.extra.get("threads")
+    if not isinstance(listed, dict):
+        return ""
+    threads = listed.get("list") or []
+    names = {s.name for s in facts.stacks}
+    parts = []
+    for t in threads:
+        number = int(t["number"])
+        stack = PROCESS_STACK if number == 1 else thread_stack_name(number)
+        where = f" on {stack}" if stack in names else ""
+        parts.append(f"{number} (tid {t['tid']}){where}")
+    switches = len(facts.threads.ends)
+    return (
+        f"{len(threads)} threads: {', '.join(parts)}; {switches:,} thread switches "
+        f"(a slice of {int(listed.get('slice', 0)):,} instructions)"
     )
 
 
