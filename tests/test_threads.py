@@ -280,3 +280,27 @@ def test_the_silicon_check_refuses_threads_in_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
     with pytest.raises(BadInput, match=r"join\.parquet: threads are not compared yet"):
         silicon_check(str(path))
+
+
+def test_replay_runs_the_recorded_schedule(tmp_path: Path) -> None:
+    """Replay uses the trace's slice: it matches every step, thread column included;
+    the same trace claiming another slice diverges where the schedules part."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.replay import replay
+    from stacktrace_lab.trace.format import METADATA_KEY
+
+    program = _build(tmp_path, "busy", BUSY_C)
+    path = record_elf(program, tmp_path / "busy.parquet", RecordOptions(thread_slice=500)).path
+    result = replay(load_trace(path))
+    assert result.matches and result.steps_compared == load_trace(path).num_rows
+    table = pq.read_table(path)
+    doc = json.loads(table.schema.metadata[METADATA_KEY.encode()])
+    doc["threads"]["slice"] = 600
+    forged = tmp_path / "forged.parquet"
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(doc)}), forged)
+    different = replay(load_trace(forged))
+    assert different.difference is not None
+    assert different.difference.step > 0 and "thread" in different.difference.columns

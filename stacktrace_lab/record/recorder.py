@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from .. import __version__
@@ -48,7 +47,7 @@ from ..trace.reader import load_trace
 from ..trace.writer import TraceWriter
 from . import initial_state
 from .assembler import Program, assemble
-from .columns import SnapshotState, build_batch
+from .columns import SnapshotState, build_batch, thread_column
 from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .precheck import precheck_program
@@ -359,12 +358,7 @@ def record_description(
         def convert_and_write(chunk: Chunk, calls: list[SyscallRecord]) -> None:
             batch = build_batch(chunk, table, snapshots, row_schema)
             made = syscall_column(calls, chunk.first_step, chunk.rows)
-            thread = (
-                pa.array(np.frombuffer(chunk.threads, dtype="<u2"), pa.uint16())
-                if chunk.threads
-                else pa.array(np.ones(chunk.rows, dtype=np.uint16))
-            )
-            columns = [*batch.columns, made, thread]
+            columns = [*batch.columns, made, thread_column(chunk)]
             writer.write(pa.RecordBatch.from_arrays(columns, schema=trace_schema))
             if progress is not None:
                 progress(chunk.first_step + chunk.rows)
