@@ -304,3 +304,44 @@ def test_replay_runs_the_recorded_schedule(tmp_path: Path) -> None:
     different = replay(load_trace(forged))
     assert different.difference is not None
     assert different.difference.step > 0 and "thread" in different.difference.columns
+
+
+RUST_THREADS = r"""
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+fn main() {
+    let total = Arc::new(Mutex::new(0u64));
+    let (tx, rx) = mpsc::channel();
+    let mut handles = vec![];
+    for id in 0..3u64 {
+        let total = Arc::clone(&total);
+        let tx = tx.clone();
+        handles.push(thread::spawn(move || {
+            for i in 0..100 { *total.lock().unwrap() += i * (id + 1); }
+            tx.send(id).unwrap();
+        }));
+    }
+    drop(tx);
+    let mut got: Vec<u64> = rx.iter().collect();
+    got.sort();
+    for h in handles { h.join().unwrap(); }
+    println!("{:?} {}", got, *total.lock().unwrap());
+}
+"""
+
+
+def test_rust_std_threads_with_a_mutex_and_a_channel(tmp_path: Path) -> None:
+    """`thread::spawn`, `Mutex` and `mpsc` as plain `rustc -g` builds them."""
+    why = compiler_missing("rust-dynamic")
+    if why is not None:
+        pytest.skip(f"cannot build a Rust program: {why}")
+    (tmp_path / "threads.rs").write_text(RUST_THREADS)
+    program = tmp_path / "threads"
+    subprocess.run(["rustc", "-g", "-o", program, tmp_path / "threads.rs"], check=True)
+    rec = record_elf(program, tmp_path / "rust.parquet", RecordOptions(max_steps=5_000_000))
+    assert rec.metadata.stdout == _native(program) == "[0, 1, 2] 29700\n"
+    assert rec.metadata.stop.reason == "exit"
+    assert {"stack", "thread_2_stack", "thread_3_stack", "thread_4_stack"} <= {
+        s.name for s in rec.metadata.stacks
+    }
+    assert [r.id for r in check(load_trace(rec.path)).results if not r.holds] == []

@@ -276,6 +276,7 @@ class Machine:
         self.kernel.code_changed = self.forget_code
         if self.kernel.threads is not None:
             self.kernel.threads.slice = spec.thread_slice
+            self.kernel.threads.all[0].stack_top = spec.registers.get("rsp", 0)
         #: (first step, thread number) of each stretch a thread ran, in `run`.
         self.thread_runs: list[tuple[int, int]] = [(0, 1)]
         self.cpu = spec.cpu()
