@@ -9,6 +9,7 @@ the pure-Python hooks alike).
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -345,3 +346,29 @@ def test_rust_std_threads_with_a_mutex_and_a_channel(tmp_path: Path) -> None:
         s.name for s in rec.metadata.stacks
     }
     assert [r.id for r in check(load_trace(rec.path)).results if not r.holds] == []
+
+
+def test_gdb_sees_the_threads_of_a_trace(tmp_path: Path) -> None:
+    """qfThreadInfo lists the threads alive at the current step, `Hg` reads a waiting
+    thread's registers (where the scheduler left it), stop replies name the thread."""
+    import shutil
+
+    from tests.test_gdbserver import run_gdb, served
+
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed (.ci/run installs it)")
+    program = _build(tmp_path, "join", JOIN_C)
+    rec = record_elf(program, tmp_path / "join.parquet")
+    with served(rec.path, cwd=tmp_path) as port:
+        out = run_gdb(
+            port,
+            ["break body", "continue", "info threads", "thread 1", "bt",
+             "thread 2", "info registers fs_base"],
+            tmp_path,
+        )  # fmt: skip
+    assert "Thread 2 hit Breakpoint 1, body" in out
+    assert "1    Thread 1000" in out and "* 2    Thread 1001       body (" in out
+    # Thread 1 waits in pthread_join, called from main (join.c's line 8).
+    assert re.search(r"#2  0x[0-9a-f]+ in main \(\) at \S*join\.c:8", out)
+    tls = rec.metadata.extra["threads"]["list"][1]["tls"]
+    assert f"fs_base        {tls:#x}" in out

@@ -807,6 +807,7 @@ class LinuxKernel(BareKernel):
         if flags & CLONE_SETTLS:
             start[x86.UC_X86_REG_FS_BASE] = tls
         thread = threads.create(uc.context_save(), start, rsp)
+        thread.tls = start.get(x86.UC_X86_REG_FS_BASE, uc.reg_read(x86.UC_X86_REG_FS_BASE))
         tid = thread.tid.to_bytes(4, "little")
         if flags & CLONE_PARENT_SETTID and self.mapped(uc, parent_tid, 4):
             self.write_memory(parent_tid, tid)

@@ -61,6 +61,8 @@ class Thread:
     previous_rip: int = -1
     #: Where its stack starts (rsp when it began), for naming its stack.
     stack_top: int = 0
+    #: Its fs base when it began (CLONE_SETTLS: its thread-local storage).
+    tls: int = 0
     exit_status: int | None = None
 
     def describe(self) -> str:
@@ -185,6 +187,7 @@ class Threads:
                 "number": t.number,
                 "tid": t.tid,
                 "stack_top": t.stack_top,
+                "tls": t.tls,
                 "exit_status": t.exit_status,
             }
             for t in self.all
