@@ -372,3 +372,39 @@ def test_gdb_sees_the_threads_of_a_trace(tmp_path: Path) -> None:
     assert re.search(r"#2  0x[0-9a-f]+ in main \(\) at \S*join\.c:8", out)
     tls = rec.metadata.extra["threads"]["list"][1]["tls"]
     assert f"fs_base        {tls:#x}" in out
+
+
+def test_check_show_the_report_and_perfetto_say_which_thread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from stacktrace_lab.analysis.events import derive_facts
+    from stacktrace_lab.cli import main
+    from stacktrace_lab.export.perfetto import chrome_trace_events
+    from stacktrace_lab.report.content import threads_line
+
+    program = _build(tmp_path, "join", JOIN_C)
+    path = record_elf(program, tmp_path / "join.parquet").path
+    trace = load_trace(path)
+    threads = _threads(path)
+    on_2 = int(np.flatnonzero(threads == 2)[0])
+
+    assert main(["check", str(path)]) == 0
+    said = "2 threads: 1 (tid 1000) on stack, 2 (tid 1001) on thread_2_stack"
+    assert said in capsys.readouterr().out
+    assert main(["show", str(path), "--step", str(on_2), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["thread"] == 2
+    assert main(["show", str(path), "--step", str(on_2)]) == 0
+    assert f"step {on_2} of 0..{len(threads) - 1}  thread 2" in capsys.readouterr().out
+
+    switches = int((threads[1:] != threads[:-1]).sum())
+    assert f"{said}; {switches} thread switches" in threads_line(derive_facts(trace))
+
+    events = chrome_trace_events(trace)["traceEvents"]
+    tracks = {e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    assert {"thread 1 (tid 1000)", "thread 2 (tid 1001)", "stack thread_2_stack"} <= tracks
+    turns = [e for e in events if e.get("cat") == "thread"]
+    assert len(turns) == switches + 1
+    assert sum(e["dur"] for e in turns) == len(threads)
+    assert not [e for e in events if e.get("cat") == "switch"]  # no stack switch

@@ -18,6 +18,7 @@ from ..analysis.events import TraceFacts
 from ..analysis.model import CheckResult
 from ..layout import Region
 from ..record.naming import PROCESS_STACK, thread_stack_name
+from ..trace.format import TraceMetadata
 from . import switch_picture
 from .program import ProgramHeader, program_header
 from .switch_picture import SwitchPair
@@ -126,23 +127,28 @@ def gather(facts: TraceFacts, check: CheckResult) -> ReportContent:
 
 
 def threads_line(facts: TraceFacts) -> str:
-    """`2 threads: 1 on stack, 2 (tid 1001) on thread_2_stack; 3 thread switches (a
-    slice of 10,000 instructions)`, or "" for a program that made no thread."""
-    listed = facts.meta.extra.get("threads")
+    """`2 threads: 1 (tid 1000) on stack, 2 (tid 1001) on thread_2_stack; 3 thread
+    switches (a slice of 10,000 instructions)`, or "" for a program that made no thread."""
+    return threads_summary(facts.meta, len(facts.threads.ends))
+
+
+def threads_summary(meta: TraceMetadata, switches: int | None = None) -> str:
+    """The threads line from the metadata (and the number of thread switches, if known)."""
+    listed = meta.extra.get("threads")
     if not isinstance(listed, dict):
         return ""
     threads = listed.get("list") or []
-    names = {s.name for s in facts.stacks}
+    names = {s.name for s in meta.stacks}
     parts = []
     for t in threads:
         number = int(t["number"])
         stack = PROCESS_STACK if number == 1 else thread_stack_name(number)
         where = f" on {stack}" if stack in names else ""
         parts.append(f"{number} (tid {t['tid']}){where}")
-    switches = len(facts.threads.ends)
+    counted = f"{switches:,} thread switches, " if switches is not None else ""
     return (
-        f"{len(threads)} threads: {', '.join(parts)}; {switches:,} thread switches "
-        f"(a slice of {int(listed.get('slice', 0)):,} instructions)"
+        f"{len(threads)} threads: {', '.join(parts)}; {counted}"
+        f"a slice of {int(listed.get('slice', 0)):,} instructions, each thread judged on its own"
     )
 
 
