@@ -408,3 +408,51 @@ def test_check_show_the_report_and_perfetto_say_which_thread(
     assert len(turns) == switches + 1
     assert sum(e["dur"] for e in turns) == len(threads)
     assert not [e for e in events if e.get("cat") == "switch"]  # no stack switch
+
+
+#: A ucontext coroutine inside each of two threads, one after the other: green
+#: switches inside OS threads, and the second thread reuses the first one's stack.
+GREEN_IN_THREADS_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <ucontext.h>
+static __thread ucontext_t main_ctx, co_ctx;
+static __thread int counter;
+static void co(void) { for (;;) { counter++; swapcontext(&co_ctx, &main_ctx); } }
+static void *body(void *arg) {
+    char *stack = malloc(64 * 1024);
+    getcontext(&co_ctx);
+    co_ctx.uc_stack.ss_sp = stack;
+    co_ctx.uc_stack.ss_size = 64 * 1024;
+    co_ctx.uc_link = NULL;
+    makecontext(&co_ctx, co, 0);
+    for (int i = 0; i < 5; i++) swapcontext(&main_ctx, &co_ctx);
+    printf("thread %ld counter %d\n", (long)arg, counter);
+    return NULL;
+}
+int main(void) {
+    pthread_t a, b;
+    pthread_create(&a, NULL, body, (void *)1);
+    pthread_join(a, NULL);
+    pthread_create(&b, NULL, body, (void *)2);
+    pthread_join(b, NULL);
+    return 0;
+}
+"""
+
+
+def test_green_switches_inside_threads_are_still_stack_switches(tmp_path: Path) -> None:
+    from stacktrace_lab.analysis.events import derive_facts
+    from stacktrace_lab.report.content import threads_line
+
+    program = _build(tmp_path, "green", GREEN_IN_THREADS_C)
+    path = record_elf(program, tmp_path / "green.parquet").path
+    trace = load_trace(path)
+    assert trace.metadata.stdout == _native(program)
+    facts = derive_facts(trace)
+    # 5 swaps there and 5 back in each thread; none at a thread switch.
+    assert facts.switch_steps().size == 20
+    assert not np.isin(facts.switch_steps(), facts.threads.ends).any()
+    assert [r.id for r in check(trace).results if not r.holds] == []
+    assert "3 (tid 1002) on thread_2_stack" in threads_line(facts)  # a reused stack

@@ -17,7 +17,6 @@ import numpy as np
 from ..analysis.events import TraceFacts
 from ..analysis.model import CheckResult
 from ..layout import Region
-from ..record.naming import PROCESS_STACK, thread_stack_name
 from ..trace.format import TraceMetadata
 from . import switch_picture
 from .program import ProgramHeader, program_header
@@ -138,13 +137,14 @@ def threads_summary(meta: TraceMetadata, switches: int | None = None) -> str:
     if not isinstance(listed, dict):
         return ""
     threads = listed.get("list") or []
-    names = {s.name for s in meta.stacks}
     parts = []
     for t in threads:
-        number = int(t["number"])
-        stack = PROCESS_STACK if number == 1 else thread_stack_name(number)
-        where = f" on {stack}" if stack in names else ""
-        parts.append(f"{number} (tid {t['tid']}){where}")
+        # The stack it started on: a thread may start on a stack an earlier thread
+        # left (glibc caches the stacks of joined threads).
+        top = int(t.get("stack_top") or 0)
+        stack = next((s.name for s in meta.stacks if s.base < top <= s.top), None)
+        where = f" on {stack}" if stack else ""
+        parts.append(f"{t['number']} (tid {t['tid']}){where}")
     counted = f"{switches:,} thread switches, " if switches is not None else ""
     return (
         f"{len(threads)} threads: {', '.join(parts)}; {counted}"
