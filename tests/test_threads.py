@@ -456,3 +456,48 @@ def test_green_switches_inside_threads_are_still_stack_switches(tmp_path: Path) 
     assert not np.isin(facts.switch_steps(), facts.threads.ends).any()
     assert [r.id for r in check(trace).results if not r.holds] == []
     assert "3 (tid 1002) on thread_2_stack" in threads_line(facts)  # a reused stack
+
+
+#: A function that clobbers rbx, called in a thread while main runs: with slices of
+#: a few instructions the call, its body and its ret interleave with main's rows.
+CLOBBER_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+void clobber(void);
+__asm__(".globl clobber\n.type clobber, @function\nclobber:\n"
+        "  nop\n  nop\n  nop\n  nop\n  nop\n  nop\n  movq $7, %rbx\n  ret\n");
+__attribute__((noinline)) long work(long n) { long s = 0; for (long i = 0; i < n; i++) s += i; return s; }
+static void *body(void *arg) {
+    __asm__ volatile("movq $1, %%rbx\n call clobber" ::: "rbx", "memory");
+    return (void *)work(2000);
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, body, NULL);
+    long s = work(3000);
+    pthread_join(t, NULL);
+    printf("%ld\n", s);
+    return 0;
+}
+"""
+
+
+def test_a_clobbered_register_in_a_thread_is_that_functions_fault_not_a_switch(
+    tmp_path: Path,
+) -> None:
+    """Main's rows between the call and the ret are another thread's: the message
+    blames the function (save and restore rbx), not "a stack switch"."""
+    program = _build(tmp_path, "clobber", CLOBBER_C)
+    path = record_elf(program, tmp_path / "c.parquet", RecordOptions(thread_slice=3)).path
+    result = check(load_trace(path))
+    saved = next(r for r in result.results if r.id == "callee-saved")
+    assert not saved.holds and saved.total == 1
+    message = saved.violations[0].message
+    assert "rbx changed across the call to clobber" in message
+    assert "(rbx 0x1 before, 0x7 after)" in message
+    assert "stack switch" not in message
+    assert "clobber must save rbx (push on entry) and restore it (pop before ret)" in message
+    threads = _threads(path)
+    call = int(message.split("at step ")[1].split(",")[0])
+    assert len(set(threads[call : call + 12].tolist())) == 2  # main ran in between
+    assert [r.id for r in result.results if not r.holds] == ["callee-saved"]

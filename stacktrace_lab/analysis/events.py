@@ -26,7 +26,7 @@ arrays of one entry per step or per write; register values other than
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
@@ -605,20 +605,39 @@ class ThreadRuns:
     ends: I64
     #: The row where that thread runs next (the trace's length: never again).
     resumes: I64
+    #: The thread of each turn (one more than `ends`: the last turn runs to the end).
+    numbers: npt.NDArray[np.uint16] = field(default_factory=lambda: np.ones(1, dtype=np.uint16))
 
     @classmethod
     def of(cls, thread: npt.NDArray[np.uint16]) -> ThreadRuns:
         ends = np.flatnonzero(thread[1:] != thread[:-1]).astype(np.int64)
         resumes = np.full(ends.shape, thread.size, dtype=np.int64)
+        starts = np.concatenate([[0], ends + 1]).astype(np.int64)
+        numbers = thread[starts] if thread.size else np.ones(1, dtype=np.uint16)
         if ends.size:
-            starts = np.concatenate([[0], ends + 1])
-            owners = thread[starts].tolist()
+            owners = numbers.tolist()
             upcoming: dict[int, int] = {}
             for k in range(len(starts) - 1, -1, -1):
                 if k < ends.size:
                     resumes[k] = upcoming.get(owners[k], thread.size)
                 upcoming[owners[k]] = int(starts[k])
-        return cls(ends, resumes)
+        return cls(ends, resumes, numbers)
+
+    def same_thread(self, first: int, last: int, anchor: int | None = None) -> I64:
+        """The rows `first ..= last` of the thread that ran row `anchor` (default `first`)."""
+        if not self.ends.size:
+            return np.arange(first, last + 1, dtype=np.int64)
+        starts = np.concatenate([[0], self.ends + 1])
+        stops = np.append(self.ends + 1, np.iinfo(np.int64).max)
+        at = first if anchor is None else anchor
+        turn = int(np.searchsorted(starts, at, side="right")) - 1
+        mine = self.numbers == self.numbers[turn]
+        pieces = [
+            np.arange(max(lo, first), min(hi, last + 1), dtype=np.int64)
+            for lo, hi in zip(starts[mine].tolist(), stops[mine].tolist(), strict=True)
+            if lo <= last and hi > first
+        ]
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
 
     def cut(self, steps: I64) -> I64:
         """Positions in `steps` (sorted) of the rows that end a thread's turn."""

@@ -366,7 +366,8 @@ def _clobbered_message(
         values_text = ", ".join(f"{n} {was:#x} before, {now:#x} after" for n, was, now in changes)
         regs = " and ".join(names)
         # Did the call come back through a context switch (rsp visiting another stack)?
-        stacks_between = facts.rsp_owner[call_step : back_step + 1]
+        # Rows of the call's own thread only: another thread's stack is no switch.
+        stacks_between = facts.rsp_owner[facts.threads.same_thread(call_step, back_step)]
         switched = bool(np.any(stacks_between != stacks_between[0]))
         through = " through a stack switch" if switched else ""
         found = saves_and_restores(facts, call_step, back_step, switched)
