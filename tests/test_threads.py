@@ -466,7 +466,11 @@ CLOBBER_C = r"""
 void clobber(void);
 __asm__(".globl clobber\n.type clobber, @function\nclobber:\n"
         "  nop\n  nop\n  nop\n  nop\n  nop\n  nop\n  movq $7, %rbx\n  ret\n");
-__attribute__((noinline)) long work(long n) { long s = 0; for (long i = 0; i < n; i++) s += i; return s; }
+__attribute__((noinline)) long work(long n) {
+    long s = 0;
+    for (long i = 0; i < n; i++) s += i;
+    return s;
+}
 static void *body(void *arg) {
     __asm__ volatile("movq $1, %%rbx\n call clobber" ::: "rbx", "memory");
     return (void *)work(2000);
