@@ -505,3 +505,37 @@ def test_a_clobbered_register_in_a_thread_is_that_functions_fault_not_a_switch(
     call = int(message.split("at step ")[1].split(",")[0])
     assert len(set(threads[call : call + 12].tolist())) == 2  # main ran in between
     assert [r.id for r in result.results if not r.holds] == ["callee-saved"]
+
+
+@pytest.fixture(scope="module")
+def join_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("join")
+    return record_elf(_build(out, "join", JOIN_C), out / "join.parquet").path
+
+
+@pytest.mark.parametrize(
+    ("threads", "message"),
+    [
+        ({"slice": 0, "list": []}, r"threads\.slice must be in \[1, "),
+        ({"slice": 10, "list": "x"}, r"threads\.list must be a list"),
+        ({"slice": 10, "list": [{"number": 1}]}, r"threads\.list\[0\]\.tid is missing"),
+        ({"slice": 10, "list": [{"number": 0, "tid": 1}]}, r"threads\.list\[0\]\.number must"),
+    ],
+)
+def test_a_forged_threads_entry_is_one_line(
+    tmp_path: Path, join_trace: Path, threads: dict[str, object], message: str
+) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.errors import BadInput
+    from stacktrace_lab.trace.format import METADATA_KEY
+
+    table = pq.read_table(join_trace)
+    doc = json.loads(table.schema.metadata[METADATA_KEY.encode()])
+    doc["threads"] = threads
+    forged = tmp_path / "forged.parquet"
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(doc)}), forged)
+    with pytest.raises(BadInput, match=r"forged\.parquet: .*" + message):
+        load_trace(forged)
