@@ -396,7 +396,11 @@ def test_check_show_the_report_and_perfetto_say_which_thread(
     assert main(["show", str(path), "--step", str(on_2), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["thread"] == 2
     assert main(["show", str(path), "--step", str(on_2)]) == 0
-    assert f"step {on_2} of 0..{len(threads) - 1}  thread 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"step {on_2} of 0..{len(threads) - 1}  thread 2" in out
+    # Main's stack is not a green thread switched away: thread 1 waits for the scheduler.
+    # (the capture is 80 columns wide: the label is cut there)
+    assert "stack (thread 1, waiting since s" in out
 
     switches = int((threads[1:] != threads[:-1]).sum())
     assert f"{said}; {switches} thread switches" in threads_line(derive_facts(trace))
