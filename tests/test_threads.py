@@ -390,6 +390,9 @@ def test_check_show_the_report_and_perfetto_say_which_thread(
     threads = _threads(path)
     on_2 = int(np.flatnonzero(threads == 2)[0])
 
+    again = tmp_path / "again.parquet"
+    assert main(["record", str(program), "-o", str(again), "--thread-slice", "5000"]) == 0
+    assert "2 threads (a slice of 5,000 instructions), stopped: exit" in capsys.readouterr().out
     assert main(["check", str(path)]) == 0
     said = "2 threads: 1 (tid 1000) on stack, 2 (tid 1001) on thread_2_stack"
     assert said in capsys.readouterr().out

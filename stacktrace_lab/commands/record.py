@@ -239,6 +239,9 @@ def record_command(
     not_emulated = {name: n[1] for name, n in meta.syscall_counts.items() if n[1]}
     if not_emulated:
         summary["enosys"] = not_emulated
+    threads = meta.extra.get("threads")
+    if isinstance(threads, dict):  # a threaded program: how many, under which slice
+        summary["threads"] = {"count": len(threads["list"]), "slice": threads["slice"]}
     status = 0
     if with_report:
         from ..report.build import build_report
@@ -253,7 +256,15 @@ def record_command(
     if as_json:
         echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        echo(f"{written}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})")
+        made = (
+            f", {len(threads['list'])} threads (a slice of {threads['slice']:,} instructions)"
+            if isinstance(threads, dict)
+            else ""
+        )
+        echo(
+            f"{written}: {meta.steps} steps{made}, stopped: {meta.stop.reason} "
+            f"({meta.stop.detail})"
+        )
         if not_emulated:
             calls = ", ".join(f"{name} x{n}" for name, n in not_emulated.items())
             _stderr_echo(
