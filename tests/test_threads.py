@@ -449,8 +449,13 @@ int main(void) {
 """
 
 
-def test_green_switches_inside_threads_are_still_stack_switches(tmp_path: Path) -> None:
+def test_green_switches_inside_threads_are_still_stack_switches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
     from stacktrace_lab.analysis.events import derive_facts
+    from stacktrace_lab.cli import main
     from stacktrace_lab.report.content import threads_line
 
     program = _build(tmp_path, "green", GREEN_IN_THREADS_C)
@@ -463,6 +468,12 @@ def test_green_switches_inside_threads_are_still_stack_switches(tmp_path: Path) 
     assert not np.isin(facts.switch_steps(), facts.threads.ends).any()
     assert [r.id for r in check(trace).results if not r.holds] == []
     assert "3 (tid 1002) on thread_2_stack" in threads_line(facts)  # a reused stack
+    # SQL's `switches` view agrees: its windows follow each thread.
+    pytest.importorskip("duckdb", reason="DuckDB is an optional extra")
+    sql = "SELECT step FROM switches ORDER BY step"
+    assert main(["query", str(path), sql, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["step"] for row in rows] == facts.switch_steps().tolist()
 
 
 #: A function that clobbers rbx, called in a thread while main runs: with slices of
