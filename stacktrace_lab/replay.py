@@ -30,12 +30,12 @@ from .arch import REGISTERS
 from .errors import BadInput
 from .layout import SENTINEL_RETURN
 from .limits import DEFAULT_LIMITS
-from .record.columns import SnapshotState, build_batch
+from .record.columns import SnapshotState, build_batch, thread_column
 from .record.disassembly import Disassembler, InstructionTable
 from .record.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .record.recorder import Description, prepare_machine
 from .safe_output import Interrupted
-from .trace.format import SyscallRecord, hook_schema, signed64
+from .trace.format import THREAD_FIELD, SyscallRecord, hook_schema, signed64
 from .trace.reader import Trace
 
 #: Values longer than this are shortened in a report.
@@ -138,10 +138,21 @@ def elf_description(trace: Trace, binary: str | None = None) -> Description:
         options.get("to"),
         int(options.get("max_steps") or trace.num_rows),
         allow_read=[str(p) for p in options.get("allow_read", [])],
+        # A threaded program: the same schedule (record/threads.py).
+        thread_slice=_thread_slice(meta.extra),
     )
     # The recorded regions, not the new discovery's: the snapshots are theirs.
     description.spec = replace(description.spec, regions=list(meta.regions))
     return description
+
+
+def _thread_slice(extra: dict[str, object]) -> int:
+    from .record.threads import DEFAULT_SLICE
+
+    threads = extra.get("threads")
+    if isinstance(threads, dict) and isinstance(threads.get("slice"), int):
+        return int(threads["slice"])
+    return DEFAULT_SLICE
 
 
 def _show(value: object) -> str:
@@ -177,8 +188,10 @@ def first_difference(recorded: pa.Array, replayed: pa.Array) -> int | None:
     if recorded.equals(replayed):
         return None
     try:
-        unequal = pc.not_equal(recorded, replayed)
-        hits = pc.indices_nonzero(pc.fill_null(unequal, True))
+        # Null on one side only differs; null on both sides (no source line) does not.
+        unequal = pc.fill_null(pc.not_equal(recorded, replayed), False)
+        one_null = pc.xor(pc.is_null(recorded), pc.is_null(replayed))
+        hits = pc.indices_nonzero(pc.or_(unequal, one_null))
         if len(hits):
             return int(hits[0].as_py())
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
@@ -388,7 +401,7 @@ def replay(
         raise BadInput(f"{trace.path}: the trace's layout cannot be mapped again ({exc})") from None
     batch_schema = hook_schema(windows)  # system calls are compared at the end
     columns = [name for name in trace.column_names if name in batch_schema.names]
-    comparer = _Comparer(trace, columns)
+    comparer = _Comparer(trace, [*columns, THREAD_FIELD.name])
     # The file's own step limit, so a trace cut at max_steps replays to the
     # same cut; but never more than one step past the file's rows, whatever
     # its options say: that step is enough to see that the replay runs on
@@ -401,7 +414,8 @@ def replay(
     chunk_rows = min(int(meta.options.get("row_group_size") or 65536), 65536)  # bounded memory
 
     def on_chunk(chunk: Chunk) -> None:
-        comparer.check(build_batch(chunk, table, snapshots, batch_schema))
+        batch = build_batch(chunk, table, snapshots, batch_schema)
+        comparer.check(batch.append_column(THREAD_FIELD, thread_column(chunk)))
         if progress is not None:
             progress(chunk.first_step + chunk.rows)
 

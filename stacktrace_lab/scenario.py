@@ -30,8 +30,10 @@ STOP_REASONS = (
     "fault",
     "limit",
     # An instruction the emulator would run wrongly, or a system call one
-    # emulated process cannot honour (threads, fork, execve): docs/machine.md.
+    # emulated process cannot honour (fork, execve): docs/machine.md.
     "unsupported",
+    # Every thread of the process waits, none with a timeout (record/threads.py).
+    "deadlock",
 )
 INVARIANT_IDS = (
     "alignment",

@@ -93,6 +93,26 @@ def test_from_main_fast_forwards_the_same_way(
     assert recording.metadata.start is not None and recording.metadata.start.step > 1000
 
 
+@pytest.mark.parametrize("from_symbol", [None, "times"])
+def test_a_threaded_program(
+    from_symbol: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two threads preempted every 700 instructions (record/threads.py); with `--from
+    times` the fast-forward itself switches threads, to the first thread that calls it."""
+    from tests.test_threads import BUSY_C, _build
+
+    program = _build(tmp_path, "busy", BUSY_C)
+    options = RecordOptions(thread_slice=700)
+    recording = both_ways(
+        monkeypatch,
+        tmp_path,
+        lambda out: record_elf(program, out, options, from_symbol=from_symbol),
+    )
+    threads = pq.read_table(recording.path, columns=["thread"]).column(0).to_pylist()
+    assert set(threads) == {1, 2, 3} if from_symbol is None else {2, 3} <= set(threads)
+    assert recording.metadata.stdout.endswith("6000\n")
+
+
 def test_a_long_program(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     scenario = load_scenario(CALL_HEAVY)
     options = RecordOptions(max_steps=200_000)

@@ -179,6 +179,20 @@ def test_a_version_2_trace_keeps_its_syscall_list_and_presents_it_as_the_column(
     assert v2.table(["syscall"]).equals(load_trace(kinds.path).table(["syscall"]))
 
 
+def test_a_version_3_trace_reads_as_one_thread(kinds: Recording, tmp_path: Path) -> None:
+    """Before version 4 there was no `thread` column: every row is thread 1."""
+    table = pq.read_table(kinds.path)
+    doc = json.loads(table.schema.metadata[METADATA_KEY.encode()])
+    doc["version"] = 3
+    old = table.drop_columns(["thread"]).replace_schema_metadata({METADATA_KEY: json.dumps(doc)})
+    pq.write_table(old, tmp_path / "v3.parquet")
+    v3 = load_trace(tmp_path / "v3.parquet")
+    assert v3.metadata.version == 3 and "thread" in v3.column_names
+    assert v3.table(["thread"]).equals(load_trace(kinds.path).table(["thread"]))
+    assert set(v3.table(["thread"]).column(0).to_pylist()) == {1}
+    assert v3.slice(1, 3, ["rip", "thread"]).column("thread").to_pylist() == [1, 1]
+
+
 def test_a_long_run_of_system_calls_keeps_the_metadata_small(
     record_source: Callable[..., Recording],
 ) -> None:
@@ -319,7 +333,7 @@ def test_a_snapshot_of_the_wrong_width_is_a_corrupt_trace(
 def test_a_version_1_trace_loads_with_its_fact_columns_derived() -> None:
     trace = load_trace(V1_FIXTURE)
     meta = trace.metadata
-    assert meta.version == 1 and FORMAT_VERSION == 3
+    assert meta.version == 1 and FORMAT_VERSION == 4
     assert not set(FACT_COLUMNS) & set(pq.read_schema(V1_FIXTURE).names)
     assert set(FACT_COLUMNS) <= set(trace.column_names)
     assert meta.program is not None and meta.program.path == "first-switch"

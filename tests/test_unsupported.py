@@ -1,8 +1,9 @@
 """What one emulated process cannot run faithfully stops the run, saying what (never silently).
 
-A thread that fails to start (clone answered -ENOSYS) used to end in a trace
-saying `exit(0)`, with half the program's output; now the run stops with
-reason `unsupported` at the `syscall` that asked for it.
+A second process (fork, clone without CLONE_THREAD) or another program
+(execve) stops the run with reason `unsupported` at the `syscall` that asked
+for it. Threads used to stop it too; they run now (record/threads.py,
+tests/test_threads.py), and this file checks that they no longer stop it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ int main(void) {
     pthread_join(t, 0);
     puts("m");
     return 0;
+}
+"""
+
+EXEC_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    char *argv[] = {"/bin/true", 0};
+    execv("/bin/true", argv);
+    puts("exec failed");
+    return 1;
 }
 """
 
@@ -56,11 +68,11 @@ def _build(tmp_path: Path, name: str, source: str) -> Path:
 @pytest.mark.parametrize(
     ("name", "source", "detail"),
     [
-        ("thread", THREAD_C, "threads: clone3 with CLONE_THREAD"),
         ("fork", FORK_C, "clone: a new process"),
+        ("exec", EXEC_C, "execve: another program"),
     ],
 )
-def test_a_second_thread_or_process_stops_the_run_at_its_syscall(
+def test_a_second_process_or_program_stops_the_run_at_its_syscall(
     tmp_path: Path, name: str, source: str, detail: str
 ) -> None:
     program = _build(tmp_path, name, source)
@@ -74,3 +86,12 @@ def test_a_second_thread_or_process_stops_the_run_at_its_syscall(
     # `check` says so: an unsupported stop fails `stop` unless the scenario expects it.
     stop = next(r for r in check(trace).results if r.id == "stop")
     assert not stop.holds
+
+
+def test_a_thread_no_longer_stops_the_run(tmp_path: Path) -> None:
+    program = _build(tmp_path, "thread", THREAD_C)
+    meta = record_elf(program, tmp_path / "thread.parquet").metadata
+    assert (meta.stop.reason, meta.stop.detail) == ("exit", "exit_group(0)")
+    assert meta.stdout == "t\nm\n"
+    stop = next(r for r in check(load_trace(tmp_path / "thread.parquet")).results if r.id == "stop")
+    assert stop.holds

@@ -49,14 +49,15 @@ def alignment(facts: TraceFacts) -> Findings:
     notes_left = MAX_VIOLATIONS
     for k, i in enumerate(entries.tolist()):
         step, target = int(t.step[i]), int(t.target[i])
+        landed = int(facts.threads.next_rows(np.array([step], dtype=np.int64))[0])
         if target not in realigned:
-            realigned[target] = realigns(facts, step + 1)
+            realigned[target] = realigns(facts, landed)
         if realigned[target]:
             if notes_left:
                 notes_left -= 1
                 notes.append(
                     f"{facts.symbolize(target)} is entered with rsp % 16 == "
-                    f"{int(t.rsp[i]) % 16} at step {step + 1}, but realigns rsp "
+                    f"{int(t.rsp[i]) % 16} at step {landed}, but realigns rsp "
                     "(and $-16, %rsp) before its first call: allowed"
                 )
             continue
@@ -67,7 +68,7 @@ def alignment(facts: TraceFacts) -> Findings:
             site, made = _entry_site(facts, i, store, int(transfer_rips[i]))
             sites.setdefault(key, (site, made >= 0))
         site = sites[key][0]
-        item = items.add(min(step + 1, max(facts.steps - 1, 0)), "misaligned-entry", site)
+        item = items.add(min(landed, max(facts.steps - 1, 0)), "misaligned-entry", site)
         entry_item[i] = item
         messages[item] = _entry_message(facts, i, store, made)
 
@@ -219,7 +220,9 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
         transfer_rip = int(facts.rips_at(np.array([step]))[0])
         first = ""
         if bool(t.first_code[i]):
-            owner = facts.stack_name_at(step + 1)
+            owner = facts.stack_name_at(
+                int(facts.threads.next_rows(np.array([step], dtype=np.int64))[0])
+            )
             first = f", the first code to run on {owner}" if owner else ""
         head = (
             f"{target} entered with rsp % 16 == {rsp % 16} (rsp={rsp:#x}){first}, where a call "

@@ -26,7 +26,7 @@ arrays of one entry per step or per write; register values other than
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
@@ -158,8 +158,11 @@ class TraceFacts:
         call_targets: U64,
         returns: Returns,
         jumps: Jumps,
+        threads: ThreadRuns | None = None,
     ) -> None:
         self.trace = trace
+        #: Where OS threads took turns (none in a one-thread trace).
+        self.threads = threads or ThreadRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.meta: TraceMetadata = trace.metadata
         self.steps = int(rsp.size)
         self.rsp = rsp
@@ -312,7 +315,14 @@ class TraceFacts:
         if self.steps == 0:
             return np.zeros(0, dtype=np.int64)
         owner = np.append(self.rsp_owner, np.int16(self.final_owner))
-        return np.flatnonzero(owner[1:] != owner[:-1]).astype(np.int64)
+        switched = owner[1:] != owner[:-1]
+        ends = self.threads.ends
+        if ends.size:
+            # Another thread's row follows: compare with where this thread runs next.
+            # A thread's turn ending is the scheduler's switch, not a stack switch.
+            switched[ends] = owner[self.threads.resumes] != owner[ends]
+            switched[ends[self.threads.resumes >= self.steps]] = False
+        return np.flatnonzero(switched).astype(np.int64)
 
     # --- stacks ---------------------------------------------------------------
 
@@ -393,8 +403,9 @@ class TraceFacts:
         return inside if inside >= 0 else int(self.overflowed(final)[0])
 
     def rsp_after(self, steps: I64) -> U64:
-        """rsp after each of `steps` ran: the next row's, or the final one after the last row."""
-        nxt = steps + 1
+        """rsp after each of `steps` ran: the next row of its thread, or the final one
+        after the last row."""
+        nxt = self.threads.next_rows(steps)
         out = np.full(steps.shape, self.final_rsp, dtype=np.uint64)
         inside = nxt < self.steps
         out[inside] = self.rsp[nxt[inside]]
@@ -489,10 +500,12 @@ def derive_facts(trace: Trace) -> TraceFacts:
     value_parts: list[U64] = []
     # rip is kept only where a call or a ret lands (the next row's rip), not per step.
     landing_parts: list[U64] = []
+    thread = np.empty(n, dtype=np.uint16)
     offset = 0
-    for group in trace.iter_row_groups(["rip", "rsp", "kind", "writes"]):
+    for group in trace.iter_row_groups(["rip", "rsp", "kind", "writes", "thread"]):
         rows = group.num_rows
         rsp[offset : offset + rows] = group.column("rsp").to_numpy()
+        thread[offset : offset + rows] = group.column("thread").to_numpy()
         kinds = _kinds(group.column("kind"))
         kind[offset : offset + rows] = kinds
         rip = group.column("rip").to_numpy()
@@ -525,8 +538,16 @@ def derive_facts(trace: Trace) -> TraceFacts:
     del write_step, write_addr, write_size, write_value
     landings = _concat(landing_parts, np.uint64)
     del landing_parts
-    transfers = kind[_is_transfer(kind)]
+    runs = ThreadRuns.of(thread)
+    del thread
+    transfer_rows = np.flatnonzero(_is_transfer(kind))
+    transfers = kind[transfer_rows]
     final_rsp = int(trace.metadata.final.get("rsp", 0))
+    # A call or ret that was the last row of its thread's turn landed where that
+    # thread ran next, not on the next row (another thread's).
+    cut = runs.cut(transfer_rows)
+    if cut.size:
+        landings[cut] = _rips_at(trace, runs.next_rows(transfer_rows[cut]))
 
     calls = np.flatnonzero(kind == Kind.CALL).astype(np.int64)
     call_targets = landings[transfers == Kind.CALL]
@@ -537,8 +558,12 @@ def derive_facts(trace: Trace) -> TraceFacts:
     del landings, transfers
     slots = rsp[ret_steps]
     entry_rsp = np.full(ret_steps.shape, final_rsp, dtype=np.uint64)
-    before_end = ret_steps + 1 < n
-    entry_rsp[before_end] = rsp[ret_steps[before_end] + 1]
+    after_ret = runs.next_rows(ret_steps)
+    before_end = after_ret < n
+    entry_rsp[before_end] = rsp[after_ret[before_end]]
+    # A thread that never ran again after its ret: the ret popped 8 bytes.
+    never = (after_ret >= n) & (ret_steps + 1 < n)
+    entry_rsp[never] = slots[never] + np.uint64(8)
     writer = _last_writers(writes, slots, ret_steps, n)
     sentinel = int(trace.metadata.options.get("sentinel_return", SENTINEL_RETURN))
     origin = _origins(writes, kind, writer, slots, values, sentinel)
@@ -553,8 +578,82 @@ def derive_facts(trace: Trace) -> TraceFacts:
         writer=writer,
     )
     return TraceFacts(
-        trace, rsp, kind, writes, calls, call_targets, returns, Jumps(jumps, jump_targets)
+        trace, rsp, kind, writes, calls, call_targets, returns, Jumps(jumps, jump_targets), runs
     )
+
+
+def _rips_at(trace: Trace, steps: I64) -> U64:
+    """rip at a few steps (the final rip for the trace's length), row by row."""
+    out = np.empty(steps.shape, dtype=np.uint64)
+    final = int(trace.metadata.final.get("rip", 0))
+    for i, step in enumerate(steps.tolist()):
+        if step >= trace.num_rows:
+            out[i] = final
+        else:
+            out[i] = trace.slice(step, step + 1, ["rip"]).column(0)[0].as_py()
+    return out
+
+
+@dataclass(frozen=True)
+class ThreadRuns:
+    """Where the `thread` column changes: an OS thread switch, made by the machine's
+    scheduler between two rows, not by any instruction. The row after a thread's
+    last row of a turn belongs to another thread; the instruction's own effect
+    shows on the row where its thread runs next (`next_rows`)."""
+
+    #: The last row of each turn that another thread's turn follows, in order.
+    ends: I64
+    #: The row where that thread runs next (the trace's length: never again).
+    resumes: I64
+    #: The thread of each turn (one more than `ends`: the last turn runs to the end).
+    numbers: npt.NDArray[np.uint16] = field(default_factory=lambda: np.ones(1, dtype=np.uint16))
+
+    @classmethod
+    def of(cls, thread: npt.NDArray[np.uint16]) -> ThreadRuns:
+        ends = np.flatnonzero(thread[1:] != thread[:-1]).astype(np.int64)
+        resumes = np.full(ends.shape, thread.size, dtype=np.int64)
+        starts = np.concatenate([[0], ends + 1]).astype(np.int64)
+        numbers = thread[starts] if thread.size else np.ones(1, dtype=np.uint16)
+        if ends.size:
+            owners = numbers.tolist()
+            upcoming: dict[int, int] = {}
+            for k in range(len(starts) - 1, -1, -1):
+                if k < ends.size:
+                    resumes[k] = upcoming.get(owners[k], thread.size)
+                upcoming[owners[k]] = int(starts[k])
+        return cls(ends, resumes, numbers)
+
+    def same_thread(self, first: int, last: int, anchor: int | None = None) -> I64:
+        """The rows `first ..= last` of the thread that ran row `anchor` (default `first`)."""
+        if not self.ends.size:
+            return np.arange(first, last + 1, dtype=np.int64)
+        starts = np.concatenate([[0], self.ends + 1])
+        stops = np.append(self.ends + 1, np.iinfo(np.int64).max)
+        at = first if anchor is None else anchor
+        turn = int(np.searchsorted(starts, at, side="right")) - 1
+        mine = self.numbers == self.numbers[turn]
+        pieces = [
+            np.arange(max(lo, first), min(hi, last + 1), dtype=np.int64)
+            for lo, hi in zip(starts[mine].tolist(), stops[mine].tolist(), strict=True)
+            if lo <= last and hi > first
+        ]
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+    def cut(self, steps: I64) -> I64:
+        """Positions in `steps` (sorted) of the rows that end a thread's turn."""
+        if not self.ends.size or not steps.size:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(np.isin(steps, self.ends)).astype(np.int64)
+
+    def next_rows(self, steps: I64) -> I64:
+        """The row after each of `steps` in its own thread: step + 1, unless the
+        step ended its thread's turn."""
+        out = steps + 1
+        if self.ends.size and steps.size:
+            at = np.minimum(np.searchsorted(self.ends, steps), self.ends.size - 1)
+            hit = self.ends[at] == steps
+            out[hit] = self.resumes[at[hit]]
+        return out
 
 
 def _is_transfer(kinds: U8 | np.uint8) -> B:

@@ -264,7 +264,9 @@ def callee_saved(facts: TraceFacts) -> Findings:
     m = call_steps.size
     # One register at a time, so that a long trace holds one column of values at the
     # resumes, not six; the values are kept only where one changed.
-    steps = np.concatenate([call_steps, transfer_steps + 1])
+    # Registers after the resume: the next row of the resumed thread (events.ThreadRuns).
+    after_steps = facts.threads.next_rows(transfer_steps)
+    steps = np.concatenate([call_steps, after_steps])
     by_step = np.argsort(steps, kind="stable")
     ordered = steps[by_step]
     changed = np.zeros((len(SAVED_REGISTERS), m), dtype=np.bool_)
@@ -276,9 +278,7 @@ def callee_saved(facts: TraceFacts) -> Findings:
     del steps, by_step, ordered
     bad = np.flatnonzero(changed.any(axis=0))
     changed = changed[:, bad]
-    read = facts.registers_at(
-        SAVED_REGISTERS, np.concatenate([call_steps[bad], transfer_steps[bad] + 1])
-    )
+    read = facts.registers_at(SAVED_REGISTERS, np.concatenate([call_steps[bad], after_steps[bad]]))
     before = np.stack([read[name][: bad.size] for name in SAVED_REGISTERS])
     after = np.stack([read[name][bad.size :] for name in SAVED_REGISTERS])
     before = before.reshape(len(SAVED_REGISTERS), bad.size)
@@ -366,7 +366,8 @@ def _clobbered_message(
         values_text = ", ".join(f"{n} {was:#x} before, {now:#x} after" for n, was, now in changes)
         regs = " and ".join(names)
         # Did the call come back through a context switch (rsp visiting another stack)?
-        stacks_between = facts.rsp_owner[call_step : back_step + 1]
+        # Rows of the call's own thread only: another thread's stack is no switch.
+        stacks_between = facts.rsp_owner[facts.threads.same_thread(call_step, back_step)]
         switched = bool(np.any(stacks_between != stacks_between[0]))
         through = " through a stack switch" if switched else ""
         found = saves_and_restores(facts, call_step, back_step, switched)
@@ -397,7 +398,7 @@ def _clobbered_message(
 # --- stop ---------------------------------------------------------------------
 
 #: Stop reasons that end a run badly: they fail `stop` unless [expect] stop names them.
-BAD_STOPS = ("fault", "max_steps", "unsupported")
+BAD_STOPS = ("fault", "max_steps", "unsupported", "deadlock")
 
 
 def stop(facts: TraceFacts) -> Findings:
@@ -412,6 +413,8 @@ def stop(facts: TraceFacts) -> Findings:
     where += f" ({src})" if src else ""
     if reason == "fault":
         what = f"the run faulted at step {meta.stop.step}{where}: {meta.stop.detail}"
+    elif reason == "deadlock":
+        what = f"the run deadlocked at step {meta.stop.step}{where}: {meta.stop.detail}"
     elif reason == "unsupported":
         what = (
             f"the run stopped at step {meta.stop.step}{where} on what the machine cannot "

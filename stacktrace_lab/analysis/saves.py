@@ -54,14 +54,14 @@ def saves_and_restores(
 ) -> dict[str, SaveRestore]:
     """For each register the callee saved or restored: its first save and last restore."""
     if switched:
-        head = _rows(facts, call_step + 1, min(back_step, call_step + 1 + _SCAN_ROWS))
-        tail = _rows(facts, max(call_step + 1, back_step - _SCAN_ROWS), back_step)
+        head = _rows(facts, call_step + 1, min(back_step, call_step + 1 + _SCAN_ROWS), call_step)
+        tail = _rows(facts, max(call_step + 1, back_step - _SCAN_ROWS), back_step, call_step)
         accesses = _own(head, forward=True) + _own(tail, forward=False)
     elif back_step - call_step <= 2 * _SCAN_ROWS:
-        accesses = _own(_rows(facts, call_step + 1, back_step), forward=True)
+        accesses = _own(_rows(facts, call_step + 1, back_step, call_step), forward=True)
     else:
-        head = _rows(facts, call_step + 1, call_step + 1 + _SCAN_ROWS)
-        tail = _rows(facts, back_step - _SCAN_ROWS, back_step)
+        head = _rows(facts, call_step + 1, call_step + 1 + _SCAN_ROWS, call_step)
+        tail = _rows(facts, back_step - _SCAN_ROWS, back_step, call_step)
         accesses = _own(head, forward=True) + _own(tail, forward=False)
     saved: dict[str, Access] = {}
     restored: dict[str, Access] = {}
@@ -73,12 +73,18 @@ def saves_and_restores(
     return {r: SaveRestore(r, saved.get(r), restored.get(r)) for r in sorted({*saved, *restored})}
 
 
-def _rows(facts: TraceFacts, start: int, stop: int) -> dict[str, list[Any]]:
+def _rows(facts: TraceFacts, start: int, stop: int, call_step: int) -> dict[str, list[Any]]:
+    """Rows `start ..< stop` of the thread that made the call at `call_step`."""
     if stop <= start:
         return {"step": [], "rip": [], "insn": [], "insn_bytes": [], "reads": [], "writes": []}
     columns = ["step", "rip", "insn", "insn_bytes", "reads", "writes"]
     rows = facts.trace.slice(start, stop, columns).to_pydict()
     rows["kind"] = facts.kind[start:stop].tolist()
+    if facts.threads.ends.size:
+        # Only the rows of the thread that ran `start`: another thread's pushes and
+        # pops between them are not this function's saves.
+        keep = (facts.threads.same_thread(start, stop - 1, call_step) - start).tolist()
+        rows = {name: [values[i] for i in keep] for name, values in rows.items()}
     out: dict[str, list[Any]] = rows
     return out
 

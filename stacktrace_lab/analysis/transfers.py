@@ -151,11 +151,12 @@ def classify(facts: TraceFacts) -> Transfers:
     resumed = _latest_calls(facts, targets, rsp, steps)
     # Entries by call: the function's return-address slot is the call's rsp - 8.
     call_entry_slot = facts.rsp[facts.calls] - np.uint64(8)
-    by_call = _latest_match(call_entry_slot, facts.calls + 1, slot, steps)
+    by_call = _latest_match(call_entry_slot, facts.threads.next_rows(facts.calls), slot, steps)
 
     functions = function_addresses(facts)
     n = facts.steps
-    landing_step = steps + 1
+    # The row where the transfer landed: the next of its own thread (events.ThreadRuns).
+    landing_step = facts.threads.next_rows(steps)
     owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))[np.minimum(landing_step, n)]
     # The first transfer on (ret or indirect jmp) and the first call at or after each landing.
     onward = np.flatnonzero((facts.kind == Kind.RET) | (facts.kind == Kind.JMP_INDIRECT))
@@ -187,7 +188,11 @@ def classify(facts: TraceFacts) -> Transfers:
             kind = Landing.RESUME
         elif is_ret[i] and (by_call[i] >= 0 or int(slot[i]) in entries):
             kind = Landing.RETURN
-            from_call = int(facts.calls[by_call[i]]) + 1 if by_call[i] >= 0 else -1
+            from_call = (
+                int(facts.threads.next_rows(facts.calls[by_call[i] : by_call[i] + 1])[0])
+                if by_call[i] >= 0
+                else -1
+            )
             entered[i] = max(from_call, entries.get(int(slot[i]), -1))
         elif target in functions:
             kind = Landing.ENTRY
@@ -201,8 +206,8 @@ def classify(facts: TraceFacts) -> Transfers:
             kind = Landing.OTHER
         if kind == Landing.ENTRY:
             first_code[i] = first
-            entered[i] = step + 1
-            entries[int(rsp[i])] = step + 1
+            entered[i] = int(landing_step[i])
+            entries[int(rsp[i])] = int(landing_step[i])
             # Code once started as a function is one: a new coroutine on a reused stack.
             functions.add(target)
         if kind != Landing.TRAMPOLINE and k >= 0:

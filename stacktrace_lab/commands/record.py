@@ -92,6 +92,12 @@ def is_program(argument: str) -> bool:
     help="Stop after this many steps [default: the scenario's].",
 )
 @click.option(
+    "--thread-slice",
+    type=click.IntRange(min=1),
+    help="Instructions a thread runs before the next runnable one gets the CPU "
+    "(a threaded program's fixed schedule) [default: 10000].",
+)
+@click.option(
     "--snapshot-limit",
     type=int,
     help="Bytes of each stack (its top) stored per step [default: 512].",
@@ -165,6 +171,7 @@ def record_command(
     args: tuple[str, ...],
     output: Path | None,
     max_steps: int | None,
+    thread_slice: int | None,
     snapshot_limit: int | None,
     from_symbol: str | None,
     to_symbol: str | None,
@@ -193,6 +200,8 @@ def record_command(
     settings: dict[str, Any] = {"max_steps": max_steps or config.max_steps, "limits": limits}
     if snapshot_limit or config.snapshot_limit:
         settings["snapshot_limit"] = snapshot_limit or config.snapshot_limit
+    if thread_slice:
+        settings["thread_slice"] = thread_slice
     options = RecordOptions(**settings)
     to_stdout = output == STDOUT
     if to_stdout and sys.stdout.isatty():
@@ -230,6 +239,9 @@ def record_command(
     not_emulated = {name: n[1] for name, n in meta.syscall_counts.items() if n[1]}
     if not_emulated:
         summary["enosys"] = not_emulated
+    threads = meta.extra.get("threads")
+    if isinstance(threads, dict):  # a threaded program: how many, under which slice
+        summary["threads"] = {"count": len(threads["list"]), "slice": threads["slice"]}
     status = 0
     if with_report:
         from ..report.build import build_report
@@ -244,7 +256,15 @@ def record_command(
     if as_json:
         echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        echo(f"{written}: {meta.steps} steps, stopped: {meta.stop.reason} ({meta.stop.detail})")
+        made = (
+            f", {len(threads['list'])} threads (a slice of {threads['slice']:,} instructions)"
+            if isinstance(threads, dict)
+            else ""
+        )
+        echo(
+            f"{written}: {meta.steps} steps{made}, stopped: {meta.stop.reason} "
+            f"({meta.stop.detail})"
+        )
         if not_emulated:
             calls = ", ".join(f"{name} x{n}" for name, n in not_emulated.items())
             _stderr_echo(

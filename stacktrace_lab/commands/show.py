@@ -52,6 +52,8 @@ def _header(trace: Trace, view: StepView) -> Text:
     text = Text()
     text.append(f"{trace.metadata.scenario.name}", style="bold")
     text.append(f"  step {row.step} of 0..{view.last_step}  ")
+    if "threads" in trace.metadata.extra:  # a threaded program: which thread ran it
+        text.append(f"thread {row.thread}  ", style="bold magenta")
     text.append(f"{row.rip:#x} {row.symbol}  ", style="cyan")
     text.append(row.insn, style="bold green")
     return text
@@ -172,7 +174,9 @@ def _entered(frame: FrameLine) -> str:
     return f"step {frame.entered_step} by {frame.how}"
 
 
-def _backtraces(found: list[StackBacktrace]) -> Table:
+def _backtraces(found: list[StackBacktrace], waiting: dict[int, int] | None = None) -> Table:
+    """`waiting`: for a threaded program, the thread of each suspended stack's last row
+    when that is another thread than the running one (it waits for the scheduler)."""
     table = Table(
         title="backtraces (innermost frame first; suspended stacks where they left)",
         title_justify="left",
@@ -187,6 +191,8 @@ def _backtraces(found: list[StackBacktrace]) -> Table:
     table.add_column("entered")
     for bt in found:
         state = "running" if bt.running else f"suspended at step {bt.at_step}"
+        if not bt.running and waiting and bt.at_step in waiting:
+            state = f"thread {waiting[bt.at_step]}, waiting since step {bt.at_step}"
         for depth, frame in enumerate(bt.frames):
             entered = _entered(frame)
             table.add_row(
@@ -208,10 +214,23 @@ def output_console() -> Console:
     return Console(file=cast("IO[str]", LogLines()), width=PIPED_WIDTH, **PLAIN)
 
 
+def _other_threads(trace: Trace, view: StepView, found: list[StackBacktrace]) -> dict[int, int]:
+    """The thread of each suspended stack's last row, where it is not the running one."""
+    if "threads" not in trace.metadata.extra:
+        return {}
+    out = {}
+    for bt in found:
+        if not bt.running and 0 <= bt.at_step < trace.num_rows:
+            thread = int(trace.slice(bt.at_step, bt.at_step + 1, ["thread"]).column(0)[0].as_py())
+            if thread != view.row.thread:
+                out[bt.at_step] = thread
+    return out
+
+
 def render(trace: Trace, view: StepView, found: list[StackBacktrace]) -> Group:
     parts: list[Any] = [_header(trace, view), Text("")]
     if found:
-        parts += [_backtraces(found), Text("")]
+        parts += [_backtraces(found, _other_threads(trace, view, found)), Text("")]
     parts += [_registers(view), Text("")]
     parts += [_listing(view, trace.metadata), Text("")]
     accesses = _accesses(trace, view)

@@ -239,7 +239,9 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         if len(transfers)
         else np.zeros(moved.shape, np.uint8)
     )
-    landing_stack = owner[np.minimum(transfers.step + 1, facts.steps)].astype(np.int64)
+    # Where each transfer landed: the next row of its own thread (events.ThreadRuns).
+    landed = facts.threads.next_rows(transfers.step)
+    landing_stack = owner[np.minimum(landed, facts.steps)].astype(np.int64)
     landing_slot = transfers.rsp - np.uint64(8)
     n_rets = r.step.size
     ret_stack = owner[r.step].astype(np.int64)

@@ -60,6 +60,8 @@ class StepRow:
     writes: tuple[Access, ...]
     #: The instruction's bytes (the `insn_bytes` column): what decoding it reads, not `insn`.
     insn_bytes: bytes
+    #: The thread of the process that ran it (the `thread` column; 1: the first).
+    thread: int = 1
 
     @property
     def rip(self) -> int:
@@ -84,7 +86,17 @@ class Instruction:
 BoolArray = npt.NDArray[np.bool_]
 I64 = npt.NDArray[np.int64]
 
-ROW_COLUMNS = ("step", *REGISTERS, "insn", "kind", "symbol", "reads", "writes", "insn_bytes")
+ROW_COLUMNS = (
+    "step",
+    *REGISTERS,
+    "insn",
+    "kind",
+    "symbol",
+    "reads",
+    "writes",
+    "insn_bytes",
+    "thread",
+)
 
 
 def check_step(trace: Trace, step: int) -> int:
@@ -120,6 +132,7 @@ def rows(trace: Trace, start: int, stop: int) -> list[StepRow]:
                 reads=_accesses(data["reads"][i]),
                 writes=_accesses(data["writes"][i]),
                 insn_bytes=bytes(data["insn_bytes"][i]),
+                thread=int(data["thread"][i]),
             )
         )
     return out

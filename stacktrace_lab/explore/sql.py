@@ -222,7 +222,10 @@ _KIND_FROM_TEXT = (
     "WHEN 'syscall' THEN 'syscall' ELSE 'other' END"
 )
 
-_ORDER = "WINDOW w AS (PARTITION BY trace ORDER BY step)"
+#: The next row of a step is the next row of its own thread: where the `thread`
+#: column changes, the scheduler switched threads, and the row after is another
+#: thread's (analysis/events.py, ThreadRuns).
+_ORDER = "WINDOW w AS (PARTITION BY trace, thread ORDER BY step)"
 
 
 def _views(columns: set[str]) -> list[str]:
@@ -236,9 +239,11 @@ def _views(columns: set[str]) -> list[str]:
         if name in columns
     )
     args = ", ".join(SYSCALL_ARGS)
+    # Format 4 records each row's thread; an older file's rows are all thread 1.
+    thread = "coalesce(thread, 1)::USMALLINT" if "thread" in columns else "1::USMALLINT"
     return [
         f"CREATE VIEW steps AS SELECT trace, step, {registers}, insn, symbol, "
-        f"{kind} AS kind{facts}, stack_of(trace, rsp) AS stack FROM raw",
+        f"{kind} AS kind{facts}, stack_of(trace, rsp) AS stack, {thread} AS thread FROM raw",
         # One row per entry of `reads` and `writes`; `seq` is its position in the list.
         "CREATE VIEW accesses AS "
         "WITH a AS ("
@@ -258,7 +263,7 @@ def _views(columns: set[str]) -> list[str]:
         "FROM a",
         # The matching ret: the first later ret that pops the slot this call pushed.
         "CREATE VIEW calls AS "
-        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, "
+        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, thread, "
         f"  lead(rip) OVER w AS next_rip FROM steps {_ORDER}), "
         "c AS (SELECT s.*, coalesce(s.next_rip, t.final_rip) AS target FROM s "
         "  JOIN traces t USING (trace) WHERE kind = 'call'), "
@@ -270,17 +275,20 @@ def _views(columns: set[str]) -> list[str]:
         "stack_of(c.trace, c.rsp) AS stack, r.step AS ret_step, r.value AS returned_to "
         "FROM c ASOF LEFT JOIN r ON c.trace = r.trace AND c.rsp - 8 = r.slot AND r.step > c.step",
         "CREATE VIEW switches AS "
-        "WITH s AS (SELECT trace, step, rip, symbol, insn, rsp, stack, "
+        "WITH s AS (SELECT trace, step, rip, symbol, insn, rsp, stack, thread, "
         f"  lead(rsp) OVER w AS next_rsp FROM steps {_ORDER}), "
-        "n AS (SELECT s.*, coalesce(s.next_rsp, t.final_rsp) AS to_rsp FROM s "
+        # After the trace's last row, the final rsp; after a thread's last row
+        # (its exit), nothing: the thread went nowhere.
+        "n AS (SELECT s.*, CASE WHEN s.next_rsp IS NOT NULL THEN s.next_rsp "
+        "  WHEN s.step = t.steps - 1 THEN t.final_rsp END AS to_rsp FROM s "
         "  JOIN traces t USING (trace)) "
         "SELECT trace, step, rip, symbol, insn, stack AS from_stack, "
         "stack_of(trace, to_rsp) AS to_stack, rsp AS from_rsp, to_rsp "
-        "FROM n WHERE stack IS DISTINCT FROM stack_of(trace, to_rsp)",
+        "FROM n WHERE to_rsp IS NOT NULL AND stack IS DISTINCT FROM stack_of(trace, to_rsp)",
         # The last write to the popped slot's address before the ret: planted when
         # it is not the push of a call.
         "CREATE VIEW planted AS "
-        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, "
+        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, thread, "
         f"  lead(rip) OVER w AS next_rip, lead(rsp) OVER w AS next_rsp FROM steps {_ORDER}), "
         "r AS (SELECT s.trace, s.step, s.symbol, s.rsp AS slot, "
         "  coalesce(s.next_rip, t.final_rip) AS value, "
@@ -297,7 +305,7 @@ def _views(columns: set[str]) -> list[str]:
         # Each `syscall` step; its name and result from the trace's log where it has one
         # (format 2: no result for a call that did not return), else rax after it.
         "CREATE VIEW syscalls AS "
-        "WITH s AS (SELECT trace, step, rip, symbol, kind, rax, "
+        "WITH s AS (SELECT trace, step, rip, symbol, kind, rax, thread, "
         f"  {args}, lead(rax) OVER w AS next_rax FROM steps {_ORDER}) "
         "SELECT s.trace, s.step, s.rip, s.symbol, s.rax AS nr, l.name, "
         f"[{args}] AS args, CASE WHEN l.step IS NULL THEN "

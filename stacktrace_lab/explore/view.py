@@ -52,6 +52,7 @@ class StepView:
         return {
             "trace": str(trace.path),
             "step": self.row.step,
+            "thread": self.row.thread,
             "last_step": self.last_step,
             "rip": self.row.rip,
             "symbol": self.row.symbol,

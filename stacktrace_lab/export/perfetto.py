@@ -13,7 +13,9 @@ Used here:
 Time is the step: 1 step is shown as 1 µs (`ts` is in microseconds). Each
 stack region is one thread track (`tid`), so a green thread's frames stay on
 its own track while it is switched away: the slice of `switch` on a
-suspended stack spans the time that stack waits.
+suspended stack spans the time that stack waits. A threaded program also has
+one track per OS thread (`thread 2 (tid 1001)`), with a slice for each turn
+the scheduler gave it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 from ..analysis.check import check
 from ..analysis.events import TraceFacts, derive_facts
@@ -95,11 +99,14 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
             }
         )
 
+    events += _thread_tracks(trace, facts)
     switches = facts.switch_steps()
     owner = facts.rsp_owner
     for step in switches.tolist():
         before = int(owner[step])
-        after = int(owner[step + 1]) if step + 1 < n else facts.final_owner
+        # The row after in the same OS thread (another thread may run in between).
+        landed = int(facts.threads.next_rows(np.array([step], dtype=np.int64))[0])
+        after = int(owner[landed]) if landed < n else facts.final_owner
         names = [facts.stacks[i].name if i >= 0 else "outside" for i in (before, after)]
         events.append(
             {
@@ -157,6 +164,50 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
             "stop": meta.stop.reason,
         },
     }
+
+
+def _thread_tracks(trace: Trace, facts: TraceFacts) -> list[dict[str, Any]]:
+    """A threaded program: one track per OS thread, a slice for each turn it ran
+    (the scheduler's), below the stack tracks. None for one thread."""
+    listed = trace.metadata.extra.get("threads")
+    if not isinstance(listed, dict) or not facts.steps:
+        return []
+    tids = {int(t["number"]): int(t["tid"]) for t in listed.get("list") or []}
+    thread = trace.table(["thread"]).column(0).to_numpy()
+    starts = np.concatenate([[0], facts.threads.ends + 1]).astype(np.int64)
+    stops = np.append(facts.threads.ends + 1, facts.steps)
+    events: list[dict[str, Any]] = []
+    base = len(facts.stacks) + 1
+    for number in sorted(set(np.unique(thread).tolist()) | set(tids)):
+        tid = base + number
+        name = f"thread {number} (tid {tids.get(number, '?')})"
+        events.append(
+            {"ph": "M", "pid": PID, "tid": tid, "name": "thread_name", "args": {"name": name}}
+        )
+        events.append(
+            {
+                "ph": "M",
+                "pid": PID,
+                "tid": tid,
+                "name": "thread_sort_index",
+                "args": {"sort_index": base + number},
+            }
+        )
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+        number = int(thread[start])
+        events.append(
+            {
+                "ph": "X",
+                "pid": PID,
+                "tid": base + number,
+                "name": f"thread {number} runs",
+                "cat": "thread",
+                "ts": start,
+                "dur": stop - start,
+                "args": {"thread": number, "first_step": start, "last_step": stop - 1},
+            }
+        )
+    return events
 
 
 def write_chrome_trace(trace: Trace, out: Path | TextIO) -> int:

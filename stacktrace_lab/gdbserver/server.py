@@ -41,7 +41,6 @@ from .registers import REGISTER_NUMBER, REGISTER_TABLE, encode, target_xml
 from .target import Stop, TraceTarget
 
 HOST = "127.0.0.1"
-THREAD_ID = 1
 #: Breakpoints plus watchpoints a client may set.
 MAX_POINTS = 4096
 #: Bytes of a `vFile:pread` or `qXfer` reply: escaping can double them.
@@ -80,6 +79,8 @@ class Session:
         #: Packets to send before the next reply (a monitor command's output).
         self.pending: list[bytes] = []
         self._xml = target_xml().encode()
+        #: The thread `Hg` chose for register reads (a tid); None: the one running.
+        self.selected: int | None = None
 
     # --- dispatch ------------------------------------------------------------
 
@@ -104,14 +105,16 @@ class Session:
             self.ack = False
             return b"OK"
         if packet == b"g":
-            values = self.target.registers()
+            values = self.target.registers(thread=self.selected)
             return "".join(encode(r, values[r.name]) for r in REGISTER_TABLE).encode()
         if head == b"p":
             number = int(packet[1:], 16)
             if not 0 <= number < len(REGISTER_TABLE):
                 return b"E00"
             register = REGISTER_TABLE[number]
-            return encode(register, self.target.registers()[register.name]).encode()
+            return encode(
+                register, self.target.registers(thread=self.selected)[register.name]
+            ).encode()
         if head == b"m":
             addr, length = (int(x, 16) for x in packet[1:].split(b","))
             if length == 0:
@@ -129,12 +132,21 @@ class Session:
             return self._move(stop)
         if head in (b"Z", b"z"):
             return self._point(packet)
-        if head == b"H" or packet == b"T%x" % THREAD_ID:
+        threads = self.target.threads
+        if packet.startswith(b"Hg"):
+            tid = int(packet[2:], 16) if packet[2:] not in (b"", b"-1", b"0") else None
+            if tid is not None and tid not in threads.alive(self.target.state):
+                return b"E01"
+            self.selected = tid
             return b"OK"
+        if head == b"H":
+            return b"OK"  # Hc: a move always moves the whole trace
+        if head == b"T":
+            return b"OK" if int(packet[1:], 16) in threads.alive(self.target.state) else b"E01"
         if packet == b"qC":
-            return b"QC%x" % THREAD_ID
+            return b"QC%x" % threads.running(self.target.state)
         if packet == b"qfThreadInfo":
-            return b"m%x" % THREAD_ID
+            return b"m" + b",".join(b"%x" % tid for tid in threads.alive(self.target.state))
         if packet == b"qsThreadInfo":
             return b"l"
         if packet == b"qAttached":
@@ -157,6 +169,7 @@ class Session:
 
     def _move(self, stop: Stop) -> bytes:
         self.last_stop = stop
+        self.selected = None  # gdb follows the thread that runs at the new state
         return self.stop_reply(stop)
 
     def stop_reply(self, stop: Stop) -> bytes:
@@ -178,7 +191,8 @@ class Session:
             )
             for name in _EXPEDITED
         )
-        return b"T05" + reason + b"thread:%x;" % THREAD_ID + expedited
+        thread = self.target.threads.running(self.target.state)
+        return b"T05" + reason + b"thread:%x;" % thread + expedited
 
     def _point(self, packet: bytes) -> bytes:
         fields = packet[1:].split(b";")[0].split(b",")

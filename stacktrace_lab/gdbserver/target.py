@@ -75,12 +75,18 @@ class TraceTarget:
         self._group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self._groups: OrderedDict[int, dict[str, U64]] = OrderedDict()
         self._bases = _segment_bases(trace)
+        self.threads = ThreadTable.of(trace)
 
     # --- state ---------------------------------------------------------------
 
-    def registers(self, state: int | None = None) -> dict[str, int | None]:
-        """Every register of the target description at a state: None where unknown."""
+    def registers(
+        self, state: int | None = None, thread: int | None = None
+    ) -> dict[str, int | None]:
+        """Every register of the target description at a state: None where unknown.
+        `thread` (a tid): another thread's, as it waits there (its next row)."""
         s = self.state if state is None else state
+        if thread is not None and thread != self.threads.running(s):
+            return self._waiting_registers(s, thread)
         if s >= self.steps:
             known = {name: self.trace.metadata.final[name] for name in REGISTERS}
         else:
@@ -89,11 +95,18 @@ class TraceTarget:
             row = s - int(self._group_starts[group])
             known = {name: int(columns[name][row]) for name in REGISTERS}
         fs_base, gs_base = self._segment_bases_at(s)
-        values: dict[str, int | None] = {r.name: None for r in REGISTER_TABLE}
-        for name, column in TRACE_COLUMN.items():
-            values[name] = known[column]
-        values["fs_base"], values["gs_base"] = fs_base, gs_base
-        return values
+        tls = self.threads.tls.get(self.threads.running(s))
+        return _values(known, tls if tls else fs_base, gs_base)
+
+    def _waiting_registers(self, state: int, tid: int) -> dict[str, int | None]:
+        """A thread that does not run at `state`: the registers of its next row (where
+        the scheduler left it), else of its last one; its fs base from its start."""
+        row = self.threads.row_of(tid, state)
+        if row is None:
+            return _values({name: None for name in REGISTERS}, None, None)
+        known = self.registers(row)
+        known["fs_base"] = self.threads.tls.get(tid) or known["fs_base"]
+        return known
 
     def read_memory(self, addr: int, length: int) -> bytes | None:
         return self.memory.read(addr, length, self.state)
@@ -273,10 +286,77 @@ class TraceTarget:
         return True
 
 
+def _values(
+    known: dict[str, int] | dict[str, None], fs_base: int | None, gs_base: int | None
+) -> dict[str, int | None]:
+    values: dict[str, int | None] = {r.name: None for r in REGISTER_TABLE}
+    for name, column in TRACE_COLUMN.items():
+        values[name] = known[column]
+    values["fs_base"], values["gs_base"] = fs_base, gs_base
+    return values
+
+
+@dataclass
+class ThreadTable:
+    """The threads of a trace for gdb, by tid (a trace without threads: one, tid 1)."""
+
+    #: The `thread` column (None: one thread).
+    column: npt.NDArray[np.uint16] | None
+    #: tid of each thread number.
+    tids: dict[int, int]
+    #: The fs base each thread started with, by tid (its thread-local storage).
+    tls: dict[int, int]
+
+    @classmethod
+    def of(cls, trace: Trace) -> ThreadTable:
+        listed = trace.metadata.extra.get("threads")
+        if not isinstance(listed, dict) or not trace.num_rows:
+            return cls(None, {1: 1}, {})
+        column = trace.table(["thread"]).column(0).to_numpy()
+        threads = listed.get("list") or []
+        tids = {int(t["number"]): int(t["tid"]) for t in threads}
+        tls = {int(t["tid"]): int(t.get("tls") or 0) for t in threads}
+        return cls(column, tids, tls)
+
+    def running(self, state: int) -> int:
+        """The tid of the thread whose row `state` is (the last row's after the end)."""
+        if self.column is None:
+            return 1
+        row = min(state, self.column.size - 1)
+        return self.tids.get(int(self.column[row]), int(self.column[row]))
+
+    def alive(self, state: int) -> list[int]:
+        """tids of the threads that have run by `state` (at or before it), and that
+        still run at or after it: gdb's thread list there."""
+        if self.column is None:
+            return [1]
+        number_of = {tid: n for n, tid in self.tids.items()}
+        found = []
+        for tid in self.tids.values():
+            rows = np.flatnonzero(self.column == number_of[tid])
+            if rows.size and rows[0] <= state and (rows[-1] >= state or tid == self.running(state)):
+                found.append(tid)
+        return found or [self.running(state)]
+
+    def row_of(self, tid: int, state: int) -> int | None:
+        """The row where thread `tid` runs next at or after `state`, else its last row."""
+        if self.column is None:
+            return state if tid == 1 else None
+        number = next((n for n, t in self.tids.items() if t == tid), None)
+        if number is None:
+            return None
+        rows = np.flatnonzero(self.column == number)
+        if not rows.size:
+            return None
+        at = int(np.searchsorted(rows, state))
+        return int(rows[at]) if at < rows.size else int(rows[-1])
+
+
 def _segment_bases(trace: Trace) -> list[tuple[int, str, int]]:
     """(step after which it holds, "fs" or "gs", base) for each successful arch_prctl."""
     changes = []
-    for call in trace.metadata.syscalls:
+    # trace.syscalls(): the metadata's list of a version 2 trace, else the `syscall` column.
+    for call in trace.syscalls():
         if call.name != "arch_prctl" or call.result != 0 or len(call.args) < 2:
             continue
         if call.args[0] in (ARCH_SET_FS, ARCH_SET_GS):

@@ -758,6 +758,15 @@ static PyObject *core_drop_writes(Core *c, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* settle(address): the emulation stopped before the instruction at `address` (a thread's
+ * slice ended): give a fixed-value instruction's answer now, before the CPU is put away. */
+static PyObject *core_settle(Core *c, PyObject *args) {
+    unsigned long long address;
+    if (!PyArg_ParseTuple(args, "K", &address)) return NULL;
+    answer_pending(c, address);
+    return core_raise_error(c, NULL);
+}
+
 /* forget(address, size): code there may have changed (a kernel write, mprotect, munmap). */
 static PyObject *core_forget(Core *c, PyObject *args) {
     unsigned long long address, size;
@@ -770,6 +779,12 @@ static PyObject *get_step(Core *c, void *closure) { return PyLong_FromLongLong(c
 static PyObject *get_previous_rip(Core *c, void *closure) {
     return c->previous_rip == NO_ADDRESS ? PyLong_FromLong(-1)
                                          : PyLong_FromUnsignedLongLong(c->previous_rip);
+}
+static int set_previous_rip(Core *c, PyObject *value, void *closure) {
+    long long rip = PyLong_AsLongLong(value);
+    if (rip == -1 && PyErr_Occurred()) return -1;
+    c->previous_rip = rip < 0 ? NO_ADDRESS : (uint64_t)rip;
+    return 0;
 }
 static PyObject *get_stop(Core *c, void *closure) { return PyLong_FromLong(c->stop); }
 static PyObject *get_tick(Core *c, void *closure) { return PyBool_FromLong(c->tick); }
@@ -794,7 +809,8 @@ static int set_want(Core *c, PyObject *value, void *closure) {
 
 static PyGetSetDef core_getset[] = {
     {"step", (getter)get_step, NULL, "steps counted so far", NULL},
-    {"previous_rip", (getter)get_previous_rip, NULL, "the last counted address, -1: none", NULL},
+    {"previous_rip", (getter)get_previous_rip, (setter)set_previous_rip,
+     "the last counted address, -1: none (set when another thread's CPU is put in)", NULL},
     {"stop", (getter)get_stop, NULL, "0 running, 1 max steps, 2 spin, 3 stopped by Python", NULL},
     {"tick", (getter)get_tick, (setter)set_tick, "call owner.tick(steps) every 2**20 steps", NULL},
     {"lowest", (getter)get_lowest, NULL, "lowest rsp inside the main stack (discovery)", NULL},
@@ -813,6 +829,7 @@ static PyMethodDef core_methods[] = {
     {"add_event", (PyCFunction)core_add_event, METH_VARARGS, NULL},
     {"drop_writes", (PyCFunction)core_drop_writes, METH_VARARGS, NULL},
     {"forget", (PyCFunction)core_forget, METH_VARARGS, NULL},
+    {"settle", (PyCFunction)core_settle, METH_VARARGS, NULL},
     {NULL},
 };
 

@@ -147,6 +147,13 @@ class SnapshotState:
         )
 
 
+def thread_column(chunk: Chunk) -> pa.Array:
+    """The chunk's `thread` column (format 4): 1 on every row unless threads ran."""
+    if chunk.threads:
+        return pa.array(np.frombuffer(chunk.threads, dtype="<u2"), pa.uint16())
+    return pa.array(np.ones(chunk.rows, dtype=np.uint16))
+
+
 def build_batch(
     chunk: Chunk,
     table: InstructionTable,

@@ -35,7 +35,7 @@ from ..arch import PAGE
 from ..layout import Region
 from .elf import DataSymbol, ElfImage
 from .hooks import TICK_MASK, _raw, add_raw_hook
-from .machine import Machine
+from .machine import Control, Machine
 from .naming import PROCESS_STACK, identifier, unique, usable_part
 from .syscalls import LinuxKernel
 from .user_mode import NORMAL
@@ -202,7 +202,8 @@ class _NativeWalk:
         uc = self.machine.uc
         try:
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+                rip = int(uc.reg_read(x86.UC_X86_REG_RIP))
+                self.machine.emulate(rip, 0, 0, self.machine.native_control())
         finally:
             self.core.detach()
             rules.outside = rules.entered = rules.returned = None
@@ -231,7 +232,7 @@ class _PythonWalk:
     ) -> None:
         self.machine = machine
         self.max_steps, self.lo, self.hi, self.watch = max_steps, lo, hi, watch
-        self.state = {"step": 0, "previous": -1, "want": -1, "lowest": hi}
+        self.state = {"step": 0, "previous": -1, "want": -1, "lowest": hi, "stopped": 0}
         self.outside_steps = array("q")
         self.outside_rsp = array("Q")
 
@@ -261,6 +262,7 @@ class _PythonWalk:
                 rules.answer_pending(address)
             step = state["step"]
             if step >= max_steps:
+                state["stopped"] = 1
                 uc.emu_stop()
                 return
             reg_read(uch, rsp_id, rsp_ref)
@@ -279,6 +281,7 @@ class _PythonWalk:
             elif address in watch:
                 entered(address, rsp)
             if address == state["previous"] and bytes(uc.mem_read(address, 2)) == _JMP_SELF[0]:
+                state["stopped"] = 1
                 uc.emu_stop()
                 return
             state["previous"] = address
@@ -301,8 +304,15 @@ class _PythonWalk:
             add_raw_hook(uch, UC_HOOK_MEM_WRITE, write_hook),
         ]
         try:
+            control = Control(
+                lambda: state["step"],
+                lambda: state["previous"],
+                lambda rip: state.__setitem__("previous", rip),
+                lambda: bool(state["stopped"]),
+                rules.answer_pending,
+            )
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0, 0, control)
         finally:
             for handle in handles:
                 uclib.uc_hook_del(uch, handle)

@@ -34,6 +34,7 @@ from .dynamic import (
 from .elf import ElfImage, load_elf
 from .files import FileKernel, FileView
 from .machine import Machine, MachineSpec
+from .naming import thread_stack_name
 from .process import linux_process
 from .recorder import (
     Description,
@@ -44,6 +45,7 @@ from .recorder import (
     record_description,
 )
 from .syscalls import LinuxKernel, ProcessState
+from .threads import DEFAULT_SLICE, Threads
 from .windows import Extent
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -67,9 +69,12 @@ def describe_elf(
     name: str | None = None,
     progress: Progress | None = None,
     allow_read: list[str] | tuple[str, ...] = (),
+    thread_slice: int = DEFAULT_SLICE,
 ) -> Description:
     """`stacks`: named stacks that replace discovery (a scenario's `[[stacks]]`).
-    `allow_read`: host paths the program may read besides its libraries and directory."""
+    `allow_read`: host paths the program may read besides its libraries and directory.
+    `thread_slice`: instructions a thread runs before the next one (record/threads.py);
+    the discovery pass and the recording run the same schedule."""
     image = load_elf(path)
     view = FileView(Path(image.path).resolve().parent, tuple(Path(p).resolve() for p in allow_read))
     interp = load_interp(image, view) if image.interp is not None else None
@@ -81,7 +86,7 @@ def describe_elf(
     start = (from_symbol, _symbol(image, from_symbol, "--from")) if from_symbol else None
     sentinel = _symbol(image, to_symbol, "--to") if to_symbol else None
     limit = max_steps or DEFAULT_ELF_MAX_STEPS
-    spec = replace(process.spec, sentinel=sentinel, stop_at=to_symbol)
+    spec = replace(process.spec, sentinel=sentinel, stop_at=to_symbol, thread_slice=thread_slice)
 
     # Discovery pass: the same process, run with a light hook.
     machine = Machine(spec)
@@ -109,6 +114,8 @@ def describe_elf(
     found = stacks if stacks is not None else name_stacks(evidence, image.data_symbols)
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
+    if stacks is None and kernel.threads is not None:
+        found = thread_stacks(found, kernel.threads)
     later = _later_regions(kernel, {r.name for r in [*spec.regions, *found]})
 
     main_stack = _used_part(main_stack, evidence.lowest_main)
@@ -163,6 +170,20 @@ def describe_elf(
         },
         extents=stack_extents(evidence, [*found, main_stack]),
     )
+
+
+def thread_stacks(found: list[Region], threads: Threads) -> list[Region]:
+    """The stack each thread started on is named for it (`thread_2_stack`): the
+    found stack that holds the thread's first rsp (the clone's stack)."""
+    names = {t.number: t.stack_top for t in threads.all[1:] if t.stack_top}
+    renamed = []
+    for region in found:
+        number = next((n for n, top in names.items() if region.base < top <= region.top), None)
+        if number is not None:
+            region = replace(region, name=thread_stack_name(number))
+            del names[number]
+        renamed.append(region)
+    return renamed
 
 
 def _objects(machine: Machine) -> list[LoadedObject]:
@@ -293,5 +314,6 @@ def record_elf(
         name=name,
         progress=progress,
         allow_read=allow_read,
+        thread_slice=options.thread_slice,
     )
     return record_description(description, output, options, progress)

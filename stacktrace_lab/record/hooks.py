@@ -315,8 +315,14 @@ class PythonRecording:
             while events and events[-1][0] == last_step and events[-1][1] == MEM_WRITE:
                 events.pop()
 
+        def set_previous_rip(rip: int) -> None:
+            nonlocal previous_rip
+            previous_rip = rip
+
         self.step: Callable[[], int] = lambda: step
         self.previous_rip: Callable[[], int] = lambda: previous_rip
+        #: Another thread's CPU was put in: the `rep` rule compares with its last rip.
+        self.set_previous_rip: Callable[[int], None] = set_previous_rip
         self.add_event: Callable[[MemEvent], None] = lambda event: append_event(event)
         self.drop_writes: Callable[[int], None] = drop_writes
         self.flush: Callable[[], bool] = flush
@@ -339,6 +345,10 @@ class PythonRecording:
     def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
+
+    def stopped(self) -> bool:
+        """The hooks stopped the run (max steps, a spin, an error)."""
+        return self.stop_kind != 0 or self.error is not None
 
 
 class NativeRecording:
@@ -389,10 +399,17 @@ class NativeRecording:
     def raise_error(self) -> None:
         self.core.raise_error()
 
+    def stopped(self) -> bool:
+        return int(self.core.stop) != 0
 
-def python_counter(uc: Uc, rules: StepRules) -> tuple[Callable[[], int], list[Any]]:
+    def set_previous_rip(self, rip: int) -> None:
+        self.core.previous_rip = rip
+
+
+def python_counter(uc: Uc, rules: StepRules) -> tuple[Callable[[], int], list[Any], list[int]]:
     """Fast-forward hooks in Python: count steps as `run` does, keep the step rules.
-    Returns (the count so far, the hooks to register: code, memory write)."""
+    Returns (the count so far, the hooks to register: code, memory write, and
+    [the last counted rip], which a thread switch sets)."""
     counter = [0]
     previous = [-1]
     kinds = rules.decisions.kinds
@@ -419,7 +436,8 @@ def python_counter(uc: Uc, rules: StepRules) -> tuple[Callable[[], int], list[An
         if address >> _PAGE_BITS in watched or (address + size - 1) >> _PAGE_BITS in watched:
             rules.written(address, size)
 
-    return (lambda: counter[0]), [HOOK_CODE_CFUNC(count), HOOK_MEM_ACCESS_CFUNC(on_write)]
+    callbacks = [HOOK_CODE_CFUNC(count), HOOK_MEM_ACCESS_CFUNC(on_write)]
+    return (lambda: counter[0]), callbacks, previous
 
 
 def register_buffers() -> tuple[int, Any, Any, Any]:

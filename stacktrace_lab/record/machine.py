@@ -32,7 +32,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -81,7 +81,8 @@ from .hooks import (
     python_counter,
 )
 from .initial_state import start_as_linux
-from .syscalls import BareKernel
+from .syscalls import MASK64, BareKernel
+from .threads import DEFAULT_SLICE, EXITED
 from .user_mode import Decisions
 
 # Re-exported: the register order and row layout every reader of a Chunk uses.
@@ -136,6 +137,9 @@ class Chunk:
     #: loaded (code written or mapped at run time), by address, read from
     #: memory when the chunk was handed over (`Machine.run_code`).
     code: dict[int, bytes] = field(default_factory=dict)
+    #: The thread of each row (1: the process's first), uint16 little-endian;
+    #: empty: every row is thread 1.
+    threads: bytes = b""
 
     @property
     def rows(self) -> int:
@@ -156,6 +160,23 @@ class RunResult:
     #: Output bytes written past `MachineSpec.max_output` and not kept.
     stdout_dropped: int = 0
     stderr_dropped: int = 0
+    #: The process's threads (each one's number, tid, ...), when it made any.
+    threads: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Control:
+    """What switching threads needs from the hooks of one pass (fast-forward,
+    discovery, recording): they count steps and keep the last rip (the `rep`
+    rule) and a fixed-value instruction's pending answer."""
+
+    step: Callable[[], int]
+    previous_rip: Callable[[], int]
+    set_previous_rip: Callable[[int], None]
+    #: The hooks stopped the pass (max steps, a spin, an error).
+    stopped: Callable[[], bool]
+    #: The emulation stopped before the instruction at this rip: give a pending answer now.
+    settle: Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -191,6 +212,8 @@ class MachineSpec:
     cpu: Callable[[], CpuModel] = CpuModel
     #: Bytes of stdout and of stderr kept; the rest is counted (limits.py).
     max_output: int = 1 << 20
+    #: Instructions a thread runs before the next runnable one (threads.py).
+    thread_slice: int = DEFAULT_SLICE
 
     @property
     def code_region(self) -> Region:
@@ -251,6 +274,11 @@ class Machine:
         self.kernel.max_output = spec.max_output
         self.kernel.write_memory = self._kernel_write
         self.kernel.code_changed = self.forget_code
+        if self.kernel.threads is not None:
+            self.kernel.threads.slice = spec.thread_slice
+            self.kernel.threads.all[0].stack_top = spec.registers.get("rsp", 0)
+        #: (first step, thread number) of each stretch a thread ran, in `run`.
+        self.thread_runs: list[tuple[int, int]] = [(0, 1)]
         self.cpu = spec.cpu()
         self.cpu.install(self.uc)
         self.decisions = Decisions(self.uc)
@@ -361,14 +389,22 @@ class Machine:
             core.tick = progress is not None
             core.attach_count()
             counted: Callable[[], int] = lambda: int(core.step)  # noqa: E731
+            control = self.native_control()
         else:
-            counted, callbacks = python_counter(self.uc, self.rules)
+            counted, callbacks, previous = python_counter(self.uc, self.rules)
             handles = [
                 add_raw_hook(uch, UC_HOOK_CODE, callbacks[0]),
                 add_raw_hook(uch, UC_HOOK_MEM_WRITE, callbacks[1]),
             ]
+            control = Control(
+                counted,
+                lambda: previous[0],
+                lambda rip: previous.__setitem__(0, rip),
+                lambda: False,
+                self.rules.answer_pending,
+            )
         try:
-            self.emulate(self.spec.entry, until, limit)
+            self.emulate(self.spec.entry, until, limit, control)
         except UcError as exc:
             return self._fault_stop(exc, -1, lambda _step: None)
         finally:
@@ -408,14 +444,110 @@ class Machine:
             return {}
         return {addr: self.decisions.code_at(addr) for addr in np.unique(rips[elsewhere]).tolist()}
 
-    def emulate(self, begin: int, until: int, count: int = 0) -> None:
-        """`emu_start` for the unrecorded passes (fast-forward, discovery): a stopping
-        signal (Ctrl-C, SIGTERM, SIGHUP) stops the emulation and raises `Interrupted`,
-        so the command unwinds and removes its temporary file."""
+    def emulate(self, begin: int, until: int, count: int, control: Control) -> None:
+        """`emu_start` for the unrecorded passes (fast-forward, discovery), switching
+        threads (`drive`): a stopping signal (Ctrl-C, SIGTERM, SIGHUP) stops the
+        emulation and raises `Interrupted`, so the command unwinds and removes its
+        temporary file."""
         with _signals_stop(self.uc._uch) as interrupted:
-            self.uc.emu_start(begin, until, 0, count)
+            self.drive(begin, until, count, control, interrupted)
         if interrupted[0]:
             raise Interrupted(interrupted[0])
+
+    def native_control(self) -> Control:
+        """`Control` over the C core, whichever mode it is attached in."""
+        assert self.native is not None
+        core = self.native.core
+
+        def set_previous(rip: int) -> None:
+            core.previous_rip = rip
+
+        return Control(
+            lambda: int(core.step),
+            lambda: int(core.previous_rip),
+            set_previous,
+            lambda: int(core.stop) != 0,
+            core.settle,
+        )
+
+    # --- threads ----------------------------------------------------------------------
+
+    def drive(
+        self, begin: int, until: int, count: int, control: Control, interrupted: list[int]
+    ) -> None:
+        """Run from `begin` until `until` (0: no such address), at most `count` steps
+        (0: no limit), one thread at a time (threads.py).
+
+        Each `emu_start` runs the current thread until it blocks, yields or exits
+        (the `syscall` hook asks for a switch and stops after that instruction),
+        or for `slice` instructions while another thread is alive (unicorn's
+        instruction count stops before the next one); then the scheduler picks
+        the next thread and its CPU state is put in. A process that never makes
+        a thread runs in one `emu_start`, as before threads existed."""
+        threads = self.kernel.threads
+        rip = begin
+        while True:
+            budget = threads.slice if threads is not None and threads.several() else 0
+            limited = False
+            if count:
+                left = count - control.step()
+                if left <= 0:
+                    return
+                if not budget or left <= budget:
+                    budget, limited = left, True
+            self.uc.emu_start(rip, until, 0, budget)
+            if threads is None or self.kernel.stop is not None or self._interrupt is not None:
+                return
+            if control.stopped() or interrupted[0]:
+                return
+            rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
+            if threads.reslice and not threads.switch_wanted:
+                threads.reslice = False  # a new thread: the caller goes on, now in slices
+                continue
+            threads.reslice = False
+            slice_ended = budget and not limited and rip != until
+            if not (threads.switch_wanted or slice_ended):
+                return
+            if not self._switch(control, rip):
+                return
+            rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
+
+    def _switch(self, control: Control, rip: int) -> bool:
+        """Put the next thread's CPU in; False when none can run (a deadlock)."""
+        threads = self.kernel.threads
+        assert threads is not None
+        current = threads.current
+        control.settle(rip)
+        chosen = threads.pick()
+        if chosen is None:
+            self._interrupt = Stop("deadlock", -1, threads.deadlock())
+            return False
+        if chosen is not current:
+            if current.state != EXITED:
+                current.context = self.uc.context_save()
+                current.previous_rip = control.previous_rip()
+            self.uc.context_restore(chosen.context)
+            chosen.context = None
+            for register, value in chosen.start.items():
+                self.uc.reg_write(register, value)
+            chosen.start = {}
+            control.set_previous_rip(chosen.previous_rip)
+            threads.current = chosen
+            self.thread_runs.append((control.step(), chosen.number))
+        if chosen.result is not None:  # the answer of the call it blocked in
+            self.uc.reg_write(x86.UC_X86_REG_RAX, chosen.result & MASK64)
+            chosen.result = None
+        return True
+
+    def thread_column(self, first_step: int, rows: int) -> bytes:
+        """The `thread` of rows `first_step ..< first_step + rows` (uint16 LE)."""
+        runs = self.thread_runs
+        if len(runs) == 1 and runs[0][1] == 1:
+            return b""
+        starts = np.fromiter((step for step, _ in runs), dtype=np.int64)
+        numbers = np.fromiter((number for _, number in runs), dtype="<u2")
+        steps = np.arange(first_step, first_step + rows, dtype=np.int64)
+        return numbers[np.searchsorted(starts, steps, side="right") - 1].tobytes()
 
     def run(
         self,
@@ -426,9 +558,14 @@ class Machine:
         uc = self.uc
         initial = self.registers()
 
+        threads = self.kernel.threads
+        self.thread_runs = [(0, threads.current.number if threads is not None else 1)]
+
         def hand_over(first_step: int, registers: bytes, events: list[MemEvent] | bytes) -> bool:
             """A chunk of rows to the caller; False when the run must stop (a limit)."""
-            on_chunk(Chunk(first_step, registers, events, self.run_code(registers)))
+            rows = len(registers) // ROW_BYTES
+            column = self.thread_column(first_step, rows)
+            on_chunk(Chunk(first_step, registers, events, self.run_code(registers), column))
             return self._interrupt is None
 
         hooks: PythonRecording | NativeRecording
@@ -450,10 +587,21 @@ class Machine:
         self._step_now = lambda: hooks.step() - 1
         self._rip_now = hooks.previous_rip
         stop: Stop | None = None
+        if self.native is not None:
+            control = replace(self.native_control(), stopped=hooks.stopped)
+        else:
+            assert isinstance(hooks, PythonRecording)
+            control = Control(
+                hooks.step,
+                hooks.previous_rip,
+                hooks.set_previous_rip,
+                hooks.stopped,
+                self.rules.answer_pending,
+            )
         hooks.attach()
         with _signals_stop(uc._uch) as interrupted:
             try:
-                uc.emu_start(initial["rip"], self.spec.sentinel or 0)
+                self.drive(initial["rip"], self.spec.sentinel or 0, 0, control, interrupted)
             except UcError as exc:
                 stop = self._interrupt or self._fault_stop(exc, hooks.step() - 1, hooks.drop_writes)
             finally:
@@ -480,6 +628,7 @@ class Machine:
             syscalls=list(self.kernel.log),
             stdout_dropped=self.kernel.dropped[1],
             stderr_dropped=self.kernel.dropped[2],
+            threads=threads.metadata() if threads is not None and len(threads.all) > 1 else [],
         )
 
     def _why_stopped(self, stop: Stop | None, last_step: int, last_rip: int) -> Stop:

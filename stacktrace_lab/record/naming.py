@@ -18,6 +18,12 @@ from __future__ import annotations
 PROCESS_STACK = "stack"
 
 
+def thread_stack_name(number: int) -> str:
+    """The stack thread `number` (2, 3...: the `thread` column) started on; the
+    process's first thread runs on `stack`."""
+    return f"thread_{number}_stack"
+
+
 def identifier(name: str) -> str:
     """A region name usable in `REGION[INDEX]` and a column name: `a::b` -> `a.b`."""
     cleaned = name.replace("::", ".")

@@ -46,11 +46,12 @@ from ..trace.reader import load_trace
 from ..trace.writer import TraceWriter
 from . import initial_state
 from .assembler import Program, assemble
-from .columns import SnapshotState, build_batch
+from .columns import SnapshotState, build_batch, thread_column
 from .disassembly import Disassembler, InstructionTable
 from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .precheck import precheck_program
 from .syscalls import ENOSYS, BareKernel
+from .threads import DEFAULT_SLICE
 from .windows import Extent, choose_windows
 
 DEFAULT_ROW_GROUP = 65536
@@ -73,6 +74,8 @@ class RecordOptions:
     row_group_size: int = DEFAULT_ROW_GROUP
     #: Program size, output and trace size bounds (limits.py).
     limits: Limits = DEFAULT_LIMITS
+    #: Instructions a thread runs before the next runnable one (record/threads.py).
+    thread_slice: int = DEFAULT_SLICE
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and self.max_steps < 1:
@@ -81,6 +84,8 @@ class RecordOptions:
             raise BadInput(
                 f"--snapshot-limit must be between 8 and 1048576, got {self.snapshot_limit}"
             )
+        if self.thread_slice < 1:
+            raise BadInput(f"--thread-slice must be at least 1, got {self.thread_slice}")
         if self.row_group_size < 1:
             raise BadInput(f"row group size must be at least 1, got {self.row_group_size}")
 
@@ -380,7 +385,8 @@ def record_description(
         def convert_and_write(chunk: Chunk, calls: list[SyscallRecord]) -> None:
             batch = build_batch(chunk, table, snapshots, row_schema)
             made = syscall_column(calls, chunk.first_step, chunk.rows)
-            writer.write(pa.RecordBatch.from_arrays([*batch.columns, made], schema=trace_schema))
+            columns = [*batch.columns, made, thread_column(chunk)]
+            writer.write(pa.RecordBatch.from_arrays(columns, schema=trace_schema))
             if progress is not None:
                 progress(chunk.first_step + chunk.rows)
 
@@ -481,8 +487,16 @@ def _metadata(
             **_non_default_limits(options.limits),
         },
         tool=tool_versions(),
-        extra=_cut_output(result),
+        extra={**_cut_output(result), **_threads(result, description)},
     )
+
+
+def _threads(result: RunResult, description: Description) -> dict[str, object]:
+    """`threads`, when the program made any: the slice of the schedule (instructions a
+    thread runs before the next one) and each thread's number, tid and exit status."""
+    if not result.threads:
+        return {}
+    return {"threads": {"slice": description.spec.thread_slice, "list": result.threads}}
 
 
 class SyscallCounts:

@@ -31,6 +31,7 @@ from ..arch import PAGE
 from ..limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
 from ..trace.format import SyscallRecord
 from .address_space import AddressSpace, Area
+from .threads import ETIMEDOUT, MATCH_ANY, Threads
 
 __all__ = ["Area", "BareKernel", "KernelStop", "LinuxKernel", "ProcessState", "fixed_random"]
 
@@ -109,6 +110,8 @@ class BareKernel:
         #: decided there (user_mode.py) must be decided again.
         self.code_changed: Callable[[int, int], None] = lambda _addr, _size: None
         self._uc: Uc | None = None
+        #: The process's threads (a Linux process's kernel); None: one thread, no futexes.
+        self.threads: Threads | None = None
         #: Names the log gives calls: the bare machine knows only its own three.
         self.names = {nr: NAMES[nr] for nr in (1, 60, 231)}
         self.handlers: dict[int, Handler] = {
@@ -241,16 +244,29 @@ def _page_ceil(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
-#: clone's flag for a thread of the same process (linux/sched.h).
+#: clone's flags (linux/sched.h).
 CLONE_THREAD = 0x10000
+CLONE_SETTLS = 0x80000
+CLONE_PARENT_SETTID = 0x100000
+CLONE_CHILD_CLEARTID = 0x200000
+CLONE_CHILD_SETTID = 0x1000000
+#: futex operations (linux/futex.h).
+FUTEX_WAIT, FUTEX_WAKE, FUTEX_REQUEUE, FUTEX_CMP_REQUEUE = 0, 1, 3, 4
+FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 9, 10
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
+#: The fixed clock in nanoseconds (every clock reads FIXED_TIME).
+FIXED_TIME_NS = FIXED_TIME * 1_000_000_000
+#: Threads one process may create (the trace's `thread` column is small).
+MAX_THREADS = 1024
 
 
 class LinuxKernel(BareKernel):
-    """The system calls of one single-threaded Linux process (docs/machine.md)."""
+    """The system calls of one Linux process and its threads (docs/machine.md)."""
 
     def __init__(self, process: ProcessState) -> None:
         super().__init__()
         self.process = process
+        self.threads = Threads(PID)
         self.names = NAMES
         self.handlers.update(
             {
@@ -266,7 +282,7 @@ class LinuxKernel(BareKernel):
                 14: self.sys_rt_sigprocmask,
                 16: self.sys_ioctl,
                 20: self.sys_writev,
-                24: _returns(0),
+                24: self.sys_sched_yield,
                 28: _returns(0),
                 39: _returns(PID),
                 62: self.sys_kill,
@@ -280,11 +296,12 @@ class LinuxKernel(BareKernel):
                 110: _returns(PID - 1),
                 131: self.sys_sigaltstack,
                 158: self.sys_arch_prctl,
-                186: _returns(PID),
+                60: self.sys_exit_thread,
+                186: self.sys_gettid,
                 200: self.sys_tkill,
                 202: self.sys_futex,
                 204: self.sys_sched_getaffinity,
-                218: _returns(PID),
+                218: self.sys_set_tid_address,
                 228: self.sys_clock_gettime,
                 234: self.sys_tgkill,
                 257: self.sys_openat,
@@ -595,9 +612,82 @@ class LinuxKernel(BareKernel):
             return 0
         return -EINVAL
 
-    def sys_futex(self, uc: Uc, _uaddr: int, op: int, *_: int) -> int:
-        # One thread: nobody waits to be woken, and a wait would wait forever.
-        return 0 if op & 0x7F == 1 else -EAGAIN
+    def sys_futex(
+        self, uc: Uc, uaddr: int, op: int, val: int, timeout: int, uaddr2: int, val3: int
+    ) -> int | None:
+        """Wait and wake between the process's threads (threads.py). Private and
+        shared futexes are the same here: there is one process."""
+        threads = self.threads
+        assert threads is not None
+        command = op & ~(FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
+        if command in (FUTEX_WAIT, FUTEX_WAIT_BITSET):
+            bitset = MATCH_ANY if command == FUTEX_WAIT else val3 & MATCH_ANY
+            if bitset == 0:
+                return -EINVAL
+            if not self.mapped(uc, uaddr, 4) or (timeout and not self.mapped(uc, timeout, 16)):
+                return -EFAULT
+            if int.from_bytes(uc.mem_read(uaddr, 4), "little") != val & MATCH_ANY:
+                return -EAGAIN
+            deadline = None
+            if timeout:
+                raw = bytes(uc.mem_read(timeout, 16))
+                seconds = int.from_bytes(raw[:8], "little", signed=True)
+                nanoseconds = int.from_bytes(raw[8:], "little", signed=True)
+                if seconds < 0 or not 0 <= nanoseconds < 1_000_000_000:
+                    return -EINVAL
+                wait = seconds * 1_000_000_000 + nanoseconds
+                # FUTEX_WAIT's timeout is relative, FUTEX_WAIT_BITSET's absolute:
+                # against the fixed clock, one in the past has expired already.
+                deadline = wait + (FIXED_TIME_NS if command == FUTEX_WAIT else 0)
+                if deadline <= FIXED_TIME_NS:
+                    return -ETIMEDOUT
+            threads.block(uaddr, bitset, deadline)
+            uc.emu_stop()
+            return None  # the answer (0, or -ETIMEDOUT) is given when the thread runs again
+        if command in (FUTEX_WAKE, FUTEX_WAKE_BITSET):
+            bitset = MATCH_ANY if command == FUTEX_WAKE else val3 & MATCH_ANY
+            if bitset == 0:
+                return -EINVAL
+            return threads.wake(uaddr, _int32(val), bitset)
+        if command in (FUTEX_REQUEUE, FUTEX_CMP_REQUEUE):
+            if command == FUTEX_CMP_REQUEUE:
+                if not self.mapped(uc, uaddr, 4):
+                    return -EFAULT
+                if int.from_bytes(uc.mem_read(uaddr, 4), "little") != val3 & MATCH_ANY:
+                    return -EAGAIN
+            return threads.requeue(uaddr, _int32(val), uaddr2, _int32(timeout))
+        return -ENOSYS
+
+    def sys_sched_yield(self, uc: Uc, *_: int) -> int:
+        threads = self.threads
+        assert threads is not None
+        if threads.several():
+            threads.switch_wanted = True
+            uc.emu_stop()
+        return 0
+
+    def sys_gettid(self, uc: Uc, *_: int) -> int:
+        assert self.threads is not None
+        return self.threads.current.tid
+
+    def sys_set_tid_address(self, uc: Uc, tidptr: int, *_: int) -> int:
+        assert self.threads is not None
+        self.threads.current.clear_tid = tidptr
+        return self.threads.current.tid
+
+    def sys_exit_thread(self, uc: Uc, status: int, *rest: int) -> None:
+        """`exit`: the calling thread ends; the process with its last thread."""
+        threads = self.threads
+        assert threads is not None
+        if not threads.several():
+            self.sys_exit(uc, status, *rest)
+            return
+        thread = threads.exit(status & 0xFF)
+        if thread.clear_tid and self.mapped(uc, thread.clear_tid, 4):
+            # CLONE_CHILD_CLEARTID: what pthread_join waits for.
+            self.write_memory(thread.clear_tid, bytes(4))
+            threads.wake(thread.clear_tid, 1)
+        uc.emu_stop()
 
     def sys_sched_getaffinity(self, uc: Uc, _pid: int, size: int, mask: int, *_: int) -> int:
         if size < 8:
@@ -648,13 +738,18 @@ class LinuxKernel(BareKernel):
         tid = _pid_t(tid)
         if tid <= 0 or signal > 64:
             return -EINVAL
-        return self._killed(uc, signal) if tid == PID else -ESRCH
+        return self._killed(uc, signal) if self._thread_exists(tid) else -ESRCH
 
     def sys_tgkill(self, uc: Uc, pid: int, tid: int, signal: int, *_: int) -> int | None:
+        """A signal to a thread: no handlers run, so the whole process dies, as
+        Linux's default action for a fatal signal does."""
         pid, tid = _pid_t(pid), _pid_t(tid)
         if pid <= 0 or tid <= 0 or signal > 64:
             return -EINVAL
-        return self._killed(uc, signal) if (pid, tid) == (PID, PID) else -ESRCH
+        return self._killed(uc, signal) if pid == PID and self._thread_exists(tid) else -ESRCH
+
+    def _thread_exists(self, tid: int) -> bool:
+        return self.threads.by_tid(tid) is not None if self.threads is not None else tid == PID
 
     # --- what one emulated process cannot do -----------------------------------------
 
@@ -667,26 +762,63 @@ class LinuxKernel(BareKernel):
         """
 
         def stop(uc: Uc, *_: int) -> None:
-            self.stop = KernelStop("unsupported", f"{what} (the machine runs one thread)")
+            self.stop = KernelStop("unsupported", f"{what} (the machine runs one process)")
             uc.emu_stop()
 
         return stop
 
-    def sys_clone(self, uc: Uc, flags: int, *args: int) -> None:
-        what = (
-            "threads: clone with CLONE_THREAD" if flags & CLONE_THREAD else "clone: a new process"
-        )
-        self._unsupported(what)(uc, flags, *args)
+    def sys_clone(
+        self, uc: Uc, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int, *_: int
+    ) -> int | None:
+        if not flags & CLONE_THREAD:
+            stop = self._unsupported("clone: a new process")
+            stop(uc, flags, stack, parent_tid, child_tid, tls, 0)
+            return None
+        return self._new_thread(uc, flags, stack, parent_tid, child_tid, tls)
 
-    def sys_clone3(self, uc: Uc, args_addr: int, size: int, *rest: int) -> None:
-        try:
-            flags = int.from_bytes(uc.mem_read(args_addr, 8), "little") if size >= 8 else 0
-        except UcError:
-            flags = 0
-        what = (
-            "threads: clone3 with CLONE_THREAD" if flags & CLONE_THREAD else "clone3: a new process"
+    def sys_clone3(self, uc: Uc, args_addr: int, size: int, *rest: int) -> int | None:
+        if size < 64 or not self.mapped(uc, args_addr, 64):
+            return -EINVAL if size < 64 else -EFAULT
+        raw = bytes(uc.mem_read(args_addr, 64))
+        flags, _pidfd, child_tid, parent_tid, _signal, stack, stack_size, tls = (
+            int.from_bytes(raw[i : i + 8], "little") for i in range(0, 64, 8)
         )
-        self._unsupported(what)(uc, args_addr, size, *rest)
+        if not flags & CLONE_THREAD:
+            self._unsupported("clone3: a new process")(uc, args_addr, size, *rest)
+            return None
+        top = stack + stack_size if stack else 0
+        return self._new_thread(uc, flags, top, parent_tid, child_tid, tls)
+
+    def _new_thread(
+        self, uc: Uc, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int
+    ) -> int:
+        """A thread of this process: a copy of the caller's CPU at this `syscall`,
+        returning 0 on its own stack; the caller gets its thread id and goes on."""
+        threads = self.threads
+        assert threads is not None
+        if len(threads.all) >= MAX_THREADS:
+            return -EAGAIN
+        rsp = stack or uc.reg_read(x86.UC_X86_REG_RSP)
+        start = {
+            x86.UC_X86_REG_RIP: uc.reg_read(x86.UC_X86_REG_RIP) + 2,  # after the syscall
+            x86.UC_X86_REG_RAX: 0,
+            x86.UC_X86_REG_RSP: rsp,
+        }
+        if flags & CLONE_SETTLS:
+            start[x86.UC_X86_REG_FS_BASE] = tls
+        thread = threads.create(uc.context_save(), start, rsp)
+        thread.tls = start.get(x86.UC_X86_REG_FS_BASE, uc.reg_read(x86.UC_X86_REG_FS_BASE))
+        tid = thread.tid.to_bytes(4, "little")
+        if flags & CLONE_PARENT_SETTID and self.mapped(uc, parent_tid, 4):
+            self.write_memory(parent_tid, tid)
+        if flags & CLONE_CHILD_SETTID and self.mapped(uc, child_tid, 4):
+            self.write_memory(child_tid, tid)
+        if flags & CLONE_CHILD_CLEARTID:
+            thread.clear_tid = child_tid
+        # The caller goes on, now under the schedule's slices (machine.py).
+        threads.reslice = True
+        uc.emu_stop()
+        return thread.tid
 
     @staticmethod
     def _string(uc: Uc, addr: int, limit: int = 4096) -> str | None:
@@ -702,6 +834,12 @@ class LinuxKernel(BareKernel):
         except UcError:
             return None
         return None
+
+
+def _int32(value: int) -> int:
+    """A register's low 32 bits as C's int, negatives as 0 (a count)."""
+    value &= 0xFFFFFFFF
+    return 0 if value >= 1 << 31 else value
 
 
 def _pid_t(value: int) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from ..analysis.events import TraceFacts
 from ..analysis.model import CheckResult
 from ..layout import Region
+from ..trace.format import TraceMetadata
 from . import switch_picture
 from .program import ProgramHeader, program_header
 from .switch_picture import SwitchPair
@@ -84,6 +85,9 @@ class ReportContent:
     switches: int = 0
     #: The report leads with the switch picture (many stacks or switches).
     leads_with_switches: bool = False
+    #: A threaded program: how many threads, the stack each started on, how often
+    #: the scheduler switched between them ("" for one thread).
+    threads: str = ""
 
     @property
     def verdict(self) -> str:
@@ -117,6 +121,34 @@ def gather(facts: TraceFacts, check: CheckResult) -> ReportContent:
         switch_pairs=tuple(switch_picture.switch_pairs(facts)),
         switches=int(facts.switch_steps().size),
         leads_with_switches=switch_picture.wanted(facts),
+        threads=threads_line(facts),
+    )
+
+
+def threads_line(facts: TraceFacts) -> str:
+    """`2 threads: 1 (tid 1000) on stack, 2 (tid 1001) on thread_2_stack; 3 thread
+    switches (a slice of 10,000 instructions)`, or "" for a program that made no thread."""
+    return threads_summary(facts.meta, len(facts.threads.ends))
+
+
+def threads_summary(meta: TraceMetadata, switches: int | None = None) -> str:
+    """The threads line from the metadata (and the number of thread switches, if known)."""
+    listed = meta.extra.get("threads")
+    if not isinstance(listed, dict):
+        return ""
+    threads = listed.get("list") or []
+    parts = []
+    for t in threads:
+        # The stack it started on: a thread may start on a stack an earlier thread
+        # left (glibc caches the stacks of joined threads).
+        top = int(t.get("stack_top") or 0)
+        stack = next((s.name for s in meta.stacks if s.base < top <= s.top), None)
+        where = f" on {stack}" if stack else ""
+        parts.append(f"{t['number']} (tid {t['tid']}){where}")
+    counted = f"{switches:,} thread switches, " if switches is not None else ""
+    return (
+        f"{len(threads)} threads: {', '.join(parts)}; {counted}"
+        f"a slice of {int(listed.get('slice', 0)):,} instructions, each thread judged on its own"
     )
 
 

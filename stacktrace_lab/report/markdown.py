@@ -46,6 +46,7 @@ def render_markdown(
     out += [
         f"- steps: {r.steps:,}",
         f"- stopped: **{r.stop_reason}** at step {r.stop_step}: {_text(r.stop_detail)}",
+        *([f"- {_text(r.threads)}"] if r.threads else []),
         f"- trace: {_code(r.trace)}",
         "",
         "| region | kind | base | top | size |",

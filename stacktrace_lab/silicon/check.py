@@ -35,7 +35,7 @@ from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
 from ..trace import load_trace
 from .compare import Comparison, compare
-from .emulated import EmulatedRun, emulate
+from .emulated import EmulatedRun, ThreadsNotCompared, emulate
 from .native import NativeError, NativeRun, run_native
 from .normalise import RIP
 from .ptrace import unavailable_reason
@@ -243,6 +243,8 @@ def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
     trace = load_trace(path)
     meta = trace.metadata
     program = meta.program
+    if "threads" in meta.extra:
+        raise BadInput(f"{path}: threads are not compared yet (the trace has several threads)")
     if program is None:
         raise BadInput(f"{path}: the trace does not say which program it recorded")
     source = Path(program.path)
@@ -340,7 +342,10 @@ def _silicon_check(
         # uncounted (a breakpoint); then as far as the native run went, and one
         # step more to see whether the emulation would have gone on.
         before = native.skipped if native.skipped >= 0 else target.max_steps
-        emulated = target.emulate(native if replay else None, before + native.steps + 1)
+        try:
+            emulated = target.emulate(native if replay else None, before + native.steps + 1)
+        except ThreadsNotCompared as exc:
+            raise BadInput(f"{target.name}: {exc}") from None
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps

@@ -12,10 +12,13 @@ Version 3 keeps the system calls in a column of their own (`syscall`, set on
 the row of each `syscall` instruction) instead of a list in the metadata, so
 that the metadata stays small however long the run: a program that calls
 `write` half a million times wrote a JSON list of half a million objects,
-stored twice. Version 1 traces (no per-instruction fact columns,
+stored twice. Version 4 adds the `thread` column (which thread of the
+process ran the row; the process's threads are in the metadata's `threads`).
+Version 1 traces (no per-instruction fact columns,
 `code.lines` without file names, no `program`/`syscalls`) and version 2
 traces (the syscall list in the metadata) still load: `from_json` fills in
-what they lack and the reader derives the missing columns (trace/reader.py).
+what they lack and the reader derives the missing columns (trace/reader.py;
+`thread` is 1 on every row of a trace before version 4).
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from ..layout import Region
 from ..scenario import Expectations
 
 FORMAT_NAME = "stacktrace-lab-trace"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Versions this code reads; older ones are upgraded on read.
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 METADATA_KEY = "stacktrace_lab"
 STACK_PREFIX = "stack__"
 DEFAULT_SNAPSHOT_LIMIT = 512
@@ -72,6 +75,9 @@ SYSCALL_TYPE = pa.struct(
     ]
 )
 SYSCALL_FIELD = pa.field("syscall", SYSCALL_TYPE, nullable=True)
+#: The `thread` column (version 4): which thread of the process ran the row,
+#: 1 for the first, then 2, 3... in creation order. Older traces read as all 1.
+THREAD_FIELD = pa.field("thread", pa.uint16(), nullable=False)
 
 #: Values of the `kind` column, decided once per instruction address from
 #: capstone's detail mode (groups and operand types, not the text).
@@ -187,13 +193,16 @@ def schema(snapshots: dict[str, SnapshotWindow], version: int = FORMAT_VERSION) 
     ]
     if version >= 3:
         fields.append(SYSCALL_FIELD)
+    if version >= 4:
+        fields.append(THREAD_FIELD)
     return pa.schema(fields)
 
 
 def hook_schema(snapshots: dict[str, SnapshotWindow]) -> pa.Schema:
     """The columns the recording hooks fill: every column but `syscall`, which
-    comes from the kernel's log (record/recorder.py)."""
+    comes from the kernel's log, and `thread`, from the schedule (record/recorder.py)."""
     full = schema(snapshots)
+    full = full.remove(full.get_field_index(THREAD_FIELD.name))
     return full.remove(full.get_field_index(SYSCALL_FIELD.name))
 
 

@@ -36,6 +36,7 @@ from .format import (
     METADATA_KEY,
     READABLE_VERSIONS,
     SYSCALL_FIELD,
+    THREAD_FIELD,
     SyscallRecord,
     TraceMetadata,
     schema,
@@ -160,9 +161,9 @@ class Trace:
         """The stored columns needed for `names` (derived facts need rip)."""
         stored = [name for name in names if name in self._stored]
         derived = [name for name in names if name not in self._stored]
-        if any(name != "syscall" for name in derived) and "rip" not in stored:
+        if any(name not in _NOT_FROM_RIP for name in derived) and "rip" not in stored:
             stored.append("rip")
-        if "syscall" in derived and "step" not in stored:
+        if any(name in _NOT_FROM_RIP for name in derived) and "step" not in stored:
             stored.append("step")
         return stored
 
@@ -171,10 +172,13 @@ class Trace:
         if not names:
             return table  # no columns, but the row count
         derived: dict[str, pa.Array] = {}
-        if any(name not in self._stored and name != "syscall" for name in names):
+        if any(name not in self._stored and name not in _NOT_FROM_RIP for name in names):
             derived = self._derive(table.column("rip"))
         if "syscall" in names and "syscall" not in self._stored:
             derived["syscall"] = self._derive_syscalls(table.column("step"))
+        if "thread" in names and "thread" not in self._stored:
+            # Before version 4 a trace had one thread.
+            derived["thread"] = pa.array(np.ones(table.num_rows, dtype=np.uint16))
         arrays = []
         for name in names:
             field = self.schema.field(name)
@@ -203,6 +207,10 @@ class Trace:
         first = steps[0].as_py() if len(steps) else 0
         calls = [c for c in self.metadata.syscalls if first <= c.step < first + len(steps)]
         return syscall_column(calls, first, len(steps))
+
+
+#: Derived columns of older traces that are not facts about the instruction at rip.
+_NOT_FROM_RIP = ("syscall", "thread")
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -262,9 +270,9 @@ def _presented_schema(stored: pa.Schema, metadata: TraceMetadata) -> pa.Schema:
     }
     # Stack columns in the file's order (the metadata's JSON keys are sorted).
     stacks = [snapshots[name] for name in stored.names if name in snapshots]
-    known = {*canonical.names, *snapshots, SYSCALL_FIELD.name}
+    known = {*canonical.names, *snapshots, SYSCALL_FIELD.name, THREAD_FIELD.name}
     extra = [stored.field(name) for name in stored.names if name not in known]
-    return pa.schema([*canonical, *stacks, SYSCALL_FIELD, *extra])
+    return pa.schema([*canonical, *stacks, SYSCALL_FIELD, THREAD_FIELD, *extra])
 
 
 def _cast(

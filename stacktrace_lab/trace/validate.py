@@ -199,6 +199,8 @@ def check_metadata_doc(doc: Any) -> None:
         cut = _object(doc["output_cut"], "output_cut")
         for stream in ("stdout", "stderr"):
             _int(_field(cut, stream, "output_cut."), f"output_cut.{stream}", 0, U64_LIMIT)
+    if "threads" in doc:
+        _check_threads(doc["threads"])
 
     options = _object(doc.get("options", {}), "options")
     if "max_steps" in options:
@@ -215,6 +217,27 @@ def check_metadata_doc(doc: Any) -> None:
     for key in ("max_output", "max_trace_size"):
         if key in options:
             _int(options[key], f"options.{key}", 0, U64_LIMIT)
+
+
+#: The `thread` column is uint16.
+MAX_THREAD_NUMBER = (1 << 16) - 1
+
+
+def _check_threads(value: Any) -> None:
+    """`threads` (format 4, a program that made threads): the slice and each thread."""
+    threads = _object(value, "threads")
+    _int(_field(threads, "slice", "threads."), "threads.slice", 1, U64_LIMIT)
+    listed = _list(_field(threads, "list", "threads."), "threads.list")
+    for i, entry in enumerate(listed):
+        where = f"threads.list[{i}]"
+        thread = _object(entry, where)
+        _int(_field(thread, "number", f"{where}."), f"{where}.number", 1, MAX_THREAD_NUMBER + 1)
+        _int(_field(thread, "tid", f"{where}."), f"{where}.tid", 1, 1 << 31)
+        for key in ("stack_top", "tls"):
+            if key in thread:
+                _u64(thread[key], f"{where}.{key}")
+        if thread.get("exit_status") is not None:
+            _int(thread["exit_status"], f"{where}.exit_status", 0, 256)
 
 
 def _check_v2_facts(doc: dict[str, Any]) -> None:
