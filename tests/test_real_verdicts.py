@@ -114,6 +114,50 @@ def test_a_return_planted_before_the_trace_began_is_a_switch_not_a_failure(
     assert not result.result("stack-bounds").holds
 
 
+#: The 48-byte calloc block as `--from gt_switch` finds it: calloc ran before the trace,
+#: so discovery bounds the stack by its malloc chunk's usable size.
+GREEN_FROM_SWITCH = 56
+
+
+def test_a_return_planted_before_the_trace_is_listed_and_an_expectation_names_it(
+    programs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--from gt_switch`: the ret to hello is among the planted returns (its store is
+    not in the trace), so `[[expect.ret]]` naming it holds, as on the whole recording."""
+    program = _program(programs, "c-static")
+    toml = program.parent / "from_switch.toml"
+    toml.write_text(
+        f"""name = "from-switch"
+[[stacks]]
+name = "green"
+size = {GREEN_FROM_SWITCH}
+[[expect.ret]]
+stack = "green"
+index = 32
+target = "hello"
+[program]
+elf = "{program.name}"
+from = "gt_switch"
+"""
+    )
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(toml), "-o", str(out)]) == 0
+    result = check(load_trace(out))
+    assert result.result("expect").holds, result.result("expect").violations
+    (planted,) = result.planted
+    assert (planted.where, planted.target, planted.planted_step) == ("green[32]", "hello", None)
+    assert planted.landing == "entry"
+    capsys.readouterr()
+    main(["check", str(out)])
+    text = capsys.readouterr().out
+    assert "planted before the trace began (the store is not in the trace)" in text
+    # An expectation naming another slot still fails, and lists the one there is.
+    toml.write_text(toml.read_text().replace("index = 32", "index = 24"))
+    assert main(["record", str(toml), "-o", str(out), "--force"]) == 0
+    (violation,) = check(load_trace(out)).result("expect").violations
+    assert "index 32 -> hello" in violation.message
+
+
 # --- 2. frames are never lost ------------------------------------------------------
 
 

@@ -127,7 +127,7 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
                 "ts": planted.ret_step,
                 "args": {
                     "slot": planted.where,
-                    "planted_step": planted.planted_step,
+                    "planted_step": planted.planted_step,  # None: before the trace
                     "planted_insn": planted.planted_insn,
                 },
             }

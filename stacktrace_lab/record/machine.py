@@ -506,7 +506,22 @@ class Machine:
             at_last = b""
         if at_last == bytes([_HLT]):
             return Stop("halted", last_step, f"hlt at {last_rip:#x}")
+        if rip == 0 and self.spec.sentinel is None and not self._mapped(0):
+            # emu_start's `until` is 0 when there is no sentinel, and unicorn stops
+            # there silently: a jump or ret to address 0 is the CPU's page fault (SIGSEGV).
+            return Stop(
+                "fault",
+                last_step,
+                f"{_FAULT_ACCESS[UC_MEM_FETCH_UNMAPPED]} memory: 1 bytes at 0x0 (rip 0x0)",
+            )
         return Stop("halted", last_step, f"emulation ended at {rip:#x}")
+
+    def _mapped(self, address: int) -> bool:
+        try:
+            self.read(address, 1)
+        except UcError:
+            return False
+        return True
 
     def _fault_stop(self, exc: UcError, last_step: int, drop_writes: Callable[[int], None]) -> Stop:
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))

@@ -112,7 +112,7 @@ def render_markdown(
             store_src = f" {_code(p.planted_source)}" if p.planted_source else ""
             out.append(
                 f"| {p.ret_step} {_code(p.ret_symbol)}{ret_src} | {_cell(p.region or '-')} "
-                f"| {p.index} | step {p.planted_step} {_code(p.planted_symbol)}{store_src} "
+                f"| {p.index} | {p.planted_when} {_code(p.planted_symbol)}{store_src} "
                 f"| {_code(p.planted_insn)} | {_code(p.target)} | {p.landing} "
                 f"| `{p.entry_rsp:#x}` (rsp % 16 == {p.entry_rsp % 16}) |"
             )
