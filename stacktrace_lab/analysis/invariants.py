@@ -180,9 +180,9 @@ def _planted_data_message(
             f"{popped}. The return address is {abs(off)} bytes "
             f"{'below' if off > 0 else 'above'}, at {facts.where(slot - off)}, pushed by the "
             f"call at step {call_step} in {call.symbol}: rsp was loaded from the stack pointer "
-            f"saved at step {made_step} by `{saved.insn}`{code_at(facts, saved.rip)}, "
-            f"{abs(off)} bytes {'above' if off > 0 else 'below'} where that call left rsp; "
-            "save rsp as the call left it"
+            f"saved at step {made_step} by `{saved.insn}`{code_at(facts, saved.rip)}, which "
+            f"is {abs(off)} bytes off, so the ret popped the slot "
+            f"{'above' if off > 0 else 'below'} the return address"
         )
 
     return text

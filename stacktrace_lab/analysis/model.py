@@ -187,7 +187,9 @@ class PlantedReturn:
     @property
     def planted_when(self) -> str:
         """`step N`, or `before the trace began`."""
-        return "before the trace began" if self.planted_step is None else f"step {self.planted_step}"
+        return (
+            "before the trace began" if self.planted_step is None else f"step {self.planted_step}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
