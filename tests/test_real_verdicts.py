@@ -271,6 +271,44 @@ def test_the_process_stack_is_called_stack_and_slots_are_spelled_with_brackets(
     assert "rsp moves to calloc_48[-8]" in overflow.message
 
 
+@pytest.mark.parametrize(("build", "asker"), [("c-static", "main"), ("rust-static-pie", None)])
+def test_a_heap_stack_is_labelled_with_its_allocation_and_who_asked(
+    programs: dict[str, Path],
+    build: str,
+    asker: str | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The name stays `calloc_48` (SQL, diff keys, goldens); the label says what it is,
+    and check, show, the SQL `regions` table and the Perfetto tracks show it."""
+    program = _program(programs, build)
+    rec = record_elf(program, tmp_path / "t.parquet", from_symbol="main")
+    green = rec.metadata.region("calloc_48")
+    assert green.label.startswith("calloc(48) in ")
+    who = green.label.removeprefix("calloc(48) in ")
+    if asker is not None:
+        assert who == asker
+    else:  # past Rust's allocation wrappers, to the program's own code
+        assert not who.startswith(("__rust_", "__rdl_", "alloc::")), who
+        assert who.startswith("first_switch::"), who
+    assert rec.metadata.region("stack").label == ""  # the name says it
+    (overflow,) = check(load_trace(rec.path)).result("stack-bounds").violations
+    assert f"calloc_48 ({green.label}, 48 bytes) overflows" in overflow.message
+    capsys.readouterr()
+    query = "select label from regions where name = 'calloc_48'"
+    assert main(["query", str(rec.path), query, "--json"]) == 0
+    assert green.label in capsys.readouterr().out
+    tracks = [
+        e["args"]["name"]
+        for e in chrome_trace_events(load_trace(rec.path))["traceEvents"]
+        if e.get("name") == "thread_name"
+    ]
+    assert f"stack calloc_48 ({green.label})" in tracks
+    capsys.readouterr()
+    assert main(["show", str(rec.path), "--first-planted-ret"]) == 0
+    assert f"stack calloc_48 ({green.label}): " in capsys.readouterr().out
+
+
 # --- 8. what record writes, every command opens -------------------------------------
 
 GUARDED_STACK_C = r"""#include <stdio.h>

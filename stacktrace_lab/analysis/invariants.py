@@ -248,8 +248,9 @@ def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> t
     first = int(hit[order[0]])
     max_depth = int(depth.max())
     name = stack.name
+    what = f"{stack.label}, " if stack.label else ""  # calloc(48) in main
     parts = [
-        f"{name} ({stack.size} bytes) overflows by {max_depth} bytes: here "
+        f"{name} ({what}{stack.size} bytes) overflows by {max_depth} bytes: here "
         f"{_access(stack, first, addrs, is_write)}, {int(depth[order[0]])} bytes below its base"
     ]
     for kind, mask in (("write", is_write[hit]), ("rsp", ~is_write[hit])):

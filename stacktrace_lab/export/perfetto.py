@@ -52,7 +52,7 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
                 "pid": PID,
                 "tid": _tid(s),
                 "name": "thread_name",
-                "args": {"name": f"stack {region.name}"},
+                "args": {"name": f"stack {region.display}"},
             }
         )
         events.append(

@@ -45,6 +45,10 @@ OVERFLOW_REACH = 64 << 10
 #: A move of rsp by more than this (or from another stack) is a switch, not a push.
 SWITCH_JUMP = 4096
 HEAP_SNAPSHOTS = 64
+#: Stack words above an allocator's return address kept to find who asked.
+CALLER_WORDS = 32
+#: Functions that only pass an allocation on: the label names who called them.
+_WRAPPERS = ("__rust_", "__rdl_", "__rg_", "alloc::", "<alloc::", "std::", "core::", "<core::")
 _ALLOCATORS = ("malloc", "calloc", "realloc", "free")
 _JMP_SELF = (b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff")
 
@@ -56,6 +60,9 @@ class Allocation:
     addr: int
     size: int
     freed: int | None = None  # the step free() was called on it
+    #: The allocator's return address, then the code addresses in the 32 stack words
+    #: above it: who asked, past an allocation wrapper (Rust's `__rust_alloc_zeroed`).
+    callers: tuple[int, ...] = ()
 
 
 @dataclass
@@ -99,6 +106,7 @@ def run_discovery(
     }
     pending: list[tuple[str, int, int, int]] = []  # (kind, return address, rsp at entry, size)
     live: dict[int, int] = {}  # address -> index in allocations
+    callers_of: dict[int, tuple[int, ...]] = {}  # index in pending -> Allocation.callers
     if machine.native is not None:
         walk: _Walk = _NativeWalk(machine, max_steps, lo, hi, list(allocator_at))
     else:
@@ -125,12 +133,15 @@ def run_discovery(
             if index is not None:
                 old = evidence.allocations[index]
                 evidence.allocations[index] = Allocation(
-                    old.step, old.kind, old.addr, old.size, walk.step()
+                    old.step, old.kind, old.addr, old.size, walk.step(), old.callers
                 )
             return
         size = {"malloc": rdi, "calloc": rdi * rsi, "realloc": rsi}[kind]
         ret = int.from_bytes(uc.mem_read(rsp, 8), "little")
         pending.append((kind, ret, rsp, size))
+        above = machine.read_or_zero(rsp + 8, 8 * CALLER_WORDS)
+        words = [int.from_bytes(above[i : i + 8], "little") for i in range(0, len(above), 8)]
+        callers_of[len(pending) - 1] = (ret, *words)
         walk.set_want(ret)
 
     def returned(rsp: int) -> None:
@@ -141,11 +152,12 @@ def run_discovery(
                 return  # a recursive return to the same place, deeper
         if not pending:
             return
+        callers = callers_of.pop(len(pending) - 1, ())
         kind, _ret, _entry, size = pending.pop()
         addr = uc.reg_read(x86.UC_X86_REG_RAX)
         if addr:
             live[addr] = len(evidence.allocations)
-            evidence.allocations.append(Allocation(walk.step(), kind, addr, size))
+            evidence.allocations.append(Allocation(walk.step(), kind, addr, size, callers=callers))
         walk.set_want(pending[-1][1] if pending else -1)
 
     machine.rules.tick = progress
@@ -320,8 +332,15 @@ class _PythonWalk:
         self.state["want"] = address
 
 
-def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> list[Region]:
-    """The stacks the evidence shows, in the order rsp first reached them."""
+def name_stacks(
+    evidence: Evidence,
+    data_symbols: tuple[DataSymbol, ...],
+    function_of: Callable[[int], str | None] | None = None,
+) -> list[Region]:
+    """The stacks the evidence shows, in the order rsp first reached them.
+
+    `function_of(address)` names the function holding a code address (None outside
+    the code): a stack in an allocation is labelled with who asked for it."""
     stacks: list[Region] = []
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
     names: set[str] = {PROCESS_STACK}
@@ -343,23 +362,23 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
         if owner is not None and jumped and rsp < stacks[owner].base:
             # Just under a stack, but a switch into a block of its own (the next
             # thread's stack, mapped right below): a new stack, not an overflow.
-            found = _evidence_for(rsp, step, evidence, data_symbols, strong_only=True)
+            found = _evidence_for(rsp, step, evidence, data_symbols, function_of, strong_only=True)
             if found is not None and found[1] != stacks[owner].base:
                 owner = None
         if owner is not None:
             if owner in visits:
                 visits[owner].append(rsp)
             continue
-        found = found or _evidence_for(rsp, step, evidence, data_symbols)
+        found = found or _evidence_for(rsp, step, evidence, data_symbols, function_of)
         if found is None:
             visits[len(stacks)] = [rsp]
-            found = (f"stack_{rsp:x}", rsp, 0)
-        name, base, size = found
-        stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-"))
+            found = (f"stack_{rsp:x}", rsp, 0, "")
+        name, base, size, label = found
+        stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-", label))
     for k, values in visits.items():  # a range rsp visited: from its lowest to its highest
         low = min(values) // 16 * 16
         high = (max(values) + 8 + 15) // 16 * 16
-        stacks[k] = Region(stacks[k].name, "stack", low, high - low, "rw-")
+        stacks[k] = Region(stacks[k].name, "stack", low, high - low, "rw-", stacks[k].label)
     return stacks
 
 
@@ -368,34 +387,53 @@ def _evidence_for(
     step: int,
     evidence: Evidence,
     data_symbols: tuple[DataSymbol, ...],
+    function_of: Callable[[int], str | None] | None = None,
     strong_only: bool = False,
-) -> tuple[str, int, int] | None:
-    """(name, base, size) of the block `rsp` lies in, by the best evidence; with
+) -> tuple[str, int, int, str] | None:
+    """(name, base, size, label) of the block `rsp` lies in, by the best evidence; with
     `strong_only`, only a symbol, a live allocation or a mapping (not a heap chunk read
     from headers, which an overflow runs over as often as a stack lives in one)."""
     for sym in data_symbols:
         if sym.addr <= rsp <= sym.addr + sym.size:
-            return identifier(sym.name), sym.addr, sym.size
+            name = identifier(sym.name)
+            return name, sym.addr, sym.size, sym.name if sym.name != name else ""
     for alloc in reversed(evidence.allocations):
         alive = alloc.step <= step and (alloc.freed is None or step < alloc.freed)
         if alive and alloc.addr <= rsp <= alloc.addr + alloc.size:
-            return f"{alloc.kind}_{alloc.size}", alloc.addr, alloc.size
+            label = f"{alloc.kind}({alloc.size})"
+            asker = _asker(alloc.callers, function_of)
+            label += f" in {asker}" if asker else ""
+            return f"{alloc.kind}_{alloc.size}", alloc.addr, alloc.size, label
     for addr, length in evidence.mmaps:
         if addr <= rsp <= addr + length:
             base, top = usable_part(addr, addr + length, evidence.no_access)
-            return f"mmap_{top - base}", base, top - base
+            return f"mmap_{top - base}", base, top - base, ""
     if evidence.sigaltstack is not None:
         sp, size = evidence.sigaltstack
         if sp <= rsp <= sp + size:
-            return "sigaltstack", sp, size
+            return "sigaltstack", sp, size, ""
     if strong_only:
         return None
     taken = [s for s in evidence.heaps if s <= step]
     heap = evidence.heaps[max(taken)] if taken else (0, b"")
     chunk = heap_chunk(heap, evidence.heap_starts, rsp)
     if chunk is not None:
-        return f"chunk_{chunk[1]}", chunk[0], chunk[1]
+        return f"chunk_{chunk[1]}", chunk[0], chunk[1], ""
     return None
+
+
+def _asker(callers: tuple[int, ...], function_of: Callable[[int], str | None] | None) -> str:
+    """The function that asked for an allocation: the allocator's caller, or past
+    allocation wrappers (Rust's `__rust_alloc_zeroed` ...) the first code address above
+    it on the stack in a function that is not one; "" when unknown."""
+    if function_of is None or not callers:
+        return ""
+    direct = function_of(callers[0]) or ""
+    for address in callers:
+        name = function_of(address)
+        if name and not name.startswith(_WRAPPERS):
+            return name
+    return direct
 
 
 def heap_chunk(heap: tuple[int, bytes], starts: list[int], addr: int) -> tuple[int, int] | None:

@@ -13,6 +13,7 @@ that the trace came from an ELF, except for its `program` metadata.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
+from ..symbols import LabelTable
 from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
 from .discovery import Evidence, name_stacks, run_discovery
 from .dynamic import (
@@ -55,6 +57,21 @@ def _symbol(image: ElfImage, name: str, option: str) -> int:
     if addr is None:
         raise BadInput(f"{image.path}: {option} {name}: no such symbol in the program")
     return addr
+
+
+def _function_namer(image: ElfImage) -> Callable[[int], str | None]:
+    """The function holding a code address of the program (or a library it loaded),
+    None for any other address: for discovery's labels (`calloc(48) in main`)."""
+    table = LabelTable(image.symbols)
+    code = [(s.vaddr, s.vaddr + len(s.data)) for s in image.segments if "x" in s.perms]
+
+    def function_of(address: int) -> str | None:
+        if not any(start <= address < end for start, end in code):
+            return None
+        near = table.nearest(address)
+        return near[0] if near is not None else None
+
+    return function_of
 
 
 def describe_elf(
@@ -108,7 +125,11 @@ def describe_elf(
     if progress is not None:
         progress(evidence.steps, "discovery")
         progress(0, "reading the line table")  # seconds for Rust's std, the first time
-    found = stacks if stacks is not None else name_stacks(evidence, image.data_symbols)
+    found = (
+        stacks
+        if stacks is not None
+        else name_stacks(evidence, image.data_symbols, _function_namer(image))
+    )
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
     later = _later_regions(kernel, {r.name for r in [*spec.regions, *found]})

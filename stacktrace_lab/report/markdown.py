@@ -53,7 +53,7 @@ def render_markdown(
     ]
     for region in r.regions:
         out.append(
-            f"| {_cell(region.name)} | {region.kind} | `{region.base:#x}` | `{region.top:#x}` "
+            f"| {_cell(region.display)} | {region.kind} | `{region.base:#x}` | `{region.top:#x}` "
             f"| {region.size:,} bytes |"
         )
     out += ["", "### Output", ""]
