@@ -24,7 +24,7 @@ import contextlib
 import ctypes
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import unicorn.x86_const as x86
@@ -49,7 +49,7 @@ HEAP_SNAPSHOTS = 64
 CALLER_WORDS = 32
 #: Functions that only pass an allocation on: the label names who called them.
 _WRAPPERS = ("__rust_", "__rdl_", "__rg_", "alloc::", "<alloc::", "std::", "core::", "<core::")
-_ALLOCATORS = ("malloc", "calloc", "realloc", "free")
+ALLOCATORS = ("malloc", "calloc", "realloc", "free")
 _JMP_SELF = (b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff")
 
 
@@ -91,8 +91,14 @@ def run_discovery(
     main_stack: Region,
     max_steps: int,
     progress: Callable[[int], None] | None = None,
+    until: int = 0,
+    earlier: Evidence | None = None,
 ) -> Evidence:
     """Run `machine` (already fast-forwarded to the start, if any) and collect the evidence.
+
+    `until`: stop there (the start of a `--from` recording: this is then the run up
+    to it, watched only for its allocations). `earlier`: that run's evidence; the
+    blocks it allocated and did not free are known here, as allocated before step 0.
 
     The per-step part (rsp against the main stack, the self-jump test, the
     step rules) runs in C when the core was built (hooks.py), else in a
@@ -102,15 +108,20 @@ def run_discovery(
     evidence = Evidence()
     lo, hi = main_stack.base, main_stack.top
     allocator_at = {
-        addr: name for name in _ALLOCATORS if (addr := image.raw_symbols.get(name)) is not None
+        addr: name for name in ALLOCATORS if (addr := image.raw_symbols.get(name)) is not None
     }
     pending: list[tuple[str, int, int, int]] = []  # (kind, return address, rsp at entry, size)
     live: dict[int, int] = {}  # address -> index in allocations
     callers_of: dict[int, tuple[int, ...]] = {}  # index in pending -> Allocation.callers
+    for old in earlier.allocations if earlier is not None else ():
+        if old.freed is None:
+            live[old.addr] = len(evidence.allocations)
+            evidence.allocations.append(replace(old, step=-1))
     if machine.native is not None:
         walk: _Walk = _NativeWalk(machine, max_steps, lo, hi, list(allocator_at))
     else:
         walk = _PythonWalk(machine, max_steps, lo, hi, allocator_at)
+    walk.until = until
 
     def outside(step: int) -> None:
         """rsp just left the process stack: keep the heap's headers as they are now."""
@@ -178,6 +189,8 @@ def run_discovery(
 
 
 class _Walk(Protocol):
+    until: int
+
     def run(
         self,
         outside: Callable[[int], None],
@@ -200,6 +213,7 @@ class _NativeWalk:
         self.machine = machine
         self.core = machine.native.core
         self.args = (max_steps, lo, hi, watch, HEAP_SNAPSHOTS)
+        self.until = 0  # where the emulation stops (0: nowhere, the run's own end)
 
     def run(
         self,
@@ -214,7 +228,7 @@ class _NativeWalk:
         uc = self.machine.uc
         try:
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), self.until)
         finally:
             self.core.detach()
             rules.outside = rules.entered = rules.returned = None
@@ -243,6 +257,7 @@ class _PythonWalk:
     ) -> None:
         self.machine = machine
         self.max_steps, self.lo, self.hi, self.watch = max_steps, lo, hi, watch
+        self.until = 0
         self.state = {"step": 0, "previous": -1, "want": -1, "lowest": hi}
         self.outside_steps = array("q")
         self.outside_rsp = array("Q")
@@ -314,7 +329,7 @@ class _PythonWalk:
         ]
         try:
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0)
+                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), self.until)
         finally:
             for handle in handles:
                 uclib.uc_hook_del(uch, handle)

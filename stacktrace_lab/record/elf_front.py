@@ -25,7 +25,7 @@ from ..layout import Region, page_ceil
 from ..scenario import Expectations
 from ..symbols import LabelTable
 from ..trace.format import ProgramInfo, ScenarioInfo, SourceLine
-from .discovery import Evidence, name_stacks, run_discovery
+from .discovery import ALLOCATORS, Evidence, name_stacks, run_discovery
 from .dynamic import (
     LoadedObject,
     code_segments,
@@ -36,7 +36,7 @@ from .dynamic import (
 )
 from .elf import ElfImage, line_table, load_elf
 from .files import FileKernel, FileView
-from .machine import Machine, MachineSpec
+from .machine import FAST_FORWARD_LIMIT, Machine, MachineSpec
 from .process import linux_process
 from .recorder import (
     Description,
@@ -107,10 +107,25 @@ def describe_elf(
         # The libraries' addresses (malloc's, for discovery) are known once the
         # loader has mapped them: a first run to the program's entry finds them.
         image = _with_libraries(image, _loaded_by(spec, image, progress))
+    main_stack = next(r for r in spec.regions if r.kind == "stack")
+    before: Evidence | None = None
     if start is not None:
         if progress is not None:
             progress(0, "start-up")
-        early = machine.fast_forward(start[1], progress=phase(progress, "start-up"))
+        if interp is None and image.raw_symbols.keys() & set(ALLOCATORS):
+            # The start-up watched for allocations (a stack calloc'd before --from
+            # is then `calloc_48`, as in the whole recording, not a heap chunk).
+            before = run_discovery(
+                machine,
+                image,
+                main_stack,
+                FAST_FORWARD_LIMIT,
+                phase(progress, "start-up"),
+                until=start[1],
+            )
+            early = machine.reached(start[1], before.steps, counted=False)
+        else:
+            early = machine.fast_forward(start[1], progress=phase(progress, "start-up"))
         if early is not None:
             raise BadInput(
                 f"{image.path}: the program never reached --from {start[0]}: "
@@ -118,10 +133,11 @@ def describe_elf(
             )
         if interp is not None:
             image = _with_libraries(image, _objects(machine))
-    main_stack = next(r for r in spec.regions if r.kind == "stack")
     if progress is not None:
         progress(0, "discovery")
-    evidence = run_discovery(machine, image, main_stack, limit, phase(progress, "discovery"))
+    evidence = run_discovery(
+        machine, image, main_stack, limit, phase(progress, "discovery"), earlier=before
+    )
     if progress is not None:
         progress(evidence.steps, "discovery")
         progress(0, "reading the line table")  # seconds for Rust's std, the first time

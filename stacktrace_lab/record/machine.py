@@ -380,12 +380,28 @@ class Machine:
             self.fast_forwarded = counted()
         if self.native is not None:
             self.native.core.raise_error()
+        return self.reached(until, self.fast_forwarded, limit)
+
+    def reached(
+        self, until: int, steps: int, limit: int = FAST_FORWARD_LIMIT, counted: bool = True
+    ) -> Stop | None:
+        """After a run meant to end at `until` (a fast-forward, or discovery's run to
+        `--from`, `counted=False`: it ends at a fault or a spin too) of `steps`
+        instructions: None when it got there, else why not."""
+        self.fast_forwarded = steps
         if self.kernel.stop is not None:
             return Stop(self.kernel.stop.reason, -1, self.kernel.stop.detail)
         if self._interrupt is not None:
             return self._interrupt
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
         if rip != until:
+            if not counted:
+                return Stop(
+                    "stopped",
+                    -1,
+                    f"the start-up ended at rip {rip:#x} after {steps} instructions "
+                    f"(a fault, a spin, or the limit of {limit})",
+                )
             return Stop("max_steps", -1, f"not reached after {limit} instructions")
         # Blocks translated so far have no recording hooks: translate them again.
         self.uc.ctl_remove_cache(0, (1 << 48) - 1)
