@@ -155,6 +155,13 @@ from = "gt_switch"
     main(["check", str(out)])
     text = capsys.readouterr().out
     assert "planted before the trace began (the store is not in the trace)" in text
+    # show and who-wrote find it as the first planted ret, and say where it came from.
+    assert main(["show", str(out), "--first-planted-ret"]) == 0
+    assert "step 5 of" in capsys.readouterr().out.splitlines()[0]
+    assert main(["who-wrote", str(out), "green[32]", "--first-planted-ret"]) == 0
+    said = capsys.readouterr().out
+    assert "holds 0x" in said and "-> hello" in said
+    assert "not written since the trace began (--from gt_switch)" in said
     # An expectation naming another slot still fails, and lists the one there is.
     toml.write_text(toml.read_text().replace("index = 32", "index = 24"))
     assert main(["record", str(toml), "-o", str(out), "--force"]) == 0
