@@ -43,6 +43,15 @@ class Region:
     base: int
     size: int
     perms: str  # "r-x", "rw-"
+    #: What a person reads for a region found in a program, where its name (an
+    #: identifier kept stable for SQL, diffs and goldens) says less: the allocation
+    #: and its caller, `calloc(48) in main`; "" for a declared region (the name says it).
+    label: str = ""
+
+    @property
+    def display(self) -> str:
+        """The name, with the label where there is one: `calloc_48 (calloc(48) in main)`."""
+        return f"{self.name} ({self.label})" if self.label else self.name
 
     @property
     def top(self) -> int:
@@ -61,13 +70,16 @@ class Region:
         return self.base <= addr < self.top
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "name": self.name,
             "kind": self.kind,
             "base": self.base,
             "size": self.size,
             "perms": self.perms,
         }
+        if self.label:  # only found regions have one: scenario traces stay as they were
+            out["label"] = self.label
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> Region:
@@ -80,6 +92,7 @@ class Region:
             base=int(str(d["base"])),
             size=int(str(d["size"])),
             perms=str(d["perms"]),
+            label=str(d.get("label", "")),
         )
 
 

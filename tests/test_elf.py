@@ -88,7 +88,11 @@ def test_printing_overflows_the_48_byte_stack(recordings: dict[str, Recording], 
     result = check(trace).result("stack-bounds")
     assert not result.holds
     messages = [v.message for v in result.violations]
-    assert any(f"calloc_48 (48 bytes) overflows by {depth} bytes" in m for m in messages), messages
+    # the label says whose allocation: `calloc(48) in main` (C), `... in first_switch::main`
+    assert any(
+        m.startswith("calloc_48 (calloc(48) in ") and f", 48 bytes) overflows by {depth} bytes" in m
+        for m in messages
+    ), messages
 
 
 def test_re_recording_is_byte_identical_and_replay_confirms(
@@ -406,7 +410,7 @@ def test_demo_rust_builds_records_and_reports(tmp_path: Path, monkeypatch, capsy
     assert "pins this machine's libraries by sha256 (" in out and "libc.so.6" in out
     report = (tmp_path / "reports" / "first-switch-rust" / "report.md").read_text()
     assert "a dynamically linked x86-64 Linux program" in report
-    assert "calloc_48 (48 bytes) overflows by" in report
+    assert "calloc_48 (calloc(48) in first_switch::main, 48 bytes) overflows by" in report
     assert "| calloc_48 | 32 |" in report and "`first_switch::hello` | entry" in report
     assert "first_switch.rs:" in report
     # replay works on the machine that recorded it.

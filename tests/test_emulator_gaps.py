@@ -95,6 +95,20 @@ def test_rip_relative_and_segment_operands_resolve_as_the_cpu_does() -> None:
     assert fs.address({"fs_base": 0x7000}.__getitem__) == 0x7010
 
 
+def test_other_segments_and_32_bit_addresses_resolve_as_the_cpu_does() -> None:
+    # ds: a base of 0 in 64-bit mode (it used to ask unicorn for a `ds_base` it has not).
+    ds = _gap("3e0f2803")  # movaps %ds:(%rbx), %xmm0
+    assert isinstance(ds, MustBeAligned) and ds.segment is None
+    assert ds.address({"rbx": 0x7008}.__getitem__) == 0x7008
+    # An address-size prefix cuts the sum to 32 bits.
+    short = _gap("670f284308")  # movaps 8(%ebx), %xmm0
+    assert isinstance(short, MustBeAligned) and short.address_bits == 32
+    assert short.address({"ebx": 0xFFFF_FFF8}.__getitem__) == 0
+    eip_relative = _gap("670f28050a000000", 0x401000)  # movaps 0xa(%eip), %xmm0
+    assert isinstance(eip_relative, MustBeAligned) and eip_relative.base is None
+    assert eip_relative.address(lambda name: 0) == 0x401008 + 0xA
+
+
 # --- in a recording: the C core and the Python hooks, byte for byte ----------------
 
 
@@ -241,3 +255,61 @@ main:
     recording = _record_both_ways(source, monkeypatch, tmp_path, write_scenario)
     final = recording.metadata.final
     assert (final["rcx"], final["rdx"], final["rflags"]) == (0x257, 0xA96, 0xA96)
+
+
+def test_alignment_of_indexed_and_rip_relative_operands_in_a_recording(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, write_scenario: Any
+) -> None:
+    # base + index * scale + disp, and rip-relative: the C core's sum and the
+    # Python hooks' agree (byte-identical traces) and fault where the CPU would.
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movq $3, %rcx
+    movaps 8(%rbx,%rcx,8), %xmm0
+    movaps aligned(%rip), %xmm1
+    movq $2, %rcx
+    movaps 8(%rbx,%rcx,8), %xmm0
+    ret
+    .p2align 4
+aligned:
+    .quad 1, 2
+"""
+    meta = _record_both_ways(source, monkeypatch, tmp_path, write_scenario).metadata
+    assert (meta.stop.reason, meta.stop.step) == ("fault", 5)
+    assert f"and {meta.final['rbx'] + 24:#x} is not" in meta.stop.detail
+
+
+def test_the_c_core_checks_aligned_operands_without_calling_python(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, write_scenario: Any
+) -> None:
+    # glibc runs movaps/movdqa in its hot loops: an aligned execution must not
+    # cost a call into Python (the C core computes the address itself).
+    if native_core() is None:
+        pytest.skip("the C core was not built")
+    from stacktrace_lab.record.hooks import StepRules
+
+    calls: list[int] = []
+    original = StepRules.align_check
+
+    def counting(self: StepRules, address: int) -> None:
+        calls.append(address)
+        original(self, address)
+
+    monkeypatch.setattr(StepRules, "align_check", counting)
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movq $100, %rcx
+again:
+    movaps 16(%rbx), %xmm0
+    movdqa %xmm0, 32(%rbx,%rcx,8)
+    subq $2, %rcx
+    jnz again
+    movaps 24(%rbx), %xmm0
+    ret
+"""
+    scenario = load_scenario(write_scenario(source, data=(("buf", 4096),)))
+    meta = record(scenario, tmp_path / "c.parquet").metadata
+    assert meta.stop.reason == "fault"
+    assert len(calls) == 1  # only the misaligned one, which stops the run

@@ -112,6 +112,61 @@ def test_a_return_planted_before_the_trace_began_is_a_switch_not_a_failure(
     assert any("planted before the trace began" in n for n in notes), notes
     # The overflow of the 48-byte stack is still found, as in the whole recording.
     assert not result.result("stack-bounds").holds
+    # calloc ran before the trace: the stack is still named (and labelled) by it.
+    (green,) = [s for s in rec.metadata.stacks if s.name != "stack"]
+    assert (green.name, green.label, green.size) == ("calloc_48", "calloc(48) in main", 48)
+
+
+#: The 48-byte calloc block as `--from gt_switch` finds it: calloc ran before the trace,
+#: and the start-up is watched for allocations (before, the stack was the 56-byte heap
+#: chunk `chunk_56`).
+GREEN_FROM_SWITCH = 48
+
+
+def test_a_return_planted_before_the_trace_is_listed_and_an_expectation_names_it(
+    programs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--from gt_switch`: the ret to hello is among the planted returns (its store is
+    not in the trace), so `[[expect.ret]]` naming it holds, as on the whole recording."""
+    program = _program(programs, "c-static")
+    toml = program.parent / "from_switch.toml"
+    toml.write_text(
+        f"""name = "from-switch"
+[[stacks]]
+name = "green"
+size = {GREEN_FROM_SWITCH}
+[[expect.ret]]
+stack = "green"
+index = 32
+target = "hello"
+[program]
+elf = "{program.name}"
+from = "gt_switch"
+"""
+    )
+    out = tmp_path / "t.parquet"
+    assert main(["record", str(toml), "-o", str(out)]) == 0
+    result = check(load_trace(out))
+    assert result.result("expect").holds, result.result("expect").violations
+    (planted,) = result.planted
+    assert (planted.where, planted.target, planted.planted_step) == ("green[32]", "hello", None)
+    assert planted.landing == "entry"
+    capsys.readouterr()
+    main(["check", str(out)])
+    text = capsys.readouterr().out
+    assert "planted before the trace began (the store is not in the trace)" in text
+    # show and who-wrote find it as the first planted ret, and say where it came from.
+    assert main(["show", str(out), "--first-planted-ret"]) == 0
+    assert "step 5 of" in capsys.readouterr().out.splitlines()[0]
+    assert main(["who-wrote", str(out), "green[32]", "--first-planted-ret"]) == 0
+    said = capsys.readouterr().out
+    assert "holds 0x" in said and "-> hello" in said
+    assert "not written since the trace began (--from gt_switch)" in said
+    # An expectation naming another slot still fails, and lists the one there is.
+    toml.write_text(toml.read_text().replace("index = 32", "index = 24"))
+    assert main(["record", str(toml), "-o", str(out), "--force"]) == 0
+    (violation,) = check(load_trace(out)).result("expect").violations
+    assert "index 32 -> hello" in violation.message
 
 
 # --- 2. frames are never lost ------------------------------------------------------
@@ -225,6 +280,44 @@ def test_the_process_stack_is_called_stack_and_slots_are_spelled_with_brackets(
     assert planted.where == "calloc_48[32]"
     (overflow,) = result.result("stack-bounds").violations
     assert "rsp moves to calloc_48[-8]" in overflow.message
+
+
+@pytest.mark.parametrize(("build", "asker"), [("c-static", "main"), ("rust-static-pie", None)])
+def test_a_heap_stack_is_labelled_with_its_allocation_and_who_asked(
+    programs: dict[str, Path],
+    build: str,
+    asker: str | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The name stays `calloc_48` (SQL, diff keys, goldens); the label says what it is,
+    and check, show, the SQL `regions` table and the Perfetto tracks show it."""
+    program = _program(programs, build)
+    rec = record_elf(program, tmp_path / "t.parquet", from_symbol="main")
+    green = rec.metadata.region("calloc_48")
+    assert green.label.startswith("calloc(48) in ")
+    who = green.label.removeprefix("calloc(48) in ")
+    if asker is not None:
+        assert who == asker
+    else:  # past Rust's allocation wrappers, to the program's own code
+        assert not who.startswith(("__rust_", "__rdl_", "alloc::")), who
+        assert who.startswith("first_switch::"), who
+    assert rec.metadata.region("stack").label == ""  # the name says it
+    (overflow,) = check(load_trace(rec.path)).result("stack-bounds").violations
+    assert f"calloc_48 ({green.label}, 48 bytes) overflows" in overflow.message
+    capsys.readouterr()
+    query = "select label from regions where name = 'calloc_48'"
+    assert main(["query", str(rec.path), query, "--json"]) == 0
+    assert green.label in capsys.readouterr().out
+    tracks = [
+        e["args"]["name"]
+        for e in chrome_trace_events(load_trace(rec.path))["traceEvents"]
+        if e.get("name") == "thread_name"
+    ]
+    assert f"stack calloc_48 ({green.label})" in tracks
+    capsys.readouterr()
+    assert main(["show", str(rec.path), "--first-planted-ret"]) == 0
+    assert f"stack calloc_48 ({green.label}): " in capsys.readouterr().out
 
 
 # --- 8. what record writes, every command opens -------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ..arch import STACK_ALIGNMENT
+from ..arch import STACK_ALIGNMENT, WORD
 from ..layout import Region
 from .causes import MAX_CAUSES, Items, code_at, grouped
 from .events import I64, U64, B, Kind, Origin, TraceFacts
@@ -198,6 +198,19 @@ def _planting_stores(facts: TraceFacts, steps: I64) -> I64:
     return out
 
 
+def _moved_after_loading(facts: TraceFacts, i: int, made: int) -> bool:
+    """Transfer `i` is a `ret` of a switch that planted the address itself (`push` then
+    `ret`, libco) after loading the stack pointer `made` saved, and the slot it popped
+    is neither where that pointer points (`lea 8(%rsp), %rsp; push`: libco's
+    coctx_swap) nor one slot under it (a plain `push`): the switch moved rsp wrongly
+    before planting, and it is to blame, not the code that saved the pointer."""
+    t = facts.transfers
+    if not bool(t.is_ret[i]):
+        return False
+    loaded = int(facts.writes.value[made])
+    return int(t.rsp[i]) - WORD not in (loaded, loaded - WORD)
+
+
 def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable[[], str]:
     def saved() -> str:
         if made < 0:
@@ -251,6 +264,15 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
             # When the switch re-pushed the address itself (libco), the fix is the
             # stack pointer it was given, not the slot: that is said by `saved()`.
             advice = "" if made >= 0 else _advice(facts, region, index, step)
+            loaded = saved_stack_pointer(facts, step) if made < 0 else -1
+            if loaded >= 0 and _moved_after_loading(facts, i, loaded):
+                value = int(facts.writes.value[loaded])
+                saved_at = int(facts.writes.step[loaded])
+                advice = (
+                    f"; the switch loaded the stack pointer {facts.where(value)} saved at step "
+                    f"{saved_at} and moved rsp {slot - value:+d} bytes before planting: plant "
+                    "the address where the loaded stack pointer points"
+                )
         return head + (
             f": the ret{code_at(facts, transfer_rip)} pops the address planted {where} at step "
             f"{store_step} by `{info.insn}`{code_at(facts, info.rip)}, {off} bytes off the "
@@ -394,11 +416,14 @@ def _entry_site(facts: TraceFacts, i: int, store: int, transfer_rip: int) -> tup
     (-1 if not found). The store that planted the popped address, when another
     function made it (a spawn); else the store that saved the stack pointer the
     switch loaded (a make-context); else the planting store; else the transfer."""
+    t = facts.transfers
     if store >= 0:
         store_rip = facts.writes_rip(store)
         if facts.function_start(store_rip) != facts.function_start(transfer_rip):
             return store_rip, -1
-    made = saved_stack_pointer(facts, int(facts.transfers.step[i]))
+    made = saved_stack_pointer(facts, int(t.step[i]))
+    if made >= 0 and store >= 0 and _moved_after_loading(facts, i, made):
+        return facts.writes_rip(store), -1
     if made >= 0:
         return facts.writes_rip(made), made
     if store >= 0:

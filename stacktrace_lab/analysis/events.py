@@ -127,6 +127,12 @@ class Returns:
     def __len__(self) -> int:
         return int(self.step.size)
 
+    @property
+    def planted(self) -> B:
+        """Per ret: it popped a planted address (in the trace or before it began)."""
+        planted: B = (self.origin == Origin.PLANTED) | (self.origin == Origin.PLANTED_BEFORE)
+        return planted
+
 
 @dataclass(frozen=True)
 class Jumps:
@@ -268,8 +274,9 @@ class TraceFacts:
 
     @cached_property
     def planted_steps(self) -> I64:
-        """Indices into `returns` of the rets that popped a planted address."""
-        return np.flatnonzero(self.returns.origin == Origin.PLANTED).astype(np.int64)
+        """Indices into `returns` of the rets that popped a planted address: planted in
+        the trace (`PLANTED`) or before a `--from` trace began (`PLANTED_BEFORE`)."""
+        return np.flatnonzero(self.returns.planted).astype(np.int64)
 
     @cached_property
     def planted_returns(self) -> tuple[PlantedReturn, ...]:
@@ -277,14 +284,19 @@ class TraceFacts:
         chosen = self.planted_steps[:MAX_PLANTED]
         r = self.returns
         ret_steps = r.step[chosen]
-        planted_steps = self.writes.step[r.writer[chosen]]
-        info = self.describe(np.concatenate([ret_steps, planted_steps]).tolist())
+        # -1: planted before the trace began (no store in the trace)
+        planted_steps = np.where(
+            r.writer[chosen] >= 0, self.writes.step[np.clip(r.writer[chosen], 0, None)], -1
+        )
+        info = self.describe(
+            np.concatenate([ret_steps, planted_steps[planted_steps >= 0]]).tolist()
+        )
         transfers = self.transfers
         planted = []
         for k, i in enumerate(chosen.tolist()):
             slot = int(r.slot[i])
             located = self.locate(slot)
-            store = info[int(planted_steps[k])]
+            store = info.get(int(planted_steps[k]))
             ret = info[int(r.step[i])]
             t = transfers.at_step(int(r.step[i]))
             landing = transfers.kind(t).label if t is not None else "other"
@@ -295,16 +307,16 @@ class TraceFacts:
                     region=located[0].name if located else None,
                     index=located[1] if located else slot,
                     slot=slot,
-                    planted_step=store.step,
-                    planted_insn=store.insn,
-                    planted_symbol=store.symbol,
+                    planted_step=store.step if store else None,
+                    planted_insn=store.insn if store else "",
+                    planted_symbol=store.symbol if store else "",
                     value=int(r.value[i]),
                     target=self.symbolize(int(r.value[i])),
                     entry_rsp=int(r.entry_rsp[i]),
                     trampoline=landing == "trampoline",
                     landing=landing,
                     source=self.source(ret.rip),
-                    planted_source=self.source(store.rip),
+                    planted_source=self.source(store.rip) if store else None,
                 )
             )
         return tuple(planted)

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ..arch import CALLEE_SAVED
+from ..arch import CALLEE_SAVED, WORD
 from ..layout import Region, slot_name
 from .alignment import alignment
 from .causes import Items, code_at, grouped, simple
-from .events import I64, U64, B, Origin, TraceFacts, stack_index
+from .events import I64, U64, B, Kind, Origin, TraceFacts, stack_index
 from .model import MAX_VIOLATIONS, Findings
 from .saves import advices, saves_and_restores
 from .transfers import Landing, saved_stack_pointer
@@ -84,14 +84,21 @@ def ret_source(facts: TraceFacts) -> Findings:
     not_code = planted[~in_code & (values != np.uint64(facts.sentinel))]
     store_rips = facts.rips_at(facts.writes.step[r.writer[not_code]])
     for k, i in enumerate(not_code.tolist()):
-        items.add(int(r.step[i]), "planted-data", int(store_rips[k]))
-        messages.append(_planted_data_message(facts, i))
+        # A switch that loaded a stack pointer saved a few bytes off the return address
+        # a call pushed pops the data beside it: the mistake is where it was saved.
+        off_by = _saved_off_a_return_address(facts, i) if k < MAX_VIOLATIONS else None
+        if off_by is not None:
+            items.add(int(r.step[i]), "saved-stack-pointer", facts.writes_rip(off_by[0]))
+        else:
+            items.add(int(r.step[i]), "planted-data", int(store_rips[k]))
+        messages.append(_planted_data_message(facts, i, off_by))
     notes = []
     before = int(np.count_nonzero(r.origin == Origin.PLANTED_BEFORE))
     if before:
         notes.append(
             f"{before} ret{'s pop code addresses' if before != 1 else ' pops a code address'} "
-            "planted before the trace began (not listed: the store is not in the trace)"
+            "planted before the trace began (listed with the planted returns; the store is "
+            "not in the trace)"
         )
     return grouped(facts, "ret-source", items, lambda i: messages[i](), notes)
 
@@ -124,16 +131,58 @@ def _unwritten_message(facts: TraceFacts, i: int, made: int) -> Callable[[], str
     return text
 
 
-def _planted_data_message(facts: TraceFacts, i: int) -> Callable[[], str]:
+#: How far from the slot a ret popped a return address pushed by a call is looked for.
+_OFF_BY = (-8, 8, -16, 16)
+
+
+def _saved_off_a_return_address(facts: TraceFacts, i: int) -> tuple[int, int, int] | None:
+    """For ret `i`, which popped data: when rsp came from a stack pointer saved in
+    memory (a switch) and a slot a few bytes from the popped one holds the return
+    address a `call` pushed, the stack pointer was saved that many bytes off:
+    (the write that saved it, the offset, the call's step). Else None."""
+    r = facts.returns
+    ret_step, slot = int(r.step[i]), int(r.slot[i])
+    made = saved_stack_pointer(facts, ret_step)
+    if made < 0:
+        return None
+    w = facts.writes
+    for off in _OFF_BY:
+        hits = np.flatnonzero((w.addr == np.uint64(slot + off)) & (w.step < ret_step))
+        if not hits.size:
+            continue
+        last = int(hits[-1])
+        step = int(w.step[last])
+        if int(w.size[last]) == WORD and int(facts.kind_at(np.array([step]))[0]) == Kind.CALL:
+            return made, -off, step
+    return None
+
+
+def _planted_data_message(
+    facts: TraceFacts, i: int, off_by: tuple[int, int, int] | None = None
+) -> Callable[[], str]:
     def text() -> str:
         r = facts.returns
         value, slot = int(r.value[i]), int(r.slot[i])
         store_step = int(facts.writes.step[r.writer[i]])
         store = facts.describe([store_step])[store_step]
-        return (
+        popped = (
             f"ret pops {facts.describe_value(value)} from {facts.where(slot)}, planted at "
             f"step {store.step} by `{store.insn}`{code_at(facts, store.rip)}, but that is not an "
-            "address in the code: the store planted data where a return address belongs"
+            "address in the code"
+        )
+        if off_by is None:
+            return popped + ": the store planted data where a return address belongs"
+        made, off, call_step = off_by
+        made_step = int(facts.writes.step[made])
+        info = facts.describe([made_step, call_step])
+        saved, call = info[made_step], info[call_step]
+        return (
+            f"{popped}. The return address is {abs(off)} bytes "
+            f"{'below' if off > 0 else 'above'}, at {facts.where(slot - off)}, pushed by the "
+            f"call at step {call_step} in {call.symbol}: rsp was loaded from the stack pointer "
+            f"saved at step {made_step} by `{saved.insn}`{code_at(facts, saved.rip)}, which "
+            f"is {abs(off)} bytes off, so the ret popped the slot "
+            f"{'above' if off > 0 else 'below'} the return address"
         )
 
     return text
@@ -199,8 +248,9 @@ def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> t
     first = int(hit[order[0]])
     max_depth = int(depth.max())
     name = stack.name
+    what = f"{stack.label}, " if stack.label else ""  # calloc(48) in main
     parts = [
-        f"{name} ({stack.size} bytes) overflows by {max_depth} bytes: here "
+        f"{name} ({what}{stack.size} bytes) overflows by {max_depth} bytes: here "
         f"{_access(stack, first, addrs, is_write)}, {int(depth[order[0]])} bytes below its base"
     ]
     for kind, mask in (("write", is_write[hit]), ("rsp", ~is_write[hit])):

@@ -138,6 +138,7 @@ KIND_TITLES = {
     "landing-misaligns-calls": "landing misaligns calls",
     "unwritten-slot": "ret pops an unwritten slot",
     "planted-data": "ret pops planted data",
+    "saved-stack-pointer": "stack pointer saved off its return address",
     "overflow": "stack overflow",
     "outside": "outside the stacks",
     "clobbered": "callee-saved register lost",
@@ -162,7 +163,9 @@ class PlantedReturn:
     region: str | None
     index: int
     slot: int
-    planted_step: int
+    #: The store that wrote the address; None when it was planted before a `--from`
+    #: trace began (the store is not in the trace; `planted_insn`/`planted_symbol` are "").
+    planted_step: int | None
     planted_insn: str
     planted_symbol: str
     value: int
@@ -180,6 +183,13 @@ class PlantedReturn:
     @property
     def where(self) -> str:
         return slot_name(self.region, self.index) if self.region else f"{self.slot:#x}"
+
+    @property
+    def planted_when(self) -> str:
+        """`step N`, or `before the trace began`."""
+        return (
+            "before the trace began" if self.planted_step is None else f"step {self.planted_step}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

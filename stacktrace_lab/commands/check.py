@@ -147,8 +147,11 @@ def _print_planted(result: CheckResult) -> None:
                 (0, 0, 0, 2),
             )
         )
-        where = p.planted_source or p.planted_symbol
-        line = f"planted at step {p.planted_step} by `{p.planted_insn}` ({where})"
+        if p.planted_step is None:
+            line = "planted before the trace began (the store is not in the trace)"
+        else:
+            where = p.planted_source or p.planted_symbol
+            line = f"planted at step {p.planted_step} by `{p.planted_insn}` ({where})"
         out.print(Padding(Text(line), (0, 0, 0, 4)))
     shown = min(len(result.planted), MAX_PLANTED_SHOWN)
     if result.planted_total > shown:

@@ -131,7 +131,7 @@ def _telescope(view: StepView) -> Table | Text:
     shown = "" if tel.whole else f", showing {len(tel.slots)} slots around rsp"
     table = Table(
         title=(
-            f"stack {region.name}: {region.base:#x}..{region.top:#x}, "
+            f"stack {region.display}: {region.base:#x}..{region.top:#x}, "
             f"{region.size} bytes, rsp = {region.name}[{tel.rsp - region.base}]{shown}"
         ),
         title_justify="left",

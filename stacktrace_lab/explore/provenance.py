@@ -264,6 +264,12 @@ def _memory_links(
     if not writers:
         if value == SENTINEL_RETURN:
             note = "never written by the program: the sentinel return address the machine planted"
+        elif trace.metadata.start is not None:
+            # A `--from` trace: the memory is as the run left it when the trace began.
+            note = (
+                f"not written since the trace began (--from {trace.metadata.start.symbol}): "
+                "what the run before it left there"
+            )
         else:
             note = "never written by the program: initial memory"
         return [Link("initial", None, None, what, value, note)], value, ()

@@ -34,8 +34,15 @@ def choose_step(
     if at is not None:
         return first_step_at(trace, at)
     if first_planted_ret:
-        found = planted_returns(trace, limit=1)
+        found = [p.ret_step for p in planted_returns(trace, limit=1)]
+        if trace.metadata.start is not None:
+            # A `--from` trace: a return planted before it began has no store in the
+            # trace (the scan above needs one); the analysis lists it (Origin.PLANTED_BEFORE).
+            from ..analysis.events import derive_facts
+
+            facts = derive_facts(trace)
+            found += [p.ret_step for p in facts.planted_returns if p.planted_step is None][:1]
         if not found:
             raise BadInput(f"{trace.path}: no ret in the trace pops a planted return address")
-        return found[0].ret_step
+        return min(found)
     return default

@@ -165,7 +165,7 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
     )
     con.execute(
         "CREATE TABLE regions (trace VARCHAR, name VARCHAR, kind VARCHAR, base UBIGINT, "
-        "size UBIGINT, top UBIGINT)"
+        "size UBIGINT, top UBIGINT, label VARCHAR)"
     )
     con.execute(
         "CREATE TABLE labels (trace VARCHAR, name VARCHAR, addr UBIGINT, code_region VARCHAR)"
@@ -191,8 +191,8 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
             ],
         )
         con.executemany(
-            "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?)",
-            [[f.name, r.name, r.kind, r.base, r.size, r.top] for r in meta.regions],
+            "INSERT INTO regions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [[f.name, r.name, r.kind, r.base, r.size, r.top, r.label] for r in meta.regions],
         )
         calls = f.trace.syscalls()
         if calls:

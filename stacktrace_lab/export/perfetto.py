@@ -56,7 +56,7 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
                 "pid": PID,
                 "tid": _tid(s),
                 "name": "thread_name",
-                "args": {"name": f"stack {region.name}"},
+                "args": {"name": f"stack {region.display}"},
             }
         )
         events.append(
@@ -134,7 +134,7 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
                 "ts": planted.ret_step,
                 "args": {
                     "slot": planted.where,
-                    "planted_step": planted.planted_step,
+                    "planted_step": planted.planted_step,  # None: before the trace
                     "planted_insn": planted.planted_insn,
                 },
             }

@@ -5,11 +5,12 @@
  * checks that both write byte-identical traces). Python is called only per
  * chunk of rows, for an address executed for the first time (the user-mode
  * decision, record/user_mode.py), after a fixed-value instruction (the CPU
- * model's answer), at a privileged or unsupported instruction, at every
- * execution of one whose memory operand must be aligned (record/emulator_gaps.py:
- * Python computes the address and stops the run when it is misaligned), and in
- * the discovery pass at
- * the allocator's entries and returns.
+ * model's answer), at a privileged or unsupported instruction, at an execution
+ * of one whose memory operand must be aligned (record/emulator_gaps.py) when
+ * the operand is misaligned (the core computes its address at every execution
+ * from the operand Python described when it decided the instruction; Python
+ * writes the message and stops the run), and in the discovery pass at the
+ * allocator's entries and returns.
  *
  * No unicorn header is needed: the few entry points used are declared below
  * and their addresses come from the library the `unicorn` package loaded.
@@ -50,6 +51,15 @@ enum { STOP_NONE = 0, STOP_MAX_STEPS = 1, STOP_SPIN = 2, STOP_CALLBACK = 3 };
 #define SIGNAL_CHECK_MASK 0xffff
 #define TICK_MASK 0xfffff /* owner.tick(steps) every 2**20 steps, when asked */
 #define MAX_WATCH 8
+
+/* An alignment-checked instruction's memory operand (StepRules.aligned_operand):
+ * its address is constant + base + index * scale + segment base, cut to bits. */
+typedef struct {
+    uint64_t insn; /* the instruction's address; NO_ADDRESS: a free slot */
+    uint64_t constant;
+    int regs[3]; /* base, index, segment base: unicorn ids, 0 for none */
+    int scale, bits;
+} AlignedOperand;
 
 /* The decisions of one page: a kind per byte offset (0: not decided yet). */
 typedef struct {
@@ -108,6 +118,12 @@ typedef struct {
     uint64_t last_page;
     uint8_t *last_kinds;
     uint64_t pending_at, pending_insn; /* a fixed-value instruction ran: answer at pending_at */
+
+    /* ALIGN_CHECK operands, by instruction address (open addressing, never removed:
+     * an address decided again gets its operand again) */
+    AlignedOperand *aligned;
+    size_t aligned_cap, n_aligned;
+    AlignedOperand *last_aligned;
 } Core;
 
 /* ---- calling Python from a hook ------------------------------------------------ */
@@ -254,6 +270,89 @@ static int may_matter(Core *c, uint64_t address) {
     return 1;
 }
 
+/* ---- alignment-checked operands --------------------------------------------------- */
+
+static size_t aligned_slot(AlignedOperand *table, size_t cap, uint64_t insn) {
+    size_t mask = cap - 1;
+    size_t i = (size_t)(insn * 0x9E3779B97F4A7C15ULL >> 20) & mask;
+    while (table[i].insn != NO_ADDRESS && table[i].insn != insn) i = (i + 1) & mask;
+    return i;
+}
+
+static AlignedOperand *find_aligned(Core *c, uint64_t insn) {
+    if (c->last_aligned != NULL && c->last_aligned->insn == insn) return c->last_aligned;
+    if (c->aligned_cap == 0) return NULL;
+    AlignedOperand *entry = &c->aligned[aligned_slot(c->aligned, c->aligned_cap, insn)];
+    if (entry->insn != insn) return NULL;
+    c->last_aligned = entry;
+    return entry;
+}
+
+static AlignedOperand *add_aligned(Core *c, uint64_t insn) {
+    AlignedOperand *entry = find_aligned(c, insn);
+    if (entry != NULL) return entry;
+    if ((c->n_aligned + 1) * 2 > c->aligned_cap) {
+        size_t old_cap = c->aligned_cap, cap = old_cap ? old_cap * 2 : 256;
+        AlignedOperand *table = malloc(cap * sizeof(AlignedOperand));
+        if (table == NULL) return NULL;
+        for (size_t i = 0; i < cap; i++) table[i].insn = NO_ADDRESS;
+        for (size_t i = 0; i < old_cap; i++)
+            if (c->aligned[i].insn != NO_ADDRESS)
+                table[aligned_slot(table, cap, c->aligned[i].insn)] = c->aligned[i];
+        free(c->aligned);
+        c->aligned = table;
+        c->aligned_cap = cap;
+        c->last_aligned = NULL; /* entries moved */
+    }
+    entry = &c->aligned[aligned_slot(c->aligned, c->aligned_cap, insn)];
+    entry->insn = insn;
+    c->n_aligned++;
+    return entry;
+}
+
+/* Python decided ALIGN_CHECK at `insn` (GIL held): keep its operand. */
+static void keep_aligned_operand(Core *c, uint64_t insn) {
+    PyObject *answer = PyObject_CallMethod(c->owner, "aligned_operand", "(K)",
+                                           (unsigned long long)insn);
+    if (answer == NULL) return;
+    unsigned long long constant;
+    int base, index, scale, segment, bits;
+    if (PyArg_ParseTuple(answer, "Kiiiii", &constant, &base, &index, &scale, &segment, &bits)) {
+        AlignedOperand *entry = add_aligned(c, insn);
+        if (entry == NULL) {
+            PyErr_NoMemory();
+        } else {
+            entry->constant = constant;
+            entry->regs[0] = base;
+            entry->regs[1] = index;
+            entry->regs[2] = segment;
+            entry->scale = scale;
+            entry->bits = bits;
+        }
+    }
+    Py_DECREF(answer);
+}
+
+/* Whether the operand of the alignment-checked instruction at `insn` is 16-byte
+ * aligned this time (emulator_gaps.MustBeAligned.address, the same sum). */
+static int operand_aligned(Core *c, uint64_t insn) {
+    AlignedOperand *op = find_aligned(c, insn);
+    if (op == NULL) return 0; /* not described: let Python look */
+    uint64_t values[3] = {0, 0, 0};
+    void *pointers[3];
+    int ids[3], n = 0;
+    for (int i = 0; i < 3; i++) {
+        if (op->regs[i] == 0) continue;
+        ids[n] = op->regs[i];
+        pointers[n] = &values[i];
+        n++;
+    }
+    if (n > 0) c->reg_read_batch(c->uc, ids, pointers, n);
+    uint64_t address = op->constant + values[0] + values[1] * (uint64_t)op->scale + values[2];
+    if (op->bits < 64) address &= (1ULL << op->bits) - 1;
+    return (address & 15) == 0;
+}
+
 static int decide(Core *c, uint64_t address) {
     uint64_t page = address >> PAGE_SHIFT;
     if (page != c->last_page) {
@@ -276,6 +375,8 @@ static int decide(Core *c, uint64_t address) {
             value = PyLong_AsLong(answer);
             Py_DECREF(answer);
         }
+        if (!PyErr_Occurred() && (value & KIND_MASK) == ALIGN_CHECK)
+            keep_aligned_operand(c, address);
         if (PyErr_Occurred()) {
             keep_error(c);
             value = NORMAL;
@@ -299,7 +400,8 @@ static void apply_decision(Core *c, uint64_t address, uint32_t size) {
     if (kind == PRIVILEGED) {
         call_void(c, "privileged", "(K)", (unsigned long long)address);
     } else if (kind == ALIGN_CHECK) {
-        call_void(c, "align_check", "(K)", (unsigned long long)address);
+        if (!operand_aligned(c, address))
+            call_void(c, "align_check", "(K)", (unsigned long long)address);
     } else if (kind == UNSUPPORTED) {
         call_void(c, "unsupported", "(K)", (unsigned long long)address);
     } else if (kind == FIXED_VALUE) {
@@ -564,6 +666,7 @@ static void core_dealloc(Core *c) {
     free(c->rows);
     free(c->events);
     free(c->outside);
+    free(c->aligned);
     Py_XDECREF(c->owner);
     Py_XDECREF(c->error);
     Py_TYPE(c)->tp_free((PyObject *)c);

@@ -24,7 +24,7 @@ import contextlib
 import ctypes
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import unicorn.x86_const as x86
@@ -45,7 +45,11 @@ OVERFLOW_REACH = 64 << 10
 #: A move of rsp by more than this (or from another stack) is a switch, not a push.
 SWITCH_JUMP = 4096
 HEAP_SNAPSHOTS = 64
-_ALLOCATORS = ("malloc", "calloc", "realloc", "free")
+#: Stack words above an allocator's return address kept to find who asked.
+CALLER_WORDS = 32
+#: Functions that only pass an allocation on: the label names who called them.
+_WRAPPERS = ("__rust_", "__rdl_", "__rg_", "alloc::", "<alloc::", "std::", "core::", "<core::")
+ALLOCATORS = ("malloc", "calloc", "realloc", "free")
 _JMP_SELF = (b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff")
 
 
@@ -56,6 +60,9 @@ class Allocation:
     addr: int
     size: int
     freed: int | None = None  # the step free() was called on it
+    #: The allocator's return address, then the code addresses in the 32 stack words
+    #: above it: who asked, past an allocation wrapper (Rust's `__rust_alloc_zeroed`).
+    callers: tuple[int, ...] = ()
 
 
 @dataclass
@@ -84,8 +91,14 @@ def run_discovery(
     main_stack: Region,
     max_steps: int,
     progress: Callable[[int], None] | None = None,
+    until: int = 0,
+    earlier: Evidence | None = None,
 ) -> Evidence:
     """Run `machine` (already fast-forwarded to the start, if any) and collect the evidence.
+
+    `until`: stop there (the start of a `--from` recording: this is then the run up
+    to it, watched only for its allocations). `earlier`: that run's evidence; the
+    blocks it allocated and did not free are known here, as allocated before step 0.
 
     The per-step part (rsp against the main stack, the self-jump test, the
     step rules) runs in C when the core was built (hooks.py), else in a
@@ -95,14 +108,20 @@ def run_discovery(
     evidence = Evidence()
     lo, hi = main_stack.base, main_stack.top
     allocator_at = {
-        addr: name for name in _ALLOCATORS if (addr := image.raw_symbols.get(name)) is not None
+        addr: name for name in ALLOCATORS if (addr := image.raw_symbols.get(name)) is not None
     }
     pending: list[tuple[str, int, int, int]] = []  # (kind, return address, rsp at entry, size)
     live: dict[int, int] = {}  # address -> index in allocations
+    callers_of: dict[int, tuple[int, ...]] = {}  # index in pending -> Allocation.callers
+    for old in earlier.allocations if earlier is not None else ():
+        if old.freed is None:
+            live[old.addr] = len(evidence.allocations)
+            evidence.allocations.append(replace(old, step=-1))
     if machine.native is not None:
         walk: _Walk = _NativeWalk(machine, max_steps, lo, hi, list(allocator_at))
     else:
         walk = _PythonWalk(machine, max_steps, lo, hi, allocator_at)
+    walk.until = until
 
     def outside(step: int) -> None:
         """rsp just left the process stack: keep the heap's headers as they are now."""
@@ -125,12 +144,15 @@ def run_discovery(
             if index is not None:
                 old = evidence.allocations[index]
                 evidence.allocations[index] = Allocation(
-                    old.step, old.kind, old.addr, old.size, walk.step()
+                    old.step, old.kind, old.addr, old.size, walk.step(), old.callers
                 )
             return
         size = {"malloc": rdi, "calloc": rdi * rsi, "realloc": rsi}[kind]
         ret = int.from_bytes(uc.mem_read(rsp, 8), "little")
         pending.append((kind, ret, rsp, size))
+        above = machine.read_or_zero(rsp + 8, 8 * CALLER_WORDS)
+        words = [int.from_bytes(above[i : i + 8], "little") for i in range(0, len(above), 8)]
+        callers_of[len(pending) - 1] = (ret, *words)
         walk.set_want(ret)
 
     def returned(rsp: int) -> None:
@@ -141,11 +163,12 @@ def run_discovery(
                 return  # a recursive return to the same place, deeper
         if not pending:
             return
+        callers = callers_of.pop(len(pending) - 1, ())
         kind, _ret, _entry, size = pending.pop()
         addr = uc.reg_read(x86.UC_X86_REG_RAX)
         if addr:
             live[addr] = len(evidence.allocations)
-            evidence.allocations.append(Allocation(walk.step(), kind, addr, size))
+            evidence.allocations.append(Allocation(walk.step(), kind, addr, size, callers=callers))
         walk.set_want(pending[-1][1] if pending else -1)
 
     machine.rules.tick = progress
@@ -166,6 +189,8 @@ def run_discovery(
 
 
 class _Walk(Protocol):
+    until: int
+
     def run(
         self,
         outside: Callable[[int], None],
@@ -188,6 +213,7 @@ class _NativeWalk:
         self.machine = machine
         self.core = machine.native.core
         self.args = (max_steps, lo, hi, watch, HEAP_SNAPSHOTS)
+        self.until = 0  # where the emulation stops (0: nowhere, the run's own end)
 
     def run(
         self,
@@ -203,7 +229,7 @@ class _NativeWalk:
         try:
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
                 rip = int(uc.reg_read(x86.UC_X86_REG_RIP))
-                self.machine.emulate(rip, 0, 0, self.machine.native_control())
+                self.machine.emulate(rip, self.until, 0, self.machine.native_control())
         finally:
             self.core.detach()
             rules.outside = rules.entered = rules.returned = None
@@ -232,6 +258,7 @@ class _PythonWalk:
     ) -> None:
         self.machine = machine
         self.max_steps, self.lo, self.hi, self.watch = max_steps, lo, hi, watch
+        self.until = 0
         self.state = {"step": 0, "previous": -1, "want": -1, "lowest": hi, "stopped": 0}
         self.outside_steps = array("q")
         self.outside_rsp = array("Q")
@@ -312,7 +339,8 @@ class _PythonWalk:
                 rules.answer_pending,
             )
             with contextlib.suppress(UcError):  # a fault ends the pass as it ends the recording
-                self.machine.emulate(int(uc.reg_read(x86.UC_X86_REG_RIP)), 0, 0, control)
+                rip = int(uc.reg_read(x86.UC_X86_REG_RIP))
+                self.machine.emulate(rip, self.until, 0, control)
         finally:
             for handle in handles:
                 uclib.uc_hook_del(uch, handle)
@@ -330,8 +358,15 @@ class _PythonWalk:
         self.state["want"] = address
 
 
-def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> list[Region]:
-    """The stacks the evidence shows, in the order rsp first reached them."""
+def name_stacks(
+    evidence: Evidence,
+    data_symbols: tuple[DataSymbol, ...],
+    function_of: Callable[[int], str | None] | None = None,
+) -> list[Region]:
+    """The stacks the evidence shows, in the order rsp first reached them.
+
+    `function_of(address)` names the function holding a code address (None outside
+    the code): a stack in an allocation is labelled with who asked for it."""
     stacks: list[Region] = []
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
     names: set[str] = {PROCESS_STACK}
@@ -353,23 +388,23 @@ def name_stacks(evidence: Evidence, data_symbols: tuple[DataSymbol, ...]) -> lis
         if owner is not None and jumped and rsp < stacks[owner].base:
             # Just under a stack, but a switch into a block of its own (the next
             # thread's stack, mapped right below): a new stack, not an overflow.
-            found = _evidence_for(rsp, step, evidence, data_symbols, strong_only=True)
+            found = _evidence_for(rsp, step, evidence, data_symbols, function_of, strong_only=True)
             if found is not None and found[1] != stacks[owner].base:
                 owner = None
         if owner is not None:
             if owner in visits:
                 visits[owner].append(rsp)
             continue
-        found = found or _evidence_for(rsp, step, evidence, data_symbols)
+        found = found or _evidence_for(rsp, step, evidence, data_symbols, function_of)
         if found is None:
             visits[len(stacks)] = [rsp]
-            found = (f"stack_{rsp:x}", rsp, 0)
-        name, base, size = found
-        stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-"))
+            found = (f"stack_{rsp:x}", rsp, 0, "")
+        name, base, size, label = found
+        stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-", label))
     for k, values in visits.items():  # a range rsp visited: from its lowest to its highest
         low = min(values) // 16 * 16
         high = (max(values) + 8 + 15) // 16 * 16
-        stacks[k] = Region(stacks[k].name, "stack", low, high - low, "rw-")
+        stacks[k] = Region(stacks[k].name, "stack", low, high - low, "rw-", stacks[k].label)
     return stacks
 
 
@@ -378,34 +413,53 @@ def _evidence_for(
     step: int,
     evidence: Evidence,
     data_symbols: tuple[DataSymbol, ...],
+    function_of: Callable[[int], str | None] | None = None,
     strong_only: bool = False,
-) -> tuple[str, int, int] | None:
-    """(name, base, size) of the block `rsp` lies in, by the best evidence; with
+) -> tuple[str, int, int, str] | None:
+    """(name, base, size, label) of the block `rsp` lies in, by the best evidence; with
     `strong_only`, only a symbol, a live allocation or a mapping (not a heap chunk read
     from headers, which an overflow runs over as often as a stack lives in one)."""
     for sym in data_symbols:
         if sym.addr <= rsp <= sym.addr + sym.size:
-            return identifier(sym.name), sym.addr, sym.size
+            name = identifier(sym.name)
+            return name, sym.addr, sym.size, sym.name if sym.name != name else ""
     for alloc in reversed(evidence.allocations):
         alive = alloc.step <= step and (alloc.freed is None or step < alloc.freed)
         if alive and alloc.addr <= rsp <= alloc.addr + alloc.size:
-            return f"{alloc.kind}_{alloc.size}", alloc.addr, alloc.size
+            label = f"{alloc.kind}({alloc.size})"
+            asker = _asker(alloc.callers, function_of)
+            label += f" in {asker}" if asker else ""
+            return f"{alloc.kind}_{alloc.size}", alloc.addr, alloc.size, label
     for addr, length in evidence.mmaps:
         if addr <= rsp <= addr + length:
             base, top = usable_part(addr, addr + length, evidence.no_access)
-            return f"mmap_{top - base}", base, top - base
+            return f"mmap_{top - base}", base, top - base, ""
     if evidence.sigaltstack is not None:
         sp, size = evidence.sigaltstack
         if sp <= rsp <= sp + size:
-            return "sigaltstack", sp, size
+            return "sigaltstack", sp, size, ""
     if strong_only:
         return None
     taken = [s for s in evidence.heaps if s <= step]
     heap = evidence.heaps[max(taken)] if taken else (0, b"")
     chunk = heap_chunk(heap, evidence.heap_starts, rsp)
     if chunk is not None:
-        return f"chunk_{chunk[1]}", chunk[0], chunk[1]
+        return f"chunk_{chunk[1]}", chunk[0], chunk[1], ""
     return None
+
+
+def _asker(callers: tuple[int, ...], function_of: Callable[[int], str | None] | None) -> str:
+    """The function that asked for an allocation: the allocator's caller, or past
+    allocation wrappers (Rust's `__rust_alloc_zeroed` ...) the first code address above
+    it on the stack in a function that is not one; "" when unknown."""
+    if function_of is None or not callers:
+        return ""
+    direct = function_of(callers[0]) or ""
+    for address in callers:
+        name = function_of(address)
+        if name and not name.startswith(_WRAPPERS):
+            return name
+    return direct
 
 
 def heap_chunk(heap: tuple[int, bytes], starts: list[int], addr: int) -> tuple[int, int] | None:

@@ -13,6 +13,7 @@ that the trace came from an ELF, except for its `program` metadata.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from ..arch import PAGE
 from ..errors import BadInput
 from ..layout import Region, page_ceil
 from ..scenario import Expectations
+from ..symbols import LabelTable
 from ..trace.format import ProgramInfo, ScenarioInfo
-from .discovery import Evidence, name_stacks, run_discovery
+from .discovery import ALLOCATORS, Evidence, name_stacks, run_discovery
 from .dwarf_lines import ObjectLines, line_index
 from .dynamic import (
     LoadedObject,
@@ -33,7 +35,7 @@ from .dynamic import (
 )
 from .elf import ElfImage, load_elf
 from .files import FileKernel, FileView
-from .machine import Machine, MachineSpec
+from .machine import FAST_FORWARD_LIMIT, Machine, MachineSpec
 from .naming import thread_stack_name
 from .process import linux_process
 from .recorder import (
@@ -56,6 +58,21 @@ def _symbol(image: ElfImage, name: str, option: str) -> int:
     if addr is None:
         raise BadInput(f"{image.path}: {option} {name}: no such symbol in the program")
     return addr
+
+
+def _function_namer(image: ElfImage) -> Callable[[int], str | None]:
+    """The function holding a code address of the program (or a library it loaded),
+    None for any other address: for discovery's labels (`calloc(48) in main`)."""
+    table = LabelTable(image.symbols)
+    code = [(s.vaddr, s.vaddr + len(s.data)) for s in image.segments if "x" in s.perms]
+
+    def function_of(address: int) -> str | None:
+        if not any(start <= address < end for start, end in code):
+            return None
+        near = table.nearest(address)
+        return near[0] if near is not None else None
+
+    return function_of
 
 
 def describe_elf(
@@ -94,10 +111,25 @@ def describe_elf(
         # The libraries' addresses (malloc's, for discovery) are known once the
         # loader has mapped them: a first run to the program's entry finds them.
         image = _with_libraries(image, _loaded_by(spec, image, progress))
+    main_stack = next(r for r in spec.regions if r.kind == "stack")
+    before: Evidence | None = None
     if start is not None:
         if progress is not None:
             progress(0, "start-up")
-        early = machine.fast_forward(start[1], progress=phase(progress, "start-up"))
+        if interp is None and image.raw_symbols.keys() & set(ALLOCATORS):
+            # The start-up watched for allocations (a stack calloc'd before --from
+            # is then `calloc_48`, as in the whole recording, not a heap chunk).
+            before = run_discovery(
+                machine,
+                image,
+                main_stack,
+                FAST_FORWARD_LIMIT,
+                phase(progress, "start-up"),
+                until=start[1],
+            )
+            early = machine.reached(start[1], before.steps, counted=False)
+        else:
+            early = machine.fast_forward(start[1], progress=phase(progress, "start-up"))
         if early is not None:
             raise BadInput(
                 f"{image.path}: the program never reached --from {start[0]}: "
@@ -105,13 +137,18 @@ def describe_elf(
             )
         if interp is not None:
             image = _with_libraries(image, _objects(machine))
-    main_stack = next(r for r in spec.regions if r.kind == "stack")
     if progress is not None:
         progress(0, "discovery")
-    evidence = run_discovery(machine, image, main_stack, limit, phase(progress, "discovery"))
+    evidence = run_discovery(
+        machine, image, main_stack, limit, phase(progress, "discovery"), earlier=before
+    )
     if progress is not None:
         progress(evidence.steps, "discovery")
-    found = stacks if stacks is not None else name_stacks(evidence, image.data_symbols)
+    found = (
+        stacks
+        if stacks is not None
+        else name_stacks(evidence, image.data_symbols, _function_namer(image))
+    )
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
     if stacks is None and kernel.threads is not None:

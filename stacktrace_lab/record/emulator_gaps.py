@@ -62,29 +62,32 @@ class Unsupported:
 
 @dataclass(frozen=True)
 class MustBeAligned:
-    """The instruction faults (#GP) when its memory operand is not 16-byte aligned."""
+    """The instruction faults (#GP) when its memory operand is not 16-byte aligned.
+
+    The operand's address is `constant + base + index * scale + segment base`,
+    cut to `address_bits`: `constant` is the displacement, plus the next
+    instruction's address for a rip-relative operand. The C core computes the
+    same sum from the same fields (`StepRules.aligned_operand`, `_core.c`)."""
 
     text: str  # `mnemonic operands`, for the message
-    next_rip: int  # rip-relative operands count from the next instruction
-    base: str | None
+    constant: int  # disp (+ next rip when rip-relative), as an unsigned 64-bit value
+    base: str | None  # a general register, never rip
     index: str | None
     scale: int
-    disp: int
-    segment: str | None  # "fs" or "gs": their base is added
+    segment: str | None  # "fs" or "gs": their base is added (the others' base is 0)
+    address_bits: int  # 64, or 32 under an address-size prefix (0x67)
 
     def address(self, register: Callable[[str], int]) -> int:
         """The operand's address, `register(name)` giving a register's value
         (`fs_base`/`gs_base` for the segments)."""
-        addr = self.disp
-        if self.base == "rip":
-            addr += self.next_rip
-        elif self.base is not None:
+        addr = self.constant
+        if self.base is not None:
             addr += register(self.base)
         if self.index is not None:
             addr += register(self.index) * self.scale
         if self.segment is not None:
             addr += register(f"{self.segment}_base")
-        return addr & ((1 << 64) - 1)
+        return addr & ((1 << self.address_bits) - 1)
 
     def fault(self, address: int) -> str | None:
         """The fault's detail when `address` (of the instruction at `rip`) is misaligned."""
@@ -121,16 +124,26 @@ def gap_of(insn: Any) -> Gap | None:
             and x86.X86_GRP_FPU not in insn.groups
         )
         if needs_alignment:
-            return MustBeAligned(
-                text=text,
-                next_rip=insn.address + insn.size,
-                base=insn.reg_name(op.mem.base) if op.mem.base else None,
-                index=insn.reg_name(op.mem.index) if op.mem.index else None,
-                scale=op.mem.scale,
-                disp=op.mem.disp,
-                segment=insn.reg_name(op.mem.segment) if op.mem.segment else None,
-            )
+            return _aligned_operand(insn, op, text)
     return None
+
+
+def _aligned_operand(insn: Any, op: Any, text: str) -> MustBeAligned:
+    base = insn.reg_name(op.mem.base) if op.mem.base else None
+    constant = op.mem.disp
+    if base in ("rip", "eip"):  # relative to the next instruction
+        constant += insn.address + insn.size
+        base = None
+    segment = insn.reg_name(op.mem.segment) if op.mem.segment else None
+    return MustBeAligned(
+        text=text,
+        constant=constant & ((1 << 64) - 1),
+        base=base,
+        index=insn.reg_name(op.mem.index) if op.mem.index else None,
+        scale=op.mem.scale,
+        segment=segment if segment in ("fs", "gs") else None,
+        address_bits=8 * insn.addr_size,
+    )
 
 
 def _is_vex_encoded(code: bytes) -> bool:

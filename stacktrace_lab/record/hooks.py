@@ -2,8 +2,10 @@
 
 - In C (`_core.c`, built at install time by setup.py): unicorn calls C at
   every instruction and memory access; Python only per chunk of rows, for an
-  address run for the first time, after a fixed-value instruction and at a
-  privileged one. Used whenever the extension was built.
+  address run for the first time, after a fixed-value instruction, at a
+  privileged or unsupported one, and at an alignment-checked one whose
+  operand is misaligned (the C core computes the address itself). Used
+  whenever the extension was built.
 - In Python (below): ctypes callbacks registered straight with unicorn. The
   fallback where no C compiler was found at install, or when
   `STACKTRACE_LAB_PURE_PYTHON=1` asks for it; the reference the C core is
@@ -107,7 +109,7 @@ class StepRules:
     """The CPU model's pending answer and the user-mode decisions, for one machine.
 
     The C core calls these methods by name (`decide`, `answer`, `privileged`,
-    `unsupported`, `align_check`, `forgot`, and the run's own `chunk`,
+    `unsupported`, `aligned_operand`, `align_check`, `forgot`, and the run's own `chunk`,
     `outside`, `entered`, `returned`); the Python hooks call `decided` and
     `answer_pending`. `stop(reason, detail)` ends the run before the
     instruction executes.
@@ -152,6 +154,27 @@ class StepRules:
         detail = gap.fault(gap.address(self._register))
         if detail is not None:
             self.stop("fault", f"{detail} (rip {address:#x})")
+
+    def aligned_operand(self, address: int) -> tuple[int, int, int, int, int, int]:
+        """For the C core, once when the instruction at `address` is decided
+        ALIGN_CHECK: its memory operand as (constant, base, index, scale,
+        segment base, address bits), registers as unicorn ids (0: none). The
+        core computes the address at each execution without calling Python,
+        and calls `align_check` only when it is misaligned (the message is made here)."""
+        gap = self.decisions.aligned[address]
+
+        def uc_id(name: str | None) -> int:
+            return 0 if name is None else int(getattr(x86, f"UC_X86_REG_{name.upper()}"))
+
+        segment = None if gap.segment is None else f"{gap.segment}_base"
+        return (
+            gap.constant,
+            uc_id(gap.base),
+            uc_id(gap.index),
+            gap.scale,
+            uc_id(segment),
+            gap.address_bits,
+        )
 
     def _register(self, name: str) -> int:
         return int(self.uc.reg_read(getattr(x86, f"UC_X86_REG_{name.upper()}")))

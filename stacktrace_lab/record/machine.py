@@ -416,12 +416,28 @@ class Machine:
             self.fast_forwarded = counted()
         if self.native is not None:
             self.native.core.raise_error()
+        return self.reached(until, self.fast_forwarded, limit)
+
+    def reached(
+        self, until: int, steps: int, limit: int = FAST_FORWARD_LIMIT, counted: bool = True
+    ) -> Stop | None:
+        """After a run meant to end at `until` (a fast-forward, or discovery's run to
+        `--from`, `counted=False`: it ends at a fault or a spin too) of `steps`
+        instructions: None when it got there, else why not."""
+        self.fast_forwarded = steps
         if self.kernel.stop is not None:
             return Stop(self.kernel.stop.reason, -1, self.kernel.stop.detail)
         if self._interrupt is not None:
             return self._interrupt
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
         if rip != until:
+            if not counted:
+                return Stop(
+                    "stopped",
+                    -1,
+                    f"the start-up ended at rip {rip:#x} after {steps} instructions "
+                    f"(a fault, a spin, or the limit of {limit})",
+                )
             return Stop("max_steps", -1, f"not reached after {limit} instructions")
         # Blocks translated so far have no recording hooks: translate them again.
         self.uc.ctl_remove_cache(0, (1 << 48) - 1)
@@ -655,7 +671,22 @@ class Machine:
             at_last = b""
         if at_last == bytes([_HLT]):
             return Stop("halted", last_step, f"hlt at {last_rip:#x}")
+        if rip == 0 and self.spec.sentinel is None and not self._mapped(0):
+            # emu_start's `until` is 0 when there is no sentinel, and unicorn stops
+            # there silently: a jump or ret to address 0 is the CPU's page fault (SIGSEGV).
+            return Stop(
+                "fault",
+                last_step,
+                f"{_FAULT_ACCESS[UC_MEM_FETCH_UNMAPPED]} memory: 1 bytes at 0x0 (rip 0x0)",
+            )
         return Stop("halted", last_step, f"emulation ended at {rip:#x}")
+
+    def _mapped(self, address: int) -> bool:
+        try:
+            self.read(address, 1)
+        except UcError:
+            return False
+        return True
 
     def _fault_stop(self, exc: UcError, last_step: int, drop_writes: Callable[[int], None]) -> Stop:
         rip = int(self.uc.reg_read(x86.UC_X86_REG_RIP))

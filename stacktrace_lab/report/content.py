@@ -156,7 +156,8 @@ def listing(facts: TraceFacts) -> tuple[tuple[ListingWindow, ...], int]:
     """The steps around each planted ret and each switch, merged where they overlap."""
     notes: dict[int, list[str]] = {}
     for p in facts.planted_returns:
-        notes.setdefault(p.planted_step, []).append(f"plants {p.target} at {p.where}")
+        if p.planted_step is not None:
+            notes.setdefault(p.planted_step, []).append(f"plants {p.target} at {p.where}")
         notes.setdefault(p.ret_step, []).append(f"ret pops planted {p.target} from {p.where}")
     switches = facts.switch_steps()
     names = {i: s.name for i, s in enumerate(facts.stacks)}

@@ -672,6 +672,15 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
         ax.step(edges, y, where="post", color="#111111", linewidth=0.9, zorder=5)
 
 
+def _stored_after(planted: PlantedReturn) -> int:
+    """The first step the planted address is in the slot (0: planted before the trace)."""
+    return 0 if planted.planted_step is None else planted.planted_step + 1
+
+
+def _planted_at(planted: PlantedReturn) -> str:
+    return "before the trace" if planted.planted_step is None else f"at step {planted.planted_step}"
+
+
 def _frame_planted(
     ax: Axes,
     panel: Panel,
@@ -688,7 +697,7 @@ def _frame_planted(
     if not panel.first_index <= y < panel.top_index:
         return None
     for planted in group:
-        x0 = planted.planted_step + 1
+        x0 = _stored_after(planted)
         ax.add_patch(
             Rectangle(
                 (x0, y),
@@ -702,7 +711,7 @@ def _frame_planted(
         )
     if len(group) == 1:
         text = (
-            f"index {first.index}: {first.target}, planted at step {first.planted_step}, "
+            f"index {first.index}: {first.target}, planted {_planted_at(first)}, "
             f"popped at step {first.ret_step}"
         )
     else:
@@ -710,7 +719,7 @@ def _frame_planted(
         more = f" and {len(group) - 4} more" if len(group) > 4 else ""
         targets = ", ".join(sorted({p.target for p in group}))
         text = f"index {first.index}: {targets}, popped at steps {popped}{more}"
-    x0 = first.planted_step + 1
+    x0 = _stored_after(first)
     # Past the middle the label ends at the frame instead of starting there: it stays
     # inside the figure.
     if not shown_from <= x0 < shown_to:

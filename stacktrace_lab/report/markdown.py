@@ -54,7 +54,7 @@ def render_markdown(
     ]
     for region in r.regions:
         out.append(
-            f"| {_cell(region.name)} | {region.kind} | `{region.base:#x}` | `{region.top:#x}` "
+            f"| {_cell(region.display)} | {region.kind} | `{region.base:#x}` | `{region.top:#x}` "
             f"| {region.size:,} bytes |"
         )
     out += ["", "### Output", ""]
@@ -113,7 +113,7 @@ def render_markdown(
             store_src = f" {_code(p.planted_source)}" if p.planted_source else ""
             out.append(
                 f"| {p.ret_step} {_code(p.ret_symbol)}{ret_src} | {_cell(p.region or '-')} "
-                f"| {p.index} | step {p.planted_step} {_code(p.planted_symbol)}{store_src} "
+                f"| {p.index} | {p.planted_when} {_code(p.planted_symbol)}{store_src} "
                 f"| {_code(p.planted_insn)} | {_code(p.target)} | {p.landing} "
                 f"| `{p.entry_rsp:#x}` (rsp % 16 == {p.entry_rsp % 16}) |"
             )

@@ -120,7 +120,7 @@ def rsp_figure(facts: TraceFacts, causes: Sequence[Cause] = ()) -> Figure:
     columns = columns_for(n, MAX_COLUMNS)
     returns = facts.returns
     failed = failed_returns(facts)
-    ordinary = returns.step[returns.origin != Origin.PLANTED]
+    ordinary = returns.step[~returns.planted]
     ordinary = ordinary[~np.isin(ordinary, failed)]
     planted_steps = returns.step[facts.planted_steps]
     planted_steps = planted_steps[~np.isin(planted_steps, failed)]
@@ -300,7 +300,10 @@ def _planted_text(run: list[PlantedReturn]) -> str:
     first = run[0]
     if len(run) == 1:
         text = f"step {first.ret_step:,}: ret pops {first.target} from {first.where}"
-        text += f" (planted at step {first.planted_step:,})"
+        if first.planted_step is None:
+            text += " (planted before the trace began)"
+        else:
+            text += f" (planted at step {first.planted_step:,})"
         if first.landing == "entry":
             text += f", entered with rsp % 16 == {first.entry_rsp % 16}"
         return text
@@ -661,7 +664,7 @@ def _stack_panel(
     if not per_column:
         for steps, marker, c in (
             (facts.calls, "v", CALL_COLOUR),
-            (facts.returns.step[facts.returns.origin != Origin.PLANTED], "^", RETURN_COLOUR),
+            (facts.returns.step[~facts.returns.planted], "^", RETURN_COLOUR),
         ):
             here = inside(steps)
             ax.scatter(here, index(here), marker=marker, s=36, color=c, zorder=4, linewidths=0)

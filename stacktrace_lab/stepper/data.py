@@ -69,7 +69,8 @@ class Switch:
     stack: str | None
     index: int | None
     target: str
-    planted_step: int
+    #: The store's step; None: planted before the trace began.
+    planted_step: int | None
     #: What the step does, for a switch that is not a planted return ("" for one that is).
     note: str = ""
 

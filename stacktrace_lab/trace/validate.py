@@ -153,6 +153,8 @@ def check_metadata_doc(doc: Any) -> None:
         perms = _text(_field(region, "perms", f"{at}."), f"{at}.perms")
         if not _PERMS.match(perms):
             raise _fail(f"{at}.perms", f"must look like 'rw-', got {perms!r}")
+        if "label" in region:
+            _text(region["label"], f"{at}.label")
     for name, addr in _object(_field(layout, "symbols", "layout."), "layout.symbols").items():
         _u64(addr, f"layout.symbols.{name}")
 

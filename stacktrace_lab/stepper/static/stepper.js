@@ -401,7 +401,8 @@
       text = planted[0].note;
     } else if (planted.length) {
       text = "stack switch: pops " + planted[0].target + " from " + planted[0].stack + "[" +
-        planted[0].index + "], planted at step " + planted[0].planted_step;
+        planted[0].index + "], planted " + (planted[0].planted_step === null ?
+        "before the trace began" : "at step " + planted[0].planted_step);
     }
     $(".stl-switch").textContent = text;
   }
