@@ -213,7 +213,12 @@ def zoom_spans(facts: TraceFacts, stacks: list[Region]) -> list[tuple[Region, in
         if not on.size:
             continue
         first, stop = int(on[0]), int(on[-1]) + 1
-        planted = [p.planted_step for p in facts.planted_returns if p.region == stack.name]
+        # A return planted before a --from trace began has no store step to zoom from.
+        planted = [
+            p.planted_step
+            for p in facts.planted_returns
+            if p.region == stack.name and p.planted_step is not None
+        ]
         first = min([first, *planted])
         margin = max(ZOOM_MARGIN_STEPS, (stop - first) // 10)
         first, stop = max(first - margin, 0), min(stop + margin, n)
