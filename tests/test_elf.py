@@ -396,9 +396,11 @@ def test_a_stripped_programs_stack_is_named_after_its_heap_chunk(
 
 
 def test_demo_rust_builds_records_and_reports(tmp_path: Path, monkeypatch, capsys) -> None:
-    from stacktrace_lab.commands.demo import RUST_BUILD
+    from stacktrace_lab.commands.demo import RUST_NAME
+    from stacktrace_lab.examples import EXAMPLE_REPORTS
 
     # Plain `rustc -g`, as a new user builds it: dynamically linked (issue 21).
+    RUST_BUILD = EXAMPLE_REPORTS[RUST_NAME].build
     assert RUST_BUILD == "rust-dynamic"
     if compiler_missing(RUST_BUILD) is not None:
         pytest.skip(f"cannot build the Rust example: {compiler_missing(RUST_BUILD)}")

@@ -21,6 +21,7 @@ Emulation is deterministic, so the recording pass sees the same addresses.
 from __future__ import annotations
 
 import contextlib
+import re
 import ctypes
 from array import array
 from collections.abc import Callable
@@ -45,10 +46,14 @@ OVERFLOW_REACH = 64 << 10
 #: A move of rsp by more than this (or from another stack) is a switch, not a push.
 SWITCH_JUMP = 4096
 HEAP_SNAPSHOTS = 64
-#: Stack words above an allocator's return address kept to find who asked.
-CALLER_WORDS = 32
+#: Stack words above an allocator's return address kept to find who asked (a build
+#: without -O has big frames: `vec![0; 48]` goes through five of them before main).
+CALLER_WORDS = 128
 #: Functions that only pass an allocation on: the label names who called them.
 _WRAPPERS = ("__rust_", "__rdl_", "__rg_", "alloc::", "<alloc::", "std::", "core::", "<core::")
+#: A trait method of the standard library on any type (`<u8 as alloc::vec::spec_from_elem::
+#: SpecFromElem>::from_elem`, which `vec![0; 48]` calls in a build without -O).
+_STD_TRAIT_IMPL = re.compile(r"^<[^<>]* as (?:alloc|core|std)::")
 ALLOCATORS = ("malloc", "calloc", "realloc", "free")
 _JMP_SELF = (b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff")
 
@@ -457,7 +462,7 @@ def _asker(callers: tuple[int, ...], function_of: Callable[[int], str | None] | 
     direct = function_of(callers[0]) or ""
     for address in callers:
         name = function_of(address)
-        if name and not name.startswith(_WRAPPERS):
+        if name and not name.startswith(_WRAPPERS) and not _STD_TRAIT_IMPL.match(name):
             return name
     return direct
 
