@@ -190,5 +190,6 @@ def test_show_telescopes_the_slots_under_the_base(
     assert main(["show", str(c_trace), "--step", str(step)]) == 0
     out = capsys.readouterr().out
     assert "is in no stack region" not in out
-    assert f"stack {STACK}: " in out and f"rsp = {STACK}[{index}]" in out
+    # The stack's heading names it, with its label when it has one (`calloc(48) in main`).
+    assert f"stack {STACK} (calloc(48) in main): " in out and f"rsp = {STACK}[{index}]" in out
     assert f" {index - index % 8} " in out  # rsp's own slot is listed
