@@ -55,7 +55,7 @@ def main() -> None:
         native_s = time.perf_counter() - start
     target = target.relocated(native.load_bias)
     start = time.perf_counter()
-    emulated = target.emulate(native, native.skipped + native.steps + 1)
+    emulated = target.emulate(native, max(native.skipped, 0) + native.steps + 1, None)
     emulated_s = time.perf_counter() - start
     start = time.perf_counter()
     comparison = compare(

@@ -684,3 +684,43 @@ def test_the_resume_flag_is_masked_and_nothing_else() -> None:
     emulated[1, REGISTERS.index("rflags")] = 0x203  # and a wrong CF beside it
     result = normalise(native, emulated, table)
     assert not (result.native == result.emulated).all()
+
+
+START_UP_VALUES = """
+main:
+    rdtsc
+    mov %eax, %r12d
+    rdtscp
+    mov %eax, %r13d
+    {random}
+after_start_up:
+    mov %r12, %rax
+    add %r13, %rax
+    ret
+"""
+
+
+@silicon
+@pytest.mark.parametrize("random", ["nop", "rdrand %r14"])
+def test_values_before_from_come_from_the_cpu_model_and_are_logged(
+    write_scenario: Callable[..., Path], random: str
+) -> None:
+    """rdtsc, rdtscp (and rdrand) before --from: natively (at full speed, rdtsc
+    faulting; or single-stepped) and emulated (fast-forwarded) they get the CPU
+    model's values, logged, and the runs from --from on are the same."""
+    from stacktrace_lab.record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP
+
+    if random != "nop" and "rdrand" not in Path("/proc/cpuinfo").read_text().split():
+        pytest.skip("this CPU has no rdrand")
+    path = write_scenario(START_UP_VALUES.format(random=random))
+    result = silicon_check(str(path), from_symbol="after_start_up")
+    assert result.comparison.same, result.comparison.divergence
+    first = result.native.registers[0]
+    assert int(first[REGISTERS.index("r12")]) == TSC_START & 0xFFFFFFFF
+    assert int(first[REGISTERS.index("r13")]) == (TSC_START + TSC_STEP) & 0xFFFFFFFF
+    logged = [(v.mnemonic, v.step < 0) for v in result.native.values]
+    assert logged[:2] == [("rdtsc", True), ("rdtscp", True)]
+    if random != "nop":
+        assert logged[2] == ("rdrand", True)
+        assert int(first[REGISTERS.index("r14")]) == RANDOM_VALUE
+    assert result.emulated.steps == result.native.steps + 1 or result.comparison.same

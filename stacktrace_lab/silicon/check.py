@@ -57,8 +57,9 @@ class Target:
     symbols: dict[str, int]
     #: address -> "file:line" of the source line that starts there
     lines: dict[int, str]
-    #: (native run, max steps) -> the emulated run, replaying the native one when given
-    emulate: Callable[[NativeRun | None, int], EmulatedRun]
+    #: (native run, max steps, --from address) -> the emulated run, replaying the
+    #: native one when given, fast-forwarded to the address when given
+    emulate: Callable[[NativeRun | None, int, int | None], EmulatedRun]
     #: An ELF's linked entry: the native side moves --from/--to with a static-pie.
     linked_entry: int | None = None
     #: Reads the source lines when first asked (DWARF: seconds for Rust's std),
@@ -123,7 +124,7 @@ def scenario_target(name_or_path: str, workdir: Path) -> Target:
         max_steps=scenario.max_steps,
         symbols=program.symbols,
         lines={addr: f"{source}:{line}" for addr, line in program.lines.items()},
-        emulate=lambda native, max_steps: emulate(spec, native, max_steps),
+        emulate=lambda native, max_steps, start: emulate(spec, native, max_steps, start),
         linux=False,
     )
 
@@ -133,10 +134,10 @@ def elf_target(path: Path, args: tuple[str, ...] = ()) -> Target:
     started from the native run's own initial stack and load address."""
     image = load_elf(path)
 
-    def emulate_elf(native: NativeRun | None, max_steps: int) -> EmulatedRun:
+    def emulate_elf(native: NativeRun | None, max_steps: int, start: int | None) -> EmulatedRun:
         if native is None:  # the recorder's process exactly, nothing replayed
-            return emulate(linux_process(image, [], []).spec, None, max_steps)
-        return emulate(native_process(path, native), native, max_steps)
+            return emulate(linux_process(image, [], []).spec, None, max_steps, start)
+        return emulate(native_process(path, native), native, max_steps, start)
 
     return Target(
         name=path.name,
@@ -306,20 +307,25 @@ def _silicon_check(
     start = target.address_of(from_symbol) if from_symbol else target.entry
     end = target.address_of(to_symbol) if to_symbol else None
     steps = max_steps or target.max_steps
-    try:
-        native = run_native(
-            target.executable,
-            [str(Path(target.executable).resolve()), *target.args],
-            start=start,
-            end=end,
-            sentinel=target.sentinel,
-            max_steps=steps,
-            linked_entry=target.linked_entry,
-            linux=target.linux,
-            fast_forward=from_symbol is not None,
-        )
-    except NativeError as exc:
-        raise BadInput(str(exc)) from exc
+    linked_start, linked_end, program = start, end, target
+
+    def run_natively(fast_forward: bool) -> NativeRun:
+        try:
+            return run_native(
+                program.executable,
+                [str(Path(program.executable).resolve()), *program.args],
+                start=linked_start,
+                end=linked_end,
+                sentinel=program.sentinel,
+                max_steps=steps,
+                linked_entry=program.linked_entry,
+                linux=program.linux,
+                fast_forward=fast_forward,
+            )
+        except NativeError as exc:
+            raise BadInput(str(exc)) from exc
+
+    native = run_natively(from_symbol is not None)
     if from_symbol and native.steps == 0:
         raise BadInput(
             f"{target.name}: the program never reached --from {from_symbol}: "
@@ -336,11 +342,19 @@ def _silicon_check(
         native.stdout = native.stdout.decode("utf-8", "backslashreplace").encode()
         native.stderr = native.stderr.decode("utf-8", "backslashreplace").encode()
     else:
-        # Rows up to the window, or all of them when the native side ran there
-        # uncounted (a breakpoint); then as far as the native run went, and one
-        # step more to see whether the emulation would have gone on.
-        before = native.skipped if native.skipped >= 0 else target.max_steps
-        emulated = target.emulate(native if replay else None, before + native.steps + 1)
+        # With --from, the emulation runs there uncounted (as `record --from`);
+        # then as far as the native run went, and one step more to see whether
+        # the emulation would have gone on.
+        before = 0 if from_symbol else max(native.skipped, 0)
+        emulated = target.emulate(
+            native if replay else None, before + native.steps + 1, start if from_symbol else None
+        )
+        if replay and native.skipped < 0 and emulated.unreplayed_before_start:
+            # rdrand/rdseed ran during the native full-speed start-up, where they
+            # cannot be trapped: single-step the start-up instead, so that they
+            # get the CPU model's values there too (logged), and emulate again.
+            native = run_natively(False)
+            emulated = target.emulate(native, native.steps + 1, start)
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps

@@ -45,7 +45,7 @@ import capstone
 import numpy as np
 
 from ..arch import REGISTERS
-from ..record.cpu import XCR0, CpuModel
+from ..record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
 from ..record.syscalls import NAMES, fixed_random
 from . import sandbox
 from .ptrace import (
@@ -95,6 +95,10 @@ _STOPPED_AT_SYSCALL = ((signal.SIGTRAP | 0x80) << 8) | 0x7F
 _TF = 0x100
 #: arch_prctl's code for "cpuid faults (SIGSEGV)" when its argument is 0.
 _ARCH_SET_CPUID = 0x1012
+#: prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc and rdtscp raise SIGSEGV.
+_PRCTL, _PR_SET_TSC, _PR_TSC_ENABLE, _PR_TSC_SIGSEGV = 157, 26, 1, 2
+#: CF, PF, AF, ZF, SF, OF; CF alone.
+_ARITH_FLAGS, _CF = 0x8D5, 0x1
 _MASK64 = (1 << 64) - 1
 _RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
@@ -404,6 +408,11 @@ class _Stepper:
         self.load_bias = 0
         self.disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.disassembler.detail = False
+        #: For the operand of rdrand/rdseed (rare: decoded with detail only there).
+        self.detailed = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.detailed.detail = True
+        #: The CPU model's time-stamp counter (record/cpu.py), as the recorder counts it.
+        self.tsc = TSC_START
         #: What the program wrote to fd 1 and 2 (captured, never written: sandbox.py).
         self.stdout = bytearray()
         self.stderr = bytearray()
@@ -565,6 +574,8 @@ class _Stepper:
                 continue  # answered without running it: the registers are set
             if kind == _KIND_VALUE and self.replayed_values and self.replay_value(regs, step):
                 continue
+            if kind == _KIND_VALUE and not recording and self.answer_value_from_model(regs, step):
+                continue  # before --from: the CPU model's value, as the emulation's start-up
             if kind == _KIND_SYSCALL:
                 verdict = self.system_call(regs, step)
                 if verdict == sandbox.STOP:
@@ -634,10 +645,17 @@ class _Stepper:
                 if signo == signal.SIGTRAP and rip - 1 == start:
                     regs[_RIP] = start
                     ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+                    os.pwrite(self.mem, saved, start)
+                    # From here on rdtsc is single-stepped on the CPU, its value logged.
+                    self.inject_syscall(_PRCTL, _PR_SET_TSC, _PR_TSC_ENABLE)
                     return True
                 if signo == signal.SIGSEGV and self.read(rip, 2) == b"\x0f\xa2":
                     self.answer_from_model(_KIND_CPUID, regs, -1)
                     continue
+                if signo == signal.SIGSEGV and self.kind(rip) == _KIND_VALUE:
+                    # rdtsc/rdtscp fault (PR_TSC_SIGSEGV): the CPU model's counter, logged.
+                    if self.answer_value_from_model(regs, -1):
+                        continue
                 self.finish(status, 0, rip, _KIND_OTHER, False)
                 self.stop = NativeStop("not_started", -1, self.stop.detail)
                 return None
@@ -675,8 +693,18 @@ class _Stepper:
 
     def cpuid_faults(self) -> bool:
         """arch_prctl(ARCH_SET_CPUID, 0) in the program, injected at its first
-        instruction (a `syscall` written over it, then put back): whether the
-        kernel and CPU support CPUID faulting."""
+        instruction: whether the kernel and CPU support CPUID faulting. Then
+        prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc and rdtscp fault too, and are
+        answered from the CPU model during the fast-forward (run_to_start)."""
+        if self.inject_syscall(158, _ARCH_SET_CPUID, 0) != 0:
+            return False
+        if self.inject_syscall(_PRCTL, _PR_SET_TSC, _PR_TSC_SIGSEGV) != 0:
+            raise NativeError("prctl(PR_SET_TSC, PR_TSC_SIGSEGV) refused where CPUID faulting works")
+        return True
+
+    def inject_syscall(self, nr: int, arg0: int, arg1: int) -> int:
+        """System call `nr`(arg0, arg1) in the program, at its current instruction
+        (a `syscall` written over it, then put back, registers restored): its result."""
         regs, saved = UserRegs(), UserRegs()
         ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(saved))
         ctypes.memmove(regs, saved, ctypes.sizeof(regs))
@@ -685,14 +713,15 @@ class _Stepper:
         reg = USER_REGS.index
         try:
             os.pwrite(self.mem, b"\x0f\x05", rip)
-            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = 158, _ARCH_SET_CPUID, 0
+            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = nr, arg0, arg1
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
             ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
             _, status = os.waitpid(self.pid, 0)
             if not os.WIFSTOPPED(status):
                 raise NativeError("the program died setting up CPUID faulting")
             ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
-            return int(regs[_RAX]) == 0
+            result = int(regs[_RAX])
+            return result - (1 << 64) if result >> 63 else result
         finally:
             os.pwrite(self.mem, code, rip)
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(saved))
@@ -708,6 +737,39 @@ class _Stepper:
         regs[_EFLAGS] = (int(regs[_EFLAGS]) & ~_TF) | (flags & _TF)
         ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
         self.values.append(value)
+        return True
+
+    def answer_value_from_model(self, regs: Any, step: int) -> bool:
+        """rdtsc, rdtscp, rdrand or rdseed about to run: the recorder's CPU model's
+        value instead (its counter from TSC_START; RANDOM_VALUE with CF = 1),
+        rip past it, logged (True); False: not what was decoded there, run it."""
+        rip = int(regs[_RIP])
+        code = self.read(rip, 16)
+        insn = next(self.detailed.disasm(code, rip, 1), None)
+        mnemonic = _VALUE_INSTRUCTIONS.get(insn.id) if insn is not None else None
+        if insn is None or mnemonic is None:
+            return False
+        reg = USER_REGS.index
+        if mnemonic in ("rdtsc", "rdtscp"):
+            value, self.tsc = self.tsc, self.tsc + TSC_STEP
+            regs[_RAX], regs[reg("rdx")] = value & 0xFFFFFFFF, value >> 32
+            if mnemonic == "rdtscp":
+                regs[_RCX] = 0
+        else:
+            operand = insn.operands[0]
+            name = full_register(insn.reg_name(operand.reg))
+            if name not in USER_REGS:
+                return False
+            value = RANDOM_VALUE & ((1 << (8 * operand.size)) - 1)
+            if operand.size == 2:  # a 16-bit write keeps the upper bytes
+                value |= int(regs[reg(name)]) & ~0xFFFF & _MASK64
+            regs[reg(name)] = value
+            regs[_EFLAGS] = (int(regs[_EFLAGS]) & ~_ARITH_FLAGS) | _CF
+        regs[_RIP] = rip + insn.size
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        row = np.frombuffer(bytes(regs), dtype=np.uint64)[_ROW_INDEX]
+        after = {name: int(value) for name, value in zip(REGISTERS, row, strict=True)}
+        self.values.append(ValueRecord(step, mnemonic, after))
         return True
 
     def answer_from_model(self, kind: int, regs: Any, step: int) -> bool:
