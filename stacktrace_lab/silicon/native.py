@@ -652,10 +652,13 @@ class _Stepper:
                 if signo == signal.SIGSEGV and self.read(rip, 2) == b"\x0f\xa2":
                     self.answer_from_model(_KIND_CPUID, regs, -1)
                     continue
-                if signo == signal.SIGSEGV and self.kind(rip) == _KIND_VALUE:
-                    # rdtsc/rdtscp fault (PR_TSC_SIGSEGV): the CPU model's counter, logged.
-                    if self.answer_value_from_model(regs, -1):
-                        continue
+                # rdtsc/rdtscp fault (PR_TSC_SIGSEGV): the CPU model's counter, logged.
+                if (
+                    signo == signal.SIGSEGV
+                    and self.kind(rip) == _KIND_VALUE
+                    and self.answer_value_from_model(regs, -1)
+                ):
+                    continue
                 self.finish(status, 0, rip, _KIND_OTHER, False)
                 self.stop = NativeStop("not_started", -1, self.stop.detail)
                 return None
@@ -699,7 +702,7 @@ class _Stepper:
         if self.inject_syscall(158, _ARCH_SET_CPUID, 0) != 0:
             return False
         if self.inject_syscall(_PRCTL, _PR_SET_TSC, _PR_TSC_SIGSEGV) != 0:
-            raise NativeError("prctl(PR_SET_TSC, PR_TSC_SIGSEGV) refused where CPUID faulting works")
+            raise NativeError("prctl(PR_SET_TSC, PR_TSC_SIGSEGV) refused, CPUID faulting works")
         return True
 
     def inject_syscall(self, nr: int, arg0: int, arg1: int) -> int:
