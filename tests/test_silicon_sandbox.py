@@ -7,6 +7,7 @@ the check must not let it happen, and must still compare the runs.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -287,3 +288,67 @@ victim:
     assert int(result.native.registers[0, REGISTERS.index("r12")]) == 0x756E6547
     if result.native.skipped == -1:  # CPUID faulting here: a breakpoint, not single steps
         assert result.native.cpuid[0].step == -1
+
+
+def _edited(trace: Path, out: Path, column: str, edit: Callable[[list[object]], None]) -> Path:
+    """`trace` with one column's values changed by `edit`, as another tool would write it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(trace)
+    values = table.column(column).to_pylist()
+    edit(values)
+    field = table.schema.field(column)
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, field, pa.array(values, type=field.type)), out)
+    return out
+
+
+@silicon
+def test_a_trace_is_checked_against_its_own_memory_writes_and_system_calls(
+    write_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One byte of one recorded memory write changed in the file: caught at its row.
+    A system call's argument changed in the file: caught at the call's row."""
+    from stacktrace_lab.record.recorder import record
+    from stacktrace_lab.scenario import load_scenario
+
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movq $0x1122, 8(%rbx)
+    mov $1, %edi
+    lea msg(%rip), %rsi
+    mov $3, %edx
+    mov $1, %eax
+    syscall
+    ret
+msg:
+    .ascii "hi!"
+"""
+    scenario = write_scenario(source, data=(("buf", 4096),))
+    good = record(load_scenario(scenario), tmp_path / "good.parquet").path
+    assert main(["silicon-check", str(good)]) == 0
+    capsys.readouterr()
+
+    def one_byte(values: list[object]) -> None:
+        access = values[1][0]  # type: ignore[index]
+        access["data"] = bytes([access["data"][0] ^ 0xFF]) + access["data"][1:]
+
+    bad = _edited(good, tmp_path / "bad-write.parquet", "writes", one_byte)
+    assert main(["silicon-check", str(bad), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["first_difference"] == "memory"
+    assert doc["memory_difference"]["step"] == 1
+    assert doc["memory_difference"]["native"][:4] == "2211"
+    assert doc["memory_difference"]["emulated"][:4] == "dd11"
+
+    def other_length(values: list[object]) -> None:
+        call = next(v for v in values if v is not None)
+        call["args"][2] = 4  # type: ignore[index]
+
+    bad = _edited(good, tmp_path / "bad-call.parquet", "syscall", other_length)
+    assert main(["silicon-check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "the system call at step 6 is not the trace's" in out
+    assert "write's argument 3: CPU 0x3, trace 0x4" in out

@@ -132,6 +132,11 @@ def _summary(name: str, c: Comparison) -> str:
                 f"  memory at {address:#x} after step {row}: CPU {cpu_bytes.hex()}, "
                 f"emulator {emulator_bytes.hex()}"
             )
+    if c.syscall_difference is not None:
+        row, what = c.syscall_difference
+        if c.first_difference == "syscall":
+            lines[0] = f"{name}: the system call at step {row} is not the trace's"
+        lines.append(f"  system call at step {row}: {what}")
     for mismatch in c.replay_mismatches:
         lines.append(f"  replay: {mismatch}")
     lines.append(f"  normalised (rows): {touched}")

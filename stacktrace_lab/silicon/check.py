@@ -26,23 +26,24 @@ import numpy as np
 
 from ..arch import REGISTERS
 from ..errors import BadInput
-from ..record.elf import PIE_BASE, line_table, load_elf
+from ..record.elf import PIE_BASE, ElfImage, line_table, load_elf
 from ..record.elf_scenario import is_elf_scenario
 from ..record.machine import MachineSpec, Mapping
 from ..record.process import STACK_TOP, linux_process
 from ..record.recorder import build_program, machine_spec
 from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
-from ..trace import load_trace
+from ..trace import Trace, load_trace
 from .compare import Comparison, compare
 from .emulated import EmulatedRun, emulate
-from .native import NativeError, NativeRun, run_native
+from .native import NativeError, NativeRun, RecordedStart, SyscallRecord, run_native
 from .normalise import RIP
 from .ptrace import unavailable_reason
 from .scenario_elf import write_machine_elf
 
 ELF_MAGIC = b"\x7fELF"
 DEFAULT_ELF_MAX_STEPS = 1_000_000
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass
@@ -239,10 +240,23 @@ def is_trace_file(target: str) -> bool:
     return path.is_file() and path.read_bytes()[:4] == PARQUET_MAGIC
 
 
-def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
-    """(the program to run natively, the trace's --from symbol, the trace as a run)."""
+@dataclass
+class RecordedTrace:
+    """A trace file as the check reads it: what to run, and the recording to compare with."""
+
+    program: str  # the scenario or ELF it recorded
+    from_symbol: str | None
+    run: EmulatedRun  # its rows, stop, output and memory writes
+    #: row -> its system call, with the bytes the recorder's kernel wrote at that row
+    syscalls: dict[int, SyscallRecord]
+    args: tuple[str, ...] = ()
+
+
+def trace_rows(path: str) -> RecordedTrace:
+    """The trace at `path`, checked to be of the program that is there now."""
     trace = load_trace(path)
     meta = trace.metadata
+    _refuse_threads(path, trace)
     program = meta.program
     if program is None:
         raise BadInput(f"{path}: the trace does not say which program it recorded")
@@ -258,6 +272,7 @@ def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
     registers = np.stack(
         [np.asarray(trace.column(name), dtype=np.uint64) for name in REGISTERS], axis=1
     )
+    writes = _recorded_writes(trace)
     run = EmulatedRun(
         registers=np.ascontiguousarray(registers),
         stop_reason=meta.stop.reason,
@@ -265,8 +280,92 @@ def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
         stop_detail=meta.stop.detail,
         stdout=meta.stdout.encode(),
         stderr=meta.stderr.encode(),
+        writes=_write_events(writes),
     )
-    return program.path, meta.start.symbol if meta.start else None, run
+    calls = {
+        call.step: SyscallRecord(
+            call.step,
+            call.nr,
+            call.args,
+            (call.result if call.result is not None else 0) & _MASK64,
+            tuple((addr, data) for addr, data in writes.get(call.step, [])),
+        )
+        for call in trace.syscalls()
+    }
+    args = tuple(str(a) for a in meta.options.get("args", []) or [])
+    start = meta.start.symbol if meta.start else None
+    return RecordedTrace(program.path, start, run, calls, args)
+
+
+def _refuse_threads(path: str, trace: Trace) -> None:
+    """A trace of more than one thread (a `thread` column, or metadata saying so):
+    one line, until the comparison knows threads."""
+    threads = trace.metadata.extra.get("threads") or trace.metadata.options.get("threads")
+    several = False
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        several = threads > 1
+    elif isinstance(threads, (list, dict)):
+        several = len(threads) > 1
+    if not several and "thread" in trace.column_names:
+        with contextlib.suppress(Exception):  # read defensively: any other shape is one thread
+            column = np.asarray(trace.table(["thread"]).column("thread").to_numpy())
+            several = bool(len(column) and (column != column[0]).any())
+    if several:
+        raise BadInput(f"{path}: threads are not compared yet (the trace has more than one)")
+
+
+def _recorded_writes(trace: Trace) -> dict[int, list[tuple[int, bytes]]]:
+    """row -> [(address, bytes)] the trace's `writes` column holds (program and kernel)."""
+    found: dict[int, list[tuple[int, bytes]]] = {}
+    for group in trace.iter_row_groups(["step", "writes"]):
+        steps = group.column("step").to_pylist()
+        for step, accesses in zip(steps, group.column("writes").to_pylist(), strict=True):
+            if accesses:
+                found[step] = [(a["addr"], bytes(a["data"])[: a["size"]]) for a in accesses]
+    return found
+
+
+def _write_events(writes: dict[int, list[tuple[int, bytes]]]) -> np.ndarray:
+    """The (step, address, size, value) rows EmulatedRun.writes holds, 8 bytes at most each."""
+    events = [
+        (step, address + offset, len(piece), int.from_bytes(piece, "little", signed=True))
+        for step, accesses in writes.items()
+        for address, data in accesses
+        for offset in range(0, len(data), 8)
+        for piece in (data[offset : offset + 8],)
+    ]
+    if not events:
+        return np.zeros((0, 4), dtype=np.int64)
+    return np.array(
+        [
+            (step, address - (1 << 64) if address >> 63 else address, size, value)
+            for step, address, size, value in events
+        ],
+        dtype=np.int64,
+    )
+
+
+def _interp_of(image: ElfImage) -> ElfImage | None:
+    """A dynamically linked program's interpreter, placed as the recorder places it."""
+    if image.interp is None:
+        return None
+    from ..record.dynamic import load_interp
+    from ..record.files import FileView
+
+    return load_interp(image, FileView(Path(image.path).resolve().parent, ()))
+
+
+def recorded_start(target: Target) -> RecordedStart | None:
+    """The recorder's first stack and registers for an ELF target (a trace's
+    native run starts from them, not from the kernel's own)."""
+    if not target.linux:
+        return None  # a scenario's machine ELF starts as the recorder's machine does
+    image = load_elf(target.executable)
+    process = linux_process(image, list(target.args), [], _interp_of(image))
+    spec = process.spec
+    rsp = spec.registers["rsp"]
+    stack = next(m for m in spec.mappings if m.data and m.data_at == rsp)
+    return RecordedStart(dict(spec.registers), rsp, stack.data)
 
 
 def silicon_check(
@@ -295,13 +394,19 @@ def _silicon_check(
     if reason is not None:
         raise BadInput(f"cannot run natively: {reason}")
     recorded: EmulatedRun | None = None
+    trace: RecordedTrace | None = None
     if is_trace_file(target_name):
-        target_name, from_symbol, recorded = trace_rows(target_name)
+        trace = trace_rows(target_name)
+        target_name, from_symbol, recorded = trace.program, trace.from_symbol, trace.run
         if recorded.stop_reason == "max_steps":  # cut there natively too
             max_steps = max_steps or recorded.steps
     # The scenario ELF lives there until the second (memory) pass is done.
     workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-"))
     target = resolve_target(target_name, Path(workdir))
+    if trace is not None and trace.args:
+        target = dataclasses.replace(target, args=trace.args)
+    start_state = recorded_start(target) if trace is not None else None
+    recorded_calls = trace.syscalls if trace is not None else None
     from_symbol = from_symbol or target.default_from
     to_symbol = to_symbol or target.default_to
     start = target.address_of(from_symbol) if from_symbol else target.entry
@@ -321,6 +426,8 @@ def _silicon_check(
                 linked_entry=program.linked_entry,
                 linux=program.linux,
                 fast_forward=fast_forward,
+                recorded_start=start_state,
+                recorded_syscalls=recorded_calls,
             )
         except NativeError as exc:
             raise BadInput(str(exc)) from exc
@@ -368,10 +475,10 @@ def _silicon_check(
         source_line=target.source_line,
         replayed=replay,
     )
-    if recorded is None:
-        comparison.memory_difference = _compare_memory(
-            target, native, emulated, first, start, end, comparison
-        )
+    comparison.syscall_difference = native.syscall_difference
+    comparison.memory_difference = _compare_memory(
+        target, native, emulated, first, start, end, comparison, start_state, recorded_calls
+    )
     return SiliconResult(target, native, emulated, comparison)
 
 
@@ -383,6 +490,8 @@ def _compare_memory(
     start: int,
     end: int | None,
     comparison: Comparison,
+    start_state: RecordedStart | None = None,
+    recorded_calls: dict[int, SyscallRecord] | None = None,
 ) -> tuple[int, int, bytes, bytes] | None:
     """Every step's memory writes: a second native pass (the first pass's answers
     replayed, so the same steps) reads, after each row, the bytes where the
@@ -417,6 +526,8 @@ def _compare_memory(
         linux=target.linux,
         replay=native,
         read_after=read_after,
+        recorded_start=start_state,
+        recorded_syscalls=recorded_calls,
     )
     same_rows = min(second.steps, rows)
     differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)

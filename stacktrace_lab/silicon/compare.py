@@ -89,6 +89,9 @@ class Comparison:
     #: The first row whose memory writes differ: (row, address, CPU bytes, emulator
     #: bytes); address -1: the second native pass did not repeat the first from that row.
     memory_difference: tuple[int, int, bytes, bytes] | None = None
+    #: A trace's run: the first row whose system call (number, arguments) is not
+    #: the one the trace logged there: (row, what differs).
+    syscall_difference: tuple[int, str] | None = None
 
     @property
     def same(self) -> bool:
@@ -96,14 +99,23 @@ class Comparison:
         return (
             self.divergence is None
             and self.memory_difference is None
+            and self.syscall_difference is None
             and self.stdout_same
             and self.stderr_same
         )
 
     @property
     def first_difference(self) -> str | None:
-        """Which part differs first: `registers`, `memory`, `end`, `stdout` or `stderr`."""
+        """Which part differs first: `registers`, `memory`, `syscall`, `end`, `stdout`
+        or `stderr`."""
+        call = self.syscall_difference
         memory = self.memory_difference
+        if (
+            call is not None
+            and (self.divergence is None or call[0] <= self.divergence.step)
+            and (memory is None or call[0] <= memory[0])
+        ):
+            return "syscall"
         if memory is not None and (self.divergence is None or memory[0] < self.divergence.step):
             return "memory"
         if self.divergence is not None:
@@ -139,6 +151,9 @@ class Comparison:
                 "native": self.memory_difference[2].hex(),
                 "emulated": self.memory_difference[3].hex(),
             },
+            "syscall_difference": None
+            if self.syscall_difference is None
+            else {"step": self.syscall_difference[0], "what": self.syscall_difference[1]},
             "normalisations": self.normalisations,
             "divergence": self.divergence.to_json() if self.divergence else None,
             "replay_mismatches": self.replay_mismatches,

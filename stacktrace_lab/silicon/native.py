@@ -37,7 +37,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,7 @@ _MASK64 = (1 << 64) - 1
 _RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
+_SYS_MMAP, _MAP_FIXED = 9, 0x10
 
 #: System calls that fill memory: number -> (argument holding the buffer, its
 #: size: an int, "result" for the byte count returned, or ("arg", i)).
@@ -223,6 +224,8 @@ class NativeRun:
     pid: int = 0
     #: A second pass's reads: row -> [(address, bytes after that row's instruction)].
     memory: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    #: A trace's run: the first row whose system call is not the trace's (row, what differs).
+    syscall_difference: tuple[int, str] | None = None
 
     @property
     def steps(self) -> int:
@@ -234,6 +237,15 @@ class NativeRun:
         before = [s for s in self.syscalls if s.step < 0]
         r11 = REGISTERS.index("r11")
         return bool(before and self.steps and self.registers[0, r11] == before[-1].r11_after)
+
+
+@dataclass(frozen=True)
+class RecordedStart:
+    """The recorder's process at its first instruction: what a trace's native run starts from."""
+
+    registers: dict[str, int]  # trace names; rip is where the kernel starts it
+    rsp: int
+    stack: bytes  # from rsp up: argc, argv, envp, auxv, strings
 
 
 class NativeError(Exception):
@@ -274,6 +286,8 @@ def run_native(
     replay: NativeRun | None = None,
     read_after: dict[int, list[tuple[int, int]]] | None = None,
     fast_forward: bool = False,
+    recorded_start: RecordedStart | None = None,
+    recorded_syscalls: dict[int, SyscallRecord] | None = None,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -298,6 +312,14 @@ def run_native(
     `fast_forward`: run to `start` at full speed (a breakpoint; system calls
     still go through the sandbox; cpuid faults and is answered from the CPU
     model) where the host has CPUID faulting; `NativeRun.skipped` is then -1.
+
+    A trace's run (`silicon-check TRACE`): `recorded_start` is the recorder's
+    initial stack and registers, written over the kernel's at the exec stop;
+    `recorded_syscalls` (row -> the trace's call there) answer the calls
+    inside the window as the recording was answered (results, filled bytes;
+    an mmap goes where the recording's went, MAP_FIXED), and a call whose
+    number or arguments differ from the trace's is a difference
+    (`NativeRun.syscall_difference`).
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
@@ -333,8 +355,11 @@ def run_native(
         stepper.fast_forward = fast_forward
         if replay is not None:
             stepper.replay_from(replay, read_after or {})
+        stepper.recorded_syscalls = recorded_syscalls
         try:
             stepper.fix_auxv()
+            if recorded_start is not None:
+                stepper.start_as_recorded(recorded_start)
             if linked_entry is not None:
                 stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
             stepper.run()
@@ -361,6 +386,7 @@ def run_native(
         load_bias=stepper.load_bias,
         pid=pid,
         memory=stepper.memory,
+        syscall_difference=stepper.syscall_difference,
     )
 
 
@@ -421,6 +447,11 @@ class _Stepper:
         self.replayed_values: deque[ValueRecord] = deque()
         self.read_after: dict[int, list[tuple[int, int]]] = {}
         self.memory: dict[int, list[tuple[int, bytes]]] = {}
+        #: A trace's run: its system calls by row, and the first that differs.
+        self.recorded_syscalls: dict[int, SyscallRecord] | None = None
+        self.syscall_difference: tuple[int, str] | None = None
+        #: Registers to put back once the call being stepped returned (an mmap moved).
+        self.restore_after_call: dict[int, int] = {}
 
     def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
         self.replayed_syscalls = deque(first.syscalls)
@@ -448,6 +479,24 @@ class _Stepper:
             for name in (*REGISTERS, "fs_base")
         }
         self.initial_stack = self.read(sp, self.stack_end(sp) - sp)
+
+    def start_as_recorded(self, start: RecordedStart) -> None:
+        """The recorder's initial stack and registers instead of the kernel's."""
+        if self.stack_end(start.rsp) != self.stack_end(int(self.initial_registers["rsp"])):
+            raise NativeError(f"the recorded stack at {start.rsp:#x} is not in the native stack")
+        os.pwrite(self.mem, start.stack, start.rsp)
+        regs = UserRegs()
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+        for name, value in start.registers.items():
+            if name != "rip":
+                regs[USER_REGS.index("eflags" if name == "rflags" else name)] = value
+        regs[USER_REGS.index("rsp")] = start.rsp
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        self.initial_registers = {
+            name: int(regs[USER_REGS.index("eflags" if name == "rflags" else name)])
+            for name in (*REGISTERS, "fs_base")
+        }
+        self.initial_stack = start.stack
 
     def relocate(self, bias: int) -> None:
         self.load_bias = bias
@@ -809,6 +858,10 @@ class _Stepper:
         nr = int(regs[_RAX])
         args = tuple(int(regs[i]) for i in _ARG_REGS)
         verdict = sandbox.policy(nr, args, self.pid, self.linux)
+        if self.recorded_syscalls is not None and step >= 0:
+            answered = self.as_recorded(regs, step, nr, args, verdict)
+            if answered is not None:
+                return answered
         if self.replayed_syscalls is not None:
             first = self.replayed_syscalls.popleft() if self.replayed_syscalls else None
             replayable = verdict == sandbox.RUN and nr not in sandbox.SHAPES_THE_PROCESS
@@ -830,6 +883,50 @@ class _Stepper:
                 SyscallRecord(step, nr, args, result & _MASK64, (), int(regs[_R11]))
             )
         return verdict
+
+    def as_recorded(
+        self, regs: Any, step: int, nr: int, args: tuple[int, ...], verdict: str
+    ) -> str | None:
+        """A trace's run, at a system call in the window: the trace's answer
+        (ANSWER), or the call run natively as the trace says it went (RUN: an
+        mmap placed at the recorded address), or None (not the trace's call:
+        the difference noted, the sandbox answers)."""
+        assert self.recorded_syscalls is not None
+        recorded = self.recorded_syscalls.get(step)
+        if recorded is None or recorded.nr != nr or recorded.args != args:
+            if self.syscall_difference is None:
+                name = NAMES.get(nr, f"syscall_{nr}")
+                if recorded is None:
+                    what = f"the CPU made system call {name}, the trace none at this row"
+                elif recorded.nr != nr:
+                    what = f"the CPU made system call {name}, the trace {recorded.name}"
+                else:
+                    at = next(i for i in range(6) if recorded.args[i] != args[i])
+                    what = (
+                        f"{name}'s argument {at + 1}: CPU {args[at]:#x}, "
+                        f"trace {recorded.args[at]:#x}"
+                    )
+                self.syscall_difference = (step, what)
+            return None
+        if verdict == sandbox.STOP:
+            return None
+        rip = int(regs[_RIP])
+        if nr in sandbox.SHAPES_THE_PROCESS:
+            if nr == _SYS_MMAP and recorded.result < 1 << 63 and verdict == sandbox.RUN:
+                # Where the recording's went (the kernel's own choice would be
+                # another address: the vDSO sits under the mmap base here).
+                self.restore_after_call = {_ARG_REGS[0]: args[0], _ARG_REGS[3]: args[3]}
+                regs[_ARG_REGS[0]] = recorded.result
+                regs[_ARG_REGS[3]] = args[3] | _MAP_FIXED
+                ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+            return None
+        if verdict == sandbox.ANSWER:
+            self.answer(nr, args)  # what it writes to fd 1 and 2 is captured
+        for addr, data in recorded.buffers:
+            os.pwrite(self.mem, data, addr)
+        self.set_result(regs, rip, recorded.result)
+        self.syscalls.append(replace(recorded, r11_after=int(regs[_R11])))
+        return sandbox.ANSWER
 
     def set_result(self, regs: Any, rip: int, result: int) -> None:
         """What the CPU and the kernel leave after a `syscall` at `rip`: rax the
@@ -885,6 +982,12 @@ class _Stepper:
             nr = int(pre[_RAX])
             args = tuple(int(pre[i]) for i in _ARG_REGS)
             result = int(post[_RAX]) if not exited else 0
+            if not exited and self.restore_after_call:
+                # An mmap moved to the recorded address: its arguments as the program set them.
+                for index, value in self.restore_after_call.items():
+                    post[index] = value
+                self.restore_after_call = {}
+                ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(post))
             if not exited and post[_R11] & _TF:
                 # `syscall` saved rflags into r11 with the tracer's TF: what an
                 # untraced CPU saves has TF clear (no normalisation needed after).
