@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-
-from ..errors import BadInput
 
 if TYPE_CHECKING:  # the silicon check loads the recorder: imported when the command runs
     from ..silicon.compare import Comparison
@@ -50,7 +47,6 @@ def silicon_check_command(
     stdin is empty, everything else is answered -ENOSYS without running, and
     the process group is killed at the end (docs/silicon.md).
     """
-    _refuse_dynamic(target)
     from ..silicon.check import silicon_check
 
     result = silicon_check(
@@ -67,28 +63,6 @@ def silicon_check_command(
     else:
         click.echo(_summary(result.target.name, comparison))
     return 0 if comparison.same else 1
-
-
-def _refuse_dynamic(target: str) -> None:
-    """A dynamically linked program: not compared yet (the native side would have to
-    place the loader and the libraries where the emulator does)."""
-    path = Path(target)
-    if target.endswith(".toml") or not path.is_file():
-        return
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError:
-        return  # the check itself says what is wrong with the file
-    if head != b"\x7fELF":
-        return
-    from ..record.elf import load_elf
-
-    if load_elf(path).interp is not None:
-        raise BadInput(
-            f"{path}: dynamically linked; silicon-check compares static programs only "
-            "for now: link it statically (gcc -static, or rustc -C target-feature=+crt-static)"
-        )
 
 
 def _summary(name: str, c: Comparison) -> str:

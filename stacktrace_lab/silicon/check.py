@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import tempfile
@@ -29,8 +30,9 @@ from ..errors import BadInput
 from ..record.elf import PIE_BASE, ElfImage, line_table, load_elf
 from ..record.elf_scenario import is_elf_scenario
 from ..record.machine import MachineSpec, Mapping
-from ..record.process import STACK_TOP, linux_process
+from ..record.process import STACK_TOP, Process, linux_process
 from ..record.recorder import build_program, machine_spec
+from ..record.syscalls import LinuxKernel, ProcessState
 from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
 from ..trace import Trace, load_trace
@@ -74,6 +76,10 @@ class Target:
     default_to: str | None = None
     #: The recorder's machine is a Linux process (an ELF), not a scenario's bare one.
     linux: bool = True
+    #: An ELF's program and interpreter: its files are seen through the recorder's view.
+    file_view: tuple[ElfImage, ElfImage | None] | None = None
+    #: Dynamically linked: the loader runs first, and maps the libraries.
+    dynamic: bool = False
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
 
@@ -134,22 +140,30 @@ def elf_target(path: Path, args: tuple[str, ...] = ()) -> Target:
     """A static ELF: natively as it is; emulated as the recorder's Linux process,
     started from the native run's own initial stack and load address."""
     image = load_elf(path)
+    interp = _interp_of(image)
 
     def emulate_elf(native: NativeRun | None, max_steps: int, start: int | None) -> EmulatedRun:
         if native is None:  # the recorder's process exactly, nothing replayed
-            return emulate(linux_process(image, [], []).spec, None, max_steps, start)
+            return emulate(recorder_process(image, interp).spec, None, max_steps, start)
         return emulate(native_process(path, native), native, max_steps, start)
 
     return Target(
         name=path.name,
         executable=path,
-        entry=image.entry,
+        # A dynamically linked program's first instruction is its loader's.
+        entry=image.entry if interp is None else interp.entry,
         sentinel=None,
         max_steps=DEFAULT_ELF_MAX_STEPS,
-        symbols={**image.raw_symbols, **image.symbols},
+        symbols={
+            **({} if interp is None else {**interp.raw_symbols, **interp.symbols}),
+            **image.raw_symbols,
+            **image.symbols,
+        },
         lines={},
         emulate=emulate_elf,
         linked_entry=image.entry,
+        file_view=(image, interp),
+        dynamic=interp is not None,
         load_lines=lambda bias: {
             row.addr: f"{row.file}:{row.line}" if row.line else ""
             for row in line_table(path, image.load_base + bias)
@@ -170,12 +184,30 @@ def elf_scenario_target(path: Path) -> Target:
     )
 
 
+def recorder_process(image: ElfImage, interp: ElfImage | None) -> Process:
+    """The process the recorder runs for `image` (record/elf_front.py): its file
+    view, and its interpreter when it has one."""
+    return linux_process(image, [], [], interp, file_kernel(image))
+
+
+def file_kernel(image: ElfImage) -> Callable[[ProcessState], LinuxKernel]:
+    """The recorder's kernel for `image`: Linux with its read-only file view."""
+    from ..record.files import FileKernel, FileView
+
+    view = FileView(Path(image.path).resolve().parent, ())
+    return lambda state: FileKernel(state, view)
+
+
 def native_process(path: Path, native: NativeRun) -> MachineSpec:
     """The recorder's process of `path`, moved to where the kernel put the native one:
-    the static-pie's load address, the initial stack (argv, envp, auxv as the
-    kernel wrote them), the initial registers, the heap's start."""
+    the static-pie's load address, the interpreter's (AT_BASE), the initial
+    stack (argv, envp, auxv as the kernel wrote them), the initial registers,
+    the heap's start."""
     image = load_elf(path, pie_base=PIE_BASE + native.load_bias)
-    process = linux_process(image, [], [])
+    interp = _interp_of(image)
+    if interp is not None and native.interp_base and native.interp_base != interp.load_base:
+        interp = load_elf(interp.path, pie_base=native.interp_base)
+    process = recorder_process(image, interp)
     spec = process.spec
     rsp = native.initial_registers["rsp"]
     stack = next(m for m in spec.mappings if m.data and m.start <= STACK_TOP - 1 < m.start + m.size)
@@ -193,13 +225,12 @@ def native_process(path: Path, native: NativeRun) -> MachineSpec:
         name: native.initial_registers[name] for name in native.initial_registers if name != "rip"
     }
     registers.pop("fs_base", None)
-    make_kernel = spec.kernel
-    kernel_class = type(make_kernel())
+    make_kernel = file_kernel(image)
     return dataclasses.replace(
         spec,
         mappings=mappings,
         registers=registers,
-        kernel=lambda: kernel_class(dataclasses.replace(state)),  # type: ignore[call-arg]
+        kernel=lambda: make_kernel(copy.deepcopy(state)),
     )
 
 
@@ -272,6 +303,13 @@ def trace_rows(path: str) -> RecordedTrace:
     registers = np.stack(
         [np.asarray(trace.column(name), dtype=np.uint64) for name in REGISTERS], axis=1
     )
+    # A dynamically linked program's libraries (every file it read) as recorded.
+    from ..record.files import changed_files
+
+    files = meta.options.get("files", [])
+    changed = changed_files(files if isinstance(files, list) else [])
+    if changed is not None:
+        raise BadInput(f"{path}: cannot check it on this machine: {changed}")
     writes = _recorded_writes(trace)
     run = EmulatedRun(
         registers=np.ascontiguousarray(registers),
@@ -362,6 +400,7 @@ def recorded_start(target: Target) -> RecordedStart | None:
         return None  # a scenario's machine ELF starts as the recorder's machine does
     image = load_elf(target.executable)
     process = linux_process(image, list(target.args), [], _interp_of(image))
+    # (the file view is the run's; only the first stack and registers are read here)
     spec = process.spec
     rsp = spec.registers["rsp"]
     stack = next(m for m in spec.mappings if m.data and m.data_at == rsp)
@@ -428,6 +467,7 @@ def _silicon_check(
                 fast_forward=fast_forward,
                 recorded_start=start_state,
                 recorded_syscalls=recorded_calls,
+                file_view=program.file_view,
             )
         except NativeError as exc:
             raise BadInput(str(exc)) from exc
@@ -528,6 +568,7 @@ def _compare_memory(
         read_after=read_after,
         recorded_start=start_state,
         recorded_syscalls=recorded_calls,
+        file_view=target.file_view,
     )
     same_rows = min(second.steps, rows)
     differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)

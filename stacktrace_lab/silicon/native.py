@@ -46,8 +46,10 @@ import numpy as np
 
 from ..arch import REGISTERS
 from ..record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
+from ..record.elf import ElfImage
 from ..record.syscalls import NAMES, fixed_random
 from . import sandbox
+from .native_files import NativeFiles
 from .ptrace import (
     PTRACE_GETREGS,
     PTRACE_GETSIGINFO,
@@ -81,7 +83,7 @@ FIXED_ENV = {"LANG": "C", "LC_ALL": "C", "GLIBC_TUNABLES": GLIBC_TUNABLES}
 #: What AT_RANDOM points to (glibc's stack guard and pointer guard come from
 #: it): the ELF recorder's fixed bytes, the same on every run.
 FIXED_AT_RANDOM = fixed_random(16)
-AT_NULL, AT_IGNORE, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 25, 33
+AT_NULL, AT_IGNORE, AT_BASE, AT_ENTRY, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 7, 9, 25, 33
 
 #: REGISTERS (the trace's column order) as indexes into user_regs_struct.
 _ROW_INDEX = np.array([USER_REGS.index("eflags" if r == "rflags" else r) for r in REGISTERS])
@@ -104,6 +106,8 @@ _RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
 _SYS_MMAP, _MAP_FIXED = 9, 0x10
+#: mmap, munmap, brk: what places the process's mappings.
+_PLACING = frozenset((9, 11, 12))
 
 #: System calls that fill memory: number -> (argument holding the buffer, its
 #: size: an int, "result" for the byte count returned, or ("arg", i)).
@@ -220,6 +224,8 @@ class NativeRun:
     initial_stack: bytes = b""
     #: How far from its linked addresses the kernel loaded the program (a static-pie).
     load_bias: int = 0
+    #: Where the kernel put the program's interpreter (AT_BASE; 0: none).
+    interp_base: int = 0
     #: The process (and process group) that ran; killed and reaped when the run ended.
     pid: int = 0
     #: A second pass's reads: row -> [(address, bytes after that row's instruction)].
@@ -288,6 +294,7 @@ def run_native(
     fast_forward: bool = False,
     recorded_start: RecordedStart | None = None,
     recorded_syscalls: dict[int, SyscallRecord] | None = None,
+    file_view: tuple[ElfImage, ElfImage | None] | None = None,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -320,6 +327,9 @@ def run_native(
     an mmap goes where the recording's went, MAP_FIXED), and a call whose
     number or arguments differ from the trace's is a difference
     (`NativeRun.syscall_difference`).
+
+    `file_view`: (the program, its interpreter): file system calls are answered
+    through the recorder's read-only file view (native_files.py).
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
@@ -356,12 +366,18 @@ def run_native(
         if replay is not None:
             stepper.replay_from(replay, read_after or {})
         stepper.recorded_syscalls = recorded_syscalls
+        if file_view is not None:
+            stepper.files = NativeFiles(*file_view, stepper.mem, pid)
+            stepper.place_as_recorded = recorded_start is not None
         try:
             stepper.fix_auxv()
             if recorded_start is not None:
                 stepper.start_as_recorded(recorded_start)
             if linked_entry is not None:
-                stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
+                entry = stepper.at_entry
+                stepper.relocate(
+                    (entry if entry >= 0 else stepper.initial_registers["rip"]) - linked_entry
+                )
             stepper.run()
         finally:
             os.close(stepper.mem)
@@ -384,6 +400,7 @@ def run_native(
         initial_registers=stepper.initial_registers,
         initial_stack=stepper.initial_stack,
         load_bias=stepper.load_bias,
+        interp_base=stepper.interp_base,
         pid=pid,
         memory=stepper.memory,
         syscall_difference=stepper.syscall_difference,
@@ -432,6 +449,9 @@ class _Stepper:
         self.initial_registers: dict[str, int] = {}
         self.initial_stack = b""
         self.load_bias = 0
+        #: The program's entry and its interpreter's base, as the kernel's auxv says.
+        self.at_entry = -1
+        self.interp_base = 0
         self.disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.disassembler.detail = False
         #: For the operand of rdrand/rdseed (rare: decoded with detail only there).
@@ -450,8 +470,14 @@ class _Stepper:
         #: A trace's run: its system calls by row, and the first that differs.
         self.recorded_syscalls: dict[int, SyscallRecord] | None = None
         self.syscall_difference: tuple[int, str] | None = None
-        #: Registers to put back once the call being stepped returned (an mmap moved).
+        #: Registers to put back once the call being stepped returned (an mmap moved
+        #: or made anonymous), and the file bytes to copy into what it mapped.
         self.restore_after_call: dict[int, int] = {}
+        self.fill_after_call = b""
+        #: The recorder's file view (an ELF's run), answering file system calls.
+        self.files: NativeFiles | None = None
+        #: A trace's run: every mmap placed where the recorder's kernel places it.
+        self.place_as_recorded = False
 
     def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
         self.replayed_syscalls = deque(first.syscalls)
@@ -525,6 +551,10 @@ class _Stepper:
             value = int.from_bytes(entry[8:], "little")
             if key == AT_NULL:
                 return
+            if key == AT_ENTRY:
+                self.at_entry = value
+            elif key == AT_BASE:
+                self.interp_base = value
             if key == AT_RANDOM:
                 os.pwrite(self.mem, FIXED_AT_RANDOM, value)
             elif key == AT_SYSINFO_EHDR:
@@ -623,8 +653,14 @@ class _Stepper:
                 continue  # answered without running it: the registers are set
             if kind == _KIND_VALUE and self.replayed_values and self.replay_value(regs, step):
                 continue
-            if kind == _KIND_VALUE and not recording and self.answer_value_from_model(regs, step):
-                continue  # before --from: the CPU model's value, as the emulation's start-up
+            if (
+                kind == _KIND_VALUE
+                and (not recording or self.recorded_syscalls is not None)
+                and self.answer_value_from_model(regs, step)
+            ):
+                # Before --from, and in a trace's run: the CPU model's value, as
+                # the emulation's start-up and the recording got.
+                continue
             if kind == _KIND_SYSCALL:
                 verdict = self.system_call(regs, step)
                 if verdict == sandbox.STOP:
@@ -858,10 +894,50 @@ class _Stepper:
         nr = int(regs[_RAX])
         args = tuple(int(regs[i]) for i in _ARG_REGS)
         verdict = sandbox.policy(nr, args, self.pid, self.linux)
+        file_data = None
+        if self.files is not None:
+            if self.files.answers(nr, args):
+                verdict = sandbox.ANSWER  # the recorder's file view answers it
+            elif nr == _SYS_MMAP:
+                file_data = self.files.mapped_file(args)
+                if file_data is not None:
+                    verdict = sandbox.RUN  # an anonymous mapping, filled from the view
+        placed_at = None
+        if self.files is not None and self.place_as_recorded and nr in _PLACING:
+            # A trace's run: the process's map as the recorder's kernel makes it
+            # (the kernel's own would put the loader's mappings under the vDSO).
+            placed = self.files.place(nr, args)
+            if nr == _SYS_MMAP and placed < 0 and verdict != sandbox.STOP:
+                self.set_result(regs, int(regs[_RIP]), placed)
+                self.syscalls.append(
+                    SyscallRecord(step, nr, args, placed & _MASK64, (), int(regs[_R11]))
+                )
+                return sandbox.ANSWER
+            if nr == _SYS_MMAP:
+                placed_at = placed
+        if (
+            self.files is not None
+            and self.place_as_recorded
+            and step < 0
+            and verdict != sandbox.STOP
+            and nr not in sandbox.SHAPES_THE_PROCESS
+            and nr not in (sandbox.READ, sandbox.WRITE, sandbox.WRITEV)
+        ):
+            # A trace's run before its first row (--from): what the recorder's
+            # kernel answered there (its tid, its clock, its random bytes ...),
+            # which the trace does not log.
+            result = self.files.answer(nr, args)
+            self.set_result(regs, int(regs[_RIP]), result)
+            self.syscalls.append(
+                SyscallRecord(step, nr, args, result & _MASK64, (), int(regs[_R11]))
+            )
+            return sandbox.ANSWER
         if self.recorded_syscalls is not None and step >= 0:
-            answered = self.as_recorded(regs, step, nr, args, verdict)
+            answered = self.as_recorded(regs, step, nr, args, verdict, file_data)
             if answered is not None:
                 return answered
+        if verdict == sandbox.RUN and (file_data is not None or placed_at is not None):
+            self.map_file(regs, args, file_data, placed_at)
         if self.replayed_syscalls is not None:
             first = self.replayed_syscalls.popleft() if self.replayed_syscalls else None
             replayable = verdict == sandbox.RUN and nr not in sandbox.SHAPES_THE_PROCESS
@@ -884,8 +960,32 @@ class _Stepper:
             )
         return verdict
 
+    def map_file(
+        self, regs: Any, args: tuple[int, ...], data: bytes | None, at: int | None
+    ) -> None:
+        """An mmap about to run: a file mapping of the view becomes an anonymous
+        private one the tracer fills with `data` once it returned; `at`: placed
+        there (MAP_FIXED). The program's registers are put back after the call."""
+        flags = args[3]
+        if data is not None and self.files is not None:
+            flags = self.files.anonymous_flags(flags)
+            regs[_ARG_REGS[4]], regs[_ARG_REGS[5]] = _MASK64, 0  # fd -1, offset 0
+            self.fill_after_call = data
+        if at is not None:
+            regs[_ARG_REGS[0]] = at
+            flags |= _MAP_FIXED
+        regs[_ARG_REGS[3]] = flags
+        self.restore_after_call = {index: args[i] for i, index in enumerate(_ARG_REGS)}
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+
     def as_recorded(
-        self, regs: Any, step: int, nr: int, args: tuple[int, ...], verdict: str
+        self,
+        regs: Any,
+        step: int,
+        nr: int,
+        args: tuple[int, ...],
+        verdict: str,
+        file_data: bytes | None = None,
     ) -> str | None:
         """A trace's run, at a system call in the window: the trace's answer
         (ANSWER), or the call run natively as the trace says it went (RUN: an
@@ -915,13 +1015,11 @@ class _Stepper:
             if nr == _SYS_MMAP and recorded.result < 1 << 63 and verdict == sandbox.RUN:
                 # Where the recording's went (the kernel's own choice would be
                 # another address: the vDSO sits under the mmap base here).
-                self.restore_after_call = {_ARG_REGS[0]: args[0], _ARG_REGS[3]: args[3]}
-                regs[_ARG_REGS[0]] = recorded.result
-                regs[_ARG_REGS[3]] = args[3] | _MAP_FIXED
-                ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
-            return None
+                self.map_file(regs, args, file_data, recorded.result)
+                return sandbox.RUN
+            return None  # as the sandbox and the file view say (their own answers)
         if verdict == sandbox.ANSWER:
-            self.answer(nr, args)  # what it writes to fd 1 and 2 is captured
+            self.answer(nr, args)  # output captured, the view's descriptors kept
         for addr, data in recorded.buffers:
             os.pwrite(self.mem, data, addr)
         self.set_result(regs, rip, recorded.result)
@@ -940,6 +1038,8 @@ class _Stepper:
 
     def answer(self, nr: int, args: tuple[int, ...]) -> int:
         """A call that is not run: the recorder's machine's answer (record/syscalls.py)."""
+        if self.files is not None and self.files.answers(nr, args):
+            return self.files.answer(nr, args)
         if nr == sandbox.READ:
             return 0 if args[0] == 0 else -sandbox.EBADF  # stdin is empty
         if nr not in (sandbox.WRITE, sandbox.WRITEV):
@@ -983,11 +1083,15 @@ class _Stepper:
             args = tuple(int(pre[i]) for i in _ARG_REGS)
             result = int(post[_RAX]) if not exited else 0
             if not exited and self.restore_after_call:
-                # An mmap moved to the recorded address: its arguments as the program set them.
+                # An mmap moved or made anonymous: its arguments as the program set them,
+                # and a file's bytes copied in.
                 for index, value in self.restore_after_call.items():
                     post[index] = value
                 self.restore_after_call = {}
                 ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(post))
+                if self.fill_after_call and result < 1 << 63:
+                    os.pwrite(self.mem, self.fill_after_call, result)
+                self.fill_after_call = b""
             if not exited and post[_R11] & _TF:
                 # `syscall` saved rflags into r11 with the tracer's TF: what an
                 # untraced CPU saves has TF clear (no normalisation needed after).
