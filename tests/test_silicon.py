@@ -305,9 +305,9 @@ def test_bad_targets_are_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert main(["silicon-check", "first-switch-wrong-slot", "--from", "hello"]) == 2
     assert "never reached --from hello" in capsys.readouterr().err
     dynamic = Path("/bin/true").resolve()
-    if dynamic.read_bytes()[:4] == b"\x7fELF":
-        assert main(["silicon-check", str(dynamic)]) == 2
-        assert "link it statically" in capsys.readouterr().err
+    if dynamic.read_bytes()[:4] == b"\x7fELF":  # dynamically linked: compared too
+        assert main(["silicon-check", str(dynamic)]) == 0
+        assert "agree on all" in capsys.readouterr().out
 
 
 def _code(*instructions: bytes) -> tuple[dict[int, bytes], np.ndarray]:
@@ -724,3 +724,108 @@ def test_values_before_from_come_from_the_cpu_model_and_are_logged(
         assert logged[2] == ("rdrand", True)
         assert int(first[REGISTERS.index("r14")]) == RANDOM_VALUE
     assert result.emulated.steps == result.native.steps + 1 or result.comparison.same
+
+
+@silicon
+def test_a_dynamically_linked_program_compares_as_a_static_one(
+    examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The c-dynamic example (gcc -g, the host's ld.so and libc): natively its
+    loader sees the libraries only through the recorder's file view; whole, from
+    main, and as a trace recorded from main, it checks clean. Output that differs
+    is caught."""
+    from stacktrace_lab.examples import build_example, compiler_missing
+    from stacktrace_lab.record.elf_front import record_elf
+
+    why = compiler_missing("c-dynamic")
+    if why is not None:
+        pytest.skip(why)
+    program = build_example("c-dynamic", examples)
+    whole = silicon_check(str(program))
+    assert whole.comparison.same, (whole.comparison.divergence, whole.comparison.first_difference)
+    assert whole.native.stdout == b"I LOVE WAKING UP ON A NEW STACK!\n"
+    assert whole.native.interp_base  # the loader ran first, natively too
+    assert whole.comparison.compared_steps > 50_000  # the loader, libc's start-up, main
+    opened = [s for s in whole.native.syscalls if s.name == "openat"]
+    assert opened and all(s.result < 1 << 63 for s in opened[-1:])  # libc.so.6 was found
+    from_main = silicon_check(str(program), from_symbol="main")
+    assert from_main.comparison.same, from_main.comparison.divergence
+    trace = record_elf(program, tmp_path / "dynamic.parquet", from_symbol="main").path
+    assert main(["silicon-check", str(trace)]) == 0
+
+    import stacktrace_lab.silicon.check as check
+
+    real = check.emulate
+
+    def other_output(*args: object) -> object:
+        run = real(*args)  # type: ignore[arg-type]
+        run.stdout = run.stdout.replace(b"NEW", b"OLD")
+        return run
+
+    monkeypatch.setattr(check, "emulate", other_output)
+    differs = silicon_check(str(program), from_symbol="main").comparison
+    assert not differs.same
+    assert differs.first_difference == "stdout"
+    assert differs.output_difference is not None
+    assert differs.output_difference[2].startswith(b"NEW")
+
+
+THREADED_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+static void *work(void *arg) { return arg; }
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, 0, work, 0);
+    pthread_join(t, 0);
+    puts("joined");
+    return 0;
+}
+"""
+
+
+@silicon
+@pytest.mark.parametrize("link", [("-static",), ()], ids=["static", "dynamic"])
+def test_a_threaded_program_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], link: tuple[str, ...]
+) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    source = tmp_path / "threaded.c"
+    source.write_text(THREADED_C)
+    program = tmp_path / "threaded"
+    subprocess.run(["gcc", *link, "-pthread", "-o", str(program), str(source)], check=True)
+    for extra in ([], ["--from", "main"]):
+        assert main(["silicon-check", str(program), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "threads are not compared yet" in err
+
+
+@silicon
+def test_a_trace_of_several_threads_is_refused_in_one_line(
+    write_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trace with a `thread` column holding two threads (as thread emulation
+    writes them): refused, before anything runs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.record.recorder import record
+    from stacktrace_lab.scenario import load_scenario
+
+    scenario = write_scenario("main:\n    mov $5, %rbx\n    add %rbx, %rbx\n    ret\n")
+    good = record(load_scenario(scenario), tmp_path / "one.parquet").path
+    table = pq.read_table(good)
+    one = tmp_path / "one-thread.parquet"
+    pq.write_table(table.append_column("thread", pa.array([1] * table.num_rows, pa.int32())), one)
+    assert main(["silicon-check", str(one)]) == 0
+    capsys.readouterr()
+    threads = [1] * (table.num_rows - 1) + [2]
+    two = tmp_path / "two-threads.parquet"
+    pq.write_table(table.append_column("thread", pa.array(threads, pa.int32())), two)
+    assert main(["silicon-check", str(two)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "threads are not compared yet" in err

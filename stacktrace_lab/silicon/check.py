@@ -41,6 +41,7 @@ from .emulated import EmulatedRun, emulate
 from .native import NativeError, NativeRun, RecordedStart, SyscallRecord, run_native
 from .normalise import RIP
 from .ptrace import unavailable_reason
+from .sandbox import THREAD_DETAIL
 from .scenario_elf import write_machine_elf
 
 ELF_MAGIC = b"\x7fELF"
@@ -473,6 +474,8 @@ def _silicon_check(
             raise BadInput(str(exc)) from exc
 
     native = run_natively(from_symbol is not None)
+    if native.stop.reason in ("unsupported", "not_started") and THREAD_DETAIL in native.stop.detail:
+        raise BadInput(f"{target.name}: threads are not compared yet (it starts one: clone)")
     if from_symbol and native.steps == 0:
         raise BadInput(
             f"{target.name}: the program never reached --from {from_symbol}: "

@@ -949,8 +949,19 @@ class _Stepper:
                 self.syscalls.append(first)
                 return sandbox.ANSWER
         if verdict == sandbox.STOP:
+            thread = ""
+            if nr == sandbox.CLONE:
+                flags = args[0]
+            elif nr == sandbox.CLONE3:  # struct clone_args begins with its flags
+                flags = int.from_bytes(self.read(args[0], 8) or bytes(8), "little")
+            else:
+                flags = 0
+            if flags & sandbox.CLONE_THREAD:
+                thread = f" ({sandbox.THREAD_DETAIL})"
             self.stop = NativeStop(
-                "unsupported", step, f"{sandbox.stop_name(nr)}: not run natively (sandbox)"
+                "unsupported",
+                step,
+                f"{sandbox.stop_name(nr)}: not run natively (sandbox){thread}",
             )
         elif verdict == sandbox.ANSWER:
             result = self.answer(nr, args)
