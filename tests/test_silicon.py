@@ -203,7 +203,7 @@ def test_timestamps_and_random_numbers_are_replayed_and_caught_without_replay(
     assert [v.mnemonic for v in result.native.values] == ["rdtsc", "rdtscp", "rdrand", "rdseed"]
     divergence = _check(path, replay=False).divergence
     assert divergence is not None
-    assert (divergence.step, divergence.cause) == (1, "timestamp-or-random")
+    assert (divergence.step, divergence.cause) == (1, "timing")
     assert divergence.previous_instruction == "rdtsc"
 
 
@@ -270,13 +270,13 @@ def test_cli_reports_the_divergence_and_exits_1(
     assert main(["silicon-check", str(path), "--no-replay"]) == 1
     out = capsys.readouterr().out
     assert "differs at step 1" in out
-    assert "most likely: timestamp-or-random" in out
+    assert "most likely: timing (timing)" in out
     assert main(["silicon-check", str(path), "--no-replay", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["same"] is False
     assert doc["first_difference"] == "registers"
     assert doc["divergence"]["step"] == 1
-    assert doc["divergence"]["cause"] == "timestamp-or-random"
+    assert doc["divergence"]["cause"] == "timing"
     assert doc["divergence"]["previous_instruction"] == "rdtsc"
     assert set(doc["divergence"]["registers"]) >= {"rax"}
 
@@ -829,3 +829,91 @@ def test_a_trace_of_several_threads_is_refused_in_one_line(
     assert main(["silicon-check", str(two)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "threads are not compared yet" in err
+
+
+def _instruction(text: str, defined: int = 0, undefined: int = 0, outside: str | None = None):  # type: ignore[no-untyped-def]
+    from stacktrace_lab.silicon.instructions import Instruction
+
+    return Instruction(text, undefined, defined, outside, rep_string=False)
+
+
+_EMULATED = dataclasses.make_dataclass("_Emulated", [("stop_reason", str), ("stop_detail", str)])
+_CF, _OF, _TF, _AF = 0x1, 0x800, 0x100, 0x10
+
+
+@pytest.mark.parametrize(
+    ("previous", "writes", "registers", "call", "cause", "category"),
+    [
+        # The instruction's architected result: a register it writes, a flag it defines.
+        (_instruction("addq %rbx, %rax", _CF | _OF), {"rax", "rflags"}, {"rax": (1, 2)},
+         None, "instruction", "emulator bug"),
+        (_instruction("addq %rbx, %rax", _CF | _OF), {"rax", "rflags"}, {"rflags": (_CF, 0)},
+         None, "flags", "emulator bug"),
+        # Bits it leaves undefined, a flag it does not touch, a register it does not write.
+        (_instruction("shrq $3, %rax", _CF, _AF | _OF), {"rax", "rflags"},
+         {"rflags": (_AF, 0)}, None, "undefined-flags", "not architected"),
+        (_instruction("addq %rbx, %rax", _CF | _OF), {"rax", "rflags"}, {"rflags": (_TF, 0)},
+         None, "unwritten-register", "outside the instruction"),
+        (_instruction("addq %rbx, %rax", _CF), {"rax", "rflags"}, {"rcx": (1, 2)},
+         None, "unwritten-register", "outside the instruction"),
+        # popf writes TF and DF too: a difference there is its own.
+        (_instruction("popfq", _CF), {"rsp", "rflags"}, {"rflags": (_TF, 0)},
+         None, "flags", "emulator bug"),
+        # The time, randomness, the CPU model, the host's kernel: never the emulator's bug.
+        (_instruction("rdtsc", outside="rdtsc"), {"rax", "rdx"}, {"rax": (1, 2)},
+         None, "timing", "timing"),
+        (_instruction("rdrand %rbx", outside="rdrand"), {"rbx", "rflags"}, {"rbx": (1, 2)},
+         None, "randomness", "randomness"),
+        (_instruction("cpuid", outside="cpuid"), {"rax", "rbx"}, {"rbx": (1, 2)},
+         None, "cpuid", "cpu model"),
+        (_instruction("xgetbv", outside="xgetbv"), {"rax", "rdx"}, {"rax": (7, 3)},
+         None, "xgetbv", "cpu model"),
+        (_instruction("syscall", outside="syscall"), {"rax", "rcx", "r11"}, {"rax": (1, 2)},
+         "clock_gettime", "timing", "timing"),
+        (_instruction("syscall", outside="syscall"), {"rax", "rcx", "r11"}, {"rax": (8, 9)},
+         "getrandom", "randomness", "randomness"),
+        (_instruction("syscall", outside="syscall"), {"rax", "rcx", "r11"}, {"rax": (1, 2)},
+         "getpid", "syscall-result", "host"),
+    ],
+)  # fmt: skip
+def test_each_cause_is_named_by_what_differs_and_after_what(  # type: ignore[no-untyped-def]
+    previous, writes, registers, call, cause, category
+) -> None:
+    """Only the instruction's own architected result is an emulator bug."""
+    from stacktrace_lab.silicon.compare import CAUSES, _cause
+
+    emulated = _EMULATED("exit", "exit_group(0)")
+    found = _cause(5, registers, previous, frozenset(writes), emulated, True, True, call)
+    assert (found, CAUSES[found][0]) == (cause, category)
+
+
+@silicon
+@pytest.mark.parametrize(
+    ("program", "cause"),
+    [
+        ("main:\n    rdtsc\n    mov %eax, %r12d\n    ret\n", "timing"),
+        ("main:\n    rdrand %rbx\n    mov %rbx, %r12\n    ret\n", "randomness"),
+        ("main:\n    mov $39, %eax\n    syscall\n    mov %rax, %r12\n    ret\n", "syscall-result"),
+    ],
+    ids=["rdtsc", "rdrand", "getpid"],
+)
+def test_without_replay_the_outside_world_is_named_not_blamed_on_the_emulator(
+    write_scenario: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    program: str,
+    cause: str,
+) -> None:
+    """The CPU's own time, random numbers and kernel answers (--no-replay): the
+    difference is named for what it is, in the text and the JSON, with the
+    instruction and the first differing register."""
+    if cause == "randomness" and "rdrand" not in Path("/proc/cpuinfo").read_text().split():
+        pytest.skip("this CPU has no rdrand")
+    path = write_scenario(program)
+    assert main(["silicon-check", str(path), "--no-replay", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)["divergence"]
+    assert doc["cause"] == cause and doc["category"] != "emulator bug"
+    assert doc["previous_instruction"].split()[0] in ("rdtsc", "rdrand", "syscall", "rdrandq")
+    assert doc["first_register"] in ("rax", "rbx", "rdx")
+    assert main(["silicon-check", str(path), "--no-replay"]) == 1
+    out = capsys.readouterr().out
+    assert f"most likely: {cause} (" in out and "first:" in out

@@ -342,6 +342,9 @@ msg:
     assert doc["memory_difference"]["step"] == 1
     assert doc["memory_difference"]["native"][:4] == "2211"
     assert doc["memory_difference"]["emulated"][:4] == "dd11"
+    # The instruction that wrote it, and the first byte that differs.
+    assert doc["memory_difference"]["instruction"].startswith("movq $0x1122")
+    assert doc["memory_difference"]["first_byte"] == doc["memory_difference"]["address"]
 
     def other_length(values: list[object]) -> None:
         call = next(v for v in values if v is not None)

@@ -87,7 +87,10 @@ def _summary(name: str, c: Comparison) -> str:
         if not d.registers:
             lines.append(f"  CPU: {c.native_steps} steps, {c.native_stop}")
             lines.append(f"  emulator: {c.emulated_steps} steps, {c.emulated_stop}")
-        lines.append(f"  most likely: {d.cause}: {CAUSES[d.cause]}")
+        if d.first_register is not None:
+            lines.append(f"  first:  {d.first_register}")
+        category, text = CAUSES[d.cause]
+        lines.append(f"  most likely: {d.cause} ({category}): {text}")
     if c.output_difference is not None:
         stream, at, cpu_bytes, emulator_bytes = c.output_difference
         if c.divergence is None:
@@ -102,10 +105,20 @@ def _summary(name: str, c: Comparison) -> str:
         if address < 0:
             lines.append(f"  memory: the second native pass did not repeat the first at step {row}")
         else:
+            first = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(cpu_bytes, emulator_bytes, strict=False))
+                    if a != b
+                ),
+                0,
+            )
             lines.append(
                 f"  memory at {address:#x} after step {row}: CPU {cpu_bytes.hex()}, "
-                f"emulator {emulator_bytes.hex()}"
+                f"emulator {emulator_bytes.hex()}; first differing byte at {address + first:#x}"
             )
+            if c.memory_instruction:
+                lines.append(f"  written by: {c.memory_instruction}")
     if c.syscall_difference is not None:
         row, what = c.syscall_difference
         if c.first_difference == "syscall":

@@ -38,6 +38,7 @@ from ..symbols import LabelTable
 from ..trace import Trace, load_trace
 from .compare import Comparison, compare
 from .emulated import EmulatedRun, emulate
+from .instructions import InstructionTable
 from .native import NativeError, NativeRun, RecordedStart, SyscallRecord, run_native
 from .normalise import RIP
 from .ptrace import unavailable_reason
@@ -522,6 +523,12 @@ def _silicon_check(
     comparison.memory_difference = _compare_memory(
         target, native, emulated, first, start, end, comparison, start_state, recorded_calls
     )
+    if comparison.memory_difference is not None:
+        row = comparison.memory_difference[0]
+        if 0 <= row < native.steps:  # the row whose instruction wrote there
+            rip = int(native.registers[row, RIP])
+            text = InstructionTable(native.code).at(rip).text
+            comparison.memory_instruction = f"{text} at {target.name_address(rip)} ({rip:#x})"
     return SiliconResult(target, native, emulated, comparison)
 
 
