@@ -917,3 +917,97 @@ def test_without_replay_the_outside_world_is_named_not_blamed_on_the_emulator(
     assert main(["silicon-check", str(path), "--no-replay"]) == 1
     out = capsys.readouterr().out
     assert f"most likely: {cause} (" in out and "first:" in out
+
+
+PRINTF_DOUBLES_C = r"""
+#include <stdio.h>
+int main(int argc, char **argv) {
+    volatile double x = 0.5 + argc;
+    printf("%f %.17g %e\n", x / 3.0, x * 3.25, x / 7.0);
+    return 0;
+}
+"""
+
+LIBM_SIN_C = r"""
+#include <math.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    volatile double x = 0.5 + argc;
+    printf("%f %.17g\n", sin(x), cos(x) / 7.0);
+    return 0;
+}
+"""
+
+X87_FSIN_C = r"""
+#include <stdio.h>
+int main(void) {
+    double x = 1e10, y;
+    __asm__ volatile ("fldl %1\n\tfsin\n\tfstpl %0" : "=m"(y) : "m"(x));
+    printf("%.17g\n", y);
+    return 0;
+}
+"""
+
+
+def _gcc_static(tmp_path: Path, name: str, source: str) -> Path:
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (tmp_path / f"{name}.c").write_text(source)
+    program = tmp_path / name
+    command = ["gcc", "-static", "-O0", "-g", "-o", str(program), f"{name}.c", "-lm"]
+    subprocess.run(command, check=True, cwd=tmp_path)
+    return program
+
+
+@silicon
+@pytest.mark.parametrize("from_symbol", [None, "main"])
+def test_c_printf_of_doubles_runs_the_same_on_this_cpu(
+    tmp_path: Path, from_symbol: str | None
+) -> None:
+    """printf %f, %g, %e of SSE2 arithmetic (gcc -static): the same stdout, and
+    the same registers and memory writes at every step."""
+    program = _gcc_static(tmp_path, "printf_doubles", PRINTF_DOUBLES_C)
+    result = silicon_check(str(program), from_symbol=from_symbol)
+    comparison = result.comparison
+    assert comparison.same, (comparison.first_difference, comparison.divergence)
+    assert result.native.stdout == b"0.500000 4.875 2.142857e-01\n"
+    assert comparison.compared_steps > 5000
+
+
+@silicon
+def test_c_libm_sin_prints_the_same_and_the_mxcsr_flags_unicorn_never_sets_are_named(
+    tmp_path: Path,
+) -> None:
+    """libm's sin and cos (glibc's SSE2 code): the same stdout. Their first
+    instruction saves MXCSR (stmxcsr), whose sticky inexact flag (PE, 0x20) the
+    CPU has set by then and unicorn never sets: the check reports that write as
+    the first difference, and what follows from it as such, not as a bug of the
+    instruction that read it back."""
+    program = _gcc_static(tmp_path, "libm_sin", LIBM_SIN_C)
+    result = silicon_check(str(program), from_symbol="main")
+    comparison = result.comparison
+    assert comparison.stdout_same
+    assert result.native.stdout.startswith(b"0.997495 0.0101053")
+    if comparison.same:  # an emulator that sets MXCSR's exception flags
+        return
+    assert comparison.first_difference == "memory"
+    _row, _address, cpu, emulator = comparison.memory_difference  # type: ignore[misc]
+    assert int.from_bytes(cpu[:4], "little") ^ int.from_bytes(emulator[:4], "little") == 0x20
+    assert str(comparison.memory_instruction).startswith("stmxcsr")
+    divergence = comparison.divergence
+    assert divergence is None or divergence.cause == "memory-input"
+
+
+@silicon
+def test_c_x87_fsin_is_reported_as_a_difference(tmp_path: Path) -> None:
+    """x87 fsin: unicorn computes it differently from the CPU; never "the same"."""
+    program = _gcc_static(tmp_path, "fsin", X87_FSIN_C)
+    comparison = silicon_check(str(program), from_symbol="main").comparison
+    assert not comparison.same
+    assert comparison.divergence is not None or comparison.output_difference is not None
+    if comparison.divergence is not None:
+        assert comparison.divergence.cause == "unsupported-instruction"
+        assert comparison.divergence.previous_instruction == "fsin"

@@ -523,6 +523,17 @@ def _silicon_check(
     comparison.memory_difference = _compare_memory(
         target, native, emulated, first, start, end, comparison, start_state, recorded_calls
     )
+    divergence = comparison.divergence
+    memory = comparison.memory_difference
+    if (
+        divergence is not None
+        and memory is not None
+        and memory[0] < divergence.step
+        and divergence.cause in ("instruction", "flags")
+    ):
+        # Registers that differ after a memory write already differed: that write
+        # is the difference to explain, not the instruction that read it back.
+        comparison.divergence = dataclasses.replace(divergence, cause="memory-input")
     if comparison.memory_difference is not None:
         row = comparison.memory_difference[0]
         if 0 <= row < native.steps:  # the row whose instruction wrote there

@@ -35,6 +35,7 @@ CATEGORIES = {
     "outside the instruction": "a value the instruction does not write changed: a hook, "
     "the machine's replay, or an edited trace",
     "start": "the runs start from different states",
+    "earlier difference": "follows from a difference found at an earlier step",
     "end": "the runs stop differently",
 }
 
@@ -92,6 +93,11 @@ CAUSES: dict[str, tuple[str, str]] = {
         "build for x86-64-v2 or below",
     ),
     "stop": ("end", "the runs stop differently"),
+    "memory-input": (
+        "earlier difference",
+        "the instruction read memory that already differed (the memory difference above): "
+        "its result follows from that write, not from this instruction",
+    ),
     "instruction": (
         "emulator bug",
         "a register the instruction writes differs: the emulator computes this "
