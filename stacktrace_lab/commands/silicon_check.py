@@ -32,18 +32,26 @@ def silicon_check_command(
 ) -> int:
     """Single-step TARGET on this CPU and compare every step with the emulated run.
 
-    TARGET is a built-in scenario, a scenario .toml, a static x86-64 ELF, or a
-    trace file (its program runs natively and is compared with the file's
-    rows). Exit 0 only when the runs are the same: every step's registers
-    (with the documented masks) and memory writes, stdout and stderr byte for
-    byte, and the end (exit status or fault kind); 1 at the first difference
-    (the text and JSON name it); 2 on bad input or when ptrace is not
-    available here. cpuid and xgetbv are answered natively from the
-    recorder's CPU model.
+    TARGET is a built-in scenario, a scenario .toml, an x86-64 ELF (static or
+    dynamically linked), or a trace file (its program runs natively, from the
+    recorder's first stack, its system calls answered from the trace's log,
+    and is compared with the file's rows and memory writes). Exit 0 only when
+    the runs are the same: every step's registers (with the documented masks)
+    and memory writes, stdout and stderr byte for byte, and the end (exit
+    status or fault kind); 1 at the first difference (the text and JSON name
+    it, its cause and category: only an instruction's own result is called an
+    emulator bug); 2 on bad input, for a program that starts a thread ("threads
+    are not compared yet"), or when ptrace is not available here.
 
-    Natively only instructions run: every system call is stopped before the
-    kernel runs it; only those acting on the process itself (its memory map,
-    signal state, clock, random bytes) run, output is captured from memory,
+    What runs natively: the program's instructions, single-stepped (to --from
+    at full speed). cpuid and xgetbv never run: the recorder's CPU model
+    answers them (rdtsc and rdrand too, before --from and for a trace). Every
+    system call is stopped before the kernel runs it; only those acting on
+    the process itself (its memory map, signal state, ids, clock, random
+    bytes) run. Files are seen only through the recorder's read-only view
+    (the loader's libraries, /etc/ld.so.cache, the program's directory),
+    answered by the tracer, never opened by the program; a library's mmap is
+    an anonymous mapping the tracer fills. Output is captured from memory,
     stdin is empty, everything else is answered -ENOSYS without running, and
     the process group is killed at the end (docs/silicon.md).
     """
