@@ -355,3 +355,51 @@ msg:
     out = capsys.readouterr().out
     assert "the system call at step 6 is not the trace's" in out
     assert "write's argument 3: CPU 0x3, trace 0x4" in out
+
+
+HOSTILE_FILES_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    int w = open("VICTIM", O_WRONLY | O_TRUNC);
+    int w_errno = errno;
+    int u = unlink("VICTIM");
+    int u_errno = errno;
+    int p = open("/etc/passwd", O_RDONLY);
+    int p_errno = errno;
+    char buf[16] = {0};
+    int r = open("VICTIM", O_RDONLY);
+    long n = read(r, buf, 10);
+    printf("%d %d %d %d %d %d %d %ld %s\n", w, w_errno, u, u_errno, p, p_errno, r, n, buf);
+    return 0;
+}
+"""
+
+
+@silicon
+def test_an_elf_sees_files_only_through_the_recorders_read_only_view(tmp_path: Path) -> None:
+    """Natively, as when recorded: writing or unlinking a file is EACCES (nothing
+    changes), /etc/passwd is not there, a file in the program's directory is
+    read through the view; the runs agree."""
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    source = tmp_path / "hostile.c"
+    source.write_text(HOSTILE_FILES_C.replace("VICTIM", str(victim)))
+    program = tmp_path / "hostile"
+    subprocess.run(["gcc", "-static", "-o", str(program), str(source)], check=True)
+    result = silicon_check(str(program), from_symbol="main")
+    assert victim.read_text() == "still here"
+    comparison = result.comparison
+    assert comparison.same, (comparison.first_difference, comparison.divergence)
+    assert result.native.stdout == b"-1 13 -1 13 -1 2 3 10 still here\n"
+    # Answered by the view (EACCES, ENOENT, its descriptor 3), none run by the kernel.
+    calls = [(s.name, s.result - (1 << 64) if s.result >> 63 else s.result)
+             for s in result.native.syscalls]  # fmt: skip
+    assert [result for name, result in calls if name == "openat"] == [-13, -2, 3]
