@@ -400,6 +400,13 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
     assert comparison.compared_steps == comparison.native_steps > 10_000
     # cpuid answered from the recorder's model natively: no OSXSAVE, so no xgetbv.
     assert result.native.cpuid and not result.native.xgetbv
+    if build == "c-static":  # its trace, recorded whole, against the file's rows and writes
+        from stacktrace_lab.record.elf_front import record_elf
+
+        trace = record_elf(program, examples / "c-static.parquet").path
+        from_file = silicon_check(str(trace)).comparison
+        assert from_file.same, (from_file.first_difference, from_file.divergence)
+        assert from_file.compared_steps > 10_000
     if build == "c-static":  # a wrong emulation inside main is named down to its C line
         from_main = silicon_check(str(program), from_symbol="main")
         rows = from_main.emulated.registers.copy()
