@@ -368,7 +368,10 @@ def run_native(
         stepper.recorded_syscalls = recorded_syscalls
         if file_view is not None:
             stepper.files = NativeFiles(*file_view, stepper.mem, pid)
-            stepper.place_as_recorded = recorded_start is not None
+            # Every mapping where the recorder's kernel puts it (not under the
+            # vDSO, as Linux does): the native run has the recording's addresses.
+            stepper.place_as_recorded = True
+            stepper.answer_start_up_as_recorder = recorded_start is not None
         try:
             stepper.fix_auxv()
             if recorded_start is not None:
@@ -476,8 +479,10 @@ class _Stepper:
         self.fill_after_call = b""
         #: The recorder's file view (an ELF's run), answering file system calls.
         self.files: NativeFiles | None = None
-        #: A trace's run: every mmap placed where the recorder's kernel places it.
+        #: Every mmap placed where the recorder's kernel places it (an ELF's run).
         self.place_as_recorded = False
+        #: A trace's run: the calls before its first row answered by the recorder's kernel.
+        self.answer_start_up_as_recorder = False
 
     def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
         self.replayed_syscalls = deque(first.syscalls)
@@ -917,7 +922,7 @@ class _Stepper:
                 placed_at = placed
         if (
             self.files is not None
-            and self.place_as_recorded
+            and self.answer_start_up_as_recorder
             and step < 0
             and verdict != sandbox.STOP
             and nr not in sandbox.SHAPES_THE_PROCESS
