@@ -347,6 +347,13 @@ def run_native(
                     os.dup2(null, fd)
                 # No descriptor of the tool's: fcntl or ioctl on one would reach it.
                 os.closerange(3, 1 << 16)
+                # Every signal at its default, unblocked, as the recorder's process
+                # starts: an ignored one survives execve (Python ignores SIGPIPE),
+                # and the program would see it in rt_sigaction's old action.
+                for signum in signal.valid_signals():
+                    with contextlib.suppress(OSError, ValueError):
+                        signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 trace_me_without_aslr()
                 os.execve(program, args, FIXED_ENV)
             finally:

@@ -33,7 +33,8 @@ from ..record.files import MODIFYING, FileKernel, FileView
 from ..record.process import linux_process
 
 #: The calls the view answers whatever their descriptor (they name a path, or
-#: change the file system); read/pread64/lseek/close/fstat only for its descriptors.
+#: change the file system); read/pread64/lseek/close/fstat only for its descriptors
+#: (and /proc/self/maps, which the recorder's kernel writes from its own map).
 _BY_PATH = frozenset((2, 4, 6, 21, 79, 257, 262, 269, 439, *MODIFYING))
 _BY_FD = frozenset((0, 3, 5, 8, 17))
 _SYS_NEWFSTATAT, _AT_EMPTY_PATH = 262, 0x1000
@@ -102,11 +103,13 @@ class NativeFiles:
 
     def answers(self, nr: int, args: tuple[int, ...]) -> bool:
         """Whether the view answers this call (not the sandbox's -ENOSYS, nor the kernel)."""
+        # The view's descriptors, and the recorder's own files (/proc/self/maps).
+        opened = self.kernel.open_files.keys() | self.kernel.process.files.keys()
         if nr in _BY_PATH:
             if nr == _SYS_NEWFSTATAT and args[3] & _AT_EMPTY_PATH:
-                return args[0] in self.kernel.open_files
+                return args[0] in opened
             return True
-        return nr in _BY_FD and args[0] in self.kernel.open_files
+        return nr in _BY_FD and args[0] in opened
 
     def answer(self, nr: int, args: tuple[int, ...]) -> int:
         """The recorder's kernel's answer (filling the process's memory as it does)."""
