@@ -403,3 +403,56 @@ def test_an_elf_sees_files_only_through_the_recorders_read_only_view(tmp_path: P
     calls = [(s.name, s.result - (1 << 64) if s.result >> 63 else s.result)
              for s in result.native.syscalls]  # fmt: skip
     assert [result for name, result in calls if name == "openat"] == [-13, -2, 3]
+
+
+SIGACTION_C = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &act, &old);
+    printf("%d\n", old.sa_handler == SIG_DFL);
+    return 0;
+}
+"""
+
+
+@silicon
+def test_a_trace_is_checked_against_what_the_kernel_wrote_for_the_calls_that_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rt_sigaction runs natively: its old action (SIG_DFL, as the recorder's
+    process starts; the tool's own ignored SIGPIPE is not inherited) is compared
+    with the bytes the trace says the recorder's kernel wrote at that row."""
+    import shutil
+    import subprocess
+
+    from stacktrace_lab.record.elf_front import record_elf
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (tmp_path / "sigaction.c").write_text(SIGACTION_C)
+    program = tmp_path / "sigaction"
+    subprocess.run(["gcc", "-static", "-o", str(program), "sigaction.c"], check=True, cwd=tmp_path)
+    good = record_elf(program, tmp_path / "good.parquet", from_symbol="main").path
+    result = silicon_check(str(good))
+    assert result.comparison.same, (
+        result.comparison.first_difference,
+        result.comparison.divergence,
+    )
+    assert result.native.stdout == b"1\n"
+    row = next(s.step for s in result.native.syscalls if s.name == "rt_sigaction")
+
+    def wrong_old_action(values: list[object]) -> None:
+        access = values[row][0]  # type: ignore[index]
+        access["data"] = b"\x01" + access["data"][1:]  # the old handler: SIG_IGN
+
+    bad = _edited(good, tmp_path / "bad.parquet", "writes", wrong_old_action)
+    assert main(["silicon-check", str(bad), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["first_difference"] == "memory"
+    assert doc["memory_difference"]["step"] == row
+    assert "rt_sigaction" in doc["memory_difference"]["instruction"]
