@@ -451,7 +451,9 @@ def _silicon_check(
     target = resolve_target(target_name, Path(workdir))
     if trace is not None and trace.args:
         target = dataclasses.replace(target, args=trace.args)
-    start_state = recorded_start(target) if trace is not None else None
+    # An ELF starts from the recorder's first stack and registers (argv, its empty
+    # environment, its auxv), natively too: the path the recording takes.
+    start_state = recorded_start(target)
     recorded_calls = trace.syscalls if trace is not None else None
     from_symbol = from_symbol or target.default_from
     to_symbol = to_symbol or target.default_to

@@ -375,19 +375,27 @@ def run_native(
         stepper.recorded_syscalls = recorded_syscalls
         if file_view is not None:
             stepper.files = NativeFiles(*file_view, stepper.mem, pid)
-            # Every mapping where the recorder's kernel puts it (not under the
-            # vDSO, as Linux does): the native run has the recording's addresses.
-            stepper.place_as_recorded = True
-            stepper.answer_start_up_as_recorder = recorded_start is not None
         try:
             stepper.fix_auxv()
-            if recorded_start is not None:
-                stepper.start_as_recorded(recorded_start)
             if linked_entry is not None:
                 entry = stepper.at_entry
                 stepper.relocate(
                     (entry if entry >= 0 else stepper.initial_registers["rip"]) - linked_entry
                 )
+            # Where the kernel loaded the program where the recorder does (all but
+            # a static-pie, which Linux puts near the stack with ASLR off): the
+            # recorder's first stack, and every mapping where its kernel puts it
+            # (not under the vDSO, as Linux does): the recording's addresses.
+            as_recorded = stepper.load_bias == 0
+            if recorded_syscalls is not None and not as_recorded:
+                raise NativeError(
+                    f"{path}: the kernel loads it {stepper.load_bias:#x} away from where "
+                    "the recorder did: its trace cannot be compared (check the program)"
+                )
+            if recorded_start is not None and as_recorded:
+                stepper.start_as_recorded(recorded_start)
+                stepper.answer_start_up_as_recorder = True
+            stepper.place_as_recorded = file_view is not None and as_recorded
             stepper.run()
         finally:
             os.close(stepper.mem)
@@ -906,6 +914,11 @@ class _Stepper:
         nr = int(regs[_RAX])
         args = tuple(int(regs[i]) for i in _ARG_REGS)
         verdict = sandbox.policy(nr, args, self.pid, self.linux)
+        # A second pass: the first pass's call at this point, taken whatever
+        # answers this one, so that the two stay in step.
+        first = None
+        if self.replayed_syscalls:
+            first = self.replayed_syscalls.popleft()
         file_data = None
         if self.files is not None:
             if self.files.answers(nr, args):
@@ -916,8 +929,8 @@ class _Stepper:
                     verdict = sandbox.RUN  # an anonymous mapping, filled from the view
         placed_at = None
         if self.files is not None and self.place_as_recorded and nr in _PLACING:
-            # A trace's run: the process's map as the recorder's kernel makes it
-            # (the kernel's own would put the loader's mappings under the vDSO).
+            # The process's map as the recorder's kernel makes it (the
+            # kernel's own would put the loader's mappings under the vDSO).
             placed = self.files.place(nr, args)
             if nr == _SYS_MMAP and placed < 0 and verdict != sandbox.STOP:
                 self.set_result(regs, int(regs[_RIP]), placed)
@@ -935,9 +948,9 @@ class _Stepper:
             and nr not in sandbox.SHAPES_THE_PROCESS
             and nr not in (sandbox.READ, sandbox.WRITE, sandbox.WRITEV)
         ):
-            # A trace's run before its first row (--from): what the recorder's
-            # kernel answered there (its tid, its clock, its random bytes ...),
-            # which the trace does not log.
+            # Before the first row (--from), starting as the recorder's process:
+            # what the recorder's kernel answers there (its tid, its clock, its
+            # random bytes ...), which a trace does not log.
             result = self.files.answer(nr, args)
             self.set_result(regs, int(regs[_RIP]), result)
             self.syscalls.append(
@@ -951,7 +964,6 @@ class _Stepper:
         if verdict == sandbox.RUN and (file_data is not None or placed_at is not None):
             self.map_file(regs, args, file_data, placed_at)
         if self.replayed_syscalls is not None:
-            first = self.replayed_syscalls.popleft() if self.replayed_syscalls else None
             replayable = verdict == sandbox.RUN and nr not in sandbox.SHAPES_THE_PROCESS
             if replayable and first is not None and first.nr == nr:
                 # The first pass's answer again (getrandom, clock_gettime ...).
