@@ -386,8 +386,11 @@ def run_native(
             # a static-pie, which Linux puts near the stack with ASLR off): the
             # recorder's first stack, and every mapping where its kernel puts it
             # (not under the vDSO, as Linux does): the recording's addresses.
-            as_recorded = stepper.load_bias == 0
-            if recorded_syscalls is not None and not as_recorded:
+            # Only for a trace's run: the program mode keeps the kernel's start and
+            # placement (the emulated side follows them), which the examples
+            # test; the recorder's gave Rust's std another stack view.
+            as_recorded = stepper.load_bias == 0 and recorded_syscalls is not None
+            if recorded_syscalls is not None and stepper.load_bias:
                 raise NativeError(
                     f"{path}: the kernel loads it {stepper.load_bias:#x} away from where "
                     "the recorder did: its trace cannot be compared (check the program)"
@@ -396,6 +399,8 @@ def run_native(
                 stepper.start_as_recorded(recorded_start)
                 stepper.answer_start_up_as_recorder = True
             stepper.place_as_recorded = file_view is not None and as_recorded
+            if stepper.files is not None:
+                stepper.files.own_files = as_recorded
             stepper.run()
         finally:
             os.close(stepper.mem)

@@ -99,12 +99,16 @@ class NativeFiles:
         self.memory = _ProcessMemory(mem_fd, pid)
         kernel.write_memory = self.memory.mem_write
         kernel.code_changed = lambda _addr, _size: None
+        #: A trace's run: /proc/self/maps is the recorder's too (its kernel's map).
+        self.own_files = False
         kernel.mapped = lambda _uc, addr, size: self.memory.mapped(addr, size)  # type: ignore[method-assign,assignment]
 
     def answers(self, nr: int, args: tuple[int, ...]) -> bool:
         """Whether the view answers this call (not the sandbox's -ENOSYS, nor the kernel)."""
         # The view's descriptors, and the recorder's own files (/proc/self/maps).
-        opened = self.kernel.open_files.keys() | self.kernel.process.files.keys()
+        opened = set(self.kernel.open_files)
+        if self.own_files:
+            opened |= self.kernel.process.files.keys()
         if nr in _BY_PATH:
             if nr == _SYS_NEWFSTATAT and args[3] & _AT_EMPTY_PATH:
                 return args[0] in opened
