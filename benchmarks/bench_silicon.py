@@ -5,7 +5,13 @@ in this one run, not across runs):
 
     python benchmarks/bench_silicon.py                  # 200,000 steps of call-heavy
     python benchmarks/bench_silicon.py --steps 1000000
-    python benchmarks/bench_silicon.py --elf ./first_switch_c   # a static ELF, to its stop
+    python benchmarks/bench_silicon.py --elf ./first_switch_c   # an ELF (static or dynamic)
+    python benchmarks/bench_silicon.py --elf ./first_switch_c --from main
+
+With --elf, the whole check (`silicon_check`: both native passes, the
+emulation, the comparisons) is also timed in CPU seconds, the tool's and the
+traced program's, whole and from --from if given: what `/usr/bin/time -f
+'%U+%S' stacktrace-lab silicon-check ...` shows, less the imports.
 
 The native stepper pays two kernel round trips per instruction
 (PTRACE_SYSEMU_SINGLESTEP with its wait, PTRACE_GETREGS), more at each system
@@ -15,6 +21,7 @@ call the sandbox answers; the comparison is whole-column numpy work.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -27,7 +34,8 @@ SCENARIO = HERE / "call-heavy.toml"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200_000)
-    parser.add_argument("--elf", type=Path, help="a static x86-64 ELF instead of call-heavy")
+    parser.add_argument("--elf", type=Path, help="an x86-64 ELF instead of call-heavy")
+    parser.add_argument("--from", dest="from_symbol", help="also time the check from here")
     args = parser.parse_args()
 
     from stacktrace_lab.silicon.check import elf_target, scenario_target
@@ -51,11 +59,12 @@ def main() -> None:
             max_steps=args.steps,
             linked_entry=target.linked_entry,
             linux=target.linux,
+            file_view=target.file_view,
         )
         native_s = time.perf_counter() - start
     target = target.relocated(native.load_bias)
     start = time.perf_counter()
-    emulated = target.emulate(native, native.skipped + native.steps + 1)
+    emulated = target.emulate(native, max(native.skipped, 0) + native.steps + 1, None)
     emulated_s = time.perf_counter() - start
     start = time.perf_counter()
     comparison = compare(
@@ -75,6 +84,18 @@ def main() -> None:
         print(f"{part:<32}{seconds:>10.3f}{steps / seconds:>14,.0f}")
     print(f"identical: {comparison.compared_steps:,} steps; normalised rows: "
           f"{comparison.normalisations}")  # fmt: skip
+    if args.elf is not None:
+        from stacktrace_lab.silicon.check import silicon_check
+
+        for from_symbol in (None, args.from_symbol) if args.from_symbol else (None,):
+            before = os.times()
+            result = silicon_check(str(args.elf), from_symbol=from_symbol)
+            after = os.times()
+            cpu = sum(after[:4]) - sum(before[:4])  # user + system, the tool's and children's
+            label = f"whole check{f' --from {from_symbol}' if from_symbol else ''}"
+            same = "same" if result.comparison.same else "DIFFERS"
+            print(f"{label:<32}{cpu:>10.3f} s CPU, {result.comparison.compared_steps:,} steps, "
+                  f"{same}")  # fmt: skip
 
 
 if __name__ == "__main__":

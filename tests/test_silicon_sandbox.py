@@ -7,6 +7,7 @@ the check must not let it happen, and must still compare the runs.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -287,3 +288,171 @@ victim:
     assert int(result.native.registers[0, REGISTERS.index("r12")]) == 0x756E6547
     if result.native.skipped == -1:  # CPUID faulting here: a breakpoint, not single steps
         assert result.native.cpuid[0].step == -1
+
+
+def _edited(trace: Path, out: Path, column: str, edit: Callable[[list[object]], None]) -> Path:
+    """`trace` with one column's values changed by `edit`, as another tool would write it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(trace)
+    values = table.column(column).to_pylist()
+    edit(values)
+    field = table.schema.field(column)
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, field, pa.array(values, type=field.type)), out)
+    return out
+
+
+@silicon
+def test_a_trace_is_checked_against_its_own_memory_writes_and_system_calls(
+    write_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One byte of one recorded memory write changed in the file: caught at its row.
+    A system call's argument changed in the file: caught at the call's row."""
+    from stacktrace_lab.record.recorder import record
+    from stacktrace_lab.scenario import load_scenario
+
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movq $0x1122, 8(%rbx)
+    mov $1, %edi
+    lea msg(%rip), %rsi
+    mov $3, %edx
+    mov $1, %eax
+    syscall
+    ret
+msg:
+    .ascii "hi!"
+"""
+    scenario = write_scenario(source, data=(("buf", 4096),))
+    good = record(load_scenario(scenario), tmp_path / "good.parquet").path
+    assert main(["silicon-check", str(good)]) == 0
+    capsys.readouterr()
+
+    def one_byte(values: list[object]) -> None:
+        access = values[1][0]  # type: ignore[index]
+        access["data"] = bytes([access["data"][0] ^ 0xFF]) + access["data"][1:]
+
+    bad = _edited(good, tmp_path / "bad-write.parquet", "writes", one_byte)
+    assert main(["silicon-check", str(bad), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["first_difference"] == "memory"
+    assert doc["memory_difference"]["step"] == 1
+    assert doc["memory_difference"]["native"][:4] == "2211"
+    assert doc["memory_difference"]["emulated"][:4] == "dd11"
+    # The instruction that wrote it, and the first byte that differs.
+    assert doc["memory_difference"]["instruction"].startswith("movq $0x1122")
+    assert doc["memory_difference"]["first_byte"] == doc["memory_difference"]["address"]
+
+    def other_length(values: list[object]) -> None:
+        call = next(v for v in values if v is not None)
+        call["args"][2] = 4  # type: ignore[index]
+
+    bad = _edited(good, tmp_path / "bad-call.parquet", "syscall", other_length)
+    assert main(["silicon-check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "the system call at step 6 is not the trace's" in out
+    assert "write's argument 3: CPU 0x3, trace 0x4" in out
+
+
+HOSTILE_FILES_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    int w = open("VICTIM", O_WRONLY | O_TRUNC);
+    int w_errno = errno;
+    int u = unlink("VICTIM");
+    int u_errno = errno;
+    int p = open("/etc/passwd", O_RDONLY);
+    int p_errno = errno;
+    char buf[16] = {0};
+    int r = open("VICTIM", O_RDONLY);
+    long n = read(r, buf, 10);
+    printf("%d %d %d %d %d %d %d %ld %s\n", w, w_errno, u, u_errno, p, p_errno, r, n, buf);
+    return 0;
+}
+"""
+
+
+@silicon
+def test_an_elf_sees_files_only_through_the_recorders_read_only_view(tmp_path: Path) -> None:
+    """Natively, as when recorded: writing or unlinking a file is EACCES (nothing
+    changes), /etc/passwd is not there, a file in the program's directory is
+    read through the view; the runs agree."""
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    source = tmp_path / "hostile.c"
+    source.write_text(HOSTILE_FILES_C.replace("VICTIM", str(victim)))
+    program = tmp_path / "hostile"
+    subprocess.run(["gcc", "-static", "-o", str(program), str(source)], check=True)
+    result = silicon_check(str(program), from_symbol="main")
+    assert victim.read_text() == "still here"
+    comparison = result.comparison
+    assert comparison.same, (comparison.first_difference, comparison.divergence)
+    assert result.native.stdout == b"-1 13 -1 13 -1 2 3 10 still here\n"
+    # Answered by the view (EACCES, ENOENT, its descriptor 3), none run by the kernel.
+    calls = [(s.name, s.result - (1 << 64) if s.result >> 63 else s.result)
+             for s in result.native.syscalls]  # fmt: skip
+    assert [result for name, result in calls if name == "openat"] == [-13, -2, 3]
+
+
+SIGACTION_C = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &act, &old);
+    printf("%d\n", old.sa_handler == SIG_DFL);
+    return 0;
+}
+"""
+
+
+@silicon
+def test_a_trace_is_checked_against_what_the_kernel_wrote_for_the_calls_that_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rt_sigaction runs natively: its old action (SIG_DFL, as the recorder's
+    process starts; the tool's own ignored SIGPIPE is not inherited) is compared
+    with the bytes the trace says the recorder's kernel wrote at that row."""
+    import shutil
+    import subprocess
+
+    from stacktrace_lab.record.elf_front import record_elf
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (tmp_path / "sigaction.c").write_text(SIGACTION_C)
+    program = tmp_path / "sigaction"
+    subprocess.run(["gcc", "-static", "-o", str(program), "sigaction.c"], check=True, cwd=tmp_path)
+    good = record_elf(program, tmp_path / "good.parquet", from_symbol="main").path
+    result = silicon_check(str(good))
+    assert result.comparison.same, (
+        result.comparison.first_difference,
+        result.comparison.divergence,
+    )
+    assert result.native.stdout == b"1\n"
+    row = next(s.step for s in result.native.syscalls if s.name == "rt_sigaction")
+
+    def wrong_old_action(values: list[object]) -> None:
+        access = values[row][0]  # type: ignore[index]
+        access["data"] = b"\x01" + access["data"][1:]  # the old handler: SIG_IGN
+
+    bad = _edited(good, tmp_path / "bad.parquet", "writes", wrong_old_action)
+    assert main(["silicon-check", str(bad), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["first_difference"] == "memory"
+    assert doc["memory_difference"]["step"] == row
+    assert "rt_sigaction" in doc["memory_difference"]["instruction"]

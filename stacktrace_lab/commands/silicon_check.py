@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-
-from ..errors import BadInput
 
 if TYPE_CHECKING:  # the silicon check loads the recorder: imported when the command runs
     from ..silicon.compare import Comparison
@@ -35,22 +32,29 @@ def silicon_check_command(
 ) -> int:
     """Single-step TARGET on this CPU and compare every step with the emulated run.
 
-    TARGET is a built-in scenario, a scenario .toml, a static x86-64 ELF, or a
-    trace file (its program runs natively and is compared with the file's
-    rows). Exit 0 only when the runs are the same: every step's registers
-    (with the documented masks) and memory writes, stdout and stderr byte for
-    byte, and the end (exit status or fault kind); 1 at the first difference
-    (the text and JSON name it); 2 on bad input or when ptrace is not
-    available here. cpuid and xgetbv are answered natively from the
-    recorder's CPU model.
+    TARGET is a built-in scenario, a scenario .toml, an x86-64 ELF (static or
+    dynamically linked), or a trace file (its program runs natively, from the
+    recorder's first stack, its system calls answered from the trace's log,
+    and is compared with the file's rows and memory writes). Exit 0 only when
+    the runs are the same: every step's registers (with the documented masks)
+    and memory writes, stdout and stderr byte for byte, and the end (exit
+    status or fault kind); 1 at the first difference (the text and JSON name
+    it, its cause and category: only an instruction's own result is called an
+    emulator bug); 2 on bad input, for a program that starts a thread ("threads
+    are not compared yet"), or when ptrace is not available here.
 
-    Natively only instructions run: every system call is stopped before the
-    kernel runs it; only those acting on the process itself (its memory map,
-    signal state, clock, random bytes) run, output is captured from memory,
+    What runs natively: the program's instructions, single-stepped (to --from
+    at full speed). cpuid and xgetbv never run: the recorder's CPU model
+    answers them (rdtsc and rdrand too, before --from and for a trace). Every
+    system call is stopped before the kernel runs it; only those acting on
+    the process itself (its memory map, signal state, ids, clock, random
+    bytes) run. Files are seen only through the recorder's read-only view
+    (the loader's libraries, /etc/ld.so.cache, the program's directory),
+    answered by the tracer, never opened by the program; a library's mmap is
+    an anonymous mapping the tracer fills. Output is captured from memory,
     stdin is empty, everything else is answered -ENOSYS without running, and
     the process group is killed at the end (docs/silicon.md).
     """
-    _refuse_dynamic(target)
     from ..silicon.check import silicon_check
 
     result = silicon_check(
@@ -67,28 +71,6 @@ def silicon_check_command(
     else:
         click.echo(_summary(result.target.name, comparison))
     return 0 if comparison.same else 1
-
-
-def _refuse_dynamic(target: str) -> None:
-    """A dynamically linked program: not compared yet (the native side would have to
-    place the loader and the libraries where the emulator does)."""
-    path = Path(target)
-    if target.endswith(".toml") or not path.is_file():
-        return
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError:
-        return  # the check itself says what is wrong with the file
-    if head != b"\x7fELF":
-        return
-    from ..record.elf import load_elf
-
-    if load_elf(path).interp is not None:
-        raise BadInput(
-            f"{path}: dynamically linked; silicon-check compares static programs only "
-            "for now: link it statically (gcc -static, or rustc -C target-feature=+crt-static)"
-        )
 
 
 def _summary(name: str, c: Comparison) -> str:
@@ -113,7 +95,10 @@ def _summary(name: str, c: Comparison) -> str:
         if not d.registers:
             lines.append(f"  CPU: {c.native_steps} steps, {c.native_stop}")
             lines.append(f"  emulator: {c.emulated_steps} steps, {c.emulated_stop}")
-        lines.append(f"  most likely: {d.cause}: {CAUSES[d.cause]}")
+        if d.first_register is not None:
+            lines.append(f"  first:  {d.first_register}")
+        category, text = CAUSES[d.cause]
+        lines.append(f"  most likely: {d.cause} ({category}): {text}")
     if c.output_difference is not None:
         stream, at, cpu_bytes, emulator_bytes = c.output_difference
         if c.divergence is None:
@@ -128,10 +113,25 @@ def _summary(name: str, c: Comparison) -> str:
         if address < 0:
             lines.append(f"  memory: the second native pass did not repeat the first at step {row}")
         else:
+            first = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(cpu_bytes, emulator_bytes, strict=False))
+                    if a != b
+                ),
+                0,
+            )
             lines.append(
                 f"  memory at {address:#x} after step {row}: CPU {cpu_bytes.hex()}, "
-                f"emulator {emulator_bytes.hex()}"
+                f"emulator {emulator_bytes.hex()}; first differing byte at {address + first:#x}"
             )
+            if c.memory_instruction:
+                lines.append(f"  written by: {c.memory_instruction}")
+    if c.syscall_difference is not None:
+        row, what = c.syscall_difference
+        if c.first_difference == "syscall":
+            lines[0] = f"{name}: the system call at step {row} is not the trace's"
+        lines.append(f"  system call at step {row}: {what}")
     for mismatch in c.replay_mismatches:
         lines.append(f"  replay: {mismatch}")
     lines.append(f"  normalised (rows): {touched}")

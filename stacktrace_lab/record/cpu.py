@@ -120,7 +120,7 @@ class CpuModel:
         else:  # rdrand, rdseed
             operand = insn.operands[0]
             name = insn.reg_name(operand.reg)
-            full = getattr(x86, f"UC_X86_REG_{_full_register(name).upper()}")
+            full = getattr(x86, f"UC_X86_REG_{full_register(name).upper()}")
             value = RANDOM_VALUE & ((1 << (8 * operand.size)) - 1)
             if operand.size == 2:  # a 16-bit write keeps the upper bytes
                 value |= uc.reg_read(full) & ~0xFFFF & MASK64
@@ -133,7 +133,7 @@ _LEGACY = {"ax": "rax", "bx": "rbx", "cx": "rcx", "dx": "rdx"}
 _LEGACY |= {"si": "rsi", "di": "rdi", "bp": "rbp", "sp": "rsp"}
 
 
-def _full_register(name: str) -> str:
+def full_register(name: str) -> str:
     """The 64-bit register that holds `name` (eax -> rax, r9d -> r9, si -> rsi)."""
     if name.startswith("r") and name[1:2].isdigit():
         return name.rstrip("dwb")

@@ -21,8 +21,8 @@ Emulation is deterministic, so the recording pass sees the same addresses.
 from __future__ import annotations
 
 import contextlib
-import re
 import ctypes
+import re
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import tempfile
@@ -26,23 +27,30 @@ import numpy as np
 
 from ..arch import REGISTERS
 from ..errors import BadInput
-from ..record.elf import PIE_BASE, line_table, load_elf
+from ..record.elf import PIE_BASE, ElfImage, line_table, load_elf
 from ..record.elf_scenario import is_elf_scenario
 from ..record.machine import MachineSpec, Mapping
-from ..record.process import STACK_TOP, linux_process
+from ..record.process import STACK_TOP, Process, linux_process
 from ..record.recorder import build_program, machine_spec
+from ..record.syscalls import LinuxKernel, ProcessState
 from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
-from ..trace import load_trace
+from ..trace import Trace, load_trace
+from . import sandbox
 from .compare import Comparison, compare
 from .emulated import EmulatedRun, ThreadsNotCompared, emulate
-from .native import NativeError, NativeRun, run_native
+from .instructions import InstructionTable
+from .native import NativeError, NativeRun, RecordedStart, SyscallRecord, run_native
 from .normalise import RIP
 from .ptrace import unavailable_reason
+from .sandbox import THREAD_DETAIL
 from .scenario_elf import write_machine_elf
 
 ELF_MAGIC = b"\x7fELF"
 DEFAULT_ELF_MAX_STEPS = 1_000_000
+_MASK64 = (1 << 64) - 1
+#: Farther than this past the nearest symbol, an address is named by itself.
+_FAR = 1 << 20
 
 
 @dataclass
@@ -57,8 +65,9 @@ class Target:
     symbols: dict[str, int]
     #: address -> "file:line" of the source line that starts there
     lines: dict[int, str]
-    #: (native run, max steps) -> the emulated run, replaying the native one when given
-    emulate: Callable[[NativeRun | None, int], EmulatedRun]
+    #: (native run, max steps, --from address) -> the emulated run, replaying the
+    #: native one when given, fast-forwarded to the address when given
+    emulate: Callable[[NativeRun | None, int, int | None], EmulatedRun]
     #: An ELF's linked entry: the native side moves --from/--to with a static-pie.
     linked_entry: int | None = None
     #: Reads the source lines when first asked (DWARF: seconds for Rust's std),
@@ -72,6 +81,10 @@ class Target:
     default_to: str | None = None
     #: The recorder's machine is a Linux process (an ELF), not a scenario's bare one.
     linux: bool = True
+    #: An ELF's program and interpreter: its files are seen through the recorder's view.
+    file_view: tuple[ElfImage, ElfImage | None] | None = None
+    #: Dynamically linked: the loader runs first, and maps the libraries.
+    dynamic: bool = False
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
 
@@ -95,6 +108,8 @@ class Target:
         if found is None:
             return f"{addr:#x}"
         label, offset = found
+        if offset >= _FAR:  # in code with no symbols here (a library's): the address
+            return f"{addr:#x}"
         return f"{label}+{offset}" if offset else label
 
     def source_line(self, addr: int) -> str | None:
@@ -123,7 +138,7 @@ def scenario_target(name_or_path: str, workdir: Path) -> Target:
         max_steps=scenario.max_steps,
         symbols=program.symbols,
         lines={addr: f"{source}:{line}" for addr, line in program.lines.items()},
-        emulate=lambda native, max_steps: emulate(spec, native, max_steps),
+        emulate=lambda native, max_steps, start: emulate(spec, native, max_steps, start),
         linux=False,
     )
 
@@ -132,22 +147,30 @@ def elf_target(path: Path, args: tuple[str, ...] = ()) -> Target:
     """A static ELF: natively as it is; emulated as the recorder's Linux process,
     started from the native run's own initial stack and load address."""
     image = load_elf(path)
+    interp = _interp_of(image)
 
-    def emulate_elf(native: NativeRun | None, max_steps: int) -> EmulatedRun:
+    def emulate_elf(native: NativeRun | None, max_steps: int, start: int | None) -> EmulatedRun:
         if native is None:  # the recorder's process exactly, nothing replayed
-            return emulate(linux_process(image, [], []).spec, None, max_steps)
-        return emulate(native_process(path, native), native, max_steps)
+            return emulate(recorder_process(image, interp).spec, None, max_steps, start)
+        return emulate(native_process(path, native), native, max_steps, start)
 
     return Target(
         name=path.name,
         executable=path,
-        entry=image.entry,
+        # A dynamically linked program's first instruction is its loader's.
+        entry=image.entry if interp is None else interp.entry,
         sentinel=None,
         max_steps=DEFAULT_ELF_MAX_STEPS,
-        symbols={**image.raw_symbols, **image.symbols},
+        symbols={
+            **({} if interp is None else {**interp.raw_symbols, **interp.symbols}),
+            **image.raw_symbols,
+            **image.symbols,
+        },
         lines={},
         emulate=emulate_elf,
         linked_entry=image.entry,
+        file_view=(image, interp),
+        dynamic=interp is not None,
         load_lines=lambda bias: {
             row.addr: f"{row.file}:{row.line}" if row.line else ""
             for row in line_table(path, image.load_base + bias)
@@ -168,12 +191,30 @@ def elf_scenario_target(path: Path) -> Target:
     )
 
 
+def recorder_process(image: ElfImage, interp: ElfImage | None) -> Process:
+    """The process the recorder runs for `image` (record/elf_front.py): its file
+    view, and its interpreter when it has one."""
+    return linux_process(image, [], [], interp, file_kernel(image))
+
+
+def file_kernel(image: ElfImage) -> Callable[[ProcessState], LinuxKernel]:
+    """The recorder's kernel for `image`: Linux with its read-only file view."""
+    from ..record.files import FileKernel, FileView
+
+    view = FileView(Path(image.path).resolve().parent, ())
+    return lambda state: FileKernel(state, view)
+
+
 def native_process(path: Path, native: NativeRun) -> MachineSpec:
     """The recorder's process of `path`, moved to where the kernel put the native one:
-    the static-pie's load address, the initial stack (argv, envp, auxv as the
-    kernel wrote them), the initial registers, the heap's start."""
+    the static-pie's load address, the interpreter's (AT_BASE), the initial
+    stack (argv, envp, auxv as the kernel wrote them), the initial registers,
+    the heap's start."""
     image = load_elf(path, pie_base=PIE_BASE + native.load_bias)
-    process = linux_process(image, [], [])
+    interp = _interp_of(image)
+    if interp is not None and native.interp_base and native.interp_base != interp.load_base:
+        interp = load_elf(interp.path, pie_base=native.interp_base)
+    process = recorder_process(image, interp)
     spec = process.spec
     rsp = native.initial_registers["rsp"]
     stack = next(m for m in spec.mappings if m.data and m.start <= STACK_TOP - 1 < m.start + m.size)
@@ -191,13 +232,12 @@ def native_process(path: Path, native: NativeRun) -> MachineSpec:
         name: native.initial_registers[name] for name in native.initial_registers if name != "rip"
     }
     registers.pop("fs_base", None)
-    make_kernel = spec.kernel
-    kernel_class = type(make_kernel())
+    make_kernel = file_kernel(image)
     return dataclasses.replace(
         spec,
         mappings=mappings,
         registers=registers,
-        kernel=lambda: kernel_class(dataclasses.replace(state)),  # type: ignore[call-arg]
+        kernel=lambda: make_kernel(copy.deepcopy(state)),
     )
 
 
@@ -238,13 +278,24 @@ def is_trace_file(target: str) -> bool:
     return path.is_file() and path.read_bytes()[:4] == PARQUET_MAGIC
 
 
-def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
-    """(the program to run natively, the trace's --from symbol, the trace as a run)."""
+@dataclass
+class RecordedTrace:
+    """A trace file as the check reads it: what to run, and the recording to compare with."""
+
+    program: str  # the scenario or ELF it recorded
+    from_symbol: str | None
+    run: EmulatedRun  # its rows, stop, output and memory writes
+    #: row -> its system call, with the bytes the recorder's kernel wrote at that row
+    syscalls: dict[int, SyscallRecord]
+    args: tuple[str, ...] = ()
+
+
+def trace_rows(path: str) -> RecordedTrace:
+    """The trace at `path`, checked to be of the program that is there now."""
     trace = load_trace(path)
     meta = trace.metadata
+    _refuse_threads(path, trace)
     program = meta.program
-    if "threads" in meta.extra:
-        raise BadInput(f"{path}: threads are not compared yet (the trace has several threads)")
     if program is None:
         raise BadInput(f"{path}: the trace does not say which program it recorded")
     source = Path(program.path)
@@ -259,6 +310,14 @@ def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
     registers = np.stack(
         [np.asarray(trace.column(name), dtype=np.uint64) for name in REGISTERS], axis=1
     )
+    # A dynamically linked program's libraries (every file it read) as recorded.
+    from ..record.files import changed_files
+
+    files = meta.options.get("files", [])
+    changed = changed_files(files if isinstance(files, list) else [])
+    if changed is not None:
+        raise BadInput(f"{path}: cannot check it on this machine: {changed}")
+    writes = _recorded_writes(trace)
     run = EmulatedRun(
         registers=np.ascontiguousarray(registers),
         stop_reason=meta.stop.reason,
@@ -266,8 +325,92 @@ def trace_rows(path: str) -> tuple[str, str | None, EmulatedRun]:
         stop_detail=meta.stop.detail,
         stdout=meta.stdout.encode(),
         stderr=meta.stderr.encode(),
+        writes=_write_events(writes),
     )
-    return program.path, meta.start.symbol if meta.start else None, run
+    calls = {
+        call.step: SyscallRecord(
+            call.step,
+            call.nr,
+            call.args,
+            (call.result if call.result is not None else 0) & _MASK64,
+            tuple((addr, data) for addr, data in writes.get(call.step, [])),
+        )
+        for call in trace.syscalls()
+    }
+    args = tuple(str(a) for a in meta.options.get("args", []) or [])
+    start = meta.start.symbol if meta.start else None
+    return RecordedTrace(program.path, start, run, calls, args)
+
+
+def _refuse_threads(path: str, trace: Trace) -> None:
+    """A trace of more than one thread (a `thread` column, or metadata saying so):
+    one line, until the comparison knows threads."""
+    # The recorder writes `threads` (docs/trace-format.md) only for a program that
+    # made threads: {"slice": N, "list": [one entry per thread]}.
+    threads = trace.metadata.extra.get("threads")
+    listed = threads.get("list") if isinstance(threads, dict) else None
+    several = threads is not None and not (isinstance(listed, list) and len(listed) <= 1)
+    if not several and "thread" in trace.column_names:
+        with contextlib.suppress(Exception):  # read defensively: any other shape is one thread
+            column = np.asarray(trace.table(["thread"]).column("thread").to_numpy())
+            several = bool(len(column) and (column != column[0]).any())
+    if several:
+        raise BadInput(f"{path}: threads are not compared yet (the trace has more than one)")
+
+
+def _recorded_writes(trace: Trace) -> dict[int, list[tuple[int, bytes]]]:
+    """row -> [(address, bytes)] the trace's `writes` column holds (program and kernel)."""
+    found: dict[int, list[tuple[int, bytes]]] = {}
+    for group in trace.iter_row_groups(["step", "writes"]):
+        steps = group.column("step").to_pylist()
+        for step, accesses in zip(steps, group.column("writes").to_pylist(), strict=True):
+            if accesses:
+                found[step] = [(a["addr"], bytes(a["data"])[: a["size"]]) for a in accesses]
+    return found
+
+
+def _write_events(writes: dict[int, list[tuple[int, bytes]]]) -> np.ndarray:
+    """The (step, address, size, value) rows EmulatedRun.writes holds, 8 bytes at most each."""
+    events = [
+        (step, address + offset, len(piece), int.from_bytes(piece, "little", signed=True))
+        for step, accesses in writes.items()
+        for address, data in accesses
+        for offset in range(0, len(data), 8)
+        for piece in (data[offset : offset + 8],)
+    ]
+    if not events:
+        return np.zeros((0, 4), dtype=np.int64)
+    return np.array(
+        [
+            (step, address - (1 << 64) if address >> 63 else address, size, value)
+            for step, address, size, value in events
+        ],
+        dtype=np.int64,
+    )
+
+
+def _interp_of(image: ElfImage) -> ElfImage | None:
+    """A dynamically linked program's interpreter, placed as the recorder places it."""
+    if image.interp is None:
+        return None
+    from ..record.dynamic import load_interp
+    from ..record.files import FileView
+
+    return load_interp(image, FileView(Path(image.path).resolve().parent, ()))
+
+
+def recorded_start(target: Target) -> RecordedStart | None:
+    """The recorder's first stack and registers for an ELF target (a trace's
+    native run starts from them, not from the kernel's own)."""
+    if not target.linux:
+        return None  # a scenario's machine ELF starts as the recorder's machine does
+    image = load_elf(target.executable)
+    process = linux_process(image, list(target.args), [], _interp_of(image))
+    # (the file view is the run's; only the first stack and registers are read here)
+    spec = process.spec
+    rsp = spec.registers["rsp"]
+    stack = next(m for m in spec.mappings if m.data and m.data_at == rsp)
+    return RecordedStart(dict(spec.registers), rsp, stack.data)
 
 
 def silicon_check(
@@ -296,32 +439,50 @@ def _silicon_check(
     if reason is not None:
         raise BadInput(f"cannot run natively: {reason}")
     recorded: EmulatedRun | None = None
+    trace: RecordedTrace | None = None
     if is_trace_file(target_name):
-        target_name, from_symbol, recorded = trace_rows(target_name)
+        trace = trace_rows(target_name)
+        target_name, from_symbol, recorded = trace.program, trace.from_symbol, trace.run
         if recorded.stop_reason == "max_steps":  # cut there natively too
             max_steps = max_steps or recorded.steps
     # The scenario ELF lives there until the second (memory) pass is done.
     workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="stacktrace-lab-silicon-"))
     target = resolve_target(target_name, Path(workdir))
+    if trace is not None and trace.args:
+        target = dataclasses.replace(target, args=trace.args)
+    # An ELF starts from the recorder's first stack and registers (argv, its empty
+    # environment, its auxv), natively too: the path the recording takes.
+    start_state = recorded_start(target)
+    recorded_calls = trace.syscalls if trace is not None else None
     from_symbol = from_symbol or target.default_from
     to_symbol = to_symbol or target.default_to
     start = target.address_of(from_symbol) if from_symbol else target.entry
     end = target.address_of(to_symbol) if to_symbol else None
     steps = max_steps or target.max_steps
-    try:
-        native = run_native(
-            target.executable,
-            [str(Path(target.executable).resolve()), *target.args],
-            start=start,
-            end=end,
-            sentinel=target.sentinel,
-            max_steps=steps,
-            linked_entry=target.linked_entry,
-            linux=target.linux,
-            fast_forward=from_symbol is not None,
-        )
-    except NativeError as exc:
-        raise BadInput(str(exc)) from exc
+    linked_start, linked_end, program = start, end, target
+
+    def run_natively(fast_forward: bool) -> NativeRun:
+        try:
+            return run_native(
+                program.executable,
+                [str(Path(program.executable).resolve()), *program.args],
+                start=linked_start,
+                end=linked_end,
+                sentinel=program.sentinel,
+                max_steps=steps,
+                linked_entry=program.linked_entry,
+                linux=program.linux,
+                fast_forward=fast_forward,
+                recorded_start=start_state,
+                recorded_syscalls=recorded_calls,
+                file_view=program.file_view,
+            )
+        except NativeError as exc:
+            raise BadInput(str(exc)) from exc
+
+    native = run_natively(from_symbol is not None)
+    if native.stop.reason in ("unsupported", "not_started") and THREAD_DETAIL in native.stop.detail:
+        raise BadInput(f"{target.name}: threads are not compared yet (it starts one: clone)")
     if from_symbol and native.steps == 0:
         raise BadInput(
             f"{target.name}: the program never reached --from {from_symbol}: "
@@ -338,14 +499,24 @@ def _silicon_check(
         native.stdout = native.stdout.decode("utf-8", "backslashreplace").encode()
         native.stderr = native.stderr.decode("utf-8", "backslashreplace").encode()
     else:
-        # Rows up to the window, or all of them when the native side ran there
-        # uncounted (a breakpoint); then as far as the native run went, and one
-        # step more to see whether the emulation would have gone on.
-        before = native.skipped if native.skipped >= 0 else target.max_steps
+        # With --from, the emulation runs there uncounted (as `record --from`);
+        # then as far as the native run went, and one step more to see whether
+        # the emulation would have gone on.
+        before = 0 if from_symbol else max(native.skipped, 0)
         try:
-            emulated = target.emulate(native if replay else None, before + native.steps + 1)
+            emulated = target.emulate(
+                native if replay else None,
+                before + native.steps + 1,
+                start if from_symbol else None,
+            )
         except ThreadsNotCompared as exc:
             raise BadInput(f"{target.name}: {exc}") from None
+        if replay and native.skipped < 0 and emulated.unreplayed_before_start:
+            # rdrand/rdseed ran during the native full-speed start-up, where they
+            # cannot be trapped: single-step the start-up instead, so that they
+            # get the CPU model's values there too (logged), and emulate again.
+            native = run_natively(False)
+            emulated = target.emulate(native, native.steps + 1, start)
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps
@@ -359,10 +530,29 @@ def _silicon_check(
         source_line=target.source_line,
         replayed=replay,
     )
-    if recorded is None:
-        comparison.memory_difference = _compare_memory(
-            target, native, emulated, first, start, end, comparison
-        )
+    comparison.syscall_difference = native.syscall_difference
+    comparison.memory_difference = _compare_memory(
+        target, native, emulated, first, start, end, comparison, start_state, recorded_calls
+    )
+    divergence = comparison.divergence
+    memory = comparison.memory_difference
+    if (
+        divergence is not None
+        and memory is not None
+        and memory[0] < divergence.step
+        and divergence.cause in ("instruction", "flags")
+    ):
+        # Registers that differ after a memory write already differed: that write
+        # is the difference to explain, not the instruction that read it back.
+        comparison.divergence = dataclasses.replace(divergence, cause="memory-input")
+    if comparison.memory_difference is not None:
+        row = comparison.memory_difference[0]
+        if 0 <= row < native.steps:  # the row whose instruction wrote there
+            rip = int(native.registers[row, RIP])
+            text = InstructionTable(native.code).at(rip).text
+            call = next((c.name for c in native.syscalls if c.step == row), None)
+            text = f"{text} ({call}: the bytes the kernel wrote)" if call else text
+            comparison.memory_instruction = f"{text} at {target.name_address(rip)} ({rip:#x})"
     return SiliconResult(target, native, emulated, comparison)
 
 
@@ -374,6 +564,8 @@ def _compare_memory(
     start: int,
     end: int | None,
     comparison: Comparison,
+    start_state: RecordedStart | None = None,
+    recorded_calls: dict[int, SyscallRecord] | None = None,
 ) -> tuple[int, int, bytes, bytes] | None:
     """Every step's memory writes: a second native pass (the first pass's answers
     replayed, so the same steps) reads, after each row, the bytes where the
@@ -383,7 +575,15 @@ def _compare_memory(
     rows = native.steps if comparison.divergence is None else comparison.divergence.step
     writes = emulated.writes
     writes = writes[(writes[:, 0] >= first) & (writes[:, 0] < first + rows)]
-    kernel_rows = {s.step for s in native.syscalls}  # inputs the check itself wrote
+    # What a system call's answer put in memory is an input the check itself
+    # wrote, not compared; except in a trace's run for the calls the native
+    # kernel ran (rt_sigaction's old action ...): the recording's bytes there
+    # are the recorder's kernel's, and a difference is the host's (a syscall row).
+    kernel_rows = {
+        s.step
+        for s in native.syscalls
+        if recorded_calls is None or s.nr not in sandbox.SHAPES_THE_PROCESS
+    }
     expected: dict[int, dict[int, int]] = {}
     for step, address, size, value in writes.tolist():
         row = step - first
@@ -408,6 +608,9 @@ def _compare_memory(
         linux=target.linux,
         replay=native,
         read_after=read_after,
+        recorded_start=start_state,
+        recorded_syscalls=recorded_calls,
+        file_view=target.file_view,
     )
     same_rows = min(second.steps, rows)
     differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)

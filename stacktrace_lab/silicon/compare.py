@@ -19,31 +19,105 @@ from .instructions import Instruction, InstructionTable
 from .native import NativeRun
 from .normalise import RIP, normalise
 
-#: The known causes of a first divergence: id -> what it most likely means.
-CAUSES = {
-    "initial-state": "the runs start from different registers (the start stub or the loader)",
-    "cpuid": "cpuid answered differently: the emulator's CPU model is not this CPU "
-    "(vendor, features, APIC id); its values were not replayed from the native run",
-    "xgetbv": "xgetbv answered differently: XCR0 is 3 (x87, SSE) in the emulator, "
-    "this CPU also enables AVX state; not replayed from the native run",
-    "timestamp-or-random": "rdtsc, rdtscp, rdrand or rdseed: fixed values in the emulator, "
-    "the CPU's own natively; not replayed from the native run",
-    "syscall-result": "the system call's result or the memory it filled differs: "
-    "the outside world was not replayed",
-    "syscall-registers": "syscall's own rcx (next instruction) and r11 (rflags): "
-    "the emulator's syscall hook does not set them",
-    "rep-step": "a rep string instruction counted differently (unicorn's extra step with rcx == 0)",
-    "unwritten-register": "a register the instruction does not write changed: the emulated "
-    "state was altered outside the instruction (a hook, or an edited trace)",
-    "flags": "the emulator computes rflags differently from the CPU for this instruction "
-    "(an emulator bug, or an undefined flag capstone does not list)",
-    "unsupported-instruction": "the machine does not run this instruction (VEX/EVEX/XOP: "
-    "AVX and later, or an x87 transcendental function: unicorn computes them wrongly, "
-    "docs/pitfalls.md); build for x86-64-v2 or below",
-    "stop": "the runs stop differently",
-    "instruction": "the emulator computes this instruction differently from the CPU "
-    "(an emulator bug, or memory that differs between the runs)",
+#: The kinds of cause, named for what they say about the emulator: only
+#: `emulator bug` blames it (the instruction's own, architected result differs).
+CATEGORIES = {
+    "emulator bug": "the instruction's architected result differs: a register it writes, "
+    "or a flag it defines",
+    "emulator gap": "the machine does not run this instruction (it stops or faults instead)",
+    "timing": "a time-stamp counter or clock read differs between the runs: not a bug",
+    "randomness": "a random source differs between the runs: not a bug",
+    "cpu model": "the CPU model's answer (cpuid, xgetbv) differs: the emulated CPU is "
+    "another model, not a wrong computation",
+    "host": "the host's kernel answered differently from the recorder's machine "
+    "(a system call's result or the bytes it filled, the vDSO): not the CPU",
+    "not architected": "only bits the instruction leaves undefined differ",
+    "outside the instruction": "a value the instruction does not write changed: a hook, "
+    "the machine's replay, or an edited trace",
+    "start": "the runs start from different states",
+    "earlier difference": "follows from a difference found at an earlier step",
+    "end": "the runs stop differently",
 }
+
+#: The known causes of a first divergence: id -> (its category, what it most likely means).
+CAUSES: dict[str, tuple[str, str]] = {
+    "initial-state": (
+        "start",
+        "the runs start from different registers (the start stub, the loader, or the "
+        "recorded initial stack)",
+    ),
+    "cpuid": ("cpu model", "cpuid answered differently: not the recorder's CPU model"),
+    "xgetbv": ("cpu model", "xgetbv answered differently: XCR0 is 3 (x87, SSE) in the model"),
+    "timing": (
+        "timing",
+        "rdtsc/rdtscp or a clock system call: the time differs between the runs "
+        "(not replayed from the native run)",
+    ),
+    "randomness": (
+        "randomness",
+        "rdrand/rdseed or getrandom: the random values differ between the runs "
+        "(not replayed from the native run)",
+    ),
+    "syscall-result": (
+        "host",
+        "the system call's result or the memory it filled differs: the host's kernel "
+        "is not the recorder's machine there",
+    ),
+    "syscall-registers": (
+        "host",
+        "syscall's own rcx (next instruction) and r11 (rflags): the machine's syscall "
+        "hook does not set them as the CPU and kernel do",
+    ),
+    "rep-step": (
+        "emulator gap",
+        "a rep string instruction counted differently (unicorn's extra step with rcx == 0)",
+    ),
+    "unwritten-register": (
+        "outside the instruction",
+        "a register (or flag) the instruction does not write changed: the emulated "
+        "state was altered outside the instruction (a hook, or an edited trace)",
+    ),
+    "undefined-flags": (
+        "not architected",
+        "only flags the instruction leaves undefined differ (a mask capstone does not list)",
+    ),
+    "flags": (
+        "emulator bug",
+        "a flag the instruction defines differs: the emulator computes rflags wrongly "
+        "for this instruction",
+    ),
+    "unsupported-instruction": (
+        "emulator gap",
+        "the machine does not run this instruction (VEX/EVEX/XOP: AVX and later, or an "
+        "x87 transcendental function: unicorn computes them wrongly, docs/pitfalls.md); "
+        "build for x86-64-v2 or below",
+    ),
+    "stop": ("end", "the runs stop differently"),
+    "memory-input": (
+        "earlier difference",
+        "the instruction read memory that already differed (the memory difference above): "
+        "its result follows from that write, not from this instruction",
+    ),
+    "instruction": (
+        "emulator bug",
+        "a register the instruction writes differs: the emulator computes this "
+        "instruction differently from the CPU",
+    ),
+}
+
+#: System calls whose results are the time, or random bytes.
+_CLOCK_CALLS = frozenset(("clock_gettime", "gettimeofday", "time", "clock_getres", "times"))
+_RANDOM_CALLS = frozenset(("getrandom",))
+#: Instructions that write flags besides the six arithmetic ones (capstone's
+#: per-flag table covers those six only).
+_WHOLE_FLAGS = ("popf", "std", "cld", "sti", "cli", "iret")
+_FLAG_NAMES = {0: "CF", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF", 11: "OF"}
+
+
+def flag_names(bits: int) -> str:
+    """rflags bits as names: `CF,OF` (others by number: `bit 16`)."""
+    names = [_FLAG_NAMES.get(b, f"bit {b}") for b in range(64) if bits >> b & 1]
+    return ",".join(names)
 
 
 @dataclass(frozen=True)
@@ -58,6 +132,21 @@ class Divergence:
     registers: dict[str, tuple[int, int]]  # name -> (native, emulated)
     cause: str
 
+    @property
+    def category(self) -> str:
+        return CAUSES[self.cause][0]
+
+    @property
+    def first_register(self) -> str | None:
+        """The first differing register (rflags: with its differing flags named)."""
+        if not self.registers:
+            return None
+        name = next(iter(self.registers))
+        if name == "rflags":
+            native, emulated = self.registers[name]
+            return f"rflags ({flag_names(native ^ emulated)})"
+        return name
+
     def to_json(self) -> dict[str, object]:
         return {
             "step": self.step,
@@ -67,8 +156,10 @@ class Divergence:
             "instruction": self.instruction,
             "previous_instruction": self.previous_instruction,
             "registers": {k: {"native": n, "emulated": e} for k, (n, e) in self.registers.items()},
+            "first_register": self.first_register,
             "cause": self.cause,
-            "cause_text": CAUSES[self.cause],
+            "category": self.category,
+            "cause_text": CAUSES[self.cause][1],
         }
 
 
@@ -89,6 +180,11 @@ class Comparison:
     #: The first row whose memory writes differ: (row, address, CPU bytes, emulator
     #: bytes); address -1: the second native pass did not repeat the first from that row.
     memory_difference: tuple[int, int, bytes, bytes] | None = None
+    #: A trace's run: the first row whose system call (number, arguments) is not
+    #: the one the trace logged there: (row, what differs).
+    syscall_difference: tuple[int, str] | None = None
+    #: The instruction (and where) that wrote the first differing memory.
+    memory_instruction: str | None = None
 
     @property
     def same(self) -> bool:
@@ -96,14 +192,23 @@ class Comparison:
         return (
             self.divergence is None
             and self.memory_difference is None
+            and self.syscall_difference is None
             and self.stdout_same
             and self.stderr_same
         )
 
     @property
     def first_difference(self) -> str | None:
-        """Which part differs first: `registers`, `memory`, `end`, `stdout` or `stderr`."""
+        """Which part differs first: `registers`, `memory`, `syscall`, `end`, `stdout`
+        or `stderr`."""
+        call = self.syscall_difference
         memory = self.memory_difference
+        if (
+            call is not None
+            and (self.divergence is None or call[0] <= self.divergence.step)
+            and (memory is None or call[0] <= memory[0])
+        ):
+            return "syscall"
         if memory is not None and (self.divergence is None or memory[0] < self.divergence.step):
             return "memory"
         if self.divergence is not None:
@@ -138,11 +243,24 @@ class Comparison:
                 "address": self.memory_difference[1],
                 "native": self.memory_difference[2].hex(),
                 "emulated": self.memory_difference[3].hex(),
+                "first_byte": _first_byte(*self.memory_difference[1:]),
+                "instruction": self.memory_instruction,
             },
+            "syscall_difference": None
+            if self.syscall_difference is None
+            else {"step": self.syscall_difference[0], "what": self.syscall_difference[1]},
             "normalisations": self.normalisations,
             "divergence": self.divergence.to_json() if self.divergence else None,
             "replay_mismatches": self.replay_mismatches,
         }
+
+
+def _first_byte(address: int, native: bytes, emulated: bytes) -> int | None:
+    """The address of the first byte that differs (None: the pass did not repeat)."""
+    if address < 0:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(native, emulated, strict=False)) if a != b), 0)
+    return address + at
 
 
 def compare(
@@ -263,7 +381,10 @@ def _explain(
             registers[REGISTERS[i]] = (int(n[row, i]), int(e[row, i]))
     previous = table.at(int(n[row - 1, RIP])) if 0 < row <= len(n) else None
     writes = table.writes(int(n[row - 1, RIP])) if previous is not None else frozenset()
-    cause = _cause(row, registers, previous, writes, emulated, in_both, replayed)
+    call = None
+    if previous is not None and previous.outside == "syscall":
+        call = next((c.name for c in native.syscalls if c.step == row - 1), None)
+    cause = _cause(row, registers, previous, writes, emulated, in_both, replayed, call)
     here = table.at(rip)
     return Divergence(
         step=row,
@@ -285,7 +406,11 @@ def _cause(
     emulated: EmulatedRun,
     in_both: bool,
     replayed: bool,
+    call: str | None = None,
 ) -> str:
+    """The cause of a first difference at `row`, from the instruction before it
+    (`previous`, which produced the row) and what differs. `call`: the name of
+    the system call `previous` made, when it is a `syscall`."""
     if not in_both:
         if emulated.stop_reason == "unsupported" and "syscall" not in emulated.stop_detail:
             return "unsupported-instruction"
@@ -303,17 +428,31 @@ def _cause(
     if previous.outside == "syscall":
         if changed <= {"rcx", "r11", "rip"} and "rax" not in changed:
             return "syscall-registers"
-        return "syscall-result" if not replayed or "rax" in changed else "instruction"
-    if previous.outside == "cpuid":
-        return "cpuid"
-    if previous.outside == "xgetbv":
-        return "xgetbv"
-    if previous.outside in ("rdtsc", "rdtscp", "rdrand", "rdseed"):
-        return "timestamp-or-random"
+        if call in _CLOCK_CALLS:
+            return "timing"
+        if call in _RANDOM_CALLS:
+            return "randomness"
+        if not replayed or "rax" in changed:
+            return "syscall-result"
+        return "unwritten-register" if not changed <= previous_writes else "instruction"
+    if previous.outside in ("cpuid", "xgetbv"):
+        return previous.outside
+    if previous.outside in ("rdtsc", "rdtscp"):
+        return "timing"
+    if previous.outside in ("rdrand", "rdseed"):
+        return "randomness"
     if previous.rep_string and "rip" in changed:
         return "rep-step"
     if not changed <= previous_writes:
         return "unwritten-register"
-    if changed == {"rflags"}:
-        return "flags"
+    if "rflags" in changed:
+        native, emulated_value = registers["rflags"]
+        bits = native ^ emulated_value
+        defined = previous.defined_flags
+        if previous.text.startswith(_WHOLE_FLAGS):
+            defined = ~previous.undefined_flags & ((1 << 64) - 1)
+        if bits & ~(defined | previous.undefined_flags):
+            return "unwritten-register"  # a flag it does not touch (TF, DF, IF ...)
+        if changed == {"rflags"}:
+            return "flags" if bits & defined else "undefined-flags"
     return "instruction"

@@ -51,6 +51,9 @@ class EmulatedRun:
     stderr: bytes
     #: Where the emulation asked the outside world something the native run did not.
     replay_mismatches: list[str] = field(default_factory=list)
+    #: rdrand/rdseed/rdtsc the emulation met before --from that the native run did
+    #: not log (run at full speed, they cannot be trapped natively).
+    unreplayed_before_start: list[str] = field(default_factory=list)
     #: Every memory write, in order: (step, address, size, value) int64 rows
     #: (program and kernel alike; the kernel's are at its `syscall` row).
     writes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
@@ -120,6 +123,10 @@ class ReplayingCpu(CpuModel):
         self.native_xgetbv = deque(xgetbv)
         self.native_values = deque(values)
         self.mismatches = mismatches
+        #: Value instructions (rdrand ...) the native run had no answer for (the
+        #: model's instead): (mnemonic, answers given before it, rip when answered).
+        self.unreplayed: list[tuple[str, int, int]] = []
+        self.answers_given = 0
 
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:  # type: ignore[override]
         record = self.native_cpuid.popleft() if self.native_cpuid else None
@@ -129,6 +136,7 @@ class ReplayingCpu(CpuModel):
         return record.eax, record.ebx, record.ecx, record.edx
 
     def answer(self, uc: Uc, insn: Any) -> None:
+        self.answers_given += 1
         if insn.mnemonic == "xgetbv" and self.native_xgetbv:
             record = self.native_xgetbv.popleft()
             uc.reg_write(x86.UC_X86_REG_RAX, record.eax)
@@ -148,6 +156,9 @@ class ReplayingCpu(CpuModel):
                     )
                 uc.reg_write(UC_IDS[REGISTERS.index(name)], after)
         else:
+            if insn.mnemonic in VALUE_MNEMONICS:
+                rip = int(uc.reg_read(x86.UC_X86_REG_RIP))
+                self.unreplayed.append((insn.mnemonic, self.answers_given - 1, rip))
             super().answer(uc, insn)
 
 
@@ -188,10 +199,30 @@ class ThreadsNotCompared(BadInput):
     """The emulated program made a thread: the native side cannot follow it yet."""
 
 
-def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> EmulatedRun:
-    """Run the machine to its stop; rows as a (steps, registers) array."""
+def emulate(
+    spec: MachineSpec, native: NativeRun | None, max_steps: int, start: int | None = None
+) -> EmulatedRun:
+    """Run the machine to its stop; rows as a (steps, registers) array.
+
+    `start` (`--from`): first run there without recording, as `record --from`
+    does (Machine.fast_forward: a step counter and the step rules, no
+    per-row hooks); the rows begin there."""
     mismatches: list[str] = []
     machine = Machine(replaying(spec, native, mismatches) if native is not None else spec)
+    if start is not None:
+        early = machine.fast_forward(start)
+        unreplayed = _unreplayed_before(machine.cpu, start)
+        if early is not None:
+            return EmulatedRun(
+                registers=np.zeros((0, len(REGISTERS)), dtype=np.uint64),
+                stop_reason=early.reason,
+                stop_step=-1,
+                stop_detail=f"before --from: {early.detail}",
+                stdout=bytes(machine.kernel.stdout),
+                stderr=bytes(machine.kernel.stderr),
+                replay_mismatches=mismatches,
+                unreplayed_before_start=unreplayed,
+            )
     chunks: list[bytes] = []
     writes: list[np.ndarray] = []
 
@@ -200,9 +231,13 @@ def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> Emul
         events = events_array(chunk.events)
         writes.append(events[events[:, 1] == MEM_WRITE][:, [0, 2, 3, 4]])
 
+    answered_in_start_up = getattr(machine.cpu, "answers_given", 0)
     result = machine.run(max_steps, 1 << 16, on_chunk)
     if result.threads:  # the native run stops at clone: the runs would differ there
         raise ThreadsNotCompared("threads are not compared yet (the program makes threads)")
+    before_start = (
+        _unreplayed_before(machine.cpu, start, answered_in_start_up) if start is not None else []
+    )
     rows = np.frombuffer(b"".join(chunks), dtype=np.uint64).reshape(-1, len(REGISTERS))
     return EmulatedRun(
         registers=rows,
@@ -212,5 +247,20 @@ def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> Emul
         stdout=result.stdout,
         stderr=result.stderr,
         replay_mismatches=mismatches,
+        unreplayed_before_start=before_start,
         writes=np.concatenate(writes) if writes else np.zeros((0, 4), dtype=np.int64),
     )
+
+
+def _unreplayed_before(cpu: Any, start: int, answered: int | None = None) -> list[str]:
+    """The value instructions of the start-up (before --from) the native run gave no
+    answer for. The last one before `start` is answered at `start` itself (at
+    the next instruction: record/cpu.py), the first answer of the run."""
+    if not isinstance(cpu, ReplayingCpu):
+        return []
+    limit = cpu.answers_given if answered is None else answered
+    return [
+        mnemonic
+        for mnemonic, index, rip in cpu.unreplayed
+        if index < limit or (index == limit and rip == start)
+    ]

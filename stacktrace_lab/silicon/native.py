@@ -37,7 +37,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,11 @@ import capstone
 import numpy as np
 
 from ..arch import REGISTERS
-from ..record.cpu import XCR0, CpuModel
+from ..record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
+from ..record.elf import ElfImage
 from ..record.syscalls import NAMES, fixed_random
 from . import sandbox
+from .native_files import NativeFiles
 from .ptrace import (
     PTRACE_GETREGS,
     PTRACE_GETSIGINFO,
@@ -81,7 +83,7 @@ FIXED_ENV = {"LANG": "C", "LC_ALL": "C", "GLIBC_TUNABLES": GLIBC_TUNABLES}
 #: What AT_RANDOM points to (glibc's stack guard and pointer guard come from
 #: it): the ELF recorder's fixed bytes, the same on every run.
 FIXED_AT_RANDOM = fixed_random(16)
-AT_NULL, AT_IGNORE, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 25, 33
+AT_NULL, AT_IGNORE, AT_BASE, AT_ENTRY, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 7, 9, 25, 33
 
 #: REGISTERS (the trace's column order) as indexes into user_regs_struct.
 _ROW_INDEX = np.array([USER_REGS.index("eflags" if r == "rflags" else r) for r in REGISTERS])
@@ -95,10 +97,17 @@ _STOPPED_AT_SYSCALL = ((signal.SIGTRAP | 0x80) << 8) | 0x7F
 _TF = 0x100
 #: arch_prctl's code for "cpuid faults (SIGSEGV)" when its argument is 0.
 _ARCH_SET_CPUID = 0x1012
+#: prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc and rdtscp raise SIGSEGV.
+_PRCTL, _PR_SET_TSC, _PR_TSC_ENABLE, _PR_TSC_SIGSEGV = 157, 26, 1, 2
+#: CF, PF, AF, ZF, SF, OF; CF alone.
+_ARITH_FLAGS, _CF = 0x8D5, 0x1
 _MASK64 = (1 << 64) - 1
 _RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
+_SYS_MMAP, _MAP_FIXED = 9, 0x10
+#: mmap, munmap, brk: what places the process's mappings.
+_PLACING = frozenset((9, 11, 12))
 
 #: System calls that fill memory: number -> (argument holding the buffer, its
 #: size: an int, "result" for the byte count returned, or ("arg", i)).
@@ -215,10 +224,14 @@ class NativeRun:
     initial_stack: bytes = b""
     #: How far from its linked addresses the kernel loaded the program (a static-pie).
     load_bias: int = 0
+    #: Where the kernel put the program's interpreter (AT_BASE; 0: none).
+    interp_base: int = 0
     #: The process (and process group) that ran; killed and reaped when the run ended.
     pid: int = 0
     #: A second pass's reads: row -> [(address, bytes after that row's instruction)].
     memory: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    #: A trace's run: the first row whose system call is not the trace's (row, what differs).
+    syscall_difference: tuple[int, str] | None = None
 
     @property
     def steps(self) -> int:
@@ -230,6 +243,15 @@ class NativeRun:
         before = [s for s in self.syscalls if s.step < 0]
         r11 = REGISTERS.index("r11")
         return bool(before and self.steps and self.registers[0, r11] == before[-1].r11_after)
+
+
+@dataclass(frozen=True)
+class RecordedStart:
+    """The recorder's process at its first instruction: what a trace's native run starts from."""
+
+    registers: dict[str, int]  # trace names; rip is where the kernel starts it
+    rsp: int
+    stack: bytes  # from rsp up: argc, argv, envp, auxv, strings
 
 
 class NativeError(Exception):
@@ -270,6 +292,9 @@ def run_native(
     replay: NativeRun | None = None,
     read_after: dict[int, list[tuple[int, int]]] | None = None,
     fast_forward: bool = False,
+    recorded_start: RecordedStart | None = None,
+    recorded_syscalls: dict[int, SyscallRecord] | None = None,
+    file_view: tuple[ElfImage, ElfImage | None] | None = None,
 ) -> NativeRun:
     """Single-step `path` natively.
 
@@ -294,6 +319,17 @@ def run_native(
     `fast_forward`: run to `start` at full speed (a breakpoint; system calls
     still go through the sandbox; cpuid faults and is answered from the CPU
     model) where the host has CPUID faulting; `NativeRun.skipped` is then -1.
+
+    A trace's run (`silicon-check TRACE`): `recorded_start` is the recorder's
+    initial stack and registers, written over the kernel's at the exec stop;
+    `recorded_syscalls` (row -> the trace's call there) answer the calls
+    inside the window as the recording was answered (results, filled bytes;
+    an mmap goes where the recording's went, MAP_FIXED), and a call whose
+    number or arguments differ from the trace's is a difference
+    (`NativeRun.syscall_difference`).
+
+    `file_view`: (the program, its interpreter): file system calls are answered
+    through the recorder's read-only file view (native_files.py).
     """
     program = str(Path(path).resolve())
     args = list(argv) if argv is not None else [program]
@@ -311,6 +347,13 @@ def run_native(
                     os.dup2(null, fd)
                 # No descriptor of the tool's: fcntl or ioctl on one would reach it.
                 os.closerange(3, 1 << 16)
+                # Every signal at its default, unblocked, as the recorder's process
+                # starts: an ignored one survives execve (Python ignores SIGPIPE),
+                # and the program would see it in rt_sigaction's old action.
+                for signum in signal.valid_signals():
+                    with contextlib.suppress(OSError, ValueError):
+                        signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 trace_me_without_aslr()
                 os.execve(program, args, FIXED_ENV)
             finally:
@@ -329,10 +372,35 @@ def run_native(
         stepper.fast_forward = fast_forward
         if replay is not None:
             stepper.replay_from(replay, read_after or {})
+        stepper.recorded_syscalls = recorded_syscalls
+        if file_view is not None:
+            stepper.files = NativeFiles(*file_view, stepper.mem, pid)
         try:
             stepper.fix_auxv()
             if linked_entry is not None:
-                stepper.relocate(stepper.initial_registers["rip"] - linked_entry)
+                entry = stepper.at_entry
+                stepper.relocate(
+                    (entry if entry >= 0 else stepper.initial_registers["rip"]) - linked_entry
+                )
+            # Where the kernel loaded the program where the recorder does (all but
+            # a static-pie, which Linux puts near the stack with ASLR off): the
+            # recorder's first stack, and every mapping where its kernel puts it
+            # (not under the vDSO, as Linux does): the recording's addresses.
+            # Only for a trace's run: the program mode keeps the kernel's start and
+            # placement (the emulated side follows them), which the examples
+            # test; the recorder's gave Rust's std another stack view.
+            as_recorded = stepper.load_bias == 0 and recorded_syscalls is not None
+            if recorded_syscalls is not None and stepper.load_bias:
+                raise NativeError(
+                    f"{path}: the kernel loads it {stepper.load_bias:#x} away from where "
+                    "the recorder did: its trace cannot be compared (check the program)"
+                )
+            if recorded_start is not None and as_recorded:
+                stepper.start_as_recorded(recorded_start)
+                stepper.answer_start_up_as_recorder = True
+            stepper.place_as_recorded = file_view is not None and as_recorded
+            if stepper.files is not None:
+                stepper.files.own_files = as_recorded
             stepper.run()
         finally:
             os.close(stepper.mem)
@@ -355,8 +423,10 @@ def run_native(
         initial_registers=stepper.initial_registers,
         initial_stack=stepper.initial_stack,
         load_bias=stepper.load_bias,
+        interp_base=stepper.interp_base,
         pid=pid,
         memory=stepper.memory,
+        syscall_difference=stepper.syscall_difference,
     )
 
 
@@ -402,8 +472,16 @@ class _Stepper:
         self.initial_registers: dict[str, int] = {}
         self.initial_stack = b""
         self.load_bias = 0
+        #: The program's entry and its interpreter's base, as the kernel's auxv says.
+        self.at_entry = -1
+        self.interp_base = 0
         self.disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.disassembler.detail = False
+        #: For the operand of rdrand/rdseed (rare: decoded with detail only there).
+        self.detailed = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.detailed.detail = True
+        #: The CPU model's time-stamp counter (record/cpu.py), as the recorder counts it.
+        self.tsc = TSC_START
         #: What the program wrote to fd 1 and 2 (captured, never written: sandbox.py).
         self.stdout = bytearray()
         self.stderr = bytearray()
@@ -412,6 +490,19 @@ class _Stepper:
         self.replayed_values: deque[ValueRecord] = deque()
         self.read_after: dict[int, list[tuple[int, int]]] = {}
         self.memory: dict[int, list[tuple[int, bytes]]] = {}
+        #: A trace's run: its system calls by row, and the first that differs.
+        self.recorded_syscalls: dict[int, SyscallRecord] | None = None
+        self.syscall_difference: tuple[int, str] | None = None
+        #: Registers to put back once the call being stepped returned (an mmap moved
+        #: or made anonymous), and the file bytes to copy into what it mapped.
+        self.restore_after_call: dict[int, int] = {}
+        self.fill_after_call = b""
+        #: The recorder's file view (an ELF's run), answering file system calls.
+        self.files: NativeFiles | None = None
+        #: Every mmap placed where the recorder's kernel places it (an ELF's run).
+        self.place_as_recorded = False
+        #: A trace's run: the calls before its first row answered by the recorder's kernel.
+        self.answer_start_up_as_recorder = False
 
     def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
         self.replayed_syscalls = deque(first.syscalls)
@@ -440,6 +531,24 @@ class _Stepper:
         }
         self.initial_stack = self.read(sp, self.stack_end(sp) - sp)
 
+    def start_as_recorded(self, start: RecordedStart) -> None:
+        """The recorder's initial stack and registers instead of the kernel's."""
+        if self.stack_end(start.rsp) != self.stack_end(int(self.initial_registers["rsp"])):
+            raise NativeError(f"the recorded stack at {start.rsp:#x} is not in the native stack")
+        os.pwrite(self.mem, start.stack, start.rsp)
+        regs = UserRegs()
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+        for name, value in start.registers.items():
+            if name != "rip":
+                regs[USER_REGS.index("eflags" if name == "rflags" else name)] = value
+        regs[USER_REGS.index("rsp")] = start.rsp
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        self.initial_registers = {
+            name: int(regs[USER_REGS.index("eflags" if name == "rflags" else name)])
+            for name in (*REGISTERS, "fs_base")
+        }
+        self.initial_stack = start.stack
+
     def relocate(self, bias: int) -> None:
         self.load_bias = bias
         self.start = None if self.start is None else self.start + bias
@@ -467,6 +576,10 @@ class _Stepper:
             value = int.from_bytes(entry[8:], "little")
             if key == AT_NULL:
                 return
+            if key == AT_ENTRY:
+                self.at_entry = value
+            elif key == AT_BASE:
+                self.interp_base = value
             if key == AT_RANDOM:
                 os.pwrite(self.mem, FIXED_AT_RANDOM, value)
             elif key == AT_SYSINFO_EHDR:
@@ -565,6 +678,14 @@ class _Stepper:
                 continue  # answered without running it: the registers are set
             if kind == _KIND_VALUE and self.replayed_values and self.replay_value(regs, step):
                 continue
+            if (
+                kind == _KIND_VALUE
+                and (not recording or self.recorded_syscalls is not None)
+                and self.answer_value_from_model(regs, step)
+            ):
+                # Before --from, and in a trace's run: the CPU model's value, as
+                # the emulation's start-up and the recording got.
+                continue
             if kind == _KIND_SYSCALL:
                 verdict = self.system_call(regs, step)
                 if verdict == sandbox.STOP:
@@ -634,9 +755,19 @@ class _Stepper:
                 if signo == signal.SIGTRAP and rip - 1 == start:
                     regs[_RIP] = start
                     ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+                    os.pwrite(self.mem, saved, start)
+                    # From here on rdtsc is single-stepped on the CPU, its value logged.
+                    self.inject_syscall(_PRCTL, _PR_SET_TSC, _PR_TSC_ENABLE)
                     return True
                 if signo == signal.SIGSEGV and self.read(rip, 2) == b"\x0f\xa2":
                     self.answer_from_model(_KIND_CPUID, regs, -1)
+                    continue
+                # rdtsc/rdtscp fault (PR_TSC_SIGSEGV): the CPU model's counter, logged.
+                if (
+                    signo == signal.SIGSEGV
+                    and self.kind(rip) == _KIND_VALUE
+                    and self.answer_value_from_model(regs, -1)
+                ):
                     continue
                 self.finish(status, 0, rip, _KIND_OTHER, False)
                 self.stop = NativeStop("not_started", -1, self.stop.detail)
@@ -675,8 +806,18 @@ class _Stepper:
 
     def cpuid_faults(self) -> bool:
         """arch_prctl(ARCH_SET_CPUID, 0) in the program, injected at its first
-        instruction (a `syscall` written over it, then put back): whether the
-        kernel and CPU support CPUID faulting."""
+        instruction: whether the kernel and CPU support CPUID faulting. Then
+        prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc and rdtscp fault too, and are
+        answered from the CPU model during the fast-forward (run_to_start)."""
+        if self.inject_syscall(158, _ARCH_SET_CPUID, 0) != 0:
+            return False
+        if self.inject_syscall(_PRCTL, _PR_SET_TSC, _PR_TSC_SIGSEGV) != 0:
+            raise NativeError("prctl(PR_SET_TSC, PR_TSC_SIGSEGV) refused, CPUID faulting works")
+        return True
+
+    def inject_syscall(self, nr: int, arg0: int, arg1: int) -> int:
+        """System call `nr`(arg0, arg1) in the program, at its current instruction
+        (a `syscall` written over it, then put back, registers restored): its result."""
         regs, saved = UserRegs(), UserRegs()
         ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(saved))
         ctypes.memmove(regs, saved, ctypes.sizeof(regs))
@@ -685,14 +826,15 @@ class _Stepper:
         reg = USER_REGS.index
         try:
             os.pwrite(self.mem, b"\x0f\x05", rip)
-            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = 158, _ARCH_SET_CPUID, 0
+            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = nr, arg0, arg1
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
             ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
             _, status = os.waitpid(self.pid, 0)
             if not os.WIFSTOPPED(status):
                 raise NativeError("the program died setting up CPUID faulting")
             ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
-            return int(regs[_RAX]) == 0
+            result = int(regs[_RAX])
+            return result - (1 << 64) if result >> 63 else result
         finally:
             os.pwrite(self.mem, code, rip)
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(saved))
@@ -708,6 +850,39 @@ class _Stepper:
         regs[_EFLAGS] = (int(regs[_EFLAGS]) & ~_TF) | (flags & _TF)
         ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
         self.values.append(value)
+        return True
+
+    def answer_value_from_model(self, regs: Any, step: int) -> bool:
+        """rdtsc, rdtscp, rdrand or rdseed about to run: the recorder's CPU model's
+        value instead (its counter from TSC_START; RANDOM_VALUE with CF = 1),
+        rip past it, logged (True); False: not what was decoded there, run it."""
+        rip = int(regs[_RIP])
+        code = self.read(rip, 16)
+        insn = next(self.detailed.disasm(code, rip, 1), None)
+        mnemonic = _VALUE_INSTRUCTIONS.get(insn.id) if insn is not None else None
+        if insn is None or mnemonic is None:
+            return False
+        reg = USER_REGS.index
+        if mnemonic in ("rdtsc", "rdtscp"):
+            value, self.tsc = self.tsc, self.tsc + TSC_STEP
+            regs[_RAX], regs[reg("rdx")] = value & 0xFFFFFFFF, value >> 32
+            if mnemonic == "rdtscp":
+                regs[_RCX] = 0
+        else:
+            operand = insn.operands[0]
+            name = full_register(insn.reg_name(operand.reg))
+            if name not in USER_REGS:
+                return False
+            value = RANDOM_VALUE & ((1 << (8 * operand.size)) - 1)
+            if operand.size == 2:  # a 16-bit write keeps the upper bytes
+                value |= int(regs[reg(name)]) & ~0xFFFF & _MASK64
+            regs[reg(name)] = value
+            regs[_EFLAGS] = (int(regs[_EFLAGS]) & ~_ARITH_FLAGS) | _CF
+        regs[_RIP] = rip + insn.size
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        row = np.frombuffer(bytes(regs), dtype=np.uint64)[_ROW_INDEX]
+        after = {name: int(value) for name, value in zip(REGISTERS, row, strict=True)}
+        self.values.append(ValueRecord(step, mnemonic, after))
         return True
 
     def answer_from_model(self, kind: int, regs: Any, step: int) -> bool:
@@ -744,8 +919,56 @@ class _Stepper:
         nr = int(regs[_RAX])
         args = tuple(int(regs[i]) for i in _ARG_REGS)
         verdict = sandbox.policy(nr, args, self.pid, self.linux)
+        # A second pass: the first pass's call at this point, taken whatever
+        # answers this one, so that the two stay in step.
+        first = None
+        if self.replayed_syscalls:
+            first = self.replayed_syscalls.popleft()
+        file_data = None
+        if self.files is not None:
+            if self.files.answers(nr, args):
+                verdict = sandbox.ANSWER  # the recorder's file view answers it
+            elif nr == _SYS_MMAP:
+                file_data = self.files.mapped_file(args)
+                if file_data is not None:
+                    verdict = sandbox.RUN  # an anonymous mapping, filled from the view
+        placed_at = None
+        if self.files is not None and self.place_as_recorded and nr in _PLACING:
+            # The process's map as the recorder's kernel makes it (the
+            # kernel's own would put the loader's mappings under the vDSO).
+            placed = self.files.place(nr, args)
+            if nr == _SYS_MMAP and placed < 0 and verdict != sandbox.STOP:
+                self.set_result(regs, int(regs[_RIP]), placed)
+                self.syscalls.append(
+                    SyscallRecord(step, nr, args, placed & _MASK64, (), int(regs[_R11]))
+                )
+                return sandbox.ANSWER
+            if nr == _SYS_MMAP:
+                placed_at = placed
+        if (
+            self.files is not None
+            and self.answer_start_up_as_recorder
+            and step < 0
+            and verdict != sandbox.STOP
+            and nr not in sandbox.SHAPES_THE_PROCESS
+            and nr not in (sandbox.READ, sandbox.WRITE, sandbox.WRITEV)
+        ):
+            # Before the first row (--from), starting as the recorder's process:
+            # what the recorder's kernel answers there (its tid, its clock, its
+            # random bytes ...), which a trace does not log.
+            result = self.files.answer(nr, args)
+            self.set_result(regs, int(regs[_RIP]), result)
+            self.syscalls.append(
+                SyscallRecord(step, nr, args, result & _MASK64, (), int(regs[_R11]))
+            )
+            return sandbox.ANSWER
+        if self.recorded_syscalls is not None and step >= 0:
+            answered = self.as_recorded(regs, step, nr, args, verdict, file_data)
+            if answered is not None:
+                return answered
+        if verdict == sandbox.RUN and (file_data is not None or placed_at is not None):
+            self.map_file(regs, args, file_data, placed_at)
         if self.replayed_syscalls is not None:
-            first = self.replayed_syscalls.popleft() if self.replayed_syscalls else None
             replayable = verdict == sandbox.RUN and nr not in sandbox.SHAPES_THE_PROCESS
             if replayable and first is not None and first.nr == nr:
                 # The first pass's answer again (getrandom, clock_gettime ...).
@@ -755,8 +978,19 @@ class _Stepper:
                 self.syscalls.append(first)
                 return sandbox.ANSWER
         if verdict == sandbox.STOP:
+            thread = ""
+            if nr == sandbox.CLONE:
+                flags = args[0]
+            elif nr == sandbox.CLONE3:  # struct clone_args begins with its flags
+                flags = int.from_bytes(self.read(args[0], 8) or bytes(8), "little")
+            else:
+                flags = 0
+            if flags & sandbox.CLONE_THREAD:
+                thread = f" ({sandbox.THREAD_DETAIL})"
             self.stop = NativeStop(
-                "unsupported", step, f"{sandbox.stop_name(nr)}: not run natively (sandbox)"
+                "unsupported",
+                step,
+                f"{sandbox.stop_name(nr)}: not run natively (sandbox){thread}",
             )
         elif verdict == sandbox.ANSWER:
             result = self.answer(nr, args)
@@ -765,6 +999,72 @@ class _Stepper:
                 SyscallRecord(step, nr, args, result & _MASK64, (), int(regs[_R11]))
             )
         return verdict
+
+    def map_file(
+        self, regs: Any, args: tuple[int, ...], data: bytes | None, at: int | None
+    ) -> None:
+        """An mmap about to run: a file mapping of the view becomes an anonymous
+        private one the tracer fills with `data` once it returned; `at`: placed
+        there (MAP_FIXED). The program's registers are put back after the call."""
+        flags = args[3]
+        if data is not None and self.files is not None:
+            flags = self.files.anonymous_flags(flags)
+            regs[_ARG_REGS[4]], regs[_ARG_REGS[5]] = _MASK64, 0  # fd -1, offset 0
+            self.fill_after_call = data
+        if at is not None:
+            regs[_ARG_REGS[0]] = at
+            flags |= _MAP_FIXED
+        regs[_ARG_REGS[3]] = flags
+        self.restore_after_call = {index: args[i] for i, index in enumerate(_ARG_REGS)}
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+
+    def as_recorded(
+        self,
+        regs: Any,
+        step: int,
+        nr: int,
+        args: tuple[int, ...],
+        verdict: str,
+        file_data: bytes | None = None,
+    ) -> str | None:
+        """A trace's run, at a system call in the window: the trace's answer
+        (ANSWER), or the call run natively as the trace says it went (RUN: an
+        mmap placed at the recorded address), or None (not the trace's call:
+        the difference noted, the sandbox answers)."""
+        assert self.recorded_syscalls is not None
+        recorded = self.recorded_syscalls.get(step)
+        if recorded is None or recorded.nr != nr or recorded.args != args:
+            if self.syscall_difference is None:
+                name = NAMES.get(nr, f"syscall_{nr}")
+                if recorded is None:
+                    what = f"the CPU made system call {name}, the trace none at this row"
+                elif recorded.nr != nr:
+                    what = f"the CPU made system call {name}, the trace {recorded.name}"
+                else:
+                    at = next(i for i in range(6) if recorded.args[i] != args[i])
+                    what = (
+                        f"{name}'s argument {at + 1}: CPU {args[at]:#x}, "
+                        f"trace {recorded.args[at]:#x}"
+                    )
+                self.syscall_difference = (step, what)
+            return None
+        if verdict == sandbox.STOP:
+            return None
+        rip = int(regs[_RIP])
+        if nr in sandbox.SHAPES_THE_PROCESS:
+            if nr == _SYS_MMAP and recorded.result < 1 << 63 and verdict == sandbox.RUN:
+                # Where the recording's went (the kernel's own choice would be
+                # another address: the vDSO sits under the mmap base here).
+                self.map_file(regs, args, file_data, recorded.result)
+                return sandbox.RUN
+            return None  # as the sandbox and the file view say (their own answers)
+        if verdict == sandbox.ANSWER:
+            self.answer(nr, args)  # output captured, the view's descriptors kept
+        for addr, data in recorded.buffers:
+            os.pwrite(self.mem, data, addr)
+        self.set_result(regs, rip, recorded.result)
+        self.syscalls.append(replace(recorded, r11_after=int(regs[_R11])))
+        return sandbox.ANSWER
 
     def set_result(self, regs: Any, rip: int, result: int) -> None:
         """What the CPU and the kernel leave after a `syscall` at `rip`: rax the
@@ -778,6 +1078,8 @@ class _Stepper:
 
     def answer(self, nr: int, args: tuple[int, ...]) -> int:
         """A call that is not run: the recorder's machine's answer (record/syscalls.py)."""
+        if self.files is not None and self.files.answers(nr, args):
+            return self.files.answer(nr, args)
         if nr == sandbox.READ:
             return 0 if args[0] == 0 else -sandbox.EBADF  # stdin is empty
         if nr not in (sandbox.WRITE, sandbox.WRITEV):
@@ -820,6 +1122,16 @@ class _Stepper:
             nr = int(pre[_RAX])
             args = tuple(int(pre[i]) for i in _ARG_REGS)
             result = int(post[_RAX]) if not exited else 0
+            if not exited and self.restore_after_call:
+                # An mmap moved or made anonymous: its arguments as the program set them,
+                # and a file's bytes copied in.
+                for index, value in self.restore_after_call.items():
+                    post[index] = value
+                self.restore_after_call = {}
+                ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(post))
+                if self.fill_after_call and result < 1 << 63:
+                    os.pwrite(self.mem, self.fill_after_call, result)
+                self.fill_after_call = b""
             if not exited and post[_R11] & _TF:
                 # `syscall` saved rflags into r11 with the tracer's TF: what an
                 # untraced CPU saves has TF clear (no normalisation needed after).

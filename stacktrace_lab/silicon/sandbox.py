@@ -73,6 +73,9 @@ _SELF_ONLY = frozenset(
 #: What a recording stops at (record/syscalls.py): a thread, a process, another program.
 _STOPS = {56: "clone", 435: "clone3", 57: "fork", 58: "vfork", 59: "execve", 322: "execveat"}
 WRITE, READ, WRITEV = 1, 0, 20
+CLONE, CLONE3, CLONE_THREAD = 56, 435, 0x10000
+#: What the stop says when the call would start a thread (the check refuses those).
+THREAD_DETAIL = "a new thread: threads are not compared yet"
 _KILLS = {62: 0, 200: 0, 234: 0}  # kill(pid), tkill(tid), tgkill(tgid): the target argument
 
 
