@@ -815,8 +815,8 @@ def test_a_threaded_program_is_refused_in_one_line(
 def test_a_trace_of_several_threads_is_refused_in_one_line(
     write_scenario: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A trace with a `thread` column holding two threads (as thread emulation
-    writes them): refused, before anything runs."""
+    """A trace whose `thread` column holds two threads: refused, before anything runs
+    (the trace of a real threaded program is refused in tests/test_threads.py)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -825,14 +825,14 @@ def test_a_trace_of_several_threads_is_refused_in_one_line(
 
     scenario = write_scenario("main:\n    mov $5, %rbx\n    add %rbx, %rbx\n    ret\n")
     good = record(load_scenario(scenario), tmp_path / "one.parquet").path
-    table = pq.read_table(good)
-    one = tmp_path / "one-thread.parquet"
-    pq.write_table(table.append_column("thread", pa.array([1] * table.num_rows, pa.int32())), one)
-    assert main(["silicon-check", str(one)]) == 0
+    assert main(["silicon-check", str(good)]) == 0
     capsys.readouterr()
-    threads = [1] * (table.num_rows - 1) + [2]
+    table = pq.read_table(good)
+    assert set(table.column("thread").to_pylist()) == {1}
+    threads = pa.array([1] * (table.num_rows - 1) + [2], pa.uint16())
     two = tmp_path / "two-threads.parquet"
-    pq.write_table(table.append_column("thread", pa.array(threads, pa.int32())), two)
+    column = table.schema.get_field_index("thread")
+    pq.write_table(table.set_column(column, "thread", threads), two)
     assert main(["silicon-check", str(two)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "threads are not compared yet" in err

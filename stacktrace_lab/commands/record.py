@@ -262,8 +262,7 @@ def record_command(
             else ""
         )
         echo(
-            f"{written}: {meta.steps} steps{made}, stopped: {meta.stop.reason} "
-            f"({meta.stop.detail})"
+            f"{written}: {meta.steps} steps{made}, stopped: {meta.stop.reason} ({meta.stop.detail})"
         )
         if not_emulated:
             calls = ", ".join(f"{name} x{n}" for name, n in not_emulated.items())
