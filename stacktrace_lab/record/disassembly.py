@@ -65,9 +65,30 @@ def instruction_kind(insn: CsInsn) -> str:
     return "other"
 
 
+#: Mnemonic words (AT&T, prefixes such as `notrack` or `repz` are words of their
+#: own) that start every instruction whose kind is not "other": calls, returns,
+#: jumps, `loop`, `xbegin`, `syscall`... Only these need capstone's detail mode;
+#: tests/test_disassembly_kinds.py sweeps a static binary to hold this.
+_MAY_BRANCH = (
+    "j", "call", "ret", "loop", "lcall", "ljmp", "lret", "sys", "iret", "xbegin", "xabort",
+    "int", "enter", "leave", "bnd", "notrack",
+)  # fmt: skip
+
+
+def may_branch(mnemonic: str) -> bool:
+    """Whether an instruction with this mnemonic can be of a kind other than "other"."""
+    return any(word.startswith(_MAY_BRANCH) for word in mnemonic.split())
+
+
 class Disassembler:
     def __init__(self, code: bytes, base: int, symbols: dict[str, int]) -> None:
         self._segments = [(base, code)]
+        # Text and length of each instruction come from the lighter decode
+        # (`disasm_lite`, no detail: about half the time per distinct address);
+        # the detailed one gives groups and operands for `kind`, only where the
+        # mnemonic may branch.
+        self._lite = Cs(CS_ARCH_X86, CS_MODE_64)
+        self._lite.syntax = CS_OPT_SYNTAX_ATT
         self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
         self._cs.syntax = CS_OPT_SYNTAX_ATT
         self._cs.detail = True  # groups and operands, for `kind`
@@ -102,9 +123,13 @@ class Disassembler:
             code = self._bytes_at(addr)
         if code:
             found = Instruction("(bad)", 1, "other", code[:1])
-            for insn in self._cs.disasm(code, addr, 1):
-                text = f"{insn.mnemonic} {insn.op_str}".strip()
-                found = Instruction(text, insn.size, instruction_kind(insn), bytes(insn.bytes))
+            for _addr, size, mnemonic, op_str in self._lite.disasm_lite(code, addr, 1):
+                kind = "other"
+                if may_branch(mnemonic):
+                    kind = next(
+                        (instruction_kind(insn) for insn in self._cs.disasm(code, addr, 1)), kind
+                    )
+                found = Instruction(f"{mnemonic} {op_str}".strip(), size, kind, code[:size])
         self._cache[key] = found
         return found
 

@@ -27,7 +27,6 @@ from functools import cached_property
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..arch import REGISTERS
 from ..layout import Region
@@ -544,6 +543,8 @@ def syscalls_in(
     steps: pa.Array | pa.ChunkedArray, column: pa.Array | pa.ChunkedArray
 ) -> list[SyscallRecord]:
     """The calls a `syscall` column holds, with the `step` column beside it."""
+    import pyarrow.compute as pc  # not at import: record does not need it (62 ms)
+
     made = pc.is_valid(column)
     return [
         SyscallRecord(step, call["nr"], call["name"], tuple(call["args"]), call["result"])
