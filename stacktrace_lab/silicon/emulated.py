@@ -196,7 +196,10 @@ def emulate(spec: MachineSpec, native: NativeRun | None, max_steps: int) -> Emul
         writes.append(events[events[:, 1] == MEM_WRITE][:, [0, 2, 3, 4]])
 
     result = machine.run(max_steps, 1 << 16, on_chunk)
-    rows = np.frombuffer(b"".join(chunks), dtype=np.uint64).reshape(-1, len(REGISTERS))
+    rows = np.concatenate(
+        [np.frombuffer(c, dtype="<u8").reshape(len(REGISTERS), -1).T for c in chunks]
+        or [np.zeros((0, len(REGISTERS)), dtype=np.uint64)]
+    )
     return EmulatedRun(
         registers=rows,
         stop_reason=result.stop.reason,
