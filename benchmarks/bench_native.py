@@ -19,7 +19,8 @@ and rustc, static):
   so start-up (imports, ELF symbols, the DWARF line table) cancels; computed
   from the minimum and from the median of the runs. The ratio baseline / this
   checkout is the figure the goal asks for;
-- **end to end**: the whole program and `--from main`, CPU of one run (median);
+- **end to end**: the whole program (and with `--from-main`, `record --from main`),
+  the median CPU of the runs;
 
 and benchmarks/call-heavy.toml (a scenario): `--steps` steps end to end (steps per
 CPU second and per wall second) and per step as the difference with a run of a
@@ -115,6 +116,9 @@ def main() -> None:
         "--pure-python", action="store_true", help="also this checkout's Python hooks"
     )
     parser.add_argument("--skip-scenario", action="store_true", help="programs only")
+    parser.add_argument(
+        "--from-main", action="store_true", help="also `record --from main` (slow at 89b56b2)"
+    )
     args = parser.parse_args()
     base_python = args.baseline / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k != "STACKTRACE_LAB_PURE_PYTHON"}
@@ -147,10 +151,11 @@ def main() -> None:
                         f"{name}: --max-steps {SMALL:,}", side, [*record, "--max-steps", str(SMALL)]
                     )
                     measure(f"{name}: whole program", side, record)
-                    measure(f"{name}: --from main", side, [*record, "--from", "main"])
+                    if args.from_main:
+                        measure(f"{name}: --from main", side, [*record, "--from", "main"])
         if not args.skip_scenario:
             short = max(args.steps // 10, 1)
-            for _ in range(max(args.repeat // 2, 1)):
+            for _ in range(max(args.repeat // 2, 2)):
                 for side in sides:
                     for n in (short, args.steps):
                         argv = ["record", str(SCENARIO), "--max-steps", str(n), "-o", out]
