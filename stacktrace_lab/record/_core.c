@@ -96,8 +96,10 @@ typedef struct {
 
     /* RECORD */
     int64_t max_steps, next_check, chunk_rows, chunk_start;
-    uint8_t *rows;
-    size_t rows_len, rows_cap;
+    /* The chunk's registers by column: register i's values at rows[i * rows_cap ..],
+     * so that each becomes an Arrow column without a transposition. */
+    uint64_t *rows;
+    size_t n_rows, rows_cap;
     int64_t *events; /* (step, access, address, size, value) */
     size_t n_events, events_cap;
     uint8_t last_row[MAX_REGS * 8];
@@ -482,13 +484,32 @@ static void add_event(Core *c, int64_t step, int64_t access, int64_t address, in
     e[4] = value;
 }
 
+/* The last row, kept (row-major) for the spin check across a chunk's end. */
+static void keep_last_row(Core *c) {
+    uint64_t *last = (uint64_t *)c->last_row;
+    for (int i = 0; i < c->n_regs; i++) last[i] = c->rows[(size_t)i * c->rows_cap + c->n_rows - 1];
+    c->have_last_row = 1;
+}
+
+/* The chunk's rows as bytes, register by register (n_regs columns of n_rows). */
+static PyObject *take_rows(Core *c) {
+    size_t column = c->n_rows * 8;
+    if (c->n_rows == c->rows_cap)
+        return PyBytes_FromStringAndSize((char *)c->rows, (Py_ssize_t)(column * c->n_regs));
+    PyObject *rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(column * c->n_regs));
+    if (rows == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(rows);
+    for (int i = 0; i < c->n_regs; i++)
+        memcpy(out + column * i, c->rows + (size_t)i * c->rows_cap, column);
+    return rows;
+}
+
 /* Hand the rows so far to Python (owner.chunk); 0 when the run must stop. */
 static int flush(Core *c) {
-    if (c->rows_len > 0) {
-        memcpy(c->last_row, c->rows + c->rows_len - c->row_bytes, c->row_bytes);
-        c->have_last_row = 1;
+    if (c->n_rows > 0) {
+        keep_last_row(c);
         PyGILState_STATE gil = PyGILState_Ensure();
-        PyObject *rows = PyBytes_FromStringAndSize((char *)c->rows, (Py_ssize_t)c->rows_len);
+        PyObject *rows = take_rows(c);
         PyObject *events = PyBytes_FromStringAndSize((char *)c->events,
                                                      (Py_ssize_t)(c->n_events * 5 * 8));
         PyObject *result = NULL;
@@ -505,7 +526,7 @@ static int flush(Core *c) {
             Py_DECREF(result);
         }
         PyGILState_Release(gil);
-        c->rows_len = 0;
+        c->n_rows = 0;
         c->n_events = 0;
         c->chunk_start = c->step;
         return go_on;
@@ -517,9 +538,12 @@ static int flush(Core *c) {
 /* ---- the hooks -------------------------------------------------------------- */
 
 static int is_spin(Core *c) {
-    const uint8_t *last = c->rows_len ? c->rows + c->rows_len - c->row_bytes
-                                      : (c->have_last_row ? c->last_row : NULL);
-    if (last == NULL || memcmp(last, c->values, c->row_bytes) != 0) return 0;
+    if (c->n_rows > 0) {
+        for (int i = 0; i < c->n_regs; i++)
+            if (c->rows[(size_t)i * c->rows_cap + c->n_rows - 1] != c->values[i]) return 0;
+    } else if (!c->have_last_row || memcmp(c->last_row, c->values, c->row_bytes) != 0) {
+        return 0;
+    }
     for (size_t i = c->n_events; i-- > 0;) {
         int64_t *e = c->events + 5 * i;
         if (e[0] != c->step - 1) break;
@@ -560,13 +584,13 @@ static void on_code_record(void *uc, uint64_t address, uint32_t size, void *user
         /* unicorn enters a finished `rep` once more (machine.py, `run`): not a step. */
         if (c->values[c->rcx_index] == 0 && is_rep_string(c, address)) return;
     }
-    if (!grow((void **)&c->rows, &c->rows_cap, c->rows_len + c->row_bytes, 1)) {
+    if (c->n_rows == c->rows_cap) { /* never: a chunk is handed over at chunk_rows */
         c->stop = STOP_CALLBACK;
         c->emu_stop(uc);
         return;
     }
-    memcpy(c->rows + c->rows_len, c->values, c->row_bytes);
-    c->rows_len += c->row_bytes;
+    for (int i = 0; i < c->n_regs; i++) c->rows[(size_t)i * c->rows_cap + c->n_rows] = c->values[i];
+    c->n_rows++;
     c->previous_rip = address;
     c->step++;
     apply_decision(c, address, size);
@@ -729,7 +753,7 @@ static void reset_run(Core *c, int mode) {
     c->step = 0;
     c->previous_rip = NO_ADDRESS;
     c->stop = STOP_NONE;
-    c->rows_len = 0;
+    c->n_rows = 0;
     c->n_events = 0;
     c->n_outside = 0;
     c->have_last_row = 0;
@@ -752,6 +776,15 @@ static PyObject *core_attach_record(Core *c, PyObject *args) {
     c->max_steps = max_steps;
     c->chunk_rows = chunk_rows;
     c->next_check = chunk_rows < max_steps ? chunk_rows : max_steps;
+    /* A chunk holds at most next_check rows (the first) or chunk_rows (later ones). */
+    size_t cap = (size_t)(c->next_check > 0 ? c->next_check : 1);
+    if (cap > (size_t)chunk_rows && chunk_rows > 0) cap = (size_t)chunk_rows;
+    if (cap != c->rows_cap) {
+        free(c->rows);
+        c->rows = malloc(cap * (size_t)c->n_regs * 8);
+        c->rows_cap = c->rows ? cap : 0;
+        if (c->rows == NULL) return PyErr_NoMemory();
+    }
     if (!add_hook(c, c->hook_code, (void *)on_code_record)) return NULL;
     if (!add_hook(c, c->hook_mem_write | c->hook_mem_read_after, (void *)on_memory_record))
         return NULL;
@@ -815,7 +848,7 @@ static PyObject *core_raise_error(Core *c, PyObject *noargs) {
 /* take_chunk() -> (first step, register rows, events): what is left after the run. */
 static PyObject *core_take_chunk(Core *c, PyObject *noargs) {
     /* PyBytes_FromStringAndSize(NULL, 0) is b"" (a buffer never grown is NULL). */
-    PyObject *rows = PyBytes_FromStringAndSize((char *)c->rows, (Py_ssize_t)c->rows_len);
+    PyObject *rows = c->n_rows ? take_rows(c) : PyBytes_FromStringAndSize(NULL, 0);
     PyObject *events =
         PyBytes_FromStringAndSize((char *)c->events, (Py_ssize_t)(c->n_events * 5 * 8));
     PyObject *result = NULL;
@@ -823,11 +856,8 @@ static PyObject *core_take_chunk(Core *c, PyObject *noargs) {
         result = Py_BuildValue("(LOO)", (long long)c->chunk_start, rows, events);
     Py_XDECREF(rows);
     Py_XDECREF(events);
-    if (c->rows_len) {
-        memcpy(c->last_row, c->rows + c->rows_len - c->row_bytes, c->row_bytes);
-        c->have_last_row = 1;
-    }
-    c->rows_len = 0;
+    if (c->n_rows) keep_last_row(c);
+    c->n_rows = 0;
     c->n_events = 0;
     c->chunk_start = c->step;
     return result;

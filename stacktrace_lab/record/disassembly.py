@@ -28,6 +28,7 @@ from capstone import (
 from capstone import x86 as cs_x86
 
 from ..symbols import LabelTable
+from ..trace import arrays
 from ..trace.format import INSTRUCTION_KINDS
 
 #: What `source_line` looks like: (file, line) of an address, or None.
@@ -64,9 +65,30 @@ def instruction_kind(insn: CsInsn) -> str:
     return "other"
 
 
+#: Mnemonic words (AT&T, prefixes such as `notrack` or `repz` are words of their
+#: own) that start every instruction whose kind is not "other": calls, returns,
+#: jumps, `loop`, `xbegin`, `syscall`... Only these need capstone's detail mode;
+#: tests/test_disassembly_kinds.py sweeps a static binary to hold this.
+_MAY_BRANCH = (
+    "j", "call", "ret", "loop", "lcall", "ljmp", "lret", "sys", "iret", "xbegin", "xabort",
+    "int", "enter", "leave", "bnd", "notrack",
+)  # fmt: skip
+
+
+def may_branch(mnemonic: str) -> bool:
+    """Whether an instruction with this mnemonic can be of a kind other than "other"."""
+    return any(word.startswith(_MAY_BRANCH) for word in mnemonic.split())
+
+
 class Disassembler:
     def __init__(self, code: bytes, base: int, symbols: dict[str, int]) -> None:
         self._segments = [(base, code)]
+        # Text and length of each instruction come from the lighter decode
+        # (`disasm_lite`, no detail: about half the time per distinct address);
+        # the detailed one gives groups and operands for `kind`, only where the
+        # mnemonic may branch.
+        self._lite = Cs(CS_ARCH_X86, CS_MODE_64)
+        self._lite.syntax = CS_OPT_SYNTAX_ATT
         self._cs = Cs(CS_ARCH_X86, CS_MODE_64)
         self._cs.syntax = CS_OPT_SYNTAX_ATT
         self._cs.detail = True  # groups and operands, for `kind`
@@ -101,9 +123,13 @@ class Disassembler:
             code = self._bytes_at(addr)
         if code:
             found = Instruction("(bad)", 1, "other", code[:1])
-            for insn in self._cs.disasm(code, addr, 1):
-                text = f"{insn.mnemonic} {insn.op_str}".strip()
-                found = Instruction(text, insn.size, instruction_kind(insn), bytes(insn.bytes))
+            for _addr, size, mnemonic, op_str in self._lite.disasm_lite(code, addr, 1):
+                kind = "other"
+                if may_branch(mnemonic):
+                    kind = next(
+                        (instruction_kind(insn) for insn in self._cs.disasm(code, addr, 1)), kind
+                    )
+                found = Instruction(f"{mnemonic} {op_str}".strip(), size, kind, code[:size])
         self._cache[key] = found
         return found
 
@@ -149,12 +175,8 @@ class _Interned:
     def dictionary(self, indices: npt.NDArray[np.int32]) -> pa.DictionaryArray:
         """A dictionary column over all values so far; a negative index is a null."""
         if self._array is None:
-            self._array = pa.array(self.values, pa.string())
-        nulls = indices < 0
-        if nulls.any():
-            keys = pa.array(np.where(nulls, 0, indices), pa.int32(), mask=nulls)
-        else:
-            keys = pa.array(indices, pa.int32())
+            self._array = arrays.strings(self.values)
+        keys = arrays.with_nulls(indices, pa.int32(), indices < 0)
         return pa.DictionaryArray.from_arrays(keys, self._array)
 
 
@@ -224,15 +246,13 @@ class InstructionTable:
         index = per_row[:, :_OFFSET].astype(np.int32)
         no_label = index[:, _LABEL] < 0
         if self._bytes_array is None:
-            self._bytes_array = pa.array(self._bytes, pa.binary())
+            self._bytes_array = arrays.binaries(self._bytes)
         return {
             "insn": self.texts.dictionary(index[:, _TEXT]),
             "symbol": self.symbols.dictionary(index[:, _SYMBOL]),
             "kind": self.kinds.dictionary(index[:, _KIND]),
             "label": self.labels.dictionary(index[:, _LABEL]),
-            "offset": pa.array(
-                per_row[:, _OFFSET], pa.int64(), mask=no_label if no_label.any() else None
-            ),
-            "insn_bytes": self._bytes_array.take(pa.array(index[:, _BYTES])),
+            "offset": arrays.with_nulls(per_row[:, _OFFSET], pa.int64(), no_label),
+            "insn_bytes": self._bytes_array.take(arrays.numeric(index[:, _BYTES], pa.int32())),
             "source": self.sources.dictionary(index[:, _SOURCE]),
         }

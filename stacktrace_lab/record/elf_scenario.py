@@ -40,7 +40,6 @@ from ..layout import Region
 from ..limits import DEFAULT_LIMITS, check_toml_depth, read_input, resolve_input
 from ..scenario import _expectations, _Fields  # one parser for [expect]
 from ..trace.format import ProgramInfo
-from .elf_front import describe_elf
 from .naming import PROCESS_STACK
 from .recorder import Description
 
@@ -100,6 +99,10 @@ def describe_elf_scenario(
         declared.append((s.string("name"), table.get("size"), table.get("symbol"), s))
     sizes = {name: int(size) for name, size, _, _ in declared if isinstance(size, int)}
     expect = _expectations(f, {**sizes, **{n: 1 << 20 for n, _, sym, _ in declared if sym}})
+    # Here, not at import: a scenario of assembly asks `is_elf_scenario` and needs
+    # none of the ELF front end (pyelftools, the loader, discovery: ~0.1 s).
+    from .elf_front import describe_elf
+
     description = describe_elf(
         elf,
         args,

@@ -260,7 +260,7 @@ class PythonRecording:
             go_on = True
             if registers:
                 previous_row = bytes(registers[-ROW_BYTES:])
-                go_on = on_chunk(chunk_start, bytes(registers), events)
+                go_on = on_chunk(chunk_start, by_register(registers), events)
             chunk_start = step
             registers = bytearray()
             events = []
@@ -472,6 +472,15 @@ def register_buffers() -> tuple[int, Any, Any, Any]:
     base = ctypes.addressof(values)
     pointers = (ctypes.c_void_p * n_regs)(*[base + WORD * i for i in range(n_regs)])
     return n_regs, reg_ids, values, pointers
+
+
+def by_register(rows: bytes | bytearray) -> bytes:
+    """Rows of REGISTERS (row by row, as the Python hooks append them) as the
+    chunk hands them over: register by register, as the C core fills them."""
+    import numpy as np
+
+    table = np.frombuffer(rows, dtype="<u8").reshape(-1, len(REGISTERS))
+    return np.ascontiguousarray(table.T).tobytes()
 
 
 def events_array(events: list[MemEvent] | bytes) -> Any:

@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import unicorn.x86_const as x86
 from unicorn import (
     UC_ARCH_X86,
@@ -130,7 +131,9 @@ class Chunk:
     """Rows `first_step ..< first_step + rows` as raw buffers."""
 
     first_step: int
-    registers: bytes  # ROW_BYTES per row: REGISTERS as little-endian uint64
+    #: REGISTERS as little-endian uint64, register by register: all rows' rip,
+    #: then all rows' rsp... (each becomes an Arrow column as it is).
+    registers: bytes
     #: MemEvents: a list of tuples (Python hooks), or packed int64 quintuples (C core).
     events: list[MemEvent] | bytes
     #: The bytes of the instructions that ran outside the program's code as
@@ -144,6 +147,10 @@ class Chunk:
     @property
     def rows(self) -> int:
         return len(self.registers) // ROW_BYTES
+
+    def by_register(self) -> npt.NDArray[np.uint64]:
+        """The registers as a (len(REGISTERS), rows) array, a view of the bytes."""
+        return np.frombuffer(self.registers, dtype="<u8").reshape(len(REGISTERS), self.rows)
 
 
 @dataclass
@@ -443,13 +450,12 @@ class Machine:
         self.uc.ctl_remove_cache(0, (1 << 48) - 1)
         return None
 
-    def run_code(self, registers: bytes) -> dict[int, bytes]:
-        """The bytes of each instruction of a chunk (`registers`: its rows) that did
+    def run_code(self, rips: npt.NDArray[np.uint64]) -> dict[int, bytes]:
+        """The bytes of each instruction of a chunk (`rips`: its rows' rip) that did
         not run from the program's code as loaded: code outside its executable
         mappings (a JIT's, a library's) or on a page written since (self-modifying
         code). Read now, at the end of the chunk: an instruction rewritten twice
         within one chunk shows its last bytes on every row of that chunk."""
-        rips = np.frombuffer(registers, dtype="<u8")[_RIP :: len(REGISTERS)]
         elsewhere = np.ones(len(rips), dtype=np.bool_)
         for start, end in self._loaded_code:
             elsewhere &= (rips < start) | (rips >= end)
@@ -579,9 +585,10 @@ class Machine:
 
         def hand_over(first_step: int, registers: bytes, events: list[MemEvent] | bytes) -> bool:
             """A chunk of rows to the caller; False when the run must stop (a limit)."""
-            rows = len(registers) // ROW_BYTES
-            column = self.thread_column(first_step, rows)
-            on_chunk(Chunk(first_step, registers, events, self.run_code(registers), column))
+            chunk = Chunk(first_step, registers, events)
+            chunk.code = self.run_code(chunk.by_register()[_RIP])
+            chunk.threads = self.thread_column(first_step, chunk.rows)
+            on_chunk(chunk)
             return self._interrupt is None
 
         hooks: PythonRecording | NativeRecording

@@ -375,31 +375,42 @@ def record_description(
     group_rows = max(min(options.row_group_size, group_bytes // snapshot_bytes), 1)
     options = replace(options, row_group_size=group_rows)
 
-    with TraceWriter(output, trace_schema) as writer, ThreadPoolExecutor(1) as pool:
-        # Converting and compressing a chunk runs on a second thread while the
-        # emulation goes on: numpy, Arrow and zstd release the GIL for most of
-        # it. One chunk in flight at a time keeps memory bounded.
-        pending: Future[None] | None = None
+    with (
+        TraceWriter(output, trace_schema) as writer,
+        ThreadPoolExecutor(1) as converting,
+        ThreadPoolExecutor(1) as writing,
+    ):
+        # Three stages run at once: the emulation (C, without the GIL) of a chunk,
+        # the conversion of the chunk before it into Arrow arrays (numpy, Arrow),
+        # and the Parquet encoding of the one before that (Arrow releases the GIL in
+        # write_table). Each stage holds at most one chunk, so memory stays bounded.
+        pending: list[Future[None]] = []
         counts = SyscallCounts()
 
-        def convert_and_write(chunk: Chunk, calls: list[SyscallRecord]) -> None:
+        def convert(chunk: Chunk, calls: list[SyscallRecord]) -> pa.RecordBatch:
             batch = build_batch(chunk, table, snapshots, row_schema)
             made = syscall_column(calls, chunk.first_step, chunk.rows)
-            columns = [*batch.columns, made, thread_column(chunk)]
-            writer.write(pa.RecordBatch.from_arrays(columns, schema=trace_schema))
+            return pa.RecordBatch.from_arrays(
+                [*batch.columns, made, thread_column(chunk)], schema=trace_schema
+            )
+
+        def write(converted: Future[pa.RecordBatch], end: int) -> None:
+            writer.write(converted.result())  # re-raises what went wrong converting
             if progress is not None:
-                progress(chunk.first_step + chunk.rows)
+                progress(end)
 
         def on_chunk(chunk: Chunk) -> None:
-            nonlocal pending
-            if pending is not None:
-                pending.result()  # re-raises what went wrong there
+            # The chunk before the previous one is written, the previous one converted
+            # (re-raises what went wrong there).
+            while len(pending) > 1:
+                pending.pop(0).result()
             # The chunk's system calls leave the kernel's log with it: the log
             # holds at most one chunk's calls, however long the run.
             calls = counts.take(machine.kernel, chunk.first_step + chunk.rows)
-            pending = pool.submit(convert_and_write, chunk, calls)
-            # The trace so far (this chunk is still being written) has reached the
-            # size limit: stop, and keep every step up to here.
+            converted = converting.submit(convert, chunk, calls)
+            pending.append(writing.submit(write, converted, chunk.first_step + chunk.rows))
+            # The trace so far (the last two chunks are still being converted and
+            # written) has reached the size limit: stop, and keep every step up to here.
             if writer.bytes_written >= limits.max_trace_bytes:
                 machine.request_stop(
                     "limit",
@@ -408,8 +419,8 @@ def record_description(
                 )
 
         result = machine.run(max_steps, options.row_group_size, on_chunk)
-        if pending is not None:
-            pending.result()
+        for written in pending:
+            written.result()
         if result.interrupted:
             raise Interrupted(result.interrupted)
         if result.steps == 0:

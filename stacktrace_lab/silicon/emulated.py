@@ -238,7 +238,10 @@ def emulate(
     before_start = (
         _unreplayed_before(machine.cpu, start, answered_in_start_up) if start is not None else []
     )
-    rows = np.frombuffer(b"".join(chunks), dtype=np.uint64).reshape(-1, len(REGISTERS))
+    rows = np.concatenate(
+        [np.frombuffer(c, dtype="<u8").reshape(len(REGISTERS), -1).T for c in chunks]
+        or [np.zeros((0, len(REGISTERS)), dtype=np.uint64)]
+    )
     return EmulatedRun(
         registers=rows,
         stop_reason=result.stop.reason,

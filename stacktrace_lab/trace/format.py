@@ -30,7 +30,6 @@ from functools import cached_property
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..arch import REGISTERS
 from ..layout import Region
@@ -535,22 +534,62 @@ def signed64(value: int) -> int:
 
 
 def syscall_column(calls: list[SyscallRecord], first_step: int, n_rows: int) -> pa.Array:
-    """The `syscall` column of rows `first_step ..< first_step + n_rows`."""
-    slots: list[dict[str, Any] | None] = [None] * n_rows
-    for call in calls:
-        slots[call.step - first_step] = {
-            "nr": call.nr,
-            "name": call.name,
-            "args": list(call.args),
-            "result": None if call.result is None else signed64(call.result),
-        }
-    return pa.array(slots, type=SYSCALL_TYPE)
+    """The `syscall` column of rows `first_step ..< first_step + n_rows`.
+
+    Built from buffers (trace/arrays.py): `pa.array` of the rows would import pandas."""
+    import numpy as np
+
+    from . import arrays
+
+    if not calls:
+        return arrays.all_null(SYSCALL_TYPE, n_rows)
+    rows = np.array([call.step - first_step for call in calls], dtype=np.int64)
+    absent = np.ones(n_rows, dtype=np.bool_)
+    absent[rows] = False
+    nr = np.zeros(n_rows, dtype=np.uint64)
+    nr[rows] = [call.nr for call in calls]
+    names = [""] * n_rows
+    arg_counts = np.zeros(n_rows, dtype=np.int64)
+    for row, call in zip(rows.tolist(), calls, strict=True):
+        names[row] = call.name
+        arg_counts[row] = len(call.args)
+    args = np.array([a for call in calls for a in call.args], dtype=np.uint64)
+    no_result = absent.copy()
+    result = np.zeros(n_rows, dtype=np.int64)
+    for row, call in zip(rows.tolist(), calls, strict=True):
+        if call.result is None:
+            no_result[row] = True
+        else:
+            result[row] = signed64(call.result)
+    offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    np.cumsum(arg_counts, out=offsets[1:])
+    validity = pa.py_buffer(np.packbits(~absent, bitorder="little"))
+    name_array = arrays.strings(names)
+    children = [
+        arrays.with_nulls(nr, pa.uint64(), absent),
+        pa.Array.from_buffers(
+            pa.string(), n_rows, [validity, *name_array.buffers()[1:]], int(absent.sum())
+        ),
+        pa.Array.from_buffers(
+            SYSCALL_TYPE.field("args").type,
+            n_rows,
+            [validity, pa.py_buffer(offsets)],
+            int(absent.sum()),
+            children=[arrays.numeric(args, pa.uint64())],
+        ),
+        arrays.with_nulls(result, pa.int64(), no_result),
+    ]
+    return pa.Array.from_buffers(
+        SYSCALL_TYPE, n_rows, [validity], int(absent.sum()), children=children
+    )
 
 
 def syscalls_in(
     steps: pa.Array | pa.ChunkedArray, column: pa.Array | pa.ChunkedArray
 ) -> list[SyscallRecord]:
     """The calls a `syscall` column holds, with the `step` column beside it."""
+    import pyarrow.compute as pc  # not at import: record does not need it (62 ms)
+
     made = pc.is_valid(column)
     return [
         SyscallRecord(step, call["nr"], call["name"], tuple(call["args"]), call["result"])
