@@ -8,7 +8,9 @@ One read of the trace, row group by row group, of the columns `rip`, `rsp`,
   other), from the dictionary of the `insn` column (or of the `kind` column
   of a format-2 trace), so each distinct value is read once however many
   times it ran;
-- every memory write as flat numpy arrays (step, address, size, value);
+- every memory write as flat numpy arrays (step, address, size), and the
+  8-byte value each `call` pushed (not every write's value: only the calls'
+  are ever asked for);
 - every `ret`, with the slot it popped, where it landed, and who wrote that
   slot last: the `call` that pushed it (a return), an ordinary store (a
   **planted** return: a stack switch), or nothing (the sentinel the machine
@@ -51,6 +53,7 @@ U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 I16 = npt.NDArray[np.int16]
+U16 = npt.NDArray[np.uint16]
 B = npt.NDArray[np.bool_]
 _T = TypeVar("_T", bound=np.generic)
 #: Elements per block where a whole-trace computation would need large temporaries.
@@ -105,9 +108,8 @@ class Writes:
 
     step: I64
     addr: U64
-    size: I64
-    #: The value of 8-byte writes (little-endian); 0 for other sizes.
-    value: U64
+    #: Bytes written: uint16, as the trace stores it (a quarter of int64's memory).
+    size: U16
 
     def __len__(self) -> int:
         return int(self.step.size)
@@ -156,6 +158,7 @@ class TraceFacts:
         writes: Writes,
         calls: I64,
         call_targets: U64,
+        call_pushed: U64,
         returns: Returns,
         jumps: Jumps,
     ) -> None:
@@ -168,6 +171,8 @@ class TraceFacts:
         self.calls = calls
         #: Where each call lands: rip after it.
         self.call_targets = call_targets
+        #: What each call pushed: its step's first write when that is 8 bytes, else 0.
+        self.call_pushed = call_pushed
         self.returns = returns
         self.jumps = jumps
         self.stacks: tuple[Region, ...] = self.meta.stacks
@@ -485,8 +490,8 @@ def derive_facts(trace: Trace) -> TraceFacts:
     # Per field of `Writes`, its pieces (one per row group), joined one field at a time.
     step_parts: list[I64] = []
     addr_parts: list[U64] = []
-    size_parts: list[I64] = []
-    value_parts: list[U64] = []
+    size_parts: list[U16] = []
+    pushed_parts: list[U64] = []
     # rip is kept only where a call or a ret lands (the next row's rip), not per step.
     landing_parts: list[U64] = []
     offset = 0
@@ -505,11 +510,18 @@ def derive_facts(trace: Trace) -> TraceFacts:
             landed[-1] = trace.metadata.final.get("rip", 0)
         landing_parts.append(landed.astype(np.uint64))
         part = _writes(group.column("writes"), offset)
+        call_rows = np.flatnonzero(kinds == Kind.CALL).astype(np.int64) + offset
+        pushed = np.zeros(call_rows.shape, dtype=np.uint64)
         if part is not None:
             step_parts.append(part[0])
             addr_parts.append(part[1])
             size_parts.append(part[2])
-            value_parts.append(part[3])
+            # A call's first write (writes are in row order) is the push, if 8 bytes.
+            pos = np.minimum(np.searchsorted(part[0], call_rows), part[0].size - 1)
+            found = part[0][pos] == call_rows
+            pushed[found] = part[3][pos[found]]
+        pushed_parts.append(pushed)
+        del part
         offset += rows
 
     # Each field's pieces go as soon as it is joined: never two copies of every write.
@@ -517,12 +529,12 @@ def derive_facts(trace: Trace) -> TraceFacts:
     step_parts.clear()
     write_addr = _concat(addr_parts, np.uint64)
     addr_parts.clear()
-    write_size = _concat(size_parts, np.int64)
+    write_size = _concat(size_parts, np.uint16)
     size_parts.clear()
-    write_value = _concat(value_parts, np.uint64)
-    value_parts.clear()
-    writes = Writes(step=write_step, addr=write_addr, size=write_size, value=write_value)
-    del write_step, write_addr, write_size, write_value
+    writes = Writes(step=write_step, addr=write_addr, size=write_size)
+    del write_step, write_addr, write_size
+    call_pushed = _concat(pushed_parts, np.uint64)
+    del pushed_parts
     landings = _concat(landing_parts, np.uint64)
     del landing_parts
     transfers = kind[_is_transfer(kind)]
@@ -553,7 +565,15 @@ def derive_facts(trace: Trace) -> TraceFacts:
         writer=writer,
     )
     return TraceFacts(
-        trace, rsp, kind, writes, calls, call_targets, returns, Jumps(jumps, jump_targets)
+        trace,
+        rsp,
+        kind,
+        writes,
+        calls,
+        call_targets,
+        call_pushed,
+        returns,
+        Jumps(jumps, jump_targets),
     )
 
 
@@ -578,7 +598,8 @@ def _kinds(column: pa.ChunkedArray) -> U8:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
 
-def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, I64, U64] | None:
+def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, U16, U64] | None:
+    """Each write of a row group: its row, address, size, and value (8-byte writes only)."""
     lists = column.combine_chunks()
     flat = pc.list_flatten(lists)
     if len(flat) == 0:
@@ -586,7 +607,7 @@ def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, I64, U64
     rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64) + first_row
     addr_array, size_array, data_array = flat.flatten()
     addr = addr_array.to_numpy().astype(np.uint64)
-    size = size_array.to_numpy().astype(np.int64)
+    size = size_array.to_numpy().astype(np.uint16)
     # The value of each 8-byte write, straight from the binary column's buffers.
     buffers = data_array.buffers()
     offsets = np.frombuffer(buffers[1], dtype=np.int32)[
@@ -621,16 +642,26 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
     last_word = (slots + np.uint64(7)) >> np.uint64(3)
     ret_words = np.union1d(first_word, last_word)
 
-    w_first = writes.addr >> np.uint64(3)
-    w_last = (writes.addr + writes.size.astype(np.uint64) - np.uint64(1)) >> np.uint64(3)
     # Only writes that touch a word some ret reads matter: the first ret word at or
-    # after a write's first word must not lie past its last word.
-    nxt = np.searchsorted(ret_words, w_first)
-    touches = nxt < ret_words.size
-    touches[touches] = ret_words[nxt[touches]] <= w_last[touches]
-    candidates = np.flatnonzero(touches)
-    del nxt, touches
-    w_first, w_last = w_first[candidates], w_last[candidates]
+    # after a write's first word must not lie past its last word. In blocks, so
+    # that no temporary holds one entry per write of a long trace.
+    touching: list[I64] = []
+    for lo in range(0, len(writes), _BLOCK):
+        addr = writes.addr[lo : lo + _BLOCK]
+        block_first = addr >> np.uint64(3)
+        block_last = (addr + writes.size[lo : lo + _BLOCK].astype(np.uint64) - np.uint64(1)) >> (
+            np.uint64(3)
+        )
+        nxt = np.searchsorted(ret_words, block_first)
+        touches = nxt < ret_words.size
+        touches[touches] = ret_words[nxt[touches]] <= block_last[touches]
+        touching.append(np.flatnonzero(touches).astype(np.int64) + lo)
+    candidates = np.concatenate(touching)
+    del touching
+    w_first = writes.addr[candidates] >> np.uint64(3)
+    w_last = (
+        writes.addr[candidates] + writes.size[candidates].astype(np.uint64) - np.uint64(1)
+    ) >> np.uint64(3)
     spans = (w_last - w_first + np.uint64(1)).astype(np.int64)
     owner = np.repeat(candidates, spans)
     starts = np.repeat(np.cumsum(spans) - spans, spans)

@@ -109,15 +109,9 @@ class Transfers:
 
 
 def call_return_addresses(facts: TraceFacts) -> U64:
-    """The return address each call pushed (the 8-byte write of its step)."""
-    writes = facts.writes
-    pos = np.searchsorted(writes.step, facts.calls)
-    pos = np.clip(pos, 0, max(len(writes) - 1, 0))
-    out = np.zeros(facts.calls.shape, dtype=np.uint64)
-    if len(writes):
-        found = writes.step[pos] == facts.calls
-        out[found] = writes.value[pos[found]]
-    return out
+    """The return address each call pushed (the 8-byte write of its step), found by
+    the shared pass."""
+    return facts.call_pushed
 
 
 def function_addresses(facts: TraceFacts) -> set[int]:

@@ -226,7 +226,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     push = np.searchsorted(w.step, calls)
     has_push = push < len(w)
     has_push[has_push] = w.step[push[has_push]] == calls[has_push]
-    pushed = w.value[np.clip(push, 0, len(w) - 1)] if len(w) else np.zeros(calls.shape, np.uint64)
+    pushed = facts.call_pushed
     # Rets and indirect jmps, with the transfer the analysis classified (if it did).
     jumps = transfers.step[~transfers.is_ret]
     moved = np.concatenate([r.step, jumps])
