@@ -633,7 +633,11 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
 
     Writes and slots are cut into the 8-byte words they touch (an unaligned slot
     or a 16-byte store spans two); the last writer of a slot is the latest
-    writer of any of its words.
+    writer of any of its words. The trace is taken `_BLOCK` steps at a time: the
+    writes of a block are sorted by (word, step) and its rets looked up with
+    `searchsorted`; a ret whose word was not written in its block gets the word's
+    latest writer of the blocks before, carried over one entry per word. So the
+    temporaries hold one block's writes, never every write of a long trace.
     """
     result = np.full(ret_steps.shape, -1, dtype=np.int64)
     if not len(writes) or not ret_steps.size:
@@ -641,55 +645,75 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
     first_word = slots >> np.uint64(3)
     last_word = (slots + np.uint64(7)) >> np.uint64(3)
     ret_words = np.union1d(first_word, last_word)
+    first_rank = np.searchsorted(ret_words, first_word).astype(np.int64)
+    last_rank = np.searchsorted(ret_words, last_word).astype(np.int64)
+    del first_word, last_word
+    # Per ret word, its latest writer in the blocks done so far (-1: none yet).
+    carried = np.full(ret_words.size, -1, dtype=np.int64)
+    stride = np.int64(n + 1)
+    bounds = np.arange(0, n + _BLOCK, _BLOCK, dtype=np.int64)
+    write_at = np.searchsorted(writes.step, bounds)
+    ret_at = np.searchsorted(ret_steps, bounds)
+    for b in range(bounds.size - 1):
+        r0, r1 = int(ret_at[b]), int(ret_at[b + 1])
+        rank, owner = _words_written(writes, int(write_at[b]), int(write_at[b + 1]), ret_words)
+        # One sortable key per (word, step): the word's rank among the ret words, then the step.
+        key = rank * stride + writes.step[owner]
+        order = np.argsort(key, kind="stable")
+        key, owner, rank = key[order], owner[order], rank[order]
+        del order
+        if r1 > r0:
+            sorted_writes = (key, rank, owner, stride)
+            steps = ret_steps[r0:r1]
+            first = _latest(sorted_writes, first_rank[r0:r1], steps, carried)
+            second = _latest(sorted_writes, last_rank[r0:r1], steps, carried)
+            step_of = np.where(first >= 0, writes.step[np.clip(first, 0, None)], -1)
+            step_of_second = np.where(second >= 0, writes.step[np.clip(second, 0, None)], -1)
+            result[r0:r1] = np.where(step_of_second > step_of, second, first)
+        if owner.size:
+            # The last entry of each word in (word, step) order is its latest writer.
+            last_of_word = np.flatnonzero(np.append(rank[1:] != rank[:-1], True))
+            carried[rank[last_of_word]] = owner[last_of_word]
+    return result
 
+
+def _latest(
+    sorted_writes: tuple[I64, I64, I64, np.int64], query: I64, steps: I64, carried: I64
+) -> I64:
+    """For each ret word rank in `query`, its latest writer before the step in `steps`:
+    from one block's writes sorted by (rank, step), else the one carried from before."""
+    key, rank, owner, stride = sorted_writes
+    if not owner.size:
+        return carried[query]
+    pos = np.searchsorted(key, query * stride + steps, side="left") - 1
+    found = pos >= 0
+    found[found] &= rank[pos[found]] == query[found]
+    out: I64 = np.where(found, owner[np.clip(pos, 0, None)], carried[query])
+    return out
+
+
+def _words_written(writes: Writes, lo: int, hi: int, ret_words: U64) -> tuple[I64, I64]:
+    """For writes `lo:hi`, one entry per (ret word touched, write): the word's rank in
+    `ret_words` and the write's index, in write order."""
+    addr = writes.addr[lo:hi]
+    w_first = addr >> np.uint64(3)
+    w_last = (addr + writes.size[lo:hi].astype(np.uint64) - np.uint64(1)) >> np.uint64(3)
     # Only writes that touch a word some ret reads matter: the first ret word at or
-    # after a write's first word must not lie past its last word. In blocks, so
-    # that no temporary holds one entry per write of a long trace.
-    touching: list[I64] = []
-    for lo in range(0, len(writes), _BLOCK):
-        addr = writes.addr[lo : lo + _BLOCK]
-        block_first = addr >> np.uint64(3)
-        block_last = (addr + writes.size[lo : lo + _BLOCK].astype(np.uint64) - np.uint64(1)) >> (
-            np.uint64(3)
-        )
-        nxt = np.searchsorted(ret_words, block_first)
-        touches = nxt < ret_words.size
-        touches[touches] = ret_words[nxt[touches]] <= block_last[touches]
-        touching.append(np.flatnonzero(touches).astype(np.int64) + lo)
-    candidates = np.concatenate(touching)
-    del touching
-    w_first = writes.addr[candidates] >> np.uint64(3)
-    w_last = (
-        writes.addr[candidates] + writes.size[candidates].astype(np.uint64) - np.uint64(1)
-    ) >> np.uint64(3)
+    # after a write's first word must not lie past its last word.
+    nxt = np.searchsorted(ret_words, w_first)
+    touches = nxt < ret_words.size
+    touches[touches] = ret_words[nxt[touches]] <= w_last[touches]
+    candidates = np.flatnonzero(touches).astype(np.int64)
+    del nxt, touches
+    w_first, w_last = w_first[candidates], w_last[candidates]
     spans = (w_last - w_first + np.uint64(1)).astype(np.int64)
-    owner = np.repeat(candidates, spans)
+    owner = np.repeat(candidates + lo, spans)
     starts = np.repeat(np.cumsum(spans) - spans, spans)
     word = np.repeat(w_first, spans) + (np.arange(owner.size) - starts).astype(np.uint64)
     del starts
     keep = np.isin(word, ret_words)
     word, owner = word[keep], owner[keep]
-    if not owner.size:
-        return result
-    # One sortable key per (word, step): the word's rank among the ret words, then the step.
-    stride = np.int64(n + 1)
-    key = np.searchsorted(ret_words, word).astype(np.int64) * stride + writes.step[owner]
-    order = np.argsort(key, kind="stable")
-    key, owner = key[order], owner[order]
-
-    def latest(query_words: U64) -> I64:
-        rank = np.searchsorted(ret_words, query_words).astype(np.int64)
-        pos = np.searchsorted(key, rank * stride + ret_steps, side="left") - 1
-        found = pos >= 0
-        found[found] &= key[pos[found]] // stride == rank[found]
-        return np.where(found, owner[np.clip(pos, 0, None)], -1)
-
-    first = latest(first_word)
-    second = latest(last_word)
-    step_of = np.where(first >= 0, writes.step[np.clip(first, 0, None)], -1)
-    step_of_second = np.where(second >= 0, writes.step[np.clip(second, 0, None)], -1)
-    result[:] = np.where(step_of_second > step_of, second, first)
-    return result
+    return np.searchsorted(ret_words, word).astype(np.int64), owner
 
 
 def _origins(writes: Writes, kind: U8, writer: I64, slots: U64, values: U64, sentinel: int) -> U8:
