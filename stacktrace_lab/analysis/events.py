@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from ..arch import PAGE
 from ..layout import SENTINEL_RETURN, Region, slot_name
 from ..symbols import LabelTable
+from ..trace.arrays import arrow_indices, numpy_of
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .model import MAX_PLANTED, PlantedReturn
@@ -428,7 +429,7 @@ class TraceFacts:
         out: dict[int, StepInfo] = {}
         columns = ["rip", "rsp", "insn", "symbol"]
         for g, positions, local in self._groups_for(wanted):
-            rows = self.trace.row_group(g, columns).take(pa.array(local)).to_pydict()
+            rows = self.trace.row_group(g, columns).take(arrow_indices(local)).to_pydict()
             for k, pos in enumerate(positions.tolist()):
                 step = int(wanted[pos])
                 out[step] = StepInfo(
@@ -458,7 +459,7 @@ class TraceFacts:
             group = self.trace.row_group(g, list(names))
             local = ordered[lo:hi] - self._group_starts[g]
             for name in names:
-                values[name][order[lo:hi]] = group.column(name).to_numpy()[local]
+                values[name][order[lo:hi]] = numpy_of(group.column(name))[local]
         return values
 
 
@@ -497,10 +498,10 @@ def derive_facts(trace: Trace) -> TraceFacts:
     offset = 0
     for group in trace.iter_row_groups(["rip", "rsp", "kind", "writes"]):
         rows = group.num_rows
-        rsp[offset : offset + rows] = group.column("rsp").to_numpy()
+        rsp[offset : offset + rows] = numpy_of(group.column("rsp"))
         kinds = _kinds(group.column("kind"))
         kind[offset : offset + rows] = kinds
-        rip = group.column("rip").to_numpy()
+        rip = numpy_of(group.column("rip"))
         if landing_parts and _is_transfer(kind[offset - 1]):
             landing_parts[-1][-1] = rip[0]  # the previous group ended on a call or ret
         transfer = np.flatnonzero(_is_transfer(kinds))
@@ -593,7 +594,7 @@ def _kinds(column: pa.ChunkedArray) -> U8:
             [_KIND_NAMES.get(str(v), Kind.OTHER) for v in chunk.dictionary.to_pylist()],
             dtype=np.uint8,
         )
-        indices = chunk.indices.to_numpy(zero_copy_only=False)
+        indices = numpy_of(chunk.indices)
         parts.append(table[indices] if table.size else np.zeros(len(chunk), dtype=np.uint8))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
@@ -604,10 +605,10 @@ def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, U16, U64
     flat = pc.list_flatten(lists)
     if len(flat) == 0:
         return None
-    rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64) + first_row
+    rows = numpy_of(pc.list_parent_indices(lists)).astype(np.int64) + first_row
     addr_array, size_array, data_array = flat.flatten()
-    addr = addr_array.to_numpy().astype(np.uint64)
-    size = size_array.to_numpy().astype(np.uint16)
+    addr = numpy_of(addr_array).astype(np.uint64)
+    size = numpy_of(size_array).astype(np.uint16)
     # The value of each 8-byte write, straight from the binary column's buffers.
     buffers = data_array.buffers()
     offsets = np.frombuffer(buffers[1], dtype=np.int32)[

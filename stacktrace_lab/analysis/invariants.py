@@ -241,6 +241,10 @@ def _outside(facts: TraceFacts, addr: int) -> str:
 SAVED_REGISTERS = tuple(name for name in CALLEE_SAVED if name != "rsp")
 
 
+#: Resumes whose registers `callee_saved` compares at a time.
+_RESUME_BLOCK = 1 << 18
+
+
 def callee_saved(facts: TraceFacts) -> Findings:
     """Registers at every resume of a call against their values before it.
 
@@ -262,18 +266,21 @@ def callee_saved(facts: TraceFacts) -> Findings:
     call_index = np.searchsorted(facts.calls, call_steps)
 
     m = call_steps.size
-    # One register at a time, so that a long trace holds one column of values at the
-    # resumes, not six; the values are kept only where one changed.
-    steps = np.concatenate([call_steps, transfer_steps + 1])
-    by_step = np.argsort(steps, kind="stable")
-    ordered = steps[by_step]
+    # One register at a time, and `_RESUME_BLOCK` resumes at a time (they are in step
+    # order, so a block reads the row groups of its part of the trace), so that a long
+    # trace never holds a column of values for every resume; only where one changed.
     changed = np.zeros((len(SAVED_REGISTERS), m), dtype=np.bool_)
-    for j, name in enumerate(SAVED_REGISTERS):
-        values = np.empty(steps.shape, dtype=np.uint64)
-        values[by_step] = facts.registers_at([name], ordered)[name]
-        changed[j] = values[:m] != values[m:]
-        del values
-    del steps, by_step, ordered
+    for lo in range(0, m, _RESUME_BLOCK):
+        hi = min(lo + _RESUME_BLOCK, m)
+        steps = np.concatenate([call_steps[lo:hi], transfer_steps[lo:hi] + 1])
+        by_step = np.argsort(steps, kind="stable")
+        ordered = steps[by_step]
+        for j, name in enumerate(SAVED_REGISTERS):
+            values = np.empty(steps.shape, dtype=np.uint64)
+            values[by_step] = facts.registers_at([name], ordered)[name]
+            changed[j, lo:hi] = values[: hi - lo] != values[hi - lo :]
+            del values
+        del steps, by_step, ordered
     bad = np.flatnonzero(changed.any(axis=0))
     changed = changed[:, bad]
     read = facts.registers_at(

@@ -36,6 +36,7 @@ from ..analysis.model import PlantedReturn
 from ..arch import WORD
 from ..layout import Region
 from ..record.windows import overflow_key
+from ..trace.arrays import arrow_indices
 from ..trace.format import SnapshotWindow
 from .figures import (
     OVERFLOW_COLOUR,
@@ -184,7 +185,7 @@ def read_snapshots(facts: TraceFacts, keys: list[str], steps: I64) -> dict[str, 
         rows = int(facts.trace.parquet.metadata.row_group(group).num_rows)
         lo, hi = np.searchsorted(steps, [start, start + rows])
         if hi > lo:
-            table = facts.trace.row_group(group, names).take(pa.array(steps[lo:hi] - start))
+            table = facts.trace.row_group(group, names).take(arrow_indices(steps[lo:hi] - start))
             for name, window in windows.items():
                 out[name][lo:hi] = _fixed_binary(table.column(window.column), window.size)
         start += rows
