@@ -41,7 +41,8 @@ from ..arch import CALLEE_SAVED
 from ..layout import Region, slot_name
 from .alignment import alignment
 from .causes import Items, code_at, grouped, simple
-from .events import I64, U64, B, Origin, TraceFacts, stack_index
+from .events import _BLOCK, I64, U64, B, Origin, TraceFacts, stack_index
+from .lookup import RegionLookup
 from .model import MAX_VIOLATIONS, Findings
 from .saves import advices, saves_and_restores
 from .transfers import Landing, saved_stack_pointer
@@ -144,13 +145,7 @@ def _planted_data_message(facts: TraceFacts, i: int) -> Callable[[], str]:
 
 def stack_bounds(facts: TraceFacts) -> Findings:
     writes = facts.writes
-    w_end = writes.addr + writes.size.astype(np.uint64)
-    inside = np.zeros(len(writes), dtype=np.bool_)
-    for region in facts.meta.regions:
-        if region.kind == "code":
-            continue
-        inside |= (writes.addr >= np.uint64(region.base)) & (w_end <= np.uint64(region.top))
-    stray = np.flatnonzero(~inside)
+    stray = _stray_writes(facts)
     stray_addr = writes.addr[stray]
     stray_step = writes.step[stray]
 
@@ -174,11 +169,10 @@ def stack_bounds(facts: TraceFacts) -> Findings:
     above = facts.overflowed(addrs)
 
     found: list[tuple[int, str, str]] = []
-    for k, stack in enumerate(facts.stacks):
+    # Only the stacks overflowed, each found once: not a pass per stack.
+    for k in np.unique(above[above >= 0]).tolist():
         hit = np.flatnonzero(above == k)
-        if not hit.size:
-            continue
-        step, what = _overflow(stack, hit, addrs, steps, is_write)
+        step, what = _overflow(facts.stacks[k], hit, addrs, steps, is_write)
         found.append((step, "overflow", what))
     others = np.flatnonzero((above < 0) & first_of_run)
     for i in others.tolist():
@@ -190,6 +184,32 @@ def stack_bounds(facts: TraceFacts) -> Findings:
             what = f"moves rsp to {addr:#x}, outside every stack ({_outside(facts, addr)})"
         found.append((int(steps[i]), "outside", what))
     return simple(facts, "stack-bounds", found)
+
+
+def _stray_writes(facts: TraceFacts) -> I64:
+    """Indices of the writes not wholly inside one declared stack or data region.
+
+    Each write is looked up in the first region listed that holds its address (one
+    binary search, however many regions); only the writes that do not fit there
+    (strays, and a write running from one region into an overlapping one) are
+    tried against every region, as the rule says."""
+    writes = facts.writes
+    regions = [r for r in facts.meta.regions if r.kind != "code"]
+    lookup = RegionLookup(regions, with_top=False)
+    tops = np.array([r.top for r in regions] + [0], dtype=np.uint64)  # [-1]: in none
+    inside = np.zeros(len(writes), dtype=np.bool_)
+    for lo in range(0, len(writes), _BLOCK):
+        addr = writes.addr[lo : lo + _BLOCK]
+        end = addr + writes.size[lo : lo + _BLOCK].astype(np.uint64)
+        inside[lo : lo + _BLOCK] = end <= tops[lookup.index(addr)]
+    rest = np.flatnonzero(~inside)
+    addr = writes.addr[rest]
+    end = addr + writes.size[rest].astype(np.uint64)
+    fits = np.zeros(rest.shape, dtype=np.bool_)
+    for region in regions:
+        fits |= (addr >= np.uint64(region.base)) & (end <= np.uint64(region.top))
+    stray: I64 = rest[~fits].astype(np.int64)
+    return stray
 
 
 def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> tuple[int, str]:

@@ -159,10 +159,10 @@ def classify(facts: TraceFacts) -> Transfers:
     # A stack has run once a call was made on it, or code landed there (not a trampoline).
     first_call_on = np.full(len(facts.stacks), n + 1, dtype=np.int64)
     call_owner = facts.rsp_owner[facts.calls]
-    for k in range(len(facts.stacks)):
-        on_k = facts.calls[call_owner == k]
-        if on_k.size:
-            first_call_on[k] = int(on_k[0])
+    on_stack = call_owner >= 0
+    # The first call on each stack: one pass over the calls, not one per stack.
+    called, first_index = np.unique(call_owner[on_stack], return_index=True)
+    first_call_on[called.astype(np.int64)] = facts.calls[on_stack][first_index]
     ran: set[int] = set()
     if n:
         ran.add(int(facts.rsp_owner[0]))
