@@ -302,7 +302,7 @@ def _attribute_calls(
     r = facts.returns
     n = facts.steps
     last = int(calls[misaligned[-1]])
-    owner_all = np.append(facts.rsp_owner, np.int16(facts.final_owner)).astype(np.int64)
+    owner_all = facts.owners.astype(np.int64)
 
     # Events in step order: 0 = a ret pops its slot, 1 = a classified landing, 2 = a call.
     # At one step a ret pops before its landing; a landing comes before a call after it.

@@ -317,7 +317,7 @@ class TraceFacts:
         stack). Going below a stack's base is an overflow of it, not a switch."""
         if self.steps == 0:
             return np.zeros(0, dtype=np.int64)
-        owner = np.append(self.rsp_owner, np.int16(self.final_owner))
+        owner = self.owners
         return np.flatnonzero(owner[1:] != owner[:-1]).astype(np.int64)
 
     # --- stacks ---------------------------------------------------------------
@@ -384,13 +384,22 @@ class TraceFacts:
         return lowest - RED_ZONE if lowest < stack.base else stack.base
 
     @cached_property
+    def owners(self) -> I16:
+        """`rsp_owner` with one more entry, step n: the final state's (`final_owner`).
+        Read-only: one array shared by every user, never a per-caller copy."""
+        owner = np.empty(self.steps + 1, dtype=np.int16)
+        owner[:-1] = self.rsp_stack
+        out = np.flatnonzero(owner[:-1] < 0)
+        owner[out] = self.overflowed(self.rsp[out])
+        owner[-1] = self.final_owner
+        owner.flags.writeable = False
+        return owner
+
+    @cached_property
     def rsp_owner(self) -> I16:
         """The stack each step's rsp belongs to, counting just below a stack's base
         (an overflow) as that stack; -1 elsewhere. Index into `stacks`."""
-        owner = self.rsp_stack.copy()
-        out = np.flatnonzero(owner < 0)
-        owner[out] = self.overflowed(self.rsp[out])
-        return owner
+        return self.owners[:-1]
 
     @cached_property
     def final_owner(self) -> int:

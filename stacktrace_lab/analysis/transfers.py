@@ -150,7 +150,7 @@ def classify(facts: TraceFacts) -> Transfers:
     functions = function_addresses(facts)
     n = facts.steps
     landing_step = steps + 1
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))[np.minimum(landing_step, n)]
+    owner = facts.owners[np.minimum(landing_step, n)]
     # The first transfer on (ret or indirect jmp) and the first call at or after each landing.
     onward = np.flatnonzero((facts.kind == Kind.RET) | (facts.kind == Kind.JMP_INDIRECT))
     next_out = _next_at_or_after(onward, landing_step, n)

@@ -435,7 +435,7 @@ def frame_owners(facts: TraceFacts) -> npt.NDArray[np.int16]:
     step's calls and rets belong to: the stack rsp is on, counting an overflow below its
     base as that stack; while rsp is outside every stack, the stack it last left, so a
     call made there keeps its frame (and its ret pops it) instead of being lost."""
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    owner = facts.owners
     known = owner >= 0
     if known.all() or not known.any():
         return owner
