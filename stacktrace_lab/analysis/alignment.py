@@ -207,7 +207,7 @@ def _moved_after_loading(facts: TraceFacts, i: int, made: int) -> bool:
     t = facts.transfers
     if not bool(t.is_ret[i]):
         return False
-    loaded = int(facts.writes.value[made])
+    loaded = facts.write_value(made)
     return int(t.rsp[i]) - WORD not in (loaded, loaded - WORD)
 
 
@@ -266,7 +266,7 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
             advice = "" if made >= 0 else _advice(facts, region, index, step)
             loaded = saved_stack_pointer(facts, step) if made < 0 else -1
             if loaded >= 0 and _moved_after_loading(facts, i, loaded):
-                value = int(facts.writes.value[loaded])
+                value = facts.write_value(loaded)
                 saved_at = int(facts.writes.step[loaded])
                 advice = (
                     f"; the switch loaded the stack pointer {facts.where(value)} saved at step "
@@ -327,7 +327,7 @@ def _attribute_calls(
     r = facts.returns
     n = facts.steps
     last = int(calls[misaligned[-1]])
-    owner_all = np.append(facts.rsp_owner, np.int16(facts.final_owner)).astype(np.int64)
+    owner_all = facts.owners.astype(np.int64)
 
     # Events in step order: 0 = a ret pops its slot, 1 = a classified landing, 2 = a call.
     # At one step a ret pops before its landing; a landing comes before a call after it.

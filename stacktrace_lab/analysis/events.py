@@ -8,7 +8,9 @@ One read of the trace, row group by row group, of the columns `rip`, `rsp`,
   other), from the dictionary of the `insn` column (or of the `kind` column
   of a format-2 trace), so each distinct value is read once however many
   times it ran;
-- every memory write as flat numpy arrays (step, address, size, value);
+- every memory write as flat numpy arrays (step, address, size), and the
+  8-byte value each `call` pushed (not every write's value: only the calls'
+  are ever asked for);
 - every `ret`, with the slot it popped, where it landed, and who wrote that
   slot last: the `call` that pushed it (a return), an ordinary store (a
   **planted** return: a stack switch), or nothing (the sentinel the machine
@@ -36,9 +38,10 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arch import PAGE
+from ..arch import PAGE, WORD
 from ..layout import SENTINEL_RETURN, Region, slot_name
 from ..symbols import LabelTable
+from ..trace.arrays import arrow_indices, numpy_of
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .model import MAX_PLANTED, PlantedReturn
@@ -51,6 +54,7 @@ U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 I16 = npt.NDArray[np.int16]
+U16 = npt.NDArray[np.uint16]
 B = npt.NDArray[np.bool_]
 _T = TypeVar("_T", bound=np.generic)
 #: Elements per block where a whole-trace computation would need large temporaries.
@@ -105,9 +109,8 @@ class Writes:
 
     step: I64
     addr: U64
-    size: I64
-    #: The value of 8-byte writes (little-endian); 0 for other sizes.
-    value: U64
+    #: Bytes written: uint16, as the trace stores it (a quarter of int64's memory).
+    size: U16
 
     def __len__(self) -> int:
         return int(self.step.size)
@@ -162,6 +165,7 @@ class TraceFacts:
         writes: Writes,
         calls: I64,
         call_targets: U64,
+        call_pushed: U64,
         returns: Returns,
         jumps: Jumps,
         threads: ThreadRuns | None = None,
@@ -177,6 +181,8 @@ class TraceFacts:
         self.calls = calls
         #: Where each call lands: rip after it.
         self.call_targets = call_targets
+        #: What each call pushed: its step's first write when that is 8 bytes, else 0.
+        self.call_pushed = call_pushed
         self.returns = returns
         self.jumps = jumps
         self.stacks: tuple[Region, ...] = self.meta.stacks
@@ -232,6 +238,17 @@ class TraceFacts:
         """rip of the instruction that made write number `write`."""
         step = int(self.writes.step[write])
         return int(self.rips_at(np.array([step], dtype=np.int64))[0])
+
+    def write_value(self, write: int) -> int:
+        """The value (little-endian, its first 8 bytes) of write number `write`, read
+        from its row: the pass keeps no value per write, and only a few findings need
+        one (the stack pointer a switch saved)."""
+        step, addr = int(self.writes.step[write]), int(self.writes.addr[write])
+        accesses = self.trace.slice(step, step + 1, ["writes"]).column("writes")[0].as_py()
+        for access in accesses or []:
+            if int(access["addr"]) == addr:
+                return int.from_bytes(bytes(access["data"])[:WORD], "little")
+        return 0
 
     def stack_name_at(self, step: int) -> str | None:
         """The stack rsp points into before `step` (after the last step: the final rsp)."""
@@ -326,7 +343,7 @@ class TraceFacts:
         stack). Going below a stack's base is an overflow of it, not a switch."""
         if self.steps == 0:
             return np.zeros(0, dtype=np.int64)
-        owner = np.append(self.rsp_owner, np.int16(self.final_owner))
+        owner = self.owners
         switched = owner[1:] != owner[:-1]
         ends = self.threads.ends
         if ends.size:
@@ -400,13 +417,22 @@ class TraceFacts:
         return lowest - RED_ZONE if lowest < stack.base else stack.base
 
     @cached_property
+    def owners(self) -> I16:
+        """`rsp_owner` with one more entry, step n: the final state's (`final_owner`).
+        Read-only: one array shared by every user, never a per-caller copy."""
+        owner = np.empty(self.steps + 1, dtype=np.int16)
+        owner[:-1] = self.rsp_stack
+        out = np.flatnonzero(owner[:-1] < 0)
+        owner[out] = self.overflowed(self.rsp[out])
+        owner[-1] = self.final_owner
+        owner.flags.writeable = False
+        return owner
+
+    @cached_property
     def rsp_owner(self) -> I16:
         """The stack each step's rsp belongs to, counting just below a stack's base
         (an overflow) as that stack; -1 elsewhere. Index into `stacks`."""
-        owner = self.rsp_stack.copy()
-        out = np.flatnonzero(owner < 0)
-        owner[out] = self.overflowed(self.rsp[out])
-        return owner
+        return self.owners[:-1]
 
     @cached_property
     def final_owner(self) -> int:
@@ -446,7 +472,7 @@ class TraceFacts:
         out: dict[int, StepInfo] = {}
         columns = ["rip", "rsp", "insn", "symbol"]
         for g, positions, local in self._groups_for(wanted):
-            rows = self.trace.row_group(g, columns).take(pa.array(local)).to_pydict()
+            rows = self.trace.row_group(g, columns).take(arrow_indices(local)).to_pydict()
             for k, pos in enumerate(positions.tolist()):
                 step = int(wanted[pos])
                 out[step] = StepInfo(
@@ -476,7 +502,7 @@ class TraceFacts:
             group = self.trace.row_group(g, list(names))
             local = ordered[lo:hi] - self._group_starts[g]
             for name in names:
-                values[name][order[lo:hi]] = group.column(name).to_numpy()[local]
+                values[name][order[lo:hi]] = numpy_of(group.column(name))[local]
         return values
 
 
@@ -508,19 +534,19 @@ def derive_facts(trace: Trace) -> TraceFacts:
     # Per field of `Writes`, its pieces (one per row group), joined one field at a time.
     step_parts: list[I64] = []
     addr_parts: list[U64] = []
-    size_parts: list[I64] = []
-    value_parts: list[U64] = []
+    size_parts: list[U16] = []
+    pushed_parts: list[U64] = []
     # rip is kept only where a call or a ret lands (the next row's rip), not per step.
     landing_parts: list[U64] = []
     thread = np.empty(n, dtype=np.uint16)
     offset = 0
     for group in trace.iter_row_groups(["rip", "rsp", "kind", "writes", "thread"]):
         rows = group.num_rows
-        rsp[offset : offset + rows] = group.column("rsp").to_numpy()
-        thread[offset : offset + rows] = group.column("thread").to_numpy()
+        rsp[offset : offset + rows] = numpy_of(group.column("rsp"))
+        thread[offset : offset + rows] = numpy_of(group.column("thread"))
         kinds = _kinds(group.column("kind"))
         kind[offset : offset + rows] = kinds
-        rip = group.column("rip").to_numpy()
+        rip = numpy_of(group.column("rip"))
         if landing_parts and _is_transfer(kind[offset - 1]):
             landing_parts[-1][-1] = rip[0]  # the previous group ended on a call or ret
         transfer = np.flatnonzero(_is_transfer(kinds))
@@ -530,11 +556,18 @@ def derive_facts(trace: Trace) -> TraceFacts:
             landed[-1] = trace.metadata.final.get("rip", 0)
         landing_parts.append(landed.astype(np.uint64))
         part = _writes(group.column("writes"), offset)
+        call_rows = np.flatnonzero(kinds == Kind.CALL).astype(np.int64) + offset
+        pushed = np.zeros(call_rows.shape, dtype=np.uint64)
         if part is not None:
             step_parts.append(part[0])
             addr_parts.append(part[1])
             size_parts.append(part[2])
-            value_parts.append(part[3])
+            # A call's first write (writes are in row order) is the push, if 8 bytes.
+            pos = np.minimum(np.searchsorted(part[0], call_rows), part[0].size - 1)
+            found = part[0][pos] == call_rows
+            pushed[found] = part[3][pos[found]]
+        pushed_parts.append(pushed)
+        del part
         offset += rows
 
     # Each field's pieces go as soon as it is joined: never two copies of every write.
@@ -542,12 +575,12 @@ def derive_facts(trace: Trace) -> TraceFacts:
     step_parts.clear()
     write_addr = _concat(addr_parts, np.uint64)
     addr_parts.clear()
-    write_size = _concat(size_parts, np.int64)
+    write_size = _concat(size_parts, np.uint16)
     size_parts.clear()
-    write_value = _concat(value_parts, np.uint64)
-    value_parts.clear()
-    writes = Writes(step=write_step, addr=write_addr, size=write_size, value=write_value)
-    del write_step, write_addr, write_size, write_value
+    writes = Writes(step=write_step, addr=write_addr, size=write_size)
+    del write_step, write_addr, write_size
+    call_pushed = _concat(pushed_parts, np.uint64)
+    del pushed_parts
     landings = _concat(landing_parts, np.uint64)
     del landing_parts
     runs = ThreadRuns.of(thread)
@@ -590,7 +623,16 @@ def derive_facts(trace: Trace) -> TraceFacts:
         writer=writer,
     )
     return TraceFacts(
-        trace, rsp, kind, writes, calls, call_targets, returns, Jumps(jumps, jump_targets), runs
+        trace,
+        rsp,
+        kind,
+        writes,
+        calls,
+        call_targets,
+        call_pushed,
+        returns,
+        Jumps(jumps, jump_targets),
+        runs,
     )
 
 
@@ -684,20 +726,21 @@ def _kinds(column: pa.ChunkedArray) -> U8:
             [_KIND_NAMES.get(str(v), Kind.OTHER) for v in chunk.dictionary.to_pylist()],
             dtype=np.uint8,
         )
-        indices = chunk.indices.to_numpy(zero_copy_only=False)
+        indices = numpy_of(chunk.indices)
         parts.append(table[indices] if table.size else np.zeros(len(chunk), dtype=np.uint8))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
 
-def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, I64, U64] | None:
+def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, U16, U64] | None:
+    """Each write of a row group: its row, address, size, and value (8-byte writes only)."""
     lists = column.combine_chunks()
     flat = pc.list_flatten(lists)
     if len(flat) == 0:
         return None
-    rows = pc.list_parent_indices(lists).to_numpy().astype(np.int64) + first_row
+    rows = numpy_of(pc.list_parent_indices(lists)).astype(np.int64) + first_row
     addr_array, size_array, data_array = flat.flatten()
-    addr = addr_array.to_numpy().astype(np.uint64)
-    size = size_array.to_numpy().astype(np.int64)
+    addr = numpy_of(addr_array).astype(np.uint64)
+    size = numpy_of(size_array).astype(np.uint16)
     # The value of each 8-byte write, straight from the binary column's buffers.
     buffers = data_array.buffers()
     offsets = np.frombuffer(buffers[1], dtype=np.int32)[
@@ -723,7 +766,11 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
 
     Writes and slots are cut into the 8-byte words they touch (an unaligned slot
     or a 16-byte store spans two); the last writer of a slot is the latest
-    writer of any of its words.
+    writer of any of its words. The trace is taken `_BLOCK` steps at a time: the
+    writes of a block are sorted by (word, step) and its rets looked up with
+    `searchsorted`; a ret whose word was not written in its block gets the word's
+    latest writer of the blocks before, carried over one entry per word. So the
+    temporaries hold one block's writes, never every write of a long trace.
     """
     result = np.full(ret_steps.shape, -1, dtype=np.int64)
     if not len(writes) or not ret_steps.size:
@@ -731,45 +778,75 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
     first_word = slots >> np.uint64(3)
     last_word = (slots + np.uint64(7)) >> np.uint64(3)
     ret_words = np.union1d(first_word, last_word)
+    first_rank = np.searchsorted(ret_words, first_word).astype(np.int64)
+    last_rank = np.searchsorted(ret_words, last_word).astype(np.int64)
+    del first_word, last_word
+    # Per ret word, its latest writer in the blocks done so far (-1: none yet).
+    carried = np.full(ret_words.size, -1, dtype=np.int64)
+    stride = np.int64(n + 1)
+    bounds = np.arange(0, n + _BLOCK, _BLOCK, dtype=np.int64)
+    write_at = np.searchsorted(writes.step, bounds)
+    ret_at = np.searchsorted(ret_steps, bounds)
+    for b in range(bounds.size - 1):
+        r0, r1 = int(ret_at[b]), int(ret_at[b + 1])
+        rank, owner = _words_written(writes, int(write_at[b]), int(write_at[b + 1]), ret_words)
+        # One sortable key per (word, step): the word's rank among the ret words, then the step.
+        key = rank * stride + writes.step[owner]
+        order = np.argsort(key, kind="stable")
+        key, owner, rank = key[order], owner[order], rank[order]
+        del order
+        if r1 > r0:
+            sorted_writes = (key, rank, owner, stride)
+            steps = ret_steps[r0:r1]
+            first = _latest(sorted_writes, first_rank[r0:r1], steps, carried)
+            second = _latest(sorted_writes, last_rank[r0:r1], steps, carried)
+            step_of = np.where(first >= 0, writes.step[np.clip(first, 0, None)], -1)
+            step_of_second = np.where(second >= 0, writes.step[np.clip(second, 0, None)], -1)
+            result[r0:r1] = np.where(step_of_second > step_of, second, first)
+        if owner.size:
+            # The last entry of each word in (word, step) order is its latest writer.
+            last_of_word = np.flatnonzero(np.append(rank[1:] != rank[:-1], True))
+            carried[rank[last_of_word]] = owner[last_of_word]
+    return result
 
-    w_first = writes.addr >> np.uint64(3)
-    w_last = (writes.addr + writes.size.astype(np.uint64) - np.uint64(1)) >> np.uint64(3)
+
+def _latest(
+    sorted_writes: tuple[I64, I64, I64, np.int64], query: I64, steps: I64, carried: I64
+) -> I64:
+    """For each ret word rank in `query`, its latest writer before the step in `steps`:
+    from one block's writes sorted by (rank, step), else the one carried from before."""
+    key, rank, owner, stride = sorted_writes
+    if not owner.size:
+        return carried[query]
+    pos = np.searchsorted(key, query * stride + steps, side="left") - 1
+    found = pos >= 0
+    found[found] &= rank[pos[found]] == query[found]
+    out: I64 = np.where(found, owner[np.clip(pos, 0, None)], carried[query])
+    return out
+
+
+def _words_written(writes: Writes, lo: int, hi: int, ret_words: U64) -> tuple[I64, I64]:
+    """For writes `lo:hi`, one entry per (ret word touched, write): the word's rank in
+    `ret_words` and the write's index, in write order."""
+    addr = writes.addr[lo:hi]
+    w_first = addr >> np.uint64(3)
+    w_last = (addr + writes.size[lo:hi].astype(np.uint64) - np.uint64(1)) >> np.uint64(3)
     # Only writes that touch a word some ret reads matter: the first ret word at or
     # after a write's first word must not lie past its last word.
     nxt = np.searchsorted(ret_words, w_first)
     touches = nxt < ret_words.size
     touches[touches] = ret_words[nxt[touches]] <= w_last[touches]
-    candidates = np.flatnonzero(touches)
+    candidates = np.flatnonzero(touches).astype(np.int64)
     del nxt, touches
     w_first, w_last = w_first[candidates], w_last[candidates]
     spans = (w_last - w_first + np.uint64(1)).astype(np.int64)
-    owner = np.repeat(candidates, spans)
+    owner = np.repeat(candidates + lo, spans)
     starts = np.repeat(np.cumsum(spans) - spans, spans)
     word = np.repeat(w_first, spans) + (np.arange(owner.size) - starts).astype(np.uint64)
     del starts
     keep = np.isin(word, ret_words)
     word, owner = word[keep], owner[keep]
-    if not owner.size:
-        return result
-    # One sortable key per (word, step): the word's rank among the ret words, then the step.
-    stride = np.int64(n + 1)
-    key = np.searchsorted(ret_words, word).astype(np.int64) * stride + writes.step[owner]
-    order = np.argsort(key, kind="stable")
-    key, owner = key[order], owner[order]
-
-    def latest(query_words: U64) -> I64:
-        rank = np.searchsorted(ret_words, query_words).astype(np.int64)
-        pos = np.searchsorted(key, rank * stride + ret_steps, side="left") - 1
-        found = pos >= 0
-        found[found] &= key[pos[found]] // stride == rank[found]
-        return np.where(found, owner[np.clip(pos, 0, None)], -1)
-
-    first = latest(first_word)
-    second = latest(last_word)
-    step_of = np.where(first >= 0, writes.step[np.clip(first, 0, None)], -1)
-    step_of_second = np.where(second >= 0, writes.step[np.clip(second, 0, None)], -1)
-    result[:] = np.where(step_of_second > step_of, second, first)
-    return result
+    return np.searchsorted(ret_words, word).astype(np.int64), owner
 
 
 def _origins(writes: Writes, kind: U8, writer: I64, slots: U64, values: U64, sentinel: int) -> U8:

@@ -41,7 +41,8 @@ from ..arch import CALLEE_SAVED, WORD
 from ..layout import Region, slot_name
 from .alignment import alignment
 from .causes import Items, code_at, grouped, simple
-from .events import I64, U64, B, Kind, Origin, TraceFacts, stack_index
+from .events import _BLOCK, I64, U64, B, Kind, Origin, TraceFacts, stack_index
+from .lookup import RegionLookup
 from .model import MAX_VIOLATIONS, Findings
 from .saves import advices, saves_and_restores
 from .transfers import Landing, saved_stack_pointer
@@ -193,13 +194,7 @@ def _planted_data_message(
 
 def stack_bounds(facts: TraceFacts) -> Findings:
     writes = facts.writes
-    w_end = writes.addr + writes.size.astype(np.uint64)
-    inside = np.zeros(len(writes), dtype=np.bool_)
-    for region in facts.meta.regions:
-        if region.kind == "code":
-            continue
-        inside |= (writes.addr >= np.uint64(region.base)) & (w_end <= np.uint64(region.top))
-    stray = np.flatnonzero(~inside)
+    stray = _stray_writes(facts)
     stray_addr = writes.addr[stray]
     stray_step = writes.step[stray]
 
@@ -223,11 +218,10 @@ def stack_bounds(facts: TraceFacts) -> Findings:
     above = facts.overflowed(addrs)
 
     found: list[tuple[int, str, str]] = []
-    for k, stack in enumerate(facts.stacks):
+    # Only the stacks overflowed, each found once: not a pass per stack.
+    for k in np.unique(above[above >= 0]).tolist():
         hit = np.flatnonzero(above == k)
-        if not hit.size:
-            continue
-        step, what = _overflow(stack, hit, addrs, steps, is_write)
+        step, what = _overflow(facts.stacks[k], hit, addrs, steps, is_write)
         found.append((step, "overflow", what))
     others = np.flatnonzero((above < 0) & first_of_run)
     for i in others.tolist():
@@ -239,6 +233,32 @@ def stack_bounds(facts: TraceFacts) -> Findings:
             what = f"moves rsp to {addr:#x}, outside every stack ({_outside(facts, addr)})"
         found.append((int(steps[i]), "outside", what))
     return simple(facts, "stack-bounds", found)
+
+
+def _stray_writes(facts: TraceFacts) -> I64:
+    """Indices of the writes not wholly inside one declared stack or data region.
+
+    Each write is looked up in the first region listed that holds its address (one
+    binary search, however many regions); only the writes that do not fit there
+    (strays, and a write running from one region into an overlapping one) are
+    tried against every region, as the rule says."""
+    writes = facts.writes
+    regions = [r for r in facts.meta.regions if r.kind != "code"]
+    lookup = RegionLookup(regions, with_top=False)
+    tops = np.array([r.top for r in regions] + [0], dtype=np.uint64)  # [-1]: in none
+    inside = np.zeros(len(writes), dtype=np.bool_)
+    for lo in range(0, len(writes), _BLOCK):
+        addr = writes.addr[lo : lo + _BLOCK]
+        end = addr + writes.size[lo : lo + _BLOCK].astype(np.uint64)
+        inside[lo : lo + _BLOCK] = end <= tops[lookup.index(addr)]
+    rest = np.flatnonzero(~inside)
+    addr = writes.addr[rest]
+    end = addr + writes.size[rest].astype(np.uint64)
+    fits = np.zeros(rest.shape, dtype=np.bool_)
+    for region in regions:
+        fits |= (addr >= np.uint64(region.base)) & (end <= np.uint64(region.top))
+    stray: I64 = rest[~fits].astype(np.int64)
+    return stray
 
 
 def _overflow(stack: Region, hit: I64, addrs: U64, steps: I64, is_write: B) -> tuple[int, str]:
@@ -291,6 +311,10 @@ def _outside(facts: TraceFacts, addr: int) -> str:
 SAVED_REGISTERS = tuple(name for name in CALLEE_SAVED if name != "rsp")
 
 
+#: Resumes whose registers `callee_saved` compares at a time.
+_RESUME_BLOCK = 1 << 18
+
+
 def callee_saved(facts: TraceFacts) -> Findings:
     """Registers at every resume of a call against their values before it.
 
@@ -312,20 +336,23 @@ def callee_saved(facts: TraceFacts) -> Findings:
     call_index = np.searchsorted(facts.calls, call_steps)
 
     m = call_steps.size
-    # One register at a time, so that a long trace holds one column of values at the
-    # resumes, not six; the values are kept only where one changed.
+    # One register at a time, and `_RESUME_BLOCK` resumes at a time (they are in step
+    # order, so a block reads the row groups of its part of the trace), so that a long
+    # trace never holds a column of values for every resume; only where one changed.
     # Registers after the resume: the next row of the resumed thread (events.ThreadRuns).
     after_steps = facts.threads.next_rows(transfer_steps)
-    steps = np.concatenate([call_steps, after_steps])
-    by_step = np.argsort(steps, kind="stable")
-    ordered = steps[by_step]
     changed = np.zeros((len(SAVED_REGISTERS), m), dtype=np.bool_)
-    for j, name in enumerate(SAVED_REGISTERS):
-        values = np.empty(steps.shape, dtype=np.uint64)
-        values[by_step] = facts.registers_at([name], ordered)[name]
-        changed[j] = values[:m] != values[m:]
-        del values
-    del steps, by_step, ordered
+    for lo in range(0, m, _RESUME_BLOCK):
+        hi = min(lo + _RESUME_BLOCK, m)
+        steps = np.concatenate([call_steps[lo:hi], after_steps[lo:hi]])
+        by_step = np.argsort(steps, kind="stable")
+        ordered = steps[by_step]
+        for j, name in enumerate(SAVED_REGISTERS):
+            values = np.empty(steps.shape, dtype=np.uint64)
+            values[by_step] = facts.registers_at([name], ordered)[name]
+            changed[j, lo:hi] = values[: hi - lo] != values[hi - lo :]
+            del values
+        del steps, by_step, ordered
     bad = np.flatnonzero(changed.any(axis=0))
     changed = changed[:, bad]
     read = facts.registers_at(SAVED_REGISTERS, np.concatenate([call_steps[bad], after_steps[bad]]))

@@ -109,15 +109,9 @@ class Transfers:
 
 
 def call_return_addresses(facts: TraceFacts) -> U64:
-    """The return address each call pushed (the 8-byte write of its step)."""
-    writes = facts.writes
-    pos = np.searchsorted(writes.step, facts.calls)
-    pos = np.clip(pos, 0, max(len(writes) - 1, 0))
-    out = np.zeros(facts.calls.shape, dtype=np.uint64)
-    if len(writes):
-        found = writes.step[pos] == facts.calls
-        out[found] = writes.value[pos[found]]
-    return out
+    """The return address each call pushed (the 8-byte write of its step), found by
+    the shared pass."""
+    return facts.call_pushed
 
 
 def function_addresses(facts: TraceFacts) -> set[int]:
@@ -157,7 +151,7 @@ def classify(facts: TraceFacts) -> Transfers:
     n = facts.steps
     # The row where the transfer landed: the next of its own thread (events.ThreadRuns).
     landing_step = facts.threads.next_rows(steps)
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))[np.minimum(landing_step, n)]
+    owner = facts.owners[np.minimum(landing_step, n)]
     # The first transfer on (ret or indirect jmp) and the first call at or after each landing.
     onward = np.flatnonzero((facts.kind == Kind.RET) | (facts.kind == Kind.JMP_INDIRECT))
     next_out = _next_at_or_after(onward, landing_step, n)
@@ -166,10 +160,10 @@ def classify(facts: TraceFacts) -> Transfers:
     # A stack has run once a call was made on it, or code landed there (not a trampoline).
     first_call_on = np.full(len(facts.stacks), n + 1, dtype=np.int64)
     call_owner = facts.rsp_owner[facts.calls]
-    for k in range(len(facts.stacks)):
-        on_k = facts.calls[call_owner == k]
-        if on_k.size:
-            first_call_on[k] = int(on_k[0])
+    on_stack = call_owner >= 0
+    # The first call on each stack: one pass over the calls, not one per stack.
+    called, first_index = np.unique(call_owner[on_stack], return_index=True)
+    first_call_on[called.astype(np.int64)] = facts.calls[on_stack][first_index]
     ran: set[int] = set()
     if n:
         ran.add(int(facts.rsp_owner[0]))

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ..trace.arrays import numpy_of
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .compare import U64, Segment, paired_rows
@@ -127,8 +128,8 @@ class KeyTable:
                 dtype=np.int64,
             )
             n = len(group)
-            sym_idx = symbol.indices.to_numpy(zero_copy_only=False)
-            insn_idx = insn.indices.to_numpy(zero_copy_only=False)
+            sym_idx = numpy_of(symbol.indices)
+            insn_idx = numpy_of(insn.indices)
             out[position : position + n] = (label_ids[sym_idx] << 32) | insn_ids[insn_idx]
             position += n
         return out

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arch import REGISTERS, WORD
+from ..trace.arrays import arrow_indices, numpy_of
 from ..trace.format import FACT_COLUMNS, STACK_PREFIX
 from ..trace.reader import Trace
 
@@ -238,8 +239,8 @@ class Comparator:
     def _registers(
         col_a: pa.ChunkedArray, col_b: pa.ChunkedArray, translate: Translate | None
     ) -> Mask:
-        values_a: U64 = col_a.to_numpy()
-        values_b: U64 = col_b.to_numpy()
+        values_a: U64 = numpy_of(col_a)
+        values_b: U64 = numpy_of(col_b)
         if translate is not None:
             values_a = translate(values_a)
         result: Mask = values_a != values_b
@@ -291,11 +292,11 @@ def text_mask(col_a: pa.ChunkedArray, col_b: pa.ChunkedArray) -> Mask:
         and a.dictionary.equals(b.dictionary)
     ):
         # Same dictionary (the usual case: same program): compare the indices.
-        same_dict: Mask = a.indices.to_numpy() != b.indices.to_numpy()
+        same_dict: Mask = numpy_of(a.indices) != numpy_of(b.indices)
         return same_dict
     a = a.cast(pa.string()) if isinstance(a, pa.DictionaryArray) else a
     b = b.cast(pa.string()) if isinstance(b, pa.DictionaryArray) else b
-    decoded: Mask = pc.not_equal(a, b).to_numpy(zero_copy_only=False)
+    decoded: Mask = numpy_of(pc.not_equal(a, b))
     return decoded
 
 
@@ -308,12 +309,12 @@ def syscall_mask(
     compared as Python values; A's arguments translated into B's addresses,
     as registers are (a `write` of a string in code that moved)."""
     a, b = single(col_a), single(col_b)
-    made_a = pc.is_valid(a).to_numpy(zero_copy_only=False)
-    made_b = pc.is_valid(b).to_numpy(zero_copy_only=False)
+    made_a = numpy_of(pc.is_valid(a))
+    made_b = numpy_of(pc.is_valid(b))
     differ: Mask = made_a != made_b
     both = np.flatnonzero(made_a & made_b)
     if len(both):
-        rows = pa.array(both)
+        rows = arrow_indices(both)
         calls_a = a.take(rows).to_pylist()
         if translate is not None:
             for call in calls_a:
@@ -331,18 +332,18 @@ def access_mask(
 ) -> Mask:
     """Rows whose `reads` (or `writes`) lists differ in length, address, size or data."""
     a, b = single(col_a), single(col_b)
-    len_a = pc.list_value_length(a).to_numpy(zero_copy_only=False)
-    len_b = pc.list_value_length(b).to_numpy(zero_copy_only=False)
+    len_a = numpy_of(pc.list_value_length(a))
+    len_b = numpy_of(pc.list_value_length(b))
     differ: Mask = len_a != len_b
     rows: npt.NDArray[np.int64] | None = None
     if differ.any():
         # Entries only line up where both lists are equally long: compare those rows.
         rows = np.flatnonzero(~differ)
-        a, b = a.take(pa.array(rows)), b.take(pa.array(rows))
+        a, b = a.take(arrow_indices(rows)), b.take(arrow_indices(rows))
     flat_a, flat_b = pc.list_flatten(a), pc.list_flatten(b)
     if len(flat_a) == 0:
         return differ
-    parents = pc.list_parent_indices(a).to_numpy(zero_copy_only=False)
+    parents = numpy_of(pc.list_parent_indices(a))
     entry = entry_mask(flat_a, flat_b, translate)
     hit = parents[entry]
     differ[rows[hit] if rows is not None else hit] = True
@@ -353,12 +354,12 @@ def entry_mask(flat_a: pa.Array, flat_b: pa.Array, translate: Translate | None) 
     """Per access entry (struct addr, size, data): whether the two sides differ."""
     addr_a, size_a, data_a = flat_a.flatten()
     addr_b, size_b, data_b = flat_b.flatten()
-    addrs_a: U64 = addr_a.to_numpy(zero_copy_only=False)
+    addrs_a: U64 = numpy_of(addr_a)
     if translate is not None:
         addrs_a = translate(addrs_a)
-    differ: Mask = addrs_a != addr_b.to_numpy(zero_copy_only=False)
-    differ |= size_a.to_numpy(zero_copy_only=False) != size_b.to_numpy(zero_copy_only=False)
-    data_differ: Mask = pc.not_equal(data_a, data_b).to_numpy(zero_copy_only=False)
+    differ: Mask = addrs_a != numpy_of(addr_b)
+    differ |= numpy_of(size_a) != numpy_of(size_b)
+    data_differ: Mask = numpy_of(pc.not_equal(data_a, data_b))
     if translate is not None:
         # An 8-byte value may be a code address (a pushed return address, a
         # function pointer): compare those as translated words.
@@ -371,9 +372,7 @@ def entry_mask(flat_a: pa.Array, flat_b: pa.Array, translate: Translate | None) 
 
 
 def binary_lengths(array: pa.Array) -> npt.NDArray[np.int64]:
-    lengths: npt.NDArray[np.int64] = (
-        pc.binary_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
-    )
+    lengths: npt.NDArray[np.int64] = numpy_of(pc.binary_length(array)).astype(np.int64)
     return lengths
 
 
@@ -479,8 +478,8 @@ def _scan_gathered(
     hi_a = batch[-1].a_start + batch[-1].length
     hi_b = batch[-1].b_start + batch[-1].length
     rows_a, rows_b = paired_rows(batch)
-    chunk_a = cursor_a.read(lo_a, hi_a).take(pa.array(rows_a - lo_a))
-    chunk_b = cursor_b.read(lo_b, hi_b).take(pa.array(rows_b - lo_b))
+    chunk_a = cursor_a.read(lo_a, hi_a).take(arrow_indices(rows_a - lo_a))
+    chunk_b = cursor_b.read(lo_b, hi_b).take(arrow_indices(rows_b - lo_b))
     _tally(
         comparator.masks(chunk_a, chunk_b),
         lambda k: (int(rows_a[k]), int(rows_b[k])),

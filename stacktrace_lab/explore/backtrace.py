@@ -226,7 +226,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     push = np.searchsorted(w.step, calls)
     has_push = push < len(w)
     has_push[has_push] = w.step[push[has_push]] == calls[has_push]
-    pushed = w.value[np.clip(push, 0, len(w) - 1)] if len(w) else np.zeros(calls.shape, np.uint64)
+    pushed = facts.call_pushed
     # Rets and indirect jmps, with the transfer the analysis classified (if it did).
     jumps = transfers.step[~transfers.is_ret]
     moved = np.concatenate([r.step, jumps])
@@ -272,7 +272,8 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     zeros = np.zeros(moved.shape, np.uint64)
     targets = np.where(enters, transfers.target[t_safe], 0) if len(transfers) else zeros
     step = events(calls, moved, -1, np.int64)
-    stack = events(owner[calls], moved_stack, first_stack, np.int64)
+    # Stacks as int16, as `rsp_owner` holds them (widened where they are kept).
+    stack = events(owner[calls], moved_stack, first_stack, np.int16)
     slot = events(
         facts.rsp[calls] - np.uint64(8), moved_slot, int(facts.rsp[0]) if facts.steps else 0,
         np.uint64,
@@ -282,9 +283,11 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     del moved_stack, moved_slot, drops
     # Every event on a stack in step order (a call, a ret and a jmp never share a step),
     # the start first: `ev` indexes the arrays above.
-    order = np.argsort(step[:-1], kind="stable")
+    # Positions as 32-bit integers where they fit: half the memory on a long trace.
+    index = np.int32 if step.size < np.iinfo(np.int32).max else np.int64
+    order = np.argsort(step[:-1], kind="stable").astype(index)
     order = order[stack[order] >= 0]  # an event on no stack changes no frame
-    ev = np.concatenate([[step.size - 1], order]) if start else order
+    ev = np.concatenate([np.array([step.size - 1], dtype=index), order]) if start else order
     del order
     m = ev.size
 
@@ -296,16 +299,17 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     back = events(pushed, zeros, facts.sentinel, np.uint64)
     has_back = events(has_push, np.zeros(moved.shape, np.bool_), True, np.bool_)
     node_fields = (
-        stack[push_ev], function[push_ev], step[push_ev], how[push_ev], slot[push_ev],
+        stack[push_ev].astype(np.int64), function[push_ev], step[push_ev], how[push_ev],
+        slot[push_ev],
         back[push_ev], has_back[push_ev],
     )  # fmt: skip
     del how, function, back, has_back, targets, zeros
-    node_of = np.full(step.size, -1, dtype=np.int64)
-    node_of[push_ev] = np.arange(n_nodes, dtype=np.int64)
+    node_of = np.full(step.size, -1, dtype=index)
+    node_of[push_ev] = np.arange(n_nodes, dtype=index)
     del push_ev
 
     # Group the events by stack, in step order within each.
-    by_stack = np.argsort(stack[ev], kind="stable")
+    by_stack = np.argsort(stack[ev], kind="stable").astype(index)
     grouped = ev[by_stack]
     g_stack = stack[grouped]
     g_push = pushes[grouped]
@@ -371,7 +375,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     return FrameHistory(
         nodes=nodes,
         step=step[out],
-        stack=stack[out],
+        stack=stack[out].astype(np.int64),
         top=top[1:] if start else top,
         initial=tuple(initial),
         ends=ends,
@@ -379,7 +383,9 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     )
 
 
-def _next_drop_at_or_above(stack: I64, slot: U64, drop: B) -> npt.NDArray[np.signedinteger[Any]]:
+def _next_drop_at_or_above(
+    stack: npt.NDArray[np.signedinteger[Any]], slot: U64, drop: B
+) -> npt.NDArray[np.signedinteger[Any]]:
     """For each event (grouped by stack, in step order within a stack), the position of
     the first later event on the same stack that drops frames at a slot at or above its
     own; `stack.size` when there is none.
@@ -431,7 +437,7 @@ def frame_owners(facts: TraceFacts) -> npt.NDArray[np.int16]:
     step's calls and rets belong to: the stack rsp is on, counting an overflow below its
     base as that stack; while rsp is outside every stack, the stack it last left, so a
     call made there keeps its frame (and its ret pops it) instead of being lost."""
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    owner = facts.owners
     known = owner >= 0
     if known.all() or not known.any():
         return owner

@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..trace.arrays import numpy_of
 from ..trace.reader import Trace
 
 I64 = npt.NDArray[np.int64]
@@ -79,14 +80,14 @@ def _binary_parts(array: pa.Array) -> tuple[I64, U8]:
 def flatten_accesses(group: pa.Table, column: str) -> AccessLog:
     """The `column` ("reads" or "writes") entries of a table that also has `step`."""
     lists = group.column(column).combine_chunks()
-    steps = group.column("step").to_numpy()
-    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    steps = numpy_of(group.column("step"))
+    parents = numpy_of(pc.list_parent_indices(lists))
     addr_array, _sizes, data_array = lists.flatten().flatten()
     offsets, data = _binary_parts(data_array)
     return AccessLog(
         row=parents.astype(np.int64),
         step=steps[parents].astype(np.int64),
-        addr=addr_array.to_numpy(zero_copy_only=False).astype(np.uint64),
+        addr=numpy_of(addr_array).astype(np.uint64),
         # The bytes carried are what counts; `size` should equal their length.
         size=np.diff(offsets),
         offsets=offsets,

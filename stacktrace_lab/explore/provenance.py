@@ -35,6 +35,7 @@ from ..analysis.decoded import (
 from ..arch import REGISTERS, WORD
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region, slot_name
+from ..trace.arrays import numpy_of
 from ..trace.format import overflow_key
 from ..trace.reader import Trace
 from .memory import AccessLog, flatten_accesses, memory_before
@@ -235,7 +236,7 @@ def last_register_change(trace: Trace, register: str, before: int) -> int | None
     later: npt.NDArray[np.uint64] = final  # the value just after the segment being read
     last_group = int(np.searchsorted(starts, min(before, trace.num_rows - 1), side="right")) - 1
     for group in range(last_group, -1, -1):
-        values = trace.row_group(group, [register]).column(0).to_numpy()
+        values = numpy_of(trace.row_group(group, [register]).column(0))
         end = min(int(starts[group + 1]), before + 1) - int(starts[group])
         segment = values[:end]
         if int(starts[group]) + end == int(starts[group + 1]):

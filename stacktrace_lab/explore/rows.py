@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..arch import REGISTERS
 from ..errors import BadInput
+from ..trace.arrays import arrow_indices, numpy_of
 from ..trace.reader import Trace
 
 #: Instruction prefixes that capstone prints before the mnemonic.
@@ -156,7 +157,7 @@ def text_mask(column: pa.ChunkedArray | pa.Array, predicate: Callable[[str], boo
     if isinstance(array.type, pa.DictionaryType):
         texts = array.dictionary.to_pylist()
         accepted = np.array([predicate(str(t)) for t in texts] + [False], dtype=bool)
-        indices = pc.fill_null(array.indices, len(texts)).to_numpy(zero_copy_only=False)
+        indices = numpy_of(pc.fill_null(array.indices, len(texts)))
         mask: BoolArray = accepted[indices]
         return mask
     return np.array([predicate(str(t)) for t in array.to_pylist()], dtype=bool)
@@ -183,7 +184,7 @@ def first_step_at(trace: Trace, name: str) -> int:
     address = find_symbol_address(trace, name)
     offset = 0
     for group in trace.iter_row_groups(["rip"]):
-        rip = group.column("rip").to_numpy()
+        rip = numpy_of(group.column("rip"))
         hits = np.flatnonzero(rip == np.uint64(address))
         if len(hits):
             return offset + int(hits[0])
@@ -201,14 +202,14 @@ def instruction_listing(trace: Trace) -> list[Instruction]:
     seen: dict[int, Instruction] = {}
     names = ("rip", "insn", "symbol", "insn_bytes", "kind")
     for group in trace.iter_row_groups(list(names)):
-        rip = group.column("rip").to_numpy()
+        rip = numpy_of(group.column("rip"))
         unique, first = np.unique(rip, return_index=True)
         new = [
             i for addr, i in zip(unique.tolist(), first.tolist(), strict=True) if addr not in seen
         ]
         if not new:
             continue
-        picked = group.take(pa.array(new, pa.int64())).to_pydict()
+        picked = group.take(arrow_indices(new)).to_pydict()
         columns = (picked[name] for name in names)
         for addr, text, symbol, data, kind in zip(*columns, strict=True):
             seen[int(addr)] = Instruction(
@@ -241,7 +242,7 @@ def instructions_at(trace: Trace, steps: Sequence[int]) -> dict[int, Instruction
     for group in sorted(set(groups.tolist())):
         in_group = [s for s, g in zip(wanted, groups.tolist(), strict=True) if g == group]
         table = trace.row_group(group, ["rip", "insn", "symbol"])
-        picked = table.take(pa.array([s - int(starts[group]) for s in in_group], pa.int64()))
+        picked = table.take(arrow_indices([s - int(starts[group]) for s in in_group]))
         data = picked.to_pydict()
         for s, rip, text, symbol in zip(
             in_group, data["rip"], data["insn"], data["symbol"], strict=True

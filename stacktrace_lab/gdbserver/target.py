@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..arch import REGISTERS
+from ..trace.arrays import numpy_of
 from ..trace.reader import Trace
 from .memory import AccessIndex, TraceMemory
 from .registers import REGISTER_TABLE, TRACE_COLUMN
@@ -230,7 +231,7 @@ class TraceTarget:
         cached = self._groups.get(group)
         if cached is not None:
             return cached["rip"]
-        rips: U64 = self.trace.row_group(group, ["rip"]).column(0).to_numpy()
+        rips: U64 = numpy_of(self.trace.row_group(group, ["rip"]).column(0))
         return rips
 
     def _registers_of_group(self, group: int) -> dict[str, U64]:
@@ -239,7 +240,7 @@ class TraceTarget:
         if cached is None:
             table = self.trace.row_group(group, list(REGISTERS))
             cached = {
-                name: table.column(name).to_numpy().astype(np.uint64, copy=False)
+                name: numpy_of(table.column(name)).astype(np.uint64, copy=False)
                 for name in REGISTERS
             }
             self._groups[group] = cached

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .. import safe_output
 from ..analysis import CheckResult, TraceFacts, check, derive_facts
 from ..errors import BadInput
@@ -117,7 +115,7 @@ def stepper_switches(facts: TraceFacts) -> list[Switch]:
     ]
     planted = {s.ret_step for s in switches}
     names = {i: s.name for i, s in enumerate(facts.stacks)}
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    owner = facts.owners
     for step in facts.switch_steps().tolist():
         if step in planted:
             continue

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..analysis.events import TraceFacts
 from ..analysis.model import CheckResult
 from ..layout import Region
@@ -161,7 +159,7 @@ def listing(facts: TraceFacts) -> tuple[tuple[ListingWindow, ...], int]:
         notes.setdefault(p.ret_step, []).append(f"ret pops planted {p.target} from {p.where}")
     switches = facts.switch_steps()
     names = {i: s.name for i, s in enumerate(facts.stacks)}
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    owner = facts.owners
     for step in switches.tolist():
         src = names.get(int(owner[step]), "outside the stacks")
         dst = names.get(int(owner[step + 1]), "outside the stacks")

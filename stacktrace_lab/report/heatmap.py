@@ -17,6 +17,7 @@ sampled: the snapshot columns are read row group by row group and at most
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,11 +31,12 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
-from ..analysis.events import TraceFacts
+from ..analysis.events import _BLOCK, TraceFacts
 from ..analysis.model import PlantedReturn
 from ..arch import WORD
 from ..layout import Region
 from ..record.windows import overflow_key
+from ..trace.arrays import arrow_indices
 from ..trace.format import SnapshotWindow
 from .figures import (
     OVERFLOW_COLOUR,
@@ -241,7 +243,7 @@ def read_snapshots(facts: TraceFacts, keys: list[str], steps: I64) -> dict[str, 
         rows = int(facts.trace.parquet.metadata.row_group(group).num_rows)
         lo, hi = np.searchsorted(steps, [start, start + rows])
         if hi > lo:
-            table = facts.trace.row_group(group, names).take(pa.array(steps[lo:hi] - start))
+            table = facts.trace.row_group(group, names).take(arrow_indices(steps[lo:hi] - start))
             for name, window in windows.items():
                 out[name][lo:hi] = _fixed_binary(table.column(window.column), window.size)
         start += rows
@@ -413,31 +415,53 @@ def _highest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values
         return slots
     k = facts.stacks.index(stack)
     top = first_addr + WORD * slots
-    rsp = facts.rsp[facts.rsp_stack == k]
-    rsp = rsp[(rsp >= np.uint64(first_addr)) & (rsp < np.uint64(top))]
-    if not rsp.size:
+    highest_rsp = _extreme(facts.rsp, first_addr, top, np.max, facts.rsp_stack, k)
+    if highest_rsp is None:
         return slots
-    reach = int(rsp.max()) + ABOVE_RSP
-    writes = facts.writes.addr
-    written = writes[(writes >= np.uint64(first_addr)) & (writes < np.uint64(top))]
-    if written.size:
-        reach = max(reach, int(written.max()) + WORD)
+    reach = highest_rsp + ABOVE_RSP
+    highest_write = _extreme(facts.writes.addr, first_addr, top, np.max)
+    if highest_write is not None:
+        reach = max(reach, highest_write + WORD)
     highest = -(-(reach - first_addr) // WORD)
     # Cutting a few slots only makes the panel harder to compare with the region.
     return slots if slots - highest < 8 else int(min(highest, slots))
+
+
+def _extreme(
+    values: U64,
+    lo: int,
+    hi: int,
+    pick: Callable[[U64], np.uint64],
+    owner: npt.NDArray[np.int16] | None = None,
+    k: int = -1,
+) -> int | None:
+    """`pick` (np.min or np.max) of the values in [lo, hi), only where `owner == k`
+    when `owner` is given; None when there are none. In blocks: no temporary as long
+    as a ten-million-step trace."""
+    best: list[int] = []
+    for start in range(0, values.size, _BLOCK):
+        block = values[start : start + _BLOCK]
+        keep = (block >= np.uint64(lo)) & (block < np.uint64(hi))
+        if owner is not None:
+            keep &= owner[start : start + _BLOCK] == k
+        if keep.any():
+            best.append(int(pick(block[keep])))
+    return int(pick(np.array(best, dtype=np.uint64))) if best else None
 
 
 def rsp_outside_window(facts: TraceFacts, stack: Region) -> tuple[int, int] | None:
     """(lowest, highest) rsp as byte indexes in `stack` when rsp was in the stack but
     never in its stored window (a trace whose window is a big stack's top), else None."""
     window = facts.meta.snapshots[stack.name]
-    rsp = facts.rsp[facts.rsp_stack == facts.stacks.index(stack)]
-    if not rsp.size:
+    k = facts.stacks.index(stack)
+    if _extreme(facts.rsp, window.base, window.top, np.min, facts.rsp_stack, k) is not None:
         return None
-    inside = (rsp >= np.uint64(window.base)) & (rsp < np.uint64(window.top))
-    if inside.any():
+    # rsp_stack == k holds rsp from the base up to the top, inclusive.
+    lowest = _extreme(facts.rsp, stack.base, stack.top + 1, np.min, facts.rsp_stack, k)
+    highest = _extreme(facts.rsp, stack.base, stack.top + 1, np.max, facts.rsp_stack, k)
+    if lowest is None or highest is None:
         return None
-    return int(rsp.min()) - stack.base, int(rsp.max()) - stack.base
+    return lowest - stack.base, highest - stack.base
 
 
 def _overflow_depth(facts: TraceFacts, stack: Region) -> int:
@@ -459,12 +483,14 @@ def _lowest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values:
     nonzero = np.flatnonzero(values.any(axis=1))
     if nonzero.size:
         touched.append(int(nonzero[0]))
-    addrs = np.concatenate(
-        [facts.writes.addr, facts.rsp[facts.rsp_stack == facts.stacks.index(stack)]]
-    )
-    mine = addrs[(addrs >= np.uint64(first_addr)) & (addrs < np.uint64(stack.top))]
-    if mine.size:
-        touched.append(int((int(mine.min()) - first_addr) // WORD))
+    k = facts.stacks.index(stack)
+    lowest = [
+        _extreme(facts.writes.addr, first_addr, stack.top, np.min),
+        _extreme(facts.rsp, first_addr, stack.top, np.min, facts.rsp_stack, k),
+    ]
+    known = [a for a in lowest if a is not None]
+    if known:
+        touched.append(int((min(known) - first_addr) // WORD))
     return int(max(min(touched) - 2, 0))
 
 
@@ -613,28 +639,37 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
     lo = panel.stack.base + panel.floor_index
     hi = panel.stack.base + panel.top_index
     writes = facts.writes
-    ends = writes.addr + writes.size.astype(np.uint64)
-    hit = np.flatnonzero(
-        (writes.addr < np.uint64(hi))
-        & (ends > np.uint64(lo))
-        & (writes.step >= columns.first)
-        & (writes.step < columns.steps)
-    )
-    if not hit.size:
-        return
-    # A write may cover several slots (a 16-byte store): mark each one.
-    first = (np.maximum(writes.addr[hit], np.uint64(lo)) - np.uint64(lo)) // np.uint64(WORD)
-    last = (np.minimum(ends[hit], np.uint64(hi)) - np.uint64(lo) - np.uint64(1)) // np.uint64(WORD)
-    spans = (last - first + np.uint64(1)).astype(np.int64)
-    owner = np.repeat(np.arange(hit.size), spans)
-    row = first[owner].astype(np.int64) + (
-        np.arange(owner.size) - (np.cumsum(spans) - spans)[owner]
-    )
-    column = columns.column_of(writes.step[hit][owner])
-    # The distinct (column, slot) cells written, in column order: a mask, not a sort.
+    # The distinct (column, slot) cells written, in column order: a mask, not a sort;
+    # only the writes in the panel's steps (a zoom shows a stretch of the run),
+    # filled a block of writes at a time, so the temporaries stay small.
     written = np.zeros(columns.count * panel.rows, dtype=np.bool_)
-    written[column * panel.rows + row] = True
+    for start in range(0, len(writes), _BLOCK):
+        addr = writes.addr[start : start + _BLOCK]
+        ends = addr + writes.size[start : start + _BLOCK].astype(np.uint64)
+        step = writes.step[start : start + _BLOCK]
+        hit = np.flatnonzero(
+            (addr < np.uint64(hi))
+            & (ends > np.uint64(lo))
+            & (step >= columns.first)
+            & (step < columns.steps)
+        )
+        if not hit.size:
+            continue
+        # A write may cover several slots (a 16-byte store): mark each one.
+        first = (np.maximum(addr[hit], np.uint64(lo)) - np.uint64(lo)) // np.uint64(WORD)
+        last = (np.minimum(ends[hit], np.uint64(hi)) - np.uint64(lo) - np.uint64(1)) // (
+            np.uint64(WORD)
+        )
+        spans = (last - first + np.uint64(1)).astype(np.int64)
+        owner = np.repeat(np.arange(hit.size), spans)
+        row = first[owner].astype(np.int64) + (
+            np.arange(owner.size) - (np.cumsum(spans) - spans)[owner]
+        )
+        column = columns.column_of(step[hit][owner])
+        written[column * panel.rows + row] = True
     flat = np.flatnonzero(written)
+    if not flat.size:
+        return
     cells = np.stack([flat // panel.rows, flat % panel.rows])
     y = panel.floor_index + WORD * cells[1] + WORD / 2
     if cells.shape[1] <= MAX_WRITE_MARKS:

@@ -277,7 +277,7 @@ def numbered_notes(
     switches = facts.switch_steps()
     if switches.size <= MAX_SWITCH_LABELS:
         names = {i: s.name for i, s in enumerate(facts.stacks)}
-        owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+        owner = facts.owners
         for step in switches.tolist():
             src = names.get(int(owner[step]), "outside")
             dst = names.get(int(owner[step + 1]), "outside")
@@ -369,7 +369,7 @@ def _zoom_what(
     facts: TraceFacts, switches: I64, causes: Sequence[Cause], failed: I64, start: int, stop: int
 ) -> str:
     names = {i: s.name for i, s in enumerate(facts.stacks)}
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    owner = facts.owners
     here = switches[(switches >= start) & (switches < stop)].tolist()
     parts = []
     if here:

@@ -67,7 +67,7 @@ def switch_pairs(facts: TraceFacts) -> list[SwitchPair]:
     steps = facts.switch_steps()
     if not steps.size:
         return []
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    owner = facts.owners
     src = owner[steps].astype(np.int64)
     dst = owner[steps + 1].astype(np.int64)
     names = {i: s.name for i, s in enumerate(facts.stacks)}
@@ -113,7 +113,7 @@ def switches_figure(facts: TraceFacts, causes: Sequence[Cause] = ()) -> Figure:
         ax.broken_barh(bars, (lane - 0.3, 0.6), color=stack_colour(k), alpha=0.8, linewidth=0)
 
     steps = facts.switch_steps()
-    owner = np.append(facts.rsp_owner, np.int16(facts.final_owner))
+    owner = facts.owners
     for step in steps[:MAX_ARROWS].tolist():
         a, b = lanes.get(int(owner[step])), lanes.get(int(owner[step + 1]))
         if a is None or b is None:

@@ -32,6 +32,7 @@ from ..explore.registers import register_use
 from ..explore.rows import Instruction, instruction_listing, instructions_at
 from ..explore.telescope import SLOTS_BELOW_RSP, SLOTS_FROM_RSP, WHOLE_REGION_SLOTS
 from ..layout import SENTINEL_RETURN, Region
+from ..trace.arrays import numpy_of
 from ..trace.reader import Trace
 
 #: Traces up to this many steps are embedded whole.
@@ -217,7 +218,7 @@ def _rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
     highs = np.zeros(len(stacks) + 1, dtype=np.uint64)
     seen = np.zeros(len(stacks) + 1, dtype=np.bool_)
     for group in trace.iter_row_groups(["rsp"]):
-        rsp = group.column("rsp").to_numpy()
+        rsp = numpy_of(group.column("rsp"))
         owner = lookup.index(rsp)  # -1 (outside) is the last entry
         np.minimum.at(lows, owner, rsp)
         np.maximum.at(highs, owner, rsp)
@@ -239,7 +240,7 @@ def _rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
     y_max = np.full(buckets, -np.inf)
     offset = 0
     for group in trace.iter_row_groups(["rsp"]):
-        rsp = group.column("rsp").to_numpy()
+        rsp = numpy_of(group.column("rsp"))
         lane = _lane_of(rsp, lanes_with_outside, stacks)
         lo = np.array([lo for _, lo, _ in lanes_with_outside], dtype=np.float64)[lane]
         span = np.array([max(hi - lo, 1) for _, lo, hi in lanes_with_outside], dtype=np.float64)
@@ -381,7 +382,7 @@ def embedded_window(
     """One window of steps as the page replays it (see the module's docstring)."""
     meta = trace.metadata
     table = trace.slice(window.start, window.stop, list(REGISTERS))
-    values = np.column_stack([table.column(r).to_numpy() for r in REGISTERS])
+    values = np.column_stack([numpy_of(table.column(r)) for r in REGISTERS])
     rsp = values[:, REGISTERS.index("rsp")]
     ranges = {}
     for region in meta.stacks:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from ..errors import BadInput
 from . import validate
+from .arrays import numpy_of
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -98,7 +99,7 @@ class Trace:
 
     def column(self, name: str) -> npt.NDArray[np.uint64]:
         """A register column (or `step`) as a numpy array."""
-        values: npt.NDArray[np.uint64] = self.table([name]).column(0).to_numpy()
+        values: npt.NDArray[np.uint64] = numpy_of(self.table([name]).column(0))
         return values
 
     def row_group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
@@ -200,7 +201,7 @@ class Trace:
                 Disassembler(meta.code, meta.code_base, meta.symbols), meta.source_line
             )
         rip = rips.combine_chunks() if isinstance(rips, pa.ChunkedArray) else rips
-        return self._facts.columns(rip.to_numpy(zero_copy_only=False))
+        return self._facts.columns(numpy_of(rip))
 
     def _derive_syscalls(self, steps: pa.ChunkedArray) -> pa.Array:
         """The `syscall` column of a version 1 or 2 trace, from its metadata's list."""
