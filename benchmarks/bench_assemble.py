@@ -28,8 +28,8 @@ from pathlib import Path
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
 from stacktrace_lab.layout import CODE_BASE, region_symbols
-from stacktrace_lab.record.assembler import assemble, keystone_input
-from stacktrace_lab.record.keystone_worker import KeystoneWorker
+from stacktrace_lab.record.asm.assembler import assemble, keystone_input
+from stacktrace_lab.record.asm.keystone_worker import KeystoneWorker
 from stacktrace_lab.record.recorder import lay_out
 from stacktrace_lab.scenario import load_scenario
 

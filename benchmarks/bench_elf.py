@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record import dwarf_lines, dynamic, elf
-from stacktrace_lab.record.elf_front import describe_elf, record_elf
-from stacktrace_lab.record.machine import Machine
+from stacktrace_lab.record.linux import dwarf_lines, dynamic, elf
+from stacktrace_lab.record.linux.elf_front import describe_elf, record_elf
+from stacktrace_lab.record.machine.machine import Machine
 
 BUILDS = [
     "c-static",

@@ -4,7 +4,7 @@
 
 Runs the call-heavy benchmark program under hooks of increasing work and
 prints steps per second for each, so the choices in
-stacktrace_lab/record/machine.py can be checked on any machine:
+stacktrace_lab/record/machine/machine.py can be checked on any machine:
 raw ctypes hooks instead of the binding's hook_add, one uc_reg_read_batch
 call (through the library loaded without argtypes) instead of 18 reg_read
 calls, and stack snapshots derived from the write log instead of a mem_read
@@ -24,7 +24,7 @@ from unicorn import UC_HOOK_CODE
 from unicorn.unicorn_py3.arch.types import uc_hook_h
 from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, Uc, uclib
 
-from stacktrace_lab.record.machine import UC_IDS, Machine
+from stacktrace_lab.record.machine.machine import UC_IDS, Machine
 from stacktrace_lab.record.recorder import build_program, machine_spec, snapshot_windows
 from stacktrace_lab.scenario import load_scenario
 

@@ -21,8 +21,8 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WR
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from stacktrace_lab.arch import REGISTERS
-from stacktrace_lab.record.disassembly import Disassembler
-from stacktrace_lab.record.machine import UC_IDS, Machine
+from stacktrace_lab.disassembly import Disassembler
+from stacktrace_lab.record.machine.machine import UC_IDS, Machine
 from stacktrace_lab.record.recorder import (
     DEFAULT_ROW_GROUP,
     build_program,

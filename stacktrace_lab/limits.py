@@ -115,7 +115,7 @@ def _why(exc: BaseException) -> str:
 #: enough that a hostile path cannot exhaust memory.
 MAX_PROGRAM_FILE_BYTES = 256 * MiB
 
-#: A Linux process's memory (record/process.py, record/syscalls.py): its
+#: A Linux process's memory (record/linux/process.py, record/machine/syscalls.py): its
 #: segments, stack, heap and anonymous mappings together. Unicorn backs each
 #: mapped page the program touches with host memory, so this bounds what a
 #: program that maps and touches memory in a loop can cost. A segment over it

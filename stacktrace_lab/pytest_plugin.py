@@ -555,12 +555,12 @@ class GoldenTrace:
         path = self._from_root(given) if given.endswith(".toml") or os.sep in given else None
 
         def recorder() -> tuple[str, Callable[[Path], object]]:
-            from .record.elf_scenario import is_elf_scenario
+            from .record.linux.elf_scenario import is_elf_scenario
             from .record.recorder import record, record_description
             from .scenario import load_scenario
 
             if path is not None and is_elf_scenario(path):
-                from .record.elf_scenario import describe_elf_scenario
+                from .record.linux.elf_scenario import describe_elf_scenario
 
                 description = describe_elf_scenario(path, options.max_steps)
                 return description.info.name, lambda out: record_description(
@@ -597,7 +597,7 @@ class GoldenTrace:
         path = self._from_root(os.fspath(program))
 
         def recorder() -> tuple[str, Callable[[Path], object]]:
-            from .record.elf_front import describe_elf
+            from .record.linux.elf_front import describe_elf
             from .record.recorder import record_description
 
             description = describe_elf(path, list(args), from_, to, options.max_steps)

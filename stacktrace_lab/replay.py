@@ -27,12 +27,12 @@ import pyarrow.compute as pc
 from unicorn.unicorn_py3.unicorn import UcError
 
 from .arch import REGISTERS
+from .disassembly import Disassembler, InstructionTable
 from .errors import BadInput
 from .layout import SENTINEL_RETURN
 from .limits import DEFAULT_LIMITS
-from .record.columns import SnapshotState, build_batch, thread_column
-from .record.disassembly import Disassembler, InstructionTable
-from .record.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
+from .record.core.columns import SnapshotState, build_batch, thread_column
+from .record.machine.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .record.recorder import Description, prepare_machine
 from .safe_output import Interrupted
 from .trace.format import THREAD_FIELD, SyscallRecord, hook_schema, signed64
@@ -107,7 +107,7 @@ def machine_spec_of(trace: Trace) -> MachineSpec:
 
 def elf_description(trace: Trace, binary: str | None = None) -> Description:
     """The machine an ELF trace was recorded on: its program again, checked by sha256."""
-    from .record.elf_front import describe_elf
+    from .record.linux.elf_front import describe_elf
 
     meta = trace.metadata
     assert meta.program is not None
@@ -125,7 +125,7 @@ def elf_description(trace: Trace, binary: str | None = None) -> Description:
         )
     options = meta.options
     # A dynamically linked program's libraries (every file it read) as recorded.
-    from .record.files import changed_files
+    from .record.linux.files import changed_files
 
     recorded_files = options.get("files", [])
     changed = changed_files(recorded_files if isinstance(recorded_files, list) else [])
@@ -138,7 +138,7 @@ def elf_description(trace: Trace, binary: str | None = None) -> Description:
         options.get("to"),
         int(options.get("max_steps") or trace.num_rows),
         allow_read=[str(p) for p in options.get("allow_read", [])],
-        # A threaded program: the same schedule (record/threads.py).
+        # A threaded program: the same schedule (record/machine/threads.py).
         thread_slice=_thread_slice(meta.extra),
     )
     # The recorded regions, not the new discovery's: the snapshots are theirs.
@@ -147,7 +147,7 @@ def elf_description(trace: Trace, binary: str | None = None) -> Description:
 
 
 def _thread_slice(extra: dict[str, object]) -> int:
-    from .record.threads import DEFAULT_SLICE
+    from .record.machine.threads import DEFAULT_SLICE
 
     threads = extra.get("threads")
     if isinstance(threads, dict) and isinstance(threads.get("slice"), int):

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import BadInput
 from .limits import DEFAULT_LIMITS, Limits, check_toml_depth, read_input, resolve_input
-from .record.gnu_as import STUB_CODE, SourceFile
+from .record.asm.gnu_as import STUB_CODE, SourceFile
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
@@ -32,7 +32,7 @@ STOP_REASONS = (
     # An instruction the emulator would run wrongly, or a system call one
     # emulated process cannot honour (fork, execve): docs/machine.md.
     "unsupported",
-    # Every thread of the process waits, none with a timeout (record/threads.py).
+    # Every thread of the process waits, none with a timeout (record/machine/threads.py).
     "deadlock",
 )
 INVARIANT_IDS = (

@@ -24,8 +24,8 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsInsn
 from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG
 
 from stacktrace_lab.layout import CODE_BASE
-from stacktrace_lab.record.assembler import KeystoneInput
-from stacktrace_lab.record.keystone_worker import KeystoneWorker
+from stacktrace_lab.record.asm.assembler import KeystoneInput
+from stacktrace_lab.record.asm.keystone_worker import KeystoneWorker
 
 TOOLS = ("as", "ld", "nm", "objcopy")
 MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]

@@ -21,8 +21,8 @@ import pytest
 from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.record import recorder
-from stacktrace_lab.record.assembler import labels_of_line
-from stacktrace_lab.record.cpu import RANDOM_VALUE, TSC_START
+from stacktrace_lab.record.asm.assembler import labels_of_line
+from stacktrace_lab.record.machine.cpu import RANDOM_VALUE, TSC_START
 from stacktrace_lab.record.recorder import Recording, RecordOptions, record
 from stacktrace_lab.replay import replay
 from stacktrace_lab.scenario import load_scenario
@@ -261,7 +261,7 @@ def test_a_write_of_a_huge_count_returns_efault(record_source: Callable[..., Rec
 def test_host_dependent_instructions_give_fixed_values(
     syntax: str, line: str, register: str, value: int, write_scenario: Callable[..., Path]
 ) -> None:
-    # Unicorn answers these from the host; the CPU model (record/cpu.py) gives
+    # Unicorn answers these from the host; the CPU model (record/machine/cpu.py) gives
     # documented fixed values instead, so a trace is the same on every recording.
     path = write_scenario(f"main:\n    {line}\n    hlt\n", syntax=syntax)
     first = record(load_scenario(str(path)), path.with_suffix(".parquet"))

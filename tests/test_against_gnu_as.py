@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stacktrace_lab.layout import region_symbols
-from stacktrace_lab.record.assembler import keystone_input
+from stacktrace_lab.record.asm.assembler import keystone_input
 from stacktrace_lab.record.recorder import lay_out
 from stacktrace_lab.scenario import Scenario, builtin_names, load_scenario
 

@@ -9,7 +9,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
 
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.layout import CODE_BASE
-from stacktrace_lab.record.assembler import assemble, explicit_radix, labels_of_line
+from stacktrace_lab.record.asm.assembler import assemble, explicit_radix, labels_of_line
 from stacktrace_lab.record.recorder import build_program
 from stacktrace_lab.scenario import Scenario, load_scenario
 

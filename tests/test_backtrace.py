@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stacktrace_lab.analysis.events import Kind, derive_facts
+from stacktrace_lab.analysis.events import derive_facts
+from stacktrace_lab.analysis.kinds import Kind
 from stacktrace_lab.cli import main
 from stacktrace_lab.explore.backtrace import StackBacktrace, backtraces, frame_history
 from stacktrace_lab.record.recorder import record

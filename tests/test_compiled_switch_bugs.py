@@ -22,7 +22,7 @@ import pytest
 
 from stacktrace_lab.analysis.check import CheckResult, check
 from stacktrace_lab.examples import compiler_missing
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.trace import load_trace
 
 PROGRAMS = Path(__file__).parent / "switch_programs"

@@ -1,5 +1,5 @@
 """The instruction facts of a trace (`insn`, `kind`, `insn_bytes`) come from a light
-decode plus a detailed one only where the mnemonic may branch (record/disassembly.py).
+decode plus a detailed one only where the mnemonic may branch (disassembly.py).
 Checked here against capstone's detailed decode of a static C program's code
 (libc included), every instruction and bytes in the middle of instructions: an
 instruction whose kind is not "other" but whose mnemonic the shortcut skips would
@@ -13,8 +13,8 @@ import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
 from elftools.elf.elffile import ELFFile
 
+from stacktrace_lab.disassembly import Disassembler, Instruction, instruction_kind
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record.disassembly import Disassembler, Instruction, instruction_kind
 
 
 def detailed(cs: Cs, code: bytes, addr: int) -> Instruction:

@@ -1,7 +1,7 @@
 """Dynamically linked programs, as `gcc -g` and `rustc -g` build them.
 
 The loader (the host's ld-linux-x86-64.so.2) runs emulated and maps the
-libraries through the read-only file view (record/files.py); the tutorial's
+libraries through the read-only file view (record/linux/files.py); the tutorial's
 program gives the same verdicts as its static builds (tests/test_elf.py).
 The programs are compiled at test time; without gcc or rustc the tests skip.
 """
@@ -22,9 +22,9 @@ from stacktrace_lab.analysis.events import derive_facts
 from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record.dynamic import INTERP_TOP
-from stacktrace_lab.record.elf_front import describe_elf, record_elf
-from stacktrace_lab.record.machine import Machine
+from stacktrace_lab.record.linux.dynamic import INTERP_TOP
+from stacktrace_lab.record.linux.elf_front import describe_elf, record_elf
+from stacktrace_lab.record.machine.machine import Machine
 from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
@@ -390,7 +390,7 @@ def libc_sha(meta) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_the_view_follows_links_only_into_itself(tmp_path: Path) -> None:
-    from stacktrace_lab.record.files import FileView
+    from stacktrace_lab.record.linux.files import FileView
 
     program_dir = tmp_path / "bin"
     program_dir.mkdir()
@@ -412,7 +412,7 @@ def test_the_view_follows_links_only_into_itself(tmp_path: Path) -> None:
 
 
 def test_the_view_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stacktrace_lab.record import files
+    from stacktrace_lab.record.linux import files
 
     for i in range(3):
         (tmp_path / f"f{i}").write_bytes(bytes(100 + i))
@@ -456,7 +456,7 @@ def test_a_stripped_library_is_named_from_its_debug_file(
 ) -> None:
     import shutil
 
-    from stacktrace_lab.record import dynamic
+    from stacktrace_lab.record.linux import dynamic
 
     _need("c-dynamic")
     if shutil.which("objcopy") is None or shutil.which("strip") is None:
@@ -516,7 +516,7 @@ def test_a_stripped_library_is_named_from_its_debug_file(
 def test_libc_frames_have_source_lines_from_its_debug_file(
     programs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from stacktrace_lab.record import dynamic
+    from stacktrace_lab.record.linux import dynamic
 
     _need("c-dynamic")
     libc = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
@@ -545,10 +545,10 @@ def test_libc_frames_have_source_lines_from_its_debug_file(
 
 def _reference_line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
     """The whole line table as pyelftools decodes it (what elf.line_table returned
-    before record/dwarf_lines.py): the oracle for the small decoder."""
+    before record/linux/dwarf_lines.py): the oracle for the small decoder."""
     from elftools.elf.elffile import ELFFile
 
-    from stacktrace_lab.record.dwarf_lines import file_names
+    from stacktrace_lab.record.linux.dwarf_lines import file_names
 
     rows: dict[int, SourceLine] = {}
     with path.open("rb") as f:
@@ -574,8 +574,8 @@ def _reference_line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
 def test_lines_read_by_unit_are_the_whole_tables(programs: dict[str, Path], build: str) -> None:
     """The decoder gives pyelftools' table, and asking one address at a time (only
     the units that cover it) gives the whole table's answer at every instruction."""
-    from stacktrace_lab.record.dwarf_lines import LineIndex
-    from stacktrace_lab.record.elf import load_elf
+    from stacktrace_lab.record.linux.dwarf_lines import LineIndex
+    from stacktrace_lab.record.linux.elf import load_elf
 
     _need(build)
     path = programs[build]
@@ -595,8 +595,8 @@ def test_libc_debug_file_units_decode_as_pyelftools_does() -> None:
     header and its rows."""
     from elftools.elf.elffile import ELFFile
 
-    from stacktrace_lab.record import dynamic
-    from stacktrace_lab.record.dwarf_lines import LineIndex, decode, file_names, unit_of
+    from stacktrace_lab.record.linux import dynamic
+    from stacktrace_lab.record.linux.dwarf_lines import LineIndex, decode, file_names, unit_of
 
     libc = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
     debug = dynamic.debug_file(libc) if libc.is_file() else None
@@ -641,7 +641,7 @@ def test_a_library_with_its_own_dwarf_gives_source_lines(tmp_path: Path) -> None
 
 
 def test_replay_reads_only_bounded_regular_files_a_trace_names(tmp_path: Path) -> None:
-    from stacktrace_lab.record.files import changed_files
+    from stacktrace_lab.record.linux.files import changed_files
 
     data = tmp_path / "lib.so"
     data.write_bytes(b"abc")

@@ -17,7 +17,7 @@ from stacktrace_lab.analysis.check import check
 from stacktrace_lab.analysis.events import derive_facts
 from stacktrace_lab.cli import main
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
@@ -197,7 +197,7 @@ def test_cli_records_a_program_with_arguments(programs: dict[str, Path], tmp_pat
     meta = trace.metadata
     assert meta.options["args"] == ["one", "two"]
     assert meta.stop.reason == "spin"
-    # The process stack's snapshot is where its frames were (record/windows.py),
+    # The process stack's snapshot is where its frames were (record/core/windows.py),
     # not its top (argv and the environment, which never change): the deepest
     # rsp in it, with the red zone under it.
     window = meta.snapshots["stack"]
@@ -264,8 +264,8 @@ def test_a_stack_in_a_static_array_is_named_after_its_symbol(tmp_path: Path) -> 
 
 
 def test_name_stacks_prefers_symbol_then_allocation_then_mapping() -> None:
-    from stacktrace_lab.record.discovery import Allocation, Evidence, name_stacks
-    from stacktrace_lab.record.elf import DataSymbol
+    from stacktrace_lab.record.linux.discovery import Allocation, Evidence, name_stacks
+    from stacktrace_lab.record.linux.elf import DataSymbol
 
     evidence = Evidence(
         outside=[
@@ -294,10 +294,10 @@ def test_name_stacks_prefers_symbol_then_allocation_then_mapping() -> None:
 def test_the_process_starts_as_linux_leaves_it(programs: dict[str, Path]) -> None:
     if "c-static" not in programs:
         pytest.skip(f"cannot build the C example: {compiler_missing('c-static')}")
-    from stacktrace_lab.record.elf import load_elf
-    from stacktrace_lab.record.machine import Machine
-    from stacktrace_lab.record.process import AT_ENTRY, AT_PAGESZ, AT_RANDOM, linux_process
-    from stacktrace_lab.record.syscalls import fixed_random
+    from stacktrace_lab.record.linux.elf import load_elf
+    from stacktrace_lab.record.linux.process import AT_ENTRY, AT_PAGESZ, AT_RANDOM, linux_process
+    from stacktrace_lab.record.machine.machine import Machine
+    from stacktrace_lab.record.machine.syscalls import fixed_random
 
     image = load_elf(programs["c-static"])
     machine = Machine(linux_process(image, ["x"], []).spec)

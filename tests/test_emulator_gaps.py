@@ -1,5 +1,5 @@
-"""Instructions unicorn gets wrong are found from their bytes (record/emulator_gaps.py),
-and a recording stops at them as the CPU would (record/user_mode.py's decisions)."""
+"""Instructions unicorn gets wrong are found from their bytes (record/machine/emulator_gaps.py),
+and a recording stops at them as the CPU would (record/machine/user_mode.py's decisions)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
 
-from stacktrace_lab.record.emulator_gaps import MustBeAligned, Unsupported, gap_of
-from stacktrace_lab.record.hooks import PURE_PYTHON_ENV, native_core
+from stacktrace_lab.record.core.hooks import PURE_PYTHON_ENV, native_core
+from stacktrace_lab.record.machine.emulator_gaps import MustBeAligned, Unsupported, gap_of
 from stacktrace_lab.record.recorder import Recording, record
 from stacktrace_lab.scenario import load_scenario
 
@@ -287,7 +287,7 @@ def test_the_c_core_checks_aligned_operands_without_calling_python(
     # cost a call into Python (the C core computes the address itself).
     if native_core() is None:
         pytest.skip("the C core was not built")
-    from stacktrace_lab.record.hooks import StepRules
+    from stacktrace_lab.record.core.hooks import StepRules
 
     calls: list[int] = []
     original = StepRules.align_check

@@ -337,7 +337,7 @@ def rust_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     why = compiler_missing("rust-static-pie")
     if why is not None:
         pytest.skip(f"cannot build the Rust example: {why}")
-    from stacktrace_lab.record.elf_front import record_elf
+    from stacktrace_lab.record.linux.elf_front import record_elf
 
     out = tmp_path_factory.mktemp("gdb-rust")
     program = build_example("rust-static-pie", out)

@@ -19,7 +19,7 @@ from stacktrace_lab.cli import main
 from stacktrace_lab.diff import diff_traces
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.layout import CODE_BASE
-from stacktrace_lab.record.keystone_worker import AssemblerCrash, KeystoneWorker
+from stacktrace_lab.record.asm.keystone_worker import AssemblerCrash, KeystoneWorker
 from stacktrace_lab.record.recorder import Recording, build_program, record
 from stacktrace_lab.scenario import load_scenario
 from stacktrace_lab.trace import load_trace
@@ -129,7 +129,7 @@ def _crash_behind_the_front_end(monkeypatch: pytest.MonkeyPatch, line: int) -> N
     The front end no longer lets through any input known to crash keystone,
     so the shield's path from a crash to an error is exercised this way.
     """
-    from stacktrace_lab.record import assembler
+    from stacktrace_lab.record.asm import assembler
 
     layout = assembler._layout
 
@@ -162,7 +162,7 @@ def test_a_keystone_crash_from_the_command_line_is_exit_2(write_scenario, tmp_pa
     script = textwrap.dedent(
         f"""
         import sys
-        from stacktrace_lab.record import assembler
+        from stacktrace_lab.record.asm import assembler
         from stacktrace_lab.cli import main
         layout = assembler._layout
         def crash(prepared, syntax):
@@ -499,8 +499,8 @@ def test_the_guard_accepts_absolute_operands_keystone_reaches_rip_relative(
 def test_the_guard_compares_every_instruction_of_the_builtins_and_test_scenarios(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from stacktrace_lab.record import assembler
-    from stacktrace_lab.record.guard import Guard
+    from stacktrace_lab.record.asm import assembler
+    from stacktrace_lab.record.asm.guard import Guard
     from stacktrace_lab.scenario import builtin_names
 
     guards: list[Guard] = []
@@ -531,7 +531,7 @@ def test_the_guard_catches_a_wrong_displacement(
     monkeypatch: pytest.MonkeyPatch, write_scenario
 ) -> None:
     # Keystone's [rbx + A + B] bug, reproduced by handing it the sum minus 8.
-    from stacktrace_lab.record import operands
+    from stacktrace_lab.record.asm import operands
 
     render = operands.Expr.render
 
@@ -596,7 +596,7 @@ def test_data_directives_hold_the_values_their_lines_compute(record_source: Reco
 
 def test_the_guard_checks_data_bytes(monkeypatch: pytest.MonkeyPatch, write_scenario) -> None:
     # A data item keystone got wrong, reproduced by handing it a different number.
-    from stacktrace_lab.record import operands
+    from stacktrace_lab.record.asm import operands
 
     render = operands.Expr.render
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
-from stacktrace_lab.record.elf import line_table, load_elf
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf import line_table, load_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.trace import load_trace
 
 from .elf_builder import BASE, EXIT_0, PF_R, PF_W, Phdr, assemble, elf_file, program

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stacktrace_lab.limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY, MiB
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.record.recorder import RecordOptions
 from stacktrace_lab.trace import load_trace
 from stacktrace_lab.trace.format import TraceMetadata

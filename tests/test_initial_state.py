@@ -1,4 +1,4 @@
-"""The CPU starts as Linux starts a process (record/initial_state.py), scenarios too.
+"""The CPU starts as Linux starts a process (record/machine/initial_state.py), scenarios too.
 
 Unicorn's own start (x87 control word 0, MXCSR 0, null selectors) computes x87
 arithmetic in single precision: `sinl` printed other digits than the real run.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stacktrace_lab.examples import compiler_missing
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.record.recorder import Recording
 from stacktrace_lab.trace import load_trace
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stacktrace_lab.analysis import INVARIANTS, CheckResult, check, derive_facts
-from stacktrace_lab.analysis.events import Kind, Origin
+from stacktrace_lab.analysis.kinds import Kind, Origin
 from stacktrace_lab.record.recorder import Recording, RecordOptions
 from stacktrace_lab.scenario import INVARIANT_IDS, load_scenario
 from stacktrace_lab.trace.reader import load_trace

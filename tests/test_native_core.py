@@ -4,7 +4,7 @@ Every built-in scenario, the tutorial's C and Rust programs (compiled here;
 skipped, saying why, without gcc or rustc) and a long program (200,000 steps
 of benchmarks/call-heavy.toml) are recorded both ways in this process; the
 files must be equal byte for byte, and on failure the first differing column
-is named. `STACKTRACE_LAB_PURE_PYTHON=1` turns the C core off (record/hooks.py).
+is named. `STACKTRACE_LAB_PURE_PYTHON=1` turns the C core off (record/core/hooks.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record.elf_front import record_elf
-from stacktrace_lab.record.hooks import PURE_PYTHON_ENV, native_core
+from stacktrace_lab.record.core.hooks import PURE_PYTHON_ENV, native_core
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.record.recorder import Recording, RecordOptions, record
 from stacktrace_lab.scenario import builtin_names, load_scenario
 
@@ -97,7 +97,7 @@ def test_from_main_fast_forwards_the_same_way(
 def test_a_threaded_program(
     from_symbol: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Two threads preempted every 700 instructions (record/threads.py); with `--from
+    """Two threads preempted every 700 instructions (record/machine/threads.py); with `--from
     times` the fast-forward itself switches threads, to the first thread that calls it."""
     from tests.test_threads import BUSY_C, _build
 

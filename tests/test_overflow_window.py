@@ -20,7 +20,7 @@ from stacktrace_lab.analysis import derive_facts
 from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.examples import build_example, compiler_missing
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.report import heatmap
 from stacktrace_lab.report.figures import plot_style
 from stacktrace_lab.trace.format import METADATA_KEY, snapshot_misfit

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 from stacktrace_lab.analysis.check import check
-from stacktrace_lab.analysis.events import Origin, derive_facts
+from stacktrace_lab.analysis.events import derive_facts
+from stacktrace_lab.analysis.kinds import Origin
 from stacktrace_lab.cli import main
 from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.explore.backtrace import backtraces, frame_history
 from stacktrace_lab.export.perfetto import chrome_trace_events
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.trace import load_trace
 
 HELLO_C = '#include <stdio.h>\nint main(){puts("hello");return 0;}\n'
@@ -385,7 +386,7 @@ def test_a_switch_to_just_under_a_stack_into_a_block_of_its_own_is_a_new_stack()
     """The tutorial runtime's 2 MiB stacks are mmap'd one right under the other: the
     second thread's first rsp lies just under the first's base. A jump there is a switch
     to a new stack; descending there push by push is an overflow of the first."""
-    from stacktrace_lab.record.discovery import Allocation, Evidence, name_stacks
+    from stacktrace_lab.record.linux.discovery import Allocation, Evidence, name_stacks
 
     upper, lower, size = 0x200000, 0x100000 - 0x1000, 0x100000
     switched = Evidence(

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from unicorn import UC_HOOK_CODE, Uc
 
-from stacktrace_lab.record.machine import Machine
+from stacktrace_lab.record.machine.machine import Machine
 from stacktrace_lab.record.recorder import (
     RecordOptions,
     build_program,

@@ -13,7 +13,7 @@ from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.explore.registers import register_use
 from stacktrace_lab.explore.rows import instruction_listing
 from stacktrace_lab.explore.search import StepSearch
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.trace import load_trace
 
 TRACES = Path(__file__).parent.parent / "traces"

@@ -22,7 +22,7 @@ from matplotlib.transforms import Bbox
 from stacktrace_lab.analysis import check, derive_facts
 from stacktrace_lab.analysis.events import TraceFacts
 from stacktrace_lab.analysis.model import Cause
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.report import heatmap, rsp_plot, switch_picture
 from stacktrace_lab.report.build import build_report
 from stacktrace_lab.report.content import FOLD_ROWS
@@ -269,7 +269,7 @@ def test_the_heatmap_labels_each_planted_slot_once_and_says_where_rsp_went(
     texts = [t.get_text() for ax in figure.axes for t in ax.texts if t.get_visible()]
     # Each coroutine resumes twice from one slot: one label names both rets.
     assert sum("popped at steps" in t for t in texts) == 3
-    # The process stack's stored window is where its frames were (record/windows.py),
+    # The process stack's stored window is where its frames were (record/core/windows.py),
     # not its top 512 bytes (argv, environment): rsp went inside it, and the panel's
     # title has no "outside them" warning.
     stack = facts.meta.region("stack")

@@ -1,11 +1,11 @@
-"""record/windows.py: each stack's snapshot window where rsp went, and the overflow window."""
+"""record/core/windows.py: each stack's snapshot window where rsp went, and the overflow window."""
 
 from __future__ import annotations
 
 import pytest
 
 from stacktrace_lab.layout import Region
-from stacktrace_lab.record.windows import (
+from stacktrace_lab.record.core.windows import (
     RED_ZONE,
     Extent,
     choose_windows,

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from stacktrace_lab.analysis.events import Kind, derive_facts
+from stacktrace_lab.analysis.events import derive_facts
+from stacktrace_lab.analysis.kinds import Kind
 from stacktrace_lab.record.recorder import Recording, RecordOptions, record
 from stacktrace_lab.scenario import load_scenario
 from stacktrace_lab.stepper.serve import make_server

@@ -16,7 +16,7 @@ import pytest
 
 from stacktrace_lab.arch import REGISTERS
 from stacktrace_lab.cli import main
-from stacktrace_lab.record.cpu import XCR0, CpuModel
+from stacktrace_lab.record.machine.cpu import XCR0, CpuModel
 from stacktrace_lab.scenario import builtin_names
 from stacktrace_lab.silicon import ptrace
 from stacktrace_lab.silicon.check import silicon_check
@@ -119,7 +119,7 @@ main:
 
 @silicon
 def test_cpuid_natively_is_the_recorders_cpu_model(write_scenario: Callable[..., Path]) -> None:
-    """cpuid is not run natively: the stepper answers it from record/cpu.py, so the
+    """cpuid is not run natively: the stepper answers it from record/machine/cpu.py, so the
     runs agree even without replay, and the program takes the recorder's path."""
     path = write_scenario(CPUID_PROGRAM)
     result = silicon_check(str(path))
@@ -401,7 +401,7 @@ def test_the_examples_run_the_same_on_this_cpu(examples: Path, build: str) -> No
     # cpuid answered from the recorder's model natively: no OSXSAVE, so no xgetbv.
     assert result.native.cpuid and not result.native.xgetbv
     if build == "c-static":  # its trace, recorded whole, against the file's rows and writes
-        from stacktrace_lab.record.elf_front import record_elf
+        from stacktrace_lab.record.linux.elf_front import record_elf
 
         trace = record_elf(program, examples / "c-static.parquet").path
         from_file = silicon_check(str(trace)).comparison
@@ -715,7 +715,7 @@ def test_values_before_from_come_from_the_cpu_model_and_are_logged(
     """rdtsc, rdtscp (and rdrand) before --from: natively (at full speed, rdtsc
     faulting; or single-stepped) and emulated (fast-forwarded) they get the CPU
     model's values, logged, and the runs from --from on are the same."""
-    from stacktrace_lab.record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP
+    from stacktrace_lab.record.machine.cpu import RANDOM_VALUE, TSC_START, TSC_STEP
 
     if random != "nop" and "rdrand" not in Path("/proc/cpuinfo").read_text().split():
         pytest.skip("this CPU has no rdrand")
@@ -742,7 +742,7 @@ def test_a_dynamically_linked_program_compares_as_a_static_one(
     main, and as a trace recorded from main, it checks clean. Output that differs
     is caught."""
     from stacktrace_lab.examples import build_example, compiler_missing
-    from stacktrace_lab.record.elf_front import record_elf
+    from stacktrace_lab.record.linux.elf_front import record_elf
 
     why = compiler_missing("c-dynamic")
     if why is not None:

@@ -430,7 +430,7 @@ def test_a_trace_is_checked_against_what_the_kernel_wrote_for_the_calls_that_ran
     import shutil
     import subprocess
 
-    from stacktrace_lab.record.elf_front import record_elf
+    from stacktrace_lab.record.linux.elf_front import record_elf
 
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed")

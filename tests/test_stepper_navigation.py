@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from stacktrace_lab.analysis.events import Kind, derive_facts
+from stacktrace_lab.analysis.events import derive_facts
+from stacktrace_lab.analysis.kinds import Kind
 from stacktrace_lab.explore.backtrace import backtraces
 from stacktrace_lab.explore.provenance import parse_slot, provenance
 from stacktrace_lab.record.recorder import record

@@ -9,8 +9,8 @@ from __future__ import annotations
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
 from stacktrace_lab.layout import Region
-from stacktrace_lab.record.machine import Machine, MachineSpec, Mapping
-from stacktrace_lab.record.syscalls import (
+from stacktrace_lab.record.machine.machine import Machine, MachineSpec, Mapping
+from stacktrace_lab.record.machine.syscalls import (
     ENOSYS,
     FIXED_TIME,
     Area,

@@ -2,7 +2,7 @@
 
 Each program is built here with gcc (skipped, saying why, without it), run
 natively for the output it must print, and recorded. The recording runs one
-thread at a time under a fixed schedule (record/threads.py): the same program
+thread at a time under a fixed schedule (record/machine/threads.py): the same program
 gives the same bytes every time (tests/test_native_core.py: in the C core and in
 the pure-Python hooks alike).
 """
@@ -18,7 +18,7 @@ import pytest
 
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.examples import compiler_missing
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.record.recorder import RecordOptions
 from stacktrace_lab.trace import load_trace
 
@@ -252,7 +252,8 @@ def test_a_thread_switch_is_no_stack_switch_even_after_a_call_or_ret(tmp_path: P
     is another thread's, and the call's landing and the ret's rsp are where its own
     thread runs next. Before this was so, the analysis found 688 stack switches in
     this trace and callee-saved failed 64 times (registers compared across threads)."""
-    from stacktrace_lab.analysis.events import Kind, derive_facts
+    from stacktrace_lab.analysis.events import derive_facts
+    from stacktrace_lab.analysis.kinds import Kind
 
     program = _build(tmp_path, "busy", BUSY_C)
     path = record_elf(program, tmp_path / "busy.parquet", RecordOptions(thread_slice=97)).path

@@ -2,7 +2,7 @@
 
 A second process (fork, clone without CLONE_THREAD) or another program
 (execve) stops the run with reason `unsupported` at the `syscall` that asked
-for it. Threads used to stop it too; they run now (record/threads.py,
+for it. Threads used to stop it too; they run now (record/machine/threads.py,
 tests/test_threads.py), and this file checks that they no longer stop it.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.examples import compiler_missing
-from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.linux.elf_front import record_elf
 from stacktrace_lab.trace import load_trace
 
 THREAD_C = r"""

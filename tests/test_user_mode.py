@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from stacktrace_lab.examples import compiler_missing
-from stacktrace_lab.record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP
-from stacktrace_lab.record.elf_front import record_elf
-from stacktrace_lab.record.hooks import PURE_PYTHON_ENV, native_core
-from stacktrace_lab.record.initial_state import RFLAGS
+from stacktrace_lab.record.core.hooks import PURE_PYTHON_ENV, native_core
+from stacktrace_lab.record.linux.elf_front import record_elf
+from stacktrace_lab.record.machine.cpu import RANDOM_VALUE, TSC_START, TSC_STEP
+from stacktrace_lab.record.machine.initial_state import RFLAGS
+from stacktrace_lab.record.machine.user_mode import privileged_instructions
 from stacktrace_lab.record.recorder import Recording
-from stacktrace_lab.record.user_mode import privileged_instructions
 from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
 
@@ -57,7 +57,7 @@ def test_the_fault_names_each_instruction(
 
 def test_sti_does_not_change_the_flags(record_source: Callable[..., Recording]) -> None:
     # A user-mode `sti` faults before it runs: rflags stays as Linux started the
-    # process (IF already set, record/initial_state.py), not anything sti made it.
+    # process (IF already set, record/machine/initial_state.py), not anything sti made it.
     recording = record_source("main:\n    sti\n    ret\n")
     assert recording.metadata.stop.reason == "fault"
     assert recording.metadata.final["rflags"] == RFLAGS
@@ -119,7 +119,7 @@ int main(void) {
 
 @pytest.fixture(params=["c-core", "pure-python"])
 def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both implementations of the per-step hooks (record/hooks.py)."""
+    """Both implementations of the per-step hooks (record/core/hooks.py)."""
     if request.param == "pure-python":
         monkeypatch.setenv(PURE_PYTHON_ENV, "1")
     else:

@@ -5,7 +5,7 @@ numpy arrays of stack events; each invariant in `INVARIANTS` is a pure
 function of those facts; `check(trace)` runs them all. Nothing here imports
 the recorder: a trace file is all it needs. (`decoded.py` decodes instruction
 bytes with capstone and borrows the assembler front end's comma splitter,
-`record/operands.py`, plain text functions that import no emulator.)
+`record/asm/operands.py`, plain text functions that import no emulator.)
 """
 
 from .check import check

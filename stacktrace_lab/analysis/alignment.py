@@ -25,7 +25,8 @@ import numpy as np
 from ..arch import STACK_ALIGNMENT, WORD
 from ..layout import Region
 from .causes import MAX_CAUSES, Items, code_at, grouped
-from .events import I64, U64, B, Kind, Origin, TraceFacts
+from .events import TraceFacts
+from .kinds import I64, U64, B, Kind, Origin
 from .model import MAX_VIOLATIONS, Findings
 from .transfers import Landing, realigns, saved_stack_pointer
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .events import I64, U64, TraceFacts
+from .events import TraceFacts
+from .kinds import I64, U64
 from .model import MAX_VIOLATIONS, Cause, Consequence, Findings, Violation
 
 #: At most this many causes are described per invariant (all are counted).

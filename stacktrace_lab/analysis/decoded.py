@@ -37,7 +37,7 @@ from capstone import x86 as cs_x86
 from capstone.x86 import X86Op
 
 from ..arch import REGISTERS
-from ..record.operands import split_operands
+from ..record.asm.operands import split_operands
 
 #: The 16 general registers, as trace columns: the ones whose values a chain of moves carries.
 GENERAL_REGISTERS = frozenset(REGISTERS) - {"rip", "rflags"}

@@ -41,7 +41,8 @@ from ..arch import CALLEE_SAVED, WORD
 from ..layout import Region, slot_name
 from .alignment import alignment
 from .causes import Items, code_at, grouped, simple
-from .events import _BLOCK, I64, U64, B, Kind, Origin, TraceFacts, stack_index
+from .events import _BLOCK, TraceFacts, stack_index
+from .kinds import I64, U64, B, Kind, Origin
 from .lookup import RegionLookup
 from .model import MAX_VIOLATIONS, Findings
 from .saves import advices, saves_and_restores

@@ -22,7 +22,7 @@ from capstone import x86 as cs_x86
 
 from ..arch import WORD
 from .decoded import Decoded, OperandType, decode_rows
-from .events import Kind
+from .kinds import Kind
 
 if TYPE_CHECKING:
     from .events import TraceFacts

@@ -38,17 +38,48 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from capstone import x86 as cs_x86
 
 from ..arch import WORD
+from ..layout import Region
+from ..trace.format import TraceMetadata
+from ..trace.reader import Trace
 from .decoded import GENERAL_REGISTERS, Decoded, OperandType, decode_rows
-from .events import I64, U8, U64, B, Kind, Origin
+from .kinds import I16, I64, U8, U64, B, Jumps, Kind, Origin, Returns, ThreadRuns, Writes
 
-if TYPE_CHECKING:
-    from .events import TraceFacts
+
+class TraceFacts(Protocol):
+    """What classifying needs of the shared pass (analysis.events.TraceFacts has it all)."""
+
+    trace: Trace
+    meta: TraceMetadata
+    steps: int
+    rsp: U64
+    kind: U8
+    writes: Writes
+    calls: I64
+    call_targets: U64
+    call_pushed: U64
+    returns: Returns
+    jumps: Jumps
+    stacks: tuple[Region, ...]
+    threads: ThreadRuns
+
+    @property
+    def owners(self) -> I16: ...
+
+    @property
+    def rsp_owner(self) -> I16: ...
+
+    @property
+    def final_owner(self) -> int: ...
+
+    def is_code(self, addr: int) -> bool: ...
+
+    def rsp_after(self, steps: I64) -> U64: ...
 
 
 class Landing(IntEnum):

@@ -81,7 +81,7 @@ def _record_example(name: str, record_dir: Path) -> Recording:
     again. Recorded from `main`: the start-up of the C library or Rust's std (36,000
     steps for Rust, 156,000 with the loader) is not what the examples are about."""
     from ..examples import BUILDS, EXAMPLE_REPORTS, build_example
-    from ..record.elf_front import record_elf
+    from ..record.linux.elf_front import record_elf
 
     example = EXAMPLE_REPORTS.get(name)
     if example is None:

@@ -289,7 +289,7 @@ def _recorder(
     if (args or from_symbol or to_symbol or allow_read) and not Path(scenario).exists():
         raise BadInput(f"{scenario}: no such file")
     if is_program(scenario):
-        from ..record.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
+        from ..record.linux.elf_front import DEFAULT_ELF_MAX_STEPS, record_elf
 
         _refuse_what_is_no_program(Path(scenario))
         program = Path(scenario)
@@ -314,10 +314,10 @@ def _recorder(
             f"{scenario}: program arguments, --from, --to and --allow-read are for programs"
         )
     if scenario.endswith(".toml") and Path(scenario).is_file():
-        from ..record.elf_scenario import is_elf_scenario
+        from ..record.linux.elf_scenario import is_elf_scenario
 
         if is_elf_scenario(scenario):
-            from ..record.elf_scenario import describe_elf_scenario
+            from ..record.linux.elf_scenario import describe_elf_scenario
             from ..record.recorder import record_description
 
             description = describe_elf_scenario(Path(scenario), options.max_steps, allow_outside)

@@ -17,7 +17,8 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from ..analysis.events import Kind, TraceFacts
+from ..analysis.events import TraceFacts
+from ..analysis.kinds import Kind
 from ..arch import REGISTERS
 from ..errors import BadInput
 from .memory import flatten_accesses

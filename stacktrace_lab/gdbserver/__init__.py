@@ -121,7 +121,7 @@ def _auxv(program: bytes) -> bytes | None:
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
-    from ..record.elf import PIE_BASE
+    from ..record.linux.elf import PIE_BASE
 
     try:
         elf = ELFFile(io.BytesIO(program))

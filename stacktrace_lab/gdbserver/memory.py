@@ -222,7 +222,7 @@ def _segments(trace_path: Path, program: bytes) -> list[tuple[int, bytes]]:
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
-    from ..record.elf import PIE_BASE
+    from ..record.linux.elf import PIE_BASE
 
     try:
         elf = ELFFile(io.BytesIO(program))

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from .. import __version__
+from ..disassembly import Disassembler, InstructionTable
 from ..errors import BadInput
 from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region_symbols
 from ..limits import DEFAULT_LIMITS, Limits
@@ -44,15 +45,14 @@ from ..trace.format import (
 )
 from ..trace.reader import load_trace
 from ..trace.writer import TraceWriter
-from . import initial_state
-from .assembler import Program, assemble
-from .columns import SnapshotState, build_batch, thread_column
-from .disassembly import Disassembler, InstructionTable
-from .machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
-from .precheck import precheck_program
-from .syscalls import ENOSYS, BareKernel
-from .threads import DEFAULT_SLICE
-from .windows import Extent, choose_windows
+from .asm.assembler import Program, assemble
+from .asm.precheck import precheck_program
+from .core.columns import SnapshotState, build_batch, thread_column
+from .core.windows import Extent, choose_windows
+from .machine import initial_state
+from .machine.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
+from .machine.syscalls import ENOSYS, BareKernel
+from .machine.threads import DEFAULT_SLICE
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -74,7 +74,7 @@ class RecordOptions:
     row_group_size: int = DEFAULT_ROW_GROUP
     #: Program size, output and trace size bounds (limits.py).
     limits: Limits = DEFAULT_LIMITS
-    #: Instructions a thread runs before the next runnable one (record/threads.py).
+    #: Instructions a thread runs before the next runnable one (record/machine/threads.py).
     thread_slice: int = DEFAULT_SLICE
 
     def __post_init__(self) -> None:
@@ -246,7 +246,7 @@ def describe_scenario(scenario: Scenario, limits: Limits = DEFAULT_LIMITS) -> De
 
 
 class LineSource(Protocol):
-    """A line table asked one address at a time (record/dwarf_lines.py reads a
+    """A line table asked one address at a time (record/linux/dwarf_lines.py reads a
     program's DWARF this way, only the compile units that ran)."""
 
     def nearest(self, addr: int) -> SourceLine | None:
@@ -303,7 +303,7 @@ def snapshot_windows(
 ) -> dict[str, SnapshotWindow]:
     """Each stack's window: the whole stack, or `limit` bytes where rsp went, else
     its top; and for a stack whose rsp went below its base, the bytes it reached
-    there (`<stack>__below`). See record/windows.py."""
+    there (`<stack>__below`). See record/core/windows.py."""
     return choose_windows(regions, limit, extents or {})
 
 

@@ -35,7 +35,7 @@ from ..analysis.events import _BLOCK, TraceFacts
 from ..analysis.model import PlantedReturn
 from ..arch import WORD
 from ..layout import Region
-from ..record.windows import overflow_key
+from ..record.core.windows import overflow_key
 from ..trace.arrays import arrow_indices
 from ..trace.format import SnapshotWindow
 from .figures import (
@@ -98,7 +98,7 @@ class Panel:
     #: Byte index of the lowest slot drawn: below 0 when the stack overflowed (those
     #: slots are outside the region: hatched, unless an overflow window stores them).
     floor_index: int
-    #: The overflow window's slots (`<stack>__below`, record/windows.py), shape
+    #: The overflow window's slots (`<stack>__below`, record/core/windows.py), shape
     #: (slots, columns), row 0 its lowest; None when the trace has none.
     below: U64 | None = None
 

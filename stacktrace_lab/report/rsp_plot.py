@@ -27,7 +27,8 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
 
-from ..analysis.events import I64, Kind, Origin, TraceFacts
+from ..analysis.events import TraceFacts
+from ..analysis.kinds import I64, Kind, Origin
 from ..analysis.model import Cause, PlantedReturn
 from ..layout import Region
 from .figures import (

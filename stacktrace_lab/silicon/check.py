@@ -27,12 +27,12 @@ import numpy as np
 
 from ..arch import REGISTERS
 from ..errors import BadInput
-from ..record.elf import PIE_BASE, ElfImage, line_table, load_elf
-from ..record.elf_scenario import is_elf_scenario
-from ..record.machine import MachineSpec, Mapping
-from ..record.process import STACK_TOP, Process, linux_process
+from ..record.linux.elf import PIE_BASE, ElfImage, line_table, load_elf
+from ..record.linux.elf_scenario import is_elf_scenario
+from ..record.linux.process import STACK_TOP, Process, linux_process
+from ..record.machine.machine import MachineSpec, Mapping
+from ..record.machine.syscalls import LinuxKernel, ProcessState
 from ..record.recorder import build_program, machine_spec
-from ..record.syscalls import LinuxKernel, ProcessState
 from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
 from ..trace import Trace, load_trace
@@ -192,14 +192,14 @@ def elf_scenario_target(path: Path) -> Target:
 
 
 def recorder_process(image: ElfImage, interp: ElfImage | None) -> Process:
-    """The process the recorder runs for `image` (record/elf_front.py): its file
+    """The process the recorder runs for `image` (record/linux/elf_front.py): its file
     view, and its interpreter when it has one."""
     return linux_process(image, [], [], interp, file_kernel(image))
 
 
 def file_kernel(image: ElfImage) -> Callable[[ProcessState], LinuxKernel]:
     """The recorder's kernel for `image`: Linux with its read-only file view."""
-    from ..record.files import FileKernel, FileView
+    from ..record.linux.files import FileKernel, FileView
 
     view = FileView(Path(image.path).resolve().parent, ())
     return lambda state: FileKernel(state, view)
@@ -311,7 +311,7 @@ def trace_rows(path: str) -> RecordedTrace:
         [np.asarray(trace.column(name), dtype=np.uint64) for name in REGISTERS], axis=1
     )
     # A dynamically linked program's libraries (every file it read) as recorded.
-    from ..record.files import changed_files
+    from ..record.linux.files import changed_files
 
     files = meta.options.get("files", [])
     changed = changed_files(files if isinstance(files, list) else [])
@@ -393,8 +393,8 @@ def _interp_of(image: ElfImage) -> ElfImage | None:
     """A dynamically linked program's interpreter, placed as the recorder places it."""
     if image.interp is None:
         return None
-    from ..record.dynamic import load_interp
-    from ..record.files import FileView
+    from ..record.linux.dynamic import load_interp
+    from ..record.linux.files import FileView
 
     return load_interp(image, FileView(Path(image.path).resolve().parent, ()))
 

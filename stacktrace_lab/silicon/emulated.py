@@ -1,6 +1,6 @@
 """The emulated side: the recorder's machine, given the native run's outside world.
 
-The machine is built from parts (record/machine.py): a kernel for system
+The machine is built from parts (record/machine/machine.py): a kernel for system
 calls and a CPU model for cpuid, xgetbv and friends. For the comparison
 both are wrapped so that they answer what the native run was answered, in
 the order it asked:
@@ -30,10 +30,10 @@ from unicorn.unicorn_py3.unicorn import Uc
 from ..analysis.decoded import register_column
 from ..arch import REGISTERS
 from ..errors import BadInput
-from ..record.cpu import CpuModel
-from ..record.hooks import events_array
-from ..record.machine import MEM_WRITE, UC_IDS, Chunk, Machine, MachineSpec
-from ..record.syscalls import BareKernel
+from ..record.core.hooks import events_array
+from ..record.machine.cpu import CpuModel
+from ..record.machine.machine import MEM_WRITE, UC_IDS, Chunk, Machine, MachineSpec
+from ..record.machine.syscalls import BareKernel
 from .native import CpuidRecord, NativeRun, ValueRecord, XgetbvRecord
 from .native import SyscallRecord as NativeSyscall
 
@@ -258,7 +258,7 @@ def emulate(
 def _unreplayed_before(cpu: Any, start: int, answered: int | None = None) -> list[str]:
     """The value instructions of the start-up (before --from) the native run gave no
     answer for. The last one before `start` is answered at `start` itself (at
-    the next instruction: record/cpu.py), the first answer of the run."""
+    the next instruction: record/machine/cpu.py), the first answer of the run."""
     if not isinstance(cpu, ReplayingCpu):
         return []
     limit = cpu.answers_given if answered is None else answered

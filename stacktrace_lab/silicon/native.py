@@ -13,7 +13,7 @@ new thread, process or program ends the run (`unsupported`).
 
 `cpuid` and `xgetbv` are not run either: the stepper decodes every
 instruction before it steps it, and answers these from the recorder's CPU
-model (record/cpu.py), so the native run takes the code paths the recorder
+model (record/machine/cpu.py), so the native run takes the code paths the recorder
 records (glibc picks its string functions by cpuid), on any host.
 
 What the program learns from outside the CPU is logged so that the emulated
@@ -45,9 +45,9 @@ import capstone
 import numpy as np
 
 from ..arch import REGISTERS
-from ..record.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
-from ..record.elf import ElfImage
-from ..record.syscalls import NAMES, fixed_random
+from ..record.linux.elf import ElfImage
+from ..record.machine.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
+from ..record.machine.syscalls import NAMES, fixed_random
 from . import sandbox
 from .native_files import NativeFiles
 from .ptrace import (
@@ -480,7 +480,7 @@ class _Stepper:
         #: For the operand of rdrand/rdseed (rare: decoded with detail only there).
         self.detailed = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self.detailed.detail = True
-        #: The CPU model's time-stamp counter (record/cpu.py), as the recorder counts it.
+        #: The CPU model's time-stamp counter (record/machine/cpu.py), as the recorder counts it.
         self.tsc = TSC_START
         #: What the program wrote to fd 1 and 2 (captured, never written: sandbox.py).
         self.stdout = bytearray()
@@ -1077,7 +1077,7 @@ class _Stepper:
         ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
 
     def answer(self, nr: int, args: tuple[int, ...]) -> int:
-        """A call that is not run: the recorder's machine's answer (record/syscalls.py)."""
+        """A call that is not run: the recorder's machine's answer (record/machine/syscalls.py)."""
         if self.files is not None and self.files.answers(nr, args):
             return self.files.answer(nr, args)
         if nr == sandbox.READ:

@@ -1,7 +1,7 @@
 """The native run's files: the recorder's read-only file view, answered by the tracer.
 
 A program the recorder runs as a Linux process (an ELF) sees the host's
-files only through record/files.py's view: the loader's library
+files only through record/linux/files.py's view: the loader's library
 directories, /etc/ld.so.cache, the program's own directory, read-only and
 bounded. The native run must see the same files, and must not touch the
 host either: so its file system calls are never run by the kernel. The
@@ -28,9 +28,9 @@ from pathlib import Path
 from unicorn import UC_ERR_READ_UNMAPPED
 from unicorn.unicorn_py3.unicorn import UcError
 
-from ..record.elf import ElfImage
-from ..record.files import MODIFYING, FileKernel, FileView
-from ..record.process import linux_process
+from ..record.linux.elf import ElfImage
+from ..record.linux.files import MODIFYING, FileKernel, FileView
+from ..record.linux.process import linux_process
 
 #: The calls the view answers whatever their descriptor (they name a path, or
 #: change the file system); read/pread64/lseek/close/fstat only for its descriptors

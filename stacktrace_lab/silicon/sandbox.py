@@ -11,7 +11,7 @@ either). Then, by `policy(nr, args, pid)`:
   map, its signal state, its own identity, the clock, random bytes) run in
   the kernel, so the program works as it would;
 - ANSWER: the rest are not run at all, and answered as the recorder's
-  machine answers them (record/syscalls.py): `write`/`writev` to fd 1 and 2
+  machine answers them (record/machine/syscalls.py): `write`/`writev` to fd 1 and 2
   are captured from the process's memory into the check's stdout/stderr
   (bounded, as the recorder bounds them) and return the count; `read` from
   fd 0 is end of file; every other call (open, unlink, kill of another
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 RUN, ANSWER, STOP = "run", "answer", "stop"
 ENOSYS, EBADF = 38, 9
-#: Output kept per stream, as the recorder keeps it (record/syscalls.py max_output).
+#: Output kept per stream, as the recorder keeps it (record/machine/syscalls.py max_output).
 MAX_OUTPUT = 1 << 20
 
 _MAP_ANONYMOUS = 0x20
@@ -70,7 +70,7 @@ _SELF_ONLY = frozenset(
         318,  # getrandom
     )
 )
-#: What a recording stops at (record/syscalls.py): a thread, a process, another program.
+#: What a recording stops at (record/machine/syscalls.py): a thread, a process, another program.
 _STOPS = {56: "clone", 435: "clone3", 57: "fork", 58: "vfork", 59: "execve", 322: "execveat"}
 WRITE, READ, WRITEV = 1, 0, 20
 CLONE, CLONE3, CLONE_THREAD = 56, 435, 0x10000

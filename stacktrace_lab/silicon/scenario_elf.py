@@ -33,7 +33,7 @@ import struct
 from pathlib import Path
 
 from ..arch import PAGE, REGISTERS
-from ..record.machine import MachineSpec
+from ..record.machine.machine import MachineSpec
 
 #: Where the start stub is loaded: below the code, with unmapped pages between.
 STUB_BASE = 0x200000

@@ -46,7 +46,7 @@ from .format import (
 )
 
 if TYPE_CHECKING:
-    from ..record.disassembly import InstructionTable
+    from ..disassembly import InstructionTable
 
 if TYPE_CHECKING:  # pandas costs ~0.3 s to import: only `rows()` needs it, at run time
     import pandas as pd
@@ -194,7 +194,7 @@ class Trace:
         """The fact columns of a version 1 trace, from its code, symbols and lines."""
         if self._facts is None:
             # Capstone lives on the recorder side; only version 1 traces need it here.
-            from ..record.disassembly import Disassembler, InstructionTable
+            from ..disassembly import Disassembler, InstructionTable
 
             meta = self.metadata
             self._facts = InstructionTable(

@@ -27,9 +27,9 @@ from capstone import (
 )
 from capstone import x86 as cs_x86
 
-from ..symbols import LabelTable
-from ..trace import arrays
-from ..trace.format import INSTRUCTION_KINDS
+from .symbols import LabelTable
+from .trace import arrays
+from .trace.format import INSTRUCTION_KINDS
 
 #: What `source_line` looks like: (file, line) of an address, or None.
 SourceLookup = Callable[[int], "tuple[str, int] | None"]
@@ -113,7 +113,7 @@ class Disassembler:
 
     def decode(self, addr: int, code: bytes | None = None) -> Instruction:
         """The instruction at `addr`: from the program's code, or from `code`, the
-        bytes that ran there when they were not the program's (record/machine.py)."""
+        bytes that ran there when they were not the program's (record/machine/machine.py)."""
         key = addr if code is None else (addr, code)
         cached = self._cache.get(key)
         if cached is not None:

@@ -32,8 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..layout import Region
-from ..trace.format import (
+from ...layout import Region
+from ...trace.format import (
     BELOW,
     SnapshotWindow,
     overflow_key,

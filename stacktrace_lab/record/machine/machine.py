@@ -11,7 +11,7 @@
 
 Per executed instruction the hooks append raw bytes to columnar buffers;
 turning them into Arrow arrays happens once per chunk of steps, in
-`record/columns.py`. The Python hooks are ctypes callbacks registered
+`record/core/columns.py`. The Python hooks are ctypes callbacks registered
 directly with unicorn's C library: the binding's own `hook_add` and
 `reg_read` wrap every call in several Python frames, which costs more than
 the recording itself (measured in benchmarks/, see docs/performance.md).
@@ -60,12 +60,11 @@ from unicorn import (
 )
 from unicorn.unicorn_py3.unicorn import HOOK_MEM_INVALID_CFUNC, Uc, UcError, uclib
 
-from ..arch import PAGE, REGISTERS, WORD
-from ..layout import Region
-from ..safe_output import Interrupted
-from ..trace.format import SyscallRecord
-from .cpu import CpuModel
-from .hooks import (
+from ...arch import PAGE, REGISTERS, WORD
+from ...layout import Region
+from ...safe_output import Interrupted
+from ...trace.format import SyscallRecord
+from ..core.hooks import (
     MEM_WRITE,
     NATIVE_MAX_STEPS,
     NATIVE_SPIN,
@@ -81,6 +80,7 @@ from .hooks import (
     native_core,
     python_counter,
 )
+from .cpu import CpuModel
 from .initial_state import start_as_linux
 from .syscalls import MASK64, BareKernel
 from .threads import DEFAULT_SLICE, EXITED

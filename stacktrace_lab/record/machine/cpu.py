@@ -17,7 +17,7 @@ value (docs/machine.md, "The CPU"):
 
 `cpuid` has an instruction hook in unicorn. The others do not
 (`UC_HOOK_INSN` covers only cpuid, syscall and in/out): the machine's code
-hook decides each executed address once (record/user_mode.py, `Decisions`),
+hook decides each executed address once (record/machine/user_mode.py, `Decisions`),
 code written at run time included, and when one of these has just run, it
 calls `answer` at the next instruction, before that row is read. Unicorn
 runs the instruction itself; `answer` replaces what it gave with the fixed

@@ -31,9 +31,9 @@ from pathlib import Path
 from unicorn import UC_PROT_NONE
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
-from ..arch import PAGE
-from ..limits import MAX_OPEN_FILES
-from .syscalls import (
+from ...arch import PAGE
+from ...limits import MAX_OPEN_FILES
+from ..machine.syscalls import (
     EBADF,
     EFAULT,
     EINVAL,

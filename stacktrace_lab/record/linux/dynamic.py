@@ -16,7 +16,7 @@ has them) name what ran there. A stripped library's separate debug file
 (`DEBUG_ROOT/.build-id/ab/cdef....debug`, as Debian's `libc6-dbg` installs
 it, or the file its `.gnu_debuglink` names) adds its full symbol table and
 its source lines, read only for the compile units that ran
-(record/dwarf_lines.py); it is read by the tool, not by the program, so it is
+(record/linux/dwarf_lines.py); it is read by the tool, not by the program, so it is
 not part of the file view.
 """
 
@@ -30,9 +30,9 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
-from ..arch import PAGE
-from ..errors import BadInput
-from ..layout import Region, page_ceil
+from ...arch import PAGE
+from ...errors import BadInput
+from ...layout import Region, page_ceil
 from .dwarf_lines import LineIndex, line_index
 from .elf import PIE_BASE, ElfImage, load_elf
 from .files import FileKernel, FileView

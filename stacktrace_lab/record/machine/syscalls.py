@@ -27,9 +27,9 @@ import unicorn.x86_const as x86
 from unicorn import UC_PROT_EXEC, UC_PROT_NONE, UC_PROT_READ, UC_PROT_WRITE
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
-from ..arch import PAGE
-from ..limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
-from ..trace.format import SyscallRecord
+from ...arch import PAGE
+from ...limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
+from ...trace.format import SyscallRecord
 from .address_space import AddressSpace, Area
 from .threads import ETIMEDOUT, MATCH_ANY, Threads
 

@@ -1,8 +1,8 @@
 """The ELF front end: an x86-64 Linux program -> one machine description.
 
-A dynamically linked program runs its interpreter first (record/dynamic.py);
+A dynamically linked program runs its interpreter first (record/linux/dynamic.py);
 every program sees the host's files only through the read-only view
-(record/files.py).
+(record/linux/files.py).
 
 load the ELF -> build the Linux process -> (fast-forward to `--from`) ->
 discovery pass: find the stacks -> the description the recorder runs again,
@@ -17,12 +17,24 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from ..arch import PAGE
-from ..errors import BadInput
-from ..layout import Region, page_ceil
-from ..scenario import Expectations
-from ..symbols import LabelTable
-from ..trace.format import ProgramInfo, ScenarioInfo
+from ...arch import PAGE
+from ...errors import BadInput
+from ...layout import Region, page_ceil
+from ...scenario import Expectations
+from ...symbols import LabelTable
+from ...trace.format import ProgramInfo, ScenarioInfo
+from ..core.windows import Extent
+from ..machine.machine import FAST_FORWARD_LIMIT, Machine, MachineSpec
+from ..machine.syscalls import LinuxKernel, ProcessState
+from ..machine.threads import DEFAULT_SLICE, Threads
+from ..recorder import (
+    Description,
+    Progress,
+    Recording,
+    RecordOptions,
+    phase,
+    record_description,
+)
 from .discovery import ALLOCATORS, Evidence, name_stacks, run_discovery
 from .dwarf_lines import ObjectLines, line_index
 from .dynamic import (
@@ -35,20 +47,8 @@ from .dynamic import (
 )
 from .elf import ElfImage, load_elf
 from .files import FileKernel, FileView
-from .machine import FAST_FORWARD_LIMIT, Machine, MachineSpec
 from .naming import thread_stack_name
 from .process import linux_process
-from .recorder import (
-    Description,
-    Progress,
-    Recording,
-    RecordOptions,
-    phase,
-    record_description,
-)
-from .syscalls import LinuxKernel, ProcessState
-from .threads import DEFAULT_SLICE, Threads
-from .windows import Extent
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
 
@@ -90,7 +90,7 @@ def describe_elf(
 ) -> Description:
     """`stacks`: named stacks that replace discovery (a scenario's `[[stacks]]`).
     `allow_read`: host paths the program may read besides its libraries and directory.
-    `thread_slice`: instructions a thread runs before the next one (record/threads.py);
+    `thread_slice`: instructions a thread runs before the next one (record/machine/threads.py);
     the discovery pass and the recording run the same schedule."""
     image = load_elf(path)
     view = FileView(Path(image.path).resolve().parent, tuple(Path(p).resolve() for p in allow_read))
@@ -263,7 +263,7 @@ def stack_extents(evidence: Evidence, stacks: list[Region]) -> dict[str, Extent]
     rsp below a found stack's base, reached from inside that stack without
     leaving for another (consecutive steps outside the process stack), is that
     stack's overflow: its lowest rsp is then under the base, and the recorder
-    stores the bytes there too (`<stack>__below`, record/windows.py)."""
+    stores the bytes there too (`<stack>__below`, record/core/windows.py)."""
     extents: dict[str, Extent] = {}
     *found, process = stacks
     if evidence.lowest_main >= 0:

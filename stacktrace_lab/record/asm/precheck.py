@@ -18,9 +18,9 @@ import dataclasses
 import re
 from pathlib import Path
 
-from ..errors import BadInput
-from ..limits import Limits, check_program_size, iter_incbin_names, resolve_input
-from ..scenario import Scenario
+from ...errors import BadInput
+from ...limits import Limits, check_program_size, iter_incbin_names, resolve_input
+from ...scenario import Scenario
 from .assembler import labels_of_line, statements, strip_comment
 from .operands import REGISTERS as OPERAND_REGISTERS
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import BadInput
-from ..layout import CODE_LIMIT
-from ..limits import DEFAULT_LIMITS, read_input, resolve_input
+from ...errors import BadInput
+from ...layout import CODE_LIMIT
+from ...limits import DEFAULT_LIMITS, read_input, resolve_input
 from .operands import (
     REGISTERS,
     Expr,

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from elftools.elf.elffile import ELFFile
 
-from ..errors import BadInput
-from ..trace.format import SourceLine
+from ...errors import BadInput
+from ...trace.format import SourceLine
 
 _T = TypeVar("_T")
 

@@ -2,7 +2,7 @@
 
 Static (`gcc -static`, `rustc -C relocation-model=static`), static-pie
 (`rustc -C target-feature=+crt-static`) and dynamically linked executables
-(`interp` names their loader, PT_INTERP; record/dynamic.py loads it) and
+(`interp` names their loader, PT_INTERP; record/linux/dynamic.py loads it) and
 shared libraries are read. Everything else is bad input with one line saying
 why: a 32-bit or non-x86-64 ELF, a file that is not an ELF executable.
 
@@ -30,10 +30,10 @@ import numpy as np
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from ..arch import PAGE
-from ..errors import BadInput
-from ..limits import MAX_PROCESS_MEMORY, MAX_PROGRAM_FILE_BYTES, read_input
-from ..trace.format import SourceLine
+from ...arch import PAGE
+from ...errors import BadInput
+from ...limits import MAX_PROCESS_MEMORY, MAX_PROGRAM_FILE_BYTES, read_input
+from ...trace.format import SourceLine
 
 #: Where a static-pie is loaded (Linux's ELF_ET_DYN_BASE with ASLR off).
 PIE_BASE = 0x555555554000
@@ -404,7 +404,7 @@ def line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
 
 
 def _line_table(path: Path, load_base: int) -> tuple[SourceLine, ...]:
-    # Decoded by record/dwarf_lines.py (pyelftools reads the headers).
+    # Decoded by record/linux/dwarf_lines.py (pyelftools reads the headers).
     from .dwarf_lines import LineIndex
 
     return LineIndex(path, load_base).all_rows()

@@ -4,9 +4,9 @@
  * per-step work without a Python call per step (tests/test_native_core.py
  * checks that both write byte-identical traces). Python is called only per
  * chunk of rows, for an address executed for the first time (the user-mode
- * decision, record/user_mode.py), after a fixed-value instruction (the CPU
+ * decision, record/machine/user_mode.py), after a fixed-value instruction (the CPU
  * model's answer), at a privileged or unsupported instruction, at an execution
- * of one whose memory operand must be aligned (record/emulator_gaps.py) when
+ * of one whose memory operand must be aligned (record/machine/emulator_gaps.py) when
  * the operand is misaligned (the core computes its address at every execution
  * from the operand Python described when it decided the instruction; Python
  * writes the message and stops the run), and in the discovery pass at the
@@ -17,7 +17,7 @@
  *
  * Modes:
  *   COUNT     run to `--from`'s symbol: count steps, nothing else;
- *   DISCOVER  the discovery pass (record/discovery.py): rsp at every step;
+ *   DISCOVER  the discovery pass (record/linux/discovery.py): rsp at every step;
  *   RECORD    every register at every step, every memory access.
  * Every mode keeps the user-mode decisions and the CPU model's answers.
  */
@@ -967,7 +967,7 @@ static PyMethodDef core_methods[] = {
 };
 
 static PyTypeObject CoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stacktrace_lab.record._core.Core",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stacktrace_lab.record.core._core.Core",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -975,10 +975,10 @@ static PyTypeObject CoreType = {
     .tp_dealloc = (destructor)core_dealloc,
     .tp_methods = core_methods,
     .tp_getset = core_getset,
-    .tp_doc = "unicorn hooks in C for one machine (record/hooks.py)",
+    .tp_doc = "unicorn hooks in C for one machine (record/core/hooks.py)",
 };
 
-/* ---- stack snapshots (record/columns.py, SnapshotState.column) ------------------- */
+/* ---- stack snapshots (record/core/columns.py, SnapshotState.column) ------------------- */
 
 /* snapshot_rows(state, base, n_rows, rows, addrs, starts, ends, data, out)
  *
@@ -1044,7 +1044,7 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "_core", "The recording core in C (record/hooks.py).", -1, module_methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_core", "The recording core in C (record/core/hooks.py).", -1, module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__core(void) {

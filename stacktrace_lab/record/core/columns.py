@@ -14,12 +14,12 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from ..arch import REGISTERS
-from ..trace import arrays
-from ..trace.format import ACCESS_TYPE, SnapshotWindow
-from .disassembly import InstructionTable
+from ...arch import REGISTERS
+from ...disassembly import InstructionTable
+from ...trace import arrays
+from ...trace.format import ACCESS_TYPE, SnapshotWindow
+from ..machine.machine import Chunk
 from .hooks import MEM_WRITE, events_array, native_module
-from .machine import Chunk
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]

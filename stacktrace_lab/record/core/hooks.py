@@ -14,10 +14,10 @@
 Every step, in every mode (fast-forward to `--from`, the discovery pass,
 recording), does the same two things beside its own work:
 - a fixed-value instruction (rdtsc ...) ran just before: the CPU model
-  answers now, before this row's registers are read (record/cpu.py);
+  answers now, before this row's registers are read (record/machine/cpu.py);
 - the instruction about to run is looked up in the per-address decisions
-  (record/user_mode.py): a privileged one stops the run with #GP before it
-  executes, an unsupported one (record/emulator_gaps.py) stops it with
+  (record/machine/user_mode.py): a privileged one stops the run with #GP before it
+  executes, an unsupported one (record/machine/emulator_gaps.py) stops it with
   reason `unsupported`, an alignment-checked one stops it with #GP when its
   memory operand is misaligned this time, a fixed-value one is answered at
   the next step.
@@ -48,9 +48,9 @@ from unicorn.unicorn_py3.unicorn import (
     uclib,
 )
 
-from ..arch import PAGE, REGISTERS, WORD
-from .cpu import CpuModel
-from .user_mode import ALIGN_CHECK, FIXED_VALUE, NORMAL, PRIVILEGED, UNSUPPORTED, Decisions
+from ...arch import PAGE, REGISTERS, WORD
+from ..machine.cpu import CpuModel
+from ..machine.user_mode import ALIGN_CHECK, FIXED_VALUE, NORMAL, PRIVILEGED, UNSUPPORTED, Decisions
 
 UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
 ROW_BYTES = WORD * len(REGISTERS)

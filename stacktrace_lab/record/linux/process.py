@@ -7,7 +7,7 @@ Fixed addresses, as with ASLR off (docs/machine.md, "Real programs"):
 | a static executable | at its own addresses (0x400000 for gcc) |
 | a static-pie | at `PIE_BASE` = 0x555555554000 |
 | the heap (brk) | from the page after the highest segment |
-| a dynamic program's interpreter | ending at `MMAP_TOP` (record/dynamic.py) |
+| a dynamic program's interpreter | ending at `MMAP_TOP` (record/linux/dynamic.py) |
 | anonymous and file mmap | downwards from `MMAP_TOP` = 0x7ffff7fff000, or the interpreter |
 | the stack | 8 MiB under `STACK_TOP` = 0x7ffffffff000 |
 
@@ -23,15 +23,15 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..arch import PAGE
-from ..errors import BadInput
-from ..layout import Region, RegionKind, page_ceil
-from . import initial_state
-from .cpu import CPUID
+from ...arch import PAGE
+from ...errors import BadInput
+from ...layout import Region, RegionKind, page_ceil
+from ..machine import initial_state
+from ..machine.cpu import CPUID
+from ..machine.machine import MachineSpec, Mapping
+from ..machine.syscalls import MMAP_MIN_ADDR, Area, LinuxKernel, ProcessState, fixed_random
 from .elf import ElfImage
-from .machine import MachineSpec, Mapping
 from .naming import PROCESS_STACK
-from .syscalls import MMAP_MIN_ADDR, Area, LinuxKernel, ProcessState, fixed_random
 
 #: Where the process believes its program is (argv[0], /proc/self/exe,
 #: AT_EXECFN): a fixed directory, so the trace does not depend on the host's.
@@ -220,7 +220,7 @@ def linux_process(
     """The process of `image` run with arguments `args` (argv[0] is its fixed path).
 
     `interp`: a dynamically linked program's interpreter, already placed at its
-    base (record/dynamic.py): mapped too, and run first, as the kernel does.
+    base (record/linux/dynamic.py): mapped too, and run first, as the kernel does.
     `make_kernel`: the system calls' kernel for a copy of the process state."""
     argv = [program_path(image), *args]
     interp_base = interp.load_base if interp is not None else 0
@@ -245,7 +245,7 @@ def linux_process(
             Area(stack_base, stack_top, "rw-p", "[stack]", "stack"),
         ],
         brk_start=brk_start,
-        # Under the interpreter when there is one (record/dynamic.py).
+        # Under the interpreter when there is one (record/linux/dynamic.py).
         mmap_top=min(MMAP_TOP if interp is None else interp_base, stack_base),
     )
     mappings = [

@@ -35,13 +35,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput
-from ..layout import Region
-from ..limits import DEFAULT_LIMITS, check_toml_depth, read_input, resolve_input
-from ..scenario import _expectations, _Fields  # one parser for [expect]
-from ..trace.format import ProgramInfo
+from ...errors import BadInput
+from ...layout import Region
+from ...limits import DEFAULT_LIMITS, check_toml_depth, read_input, resolve_input
+from ...scenario import _expectations, _Fields  # one parser for [expect]
+from ...trace.format import ProgramInfo
+from ..recorder import Description
 from .naming import PROCESS_STACK
-from .recorder import Description
 
 _TOP_KEYS = {"name", "description", "max_steps", "stacks", "expect", "program"}
 _PROGRAM_KEYS = {"elf", "args", "from", "to"}

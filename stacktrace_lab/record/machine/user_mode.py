@@ -7,8 +7,8 @@ execution, from the bytes in emulated memory (so code written at run time is
 covered too): `Decisions.decide` tells the machine's one code hook whether
 the instruction at an address is normal, privileged (the run stops with a
 `fault` naming it, before it executes), one of the CPU model's fixed-value
-instructions (record/cpu.py), or one unicorn runs wrongly
-(record/emulator_gaps.py): unsupported (the run stops with reason
+instructions (record/machine/cpu.py), or one unicorn runs wrongly
+(record/machine/emulator_gaps.py): unsupported (the run stops with reason
 `unsupported` before it executes) or alignment-checked (before every
 execution its memory operand's address is computed; misaligned, the run
 stops with a `fault`, the CPU's #GP). The answer is cached per address; a write into
@@ -20,7 +20,7 @@ leaves out (`rdmsr`, `in`, `out`, `ins*`, `outs*`, `clts`), less those a
 user program may run: `hlt` stays the documented `halted` stop reason (a
 scenario's way to end), `iretq` to the same privilege level is allowed,
 `str` reads a selector without privilege, and `rdtsc`/`rdtscp` run in user
-mode on Linux (record/cpu.py gives them fixed values).
+mode on Linux (record/machine/cpu.py gives them fixed values).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs, CsError
 from capstone import x86_const as x86
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
-from ..arch import PAGE
+from ...arch import PAGE
 from .emulator_gaps import MustBeAligned, Unsupported, gap_of
 
 GP_FAULT = "general protection fault (#GP)"
@@ -97,7 +97,7 @@ _cs.detail = True
 _cs.syntax = CS_OPT_SYNTAX_ATT  # as the trace's `insn` column spells instructions
 _cs_intel = Cs(CS_ARCH_X86, CS_MODE_64)
 _cs_intel.detail = True
-#: The instructions the CPU model's `answer` fixes (record/cpu.py; cpuid has its own hook).
+#: The instructions the CPU model's `answer` fixes (record/machine/cpu.py; cpuid has its own hook).
 _FIXED_VALUE_IDS = frozenset(
     (
         x86.X86_INS_RDTSC,

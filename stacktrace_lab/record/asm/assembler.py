@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..arch import PAGE
-from ..errors import BadInput
-from ..layout import CODE_BASE, CODE_LIMIT
-from ..scenario import Scenario
+from ...arch import PAGE
+from ...errors import BadInput
+from ...layout import CODE_BASE, CODE_LIMIT
+from ...scenario import Scenario
 from .gnu_as import FrontEnd, Origin, Prepared, SourceFile, Statement, unquoted
 from .guard import Guard
 from .keystone_worker import AssemblerCrash, KeystoneWorker, shared

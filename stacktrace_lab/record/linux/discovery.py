@@ -32,14 +32,14 @@ import unicorn.x86_const as x86
 from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_WRITE
 from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_MEM_ACCESS_CFUNC, UcError, uclib
 
-from ..arch import PAGE
-from ..layout import Region
+from ...arch import PAGE
+from ...layout import Region
+from ..core.hooks import TICK_MASK, _raw, add_raw_hook
+from ..machine.machine import Control, Machine
+from ..machine.syscalls import LinuxKernel
+from ..machine.user_mode import NORMAL
 from .elf import DataSymbol, ElfImage
-from .hooks import TICK_MASK, _raw, add_raw_hook
-from .machine import Control, Machine
 from .naming import PROCESS_STACK, identifier, unique, usable_part
-from .syscalls import LinuxKernel
-from .user_mode import NORMAL
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
 OVERFLOW_REACH = 64 << 10
