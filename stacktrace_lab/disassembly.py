@@ -28,7 +28,7 @@ from capstone import (
 from capstone import x86 as cs_x86
 
 from .symbols import LabelTable
-from .trace import arrays
+from .trace.arrays import binaries, numeric, strings, with_nulls
 from .trace.format import INSTRUCTION_KINDS
 
 #: What `source_line` looks like: (file, line) of an address, or None.
@@ -175,8 +175,8 @@ class _Interned:
     def dictionary(self, indices: npt.NDArray[np.int32]) -> pa.DictionaryArray:
         """A dictionary column over all values so far; a negative index is a null."""
         if self._array is None:
-            self._array = arrays.strings(self.values)
-        keys = arrays.with_nulls(indices, pa.int32(), indices < 0)
+            self._array = strings(self.values)
+        keys = with_nulls(indices, pa.int32(), indices < 0)
         return pa.DictionaryArray.from_arrays(keys, self._array)
 
 
@@ -246,13 +246,13 @@ class InstructionTable:
         index = per_row[:, :_OFFSET].astype(np.int32)
         no_label = index[:, _LABEL] < 0
         if self._bytes_array is None:
-            self._bytes_array = arrays.binaries(self._bytes)
+            self._bytes_array = binaries(self._bytes)
         return {
             "insn": self.texts.dictionary(index[:, _TEXT]),
             "symbol": self.symbols.dictionary(index[:, _SYMBOL]),
             "kind": self.kinds.dictionary(index[:, _KIND]),
             "label": self.labels.dictionary(index[:, _LABEL]),
-            "offset": arrays.with_nulls(per_row[:, _OFFSET], pa.int64(), no_label),
-            "insn_bytes": self._bytes_array.take(arrays.numeric(index[:, _BYTES], pa.int32())),
+            "offset": with_nulls(per_row[:, _OFFSET], pa.int64(), no_label),
+            "insn_bytes": self._bytes_array.take(numeric(index[:, _BYTES], pa.int32())),
             "source": self.sources.dictionary(index[:, _SOURCE]),
         }
