@@ -20,6 +20,7 @@ Emulation is deterministic, so the recording pass sees the same addresses.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import re
@@ -374,6 +375,7 @@ def name_stacks(
     the code): a stack in an allocation is labelled with who asked for it."""
     stacks: list[Region] = []
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
+    index = _StackIndex(stacks)
     names: set[str] = {PROCESS_STACK}
     previous = (-2, 0)
     for step, rsp in evidence.outside:
@@ -383,12 +385,7 @@ def name_stacks(
         previous = (step, rsp)
         # Known bounds: in or just under (a stack rsp is in first, then one it is under).
         # Only the range visited: near it either way.
-        near = [
-            k
-            for k, s in enumerate(stacks)
-            if s.base - OVERFLOW_REACH <= rsp <= s.top + (OVERFLOW_REACH if k in visits else 0)
-        ]
-        owner = next((k for k in near if stacks[k].base <= rsp), near[0] if near else None)
+        owner = index.owner(rsp)
         found = None
         if owner is not None and jumped and rsp < stacks[owner].base:
             # Just under a stack, but a switch into a block of its own (the next
@@ -406,11 +403,61 @@ def name_stacks(
             found = (f"stack_{rsp:x}", rsp, 0, "")
         name, base, size, label = found
         stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-", label))
+        index.add(len(stacks) - 1, range_only=len(stacks) - 1 in visits)
     for k, values in visits.items():  # a range rsp visited: from its lowest to its highest
         low = min(values) // 16 * 16
         high = (max(values) + 8 + 15) // 16 * 16
         stacks[k] = Region(stacks[k].name, "stack", low, high - low, "rw-", stacks[k].label)
     return stacks
+
+
+class _StackIndex:
+    """The stacks `name_stacks` has found, by address: the one rsp belongs to without a
+    pass over every stack at every step outside the process stack (a program with
+    1,024 coroutine stacks made that quadratic).
+
+    A stack with known bounds holds rsp from its base to its top, and rsp up to
+    `OVERFLOW_REACH` under its base is its overflow; a range-only stack (no
+    allocation or mapping known, still growing) reaches that far either way. Of
+    the stacks rsp is in, the first found owns it; else the first found that rsp is
+    under. Range-only stacks are few and looked at one by one."""
+
+    def __init__(self, stacks: list[Region]) -> None:
+        self.stacks = stacks
+        self.bases: list[int] = []  # bounded stacks' bases, sorted
+        self.order: list[int] = []  # the index in `stacks` of each base
+        self.longest = 0  # the largest bounded stack
+        self.range_only: list[int] = []
+
+    def add(self, k: int, range_only: bool) -> None:
+        if range_only:
+            self.range_only.append(k)
+            return
+        stack = self.stacks[k]
+        i = bisect.bisect_right(self.bases, stack.base)
+        self.bases.insert(i, stack.base)
+        self.order.insert(i, k)
+        self.longest = max(self.longest, stack.top - stack.base)
+
+    def _bounded(self, low: int, high: int) -> list[int]:
+        """Bounded stacks whose base is in [low, high]."""
+        first = bisect.bisect_left(self.bases, low)
+        last = bisect.bisect_right(self.bases, high)
+        return self.order[first:last]
+
+    def owner(self, rsp: int) -> int | None:
+        stacks = self.stacks
+        inside = [k for k in self._bounded(rsp - self.longest, rsp) if rsp <= stacks[k].top]
+        inside += [
+            k for k in self.range_only if stacks[k].base <= rsp <= stacks[k].top + OVERFLOW_REACH
+        ]
+        if inside:
+            return min(inside)
+        under = self._bounded(rsp + 1, rsp + OVERFLOW_REACH)
+        under += [
+            k for k in self.range_only if stacks[k].base - OVERFLOW_REACH <= rsp < stacks[k].base
+        ]
+        return min(under) if under else None
 
 
 def _evidence_for(
