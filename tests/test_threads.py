@@ -558,3 +558,36 @@ def test_a_forged_threads_entry_is_one_line(
     pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(doc)}), forged)
     with pytest.raises(BadInput, match=r"forged\.parquet: .*" + message):
         load_trace(forged)
+
+
+def test_tenet_exports_one_thread_at_a_time(
+    tmp_path: Path, join_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tenet follows one thread: each thread's export holds its own rows in order (its
+    rips, its register changes), the final line only for the thread that ran last."""
+    from stacktrace_lab.cli import main
+
+    trace = load_trace(join_trace)
+    table = trace.table(["rip", "thread", "rsp"])
+    rips = np.asarray(table.column("rip").to_numpy())
+    threads = np.asarray(table.column("thread").to_numpy())
+    assert set(threads.tolist()) == {1, 2}
+    for number in (1, 2):
+        out = tmp_path / f"t{number}.tenet.log"
+        args = ["export", str(join_trace), "--to", "tenet", "--thread", str(number)]
+        assert main([*args, "-o", str(out)]) == 0
+        assert f"of thread {number} (2 threads" in capsys.readouterr().out
+        lines = out.read_text().splitlines()
+        mine = rips[threads == number]
+        final = int(threads[-1]) == number
+        assert len(lines) == mine.size + final
+        line_rips = [int(re.search(r"rip=(0x[0-9a-f]+)", line).group(1), 16) for line in lines]  # type: ignore[union-attr]
+        assert line_rips[: mine.size] == mine.tolist()
+        # The first line states every register; the thread's own rsp, not the other's.
+        first_rsp = int(table.column("rsp").to_numpy()[threads == number][0])
+        assert f"rsp={first_rsp:#x}" in lines[0] and "rax=" in lines[0]
+    assert main(["export", str(join_trace), "--to", "tenet", "--thread", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no thread 3 (its threads: 1, 2)" in err
+    assert main(["export", str(join_trace), "--to", "perfetto", "--thread", "2"]) == 2
+    assert "--thread is for --to tenet" in capsys.readouterr().err
