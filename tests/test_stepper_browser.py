@@ -193,3 +193,36 @@ def test_a_windowed_trace_says_so_and_jumps_to_the_switch(
     gap = _text(browser, ".stl-gap")
     assert "window 2 of 2" in gap and "not embedded" in gap
     assert _errors(browser) == []
+
+
+def test_the_page_names_the_thread_of_each_step(browser: Any, tmp_path: Path) -> None:
+    """A threaded program's stepper page says which OS thread ran each step."""
+    import numpy as np
+
+    from stacktrace_lab.examples import compiler_missing
+    from stacktrace_lab.record.linux.elf_front import record_elf
+
+    from .test_threads import JOIN_C, _build
+
+    if compiler_missing("c-static") is not None:
+        pytest.skip(f"cannot build the threaded program: {compiler_missing('c-static')}")
+    trace = load_trace(record_elf(_build(tmp_path, "join", JOIN_C), tmp_path / "j.parquet").path)
+    threads = np.asarray(trace.table(["thread"]).column("thread").to_numpy())
+    # The whole run embedded (a report embeds windows around the switches only).
+    page = tmp_path / "stepper.html"
+    page.write_text(standalone_page(trace, limit=threads.size), encoding="utf-8")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _open(browser, page)
+    seen = set()
+    # Each shown step is compared with the thread column at that step.
+    for target in np.linspace(0, threads.size - 1, 40).astype(int).tolist():
+        goto = browser.find_element(By.CSS_SELECTOR, ".stl-goto")
+        goto.clear()
+        goto.send_keys(str(target), Keys.ENTER)
+        shown = int(_text(browser, ".stl-step"))
+        assert _text(browser, ".stl-thread") == f"thread {threads[shown]}", shown
+        seen.add(int(threads[shown]))
+    assert seen == {1, 2}
+    assert _errors(browser) == []

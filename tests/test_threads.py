@@ -591,3 +591,26 @@ def test_tenet_exports_one_thread_at_a_time(
     assert err.count("\n") == 1 and "no thread 3 (its threads: 1, 2)" in err
     assert main(["export", str(join_trace), "--to", "perfetto", "--thread", "2"]) == 2
     assert "--thread is for --to tenet" in capsys.readouterr().err
+
+
+def test_the_stepper_page_names_the_thread_of_each_step(tmp_path: Path, join_trace: Path) -> None:
+    """The report's stepper embeds, per window, the runs of one thread's rows, and
+    the page shows "thread N" beside the step; a program without threads has none."""
+    from stacktrace_lab.stepper.data import FrameContext, Window, embedded_window
+
+    trace = load_trace(join_trace)
+    threads = np.asarray(trace.table(["thread"]).column("thread").to_numpy())
+    window = Window(0, trace.num_rows)
+    runs = embedded_window(trace, window, FrameContext.of(trace))["threads"]
+    # Expanding the runs gives the thread column back, row for row.
+    starts = [first for first, _ in runs] + [trace.num_rows]
+    expanded = np.concatenate(
+        [np.full(b - a, number) for (a, number), b in zip(runs, starts[1:], strict=True)]
+    )
+    assert expanded.tolist() == threads.tolist() and len(runs) >= 3
+
+    from stacktrace_lab.report.build import build_report
+
+    report = build_report(trace, tmp_path / "report")
+    page = (report.directory / "index.html").read_text()
+    assert 'class="stl-thread"' in page and '"threads":[[0,1]' in page

@@ -411,7 +411,19 @@ def embedded_window(
         **memory,
         "writers": writers,
         "bt": _backtrace_data(frames, window),
+        # Only for a threaded program: pages of other programs stay as they were.
+        **({"threads": runs} if (runs := _thread_runs(trace, window)) else {}),
     }
+
+
+def _thread_runs(trace: Trace, window: Window) -> list[list[int]]:
+    """[first step, thread number] of each run of one thread's rows in the window, for
+    a threaded program (the page names the thread of each step); [] without threads."""
+    if "threads" not in trace.metadata.extra:
+        return []
+    column = numpy_of(trace.slice(window.start, window.stop, ["thread"]).column("thread"))
+    starts = np.flatnonzero(np.diff(column.astype(np.int64), prepend=-1))
+    return [[window.start + int(k), int(column[k])] for k in starts]
 
 
 def source_lines(trace: Trace) -> list[list[str]]:

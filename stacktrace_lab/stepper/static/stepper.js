@@ -759,12 +759,22 @@
   var position = 0;
   var selected = null; // {addr: BigInt, name} or {reg: name}
 
+  // A threaded program: which OS thread ran the step (the window's runs of one
+  // thread's rows, [first step, number]); nothing for a program without threads.
+  function threadText(w, step) {
+    var runs = w.threads || [];
+    var number = null;
+    for (var i = 0; i < runs.length && runs[i][0] <= step; i++) number = runs[i][1];
+    return number === null ? "" : "thread " + number;
+  }
+
   function render(step) {
     position = step;
     var w = windowOf(step);
     slider.value = String(step);
     $(".stl-step").textContent = String(step);
     $(".stl-last").textContent = String(data.total_steps - 1);
+    $(".stl-thread").textContent = threadText(w, step);
     $(".stl-gap").textContent = data.complete || served ? "" :
       "window " + (windows.indexOf(w) + 1) + " of " + windows.length + ": steps " + w.start +
       "\u2013" + (w.stop - 1) + " (the steps between windows are not embedded)";
