@@ -169,10 +169,9 @@ def chrome_trace_events(trace: Trace, facts: TraceFacts | None = None) -> dict[s
 def _thread_tracks(trace: Trace, facts: TraceFacts) -> list[dict[str, Any]]:
     """A threaded program: one track per OS thread, a slice for each turn it ran
     (the scheduler's), below the stack tracks. None for one thread."""
-    listed = trace.metadata.extra.get("threads")
-    if not isinstance(listed, dict) or not facts.steps:
+    if "threads" not in trace.metadata.extra or not facts.steps:
         return []
-    tids = {int(t["number"]): int(t["tid"]) for t in listed.get("list") or []}
+    tids = {int(t["number"]): int(t["tid"]) for t in trace.metadata.threads}
     thread = trace.table(["thread"]).column(0).to_numpy()
     starts = np.concatenate([[0], facts.threads.ends + 1]).astype(np.int64)
     stops = np.append(facts.threads.ends + 1, facts.steps)

@@ -43,11 +43,7 @@ def _memory(kind: str, entries: list[dict[str, object]] | None) -> list[str]:
 
 def thread_numbers(trace: Trace) -> list[int]:
     """The threads of the trace's program, by number (just [1] without threads)."""
-    threads = trace.metadata.extra.get("threads")
-    listed = threads.get("list") if isinstance(threads, dict) else None
-    if not isinstance(listed, list) or not listed:
-        return [1]
-    return sorted(int(t["number"]) for t in listed)
+    return sorted(int(t["number"]) for t in trace.metadata.threads) or [1]
 
 
 def _lines(trace: Trace, f: TextIO, thread: int) -> int:

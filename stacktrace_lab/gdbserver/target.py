@@ -310,11 +310,10 @@ class ThreadTable:
 
     @classmethod
     def of(cls, trace: Trace) -> ThreadTable:
-        listed = trace.metadata.extra.get("threads")
-        if not isinstance(listed, dict) or not trace.num_rows:
+        if "threads" not in trace.metadata.extra or not trace.num_rows:
             return cls(None, {1: 1}, {})
         column = trace.table(["thread"]).column(0).to_numpy()
-        threads = listed.get("list") or []
+        threads = trace.metadata.threads
         tids = {int(t["number"]): int(t["tid"]) for t in threads}
         tls = {int(t["tid"]): int(t.get("tls") or 0) for t in threads}
         return cls(column, tids, tls)

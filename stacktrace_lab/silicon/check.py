@@ -345,11 +345,7 @@ def trace_rows(path: str) -> RecordedTrace:
 def _refuse_threads(path: str, trace: Trace) -> None:
     """A trace of more than one thread (a `thread` column, or metadata saying so):
     one line, until the comparison knows threads."""
-    # The recorder writes `threads` (docs/trace-format.md) only for a program that
-    # made threads: {"slice": N, "list": [one entry per thread]}.
-    threads = trace.metadata.extra.get("threads")
-    listed = threads.get("list") if isinstance(threads, dict) else None
-    several = threads is not None and not (isinstance(listed, list) and len(listed) <= 1)
+    several = len(trace.metadata.threads) > 1
     if not several and "thread" in trace.column_names:
         with contextlib.suppress(Exception):  # read defensively: any other shape is one thread
             column = np.asarray(trace.table(["thread"]).column("thread").to_numpy())

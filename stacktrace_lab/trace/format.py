@@ -353,6 +353,13 @@ class TraceMetadata:
         raise KeyError(name)
 
     @property
+    def threads(self) -> list[dict[str, Any]]:
+        """Each thread of a program that made threads (`threads.list`, checked on read:
+        number, tid, ...); [] for a program that made none."""
+        entry = self.extra.get("threads")
+        return list(entry["list"]) if isinstance(entry, dict) else []
+
+    @property
     def stacks(self) -> tuple[Region, ...]:
         return tuple(r for r in self.regions if r.kind == "stack")
 
