@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_stepper_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, _missing
+from tests.test_stepper_browser import headless_chromium
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = sorted(p.parent for p in (REPO / "reports").glob("*/index.html"))
@@ -39,25 +39,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    reason = _missing()
-    if reason is not None:
-        pytest.skip(f"no browser for the report screenshots: {reason}")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        if not flag.startswith("--window-size"):
-            options.add_argument(flag)
-    options.add_argument(f"--window-size={WIDTH},{HEIGHT}")
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from headless_chromium(tmp_path_factory, "the report screenshots", WIDTH, HEIGHT)
 
 
 # Elements whose right edge passes the window, unless a scrolling box around them

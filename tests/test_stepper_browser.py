@@ -34,7 +34,6 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1500,1200",
 )
 
 
@@ -49,11 +48,14 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def headless_chromium(
+    tmp_path_factory: pytest.TempPathFactory, what: str, width: int, height: int
+) -> Iterator[Any]:
+    """Headless Chromium through the system's chromedriver, its console log kept, in a
+    `width` x `height` window; skips `what`, saying why, where it cannot run."""
     reason = _missing()
     if reason is not None:
-        pytest.skip(f"no browser for the stepper test: {reason}")
+        pytest.skip(f"no browser for {what}: {reason}")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -61,6 +63,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
+    options.add_argument(f"--window-size={width},{height}")
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
@@ -68,6 +71,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from headless_chromium(tmp_path_factory, "the stepper test", 1500, 1200)
 
 
 def _open(browser: Any, page: Path) -> None:
