@@ -33,6 +33,7 @@ from .layout import SENTINEL_RETURN
 from .limits import DEFAULT_LIMITS
 from .record.core.columns import SnapshotState, build_batch, thread_column
 from .record.machine.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
+from .record.machine.threads import DEFAULT_SLICE
 from .record.recorder import Description, prepare_machine
 from .safe_output import Interrupted
 from .trace.format import THREAD_FIELD, SyscallRecord, hook_schema, signed64
@@ -139,20 +140,11 @@ def elf_description(trace: Trace, binary: str | None = None) -> Description:
         int(options.get("max_steps") or trace.num_rows),
         allow_read=[str(p) for p in options.get("allow_read", [])],
         # A threaded program: the same schedule (record/machine/threads.py).
-        thread_slice=_thread_slice(meta.extra),
+        thread_slice=meta.thread_slice or DEFAULT_SLICE,
     )
     # The recorded regions, not the new discovery's: the snapshots are theirs.
     description.spec = replace(description.spec, regions=list(meta.regions))
     return description
-
-
-def _thread_slice(extra: dict[str, object]) -> int:
-    from .record.machine.threads import DEFAULT_SLICE
-
-    threads = extra.get("threads")
-    if isinstance(threads, dict) and isinstance(threads.get("slice"), int):
-        return int(threads["slice"])
-    return DEFAULT_SLICE
 
 
 def _show(value: object) -> str:

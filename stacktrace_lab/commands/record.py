@@ -239,9 +239,8 @@ def record_command(
     not_emulated = {name: n[1] for name, n in meta.syscall_counts.items() if n[1]}
     if not_emulated:
         summary["enosys"] = not_emulated
-    threads = meta.extra.get("threads")
-    if isinstance(threads, dict):  # a threaded program: how many, under which slice
-        summary["threads"] = {"count": len(threads["list"]), "slice": threads["slice"]}
+    if meta.thread_slice is not None:  # a threaded program: how many, under which slice
+        summary["threads"] = {"count": len(meta.threads), "slice": meta.thread_slice}
     status = 0
     if with_report:
         from ..report.build import build_report
@@ -257,8 +256,8 @@ def record_command(
         echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
         made = (
-            f", {len(threads['list'])} threads (a slice of {threads['slice']:,} instructions)"
-            if isinstance(threads, dict)
+            f", {len(meta.threads)} threads (a slice of {meta.thread_slice:,} instructions)"
+            if meta.thread_slice is not None
             else ""
         )
         echo(

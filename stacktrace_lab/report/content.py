@@ -131,10 +131,9 @@ def threads_line(facts: TraceFacts) -> str:
 
 def threads_summary(meta: TraceMetadata, switches: int | None = None) -> str:
     """The threads line from the metadata (and the number of thread switches, if known)."""
-    listed = meta.extra.get("threads")
-    if not isinstance(listed, dict):
+    threads = meta.threads
+    if meta.thread_slice is None:
         return ""
-    threads = listed.get("list") or []
     parts = []
     for t in threads:
         # The stack it started on: a thread may start on a stack an earlier thread
@@ -146,7 +145,7 @@ def threads_summary(meta: TraceMetadata, switches: int | None = None) -> str:
     counted = f"{switches:,} thread switches, " if switches is not None else ""
     return (
         f"{len(threads)} threads: {', '.join(parts)}; {counted}"
-        f"a slice of {int(listed.get('slice', 0)):,} instructions, each thread judged on its own"
+        f"a slice of {meta.thread_slice:,} instructions, each thread judged on its own"
     )
 
 

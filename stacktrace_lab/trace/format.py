@@ -360,6 +360,13 @@ class TraceMetadata:
         return list(entry["list"]) if isinstance(entry, dict) else []
 
     @property
+    def thread_slice(self) -> int | None:
+        """The scheduler's slice (`threads.slice`, checked on read) of a program that made
+        threads; None for a program that made none."""
+        entry = self.extra.get("threads")
+        return int(entry["slice"]) if isinstance(entry, dict) else None
+
+    @property
     def stacks(self) -> tuple[Region, ...]:
         return tuple(r for r in self.regions if r.kind == "stack")
 
