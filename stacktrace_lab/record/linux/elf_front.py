@@ -47,7 +47,7 @@ from .dynamic import (
 )
 from .elf import ElfImage, load_elf
 from .files import FileKernel, FileView
-from .naming import thread_stack_name
+from .naming import thread_stack_label, thread_stack_name
 from .process import linux_process
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -210,14 +210,19 @@ def describe_elf(
 
 
 def thread_stacks(found: list[Region], threads: Threads) -> list[Region]:
-    """The stack each thread started on is named for it (`thread_2_stack`): the
-    found stack that holds the thread's first rsp (the clone's stack)."""
+    """The stack each thread started on is named for it (`thread_2_stack`, labelled
+    `thread 2 stack`): the found stack that holds the thread's first rsp (the clone's
+    stack)."""
     names = {t.number: t.stack_top for t in threads.all[1:] if t.stack_top}
     renamed = []
     for region in found:
         number = next((n for n, top in names.items() if region.base < top <= region.top), None)
         if number is not None:
-            region = replace(region, name=thread_stack_name(number))
+            region = replace(
+                region,
+                name=thread_stack_name(number),
+                label=thread_stack_label(number, region.label),
+            )
             del names[number]
         renamed.append(region)
     return renamed

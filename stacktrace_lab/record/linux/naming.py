@@ -24,6 +24,14 @@ def thread_stack_name(number: int) -> str:
     return f"thread_{number}_stack"
 
 
+def thread_stack_label(number: int, found: str = "") -> str:
+    """What a person reads for thread `number`'s stack (`thread 2 stack`), with what
+    discovery found it to be when that says more (`thread 2 stack, calloc(65536) in
+    main` for a stack the program gave pthread_attr_setstack)."""
+    said = f"thread {number} stack"
+    return f"{said}, {found}" if found else said
+
+
 def identifier(name: str) -> str:
     """A region name usable in `REGION[INDEX]` and a column name: `a::b` -> `a.b`."""
     cleaned = name.replace("::", ".")
