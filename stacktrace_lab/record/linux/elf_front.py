@@ -60,16 +60,27 @@ def _symbol(image: ElfImage, name: str, option: str) -> int:
     return addr
 
 
-def _function_namer(image: ElfImage) -> Callable[[int], str | None]:
-    """The function holding a code address of the program (or a library it loaded),
-    None for any other address: for discovery's labels (`calloc(48) in main`)."""
+def _code_symbols(image: ElfImage) -> Callable[[int], tuple[str, int] | None]:
+    """(function, offset in it) of a code address of the program (or a library it
+    loaded), None for any other address: for discovery's labels (`calloc(48) in
+    main`, `stack of worker`)."""
     table = LabelTable(image.symbols)
     code = [(s.vaddr, s.vaddr + len(s.data)) for s in image.segments if "x" in s.perms]
 
-    def function_of(address: int) -> str | None:
+    def symbol_of(address: int) -> tuple[str, int] | None:
         if not any(start <= address < end for start, end in code):
             return None
-        near = table.nearest(address)
+        return table.nearest(address)
+
+    return symbol_of
+
+
+def _function_namer(image: ElfImage) -> Callable[[int], str | None]:
+    """The function holding a code address of the program (or a library it loaded)."""
+    symbol_of = _code_symbols(image)
+
+    def function_of(address: int) -> str | None:
+        near = symbol_of(address)
         return near[0] if near is not None else None
 
     return function_of
@@ -147,7 +158,9 @@ def describe_elf(
     found = (
         stacks
         if stacks is not None
-        else name_stacks(evidence, image.data_symbols, _function_namer(image))
+        else name_stacks(
+            evidence, image.data_symbols, _function_namer(image), _code_symbols(image)
+        )
     )
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
