@@ -127,18 +127,30 @@ def describe_elf(
     if start is not None:
         if progress is not None:
             progress(0, "start-up")
-        if interp is None and image.raw_symbols.keys() & set(ALLOCATORS):
+        loading = 0  # the loader's instructions, run before the watch is armed
+        if interp is not None:
+            # The allocator is in a library the loader maps: run the loader to the
+            # program's entry (nothing of the program runs before it), then watch.
+            early = machine.fast_forward(image.entry, progress=phase(progress, "start-up"))
+            if early is not None:
+                raise BadInput(
+                    f"{image.path}: the dynamic loader did not start the program: "
+                    f"{early.reason}: {early.detail}{_loader_said(machine)}"
+                )
+            loading = machine.fast_forwarded
+            image = _with_libraries(image, _objects(machine))
+        if image.raw_symbols.keys() & set(ALLOCATORS):
             # The start-up watched for allocations (a stack calloc'd before --from
             # is then `calloc_48`, as in the whole recording, not a heap chunk).
             before = run_discovery(
                 machine,
                 image,
                 main_stack,
-                FAST_FORWARD_LIMIT,
+                FAST_FORWARD_LIMIT - loading,
                 phase(progress, "start-up"),
                 until=start[1],
             )
-            early = machine.reached(start[1], before.steps, counted=False)
+            early = machine.reached(start[1], loading + before.steps, counted=False)
         else:
             early = machine.fast_forward(start[1], progress=phase(progress, "start-up"))
         if early is not None:
