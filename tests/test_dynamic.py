@@ -182,9 +182,7 @@ def test_from_a_function_names_the_stack_as_the_whole_recording(
     _need("c-dynamic")
     whole = recordings["c-dynamic"].metadata.region("calloc_48")
     program = programs["c-dynamic"]
-    rec = both_ways(
-        monkeypatch, tmp_path, lambda out: record_elf(program, out, from_symbol=start)
-    )
+    rec = both_ways(monkeypatch, tmp_path, lambda out: record_elf(program, out, from_symbol=start))
     stack = rec.metadata.region("calloc_48")
     assert (stack.base, stack.size, stack.label) == (whole.base, 48, "calloc(48) in main")
     assert rec.metadata.start is not None

@@ -27,7 +27,9 @@ MAPPED_AND_ARRAY_C = r"""
 #include <ucontext.h>
 static ucontext_t main_ctx, co_ctx, arr_ctx;
 static char array_stack[16384] __attribute__((aligned(16)));
-static void worker(void) { for (int i = 0; i < 2; i++) { puts("w"); swapcontext(&co_ctx, &main_ctx); } }
+static void worker(void) {
+    for (int i = 0; i < 2; i++) { puts("w"); swapcontext(&co_ctx, &main_ctx); }
+}
 static void on_array(void) { puts("a"); swapcontext(&arr_ctx, &main_ctx); }
 int main(void) {
     size_t size = 64 * 1024;
@@ -99,9 +101,7 @@ def test_the_labels_hold_for_dynamic_programs_and_from(
     assert labels["array_stack"] == "stack of on_array"
 
 
-def test_show_and_sql_print_the_label(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_show_and_sql_print_the_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from stacktrace_lab.cli import main

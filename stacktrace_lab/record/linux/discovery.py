@@ -472,13 +472,14 @@ def _first_function(
 
     The first of them is in the switch routine (rsp is loaded before it returns or
     jumps), or at a function's first instruction when the trace starts there (`--from`
-    a function that runs on the stack). The stack's function is the first one entered at its first instruction
-    by a `ret` or a `jmp` (makecontext's function, which `__swapcontext` returns to;
-    Boost's context function, which its trampoline jumps to), until the first `call`
-    (rsp 8 lower at a function's first instruction): that is code the stack's function
-    calls, or, on a stack resumed in the middle of a function, that function's callee.
-    Then it is the first function other than the switch routine's (the resumed one),
-    else the one called (a thread's `start_thread`, which `clone3` calls)."""
+    a function that runs on the stack). The stack's function is the first one entered
+    at its first instruction by a `ret` or a `jmp` (makecontext's function, which
+    `__swapcontext` returns to; Boost's context function, which its trampoline jumps
+    to), until the first `call` (rsp 8 lower at a function's first instruction): that
+    is code the stack's function calls, or, on a stack resumed in the middle of a
+    function, that function's callee. Then it is the first function other than the
+    switch routine's (the resumed one), else the one called (a thread's `start_thread`,
+    which `clone3` calls)."""
     switcher: str | None = None
     other = ""
     previous_rsp = -1

@@ -170,9 +170,7 @@ def describe_elf(
     found = (
         stacks
         if stacks is not None
-        else name_stacks(
-            evidence, image.data_symbols, _function_namer(image), _code_symbols(image)
-        )
+        else name_stacks(evidence, image.data_symbols, _function_namer(image), _code_symbols(image))
     )
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
