@@ -427,9 +427,7 @@ def _in_blocks(
         )
 
 
-def _entry_site(
-    facts: TraceFacts, i: int, store: int, transfer_rip: int
-) -> tuple[int, int, int]:
+def _entry_site(facts: TraceFacts, i: int, store: int, transfer_rip: int) -> tuple[int, int, int]:
     """Where a misaligned entry's mistake is, the write that saved its stack pointer
     (-1 if not found), and the step that computed it (-1 if not looked for or found).
     The store that planted the popped address, when another function made it (a

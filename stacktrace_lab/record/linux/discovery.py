@@ -77,6 +77,32 @@ class Allocation:
 
 
 @dataclass
+class Followed:
+    """Steps kept after switches, in step order: each one's rip and rsp (arrays: up to
+    `FOLLOWED_SWITCHES * FOLLOWED_STEPS` of them, 24 bytes each)."""
+
+    steps: array[int] = field(default_factory=lambda: array("q"))
+    rips: array[int] = field(default_factory=lambda: array("Q"))
+    rsps: array[int] = field(default_factory=lambda: array("Q"))
+
+    def add(self, step: int, rip: int, rsp: int) -> None:
+        self.steps.append(step)
+        self.rips.append(rip)
+        self.rsps.append(rsp)
+
+    def after(self, step: int) -> list[tuple[int, int]]:
+        """(rip, rsp) of `step` and the kept steps right after it, up to `FOLLOWED_STEPS`."""
+        i = bisect.bisect_left(self.steps, step)
+        out: list[tuple[int, int]] = []
+        while i < len(self.steps) and self.steps[i] == step + len(out):
+            out.append((self.rips[i], self.rsps[i]))
+            i += 1
+            if len(out) == FOLLOWED_STEPS:
+                break
+        return out
+
+
+@dataclass
 class Evidence:
     """What the discovery pass saw."""
 
@@ -94,9 +120,9 @@ class Evidence:
     heap_starts: list[int] = field(default_factory=list)
     #: Memory mapped with no access at the end (guard pages): [start, end).
     no_access: list[tuple[int, int]] = field(default_factory=list)
-    #: (rip, rsp) of the first `FOLLOWED_STEPS` steps outside the process stack after
-    #: each of the first `FOLLOWED_SWITCHES` switches, by step: what ran first on a stack.
-    followed: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: The first `FOLLOWED_STEPS` steps outside the process stack after each of the
+    #: first `FOLLOWED_SWITCHES` switches: what ran first on a stack.
+    followed: Followed = field(default_factory=lambda: Followed())
 
 
 def run_discovery(
@@ -191,7 +217,7 @@ def run_discovery(
     finally:
         machine.rules.tick = None
     evidence.outside = walk.outside()
-    evidence.followed = {step: (rip, rsp) for step, rip, rsp in walk.followed()}
+    evidence.followed = walk.followed()
     evidence.steps = walk.step()
     evidence.lowest_main = walk.lowest()
     kernel = machine.kernel
@@ -215,7 +241,7 @@ class _Walk(Protocol):
     def step(self) -> int: ...
     def lowest(self) -> int: ...
     def outside(self) -> list[tuple[int, int]]: ...
-    def followed(self) -> list[tuple[int, int, int]]: ...
+    def followed(self) -> Followed: ...
     def set_want(self, address: int) -> None: ...
 
 
@@ -271,11 +297,11 @@ class _NativeWalk:
         steps, rsps = pairs[0::2], array("Q", pairs[1::2].tobytes())
         return list(zip(steps.tolist(), rsps.tolist(), strict=True))
 
-    def followed(self) -> list[tuple[int, int, int]]:
+    def followed(self) -> Followed:
         triples = array("q", self.core.take_followed())
-        steps = triples[0::3]
-        rips, rsps = array("Q", triples[1::3].tobytes()), array("Q", triples[2::3].tobytes())
-        return list(zip(steps.tolist(), rips.tolist(), rsps.tolist(), strict=True))
+        return Followed(
+            triples[0::3], array("Q", triples[1::3].tobytes()), array("Q", triples[2::3].tobytes())
+        )
 
     def set_want(self, address: int) -> None:
         self.core.want = address
@@ -293,7 +319,7 @@ class _PythonWalk:
         self.state = {"step": 0, "previous": -1, "want": -1, "lowest": hi, "stopped": 0}
         self.outside_steps = array("q")
         self.outside_rsp = array("Q")
-        self.followed_steps: list[tuple[int, int, int]] = []
+        self.followed_steps = Followed()
 
     def run(
         self,
@@ -339,7 +365,7 @@ class _PythonWalk:
                     follow[0] -= 1
                     follow[1] = FOLLOWED_STEPS
                 if follow[1] > 0:
-                    followed.append((step, address, rsp))
+                    followed.add(step, address, rsp)
                     follow[1] -= 1
                 outside_steps.append(step)
                 outside_rsp.append(rsp)
@@ -398,7 +424,7 @@ class _PythonWalk:
     def outside(self) -> list[tuple[int, int]]:
         return list(zip(self.outside_steps.tolist(), self.outside_rsp.tolist(), strict=True))
 
-    def followed(self) -> list[tuple[int, int, int]]:
+    def followed(self) -> Followed:
         return self.followed_steps
 
     def set_want(self, address: int) -> None:
@@ -463,7 +489,7 @@ def name_stacks(
 
 
 def _first_function(
-    followed: dict[int, tuple[int, int]],
+    followed: Followed,
     step: int,
     symbol_of: Callable[[int], tuple[str, int] | None],
 ) -> str:
@@ -483,11 +509,7 @@ def _first_function(
     switcher: str | None = None
     other = ""
     previous_rsp = -1
-    for at in range(step, step + FOLLOWED_STEPS):
-        kept = followed.get(at)
-        if kept is None:
-            break
-        rip, rsp = kept
+    for at, (rip, rsp) in enumerate(followed.after(step), start=step):
         if at > step and abs(rsp - previous_rsp) > SWITCH_JUMP:
             break  # switched again: another stack's code from here
         symbol = symbol_of(rip)
