@@ -45,13 +45,25 @@ class Region:
     perms: str  # "r-x", "rw-"
     #: What a person reads for a region found in a program, where its name (an
     #: identifier kept stable for SQL, diffs and goldens) says less: the allocation
-    #: and its caller, `calloc(48) in main`; "" for a declared region (the name says it).
+    #: and its caller, `calloc(48) in main`; the thread it belongs to, `thread 2 stack`;
+    #: the function that first ran on it, `stack of worker`; "" for a declared region
+    #: (the name says it).
     label: str = ""
 
     @property
+    def shown_name(self) -> str:
+        """What a person calls the region where there is room for one name (a picture's
+        axis, a switch note): the label when the name only spells it as an identifier
+        (`thread 2 stack` for `thread_2_stack`), else the name."""
+        return self.label if self.label and _spelled(self.label) == self.name else self.name
+
+    @property
     def display(self) -> str:
-        """The name, with the label where there is one: `calloc_48 (calloc(48) in main)`."""
-        return f"{self.name} ({self.label})" if self.label else self.name
+        """The name with the label where the label says more: `calloc_48 (calloc(48) in
+        main)`; just `thread 2 stack` for `thread_2_stack`."""
+        if not self.label or self.shown_name == self.label:
+            return self.shown_name
+        return f"{self.name} ({self.label})"
 
     @property
     def top(self) -> int:
@@ -94,6 +106,11 @@ class Region:
             perms=str(d["perms"]),
             label=str(d.get("label", "")),
         )
+
+
+def _spelled(label: str) -> str:
+    """A label spelled as a region name: spaces as underscores (`thread 2 stack`)."""
+    return label.replace(" ", "_")
 
 
 def place_regions(declared: list[tuple[str, RegionKind, int]]) -> list[Region]:

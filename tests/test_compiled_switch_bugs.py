@@ -8,6 +8,11 @@ the mistake (issue 20's runtime table: minicoro, libaco, marl and libco, measure
 - tests/switch_programs/push_ret_switch.c: a push-and-ret switch (libco's coctx_swap).
   Stepping 16 bytes instead of 8 before the push plants the entry one slot off: the
   mistake is the switch's push, not the code that saved the (correct) stack pointer.
+- tests/switch_programs/fcontext_switch.c: a make-context that returns the context
+  (Boost.Context's make_fcontext/jump_fcontext). Laying the context 8 bytes too low
+  enters the function misaligned through the trampoline's jmp: the mistake is the
+  make-context's `lea`, found by following the stack pointer from its return value
+  through the caller's `ctx[]` into rdi and rsp, not the trampoline.
 - A jump to address 0 is the fetch fault Linux gives, not a `halted` run.
 
 Built at test time with gcc; skipped where gcc cannot build static programs.
@@ -99,3 +104,24 @@ def test_a_jump_to_address_0_is_a_fetch_fault(tmp_path: Path) -> None:
         "fetch from unmapped memory: 1 bytes at 0x0 (rip 0x0)",
     )
     assert not check(load_trace(rec.path)).result("stop").holds
+
+
+def test_a_make_context_that_returns_the_context_right_keeps_every_invariant(
+    tmp_path: Path,
+) -> None:
+    result = _check(_build(tmp_path, "fcontext_switch.c", "ok", 'FRAME="-0x40"'), tmp_path)
+    assert result.holds, [v.message for r in result.results for v in r.violations]
+
+
+def test_a_context_laid_8_bytes_low_is_blamed_on_the_lea_that_computed_it(
+    tmp_path: Path,
+) -> None:
+    result = _check(_build(tmp_path, "fcontext_switch.c", "off", 'FRAME="-0x48"'), tmp_path)
+    (cause,) = result.result("alignment").causes
+    assert cause.kind == "misaligned-entry"
+    # Not the trampoline's `jmp *%rbx`, which only passes the stack pointer on.
+    assert cause.site_symbol.startswith("make_ctx+"), cause.site_symbol
+    message = cause.first.message
+    assert "co entered with rsp % 16 == 0" in message
+    assert "computed at step" in message and "by `leaq -0x48(%rax), %rax` in make_ctx+" in message
+    assert "push a return address" not in message

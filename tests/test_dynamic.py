@@ -165,6 +165,30 @@ def test_from_main_skips_the_loader(
     assert replay(trace).matches
 
 
+@pytest.mark.parametrize("start", ["main", "gt_switch", "hello"])
+def test_from_a_function_names_the_stack_as_the_whole_recording(
+    programs: dict[str, Path],
+    recordings: dict[str, Recording],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    start: str,
+) -> None:
+    """The start-up before `--from` is watched for allocations once the loader has
+    mapped libc: the stack main calloc'd is `calloc_48` (`calloc(48) in main`) as in
+    the whole recording, not a heap chunk read from headers (`chunk_56`), whichever
+    function the trace starts at; the C core and the Python hooks agree."""
+    from tests.test_native_core import both_ways
+
+    _need("c-dynamic")
+    whole = recordings["c-dynamic"].metadata.region("calloc_48")
+    program = programs["c-dynamic"]
+    rec = both_ways(monkeypatch, tmp_path, lambda out: record_elf(program, out, from_symbol=start))
+    stack = rec.metadata.region("calloc_48")
+    assert (stack.base, stack.size, stack.label) == (whole.base, 48, "calloc(48) in main")
+    assert rec.metadata.start is not None
+    assert rec.metadata.start.step + rec.metadata.steps == recordings["c-dynamic"].metadata.steps
+
+
 def test_replay_refuses_when_a_file_read_has_changed(tmp_path: Path, capsys) -> None:
     program = _build_c(tmp_path / "bin", "cat_config", CAT_CONFIG_C)
     config = tmp_path / "bin" / "config.txt"  # in the program's directory: readable

@@ -206,3 +206,41 @@ def test_without_duckdb_it_says_how_to_install_it(
         err
         == "stacktrace-lab: error: DuckDB is not installed: pip install 'stacktrace-lab[duckdb]'\n"
     )
+
+
+def test_the_planted_view_lists_returns_planted_before_a_from_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--from gt_switch` begins after main planted `hello` on the 48-byte stack: the
+    view lists that ret as check does, with origin "before the trace" and no store;
+    gt_switch's own return address, pushed by main's call before row 0, is not planted."""
+    from stacktrace_lab.examples import build_example, compiler_missing
+    from stacktrace_lab.record.linux.elf_front import record_elf
+
+    why = compiler_missing("c-static")
+    if why is not None:
+        pytest.skip(f"cannot build the C example: {why}")
+    program = build_example("c-static", tmp_path / "bin")
+    columns = "ret_step, stack, region_index, planted_step, target, origin"
+    rows = {}
+    for start in ("gt_switch", None):
+        path = record_elf(program, tmp_path / f"{start}.parquet", from_symbol=start).path
+        rows[start] = _query(capsys, str(path), f"SELECT {columns} FROM planted ORDER BY 1")
+        planted = check(load_trace(path)).planted
+        assert [(r["ret_step"], r["planted_step"], r["target"]) for r in rows[start]] == [
+            (p.ret_step, p.planted_step, p.target) for p in planted
+        ]
+    assert rows["gt_switch"] == [
+        {
+            "ret_step": rows["gt_switch"][0]["ret_step"],
+            "stack": "calloc_48",
+            "region_index": 32,
+            "planted_step": None,
+            "target": "hello",
+            "origin": "before the trace",
+        }
+    ]
+    # The whole recording has the store: the same slot, planted in the trace.
+    (whole,) = rows[None]
+    assert (whole["stack"], whole["region_index"], whole["target"]) == ("calloc_48", 32, "hello")
+    assert whole["origin"] == "in the trace" and whole["planted_step"] is not None

@@ -395,7 +395,7 @@ def test_check_show_the_report_and_perfetto_say_which_thread(
     assert main(["record", str(program), "-o", str(again), "--thread-slice", "5000"]) == 0
     assert "2 threads (a slice of 5,000 instructions), stopped: exit" in capsys.readouterr().out
     assert main(["check", str(path)]) == 0
-    said = "2 threads: 1 (tid 1000) on stack, 2 (tid 1001) on thread_2_stack"
+    said = "2 threads: 1 (tid 1000) on stack, 2 (tid 1001) on thread 2 stack"
     assert said in capsys.readouterr().out
     assert main(["show", str(path), "--step", str(on_2), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["thread"] == 2
@@ -411,7 +411,7 @@ def test_check_show_the_report_and_perfetto_say_which_thread(
 
     events = chrome_trace_events(trace)["traceEvents"]
     tracks = {e["args"]["name"] for e in events if e.get("name") == "thread_name"}
-    assert {"thread 1 (tid 1000)", "thread 2 (tid 1001)", "stack thread_2_stack"} <= tracks
+    assert {"thread 1 (tid 1000)", "thread 2 (tid 1001)", "stack thread 2 stack"} <= tracks
     turns = [e for e in events if e.get("cat") == "thread"]
     assert len(turns) == switches + 1
     assert sum(e["dur"] for e in turns) == len(threads)
@@ -468,7 +468,7 @@ def test_green_switches_inside_threads_are_still_stack_switches(
     assert facts.switch_steps().size == 20
     assert not np.isin(facts.switch_steps(), facts.threads.ends).any()
     assert [r.id for r in check(trace).results if not r.holds] == []
-    assert "3 (tid 1002) on thread_2_stack" in threads_line(facts)  # a reused stack
+    assert "3 (tid 1002) on thread 2 stack" in threads_line(facts)  # a reused stack
     # SQL's `switches` view agrees: its windows follow each thread.
     pytest.importorskip("duckdb", reason="DuckDB is an optional extra")
     sql = "SELECT step FROM switches ORDER BY step"
@@ -614,3 +614,45 @@ def test_the_stepper_page_names_the_thread_of_each_step(tmp_path: Path, join_tra
     report = build_report(trace, tmp_path / "report")
     page = (report.directory / "index.html").read_text()
     assert 'class="stl-thread"' in page and '"threads":[[0,1]' in page
+
+
+def test_a_thread_stack_reads_thread_2_stack_and_keeps_its_key(
+    tmp_path: Path, join_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue #21's `thread 2 stack` wherever a person reads the name (check, show, the
+    report, the stepper, Perfetto); `thread_2_stack` stays the key in SQL and in
+    `stack[index]`."""
+    import json
+
+    from stacktrace_lab.cli import main
+    from stacktrace_lab.report.build import build_report
+    from stacktrace_lab.stepper.data import stepper_data
+
+    trace = load_trace(join_trace)
+    own = trace.metadata.region("thread_2_stack")
+    assert (own.label, own.shown_name, own.display) == ("thread 2 stack",) * 3
+
+    threads = _threads(join_trace)
+    on_2 = int(np.flatnonzero(threads == 2)[-1])
+    assert main(["show", str(join_trace), "--step", str(on_2)]) == 0
+    out = capsys.readouterr().out
+    assert "thread 2 stack (running)" in out and "thread_2_stack (running)" not in out
+    assert re.search(r"rsp = thread_2_stack\[\d+\]", out)  # the slot's one spelling
+
+    query = "select name, label from regions where kind = 'stack' order by name"
+    assert main(["query", str(join_trace), query, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"name": "thread_2_stack", "label": "thread 2 stack"} in rows
+    # The key names the region in SQL's slot spelling, as for any other stack.
+    slot = "select slot_name(trace, rsp) as s from steps where thread = 2 limit 1"
+    assert main(["query", str(join_trace), slot, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["s"].startswith("thread_2_stack[")
+
+    data = stepper_data(trace)
+    shown = {r["name"]: r.get("shown") for r in data["regions"]}
+    assert shown["thread_2_stack"] == "thread 2 stack" and shown["stack"] is None
+    assert "thread 2 stack" in {lane["name"] for lane in data["chart"]["lanes"]}
+
+    report = build_report(trace, tmp_path / "report")
+    markdown = (report.directory / "report.md").read_text()
+    assert "| thread 2 stack | stack |" in markdown

@@ -28,7 +28,7 @@ from .causes import MAX_CAUSES, Items, code_at, grouped
 from .events import TraceFacts
 from .kinds import I64, U64, B, Kind, Origin
 from .model import MAX_VIOLATIONS, Findings
-from .transfers import Landing, realigns, saved_stack_pointer
+from .transfers import Landing, realigns, saved_stack_pointer, stack_pointer_made
 
 
 def alignment(facts: TraceFacts) -> Findings:
@@ -64,14 +64,14 @@ def alignment(facts: TraceFacts) -> Findings:
             continue
         store = int(stores[k])
         key = (int(transfer_rips[i]), int(store_rips[k]))
-        made = -1
+        made = computed = -1
         if key not in sites or (sites[key][1] and len(items) < MAX_CAUSES):
-            site, made = _entry_site(facts, i, store, int(transfer_rips[i]))
-            sites.setdefault(key, (site, made >= 0))
+            site, made, computed = _entry_site(facts, i, store, int(transfer_rips[i]))
+            sites.setdefault(key, (site, made >= 0 or computed >= 0))
         site = sites[key][0]
         item = items.add(min(landed, max(facts.steps - 1, 0)), "misaligned-entry", site)
         entry_item[i] = item
-        messages[item] = _entry_message(facts, i, store, made)
+        messages[item] = _entry_message(facts, i, store, made, computed)
 
     misaligned = np.flatnonzero(facts.rsp[facts.calls] % STACK_ALIGNMENT != 0)
     first_call = len(items)
@@ -212,8 +212,19 @@ def _moved_after_loading(facts: TraceFacts, i: int, made: int) -> bool:
     return int(t.rsp[i]) - WORD not in (loaded, loaded - WORD)
 
 
-def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable[[], str]:
+def _entry_message(
+    facts: TraceFacts, i: int, store: int, made: int, computed: int = -1
+) -> Callable[[], str]:
     def saved() -> str:
+        if computed >= 0:
+            info = facts.describe([computed])[computed]
+            return (
+                f"; the stack pointer the switch loaded was computed at step {computed} by "
+                f"`{info.insn}`{code_at(facts, info.rip)}, which left it "
+                f"{(int(facts.transfers.rsp[i]) - 8) % STACK_ALIGNMENT} bytes off where it "
+                "must be: compute it that much lower or higher, so that the function starts "
+                "with rsp % 16 == 8"
+            )
         if made < 0:
             return ""
         made_step = int(facts.writes.step[made])
@@ -247,7 +258,11 @@ def _entry_message(facts: TraceFacts, i: int, store: int, made: int) -> Callable
                 f": the jmp{code_at(facts, transfer_rip)} lands on it with rsp % 16 == {rsp % 16}"
             )
             # Without a saved stack pointer to blame, the code that jumps must fix rsp.
-            fix = "" if made >= 0 else "; push a return address (or realign) before jumping to it"
+            fix = (
+                ""
+                if made >= 0 or computed >= 0
+                else "; push a return address (or realign) before jumping to it"
+            )
             return head + jumped + fix
         if store < 0:
             return head + f": the ret{code_at(facts, transfer_rip)} pops its address"
@@ -412,21 +427,37 @@ def _in_blocks(
         )
 
 
-def _entry_site(facts: TraceFacts, i: int, store: int, transfer_rip: int) -> tuple[int, int]:
-    """Where a misaligned entry's mistake is, and the write that saved its stack pointer
-    (-1 if not found). The store that planted the popped address, when another
-    function made it (a spawn); else the store that saved the stack pointer the
-    switch loaded (a make-context); else the planting store; else the transfer."""
+def _entry_site(facts: TraceFacts, i: int, store: int, transfer_rip: int) -> tuple[int, int, int]:
+    """Where a misaligned entry's mistake is, the write that saved its stack pointer
+    (-1 if not found), and the step that computed it (-1 if not looked for or found).
+    The store that planted the popped address, when another function made it (a
+    spawn); else the store that saved the stack pointer the switch loaded (a
+    make-context); else the planting store; else, for a jmp whose code since the switch
+    pushed (a trampoline that pushes a return address, as Boost.Context's does), the
+    instruction that computed the stack pointer the switch loaded, 8 bytes off (a
+    make-context that returns it: `make_fcontext`); else the transfer (a trampoline
+    that pushed nothing must push or realign before it jumps)."""
     t = facts.transfers
     if store >= 0:
         store_rip = facts.writes_rip(store)
         if facts.function_start(store_rip) != facts.function_start(transfer_rip):
-            return store_rip, -1
+            return store_rip, -1, -1
     made = saved_stack_pointer(facts, int(t.step[i]))
     if made >= 0 and store >= 0 and _moved_after_loading(facts, i, made):
-        return facts.writes_rip(store), -1
+        return facts.writes_rip(store), -1, -1
     if made >= 0:
-        return facts.writes_rip(made), made
+        return facts.writes_rip(made), made, -1
     if store >= 0:
-        return facts.writes_rip(store), -1
-    return transfer_rip, -1
+        return facts.writes_rip(store), -1, -1
+    if not bool(t.is_ret[i]):
+        step = int(t.step[i])
+        switches = facts.switch_steps()
+        before = switches[switches <= step]
+        if before.size:
+            loaded = int(before[-1])
+            since = facts.rsp[loaded + 1 : step + 1].astype(np.int64)
+            if since.size > 1 and bool((np.diff(since) < 0).any()):
+                computed = stack_pointer_made(facts, loaded, STACK_ALIGNMENT)
+                if computed >= 0:
+                    return int(facts.rips_at(np.array([computed]))[0]), -1, computed
+    return transfer_rip, -1, -1

@@ -41,13 +41,15 @@ from enum import IntEnum
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
 from capstone import x86 as cs_x86
 
 from ..arch import WORD
 from ..layout import Region
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
-from .decoded import GENERAL_REGISTERS, Decoded, OperandType, decode_rows
+from .decoded import GENERAL_REGISTERS, Decoded, OperandType, decode, decode_rows
 from .kinds import I16, I64, U8, U64, B, Jumps, Kind, Origin, Returns, ThreadRuns, Writes
 
 
@@ -285,6 +287,102 @@ def saved_stack_pointer(facts: TraceFacts, step: int) -> int:
         hits = np.flatnonzero((w.addr == np.uint64(addr)) & (w.step < load_step))
         return int(hits[-1]) if hits.size else -1
     return -1
+
+
+#: How far before a switch to follow the stack pointer it loaded back to where it was
+#: computed (a make-context may run long before the first switch to its context).
+_MADE_LOOKBACK = 1 << 16
+#: Moves, loads and pops a value is followed through, and the arithmetic it may be
+#: computed by (`and $-16`, `lea -0x40(%rax), %rax`, `sub $0x48, %rax`).
+_CARRIES = frozenset({cs_x86.X86_INS_MOV, cs_x86.X86_INS_MOVQ, cs_x86.X86_INS_POP})
+_COMPUTES = frozenset(
+    {cs_x86.X86_INS_LEA, cs_x86.X86_INS_ADD, cs_x86.X86_INS_SUB, cs_x86.X86_INS_AND}
+)
+_MAX_HOPS = 32
+
+
+def stack_pointer_made(facts: TraceFacts, switch_step: int, grid: int) -> int:
+    """The step of the instruction that put the stack pointer the switch at
+    `switch_step` loaded (rsp after it) off the `grid`-byte grid, or -1.
+
+    The value is followed back by the registers' recorded values, through register
+    moves, a load or `pop` and the store that wrote that memory, and a function's
+    return value (Boost.Context's `make_fcontext` returns the context in rax, the
+    caller keeps it in memory, `jump_fcontext` loads it into rsp from rdi): to the last
+    arithmetic that changed its residue modulo `grid` (a `lea` 8 bytes off). -1 when
+    the chain leaves the registers and memory the trace shows, an `and` aligned the
+    value (nothing before it decided the residue), or nothing within `_MADE_LOOKBACK`
+    steps before the switch changed the residue."""
+    if switch_step + 1 >= facts.steps:
+        return -1
+    low = max(0, switch_step - _MADE_LOOKBACK)
+    rows = facts.trace.slice(low, switch_step + 2, [*_REGISTER_ORDER, "rip", "insn_bytes"])
+    values: npt.NDArray[np.uint64] = np.stack(
+        [rows.column(n).to_numpy().astype(np.uint64) for n in _REGISTER_ORDER], axis=1
+    )  # rows x registers
+    value = int(values[-1, _REGISTER_ORDER.index("rsp")])
+    at = rows.num_rows - 1  # follow the value from before this row
+    for _hop in range(_MAX_HOPS):
+        wrote = _wrote_value(rows, values, at, value)
+        if wrote is None:
+            return -1
+        j, insn, register = wrote
+        source = insn.source
+        if insn.id in _CARRIES and insn.id != cs_x86.X86_INS_POP:
+            if source is not None and source.type is OperandType.REG:
+                at = j  # from another register, which held it already
+                continue
+            if source is None or source.type is not OperandType.MEM:
+                return -1
+        if insn.id in _CARRIES:  # a load or a pop: the store that wrote the memory
+            loaded = facts.trace.slice(low + j, low + j + 1, ["reads"]).column(0)[0].as_py()
+            if not loaded:
+                return -1
+            w = facts.writes
+            hits = np.flatnonzero((w.addr == np.uint64(loaded[0]["addr"])) & (w.step < low + j))
+            if not hits.size or int(w.step[hits[-1]]) < low:
+                return -1
+            at = int(w.step[hits[-1]]) - low  # the store's register held it there
+            continue
+        if insn.id not in _COMPUTES:
+            return -1
+        operand = register
+        if insn.id == cs_x86.X86_INS_LEA:
+            if source is None or source.base not in _REGISTER_ORDER:
+                return -1  # rip-relative or absolute: an address, not a pointer kept
+            operand = str(source.base)
+        before = int(values[j, _REGISTER_ORDER.index(operand)])
+        if before % grid != value % grid:
+            return low + j
+        if insn.id == cs_x86.X86_INS_AND:
+            return -1
+        value, at = before, j  # the residue was there before: follow the operand
+    return -1
+
+
+#: The general registers in a fixed order: the columns of `stack_pointer_made`'s matrix.
+_REGISTER_ORDER = sorted(GENERAL_REGISTERS)
+
+
+def _wrote_value(
+    rows: pa.Table, values: npt.NDArray[np.uint64], at: int, value: int
+) -> tuple[int, Decoded, str] | None:
+    """The last row before `at` whose instruction wrote `value` into its destination
+    register (it held something else before): (row, instruction, register)."""
+    target = np.uint64(value)
+    became = (values[1 : at + 1] == target) & (values[:at] != target)
+    rips, code = rows.column("rip"), rows.column("insn_bytes")
+    for j in np.flatnonzero(became.any(axis=1))[::-1].tolist():
+        insn = decode(int(rips[j].as_py()), code[j].as_py() or b"")
+        written = insn.operands[0] if insn.id == cs_x86.X86_INS_POP else insn.destination
+        if (
+            written is not None
+            and written.type is OperandType.REG
+            and written.register in _REGISTER_ORDER
+            and became[j, _REGISTER_ORDER.index(written.register)]
+        ):
+            return j, insn, written.register
+    return None  # only registers that got it by chance (or none)
 
 
 def _returns_from_own_slot(facts: TraceFacts, onward: I64, landing_rsp: U64) -> B:

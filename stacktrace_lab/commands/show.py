@@ -174,9 +174,14 @@ def _entered(frame: FrameLine) -> str:
     return f"step {frame.entered_step} by {frame.how}"
 
 
-def _backtraces(found: list[StackBacktrace], waiting: dict[int, int] | None = None) -> Table:
+def _backtraces(
+    found: list[StackBacktrace],
+    waiting: dict[int, int] | None = None,
+    shown: dict[str, str] | None = None,
+) -> Table:
     """`waiting`: for a threaded program, the thread of each suspended stack's last row
-    when that is another thread than the running one (it waits for the scheduler)."""
+    when that is another thread than the running one (it waits for the scheduler).
+    `shown`: what a person calls each stack, by region name (`thread 2 stack`)."""
     table = Table(
         title="backtraces (innermost frame first; suspended stacks where they left)",
         title_justify="left",
@@ -196,7 +201,7 @@ def _backtraces(found: list[StackBacktrace], waiting: dict[int, int] | None = No
         for depth, frame in enumerate(bt.frames):
             entered = _entered(frame)
             table.add_row(
-                f"{bt.stack} ({state})" if depth == 0 else "",
+                f"{(shown or {}).get(bt.stack, bt.stack)} ({state})" if depth == 0 else "",
                 str(depth),
                 frame.function,
                 f"{frame.addr:#x} {frame.location}" if frame.addr else frame.location,
@@ -230,7 +235,8 @@ def _other_threads(trace: Trace, view: StepView, found: list[StackBacktrace]) ->
 def render(trace: Trace, view: StepView, found: list[StackBacktrace]) -> Group:
     parts: list[Any] = [_header(trace, view), Text("")]
     if found:
-        parts += [_backtraces(found, _other_threads(trace, view, found)), Text("")]
+        shown = {r.name: r.shown_name for r in trace.metadata.stacks}
+        parts += [_backtraces(found, _other_threads(trace, view, found), shown), Text("")]
     parts += [_registers(view), Text("")]
     parts += [_listing(view, trace.metadata), Text("")]
     accesses = _accesses(trace, view)

@@ -161,7 +161,8 @@ def _macros(files: Sequence[TraceFile]) -> list[str]:
 def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
     con.execute(
         "CREATE TABLE traces (trace VARCHAR, path VARCHAR, scenario VARCHAR, steps BIGINT, "
-        "stop VARCHAR, final_rip UBIGINT, final_rsp UBIGINT, final_rax UBIGINT)"
+        "stop VARCHAR, final_rip UBIGINT, final_rsp UBIGINT, final_rax UBIGINT, "
+        "from_symbol VARCHAR, from_rsp UBIGINT)"
     )
     con.execute(
         "CREATE TABLE regions (trace VARCHAR, name VARCHAR, kind VARCHAR, base UBIGINT, "
@@ -177,8 +178,10 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
     )
     for f in files:
         meta = f.trace.metadata
+        # A trace that began past the entry (`--from`): where, and rsp at its row 0.
+        began = meta.start is not None and f.trace.num_rows > 0
         con.execute(
-            "INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 f.name,
                 str(f.trace.path),
@@ -188,6 +191,8 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[TraceFile]) -> None:
                 int(meta.final.get("rip", 0)),
                 int(meta.final.get("rsp", 0)),
                 int(meta.final.get("rax", 0)),
+                meta.start.symbol if began and meta.start is not None else None,
+                int(f.trace.slice(0, 1, ["rsp"]).column(0)[0].as_py()) if began else None,
             ],
         )
         con.executemany(
@@ -286,7 +291,11 @@ def _views(columns: set[str]) -> list[str]:
         "stack_of(trace, to_rsp) AS to_stack, rsp AS from_rsp, to_rsp "
         "FROM n WHERE to_rsp IS NOT NULL AND stack IS DISTINCT FROM stack_of(trace, to_rsp)",
         # The last write to the popped slot's address before the ret: planted when
-        # it is not the push of a call.
+        # it is not the push of a call. In a trace that began past the entry (`--from`),
+        # a slot no write in the trace reached, under rsp's row-0 value (or on
+        # another stack) and holding a code address was planted before the trace
+        # (analysis/events.py, Origin.PLANTED_BEFORE); at or above it, it is a return
+        # address a call pushed before row 0 (Origin.BEFORE), not a planted one.
         "CREATE VIEW planted AS "
         "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, thread, "
         f"  lead(rip) OVER w AS next_rip, lead(rsp) OVER w AS next_rsp FROM steps {_ORDER}), "
@@ -294,14 +303,26 @@ def _views(columns: set[str]) -> list[str]:
         "  coalesce(s.next_rip, t.final_rip) AS value, "
         "  coalesce(s.next_rsp, t.final_rsp) AS entry_rsp "
         "  FROM s JOIN traces t USING (trace) WHERE kind = 'ret'), "
-        "w AS (SELECT trace, step, addr, insn, symbol, kind FROM accesses WHERE access = 'write') "
-        "SELECT r.trace, r.step AS ret_step, r.symbol AS ret_symbol, "
-        "region_of(r.trace, r.slot) AS stack, region_index(r.trace, r.slot) AS region_index, "
-        "slot_name(r.trace, r.slot) AS slot_name, r.slot, w.step AS planted_step, "
-        "w.insn AS planted_insn, w.symbol AS planted_symbol, "
-        "r.value, symbol_of(r.trace, r.value) AS target, r.entry_rsp "
-        "FROM r ASOF JOIN w ON r.trace = w.trace AND r.slot = w.addr AND r.step > w.step "
-        "WHERE w.kind <> 'call'",
+        "w AS (SELECT trace, step, addr, insn, symbol, kind FROM accesses WHERE access = 'write'), "
+        "p AS (SELECT r.*, w.step AS planted_step, w.insn AS planted_insn, "
+        "  w.symbol AS planted_symbol, w.kind AS planted_kind "
+        "  FROM r ASOF LEFT JOIN w ON r.trace = w.trace AND r.slot = w.addr AND r.step > w.step), "
+        "b AS (SELECT p.trace, p.step, t.from_rsp, g.top AS from_top "
+        "  FROM p JOIN traces t USING (trace) "
+        "  LEFT JOIN regions g ON g.trace = p.trace AND g.name = region_of(p.trace, t.from_rsp) "
+        "  WHERE p.planted_step IS NULL AND t.from_symbol IS NOT NULL AND EXISTS ("
+        "    SELECT 1 FROM regions c WHERE c.trace = p.trace AND c.kind = 'code' "
+        "    AND p.value >= c.base AND p.value < c.top)) "
+        "SELECT p.trace, p.step AS ret_step, p.symbol AS ret_symbol, "
+        "region_of(p.trace, p.slot) AS stack, region_index(p.trace, p.slot) AS region_index, "
+        "slot_name(p.trace, p.slot) AS slot_name, p.slot, p.planted_step, "
+        "p.planted_insn, p.planted_symbol, "
+        "p.value, symbol_of(p.trace, p.value) AS target, p.entry_rsp, "
+        "CASE WHEN p.planted_step IS NULL THEN 'before the trace' ELSE 'in the trace' END "
+        "AS origin "
+        "FROM p LEFT JOIN b ON b.trace = p.trace AND b.step = p.step "
+        "WHERE p.planted_kind <> 'call' OR (b.step IS NOT NULL "
+        "  AND NOT (p.slot >= b.from_rsp AND (b.from_top IS NULL OR p.slot < b.from_top)))",
         # Each `syscall` step; its name and result from the trace's log where it has one
         # (format 2: no result for a call that did not return), else rax after it.
         "CREATE VIEW syscalls AS "

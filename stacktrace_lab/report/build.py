@@ -114,7 +114,7 @@ def stepper_switches(facts: TraceFacts) -> list[Switch]:
         for p in facts.planted_returns
     ]
     planted = {s.ret_step for s in switches}
-    names = {i: s.name for i, s in enumerate(facts.stacks)}
+    names = {i: s.shown_name for i, s in enumerate(facts.stacks)}
     owner = facts.owners
     for step in facts.switch_steps().tolist():
         if step in planted:

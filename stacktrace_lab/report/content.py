@@ -139,7 +139,7 @@ def threads_summary(meta: TraceMetadata, switches: int | None = None) -> str:
         # The stack it started on: a thread may start on a stack an earlier thread
         # left (glibc caches the stacks of joined threads).
         top = int(t.get("stack_top") or 0)
-        stack = next((s.name for s in meta.stacks if s.base < top <= s.top), None)
+        stack = next((s.shown_name for s in meta.stacks if s.base < top <= s.top), None)
         where = f" on {stack}" if stack else ""
         parts.append(f"{t['number']} (tid {t['tid']}){where}")
     counted = f"{switches:,} thread switches, " if switches is not None else ""
@@ -157,7 +157,7 @@ def listing(facts: TraceFacts) -> tuple[tuple[ListingWindow, ...], int]:
             notes.setdefault(p.planted_step, []).append(f"plants {p.target} at {p.where}")
         notes.setdefault(p.ret_step, []).append(f"ret pops planted {p.target} from {p.where}")
     switches = facts.switch_steps()
-    names = {i: s.name for i, s in enumerate(facts.stacks)}
+    names = {i: s.shown_name for i, s in enumerate(facts.stacks)}
     owner = facts.owners
     for step in switches.tolist():
         src = names.get(int(owner[step]), "outside the stacks")

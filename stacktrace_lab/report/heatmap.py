@@ -386,7 +386,7 @@ def _draw_below(
         )
     ax.axhline(0, color=OVERFLOW_COLOUR, linewidth=1.2, zorder=5)
     count = len(clobbered)
-    said = f"below {panel.stack.name}'s base: {-panel.below_index} bytes stored; "
+    said = f"below {panel.stack.shown_name}'s base: {-panel.below_index} bytes stored; "
     said += f"the overflow overwrote {count} slot{'s' if count != 1 else ''} that held data"
     if clobbered:
         shown = ", ".join(f"[{c.index}] {c.before:#x}" for c in clobbered[-3:][::-1])
@@ -550,7 +550,7 @@ def _draw_panel(
         ax.text(
             0.998,
             panel.floor_index + WORD / 2,
-            f"below {stack.name}'s base: overflow (not stored) ",
+            f"below {stack.shown_name}'s base: overflow (not stored) ",
             transform=ax.get_yaxis_transform(),
             ha="right",
             va="center",
@@ -594,7 +594,7 @@ def _draw_panel(
     else:
         shown = f", {window.size} B stored where rsp went (top-{stack.top - window.base})"
     missed = rsp_outside_window(facts, stack)
-    title = f"{stack.name}: {stack.size} bytes at {stack.base:#x}{shown}"
+    title = f"{stack.shown_name}: {stack.size} bytes at {stack.base:#x}{shown}"
     if missed is not None:
         title += f"; rsp went to {missed[0]:,}-{missed[1]:,}, outside them"
     ax.set_title(title, loc="left", fontsize=9, color=OVERFLOW_COLOUR if missed else "black")

@@ -277,7 +277,7 @@ def numbered_notes(
             )
     switches = facts.switch_steps()
     if switches.size <= MAX_SWITCH_LABELS:
-        names = {i: s.name for i, s in enumerate(facts.stacks)}
+        names = {i: s.shown_name for i, s in enumerate(facts.stacks)}
         owner = facts.owners
         for step in switches.tolist():
             src = names.get(int(owner[step]), "outside")
@@ -369,7 +369,7 @@ def _deepest_overflows(facts: TraceFacts) -> list[int]:
 def _zoom_what(
     facts: TraceFacts, switches: I64, causes: Sequence[Cause], failed: I64, start: int, stop: int
 ) -> str:
-    names = {i: s.name for i, s in enumerate(facts.stacks)}
+    names = {i: s.shown_name for i, s in enumerate(facts.stacks)}
     owner = facts.owners
     here = switches[(switches >= start) & (switches < stop)].tolist()
     parts = []
@@ -392,7 +392,7 @@ def _zoom_what(
         if start <= step < stop:
             stack = facts.stacks[int(facts.rsp_owner[step])]
             depth = stack.base - int(facts.rsp[step])
-            parts.append(f"rsp {depth:,} bytes below {stack.name}'s base at step {step:,}")
+            parts.append(f"rsp {depth:,} bytes below {stack.shown_name}'s base at step {step:,}")
     bad = [s for s in failed.tolist() if start <= s < stop]
     if bad and not any(start <= c.first_step < stop for c in causes):
         parts.append(f"{len(bad)} ret(s) of a bad slot")
@@ -594,7 +594,7 @@ def _zoom_stack(
         ax.axhspan(low - pad, 0, color=OVERFLOW_COLOUR, alpha=0.12, linewidth=0, zorder=0)
         ax.axhline(0, color="#999999", linestyle=":", linewidth=0.9, zorder=1)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
-    ax.set_ylabel(stack.name, color=colour, fontsize=7)
+    ax.set_ylabel(stack.shown_name, color=colour, fontsize=7)
     ax.tick_params(labelsize=7)
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
 
@@ -692,7 +692,7 @@ def _stack_panel(
     if low_y <= 0:
         _boundary(ax, 0, "base")
     ax.yaxis.set_major_locator(MultipleLocator(_slot_ticks(stack.size - low_y)))
-    ax.set_ylabel(f"{stack.name} ({_size(stack.size)})\nbyte index", color=colour)
+    ax.set_ylabel(f"{stack.shown_name} ({_size(stack.size)})\nbyte index", color=colour)
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
 
 

@@ -70,7 +70,7 @@ def switch_pairs(facts: TraceFacts) -> list[SwitchPair]:
     owner = facts.owners
     src = owner[steps].astype(np.int64)
     dst = owner[steps + 1].astype(np.int64)
-    names = {i: s.name for i, s in enumerate(facts.stacks)}
+    names = {i: s.shown_name for i, s in enumerate(facts.stacks)}
     pairs: dict[tuple[int, int], list[int]] = {}
     # One pass over distinct pairs (a runtime may switch a million times between few stacks).
     keys = (src + 1) * (len(facts.stacks) + 2) + (dst + 1)
@@ -145,7 +145,7 @@ def switches_figure(facts: TraceFacts, causes: Sequence[Cause] = ()) -> Figure:
             bbox={"boxstyle": "round,pad=0.2", "facecolor": FAIL_COLOUR, "linewidth": 0},
         )
 
-    ax.set_yticks(range(len(stacks)), [s.name for s in stacks])
+    ax.set_yticks(range(len(stacks)), [s.shown_name for s in stacks])
     for label, stack in zip(ax.get_yticklabels(), stacks, strict=True):
         label.set_color(stack_colour(facts.stacks.index(stack)))
     ax.set_ylim(len(stacks) - 0.5, -0.5)  # the first stack at the top, as in rsp.png

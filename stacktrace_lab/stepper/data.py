@@ -224,6 +224,7 @@ def _rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
         np.maximum.at(highs, owner, rsp)
         seen[owner] = True
     names = [r.name for r in stacks] + (["outside"] if stacks else [])
+    shown = {r.name: r.shown_name for r in stacks}  # a lane's label: `thread 2 stack`
     for k, name in enumerate(names):
         if seen[k]:
             low[name], high[name] = int(lows[k]), int(highs[k])
@@ -257,7 +258,10 @@ def _rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
     ]
     return {
         "steps": n,
-        "lanes": [{"name": name, "lo": hex64(lo), "hi": hex64(hi)} for name, lo, hi in lanes],
+        "lanes": [
+            {"name": shown.get(name, name), "lo": hex64(lo), "hi": hex64(hi)}
+            for name, lo, hi in lanes
+        ],
         "points": points,
         "embedded": [[w.start, w.stop] for w in windows],
     }
@@ -489,6 +493,8 @@ def stepper_data(
         "registers": list(REGISTERS),
         "regions": [
             {"name": r.name, "kind": r.kind, "base": hex64(r.base), "size": r.size}
+            # What a person calls it, where that is not its name (`thread 2 stack`).
+            | ({"shown": r.shown_name} if r.shown_name != r.name else {})
             for r in meta.regions
         ],
         "symbols": [[hex64(a), name] for a, name in sorted(first_symbols.items())],

@@ -17,7 +17,8 @@
  *
  * Modes:
  *   COUNT     run to `--from`'s symbol: count steps, nothing else;
- *   DISCOVER  the discovery pass (record/linux/discovery.py): rsp at every step;
+ *   DISCOVER  the discovery pass (record/linux/discovery.py): rsp at every step, and
+ *             rip for the first steps after rsp jumps to another stack (what ran first);
  *   RECORD    every register at every step, every memory access.
  * Every mode keeps the user-mode decisions and the CPU model's answers.
  */
@@ -112,6 +113,13 @@ typedef struct {
     int64_t *outside; /* (step, rsp) */
     size_t n_outside, outside_cap;
     int64_t outside_calls; /* how many times `outside` may still be called */
+    /* (step, rip, rsp) of the first `follow_steps` steps outside the process stack after
+     * each of the first `follow_budget` switches (rsp jumping: from the process stack,
+     * or by more than `switch_jump`): the code that ran first on a stack. */
+    int64_t *followed;
+    size_t n_followed, followed_cap;
+    int64_t follow_budget, follow_steps, follow_left;
+    uint64_t switch_jump;
     int tick;              /* COUNT and DISCOVER: call owner.tick(steps) for a progress bar */
 
     /* decisions, by page */
@@ -632,6 +640,28 @@ static void on_code_discover(void *uc, uint64_t address, uint32_t size, void *us
             c->outside_calls--;
             if (!call_void(c, "outside", "(L)", (long long)c->step)) return;
         }
+        int jumped = !continues;
+        if (continues) {
+            uint64_t last = (uint64_t)c->outside[2 * (c->n_outside - 1) + 1];
+            jumped = (rsp > last ? rsp - last : last - rsp) > c->switch_jump;
+        }
+        if (jumped && c->follow_budget > 0) {
+            c->follow_budget--;
+            c->follow_left = c->follow_steps;
+        }
+        if (c->follow_left > 0) {
+            if (!grow((void **)&c->followed, &c->followed_cap, c->n_followed + 1,
+                      3 * sizeof(int64_t))) {
+                c->stop = STOP_CALLBACK;
+                c->emu_stop(uc);
+                return;
+            }
+            c->followed[3 * c->n_followed] = c->step;
+            c->followed[3 * c->n_followed + 1] = (int64_t)address;
+            c->followed[3 * c->n_followed + 2] = (int64_t)rsp;
+            c->n_followed++;
+            c->follow_left--;
+        }
         if (!grow((void **)&c->outside, &c->outside_cap, c->n_outside + 1, 2 * sizeof(int64_t))) {
             c->stop = STOP_CALLBACK;
             c->emu_stop(uc);
@@ -640,8 +670,9 @@ static void on_code_discover(void *uc, uint64_t address, uint32_t size, void *us
         c->outside[2 * c->n_outside] = c->step;
         c->outside[2 * c->n_outside + 1] = (int64_t)rsp;
         c->n_outside++;
-    } else if (rsp < c->lowest) {
-        c->lowest = rsp;
+    } else {
+        c->follow_left = 0; /* back on the process stack: the switch is followed no further */
+        if (rsp < c->lowest) c->lowest = rsp;
     }
     if (address == c->want) {
         if (!call_void(c, "returned", "(K)", (unsigned long long)rsp)) return;
@@ -690,6 +721,7 @@ static void core_dealloc(Core *c) {
     free(c->rows);
     free(c->events);
     free(c->outside);
+    free(c->followed);
     free(c->aligned);
     Py_XDECREF(c->owner);
     Py_XDECREF(c->error);
@@ -756,6 +788,8 @@ static void reset_run(Core *c, int mode) {
     c->n_rows = 0;
     c->n_events = 0;
     c->n_outside = 0;
+    c->n_followed = 0;
+    c->follow_left = 0;
     c->have_last_row = 0;
     c->chunk_start = 0;
 }
@@ -791,12 +825,14 @@ static PyObject *core_attach_record(Core *c, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* attach_discover(max_steps, stack_lo, stack_hi, watch addresses, outside calls) */
+/* attach_discover(max_steps, stack_lo, stack_hi, watch addresses, outside calls,
+ *                 switches followed, steps followed after each, switch jump) */
 static PyObject *core_attach_discover(Core *c, PyObject *args) {
-    long long max_steps, outside_calls;
-    unsigned long long lo, hi;
+    long long max_steps, outside_calls, follow_budget, follow_steps;
+    unsigned long long lo, hi, switch_jump;
     PyObject *watch;
-    if (!PyArg_ParseTuple(args, "LKKOL", &max_steps, &lo, &hi, &watch, &outside_calls))
+    if (!PyArg_ParseTuple(args, "LKKOLLLK", &max_steps, &lo, &hi, &watch, &outside_calls,
+                          &follow_budget, &follow_steps, &switch_jump))
         return NULL;
     PyObject *seq = PySequence_Fast(watch, "watch addresses must be a sequence");
     if (seq == NULL) return NULL;
@@ -818,6 +854,9 @@ static PyObject *core_attach_discover(Core *c, PyObject *args) {
     c->lowest = hi;
     c->want = NO_ADDRESS;
     c->outside_calls = outside_calls;
+    c->follow_budget = follow_budget;
+    c->follow_steps = follow_steps;
+    c->switch_jump = switch_jump;
     if (!add_hook(c, c->hook_code, (void *)on_code_discover)) return NULL;
     if (!add_hook(c, c->hook_mem_write, (void *)on_write_watch)) return NULL;
     Py_RETURN_NONE;
@@ -868,6 +907,15 @@ static PyObject *core_take_outside(Core *c, PyObject *noargs) {
     PyObject *result = PyBytes_FromStringAndSize((char *)c->outside,
                                                  (Py_ssize_t)(c->n_outside * 16));
     c->n_outside = 0;
+    return result;
+}
+
+/* take_followed() -> bytes of (step int64, rip uint64, rsp uint64) triples: the steps
+ * after switches. */
+static PyObject *core_take_followed(Core *c, PyObject *noargs) {
+    PyObject *result = PyBytes_FromStringAndSize((char *)c->followed,
+                                                 (Py_ssize_t)(c->n_followed * 24));
+    c->n_followed = 0;
     return result;
 }
 
@@ -959,6 +1007,7 @@ static PyMethodDef core_methods[] = {
     {"raise_error", (PyCFunction)core_raise_error, METH_NOARGS, NULL},
     {"take_chunk", (PyCFunction)core_take_chunk, METH_NOARGS, NULL},
     {"take_outside", (PyCFunction)core_take_outside, METH_NOARGS, NULL},
+    {"take_followed", (PyCFunction)core_take_followed, METH_NOARGS, NULL},
     {"add_event", (PyCFunction)core_add_event, METH_VARARGS, NULL},
     {"drop_writes", (PyCFunction)core_drop_writes, METH_VARARGS, NULL},
     {"forget", (PyCFunction)core_forget, METH_VARARGS, NULL},

@@ -40,13 +40,18 @@ from ..machine.machine import Control, Machine
 from ..machine.syscalls import LinuxKernel
 from ..machine.user_mode import NORMAL
 from .elf import DataSymbol, ElfImage
-from .naming import PROCESS_STACK, identifier, unique, usable_part
+from .naming import PROCESS_STACK, first_ran_label, identifier, unique, usable_part
 
 #: How far below a found stack's base rsp may go and still be that stack (an overflow).
 OVERFLOW_REACH = 64 << 10
 #: A move of rsp by more than this (or from another stack) is a switch, not a push.
 SWITCH_JUMP = 4096
 HEAP_SNAPSHOTS = 64
+#: Switches (rsp jumping to another stack) after which the code that ran is kept, and
+#: how many steps of it: enough for glibc's `__swapcontext` to return into the entry
+#: function after loading rsp (about 25 instructions, with its shadow-stack test).
+FOLLOWED_SWITCHES = 4096
+FOLLOWED_STEPS = 64
 #: Stack words above an allocator's return address kept to find who asked (a build
 #: without -O has big frames: `vec![0; 48]` goes through five of them before main).
 CALLER_WORDS = 128
@@ -72,6 +77,32 @@ class Allocation:
 
 
 @dataclass
+class Followed:
+    """Steps kept after switches, in step order: each one's rip and rsp (arrays: up to
+    `FOLLOWED_SWITCHES * FOLLOWED_STEPS` of them, 24 bytes each)."""
+
+    steps: array[int] = field(default_factory=lambda: array("q"))
+    rips: array[int] = field(default_factory=lambda: array("Q"))
+    rsps: array[int] = field(default_factory=lambda: array("Q"))
+
+    def add(self, step: int, rip: int, rsp: int) -> None:
+        self.steps.append(step)
+        self.rips.append(rip)
+        self.rsps.append(rsp)
+
+    def after(self, step: int) -> list[tuple[int, int]]:
+        """(rip, rsp) of `step` and the kept steps right after it, up to `FOLLOWED_STEPS`."""
+        i = bisect.bisect_left(self.steps, step)
+        out: list[tuple[int, int]] = []
+        while i < len(self.steps) and self.steps[i] == step + len(out):
+            out.append((self.rips[i], self.rsps[i]))
+            i += 1
+            if len(out) == FOLLOWED_STEPS:
+                break
+        return out
+
+
+@dataclass
 class Evidence:
     """What the discovery pass saw."""
 
@@ -89,6 +120,9 @@ class Evidence:
     heap_starts: list[int] = field(default_factory=list)
     #: Memory mapped with no access at the end (guard pages): [start, end).
     no_access: list[tuple[int, int]] = field(default_factory=list)
+    #: The first `FOLLOWED_STEPS` steps outside the process stack after each of the
+    #: first `FOLLOWED_SWITCHES` switches: what ran first on a stack.
+    followed: Followed = field(default_factory=lambda: Followed())
 
 
 def run_discovery(
@@ -183,6 +217,7 @@ def run_discovery(
     finally:
         machine.rules.tick = None
     evidence.outside = walk.outside()
+    evidence.followed = walk.followed()
     evidence.steps = walk.step()
     evidence.lowest_main = walk.lowest()
     kernel = machine.kernel
@@ -206,6 +241,7 @@ class _Walk(Protocol):
     def step(self) -> int: ...
     def lowest(self) -> int: ...
     def outside(self) -> list[tuple[int, int]]: ...
+    def followed(self) -> Followed: ...
     def set_want(self, address: int) -> None: ...
 
 
@@ -218,7 +254,16 @@ class _NativeWalk:
         assert machine.native is not None
         self.machine = machine
         self.core = machine.native.core
-        self.args = (max_steps, lo, hi, watch, HEAP_SNAPSHOTS)
+        self.args = (
+            max_steps,
+            lo,
+            hi,
+            watch,
+            HEAP_SNAPSHOTS,
+            FOLLOWED_SWITCHES,
+            FOLLOWED_STEPS,
+            SWITCH_JUMP,
+        )
         self.until = 0  # where the emulation stops (0: nowhere, the run's own end)
 
     def run(
@@ -252,6 +297,12 @@ class _NativeWalk:
         steps, rsps = pairs[0::2], array("Q", pairs[1::2].tobytes())
         return list(zip(steps.tolist(), rsps.tolist(), strict=True))
 
+    def followed(self) -> Followed:
+        triples = array("q", self.core.take_followed())
+        return Followed(
+            triples[0::3], array("Q", triples[1::3].tobytes()), array("Q", triples[2::3].tobytes())
+        )
+
     def set_want(self, address: int) -> None:
         self.core.want = address
 
@@ -268,6 +319,7 @@ class _PythonWalk:
         self.state = {"step": 0, "previous": -1, "want": -1, "lowest": hi, "stopped": 0}
         self.outside_steps = array("q")
         self.outside_rsp = array("Q")
+        self.followed_steps = Followed()
 
     def run(
         self,
@@ -289,6 +341,9 @@ class _PythonWalk:
         reg_read = _raw.uc_reg_read
         rsp_id = ctypes.c_int(x86.UC_X86_REG_RSP)
         calls_left = [HEAP_SNAPSHOTS]
+        followed = self.followed_steps
+        # [switches still to follow, steps of this one still to keep]
+        follow = [FOLLOWED_SWITCHES, 0]
 
         def on_code(_handle: Any, address: int, size: int, _user: Any) -> None:
             if rules.pending_at >= 0:
@@ -305,10 +360,19 @@ class _PythonWalk:
                 if not continues and calls_left[0] > 0:
                     calls_left[0] -= 1
                     outside(step)
+                jumped = not continues or abs(rsp - outside_rsp[-1]) > SWITCH_JUMP
+                if jumped and follow[0] > 0:
+                    follow[0] -= 1
+                    follow[1] = FOLLOWED_STEPS
+                if follow[1] > 0:
+                    followed.add(step, address, rsp)
+                    follow[1] -= 1
                 outside_steps.append(step)
                 outside_rsp.append(rsp)
-            elif rsp < state["lowest"]:
-                state["lowest"] = rsp
+            else:
+                follow[1] = 0  # back on the process stack: the switch is followed no further
+                if rsp < state["lowest"]:
+                    state["lowest"] = rsp
             if address == state["want"]:
                 returned(rsp)
             elif address in watch:
@@ -360,6 +424,9 @@ class _PythonWalk:
     def outside(self) -> list[tuple[int, int]]:
         return list(zip(self.outside_steps.tolist(), self.outside_rsp.tolist(), strict=True))
 
+    def followed(self) -> Followed:
+        return self.followed_steps
+
     def set_want(self, address: int) -> None:
         self.state["want"] = address
 
@@ -368,12 +435,16 @@ def name_stacks(
     evidence: Evidence,
     data_symbols: tuple[DataSymbol, ...],
     function_of: Callable[[int], str | None] | None = None,
+    symbol_of: Callable[[int], tuple[str, int] | None] | None = None,
 ) -> list[Region]:
     """The stacks the evidence shows, in the order rsp first reached them.
 
     `function_of(address)` names the function holding a code address (None outside
-    the code): a stack in an allocation is labelled with who asked for it."""
+    the code): a stack in an allocation is labelled with who asked for it.
+    `symbol_of(address)`: (function, offset in it) of a code address: a stack with no
+    other label is labelled with the function that first ran on it (`stack of worker`)."""
     stacks: list[Region] = []
+    first_steps: list[int] = []  # the step rsp first reached each stack
     visits: dict[int, list[int]] = {}  # index of a range-only stack -> rsp values
     index = _StackIndex(stacks)
     names: set[str] = {PROCESS_STACK}
@@ -403,12 +474,58 @@ def name_stacks(
             found = (f"stack_{rsp:x}", rsp, 0, "")
         name, base, size, label = found
         stacks.append(Region(unique(name, names), "stack", base, max(size, 1), "rw-", label))
+        first_steps.append(step)
         index.add(len(stacks) - 1, range_only=len(stacks) - 1 in visits)
     for k, values in visits.items():  # a range rsp visited: from its lowest to its highest
         low = min(values) // 16 * 16
         high = (max(values) + 8 + 15) // 16 * 16
         stacks[k] = Region(stacks[k].name, "stack", low, high - low, "rw-", stacks[k].label)
+    if symbol_of is not None:
+        for k, stack in enumerate(stacks):
+            if not stack.label:
+                function = _first_function(evidence.followed, first_steps[k], symbol_of)
+                stacks[k] = replace(stack, label=first_ran_label(function) if function else "")
     return stacks
+
+
+def _first_function(
+    followed: Followed,
+    step: int,
+    symbol_of: Callable[[int], tuple[str, int] | None],
+) -> str:
+    """The function that first ran on the stack rsp jumped to at `step`, from the steps
+    that followed the jump ("" when they were not kept).
+
+    The first of them is in the switch routine (rsp is loaded before it returns or
+    jumps), or at a function's first instruction when the trace starts there (`--from`
+    a function that runs on the stack). The stack's function is the first one entered
+    at its first instruction by a `ret` or a `jmp` (makecontext's function, which
+    `__swapcontext` returns to; Boost's context function, which its trampoline jumps
+    to), until the first `call` (rsp 8 lower at a function's first instruction): that
+    is code the stack's function calls, or, on a stack resumed in the middle of a
+    function, that function's callee. Then it is the first function other than the
+    switch routine's (the resumed one), else the one called (a thread's `start_thread`,
+    which `clone3` calls)."""
+    switcher: str | None = None
+    other = ""
+    previous_rsp = -1
+    for at, (rip, rsp) in enumerate(followed.after(step), start=step):
+        if at > step and abs(rsp - previous_rsp) > SWITCH_JUMP:
+            break  # switched again: another stack's code from here
+        symbol = symbol_of(rip)
+        name, offset = symbol if symbol is not None else (None, -1)
+        if at == step:
+            if offset == 0:
+                return str(name)  # the run starts at a function's entry on this stack
+            switcher = name
+        elif name is not None and offset == 0:
+            if rsp != previous_rsp - 8:
+                return name  # returned or jumped to a function's entry
+            return other or name  # called: code the stack's function runs
+        elif name is not None and name != switcher and not other:
+            other = name
+        previous_rsp = rsp
+    return other
 
 
 class _StackIndex:

@@ -47,7 +47,7 @@ from .dynamic import (
 )
 from .elf import ElfImage, load_elf
 from .files import FileKernel, FileView
-from .naming import thread_stack_name
+from .naming import thread_stack_label, thread_stack_name
 from .process import linux_process
 
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -60,16 +60,27 @@ def _symbol(image: ElfImage, name: str, option: str) -> int:
     return addr
 
 
-def _function_namer(image: ElfImage) -> Callable[[int], str | None]:
-    """The function holding a code address of the program (or a library it loaded),
-    None for any other address: for discovery's labels (`calloc(48) in main`)."""
+def _code_symbols(image: ElfImage) -> Callable[[int], tuple[str, int] | None]:
+    """(function, offset in it) of a code address of the program (or a library it
+    loaded), None for any other address: for discovery's labels (`calloc(48) in
+    main`, `stack of worker`)."""
     table = LabelTable(image.symbols)
     code = [(s.vaddr, s.vaddr + len(s.data)) for s in image.segments if "x" in s.perms]
 
-    def function_of(address: int) -> str | None:
+    def symbol_of(address: int) -> tuple[str, int] | None:
         if not any(start <= address < end for start, end in code):
             return None
-        near = table.nearest(address)
+        return table.nearest(address)
+
+    return symbol_of
+
+
+def _function_namer(image: ElfImage) -> Callable[[int], str | None]:
+    """The function holding a code address of the program (or a library it loaded)."""
+    symbol_of = _code_symbols(image)
+
+    def function_of(address: int) -> str | None:
+        near = symbol_of(address)
         return near[0] if near is not None else None
 
     return function_of
@@ -116,18 +127,30 @@ def describe_elf(
     if start is not None:
         if progress is not None:
             progress(0, "start-up")
-        if interp is None and image.raw_symbols.keys() & set(ALLOCATORS):
+        loading = 0  # the loader's instructions, run before the watch is armed
+        if interp is not None:
+            # The allocator is in a library the loader maps: run the loader to the
+            # program's entry (nothing of the program runs before it), then watch.
+            early = machine.fast_forward(image.entry, progress=phase(progress, "start-up"))
+            if early is not None:
+                raise BadInput(
+                    f"{image.path}: the dynamic loader did not start the program: "
+                    f"{early.reason}: {early.detail}{_loader_said(machine)}"
+                )
+            loading = machine.fast_forwarded
+            image = _with_libraries(image, _objects(machine))
+        if image.raw_symbols.keys() & set(ALLOCATORS):
             # The start-up watched for allocations (a stack calloc'd before --from
             # is then `calloc_48`, as in the whole recording, not a heap chunk).
             before = run_discovery(
                 machine,
                 image,
                 main_stack,
-                FAST_FORWARD_LIMIT,
+                FAST_FORWARD_LIMIT - loading,
                 phase(progress, "start-up"),
                 until=start[1],
             )
-            early = machine.reached(start[1], before.steps, counted=False)
+            early = machine.reached(start[1], loading + before.steps, counted=False)
         else:
             early = machine.fast_forward(start[1], progress=phase(progress, "start-up"))
         if early is not None:
@@ -147,7 +170,7 @@ def describe_elf(
     found = (
         stacks
         if stacks is not None
-        else name_stacks(evidence, image.data_symbols, _function_namer(image))
+        else name_stacks(evidence, image.data_symbols, _function_namer(image), _code_symbols(image))
     )
     kernel = machine.kernel
     assert isinstance(kernel, LinuxKernel)
@@ -210,14 +233,19 @@ def describe_elf(
 
 
 def thread_stacks(found: list[Region], threads: Threads) -> list[Region]:
-    """The stack each thread started on is named for it (`thread_2_stack`): the
-    found stack that holds the thread's first rsp (the clone's stack)."""
+    """The stack each thread started on is named for it (`thread_2_stack`, labelled
+    `thread 2 stack`): the found stack that holds the thread's first rsp (the clone's
+    stack)."""
     names = {t.number: t.stack_top for t in threads.all[1:] if t.stack_top}
     renamed = []
     for region in found:
         number = next((n for n, top in names.items() if region.base < top <= region.top), None)
         if number is not None:
-            region = replace(region, name=thread_stack_name(number))
+            region = replace(
+                region,
+                name=thread_stack_name(number),
+                label=thread_stack_label(number, region.label),
+            )
             del names[number]
         renamed.append(region)
     return renamed

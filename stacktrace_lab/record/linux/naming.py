@@ -24,6 +24,25 @@ def thread_stack_name(number: int) -> str:
     return f"thread_{number}_stack"
 
 
+#: How a stack labelled by the function that first ran on it begins.
+FIRST_RAN = "stack of "
+
+
+def first_ran_label(function: str) -> str:
+    """The label of a stack known only by the function that first ran on it (an
+    mmap'd stack, a static array, a range): `stack of worker`."""
+    return f"{FIRST_RAN}{function}"
+
+
+def thread_stack_label(number: int, found: str = "") -> str:
+    """What a person reads for thread `number`'s stack (`thread 2 stack`), with what
+    discovery found it to be when that says more (`thread 2 stack, calloc(65536) in
+    main` for a stack the program gave pthread_attr_setstack; not the function that
+    first ran on it, glibc's `start_thread` for every thread)."""
+    said = f"thread {number} stack"
+    return f"{said}, {found}" if found and not found.startswith(FIRST_RAN) else said
+
+
 def identifier(name: str) -> str:
     """A region name usable in `REGION[INDEX]` and a column name: `a::b` -> `a.b`."""
     cleaned = name.replace("::", ".")

@@ -38,7 +38,10 @@
 
   var regions = data.regions.map(function (r) {
     var base = big(r.base);
-    return { name: r.name, kind: r.kind, base: base, top: base + BigInt(r.size), size: r.size };
+    return {
+      name: r.name, shown: r.shown || r.name, kind: r.kind, base: base,
+      top: base + BigInt(r.size), size: r.size
+    };
   });
   var stacks = regions.filter(function (r) {
     return r.kind === "stack";
@@ -445,12 +448,12 @@
     }
     var memory = memoryAt(step)[region.name];
     if (!memory) {
-      title.textContent = region.name + ": not embedded for this step";
+      title.textContent = region.shown + ": not embedded for this step";
       return;
     }
     var span = telescopeSpan(region, rsp, memory);
     var whole = span[0] === region.base && span[1] === region.top;
-    title.textContent = region.name + ": " + hexShort(region.base) + ".." +
+    title.textContent = region.shown + ": " + hexShort(region.base) + ".." +
       hexShort(region.top) + ", " + region.size + " bytes, rsp = " + region.name + "[" +
       (rsp - region.base).toString() + "]" + (whole ? "" : ", slots around rsp");
     var addr = span[0];
@@ -557,7 +560,7 @@
       var head = document.createElement("div");
       head.className = "stl-bt-stack" + (s === running ? " stl-running" : "");
       head.dataset.stack = stacks[s].name;
-      head.textContent = stacks[s].name + (s === running ? " (running)" :
+      head.textContent = stacks[s].shown + (s === running ? " (running)" :
         " (suspended at step " + state.left[s].step + ")");
       box.appendChild(head);
       var table = document.createElement("table");
