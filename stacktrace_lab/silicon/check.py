@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -545,7 +545,8 @@ def _silicon_check(
         row = comparison.memory_difference[0]
         if 0 <= row < native.steps:  # the row whose instruction wrote there
             rip = int(native.registers[row, RIP])
-            text = InstructionTable(native.code).at(rip).text
+            table = native.instructions or InstructionTable(native.code)
+            text = table.at(rip).text
             call = next((c.name for c in native.syscalls if c.step == row), None)
             text = f"{text} ({call}: the bytes the kernel wrote)" if call else text
             comparison.memory_instruction = f"{text} at {target.name_address(rip)} ({rip:#x})"
@@ -563,11 +564,15 @@ def _compare_memory(
     start_state: RecordedStart | None = None,
     recorded_calls: dict[int, SyscallRecord] | None = None,
 ) -> tuple[int, int, bytes, bytes] | None:
-    """Every step's memory writes: a second native pass (the first pass's answers
-    replayed, so the same steps) reads, after each row, the bytes where the
-    emulator wrote at that row. The first row whose bytes differ:
-    (row, address, CPU bytes, emulator bytes); a second pass that did not
-    repeat the first is a difference too (row, -1, ...), not a pass."""
+    """Every step's memory writes: the bytes the native run read after each row
+    where that row's instruction wrote (`NativeRun.memory`: its memory operands
+    and pushes) against what the emulator wrote at that row. Where the emulator
+    wrote outside what the native run read (an instruction whose stores the
+    decoder does not place, or a wrong address), a second native pass (the
+    first pass's answers replayed, so the same steps) reads there after that
+    row; a second pass that did not repeat the first is a difference too
+    (row, -1, ...), not a pass. The first row whose bytes differ:
+    (row, address, CPU bytes, emulator bytes)."""
     rows = native.steps if comparison.divergence is None else comparison.divergence.step
     writes = emulated.writes
     writes = writes[(writes[:, 0] >= first) & (writes[:, 0] < first + rows)]
@@ -591,36 +596,58 @@ def _compare_memory(
             cells[(address + offset) & ((1 << 64) - 1)] = byte
     if not expected:
         return None
-    read_after = {row: _ranges(cells) for row, cells in expected.items()}
-    second = run_native(
-        target.executable,
-        [str(Path(target.executable).resolve()), *target.args],
-        start=start - native.load_bias,
-        end=None if end is None else end - native.load_bias,
-        sentinel=target.sentinel,
-        max_steps=native.steps + max(native.skipped, 0) + 1,  # the start-up too
-        fast_forward=native.skipped < 0,
-        linked_entry=target.linked_entry,
-        linux=target.linux,
-        replay=native,
-        read_after=read_after,
-        recorded_start=start_state,
-        recorded_syscalls=recorded_calls,
-        file_view=target.file_view,
-    )
-    same_rows = min(second.steps, rows)
-    differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)
-    if differs.any() or second.steps < rows:
-        row = int(differs.argmax()) if differs.any() else second.steps
-        return (row, -1, b"", b"")
+    wanted = {row: _ranges(cells) for row, cells in expected.items()}
+    found: dict[int, list[bytes | None]] = {
+        row: [_bytes_at(native.memory.get(row, ()), address, size) for address, size in ranges]
+        for row, ranges in wanted.items()
+    }
+    read_after = {
+        row: [r for r, got in zip(ranges, found[row], strict=True) if got is None]
+        for row, ranges in wanted.items()
+    }
+    read_after = {row: ranges for row, ranges in read_after.items() if ranges}
+    if read_after:
+        second = run_native(
+            target.executable,
+            [str(Path(target.executable).resolve()), *target.args],
+            start=start - native.load_bias,
+            end=None if end is None else end - native.load_bias,
+            sentinel=target.sentinel,
+            max_steps=native.steps + max(native.skipped, 0) + 1,  # the start-up too
+            fast_forward=native.skipped < 0,
+            linked_entry=target.linked_entry,
+            linux=target.linux,
+            replay=native,
+            read_after=read_after,
+            recorded_start=start_state,
+            recorded_syscalls=recorded_calls,
+            file_view=target.file_view,
+        )
+        same_rows = min(second.steps, rows)
+        differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)
+        if differs.any() or second.steps < rows:
+            row = int(differs.argmax()) if differs.any() else second.steps
+            return (row, -1, b"", b"")
+        for row, ranges in read_after.items():
+            read = dict(zip(ranges, second.memory.get(row, []), strict=False))
+            found[row] = [
+                got if got is not None else read.get(r, (0, b""))[1]
+                for r, got in zip(wanted[row], found[row], strict=True)
+            ]
     for row in sorted(expected):
         cells = expected[row]
-        for (address, size), (_, got) in zip(
-            read_after[row], second.memory.get(row, []), strict=False
-        ):
+        for (address, size), got in zip(wanted[row], found[row], strict=True):
             want = bytes(cells[address + i] for i in range(size))
             if got != want:
-                return (row, address, got, want)
+                return (row, address, got or b"", want)
+    return None
+
+
+def _bytes_at(reads: Sequence[tuple[int, bytes]], address: int, size: int) -> bytes | None:
+    """The `size` bytes at `address` if one of `reads` holds them all, else None."""
+    for at, data in reads:
+        if at <= address and address + size <= at + len(data):
+            return data[address - at : address - at + size]
     return None
 
 

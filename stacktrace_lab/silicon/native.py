@@ -49,6 +49,7 @@ from ..record.linux.elf import ElfImage
 from ..record.machine.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
 from ..record.machine.syscalls import NAMES, fixed_random
 from . import sandbox
+from .instructions import Instruction, InstructionTable
 from .native_files import NativeFiles
 from .ptrace import (
     PTRACE_GETREGS,
@@ -89,6 +90,7 @@ AT_NULL, AT_IGNORE, AT_BASE, AT_ENTRY, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 7, 9, 
 _ROW_INDEX = np.array([USER_REGS.index("eflags" if r == "rflags" else r) for r in REGISTERS])
 _FS_BASE = USER_REGS.index("fs_base")
 _RIP = USER_REGS.index("rip")
+_RSP = USER_REGS.index("rsp")
 _ORIG_RAX_AT = 8 * USER_REGS.index("orig_rax")
 #: waitpid's status for "stopped by SIGTRAP" (a single step done): (SIGTRAP << 8) | 0x7f.
 _STOPPED_BY_SIGTRAP = (signal.SIGTRAP << 8) | 0x7F
@@ -228,8 +230,12 @@ class NativeRun:
     interp_base: int = 0
     #: The process (and process group) that ran; killed and reaped when the run ended.
     pid: int = 0
-    #: A second pass's reads: row -> [(address, bytes after that row's instruction)].
+    #: row -> [(address, bytes after that row's instruction)]: what a first pass
+    #: read where each instruction's memory operands and pushes put their bytes,
+    #: or what a second pass read where it was asked to (`read_after`).
     memory: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    #: The instructions at `code`, decoded once (the comparison reuses them).
+    instructions: InstructionTable | None = None
     #: A trace's run: the first row whose system call is not the trace's (row, what differs).
     syscall_difference: tuple[int, str] | None = None
 
@@ -372,6 +378,7 @@ def run_native(
         stepper.fast_forward = fast_forward
         if replay is not None:
             stepper.replay_from(replay, read_after or {})
+            stepper.capture_writes = False  # it reads what it is asked to
         stepper.recorded_syscalls = recorded_syscalls
         if file_view is not None:
             stepper.files = NativeFiles(*file_view, stepper.mem, pid)
@@ -426,8 +433,40 @@ def run_native(
         interp_base=stepper.interp_base,
         pid=pid,
         memory=stepper.memory,
+        instructions=stepper.instructions,
         syscall_difference=stepper.syscall_difference,
     )
+
+
+#: A stack pointer lowered by at most this much in one instruction is a push,
+#: call, pushf or enter: the bytes under the old rsp are read after it.
+_MAX_PUSHED = 64
+
+
+def _write_plan(
+    insn: Instruction, rip: int
+) -> tuple[tuple[int, int, int, int, int, int, int], ...]:
+    """The stepper's form of `insn.memory_writes`: user_regs_struct indexes, the
+    rip-relative displacement made absolute. An operand on a register the
+    stepper does not read is left out (the comparison then runs a second pass)."""
+    plan = []
+    for op in insn.memory_writes:
+        names = (op.base, op.index, op.segment)
+        if any(name and name != "rip" and name not in USER_REGS for name in names):
+            continue
+        displacement = op.displacement + (rip + insn.size if op.base == "rip" else 0)
+        plan.append(
+            (
+                USER_REGS.index(op.base) if op.base and op.base != "rip" else -1,
+                USER_REGS.index(op.index) if op.index else -1,
+                op.scale,
+                displacement,
+                USER_REGS.index(op.segment) if op.segment else -1,
+                op.size,
+                0xFFFFFFFF if op.address_32 else _MASK64,
+            )
+        )
+    return tuple(plan)
 
 
 def _kill(pid: int) -> None:
@@ -469,6 +508,15 @@ class _Stepper:
         self.stop = NativeStop("max_steps", -1, "")
         self.kinds: dict[int, int] = {}
         self.code: dict[int, bytes] = {}
+        #: Every instruction the run met, decoded once (with capstone's detail).
+        self.instructions = InstructionTable(self.code)
+        #: rip -> how to find the memory the instruction there may write:
+        #: (register index or -1, index register or -1, scale, displacement
+        #: (rip-relative: from the next instruction), segment base or -1, size, mask).
+        self.write_plans: dict[int, tuple[tuple[int, int, int, int, int, int, int], ...]] = {}
+        #: Read the bytes each row wrote after it (NativeRun.memory) in the one
+        #: pass; off in a second pass, which reads what it is told (read_after).
+        self.capture_writes = True
         self.initial_registers: dict[str, int] = {}
         self.initial_stack = b""
         self.load_bias = 0
@@ -591,9 +639,11 @@ class _Stepper:
         if kind is None:
             code = self.read(rip, 16) or self.read(rip, 1)
             self.code[rip] = code
-            insn = next(self.disassembler.disasm(code, rip, 1), None)
-            kind = _KINDS.get(insn.id, _KIND_OTHER) if insn is not None else _KIND_OTHER
+            self.instructions.forget(rip)
+            insn = self.instructions.at(rip)
+            kind = _KINDS.get(insn.id, _KIND_OTHER)
             self.kinds[rip] = kind
+            self.write_plans[rip] = _write_plan(insn, rip)
         return kind
 
     def run(self) -> None:
@@ -624,9 +674,27 @@ class _Stepper:
         skipped = 0
         previous = b""
         previous_rip = -1
+        capture = self.capture_writes
+        plans = self.write_plans
+        memory = self.memory
+        read = self.read
+        #: The row just stepped: the ranges its memory operands name, and rsp before it.
+        written_step = -1
+        written_ranges: list[tuple[int, int]] = []
+        rsp_before = 0
         while True:
             raw_ptrace(getregs, pid, None, regs_ref)
             rip = regs[_RIP]
+            if written_step >= 0:
+                # What the row just stepped wrote: its memory operands, and what
+                # a push, call or pushf put under rsp (the comparison of memory
+                # writes reads these instead of running the program again).
+                pushed = rsp_before - regs[_RSP]
+                if 0 < pushed <= _MAX_PUSHED:
+                    written_ranges.append((regs[_RSP], pushed))
+                if written_ranges:
+                    memory[written_step] = [(a, read(a, n)) for a, n in written_ranges]
+                written_step = -1
             if not recording and rip == self.start:
                 recording = True
                 self.skipped = skipped
@@ -693,6 +761,19 @@ class _Stepper:
                 if verdict == sandbox.ANSWER:
                     continue  # answered without running it: the registers are set
                 singlestep = real_step  # it acts on the process only: the kernel runs it
+            if capture and recording:
+                written_step, rsp_before = step, regs[_RSP]
+                written_ranges = [
+                    (
+                        (
+                            (disp + (regs[base] if base >= 0 else 0)
+                             + (regs[index] * scale if index >= 0 else 0)) & mask
+                        )
+                        + (regs[segment] if segment >= 0 else 0) & _MASK64,
+                        size,
+                    )
+                    for base, index, scale, disp, segment, size, mask in plans[rip]
+                ]  # fmt: skip
             if raw_ptrace(singlestep, pid, None, None) == -1:
                 raise PtraceError(ctypes.get_errno(), "ptrace(PTRACE_SINGLESTEP) failed")
             _, status = waitpid(self.pid, 0)
@@ -915,6 +996,7 @@ class _Stepper:
         rip = int(regs[_RIP])
         if self.read(rip, 2) != b"\x0f\x05":  # rewritten since decoded: SYSEMU catches it
             self.kinds.pop(rip, None)
+            self.instructions.forget(rip)
             return sandbox.RUN
         nr = int(regs[_RAX])
         args = tuple(int(regs[i]) for i in _ARG_REGS)
