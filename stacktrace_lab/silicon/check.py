@@ -22,20 +22,18 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..arch import REGISTERS
 from ..errors import BadInput
 from ..record.linux.elf import PIE_BASE, ElfImage, line_table, load_elf
-from ..record.linux.elf_scenario import is_elf_scenario
 from ..record.linux.process import STACK_TOP, Process, linux_process
 from ..record.machine.machine import MachineSpec, Mapping
 from ..record.machine.syscalls import LinuxKernel, ProcessState
-from ..record.recorder import build_program, machine_spec
 from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
-from ..trace import Trace, load_trace
 from . import sandbox
 from .compare import Comparison, compare
 from .emulated import EmulatedRun, ThreadsNotCompared, emulate
@@ -45,6 +43,9 @@ from .normalise import RIP
 from .ptrace import unavailable_reason
 from .sandbox import THREAD_DETAIL
 from .scenario_elf import write_machine_elf
+
+if TYPE_CHECKING:
+    from ..trace import Trace
 
 ELF_MAGIC = b"\x7fELF"
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -126,6 +127,9 @@ class Target:
 
 
 def scenario_target(name_or_path: str, workdir: Path) -> Target:
+    # Here, not at import: checking an ELF needs none of the assembler's pipeline.
+    from ..record.recorder import build_program, machine_spec
+
     scenario = load_scenario(name_or_path)
     program, regions = build_program(scenario)
     spec = machine_spec(program, regions, scenario.entry)
@@ -245,8 +249,11 @@ def resolve_target(target: str, workdir: Path) -> Target:
     path = Path(target)
     if path.is_file() and path.read_bytes()[:4] == ELF_MAGIC:
         return elf_target(path)
-    if path.suffix == ".toml" and is_elf_scenario(path):
-        return elf_scenario_target(path)
+    if path.suffix == ".toml":
+        from ..record.linux.elf_scenario import is_elf_scenario
+
+        if is_elf_scenario(path):
+            return elf_scenario_target(path)
     return scenario_target(target, workdir)
 
 
@@ -292,6 +299,8 @@ class RecordedTrace:
 
 def trace_rows(path: str) -> RecordedTrace:
     """The trace at `path`, checked to be of the program that is there now."""
+    from ..trace import load_trace
+
     trace = load_trace(path)
     meta = trace.metadata
     _refuse_threads(path, trace)

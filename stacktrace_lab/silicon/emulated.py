@@ -27,7 +27,6 @@ import numpy as np
 import unicorn.x86_const as x86
 from unicorn.unicorn_py3.unicorn import Uc
 
-from ..analysis.decoded import register_column
 from ..arch import REGISTERS
 from ..errors import BadInput
 from ..record.core.hooks import events_array
@@ -174,6 +173,9 @@ def _written_by(insn: Any) -> tuple[str, ...]:
         return ("rax", "rdx")
     if insn.mnemonic == "rdtscp":
         return ("rax", "rdx", "rcx")
+    # Here, not at import: the analysis package is not needed to compare.
+    from ..analysis.decoded import register_column
+
     destination = register_column(insn.reg_name(insn.operands[0].reg))  # rdrand/rdseed
     return (destination, "rflags") if destination else ("rflags",)
 

@@ -15,7 +15,6 @@ import capstone
 import capstone.x86 as cx
 import numpy as np
 
-from ..analysis.decoded import register_column
 from ..record.machine.cpu import full_register
 
 #: capstone's per-flag bits -> the flag's bit in rflags.
@@ -219,6 +218,9 @@ class InstructionTable:
         insn = next(self.md.disasm(self.code.get(addr, b""), addr, 1), None)
         if insn is None:
             return frozenset()
+        # Here, not at import: the analysis package is not needed to compare.
+        from ..analysis.decoded import register_column
+
         try:
             _, written = insn.regs_access()
             writes = {c for c in (register_column(insn.reg_name(r)) for r in written) if c}
