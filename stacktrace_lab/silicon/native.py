@@ -108,6 +108,14 @@ _RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
 _SYS_MMAP, _MAP_FIXED = 9, 0x10
+_SYS_BRK, _SYS_MREMAP, _MREMAP_MAYMOVE, _MREMAP_FIXED = 12, 25, 1, 2
+_PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS = 0x3, 0x22
+_PAGE = 0x1000
+
+
+def _page_ceil(addr: int) -> int:
+    return (addr + _PAGE - 1) // _PAGE * _PAGE
+
 #: mmap, munmap, brk: what places the process's mappings.
 _PLACING = frozenset((9, 11, 12))
 
@@ -396,12 +404,16 @@ def run_native(
             # Only for a trace's run: the program mode keeps the kernel's start and
             # placement (the emulated side follows them), which the examples
             # test; the recorder's gave Rust's std another stack view.
-            as_recorded = stepper.load_bias == 0 and recorded_syscalls is not None
             if recorded_syscalls is not None and stepper.load_bias:
-                raise NativeError(
-                    f"{path}: the kernel loads it {stepper.load_bias:#x} away from where "
-                    "the recorder did: its trace cannot be compared (check the program)"
-                )
+                # A static-pie, loaded elsewhere than the recorder loads it: moved
+                # to the recording's addresses before its first instruction.
+                if file_view is None or file_view[1] is not None:
+                    raise NativeError(
+                        f"{path}: the kernel loads it {stepper.load_bias:#x} away from "
+                        "where the recorder did: its trace cannot be compared"
+                    )
+                stepper.move_program(file_view[0], stepper.load_bias)
+            as_recorded = stepper.load_bias == 0 and recorded_syscalls is not None
             if recorded_start is not None and as_recorded:
                 stepper.start_as_recorded(recorded_start)
                 stepper.answer_start_up_as_recorder = True
@@ -551,6 +563,10 @@ class _Stepper:
         self.place_as_recorded = False
         #: A trace's run: the calls before its first row answered by the recorder's kernel.
         self.answer_start_up_as_recorder = False
+        #: brk answered by the tracer from the recorder's kernel (a moved static-pie),
+        #: and the recorder's break before the call being answered.
+        self.brk_by_tracer = False
+        self.brk_before = 0
 
     def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
         self.replayed_syscalls = deque(first.syscalls)
@@ -896,29 +912,103 @@ class _Stepper:
             raise NativeError("prctl(PR_SET_TSC, PR_TSC_SIGSEGV) refused, CPUID faulting works")
         return True
 
-    def inject_syscall(self, nr: int, arg0: int, arg1: int) -> int:
-        """System call `nr`(arg0, arg1) in the program, at its current instruction
-        (a `syscall` written over it, then put back, registers restored): its result."""
+    def inject_syscall(self, nr: int, *args: int, code_moves_by: int = 0) -> int:
+        """System call `nr`(*args) in the program, at its current instruction
+        (a `syscall` written over it, then put back, registers restored): its
+        result. `code_moves_by`: the call moves the code it runs from that far
+        down (an mremap of the program), where its bytes are put back."""
         regs, saved = UserRegs(), UserRegs()
         ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(saved))
         ctypes.memmove(regs, saved, ctypes.sizeof(regs))
         rip = int(saved[_RIP])
         code = self.read(rip, 2)
-        reg = USER_REGS.index
         try:
             os.pwrite(self.mem, b"\x0f\x05", rip)
-            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = nr, arg0, arg1
+            regs[_RAX] = nr
+            for index, value in zip(_ARG_REGS, args, strict=False):
+                regs[index] = value
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
-            ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
-            _, status = os.waitpid(self.pid, 0)
-            if not os.WIFSTOPPED(status):
-                raise NativeError("the program died setting up CPUID faulting")
-            ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+            # From a system call's entry stop (the fast-forward's), the first
+            # single-step trap can come before the `syscall` ran: step until it did.
+            for _ in range(3):
+                ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
+                _, status = os.waitpid(self.pid, 0)
+                if not os.WIFSTOPPED(status):
+                    raise NativeError(f"the program died in an injected system call ({nr})")
+                ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+                if int(regs[_RIP]) != rip:
+                    break
             result = int(regs[_RAX])
             return result - (1 << 64) if result >> 63 else result
         finally:
-            os.pwrite(self.mem, code, rip)
+            os.pwrite(self.mem, code, rip - code_moves_by)
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(saved))
+
+    def move_program(self, image: ElfImage, bias: int) -> None:
+        """At the exec stop, a static-pie the kernel loaded `bias` above where the
+        recorder loads it (Linux with ASLR off puts it under the vDSO, the
+        recorder at PIE_BASE): every mapping of it moved down by `bias`
+        (mremap, nothing has run yet: a static-pie relocates itself from where
+        it finds itself), rip with it, so that it runs at the recording's
+        addresses. The kernel's own break stays where it put it, under the
+        program's new place: brk is answered by the tracer from then on, as
+        the recorder's kernel answers it (`brk_by_tracer`)."""
+        first = min(s.vaddr for s in image.segments) // _PAGE * _PAGE + bias
+        last = image.end + bias
+        maps = []
+        for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
+            begin, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if first <= begin and end <= _page_ceil(last):
+                maps.append((begin, end))
+        regs = UserRegs()
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+        rip = int(regs[_RIP])
+        # The mapping that holds rip last: the injected `syscall` runs from it.
+        maps.sort(key=lambda m: m[0] <= rip < m[1])
+        for begin, end in maps:
+            runs_here = begin <= rip < end
+            moved = self.inject_syscall(
+                _SYS_MREMAP,
+                begin,
+                end - begin,
+                end - begin,
+                _MREMAP_MAYMOVE | _MREMAP_FIXED,
+                begin - bias,
+                code_moves_by=bias if runs_here else 0,
+            )
+            if moved != begin - bias:
+                raise NativeError(
+                    f"could not move the program from {begin:#x} to {begin - bias:#x} "
+                    f"(mremap: {moved})"
+                )
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+        regs[_RIP] = rip - bias
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        self.start = None if self.start is None else self.start - bias
+        self.end = None if self.end is None else self.end - bias
+        self.load_bias = 0
+        self.brk_by_tracer = True
+
+    def answer_brk(self, regs: Any, step: int, nr: int, args: tuple[int, ...], new: int) -> str:
+        """brk when the tracer keeps the break (a moved static-pie): `new` is the
+        recorder's kernel's answer; the pages it grew into are mapped natively."""
+        assert self.files is not None
+        mapped_end = _page_ceil(self.brk_before)
+        if _page_ceil(new) > mapped_end:
+            at = self.inject_syscall(
+                _SYS_MMAP,
+                mapped_end,
+                _page_ceil(new) - mapped_end,
+                _PROT_READ_WRITE,
+                _MAP_PRIVATE_ANONYMOUS | _MAP_FIXED,
+                _MASK64,
+                0,
+            )
+            if at != mapped_end:  # the native map has no room where the recorder's has
+                new = self.brk_before
+        self.set_result(regs, int(regs[_RIP]), new)
+        self.syscalls.append(SyscallRecord(step, nr, args, new & _MASK64, (), int(regs[_R11])))
+        return sandbox.ANSWER
 
     def replay_value(self, regs: Any, step: int) -> bool:
         """A second pass at rdtsc/rdrand/...: the first pass's registers after it."""
@@ -1018,7 +1108,12 @@ class _Stepper:
         if self.files is not None and self.place_as_recorded and nr in _PLACING:
             # The process's map as the recorder's kernel makes it (the
             # kernel's own would put the loader's mappings under the vDSO).
+            self.brk_before = self.files.kernel.process.brk
             placed = self.files.place(nr, args)
+            if nr == _SYS_BRK and self.brk_by_tracer and verdict != sandbox.STOP:
+                if self.recorded_syscalls is not None and step >= 0:
+                    self.as_recorded(regs, step, nr, args, verdict)  # notes a different call
+                return self.answer_brk(regs, step, nr, args, placed)
             if nr == _SYS_MMAP and placed < 0 and verdict != sandbox.STOP:
                 self.set_result(regs, int(regs[_RIP]), placed)
                 self.syscalls.append(
