@@ -777,6 +777,43 @@ def test_a_dynamically_linked_program_compares_as_a_static_one(
     assert differs.output_difference[2].startswith(b"NEW")
 
 
+@silicon
+def test_library_code_is_named_by_the_libraries_the_run_loaded(
+    examples: Path, tmp_path: Path
+) -> None:
+    """A difference inside libc is named as the trace's own `symbol` column names
+    that row (`_IO_puts+N`, not an address), in the program's check and the
+    trace's alike, with libc's source line where its debug file is installed."""
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.examples import build_example, compiler_missing
+    from stacktrace_lab.record.linux.elf_front import record_elf
+
+    why = compiler_missing("c-dynamic")
+    if why is not None:
+        pytest.skip(why)
+    program = build_example("c-dynamic", examples)
+    trace = record_elf(program, tmp_path / "dynamic.parquet", from_symbol="main").path
+    named = pq.read_table(trace, columns=["symbol"]).column("symbol").to_pylist()
+    in_puts = next(i for i, n in enumerate(named) if "puts+" in n and not n.endswith("+0"))
+    for target in (str(trace), str(program)):
+        result = silicon_check(target, from_symbol=None if target == str(trace) else "main")
+        assert result.comparison.same, result.comparison.divergence
+        rows = result.emulated.registers.copy()
+        rows[in_puts:, RBX] ^= 4
+        result.emulated.registers = rows
+        divergence = compare(
+            result.native,
+            result.emulated,
+            name_address=result.target.name_address,
+            source_line=result.target.source_line,
+        ).divergence
+        assert divergence is not None and divergence.step == in_puts
+        assert divergence.symbol == named[in_puts], target
+        source = divergence.source
+        assert source is None or not source.startswith("first_switch.c"), source
+
+
 THREADED_C = r"""
 #include <pthread.h>
 #include <stdio.h>

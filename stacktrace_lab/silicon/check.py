@@ -36,7 +36,7 @@ from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
 from . import sandbox
 from .compare import Comparison, compare
-from .emulated import EmulatedRun, ThreadsNotCompared, emulate
+from .emulated import EmulatedRun, LibraryNames, ThreadsNotCompared, emulate
 from .instructions import InstructionTable
 from .native import NativeError, NativeRun, RecordedStart, SyscallRecord, run_native
 from .normalise import RIP
@@ -86,8 +86,12 @@ class Target:
     file_view: tuple[ElfImage, ElfImage | None] | None = None
     #: Dynamically linked: the loader runs first, and maps the libraries.
     dynamic: bool = False
+    #: The libraries' names (the run that loaded them, or the trace's), read when an
+    #: address outside the program and its interpreter is first named.
+    library_names: Callable[[], LibraryNames] | None = None
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
+    _library_lines: Callable[[int], str | None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._labels = LabelTable(self.symbols)
@@ -106,17 +110,36 @@ class Target:
 
     def name_address(self, addr: int) -> str:
         found = self._labels.nearest(addr)
+        if (found is None or found[1] >= _FAR) and self._read_library_names():
+            found = self._labels.nearest(addr)
         if found is None:
             return f"{addr:#x}"
         label, offset = found
-        if offset >= _FAR:  # in code with no symbols here (a library's): the address
+        if offset >= _FAR:  # in code with no symbols here: the address
             return f"{addr:#x}"
         return f"{label}+{offset}" if offset else label
+
+    def _read_library_names(self) -> bool:
+        """The libraries' symbols added to the program's (its own names win), and
+        their lines beside its own, once. False: there were none to add."""
+        if self.library_names is None:
+            return False
+        symbols, self._library_lines = self.library_names()
+        self.library_names = None
+        self._labels = LabelTable({**symbols, **self.symbols})
+        return True
 
     def source_line(self, addr: int) -> str | None:
         if self.load_lines is not None:
             self.lines, self.load_lines = self.load_lines(self.bias), None
             self._line_addrs = sorted(self.lines)
+        found = self._labels.nearest(addr)
+        if found is None or found[1] >= _FAR:
+            self._read_library_names()
+        if self._library_lines is not None:
+            line = self._library_lines(addr)  # a library's code: its own line table
+            if line is not None:
+                return line
         i = bisect.bisect_right(self._line_addrs, addr) - 1
         return (self.lines[self._line_addrs[i]] or None) if i >= 0 else None
 
@@ -155,8 +178,8 @@ def elf_target(path: Path, args: tuple[str, ...] = ()) -> Target:
 
     def emulate_elf(native: NativeRun | None, max_steps: int, start: int | None) -> EmulatedRun:
         if native is None:  # the recorder's process exactly, nothing replayed
-            return emulate(recorder_process(image, interp).spec, None, max_steps, start)
-        return emulate(native_process(path, native), native, max_steps, start)
+            return emulate(recorder_process(image, interp).spec, None, max_steps, start, interp)
+        return emulate(native_process(path, native), native, max_steps, start, interp)
 
     return Target(
         name=path.name,
@@ -327,6 +350,16 @@ def trace_rows(path: str) -> RecordedTrace:
     if changed is not None:
         raise BadInput(f"{path}: cannot check it on this machine: {changed}")
     writes = _recorded_writes(trace)
+
+    def recorded_names() -> LibraryNames:
+        """The trace's own names: every object it loaded, as `check` and `show` name them."""
+
+        def line_of(addr: int) -> str | None:
+            found = meta.source_line(addr)
+            return f"{found[0]}:{found[1]}" if found is not None else None
+
+        return dict(meta.symbols), line_of
+
     run = EmulatedRun(
         registers=np.ascontiguousarray(registers),
         stop_reason=meta.stop.reason,
@@ -335,6 +368,7 @@ def trace_rows(path: str) -> RecordedTrace:
         stdout=meta.stdout.encode(),
         stderr=meta.stderr.encode(),
         writes=_write_events(writes),
+        library_names=recorded_names,
     )
     calls = {
         call.step: SyscallRecord(
@@ -522,6 +556,8 @@ def _silicon_check(
             # get the CPU model's values there too (logged), and emulate again.
             native = run_natively(False)
             emulated = target.emulate(native, native.steps + 1, start)
+    # A library's code is named by the libraries the run loaded (a trace: its own names).
+    target.library_names = emulated.library_names
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps

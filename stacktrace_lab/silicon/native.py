@@ -116,6 +116,7 @@ _PAGE = 0x1000
 def _page_ceil(addr: int) -> int:
     return (addr + _PAGE - 1) // _PAGE * _PAGE
 
+
 #: mmap, munmap, brk: what places the process's mappings.
 _PLACING = frozenset((9, 11, 12))
 
