@@ -611,13 +611,13 @@ def _compare_memory(
 ) -> tuple[int, int, bytes, bytes] | None:
     """Every step's memory writes: the bytes the native run read after each row
     where that row's instruction wrote (`NativeRun.memory`: its memory operands
-    and pushes) against what the emulator wrote at that row. Where the emulator
-    wrote outside what the native run read (an instruction whose stores the
-    decoder does not place, or a wrong address), a second native pass (the
-    first pass's answers replayed, so the same steps) reads there after that
-    row; a second pass that did not repeat the first is a difference too
-    (row, -1, ...), not a pass. The first row whose bytes differ:
-    (row, address, CPU bytes, emulator bytes)."""
+    and pushes; a system call's filled buffers) against what the emulator wrote
+    at that row. Where the emulator wrote outside what the native run read (an
+    instruction whose stores the decoder does not place, or a wrong address),
+    a second native pass (the first pass's answers replayed, so the same steps)
+    reads there after that row; a second pass that did not repeat the first is
+    a difference too (row, -1, ...), not a pass. The first row whose bytes
+    differ: (row, address, CPU bytes, emulator bytes)."""
     rows = native.steps if comparison.divergence is None else comparison.divergence.step
     writes = emulated.writes
     writes = writes[(writes[:, 0] >= first) & (writes[:, 0] < first + rows)]
@@ -642,8 +642,14 @@ def _compare_memory(
     if not expected:
         return None
     wanted = {row: _ranges(cells) for row, cells in expected.items()}
+    # Read natively after each row: what its instruction stored, and what a call the
+    # kernel ran wrote into its output buffer (rt_sigaction's old action ...).
+    filled = {c.step: c.buffers for c in native.syscalls if c.step >= 0 and c.buffers}
     found: dict[int, list[bytes | None]] = {
-        row: [_bytes_at(native.memory.get(row, ()), address, size) for address, size in ranges]
+        row: [
+            _bytes_at([*native.memory.get(row, ()), *filled.get(row, ())], address, size)
+            for address, size in ranges
+        ]
         for row, ranges in wanted.items()
     }
     read_after = {
