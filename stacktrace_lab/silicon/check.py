@@ -639,8 +639,9 @@ def _compare_memory(
         cells = expected.setdefault(row, {})
         for offset, byte in enumerate(data):
             cells[(address + offset) & ((1 << 64) - 1)] = byte
+    omitted = _omitted_store(native, expected, rows, kernel_rows)
     if not expected:
-        return None
+        return omitted
     wanted = {row: _ranges(cells) for row, cells in expected.items()}
     # Read natively after each row: what its instruction stored, and what a call the
     # kernel ran wrote into its output buffer (rt_sigaction's old action ...).
@@ -686,11 +687,32 @@ def _compare_memory(
                 for r, got in zip(wanted[row], found[row], strict=True)
             ]
     for row in sorted(expected):
+        if omitted is not None and omitted[0] < row:
+            break
         cells = expected[row]
         for (address, size), got in zip(wanted[row], found[row], strict=True):
             want = bytes(cells[address + i] for i in range(size))
             if got != want:
                 return (row, address, got or b"", want)
+    return omitted
+
+
+def _omitted_store(
+    native: NativeRun, expected: dict[int, dict[int, int]], rows: int, kernel_rows: set[int]
+) -> tuple[int, int, bytes, bytes] | None:
+    """The first row where the CPU certainly stored (a move to memory, a push, a
+    call: `NativeRun.stored`) bytes the emulator did not write at that row:
+    (row, address, CPU bytes, b"")."""
+    for row in sorted(native.stored):
+        if row >= rows or row in kernel_rows:
+            continue
+        cells = expected.get(row, {})
+        for address, size in native.stored[row]:
+            missing = [i for i in range(size) if (address + i) & _MASK64 not in cells]
+            if missing:
+                at = address + missing[0]
+                got = _bytes_at(native.memory.get(row, ()), at, size - missing[0]) or b""
+                return (row, at, got, b"")
     return None
 
 

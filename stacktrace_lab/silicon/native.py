@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import capstone
+import capstone.x86 as cx
 import numpy as np
 
 from ..arch import REGISTERS
@@ -245,6 +246,9 @@ class NativeRun:
     memory: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
     #: The instructions at `code`, decoded once (the comparison reuses them).
     instructions: InstructionTable | None = None
+    #: row -> (address, size) its instruction certainly stored (a move to memory,
+    #: a push or call): the emulator must have written there at that row too.
+    stored: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     #: A trace's run: the first row whose system call is not the trace's (row, what differs).
     syscall_difference: tuple[int, str] | None = None
 
@@ -447,6 +451,7 @@ def run_native(
         pid=pid,
         memory=stepper.memory,
         instructions=stepper.instructions,
+        stored=stepper.stored,
         syscall_difference=stepper.syscall_difference,
     )
 
@@ -480,6 +485,30 @@ def _write_plan(
             )
         )
     return tuple(plan)
+
+
+#: Instructions that always store to their memory destination (no condition, no
+#: count that can be 0): where the CPU stored, the emulator must have written.
+_ALWAYS_STORE = frozenset(
+    (cx.X86_INS_MOV, cx.X86_INS_MOVAPS, cx.X86_INS_MOVUPS, cx.X86_INS_MOVAPD, cx.X86_INS_MOVUPD,
+     cx.X86_INS_MOVDQA, cx.X86_INS_MOVDQU, cx.X86_INS_MOVQ, cx.X86_INS_MOVD)
+)  # fmt: skip
+_PUSHES = frozenset((cx.X86_INS_PUSH, cx.X86_INS_CALL))
+
+
+def _certain_stores(
+    insn: Instruction, plan: tuple[tuple[int, int, int, int, int, int, int], ...]
+) -> tuple[tuple[int, ...], bool] | None:
+    """The stores `insn` makes whatever its operands hold: its memory destination
+    (index into `plan`) if it is a plain move to memory, and whether it pushes
+    (push, call: the bytes under the new rsp). None: none certain."""
+    pushes = insn.id in _PUSHES and not insn.rep_string
+    destination: tuple[int, ...] = ()
+    if insn.id in _ALWAYS_STORE and len(plan) == 1 and len(insn.memory_writes) == 1:
+        destination = (0,)
+    if not destination and not pushes:
+        return None
+    return destination, pushes
 
 
 def _kill(pid: int) -> None:
@@ -527,6 +556,10 @@ class _Stepper:
         #: (register index or -1, index register or -1, scale, displacement
         #: (rip-relative: from the next instruction), segment base or -1, size, mask).
         self.write_plans: dict[int, tuple[tuple[int, int, int, int, int, int, int], ...]] = {}
+        #: rip -> the stores its instruction always makes (store_plans, _certain_stores),
+        #: and row -> where they went: what the emulator must have written too.
+        self.store_plans: dict[int, tuple[tuple[int, ...], bool]] = {}
+        self.stored: dict[int, list[tuple[int, int]]] = {}
         #: Read the bytes each row wrote after it (NativeRun.memory) in the one
         #: pass; off in a second pass, which reads what it is told (read_after).
         self.capture_writes = True
@@ -661,6 +694,10 @@ class _Stepper:
             kind = _KINDS.get(insn.id, _KIND_OTHER)
             self.kinds[rip] = kind
             self.write_plans[rip] = _write_plan(insn, rip)
+            self.store_plans.pop(rip, None)  # the code there was rewritten since
+            certain = _certain_stores(insn, self.write_plans[rip])
+            if certain is not None:
+                self.store_plans[rip] = certain
         return kind
 
     def run(self) -> None:
@@ -699,6 +736,10 @@ class _Stepper:
         written_step = -1
         written_ranges: list[tuple[int, int]] = []
         rsp_before = 0
+        store_plans = self.store_plans
+        stored = self.stored
+        #: The stepped row's certain stores: (its operands' indexes, whether it pushes).
+        certain: tuple[tuple[int, ...], bool] | None = None
         while True:
             raw_ptrace(getregs, pid, None, regs_ref)
             rip = regs[_RIP]
@@ -707,6 +748,11 @@ class _Stepper:
                 # a push, call or pushf put under rsp (the comparison of memory
                 # writes reads these instead of running the program again).
                 pushed = rsp_before - regs[_RSP]
+                if certain is not None:
+                    indexes, pushes = certain
+                    stored[written_step] = [written_ranges[i] for i in indexes] + (
+                        [(regs[_RSP], pushed)] if pushes and 0 < pushed <= _MAX_PUSHED else []
+                    )
                 if 0 < pushed <= _MAX_PUSHED:
                     written_ranges.append((regs[_RSP], pushed))
                 if written_ranges:
@@ -780,6 +826,7 @@ class _Stepper:
                 singlestep = real_step  # it acts on the process only: the kernel runs it
             if capture and recording:
                 written_step, rsp_before = step, regs[_RSP]
+                certain = store_plans.get(rip)
                 written_ranges = [
                     (
                         (
