@@ -8,14 +8,25 @@ in this one run, not across runs):
     python benchmarks/bench_silicon.py --elf ./first_switch_c   # an ELF (static or dynamic)
     python benchmarks/bench_silicon.py --elf ./first_switch_c --from main
 
-With --elf, the whole check (`silicon_check`: both native passes, the
+With --elf, the whole check (`silicon_check`: the native pass, the
 emulation, the comparisons) is also timed in CPU seconds, the tool's and the
 traced program's, whole and from --from if given: what `/usr/bin/time -f
 '%U+%S' stacktrace-lab silicon-check ...` shows, less the imports.
 
+With --elf and --cli, the whole command is timed as a user runs it, imports
+included: `stacktrace-lab silicon-check ELF` in a child process, --repeat
+times, its user+sys CPU (the tool's and the traced program's). Give
+--cli one or more `stacktrace-lab` executables (another checkout's venv, the
+baseline's) to time them side by side, run after run in turn:
+
+    python benchmarks/bench_silicon.py --elf ./fs_c --cli .venv/bin/stacktrace-lab \
+        /work/baseline/.venv/bin/stacktrace-lab --repeat 5
+
 The native stepper pays two kernel round trips per instruction
 (PTRACE_SYSEMU_SINGLESTEP with its wait, PTRACE_GETREGS), more at each system
-call the sandbox answers; the comparison is whole-column numpy work.
+call the sandbox answers, and decodes each distinct instruction once
+(capstone's detail: its flags for the comparison, where it stores for the
+memory reads after it); the comparison is whole-column numpy work.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +49,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--elf", type=Path, help="an x86-64 ELF instead of call-heavy")
     parser.add_argument("--from", dest="from_symbol", help="also time the check from here")
+    parser.add_argument(
+        "--cli",
+        nargs="+",
+        metavar="STACKTRACE_LAB",
+        help="with --elf: time `STACKTRACE_LAB silicon-check ELF` whole (each one given, in turn)",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each --cli command")
     args = parser.parse_args()
+    if args.cli:
+        if args.elf is None:
+            parser.error("--cli needs --elf")
+        time_commands(args.cli, args.elf, args.repeat)
+        return
 
     from stacktrace_lab.silicon.check import elf_target, scenario_target
     from stacktrace_lab.silicon.compare import compare
@@ -96,6 +121,30 @@ def main() -> None:
             same = "same" if result.comparison.same else "DIFFERS"
             print(f"{label:<32}{cpu:>10.3f} s CPU, {result.comparison.compared_steps:,} steps, "
                   f"{same}")  # fmt: skip
+
+
+def time_commands(commands: list[str], elf: Path, repeat: int) -> None:
+    """Each `command silicon-check elf` `repeat` times, in turn: user+sys CPU of the
+    process and its children (the traced program), as /usr/bin/time counts it."""
+    cpu: dict[str, list[float]] = {command: [] for command in commands}
+    status: dict[str, int] = {}
+    for _ in range(repeat):
+        for command in commands:
+            before = os.times()
+            done = subprocess.run(
+                [command, "silicon-check", str(elf)], capture_output=True, check=False
+            )
+            after = os.times()
+            if done.returncode not in (0, 1):  # 1: it ran and found a difference
+                raise SystemExit(f"{command} silicon-check {elf}: exit {done.returncode}")
+            status[command] = done.returncode
+            cpu[command].append(after.children_user + after.children_system
+                                - before.children_user - before.children_system)  # fmt: skip
+    print(f"`STACKTRACE_LAB silicon-check {elf}`, user+sys CPU seconds, {repeat} runs in turn")
+    for command, seconds in cpu.items():
+        runs = " ".join(f"{s:.2f}" for s in seconds)
+        print(f"{command}: median {statistics.median(seconds):.2f} s (runs: {runs}), "
+              f"exit {status[command]}")  # fmt: skip
 
 
 if __name__ == "__main__":

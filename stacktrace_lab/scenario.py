@@ -13,11 +13,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInput
 from .limits import DEFAULT_LIMITS, Limits, check_toml_depth, read_input, resolve_input
-from .record.asm.gnu_as import STUB_CODE, SourceFile
+
+if TYPE_CHECKING:  # the assembler's front end is imported where a program is read
+    from .record.asm.gnu_as import SourceFile
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
@@ -335,6 +337,8 @@ def _program(f: _Fields, path: Path, text: str, limits: Limits, allow_outside: b
         raise p.fail("source", "give exactly one of 'source', 'file' and 'files'")
     defines = _string_table(p, "defines", re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$"))
     stubs = _string_table(p, "stubs", re.compile(r"^[A-Za-z_.$][\w.$]*$"))
+    from .record.asm.gnu_as import STUB_CODE
+
     for name, behaviour in stubs.items():
         if behaviour not in STUB_CODE:
             raise p.fail(
@@ -377,6 +381,8 @@ def _string_table(p: _Fields, key: str, names: re.Pattern[str]) -> dict[str, str
 def _source_file(
     p: _Fields, path: Path, name: str, limits: Limits, allow_outside: bool
 ) -> SourceFile:
+    from .record.asm.gnu_as import SourceFile
+
     key = "file" if "file" in p.table else "files"
     where = f"{path}: field 'program.{key}'"
     asm_path = resolve_input(name, path.parent, where, allow_outside)

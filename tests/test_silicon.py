@@ -777,6 +777,43 @@ def test_a_dynamically_linked_program_compares_as_a_static_one(
     assert differs.output_difference[2].startswith(b"NEW")
 
 
+@silicon
+def test_library_code_is_named_by_the_libraries_the_run_loaded(
+    examples: Path, tmp_path: Path
+) -> None:
+    """A difference inside libc is named as the trace's own `symbol` column names
+    that row (`_IO_puts+N`, not an address), in the program's check and the
+    trace's alike, with libc's source line where its debug file is installed."""
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.examples import build_example, compiler_missing
+    from stacktrace_lab.record.linux.elf_front import record_elf
+
+    why = compiler_missing("c-dynamic")
+    if why is not None:
+        pytest.skip(why)
+    program = build_example("c-dynamic", examples)
+    trace = record_elf(program, tmp_path / "dynamic.parquet", from_symbol="main").path
+    named = pq.read_table(trace, columns=["symbol"]).column("symbol").to_pylist()
+    in_puts = next(i for i, n in enumerate(named) if "puts+" in n and not n.endswith("+0"))
+    for target in (str(trace), str(program)):
+        result = silicon_check(target, from_symbol=None if target == str(trace) else "main")
+        assert result.comparison.same, result.comparison.divergence
+        rows = result.emulated.registers.copy()
+        rows[in_puts:, RBX] ^= 4
+        result.emulated.registers = rows
+        divergence = compare(
+            result.native,
+            result.emulated,
+            name_address=result.target.name_address,
+            source_line=result.target.source_line,
+        ).divergence
+        assert divergence is not None and divergence.step == in_puts
+        assert divergence.symbol == named[in_puts], target
+        source = divergence.source
+        assert source is None or not source.startswith("first_switch.c"), source
+
+
 THREADED_C = r"""
 #include <pthread.h>
 #include <stdio.h>
@@ -1018,3 +1055,66 @@ def test_c_x87_fsin_is_reported_as_a_difference(tmp_path: Path) -> None:
     if comparison.divergence is not None:
         assert comparison.divergence.cause == "unsupported-instruction"
         assert comparison.divergence.previous_instruction == "fsin"
+
+
+_HEAP_AND_GLOBALS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+static char greeting[32];
+int main(void) {
+    char *heap = malloc(100000);  /* the break moves */
+    strcpy(greeting, "static-pie");
+    strcpy(heap, greeting);
+    printf("%s at its place\n", heap);
+    return 3;
+}
+"""
+
+
+@silicon
+@pytest.mark.parametrize("from_symbol", [None, "main"])
+def test_a_static_pie_trace_runs_natively_at_the_recorders_addresses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], from_symbol: str | None
+) -> None:
+    """Linux loads a static-pie under the vDSO, the recorder at PIE_BASE: the native
+    run of its trace is moved to the recording's addresses before its first
+    instruction, its break kept where the recorder keeps it, and compared row by
+    row; a changed row of the file is still caught."""
+    import shutil
+    import subprocess
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stacktrace_lab.cli import main
+    from stacktrace_lab.record.linux.elf import PIE_BASE
+    from stacktrace_lab.record.linux.elf_front import record_elf
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (tmp_path / "pie.c").write_text(_HEAP_AND_GLOBALS)
+    command = ["gcc", "-static-pie", "-O0", "-g", "-o", "pie", "pie.c"]
+    subprocess.run(command, check=True, cwd=tmp_path)
+    trace = record_elf(tmp_path / "pie", tmp_path / "pie.parquet", from_symbol=from_symbol).path
+    result = silicon_check(str(trace))
+    comparison = result.comparison
+    assert comparison.same, (comparison.first_difference, comparison.divergence)
+    assert comparison.compared_steps > (100 if from_symbol else 10_000)
+    assert result.native.stdout == b"static-pie at its place\n"
+    assert comparison.native_stop == "exit: exit_group(3)"
+    rip = int(result.native.registers[0, REGISTERS.index("rip")])
+    assert PIE_BASE <= rip < PIE_BASE + 0x1000000  # the recorder's addresses, not the kernel's
+    # The break where the recorder's kernel keeps it (before --from too), not the kernel's.
+    brks = [s.result for s in result.native.syscalls if s.name == "brk"]
+    assert len(set(brks)) >= 2 and all(PIE_BASE < b < PIE_BASE + (1 << 30) for b in brks)
+    # One register of one row changed in the file: that row.
+    table = pq.read_table(trace)
+    rbx = table.column("rbx").to_pylist()
+    rbx[50] ^= 1
+    column = pa.array(rbx, type=table.schema.field("rbx").type)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("rbx"), "rbx", column), bad)
+    capsys.readouterr()
+    assert main(["silicon-check", str(bad), "--json"]) == 1
+    assert '"step": 50' in capsys.readouterr().out

@@ -258,6 +258,94 @@ main:
 
 
 @silicon
+@pytest.mark.parametrize("decoded", [True, False], ids=["one-pass", "second-pass"])
+def test_memory_writes_are_read_in_the_stepping_pass_or_else_in_a_second_one(
+    write_scenario: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, decoded: bool
+) -> None:
+    """The stepping pass reads where each instruction's memory operand and each
+    push put their bytes; where it did not read (here: its decodes of where
+    instructions write are taken away), a second pass reads there. Either way
+    a wrong stored byte, a stack push's included, is caught, and an emulator
+    write somewhere the instruction did not write is compared too."""
+    import stacktrace_lab.silicon.check as check
+    import stacktrace_lab.silicon.native as native
+
+    source = """
+main:
+    movabs $buf_base, %rbx
+    movups %xmm0, 16(%rbx)
+    movq $0x1122, 8(%rbx)
+    pushq %rbx
+    popq %rcx
+    ret
+"""
+    path = write_scenario(source, data=(("buf", 4096),))
+    if not decoded:
+        monkeypatch.setattr(native, "_write_plan", lambda insn, rip: ())
+        monkeypatch.setattr(native, "_MAX_PUSHED", 0)
+    passes: list[bool] = []
+    real_run = check.run_native
+
+    def counted(*args: object, **kwargs: object) -> object:
+        passes.append(kwargs.get("replay") is not None)
+        return real_run(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(check, "run_native", counted)
+    result = silicon_check(str(path))
+    assert result.comparison.same and result.comparison.memory_difference is None
+    assert passes == ([False] if decoded else [False, True])
+    rbx, rsp = REGISTERS.index("rbx"), REGISTERS.index("rsp")
+    buf = int(result.native.registers[1, rbx])
+    pushed_at = int(result.native.registers[4, rsp])
+    if decoded:  # what the one pass read: the movups, the movq, the push
+        assert [a for a, _ in result.native.memory[1]] == [buf + 16]
+        assert result.native.memory[2] == [(buf + 8, b"\x22\x11" + bytes(6))]
+        assert result.native.memory[3] == [(pushed_at, buf.to_bytes(8, "little"))]
+    real = check.emulate
+
+    def wrong(step: int, value_xor: int, address_delta: int) -> object:
+        def emulate(*args: object) -> object:
+            run = real(*args)  # type: ignore[arg-type]
+            run.writes = run.writes.copy()
+            first = int((run.writes[:, 0] == step).argmax())
+            run.writes[first, 3] ^= value_xor
+            run.writes[first, 1] += address_delta
+            return run
+
+        return emulate
+
+    for step, value_xor, delta, address in (
+        (2, 0x100, 0, buf + 8),  # the movq stored 0x1022
+        (3, 0x1, 0, pushed_at),  # the push pushed rbx + 1
+        (2, 0, 64, buf + 72),  # the movq stored its value 64 bytes too far
+    ):
+        passes.clear()
+        monkeypatch.setattr(check, "emulate", wrong(step, value_xor, delta))
+        comparison = silicon_check(str(path)).comparison
+        assert comparison.first_difference == "memory", (step, value_xor, delta)
+        row, at, _cpu, _emulator = comparison.memory_difference  # type: ignore[misc]
+        assert (row, at) == (step, address)
+        # a write where the instruction did not write is read by a second pass
+        assert passes[-1] is (not decoded or delta != 0)
+    if not decoded:
+        return
+    # A store the emulator left out (the movq's, the push's), though never read back.
+    for step, address in ((2, buf + 8), (3, pushed_at)):
+
+        def dropped(*args: object, step: int = step) -> object:
+            run = real(*args)  # type: ignore[arg-type]
+            run.writes = run.writes[run.writes[:, 0] != step]
+            return run
+
+        monkeypatch.setattr(check, "emulate", dropped)
+        comparison = silicon_check(str(path)).comparison
+        assert comparison.first_difference == "memory"
+        row, at, cpu, emulator = comparison.memory_difference  # type: ignore[misc]
+        assert (row, at, emulator) == (step, address, b"")
+        assert cpu == (b"\x22\x11" + bytes(6) if step == 2 else buf.to_bytes(8, "little"))
+
+
+@silicon
 def test_the_run_to_from_goes_at_full_speed_and_stays_sandboxed(
     write_scenario: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -121,10 +121,16 @@ def _summary(name: str, c: Comparison) -> str:
                 ),
                 0,
             )
-            lines.append(
-                f"  memory at {address:#x} after step {row}: CPU {cpu_bytes.hex()}, "
-                f"emulator {emulator_bytes.hex()}; first differing byte at {address + first:#x}"
-            )
+            if emulator_bytes:
+                lines.append(
+                    f"  memory at {address:#x} after step {row}: CPU {cpu_bytes.hex()}, "
+                    f"emulator {emulator_bytes.hex()}; first differing byte at {address + first:#x}"
+                )
+            else:  # the CPU stored there, the emulator did not
+                lines.append(
+                    f"  memory at {address:#x} after step {row}: the CPU stored "
+                    f"{cpu_bytes.hex() or 'there'}, the emulator wrote nothing there"
+                )
             if c.memory_instruction:
                 lines.append(f"  written by: {c.memory_instruction}")
     if c.syscall_difference is not None:

@@ -19,32 +19,33 @@ import dataclasses
 import hashlib
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..arch import REGISTERS
 from ..errors import BadInput
 from ..record.linux.elf import PIE_BASE, ElfImage, line_table, load_elf
-from ..record.linux.elf_scenario import is_elf_scenario
 from ..record.linux.process import STACK_TOP, Process, linux_process
 from ..record.machine.machine import MachineSpec, Mapping
 from ..record.machine.syscalls import LinuxKernel, ProcessState
-from ..record.recorder import build_program, machine_spec
 from ..scenario import builtin_names, load_scenario
 from ..symbols import LabelTable
-from ..trace import Trace, load_trace
 from . import sandbox
 from .compare import Comparison, compare
-from .emulated import EmulatedRun, ThreadsNotCompared, emulate
+from .emulated import EmulatedRun, LibraryNames, ThreadsNotCompared, emulate
 from .instructions import InstructionTable
 from .native import NativeError, NativeRun, RecordedStart, SyscallRecord, run_native
 from .normalise import RIP
 from .ptrace import unavailable_reason
 from .sandbox import THREAD_DETAIL
 from .scenario_elf import write_machine_elf
+
+if TYPE_CHECKING:
+    from ..trace import Trace
 
 ELF_MAGIC = b"\x7fELF"
 DEFAULT_ELF_MAX_STEPS = 1_000_000
@@ -85,8 +86,12 @@ class Target:
     file_view: tuple[ElfImage, ElfImage | None] | None = None
     #: Dynamically linked: the loader runs first, and maps the libraries.
     dynamic: bool = False
+    #: The libraries' names (the run that loaded them, or the trace's), read when an
+    #: address outside the program and its interpreter is first named.
+    library_names: Callable[[], LibraryNames] | None = None
     _labels: LabelTable = field(init=False, repr=False)
     _line_addrs: list[int] = field(init=False, repr=False)
+    _library_lines: Callable[[int], str | None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._labels = LabelTable(self.symbols)
@@ -105,17 +110,36 @@ class Target:
 
     def name_address(self, addr: int) -> str:
         found = self._labels.nearest(addr)
+        if (found is None or found[1] >= _FAR) and self._read_library_names():
+            found = self._labels.nearest(addr)
         if found is None:
             return f"{addr:#x}"
         label, offset = found
-        if offset >= _FAR:  # in code with no symbols here (a library's): the address
+        if offset >= _FAR:  # in code with no symbols here: the address
             return f"{addr:#x}"
         return f"{label}+{offset}" if offset else label
+
+    def _read_library_names(self) -> bool:
+        """The libraries' symbols added to the program's (its own names win), and
+        their lines beside its own, once. False: there were none to add."""
+        if self.library_names is None:
+            return False
+        symbols, self._library_lines = self.library_names()
+        self.library_names = None
+        self._labels = LabelTable({**symbols, **self.symbols})
+        return True
 
     def source_line(self, addr: int) -> str | None:
         if self.load_lines is not None:
             self.lines, self.load_lines = self.load_lines(self.bias), None
             self._line_addrs = sorted(self.lines)
+        found = self._labels.nearest(addr)
+        if found is None or found[1] >= _FAR:
+            self._read_library_names()
+        if self._library_lines is not None:
+            line = self._library_lines(addr)  # a library's code: its own line table
+            if line is not None:
+                return line
         i = bisect.bisect_right(self._line_addrs, addr) - 1
         return (self.lines[self._line_addrs[i]] or None) if i >= 0 else None
 
@@ -126,6 +150,9 @@ class Target:
 
 
 def scenario_target(name_or_path: str, workdir: Path) -> Target:
+    # Here, not at import: checking an ELF needs none of the assembler's pipeline.
+    from ..record.recorder import build_program, machine_spec
+
     scenario = load_scenario(name_or_path)
     program, regions = build_program(scenario)
     spec = machine_spec(program, regions, scenario.entry)
@@ -151,8 +178,8 @@ def elf_target(path: Path, args: tuple[str, ...] = ()) -> Target:
 
     def emulate_elf(native: NativeRun | None, max_steps: int, start: int | None) -> EmulatedRun:
         if native is None:  # the recorder's process exactly, nothing replayed
-            return emulate(recorder_process(image, interp).spec, None, max_steps, start)
-        return emulate(native_process(path, native), native, max_steps, start)
+            return emulate(recorder_process(image, interp).spec, None, max_steps, start, interp)
+        return emulate(native_process(path, native), native, max_steps, start, interp)
 
     return Target(
         name=path.name,
@@ -245,8 +272,11 @@ def resolve_target(target: str, workdir: Path) -> Target:
     path = Path(target)
     if path.is_file() and path.read_bytes()[:4] == ELF_MAGIC:
         return elf_target(path)
-    if path.suffix == ".toml" and is_elf_scenario(path):
-        return elf_scenario_target(path)
+    if path.suffix == ".toml":
+        from ..record.linux.elf_scenario import is_elf_scenario
+
+        if is_elf_scenario(path):
+            return elf_scenario_target(path)
     return scenario_target(target, workdir)
 
 
@@ -292,6 +322,8 @@ class RecordedTrace:
 
 def trace_rows(path: str) -> RecordedTrace:
     """The trace at `path`, checked to be of the program that is there now."""
+    from ..trace import load_trace
+
     trace = load_trace(path)
     meta = trace.metadata
     _refuse_threads(path, trace)
@@ -318,6 +350,16 @@ def trace_rows(path: str) -> RecordedTrace:
     if changed is not None:
         raise BadInput(f"{path}: cannot check it on this machine: {changed}")
     writes = _recorded_writes(trace)
+
+    def recorded_names() -> LibraryNames:
+        """The trace's own names: every object it loaded, as `check` and `show` name them."""
+
+        def line_of(addr: int) -> str | None:
+            found = meta.source_line(addr)
+            return f"{found[0]}:{found[1]}" if found is not None else None
+
+        return dict(meta.symbols), line_of
+
     run = EmulatedRun(
         registers=np.ascontiguousarray(registers),
         stop_reason=meta.stop.reason,
@@ -326,6 +368,7 @@ def trace_rows(path: str) -> RecordedTrace:
         stdout=meta.stdout.encode(),
         stderr=meta.stderr.encode(),
         writes=_write_events(writes),
+        library_names=recorded_names,
     )
     calls = {
         call.step: SyscallRecord(
@@ -513,6 +556,8 @@ def _silicon_check(
             # get the CPU model's values there too (logged), and emulate again.
             native = run_natively(False)
             emulated = target.emulate(native, native.steps + 1, start)
+    # A library's code is named by the libraries the run loaded (a trace: its own names).
+    target.library_names = emulated.library_names
     first, last = _window(emulated.registers, start, end)
     if (first, last) != (0, emulated.steps):
         reached_end = last < emulated.steps
@@ -545,7 +590,8 @@ def _silicon_check(
         row = comparison.memory_difference[0]
         if 0 <= row < native.steps:  # the row whose instruction wrote there
             rip = int(native.registers[row, RIP])
-            text = InstructionTable(native.code).at(rip).text
+            table = native.instructions or InstructionTable(native.code)
+            text = table.at(rip).text
             call = next((c.name for c in native.syscalls if c.step == row), None)
             text = f"{text} ({call}: the bytes the kernel wrote)" if call else text
             comparison.memory_instruction = f"{text} at {target.name_address(rip)} ({rip:#x})"
@@ -563,11 +609,15 @@ def _compare_memory(
     start_state: RecordedStart | None = None,
     recorded_calls: dict[int, SyscallRecord] | None = None,
 ) -> tuple[int, int, bytes, bytes] | None:
-    """Every step's memory writes: a second native pass (the first pass's answers
-    replayed, so the same steps) reads, after each row, the bytes where the
-    emulator wrote at that row. The first row whose bytes differ:
-    (row, address, CPU bytes, emulator bytes); a second pass that did not
-    repeat the first is a difference too (row, -1, ...), not a pass."""
+    """Every step's memory writes: the bytes the native run read after each row
+    where that row's instruction wrote (`NativeRun.memory`: its memory operands
+    and pushes; a system call's filled buffers) against what the emulator wrote
+    at that row. Where the emulator wrote outside what the native run read (an
+    instruction whose stores the decoder does not place, or a wrong address),
+    a second native pass (the first pass's answers replayed, so the same steps)
+    reads there after that row; a second pass that did not repeat the first is
+    a difference too (row, -1, ...), not a pass. The first row whose bytes
+    differ: (row, address, CPU bytes, emulator bytes)."""
     rows = native.steps if comparison.divergence is None else comparison.divergence.step
     writes = emulated.writes
     writes = writes[(writes[:, 0] >= first) & (writes[:, 0] < first + rows)]
@@ -589,38 +639,88 @@ def _compare_memory(
         cells = expected.setdefault(row, {})
         for offset, byte in enumerate(data):
             cells[(address + offset) & ((1 << 64) - 1)] = byte
+    omitted = _omitted_store(native, expected, rows, kernel_rows)
     if not expected:
-        return None
-    read_after = {row: _ranges(cells) for row, cells in expected.items()}
-    second = run_native(
-        target.executable,
-        [str(Path(target.executable).resolve()), *target.args],
-        start=start - native.load_bias,
-        end=None if end is None else end - native.load_bias,
-        sentinel=target.sentinel,
-        max_steps=native.steps + max(native.skipped, 0) + 1,  # the start-up too
-        fast_forward=native.skipped < 0,
-        linked_entry=target.linked_entry,
-        linux=target.linux,
-        replay=native,
-        read_after=read_after,
-        recorded_start=start_state,
-        recorded_syscalls=recorded_calls,
-        file_view=target.file_view,
-    )
-    same_rows = min(second.steps, rows)
-    differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)
-    if differs.any() or second.steps < rows:
-        row = int(differs.argmax()) if differs.any() else second.steps
-        return (row, -1, b"", b"")
+        return omitted
+    wanted = {row: _ranges(cells) for row, cells in expected.items()}
+    # Read natively after each row: what its instruction stored, and what a call the
+    # kernel ran wrote into its output buffer (rt_sigaction's old action ...).
+    filled = {c.step: c.buffers for c in native.syscalls if c.step >= 0 and c.buffers}
+    found: dict[int, list[bytes | None]] = {
+        row: [
+            _bytes_at([*native.memory.get(row, ()), *filled.get(row, ())], address, size)
+            for address, size in ranges
+        ]
+        for row, ranges in wanted.items()
+    }
+    read_after = {
+        row: [r for r, got in zip(ranges, found[row], strict=True) if got is None]
+        for row, ranges in wanted.items()
+    }
+    read_after = {row: ranges for row, ranges in read_after.items() if ranges}
+    if read_after:
+        second = run_native(
+            target.executable,
+            [str(Path(target.executable).resolve()), *target.args],
+            start=start - native.load_bias,
+            end=None if end is None else end - native.load_bias,
+            sentinel=target.sentinel,
+            max_steps=native.steps + max(native.skipped, 0) + 1,  # the start-up too
+            fast_forward=native.skipped < 0,
+            linked_entry=target.linked_entry,
+            linux=target.linux,
+            replay=native,
+            read_after=read_after,
+            recorded_start=start_state,
+            recorded_syscalls=recorded_calls,
+            file_view=target.file_view,
+        )
+        same_rows = min(second.steps, rows)
+        differs = (second.registers[:same_rows] != native.registers[:same_rows]).any(axis=1)
+        if differs.any() or second.steps < rows:
+            row = int(differs.argmax()) if differs.any() else second.steps
+            return (row, -1, b"", b"")
+        for row, ranges in read_after.items():
+            read = dict(zip(ranges, second.memory.get(row, []), strict=False))
+            found[row] = [
+                got if got is not None else read.get(r, (0, b""))[1]
+                for r, got in zip(wanted[row], found[row], strict=True)
+            ]
     for row in sorted(expected):
+        if omitted is not None and omitted[0] < row:
+            break
         cells = expected[row]
-        for (address, size), (_, got) in zip(
-            read_after[row], second.memory.get(row, []), strict=False
-        ):
+        for (address, size), got in zip(wanted[row], found[row], strict=True):
             want = bytes(cells[address + i] for i in range(size))
             if got != want:
-                return (row, address, got, want)
+                return (row, address, got or b"", want)
+    return omitted
+
+
+def _omitted_store(
+    native: NativeRun, expected: dict[int, dict[int, int]], rows: int, kernel_rows: set[int]
+) -> tuple[int, int, bytes, bytes] | None:
+    """The first row where the CPU certainly stored (a move to memory, a push, a
+    call: `NativeRun.stored`) bytes the emulator did not write at that row:
+    (row, address, CPU bytes, b"")."""
+    for row in sorted(native.stored):
+        if row >= rows or row in kernel_rows:
+            continue
+        cells = expected.get(row, {})
+        for address, size in native.stored[row]:
+            missing = [i for i in range(size) if (address + i) & _MASK64 not in cells]
+            if missing:
+                at = address + missing[0]
+                got = _bytes_at(native.memory.get(row, ()), at, size - missing[0]) or b""
+                return (row, at, got, b"")
+    return None
+
+
+def _bytes_at(reads: Sequence[tuple[int, bytes]], address: int, size: int) -> bytes | None:
+    """The `size` bytes at `address` if one of `reads` holds them all, else None."""
+    for at, data in reads:
+        if at <= address and address + size <= at + len(data):
+            return data[address - at : address - at + size]
     return None
 
 

@@ -271,7 +271,8 @@ def compare(
     source_line: Callable[[int], str | None],
     replayed: bool = True,
 ) -> Comparison:
-    table = InstructionTable(native.code)
+    # The stepper's own decodes when it has them: each address decoded once per check.
+    table = native.instructions or InstructionTable(native.code)
     normalised = normalise(native.registers, emulated.registers, table, native.r11_saved_at_start)
     n, e = normalised.native, normalised.emulated
     rows = len(n)

@@ -20,6 +20,7 @@ native log (`replay=False`) the machine is exactly the recorder's.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,10 +28,10 @@ import numpy as np
 import unicorn.x86_const as x86
 from unicorn.unicorn_py3.unicorn import Uc
 
-from ..analysis.decoded import register_column
 from ..arch import REGISTERS
 from ..errors import BadInput
 from ..record.core.hooks import events_array
+from ..record.linux.elf import ElfImage
 from ..record.machine.cpu import CpuModel
 from ..record.machine.machine import MEM_WRITE, UC_IDS, Chunk, Machine, MachineSpec
 from ..record.machine.syscalls import BareKernel
@@ -38,6 +39,8 @@ from .native import CpuidRecord, NativeRun, ValueRecord, XgetbvRecord
 from .native import SyscallRecord as NativeSyscall
 
 _MASK64 = (1 << 64) - 1
+#: (symbols, address -> "file:line" or None) of the libraries a run loaded.
+LibraryNames = tuple[dict[str, int], Callable[[int], str | None]]
 _SYS_MMAP, _MAP_FIXED = 9, 0x10
 
 
@@ -57,6 +60,10 @@ class EmulatedRun:
     #: Every memory write, in order: (step, address, size, value) int64 rows
     #: (program and kernel alike; the kernel's are at its `syscall` row).
     writes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
+    #: The names of the code the run's libraries hold, when asked: (symbols at their
+    #: load addresses, address -> "file:line" or None). An ELF's run with a file
+    #: view has them (its kernel saw the loader map the libraries); a trace's are its own.
+    library_names: Callable[[], LibraryNames] | None = None
 
     @property
     def steps(self) -> int:
@@ -174,6 +181,9 @@ def _written_by(insn: Any) -> tuple[str, ...]:
         return ("rax", "rdx")
     if insn.mnemonic == "rdtscp":
         return ("rax", "rdx", "rcx")
+    # Here, not at import: the analysis package is not needed to compare.
+    from ..analysis.decoded import register_column
+
     destination = register_column(insn.reg_name(insn.operands[0].reg))  # rdrand/rdseed
     return (destination, "rflags") if destination else ("rflags",)
 
@@ -200,13 +210,18 @@ class ThreadsNotCompared(BadInput):
 
 
 def emulate(
-    spec: MachineSpec, native: NativeRun | None, max_steps: int, start: int | None = None
+    spec: MachineSpec,
+    native: NativeRun | None,
+    max_steps: int,
+    start: int | None = None,
+    interp: ElfImage | None = None,
 ) -> EmulatedRun:
     """Run the machine to its stop; rows as a (steps, registers) array.
 
     `start` (`--from`): first run there without recording, as `record --from`
     does (Machine.fast_forward: a step counter and the step rules, no
-    per-row hooks); the rows begin there."""
+    per-row hooks); the rows begin there. `interp`: the program's
+    interpreter, named with the libraries (`EmulatedRun.library_names`)."""
     mismatches: list[str] = []
     machine = Machine(replaying(spec, native, mismatches) if native is not None else spec)
     if start is not None:
@@ -242,6 +257,7 @@ def emulate(
         [np.frombuffer(c, dtype="<u8").reshape(len(REGISTERS), -1).T for c in chunks]
         or [np.zeros((0, len(REGISTERS)), dtype=np.uint64)]
     )
+    kernel = machine.kernel
     return EmulatedRun(
         registers=rows,
         stop_reason=result.stop.reason,
@@ -252,7 +268,29 @@ def emulate(
         replay_mismatches=mismatches,
         unreplayed_before_start=before_start,
         writes=np.concatenate(writes) if writes else np.zeros((0, 4), dtype=np.int64),
+        library_names=(
+            (lambda: library_names(kernel, interp)) if hasattr(kernel, "file_maps") else None
+        ),
     )
+
+
+def library_names(kernel: Any, interp: ElfImage | None = None) -> LibraryNames:
+    """The symbols and source lines of the interpreter and every library `kernel`
+    (a FileKernel) saw the loader map, where it mapped them: the recorder's own
+    reading of them (record/linux/dynamic.py, as `record` names a dynamic
+    program's frames for `check` and `show`)."""
+    from ..record.linux.dwarf_lines import ObjectLines
+    from ..record.linux.dynamic import line_indexes, loaded_objects, merged_symbols
+
+    images = [*([interp] if interp is not None else []), *(o.image for o in loaded_objects(kernel))]
+    symbols, _raw = merged_symbols(images)
+    lines = ObjectLines(None, line_indexes(images))
+
+    def line_of(addr: int) -> str | None:
+        found = lines.nearest(addr)
+        return f"{found.file}:{found.line}" if found is not None and found.line else None
+
+    return symbols, line_of
 
 
 def _unreplayed_before(cpu: Any, start: int, answered: int | None = None) -> list[str]:

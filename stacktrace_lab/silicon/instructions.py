@@ -15,7 +15,7 @@ import capstone
 import capstone.x86 as cx
 import numpy as np
 
-from ..analysis.decoded import register_column
+from ..record.machine.cpu import full_register
 
 #: capstone's per-flag bits -> the flag's bit in rflags.
 _FLAG_BITS = {"CF": 0, "PF": 2, "AF": 4, "ZF": 6, "SF": 7, "OF": 11}
@@ -79,12 +79,32 @@ _STRING_GROUPS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")
 
 
 @dataclass(frozen=True)
+class MemoryOperand:
+    """A memory operand the instruction may write: its address is
+    segment base + base + index * scale + displacement, from the registers
+    before the instruction (`base` "rip": the next instruction's address)."""
+
+    segment: str  # "fs_base", "gs_base" or ""
+    base: str  # a 64-bit register name, "rip", or ""
+    index: str
+    scale: int
+    displacement: int
+    size: int
+    address_32: bool  # a 32-bit address (the 0x67 prefix): wraps at 4 GiB
+
+
+@dataclass(frozen=True)
 class Instruction:
     text: str
     undefined_flags: int  # rflags bits left undefined
     defined_flags: int  # rflags bits given a defined value
     outside: str | None  # syscall, cpuid, xgetbv, rdtsc, ... or None
     rep_string: bool
+    id: int = 0  # capstone's instruction id (X86_INS_...)
+    size: int = 0  # in bytes
+    #: The memory operands it may write (its destination, or capstone says it
+    #: writes): where the native stepper reads memory after it.
+    memory_writes: tuple[MemoryOperand, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,46 @@ def _flag_bits(eflags: int) -> tuple[int, int]:
     undefined = sum(bit for flag, bit in _UNDEFINED.items() if eflags & flag)
     defined = sum({bit for flag, bit in _DEFINED.items() if eflags & flag})
     return undefined, defined
+
+
+#: Instructions with a memory operand that touch no memory there.
+_NO_ACCESS = frozenset((cx.X86_INS_LEA, cx.X86_INS_NOP, cx.X86_INS_PREFETCH, cx.X86_INS_PREFETCHW,
+                        cx.X86_INS_PREFETCHT0, cx.X86_INS_PREFETCHT1, cx.X86_INS_PREFETCHT2,
+                        cx.X86_INS_PREFETCHNTA))  # fmt: skip
+#: Where capstone's operand size is not what the instruction stores.
+_STORED_SIZE = {cx.X86_INS_FXSAVE: 512, cx.X86_INS_FXSAVE64: 512}
+_SEGMENT_BASES = {cx.X86_REG_FS: "fs_base", cx.X86_REG_GS: "gs_base"}
+
+
+def _memory_writes(insn: capstone.CsInsn) -> tuple[MemoryOperand, ...]:
+    """The memory operands `insn` (AT&T syntax: the destination last) may write.
+    capstone's access flags miss stores (movups, movq to memory), so the last
+    operand counts as written too; reading more than was written costs a read, no more."""
+    if insn.id in _NO_ACCESS:
+        return ()
+    operands = insn.operands
+    found = []
+    for position, op in enumerate(operands):
+        if op.type != cx.X86_OP_MEM:
+            continue
+        if not (op.access & capstone.CS_AC_WRITE or position == len(operands) - 1):
+            continue
+        mem = op.mem
+        base = insn.reg_name(mem.base) if mem.base else ""
+        index = insn.reg_name(mem.index) if mem.index else ""
+        address_32 = base.startswith("e") or index.startswith("e") or base == "eip"
+        found.append(
+            MemoryOperand(
+                segment=_SEGMENT_BASES.get(mem.segment, ""),
+                base="rip" if base in ("rip", "eip") else full_register(base) if base else "",
+                index=full_register(index) if index else "",
+                scale=mem.scale,
+                displacement=mem.disp,
+                size=_STORED_SIZE.get(insn.id, op.size),
+                address_32=address_32,
+            )
+        )
+    return tuple(found)
 
 
 class InstructionTable:
@@ -143,7 +203,14 @@ class InstructionTable:
             defined_flags=defined & ~undefined,
             outside=_OUTSIDE.get(insn.id),
             rep_string=rep and mnemonic.split()[-1].startswith(_STRING_GROUPS),
+            id=insn.id,
+            size=insn.size,
+            memory_writes=_memory_writes(insn),
         )
+
+    def forget(self, addr: int) -> None:
+        """The code at `addr` was rewritten since it was decoded: decode it again when asked."""
+        self.cache.pop(addr, None)
 
     def writes(self, addr: int) -> frozenset[str]:
         """The trace columns the instruction at `addr` writes (rip always); decoded when asked:
@@ -151,6 +218,9 @@ class InstructionTable:
         insn = next(self.md.disasm(self.code.get(addr, b""), addr, 1), None)
         if insn is None:
             return frozenset()
+        # Here, not at import: the analysis package is not needed to compare.
+        from ..analysis.decoded import register_column
+
         try:
             _, written = insn.regs_access()
             writes = {c for c in (register_column(insn.reg_name(r)) for r in written) if c}

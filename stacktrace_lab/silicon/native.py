@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import capstone
+import capstone.x86 as cx
 import numpy as np
 
 from ..arch import REGISTERS
@@ -49,6 +50,7 @@ from ..record.linux.elf import ElfImage
 from ..record.machine.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
 from ..record.machine.syscalls import NAMES, fixed_random
 from . import sandbox
+from .instructions import Instruction, InstructionTable
 from .native_files import NativeFiles
 from .ptrace import (
     PTRACE_GETREGS,
@@ -89,6 +91,7 @@ AT_NULL, AT_IGNORE, AT_BASE, AT_ENTRY, AT_RANDOM, AT_SYSINFO_EHDR = 0, 1, 7, 9, 
 _ROW_INDEX = np.array([USER_REGS.index("eflags" if r == "rflags" else r) for r in REGISTERS])
 _FS_BASE = USER_REGS.index("fs_base")
 _RIP = USER_REGS.index("rip")
+_RSP = USER_REGS.index("rsp")
 _ORIG_RAX_AT = 8 * USER_REGS.index("orig_rax")
 #: waitpid's status for "stopped by SIGTRAP" (a single step done): (SIGTRAP << 8) | 0x7f.
 _STOPPED_BY_SIGTRAP = (signal.SIGTRAP << 8) | 0x7F
@@ -106,6 +109,15 @@ _RCX, _R11, _EFLAGS = (USER_REGS.index(r) for r in ("rcx", "r11", "eflags"))
 _RAX = USER_REGS.index("rax")
 _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
 _SYS_MMAP, _MAP_FIXED = 9, 0x10
+_SYS_BRK, _SYS_MREMAP, _MREMAP_MAYMOVE, _MREMAP_FIXED = 12, 25, 1, 2
+_PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS = 0x3, 0x22
+_PAGE = 0x1000
+
+
+def _page_ceil(addr: int) -> int:
+    return (addr + _PAGE - 1) // _PAGE * _PAGE
+
+
 #: mmap, munmap, brk: what places the process's mappings.
 _PLACING = frozenset((9, 11, 12))
 
@@ -228,8 +240,15 @@ class NativeRun:
     interp_base: int = 0
     #: The process (and process group) that ran; killed and reaped when the run ended.
     pid: int = 0
-    #: A second pass's reads: row -> [(address, bytes after that row's instruction)].
+    #: row -> [(address, bytes after that row's instruction)]: what a first pass
+    #: read where each instruction's memory operands and pushes put their bytes,
+    #: or what a second pass read where it was asked to (`read_after`).
     memory: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    #: The instructions at `code`, decoded once (the comparison reuses them).
+    instructions: InstructionTable | None = None
+    #: row -> (address, size) its instruction certainly stored (a move to memory,
+    #: a push or call): the emulator must have written there at that row too.
+    stored: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     #: A trace's run: the first row whose system call is not the trace's (row, what differs).
     syscall_difference: tuple[int, str] | None = None
 
@@ -372,6 +391,7 @@ def run_native(
         stepper.fast_forward = fast_forward
         if replay is not None:
             stepper.replay_from(replay, read_after or {})
+            stepper.capture_writes = False  # it reads what it is asked to
         stepper.recorded_syscalls = recorded_syscalls
         if file_view is not None:
             stepper.files = NativeFiles(*file_view, stepper.mem, pid)
@@ -389,12 +409,16 @@ def run_native(
             # Only for a trace's run: the program mode keeps the kernel's start and
             # placement (the emulated side follows them), which the examples
             # test; the recorder's gave Rust's std another stack view.
-            as_recorded = stepper.load_bias == 0 and recorded_syscalls is not None
             if recorded_syscalls is not None and stepper.load_bias:
-                raise NativeError(
-                    f"{path}: the kernel loads it {stepper.load_bias:#x} away from where "
-                    "the recorder did: its trace cannot be compared (check the program)"
-                )
+                # A static-pie, loaded elsewhere than the recorder loads it: moved
+                # to the recording's addresses before its first instruction.
+                if file_view is None or file_view[1] is not None:
+                    raise NativeError(
+                        f"{path}: the kernel loads it {stepper.load_bias:#x} away from "
+                        "where the recorder did: its trace cannot be compared"
+                    )
+                stepper.move_program(file_view[0], stepper.load_bias)
+            as_recorded = stepper.load_bias == 0 and recorded_syscalls is not None
             if recorded_start is not None and as_recorded:
                 stepper.start_as_recorded(recorded_start)
                 stepper.answer_start_up_as_recorder = True
@@ -426,8 +450,65 @@ def run_native(
         interp_base=stepper.interp_base,
         pid=pid,
         memory=stepper.memory,
+        instructions=stepper.instructions,
+        stored=stepper.stored,
         syscall_difference=stepper.syscall_difference,
     )
+
+
+#: A stack pointer lowered by at most this much in one instruction is a push,
+#: call, pushf or enter: the bytes under the old rsp are read after it.
+_MAX_PUSHED = 64
+
+
+def _write_plan(
+    insn: Instruction, rip: int
+) -> tuple[tuple[int, int, int, int, int, int, int], ...]:
+    """The stepper's form of `insn.memory_writes`: user_regs_struct indexes, the
+    rip-relative displacement made absolute. An operand on a register the
+    stepper does not read is left out (the comparison then runs a second pass)."""
+    plan = []
+    for op in insn.memory_writes:
+        names = (op.base, op.index, op.segment)
+        if any(name and name != "rip" and name not in USER_REGS for name in names):
+            continue
+        displacement = op.displacement + (rip + insn.size if op.base == "rip" else 0)
+        plan.append(
+            (
+                USER_REGS.index(op.base) if op.base and op.base != "rip" else -1,
+                USER_REGS.index(op.index) if op.index else -1,
+                op.scale,
+                displacement,
+                USER_REGS.index(op.segment) if op.segment else -1,
+                op.size,
+                0xFFFFFFFF if op.address_32 else _MASK64,
+            )
+        )
+    return tuple(plan)
+
+
+#: Instructions that always store to their memory destination (no condition, no
+#: count that can be 0): where the CPU stored, the emulator must have written.
+_ALWAYS_STORE = frozenset(
+    (cx.X86_INS_MOV, cx.X86_INS_MOVAPS, cx.X86_INS_MOVUPS, cx.X86_INS_MOVAPD, cx.X86_INS_MOVUPD,
+     cx.X86_INS_MOVDQA, cx.X86_INS_MOVDQU, cx.X86_INS_MOVQ, cx.X86_INS_MOVD)
+)  # fmt: skip
+_PUSHES = frozenset((cx.X86_INS_PUSH, cx.X86_INS_CALL))
+
+
+def _certain_stores(
+    insn: Instruction, plan: tuple[tuple[int, int, int, int, int, int, int], ...]
+) -> tuple[tuple[int, ...], bool] | None:
+    """The stores `insn` makes whatever its operands hold: its memory destination
+    (index into `plan`) if it is a plain move to memory, and whether it pushes
+    (push, call: the bytes under the new rsp). None: none certain."""
+    pushes = insn.id in _PUSHES and not insn.rep_string
+    destination: tuple[int, ...] = ()
+    if insn.id in _ALWAYS_STORE and len(plan) == 1 and len(insn.memory_writes) == 1:
+        destination = (0,)
+    if not destination and not pushes:
+        return None
+    return destination, pushes
 
 
 def _kill(pid: int) -> None:
@@ -469,6 +550,19 @@ class _Stepper:
         self.stop = NativeStop("max_steps", -1, "")
         self.kinds: dict[int, int] = {}
         self.code: dict[int, bytes] = {}
+        #: Every instruction the run met, decoded once (with capstone's detail).
+        self.instructions = InstructionTable(self.code)
+        #: rip -> how to find the memory the instruction there may write:
+        #: (register index or -1, index register or -1, scale, displacement
+        #: (rip-relative: from the next instruction), segment base or -1, size, mask).
+        self.write_plans: dict[int, tuple[tuple[int, int, int, int, int, int, int], ...]] = {}
+        #: rip -> the stores its instruction always makes (store_plans, _certain_stores),
+        #: and row -> where they went: what the emulator must have written too.
+        self.store_plans: dict[int, tuple[tuple[int, ...], bool]] = {}
+        self.stored: dict[int, list[tuple[int, int]]] = {}
+        #: Read the bytes each row wrote after it (NativeRun.memory) in the one
+        #: pass; off in a second pass, which reads what it is told (read_after).
+        self.capture_writes = True
         self.initial_registers: dict[str, int] = {}
         self.initial_stack = b""
         self.load_bias = 0
@@ -503,6 +597,10 @@ class _Stepper:
         self.place_as_recorded = False
         #: A trace's run: the calls before its first row answered by the recorder's kernel.
         self.answer_start_up_as_recorder = False
+        #: brk answered by the tracer from the recorder's kernel (a moved static-pie),
+        #: and the recorder's break before the call being answered.
+        self.brk_by_tracer = False
+        self.brk_before = 0
 
     def replay_from(self, first: NativeRun, read_after: dict[int, list[tuple[int, int]]]) -> None:
         self.replayed_syscalls = deque(first.syscalls)
@@ -591,9 +689,15 @@ class _Stepper:
         if kind is None:
             code = self.read(rip, 16) or self.read(rip, 1)
             self.code[rip] = code
-            insn = next(self.disassembler.disasm(code, rip, 1), None)
-            kind = _KINDS.get(insn.id, _KIND_OTHER) if insn is not None else _KIND_OTHER
+            self.instructions.forget(rip)
+            insn = self.instructions.at(rip)
+            kind = _KINDS.get(insn.id, _KIND_OTHER)
             self.kinds[rip] = kind
+            self.write_plans[rip] = _write_plan(insn, rip)
+            self.store_plans.pop(rip, None)  # the code there was rewritten since
+            certain = _certain_stores(insn, self.write_plans[rip])
+            if certain is not None:
+                self.store_plans[rip] = certain
         return kind
 
     def run(self) -> None:
@@ -624,9 +728,36 @@ class _Stepper:
         skipped = 0
         previous = b""
         previous_rip = -1
+        capture = self.capture_writes
+        plans = self.write_plans
+        memory = self.memory
+        read = self.read
+        #: The row just stepped: the ranges its memory operands name, and rsp before it.
+        written_step = -1
+        written_ranges: list[tuple[int, int]] = []
+        rsp_before = 0
+        store_plans = self.store_plans
+        stored = self.stored
+        #: The stepped row's certain stores: (its operands' indexes, whether it pushes).
+        certain: tuple[tuple[int, ...], bool] | None = None
         while True:
             raw_ptrace(getregs, pid, None, regs_ref)
             rip = regs[_RIP]
+            if written_step >= 0:
+                # What the row just stepped wrote: its memory operands, and what
+                # a push, call or pushf put under rsp (the comparison of memory
+                # writes reads these instead of running the program again).
+                pushed = rsp_before - regs[_RSP]
+                if certain is not None:
+                    indexes, pushes = certain
+                    stored[written_step] = [written_ranges[i] for i in indexes] + (
+                        [(regs[_RSP], pushed)] if pushes and 0 < pushed <= _MAX_PUSHED else []
+                    )
+                if 0 < pushed <= _MAX_PUSHED:
+                    written_ranges.append((regs[_RSP], pushed))
+                if written_ranges:
+                    memory[written_step] = [(a, read(a, n)) for a, n in written_ranges]
+                written_step = -1
             if not recording and rip == self.start:
                 recording = True
                 self.skipped = skipped
@@ -693,6 +824,20 @@ class _Stepper:
                 if verdict == sandbox.ANSWER:
                     continue  # answered without running it: the registers are set
                 singlestep = real_step  # it acts on the process only: the kernel runs it
+            if capture and recording:
+                written_step, rsp_before = step, regs[_RSP]
+                certain = store_plans.get(rip)
+                written_ranges = [
+                    (
+                        (
+                            (disp + (regs[base] if base >= 0 else 0)
+                             + (regs[index] * scale if index >= 0 else 0)) & mask
+                        )
+                        + (regs[segment] if segment >= 0 else 0) & _MASK64,
+                        size,
+                    )
+                    for base, index, scale, disp, segment, size, mask in plans[rip]
+                ]  # fmt: skip
             if raw_ptrace(singlestep, pid, None, None) == -1:
                 raise PtraceError(ctypes.get_errno(), "ptrace(PTRACE_SINGLESTEP) failed")
             _, status = waitpid(self.pid, 0)
@@ -815,29 +960,103 @@ class _Stepper:
             raise NativeError("prctl(PR_SET_TSC, PR_TSC_SIGSEGV) refused, CPUID faulting works")
         return True
 
-    def inject_syscall(self, nr: int, arg0: int, arg1: int) -> int:
-        """System call `nr`(arg0, arg1) in the program, at its current instruction
-        (a `syscall` written over it, then put back, registers restored): its result."""
+    def inject_syscall(self, nr: int, *args: int, code_moves_by: int = 0) -> int:
+        """System call `nr`(*args) in the program, at its current instruction
+        (a `syscall` written over it, then put back, registers restored): its
+        result. `code_moves_by`: the call moves the code it runs from that far
+        down (an mremap of the program), where its bytes are put back."""
         regs, saved = UserRegs(), UserRegs()
         ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(saved))
         ctypes.memmove(regs, saved, ctypes.sizeof(regs))
         rip = int(saved[_RIP])
         code = self.read(rip, 2)
-        reg = USER_REGS.index
         try:
             os.pwrite(self.mem, b"\x0f\x05", rip)
-            regs[_RAX], regs[reg("rdi")], regs[reg("rsi")] = nr, arg0, arg1
+            regs[_RAX] = nr
+            for index, value in zip(_ARG_REGS, args, strict=False):
+                regs[index] = value
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
-            ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
-            _, status = os.waitpid(self.pid, 0)
-            if not os.WIFSTOPPED(status):
-                raise NativeError("the program died setting up CPUID faulting")
-            ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+            # From a system call's entry stop (the fast-forward's), the first
+            # single-step trap can come before the `syscall` ran: step until it did.
+            for _ in range(3):
+                ptrace(PTRACE_SINGLESTEP, self.pid, None, None)
+                _, status = os.waitpid(self.pid, 0)
+                if not os.WIFSTOPPED(status):
+                    raise NativeError(f"the program died in an injected system call ({nr})")
+                ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+                if int(regs[_RIP]) != rip:
+                    break
             result = int(regs[_RAX])
             return result - (1 << 64) if result >> 63 else result
         finally:
-            os.pwrite(self.mem, code, rip)
+            os.pwrite(self.mem, code, rip - code_moves_by)
             ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(saved))
+
+    def move_program(self, image: ElfImage, bias: int) -> None:
+        """At the exec stop, a static-pie the kernel loaded `bias` above where the
+        recorder loads it (Linux with ASLR off puts it under the vDSO, the
+        recorder at PIE_BASE): every mapping of it moved down by `bias`
+        (mremap, nothing has run yet: a static-pie relocates itself from where
+        it finds itself), rip with it, so that it runs at the recording's
+        addresses. The kernel's own break stays where it put it, under the
+        program's new place: brk is answered by the tracer from then on, as
+        the recorder's kernel answers it (`brk_by_tracer`)."""
+        first = min(s.vaddr for s in image.segments) // _PAGE * _PAGE + bias
+        last = image.end + bias
+        maps = []
+        for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
+            begin, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if first <= begin and end <= _page_ceil(last):
+                maps.append((begin, end))
+        regs = UserRegs()
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+        rip = int(regs[_RIP])
+        # The mapping that holds rip last: the injected `syscall` runs from it.
+        maps.sort(key=lambda m: m[0] <= rip < m[1])
+        for begin, end in maps:
+            runs_here = begin <= rip < end
+            moved = self.inject_syscall(
+                _SYS_MREMAP,
+                begin,
+                end - begin,
+                end - begin,
+                _MREMAP_MAYMOVE | _MREMAP_FIXED,
+                begin - bias,
+                code_moves_by=bias if runs_here else 0,
+            )
+            if moved != begin - bias:
+                raise NativeError(
+                    f"could not move the program from {begin:#x} to {begin - bias:#x} "
+                    f"(mremap: {moved})"
+                )
+        ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
+        regs[_RIP] = rip - bias
+        ptrace(PTRACE_SETREGS, self.pid, None, ctypes.byref(regs))
+        self.start = None if self.start is None else self.start - bias
+        self.end = None if self.end is None else self.end - bias
+        self.load_bias = 0
+        self.brk_by_tracer = True
+
+    def answer_brk(self, regs: Any, step: int, nr: int, args: tuple[int, ...], new: int) -> str:
+        """brk when the tracer keeps the break (a moved static-pie): `new` is the
+        recorder's kernel's answer; the pages it grew into are mapped natively."""
+        assert self.files is not None
+        mapped_end = _page_ceil(self.brk_before)
+        if _page_ceil(new) > mapped_end:
+            at = self.inject_syscall(
+                _SYS_MMAP,
+                mapped_end,
+                _page_ceil(new) - mapped_end,
+                _PROT_READ_WRITE,
+                _MAP_PRIVATE_ANONYMOUS | _MAP_FIXED,
+                _MASK64,
+                0,
+            )
+            if at != mapped_end:  # the native map has no room where the recorder's has
+                new = self.brk_before
+        self.set_result(regs, int(regs[_RIP]), new)
+        self.syscalls.append(SyscallRecord(step, nr, args, new & _MASK64, (), int(regs[_R11])))
+        return sandbox.ANSWER
 
     def replay_value(self, regs: Any, step: int) -> bool:
         """A second pass at rdtsc/rdrand/...: the first pass's registers after it."""
@@ -915,6 +1134,7 @@ class _Stepper:
         rip = int(regs[_RIP])
         if self.read(rip, 2) != b"\x0f\x05":  # rewritten since decoded: SYSEMU catches it
             self.kinds.pop(rip, None)
+            self.instructions.forget(rip)
             return sandbox.RUN
         nr = int(regs[_RAX])
         args = tuple(int(regs[i]) for i in _ARG_REGS)
@@ -936,7 +1156,12 @@ class _Stepper:
         if self.files is not None and self.place_as_recorded and nr in _PLACING:
             # The process's map as the recorder's kernel makes it (the
             # kernel's own would put the loader's mappings under the vDSO).
+            self.brk_before = self.files.kernel.process.brk
             placed = self.files.place(nr, args)
+            if nr == _SYS_BRK and self.brk_by_tracer and verdict != sandbox.STOP:
+                if self.recorded_syscalls is not None and step >= 0:
+                    self.as_recorded(regs, step, nr, args, verdict)  # notes a different call
+                return self.answer_brk(regs, step, nr, args, placed)
             if nr == _SYS_MMAP and placed < 0 and verdict != sandbox.STOP:
                 self.set_result(regs, int(regs[_RIP]), placed)
                 self.syscalls.append(

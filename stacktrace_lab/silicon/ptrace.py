@@ -81,9 +81,18 @@ class PtraceError(OSError):
     """A ptrace call failed."""
 
 
+def _load_libc() -> ctypes.CDLL:
+    """glibc by its soname; find_library (which runs ldconfig, a child process) only
+    where that is not there."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _load_libc()
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     libc.ptrace.restype = ctypes.c_long
     libc.personality.argtypes = [ctypes.c_ulong]
@@ -95,7 +104,7 @@ def _libc() -> ctypes.CDLL:
 def _raw_ptrace() -> Callable[..., int]:
     """libc's ptrace loaded again without prototypes: it takes prepared ctypes
     arguments as they are, for the native stepper's per-step calls."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _load_libc()
     function: Callable[..., int] = libc.ptrace
     return function
 
