@@ -106,11 +106,17 @@ def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
     # A regular file of bounded size, opened without blocking: a FIFO or
     # /dev/zero named as the program is one line, not a hang.
     raw = read_input(path, MAX_PROGRAM_FILE_BYTES, "program", option=None)
+    return elf_image(path, raw, hashlib.sha256(raw).hexdigest(), pie_base)
+
+
+def elf_image(path: Path, raw: bytes, sha256: str, pie_base: int = PIE_BASE) -> ElfImage:
+    """`load_elf` of bytes already read (a library, as the program read it through
+    the file view); `sha256` is theirs."""
     if raw[:4] != b"\x7fELF":
         raise BadInput(f"{path}: not an ELF executable (no ELF header)")
     _check_as_linux_does(path, raw, pie_base)
     try:
-        return _parse(path, raw, hashlib.sha256(raw).hexdigest(), pie_base)
+        return _parse(path, raw, sha256, pie_base)
     except (BadInput, MemoryError):
         raise
     except Exception as exc:
