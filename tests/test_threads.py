@@ -526,6 +526,67 @@ def test_a_clobbered_register_in_a_thread_is_that_functions_fault_not_a_switch(
     assert [r.id for r in result.results if not r.holds] == ["callee-saved"]
 
 
+def test_check_names_the_thread_of_each_violation_in_every_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The clobbered rbx is thread 2's (the call is in the thread's body): every
+    format check writes says so, and the markdown and HTML report too."""
+    import json
+
+    from stacktrace_lab.analysis.events import derive_facts
+    from stacktrace_lab.cli import main
+    from stacktrace_lab.report.content import gather
+    from stacktrace_lab.report.html import render_html
+    from stacktrace_lab.report.markdown import render_markdown
+
+    program = _build(tmp_path, "clobber", CLOBBER_C)
+    path = record_elf(program, tmp_path / "c.parquet", RecordOptions(thread_slice=3)).path
+    trace = load_trace(path)
+    result = check(trace)
+    saved = next(r for r in result.results if r.id == "callee-saved")
+    step = saved.violations[0].step
+    assert int(_threads(path)[step]) == 2 and saved.violations[0].thread == 2
+    assert saved.causes[0].first.thread == 2
+    # The other violations of the run (none here) and every row of thread 1 say 1.
+    said = f"step {step} in thread 2"
+
+    assert main(["check", str(path)]) == 1
+    assert said in capsys.readouterr().out
+    assert main(["check", str(path), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    found = next(i for i in doc["invariants"] if i["id"] == "callee-saved")
+    assert [v["thread"] for v in found["violations"]] == [2]
+    assert found["causes"][0]["first"]["thread"] == 2
+    for fmt in ("github", "junit", "sarif"):
+        assert main(["check", str(path), "--format", fmt]) == 1
+        assert said in capsys.readouterr().out, fmt
+    content = gather(derive_facts(trace), result)
+    assert said in render_markdown(content)
+    assert f"{step} in thread 2" in render_html(content, {"rsp": b"", "heatmap": b""})
+
+
+def test_check_of_a_program_without_threads_names_no_thread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same broken function called from main in a program without threads:
+    its output is what it was before threads were named (no `thread` anywhere)."""
+    import json
+
+    from stacktrace_lab.cli import main
+
+    source = CLOBBER_C.replace("pthread_create(&t, NULL, body, NULL);", "body(NULL);")
+    source = source.replace("pthread_join(t, NULL);", "")
+    program = _build(tmp_path, "alone", source)
+    path = record_elf(program, tmp_path / "a.parquet").path
+    assert not load_trace(path).metadata.threads
+    assert main(["check", str(path), "--json"]) == 1
+    text = capsys.readouterr().out
+    found = next(i for i in json.loads(text)["invariants"] if i["id"] == "callee-saved")
+    assert found["violations"] and "thread" not in found["violations"][0]
+    assert main(["check", str(path)]) == 1
+    assert "in thread" not in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def join_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("join")
