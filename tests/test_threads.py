@@ -786,15 +786,15 @@ int main(void) {
     printf("rounds %d sum %ld\n", ROUNDS, sum);
 
     static atomic_int a, w = 5;
-    show("set", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, FUTEX_OP(FUTEX_OP_SET, 9, 0, 0)), &w);
-    show("add", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, FUTEX_OP(FUTEX_OP_ADD, -3, 0, 0)), &w);
-    show("or", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, FUTEX_OP(FUTEX_OP_OR, 0x30, 0, 0)), &w);
-    show("andn", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, FUTEX_OP(FUTEX_OP_ANDN, 0x10, 0, 0)), &w);
-    show("xor", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, FUTEX_OP(FUTEX_OP_XOR, 0xff, 0, 0)), &w);
-    show("shift", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w,
-                        FUTEX_OP(FUTEX_OP_SET | FUTEX_OP_OPARG_SHIFT, 20, 0, 0)), &w);
-    show("bad-op", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, 6 << 28), &w);
-    show("bad-cmp", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, 9 << 24), &w);
+#define WAKE_OP(encoded) futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, (encoded))
+    show("set", WAKE_OP(FUTEX_OP(FUTEX_OP_SET, 9, 0, 0)), &w);
+    show("add", WAKE_OP(FUTEX_OP(FUTEX_OP_ADD, -3, 0, 0)), &w);
+    show("or", WAKE_OP(FUTEX_OP(FUTEX_OP_OR, 0x30, 0, 0)), &w);
+    show("andn", WAKE_OP(FUTEX_OP(FUTEX_OP_ANDN, 0x10, 0, 0)), &w);
+    show("xor", WAKE_OP(FUTEX_OP(FUTEX_OP_XOR, 0xff, 0, 0)), &w);
+    show("shift", WAKE_OP(FUTEX_OP(FUTEX_OP_SET | FUTEX_OP_OPARG_SHIFT, 20, 0, 0)), &w);
+    show("bad-op", WAKE_OP(6 << 28), &w);
+    show("bad-cmp", WAKE_OP(9 << 24), &w);
     show("fault", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, (atomic_int *)16, 0), NULL);
 
     static atomic_int pi;
