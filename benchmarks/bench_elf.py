@@ -77,7 +77,9 @@ def run_command(program: Path, output: Path, source: Path | None) -> tuple[float
     command += ["--from", "main", "-o", str(output)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True)
+    # Run from the output's directory: `-m` puts the working directory first on
+    # sys.path, before PYTHONPATH, and a checkout there would win.
+    subprocess.run(command, env=env, check=True, capture_output=True, cwd=output.parent)
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
