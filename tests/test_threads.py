@@ -848,3 +848,64 @@ def test_futex_wake_op_and_the_pi_calls_answer_as_linux_does(tmp_path: Path) -> 
         c.result for c in load_trace(path).syscalls() if c.name == "futex" and c.args[1] & 0x7F == 5
     ]
     assert max(r or 0 for r in woken) >= 1
+
+
+#: A thread dies holding robust mutexes (plain and priority-inheriting): the
+#: kernel's walk of its robust list marks them FUTEX_OWNER_DIED and wakes a
+#: waiter, so the next lock answers EOWNERDEAD instead of waiting for ever.
+ROBUST_C = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+static pthread_mutex_t plain, pi;
+static pthread_barrier_t held;
+static void *die_holding(void *arg) {
+    pthread_mutex_lock(&plain);
+    pthread_mutex_lock(&pi);
+    pthread_barrier_wait(&held);
+    for (volatile int i = 0; i < 20000; i++) {}
+    return arg; /* returns without unlocking either */
+}
+static const char *said(int r) {
+    return r == 0 ? "0" : r == EOWNERDEAD ? "EOWNERDEAD" : "other";
+}
+static void init(pthread_mutex_t *m, int protocol) {
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    pthread_mutexattr_setprotocol(&attr, protocol);
+    pthread_mutex_init(m, &attr);
+}
+int main(void) {
+    init(&plain, PTHREAD_PRIO_NONE);
+    init(&pi, PTHREAD_PRIO_INHERIT);
+    pthread_barrier_init(&held, NULL, 2);
+    pthread_t t;
+    pthread_create(&t, NULL, die_holding, NULL);
+    pthread_barrier_wait(&held);
+    int r = pthread_mutex_lock(&plain); /* waits while the owner lives */
+    printf("plain %s\n", said(r));
+    if (r == EOWNERDEAD) pthread_mutex_consistent(&plain);
+    pthread_mutex_unlock(&plain);
+    printf("plain again %s\n", said(pthread_mutex_lock(&plain)));
+    r = pthread_mutex_lock(&pi);
+    printf("pi %s\n", said(r));
+    if (r == EOWNERDEAD) pthread_mutex_consistent(&pi);
+    pthread_mutex_unlock(&pi);
+    printf("pi again %s\n", said(pthread_mutex_lock(&pi)));
+    pthread_join(t, NULL);
+    return 0;
+}
+"""
+
+
+def test_a_thread_dying_with_robust_mutexes_leaves_them_owner_dead(tmp_path: Path) -> None:
+    program = _build(tmp_path, "robust", ROBUST_C, static=False)
+    native = _native(program)
+    assert native == "plain EOWNERDEAD\nplain again 0\npi EOWNERDEAD\npi again 0\n"
+    for slice_steps in (50, 10_000):  # the owner dies while main waits, or before it asks
+        options = RecordOptions(thread_slice=slice_steps)
+        path = record_elf(program, tmp_path / f"r{slice_steps}.parquet", options).path
+        meta = load_trace(path).metadata
+        assert meta.stop.detail == "exit_group(0)", meta.stop
+        assert meta.stdout == native

@@ -267,6 +267,8 @@ FUTEX_WAIT_REQUEUE_PI, FUTEX_CMP_REQUEUE_PI = 11, 12
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 #: The fixed clock in nanoseconds (every clock reads FIXED_TIME).
 FIXED_TIME_NS = FIXED_TIME * 1_000_000_000
+#: sizeof(struct robust_list_head), and how many entries Linux walks at most.
+ROBUST_HEAD_SIZE, ROBUST_LIST_LIMIT = 24, 2048
 #: Threads one process may create (the trace's `thread` column is small).
 MAX_THREADS = 1024
 
@@ -317,7 +319,7 @@ class LinuxKernel(BareKernel):
                 234: self.sys_tgkill,
                 257: self.sys_openat,
                 262: self.sys_newfstatat,
-                273: _returns(0),
+                273: self.sys_set_robust_list,
                 302: self.sys_prlimit64,
                 318: self.sys_getrandom,
                 # What one emulated process cannot do ends the run, never silently.
@@ -819,6 +821,15 @@ class LinuxKernel(BareKernel):
         self.threads.current.clear_tid = tidptr
         return self.threads.current.tid
 
+    def sys_set_robust_list(self, uc: Uc, head: int, size: int, *_: int) -> int:
+        """Where the thread's robust futexes are listed (`struct robust_list_head`,
+        24 bytes: else -EINVAL), walked when it exits (`_robust_list_exit`)."""
+        if size != ROBUST_HEAD_SIZE:
+            return -EINVAL
+        assert self.threads is not None
+        self.threads.current.robust_list = head
+        return 0
+
     def sys_exit_thread(self, uc: Uc, status: int, *rest: int) -> None:
         """`exit`: the calling thread ends; the process with its last thread."""
         threads = self.threads
@@ -826,12 +837,62 @@ class LinuxKernel(BareKernel):
         if not threads.several():
             self.sys_exit(uc, status, *rest)
             return
+        self._robust_list_exit(uc)
         thread = threads.exit(status & 0xFF)
         if thread.clear_tid and self.mapped(uc, thread.clear_tid, 4):
             # CLONE_CHILD_CLEARTID: what pthread_join waits for.
             self.write_memory(thread.clear_tid, bytes(4))
             threads.wake(thread.clear_tid, 1)
         uc.emu_stop()
+
+    def _robust_list_exit(self, uc: Uc) -> None:
+        """Linux's exit_robust_list for the exiting thread: each robust futex it still
+        owns (its tid in the word) gets FUTEX_OWNER_DIED (FUTEX_WAITERS kept), and
+        one waiter is woken, which then sees EOWNERDEAD (a PI one is handed the
+        futex). Also the entry in `list_op_pending` (a lock or unlock under way).
+        At most ROBUST_LIST_LIMIT entries; an unreadable entry ends the walk."""
+        threads = self.threads
+        assert threads is not None
+        head = threads.current.robust_list
+        if not head or not self.mapped(uc, head, ROBUST_HEAD_SIZE):
+            return
+        raw = bytes(uc.mem_read(head, ROBUST_HEAD_SIZE))
+        entry, offset, pending = (
+            int.from_bytes(raw[0:8], "little"),
+            int.from_bytes(raw[8:16], "little", signed=True),
+            int.from_bytes(raw[16:24], "little"),
+        )
+        for _ in range(ROBUST_LIST_LIMIT):
+            if entry & ~1 == head or not self.mapped(uc, entry & ~1, 8):
+                break
+            following = int.from_bytes(uc.mem_read(entry & ~1, 8), "little")
+            if entry & ~1 != pending & ~1:
+                self._futex_death(uc, (entry & ~1) + offset, pi=bool(entry & 1), pending=False)
+            entry = following
+        if pending & ~1:
+            self._futex_death(uc, (pending & ~1) + offset, pi=bool(pending & 1), pending=True)
+
+    def _futex_death(self, uc: Uc, uaddr: int, pi: bool, pending: bool) -> None:
+        """Linux's handle_futex_death for one robust futex of the exiting thread."""
+        threads = self.threads
+        assert threads is not None
+        uaddr &= MASK64
+        if uaddr % 4 or not self.mapped(uc, uaddr, 4):
+            return
+        word = int.from_bytes(uc.mem_read(uaddr, 4), "little")
+        if pending and not pi and word == 0:
+            threads.wake(uaddr, 1)  # an unlock under way may have missed its wake-up
+            return
+        if word & FUTEX_TID_MASK != threads.current.tid:
+            return
+        died = (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED
+        waiting = threads.pi_waiters(uaddr) if pi else []
+        if waiting:  # the first waiter owns it now, and sees that its owner died
+            died = FUTEX_OWNER_DIED | FUTEX_WAITERS | waiting[0].tid
+            threads.hand_over(waiting[0])
+        self.write_memory(uaddr, died.to_bytes(4, "little"))
+        if not pi and word & FUTEX_WAITERS:
+            threads.wake(uaddr, 1)
 
     def sys_sched_getaffinity(self, uc: Uc, _pid: int, size: int, mask: int, *_: int) -> int:
         if size < 8:

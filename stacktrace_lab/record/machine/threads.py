@@ -56,6 +56,8 @@ class Thread:
     result: int | None = None
     #: CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken at exit.
     clear_tid: int = 0
+    #: set_robust_list: the head of its list of robust futexes, walked at exit.
+    robust_list: int = 0
     #: What a blocked thread waits for: (futex address, bitset), and when its
     #: timeout expires (nanoseconds of the fixed clock; None: never).
     futex: tuple[int, int] | None = None
