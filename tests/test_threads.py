@@ -909,3 +909,31 @@ def test_a_thread_dying_with_robust_mutexes_leaves_them_owner_dead(tmp_path: Pat
         meta = load_trace(path).metadata
         assert meta.stop.detail == "exit_group(0)", meta.stop
         assert meta.stdout == native
+
+
+REQUEUE_PI_C = r"""
+#define _GNU_SOURCE
+#include <linux/futex.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static int cond, pi;
+int main(void) {
+    long rc = syscall(SYS_futex, &cond, FUTEX_CMP_REQUEUE_PI_PRIVATE, 1, 0, &pi, 0);
+    printf("%ld\n", rc);
+    return 0;
+}
+"""
+
+
+def test_a_futex_operation_not_emulated_is_named_in_records_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stacktrace_lab.cli import main
+
+    program = _build(tmp_path, "requeue", REQUEUE_PI_C)
+    assert main(["record", str(program), "-o", str(tmp_path / "q.parquet")]) == 0
+    err = capsys.readouterr().err
+    assert "answered -ENOSYS: futex x1 (an operation other than" in err
+    assert "FUTEX_CMP_REQUEUE_PI" in err
+    assert load_trace(tmp_path / "q.parquet").metadata.stdout == "-1\n"
