@@ -768,6 +768,72 @@ def test_opendir_readdir_and_openat_from_a_directory(tmp_path: Path) -> None:
         replay(trace)
 
 
+#: Its own directory listed twice: by readdir (getdents64) and by the legacy
+#: getdents call, whose records carry the type in their last byte; a buffer
+#: of 64 bytes makes each call give a few entries at a time.
+LISTING_C = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+struct linux_dirent {
+    unsigned long d_ino;
+    unsigned long d_off;
+    unsigned short d_reclen;
+    char d_name[];
+};
+static const char *kind(int t) {
+    return t == DT_DIR ? "dir" : t == DT_REG ? "file" : t == DT_LNK ? "link" : "other";
+}
+int main(void) {
+    DIR *dir = opendir(".");
+    if (dir == NULL) return 1;
+    for (struct dirent *e; (e = readdir(dir)) != NULL;)
+        printf("readdir %s %s\n", e->d_name, kind(e->d_type));
+    closedir(dir);
+    int fd = open(".", O_RDONLY | O_DIRECTORY);
+    char buf[64];
+    long n, calls = 0;
+    while ((n = syscall(SYS_getdents, fd, buf, sizeof buf)) > 0) {
+        calls++;
+        for (long at = 0; at < n;) {
+            struct linux_dirent *d = (struct linux_dirent *)(buf + at);
+            printf("getdents %s %s\n", d->d_name, kind(buf[at + d->d_reclen - 1]));
+            at += d->d_reclen;
+        }
+    }
+    printf("end %ld %s\n", n, calls > 1 ? "in pieces" : "at once");
+    return 0;
+}
+"""
+
+
+def test_a_program_lists_its_own_directory_with_getdents_and_getdents64(tmp_path: Path) -> None:
+    program = _build_c(tmp_path / "bin", "listing", LISTING_C)
+    for name in ("b.txt", "a.txt", "zz-long-name-of-a-file.txt"):
+        (program.parent / name).write_text(name)
+    (program.parent / "sub").mkdir()
+    (program.parent / "to-a").symlink_to("a.txt")
+    native = subprocess.run(
+        [str(program)], cwd=program.parent, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    first = record_elf(program, tmp_path / "one.parquet").path
+    emulated = load_trace(first).metadata.stdout.splitlines()
+    # The same entries with the same types (the host's order is its file system's).
+    assert sorted(emulated) == sorted(native)
+    assert "getdents to-a link" in emulated and "getdents sub dir" in emulated
+    for call in ("readdir", "getdents"):
+        names = [line.split()[1] for line in emulated if line.startswith(call)]
+        assert names == [".", "..", *sorted(names[2:])]  # sorted by name
+    assert emulated[-1] == "end 0 in pieces"
+    # Recorded twice, the same bytes.
+    second = record_elf(program, tmp_path / "two.parquet").path
+    assert first.read_bytes() == second.read_bytes()
+
+
 HOSTILE_DIRS_C = r"""
 #include <dirent.h>
 #include <errno.h>

@@ -526,6 +526,67 @@ def test_a_clobbered_register_in_a_thread_is_that_functions_fault_not_a_switch(
     assert [r.id for r in result.results if not r.holds] == ["callee-saved"]
 
 
+def test_check_names_the_thread_of_each_violation_in_every_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The clobbered rbx is thread 2's (the call is in the thread's body): every
+    format check writes says so, and the markdown and HTML report too."""
+    import json
+
+    from stacktrace_lab.analysis.events import derive_facts
+    from stacktrace_lab.cli import main
+    from stacktrace_lab.report.content import gather
+    from stacktrace_lab.report.html import render_html
+    from stacktrace_lab.report.markdown import render_markdown
+
+    program = _build(tmp_path, "clobber", CLOBBER_C)
+    path = record_elf(program, tmp_path / "c.parquet", RecordOptions(thread_slice=3)).path
+    trace = load_trace(path)
+    result = check(trace)
+    saved = next(r for r in result.results if r.id == "callee-saved")
+    step = saved.violations[0].step
+    assert int(_threads(path)[step]) == 2 and saved.violations[0].thread == 2
+    assert saved.causes[0].first.thread == 2
+    # The other violations of the run (none here) and every row of thread 1 say 1.
+    said = f"step {step} in thread 2"
+
+    assert main(["check", str(path)]) == 1
+    assert said in capsys.readouterr().out
+    assert main(["check", str(path), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    found = next(i for i in doc["invariants"] if i["id"] == "callee-saved")
+    assert [v["thread"] for v in found["violations"]] == [2]
+    assert found["causes"][0]["first"]["thread"] == 2
+    for fmt in ("github", "junit", "sarif"):
+        assert main(["check", str(path), "--format", fmt]) == 1
+        assert said in capsys.readouterr().out, fmt
+    content = gather(derive_facts(trace), result)
+    assert said in render_markdown(content)
+    assert f"{step} in thread 2" in render_html(content, {"rsp": b"", "heatmap": b""})
+
+
+def test_check_of_a_program_without_threads_names_no_thread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same broken function called from main in a program without threads:
+    its output is what it was before threads were named (no `thread` anywhere)."""
+    import json
+
+    from stacktrace_lab.cli import main
+
+    source = CLOBBER_C.replace("pthread_create(&t, NULL, body, NULL);", "body(NULL);")
+    source = source.replace("pthread_join(t, NULL);", "")
+    program = _build(tmp_path, "alone", source)
+    path = record_elf(program, tmp_path / "a.parquet").path
+    assert not load_trace(path).metadata.threads
+    assert main(["check", str(path), "--json"]) == 1
+    text = capsys.readouterr().out
+    found = next(i for i in json.loads(text)["invariants"] if i["id"] == "callee-saved")
+    assert found["violations"] and "thread" not in found["violations"][0]
+    assert main(["check", str(path)]) == 1
+    assert "in thread" not in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def join_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("join")
@@ -656,3 +717,265 @@ def test_a_thread_stack_reads_thread_2_stack_and_keeps_its_key(
     report = build_report(trace, tmp_path / "report")
     markdown = (report.directory / "report.md").read_text()
     assert "| thread 2 stack | stack |" in markdown
+
+
+# --- futex operations beyond wait and wake ---------------------------------------------
+
+#: Three threads count under a priority-inheritance mutex (glibc locks it with
+#: FUTEX_LOCK_PI when it is taken, and unlocks with FUTEX_UNLOCK_PI when others
+#: wait); a trylock that finds it taken answers EBUSY.
+PI_MUTEX_C = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+static pthread_mutex_t lock;
+static long total;
+static int busy;
+static void *count(void *arg) {
+    for (int i = 0; i < 200; i++) {
+        if (pthread_mutex_trylock(&lock) == EBUSY) {
+            busy = 1;
+            pthread_mutex_lock(&lock);
+        }
+        long seen = total;
+        for (volatile int k = 0; k < 20; k++) {}
+        total = seen + (long)arg;
+        pthread_mutex_unlock(&lock);
+    }
+    return NULL;
+}
+int main(void) {
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    if (pthread_mutexattr_setprotocol(&attr, PTHREAD_PRIO_INHERIT) != 0) return 1;
+    pthread_mutex_init(&lock, &attr);
+    pthread_t t[3];
+    for (long i = 0; i < 3; i++) pthread_create(&t[i], NULL, count, (void *)(i + 1));
+    for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+    printf("total %ld\n", total);
+    return 0;
+}
+"""
+
+#: The pattern glibc's condition variables were built on before 2.25 (and
+#: other runtimes still use): signal and unlock in one FUTEX_WAKE_OP, which
+#: sets the lock word to 0 and wakes its waiter when the old value said one
+#: waits (> 1). Two threads hand a turn back and forth; then each operation and
+#: comparison encoding, and the PI calls, one by one with their errors.
+WAKE_OP_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static atomic_int lock_word; /* 0 free, 1 locked, 2 locked and waited for */
+static atomic_int seq;       /* the condition: moves at each signal */
+static int turn;
+static long sum;
+enum { ROUNDS = 200 };
+static long futex(atomic_int *uaddr, int op, int val, long val2, atomic_int *uaddr2, int val3) {
+    return syscall(SYS_futex, uaddr, op, val, val2, uaddr2, val3);
+}
+static void lock(void) {
+    int c = 0;
+    if (atomic_compare_exchange_strong(&lock_word, &c, 1)) return;
+    if (c != 2) c = atomic_exchange(&lock_word, 2);
+    while (c != 0) {
+        futex(&lock_word, FUTEX_WAIT_PRIVATE, 2, 0, NULL, 0);
+        c = atomic_exchange(&lock_word, 2);
+    }
+}
+static void unlock(void) {
+    if (atomic_exchange(&lock_word, 0) == 2) futex(&lock_word, FUTEX_WAKE_PRIVATE, 1, 0, NULL, 0);
+}
+static void wait_turn(void) {
+    int s = atomic_load(&seq);
+    unlock();
+    futex(&seq, FUTEX_WAIT_PRIVATE, s, 0, NULL, 0);
+    lock();
+}
+static void signal_and_unlock(void) {
+    atomic_fetch_add(&seq, 1);
+    futex(&seq, FUTEX_WAKE_OP_PRIVATE, 1, 1, &lock_word,
+          FUTEX_OP(FUTEX_OP_SET, 0, FUTEX_OP_CMP_GT, 1));
+}
+static void *player(void *arg) {
+    int me = (int)(long)arg;
+    for (int i = 0; i < ROUNDS; i++) {
+        lock();
+        while (turn != me) wait_turn();
+        sum += me ? i : 1000;
+        turn = !me;
+        signal_and_unlock();
+    }
+    return NULL;
+}
+static void show(const char *what, long rc, atomic_int *word) {
+    printf("%s %ld %s %d\n", what, rc,
+           rc >= 0 ? "ok" : errno == ENOSYS ? "ENOSYS" : errno == EDEADLK ? "EDEADLK"
+           : errno == EPERM ? "EPERM" : errno == ESRCH ? "ESRCH" : errno == EAGAIN ? "EAGAIN"
+           : errno == EINVAL ? "EINVAL" : errno == EFAULT ? "EFAULT" : "other",
+           word ? (int)*word : 0);
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, player, (void *)1);
+    player((void *)0);
+    pthread_join(t, NULL);
+    printf("rounds %d sum %ld\n", ROUNDS, sum);
+
+    static atomic_int a, w = 5;
+#define WAKE_OP(encoded) futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, &w, (encoded))
+    show("set", WAKE_OP(FUTEX_OP(FUTEX_OP_SET, 9, 0, 0)), &w);
+    show("add", WAKE_OP(FUTEX_OP(FUTEX_OP_ADD, -3, 0, 0)), &w);
+    show("or", WAKE_OP(FUTEX_OP(FUTEX_OP_OR, 0x30, 0, 0)), &w);
+    show("andn", WAKE_OP(FUTEX_OP(FUTEX_OP_ANDN, 0x10, 0, 0)), &w);
+    show("xor", WAKE_OP(FUTEX_OP(FUTEX_OP_XOR, 0xff, 0, 0)), &w);
+    show("shift", WAKE_OP(FUTEX_OP(FUTEX_OP_SET | FUTEX_OP_OPARG_SHIFT, 20, 0, 0)), &w);
+    show("bad-op", WAKE_OP(6 << 28), &w);
+    show("bad-cmp", WAKE_OP(9 << 24), &w);
+    show("fault", futex(&a, FUTEX_WAKE_OP_PRIVATE, 1, 1, (atomic_int *)16, 0), NULL);
+
+    static atomic_int pi;
+    long rc = futex(&pi, FUTEX_TRYLOCK_PI_PRIVATE, 0, 0, NULL, 0);
+    printf("trylock %ld mine %d\n", rc, (int)pi == (int)syscall(SYS_gettid));
+    show("trylock-again", futex(&pi, FUTEX_TRYLOCK_PI_PRIVATE, 0, 0, NULL, 0), NULL);
+    show("lock-again", futex(&pi, FUTEX_LOCK_PI_PRIVATE, 0, 0, NULL, 0), NULL);
+    show("unlock", futex(&pi, FUTEX_UNLOCK_PI_PRIVATE, 0, 0, NULL, 0), &pi);
+    show("unlock-again", futex(&pi, FUTEX_UNLOCK_PI_PRIVATE, 0, 0, NULL, 0), &pi);
+    static atomic_int gone = (1 << 30) - 2; /* no thread has this id */
+    show("lock-gone", futex(&gone, FUTEX_LOCK_PI_PRIVATE, 0, 0, NULL, 0), NULL);
+    show("trylock-gone", futex(&gone, FUTEX_TRYLOCK_PI_PRIVATE, 0, 0, NULL, 0), NULL);
+    return 0;
+}
+"""
+
+
+def _futex_ops(path: Path) -> set[int]:
+    """The futex operations (without the private flag) the recorded program asked for."""
+    calls = load_trace(path).syscalls()
+    return {c.args[1] & 0x7F for c in calls if c.name == "futex"}
+
+
+def test_a_priority_inheritance_mutex_counts_as_the_real_run(tmp_path: Path) -> None:
+    program = _build(tmp_path, "pi", PI_MUTEX_C, static=False)
+    native = _native(program)
+    assert native == "total 1200\n"
+    path = record_elf(program, tmp_path / "pi.parquet", RecordOptions(thread_slice=40)).path
+    meta = load_trace(path).metadata
+    assert meta.stop.detail == "exit_group(0)"
+    assert meta.stdout == native
+    ops = _futex_ops(path)
+    assert ops & {6, 13} and 7 in ops  # FUTEX_LOCK_PI (or LOCK_PI2) and FUTEX_UNLOCK_PI ran
+    assert "futex" not in {n for n, (_, enosys) in meta.syscall_counts.items() if enosys}
+    again = record_elf(program, tmp_path / "again.parquet", RecordOptions(thread_slice=40)).path
+    assert path.read_bytes() == again.read_bytes()
+
+
+def test_futex_wake_op_and_the_pi_calls_answer_as_linux_does(tmp_path: Path) -> None:
+    program = _build(tmp_path, "wakeop", WAKE_OP_C)
+    native = _native(program)
+    assert native.startswith("rounds 200 sum 219900\n")
+    assert "bad-op -1 ENOSYS" in native and "lock-gone -1 ESRCH" in native
+    path = record_elf(program, tmp_path / "w.parquet", RecordOptions(thread_slice=25)).path
+    meta = load_trace(path).metadata
+    assert meta.stop.detail == "exit_group(0)"
+    assert meta.stdout == native
+    assert {5, 6, 7, 8} <= _futex_ops(path)
+    # The hand-over woke threads through FUTEX_WAKE_OP, at the condition and at the lock.
+    woken = [
+        c.result for c in load_trace(path).syscalls() if c.name == "futex" and c.args[1] & 0x7F == 5
+    ]
+    assert max(r or 0 for r in woken) >= 1
+
+
+#: A thread dies holding robust mutexes (plain and priority-inheriting): the
+#: kernel's walk of its robust list marks them FUTEX_OWNER_DIED and wakes a
+#: waiter, so the next lock answers EOWNERDEAD instead of waiting for ever.
+ROBUST_C = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+static pthread_mutex_t plain, pi;
+static pthread_barrier_t held;
+static void *die_holding(void *arg) {
+    pthread_mutex_lock(&plain);
+    pthread_mutex_lock(&pi);
+    pthread_barrier_wait(&held);
+    for (volatile int i = 0; i < 20000; i++) {}
+    return arg; /* returns without unlocking either */
+}
+static const char *said(int r) {
+    return r == 0 ? "0" : r == EOWNERDEAD ? "EOWNERDEAD" : "other";
+}
+static void init(pthread_mutex_t *m, int protocol) {
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    pthread_mutexattr_setprotocol(&attr, protocol);
+    pthread_mutex_init(m, &attr);
+}
+int main(void) {
+    init(&plain, PTHREAD_PRIO_NONE);
+    init(&pi, PTHREAD_PRIO_INHERIT);
+    pthread_barrier_init(&held, NULL, 2);
+    pthread_t t;
+    pthread_create(&t, NULL, die_holding, NULL);
+    pthread_barrier_wait(&held);
+    int r = pthread_mutex_lock(&plain); /* waits while the owner lives */
+    printf("plain %s\n", said(r));
+    if (r == EOWNERDEAD) pthread_mutex_consistent(&plain);
+    pthread_mutex_unlock(&plain);
+    printf("plain again %s\n", said(pthread_mutex_lock(&plain)));
+    r = pthread_mutex_lock(&pi);
+    printf("pi %s\n", said(r));
+    if (r == EOWNERDEAD) pthread_mutex_consistent(&pi);
+    pthread_mutex_unlock(&pi);
+    printf("pi again %s\n", said(pthread_mutex_lock(&pi)));
+    pthread_join(t, NULL);
+    return 0;
+}
+"""
+
+
+def test_a_thread_dying_with_robust_mutexes_leaves_them_owner_dead(tmp_path: Path) -> None:
+    program = _build(tmp_path, "robust", ROBUST_C, static=False)
+    native = _native(program)
+    assert native == "plain EOWNERDEAD\nplain again 0\npi EOWNERDEAD\npi again 0\n"
+    for slice_steps in (50, 10_000):  # the owner dies while main waits, or before it asks
+        options = RecordOptions(thread_slice=slice_steps)
+        path = record_elf(program, tmp_path / f"r{slice_steps}.parquet", options).path
+        meta = load_trace(path).metadata
+        assert meta.stop.detail == "exit_group(0)", meta.stop
+        assert meta.stdout == native
+
+
+REQUEUE_PI_C = r"""
+#define _GNU_SOURCE
+#include <linux/futex.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static int cond, pi;
+int main(void) {
+    long rc = syscall(SYS_futex, &cond, FUTEX_CMP_REQUEUE_PI_PRIVATE, 1, 0, &pi, 0);
+    printf("%ld\n", rc);
+    return 0;
+}
+"""
+
+
+def test_a_futex_operation_not_emulated_is_named_in_records_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stacktrace_lab.cli import main
+
+    program = _build(tmp_path, "requeue", REQUEUE_PI_C)
+    assert main(["record", str(program), "-o", str(tmp_path / "q.parquet")]) == 0
+    err = capsys.readouterr().err
+    assert "answered -ENOSYS: futex x1 (an operation other than" in err
+    assert "FUTEX_CMP_REQUEUE_PI" in err
+    assert load_trace(tmp_path / "q.parquet").metadata.stdout == "-1\n"

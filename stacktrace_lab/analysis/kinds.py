@@ -140,6 +140,11 @@ class ThreadRuns:
         ]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
 
+    def thread_of(self, step: int) -> int:
+        """The thread (1 = the first) that ran row `step`."""
+        turn = int(np.searchsorted(self.ends, step, side="left"))
+        return int(self.numbers[min(turn, self.numbers.size - 1)])
+
     def cut(self, steps: I64) -> I64:
         """Positions in `steps` (sorted) of the rows that end a thread's turn."""
         if not self.ends.size or not steps.size:

@@ -34,6 +34,14 @@ class Violation:
     message: str
     #: `file:line` of the instruction at `rip`, when the trace knows it.
     source: str | None = None
+    #: The OS thread that ran the step (1 = the first), in a program that made
+    #: threads; None in any other (its output says nothing of threads).
+    thread: int | None = None
+
+    @property
+    def in_thread(self) -> str:
+        """` in thread 2` after the step, or nothing for a program without threads."""
+        return "" if self.thread is None else f" in thread {self.thread}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +51,7 @@ class Violation:
             "symbol": self.symbol,
             "message": self.message,
             "source": self.source,
+            **({} if self.thread is None else {"thread": self.thread}),
         }
 
 

@@ -98,7 +98,7 @@ def from_check(
                     rule=invariant.id,
                     title=f"{invariant.id}: {kind_title(cause.kind)} at {cause.site_symbol} "
                     f"({times if cause.count > 1 else f'step {cause.first_step}'})",
-                    message=f"step {first.step} {first.symbol}: {first.message}",
+                    message=f"step {first.step}{first.in_thread} {first.symbol}: {first.message}",
                     file=where[0] if where else None,
                     line=where[1] if where else None,
                     step=first.step,
@@ -115,7 +115,7 @@ def from_check(
             findings.append(
                 Finding(
                     rule=invariant.id,
-                    title=f"{invariant.id} at step {v.step} ({v.symbol})",
+                    title=f"{invariant.id} at step {v.step}{v.in_thread} ({v.symbol})",
                     message=v.message,
                     file=where[0] if where else None,
                     line=where[1] if where else None,

@@ -130,7 +130,7 @@ def _print_cause(n: int, of: int, cause: Cause) -> None:
 
 
 def _print_violation(v: Violation, indent: int) -> None:
-    where = f"step {v.step}  {v.symbol} ({v.rip:#x})"
+    where = f"step {v.step}{v.in_thread}  {v.symbol} ({v.rip:#x})"
     if v.source:
         where += f"  {v.source}"
     stdout_console.print(Padding(Text(where, style="dim"), (0, 0, 0, indent)))

@@ -76,6 +76,13 @@ def is_program(argument: str) -> bool:
     return not argument.endswith(".toml") and path.is_file()
 
 
+#: futex is emulated but for some operations (docs/machine.md): say which.
+FUTEX_NOT_EMULATED = (
+    " (an operation other than wait, wake, requeue, wake_op and the PI locks: "
+    "FUTEX_WAIT_REQUEUE_PI, FUTEX_CMP_REQUEUE_PI or an unknown one)"
+)
+
+
 @click.command("record")
 @click.argument("scenario", default="first-switch")
 @click.argument("args", nargs=-1)
@@ -264,7 +271,10 @@ def record_command(
             f"{written}: {meta.steps} steps{made}, stopped: {meta.stop.reason} ({meta.stop.detail})"
         )
         if not_emulated:
-            calls = ", ".join(f"{name} x{n}" for name, n in not_emulated.items())
+            calls = ", ".join(
+                f"{name} x{n}{FUTEX_NOT_EMULATED if name == 'futex' else ''}"
+                for name, n in not_emulated.items()
+            )
             _stderr_echo(
                 f"warning: system calls the machine does not emulate were answered -ENOSYS: {calls}"
             )

@@ -96,7 +96,8 @@ def render_markdown(
         out += [f"### `{result.id}` violations", "", "| step | where | what |", "|---|---|---|"]
         for v in result.violations[:FOLD_ROWS]:
             src = f"<br>{_code(v.source)}" if v.source else ""
-            out.append(f"| {v.step} | {_code(v.symbol)} `{v.rip:#x}`{src} | {_cell(v.message)} |")
+            where = f"{_code(v.symbol)} `{v.rip:#x}`{src}"
+            out.append(f"| {v.step}{v.in_thread} | {where} | {_cell(v.message)} |")
         if result.total > FOLD_ROWS:
             more = result.total - min(len(result.violations), FOLD_ROWS)
             out.append(f"| | | ... and {more} more (index.html lists them) |")
@@ -180,7 +181,7 @@ def _switches(r: ReportContent, png: str) -> list[str]:
 
 def _violation(v: Violation) -> str:
     src = f" {_code(v.source)}" if v.source else ""
-    return f"step {v.step} {_code(v.symbol)}{src}: {_text(v.message)}"
+    return f"step {v.step}{v.in_thread} {_code(v.symbol)}{src}: {_text(v.message)}"
 
 
 def _listing(window: ListingWindow) -> list[str]:

@@ -34,7 +34,7 @@ from ...arch import PAGE
 from ...errors import BadInput
 from ...layout import Region, page_ceil
 from .dwarf_lines import LineIndex, line_index
-from .elf import PIE_BASE, ElfImage, load_elf
+from .elf import PIE_BASE, ElfImage, elf_image, load_elf
 from .files import FileKernel, FileView
 from .process import MMAP_TOP, _segment_regions
 
@@ -72,28 +72,43 @@ class LoadedObject:
         return _segment_regions(self.image, f"{self.name} ", whole_pages=True)
 
 
-def loaded_objects(kernel: FileKernel) -> list[LoadedObject]:
+def loaded_objects(
+    kernel: FileKernel, known: dict[tuple[str, int], LoadedObject | None] | None = None
+) -> list[LoadedObject]:
     """The ELF files the run mapped (not the ld.so cache), in load order, placed
-    where the loader put them: the address it mapped offset 0 at."""
+    where the loader put them: the address it mapped offset 0 at. Each is read
+    from the bytes the program read through the view (what it mapped).
+    `known`: the objects an earlier call on the same run found (by path and
+    address), not read again (the run goes on after the start-up: dlopen)."""
     objects: list[LoadedObject] = []
     seen: set[str] = set()
+    known = {} if known is None else known
     for mapping in kernel.file_maps:
         if mapping.offset != 0 or mapping.path in seen:
             continue
         seen.add(mapping.path)
-        entry = kernel.view.files.get(mapping.path)
-        if entry is None or entry.data[:4] != b"\x7fELF":
-            continue
-        try:
-            probe = load_elf(mapping.path, pie_base=PIE_BASE)
-        except BadInput:
-            continue  # a file mapped that is not a library the program runs
-        if not probe.pie:
-            continue
-        first = (min(s.vaddr for s in probe.segments) - PIE_BASE) // PAGE * PAGE
-        image = load_elf(mapping.path, pie_base=mapping.start - first)
-        objects.append(LoadedObject(Path(mapping.path).name, with_debug_symbols(image)))
+        key = (mapping.path, mapping.start)
+        if key not in known:
+            known[key] = _loaded_object(kernel.view, mapping.path, mapping.start)
+        found = known[key]
+        if found is not None:
+            objects.append(found)
     return objects
+
+
+def _loaded_object(view: FileView, path: str, start: int) -> LoadedObject | None:
+    entry = view.files.get(path)
+    if entry is None or entry.data[:4] != b"\x7fELF":
+        return None
+    try:
+        probe = elf_image(Path(path), entry.data, entry.sha256, pie_base=PIE_BASE)
+    except BadInput:
+        return None  # a file mapped that is not a library the program runs
+    if not probe.pie:
+        return None
+    first = (min(s.vaddr for s in probe.segments) - PIE_BASE) // PAGE * PAGE
+    image = elf_image(Path(path), entry.data, entry.sha256, pie_base=start - first)
+    return LoadedObject(Path(path).name, with_debug_symbols(image))
 
 
 def merged_symbols(images: list[ElfImage]) -> tuple[dict[str, int], dict[str, int]]:

@@ -38,6 +38,7 @@ from ...trace.format import SourceLine
 #: Where a static-pie is loaded (Linux's ELF_ET_DYN_BASE with ASLR off).
 PIE_BASE = 0x555555554000
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
+_RUST_LEGACY = re.compile(r"17h[0-9a-f]{16}E$")
 _MACHINES = {"EM_386": "32-bit x86", "EM_AARCH64": "ARM64", "EM_ARM": "ARM"}
 #: Linux's TASK_SIZE on x86-64 (47-bit addresses, less the guard page): no
 #: segment may end above it; vm.mmap_min_addr: none may start below it.
@@ -105,11 +106,17 @@ def load_elf(path: str | Path, pie_base: int = PIE_BASE) -> ElfImage:
     # A regular file of bounded size, opened without blocking: a FIFO or
     # /dev/zero named as the program is one line, not a hang.
     raw = read_input(path, MAX_PROGRAM_FILE_BYTES, "program", option=None)
+    return elf_image(path, raw, hashlib.sha256(raw).hexdigest(), pie_base)
+
+
+def elf_image(path: Path, raw: bytes, sha256: str, pie_base: int = PIE_BASE) -> ElfImage:
+    """`load_elf` of bytes already read (a library, as the program read it through
+    the file view); `sha256` is theirs."""
     if raw[:4] != b"\x7fELF":
         raise BadInput(f"{path}: not an ELF executable (no ELF header)")
     _check_as_linux_does(path, raw, pie_base)
     try:
-        return _parse(path, raw, hashlib.sha256(raw).hexdigest(), pie_base)
+        return _parse(path, raw, sha256, pie_base)
     except (BadInput, MemoryError):
         raise
     except Exception as exc:
@@ -267,7 +274,7 @@ def _parse(path: Path, raw: bytes, sha256: str, pie_base: int) -> ElfImage:
     if phdr is None:  # the headers lie in the first segment that maps file offset 0
         first = next(s for s in segments if s["p_type"] == "PT_LOAD")
         phdr = first["p_vaddr"] - first["p_offset"] + elf["e_phoff"]
-    symbols, raw_symbols, data_symbols = _symbols(elf, base)
+    symbols, raw_symbols, data_symbols = _symbols(elf, sha256, base)
     return ElfImage(
         path=path,
         sha256=sha256,
@@ -305,52 +312,77 @@ _STT_NOTYPE, _STT_OBJECT, _STT_FUNC, _STT_GNU_IFUNC = 0, 1, 2, 10
 _SHN_UNDEF, _SHN_ABS = 0, 0xFFF1
 
 
-def _symbols(elf: ELFFile, base: int) -> tuple[dict[str, int], dict[str, int], list[DataSymbol]]:
+#: One symbol as a table holds it, before relocation: (name as stored, without any
+#: `@version`), address from the image's base, size, whether it is a data object.
+_RawSymbol = tuple[str, int, int, bool]
+#: The symbols of the images read lately, by sha256: a library is read at two
+#: bases (the probe at PIE_BASE, then where the loader put it) and its separate
+#: debug file once more; its symbol tables are read and demangled once.
+_TABLES: dict[str, tuple[list[_RawSymbol], list[str]]] = {}
+_TABLES_KEPT = 32
+
+
+def _symbols(
+    elf: ELFFile, sha256: str, base: int
+) -> tuple[dict[str, int], dict[str, int], list[DataSymbol]]:
+    found = _TABLES.get(sha256)
+    if found is None:
+        entries: list[_RawSymbol] = []
+        seen: set[str] = set()
+        # .symtab has every label; a stripped shared library keeps its exports in .dynsym.
+        for section in (".symtab", ".dynsym"):
+            _read_table(elf, section, entries, seen)
+        found = entries, demangle_all([name for name, *_ in entries])
+        if len(_TABLES) >= _TABLES_KEPT:
+            del _TABLES[next(iter(_TABLES))]
+        _TABLES[sha256] = found
+    entries, names = found
     symbols: dict[str, int] = {}
     raw: dict[str, int] = {}
     data: list[DataSymbol] = []
-    # .symtab has every label; a stripped shared library keeps its exports in .dynsym.
-    for section in (".symtab", ".dynsym"):
-        _read_table(elf, section, base, symbols, raw, data)
+    for (mangled, value, size, is_object), name in zip(entries, names, strict=True):
+        addr = base + value
+        raw.setdefault(mangled, addr)
+        symbols.setdefault(name, addr)
+        if is_object and size > 0:
+            data.append(DataSymbol(name, addr, size))
     data.sort(key=lambda d: (d.addr, d.size, d.name))
     return symbols, raw, data
 
 
-def _read_table(
-    elf: ELFFile,
-    section: str,
-    base: int,
-    symbols: dict[str, int],
-    raw: dict[str, int],
-    data: list[DataSymbol],
-) -> None:
+def _read_table(elf: ELFFile, section: str, entries: list[_RawSymbol], seen: set[str]) -> None:
+    """The table's code and data labels, but names an earlier table had (`seen`).
+    A name twice in one table (static objects of two files) is kept twice: both
+    are data symbols; the first is the name's address."""
     table = elf.get_section_by_name(section)
     if not isinstance(table, SymbolTableSection) or table["sh_entsize"] != _ELF64_SYM.itemsize:
         return
-    seen = set(raw)
+    earlier = set(seen)
     # pyelftools finds the tables; the entries are read as one numpy array
     # (its per-symbol parsing took a second for a Rust program's 3,000 symbols).
-    entries = np.frombuffer(table.data(), dtype=_ELF64_SYM)
+    symbols = np.frombuffer(table.data(), dtype=_ELF64_SYM)
     strings = elf.get_section(table["sh_link"]).data()
-    kind = entries["info"] & 0xF
+    kind = symbols["info"] & 0xF
     keep = (
         np.isin(kind, (_STT_NOTYPE, _STT_OBJECT, _STT_FUNC, _STT_GNU_IFUNC))
-        & ~np.isin(entries["shndx"], (_SHN_UNDEF, _SHN_ABS))
-        & (entries["value"] != 0)
-        & (entries["name"] != 0)
+        & ~np.isin(symbols["shndx"], (_SHN_UNDEF, _SHN_ABS))
+        & (symbols["value"] != 0)
+        & (symbols["name"] != 0)
     )
-    for entry in entries[keep]:
-        start = int(entry["name"])
+    kept = symbols[keep]
+    for start, value, size, info in zip(
+        kept["name"].tolist(),
+        kept["value"].tolist(),
+        kept["size"].tolist(),
+        kept["info"].tolist(),
+        strict=True,
+    ):
         name_bytes = strings[start : strings.index(b"\0", start)]
         mangled = name_bytes.decode("utf-8", "replace").split("@", 1)[0]
-        if not mangled or mangled.startswith((".L", "$")) or mangled in seen:
+        if not mangled or mangled.startswith((".L", "$")) or mangled in earlier:
             continue
-        addr = base + int(entry["value"])
-        name = demangle(mangled)
-        raw.setdefault(mangled, addr)
-        symbols.setdefault(name, addr)
-        if entry["info"] & 0xF == _STT_OBJECT and entry["size"] > 0:
-            data.append(DataSymbol(name, addr, int(entry["size"])))
+        seen.add(mangled)
+        entries.append((mangled, value, size, info & 0xF == _STT_OBJECT))
 
 
 @cache
@@ -368,17 +400,30 @@ def _demanglers() -> tuple[object, object]:
 
 def demangle(name: str) -> str:
     """Rust (legacy and v0) and C++ names readable; anything else as it is."""
+    return demangle_all([name])[0]
+
+
+def demangle_all(names: list[str]) -> list[str]:
+    """`demangle` of each name. Only `_Z...` (C++, legacy Rust) and `_R...` (Rust v0)
+    names are mangled; the others (C's, most of a C library's) are returned as
+    they are without asking a demangler."""
+    if not any(name.startswith(("_Z", "_R")) for name in names):
+        return list(names)
+    # rust-demangler prints what it has so far before giving up on a name.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return [_demangled(name) if name.startswith(("_Z", "_R")) else name for name in names]
+
+
+def _demangled(name: str) -> str:
     rust, cxx = _demanglers()
     is_rust = name.startswith("_R") or (
-        name.startswith("_ZN") and re.search(r"17h[0-9a-f]{16}E$", name) is not None
+        name.startswith("_ZN") and _RUST_LEGACY.search(name) is not None
     )
     try:
-        # rust-demangler prints what it has so far before giving up on a name.
-        with contextlib.redirect_stdout(io.StringIO()):
-            if is_rust and rust is not None:
-                return _RUST_HASH.sub("", str(rust.demangle(name)))  # type: ignore[attr-defined]
-            if name.startswith("_Z") and cxx is not None:
-                return str(cxx.demangle(name))  # type: ignore[attr-defined]
+        if is_rust and rust is not None:
+            return _RUST_HASH.sub("", str(rust.demangle(name)))  # type: ignore[attr-defined]
+        if name.startswith("_Z") and cxx is not None:
+            return str(cxx.demangle(name))  # type: ignore[attr-defined]
     except Exception:  # a name the demangler does not understand stays mangled
         return name
     return name

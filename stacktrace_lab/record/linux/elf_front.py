@@ -124,6 +124,9 @@ def describe_elf(
         image = _with_libraries(image, _loaded_by(spec, image, progress))
     main_stack = next(r for r in spec.regions if r.kind == "stack")
     before: Evidence | None = None
+    #: The libraries this machine's run mapped, read once (after the start-up, and
+    #: again after discovery for those it loaded later).
+    known: dict[tuple[str, int], LoadedObject | None] = {}
     if start is not None:
         if progress is not None:
             progress(0, "start-up")
@@ -159,7 +162,7 @@ def describe_elf(
                 f"{early.reason}: {early.detail}{_loader_said(machine)}"
             )
         if interp is not None:
-            image = _with_libraries(image, _objects(machine))
+            image = _with_libraries(image, _objects(machine, known))
     if progress is not None:
         progress(0, "discovery")
     evidence = run_discovery(
@@ -188,7 +191,7 @@ def describe_elf(
     loaded: list[Region] = []
     if interp is not None:
         # Everything the run loaded (dlopen too): names, code and lines of each.
-        objects = _objects(machine)
+        objects = _objects(machine, known)
         libraries = [interp, *(o.image for o in objects)]
         loaded = [r for o in objects for r in o.regions()]
         symbols, _raw = merged_symbols([image, *libraries])
@@ -251,10 +254,12 @@ def thread_stacks(found: list[Region], threads: Threads) -> list[Region]:
     return renamed
 
 
-def _objects(machine: Machine) -> list[LoadedObject]:
+def _objects(
+    machine: Machine, known: dict[tuple[str, int], LoadedObject | None] | None = None
+) -> list[LoadedObject]:
     kernel = machine.kernel
     assert isinstance(kernel, FileKernel)
-    return loaded_objects(kernel)
+    return loaded_objects(kernel, known)
 
 
 def _loaded_by(spec: MachineSpec, image: ElfImage, progress: Progress | None) -> list[LoadedObject]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +92,7 @@ MODIFYING = {
 FILE_NAMES = {
     **MODIFYING,
     6: "lstat", 17: "pread64", 18: "pwrite64", 21: "access", 77: "ftruncate",
-    79: "getcwd", 91: "fchmod", 93: "fchown", 217: "getdents64", 269: "faccessat",
+    78: "getdents", 79: "getcwd", 91: "fchmod", 93: "fchown", 217: "getdents64", 269: "faccessat",
     439: "faccessat2",
 }  # fmt: skip
 
@@ -345,6 +346,7 @@ class FileKernel(LinuxKernel):
                 18: _error(EBADF),
                 21: self.sys_access,
                 217: self.sys_getdents64,
+                78: self.sys_getdents,
                 77: _error(EINVAL),
                 79: self.sys_getcwd,
                 91: _error(EBADF),
@@ -437,6 +439,21 @@ class FileKernel(LinuxKernel):
 
     def sys_getdents64(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
         """The directory's entries (linux_dirent64), as many whole ones as fit."""
+        return self._getdents(uc, fd, buf, count, _dirent64)
+
+    def sys_getdents(self, uc: Uc, fd: int, buf: int, count: int, *_: int) -> int:
+        """The legacy call: the same entries as `struct linux_dirent` (the type
+        in the record's last byte), the same order and positions."""
+        return self._getdents(uc, fd, buf, count, _dirent)
+
+    def _getdents(
+        self,
+        uc: Uc,
+        fd: int,
+        buf: int,
+        count: int,
+        record_of: Callable[[bytes, int, int, int], bytes],
+    ) -> int:
         opened = self.open_dirs.get(fd)
         if opened is None:
             return -ENOTDIR if fd in self.open_files else -EBADF
@@ -453,15 +470,9 @@ class FileKernel(LinuxKernel):
         out = bytearray()
         while index < len(entries):
             name, kind, inode = entries[index]
-            size = (19 + len(name) + 1 + 7) // 8 * 8  # the header, the name, its NUL, aligned
-            if len(out) + size > count:
+            record = record_of(name, kind, inode, index + 1)  # d_off: where the next one is
+            if len(out) + len(record) > count:
                 break
-            record = bytearray(size)
-            record[0:8] = inode.to_bytes(8, "little")
-            record[8:16] = (index + 1).to_bytes(8, "little")  # d_off: where the next one is
-            record[16:18] = size.to_bytes(2, "little")
-            record[18] = kind
-            record[19 : 19 + len(name)] = name
             out += record
             index += 1
         if not out and index < len(entries):
@@ -651,6 +662,32 @@ class FileKernel(LinuxKernel):
 
     def _in_file(self, addr: int) -> bool:
         return any(m.start <= addr < m.start + m.size for m in self.file_maps)
+
+
+def _dirent64(name: bytes, kind: int, inode: int, next_offset: int) -> bytes:
+    """`struct linux_dirent64`: ino, off, reclen, type, the name and its NUL, 8-aligned."""
+    size = (19 + len(name) + 1 + 7) // 8 * 8
+    record = bytearray(size)
+    record[0:8] = inode.to_bytes(8, "little")
+    record[8:16] = next_offset.to_bytes(8, "little")
+    record[16:18] = size.to_bytes(2, "little")
+    record[18] = kind
+    record[19 : 19 + len(name)] = name
+    return bytes(record)
+
+
+def _dirent(name: bytes, kind: int, inode: int, next_offset: int) -> bytes:
+    """getdents' `struct linux_dirent`: ino, off, reclen, the name and its NUL, then
+    the type in the record's last byte (Linux's filldir: reclen is the name's
+    offset, 18, + its length + 2, aligned to 8)."""
+    size = (18 + len(name) + 2 + 7) // 8 * 8
+    record = bytearray(size)
+    record[0:8] = inode.to_bytes(8, "little")
+    record[8:16] = next_offset.to_bytes(8, "little")
+    record[16:18] = size.to_bytes(2, "little")
+    record[18 : 18 + len(name)] = name
+    record[size - 1] = kind
+    return bytes(record)
 
 
 def _error(errno: int) -> Handler:

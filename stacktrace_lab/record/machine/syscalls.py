@@ -31,7 +31,14 @@ from ...arch import PAGE
 from ...limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
 from ...trace.format import SyscallRecord
 from .address_space import AddressSpace, Area
-from .threads import ETIMEDOUT, MATCH_ANY, Threads
+from .threads import (
+    ETIMEDOUT,
+    FUTEX_OWNER_DIED,
+    FUTEX_TID_MASK,
+    FUTEX_WAITERS,
+    MATCH_ANY,
+    Threads,
+)
 
 __all__ = ["Area", "BareKernel", "KernelStop", "LinuxKernel", "ProcessState", "fixed_random"]
 
@@ -39,7 +46,7 @@ MASK64 = (1 << 64) - 1
 EPERM, ENOENT, ESRCH, EBADF, EAGAIN, ENOMEM, EFAULT, EEXIST, ENODEV, EINVAL, EMFILE, ENOTTY = (
     1, 2, 3, 9, 11, 12, 14, 17, 19, 22, 24, 25,
 )  # fmt: skip
-ENOSYS = 38
+EDEADLK, ENOSYS = 35, 38
 #: Linux's TASK_SIZE on x86-64 and vm.mmap_min_addr (elf.py checks segments with them).
 TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN_ADDR = 0x10000
@@ -251,11 +258,17 @@ CLONE_PARENT_SETTID = 0x100000
 CLONE_CHILD_CLEARTID = 0x200000
 CLONE_CHILD_SETTID = 0x1000000
 #: futex operations (linux/futex.h).
-FUTEX_WAIT, FUTEX_WAKE, FUTEX_REQUEUE, FUTEX_CMP_REQUEUE = 0, 1, 3, 4
+FUTEX_WAIT, FUTEX_WAKE, FUTEX_REQUEUE, FUTEX_CMP_REQUEUE, FUTEX_WAKE_OP = 0, 1, 3, 4, 5
+FUTEX_LOCK_PI, FUTEX_UNLOCK_PI, FUTEX_TRYLOCK_PI, FUTEX_LOCK_PI2 = 6, 7, 8, 13
 FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 9, 10
+#: Not emulated (-ENOSYS, counted in record's warning): condition variables
+#: on PI mutexes, which glibc has not used since 2.25.
+FUTEX_WAIT_REQUEUE_PI, FUTEX_CMP_REQUEUE_PI = 11, 12
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
 #: The fixed clock in nanoseconds (every clock reads FIXED_TIME).
 FIXED_TIME_NS = FIXED_TIME * 1_000_000_000
+#: sizeof(struct robust_list_head), and how many entries Linux walks at most.
+ROBUST_HEAD_SIZE, ROBUST_LIST_LIMIT = 24, 2048
 #: Threads one process may create (the trace's `thread` column is small).
 MAX_THREADS = 1024
 
@@ -306,7 +319,7 @@ class LinuxKernel(BareKernel):
                 234: self.sys_tgkill,
                 257: self.sys_openat,
                 262: self.sys_newfstatat,
-                273: _returns(0),
+                273: self.sys_set_robust_list,
                 302: self.sys_prlimit64,
                 318: self.sys_getrandom,
                 # What one emulated process cannot do ends the run, never silently.
@@ -656,7 +669,140 @@ class LinuxKernel(BareKernel):
                 if int.from_bytes(uc.mem_read(uaddr, 4), "little") != val3 & MATCH_ANY:
                     return -EAGAIN
             return threads.requeue(uaddr, _int32(val), uaddr2, _int32(timeout))
+        if command == FUTEX_WAKE_OP:
+            return self._futex_wake_op(uc, uaddr, _int32(val), _int32(timeout), uaddr2, val3)
+        if command in (FUTEX_LOCK_PI, FUTEX_LOCK_PI2, FUTEX_TRYLOCK_PI):
+            return self._futex_lock_pi(uc, uaddr, timeout, trylock=command == FUTEX_TRYLOCK_PI)
+        if command == FUTEX_UNLOCK_PI:
+            return self._futex_unlock_pi(uc, uaddr)
         return -ENOSYS
+
+    def _futex_word(self, uc: Uc, uaddr: int) -> int | None:
+        """The futex word at `uaddr` when the kernel may read and write it (4-byte
+        aligned: else -EINVAL; mapped writable: else -EFAULT), or the -errno."""
+        if uaddr % 4:
+            return -EINVAL
+        areas = self.process.space.between(uaddr, uaddr + 4)
+        writable = all("w" in a.perms for a in areas) if areas else self.mapped(uc, uaddr, 4)
+        if not writable or not self.mapped(uc, uaddr, 4):
+            return -EFAULT
+        return None
+
+    def _futex_wake_op(
+        self, uc: Uc, uaddr: int, count: int, count2: int, uaddr2: int, encoded: int
+    ) -> int:
+        """FUTEX_WAKE_OP (man 2 futex): change the word at `uaddr2` by the encoded
+        operation, wake up to `count` waiters at `uaddr`, and, when the word's old
+        value passes the encoded comparison, up to `count2` waiters at `uaddr2`.
+        The answer is how many were woken at both."""
+        threads = self.threads
+        assert threads is not None
+        encoded &= MATCH_ANY
+        op, cmp = (encoded >> 28) & 0x7, (encoded >> 24) & 0xF
+        oparg, cmparg = _sign12((encoded >> 12) & 0xFFF), _sign12(encoded & 0xFFF)
+        if encoded & (8 << 28):  # FUTEX_OP_OPARG_SHIFT: the argument is a shift count
+            oparg = 1 << (oparg & 31)
+        if op > 4:
+            return -ENOSYS
+        bad = self._futex_word(uc, uaddr2)
+        if bad is not None:
+            return bad
+        old = int.from_bytes(uc.mem_read(uaddr2, 4), "little")
+        new = (
+            oparg,  # FUTEX_OP_SET
+            old + oparg,  # FUTEX_OP_ADD
+            old | oparg,  # FUTEX_OP_OR
+            old & ~oparg,  # FUTEX_OP_ANDN
+            old ^ oparg,  # FUTEX_OP_XOR
+        )[op] & MATCH_ANY
+        self.write_memory(uaddr2, new.to_bytes(4, "little"))
+        if cmp > 5:  # Linux checks the comparison after the operation is done
+            return -ENOSYS
+        woken = threads.wake(uaddr, count)
+        if woken < 0:
+            return woken
+        signed_old = old - (1 << 32) if old >> 31 else old
+        passes = (
+            signed_old == cmparg,  # FUTEX_OP_CMP_EQ
+            signed_old != cmparg,  # FUTEX_OP_CMP_NE
+            signed_old < cmparg,  # FUTEX_OP_CMP_LT
+            signed_old <= cmparg,  # FUTEX_OP_CMP_LE
+            signed_old > cmparg,  # FUTEX_OP_CMP_GT
+            signed_old >= cmparg,  # FUTEX_OP_CMP_GE
+        )[cmp]
+        if passes:
+            more = threads.wake(uaddr2, count2)
+            if more < 0:
+                return more
+            woken += more
+        return woken
+
+    def _futex_lock_pi(self, uc: Uc, uaddr: int, timeout: int, trylock: bool) -> int | None:
+        """FUTEX_LOCK_PI (and LOCK_PI2, TRYLOCK_PI): own the PI futex at `uaddr`.
+        A free word (no owner tid) becomes the caller's tid; the owner asking again
+        is -EDEADLK; an owner that is no thread of the process is -ESRCH. Else the
+        caller sets FUTEX_WAITERS and waits until FUTEX_UNLOCK_PI hands it the
+        futex (its timeout is absolute; the clock is fixed), or TRYLOCK_PI answers
+        -EAGAIN (EWOULDBLOCK). Priorities are not modelled: all threads have one."""
+        threads = self.threads
+        assert threads is not None
+        bad = self._futex_word(uc, uaddr)
+        if bad is not None:
+            return bad
+        if timeout and not trylock and not self.mapped(uc, timeout, 16):
+            return -EFAULT
+        word = int.from_bytes(uc.mem_read(uaddr, 4), "little")
+        me = threads.current.tid
+        owner = word & FUTEX_TID_MASK
+        if owner == 0:
+            # Linux keeps OWNER_DIED for the new owner to see (a robust mutex).
+            taken = (word & FUTEX_OWNER_DIED) | me
+            if threads.pi_waiters(uaddr):
+                taken |= FUTEX_WAITERS
+            self.write_memory(uaddr, taken.to_bytes(4, "little"))
+            return 0
+        if owner == me:
+            return -EDEADLK
+        if threads.by_tid(owner) is None:
+            return -ESRCH
+        if trylock:
+            return -EAGAIN
+        deadline = None
+        if timeout:
+            raw = bytes(uc.mem_read(timeout, 16))
+            seconds = int.from_bytes(raw[:8], "little", signed=True)
+            nanoseconds = int.from_bytes(raw[8:], "little", signed=True)
+            if seconds < 0 or not 0 <= nanoseconds < 1_000_000_000:
+                return -EINVAL
+            deadline = seconds * 1_000_000_000 + nanoseconds
+        if not word & FUTEX_WAITERS:
+            self.write_memory(uaddr, (word | FUTEX_WAITERS).to_bytes(4, "little"))
+        if deadline is not None and deadline <= FIXED_TIME_NS:
+            return -ETIMEDOUT
+        threads.block(uaddr, MATCH_ANY, deadline, pi=True)
+        uc.emu_stop()
+        return None  # 0 once it owns the futex, or -ETIMEDOUT
+
+    def _futex_unlock_pi(self, uc: Uc, uaddr: int) -> int:
+        """FUTEX_UNLOCK_PI: the owner gives the PI futex to its first waiter (the word
+        becomes FUTEX_WAITERS | that thread's tid, as Linux's wake_futex_pi writes
+        it), or frees it (0) when none waits. Anyone else asking is -EPERM."""
+        threads = self.threads
+        assert threads is not None
+        bad = self._futex_word(uc, uaddr)
+        if bad is not None:
+            return bad
+        word = int.from_bytes(uc.mem_read(uaddr, 4), "little")
+        if word & FUTEX_TID_MASK != threads.current.tid:
+            return -EPERM
+        waiting = threads.pi_waiters(uaddr)
+        if not waiting:
+            self.write_memory(uaddr, bytes(4))
+            return 0
+        heir = waiting[0]
+        self.write_memory(uaddr, (FUTEX_WAITERS | heir.tid).to_bytes(4, "little"))
+        threads.hand_over(heir)
+        return 0
 
     def sys_sched_yield(self, uc: Uc, *_: int) -> int:
         threads = self.threads
@@ -675,6 +821,15 @@ class LinuxKernel(BareKernel):
         self.threads.current.clear_tid = tidptr
         return self.threads.current.tid
 
+    def sys_set_robust_list(self, uc: Uc, head: int, size: int, *_: int) -> int:
+        """Where the thread's robust futexes are listed (`struct robust_list_head`,
+        24 bytes: else -EINVAL), walked when it exits (`_robust_list_exit`)."""
+        if size != ROBUST_HEAD_SIZE:
+            return -EINVAL
+        assert self.threads is not None
+        self.threads.current.robust_list = head
+        return 0
+
     def sys_exit_thread(self, uc: Uc, status: int, *rest: int) -> None:
         """`exit`: the calling thread ends; the process with its last thread."""
         threads = self.threads
@@ -682,12 +837,62 @@ class LinuxKernel(BareKernel):
         if not threads.several():
             self.sys_exit(uc, status, *rest)
             return
+        self._robust_list_exit(uc)
         thread = threads.exit(status & 0xFF)
         if thread.clear_tid and self.mapped(uc, thread.clear_tid, 4):
             # CLONE_CHILD_CLEARTID: what pthread_join waits for.
             self.write_memory(thread.clear_tid, bytes(4))
             threads.wake(thread.clear_tid, 1)
         uc.emu_stop()
+
+    def _robust_list_exit(self, uc: Uc) -> None:
+        """Linux's exit_robust_list for the exiting thread: each robust futex it still
+        owns (its tid in the word) gets FUTEX_OWNER_DIED (FUTEX_WAITERS kept), and
+        one waiter is woken, which then sees EOWNERDEAD (a PI one is handed the
+        futex). Also the entry in `list_op_pending` (a lock or unlock under way).
+        At most ROBUST_LIST_LIMIT entries; an unreadable entry ends the walk."""
+        threads = self.threads
+        assert threads is not None
+        head = threads.current.robust_list
+        if not head or not self.mapped(uc, head, ROBUST_HEAD_SIZE):
+            return
+        raw = bytes(uc.mem_read(head, ROBUST_HEAD_SIZE))
+        entry, offset, pending = (
+            int.from_bytes(raw[0:8], "little"),
+            int.from_bytes(raw[8:16], "little", signed=True),
+            int.from_bytes(raw[16:24], "little"),
+        )
+        for _ in range(ROBUST_LIST_LIMIT):
+            if entry & ~1 == head or not self.mapped(uc, entry & ~1, 8):
+                break
+            following = int.from_bytes(uc.mem_read(entry & ~1, 8), "little")
+            if entry & ~1 != pending & ~1:
+                self._futex_death(uc, (entry & ~1) + offset, pi=bool(entry & 1), pending=False)
+            entry = following
+        if pending & ~1:
+            self._futex_death(uc, (pending & ~1) + offset, pi=bool(pending & 1), pending=True)
+
+    def _futex_death(self, uc: Uc, uaddr: int, pi: bool, pending: bool) -> None:
+        """Linux's handle_futex_death for one robust futex of the exiting thread."""
+        threads = self.threads
+        assert threads is not None
+        uaddr &= MASK64
+        if uaddr % 4 or not self.mapped(uc, uaddr, 4):
+            return
+        word = int.from_bytes(uc.mem_read(uaddr, 4), "little")
+        if pending and not pi and word == 0:
+            threads.wake(uaddr, 1)  # an unlock under way may have missed its wake-up
+            return
+        if word & FUTEX_TID_MASK != threads.current.tid:
+            return
+        died = (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED
+        waiting = threads.pi_waiters(uaddr) if pi else []
+        if waiting:  # the first waiter owns it now, and sees that its owner died
+            died = FUTEX_OWNER_DIED | FUTEX_WAITERS | waiting[0].tid
+            threads.hand_over(waiting[0])
+        self.write_memory(uaddr, died.to_bytes(4, "little"))
+        if not pi and word & FUTEX_WAITERS:
+            threads.wake(uaddr, 1)
 
     def sys_sched_getaffinity(self, uc: Uc, _pid: int, size: int, mask: int, *_: int) -> int:
         if size < 8:
@@ -834,6 +1039,11 @@ class LinuxKernel(BareKernel):
         except UcError:
             return None
         return None
+
+
+def _sign12(value: int) -> int:
+    """FUTEX_WAKE_OP's 12-bit fields are signed."""
+    return value - 0x1000 if value & 0x800 else value
 
 
 def _int32(value: int) -> int:

@@ -32,6 +32,11 @@ DEFAULT_SLICE = 10_000
 ETIMEDOUT = 110
 #: FUTEX_BITSET_MATCH_ANY: what FUTEX_WAIT and FUTEX_WAKE use.
 MATCH_ANY = 0xFFFFFFFF
+#: FUTEX_WAKE on a futex a PI waiter waits on (-EINVAL, as Linux answers).
+EINVAL = 22
+#: A PI futex's word (linux/futex.h): the owner's tid, and a bit saying that
+#: threads wait in the kernel (its owner must unlock through FUTEX_UNLOCK_PI).
+FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
 
 RUNNABLE, BLOCKED, EXITED = "runnable", "blocked", "exited"
 
@@ -51,10 +56,15 @@ class Thread:
     result: int | None = None
     #: CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken at exit.
     clear_tid: int = 0
+    #: set_robust_list: the head of its list of robust futexes, walked at exit.
+    robust_list: int = 0
     #: What a blocked thread waits for: (futex address, bitset), and when its
     #: timeout expires (nanoseconds of the fixed clock; None: never).
     futex: tuple[int, int] | None = None
     deadline: int | None = None
+    #: It waits to own a PI futex (FUTEX_LOCK_PI): FUTEX_UNLOCK_PI hands it over,
+    #: FUTEX_WAKE may not wake it.
+    pi: bool = False
     #: The order threads blocked in: among equal deadlines, the first expires first.
     blocked_seq: int = 0
     #: The recording hooks' last rip of this thread (the `rep` rule, hooks.py).
@@ -107,29 +117,37 @@ class Threads:
         self.all.append(thread)
         return thread
 
-    def block(self, address: int, bitset: int, deadline: int | None) -> None:
-        """The current thread waits on the futex at `address`."""
+    def block(self, address: int, bitset: int, deadline: int | None, pi: bool = False) -> None:
+        """The current thread waits on the futex at `address` (`pi`: to own it)."""
         thread = self.current
         thread.state = BLOCKED
         thread.futex = (address, bitset)
         thread.deadline = deadline
+        thread.pi = pi
         self._blocked_seq += 1
         thread.blocked_seq = self._blocked_seq
         self.switch_wanted = True
 
     def wake(self, address: int, count: int, bitset: int = MATCH_ANY) -> int:
-        """Wake up to `count` threads waiting at `address` (in the order they blocked)."""
+        """Wake up to `count` threads waiting at `address` (in the order they blocked).
+        Meeting a PI waiter there ends it with -EINVAL, as in Linux's futex_wake
+        (those woken before it stay woken)."""
         woken = 0
         for thread in self._waiting(address):
             if woken >= count:
                 break
+            if thread.pi:
+                return -EINVAL
             if thread.futex is not None and thread.futex[1] & bitset:
                 self._unblock(thread, 0)
                 woken += 1
         return woken
 
     def requeue(self, address: int, wake: int, target: int, move: int) -> int:
-        """FUTEX_REQUEUE: wake `wake` waiters, move up to `move` others to `target`."""
+        """FUTEX_REQUEUE: wake `wake` waiters, move up to `move` others to `target`.
+        PI waiters cannot be requeued so (-EINVAL)."""
+        if any(t.pi for t in self._waiting(address)):
+            return -EINVAL
         woken = self.wake(address, wake)
         moved = 0
         for thread in self._waiting(address):
@@ -139,6 +157,15 @@ class Threads:
             thread.futex = (target, thread.futex[1])
             moved += 1
         return woken + moved
+
+    def pi_waiters(self, address: int) -> list[Thread]:
+        """The threads waiting to own the PI futex at `address`, first come first.
+        (Linux orders them by priority; every thread here has the same.)"""
+        return [t for t in self._waiting(address) if t.pi]
+
+    def hand_over(self, thread: Thread) -> None:
+        """FUTEX_UNLOCK_PI: `thread` now owns the PI futex it waited for."""
+        self._unblock(thread, 0)
 
     def exit(self, status: int) -> Thread:
         thread = self.current
@@ -155,6 +182,7 @@ class Threads:
         thread.state = RUNNABLE
         thread.futex = None
         thread.deadline = None
+        thread.pi = False
         thread.result = result
 
     # --- the schedule -------------------------------------------------------------------

@@ -25,6 +25,7 @@ mode on Linux (record/machine/cpu.py gives them fixed values).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs, CsError
@@ -174,37 +175,20 @@ class Decisions:
     def decide(self, address: int) -> int:
         """The kind of the instruction at `address`, with `WATCH`: code may be
         written over (a JIT), so a write into its page decides it again."""
-        code = self._bytes_at(address)
-        kind = NORMAL
-        if _may_matter(code):
-            instruction = _decode(code, address)
-            if instruction is None:
-                pass  # unicorn raises its own invalid-instruction fault
-            elif _is_privileged(instruction.id, instruction.groups):
-                text = f"{instruction.mnemonic} {instruction.op_str}".strip()
-                self.privileged[address] = fault_detail(address, text)
-                kind = PRIVILEGED
-            elif instruction.id in _FIXED_VALUE_IDS:
-                # The CPU model reads the Intel spelling (`rdrand`, not AT&T's `rdrandq`).
-                self.fixed[address] = next(_cs_intel.disasm(code, address, 1))
-                kind = FIXED_VALUE
-            else:
-                kind = self._gap(address, instruction)
+        kind, detail = _decided(address, self._bytes_at(address))
+        if kind == PRIVILEGED:
+            self.privileged[address] = detail
+        elif kind == FIXED_VALUE:
+            self.fixed[address] = detail
+        elif kind == UNSUPPORTED:
+            self.unsupported[address] = detail
+        elif kind == ALIGN_CHECK:
+            self.aligned[address] = detail
         self.kinds[address] = kind
         page = address // PAGE
         self._pages.setdefault(page, []).append(address)
         self.watched.add(page)
         return kind | WATCH
-
-    def _gap(self, address: int, instruction: Any) -> int:
-        gap = gap_of(instruction)
-        if isinstance(gap, Unsupported):
-            self.unsupported[address] = f"at {address:#x}: {gap.detail}"
-            return UNSUPPORTED
-        if isinstance(gap, MustBeAligned):
-            self.aligned[address] = gap
-            return ALIGN_CHECK
-        return NORMAL
 
     def forget(self, address: int, size: int) -> None:
         """Code in `address ..< address + size` may have changed: decide it again.
@@ -226,6 +210,30 @@ class Decisions:
             return bytes(self.uc.mem_read(address, 15))
         except UcError:  # the instruction ends close to unmapped memory
             return bytes(self.uc.mem_read(address, -address % PAGE or PAGE))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _decided(address: int, code: bytes) -> tuple[int, Any]:
+    """(kind, what the hook needs) of the instruction in `code` at `address`: a
+    function of the two only, so every machine of a run (the start-up, discovery
+    and recording passes run the same code) decodes each instruction once."""
+    if not _may_matter(code):
+        return NORMAL, None
+    instruction = _decode(code, address)
+    if instruction is None:
+        return NORMAL, None  # unicorn raises its own invalid-instruction fault
+    if _is_privileged(instruction.id, instruction.groups):
+        text = f"{instruction.mnemonic} {instruction.op_str}".strip()
+        return PRIVILEGED, fault_detail(address, text)
+    if instruction.id in _FIXED_VALUE_IDS:
+        # The CPU model reads the Intel spelling (`rdrand`, not AT&T's `rdrandq`).
+        return FIXED_VALUE, next(_cs_intel.disasm(code, address, 1))
+    gap = gap_of(instruction)
+    if isinstance(gap, Unsupported):
+        return UNSUPPORTED, f"at {address:#x}: {gap.detail}"
+    if isinstance(gap, MustBeAligned):
+        return ALIGN_CHECK, gap
+    return NORMAL, None
 
 
 def _may_matter(code: bytes) -> bool:
