@@ -153,9 +153,10 @@ class SnapshotState:
 
 def thread_column(chunk: Chunk) -> pa.Array:
     """The chunk's `thread` column (format 4): 1 on every row unless threads ran."""
+    # From buffers: `pa.array` would import pandas (trace/arrays.py), 0.17 CPU s.
     if chunk.threads:
-        return pa.array(np.frombuffer(chunk.threads, dtype="<u2"), pa.uint16())
-    return pa.array(np.ones(chunk.rows, dtype=np.uint16))
+        return arrays.numeric(np.frombuffer(chunk.threads, dtype="<u2"), pa.uint16())
+    return arrays.numeric(np.ones(chunk.rows, dtype=np.uint16), pa.uint16())
 
 
 def build_batch(
