@@ -83,7 +83,7 @@ class SnapshotState:
         self.window = window
         self.state = bytearray(initial)
 
-    def column(self, writes: Events, n_rows: int) -> pa.Array:
+    def column(self, writes: Events, n_rows: int, dictionary: bool = False) -> pa.Array:
         """The window before each row of the chunk, from the chunk's writes.
 
         A version of the window is its state after a step that wrote into it;
@@ -93,6 +93,11 @@ class SnapshotState:
         faster than a vectorized forward fill over versions x bytes, which
         does 512 operations per version where a write touches 8 bytes); rows
         are then gathered from the versions with one numpy take.
+
+        `dictionary`: as trace format 5 stores it, the distinct versions in
+        the order rows first show them, and each row's index among them
+        (`dictionary<int32, binary>`): Parquet writes that as it is, where it
+        hashes every row's bytes of a dense column again.
         """
         lo, size = self.window.base, self.window.size
         ends = writes.addr + writes.size.astype(np.uint64)
@@ -102,8 +107,7 @@ class SnapshotState:
         data = writes.data.tobytes()
         native = native_module()
         if native is not None:  # the same loop in C, without the GIL (_core.c)
-            rows = pa.allocate_buffer(n_rows * size)
-            native.snapshot_rows(
+            arguments = (
                 self.state,
                 lo,
                 n_rows,
@@ -112,8 +116,13 @@ class SnapshotState:
                 np.ascontiguousarray(data_start[inside], dtype=np.int64),
                 np.ascontiguousarray(data_end[inside], dtype=np.int64),
                 data,
-                rows,
             )
+            if dictionary:
+                indices = pa.allocate_buffer(n_rows * 4)
+                distinct = native.snapshot_dictionary(*arguments, indices)
+                return _dictionary(indices, distinct, size, n_rows)
+            rows = pa.allocate_buffer(n_rows * size)
+            native.snapshot_rows(*arguments, rows)
             return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n_rows, [None, rows])
         state = self.state
         versions: list[bytes] = [bytes(state)]
@@ -142,13 +151,35 @@ class SnapshotState:
             state[first:last] = data[start:end]
         if changed_rows:
             versions.append(bytes(state))
-        table = np.frombuffer(b"".join(versions), dtype=np.uint8).reshape(len(versions), size)
         # Row r shows the version after the last changed step strictly before r.
         version_of_row = np.searchsorted(np.asarray(changed_rows), np.arange(n_rows), side="left")
+        if dictionary:
+            # The versions rows show (the last may be shown by none), each value
+            # once, numbered in the order rows first show them: as _core.c does.
+            shown = int(version_of_row[-1]) + 1 if n_rows else 0
+            number: dict[bytes, int] = {}
+            renumbered = np.array(
+                [number.setdefault(v, len(number)) for v in versions[:shown]], dtype=np.int32
+            )
+            indices = np.ascontiguousarray(renumbered[version_of_row], dtype=np.int32)
+            return _dictionary(pa.py_buffer(indices), b"".join(number), size, n_rows)
+        table = np.frombuffer(b"".join(versions), dtype=np.uint8).reshape(len(versions), size)
         rows = np.ascontiguousarray(table[version_of_row])
         return pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(size), n_rows, [None, pa.py_buffer(rows)]
         )
+
+
+def _dictionary(indices: pa.Buffer, distinct: bytes, size: int, n_rows: int) -> pa.Array:
+    """A `dictionary<int32, binary>` array: `n_rows` int32 `indices` into `distinct`,
+    the concatenated versions of a window of `size` bytes."""
+    count = len(distinct) // size
+    offsets = np.arange(0, (count + 1) * size, size, dtype=np.int32)
+    versions = pa.Array.from_buffers(
+        pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(distinct)]
+    )
+    codes = pa.Array.from_buffers(pa.int32(), n_rows, [None, indices])
+    return pa.DictionaryArray.from_arrays(codes, versions)
 
 
 def thread_column(chunk: Chunk) -> pa.Array:
@@ -183,5 +214,11 @@ def build_batch(
     reads = Events.from_raw(raw[~is_write], chunk.first_step)
     writes = Events.from_raw(raw[is_write], chunk.first_step)
     columns += [reads.column(n), writes.column(n)]
-    columns += [snapshot.column(writes, n) for snapshot in snapshots]
+    # Trace format 5 stores the windows as dictionaries; replay compares dense rows.
+    columns += [
+        snapshot.column(
+            writes, n, pa.types.is_dictionary(schema.field(snapshot.window.column).type)
+        )
+        for snapshot in snapshots
+    ]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
