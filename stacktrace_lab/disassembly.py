@@ -244,9 +244,7 @@ class InstructionTable:
         inverse = numpy_of(encoded.indices)
         code = code or {}
         keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
-        learned = [
-            self._learn(keys[i]) for i in np.argsort(unique) if keys[i] not in self._row_of
-        ]
+        learned = [self._learn(keys[i]) for i in np.argsort(unique) if keys[i] not in self._row_of]
         if learned:
             self._facts = np.concatenate([self._facts, np.array(learned, dtype=np.int64)])
         rows = np.array([self._row_of[key] for key in keys], dtype=np.int64)
