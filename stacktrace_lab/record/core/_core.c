@@ -1040,24 +1040,30 @@ done:
 
 /* ---- stack snapshots as a dictionary (trace format 5) ----------------------------- */
 
-/* A hash of one version of a window: four independent lanes of 64-bit words (a
- * single chain of multiplies was the cost of the whole column), then the tail. */
-static uint64_t window_hash(const uint8_t *bytes, Py_ssize_t size) {
-    uint64_t lane[4] = {0x9E3779B97F4A7C15ull ^ (uint64_t)size, 0xC2B2AE3D27D4EB4Full,
-                        0x165667B19E3779F9ull, 0x27D4EB2F165667C5ull};
-    Py_ssize_t i = 0;
-    for (; i + 32 <= size; i += 32) {
-        for (int k = 0; k < 4; k++) {
-            uint64_t word;
-            memcpy(&word, bytes + i + 8 * k, 8);
-            lane[k] = (lane[k] ^ word) * 0xFF51AFD7ED558CCDull;
-            lane[k] ^= lane[k] >> 29;
-        }
-    }
-    uint64_t h = lane[0] ^ (lane[1] * 31) ^ (lane[2] * 1021) ^ (lane[3] * 65599);
-    for (; i < size; i++) h = (h ^ bytes[i]) * 0x100000001B3ull;
-    h *= 0xC4CEB9FE1A85EC53ull;
-    return h ^ (h >> 32);
+/* The hash of a version of a window is the sum of a mix of each 8-byte word
+ * with its position, so a write changes it by its own words only: a step
+ * that writes 8 bytes re-hashes 8 bytes, not the whole window. */
+static inline uint64_t word_mix(uint64_t word, size_t position) {
+    uint64_t z = word + 0x9E3779B97F4A7C15ull * (position + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Word `w` of a window of `size` bytes (the last one zero-padded). */
+static inline uint64_t window_word(const uint8_t *window, Py_ssize_t size, size_t w) {
+    uint64_t word = 0;
+    size_t at = w * 8, left = (size_t)size - at;
+    memcpy(&word, window + at, left < 8 ? left : 8);
+    return word;
+}
+
+/* The summed mix of words first_word ..= last_word. */
+static uint64_t words_hash(const uint8_t *window, Py_ssize_t size, size_t first_word,
+                           size_t last_word) {
+    uint64_t h = 0;
+    for (size_t w = first_word; w <= last_word; w++) h += word_mix(window_word(window, size, w), w);
+    return h;
 }
 
 /* The distinct versions of a window so far, in order of first appearance. */
@@ -1095,11 +1101,10 @@ static int versions_rehash(VersionSet *set, size_t n_slots, Py_ssize_t size) {
 }
 
 /* The index of `window` among the versions, added if new; -1 when out of memory. */
-static int32_t version_index(VersionSet *set, const uint8_t *window, Py_ssize_t size) {
+static int32_t version_index(VersionSet *set, const uint8_t *window, Py_ssize_t size, uint64_t h) {
     if ((set->count + 1) * 2 > set->n_slots &&
         !versions_rehash(set, set->n_slots ? set->n_slots * 2 : 1024, size))
         return -1;
-    uint64_t h = window_hash(window, size);
     size_t at = h & (set->n_slots - 1);
     for (; set->slots[at] >= 0; at = (at + 1) & (set->n_slots - 1)) {
         int32_t known = set->slots[at];
@@ -1145,6 +1150,8 @@ static PyObject *snapshot_dictionary(PyObject *module, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t j = 0;
     int32_t current = -1;
+    size_t last_word = ((size_t)size - 1) / 8;
+    uint64_t hash = words_hash(window, size, 0, last_word);
     for (Py_ssize_t r = 0; r <= n_rows && !failed; r++) {
         int changed = 0;
         for (; j < n && (r == n_rows || row[j] < r); j++) {
@@ -1159,13 +1166,16 @@ static PyObject *snapshot_dictionary(PyObject *module, PyObject *args) {
                 last = size;
             }
             if (last > first && to <= data.len) {
+                size_t w0 = (size_t)first / 8, w1 = (size_t)(last - 1) / 8;
+                hash -= words_hash(window, size, w0, w1);
                 memcpy(window + first, bytes + from, to - from);
+                hash += words_hash(window, size, w0, w1);
                 changed = 1;
             }
         }
         if (r == n_rows) break;
         if (changed || current < 0) {
-            current = version_index(&set, window, size);
+            current = version_index(&set, window, size, hash);
             if (current < 0) failed = 1;
         }
         indices[r] = current;
