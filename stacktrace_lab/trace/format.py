@@ -14,7 +14,10 @@ that the metadata stays small however long the run: a program that calls
 `write` half a million times wrote a JSON list of half a million objects,
 stored twice. Version 4 adds the `thread` column (which thread of the
 process ran the row; the process's threads are in the metadata's `threads`).
-Version 1 traces (no per-instruction fact columns,
+Version 5 changes only how the file stores the rows, for recording speed:
+`stack__` columns as a dictionary of each row group's window versions
+(`as_stored`; readers get fixed-width rows as before) and the other integer
+columns byte-stream-split (trace/writer.py). Version 1 traces (no per-instruction fact columns,
 `code.lines` without file names, no `program`/`syscalls`) and version 2
 traces (the syscall list in the metadata) still load: `from_json` fills in
 what they lack and the reader derives the missing columns (trace/reader.py;

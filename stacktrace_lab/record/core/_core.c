@@ -1075,7 +1075,7 @@ typedef struct {
     size_t n_slots;
 } VersionSet;
 
-static int versions_rehash(VersionSet *set, size_t n_slots, Py_ssize_t size) {
+static int versions_rehash(VersionSet *set, size_t n_slots) {
     int32_t *slots = malloc(n_slots * sizeof(int32_t));
     uint64_t *hashes = malloc(n_slots * sizeof(uint64_t));
     if (slots == NULL || hashes == NULL) {
@@ -1096,14 +1096,13 @@ static int versions_rehash(VersionSet *set, size_t n_slots, Py_ssize_t size) {
     set->slots = slots;
     set->hashes = hashes;
     set->n_slots = n_slots;
-    (void)size;
     return 1;
 }
 
 /* The index of `window` among the versions, added if new; -1 when out of memory. */
 static int32_t version_index(VersionSet *set, const uint8_t *window, Py_ssize_t size, uint64_t h) {
     if ((set->count + 1) * 2 > set->n_slots &&
-        !versions_rehash(set, set->n_slots ? set->n_slots * 2 : 1024, size))
+        !versions_rehash(set, set->n_slots ? set->n_slots * 2 : 1024))
         return -1;
     size_t at = h & (set->n_slots - 1);
     for (; set->slots[at] >= 0; at = (at + 1) & (set->n_slots - 1)) {
