@@ -23,8 +23,13 @@ and rustc, static):
   the median CPU of the runs;
 
 and benchmarks/call-heavy.toml (a scenario): `--steps` steps end to end (steps per
-CPU second and per wall second) and per step as the difference with a run of a
-tenth of the steps.
+CPU second and per wall second, and the trace's bytes per step) and per step as
+the difference with a run of a tenth of the steps. Issue 19's scenario goal
+(1 M steps/s, 4x 89b56b2) is read from the wall rate, the whole `record` command
+on this 2-core machine, where the recorder emulates, converts and writes on
+separate threads; the CPU rate is printed beside it. Only the scenario:
+
+    python benchmarks/bench_native.py --skip-programs --repeat 4 --steps 10000000
 """
 
 from __future__ import annotations
@@ -55,18 +60,22 @@ class Runs:
     cpu: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
     steps: int = 0
+    #: The trace's size in bytes (the last run's).
+    bytes: int = 0
 
     def add(self, result: dict[str, float]) -> None:
         self.cpu.append(result["cpu"])
         self.wall.append(result["wall"])
         self.steps = int(result["steps"])
+        self.bytes = int(result["bytes"])
 
     def pick(self, how: str) -> float:
         return min(self.cpu) if how == "min" else statistics.median(self.cpu)
 
 
 def run(python: str, argv: list[str], env: dict[str, str]) -> dict[str, float]:
-    """`python -m stacktrace_lab argv --json` in a child: its CPU seconds, wall seconds, steps."""
+    """`python -m stacktrace_lab argv --json` in a child: its CPU seconds, wall seconds,
+    steps, and the size of the trace it wrote (`-o`)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         child = subprocess.Popen(
@@ -84,7 +93,13 @@ def run(python: str, argv: list[str], env: dict[str, str]) -> dict[str, float]:
         if status != 0:
             raise SystemExit(f"{' '.join(argv)} failed: {err.read().decode(errors='replace')}")
         summary = json.loads(out.read())
-    return {"cpu": usage.ru_utime + usage.ru_stime, "wall": wall, "steps": summary["steps"]}
+    size = Path(argv[argv.index("-o") + 1]).stat().st_size
+    return {
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "wall": wall,
+        "steps": summary["steps"],
+        "bytes": size,
+    }
 
 
 def build(tmp: Path) -> dict[str, Path]:
@@ -116,6 +131,7 @@ def main() -> None:
         "--pure-python", action="store_true", help="also this checkout's Python hooks"
     )
     parser.add_argument("--skip-scenario", action="store_true", help="programs only")
+    parser.add_argument("--skip-programs", action="store_true", help="the scenario only")
     parser.add_argument(
         "--from-main", action="store_true", help="also `record --from main` (slow at 89b56b2)"
     )
@@ -141,7 +157,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        programs = build(tmp / "bin")
+        programs = {} if args.skip_programs else build(tmp / "bin")
         out = str(tmp / "t.parquet")
         for _ in range(args.repeat):
             for name, program in programs.items():
@@ -163,12 +179,13 @@ def main() -> None:
     print(f"load average at the end {os.getloadavg()[0]:.1f}\n")
     print(
         f"{'record':<34} {'side':<14} {'steps':>9} {'CPU s min':>9} {'median':>7} "
-        f"{'wall s med':>10} {'runs':>4}"
+        f"{'wall s min':>10} {'median':>7} {'runs':>4}"
     )
     for (what, side), r in runs.items():
         print(
             f"{what:<34} {side:<14} {r.steps:>9,} {min(r.cpu):>9.3f} "
-            f"{statistics.median(r.cpu):>7.3f} {statistics.median(r.wall):>10.2f} {len(r.cpu):>4}"
+            f"{statistics.median(r.cpu):>7.3f} {min(r.wall):>10.2f} "
+            f"{statistics.median(r.wall):>7.2f} {len(r.cpu):>4}"
         )
     print(
         f"\n{'per step (difference of two runs)':<34} {'side':<14} "
@@ -199,14 +216,26 @@ def main() -> None:
             old_r, new_r = runs[(what, "89b56b2")], runs[(what, "this checkout")]
             print(f"  end to end, {what}: {old_r.pick('median') / new_r.pick('median'):.1f}x")
     if not args.skip_scenario:
-        print("\ncall-heavy, this checkout:")
-        r = runs[(f"call-heavy: {args.steps:,} steps", "this checkout")]
-        cost = costs[("call-heavy", "this checkout")]
-        print(
-            f"  end to end {r.steps / r.pick('median'):,.0f} steps per CPU s, "
-            f"{r.steps / statistics.median(r.wall):,.0f} steps per wall s; "
-            f"without start-up {1 / cost[1]:,.0f} steps per CPU s"
-        )
+        for side in sides:
+            print(f"\ncall-heavy, {side}:")
+            r = runs[(f"call-heavy: {args.steps:,} steps", side)]
+            cost = costs[("call-heavy", side)]
+            print(
+                f"  end to end {r.steps / statistics.median(r.wall):,.0f} steps per wall s "
+                f"(fastest run {r.steps / min(r.wall):,.0f}), "
+                f"{r.steps / r.pick('median'):,.0f} steps per CPU s; "
+                f"without start-up {1 / cost[1]:,.0f} steps per CPU s; "
+                f"{r.bytes / r.steps:.2f} bytes per step"
+            )
+        if "89b56b2" in sides:
+            what = f"call-heavy: {args.steps:,} steps"
+            old_r, new_r = runs[(what, "89b56b2")], runs[(what, "this checkout")]
+            wall = statistics.median(old_r.wall) / statistics.median(new_r.wall)
+            fastest = min(old_r.wall) / min(new_r.wall)
+            print(
+                f"\n  end to end, {what}, wall: {wall:.1f}x 89b56b2 (median), "
+                f"{fastest:.1f}x (fastest runs)"
+            )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 from capstone import (
     CS_ARCH_X86,
     CS_GRP_BRANCH_RELATIVE,
@@ -28,7 +29,7 @@ from capstone import (
 from capstone import x86 as cs_x86
 
 from .symbols import LabelTable
-from .trace.arrays import binaries, numeric, strings, with_nulls
+from .trace.arrays import binaries, numeric, numpy_of, strings, with_nulls
 from .trace.format import INSTRUCTION_KINDS
 
 #: What `source_line` looks like: (file, line) of an address, or None.
@@ -235,14 +236,19 @@ class InstructionTable:
         """`insn`, `symbol`, `kind`, `label`, `offset`, `insn_bytes`, `source` for each
         rip; `code`: the bytes that ran at addresses whose code is not the program's
         as loaded (written or mapped at run time), decoded instead."""
-        unique, inverse = np.unique(rips, return_inverse=True)
+        # Distinct rips by hashing (Arrow), not sorting (np.unique was a quarter of
+        # a scenario chunk's conversion); new ones are still learned in address
+        # order, which keeps the dictionaries, and so the file, deterministic.
+        encoded = pc.dictionary_encode(numeric(rips, pa.uint64()))
+        unique = numpy_of(encoded.dictionary)
+        inverse = numpy_of(encoded.indices)
         code = code or {}
         keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
-        learned = [self._learn(key) for key in keys if key not in self._row_of]
+        learned = [self._learn(keys[i]) for i in np.argsort(unique) if keys[i] not in self._row_of]
         if learned:
             self._facts = np.concatenate([self._facts, np.array(learned, dtype=np.int64)])
         rows = np.array([self._row_of[key] for key in keys], dtype=np.int64)
-        per_row = self._facts[rows[inverse.reshape(-1)]]
+        per_row = self._facts[rows[inverse]]
         index = per_row[:, :_OFFSET].astype(np.int32)
         no_label = index[:, _LABEL] < 0
         if self._bytes_array is None:

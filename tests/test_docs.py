@@ -64,9 +64,9 @@ def test_every_python_example_runs(in_a_project: Path, capsys: pytest.CaptureFix
     assert "polars: signed min -48" in _run(polars_offsets, in_a_project, capsys)
     out = _run(round_trip, in_a_project, capsys).splitlines()
     assert out == [
-        "copy-pyarrow.parquet 4 19 fixed_size_binary[48]",
-        "copy-polars.parquet 4 19 fixed_size_binary[48]",
-        "copy-duckdb.parquet 4 19 fixed_size_binary[48]",
+        "copy-pyarrow.parquet 5 19 fixed_size_binary[48]",
+        "copy-polars.parquet 5 19 fixed_size_binary[48]",
+        "copy-duckdb.parquet 5 19 fixed_size_binary[48]",
     ]
 
 

@@ -255,7 +255,10 @@ def test_table_level_readers_see_the_metadata(first_switch_trace: Path) -> None:
     # The Arrow types survive too (the stored Arrow schema is the full one).
     schema = pq.read_schema(first_switch_trace)
     assert pa.types.is_dictionary(schema.field("kind").type)
-    assert schema.field("stack__green").type == pa.binary(48)
+    # Format 5 stores a snapshot column as a dictionary of its versions; the
+    # trace reader hands it out with its fixed width.
+    assert schema.field("stack__green").type == pa.dictionary(pa.int32(), pa.binary())
+    assert load_trace(first_switch_trace).schema.field("stack__green").type == pa.binary(48)
 
 
 def _same_rows(a: Path, b: Path) -> None:
@@ -333,7 +336,7 @@ def test_a_snapshot_of_the_wrong_width_is_a_corrupt_trace(
 def test_a_version_1_trace_loads_with_its_fact_columns_derived() -> None:
     trace = load_trace(V1_FIXTURE)
     meta = trace.metadata
-    assert meta.version == 1 and FORMAT_VERSION == 4
+    assert meta.version == 1 and FORMAT_VERSION == 5
     assert not set(FACT_COLUMNS) & set(pq.read_schema(V1_FIXTURE).names)
     assert set(FACT_COLUMNS) <= set(trace.column_names)
     assert meta.program is not None and meta.program.path == "first-switch"
@@ -446,3 +449,35 @@ def test_code_below_every_label_has_null_label_and_offset(
     assert [r["kind"] for r in below] == ["other", "ret"]
     assert all(r["source"] is not None for r in below)  # lines need no label
     assert [r["label"] for r in rows if r not in below] == ["main"] * 3
+
+
+V4_FIXTURE = Path(__file__).parent / "fixtures" / "first-switch-v4.parquet"
+
+
+def test_a_version_4_trace_reads_as_the_same_rows_as_version_5(first_switch_trace: Path) -> None:
+    """Format 4 stored each snapshot row's bytes, format 5 a dictionary of the versions
+    (docs/trace-format.md): both are handed out as the same fixed-width rows."""
+    old, new = load_trace(V4_FIXTURE), load_trace(first_switch_trace)
+    assert (old.metadata.version, new.metadata.version) == (4, 5)
+    assert pq.read_schema(V4_FIXTURE).field("stack__green").type == pa.binary(48)
+    assert old.schema.equals(new.schema)
+    assert new.schema.field("stack__green").type == pa.binary(48)
+    assert old.table().to_pylist() == new.table().to_pylist()
+    for index in range(new.num_row_groups):
+        assert old.row_group(index).equals(new.row_group(index))
+
+
+def test_a_snapshot_version_of_the_wrong_width_is_a_corrupt_trace(
+    tmp_path: Path, first_switch_trace: Path
+) -> None:
+    """A format-5 snapshot dictionary holding a value that is not the window's width."""
+    table = pq.read_table(first_switch_trace)
+    column = table.column("stack__green").combine_chunks()
+    versions = column.dictionary.to_pylist()
+    versions[0] = versions[0][:-1]
+    bad = pa.DictionaryArray.from_arrays(column.indices, pa.array(versions, pa.binary()))
+    table = table.set_column(table.schema.get_field_index("stack__green"), "stack__green", bad)
+    copy = tmp_path / "bad.parquet"
+    pq.write_table(table, copy)
+    with pytest.raises(BadInput, match="stack__green"):
+        load_trace(copy).table()

@@ -39,6 +39,7 @@ from ..trace.format import (
     StopInfo,
     SyscallRecord,
     TraceMetadata,
+    as_stored,
     hook_schema,
     schema,
     syscall_column,
@@ -365,8 +366,9 @@ def record_description(
     table = InstructionTable(
         Disassembler.of_segments(description.code_segments, description.symbols), lines
     )
-    trace_schema = schema(windows)
-    row_schema = hook_schema(windows)  # `syscall` is built here, from the kernel's log
+    # As the file stores them: the snapshot columns as dictionaries (trace/format.py).
+    trace_schema = as_stored(schema(windows))
+    row_schema = as_stored(hook_schema(windows))  # `syscall` is built here, from the kernel's log
     max_steps = options.max_steps or description.max_steps
     snapshot_bytes = max(sum(w.size for w in windows.values()), 1)
     # A group is also at most an eighth of the trace size limit, so the run

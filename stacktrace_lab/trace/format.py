@@ -14,7 +14,10 @@ that the metadata stays small however long the run: a program that calls
 `write` half a million times wrote a JSON list of half a million objects,
 stored twice. Version 4 adds the `thread` column (which thread of the
 process ran the row; the process's threads are in the metadata's `threads`).
-Version 1 traces (no per-instruction fact columns,
+Version 5 changes only how the file stores the rows, for recording speed:
+`stack__` columns as a dictionary of each row group's window versions
+(`as_stored`; readers get fixed-width rows as before) and the other integer
+columns byte-stream-split (trace/writer.py). Version 1 traces (no per-instruction fact columns,
 `code.lines` without file names, no `program`/`syscalls`) and version 2
 traces (the syscall list in the metadata) still load: `from_json` fills in
 what they lack and the reader derives the missing columns (trace/reader.py;
@@ -36,9 +39,9 @@ from ..layout import Region
 from ..scenario import Expectations
 
 FORMAT_NAME = "stacktrace-lab-trace"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: Versions this code reads; older ones are upgraded on read.
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 METADATA_KEY = "stacktrace_lab"
 STACK_PREFIX = "stack__"
 DEFAULT_SNAPSHOT_LIMIT = 512
@@ -115,6 +118,8 @@ def stored_as(actual: pa.DataType, expected: pa.DataType) -> bool:
         return any(test(values) for test in _TEXT)
     if pa.types.is_string(expected):
         return any(test(actual) for test in _TEXT)
+    if pa.types.is_fixed_size_binary(expected) and pa.types.is_dictionary(actual):
+        return any(test(actual.value_type) for test in _BYTES)  # format 5's snapshots
     if pa.types.is_fixed_size_binary(expected) or pa.types.is_binary(expected):
         return any(test(actual) for test in _BYTES) or pa.types.is_fixed_size_binary(actual)
     if pa.types.is_list(expected):
@@ -195,6 +200,22 @@ def schema(snapshots: dict[str, SnapshotWindow], version: int = FORMAT_VERSION) 
     if version >= 4:
         fields.append(THREAD_FIELD)
     return pa.schema(fields)
+
+
+#: How format 5 stores a stack snapshot column: each row's index into the row
+#: group's distinct versions of the window. Parquet dictionary-encodes the
+#: column either way; given the dictionary, it writes it as it is instead of
+#: hashing every row's bytes again. Readers get `binary(size)` as before.
+SNAPSHOT_STORED_TYPE = pa.dictionary(pa.int32(), pa.binary())
+
+
+def as_stored(columns: pa.Schema) -> pa.Schema:
+    """`columns` (a `schema` or `hook_schema`) as the recorder writes a format-5 file:
+    the fixed-width snapshot columns as SNAPSHOT_STORED_TYPE."""
+    for index, column in enumerate(columns):
+        if pa.types.is_fixed_size_binary(column.type):
+            columns = columns.set(index, column.with_type(SNAPSHOT_STORED_TYPE))
+    return columns
 
 
 def hook_schema(snapshots: dict[str, SnapshotWindow]) -> pa.Schema:

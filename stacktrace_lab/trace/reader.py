@@ -282,11 +282,27 @@ def _cast(
     if column.type.equals(to):
         return column
     try:
+        if pa.types.is_fixed_size_binary(to) and pa.types.is_dictionary(column.type):
+            return _expand_snapshots(column, to)
         if pa.types.is_dictionary(to) and not pa.types.is_dictionary(column.type):
             column = column.cast(pa.string())  # string views have no direct cast
         return column.cast(to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadInput(f"{path}: corrupt trace (column {name}: {exc})") from None
+
+
+def _expand_snapshots(
+    column: pa.Array | pa.ChunkedArray, to: pa.DataType
+) -> pa.Array | pa.ChunkedArray:
+    """A format-5 snapshot column (a dictionary of binaries) as `to`, fixed-width rows:
+    the few distinct versions are cast (which checks their width), then gathered."""
+
+    def expand(chunk: pa.DictionaryArray) -> pa.Array:
+        return chunk.dictionary.cast(to).take(chunk.indices)
+
+    if isinstance(column, pa.ChunkedArray):
+        return pa.chunked_array([expand(chunk) for chunk in column.chunks], type=to)
+    return expand(column)
 
 
 def _check_text(path: Path, column: pa.ChunkedArray, name: str) -> None:

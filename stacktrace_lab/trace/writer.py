@@ -37,18 +37,44 @@ ARROW_SCHEMA_KEY = "ARROW:schema"
 _DELTA = frozenset({"step"})
 
 
-def _leaf_paths(schema: pa.Schema) -> list[str]:
+def _leaves(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
     """The Parquet column paths of `schema`'s leaves (`writes.list.element.addr`),
-    the names Parquet's per-column options go by."""
+    the names Parquet's per-column options go by, with their Arrow types."""
 
-    def leaves(prefix: str, kind: pa.DataType) -> list[str]:
+    def leaves(prefix: str, kind: pa.DataType) -> list[tuple[str, pa.DataType]]:
         if pa.types.is_struct(kind):
             return [p for f in kind for p in leaves(f"{prefix}.{f.name}", f.type)]
         if pa.types.is_list(kind) or pa.types.is_large_list(kind):
             return leaves(f"{prefix}.list.element", kind.value_type)
-        return [prefix]
+        return [(prefix, kind)]
 
-    return [path for field in schema for path in leaves(field.name, field.type)]
+    return [leaf for field in schema for leaf in leaves(field.name, field.type)]
+
+
+def _encodings(schema: pa.Schema) -> tuple[list[str], dict[str, str]]:
+    """Which leaves are dictionary encoded, and the encoding of each other one.
+
+    - `step` counts 0, 1, 2, ...: DELTA_BINARY_PACKED stores it in a few bits per
+      row group, where a dictionary of distinct values cost more than half the
+      file (2.9 of 5.2 bytes per step).
+    - Other integers (registers, offsets, event addresses and sizes, thread):
+      BYTE_STREAM_SPLIT (format 5), then zstd. Measured against a dictionary
+      on three traces (call-heavy, the C example, green-threads), registers
+      were 1.3-2.6x faster to encode and 10-60 % smaller: a dictionary hashes
+      every value, and its indices of high-entropy registers compress worse
+      than the values' own bytes, grouped by significance.
+    - Strings and binaries (text, instruction bytes, event data, snapshot
+      versions): a dictionary, as before.
+    """
+    dictionary, other = [], {}
+    for path, kind in _leaves(schema):
+        if path in _DELTA:
+            other[path] = "DELTA_BINARY_PACKED"
+        elif pa.types.is_integer(kind):
+            other[path] = "BYTE_STREAM_SPLIT"
+        else:
+            dictionary.append(path)
+    return dictionary, other
 
 
 class TraceWriter:
@@ -71,6 +97,7 @@ class TraceWriter:
             raise
 
     def _open(self, schema: pa.Schema) -> pq.ParquetWriter:
+        dictionary, encodings = _encodings(schema)
         return pq.ParquetWriter(
             self._temp,
             schema,
@@ -78,11 +105,8 @@ class TraceWriter:
             # Stack snapshots repeat a lot: with room for a dictionary of a
             # whole row group's distinct values they stay dictionary encoded,
             # which makes files smaller and reading several times faster.
-            # `step` counts 0, 1, 2, …: delta encoding stores it in a few bits per
-            # row group, where a dictionary of distinct values cost more than half
-            # the file (2.9 of 5.2 bytes per step). Readers see the same column.
-            use_dictionary=[path for path in _leaf_paths(schema) if path not in _DELTA],
-            column_encoding=dict.fromkeys(_DELTA & set(schema.names), "DELTA_BINARY_PACKED"),
+            use_dictionary=dictionary,
+            column_encoding=encodings,
             dictionary_pagesize_limit=64 << 20,
             write_statistics=["step", "rip", "rsp"],
             store_schema=False,  # stored at commit, with the metadata (see above)

@@ -39,6 +39,7 @@ class Events:
         self.addr = addr
         self.size = size
         self.data = data  # all entries' bytes, concatenated
+        self.data_end = np.cumsum(size)  # where each entry's bytes end in `data`
 
     @classmethod
     def from_raw(cls, raw: npt.NDArray[np.int64], first_step: int) -> Events:
@@ -59,13 +60,16 @@ class Events:
         return cls(rows[starts], addr[starts], merged_size, data)
 
     def column(self, n_rows: int) -> pa.Array:
-        offsets = np.searchsorted(self.rows, np.arange(n_rows + 1)).astype(np.int32)
+        # offsets[k]: the entries of rows before k (what searchsorted of 0..n_rows in
+        # the sorted rows gives), counted in one pass instead of n_rows searches.
+        below = np.bincount(np.clip(self.rows, -1, n_rows) + 1, minlength=n_rows + 2)
+        offsets = np.cumsum(below[: n_rows + 1], dtype=np.int64).astype(np.int32)
         data_offsets = np.zeros(len(self.size) + 1, dtype=np.int32)
-        np.cumsum(self.size, out=data_offsets[1:])
+        data_offsets[1:] = self.data_end
         data = pa.BinaryArray.from_buffers(
             pa.binary(),
             len(self.size),
-            [None, pa.py_buffer(data_offsets.tobytes()), pa.py_buffer(self.data.tobytes())],
+            [None, pa.py_buffer(data_offsets), pa.py_buffer(np.ascontiguousarray(self.data))],
         )
         entries = pa.StructArray.from_arrays(
             [arrays.numeric(self.addr, pa.uint64()), arrays.numeric(self.size, pa.uint16()), data],
@@ -83,7 +87,7 @@ class SnapshotState:
         self.window = window
         self.state = bytearray(initial)
 
-    def column(self, writes: Events, n_rows: int) -> pa.Array:
+    def column(self, writes: Events, n_rows: int, dictionary: bool = False) -> pa.Array:
         """The window before each row of the chunk, from the chunk's writes.
 
         A version of the window is its state after a step that wrote into it;
@@ -93,37 +97,46 @@ class SnapshotState:
         faster than a vectorized forward fill over versions x bytes, which
         does 512 operations per version where a write touches 8 bytes); rows
         are then gathered from the versions with one numpy take.
+
+        `dictionary`: as trace format 5 stores it, the distinct versions in
+        the order rows first show them, and each row's index among them
+        (`dictionary<int32, binary>`): Parquet writes that as it is, where it
+        hashes every row's bytes of a dense column again.
         """
         lo, size = self.window.base, self.window.size
         ends = writes.addr + writes.size.astype(np.uint64)
         inside = np.flatnonzero((writes.addr < lo + size) & (ends > lo))
-        data_end = np.cumsum(writes.size)
-        data_start = data_end - writes.size
-        data = writes.data.tobytes()
+        data_end = writes.data_end[inside]
+        data_start = data_end - writes.size[inside]
         native = native_module()
         if native is not None:  # the same loop in C, without the GIL (_core.c)
-            rows = pa.allocate_buffer(n_rows * size)
-            native.snapshot_rows(
+            arguments = (
                 self.state,
                 lo,
                 n_rows,
                 np.ascontiguousarray(writes.rows[inside], dtype=np.int64),
                 np.ascontiguousarray(writes.addr[inside], dtype=np.uint64),
-                np.ascontiguousarray(data_start[inside], dtype=np.int64),
-                np.ascontiguousarray(data_end[inside], dtype=np.int64),
-                data,
-                rows,
+                np.ascontiguousarray(data_start, dtype=np.int64),
+                np.ascontiguousarray(data_end, dtype=np.int64),
+                np.ascontiguousarray(writes.data),  # read in place, not copied
             )
+            if dictionary:
+                indices = pa.allocate_buffer(n_rows * 4)
+                distinct = native.snapshot_dictionary(*arguments, indices)
+                return _dictionary(indices, distinct, size, n_rows)
+            rows = pa.allocate_buffer(n_rows * size)
+            native.snapshot_rows(*arguments, rows)
             return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), n_rows, [None, rows])
         state = self.state
+        data = writes.data.tobytes()
         versions: list[bytes] = [bytes(state)]
         changed_rows: list[int] = []
         current = -1
         for row, addr, start, end in zip(
             writes.rows[inside].tolist(),
             writes.addr[inside].tolist(),
-            data_start[inside].tolist(),
-            data_end[inside].tolist(),
+            data_start.tolist(),
+            data_end.tolist(),
             strict=True,
         ):
             if row != current:
@@ -142,19 +155,40 @@ class SnapshotState:
             state[first:last] = data[start:end]
         if changed_rows:
             versions.append(bytes(state))
-        table = np.frombuffer(b"".join(versions), dtype=np.uint8).reshape(len(versions), size)
         # Row r shows the version after the last changed step strictly before r.
         version_of_row = np.searchsorted(np.asarray(changed_rows), np.arange(n_rows), side="left")
+        if dictionary:
+            # The versions rows show (the last may be shown by none), each value
+            # once, numbered in the order rows first show them: as _core.c does.
+            shown = int(version_of_row[-1]) + 1 if n_rows else 0
+            number: dict[bytes, int] = {}
+            renumbered = np.array(
+                [number.setdefault(v, len(number)) for v in versions[:shown]], dtype=np.int32
+            )
+            indices = np.ascontiguousarray(renumbered[version_of_row], dtype=np.int32)
+            return _dictionary(pa.py_buffer(indices), b"".join(number), size, n_rows)
+        table = np.frombuffer(b"".join(versions), dtype=np.uint8).reshape(len(versions), size)
         rows = np.ascontiguousarray(table[version_of_row])
         return pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(size), n_rows, [None, pa.py_buffer(rows)]
         )
 
 
-def thread_column(chunk: Chunk) -> pa.Array:
-    """The chunk's `thread` column (format 4): 1 on every row unless threads ran.
+def _dictionary(indices: pa.Buffer, distinct: bytes, size: int, n_rows: int) -> pa.Array:
+    """A `dictionary<int32, binary>` array: `n_rows` int32 `indices` into `distinct`,
+    the concatenated versions of a window of `size` bytes."""
+    count = len(distinct) // size
+    offsets = np.arange(0, (count + 1) * size, size, dtype=np.int32)
+    versions = pa.Array.from_buffers(
+        pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(distinct)]
+    )
+    codes = pa.Array.from_buffers(pa.int32(), n_rows, [None, indices])
+    return pa.DictionaryArray.from_arrays(codes, versions)
 
-    From buffers: `pa.array` of a numpy array imports pandas (0.3 s of a record)."""
+
+def thread_column(chunk: Chunk) -> pa.Array:
+    """The chunk's `thread` column (format 4): 1 on every row unless threads ran."""
+    # From buffers: `pa.array` would import pandas (trace/arrays.py), 0.17 CPU s.
     if chunk.threads:
         return arrays.numeric(np.frombuffer(chunk.threads, dtype="<u2"), pa.uint16())
     return arrays.numeric(np.ones(chunk.rows, dtype=np.uint16), pa.uint16())
@@ -184,5 +218,11 @@ def build_batch(
     reads = Events.from_raw(raw[~is_write], chunk.first_step)
     writes = Events.from_raw(raw[is_write], chunk.first_step)
     columns += [reads.column(n), writes.column(n)]
-    columns += [snapshot.column(writes, n) for snapshot in snapshots]
+    # Trace format 5 stores the windows as dictionaries; replay compares dense rows.
+    columns += [
+        snapshot.column(
+            writes, n, pa.types.is_dictionary(schema.field(snapshot.window.column).type)
+        )
+        for snapshot in snapshots
+    ]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
