@@ -12,7 +12,9 @@ the mistake (issue 20's runtime table: minicoro, libaco, marl and libco, measure
   (Boost.Context's make_fcontext/jump_fcontext). Laying the context 8 bytes too low
   enters the function misaligned through the trampoline's jmp: the mistake is the
   make-context's `lea`, found by following the stack pointer from its return value
-  through the caller's `ctx[]` into rdi and rsp, not the trampoline.
+  through the caller's `ctx[]` into rdi and rsp, not the trampoline. With Boost's own
+  layout (one more push in the trampoline, `lea -0x48` after `and $-16`), a `lea -0x50`
+  keeps the residue: the offset right after the alignment is the mistake.
 - A jump to address 0 is the fetch fault Linux gives, not a `halted` run.
 
 Built at test time with gcc; skipped where gcc cannot build static programs.
@@ -125,3 +127,21 @@ def test_a_context_laid_8_bytes_low_is_blamed_on_the_lea_that_computed_it(
     assert "co entered with rsp % 16 == 0" in message
     assert "computed at step" in message and "by `leaq -0x48(%rax), %rax` in make_ctx+" in message
     assert "push a return address" not in message
+
+
+def test_an_offset_that_keeps_the_aligned_top_on_the_grid_is_blamed_on_that_offset(
+    tmp_path: Path,
+) -> None:
+    """Boost's own layout: `and $-16` then `lea -0x48` puts the context 8 bytes off the
+    grid. A `lea -0x50` changes no residue, so following the residue alone stops at the
+    `and` (which changed nothing either): the offset right after the alignment is the
+    mistake."""
+    good = _build(tmp_path, "fcontext_switch.c", "ok2", 'FRAME="-0x48"', "FRAME_PUSH")
+    result = _check(good, tmp_path)
+    assert result.holds, [v.message for r in result.results for v in r.violations]
+
+    bad = _build(tmp_path, "fcontext_switch.c", "off2", 'FRAME="-0x50"', "FRAME_PUSH")
+    (cause,) = _check(bad, tmp_path).result("alignment").causes
+    assert cause.kind == "misaligned-entry"
+    assert cause.site_symbol.startswith("make_ctx+"), cause.site_symbol
+    assert "by `leaq -0x50(%rax), %rax` in make_ctx+" in cause.first.message

@@ -309,7 +309,9 @@ def stack_pointer_made(facts: TraceFacts, switch_step: int, grid: int) -> int:
     moves, a load or `pop` and the store that wrote that memory, and a function's
     return value (Boost.Context's `make_fcontext` returns the context in rax, the
     caller keeps it in memory, `jump_fcontext` loads it into rsp from rdi): to the last
-    arithmetic that changed its residue modulo `grid` (a `lea` 8 bytes off). -1 when
+    arithmetic that changed its residue modulo `grid` (a `lea` 8 bytes off), or to an
+    offset taken right after an `and` put the value on the grid (a `lea` a multiple of
+    16 off, where the make-context needed 8 more: it alone decides the residue). -1 when
     the chain leaves the registers and memory the trace shows, an `and` aligned the
     value (nothing before it decided the residue), or nothing within `_MADE_LOOKBACK`
     steps before the switch changed the residue."""
@@ -356,8 +358,34 @@ def stack_pointer_made(facts: TraceFacts, switch_step: int, grid: int) -> int:
             return low + j
         if insn.id == cs_x86.X86_INS_AND:
             return -1
+        if _aligned_just_before(rows, j, operand, grid):
+            # An offset taken right after `and $-16`: it alone decides the residue
+            # (Boost's `lea -0x48` needs the 8; a `-0x50` keeps it on the grid).
+            return low + j
         value, at = before, j  # the residue was there before: follow the operand
     return -1
+
+
+#: How many instructions before an offset `_aligned_just_before` looks for the `and`.
+_ALIGN_REACH = 4
+
+
+def _aligned_just_before(rows: pa.Table, j: int, register: str, grid: int) -> bool:
+    """Did one of the few instructions before row `j` put `register` on the `grid`
+    (`and $-16, %rax`)? An `and` that found the value aligned changed nothing, so the
+    registers' values alone do not show it."""
+    start = max(0, j - _ALIGN_REACH)
+    rips, code = rows.column("rip"), rows.column("insn_bytes")
+    for k in range(j - 1, start - 1, -1):
+        insn = decode(int(rips[k].as_py()), code[k].as_py() or b"")
+        if insn.id != cs_x86.X86_INS_AND or len(insn.operands) != 2:
+            if insn.writes_register(register):
+                return False  # the register got its value after any `and`
+            continue
+        destination, mask = insn.operands
+        if destination.type is OperandType.REG and destination.register == register:
+            return mask.type is OperandType.IMM and mask.imm < 0 and -mask.imm % grid == 0
+    return False
 
 
 #: The general registers in a fixed order: the columns of `stack_pointer_made`'s matrix.

@@ -8,7 +8,14 @@
    stack pointer as the context left, loads rsp from its first argument, restores and
    jumps to the resume address. The trampoline pushes a (null) return address and jumps
    to the context function. FRAME is where make_ctx puts the context: -0x40 enters the
-   function with rsp % 16 == 8, as a call would. */
+   function with rsp % 16 == 8, as a call would. With -DFRAME_PUSH the trampoline also
+   pushes a frame pointer, as Boost's layout needs one more slot: the context must then
+   be 8 bytes off the grid (-0x48, Boost's own `lea`), and a multiple of 16 is wrong. */
+#ifdef FRAME_PUSH
+#define TRAMPOLINE "  pushq %rbp\n  pushq %rbp\n  jmp *%rbx\n"
+#else
+#define TRAMPOLINE "  pushq %rbp\n  jmp *%rbx\n"
+#endif
 typedef void *fctx;
 typedef struct {
     fctx from;
@@ -23,7 +30,7 @@ __asm__(".text\n.globl make_ctx\n.type make_ctx, @function\nmake_ctx:\n"
         "  movq $0, 0x30(%rax)\n"
         "  leaq trampoline(%rip), %rcx\n  movq %rcx, 0x38(%rax)\n"
         "  ret\n"
-        "trampoline:\n  pushq %rbp\n  jmp *%rbx\n"
+        "trampoline:\n" TRAMPOLINE
         ".size make_ctx, .-make_ctx\n"
         ".globl jump_ctx\n.type jump_ctx, @function\njump_ctx:\n"
         "  leaq -0x38(%rsp), %rsp\n"
