@@ -18,7 +18,7 @@ def _meta(path: Path) -> dict:  # type: ignore[type-arg]
 def test_stop_output_and_metadata(first_switch_trace: Path) -> None:
     meta = _meta(first_switch_trace)
     assert meta["format"] == "stacktrace-lab-trace"
-    assert meta["version"] == 4
+    assert meta["version"] == 5
     assert meta["stop"]["reason"] == "spin"
     assert meta["output"]["stdout"] == HELLO_MESSAGE
     assert set(meta["layout"]["symbols"]) == {"main", "gt_switch", "hello"}
