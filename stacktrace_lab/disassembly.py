@@ -33,6 +33,11 @@ from .trace.format import INSTRUCTION_KINDS
 
 #: What `source_line` looks like: (file, line) of an address, or None.
 SourceLookup = Callable[[int], "tuple[str, int] | None"]
+#: An Instruction's fields as a tuple: (text, size, kind, bytes).
+InstructionFact = tuple[str, int, str, bytes]
+#: `Disassembler.decode` of many addresses of the program's own code at once, in
+#: their order (the C core's, record/core/native_capstone.py).
+DecodeMany = Callable[["npt.NDArray[np.uint64]"], "list[InstructionFact]"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def instruction_kind(insn: CsInsn) -> str:
 #: own) that start every instruction whose kind is not "other": calls, returns,
 #: jumps, `loop`, `xbegin`, `syscall`... Only these need capstone's detail mode;
 #: tests/test_disassembly_kinds.py sweeps a static binary to hold this.
-_MAY_BRANCH = (
+MAY_BRANCH = (
     "j", "call", "ret", "loop", "lcall", "ljmp", "lret", "sys", "iret", "xbegin", "xabort",
     "int", "enter", "leave", "bnd", "notrack",
 )  # fmt: skip
@@ -77,7 +82,7 @@ _MAY_BRANCH = (
 
 def may_branch(mnemonic: str) -> bool:
     """Whether an instruction with this mnemonic can be of a kind other than "other"."""
-    return any(word.startswith(_MAY_BRANCH) for word in mnemonic.split())
+    return any(word.startswith(MAY_BRANCH) for word in mnemonic.split())
 
 
 class Disassembler:
@@ -103,6 +108,11 @@ class Disassembler:
         disassembler = cls(b"", 0, symbols)
         disassembler._segments = sorted(segments)
         return disassembler
+
+    @property
+    def segments(self) -> list[tuple[int, bytes]]:
+        """(base, bytes) of each piece of the program's code, by address."""
+        return self._segments
 
     def _bytes_at(self, addr: int) -> bytes:
         """Up to 16 bytes of code from `addr`; empty outside the code."""
@@ -197,9 +207,16 @@ class InstructionTable:
     dictionary is fixed: all six kinds, in the documented order.
     """
 
-    def __init__(self, disassembler: Disassembler, source_line: SourceLookup) -> None:
+    def __init__(
+        self,
+        disassembler: Disassembler,
+        source_line: SourceLookup,
+        decode_many: DecodeMany | None = None,
+    ) -> None:
         self._disassembler = disassembler
         self._source_line = source_line
+        #: `disassembler.decode` of many addresses of the program's code at once, if given.
+        self._decode_many = decode_many
         #: address (or address and the bytes that ran there) -> row of _facts
         self._row_of: dict[int | tuple[int, bytes], int] = {}
         self._facts = np.zeros((0, 7), dtype=np.int64)
@@ -211,23 +228,47 @@ class InstructionTable:
         self._bytes: list[bytes] = []
         self._bytes_array: pa.Array | None = None
 
-    def _learn(self, key: int | tuple[int, bytes]) -> tuple[int, int, int, int, int, int, int]:
+    def _decoded(self, keys: list[int | tuple[int, bytes]]) -> list[InstructionFact]:
+        """The instruction of each key: `decode_many` for the program's code (in one
+        call), the disassembler for code that ran elsewhere or was rewritten."""
+        if self._decode_many is None:
+            return [self._fact(key) for key in keys]
+        plain = [key for key in keys if not isinstance(key, tuple)]
+        many = iter(self._decode_many(np.array(plain, dtype=np.uint64)) if plain else [])
+        return [self._fact(key) if isinstance(key, tuple) else next(many) for key in keys]
+
+    def _fact(self, key: int | tuple[int, bytes]) -> InstructionFact:
         addr, code = key if isinstance(key, tuple) else (key, None)
         insn = self._disassembler.decode(addr, code)
-        label = self._disassembler.label(addr)
-        source = self._source_line(addr)
-        self._row_of[key] = len(self._row_of)
-        self._bytes.append(insn.data)
-        self._bytes_array = None
-        return (
-            self.texts.add(insn.text),
-            self.symbols.add(self._disassembler.symbol(addr)),
-            self.kinds.add(insn.kind),
-            -1 if label is None else self.labels.add(label[0]),
-            -1 if source is None else self.sources.add(f"{source[0]}:{source[1]}"),
-            len(self._bytes) - 1,
-            0 if label is None else label[1],
-        )
+        return insn.text, insn.size, insn.kind, insn.data
+
+    def _learn(self, keys: list[int | tuple[int, bytes]]) -> list[tuple[int, ...]]:
+        """Rows of _facts for new keys, in order (each table interns in that order)."""
+        label_of = self._disassembler.label
+        source_line = self._source_line
+        add_text, add_symbol, add_kind = self.texts.add, self.symbols.add, self.kinds.add
+        add_label, add_source = self.labels.add, self.sources.add
+        learned = []
+        for key, (text, _size, kind, data) in zip(keys, self._decoded(keys), strict=True):
+            addr = key[0] if isinstance(key, tuple) else key
+            label = label_of(addr)
+            source = source_line(addr)
+            self._row_of[key] = len(self._row_of)
+            self._bytes.append(data)
+            learned.append(
+                (
+                    add_text(text),
+                    add_symbol(f"{addr:#x}" if label is None else f"{label[0]}+{label[1]}"),
+                    add_kind(kind),
+                    -1 if label is None else add_label(label[0]),
+                    -1 if source is None else add_source(f"{source[0]}:{source[1]}"),
+                    len(self._bytes) - 1,
+                    0 if label is None else label[1],
+                )
+            )
+        if learned:
+            self._bytes_array = None
+        return learned
 
     def columns(
         self, rips: npt.NDArray[np.uint64], code: dict[int, bytes] | None = None
@@ -236,9 +277,10 @@ class InstructionTable:
         rip; `code`: the bytes that ran at addresses whose code is not the program's
         as loaded (written or mapped at run time), decoded instead."""
         unique, inverse = np.unique(rips, return_inverse=True)
-        code = code or {}
-        keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
-        learned = [self._learn(key) for key in keys if key not in self._row_of]
+        keys: list[int | tuple[int, bytes]] = list(unique.tolist())
+        if code:
+            keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
+        learned = self._learn([key for key in keys if key not in self._row_of])
         if learned:
             self._facts = np.concatenate([self._facts, np.array(learned, dtype=np.int64)])
         rows = np.array([self._row_of[key] for key in keys], dtype=np.int64)

@@ -48,6 +48,8 @@ from ..trace.writer import TraceWriter
 from .asm.assembler import Program, assemble
 from .asm.precheck import precheck_program
 from .core.columns import SnapshotState, build_batch, thread_column
+from .core.hooks import native_module
+from .core.native_capstone import NativeFacts, native_capstone
 from .core.windows import Extent, choose_windows
 from .machine import initial_state
 from .machine.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
@@ -362,9 +364,12 @@ def record_description(
     snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
     code_regions = tuple(r for r in spec.regions if r.kind == "code")
     lines = LineUse(description.lines, code_regions)
-    table = InstructionTable(
-        Disassembler.of_segments(description.code_segments, description.symbols), lines
+    disassembler = Disassembler.of_segments(description.code_segments, description.symbols)
+    capstone_core = native_capstone(native_module())
+    decode_many = (
+        None if capstone_core is None else NativeFacts(capstone_core, disassembler.segments)
     )
+    table = InstructionTable(disassembler, lines, decode_many)
     trace_schema = schema(windows)
     row_schema = hook_schema(windows)  # `syscall` is built here, from the kernel's log
     max_steps = options.max_steps or description.max_steps
