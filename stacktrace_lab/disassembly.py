@@ -8,6 +8,7 @@ the same facts for version 1 traces, which did not store them.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -155,6 +156,10 @@ class Disassembler:
         """(nearest label at or below, offset from it), or None below every label."""
         return self._labels.nearest(addr)
 
+    def labels(self, addrs: list[int]) -> list[tuple[str, int] | None]:
+        """`label` of each address, in one search."""
+        return self._labels.nearest_many(addrs)
+
     def symbol(self, addr: int) -> str:
         """`label+offset` (offset in decimal, also when 0), or hex below every label."""
         nearest = self.label(addr)
@@ -181,6 +186,15 @@ class _Interned:
             self.values.append(value)
             self._array = None
         return position
+
+    def add_many(self, values: list[str | None]) -> list[int]:
+        """`add` of each value in order; -1 for None."""
+        index = self._index
+        positions = [-1 if v is None else index.setdefault(v, len(index)) for v in values]
+        if len(index) > len(self.values):  # `index` holds the values in first-seen order
+            self.values.extend(itertools.islice(index, len(self.values), None))
+            self._array = None
+        return positions
 
     def dictionary(self, indices: npt.NDArray[np.int32]) -> pa.DictionaryArray:
         """A dictionary column over all values so far; a negative index is a null."""
@@ -242,32 +256,34 @@ class InstructionTable:
         insn = self._disassembler.decode(addr, code)
         return insn.text, insn.size, insn.kind, insn.data
 
-    def _learn(self, keys: list[int | tuple[int, bytes]]) -> list[tuple[int, ...]]:
+    def _learn(self, keys: list[int | tuple[int, bytes]]) -> npt.NDArray[np.int64]:
         """Rows of _facts for new keys, in order (each table interns in that order)."""
-        label_of = self._disassembler.label
+        learned = np.zeros((len(keys), 7), dtype=np.int64)
+        if not keys:
+            return learned
+        addrs = [key[0] if isinstance(key, tuple) else key for key in keys]
+        facts = self._decoded(keys)
+        labels = self._disassembler.labels(addrs)
         source_line = self._source_line
-        add_text, add_symbol, add_kind = self.texts.add, self.symbols.add, self.kinds.add
-        add_label, add_source = self.labels.add, self.sources.add
-        learned = []
-        for key, (text, _size, kind, data) in zip(keys, self._decoded(keys), strict=True):
-            addr = key[0] if isinstance(key, tuple) else key
-            label = label_of(addr)
-            source = source_line(addr)
-            self._row_of[key] = len(self._row_of)
-            self._bytes.append(data)
-            learned.append(
-                (
-                    add_text(text),
-                    add_symbol(f"{addr:#x}" if label is None else f"{label[0]}+{label[1]}"),
-                    add_kind(kind),
-                    -1 if label is None else add_label(label[0]),
-                    -1 if source is None else add_source(f"{source[0]}:{source[1]}"),
-                    len(self._bytes) - 1,
-                    0 if label is None else label[1],
-                )
-            )
-        if learned:
-            self._bytes_array = None
+        sources = [source_line(addr) for addr in addrs]
+        first_row = len(self._row_of)
+        self._row_of.update(zip(keys, range(first_row, first_row + len(keys)), strict=True))
+        learned[:, _BYTES] = np.arange(len(self._bytes), len(self._bytes) + len(keys))
+        self._bytes.extend(fact[3] for fact in facts)
+        self._bytes_array = None
+        learned[:, _TEXT] = self.texts.add_many([fact[0] for fact in facts])
+        learned[:, _SYMBOL] = self.symbols.add_many(
+            [
+                f"{addr:#x}" if label is None else f"{label[0]}+{label[1]}"
+                for addr, label in zip(addrs, labels, strict=True)
+            ]
+        )
+        learned[:, _KIND] = self.kinds.add_many([fact[2] for fact in facts])
+        learned[:, _LABEL] = self.labels.add_many([None if lb is None else lb[0] for lb in labels])
+        learned[:, _SOURCE] = self.sources.add_many(
+            [None if line is None else f"{line[0]}:{line[1]}" for line in sources]
+        )
+        learned[:, _OFFSET] = [0 if label is None else label[1] for label in labels]
         return learned
 
     def columns(
@@ -281,8 +297,8 @@ class InstructionTable:
         if code:
             keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
         learned = self._learn([key for key in keys if key not in self._row_of])
-        if learned:
-            self._facts = np.concatenate([self._facts, np.array(learned, dtype=np.int64)])
+        if len(learned):
+            self._facts = np.concatenate([self._facts, learned])
         rows = np.array([self._row_of[key] for key in keys], dtype=np.int64)
         per_row = self._facts[rows[inverse.reshape(-1)]]
         index = per_row[:, :_OFFSET].astype(np.int32)

@@ -289,12 +289,14 @@ class LineUse:
             return None
         self._used[row.addr] = row
         # SourceLines' rule (trace/format.py), on the row that answered.
-        region = next((r for r in self._code if r.contains(addr)), None)
         # Line 0 is DWARF's "no source line from here" (the end of a sequence,
         # code compiled without debug information after it).
-        if region is None or row.addr < region.base or row.line == 0:
+        if row.line == 0:
             return None
-        return row.file, row.line
+        for region in self._code:  # the first region holding `addr`
+            if region.contains(addr):
+                return None if row.addr < region.base else (row.file, row.line)
+        return None
 
     def used(self) -> tuple[SourceLine, ...]:
         return tuple(self._used[addr] for addr in sorted(self._used))
