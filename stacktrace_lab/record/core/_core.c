@@ -314,6 +314,10 @@ typedef struct {
     /* disassembly.py's _MAY_BRANCH: mnemonic words that may start a branch. */
     char *branch_words[MAX_BRANCH_WORDS];
     int n_branch_words;
+    /* emulator_gaps.py's UNALIGNED_OK: mnemonics whose 16-byte memory operand may be
+     * misaligned. */
+    char *unaligned_ok[MAX_BRANCH_WORDS];
+    int n_unaligned_ok;
     PyObject *kind_names; /* INSTRUCTION_KINDS, as str */
 } Capstone;
 
@@ -481,32 +485,61 @@ static int cap_needs_python(Capstone *cap, const uint8_t *code, size_t size, uin
     if (((const char *)cap->insn + cap->at_mnemonic)[0] == 'f') return 1;
     const uint8_t *detail = FIELD(uint8_t *, cap->insn, cap->at_detail);
     if (detail == NULL) return 1;
-    return cap_in_group(cap, detail, cap->grp_privilege) ||
-           cap_has_operand(cap, detail, cap->op_mem, 16);
+    if (cap_in_group(cap, detail, cap->grp_privilege)) return 1;
+    if (!cap_has_operand(cap, detail, cap->op_mem, 16)) return 0;
+    const char *mnemonic = (const char *)cap->insn + cap->at_mnemonic;
+    for (int i = 0; i < cap->n_unaligned_ok; i++)
+        if (strcmp(mnemonic, cap->unaligned_ok[i]) == 0) return 0;
+    return 1;
+}
+
+/* Copies of the str items of `words` into `out` (at most MAX_BRANCH_WORDS): 0 on error. */
+static int keep_words(PyObject *words, char **out, int *n) {
+    PyObject *seq = PySequence_Fast(words, "words must be a sequence");
+    if (seq == NULL) return 0;
+    int ok = 1;
+    for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        const char *word = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
+        if (word == NULL) {
+            ok = 0;
+        } else if (*n == MAX_BRANCH_WORDS) {
+            PyErr_SetString(PyExc_ValueError, "too many words");
+            ok = 0;
+        } else if ((out[*n] = strdup(word)) == NULL) {
+            PyErr_NoMemory();
+            ok = 0;
+        } else {
+            (*n)++;
+        }
+    }
+    Py_DECREF(seq);
+    return ok;
 }
 
 static void cap_dealloc(Capstone *cap) {
     if (cap->insn != NULL) cap->free_insn(cap->insn, 1);
     free(cap->python_ids);
     for (int i = 0; i < cap->n_branch_words; i++) free(cap->branch_words[i]);
+    for (int i = 0; i < cap->n_unaligned_ok; i++) free(cap->unaligned_ok[i]);
     Py_XDECREF(cap->cs);
     Py_XDECREF(cap->kind_names);
     Py_TYPE(cap)->tp_free((PyObject *)cap);
 }
 
 /* Capstone(cs, handle, (cs_malloc, cs_disasm_iter, cs_free), layout (12 offsets),
- *          constants (9), python ids, branch words, kind names) */
+ *          constants (9), python ids, branch words, unaligned-ok mnemonics, kind names) */
 static int cap_init(Capstone *cap, PyObject *args, PyObject *kwargs) {
-    PyObject *cs, *ids, *words, *kind_names;
+    PyObject *cs, *ids, *words, *unaligned, *kind_names;
     unsigned long long handle, f_malloc, f_iter, f_free;
-    if (!PyArg_ParseTuple(args, "OK(KKK)(nnnnnnnnnnnn)(iiiiiiiii)OOO!", &cs, &handle, &f_malloc,
+    if (!PyArg_ParseTuple(args, "OK(KKK)(nnnnnnnnnnnn)(iiiiiiiii)OOOO!", &cs, &handle, &f_malloc,
                           &f_iter, &f_free, &cap->at_id, &cap->at_size, &cap->at_mnemonic,
                           &cap->at_op_str, &cap->at_detail, &cap->at_groups,
                           &cap->at_groups_count, &cap->at_op_count, &cap->at_operands,
                           &cap->op_stride, &cap->at_op_type, &cap->at_op_size, &cap->ins_syscall,
                           &cap->ins_sysenter, &cap->grp_jump, &cap->grp_call, &cap->grp_ret,
                           &cap->grp_branch_relative, &cap->grp_privilege, &cap->op_reg,
-                          &cap->op_mem, &ids, &words, &PyTuple_Type, &kind_names))
+                          &cap->op_mem, &ids, &words, &unaligned, &PyTuple_Type,
+                          &kind_names))
         return -1;
     if (cap->insn != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Capstone initialised twice");
@@ -535,24 +568,9 @@ static int cap_init(Capstone *cap, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     if (PyErr_Occurred()) return -1;
-    seq = PySequence_Fast(words, "branch words must be a sequence");
-    if (seq == NULL) return -1;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        const char *word = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
-        if (word == NULL || cap->n_branch_words == MAX_BRANCH_WORDS) {
-            if (word != NULL) PyErr_SetString(PyExc_ValueError, "too many branch words");
-            Py_DECREF(seq);
-            return -1;
-        }
-        cap->branch_words[cap->n_branch_words] = strdup(word);
-        if (cap->branch_words[cap->n_branch_words] == NULL) {
-            Py_DECREF(seq);
-            PyErr_NoMemory();
-            return -1;
-        }
-        cap->n_branch_words++;
-    }
-    Py_DECREF(seq);
+    if (!keep_words(words, cap->branch_words, &cap->n_branch_words) ||
+        !keep_words(unaligned, cap->unaligned_ok, &cap->n_unaligned_ok))
+        return -1;
     cap->handle = (size_t)handle;
     cap->disasm_iter = (cs_disasm_iter_fn)(uintptr_t)f_iter;
     cap->free_insn = (cs_free_fn)(uintptr_t)f_free;

@@ -14,7 +14,8 @@ What the C side does is the Python code's rule, on the same bytes:
 core asks Python's `Decisions.decide` for every instruction that may be
 privileged, fixed-value or an emulator gap (the ids in
 `user_mode.IDS_DECIDED_IN_PYTHON`, the privilege group, x87 and VEX/EVEX/XOP
-encodings, a 16-byte memory operand), deciding only the rest, NORMAL, itself.
+encodings, a 16-byte memory operand of a mnemonic not in
+`emulator_gaps.UNALIGNED_OK`), deciding only the rest, NORMAL, itself.
 tests/test_native_core.py checks that traces stay byte-identical to the pure
 Python recorder's.
 """
@@ -41,6 +42,7 @@ from capstone import x86 as cs_x86
 
 from ...disassembly import MAY_BRANCH, InstructionFact
 from ...trace.format import INSTRUCTION_KINDS
+from ..machine.emulator_gaps import UNALIGNED_OK
 from ..machine.user_mode import IDS_DECIDED_IN_PYTHON
 
 
@@ -104,6 +106,7 @@ def native_capstone(module: Any) -> Any | None:
         constants,
         sorted(IDS_DECIDED_IN_PYTHON),
         MAY_BRANCH,
+        sorted(UNALIGNED_OK),
         INSTRUCTION_KINDS,
     )
 

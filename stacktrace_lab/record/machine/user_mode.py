@@ -112,7 +112,8 @@ _FIXED_VALUE_IDS = frozenset(
 #: sysenter, the fixed-value ones). The C core (record/core/native_capstone.py)
 #: decides an instruction NORMAL itself only when its id is none of these and it
 #: is in no privilege group, no x87 or VEX/EVEX/XOP instruction and has no 16-byte
-#: memory operand: everything else it asks `decide` about, as before.
+#: memory operand (but for emulator_gaps.UNALIGNED_OK's): everything else it asks
+#: `decide` about, as before.
 IDS_DECIDED_IN_PYTHON = frozenset((*_MISSED_BY_CAPSTONE, x86.X86_INS_SYSENTER, *_FIXED_VALUE_IDS))
 
 
