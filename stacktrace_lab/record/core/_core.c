@@ -586,8 +586,19 @@ static int cap_init(Capstone *cap, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
+/* asks_python(code, address) -> bool: whether the core asks Decisions.decide about the
+ * instruction in `code` (the bytes at `address`) once may_matter let it through. */
+static PyObject *cap_asks_python(Capstone *cap, PyObject *args) {
+    const char *code;
+    Py_ssize_t size;
+    unsigned long long address;
+    if (!PyArg_ParseTuple(args, "y#K", &code, &size, &address)) return NULL;
+    return PyBool_FromLong(cap_needs_python(cap, (const uint8_t *)code, (size_t)size, address));
+}
+
 static PyMethodDef cap_methods[] = {
     {"facts", (PyCFunction)cap_facts, METH_VARARGS, NULL},
+    {"asks_python", (PyCFunction)cap_asks_python, METH_VARARGS, NULL},
     {NULL},
 };
 
