@@ -13,7 +13,6 @@ tests/test_native_core.py checks the same end to end (byte-identical traces)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
