@@ -87,11 +87,13 @@ def run(python: str, argv: list[str], env: dict[str, str]) -> dict[str, float]:
     return {"cpu": usage.ru_utime + usage.ru_stime, "wall": wall, "steps": summary["steps"]}
 
 
-def build(tmp: Path) -> dict[str, Path]:
+def build(tmp: Path, names: list[str]) -> dict[str, Path]:
     from stacktrace_lab.examples import build_example, compiler_missing
 
     programs = {}
     for name, kind in (("C", "c-static"), ("Rust", "rust-static-pie")):
+        if name not in names:
+            continue
         why = compiler_missing(kind)
         if why is None:
             programs[name] = build_example(kind, tmp)
@@ -117,6 +119,13 @@ def main() -> None:
     )
     parser.add_argument("--skip-scenario", action="store_true", help="programs only")
     parser.add_argument(
+        "--programs",
+        nargs="+",
+        choices=("C", "Rust"),
+        default=["C", "Rust"],
+        help="which examples (default both); C alone affords more --repeat",
+    )
+    parser.add_argument(
         "--from-main", action="store_true", help="also `record --from main` (slow at 89b56b2)"
     )
     args = parser.parse_args()
@@ -141,7 +150,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        programs = build(tmp / "bin")
+        programs = build(tmp / "bin", args.programs)
         out = str(tmp / "t.parquet")
         for _ in range(args.repeat):
             for name, program in programs.items():

@@ -3,8 +3,10 @@
  * machine.py's pure-Python hooks are the reference; this file does the same
  * per-step work without a Python call per step (tests/test_native_core.py
  * checks that both write byte-identical traces). Python is called only per
- * chunk of rows, for an address executed for the first time (the user-mode
- * decision, record/machine/user_mode.py), after a fixed-value instruction (the CPU
+ * chunk of rows, for an address executed for the first time whose instruction
+ * may be privileged, fixed-value or an emulator gap (the user-mode decision,
+ * record/machine/user_mode.py; the rest are decided here, with capstone's C library,
+ * record/core/native_capstone.py), after a fixed-value instruction (the CPU
  * model's answer), at a privileged or unsupported instruction, at an execution
  * of one whose memory operand must be aligned (record/machine/emulator_gaps.py) when
  * the operand is misaligned (the core computes its address at every execution
@@ -12,8 +14,9 @@
  * writes the message and stops the run), and in the discovery pass at the
  * allocator's entries and returns.
  *
- * No unicorn header is needed: the few entry points used are declared below
- * and their addresses come from the library the `unicorn` package loaded.
+ * No unicorn or capstone header is needed: the few entry points used are declared
+ * below and their addresses come from the libraries the `unicorn` and `capstone`
+ * packages loaded.
  *
  * Modes:
  *   COUNT     run to `--from`'s symbol: count steps, nothing else;
