@@ -22,6 +22,12 @@ and rustc, static):
 - **end to end**: the whole program (and with `--from-main`, `record --from main`),
   the median CPU of the runs;
 
+- **per step, in one process** (`--in-process`): the same difference, between
+  recordings in one child per side after one of each to warm up, so start-up
+  and one-time work (imports, the ELF's symbols, reading the DWARF line table)
+  are out and the start-up's noise with them; a steadier figure for a program
+  whose whole run costs little more than its start-up (the C example);
+
 and benchmarks/call-heavy.toml (a scenario): `--steps` steps end to end (steps per
 CPU second and per wall second, and the trace's bytes per step) and per step as
 the difference with a run of a tenth of the steps. Issue 19's scenario goal
@@ -45,6 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "call-heavy.toml"
@@ -102,11 +109,61 @@ def run(python: str, argv: list[str], env: dict[str, str]) -> dict[str, float]:
     }
 
 
-def build(tmp: Path) -> dict[str, Path]:
+#: A child's script for --in-process: record `program` at SMALL steps and whole,
+#: once each to warm up (imports, symbols, the DWARF line table, caches), then
+#: `repeat` times each, interleaved; prints the CPU seconds (all threads) of each.
+IN_PROCESS = """
+import json, resource, sys
+try:
+    from stacktrace_lab.record.linux.elf_front import record_elf
+except ImportError:  # 89b56b2's layout
+    from stacktrace_lab.record.elf_front import record_elf
+from stacktrace_lab.record.recorder import RecordOptions
+
+program, out, small, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cpu = {"small": [], "large": []}
+steps = {}
+def cpu_now():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+for run in range(repeat + 1):
+    for size, limit in (("small", small), ("large", None)):
+        before = cpu_now()
+        recording = record_elf(program, out, RecordOptions(max_steps=limit))
+        if run:
+            cpu[size].append(cpu_now() - before)
+        steps[size] = recording.metadata.steps
+print(json.dumps({"cpu": cpu, "steps": steps}))
+"""
+
+
+def in_process(python: str, env: dict[str, str], program: Path, out: str, repeat: int) -> Any:
+    """Per-step CPU (min, median) of recordings in one process (see IN_PROCESS)."""
+    child = subprocess.run(
+        ["nice", "-n", "5", python, "-c", IN_PROCESS, str(program), out, str(SMALL), str(repeat)],
+        capture_output=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+        check=False,
+    )
+    if child.returncode != 0:
+        raise SystemExit(f"in-process run failed: {child.stderr.decode(errors='replace')}")
+    found = json.loads(child.stdout)
+    steps = found["steps"]["large"] - found["steps"]["small"]
+    small, large = found["cpu"]["small"], found["cpu"]["large"]
+    return (
+        (min(large) - min(small)) / steps,
+        (statistics.median(large) - statistics.median(small)) / steps,
+    )
+
+
+def build(tmp: Path, names: list[str]) -> dict[str, Path]:
     from stacktrace_lab.examples import build_example, compiler_missing
 
     programs = {}
     for name, kind in (("C", "c-static"), ("Rust", "rust-static-pie")):
+        if name not in names:
+            continue
         why = compiler_missing(kind)
         if why is None:
             programs[name] = build_example(kind, tmp)
@@ -133,6 +190,18 @@ def main() -> None:
     parser.add_argument("--skip-scenario", action="store_true", help="programs only")
     parser.add_argument("--skip-programs", action="store_true", help="the scenario only")
     parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="also per step within one process per side (start-up and one-time work out)",
+    )
+    parser.add_argument(
+        "--programs",
+        nargs="+",
+        choices=("C", "Rust"),
+        default=["C", "Rust"],
+        help="which examples (default both); C alone affords more --repeat",
+    )
+    parser.add_argument(
         "--from-main", action="store_true", help="also `record --from main` (slow at 89b56b2)"
     )
     args = parser.parse_args()
@@ -157,7 +226,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        programs = {} if args.skip_programs else build(tmp / "bin")
+        programs = {} if args.skip_programs else build(tmp / "bin", args.programs)
         out = str(tmp / "t.parquet")
         for _ in range(args.repeat):
             for name, program in programs.items():
@@ -169,6 +238,11 @@ def main() -> None:
                     measure(f"{name}: whole program", side, record)
                     if args.from_main:
                         measure(f"{name}: --from main", side, [*record, "--from", "main"])
+        inside: dict[tuple[str, str], Any] = {}
+        if args.in_process:
+            for name, program in programs.items():
+                for side, (python, side_env) in sides.items():
+                    inside[(name, side)] = in_process(python, side_env, program, out, args.repeat)
         if not args.skip_scenario:
             short = max(args.steps // 10, 1)
             for _ in range(max(args.repeat // 2, 2)):
@@ -206,6 +280,17 @@ def main() -> None:
             cost = (per_step(a, b, "min"), per_step(a, b, "median"))
             costs[(name, side)] = cost
             print(f"{name:<34} {side:<14} {cost[0] * 1e6:>11.3f} {cost[1] * 1e6:>7.3f}")
+    if inside:
+        print(f"\n{'per step, in one process':<34} {'side':<14} {'us/step min':>11} {'median':>7}")
+        for (name, side), (low, middle) in inside.items():
+            print(f"{name:<34} {side:<14} {low * 1e6:>11.3f} {middle * 1e6:>7.3f}")
+        if "89b56b2" in sides:
+            for name in programs:
+                old_cost, new_cost = inside[(name, "89b56b2")], inside[(name, "this checkout")]
+                print(
+                    f"  ratio in one process, {name}: {old_cost[0] / new_cost[0]:.1f}x (min), "
+                    f"{old_cost[1] / new_cost[1]:.1f}x (median)"
+                )
     if "89b56b2" in sides:
         print("\nratios, 89b56b2 / this checkout (CPU):")
         for name, _small, _large in pairs:

@@ -8,6 +8,7 @@ the same facts for version 1 traces, which did not store them.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,11 @@ from .trace.format import INSTRUCTION_KINDS
 
 #: What `source_line` looks like: (file, line) of an address, or None.
 SourceLookup = Callable[[int], "tuple[str, int] | None"]
+#: An Instruction's fields as a tuple: (text, size, kind, bytes).
+InstructionFact = tuple[str, int, str, bytes]
+#: `Disassembler.decode` of many addresses of the program's own code at once, in
+#: their order (the C core's, record/core/native_capstone.py).
+DecodeMany = Callable[["npt.NDArray[np.uint64]"], "list[InstructionFact]"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ def instruction_kind(insn: CsInsn) -> str:
 #: own) that start every instruction whose kind is not "other": calls, returns,
 #: jumps, `loop`, `xbegin`, `syscall`... Only these need capstone's detail mode;
 #: tests/test_disassembly_kinds.py sweeps a static binary to hold this.
-_MAY_BRANCH = (
+MAY_BRANCH = (
     "j", "call", "ret", "loop", "lcall", "ljmp", "lret", "sys", "iret", "xbegin", "xabort",
     "int", "enter", "leave", "bnd", "notrack",
 )  # fmt: skip
@@ -78,7 +84,7 @@ _MAY_BRANCH = (
 
 def may_branch(mnemonic: str) -> bool:
     """Whether an instruction with this mnemonic can be of a kind other than "other"."""
-    return any(word.startswith(_MAY_BRANCH) for word in mnemonic.split())
+    return any(word.startswith(MAY_BRANCH) for word in mnemonic.split())
 
 
 class Disassembler:
@@ -104,6 +110,11 @@ class Disassembler:
         disassembler = cls(b"", 0, symbols)
         disassembler._segments = sorted(segments)
         return disassembler
+
+    @property
+    def segments(self) -> list[tuple[int, bytes]]:
+        """(base, bytes) of each piece of the program's code, by address."""
+        return self._segments
 
     def _bytes_at(self, addr: int) -> bytes:
         """Up to 16 bytes of code from `addr`; empty outside the code."""
@@ -146,6 +157,10 @@ class Disassembler:
         """(nearest label at or below, offset from it), or None below every label."""
         return self._labels.nearest(addr)
 
+    def labels(self, addrs: list[int]) -> list[tuple[str, int] | None]:
+        """`label` of each address, in one search."""
+        return self._labels.nearest_many(addrs)
+
     def symbol(self, addr: int) -> str:
         """`label+offset` (offset in decimal, also when 0), or hex below every label."""
         nearest = self.label(addr)
@@ -173,6 +188,15 @@ class _Interned:
             self._array = None
         return position
 
+    def add_many(self, values: list[str | None]) -> list[int]:
+        """`add` of each value in order; -1 for None."""
+        index = self._index
+        positions = [-1 if v is None else index.setdefault(v, len(index)) for v in values]
+        if len(index) > len(self.values):  # `index` holds the values in first-seen order
+            self.values.extend(itertools.islice(index, len(self.values), None))
+            self._array = None
+        return positions
+
     def dictionary(self, indices: npt.NDArray[np.int32]) -> pa.DictionaryArray:
         """A dictionary column over all values so far; a negative index is a null."""
         if self._array is None:
@@ -198,9 +222,16 @@ class InstructionTable:
     dictionary is fixed: all six kinds, in the documented order.
     """
 
-    def __init__(self, disassembler: Disassembler, source_line: SourceLookup) -> None:
+    def __init__(
+        self,
+        disassembler: Disassembler,
+        source_line: SourceLookup,
+        decode_many: DecodeMany | None = None,
+    ) -> None:
         self._disassembler = disassembler
         self._source_line = source_line
+        #: `disassembler.decode` of many addresses of the program's code at once, if given.
+        self._decode_many = decode_many
         #: address (or address and the bytes that ran there) -> row of _facts
         self._row_of: dict[int | tuple[int, bytes], int] = {}
         self._facts = np.zeros((0, 7), dtype=np.int64)
@@ -212,23 +243,49 @@ class InstructionTable:
         self._bytes: list[bytes] = []
         self._bytes_array: pa.Array | None = None
 
-    def _learn(self, key: int | tuple[int, bytes]) -> tuple[int, int, int, int, int, int, int]:
+    def _decoded(self, keys: list[int | tuple[int, bytes]]) -> list[InstructionFact]:
+        """The instruction of each key: `decode_many` for the program's code (in one
+        call), the disassembler for code that ran elsewhere or was rewritten."""
+        if self._decode_many is None:
+            return [self._fact(key) for key in keys]
+        plain = [key for key in keys if not isinstance(key, tuple)]
+        many = iter(self._decode_many(np.array(plain, dtype=np.uint64)) if plain else [])
+        return [self._fact(key) if isinstance(key, tuple) else next(many) for key in keys]
+
+    def _fact(self, key: int | tuple[int, bytes]) -> InstructionFact:
         addr, code = key if isinstance(key, tuple) else (key, None)
         insn = self._disassembler.decode(addr, code)
-        label = self._disassembler.label(addr)
-        source = self._source_line(addr)
-        self._row_of[key] = len(self._row_of)
-        self._bytes.append(insn.data)
+        return insn.text, insn.size, insn.kind, insn.data
+
+    def _learn(self, keys: list[int | tuple[int, bytes]]) -> npt.NDArray[np.int64]:
+        """Rows of _facts for new keys, in order (each table interns in that order)."""
+        learned = np.zeros((len(keys), 7), dtype=np.int64)
+        if not keys:
+            return learned
+        addrs = [key[0] if isinstance(key, tuple) else key for key in keys]
+        facts = self._decoded(keys)
+        labels = self._disassembler.labels(addrs)
+        source_line = self._source_line
+        sources = [source_line(addr) for addr in addrs]
+        first_row = len(self._row_of)
+        self._row_of.update(zip(keys, range(first_row, first_row + len(keys)), strict=True))
+        learned[:, _BYTES] = np.arange(len(self._bytes), len(self._bytes) + len(keys))
+        self._bytes.extend(fact[3] for fact in facts)
         self._bytes_array = None
-        return (
-            self.texts.add(insn.text),
-            self.symbols.add(self._disassembler.symbol(addr)),
-            self.kinds.add(insn.kind),
-            -1 if label is None else self.labels.add(label[0]),
-            -1 if source is None else self.sources.add(f"{source[0]}:{source[1]}"),
-            len(self._bytes) - 1,
-            0 if label is None else label[1],
+        learned[:, _TEXT] = self.texts.add_many([fact[0] for fact in facts])
+        learned[:, _SYMBOL] = self.symbols.add_many(
+            [
+                f"{addr:#x}" if label is None else f"{label[0]}+{label[1]}"
+                for addr, label in zip(addrs, labels, strict=True)
+            ]
         )
+        learned[:, _KIND] = self.kinds.add_many([fact[2] for fact in facts])
+        learned[:, _LABEL] = self.labels.add_many([None if lb is None else lb[0] for lb in labels])
+        learned[:, _SOURCE] = self.sources.add_many(
+            [None if line is None else f"{line[0]}:{line[1]}" for line in sources]
+        )
+        learned[:, _OFFSET] = [0 if label is None else label[1] for label in labels]
+        return learned
 
     def columns(
         self, rips: npt.NDArray[np.uint64], code: dict[int, bytes] | None = None
@@ -242,11 +299,13 @@ class InstructionTable:
         encoded = pc.dictionary_encode(numeric(rips, pa.uint64()))
         unique = numpy_of(encoded.dictionary)
         inverse = numpy_of(encoded.indices)
-        code = code or {}
-        keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
-        learned = [self._learn(keys[i]) for i in np.argsort(unique) if keys[i] not in self._row_of]
-        if learned:
-            self._facts = np.concatenate([self._facts, np.array(learned, dtype=np.int64)])
+        keys: list[int | tuple[int, bytes]] = list(unique.tolist())
+        if code:
+            keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]
+        in_order = [keys[i] for i in np.argsort(unique).tolist()]
+        learned = self._learn([key for key in in_order if key not in self._row_of])
+        if len(learned):
+            self._facts = np.concatenate([self._facts, learned])
         rows = np.array([self._row_of[key] for key in keys], dtype=np.int64)
         per_row = self._facts[rows[inverse]]
         index = per_row[:, :_OFFSET].astype(np.int32)

@@ -6,6 +6,7 @@ Pure data, no capstone or unicorn, so both sides can import it.
 from __future__ import annotations
 
 import bisect
+from bisect import bisect_right
 
 
 class LabelTable:
@@ -30,3 +31,12 @@ class LabelTable:
         if i < 0:
             return None
         return self._names[i], addr - self._addrs[i]
+
+    def nearest_many(self, addrs: list[int]) -> list[tuple[str, int] | None]:
+        """`nearest` of each address: the same answers, without a call per address."""
+        found = [bisect_right(self._addrs, addr) - 1 for addr in addrs]
+        names, bases = self._names, self._addrs
+        return [
+            None if i < 0 else (names[i], addr - bases[i])
+            for i, addr in zip(found, addrs, strict=True)
+        ]

@@ -49,6 +49,8 @@ from ..trace.writer import TraceWriter
 from .asm.assembler import Program, assemble
 from .asm.precheck import precheck_program
 from .core.columns import SnapshotState, build_batch, thread_column
+from .core.hooks import native_module
+from .core.native_capstone import NativeFacts, native_capstone
 from .core.windows import Extent, choose_windows
 from .machine import initial_state
 from .machine.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
@@ -288,12 +290,14 @@ class LineUse:
             return None
         self._used[row.addr] = row
         # SourceLines' rule (trace/format.py), on the row that answered.
-        region = next((r for r in self._code if r.contains(addr)), None)
         # Line 0 is DWARF's "no source line from here" (the end of a sequence,
         # code compiled without debug information after it).
-        if region is None or row.addr < region.base or row.line == 0:
+        if row.line == 0:
             return None
-        return row.file, row.line
+        for region in self._code:  # the first region holding `addr`
+            if region.contains(addr):
+                return None if row.addr < region.base else (row.file, row.line)
+        return None
 
     def used(self) -> tuple[SourceLine, ...]:
         return tuple(self._used[addr] for addr in sorted(self._used))
@@ -363,9 +367,12 @@ def record_description(
     snapshots = [SnapshotState(w, machine.read_or_zero(w.base, w.size)) for w in windows.values()]
     code_regions = tuple(r for r in spec.regions if r.kind == "code")
     lines = LineUse(description.lines, code_regions)
-    table = InstructionTable(
-        Disassembler.of_segments(description.code_segments, description.symbols), lines
+    disassembler = Disassembler.of_segments(description.code_segments, description.symbols)
+    capstone_core = native_capstone(native_module())
+    decode_many = (
+        None if capstone_core is None else NativeFacts(capstone_core, disassembler.segments)
     )
+    table = InstructionTable(disassembler, lines, decode_many)
     # As the file stores them: the snapshot columns as dictionaries (trace/format.py).
     trace_schema = as_stored(schema(windows))
     row_schema = as_stored(hook_schema(windows))  # `syscall` is built here, from the kernel's log

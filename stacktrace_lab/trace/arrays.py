@@ -66,10 +66,15 @@ def binaries(values: Sequence[bytes]) -> pa.Array:
 
 def strings(values: Sequence[str]) -> pa.Array:
     """A `string` array of `values`."""
-    encoded = [v.encode() for v in values]
-    lengths = np.fromiter((len(v) for v in encoded), dtype=np.int64, count=len(encoded))
+    joined = "".join(values)
+    data = joined.encode()
+    if len(data) == len(joined):  # ASCII: each value's length in bytes is its length
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    else:
+        encoded = [v.encode() for v in values]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     return pa.Array.from_buffers(
-        pa.string(), len(values), [None, _offsets(lengths), pa.py_buffer(b"".join(encoded))]
+        pa.string(), len(values), [None, _offsets(lengths), pa.py_buffer(data)]
     )
 
 

@@ -3,8 +3,10 @@
  * machine.py's pure-Python hooks are the reference; this file does the same
  * per-step work without a Python call per step (tests/test_native_core.py
  * checks that both write byte-identical traces). Python is called only per
- * chunk of rows, for an address executed for the first time (the user-mode
- * decision, record/machine/user_mode.py), after a fixed-value instruction (the CPU
+ * chunk of rows, for an address executed for the first time whose instruction
+ * may be privileged, fixed-value or an emulator gap (the user-mode decision,
+ * record/machine/user_mode.py; the rest are decided here, with capstone's C library,
+ * record/core/native_capstone.py), after a fixed-value instruction (the CPU
  * model's answer), at a privileged or unsupported instruction, at an execution
  * of one whose memory operand must be aligned (record/machine/emulator_gaps.py) when
  * the operand is misaligned (the core computes its address at every execution
@@ -12,8 +14,9 @@
  * writes the message and stops the run), and in the discovery pass at the
  * allocator's entries and returns.
  *
- * No unicorn header is needed: the few entry points used are declared below
- * and their addresses come from the library the `unicorn` package loaded.
+ * No unicorn or capstone header is needed: the few entry points used are declared
+ * below and their addresses come from the libraries the `unicorn` and `capstone`
+ * packages loaded.
  *
  * Modes:
  *   COUNT     run to `--from`'s symbol: count steps, nothing else;
@@ -86,6 +89,9 @@ typedef struct {
     size_t row_bytes;
 
     PyObject *owner; /* the Python side: decide, answer, privileged, forgot, chunk, ... */
+    /* A Capstone (below) deciding in C what Python would decide NORMAL; NULL: Python decides
+     * every address may_matter lets through. */
+    PyObject *capstone;
     PyObject *error; /* (type, value, traceback) of an exception raised in a callback */
 
     int mode;
@@ -261,15 +267,16 @@ static int is_prefix(uint8_t byte) {
 /* user_mode.py's `_may_matter`: whether the opcode after the prefixes could start a
  * privileged, fixed-value or emulator-gap instruction (VEX/EVEX/XOP c4 c5 62 8f,
  * x87 d9, legacy SSE behind 0f). Most instructions are NORMAL without a call
- * into Python (capstone). */
-static int may_matter(Core *c, uint64_t address) {
-    uint8_t code[15];
+ * into Python (capstone). `code` gets the bytes read (`*read` of them; 0: none). */
+static int may_matter(Core *c, uint64_t address, uint8_t code[15], uint64_t *read) {
     uint64_t size = 15;
+    *read = 0;
     if (c->mem_read(c->uc, address, code, size) != 0) {
         size = (-address) % PAGE_SIZE;
         if (size == 0 || size > 15) size = 15;
         if (c->mem_read(c->uc, address, code, size) != 0) return 1; /* let Python see it */
     }
+    *read = size;
     for (uint64_t i = 0; i < size; i++) {
         uint8_t byte = code[i];
         if (is_prefix(byte)) continue;
@@ -279,6 +286,343 @@ static int may_matter(Core *c, uint64_t address) {
     }
     return 1;
 }
+
+/* ---- capstone, from the library the `capstone` package loaded ------------------------
+ *
+ * Decoding a new address through the Python binding costs more than everything
+ * else a step does. Like unicorn's, capstone's entry points come from the library
+ * the package already loaded, and the offsets of the few cs_insn/cs_detail fields
+ * read here come from the binding's own ctypes structures (record/core/native_capstone.py),
+ * so no capstone header is needed either. One Capstone object per user: a handle
+ * is not shared between threads. */
+
+typedef void *(*cs_malloc_fn)(size_t handle);
+typedef _Bool (*cs_disasm_iter_fn)(size_t handle, const uint8_t **code, size_t *size,
+                                   uint64_t *address, void *insn);
+typedef void (*cs_free_fn)(void *insn, size_t count);
+
+/* The instruction kinds in trace/format.py's INSTRUCTION_KINDS order. */
+enum { KIND_CALL, KIND_RET, KIND_JMP, KIND_INDIRECT_JMP, KIND_SYSCALL, KIND_OTHER, N_KINDS };
+#define MAX_BRANCH_WORDS 32
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *cs; /* the capstone.Cs whose handle this is: kept open while used here */
+    size_t handle;
+    cs_disasm_iter_fn disasm_iter;
+    cs_free_fn free_insn;
+    uint8_t *insn; /* one cs_insn (with its detail) from cs_malloc */
+    /* Byte offsets: in cs_insn id, size, mnemonic, op_str, detail; in cs_detail groups,
+     * groups_count, x86.op_count, x86.operands; an operand's size, type, size. */
+    Py_ssize_t at_id, at_size, at_mnemonic, at_op_str, at_detail, at_groups, at_groups_count,
+        at_op_count, at_operands, op_stride, at_op_type, at_op_size;
+    /* capstone's numbers: instruction ids, groups, operand types */
+    int ins_syscall, ins_sysenter, grp_jump, grp_call, grp_ret, grp_branch_relative,
+        grp_privilege, op_reg, op_mem;
+    /* Instruction ids whose user-mode decision Python makes (user_mode.py). */
+    uint8_t *python_ids;
+    Py_ssize_t n_python_ids;
+    /* disassembly.py's _MAY_BRANCH: mnemonic words that may start a branch. */
+    char *branch_words[MAX_BRANCH_WORDS];
+    int n_branch_words;
+    /* emulator_gaps.py's UNALIGNED_OK: mnemonics whose 16-byte memory operand may be
+     * misaligned. */
+    char *unaligned_ok[MAX_BRANCH_WORDS];
+    int n_unaligned_ok;
+    PyObject *kind_names; /* INSTRUCTION_KINDS, as str */
+} Capstone;
+
+#define FIELD(type, base, offset) (*(type *)((base) + (offset)))
+
+/* Decode one instruction of `code` at `address` into cap->insn: 1, or 0 when the
+ * bytes are no instruction. */
+static int cap_decode(Capstone *cap, const uint8_t *code, size_t size, uint64_t address) {
+    const uint8_t *at = code;
+    size_t left = size;
+    uint64_t where = address;
+    return cap->disasm_iter(cap->handle, &at, &left, &where, cap->insn) ? 1 : 0;
+}
+
+static int cap_in_group(Capstone *cap, const uint8_t *detail, int group) {
+    int count = detail[cap->at_groups_count];
+    for (int i = 0; i < count; i++)
+        if (detail[cap->at_groups + i] == group) return 1;
+    return 0;
+}
+
+static int cap_has_operand(Capstone *cap, const uint8_t *detail, int type, int size) {
+    int count = detail[cap->at_op_count];
+    for (int i = 0; i < count; i++) {
+        const uint8_t *op = detail + cap->at_operands + (Py_ssize_t)i * cap->op_stride;
+        if (FIELD(int32_t, op, cap->at_op_type) == type &&
+            (size < 0 || op[cap->at_op_size] == size))
+            return 1;
+    }
+    return 0;
+}
+
+/* disassembly.py's instruction_kind, on the decoded instruction. */
+static int cap_kind(Capstone *cap) {
+    uint32_t id = FIELD(uint32_t, cap->insn, cap->at_id);
+    if ((int)id == cap->ins_syscall || (int)id == cap->ins_sysenter) return KIND_SYSCALL;
+    const uint8_t *detail = FIELD(uint8_t *, cap->insn, cap->at_detail);
+    if (detail == NULL) return KIND_OTHER;
+    if (cap_in_group(cap, detail, cap->grp_call)) return KIND_CALL;
+    if (cap_in_group(cap, detail, cap->grp_ret)) return KIND_RET;
+    if (cap_in_group(cap, detail, cap->grp_jump) ||
+        cap_in_group(cap, detail, cap->grp_branch_relative)) {
+        int indirect = cap_has_operand(cap, detail, cap->op_reg, -1) ||
+                       cap_has_operand(cap, detail, cap->op_mem, -1);
+        return indirect ? KIND_INDIRECT_JMP : KIND_JMP;
+    }
+    return KIND_OTHER;
+}
+
+/* str.isspace() for the ASCII capstone writes. */
+static int is_space(char ch) {
+    return ch == ' ' || (ch >= '\t' && ch <= '\r') || (ch >= 0x1c && ch <= 0x1f);
+}
+
+/* disassembly.py's may_branch: whether a word of the mnemonic starts with a branch word. */
+static int cap_may_branch(Capstone *cap, const char *mnemonic) {
+    const char *word = mnemonic;
+    while (*word) {
+        while (*word && is_space(*word)) word++;
+        if (!*word) break;
+        const char *end = word;
+        while (*end && !is_space(*end)) end++;
+        for (int i = 0; i < cap->n_branch_words; i++) {
+            size_t n = strlen(cap->branch_words[i]);
+            if ((size_t)(end - word) >= n && memcmp(word, cap->branch_words[i], n) == 0) return 1;
+        }
+        word = end;
+    }
+    return 0;
+}
+
+/* f"{mnemonic} {op_str}".strip() of the decoded instruction. */
+static PyObject *cap_text(Capstone *cap) {
+    const char *mnemonic = (const char *)cap->insn + cap->at_mnemonic;
+    const char *operands = (const char *)cap->insn + cap->at_op_str;
+    char text[256];
+    size_t m = strnlen(mnemonic, 32), o = strnlen(operands, 160);
+    memcpy(text, mnemonic, m);
+    text[m] = ' ';
+    memcpy(text + m + 1, operands, o);
+    size_t begin = 0, end = m + 1 + o;
+    while (begin < end && is_space(text[begin])) begin++;
+    while (end > begin && is_space(text[end - 1])) end--;
+    return PyUnicode_DecodeASCII(text + begin, (Py_ssize_t)(end - begin), NULL);
+}
+
+/* facts(addresses, segments) -> [(text, size, kind, bytes)]: Disassembler.decode of each
+ * address (uint64, native order) in the program's code, `segments` a sorted list of
+ * (base, bytes) (the first one holding an address gives its bytes, up to 16). */
+static PyObject *cap_facts(Capstone *cap, PyObject *args) {
+    Py_buffer addresses;
+    PyObject *segments;
+    if (!PyArg_ParseTuple(args, "y*O!", &addresses, &PyList_Type, &segments)) return NULL;
+    Py_ssize_t n = addresses.len / 8, n_segments = PyList_GET_SIZE(segments);
+    PyObject *result = NULL;
+    unsigned long long *bases = malloc(((size_t)n_segments + 1) * sizeof(unsigned long long));
+    const char **starts = malloc(((size_t)n_segments + 1) * sizeof(char *));
+    Py_ssize_t *lengths = malloc(((size_t)n_segments + 1) * sizeof(Py_ssize_t));
+    if (bases == NULL || starts == NULL || lengths == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t s = 0; s < n_segments; s++)
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(segments, s), "Ky#", &bases[s], &starts[s],
+                              &lengths[s]))
+            goto fail;
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        uint64_t address = ((const uint64_t *)addresses.buf)[i];
+        const uint8_t *code = NULL;
+        Py_ssize_t size = 0;
+        for (Py_ssize_t s = 0; s < n_segments; s++) {
+            if (bases[s] <= address && address - bases[s] < (uint64_t)lengths[s]) {
+                code = (const uint8_t *)starts[s] + (address - bases[s]);
+                size = lengths[s] - (Py_ssize_t)(address - bases[s]);
+                if (size > 16) size = 16;
+                break;
+            }
+        }
+        PyObject *fact;
+        PyObject *other = PyTuple_GET_ITEM(cap->kind_names, KIND_OTHER);
+        if (code == NULL) {
+            fact = Py_BuildValue("(siOy#)", "(bad)", 1, other, "", (Py_ssize_t)0);
+        } else if (!cap_decode(cap, code, (size_t)size, address)) {
+            fact = Py_BuildValue("(siOy#)", "(bad)", 1, other, (const char *)code, (Py_ssize_t)1);
+        } else {
+            int length = FIELD(uint16_t, cap->insn, cap->at_size);
+            int kind = KIND_OTHER;
+            if (cap_may_branch(cap, (const char *)cap->insn + cap->at_mnemonic))
+                kind = cap_kind(cap);
+            PyObject *text = cap_text(cap);
+            fact = text == NULL ? NULL
+                                : Py_BuildValue("(NiOy#)", text, length,
+                                                PyTuple_GET_ITEM(cap->kind_names, kind),
+                                                (const char *)code, (Py_ssize_t)length);
+        }
+        if (fact == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, fact);
+    }
+fail:
+    free(bases);
+    free(starts);
+    free(lengths);
+    PyBuffer_Release(&addresses);
+    return result;
+}
+
+/* Whether the user-mode decision of the instruction in `code` needs Python
+ * (user_mode.py's Decisions.decide): anything that may be privileged, a fixed-value
+ * instruction or an emulator gap (emulator_gaps.gap_of: VEX/EVEX/XOP, x87, a 16-byte
+ * memory operand). Everything else is NORMAL, as Python would decide it. */
+static int cap_needs_python(Capstone *cap, const uint8_t *code, size_t size, uint64_t address) {
+    for (size_t i = 0; i < size; i++) {
+        uint8_t byte = code[i];
+        if (is_prefix(byte)) continue;
+        if (byte == 0xC4 || byte == 0xC5 || byte == 0x62 || byte == 0x8F) return 1;
+        break;
+    }
+    if (!cap_decode(cap, code, size, address)) return 0; /* no instruction: NORMAL */
+    uint32_t id = FIELD(uint32_t, cap->insn, cap->at_id);
+    if ((Py_ssize_t)id < cap->n_python_ids && cap->python_ids[id]) return 1;
+    if (((const char *)cap->insn + cap->at_mnemonic)[0] == 'f') return 1;
+    const uint8_t *detail = FIELD(uint8_t *, cap->insn, cap->at_detail);
+    if (detail == NULL) return 1;
+    if (cap_in_group(cap, detail, cap->grp_privilege)) return 1;
+    if (!cap_has_operand(cap, detail, cap->op_mem, 16)) return 0;
+    const char *mnemonic = (const char *)cap->insn + cap->at_mnemonic;
+    for (int i = 0; i < cap->n_unaligned_ok; i++)
+        if (strcmp(mnemonic, cap->unaligned_ok[i]) == 0) return 0;
+    return 1;
+}
+
+/* Copies of the str items of `words` into `out` (at most MAX_BRANCH_WORDS): 0 on error. */
+static int keep_words(PyObject *words, char **out, int *n) {
+    PyObject *seq = PySequence_Fast(words, "words must be a sequence");
+    if (seq == NULL) return 0;
+    int ok = 1;
+    for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        const char *word = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
+        if (word == NULL) {
+            ok = 0;
+        } else if (*n == MAX_BRANCH_WORDS) {
+            PyErr_SetString(PyExc_ValueError, "too many words");
+            ok = 0;
+        } else if ((out[*n] = strdup(word)) == NULL) {
+            PyErr_NoMemory();
+            ok = 0;
+        } else {
+            (*n)++;
+        }
+    }
+    Py_DECREF(seq);
+    return ok;
+}
+
+static void cap_dealloc(Capstone *cap) {
+    if (cap->insn != NULL) cap->free_insn(cap->insn, 1);
+    free(cap->python_ids);
+    for (int i = 0; i < cap->n_branch_words; i++) free(cap->branch_words[i]);
+    for (int i = 0; i < cap->n_unaligned_ok; i++) free(cap->unaligned_ok[i]);
+    Py_XDECREF(cap->cs);
+    Py_XDECREF(cap->kind_names);
+    Py_TYPE(cap)->tp_free((PyObject *)cap);
+}
+
+/* Capstone(cs, handle, (cs_malloc, cs_disasm_iter, cs_free), layout (12 offsets),
+ *          constants (9), python ids, branch words, unaligned-ok mnemonics, kind names) */
+static int cap_init(Capstone *cap, PyObject *args, PyObject *kwargs) {
+    PyObject *cs, *ids, *words, *unaligned, *kind_names;
+    unsigned long long handle, f_malloc, f_iter, f_free;
+    if (!PyArg_ParseTuple(args, "OK(KKK)(nnnnnnnnnnnn)(iiiiiiiii)OOOO!", &cs, &handle, &f_malloc,
+                          &f_iter, &f_free, &cap->at_id, &cap->at_size, &cap->at_mnemonic,
+                          &cap->at_op_str, &cap->at_detail, &cap->at_groups,
+                          &cap->at_groups_count, &cap->at_op_count, &cap->at_operands,
+                          &cap->op_stride, &cap->at_op_type, &cap->at_op_size, &cap->ins_syscall,
+                          &cap->ins_sysenter, &cap->grp_jump, &cap->grp_call, &cap->grp_ret,
+                          &cap->grp_branch_relative, &cap->grp_privilege, &cap->op_reg,
+                          &cap->op_mem, &ids, &words, &unaligned, &PyTuple_Type,
+                          &kind_names))
+        return -1;
+    if (cap->insn != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Capstone initialised twice");
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(kind_names) != N_KINDS) {
+        PyErr_SetString(PyExc_ValueError, "kind names: one per INSTRUCTION_KINDS");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(ids, "python ids must be a sequence");
+    if (seq == NULL) return -1;
+    long highest = -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        long id = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (id > highest) highest = id;
+    }
+    cap->n_python_ids = highest + 1;
+    cap->python_ids = calloc((size_t)highest + 2, 1);
+    for (Py_ssize_t i = 0; cap->python_ids != NULL && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        long id = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (id >= 0) cap->python_ids[id] = 1;
+    }
+    Py_DECREF(seq);
+    if (cap->python_ids == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (PyErr_Occurred()) return -1;
+    if (!keep_words(words, cap->branch_words, &cap->n_branch_words) ||
+        !keep_words(unaligned, cap->unaligned_ok, &cap->n_unaligned_ok))
+        return -1;
+    cap->handle = (size_t)handle;
+    cap->disasm_iter = (cs_disasm_iter_fn)(uintptr_t)f_iter;
+    cap->free_insn = (cs_free_fn)(uintptr_t)f_free;
+    cap->insn = ((cs_malloc_fn)(uintptr_t)f_malloc)(cap->handle);
+    if (cap->insn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cs_malloc failed");
+        return -1;
+    }
+    Py_INCREF(cs);
+    Py_XSETREF(cap->cs, cs);
+    Py_INCREF(kind_names);
+    Py_XSETREF(cap->kind_names, kind_names);
+    return 0;
+}
+
+/* asks_python(code, address) -> bool: whether the core asks Decisions.decide about the
+ * instruction in `code` (the bytes at `address`) once may_matter let it through. */
+static PyObject *cap_asks_python(Capstone *cap, PyObject *args) {
+    const char *code;
+    Py_ssize_t size;
+    unsigned long long address;
+    if (!PyArg_ParseTuple(args, "y#K", &code, &size, &address)) return NULL;
+    return PyBool_FromLong(cap_needs_python(cap, (const uint8_t *)code, (size_t)size, address));
+}
+
+static PyMethodDef cap_methods[] = {
+    {"facts", (PyCFunction)cap_facts, METH_VARARGS, NULL},
+    {"asks_python", (PyCFunction)cap_asks_python, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject CapstoneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stacktrace_lab.record.core._core.Capstone",
+    .tp_basicsize = sizeof(Capstone),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cap_init,
+    .tp_dealloc = (destructor)cap_dealloc,
+    .tp_methods = cap_methods,
+    .tp_doc = "capstone's C library for new addresses (record/core/native_capstone.py)",
+};
 
 /* ---- alignment-checked operands --------------------------------------------------- */
 
@@ -377,7 +721,11 @@ static int decide(Core *c, uint64_t address) {
     int kind = c->last_kinds[address & (PAGE_SIZE - 1)];
     if (kind) return kind;
     long value = NORMAL | WATCH;
-    if (may_matter(c, address)) {
+    uint8_t code[15];
+    uint64_t read;
+    if (may_matter(c, address, code, &read) &&
+        (c->capstone == NULL || read == 0 ||
+         cap_needs_python((Capstone *)c->capstone, code, read, address))) {
         PyGILState_STATE gil = PyGILState_Ensure();
         PyObject *answer =
             PyObject_CallMethod(c->owner, "decide", "(K)", (unsigned long long)address);
@@ -724,6 +1072,7 @@ static void core_dealloc(Core *c) {
     free(c->followed);
     free(c->aligned);
     Py_XDECREF(c->owner);
+    Py_XDECREF(c->capstone);
     Py_XDECREF(c->error);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
@@ -956,7 +1305,17 @@ static PyObject *core_forget(Core *c, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* use_capstone(capstone): decide in C what Python would decide NORMAL (cap_needs_python). */
+static PyObject *core_use_capstone(Core *c, PyObject *args) {
+    PyObject *capstone;
+    if (!PyArg_ParseTuple(args, "O!", &CapstoneType, &capstone)) return NULL;
+    Py_INCREF(capstone);
+    Py_XSETREF(c->capstone, capstone);
+    Py_RETURN_NONE;
+}
+
 static PyObject *get_step(Core *c, void *closure) { return PyLong_FromLongLong(c->step); }
+static PyObject *get_watching(Core *c, void *closure) { return PyBool_FromLong(c->n_watched > 0); }
 static PyObject *get_previous_rip(Core *c, void *closure) {
     return c->previous_rip == NO_ADDRESS ? PyLong_FromLong(-1)
                                          : PyLong_FromUnsignedLongLong(c->previous_rip);
@@ -990,6 +1349,7 @@ static int set_want(Core *c, PyObject *value, void *closure) {
 
 static PyGetSetDef core_getset[] = {
     {"step", (getter)get_step, NULL, "steps counted so far", NULL},
+    {"watching", (getter)get_watching, NULL, "whether a page holds decided code", NULL},
     {"previous_rip", (getter)get_previous_rip, (setter)set_previous_rip,
      "the last counted address, -1: none (set when another thread's CPU is put in)", NULL},
     {"stop", (getter)get_stop, NULL, "0 running, 1 max steps, 2 spin, 3 stopped by Python", NULL},
@@ -1012,6 +1372,7 @@ static PyMethodDef core_methods[] = {
     {"drop_writes", (PyCFunction)core_drop_writes, METH_VARARGS, NULL},
     {"forget", (PyCFunction)core_forget, METH_VARARGS, NULL},
     {"settle", (PyCFunction)core_settle, METH_VARARGS, NULL},
+    {"use_capstone", (PyCFunction)core_use_capstone, METH_VARARGS, NULL},
     {NULL},
 };
 
@@ -1259,12 +1620,18 @@ static struct PyModuleDef core_module = {
 };
 
 PyMODINIT_FUNC PyInit__core(void) {
-    if (PyType_Ready(&CoreType) < 0) return NULL;
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&CapstoneType) < 0) return NULL;
     PyObject *module = PyModule_Create(&core_module);
     if (module == NULL) return NULL;
     Py_INCREF(&CoreType);
     if (PyModule_AddObject(module, "Core", (PyObject *)&CoreType) < 0) {
         Py_DECREF(&CoreType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&CapstoneType);
+    if (PyModule_AddObject(module, "Capstone", (PyObject *)&CapstoneType) < 0) {
+        Py_DECREF(&CapstoneType);
         Py_DECREF(module);
         return NULL;
     }

@@ -51,6 +51,7 @@ from unicorn.unicorn_py3.unicorn import (
 from ...arch import PAGE, REGISTERS, WORD
 from ..machine.cpu import CpuModel
 from ..machine.user_mode import ALIGN_CHECK, FIXED_VALUE, NORMAL, PRIVILEGED, UNSUPPORTED, Decisions
+from .native_capstone import native_capstone
 
 UC_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS)
 ROW_BYTES = WORD * len(REGISTERS)
@@ -228,6 +229,10 @@ class NativeHooks:
         # The core holds the rules weakly: a Machine -> core -> rules -> Machine
         # cycle would never be freed (the core is not garbage collected).
         self.core = core_type(weakref.proxy(rules), uch, functions, UC_IDS, _RCX, _RSP, constants)
+        # New addresses decided NORMAL in C, without a call into Python per address.
+        capstone_core = native_capstone(native_module())
+        if capstone_core is not None:
+            self.core.use_capstone(capstone_core)
 
 
 class PythonRecording:

@@ -56,6 +56,10 @@ class _Unit:
 _Rows = tuple[list[int], list[tuple[int, int]], dict[int, str]]
 
 
+#: The sections a unit's line program header and rows are read from (`_header`, `decode`).
+_UNIT_SECTIONS = (".debug_info", ".debug_abbrev", ".debug_line", ".debug_line_str", ".debug_str")
+
+
 class LineIndex:
     """One ELF file's line table, relocated to `load_base`, decoded lazily by unit.
 
@@ -288,10 +292,16 @@ class LineIndex:
     def _section_named(self, name: str) -> bytes:
         found = self._sections.get(name)
         if found is None:
+            # The first unit read needs every one of these: one parse of the ELF file
+            # for all (pyelftools parses the section headers again for each file
+            # opened and names every section at the first lookup, 5-10 ms a time).
             with self.path.open("rb") as f:
-                section = ELFFile(f).get_section_by_name(name)
-                found = bytes(section.data()) if section is not None else b""
-            self._sections[name] = found
+                elf = ELFFile(f)
+                for wanted in (name, *_UNIT_SECTIONS):
+                    if wanted not in self._sections:
+                        section = elf.get_section_by_name(wanted)
+                        self._sections[wanted] = bytes(section.data()) if section else b""
+            found = self._sections[name]
         return found
 
     def _header(self, unit: int) -> _Unit | None:

@@ -36,7 +36,7 @@ _X87_TRANSCENDENTAL = frozenset(
     ("fsin", "fcos", "fsincos", "fptan", "fpatan", "fyl2x", "fyl2xp1", "f2xm1")
 )
 #: 16-byte memory operands these take unaligned (the rest of legacy SSE faults).
-_UNALIGNED_OK = frozenset(
+UNALIGNED_OK = frozenset(
     (
         "movups",
         "movupd",
@@ -120,7 +120,7 @@ def gap_of(insn: Any) -> Gap | None:
             continue
         needs_alignment = insn.mnemonic in _ALIGNED_STATE or (
             op.size == 16
-            and insn.mnemonic not in _UNALIGNED_OK
+            and insn.mnemonic not in UNALIGNED_OK
             and x86.X86_GRP_FPU not in insn.groups
         )
         if needs_alignment:

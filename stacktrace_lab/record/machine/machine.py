@@ -338,7 +338,10 @@ class Machine:
     def _kernel_write(self, addr: int, data: bytes) -> None:
         """A write by a system call outside a recording (`run` also logs it)."""
         self.uc.mem_write(addr, data)
-        if self.decisions.watched:
+        # Whether any page holds decided code: the C core decides most addresses
+        # without telling `decisions` (record/core/native_capstone.py).
+        watching = self.native.core.watching if self.native is not None else False
+        if watching or self.decisions.watched:
             self.forget_code(addr, len(data))
 
     # --- hooks every run has --------------------------------------------------------

@@ -109,6 +109,14 @@ _FIXED_VALUE_IDS = frozenset(
     )
 )
 
+#: Instruction ids that `decide` must look at (privileged ones capstone misses,
+#: sysenter, the fixed-value ones). The C core (record/core/native_capstone.py)
+#: decides an instruction NORMAL itself only when its id is none of these and it
+#: is in no privilege group, no x87 or VEX/EVEX/XOP instruction and has no 16-byte
+#: memory operand (but for emulator_gaps.UNALIGNED_OK's): everything else it asks
+#: `decide` about, as before.
+IDS_DECIDED_IN_PYTHON = frozenset((*_MISSED_BY_CAPSTONE, x86.X86_INS_SYSENTER, *_FIXED_VALUE_IDS))
+
 
 def _is_privileged(instruction_id: int, groups: list[int]) -> bool:
     if instruction_id in _ALLOWED_IN_USER_MODE:
