@@ -643,12 +643,9 @@ class LinuxKernel(BareKernel):
                 return -EAGAIN
             deadline = None
             if timeout:
-                raw = bytes(uc.mem_read(timeout, 16))
-                seconds = int.from_bytes(raw[:8], "little", signed=True)
-                nanoseconds = int.from_bytes(raw[8:], "little", signed=True)
-                if seconds < 0 or not 0 <= nanoseconds < 1_000_000_000:
+                wait = _timespec_ns(uc, timeout)
+                if wait is None:
                     return -EINVAL
-                wait = seconds * 1_000_000_000 + nanoseconds
                 # FUTEX_WAIT's timeout is relative, FUTEX_WAIT_BITSET's absolute:
                 # against the fixed clock, one in the past has expired already.
                 deadline = wait + (FIXED_TIME_NS if command == FUTEX_WAIT else 0)
@@ -769,12 +766,9 @@ class LinuxKernel(BareKernel):
             return -EAGAIN
         deadline = None
         if timeout:
-            raw = bytes(uc.mem_read(timeout, 16))
-            seconds = int.from_bytes(raw[:8], "little", signed=True)
-            nanoseconds = int.from_bytes(raw[8:], "little", signed=True)
-            if seconds < 0 or not 0 <= nanoseconds < 1_000_000_000:
+            deadline = _timespec_ns(uc, timeout)
+            if deadline is None:
                 return -EINVAL
-            deadline = seconds * 1_000_000_000 + nanoseconds
         if not word & FUTEX_WAITERS:
             self.write_memory(uaddr, (word | FUTEX_WAITERS).to_bytes(4, "little"))
         if deadline is not None and deadline <= FIXED_TIME_NS:
@@ -1071,3 +1065,14 @@ def _returns(value: int) -> Handler:
         return value
 
     return handler
+
+
+def _timespec_ns(uc: Uc, addr: int) -> int | None:
+    """A `struct timespec` in nanoseconds; None where Linux answers -EINVAL (negative
+    seconds, or nanoseconds outside 0..999,999,999)."""
+    raw = bytes(uc.mem_read(addr, 16))
+    seconds = int.from_bytes(raw[:8], "little", signed=True)
+    nanoseconds = int.from_bytes(raw[8:], "little", signed=True)
+    if seconds < 0 or not 0 <= nanoseconds < 1_000_000_000:
+        return None
+    return seconds * 1_000_000_000 + nanoseconds
