@@ -106,9 +106,16 @@ class TraceFacts:
         self.returns = returns
         self.jumps = jumps
         self.stacks: tuple[Region, ...] = self.meta.stacks
-        self.rsp_stack = stack_index(self.stacks, rsp)
         self.final_rsp = int(self.meta.final.get("rsp", int(rsp[-1]) if rsp.size else 0))
         self.sentinel = int(self.meta.options.get("sentinel_return", SENTINEL_RETURN))
+        #: `rsp_owner` with one more entry, step n: the final state's (`final_owner`).
+        #: Read-only: one array shared by every user, never a per-caller copy.
+        self.owners: I16 = np.empty(self.steps + 1, dtype=np.int16)
+        stack_index(self.stacks, rsp, out=self.owners[:-1])
+        outside = np.flatnonzero(self.owners[:-1] < 0)
+        #: The stack each step's rsp is in (top included), -1 in none. While rsp never
+        #: leaves the stacks, the same array as `rsp_owner` (a view: 2 bytes a step less).
+        self.rsp_stack: I16 = self.owners[:-1].copy() if outside.size else self.owners[:-1]
         self._labels = LabelTable(self.meta.symbols)
         self._source_lines = SourceLines(self.meta)
         # The program's code, and a dynamic program's libraries' (libc.so.6 r-x...).
@@ -117,6 +124,9 @@ class TraceFacts:
             int(trace.parquet.metadata.row_group(g).num_rows) for g in range(trace.num_row_groups)
         ]
         self._group_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.owners[outside] = self.overflowed(rsp[outside])
+        self.owners[-1] = self.final_owner
+        self.owners.flags.writeable = False
 
     # --- names for addresses -------------------------------------------------
 
@@ -335,18 +345,6 @@ class TraceFacts:
         return lowest - RED_ZONE if lowest < stack.base else stack.base
 
     @cached_property
-    def owners(self) -> I16:
-        """`rsp_owner` with one more entry, step n: the final state's (`final_owner`).
-        Read-only: one array shared by every user, never a per-caller copy."""
-        owner = np.empty(self.steps + 1, dtype=np.int16)
-        owner[:-1] = self.rsp_stack
-        out = np.flatnonzero(owner[:-1] < 0)
-        owner[out] = self.overflowed(self.rsp[out])
-        owner[-1] = self.final_owner
-        owner.flags.writeable = False
-        return owner
-
-    @cached_property
     def rsp_owner(self) -> I16:
         """The stack each step's rsp belongs to, counting just below a stack's base
         (an overflow) as that stack; -1 elsewhere. Index into `stacks`."""
@@ -424,13 +422,15 @@ class TraceFacts:
         return values
 
 
-def stack_index(stacks: Sequence[Region], addrs: U64) -> I16:
+def stack_index(stacks: Sequence[Region], addrs: U64, out: I16 | None = None) -> I16:
     """For each address, the index in `stacks` of the stack it lies in, with the top
-    included (an empty stack's rsp is its top); -1 when in none."""
+    included (an empty stack's rsp is its top); -1 when in none. Into `out` if given."""
     order = sorted(range(len(stacks)), key=lambda i: stacks[i].base)
     bases = np.array([stacks[i].base for i in order], dtype=np.uint64)
     tops = np.array([stacks[i].top for i in order], dtype=np.uint64)
-    out = np.full(addrs.shape, -1, dtype=np.int16)
+    if out is None:
+        out = np.empty(addrs.shape, dtype=np.int16)
+    out.fill(-1)
     if not order:
         return out
     ids = np.array(order, dtype=np.int16)
