@@ -53,6 +53,8 @@ _T = TypeVar("_T", bound=np.generic)
 RED_ZONE = 128
 #: Elements per block where a whole-trace computation would need large temporaries.
 _BLOCK = 1 << 20
+#: Steps per block when finding the last writers: their sort keys are the pass's peak.
+_WRITER_BLOCK = 1 << 18
 
 
 #: The values of the trace's `kind` column (from capstone's detail mode when
@@ -511,6 +513,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
     cut = runs.cut(transfer_rows)
     if cut.size:
         landings[cut] = _rips_at(trace, runs.next_rows(transfer_rows[cut]))
+    del transfer_rows, cut
 
     calls = np.flatnonzero(kind == Kind.CALL).astype(np.int64)
     call_targets = landings[transfers == Kind.CALL]
@@ -527,6 +530,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
     # A thread that never ran again after its ret: the ret popped 8 bytes.
     never = (after_ret >= n) & (ret_steps + 1 < n)
     entry_rsp[never] = slots[never] + np.uint64(8)
+    del after_ret, before_end, never  # the last writers below make the pass's peak
     writer = _last_writers(writes, slots, ret_steps, n)
     sentinel = int(trace.metadata.options.get("sentinel_return", SENTINEL_RETURN))
     origin = _origins(writes, kind, writer, slots, values, sentinel)
@@ -622,7 +626,7 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
 
     Writes and slots are cut into the 8-byte words they touch (an unaligned slot
     or a 16-byte store spans two); the last writer of a slot is the latest
-    writer of any of its words. The trace is taken `_BLOCK` steps at a time: the
+    writer of any of its words. The trace is taken `_WRITER_BLOCK` steps at a time: the
     writes of a block are sorted by (word, step) and its rets looked up with
     `searchsorted`; a ret whose word was not written in its block gets the word's
     latest writer of the blocks before, carried over one entry per word. So the
@@ -640,7 +644,7 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
     # Per ret word, its latest writer in the blocks done so far (-1: none yet).
     carried = np.full(ret_words.size, -1, dtype=np.int64)
     stride = np.int64(n + 1)
-    bounds = np.arange(0, n + _BLOCK, _BLOCK, dtype=np.int64)
+    bounds = np.arange(0, n + _WRITER_BLOCK, _WRITER_BLOCK, dtype=np.int64)
     write_at = np.searchsorted(writes.step, bounds)
     ret_at = np.searchsorted(ret_steps, bounds)
     for b in range(bounds.size - 1):
