@@ -156,6 +156,28 @@ def test_nop_before_the_switch_in_align_mode_is_one_inserted_step(
     assert {"rip", "insn", "symbol", "stack__green"} <= {c.column for c in stepwise.columns}
 
 
+def test_the_address_map_is_the_same_read_a_few_rows_at_a_time(
+    record_source: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The address map reads the paired rows' rips in batches: batches of 3 rows (cut
+    inside segments, across the nop's gap) give the map of one batch for everything."""
+    from stacktrace_lab.diff import align as align_module
+
+    a = load_trace(record_source(first_switch_with(""), stacks=FIRST_SWITCH_STACKS).path)
+    b = load_trace(record_source(first_switch_with("    nop\n"), stacks=FIRST_SWITCH_STACKS).path)
+    plan = align_traces(a, b)
+    assert len(plan.segments()) == 2
+    whole = align_module.AddressMap.build(a, b, plan)
+    monkeypatch.setattr(align_module, "_MAP_ROWS", 3)
+    batched = align_module.AddressMap.build(a, b, plan)
+    for one, other in ((whole, batched), (whole.executed, batched.executed)):
+        assert one is not None and other is not None
+        assert one._from.tolist() == other._from.tolist()
+        assert one._delta.tolist() == other._delta.tolist()
+    # The nop moved everything after it: some executed address maps elsewhere.
+    assert whole.executed is not None and any(whole.executed._delta.tolist())
+
+
 def test_align_mode_pairs_a_changed_instruction_as_replaced(record_source: Record) -> None:
     a = record_source(ADD.format(imm=0)).path
     b = record_source(ADD.format(imm=5)).path

@@ -159,7 +159,7 @@ def test_streamed_results_do_not_depend_on_row_groups(scenario: str, tmp_path: P
     backtraces, the invariants (callee-saved reads registers a column at a time) and
     the stepper's rsp chart are the same as from one row group per 65,536 rows."""
     from stacktrace_lab.analysis import check
-    from stacktrace_lab.stepper.data import _rsp_chart
+    from stacktrace_lab.stepper.data import rsp_chart
 
     whole, tiny = tmp_path / "whole.parquet", tmp_path / "tiny.parquet"
     record(load_scenario(scenario), whole)
@@ -190,4 +190,4 @@ def test_streamed_results_do_not_depend_on_row_groups(scenario: str, tmp_path: P
     ca, cb = check(a, fa), check(b, fb)
     assert [r.to_json() for r in ca.results] == [r.to_json() for r in cb.results]
     assert not ca.holds  # each scenario breaks an invariant: there is something to compare
-    assert _rsp_chart(a, []) == _rsp_chart(b, [])
+    assert rsp_chart(a, []) == rsp_chart(b, [])

@@ -252,6 +252,7 @@ def test_served_windows_from_checkpoints_are_the_embedded_ones(
     trace = load_trace(path)
     assert trace.num_row_groups > 20
     served = ServedTrace(trace)
+    served.analysis()
     frames = FrameContext.of(trace)
     for step in (300, 1500, 2222, trace.num_rows - 1):
         window = Window(max(0, step - RADIUS), min(trace.num_rows, step + RADIUS))
@@ -291,3 +292,45 @@ def test_a_host_other_than_this_machine_is_refused(
         assert response.status == status
         if status == 403:
             assert b"Host must be 127.0.0.1 or localhost" in body
+
+
+def test_the_page_and_windows_come_before_the_analysis_pass(first_switch_trace: Path) -> None:
+    """The served page holds no switches and no chart, and its windows no backtraces,
+    until the analysis pass is made: then `overview` has the chart and switches the
+    report's page embeds, and the same window comes with its backtraces."""
+    from stacktrace_lab.stepper.data import (
+        FrameContext,
+        Switch,
+        Window,
+        embedded_window,
+        rsp_chart,
+        switch_data,
+    )
+    from stacktrace_lab.stepper.render import chart_svg
+    from stacktrace_lab.stepper.serve import RADIUS, ServedTrace
+
+    trace = load_trace(first_switch_trace)
+    served = ServedTrace(trace)
+    assert not served.analysed
+    assert b'"switches":[]' in served.page and b'"chart":null' in served.page
+    early = json.loads(served.window(10))
+    assert early["bt"] is None and not served.analysed
+    window = Window(0, min(trace.num_rows, 10 + RADIUS))
+    assert early == json.loads(json.dumps(embedded_window(trace, window, None)))
+
+    for base in _serve(trace):
+        overview = _get(base + "api/overview")
+        late = _get(base + "api/window?step=10")
+    # What the page embedded when it was made after the pass: the first planted returns.
+    planted = derive_facts(trace).planted_returns
+    switches = switch_data([Switch(p.ret_step, p.region, p.index, p.target, p.planted_step)
+                            for p in planted])  # fmt: skip
+    assert overview["switches"] == switches and [s["ret_step"] for s in switches] == [12]
+    chart = {"chart": rsp_chart(trace, []), "complete": True, "switches": switches}
+    assert overview["chart"] == str(chart_svg(chart)) and 'stroke-dasharray="3 3"' in chart_svg(
+        chart
+    )
+    assert late == json.loads(json.dumps(embedded_window(trace, window, FrameContext.of(trace))))
+    assert {k: v for k, v in late.items() if k != "bt"} == {
+        k: v for k, v in early.items() if k != "bt"
+    }

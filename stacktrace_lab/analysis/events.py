@@ -53,6 +53,8 @@ _T = TypeVar("_T", bound=np.generic)
 RED_ZONE = 128
 #: Elements per block where a whole-trace computation would need large temporaries.
 _BLOCK = 1 << 20
+#: Steps per block when finding the last writers: their sort keys are the pass's peak.
+_WRITER_BLOCK = 1 << 18
 
 
 #: The values of the trace's `kind` column (from capstone's detail mode when
@@ -106,9 +108,16 @@ class TraceFacts:
         self.returns = returns
         self.jumps = jumps
         self.stacks: tuple[Region, ...] = self.meta.stacks
-        self.rsp_stack = stack_index(self.stacks, rsp)
         self.final_rsp = int(self.meta.final.get("rsp", int(rsp[-1]) if rsp.size else 0))
         self.sentinel = int(self.meta.options.get("sentinel_return", SENTINEL_RETURN))
+        #: `rsp_owner` with one more entry, step n: the final state's (`final_owner`).
+        #: Read-only: one array shared by every user, never a per-caller copy.
+        self.owners: I16 = np.empty(self.steps + 1, dtype=np.int16)
+        stack_index(self.stacks, rsp, out=self.owners[:-1])
+        outside = np.flatnonzero(self.owners[:-1] < 0)
+        #: The stack each step's rsp is in (top included), -1 in none. While rsp never
+        #: leaves the stacks, the same array as `rsp_owner` (a view: 2 bytes a step less).
+        self.rsp_stack: I16 = self.owners[:-1].copy() if outside.size else self.owners[:-1]
         self._labels = LabelTable(self.meta.symbols)
         self._source_lines = SourceLines(self.meta)
         # The program's code, and a dynamic program's libraries' (libc.so.6 r-x...).
@@ -117,6 +126,9 @@ class TraceFacts:
             int(trace.parquet.metadata.row_group(g).num_rows) for g in range(trace.num_row_groups)
         ]
         self._group_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.owners[outside] = self.overflowed(rsp[outside])
+        self.owners[-1] = self.final_owner
+        self.owners.flags.writeable = False
 
     # --- names for addresses -------------------------------------------------
 
@@ -335,18 +347,6 @@ class TraceFacts:
         return lowest - RED_ZONE if lowest < stack.base else stack.base
 
     @cached_property
-    def owners(self) -> I16:
-        """`rsp_owner` with one more entry, step n: the final state's (`final_owner`).
-        Read-only: one array shared by every user, never a per-caller copy."""
-        owner = np.empty(self.steps + 1, dtype=np.int16)
-        owner[:-1] = self.rsp_stack
-        out = np.flatnonzero(owner[:-1] < 0)
-        owner[out] = self.overflowed(self.rsp[out])
-        owner[-1] = self.final_owner
-        owner.flags.writeable = False
-        return owner
-
-    @cached_property
     def rsp_owner(self) -> I16:
         """The stack each step's rsp belongs to, counting just below a stack's base
         (an overflow) as that stack; -1 elsewhere. Index into `stacks`."""
@@ -424,13 +424,15 @@ class TraceFacts:
         return values
 
 
-def stack_index(stacks: Sequence[Region], addrs: U64) -> I16:
+def stack_index(stacks: Sequence[Region], addrs: U64, out: I16 | None = None) -> I16:
     """For each address, the index in `stacks` of the stack it lies in, with the top
-    included (an empty stack's rsp is its top); -1 when in none."""
+    included (an empty stack's rsp is its top); -1 when in none. Into `out` if given."""
     order = sorted(range(len(stacks)), key=lambda i: stacks[i].base)
     bases = np.array([stacks[i].base for i in order], dtype=np.uint64)
     tops = np.array([stacks[i].top for i in order], dtype=np.uint64)
-    out = np.full(addrs.shape, -1, dtype=np.int16)
+    if out is None:
+        out = np.empty(addrs.shape, dtype=np.int16)
+    out.fill(-1)
     if not order:
         return out
     ids = np.array(order, dtype=np.int16)
@@ -511,6 +513,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
     cut = runs.cut(transfer_rows)
     if cut.size:
         landings[cut] = _rips_at(trace, runs.next_rows(transfer_rows[cut]))
+    del transfer_rows, cut
 
     calls = np.flatnonzero(kind == Kind.CALL).astype(np.int64)
     call_targets = landings[transfers == Kind.CALL]
@@ -527,6 +530,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
     # A thread that never ran again after its ret: the ret popped 8 bytes.
     never = (after_ret >= n) & (ret_steps + 1 < n)
     entry_rsp[never] = slots[never] + np.uint64(8)
+    del after_ret, before_end, never  # the last writers below make the pass's peak
     writer = _last_writers(writes, slots, ret_steps, n)
     sentinel = int(trace.metadata.options.get("sentinel_return", SENTINEL_RETURN))
     origin = _origins(writes, kind, writer, slots, values, sentinel)
@@ -622,7 +626,7 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
 
     Writes and slots are cut into the 8-byte words they touch (an unaligned slot
     or a 16-byte store spans two); the last writer of a slot is the latest
-    writer of any of its words. The trace is taken `_BLOCK` steps at a time: the
+    writer of any of its words. The trace is taken `_WRITER_BLOCK` steps at a time: the
     writes of a block are sorted by (word, step) and its rets looked up with
     `searchsorted`; a ret whose word was not written in its block gets the word's
     latest writer of the blocks before, carried over one entry per word. So the
@@ -640,7 +644,7 @@ def _last_writers(writes: Writes, slots: U64, ret_steps: I64, n: int) -> I64:
     # Per ret word, its latest writer in the blocks done so far (-1: none yet).
     carried = np.full(ret_words.size, -1, dtype=np.int64)
     stride = np.int64(n + 1)
-    bounds = np.arange(0, n + _BLOCK, _BLOCK, dtype=np.int64)
+    bounds = np.arange(0, n + _WRITER_BLOCK, _WRITER_BLOCK, dtype=np.int64)
     write_at = np.searchsorted(writes.step, bounds)
     ret_at = np.searchsorted(ret_steps, bounds)
     for b in range(bounds.size - 1):

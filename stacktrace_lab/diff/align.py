@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -356,15 +357,17 @@ class AddressMap:
 
     @classmethod
     def build(cls, a: Trace, b: Trace, plan: AlignmentPlan) -> AddressMap:
-        # The rip of every paired row, read once per side (8 bytes a row, as the keys).
-        segments = plan.segments()
+        # Each rip of A's paired rows, mapped to B's rip in the first row paired with it;
+        # `_MAP_ROWS` paired rows at a time, so that neither the rows nor the rips of
+        # a long trace are held at once.
         anchors: dict[int, int] = {}
-        if segments:
-            rows_a, rows_b = paired_rows(segments)
-            values_a: U64 = a.column("rip")[rows_a]
-            values_b: U64 = b.column("rip")[rows_b]
+        for batch in _batches_of_rows(plan.segments(), _MAP_ROWS):
+            rows_a, rows_b = paired_rows(batch)
+            values_a = _rips(a, rows_a)
+            values_b = _rips(b, rows_b)
             unique, first = np.unique(values_a, return_index=True)
-            anchors.update(zip(unique.tolist(), values_b[first].tolist(), strict=True))
+            for addr, moved in zip(unique.tolist(), values_b[first].tolist(), strict=True):
+                anchors.setdefault(addr, moved)
         executed = dict(anchors)
         # Labels last, so they win: with `sub $8, %rsp` inserted right after `hello:`,
         # A's first instruction of hello pairs with B's second, yet a pointer to
@@ -399,3 +402,35 @@ class AddressMap:
             return f"{self.scalar(int(match.group(0), 16)):#x}"
 
         return _HEX.sub(move, text)
+
+
+#: Paired rows whose rips are read at a time for the address map.
+_MAP_ROWS = 1 << 20
+
+
+def _batches_of_rows(segments: Sequence[Segment], rows: int) -> Iterator[list[Segment]]:
+    """The segments in order, cut into lists of at most `rows` paired rows each."""
+    batch: list[Segment] = []
+    size = 0
+    for segment in segments:
+        done = 0
+        while done < segment.length:
+            take = min(segment.length - done, rows - size)
+            batch.append(Segment(segment.a_start + done, segment.b_start + done, take))
+            size += take
+            done += take
+            if size == rows:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _rips(trace: Trace, rows: npt.NDArray[np.int64]) -> U64:
+    """rip at each of `rows` (in any order), reading only the rows they span."""
+    if not rows.size:
+        return np.zeros(0, dtype=np.uint64)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    rip: U64 = numpy_of(trace.slice(lo, hi, ["rip"]).column("rip"))
+    out: U64 = rip[rows - lo]
+    return out

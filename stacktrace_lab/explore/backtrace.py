@@ -43,6 +43,10 @@ from ..analysis.transfers import Landing
 from ..symbols import LabelTable
 
 I64 = npt.NDArray[np.int64]
+#: Frame numbers: int32 while they fit (a trace of ten million steps has about a
+#: million frames and three million events), else int64.
+Ids = npt.NDArray[np.signedinteger[Any]]
+I16 = npt.NDArray[np.int16]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
 B = npt.NDArray[np.bool_]
@@ -116,8 +120,8 @@ class FrameNodes(Sequence[FrameNode]):
     only for the frames asked for, so a trace with millions of calls costs a few
     numpy arrays, not millions of Python objects."""
 
-    parent: I64
-    stack: I64
+    parent: Ids
+    stack: I16
     function: U64
     entered_step: I64
     how_code: U8  # index into HOW
@@ -161,8 +165,8 @@ class FrameHistory:
 
     nodes: FrameNodes
     step: I64
-    stack: I64
-    top: I64
+    stack: I16
+    top: Ids
     #: The innermost frame of each stack before step 0.
     initial: tuple[int, ...]
     #: Per node, the step whose instruction ended the frame (its ret, or the call or ret
@@ -299,11 +303,14 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     back = events(pushed, zeros, facts.sentinel, np.uint64)
     has_back = events(has_push, np.zeros(moved.shape, np.bool_), True, np.bool_)
     node_fields = (
-        stack[push_ev].astype(np.int64), function[push_ev], step[push_ev], how[push_ev],
+        stack[push_ev], function[push_ev], step[push_ev], how[push_ev],
         slot[push_ev],
         back[push_ev], has_back[push_ev],
     )  # fmt: skip
     del how, function, back, has_back, targets, zeros
+    # What only made the events above: a long trace's peak is in what follows.
+    del moved, t, t_safe, classified, landing, is_ret, enters, landed
+    del landing_stack, landing_slot, ret_stack, push, has_push, jumps
     node_of = np.full(step.size, -1, dtype=index)
     node_of[push_ev] = np.arange(n_nodes, dtype=index)
     del push_ev
@@ -313,7 +320,9 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     grouped = ev[by_stack]
     g_stack = stack[grouped]
     g_push = pushes[grouped]
+    del pushes
     end_op = _next_drop_at_or_above(g_stack, slot[grouped], drop[grouped])
+    del slot, drop
     # Depth after each event: frames pushed so far on its stack less those dropped.
     depth = np.cumsum(
         g_push.astype(np.int64) - np.bincount(end_op[g_push & (end_op < m)], minlength=m + 1)[:m]
@@ -342,9 +351,10 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         return np.where(found, push_pos[np.clip(i, 0, None)], -1)
 
     g_node = node_of[grouped]
+    del node_of
     # A pushed frame's caller: the innermost frame once the event dropped what it drops.
     parent_pos = np.where(depth[pushing] > 1, latest_push(level[pushing] - 1, pushing - 1), -1)
-    parent = np.empty(n_nodes, dtype=np.int64)
+    parent = np.empty(n_nodes, dtype=index)
     parent[g_node[pushing]] = np.where(parent_pos >= 0, g_node[np.clip(parent_pos, 0, None)], -1)
     del parent_pos
     ends = np.empty(n_nodes, dtype=np.int64)
@@ -354,7 +364,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     top_pos = latest_push(level, np.arange(m, dtype=np.int64))
     top_pos[depth <= 0] = -1
     del level, depth
-    top = np.empty(m, dtype=np.int64)
+    top = np.empty(m, dtype=index)
     top[by_stack] = np.where(top_pos >= 0, g_node[np.clip(top_pos, 0, None)], -1)
     del top_pos, g_node, by_stack
     stack_of, function_of, entered, how_of, slot_of, back_of, has_back_of = node_fields
@@ -375,7 +385,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     return FrameHistory(
         nodes=nodes,
         step=step[out],
-        stack=stack[out].astype(np.int64),
+        stack=stack[out],
         top=top[1:] if start else top,
         initial=tuple(initial),
         ends=ends,

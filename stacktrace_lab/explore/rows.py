@@ -195,20 +195,26 @@ def first_step_at(trace: Trace, name: str) -> int:
 def instruction_listing(trace: Trace) -> list[Instruction]:
     """Every distinct executed instruction, in address order.
 
-    Reads `rip`, `insn`, `symbol`, `kind` and `insn_bytes` one row group at a
-    time and keeps one row per distinct rip, so the cost is one pass over five
-    narrow (dictionary-encoded but for rip) columns.
+    Reads `rip` one row group at a time and keeps one row per distinct rip; the
+    text columns (`insn`, `symbol`, `kind`, `insn_bytes`) are read only from
+    the row groups where a new rip first ran, which on a long loop are the first
+    few. So the cost is about one pass over the rip column.
     """
     seen: dict[int, Instruction] = {}
     names = ("rip", "insn", "symbol", "insn_bytes", "kind")
-    for group in trace.iter_row_groups(list(names)):
-        rip = numpy_of(group.column("rip"))
-        unique, first = np.unique(rip, return_index=True)
-        new = [
-            i for addr, i in zip(unique.tolist(), first.tolist(), strict=True) if addr not in seen
-        ]
-        if not new:
+    for g in range(trace.num_row_groups):
+        column = trace.row_group(g, ["rip"]).column("rip")
+        # Hashing (Arrow's unique) first: np.unique would sort every row.
+        distinct = numpy_of(pc.unique(column))
+        rip = numpy_of(column)
+        fresh = [addr for addr in distinct.tolist() if addr not in seen]
+        if not fresh:
             continue
+        # The first row of each new rip, in row order (as np.unique's first index).
+        rows = np.flatnonzero(np.isin(rip, np.array(fresh, dtype=rip.dtype)))
+        _, first = np.unique(rip[rows], return_index=True)
+        new = sorted(rows[first].tolist())
+        group = trace.row_group(g, list(names))
         picked = group.take(arrow_indices(new)).to_pydict()
         columns = (picked[name] for name in names)
         for addr, text, symbol, data, kind in zip(*columns, strict=True):

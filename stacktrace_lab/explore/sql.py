@@ -233,8 +233,29 @@ _KIND_FROM_TEXT = (
 _ORDER = "WINDOW w AS (PARTITION BY trace, thread ORDER BY step)"
 
 
-def _views(columns: set[str]) -> list[str]:
-    """The views; `columns` are the columns some trace file has (format 2 adds facts)."""
+def _transfers_next(kinds: str, columns: str) -> str:
+    """The CTEs `x` and `nx` of `calls` and `planted` when no trace has threads: the
+    steps of `kinds` with trace, step, rsp, `columns` and is_call, and the rip and rsp
+    of their next row (the final ones after the last row).
+
+    Without threads the next row is the one a step on: a hash join of these steps
+    with the file's rows holds only them. The window over every row (`lead() OVER
+    w`) sorts every row; on a ten-million-step trace it spilled to disk and cost
+    more than half the query's CPU.
+    """
+    return (
+        f"x AS (SELECT trace, step, rsp, {columns}kind = 'call' AS is_call FROM steps "
+        f"  WHERE kind IN ({kinds})), "
+        "nx AS (SELECT x.*, coalesce(n.rip, t.final_rip) AS next_rip, "
+        "  coalesce(n.rsp, t.final_rsp) AS next_rsp FROM x JOIN traces t USING (trace) "
+        "  LEFT JOIN raw n ON n.trace = x.trace AND n.step = x.step + 1), "
+    )
+
+
+def _views(columns: set[str], threaded: bool = True) -> list[str]:
+    """The views; `columns` are the columns some trace file has (format 2 adds facts);
+    `threaded`: some trace is of a program that made threads (the next row of a step
+    is then the next of its thread, not always the row a step on)."""
     registers = ", ".join(REGISTERS)
     # Format 2 records each instruction's kind; a format 1 file's rows get it from the text.
     kind = f"coalesce(kind::VARCHAR, {_KIND_FROM_TEXT})" if "kind" in columns else _KIND_FROM_TEXT
@@ -268,13 +289,24 @@ def _views(columns: set[str]) -> list[str]:
         "FROM a",
         # The matching ret: the first later ret that pops the slot this call pushed.
         "CREATE VIEW calls AS "
-        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, thread, "
-        f"  lead(rip) OVER w AS next_rip FROM steps {_ORDER}), "
-        "c AS (SELECT s.*, coalesce(s.next_rip, t.final_rip) AS target FROM s "
-        "  JOIN traces t USING (trace) WHERE kind = 'call'), "
-        "r AS (SELECT s.trace, s.step, s.rsp AS slot, coalesce(s.next_rip, t.final_rip) AS value "
-        "  FROM s JOIN traces t USING (trace) WHERE kind = 'ret') "
-        "SELECT c.trace, c.step, c.rip, c.symbol, c.insn, c.target, "
+        + (
+            "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, thread, "
+            f"  lead(rip) OVER w AS next_rip FROM steps {_ORDER}), "
+            "c AS (SELECT s.*, coalesce(s.next_rip, t.final_rip) AS target FROM s "
+            "  JOIN traces t USING (trace) WHERE kind = 'call'), "
+            "r AS (SELECT s.trace, s.step, s.rsp AS slot, "
+            "  coalesce(s.next_rip, t.final_rip) AS value "
+            "  FROM s JOIN traces t USING (trace) WHERE kind = 'ret') "
+            if threaded
+            else "WITH "
+            + _transfers_next("'call', 'ret'", "")
+            + "r AS (SELECT trace, step, rsp AS slot, next_rip AS value FROM nx "
+            "  WHERE NOT is_call), "
+            # The calls' text columns joined on their step: not carried through `nx`.
+            "c AS (SELECT s.trace, s.step, s.rip, s.rsp, s.symbol, s.insn, nx.next_rip AS target "
+            "  FROM steps s JOIN nx ON s.trace = nx.trace AND s.step = nx.step WHERE nx.is_call) "
+        )
+        + "SELECT c.trace, c.step, c.rip, c.symbol, c.insn, c.target, "
         "symbol_of(c.trace, c.target) AS target_symbol, c.rsp, "
         "(c.rsp % 16)::INTEGER AS rsp_mod_16, c.rsp % 16 = 0 AS aligned, "
         "stack_of(c.trace, c.rsp) AS stack, r.step AS ret_step, r.value AS returned_to "
@@ -297,13 +329,21 @@ def _views(columns: set[str]) -> list[str]:
         # (analysis/events.py, Origin.PLANTED_BEFORE); at or above it, it is a return
         # address a call pushed before row 0 (Origin.BEFORE), not a planted one.
         "CREATE VIEW planted AS "
-        "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, thread, "
-        f"  lead(rip) OVER w AS next_rip, lead(rsp) OVER w AS next_rsp FROM steps {_ORDER}), "
-        "r AS (SELECT s.trace, s.step, s.symbol, s.rsp AS slot, "
-        "  coalesce(s.next_rip, t.final_rip) AS value, "
-        "  coalesce(s.next_rsp, t.final_rsp) AS entry_rsp "
-        "  FROM s JOIN traces t USING (trace) WHERE kind = 'ret'), "
-        "w AS (SELECT trace, step, addr, insn, symbol, kind FROM accesses WHERE access = 'write'), "
+        + (
+            "WITH s AS (SELECT trace, step, rip, rsp, symbol, insn, kind, thread, "
+            f"  lead(rip) OVER w AS next_rip, lead(rsp) OVER w AS next_rsp FROM steps {_ORDER}), "
+            "r AS (SELECT s.trace, s.step, s.symbol, s.rsp AS slot, "
+            "  coalesce(s.next_rip, t.final_rip) AS value, "
+            "  coalesce(s.next_rsp, t.final_rsp) AS entry_rsp "
+            "  FROM s JOIN traces t USING (trace) WHERE kind = 'ret'), "
+            if threaded
+            else "WITH "
+            + _transfers_next("'ret'", "symbol, ")
+            + "r AS (SELECT trace, step, symbol, rsp AS slot, next_rip AS value, "
+            "  next_rsp AS entry_rsp FROM nx WHERE NOT is_call), "
+        )
+        + "w AS (SELECT trace, step, addr, insn, symbol, kind FROM accesses "
+        "  WHERE access = 'write'), "
         "p AS (SELECT r.*, w.step AS planted_step, w.insn AS planted_insn, "
         "  w.symbol AS planted_symbol, w.kind AS planted_kind "
         "  FROM r ASOF LEFT JOIN w ON r.trace = w.trace AND r.slot = w.addr AND r.step > w.step), "
@@ -371,6 +411,7 @@ def connect(files: Sequence[TraceFile]) -> duckdb.DuckDBPyConnection:
     # The columns in the files themselves: a version-1 trace's reader supplies
     # `kind` and the other facts, but the views read the Parquet files directly.
     columns = {name for f in files for name in _stored_columns(f.trace.path)}
-    for view in _views(columns):
+    threaded = any(f.trace.metadata.threads for f in files)
+    for view in _views(columns, threaded):
         con.execute(view)
     return con

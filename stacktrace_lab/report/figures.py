@@ -151,8 +151,10 @@ def envelope(
     when the columns are exact. Long traces are done in blocks of about `BLOCK_STEPS`
     steps, so the float temporaries stay small."""
     if columns.exact:
-        shown = values.astype(np.float64) - float(offset)
-        shown[owner != k] = np.nan
+        # Exact columns start at step 0 but may stop before the trace's end (a zoom
+        # on the first steps): one value per column, not per step of the trace.
+        shown = values[: columns.steps].astype(np.float64) - float(offset)
+        shown[owner[: columns.steps] != k] = np.nan
         return shown, shown
     low = np.full(columns.count, np.nan)
     high = np.full(columns.count, np.nan)

@@ -698,6 +698,10 @@ def _rsp_line(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> No
     n = columns.steps
     final_index = facts.final_rsp - panel.stack.base
     final = final_index if facts.final_owner == k else np.nan
+    if n < facts.steps:
+        # A zoom that stops before the trace's end: the line ends at rsp after its last step.
+        inside = int(facts.rsp_owner[n]) == k
+        final = int(facts.rsp[n]) - panel.stack.base if inside else np.nan
     low, high = envelope(facts.rsp, facts.rsp_owner, k, panel.stack.base, columns)
     if columns.exact:
         x = np.arange(n + 1, dtype=np.float64)

@@ -203,7 +203,7 @@ def _lane_of(rsp: U64, lanes: list[tuple[str, int, int]], stacks: tuple[Region, 
     return lane
 
 
-def _rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
+def rsp_chart(trace: Trace, windows: list[Window]) -> dict[str, Any]:
     """The rsp chart: one lane per stack rsp visits, min/max of rsp per point, in lane units.
 
     Two passes over the rsp column, a row group at a time: the range of rsp in
@@ -380,10 +380,13 @@ def _owner_runs(
 def embedded_window(
     trace: Trace,
     window: Window,
-    frames: FrameContext,
+    frames: FrameContext | None,
     checkpoints: MemoryCheckpoints | None = None,
 ) -> dict[str, Any]:
-    """One window of steps as the page replays it (see the module's docstring)."""
+    """One window of steps as the page replays it (see the module's docstring).
+
+    Without `frames` (a served trace whose analysis pass is not made yet) its
+    backtraces are null: the page shows them once it fetches the window again."""
     meta = trace.metadata
     table = trace.slice(window.start, window.stop, list(REGISTERS))
     values = np.column_stack([numpy_of(table.column(r)) for r in REGISTERS])
@@ -414,7 +417,7 @@ def embedded_window(
         "access": _accesses(trace, window),
         **memory,
         "writers": writers,
-        "bt": _backtrace_data(frames, window),
+        "bt": _backtrace_data(frames, window) if frames is not None else None,
         # Only for a threaded program: pages of other programs stay as they were.
         **({"threads": runs} if (runs := _thread_runs(trace, window)) else {}),
     }
@@ -455,7 +458,11 @@ def stepper_data(
     """
     meta = trace.metadata
     n = trace.num_rows
-    if switches is None:
+    if serve:
+        # A served page gets its switches and rsp chart later (`overview`): both need
+        # every step read, and the page should come before that.
+        switches = []
+    elif switches is None:
         found = planted_returns(trace, limit=MAX_SWITCH_WINDOWS if n > limit else None)
         switches = [Switch.of(p) for p in found]
     elif n > limit:
@@ -520,24 +527,29 @@ def stepper_data(
             }
             for i in listing
         ],
-        "switches": [
-            {
-                "ret_step": s.ret_step,
-                "stack": s.stack,
-                "index": s.index,
-                "target": s.target,
-                "planted_step": s.planted_step,
-                "note": s.note,
-            }
-            for s in switches
-        ],
+        "switches": switch_data(switches),
         "windows": window_data,
         "max_switches": MAX_SWITCH_WINDOWS,
         "writers": writers,
         "lines": source_lines(trace),
-        "chart": _rsp_chart(trace, windows),
+        "chart": None if serve else rsp_chart(trace, windows),
         **({"serve": serve} if serve else {}),
     }
+
+
+def switch_data(switches: Sequence[Switch]) -> list[dict[str, Any]]:
+    """The switches as the page reads them."""
+    return [
+        {
+            "ret_step": s.ret_step,
+            "stack": s.stack,
+            "index": s.index,
+            "target": s.target,
+            "planted_step": s.planted_step,
+            "note": s.note,
+        }
+        for s in switches
+    ]
 
 
 def flow_data(instruction: Instruction) -> dict[str, str]:

@@ -62,6 +62,9 @@ def _lane_y(value: float, lanes: int) -> float:
 def chart_svg(data: dict[str, Any]) -> Markup:
     """The rsp chart: a lane per stack, the path of rsp, the switches, the embedded windows."""
     chart = data["chart"]
+    if chart is None:
+        # A served page: the server sends the chart once it has read every step.
+        return Markup('<p class="stl-muted">reading every step for the rsp chart\u2026</p>')
     n = max(int(chart["steps"]), 1)
     lanes = chart["lanes"]
     height = CHART_TOP + LANE_HEIGHT * max(len(lanes), 1) + AXIS_HEIGHT

@@ -10,7 +10,10 @@
  * all its windows; a served page (`stacktrace-lab serve`, `data.serve`) asks
  * the server for the window around a step when it needs one, and asks it to
  * search the whole trace for the previous/next call, ret, stack change or
- * access. The current position is a step number, kept in the URL (#step=N).
+ * access. What needs every step read (the rsp chart, the switches, the
+ * backtraces) comes to a served page after its first step (`overview`): until
+ * then its windows carry no backtraces (`bt` null) and are fetched again.
+ * The current position is a step number, kept in the URL (#step=N).
  */
 (function () {
   "use strict";
@@ -132,7 +135,7 @@
       w.regs.push(regs);
     }
     w.afterLast = w.after_last.map(big);
-    Object.keys(w.bt.frames).forEach(function (id) {
+    Object.keys(w.bt ? w.bt.frames : {}).forEach(function (id) {
       frames[id] = w.bt.frames[id];
     });
     Object.keys(w.writers || {}).forEach(function (step) {
@@ -512,7 +515,7 @@
      frames on (`bt.owner`: [first step, stack] wherever that differs). */
   function frameOwner(w, step) {
     var owner = stackIndex(w.regs[step - w.start][RSP]);
-    (w.bt.owner || []).forEach(function (run) {
+    ((w.bt && w.bt.owner) || []).forEach(function (run) {
       if (run[0] <= step && step < run[1]) {
         owner = run[2];
       }
@@ -544,6 +547,10 @@
   function renderBacktrace(step) {
     var box = $(".stl-backtrace");
     box.textContent = "";
+    if (!windowOf(step).bt) {
+      box.textContent = "reading every step for the backtraces\u2026";
+      return;
+    }
     var state = frameState(step);
     var regs = regsAt(step);
     var running = frameOwner(windowOf(step), step);
@@ -749,8 +756,11 @@
   }
 
   var chart = data.chart_geometry;
-  var cursor = $(".stl-cursor");
   function renderCursor(step) {
+    var cursor = $(".stl-cursor"); // none until a served page has its chart
+    if (!cursor) {
+      return;
+    }
     var x = chart.x0 + ((step + 0.5) / Math.max(data.total_steps, 1)) * chart.width;
     cursor.setAttribute("x1", x.toFixed(2));
     cursor.setAttribute("x2", x.toFixed(2));
@@ -986,7 +996,7 @@
       return direction > 0 ? s > position : s < position;
     });
     if (!candidates.length) {
-      if (served && data.switches.length >= data.max_switches) {
+      if (served && (!overviewLoaded || data.switches.length >= data.max_switches)) {
         // The page lists only the first switches of a long trace: search the rest.
         find("stack", direction);
       }
@@ -1018,8 +1028,12 @@
     event.preventDefault(); // the slider's own key handling would step a second time
   });
 
-  $(".stl-chart svg").addEventListener("click", function (event) {
-    var box = event.currentTarget.getBoundingClientRect();
+  $(".stl-chart").addEventListener("click", function (event) {
+    var svg = $(".stl-chart svg");
+    if (!svg) {
+      return;
+    }
+    var box = svg.getBoundingClientRect();
     var scale = chart.viewWidth / box.width;
     var x = (event.clientX - box.left) * scale;
     show(Math.floor(((x - chart.x0) / chart.width) * data.total_steps));
@@ -1036,8 +1050,37 @@
     }
   });
 
+  // A served page: the chart, the switches and the backtraces, once the server has
+  // read every step (the page and its first step come before that).
+  var overviewLoaded = !served || !data.serve.overview;
+  function loadOverview() {
+    return fetch(data.serve.overview)
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("the server answered " + response.status);
+        }
+        return response.json();
+      })
+      .then(function (o) {
+        data.switches = o.switches;
+        $(".stl-chart").innerHTML = o.chart;
+        overviewLoaded = true;
+        // Windows fetched before carry no backtraces: fetch the one shown again.
+        windows = windows.filter(function (w) {
+          return w.bt;
+        });
+        return show(position);
+      });
+  }
+
   var first = hashStep();
-  show(first !== null ? first : 0, 1).then(function () {
-    root.classList.add("stl-ready");
-  });
+  show(first !== null ? first : 0, 1)
+    .then(function () {
+      return overviewLoaded ? null : loadOverview();
+    })
+    .then(function () {
+      root.classList.add("stl-ready");
+    }, function (error) {
+      $(".stl-status").textContent = "could not read the whole trace: " + error.message;
+    });
 })();
