@@ -142,3 +142,18 @@ def test_a_failed_record_keeps_the_previous_trace(tmp_path: Path, write_scenario
         record(load_scenario(path), out, RecordOptions(row_group_size=1), progress=explode)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".toml") == ["t.parquet"]
+
+
+@pytest.mark.parametrize("dist", ["unicorn", "capstone", "keystone-engine", "no-such-dist-here"])
+def test_installed_version_is_importlib_metadata(dist: str) -> None:
+    """The trace's `tool` versions, read from the dist-info directly, are what
+    importlib.metadata says (it is no longer imported by a recording)."""
+    import importlib.metadata
+
+    from stacktrace_lab.record.recorder import installed_version
+
+    try:
+        expected = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        expected = "unknown"
+    assert installed_version(dist) == expected

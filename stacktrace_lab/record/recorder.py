@@ -10,14 +10,16 @@ metadata and rename the finished file into place.
 from __future__ import annotations
 
 import bisect
-import importlib.metadata
 import json
+import os
+import re
+import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -45,14 +47,15 @@ from ..trace.format import (
 )
 from ..trace.reader import load_trace
 from ..trace.writer import TraceWriter
-from .asm.assembler import Program, assemble
-from .asm.precheck import precheck_program
 from .core.columns import SnapshotState, build_batch, thread_column
 from .core.windows import Extent, choose_windows
 from .machine import initial_state
 from .machine.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .machine.syscalls import ENOSYS, BareKernel
 from .machine.threads import DEFAULT_SLICE
+
+if TYPE_CHECKING:  # the assembler is imported when a scenario is built, not for a program
+    from .asm.assembler import Program
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -129,11 +132,58 @@ class Recording:
 def tool_versions() -> dict[str, str]:
     versions = {"stacktrace_lab": __version__}
     for dist in ("unicorn", "capstone", "keystone-engine"):
-        try:
-            versions[dist.split("-")[0]] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist.split("-")[0]] = "unknown"
+        versions[dist.split("-")[0]] = installed_version(dist)
     return versions
+
+
+def installed_version(dist: str) -> str:
+    """`importlib.metadata.version(dist)`, or "unknown" when it is not installed.
+
+    The `<name>-<version>.dist-info` directory importlib.metadata would find first
+    (sys.path in order) is read directly: importing importlib.metadata (its email
+    parser) costs 0.04 CPU s of every `record` (docs/performance.md). Anything
+    else (an .egg-info, a zip on sys.path) is left to importlib.metadata."""
+    wanted = _dist_name(dist)
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info") and _dist_name(name.partition("-")[0]) == wanted:
+                found = _metadata_version(Path(entry or ".", name, "METADATA"))
+                if found is not None:
+                    return found
+                break  # unreadable: importlib.metadata decides
+        else:
+            continue
+        break
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _dist_name(name: str) -> str:
+    """A distribution's name as importlib.metadata compares them (PEP 503, `_` for `-`)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _metadata_version(path: Path) -> str | None:
+    """The `Version:` header of a METADATA file (the headers end at the first blank line)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if not line:
+            return None
+        key, _, value = line.partition(":")
+        if key.lower() == "version":
+            return value.strip()
+    return None
 
 
 def lay_out(scenario: Scenario) -> list[Region]:
@@ -146,6 +196,9 @@ def build_program(
     scenario: Scenario, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[Program, list[Region]]:
     """Assemble the scenario and check the labels it must define."""
+    from .asm.assembler import assemble
+    from .asm.precheck import precheck_program
+
     regions = lay_out(scenario)
     constants = region_symbols(regions)
     program = assemble(precheck_program(scenario, constants, limits), constants)
