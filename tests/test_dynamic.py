@@ -12,10 +12,12 @@ import bisect
 import hashlib
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import unicorn.x86_const as x86
 
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.analysis.events import derive_facts
@@ -23,9 +25,10 @@ from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.record.linux.dynamic import INTERP_TOP
+from stacktrace_lab.record.linux.elf import load_elf
 from stacktrace_lab.record.linux.elf_front import describe_elf, record_elf
 from stacktrace_lab.record.machine.machine import Machine
-from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.record.recorder import Recording, record_description
 from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
 from stacktrace_lab.trace.format import SourceLine
@@ -163,6 +166,26 @@ def test_from_main_skips_the_loader(
     assert int(trace.slice(0, 1, ["rip"])["rip"][0]) == meta.symbols["main"]
     assert meta.region("calloc_48").size == 48
     assert replay(trace).matches
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_from_main_records_the_same_from_the_discovery_pass_copy(
+    programs: dict[str, Path], build: str, tmp_path: Path
+) -> None:
+    """`--from main` records from a copy of the discovery pass's machine at the
+    program's entry (Machine.fork: the loader runs once); the same description
+    recorded from a fresh machine that runs the loader again writes the same bytes."""
+    _need(build)
+    forked = describe_elf(programs[build], from_symbol="main")
+    assert forked.prepared is not None
+    assert int(forked.prepared.uc.reg_read(x86.UC_X86_REG_RIP)) == load_elf(programs[build]).entry
+    fresh = replace(forked, prepared=None)
+    a = record_description(forked, tmp_path / "forked.parquet")
+    b = record_description(fresh, tmp_path / "fresh.parquet")
+    assert forked.prepared is None  # used once
+    assert a.metadata.start == b.metadata.start and a.metadata.start is not None
+    assert a.metadata.start.step > 80_000  # the loader's instructions are counted
+    assert a.path.read_bytes() == b.path.read_bytes()
 
 
 @pytest.mark.parametrize("start", ["main", "gt_switch", "hello"])

@@ -121,6 +121,10 @@ class Description:
     #: Where rsp went in each stack, by name, when a pass before the recording
     #: saw it (a program's discovery pass): each snapshot window is placed there.
     extents: dict[str, Extent] = field(default_factory=dict)
+    #: A machine on the way to `start` (a copy of the discovery pass's at the
+    #: program's entry, `Machine.fork`): the recording fast-forwards it the rest of
+    #: the way instead of running the dynamic loader again. Used once.
+    prepared: Machine | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -375,10 +379,16 @@ def prepare_machine(
 ) -> tuple[Machine, StartInfo | None]:
     """A machine at the point where recording starts, after `--from`'s fast-forward
     (and how many steps that ran)."""
-    machine = Machine(description.spec)
     if description.start is None:
-        return machine, None
+        return Machine(description.spec), None
     symbol, addr = description.start
+    machine, description.prepared = description.prepared, None
+    if machine is not None and _same_output_cap(machine, description.spec):
+        # Part of the way there already (`Description.prepared`): the rest is run.
+        machine.spec = description.spec  # with the regions discovery found
+        machine.kernel.max_output = description.spec.max_output
+    else:
+        machine = Machine(description.spec)
     if progress is not None:
         progress(0, "start-up")
     early = machine.fast_forward(addr, progress=phase(progress, "start-up"))
@@ -390,6 +400,15 @@ def prepare_machine(
     if progress is not None:
         progress(machine.fast_forwarded, "start-up")
     return machine, StartInfo(symbol, machine.fast_forwarded)
+
+
+def _same_output_cap(machine: Machine, spec: MachineSpec) -> bool:
+    """Whether the start-up `machine` ran wrote what a machine of `spec` would have:
+    the output cap (`--max-output`, set after discovery) only matters to output."""
+    kernel = machine.kernel
+    if kernel.max_output == spec.max_output:
+        return True
+    return not kernel.stdout and not kernel.stderr and not any(kernel.dropped.values())
 
 
 def phase(progress: Progress | None, name: str) -> Callable[[int], None] | None:
