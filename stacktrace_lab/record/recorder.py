@@ -504,8 +504,9 @@ def record_description(
         if description.trim_lines or not isinstance(description.lines, tuple):
             description = replace(description, lines=lines.used())
         metadata = _metadata(description, start, windows, result, options, max_steps, counts)
-        _check_readable(Path(output), metadata)
-        path = writer.commit(metadata)
+        text = metadata.to_json()
+        _check_readable(Path(output), text)
+        path = writer.commit(metadata, text)
     _check_opens(path)
     return Recording(path=path, metadata=metadata)
 
@@ -518,11 +519,11 @@ def _unreadable(path: Path, exc: BadInput) -> BadInput:
     )
 
 
-def _check_readable(path: Path, metadata: TraceMetadata) -> None:
-    """The metadata passes the reader's own checks, before the file is put in place: a
-    trace `record` exits 0 for is one every command opens."""
+def _check_readable(path: Path, text: str) -> None:
+    """The metadata (`text`, its JSON) passes the reader's own checks, before the file
+    is put in place: a trace `record` exits 0 for is one every command opens."""
     try:
-        validate.check_doc(path, json.loads(metadata.to_json()))
+        validate.check_doc(path, json.loads(text))
     except BadInput as exc:
         raise _unreadable(path, exc) from None
 

@@ -443,7 +443,11 @@ class TraceMetadata:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TraceMetadata:
-        doc = json.loads(text)
+        return cls.from_doc(json.loads(text))
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> TraceMetadata:
+        """`from_json` of the document already parsed (the reader parses it once)."""
         known = {
             "format",
             "version",
