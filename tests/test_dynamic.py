@@ -25,7 +25,7 @@ from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.record.linux.dynamic import INTERP_TOP
-from stacktrace_lab.record.linux.elf import load_elf
+from stacktrace_lab.record.linux.elf import PIE_BASE, elf_image, load_elf, placement
 from stacktrace_lab.record.linux.elf_front import describe_elf, record_elf
 from stacktrace_lab.record.machine.machine import Machine
 from stacktrace_lab.record.recorder import Recording, record_description
@@ -186,6 +186,31 @@ def test_from_main_records_the_same_from_the_discovery_pass_copy(
     assert a.metadata.start == b.metadata.start and a.metadata.start is not None
     assert a.metadata.start.step > 80_000  # the loader's instructions are counted
     assert a.path.read_bytes() == b.path.read_bytes()
+
+
+def test_placement_is_what_reading_the_object_says(
+    programs: dict[str, Path], recordings: dict[str, Recording]
+) -> None:
+    """Libraries are placed from their program headers (elf.placement) before they are
+    read, once, where they go: the same span and kind as reading them at PIE_BASE."""
+    _need("c-dynamic")
+    libraries = [Path(f["path"]) for f in recordings["c-dynamic"].metadata.options["files"]]
+    objects = [p for p in [*programs.values(), *libraries] if p.read_bytes()[:4] == b"\x7fELF"]
+    assert len(objects) >= 3  # the programs, the loader, libc
+    for path in objects:
+        raw = path.read_bytes()
+        image = elf_image(path, raw, hashlib.sha256(raw).hexdigest(), PIE_BASE)
+        base = PIE_BASE if image.pie else 0
+        placed = placement(raw)
+        assert placed is not None
+        assert (placed.pie, placed.interp) == (image.pie, image.interp is not None)
+        assert placed.low == min(s.vaddr for s in image.segments) - base
+        assert placed.high == max(s.vaddr + s.memsz for s in image.segments) - base
+    c_program = programs["c-dynamic"].read_bytes()
+    assert placement(c_program[:40]) is None
+    assert placement(b"\x7fELF" + bytes(60)) is None  # no class, machine, headers
+    big_endian = c_program[:5] + b"\x02" + c_program[6:]
+    assert placement(big_endian) is None
 
 
 @pytest.mark.parametrize("start", ["main", "gt_switch", "hello"])
