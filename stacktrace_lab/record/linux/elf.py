@@ -427,16 +427,24 @@ def _read_table(elf: ELFFile, section: str, entries: list[_RawSymbol], seen: set
 
 
 @cache
-def _demanglers() -> tuple[object, object]:
+def _rust_demangler() -> object:
     try:
         import rust_demangler
     except ImportError:  # pragma: no cover - a declared dependency
-        rust_demangler = None
+        return None
+    return rust_demangler
+
+
+@cache
+def _cxx_demangler() -> object:
+    """cxxfilt, imported for the first C++ name only: its import looks for the C++
+    runtime (ctypes.util.find_library runs ldconfig), 0.04 CPU s a Rust program's
+    recording does not need."""
     try:
         import cxxfilt
     except (ImportError, OSError):  # cxxfilt needs the C++ runtime library
-        cxxfilt = None
-    return rust_demangler, cxxfilt
+        return None
+    return cxxfilt
 
 
 def demangle(name: str) -> str:
@@ -456,14 +464,15 @@ def demangle_all(names: list[str]) -> list[str]:
 
 
 def _demangled(name: str) -> str:
-    rust, cxx = _demanglers()
     is_rust = name.startswith("_R") or (
         name.startswith("_ZN") and _RUST_LEGACY.search(name) is not None
     )
     try:
-        if is_rust and rust is not None:
+        rust = _rust_demangler() if is_rust else None
+        if rust is not None:
             return _RUST_HASH.sub("", str(rust.demangle(name)))  # type: ignore[attr-defined]
-        if name.startswith("_Z") and cxx is not None:
+        cxx = _cxx_demangler() if name.startswith("_Z") else None
+        if cxx is not None:
             return str(cxx.demangle(name))  # type: ignore[attr-defined]
     except Exception:  # a name the demangler does not understand stays mangled
         return name
