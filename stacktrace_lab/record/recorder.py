@@ -10,6 +10,7 @@ metadata and rename the finished file into place.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 import re
@@ -336,7 +337,19 @@ class LineUse:
     ) -> None:
         self._source = LineTable(lines) if isinstance(lines, tuple) else lines
         self._code = code
+        # The code regions by base, for a bisection (they do not overlap; if they
+        # did, the first in `code` holding an address would be the one).
+        ordered = sorted((r for r in code if r.size > 0), key=lambda r: r.base)
+        disjoint = all(a.top <= b.base for a, b in itertools.pairwise(ordered))
+        self._ordered = ordered if disjoint else None
+        self._bases = [r.base for r in ordered]
         self._used: dict[int, SourceLine] = {}
+
+    def _region_of(self, addr: int) -> Region | None:
+        if self._ordered is None:
+            return next((r for r in self._code if r.contains(addr)), None)
+        i = bisect.bisect_right(self._bases, addr) - 1
+        return self._ordered[i] if i >= 0 and addr < self._ordered[i].top else None
 
     def __call__(self, addr: int) -> tuple[str, int] | None:
         row = self._source.nearest(addr)
@@ -344,7 +357,7 @@ class LineUse:
             return None
         self._used[row.addr] = row
         # SourceLines' rule (trace/format.py), on the row that answered.
-        region = next((r for r in self._code if r.contains(addr)), None)
+        region = self._region_of(addr)
         # Line 0 is DWARF's "no source line from here" (the end of a sequence,
         # code compiled without debug information after it).
         if region is None or row.addr < region.base or row.line == 0:
