@@ -30,7 +30,7 @@ from capstone import (
 from capstone import x86 as cs_x86
 
 from .symbols import LabelTable
-from .trace.arrays import binaries, numeric, numpy_of, strings, with_nulls
+from .trace.arrays import binaries, numeric, numpy_of, strings, taken_binaries, with_nulls
 from .trace.format import INSTRUCTION_KINDS
 
 #: What `source_line` looks like: (file, line) of an address, or None.
@@ -318,6 +318,6 @@ class InstructionTable:
             "kind": self.kinds.dictionary(index[:, _KIND]),
             "label": self.labels.dictionary(index[:, _LABEL]),
             "offset": with_nulls(per_row[:, _OFFSET], pa.int64(), no_label),
-            "insn_bytes": self._bytes_array.take(numeric(index[:, _BYTES], pa.int32())),
+            "insn_bytes": taken_binaries(self._bytes_array, index[:, _BYTES]),
             "source": self.sources.dictionary(index[:, _SOURCE]),
         }

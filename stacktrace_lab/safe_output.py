@@ -325,3 +325,12 @@ class _Watchdog:
         os.close(self._write)  # wakes the thread: read returns b""
         self._thread.join(timeout=1)
         os.close(self._read)
+
+
+def refuse_dash_folder(option: str, folder: Path | None) -> None:
+    """`-` is standard output for a single file; a report is a folder of files."""
+    if folder is not None and str(folder) == "-":
+        raise BadInput(
+            f"{option} -: a report is a folder of files (index.html, plots, ...), "
+            "not one stream; give a directory"
+        )

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stacktrace_lab.trace.arrays import arrow_indices, numpy_of
+from stacktrace_lab.trace.arrays import arrow_indices, binaries, numpy_of, taken_binaries
 
 GOLDEN = Path(__file__).resolve().parents[1] / "traces" / "first-switch.parquet"
 
@@ -55,3 +55,25 @@ def test_check_and_show_do_not_import_pandas() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize(
+    ("values", "index"),
+    [
+        ([b"\x90", b"", b"\x48\x89\xe5", b"\x0f\x05"], [2, 0, 0, 3, 1, 2, 1]),
+        ([b"\xc3"], [0, 0, 0]),
+        ([b"ab", b"cde"], []),
+        ([b"", b""], [1, 0]),
+    ],
+)
+def test_taken_binaries_is_take(values: list[bytes], index: list[int]) -> None:
+    array = binaries(values)
+    rows = np.array(index, dtype=np.int32)
+    got = taken_binaries(array, rows)
+    expected = array.take(pa.array(rows))
+    assert got.type == expected.type
+    assert got.to_pylist() == expected.to_pylist() == [values[i] for i in index]
+    assert got.equals(expected)
+    # A slice of an array (an offset into its buffers) too.
+    sliced = binaries([b"zz", *values]).slice(1)
+    assert taken_binaries(sliced, rows).to_pylist() == expected.to_pylist()

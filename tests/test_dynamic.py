@@ -12,10 +12,12 @@ import bisect
 import hashlib
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import unicorn.x86_const as x86
 
 from stacktrace_lab.analysis.check import check
 from stacktrace_lab.analysis.events import derive_facts
@@ -23,9 +25,10 @@ from stacktrace_lab.cli import main
 from stacktrace_lab.errors import BadInput
 from stacktrace_lab.examples import build_example, compiler_missing
 from stacktrace_lab.record.linux.dynamic import INTERP_TOP
+from stacktrace_lab.record.linux.elf import PIE_BASE, elf_image, load_elf, placement
 from stacktrace_lab.record.linux.elf_front import describe_elf, record_elf
 from stacktrace_lab.record.machine.machine import Machine
-from stacktrace_lab.record.recorder import Recording
+from stacktrace_lab.record.recorder import Recording, record_description
 from stacktrace_lab.replay import replay
 from stacktrace_lab.trace import load_trace
 from stacktrace_lab.trace.format import SourceLine
@@ -163,6 +166,51 @@ def test_from_main_skips_the_loader(
     assert int(trace.slice(0, 1, ["rip"])["rip"][0]) == meta.symbols["main"]
     assert meta.region("calloc_48").size == 48
     assert replay(trace).matches
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_from_main_records_the_same_from_the_discovery_pass_copy(
+    programs: dict[str, Path], build: str, tmp_path: Path
+) -> None:
+    """`--from main` records from a copy of the discovery pass's machine at the
+    program's entry (Machine.fork: the loader runs once); the same description
+    recorded from a fresh machine that runs the loader again writes the same bytes."""
+    _need(build)
+    forked = describe_elf(programs[build], from_symbol="main")
+    assert forked.prepared is not None
+    assert int(forked.prepared.uc.reg_read(x86.UC_X86_REG_RIP)) == load_elf(programs[build]).entry
+    fresh = replace(forked, prepared=None)
+    a = record_description(forked, tmp_path / "forked.parquet")
+    b = record_description(fresh, tmp_path / "fresh.parquet")
+    assert forked.prepared is None  # used once
+    assert a.metadata.start == b.metadata.start and a.metadata.start is not None
+    assert a.metadata.start.step > 80_000  # the loader's instructions are counted
+    assert a.path.read_bytes() == b.path.read_bytes()
+
+
+def test_placement_is_what_reading_the_object_says(
+    programs: dict[str, Path], recordings: dict[str, Recording]
+) -> None:
+    """Libraries are placed from their program headers (elf.placement) before they are
+    read, once, where they go: the same span and kind as reading them at PIE_BASE."""
+    _need("c-dynamic")
+    libraries = [Path(f["path"]) for f in recordings["c-dynamic"].metadata.options["files"]]
+    objects = [p for p in [*programs.values(), *libraries] if p.read_bytes()[:4] == b"\x7fELF"]
+    assert len(objects) >= 3  # the programs, the loader, libc
+    for path in objects:
+        raw = path.read_bytes()
+        image = elf_image(path, raw, hashlib.sha256(raw).hexdigest(), PIE_BASE)
+        base = PIE_BASE if image.pie else 0
+        placed = placement(raw)
+        assert placed is not None
+        assert (placed.pie, placed.interp) == (image.pie, image.interp is not None)
+        assert placed.low == min(s.vaddr for s in image.segments) - base
+        assert placed.high == max(s.vaddr + s.memsz for s in image.segments) - base
+    c_program = programs["c-dynamic"].read_bytes()
+    assert placement(c_program[:40]) is None
+    assert placement(b"\x7fELF" + bytes(60)) is None  # no class, machine, headers
+    big_endian = c_program[:5] + b"\x02" + c_program[6:]
+    assert placement(big_endian) is None
 
 
 @pytest.mark.parametrize("start", ["main", "gt_switch", "hello"])

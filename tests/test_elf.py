@@ -517,3 +517,24 @@ def test_progress_names_each_phase_of_a_program_recording(
     start_up = max(steps for steps, phase in seen if phase == "start-up")
     assert rec.metadata.start is not None and start_up == rec.metadata.start.step
     assert max(steps for steps, phase in seen if phase == "recording") == rec.metadata.steps
+
+
+def test_names_are_demangled_by_their_language() -> None:
+    """Rust names (legacy and v0, without the hash) by rust-demangler, C++ names by
+    cxxfilt (imported only for them), C names and garbage as they are."""
+    from stacktrace_lab.record.linux.elf import demangle_all
+
+    names = [
+        "_ZN4core3ptr13drop_in_place17h0123456789abcdefE",
+        "_RNvCs1234_7mycrate3foo",
+        "malloc",
+        "_ZN3foo3barEv",
+        "_Zgarbage",
+    ]
+    assert demangle_all(names) == [
+        "core::ptr::drop_in_place",
+        "mycrate::foo",
+        "malloc",
+        "foo::bar()",
+        "_Zgarbage",
+    ]

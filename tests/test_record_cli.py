@@ -332,3 +332,48 @@ def test_rows_without_pandas_says_how_to_get_it(
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'stacktrace-lab\[pandas\]'"):
         load_trace(first_switch_trace).rows(["rip"])
     assert load_trace(first_switch_trace).table(["rip"]).num_rows == 19  # Arrow needs no pandas
+
+
+def test_the_record_process_ends_at_once_with_its_output_whole(tmp_path: Path) -> None:
+    """`record` ends its process without tearing the interpreter down (cli._end_process):
+    the summary printed in full (flushed), the exit status kept, the trace in place
+    and equal to one recorded in process; an error is one line and status 2."""
+    out = tmp_path / "t.parquet"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stacktrace_lab",
+            "record",
+            "first-switch",
+            "-o",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["trace"] == str(out) and summary["stop"]["reason"] == "spin"
+    assert main(["record", "first-switch", "-o", str(tmp_path / "in.parquet")]) == 0
+    assert out.read_bytes() == (tmp_path / "in.parquet").read_bytes()
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stacktrace_lab",
+            "record",
+            str(tmp_path / "none"),
+            "--from",
+            "main",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [
+        f"stacktrace-lab: error: {tmp_path / 'none'}: no such file"
+    ]

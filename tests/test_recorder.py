@@ -142,3 +142,46 @@ def test_a_failed_record_keeps_the_previous_trace(tmp_path: Path, write_scenario
         record(load_scenario(path), out, RecordOptions(row_group_size=1), progress=explode)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".toml") == ["t.parquet"]
+
+
+@pytest.mark.parametrize("dist", ["unicorn", "capstone", "keystone-engine", "no-such-dist-here"])
+def test_installed_version_is_importlib_metadata(dist: str) -> None:
+    """The trace's `tool` versions, read from the dist-info directly, are what
+    importlib.metadata says (it is no longer imported by a recording)."""
+    import importlib.metadata
+
+    from stacktrace_lab.record.recorder import installed_version
+
+    try:
+        expected = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        expected = "unknown"
+    assert installed_version(dist) == expected
+
+
+@pytest.mark.parametrize(
+    "spans",
+    [
+        [(0x1000, 0x1000), (0x5000, 0x2000), (0x3000, 0x1000)],  # disjoint, not in order
+        [(0x1000, 0x3000), (0x2000, 0x3000)],  # overlapping: the first one holding it
+        [(0x2000, 0), (0x2000, 0x1000)],  # an empty region at the same base
+    ],
+)
+def test_line_use_finds_the_code_region_as_a_scan_does(spans: list[tuple[int, int]]) -> None:
+    """The `source` column's rule asks which code region holds each address (found by
+    bisection when the regions are disjoint): the same answer as the first region in
+    order that holds it."""
+    from stacktrace_lab.layout import Region
+    from stacktrace_lab.record.recorder import LineUse
+    from stacktrace_lab.trace.format import SourceLine
+
+    code = tuple(
+        Region(f"code{i}", "code", base, size, "r-x") for i, (base, size) in enumerate(spans)
+    )
+    lines = tuple(SourceLine(addr, "a.c", addr // 0x100) for addr in range(0x800, 0x8000, 0x100))
+    use = LineUse(lines, code)
+    for addr in range(0x800, 0x8000, 0x80):
+        region = next((r for r in code if r.contains(addr)), None)
+        row = max((line for line in lines if line.addr <= addr), key=lambda line: line.addr)
+        expected = None if region is None or row.addr < region.base else (row.file, row.line)
+        assert use(addr) == expected

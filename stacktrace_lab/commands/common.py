@@ -5,19 +5,15 @@ from __future__ import annotations
 import io
 import re
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
     from ..ci.model import Callers, CiReport
-    from ..record.recorder import Progress as PhasedProgress
     from ..trace.reader import Trace
 
 
@@ -104,39 +100,3 @@ def render_ci(report: CiReport, fmt: str) -> None:
     from ..ci import render
 
     click.echo(render(report, fmt), nl=False)
-
-
-@contextmanager
-def step_progress(total: int, label: str) -> Iterator[PhasedProgress | None]:
-    """A progress bar on stderr for long runs; nothing when stderr is not a terminal.
-
-    `update(steps, phase)`: a program's recording goes through phases (the
-    unrecorded start-up before `--from`, the discovery pass, the recording),
-    each shown with its own step count and rate; only the recording has a
-    known total."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    with Progress(
-        TextColumn("{task.description}", markup=False),  # a program's name, as it is
-        BarColumn(),
-        TextColumn("{task.completed:,} steps"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=stderr_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=total, rate="")
-        shown = ["recording"]
-        since = [time.perf_counter()]
-
-        def update(steps: int, phase: str = "recording") -> None:
-            now = time.perf_counter()
-            if phase != shown[0]:
-                shown[0], since[0] = phase, now
-                progress.reset(task, total=total if phase == "recording" else None)
-            elapsed = now - since[0]
-            rate = f"{steps / elapsed:,.0f} steps/s" if elapsed > 0 else ""
-            progress.update(task, completed=steps, description=f"{label}: {phase}", rate=rate)
-
-        yield update

@@ -31,7 +31,7 @@ from .. import safe_output
 from ..config import load_config
 from ..errors import BadInput
 from ..limits import DEFAULT_LIMITS, Limits
-from .common import step_progress
+from .progress import step_progress
 
 if TYPE_CHECKING:  # the recorder loads unicorn and pyarrow: imported when the command runs
     from ..record.recorder import Recording, RecordOptions
@@ -213,9 +213,7 @@ def record_command(
     to_stdout = output == STDOUT
     if to_stdout and sys.stdout.isatty():
         raise BadInput("-o -: stdout is a terminal; redirect it to a file or a pipe")
-    from .report import refuse_dash_folder
-
-    refuse_dash_folder("--report-dir", report_dir)
+    safe_output.refuse_dash_folder("--report-dir", report_dir)
     if to_stdout and with_report:
         raise BadInput("-o - cannot be combined with --report (the report needs the file)")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import step_progress
+from .progress import step_progress
 
 
 @click.command("replay")

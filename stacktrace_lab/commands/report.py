@@ -14,6 +14,7 @@ import click
 
 from ..config import load_config
 from ..errors import BadInput
+from ..safe_output import refuse_dash_folder
 from .common import stderr_console
 
 if TYPE_CHECKING:  # matplotlib and pyarrow: imported when the command runs, not for --help
@@ -62,15 +63,6 @@ def _suggestion(trace: Path) -> str:
         recorded = config.record_dir / named
         return f" (record it first: stacktrace-lab record {trace.name}, then report {recorded})"
     return ""
-
-
-def refuse_dash_folder(option: str, folder: Path | None) -> None:
-    """`-` is standard output for a single file; a report is a folder of files."""
-    if folder is not None and str(folder) == "-":
-        raise BadInput(
-            f"{option} -: a report is a folder of files (index.html, plots, ...), "
-            "not one stream; give a directory"
-        )
 
 
 @contextmanager

@@ -10,14 +10,17 @@ metadata and rename the finished file into place.
 from __future__ import annotations
 
 import bisect
-import importlib.metadata
+import itertools
 import json
+import os
+import re
+import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -46,8 +49,6 @@ from ..trace.format import (
 )
 from ..trace.reader import load_trace
 from ..trace.writer import TraceWriter
-from .asm.assembler import Program, assemble
-from .asm.precheck import precheck_program
 from .core.columns import SnapshotState, build_batch, thread_column
 from .core.hooks import native_module
 from .core.native_capstone import NativeFacts, native_capstone
@@ -56,6 +57,9 @@ from .machine import initial_state
 from .machine.machine import Chunk, Machine, MachineSpec, RunResult, scenario_spec
 from .machine.syscalls import ENOSYS, BareKernel
 from .machine.threads import DEFAULT_SLICE
+
+if TYPE_CHECKING:  # the assembler is imported when a scenario is built, not for a program
+    from .asm.assembler import Program
 
 DEFAULT_ROW_GROUP = 65536
 #: Snapshot bytes one row group may hold: a group's rows are buffered in
@@ -121,6 +125,10 @@ class Description:
     #: Where rsp went in each stack, by name, when a pass before the recording
     #: saw it (a program's discovery pass): each snapshot window is placed there.
     extents: dict[str, Extent] = field(default_factory=dict)
+    #: A machine on the way to `start` (a copy of the discovery pass's at the
+    #: program's entry, `Machine.fork`): the recording fast-forwards it the rest of
+    #: the way instead of running the dynamic loader again. Used once.
+    prepared: Machine | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -132,11 +140,58 @@ class Recording:
 def tool_versions() -> dict[str, str]:
     versions = {"stacktrace_lab": __version__}
     for dist in ("unicorn", "capstone", "keystone-engine"):
-        try:
-            versions[dist.split("-")[0]] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist.split("-")[0]] = "unknown"
+        versions[dist.split("-")[0]] = installed_version(dist)
     return versions
+
+
+def installed_version(dist: str) -> str:
+    """`importlib.metadata.version(dist)`, or "unknown" when it is not installed.
+
+    The `<name>-<version>.dist-info` directory importlib.metadata would find first
+    (sys.path in order) is read directly: importing importlib.metadata (its email
+    parser) costs 0.04 CPU s of every `record` (docs/performance.md). Anything
+    else (an .egg-info, a zip on sys.path) is left to importlib.metadata."""
+    wanted = _dist_name(dist)
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info") and _dist_name(name.partition("-")[0]) == wanted:
+                found = _metadata_version(Path(entry or ".", name, "METADATA"))
+                if found is not None:
+                    return found
+                break  # unreadable: importlib.metadata decides
+        else:
+            continue
+        break
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _dist_name(name: str) -> str:
+    """A distribution's name as importlib.metadata compares them (PEP 503, `_` for `-`)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _metadata_version(path: Path) -> str | None:
+    """The `Version:` header of a METADATA file (the headers end at the first blank line)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if not line:
+            return None
+        key, _, value = line.partition(":")
+        if key.lower() == "version":
+            return value.strip()
+    return None
 
 
 def lay_out(scenario: Scenario) -> list[Region]:
@@ -149,6 +204,9 @@ def build_program(
     scenario: Scenario, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[Program, list[Region]]:
     """Assemble the scenario and check the labels it must define."""
+    from .asm.assembler import assemble
+    from .asm.precheck import precheck_program
+
     regions = lay_out(scenario)
     constants = region_symbols(regions)
     program = assemble(precheck_program(scenario, constants, limits), constants)
@@ -282,7 +340,19 @@ class LineUse:
     ) -> None:
         self._source = LineTable(lines) if isinstance(lines, tuple) else lines
         self._code = code
+        # The code regions by base, for a bisection (they do not overlap; if they
+        # did, the first in `code` holding an address would be the one).
+        ordered = sorted((r for r in code if r.size > 0), key=lambda r: r.base)
+        disjoint = all(a.top <= b.base for a, b in itertools.pairwise(ordered))
+        self._ordered = ordered if disjoint else None
+        self._bases = [r.base for r in ordered]
         self._used: dict[int, SourceLine] = {}
+
+    def _region_of(self, addr: int) -> Region | None:
+        if self._ordered is None:
+            return next((r for r in self._code if r.contains(addr)), None)
+        i = bisect.bisect_right(self._bases, addr) - 1
+        return self._ordered[i] if i >= 0 and addr < self._ordered[i].top else None
 
     def __call__(self, addr: int) -> tuple[str, int] | None:
         row = self._source.nearest(addr)
@@ -294,10 +364,10 @@ class LineUse:
         # code compiled without debug information after it).
         if row.line == 0:
             return None
-        for region in self._code:  # the first region holding `addr`
-            if region.contains(addr):
-                return None if row.addr < region.base else (row.file, row.line)
-        return None
+        region = self._region_of(addr)
+        if region is None or row.addr < region.base:
+            return None
+        return row.file, row.line
 
     def used(self) -> tuple[SourceLine, ...]:
         return tuple(self._used[addr] for addr in sorted(self._used))
@@ -327,10 +397,16 @@ def prepare_machine(
 ) -> tuple[Machine, StartInfo | None]:
     """A machine at the point where recording starts, after `--from`'s fast-forward
     (and how many steps that ran)."""
-    machine = Machine(description.spec)
     if description.start is None:
-        return machine, None
+        return Machine(description.spec), None
     symbol, addr = description.start
+    machine, description.prepared = description.prepared, None
+    if machine is not None and _same_output_cap(machine, description.spec):
+        # Part of the way there already (`Description.prepared`): the rest is run.
+        machine.spec = description.spec  # with the regions discovery found
+        machine.kernel.max_output = description.spec.max_output
+    else:
+        machine = Machine(description.spec)
     if progress is not None:
         progress(0, "start-up")
     early = machine.fast_forward(addr, progress=phase(progress, "start-up"))
@@ -342,6 +418,15 @@ def prepare_machine(
     if progress is not None:
         progress(machine.fast_forwarded, "start-up")
     return machine, StartInfo(symbol, machine.fast_forwarded)
+
+
+def _same_output_cap(machine: Machine, spec: MachineSpec) -> bool:
+    """Whether the start-up `machine` ran wrote what a machine of `spec` would have:
+    the output cap (`--max-output`, set after discovery) only matters to output."""
+    kernel = machine.kernel
+    if kernel.max_output == spec.max_output:
+        return True
+    return not kernel.stdout and not kernel.stderr and not any(kernel.dropped.values())
 
 
 def phase(progress: Progress | None, name: str) -> Callable[[int], None] | None:
@@ -441,8 +526,9 @@ def record_description(
         if description.trim_lines or not isinstance(description.lines, tuple):
             description = replace(description, lines=lines.used())
         metadata = _metadata(description, start, windows, result, options, max_steps, counts)
-        _check_readable(Path(output), metadata)
-        path = writer.commit(metadata)
+        text = metadata.to_json()
+        _check_readable(Path(output), text)
+        path = writer.commit(metadata, text)
     _check_opens(path)
     return Recording(path=path, metadata=metadata)
 
@@ -455,11 +541,11 @@ def _unreadable(path: Path, exc: BadInput) -> BadInput:
     )
 
 
-def _check_readable(path: Path, metadata: TraceMetadata) -> None:
-    """The metadata passes the reader's own checks, before the file is put in place: a
-    trace `record` exits 0 for is one every command opens."""
+def _check_readable(path: Path, text: str) -> None:
+    """The metadata (`text`, its JSON) passes the reader's own checks, before the file
+    is put in place: a trace `record` exits 0 for is one every command opens."""
     try:
-        validate.check_doc(path, json.loads(metadata.to_json()))
+        validate.check_doc(path, json.loads(text))
     except BadInput as exc:
         raise _unreadable(path, exc) from None
 

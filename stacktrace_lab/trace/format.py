@@ -464,7 +464,11 @@ class TraceMetadata:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TraceMetadata:
-        doc = json.loads(text)
+        return cls.from_doc(json.loads(text))
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> TraceMetadata:
+        """`from_json` of the document already parsed (the reader parses it once)."""
         known = {
             "format",
             "version",
@@ -583,11 +587,19 @@ def syscall_column(calls: list[SyscallRecord], first_step: int, n_rows: int) -> 
     absent[rows] = False
     nr = np.zeros(n_rows, dtype=np.uint64)
     nr[rows] = [call.nr for call in calls]
-    names = [""] * n_rows
+    # The names of the rows with a call (the last call of a row, if two had one);
+    # every other row's is empty: built from those alone, not from n_rows strings.
+    names: dict[int, bytes] = {}
     arg_counts = np.zeros(n_rows, dtype=np.int64)
     for row, call in zip(rows.tolist(), calls, strict=True):
-        names[row] = call.name
+        names[row] = call.name.encode()
         arg_counts[row] = len(call.args)
+    named = sorted(names)
+    name_lengths = np.zeros(n_rows, dtype=np.int64)
+    name_lengths[named] = [len(names[row]) for row in named]
+    name_offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    np.cumsum(name_lengths, out=name_offsets[1:])
+    name_bytes = b"".join(names[row] for row in named)
     args = np.array([a for call in calls for a in call.args], dtype=np.uint64)
     no_result = absent.copy()
     result = np.zeros(n_rows, dtype=np.int64)
@@ -599,11 +611,13 @@ def syscall_column(calls: list[SyscallRecord], first_step: int, n_rows: int) -> 
     offsets = np.zeros(n_rows + 1, dtype=np.int32)
     np.cumsum(arg_counts, out=offsets[1:])
     validity = pa.py_buffer(np.packbits(~absent, bitorder="little"))
-    name_array = arrays.strings(names)
     children = [
         arrays.with_nulls(nr, pa.uint64(), absent),
         pa.Array.from_buffers(
-            pa.string(), n_rows, [validity, *name_array.buffers()[1:]], int(absent.sum())
+            pa.string(),
+            n_rows,
+            [validity, pa.py_buffer(name_offsets), pa.py_buffer(name_bytes)],
+            int(absent.sum()),
         ),
         pa.Array.from_buffers(
             SYSCALL_TYPE.field("args").type,

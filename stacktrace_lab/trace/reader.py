@@ -249,7 +249,7 @@ def load_trace(path: str | Path) -> Trace:
         raise _newer(path, version)
     validate.check_doc(path, doc)
     try:
-        metadata = TraceMetadata.from_json(raw)
+        metadata = TraceMetadata.from_doc(doc)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise BadInput(f"{path}: corrupt trace metadata ({exc!r})") from None
     if metadata.format != FORMAT_NAME:

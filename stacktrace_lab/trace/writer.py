@@ -130,9 +130,10 @@ class TraceWriter:
         except OSError as exc:
             raise safe_output.write_error(self.path, exc) from None
 
-    def commit(self, metadata: TraceMetadata) -> Path:
+    def commit(self, metadata: TraceMetadata, text: str | None = None) -> Path:
+        """`text`: `metadata.to_json()`, when the caller has it already."""
         assert self._writer is not None
-        text = metadata.to_json()
+        text = metadata.to_json() if text is None else text
         arrow_schema = self.schema.with_metadata({METADATA_KEY: text})
         try:
             self._writer.add_key_value_metadata(

@@ -23,6 +23,7 @@ not part of the file view.
 from __future__ import annotations
 
 import functools
+import hashlib
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,8 +34,9 @@ from elftools.elf.sections import NoteSection
 from ...arch import PAGE
 from ...errors import BadInput
 from ...layout import Region, page_ceil
+from ...limits import MAX_PROGRAM_FILE_BYTES, read_input
 from .dwarf_lines import LineIndex, line_index
-from .elf import PIE_BASE, ElfImage, elf_image, load_elf
+from .elf import PIE_BASE, ElfImage, Placement, elf_image, load_elf, placement
 from .files import FileKernel, FileView
 from .process import MMAP_TOP, _segment_regions
 
@@ -53,12 +55,19 @@ def load_interp(image: ElfImage, view: FileView) -> ElfImage:
             f"{image.path}: its interpreter {image.interp} is not on this machine "
             "(or outside the loader's directories)"
         )
-    # Read once where any shared object may go, to learn its size.
-    probe = load_elf(found.host_path, pie_base=PIE_BASE)
-    if not probe.pie or probe.interp is not None:
+    # Its size, from its program headers, says where it goes; then it is read there.
+    raw = read_input(Path(found.host_path), MAX_PROGRAM_FILE_BYTES, "program", option=None)
+    sha256 = hashlib.sha256(raw).hexdigest()
+    placed = placement(raw)
+    if placed is None:  # not a program's headers: read where any shared object may go
+        probe = elf_image(Path(found.host_path), raw, sha256, PIE_BASE)  # says why
+        ends = [s.vaddr + s.memsz - PIE_BASE for s in probe.segments]
+        placed = Placement(probe.pie, probe.interp is not None, 0, max(ends))
+    if not placed.pie or placed.interp:
         raise BadInput(f"{image.path}: its interpreter {image.interp} is not a loader")
-    span = page_ceil(max(s.vaddr + s.memsz for s in probe.segments) - PIE_BASE)
-    return with_debug_symbols(load_elf(found.host_path, pie_base=INTERP_TOP - span))
+    # As when it was read at PIE_BASE first: the span from PIE_BASE to its highest end.
+    span = page_ceil(placed.high)
+    return with_debug_symbols(elf_image(Path(found.host_path), raw, sha256, INTERP_TOP - span))
 
 
 @dataclass(frozen=True)
@@ -100,14 +109,16 @@ def _loaded_object(view: FileView, path: str, start: int) -> LoadedObject | None
     entry = view.files.get(path)
     if entry is None or entry.data[:4] != b"\x7fELF":
         return None
-    try:
-        probe = elf_image(Path(path), entry.data, entry.sha256, pie_base=PIE_BASE)
-    except BadInput:
+    # Where it was mapped says where its addresses start: its headers tell how far
+    # its lowest segment is from there; then it is read once, at that base.
+    placed = placement(entry.data)
+    if placed is None or not placed.pie:
         return None  # a file mapped that is not a library the program runs
-    if not probe.pie:
+    first = placed.low // PAGE * PAGE
+    try:
+        image = elf_image(Path(path), entry.data, entry.sha256, pie_base=start - first)
+    except BadInput:
         return None
-    first = (min(s.vaddr for s in probe.segments) - PIE_BASE) // PAGE * PAGE
-    image = elf_image(Path(path), entry.data, entry.sha256, pie_base=start - first)
     return LoadedObject(Path(path).name, with_debug_symbols(image))
 
 

@@ -126,6 +126,47 @@ def elf_image(path: Path, raw: bytes, sha256: str, pie_base: int = PIE_BASE) -> 
         raise BadInput(f"{path}: malformed ELF file: {_reason(exc)}") from None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What placing a shared object needs, from its program headers alone: whether
+    it is position independent, asks for an interpreter, and the span of its loaded
+    segments at its own addresses (the lowest one's start, the highest one's end)."""
+
+    pie: bool
+    interp: bool
+    low: int
+    high: int
+
+
+def placement(raw: bytes) -> Placement | None:
+    """`raw`'s Placement, or None when its headers are not those of an x86-64 ELF
+    program or library with a loaded segment (`elf_image` then says why, or refuses).
+
+    Read with struct: a library is placed before it is read (pyelftools and its
+    symbols), and is read once, where it goes."""
+    if len(raw) < 64 or raw[:4] != b"\x7fELF" or raw[4] != 2 or raw[5] != 1:
+        return None
+    e_type, machine = struct.unpack_from("<HH", raw, 16)
+    phoff = struct.unpack_from("<Q", raw, 32)[0]
+    phentsize, phnum = struct.unpack_from("<HH", raw, 54)
+    if machine != 62 or e_type not in (2, 3) or phentsize != PHDR_SIZE:
+        return None
+    if phoff + phnum * PHDR_SIZE > len(raw):
+        return None
+    low, high, interp = -1, -1, False
+    for i in range(phnum):
+        p_type, _flags, _offset, vaddr, _paddr, _filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", raw, phoff + i * PHDR_SIZE
+        )
+        interp |= p_type == _PT_INTERP
+        if p_type == _PT_LOAD and memsz:
+            low = vaddr if low < 0 else min(low, vaddr)
+            high = max(high, vaddr + memsz)
+    if low < 0:
+        return None
+    return Placement(e_type == 3, interp, low, high)
+
+
 def _check_sections(path: Path, raw: bytes) -> None:
     """Section headers inside the file, each section's bytes too (but .bss's).
 
@@ -386,16 +427,24 @@ def _read_table(elf: ELFFile, section: str, entries: list[_RawSymbol], seen: set
 
 
 @cache
-def _demanglers() -> tuple[object, object]:
+def _rust_demangler() -> object:
     try:
         import rust_demangler
     except ImportError:  # pragma: no cover - a declared dependency
-        rust_demangler = None
+        return None
+    return rust_demangler
+
+
+@cache
+def _cxx_demangler() -> object:
+    """cxxfilt, imported for the first C++ name only: its import looks for the C++
+    runtime (ctypes.util.find_library runs ldconfig), 0.04 CPU s a Rust program's
+    recording does not need."""
     try:
         import cxxfilt
     except (ImportError, OSError):  # cxxfilt needs the C++ runtime library
-        cxxfilt = None
-    return rust_demangler, cxxfilt
+        return None
+    return cxxfilt
 
 
 def demangle(name: str) -> str:
@@ -415,14 +464,15 @@ def demangle_all(names: list[str]) -> list[str]:
 
 
 def _demangled(name: str) -> str:
-    rust, cxx = _demanglers()
     is_rust = name.startswith("_R") or (
         name.startswith("_ZN") and _RUST_LEGACY.search(name) is not None
     )
     try:
-        if is_rust and rust is not None:
+        rust = _rust_demangler() if is_rust else None
+        if rust is not None:
             return _RUST_HASH.sub("", str(rust.demangle(name)))  # type: ignore[attr-defined]
-        if name.startswith("_Z") and cxx is not None:
+        cxx = _cxx_demangler() if name.startswith("_Z") else None
+        if cxx is not None:
             return str(cxx.demangle(name))  # type: ignore[attr-defined]
     except Exception:  # a name the demangler does not understand stays mangled
         return name

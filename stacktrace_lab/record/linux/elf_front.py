@@ -124,6 +124,7 @@ def describe_elf(
         image = _with_libraries(image, _loaded_by(spec, image, progress))
     main_stack = next(r for r in spec.regions if r.kind == "stack")
     before: Evidence | None = None
+    prepared: Machine | None = None
     #: The libraries this machine's run mapped, read once (after the start-up, and
     #: again after discovery for those it loaded later).
     known: dict[tuple[str, int], LoadedObject | None] = {}
@@ -141,7 +142,9 @@ def describe_elf(
                     f"{early.reason}: {early.detail}{_loader_said(machine)}"
                 )
             loading = machine.fast_forwarded
-            image = _with_libraries(image, _objects(machine))
+            # The recording goes on from here too: from a copy, not a second loader run.
+            prepared = machine.fork()
+            image = _with_libraries(image, _objects(machine, known))
         if image.raw_symbols.keys() & set(ALLOCATORS):
             # The start-up watched for allocations (a stack calloc'd before --from
             # is then `calloc_48`, as in the whole recording, not a heap chunk).
@@ -232,6 +235,7 @@ def describe_elf(
             **({"files": view.metadata()} if view.files or view.dirs else {}),
         },
         extents=stack_extents(evidence, [*found, main_stack]),
+        prepared=prepared,
     )
 
 

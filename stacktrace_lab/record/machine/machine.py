@@ -28,6 +28,8 @@ What a hook sees (checked in tests/test_machine.py):
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -42,6 +44,7 @@ import unicorn.x86_const as x86
 from unicorn import (
     UC_ARCH_X86,
     UC_ERR_INSN_INVALID,
+    UC_ERR_OK,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
@@ -310,6 +313,60 @@ class Machine:
         self._invalid = HOOK_MEM_INVALID_CFUNC(self._on_invalid)
         add_raw_hook(self.uc._uch, UC_HOOK_MEM_INVALID, self._invalid)
 
+    def fork(self) -> Machine | None:
+        """A second machine in this one's state, between runs: its memory (every
+        mapping, with its protection), the CPU (unicorn's context), the kernel
+        (files, mappings, output, log: copied, sharing the file view), the CPU
+        model's counter and the instruction decisions, and `fast_forwarded`. For
+        `--from` of a dynamically linked program: the recording's machine is a copy
+        of the discovery pass's at the program's entry, so the loader (99% of the
+        start-up, as much CPU as the rest of a short recording) runs once.
+
+        None when the state holds what a copy would not be sure to carry: another
+        thread (its saved CPU context), a CPU model other than the fixed one (the
+        silicon check's replays a native run), an answer still pending."""
+        kernel = self.kernel
+        if kernel.threads is not None and len(kernel.threads.all) > 1:
+            return None
+        if type(self.cpu) is not CpuModel or self.rules.pending_at != -1:
+            return None
+        # A machine with nothing mapped, then this one's pages, CPU, kernel copied in.
+        twin = Machine(replace(self.spec, mappings=[], memory={}))
+        twin.spec = self.spec
+        twin._loaded_code = list(self._loaded_code)
+        for begin, last, perms in self.uc.mem_regions():
+            size = last - begin + 1
+            twin.uc.mem_map(begin, size, perms)
+            _copy_pages(self.uc, twin.uc, begin, size)
+        twin.uc.context_restore(self.uc.context_save())
+        # The machine's own callbacks and unicorn handle stay out of the copy; the file
+        # view is shared (it lists every file the program read, in both runs).
+        kept = (kernel.write_memory, kernel.code_changed, kernel._uc)
+        memo: dict[int, Any] = {}
+        view = getattr(kernel, "view", None)
+        if view is not None:
+            memo[id(view)] = view
+        try:
+            kernel.write_memory = kernel.code_changed = kernel._uc = None  # type: ignore[assignment]
+            twin.kernel = copy.deepcopy(kernel, memo)
+        finally:
+            kernel.write_memory, kernel.code_changed, kernel._uc = kept
+        twin.kernel.write_memory = twin._kernel_write
+        twin.kernel.code_changed = twin.forget_code
+        twin.kernel._uc = twin.uc if kept[2] is not None else None
+        twin.cpu.tsc = self.cpu.tsc
+        decided, copied = self.decisions, twin.decisions
+        copied.kinds = dict(decided.kinds)
+        copied.privileged = dict(decided.privileged)
+        copied.fixed = dict(decided.fixed)
+        copied.unsupported = dict(decided.unsupported)
+        copied.aligned = dict(decided.aligned)
+        copied._pages = {page: list(addresses) for page, addresses in decided._pages.items()}
+        copied.watched = set(decided.watched)
+        copied.rewritten = set(decided.rewritten)
+        twin.fast_forwarded = self.fast_forwarded
+        return twin
+
     def registers(self) -> dict[str, int]:
         return {
             name: int(self.uc.reg_read(uid)) for name, uid in zip(REGISTERS, UC_IDS, strict=True)
@@ -413,8 +470,12 @@ class Machine:
                 lambda: False,
                 self.rules.answer_pending,
             )
+        # From where the machine is: its entry, or where an earlier fast-forward
+        # stopped (a `fork` made at the program's entry goes on to `--from`).
+        begin = int(self.uc.reg_read(x86.UC_X86_REG_RIP))
+        before = self.fast_forwarded
         try:
-            self.emulate(self.spec.entry, until, limit, control)
+            self.emulate(begin, until, limit, control)
         except UcError as exc:
             return self._fault_stop(exc, -1, lambda _step: None)
         finally:
@@ -423,7 +484,7 @@ class Machine:
             for handle in handles:
                 uclib.uc_hook_del(uch, handle)
             self.rules.tick = None
-            self.fast_forwarded = counted()
+            self.fast_forwarded = before + counted()
         if self.native is not None:
             self.native.core.raise_error()
         return self.reached(until, self.fast_forwarded, limit)
@@ -463,11 +524,17 @@ class Machine:
         for start, end in self._loaded_code:
             elsewhere &= (rips < start) | (rips >= end)
         if self.decisions.rewritten:
-            rewritten = np.fromiter(self.decisions.rewritten, dtype=np.uint64)
-            elsewhere |= np.isin(rips // np.uint64(PAGE), rewritten)
+            rewritten = np.sort(np.fromiter(self.decisions.rewritten, dtype=np.uint64))
+            pages = rips // np.uint64(PAGE)
+            # np.isin, by a search in the sorted pages (np.isin and np.unique import
+            # numpy.ma, 10 ms of every recording of a dynamically linked program).
+            found = np.minimum(np.searchsorted(rewritten, pages), len(rewritten) - 1)
+            elsewhere |= rewritten[found] == pages
         if not elsewhere.any():
             return {}
-        return {addr: self.decisions.code_at(addr) for addr in np.unique(rips[elsewhere]).tolist()}
+        ran = np.sort(rips[elsewhere])
+        distinct = ran[np.concatenate(([True], ran[1:] != ran[:-1]))]
+        return {addr: self.decisions.code_at(addr) for addr in distinct.tolist()}
 
     def emulate(self, begin: int, until: int, count: int, control: Control) -> None:
         """`emu_start` for the unrecorded passes (fast-forward, discovery), switching
@@ -712,6 +779,33 @@ class Machine:
         return Stop(
             "fault", last_step, f"{what} memory: {size} bytes at {address:#x} (rip {rip:#x})"
         )
+
+
+def _copy_pages(source: Uc, target: Uc, begin: int, size: int) -> None:
+    """`size` bytes of memory at `begin` (whole pages, mapped in both) from one
+    machine to the other, through one buffer; the pages still all zero are left
+    out (the target's are zero already): most of the 8 MiB stack, untouched."""
+    pages = np.empty(size, dtype=np.uint8)
+    at = pages.ctypes.data_as(ctypes.POINTER(ctypes.c_char))
+    status = uclib.uc_mem_read(source._uch, begin, at, size)
+    if status != UC_ERR_OK:
+        raise UcError(status, begin, size)
+    used = np.flatnonzero(pages.reshape(-1, PAGE).any(axis=1))
+    if not len(used):
+        return
+    # Runs of consecutive used pages, each written at once.
+    breaks = np.flatnonzero(np.diff(used) != 1)
+    for first, last in zip(
+        used[np.concatenate(([0], breaks + 1))].tolist(),
+        used[np.concatenate((breaks, [len(used) - 1]))].tolist(),
+        strict=True,
+    ):
+        offset, length = first * PAGE, (last - first + 1) * PAGE
+        status = uclib.uc_mem_write(
+            target._uch, begin + offset, ctypes.byref(at.contents, offset), length
+        )
+        if status != UC_ERR_OK:
+            raise UcError(status, begin + offset, length)
 
 
 @contextmanager
