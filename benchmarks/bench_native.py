@@ -36,6 +36,9 @@ on this 2-core machine, where the recorder emulates, converts and writes on
 separate threads; the CPU rate is printed beside it. Only the scenario:
 
     python benchmarks/bench_native.py --skip-programs --repeat 4 --steps 10000000
+
+`--before VENV` adds a third side, another install of this project (say
+main's venv before a change), run interleaved with the other two.
 """
 
 from __future__ import annotations
@@ -182,6 +185,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="its venv")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also another venv of this project (e.g. main's), measured as side 'before'",
+    )
     parser.add_argument("--steps", type=int, default=1_000_000, help="call-heavy steps")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each per-step point")
     parser.add_argument(
@@ -208,6 +216,8 @@ def main() -> None:
     base_python = args.baseline / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k != "STACKTRACE_LAB_PURE_PYTHON"}
     sides = {"this checkout": (sys.executable, env)}
+    if args.before is not None:
+        sides["before"] = (str(args.before / "bin" / "python"), env)
     if args.pure_python:
         sides["pure Python"] = (sys.executable, {**env, "STACKTRACE_LAB_PURE_PYTHON": "1"})
     if base_python.exists():
@@ -321,6 +331,14 @@ def main() -> None:
                 f"\n  end to end, {what}, wall: {wall:.1f}x 89b56b2 (median), "
                 f"{fastest:.1f}x (fastest runs)"
             )
+            if "before" in sides:
+                before_r = runs[(what, "before")]
+                print(
+                    f"  end to end, {what}, wall: "
+                    f"{statistics.median(before_r.wall) / statistics.median(new_r.wall):.2f}x "
+                    f"before (median), {min(before_r.wall) / min(new_r.wall):.2f}x (fastest runs); "
+                    f"CPU {before_r.pick('median') / new_r.pick('median'):.2f}x before (median)"
+                )
 
 
 if __name__ == "__main__":

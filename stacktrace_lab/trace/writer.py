@@ -35,6 +35,10 @@ ARROW_SCHEMA_KEY = "ARROW:schema"
 
 #: Columns written with delta encoding instead of a dictionary.
 _DELTA = frozenset({"step"})
+#: Leaves written PLAIN (then zstd) instead of with a dictionary: the bytes of
+#: memory events are mostly distinct (pushed return addresses, saved registers),
+#: so a dictionary hashes every entry to store nearly all of them again.
+_PLAIN = frozenset({"reads.list.element.data", "writes.list.element.data"})
 
 
 def _leaves(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
@@ -63,13 +67,18 @@ def _encodings(schema: pa.Schema) -> tuple[list[str], dict[str, str]]:
       were 1.3-2.6x faster to encode and 10-60 % smaller: a dictionary hashes
       every value, and its indices of high-entropy registers compress worse
       than the values' own bytes, grouped by significance.
-    - Strings and binaries (text, instruction bytes, event data, snapshot
-      versions): a dictionary, as before.
+    - Event data (`reads`/`writes` `data`): PLAIN, then zstd. Against a
+      dictionary on call-heavy: 0.26 -> 0.15 B/row for `writes`, 0.15 -> 0.10
+      for `reads`, and the whole writer 3-4 % faster.
+    - Other strings and binaries (text, instruction bytes, snapshot versions):
+      a dictionary, as before.
     """
     dictionary, other = [], {}
     for path, kind in _leaves(schema):
         if path in _DELTA:
             other[path] = "DELTA_BINARY_PACKED"
+        elif path in _PLAIN:
+            other[path] = "PLAIN"
         elif pa.types.is_integer(kind):
             other[path] = "BYTE_STREAM_SPLIT"
         else:
