@@ -307,17 +307,24 @@ class InstructionTable:
         if len(learned):
             self._facts = np.concatenate([self._facts, learned])
         rows = np.array([self._row_of[key] for key in keys], dtype=np.int64)
-        per_row = self._facts[rows[inverse]]
-        index = per_row[:, :_OFFSET].astype(np.int32)
-        no_label = index[:, _LABEL] < 0
+        # The facts of the chunk's distinct rips (a few dozen rows), each column
+        # gathered per row on its own: one contiguous int32 take per column, where
+        # gathering all seven int64 facts per row and then slicing each column out
+        # of that copy was half of a scenario chunk's conversion.
+        distinct = self._facts[rows]
+        index = {
+            fact: np.ascontiguousarray(distinct[:, fact], dtype=np.int32)[inverse]
+            for fact in (_TEXT, _SYMBOL, _KIND, _LABEL, _SOURCE, _BYTES)
+        }
+        no_label = index[_LABEL] < 0
         if self._bytes_array is None:
             self._bytes_array = binaries(self._bytes)
         return {
-            "insn": self.texts.dictionary(index[:, _TEXT]),
-            "symbol": self.symbols.dictionary(index[:, _SYMBOL]),
-            "kind": self.kinds.dictionary(index[:, _KIND]),
-            "label": self.labels.dictionary(index[:, _LABEL]),
-            "offset": with_nulls(per_row[:, _OFFSET], pa.int64(), no_label),
-            "insn_bytes": taken_binaries(self._bytes_array, index[:, _BYTES]),
-            "source": self.sources.dictionary(index[:, _SOURCE]),
+            "insn": self.texts.dictionary(index[_TEXT]),
+            "symbol": self.symbols.dictionary(index[_SYMBOL]),
+            "kind": self.kinds.dictionary(index[_KIND]),
+            "label": self.labels.dictionary(index[_LABEL]),
+            "offset": with_nulls(distinct[:, _OFFSET][inverse], pa.int64(), no_label),
+            "insn_bytes": taken_binaries(self._bytes_array, index[_BYTES]),
+            "source": self.sources.dictionary(index[_SOURCE]),
         }
