@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -662,7 +663,16 @@ def skim(data: bytes, unit: _Unit) -> list[tuple[int, int, int]]:
     opcode_base, lengths = unit.opcode_base, unit.opcode_lengths
     pos, end = unit.start, unit.end
     start, first = pos, -1
+    skip = _opcode_run(opcode_base, lengths) if opcode_base >= 1 else None
     while pos < end:
+        if first >= 0 and skip is not None:
+            # Inside a sequence, every opcode but an extended one is stepped
+            # over without a look: the whole run of them at once, in C.
+            run = skip(data, pos, end)
+            assert run is not None  # a run of none matches
+            pos = run.end()
+            if pos >= end:
+                break
         op = data[pos]
         pos += 1
         if op >= opcode_base:
@@ -695,6 +705,33 @@ def skim(data: bytes, unit: _Unit) -> list[tuple[int, int, int]]:
         return []
     sequences.sort()
     return sequences
+
+
+@functools.lru_cache(maxsize=16)
+def _opcode_run(
+    opcode_base: int, lengths: tuple[int, ...]
+) -> Callable[[bytes, int, int], re.Match[bytes] | None]:
+    """A matcher of the longest run of opcodes `skim` steps over inside a sequence
+    (all but extended ones, opcode 0), by the same rules as its loop: a special
+    opcode is one byte, DW_LNS_fixed_advance_pc two more, any other standard
+    opcode its header's count of LEB128 operands. An opcode cut short by the
+    end is left for the loop (which reads it as before)."""
+    leb = rb"[\x80-\xff]*[\x00-\x7f]"
+    by_operands: dict[bytes, list[int]] = {}
+    for op in range(1, min(opcode_base, 256)):
+        if op == LNS_FIXED_ADVANCE_PC:
+            operands = rb"[\x00-\xff]{2}"
+        else:
+            operands = leb * (lengths[op - 1] if op - 1 < len(lengths) else 0)
+        by_operands.setdefault(operands, []).append(op)
+    if opcode_base < 256:
+        by_operands.setdefault(b"", []).extend(range(opcode_base, 256))
+    choices = [
+        b"[" + b"".join(re.escape(bytes([op])) for op in ops) + b"]" + operands
+        for operands, ops in by_operands.items()
+    ]
+    # Each choice starts with different opcode bytes: the run never backtracks.
+    return re.compile(b"(?:" + b"|".join(choices) + b")*", re.DOTALL).match
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
