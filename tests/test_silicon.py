@@ -137,12 +137,7 @@ def test_a_wrong_cpuid_answer_is_caught_at_the_step_after_it(
     rows = result.emulated.registers.copy()
     rows[3:, RBX] ^= 1  # the emulator's cpuid gave another vendor word
     result.emulated.registers = rows
-    divergence = compare(
-        result.native,
-        result.emulated,
-        name_address=result.target.name_address,
-        source_line=result.target.source_line,
-    ).divergence
+    divergence = _compare_again(result).divergence
     assert divergence is not None
     assert divergence.step == 3  # the row after cpuid (step 2) shows its result
     assert divergence.previous_instruction == "cpuid"
@@ -218,12 +213,7 @@ def test_one_flipped_register_is_caught_at_its_step_with_its_cause() -> None:
     step = next(i for i in range(1000, len(rows)) if "rbx" not in table.writes(int(rows[i - 1, 0])))
     rows[step, RBX] ^= 1 << 40
     emulated.registers = rows
-    comparison = compare(
-        result.native,
-        emulated,
-        name_address=result.target.name_address,
-        source_line=result.target.source_line,
-    )
+    comparison = _compare_again(result, emulated)
     divergence = comparison.divergence
     assert divergence is not None
     assert divergence.step == step
@@ -241,12 +231,7 @@ def test_a_wrong_result_of_an_instruction_is_named_as_that_instruction() -> None
     rows = emulated.registers.copy()
     rows[6:, REGISTERS.index("rcx")] += 8  # `movabs $hello, %rcx` (step 5) gave another value
     emulated.registers = rows
-    comparison = compare(
-        result.native,
-        emulated,
-        name_address=result.target.name_address,
-        source_line=result.target.source_line,
-    )
+    comparison = _compare_again(result, emulated)
     divergence = comparison.divergence
     assert divergence is not None
     assert (divergence.step, divergence.cause) == (6, "instruction")
@@ -308,6 +293,17 @@ def test_bad_targets_are_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     if dynamic.read_bytes()[:4] == b"\x7fELF":  # dynamically linked: compared too
         assert main(["silicon-check", str(dynamic)]) == 0
         assert "agree on all" in capsys.readouterr().out
+
+
+def _compare_again(result, emulated=None):  # type: ignore[no-untyped-def]
+    """Compare the check's native run again, with `emulated` (the check's own emulated
+    run, edited by the test, unless given), named as the check names places."""
+    return compare(
+        result.native,
+        result.emulated if emulated is None else emulated,
+        name_address=result.target.name_address,
+        source_line=result.target.source_line,
+    )
 
 
 def _code(*instructions: bytes) -> tuple[dict[int, bytes], np.ndarray]:
@@ -537,12 +533,7 @@ main:
         rows = result.emulated.registers.copy()
         rows[6:, REGISTERS.index("rflags")] ^= flag  # pcmpistri is step 5
         wrong = dataclasses.replace(emulated, registers=rows)
-        divergence = compare(
-            result.native,
-            wrong,
-            name_address=result.target.name_address,
-            source_line=result.target.source_line,
-        ).divergence
+        divergence = _compare_again(result, wrong).divergence
         assert divergence is not None
         assert (divergence.step, divergence.cause) == (6, "flags")
         assert divergence.previous_instruction == "pcmpistri $0, %xmm1, %xmm0"
@@ -580,12 +571,7 @@ main:
     rows = result.emulated.registers.copy()
     rows[4:, rcx] |= 0x100  # the emulator pushing TF (or any wrong flag) is caught
     wrong = dataclasses.replace(result.emulated, registers=rows)
-    divergence = compare(
-        result.native,
-        wrong,
-        name_address=result.target.name_address,
-        source_line=result.target.source_line,
-    ).divergence
+    divergence = _compare_again(result, wrong).divergence
     assert divergence is not None and divergence.step == 4
     assert list(divergence.registers) == ["rcx"]
 
@@ -802,12 +788,7 @@ def test_library_code_is_named_by_the_libraries_the_run_loaded(
         rows = result.emulated.registers.copy()
         rows[in_puts:, RBX] ^= 4
         result.emulated.registers = rows
-        divergence = compare(
-            result.native,
-            result.emulated,
-            name_address=result.target.name_address,
-            source_line=result.target.source_line,
-        ).divergence
+        divergence = _compare_again(result).divergence
         assert divergence is not None and divergence.step == in_puts
         assert divergence.symbol == named[in_puts], target
         source = divergence.source
