@@ -358,7 +358,7 @@ def stack_pointer_made(facts: TraceFacts, switch_step: int, grid: int) -> int:
             return low + j
         if insn.id == cs_x86.X86_INS_AND:
             return -1
-        if _aligned_just_before(rows, j, operand, grid):
+        if _aligned_just_before(rows, j, operand):
             # An offset taken right after `and $-16`: it alone decides the residue
             # (Boost's `lea -0x48` needs the 8; a `-0x50` keeps it on the grid).
             return low + j
@@ -370,21 +370,18 @@ def stack_pointer_made(facts: TraceFacts, switch_step: int, grid: int) -> int:
 _ALIGN_REACH = 4
 
 
-def _aligned_just_before(rows: pa.Table, j: int, register: str, grid: int) -> bool:
-    """Did one of the few instructions before row `j` put `register` on the `grid`
-    (`and $-16, %rax`)? An `and` that found the value aligned changed nothing, so the
-    registers' values alone do not show it."""
+def _aligned_just_before(rows: pa.Table, j: int, register: str) -> bool:
+    """Did one of the few instructions before row `j` round `register` down to a
+    16-byte boundary (`and $-16, %rax`, `is_realign`'s rule)? An `and` that found the
+    value aligned changed nothing, so the registers' values alone do not show it."""
     start = max(0, j - _ALIGN_REACH)
     rips, code = rows.column("rip"), rows.column("insn_bytes")
     for k in range(j - 1, start - 1, -1):
         insn = decode(int(rips[k].as_py()), code[k].as_py() or b"")
-        if insn.id != cs_x86.X86_INS_AND or len(insn.operands) != 2:
-            if insn.writes_register(register):
-                return False  # the register got its value after any `and`
-            continue
-        destination, mask = insn.operands
-        if destination.type is OperandType.REG and destination.register == register:
-            return mask.type is OperandType.IMM and mask.imm < 0 and -mask.imm % grid == 0
+        if is_realign(insn, register):
+            return True
+        if insn.writes_register(register):
+            return False  # the register got its value after any `and`
     return False
 
 
@@ -443,10 +440,11 @@ def realigns(facts: TraceFacts, landing_step: int) -> bool:
     return any(is_realign(insn) for insn in decoded)
 
 
-def is_realign(insn: Decoded) -> bool:
-    """Is `insn` `and $-N, %rsp` with N a power of two of at least 16: rsp rounded down
-    to a 16-byte (or coarser) boundary? `and $-8` would not give a call's alignment."""
-    if insn.id != cs_x86.X86_INS_AND or not insn.writes_register("rsp"):
+def is_realign(insn: Decoded, register: str = "rsp") -> bool:
+    """Is `insn` `and $-N, %rsp` (or of another `register`) with N a power of two of at
+    least 16: the value rounded down to a 16-byte (or coarser) boundary? `and $-8` would
+    not give a call's alignment."""
+    if insn.id != cs_x86.X86_INS_AND or not insn.writes_register(register):
         return False
     destination, mask = insn.operands
     if destination.size != WORD or mask.type is not OperandType.IMM or mask.imm >= 0:
