@@ -674,9 +674,9 @@ class LinuxKernel(BareKernel):
             return self._futex_unlock_pi(uc, uaddr)
         return -ENOSYS
 
-    def _futex_word(self, uc: Uc, uaddr: int) -> int | None:
-        """The futex word at `uaddr` when the kernel may read and write it (4-byte
-        aligned: else -EINVAL; mapped writable: else -EFAULT), or the -errno."""
+    def _futex_word_error(self, uc: Uc, uaddr: int) -> int | None:
+        """Why the kernel may not read and write the futex word at `uaddr`: -EINVAL
+        (not 4-byte aligned) or -EFAULT (not mapped writable); None when it may."""
         if uaddr % 4:
             return -EINVAL
         areas = self.process.space.between(uaddr, uaddr + 4)
@@ -701,7 +701,7 @@ class LinuxKernel(BareKernel):
             oparg = 1 << (oparg & 31)
         if op > 4:
             return -ENOSYS
-        bad = self._futex_word(uc, uaddr2)
+        bad = self._futex_word_error(uc, uaddr2)
         if bad is not None:
             return bad
         old = int.from_bytes(uc.mem_read(uaddr2, 4), "little")
@@ -743,7 +743,7 @@ class LinuxKernel(BareKernel):
         -EAGAIN (EWOULDBLOCK). Priorities are not modelled: all threads have one."""
         threads = self.threads
         assert threads is not None
-        bad = self._futex_word(uc, uaddr)
+        bad = self._futex_word_error(uc, uaddr)
         if bad is not None:
             return bad
         if timeout and not trylock and not self.mapped(uc, timeout, 16):
@@ -783,7 +783,7 @@ class LinuxKernel(BareKernel):
         it), or frees it (0) when none waits. Anyone else asking is -EPERM."""
         threads = self.threads
         assert threads is not None
-        bad = self._futex_word(uc, uaddr)
+        bad = self._futex_word_error(uc, uaddr)
         if bad is not None:
             return bad
         word = int.from_bytes(uc.mem_read(uaddr, 4), "little")
