@@ -126,6 +126,23 @@ def elf_image(path: Path, raw: bytes, sha256: str, pie_base: int = PIE_BASE) -> 
         raise BadInput(f"{path}: malformed ELF file: {_reason(exc)}") from None
 
 
+def _elf_header(raw: bytes) -> tuple[int, int, int, int, int]:
+    """(e_type, e_machine, e_phoff, e_phentsize, e_phnum) of a 64-bit little-endian
+    ELF header (`raw` holds at least its 64 bytes)."""
+    e_type, machine = struct.unpack_from("<HH", raw, 16)
+    (phoff,) = struct.unpack_from("<Q", raw, 32)
+    phentsize, phnum = struct.unpack_from("<HH", raw, 54)
+    return e_type, machine, phoff, phentsize, phnum
+
+
+def _program_header(raw: bytes, phoff: int, i: int) -> tuple[int, int, int, int, int]:
+    """(p_type, p_offset, p_vaddr, p_filesz, p_memsz) of program header `i`."""
+    p_type, _flags, offset, vaddr, _paddr, filesz, memsz, _align = struct.unpack_from(
+        "<IIQQQQQQ", raw, phoff + i * PHDR_SIZE
+    )
+    return p_type, offset, vaddr, filesz, memsz
+
+
 @dataclass(frozen=True)
 class Placement:
     """What placing a shared object needs, from its program headers alone: whether
@@ -146,18 +163,14 @@ def placement(raw: bytes) -> Placement | None:
     symbols), and is read once, where it goes."""
     if len(raw) < 64 or raw[:4] != b"\x7fELF" or raw[4] != 2 or raw[5] != 1:
         return None
-    e_type, machine = struct.unpack_from("<HH", raw, 16)
-    phoff = struct.unpack_from("<Q", raw, 32)[0]
-    phentsize, phnum = struct.unpack_from("<HH", raw, 54)
+    e_type, machine, phoff, phentsize, phnum = _elf_header(raw)
     if machine != 62 or e_type not in (2, 3) or phentsize != PHDR_SIZE:
         return None
     if phoff + phnum * PHDR_SIZE > len(raw):
         return None
     low, high, interp = -1, -1, False
     for i in range(phnum):
-        p_type, _flags, _offset, vaddr, _paddr, _filesz, memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", raw, phoff + i * PHDR_SIZE
-        )
+        p_type, _offset, vaddr, _filesz, memsz = _program_header(raw, phoff, i)
         interp |= p_type == _PT_INTERP
         if p_type == _PT_LOAD and memsz:
             low = vaddr if low < 0 else min(low, vaddr)
@@ -207,11 +220,9 @@ def _check_as_linux_does(path: Path, raw: bytes, pie_base: int) -> None:
         return  # a 32-bit or cut ELF: _parse names what it is
     if raw[5] != 1:
         raise BadInput(f"{path}: a big-endian ELF; Linux on x86-64 refuses it (exec format error)")
-    e_type, machine = struct.unpack_from("<HH", raw, 16)
+    e_type, machine, phoff, phentsize, phnum = _elf_header(raw)
     if machine != 62 or e_type not in (2, 3):
         return  # another machine or not an executable: _parse names which
-    phoff = struct.unpack_from("<Q", raw, 32)[0]
-    phentsize, phnum = struct.unpack_from("<HH", raw, 54)
     if phentsize != PHDR_SIZE:
         raise BadInput(
             f"{path}: program headers of {phentsize} bytes (e_phentsize), not {PHDR_SIZE}; "
@@ -227,9 +238,7 @@ def _check_as_linux_does(path: Path, raw: bytes, pie_base: int) -> None:
     base = pie_base if e_type == 3 else 0  # ET_DYN
     memory = _STACK_BYTES
     for i in range(phnum):
-        p_type, _flags, offset, vaddr, _paddr, filesz, memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", raw, phoff + i * PHDR_SIZE
-        )
+        p_type, offset, vaddr, filesz, memsz = _program_header(raw, phoff, i)
         where = f"{path}: segment {i}"
         if p_type == _PT_INTERP:
             return  # dynamically linked: _parse says so
