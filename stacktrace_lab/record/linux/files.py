@@ -490,14 +490,7 @@ class FileKernel(LinuxKernel):
         entry = self.open_files.get(fd)
         if entry is None:
             return super().sys_read(uc, fd, buf, count)
-        offset = self.process.offsets[fd]
-        chunk = entry.data[offset : offset + count]
-        if chunk and not self.mapped(uc, buf, len(chunk)):
-            return -EFAULT
-        if chunk:
-            self.write_memory(buf, chunk)
-        self.process.offsets[fd] = offset + len(chunk)
-        return len(chunk)
+        return self.read_from(uc, fd, entry.data, buf, count)
 
     def sys_close(self, uc: Uc, fd: int, *_: int) -> int:
         self.open_files.pop(fd, None)

@@ -339,7 +339,12 @@ class LinuxKernel(BareKernel):
             return 0  # standard input is empty
         if fd not in self.process.files:
             return -EBADF
-        content = self.process.maps()
+        return self.read_from(uc, fd, self.process.maps(), buf, count)
+
+    def read_from(self, uc: Uc, fd: int, content: bytes, buf: int, count: int) -> int:
+        """`read` of an open file whose bytes are `content`: up to `count` bytes from
+        the file's offset into `buf` (-EFAULT where it is not mapped), the offset
+        moved past them; how many (0 at the end)."""
         offset = self.process.offsets[fd]
         chunk = content[offset : offset + count]
         if chunk and not self.mapped(uc, buf, len(chunk)):
