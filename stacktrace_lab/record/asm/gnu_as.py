@@ -1032,20 +1032,12 @@ def _statements(line: str, syntax: str) -> list[str]:
     source it started a comment, already removed)."""
     if syntax == "intel":
         return [line]
-    pieces, current, quote, escaped = [], "", False, False
-    for ch in line:
-        if escaped:
-            escaped = False
-        elif quote and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quote = not quote
-        if ch == ";" and not quote:
-            pieces.append(current)
-            current = ""
-        else:
-            current += ch
-    pieces.append(current)
+    pieces, start = [], 0
+    for i in unquoted(line)[0]:
+        if line[i] == ";":
+            pieces.append(line[start:i])
+            start = i + 1
+    pieces.append(line[start:])
     return pieces
 
 
