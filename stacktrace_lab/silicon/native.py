@@ -45,7 +45,8 @@ import capstone
 import capstone.x86 as cx
 import numpy as np
 
-from ..arch import REGISTERS
+from ..arch import PAGE, REGISTERS
+from ..layout import page_ceil
 from ..record.linux.elf import ElfImage
 from ..record.machine.cpu import RANDOM_VALUE, TSC_START, TSC_STEP, XCR0, CpuModel, full_register
 from ..record.machine.syscalls import NAMES, fixed_random
@@ -111,11 +112,6 @@ _ARG_REGS = tuple(USER_REGS.index(r) for r in ("rdi", "rsi", "rdx", "r10", "r8",
 _SYS_MMAP, _MAP_FIXED = 9, 0x10
 _SYS_BRK, _SYS_MREMAP, _MREMAP_MAYMOVE, _MREMAP_FIXED = 12, 25, 1, 2
 _PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS = 0x3, 0x22
-_PAGE = 0x1000
-
-
-def _page_ceil(addr: int) -> int:
-    return (addr + _PAGE - 1) // _PAGE * _PAGE
 
 
 #: mmap, munmap, brk: what places the process's mappings.
@@ -1001,12 +997,12 @@ class _Stepper:
         addresses. The kernel's own break stays where it put it, under the
         program's new place: brk is answered by the tracer from then on, as
         the recorder's kernel answers it (`brk_by_tracer`)."""
-        first = min(s.vaddr for s in image.segments) // _PAGE * _PAGE + bias
+        first = min(s.vaddr for s in image.segments) // PAGE * PAGE + bias
         last = image.end + bias
         maps = []
         for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
             begin, end = (int(x, 16) for x in line.split()[0].split("-"))
-            if first <= begin and end <= _page_ceil(last):
+            if first <= begin and end <= page_ceil(last):
                 maps.append((begin, end))
         regs = UserRegs()
         ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(regs))
@@ -1041,12 +1037,12 @@ class _Stepper:
         """brk when the tracer keeps the break (a moved static-pie): `new` is the
         recorder's kernel's answer; the pages it grew into are mapped natively."""
         assert self.files is not None
-        mapped_end = _page_ceil(self.brk_before)
-        if _page_ceil(new) > mapped_end:
+        mapped_end = page_ceil(self.brk_before)
+        if page_ceil(new) > mapped_end:
             at = self.inject_syscall(
                 _SYS_MMAP,
                 mapped_end,
-                _page_ceil(new) - mapped_end,
+                page_ceil(new) - mapped_end,
                 _PROT_READ_WRITE,
                 _MAP_PRIVATE_ANONYMOUS | _MAP_FIXED,
                 _MASK64,

@@ -33,6 +33,7 @@ from unicorn import UC_PROT_NONE
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ...arch import PAGE
+from ...layout import page_ceil
 from ...limits import MAX_OPEN_FILES
 from ..machine.syscalls import (
     EBADF,
@@ -51,7 +52,6 @@ from ..machine.syscalls import (
     KernelStop,
     LinuxKernel,
     ProcessState,
-    _page_ceil,
     _perm_text,
     _uc_perms,
 )
@@ -621,7 +621,7 @@ class FileKernel(LinuxKernel):
             return -EINVAL
         if length > TASK_SIZE:
             return -ENOMEM
-        size = _page_ceil(length)
+        size = page_ceil(length)
         p = self.process
         # Placed and bounded as an anonymous mapping is (syscalls.py).
         if flags & MAP_FIXED:

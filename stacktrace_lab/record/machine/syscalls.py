@@ -28,6 +28,7 @@ from unicorn import UC_PROT_EXEC, UC_PROT_NONE, UC_PROT_READ, UC_PROT_WRITE
 from unicorn.unicorn_py3.unicorn import Uc, UcError
 
 from ...arch import PAGE
+from ...layout import page_ceil
 from ...limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
 from ...trace.format import SyscallRecord
 from .address_space import AddressSpace, Area
@@ -245,10 +246,6 @@ def _perm_text(prot: int) -> str:
     return (
         ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + "p"
     )
-
-
-def _page_ceil(n: int) -> int:
-    return (n + PAGE - 1) // PAGE * PAGE
 
 
 #: clone's flags (linux/sched.h).
@@ -490,8 +487,8 @@ class LinuxKernel(BareKernel):
         p = self.process
         if addr <= p.brk_start or addr > p.mmap_cursor - (1 << 30):
             return p.brk
-        mapped_end = _page_ceil(p.brk)
-        new_end = _page_ceil(addr)
+        mapped_end = page_ceil(p.brk)
+        new_end = page_ceil(addr)
         heap = next((a for a in p.space.between(p.brk_start, p.brk_start + 1)), None)
         heap = heap if heap is not None and heap.kind == "heap" else None
         if new_end > mapped_end:
@@ -523,7 +520,7 @@ class LinuxKernel(BareKernel):
             return -EINVAL
         if length > TASK_SIZE:
             return -ENOMEM
-        size = _page_ceil(length)
+        size = page_ceil(length)
         p = self.process
         if flags & (map_fixed | map_fixed_noreplace):
             if addr % PAGE:
@@ -575,13 +572,13 @@ class LinuxKernel(BareKernel):
     def sys_munmap(self, uc: Uc, addr: int, length: int, *_: int) -> int:
         if addr % PAGE or length == 0 or length > TASK_SIZE or addr + length > TASK_SIZE:
             return -EINVAL
-        self._unmap(uc, addr, _page_ceil(length))
+        self._unmap(uc, addr, page_ceil(length))
         return 0
 
     def sys_mprotect(self, uc: Uc, addr: int, length: int, prot: int, *_: int) -> int:
         if addr % PAGE:
             return -EINVAL
-        size = _page_ceil(length)
+        size = page_ceil(length)
         if size == 0:
             return 0
         if not self.mapped(uc, addr, size):
