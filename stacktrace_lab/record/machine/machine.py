@@ -355,15 +355,7 @@ class Machine:
         twin.kernel.code_changed = twin.forget_code
         twin.kernel._uc = twin.uc if kept[2] is not None else None
         twin.cpu.tsc = self.cpu.tsc
-        decided, copied = self.decisions, twin.decisions
-        copied.kinds = dict(decided.kinds)
-        copied.privileged = dict(decided.privileged)
-        copied.fixed = dict(decided.fixed)
-        copied.unsupported = dict(decided.unsupported)
-        copied.aligned = dict(decided.aligned)
-        copied._pages = {page: list(addresses) for page, addresses in decided._pages.items()}
-        copied.watched = set(decided.watched)
-        copied.rewritten = set(decided.rewritten)
+        self.decisions.copy_to(twin.decisions)
         twin.fast_forwarded = self.fast_forwarded
         return twin
 

@@ -180,6 +180,18 @@ class Decisions:
         #: Pages written, remapped or reprotected since loading (`forget`).
         self.rewritten: set[int] = set()
 
+    def copy_to(self, other: Decisions) -> None:
+        """Give `other` (another machine's, in the same memory: `Machine.fork`) every
+        decision made here, and which pages are watched and rewritten."""
+        other.kinds = dict(self.kinds)
+        other.privileged = dict(self.privileged)
+        other.fixed = dict(self.fixed)
+        other.unsupported = dict(self.unsupported)
+        other.aligned = dict(self.aligned)
+        other._pages = {page: list(addresses) for page, addresses in self._pages.items()}
+        other.watched = set(self.watched)
+        other.rewritten = set(self.rewritten)
+
     def decide(self, address: int) -> int:
         """The kind of the instruction at `address`, with `WATCH`: code may be
         written over (a JIT), so a write into its page decides it again."""
