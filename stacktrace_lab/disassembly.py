@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 from capstone import (
     CS_ARCH_X86,
     CS_GRP_BRANCH_RELATIVE,
@@ -210,6 +210,20 @@ class _Interned:
 _TEXT, _SYMBOL, _KIND, _LABEL, _SOURCE, _BYTES, _OFFSET = range(7)
 
 
+#: The distinct values of a uint64 array and, per value, its index among them.
+Distinct = Callable[[npt.NDArray[np.uint64]], tuple[npt.NDArray[np.uint64], npt.NDArray[Any]]]
+
+
+def distinct_by_arrow(
+    values: npt.NDArray[np.uint64],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[Any]]:
+    """`Distinct` by Arrow's hash (imports pyarrow.compute, 0.05 CPU s, at the first call)."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(numeric(values, pa.uint64()))
+    return numpy_of(encoded.dictionary), numpy_of(encoded.indices)
+
+
 class InstructionTable:
     """Maps executed addresses to the per-instruction columns of a trace.
 
@@ -288,17 +302,20 @@ class InstructionTable:
         return learned
 
     def columns(
-        self, rips: npt.NDArray[np.uint64], code: dict[int, bytes] | None = None
+        self,
+        rips: npt.NDArray[np.uint64],
+        code: dict[int, bytes] | None = None,
+        find_distinct: Distinct | None = None,
     ) -> dict[str, pa.Array]:
         """`insn`, `symbol`, `kind`, `label`, `offset`, `insn_bytes`, `source` for each
         rip; `code`: the bytes that ran at addresses whose code is not the program's
-        as loaded (written or mapped at run time), decoded instead."""
-        # Distinct rips by hashing (Arrow), not sorting (np.unique was a quarter of
-        # a scenario chunk's conversion); new ones are still learned in address
-        # order, which keeps the dictionaries, and so the file, deterministic.
-        encoded = pc.dictionary_encode(numeric(rips, pa.uint64()))
-        unique = numpy_of(encoded.dictionary)
-        inverse = numpy_of(encoded.indices)
+        as loaded (written or mapped at run time), decoded instead. `find_distinct`:
+        how to find the distinct rips (the recorder passes the C core's)."""
+        # Distinct rips by hashing, not sorting (np.unique was a quarter of a
+        # scenario chunk's conversion); new ones are still learned in address
+        # order, which keeps the dictionaries, and so the file, deterministic
+        # whatever order `find_distinct` gives them in.
+        unique, inverse = (find_distinct or distinct_by_arrow)(rips)
         keys: list[int | tuple[int, bytes]] = list(unique.tolist())
         if code:
             keys = [(addr, code[addr]) if addr in code else addr for addr in unique.tolist()]

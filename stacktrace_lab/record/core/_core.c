@@ -1609,9 +1609,61 @@ done:
     return result;
 }
 
+/* distinct_u64(values, inverse) -> bytes
+ *
+ * The distinct values of `values` (uint64) in the order they first appear, as
+ * bytes of uint64; `inverse` (one int32 per value, writable) gets each value's
+ * index among them. What `pyarrow.compute.dictionary_encode` gives, by one
+ * open-addressing hash, without importing pyarrow.compute (0.05 CPU s of a
+ * `record` of a compiled program) nor sorting (np.unique). Runs without the GIL. */
+static PyObject *distinct_u64(PyObject *module, PyObject *args) {
+    Py_buffer values, out;
+    if (!PyArg_ParseTuple(args, "y*w*", &values, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = values.len / 8;
+    uint64_t *seen = NULL;
+    int32_t *slots = NULL;
+    size_t n_slots = 16;
+    while (n_slots < (size_t)n * 2) n_slots <<= 1;
+    if (out.len < n * 4) {
+        PyErr_SetString(PyExc_ValueError, "distinct_u64: inverse shorter than values");
+        goto done;
+    }
+    seen = malloc((size_t)(n ? n : 1) * 8);
+    slots = malloc(n_slots * sizeof(int32_t));
+    if (seen == NULL || slots == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memset(slots, 0xff, n_slots * sizeof(int32_t));
+    const uint64_t *value = values.buf;
+    int32_t *inverse = out.buf;
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v = value[i];
+        size_t at = (size_t)((v * 0x9E3779B97F4A7C15ull) >> 17) & (n_slots - 1);
+        while (slots[at] >= 0 && seen[slots[at]] != v) at = (at + 1) & (n_slots - 1);
+        if (slots[at] < 0) {
+            slots[at] = (int32_t)count;
+            seen[count++] = v;
+        }
+        inverse[i] = slots[at];
+    }
+    Py_END_ALLOW_THREADS
+    result = PyBytes_FromStringAndSize((const char *)seen, count * 8);
+done:
+    free(seen);
+    free(slots);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"snapshot_rows", snapshot_rows, METH_VARARGS, NULL},
     {"snapshot_dictionary", snapshot_dictionary, METH_VARARGS, NULL},
+    {"distinct_u64", distinct_u64, METH_VARARGS, NULL},
     {NULL},
 };
 

@@ -10,12 +10,14 @@ memory read directly).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
 from ...arch import REGISTERS
-from ...disassembly import InstructionTable
+from ...disassembly import InstructionTable, distinct_by_arrow
 from ...trace import arrays
 from ...trace.format import ACCESS_TYPE, SnapshotWindow
 from ..machine.machine import Chunk
@@ -194,6 +196,18 @@ def thread_column(chunk: Chunk) -> pa.Array:
     return arrays.numeric(np.ones(chunk.rows, dtype=np.uint16), pa.uint16())
 
 
+def distinct_rips(rips: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[Any]]:
+    """The distinct rips and each row's index among them: by the C core's hash
+    where it is built (no pyarrow.compute import), else by Arrow's."""
+    native = native_module()
+    if native is None:
+        return distinct_by_arrow(rips)
+    values = np.ascontiguousarray(rips, dtype=np.uint64)
+    inverse = np.empty(len(values), dtype=np.int32)
+    unique = np.frombuffer(native.distinct_u64(values, inverse), dtype=np.uint64)
+    return unique, inverse
+
+
 def build_batch(
     chunk: Chunk,
     table: InstructionTable,
@@ -210,7 +224,7 @@ def build_batch(
 
     # Per-instruction facts (insn, symbol, kind, label, ...): looked up once
     # per distinct address, gathered per row.
-    facts = table.columns(by_register[_RIP], chunk.code)
+    facts = table.columns(by_register[_RIP], chunk.code, distinct_rips)
     columns += [facts[name] for name in schema.names if name in facts]
 
     raw = events_array(chunk.events)
