@@ -520,7 +520,7 @@ def test_progress_names_each_phase_of_a_program_recording(
 
 
 def test_names_are_demangled_by_their_language() -> None:
-    """Rust names (legacy and v0, without the hash) by rust-demangler, C++ names by
+    """Rust names (legacy by rust-demangler without the hash, v0 by rust_v0), C++ names by
     cxxfilt (imported only for them), C names and garbage as they are."""
     from stacktrace_lab.record.linux.elf import demangle_all
 

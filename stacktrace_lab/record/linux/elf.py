@@ -9,8 +9,9 @@ why: a 32-bit or non-x86-64 ELF, a file that is not an ELF executable.
 A shared library's exported functions come from `.dynsym` when it has no
 `.symtab` (the host's libc is stripped), so `malloc` and `puts` are named.
 
-Symbol names are demangled (Rust with rust-demangler, without the `::h<hash>`
-suffix; C++ with cxxfilt), so labels read `first_switch::hello`.
+Symbol names are demangled (Rust's v0 names by rust_v0.py, its legacy names by
+rust-demangler without the `::h<hash>` suffix; C++ with cxxfilt), so labels
+read `first_switch::hello`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ...arch import PAGE
 from ...errors import BadInput
 from ...limits import MAX_PROCESS_MEMORY, MAX_PROGRAM_FILE_BYTES, read_input
 from ...trace.format import SourceLine
+from .rust_v0 import demangle_v0
 
 #: Where a static-pie is loaded (Linux's ELF_ET_DYN_BASE with ASLR off).
 PIE_BASE = 0x555555554000
@@ -473,9 +475,9 @@ def demangle_all(names: list[str]) -> list[str]:
 
 
 def _demangled(name: str) -> str:
-    is_rust = name.startswith("_R") or (
-        name.startswith("_ZN") and _RUST_LEGACY.search(name) is not None
-    )
+    if name.startswith("_R"):
+        return demangle_v0(name) or name
+    is_rust = name.startswith("_ZN") and _RUST_LEGACY.search(name) is not None
     try:
         rust = _rust_demangler() if is_rust else None
         if rust is not None:
