@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import os
 import re
 import sys
@@ -31,7 +30,6 @@ from ..layout import SENTINEL_RETURN, Region, code_region, place_regions, region
 from ..limits import DEFAULT_LIMITS, Limits
 from ..safe_output import Interrupted
 from ..scenario import Scenario
-from ..trace import validate
 from ..trace.format import (
     DEFAULT_SNAPSHOT_LIMIT,
     ProgramInfo,
@@ -526,10 +524,7 @@ def record_description(
         if description.trim_lines or not isinstance(description.lines, tuple):
             description = replace(description, lines=lines.used())
         metadata = _metadata(description, start, windows, result, options, max_steps, counts)
-        text = metadata.to_json()
-        _check_readable(Path(output), text)
-        path = writer.commit(metadata, text)
-    _check_opens(path)
+        path = writer.commit(metadata, check=lambda written: _check_opens(written, Path(output)))
     return Recording(path=path, metadata=metadata)
 
 
@@ -541,22 +536,14 @@ def _unreadable(path: Path, exc: BadInput) -> BadInput:
     )
 
 
-def _check_readable(path: Path, text: str) -> None:
-    """The metadata (`text`, its JSON) passes the reader's own checks, before the file
-    is put in place: a trace `record` exits 0 for is one every command opens."""
+def _check_opens(written: Path, output: Path) -> None:
+    """The written file (`output`'s temporary file) opens with the same reader every
+    command uses, metadata and rows: a trace `record` exits 0 for is one every
+    command opens."""
     try:
-        validate.check_doc(path, json.loads(text))
+        load_trace(written)
     except BadInput as exc:
-        raise _unreadable(path, exc) from None
-
-
-def _check_opens(path: Path) -> None:
-    """The written file opens with the same reader every command uses; else it goes."""
-    try:
-        load_trace(path)
-    except BadInput as exc:
-        path.unlink(missing_ok=True)
-        raise _unreadable(path, exc) from None
+        raise _unreadable(output, BadInput(str(exc).replace(str(written), str(output)))) from None
 
 
 def _metadata(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -139,8 +140,15 @@ class TraceWriter:
         except OSError as exc:
             raise safe_output.write_error(self.path, exc) from None
 
-    def commit(self, metadata: TraceMetadata, text: str | None = None) -> Path:
-        """`text`: `metadata.to_json()`, when the caller has it already."""
+    def commit(
+        self,
+        metadata: TraceMetadata,
+        text: str | None = None,
+        check: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """`text`: `metadata.to_json()`, when the caller has it already. `check`: called
+        with the complete temporary file before it is put in place; what it raises
+        leaves nothing behind."""
         assert self._writer is not None
         text = metadata.to_json() if text is None else text
         arrow_schema = self.schema.with_metadata({METADATA_KEY: text})
@@ -157,6 +165,8 @@ class TraceWriter:
         except OSError as exc:
             raise safe_output.write_error(self.path, exc) from None
         self._writer = None
+        if check is not None:
+            check(self._temp)
         safe_output.commit_temp(self._temp, self.path)
         self._committed = True
         return self.path
