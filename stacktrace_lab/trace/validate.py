@@ -166,7 +166,20 @@ def check_metadata_doc(doc: Any) -> None:
     if not _HEX.match(_text(_field(code, "bytes", "code."), "code.bytes")):
         raise _fail("code.bytes", "must be lower-case hex digits in pairs")
     version = doc["version"]
+    width = 2 if version == 1 else 3
     for i, line in enumerate(_list(code.get("lines") or [], "code.lines")):
+        # The common case tested first, the messages (an f-string each) only for a
+        # bad entry: a dynamically linked program has thousands of lines.
+        if (
+            type(line) is list
+            and len(line) == width
+            and type(line[0]) is int
+            and 0 <= line[0] < U64_LIMIT
+            and (width == 2 or type(line[1]) is str)
+            and type(line[-1]) is int
+            and 0 <= line[-1] < 1 << 31
+        ):
+            continue
         at = f"code.lines[{i}]"
         entry = _list(line, at)
         # Version 1: [address, line]; version 2: [address, file, line].
