@@ -40,6 +40,8 @@ InstructionFact = tuple[str, int, str, bytes]
 #: `Disassembler.decode` of many addresses of the program's own code at once, in
 #: their order (the C core's, record/core/native_capstone.py).
 DecodeMany = Callable[["npt.NDArray[np.uint64]"], "list[InstructionFact]"]
+#: `Disassembler.decode(addr, code)` of code that ran elsewhere (the C core's too).
+DecodeCode = Callable[[int, bytes], InstructionFact]
 
 
 @dataclass(frozen=True)
@@ -241,11 +243,14 @@ class InstructionTable:
         disassembler: Disassembler,
         source_line: SourceLookup,
         decode_many: DecodeMany | None = None,
+        decode_code: DecodeCode | None = None,
     ) -> None:
         self._disassembler = disassembler
         self._source_line = source_line
         #: `disassembler.decode` of many addresses of the program's code at once, if given.
         self._decode_many = decode_many
+        #: `disassembler.decode(addr, code)` of code that did not run from the program's.
+        self._decode_code = decode_code
         #: address (or address and the bytes that ran there) -> row of _facts
         self._row_of: dict[int | tuple[int, bytes], int] = {}
         self._facts = np.zeros((0, 7), dtype=np.int64)
@@ -259,12 +264,14 @@ class InstructionTable:
 
     def _decoded(self, keys: list[int | tuple[int, bytes]]) -> list[InstructionFact]:
         """The instruction of each key: `decode_many` for the program's code (in one
-        call), the disassembler for code that ran elsewhere or was rewritten."""
+        call), `decode_code` (else the disassembler) for code that ran elsewhere or
+        was rewritten."""
         if self._decode_many is None:
             return [self._fact(key) for key in keys]
         plain = [key for key in keys if not isinstance(key, tuple)]
         many = iter(self._decode_many(np.array(plain, dtype=np.uint64)) if plain else [])
-        return [self._fact(key) if isinstance(key, tuple) else next(many) for key in keys]
+        elsewhere = self._decode_code or (lambda addr, code: self._fact((addr, code)))
+        return [elsewhere(*key) if isinstance(key, tuple) else next(many) for key in keys]
 
     def _fact(self, key: int | tuple[int, bytes]) -> InstructionFact:
         addr, code = key if isinstance(key, tuple) else (key, None)

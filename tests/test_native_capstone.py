@@ -81,6 +81,29 @@ def test_facts_are_the_disassemblers(
     assert len(facts) > 50_000
 
 
+def test_code_that_ran_elsewhere_is_decoded_from_its_own_bytes(
+    capstone_core: Any, code_sections: list[tuple[int, bytes]]
+) -> None:
+    """`NativeFacts.of_code` (a library's code, a JIT's, rewritten code: the bytes
+    that ran there) is `Disassembler.decode(addr, code)`: 16 bytes from each
+    instruction of the sweep, fewer at a section's end, none, and bytes that are
+    no instruction."""
+    reference = Disassembler(b"", 0, {})
+    native = NativeFacts(capstone_core, [])
+    cases = [
+        (addr, code[addr - base : addr - base + 16])
+        for base, code in code_sections
+        for addr in sweep(base, code)[::5]
+    ]
+    cases += [(0x1000, b""), (0x2000, b"\x0f"), (0x3000, b"\xff\xff"), (0x4000, b"\xc3" * 40)]
+    for addr, code in cases:
+        want = reference.decode(addr, code)
+        assert native.of_code(addr, code) == (want.text, want.size, want.kind, want.data), (
+            f"at {addr:#x}: {code.hex()}"
+        )
+    assert len(cases) > 10_000
+
+
 def python_kind(code: bytes, address: int) -> int:
     """What `Decisions.decide` says of `code` placed at `address` in a fresh machine."""
     uc = Uc(UC_ARCH_X86, UC_MODE_64)

@@ -452,10 +452,15 @@ def record_description(
     lines = LineUse(description.lines, code_regions)
     disassembler = Disassembler.of_segments(description.code_segments, description.symbols)
     capstone_core = native_capstone(native_module())
-    decode_many = (
+    native_facts = (
         None if capstone_core is None else NativeFacts(capstone_core, disassembler.segments)
     )
-    table = InstructionTable(disassembler, lines, decode_many)
+    table = InstructionTable(
+        disassembler,
+        lines,
+        native_facts,
+        None if native_facts is None else native_facts.of_code,
+    )
     # As the file stores them: the snapshot columns as dictionaries (trace/format.py).
     trace_schema = as_stored(schema(windows))
     row_schema = as_stored(hook_schema(windows))  # `syscall` is built here, from the kernel's log

@@ -124,3 +124,12 @@ class NativeFacts:
             np.ascontiguousarray(addresses, dtype=np.uint64).tobytes(), self._segments
         )
         return facts
+
+    def of_code(self, address: int, code: bytes) -> InstructionFact:
+        """`Disassembler.decode(address, code)`: code that ran elsewhere (a library's,
+        a JIT's) or was rewritten, from the bytes that ran there. One call each:
+        each instruction is decoded from its own bytes only."""
+        fact: InstructionFact = self._capstone.facts(
+            address.to_bytes(8, "little"), [(address, code)]
+        )[0]
+        return fact
