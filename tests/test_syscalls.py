@@ -11,6 +11,7 @@ from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 from stacktrace_lab.layout import Region
 from stacktrace_lab.record.machine.machine import Machine, MachineSpec, Mapping
 from stacktrace_lab.record.machine.syscalls import (
+    EINVAL,
     ENOSYS,
     FIXED_TIME,
     Area,
@@ -84,6 +85,70 @@ def test_memory_calls_follow_the_layout() -> None:
     assert [a.kind for a in kernel.process.space] == ["heap", "stack", "mapped"]
     # Every call is logged at the step of its `syscall` instruction.
     assert [c.step for c in kernel.log] == [2, 5, 14, 19, 23, 25]
+
+
+def _read_u64(machine: Machine, addr: int) -> int:
+    return int.from_bytes(machine.read(addr, 8), "little")
+
+
+def test_the_clock_moves_a_microsecond_a_read_and_jumps_over_a_sleep() -> None:
+    """The machine's clock (threads.Clock), never the host's: each read moves it
+    1 us; a sleep moves it to the sleep's end; gettimeofday and time read it too."""
+    request = DATA + 0x200
+    machine, kernel = run(
+        f"""
+        mov eax, 228; xor edi, edi; mov esi, {DATA}; syscall              # t0
+        mov eax, 228; mov edi, 1; mov esi, {DATA + 16}; syscall           # t0 + 1 us
+        mov qword ptr [{request}], 0; mov qword ptr [{request + 8}], 5000000
+        mov eax, 35; mov edi, {request}; xor esi, esi; syscall            # sleep 5 ms
+        mov eax, 228; xor edi, edi; mov esi, {DATA + 32}; syscall
+        mov eax, 96; mov edi, {DATA + 48}; mov esi, {DATA + 64}; syscall  # gettimeofday
+        mov eax, 201; mov edi, {DATA + 80}; syscall                       # time
+        mov qword ptr [{request}], {FIXED_TIME + 3}; mov qword ptr [{request + 8}], 0
+        mov eax, 230; xor edi, edi; mov esi, 1; mov edx, {request}; xor r10d, r10d
+        syscall                                                           # until t0 + 3 s
+        mov eax, 228; xor edi, edi; mov esi, {DATA + 96}; syscall
+        mov qword ptr [{request + 8}], -1
+        mov eax, 35; mov edi, {request}; xor esi, esi; syscall            # bad nanoseconds
+        hlt
+        """
+    )
+    times = [
+        (_read_u64(machine, DATA + at), _read_u64(machine, DATA + at + 8)) for at in (0, 16, 32, 96)
+    ]
+    assert times == [
+        (FIXED_TIME, 0),
+        (FIXED_TIME, 1_000),
+        (FIXED_TIME, 5_002_000),  # the sleep began at 2 us
+        (FIXED_TIME + 3, 0),
+    ]
+    assert (_read_u64(machine, DATA + 48), _read_u64(machine, DATA + 56)) == (FIXED_TIME, 5_003)
+    assert machine.read(DATA + 64, 8) == bytes(8)  # the timezone: UTC
+    assert _read_u64(machine, DATA + 80) == FIXED_TIME
+    calls = [(c.name, c.result) for c in kernel.log]
+    assert calls == [
+        ("clock_gettime", 0),
+        ("clock_gettime", 0),
+        ("nanosleep", None),  # it blocked: 0 is the answer when it runs again
+        ("clock_gettime", 0),
+        ("gettimeofday", 0),
+        ("time", FIXED_TIME),
+        ("clock_nanosleep", None),
+        ("clock_gettime", 0),
+        ("nanosleep", -EINVAL),
+    ]
+
+
+def test_a_loop_that_polls_the_clock_until_a_deadline_ends() -> None:
+    """On a clock that stood still this loop ran until --max-steps."""
+    _machine, kernel = run(
+        f"""
+        again: mov eax, 228; xor edi, edi; mov esi, {DATA}; syscall
+        cmp qword ptr [{DATA + 8}], 100000; jb again                    # 100 us
+        hlt
+        """
+    )
+    assert [c.name for c in kernel.log] == ["clock_gettime"] * 101
 
 
 def test_proc_self_maps_lists_the_mappings() -> None:

@@ -247,6 +247,57 @@ def test_a_timed_wait_expires_when_nothing_else_can_run(tmp_path: Path) -> None:
     assert meta.stop.reason == "exit"
 
 
+#: A thread sleeps while main polls the clock for its flag; then main sleeps a
+#: second alone. On a clock that stood still the poll never ended, and sleeping
+#: was -ENOSYS.
+SLEEP_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+static volatile int done;
+static void *sleeper(void *arg) { usleep(2000); done = 1; return arg; }
+int main(void) {
+    pthread_t t;
+    struct timespec a, b;
+    long polls = 0;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    if (pthread_create(&t, NULL, sleeper, NULL) != 0) return 1;
+    while (!done) { clock_gettime(CLOCK_MONOTONIC, &b); polls++; }
+    pthread_join(t, NULL);
+    long waited = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+    printf("woke after %s\n", waited >= 2000000 ? "2 ms" : "less than 2 ms");
+    fprintf(stderr, "%ld polls\n", polls);
+    sleep(1);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("slept %ld s\n", (long)(b.tv_sec - a.tv_sec));
+    return 0;
+}
+"""
+
+
+def test_a_sleeping_thread_wakes_when_the_clock_passes_its_deadline(tmp_path: Path) -> None:
+    """The machine's clock moves a microsecond at each read: a 2 ms usleep ends
+    after main's 2,000 reads (at the next switch), and a lone sleep(1) jumps
+    the clock a second. The same output natively (real time), and the same
+    bytes at each recording."""
+    program = _build(tmp_path, "sleep", SLEEP_C)
+    expected = "woke after 2 ms\nslept 1 s\n"
+    assert _native(program) == expected
+    first = record_elf(program, tmp_path / "a.parquet")
+    assert first.metadata.stdout == expected
+    assert first.metadata.stop.reason == "exit"
+    # A microsecond a read: 2,000 reads after the sleep began, and what main
+    # polls in the slices (10,000 steps, a poll is 5 or more) around it.
+    polls = int(first.metadata.stderr.split()[0])
+    assert 2000 <= polls < 2000 + 2 * 10_000 // 5, polls
+    counts = first.metadata.syscall_counts
+    assert counts["clock_nanosleep"][0] >= 2 and counts["clock_gettime"][0] > 2000
+    second = record_elf(program, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert second.metadata.steps == first.metadata.steps
+
+
 def test_a_thread_switch_is_no_stack_switch_even_after_a_call_or_ret(tmp_path: Path) -> None:
     """Slices of 97 instructions end on calls and rets too: the row after such a row
     is another thread's, and the call's landing and the ret's rsp are where its own

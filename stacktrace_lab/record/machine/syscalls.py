@@ -33,11 +33,13 @@ from ...limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
 from ...trace.format import SyscallRecord
 from .address_space import AddressSpace, Area
 from .threads import (
+    CLOCK_START_NS,
     ETIMEDOUT,
     FUTEX_OWNER_DIED,
     FUTEX_TID_MASK,
     FUTEX_WAITERS,
     MATCH_ANY,
+    Clock,
     Threads,
 )
 
@@ -66,7 +68,8 @@ NAMES = {
     0: "read", 1: "write", 2: "open", 3: "close", 4: "stat", 5: "fstat", 7: "poll",
     8: "lseek", 9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 13: "rt_sigaction",
     14: "rt_sigprocmask", 16: "ioctl", 20: "writev", 24: "sched_yield", 25: "mremap",
-    28: "madvise", 39: "getpid", 56: "clone", 57: "fork", 60: "exit", 62: "kill",
+    28: "madvise", 35: "nanosleep", 39: "getpid", 96: "gettimeofday", 201: "time",
+    230: "clock_nanosleep", 56: "clone", 57: "fork", 60: "exit", 62: "kill",
     63: "uname", 72: "fcntl", 89: "readlink", 102: "getuid", 104: "getgid",
     107: "geteuid", 108: "getegid", 110: "getppid", 131: "sigaltstack", 158: "arch_prctl",
     186: "gettid", 200: "tkill", 202: "futex", 204: "sched_getaffinity",
@@ -77,8 +80,11 @@ NAMES = {
 
 PID = 1000
 UID = 1000
-#: clock_gettime's answer for every clock: 2023-11-14 22:13:20 UTC, 0 ns.
-FIXED_TIME = 1_700_000_000
+#: The machine's clock at its first read, in seconds (threads.Clock): 2023-11-14
+#: 22:13:20 UTC. Each read moves it on by a microsecond.
+FIXED_TIME = CLOCK_START_NS // 1_000_000_000
+#: clock_nanosleep's flag: the request is a time on the clock, not a duration.
+TIMER_ABSTIME = 1
 STACK_RLIMIT = 8 << 20
 RLIM_INFINITY = MASK64
 #: The bytes getrandom gives (and AT_RANDOM holds): SHAKE-128 of this seed.
@@ -262,8 +268,6 @@ FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 9, 10
 #: on PI mutexes, which glibc has not used since 2.25.
 FUTEX_WAIT_REQUEUE_PI, FUTEX_CMP_REQUEUE_PI = 11, 12
 FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
-#: The fixed clock in nanoseconds (every clock reads FIXED_TIME).
-FIXED_TIME_NS = FIXED_TIME * 1_000_000_000
 #: sizeof(struct robust_list_head), and how many entries Linux walks at most.
 ROBUST_HEAD_SIZE, ROBUST_LIST_LIMIT = 24, 2048
 #: Threads one process may create (the trace's `thread` column is small).
@@ -313,6 +317,10 @@ class LinuxKernel(BareKernel):
                 204: self.sys_sched_getaffinity,
                 218: self.sys_set_tid_address,
                 228: self.sys_clock_gettime,
+                96: self.sys_gettimeofday,
+                201: self.sys_time,
+                35: self.sys_nanosleep,
+                230: self.sys_clock_nanosleep,
                 234: self.sys_tgkill,
                 257: self.sys_openat,
                 262: self.sys_newfstatat,
@@ -649,9 +657,10 @@ class LinuxKernel(BareKernel):
                 if wait is None:
                     return -EINVAL
                 # FUTEX_WAIT's timeout is relative, FUTEX_WAIT_BITSET's absolute:
-                # against the fixed clock, one in the past has expired already.
-                deadline = wait + (FIXED_TIME_NS if command == FUTEX_WAIT else 0)
-                if deadline <= FIXED_TIME_NS:
+                # on the machine's clock, one in the past has expired already.
+                now = threads.clock.now
+                deadline = wait + (now if command == FUTEX_WAIT else 0)
+                if deadline <= now:
                     return -ETIMEDOUT
             threads.block(uaddr, bitset, deadline)
             uc.emu_stop()
@@ -773,7 +782,7 @@ class LinuxKernel(BareKernel):
                 return -EINVAL
         if not word & FUTEX_WAITERS:
             self.write_memory(uaddr, (word | FUTEX_WAITERS).to_bytes(4, "little"))
-        if deadline is not None and deadline <= FIXED_TIME_NS:
+        if deadline is not None and deadline <= threads.clock.now:
             return -ETIMEDOUT
         threads.block(uaddr, MATCH_ANY, deadline, pi=True)
         uc.emu_stop()
@@ -896,9 +905,65 @@ class LinuxKernel(BareKernel):
         self.write_memory(mask, (1).to_bytes(8, "little"))  # one CPU
         return 8
 
+    # --- the clock (threads.Clock: the machine's, never the host's) ----------------------
+
+    def _clock(self) -> Clock:
+        assert self.threads is not None
+        return self.threads.clock
+
     def sys_clock_gettime(self, uc: Uc, _clock: int, tp: int, *_: int) -> int:
-        self.write_memory(tp, FIXED_TIME.to_bytes(8, "little") + bytes(8))
+        if not self.mapped(uc, tp, 16):
+            return -EFAULT
+        seconds, nanoseconds = divmod(self._clock().read(), 1_000_000_000)
+        self.write_memory(tp, seconds.to_bytes(8, "little") + nanoseconds.to_bytes(8, "little"))
         return 0
+
+    def sys_gettimeofday(self, uc: Uc, tv: int, tz: int, *_: int) -> int:
+        if (tv and not self.mapped(uc, tv, 16)) or (tz and not self.mapped(uc, tz, 8)):
+            return -EFAULT
+        if tv:
+            seconds, nanoseconds = divmod(self._clock().read(), 1_000_000_000)
+            microseconds = nanoseconds // 1_000
+            self.write_memory(
+                tv, seconds.to_bytes(8, "little") + microseconds.to_bytes(8, "little")
+            )
+        if tz:
+            self.write_memory(tz, bytes(8))  # UTC, no daylight saving
+        return 0
+
+    def sys_time(self, uc: Uc, tloc: int, *_: int) -> int:
+        if tloc and not self.mapped(uc, tloc, 8):
+            return -EFAULT
+        seconds = self._clock().read() // 1_000_000_000
+        if tloc:
+            self.write_memory(tloc, seconds.to_bytes(8, "little"))
+        return seconds
+
+    def sys_nanosleep(self, uc: Uc, request: int, _remain: int, *_: int) -> int | None:
+        return self._sleep(uc, request, absolute=False)
+
+    def sys_clock_nanosleep(
+        self, uc: Uc, _clock: int, flags: int, request: int, _remain: int, *_: int
+    ) -> int | None:
+        return self._sleep(uc, request, absolute=bool(flags & TIMER_ABSTIME))
+
+    def _sleep(self, uc: Uc, request: int, absolute: bool) -> int | None:
+        """The thread sleeps until the clock reads the deadline: other threads run
+        meanwhile, and when none can, the clock jumps there (threads.py). Nothing
+        interrupts a sleep, so the remaining time is never written."""
+        threads = self.threads
+        assert threads is not None
+        if not self.mapped(uc, request, 16):
+            return -EFAULT
+        wait = _timespec_ns(uc, request)
+        if wait is None:
+            return -EINVAL
+        deadline = wait if absolute else threads.clock.now + wait
+        if deadline <= threads.clock.now:
+            return 0
+        threads.sleep(deadline)
+        uc.emu_stop()
+        return None  # 0 when it runs again
 
     def sys_prlimit64(self, uc: Uc, _pid: int, resource: int, _new: int, old: int, *_: int) -> int:
         limits = {3: (STACK_RLIMIT, RLIM_INFINITY), 7: (1024, 4096)}

@@ -11,10 +11,12 @@ runs until one of:
   thread is alive: the emulation stops before the next instruction.
 
 The next thread is the first runnable one after the current in creation
-order (round robin). A timed wait expires only when no thread can run: the
-clock of the machine stands still (clock_gettime is fixed), so "later"
-means "when nothing else can happen", which keeps the schedule independent
-of the host. When every thread waits without a timeout the run ends with
+order (round robin). Time is the machine's `Clock`, never the host's: it
+moves only when the program reads it (a small step a read) and when a thread
+sleeps or waits with a timeout and nothing else can run (then it jumps to
+the first deadline). A sleeper or a timed waiter runs again at the first
+switch after the clock passed its deadline, so the schedule is the same on
+every host. When every thread waits without a timeout the run ends with
 reason `deadlock`.
 
 Each thread keeps its whole CPU state (unicorn's context: every register,
@@ -28,6 +30,11 @@ from typing import Any
 
 #: Instructions a thread runs before the next runnable one gets the CPU.
 DEFAULT_SLICE = 10_000
+#: Where the machine's clock starts: 2023-11-14 22:13:20 UTC, in nanoseconds.
+CLOCK_START_NS = 1_700_000_000 * 1_000_000_000
+#: How far each read of the clock moves it (1 us): a loop that polls the clock
+#: until a deadline ends, as one that polls rdtsc does (cpu.py).
+CLOCK_READ_NS = 1_000
 #: The futex wait's answer when its timeout expired (-ETIMEDOUT).
 ETIMEDOUT = 110
 #: FUTEX_BITSET_MATCH_ANY: what FUTEX_WAIT and FUTEX_WAKE use.
@@ -39,6 +46,25 @@ EINVAL = 22
 FUTEX_WAITERS, FUTEX_OWNER_DIED, FUTEX_TID_MASK = 0x80000000, 0x40000000, 0x3FFFFFFF
 
 RUNNABLE, BLOCKED, EXITED = "runnable", "blocked", "exited"
+
+
+@dataclass
+class Clock:
+    """The machine's clock, one for every clock id (realtime, monotonic, ...).
+
+    It does not follow the host, so a recording is the same every time: it
+    starts at CLOCK_START_NS, moves CLOCK_READ_NS at each read, and jumps to a
+    sleeper's or timed waiter's deadline when nothing else can run."""
+
+    now: int = CLOCK_START_NS
+
+    def read(self) -> int:
+        value = self.now
+        self.now += CLOCK_READ_NS
+        return value
+
+    def advance_to(self, when: int) -> None:
+        self.now = max(self.now, when)
 
 
 @dataclass
@@ -59,12 +85,14 @@ class Thread:
     #: set_robust_list: the head of its list of robust futexes, walked at exit.
     robust_list: int = 0
     #: What a blocked thread waits for: (futex address, bitset), and when its
-    #: timeout expires (nanoseconds of the fixed clock; None: never).
+    #: timeout expires (nanoseconds of the machine's clock; None: never).
     futex: tuple[int, int] | None = None
     deadline: int | None = None
     #: It waits to own a PI futex (FUTEX_LOCK_PI): FUTEX_UNLOCK_PI hands it over,
     #: FUTEX_WAKE may not wake it.
     pi: bool = False
+    #: It sleeps (nanosleep, clock_nanosleep) until `deadline`: 0 then, not -ETIMEDOUT.
+    sleeping: bool = False
     #: The order threads blocked in: among equal deadlines, the first expires first.
     blocked_seq: int = 0
     #: The recording hooks' last rip of this thread (the `rep` rule, hooks.py).
@@ -76,6 +104,8 @@ class Thread:
     exit_status: int | None = None
 
     def describe(self) -> str:
+        if self.sleeping:
+            return f"thread {self.number} (tid {self.tid}) sleeps"
         if self.futex is not None:
             waits = f"waits on futex {self.futex[0]:#x}"
             return f"thread {self.number} (tid {self.tid}) {waits}"
@@ -95,6 +125,7 @@ class Threads:
         self.reslice = False
         self._next_tid = first_tid + 1
         self._blocked_seq = 0
+        self.clock = Clock()
 
     # --- questions ------------------------------------------------------------------
 
@@ -127,6 +158,12 @@ class Threads:
         self._blocked_seq += 1
         thread.blocked_seq = self._blocked_seq
         self.switch_wanted = True
+
+    def sleep(self, deadline: int) -> None:
+        """The current thread sleeps until the clock reads `deadline`."""
+        self.block(0, 0, deadline)
+        self.current.futex = None
+        self.current.sleeping = True
 
     def wake(self, address: int, count: int, bitset: int = MATCH_ANY) -> int:
         """Wake up to `count` threads waiting at `address` (in the order they blocked).
@@ -183,6 +220,7 @@ class Threads:
         thread.futex = None
         thread.deadline = None
         thread.pi = False
+        thread.sleeping = False
         thread.result = result
 
     # --- the schedule -------------------------------------------------------------------
@@ -192,6 +230,10 @@ class Threads:
         current last), else the timed waiter whose timeout expires first (it
         returns -ETIMEDOUT); None when every thread waits for ever (a deadlock)."""
         self.switch_wanted = False
+        timed = [t for t in self.all if t.state == BLOCKED and t.deadline is not None]
+        for thread in sorted(timed, key=lambda t: (t.deadline, t.blocked_seq)):
+            if thread.deadline is not None and thread.deadline <= self.clock.now:
+                self._time_out(thread)  # the clock passed it while others ran
         n = len(self.all)
         start = self.current.number  # the index after the current one
         for k in range(n):
@@ -202,8 +244,14 @@ class Threads:
         if not timed:
             return None
         expired = min(timed, key=lambda t: (t.deadline, t.blocked_seq))
-        self._unblock(expired, -ETIMEDOUT)
+        assert expired.deadline is not None
+        self.clock.advance_to(expired.deadline)
+        self._time_out(expired)
         return expired
+
+    def _time_out(self, thread: Thread) -> None:
+        """`thread`'s deadline has come: a sleep ends (0), a timed wait fails (-ETIMEDOUT)."""
+        self._unblock(thread, 0 if thread.sleeping else -ETIMEDOUT)
 
     def deadlock(self) -> str:
         return "every thread waits: " + "; ".join(t.describe() for t in self.alive())
