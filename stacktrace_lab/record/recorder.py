@@ -129,6 +129,10 @@ class Description:
     #: program's entry, `Machine.fork`): the recording fast-forwards it the rest of
     #: the way instead of running the dynamic loader again. Used once.
     prepared: Machine | None = field(default=None, repr=False, compare=False)
+    #: A machine at the recording's start itself, the same state as a new one (the
+    #: discovery pass's, rewound: `Machine.rewind`), with the code that pass ran
+    #: translated already. Used once.
+    rewound: Machine | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -398,7 +402,14 @@ def prepare_machine(
     """A machine at the point where recording starts, after `--from`'s fast-forward
     (and how many steps that ran)."""
     if description.start is None:
-        return Machine(description.spec), None
+        machine, description.rewound = description.rewound, None
+        if machine is None:
+            return Machine(description.spec), None
+        machine.spec = description.spec  # with the regions discovery found
+        machine.kernel.max_output = description.spec.max_output
+        if description.spec.sentinel is not None:
+            machine.stop_translated(description.spec.sentinel)  # the pass did not stop there
+        return machine, None
     symbol, addr = description.start
     machine, description.prepared = description.prepared, None
     if machine is not None and _same_output_cap(machine, description.spec):
