@@ -359,7 +359,9 @@ class LineUse:
         return self._ordered[i] if i >= 0 and addr < self._ordered[i].top else None
 
     def __call__(self, addr: int) -> tuple[str, int] | None:
-        row = self._source.nearest(addr)
+        return self._answer(addr, self._source.nearest(addr))
+
+    def _answer(self, addr: int, row: SourceLine | None) -> tuple[str, int] | None:
         if row is None:
             return None
         self._used[row.addr] = row
@@ -372,6 +374,18 @@ class LineUse:
         if region is None or row.addr < region.base:
             return None
         return row.file, row.line
+
+    def many(self, addrs: list[int]) -> list[tuple[str, int] | None]:
+        """The lookup of each address, in order: the same answers and rows used as a
+        call per address, with the table asked for all of them at once where it can
+        (dwarf_lines: one search for the addresses outside its compile units)."""
+        nearest_many = getattr(self._source, "nearest_many", None)
+        if nearest_many is None:
+            return [self(addr) for addr in addrs]
+        found: list[tuple[str, int] | None] = []
+        for addr, row in zip(addrs, nearest_many(addrs), strict=True):
+            found.append(self._answer(addr, row))
+        return found
 
     def used(self) -> tuple[SourceLine, ...]:
         return tuple(self._used[addr] for addr in sorted(self._used))
