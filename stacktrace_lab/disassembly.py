@@ -287,7 +287,8 @@ class InstructionTable:
         facts = self._decoded(keys)
         labels = self._disassembler.labels(addrs)
         source_line = self._source_line
-        sources = [source_line(addr) for addr in addrs]
+        many = getattr(source_line, "many", None)  # the recorder's LineUse asks in one go
+        sources = many(addrs) if many is not None else [source_line(addr) for addr in addrs]
         first_row = len(self._row_of)
         self._row_of.update(zip(keys, range(first_row, first_row + len(keys)), strict=True))
         learned[:, _BYTES] = np.arange(len(self._bytes), len(self._bytes) + len(keys))

@@ -6,7 +6,9 @@ Pure data, no capstone or unicorn, so both sides can import it.
 from __future__ import annotations
 
 import bisect
-from bisect import bisect_right
+
+import numpy as np
+import numpy.typing as npt
 
 
 class LabelTable:
@@ -24,6 +26,7 @@ class LabelTable:
             first.setdefault(addr, name)
         self._addrs = sorted(first)
         self._names = [first[addr] for addr in self._addrs]
+        self._sorted: npt.NDArray[np.uint64] | None = None  # `_addrs` for nearest_many
 
     def nearest(self, addr: int) -> tuple[str, int] | None:
         """(label, offset from it), or None below the first label."""
@@ -33,8 +36,12 @@ class LabelTable:
         return self._names[i], addr - self._addrs[i]
 
     def nearest_many(self, addrs: list[int]) -> list[tuple[str, int] | None]:
-        """`nearest` of each address: the same answers, without a call per address."""
-        found = [bisect_right(self._addrs, addr) - 1 for addr in addrs]
+        """`nearest` of each address: the same answers, without a call per address
+        (one search of all of them in numpy: a bisection each was most of the time)."""
+        if self._sorted is None:
+            self._sorted = np.array(self._addrs, dtype=np.uint64)
+        wanted = np.array(addrs, dtype=np.uint64)
+        found = (np.searchsorted(self._sorted, wanted, side="right") - 1).tolist()
         names, bases = self._names, self._addrs
         return [
             None if i < 0 else (names[i], addr - bases[i])

@@ -23,7 +23,17 @@
  *   DISCOVER  the discovery pass (record/linux/discovery.py): rsp at every step, and
  *             rip for the first steps after rsp jumps to another stack (what ran first);
  *   RECORD    every register at every step, every memory access.
+ *   IDLE      between runs: the hooks do nothing.
  * Every mode keeps the user-mode decisions and the CPU model's answers.
+ *
+ * The code hook and the write hook stay registered for the machine's life (only the
+ * recording's read hook comes and goes): unicorn drops every block translated while a
+ * code hook was registered when that hook is deleted (`hooked_regions`), so a hook per
+ * pass made the recording translate again all the code the discovery pass had
+ * translated. With one hook whose mode changes, a machine rewound after the discovery
+ * pass (Machine.rewind) records on the blocks that pass translated. The write hook being
+ * there from the start also keeps every block on unicorn's slow memory path, where the
+ * read hook added later is called (a block translated with no memory hook would skip it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,7 +47,7 @@ typedef int (*hook_add_fn)(void *uc, size_t *handle, int type, void *callback, v
                            uint64_t begin, uint64_t end, ...);
 typedef int (*hook_del_fn)(void *uc, size_t handle);
 
-enum { COUNT = 0, DISCOVER = 1, RECORD = 2 };
+enum { COUNT = 0, DISCOVER = 1, RECORD = 2, IDLE = 3 };
 enum {
     NORMAL = 1,
     PRIVILEGED = 2,
@@ -88,6 +98,10 @@ typedef struct {
     void *pointers[MAX_REGS];
     size_t row_bytes;
 
+    /* A weak reference to the Python Uc object: the core deletes its hooks when it goes
+     * only while unicorn's engine is still open (a strong one would make a cycle the
+     * collector cannot see: uc -> the machine's callbacks -> the machine -> the core). */
+    PyObject *machine_uc;
     PyObject *owner; /* the Python side: decide, answer, privileged, forgot, chunk, ... */
     /* A Capstone (below) deciding in C what Python would decide NORMAL; NULL: Python decides
      * every address may_matter lets through. */
@@ -98,8 +112,10 @@ typedef struct {
     int64_t step;
     uint64_t previous_rip;
     int stop;
-    size_t handles[2];
+    size_t handles[2]; /* the hooks of one run (the recording's read hook) */
     int n_handles;
+    size_t code_handle, write_handle; /* registered for the core's life (see the top) */
+    int hooked;
 
     /* RECORD */
     int64_t max_steps, next_check, chunk_rows, chunk_start;
@@ -1055,15 +1071,53 @@ static void on_write_watch(void *uc, int access, uint64_t address, int size, int
     if (c->n_watched) written(c, address, size);
 }
 
+/* The one code hook: what it does is the mode's. */
+static void on_code(void *uc, uint64_t address, uint32_t size, void *user) {
+    Core *c = user;
+    switch (c->mode) {
+    case RECORD:
+        on_code_record(uc, address, size, user);
+        break;
+    case DISCOVER:
+        on_code_discover(uc, address, size, user);
+        break;
+    case COUNT:
+        on_code_count(uc, address, size, user);
+        break;
+    default:
+        break;
+    }
+}
+
+/* The one write hook: recorded as an event while recording; in every mode, code
+ * written over is decided again. */
+static void on_write(void *uc, int access, uint64_t address, int size, int64_t value,
+                     void *user) {
+    Core *c = user;
+    if (c->mode == RECORD) {
+        on_memory_record(uc, access, address, size, value, user);
+    } else if (c->mode != IDLE) {
+        on_write_watch(uc, access, address, size, value, user);
+    }
+}
+
 /* ---- the Python type ---------------------------------------------------------- */
 
 static void core_detach(Core *c) {
     for (int i = 0; i < c->n_handles; i++) c->hook_del(c->uc, c->handles[i]);
     c->n_handles = 0;
+    c->mode = IDLE;
 }
 
 static void core_dealloc(Core *c) {
-    core_detach(c);
+    if (c->hooked && c->machine_uc != NULL && PyWeakref_GetObject(c->machine_uc) != Py_None) {
+        core_detach(c);
+        c->hook_del(c->uc, c->code_handle);
+        c->hook_del(c->uc, c->write_handle);
+    }
+    c->n_handles = 0;
+    c->hooked = 0;
+    Py_XDECREF(c->machine_uc);
     for (size_t i = 0; i < c->pages_cap; i++) free(c->pages[i].kinds);
     free(c->pages);
     free(c->rows);
@@ -1078,13 +1132,19 @@ static void core_dealloc(Core *c) {
 }
 
 /* Core(owner, uc, (reg_read_batch, emu_stop, mem_read, hook_add, hook_del),
- *      register ids, rcx index, rsp index, (HOOK_CODE, HOOK_MEM_WRITE, HOOK_MEM_READ_AFTER, MEM_WRITE)) */
+ *      register ids, rcx index, rsp index, (HOOK_CODE, HOOK_MEM_WRITE, HOOK_MEM_READ_AFTER, MEM_WRITE),
+ *      the Uc object (weakly: the core deletes its hooks when it goes, if unicorn is open)) */
 static int core_init(Core *c, PyObject *args, PyObject *kwargs) {
-    PyObject *owner, *ids;
+    PyObject *owner, *ids, *machine_uc;
     unsigned long long uc, f_batch, f_stop, f_read, f_add, f_del;
-    if (!PyArg_ParseTuple(args, "OK(KKKKK)Oii(iiii)", &owner, &uc, &f_batch, &f_stop, &f_read,
+    if (c->hooked) {
+        PyErr_SetString(PyExc_RuntimeError, "Core is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OK(KKKKK)Oii(iiii)O", &owner, &uc, &f_batch, &f_stop, &f_read,
                           &f_add, &f_del, &ids, &c->rcx_index, &c->rsp_index, &c->hook_code,
-                          &c->hook_mem_write, &c->hook_mem_read_after, &c->mem_write))
+                          &c->hook_mem_write, &c->hook_mem_read_after, &c->mem_write,
+                          &machine_uc))
         return -1;
     PyObject *seq = PySequence_Fast(ids, "register ids must be a sequence");
     if (seq == NULL) return -1;
@@ -1110,10 +1170,30 @@ static int core_init(Core *c, PyObject *args, PyObject *kwargs) {
     c->hook_del = (hook_del_fn)(uintptr_t)f_del;
     Py_INCREF(owner);
     Py_XSETREF(c->owner, owner);
+    PyObject *weak = PyWeakref_NewRef(machine_uc, NULL);
+    if (weak == NULL) return -1;
+    Py_XSETREF(c->machine_uc, weak);
     c->previous_rip = NO_ADDRESS;
     c->pending_at = NO_ADDRESS;
     c->last_page = NO_ADDRESS;
     c->want = NO_ADDRESS;
+    c->mode = IDLE;
+    /* Before any code is translated: every block then calls the two hooks. */
+    size_t code_handle = 0, write_handle = 0;
+    int status = c->hook_add(c->uc, &code_handle, c->hook_code, (void *)on_code, c, (uint64_t)1,
+                             (uint64_t)0);
+    if (status == 0) {
+        status = c->hook_add(c->uc, &write_handle, c->hook_mem_write, (void *)on_write, c,
+                             (uint64_t)1, (uint64_t)0);
+        if (status != 0) c->hook_del(c->uc, code_handle);
+    }
+    if (status != 0) {
+        PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed: %d", status);
+        return -1;
+    }
+    c->code_handle = code_handle;
+    c->write_handle = write_handle;
+    c->hooked = 1;
     return 0;
 }
 
@@ -1126,6 +1206,13 @@ static int add_hook(Core *c, int type, void *callback) {
     }
     c->handles[c->n_handles++] = handle;
     return 1;
+}
+
+/* The recording's memory reads (its writes come through on_write). */
+static void on_read_record(void *uc, int access, uint64_t address, int size, int64_t value,
+                           void *user) {
+    Core *c = user;
+    add_event(c, c->step - 1, access, (int64_t)address, size, value);
 }
 
 static void reset_run(Core *c, int mode) {
@@ -1146,8 +1233,6 @@ static void reset_run(Core *c, int mode) {
 /* attach_count(): hooks for a fast-forward. */
 static PyObject *core_attach_count(Core *c, PyObject *noargs) {
     reset_run(c, COUNT);
-    if (!add_hook(c, c->hook_code, (void *)on_code_count)) return NULL;
-    if (!add_hook(c, c->hook_mem_write, (void *)on_write_watch)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1168,9 +1253,10 @@ static PyObject *core_attach_record(Core *c, PyObject *args) {
         c->rows_cap = c->rows ? cap : 0;
         if (c->rows == NULL) return PyErr_NoMemory();
     }
-    if (!add_hook(c, c->hook_code, (void *)on_code_record)) return NULL;
-    if (!add_hook(c, c->hook_mem_write | c->hook_mem_read_after, (void *)on_memory_record))
+    if (!add_hook(c, c->hook_mem_read_after, (void *)on_read_record)) {
+        c->mode = IDLE;
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1206,8 +1292,6 @@ static PyObject *core_attach_discover(Core *c, PyObject *args) {
     c->follow_budget = follow_budget;
     c->follow_steps = follow_steps;
     c->switch_jump = switch_jump;
-    if (!add_hook(c, c->hook_code, (void *)on_code_discover)) return NULL;
-    if (!add_hook(c, c->hook_mem_write, (void *)on_write_watch)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1314,7 +1398,18 @@ static PyObject *core_use_capstone(Core *c, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* rewound(): the machine was put back where an earlier run started (Machine.rewind):
+ * no fixed-value answer is pending from the run it undid. */
+static PyObject *core_rewound(Core *c, PyObject *noargs) {
+    c->pending_at = NO_ADDRESS;
+    c->previous_rip = NO_ADDRESS;
+    Py_RETURN_NONE;
+}
+
 static PyObject *get_step(Core *c, void *closure) { return PyLong_FromLongLong(c->step); }
+static PyObject *get_pending(Core *c, void *closure) {
+    return PyBool_FromLong(c->pending_at != NO_ADDRESS);
+}
 static PyObject *get_watching(Core *c, void *closure) { return PyBool_FromLong(c->n_watched > 0); }
 static PyObject *get_previous_rip(Core *c, void *closure) {
     return c->previous_rip == NO_ADDRESS ? PyLong_FromLong(-1)
@@ -1349,6 +1444,7 @@ static int set_want(Core *c, PyObject *value, void *closure) {
 
 static PyGetSetDef core_getset[] = {
     {"step", (getter)get_step, NULL, "steps counted so far", NULL},
+    {"pending", (getter)get_pending, NULL, "a fixed-value answer is still to be given", NULL},
     {"watching", (getter)get_watching, NULL, "whether a page holds decided code", NULL},
     {"previous_rip", (getter)get_previous_rip, (setter)set_previous_rip,
      "the last counted address, -1: none (set when another thread's CPU is put in)", NULL},
@@ -1373,6 +1469,7 @@ static PyMethodDef core_methods[] = {
     {"forget", (PyCFunction)core_forget, METH_VARARGS, NULL},
     {"settle", (PyCFunction)core_settle, METH_VARARGS, NULL},
     {"use_capstone", (PyCFunction)core_use_capstone, METH_VARARGS, NULL},
+    {"rewound", (PyCFunction)core_rewound, METH_NOARGS, NULL},
     {NULL},
 };
 

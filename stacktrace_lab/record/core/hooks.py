@@ -228,7 +228,10 @@ class NativeHooks:
         constants = (UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_HOOK_MEM_READ_AFTER, MEM_WRITE)
         # The core holds the rules weakly: a Machine -> core -> rules -> Machine
         # cycle would never be freed (the core is not garbage collected).
-        self.core = core_type(weakref.proxy(rules), uch, functions, UC_IDS, _RCX, _RSP, constants)
+        # `uc` too (held weakly): the core's hooks stay registered until the core goes.
+        self.core = core_type(
+            weakref.proxy(rules), uch, functions, UC_IDS, _RCX, _RSP, constants, uc
+        )
         # New addresses decided NORMAL in C, without a call into Python per address.
         capstone_core = native_capstone(native_module())
         if capstone_core is not None:

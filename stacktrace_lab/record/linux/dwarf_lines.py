@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from elftools.elf.elffile import ELFFile
 
 from ...errors import BadInput
@@ -196,6 +197,31 @@ class LineIndex:
             # line programs, so ask the whole table.
             return _nearest_in(self._all(), addr)
         return self._row(best[3], best[4])
+
+    def nearest_many(self, addrs: list[int]) -> list[SourceLine | None]:
+        """`nearest` of each address. Those outside every unit's ranges (most of a
+        static program's: its C library has no line table) are answered by one search
+        of all of them; the others one at a time."""
+        if not self.has_lines or self._ranges is None or not self._lows or not addrs:
+            return [self.nearest(addr) for addr in addrs]
+        wanted = np.array(addrs, dtype=np.uint64)
+        found = np.searchsorted(np.array(self._lows, dtype=np.uint64), wanted, side="right") - 1
+        reach = np.array(self._reach, dtype=np.uint64)[np.maximum(found, 0)]
+        # No range starts at or below it, or every one that does ends at or below it:
+        # `_covering` finds no unit (and the row is the sequence end where they end).
+        outside = ((found < 0) | (reach <= wanted)).tolist()
+        gaps = reach.tolist()
+        below = (found < 0).tolist()
+        # One row per gap (a frozen dataclass: making one per address was most of the time).
+        ends: dict[int, SourceLine] = {}
+        return [
+            self.nearest(addr)
+            if not out
+            else None
+            if low
+            else ends.get(gap) or ends.setdefault(gap, SourceLine(gap, "", 0))
+            for addr, out, low, gap in zip(addrs, outside, below, gaps, strict=True)
+        ]
 
     def _rows_of(self, piece: tuple[int, int]) -> _Rows:
         unit, sequence = piece
@@ -813,6 +839,30 @@ class ObjectLines:
         self._bases = [i.load_base for i in self._by_base]
         self._program = program
         self._damaged: set[int] = set()
+
+    def nearest_many(self, addrs: list[int]) -> list[SourceLine | None]:
+        """`nearest` of each address: each object's addresses asked together."""
+        by_object: dict[int, list[int]] = {}
+        for i, addr in enumerate(addrs):
+            by_object.setdefault(bisect.bisect_right(self._bases, addr) - 1, []).append(i)
+        found: list[SourceLine | None] = [None] * len(addrs)
+        for k, where in by_object.items():
+            if k < 0:
+                continue
+            answers: list[SourceLine | None] | None = None
+            if k not in self._damaged:
+                try:
+                    answers = self._by_base[k].nearest_many([addrs[i] for i in where])
+                except BadInput:
+                    answers = None  # `nearest` says which (and raises for the program's)
+            for n, i in enumerate(where):
+                found[i] = (
+                    answers[n]
+                    if answers is not None and answers[n] is not None
+                    # None from this object: the object below may answer (as `nearest`).
+                    else self.nearest(addrs[i])
+                )
+        return found
 
     def nearest(self, addr: int) -> SourceLine | None:
         # Objects do not overlap and each one's rows lie above its load address:

@@ -24,7 +24,7 @@ from ...scenario import Expectations
 from ...symbols import LabelTable
 from ...trace.format import ProgramInfo, ScenarioInfo
 from ..core.windows import Extent
-from ..machine.machine import FAST_FORWARD_LIMIT, Machine, MachineSpec
+from ..machine.machine import FAST_FORWARD_LIMIT, Checkpoint, Machine, MachineSpec
 from ..machine.syscalls import LinuxKernel, ProcessState
 from ..machine.threads import DEFAULT_SLICE, Threads
 from ..recorder import (
@@ -168,6 +168,9 @@ def describe_elf(
             image = _with_libraries(image, _objects(machine, known))
     if progress is not None:
         progress(0, "discovery")
+    # A whole-program recording starts where discovery does: the machine goes back
+    # there after the pass and records on the code unicorn translated for it.
+    checkpoint = machine.checkpoint() if start is None else None
     evidence = run_discovery(
         machine, image, main_stack, limit, phase(progress, "discovery"), earlier=before
     )
@@ -236,7 +239,17 @@ def describe_elf(
         },
         extents=stack_extents(evidence, [*found, main_stack]),
         prepared=prepared,
+        rewound=_rewound(machine, checkpoint),
     )
+
+
+def _rewound(machine: Machine, checkpoint: Checkpoint | None) -> Machine | None:
+    """The discovery pass's machine back at the start of the pass (None without a
+    checkpoint: the recording makes a machine of its own)."""
+    if checkpoint is None:
+        return None
+    machine.rewind(checkpoint)
+    return machine
 
 
 def thread_stacks(found: list[Region], threads: Threads) -> list[Region]:

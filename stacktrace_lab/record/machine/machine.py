@@ -189,6 +189,20 @@ class Control:
     settle: Callable[[int], None]
 
 
+@dataclass
+class Checkpoint:
+    """A machine's state between runs, to go back to (`Machine.checkpoint`, `rewind`)."""
+
+    context: Any  # unicorn's CPU context
+    #: (begin, last, perms) of each mapping, and its bytes, in that order (`_read_pages`).
+    regions: list[tuple[int, int, int]]
+    memory: list[npt.NDArray[np.uint64]]
+    kernel: BareKernel  # a copy, the machine's own callbacks left out
+    tsc: int
+    rewritten: set[int]
+    fast_forwarded: int
+
+
 @dataclass(frozen=True)
 class Mapping:
     """Pages to map, and the bytes they start with (the rest is zero)."""
@@ -256,6 +270,21 @@ def scenario_spec(
     )
 
 
+def _unique_ram_offsets(uc: Uc) -> None:
+    """Make unicorn give each mapping RAM addresses of its own.
+
+    Until a first mapping is freed, unicorn 2 (qemu/exec.c, `find_ram_offset_last`)
+    places a new mapping's memory after the *smallest* mapping's, so mappings made
+    after a bigger one share its RAM addresses: the program's code, its data, its
+    stack and heap all started at the same one. Translated code is found and
+    invalidated by RAM address, so a write by the kernel into the stack (a `read`),
+    an `mprotect` or `munmap` of data, threw away translated code as well, which
+    was then translated again. Once a mapping has been freed, unicorn searches for a
+    free range instead: map a page and free it before anything else."""
+    uc.mem_map(0, PAGE, UC_PROT_READ)
+    uc.mem_unmap(0, PAGE)
+
+
 def map_memory(uc: Uc, mappings: list[Mapping], memory: dict[int, bytes]) -> None:
     for mapping in mappings:
         perms = 0
@@ -276,6 +305,7 @@ class Machine:
         self.spec = spec
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         start_as_linux(self.uc)
+        _unique_ram_offsets(self.uc)
         map_memory(self.uc, spec.mappings, spec.memory)
         for name, value in spec.registers.items():
             self.uc.reg_write(UC_IDS[REGISTERS.index(name)], value)
@@ -339,8 +369,17 @@ class Machine:
             twin.uc.mem_map(begin, size, perms)
             _copy_pages(self.uc, twin.uc, begin, size)
         twin.uc.context_restore(self.uc.context_save())
-        # The machine's own callbacks and unicorn handle stay out of the copy; the file
-        # view is shared (it lists every file the program read, in both runs).
+        twin._take_kernel(self._kernel_copy())
+        twin.cpu.tsc = self.cpu.tsc
+        self.decisions.copy_to(twin.decisions)
+        twin.fast_forwarded = self.fast_forwarded
+        return twin
+
+    def _kernel_copy(self) -> BareKernel:
+        """A copy of the kernel (files, mappings, output, log) without the machine's own
+        callbacks and unicorn handle; the file view is shared (it lists every file the
+        program read, in every run)."""
+        kernel = self.kernel
         kept = (kernel.write_memory, kernel.code_changed, kernel._uc)
         memo: dict[int, Any] = {}
         view = getattr(kernel, "view", None)
@@ -348,16 +387,87 @@ class Machine:
             memo[id(view)] = view
         try:
             kernel.write_memory = kernel.code_changed = kernel._uc = None  # type: ignore[assignment]
-            twin.kernel = copy.deepcopy(kernel, memo)
+            copied = copy.deepcopy(kernel, memo)
         finally:
             kernel.write_memory, kernel.code_changed, kernel._uc = kept
-        twin.kernel.write_memory = twin._kernel_write
-        twin.kernel.code_changed = twin.forget_code
-        twin.kernel._uc = twin.uc if kept[2] is not None else None
-        twin.cpu.tsc = self.cpu.tsc
-        self.decisions.copy_to(twin.decisions)
-        twin.fast_forwarded = self.fast_forwarded
-        return twin
+        # Marks whether the kernel had a handle (the copy gets this machine's, _take_kernel).
+        copied._uc = kept[2]
+        return copied
+
+    def _take_kernel(self, kernel: BareKernel) -> None:
+        """Run on `kernel` (a `_kernel_copy`), wired to this machine."""
+        self.kernel = kernel
+        kernel.write_memory = self._kernel_write
+        kernel.code_changed = self.forget_code
+        kernel._uc = self.uc if kernel._uc is not None else None
+
+    def checkpoint(self) -> Checkpoint | None:
+        """This machine's state between runs, for `rewind`: the discovery pass runs the
+        program, then the machine goes back to where that pass started and records,
+        on the code unicorn translated for the pass (a fresh machine translates it all
+        again: most of what a step of a program's first run costs, docs/performance.md).
+
+        None when the state holds what `fork` would not copy either (another thread,
+        another CPU model, an answer pending), or on the pure-Python hooks, which are
+        registered per run (deleting a code hook drops what unicorn translated with it)."""
+        kernel = self.kernel
+        if self.native is None or (kernel.threads is not None and len(kernel.threads.all) > 1):
+            return None
+        if (
+            type(self.cpu) is not CpuModel
+            or self.rules.pending_at != -1
+            or self.native.core.pending
+        ):
+            return None
+        regions = list(self.uc.mem_regions())
+        return Checkpoint(
+            context=self.uc.context_save(),
+            regions=regions,
+            memory=[_read_pages(self.uc, begin, last - begin + 1) for begin, last, _ in regions],
+            kernel=self._kernel_copy(),
+            tsc=self.cpu.tsc,
+            rewritten=set(self.decisions.rewritten),
+            fast_forwarded=self.fast_forwarded,
+        )
+
+    def rewind(self, checkpoint: Checkpoint) -> None:
+        """Put the machine back in the state `checkpoint` saw (used once: the kernel
+        is the checkpoint's copy): mappings made since unmapped, those removed or
+        reprotected mapped again, the bytes written since written back, the CPU, the
+        kernel, the CPU model's counter. Decisions on the pages that changed are
+        forgotten (their code is decided again when it runs); the others stand, as the
+        code there is the same."""
+        uc = self.uc
+        kept = set(checkpoint.regions)
+        for begin, last, perms in list(uc.mem_regions()):
+            if (begin, last, perms) not in kept:
+                uc.mem_unmap(begin, last - begin + 1)
+                self.forget_code(begin, last - begin + 1)
+        now = set(uc.mem_regions())
+        for (begin, last, perms), saved in zip(checkpoint.regions, checkpoint.memory, strict=True):
+            size = last - begin + 1
+            if (begin, last, perms) not in now:
+                uc.mem_map(begin, size, perms)
+                changed = np.flatnonzero(saved.any(axis=1))
+                self.forget_code(begin, size)
+            else:
+                changed = np.flatnonzero((_read_pages(uc, begin, size) != saved).any(axis=1))
+            for first, count in _runs(changed):
+                offset, length = first * PAGE, count * PAGE
+                _write_pages(uc, begin + offset, saved[first : first + count])
+                if (begin, last, perms) in now:
+                    self.forget_code(begin + offset, length)
+        uc.context_restore(checkpoint.context)
+        self._take_kernel(checkpoint.kernel)
+        self.cpu.tsc = checkpoint.tsc
+        self.decisions.rewritten = set(checkpoint.rewritten)
+        self.rules.pending_at = -1
+        assert self.native is not None
+        self.native.core.rewound()
+        self.fast_forwarded = checkpoint.fast_forwarded
+        self._fault = None
+        self._interrupt = None
+        self.thread_runs = [(0, 1)]
 
     def registers(self) -> dict[str, int]:
         return {
@@ -502,9 +612,21 @@ class Machine:
                     f"(a fault, a spin, or the limit of {limit})",
                 )
             return Stop("max_steps", -1, f"not reached after {limit} instructions")
-        # Blocks translated so far have no recording hooks: translate them again.
-        self.uc.ctl_remove_cache(0, (1 << 48) - 1)
+        self.stop_translated(until)
         return None
+
+    def stop_translated(self, address: int) -> None:
+        """Translate again the code at `address`, where an emulation stopped or will stop.
+
+        unicorn builds the stop at emu_start's `until` into the blocks it translates
+        (and at each emu_start drops only the blocks holding the byte before `until`),
+        and the C core's hooks stay registered from one run to the next, so a block
+        translated by a run to `--from` would stop every later run there, and one
+        translated by the discovery pass (which stops nowhere) would not stop the
+        recording at `--to`'s symbol. (A range from address 0, unmapped, drops nothing:
+        unicorn finds the RAM of the range's first page only.)"""
+        if address:
+            self.uc.ctl_remove_cache(address, address + 1)
 
     def run_code(self, rips: npt.NDArray[np.uint64]) -> dict[int, bytes]:
         """The bytes of each instruction of a chunk (`rips`: its rows' rip) that did
@@ -771,6 +893,35 @@ class Machine:
         return Stop(
             "fault", last_step, f"{what} memory: {size} bytes at {address:#x} (rip {rip:#x})"
         )
+
+
+def _read_pages(uc: Uc, begin: int, size: int) -> npt.NDArray[np.uint64]:
+    """`size` bytes of memory at `begin` (whole pages), read into one array of a row
+    of words per page (compared a word at a time: bytes took 4x as long)."""
+    pages = np.empty((size // PAGE, PAGE // WORD), dtype=np.uint64)
+    at = pages.ctypes.data_as(ctypes.POINTER(ctypes.c_char))
+    status = uclib.uc_mem_read(uc._uch, begin, at, size)
+    if status != UC_ERR_OK:
+        raise UcError(status, begin, size)
+    return pages
+
+
+def _write_pages(uc: Uc, begin: int, pages: npt.NDArray[np.uint64]) -> None:
+    """Rows of `_read_pages` back into memory at `begin`."""
+    at = pages.ctypes.data_as(ctypes.POINTER(ctypes.c_char))
+    status = uclib.uc_mem_write(uc._uch, begin, at, pages.nbytes)
+    if status != UC_ERR_OK:
+        raise UcError(status, begin, pages.nbytes)
+
+
+def _runs(pages: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
+    """(first, count) of each run of consecutive page numbers in sorted `pages`."""
+    if not len(pages):
+        return []
+    breaks = np.flatnonzero(np.diff(pages) != 1)
+    firsts = pages[np.concatenate(([0], breaks + 1))].tolist()
+    lasts = pages[np.concatenate((breaks, [len(pages) - 1]))].tolist()
+    return [(first, last - first + 1) for first, last in zip(firsts, lasts, strict=True)]
 
 
 def _copy_pages(source: Uc, target: Uc, begin: int, size: int) -> None:

@@ -18,6 +18,7 @@ trace's stack snapshots stay true.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1025,13 +1026,16 @@ class LinuxKernel(BareKernel):
         Answering -ENOSYS instead lets the C library carry on another way (glibc's
         pthread_create gives up and the program exits 0 with half its output):
         the trace would say the program ran normally when it did not.
+
+        A partial of a method, not a closure: a copy of the kernel (Machine.fork,
+        Machine.checkpoint) must stop itself, and `copy.deepcopy` copies a bound
+        method's kernel but keeps a closure as it is.
         """
+        return functools.partial(self._stop_unsupported, what)
 
-        def stop(uc: Uc, *_: int) -> None:
-            self.stop = KernelStop("unsupported", f"{what} (the machine runs one process)")
-            uc.emu_stop()
-
-        return stop
+    def _stop_unsupported(self, what: str, uc: Uc, *_: int) -> None:
+        self.stop = KernelStop("unsupported", f"{what} (the machine runs one process)")
+        uc.emu_stop()
 
     def sys_clone(
         self, uc: Uc, flags: int, stack: int, parent_tid: int, child_tid: int, tls: int, *_: int
