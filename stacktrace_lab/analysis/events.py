@@ -44,6 +44,7 @@ from ..trace.arrays import arrow_indices, numpy_of
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .kinds import I16, I64, U8, U16, U64, B, Jumps, Kind, Origin, Returns, ThreadRuns, Writes
+from .memory import StepRsp, release_freed_memory
 from .model import MAX_PLANTED, PlantedReturn
 from .source import SourceLines
 from .transfers import Transfers, classify
@@ -82,7 +83,7 @@ class TraceFacts:
     def __init__(
         self,
         trace: Trace,
-        rsp: U64,
+        rsp: StepRsp,
         kind: U8,
         writes: Writes,
         calls: I64,
@@ -97,6 +98,7 @@ class TraceFacts:
         self.threads = threads or ThreadRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.meta: TraceMetadata = trace.metadata
         self.steps = int(rsp.size)
+        #: rsp before each step, four bytes a step (`memory.StepRsp`): index it as an array.
         self.rsp = rsp
         self.kind = kind
         self.writes = writes
@@ -424,7 +426,9 @@ class TraceFacts:
         return values
 
 
-def stack_index(stacks: Sequence[Region], addrs: U64, out: I16 | None = None) -> I16:
+def stack_index(
+    stacks: Sequence[Region], addrs: U64 | StepRsp, out: I16 | None = None
+) -> I16:
     """For each address, the index in `stacks` of the stack it lies in, with the top
     included (an empty stack's rsp is its top); -1 when in none. Into `out` if given."""
     order = sorted(range(len(stacks)), key=lambda i: stacks[i].base)
@@ -449,7 +453,7 @@ def stack_index(stacks: Sequence[Region], addrs: U64, out: I16 | None = None) ->
 def derive_facts(trace: Trace) -> TraceFacts:
     """Read the trace once (no snapshot columns) and derive its stack events."""
     n = trace.num_rows
-    rsp = np.empty(n, dtype=np.uint64)
+    rsp = StepRsp.empty(n)
     kind = np.empty(n, dtype=np.uint8)
     # Per field of `Writes`, its pieces (one per row group), joined one field at a time.
     step_parts: list[I64] = []
@@ -462,7 +466,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
     offset = 0
     for group in trace.iter_row_groups(["rip", "rsp", "kind", "writes", "thread"]):
         rows = group.num_rows
-        rsp[offset : offset + rows] = numpy_of(group.column("rsp"))
+        rsp.fill(offset, numpy_of(group.column("rsp")))
         thread[offset : offset + rows] = numpy_of(group.column("thread"))
         kinds = _kinds(group.column("kind"))
         kind[offset : offset + rows] = kinds
@@ -544,7 +548,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
         origin=origin,
         writer=writer,
     )
-    return TraceFacts(
+    facts = TraceFacts(
         trace,
         rsp,
         kind,
@@ -556,6 +560,9 @@ def derive_facts(trace: Trace) -> TraceFacts:
         Jumps(jumps, jump_targets),
         runs,
     )
+    # The row groups' pieces and temporaries are freed: their heap pages go back now.
+    release_freed_memory()
+    return facts
 
 
 def _rips_at(trace: Trace, steps: I64) -> U64:

@@ -51,6 +51,7 @@ from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .decoded import GENERAL_REGISTERS, Decoded, OperandType, decode, decode_rows
 from .kinds import I16, I64, U8, U64, B, Jumps, Kind, Origin, Returns, ThreadRuns, Writes
+from .memory import StepRsp
 
 
 class TraceFacts(Protocol):
@@ -59,7 +60,7 @@ class TraceFacts(Protocol):
     trace: Trace
     meta: TraceMetadata
     steps: int
-    rsp: U64
+    rsp: StepRsp
     kind: U8
     writes: Writes
     calls: I64

@@ -29,6 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.text import Annotation, Text
 from matplotlib.transforms import Bbox
 
+from ..analysis.memory import StepRsp
+
 DPI = 100
 WIDTH_INCHES = 11.0
 #: Overrides of matplotlib's defaults, fixed so that output does not depend on the host.
@@ -140,7 +142,7 @@ def columns_for(steps: int, max_columns: int) -> Columns:
 
 
 def envelope(
-    values: npt.NDArray[np.uint64],
+    values: npt.NDArray[np.uint64] | StepRsp,
     owner: npt.NDArray[np.int16],
     k: int,
     offset: int,

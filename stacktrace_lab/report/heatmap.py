@@ -32,6 +32,7 @@ from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from ..analysis.events import _BLOCK, TraceFacts
+from ..analysis.memory import StepRsp
 from ..analysis.model import PlantedReturn
 from ..arch import WORD
 from ..layout import Region
@@ -428,7 +429,7 @@ def _highest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values
 
 
 def _extreme(
-    values: U64,
+    values: U64 | StepRsp,
     lo: int,
     hi: int,
     pick: Callable[[U64], np.uint64],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -214,7 +215,25 @@ class Trace:
 _NOT_FROM_RIP = ("syscall", "thread")
 
 
+def _use_a_returning_memory_pool() -> None:
+    """Read with jemalloc's pool where pyarrow has it (the Linux and macOS wheels do).
+
+    pyarrow's default pool on Linux is mimalloc, which keeps the pages of the row
+    groups a reading command has decoded and freed: about 50 MiB resident after one
+    pass over a ten-million-step trace, against a few MiB for jemalloc, at the same
+    CPU (docs/performance.md, "Bounded memory, fourth pass"). A pool the user chose
+    with `ARROW_DEFAULT_MEMORY_POOL` is left alone.
+    """
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    with contextlib.suppress(NotImplementedError):  # a build without jemalloc
+        pool = pa.jemalloc_memory_pool()
+        if pa.default_memory_pool().backend_name != pool.backend_name:
+            pa.set_memory_pool(pool)
+
+
 def load_trace(path: str | Path) -> Trace:
+    _use_a_returning_memory_pool()
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file")
