@@ -507,6 +507,9 @@ def derive_facts(trace: Trace) -> TraceFacts:
     del pushed_parts
     landings = _concat(landing_parts, np.uint64)
     del landing_parts
+    # The row groups' pieces are joined and freed: their heap pages go back now,
+    # before the last writers and the owners below make the pass's peak.
+    release_freed_memory()
     runs = ThreadRuns.of(thread)
     del thread
     transfer_rows = np.flatnonzero(_is_transfer(kind))
@@ -560,7 +563,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
         Jumps(jumps, jump_targets),
         runs,
     )
-    # The row groups' pieces and temporaries are freed: their heap pages go back now.
+    # And what the last writers and the owners freed.
     release_freed_memory()
     return facts
 
