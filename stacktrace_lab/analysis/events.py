@@ -426,9 +426,7 @@ class TraceFacts:
         return values
 
 
-def stack_index(
-    stacks: Sequence[Region], addrs: U64 | StepRsp, out: I16 | None = None
-) -> I16:
+def stack_index(stacks: Sequence[Region], addrs: U64 | StepRsp, out: I16 | None = None) -> I16:
     """For each address, the index in `stacks` of the stack it lies in, with the top
     included (an empty stack's rsp is its top); -1 when in none. Into `out` if given."""
     order = sorted(range(len(stacks)), key=lambda i: stacks[i].base)
