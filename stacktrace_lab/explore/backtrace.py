@@ -422,7 +422,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     initial = [-1] * n_stacks
     if start:
         initial[first_stack] = 0
-    return FrameHistory(
+    history = FrameHistory(
         nodes=nodes,
         step=step[out].astype(np.int64),
         stack=stack[out],
@@ -431,6 +431,9 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
         ends=ends,
         owners=owner,
     )
+    del step, stack, top, ev, out
+    release_freed_memory()
+    return history
 
 
 def _at_pushes(

@@ -109,6 +109,20 @@ class Trace:
             table = self.parquet.read_row_group(index, columns=self._to_read(names))
         return self._present(table, names)
 
+    def row_group_batches(
+        self, index: int, columns: Sequence[str] | None = None, rows: int = 8192
+    ) -> Iterator[pa.Table]:
+        """Row group `index` as tables of `rows` rows at most, in order: the stack
+        snapshot columns decoded a batch at a time, never a whole row group's at once
+        (512-byte windows of two stacks are 64 MiB per 65,536-row group)."""
+        names = self._names(columns or None)
+        with self._reading():
+            batches = self.parquet.iter_batches(
+                batch_size=rows, row_groups=[index], columns=self._to_read(names)
+            )
+            for batch in batches:
+                yield self._present(pa.Table.from_batches([batch]), names)
+
     def iter_row_groups(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         for index in range(self.num_row_groups):
             yield self.row_group(index, columns)
