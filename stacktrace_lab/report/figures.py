@@ -119,7 +119,7 @@ class Columns:
     def stops(self) -> I64:
         return np.append(self.starts[1:], self.steps)
 
-    def column_of(self, steps: I64) -> I64:
+    def column_of(self, steps: I64 | npt.NDArray[np.int32]) -> I64:
         return np.searchsorted(self.starts, steps, side="right").astype(np.int64) - 1
 
 
