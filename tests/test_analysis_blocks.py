@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from stacktrace_lab.analysis import events
-from stacktrace_lab.analysis.memory import StepRsp
+from stacktrace_lab.analysis.kinds import Kind
+from stacktrace_lab.analysis.memory import StepKinds, StepRsp
 from stacktrace_lab.trace import Trace, load_trace
 
 GOLDENS = Path(__file__).resolve().parent.parent / "traces"
@@ -84,3 +85,22 @@ def test_the_compact_rsp_keeps_high_halves_that_change_between_blocks() -> None:
     assert np.array_equal(rsp[33:260:7], values[33:260:7])
     assert [int(rsp[i]) for i in range(values.size)] == values.tolist()
     assert np.array_equal(StepRsp.of(values)[:], values)
+
+
+@pytest.mark.parametrize("name", ["green-threads", "first-switch-overflow", "first-switch"])
+def test_the_compact_kinds_answer_as_the_kind_column(name: str) -> None:
+    trace = load_trace(GOLDENS / f"{name}.parquet")
+    column = np.concatenate(
+        [events._kinds(g.column("kind")) for g in trace.iter_row_groups(["kind"])]
+    )
+    kinds = events.derive_facts(trace).kind
+    assert len(kinds) == column.size and (column != Kind.OTHER).any()
+    assert np.array_equal(kinds[:], column) and kinds[:].dtype == np.uint8
+    assert np.array_equal(kinds[5:60], column[5:60])
+    assert np.array_equal(kinds[3:90:4], column[3:90:4])
+    steps = np.array([0, column.size - 1, 7, 7, -2], dtype=np.int64)
+    assert np.array_equal(kinds[steps], column[steps])
+    assert [int(kinds[i]) for i in range(column.size)] == column.tolist()
+    assert np.array_equal(StepKinds.of(column)[:], column)
+    for kind in (Kind.CALL, Kind.RET):
+        assert np.array_equal(kinds.steps_of(kind), np.flatnonzero(column == kind))

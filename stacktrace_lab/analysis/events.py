@@ -58,7 +58,7 @@ from .kinds import (
     ThreadRuns,
     Writes,
 )
-from .memory import StepRsp, release_freed_memory
+from .memory import StepKinds, StepRsp, release_freed_memory
 from .model import MAX_PLANTED, PlantedReturn
 from .source import SourceLines
 from .transfers import Transfers, classify
@@ -98,7 +98,7 @@ class TraceFacts:
         self,
         trace: Trace,
         rsp: StepRsp,
-        kind: U8,
+        kind: StepKinds,
         writes: Writes,
         calls: I64,
         call_targets: U64,
@@ -569,10 +569,17 @@ def derive_facts(trace: Trace) -> TraceFacts:
         origin=origin,
         writer=writer,
     )
+    # Kinds as the steps of each: the per-step array goes (10 MB at ten million steps).
+    syscalls = np.flatnonzero(kind == Kind.SYSCALL).astype(np.int64)
+    del kind
+    step_kinds = StepKinds(
+        n,
+        {Kind.CALL: calls, Kind.RET: ret_steps, Kind.JMP_INDIRECT: jumps, Kind.SYSCALL: syscalls},
+    )
     facts = TraceFacts(
         trace,
         rsp,
-        kind,
+        step_kinds,
         writes,
         calls,
         call_targets,
