@@ -327,6 +327,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     del pick, target
     # What only made the events above: a long trace's peak is in what follows.
     del t_safe, classified, is_ret, enters, has_push, jumps
+    release_freed_memory()
     node_of = np.full(step.size, -1, dtype=index)
     node_of[push_ev] = np.arange(n_nodes, dtype=index)
     del push_ev
