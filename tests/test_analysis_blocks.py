@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from stacktrace_lab.analysis import events
@@ -104,3 +105,27 @@ def test_the_compact_kinds_answer_as_the_kind_column(name: str) -> None:
     assert np.array_equal(StepKinds.of(column)[:], column)
     for kind in (Kind.CALL, Kind.RET):
         assert np.array_equal(kinds.steps_of(kind), np.flatnonzero(column == kind))
+
+
+def test_a_row_group_read_in_batches_is_the_row_group() -> None:
+    trace = load_trace(GOLDENS / "green-threads.parquet")
+    columns = ["step", "rsp", "insn", *(w.column for w in trace.metadata.snapshots.values())]
+    whole = trace.row_group(0, columns)
+    batches = list(trace.row_group_batches(0, columns, rows=100))
+    assert len(batches) > 3 and all(b.num_rows <= 100 for b in batches)
+    assert pa.concat_tables(batches).equals(whole)
+
+
+def test_snapshot_windows_read_in_small_batches_are_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stacktrace_lab.report import heatmap
+
+    facts = events.derive_facts(load_trace(GOLDENS / "green-threads.parquet"))
+    keys = list(facts.meta.snapshots)
+    steps = np.unique(np.linspace(0, facts.steps - 1, 40).astype(np.int64))
+    whole = heatmap.read_snapshots(facts, keys, steps)
+    monkeypatch.setattr(heatmap, "_SNAPSHOT_BATCH", 7)
+    batched = heatmap.read_snapshots(facts, keys, steps)
+    assert keys and all(whole[k].any() for k in keys)
+    assert all(np.array_equal(whole[k], batched[k]) for k in keys)
