@@ -11,6 +11,7 @@ import pytest
 
 from stacktrace_lab.analysis.events import TraceFacts, derive_facts, stack_index
 from stacktrace_lab.analysis.transfers import Landing
+from stacktrace_lab.explore import backtrace
 from stacktrace_lab.explore.backtrace import (
     CALL,
     JUMP,
@@ -146,6 +147,26 @@ def test_frame_history_of_a_long_loop_with_two_stacks(tmp_path: Path) -> None:
     assert found[0].running and found[0].frames
 
 
+def test_frame_history_in_tiny_blocks_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its lookups and next-drop search go a block of positions at a time (the last
+    block first in the search's first pass): blocks of 5 events give the frames of
+    one block for the whole trace."""
+    path = tmp_path / "call-heavy.parquet"
+    scenario = Path(__file__).parents[1] / "benchmarks" / "call-heavy.toml"
+    record(load_scenario(scenario), path, RecordOptions(max_steps=20_000))
+    facts = derive_facts(load_trace(path))
+    whole = frame_history(facts)
+    assert whole.step.size < backtrace._LOOKUP_BLOCK
+    monkeypatch.setattr(backtrace, "_LOOKUP_BLOCK", 5)
+    blocks = frame_history(facts)
+    assert list(blocks.nodes) == list(whole.nodes) and len(whole.nodes) > 1000
+    for name in ("step", "stack", "top", "ends"):
+        assert np.array_equal(getattr(blocks, name), getattr(whole, name)), name
+    assert blocks.initial == whole.initial
+
+
 def test_last_index_per_value() -> None:
     values = np.array([2, 2, -1, 0, 2, 0, 0, -1], dtype=np.int16)
     assert last_index_per_value(values, 4).tolist() == [6, -1, 4, -1]
@@ -167,7 +188,9 @@ def test_streamed_results_do_not_depend_on_row_groups(scenario: str, tmp_path: P
     a, b = load_trace(whole), load_trace(tiny)
     assert a.num_row_groups == 1 and b.num_row_groups > 30
     fa, fb = derive_facts(a), derive_facts(b)
-    for name in ("rsp", "kind", "calls", "call_targets", "call_pushed"):
+    for name in ("rsp", "kind"):  # per step, compact: read whole as arrays
+        assert np.array_equal(getattr(fa, name)[:], getattr(fb, name)[:]), name
+    for name in ("calls", "call_targets", "call_pushed"):
         assert np.array_equal(getattr(fa, name), getattr(fb, name)), name
     # What each call pushed, straight from the rows: its first write, when 8 bytes.
     rows = a.slice(0, a.num_rows, ["writes"]).column("writes").to_pylist()

@@ -184,7 +184,7 @@ def test_show_telescopes_the_slots_under_the_base(
     facts = derive_facts(load_trace(c_trace))
     stack = facts.meta.region(STACK)
     k = facts.stacks.index(stack)
-    under = (facts.rsp_owner == k) & (facts.rsp < stack.base)
+    under = (facts.rsp_owner == k) & (facts.rsp[:] < stack.base)
     step = int(under.nonzero()[0][0])
     index = int(facts.rsp[step]) - stack.base
     assert main(["show", str(c_trace), "--step", str(step)]) == 0

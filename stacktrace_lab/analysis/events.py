@@ -43,7 +43,22 @@ from ..symbols import LabelTable
 from ..trace.arrays import arrow_indices, numpy_of
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
-from .kinds import I16, I64, U8, U16, U64, B, Jumps, Kind, Origin, Returns, ThreadRuns, Writes
+from .kinds import (
+    I16,
+    I64,
+    U8,
+    U16,
+    U64,
+    B,
+    Jumps,
+    Kind,
+    Origin,
+    Returns,
+    Steps,
+    ThreadRuns,
+    Writes,
+)
+from .memory import StepKinds, StepRsp, release_freed_memory
 from .model import MAX_PLANTED, PlantedReturn
 from .source import SourceLines
 from .transfers import Transfers, classify
@@ -82,8 +97,8 @@ class TraceFacts:
     def __init__(
         self,
         trace: Trace,
-        rsp: U64,
-        kind: U8,
+        rsp: StepRsp,
+        kind: StepKinds,
         writes: Writes,
         calls: I64,
         call_targets: U64,
@@ -97,6 +112,7 @@ class TraceFacts:
         self.threads = threads or ThreadRuns(np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.meta: TraceMetadata = trace.metadata
         self.steps = int(rsp.size)
+        #: rsp before each step, four bytes a step (`memory.StepRsp`): index it as an array.
         self.rsp = rsp
         self.kind = kind
         self.writes = writes
@@ -160,7 +176,7 @@ class TraceFacts:
         out: U64 = starts[inverse.reshape(-1)] if unique.size else addrs.copy()
         return out
 
-    def rips_at(self, steps: I64) -> U64:
+    def rips_at(self, steps: Steps) -> U64:
         """rip at each of `steps` (the final rip for a step equal to the trace's length)."""
         if not steps.size:
             return np.zeros(0, dtype=np.uint64)
@@ -424,7 +440,7 @@ class TraceFacts:
         return values
 
 
-def stack_index(stacks: Sequence[Region], addrs: U64, out: I16 | None = None) -> I16:
+def stack_index(stacks: Sequence[Region], addrs: U64 | StepRsp, out: I16 | None = None) -> I16:
     """For each address, the index in `stacks` of the stack it lies in, with the top
     included (an empty stack's rsp is its top); -1 when in none. Into `out` if given."""
     order = sorted(range(len(stacks)), key=lambda i: stacks[i].base)
@@ -449,7 +465,7 @@ def stack_index(stacks: Sequence[Region], addrs: U64, out: I16 | None = None) ->
 def derive_facts(trace: Trace) -> TraceFacts:
     """Read the trace once (no snapshot columns) and derive its stack events."""
     n = trace.num_rows
-    rsp = np.empty(n, dtype=np.uint64)
+    rsp = StepRsp.empty(n)
     kind = np.empty(n, dtype=np.uint8)
     # Per field of `Writes`, its pieces (one per row group), joined one field at a time.
     step_parts: list[I64] = []
@@ -462,7 +478,7 @@ def derive_facts(trace: Trace) -> TraceFacts:
     offset = 0
     for group in trace.iter_row_groups(["rip", "rsp", "kind", "writes", "thread"]):
         rows = group.num_rows
-        rsp[offset : offset + rows] = numpy_of(group.column("rsp"))
+        rsp.fill(offset, numpy_of(group.column("rsp")))
         thread[offset : offset + rows] = numpy_of(group.column("thread"))
         kinds = _kinds(group.column("kind"))
         kind[offset : offset + rows] = kinds
@@ -491,7 +507,13 @@ def derive_facts(trace: Trace) -> TraceFacts:
         offset += rows
 
     # Each field's pieces go as soon as it is joined: never two copies of every write.
-    write_step = _concat(step_parts, np.int64)
+    # Write steps as 32-bit integers while the trace is shorter than 2**31 steps: the
+    # write log is the pass's largest table (12 MB less at ten million steps).
+    write_step: Steps = (
+        np.concatenate(step_parts, dtype=np.int32, casting="unsafe")
+        if step_parts and n < np.iinfo(np.int32).max
+        else _concat(step_parts, np.int64)
+    )
     step_parts.clear()
     write_addr = _concat(addr_parts, np.uint64)
     addr_parts.clear()
@@ -503,6 +525,9 @@ def derive_facts(trace: Trace) -> TraceFacts:
     del pushed_parts
     landings = _concat(landing_parts, np.uint64)
     del landing_parts
+    # The row groups' pieces are joined and freed: their heap pages go back now,
+    # before the last writers and the owners below make the pass's peak.
+    release_freed_memory()
     runs = ThreadRuns.of(thread)
     del thread
     transfer_rows = np.flatnonzero(_is_transfer(kind))
@@ -544,10 +569,17 @@ def derive_facts(trace: Trace) -> TraceFacts:
         origin=origin,
         writer=writer,
     )
-    return TraceFacts(
+    # Kinds as the steps of each: the per-step array goes (10 MB at ten million steps).
+    syscalls = np.flatnonzero(kind == Kind.SYSCALL).astype(np.int64)
+    del kind
+    step_kinds = StepKinds(
+        n,
+        {Kind.CALL: calls, Kind.RET: ret_steps, Kind.JMP_INDIRECT: jumps, Kind.SYSCALL: syscalls},
+    )
+    facts = TraceFacts(
         trace,
         rsp,
-        kind,
+        step_kinds,
         writes,
         calls,
         call_targets,
@@ -556,6 +588,9 @@ def derive_facts(trace: Trace) -> TraceFacts:
         Jumps(jumps, jump_targets),
         runs,
     )
+    # And what the last writers and the owners freed.
+    release_freed_memory()
+    return facts
 
 
 def _rips_at(trace: Trace, steps: I64) -> U64:

@@ -21,6 +21,8 @@ U8 = npt.NDArray[np.uint8]
 I16 = npt.NDArray[np.int16]
 U16 = npt.NDArray[np.uint16]
 B = npt.NDArray[np.bool_]
+#: Step numbers stored as 32-bit integers where they fit.
+Steps = npt.NDArray[np.int32] | npt.NDArray[np.int64]
 
 
 class Kind(IntEnum):
@@ -57,7 +59,8 @@ class Origin(IntEnum):
 class Writes:
     """Every memory write of the trace, one entry per write, in step order."""
 
-    step: I64
+    #: int32 while the trace's steps fit (`derive_facts`), else int64.
+    step: Steps
     addr: U64
     #: Bytes written: uint16, as the trace stores it (a quarter of int64's memory).
     size: U16

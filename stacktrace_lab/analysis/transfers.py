@@ -50,7 +50,8 @@ from ..layout import Region
 from ..trace.format import TraceMetadata
 from ..trace.reader import Trace
 from .decoded import GENERAL_REGISTERS, Decoded, OperandType, decode, decode_rows
-from .kinds import I16, I64, U8, U64, B, Jumps, Kind, Origin, Returns, ThreadRuns, Writes
+from .kinds import I16, I64, U8, U64, B, Jumps, Origin, Returns, ThreadRuns, Writes
+from .memory import StepKinds, StepRsp
 
 
 class TraceFacts(Protocol):
@@ -59,8 +60,8 @@ class TraceFacts(Protocol):
     trace: Trace
     meta: TraceMetadata
     steps: int
-    rsp: U64
-    kind: U8
+    rsp: StepRsp
+    kind: StepKinds
     writes: Writes
     calls: I64
     call_targets: U64
@@ -186,7 +187,9 @@ def classify(facts: TraceFacts) -> Transfers:
     landing_step = facts.threads.next_rows(steps)
     owner = facts.owners[np.minimum(landing_step, n)]
     # The first transfer on (ret or indirect jmp) and the first call at or after each landing.
-    onward = np.flatnonzero((facts.kind == Kind.RET) | (facts.kind == Kind.JMP_INDIRECT))
+    # Rets and indirect jmps never share a step: both, in step order (a stable sort of
+    # two sorted runs merges them in linear time).
+    onward = np.sort(np.concatenate([facts.returns.step, facts.jumps.step]), kind="stable")
     next_out = _next_at_or_after(onward, landing_step, n)
     next_call = _next_at_or_after(facts.calls, landing_step, n)
     passes_on = (next_out < next_call) & ~_returns_from_own_slot(facts, next_out, rsp)

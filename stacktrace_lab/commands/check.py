@@ -38,7 +38,7 @@ def check_command(trace: Path, as_json: bool, fmt: str, source: str | None) -> i
         click.echo(render_json(result), nl=False)
     elif fmt == "text":
         print_result(result)
-        from ..report.content import threads_summary
+        from ..report.threads import threads_summary
 
         threads = threads_summary(loaded.metadata)
         if threads:  # each thread is judged on its own stack (docs/invariants.md)

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..analysis.events import TraceFacts
+from ..analysis.memory import release_freed_memory
 from ..analysis.source import SourceLines
 from ..analysis.transfers import Landing
 from ..symbols import LabelTable
@@ -46,6 +47,8 @@ I64 = npt.NDArray[np.int64]
 #: Frame numbers: int32 while they fit (a trace of ten million steps has about a
 #: million frames and three million events), else int64.
 Ids = npt.NDArray[np.signedinteger[Any]]
+#: Queries per block in `frame_history`'s lookups of the latest push at a depth.
+_LOOKUP_BLOCK = 1 << 18
 I16 = npt.NDArray[np.int16]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
@@ -223,6 +226,7 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     # base stays on its stack, and rsp outside every stack stays on the one it left.
     owner = frame_owners(facts)
     transfers = facts.transfers
+    release_freed_memory()  # what the classification of the transfers freed
     n_stacks = len(facts.stacks)
     calls = facts.calls
     # Calls: the stack and slot they push to, the target, the return address pushed
@@ -230,14 +234,17 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     push = np.searchsorted(w.step, calls)
     has_push = push < len(w)
     has_push[has_push] = w.step[push[has_push]] == calls[has_push]
+    del push
     pushed = facts.call_pushed
     # Rets and indirect jmps, with the transfer the analysis classified (if it did).
     jumps = transfers.step[~transfers.is_ret]
     moved = np.concatenate([r.step, jumps])
+    n_calls, n_moved = calls.size, moved.size
     t = np.searchsorted(transfers.step, moved, side="right").astype(np.int64) - 1
     classified = t >= 0
     classified[classified] = transfers.step[t[classified]] == moved[classified]
     t_safe = np.clip(t, 0, None)
+    del t
     landing = (
         np.where(classified, transfers.landing[t_safe], 0)
         if len(transfers)
@@ -247,17 +254,19 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     landed = facts.threads.next_rows(transfers.step)
     landing_stack = owner[np.minimum(landed, facts.steps)].astype(np.int64)
     landing_slot = transfers.rsp - np.uint64(8)
+    del landed
     n_rets = r.step.size
-    ret_stack = owner[r.step].astype(np.int64)
-    moved_stack = np.concatenate([ret_stack, np.full(jumps.shape, -1, dtype=np.int64)])
+    moved_stack = np.concatenate([owner[r.step], np.full(jumps.shape, -1, dtype=np.int16)])
     moved_slot = np.concatenate([r.slot, np.zeros(jumps.shape, dtype=np.uint64)])
     if len(transfers):
         moved_stack = np.where(classified, landing_stack[t_safe], moved_stack)
         moved_slot = np.where(classified, landing_slot[t_safe], moved_slot)
+    del landing_stack, landing_slot
     is_ret = np.arange(moved.size) < n_rets
     # A jump the analysis calls a trampoline, or leaves unclassified, drops no frame.
     drops = is_ret | ~np.isin(landing, [Landing.TRAMPOLINE, Landing.OTHER])
     enters = classified & (landing == Landing.ENTRY)
+    del landing
     # The machine's start: a frame for the entry function on the first stack, as
     # an event before every other (the last entry of each array below).
     first_stack = int(owner[0]) if facts.steps else -1
@@ -273,9 +282,12 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
             ]
         )
 
-    zeros = np.zeros(moved.shape, np.uint64)
-    targets = np.where(enters, transfers.target[t_safe], 0) if len(transfers) else zeros
-    step = events(calls, moved, -1, np.int64)
+    # Positions as 32-bit integers where they fit: half the memory on a long trace
+    # (steps too, while the trace is shorter than 2**31 steps; widened where kept).
+    index = np.int32 if n_calls + n_moved + 1 < np.iinfo(np.int32).max else np.int64
+    step_type = np.int32 if facts.steps < np.iinfo(np.int32).max else np.int64
+    step = events(calls, moved, -1, step_type)
+    del moved
     # Stacks as int16, as `rsp_owner` holds them (widened where they are kept).
     stack = events(owner[calls], moved_stack, first_stack, np.int16)
     slot = events(
@@ -287,8 +299,6 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     del moved_stack, moved_slot, drops
     # Every event on a stack in step order (a call, a ret and a jmp never share a step),
     # the start first: `ev` indexes the arrays above.
-    # Positions as 32-bit integers where they fit: half the memory on a long trace.
-    index = np.int32 if step.size < np.iinfo(np.int32).max else np.int64
     order = np.argsort(step[:-1], kind="stable").astype(index)
     order = order[stack[order] >= 0]  # an event on no stack changes no frame
     ev = np.concatenate([np.array([step.size - 1], dtype=index), order]) if start else order
@@ -298,19 +308,26 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     # The frames, numbered in step order (the start's first): one per pushing event.
     push_ev = ev[pushes[ev]]
     n_nodes = push_ev.size
-    how = events(np.full(calls.shape, 1), np.where(is_ret, 2, 3), 0, np.uint8)
-    function = events(facts.call_targets, targets, entry or 0, np.uint64)
-    back = events(pushed, zeros, facts.sentinel, np.uint64)
-    has_back = events(has_push, np.zeros(moved.shape, np.bool_), True, np.bool_)
+    # Each frame's fields, taken from the call, the ret or jmp, or the start that
+    # pushed it: gathered at the pushes only, never as arrays over every event.
+    by_call = push_ev < n_calls
+    by_move = ~by_call & (push_ev < n_calls + n_moved)
+    pick = (by_call, push_ev[by_call], by_move, push_ev[by_move] - n_calls, ~(by_call | by_move))
+    del by_call, by_move
+    target = transfers.target[t_safe] if len(transfers) else 0
     node_fields = (
-        stack[push_ev], function[push_ev], step[push_ev], how[push_ev],
+        stack[push_ev],
+        _at_pushes(pick, facts.call_targets, target, entry or 0, np.uint64),
+        step[push_ev].astype(np.int64),
+        _at_pushes(pick, 1, np.where(is_ret, 2, 3), 0, np.uint8),
         slot[push_ev],
-        back[push_ev], has_back[push_ev],
-    )  # fmt: skip
-    del how, function, back, has_back, targets, zeros
+        _at_pushes(pick, pushed, 0, facts.sentinel, np.uint64),
+        _at_pushes(pick, has_push, False, True, np.bool_),
+    )
+    del pick, target
     # What only made the events above: a long trace's peak is in what follows.
-    del moved, t, t_safe, classified, landing, is_ret, enters, landed
-    del landing_stack, landing_slot, ret_stack, push, has_push, jumps
+    del t_safe, classified, is_ret, enters, has_push, jumps
+    release_freed_memory()
     node_of = np.full(step.size, -1, dtype=index)
     node_of[push_ev] = np.arange(n_nodes, dtype=index)
     del push_ev
@@ -321,34 +338,55 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     g_stack = stack[grouped]
     g_push = pushes[grouped]
     del pushes
-    end_op = _next_drop_at_or_above(g_stack, slot[grouped], drop[grouped])
+    # The grouped slots with one more entry, the search's sentinel (no second copy there).
+    g_slot = np.empty(m + 1, dtype=np.uint64)
+    np.take(slot, grouped, out=g_slot[:m])
+    g_drop = drop[grouped]
     del slot, drop
+    release_freed_memory()
+    end_op = _next_drop_at_or_above(g_stack, g_slot, g_drop)
+    del g_slot, g_drop
+    release_freed_memory()  # the search's rounds
     # Depth after each event: frames pushed so far on its stack less those dropped.
-    depth = np.cumsum(
-        g_push.astype(np.int64) - np.bincount(end_op[g_push & (end_op < m)], minlength=m + 1)[:m]
+    depth: Ids = np.cumsum(
+        g_push.astype(index) - np.bincount(end_op[g_push & (end_op < m)], minlength=m + 1)[:m],
+        dtype=index,
     )
     stack_first = np.flatnonzero(np.diff(g_stack, prepend=np.int64(-2)) != 0)
     del g_stack
     run = np.diff(np.append(stack_first, m))
-    depth -= np.repeat(np.where(stack_first > 0, depth[np.maximum(stack_first - 1, 0)], 0), run)
+    depth -= np.repeat(
+        np.where(stack_first > 0, depth[np.maximum(stack_first - 1, 0)], 0).astype(index), run
+    )
     # The innermost frame after each event: the latest push on its stack at its depth.
+    # (stack, depth) as one number: the stack's first position in `grouped` plus the
+    # depth less one. A stack's depths 1 ..= its events fit before the next stack's
+    # first position, so the numbers stay unique and below m (32 bits where m is);
+    # depth 0 (no frame) is never looked up.
     stride = np.int64(m + 1)
-    level = np.repeat(np.arange(stack_first.size, dtype=np.int64) * stride, run)
-    level += depth  # (stack, depth) as one number
+    level = np.repeat(stack_first.astype(index), run)
+    level += depth
+    level -= 1
     del run, stack_first
-    pushing = np.flatnonzero(g_push)
+    pushing: Ids = np.flatnonzero(g_push).astype(index)
     del g_push
-    push_key = level[pushing] * stride + pushing
+    push_key = level[pushing].astype(np.int64) * stride + pushing
     key_order = np.argsort(push_key, kind="stable")
     push_key, push_pos = push_key[key_order], pushing[key_order]
     del key_order
 
-    def latest_push(at_level: I64, at_or_before: I64) -> I64:
-        """The position of the latest push at `at_level` no later than `at_or_before`, or -1."""
-        i = np.searchsorted(push_key, at_level * stride + at_or_before, side="right") - 1
-        found = i >= 0
-        found[found] &= push_key[i[found]] // stride == at_level[found]
-        return np.where(found, push_pos[np.clip(i, 0, None)], -1)
+    def latest_push(at_level: Ids, at_or_before: Ids) -> Ids:
+        """The position of the latest push at `at_level` no later than `at_or_before`,
+        or -1; `_LOOKUP_BLOCK` queries at a time, so the int64 keys stay small."""
+        out: Ids = np.empty(at_level.size, dtype=index)
+        for lo in range(0, at_level.size, _LOOKUP_BLOCK):
+            want = at_level[lo : lo + _LOOKUP_BLOCK].astype(np.int64)
+            key = want * stride + at_or_before[lo : lo + _LOOKUP_BLOCK]
+            i = np.searchsorted(push_key, key, side="right") - 1
+            found = i >= 0
+            found[found] &= push_key[i[found]] // stride == want[found]
+            out[lo : lo + _LOOKUP_BLOCK] = np.where(found, push_pos[np.clip(i, 0, None)], -1)
+        return out
 
     g_node = node_of[grouped]
     del node_of
@@ -361,7 +399,10 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     ends_pos = end_op[pushing]
     ends[g_node[pushing]] = np.where(ends_pos < m, step[grouped[np.minimum(ends_pos, m - 1)]], -1)
     del ends_pos, end_op, pushing, grouped
-    top_pos = latest_push(level, np.arange(m, dtype=np.int64))
+    release_freed_memory()
+    positions: Ids = np.arange(m, dtype=index)
+    top_pos = latest_push(level, positions)
+    del positions
     top_pos[depth <= 0] = -1
     del level, depth
     top = np.empty(m, dtype=index)
@@ -382,15 +423,32 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     initial = [-1] * n_stacks
     if start:
         initial[first_stack] = 0
-    return FrameHistory(
+    history = FrameHistory(
         nodes=nodes,
-        step=step[out],
+        step=step[out].astype(np.int64),
         stack=stack[out],
         top=top[1:] if start else top,
         initial=tuple(initial),
         ends=ends,
         owners=owner,
     )
+    del step, stack, top, ev, out
+    release_freed_memory()
+    return history
+
+
+def _at_pushes(
+    pick: tuple[B, Ids, B, Ids, B], calls_part: Any, moved_part: Any, at_start: Any, dtype: Any
+) -> npt.NDArray[Any]:
+    """A field of each frame, from the call, the ret or jmp, or the start that pushed it.
+    `pick`: which frames a call pushed and that call's index, the same for the rets
+    and jmps, and the start's frame. A part is an array over its events or one value."""
+    by_call, call_at, by_move, move_at, by_start = pick
+    out = np.empty(by_call.size, dtype=dtype)
+    out[by_call] = calls_part[call_at] if np.ndim(calls_part) else calls_part
+    out[by_move] = moved_part[move_at] if np.ndim(moved_part) else moved_part
+    out[by_start] = at_start
+    return out
 
 
 def _next_drop_at_or_above(
@@ -398,7 +456,8 @@ def _next_drop_at_or_above(
 ) -> npt.NDArray[np.signedinteger[Any]]:
     """For each event (grouped by stack, in step order within a stack), the position of
     the first later event on the same stack that drops frames at a slot at or above its
-    own; `stack.size` when there is none.
+    own; `stack.size` when there is none. `slot` has one more entry than `stack`, the
+    sentinel's (its value is never looked at), so the search needs no copy of it.
 
     Two pointer-jumping passes over numpy arrays, each round working only on the
     events still unresolved. First, for every dropping event, the next dropping event
@@ -415,30 +474,37 @@ def _next_drop_at_or_above(
     # The next dropping event after each position, on the same stack (else `end`).
     first = np.where(drop, np.arange(m, dtype=index), end)
     first = np.minimum.accumulate(first[::-1])[::-1]
-    first[:-1] = first[1:].copy()
-    first[-1:] = end
-    last_of_stack = np.append(np.flatnonzero(stack[1:] != stack[:-1]), m - 1)
-    stack_end = np.repeat(last_of_stack + 1, np.diff(np.append(-1, last_of_stack)))
-    first[first >= stack_end] = end
-    del stack_end
     # Index `end` is a sentinel: it points at itself (its slot is never looked at).
-    slot_at = np.append(slot, np.uint64(0))
-    above = np.append(first, end)
-    todo = np.flatnonzero(drop & (first < end))
-    todo = todo[slot_at[above[todo]] <= slot[todo]]
-    while todo.size:
-        above[todo] = above[above[todo]]
-        todo = todo[above[todo] < end]
-        todo = todo[slot_at[above[todo]] <= slot[todo]]
-    # Climb from the first dropping event after each event to one at or above its slot.
-    found = np.append(first, end)
+    above: Ids = np.empty(m + 1, dtype=index)
+    above[: m - 1] = first[1:]
+    above[m - 1 :] = end
     del first
-    todo = np.flatnonzero(found[:m] < end)
-    todo = todo[slot_at[found[todo]] < slot[todo]]
-    while todo.size:
-        found[todo] = above[found[todo]]
-        todo = todo[found[todo] < end]
-        todo = todo[slot_at[found[todo]] < slot[todo]]
+    last_of_stack = np.append(np.flatnonzero(stack[1:] != stack[:-1]), m - 1)
+    stack_end = np.repeat((last_of_stack + 1).astype(index), np.diff(np.append(-1, last_of_stack)))
+    above[:m][above[:m] >= stack_end] = end
+    del stack_end, last_of_stack
+    found = above.copy()
+    # A block of positions at a time, so the rounds' temporaries stay small. The
+    # last block first: its pointers are final when an earlier block jumps into it,
+    # so the doubling stays logarithmic (each pointer's end is the same either way).
+    starts = range(0, m, _LOOKUP_BLOCK)
+    for lo in reversed(starts):
+        hi = min(lo + _LOOKUP_BLOCK, m)
+        todo = (np.flatnonzero(drop[lo:hi] & (above[lo:hi] < end)) + lo).astype(index)
+        todo = todo[slot[above[todo]] <= slot[todo]]
+        while todo.size:
+            above[todo] = above[above[todo]]
+            todo = todo[above[todo] < end]
+            todo = todo[slot[above[todo]] <= slot[todo]]
+    # Climb from the first dropping event after each event to one at or above its slot.
+    for lo in starts:
+        hi = min(lo + _LOOKUP_BLOCK, m)
+        todo = (np.flatnonzero(found[lo:hi] < end) + lo).astype(index)
+        todo = todo[slot[found[todo]] < slot[todo]]
+        while todo.size:
+            found[todo] = above[found[todo]]
+            todo = todo[found[todo] < end]
+            todo = todo[slot[found[todo]] < slot[todo]]
     return found[:m]
 
 

@@ -18,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 
 from ..analysis.events import TraceFacts
-from ..analysis.kinds import Kind
 from ..arch import REGISTERS
 from ..errors import BadInput
 from .memory import flatten_accesses
@@ -52,11 +51,11 @@ class StepSearch:
 
     @cached_property
     def _calls(self) -> I64:
-        return np.flatnonzero(self.facts.kind == Kind.CALL).astype(np.int64)
+        return self.facts.calls
 
     @cached_property
     def _rets(self) -> I64:
-        return np.flatnonzero(self.facts.kind == Kind.RET).astype(np.int64)
+        return self.facts.returns.step
 
     @cached_property
     def _stack_changes(self) -> I64:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import safe_output
 from ..analysis import CheckResult, TraceFacts, check, derive_facts
+from ..analysis.memory import release_freed_memory
 from ..errors import BadInput
 from ..stepper import Switch, stepper_fragment
 from ..trace.reader import Trace
@@ -60,7 +61,14 @@ def build_report(
     # Before the work: a FIFO or device among the outputs is refused.
     for name in (*FILES, SWITCHES_PNG):
         safe_output.check_target(directory / name)
-    stage = progress or (lambda _: None)
+    told = progress or (lambda _: None)
+
+    def stage(name: str) -> None:
+        # Each stage frees its temporaries (figures, arrays a block at a time) between
+        # the arrays the report keeps: their heap pages go back before the next one.
+        release_freed_memory()
+        told(name)
+
     stage("reading the trace")
     facts = derive_facts(trace)
     stage("checking the invariants")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from ..analysis.events import TraceFacts
 from ..analysis.model import CheckResult
 from ..layout import Region
-from ..trace.format import TraceMetadata
 from . import switch_picture
 from .program import ProgramHeader, program_header
 from .switch_picture import SwitchPair
+from .threads import threads_summary
 
 #: Steps shown before and after each anchor (a planted ret, a switch).
 BEFORE = 6
@@ -127,26 +127,6 @@ def threads_line(facts: TraceFacts) -> str:
     """`2 threads: 1 (tid 1000) on stack, 2 (tid 1001) on thread_2_stack; 3 thread
     switches (a slice of 10,000 instructions)`, or "" for a program that made no thread."""
     return threads_summary(facts.meta, len(facts.threads.ends))
-
-
-def threads_summary(meta: TraceMetadata, switches: int | None = None) -> str:
-    """The threads line from the metadata (and the number of thread switches, if known)."""
-    threads = meta.threads
-    if meta.thread_slice is None:
-        return ""
-    parts = []
-    for t in threads:
-        # The stack it started on: a thread may start on a stack an earlier thread
-        # left (glibc caches the stacks of joined threads).
-        top = int(t.get("stack_top") or 0)
-        stack = next((s.shown_name for s in meta.stacks if s.base < top <= s.top), None)
-        where = f" on {stack}" if stack else ""
-        parts.append(f"{t['number']} (tid {t['tid']}){where}")
-    counted = f"{switches:,} thread switches, " if switches is not None else ""
-    return (
-        f"{len(threads)} threads: {', '.join(parts)}; {counted}"
-        f"a slice of {meta.thread_slice:,} instructions, each thread judged on its own"
-    )
 
 
 def listing(facts: TraceFacts) -> tuple[tuple[ListingWindow, ...], int]:

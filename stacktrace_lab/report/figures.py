@@ -29,6 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.text import Annotation, Text
 from matplotlib.transforms import Bbox
 
+from ..analysis.memory import StepRsp
+
 DPI = 100
 WIDTH_INCHES = 11.0
 #: Overrides of matplotlib's defaults, fixed so that output does not depend on the host.
@@ -117,7 +119,7 @@ class Columns:
     def stops(self) -> I64:
         return np.append(self.starts[1:], self.steps)
 
-    def column_of(self, steps: I64) -> I64:
+    def column_of(self, steps: I64 | npt.NDArray[np.int32]) -> I64:
         return np.searchsorted(self.starts, steps, side="right").astype(np.int64) - 1
 
 
@@ -140,7 +142,7 @@ def columns_for(steps: int, max_columns: int) -> Columns:
 
 
 def envelope(
-    values: npt.NDArray[np.uint64],
+    values: npt.NDArray[np.uint64] | StepRsp,
     owner: npt.NDArray[np.int16],
     k: int,
     offset: int,

@@ -32,6 +32,7 @@ from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from ..analysis.events import _BLOCK, TraceFacts
+from ..analysis.memory import StepRsp
 from ..analysis.model import PlantedReturn
 from ..arch import WORD
 from ..layout import Region
@@ -230,6 +231,10 @@ def zoom_spans(facts: TraceFacts, stacks: list[Region]) -> list[tuple[Region, in
     return [(stack, first, stop) for _, stack, first, stop in found[:MAX_ZOOMS]]
 
 
+#: Rows per batch when reading the snapshot windows (about 8 MiB of two 512-byte windows).
+_SNAPSHOT_BATCH = 8192
+
+
 def read_snapshots(facts: TraceFacts, keys: list[str], steps: I64) -> dict[str, U8]:
     """The bytes of each snapshot window (by key) at `steps` (sorted), one row group at
     a time."""
@@ -243,10 +248,18 @@ def read_snapshots(facts: TraceFacts, keys: list[str], steps: I64) -> dict[str, 
         rows = int(facts.trace.parquet.metadata.row_group(group).num_rows)
         lo, hi = np.searchsorted(steps, [start, start + rows])
         if hi > lo:
-            table = facts.trace.row_group(group, names).take(arrow_indices(steps[lo:hi] - start))
-            for name, window in windows.items():
-                out[name][lo:hi] = _fixed_binary(table.column(window.column), window.size)
-        start += rows
+            # A batch of rows at a time: a whole group's windows are tens of MiB.
+            for batch in facts.trace.row_group_batches(group, names, _SNAPSHOT_BATCH):
+                b_lo, b_hi = np.searchsorted(steps, [start, start + batch.num_rows])
+                if b_hi > b_lo:
+                    table = batch.take(arrow_indices(steps[b_lo:b_hi] - start))
+                    for name, window in windows.items():
+                        out[name][b_lo:b_hi] = _fixed_binary(
+                            table.column(window.column), window.size
+                        )
+                start += batch.num_rows
+        else:
+            start += rows
     return out
 
 
@@ -428,7 +441,7 @@ def _highest_used_slot(facts: TraceFacts, stack: Region, first_addr: int, values
 
 
 def _extreme(
-    values: U64,
+    values: U64 | StepRsp,
     lo: int,
     hi: int,
     pick: Callable[[U64], np.uint64],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,6 +109,20 @@ class Trace:
         with self._reading():
             table = self.parquet.read_row_group(index, columns=self._to_read(names))
         return self._present(table, names)
+
+    def row_group_batches(
+        self, index: int, columns: Sequence[str] | None = None, rows: int = 8192
+    ) -> Iterator[pa.Table]:
+        """Row group `index` as tables of `rows` rows at most, in order: the stack
+        snapshot columns decoded a batch at a time, never a whole row group's at once
+        (512-byte windows of two stacks are 64 MiB per 65,536-row group)."""
+        names = self._names(columns or None)
+        with self._reading():
+            batches = self.parquet.iter_batches(
+                batch_size=rows, row_groups=[index], columns=self._to_read(names)
+            )
+            for batch in batches:
+                yield self._present(pa.Table.from_batches([batch]), names)
 
     def iter_row_groups(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
         for index in range(self.num_row_groups):
@@ -226,7 +241,25 @@ class _ParquetFile(pq.ParquetFile):  # type: ignore[misc]  # pyarrow has no type
         return super().schema_arrow
 
 
+def _use_a_returning_memory_pool() -> None:
+    """Read with jemalloc's pool where pyarrow has it (the Linux and macOS wheels do).
+
+    pyarrow's default pool on Linux is mimalloc, which keeps the pages of the row
+    groups a reading command has decoded and freed: about 50 MiB resident after one
+    pass over a ten-million-step trace, against a few MiB for jemalloc, at the same
+    CPU (docs/performance.md, "Bounded memory, fourth pass"). A pool the user chose
+    with `ARROW_DEFAULT_MEMORY_POOL` is left alone.
+    """
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    with contextlib.suppress(NotImplementedError):  # a build without jemalloc
+        pool = pa.jemalloc_memory_pool()
+        if pa.default_memory_pool().backend_name != pool.backend_name:
+            pa.set_memory_pool(pool)
+
+
 def load_trace(path: str | Path) -> Trace:
+    _use_a_returning_memory_pool()
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file")
