@@ -113,6 +113,20 @@ def test_a_threaded_program(
     assert recording.metadata.stdout.endswith("6000\n")
 
 
+def test_a_thread_that_never_blocks_is_preempted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Main polls until its thread has run: the thread runs when main's slice ends.
+    On the discovery pass's translations (Machine.rewind) main kept the CPU for
+    ever in the C core, so the recording ran to --max-steps."""
+    from tests.test_threads import SPIN_C, _build
+
+    program = _build(tmp_path, "spin", SPIN_C)
+    recording = both_ways(monkeypatch, tmp_path, lambda out: record_elf(program, out))
+    assert recording.metadata.stop.reason == "exit"
+    assert recording.metadata.stdout == "polled\n"
+
+
 def test_a_long_program(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     scenario = load_scenario(CALL_HEAVY)
     options = RecordOptions(max_steps=200_000)

@@ -99,6 +99,24 @@ int main(void) {
 }
 """
 
+#: Main polls a flag without ever blocking until its thread sets it: the thread
+#: gets the CPU only when main's slice ends.
+SPIN_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+static volatile int done;
+static void *worker(void *arg) { for (volatile int i = 0; i < 3000; i++) {} done = 1; return arg; }
+int main(void) {
+    pthread_t t;
+    long polls = 0;
+    if (pthread_create(&t, NULL, worker, NULL) != 0) return 1;
+    while (!done) polls++;
+    pthread_join(t, NULL);
+    puts(polls > 0 ? "polled" : "never polled");
+    return 0;
+}
+"""
+
 #: Main holds the mutex and waits for a thread that waits for the mutex.
 DEADLOCK_C = r"""
 #include <pthread.h>

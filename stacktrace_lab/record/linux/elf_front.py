@@ -245,8 +245,14 @@ def describe_elf(
 
 def _rewound(machine: Machine, checkpoint: Checkpoint | None) -> Machine | None:
     """The discovery pass's machine back at the start of the pass (None without a
-    checkpoint: the recording makes a machine of its own)."""
-    if checkpoint is None:
+    checkpoint: the recording makes a machine of its own).
+
+    Not after a pass that started threads: their slices end on unicorn's
+    instruction count, and code translated while one thread ran has no count in
+    it, so on the reused translations a thread that never blocks kept the CPU
+    for ever (a busy main never let its new thread run)."""
+    threads = machine.kernel.threads
+    if checkpoint is None or (threads is not None and len(threads.all) > 1):
         return None
     machine.rewind(checkpoint)
     return machine
