@@ -34,6 +34,8 @@ import unicorn.x86_const as x86
 from unicorn import UC_HOOK_INSN
 from unicorn.unicorn_py3.unicorn import Uc
 
+from .registers import RegisterBatch
+
 MASK64 = (1 << 64) - 1
 TSC_START = 1_000_000_000
 TSC_STEP = 1_000
@@ -81,6 +83,13 @@ CPUID: dict[tuple[int, int | None], tuple[int, int, int, int]] = {
 }
 
 
+#: cpuid's leaf and subleaf, and the four registers it answers in.
+_CPUID_READS = RegisterBatch((x86.UC_X86_REG_EAX, x86.UC_X86_REG_ECX))
+_CPUID_WRITES = RegisterBatch(
+    (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX)
+)
+
+
 class CpuModel:
     """Installs the fixed answers on one unicorn instance."""
 
@@ -95,14 +104,8 @@ class CpuModel:
         return CPUID.get((leaf, subleaf)) or CPUID.get((leaf, None)) or (0, 0, 0, 0)
 
     def _on_cpuid(self, uc: Uc, _user: Any) -> bool:
-        leaf = uc.reg_read(x86.UC_X86_REG_EAX) & 0xFFFFFFFF
-        subleaf = uc.reg_read(x86.UC_X86_REG_ECX) & 0xFFFFFFFF
-        for reg, value in zip(
-            (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX),
-            self.cpuid(leaf, subleaf),
-            strict=True,
-        ):
-            uc.reg_write(reg, value)
+        leaf, subleaf = (value & 0xFFFFFFFF for value in _CPUID_READS.read(uc))
+        _CPUID_WRITES.write(uc, self.cpuid(leaf, subleaf))
         return True  # skip unicorn's own cpuid
 
     def answer(self, uc: Uc, insn: Any) -> None:

@@ -85,6 +85,7 @@ from ..core.hooks import (
 )
 from .cpu import CpuModel
 from .initial_state import start_as_linux
+from .registers import RegisterBatch
 from .syscalls import MASK64, BareKernel
 from .threads import DEFAULT_SLICE, EXITED
 from .user_mode import Decisions
@@ -115,6 +116,9 @@ _EXCEPTIONS = {
     17: "alignment check (#AC)",
 }
 _PERMS = {"r": UC_PROT_READ, "w": UC_PROT_WRITE, "x": UC_PROT_EXEC}
+#: What `syscall` reads (rip, rflags) and writes (rcx, r11) as the CPU does.
+_SYSCALL_READS = RegisterBatch((x86.UC_X86_REG_RIP, x86.UC_X86_REG_EFLAGS))
+_SYSCALL_WRITES = RegisterBatch((x86.UC_X86_REG_RCX, x86.UC_X86_REG_R11))
 #: Instructions run before recording starts (`--from`) at most.
 FAST_FORWARD_LIMIT = 200_000_000
 
@@ -509,9 +513,8 @@ class Machine:
         # The CPU's own part of `syscall`, which unicorn skips once a hook
         # handles the call: rcx = the next instruction, r11 = rflags (Linux
         # gives both back unchanged). Found by the silicon check (docs/silicon.md).
-        rip = uc.reg_read(x86.UC_X86_REG_RIP)  # the `syscall` itself, 2 bytes
-        uc.reg_write(x86.UC_X86_REG_RCX, rip + 2)
-        uc.reg_write(x86.UC_X86_REG_R11, uc.reg_read(x86.UC_X86_REG_EFLAGS))
+        rip, rflags = _SYSCALL_READS.read(uc)  # rip: the `syscall` itself, 2 bytes
+        _SYSCALL_WRITES.write(uc, (rip + 2, rflags))
         self.kernel.handle(uc, self._step_now())
         if self.kernel.stop is not None:
             uc.emu_stop()

@@ -33,6 +33,7 @@ from ...layout import page_ceil
 from ...limits import MAX_MAPPINGS, MAX_OPEN_FILES, MAX_PROCESS_MEMORY
 from ...trace.format import SyscallRecord
 from .address_space import AddressSpace, Area
+from .registers import RegisterBatch
 from .threads import (
     CLOCK_START_NS,
     ETIMEDOUT,
@@ -63,6 +64,8 @@ _ARG_REGS = (
     x86.UC_X86_REG_R8,
     x86.UC_X86_REG_R9,
 )
+#: The call's number and its arguments, read at once.
+_CALL_REGS = RegisterBatch((x86.UC_X86_REG_RAX, *_ARG_REGS))
 
 #: Names for the log, also of calls that get -ENOSYS.
 NAMES = {
@@ -141,8 +144,8 @@ class BareKernel:
 
     def handle(self, uc: Uc, step: int) -> None:
         self._uc = uc
-        nr = uc.reg_read(x86.UC_X86_REG_RAX)
-        args = tuple(uc.reg_read(reg) for reg in _ARG_REGS)
+        nr, *rest = _CALL_REGS.read(uc)
+        args = tuple(rest)
         handler = self.handlers.get(nr)
         self._nr = nr
         try:
