@@ -491,18 +491,15 @@ def derive_facts(trace: Trace) -> TraceFacts:
         if transfer.size and transfer[-1] == rows - 1:
             landed[-1] = trace.metadata.final.get("rip", 0)
         landing_parts.append(landed.astype(np.uint64))
-        part = _writes(group.column("writes"), offset)
         call_rows = np.flatnonzero(kinds == Kind.CALL).astype(np.int64) + offset
-        pushed = np.zeros(call_rows.shape, dtype=np.uint64)
+        part = _writes(group.column("writes"), offset, call_rows)
         if part is not None:
             step_parts.append(part[0])
             addr_parts.append(part[1])
             size_parts.append(part[2])
-            # A call's first write (writes are in row order) is the push, if 8 bytes.
-            pos = np.minimum(np.searchsorted(part[0], call_rows), part[0].size - 1)
-            found = part[0][pos] == call_rows
-            pushed[found] = part[3][pos[found]]
-        pushed_parts.append(pushed)
+            pushed_parts.append(part[3])
+        else:
+            pushed_parts.append(np.zeros(call_rows.shape, dtype=np.uint64))
         del part
         offset += rows
 
@@ -626,8 +623,12 @@ def _kinds(column: pa.ChunkedArray) -> U8:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
 
-def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, U16, U64] | None:
-    """Each write of a row group: its row, address, size, and value (8-byte writes only)."""
+def _writes(
+    column: pa.ChunkedArray, first_row: int, call_rows: I64
+) -> tuple[I64, U64, U16, U64] | None:
+    """Each write of a row group (its row, address and size), and what each call at
+    `call_rows` pushed: its row's first write (writes are in row order) when that is
+    8 bytes, else 0. Values are read for those writes only, not for every write."""
     lists = column.combine_chunks()
     flat = pc.list_flatten(lists)
     if len(flat) == 0:
@@ -636,18 +637,20 @@ def _writes(column: pa.ChunkedArray, first_row: int) -> tuple[I64, U64, U16, U64
     addr_array, size_array, data_array = flat.flatten()
     addr = numpy_of(addr_array).astype(np.uint64)
     size = numpy_of(size_array).astype(np.uint16)
-    # The value of each 8-byte write, straight from the binary column's buffers.
-    buffers = data_array.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int32)[
-        data_array.offset : data_array.offset + len(data_array) + 1
-    ]
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0)
-    value = np.zeros(addr.shape, dtype=np.uint64)
-    words = np.flatnonzero(size == 8)
-    if words.size:
-        gather = offsets[words][:, None].astype(np.int64) + np.arange(8)
-        value[words] = data[gather].astype(np.uint8).copy().view("<u8").reshape(-1)
-    return rows, addr, size, value
+    pushed = np.zeros(call_rows.shape, dtype=np.uint64)
+    pos = np.minimum(np.searchsorted(rows, call_rows), rows.size - 1)
+    found = rows[pos] == call_rows
+    found[found] &= size[pos[found]] == 8
+    if found.any():
+        # The 8-byte values, straight from the binary column's buffers.
+        buffers = data_array.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=np.int32)[
+            data_array.offset : data_array.offset + len(data_array) + 1
+        ]
+        data = np.frombuffer(buffers[2], dtype=np.uint8)
+        gather = offsets[pos[found]][:, None].astype(np.int64) + np.arange(8)
+        pushed[found] = data[gather].astype(np.uint8).copy().view("<u8").reshape(-1)
+    return rows, addr, size, pushed
 
 
 def _concat(parts: list[npt.NDArray[_T]], dtype: type[_T]) -> npt.NDArray[_T]:
