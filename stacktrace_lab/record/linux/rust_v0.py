@@ -20,6 +20,10 @@ backreferences can make exponential), so the caller keeps the name as it is.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+#: A part of the grammar to walk from the parser's position (its result unused).
+Walk = Callable[[], object]
 
 #: Deeper nesting than this is refused (rustc-demangle's limit is 500; Python's
 #: own stack would end first on hostile names).
@@ -189,7 +193,7 @@ class _Printer:
 
     # --- nesting ----------------------------------------------------------------
 
-    def backref(self, walk: object) -> None:
+    def backref(self, walk: Walk) -> None:
         """`B<base-62>`: what starts at that earlier position, walked again
         (not followed while skipping: the position is all that is consumed)."""
         start = self.at - 1
@@ -201,7 +205,7 @@ class _Printer:
         saved = self.at
         self.at = target
         self.push()
-        walk()  # type: ignore[operator]
+        walk()
         self.depth -= 1
         self.at = saved
 
@@ -210,19 +214,19 @@ class _Printer:
         if self.depth > MAX_DEPTH:
             raise _Invalid("too deep")
 
-    def sep_list(self, walk: object, separator: str) -> int:
+    def sep_list(self, walk: Walk, separator: str) -> int:
         count = 0
         while not self.eat("E"):
             if count:
                 self.emit(separator)
-            walk()  # type: ignore[operator]
+            walk()
             count += 1
         return count
 
-    def in_binder(self, walk: object) -> None:
+    def in_binder(self, walk: Walk) -> None:
         bound = self.opt_integer_62("G")
         if not self.printing:
-            walk()  # type: ignore[operator]
+            walk()
             return
         if bound:
             self.emit("for<")
@@ -232,7 +236,7 @@ class _Printer:
                 self.bound_lifetimes += 1
                 self.lifetime(1)
             self.emit("> ")
-        walk()  # type: ignore[operator]
+        walk()
         self.bound_lifetimes -= bound
 
     def lifetime(self, index: int) -> None:
