@@ -406,7 +406,9 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     del ends_pos, end_op, pushing, grouped
     release_freed_memory()
     top_pos = latest_push(level, None)
-    del push_key, push_pos, level  # the lookups are done
+    # The lookups are done: their keys go (rebound, as `latest_push` names them).
+    push_key, push_pos = push_key[:0].copy(), push_pos[:0].copy()
+    del level
     top_pos[depth <= 0] = -1
     del depth
     # The frame at each position, -1 where none: `take` clips -1 to 0 as np.clip
