@@ -129,3 +129,40 @@ def test_snapshot_windows_read_in_small_batches_are_the_same(
     batched = heatmap.read_snapshots(facts, keys, steps)
     assert keys and all(whole[k].any() for k in keys)
     assert all(np.array_equal(whole[k], batched[k]) for k in keys)
+
+
+def test_one_value_read_a_batch_at_a_time_is_the_rows_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Trace.value_at` (a snapshot window's bytes at one step, without decoding its
+    whole row group) answers as a one-row `slice`, at a batch's edges too."""
+    from stacktrace_lab.trace import reader
+
+    trace = load_trace(GOLDENS / "green-threads.parquet")
+    column = trace.metadata.snapshots["main"].column
+    monkeypatch.setattr(reader, "_VALUE_BATCH", 7)
+    steps = [0, 6, 7, 8, 1000, trace.num_rows - 1]
+    values = [trace.value_at(step, column) for step in steps]
+    assert values == [trace.slice(s, s + 1, [column]).column(0)[0].as_py() for s in steps]
+    assert len(set(values)) > 2  # the window changes: a wrong row would show
+    assert trace.value_at(8, "rsp") == int(trace.column("rsp")[8])
+    for outside in (-1, trace.num_rows):
+        with pytest.raises(IndexError):
+            trace.value_at(outside, column)
+
+
+def test_zoom_spans_and_write_marks_do_not_depend_on_their_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heatmap's write marks filled a few writes at a time are those of one block,
+    and a stack's first and last steps are found without listing its steps."""
+    from stacktrace_lab.report import heatmap
+
+    facts = events.derive_facts(load_trace(GOLDENS / "green-threads-clobber.parquet"))
+    mask = facts.rsp_owner == 1
+    on = np.flatnonzero(mask)
+    assert heatmap._first_and_stop(mask) == (int(on[0]), int(on[-1]) + 1)
+    assert heatmap._first_and_stop(np.zeros(5, dtype=np.bool_)) is None
+    whole = heatmap.heatmap_png(facts)
+    monkeypatch.setattr(heatmap, "_MARK_BLOCK", 5)
+    assert heatmap.heatmap_png(facts) == whole

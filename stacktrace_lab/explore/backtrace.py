@@ -375,13 +375,18 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     push_key, push_pos = push_key[key_order], pushing[key_order]
     del key_order
 
-    def latest_push(at_level: Ids, at_or_before: Ids) -> Ids:
-        """The position of the latest push at `at_level` no later than `at_or_before`,
-        or -1; `_LOOKUP_BLOCK` queries at a time, so the int64 keys stay small."""
+    def latest_push(at_level: Ids, at_or_before: Ids | None) -> Ids:
+        """The position of the latest push at `at_level` no later than `at_or_before`
+        (None: each query's own position), or -1; `_LOOKUP_BLOCK` queries at a time,
+        so the int64 keys stay small."""
         out: Ids = np.empty(at_level.size, dtype=index)
         for lo in range(0, at_level.size, _LOOKUP_BLOCK):
             want = at_level[lo : lo + _LOOKUP_BLOCK].astype(np.int64)
-            key = want * stride + at_or_before[lo : lo + _LOOKUP_BLOCK]
+            key = want * stride
+            if at_or_before is None:  # no array of every position (m of them) at the peak
+                key += np.arange(lo, lo + want.size, dtype=np.int64)
+            else:
+                key += at_or_before[lo : lo + _LOOKUP_BLOCK]
             i = np.searchsorted(push_key, key, side="right") - 1
             found = i >= 0
             found[found] &= push_key[i[found]] // stride == want[found]
@@ -400,14 +405,20 @@ def frame_history(facts: TraceFacts) -> FrameHistory:
     ends[g_node[pushing]] = np.where(ends_pos < m, step[grouped[np.minimum(ends_pos, m - 1)]], -1)
     del ends_pos, end_op, pushing, grouped
     release_freed_memory()
-    positions: Ids = np.arange(m, dtype=index)
-    top_pos = latest_push(level, positions)
-    del positions
+    top_pos = latest_push(level, None)
+    # The lookups are done: their keys go (rebound, as `latest_push` names them).
+    push_key, push_pos = push_key[:0].copy(), push_pos[:0].copy()
+    del level
     top_pos[depth <= 0] = -1
-    del level, depth
+    del depth
+    # The frame at each position, -1 where none: `take` clips -1 to 0 as np.clip
+    # did, without three temporaries of m entries at the function's peak.
+    innermost = g_node.take(top_pos, mode="clip")
+    innermost[top_pos < 0] = -1
+    del top_pos, g_node
     top = np.empty(m, dtype=index)
-    top[by_stack] = np.where(top_pos >= 0, g_node[np.clip(top_pos, 0, None)], -1)
-    del top_pos, g_node, by_stack
+    top[by_stack] = innermost
+    del innermost, by_stack
     stack_of, function_of, entered, how_of, slot_of, back_of, has_back_of = node_fields
     nodes = FrameNodes(
         parent=parent,

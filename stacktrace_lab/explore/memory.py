@@ -157,7 +157,7 @@ def initial_bytes(trace: Trace, lo: int, hi: int) -> U8:
         first, last = max(lo, window.base), min(hi, window.top)
         if first >= last:
             continue
-        snapshot = trace.slice(0, 1, [window.column]).column(0)[0].as_py()
+        snapshot = trace.value_at(0, window.column)
         values[first - lo : last - lo] = np.frombuffer(
             snapshot[first - window.base : last - window.base], dtype=np.uint8
         )
@@ -178,7 +178,7 @@ def snapshot_before(trace: Trace, stack: str, step: int) -> tuple[int, bytes] | 
     window = trace.metadata.snapshots.get(stack)
     if window is None or window.column not in trace.column_names:
         return None
-    value = trace.slice(step, step + 1, [window.column]).column(0)[0].as_py()
+    value = trace.value_at(step, window.column)
     return window.base, bytes(value)
 
 

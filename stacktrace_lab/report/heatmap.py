@@ -212,10 +212,10 @@ def zoom_spans(facts: TraceFacts, stacks: list[Region]) -> list[tuple[Region, in
     found = []
     for stack in stacks:
         k = facts.stacks.index(stack)
-        on = np.flatnonzero(facts.rsp_owner == k)
-        if not on.size:
+        span = _first_and_stop(facts.rsp_owner == k)
+        if span is None:
             continue
-        first, stop = int(on[0]), int(on[-1]) + 1
+        first, stop = span
         # A return planted before a --from trace began has no store step to zoom from.
         planted = [
             p.planted_step
@@ -229,6 +229,15 @@ def zoom_spans(facts: TraceFacts, stacks: list[Region]) -> list[tuple[Region, in
             found.append((stop - first, stack, first, stop))
     found.sort(key=lambda f: f[0])
     return [(stack, first, stop) for _, stack, first, stop in found[:MAX_ZOOMS]]
+
+
+def _first_and_stop(mask: npt.NDArray[np.bool_]) -> tuple[int, int] | None:
+    """(first True index, one past the last), or None when none is True: two argmax
+    scans of the mask, not `np.flatnonzero` (8 bytes per True step: 80 MB at ten
+    million steps on one stack)."""
+    if not mask.any():
+        return None
+    return int(mask.argmax()), mask.size - int(mask[::-1].argmax())
 
 
 #: Rows per batch when reading the snapshot windows (about 8 MiB of two 512-byte windows).
@@ -345,9 +354,7 @@ def clobbered_slots(facts: TraceFacts, stack: Region, window: SnapshotWindow) ->
     rows: dict[int, bytes] = {}
     for slot, step in sorted(first_step.items()):
         if step not in rows:  # the window's bytes before that step
-            rows[step] = bytes(
-                facts.trace.slice(step, step + 1, [window.column]).column(0)[0].as_py()
-            )
+            rows[step] = bytes(facts.trace.value_at(step, window.column))
         offset = slot - window.base
         before = int.from_bytes(rows[step][offset : offset + WORD], "little")
         if before:
@@ -648,6 +655,11 @@ def _short_value(facts: TraceFacts, value: int) -> str:
     return f"&{where.split(' ')[0]}" if not where.startswith("0x") else f"{value:#x}"
 
 
+#: Writes per block in `_write_marks`: a block where every write hits the panel makes
+#: about ten 8-byte temporaries per write (over 100 MiB with `_BLOCK`'s million).
+_MARK_BLOCK = 1 << 16
+
+
 def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) -> None:
     lo = panel.stack.base + panel.floor_index
     hi = panel.stack.base + panel.top_index
@@ -656,10 +668,10 @@ def _write_marks(ax: Axes, facts: TraceFacts, panel: Panel, columns: Columns) ->
     # only the writes in the panel's steps (a zoom shows a stretch of the run),
     # filled a block of writes at a time, so the temporaries stay small.
     written = np.zeros(columns.count * panel.rows, dtype=np.bool_)
-    for start in range(0, len(writes), _BLOCK):
-        addr = writes.addr[start : start + _BLOCK]
-        ends = addr + writes.size[start : start + _BLOCK].astype(np.uint64)
-        step = writes.step[start : start + _BLOCK]
+    for start in range(0, len(writes), _MARK_BLOCK):
+        addr = writes.addr[start : start + _MARK_BLOCK]
+        ends = addr + writes.size[start : start + _MARK_BLOCK].astype(np.uint64)
+        step = writes.step[start : start + _MARK_BLOCK]
         hit = np.flatnonzero(
             (addr < np.uint64(hi))
             & (ends > np.uint64(lo))
