@@ -150,20 +150,24 @@ class Threads:
 
     def block(self, address: int, bitset: int, deadline: int | None, pi: bool = False) -> None:
         """The current thread waits on the futex at `address` (`pi`: to own it)."""
-        thread = self.current
-        thread.state = BLOCKED
+        thread = self._blocked(deadline)
         thread.futex = (address, bitset)
-        thread.deadline = deadline
         thread.pi = pi
-        self._blocked_seq += 1
-        thread.blocked_seq = self._blocked_seq
-        self.switch_wanted = True
 
     def sleep(self, deadline: int) -> None:
         """The current thread sleeps until the clock reads `deadline`."""
-        self.block(0, 0, deadline)
-        self.current.futex = None
-        self.current.sleeping = True
+        self._blocked(deadline).sleeping = True
+
+    def _blocked(self, deadline: int | None) -> Thread:
+        """The current thread, blocked until woken or until `deadline`, in the order
+        threads blocked in; the scheduler runs next."""
+        thread = self.current
+        thread.state = BLOCKED
+        thread.deadline = deadline
+        self._blocked_seq += 1
+        thread.blocked_seq = self._blocked_seq
+        self.switch_wanted = True
+        return thread
 
     def wake(self, address: int, count: int, bitset: int = MATCH_ANY) -> int:
         """Wake up to `count` threads waiting at `address` (in the order they blocked).
@@ -230,8 +234,12 @@ class Threads:
         current last), else the timed waiter whose timeout expires first (it
         returns -ETIMEDOUT); None when every thread waits for ever (a deadlock)."""
         self.switch_wanted = False
-        timed = [t for t in self.all if t.state == BLOCKED and t.deadline is not None]
-        for thread in sorted(timed, key=lambda t: (t.deadline, t.blocked_seq)):
+        # The timed waiters, first deadline first (among equal ones, first blocked).
+        timed = sorted(
+            (t for t in self.all if t.state == BLOCKED and t.deadline is not None),
+            key=lambda t: (t.deadline, t.blocked_seq),
+        )
+        for thread in timed:
             if thread.deadline is not None and thread.deadline <= self.clock.now:
                 self._time_out(thread)  # the clock passed it while others ran
         n = len(self.all)
@@ -240,10 +248,10 @@ class Threads:
             thread = self.all[(start + k) % n]
             if thread.state == RUNNABLE:
                 return thread
-        timed = [t for t in self.all if t.state == BLOCKED and t.deadline is not None]
+        # None can run, so none of the timed waiters has expired: the first expires.
         if not timed:
             return None
-        expired = min(timed, key=lambda t: (t.deadline, t.blocked_seq))
+        expired = timed[0]
         assert expired.deadline is not None
         self.clock.advance_to(expired.deadline)
         self._time_out(expired)
