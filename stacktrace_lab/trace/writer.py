@@ -140,17 +140,11 @@ class TraceWriter:
         except OSError as exc:
             raise safe_output.write_error(self.path, exc) from None
 
-    def commit(
-        self,
-        metadata: TraceMetadata,
-        text: str | None = None,
-        check: Callable[[Path], None] | None = None,
-    ) -> Path:
-        """`text`: `metadata.to_json()`, when the caller has it already. `check`: called
-        with the complete temporary file before it is put in place; what it raises
-        leaves nothing behind."""
+    def commit(self, metadata: TraceMetadata, check: Callable[[Path], None] | None = None) -> Path:
+        """`check`: called with the complete temporary file before it is put in place;
+        what it raises leaves nothing behind."""
         assert self._writer is not None
-        text = metadata.to_json() if text is None else text
+        text = metadata.to_json()
         arrow_schema = self.schema.with_metadata({METADATA_KEY: text})
         try:
             self._writer.add_key_value_metadata(
