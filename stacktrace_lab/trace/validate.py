@@ -166,6 +166,7 @@ def check_metadata_doc(doc: Any) -> None:
     if not _HEX.match(_text(_field(code, "bytes", "code."), "code.bytes")):
         raise _fail("code.bytes", "must be lower-case hex digits in pairs")
     version = doc["version"]
+    # Version 1: [address, line]; version 2: [address, file, line].
     width = 2 if version == 1 else 3
     for i, line in enumerate(_list(code.get("lines") or [], "code.lines")):
         # The common case tested first, the messages (an f-string each) only for a
@@ -182,12 +183,11 @@ def check_metadata_doc(doc: Any) -> None:
             continue
         at = f"code.lines[{i}]"
         entry = _list(line, at)
-        # Version 1: [address, line]; version 2: [address, file, line].
-        if len(entry) != (2 if version == 1 else 3):
-            shape = "[address, line]" if version == 1 else "[address, file, line]"
+        if len(entry) != width:
+            shape = "[address, line]" if width == 2 else "[address, file, line]"
             raise _fail(at, f"must be {shape}, got {_show(entry)}")
         _u64(entry[0], f"{at}[0]")
-        if version != 1:
+        if width == 3:
             _text(entry[1], f"{at}[1]")
         _int(entry[-1], f"{at}[{len(entry) - 1}]", 0, 1 << 31)  # DWARF: 0 = no line
     if version != 1:
