@@ -11,9 +11,9 @@ from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 from stacktrace_lab.layout import Region
 from stacktrace_lab.record.machine.machine import Machine, MachineSpec, Mapping
 from stacktrace_lab.record.machine.syscalls import (
+    CLOCK_START_S,
     EINVAL,
     ENOSYS,
-    FIXED_TIME,
     Area,
     LinuxKernel,
     ProcessState,
@@ -81,7 +81,7 @@ def test_memory_calls_follow_the_layout() -> None:
         ("rseq", -ENOSYS),
     ]
     assert machine.read(DATA, 16) == fixed_random(16)
-    assert int.from_bytes(machine.read(DATA + 64, 8), "little") == FIXED_TIME
+    assert int.from_bytes(machine.read(DATA + 64, 8), "little") == CLOCK_START_S
     assert [a.kind for a in kernel.process.space] == ["heap", "stack", "mapped"]
     # Every call is logged at the step of its `syscall` instruction.
     assert [c.step for c in kernel.log] == [2, 5, 14, 19, 23, 25]
@@ -104,7 +104,7 @@ def test_the_clock_moves_a_microsecond_a_read_and_jumps_over_a_sleep() -> None:
         mov eax, 228; xor edi, edi; mov esi, {DATA + 32}; syscall
         mov eax, 96; mov edi, {DATA + 48}; mov esi, {DATA + 64}; syscall  # gettimeofday
         mov eax, 201; mov edi, {DATA + 80}; syscall                       # time
-        mov qword ptr [{request}], {FIXED_TIME + 3}; mov qword ptr [{request + 8}], 0
+        mov qword ptr [{request}], {CLOCK_START_S + 3}; mov qword ptr [{request + 8}], 0
         mov eax, 230; xor edi, edi; mov esi, 1; mov edx, {request}; xor r10d, r10d
         syscall                                                           # until t0 + 3 s
         mov eax, 228; xor edi, edi; mov esi, {DATA + 96}; syscall
@@ -117,14 +117,14 @@ def test_the_clock_moves_a_microsecond_a_read_and_jumps_over_a_sleep() -> None:
         (_read_u64(machine, DATA + at), _read_u64(machine, DATA + at + 8)) for at in (0, 16, 32, 96)
     ]
     assert times == [
-        (FIXED_TIME, 0),
-        (FIXED_TIME, 1_000),
-        (FIXED_TIME, 5_002_000),  # the sleep began at 2 us
-        (FIXED_TIME + 3, 0),
+        (CLOCK_START_S, 0),
+        (CLOCK_START_S, 1_000),
+        (CLOCK_START_S, 5_002_000),  # the sleep began at 2 us
+        (CLOCK_START_S + 3, 0),
     ]
-    assert (_read_u64(machine, DATA + 48), _read_u64(machine, DATA + 56)) == (FIXED_TIME, 5_003)
+    assert (_read_u64(machine, DATA + 48), _read_u64(machine, DATA + 56)) == (CLOCK_START_S, 5_003)
     assert machine.read(DATA + 64, 8) == bytes(8)  # the timezone: UTC
-    assert _read_u64(machine, DATA + 80) == FIXED_TIME
+    assert _read_u64(machine, DATA + 80) == CLOCK_START_S
     calls = [(c.name, c.result) for c in kernel.log]
     assert calls == [
         ("clock_gettime", 0),
@@ -132,7 +132,7 @@ def test_the_clock_moves_a_microsecond_a_read_and_jumps_over_a_sleep() -> None:
         ("nanosleep", None),  # it blocked: 0 is the answer when it runs again
         ("clock_gettime", 0),
         ("gettimeofday", 0),
-        ("time", FIXED_TIME),
+        ("time", CLOCK_START_S),
         ("clock_nanosleep", None),
         ("clock_gettime", 0),
         ("nanosleep", -EINVAL),

@@ -86,7 +86,7 @@ PID = 1000
 UID = 1000
 #: The machine's clock at its first read, in seconds (threads.Clock): 2023-11-14
 #: 22:13:20 UTC. Each read moves it on by a microsecond.
-FIXED_TIME = CLOCK_START_NS // 1_000_000_000
+CLOCK_START_S = CLOCK_START_NS // 1_000_000_000
 #: clock_nanosleep's flag: the request is a time on the clock, not a duration.
 TIMER_ABSTIME = 1
 STACK_RLIMIT = 8 << 20
